@@ -1,0 +1,20 @@
+//! shoal's node dataplane.
+//!
+//! Module map:
+//! - [`underlay`]: the XDP program on the node's underlay interface: load, attach
+//!   (native mode when the driver has it, generic otherwise), pin, read its counters.
+//! - [`bpffs`]: the bpf filesystem and the pin directory every map lives under.
+//!
+//! Later layers (overlay reconciler, service load balancer) live here too; they take
+//! declared node state and make the kernel match it.
+
+pub mod bpffs;
+pub mod underlay;
+
+/// The compiled eBPF object holding every program in `ebpf/shoal-ebpf`
+/// (one ELF per binary target, built by `build.rs`).
+pub(crate) mod objects {
+    /// Object file of the underlay XDP program.
+    pub static UNDERLAY: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shoal-xdp-underlay"));
+}

@@ -1,0 +1,185 @@
+//! XDP program on a node's underlay interface.
+//!
+//! Today it observes: it parses Ethernet (with up to two VLAN tags), IPv4, IPv6 (with its
+//! extension headers), TCP, UDP and ICMP, counts what it saw in a per-CPU array, and
+//! passes every frame. The ingress routing mesh will grow out of this entry point; the
+//! parser is written so that its result (where L3 and L4 start) can feed that work.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action, macros::map, macros::xdp, maps::PerCpuArray, programs::XdpContext,
+};
+use shoal_common::underlay::{Counter, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS};
+
+#[map(name = "UNDERLAY_STATS")]
+static UNDERLAY_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+#[xdp]
+pub fn shoal_xdp_underlay(ctx: XdpContext) -> u32 {
+    count(Counter::Packets, 1);
+    count(Counter::Bytes, (ctx.data_end() - ctx.data()) as u64);
+    // Parsing errors are counted, never acted on: this program must not drop traffic.
+    let kind = classify(&ctx).unwrap_or(Counter::Malformed);
+    count(kind, 1);
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn count(counter: Counter, n: u64) {
+    if let Some(slot) = UNDERLAY_STATS.get_ptr_mut(counter.index()) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *slot += n };
+    }
+}
+
+/// A header that ends past `data_end` or contradicts itself.
+struct Malformed;
+
+/// Returns the `N` bytes at `offset`, or `Malformed` if the frame is shorter.
+#[inline(always)]
+fn bytes_at<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<&[u8; N], Malformed> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + N > end {
+        return Err(Malformed);
+    }
+    // SAFETY: the range [start+offset, start+offset+N) was checked against data_end.
+    Ok(unsafe { &*((start + offset) as *const [u8; N]) })
+}
+
+#[inline(always)]
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+/// Finds the deepest layer of the frame and returns the counter for it
+/// (besides `Vlan`, which it counts on the way).
+#[inline(always)]
+fn classify(ctx: &XdpContext) -> Result<Counter, Malformed> {
+    let eth = bytes_at::<ETH_HLEN>(ctx, 0)?;
+    let mut ethertype = be16(eth, 12);
+    let mut offset = ETH_HLEN;
+    let mut tagged = false;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        // A tag is TCI (2 bytes) then the inner ethertype (2 bytes).
+        let tag = bytes_at::<4>(ctx, offset)?;
+        ethertype = be16(tag, 2);
+        offset += 4;
+        tagged = true;
+    }
+    if tagged {
+        count(Counter::Vlan, 1);
+    }
+    match ethertype {
+        ETH_P_IP => ipv4(ctx, offset),
+        ETH_P_IPV6 => ipv6(ctx, offset),
+        ETH_P_ARP => Ok(Counter::Arp),
+        _ => Ok(Counter::OtherL3),
+    }
+}
+
+#[inline(always)]
+fn ipv4(ctx: &XdpContext, offset: usize) -> Result<Counter, Malformed> {
+    let ip = bytes_at::<20>(ctx, offset)?;
+    let version = ip[0] >> 4;
+    let ihl = (ip[0] & 0x0f) as usize * 4;
+    if version != 4 || ihl < 20 {
+        return Err(Malformed);
+    }
+    // Options, if any, must be in the frame too.
+    if ctx.data() + offset + ihl > ctx.data_end() {
+        return Err(Malformed);
+    }
+    count(Counter::Ipv4, 1);
+    let fragment_offset = be16(ip, 6) & 0x1fff;
+    if fragment_offset != 0 {
+        return Ok(Counter::Fragment);
+    }
+    l4(ctx, ip[9], offset + ihl)
+}
+
+#[inline(always)]
+fn ipv6(ctx: &XdpContext, offset: usize) -> Result<Counter, Malformed> {
+    let ip = bytes_at::<40>(ctx, offset)?;
+    if ip[0] >> 4 != 6 {
+        return Err(Malformed);
+    }
+    count(Counter::Ipv6, 1);
+    let mut next = ip[6];
+    // Bounded to keep the verifier's view of `offset` small: each step adds at most 2 KiB.
+    let mut offset = (offset + 40) & 0xffff;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let ext = bytes_at::<2>(ctx, offset)?;
+                next = ext[0];
+                offset = (offset + (ext[1] as usize + 1) * 8) & 0xffff;
+            }
+            IPPROTO_AH => {
+                let ext = bytes_at::<2>(ctx, offset)?;
+                next = ext[0];
+                offset = (offset + (ext[1] as usize + 2) * 4) & 0xffff;
+            }
+            IPPROTO_FRAGMENT => {
+                let ext = bytes_at::<8>(ctx, offset)?;
+                if be16(ext, 2) >> 3 != 0 {
+                    return Ok(Counter::Fragment);
+                }
+                next = ext[0];
+                offset = (offset + 8) & 0xffff;
+            }
+            _ => return l4(ctx, next, offset),
+        }
+    }
+    // Still in the extension headers after MAX_IPV6_EXT_HEADERS of them.
+    Ok(Counter::OtherL4)
+}
+
+#[inline(always)]
+fn l4(ctx: &XdpContext, protocol: u8, offset: usize) -> Result<Counter, Malformed> {
+    match protocol {
+        IPPROTO_TCP => {
+            let tcp = bytes_at::<20>(ctx, offset)?;
+            // Data offset below 5 words cannot hold the fixed header.
+            if (tcp[12] >> 4) < 5 {
+                return Err(Malformed);
+            }
+            Ok(Counter::Tcp)
+        }
+        IPPROTO_UDP => bytes_at::<8>(ctx, offset).map(|_| Counter::Udp),
+        IPPROTO_ICMP => bytes_at::<4>(ctx, offset).map(|_| Counter::Icmp),
+        IPPROTO_ICMPV6 => bytes_at::<4>(ctx, offset).map(|_| Counter::Icmpv6),
+        _ => Ok(Counter::OtherL4),
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
