@@ -1,1 +1,17 @@
+//! shoal's developer tasks as a library, so the lab tests in `tests/` drive the same
+//! lab code as `cargo xtask lab`.
+//!
+//! Module map:
+//! - [`setup`]: installs what a fresh machine lacks.
+//! - [`images`]: builds the lab's Docker images without a registry or a dockerd.
+//! - [`lab`]: the multi-host lab (namespaces, per-host dockerd, teardown).
+//! - [`demo`]: README's main job.
+//! - [`testrun`]: README's test command.
+//! - [`util`]: root check, bpffs check, workspace paths.
 
+pub mod demo;
+pub mod images;
+pub mod lab;
+pub mod setup;
+pub mod testrun;
+pub mod util;

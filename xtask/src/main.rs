@@ -1,1 +1,138 @@
-fn main() {}
+//! `cargo xtask`: shoal's developer tasks.
+//!
+//! - `setup`: install what a fresh machine lacks (idempotent).
+//! - `lab up|status|exec|client|down`: the multi-host lab (see `lab/mod.rs`).
+//! - `demo`: README's main job: set up, build, bring up a lab and show it working.
+//! - `test`: README's test command: set up, fmt, clippy, unit, eBPF and lab tests.
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use xtask::{demo, lab, setup, testrun};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "shoal's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install everything a fresh machine lacks (Debian packages, rust-src, bpf-linker,
+    /// lab images). A second run changes nothing.
+    Setup,
+    /// The multi-host lab in network namespaces.
+    Lab {
+        #[command(subcommand)]
+        command: LabCmd,
+    },
+    /// Set up, build, bring up a 3-host lab and show what runs on it.
+    Demo,
+    /// Set up, then run fmt, clippy, unit tests, eBPF fixture tests and lab tests.
+    Test {
+        /// Skip the lab tests (they need root and take minutes).
+        #[arg(long)]
+        no_lab: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Bring up N hosts with their own dockerd, plus a client namespace.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        hosts: u32,
+        #[arg(long, default_value = lab::layout::DEFAULT_PREFIX)]
+        prefix: String,
+    },
+    /// Show hosts, underlay addresses, docker sockets and the client.
+    Status {
+        #[arg(long, default_value = lab::layout::DEFAULT_PREFIX)]
+        prefix: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command inside a host (DOCKER_HOST points at its dockerd).
+    Exec {
+        #[arg(long, default_value = lab::layout::DEFAULT_PREFIX)]
+        prefix: String,
+        host: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Run a command in the client namespace.
+    Client {
+        #[arg(long, default_value = lab::layout::DEFAULT_PREFIX)]
+        prefix: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Remove everything the lab made; fails and lists what is left if anything is.
+    Down {
+        #[arg(long, default_value = lab::layout::DEFAULT_PREFIX)]
+        prefix: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Cmd::Setup => setup::run(&setup::SetupOptions::default()).map(|_| ExitCode::SUCCESS),
+        Cmd::Demo => demo::run().map(|_| ExitCode::SUCCESS),
+        Cmd::Test { no_lab } => testrun::run(!no_lab),
+        Cmd::Lab { command } => run_lab(command),
+    }
+}
+
+fn run_lab(cmd: LabCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        LabCmd::Up { hosts, prefix } => {
+            let state = lab::up(&lab::Layout::new(&prefix)?, hosts)?;
+            print!("{}", lab::describe(&state));
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCmd::Status { prefix, json } => {
+            let state = lab::require_state(&lab::Layout::new(&prefix)?)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&state)?);
+            } else {
+                print!("{}", lab::describe(&state));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCmd::Exec {
+            prefix,
+            host,
+            command,
+        } => {
+            let state = lab::require_state(&lab::Layout::new(&prefix)?)?;
+            exit_code(lab::status_of(lab::exec_command(&state, &host, &command)?)?)
+        }
+        LabCmd::Client { prefix, command } => {
+            let state = lab::require_state(&lab::Layout::new(&prefix)?)?;
+            exit_code(lab::status_of(lab::client_command(&state, &command)?)?)
+        }
+        LabCmd::Down { prefix } => {
+            lab::down(&lab::Layout::new(&prefix)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn exit_code(status: std::process::ExitStatus) -> anyhow::Result<ExitCode> {
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(c) => ExitCode::from(c.clamp(1, 255) as u8),
+        None => ExitCode::FAILURE,
+    })
+}

@@ -1,0 +1,158 @@
+//! `cargo xtask demo`: README's main job. Sets up what is missing, builds, brings up a
+//! 3-host lab and shows, honestly, what shoal runs today:
+//! - every host has its own dockerd with the lab images (one image ID everywhere);
+//! - a `shoal/web:1` container answers on each host, reached from the client namespace;
+//! - the shoal agent runs on each host with the underlay XDP program attached, and its
+//!   counters show the client's traffic.
+//!
+//! The lab stays up afterwards; `cargo xtask lab down` removes it.
+use std::{
+    fs,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    lab::{self, HostState, LabState, Layout},
+    setup,
+    util::{shoal_binary, workspace_root},
+};
+
+/// Port the demo's containers are published on (through each host's docker-proxy).
+pub const DEMO_PORT: u16 = 8080;
+
+pub fn run() -> Result<()> {
+    setup::ensure(false)?;
+    println!("demo: building shoal");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .arg("build")
+        .current_dir(workspace_root())
+        .status()?;
+    if !status.success() {
+        bail!("cargo build failed");
+    }
+    let layout = Layout::new(lab::layout::DEFAULT_PREFIX)?;
+    if !lab::leftovers(&layout).is_empty() {
+        println!("demo: taking down the previous demo lab");
+        lab::down(&layout)?;
+    }
+    let state = lab::up(&layout, 3)?;
+    print!("{}", lab::describe(&state));
+
+    let shoal = shoal_binary()?;
+    for h in &state.hosts {
+        start_agent(&state, h, &shoal)?;
+    }
+    for h in &state.hosts {
+        let id = capture(&state, &h.name, &["docker", "image", "inspect", "-f", "{{.Id}}", "shoal/web:1"])?;
+        let hostname = capture(&state, &h.name, &["docker", "run", "--rm", "shoal/web:1", "hostname"])?;
+        println!("demo: {}: shoal/web:1 is {id}; `docker run --rm shoal/web:1 hostname` -> {hostname}", h.name);
+        run_in(&state, &h.name, &["docker", "network", "create", "--driver", "bridge", "demo"])?;
+        let port = format!("{DEMO_PORT}:80");
+        run_in(
+            &state,
+            &h.name,
+            &[
+                "docker", "run", "-d", "--init", "--name", "web", "--network", "demo", "-p", &port,
+                "shoal/web:1",
+            ],
+        )?;
+    }
+    for h in &state.hosts {
+        let url = format!("http://{}:{DEMO_PORT}/", h.address);
+        let answer = wait_http(&state, &url)?;
+        println!("demo: client -> {url} answered: {answer}");
+    }
+    for h in &state.hosts {
+        let stats = Command::new(&shoal)
+            .args(["dataplane", "stats", "--pin-dir"])
+            .arg(&h.pin_dir)
+            .output()?;
+        println!(
+            "demo: {} underlay XDP counters: {}",
+            h.name,
+            String::from_utf8_lossy(&stats.stdout).split_whitespace().collect::<Vec<_>>().join(" ")
+        );
+    }
+    println!(
+        "\ndemo: the lab stays up. Try:\n  cargo xtask lab exec h1 -- docker ps\n  cargo xtask lab client -- curl -s http://{}:{DEMO_PORT}/\n  cargo xtask lab down\n\
+         Not there yet: the cluster (swarm init/join), services, the overlay, the routing mesh and\n\
+         service DNS. Each container above is published by its own host's docker-proxy, which\n\
+         hides the client's address (client= shows the docker bridge gateway): that is what the\n\
+         routing mesh will fix.",
+        state.hosts[0].address
+    );
+    Ok(())
+}
+
+/// Starts `shoal agent` on a host, in the background, with its own pin and data dirs.
+pub fn start_agent(state: &LabState, host: &HostState, shoal: &std::path::Path) -> Result<()> {
+    let data_dir = host.run_dir.join("agent");
+    fs::create_dir_all(&data_dir)?;
+    let log = fs::File::create(host.run_dir.join("agent.log"))?;
+    let argv = vec![
+        shoal.display().to_string(),
+        "agent".into(),
+        "--underlay-interface".into(),
+        host.underlay_interface.clone(),
+        "--pin-dir".into(),
+        host.pin_dir.display().to_string(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+    ];
+    let mut cmd = lab::exec_command(state, &host.name, &argv)?;
+    cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    let child = cmd.spawn().context("starting shoal agent")?;
+    drop(child);
+    // The agent writes agent.json once its XDP program is attached.
+    let status = data_dir.join("agent.json");
+    let start = Instant::now();
+    while !status.exists() {
+        if start.elapsed() > Duration::from_secs(60) {
+            let log = fs::read_to_string(host.run_dir.join("agent.log")).unwrap_or_default();
+            bail!("shoal agent on {} did not start within 60 s; its log:\n{log}", host.name);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("demo: {}: shoal agent up: {}", host.name, fs::read_to_string(&status)?.trim());
+    Ok(())
+}
+
+fn run_in(state: &LabState, host: &str, argv: &[&str]) -> Result<()> {
+    capture(state, host, argv).map(|_| ())
+}
+
+fn capture(state: &LabState, host: &str, argv: &[&str]) -> Result<String> {
+    let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+    let out = lab::exec_command(state, host, &argv)?.stdin(Stdio::null()).output()?;
+    if !out.status.success() {
+        bail!(
+            "{host}: `{}` failed: {}",
+            argv.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Fetches `url` from the client namespace until it answers (a container just started
+/// may need a moment), for at most 30 s.
+fn wait_http(state: &LabState, url: &str) -> Result<String> {
+    let start = Instant::now();
+    loop {
+        let argv = ["curl", "-sS", "--max-time", "5", url].map(String::from);
+        let out = lab::client_command(state, &argv)?.stdin(Stdio::null()).output()?;
+        if out.status.success() {
+            return Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!(
+                "{url} did not answer the client within 30 s: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

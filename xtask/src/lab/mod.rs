@@ -1,0 +1,334 @@
+//! The lab: several hosts on one machine, each a network namespace with its own mount
+//! and UTS namespace and its own dockerd, on one underlay bridge, plus a client
+//! namespace that is not a cluster node. Every later end-to-end test, demo and
+//! benchmark runs on it.
+//!
+//! ```text
+//!            netns <p>-ul: bridge br0 (192.168.77.0/24, no route anywhere else)
+//!           /        |         \              \
+//!   <p>-h1 eth0  <p>-h2 eth0  <p>-h3 eth0   <p>-cl eth0
+//!   .11 dockerd  .12 dockerd  .13 dockerd   .100 client
+//! ```
+//!
+//! Nothing of a lab touches the machine's own interfaces: the underlay bridge lives in
+//! its own namespace and has no uplink.
+pub mod layout;
+pub mod procs;
+mod teardown;
+
+use std::{
+    fs,
+    path::Path,
+    process::{Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+pub use layout::{HostState, LabState, Layout};
+use layout::{client_address, host_address, host_name, HOST_UNDERLAY_IF, MAX_HOSTS, UNDERLAY_PREFIX_LEN};
+pub use teardown::{down, leftovers};
+
+use crate::{images, util::require_root};
+
+/// Runs `ip` with `args`, failing with its stderr.
+pub(crate) fn ip(args: &[&str]) -> Result<()> {
+    run("ip", args)
+}
+
+pub(crate) fn run(program: &str, args: &[&str]) -> Result<()> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Names of network namespaces that exist now.
+pub(crate) fn netns_list() -> Vec<String> {
+    fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Brings up a lab of `hosts` hosts. A healthy lab with this prefix is an error; a
+/// half-made one (from a crashed run) is cleaned first.
+pub fn up(layout: &Layout, hosts: u32) -> Result<LabState> {
+    require_root("lab up")?;
+    if hosts == 0 || hosts > MAX_HOSTS {
+        bail!("--hosts must be between 1 and {MAX_HOSTS}, not {hosts}");
+    }
+    if let Some(state) = LabState::load(layout)? {
+        if is_healthy(&state) {
+            bail!(
+                "lab {:?} is already up with {} hosts; run `cargo xtask lab down --prefix {}` first",
+                layout.prefix,
+                state.hosts.len(),
+                layout.prefix
+            );
+        }
+    }
+    if !leftovers(layout).is_empty() {
+        println!("lab: cleaning what a earlier run of lab {:?} left", layout.prefix);
+        down(layout)?;
+    }
+    let images = images::build_all(&images::image_dir())?;
+    dataplane_prerequisites()?;
+    let started = Instant::now();
+    let result = build(layout, hosts, &images);
+    match result {
+        Ok(state) => {
+            println!(
+                "lab: {} up with {} hosts in {:.1} s",
+                layout.prefix,
+                hosts,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(state)
+        }
+        Err(e) => {
+            eprintln!("lab: bringing up {} failed, cleaning up: {e:#}", layout.prefix);
+            if let Err(down_err) = down(layout) {
+                eprintln!("lab: cleaning up also failed: {down_err:#}");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// What every host needs from the machine: bpffs mounted where agents pin their maps
+/// (hosts' mount namespaces are slaves of the machine's, so they see it).
+fn dataplane_prerequisites() -> Result<()> {
+    if !crate::util::is_bpffs(Path::new("/sys/fs/bpf")) {
+        run("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"])?;
+    }
+    Ok(())
+}
+
+fn build(layout: &Layout, hosts: u32, images: &[images::LabImage]) -> Result<LabState> {
+    fs::create_dir_all(layout.run_dir())?;
+    fs::create_dir_all(layout.data_dir())?;
+    let ul = layout.underlay_netns();
+    ip(&["netns", "add", &ul])?;
+    ip(&["-n", &ul, "link", "set", "lo", "up"])?;
+    ip(&["-n", &ul, "link", "add", "br0", "type", "bridge"])?;
+    ip(&["-n", &ul, "link", "set", "br0", "up"])?;
+
+    let client = layout::ClientState {
+        netns: layout.client_netns(),
+        address: client_address(),
+    };
+    add_underlay_port(layout, &client.netns, "cl", &client.address.to_string())?;
+
+    let mut host_states = Vec::new();
+    for i in 1..=hosts {
+        let name = host_name(i);
+        let netns = layout.netns(&name);
+        add_underlay_port(layout, &netns, &name, &host_address(i).to_string())?;
+        host_states.push(start_host(layout, &name, &netns, i)?);
+    }
+    for h in &host_states {
+        wait_dockerd(layout, h)?;
+        images::load_into(&h.docker_host, images)?;
+    }
+    let state = LabState {
+        prefix: layout.prefix.clone(),
+        underlay_netns: ul,
+        underlay_subnet: layout::underlay_subnet(),
+        hosts: host_states,
+        client,
+    };
+    state.save(layout)?;
+    Ok(state)
+}
+
+/// Creates namespace `netns` and connects it to the underlay bridge: `eth0` inside it
+/// with `address`, its peer `port` on the bridge.
+fn add_underlay_port(layout: &Layout, netns: &str, port: &str, address: &str) -> Result<()> {
+    let ul = layout.underlay_netns();
+    ip(&["netns", "add", netns])?;
+    // Both ends are created straight in their namespaces: no lab name ever appears
+    // among the machine's own interfaces.
+    ip(&[
+        "link", "add", HOST_UNDERLAY_IF, "netns", netns, "type", "veth", "peer", "name", port,
+        "netns", &ul,
+    ])?;
+    ip(&["-n", &ul, "link", "set", port, "master", "br0", "up"])?;
+    let cidr = format!("{address}/{UNDERLAY_PREFIX_LEN}");
+    ip(&["-n", netns, "addr", "add", &cidr, "dev", HOST_UNDERLAY_IF])?;
+    ip(&["-n", netns, "link", "set", HOST_UNDERLAY_IF, "up"])?;
+    ip(&["-n", netns, "link", "set", "lo", "up"])?;
+    Ok(())
+}
+
+fn start_host(layout: &Layout, name: &str, netns: &str, index: u32) -> Result<HostState> {
+    let dir = layout.host_run_dir(name);
+    let etc_docker = dir.join("etc-docker");
+    fs::create_dir_all(&etc_docker)?;
+    // /etc/docker must exist to be bound over; the package normally ships it.
+    fs::create_dir_all("/etc/docker")?;
+    let holder = procs::spawn_holder(
+        &Path::new("/run/netns").join(netns),
+        name,
+        &etc_docker,
+        &layout.holder_name(name),
+    )?;
+    fs::write(layout.holder_pid_file(name), holder.to_string())?;
+
+    let data_root = layout.data_dir().join(name);
+    let exec_root = dir.join("x");
+    let socket = layout.docker_socket(name);
+    let log = fs::File::create(dir.join("dockerd.log"))?;
+    let mut cmd = Command::new("dockerd");
+    cmd.args(["--data-root"])
+        .arg(&data_root)
+        .arg("--exec-root")
+        .arg(&exec_root)
+        .arg("--host")
+        .arg(format!("unix://{}", socket.display()))
+        .arg("--pidfile")
+        .arg(dir.join("dockerd.pidfile"))
+        .args([
+            "--iptables=false",
+            "--ip6tables=false",
+            "--ip-masq=false",
+            "--bridge=none",
+            "--exec-opt",
+            "native.cgroupdriver=cgroupfs",
+        ])
+        .arg(format!("--cgroup-parent=/{}", layout.cgroup_parent(name)))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    procs::enter_namespaces_of(&mut cmd, holder, true)?;
+    let child = cmd.spawn().context("starting dockerd (is docker.io installed? run `cargo xtask setup`)")?;
+    fs::write(layout.dockerd_pid_file(name), child.id().to_string())?;
+    // The child is a daemon in its own session; teardown ends it by PID.
+    drop(child);
+    Ok(HostState {
+        name: name.to_owned(),
+        netns: netns.to_owned(),
+        underlay_interface: HOST_UNDERLAY_IF.to_owned(),
+        address: host_address(index),
+        docker_host: format!("unix://{}", socket.display()),
+        holder_pid: holder,
+        dockerd_pid: read_pid(layout.dockerd_pid_file(name).as_path())?,
+        pin_dir: layout.pin_dir(name),
+        run_dir: dir,
+    })
+}
+
+fn read_pid(path: &Path) -> Result<u32> {
+    procs::read_pid_file(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Waits until the host's dockerd answers; fails with the end of its log if it dies or
+/// takes longer than a minute (a noisy machine may be slow, a broken one won't start).
+fn wait_dockerd(layout: &Layout, host: &HostState) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let out = Command::new("docker")
+            .args(["-H", &host.docker_host, "version", "--format", "{{.Server.Version}}"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let dead = !procs::alive(host.dockerd_pid);
+        if dead || start.elapsed() > Duration::from_secs(60) {
+            let log = fs::read_to_string(host.run_dir.join("dockerd.log")).unwrap_or_default();
+            let tail: Vec<_> = log.lines().rev().take(15).collect();
+            bail!(
+                "dockerd of {} ({}) {} ; last log lines:\n{}",
+                host.name,
+                layout.prefix,
+                if dead { "exited" } else { "did not answer within 60 s" },
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A lab is healthy when every host's holder and dockerd still run.
+pub fn is_healthy(state: &LabState) -> bool {
+    let netns = netns_list();
+    state
+        .hosts
+        .iter()
+        .all(|h| procs::alive(h.holder_pid) && procs::alive(h.dockerd_pid) && netns.contains(&h.netns))
+        && netns.contains(&state.client.netns)
+}
+
+/// Loads the state of a running lab, or says there is none.
+pub fn require_state(layout: &Layout) -> Result<LabState> {
+    LabState::load(layout)?
+        .with_context(|| format!("no lab with prefix {:?} is up (run `cargo xtask lab up`)", layout.prefix))
+}
+
+/// Runs `argv` inside a host's namespaces with DOCKER_HOST pointing at its dockerd.
+pub fn exec_command(state: &LabState, host: &str, argv: &[String]) -> Result<Command> {
+    let h = state.host(host)?;
+    let (program, args) = argv
+        .split_first()
+        .context("lab exec needs a command after `--`")?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env("DOCKER_HOST", &h.docker_host)
+        .env("SHOAL_LAB_HOST", &h.name)
+        .env("SHOAL_PIN_DIR", &h.pin_dir);
+    procs::enter_namespaces_of(&mut cmd, h.holder_pid, false)?;
+    Ok(cmd)
+}
+
+/// Runs `argv` in the client namespace.
+pub fn client_command(state: &LabState, argv: &[String]) -> Result<Command> {
+    if argv.is_empty() {
+        bail!("lab client needs a command after `--`");
+    }
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &state.client.netns]).args(argv);
+    Ok(cmd)
+}
+
+/// Runs a command to completion and returns its status (inherits stdio).
+pub fn status_of(mut cmd: Command) -> Result<ExitStatus> {
+    cmd.status().context("running the command")
+}
+
+/// Human-readable summary of a lab (what `lab status` prints).
+pub fn describe(state: &LabState) -> String {
+    let mut s = format!(
+        "lab {}: underlay {} in netns {}\n",
+        state.prefix, state.underlay_subnet, state.underlay_netns
+    );
+    s += &format!("  {:<4} {:<15} {:<12} DOCKER_HOST\n", "HOST", "ADDRESS", "NETNS");
+    for h in &state.hosts {
+        s += &format!(
+            "  {:<4} {:<15} {:<12} {}\n",
+            h.name,
+            h.address.to_string(),
+            h.netns,
+            h.docker_host
+        );
+    }
+    s += &format!(
+        "  {:<4} {:<15} {:<12} (not a cluster node)\n",
+        "cl",
+        state.client.address.to_string(),
+        state.client.netns
+    );
+    s
+}

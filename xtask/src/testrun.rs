@@ -1,0 +1,135 @@
+//! `cargo xtask test`: README's test command. Runs setup if needed, then every layer of
+//! tests, and ends with one summary line `N passed, N failed`.
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, ExitCode, Stdio},
+    time::Instant,
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{setup, util::workspace_root};
+
+#[derive(Default, Debug, PartialEq, Eq)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Tally {
+    /// Adds the counts of a libtest line `test result: ok. 3 passed; 0 failed; 1 ignored; ...`.
+    fn add_line(&mut self, line: &str) -> bool {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return false;
+        };
+        for part in rest.split(';') {
+            let words: Vec<&str> = part.split_whitespace().collect();
+            let (n, what) = match words.as_slice() {
+                [.., n, what] => (n.parse::<u64>().ok(), *what),
+                _ => continue,
+            };
+            let Some(n) = n else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+        true
+    }
+}
+
+pub fn run(with_lab: bool) -> Result<ExitCode> {
+    let started = Instant::now();
+    setup::ensure(false)?;
+    step("cargo fmt", &["fmt", "--all", "--", "--check"])?;
+    step(
+        "cargo clippy",
+        &["clippy", "--all-targets", "--", "-D", "warnings"],
+    )?;
+    // The lab tests run the `shoal` binary, so build every binary first.
+    step("cargo build", &["build"])?;
+    let mut tally = Tally::default();
+    let mut ok = cargo_test(
+        "unit and eBPF fixture tests",
+        &["test", "--workspace", "--exclude", "shoal-ebpf", "--exclude", "shoal-tests"],
+        &mut tally,
+    )?;
+    if with_lab {
+        // One lab at a time: each brings up several dockerd on a 2-core machine.
+        ok &= cargo_test(
+            "lab tests",
+            &["test", "-p", "shoal-tests", "--", "--test-threads=1"],
+            &mut tally,
+        )?;
+    }
+    println!(
+        "xtask test: finished in {:.0} s ({} ignored)",
+        started.elapsed().as_secs_f64(),
+        tally.ignored
+    );
+    println!("{} passed, {} failed", tally.passed, tally.failed);
+    Ok(if ok && tally.failed == 0 && tally.passed > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn step(what: &str, args: &[&str]) -> Result<()> {
+    println!("xtask test: {what}");
+    let status = cargo().args(args).status().with_context(|| format!("running {what}"))?;
+    if !status.success() {
+        bail!("{what} failed");
+    }
+    Ok(())
+}
+
+/// Runs a cargo test command, echoing its output and adding its result lines to `tally`.
+fn cargo_test(what: &str, args: &[&str], tally: &mut Tally) -> Result<bool> {
+    println!("xtask test: {what}");
+    let mut child = cargo()
+        .args(args)
+        .env("SHOAL_REQUIRE_ROOT", "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {what}"))?;
+    let stdout = child.stdout.take().context("test output")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        tally.add_line(&line);
+    }
+    Ok(child.wait()?.success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn tallies_libtest_result_lines() {
+        let mut t = Tally::default();
+        assert!(t.add_line(
+            "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.1s"
+        ));
+        assert!(t.add_line("test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured"));
+        assert!(!t.add_line("running 3 tests"));
+        assert_eq!(
+            t,
+            Tally {
+                passed: 4,
+                failed: 2,
+                ignored: 1
+            }
+        );
+    }
+}

@@ -1,0 +1,58 @@
+//! Small helpers shared by xtask's commands.
+use std::{ffi::CString, path::Path};
+
+use anyhow::{bail, Result};
+
+/// Fails with one clear line unless running as root.
+pub fn require_root(what: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("{what} needs root (it creates network namespaces and runs dockerd); run it as root");
+    }
+    Ok(())
+}
+
+/// True if `path` is on a bpf filesystem.
+pub fn is_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into a zeroed struct we own; c is NUL-terminated.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits inside the workspace")
+        .to_path_buf()
+}
+
+/// Cargo's target directory for this workspace (honours CARGO_TARGET_DIR).
+pub fn target_dir() -> std::path::PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => {
+            let d = std::path::PathBuf::from(d);
+            if d.is_absolute() {
+                d
+            } else {
+                workspace_root().join(d)
+            }
+        }
+        _ => workspace_root().join("target"),
+    }
+}
+
+/// The `shoal` binary of a debug build (`cargo build` makes it).
+pub fn shoal_binary() -> Result<std::path::PathBuf> {
+    let path = target_dir().join("debug/shoal");
+    if !path.exists() {
+        bail!("{} is missing: run `cargo build` first", path.display());
+    }
+    Ok(path)
+}
