@@ -27,8 +27,8 @@ pub enum UnderlayError {
     #[error("attaching XDP to {interface}: native mode failed ({native}), generic mode failed ({generic})")]
     Attach {
         interface: String,
-        native: ProgramError,
-        generic: ProgramError,
+        native: Box<ProgramError>,
+        generic: Box<ProgramError>,
     },
 }
 
@@ -101,8 +101,8 @@ impl UnderlayProgram {
                     }
                     Err(generic) => Err(UnderlayError::Attach {
                         interface: interface.to_owned(),
-                        native,
-                        generic,
+                        native: Box::new(native),
+                        generic: Box::new(generic),
                     }),
                 }
             }

@@ -1,1 +1,118 @@
+//! Helpers for shoal's end-to-end lab tests (in `tests/tests/`).
+//!
+//! Every test brings up its own lab under its own prefix, and a [`LabGuard`] takes it
+//! down when the test ends, passed or failed. The tests need root and real dockerd;
+//! without root they say so and pass, unless SHOAL_REQUIRE_ROOT=1 (set by
+//! `cargo xtask test`), where they fail.
+use std::{
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
 
+pub use xtask::lab::{self, LabState, Layout};
+
+/// True if the test may run; false (after saying why) if it must be skipped.
+pub fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var("SHOAL_REQUIRE_ROOT").as_deref() != Ok("1"),
+        "lab tests need root and SHOAL_REQUIRE_ROOT=1 forbids skipping them"
+    );
+    eprintln!("skipped: lab tests need root");
+    false
+}
+
+/// A prefix no other run on this machine uses: `t` + a tag + this process's id.
+pub fn unique_prefix(tag: char) -> String {
+    format!("t{tag}{}", std::process::id() % 1_000_000)
+}
+
+/// Owns a lab for one test; takes it down on drop.
+pub struct LabGuard {
+    pub layout: Layout,
+    pub state: LabState,
+}
+
+impl LabGuard {
+    pub fn up(tag: char, hosts: u32) -> Self {
+        let layout = Layout::new(&unique_prefix(tag)).expect("test prefix is valid");
+        let state = lab::up(&layout, hosts).expect("lab up");
+        Self { layout, state }
+    }
+
+    /// Runs `argv` in a host, returning its output (whatever the exit status).
+    pub fn exec(&self, host: &str, argv: &[&str]) -> Output {
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        lab::exec_command(&self.state, host, &argv)
+            .expect("lab exec command")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run lab exec")
+    }
+
+    /// Runs `argv` in a host and returns its stdout; panics with stderr if it fails.
+    pub fn exec_ok(&self, host: &str, argv: &[&str]) -> String {
+        let out = self.exec(host, argv);
+        assert!(
+            out.status.success(),
+            "{host}: `{}` failed ({}): {}",
+            argv.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Runs `argv` in the client namespace.
+    pub fn client(&self, argv: &[&str]) -> Output {
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        lab::client_command(&self.state, &argv)
+            .expect("lab client command")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run lab client")
+    }
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        if !lab::leftovers(&self.layout).is_empty() {
+            if let Err(e) = lab::down(&self.layout) {
+                eprintln!("taking down test lab {}: {e:#}", self.layout.prefix);
+            }
+        }
+    }
+}
+
+/// Polls `probe` until it returns `Some`, for at most `limit`; panics with the last
+/// thing it saw. For conditions on a shared, noisy machine: never a fixed sleep.
+pub fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    loop {
+        match probe() {
+            Ok(v) => return v,
+            Err(seen) if start.elapsed() > limit => {
+                panic!("{what}: not true within {limit:?}; last seen: {seen}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// `curl` from the client namespace; Ok(body) or Err(what curl said).
+pub fn client_http(lab: &LabGuard, url: &str) -> Result<String, String> {
+    let out = lab.client(&["curl", "-sS", "--max-time", "5", url]);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+/// The debug `xtask` binary (for tests of the command line itself).
+pub fn xtask_command() -> Command {
+    Command::new(xtask::util::target_dir().join("debug/xtask"))
+}

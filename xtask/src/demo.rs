@@ -7,15 +7,14 @@
 //!
 //! The lab stays up afterwards; `cargo xtask lab down` removes it.
 use std::{
-    fs,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::{
-    lab::{self, HostState, LabState, Layout},
+    lab::{self, LabState, Layout},
     setup,
     util::{shoal_binary, workspace_root},
 };
@@ -43,19 +42,44 @@ pub fn run() -> Result<()> {
 
     let shoal = shoal_binary()?;
     for h in &state.hosts {
-        start_agent(&state, h, &shoal)?;
+        let status = lab::agent::start(&state, h, &shoal)?;
+        println!("demo: {}: shoal agent up: {status}", h.name);
     }
     for h in &state.hosts {
-        let id = capture(&state, &h.name, &["docker", "image", "inspect", "-f", "{{.Id}}", "shoal/web:1"])?;
-        let hostname = capture(&state, &h.name, &["docker", "run", "--rm", "shoal/web:1", "hostname"])?;
-        println!("demo: {}: shoal/web:1 is {id}; `docker run --rm shoal/web:1 hostname` -> {hostname}", h.name);
-        run_in(&state, &h.name, &["docker", "network", "create", "--driver", "bridge", "demo"])?;
+        let id = capture(
+            &state,
+            &h.name,
+            &["docker", "image", "inspect", "-f", "{{.Id}}", "shoal/web:1"],
+        )?;
+        let hostname = capture(
+            &state,
+            &h.name,
+            &["docker", "run", "--rm", "shoal/web:1", "hostname"],
+        )?;
+        println!(
+            "demo: {}: shoal/web:1 is {id}; `docker run --rm shoal/web:1 hostname` -> {hostname}",
+            h.name
+        );
+        run_in(
+            &state,
+            &h.name,
+            &["docker", "network", "create", "--driver", "bridge", "demo"],
+        )?;
         let port = format!("{DEMO_PORT}:80");
         run_in(
             &state,
             &h.name,
             &[
-                "docker", "run", "-d", "--init", "--name", "web", "--network", "demo", "-p", &port,
+                "docker",
+                "run",
+                "-d",
+                "--init",
+                "--name",
+                "web",
+                "--network",
+                "demo",
+                "-p",
+                &port,
                 "shoal/web:1",
             ],
         )?;
@@ -73,7 +97,10 @@ pub fn run() -> Result<()> {
         println!(
             "demo: {} underlay XDP counters: {}",
             h.name,
-            String::from_utf8_lossy(&stats.stdout).split_whitespace().collect::<Vec<_>>().join(" ")
+            String::from_utf8_lossy(&stats.stdout)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
         );
     }
     println!(
@@ -87,46 +114,15 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// Starts `shoal agent` on a host, in the background, with its own pin and data dirs.
-pub fn start_agent(state: &LabState, host: &HostState, shoal: &std::path::Path) -> Result<()> {
-    let data_dir = host.run_dir.join("agent");
-    fs::create_dir_all(&data_dir)?;
-    let log = fs::File::create(host.run_dir.join("agent.log"))?;
-    let argv = vec![
-        shoal.display().to_string(),
-        "agent".into(),
-        "--underlay-interface".into(),
-        host.underlay_interface.clone(),
-        "--pin-dir".into(),
-        host.pin_dir.display().to_string(),
-        "--data-dir".into(),
-        data_dir.display().to_string(),
-    ];
-    let mut cmd = lab::exec_command(state, &host.name, &argv)?;
-    cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-    let child = cmd.spawn().context("starting shoal agent")?;
-    drop(child);
-    // The agent writes agent.json once its XDP program is attached.
-    let status = data_dir.join("agent.json");
-    let start = Instant::now();
-    while !status.exists() {
-        if start.elapsed() > Duration::from_secs(60) {
-            let log = fs::read_to_string(host.run_dir.join("agent.log")).unwrap_or_default();
-            bail!("shoal agent on {} did not start within 60 s; its log:\n{log}", host.name);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    println!("demo: {}: shoal agent up: {}", host.name, fs::read_to_string(&status)?.trim());
-    Ok(())
-}
-
 fn run_in(state: &LabState, host: &str, argv: &[&str]) -> Result<()> {
     capture(state, host, argv).map(|_| ())
 }
 
 fn capture(state: &LabState, host: &str, argv: &[&str]) -> Result<String> {
     let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
-    let out = lab::exec_command(state, host, &argv)?.stdin(Stdio::null()).output()?;
+    let out = lab::exec_command(state, host, &argv)?
+        .stdin(Stdio::null())
+        .output()?;
     if !out.status.success() {
         bail!(
             "{host}: `{}` failed: {}",
@@ -143,7 +139,9 @@ fn wait_http(state: &LabState, url: &str) -> Result<String> {
     let start = Instant::now();
     loop {
         let argv = ["curl", "-sS", "--max-time", "5", url].map(String::from);
-        let out = lab::client_command(state, &argv)?.stdin(Stdio::null()).output()?;
+        let out = lab::client_command(state, &argv)?
+            .stdin(Stdio::null())
+            .output()?;
         if out.status.success() {
             return Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned());
         }

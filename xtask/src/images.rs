@@ -121,8 +121,11 @@ struct Built {
 fn cgi_script(suffix: &str) -> String {
     format!(
         "#!/bin/sh\n\
-         # busybox httpd listens on an IPv6 socket; IPv4 clients appear as ::ffff:a.b.c.d\n\
-         client=\"${{REMOTE_ADDR#::ffff:}}\"\n\
+         # busybox httpd on an IPv6 socket sets REMOTE_ADDR=[::ffff:a.b.c.d]: drop the\n\
+         # brackets and the IPv4-mapped prefix.\n\
+         client=\"${{REMOTE_ADDR#\\[}}\"\n\
+         client=\"${{client%\\]}}\"\n\
+         client=\"${{client#::ffff:}}\"\n\
          echo \"Content-Type: text/plain\"\n\
          echo \"\"\n\
          echo \"host=$(hostname) client=$client{suffix}\"\n"
@@ -337,6 +340,11 @@ fn read_existing(path: &Path) -> Result<Option<Vec<u8>>> {
 /// Builds every lab image and (re)writes its tarball in `dir` only when the bytes
 /// differ from what is there. Prints one line per image.
 pub fn build_all(dir: &Path) -> Result<Vec<LabImage>> {
+    build_all_opts(dir, false)
+}
+
+/// [`build_all`]; with `quiet`, prints only the images it writes.
+pub fn build_all_opts(dir: &Path, quiet: bool) -> Result<Vec<LabImage>> {
     let rootfs = Rootfs::from_host()?;
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut out = Vec::new();
@@ -344,7 +352,9 @@ pub fn build_all(dir: &Path) -> Result<Vec<LabImage>> {
         let built = build(spec, &rootfs)?;
         let path = dir.join(spec.file_name());
         if read_existing(&path)?.as_deref() == Some(built.bytes.as_slice()) {
-            println!("images: {} {} up to date", spec.full, built.id);
+            if !quiet {
+                println!("images: {} {} up to date", spec.full, built.id);
+            }
         } else {
             let tmp = dir.join(format!(".{}.tmp.{}", spec.file_name(), std::process::id()));
             fs::write(&tmp, &built.bytes).with_context(|| format!("writing {}", tmp.display()))?;
@@ -557,7 +567,7 @@ mod tests {
             let script = String::from_utf8(script.clone()).unwrap();
             assert!(script.starts_with("#!/bin/sh\n"));
             assert!(script.contains("Content-Type: text/plain"));
-            assert!(script.contains("REMOTE_ADDR#::ffff:"));
+            assert!(script.contains("client#::ffff:"));
             assert_eq!(script.contains("version=2"), spec.tag == "2");
 
             assert_eq!(e["tmp/"].0, tar::EntryType::Directory);
@@ -575,6 +585,40 @@ mod tests {
             assert!(std::str::from_utf8(&e["etc/group"].2)
                 .unwrap()
                 .starts_with("root:x:0:"));
+        }
+    }
+
+    #[test]
+    fn cgi_script_output() {
+        // Runs the script with the host's busybox sh (the shell it gets in the image).
+        if !Path::new(BUSYBOX).exists() {
+            return;
+        }
+        let host = String::from_utf8(
+            Command::new(BUSYBOX)
+                .arg("hostname")
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        let host = host.trim();
+        for (suffix, addr, client) in [
+            ("", "[::ffff:10.0.0.5]", "10.0.0.5"),
+            ("", "::ffff:10.0.0.5", "10.0.0.5"),
+            ("", "127.0.0.1", "127.0.0.1"),
+            (" version=2", "[fd00::7]", "fd00::7"),
+        ] {
+            let out = Command::new(BUSYBOX)
+                .args(["sh", "-c", &cgi_script(suffix), "index.cgi"])
+                .env("REMOTE_ADDR", addr)
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            assert_eq!(
+                String::from_utf8(out.stdout).unwrap(),
+                format!("Content-Type: text/plain\n\nhost={host} client={client}{suffix}\n")
+            );
         }
     }
 

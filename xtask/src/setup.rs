@@ -76,7 +76,8 @@ pub fn ensure(quiet: bool) -> Result<()> {
 /// What the checks find missing, without changing anything.
 pub fn missing() -> Result<Vec<String>> {
     let mut m: Vec<String> = missing_packages()?;
-    if !has_rust_src()? {
+    // Errors (no rustup for this user, say) count as "missing"; run() then says why.
+    if !has_rust_src().unwrap_or(false) {
         m.push(format!("rust-src ({NIGHTLY})"));
     }
     if installed_bpf_linker().is_none() {
@@ -451,9 +452,9 @@ fn bpf_linker(opts: &SetupOptions) -> Result<()> {
 // ---------------------------------------------------------------------------------------
 // Step 4: lab images
 
-fn lab_images(_opts: &SetupOptions) -> Result<()> {
-    // build_all prints one line per image (up to date / written).
-    images::build_all(&images::image_dir())?;
+fn lab_images(opts: &SetupOptions) -> Result<()> {
+    // One line per image written (and, unless quiet, per image up to date).
+    images::build_all_opts(&images::image_dir(), opts.quiet)?;
     Ok(())
 }
 

@@ -54,7 +54,14 @@ pub fn run(with_lab: bool) -> Result<ExitCode> {
     let mut tally = Tally::default();
     let mut ok = cargo_test(
         "unit and eBPF fixture tests",
-        &["test", "--workspace", "--exclude", "shoal-ebpf", "--exclude", "shoal-tests"],
+        &[
+            "test",
+            "--workspace",
+            "--exclude",
+            "shoal-ebpf",
+            "--exclude",
+            "shoal-tests",
+        ],
         &mut tally,
     )?;
     if with_lab {
@@ -86,7 +93,10 @@ fn cargo() -> Command {
 
 fn step(what: &str, args: &[&str]) -> Result<()> {
     println!("xtask test: {what}");
-    let status = cargo().args(args).status().with_context(|| format!("running {what}"))?;
+    let status = cargo()
+        .args(args)
+        .status()
+        .with_context(|| format!("running {what}"))?;
     if !status.success() {
         bail!("{what} failed");
     }

@@ -39,7 +39,9 @@ impl Layout {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
         if !ok {
-            bail!("bad lab prefix {prefix:?}: use 1 to 8 characters a-z0-9, starting with a letter");
+            bail!(
+                "bad lab prefix {prefix:?}: use 1 to 8 characters a-z0-9, starting with a letter"
+            );
         }
         Ok(Self {
             prefix: prefix.to_owned(),
@@ -99,6 +101,12 @@ pub fn host_address(index: u32) -> Ipv4Addr {
     Ipv4Addr::new(a, b, c, 10 + index as u8)
 }
 
+/// The underlay subnet in CIDR form.
+pub fn underlay_subnet() -> String {
+    let [a, b, c] = UNDERLAY_NET;
+    format!("{a}.{b}.{c}.0/{UNDERLAY_PREFIX_LEN}")
+}
+
 pub fn client_address() -> Ipv4Addr {
     let [a, b, c] = UNDERLAY_NET;
     Ipv4Addr::new(a, b, c, 100)
@@ -141,7 +149,8 @@ impl LabState {
         let path = layout.state_file();
         match std::fs::read(&path) {
             Ok(bytes) => Ok(Some(
-                serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display()))?,
+                serde_json::from_slice(&bytes)
+                    .with_context(|| format!("reading {}", path.display()))?,
             )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
@@ -190,10 +199,4 @@ mod tests {
         assert!(l.run_dir().ends_with("t1"));
         assert_eq!(host_address(1), Ipv4Addr::new(192, 168, 77, 11));
     }
-}
-
-/// The underlay subnet in CIDR form.
-pub fn underlay_subnet() -> String {
-    let [a, b, c] = UNDERLAY_NET;
-    format!("{a}.{b}.{c}.0/{UNDERLAY_PREFIX_LEN}")
 }

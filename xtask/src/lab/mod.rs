@@ -12,6 +12,7 @@
 //!
 //! Nothing of a lab touches the machine's own interfaces: the underlay bridge lives in
 //! its own namespace and has no uplink.
+pub mod agent;
 pub mod layout;
 pub mod procs;
 mod teardown;
@@ -24,8 +25,10 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use layout::{
+    client_address, host_address, host_name, HOST_UNDERLAY_IF, MAX_HOSTS, UNDERLAY_PREFIX_LEN,
+};
 pub use layout::{HostState, LabState, Layout};
-use layout::{client_address, host_address, host_name, HOST_UNDERLAY_IF, MAX_HOSTS, UNDERLAY_PREFIX_LEN};
 pub use teardown::{down, leftovers};
 
 use crate::{images, util::require_root};
@@ -80,7 +83,10 @@ pub fn up(layout: &Layout, hosts: u32) -> Result<LabState> {
         }
     }
     if !leftovers(layout).is_empty() {
-        println!("lab: cleaning what a earlier run of lab {:?} left", layout.prefix);
+        println!(
+            "lab: cleaning what a earlier run of lab {:?} left",
+            layout.prefix
+        );
         down(layout)?;
     }
     let images = images::build_all(&images::image_dir())?;
@@ -98,7 +104,10 @@ pub fn up(layout: &Layout, hosts: u32) -> Result<LabState> {
             Ok(state)
         }
         Err(e) => {
-            eprintln!("lab: bringing up {} failed, cleaning up: {e:#}", layout.prefix);
+            eprintln!(
+                "lab: bringing up {} failed, cleaning up: {e:#}",
+                layout.prefix
+            );
             if let Err(down_err) = down(layout) {
                 eprintln!("lab: cleaning up also failed: {down_err:#}");
             }
@@ -161,8 +170,18 @@ fn add_underlay_port(layout: &Layout, netns: &str, port: &str, address: &str) ->
     // Both ends are created straight in their namespaces: no lab name ever appears
     // among the machine's own interfaces.
     ip(&[
-        "link", "add", HOST_UNDERLAY_IF, "netns", netns, "type", "veth", "peer", "name", port,
-        "netns", &ul,
+        "link",
+        "add",
+        HOST_UNDERLAY_IF,
+        "netns",
+        netns,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        port,
+        "netns",
+        &ul,
     ])?;
     ip(&["-n", &ul, "link", "set", port, "master", "br0", "up"])?;
     let cidr = format!("{address}/{UNDERLAY_PREFIX_LEN}");
@@ -212,7 +231,9 @@ fn start_host(layout: &Layout, name: &str, netns: &str, index: u32) -> Result<Ho
         .stdout(log.try_clone()?)
         .stderr(log);
     procs::enter_namespaces_of(&mut cmd, holder, true)?;
-    let child = cmd.spawn().context("starting dockerd (is docker.io installed? run `cargo xtask setup`)")?;
+    let child = cmd
+        .spawn()
+        .context("starting dockerd (is docker.io installed? run `cargo xtask setup`)")?;
     fs::write(layout.dockerd_pid_file(name), child.id().to_string())?;
     // The child is a daemon in its own session; teardown ends it by PID.
     drop(child);
@@ -239,7 +260,13 @@ fn wait_dockerd(layout: &Layout, host: &HostState) -> Result<()> {
     let start = Instant::now();
     loop {
         let out = Command::new("docker")
-            .args(["-H", &host.docker_host, "version", "--format", "{{.Server.Version}}"])
+            .args([
+                "-H",
+                &host.docker_host,
+                "version",
+                "--format",
+                "{{.Server.Version}}",
+            ])
             .stdin(Stdio::null())
             .stderr(Stdio::null())
             .output()?;
@@ -254,7 +281,11 @@ fn wait_dockerd(layout: &Layout, host: &HostState) -> Result<()> {
                 "dockerd of {} ({}) {} ; last log lines:\n{}",
                 host.name,
                 layout.prefix,
-                if dead { "exited" } else { "did not answer within 60 s" },
+                if dead {
+                    "exited"
+                } else {
+                    "did not answer within 60 s"
+                },
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
         }
@@ -265,17 +296,19 @@ fn wait_dockerd(layout: &Layout, host: &HostState) -> Result<()> {
 /// A lab is healthy when every host's holder and dockerd still run.
 pub fn is_healthy(state: &LabState) -> bool {
     let netns = netns_list();
-    state
-        .hosts
-        .iter()
-        .all(|h| procs::alive(h.holder_pid) && procs::alive(h.dockerd_pid) && netns.contains(&h.netns))
-        && netns.contains(&state.client.netns)
+    state.hosts.iter().all(|h| {
+        procs::alive(h.holder_pid) && procs::alive(h.dockerd_pid) && netns.contains(&h.netns)
+    }) && netns.contains(&state.client.netns)
 }
 
 /// Loads the state of a running lab, or says there is none.
 pub fn require_state(layout: &Layout) -> Result<LabState> {
-    LabState::load(layout)?
-        .with_context(|| format!("no lab with prefix {:?} is up (run `cargo xtask lab up`)", layout.prefix))
+    LabState::load(layout)?.with_context(|| {
+        format!(
+            "no lab with prefix {:?} is up (run `cargo xtask lab up`)",
+            layout.prefix
+        )
+    })
 }
 
 /// Runs `argv` inside a host's namespaces with DOCKER_HOST pointing at its dockerd.
@@ -314,7 +347,10 @@ pub fn describe(state: &LabState) -> String {
         "lab {}: underlay {} in netns {}\n",
         state.prefix, state.underlay_subnet, state.underlay_netns
     );
-    s += &format!("  {:<4} {:<15} {:<12} DOCKER_HOST\n", "HOST", "ADDRESS", "NETNS");
+    s += &format!(
+        "  {:<4} {:<15} {:<12} DOCKER_HOST\n",
+        "HOST", "ADDRESS", "NETNS"
+    );
     for h in &state.hosts {
         s += &format!(
             "  {:<4} {:<15} {:<12} {}\n",

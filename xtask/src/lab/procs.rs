@@ -2,8 +2,7 @@
 //! started, and ending them by PID.
 use std::{
     ffi::CString,
-    fs,
-    io,
+    fs, io,
     os::unix::{fs::MetadataExt, process::CommandExt},
     path::Path,
     process::{Command, Stdio},
@@ -29,7 +28,12 @@ fn check(rc: libc::c_int) -> io::Result<()> {
 /// machine's, so bpffs and /run stay visible), hostname `hostname`, and `etc_docker`
 /// bound over /etc/docker (dockerd's engine ID lives there). It then sleeps, under the
 /// argv[0] `name`, until teardown kills it.
-pub fn spawn_holder(netns_path: &Path, hostname: &str, etc_docker: &Path, name: &str) -> Result<u32> {
+pub fn spawn_holder(
+    netns_path: &Path,
+    hostname: &str,
+    etc_docker: &Path,
+    name: &str,
+) -> Result<u32> {
     let netns = cstr(netns_path.as_os_str().as_encoded_bytes())?;
     let host = hostname.as_bytes().to_vec();
     let etc_src = cstr(etc_docker.as_os_str().as_encoded_bytes())?;
@@ -85,7 +89,9 @@ pub fn spawn_holder(netns_path: &Path, hostname: &str, etc_docker: &Path, name: 
             Ok(())
         });
     }
-    let child = cmd.spawn().context("starting a lab host's namespace holder")?;
+    let child = cmd
+        .spawn()
+        .context("starting a lab host's namespace holder")?;
     Ok(child.id())
 }
 
@@ -153,7 +159,9 @@ pub fn cmdline(pid: u32) -> Option<Vec<String>> {
 
 /// Inode of a process's mount namespace.
 pub fn mount_ns(pid: u32) -> Option<u64> {
-    fs::metadata(format!("/proc/{pid}/ns/mnt")).ok().map(|m| m.ino())
+    fs::metadata(format!("/proc/{pid}/ns/mnt"))
+        .ok()
+        .map(|m| m.ino())
 }
 
 pub fn all_pids() -> Vec<u32> {
@@ -195,6 +203,15 @@ pub fn end(pids: &[u32], grace: Duration) {
 pub fn wait_gone(pids: &[u32], limit: Duration) -> bool {
     let start = Instant::now();
     loop {
+        // Reap the ones that are our own children (a test that brought a lab up in
+        // process), so they do not linger as zombies; others' children are not ours
+        // to reap and waitpid leaves them alone.
+        for &p in pids {
+            // SAFETY: waitpid with a null status pointer and WNOHANG has no preconditions.
+            unsafe {
+                libc::waitpid(p as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG);
+            }
+        }
         if pids.iter().all(|&p| !alive(p)) {
             return true;
         }

@@ -135,7 +135,9 @@ fn lab_processes(layout: &Layout) -> Vec<u32> {
         if pid == me || !procs::alive(pid) {
             continue;
         }
-        let Some(cmd) = procs::cmdline(pid) else { continue };
+        let Some(cmd) = procs::cmdline(pid) else {
+            continue;
+        };
         if cmd.first().is_some_and(|a| a.starts_with(&holder_prefix)) {
             found.insert(pid);
             if let Some(ns) = procs::mount_ns(pid) {
@@ -195,7 +197,9 @@ fn lab_cgroups(layout: &Layout) -> Vec<PathBuf> {
             v.push(h.path());
             continue;
         }
-        let Ok(groups) = fs::read_dir(h.path()) else { continue };
+        let Ok(groups) = fs::read_dir(h.path()) else {
+            continue;
+        };
         for g in groups.flatten() {
             let name = g.file_name();
             let Some(name) = name.to_str() else { continue };

@@ -1,0 +1,287 @@
+//! The agent's configuration: a TOML file and command-line flags, merged (flags win),
+//! with defaults filled in and checked.
+//!
+//! The file and the flags share one type, [`Settings`], whose fields are all optional;
+//! [`AgentConfig`] is the result with every value decided.
+use std::{
+    io,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+use shoal_dataplane::bpffs::DEFAULT_PIN_DIR;
+
+/// Default directory for the agent's state files.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/shoal";
+
+/// Longest interface name Linux accepts (IFNAMSIZ minus the NUL).
+const MAX_INTERFACE_NAME: usize = 15;
+
+/// Agent settings from one source (the config file or the flags); unset ones are `None`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Interface that carries traffic between hosts; the underlay XDP program attaches
+    /// here. Required, here or as `underlay_interface` in the config file.
+    #[arg(long, value_name = "IF")]
+    pub underlay_interface: Option<String>,
+    /// bpffs directory the agent pins its maps in [file key: pin_dir]
+    /// [default: /sys/fs/bpf/shoal]
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// Directory for the agent's state files, such as agent.json [file key: data_dir]
+    /// [default: /var/lib/shoal]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Log the underlay counters every SECS seconds; 0 never logs them
+    /// [file key: stats_interval_secs] [default: 0]
+    #[arg(long = "stats-interval", value_name = "SECS")]
+    pub stats_interval_secs: Option<u64>,
+}
+
+impl Settings {
+    /// Parses the text of a config file; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            location: e.span().map(|s| line_of(text, s.start)),
+            message: e.message().replace('\n', " "),
+        })
+    }
+
+    /// Reads and parses the config file at `path`.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_owned(),
+            error,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// `over`'s values where it has them, `self`'s otherwise.
+    pub fn overridden_by(self, over: Settings) -> Settings {
+        Settings {
+            underlay_interface: over.underlay_interface.or(self.underlay_interface),
+            pin_dir: over.pin_dir.or(self.pin_dir),
+            data_dir: over.data_dir.or(self.data_dir),
+            stats_interval_secs: over.stats_interval_secs.or(self.stats_interval_secs),
+        }
+    }
+}
+
+/// The agent's configuration with every value decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentConfig {
+    pub underlay_interface: String,
+    pub pin_dir: PathBuf,
+    pub data_dir: PathBuf,
+    /// How often to log the counters; `None` never.
+    pub stats_interval: Option<Duration>,
+}
+
+impl AgentConfig {
+    /// Reads `file` (if given), lets `flags` override it, fills in defaults and checks
+    /// the result.
+    pub fn load(file: Option<&Path>, flags: Settings) -> Result<Self, ConfigError> {
+        let from_file = match file {
+            Some(path) => Settings::from_file(path)?,
+            None => Settings::default(),
+        };
+        Self::resolve(from_file.overridden_by(flags))
+    }
+
+    /// Fills in defaults and checks the merged settings.
+    pub fn resolve(settings: Settings) -> Result<Self, ConfigError> {
+        let underlay_interface = settings
+            .underlay_interface
+            .ok_or(ConfigError::MissingUnderlayInterface)?;
+        check_interface_name(&underlay_interface)?;
+        let pin_dir = settings
+            .pin_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
+        let data_dir = settings
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        for (key, dir) in [("pin_dir", &pin_dir), ("data_dir", &data_dir)] {
+            if dir.as_os_str().is_empty() {
+                return Err(ConfigError::EmptyPath { key });
+            }
+        }
+        let stats_interval = match settings.stats_interval_secs.unwrap_or(0) {
+            0 => None,
+            secs => Some(Duration::from_secs(secs)),
+        };
+        Ok(Self {
+            underlay_interface,
+            pin_dir,
+            data_dir,
+            stats_interval,
+        })
+    }
+}
+
+/// A configuration the agent cannot run with. Every message is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {}: {error}", path.display())]
+    Read { path: PathBuf, error: io::Error },
+    #[error(
+        "config file {}{}: {message}",
+        path.display(),
+        location.as_deref().unwrap_or("")
+    )]
+    Parse {
+        path: PathBuf,
+        /// ", line N" when the parser knows where.
+        location: Option<String>,
+        message: String,
+    },
+    #[error("no underlay interface: set `underlay_interface` in the config file or pass --underlay-interface")]
+    MissingUnderlayInterface,
+    #[error("invalid underlay interface name {name:?}: {reason}")]
+    InvalidInterface { name: String, reason: &'static str },
+    #[error("{key} must not be empty")]
+    EmptyPath { key: &'static str },
+}
+
+/// ", line N" for byte offset `offset` of `text`.
+fn line_of(text: &str, offset: usize) -> String {
+    let before = text.get(..offset).unwrap_or(text);
+    format!(", line {}", before.matches('\n').count() + 1)
+}
+
+/// The rules of the kernel's `dev_valid_name`.
+fn check_interface_name(name: &str) -> Result<(), ConfigError> {
+    let reason = if name.is_empty() {
+        "empty"
+    } else if name.len() > MAX_INTERFACE_NAME {
+        "longer than 15 bytes"
+    } else if name == "." || name == ".." {
+        "not a valid name"
+    } else if name.contains(['/', ':']) || name.contains(char::is_whitespace) {
+        "contains '/', ':' or whitespace"
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::InvalidInterface {
+        name: name.to_owned(),
+        reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Settings, ConfigError> {
+        Settings::from_toml(text, Path::new("agent.toml"))
+    }
+
+    #[test]
+    fn good_file_parses_and_resolves() {
+        let settings = parse(
+            r#"
+            underlay_interface = "eth1"
+            pin_dir = "/sys/fs/bpf/lab1"
+            data_dir = "/tmp/lab1"
+            stats_interval_secs = 10
+            "#,
+        )
+        .unwrap();
+        let config = AgentConfig::resolve(settings).unwrap();
+        assert_eq!(
+            config,
+            AgentConfig {
+                underlay_interface: "eth1".into(),
+                pin_dir: "/sys/fs/bpf/lab1".into(),
+                data_dir: "/tmp/lab1".into(),
+                stats_interval: Some(Duration::from_secs(10)),
+            }
+        );
+    }
+
+    #[test]
+    fn defaults_fill_in_what_is_unset() {
+        let config =
+            AgentConfig::resolve(parse(r#"underlay_interface = "eth0""#).unwrap()).unwrap();
+        assert_eq!(config.pin_dir, Path::new(DEFAULT_PIN_DIR));
+        assert_eq!(config.data_dir, Path::new(DEFAULT_DATA_DIR));
+        assert_eq!(config.stats_interval, None);
+    }
+
+    #[test]
+    fn unknown_key_is_refused_and_named() {
+        let err = parse("underlay_interface = \"eth0\"\nunderlay_iface = \"eth1\"\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err:?}");
+        assert!(msg.contains("unknown field `underlay_iface`"), "{msg}");
+        assert!(msg.contains("agent.toml, line 2"), "{msg}");
+        assert!(!msg.contains('\n'), "not one line: {msg}");
+    }
+
+    #[test]
+    fn flags_override_file_values() {
+        let file = parse(
+            r#"
+            underlay_interface = "eth1"
+            pin_dir = "/sys/fs/bpf/from-file"
+            stats_interval_secs = 30
+            "#,
+        )
+        .unwrap();
+        let flags = Settings {
+            underlay_interface: Some("eth2".into()),
+            stats_interval_secs: Some(0),
+            ..Settings::default()
+        };
+        let config = AgentConfig::resolve(file.overridden_by(flags)).unwrap();
+        assert_eq!(config.underlay_interface, "eth2");
+        assert_eq!(config.pin_dir, Path::new("/sys/fs/bpf/from-file"));
+        assert_eq!(config.stats_interval, None);
+    }
+
+    #[test]
+    fn missing_underlay_interface_is_refused() {
+        let file = parse(r#"pin_dir = "/sys/fs/bpf/x""#).unwrap();
+        let err = AgentConfig::resolve(file.overridden_by(Settings::default())).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::MissingUnderlayInterface),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("--underlay-interface"));
+    }
+
+    #[test]
+    fn bad_interface_names_are_refused() {
+        for name in ["", "a-very-long-ifname", "..", "eth0:1", "et h0", "a/b"] {
+            let settings = Settings {
+                underlay_interface: Some(name.into()),
+                ..Settings::default()
+            };
+            let err = AgentConfig::resolve(settings).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::InvalidInterface { .. }),
+                "{name:?}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_type_is_refused_with_its_line() {
+        let err = parse("underlay_interface = \"eth0\"\nstats_interval_secs = -1\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("line 2"), "{msg}");
+        assert!(!msg.contains('\n'), "not one line: {msg}");
+    }
+
+    #[test]
+    fn unreadable_file_is_named() {
+        let path = Path::new("/nonexistent/shoal/agent.toml");
+        let err = AgentConfig::load(Some(path), Settings::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/shoal/agent.toml"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,118 @@
+//! `shoal dataplane stats`: prints the underlay XDP program's counters, read from the
+//! stats map an agent pinned (it stays pinned after the agent stops).
+use std::{
+    io::{self, Write},
+    path::Path,
+};
+
+use anyhow::{bail, Context, Result};
+use serde::{ser::SerializeMap, Serialize, Serializer};
+use shoal_common::underlay::STATS_MAP;
+use shoal_dataplane::underlay::UnderlayStats;
+
+/// Prints the counters pinned under `pin_dir`, as a table or as a JSON object.
+pub fn run(pin_dir: &Path, json: bool) -> Result<()> {
+    let stats = read(pin_dir)?;
+    let mut out = io::stdout().lock();
+    if json {
+        write_json(&mut out, &stats)?;
+    } else {
+        write_table(&mut out, &stats)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn read(pin_dir: &Path) -> Result<UnderlayStats> {
+    let pinned = pin_dir.join(STATS_MAP);
+    match pinned.try_exists() {
+        Ok(true) => {}
+        Ok(false) => bail!("no agent has pinned stats in {}", pin_dir.display()),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => bail!(
+            "permission denied looking for {} (pinned eBPF maps are for root)",
+            pinned.display()
+        ),
+        Err(e) => bail!("looking for {}: {e}", pinned.display()),
+    }
+    UnderlayStats::read_pinned(pin_dir)
+        .with_context(|| format!("reading the stats map pinned at {}", pinned.display()))
+}
+
+/// One `name  value` line per counter, names left-aligned, values right-aligned.
+fn write_table(out: &mut impl Write, stats: &UnderlayStats) -> io::Result<()> {
+    let name_width = stats.iter().map(|(c, _)| c.name().len()).max().unwrap_or(0);
+    let value_width = stats
+        .iter()
+        .map(|(_, v)| v.to_string().len())
+        .max()
+        .unwrap_or(0);
+    for (counter, value) in stats.iter() {
+        writeln!(
+            out,
+            "{:<name_width$}  {value:>value_width$}",
+            counter.name()
+        )?;
+    }
+    Ok(())
+}
+
+/// `{"packets":N,"bytes":N,...}` in counter order, and a newline.
+fn write_json(out: &mut impl Write, stats: &UnderlayStats) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, &StatsJson(stats))?;
+    writeln!(out)
+}
+
+struct StatsJson<'a>(&'a UnderlayStats);
+
+impl Serialize for StatsJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for (counter, value) in self.0.iter() {
+            map.serialize_entry(counter.name(), &value)?;
+        }
+        map.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_common::underlay::Counter;
+
+    use super::*;
+
+    #[test]
+    fn table_has_every_counter_in_order() {
+        let mut out = Vec::new();
+        write_table(&mut out, &UnderlayStats::default()).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let names: Vec<_> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .collect();
+        assert_eq!(names.len(), Counter::ALL.len());
+        for (cols, counter) in names.iter().zip(Counter::ALL) {
+            assert_eq!(cols.as_slice(), [counter.name(), "0"]);
+        }
+    }
+
+    #[test]
+    fn json_is_one_object_in_counter_order() {
+        let mut out = Vec::new();
+        write_json(&mut out, &UnderlayStats::default()).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with(r#"{"packets":0,"bytes":0,"#), "{text}");
+        assert!(text.ends_with("}\n"), "{text}");
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value.as_object().unwrap().len(), Counter::ALL.len());
+    }
+
+    #[test]
+    fn missing_pin_is_one_clear_line() {
+        let dir = Path::new("/nonexistent/shoal-pins");
+        let err = read(dir).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no agent has pinned stats in /nonexistent/shoal-pins"
+        );
+    }
+}

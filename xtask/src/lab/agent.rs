@@ -1,0 +1,54 @@
+//! Running `shoal agent` on a lab host (demo and lab tests).
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use super::{HostState, LabState};
+
+/// Where a host's agent writes its status file (`agent.json`).
+pub fn status_file(host: &HostState) -> PathBuf {
+    host.run_dir.join("agent").join("agent.json")
+}
+
+/// Starts `shoal agent` on a host, in the background, with its own pin and data dirs,
+/// and waits until it has attached its XDP program. Returns its status file's content.
+pub fn start(state: &LabState, host: &HostState, shoal: &Path) -> Result<String> {
+    let data_dir = host.run_dir.join("agent");
+    fs::create_dir_all(&data_dir)?;
+    let log = fs::File::create(host.run_dir.join("agent.log"))?;
+    let argv = vec![
+        shoal.display().to_string(),
+        "agent".into(),
+        "--underlay-interface".into(),
+        host.underlay_interface.clone(),
+        "--pin-dir".into(),
+        host.pin_dir.display().to_string(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+    ];
+    let mut cmd = super::exec_command(state, &host.name, &argv)?;
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    let child = cmd.spawn().context("starting shoal agent")?;
+    drop(child);
+    // The agent writes agent.json once its XDP program is attached.
+    let status = status_file(host);
+    let start = Instant::now();
+    while !status.exists() {
+        if start.elapsed() > Duration::from_secs(60) {
+            let log = fs::read_to_string(host.run_dir.join("agent.log")).unwrap_or_default();
+            bail!(
+                "shoal agent on {} did not start within 60 s; its log:\n{log}",
+                host.name
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(fs::read_to_string(&status)?.trim().to_owned())
+}
