@@ -91,11 +91,7 @@ pub fn missing() -> Result<Vec<String>> {
 }
 
 fn require_root() -> Result<()> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("setup: must run as root (it installs packages); try: sudo -E cargo xtask setup");
-    }
-    Ok(())
+    crate::util::require_root("setup", "it installs packages")
 }
 
 // ---------------------------------------------------------------------------------------

@@ -3,11 +3,11 @@ use std::{ffi::CString, path::Path};
 
 use anyhow::{bail, Result};
 
-/// Fails with one clear line unless running as root.
-pub fn require_root(what: &str) -> Result<()> {
+/// Fails with one clear line unless running as root; `why` says what needs it.
+pub fn require_root(what: &str, why: &str) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("{what} needs root (it creates network namespaces and runs dockerd); run it as root");
+        bail!("{what} needs root ({why}); run it as root");
     }
     Ok(())
 }

@@ -68,7 +68,7 @@ pub(crate) fn netns_list() -> Vec<String> {
 /// Brings up a lab of `hosts` hosts. A healthy lab with this prefix is an error; a
 /// half-made one (from a crashed run) is cleaned first.
 pub fn up(layout: &Layout, hosts: u32) -> Result<LabState> {
-    require_root("lab up")?;
+    require_root("lab up", "it creates network namespaces and runs dockerd")?;
     if hosts == 0 || hosts > MAX_HOSTS {
         bail!("--hosts must be between 1 and {MAX_HOSTS}, not {hosts}");
     }

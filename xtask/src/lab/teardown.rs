@@ -32,7 +32,10 @@ pub fn leftovers(layout: &Layout) -> Vec<String> {
 /// Tears the lab down. Errors if there was no lab, or if anything is left afterwards
 /// (and says what).
 pub fn down(layout: &Layout) -> Result<()> {
-    require_root("lab down")?;
+    require_root(
+        "lab down",
+        "it ends the lab's processes and removes its namespaces",
+    )?;
     if leftovers(layout).is_empty() {
         bail!("no lab with prefix {:?} to take down", layout.prefix);
     }
