@@ -59,8 +59,9 @@ enum DataplaneCommand {
 
 #[derive(Args)]
 struct StatsArgs {
-    /// bpffs directory the agent pinned its maps in
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    /// bpffs directory the agent pinned its maps in (`lab exec` sets SHOAL_PIN_DIR to
+    /// the host's)
+    #[arg(long, value_name = "DIR", env = "SHOAL_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
     /// Print one JSON object {"packets":N,...} instead of a table
     #[arg(long)]

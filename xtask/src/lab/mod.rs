@@ -311,14 +311,19 @@ pub fn require_state(layout: &Layout) -> Result<LabState> {
     })
 }
 
-/// Runs `argv` inside a host's namespaces with DOCKER_HOST pointing at its dockerd.
+/// Runs `argv` inside a host's namespaces with DOCKER_HOST pointing at its dockerd and
+/// the `shoal` CLI pointed at the host's agent (SHOAL_PIN_DIR).
 pub fn exec_command(state: &LabState, host: &str, argv: &[String]) -> Result<Command> {
     let h = state.host(host)?;
     let (program, args) = argv
         .split_first()
         .context("lab exec needs a command after `--`")?;
+    // The workspace's debug build first in PATH, so `shoal` inside a host is this tree's.
+    let path = std::env::var("PATH").unwrap_or_default();
+    let bin = crate::util::target_dir().join("debug");
     let mut cmd = Command::new(program);
     cmd.args(args)
+        .env("PATH", format!("{}:{path}", bin.display()))
         .env("DOCKER_HOST", &h.docker_host)
         .env("SHOAL_LAB_HOST", &h.name)
         .env("SHOAL_PIN_DIR", &h.pin_dir);
