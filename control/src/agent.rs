@@ -1,9 +1,12 @@
 //! `shoal agent`: the daemon every host runs as root.
 //!
 //! Start-up: prepare the pin directory, load the underlay XDP program (its stats map
-//! pinned, so counters survive restarts), attach it to the underlay interface, publish
-//! `agent.json`. Then, until SIGTERM or SIGINT, log the counters if asked to. Shutdown:
-//! detach the program, remove `agent.json`. The pinned map stays.
+//! pinned, so counters survive restarts), attach it to the underlay interface, start
+//! the overlay reconciler if a declared state is configured, publish `agent.json`.
+//! Then, until SIGTERM or SIGINT: reconcile the overlay when the declared state or a
+//! declared container changes (and every 30 s to repair drift), and log the counters if
+//! asked to. Shutdown: detach the program, remove `agent.json`. The pinned map and the
+//! overlay stay, so a restarted agent changes nothing that works.
 use std::{fmt, fs, time::Duration};
 
 use anyhow::{bail, Context, Result};
@@ -17,7 +20,16 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use crate::{config::AgentConfig, status::AgentStatus};
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use shoal_control::docker::{DockerClient, WatchUpdate};
+
+use crate::{
+    config::AgentConfig,
+    overlay_driver::{self, OverlayDriver},
+    status::AgentStatus,
+};
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(config: AgentConfig) -> Result<()> {
@@ -46,6 +58,12 @@ async fn serve(config: AgentConfig) -> Result<()> {
     let mut program = UnderlayProgram::load_pinned(&config.pin_dir)?;
     let mode = program.attach(interface)?;
 
+    // Before the status file: an agent that cannot run its overlay is not up.
+    let mut overlay = match &config.declared_state {
+        Some(file) => Some(Overlay::start(&config, file).await?),
+        None => None,
+    };
+
     let status = AgentStatus {
         pid: std::process::id(),
         underlay_interface: interface.to_owned(),
@@ -70,8 +88,16 @@ async fn serve(config: AgentConfig) -> Result<()> {
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
             () = tick(&mut stats_timer) => log_stats(&program),
+            result = next_overlay_step(&mut overlay) => {
+                if let Err(e) = result {
+                    warn!(error = %format!("{e:#}"), "overlay");
+                }
+            }
         }
     };
+    if let Some(o) = overlay {
+        o.driver.stop();
+    }
 
     info!(signal = signal_name, "shutting down");
     drop(program);
@@ -81,6 +107,54 @@ async fn serve(config: AgentConfig) -> Result<()> {
     }
     info!("agent stopped");
     Ok(())
+}
+
+/// The overlay side of the agent: the reconciler's driver and what wakes it.
+struct Overlay {
+    driver: OverlayDriver,
+    events: Pin<Box<dyn Stream<Item = WatchUpdate> + Send>>,
+    file_timer: Interval,
+    resync_timer: Interval,
+}
+
+impl Overlay {
+    async fn start(config: &AgentConfig, file: &std::path::Path) -> Result<Self> {
+        let docker = DockerClient::connect(&config.docker_socket)
+            .await
+            .context("the overlay needs the node's dockerd")?;
+        let events = Box::pin(docker.watch_reconnecting(Duration::from_secs(2)));
+        let driver = OverlayDriver::start(config, file, docker).await?;
+        Ok(Self {
+            driver,
+            events,
+            file_timer: stats_timer(overlay_driver::FILE_POLL_EVERY),
+            resync_timer: stats_timer(overlay_driver::RESYNC_EVERY),
+        })
+    }
+}
+
+/// Waits for the next thing that needs the overlay reconciled, and reconciles.
+async fn next_overlay_step(overlay: &mut Option<Overlay>) -> Result<()> {
+    let Some(o) = overlay else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = o.file_timer.tick() => o.driver.poll_file().await,
+        _ = o.resync_timer.tick() => o.driver.reload(true).await,
+        update = o.events.next() => match update {
+            Some(WatchUpdate::Subscribed) => o.driver.reload(false).await,
+            Some(WatchUpdate::Event(ev)) if o.driver.concerns(&ev.id, &ev.name) => {
+                info!(container = %ev.name, action = ev.action.as_str(), "declared container changed");
+                o.driver.reload(false).await
+            }
+            Some(WatchUpdate::Event(_)) => Ok(()),
+            Some(WatchUpdate::Lost(e)) => {
+                warn!(error = %e, "lost dockerd's events; retrying");
+                Ok(())
+            }
+            None => Ok(()),
+        },
+    }
 }
 
 fn stats_timer(period: Duration) -> Interval {

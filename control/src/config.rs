@@ -10,10 +10,14 @@ use std::{
 };
 
 use serde::Deserialize;
-use shoal_dataplane::bpffs::DEFAULT_PIN_DIR;
+use shoal_dataplane::{bpffs::DEFAULT_PIN_DIR, overlay::state::DEFAULT_VXLAN_PORT};
 
 /// Default directory for the agent's state files.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/shoal";
+/// Default dockerd socket.
+pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
+/// Default directory of the overlay networks' pinned namespaces.
+pub const DEFAULT_NETNS_DIR: &str = "/run/shoal/netns";
 
 /// Longest interface name Linux accepts (IFNAMSIZ minus the NUL).
 const MAX_INTERFACE_NAME: usize = 15;
@@ -38,6 +42,23 @@ pub struct Settings {
     /// [file key: stats_interval_secs] [default: 0]
     #[arg(long = "stats-interval", value_name = "SECS")]
     pub stats_interval_secs: Option<u64>,
+    /// The node's dockerd socket [file key: docker_socket]
+    /// [default: /var/run/docker.sock]
+    #[arg(long, value_name = "PATH")]
+    pub docker_socket: Option<PathBuf>,
+    /// JSON file with this node's declared overlay state (networks, local and remote
+    /// endpoints), applied and re-applied when it changes; until the control plane
+    /// feeds the agent, this is how the overlay is driven [file key: declared_state]
+    #[arg(long, value_name = "FILE")]
+    pub declared_state: Option<PathBuf>,
+    /// Directory where each overlay network's namespace is pinned [file key: netns_dir]
+    /// [default: /run/shoal/netns]
+    #[arg(long, value_name = "DIR")]
+    pub netns_dir: Option<PathBuf>,
+    /// UDP port of the VXLAN overlay (Swarm's --data-path-port) [file key:
+    /// data_path_port] [default: 4789]
+    #[arg(long, value_name = "PORT")]
+    pub data_path_port: Option<u16>,
 }
 
 impl Settings {
@@ -66,6 +87,10 @@ impl Settings {
             pin_dir: over.pin_dir.or(self.pin_dir),
             data_dir: over.data_dir.or(self.data_dir),
             stats_interval_secs: over.stats_interval_secs.or(self.stats_interval_secs),
+            docker_socket: over.docker_socket.or(self.docker_socket),
+            declared_state: over.declared_state.or(self.declared_state),
+            netns_dir: over.netns_dir.or(self.netns_dir),
+            data_path_port: over.data_path_port.or(self.data_path_port),
         }
     }
 }
@@ -78,6 +103,10 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// How often to log the counters; `None` never.
     pub stats_interval: Option<Duration>,
+    pub docker_socket: PathBuf,
+    pub declared_state: Option<PathBuf>,
+    pub netns_dir: PathBuf,
+    pub data_path_port: u16,
 }
 
 impl AgentConfig {
@@ -103,7 +132,22 @@ impl AgentConfig {
         let data_dir = settings
             .data_dir
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        for (key, dir) in [("pin_dir", &pin_dir), ("data_dir", &data_dir)] {
+        let docker_socket = settings
+            .docker_socket
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DOCKER_SOCKET));
+        let netns_dir = settings
+            .netns_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_NETNS_DIR));
+        let data_path_port = settings.data_path_port.unwrap_or(DEFAULT_VXLAN_PORT);
+        if data_path_port == 0 {
+            return Err(ConfigError::BadPort);
+        }
+        for (key, dir) in [
+            ("pin_dir", &pin_dir),
+            ("data_dir", &data_dir),
+            ("docker_socket", &docker_socket),
+            ("netns_dir", &netns_dir),
+        ] {
             if dir.as_os_str().is_empty() {
                 return Err(ConfigError::EmptyPath { key });
             }
@@ -117,6 +161,10 @@ impl AgentConfig {
             pin_dir,
             data_dir,
             stats_interval,
+            docker_socket,
+            declared_state: settings.declared_state,
+            netns_dir,
+            data_path_port,
         })
     }
 }
@@ -143,6 +191,8 @@ pub enum ConfigError {
     InvalidInterface { name: String, reason: &'static str },
     #[error("{key} must not be empty")]
     EmptyPath { key: &'static str },
+    #[error("data_path_port must be between 1 and 65535")]
+    BadPort,
 }
 
 /// ", line N" for byte offset `offset` of `text`.
@@ -197,6 +247,10 @@ mod tests {
                 pin_dir: "/sys/fs/bpf/lab1".into(),
                 data_dir: "/tmp/lab1".into(),
                 stats_interval: Some(Duration::from_secs(10)),
+                docker_socket: DEFAULT_DOCKER_SOCKET.into(),
+                declared_state: None,
+                netns_dir: DEFAULT_NETNS_DIR.into(),
+                data_path_port: 4789,
             }
         );
     }

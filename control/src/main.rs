@@ -11,6 +11,7 @@
 
 mod agent;
 mod config;
+mod overlay_driver;
 mod stats_cmd;
 mod status;
 

@@ -4,11 +4,15 @@
 //! - [`underlay`]: the XDP program on the node's underlay interface: load, attach
 //!   (native mode when the driver has it, generic otherwise), pin, read its counters.
 //! - [`bpffs`]: the bpf filesystem and the pin directory every map lives under.
+//! - [`iface`]: an interface's address and MTU, asked of the kernel.
+//! - [`overlay`]: VXLAN overlay networks from declared node state (reconciler).
 //!
-//! Later layers (overlay reconciler, service load balancer) live here too; they take
-//! declared node state and make the kernel match it.
+//! Every layer takes declared node state and makes the kernel match it; none decides
+//! what should exist.
 
 pub mod bpffs;
+pub mod iface;
+pub mod overlay;
 pub mod underlay;
 
 /// The compiled eBPF object holding every program in `ebpf/shoal-ebpf`

@@ -32,7 +32,7 @@ fn agent_attaches_native_xdp_and_counts_client_traffic() {
     let shoal = xtask::util::shoal_binary().expect("shoal binary (cargo build)");
     let guard = LabGuard::up('x', 1);
     let h1 = &guard.state.hosts[0];
-    let status = lab::agent::start(&guard.state, h1, &shoal).expect("start shoal agent");
+    let status = lab::agent::start(&guard.state, h1, &shoal, &[]).expect("start shoal agent");
     let status: serde_json::Value = serde_json::from_str(&status).expect("agent.json");
     assert_eq!(status["xdp_mode"], "native", "agent status: {status}");
     assert_eq!(

@@ -5,10 +5,12 @@
 //! - [`setup`]: installs what a fresh machine lacks.
 //! - [`images`]: builds the lab's Docker images without a registry or a dockerd.
 //! - [`lab`]: the multi-host lab (namespaces, per-host dockerd, teardown).
+//! - [`bench`]: benchmarks against a baseline in the same run.
 //! - [`demo`]: README's main job.
 //! - [`testrun`]: README's test command.
 //! - [`util`]: root check, bpffs check, workspace paths.
 
+pub mod bench;
 pub mod demo;
 pub mod images;
 pub mod lab;

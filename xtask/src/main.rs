@@ -4,10 +4,11 @@
 //! - `lab up|status|exec|client|down`: the multi-host lab (see `lab/mod.rs`).
 //! - `demo`: README's main job: set up, build, bring up a lab and show it working.
 //! - `test`: README's test command: set up, fmt, clippy, unit, eBPF and lab tests.
+//! - `bench SUITE`: benchmarks with BENCH/RATIO lines and target/bench/SUITE.json.
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use xtask::{demo, lab, setup, testrun};
+use xtask::{bench, demo, lab, setup, testrun};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "shoal's developer tasks")]
@@ -34,6 +35,8 @@ enum Cmd {
         #[arg(long)]
         no_lab: bool,
     },
+    /// Run a benchmark suite against its baseline (suites: overlay).
+    Bench { suite: String },
 }
 
 #[derive(Subcommand)]
@@ -91,6 +94,7 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Demo => demo::run().map(|_| ExitCode::SUCCESS),
         Cmd::Test { no_lab } => testrun::run(!no_lab),
         Cmd::Lab { command } => run_lab(command),
+        Cmd::Bench { suite } => bench::run(&suite),
     }
 }
 

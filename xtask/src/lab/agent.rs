@@ -17,10 +17,21 @@ pub fn status_file(host: &HostState) -> PathBuf {
 
 /// Starts `shoal agent` on a host, in the background, with its own pin and data dirs,
 /// and waits until it has attached its XDP program. Returns its status file's content.
-pub fn start(state: &LabState, host: &HostState, shoal: &Path) -> Result<String> {
+pub fn start(
+    state: &LabState,
+    host: &HostState,
+    shoal: &Path,
+    extra_args: &[String],
+) -> Result<String> {
     let data_dir = host.run_dir.join("agent");
     fs::create_dir_all(&data_dir)?;
-    let log = fs::File::create(host.run_dir.join("agent.log"))?;
+    // Appended to, so a restarted agent's log follows the first one's.
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(host.run_dir.join("agent.log"))?;
+    let status = status_file(host);
+    let _ = fs::remove_file(&status);
     let argv = vec![
         shoal.display().to_string(),
         "agent".into(),
@@ -30,7 +41,14 @@ pub fn start(state: &LabState, host: &HostState, shoal: &Path) -> Result<String>
         host.pin_dir.display().to_string(),
         "--data-dir".into(),
         data_dir.display().to_string(),
-    ];
+        "--docker-socket".into(),
+        host.docker_host.trim_start_matches("unix://").to_owned(),
+        "--netns-dir".into(),
+        host.run_dir.join("netns").display().to_string(),
+    ]
+    .into_iter()
+    .chain(extra_args.iter().cloned())
+    .collect::<Vec<String>>();
     let mut cmd = super::exec_command(state, &host.name, &argv)?;
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -38,7 +56,6 @@ pub fn start(state: &LabState, host: &HostState, shoal: &Path) -> Result<String>
     let child = cmd.spawn().context("starting shoal agent")?;
     drop(child);
     // The agent writes agent.json once its XDP program is attached.
-    let status = status_file(host);
     let start = Instant::now();
     while !status.exists() {
         if start.elapsed() > Duration::from_secs(60) {

@@ -1,0 +1,4 @@
+//! shoal's control side as a library: the parts of the control plane that are plain logic.
+
+pub mod docker;
+pub mod ipam;

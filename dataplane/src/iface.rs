@@ -1,0 +1,79 @@
+//! Facts about an interface of the current network namespace, asked of the kernel
+//! directly (not through /sys, which may belong to another namespace).
+use std::{ffi::CStr, io, net::Ipv4Addr};
+
+/// The first IPv4 address of `ifname`, if it has one.
+pub fn ipv4_address(ifname: &str) -> io::Result<Option<Ipv4Addr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut found = None;
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: cur is a valid node of the list until freeifaddrs.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        let name = unsafe { CStr::from_ptr(ifa.ifa_name) };
+        // SAFETY: ifa_addr is non-null and at least a sockaddr.
+        let family = unsafe { (*ifa.ifa_addr).sa_family } as i32;
+        if name.to_bytes() == ifname.as_bytes() && family == libc::AF_INET {
+            // SAFETY: family AF_INET means the address is a sockaddr_in.
+            let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+            found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            break;
+        }
+    }
+    // SAFETY: head came from getifaddrs.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(found)
+}
+
+/// The MTU of `ifname`.
+pub fn mtu(ifname: &str) -> io::Result<u32> {
+    if ifname.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
+    }
+    // SAFETY: a plain datagram socket, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: zeroed ifreq with the name copied in; SIOCGIFMTU fills ifru_mtu.
+    let result = unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (d, s) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
+            *d = s as libc::c_char;
+        }
+        let rc = libc::ioctl(fd, libc::SIOCGIFMTU, &mut req);
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(req.ifr_ifru.ifru_mtu as u32)
+        }
+    };
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_has_127_0_0_1_and_a_big_mtu() {
+        assert_eq!(
+            super::ipv4_address("lo").unwrap(),
+            Some(std::net::Ipv4Addr::LOCALHOST)
+        );
+        assert!(super::mtu("lo").unwrap() >= 1500);
+        assert!(super::mtu("no-such-if0").is_err());
+    }
+}

@@ -1,0 +1,499 @@
+//! From declared state to kernel ops, without touching the kernel.
+//!
+//! [`desired`] turns a validated [`OverlayState`] plus what the node knows (its VTEP,
+//! underlay MTU, and where each running container's namespace is) into the
+//! [`KernelState`] that should exist. [`diff`] compares it with what is applied and
+//! returns the ops that close the gap, touching nothing that is already right: a change
+//! of one endpoint yields only that endpoint's ops.
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
+
+use super::{
+    model::{AttachmentSpec, KernelState, NetworkObjects, NetworkSpec, Op, RemoteEntry},
+    state::{overlay_mtu, Mac, OverlayState},
+};
+
+/// What the node itself contributes to every network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeParams {
+    pub vtep: Ipv4Addr,
+    pub underlay_interface: String,
+    pub underlay_mtu: u32,
+    /// VXLAN UDP port (Swarm's `--data-path-port`).
+    pub port: u16,
+}
+
+/// Where a running container's network namespace is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerNetns {
+    pub path: PathBuf,
+    /// [`super::netns::identity`] of the namespace.
+    pub id: u64,
+}
+
+/// The desired kernel state, plus the namespace path of every attachment (paths are
+/// how to reach a container now, not part of what is compared).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub kernel: KernelState,
+    pub netns_paths: BTreeMap<String, PathBuf>,
+    /// Declared containers that are not running here now (skipped until they are).
+    pub absent_containers: Vec<String>,
+}
+
+/// Name of the bridge-side veth of `container` on network `vni`: stable across
+/// restarts of the container and unique within the network's namespace.
+pub fn veth_name(container: &str) -> String {
+    // FNV-1a: tiny, stable across builds and platforms.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in container.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("ve{h:08x}")
+}
+
+/// Builds the desired kernel state. `state` must have passed `validate()`.
+/// `netns_of` says where a declared container's namespace is, or None if it is not
+/// running here. A network exists on the node only while a running local container is
+/// attached to it (remote endpoints alone do not make one).
+pub fn desired(
+    state: &OverlayState,
+    node: &NodeParams,
+    mut netns_of: impl FnMut(&str) -> Option<ContainerNetns>,
+) -> Desired {
+    let mut out = Desired::default();
+    for (container, endpoints) in state.containers() {
+        let Some(ns) = netns_of(container) else {
+            out.absent_containers.push(container.to_owned());
+            continue;
+        };
+        for (index, ep) in endpoints.iter().enumerate() {
+            let Some(net) = state.network(&ep.network) else {
+                continue; // validate() rules this out
+            };
+            let mtu = overlay_mtu(net, node.underlay_mtu);
+            let objects = out
+                .kernel
+                .networks
+                .entry(net.vni)
+                .or_insert_with(|| NetworkObjects {
+                    spec: NetworkSpec {
+                        vni: net.vni,
+                        gateway: net.gateway,
+                        prefix_len: net.subnet.prefix_len(),
+                        mtu,
+                        port: node.port,
+                        vtep: node.vtep,
+                        underlay_interface: node.underlay_interface.clone(),
+                    },
+                    remotes: BTreeMap::new(),
+                    attachments: BTreeMap::new(),
+                });
+            let veth = veth_name(container);
+            objects.attachments.insert(
+                veth.clone(),
+                AttachmentSpec {
+                    container: container.to_owned(),
+                    netns_id: ns.id,
+                    ifname: format!("eth{index}"),
+                    ip: ep.ip,
+                    prefix_len: net.subnet.prefix_len(),
+                    mac: ep.mac.unwrap_or_else(|| Mac::from_ip(ep.ip)),
+                    default_gateway: (index == 0).then_some(net.gateway),
+                    mtu,
+                },
+            );
+            out.netns_paths
+                .insert(attachment_key(net.vni, &veth), ns.path.clone());
+        }
+    }
+    for r in &state.remote_endpoints {
+        let Some(net) = state.network(&r.network) else {
+            continue;
+        };
+        if let Some(objects) = out.kernel.networks.get_mut(&net.vni) {
+            objects.remotes.insert(
+                r.ip,
+                RemoteEntry {
+                    mac: r.mac.unwrap_or_else(|| Mac::from_ip(r.ip)),
+                    vtep: r.vtep,
+                },
+            );
+        }
+    }
+    out
+}
+
+fn attachment_key(vni: u32, veth: &str) -> String {
+    format!("{vni}/{veth}")
+}
+
+/// The ops that turn `applied` into `desired.kernel`, in a safe order: removals first
+/// (so an address or MAC moving between endpoints never collides), then networks,
+/// attachments and remote entries.
+pub fn diff(desired: &Desired, applied: &KernelState) -> Vec<Op> {
+    let mut removals = Vec::new();
+    let mut additions = Vec::new();
+    for (vni, have) in &applied.networks {
+        match desired.kernel.networks.get(vni) {
+            None => removals.push(Op::DeleteNetwork { vni: *vni }),
+            Some(want) if want.spec != have.spec => {
+                // Devices made with other parameters: make them again, with everything
+                // that hangs off them.
+                removals.push(Op::DeleteNetwork { vni: *vni });
+                additions.extend(create_all(desired, want));
+            }
+            Some(want) => {
+                for (ip, entry) in &have.remotes {
+                    if want.remotes.get(ip) != Some(entry) {
+                        removals.push(Op::DeleteRemote {
+                            vni: *vni,
+                            ip: *ip,
+                            entry: *entry,
+                        });
+                    }
+                }
+                for (veth, spec) in &have.attachments {
+                    if want.attachments.get(veth) != Some(spec) {
+                        removals.push(Op::Detach {
+                            vni: *vni,
+                            veth_name: veth.clone(),
+                        });
+                    }
+                }
+                for (veth, spec) in &want.attachments {
+                    if have.attachments.get(veth) != Some(spec) {
+                        additions.push(attach_op(desired, *vni, veth, spec));
+                    }
+                }
+                for (ip, entry) in &want.remotes {
+                    if have.remotes.get(ip) != Some(entry) {
+                        additions.push(Op::AddRemote {
+                            vni: *vni,
+                            ip: *ip,
+                            entry: *entry,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    for (vni, want) in &desired.kernel.networks {
+        if !applied.networks.contains_key(vni) {
+            additions.extend(create_all(desired, want));
+        }
+    }
+    removals.extend(additions);
+    removals
+}
+
+fn create_all(desired: &Desired, want: &NetworkObjects) -> Vec<Op> {
+    let vni = want.spec.vni;
+    let mut ops = vec![Op::CreateNetwork(want.spec.clone())];
+    ops.extend(
+        want.attachments
+            .iter()
+            .map(|(veth, spec)| attach_op(desired, vni, veth, spec)),
+    );
+    ops.extend(want.remotes.iter().map(|(ip, entry)| Op::AddRemote {
+        vni,
+        ip: *ip,
+        entry: *entry,
+    }));
+    ops
+}
+
+fn attach_op(desired: &Desired, vni: u32, veth: &str, spec: &AttachmentSpec) -> Op {
+    Op::Attach {
+        vni,
+        veth_name: veth.to_owned(),
+        spec: spec.clone(),
+        netns_path: desired
+            .netns_paths
+            .get(&attachment_key(vni, veth))
+            .cloned()
+            .unwrap_or_default(),
+    }
+}
+
+/// Updates `applied` as if `op` had succeeded, so the reconciler's record of the kernel
+/// stays exact without reading it back after every change.
+pub fn record(applied: &mut KernelState, op: &Op) {
+    match op {
+        Op::CreateNetwork(spec) => {
+            applied.networks.insert(
+                spec.vni,
+                NetworkObjects {
+                    spec: spec.clone(),
+                    remotes: BTreeMap::new(),
+                    attachments: BTreeMap::new(),
+                },
+            );
+        }
+        Op::DeleteNetwork { vni } => {
+            applied.networks.remove(vni);
+        }
+        Op::AddRemote { vni, ip, entry } => {
+            if let Some(n) = applied.networks.get_mut(vni) {
+                n.remotes.insert(*ip, *entry);
+            }
+        }
+        Op::DeleteRemote { vni, ip, .. } => {
+            if let Some(n) = applied.networks.get_mut(vni) {
+                n.remotes.remove(ip);
+            }
+        }
+        Op::Attach {
+            vni,
+            veth_name,
+            spec,
+            ..
+        } => {
+            if let Some(n) = applied.networks.get_mut(vni) {
+                n.attachments.insert(veth_name.clone(), spec.clone());
+            }
+        }
+        Op::Detach { vni, veth_name } => {
+            if let Some(n) = applied.networks.get_mut(vni) {
+                n.attachments.remove(veth_name);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::overlay::state::{LocalEndpoint, Network, RemoteEndpoint};
+
+    fn node() -> NodeParams {
+        NodeParams {
+            vtep: "192.168.77.11".parse().unwrap(),
+            underlay_interface: "eth0".into(),
+            underlay_mtu: 1500,
+            port: 4789,
+        }
+    }
+
+    fn net(id: &str, vni: u32, subnet: &str, gw: &str) -> Network {
+        Network {
+            id: id.into(),
+            vni,
+            subnet: subnet.parse().unwrap(),
+            gateway: gw.parse().unwrap(),
+            mtu: None,
+            encrypted: false,
+        }
+    }
+
+    fn local(network: &str, container: &str, ip: &str) -> LocalEndpoint {
+        LocalEndpoint {
+            network: network.into(),
+            container: container.into(),
+            ip: ip.parse().unwrap(),
+            mac: None,
+        }
+    }
+
+    fn remote(network: &str, ip: &str, vtep: &str) -> RemoteEndpoint {
+        RemoteEndpoint {
+            network: network.into(),
+            ip: ip.parse().unwrap(),
+            mac: None,
+            vtep: vtep.parse().unwrap(),
+        }
+    }
+
+    fn running(c: &str) -> Option<ContainerNetns> {
+        Some(ContainerNetns {
+            path: format!("/proc/{}/ns/net", c.len()).into(),
+            id: 1000 + c.len() as u64,
+        })
+    }
+
+    fn base() -> OverlayState {
+        OverlayState {
+            networks: vec![
+                net("web", 4097, "10.0.9.0/24", "10.0.9.1"),
+                net("db", 4098, "10.0.10.0/24", "10.0.10.1"),
+            ],
+            local_endpoints: vec![local("web", "c1", "10.0.9.2")],
+            remote_endpoints: vec![
+                remote("web", "10.0.9.3", "192.168.77.12"),
+                remote("web", "10.0.9.4", "192.168.77.13"),
+                remote("db", "10.0.10.3", "192.168.77.12"),
+            ],
+        }
+    }
+
+    /// Applies `ops` to `applied` as the kernel would, for checking convergence.
+    fn run(applied: &mut KernelState, ops: &[Op]) {
+        for op in ops {
+            record(applied, op);
+        }
+    }
+
+    /// Diffs and applies: `applied` becomes `d.kernel`.
+    fn converge(applied: &mut KernelState, d: &Desired) {
+        let ops = diff(d, applied);
+        run(applied, &ops);
+    }
+
+    #[test]
+    fn networks_exist_only_with_a_running_local_container() {
+        let s = base();
+        s.validate().unwrap();
+        let d = desired(&s, &node(), running);
+        assert_eq!(
+            d.kernel.networks.keys().copied().collect::<Vec<_>>(),
+            vec![4097]
+        );
+        let web = &d.kernel.networks[&4097];
+        assert_eq!(
+            web.remotes.len(),
+            2,
+            "db's remote must not appear: no local endpoint"
+        );
+        assert_eq!(web.spec.mtu, 1450);
+        let att = &web.attachments[&veth_name("c1")];
+        assert_eq!(att.ifname, "eth0");
+        assert_eq!(att.default_gateway, Some("10.0.9.1".parse().unwrap()));
+        assert_eq!(att.mac.to_string(), "02:42:0a:00:09:02");
+
+        let d = desired(&s, &node(), |_| None);
+        assert!(
+            d.kernel.networks.is_empty(),
+            "no running container: no network"
+        );
+        assert_eq!(d.absent_containers, vec!["c1".to_string()]);
+    }
+
+    #[test]
+    fn from_nothing_creates_then_attaches_then_adds_remotes() {
+        let d = desired(&base(), &node(), running);
+        let ops = diff(&d, &KernelState::default());
+        assert!(matches!(ops[0], Op::CreateNetwork(ref s) if s.vni == 4097));
+        assert!(
+            matches!(ops[1], Op::Attach { ref netns_path, .. } if netns_path.to_str() == Some("/proc/2/ns/net"))
+        );
+        assert_eq!(
+            ops.iter()
+                .filter(|o| matches!(o, Op::AddRemote { .. }))
+                .count(),
+            2
+        );
+        assert_eq!(ops.len(), 4);
+    }
+
+    #[test]
+    fn same_state_twice_changes_nothing() {
+        let d = desired(&base(), &node(), running);
+        let mut applied = KernelState::default();
+        converge(&mut applied, &d);
+        assert_eq!(applied, d.kernel);
+        assert_eq!(diff(&d, &applied), vec![]);
+    }
+
+    #[test]
+    fn one_endpoint_change_touches_only_its_entries() {
+        let mut s = base();
+        for i in 10..250 {
+            s.remote_endpoints
+                .push(remote("web", &format!("10.0.9.{i}"), "192.168.77.12"));
+        }
+        let d = desired(&s, &node(), running);
+        let mut applied = KernelState::default();
+        converge(&mut applied, &d);
+
+        // One endpoint moves to another node: one delete, one add, nothing else.
+        let moved = s
+            .remote_endpoints
+            .iter_mut()
+            .find(|r| r.ip.to_string() == "10.0.9.77")
+            .unwrap();
+        moved.vtep = "192.168.77.13".parse().unwrap();
+        let d2 = desired(&s, &node(), running);
+        let ops = diff(&d2, &applied);
+        assert_eq!(ops.len(), 2, "{ops:?}");
+        assert!(matches!(ops[0], Op::DeleteRemote { ip, .. } if ip.to_string() == "10.0.9.77"));
+        assert!(
+            matches!(ops[1], Op::AddRemote { ip, entry, .. } if ip.to_string() == "10.0.9.77" && entry.vtep.to_string() == "192.168.77.13")
+        );
+
+        // One endpoint leaves.
+        s.remote_endpoints
+            .retain(|r| r.ip.to_string() != "10.0.9.78");
+        let ops = diff(&desired(&s, &node(), running), &applied);
+        assert_eq!(
+            ops.len(),
+            3,
+            "move (delete + add) and leave (delete), each only its own: {ops:?}"
+        );
+    }
+
+    #[test]
+    fn restarted_container_is_attached_again() {
+        let s = base();
+        let d = desired(&s, &node(), running);
+        let mut applied = KernelState::default();
+        converge(&mut applied, &d);
+        let restarted = |c: &str| {
+            Some(ContainerNetns {
+                path: "/proc/999/ns/net".into(),
+                id: 5555 + c.len() as u64,
+            })
+        };
+        let ops = diff(&desired(&s, &node(), restarted), &applied);
+        assert_eq!(ops.len(), 2, "{ops:?}");
+        assert!(matches!(ops[0], Op::Detach { .. }));
+        assert!(
+            matches!(ops[1], Op::Attach { ref netns_path, .. } if netns_path.to_str() == Some("/proc/999/ns/net"))
+        );
+    }
+
+    #[test]
+    fn last_endpoint_leaving_removes_the_network() {
+        let mut s = base();
+        let mut applied = KernelState::default();
+        converge(&mut applied, &desired(&s, &node(), running));
+        s.local_endpoints.clear();
+        let ops = diff(&desired(&s, &node(), running), &applied);
+        assert_eq!(ops, vec![Op::DeleteNetwork { vni: 4097 }]);
+    }
+
+    #[test]
+    fn changed_network_parameters_rebuild_the_network() {
+        let mut s = base();
+        let mut applied = KernelState::default();
+        converge(&mut applied, &desired(&s, &node(), running));
+        s.networks[0].mtu = Some(1400);
+        let d = desired(&s, &node(), running);
+        let ops = diff(&d, &applied);
+        assert_eq!(ops[0], Op::DeleteNetwork { vni: 4097 });
+        assert!(matches!(ops[1], Op::CreateNetwork(ref spec) if spec.mtu == 1400));
+        run(&mut applied, &ops);
+        assert_eq!(applied, d.kernel);
+    }
+
+    #[test]
+    fn second_network_gives_eth1_without_default_route() {
+        let mut s = base();
+        s.local_endpoints.push(local("db", "c1", "10.0.10.2"));
+        let d = desired(&s, &node(), running);
+        let db = &d.kernel.networks[&4098].attachments[&veth_name("c1")];
+        assert_eq!(db.ifname, "eth1");
+        assert_eq!(db.default_gateway, None);
+        assert_eq!(d.kernel.networks[&4098].remotes.len(), 1);
+    }
+
+    #[test]
+    fn veth_names_fit_and_are_stable() {
+        let n = veth_name("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
+        assert!(n.len() <= 15);
+        assert_eq!(
+            n,
+            veth_name("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+        );
+        assert_ne!(veth_name("a"), veth_name("b"));
+    }
+}

@@ -1,0 +1,279 @@
+//! `cargo xtask bench SUITE`: benchmarks that compare shoal with a baseline in the same
+//! run. Each figure is printed as `BENCH <suite> <name> <value> <unit>`, each comparison
+//! as `RATIO <suite> <name> <value> <op> <target>`, and the run writes
+//! `target/bench/<suite>.json`. A missed target is reported (and the command exits
+//! non-zero), never hidden.
+use std::{
+    fs,
+    process::{Command, ExitCode, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::{
+    lab::{self, LabState, Layout},
+    util::{shoal_binary, target_dir, workspace_root},
+};
+
+#[derive(Default)]
+struct Report {
+    suite: &'static str,
+    figures: Vec<Value>,
+    ratios: Vec<Value>,
+    missed: Vec<String>,
+}
+
+impl Report {
+    fn figure(&mut self, name: &str, value: f64, unit: &str) {
+        println!("BENCH {} {name} {value:.3} {unit}", self.suite);
+        self.figures
+            .push(json!({"name": name, "value": value, "unit": unit}));
+    }
+
+    fn ratio(&mut self, name: &str, value: f64, op: &str, target: f64) {
+        println!("RATIO {} {name} {value:.3} {op} {target}", self.suite);
+        let met = match op {
+            ">=" => value >= target,
+            "<=" => value <= target,
+            _ => false,
+        };
+        if !met {
+            self.missed.push(format!("{name} {value:.3} {op} {target}"));
+        }
+        self.ratios
+            .push(json!({"name": name, "value": value, "op": op, "target": target, "met": met}));
+    }
+
+    fn finish(self) -> Result<ExitCode> {
+        let dir = target_dir().join("bench");
+        fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{}.json", self.suite));
+        fs::write(
+            &path,
+            serde_json::to_vec_pretty(&json!({
+                "suite": self.suite,
+                "figures": self.figures,
+                "ratios": self.ratios,
+                "missed": self.missed,
+            }))?,
+        )?;
+        println!("bench: wrote {}", path.display());
+        if self.missed.is_empty() {
+            Ok(ExitCode::SUCCESS)
+        } else {
+            println!("bench: missed targets: {}", self.missed.join("; "));
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+pub fn run(suite: &str) -> Result<ExitCode> {
+    crate::util::require_root("bench", "it runs labs and eBPF programs")?;
+    match suite {
+        "overlay" => overlay(),
+        other => bail!("unknown benchmark suite {other:?}; suites: overlay"),
+    }
+}
+
+fn overlay() -> Result<ExitCode> {
+    let mut report = Report {
+        suite: "overlay",
+        ..Default::default()
+    };
+    reconcile_cost(&mut report)?;
+    throughput(&mut report)?;
+    report.finish()
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Reconcile cost, measured by the dataplane's own example in throwaway namespaces.
+fn reconcile_cost(report: &mut Report) -> Result<()> {
+    let out = cargo()
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "shoal-dataplane",
+            "--example",
+            "overlay_reconcile_bench",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running the reconcile benchmark")?;
+    if !out.status.success() {
+        bail!("the reconcile benchmark failed");
+    }
+    let mut change_10k = None;
+    let mut change_100 = None;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        if let ["BENCH", "overlay", name, value, unit] = parts.as_slice() {
+            let value: f64 = value
+                .parse()
+                .with_context(|| format!("figure in {line:?}"))?;
+            report.figure(name, value, unit);
+            match *name {
+                "change_1_of_10000" => change_10k = Some(value),
+                "change_1_of_100" => change_100 = Some(value),
+                _ => {}
+            }
+        }
+    }
+    let (Some(big), Some(small)) = (change_10k, change_100) else {
+        bail!("the reconcile benchmark printed no change figures");
+    };
+    // "A few milliseconds and does not grow with the table": absolute bound and growth.
+    report.ratio("change_1_of_10000_ms", big, "<=", 5.0);
+    report.ratio("change_cost_10000_vs_100", big / small.max(1e-3), "<=", 2.0);
+    Ok(())
+}
+
+/// iperf3 between two containers over the overlay, against the same between the two
+/// hosts over the underlay, in one lab.
+fn throughput(report: &mut Report) -> Result<()> {
+    let shoal = shoal_binary()?;
+    let layout = Layout::new("bench")?;
+    if !lab::leftovers(&layout).is_empty() {
+        lab::down(&layout)?;
+    }
+    let state = lab::up(&layout, 2)?;
+    let result = throughput_in(&state, &shoal, report);
+    let down = lab::down(&layout);
+    result?;
+    down
+}
+
+fn throughput_in(state: &LabState, shoal: &std::path::Path, report: &mut Report) -> Result<()> {
+    let addr = |i: usize| format!("10.0.9.{}", 10 + i);
+    for (i, h) in state.hosts.iter().enumerate() {
+        let i = i + 1;
+        docker(
+            state,
+            &h.name,
+            &[
+                "run",
+                "-d",
+                "--init",
+                "--network",
+                "none",
+                "--name",
+                &format!("a{i}"),
+                "shoal/web:1",
+            ],
+        )?;
+        let other = 3 - i;
+        let declared = json!({
+            "networks": [{"id": "web", "vni": 4097, "subnet": "10.0.9.0/24", "gateway": "10.0.9.1"}],
+            "local_endpoints": [{"network": "web", "container": format!("a{i}"), "ip": addr(i)}],
+            "remote_endpoints": [{"network": "web", "ip": addr(other), "vtep": state.hosts[other - 1].address.to_string()}],
+        });
+        let file = h.run_dir.join("declared-overlay.json");
+        fs::write(&file, serde_json::to_vec(&declared)?)?;
+        lab::agent::start(
+            state,
+            h,
+            shoal,
+            &["--declared-state".into(), file.display().to_string()],
+        )?;
+    }
+    let pid = |i: usize| -> Result<String> {
+        docker(
+            state,
+            &state.hosts[i - 1].name,
+            &["inspect", "-f", "{{.State.Pid}}", &format!("a{i}")],
+        )
+    };
+    let (p1, p2) = (pid(1)?, pid(2)?);
+    // Wait for the overlay path, with a bound.
+    let start = Instant::now();
+    while !Command::new("nsenter")
+        .args(["-t", &p1, "-n", "ping", "-c", "1", "-W", "1", &addr(2)])
+        .stdout(Stdio::null())
+        .status()?
+        .success()
+    {
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("containers did not reach each other over the overlay within 60 s");
+        }
+    }
+    let mut overlay = Vec::new();
+    let mut underlay = Vec::new();
+    let h1 = state.hosts[0].netns.clone();
+    let h2 = state.hosts[1].netns.clone();
+    let h2_addr = state.hosts[1].address.to_string();
+    for _ in 0..3 {
+        overlay.push(iperf(
+            &["nsenter", "-t", &p2, "-n"],
+            &["nsenter", "-t", &p1, "-n"],
+            &addr(2),
+        )?);
+        underlay.push(iperf(
+            &["ip", "netns", "exec", &h2],
+            &["ip", "netns", "exec", &h1],
+            &h2_addr,
+        )?);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (o, u) = (med(&mut overlay), med(&mut underlay));
+    report.figure("container_to_container_overlay", o / 1e9, "Gbit/s");
+    report.figure("host_to_host_underlay", u / 1e9, "Gbit/s");
+    report.ratio("overlay_vs_underlay_throughput", o / u, ">=", 0.9);
+    Ok(())
+}
+
+fn docker(state: &LabState, host: &str, args: &[&str]) -> Result<String> {
+    let mut argv = vec!["docker".to_string()];
+    argv.extend(args.iter().map(|s| s.to_string()));
+    let out = lab::exec_command(state, host, &argv)?
+        .stdin(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "{host}: docker {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// One 5-second iperf3 TCP run; returns received bits per second.
+fn iperf(server_prefix: &[&str], client_prefix: &[&str], server_addr: &str) -> Result<f64> {
+    let mut server = Command::new(server_prefix[0])
+        .args(&server_prefix[1..])
+        .args(["iperf3", "-s", "-1", "-p", "5201"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting iperf3 -s")?;
+    let mut result = None;
+    let start = Instant::now();
+    // The server needs a moment to listen: retry the client, bounded.
+    while start.elapsed() < Duration::from_secs(20) {
+        let out = Command::new(client_prefix[0])
+            .args(&client_prefix[1..])
+            .args(["iperf3", "-c", server_addr, "-p", "5201", "-t", "5", "-J"])
+            .output()
+            .context("running iperf3 -c")?;
+        if out.status.success() {
+            let v: Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;
+            result = v["end"]["sum_received"]["bits_per_second"].as_f64();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    result.with_context(|| format!("iperf3 to {server_addr} gave no result"))
+}
