@@ -35,7 +35,10 @@ pub struct ApplyReport {
     pub vanished_containers: Vec<String>,
     /// Ops that failed, with why.
     pub failed: Vec<String>,
+    /// The whole apply: validation, planning against the record, kernel changes.
     pub elapsed: Duration,
+    /// The part of `elapsed` spent changing the kernel.
+    pub kernel_elapsed: Duration,
 }
 
 pub struct Reconciler<K: OverlayKernel> {
@@ -79,7 +82,10 @@ impl<K: OverlayKernel> Reconciler<K> {
             ..Default::default()
         };
         for op in &ops {
-            match self.kernel.apply(op) {
+            let t = Instant::now();
+            let result = self.kernel.apply(op);
+            report.kernel_elapsed += t.elapsed();
+            match result {
                 Ok(()) => {
                     plan::record(&mut self.applied, op);
                     report.applied += 1;
