@@ -69,9 +69,21 @@ struct OverlayStatus {
     generation: u64,
 }
 
+/// An overlay network that exists on this node now: where its namespace is pinned and
+/// the gateway address its bridge holds (where the node's DNS listens for it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresentNetwork {
+    pub id: String,
+    pub vni: u32,
+    pub gateway: std::net::Ipv4Addr,
+    pub netns_path: PathBuf,
+}
+
 /// The reconciler's thread.
 pub struct OverlayDriver {
     tx: mpsc::Sender<Msg>,
+    /// The networks present after the latest apply.
+    pub present: tokio::sync::watch::Receiver<Vec<PresentNetwork>>,
     thread: Option<thread::JoinHandle<()>>,
     docker: DockerClient,
     state_file: PathBuf,
@@ -100,6 +112,8 @@ impl OverlayDriver {
         let netns_dir = config.netns_dir.clone();
         let status_path = config.data_dir.join("overlay.json");
         let (tx, rx) = mpsc::channel::<Msg>();
+        let (present_tx, present) = tokio::sync::watch::channel(Vec::new());
+        let pin_dir = config.netns_dir.clone();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<()>>();
         let thread = thread::Builder::new()
             .name("overlay".into())
@@ -119,7 +133,14 @@ impl OverlayDriver {
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                reconcile_loop(reconciler, rx, &status_path);
+                reconcile_loop(reconciler, rx, &status_path, |state, applied| {
+                    let now = present_networks(state, applied, &pin_dir);
+                    present_tx.send_if_modified(|old| {
+                        let changed = *old != now;
+                        *old = now;
+                        changed
+                    });
+                });
             })
             .context("starting the overlay thread")?;
         ready_rx
@@ -128,6 +149,7 @@ impl OverlayDriver {
         info!(%vtep, port = config.data_path_port, "overlay reconciler started");
         Ok(Self {
             tx,
+            present,
             thread: Some(thread),
             docker,
             state_file: state_file.to_owned(),
@@ -227,10 +249,32 @@ fn read_state(path: &Path) -> Result<OverlayState, String> {
     Ok(state)
 }
 
+/// The networks in `applied`, named from the declared state.
+fn present_networks(
+    state: Option<&OverlayState>,
+    applied: &shoal_dataplane::overlay::model::KernelState,
+    netns_dir: &Path,
+) -> Vec<PresentNetwork> {
+    applied
+        .networks
+        .iter()
+        .filter_map(|(vni, objects)| {
+            let id = state?.networks.iter().find(|n| n.vni == *vni)?.id.clone();
+            Some(PresentNetwork {
+                id,
+                vni: *vni,
+                gateway: objects.spec.gateway,
+                netns_path: shoal_dataplane::overlay::kernel::pin_path(netns_dir, *vni),
+            })
+        })
+        .collect()
+}
+
 fn reconcile_loop(
     mut reconciler: Reconciler<NetlinkKernel>,
     rx: mpsc::Receiver<Msg>,
     status_path: &Path,
+    mut on_applied: impl FnMut(Option<&OverlayState>, &shoal_dataplane::overlay::model::KernelState),
 ) {
     let mut status = OverlayStatus::default();
     while let Ok(msg) = rx.recv() {
@@ -275,6 +319,7 @@ fn reconcile_loop(
             }
         }
         let applied = reconciler.applied();
+        on_applied(reconciler.last_good(), applied);
         status.networks = applied.networks.keys().copied().collect();
         status.attachments = applied.networks.values().map(|n| n.attachments.len()).sum();
         status.remotes = applied.networks.values().map(|n| n.remotes.len()).sum();

@@ -29,6 +29,9 @@ pub const PACKAGES: &[&str] = &[
     "util-linux",
     "procps",
     "ethtool",
+    // DNS: a real upstream for the forwarding tests, and the load generator.
+    "dnsmasq-base",
+    "dnsperf",
 ];
 
 pub const NIGHTLY: &str = "nightly";
