@@ -27,6 +27,7 @@ use shoal_control::docker::{DockerClient, WatchUpdate};
 
 use crate::{
     config::AgentConfig,
+    dns_driver::DnsDriver,
     overlay_driver::{self, OverlayDriver},
     status::AgentStatus,
 };
@@ -38,7 +39,9 @@ pub fn run(config: AgentConfig) -> Result<()> {
     if euid != 0 {
         bail!("the agent must run as root (it loads eBPF programs and attaches XDP); running as uid {euid}");
     }
-    tokio::runtime::Builder::new_current_thread()
+    // Two workers: the resolver answers queries while the rest of the agent works.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?
@@ -96,6 +99,9 @@ async fn serve(config: AgentConfig) -> Result<()> {
         }
     };
     if let Some(o) = overlay {
+        if let Some(dns) = o.dns {
+            dns.shutdown().await;
+        }
         o.driver.stop();
     }
 
@@ -115,6 +121,8 @@ struct Overlay {
     events: Pin<Box<dyn Stream<Item = WatchUpdate> + Send>>,
     file_timer: Interval,
     resync_timer: Interval,
+    /// The embedded resolver, serving the networks the overlay has on this node.
+    dns: Option<DnsDriver>,
 }
 
 impl Overlay {
@@ -124,11 +132,13 @@ impl Overlay {
             .context("the overlay needs the node's dockerd")?;
         let events = Box::pin(docker.watch_reconnecting(Duration::from_secs(2)));
         let driver = OverlayDriver::start(config, file, docker).await?;
+        let dns = config.dns.as_ref().map(DnsDriver::new).transpose()?;
         Ok(Self {
             driver,
             events,
             file_timer: stats_timer(overlay_driver::FILE_POLL_EVERY),
             resync_timer: stats_timer(overlay_driver::RESYNC_EVERY),
+            dns,
         })
     }
 }
@@ -139,7 +149,19 @@ async fn next_overlay_step(overlay: &mut Option<Overlay>) -> Result<()> {
         return std::future::pending().await;
     };
     tokio::select! {
-        _ = o.file_timer.tick() => o.driver.poll_file().await,
+        _ = o.file_timer.tick() => {
+            if let Some(dns) = &mut o.dns {
+                dns.poll_file();
+            }
+            o.driver.poll_file().await
+        }
+        Ok(()) = o.driver.present.changed(), if o.dns.is_some() => {
+            let present = o.driver.present.borrow_and_update().clone();
+            if let Some(dns) = &mut o.dns {
+                dns.networks_changed(&present).await;
+            }
+            Ok(())
+        }
         _ = o.resync_timer.tick() => o.driver.reload(true).await,
         update = o.events.next() => match update {
             Some(WatchUpdate::Subscribed) => o.driver.reload(false).await,

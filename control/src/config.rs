@@ -16,6 +16,10 @@ use shoal_dataplane::{bpffs::DEFAULT_PIN_DIR, overlay::state::DEFAULT_VXLAN_PORT
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/shoal";
 /// Default dockerd socket.
 pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
+/// Default TTL of the resolver's own answers (Swarm's is 600 s, which serves dead tasks).
+pub const DEFAULT_DNS_TTL: u32 = 5;
+/// Default bound on queries per second from one source on one network.
+pub const DEFAULT_DNS_RATE_LIMIT: u32 = 5_000;
 /// Default directory of the overlay networks' pinned namespaces.
 pub const DEFAULT_NETNS_DIR: &str = "/run/shoal/netns";
 
@@ -59,6 +63,22 @@ pub struct Settings {
     /// data_path_port] [default: 4789]
     #[arg(long, value_name = "PORT")]
     pub data_path_port: Option<u16>,
+    /// JSON file with the declared DNS state (services, tasks, containers, aliases per
+    /// network), served on each overlay network's gateway address, port 53; needs
+    /// --declared-state [file key: declared_dns]
+    #[arg(long, value_name = "FILE")]
+    pub declared_dns: Option<PathBuf>,
+    /// Upstream resolver for names outside the cluster, ADDR:PORT; repeat for more
+    /// [file key: dns_upstreams] [default: the nameservers of /etc/resolv.conf]
+    #[arg(long = "dns-upstream", value_name = "ADDR:PORT")]
+    pub dns_upstreams: Option<Vec<std::net::SocketAddr>>,
+    /// TTL of the resolver's own answers, in seconds [file key: dns_ttl_secs] [default: 5]
+    #[arg(long = "dns-ttl", value_name = "SECS")]
+    pub dns_ttl_secs: Option<u32>,
+    /// Queries per second one source may send on one network; 0 = unlimited
+    /// [file key: dns_rate_limit] [default: 5000]
+    #[arg(long, value_name = "QPS")]
+    pub dns_rate_limit: Option<u32>,
 }
 
 impl Settings {
@@ -91,6 +111,10 @@ impl Settings {
             declared_state: over.declared_state.or(self.declared_state),
             netns_dir: over.netns_dir.or(self.netns_dir),
             data_path_port: over.data_path_port.or(self.data_path_port),
+            declared_dns: over.declared_dns.or(self.declared_dns),
+            dns_upstreams: over.dns_upstreams.or(self.dns_upstreams),
+            dns_ttl_secs: over.dns_ttl_secs.or(self.dns_ttl_secs),
+            dns_rate_limit: over.dns_rate_limit.or(self.dns_rate_limit),
         }
     }
 }
@@ -107,6 +131,18 @@ pub struct AgentConfig {
     pub declared_state: Option<PathBuf>,
     pub netns_dir: PathBuf,
     pub data_path_port: u16,
+    pub dns: Option<DnsConfig>,
+}
+
+/// The embedded resolver's settings (present when a declared DNS state is given).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsConfig {
+    pub declared: PathBuf,
+    /// None: the nameservers of /etc/resolv.conf.
+    pub upstreams: Option<Vec<std::net::SocketAddr>>,
+    pub ttl_secs: u32,
+    /// Queries per second per source and network; None: unlimited.
+    pub rate_limit: Option<u32>,
 }
 
 impl AgentConfig {
@@ -156,6 +192,21 @@ impl AgentConfig {
             0 => None,
             secs => Some(Duration::from_secs(secs)),
         };
+        let dns = match settings.declared_dns {
+            None => None,
+            Some(_) if settings.declared_state.is_none() => {
+                return Err(ConfigError::DnsWithoutOverlay)
+            }
+            Some(declared) => Some(DnsConfig {
+                declared,
+                upstreams: settings.dns_upstreams,
+                ttl_secs: settings.dns_ttl_secs.unwrap_or(DEFAULT_DNS_TTL),
+                rate_limit: match settings.dns_rate_limit.unwrap_or(DEFAULT_DNS_RATE_LIMIT) {
+                    0 => None,
+                    qps => Some(qps),
+                },
+            }),
+        };
         Ok(Self {
             underlay_interface,
             pin_dir,
@@ -165,6 +216,7 @@ impl AgentConfig {
             declared_state: settings.declared_state,
             netns_dir,
             data_path_port,
+            dns,
         })
     }
 }
@@ -193,6 +245,10 @@ pub enum ConfigError {
     EmptyPath { key: &'static str },
     #[error("data_path_port must be between 1 and 65535")]
     BadPort,
+    #[error(
+        "declared_dns needs declared_state: the resolver listens on the overlay networks' gateways"
+    )]
+    DnsWithoutOverlay,
 }
 
 /// ", line N" for byte offset `offset` of `text`.
@@ -251,6 +307,7 @@ mod tests {
                 declared_state: None,
                 netns_dir: DEFAULT_NETNS_DIR.into(),
                 data_path_port: 4789,
+                dns: None,
             }
         );
     }

@@ -6,11 +6,15 @@
 //! - [`config`]: the agent's settings: TOML file and flags, merged, defaulted, checked.
 //! - [`agent`]: `shoal agent`, the daemon on every host: attaches the underlay XDP
 //!   program, publishes its status, logs counters, shuts down on SIGTERM/SIGINT.
+//! - [`overlay_driver`]: feeds the overlay reconciler (declared state file, Docker
+//!   events, periodic resync) on a thread of its own.
+//! - [`dns_driver`]: the embedded resolver on each present network's gateway.
 //! - [`status`]: `<data_dir>/agent.json`, the running agent's status file.
 //! - [`stats_cmd`]: `shoal dataplane stats`, prints the pinned underlay counters.
 
 mod agent;
 mod config;
+mod dns_driver;
 mod overlay_driver;
 mod stats_cmd;
 mod status;

@@ -116,3 +116,34 @@ pub fn client_http(lab: &LabGuard, url: &str) -> Result<String, String> {
 pub fn xtask_command() -> Command {
     Command::new(xtask::util::target_dir().join("debug/xtask"))
 }
+
+impl LabGuard {
+    /// `docker exec` in container `container` on `host`; Ok(output) or Err(output).
+    pub fn docker_exec(
+        &self,
+        host: &str,
+        container: &str,
+        argv: &[&str],
+    ) -> Result<String, String> {
+        let mut full = vec!["docker", "exec", container];
+        full.extend_from_slice(argv);
+        let out = self.exec(host, &full);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            Ok(text.trim().to_owned())
+        } else {
+            Err(text.trim().to_owned())
+        }
+    }
+}
+
+/// Writes a file so that a reader polling it never sees half of it.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).expect("write file");
+    std::fs::rename(&tmp, path).expect("rename file");
+}

@@ -6,7 +6,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use serde_json::{json, Value};
-use shoal_tests::{lab, privileged, wait_for, LabGuard};
+use shoal_tests::{lab, privileged, wait_for, write_atomic, LabGuard};
 
 const WEB: &str = "10.0.9";
 const DB: &str = "10.0.10";
@@ -86,19 +86,7 @@ impl Overlay<'_> {
 
     /// `docker exec` in container `c` on host `i`; Ok(stdout) or Err(what it said).
     fn exec(&self, i: usize, c: &str, argv: &[&str]) -> Result<String, String> {
-        let mut full = vec!["docker", "exec", c];
-        full.extend_from_slice(argv);
-        let out = self.lab.exec(&self.host(i).name, &full);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if out.status.success() {
-            Ok(text.trim().to_owned())
-        } else {
-            Err(text.trim().to_owned())
-        }
+        self.lab.docker_exec(&self.host(i).name, c, argv)
     }
 
     fn ping(&self, i: usize, c: &str, ip: &str) -> Result<String, String> {
@@ -136,12 +124,6 @@ impl Overlay<'_> {
             },
         )
     }
-}
-
-fn write_atomic(path: &std::path::Path, bytes: &[u8]) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).expect("write declared state");
-    std::fs::rename(&tmp, path).expect("rename declared state");
 }
 
 fn endpoints(hosts_with_web: &[usize]) -> Vec<(&'static str, String, usize, String)> {
