@@ -38,7 +38,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the node agent (as root, on every host)
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Inspect this node's dataplane
     #[command(subcommand)]
     Dataplane(DataplaneCommand),
@@ -77,7 +77,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
-        Command::Agent(args) => run_agent(args),
+        Command::Agent(args) => run_agent(*args),
         Command::Dataplane(DataplaneCommand::Stats(args)) => {
             stats_cmd::run(&args.pin_dir, args.json)
         }
