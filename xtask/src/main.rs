@@ -35,7 +35,7 @@ enum Cmd {
         #[arg(long)]
         no_lab: bool,
     },
-    /// Run a benchmark suite against its baseline (suites: overlay).
+    /// Run a benchmark suite against its baseline (suites: overlay, dns).
     Bench { suite: String },
 }
 
