@@ -39,9 +39,10 @@ pub fn run(config: AgentConfig) -> Result<()> {
     if euid != 0 {
         bail!("the agent must run as root (it loads eBPF programs and attaches XDP); running as uid {euid}");
     }
-    // Two workers: the resolver answers queries while the rest of the agent works.
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the agent's own work is light (the overlay reconciler has a thread of
+    // its own), and the resolver answers fastest without cross-thread wake-ups (measured
+    // with two workers: ~1.7 epoll_wait per query and ~12% more CPU per query).
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?
