@@ -1,0 +1,10 @@
+//! shoal's cluster core, independent of the agent's I/O.
+//!
+//! Module map:
+//! - [`pki`]: the cluster's root CA, node certificates (role inside), renewal.
+//! - [`token`]: join tokens (`SWMTKN-1-<CA digest>-<secret>`), rotation, checking.
+//! - [`store`]: the managers' Raft-replicated cluster state.
+
+pub mod pki;
+pub mod store;
+pub mod token;

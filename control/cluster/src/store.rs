@@ -1,0 +1,421 @@
+//! The managers' Raft-replicated cluster store.
+//!
+//! ```text
+//!  propose(Command) ──▶ leader's openraft ──append──▶ log.jsonl (fsync) ──replicate──▶ peers
+//!                               │                                      (Transport)
+//!                     committed by a majority
+//!                               ▼
+//!                ClusterState::apply, on every manager, in log order
+//! ```
+//! - [`state`]: the state machine, plain data ([`ClusterState`], [`Command`]); deterministic.
+//! - [`StoreNode`]: one manager's Raft member (openraft 0.9), its durable log, vote and
+//!   snapshot in its storage directory, and the API: `propose`, `read`, `read_stale`,
+//!   `leader`, `add_manager`, `remove_manager`.
+//! - [`transport`]: the message-based seam to the peers ([`Transport`]); [`MemNetwork`]
+//!   runs many managers in one process with cuttable links.
+//!
+//! Writes and linearizable reads go through the leader; a follower answers
+//! [`StoreError::NotLeader`] with the leader's ID so the caller can forward. Every call that
+//! needs a quorum is bounded by [`StoreConfig::request_timeout`]: without a majority it
+//! fails with [`StoreError::NoQuorum`] instead of hanging.
+//!
+//! Raft member IDs ([`RaftId`], `u64`) are not the cluster's node IDs (strings, in
+//! certificates): a manager's [`state::Node::raft_id`] links the two, as in Swarm.
+
+mod log;
+mod sm;
+pub mod state;
+pub mod transport;
+
+use std::collections::{BTreeMap, BTreeSet};
+// `declare_raft_types!` names its default snapshot data type `Cursor<Vec<u8>>`.
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
+use tokio::sync::watch;
+
+pub use state::{
+    ApplyResult, Availability, ClusterState, Command, Network, Node, NodeStatus, Rejection, Role,
+};
+pub use transport::{MemNetwork, RaftRequest, RaftResponse, Transport, TransportError};
+
+/// A manager's member ID in the Raft group.
+pub type RaftId = u64;
+
+openraft::declare_raft_types!(
+    /// Openraft's types for the cluster store.
+    pub TypeConfig:
+        D = Command,
+        R = ApplyResult,
+);
+
+/// Timing and size knobs of the store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// How often the leader sends heartbeats.
+    pub heartbeat_interval: Duration,
+    /// A follower that hears no leader for a random time in this range starts an election.
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// Bound on every call that needs a quorum (propose, read, membership changes).
+    pub request_timeout: Duration,
+    /// A snapshot is taken (and the log purged) after this many entries.
+    pub snapshot_every: u64,
+}
+
+impl Default for StoreConfig {
+    /// Docker's managers tick every 1 s and elect after 10 ticks; this elects after 1-2 s
+    /// of silence, with 5 heartbeats in the shortest timeout so a slow beat is no election.
+    fn default() -> Self {
+        StoreConfig {
+            heartbeat_interval: Duration::from_millis(200),
+            election_timeout_min: Duration::from_millis(1000),
+            election_timeout_max: Duration::from_millis(2000),
+            request_timeout: Duration::from_secs(5),
+            snapshot_every: 5000,
+        }
+    }
+}
+
+/// Why a store call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// Only the leader writes; forward to `leader` (unknown during an election or when no
+    /// majority can elect one).
+    #[error("{}", match .leader {
+        Some(l) => format!("this manager is not the leader; the leader is manager {l}"),
+        None => "this manager is not the leader and no leader is known (an election is under way, or a majority of managers is unreachable)".to_string(),
+    })]
+    NotLeader { leader: Option<RaftId> },
+    /// A majority did not answer in time. A write may still be applied if they return.
+    #[error("no quorum: a majority of managers did not confirm within {waited:?}; the cluster cannot make changes until a majority is reachable")]
+    NoQuorum { waited: Duration },
+    #[error("another manager membership change is in progress")]
+    MembershipChangeInProgress,
+    #[error("manager {id} is not a voting member")]
+    NotAManager { id: RaftId },
+    #[error("refusing to remove the last manager")]
+    LastManager,
+    #[error("the store is already initialized")]
+    AlreadyInitialized,
+    #[error("the store has stopped")]
+    Stopped,
+    #[error("store storage: {0}")]
+    Storage(String),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// This manager's role in the Raft group right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberState {
+    Leader,
+    Follower,
+    Candidate,
+    /// Receives the log but does not vote (a manager being added, or not a member).
+    Learner,
+    Stopped,
+}
+
+/// A snapshot of this manager's view of the Raft group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreStatus {
+    pub id: RaftId,
+    pub state: MemberState,
+    pub term: u64,
+    pub leader: Option<RaftId>,
+    /// Voting members and their addresses.
+    pub voters: BTreeMap<RaftId, String>,
+    /// Non-voting members (being added).
+    pub learners: BTreeSet<RaftId>,
+    pub last_log_index: Option<u64>,
+    pub last_applied_index: Option<u64>,
+    /// The last log index covered by this member's snapshot.
+    pub snapshot_index: Option<u64>,
+    /// The log up to here has been purged (it is in the snapshot).
+    pub purged_index: Option<u64>,
+    /// On the leader: how long ago a majority last acknowledged it.
+    pub millis_since_quorum_ack: Option<u64>,
+}
+
+/// One manager's member of the replicated store. Cheap to clone; clones share the member.
+#[derive(Clone)]
+pub struct StoreNode {
+    id: RaftId,
+    raft: Raft<TypeConfig>,
+    sm: Arc<sm::Shared>,
+    config: StoreConfig,
+}
+
+impl std::fmt::Debug for StoreNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreNode").field("id", &self.id).finish()
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().try_into().unwrap_or(u64::MAX)
+}
+
+impl StoreNode {
+    /// Starts the member `id` with its state in `storage_dir` (created if missing; a
+    /// restarted manager passes the same directory and keeps its log, vote and snapshot).
+    /// A new, empty member waits to be made part of a group: [`StoreNode::initialize`] on
+    /// the first manager, [`StoreNode::add_manager`] on the leader for the others.
+    pub async fn start(
+        id: RaftId,
+        storage_dir: impl AsRef<Path>,
+        transport: Arc<dyn Transport>,
+    ) -> Result<StoreNode, StoreError> {
+        Self::start_with(id, storage_dir, transport, StoreConfig::default()).await
+    }
+
+    /// [`StoreNode::start`] with explicit timings.
+    pub async fn start_with(
+        id: RaftId,
+        storage_dir: impl AsRef<Path>,
+        transport: Arc<dyn Transport>,
+        config: StoreConfig,
+    ) -> Result<StoreNode, StoreError> {
+        let dir = storage_dir.as_ref();
+        let storage = |e: std::io::Error| StoreError::Storage(format!("{}: {e}", dir.display()));
+        let log = log::LogStore::open(dir).map_err(storage)?;
+        let sm = sm::StateMachineStore::open(dir).map_err(storage)?;
+        let raft_config = Config {
+            cluster_name: "shoal".to_string(),
+            heartbeat_interval: ms(config.heartbeat_interval),
+            election_timeout_min: ms(config.election_timeout_min),
+            election_timeout_max: ms(config.election_timeout_max),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: 100,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| StoreError::Raft(format!("config: {e}")))?;
+        let shared = sm.shared.clone();
+        let network = transport::NetworkFactory { transport };
+        let raft = Raft::new(id, Arc::new(raft_config), network, log, sm)
+            .await
+            .map_err(|e| StoreError::Raft(e.to_string()))?;
+        Ok(StoreNode {
+            id,
+            raft,
+            sm: shared,
+            config,
+        })
+    }
+
+    /// This member's ID.
+    pub fn id(&self) -> RaftId {
+        self.id
+    }
+
+    /// Creates the group with `members` (ID -> address) as its voters; run once, on one
+    /// manager (`swarm init`: just itself). Refused if this member already has a log.
+    pub async fn initialize(
+        &self,
+        members: impl IntoIterator<Item = (RaftId, String)>,
+    ) -> Result<(), StoreError> {
+        let members: BTreeMap<RaftId, BasicNode> = members
+            .into_iter()
+            .map(|(id, addr)| (id, BasicNode { addr }))
+            .collect();
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                Err(StoreError::AlreadyInitialized)
+            }
+            Err(RaftError::APIError(e)) => Err(StoreError::Raft(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(fatal(e)),
+        }
+    }
+
+    /// Proposes `command`. On the leader: returns once it is committed by a majority and
+    /// applied here, with what applying did (a refused command is `Ok(Rejected)`). On a
+    /// follower: [`StoreError::NotLeader`] at once. Without a majority:
+    /// [`StoreError::NoQuorum`] after [`StoreConfig::request_timeout`].
+    pub async fn propose(&self, command: Command) -> Result<ApplyResult, StoreError> {
+        let waited = self.config.request_timeout;
+        match tokio::time::timeout(waited, self.raft.client_write(command)).await {
+            Err(_) => Err(StoreError::NoQuorum { waited }),
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(e)) => Err(write_error(e)),
+        }
+    }
+
+    /// A linearizable read: confirms with a majority that this member is still the leader,
+    /// waits until everything committed before the read is applied, then returns the state.
+    /// Followers answer [`StoreError::NotLeader`].
+    pub async fn read(&self) -> Result<ClusterState, StoreError> {
+        let waited = self.config.request_timeout;
+        match tokio::time::timeout(waited, self.raft.ensure_linearizable()).await {
+            Err(_) => Err(StoreError::NoQuorum { waited }),
+            Ok(Ok(_)) => Ok(self.read_stale()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(StoreError::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                Err(StoreError::NoQuorum { waited })
+            }
+            Ok(Err(RaftError::Fatal(e))) => Err(fatal(e)),
+        }
+    }
+
+    /// This member's own copy of the state, as far as it has applied the log. Possibly
+    /// stale (a follower behind, a leader cut off from the others); never waits.
+    pub fn read_stale(&self) -> ClusterState {
+        self.sm.read().state.clone()
+    }
+
+    /// The store version this member has applied, updated as entries are applied.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.sm.subscribe()
+    }
+
+    /// The leader as this member knows it.
+    pub fn leader(&self) -> Option<RaftId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Whether this member believes it is the leader (no quorum check; see `read`).
+    pub fn is_leader(&self) -> bool {
+        self.status().state == MemberState::Leader
+    }
+
+    /// This member's view of the group.
+    pub fn status(&self) -> StoreStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeMap<RaftId, String> = membership
+            .voter_ids()
+            .map(|id| {
+                let addr = membership
+                    .get_node(&id)
+                    .map(|n| n.addr.clone())
+                    .unwrap_or_default();
+                (id, addr)
+            })
+            .collect();
+        let learners = membership.learner_ids().collect();
+        let state = match (m.running_state.is_ok(), m.state) {
+            (false, _) | (_, ServerState::Shutdown) => MemberState::Stopped,
+            (_, ServerState::Leader) => MemberState::Leader,
+            (_, ServerState::Follower) => MemberState::Follower,
+            (_, ServerState::Candidate) => MemberState::Candidate,
+            (_, ServerState::Learner) => MemberState::Learner,
+        };
+        StoreStatus {
+            id: self.id,
+            state,
+            term: m.current_term,
+            leader: m.current_leader,
+            voters,
+            learners,
+            last_log_index: m.last_log_index,
+            last_applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            millis_since_quorum_ack: m.millis_since_quorum_ack,
+        }
+    }
+
+    /// On the leader: adds manager `id` (reachable at `addr`) as a voter. It first joins as
+    /// a learner and receives the log; it votes once the membership change is committed.
+    pub async fn add_manager(&self, id: RaftId, addr: String) -> Result<(), StoreError> {
+        let waited = self.config.request_timeout;
+        let node = BasicNode { addr };
+        match tokio::time::timeout(waited, self.raft.add_learner(id, node, true)).await {
+            Err(_) => return Err(StoreError::NoQuorum { waited }),
+            Ok(Err(e)) => return Err(write_error(e)),
+            Ok(Ok(_)) => {}
+        }
+        let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+        match tokio::time::timeout(waited, self.raft.change_membership(change, false)).await {
+            Err(_) => Err(StoreError::NoQuorum { waited }),
+            Ok(Err(e)) => Err(write_error(e)),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+
+    /// On the leader: removes manager `id` from the voters and from the group (demotion
+    /// and `node rm` of a manager). Removing the last voter is refused.
+    pub async fn remove_manager(&self, id: RaftId) -> Result<(), StoreError> {
+        if !self.is_leader() {
+            return Err(StoreError::NotLeader {
+                leader: self.leader(),
+            });
+        }
+        let voters = self.status().voters;
+        if !voters.contains_key(&id) {
+            return Err(StoreError::NotAManager { id });
+        }
+        if voters.len() == 1 {
+            return Err(StoreError::LastManager);
+        }
+        let waited = self.config.request_timeout;
+        let change = ChangeMembers::RemoveVoters(BTreeSet::from([id]));
+        match tokio::time::timeout(waited, self.raft.change_membership(change, false)).await {
+            Err(_) => Err(StoreError::NoQuorum { waited }),
+            Ok(Err(e)) => Err(write_error(e)),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+
+    /// Answers a Raft request from a peer (the server side of a [`Transport`]).
+    pub async fn handle_rpc(&self, request: RaftRequest) -> RaftResponse {
+        match request {
+            RaftRequest::AppendEntries(r) => {
+                RaftResponse::AppendEntries(self.raft.append_entries(r).await)
+            }
+            RaftRequest::Vote(r) => RaftResponse::Vote(self.raft.vote(r).await),
+            RaftRequest::InstallSnapshot(r) => {
+                RaftResponse::InstallSnapshot(self.raft.install_snapshot(r).await)
+            }
+        }
+    }
+
+    /// Takes a snapshot now (and lets the log before it be purged).
+    pub async fn snapshot(&self) -> Result<(), StoreError> {
+        self.raft.trigger().snapshot().await.map_err(fatal)
+    }
+
+    /// Stops this member. Its storage directory can be reopened with `start`.
+    pub async fn shutdown(&self) -> Result<(), StoreError> {
+        self.raft
+            .shutdown()
+            .await
+            .map_err(|e| StoreError::Raft(format!("shutdown: {e}")))
+    }
+}
+
+fn fatal(e: openraft::error::Fatal<RaftId>) -> StoreError {
+    match e {
+        openraft::error::Fatal::StorageError(e) => StoreError::Storage(e.to_string()),
+        openraft::error::Fatal::Panicked => StoreError::Raft("raft core panicked".to_string()),
+        openraft::error::Fatal::Stopped => StoreError::Stopped,
+    }
+}
+
+fn write_error(e: RaftError<RaftId, ClientWriteError<RaftId, BasicNode>>) -> StoreError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => StoreError::NotLeader {
+            leader: f.leader_id,
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => match e {
+            openraft::error::ChangeMembershipError::InProgress(_) => {
+                StoreError::MembershipChangeInProgress
+            }
+            openraft::error::ChangeMembershipError::EmptyMembership(_) => StoreError::LastManager,
+            openraft::error::ChangeMembershipError::LearnerNotFound(l) => {
+                StoreError::NotAManager { id: l.node_id }
+            }
+        },
+        RaftError::Fatal(e) => fatal(e),
+    }
+}

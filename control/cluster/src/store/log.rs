@@ -1,0 +1,514 @@
+//! The durable Raft log, vote and committed index of one manager.
+//!
+//! Layout of the storage directory:
+//! - `log.jsonl`: one JSON record a line, appended and fsynced before openraft is told the
+//!   write is done: an entry, a truncation (`from` index on), or a purge (up to a log ID).
+//!   Replaying the records gives the log. A torn last line (crash mid-write) is cut off at
+//!   open; a bad line followed by more data is corruption and refuses to open. When dead
+//!   records outnumber live entries the file is rewritten (temp file, fsync, rename).
+//! - `vote.json`: the vote (term + voted-for), written to a temp file, fsynced, renamed, and
+//!   the directory fsynced, before openraft proceeds.
+//! - `committed.json`: the last known committed log ID, a hint only (openraft allows it to
+//!   lag), so it is renamed into place without fsync.
+//!
+//! Entries are also kept in memory: the cluster store is small and snapshots purge the log.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{Entry, LogId, OptionalSend, RaftLogId, StorageError, StorageIOError, Vote};
+use serde::{Deserialize, Serialize};
+
+use super::{RaftId, TypeConfig};
+
+const LOG_FILE: &str = "log.jsonl";
+const VOTE_FILE: &str = "vote.json";
+const COMMITTED_FILE: &str = "committed.json";
+
+// Externally tagged: an internally tagged enum buffers its content, and buffered JSON
+// cannot turn the membership's string map keys back into `u64` member IDs.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Record {
+    Entry { entry: Entry<TypeConfig> },
+    Truncate { from: u64 },
+    Purge { upto: LogId<RaftId> },
+}
+
+struct Inner {
+    dir: PathBuf,
+    file: File,
+    /// Records in `log.jsonl`, live or dead.
+    records: usize,
+    vote: Option<Vote<RaftId>>,
+    committed: Option<LogId<RaftId>>,
+    last_purged: Option<LogId<RaftId>>,
+    entries: BTreeMap<u64, Entry<TypeConfig>>,
+}
+
+/// Openraft's log storage; clones share one log.
+#[derive(Clone)]
+pub(crate) struct LogStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("{what} {}: {e}", path.display()))
+}
+
+/// Writes `bytes` to `path` through a temp file and a rename; `durable` adds the fsyncs.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        if durable {
+            f.sync_all()?;
+        }
+    }
+    fs::rename(&tmp, path)?;
+    if durable {
+        if let Some(dir) = path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+    }
+    Ok(())
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> io::Result<Option<T>> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| io_err("parse", path, e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+impl LogStore {
+    /// Opens (or creates) the log in `dir` and replays it.
+    pub(crate) fn open(dir: &Path) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        let vote = read_json(&dir.join(VOTE_FILE))?;
+        // A hint: unreadable (torn by a crash) means unknown.
+        let committed = read_json(&dir.join(COMMITTED_FILE)).unwrap_or(None);
+        let path = dir.join(LOG_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+
+        let mut entries = BTreeMap::new();
+        let mut last_purged: Option<LogId<RaftId>> = None;
+        let mut records = 0;
+        let mut good = 0usize;
+        let mut rest = &bytes[..];
+        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+            let line = &rest[..nl];
+            let record: Record = match serde_json::from_slice(line) {
+                Ok(r) => r,
+                Err(e) => {
+                    let after = &rest[nl + 1..];
+                    if after.iter().all(|b| b.is_ascii_whitespace()) {
+                        break; // torn last record: cut below
+                    }
+                    return Err(io_err(
+                        "corrupt record in",
+                        &path,
+                        format!("at byte {good}: {e}"),
+                    ));
+                }
+            };
+            records += 1;
+            match record {
+                Record::Entry { entry } => {
+                    entries.insert(entry.log_id.index, entry);
+                }
+                Record::Truncate { from } => {
+                    entries.split_off(&from);
+                }
+                Record::Purge { upto } => {
+                    entries = entries.split_off(&(upto.index + 1));
+                    last_purged = Some(upto);
+                }
+            }
+            good += nl + 1;
+            rest = &rest[nl + 1..];
+        }
+        if good != bytes.len() {
+            tracing::warn!(
+                path = %path.display(),
+                dropped = bytes.len() - good,
+                "cutting a torn record off the end of the Raft log"
+            );
+            file.set_len(good as u64)?;
+            file.sync_all()?;
+        }
+        file.seek(SeekFrom::End(0))?;
+        Ok(LogStore {
+            inner: Arc::new(Mutex::new(Inner {
+                dir: dir.to_path_buf(),
+                file,
+                records,
+                vote,
+                committed,
+                last_purged,
+                entries,
+            })),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves the in-memory copy possibly ahead of the file;
+        // the file is the truth, and openraft stops on a panic anyway.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Inner {
+    fn write_records(&mut self, records: &[Record]) -> io::Result<()> {
+        let mut buf = Vec::new();
+        for r in records {
+            serde_json::to_writer(&mut buf, r).map_err(io::Error::other)?;
+            buf.push(b'\n');
+        }
+        self.file.write_all(&buf)?;
+        self.file.sync_data()?;
+        self.records += records.len();
+        self.maybe_compact()
+    }
+
+    /// Rewrites the file with only the live records once dead ones dominate.
+    fn maybe_compact(&mut self) -> io::Result<()> {
+        if self.records <= 2 * self.entries.len() + 1024 {
+            return Ok(());
+        }
+        let path = self.dir.join(LOG_FILE);
+        let tmp = path.with_extension("jsonl.tmp");
+        {
+            let mut w = BufWriter::new(File::create(&tmp)?);
+            let mut n = 0;
+            if let Some(upto) = self.last_purged {
+                serde_json::to_writer(&mut w, &Record::Purge { upto }).map_err(io::Error::other)?;
+                w.write_all(b"\n")?;
+                n += 1;
+            }
+            for entry in self.entries.values() {
+                serde_json::to_writer(
+                    &mut w,
+                    &Record::Entry {
+                        entry: entry.clone(),
+                    },
+                )
+                .map_err(io::Error::other)?;
+                w.write_all(b"\n")?;
+                n += 1;
+            }
+            let f = w.into_inner().map_err(|e| e.into_error())?;
+            f.sync_all()?;
+            self.records = n;
+        }
+        fs::rename(&tmp, &path)?;
+        File::open(&self.dir)?.sync_all()?;
+        self.file = OpenOptions::new().append(true).read(true).open(&path)?;
+        Ok(())
+    }
+
+    fn get_range<RB: RangeBounds<u64>>(&self, range: RB) -> Vec<Entry<TypeConfig>> {
+        let start = match range.start_bound() {
+            Bound::Included(&s) => Bound::Included(s),
+            Bound::Excluded(&s) => Bound::Excluded(s),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&e) => Bound::Included(e),
+            Bound::Excluded(&e) => Bound::Excluded(e),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        self.entries
+            .range((start, end))
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<RaftId>> {
+        Ok(self.lock().get_range(range))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<RaftId>> {
+        let inner = self.lock();
+        let last = inner
+            .entries
+            .values()
+            .next_back()
+            .map(|e| *e.get_log_id())
+            .or(inner.last_purged);
+        Ok(LogState {
+            last_purged_log_id: inner.last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<RaftId>) -> Result<(), StorageError<RaftId>> {
+        let mut inner = self.lock();
+        let path = inner.dir.join(VOTE_FILE);
+        let bytes = serde_json::to_vec(vote).map_err(|e| StorageIOError::write_vote(&e))?;
+        write_atomic(&path, &bytes, true).map_err(|e| StorageIOError::write_vote(&e))?;
+        inner.vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<RaftId>>, StorageError<RaftId>> {
+        Ok(self.lock().vote)
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<RaftId>>,
+    ) -> Result<(), StorageError<RaftId>> {
+        let mut inner = self.lock();
+        if inner.committed == committed {
+            return Ok(());
+        }
+        let path = inner.dir.join(COMMITTED_FILE);
+        let bytes = serde_json::to_vec(&committed).map_err(|e| StorageIOError::write(&e))?;
+        write_atomic(&path, &bytes, false).map_err(|e| StorageIOError::write(&e))?;
+        inner.committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<RaftId>>, StorageError<RaftId>> {
+        Ok(self.lock().committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<RaftId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut inner = self.lock();
+        let entries: Vec<_> = entries.into_iter().collect();
+        let records: Vec<_> = entries
+            .iter()
+            .map(|e| Record::Entry { entry: e.clone() })
+            .collect();
+        if let Err(e) = inner.write_records(&records) {
+            let err = StorageIOError::write_logs(&e);
+            callback.log_io_completed(Err(e));
+            return Err(err.into());
+        }
+        for e in entries {
+            inner.entries.insert(e.log_id.index, e);
+        }
+        drop(inner);
+        callback.log_io_completed(Ok(()));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<RaftId>) -> Result<(), StorageError<RaftId>> {
+        let mut inner = self.lock();
+        inner
+            .write_records(&[Record::Truncate { from: log_id.index }])
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        inner.entries.split_off(&log_id.index);
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<RaftId>) -> Result<(), StorageError<RaftId>> {
+        let mut inner = self.lock();
+        inner
+            .write_records(&[Record::Purge { upto: log_id }])
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        let kept = inner.entries.split_off(&(log_id.index + 1));
+        inner.entries = kept;
+        inner.last_purged = Some(log_id);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::state::Command;
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Normal(Command::RemoveService {
+                id: format!("s{index}"),
+            }),
+        }
+    }
+
+    fn membership_entry(term: u64, index: u64) -> Entry<TypeConfig> {
+        let nodes: BTreeMap<RaftId, openraft::BasicNode> = [1, 2, 3]
+            .map(|id| (id, openraft::BasicNode::new(format!("h{id}:2377"))))
+            .into();
+        let voters = std::collections::BTreeSet::from([1, 2, 3]);
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Membership(openraft::Membership::new(vec![voters], nodes)),
+        }
+    }
+
+    fn tempdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "shoal-store-log-{name}-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    /// Appends without openraft's flush callback (it cannot be built outside openraft).
+    fn append(store: &LogStore, entries: Vec<Entry<TypeConfig>>) {
+        let mut inner = store.lock();
+        let records: Vec<_> = entries
+            .iter()
+            .map(|e| Record::Entry { entry: e.clone() })
+            .collect();
+        inner.write_records(&records).unwrap();
+        for e in entries {
+            inner.entries.insert(e.log_id.index, e);
+        }
+    }
+
+    #[tokio::test]
+    async fn log_vote_truncate_and_purge_survive_reopen_and_a_torn_tail_is_cut() {
+        let dir = tempdir("reopen");
+        let mut s = LogStore::open(&dir).unwrap();
+        append(&s, vec![membership_entry(1, 1)]);
+        append(&s, (2..=10).map(|i| entry(1, i)).collect());
+        s.truncate(LogId::new(CommittedLeaderId::new(1, 1), 8))
+            .await
+            .unwrap();
+        append(&s, vec![entry(2, 8)]);
+        s.purge(LogId::new(CommittedLeaderId::new(1, 1), 3))
+            .await
+            .unwrap();
+        let vote = Vote::new(2, 3);
+        s.save_vote(&vote).await.unwrap();
+        drop(s);
+
+        // A crash in the middle of the next append.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.join(LOG_FILE))
+            .unwrap();
+        f.write_all(b"{\"entry\":{\"entry\":{\"log_id\"").unwrap();
+        drop(f);
+
+        let mut s = LogStore::open(&dir).unwrap();
+        assert_eq!(s.read_vote().await.unwrap(), Some(vote));
+        let state = s.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.unwrap().index, 3);
+        assert_eq!(state.last_log_id.unwrap().index, 8);
+        assert_eq!(state.last_log_id.unwrap().leader_id.term, 2);
+        let got: Vec<u64> = s
+            .try_get_log_entries(0..100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
+        assert_eq!(got, vec![4, 5, 6, 7, 8]);
+        // Member IDs are map keys: they survive JSON (string keys) and the reopen.
+        let first = s.try_get_log_entries(1..2).await.unwrap();
+        assert!(first.is_empty(), "purged");
+        // Appending after the cut tail works and survives another reopen.
+        append(&s, vec![entry(2, 9)]);
+        drop(s);
+        let mut s = LogStore::open(&dir).unwrap();
+        assert_eq!(
+            s.get_log_state().await.unwrap().last_log_id.unwrap().index,
+            9
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn corruption_in_the_middle_refuses_to_open() {
+        let dir = tempdir("corrupt");
+        let s = LogStore::open(&dir).unwrap();
+        append(&s, vec![entry(1, 1)]);
+        drop(s);
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.join(LOG_FILE))
+            .unwrap();
+        f.write_all(b"garbage\n").unwrap();
+        drop(f);
+        let s = LogStore::open(&dir).unwrap();
+        append(&s, vec![entry(1, 2)]);
+        drop(s);
+        // "garbage" was the last line at the second open, so it was cut; now corrupt the middle.
+        let path = dir.join(LOG_FILE);
+        let mut text = fs::read_to_string(&path).unwrap();
+        text.insert_str(0, "garbage\n");
+        fs::write(&path, text).unwrap();
+        assert!(LogStore::open(&dir).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn many_dead_records_are_compacted_away() {
+        let dir = tempdir("compact");
+        let mut s = LogStore::open(&dir).unwrap();
+        for round in 0..30u64 {
+            let base = round * 100;
+            append(&s, (base + 1..=base + 100).map(|i| entry(1, i)).collect());
+            s.purge(LogId::new(CommittedLeaderId::new(1, 1), base + 95))
+                .await
+                .unwrap();
+        }
+        assert!(s.lock().records < 1100, "{}", s.lock().records);
+        drop(s);
+        let mut s = LogStore::open(&dir).unwrap();
+        let got: Vec<u64> = s
+            .try_get_log_entries(..)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
+        assert_eq!(got, (2996..=3000).collect::<Vec<_>>());
+        assert_eq!(
+            s.get_log_state()
+                .await
+                .unwrap()
+                .last_purged_log_id
+                .unwrap()
+                .index,
+            2995
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
