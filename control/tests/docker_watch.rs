@@ -338,39 +338,7 @@ async fn resolves_netns_and_watches_lifecycle() {
 /// Starts the host's dockerd again after it was stopped, exactly as `lab up` starts it,
 /// and records its PID where `lab down` looks.
 fn restart_dockerd(layout: &Layout, host: &HostState) {
-    let name = &host.name;
-    let dir = layout.host_run_dir(name);
-    let log = fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(dir.join("dockerd.log"))
-        .expect("open dockerd log");
-    let mut cmd = Command::new("dockerd");
-    cmd.arg("--data-root")
-        .arg(layout.data_dir().join(name))
-        .arg("--exec-root")
-        .arg(dir.join("x"))
-        .arg("--host")
-        .arg(&host.docker_host)
-        .arg("--pidfile")
-        .arg(dir.join("dockerd.pidfile"))
-        .args([
-            "--iptables=false",
-            "--ip6tables=false",
-            "--ip-masq=false",
-            "--bridge=none",
-            "--exec-opt",
-            "native.cgroupdriver=cgroupfs",
-        ])
-        .arg(format!("--cgroup-parent=/{}", layout.cgroup_parent(name)))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("dup log"))
-        .stderr(log);
-    procs::enter_namespaces_of(&mut cmd, host.holder_pid, true).expect("enter host namespaces");
-    let child = cmd.spawn().expect("start dockerd");
-    fs::write(layout.dockerd_pid_file(name), child.id().to_string()).expect("write pid file");
-    // A daemon in its own session, as `lab up` leaves it; `lab down` ends it by PID.
-    drop(child);
+    lab::start_dockerd(layout, &host.name, host.holder_pid).expect("start dockerd");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

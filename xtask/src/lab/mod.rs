@@ -205,17 +205,36 @@ fn start_host(layout: &Layout, name: &str, netns: &str, index: u32) -> Result<Ho
     )?;
     fs::write(layout.holder_pid_file(name), holder.to_string())?;
 
-    let data_root = layout.data_dir().join(name);
-    let exec_root = dir.join("x");
-    let socket = layout.docker_socket(name);
-    let log = fs::File::create(dir.join("dockerd.log"))?;
+    let dockerd = start_dockerd(layout, name, holder)?;
+    Ok(HostState {
+        name: name.to_owned(),
+        netns: netns.to_owned(),
+        underlay_interface: HOST_UNDERLAY_IF.to_owned(),
+        address: host_address(index),
+        docker_host: format!("unix://{}", layout.docker_socket(name).display()),
+        holder_pid: holder,
+        dockerd_pid: dockerd,
+        pin_dir: layout.pin_dir(name),
+        run_dir: dir,
+    })
+}
+
+/// Starts host `name`'s dockerd inside the namespaces of its holder `holder`, as a
+/// daemon in its own session (teardown ends it by PID), and records its PID. Also used
+/// by tests that stop a host's dockerd and bring it back.
+pub fn start_dockerd(layout: &Layout, name: &str, holder: u32) -> Result<u32> {
+    let dir = layout.host_run_dir(name);
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("dockerd.log"))?;
     let mut cmd = Command::new("dockerd");
-    cmd.args(["--data-root"])
-        .arg(&data_root)
+    cmd.arg("--data-root")
+        .arg(layout.data_dir().join(name))
         .arg("--exec-root")
-        .arg(&exec_root)
+        .arg(dir.join("x"))
         .arg("--host")
-        .arg(format!("unix://{}", socket.display()))
+        .arg(format!("unix://{}", layout.docker_socket(name).display()))
         .arg("--pidfile")
         .arg(dir.join("dockerd.pidfile"))
         .args([
@@ -234,24 +253,11 @@ fn start_host(layout: &Layout, name: &str, netns: &str, index: u32) -> Result<Ho
     let child = cmd
         .spawn()
         .context("starting dockerd (is docker.io installed? run `cargo xtask setup`)")?;
-    fs::write(layout.dockerd_pid_file(name), child.id().to_string())?;
+    let pid = child.id();
+    fs::write(layout.dockerd_pid_file(name), pid.to_string())?;
     // The child is a daemon in its own session; teardown ends it by PID.
     drop(child);
-    Ok(HostState {
-        name: name.to_owned(),
-        netns: netns.to_owned(),
-        underlay_interface: HOST_UNDERLAY_IF.to_owned(),
-        address: host_address(index),
-        docker_host: format!("unix://{}", socket.display()),
-        holder_pid: holder,
-        dockerd_pid: read_pid(layout.dockerd_pid_file(name).as_path())?,
-        pin_dir: layout.pin_dir(name),
-        run_dir: dir,
-    })
-}
-
-fn read_pid(path: &Path) -> Result<u32> {
-    procs::read_pid_file(path).with_context(|| format!("reading {}", path.display()))
+    Ok(pid)
 }
 
 /// Waits until the host's dockerd answers; fails with the end of its log if it dies or
