@@ -195,6 +195,17 @@ fn fixtures() -> Vec<Fixture> {
 
     vec![
         fixture("IPv4 UDP (VXLAN port)", v4_udp(), &[Ipv4, Udp]),
+        fixture(
+            "jumbo IPv4 UDP (9000 bytes, more than a page: a multi-buffer frame)",
+            build(|out| {
+                PacketBuilder::ethernet2(MAC_A, MAC_B)
+                    .ipv4(V4_A, V4_B, 64)
+                    .udp(40000, 4789)
+                    .write(out, &[0x5a; 9000 - 14 - 20 - 8])
+                    .expect("build jumbo")
+            }),
+            &[Ipv4, Udp],
+        ),
         fixture("IPv4 TCP SYN", v4_tcp(), &[Ipv4, Tcp]),
         fixture(
             "IPv4 ICMP echo request",

@@ -8,7 +8,8 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action, macros::map, macros::xdp, maps::PerCpuArray, programs::XdpContext,
+    bindings::xdp_action, helpers::generated::bpf_xdp_get_buff_len, macros::map, macros::xdp,
+    maps::PerCpuArray, programs::XdpContext,
 };
 use shoal_common::underlay::{Counter, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS};
 
@@ -32,10 +33,13 @@ const IPPROTO_AH: u8 = 51;
 const IPPROTO_ICMPV6: u8 = 58;
 const IPPROTO_DSTOPTS: u8 = 60;
 
-#[xdp]
+// `frags`: the program accepts multi-buffer frames (jumbo MTUs, GSO packets on veth);
+// it parses only the headers, which are in the first buffer.
+#[xdp(frags)]
 pub fn shoal_xdp_underlay(ctx: XdpContext) -> u32 {
     count(Counter::Packets, 1);
-    count(Counter::Bytes, (ctx.data_end() - ctx.data()) as u64);
+    // SAFETY: ctx.ctx is the xdp_md the kernel passed in; the helper only reads it.
+    count(Counter::Bytes, unsafe { bpf_xdp_get_buff_len(ctx.ctx) });
     // Parsing errors are counted, never acted on: this program must not drop traffic.
     let kind = classify(&ctx).unwrap_or(Counter::Malformed);
     count(kind, 1);
