@@ -23,7 +23,11 @@ use tracing::{info, warn};
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
-use shoal_control::docker::{DockerClient, WatchUpdate};
+use shoal_control::{
+    api::server as api_server,
+    cluster_agent::{ClusterAgent, ClusterAgentConfig, EngineSource},
+    docker::{DockerClient, WatchUpdate},
+};
 
 use crate::{
     config::AgentConfig,
@@ -68,6 +72,23 @@ async fn serve(config: AgentConfig) -> Result<()> {
         None => None,
     };
 
+    // The cluster role this node had (resumed from <data_dir>/cluster/), and the API
+    // the CLI reaches it through.
+    let cluster = ClusterAgent::start(ClusterAgentConfig {
+        data_dir: config.data_dir.clone(),
+        listen: config.cluster_listen,
+        underlay_interface: Some(config.underlay_interface.clone()),
+        data_path_port: config.data_path_port,
+        engine: EngineSource::Docker(config.docker_socket.clone()),
+        hostname: None,
+        timings: None,
+    })
+    .await
+    .context("starting the cluster role")?;
+    let api_socket = api_server::bind(&config.api_socket)?;
+    let api = tokio::spawn(api_server::serve(api_socket, cluster.clone()));
+    info!(role = cluster.role_name().await, api_socket = %config.api_socket.display(), "cluster role ready");
+
     let status = AgentStatus {
         pid: std::process::id(),
         underlay_interface: interface.to_owned(),
@@ -107,6 +128,10 @@ async fn serve(config: AgentConfig) -> Result<()> {
     }
 
     info!(signal = signal_name, "shutting down");
+    // No new requests; the role stops cleanly (a restart resumes it).
+    api.abort();
+    let _ = api.await;
+    cluster.shutdown().await;
     drop(program);
     info!(interface, "detached underlay XDP program");
     if let Err(e) = fs::remove_file(&status_path) {

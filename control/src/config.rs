@@ -23,6 +23,11 @@ pub const DEFAULT_DNS_RATE_LIMIT: u32 = 5_000;
 /// Default directory of the overlay networks' pinned namespaces.
 pub const DEFAULT_NETNS_DIR: &str = "/run/shoal/netns";
 
+/// Default path of the agent's API socket (the CLI's way in).
+pub const DEFAULT_API_SOCKET: &str = shoal_control::api::DEFAULT_API_SOCKET;
+/// Default listen address of a manager's cluster traffic (Swarm's port 2377).
+pub const DEFAULT_CLUSTER_LISTEN: &str = "0.0.0.0:2377";
+
 /// Longest interface name Linux accepts (IFNAMSIZ minus the NUL).
 const MAX_INTERFACE_NAME: usize = 15;
 
@@ -79,6 +84,14 @@ pub struct Settings {
     /// [file key: dns_rate_limit] [default: 5000]
     #[arg(long, value_name = "QPS")]
     pub dns_rate_limit: Option<u32>,
+    /// Unix socket the CLI talks to the agent on, made owner-only (0600)
+    /// [file key: api_socket] [default: /run/shoal/shoal.sock]
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+    /// Where a manager listens for cluster traffic unless `swarm init|join
+    /// --listen-addr` says otherwise [file key: cluster_listen] [default: 0.0.0.0:2377]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub cluster_listen: Option<std::net::SocketAddr>,
 }
 
 impl Settings {
@@ -115,6 +128,8 @@ impl Settings {
             dns_upstreams: over.dns_upstreams.or(self.dns_upstreams),
             dns_ttl_secs: over.dns_ttl_secs.or(self.dns_ttl_secs),
             dns_rate_limit: over.dns_rate_limit.or(self.dns_rate_limit),
+            api_socket: over.api_socket.or(self.api_socket),
+            cluster_listen: over.cluster_listen.or(self.cluster_listen),
         }
     }
 }
@@ -132,6 +147,8 @@ pub struct AgentConfig {
     pub netns_dir: PathBuf,
     pub data_path_port: u16,
     pub dns: Option<DnsConfig>,
+    pub api_socket: PathBuf,
+    pub cluster_listen: std::net::SocketAddr,
 }
 
 /// The embedded resolver's settings (present when a declared DNS state is given).
@@ -178,7 +195,19 @@ impl AgentConfig {
         if data_path_port == 0 {
             return Err(ConfigError::BadPort);
         }
+        let api_socket = settings
+            .api_socket
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_API_SOCKET));
+        let cluster_listen = settings.cluster_listen.unwrap_or_else(|| {
+            DEFAULT_CLUSTER_LISTEN
+                .parse()
+                .expect("the default listen address parses")
+        });
+        if cluster_listen.port() == 0 {
+            return Err(ConfigError::BadClusterPort);
+        }
         for (key, dir) in [
+            ("api_socket", &api_socket),
             ("pin_dir", &pin_dir),
             ("data_dir", &data_dir),
             ("docker_socket", &docker_socket),
@@ -217,6 +246,8 @@ impl AgentConfig {
             netns_dir,
             data_path_port,
             dns,
+            api_socket,
+            cluster_listen,
         })
     }
 }
@@ -245,6 +276,8 @@ pub enum ConfigError {
     EmptyPath { key: &'static str },
     #[error("data_path_port must be between 1 and 65535")]
     BadPort,
+    #[error("cluster_listen needs a port between 1 and 65535")]
+    BadClusterPort,
     #[error(
         "declared_dns needs declared_state: the resolver listens on the overlay networks' gateways"
     )]
@@ -308,6 +341,8 @@ mod tests {
                 netns_dir: DEFAULT_NETNS_DIR.into(),
                 data_path_port: 4789,
                 dns: None,
+                api_socket: DEFAULT_API_SOCKET.into(),
+                cluster_listen: DEFAULT_CLUSTER_LISTEN.parse().unwrap(),
             }
         );
     }
@@ -384,6 +419,29 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("line 2"), "{msg}");
         assert!(!msg.contains('\n'), "not one line: {msg}");
+    }
+
+    #[test]
+    fn api_socket_and_cluster_listen_come_from_file_or_flags() {
+        let file = parse(
+            r#"
+            underlay_interface = "eth0"
+            api_socket = "/run/lab/h1/shoal.sock"
+            cluster_listen = "192.168.77.11:2377"
+            "#,
+        )
+        .unwrap();
+        let config = AgentConfig::resolve(file.clone().overridden_by(Settings::default())).unwrap();
+        assert_eq!(config.api_socket, Path::new("/run/lab/h1/shoal.sock"));
+        assert_eq!(config.cluster_listen, "192.168.77.11:2377".parse().unwrap());
+        let flags = Settings {
+            api_socket: Some("/tmp/other.sock".into()),
+            ..Settings::default()
+        };
+        let config = AgentConfig::resolve(file.overridden_by(flags)).unwrap();
+        assert_eq!(config.api_socket, Path::new("/tmp/other.sock"));
+        let err = parse("underlay_interface = \"eth0\"\ncluster_listen = \"nope\"\n").unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
     }
 
     #[test]

@@ -1,4 +1,7 @@
 //! shoal's control side as a library: the parts of the control plane that are plain logic.
 
+pub mod api;
+pub mod cli;
+pub mod cluster_agent;
 pub mod docker;
 pub mod ipam;

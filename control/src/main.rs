@@ -11,6 +11,9 @@
 //! - [`dns_driver`]: the embedded resolver on each present network's gateway.
 //! - [`status`]: `<data_dir>/agent.json`, the running agent's status file.
 //! - [`stats_cmd`]: `shoal dataplane stats`, prints the pinned underlay counters.
+//! - `shoal_control::cli`: `shoal swarm ...` and `shoal node ...`, which ask the local
+//!   agent over its API socket (`shoal_control::api`); the agent's side is
+//!   `shoal_control::cluster_agent`.
 
 mod agent;
 mod config;
@@ -22,6 +25,7 @@ mod status;
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
+use shoal_control::cli::{self, NodeArgs, SwarmArgs};
 use shoal_dataplane::bpffs::DEFAULT_PIN_DIR;
 use tracing_subscriber::{filter::LevelFilter, EnvFilter};
 
@@ -39,6 +43,10 @@ struct Cli {
 enum Command {
     /// Run the node agent (as root, on every host)
     Agent(Box<AgentArgs>),
+    /// Manage the swarm (init, join, join-token, leave)
+    Swarm(SwarmArgs),
+    /// Manage the swarm's nodes (ls, inspect, rm, promote, demote, update)
+    Node(NodeArgs),
     /// Inspect this node's dataplane
     #[command(subcommand)]
     Dataplane(DataplaneCommand),
@@ -78,6 +86,8 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Agent(args) => run_agent(*args),
+        Command::Swarm(args) => print_output(cli::run_swarm(&args)),
+        Command::Node(args) => print_output(cli::run_node(&args)),
         Command::Dataplane(DataplaneCommand::Stats(args)) => {
             stats_cmd::run(&args.pin_dir, args.json)
         }
@@ -91,26 +101,42 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints a CLI command's output (warnings first, on stderr).
+fn print_output(result: Result<cli::Output, cli::CliError>) -> anyhow::Result<()> {
+    let output = result?;
+    for warning in &output.warnings {
+        eprintln!("WARNING: {warning}");
+    }
+    print!("{}", output.stdout);
+    Ok(())
+}
+
 fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     let config = AgentConfig::load(args.config.as_deref(), args.settings)?;
     if args.validate {
         let interval = config.stats_interval.map_or(0, |d| d.as_secs());
         println!(
-            "config ok: underlay_interface={} pin_dir={} data_dir={} stats_interval_secs={interval}",
+            "config ok: underlay_interface={} pin_dir={} data_dir={} stats_interval_secs={interval} api_socket={} cluster_listen={}",
             config.underlay_interface,
             config.pin_dir.display(),
             config.data_dir.display(),
+            config.api_socket.display(),
+            config.cluster_listen,
         );
         return Ok(());
     }
     agent::run(config)
 }
 
-/// Logs to stderr, filtered by RUST_LOG (default: info); colours only on a terminal.
+/// Logs to stderr, filtered by RUST_LOG (default: info, openraft's own chatter at warn);
+/// colours only on a terminal.
 fn init_logging() {
-    let filter = EnvFilter::builder()
-        .with_default_directive(LevelFilter::INFO.into())
-        .from_env_lossy();
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(_) => EnvFilter::builder()
+            .with_default_directive(LevelFilter::INFO.into())
+            .from_env_lossy(),
+        Err(_) => EnvFilter::new("info,openraft=warn"),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

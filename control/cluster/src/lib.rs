@@ -4,7 +4,10 @@
 //! - [`pki`]: the cluster's root CA, node certificates (role inside), renewal.
 //! - [`token`]: join tokens (`SWMTKN-1-<CA digest>-<secret>`), rotation, checking.
 //! - [`store`]: the managers' Raft-replicated cluster state.
+//! - [`manager`]: the network layer on port 2377 (mutual TLS): `swarm init/join/leave`,
+//!   Raft between managers, forwarding to the leader, heartbeats, node management.
 
+pub mod manager;
 pub mod pki;
 pub mod store;
 pub mod token;

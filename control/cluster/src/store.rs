@@ -39,7 +39,8 @@ use openraft::{BasicNode, ChangeMembers, Config, Raft, ServerState, SnapshotPoli
 use tokio::sync::watch;
 
 pub use state::{
-    ApplyResult, Availability, ClusterState, Command, Network, Node, NodeStatus, Rejection, Role,
+    ApplyResult, Availability, ClusterSpec, ClusterState, Command, Network, Node, NodeStatus,
+    Rejection, Role,
 };
 pub use transport::{MemNetwork, RaftRequest, RaftResponse, Transport, TransportError};
 

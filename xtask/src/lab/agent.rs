@@ -10,6 +10,11 @@ use anyhow::{bail, Context, Result};
 
 use super::{HostState, LabState};
 
+/// The unix socket a host's agent serves its API on (the CLI's SHOAL_API_SOCKET).
+pub fn api_socket(host: &HostState) -> PathBuf {
+    host.run_dir.join("shoal.sock")
+}
+
 /// Where a host's agent writes its status file (`agent.json`).
 pub fn status_file(host: &HostState) -> PathBuf {
     host.run_dir.join("agent").join("agent.json")
@@ -45,6 +50,8 @@ pub fn start(
         host.docker_host.trim_start_matches("unix://").to_owned(),
         "--netns-dir".into(),
         host.run_dir.join("netns").display().to_string(),
+        "--api-socket".into(),
+        api_socket(host).display().to_string(),
     ]
     .into_iter()
     .chain(extra_args.iter().cloned())

@@ -99,6 +99,23 @@ pub struct Network {
     pub version: u64,
 }
 
+/// Cluster-wide settings chosen at `swarm init` (`--default-addr-pool`,
+/// `--default-addr-pool-mask-length`, `--data-path-port`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSpec {
+    /// The cluster ID (the `O=` of every certificate).
+    pub id: String,
+    /// Pools overlay subnets are allocated from (CIDRs).
+    #[serde(default)]
+    pub default_addr_pools: Vec<String>,
+    /// The prefix length of each subnet taken from the pools.
+    #[serde(default)]
+    pub subnet_prefix_len: u8,
+    /// The UDP port of VXLAN traffic.
+    #[serde(default)]
+    pub data_path_port: u16,
+}
+
 /// The whole replicated cluster state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
@@ -110,6 +127,9 @@ pub struct ClusterState {
     pub services: BTreeMap<String, serde_json::Value>,
     /// The join tokens (opaque here: the `token` module's type, serialized).
     pub tokens: Option<serde_json::Value>,
+    /// Cluster-wide settings (set once by `swarm init`).
+    #[serde(default)]
+    pub cluster: Option<ClusterSpec>,
 }
 
 /// A change to the cluster state. Only these change it, and only through the log.
@@ -161,6 +181,9 @@ pub enum Command {
     },
     SetTokens {
         tokens: serde_json::Value,
+    },
+    SetCluster {
+        cluster: ClusterSpec,
     },
 }
 
@@ -282,6 +305,7 @@ impl ClusterState {
                 }
             }
             Command::SetTokens { .. } => Ok(()),
+            Command::SetCluster { cluster } => nonempty("cluster ID", &cluster.id),
         }
     }
 
@@ -333,6 +357,7 @@ impl ClusterState {
                 self.services.remove(id);
             }
             Command::SetTokens { tokens } => self.tokens = Some(tokens.clone()),
+            Command::SetCluster { cluster } => self.cluster = Some(cluster.clone()),
         }
     }
 }

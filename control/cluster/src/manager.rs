@@ -1,0 +1,442 @@
+//! The network layer that makes the cluster core a working cluster: port 2377.
+//!
+//! ```text
+//!   joining node ──TLS (CA pinned by the token's digest, no client cert)──▶ any manager
+//!        Join{token, CSR, NodeInfo}  ◀── certificate (role from the token), CA, node ID
+//!   node ──mTLS (node cert)──▶ leader: Heartbeat (~1 s), Leave, Renew{CSR}
+//!   manager ──mTLS (manager cert)──▶ manager: Raft RPCs, Execute, ReadState, admin calls
+//! ```
+//! - One listener per manager with [`crate::pki::join_server_config`]: a connection without
+//!   a client certificate may only send `Join`; Raft RPCs, commands and admin calls need a
+//!   manager certificate; heartbeats, `Leave` and `Renew` need any node certificate and only
+//!   touch the caller's own node (the node ID comes from its certificate).
+//! - Frames: a 4-byte big-endian length, then JSON; one response per request, several
+//!   requests per connection (the clients keep idle connections).
+//! - Writes and linearizable reads happen on the Raft leader: a follower answers "not the
+//!   leader, try ADDR" and the caller follows (bounded by [`Timings::request_timeout`], then
+//!   [`ClusterError::NoQuorum`]).
+//! - Liveness: every node (managers too) heartbeats to the leader every
+//!   [`Timings::heartbeat_interval`]; the leader marks a node Down after
+//!   [`Timings::node_down_after`] without one, and Ready again on the next. The heartbeat's
+//!   answer carries the node's role in the store: a node that was promoted gets a manager
+//!   certificate, starts its Raft member and asks the leader to add it; a demoted one gets a
+//!   worker certificate and stops its member. Certificates are renewed the same way once
+//!   [`crate::pki::NodeIdentity::needs_renewal`] says so.
+//!
+//! The node's files in `data_dir`: `identity.json` (key, certificate, CA; 0600),
+//! `ca-key.pem` (managers only; 0600), `node.json` (addresses, node info, known managers,
+//! Raft ID, timings) and `raft/` (the store). Leaving removes exactly these.
+
+mod persist;
+mod runtime;
+mod wire;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+pub use crate::pki::Role;
+use crate::pki::{NodeCertificate, PkiError};
+use crate::store::{ApplyResult, ClusterState, Command, Rejection, StoreError};
+use crate::token::JoinToken;
+
+use runtime::Runtime;
+
+/// The port managers listen on, as in Swarm.
+pub const DEFAULT_PORT: u16 = 2377;
+
+/// What a node says about itself when it joins and in every heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub hostname: String,
+    /// The version of the node's Docker engine (`ENGINE VERSION` in `node ls`).
+    pub engine_version: String,
+    /// The node's advertise address.
+    pub addr: IpAddr,
+    /// Engine labels (not the node labels of `node update --label-add`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Where a manager listens and how others reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagerConfig {
+    /// The node's cluster files (see the module docs).
+    pub data_dir: PathBuf,
+    /// Where the manager API listens, normally `0.0.0.0:2377`. Port 0 picks a free port
+    /// (tests); the advertise port follows it when that is 0 too.
+    pub listen: SocketAddr,
+    /// `<advertise-addr>:2377`: what other managers and nodes dial.
+    pub advertise: SocketAddr,
+}
+
+/// `swarm init`'s cluster-wide options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitOptions {
+    /// `--default-addr-pool` (default `10.0.0.0/8`).
+    pub default_addr_pools: Vec<Ipv4Net>,
+    /// `--default-addr-pool-mask-length` (default 24).
+    pub subnet_prefix_len: u8,
+    /// `--data-path-port` (default 4789).
+    pub data_path_port: u16,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            default_addr_pools: vec![
+                Ipv4Net::new(std::net::Ipv4Addr::new(10, 0, 0, 0), 8).expect("a valid prefix")
+            ],
+            subnet_prefix_len: 24,
+            data_path_port: 4789,
+        }
+    }
+}
+
+/// The cluster's timings. Written to `data_dir` at init/join and read back on resume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    /// How often every node heartbeats to the leader (Swarm: 5 s; here 1 s).
+    pub heartbeat_interval: Duration,
+    /// The leader marks a node Down after this long without a heartbeat.
+    pub node_down_after: Duration,
+    /// Raft: how often the leader sends heartbeats to the other managers.
+    pub raft_heartbeat_interval: Duration,
+    /// Raft: the election timeout range.
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// Bound on everything that needs the leader or a quorum.
+    pub request_timeout: Duration,
+    /// Validity of the node certificates this cluster issues.
+    pub cert_validity: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        let store = crate::store::StoreConfig::default();
+        Timings {
+            heartbeat_interval: Duration::from_secs(1),
+            node_down_after: Duration::from_secs(5),
+            raft_heartbeat_interval: store.heartbeat_interval,
+            election_timeout_min: store.election_timeout_min,
+            election_timeout_max: store.election_timeout_max,
+            request_timeout: store.request_timeout,
+            cert_validity: crate::pki::DEFAULT_NODE_CERT_VALIDITY,
+        }
+    }
+}
+
+/// A manager's state in the Raft group, as `node ls` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ManagerStatus {
+    Leader,
+    Reachable,
+    Unreachable,
+}
+
+impl std::fmt::Display for ManagerStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ManagerStatus::Leader => "Leader",
+            ManagerStatus::Reachable => "Reachable",
+            ManagerStatus::Unreachable => "Unreachable",
+        })
+    }
+}
+
+/// What went wrong. One line each; never contains a token's secret or a key.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("invalid join token (wrong, or rotated)")]
+    BadToken,
+    #[error("{0}")]
+    MalformedToken(String),
+    #[error("the manager's CA does not match the token")]
+    CaMismatch,
+    #[error("this node is not a manager")]
+    NotManager,
+    #[error("no quorum: a majority of managers is unreachable; the cluster cannot make changes until a majority is back")]
+    NoQuorum,
+    #[error("this node is already part of a cluster (leave it first)")]
+    AlreadyInCluster,
+    #[error("this node is not part of a cluster")]
+    NotInCluster,
+    #[error("refusing: this is the last manager of the cluster")]
+    LastManager,
+    #[error("node {0} is Ready: use --force to remove it")]
+    NodeIsReady(String),
+    #[error("node {0} is a manager: demote it first, or use --force")]
+    NodeIsManager(String),
+    #[error("a manager must use --force to leave (it weakens the managers' quorum; the last manager leaving ends the cluster)")]
+    ManagerNeedsForce,
+    #[error("this node is a manager: resume it as one")]
+    IsManager,
+    #[error("the current node cannot be removed: use `swarm leave` on it")]
+    RemoveSelf,
+    #[error("no such node: {0}")]
+    UnknownNode(String),
+    #[error("node {node} is already a {role}")]
+    AlreadyRole { node: String, role: Role },
+    #[error("refused by the cluster store: {0}")]
+    Rejected(Rejection),
+    #[error("not authorized: {0}")]
+    Unauthorized(String),
+    #[error("cannot reach a manager: {0}")]
+    Unreachable(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error("cluster store: {0}")]
+    Store(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("local cluster files in {path}: {reason}")]
+    Files { path: PathBuf, reason: String },
+}
+
+impl From<StoreError> for ClusterError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NoQuorum { .. } | StoreError::NotLeader { .. } => ClusterError::NoQuorum,
+            StoreError::LastManager => ClusterError::LastManager,
+            e => ClusterError::Store(e.to_string()),
+        }
+    }
+}
+
+/// What `join` made of this node.
+pub enum Joined {
+    Manager(Manager),
+    Worker(Worker),
+}
+
+impl Joined {
+    pub fn node_id(&self) -> &str {
+        match self {
+            Joined::Manager(m) => m.node_id(),
+            Joined::Worker(w) => w.node_id(),
+        }
+    }
+}
+
+/// The role recorded in `data_dir` (from the node's certificate), or `None` when the node
+/// is in no cluster: tells the agent whether to [`Manager::resume`] or [`Worker::resume`].
+pub fn local_role(data_dir: &Path) -> Result<Option<Role>, ClusterError> {
+    persist::local_role(data_dir)
+}
+
+/// A running manager. Clones share it. Call [`Manager::shutdown`] (or `leave`) to stop it.
+#[derive(Clone)]
+pub struct Manager {
+    rt: Arc<Runtime>,
+}
+
+/// A running worker (heartbeats, certificate renewal, and promotion when the managers
+/// decide it: then [`Worker::manager`] gives the manager handle).
+pub struct Worker {
+    rt: Arc<Runtime>,
+}
+
+impl Manager {
+    /// `swarm init`: a new cluster with this node as its only manager; see the module docs.
+    pub async fn init(
+        config: ManagerConfig,
+        node: NodeInfo,
+        options: InitOptions,
+    ) -> Result<Manager, ClusterError> {
+        Self::init_with(config, node, options, Timings::default()).await
+    }
+
+    /// [`Manager::init`] with explicit timings (kept in `data_dir` for resume).
+    pub async fn init_with(
+        config: ManagerConfig,
+        node: NodeInfo,
+        options: InitOptions,
+        timings: Timings,
+    ) -> Result<Manager, ClusterError> {
+        let rt = Runtime::init(config, node, options, timings).await?;
+        Ok(Manager { rt })
+    }
+
+    /// Restart: load from `config.data_dir` and serve again (the member rejoins its Raft
+    /// group). Ports 0 in `config` mean "as before".
+    pub async fn resume(config: ManagerConfig) -> Result<Manager, ClusterError> {
+        let rt = Runtime::resume(&config.data_dir, Some(&config)).await?;
+        Ok(Manager { rt })
+    }
+
+    pub fn node_id(&self) -> &str {
+        self.rt.node_id()
+    }
+
+    /// This node's current role (a manager can be demoted by the cluster).
+    pub fn role(&self) -> Role {
+        self.rt.role()
+    }
+
+    /// This node's current certificate (it changes on renewal, promotion, demotion).
+    pub fn certificate(&self) -> NodeCertificate {
+        self.rt.identity().certificate().clone()
+    }
+
+    /// The address the API is bound to (with the real port when 0 was asked for).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.rt.local().listen
+    }
+
+    /// The address other nodes dial.
+    pub fn advertise_addr(&self) -> SocketAddr {
+        self.rt.local().advertise
+    }
+
+    /// The cluster state, linearizable (read through the leader).
+    pub async fn state(&self) -> Result<ClusterState, ClusterError> {
+        self.rt.require_manager()?;
+        self.rt.read_state().await
+    }
+
+    /// Proposes `command` (on the leader, forwarded there over mTLS if needed). A refused
+    /// command is `Ok(ApplyResult::Rejected)`, as in the store.
+    pub async fn execute(&self, command: Command) -> Result<ApplyResult, ClusterError> {
+        self.rt.require_manager()?;
+        self.rt.execute(command).await
+    }
+
+    pub async fn join_token(&self, role: Role) -> Result<JoinToken, ClusterError> {
+        let state = self.state().await?;
+        Ok(runtime::tokens_of(&state)
+            .map_err(ClusterError::Protocol)?
+            .get(role)
+            .clone())
+    }
+
+    /// A new token for `role`; the old one is refused for new joins from now on.
+    pub async fn rotate_token(&self, role: Role) -> Result<JoinToken, ClusterError> {
+        self.rt.require_manager()?;
+        self.rt.rotate_token(role).await
+    }
+
+    /// The manager status of every manager node in `state`, as this manager sees it:
+    /// the Raft leader, Reachable (a voter whose heartbeats arrive), or Unreachable.
+    pub fn manager_status(&self, state: &ClusterState) -> BTreeMap<String, ManagerStatus> {
+        self.rt.manager_status(state)
+    }
+
+    /// The current Raft leader's node ID, as this manager knows it.
+    pub fn leader(&self) -> Option<String> {
+        self.rt.leader_node_id()
+    }
+
+    /// Makes a worker a manager. Returns once the store says so; the node then gets its
+    /// manager certificate and joins the Raft group on its next heartbeat.
+    pub async fn promote(&self, node_id: &str) -> Result<(), ClusterError> {
+        self.rt.require_manager()?;
+        self.rt.promote(node_id).await
+    }
+
+    /// Makes a manager a worker (removed from the Raft group first). The last manager
+    /// cannot be demoted.
+    pub async fn demote(&self, node_id: &str) -> Result<(), ClusterError> {
+        self.rt.require_manager()?;
+        self.rt.demote(node_id).await
+    }
+
+    /// `node rm`: a Ready node needs `force`; a manager needs `force` (it is taken out of
+    /// the Raft group); the last manager and the current node are refused.
+    pub async fn remove_node(&self, node_id: &str, force: bool) -> Result<(), ClusterError> {
+        self.rt.require_manager()?;
+        self.rt.remove_node(node_id, force).await
+    }
+
+    /// `swarm leave`: a manager needs `force`; it is taken out of the Raft group (the last
+    /// manager leaving ends the cluster). Removes the local cluster files.
+    pub async fn leave(self, force: bool) -> Result<(), ClusterError> {
+        self.rt.leave(force).await
+    }
+
+    /// How many `Join` requests this manager has received (a join whose token names another
+    /// cluster's CA never gets this far).
+    pub fn join_requests(&self) -> u64 {
+        self.rt.join_requests()
+    }
+
+    /// Stops serving, heartbeating and the Raft member; the files stay for `resume`.
+    pub async fn shutdown(self) {
+        self.rt.shutdown().await
+    }
+}
+
+impl Worker {
+    /// Restart a worker from `data_dir`.
+    pub async fn resume(data_dir: &Path) -> Result<Worker, ClusterError> {
+        let rt = Runtime::resume(data_dir, None).await?;
+        Ok(Worker { rt })
+    }
+
+    pub fn node_id(&self) -> &str {
+        self.rt.node_id()
+    }
+
+    /// This node's current role (it changes when the managers promote it).
+    pub fn role(&self) -> Role {
+        self.rt.role()
+    }
+
+    /// This node's current certificate (it changes on renewal, promotion, demotion).
+    pub fn certificate(&self) -> NodeCertificate {
+        self.rt.identity().certificate().clone()
+    }
+
+    /// The manager handle of this node once it has been promoted and runs as a manager.
+    pub fn manager(&self) -> Option<Manager> {
+        self.rt.core().map(|_| Manager {
+            rt: self.rt.clone(),
+        })
+    }
+
+    /// `swarm leave`: tells the leader (the node shows Down, still listed) and removes the
+    /// local cluster files. Refused with [`ClusterError::ManagerNeedsForce`] if the node
+    /// has been promoted meanwhile.
+    pub async fn leave(self) -> Result<(), ClusterError> {
+        self.rt.leave(false).await
+    }
+
+    /// Stops heartbeating (the managers will mark the node Down); files stay.
+    pub async fn shutdown(self) {
+        self.rt.shutdown().await
+    }
+}
+
+/// `swarm join --token T MANAGER:2377`; see the module docs.
+pub async fn join(
+    manager: SocketAddr,
+    token: &str,
+    config: ManagerConfig,
+    node: NodeInfo,
+) -> Result<Joined, ClusterError> {
+    join_with(manager, token, config, node, Timings::default()).await
+}
+
+/// [`join`] with explicit timings (kept in `data_dir` for resume).
+pub async fn join_with(
+    manager: SocketAddr,
+    token: &str,
+    config: ManagerConfig,
+    node: NodeInfo,
+    timings: Timings,
+) -> Result<Joined, ClusterError> {
+    let rt = Runtime::join(manager, token, config, node, timings).await?;
+    Ok(if rt.core().is_some() {
+        Joined::Manager(Manager { rt })
+    } else {
+        Joined::Worker(Worker { rt })
+    })
+}

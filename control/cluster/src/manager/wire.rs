@@ -1,0 +1,393 @@
+//! The protocol on port 2377: messages, frames, the pooled TLS client, and the Raft
+//! transport over it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::runtime::Runtime;
+use super::{ClusterError, NodeInfo, Role};
+use crate::pki::manager_server_name;
+use crate::store::transport::BoxFuture;
+use crate::store::{
+    ApplyResult, ClusterState, Command, RaftId, RaftRequest, RaftResponse, Rejection, Transport,
+    TransportError,
+};
+use crate::token::JoinToken;
+
+/// Largest frame accepted (a Raft snapshot of a big state fits).
+const MAX_FRAME: usize = 64 << 20;
+/// Bound on TCP connect plus TLS handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Idle connections kept per peer address.
+const IDLE_PER_PEER: usize = 4;
+
+/// A request. No `Debug`: `Join` carries the token.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Request {
+    /// Without a client certificate: the only request allowed.
+    Join {
+        token: String,
+        csr_pem: String,
+        node: NodeInfo,
+        advertise: String,
+    },
+    /// Manager certificate.
+    Raft(RaftRequest),
+    Execute(Command),
+    ReadState,
+    Promote {
+        node_id: String,
+    },
+    Demote {
+        node_id: String,
+    },
+    RemoveNode {
+        node_id: String,
+        force: bool,
+    },
+    RotateToken {
+        role: Role,
+    },
+    /// A manager whose member is running asks the leader to add it to the Raft group.
+    ManagerReady {
+        advertise: String,
+    },
+    /// Any node certificate; about the caller's own node only.
+    Heartbeat {
+        node: NodeInfo,
+    },
+    Leave,
+    Renew {
+        csr_pem: String,
+    },
+}
+
+impl Request {
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Request::Join { .. } => "join",
+            Request::Raft(_) => "raft",
+            Request::Execute(_) => "execute",
+            Request::ReadState => "read_state",
+            Request::Promote { .. } => "promote",
+            Request::Demote { .. } => "demote",
+            Request::RemoveNode { .. } => "remove_node",
+            Request::RotateToken { .. } => "rotate_token",
+            Request::ManagerReady { .. } => "manager_ready",
+            Request::Heartbeat { .. } => "heartbeat",
+            Request::Leave => "leave",
+            Request::Renew { .. } => "renew",
+        }
+    }
+}
+
+/// A certificate for a node (join or renewal). No `Debug`: it may carry the CA key.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct Grant {
+    pub node_id: String,
+    pub cert_pem: String,
+    pub ca_pem: String,
+    /// For managers: the CA's key, so that every manager can sign.
+    pub ca_key_pem: Option<String>,
+    pub raft_id: Option<RaftId>,
+    /// The managers' advertise addresses.
+    pub managers: Vec<String>,
+    /// The manager's clock (ms since the epoch), for the skew warning.
+    pub server_time_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct HeartbeatAck {
+    /// The node's role in the store.
+    pub role: Role,
+    pub raft_id: Option<RaftId>,
+    pub managers: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Response {
+    Granted(Grant),
+    Raft(RaftResponse),
+    Applied(ApplyResult),
+    State(Box<ClusterState>),
+    Heartbeat(HeartbeatAck),
+    Token(JoinToken),
+    Done,
+}
+
+/// An error as it crosses the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "error", rename_all = "snake_case")]
+pub(crate) enum WireError {
+    /// Ask the leader (at this advertise address, when known).
+    NotLeader {
+        leader: Option<String>,
+    },
+    BadToken,
+    MalformedToken {
+        detail: String,
+    },
+    CaMismatch,
+    NotManager,
+    NoQuorum,
+    NotInCluster,
+    LastManager,
+    NodeIsReady {
+        node: String,
+    },
+    NodeIsManager {
+        node: String,
+    },
+    RemoveSelf,
+    UnknownNode {
+        node: String,
+    },
+    AlreadyRole {
+        node: String,
+        role: Role,
+    },
+    Rejected {
+        rejection: Rejection,
+    },
+    Unauthorized {
+        detail: String,
+    },
+    Other {
+        detail: String,
+    },
+}
+
+impl From<WireError> for ClusterError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::NotLeader { .. } | WireError::NoQuorum => ClusterError::NoQuorum,
+            WireError::BadToken => ClusterError::BadToken,
+            WireError::MalformedToken { detail } => ClusterError::MalformedToken(detail),
+            WireError::CaMismatch => ClusterError::CaMismatch,
+            WireError::NotManager => ClusterError::NotManager,
+            WireError::NotInCluster => ClusterError::NotInCluster,
+            WireError::LastManager => ClusterError::LastManager,
+            WireError::NodeIsReady { node } => ClusterError::NodeIsReady(node),
+            WireError::NodeIsManager { node } => ClusterError::NodeIsManager(node),
+            WireError::RemoveSelf => ClusterError::RemoveSelf,
+            WireError::UnknownNode { node } => ClusterError::UnknownNode(node),
+            WireError::AlreadyRole { node, role } => ClusterError::AlreadyRole { node, role },
+            WireError::Rejected { rejection } => ClusterError::Rejected(rejection),
+            WireError::Unauthorized { detail } => ClusterError::Unauthorized(detail),
+            WireError::Other { detail } => ClusterError::Protocol(detail),
+        }
+    }
+}
+
+impl From<ClusterError> for WireError {
+    fn from(e: ClusterError) -> Self {
+        match e {
+            ClusterError::BadToken => WireError::BadToken,
+            ClusterError::MalformedToken(detail) => WireError::MalformedToken { detail },
+            ClusterError::CaMismatch => WireError::CaMismatch,
+            ClusterError::NotManager => WireError::NotManager,
+            ClusterError::NoQuorum => WireError::NoQuorum,
+            ClusterError::NotInCluster => WireError::NotInCluster,
+            ClusterError::LastManager => WireError::LastManager,
+            ClusterError::NodeIsReady(node) => WireError::NodeIsReady { node },
+            ClusterError::NodeIsManager(node) => WireError::NodeIsManager { node },
+            ClusterError::RemoveSelf => WireError::RemoveSelf,
+            ClusterError::UnknownNode(node) => WireError::UnknownNode { node },
+            ClusterError::AlreadyRole { node, role } => WireError::AlreadyRole { node, role },
+            ClusterError::Rejected(rejection) => WireError::Rejected { rejection },
+            ClusterError::Unauthorized(detail) => WireError::Unauthorized { detail },
+            e => WireError::Other {
+                detail: e.to_string(),
+            },
+        }
+    }
+}
+
+pub(crate) type Reply = Result<Response, WireError>;
+
+/// Why a call got no reply.
+#[derive(Debug)]
+pub(crate) enum CallError {
+    /// No connection (refused, timed out, TLS refused).
+    Connect(String),
+    /// The connection broke during the exchange.
+    Exchange(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Connect(r) => write!(f, "connect: {r}"),
+            CallError::Exchange(r) => write!(f, "exchange: {r}"),
+        }
+    }
+}
+
+pub(crate) async fn write_frame<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let len = u32::try_from(body.len())
+        .ok()
+        .filter(|l| (*l as usize) <= MAX_FRAME)
+        .ok_or_else(|| std::io::Error::other("frame too large"))?;
+    stream.write_all(&len.to_be_bytes()).await?;
+    stream.write_all(body).await?;
+    stream.flush().await
+}
+
+/// The next frame, or `None` at a clean end of stream.
+pub(crate) async fn read_frame<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> std::io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    match stream.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(std::io::Error::other(format!(
+            "frame of {len} bytes is too large"
+        )));
+    }
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await?;
+    Ok(Some(body))
+}
+
+/// One request/response exchange on an open stream.
+pub(crate) async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    body: &[u8],
+) -> Result<Reply, String> {
+    write_frame(stream, body).await.map_err(|e| e.to_string())?;
+    let frame = read_frame(stream)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "connection closed before the response".to_string())?;
+    serde_json::from_slice(&frame).map_err(|e| format!("bad response: {e}"))
+}
+
+type Conn = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// A node's mTLS client to managers (server name `shoal-manager`), keeping idle
+/// connections per address.
+pub(crate) struct Client {
+    connector: TlsConnector,
+    idle: Mutex<HashMap<String, Vec<Conn>>>,
+}
+
+impl Client {
+    pub(crate) fn new(config: rustls::ClientConfig) -> Client {
+        Client {
+            connector: TlsConnector::from(Arc::new(config)),
+            idle: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn take_idle(&self, addr: &str) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.get_mut(addr).and_then(|v| v.pop())
+    }
+
+    fn put_idle(&self, addr: &str, conn: Conn) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let v = idle.entry(addr.to_string()).or_default();
+        if v.len() < IDLE_PER_PEER {
+            v.push(conn);
+        }
+    }
+
+    /// Drops every idle connection (after this node's certificate changed).
+    pub(crate) fn clear(&self) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    async fn connect(&self, addr: &str) -> Result<Conn, CallError> {
+        let fut = async {
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(|e| CallError::Connect(e.to_string()))?;
+            let _ = tcp.set_nodelay(true);
+            self.connector
+                .connect(manager_server_name(), tcp)
+                .await
+                .map_err(|e| CallError::Connect(format!("TLS: {e}")))
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(CallError::Connect(format!(
+                "no connection within {CONNECT_TIMEOUT:?}"
+            ))),
+        }
+    }
+
+    /// Sends `request` to the manager at `addr`, reusing an idle connection when there is
+    /// one (and retrying once on a fresh one if that had gone stale).
+    pub(crate) async fn call(&self, addr: &str, request: &Request) -> Result<Reply, CallError> {
+        let body = serde_json::to_vec(request).map_err(|e| CallError::Exchange(e.to_string()))?;
+        if let Some(mut conn) = self.take_idle(addr) {
+            if let Ok(reply) = exchange(&mut conn, &body).await {
+                self.put_idle(addr, conn);
+                return Ok(reply);
+            }
+        }
+        let mut conn = self.connect(addr).await?;
+        let reply = exchange(&mut conn, &body)
+            .await
+            .map_err(CallError::Exchange)?;
+        self.put_idle(addr, conn);
+        Ok(reply)
+    }
+}
+
+/// [`Transport`] over the manager API: Raft RPCs to the peer's advertise address, with this
+/// manager's certificate.
+pub(crate) struct TlsTransport {
+    pub(crate) rt: Weak<Runtime>,
+}
+
+impl Transport for TlsTransport {
+    fn send(
+        &self,
+        to: RaftId,
+        addr: &str,
+        request: RaftRequest,
+    ) -> BoxFuture<'static, Result<RaftResponse, TransportError>> {
+        let rt = self.rt.upgrade();
+        let addr = addr.to_string();
+        Box::pin(async move {
+            let Some(rt) = rt else {
+                return Err(TransportError::Unreachable {
+                    to,
+                    reason: "this manager is stopping".into(),
+                });
+            };
+            let client = rt.client();
+            drop(rt);
+            match client.call(&addr, &Request::Raft(request)).await {
+                Ok(Ok(Response::Raft(r))) => Ok(r),
+                Ok(Ok(_)) => Err(TransportError::Failed {
+                    to,
+                    reason: "response of the wrong kind".into(),
+                }),
+                Ok(Err(e)) => Err(TransportError::Failed {
+                    to,
+                    reason: ClusterError::from(e).to_string(),
+                }),
+                Err(CallError::Connect(reason)) => Err(TransportError::Unreachable { to, reason }),
+                Err(CallError::Exchange(reason)) => Err(TransportError::Failed { to, reason }),
+            }
+        })
+    }
+}

@@ -1,0 +1,622 @@
+//! The manager API on real TLS sockets, all nodes in one process on 127.0.0.1 (ephemeral
+//! ports, temporary data directories): init, joins, forwarding, tokens, liveness,
+//! promotion and demotion, removal, leader loss, restart.
+//!
+//! Conditions are polled with generous bounds; no fixed sleep is an assertion.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use shoal_cluster::manager::{
+    join_with, local_role, ClusterError, InitOptions, Joined, Manager, ManagerConfig,
+    ManagerStatus, NodeInfo, Role, Timings, Worker,
+};
+use shoal_cluster::store::{ApplyResult, ClusterState, Command, NodeStatus};
+use shoal_cluster::token::JoinToken;
+
+/// Generous bound for a condition that should hold soon.
+const WAIT: Duration = Duration::from_secs(30);
+
+fn timings() -> Timings {
+    Timings {
+        heartbeat_interval: Duration::from_millis(200),
+        node_down_after: Duration::from_millis(1500),
+        raft_heartbeat_interval: Duration::from_millis(100),
+        election_timeout_min: Duration::from_millis(600),
+        election_timeout_max: Duration::from_millis(1200),
+        request_timeout: Duration::from_secs(3),
+        ..Timings::default()
+    }
+}
+
+/// A temporary base directory, removed on drop.
+struct TempBase(PathBuf);
+
+impl TempBase {
+    fn new(name: &str) -> TempBase {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir = std::env::temp_dir().join(format!(
+            "shoal-manager-{name}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempBase(dir)
+    }
+
+    fn config(&self, node: &str) -> ManagerConfig {
+        ManagerConfig {
+            data_dir: self.0.join(node),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            advertise: "127.0.0.1:0".parse().unwrap(),
+        }
+    }
+}
+
+impl Drop for TempBase {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn info(hostname: &str) -> NodeInfo {
+    NodeInfo {
+        hostname: hostname.to_string(),
+        engine_version: "27.3.1".to_string(),
+        addr: "127.0.0.1".parse().unwrap(),
+        labels: BTreeMap::new(),
+    }
+}
+
+async fn init(base: &TempBase, name: &str) -> Manager {
+    Manager::init_with(
+        base.config(name),
+        info(name),
+        InitOptions::default(),
+        timings(),
+    )
+    .await
+    .unwrap()
+}
+
+async fn join(
+    base: &TempBase,
+    name: &str,
+    manager: &Manager,
+    token: &JoinToken,
+) -> Result<Joined, ClusterError> {
+    join_with(
+        manager.advertise_addr(),
+        &token.expose_secret(),
+        base.config(name),
+        info(name),
+        timings(),
+    )
+    .await
+}
+
+async fn join_worker(base: &TempBase, name: &str, manager: &Manager) -> Worker {
+    let token = manager.join_token(Role::Worker).await.unwrap();
+    match join(base, name, manager, &token).await.unwrap() {
+        Joined::Worker(w) => w,
+        Joined::Manager(_) => panic!("{name} joined as a manager with the worker token"),
+    }
+}
+
+async fn join_manager(base: &TempBase, name: &str, manager: &Manager) -> Manager {
+    let token = manager.join_token(Role::Manager).await.unwrap();
+    match join(base, name, manager, &token).await.unwrap() {
+        Joined::Manager(m) => m,
+        Joined::Worker(_) => panic!("{name} joined as a worker with the manager token"),
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails after `WAIT` with `what` and the last
+/// thing seen.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(seen) if start.elapsed() > WAIT => {
+                panic!("timed out after {WAIT:?} waiting for {what}; last seen: {seen}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+fn status_of(state: &ClusterState, id: &str) -> Option<NodeStatus> {
+    state.nodes.get(id).map(|n| n.status)
+}
+
+/// The manager that the others agree is the leader, with every other one Reachable.
+async fn settled_leader(managers: &[&Manager]) -> String {
+    eventually("one Leader and the other managers Reachable", || async {
+        let m = managers[0];
+        let state = m.state().await.map_err(|e| e.to_string())?;
+        let statuses = m.manager_status(&state);
+        let leaders: Vec<&String> = statuses
+            .iter()
+            .filter(|(_, s)| **s == ManagerStatus::Leader)
+            .map(|(id, _)| id)
+            .collect();
+        let ok = leaders.len() == 1
+            && statuses.len() == managers.len()
+            && statuses
+                .values()
+                .all(|s| matches!(s, ManagerStatus::Leader | ManagerStatus::Reachable));
+        if ok {
+            Ok(leaders[0].clone())
+        } else {
+            Err(format!("{statuses:?}"))
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_of_five_nodes_lives_through_joins_tokens_roles_and_leader_loss() {
+    let base = TempBase::new("life");
+    let m1 = init(&base, "m1").await;
+    let state = m1.state().await.unwrap();
+    assert_eq!(state.nodes.len(), 1);
+    let ingress = state
+        .networks
+        .values()
+        .find(|n| n.name == "ingress")
+        .expect("an ingress network");
+    assert_eq!(ingress.subnet.as_deref(), Some("10.0.0.0/24"));
+    assert_eq!(ingress.vni, Some(4096));
+    assert_eq!(state.cluster.as_ref().unwrap().data_path_port, 4789);
+
+    let w1 = join_worker(&base, "w1", &m1).await;
+    let w2 = join_worker(&base, "w2", &m1).await;
+    let m2 = join_manager(&base, "m2", &m1).await;
+    // The third manager joins through a follower.
+    let m3 = join_manager(&base, "m3", &m2).await;
+
+    let state = m1.state().await.unwrap();
+    assert_eq!(state.nodes.len(), 5, "{:?}", state.nodes.keys());
+    let role = |id: &str| state.nodes[id].role;
+    use shoal_cluster::store::Role as R;
+    assert_eq!(role(m1.node_id()), R::Manager);
+    assert_eq!(role(m2.node_id()), R::Manager);
+    assert_eq!(role(m3.node_id()), R::Manager);
+    assert_eq!(role(w1.node_id()), R::Worker);
+    assert_eq!(role(w2.node_id()), R::Worker);
+    assert!(state.nodes.values().all(|n| n.status == NodeStatus::Ready));
+    assert_eq!(state.nodes[w1.node_id()].engine_version, "27.3.1");
+    assert_eq!(state.nodes[w1.node_id()].hostname, "w1");
+
+    let leader = settled_leader(&[&m1, &m2, &m3]).await;
+    assert_eq!(leader, m1.node_id());
+
+    // A follower forwards writes to the leader.
+    let applied = m3
+        .execute(Command::UpdateNodeLabels {
+            id: w1.node_id().to_string(),
+            add: BTreeMap::from([("zone".to_string(), "a".to_string())]),
+            remove: vec![],
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(applied, ApplyResult::Applied { .. }),
+        "{applied:?}"
+    );
+    let state = m2.state().await.unwrap();
+    assert_eq!(state.nodes[w1.node_id()].labels["zone"], "a");
+
+    // Worker token rotation: the old token is refused, the new one works, nodes stay.
+    let old = m1.join_token(Role::Worker).await.unwrap();
+    let new = m2.rotate_token(Role::Worker).await.unwrap();
+    assert_ne!(old, new);
+    assert_eq!(m3.join_token(Role::Worker).await.unwrap(), new);
+    let refused = join(&base, "w3-old", &m2, &old).await;
+    assert!(
+        matches!(refused, Err(ClusterError::BadToken)),
+        "{:?}",
+        refused.err()
+    );
+    assert_eq!(local_role(&base.config("w3-old").data_dir).unwrap(), None);
+    let w3 = match join(&base, "w3", &m2, &new).await.unwrap() {
+        Joined::Worker(w) => w,
+        Joined::Manager(_) => panic!("w3 is a worker"),
+    };
+    let w3_id = w3.node_id().to_string();
+    // The manager token was not touched.
+    assert_eq!(
+        m1.join_token(Role::Manager).await.unwrap(),
+        m3.join_token(Role::Manager).await.unwrap()
+    );
+    // Nodes already in still heartbeat with their certificates.
+    let state = m1.state().await.unwrap();
+    assert_eq!(status_of(&state, w1.node_id()), Some(NodeStatus::Ready));
+
+    // A worker leaves: Down, still listed.
+    w3.leave().await.unwrap();
+    assert_eq!(local_role(&base.config("w3").data_dir).unwrap(), None);
+    eventually("w3 Down after leaving", || async {
+        let state = m1.state().await.map_err(|e| e.to_string())?;
+        match status_of(&state, &w3_id) {
+            Some(NodeStatus::Down) => Ok(()),
+            s => Err(format!("{s:?}")),
+        }
+    })
+    .await;
+
+    // Promote w1: it becomes a voter and Reachable, with a manager certificate.
+    m2.promote(w1.node_id()).await.unwrap();
+    let w1_id = w1.node_id().to_string();
+    eventually("w1 Reachable as a manager", || async {
+        let state = m1.state().await.map_err(|e| e.to_string())?;
+        match m1.manager_status(&state).get(&w1_id) {
+            Some(ManagerStatus::Reachable) => Ok(()),
+            s => Err(format!("{s:?}")),
+        }
+    })
+    .await;
+    let w1_manager = w1.manager().expect("w1 runs as a manager");
+    assert_eq!(w1_manager.role(), Role::Manager);
+    assert_eq!(w1_manager.state().await.unwrap().nodes.len(), 6);
+    assert!(matches!(
+        m1.promote(w1.node_id()).await,
+        Err(ClusterError::AlreadyRole { .. })
+    ));
+
+    // Demote it again: a worker, out of the managers.
+    m1.demote(w1.node_id()).await.unwrap();
+    eventually("w1 back to a worker", || async {
+        let state = m1.state().await.map_err(|e| e.to_string())?;
+        let in_status = m1.manager_status(&state).contains_key(&w1_id);
+        if w1.role() == Role::Worker && w1.manager().is_none() && !in_status {
+            Ok(())
+        } else {
+            Err(format!(
+                "role {:?}, listed as manager {in_status}",
+                w1.role()
+            ))
+        }
+    })
+    .await;
+    drop(w1_manager);
+
+    // Removing a Ready node needs force.
+    let refused = m1.remove_node(w2.node_id(), false).await;
+    assert!(
+        matches!(refused, Err(ClusterError::NodeIsReady(_))),
+        "{refused:?}"
+    );
+    let refused = m1.remove_node("nosuchnode", true).await;
+    assert!(
+        matches!(refused, Err(ClusterError::UnknownNode(_))),
+        "{refused:?}"
+    );
+    let refused = m2.remove_node(m3.node_id(), false).await;
+    assert!(refused.is_err(), "a Ready manager without force");
+    m3.remove_node(w2.node_id(), true).await.unwrap();
+    let state = m1.state().await.unwrap();
+    assert!(!state.nodes.contains_key(w2.node_id()));
+    w2.shutdown().await;
+
+    // Kill the leader: another is elected, the state is readable and writable.
+    let m1_config = ManagerConfig {
+        data_dir: base.config("m1").data_dir,
+        listen: m1.listen_addr(),
+        advertise: m1.advertise_addr(),
+    };
+    let m1_id = m1.node_id().to_string();
+    m1.shutdown().await;
+    let new_leader = eventually("a new leader", || async {
+        match m2.leader() {
+            Some(l) if l != m1_id => Ok(l),
+            l => Err(format!("{l:?}")),
+        }
+    })
+    .await;
+    assert!(new_leader == m2.node_id() || new_leader == m3.node_id());
+    let applied = m3
+        .execute(Command::UpdateNodeLabels {
+            id: w1.node_id().to_string(),
+            add: BTreeMap::from([("after".to_string(), "failover".to_string())]),
+            remove: vec![],
+        })
+        .await
+        .unwrap();
+    assert!(matches!(applied, ApplyResult::Applied { .. }));
+    let state = m2.state().await.unwrap();
+    assert_eq!(state.nodes[w1.node_id()].labels["after"], "failover");
+    assert_eq!(state.nodes[w1.node_id()].labels["zone"], "a");
+    eventually("m1 Unreachable", || async {
+        let state = m2.state().await.map_err(|e| e.to_string())?;
+        match m2.manager_status(&state).get(&m1_id) {
+            Some(ManagerStatus::Unreachable) => Ok(()),
+            s => Err(format!("{s:?}")),
+        }
+    })
+    .await;
+
+    // The old leader restarts from its data directory and rejoins.
+    let m1 = Manager::resume(m1_config).await.unwrap();
+    assert_eq!(m1.node_id(), m1_id);
+    eventually("m1 back and Reachable", || async {
+        let state = m2.state().await.map_err(|e| e.to_string())?;
+        match m2.manager_status(&state).get(&m1_id) {
+            Some(ManagerStatus::Reachable | ManagerStatus::Leader) => Ok(()),
+            s => Err(format!("{s:?}")),
+        }
+    })
+    .await;
+    let state = eventually("m1 serves the current state", || async {
+        m1.state().await.map_err(|e| e.to_string())
+    })
+    .await;
+    assert_eq!(state.nodes[w1.node_id()].labels["after"], "failover");
+
+    for m in [m1, m2, m3] {
+        m.shutdown().await;
+    }
+    w1.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_of_another_cluster_or_with_a_wrong_secret_are_refused() {
+    let base = TempBase::new("tokens");
+    let a = init(&base, "a").await;
+    let b = init(&base, "b").await;
+
+    // B's token names B's CA: the handshake with A fails before anything is sent.
+    let b_token = b.join_token(Role::Worker).await.unwrap();
+    let r = join(&base, "x1", &a, &b_token).await;
+    assert!(matches!(r, Err(ClusterError::CaMismatch)), "{:?}", r.err());
+    assert_eq!(
+        ClusterError::CaMismatch.to_string(),
+        "the manager's CA does not match the token"
+    );
+    assert_eq!(a.join_requests(), 0, "A never saw a join request");
+
+    // A's CA digest with a made-up secret: refused by A, and the message hides the secret.
+    let a_digest = *a.join_token(Role::Worker).await.unwrap().ca_digest();
+    let forged = JoinToken::generate(a_digest);
+    let r = join(&base, "x2", &a, &forged).await;
+    let err = r.err().expect("a wrong secret is refused");
+    assert!(matches!(err, ClusterError::BadToken), "{err:?}");
+    assert!(!err.to_string().contains(&forged.expose_secret()[60..]));
+    assert_eq!(a.join_requests(), 1);
+
+    // Not a token at all.
+    let r = join_with(
+        a.advertise_addr(),
+        "SWMTKN-1-nonsense",
+        base.config("x3"),
+        info("x3"),
+        timings(),
+    )
+    .await;
+    assert!(
+        matches!(r, Err(ClusterError::MalformedToken(_))),
+        "{:?}",
+        r.err()
+    );
+
+    // A second init in the same directory.
+    let again = Manager::init_with(
+        base.config("a"),
+        info("a"),
+        InitOptions::default(),
+        timings(),
+    )
+    .await;
+    assert!(matches!(again, Err(ClusterError::AlreadyInCluster)));
+    // A join into a directory that is in a cluster.
+    let token = a.join_token(Role::Worker).await.unwrap();
+    let r = join(&base, "b", &a, &token).await;
+    assert!(
+        matches!(r, Err(ClusterError::AlreadyInCluster)),
+        "{:?}",
+        r.err()
+    );
+    // A manager address that is not listening.
+    let dead: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let r = join_with(
+        dead,
+        &token.expose_secret(),
+        base.config("x4"),
+        info("x4"),
+        timings(),
+    )
+    .await;
+    assert!(
+        matches!(r, Err(ClusterError::Unreachable(_))),
+        "{:?}",
+        r.err()
+    );
+
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_last_manager_is_kept_and_silent_workers_go_down() {
+    let base = TempBase::new("last");
+    let m = init(&base, "m").await;
+    let w = join_worker(&base, "w", &m).await;
+    let w_id = w.node_id().to_string();
+
+    let r = m.demote(m.node_id()).await;
+    assert!(matches!(r, Err(ClusterError::LastManager)), "{r:?}");
+    let r = m.remove_node(m.node_id(), true).await;
+    assert!(matches!(r, Err(ClusterError::LastManager)), "{r:?}");
+    let r = m.demote(&w_id).await;
+    assert!(matches!(r, Err(ClusterError::AlreadyRole { .. })), "{r:?}");
+
+    // A worker that stops heartbeating is Down within the grace plus slack.
+    let stopped = Instant::now();
+    w.shutdown().await;
+    eventually("the silent worker Down", || async {
+        let state = m.state().await.map_err(|e| e.to_string())?;
+        match status_of(&state, &w_id) {
+            Some(NodeStatus::Down) => Ok(()),
+            s => Err(format!("{s:?}")),
+        }
+    })
+    .await;
+    let took = stopped.elapsed();
+    assert!(
+        took < timings().node_down_after + Duration::from_secs(5),
+        "Down after {took:?}"
+    );
+    // It comes back Ready when it heartbeats again.
+    let w = Worker::resume(&base.config("w").data_dir).await.unwrap();
+    eventually("the worker Ready again", || async {
+        let state = m.state().await.map_err(|e| e.to_string())?;
+        match status_of(&state, &w_id) {
+            Some(NodeStatus::Ready) => Ok(()),
+            s => Err(format!("{s:?}")),
+        }
+    })
+    .await;
+    assert!(matches!(
+        Manager::resume(base.config("w")).await,
+        Err(ClusterError::NotManager)
+    ));
+    w.shutdown().await;
+
+    // Then a Down node is removed without force.
+    eventually("the worker Down again", || async {
+        let state = m.state().await.map_err(|e| e.to_string())?;
+        match status_of(&state, &w_id) {
+            Some(NodeStatus::Down) => Ok(()),
+            s => Err(format!("{s:?}")),
+        }
+    })
+    .await;
+    m.remove_node(&w_id, false).await.unwrap();
+
+    // A manager leaves only with force; the last one ends the cluster.
+    let m2 = m.clone();
+    assert!(matches!(
+        m2.leave(false).await,
+        Err(ClusterError::ManagerNeedsForce)
+    ));
+    let dir = base.config("m").data_dir;
+    m.leave(true).await.unwrap();
+    assert_eq!(local_role(&dir).unwrap(), None);
+    assert!(matches!(
+        Manager::resume(base.config("m")).await,
+        Err(ClusterError::NotInCluster)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn certificates_are_renewed_before_they_expire() {
+    let base = TempBase::new("renew");
+    // Lifetime = validity + the 1 h backdate; renewal is due with a third of it left,
+    // so a 20-minute certificate is due at once: every heartbeat renews.
+    let short = Timings {
+        cert_validity: Duration::from_secs(20 * 60),
+        ..timings()
+    };
+    let m = Manager::init_with(
+        base.config("m"),
+        info("m"),
+        InitOptions::default(),
+        short.clone(),
+    )
+    .await
+    .unwrap();
+    let token = m.join_token(Role::Worker).await.unwrap();
+    let w = match join_with(
+        m.advertise_addr(),
+        &token.expose_secret(),
+        base.config("w"),
+        info("w"),
+        short,
+    )
+    .await
+    .unwrap()
+    {
+        Joined::Worker(w) => w,
+        Joined::Manager(_) => panic!("a worker"),
+    };
+    let (w_first, m_first) = (w.certificate(), m.certificate());
+    eventually("both certificates renewed", || async {
+        let (wc, mc) = (w.certificate(), m.certificate());
+        if wc != w_first && mc != m_first {
+            Ok(())
+        } else {
+            Err("not yet".to_string())
+        }
+    })
+    .await;
+    let wc = w.certificate();
+    assert_eq!(wc.node_id(), w.node_id());
+    assert_eq!(wc.role(), Role::Worker);
+    assert_eq!(m.certificate().role(), Role::Manager);
+    // The renewed certificates still work: the worker stays Ready past the Down grace.
+    let w_id = w.node_id().to_string();
+    let until = Instant::now() + timings().node_down_after * 2;
+    while Instant::now() < until {
+        let state = m.state().await.unwrap();
+        assert_eq!(status_of(&state, &w_id), Some(NodeStatus::Ready));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    w.shutdown().await;
+    m.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_leader_leaving_with_force_leaves_a_working_pair() {
+    let base = TempBase::new("leaderleaves");
+    let m1 = init(&base, "m1").await;
+    let m2 = join_manager(&base, "m2", &m1).await;
+    let m3 = join_manager(&base, "m3", &m2).await;
+    let leader = settled_leader(&[&m1, &m2, &m3]).await;
+    assert_eq!(leader, m1.node_id());
+    let m1_id = m1.node_id().to_string();
+    let dir = base.config("m1").data_dir;
+    m1.leave(true).await.unwrap();
+    assert_eq!(local_role(&dir).unwrap(), None);
+    let state = eventually("a new leader serving the state", || async {
+        m3.state().await.map_err(|e| e.to_string())
+    })
+    .await;
+    assert_eq!(status_of(&state, &m1_id), Some(NodeStatus::Down));
+    assert_eq!(
+        m2.manager_status(&state).get(&m1_id),
+        Some(&ManagerStatus::Unreachable)
+    );
+    let applied = m2
+        .execute(Command::SetAvailability {
+            id: m3.node_id().to_string(),
+            availability: shoal_cluster::store::Availability::Drain,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(applied, ApplyResult::Applied { .. }));
+    // The two left are Leader and Reachable; the one that left stays listed, Unreachable.
+    let (m2_id, m3_id) = (m2.node_id().to_string(), m3.node_id().to_string());
+    eventually("the pair Leader and Reachable", || async {
+        let state = m2.state().await.map_err(|e| e.to_string())?;
+        let s = m2.manager_status(&state);
+        let mut pair = [s.get(&m2_id).copied(), s.get(&m3_id).copied()];
+        pair.sort_by_key(|p| format!("{p:?}"));
+        match pair {
+            [Some(ManagerStatus::Leader), Some(ManagerStatus::Reachable)] => Ok(()),
+            _ => Err(format!("{s:?}")),
+        }
+    })
+    .await;
+    m2.shutdown().await;
+    m3.shutdown().await;
+}

@@ -1,0 +1,314 @@
+//! The agent's local API: what `shoal swarm|node` asks the agent on this host, over a
+//! unix socket with owner-only permissions.
+//!
+//! Wire format: JSON lines. The client writes one [`Request`] as one line; the agent
+//! answers with one [`Response`] line (`{"ok":{...}}` or `{"error":{"message":...}}`).
+//! A connection may carry several requests, one after the other.
+//!
+//! - [`server`]: binding the socket (0600, stale socket replaced) and serving a
+//!   [`server::Backend`].
+//! - [`client`]: the CLI's blocking client.
+//! - [`resolve_node`]: node references (ID, unique ID prefix, hostname), shared by
+//!   every backend.
+
+pub mod client;
+pub mod server;
+
+use std::{collections::BTreeMap, fmt};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+pub use shoal_cluster::store::{Availability, NodeStatus};
+
+/// Default path of the agent's API socket.
+pub const DEFAULT_API_SOCKET: &str = "/run/shoal/shoal.sock";
+
+/// Longest request or response line accepted (a `node ls` of a big cluster fits).
+pub const MAX_LINE: usize = 16 << 20;
+
+/// A string that must not reach logs: a join token. Serialized as itself; `Debug`
+/// and `Display` show only that it is there.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(text: impl Into<String>) -> Self {
+        Secret(text.into())
+    }
+
+    /// The secret itself: for the join call and the `join-token` output only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A node's role, as the CLI names it (`join-token worker|manager`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    Worker,
+    Manager,
+}
+
+impl NodeRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Worker => "worker",
+            NodeRole::Manager => "manager",
+        }
+    }
+}
+
+impl fmt::Display for NodeRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the managers think of a manager's Raft membership (`node ls` MANAGER STATUS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ManagerStatus {
+    Leader,
+    Reachable,
+    Unreachable,
+}
+
+impl ManagerStatus {
+    /// As `node ls` shows it.
+    pub fn title(self) -> &'static str {
+        match self {
+            ManagerStatus::Leader => "Leader",
+            ManagerStatus::Reachable => "Reachable",
+            ManagerStatus::Unreachable => "Unreachable",
+        }
+    }
+}
+
+/// One request to the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    SwarmInit {
+        /// IP, IP:PORT or interface name; default: the underlay interface's IPv4 and
+        /// the listen port.
+        #[serde(default)]
+        advertise_addr: Option<String>,
+        /// ADDR[:PORT]; default: the agent's `cluster_listen` (0.0.0.0:2377).
+        #[serde(default)]
+        listen_addr: Option<String>,
+        #[serde(default)]
+        data_path_port: Option<u16>,
+        #[serde(default)]
+        default_addr_pool: Vec<Ipv4Net>,
+        #[serde(default)]
+        default_addr_pool_mask_length: Option<u8>,
+    },
+    SwarmJoin {
+        token: Secret,
+        /// The manager, ADDR[:PORT] (default port 2377).
+        remote: String,
+        #[serde(default)]
+        advertise_addr: Option<String>,
+        #[serde(default)]
+        listen_addr: Option<String>,
+    },
+    JoinToken {
+        role: NodeRole,
+        #[serde(default)]
+        rotate: bool,
+    },
+    SwarmLeave {
+        #[serde(default)]
+        force: bool,
+    },
+    NodeLs,
+    NodeInspect {
+        nodes: Vec<String>,
+    },
+    NodeRm {
+        nodes: Vec<String>,
+        #[serde(default)]
+        force: bool,
+    },
+    NodePromote {
+        nodes: Vec<String>,
+    },
+    NodeDemote {
+        nodes: Vec<String>,
+    },
+    NodeUpdate {
+        node: String,
+        #[serde(default)]
+        availability: Option<Availability>,
+        #[serde(default)]
+        label_add: BTreeMap<String, String>,
+        #[serde(default)]
+        label_rm: Vec<String>,
+    },
+}
+
+impl Request {
+    /// The request's name, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::SwarmInit { .. } => "swarm init",
+            Request::SwarmJoin { .. } => "swarm join",
+            Request::JoinToken { .. } => "swarm join-token",
+            Request::SwarmLeave { .. } => "swarm leave",
+            Request::NodeLs => "node ls",
+            Request::NodeInspect { .. } => "node inspect",
+            Request::NodeRm { .. } => "node rm",
+            Request::NodePromote { .. } => "node promote",
+            Request::NodeDemote { .. } => "node demote",
+            Request::NodeUpdate { .. } => "node update",
+        }
+    }
+}
+
+/// What the agent answers to a request that worked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    SwarmInit {
+        node_id: String,
+        /// The worker join token.
+        worker_token: Secret,
+        /// Where joining nodes reach this manager, ADDR:PORT.
+        manager_addr: String,
+    },
+    SwarmJoin {
+        node_id: String,
+        role: NodeRole,
+    },
+    JoinToken {
+        role: NodeRole,
+        token: Secret,
+        manager_addr: String,
+        rotated: bool,
+    },
+    SwarmLeave,
+    /// `node ls` and `node inspect`.
+    Nodes {
+        /// This node's ID.
+        self_id: String,
+        nodes: Vec<NodeView>,
+        /// Things the operator should know (an even number of managers).
+        #[serde(default)]
+        warnings: Vec<String>,
+    },
+    /// `node rm|promote|demote|update`: the references as given, in order, each done.
+    NodesChanged {
+        nodes: Vec<String>,
+    },
+}
+
+/// One node, as the CLI shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub id: String,
+    pub hostname: String,
+    pub role: NodeRole,
+    pub availability: Availability,
+    pub status: NodeStatus,
+    /// Managers only.
+    #[serde(default)]
+    pub manager_status: Option<ManagerStatus>,
+    pub engine_version: String,
+    /// The node's control address (ADDR:PORT).
+    pub addr: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Store version at the node's last change.
+    #[serde(default)]
+    pub version: u64,
+}
+
+/// A refusal or failure, as one line for the operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(message: impl Into<String>) -> Self {
+        let message: String = message.into();
+        ApiError {
+            message: message.replace('\n', " "),
+        }
+    }
+}
+
+/// One response line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Ok(Reply),
+    Error(ApiError),
+}
+
+impl From<Result<Reply, ApiError>> for Response {
+    fn from(result: Result<Reply, ApiError>) -> Self {
+        match result {
+            Ok(reply) => Response::Ok(reply),
+            Err(e) => Response::Error(e),
+        }
+    }
+}
+
+/// The ID of the node `reference` names among `nodes` (ID, hostname pairs), as Docker
+/// resolves them: an exact ID, else an exact hostname, else a unique ID prefix. A
+/// hostname or prefix that fits several nodes is an error naming them.
+pub fn resolve_node<'a, I>(nodes: I, reference: &str) -> Result<String, ApiError>
+where
+    I: IntoIterator<Item = (&'a str, &'a str)>,
+{
+    if reference.is_empty() {
+        return Err(ApiError::new("node reference must not be empty"));
+    }
+    let nodes: Vec<(&str, &str)> = nodes.into_iter().collect();
+    if let Some((id, _)) = nodes.iter().find(|(id, _)| *id == reference) {
+        return Ok((*id).to_owned());
+    }
+    let ambiguous = |what: &str, ids: Vec<&str>| {
+        ApiError::new(format!(
+            "node {reference} is ambiguous: {what} of {} nodes ({})",
+            ids.len(),
+            ids.join(", ")
+        ))
+    };
+    let by_name: Vec<&str> = nodes
+        .iter()
+        .filter(|(_, host)| *host == reference)
+        .map(|(id, _)| *id)
+        .collect();
+    match by_name.as_slice() {
+        [id] => return Ok((*id).to_owned()),
+        [] => {}
+        _ => return Err(ambiguous("the hostname", by_name)),
+    }
+    let by_prefix: Vec<&str> = nodes
+        .iter()
+        .filter(|(id, _)| id.starts_with(reference))
+        .map(|(id, _)| *id)
+        .collect();
+    match by_prefix.as_slice() {
+        [id] => Ok((*id).to_owned()),
+        [] => Err(ApiError::new(format!("node {reference} not found"))),
+        _ => Err(ambiguous("an ID prefix", by_prefix)),
+    }
+}

@@ -1,0 +1,706 @@
+//! The agent's cluster role: nothing, a manager or a worker, and the API requests that
+//! use or change it.
+//!
+//! The role's files live in `<data_dir>/cluster/`; an agent that starts with that
+//! directory present resumes the role it had. `swarm init`/`join` create the role,
+//! `swarm leave` ends it (and its files), and the agent's shutdown shuts it down
+//! cleanly so that the next start resumes it.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use futures::future::BoxFuture;
+use ipnet::Ipv4Net;
+use shoal_cluster::{
+    manager::{self, InitOptions, Joined, Manager, ManagerConfig, NodeInfo, Timings, Worker},
+    pki,
+    store::{self, ClusterState, Command},
+};
+use tokio::sync::Mutex;
+use tracing::info;
+
+use crate::{
+    api::{
+        resolve_node, server::Backend, ApiError, ManagerStatus, NodeRole, NodeView, Reply, Request,
+        Secret,
+    },
+    docker::DockerClient,
+};
+
+/// Swarm's manager port.
+pub const DEFAULT_CLUSTER_PORT: u16 = 2377;
+/// Swarm's default address pool and subnet size.
+pub const DEFAULT_ADDR_POOL: &str = "10.0.0.0/8";
+pub const DEFAULT_SUBNET_PREFIX_LEN: u8 = 24;
+
+/// How long the engine version may take to read.
+const DOCKER_TIMEOUT: Duration = Duration::from_secs(10);
+
+const NOT_IN_SWARM: &str = "This node is not a swarm manager. Use \"shoal swarm init\" or \"shoal swarm join\" to connect this node to swarm and try again.";
+const WORKER_NOT_MANAGER: &str = "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.";
+const ALREADY_IN_SWARM: &str = "This node is already part of a swarm. Use \"shoal swarm leave\" to leave this swarm and join another one.";
+
+/// Where the agent's Docker engine version comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineSource {
+    /// Ask the node's dockerd at this socket.
+    Docker(PathBuf),
+    /// A fixed version (tests without dockerd).
+    Fixed(String),
+}
+
+/// What the cluster role needs from the agent's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterAgentConfig {
+    /// The agent's data directory; the cluster's files go in `cluster/` under it.
+    pub data_dir: PathBuf,
+    /// Where a manager listens unless `--listen-addr` says otherwise.
+    pub listen: SocketAddr,
+    /// The interface whose IPv4 is the default advertise address.
+    pub underlay_interface: Option<String>,
+    /// The VXLAN port unless `swarm init --data-path-port` says otherwise.
+    pub data_path_port: u16,
+    pub engine: EngineSource,
+    /// The node's hostname; None: the host's (UTS namespace).
+    pub hostname: Option<String>,
+    /// The cluster's timings for `swarm init`/`join` (kept in the role's files);
+    /// None: the defaults.
+    pub timings: Option<Timings>,
+}
+
+impl ClusterAgentConfig {
+    /// `<data_dir>/cluster`.
+    pub fn cluster_dir(&self) -> PathBuf {
+        self.data_dir.join("cluster")
+    }
+}
+
+/// The handle the agent holds. Roles change under it: a worker can be promoted (then
+/// [`Worker::manager`] is the manager) and a manager demoted ([`Manager::role`]).
+enum Role {
+    Manager(Manager),
+    Worker(Worker),
+}
+
+impl Role {
+    /// The manager handle, if the node acts as a manager now.
+    fn acting_manager(&self) -> Option<Manager> {
+        match self {
+            Role::Manager(m) if m.role() == pki::Role::Manager => Some(m.clone()),
+            Role::Manager(_) => None,
+            Role::Worker(w) => w.manager(),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self.acting_manager() {
+            Some(_) => "manager",
+            None => "worker",
+        }
+    }
+}
+
+/// The agent's cluster role and the API requests about it.
+pub struct ClusterAgent {
+    config: ClusterAgentConfig,
+    role: Mutex<Option<Role>>,
+}
+
+impl ClusterAgent {
+    /// Resumes the role found in `<data_dir>/cluster/`, if there is one.
+    pub async fn start(config: ClusterAgentConfig) -> Result<Arc<Self>, ApiError> {
+        let role = resume(&config).await?;
+        Ok(Arc::new(ClusterAgent {
+            config,
+            role: Mutex::new(role),
+        }))
+    }
+
+    /// The role's name, for logs: "manager", "worker" or "none".
+    pub async fn role_name(&self) -> &'static str {
+        match &*self.role.lock().await {
+            Some(role) => role.name(),
+            None => "none",
+        }
+    }
+
+    /// Shuts the role down, keeping its files (the next start resumes it).
+    pub async fn shutdown(&self) {
+        match self.role.lock().await.take() {
+            Some(Role::Manager(m)) => {
+                m.shutdown().await;
+                info!("cluster manager stopped");
+            }
+            Some(Role::Worker(w)) => {
+                w.shutdown().await;
+                info!("cluster worker stopped");
+            }
+            None => {}
+        }
+    }
+
+    async fn handle_request(&self, request: Request) -> Result<Reply, ApiError> {
+        let mut role = self.role.lock().await;
+        match request {
+            Request::SwarmInit {
+                advertise_addr,
+                listen_addr,
+                data_path_port,
+                default_addr_pool,
+                default_addr_pool_mask_length,
+            } => {
+                if role.is_some() {
+                    return Err(ApiError::new(ALREADY_IN_SWARM));
+                }
+                let listen = listen_address(listen_addr.as_deref(), self.config.listen)?;
+                let advertise = self.advertise_address(advertise_addr.as_deref(), listen)?;
+                let node = self.node_info(advertise.ip()).await?;
+                let options = InitOptions {
+                    default_addr_pools: if default_addr_pool.is_empty() {
+                        vec![DEFAULT_ADDR_POOL.parse::<Ipv4Net>().expect("default pool")]
+                    } else {
+                        default_addr_pool
+                    },
+                    subnet_prefix_len: default_addr_pool_mask_length
+                        .unwrap_or(DEFAULT_SUBNET_PREFIX_LEN),
+                    data_path_port: data_path_port.unwrap_or(self.config.data_path_port),
+                };
+                let manager = Manager::init_with(
+                    self.manager_config(listen, advertise),
+                    node,
+                    options,
+                    self.config.timings.clone().unwrap_or_default(),
+                )
+                .await
+                .map_err(cluster_error)?;
+                let token = manager
+                    .join_token(pki::Role::Worker)
+                    .await
+                    .map_err(cluster_error)?;
+                let node_id = manager.node_id().to_owned();
+                info!(node_id, %advertise, %listen, "swarm initialized: this node is its first manager");
+                *role = Some(Role::Manager(manager));
+                Ok(Reply::SwarmInit {
+                    node_id,
+                    worker_token: Secret::new(token.expose_secret()),
+                    manager_addr: advertise.to_string(),
+                })
+            }
+            Request::SwarmJoin {
+                token,
+                remote,
+                advertise_addr,
+                listen_addr,
+            } => {
+                if role.is_some() {
+                    return Err(ApiError::new(ALREADY_IN_SWARM));
+                }
+                let remote_addr = remote_address(&remote).await?;
+                let listen = listen_address(listen_addr.as_deref(), self.config.listen)?;
+                let advertise = self.advertise_address(advertise_addr.as_deref(), listen)?;
+                let node = self.node_info(advertise.ip()).await?;
+                let joined = manager::join_with(
+                    remote_addr,
+                    token.expose(),
+                    self.manager_config(listen, advertise),
+                    node,
+                    self.config.timings.clone().unwrap_or_default(),
+                )
+                .await
+                .map_err(cluster_error)?;
+                let (node_id, joined_as) = match joined {
+                    Joined::Manager(m) => {
+                        let id = m.node_id().to_owned();
+                        *role = Some(Role::Manager(m));
+                        (id, NodeRole::Manager)
+                    }
+                    Joined::Worker(w) => {
+                        let id = w.node_id().to_owned();
+                        *role = Some(Role::Worker(w));
+                        (id, NodeRole::Worker)
+                    }
+                };
+                info!(node_id, role = %joined_as, manager = %remote_addr, "joined the swarm");
+                Ok(Reply::SwarmJoin {
+                    node_id,
+                    role: joined_as,
+                })
+            }
+            Request::SwarmLeave { force } => {
+                let Some(current) = role.take() else {
+                    return Err(ApiError::new("This node is not part of a swarm"));
+                };
+                let acting = current.acting_manager();
+                if let (Some(m), false) = (&acting, force) {
+                    let message = manager_leave_warning(m).await;
+                    *role = Some(current);
+                    return Err(ApiError::new(message));
+                }
+                let was = current.name();
+                let result = match (current, acting) {
+                    (Role::Manager(m), _) => m.leave(force).await,
+                    (Role::Worker(w), Some(m)) => {
+                        drop(w);
+                        m.leave(true).await
+                    }
+                    (Role::Worker(w), None) => w.leave().await,
+                };
+                match result {
+                    Ok(()) => {
+                        info!(was, "left the swarm");
+                        Ok(Reply::SwarmLeave)
+                    }
+                    Err(e) => {
+                        // The handle is gone; what is left on disk is the role now.
+                        *role = resume(&self.config).await.unwrap_or_else(|resume_error| {
+                            tracing::warn!(error = %resume_error, "after a failed leave");
+                            None
+                        });
+                        Err(cluster_error(e))
+                    }
+                }
+            }
+            other => {
+                let manager = match &*role {
+                    Some(r) => r
+                        .acting_manager()
+                        .ok_or_else(|| ApiError::new(WORKER_NOT_MANAGER))?,
+                    None => return Err(ApiError::new(NOT_IN_SWARM)),
+                };
+                manager_request(&manager, other).await
+            }
+        }
+    }
+
+    fn manager_config(&self, listen: SocketAddr, advertise: SocketAddr) -> ManagerConfig {
+        ManagerConfig {
+            data_dir: self.config.cluster_dir(),
+            listen,
+            advertise,
+        }
+    }
+
+    /// `--advertise-addr`: IP:PORT, IP (with the listen port) or an interface name;
+    /// default: the listen IP if it is a specific one, else the underlay's IPv4.
+    fn advertise_address(
+        &self,
+        given: Option<&str>,
+        listen: SocketAddr,
+    ) -> Result<SocketAddr, ApiError> {
+        let port = listen.port();
+        if let Some(text) = given {
+            if let Ok(addr) = text.parse::<SocketAddr>() {
+                return Ok(addr);
+            }
+            if let Ok(ip) = text.parse::<IpAddr>() {
+                return Ok(SocketAddr::new(ip, port));
+            }
+            if let Some((iface, p)) = text.rsplit_once(':') {
+                if let Ok(p) = p.parse::<u16>() {
+                    return Ok(SocketAddr::new(interface_ip(iface)?.into(), p));
+                }
+            }
+            return Ok(SocketAddr::new(interface_ip(text)?.into(), port));
+        }
+        if !listen.ip().is_unspecified() {
+            return Ok(listen);
+        }
+        match &self.config.underlay_interface {
+            Some(iface) => Ok(SocketAddr::new(interface_ip(iface)?.into(), port)),
+            None => Err(ApiError::new(
+                "could not choose an advertise address: pass --advertise-addr",
+            )),
+        }
+    }
+
+    /// This host's hostname, engine version and address.
+    async fn node_info(&self, addr: IpAddr) -> Result<NodeInfo, ApiError> {
+        let hostname = match &self.config.hostname {
+            Some(h) => h.clone(),
+            None => host_name()
+                .map_err(|e| ApiError::new(format!("reading this host's hostname: {e}")))?,
+        };
+        let engine_version = match &self.config.engine {
+            EngineSource::Fixed(v) => v.clone(),
+            EngineSource::Docker(socket) => engine_version(socket).await?,
+        };
+        Ok(NodeInfo {
+            hostname,
+            engine_version,
+            addr,
+            labels: BTreeMap::new(),
+        })
+    }
+}
+
+impl Backend for ClusterAgent {
+    fn handle(&self, request: Request) -> BoxFuture<'_, Result<Reply, ApiError>> {
+        Box::pin(self.handle_request(request))
+    }
+}
+
+/// Resumes the role whose files are in `<data_dir>/cluster/`, if any.
+async fn resume(config: &ClusterAgentConfig) -> Result<Option<Role>, ApiError> {
+    let dir = config.cluster_dir();
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let context = |e: manager::ClusterError| {
+        ApiError::new(format!(
+            "resuming the cluster role from {}: {e}",
+            dir.display()
+        ))
+    };
+    let role = match manager::local_role(&dir).map_err(context)? {
+        None => return Ok(None),
+        Some(pki::Role::Manager) => {
+            // Ports 0: the addresses it had.
+            let m = Manager::resume(ManagerConfig {
+                data_dir: dir.clone(),
+                listen: SocketAddr::new(config.listen.ip(), 0),
+                advertise: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
+            })
+            .await
+            .map_err(context)?;
+            info!(node_id = m.node_id(), "resumed the cluster role: manager");
+            Role::Manager(m)
+        }
+        Some(pki::Role::Worker) => {
+            let w = Worker::resume(&dir).await.map_err(context)?;
+            info!(node_id = w.node_id(), "resumed the cluster role: worker");
+            Role::Worker(w)
+        }
+    };
+    Ok(Some(role))
+}
+
+/// Requests only a manager answers.
+async fn manager_request(manager: &Manager, request: Request) -> Result<Reply, ApiError> {
+    match request {
+        Request::JoinToken { role, rotate } => {
+            let pki_role = match role {
+                NodeRole::Worker => pki::Role::Worker,
+                NodeRole::Manager => pki::Role::Manager,
+            };
+            let token = if rotate {
+                let t = manager
+                    .rotate_token(pki_role)
+                    .await
+                    .map_err(cluster_error)?;
+                info!(role = %role, "join token rotated");
+                t
+            } else {
+                manager.join_token(pki_role).await.map_err(cluster_error)?
+            };
+            let state = manager.state().await.map_err(cluster_error)?;
+            let manager_addr = state
+                .nodes
+                .get(manager.node_id())
+                .map(|n| n.advertise_addr.clone())
+                .unwrap_or_default();
+            Ok(Reply::JoinToken {
+                role,
+                token: Secret::new(token.expose_secret()),
+                manager_addr,
+                rotated: rotate,
+            })
+        }
+        Request::NodeLs => {
+            let state = manager.state().await.map_err(cluster_error)?;
+            Ok(nodes_reply(
+                manager,
+                &state,
+                state.nodes.keys().cloned().collect(),
+            ))
+        }
+        Request::NodeInspect { nodes } => {
+            let state = manager.state().await.map_err(cluster_error)?;
+            let ids = nodes
+                .iter()
+                .map(|r| resolve(manager, &state, r))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(nodes_reply(manager, &state, ids))
+        }
+        Request::NodeRm { nodes, force } => {
+            each_node(manager, &nodes, |id| async move {
+                manager.remove_node(&id, force).await.map_err(cluster_error)
+            })
+            .await
+        }
+        Request::NodePromote { nodes } => {
+            each_node(manager, &nodes, |id| async move {
+                manager.promote(&id).await.map_err(cluster_error)
+            })
+            .await
+        }
+        Request::NodeDemote { nodes } => {
+            each_node(manager, &nodes, |id| async move {
+                manager.demote(&id).await.map_err(cluster_error)
+            })
+            .await
+        }
+        Request::NodeUpdate {
+            node,
+            availability,
+            label_add,
+            label_rm,
+        } => {
+            let state = manager.state().await.map_err(cluster_error)?;
+            let id = resolve(manager, &state, &node)?;
+            if let Some(availability) = availability {
+                execute(
+                    manager,
+                    Command::SetAvailability {
+                        id: id.clone(),
+                        availability,
+                    },
+                )
+                .await?;
+            }
+            if !label_add.is_empty() || !label_rm.is_empty() {
+                execute(
+                    manager,
+                    Command::UpdateNodeLabels {
+                        id,
+                        add: label_add,
+                        remove: label_rm,
+                    },
+                )
+                .await?;
+            }
+            Ok(Reply::NodesChanged { nodes: vec![node] })
+        }
+        Request::SwarmInit { .. } | Request::SwarmJoin { .. } | Request::SwarmLeave { .. } => Err(
+            ApiError::new("internal error: a swarm request reached the node handler"),
+        ),
+    }
+}
+
+/// Resolves every reference first (nothing changes if one is unknown), then does `f` to
+/// each node in order; on a failure, says which were done.
+async fn each_node<'a, F, Fut>(
+    manager: &'a Manager,
+    references: &[String],
+    f: F,
+) -> Result<Reply, ApiError>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ApiError>> + 'a,
+{
+    let state = manager.state().await.map_err(cluster_error)?;
+    let ids = references
+        .iter()
+        .map(|r| resolve(manager, &state, r))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut done = Vec::new();
+    for (reference, id) in references.iter().zip(ids) {
+        if let Err(e) = f(id).await {
+            let message = if done.is_empty() {
+                format!("node {reference}: {e}")
+            } else {
+                format!(
+                    "node {reference}: {e} (done before it: {})",
+                    done.join(", ")
+                )
+            };
+            return Err(ApiError::new(message));
+        }
+        done.push(reference.clone());
+    }
+    Ok(Reply::NodesChanged { nodes: done })
+}
+
+async fn execute(manager: &Manager, command: Command) -> Result<(), ApiError> {
+    manager
+        .execute(command)
+        .await
+        .map_err(cluster_error)?
+        .into_result()
+        .map(|_| ())
+        .map_err(|rejection| ApiError::new(rejection.to_string()))
+}
+
+/// A node reference (`self`, ID, hostname, unique ID prefix) to its ID.
+fn resolve(manager: &Manager, state: &ClusterState, reference: &str) -> Result<String, ApiError> {
+    if reference == "self" {
+        return Ok(manager.node_id().to_owned());
+    }
+    resolve_node(
+        state
+            .nodes
+            .values()
+            .map(|n| (n.id.as_str(), n.hostname.as_str())),
+        reference,
+    )
+}
+
+/// `node ls`/`node inspect`: the nodes with these IDs, as the CLI shows them.
+fn nodes_reply(manager: &Manager, state: &ClusterState, ids: Vec<String>) -> Reply {
+    let statuses = manager.manager_status(state);
+    let nodes = ids
+        .iter()
+        .filter_map(|id| state.nodes.get(id))
+        .map(|n| node_view(n, statuses.get(&n.id).map(manager_status)))
+        .collect();
+    let managers = state
+        .nodes
+        .values()
+        .filter(|n| n.role == store::Role::Manager)
+        .count();
+    let mut warnings = Vec::new();
+    if managers > 1 && managers % 2 == 0 {
+        warnings.push(format!(
+            "the swarm has {managers} managers: an even number tolerates no more failures than {} managers and is likelier to lose quorum in a partition; promote or demote one",
+            managers - 1
+        ));
+    }
+    Reply::Nodes {
+        self_id: manager.node_id().to_owned(),
+        nodes,
+        warnings,
+    }
+}
+
+fn manager_status(status: &manager::ManagerStatus) -> ManagerStatus {
+    match status {
+        manager::ManagerStatus::Leader => ManagerStatus::Leader,
+        manager::ManagerStatus::Reachable => ManagerStatus::Reachable,
+        manager::ManagerStatus::Unreachable => ManagerStatus::Unreachable,
+    }
+}
+
+/// A stored node as the CLI shows it.
+pub fn node_view(n: &store::Node, manager_status: Option<ManagerStatus>) -> NodeView {
+    NodeView {
+        id: n.id.clone(),
+        hostname: n.hostname.clone(),
+        role: match n.role {
+            store::Role::Manager => NodeRole::Manager,
+            store::Role::Worker => NodeRole::Worker,
+        },
+        availability: n.availability,
+        status: n.status,
+        manager_status: match n.role {
+            store::Role::Manager => manager_status,
+            store::Role::Worker => None,
+        },
+        engine_version: n.engine_version.clone(),
+        addr: n.advertise_addr.clone(),
+        labels: n.labels.clone(),
+        version: n.version,
+    }
+}
+
+/// Docker's refusal of a manager's `swarm leave` without `--force`.
+async fn manager_leave_warning(manager: &Manager) -> String {
+    let managers = manager.state().await.ok().map(|s| {
+        s.nodes
+            .values()
+            .filter(|n| n.role == store::Role::Manager)
+            .count()
+    });
+    match managers {
+        Some(n) if n > 1 => format!(
+            "You are attempting to leave the swarm on a node that is participating as a manager. Removing this node leaves {} managers out of {n}. Without a Raft quorum your swarm will be inaccessible. Use `--force` to suppress this message.",
+            n - 1
+        ),
+        _ => "You are attempting to leave the swarm on a node that is participating as a manager. Removing the last manager erases all current state of the swarm. Use `--force` to ignore this message.".to_owned(),
+    }
+}
+
+fn cluster_error(e: manager::ClusterError) -> ApiError {
+    ApiError::new(e.to_string())
+}
+
+/// `--listen-addr`: ADDR:PORT, or ADDR with the default listen port.
+fn listen_address(given: Option<&str>, default: SocketAddr) -> Result<SocketAddr, ApiError> {
+    let Some(text) = given else {
+        return Ok(default);
+    };
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, default.port()));
+    }
+    if let Some((iface, port)) = text.rsplit_once(':') {
+        if let Ok(port) = port.parse::<u16>() {
+            return Ok(SocketAddr::new(interface_ip(iface)?.into(), port));
+        }
+    }
+    Ok(SocketAddr::new(interface_ip(text)?.into(), default.port()))
+}
+
+/// The manager to join: HOST[:PORT], port 2377 by default; a name is looked up.
+async fn remote_address(remote: &str) -> Result<SocketAddr, ApiError> {
+    if let Ok(addr) = remote.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Ok(ip) = remote.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, DEFAULT_CLUSTER_PORT));
+    }
+    let with_port = match remote.rsplit_once(':') {
+        Some((_, port)) if port.parse::<u16>().is_ok() => remote.to_owned(),
+        _ => format!("{remote}:{DEFAULT_CLUSTER_PORT}"),
+    };
+    let mut addrs = tokio::net::lookup_host(&with_port)
+        .await
+        .map_err(|e| ApiError::new(format!("looking up manager {remote}: {e}")))?;
+    addrs
+        .next()
+        .ok_or_else(|| ApiError::new(format!("manager {remote} has no address")))
+}
+
+/// The first IPv4 address of interface `name`.
+fn interface_ip(name: &str) -> Result<Ipv4Addr, ApiError> {
+    match shoal_dataplane::iface::ipv4_address(name) {
+        Ok(Some(ip)) => Ok(ip),
+        Ok(None) => Err(ApiError::new(format!(
+            "{name:?} is neither an IP address nor an interface with an IPv4 address"
+        ))),
+        Err(e) => Err(ApiError::new(format!(
+            "reading the addresses of interface {name:?}: {e}"
+        ))),
+    }
+}
+
+/// The hostname of the UTS namespace the agent runs in.
+pub fn host_name() -> std::io::Result<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it
+    // when the name fits (names are at most 64 bytes on Linux).
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Ok(String::from_utf8_lossy(&buf[..len]).into_owned())
+}
+
+/// The version of the node's dockerd; a clear error if it does not answer.
+async fn engine_version(socket: &Path) -> Result<String, ApiError> {
+    let unreachable = |e: crate::docker::DockerError| {
+        ApiError::new(format!(
+            "cannot read the engine version for this node: {e} (is dockerd running?)"
+        ))
+    };
+    let read = async {
+        let docker = DockerClient::connect_with_timeout(socket, DOCKER_TIMEOUT)
+            .await
+            .map_err(unreachable)?;
+        docker.engine_version().await.map_err(unreachable)
+    };
+    match tokio::time::timeout(DOCKER_TIMEOUT, read).await {
+        Ok(result) => result,
+        Err(_) => Err(ApiError::new(format!(
+            "cannot read the engine version from dockerd at {}: no answer within {}s",
+            socket.display(),
+            DOCKER_TIMEOUT.as_secs()
+        ))),
+    }
+}

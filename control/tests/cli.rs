@@ -1,0 +1,1065 @@
+//! `shoal swarm|node`: argument parsing, output formatting, node references, and the
+//! agent's API socket, with an in-process server (a fake backend, then real
+//! `shoal_cluster` managers on 127.0.0.1). No root needed.
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::SocketAddr,
+    os::unix::fs::{FileTypeExt, PermissionsExt},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use clap::{Parser, Subcommand};
+use futures::future::BoxFuture;
+use shoal_control::{
+    api::{
+        client::{Client, ClientError},
+        resolve_node,
+        server::{self, Backend, BindError},
+        ApiError, Availability, ManagerStatus, NodeRole, NodeStatus, NodeView, Reply, Request,
+        Secret,
+    },
+    cli::{self, format, NodeArgs, NodeCommand, SwarmArgs, SwarmCommand},
+};
+
+const TOKEN: &str =
+    "SWMTKN-1-68oev8kt07ycxy45r54o7ilttvkzjgzmhnziamvgbzz02486rz-14ac1drnfc1qv5wugt8g90635";
+
+#[derive(Parser, Debug)]
+#[command(name = "shoal")]
+struct TestCli {
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Subcommand, Debug)]
+enum Top {
+    Swarm(SwarmArgs),
+    Node(NodeArgs),
+}
+
+fn parse(args: &str) -> Result<Top, clap::Error> {
+    TestCli::try_parse_from(std::iter::once("shoal").chain(args.split_whitespace()))
+        .map(|c| c.command)
+}
+
+/// The request a command line sends.
+fn request(args: &str) -> Request {
+    match parse(args).unwrap_or_else(|e| panic!("{args}: {e}")) {
+        Top::Swarm(s) => s.command.request().unwrap(),
+        Top::Node(n) => n.command.request(),
+    }
+}
+
+fn parse_error(args: &str) -> String {
+    match parse(args) {
+        Ok(parsed) => panic!("{args}: parsed as {parsed:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Arguments
+
+#[test]
+fn swarm_init_forms() {
+    assert_eq!(
+        request("swarm init"),
+        Request::SwarmInit {
+            advertise_addr: None,
+            listen_addr: None,
+            data_path_port: None,
+            default_addr_pool: vec![],
+            default_addr_pool_mask_length: None,
+        }
+    );
+    assert_eq!(
+        request(
+            "swarm init --advertise-addr 192.168.77.11 --listen-addr 0.0.0.0:2377 \
+             --data-path-port 4790 --default-addr-pool 10.20.0.0/16 \
+             --default-addr-pool 10.30.0.0/16 --default-addr-pool-mask-length 26"
+        ),
+        Request::SwarmInit {
+            advertise_addr: Some("192.168.77.11".into()),
+            listen_addr: Some("0.0.0.0:2377".into()),
+            data_path_port: Some(4790),
+            default_addr_pool: vec![
+                "10.20.0.0/16".parse().unwrap(),
+                "10.30.0.0/16".parse().unwrap()
+            ],
+            default_addr_pool_mask_length: Some(26),
+        }
+    );
+    for (args, needle) in [
+        ("swarm init --data-path-port 0", "--data-path-port"),
+        ("swarm init --data-path-port 70000", "--data-path-port"),
+        (
+            "swarm init --default-addr-pool 10.0.0.0",
+            "--default-addr-pool",
+        ),
+        (
+            "swarm init --default-addr-pool-mask-length 31",
+            "mask-length",
+        ),
+        ("swarm init --advertise", "unexpected argument"),
+        ("swarm init extra", "unexpected argument"),
+        ("swarm", "Usage"),
+        ("swarm frobnicate", "unrecognized subcommand"),
+    ] {
+        let e = parse_error(args);
+        assert!(e.contains(needle), "{args}: {e}");
+    }
+}
+
+#[test]
+fn swarm_join_forms() {
+    let Request::SwarmJoin {
+        token,
+        remote,
+        advertise_addr,
+        listen_addr,
+    } = request(&format!(
+        "swarm join --token {TOKEN} --advertise-addr eth0 --listen-addr 0.0.0.0:2377 192.168.77.11:2377"
+    ))
+    else {
+        panic!("not a join");
+    };
+    assert_eq!(token.expose(), TOKEN);
+    assert_eq!(remote, "192.168.77.11:2377");
+    assert_eq!(advertise_addr.as_deref(), Some("eth0"));
+    assert_eq!(listen_addr.as_deref(), Some("0.0.0.0:2377"));
+    assert!(matches!(
+        request(&format!("swarm join --token {TOKEN} manager.example")),
+        Request::SwarmJoin { remote, .. } if remote == "manager.example"
+    ));
+    assert!(parse_error("swarm join 192.168.77.11:2377").contains("--token"));
+    assert!(parse_error(&format!("swarm join --token {TOKEN}")).contains("HOST:PORT"));
+    // A bad port is refused before the agent is asked.
+    let Top::Swarm(s) = parse(&format!("swarm join --token {TOKEN} 10.0.0.1:99999")).unwrap()
+    else {
+        panic!()
+    };
+    assert!(s.command.request().unwrap_err().contains("HOST:PORT"));
+}
+
+#[test]
+fn the_token_never_shows_in_debug_output() {
+    let r = request(&format!("swarm join --token {TOKEN} 10.0.0.1"));
+    let debug = format!("{r:?}");
+    assert!(!debug.contains("14ac1drnfc1qv5wugt8g90635"), "{debug}");
+    let reply = Reply::JoinToken {
+        role: NodeRole::Worker,
+        token: Secret::new(TOKEN),
+        manager_addr: "10.0.0.1:2377".into(),
+        rotated: false,
+    };
+    assert!(!format!("{reply:?}").contains("14ac1drnfc1qv5wugt8g90635"));
+}
+
+#[test]
+fn swarm_join_token_and_leave_forms() {
+    assert_eq!(
+        request("swarm join-token worker"),
+        Request::JoinToken {
+            role: NodeRole::Worker,
+            rotate: false
+        }
+    );
+    assert_eq!(
+        request("swarm join-token --rotate -q manager"),
+        Request::JoinToken {
+            role: NodeRole::Manager,
+            rotate: true
+        }
+    );
+    assert!(parse_error("swarm join-token").contains("worker|manager"));
+    assert!(parse_error("swarm join-token boss").contains("possible values: worker, manager"));
+    assert_eq!(request("swarm leave"), Request::SwarmLeave { force: false });
+    assert_eq!(
+        request("swarm leave --force"),
+        Request::SwarmLeave { force: true }
+    );
+    assert_eq!(
+        request("swarm leave -f"),
+        Request::SwarmLeave { force: true }
+    );
+}
+
+#[test]
+fn node_forms() {
+    assert_eq!(request("node ls"), Request::NodeLs);
+    assert_eq!(request("node list -q"), Request::NodeLs);
+    assert_eq!(
+        request("node inspect --pretty self h2"),
+        Request::NodeInspect {
+            nodes: vec!["self".into(), "h2".into()]
+        }
+    );
+    assert_eq!(
+        request("node rm --force lxqz h3"),
+        Request::NodeRm {
+            nodes: vec!["lxqz".into(), "h3".into()],
+            force: true
+        }
+    );
+    assert_eq!(
+        request("node promote h2 h3"),
+        Request::NodePromote {
+            nodes: vec!["h2".into(), "h3".into()]
+        }
+    );
+    assert_eq!(
+        request("node demote h2"),
+        Request::NodeDemote {
+            nodes: vec!["h2".into()]
+        }
+    );
+    assert_eq!(
+        request(
+            "node update --availability drain --label-add zone=a --label-add ssd --label-rm old h2"
+        ),
+        Request::NodeUpdate {
+            node: "h2".into(),
+            availability: Some(Availability::Drain),
+            label_add: BTreeMap::from([("zone".into(), "a".into()), ("ssd".into(), "".into())]),
+            label_rm: vec!["old".into()],
+        }
+    );
+    for (args, needle) in [
+        ("node rm", "<NODE>"),
+        ("node inspect", "<NODE>"),
+        ("node promote", "<NODE>"),
+        ("node demote", "<NODE>"),
+        ("node update", "<NODE>"),
+        (
+            "node update --availability sleepy h2",
+            "possible values: active, pause, drain",
+        ),
+        ("node update --label-add =x h2", "key is empty"),
+        ("node update h2 h3", "unexpected argument"),
+        ("node ls --bogus", "unexpected argument '--bogus'"),
+    ] {
+        let e = parse_error(args);
+        assert!(e.contains(needle), "{args}: {e}");
+    }
+}
+
+#[test]
+fn api_socket_flag_is_on_every_command() {
+    for args in [
+        "swarm init --api-socket /tmp/a.sock",
+        "swarm --api-socket /tmp/a.sock leave",
+        "node ls --api-socket /tmp/a.sock",
+        "node --api-socket /tmp/a.sock rm h2",
+    ] {
+        let socket = match parse(args).unwrap() {
+            Top::Swarm(s) => s.socket.api_socket,
+            Top::Node(n) => n.socket.api_socket,
+        };
+        assert_eq!(socket, Path::new("/tmp/a.sock"), "{args}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Output
+
+fn view(
+    id: &str,
+    host: &str,
+    role: NodeRole,
+    status: NodeStatus,
+    ms: Option<ManagerStatus>,
+    engine: &str,
+) -> NodeView {
+    NodeView {
+        id: id.into(),
+        hostname: host.into(),
+        role,
+        availability: Availability::Active,
+        status,
+        manager_status: ms,
+        engine_version: engine.into(),
+        addr: "10.102.20.32:2377".into(),
+        labels: BTreeMap::new(),
+        version: 3,
+    }
+}
+
+/// The seed's cluster (003): three nodes, the current one the leader.
+fn seed_nodes() -> Vec<NodeView> {
+    vec![
+        view(
+            "pthddquqfyyf4f9kp41domb5c",
+            "lp-pc-2023-026",
+            NodeRole::Manager,
+            NodeStatus::Ready,
+            Some(ManagerStatus::Leader),
+            "27.3.1",
+        ),
+        view(
+            "bo5kl3l26mubrik6czb4i3l5e",
+            "colima",
+            NodeRole::Worker,
+            NodeStatus::Down,
+            None,
+            "28.3.3",
+        ),
+        view(
+            "jot0fw3jxcaqu6istj8d2l5qk",
+            "baroserver66-ubuntu18",
+            NodeRole::Worker,
+            NodeStatus::Ready,
+            None,
+            "24.0.2",
+        ),
+    ]
+}
+
+#[test]
+fn node_ls_table_is_dockers() {
+    let table = format::node_table("pthddquqfyyf4f9kp41domb5c", &seed_nodes());
+    let expected = "\
+ID                            HOSTNAME                STATUS    AVAILABILITY   MANAGER STATUS   ENGINE VERSION
+jot0fw3jxcaqu6istj8d2l5qk     baroserver66-ubuntu18   Ready     Active                          24.0.2
+bo5kl3l26mubrik6czb4i3l5e     colima                  Down      Active                          28.3.3
+pthddquqfyyf4f9kp41domb5c *   lp-pc-2023-026          Ready     Active         Leader           27.3.1
+";
+    assert_eq!(table, expected);
+}
+
+#[test]
+fn node_ls_shows_reachable_managers_and_drained_nodes() {
+    let mut nodes = vec![
+        view(
+            "ewkgh1qli9wvpayxaeqbikidh",
+            "swarm-manager",
+            NodeRole::Manager,
+            NodeStatus::Ready,
+            Some(ManagerStatus::Leader),
+            "20.10.2",
+        ),
+        view(
+            "lxqz76lzffifj25um47ebgx19",
+            "swarm-worker1",
+            NodeRole::Manager,
+            NodeStatus::Ready,
+            Some(ManagerStatus::Reachable),
+            "20.10.2",
+        ),
+        view(
+            "yx2h31i8fz57j0rbwry5gl9u0",
+            "swarm-worker2",
+            NodeRole::Manager,
+            NodeStatus::Down,
+            Some(ManagerStatus::Unreachable),
+            "20.10.2",
+        ),
+    ];
+    nodes[2].availability = Availability::Drain;
+    let table = format::node_table("lxqz76lzffifj25um47ebgx19", &nodes);
+    let expected = "\
+ID                            HOSTNAME        STATUS    AVAILABILITY   MANAGER STATUS   ENGINE VERSION
+ewkgh1qli9wvpayxaeqbikidh     swarm-manager   Ready     Active         Leader           20.10.2
+lxqz76lzffifj25um47ebgx19 *   swarm-worker1   Ready     Active         Reachable        20.10.2
+yx2h31i8fz57j0rbwry5gl9u0     swarm-worker2   Down      Drain          Unreachable      20.10.2
+";
+    assert_eq!(table, expected);
+}
+
+fn swarm_cmd(args: &str) -> SwarmCommand {
+    match parse(args).unwrap() {
+        Top::Swarm(s) => s.command,
+        _ => panic!(),
+    }
+}
+
+fn node_cmd(args: &str) -> NodeCommand {
+    match parse(args).unwrap() {
+        Top::Node(n) => n.command,
+        _ => panic!(),
+    }
+}
+
+#[test]
+fn swarm_outputs_are_dockers() {
+    let init = format::swarm(
+        &swarm_cmd("swarm init"),
+        &Reply::SwarmInit {
+            node_id: "gr9hx828svz91anfynghcb1bc".into(),
+            worker_token: Secret::new(TOKEN),
+            manager_addr: "10.102.20.32:2377".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        init,
+        format!(
+            "Swarm initialized: current node (gr9hx828svz91anfynghcb1bc) is now a manager.\n\n\
+             To add a worker to this swarm, run the following command:\n\n    \
+             shoal swarm join --token {TOKEN} 10.102.20.32:2377\n\n\
+             To add a manager to this swarm, run 'shoal swarm join-token manager' and follow the instructions.\n"
+        )
+    );
+    let token = |rotated| Reply::JoinToken {
+        role: NodeRole::Manager,
+        token: Secret::new(TOKEN),
+        manager_addr: "10.102.20.32:2377".into(),
+        rotated,
+    };
+    assert_eq!(
+        format::swarm(&swarm_cmd("swarm join-token manager"), &token(false)).unwrap(),
+        format!("To add a manager to this swarm, run the following command:\n\n    shoal swarm join --token {TOKEN} 10.102.20.32:2377\n")
+    );
+    assert!(format::swarm(
+        &swarm_cmd("swarm join-token --rotate manager"),
+        &token(true)
+    )
+    .unwrap()
+    .starts_with("Successfully rotated manager join token.\n\nTo add a manager"));
+    assert_eq!(
+        format::swarm(&swarm_cmd("swarm join-token -q manager"), &token(true)).unwrap(),
+        format!("{TOKEN}\n")
+    );
+    for (role, text) in [(NodeRole::Worker, "worker"), (NodeRole::Manager, "manager")] {
+        assert_eq!(
+            format::swarm(
+                &swarm_cmd("swarm join --token x 10.0.0.1"),
+                &Reply::SwarmJoin {
+                    node_id: "n".into(),
+                    role
+                }
+            )
+            .unwrap(),
+            format!("This node joined a swarm as a {text}.\n")
+        );
+    }
+    assert_eq!(
+        format::swarm(&swarm_cmd("swarm leave"), &Reply::SwarmLeave).unwrap(),
+        "Node left the swarm.\n"
+    );
+    // A reply that does not fit the command is an error, not garbage.
+    assert!(format::swarm(
+        &swarm_cmd("swarm leave"),
+        &Reply::NodesChanged { nodes: vec![] }
+    )
+    .unwrap_err()
+    .contains("unexpected reply (nodes_changed)"));
+}
+
+#[test]
+fn node_outputs_are_dockers() {
+    let changed = Reply::NodesChanged {
+        nodes: vec!["colima".into()],
+    };
+    assert_eq!(
+        format::node(&node_cmd("node rm colima"), &changed).unwrap(),
+        "colima\n"
+    );
+    assert_eq!(
+        format::node(&node_cmd("node promote colima"), &changed).unwrap(),
+        "Node colima promoted to a manager in the swarm.\n"
+    );
+    assert_eq!(
+        format::node(&node_cmd("node demote colima"), &changed).unwrap(),
+        "Manager colima demoted in the swarm.\n"
+    );
+    let nodes = Reply::Nodes {
+        self_id: "pthddquqfyyf4f9kp41domb5c".into(),
+        nodes: seed_nodes(),
+        warnings: vec![],
+    };
+    assert_eq!(
+        format::node(&node_cmd("node ls -q"), &nodes).unwrap(),
+        "jot0fw3jxcaqu6istj8d2l5qk\nbo5kl3l26mubrik6czb4i3l5e\npthddquqfyyf4f9kp41domb5c\n"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&format::node(&node_cmd("node inspect self"), &nodes).unwrap())
+            .unwrap();
+    assert_eq!(json[0]["ID"], "pthddquqfyyf4f9kp41domb5c");
+    assert_eq!(json[0]["Description"]["Hostname"], "lp-pc-2023-026");
+    assert_eq!(json[0]["Spec"]["Role"], "manager");
+    assert_eq!(json[0]["ManagerStatus"]["Leader"], true);
+    assert_eq!(json[0]["Status"]["Addr"], "10.102.20.32");
+    assert!(json[1].get("ManagerStatus").is_none());
+    let pretty = format::node(&node_cmd("node inspect --pretty self"), &nodes).unwrap();
+    assert!(pretty.contains("Hostname:\t\tlp-pc-2023-026\n"), "{pretty}");
+    assert!(pretty.contains(" Leader:\t\tYes\n"), "{pretty}");
+    assert!(pretty.contains("Engine Version:\t\t27.3.1\n"), "{pretty}");
+}
+
+// ---------------------------------------------------------------------------
+// Node references
+
+#[test]
+fn node_references_resolve_like_dockers() {
+    let nodes = [
+        ("lxqz76lzffifj25um47ebgx19", "swarm-worker1"),
+        ("lxqa1111111111111111111111", "swarm-worker2"),
+        ("ewkgh1qli9wvpayxaeqbikidh", "swarm-manager"),
+        ("yx2h31i8fz57j0rbwry5gl9u0", "twin"),
+        ("yy2h31i8fz57j0rbwry5gl9u0", "twin"),
+    ];
+    let r = |reference| resolve_node(nodes.iter().copied(), reference);
+    assert_eq!(
+        r("ewkgh1qli9wvpayxaeqbikidh").unwrap(),
+        "ewkgh1qli9wvpayxaeqbikidh"
+    );
+    assert_eq!(r("lxqz").unwrap(), "lxqz76lzffifj25um47ebgx19");
+    assert_eq!(r("swarm-worker2").unwrap(), "lxqa1111111111111111111111");
+    let e = r("lxq").unwrap_err().to_string();
+    assert!(
+        e.contains("ambiguous")
+            && e.contains("lxqz76lzffifj25um47ebgx19")
+            && e.contains("lxqa1111111111111111111111"),
+        "{e}"
+    );
+    let e = r("twin").unwrap_err().to_string();
+    assert!(e.contains("ambiguous") && e.contains("hostname"), "{e}");
+    assert_eq!(r("nope").unwrap_err().to_string(), "node nope not found");
+    assert!(r("").is_err());
+    // An exact ID wins over a hostname that happens to be the same text.
+    let tricky = [("abc", "def"), ("def", "ghi")];
+    assert_eq!(resolve_node(tricky.iter().copied(), "def").unwrap(), "def");
+}
+
+// ---------------------------------------------------------------------------
+// The socket
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "shoal-cli-{name}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn socket_is_owner_only_and_stale_sockets_are_replaced() {
+    let rt = runtime();
+    let _guard = rt.enter();
+    let dir = TempDir::new("perm");
+    let path = dir.0.join("sub/shoal.sock");
+    // A stale socket: bound, then its listener gone.
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(fs::metadata(&path).unwrap().file_type().is_socket());
+
+    let socket = server::bind(&path).unwrap();
+    let meta = fs::metadata(&path).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    // Nothing left behind in the directory but the socket.
+    let names: Vec<_> = fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("shoal.sock")]);
+
+    // Someone answers there: a second agent is refused.
+    assert!(matches!(server::bind(&path), Err(BindError::InUse { .. })));
+    drop(socket);
+    assert!(!path.exists(), "the socket is removed when dropped");
+
+    let file = dir.0.join("not-a-socket");
+    fs::write(&file, "x").unwrap();
+    assert!(matches!(
+        server::bind(&file),
+        Err(BindError::NotASocket { .. })
+    ));
+    assert_eq!(fs::read_to_string(&file).unwrap(), "x");
+}
+
+#[test]
+fn no_agent_is_one_clear_error() {
+    let err = Client::new("/nonexistent/shoal.sock")
+        .call(&Request::NodeLs)
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Unreachable { .. }));
+    assert_eq!(
+        err.to_string(),
+        "cannot reach the shoal agent at /nonexistent/shoal.sock: is `shoal agent` running?"
+    );
+}
+
+/// A backend with a fixed node list that records what it was asked.
+#[derive(Default)]
+struct Fake {
+    asked: Mutex<Vec<Request>>,
+}
+
+impl Backend for Fake {
+    fn handle(&self, request: Request) -> BoxFuture<'_, Result<Reply, ApiError>> {
+        Box::pin(async move {
+            self.asked.lock().unwrap().push(request.clone());
+            let nodes = seed_nodes();
+            let pairs = || nodes.iter().map(|n| (n.id.as_str(), n.hostname.as_str()));
+            match request {
+                Request::NodeLs => Ok(Reply::Nodes {
+                    self_id: "pthddquqfyyf4f9kp41domb5c".into(),
+                    nodes: nodes.clone(),
+                    warnings: vec!["the swarm has 2 managers".into()],
+                }),
+                Request::NodeRm { nodes: refs, .. } => {
+                    for r in &refs {
+                        resolve_node(pairs(), r)?;
+                    }
+                    Ok(Reply::NodesChanged { nodes: refs })
+                }
+                Request::SwarmInit { .. } => Ok(Reply::SwarmInit {
+                    node_id: "pthddquqfyyf4f9kp41domb5c".into(),
+                    worker_token: Secret::new(TOKEN),
+                    manager_addr: "10.102.20.32:2377".into(),
+                }),
+                _ => Err(ApiError::new("This node is not a swarm manager.")),
+            }
+        })
+    }
+}
+
+/// Serves `backend` at a new socket in `dir` on `rt`.
+fn serve(rt: &tokio::runtime::Runtime, dir: &TempDir, backend: Arc<dyn Backend>) -> PathBuf {
+    let path = dir.0.join("shoal.sock");
+    let socket = {
+        let _guard = rt.enter();
+        server::bind(&path).unwrap()
+    };
+    rt.spawn(server::serve(socket, backend));
+    path
+}
+
+#[test]
+fn requests_reach_the_backend_and_answers_come_back() {
+    let rt = runtime();
+    let dir = TempDir::new("fake");
+    let fake = Arc::new(Fake::default());
+    let path = serve(&rt, &dir, fake.clone());
+    let client = Client::new(&path);
+
+    let reply = client.call(&Request::NodeLs).unwrap();
+    assert!(matches!(&reply, Reply::Nodes { nodes, .. } if nodes.len() == 3));
+    let e = client
+        .call(&Request::NodeRm {
+            nodes: vec!["zzz".into()],
+            force: false,
+        })
+        .unwrap_err();
+    assert_eq!(e.to_string(), "node zzz not found");
+    let e = client
+        .call(&Request::JoinToken {
+            role: NodeRole::Worker,
+            rotate: false,
+        })
+        .unwrap_err();
+    assert!(matches!(e, ClientError::Api(_)), "{e:?}");
+    assert_eq!(fake.asked.lock().unwrap().len(), 3);
+
+    // Garbage gets an error line, and the connection stays usable.
+    use std::io::{BufRead, BufReader, Write};
+    let mut raw = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    raw.write_all(b"{\"request\":\"nope\"}\n{\"request\":\"node_ls\"}\n")
+        .unwrap();
+    let mut lines = BufReader::new(raw).lines();
+    assert!(lines.next().unwrap().unwrap().contains("malformed request"));
+    assert!(lines.next().unwrap().unwrap().starts_with("{\"ok\":"));
+}
+
+/// The `shoal` binary itself, against the fake agent: output, warnings, exit codes.
+#[test]
+fn the_binary_prints_dockers_output_and_one_line_errors() {
+    let rt = runtime();
+    let dir = TempDir::new("bin");
+    let path = serve(&rt, &dir, Arc::new(Fake::default()));
+    let shoal = |args: &[&str], socket: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(args)
+            .env("SHOAL_API_SOCKET", socket)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+
+    let out = shoal(&["node", "ls"], &path);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format::node_table("pthddquqfyyf4f9kp41domb5c", &seed_nodes())
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "WARNING: the swarm has 2 managers\n"
+    );
+
+    let out = shoal(
+        &["swarm", "init", "--advertise-addr", "10.102.20.32"],
+        &path,
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!(
+        "shoal swarm join --token {TOKEN} 10.102.20.32:2377"
+    )));
+
+    let out = shoal(&["node", "rm", "lxq-nope"], &path);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "shoal: node lxq-nope not found\n"
+    );
+
+    let out = shoal(&["node", "ls"], &dir.0.join("absent.sock"));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "shoal: cannot reach the shoal agent at {}: is `shoal agent` running?\n",
+            dir.0.join("absent.sock").display()
+        )
+    );
+
+    let out = shoal(&["node", "ls", "--frobnicate"], &path);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unexpected argument '--frobnicate'"));
+}
+
+// ---------------------------------------------------------------------------
+// End to end, in process: agents backed by real shoal_cluster managers on 127.0.0.1.
+
+mod real {
+    use shoal_cluster::manager::Timings;
+    use shoal_control::cluster_agent::{ClusterAgent, ClusterAgentConfig, EngineSource};
+
+    use super::*;
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    fn fast_timings() -> Timings {
+        Timings {
+            heartbeat_interval: Duration::from_millis(200),
+            node_down_after: Duration::from_secs(2),
+            ..Timings::default()
+        }
+    }
+
+    struct Host {
+        dir: TempDir,
+        socket: PathBuf,
+        agent: Arc<ClusterAgent>,
+        port: u16,
+    }
+
+    impl Host {
+        fn start(rt: &tokio::runtime::Runtime, name: &str) -> Host {
+            let dir = TempDir::new(name);
+            let port = free_port();
+            let agent = rt
+                .block_on(ClusterAgent::start(ClusterAgentConfig {
+                    data_dir: dir.0.join("data"),
+                    listen: SocketAddr::from(([127, 0, 0, 1], port)),
+                    underlay_interface: None,
+                    data_path_port: 4789,
+                    engine: EngineSource::Fixed("20.10.24".into()),
+                    hostname: Some(name.into()),
+                    timings: Some(fast_timings()),
+                }))
+                .unwrap();
+            let socket = serve(rt, &dir, agent.clone());
+            Host {
+                dir,
+                socket,
+                agent,
+                port,
+            }
+        }
+
+        fn cli(&self, args: &str) -> Result<String, String> {
+            let top = parse(&format!("{args} --api-socket {}", self.socket.display()))
+                .map_err(|e| e.to_string())?;
+            let out = match top {
+                Top::Swarm(s) => cli::run_swarm(&s),
+                Top::Node(n) => cli::run_node(&n),
+            };
+            out.map(|o| o.stdout).map_err(|e| e.to_string())
+        }
+
+        fn addr(&self) -> String {
+            format!("127.0.0.1:{}", self.port)
+        }
+    }
+
+    /// Polls `f` until it is true, up to `limit`; the last value otherwise.
+    fn wait_for(
+        limit: Duration,
+        mut f: impl FnMut() -> Result<bool, String>,
+    ) -> Result<(), String> {
+        let start = Instant::now();
+        loop {
+            match f() {
+                Ok(true) => return Ok(()),
+                other if start.elapsed() > limit => {
+                    return Err(format!("gave up after {limit:?}: {other:?}"))
+                }
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    #[test]
+    fn init_join_ls_leave_rm_through_the_cli() {
+        let rt = runtime();
+        let h1 = Host::start(&rt, "h1");
+        let h2 = Host::start(&rt, "h2");
+
+        let out = h1.cli("swarm init --listen-addr 127.0.0.1").unwrap();
+        assert!(
+            out.starts_with("Swarm initialized: current node ("),
+            "{out}"
+        );
+        let token = h1
+            .cli("swarm join-token -q worker")
+            .unwrap()
+            .trim()
+            .to_owned();
+        assert!(token.starts_with("SWMTKN-1-"), "{token}");
+        assert!(
+            out.contains(&format!("shoal swarm join --token {token} {}", h1.addr())),
+            "{out}"
+        );
+        let e = h1.cli("swarm init").unwrap_err();
+        assert!(e.contains("already part of a swarm"), "{e}");
+
+        // Joins as a worker; the worker cannot list nodes.
+        let e = h2
+            .cli(&format!("swarm join --token {token}x {}", h1.addr()))
+            .unwrap_err();
+        assert!(!e.is_empty());
+        let out = h2
+            .cli(&format!(
+                "swarm join --token {token} --listen-addr 127.0.0.1 {}",
+                h1.addr()
+            ))
+            .unwrap();
+        assert_eq!(out, "This node joined a swarm as a worker.\n");
+        let e = h2.cli("node ls").unwrap_err();
+        assert!(e.contains("Worker nodes can't be used"), "{e}");
+
+        wait_for(Duration::from_secs(20), || {
+            let ls = h1.cli("node ls")?;
+            Ok(ls.lines().count() == 3 && ls.matches("Ready").count() == 2)
+        })
+        .unwrap();
+        let ls = h1.cli("node ls").unwrap();
+        println!("{out}{ls}");
+        let lines: Vec<&str> = ls.lines().collect();
+        assert!(lines[0].starts_with("ID "), "{ls}");
+        assert!(
+            lines[1].contains(" *   h1 ")
+                && lines[1].contains("Leader")
+                && lines[1].contains("20.10.24"),
+            "{ls}"
+        );
+        assert!(
+            lines[2].contains("   h2 ") && !lines[2].contains('*'),
+            "{ls}"
+        );
+
+        assert_eq!(
+            h1.cli("node update --availability drain --label-add zone=a h2")
+                .unwrap(),
+            "h2\n"
+        );
+        let inspect = h1.cli("node inspect h2").unwrap();
+        let json: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+        assert_eq!(json[0]["Spec"]["Availability"], "drain");
+        assert_eq!(json[0]["Spec"]["Labels"]["zone"], "a");
+
+        // The worker leaves: shown Down, then removed by hostname.
+        assert_eq!(h2.cli("swarm leave").unwrap(), "Node left the swarm.\n");
+        wait_for(Duration::from_secs(20), || {
+            Ok(h1
+                .cli("node ls")?
+                .lines()
+                .any(|l| l.contains(" h2 ") && l.contains("Down")))
+        })
+        .unwrap();
+        assert_eq!(h1.cli("node rm h2").unwrap(), "h2\n");
+        assert_eq!(h1.cli("node ls").unwrap().lines().count(), 2);
+        let e = h1.cli("node rm h2").unwrap_err();
+        assert!(e.contains("not found"), "{e}");
+
+        // The last manager needs --force.
+        let e = h1.cli("swarm leave").unwrap_err();
+        assert!(e.contains("--force"), "{e}");
+        assert_eq!(
+            h1.cli("swarm leave --force").unwrap(),
+            "Node left the swarm.\n"
+        );
+        let e = h1.cli("node ls").unwrap_err();
+        assert!(e.contains("not a swarm manager"), "{e}");
+
+        rt.block_on(h1.agent.shutdown());
+        rt.block_on(h2.agent.shutdown());
+        drop((h1.dir, h2.dir));
+    }
+
+    #[test]
+    fn managers_join_promote_demote_and_the_last_one_stays() {
+        let rt = runtime();
+        let h1 = Host::start(&rt, "m1");
+        let h2 = Host::start(&rt, "m2");
+        let h3 = Host::start(&rt, "m3");
+        h1.cli("swarm init --listen-addr 127.0.0.1").unwrap();
+        let manager_token = h1.cli("swarm join-token -q manager").unwrap();
+        let worker_token = h1.cli("swarm join-token -q worker").unwrap();
+        let out = h2
+            .cli(&format!(
+                "swarm join --token {} --listen-addr 127.0.0.1 {}",
+                manager_token.trim(),
+                h1.addr()
+            ))
+            .unwrap();
+        assert_eq!(
+            out,
+            "This node joined a swarm as a manager.
+"
+        );
+
+        // Two managers: an even number is warned about; h2 answers `node ls` too.
+        let top = parse(&format!("node ls --api-socket {}", h2.socket.display())).unwrap();
+        let Top::Node(args) = top else { panic!() };
+        let mut output = None;
+        wait_for(Duration::from_secs(20), || {
+            let o = cli::run_node(&args).map_err(|e| e.to_string())?;
+            let ok = o.stdout.contains("Reachable") && o.stdout.contains("Leader");
+            output = Some(o);
+            Ok(ok)
+        })
+        .unwrap();
+        let output = output.unwrap();
+        assert!(
+            output.stdout.lines().any(|l| l.contains(" *   m2 ")),
+            "{output:?}"
+        );
+        assert!(
+            output.warnings.iter().any(|w| w.contains("2 managers")),
+            "{output:?}"
+        );
+
+        // A rotated worker token is refused; the new one works.
+        let rotated = h1.cli("swarm join-token --rotate worker").unwrap();
+        assert!(
+            rotated.starts_with("Successfully rotated worker join token."),
+            "{rotated}"
+        );
+        let e = h3
+            .cli(&format!(
+                "swarm join --token {} {}",
+                worker_token.trim(),
+                h1.addr()
+            ))
+            .unwrap_err();
+        assert!(e.contains("token"), "{e}");
+        let new_token = h1.cli("swarm join-token -q worker").unwrap();
+        assert_ne!(new_token, worker_token);
+        h3.cli(&format!(
+            "swarm join --token {} --listen-addr 127.0.0.1 {}",
+            new_token.trim(),
+            h1.addr()
+        ))
+        .unwrap();
+        let e = h3.cli("swarm init").unwrap_err();
+        assert!(e.contains("already part of a swarm"), "{e}");
+
+        assert_eq!(
+            h1.cli("node promote m3").unwrap(),
+            "Node m3 promoted to a manager in the swarm.\n"
+        );
+        wait_for(Duration::from_secs(30), || {
+            Ok(h1.cli("node ls")?.matches("Reachable").count() == 2)
+        })
+        .unwrap();
+        assert_eq!(
+            h1.cli("node demote m3 m2").unwrap(),
+            "Manager m3 demoted in the swarm.\nManager m2 demoted in the swarm.\n"
+        );
+        let e = h1.cli("node demote m1").unwrap_err();
+        assert!(e.contains("last manager"), "{e}");
+        let e = h1.cli("node rm m2").unwrap_err();
+        assert!(e.contains("--force"), "{e}");
+
+        for h in [&h1, &h2, &h3] {
+            rt.block_on(h.agent.shutdown());
+        }
+    }
+
+    #[test]
+    fn a_restarted_agent_resumes_its_manager_role() {
+        let rt = runtime();
+        let h1 = Host::start(&rt, "r1");
+        h1.cli("swarm init --listen-addr 127.0.0.1").unwrap();
+        let id_before = h1.cli("node ls -q").unwrap();
+        rt.block_on(h1.agent.shutdown());
+        let agent = rt
+            .block_on(ClusterAgent::start(ClusterAgentConfig {
+                data_dir: h1.dir.0.join("data"),
+                listen: SocketAddr::from(([127, 0, 0, 1], h1.port)),
+                underlay_interface: None,
+                data_path_port: 4789,
+                engine: EngineSource::Fixed("20.10.24".into()),
+                hostname: Some("r1".into()),
+                timings: None,
+            }))
+            .unwrap();
+        assert_eq!(rt.block_on(agent.role_name()), "manager");
+        let dir2 = TempDir::new("r1b");
+        let socket = serve(&rt, &dir2, agent.clone());
+        let client = Client::new(&socket);
+        let mut ids = String::new();
+        wait_for(Duration::from_secs(20), || {
+            match client.call(&Request::NodeLs) {
+                Ok(Reply::Nodes { nodes, .. }) => {
+                    ids = nodes.iter().map(|n| format!("{}\n", n.id)).collect();
+                    Ok(true)
+                }
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .unwrap();
+        assert_eq!(ids, id_before);
+        rt.block_on(agent.shutdown());
+    }
+}

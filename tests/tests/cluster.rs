@@ -1,0 +1,227 @@
+//! The cluster on a real 3-host lab, through the `shoal` CLI on each host: swarm init,
+//! join as worker and as manager with tokens, node ls with the seeds' columns, token
+//! rotation, promote/demote, a worker leaving shows Down, node rm, and a manager
+//! surviving the loss of the leader.
+use std::time::Duration;
+
+use shoal_tests::{lab, privileged, wait_for, LabGuard};
+
+const BOUND: Duration = Duration::from_secs(60);
+
+struct Cli<'a> {
+    lab: &'a LabGuard,
+}
+
+impl Cli<'_> {
+    /// Runs `shoal ARGS` on host `h` (through lab exec, so SHOAL_API_SOCKET points at
+    /// that host's agent); Ok(stdout) or Err(stderr).
+    fn run(&self, h: &str, args: &[&str]) -> Result<String, String> {
+        let mut argv = vec!["shoal"];
+        argv.extend_from_slice(args);
+        let out = self.lab.exec(h, &argv);
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            ))
+        }
+    }
+
+    fn ok(&self, h: &str, args: &[&str]) -> String {
+        self.run(h, args)
+            .unwrap_or_else(|e| panic!("{h}: shoal {} failed: {e}", args.join(" ")))
+    }
+
+    /// `node ls` rows by hostname: (line, status, manager status).
+    fn nodes(&self, h: &str) -> Result<Vec<String>, String> {
+        let out = self.run(h, &["node", "ls"])?;
+        Ok(out.lines().skip(1).map(str::to_owned).collect())
+    }
+
+    fn wait_nodes(&self, h: &str, what: &str, ok: impl Fn(&[String]) -> bool) -> Vec<String> {
+        wait_for(what, BOUND, || {
+            let rows = self.nodes(h)?;
+            if ok(&rows) {
+                Ok(rows)
+            } else {
+                Err(rows.join("\n"))
+            }
+        })
+    }
+}
+
+fn row<'a>(rows: &'a [String], host: &str) -> Option<&'a String> {
+    rows.iter()
+        .find(|r| r.split_whitespace().any(|w| w == host))
+}
+
+#[test]
+fn three_hosts_form_a_swarm_through_the_cli() {
+    if !privileged() {
+        return;
+    }
+    let shoal = xtask::util::shoal_binary().expect("shoal binary (cargo build)");
+    let guard = LabGuard::up('c', 3);
+    for h in &guard.state.hosts {
+        lab::agent::start(&guard.state, h, &shoal, &[])
+            .unwrap_or_else(|e| panic!("start agent on {}: {e:#}", h.name));
+    }
+    let cli = Cli { lab: &guard };
+    let h1_addr = guard.state.hosts[0].address.to_string();
+    let manager = format!("{h1_addr}:2377");
+
+    let init = cli.ok("h1", &["swarm", "init", "--advertise-addr", &h1_addr]);
+    assert!(
+        init.starts_with("Swarm initialized: current node ("),
+        "{init}"
+    );
+    assert!(
+        init.contains("shoal swarm join --token SWMTKN-1-") && init.contains(&manager),
+        "{init}"
+    );
+    let again = cli
+        .run("h1", &["swarm", "init"])
+        .expect_err("a second init must fail");
+    assert!(again.contains("already part of a swarm"), "{again}");
+
+    let worker_token = cli
+        .ok("h1", &["swarm", "join-token", "-q", "worker"])
+        .trim()
+        .to_owned();
+    let manager_token = cli
+        .ok("h1", &["swarm", "join-token", "-q", "manager"])
+        .trim()
+        .to_owned();
+    let joined = cli.ok("h2", &["swarm", "join", "--token", &worker_token, &manager]);
+    assert!(joined.contains("joined a swarm as a worker"), "{joined}");
+    let joined = cli.ok(
+        "h3",
+        &["swarm", "join", "--token", &manager_token, &manager],
+    );
+    assert!(joined.contains("joined a swarm as a manager"), "{joined}");
+
+    let engine = guard.exec_ok(
+        "h1",
+        &["docker", "version", "--format", "{{.Server.Version}}"],
+    );
+    let rows = cli.wait_nodes(
+        "h1",
+        "three Ready nodes, one Leader, one Reachable",
+        |rows| {
+            rows.len() == 3
+                && rows.iter().all(|r| r.contains("Ready"))
+                && rows.iter().filter(|r| r.contains("Leader")).count() == 1
+                && rows.iter().filter(|r| r.contains("Reachable")).count() == 1
+        },
+    );
+    let me = row(&rows, "h1").expect("h1 row");
+    assert!(
+        me.contains(" * ") && me.contains("Leader") && me.contains(&engine),
+        "h1's row: {me}"
+    );
+    assert!(
+        !row(&rows, "h2").expect("h2 row").contains("Reachable"),
+        "h2 is a worker"
+    );
+    let from_h3 = cli.nodes("h3").expect("node ls on the other manager");
+    assert!(
+        row(&from_h3, "h3").expect("h3 row").contains(" * "),
+        "{from_h3:?}"
+    );
+    let refused = cli
+        .run("h2", &["node", "ls"])
+        .expect_err("a worker cannot list nodes");
+    assert!(refused.to_lowercase().contains("worker"), "{refused}");
+
+    // Rotation: the old worker token stops working for new joins; h2 stays in.
+    let rotated = cli.ok("h1", &["swarm", "join-token", "--rotate", "worker"]);
+    assert!(
+        rotated.contains("Successfully rotated worker join token"),
+        "{rotated}"
+    );
+    let new_worker_token = cli
+        .ok("h1", &["swarm", "join-token", "-q", "worker"])
+        .trim()
+        .to_owned();
+    assert_ne!(new_worker_token, worker_token);
+
+    // A worker leaves: Down, still listed; then it comes back with the new token only.
+    let left = cli.ok("h2", &["swarm", "leave"]);
+    assert!(left.contains("Node left the swarm"), "{left}");
+    cli.wait_nodes("h1", "h2 shows Down after leaving", |rows| {
+        row(rows, "h2").is_some_and(|r| r.contains("Down"))
+    });
+    let old = cli
+        .run("h2", &["swarm", "join", "--token", &worker_token, &manager])
+        .expect_err("the rotated token must be refused");
+    assert!(
+        !old.contains(&worker_token),
+        "errors must not print the token: {old}"
+    );
+    cli.ok("h1", &["node", "rm", "h2"]);
+    cli.ok(
+        "h2",
+        &["swarm", "join", "--token", &new_worker_token, &manager],
+    );
+    cli.wait_nodes("h1", "h2 back as a Ready worker", |rows| {
+        rows.len() == 3 && row(rows, "h2").is_some_and(|r| r.contains("Ready"))
+    });
+
+    // Promote h2: three managers. Then the leader's agent dies: a new leader is elected
+    // and the survivors keep answering.
+    cli.ok("h1", &["node", "promote", "h2"]);
+    cli.wait_nodes("h1", "three managers", |rows| {
+        rows.iter()
+            .filter(|r| r.contains("Reachable") || r.contains("Leader"))
+            .count()
+            == 3
+    });
+    let h1_agent: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(lab::agent::status_file(&guard.state.hosts[0]))
+            .expect("agent.json"),
+    )
+    .expect("agent.json");
+    let pid = h1_agent["pid"].as_u64().expect("pid") as u32;
+    lab::procs::signal(pid, libc::SIGKILL);
+    assert!(
+        lab::procs::wait_gone(&[pid], BOUND),
+        "h1's agent did not die"
+    );
+    cli.wait_nodes("h3", "a new leader among h2 and h3", |rows| {
+        rows.iter()
+            .any(|r| r.contains("Leader") && !r.contains("h1"))
+    });
+    cli.ok("h3", &["node", "update", "--availability", "drain", "h2"]);
+    cli.wait_nodes("h3", "h2 drained", |rows| {
+        row(rows, "h2").is_some_and(|r| r.contains("Drain"))
+    });
+
+    // Demoting now would leave {h1 (down), h3}: no majority, so it is refused, as Raft
+    // requires. h1's agent restarts, resumes its role from disk and rejoins.
+    let refused = cli
+        .run("h3", &["node", "demote", "h2"])
+        .expect_err("no quorum for demote");
+    assert!(refused.contains("no quorum"), "{refused}");
+    lab::agent::start(&guard.state, &guard.state.hosts[0], &shoal, &[])
+        .expect("restart h1's agent");
+    cli.wait_nodes("h3", "h1 back as a manager", |rows| {
+        row(rows, "h1").is_some_and(|r| {
+            r.contains("Ready") && (r.contains("Reachable") || r.contains("Leader"))
+        })
+    });
+    // The refused demote above had already recorded h2's new role (see the note on issue
+    // 5): it completes once the majority is back, so "already a worker" is fine here.
+    if let Err(e) = cli.run("h3", &["node", "demote", "h2"]) {
+        assert!(e.contains("already a worker"), "{e}");
+    }
+    let rows = cli.wait_nodes("h3", "h2 is a worker again", |rows| {
+        row(rows, "h2").is_some_and(|r| !r.contains("Reachable") && !r.contains("Leader"))
+    });
+    assert_eq!(rows.len(), 3, "{rows:?}");
+
+    lab::down(&guard.layout).expect("lab down");
+    assert_eq!(lab::leftovers(&guard.layout), Vec::<String>::new());
+}
