@@ -49,6 +49,7 @@ pub fn run() -> Result<()> {
             h.name, status["underlay_interface"], status["xdp_mode"]
         );
     }
+    form_cluster(&state)?;
     for h in &state.hosts {
         let id = capture(
             &state,
@@ -108,14 +109,58 @@ pub fn run() -> Result<()> {
         );
     }
     println!(
-        "\ndemo: the lab stays up. Try:\n  cargo xtask lab exec h1 -- docker ps\n  cargo xtask lab client -- curl -s http://{}:{DEMO_PORT}/\n  cargo xtask lab down\n\
-         Not there yet: the cluster (swarm init/join), services, the overlay, the routing mesh and\n\
-         service DNS. Each container above is published by its own host's docker-proxy, which\n\
-         hides the client's address (client= shows the docker bridge gateway): that is what the\n\
+        "\ndemo: the lab stays up. Try:\n  cargo xtask lab exec h1 -- shoal node ls\n  cargo xtask lab exec h1 -- docker ps\n  cargo xtask lab client -- curl -s http://{}:{DEMO_PORT}/\n  cargo xtask lab down\n\
+         Not there yet: services (`shoal service create`), the routing mesh and service VIPs,\n\
+         gossip. The overlay and the embedded DNS run when given declared state (see README).\n\
+         Each container above is published by its own host's docker-proxy, which hides the\n\
+         client's address (client= shows the docker bridge gateway): that is what the\n\
          routing mesh will fix.",
         state.hosts[0].address
     );
     Ok(())
+}
+
+/// `shoal swarm init` on h1, the other hosts join as workers, then `node ls`.
+fn form_cluster(state: &LabState) -> Result<()> {
+    let h1 = &state.hosts[0];
+    let manager = format!("{}:2377", h1.address);
+    let init = capture(
+        state,
+        &h1.name,
+        &[
+            "shoal",
+            "swarm",
+            "init",
+            "--advertise-addr",
+            &h1.address.to_string(),
+        ],
+    )?;
+    println!("demo: h1$ shoal swarm init\n{init}");
+    let token = capture(
+        state,
+        &h1.name,
+        &["shoal", "swarm", "join-token", "-q", "worker"],
+    )?;
+    for h in &state.hosts[1..] {
+        let joined = capture(
+            state,
+            &h.name,
+            &["shoal", "swarm", "join", "--token", &token, &manager],
+        )?;
+        println!("demo: {}$ shoal swarm join ... {manager}\n{joined}", h.name);
+    }
+    // Joins are recorded at once; wait (bounded) until every node reports Ready.
+    let start = Instant::now();
+    loop {
+        let nodes = capture(state, &h1.name, &["shoal", "node", "ls"])?;
+        if nodes.matches("Ready").count() == state.hosts.len()
+            || start.elapsed() > Duration::from_secs(30)
+        {
+            println!("demo: h1$ shoal node ls\n{nodes}");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }
 
 fn run_in(state: &LabState, host: &str, argv: &[&str]) -> Result<()> {
