@@ -1353,6 +1353,23 @@ impl Runtime {
         if managers <= 1 || (voter.is_some() && voters.len() <= 1) {
             return Err(WireError::LastManager);
         }
+        // The membership change needs a majority of the managers that remain. Refuse up
+        // front when they cannot give one, rather than record the new role and then fail
+        // half-way (the role change would still complete once the majority returned).
+        if let Some(id) = voter {
+            let remaining: Vec<RaftId> = voters.keys().copied().filter(|v| *v != id).collect();
+            let ready = remaining
+                .iter()
+                .filter(|v| {
+                    state.nodes.values().any(|n| {
+                        n.raft_id == Some(**v) && n.status == crate::store::NodeStatus::Ready
+                    })
+                })
+                .count();
+            if ready * 2 <= remaining.len() {
+                return Err(WireError::NoQuorum);
+            }
+        }
         propose(
             core,
             Command::SetRole {
