@@ -4,7 +4,8 @@
 //! `target/bench/<suite>.json`. A missed target is reported (and the command exits
 //! non-zero), never hidden.
 //!
-//! Suites: `overlay` (here) and `dns` (`bench/dns.rs`).
+//! Suites: `overlay` (here), `dns` (`bench/dns.rs`) and `cluster` (`bench/cluster.rs`).
+mod cluster;
 mod dns;
 
 use std::{
@@ -78,7 +79,8 @@ pub fn run(suite: &str) -> Result<ExitCode> {
     match suite {
         "overlay" => overlay(),
         "dns" => dns::run(),
-        other => bail!("unknown benchmark suite {other:?}; suites: overlay, dns"),
+        "cluster" => cluster::run(),
+        other => bail!("unknown benchmark suite {other:?}; suites: overlay, dns, cluster"),
     }
 }
 
