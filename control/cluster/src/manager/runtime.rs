@@ -1304,18 +1304,7 @@ impl Runtime {
 
     async fn do_promote(&self, core: &Core, node_id: &str) -> Reply {
         let state = read_linear(core).await?;
-        let node = state
-            .nodes
-            .get(node_id)
-            .ok_or_else(|| WireError::UnknownNode {
-                node: node_id.to_string(),
-            })?;
-        if node.role == crate::store::Role::Manager {
-            return Err(WireError::AlreadyRole {
-                node: node_id.to_string(),
-                role: Role::Manager,
-            });
-        }
+        node_to_change(&state, node_id, Role::Manager)?;
         propose(
             core,
             Command::SetRole {
@@ -1331,18 +1320,7 @@ impl Runtime {
 
     async fn do_demote(&self, core: &Core, node_id: &str) -> Reply {
         let state = read_linear(core).await?;
-        let node = state
-            .nodes
-            .get(node_id)
-            .ok_or_else(|| WireError::UnknownNode {
-                node: node_id.to_string(),
-            })?;
-        if node.role == crate::store::Role::Worker {
-            return Err(WireError::AlreadyRole {
-                node: node_id.to_string(),
-                role: Role::Worker,
-            });
-        }
+        let node = node_to_change(&state, node_id, Role::Worker)?;
         let managers = state
             .nodes
             .values()
@@ -1586,4 +1564,30 @@ async fn monitor_loop(rt: Arc<Runtime>, core: Arc<Core>) {
                 .await;
         }
     }
+}
+
+/// The node a promotion or demotion to `to` applies to: it must exist and not hold
+/// that role already.
+fn node_to_change<'a>(
+    state: &'a ClusterState,
+    node_id: &str,
+    to: Role,
+) -> Result<&'a Node, WireError> {
+    let node = state
+        .nodes
+        .get(node_id)
+        .ok_or_else(|| WireError::UnknownNode {
+            node: node_id.to_string(),
+        })?;
+    let already = match to {
+        Role::Manager => node.role == crate::store::Role::Manager,
+        Role::Worker => node.role == crate::store::Role::Worker,
+    };
+    if already {
+        return Err(WireError::AlreadyRole {
+            node: node_id.to_string(),
+            role: to,
+        });
+    }
+    Ok(node)
 }
