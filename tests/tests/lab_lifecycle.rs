@@ -228,3 +228,49 @@ fn command_line_refuses_bad_input_with_one_line() {
         "a refused lab up made things"
     );
 }
+
+#[test]
+fn lab_up_starts_an_agent_that_lab_exec_talks_to() {
+    if !privileged() {
+        return;
+    }
+    xtask::util::shoal_binary().expect("shoal binary (cargo build)");
+    let prefix = shoal_tests::unique_prefix('e');
+    let layout = lab::Layout::new(&prefix).expect("prefix");
+    let up = xtask_command()
+        .args(["lab", "up", "--hosts", "1", "--prefix", &prefix])
+        .output()
+        .expect("run xtask lab up");
+    let result = std::panic::catch_unwind(|| {
+        assert!(
+            up.status.success(),
+            "lab up: {}",
+            String::from_utf8_lossy(&up.stderr)
+        );
+        let exec = |argv: &[&str]| {
+            xtask_command()
+                .args(["lab", "exec", "--prefix", &prefix, "h1", "--"])
+                .args(argv)
+                .output()
+                .expect("run xtask lab exec")
+        };
+        // The agent pinned its counters where SHOAL_PIN_DIR points inside h1.
+        let stats = exec(&["shoal", "dataplane", "stats", "--json"]);
+        assert!(
+            stats.status.success(),
+            "stats: {}",
+            String::from_utf8_lossy(&stats.stderr)
+        );
+        // The CLI reaches h1's agent through SHOAL_API_SOCKET: not in a swarm yet.
+        let ls = exec(&["shoal", "node", "ls"]);
+        let err = String::from_utf8_lossy(&ls.stderr);
+        assert!(
+            !ls.status.success() && !err.contains("cannot reach"),
+            "node ls: {err}"
+        );
+    });
+    lab::down(&layout).expect("lab down");
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}

@@ -41,12 +41,16 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum LabCmd {
-    /// Bring up N hosts with their own dockerd, plus a client namespace.
+    /// Bring up N hosts with their own dockerd and a shoal agent (not yet in a cluster),
+    /// plus a client namespace.
     Up {
         #[arg(long, default_value_t = 3)]
         hosts: u32,
         #[arg(long, default_value = lab::layout::DEFAULT_PREFIX)]
         prefix: String,
+        /// Leave the hosts without a shoal agent.
+        #[arg(long)]
+        no_agent: bool,
     },
     /// Show hosts, underlay addresses, docker sockets and the client.
     Status {
@@ -100,9 +104,21 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
 
 fn run_lab(cmd: LabCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        LabCmd::Up { hosts, prefix } => {
+        LabCmd::Up {
+            hosts,
+            prefix,
+            no_agent,
+        } => {
             let state = lab::up(&lab::Layout::new(&prefix)?, hosts)?;
             print!("{}", lab::describe(&state));
+            if !no_agent {
+                // `lab exec HOST -- shoal ...` then talks to that host's agent.
+                let shoal = xtask::util::shoal_binary()?;
+                for h in &state.hosts {
+                    lab::agent::start(&state, h, &shoal, &[])?;
+                    println!("lab: {}: shoal agent running", h.name);
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         LabCmd::Status { prefix, json } => {
