@@ -3,8 +3,10 @@
 //!
 //! - this file: the arguments (clap), building the [`Request`], running a command.
 //! - [`format`]: the output (join instructions, the `node ls` table, `inspect`).
+//! - [`template`]: `--format`'s Go-template subset.
 
 pub mod format;
+pub mod template;
 
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
@@ -140,6 +142,9 @@ pub struct LsArgs {
     /// Only print IDs
     #[arg(short, long)]
     pub quiet: bool,
+    /// `json`, `table TEMPLATE` or a Go template such as '{{.ID}}\t{{.Hostname}}'
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
 }
 
 #[derive(Args, Debug, Clone, PartialEq)]
@@ -147,6 +152,9 @@ pub struct InspectArgs {
     /// Human-readable output instead of JSON
     #[arg(long)]
     pub pretty: bool,
+    /// `json` or a Go template such as '{{.Description.Hostname}}'
+    #[arg(short, long, value_name = "FORMAT", conflicts_with = "pretty")]
+    pub format: Option<String>,
     /// ID, unique ID prefix or hostname; `self` is this node
     #[arg(value_name = "NODE", required = true)]
     pub nodes: Vec<String>,
@@ -261,6 +269,17 @@ impl SwarmCommand {
 }
 
 impl NodeCommand {
+    /// A malformed `--format` is refused before the agent is asked.
+    pub fn check_format(&self) -> Result<(), String> {
+        match self {
+            NodeCommand::Ls(a) => template::Format::parse(a.format.as_deref()).map(drop),
+            NodeCommand::Inspect(InspectArgs {
+                format: Some(f), ..
+            }) if f != "json" => template::Template::parse(&template::unescape(f)).map(drop),
+            _ => Ok(()),
+        }
+    }
+
     /// The request this command sends.
     pub fn request(&self) -> Request {
         match self {
@@ -319,6 +338,7 @@ pub fn run_swarm(args: &SwarmArgs) -> Result<Output, CliError> {
 
 /// Runs `shoal node ...` against the agent.
 pub fn run_node(args: &NodeArgs) -> Result<Output, CliError> {
+    args.command.check_format().map_err(CliError::Usage)?;
     let reply = Client::new(&args.socket.api_socket).call(&args.command.request())?;
     Ok(Output {
         stdout: format::node(&args.command, &reply).map_err(CliError::Output)?,

@@ -379,6 +379,17 @@ fn swarm_cmd(args: &str) -> SwarmCommand {
     }
 }
 
+/// A `node` command from whole arguments (for templates with spaces).
+fn node_argv(argv: &[&str]) -> NodeCommand {
+    match TestCli::try_parse_from(["shoal", "node"].iter().chain(argv))
+        .unwrap()
+        .command
+    {
+        Top::Node(n) => n.command,
+        _ => panic!(),
+    }
+}
+
 fn node_cmd(args: &str) -> NodeCommand {
     match parse(args).unwrap() {
         Top::Node(n) => n.command,
@@ -491,6 +502,114 @@ fn node_outputs_are_dockers() {
     assert!(pretty.contains("Hostname:\t\tlp-pc-2023-026\n"), "{pretty}");
     assert!(pretty.contains(" Leader:\t\tYes\n"), "{pretty}");
     assert!(pretty.contains("Engine Version:\t\t27.3.1\n"), "{pretty}");
+}
+
+#[test]
+fn node_ls_format_is_dockers() {
+    let nodes = Reply::Nodes {
+        self_id: "pthddquqfyyf4f9kp41domb5c".into(),
+        nodes: seed_nodes(),
+        warnings: vec![],
+    };
+    let ls = |args: &str| format::node(&node_cmd(args), &nodes);
+    // `json`: one object a line, sorted like the table, Docker's keys (sorted, as Go's).
+    assert_eq!(
+        ls("node ls --format json").unwrap(),
+        "\
+{\"Availability\":\"Active\",\"EngineVersion\":\"24.0.2\",\"Hostname\":\"baroserver66-ubuntu18\",\"ID\":\"jot0fw3jxcaqu6istj8d2l5qk\",\"ManagerStatus\":\"\",\"Self\":false,\"Status\":\"Ready\"}
+{\"Availability\":\"Active\",\"EngineVersion\":\"28.3.3\",\"Hostname\":\"colima\",\"ID\":\"bo5kl3l26mubrik6czb4i3l5e\",\"ManagerStatus\":\"\",\"Self\":false,\"Status\":\"Down\"}
+{\"Availability\":\"Active\",\"EngineVersion\":\"27.3.1\",\"Hostname\":\"lp-pc-2023-026\",\"ID\":\"pthddquqfyyf4f9kp41domb5c\",\"ManagerStatus\":\"Leader\",\"Self\":true,\"Status\":\"Ready\"}
+"
+    );
+    // A template without `table`: tab-separated, no header.
+    assert_eq!(
+        format::node(
+            &node_argv(&[
+                "ls",
+                "--format",
+                r"{{.Hostname}}\t{{.Self}}\t{{json .ManagerStatus}}"
+            ]),
+            &nodes
+        )
+        .unwrap(),
+        "baroserver66-ubuntu18\tfalse\t\"\"\ncolima\tfalse\t\"\"\nlp-pc-2023-026\ttrue\t\"Leader\"\n"
+    );
+    // `table`: Docker's titles, columns aligned as the default table's.
+    assert_eq!(
+        ls(r"node ls --format table{{.ID}}\t{{.ManagerStatus}}\t{{.EngineVersion}}").unwrap(),
+        "\
+ID                          MANAGER STATUS   ENGINE VERSION
+jot0fw3jxcaqu6istj8d2l5qk                    24.0.2
+bo5kl3l26mubrik6czb4i3l5e                    28.3.3
+pthddquqfyyf4f9kp41domb5c   Leader           27.3.1
+"
+    );
+    assert_eq!(
+        ls("node ls --format table").unwrap(),
+        format::node_table("pthddquqfyyf4f9kp41domb5c", &seed_nodes())
+    );
+    // -q wins over --format, as in Docker.
+    assert_eq!(
+        ls("node ls -q --format json").unwrap(),
+        ls("node ls -q").unwrap()
+    );
+    assert_eq!(
+        ls("node ls --format {{.Nope}}").unwrap_err(),
+        "template: :1:2: executing \"\" at <.Nope>: can't evaluate field Nope"
+    );
+    assert_eq!(
+        ls("node ls --format {{.ID").unwrap_err(),
+        "template: :1: unclosed action"
+    );
+}
+
+#[test]
+fn node_inspect_format_is_dockers() {
+    let nodes = Reply::Nodes {
+        self_id: "pthddquqfyyf4f9kp41domb5c".into(),
+        nodes: seed_nodes()[..2].to_vec(),
+        warnings: vec![],
+    };
+    let inspect = |args: &str| format::node(&node_cmd(args), &nodes);
+    assert_eq!(
+        inspect("node inspect --format json self").unwrap(),
+        inspect("node inspect self").unwrap()
+    );
+    assert_eq!(
+        inspect(r"node inspect -f {{.ID}}\t{{.Description.Hostname}}\t{{.Spec.Role}} self")
+            .unwrap(),
+        "pthddquqfyyf4f9kp41domb5c\tlp-pc-2023-026\tmanager\ncolima\tworker\n"
+            .replace("colima", "bo5kl3l26mubrik6czb4i3l5e\tcolima")
+    );
+    assert_eq!(
+        format::node(
+            &node_argv(&["inspect", "--format", "{{json .ManagerStatus}}", "self"]),
+            &nodes
+        )
+        .unwrap_err(),
+        "template: :1:7: executing \"\" at <.ManagerStatus>: can't evaluate field ManagerStatus"
+    );
+    let one = Reply::Nodes {
+        self_id: "pthddquqfyyf4f9kp41domb5c".into(),
+        nodes: seed_nodes()[..1].to_vec(),
+        warnings: vec![],
+    };
+    assert_eq!(
+        format::node(
+            &node_argv(&["inspect", "--format", "{{json .ManagerStatus}}", "self"]),
+            &one
+        )
+        .unwrap(),
+        "{\"Addr\":\"10.102.20.32:2377\",\"Leader\":true,\"Reachability\":\"reachable\"}\n"
+    );
+    assert_eq!(
+        format::node(&node_cmd("node inspect -f {{.Spec.Labels}} self"), &one).unwrap(),
+        "map[]\n"
+    );
+    assert!(inspect("node inspect -f {{.Description.Nope}} self")
+        .unwrap_err()
+        .contains("can't evaluate field Nope"));
+    assert!(parse_error("node inspect --pretty --format json self").contains("cannot be used with"));
 }
 
 // ---------------------------------------------------------------------------
@@ -629,6 +748,20 @@ impl Backend for Fake {
                     nodes: nodes.clone(),
                     warnings: vec!["the swarm has 2 managers".into()],
                 }),
+                Request::NodeInspect { nodes: refs } => {
+                    let self_id = "pthddquqfyyf4f9kp41domb5c";
+                    let mut found = vec![];
+                    for r in &refs {
+                        let r = if r == "self" { self_id } else { r.as_str() };
+                        let id = resolve_node(pairs(), r)?;
+                        found.extend(nodes.iter().filter(|n| n.id == id).cloned());
+                    }
+                    Ok(Reply::Nodes {
+                        self_id: self_id.into(),
+                        nodes: found,
+                        warnings: vec![],
+                    })
+                }
                 Request::NodeRm { nodes: refs, .. } => {
                     for r in &refs {
                         resolve_node(pairs(), r)?;
@@ -743,6 +876,65 @@ fn the_binary_prints_dockers_output_and_one_line_errors() {
             "shoal: cannot reach the shoal agent at {}: is `shoal agent` running?\n",
             dir.0.join("absent.sock").display()
         )
+    );
+
+    // --format, through the binary.
+    let out = shoal(&["node", "ls", "--format", "{{.ID}} {{.Self}}"], &path);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "jot0fw3jxcaqu6istj8d2l5qk false\nbo5kl3l26mubrik6czb4i3l5e false\npthddquqfyyf4f9kp41domb5c true\n"
+    );
+    let out = shoal(
+        &[
+            "node",
+            "ls",
+            "--format",
+            "table {{.Hostname}}\\t{{.Status}}",
+        ],
+        &path,
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "HOSTNAME                STATUS\nbaroserver66-ubuntu18   Ready\ncolima                  Down\nlp-pc-2023-026          Ready\n"
+    );
+    let out = shoal(&["node", "ls", "--format", "json"], &path);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[2]["Self"], true);
+    let out = shoal(
+        &[
+            "node",
+            "inspect",
+            "-f",
+            "{{.Description.Engine.EngineVersion}}",
+            "self",
+            "colima",
+        ],
+        &path,
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "27.3.1\n28.3.3\n");
+    let out = shoal(&["node", "ls", "--format", "{{.Nope}}"], &path);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "shoal: template: :1:2: executing \"\" at <.Nope>: can't evaluate field Nope\n"
+    );
+    assert!(out.stdout.is_empty());
+    // A malformed template is refused without asking the agent.
+    let out = shoal(
+        &["node", "inspect", "-f", "{{.ID", "self"],
+        &dir.0.join("absent.sock"),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "shoal: template: :1: unclosed action\n"
     );
 
     let out = shoal(&["node", "ls", "--frobnicate"], &path);

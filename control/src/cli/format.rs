@@ -4,7 +4,10 @@ use std::fmt::Write as _;
 
 use serde_json::json;
 
-use super::{NodeCommand, SwarmCommand};
+use super::{
+    template::{unescape, Format, Template},
+    NodeCommand, SwarmCommand,
+};
 use crate::api::{Availability, NodeRole, NodeStatus, NodeView, Reply};
 
 /// The command that joins a node with `token` through the manager at `addr`.
@@ -63,22 +66,48 @@ pub fn swarm(command: &SwarmCommand, reply: &Reply) -> Result<String, String> {
 pub fn node(command: &NodeCommand, reply: &Reply) -> Result<String, String> {
     match (command, reply) {
         (NodeCommand::Ls(args), Reply::Nodes { self_id, nodes, .. }) => {
+            let mut sorted: Vec<&NodeView> = nodes.iter().collect();
+            sort_nodes(&mut sorted);
             if args.quiet {
-                let mut sorted: Vec<&NodeView> = nodes.iter().collect();
-                sort_nodes(&mut sorted);
                 return Ok(sorted.iter().map(|n| format!("{}\n", n.id)).collect());
             }
-            Ok(node_table(self_id, nodes))
+            match Format::parse(args.format.as_deref())? {
+                Format::Default => Ok(node_table(self_id, nodes)),
+                Format::Lines(t) => sorted
+                    .iter()
+                    .map(|n| Ok(t.render(&ls_row(self_id, n))? + "\n"))
+                    .collect(),
+                Format::Table(t) => {
+                    let mut text = t.render(&ls_header())? + "\n";
+                    for n in sorted {
+                        text += &t.render(&ls_row(self_id, n))?;
+                        text.push('\n');
+                    }
+                    Ok(align_tabs(&text))
+                }
+            }
         }
-        (NodeCommand::Inspect(args), Reply::Nodes { self_id, nodes, .. }) => Ok(if args.pretty {
-            nodes
-                .iter()
-                .map(|n| inspect_pretty(n, n.id == *self_id))
-                .collect::<Vec<_>>()
-                .join("\n")
-        } else {
-            format!("{}\n", inspect_json(nodes))
-        }),
+        (NodeCommand::Inspect(args), Reply::Nodes { self_id, nodes, .. }) => {
+            match args.format.as_deref() {
+                None | Some("") | Some("json") => {}
+                Some(f) => {
+                    let t = Template::parse(&unescape(f))?;
+                    return inspect_values(nodes)
+                        .iter()
+                        .map(|v| Ok(t.render(v)? + "\n"))
+                        .collect();
+                }
+            }
+            Ok(if args.pretty {
+                nodes
+                    .iter()
+                    .map(|n| inspect_pretty(n, n.id == *self_id))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            } else {
+                format!("{}\n", inspect_json(nodes))
+            })
+        }
         (NodeCommand::Rm(_) | NodeCommand::Update(_), Reply::NodesChanged { nodes }) => {
             Ok(nodes.iter().map(|n| format!("{n}\n")).collect())
         }
@@ -168,17 +197,25 @@ pub fn node_table(self_id: &str, nodes: &[NodeView]) -> String {
 /// (`NewWriter(out, 10, 1, 3, ' ', 0)`): each column as wide as its widest cell plus 3,
 /// at least 10; the last column is not padded.
 pub fn table<const N: usize>(rows: &[[String; N]]) -> String {
-    let mut widths = [0usize; N];
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.to_vec()).collect();
+    align(&rows)
+}
+
+/// [`table`] for rows of any length: every cell but a row's last is padded to its
+/// column's width.
+pub fn align(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut widths = vec![0usize; columns];
     for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max((cell.chars().count() + 3).max(10));
+        for (i, cell) in row.iter().enumerate().take(row.len().saturating_sub(1)) {
+            widths[i] = widths[i].max((cell.chars().count() + 3).max(10));
         }
     }
     let mut out = String::new();
     for row in rows {
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {
-            if i + 1 == N {
+            if i + 1 == row.len() {
                 line.push_str(cell);
             } else {
                 let _ = write!(line, "{cell:<width$}", width = widths[i]);
@@ -188,6 +225,42 @@ pub fn table<const N: usize>(rows: &[[String; N]]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Text whose lines hold tab-separated cells, laid out as [`align`] does (what the
+/// docker CLI's tabwriter does to `--format 'table ...'` output).
+pub fn align_tabs(text: &str) -> String {
+    let rows: Vec<Vec<String>> = text
+        .lines()
+        .map(|l| l.split('\t').map(str::to_owned).collect())
+        .collect();
+    align(&rows)
+}
+
+/// One `node ls` row as `--format` sees it: the fields of Docker's node formatter.
+pub fn ls_row(self_id: &str, n: &NodeView) -> serde_json::Value {
+    json!({
+        "Availability": availability_title(n.availability),
+        "EngineVersion": n.engine_version,
+        "Hostname": n.hostname,
+        "ID": n.id,
+        "ManagerStatus": n.manager_status.map(|m| m.title()).unwrap_or_default(),
+        "Self": n.id == self_id,
+        "Status": status_title(n.status),
+    })
+}
+
+/// The `node ls --format 'table ...'` header: Docker's column titles (none for Self).
+fn ls_header() -> serde_json::Value {
+    json!({
+        "Availability": "AVAILABILITY",
+        "EngineVersion": "ENGINE VERSION",
+        "Hostname": "HOSTNAME",
+        "ID": "ID",
+        "ManagerStatus": "MANAGER STATUS",
+        "Self": "",
+        "Status": "STATUS",
+    })
 }
 
 /// The IP part of an ADDR:PORT (the whole text if it has no port).
@@ -204,7 +277,12 @@ fn host_of(addr: &str) -> &str {
 /// `node inspect`: a JSON array shaped like Docker's (ID, Version, Spec, Description,
 /// Status, ManagerStatus).
 pub fn inspect_json(nodes: &[NodeView]) -> String {
-    let list: Vec<serde_json::Value> = nodes
+    serde_json::to_string_pretty(&inspect_values(nodes)).unwrap_or_else(|_| "[]".into())
+}
+
+/// The objects of [`inspect_json`]'s array (what `node inspect --format` sees).
+pub fn inspect_values(nodes: &[NodeView]) -> Vec<serde_json::Value> {
+    nodes
         .iter()
         .map(|n| {
             let mut v = json!({
@@ -240,8 +318,7 @@ pub fn inspect_json(nodes: &[NodeView]) -> String {
             }
             v
         })
-        .collect();
-    serde_json::to_string_pretty(&list).unwrap_or_else(|_| "[]".into())
+        .collect()
 }
 
 /// `node inspect --pretty`, Docker's layout.
