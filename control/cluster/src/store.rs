@@ -40,7 +40,7 @@ use tokio::sync::watch;
 
 pub use state::{
     ApplyResult, Availability, ClusterSpec, ClusterState, Command, Network, Node, NodeStatus,
-    Rejection, Role,
+    ObjectKind, Rejection, Role,
 };
 pub use transport::{MemNetwork, RaftRequest, RaftResponse, Transport, TransportError};
 

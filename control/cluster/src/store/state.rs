@@ -130,6 +130,52 @@ pub struct ClusterState {
     /// Cluster-wide settings (set once by `swarm init`).
     #[serde(default)]
     pub cluster: Option<ClusterSpec>,
+    /// Tasks, secrets and configs by ID, as opaque specs until their features exist
+    /// (they change only through the log, like everything else here).
+    #[serde(default)]
+    pub tasks: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub secrets: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub configs: BTreeMap<String, serde_json::Value>,
+}
+
+/// Kinds of objects kept as opaque specs (see [`ClusterState::objects`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectKind {
+    Task,
+    Secret,
+    Config,
+}
+
+impl std::fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ObjectKind::Task => "task",
+            ObjectKind::Secret => "secret",
+            ObjectKind::Config => "config",
+        })
+    }
+}
+
+impl ClusterState {
+    /// The objects of one kind, by ID.
+    pub fn objects(&self, kind: ObjectKind) -> &BTreeMap<String, serde_json::Value> {
+        match kind {
+            ObjectKind::Task => &self.tasks,
+            ObjectKind::Secret => &self.secrets,
+            ObjectKind::Config => &self.configs,
+        }
+    }
+
+    fn objects_mut(&mut self, kind: ObjectKind) -> &mut BTreeMap<String, serde_json::Value> {
+        match kind {
+            ObjectKind::Task => &mut self.tasks,
+            ObjectKind::Secret => &mut self.secrets,
+            ObjectKind::Config => &mut self.configs,
+        }
+    }
 }
 
 /// A change to the cluster state. Only these change it, and only through the log.
@@ -185,6 +231,15 @@ pub enum Command {
     SetCluster {
         cluster: ClusterSpec,
     },
+    UpsertObject {
+        kind: ObjectKind,
+        id: String,
+        spec: serde_json::Value,
+    },
+    RemoveObject {
+        kind: ObjectKind,
+        id: String,
+    },
 }
 
 /// Why a command was refused. A refused command changes nothing, not even the version.
@@ -197,6 +252,8 @@ pub enum Rejection {
     UnknownNetwork { id: String },
     #[error("no service with ID {id}")]
     UnknownService { id: String },
+    #[error("no {kind} with ID {id}")]
+    UnknownObject { kind: ObjectKind, id: String },
     #[error("a network named {name:?} already exists (ID {existing_id})")]
     DuplicateNetworkName { name: String, existing_id: String },
     #[error("invalid {what}: {detail}")]
@@ -306,6 +363,17 @@ impl ClusterState {
             }
             Command::SetTokens { .. } => Ok(()),
             Command::SetCluster { cluster } => nonempty("cluster ID", &cluster.id),
+            Command::UpsertObject { kind, id, .. } => nonempty(&format!("{kind} ID"), id),
+            Command::RemoveObject { kind, id } => {
+                if self.objects(*kind).contains_key(id) {
+                    Ok(())
+                } else {
+                    Err(Rejection::UnknownObject {
+                        kind: *kind,
+                        id: id.clone(),
+                    })
+                }
+            }
         }
     }
 
@@ -358,6 +426,12 @@ impl ClusterState {
             }
             Command::SetTokens { tokens } => self.tokens = Some(tokens.clone()),
             Command::SetCluster { cluster } => self.cluster = Some(cluster.clone()),
+            Command::UpsertObject { kind, id, spec } => {
+                self.objects_mut(*kind).insert(id.clone(), spec.clone());
+            }
+            Command::RemoveObject { kind, id } => {
+                self.objects_mut(*kind).remove(id);
+            }
         }
     }
 }
@@ -500,6 +574,58 @@ mod tests {
             Ok(3)
         );
         assert!(s.networks.is_empty());
+    }
+
+    #[test]
+    fn tasks_secrets_and_configs_are_kept_by_kind() {
+        let mut s = ClusterState::default();
+        for (kind, id) in [
+            (ObjectKind::Task, "t1"),
+            (ObjectKind::Secret, "db-password"),
+            (ObjectKind::Config, "nginx-conf"),
+        ] {
+            let r = s.apply(&Command::UpsertObject {
+                kind,
+                id: id.into(),
+                spec: serde_json::json!({"id": id}),
+            });
+            assert!(r.into_result().is_ok());
+            assert_eq!(s.objects(kind)[id]["id"], id);
+        }
+        assert_eq!((s.tasks.len(), s.secrets.len(), s.configs.len()), (1, 1, 1));
+        let before = s.clone();
+        let r = s.apply(&Command::RemoveObject {
+            kind: ObjectKind::Secret,
+            id: "t1".into(),
+        });
+        assert_eq!(
+            r.into_result(),
+            Err(Rejection::UnknownObject {
+                kind: ObjectKind::Secret,
+                id: "t1".into()
+            }),
+            "a task's ID is not a secret's"
+        );
+        assert_eq!(s, before, "a refused command changes nothing");
+        assert!(s
+            .apply(&Command::UpsertObject {
+                kind: ObjectKind::Config,
+                id: String::new(),
+                spec: serde_json::Value::Null
+            })
+            .into_result()
+            .is_err());
+        s.apply(&Command::RemoveObject {
+            kind: ObjectKind::Task,
+            id: "t1".into(),
+        });
+        assert!(s.tasks.is_empty());
+        // Older states (without these fields) still load.
+        let old: ClusterState = serde_json::from_str(
+            r#"{"version":3,"nodes":{},"networks":{},"services":{},"tokens":null}"#,
+        )
+        .expect("old state");
+        assert!(old.secrets.is_empty());
     }
 
     #[test]
