@@ -193,6 +193,9 @@ pub enum Reply {
     SwarmJoin {
         node_id: String,
         role: NodeRole,
+        /// Things the operator should know (a clock far from the manager's).
+        #[serde(default)]
+        warnings: Vec<String>,
     },
     JoinToken {
         role: NodeRole,

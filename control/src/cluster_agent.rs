@@ -213,6 +213,17 @@ impl ClusterAgent {
                 )
                 .await
                 .map_err(cluster_error)?;
+                let warnings: Vec<String> = joined
+                    .clock_skew()
+                    .map(|skew| {
+                        format!(
+                            "this node's clock differs from the manager's by {:.0} s; keep the \
+                             cluster's clocks synchronized (certificates and heartbeats depend on it)",
+                            skew.as_secs_f64()
+                        )
+                    })
+                    .into_iter()
+                    .collect();
                 let (node_id, joined_as) = match joined {
                     Joined::Manager(m) => {
                         let id = m.node_id().to_owned();
@@ -229,6 +240,7 @@ impl ClusterAgent {
                 Ok(Reply::SwarmJoin {
                     node_id,
                     role: joined_as,
+                    warnings,
                 })
             }
             Request::SwarmLeave { force } => {

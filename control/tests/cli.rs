@@ -443,13 +443,21 @@ fn swarm_outputs_are_dockers() {
                 &swarm_cmd("swarm join --token x 10.0.0.1"),
                 &Reply::SwarmJoin {
                     node_id: "n".into(),
-                    role
+                    role,
+                    warnings: vec![],
                 }
             )
             .unwrap(),
             format!("This node joined a swarm as a {text}.\n")
         );
     }
+    // A skewed clock at join comes back as a warning (printed on stderr).
+    let skewed = Reply::SwarmJoin {
+        node_id: "n".into(),
+        role: NodeRole::Worker,
+        warnings: vec!["this node's clock differs from the manager's by 90 s".into()],
+    };
+    assert_eq!(format::warnings(&skewed).len(), 1);
     assert_eq!(
         format::swarm(&swarm_cmd("swarm leave"), &Reply::SwarmLeave).unwrap(),
         "Node left the swarm.\n"

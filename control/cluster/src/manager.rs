@@ -219,6 +219,16 @@ pub enum Joined {
 }
 
 impl Joined {
+    /// How far this node's clock was from the manager's when it joined, when that was
+    /// beyond the bound the cluster tolerates (certificates and heartbeats depend on
+    /// synchronized clocks): the operator should be warned.
+    pub fn clock_skew(&self) -> Option<Duration> {
+        match self {
+            Joined::Manager(m) => m.rt.join_clock_skew(),
+            Joined::Worker(w) => w.rt.join_clock_skew(),
+        }
+    }
+
     pub fn node_id(&self) -> &str {
         match self {
             Joined::Manager(m) => m.node_id(),

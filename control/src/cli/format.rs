@@ -126,7 +126,7 @@ pub fn node(command: &NodeCommand, reply: &Reply) -> Result<String, String> {
 /// Warnings that come with a reply (to print on stderr).
 pub fn warnings(reply: &Reply) -> &[String] {
     match reply {
-        Reply::Nodes { warnings, .. } => warnings,
+        Reply::Nodes { warnings, .. } | Reply::SwarmJoin { warnings, .. } => warnings,
         _ => &[],
     }
 }

@@ -181,6 +181,9 @@ pub(crate) struct Runtime {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     transition: tokio::sync::Mutex<()>,
     join_requests: AtomicU64,
+    /// How far this node's clock was from the manager's when it joined, if beyond
+    /// MAX_CLOCK_SKEW (the operator is warned).
+    join_clock_skew: Mutex<Option<Duration>>,
 }
 
 impl Runtime {
@@ -199,6 +202,7 @@ impl Runtime {
             tasks: Mutex::new(Vec::new()),
             transition: tokio::sync::Mutex::new(()),
             join_requests: AtomicU64::new(0),
+            join_clock_skew: Mutex::new(None),
         }))
     }
 
@@ -208,6 +212,11 @@ impl Runtime {
 
     pub(crate) fn role(&self) -> Role {
         self.identity().role()
+    }
+
+    /// The clock difference with the manager at join time, when it exceeded the bound.
+    pub(crate) fn join_clock_skew(&self) -> Option<Duration> {
+        *lock(&self.join_clock_skew)
     }
 
     pub(crate) fn identity(&self) -> NodeIdentity {
@@ -493,7 +502,9 @@ impl Runtime {
             Err(e) => return Err(e.into()),
         };
         let skew = now_ms().abs_diff(grant.server_time_ms);
-        if Duration::from_millis(skew) > MAX_CLOCK_SKEW {
+        let excessive_skew =
+            (Duration::from_millis(skew) > MAX_CLOCK_SKEW).then(|| Duration::from_millis(skew));
+        if excessive_skew.is_some() {
             tracing::warn!(
                 skew_ms = skew,
                 "this node's clock differs from the manager's; keep the cluster's clocks synchronized"
@@ -531,6 +542,7 @@ impl Runtime {
         let _ = std::fs::remove_dir_all(persist::raft_dir(&dir));
         persist::save_local(&dir, &local)?;
         let rt = Runtime::new(&dir, identity.clone(), local)?;
+        *lock(&rt.join_clock_skew) = excessive_skew;
         let setup = async {
             if role == Role::Manager {
                 let key = grant.ca_key_pem.as_deref().ok_or_else(|| {
