@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use crate::{
     lab::{self, LabState, Layout},
-    util::{shoal_binary, target_dir, workspace_root},
+    util::{cargo, shoal_binary, target_dir},
 };
 
 #[derive(Default)]
@@ -92,12 +92,6 @@ fn overlay() -> Result<ExitCode> {
     reconcile_cost(&mut report)?;
     throughput(&mut report)?;
     report.finish()
-}
-
-fn cargo() -> Command {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(workspace_root());
-    cmd
 }
 
 /// Reconcile cost, measured by the dataplane's own example in throwaway namespaces.
@@ -250,19 +244,9 @@ fn throughput_in(state: &LabState, shoal: &std::path::Path, report: &mut Report)
 }
 
 fn docker(state: &LabState, host: &str, args: &[&str]) -> Result<String> {
-    let mut argv = vec!["docker".to_string()];
-    argv.extend(args.iter().map(|s| s.to_string()));
-    let out = lab::exec_command(state, host, &argv)?
-        .stdin(Stdio::null())
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "{host}: docker {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    let mut argv = vec!["docker"];
+    argv.extend_from_slice(args);
+    lab::exec_output(state, host, &argv)
 }
 
 /// One 5-second iperf3 TCP run; returns received bits per second.

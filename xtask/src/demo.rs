@@ -16,7 +16,7 @@ use anyhow::{bail, Result};
 use crate::{
     lab::{self, LabState, Layout},
     setup,
-    util::{shoal_binary, workspace_root},
+    util::shoal_binary,
 };
 
 /// Port the demo's containers are published on (through each host's docker-proxy).
@@ -25,10 +25,7 @@ pub const DEMO_PORT: u16 = 8080;
 pub fn run() -> Result<()> {
     setup::ensure(false)?;
     println!("demo: building shoal");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .arg("build")
-        .current_dir(workspace_root())
-        .status()?;
+    let status = crate::util::cargo().arg("build").status()?;
     if !status.success() {
         bail!("cargo build failed");
     }
@@ -168,18 +165,7 @@ fn run_in(state: &LabState, host: &str, argv: &[&str]) -> Result<()> {
 }
 
 fn capture(state: &LabState, host: &str, argv: &[&str]) -> Result<String> {
-    let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
-    let out = lab::exec_command(state, host, &argv)?
-        .stdin(Stdio::null())
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "{host}: `{}` failed: {}",
-            argv.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    lab::exec_output(state, host, argv)
 }
 
 /// Fetches `url` from the client namespace until it answers (a container just started

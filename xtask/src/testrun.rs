@@ -2,13 +2,13 @@
 //! tests, and ends with one summary line `N passed, N failed`.
 use std::{
     io::{BufRead, BufReader},
-    process::{Command, ExitCode, Stdio},
+    process::{ExitCode, Stdio},
     time::Instant,
 };
 
 use anyhow::{bail, Context, Result};
 
-use crate::{setup, util::workspace_root};
+use crate::{setup, util::cargo};
 
 #[derive(Default, Debug, PartialEq, Eq)]
 struct Tally {
@@ -83,12 +83,6 @@ pub fn run(with_lab: bool) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
-}
-
-fn cargo() -> Command {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(workspace_root());
-    cmd
 }
 
 fn step(what: &str, args: &[&str]) -> Result<()> {

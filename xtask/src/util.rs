@@ -12,7 +12,9 @@ pub fn require_root(what: &str, why: &str) -> Result<()> {
     Ok(())
 }
 
-/// True if `path` is on a bpf filesystem.
+/// True if `path` is on a bpf filesystem. (The dataplane crate has the same check;
+/// xtask must build before setup has installed the eBPF toolchain, so it cannot depend
+/// on that crate.)
 pub fn is_bpffs(path: &Path) -> bool {
     const BPF_FS_MAGIC: i64 = 0xcafe4a11;
     let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
@@ -23,6 +25,14 @@ pub fn is_bpffs(path: &Path) -> bool {
         let mut st: libc::statfs = std::mem::zeroed();
         libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
     }
+}
+
+/// `cargo` (the one running us, if any) in the workspace root.
+pub fn cargo() -> std::process::Command {
+    let mut cmd =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
 }
 
 /// The workspace root (xtask lives one level below it).

@@ -31,7 +31,7 @@ pub(super) fn run() -> Result<ExitCode> {
         ..Default::default()
     };
     println!("bench cluster: building and running the in-process failover benchmark (release)");
-    let out = super::cargo()
+    let out = crate::util::cargo()
         .args([
             "run",
             "--quiet",

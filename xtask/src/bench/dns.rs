@@ -94,7 +94,7 @@ pub(super) fn run() -> Result<ExitCode> {
 /// Builds the agent in release mode and returns its path.
 fn release_shoal() -> Result<PathBuf> {
     println!("bench dns: building shoal (release; the resolver is measured as shipped)");
-    let status = super::cargo()
+    let status = crate::util::cargo()
         .args([
             "build",
             "--quiet",

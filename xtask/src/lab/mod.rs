@@ -338,6 +338,23 @@ pub fn exec_command(state: &LabState, host: &str, argv: &[String]) -> Result<Com
     Ok(cmd)
 }
 
+/// Runs `argv` inside a host to completion; its trimmed stdout, or an error with its
+/// stderr.
+pub fn exec_output(state: &LabState, host: &str, argv: &[&str]) -> Result<String> {
+    let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+    let out = exec_command(state, host, &argv)?
+        .stdin(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "{host}: `{}` failed: {}",
+            argv.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
 /// Runs `argv` in the client namespace.
 pub fn client_command(state: &LabState, argv: &[String]) -> Result<Command> {
     if argv.is_empty() {

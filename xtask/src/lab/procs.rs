@@ -184,7 +184,7 @@ pub fn signal(pid: u32, sig: libc::c_int) {
 }
 
 /// Sends SIGTERM, waits up to `grace`, then SIGKILL; returns once every pid is gone
-/// or `hard_limit` has passed.
+/// or 10 s after the SIGKILL.
 pub fn end(pids: &[u32], grace: Duration) {
     let pids: Vec<u32> = pids.iter().copied().filter(|&p| alive(p)).collect();
     for &p in &pids {

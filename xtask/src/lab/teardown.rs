@@ -39,11 +39,13 @@ pub fn down(layout: &Layout) -> Result<()> {
     if leftovers(layout).is_empty() {
         bail!("no lab with prefix {:?} to take down", layout.prefix);
     }
-    // dockerd first, gently: it stops its containers and its containerd.
+    // dockerd first, gently: it stops its containers and its containerd. A pid file is
+    // trusted only for a process that is the lab's (the PID may have been reused).
+    let ours = lab_processes(layout);
     let dockerds: Vec<u32> = host_names(layout)
         .iter()
         .filter_map(|h| procs::read_pid_file(&layout.dockerd_pid_file(h)))
-        .filter(|&pid| is_lab_process(layout, pid))
+        .filter(|pid| ours.contains(pid))
         .collect();
     procs::end(&dockerds, Duration::from_secs(30));
     // Then whatever remains: shims, containers, holders.
@@ -120,13 +122,9 @@ fn is_host_name(n: &str) -> bool {
         .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// A process is the lab's if it is a host's holder (by argv[0]), runs in a holder's
-/// mount namespace (dockerd, containerd, shims), names the lab's run directory on its
-/// command line, or sits in one of the lab's cgroups (containers).
-fn is_lab_process(layout: &Layout, pid: u32) -> bool {
-    lab_processes(layout).contains(&pid)
-}
-
+/// The lab's processes: a host's holder (by argv[0]), anything in a holder's mount
+/// namespace (dockerd, containerd, shims), anything naming the lab's run directory on
+/// its command line, and anything in one of the lab's cgroups (containers).
 fn lab_processes(layout: &Layout) -> Vec<u32> {
     let holder_prefix = format!("shoal-lab:{}:", layout.prefix);
     let run_dir = layout.run_dir().display().to_string() + "/";
