@@ -5,6 +5,7 @@
 //!   (native mode when the driver has it, generic otherwise), pin, read its counters.
 //! - [`bpffs`]: the bpf filesystem and the pin directory every map lives under.
 //! - [`iface`]: an interface's address and MTU, asked of the kernel.
+//! - [`lb`]: service VIPs and the ingress routing mesh from declared state.
 //! - [`overlay`]: VXLAN overlay networks from declared node state (reconciler).
 //!
 //! Every layer takes declared node state and makes the kernel match it; none decides
@@ -12,6 +13,7 @@
 
 pub mod bpffs;
 pub mod iface;
+pub mod lb;
 pub mod overlay;
 pub mod underlay;
 
