@@ -27,6 +27,8 @@ pub const DEFAULT_NETNS_DIR: &str = "/run/shoal/netns";
 pub const DEFAULT_API_SOCKET: &str = shoal_control::api::DEFAULT_API_SOCKET;
 /// Default listen address of a manager's cluster traffic (Swarm's port 2377).
 pub const DEFAULT_CLUSTER_LISTEN: &str = "0.0.0.0:2377";
+/// Default number of flows the routing mesh's connection table holds (LRU beyond that).
+pub const DEFAULT_LB_FLOWS: u32 = 262_144;
 
 /// Longest interface name Linux accepts (IFNAMSIZ minus the NUL).
 const MAX_INTERFACE_NAME: usize = 15;
@@ -92,6 +94,16 @@ pub struct Settings {
     /// --listen-addr` says otherwise [file key: cluster_listen] [default: 0.0.0.0:2377]
     #[arg(long, value_name = "ADDR:PORT")]
     pub cluster_listen: Option<std::net::SocketAddr>,
+    /// JSON file with this node's declared load-balancing state (services, VIPs,
+    /// published ports, backends), applied and re-applied when it changes; needs
+    /// --declared-state [file key: declared_lb]
+    #[arg(long, value_name = "FILE")]
+    pub declared_lb: Option<PathBuf>,
+    /// Flows the routing mesh's connection table holds; beyond that the least recently
+    /// used is evicted (counted in `shoal dataplane stats`) [file key: lb_flows]
+    /// [default: 262144]
+    #[arg(long, value_name = "N")]
+    pub lb_flows: Option<u32>,
 }
 
 impl Settings {
@@ -130,6 +142,8 @@ impl Settings {
             dns_rate_limit: over.dns_rate_limit.or(self.dns_rate_limit),
             api_socket: over.api_socket.or(self.api_socket),
             cluster_listen: over.cluster_listen.or(self.cluster_listen),
+            declared_lb: over.declared_lb.or(self.declared_lb),
+            lb_flows: over.lb_flows.or(self.lb_flows),
         }
     }
 }
@@ -149,6 +163,10 @@ pub struct AgentConfig {
     pub dns: Option<DnsConfig>,
     pub api_socket: PathBuf,
     pub cluster_listen: std::net::SocketAddr,
+    /// Declared load-balancing state file (needs the overlay's declared state).
+    pub declared_lb: Option<PathBuf>,
+    /// Capacity of the routing mesh's flow table.
+    pub lb_flows: u32,
 }
 
 /// The embedded resolver's settings (present when a declared DNS state is given).
@@ -236,6 +254,13 @@ impl AgentConfig {
                 },
             }),
         };
+        if settings.declared_lb.is_some() && settings.declared_state.is_none() {
+            return Err(ConfigError::LbWithoutOverlay);
+        }
+        let lb_flows = settings.lb_flows.unwrap_or(DEFAULT_LB_FLOWS);
+        if lb_flows == 0 {
+            return Err(ConfigError::BadLbFlows);
+        }
         Ok(Self {
             underlay_interface,
             pin_dir,
@@ -248,6 +273,8 @@ impl AgentConfig {
             dns,
             api_socket,
             cluster_listen,
+            declared_lb: settings.declared_lb,
+            lb_flows,
         })
     }
 }
@@ -282,6 +309,10 @@ pub enum ConfigError {
         "declared_dns needs declared_state: the resolver listens on the overlay networks' gateways"
     )]
     DnsWithoutOverlay,
+    #[error("declared_lb needs declared_state: backends are reached over the overlay networks")]
+    LbWithoutOverlay,
+    #[error("lb_flows must be at least 1")]
+    BadLbFlows,
 }
 
 /// ", line N" for byte offset `offset` of `text`.
@@ -343,6 +374,8 @@ mod tests {
                 dns: None,
                 api_socket: DEFAULT_API_SOCKET.into(),
                 cluster_listen: DEFAULT_CLUSTER_LISTEN.parse().unwrap(),
+                declared_lb: None,
+                lb_flows: DEFAULT_LB_FLOWS,
             }
         );
     }
@@ -442,6 +475,32 @@ mod tests {
         assert_eq!(config.api_socket, Path::new("/tmp/other.sock"));
         let err = parse("underlay_interface = \"eth0\"\ncluster_listen = \"nope\"\n").unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn declared_lb_needs_the_overlay_and_lb_flows_must_be_positive() {
+        let err = AgentConfig::resolve(
+            parse("underlay_interface = \"eth0\"\ndeclared_lb = \"/tmp/lb.json\"\n").unwrap(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::LbWithoutOverlay), "{err:?}");
+        let err =
+            AgentConfig::resolve(parse("underlay_interface = \"eth0\"\nlb_flows = 0\n").unwrap())
+                .unwrap_err();
+        assert!(matches!(err, ConfigError::BadLbFlows), "{err:?}");
+        let config = AgentConfig::resolve(
+            parse(
+                "underlay_interface = \"eth0\"\ndeclared_state = \"/tmp/o.json\"\n\
+                 declared_lb = \"/tmp/lb.json\"\nlb_flows = 1024\n",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            config.declared_lb.as_deref(),
+            Some(Path::new("/tmp/lb.json"))
+        );
+        assert_eq!(config.lb_flows, 1024);
     }
 
     #[test]
