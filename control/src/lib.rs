@@ -5,3 +5,4 @@ pub mod cli;
 pub mod cluster_agent;
 pub mod docker;
 pub mod ipam;
+pub mod scheduler;

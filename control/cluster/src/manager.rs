@@ -255,7 +255,57 @@ pub struct Worker {
     rt: Arc<Runtime>,
 }
 
+/// A node's link to the managers for running its tasks: what it must run, and reports
+/// of what its tasks did. Works the same on managers and workers.
+#[derive(Clone)]
+pub struct NodeClient {
+    rt: Arc<Runtime>,
+}
+
+impl NodeClient {
+    pub fn node_id(&self) -> &str {
+        self.rt.node_id()
+    }
+
+    /// The cluster state as far as nodes may see it (no tokens, secrets or configs),
+    /// from the leader; `None` when it is still at version `since`.
+    pub async fn node_state(&self, since: u64) -> Result<Option<ClusterState>, ClusterError> {
+        self.rt.node_state(since).await
+    }
+
+    /// Reports this node's task states to the leader.
+    pub async fn report_tasks(
+        &self,
+        updates: Vec<crate::store::TaskStatusUpdate>,
+    ) -> Result<(), ClusterError> {
+        self.rt.report_tasks(updates).await
+    }
+}
+
 impl Manager {
+    /// This node's task link.
+    pub fn node_client(&self) -> NodeClient {
+        NodeClient {
+            rt: self.rt.clone(),
+        }
+    }
+
+    /// This manager's own copy of the state (possibly stale; never waits). `None` if it
+    /// no longer runs as a manager.
+    pub fn local_state(&self) -> Option<ClusterState> {
+        self.rt.core().map(|c| c.store_node().read_stale())
+    }
+
+    /// Whether this manager is the Raft leader now (no quorum check).
+    pub fn is_leader(&self) -> bool {
+        self.rt.core().is_some_and(|c| c.store_node().is_leader())
+    }
+
+    /// The store version this manager has applied, as it changes.
+    pub fn subscribe(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.rt.core().map(|c| c.store_node().subscribe())
+    }
+
     /// `swarm init`: a new cluster with this node as its only manager; see the module docs.
     pub async fn init(
         config: ManagerConfig,
@@ -385,6 +435,13 @@ impl Manager {
 }
 
 impl Worker {
+    /// This node's task link.
+    pub fn node_client(&self) -> NodeClient {
+        NodeClient {
+            rt: self.rt.clone(),
+        }
+    }
+
     /// Restart a worker from `data_dir`.
     pub async fn resume(data_dir: &Path) -> Result<Worker, ClusterError> {
         let rt = Runtime::resume(data_dir, None).await?;

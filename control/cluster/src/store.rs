@@ -23,6 +23,7 @@
 //! certificates): a manager's [`state::Node::raft_id`] links the two, as in Swarm.
 
 mod log;
+pub mod service;
 mod sm;
 pub mod state;
 pub mod transport;
@@ -38,6 +39,11 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, Raf
 use openraft::{BasicNode, ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
 
+pub use service::{
+    Endpoint, EndpointMode, HealthCheck, NetworkAttachment, PortConfig, Protocol, PublishMode,
+    RestartCondition, Service, ServiceMode, ServiceSpec, Task, TaskState, TaskStatus,
+    TaskStatusUpdate, VirtualIp,
+};
 pub use state::{
     ApplyResult, Availability, ClusterSpec, ClusterState, Command, Network, Node, NodeStatus,
     ObjectKind, Rejection, Role,

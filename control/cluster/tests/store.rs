@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use shoal_cluster::store::{
     ApplyResult, Availability, ClusterState, Command, MemNetwork, MemberState, Node, NodeStatus,
-    RaftId, Rejection, Role, StoreConfig, StoreError, StoreNode,
+    ObjectKind, RaftId, Rejection, Role, StoreConfig, StoreError, StoreNode,
 };
 
 /// Generous bound for a condition that should hold soon (elections, catch-up).
@@ -232,7 +232,8 @@ fn node(id: &str) -> Node {
 }
 
 fn service(id: &str, n: u64) -> Command {
-    Command::UpsertService {
+    Command::UpsertObject {
+        kind: ObjectKind::Config,
         id: id.to_string(),
         spec: serde_json::json!({ "n": n }),
     }
@@ -300,7 +301,7 @@ async fn proposals_apply_on_all_three_in_the_same_order() {
     assert_eq!(want.version, 41);
     assert_eq!(want.nodes["n1"].availability, Availability::Pause); // i = 19
     assert_eq!(want.nodes["n1"].version, 40);
-    assert_eq!(want.services["svc"]["n"], 19);
+    assert_eq!(want.configs["svc"]["n"], 19);
     c.converged(&all, Some(&want)).await;
     // Everyone announces the version it reached.
     for id in all {
@@ -336,7 +337,7 @@ async fn a_follower_answers_not_leader_with_the_leaders_id() {
         assert_eq!(f.leader(), Some(leader));
         // The stale local read is there for whoever accepts it.
         eventually("follower applied", || {
-            f.read_stale().services.contains_key("a").then_some(())
+            f.read_stale().configs.contains_key("a").then_some(())
         })
         .await;
         break;
@@ -368,7 +369,7 @@ async fn killing_the_leader_elects_a_new_one_and_committed_entries_survive() {
         .read()
         .await
         .unwrap();
-    assert!(want.services.contains_key("after"));
+    assert!(want.configs.contains_key("after"));
     c.converged(&[1, 2, 3], Some(&want)).await;
 }
 
@@ -406,9 +407,9 @@ async fn a_partition_isolating_the_leader() {
     // Healing: everyone converges on the majority's history; the lost write is gone.
     c.net.heal_all();
     let want = c.read(&[1, 2, 3]).await;
-    assert!(want.services.contains_key("before"));
-    assert!(want.services.contains_key("majority"));
-    assert!(!want.services.contains_key("lost"));
+    assert!(want.configs.contains_key("before"));
+    assert!(want.configs.contains_key("majority"));
+    assert!(!want.configs.contains_key("lost"));
     c.converged(&[1, 2, 3], Some(&want)).await;
 }
 
@@ -486,7 +487,7 @@ async fn managers_are_added_and_removed() {
     assert!(st.learners.is_empty(), "{st:?}");
     c.propose(&five, service("five", 5)).await;
     let want = c.read(&five).await;
-    assert!(want.services.contains_key("first"));
+    assert!(want.configs.contains_key("first"));
     c.converged(&five, Some(&want)).await;
 
     // Remove (demote) one that is not the leader.
@@ -609,7 +610,7 @@ async fn the_leader_can_remove_itself_and_the_others_carry_on() {
     assert_eq!(voters, rest.iter().copied().collect());
     c.propose(&rest, service("b", 2)).await;
     let want = c.read(&rest).await;
-    assert!(want.services.contains_key("a") && want.services.contains_key("b"));
+    assert!(want.configs.contains_key("a") && want.configs.contains_key("b"));
     c.converged(&rest, Some(&want)).await;
     // The removed manager no longer leads and cannot write.
     assert!(c.node(old).propose(service("c", 3)).await.is_err());

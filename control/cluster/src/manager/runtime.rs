@@ -156,6 +156,10 @@ pub(crate) struct Core {
 }
 
 impl Core {
+    pub(crate) fn store_node(&self) -> &StoreNode {
+        &self.store
+    }
+
     /// The leader's advertise address, as this member knows it.
     fn leader_addr(&self) -> Option<String> {
         let st = self.store.status();
@@ -874,6 +878,27 @@ impl Runtime {
             .map(|n| n.id.clone())
     }
 
+    /// The state this node's executor works from (see [`node_view`]); `None` when the
+    /// store is still at `since`.
+    pub(crate) async fn node_state(
+        self: &Arc<Self>,
+        since: u64,
+    ) -> Result<Option<ClusterState>, ClusterError> {
+        match self.call_leader(Request::NodeState { since }).await? {
+            Response::NodeState(s) => Ok(s.map(|s| *s)),
+            _ => Err(ClusterError::Protocol(
+                "unexpected answer to node_state".into(),
+            )),
+        }
+    }
+
+    pub(crate) async fn report_tasks(
+        self: &Arc<Self>,
+        updates: Vec<crate::store::TaskStatusUpdate>,
+    ) -> Result<(), ClusterError> {
+        self.call_done(Request::ReportTasks { updates }).await
+    }
+
     // ---- the node's own loop ----
 
     async fn heartbeat_once(self: &Arc<Self>) {
@@ -1101,6 +1126,28 @@ impl Runtime {
                 Request::Renew { csr_pem } => {
                     need(Role::Worker)?;
                     self.do_renew(&core, peer.node_id(), &csr_pem).await
+                }
+                Request::NodeState { since } => {
+                    need(Role::Worker)?;
+                    leader_only()?;
+                    let state = core.store.read_stale();
+                    if state.version == since {
+                        return Ok(Response::NodeState(None));
+                    }
+                    Ok(Response::NodeState(Some(Box::new(node_view(state)))))
+                }
+                Request::ReportTasks { updates } => {
+                    need(Role::Worker)?;
+                    leader_only()?;
+                    propose(
+                        &core,
+                        Command::UpdateTaskStatus {
+                            node_id: peer.node_id().to_string(),
+                            updates,
+                        },
+                    )
+                    .await?;
+                    Ok(Response::Done)
                 }
             }
         })
@@ -1462,6 +1509,14 @@ impl Runtime {
         }
         Ok(Response::Done)
     }
+}
+
+/// What any node may see of the state: everything but tokens, secrets and configs.
+fn node_view(mut state: ClusterState) -> ClusterState {
+    state.tokens = None;
+    state.secrets.clear();
+    state.configs.clear();
+    state
 }
 
 fn store_error(core: &Core, e: StoreError) -> WireError {

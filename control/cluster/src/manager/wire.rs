@@ -15,8 +15,8 @@ use super::{ClusterError, NodeInfo, Role};
 use crate::pki::manager_server_name;
 use crate::store::transport::BoxFuture;
 use crate::store::{
-    ApplyResult, ClusterState, Command, RaftId, RaftRequest, RaftResponse, Rejection, Transport,
-    TransportError,
+    ApplyResult, ClusterState, Command, RaftId, RaftRequest, RaftResponse, Rejection,
+    TaskStatusUpdate, Transport, TransportError,
 };
 use crate::token::JoinToken;
 
@@ -67,6 +67,16 @@ pub(crate) enum Request {
     Renew {
         csr_pem: String,
     },
+    /// The cluster state a node needs to run its tasks and declare its network state
+    /// (no tokens, secrets or configs); `None` in the answer when the store is still at
+    /// version `since`.
+    NodeState {
+        since: u64,
+    },
+    /// The caller's executor reports its tasks' states.
+    ReportTasks {
+        updates: Vec<TaskStatusUpdate>,
+    },
 }
 
 impl Request {
@@ -84,6 +94,8 @@ impl Request {
             Request::Heartbeat { .. } => "heartbeat",
             Request::Leave => "leave",
             Request::Renew { .. } => "renew",
+            Request::NodeState { .. } => "node_state",
+            Request::ReportTasks { .. } => "report_tasks",
         }
     }
 }
@@ -120,6 +132,7 @@ pub(crate) enum Response {
     State(Box<ClusterState>),
     Heartbeat(HeartbeatAck),
     Token(JoinToken),
+    NodeState(Option<Box<ClusterState>>),
     Done,
 }
 

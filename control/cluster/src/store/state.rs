@@ -7,7 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::service::{Service, Task, TaskState, TaskStatusUpdate};
 
 /// A node's role in the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,24 +125,41 @@ pub struct ClusterState {
     pub version: u64,
     pub nodes: BTreeMap<String, Node>,
     pub networks: BTreeMap<String, Network>,
-    /// Service specs by service ID (opaque until services exist).
-    pub services: BTreeMap<String, serde_json::Value>,
+    /// Services by ID.
+    #[serde(default, deserialize_with = "lenient_map")]
+    pub services: BTreeMap<String, Service>,
     /// The join tokens (opaque here: the `token` module's type, serialized).
     pub tokens: Option<serde_json::Value>,
     /// Cluster-wide settings (set once by `swarm init`).
     #[serde(default)]
     pub cluster: Option<ClusterSpec>,
-    /// Tasks, secrets and configs by ID, as opaque specs until their features exist
-    /// (they change only through the log, like everything else here).
-    #[serde(default)]
-    pub tasks: BTreeMap<String, serde_json::Value>,
+    /// Tasks by ID (current ones and the history `service ps` shows).
+    #[serde(default, deserialize_with = "lenient_map")]
+    pub tasks: BTreeMap<String, Task>,
+    /// Secrets and configs by ID, as opaque specs until their features exist (they
+    /// change only through the log, like everything else here).
     #[serde(default)]
     pub secrets: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     pub configs: BTreeMap<String, serde_json::Value>,
 }
 
-/// Kinds of objects kept as opaque specs (see [`ClusterState::objects`]).
+/// Reads a map of typed objects, dropping entries that do not parse: states written
+/// before services and tasks had a shape kept them as opaque JSON.
+fn lenient_map<'de, D, T>(d: D) -> Result<BTreeMap<String, T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let raw = BTreeMap::<String, serde_json::Value>::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .filter_map(|(k, v)| serde_json::from_value(v).ok().map(|t| (k, t)))
+        .collect())
+}
+
+/// Kinds of objects kept as opaque specs (see [`ClusterState::objects`]). `Task` is
+/// the legacy way to write a task (its spec must parse as a [`Task`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ObjectKind {
@@ -160,21 +179,23 @@ impl std::fmt::Display for ObjectKind {
 }
 
 impl ClusterState {
-    /// The objects of one kind, by ID.
-    pub fn objects(&self, kind: ObjectKind) -> &BTreeMap<String, serde_json::Value> {
+    /// Whether an object of `kind` with `id` exists.
+    pub fn has_object(&self, kind: ObjectKind, id: &str) -> bool {
         match kind {
-            ObjectKind::Task => &self.tasks,
-            ObjectKind::Secret => &self.secrets,
-            ObjectKind::Config => &self.configs,
+            ObjectKind::Task => self.tasks.contains_key(id),
+            ObjectKind::Secret => self.secrets.contains_key(id),
+            ObjectKind::Config => self.configs.contains_key(id),
         }
     }
 
-    fn objects_mut(&mut self, kind: ObjectKind) -> &mut BTreeMap<String, serde_json::Value> {
-        match kind {
-            ObjectKind::Task => &mut self.tasks,
-            ObjectKind::Secret => &mut self.secrets,
-            ObjectKind::Config => &mut self.configs,
-        }
+    /// The service named `name`.
+    pub fn service_by_name(&self, name: &str) -> Option<&Service> {
+        self.services.values().find(|s| s.spec.name == name)
+    }
+
+    /// The tasks of service `id`.
+    pub fn service_tasks<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks.values().filter(move |t| t.service_id == id)
     }
 }
 
@@ -218,12 +239,37 @@ pub enum Command {
     RemoveNetwork {
         id: String,
     },
+    /// Legacy form of a whole service as JSON; applied only if `spec` parses as a
+    /// [`Service`] with this ID.
     UpsertService {
         id: String,
         spec: serde_json::Value,
     },
+    /// A new service (the ID and name must be unused, its networks must exist).
+    CreateService {
+        service: Box<Service>,
+    },
+    /// Replaces an existing service's spec and allocations (same ID).
+    UpdateService {
+        service: Box<Service>,
+    },
+    /// Removes the service; its tasks are told to go (desired state `remove`).
     RemoveService {
         id: String,
+    },
+    /// Adds or replaces tasks (the scheduler's changes, in one entry).
+    PutTasks {
+        tasks: Vec<Task>,
+    },
+    /// Deletes tasks; unknown IDs are skipped.
+    RemoveTasks {
+        ids: Vec<String>,
+    },
+    /// A node's executor reports what its tasks did. Updates for tasks not assigned to
+    /// `node_id`, unknown tasks and backward moves are skipped.
+    UpdateTaskStatus {
+        node_id: String,
+        updates: Vec<TaskStatusUpdate>,
     },
     SetTokens {
         tokens: serde_json::Value,
@@ -258,6 +304,16 @@ pub enum Rejection {
     DuplicateNetworkName { name: String, existing_id: String },
     #[error("invalid {what}: {detail}")]
     Invalid { what: String, detail: String },
+    #[error("a service named {name:?} already exists (ID {existing_id})")]
+    DuplicateServiceName { name: String, existing_id: String },
+    #[error("network {network} is in use by service {service}")]
+    NetworkInUse { network: String, service: String },
+    #[error("port {port}/{protocol} is already published by service {service}")]
+    PortInUse {
+        port: u16,
+        protocol: String,
+        service: String,
+    },
 }
 
 /// What applying one log entry did.
@@ -347,13 +403,60 @@ impl ClusterState {
                 }
             }
             Command::RemoveNetwork { id } => {
-                if self.networks.contains_key(id) {
-                    Ok(())
-                } else {
-                    Err(Rejection::UnknownNetwork { id: id.clone() })
+                if !self.networks.contains_key(id) {
+                    return Err(Rejection::UnknownNetwork { id: id.clone() });
+                }
+                match self
+                    .services
+                    .values()
+                    .find(|s| s.spec.networks.contains(id))
+                {
+                    Some(s) => Err(Rejection::NetworkInUse {
+                        network: self.networks[id].name.clone(),
+                        service: s.spec.name.clone(),
+                    }),
+                    None => Ok(()),
                 }
             }
-            Command::UpsertService { id, .. } => nonempty("service ID", id),
+            Command::UpsertService { id, spec } => {
+                nonempty("service ID", id)?;
+                match serde_json::from_value::<Service>(spec.clone()) {
+                    Ok(s) if s.id == *id => self.check_service(&s),
+                    Ok(_) => Err(Rejection::Invalid {
+                        what: "service".into(),
+                        detail: "the spec's ID differs from the command's".into(),
+                    }),
+                    Err(e) => Err(Rejection::Invalid {
+                        what: "service".into(),
+                        detail: e.to_string(),
+                    }),
+                }
+            }
+            Command::CreateService { service } => {
+                if self.services.contains_key(&service.id) {
+                    return Err(Rejection::Invalid {
+                        what: "service ID".into(),
+                        detail: format!("{} is already used", service.id),
+                    });
+                }
+                self.check_service(service)
+            }
+            Command::UpdateService { service } => {
+                if !self.services.contains_key(&service.id) {
+                    return Err(Rejection::UnknownService {
+                        id: service.id.clone(),
+                    });
+                }
+                self.check_service(service)
+            }
+            Command::PutTasks { tasks } => {
+                for t in tasks {
+                    nonempty("task ID", &t.id)?;
+                    nonempty("task's service ID", &t.service_id)?;
+                }
+                Ok(())
+            }
+            Command::RemoveTasks { .. } | Command::UpdateTaskStatus { .. } => Ok(()),
             Command::RemoveService { id } => {
                 if self.services.contains_key(id) {
                     Ok(())
@@ -363,9 +466,26 @@ impl ClusterState {
             }
             Command::SetTokens { .. } => Ok(()),
             Command::SetCluster { cluster } => nonempty("cluster ID", &cluster.id),
-            Command::UpsertObject { kind, id, .. } => nonempty(&format!("{kind} ID"), id),
+            Command::UpsertObject { kind, id, spec } => {
+                nonempty(&format!("{kind} ID"), id)?;
+                if *kind == ObjectKind::Task {
+                    match serde_json::from_value::<Task>(spec.clone()) {
+                        Ok(t) if t.id == *id => Ok(()),
+                        Ok(_) => Err(Rejection::Invalid {
+                            what: "task".into(),
+                            detail: "the spec's ID differs from the command's".into(),
+                        }),
+                        Err(e) => Err(Rejection::Invalid {
+                            what: "task".into(),
+                            detail: e.to_string(),
+                        }),
+                    }
+                } else {
+                    Ok(())
+                }
+            }
             Command::RemoveObject { kind, id } => {
-                if self.objects(*kind).contains_key(id) {
+                if self.has_object(*kind, id) {
                     Ok(())
                 } else {
                     Err(Rejection::UnknownObject {
@@ -375,6 +495,63 @@ impl ClusterState {
                 }
             }
         }
+    }
+
+    /// A service spec that may be stored: a name, unique; an image; existing networks;
+    /// published ports not used by another service.
+    fn check_service(&self, s: &Service) -> Result<(), Rejection> {
+        let invalid = |what: &str, detail: String| {
+            Err(Rejection::Invalid {
+                what: what.to_string(),
+                detail,
+            })
+        };
+        if s.id.is_empty() {
+            return invalid("service ID", "must not be empty".into());
+        }
+        if s.spec.name.is_empty() {
+            return invalid("service name", "must not be empty".into());
+        }
+        if s.spec.image.is_empty() {
+            return invalid("image", "must not be empty".into());
+        }
+        if let Some(other) = self
+            .services
+            .values()
+            .find(|o| o.spec.name == s.spec.name && o.id != s.id)
+        {
+            return Err(Rejection::DuplicateServiceName {
+                name: s.spec.name.clone(),
+                existing_id: other.id.clone(),
+            });
+        }
+        for n in &s.spec.networks {
+            if !self.networks.contains_key(n) {
+                return Err(Rejection::UnknownNetwork { id: n.clone() });
+            }
+        }
+        for p in &s.spec.ports {
+            if p.published == 0 || p.target == 0 {
+                return invalid(
+                    "port",
+                    "published and target ports must be 1..=65535".into(),
+                );
+            }
+            let clash = self.services.values().filter(|o| o.id != s.id).find(|o| {
+                o.spec
+                    .ports
+                    .iter()
+                    .any(|q| q.published == p.published && q.protocol == p.protocol)
+            });
+            if let Some(o) = clash {
+                return Err(Rejection::PortInUse {
+                    port: p.published,
+                    protocol: format!("{:?}", p.protocol).to_lowercase(),
+                    service: o.spec.name.clone(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Makes the change; `check` has passed and `self.version` is the new version.
@@ -418,20 +595,77 @@ impl ClusterState {
             Command::RemoveNetwork { id } => {
                 self.networks.remove(id);
             }
-            Command::UpsertService { id, spec } => {
-                self.services.insert(id.clone(), spec.clone());
+            Command::UpsertService { spec, .. } => {
+                if let Ok(mut service) = serde_json::from_value::<Service>(spec.clone()) {
+                    service.version = version;
+                    self.services.insert(service.id.clone(), service);
+                }
+            }
+            Command::CreateService { service } | Command::UpdateService { service } => {
+                let mut service = (**service).clone();
+                service.version = version;
+                self.services.insert(service.id.clone(), service);
             }
             Command::RemoveService { id } => {
                 self.services.remove(id);
+                for t in self.tasks.values_mut() {
+                    if t.service_id == *id && t.desired_state < TaskState::Remove {
+                        t.desired_state = TaskState::Remove;
+                        t.version = version;
+                    }
+                }
+            }
+            Command::PutTasks { tasks } => {
+                for t in tasks {
+                    let mut t = t.clone();
+                    t.version = version;
+                    self.tasks.insert(t.id.clone(), t);
+                }
+            }
+            Command::RemoveTasks { ids } => {
+                for id in ids {
+                    self.tasks.remove(id);
+                }
+            }
+            Command::UpdateTaskStatus { node_id, updates } => {
+                for u in updates {
+                    if let Some(t) = self.tasks.get_mut(&u.task_id) {
+                        if t.node_id.as_deref() == Some(node_id.as_str())
+                            && u.status.state >= t.status.state
+                        {
+                            t.status = u.status.clone();
+                            t.version = version;
+                        }
+                    }
+                }
             }
             Command::SetTokens { tokens } => self.tokens = Some(tokens.clone()),
             Command::SetCluster { cluster } => self.cluster = Some(cluster.clone()),
-            Command::UpsertObject { kind, id, spec } => {
-                self.objects_mut(*kind).insert(id.clone(), spec.clone());
-            }
-            Command::RemoveObject { kind, id } => {
-                self.objects_mut(*kind).remove(id);
-            }
+            Command::UpsertObject { kind, id, spec } => match kind {
+                ObjectKind::Task => {
+                    if let Ok(mut t) = serde_json::from_value::<Task>(spec.clone()) {
+                        t.version = version;
+                        self.tasks.insert(id.clone(), t);
+                    }
+                }
+                ObjectKind::Secret => {
+                    self.secrets.insert(id.clone(), spec.clone());
+                }
+                ObjectKind::Config => {
+                    self.configs.insert(id.clone(), spec.clone());
+                }
+            },
+            Command::RemoveObject { kind, id } => match kind {
+                ObjectKind::Task => {
+                    self.tasks.remove(id);
+                }
+                ObjectKind::Secret => {
+                    self.secrets.remove(id);
+                }
+                ObjectKind::Config => {
+                    self.configs.remove(id);
+                }
+            },
         }
     }
 }
@@ -472,6 +706,169 @@ mod tests {
             options: BTreeMap::new(),
             version: 0,
         }
+    }
+
+    fn sample_service(id: &str, name: &str) -> Service {
+        use super::super::service::*;
+        Service {
+            id: id.into(),
+            spec: ServiceSpec {
+                name: name.into(),
+                labels: BTreeMap::new(),
+                image: "shoal/web:1".into(),
+                args: vec![],
+                env: vec![],
+                mode: ServiceMode::Replicated { replicas: 3 },
+                networks: vec![],
+                ports: vec![],
+                endpoint_mode: EndpointMode::Vip,
+                constraints: vec![],
+                healthcheck: None,
+                restart_condition: RestartCondition::Any,
+            },
+            created_ms: 0,
+            updated_ms: 0,
+            endpoint: Endpoint::default(),
+            force_update: 0,
+            version: 0,
+        }
+    }
+
+    fn sample_task(id: &str) -> Task {
+        Task {
+            id: id.into(),
+            service_id: "svc".into(),
+            slot: 1,
+            node_id: Some("n1".into()),
+            desired_state: TaskState::Running,
+            status: Default::default(),
+            networks: vec![],
+            force_update: 0,
+            created_ms: 0,
+            version: 0,
+        }
+    }
+
+    #[test]
+    fn services_keep_names_and_ports_unique_and_tasks_follow_their_service() {
+        use super::super::service::*;
+        let mut s = ClusterState::default();
+        s.apply(&Command::UpsertNode {
+            node: node("n1", Role::Worker),
+        });
+        s.apply(&Command::UpsertNetwork {
+            network: network("net", "front"),
+        });
+        let mut web = sample_service("a", "web");
+        web.spec.networks = vec!["net".into()];
+        web.spec.ports = vec![PortConfig {
+            protocol: Protocol::Tcp,
+            target: 80,
+            published: 8080,
+            mode: PublishMode::Ingress,
+        }];
+        assert!(s
+            .apply(&Command::CreateService {
+                service: Box::new(web.clone())
+            })
+            .into_result()
+            .is_ok());
+        let before = s.clone();
+        let dup = sample_service("b", "web");
+        assert!(matches!(
+            s.apply(&Command::CreateService {
+                service: Box::new(dup)
+            })
+            .into_result(),
+            Err(Rejection::DuplicateServiceName { .. })
+        ));
+        let mut clash = sample_service("c", "other");
+        clash.spec.ports = web.spec.ports.clone();
+        assert!(matches!(
+            s.apply(&Command::CreateService {
+                service: Box::new(clash)
+            })
+            .into_result(),
+            Err(Rejection::PortInUse { port: 8080, .. })
+        ));
+        let mut nonet = sample_service("d", "nonet");
+        nonet.spec.networks = vec!["nope".into()];
+        assert!(matches!(
+            s.apply(&Command::CreateService {
+                service: Box::new(nonet)
+            })
+            .into_result(),
+            Err(Rejection::UnknownNetwork { .. })
+        ));
+        assert!(matches!(
+            s.apply(&Command::RemoveNetwork { id: "net".into() })
+                .into_result(),
+            Err(Rejection::NetworkInUse { .. })
+        ));
+        assert_eq!(s, before, "refusals change nothing");
+
+        let mut t1 = sample_task("t1");
+        t1.service_id = "a".into();
+        let mut t2 = sample_task("t2");
+        t2.service_id = "a".into();
+        t2.node_id = Some("n2".into());
+        s.apply(&Command::PutTasks {
+            tasks: vec![t1, t2],
+        });
+        let running = TaskStatus {
+            state: TaskState::Running,
+            ..Default::default()
+        };
+        s.apply(&Command::UpdateTaskStatus {
+            node_id: "n1".into(),
+            updates: vec![
+                TaskStatusUpdate {
+                    task_id: "t1".into(),
+                    status: running.clone(),
+                },
+                TaskStatusUpdate {
+                    task_id: "t2".into(),
+                    status: running.clone(),
+                },
+            ],
+        });
+        assert_eq!(s.tasks["t1"].status.state, TaskState::Running);
+        assert_eq!(
+            s.tasks["t2"].status.state,
+            TaskState::New,
+            "a node reports only its own tasks"
+        );
+        s.apply(&Command::UpdateTaskStatus {
+            node_id: "n1".into(),
+            updates: vec![TaskStatusUpdate {
+                task_id: "t1".into(),
+                status: TaskStatus {
+                    state: TaskState::Starting,
+                    ..Default::default()
+                },
+            }],
+        });
+        assert_eq!(
+            s.tasks["t1"].status.state,
+            TaskState::Running,
+            "no going back"
+        );
+        s.apply(&Command::RemoveService { id: "a".into() });
+        assert!(s.services.is_empty());
+        assert!(s
+            .tasks
+            .values()
+            .all(|t| t.desired_state == TaskState::Remove));
+        s.apply(&Command::RemoveTasks {
+            ids: vec!["t1".into(), "zz".into()],
+        });
+        assert_eq!(s.tasks.len(), 1);
+        // A snapshot from before services had a shape still loads (opaque entries drop).
+        let old: ClusterState = serde_json::from_str(
+            r#"{"version":3,"nodes":{},"networks":{},"services":{"x":{"n":1}},"tokens":null,"tasks":{"t":{"id":"t"}}}"#,
+        )
+        .expect("old state");
+        assert!(old.services.is_empty() && old.tasks.is_empty());
     }
 
     #[test]
@@ -589,9 +986,24 @@ mod tests {
                 id: id.into(),
                 spec: serde_json::json!({"id": id}),
             });
-            assert!(r.into_result().is_ok());
-            assert_eq!(s.objects(kind)[id]["id"], id);
+            if kind == ObjectKind::Task {
+                assert!(r.into_result().is_err(), "a task needs a task's shape");
+                assert!(!s.has_object(kind, id));
+            } else {
+                assert!(r.into_result().is_ok());
+                assert!(s.has_object(kind, id));
+            }
         }
+        // A task must have a task's shape.
+        let task = sample_task("t1");
+        assert!(s
+            .apply(&Command::UpsertObject {
+                kind: ObjectKind::Task,
+                id: "t1".into(),
+                spec: serde_json::to_value(&task).unwrap(),
+            })
+            .into_result()
+            .is_ok());
         assert_eq!((s.tasks.len(), s.secrets.len(), s.configs.len()), (1, 1, 1));
         let before = s.clone();
         let r = s.apply(&Command::RemoveObject {
@@ -655,11 +1067,10 @@ mod tests {
             s.nodes["n2"].labels,
             BTreeMap::from([("zone".into(), "b".into())])
         );
-        s.apply(&Command::UpsertService {
-            id: "svc".into(),
-            spec: serde_json::json!({"name": "web", "replicas": 3}),
+        s.apply(&Command::CreateService {
+            service: Box::new(sample_service("svc", "web")),
         });
-        assert_eq!(s.services["svc"]["replicas"], 3);
+        assert_eq!(s.services["svc"].spec.name, "web");
         s.apply(&Command::SetTokens {
             tokens: serde_json::json!({"worker": "w", "manager": "m"}),
         });

@@ -1,0 +1,765 @@
+//! The scheduler: on the Raft leader, turns services into tasks placed on nodes.
+//!
+//! [`plan`] is a pure function of the cluster state and the time: it returns the
+//! commands that move the store one step toward what the services declare (new tasks,
+//! tasks told to stop, placements, addresses, VIPs, history pruning). [`run`] calls it on
+//! the leader whenever the store changes, and on a tick for time-based decisions
+//! (restart delay).
+//!
+//! - Replicated services: slots `1..=replicas`; a slot whose task ended is given a new
+//!   task (restart condition honoured); slots above `replicas` are removed.
+//! - Global services: one task per eligible node, including nodes that join later.
+//! - Placement (spread): among eligible nodes (Ready, availability active, constraints
+//!   met), the one with the fewest tasks of this service, then fewest tasks overall;
+//!   nodes where this service failed twice or more recently come last.
+//! - A node that is Down, drained or no longer meets the constraints loses its tasks
+//!   (they are replaced elsewhere). Like Swarm there is no rebalancing when a node comes
+//!   back; `service update --force` replaces every task.
+//! - Addresses: each task gets one per network of its service (ingress first when a port
+//!   is published in ingress mode), each vip-mode service one VIP per network, from the
+//!   network's subnet in the store. The next address after the highest in use is taken
+//!   first, so a released address is not handed out again at once.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::Ipv4Addr,
+    time::Duration,
+};
+
+use ipnet::Ipv4Net;
+use shoal_cluster::{
+    manager::Manager,
+    store::{
+        Availability, ClusterState, Command, EndpointMode, NetworkAttachment, Node, NodeStatus,
+        PublishMode, RestartCondition, Role, Service, ServiceMode, Task, TaskState, TaskStatus,
+        VirtualIp,
+    },
+};
+use tracing::{debug, warn};
+
+/// Wait after a task ends before its replacement is made.
+pub const RESTART_DELAY_MS: u64 = 1000;
+/// Ended tasks kept per slot (per node for global services) for `service ps`.
+pub const TASK_HISTORY: usize = 5;
+/// How often the leader re-plans without a store change.
+const TICK: Duration = Duration::from_millis(500);
+
+/// One placement constraint: `node.<key> ==|!= value`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Constraint {
+    key: ConstraintKey,
+    equal: bool,
+    value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ConstraintKey {
+    Role,
+    Hostname,
+    Id,
+    Label(String),
+}
+
+impl Constraint {
+    /// Parses `node.role==manager`, `node.hostname!=h1`, `node.id==ID`,
+    /// `node.labels.zone==a`.
+    pub fn parse(text: &str) -> Result<Constraint, String> {
+        let (lhs, equal, rhs) = if let Some((l, r)) = text.split_once("==") {
+            (l, true, r)
+        } else if let Some((l, r)) = text.split_once("!=") {
+            (l, false, r)
+        } else {
+            return Err(format!(
+                "invalid constraint {text:?}: expected KEY==VALUE or KEY!=VALUE"
+            ));
+        };
+        let (lhs, value) = (lhs.trim(), rhs.trim());
+        if value.is_empty() {
+            return Err(format!("invalid constraint {text:?}: empty value"));
+        }
+        let key = match lhs {
+            "node.role" => {
+                if value != "manager" && value != "worker" {
+                    return Err(format!(
+                        "invalid constraint {text:?}: node.role is manager or worker"
+                    ));
+                }
+                ConstraintKey::Role
+            }
+            "node.hostname" => ConstraintKey::Hostname,
+            "node.id" => ConstraintKey::Id,
+            other => match other.strip_prefix("node.labels.") {
+                Some(label) if !label.is_empty() => ConstraintKey::Label(label.to_string()),
+                _ => {
+                    return Err(format!(
+                        "invalid constraint {text:?}: the key must be node.role, node.hostname, node.id or node.labels.<name>"
+                    ))
+                }
+            },
+        };
+        Ok(Constraint {
+            key,
+            equal,
+            value: value.to_string(),
+        })
+    }
+
+    pub fn matches(&self, node: &Node) -> bool {
+        let actual = match &self.key {
+            ConstraintKey::Role => Some(match node.role {
+                Role::Manager => "manager",
+                Role::Worker => "worker",
+            }),
+            ConstraintKey::Hostname => Some(node.hostname.as_str()),
+            ConstraintKey::Id => Some(node.id.as_str()),
+            ConstraintKey::Label(l) => node.labels.get(l).map(String::as_str),
+        };
+        (actual == Some(self.value.as_str())) == self.equal
+    }
+}
+
+fn constraints_of(service: &Service) -> Vec<Constraint> {
+    service
+        .spec
+        .constraints
+        .iter()
+        .filter_map(|c| Constraint::parse(c).ok())
+        .collect()
+}
+
+fn meets(node: &Node, constraints: &[Constraint]) -> bool {
+    constraints.iter().all(|c| c.matches(node))
+}
+
+/// The networks a service's tasks join, in order: `ingress` first when it publishes a
+/// port in ingress mode, then its own.
+pub fn effective_networks(state: &ClusterState, service: &Service) -> Vec<String> {
+    let mut out = Vec::new();
+    if service
+        .spec
+        .ports
+        .iter()
+        .any(|p| p.mode == PublishMode::Ingress)
+    {
+        if let Some(ingress) = state.networks.values().find(|n| n.ingress) {
+            out.push(ingress.id.clone());
+        }
+    }
+    for n in &service.spec.networks {
+        if !out.contains(n) {
+            out.push(n.clone());
+        }
+    }
+    out
+}
+
+/// Addresses per network, rebuilt from the store on every plan.
+struct Ipam {
+    nets: HashMap<String, NetAlloc>,
+}
+
+struct NetAlloc {
+    subnet: Ipv4Net,
+    used: BTreeSet<u32>,
+}
+
+impl Ipam {
+    fn from_state(state: &ClusterState) -> Ipam {
+        let mut nets = HashMap::new();
+        for n in state.networks.values() {
+            let Some(subnet) = n.subnet.as_deref().and_then(|s| s.parse::<Ipv4Net>().ok()) else {
+                continue;
+            };
+            let mut used = BTreeSet::new();
+            if let Some(gw) = n
+                .gateway
+                .as_deref()
+                .and_then(|g| g.parse::<Ipv4Addr>().ok())
+            {
+                used.insert(u32::from(gw));
+            }
+            nets.insert(n.id.clone(), NetAlloc { subnet, used });
+        }
+        let mut ipam = Ipam { nets };
+        for s in state.services.values() {
+            for v in &s.endpoint.virtual_ips {
+                ipam.mark(&v.network_id, &v.addr);
+            }
+        }
+        for t in state.tasks.values() {
+            // An ended task's address is free again (history keeps it only for display).
+            if t.desired_state == TaskState::Running || !t.status.state.is_terminal() {
+                for a in &t.networks {
+                    ipam.mark(&a.network_id, &a.addr);
+                }
+            }
+        }
+        ipam
+    }
+
+    fn mark(&mut self, network: &str, cidr: &str) {
+        if let (Some(n), Some(ip)) = (self.nets.get_mut(network), parse_ip(cidr)) {
+            n.used.insert(u32::from(ip));
+        }
+    }
+
+    /// The next free host address after the highest in use (wrapping), as CIDR.
+    fn allocate(&mut self, network: &str) -> Option<String> {
+        let n = self.nets.get_mut(network)?;
+        let first = u32::from(n.subnet.network()) + 1;
+        let last = u32::from(n.subnet.broadcast()).checked_sub(1)?;
+        if first > last {
+            return None;
+        }
+        let start = n
+            .used
+            .iter()
+            .next_back()
+            .map(|h| h + 1)
+            .filter(|h| (first..=last).contains(h))
+            .unwrap_or(first);
+        let pick = (start..=last)
+            .chain(first..start)
+            .find(|a| !n.used.contains(a))?;
+        n.used.insert(pick);
+        Some(format!(
+            "{}/{}",
+            Ipv4Addr::from(pick),
+            n.subnet.prefix_len()
+        ))
+    }
+}
+
+/// The address part of `10.0.0.5/24` (or a bare address).
+pub fn parse_ip(cidr: &str) -> Option<Ipv4Addr> {
+    cidr.split('/').next()?.parse().ok()
+}
+
+/// Why nodes cannot take a new task of a service, Swarm's way.
+fn no_node_reason(state: &ClusterState, constraints: &[Constraint]) -> String {
+    let mut unavailable = 0;
+    let mut unmet = 0;
+    for n in state.nodes.values() {
+        if n.status != NodeStatus::Ready || n.availability != Availability::Active {
+            unavailable += 1;
+        } else if !meets(n, constraints) {
+            unmet += 1;
+        }
+    }
+    let plural = |k: usize| if k == 1 { "node" } else { "nodes" };
+    let mut parts = Vec::new();
+    if unmet > 0 {
+        parts.push(format!(
+            "scheduling constraints not satisfied on {unmet} {}",
+            plural(unmet)
+        ));
+    }
+    if unavailable > 0 {
+        parts.push(format!(
+            "{unavailable} {} not available for new tasks",
+            plural(unavailable)
+        ));
+    }
+    if parts.is_empty() {
+        "no suitable node (no nodes)".to_string()
+    } else {
+        format!("no suitable node ({})", parts.join("; "))
+    }
+}
+
+/// Whether a node may keep a task it runs (pause keeps, drain and Down do not).
+fn may_keep(node: Option<&Node>, constraints: &[Constraint]) -> bool {
+    node.is_some_and(|n| {
+        n.status == NodeStatus::Ready
+            && n.availability != Availability::Drain
+            && meets(n, constraints)
+    })
+}
+
+/// Whether a node may take a new task.
+fn may_take(node: &Node, constraints: &[Constraint]) -> bool {
+    node.status == NodeStatus::Ready
+        && node.availability == Availability::Active
+        && meets(node, constraints)
+}
+
+/// The planner's working copy.
+struct Planner<'a> {
+    state: &'a ClusterState,
+    now_ms: u64,
+    ipam: Ipam,
+    /// Tasks changed or created in this plan, by ID.
+    changed: BTreeMap<String, Task>,
+    removed: BTreeSet<String>,
+    services: Vec<Service>,
+    /// Live (desired running) tasks per node, and per (service, node).
+    per_node: HashMap<String, usize>,
+    per_service_node: HashMap<(String, String), usize>,
+}
+
+impl Planner<'_> {
+    fn current(&self, id: &str) -> Option<Task> {
+        self.changed
+            .get(id)
+            .cloned()
+            .or_else(|| self.state.tasks.get(id).cloned())
+    }
+
+    fn stop(&mut self, task: &Task, desired: TaskState) {
+        let mut t = self.current(&task.id).unwrap_or_else(|| task.clone());
+        if t.desired_state != desired {
+            if t.desired_state == TaskState::Running {
+                if let Some(node) = &t.node_id {
+                    dec(&mut self.per_node, node.clone());
+                    dec(
+                        &mut self.per_service_node,
+                        (t.service_id.clone(), node.clone()),
+                    );
+                }
+            }
+            t.desired_state = desired;
+            // A task that never reached a node just ends.
+            if t.node_id.is_none() && !t.status.state.is_terminal() {
+                t.status = TaskStatus {
+                    state: TaskState::Shutdown,
+                    timestamp_ms: self.now_ms,
+                    message: "shutdown".into(),
+                    ..Default::default()
+                };
+            }
+            self.changed.insert(t.id.clone(), t);
+        }
+    }
+
+    fn failures_on(&self, service: &str, node: &str) -> usize {
+        self.state
+            .service_tasks(service)
+            .filter(|t| {
+                t.node_id.as_deref() == Some(node)
+                    && matches!(t.status.state, TaskState::Failed | TaskState::Rejected)
+            })
+            .count()
+    }
+
+    /// Spread: fewest tasks of this service, then fewest overall; repeat failers last.
+    fn pick_node(&self, service: &Service, constraints: &[Constraint]) -> Option<String> {
+        self.state
+            .nodes
+            .values()
+            .filter(|n| may_take(n, constraints))
+            .min_by_key(|n| {
+                (
+                    self.failures_on(&service.id, &n.id) >= 2,
+                    self.per_service_node
+                        .get(&(service.id.clone(), n.id.clone()))
+                        .copied()
+                        .unwrap_or(0),
+                    self.per_node.get(&n.id).copied().unwrap_or(0),
+                    n.hostname.clone(),
+                    n.id.clone(),
+                )
+            })
+            .map(|n| n.id.clone())
+    }
+
+    /// Gives `task` a node (unless it has one) and its addresses; leaves it pending
+    /// with the reason when it cannot.
+    fn place(&mut self, mut task: Task, service: &Service, constraints: &[Constraint]) -> Task {
+        if task.networks.is_empty() {
+            let mut attachments = Vec::new();
+            for net in effective_networks(self.state, service) {
+                match self.ipam.allocate(&net) {
+                    Some(addr) => attachments.push(NetworkAttachment {
+                        network_id: net,
+                        addr,
+                    }),
+                    None => {
+                        let name = self
+                            .state
+                            .networks
+                            .get(&net)
+                            .map(|n| n.name.clone())
+                            .unwrap_or(net);
+                        let err = format!("no address left on network {name}");
+                        if task.status.state != TaskState::Pending
+                            || task.status.err.as_deref() != Some(err.as_str())
+                        {
+                            task.status = TaskStatus {
+                                state: TaskState::Pending,
+                                timestamp_ms: self.now_ms,
+                                message: "pending task scheduling".into(),
+                                err: Some(err),
+                                ..Default::default()
+                            };
+                        }
+                        return task;
+                    }
+                }
+            }
+            task.networks = attachments;
+        }
+        if task.node_id.is_none() {
+            task.node_id = self.pick_node(service, constraints);
+        }
+        match &task.node_id {
+            Some(node) => {
+                *self.per_node.entry(node.clone()).or_default() += 1;
+                *self
+                    .per_service_node
+                    .entry((service.id.clone(), node.clone()))
+                    .or_default() += 1;
+                task.status = TaskStatus {
+                    state: TaskState::Assigned,
+                    timestamp_ms: self.now_ms,
+                    message: "scheduler assigned task to node".into(),
+                    ..Default::default()
+                };
+            }
+            None => {
+                let reason = no_node_reason(self.state, constraints);
+                if task.status.state != TaskState::Pending
+                    || task.status.err.as_deref() != Some(reason.as_str())
+                {
+                    task.status = TaskStatus {
+                        state: TaskState::Pending,
+                        timestamp_ms: self.now_ms,
+                        message: "pending task scheduling".into(),
+                        err: Some(reason),
+                        ..Default::default()
+                    };
+                }
+            }
+        }
+        task
+    }
+
+    fn new_task(
+        &mut self,
+        service: &Service,
+        constraints: &[Constraint],
+        slot: u64,
+        node: Option<String>,
+        new_id: &mut dyn FnMut() -> String,
+    ) {
+        let task = Task {
+            id: new_id(),
+            service_id: service.id.clone(),
+            slot,
+            node_id: node,
+            desired_state: TaskState::Running,
+            status: TaskStatus {
+                state: TaskState::New,
+                timestamp_ms: self.now_ms,
+                message: "created".into(),
+                ..Default::default()
+            },
+            networks: Vec::new(),
+            force_update: service.force_update,
+            created_ms: self.now_ms,
+            version: 0,
+        };
+        let task = self.place(task, service, constraints);
+        self.changed.insert(task.id.clone(), task);
+    }
+
+    /// Whether an ended task should be replaced now (restart condition and delay).
+    fn replace_ended(&self, t: &Task, service: &Service) -> Option<bool> {
+        if !t.status.state.is_terminal() {
+            return None;
+        }
+        let restart = match service.spec.restart_condition {
+            RestartCondition::Any => true,
+            RestartCondition::OnFailure => t.status.state != TaskState::Complete,
+            RestartCondition::None => false,
+        };
+        Some(restart && self.now_ms >= t.status.timestamp_ms + RESTART_DELAY_MS)
+    }
+}
+
+fn dec<K: std::hash::Hash + Eq>(m: &mut HashMap<K, usize>, k: K) {
+    if let Some(v) = m.get_mut(&k) {
+        *v = v.saturating_sub(1);
+    }
+}
+
+/// The commands that move `state` one step toward its services' declared tasks.
+pub fn plan(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut() -> String) -> Vec<Command> {
+    let mut p = Planner {
+        state,
+        now_ms,
+        ipam: Ipam::from_state(state),
+        changed: BTreeMap::new(),
+        removed: BTreeSet::new(),
+        services: Vec::new(),
+        per_node: HashMap::new(),
+        per_service_node: HashMap::new(),
+    };
+    for t in state.tasks.values() {
+        if t.desired_state == TaskState::Running {
+            if let Some(n) = &t.node_id {
+                *p.per_node.entry(n.clone()).or_default() += 1;
+                *p.per_service_node
+                    .entry((t.service_id.clone(), n.clone()))
+                    .or_default() += 1;
+            }
+        }
+    }
+
+    // VIPs: one per network of each vip-mode service.
+    for s in state.services.values() {
+        let wanted = match s.spec.endpoint_mode {
+            EndpointMode::Vip => effective_networks(state, s),
+            EndpointMode::Dnsrr => Vec::new(),
+        };
+        let have: Vec<&str> = s
+            .endpoint
+            .virtual_ips
+            .iter()
+            .map(|v| v.network_id.as_str())
+            .collect();
+        if have == wanted.iter().map(String::as_str).collect::<Vec<_>>() {
+            continue;
+        }
+        let mut vips = Vec::new();
+        for net in &wanted {
+            let existing = s.endpoint.virtual_ips.iter().find(|v| &v.network_id == net);
+            let addr = match existing {
+                Some(v) => Some(v.addr.clone()),
+                None => p.ipam.allocate(net),
+            };
+            match addr {
+                Some(addr) => vips.push(VirtualIp {
+                    network_id: net.clone(),
+                    addr,
+                }),
+                None => {
+                    warn!(service = %s.spec.name, network = %net, "no address left for the service's VIP")
+                }
+            }
+        }
+        let mut s = s.clone();
+        s.endpoint.virtual_ips = vips;
+        p.services.push(s);
+    }
+
+    for service in state.services.values() {
+        let constraints = constraints_of(service);
+        let live: Vec<&Task> = state
+            .service_tasks(&service.id)
+            .filter(|t| t.desired_state == TaskState::Running)
+            .collect();
+        match service.spec.mode {
+            ServiceMode::Replicated { replicas } => {
+                let mut by_slot: BTreeMap<u64, Vec<&Task>> = BTreeMap::new();
+                for t in &live {
+                    by_slot.entry(t.slot).or_default().push(t);
+                }
+                for (slot, mut tasks) in by_slot.clone() {
+                    tasks.sort_by_key(|t| (t.created_ms, t.id.clone()));
+                    let newest = tasks.pop().expect("a slot has a task");
+                    for extra in tasks {
+                        p.stop(extra, TaskState::Shutdown);
+                    }
+                    if slot == 0 || slot > replicas {
+                        p.stop(newest, TaskState::Remove);
+                        by_slot.remove(&slot);
+                        continue;
+                    }
+                    if !keep_or_replace(&mut p, newest, service, &constraints) {
+                        by_slot.remove(&slot);
+                    }
+                }
+                for slot in 1..=replicas {
+                    if !by_slot.contains_key(&slot) {
+                        p.new_task(service, &constraints, slot, None, new_id);
+                    }
+                }
+            }
+            ServiceMode::Global => {
+                let mut covered = BTreeSet::new();
+                for t in &live {
+                    let Some(node) = t.node_id.clone() else {
+                        p.stop(t, TaskState::Shutdown);
+                        continue;
+                    };
+                    if covered.contains(&node) {
+                        p.stop(t, TaskState::Shutdown);
+                        continue;
+                    }
+                    if keep_or_replace(&mut p, t, service, &constraints) {
+                        covered.insert(node);
+                    }
+                }
+                let targets: Vec<String> = state
+                    .nodes
+                    .values()
+                    .filter(|n| may_take(n, &constraints))
+                    .map(|n| n.id.clone())
+                    .collect();
+                for node in targets {
+                    if !covered.contains(&node) {
+                        p.new_task(service, &constraints, 0, Some(node), new_id);
+                    }
+                }
+            }
+        }
+    }
+
+    // Deleting: tasks told to go that have stopped (or whose node cannot stop them),
+    // tasks of services that are gone, and history beyond the limit.
+    let node_gone = |t: &Task| {
+        t.node_id
+            .as_ref()
+            .and_then(|n| state.nodes.get(n))
+            .is_none_or(|n| n.status == NodeStatus::Down)
+    };
+    for t in state.tasks.values() {
+        let t = p.current(&t.id).unwrap_or_else(|| t.clone());
+        let service_gone = !state.services.contains_key(&t.service_id);
+        if service_gone && t.desired_state < TaskState::Remove {
+            p.stop(&t, TaskState::Remove);
+        }
+        let t = p.current(&t.id).unwrap_or(t);
+        if (t.desired_state == TaskState::Remove || service_gone)
+            && (t.status.state.is_terminal() || node_gone(&t))
+        {
+            p.removed.insert(t.id.clone());
+        }
+    }
+    let mut history: BTreeMap<(String, u64, String), Vec<Task>> = BTreeMap::new();
+    for t in state.tasks.values() {
+        let t = p.current(&t.id).unwrap_or_else(|| t.clone());
+        if t.desired_state != TaskState::Running && !p.removed.contains(&t.id) {
+            let node = if t.slot == 0 {
+                t.node_id.clone().unwrap_or_default()
+            } else {
+                String::new()
+            };
+            history
+                .entry((t.service_id.clone(), t.slot, node))
+                .or_default()
+                .push(t);
+        }
+    }
+    for (_, mut old) in history {
+        if old.len() <= TASK_HISTORY {
+            continue;
+        }
+        old.sort_by_key(|t| (t.created_ms, t.id.clone()));
+        let excess = old.len() - TASK_HISTORY;
+        for t in old.iter().take(excess) {
+            if t.status.state.is_terminal() || node_gone(t) {
+                p.removed.insert(t.id.clone());
+            }
+        }
+    }
+
+    let mut commands = Vec::new();
+    for s in p.services {
+        commands.push(Command::UpdateService {
+            service: Box::new(s),
+        });
+    }
+    let removed = p.removed;
+    let tasks: Vec<Task> = p
+        .changed
+        .into_values()
+        .filter(|t| !removed.contains(&t.id))
+        .collect();
+    if !tasks.is_empty() {
+        commands.push(Command::PutTasks { tasks });
+    }
+    if !removed.is_empty() {
+        commands.push(Command::RemoveTasks {
+            ids: removed.into_iter().collect(),
+        });
+    }
+    commands
+}
+
+/// Looks at one live task: keeps it (true), or tells it to stop and leaves its slot for
+/// a replacement (false). A pending task is placed if it can be now.
+fn keep_or_replace(
+    p: &mut Planner<'_>,
+    t: &Task,
+    service: &Service,
+    constraints: &[Constraint],
+) -> bool {
+    if let Some(replace) = p.replace_ended(t, service) {
+        if replace {
+            p.stop(t, TaskState::Shutdown);
+            return false;
+        }
+        return true;
+    }
+    if t.force_update != service.force_update {
+        p.stop(t, TaskState::Shutdown);
+        return false;
+    }
+    match &t.node_id {
+        None => {
+            let placed = p.place(t.clone(), service, constraints);
+            if placed != *t {
+                p.changed.insert(placed.id.clone(), placed);
+            }
+            true
+        }
+        Some(node) => {
+            if may_keep(p.state.nodes.get(node), constraints) {
+                true
+            } else {
+                p.stop(t, TaskState::Shutdown);
+                false
+            }
+        }
+    }
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A new object ID (25 characters of `[a-z0-9]`, as Swarm's).
+pub fn new_id() -> String {
+    shoal_cluster::pki::new_node_id()
+}
+
+/// Runs the scheduler while this manager is the leader; returns when it stops being a
+/// manager.
+pub async fn run(manager: Manager) {
+    let Some(mut versions) = manager.subscribe() else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            changed = versions.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(TICK) => {}
+        }
+        if !manager.is_leader() {
+            continue;
+        }
+        let Some(state) = manager.local_state() else {
+            return;
+        };
+        for command in plan(&state, now_ms(), &mut new_id) {
+            match manager.execute(command).await {
+                Ok(r) => {
+                    if let Err(rejection) = r.into_result() {
+                        warn!(%rejection, "scheduler change refused");
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %e, "scheduler change not made");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

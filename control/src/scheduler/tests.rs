@@ -1,0 +1,495 @@
+use std::collections::BTreeMap;
+
+use shoal_cluster::store::{
+    ClusterState, Command, Endpoint, Network, Node, PortConfig, Protocol, PublishMode, ServiceSpec,
+    TaskStatusUpdate,
+};
+
+use super::*;
+
+fn node(id: &str, role: Role) -> Node {
+    Node {
+        id: id.into(),
+        hostname: format!("h-{id}"),
+        role,
+        availability: Availability::Active,
+        status: NodeStatus::Ready,
+        advertise_addr: "192.168.77.11:2377".into(),
+        data_path_addr: None,
+        engine_version: "20.10".into(),
+        labels: BTreeMap::new(),
+        raft_id: None,
+        version: 0,
+    }
+}
+
+fn network(id: &str, subnet: &str, gateway: &str, ingress: bool) -> Network {
+    Network {
+        id: id.into(),
+        name: id.into(),
+        driver: "overlay".into(),
+        subnet: Some(subnet.into()),
+        gateway: Some(gateway.into()),
+        vni: Some(4096),
+        ingress,
+        attachable: false,
+        internal: false,
+        encrypted: false,
+        labels: BTreeMap::new(),
+        options: BTreeMap::new(),
+        version: 0,
+    }
+}
+
+fn service(id: &str, mode: ServiceMode) -> Service {
+    Service {
+        id: id.into(),
+        spec: ServiceSpec {
+            name: format!("svc-{id}"),
+            labels: BTreeMap::new(),
+            image: "shoal/web:1".into(),
+            args: vec![],
+            env: vec![],
+            mode,
+            networks: vec![],
+            ports: vec![],
+            endpoint_mode: EndpointMode::Vip,
+            constraints: vec![],
+            healthcheck: None,
+            restart_condition: RestartCondition::Any,
+        },
+        created_ms: 0,
+        updated_ms: 0,
+        endpoint: Endpoint::default(),
+        force_update: 0,
+        version: 0,
+    }
+}
+
+struct Sim {
+    state: ClusterState,
+    now: u64,
+    next: u64,
+}
+
+impl Sim {
+    fn new(nodes: &[&str]) -> Sim {
+        let mut state = ClusterState::default();
+        for (i, n) in nodes.iter().enumerate() {
+            let role = if i == 0 { Role::Manager } else { Role::Worker };
+            apply(
+                &mut state,
+                Command::UpsertNode {
+                    node: node(n, role),
+                },
+            );
+        }
+        apply(
+            &mut state,
+            Command::UpsertNetwork {
+                network: network("ingress", "10.255.0.0/16", "10.255.0.1", true),
+            },
+        );
+        apply(
+            &mut state,
+            Command::UpsertNetwork {
+                network: network("web", "10.0.1.0/29", "10.0.1.1", false),
+            },
+        );
+        Sim {
+            state,
+            now: 1_000_000,
+            next: 0,
+        }
+    }
+
+    fn add(&mut self, s: Service) {
+        apply(
+            &mut self.state,
+            Command::CreateService {
+                service: Box::new(s),
+            },
+        );
+    }
+
+    /// Plans until nothing changes; every assigned task on a Ready node starts running.
+    fn settle(&mut self) {
+        for _ in 0..20 {
+            let mut next = self.next;
+            let mut ids = || {
+                next += 1;
+                format!("t{next:03}")
+            };
+            let cmds = plan(&self.state, self.now, &mut ids);
+            self.next = next;
+            let mut reports: BTreeMap<String, Vec<TaskStatusUpdate>> = BTreeMap::new();
+            for t in self.state.tasks.values() {
+                let Some(n) = &t.node_id else { continue };
+                if self.state.nodes[n].status != NodeStatus::Ready {
+                    continue;
+                }
+                let state = match (t.desired_state, t.status.state) {
+                    (TaskState::Running, TaskState::Assigned) => TaskState::Running,
+                    (d, s) if d > TaskState::Running && !s.is_terminal() => TaskState::Shutdown,
+                    _ => continue,
+                };
+                reports
+                    .entry(n.clone())
+                    .or_default()
+                    .push(TaskStatusUpdate {
+                        task_id: t.id.clone(),
+                        status: TaskStatus {
+                            state,
+                            timestamp_ms: self.now,
+                            ..Default::default()
+                        },
+                    });
+            }
+            if cmds.is_empty() && reports.is_empty() {
+                return;
+            }
+            for c in cmds {
+                apply(&mut self.state, c);
+            }
+            for (node_id, updates) in reports {
+                apply(
+                    &mut self.state,
+                    Command::UpdateTaskStatus { node_id, updates },
+                );
+            }
+            self.now += 100;
+        }
+        panic!("the plan does not settle: {:#?}", self.state.tasks);
+    }
+
+    fn running(&self, service: &str) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for t in self.state.service_tasks(service) {
+            if t.desired_state == TaskState::Running && t.status.state == TaskState::Running {
+                *m.entry(t.node_id.clone().unwrap()).or_default() += 1;
+            }
+        }
+        m
+    }
+
+    fn set(&mut self, cmd: Command) {
+        apply(&mut self.state, cmd);
+    }
+
+    fn fail(&mut self, task: &str, state: TaskState) {
+        let node = self.state.tasks[task].node_id.clone().unwrap();
+        self.set(Command::UpdateTaskStatus {
+            node_id: node,
+            updates: vec![TaskStatusUpdate {
+                task_id: task.into(),
+                status: TaskStatus {
+                    state,
+                    timestamp_ms: self.now,
+                    err: Some("task: non-zero exit (137)".into()),
+                    ..Default::default()
+                },
+            }],
+        });
+    }
+}
+
+fn apply(state: &mut ClusterState, c: Command) {
+    let r = state.apply(&c);
+    assert!(r.clone().into_result().is_ok(), "{c:?}: {r:?}");
+}
+
+#[test]
+fn replicas_spread_over_nodes_and_scale_up_and_down() {
+    let mut sim = Sim::new(&["a", "b", "c"]);
+    sim.add(service("s", ServiceMode::Replicated { replicas: 2 }));
+    sim.settle();
+    let r = sim.running("s");
+    assert_eq!(r.values().sum::<usize>(), 2);
+    assert!(r.values().all(|&k| k == 1), "{r:?}");
+
+    let mut s = sim.state.services["s"].clone();
+    s.spec.mode = ServiceMode::Replicated { replicas: 4 };
+    sim.set(Command::UpdateService {
+        service: Box::new(s.clone()),
+    });
+    sim.settle();
+    let r = sim.running("s");
+    assert_eq!(r.len(), 3, "all three nodes get one: {r:?}");
+    assert_eq!(r.values().sum::<usize>(), 4);
+    let slots: Vec<u64> = sim
+        .state
+        .service_tasks("s")
+        .filter(|t| t.desired_state == TaskState::Running)
+        .map(|t| t.slot)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(slots, vec![1, 2, 3, 4]);
+
+    s.spec.mode = ServiceMode::Replicated { replicas: 1 };
+    sim.set(Command::UpdateService {
+        service: Box::new(s),
+    });
+    sim.settle();
+    assert_eq!(sim.running("s").values().sum::<usize>(), 1);
+    assert_eq!(
+        sim.state.service_tasks("s").count(),
+        1,
+        "scaled-down tasks are removed once stopped"
+    );
+}
+
+#[test]
+fn spread_counts_other_services_and_honours_constraints() {
+    let mut sim = Sim::new(&["a", "b", "c"]);
+    sim.set(Command::UpdateNodeLabels {
+        id: "c".into(),
+        add: BTreeMap::from([("zone".into(), "x".into())]),
+        remove: vec![],
+    });
+    let mut only_x = service("x", ServiceMode::Replicated { replicas: 3 });
+    only_x.spec.constraints = vec!["node.labels.zone==x".into()];
+    sim.add(only_x);
+    let mut not_manager = service("w", ServiceMode::Replicated { replicas: 4 });
+    not_manager.spec.constraints = vec!["node.role!=manager".into()];
+    sim.add(not_manager);
+    sim.settle();
+    assert_eq!(sim.running("x"), BTreeMap::from([("c".into(), 3)]));
+    let w = sim.running("w");
+    assert!(!w.contains_key("a"), "{w:?}");
+    assert_eq!(w.values().sum::<usize>(), 4);
+    // b has fewer tasks overall, so it gets more of w when counts of w tie.
+    assert!(w["b"] >= w["c"], "{w:?}");
+}
+
+#[test]
+fn impossible_constraint_leaves_tasks_pending_with_a_reason() {
+    let mut sim = Sim::new(&["a", "b"]);
+    let mut s = service("s", ServiceMode::Replicated { replicas: 2 });
+    s.spec.constraints = vec!["node.hostname==nowhere".into()];
+    sim.add(s);
+    sim.settle();
+    let tasks: Vec<&Task> = sim.state.service_tasks("s").collect();
+    assert_eq!(tasks.len(), 2);
+    for t in tasks {
+        assert_eq!(t.status.state, TaskState::Pending);
+        assert_eq!(
+            t.status.err.as_deref(),
+            Some("no suitable node (scheduling constraints not satisfied on 2 nodes)")
+        );
+        assert!(t.node_id.is_none());
+    }
+    // A node that satisfies it arrives: the pending tasks are placed there.
+    let mut n = node("z", Role::Worker);
+    n.hostname = "nowhere".into();
+    sim.set(Command::UpsertNode { node: n });
+    sim.settle();
+    assert_eq!(sim.running("s"), BTreeMap::from([("z".into(), 2)]));
+}
+
+#[test]
+fn global_mode_one_per_node_including_late_joiners_and_drain_pause() {
+    let mut sim = Sim::new(&["a", "b"]);
+    sim.add(service("g", ServiceMode::Global));
+    sim.settle();
+    assert_eq!(
+        sim.running("g"),
+        BTreeMap::from([("a".into(), 1), ("b".into(), 1)])
+    );
+    sim.set(Command::UpsertNode {
+        node: node("c", Role::Worker),
+    });
+    sim.settle();
+    assert_eq!(sim.running("g").len(), 3);
+    assert!(sim.state.service_tasks("g").all(|t| t.slot == 0));
+    // Pause keeps the task; drain removes it.
+    sim.set(Command::SetAvailability {
+        id: "b".into(),
+        availability: Availability::Pause,
+    });
+    sim.settle();
+    assert_eq!(sim.running("g").len(), 3);
+    sim.set(Command::SetAvailability {
+        id: "c".into(),
+        availability: Availability::Drain,
+    });
+    sim.settle();
+    assert_eq!(
+        sim.running("g"),
+        BTreeMap::from([("a".into(), 1), ("b".into(), 1)])
+    );
+}
+
+#[test]
+fn failed_tasks_are_replaced_after_the_delay_and_kept_as_history() {
+    let mut sim = Sim::new(&["a"]);
+    sim.add(service("s", ServiceMode::Replicated { replicas: 1 }));
+    sim.settle();
+    let first = sim.state.tasks.keys().next().unwrap().clone();
+    sim.fail(&first, TaskState::Failed);
+    // Within the restart delay: no replacement yet.
+    let cmds = plan(&sim.state, sim.now + 10, &mut || "x".into());
+    assert!(cmds.is_empty(), "{cmds:?}");
+    sim.now += RESTART_DELAY_MS;
+    sim.settle();
+    assert_eq!(sim.running("s").values().sum::<usize>(), 1);
+    let old = &sim.state.tasks[&first];
+    assert_eq!(old.desired_state, TaskState::Shutdown);
+    assert_eq!(old.status.state, TaskState::Failed);
+    let new = sim
+        .state
+        .service_tasks("s")
+        .find(|t| t.desired_state == TaskState::Running)
+        .unwrap();
+    assert_eq!(new.slot, old.slot);
+    // History is bounded.
+    for _ in 0..10 {
+        let current = sim
+            .state
+            .service_tasks("s")
+            .find(|t| t.desired_state == TaskState::Running)
+            .unwrap()
+            .id
+            .clone();
+        sim.fail(&current, TaskState::Failed);
+        sim.now += RESTART_DELAY_MS;
+        sim.settle();
+    }
+    assert!(sim.state.service_tasks("s").count() <= TASK_HISTORY + 1);
+}
+
+#[test]
+fn restart_condition_none_and_on_failure() {
+    let mut sim = Sim::new(&["a"]);
+    let mut none = service("n", ServiceMode::Replicated { replicas: 1 });
+    none.spec.restart_condition = RestartCondition::None;
+    sim.add(none);
+    let mut onf = service("o", ServiceMode::Replicated { replicas: 1 });
+    onf.spec.restart_condition = RestartCondition::OnFailure;
+    sim.add(onf);
+    sim.settle();
+    let n1 = sim.state.service_tasks("n").next().unwrap().id.clone();
+    let o1 = sim.state.service_tasks("o").next().unwrap().id.clone();
+    sim.fail(&n1, TaskState::Failed);
+    sim.fail(&o1, TaskState::Complete);
+    sim.now += 10 * RESTART_DELAY_MS;
+    sim.settle();
+    assert_eq!(sim.state.service_tasks("n").count(), 1);
+    assert_eq!(sim.state.service_tasks("o").count(), 1);
+}
+
+#[test]
+fn down_node_tasks_move_and_do_not_come_back() {
+    let mut sim = Sim::new(&["a", "b", "c"]);
+    sim.add(service("s", ServiceMode::Replicated { replicas: 3 }));
+    sim.settle();
+    sim.set(Command::SetStatus {
+        id: "c".into(),
+        status: NodeStatus::Down,
+    });
+    sim.settle();
+    let r = sim.running("s");
+    assert_eq!(r.values().sum::<usize>(), 3);
+    assert!(!r.contains_key("c"), "{r:?}");
+    sim.set(Command::SetStatus {
+        id: "c".into(),
+        status: NodeStatus::Ready,
+    });
+    sim.settle();
+    assert!(
+        !sim.running("s").contains_key("c"),
+        "no rebalance when a node returns"
+    );
+    // update --force redistributes.
+    let mut s = sim.state.services["s"].clone();
+    s.force_update += 1;
+    sim.set(Command::UpdateService {
+        service: Box::new(s),
+    });
+    sim.settle();
+    let r = sim.running("s");
+    assert_eq!(r.len(), 3, "{r:?}");
+}
+
+#[test]
+fn addresses_and_vips_come_from_the_subnet_unique_and_ingress_first() {
+    let mut sim = Sim::new(&["a"]);
+    let mut s = service("s", ServiceMode::Replicated { replicas: 2 });
+    s.spec.networks = vec!["web".into()];
+    s.spec.ports = vec![PortConfig {
+        protocol: Protocol::Tcp,
+        target: 80,
+        published: 8080,
+        mode: PublishMode::Ingress,
+    }];
+    sim.add(s);
+    sim.settle();
+    let svc = &sim.state.services["s"];
+    let vip_nets: Vec<&str> = svc
+        .endpoint
+        .virtual_ips
+        .iter()
+        .map(|v| v.network_id.as_str())
+        .collect();
+    assert_eq!(vip_nets, vec!["ingress", "web"]);
+    let mut seen = std::collections::BTreeSet::new();
+    for v in &svc.endpoint.virtual_ips {
+        assert!(seen.insert(v.addr.clone()));
+    }
+    for t in sim.state.service_tasks("s") {
+        let nets: Vec<&str> = t.networks.iter().map(|a| a.network_id.as_str()).collect();
+        assert_eq!(nets, vec!["ingress", "web"]);
+        for a in &t.networks {
+            assert!(seen.insert(a.addr.clone()), "{} used twice", a.addr);
+        }
+        let web = &t.networks[1].addr;
+        assert!(web.starts_with("10.0.1.") && web.ends_with("/29"), "{web}");
+        assert_ne!(web, "10.0.1.1/29", "not the gateway");
+    }
+    // The /29 has 5 host addresses besides the gateway: VIP + 2 tasks + 2 more.
+    let mut big = sim.state.services["s"].clone();
+    big.spec.mode = ServiceMode::Replicated { replicas: 6 };
+    sim.set(Command::UpdateService {
+        service: Box::new(big),
+    });
+    sim.settle();
+    let pending: Vec<&Task> = sim
+        .state
+        .service_tasks("s")
+        .filter(|t| t.status.state == TaskState::Pending)
+        .collect();
+    assert_eq!(pending.len(), 2);
+    assert_eq!(
+        pending[0].status.err.as_deref(),
+        Some("no address left on network web")
+    );
+}
+
+#[test]
+fn removed_service_tasks_go_once_stopped_or_their_node_is_down() {
+    let mut sim = Sim::new(&["a", "b"]);
+    sim.add(service("s", ServiceMode::Replicated { replicas: 2 }));
+    sim.settle();
+    sim.set(Command::SetStatus {
+        id: "b".into(),
+        status: NodeStatus::Down,
+    });
+    sim.set(Command::RemoveService { id: "s".into() });
+    sim.settle();
+    assert!(sim.state.tasks.is_empty(), "{:?}", sim.state.tasks);
+}
+
+#[test]
+fn constraints_parse_and_bad_ones_are_refused() {
+    assert!(Constraint::parse("node.role==manager").is_ok());
+    assert!(Constraint::parse("node.labels.zone != a").is_ok());
+    for bad in [
+        "node.role==boss",
+        "node.labels.==x",
+        "engine.labels.x==y",
+        "node.hostname",
+        "node.id==",
+    ] {
+        assert!(Constraint::parse(bad).is_err(), "{bad}");
+    }
+}
