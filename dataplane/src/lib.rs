@@ -23,4 +23,7 @@ pub(crate) mod objects {
     /// Object file of the underlay XDP program.
     pub static UNDERLAY: &[u8] =
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shoal-xdp-underlay"));
+    /// Object file of the service VIP socket programs (cgroup sock_addr).
+    pub static SOCK_VIP: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shoal-sock-vip"));
 }

@@ -1,0 +1,249 @@
+//! Service VIPs balanced at the socket: cgroup `sock_addr` programs (connect4, sendmsg4,
+//! recvmsg4, getpeername4), attached to the cgroup v2 root so they see every socket.
+//!
+//! A connect or unconnected send to `VIP:port` from a namespace that may use the VIP
+//! gets the next healthy backend in turn (round-robin per connection or UDP flow) as its
+//! destination, same port: the kernel then builds packets to the backend directly, so
+//! nothing is translated per packet and nothing here ever cuts a connection. Replies of
+//! unconnected UDP flows get the VIP back as their source at recvmsg; getpeername of a
+//! translated socket says the VIP. Layouts and names: `shoal_common::vip`.
+//!
+//! Every program returns 1 (carry on): a lookup miss leaves the socket alone.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::{cgroup_sock_addr, map},
+    maps::{HashMap, LruHashMap, PerCpuArray},
+    programs::SockAddrContext,
+    EbpfContext,
+};
+use shoal_common::vip::{
+    BackendKey, BackendState, Counter, FlowKey, ScopeKey, VipValue, MAX_BACKENDS, MAX_FLOWS,
+    MAX_REVERSE, MAX_SCOPES, MAX_VIPS,
+};
+
+#[map(name = "VIP_SERVICES")]
+static VIPS: HashMap<u32, VipValue> = HashMap::with_max_entries(MAX_VIPS, 0);
+#[map(name = "VIP_BACKENDS")]
+static BACKENDS: HashMap<BackendKey, u32> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+#[map(name = "VIP_BACKEND_STATE")]
+static BACKEND_STATE: HashMap<BackendKey, u32> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+#[map(name = "VIP_SCOPES")]
+static SCOPES: HashMap<ScopeKey, u32> = HashMap::with_max_entries(MAX_SCOPES, 0);
+#[map(name = "VIP_UDP_FLOWS")]
+static FLOWS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+#[map(name = "VIP_REVERSE")]
+static REVERSE: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(MAX_REVERSE, 0);
+#[map(name = "VIP_STATS")]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
+const ALLOW: i32 = 1;
+
+#[inline(always)]
+fn count(counter: Counter) {
+    if let Some(slot) = STATS.get_ptr_mut(counter.index()) {
+        // SAFETY: per-CPU slot; only this CPU writes it while the program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+// Context fields are read and written one 4-byte access at a time, as the verifier
+// wants; volatile keeps the compiler from merging or splitting them.
+#[inline(always)]
+fn user_ip4(ctx: &SockAddrContext) -> u32 {
+    // SAFETY: the kernel hands a valid bpf_sock_addr; field access is rewritten by it.
+    unsafe { core::ptr::read_volatile(&(*ctx.sock_addr).user_ip4) }
+}
+
+#[inline(always)]
+fn set_user_ip4(ctx: &SockAddrContext, ip: u32) {
+    // SAFETY: as above; these hooks may write user_ip4.
+    unsafe { core::ptr::write_volatile(&mut (*ctx.sock_addr).user_ip4, ip) }
+}
+
+#[inline(always)]
+fn user_port(ctx: &SockAddrContext) -> u16 {
+    // SAFETY: as above. The port is in network order in the low 16 bits.
+    unsafe { core::ptr::read_volatile(&(*ctx.sock_addr).user_port) as u16 }
+}
+
+#[inline(always)]
+fn protocol(ctx: &SockAddrContext) -> u32 {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&(*ctx.sock_addr).protocol) }
+}
+
+#[inline(always)]
+fn socket_cookie(ctx: &SockAddrContext) -> u64 {
+    // SAFETY: the helper only reads the context.
+    unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
+}
+
+/// The VIP's entry if `vip` is one and the socket's namespace may use it.
+#[inline(always)]
+fn vip_in_scope(ctx: &SockAddrContext, vip: u32) -> Option<*mut VipValue> {
+    let value = VIPS.get_ptr_mut(&vip)?;
+    // SAFETY: the helper only reads the context.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let key = ScopeKey {
+        netns,
+        // SAFETY: value points into the map element, valid for this program run.
+        network: unsafe { (*value).network },
+        _pad: 0,
+    };
+    // SAFETY: read-only lookup, the value is not kept.
+    unsafe { SCOPES.get(&key) }?;
+    Some(value)
+}
+
+/// The next healthy backend of the VIP in turn.
+#[inline(always)]
+fn pick(vip: u32, value: *mut VipValue) -> Option<u32> {
+    // SAFETY: value points into the map element, valid for this program run.
+    let n = unsafe { (*value).count };
+    if n == 0 {
+        return None;
+    }
+    // The BPF target has no fetch-and-add before cpu v3, so the cursor is read and
+    // written back: two connects at the same instant on two CPUs may get the same
+    // backend, which only makes that turn of the round less even.
+    // SAFETY: the cursor is a naturally aligned u64 inside the map element.
+    let turn = unsafe {
+        let cursor = core::ptr::addr_of_mut!((*value).cursor);
+        let turn = core::ptr::read_volatile(cursor);
+        core::ptr::write_volatile(cursor, turn.wrapping_add(1));
+        turn
+    };
+    let key = BackendKey {
+        vip,
+        slot: (turn % u64::from(n)) as u32,
+    };
+    // SAFETY: read-only lookup, copied out.
+    unsafe { BACKENDS.get(&key) }.copied()
+}
+
+#[inline(always)]
+fn remember_reverse(socket: u64, backend: u32, port: u16, vip: u32) {
+    let key = FlowKey {
+        socket,
+        addr: backend,
+        port,
+        _pad: 0,
+    };
+    if REVERSE.insert(&key, &vip, 0).is_err() {
+        count(Counter::MapUpdateFailed);
+    }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn shoal_vip_connect4(ctx: SockAddrContext) -> i32 {
+    let proto = protocol(&ctx);
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return ALLOW;
+    }
+    let vip = user_ip4(&ctx);
+    let Some(value) = vip_in_scope(&ctx, vip) else {
+        return ALLOW;
+    };
+    let Some(backend) = pick(vip, value) else {
+        count(Counter::NoBackend);
+        return ALLOW;
+    };
+    set_user_ip4(&ctx, backend);
+    remember_reverse(socket_cookie(&ctx), backend, user_port(&ctx), vip);
+    count(if proto == IPPROTO_TCP {
+        Counter::ConnectTcp
+    } else {
+        Counter::ConnectUdp
+    });
+    ALLOW
+}
+
+/// Unconnected UDP sends (the hook runs only for sends that name a destination).
+#[cgroup_sock_addr(sendmsg4)]
+pub fn shoal_vip_sendmsg4(ctx: SockAddrContext) -> i32 {
+    let vip = user_ip4(&ctx);
+    let Some(value) = vip_in_scope(&ctx, vip) else {
+        return ALLOW;
+    };
+    let socket = socket_cookie(&ctx);
+    let port = user_port(&ctx);
+    let flow = FlowKey {
+        socket,
+        addr: vip,
+        port,
+        _pad: 0,
+    };
+    // A flow keeps its backend while that backend is declared and not unhealthy.
+    // SAFETY: read-only lookups, copied out.
+    if let Some(backend) = unsafe { FLOWS.get(&flow) }.copied() {
+        let state = unsafe { BACKEND_STATE.get(&BackendKey { vip, slot: backend }) }.copied();
+        if state.is_some_and(|s| s != BackendState::Unhealthy as u32) {
+            set_user_ip4(&ctx, backend);
+            count(Counter::Sendmsg);
+            return ALLOW;
+        }
+    }
+    let Some(backend) = pick(vip, value) else {
+        count(Counter::NoBackend);
+        return ALLOW;
+    };
+    if FLOWS.insert(&flow, &backend, 0).is_err() {
+        count(Counter::MapUpdateFailed);
+    }
+    remember_reverse(socket, backend, port, vip);
+    set_user_ip4(&ctx, backend);
+    count(Counter::UdpFlowNew);
+    count(Counter::Sendmsg);
+    ALLOW
+}
+
+/// The source of a reply from a backend to a translated socket becomes the VIP again.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn shoal_vip_recvmsg4(ctx: SockAddrContext) -> i32 {
+    if reverse(&ctx) {
+        count(Counter::Recvmsg);
+    }
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn shoal_vip_getpeername4(ctx: SockAddrContext) -> i32 {
+    if reverse(&ctx) {
+        count(Counter::Getpeername);
+    }
+    ALLOW
+}
+
+/// Rewrites the address to the VIP if this socket was translated towards it.
+#[inline(always)]
+fn reverse(ctx: &SockAddrContext) -> bool {
+    let key = FlowKey {
+        socket: socket_cookie(ctx),
+        addr: user_ip4(ctx),
+        port: user_port(ctx),
+        _pad: 0,
+    };
+    // SAFETY: read-only lookup, copied out.
+    match unsafe { REVERSE.get(&key) }.copied() {
+        Some(vip) => {
+            set_user_ip4(ctx, vip);
+            true
+        }
+        None => false,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
