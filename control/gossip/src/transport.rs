@@ -1,0 +1,102 @@
+//! chitchat's transport with the cluster key on it: every chitchat message is serialized,
+//! sealed ([`crate::seal`]) and sent as one datagram on the [`Wire`]; every datagram
+//! received is opened and parsed before chitchat sees it. Anything that fails is dropped
+//! and counted, and the socket goes on.
+use std::{
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use chitchat::{
+    transport::{Socket, Transport},
+    ChitchatMessage, Deserializable, Serializable,
+};
+use tracing::warn;
+
+use crate::{
+    keys::Keyring,
+    seal::{Opener, Sealer, MAX_PACKET},
+    wire::{Wire, WireSocket},
+    Counter, Counters,
+};
+
+pub(crate) struct SecureTransport {
+    pub(crate) wire: Wire,
+    pub(crate) cluster_id: String,
+    pub(crate) keyring: Arc<RwLock<Keyring>>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) max_age: Duration,
+}
+
+#[async_trait]
+impl Transport for SecureTransport {
+    async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+        let socket = WireSocket::bind(&self.wire, listen_addr).await?;
+        Ok(Box::new(SecureSocket {
+            socket,
+            sealer: Sealer::new(self.cluster_id.clone(), self.keyring.clone())?,
+            opener: Opener::new(
+                self.cluster_id.clone(),
+                self.keyring.clone(),
+                self.counters.clone(),
+                self.max_age,
+            ),
+            counters: self.counters.clone(),
+            buf: vec![0u8; MAX_PACKET + 1].into_boxed_slice(),
+            plain: Vec::with_capacity(MAX_PACKET),
+        }))
+    }
+}
+
+struct SecureSocket {
+    socket: WireSocket,
+    sealer: Sealer,
+    opener: Opener,
+    counters: Arc<Counters>,
+    /// One byte more than the largest accepted datagram, so an oversized one shows.
+    buf: Box<[u8]>,
+    plain: Vec<u8>,
+}
+
+#[async_trait]
+impl Socket for SecureSocket {
+    async fn send(&mut self, to: SocketAddr, msg: ChitchatMessage) -> anyhow::Result<()> {
+        self.plain.clear();
+        msg.serialize(&mut self.plain);
+        let Some(packet) = self.sealer.seal(&self.plain) else {
+            if self.counters.bump(Counter::SendTooBig) == 1 {
+                warn!(%to, len = self.plain.len(),
+                    "gossip message too big for one datagram even compressed; not sent");
+            }
+            return Ok(());
+        };
+        self.socket.send_to(to, packet).await?;
+        self.counters.bump(Counter::Sent);
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
+        loop {
+            let (from, packet) = self.socket.recv(&mut self.buf).await?;
+            let Some(plain) = self.opener.open(from, &packet) else {
+                continue;
+            };
+            let mut cursor = plain.as_slice();
+            match ChitchatMessage::deserialize(&mut cursor) {
+                Ok(msg) if cursor.is_empty() => {
+                    self.counters.bump(Counter::Received);
+                    return Ok((from, msg));
+                }
+                _ => {
+                    // Sealed with a cluster key, yet not a chitchat message.
+                    if self.counters.bump(Counter::BadMessage) == 1 {
+                        warn!(%from, len = plain.len(),
+                            "authentic gossip packet is not a chitchat message; dropped");
+                    }
+                }
+            }
+        }
+    }
+}

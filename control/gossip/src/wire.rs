@@ -1,0 +1,217 @@
+//! What sealed datagrams travel on: real UDP, or [`MemoryNet`], an in-process network of
+//! byte queues for tests and benchmarks that can cut links, isolate nodes, inject raw
+//! bytes and record what a node received (to replay it).
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{bail, Context};
+use tokio::sync::mpsc;
+
+/// Packets queued per in-memory socket before further ones are dropped, as a full UDP
+/// receive buffer would.
+const QUEUE: usize = 1024;
+
+/// Where a node's gossip socket lives.
+#[derive(Clone, Default)]
+pub enum Wire {
+    /// UDP on the node's real address (7946 by default).
+    #[default]
+    Udp,
+    /// The in-process network.
+    Memory(MemoryNet),
+}
+
+type Packet = (SocketAddr, Vec<u8>);
+
+#[derive(Default)]
+struct NetInner {
+    sockets: HashMap<SocketAddr, mpsc::Sender<Packet>>,
+    cut: HashSet<(SocketAddr, SocketAddr)>,
+    isolated: HashSet<SocketAddr>,
+    recording: HashMap<SocketAddr, Vec<Packet>>,
+    delivered: u64,
+    lost: u64,
+}
+
+/// An in-process datagram network. Cloning gives another handle to the same network.
+#[derive(Clone, Default)]
+pub struct MemoryNet {
+    inner: Arc<Mutex<NetInner>>,
+}
+
+impl MemoryNet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, NetInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Cuts every link between a member of `a` and a member of `b`, both ways.
+    pub fn partition(&self, a: &[SocketAddr], b: &[SocketAddr]) {
+        let mut inner = self.lock();
+        for x in a {
+            for y in b {
+                inner.cut.insert((*x, *y));
+                inner.cut.insert((*y, *x));
+            }
+        }
+    }
+
+    /// Cuts `addr` off from everyone (its process keeps running).
+    pub fn isolate(&self, addr: SocketAddr) {
+        self.lock().isolated.insert(addr);
+    }
+
+    /// Restores every cut link and isolated node.
+    pub fn heal(&self) {
+        let mut inner = self.lock();
+        inner.cut.clear();
+        inner.isolated.clear();
+    }
+
+    /// Delivers raw bytes to `to` as if sent from `from` (cuts apply).
+    pub fn inject(&self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
+        self.deliver(from, to, bytes);
+    }
+
+    /// Starts keeping a copy of every datagram delivered to `addr`.
+    pub fn record(&self, addr: SocketAddr) {
+        self.lock().recording.entry(addr).or_default();
+    }
+
+    /// The datagrams delivered to `addr` since [`MemoryNet::record`].
+    pub fn recorded(&self, addr: SocketAddr) -> Vec<(SocketAddr, Vec<u8>)> {
+        self.lock()
+            .recording
+            .get(&addr)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// (delivered, lost to cuts or full queues) datagrams so far.
+    pub fn stats(&self) -> (u64, u64) {
+        let inner = self.lock();
+        (inner.delivered, inner.lost)
+    }
+
+    fn deliver(&self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
+        let mut inner = self.lock();
+        if inner.isolated.contains(&from)
+            || inner.isolated.contains(&to)
+            || inner.cut.contains(&(from, to))
+        {
+            inner.lost += 1;
+            return;
+        }
+        if let Some(rec) = inner.recording.get_mut(&to) {
+            rec.push((from, bytes.clone()));
+        }
+        let Some(tx) = inner.sockets.get(&to) else {
+            inner.lost += 1;
+            return;
+        };
+        if tx.try_send((from, bytes)).is_ok() {
+            inner.delivered += 1;
+        } else {
+            inner.lost += 1;
+        }
+    }
+
+    fn bind(&self, addr: SocketAddr) -> anyhow::Result<MemorySocket> {
+        if addr.port() == 0 {
+            bail!("the in-memory network needs a fixed port, got {addr}");
+        }
+        let mut inner = self.lock();
+        if inner.sockets.contains_key(&addr) {
+            bail!("{addr} is already bound on the in-memory network");
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        inner.sockets.insert(addr, tx);
+        Ok(MemorySocket {
+            net: self.clone(),
+            addr,
+            rx,
+        })
+    }
+}
+
+pub(crate) struct MemorySocket {
+    net: MemoryNet,
+    addr: SocketAddr,
+    rx: mpsc::Receiver<Packet>,
+}
+
+impl Drop for MemorySocket {
+    fn drop(&mut self) {
+        self.net.lock().sockets.remove(&self.addr);
+    }
+}
+
+/// A bound socket on either wire.
+pub(crate) enum WireSocket {
+    Udp(tokio::net::UdpSocket),
+    Memory(MemorySocket),
+}
+
+impl WireSocket {
+    pub(crate) async fn bind(wire: &Wire, addr: SocketAddr) -> anyhow::Result<Self> {
+        match wire {
+            Wire::Udp => Ok(WireSocket::Udp(
+                tokio::net::UdpSocket::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the gossip socket on {addr}/udp"))?,
+            )),
+            Wire::Memory(net) => Ok(WireSocket::Memory(net.bind(addr)?)),
+        }
+    }
+
+    /// Sends one datagram. Errors are returned only for a broken socket; a datagram
+    /// the network refuses (no route, too big) is lost like any UDP datagram.
+    pub(crate) async fn send_to(&self, to: SocketAddr, bytes: Vec<u8>) -> anyhow::Result<()> {
+        match self {
+            WireSocket::Udp(s) => match s.send_to(&bytes, to).await {
+                Ok(_) => Ok(()),
+                Err(e) if is_transient(&e) => {
+                    tracing::debug!(%to, error = %e, "gossip datagram not sent");
+                    Ok(())
+                }
+                Err(e) => Err(e).context("sending a gossip datagram"),
+            },
+            WireSocket::Memory(s) => {
+                s.net.deliver(s.addr, to, bytes);
+                Ok(())
+            }
+        }
+    }
+
+    /// Receives one datagram into `buf` (UDP) or as a whole vector (memory).
+    pub(crate) async fn recv(&mut self, buf: &mut [u8]) -> anyhow::Result<(SocketAddr, Vec<u8>)> {
+        match self {
+            WireSocket::Udp(s) => loop {
+                match s.recv_from(buf).await {
+                    Ok((n, from)) => return Ok((from, buf[..n].to_vec())),
+                    Err(e) if is_transient(&e) => continue,
+                    Err(e) => return Err(e).context("receiving a gossip datagram"),
+                }
+            },
+            WireSocket::Memory(s) => {
+                s.rx.recv()
+                    .await
+                    .context("the in-memory network closed this socket")
+            }
+        }
+    }
+}
+
+fn is_transient(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionReset | HostUnreachable | NetworkUnreachable | OutOfMemory
+    ) || matches!(e.raw_os_error(), Some(libc::EMSGSIZE | libc::ENOBUFS))
+}
