@@ -1,16 +1,26 @@
 //! The XDP program on a node's underlay interface (`ebpf/shoal-ebpf/src/xdp_underlay.rs`):
-//! loading, attaching, and reading its per-CPU counters.
+//! loading, attaching, and reading its per-CPU counters. The same object holds the
+//! ingress routing mesh (its maps: `lb::mesh`) and the mesh's reply-path TC programs.
 use std::{fmt, path::Path};
 
 use aya::{
     maps::{MapData, MapError, PerCpuArray},
-    programs::{ProgramError, Xdp, XdpMode},
+    programs::{ProgramError, SchedClassifier, Xdp, XdpMode},
     Ebpf, EbpfError, EbpfLoader,
 };
-use shoal_common::underlay::{Counter, PROGRAM, STATS_MAP};
+use shoal_common::{
+    mesh,
+    underlay::{Counter, PROGRAM, STATS_MAP},
+};
 use tracing::{info, warn};
 
-use crate::objects;
+use crate::{
+    lb::mesh::{MeshError, MeshMaps},
+    objects,
+};
+
+/// Directory under the pin directory that holds the routing mesh's maps.
+pub const MESH_PIN_DIR: &str = "mesh";
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnderlayError {
@@ -20,6 +30,13 @@ pub enum UnderlayError {
     MissingProgram,
     #[error("map {STATS_MAP} is missing from the eBPF object")]
     MissingMap,
+    #[error("TC program {0} is missing from the eBPF object")]
+    MissingTc(String),
+    #[error("creating the mesh pin directory {path}: {source}")]
+    PinDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("underlay program: {0}")]
     Program(#[from] ProgramError),
     #[error("stats map {STATS_MAP}: {0}")]
@@ -64,15 +81,62 @@ impl UnderlayProgram {
     /// Loads the program with its stats map pinned in `pin_dir` (which must be on bpffs).
     /// An existing pinned map is reused, so counters survive an agent restart.
     pub fn load_pinned(pin_dir: &Path) -> Result<Self, UnderlayError> {
+        Self::load_pinned_with(pin_dir, mesh::DEFAULT_FLOWS)
+    }
+
+    /// As [`load_pinned`](Self::load_pinned), with the routing mesh's maps pinned under
+    /// `<pin_dir>/mesh/` and its flow and reply tables holding `flows` entries. Pinned
+    /// maps are reused (flows survive an agent restart); a pinned flow table keeps the
+    /// size it was made with.
+    pub fn load_pinned_with(pin_dir: &Path, flows: u32) -> Result<Self, UnderlayError> {
+        let mesh_dir = pin_dir.join(MESH_PIN_DIR);
+        std::fs::create_dir_all(&mesh_dir).map_err(|source| UnderlayError::PinDir {
+            path: mesh_dir.clone(),
+            source,
+        })?;
         let mut loader = EbpfLoader::new();
         loader.map_pin_path(STATS_MAP, pin_dir.join(STATS_MAP));
+        for name in mesh::MAPS {
+            loader.map_pin_path(name, mesh_dir.join(name));
+        }
+        loader.map_max_entries(mesh::FLOWS_MAP, flows);
+        loader.map_max_entries(mesh::REPLY_MAP, flows);
+        Self::load_with(loader)
+    }
+
+    /// Loads with private maps and a flow table of `flows` entries (tests).
+    pub fn load_with_flows(flows: u32) -> Result<Self, UnderlayError> {
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(mesh::FLOWS_MAP, flows);
+        loader.map_max_entries(mesh::REPLY_MAP, flows);
         Self::load_with(loader)
     }
 
     fn load_with(mut loader: EbpfLoader<'_>) -> Result<Self, UnderlayError> {
         let mut ebpf = loader.load(objects::UNDERLAY)?;
         xdp_mut(&mut ebpf)?.load()?;
+        for name in [mesh::TC_FROM_OVERLAY, mesh::TC_REPLY, mesh::TC_TO_UNDERLAY] {
+            tc_mut(&mut ebpf, name)?.load()?;
+        }
         Ok(Self { ebpf })
+    }
+
+    /// The routing mesh's maps, taken out of the object (the programs keep them). Once.
+    pub fn take_mesh_maps(&mut self) -> Result<MeshMaps, MeshError> {
+        MeshMaps::take(&mut self.ebpf)
+    }
+
+    /// One of the mesh's TC programs (`shoal_common::mesh::TC_*`), loaded.
+    pub fn tc_program(&self, name: &str) -> Result<&SchedClassifier, UnderlayError> {
+        self.ebpf
+            .program(name)
+            .and_then(|p| <&SchedClassifier>::try_from(p).ok())
+            .ok_or(UnderlayError::MissingTc(name.to_owned()))
+    }
+
+    /// The same, to attach it.
+    pub fn tc_program_mut(&mut self, name: &str) -> Result<&mut SchedClassifier, UnderlayError> {
+        tc_mut(&mut self.ebpf, name)
     }
 
     /// The loaded XDP program (for BPF_PROG_TEST_RUN).
@@ -115,6 +179,12 @@ impl UnderlayProgram {
         let array = PerCpuArray::<_, u64>::try_from(map)?;
         UnderlayStats::read(&array)
     }
+}
+
+fn tc_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier, UnderlayError> {
+    ebpf.program_mut(name)
+        .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
+        .ok_or(UnderlayError::MissingTc(name.to_owned()))
 }
 
 fn xdp_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, UnderlayError> {

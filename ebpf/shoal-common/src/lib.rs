@@ -5,5 +5,6 @@
 //! (Map value structs, when they come, get `aya::Pod` impls behind a `user` feature.)
 #![no_std]
 
+pub mod mesh;
 pub mod underlay;
 pub mod vip;

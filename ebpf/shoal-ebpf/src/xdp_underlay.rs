@@ -1,11 +1,17 @@
 //! XDP program on a node's underlay interface.
 //!
-//! Today it observes: it parses Ethernet (with up to two VLAN tags), IPv4, IPv6 (with its
-//! extension headers), TCP, UDP and ICMP, counts what it saw in a per-CPU array, and
-//! passes every frame. The ingress routing mesh will grow out of this entry point; the
-//! parser is written so that its result (where L3 and L4 start) can feed that work.
+//! It parses Ethernet (with up to two VLAN tags), IPv4, IPv6 (with its extension
+//! headers), TCP, UDP and ICMP and counts what it saw in a per-CPU array; then the
+//! ingress routing mesh (`xdp_mesh.rs`) takes the frames to published ports on this
+//! node's addresses. Every other frame passes untouched.
+//!
+//! The object also holds the mesh's reply-path TC programs (`tc_mesh.rs`): they share
+//! the mesh's maps.
 #![no_std]
 #![no_main]
+
+mod tc_mesh;
+mod xdp_mesh;
 
 use aya_ebpf::{
     bindings::xdp_action, helpers::generated::bpf_xdp_get_buff_len, macros::map, macros::xdp,
@@ -40,10 +46,11 @@ pub fn shoal_xdp_underlay(ctx: XdpContext) -> u32 {
     count(Counter::Packets, 1);
     // SAFETY: ctx.ctx is the xdp_md the kernel passed in; the helper only reads it.
     count(Counter::Bytes, unsafe { bpf_xdp_get_buff_len(ctx.ctx) });
-    // Parsing errors are counted, never acted on: this program must not drop traffic.
+    // Parsing errors are counted, never acted on: only the mesh drops, and only frames
+    // to its published ports.
     let kind = classify(&ctx).unwrap_or(Counter::Malformed);
     count(kind, 1);
-    xdp_action::XDP_PASS
+    xdp_mesh::process(&ctx).unwrap_or(xdp_action::XDP_PASS)
 }
 
 #[inline(always)]

@@ -1,0 +1,885 @@
+//! The ingress routing mesh (XDP on the underlay, TC on the reply path) run with
+//! BPF_PROG_TEST_RUN on crafted frames, against maps written from a declared LbState
+//! by `lb::mesh` (so the userspace plan and the programs are tested together).
+//!
+//! The test runs in a network namespace of its own (unshared by its thread) holding a
+//! veth pair `ul0`/`ul1` with this node's address and permanent neighbours, so that the
+//! programs' FIB lookups have something real to find.
+//!
+//! Needs root. Without root the test says so and passes, unless SHOAL_REQUIRE_ROOT=1.
+use std::{net::Ipv4Addr, process::Command};
+
+use aya::programs::{TestRun, TestRunOptions};
+use etherparse::{IpNumber, Ipv4Header, PacketBuilder};
+use shoal_common::mesh::{self as m, Counter as MC, FlowKey};
+use shoal_dataplane::{
+    lb::{
+        mesh::{addr, plan, port, MeshMaps, MeshPlan, MeshStats, NodeMesh},
+        state::LbState,
+    },
+    overlay::state::{Network, OverlayState},
+    underlay::UnderlayProgram,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+const VNI: u32 = 4096;
+
+const NODE: [u8; 4] = [192, 168, 77, 11];
+const PEER: [u8; 4] = [192, 168, 77, 12];
+const CLIENT: [u8; 4] = [192, 168, 77, 100];
+const OTHER: [u8; 4] = [192, 168, 77, 99];
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x64];
+const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0c];
+/// Backends on the ingress network.
+const LOCAL: [u8; 4] = [10, 255, 0, 3];
+const REMOTE: [u8; 4] = [10, 255, 0, 4];
+const REMOTE2: [u8; 4] = [10, 255, 0, 5];
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ifindex(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid C string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert!(i != 0, "no interface {name}");
+    i
+}
+
+/// A private namespace for this thread: ul0 (this node, NODE_MAC) <-> ul1, with
+/// permanent neighbours for the peer node and the client.
+fn private_netns() {
+    // SAFETY: unshare affects only this thread's namespaces (CLONE_NEWNET).
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    assert_eq!(
+        rc,
+        0,
+        "unshare(CLONE_NEWNET): {}",
+        std::io::Error::last_os_error()
+    );
+    sh(&["link", "set", "lo", "up"]);
+    sh(&[
+        "link",
+        "add",
+        "ul0",
+        "address",
+        "02:00:00:00:00:0b",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "ul1",
+    ]);
+    sh(&["addr", "add", "192.168.77.11/24", "dev", "ul0"]);
+    sh(&["link", "set", "ul0", "up"]);
+    sh(&["link", "set", "ul1", "up"]);
+    sh(&[
+        "neigh",
+        "replace",
+        "192.168.77.12",
+        "lladdr",
+        "02:00:00:00:00:0c",
+        "dev",
+        "ul0",
+        "nud",
+        "permanent",
+    ]);
+    sh(&[
+        "neigh",
+        "replace",
+        "192.168.77.100",
+        "lladdr",
+        "02:00:00:00:00:64",
+        "dev",
+        "ul0",
+        "nud",
+        "permanent",
+    ]);
+    // The kernel's FIB lookup for XDP/TC answers only where forwarding is on.
+    std::fs::write("/proc/sys/net/ipv4/conf/ul0/forwarding", "1").expect("forwarding on ul0");
+}
+
+fn overlay() -> OverlayState {
+    OverlayState {
+        networks: vec![Network {
+            id: "ingress".into(),
+            vni: VNI,
+            subnet: "10.255.0.0/16".parse().unwrap(),
+            gateway: "10.255.0.1".parse().unwrap(),
+            mtu: None,
+            encrypted: false,
+        }],
+        ..Default::default()
+    }
+}
+
+/// 8080/tcp -> the local backend only; 8081/tcp and 5353/udp -> the remote one only;
+/// 8082/tcp -> local (healthy) and remote (draining); 8083/tcp Maglev over the two
+/// remote ones; 8084/tcp: no backend. States of the named tasks can be overridden.
+fn lb_state(overrides: &[(&str, &str)]) -> LbState {
+    let st = |task: &str| {
+        overrides
+            .iter()
+            .find(|(t, _)| *t == task)
+            .map(|(_, s)| *s)
+            .unwrap_or("healthy")
+    };
+    let text = format!(
+        r#"{{"ingress_network": "ingress", "services": [
+          {{"id": "local", "name": "local",
+            "ports": [{{"protocol": "tcp", "published": 8080, "target": 80}}],
+            "backends": [{{"task": "l1", "node": "192.168.77.11", "addresses": {{"ingress": "10.255.0.3"}}, "state": "{}"}}]}},
+          {{"id": "remote", "name": "remote",
+            "ports": [{{"protocol": "tcp", "published": 8081, "target": 81}},
+                      {{"protocol": "udp", "published": 5353, "target": 53}}],
+            "backends": [{{"task": "r1", "node": "192.168.77.12", "addresses": {{"ingress": "10.255.0.4"}}, "state": "{}"}}]}},
+          {{"id": "mixed", "name": "mixed",
+            "ports": [{{"protocol": "tcp", "published": 8082, "target": 82}}],
+            "backends": [{{"task": "m1", "node": "192.168.77.11", "addresses": {{"ingress": "10.255.0.6"}}, "state": "{}"}},
+                         {{"task": "m2", "node": "192.168.77.12", "addresses": {{"ingress": "10.255.0.7"}}, "state": "{}"}}]}},
+          {{"id": "maglev", "name": "maglev", "balance": "maglev",
+            "ports": [{{"protocol": "tcp", "published": 8083, "target": 83}}],
+            "backends": [{{"task": "g1", "node": "192.168.77.12", "addresses": {{"ingress": "10.255.0.4"}}}},
+                         {{"task": "g2", "node": "192.168.77.12", "addresses": {{"ingress": "10.255.0.5"}}}}]}},
+          {{"id": "empty", "name": "empty",
+            "ports": [{{"protocol": "tcp", "published": 8084, "target": 84}}]}}
+        ]}}"#,
+        st("l1"),
+        st("r1"),
+        st("m1"),
+        st("m2")
+    );
+    let s: LbState = serde_json::from_str(&text).unwrap();
+    s.validate(&overlay()).unwrap();
+    s
+}
+
+fn node() -> NodeMesh {
+    NodeMesh {
+        vtep: Ipv4Addr::from(NODE),
+        addresses: vec![Ipv4Addr::from(NODE)],
+        vxlan_port: 4789,
+        netns_veth_ifindex: 42,
+        underlay_ifindex: ifindex("ul0"),
+    }
+}
+
+fn tcp(dst: [u8; 4], sport: u16, dport: u16, flags: &str, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
+        .ipv4(CLIENT, dst, 64)
+        .tcp(sport, dport, 1000, 64240);
+    let b = match flags {
+        "syn" => b.syn(),
+        "ack" => b.ack(1),
+        "rst" => b.rst().ack(1),
+        "fin" => b.fin().ack(1),
+        _ => b,
+    };
+    let mut out = Vec::new();
+    b.write(&mut out, payload).unwrap();
+    out
+}
+
+fn udp(dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
+        .ipv4(CLIENT, dst, 64)
+        .udp(sport, dport)
+        .write(&mut out, payload)
+        .unwrap();
+    out
+}
+
+/// The frame a task's namespace receives: `input` with the destination translated.
+fn inner(input: &[u8], backend: [u8; 4], target: u16, published_to: [u8; 4]) -> Vec<u8> {
+    let mut f = input.to_vec();
+    let ihl = (f[14] & 0x0f) as usize * 4;
+    let l4 = 14 + ihl;
+    f[14 + 16..14 + 20].copy_from_slice(&backend);
+    f[l4 + 2..l4 + 4].copy_from_slice(&target.to_be_bytes());
+    // Recompute both checksums from scratch (independently of the program's
+    // incremental updates).
+    f[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+    let ip = Ipv4Header::from_slice(&f[14..]).unwrap().0;
+    f[14 + 10..14 + 12].copy_from_slice(&ip.calc_header_checksum().to_be_bytes());
+    let total = u16::from_be_bytes([f[16], f[17]]) as usize;
+    let seg = &f[l4..14 + total];
+    let (check_at, proto) = if f[14 + 9] == 6 { (16, 6u8) } else { (6, 17u8) };
+    let had_udp_sum = proto == 17 && u16::from_be_bytes([seg[6], seg[7]]) != 0;
+    let mut seg = seg.to_vec();
+    seg[check_at..check_at + 2].copy_from_slice(&[0, 0]);
+    let mut sum = 0u32;
+    for w in [
+        u16::from_be_bytes([f[26], f[27]]),
+        u16::from_be_bytes([f[28], f[29]]),
+        u16::from_be_bytes([backend[0], backend[1]]),
+        u16::from_be_bytes([backend[2], backend[3]]),
+        proto as u16,
+        seg.len() as u16,
+    ] {
+        sum += w as u32;
+    }
+    for c in seg.chunks(2) {
+        sum += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let mut check = !(sum as u16);
+    if proto == 17 && check == 0 {
+        check = 0xffff;
+    }
+    if proto == 6 || had_udp_sum {
+        f[l4 + check_at..l4 + check_at + 2].copy_from_slice(&check.to_be_bytes());
+    }
+    f[..6].copy_from_slice(&[0x02, 0x42, backend[0], backend[1], backend[2], backend[3]]);
+    f[6..12].copy_from_slice(&[
+        m::MESH_MAC_PREFIX[0],
+        m::MESH_MAC_PREFIX[1],
+        published_to[0],
+        published_to[1],
+        published_to[2],
+        published_to[3],
+    ]);
+    f
+}
+
+/// `inner` in VXLAN: outer Ethernet, IPv4 (DF, TTL 64, checksum), UDP (port from the
+/// flow hash, checksum 0), VXLAN (VNI).
+fn encap(
+    inner: &[u8],
+    macs: ([u8; 6], [u8; 6]),
+    src: [u8; 4],
+    dst: [u8; 4],
+    flow: (u32, u16, u16, u8),
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&macs.0);
+    out.extend_from_slice(&macs.1);
+    out.extend_from_slice(&[0x08, 0x00]);
+    let mut ip =
+        Ipv4Header::new((8 + 8 + inner.len()) as u16, 64, IpNumber::UDP, src, dst).unwrap();
+    ip.dont_fragment = true;
+    ip.identification = 0;
+    ip.header_checksum = ip.calc_header_checksum();
+    out.extend_from_slice(&ip.to_bytes());
+    let sport = 0xc000u16 | (m::flow_hash(flow.0, flow.1, flow.2, flow.3) as u16 & 0x3fff);
+    out.extend_from_slice(&sport.to_be_bytes());
+    out.extend_from_slice(&4789u16.to_be_bytes());
+    out.extend_from_slice(&((8 + 8 + inner.len()) as u16).to_be_bytes());
+    out.extend_from_slice(&[0, 0]);
+    let v = VNI.to_be_bytes();
+    out.extend_from_slice(&[0x08, 0, 0, 0, v[1], v[2], v[3], 0]);
+    out.extend_from_slice(inner);
+    out
+}
+
+fn flow_of(frame: &[u8]) -> (u32, u16, u16, u8) {
+    let ihl = (frame[14] & 0x0f) as usize * 4;
+    let l4 = 14 + ihl;
+    (
+        u32::from_ne_bytes(frame[26..30].try_into().unwrap()),
+        u16::from_ne_bytes([frame[l4], frame[l4 + 1]]),
+        u16::from_ne_bytes([frame[l4 + 2], frame[l4 + 3]]),
+        frame[23],
+    )
+}
+
+fn local_out(input: &[u8], backend: [u8; 4], target: u16) -> Vec<u8> {
+    encap(
+        &inner(input, backend, target, NODE),
+        (NODE_MAC, CLIENT_MAC),
+        CLIENT,
+        NODE,
+        flow_of(input),
+    )
+}
+
+fn remote_out(input: &[u8], backend: [u8; 4], target: u16) -> Vec<u8> {
+    encap(
+        &inner(input, backend, target, NODE),
+        (PEER_MAC, NODE_MAC),
+        NODE,
+        PEER,
+        flow_of(input),
+    )
+}
+
+struct Row {
+    description: &'static str,
+    input: Vec<u8>,
+    verdict: u32,
+    /// None: leaves exactly as it came.
+    output: Option<Vec<u8>>,
+    /// Mesh counters that must move by one (every other one stays, `mesh_bytes`
+    /// aside, which moves by the frame length when a frame is forwarded).
+    counters: &'static [MC],
+}
+
+fn row(
+    description: &'static str,
+    input: Vec<u8>,
+    verdict: u32,
+    output: Option<Vec<u8>>,
+    counters: &'static [MC],
+) -> Row {
+    Row {
+        description,
+        input,
+        verdict,
+        output,
+        counters,
+    }
+}
+
+struct Harness {
+    program: UnderlayProgram,
+    maps: MeshMaps,
+    applied: MeshPlan,
+    ul0: u32,
+    ul1: u32,
+}
+
+impl Harness {
+    fn new(flows: u32) -> Self {
+        let mut program = UnderlayProgram::load_with_flows(flows).expect("load");
+        let mut maps = program.take_mesh_maps().expect("mesh maps");
+        let applied = plan(&lb_state(&[]), &overlay(), &node(), &MeshPlan::default()).unwrap();
+        maps.apply(&MeshPlan::default(), &applied).expect("apply");
+        Self {
+            program,
+            maps,
+            applied,
+            ul0: ifindex("ul0"),
+            ul1: ifindex("ul1"),
+        }
+    }
+
+    fn set_state(&mut self, overrides: &[(&str, &str)]) -> usize {
+        let next = plan(&lb_state(overrides), &overlay(), &node(), &self.applied).unwrap();
+        let r = self.maps.apply(&self.applied, &next).expect("apply");
+        self.applied = next;
+        r.written + r.removed
+    }
+
+    fn xdp(&self, input: &[u8]) -> (u32, Vec<u8>) {
+        let xdp = self.program.program().unwrap();
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(input.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&self.ul0.to_ne_bytes());
+        let mut out = vec![0u8; input.len() + 256];
+        let r = xdp
+            .test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..TestRunOptions::new()
+            })
+            .expect("xdp test run");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    fn tc(&self, name: &str, input: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+        let prog = self.program.tc_program(name).unwrap();
+        let mut ctx = [0u8; 44];
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut out = vec![0u8; input.len() + 256];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..TestRunOptions::new()
+            })
+            .expect("tc test run");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    fn stats(&self) -> MeshStats {
+        self.maps.stats().unwrap()
+    }
+}
+
+fn check_counters(
+    failures: &mut Vec<String>,
+    what: &str,
+    delta: &MeshStats,
+    expected: &[MC],
+    bytes: u64,
+) {
+    for (c, v) in delta.iter() {
+        let want = if c == MC::Bytes {
+            bytes
+        } else {
+            expected.iter().filter(|e| **e == c).count() as u64
+        };
+        if v != want {
+            failures.push(format!(
+                "{what}: counter {} moved by {v} (expected {want})",
+                c.name()
+            ));
+        }
+    }
+}
+
+fn run_rows(h: &Harness, rows: Vec<Row>, failures: &mut Vec<String>) {
+    for r in rows {
+        let before = h.stats();
+        let (verdict, out) = h.xdp(&r.input);
+        let delta = h.stats().since(&before);
+        if verdict != r.verdict {
+            failures.push(format!(
+                "{}: verdict {verdict} (expected {})",
+                r.description, r.verdict
+            ));
+        }
+        let expected = r.output.as_ref().unwrap_or(&r.input);
+        if r.verdict != XDP_DROP && &out != expected {
+            failures.push(format!(
+                "{}: output differs\n  got      {:02x?}\n  expected {:02x?}",
+                r.description, out, expected
+            ));
+        }
+        let forwarded = r.counters.contains(&MC::Local) || r.counters.contains(&MC::Remote);
+        let bytes = if forwarded { r.input.len() as u64 } else { 0 };
+        check_counters(failures, r.description, &delta, r.counters, bytes);
+    }
+}
+
+#[test]
+fn mesh_fixture_table() {
+    if !is_root() {
+        assert!(
+            std::env::var("SHOAL_REQUIRE_ROOT").as_deref() != Ok("1"),
+            "BPF_PROG_TEST_RUN needs root and SHOAL_REQUIRE_ROOT=1 forbids skipping"
+        );
+        eprintln!("skipped: BPF_PROG_TEST_RUN needs root");
+        return;
+    }
+    // The whole test runs on this thread, inside its own namespace.
+    std::thread::spawn(fixture_table_in_netns)
+        .join()
+        .expect("fixture thread");
+}
+
+fn fixture_table_in_netns() {
+    use MC::*;
+    private_netns();
+    let mut h = Harness::new(1024);
+    let mut failures = Vec::new();
+
+    let syn_local = tcp(NODE, 40000, 8080, "syn", &[]);
+    let ack_local = tcp(NODE, 40000, 8080, "ack", b"GET / HTTP/1.0\r\n\r\n");
+    let fin_local = tcp(NODE, 40000, 8080, "fin", &[]);
+    let rst_local = tcp(NODE, 40000, 8080, "rst", &[]);
+    let syn_remote = tcp(NODE, 40001, 8081, "syn", &[]);
+    let udp_remote = udp(NODE, 40002, 5353, b"query");
+    let mut udp_nosum = udp(NODE, 40003, 5353, b"no checksum");
+    udp_nosum[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+    let mut options = Vec::new();
+    {
+        let mut ip = Ipv4Header::new(0, 64, IpNumber::TCP, CLIENT, NODE).unwrap();
+        ip.options = [1u8, 1, 1, 0][..].try_into().unwrap();
+        PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
+            .ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
+            .tcp(40004, 8080, 5, 64240)
+            .syn()
+            .write(&mut options, &[])
+            .unwrap();
+    }
+    let mut first_fragment = udp(NODE, 40005, 5353, b"fragment");
+    first_fragment[14 + 6] = 0x20;
+    first_fragment[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+    let c = Ipv4Header::from_slice(&first_fragment[14..])
+        .unwrap()
+        .0
+        .calc_header_checksum();
+    first_fragment[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+    let mut later_fragment = first_fragment.clone();
+    later_fragment[14 + 6..14 + 8].copy_from_slice(&185u16.to_be_bytes());
+    let mut too_long = syn_local.clone();
+    too_long[16..18].copy_from_slice(&1400u16.to_be_bytes());
+    let icmp_error = {
+        // Port unreachable about a datagram this node sent to the client.
+        let mut quoted = Vec::new();
+        PacketBuilder::ipv4(NODE, CLIENT, 64)
+            .udp(8080, 40000)
+            .write(&mut quoted, &[])
+            .unwrap();
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
+            .ipv4(CLIENT, NODE, 64)
+            .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::Port,
+            ))
+            .write(&mut out, &quoted)
+            .unwrap();
+        out
+    };
+
+    let rows = vec![
+        row(
+            "TCP SYN to a published port, local backend: encapsulated to this node, passed",
+            syn_local.clone(),
+            XDP_PASS,
+            Some(local_out(&syn_local, LOCAL, 80)),
+            &[Local, NewFlows],
+        ),
+        row(
+            "same flow, data segment: same backend from the flow table",
+            ack_local.clone(),
+            XDP_PASS,
+            Some(local_out(&ack_local, LOCAL, 80)),
+            &[Local],
+        ),
+        row(
+            "same flow, FIN: forwarded, the flow stays",
+            fin_local.clone(),
+            XDP_PASS,
+            Some(local_out(&fin_local, LOCAL, 80)),
+            &[Local],
+        ),
+        row(
+            "TCP SYN, remote backend: encapsulated to its node, next hop from the FIB, XDP_TX",
+            syn_remote.clone(),
+            XDP_TX,
+            Some(remote_out(&syn_remote, REMOTE, 81)),
+            &[Remote, NewFlows],
+        ),
+        row(
+            "UDP with checksum, remote backend",
+            udp_remote.clone(),
+            XDP_TX,
+            Some(remote_out(&udp_remote, REMOTE, 53)),
+            &[Remote, NewFlows],
+        ),
+        row(
+            "UDP without checksum (0 stays 0)",
+            udp_nosum.clone(),
+            XDP_TX,
+            Some(remote_out(&udp_nosum, REMOTE, 53)),
+            &[Remote, NewFlows],
+        ),
+        row(
+            "IPv4 with options (IHL 6) to a published port",
+            options.clone(),
+            XDP_PASS,
+            Some(local_out(&options, LOCAL, 80)),
+            &[Local, NewFlows],
+        ),
+        row(
+            "not for us: another address, published port",
+            tcp(OTHER, 40000, 8080, "syn", &[]),
+            XDP_PASS,
+            None,
+            &[],
+        ),
+        row(
+            "not for us: our address, unpublished port",
+            tcp(NODE, 40000, 9999, "syn", &[]),
+            XDP_PASS,
+            None,
+            &[],
+        ),
+        row(
+            "not for us: UDP to an unpublished port (VXLAN)",
+            udp(NODE, 40000, 4789, b"vxlan"),
+            XDP_PASS,
+            None,
+            &[],
+        ),
+        row(
+            "ICMP error to our address passes to the kernel",
+            icmp_error,
+            XDP_PASS,
+            None,
+            &[],
+        ),
+        row(
+            "first fragment to a published port: dropped and counted",
+            first_fragment,
+            XDP_DROP,
+            None,
+            &[DropFragment],
+        ),
+        row(
+            "later fragment: ports unknown, passed untouched",
+            later_fragment,
+            XDP_PASS,
+            None,
+            &[],
+        ),
+        row(
+            "truncated: TCP header cut at 12 bytes",
+            tcp(NODE, 40000, 8080, "syn", &[])[..14 + 20 + 12].to_vec(),
+            XDP_DROP,
+            None,
+            &[DropMalformed],
+        ),
+        row(
+            "garbage: IPv4 total length beyond the frame",
+            too_long,
+            XDP_DROP,
+            None,
+            &[DropMalformed],
+        ),
+        row(
+            "TCP data segment without a flow (round-robin): dropped",
+            tcp(NODE, 41000, 8080, "ack", b"x"),
+            XDP_DROP,
+            None,
+            &[DropNoFlow],
+        ),
+        row(
+            "published port without backends: dropped",
+            tcp(NODE, 40000, 8084, "syn", &[]),
+            XDP_DROP,
+            None,
+            &[DropNoBackend],
+        ),
+        row(
+            "TCP RST on a flow: forwarded, the flow is freed",
+            rst_local.clone(),
+            XDP_PASS,
+            Some(local_out(&rst_local, LOCAL, 80)),
+            &[Local, FlowsEnded],
+        ),
+    ];
+    run_rows(&h, rows, &mut failures);
+    let key = |src_port: u16, dst_port: u16, protocol: u8| FlowKey {
+        src: u32::from_ne_bytes(CLIENT),
+        dst: u32::from_ne_bytes(NODE),
+        src_port: port(src_port),
+        dst_port: port(dst_port),
+        protocol,
+        pad: [0; 3],
+    };
+    if h.maps.flow(key(40000, 8080, 6)).is_some() {
+        failures.push("the RST left its flow in the table".into());
+    }
+
+    // Maglev: the backend is the table's entry for the flow's hash, the same on every
+    // node; the flow then stays on it.
+    let table = shoal_dataplane::lb::mesh::maglev_table(&[
+        u32::from_ne_bytes(REMOTE),
+        u32::from_ne_bytes(REMOTE2),
+    ]);
+    for sport in 42000..42016u16 {
+        let syn = tcp(NODE, sport, 8083, "syn", &[]);
+        let h32 = m::flow_hash(u32::from_ne_bytes(CLIENT), port(sport), port(8083), 6);
+        let want = table[(h32 % m::MAGLEV_SIZE) as usize].to_ne_bytes();
+        let (v, out) = h.xdp(&syn);
+        if v != XDP_TX || out != remote_out(&syn, want, 83) {
+            failures.push(format!(
+                "maglev flow from port {sport}: verdict {v}, wrong backend or frame"
+            ));
+        }
+    }
+    // Maglev also takes a mid-stream segment without a flow (a flow moved here from
+    // another node by an external balancer) to the same backend.
+    {
+        let ack = tcp(NODE, 42100, 8083, "ack", b"moved");
+        let h32 = m::flow_hash(u32::from_ne_bytes(CLIENT), port(42100), port(8083), 6);
+        let want = table[(h32 % m::MAGLEV_SIZE) as usize].to_ne_bytes();
+        let (v, out) = h.xdp(&ack);
+        if v != XDP_TX || out != remote_out(&ack, want, 83) {
+            failures.push(format!("maglev mid-stream segment: verdict {v}"));
+        }
+    }
+
+    // Backend changes: only affected entries are written; draining keeps flows,
+    // unhealthy moves UDP and drops TCP mid-stream.
+    let syn_mixed = tcp(NODE, 43000, 8082, "syn", &[]);
+    let (_, first) = h.xdp(&syn_mixed);
+    let is_local = |out: &[u8]| out.len() > 34 && out[30..34] == NODE;
+    let first_is_local = is_local(&first);
+    let (held_backend, held_target_is_local) = if first_is_local {
+        (LOCAL, true)
+    } else {
+        (REMOTE, false)
+    };
+    let _ = held_backend;
+    let drained = if held_target_is_local { "m1" } else { "m2" };
+    let written = h.set_state(&[(drained, "draining")]);
+    if written == 0 || written > 4 {
+        failures.push(format!(
+            "draining one backend wrote {written} entries (expected 1 to 4)"
+        ));
+    }
+    let ack_mixed = tcp(NODE, 43000, 8082, "ack", b"still here");
+    let (v, out) = h.xdp(&ack_mixed);
+    let still_same = is_local(&out) == held_target_is_local;
+    if v == XDP_DROP || !still_same {
+        failures.push(format!(
+            "draining: the held flow moved or was dropped (verdict {v})"
+        ));
+    }
+    for sport in 43001..43005u16 {
+        let (v, out) = h.xdp(&tcp(NODE, sport, 8082, "syn", &[]));
+        let went_local = is_local(&out);
+        if v == XDP_DROP || went_local == held_target_is_local {
+            failures.push(format!(
+                "draining: new flow from {sport} went to the draining backend"
+            ));
+        }
+    }
+    h.set_state(&[(drained, "unhealthy")]);
+    let before = h.stats();
+    let (v, _) = h.xdp(&ack_mixed);
+    if v != XDP_DROP || h.stats().since(&before).get(DropNoFlow) != 1 {
+        failures.push(format!(
+            "unhealthy: mid-stream TCP to it was not dropped (verdict {v})"
+        ));
+    }
+    // The dropped segment freed the flow; a new SYN with the same ports is a new flow
+    // and is given the other backend.
+    let before = h.stats();
+    let (v, out) = h.xdp(&syn_mixed);
+    if v == XDP_DROP
+        || is_local(&out) == held_target_is_local
+        || h.stats().since(&before).get(NewFlows) != 1
+    {
+        failures.push(format!(
+            "unhealthy: a SYN on its flow was not re-chosen (verdict {v})"
+        ));
+    }
+    // r1 is the only backend of 5353: unhealthy, the UDP flow has nowhere to go; healthy
+    // again, the flow (still in the table) goes back to it.
+    h.set_state(&[("r1", "unhealthy")]);
+    let before = h.stats();
+    let (v, _) = h.xdp(&udp_remote);
+    let d = h.stats().since(&before);
+    if v != XDP_DROP || d.get(DropNoBackend) != 1 {
+        failures.push(format!(
+            "UDP flow with its only backend unhealthy: verdict {v}"
+        ));
+    }
+    h.set_state(&[]);
+    let before = h.stats();
+    let (v, out) = h.xdp(&udp_remote);
+    let d = h.stats().since(&before);
+    if v != XDP_TX || out != remote_out(&udp_remote, REMOTE, 53) || d.get(Remote) != 1 {
+        failures.push(format!(
+            "UDP flow after its backend is healthy again: verdict {v}"
+        ));
+    }
+
+    // Reply path on the task's node: the frame from the overlay records the flow, the
+    // task's reply leaves from the published address and port, then out of the
+    // underlay towards the client.
+    let from_overlay = inner(&syn_local, LOCAL, 80, NODE);
+    let (v, _) = h.tc(m::TC_FROM_OVERLAY, &from_overlay, h.ul1);
+    if v != TC_ACT_OK {
+        failures.push(format!("from_overlay: verdict {v}"));
+    }
+    let reply = {
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2([0x02, 0x42, 10, 255, 0, 3], [0x02, 0, 0, 0, 0, 1])
+            .ipv4(LOCAL, CLIENT, 64)
+            .tcp(80, 40000, 7, 64240)
+            .syn()
+            .ack(1001)
+            .write(&mut out, &[])
+            .unwrap();
+        out
+    };
+    let (v, out) = h.tc(m::TC_REPLY, &reply, h.ul1);
+    let mut expected = reply.clone();
+    {
+        // Source = the address and port the client connected to; checksums computed
+        // from scratch by etherparse.
+        let mut b = Vec::new();
+        PacketBuilder::ethernet2([0x02, 0x42, 10, 255, 0, 3], [0x02, 0, 0, 0, 0, 1])
+            .ipv4(NODE, CLIENT, 64)
+            .tcp(8080, 40000, 7, 64240)
+            .syn()
+            .ack(1001)
+            .write(&mut b, &[])
+            .unwrap();
+        expected.copy_from_slice(&b);
+    }
+    if v != TC_ACT_REDIRECT || out != expected {
+        failures.push(format!(
+            "reply: verdict {v}\n  got      {out:02x?}\n  expected {expected:02x?}"
+        ));
+    }
+    let (v, out2) = h.tc(m::TC_TO_UNDERLAY, &out, h.ul1);
+    let mut expected2 = expected.clone();
+    expected2[..6].copy_from_slice(&CLIENT_MAC);
+    expected2[6..12].copy_from_slice(&NODE_MAC);
+    if v != TC_ACT_REDIRECT || out2 != expected2 {
+        failures.push(format!(
+            "to_underlay: verdict {v}\n  got      {out2:02x?}\n  expected {expected2:02x?}"
+        ));
+    }
+    let (v, out) = h.tc(m::TC_REPLY, &tcp(OTHER, 1, 2, "syn", &[]), h.ul1);
+    if v != TC_ACT_OK || out != tcp(OTHER, 1, 2, "syn", &[]) {
+        failures.push(format!(
+            "reply: an unrelated frame was touched (verdict {v})"
+        ));
+    }
+    let (v, _) = h.tc(
+        m::TC_TO_UNDERLAY,
+        &tcp([10, 9, 9, 9], 1, 2, "syn", &[]),
+        h.ul1,
+    );
+    if v != TC_ACT_SHOT {
+        failures.push(format!("to_underlay: no route must drop (verdict {v})"));
+    }
+    let _ = addr;
+
+    assert!(
+        failures.is_empty(),
+        "{} fixture failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// A full flow table evicts the least recently used flow: new flows still go through.
+#[test]
+fn mesh_flow_table_full() {
+    if !is_root() {
+        eprintln!("skipped: BPF_PROG_TEST_RUN needs root");
+        return;
+    }
+    std::thread::spawn(|| {
+        private_netns();
+        let h = Harness::new(16);
+        let before = h.stats();
+        for sport in 0..200u16 {
+            let syn = tcp(NODE, 30000 + sport, 8080, "syn", &[]);
+            let (v, out) = h.xdp(&syn);
+            assert_eq!(v, XDP_PASS, "flow {sport}");
+            assert_eq!(out, local_out(&syn, LOCAL, 80), "flow {sport}");
+        }
+        let d = h.stats().since(&before);
+        assert_eq!(d.get(MC::NewFlows), 200);
+        assert_eq!(d.get(MC::FlowInsertFailed), 0);
+        let n = h.maps.flow_count();
+        assert!(n <= 16 + 4, "{n} flows in a table of 16");
+        assert_eq!(h.maps.flow_capacity().unwrap(), 16);
+    })
+    .join()
+    .expect("flow table thread");
+}
