@@ -71,6 +71,13 @@ async fn serve(config: AgentConfig) -> Result<()> {
         Some(file) => Some(Overlay::start(&config, file).await?),
         None => None,
     };
+    // Service VIPs (socket-level balancing), following the declared LB state.
+    let vip = match (&config.declared_lb, &overlay) {
+        (Some(file), Some(o)) => {
+            Some(crate::vip_driver::VipDriver::start(&config, file, o.driver.present.clone()).await?)
+        }
+        _ => None,
+    };
 
     // The cluster role this node had (resumed from <data_dir>/cluster/), and the API
     // the CLI reaches it through.
@@ -120,6 +127,9 @@ async fn serve(config: AgentConfig) -> Result<()> {
             }
         }
     };
+    if let Some(v) = vip {
+        v.stop().await;
+    }
     if let Some(o) = overlay {
         if let Some(dns) = o.dns {
             dns.shutdown().await;

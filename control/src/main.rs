@@ -21,6 +21,7 @@ mod dns_driver;
 mod overlay_driver;
 mod stats_cmd;
 mod status;
+mod vip_driver;
 
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
