@@ -89,6 +89,12 @@ async fn serve(config: AgentConfig) -> Result<()> {
         engine: EngineSource::Docker(config.docker_socket.clone()),
         hostname: None,
         timings: None,
+        declared: Some(shoal_control::node_state::DeclaredPaths::for_agent(
+            &config.data_dir,
+            config.declared_state.as_deref(),
+            config.dns.as_ref().map(|d| d.declared.as_path()),
+            config.declared_lb.as_deref(),
+        )),
     })
     .await
     .context("starting the cluster role")?;

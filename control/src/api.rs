@@ -19,6 +19,7 @@ use std::{collections::BTreeMap, fmt};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 pub use shoal_cluster::store::{Availability, NodeStatus};
+use shoal_cluster::store::{Network, Service, ServiceSpec, Task};
 
 /// Default path of the agent's API socket.
 pub const DEFAULT_API_SOCKET: &str = "/run/shoal/shoal.sock";
@@ -159,6 +160,60 @@ pub enum Request {
         #[serde(default)]
         label_rm: Vec<String>,
     },
+    /// `service create`: `spec.networks` holds network names or IDs as given.
+    ServiceCreate {
+        spec: ServiceSpec,
+    },
+    /// What `service ls|ps|inspect` and the progress display read: the services named
+    /// (all when empty), their tasks, and the nodes and networks they refer to.
+    ServiceState {
+        #[serde(default)]
+        services: Vec<String>,
+    },
+    ServiceScale {
+        scales: Vec<(String, u64)>,
+    },
+    ServiceRm {
+        services: Vec<String>,
+    },
+    /// `service update` (minimal): `--force` replaces every task; image and replicas
+    /// may change.
+    ServiceUpdate {
+        service: String,
+        #[serde(default)]
+        force: bool,
+        #[serde(default)]
+        image: Option<String>,
+        #[serde(default)]
+        replicas: Option<u64>,
+    },
+    ServiceLogs {
+        service: String,
+        #[serde(default)]
+        tail: Option<String>,
+    },
+    NetworkCreate {
+        name: String,
+        #[serde(default)]
+        driver: Option<String>,
+        #[serde(default)]
+        subnet: Option<Ipv4Net>,
+        #[serde(default)]
+        gateway: Option<std::net::Ipv4Addr>,
+        #[serde(default)]
+        attachable: bool,
+        #[serde(default)]
+        options: BTreeMap<String, String>,
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+    },
+    NetworkLs,
+    NetworkInspect {
+        networks: Vec<String>,
+    },
+    NetworkRm {
+        networks: Vec<String>,
+    },
 }
 
 impl Request {
@@ -175,6 +230,16 @@ impl Request {
             Request::NodePromote { .. } => "node promote",
             Request::NodeDemote { .. } => "node demote",
             Request::NodeUpdate { .. } => "node update",
+            Request::ServiceCreate { .. } => "service create",
+            Request::ServiceState { .. } => "service state",
+            Request::ServiceScale { .. } => "service scale",
+            Request::ServiceRm { .. } => "service rm",
+            Request::ServiceUpdate { .. } => "service update",
+            Request::ServiceLogs { .. } => "service logs",
+            Request::NetworkCreate { .. } => "network create",
+            Request::NetworkLs => "network ls",
+            Request::NetworkInspect { .. } => "network inspect",
+            Request::NetworkRm { .. } => "network rm",
         }
     }
 }
@@ -217,6 +282,43 @@ pub enum Reply {
     NodesChanged {
         nodes: Vec<String>,
     },
+    ServiceCreated {
+        id: String,
+        #[serde(default)]
+        warnings: Vec<String>,
+    },
+    ServiceState(Box<ServiceStateView>),
+    /// `service scale|rm|update`: the references as given, in order, each done.
+    ServicesChanged {
+        services: Vec<String>,
+    },
+    /// `service logs`: lines prefixed with the task, and what could not be read here.
+    ServiceLogs {
+        lines: Vec<String>,
+        #[serde(default)]
+        warnings: Vec<String>,
+    },
+    NetworkCreated {
+        id: String,
+    },
+    Networks {
+        networks: Vec<Network>,
+    },
+    NetworksChanged {
+        networks: Vec<String>,
+    },
+}
+
+/// Services with their tasks, for the CLI to lay out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStateView {
+    pub services: Vec<Service>,
+    pub tasks: Vec<Task>,
+    /// Node ID -> hostname.
+    pub nodes: BTreeMap<String, String>,
+    pub networks: Vec<Network>,
+    /// The manager's clock (ms since the epoch), for ages.
+    pub now_ms: u64,
 }
 
 /// One node, as the CLI shows it.

@@ -6,6 +6,7 @@
 //! - [`template`]: `--format`'s Go-template subset.
 
 pub mod format;
+pub mod service;
 pub mod template;
 
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};

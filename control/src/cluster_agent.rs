@@ -6,6 +6,8 @@
 //! `swarm leave` ends it (and its files), and the agent's shutdown shuts it down
 //! cleanly so that the next start resumes it.
 
+mod services;
+
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -30,6 +32,7 @@ use crate::{
         Secret,
     },
     docker::DockerClient,
+    node_state::DeclaredPaths,
 };
 
 /// Swarm's manager port.
@@ -71,6 +74,9 @@ pub struct ClusterAgentConfig {
     /// The cluster's timings for `swarm init`/`join` (kept in the role's files);
     /// None: the defaults.
     pub timings: Option<Timings>,
+    /// Where the node's declared overlay, DNS and LB states are written (the files the
+    /// agent's drivers read); None: `<data_dir>/declared/*.json`.
+    pub declared: Option<DeclaredPaths>,
 }
 
 impl ClusterAgentConfig {
@@ -78,7 +84,43 @@ impl ClusterAgentConfig {
     pub fn cluster_dir(&self) -> PathBuf {
         self.data_dir.join("cluster")
     }
+
+    /// The declared-state files.
+    pub fn declared_paths(&self) -> DeclaredPaths {
+        self.declared
+            .clone()
+            .unwrap_or_else(|| DeclaredPaths::under(&self.data_dir))
+    }
+
+    fn docker_socket(&self) -> Option<&Path> {
+        match &self.engine {
+            EngineSource::Docker(p) => Some(p),
+            EngineSource::Fixed(_) => None,
+        }
+    }
 }
+
+/// What runs beside the role: the executor (every node with dockerd) and the scheduler
+/// (managers; it acts only while its manager leads).
+#[derive(Default)]
+struct Background {
+    executor: Option<(tokio::task::JoinHandle<()>, String)>,
+    scheduler: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    fn stop(&mut self) {
+        if let Some((h, _)) = self.executor.take() {
+            h.abort();
+        }
+        if let Some(h) = self.scheduler.take() {
+            h.abort();
+        }
+    }
+}
+
+/// How often the role's background work is checked (promotion, demotion, leave).
+const SUPERVISE_EVERY: Duration = Duration::from_millis(300);
 
 /// The handle the agent holds. Roles change under it: a worker can be promoted (then
 /// [`Worker::manager`] is the manager) and a manager demoted ([`Manager::role`]).
@@ -109,16 +151,78 @@ impl Role {
 pub struct ClusterAgent {
     config: ClusterAgentConfig,
     role: Mutex<Option<Role>>,
+    background: std::sync::Mutex<Background>,
 }
 
 impl ClusterAgent {
     /// Resumes the role found in `<data_dir>/cluster/`, if there is one.
     pub async fn start(config: ClusterAgentConfig) -> Result<Arc<Self>, ApiError> {
         let role = resume(&config).await?;
-        Ok(Arc::new(ClusterAgent {
+        let agent = Arc::new(ClusterAgent {
             config,
             role: Mutex::new(role),
-        }))
+            background: std::sync::Mutex::new(Background::default()),
+        });
+        let weak = Arc::downgrade(&agent);
+        tokio::spawn(async move {
+            loop {
+                match weak.upgrade() {
+                    Some(agent) => agent.supervise().await,
+                    None => return,
+                }
+                tokio::time::sleep(SUPERVISE_EVERY).await;
+            }
+        });
+        Ok(agent)
+    }
+
+    /// Starts or stops the executor and the scheduler to match the role.
+    async fn supervise(&self) {
+        let (client, manager) = match &*self.role.lock().await {
+            None => (None, None),
+            Some(role) => {
+                let client = match role {
+                    Role::Manager(m) => m.node_client(),
+                    Role::Worker(w) => w.node_client(),
+                };
+                (Some(client), role.acting_manager())
+            }
+        };
+        let mut bg = self.background.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(client) = client else {
+            bg.stop();
+            return;
+        };
+        if let Some(socket) = self.config.docker_socket() {
+            let stale = match &bg.executor {
+                Some((h, id)) => h.is_finished() || id != client.node_id(),
+                None => true,
+            };
+            if stale {
+                if let Some((h, _)) = bg.executor.take() {
+                    h.abort();
+                }
+                let id = client.node_id().to_owned();
+                let config = crate::executor::ExecutorConfig {
+                    docker_socket: socket.to_path_buf(),
+                    declared: self.config.declared_paths(),
+                };
+                info!(node_id = %id, "task executor started");
+                bg.executor = Some((tokio::spawn(crate::executor::run(client, config)), id));
+            }
+        }
+        match (manager, &bg.scheduler) {
+            (Some(m), None) => {
+                bg.scheduler = Some(tokio::spawn(crate::scheduler::run(m)));
+            }
+            (Some(_), Some(h)) if h.is_finished() => bg.scheduler = None,
+            (None, Some(_)) => {
+                if let Some(h) = bg.scheduler.take() {
+                    h.abort();
+                }
+            }
+            _ => {}
+        }
     }
 
     /// The role's name, for logs: "manager", "worker" or "none".
@@ -131,6 +235,10 @@ impl ClusterAgent {
 
     /// Shuts the role down, keeping its files (the next start resumes it).
     pub async fn shutdown(&self) {
+        self.background
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stop();
         match self.role.lock().await.take() {
             Some(Role::Manager(m)) => {
                 m.shutdown().await;
@@ -253,6 +361,10 @@ impl ClusterAgent {
                     *role = Some(current);
                     return Err(ApiError::new(message));
                 }
+                self.background
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .stop();
                 let was = current.name();
                 let result = match (current, acting) {
                     (Role::Manager(m), _) => m.leave(force).await,
@@ -284,6 +396,10 @@ impl ClusterAgent {
                         .ok_or_else(|| ApiError::new(WORKER_NOT_MANAGER))?,
                     None => return Err(ApiError::new(NOT_IN_SWARM)),
                 };
+                drop(role);
+                if is_service_request(&other) {
+                    return services::request(&manager, self.config.docker_socket(), other).await;
+                }
                 manager_request(&manager, other).await
             }
         }
@@ -391,6 +507,22 @@ async fn resume(config: &ClusterAgentConfig) -> Result<Option<Role>, ApiError> {
     Ok(Some(role))
 }
 
+fn is_service_request(r: &Request) -> bool {
+    matches!(
+        r,
+        Request::ServiceCreate { .. }
+            | Request::ServiceState { .. }
+            | Request::ServiceScale { .. }
+            | Request::ServiceRm { .. }
+            | Request::ServiceUpdate { .. }
+            | Request::ServiceLogs { .. }
+            | Request::NetworkCreate { .. }
+            | Request::NetworkLs
+            | Request::NetworkInspect { .. }
+            | Request::NetworkRm { .. }
+    )
+}
+
 /// Requests only a manager answers.
 async fn manager_request(manager: &Manager, request: Request) -> Result<Reply, ApiError> {
     match request {
@@ -490,6 +622,10 @@ async fn manager_request(manager: &Manager, request: Request) -> Result<Reply, A
         Request::SwarmInit { .. } | Request::SwarmJoin { .. } | Request::SwarmLeave { .. } => Err(
             ApiError::new("internal error: a swarm request reached the node handler"),
         ),
+        other => Err(ApiError::new(format!(
+            "internal error: {} reached the node handler",
+            other.name()
+        ))),
     }
 }
 

@@ -280,6 +280,12 @@ impl DockerClient {
         Ok(Self { docker, socket })
     }
 
+    /// The underlying bollard client (the task executor creates, starts and removes
+    /// containers through it).
+    pub fn engine(&self) -> &Docker {
+        &self.docker
+    }
+
     /// The socket this client talks to.
     pub fn socket(&self) -> &Path {
         &self.socket

@@ -4,5 +4,7 @@ pub mod api;
 pub mod cli;
 pub mod cluster_agent;
 pub mod docker;
+pub mod executor;
 pub mod ipam;
+pub mod node_state;
 pub mod scheduler;

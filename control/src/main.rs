@@ -26,7 +26,11 @@ mod vip_driver;
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
-use shoal_control::cli::{self, NodeArgs, SwarmArgs};
+use shoal_control::cli::{
+    self,
+    service::{NetworkArgs, ServiceArgs},
+    NodeArgs, SwarmArgs,
+};
 use shoal_dataplane::bpffs::DEFAULT_PIN_DIR;
 use tracing_subscriber::{filter::LevelFilter, EnvFilter};
 
@@ -48,6 +52,10 @@ enum Command {
     Swarm(SwarmArgs),
     /// Manage the swarm's nodes (ls, inspect, rm, promote, demote, update)
     Node(NodeArgs),
+    /// Manage services (create, ls, ps, inspect, scale, rm, update, logs)
+    Service(ServiceArgs),
+    /// Manage overlay networks (create, ls, inspect, rm)
+    Network(NetworkArgs),
     /// Inspect this node's dataplane
     #[command(subcommand)]
     Dataplane(DataplaneCommand),
@@ -89,6 +97,8 @@ fn main() -> ExitCode {
         Command::Agent(args) => run_agent(*args),
         Command::Swarm(args) => print_output(cli::run_swarm(&args)),
         Command::Node(args) => print_output(cli::run_node(&args)),
+        Command::Service(args) => print_output(cli::service::run_service(&args)),
+        Command::Network(args) => print_output(cli::service::run_network(&args)),
         Command::Dataplane(DataplaneCommand::Stats(args)) => {
             stats_cmd::run(&args.pin_dir, args.json)
         }

@@ -995,6 +995,7 @@ mod real {
                     engine: EngineSource::Fixed("20.10.24".into()),
                     hostname: Some(name.into()),
                     timings: Some(fast_timings()),
+                    declared: None,
                 }))
                 .unwrap();
             let socket = serve(rt, &dir, agent.clone());
@@ -1242,6 +1243,7 @@ mod real {
                 engine: EngineSource::Fixed("20.10.24".into()),
                 hostname: Some("r1".into()),
                 timings: None,
+                declared: None,
             }))
             .unwrap();
         assert_eq!(rt.block_on(agent.role_name()), "manager");

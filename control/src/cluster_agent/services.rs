@@ -1,0 +1,582 @@
+//! The manager's answers to `service ...` and `network ...` requests: checks first
+//! (nothing is written when one fails), then one store command per object.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::Ipv4Addr,
+    path::Path,
+};
+
+use futures::StreamExt;
+use ipnet::Ipv4Net;
+use shoal_cluster::{
+    manager::Manager,
+    store::{
+        ClusterState, Command, Network, PublishMode, Service, ServiceMode, ServiceSpec, TaskState,
+    },
+};
+use tracing::info;
+
+use super::{cluster_error, execute};
+use crate::{
+    api::{ApiError, Reply, Request, ServiceStateView},
+    docker::DockerClient,
+    executor::{LABEL_SERVICE_ID, LABEL_TASK_ID},
+    scheduler::{new_id, now_ms, Constraint},
+};
+
+/// Swarm's range for published ports chosen by the managers.
+const DYNAMIC_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
+/// The first VNI handed to a user network (4096 is ingress).
+const FIRST_VNI: u32 = 4097;
+
+/// An object reference to its ID, Docker's way: exact ID, exact name, unique ID prefix.
+fn resolve<'a>(
+    kind: &str,
+    objects: impl Iterator<Item = (&'a str, &'a str)>,
+    reference: &str,
+) -> Result<String, ApiError> {
+    if reference.is_empty() {
+        return Err(ApiError::new(format!("{kind} reference must not be empty")));
+    }
+    let all: Vec<(&str, &str)> = objects.collect();
+    if let Some((id, _)) = all.iter().find(|(id, _)| *id == reference) {
+        return Ok((*id).to_string());
+    }
+    if let Some((id, _)) = all.iter().find(|(_, name)| *name == reference) {
+        return Ok((*id).to_string());
+    }
+    let prefixed: Vec<&str> = all
+        .iter()
+        .filter(|(id, _)| id.starts_with(reference))
+        .map(|(id, _)| *id)
+        .collect();
+    match prefixed.as_slice() {
+        [id] => Ok((*id).to_string()),
+        [] => Err(ApiError::new(format!("{kind} {reference} not found"))),
+        _ => Err(ApiError::new(format!(
+            "{kind} {reference} is ambiguous ({} matches)",
+            prefixed.len()
+        ))),
+    }
+}
+
+fn service_id(state: &ClusterState, reference: &str) -> Result<String, ApiError> {
+    resolve(
+        "service",
+        state
+            .services
+            .values()
+            .map(|s| (s.id.as_str(), s.spec.name.as_str())),
+        reference,
+    )
+}
+
+fn network_id(state: &ClusterState, reference: &str) -> Result<String, ApiError> {
+    resolve(
+        "network",
+        state
+            .networks
+            .values()
+            .map(|n| (n.id.as_str(), n.name.as_str())),
+        reference,
+    )
+}
+
+/// Docker's rule for object names.
+fn check_name(kind: &str, name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(format!(
+            "invalid {kind} name {name:?}: 1 to 63 characters of [a-zA-Z0-9_.-], starting with a letter or digit"
+        )))
+    }
+}
+
+/// Checks a spec from the CLI and resolves its networks; chooses free published ports.
+fn prepare_spec(state: &ClusterState, mut spec: ServiceSpec) -> Result<ServiceSpec, ApiError> {
+    check_name("service", &spec.name)?;
+    if spec.image.trim().is_empty() {
+        return Err(ApiError::new("an image is required"));
+    }
+    for c in &spec.constraints {
+        Constraint::parse(c).map_err(ApiError::new)?;
+    }
+    let mut networks = Vec::new();
+    for reference in &spec.networks {
+        let id = network_id(state, reference)?;
+        if state.networks[&id].ingress {
+            return Err(ApiError::new(
+                "a service cannot be attached to the ingress network explicitly: publish a port instead",
+            ));
+        }
+        if !networks.contains(&id) {
+            networks.push(id);
+        }
+    }
+    spec.networks = networks;
+    if spec.ports.iter().any(|p| p.mode == PublishMode::Ingress)
+        && !state.networks.values().any(|n| n.ingress)
+    {
+        return Err(ApiError::new(
+            "the cluster has no ingress network: ports can only be published in host mode",
+        ));
+    }
+    let mut used: BTreeSet<(u16, String)> = state
+        .services
+        .values()
+        .flat_map(|s| s.spec.ports.iter())
+        .map(|p| (p.published, format!("{:?}", p.protocol)))
+        .collect();
+    let mut mine: BTreeSet<(u16, String)> = BTreeSet::new();
+    for p in &mut spec.ports {
+        if p.target == 0 {
+            return Err(ApiError::new(
+                "invalid port: the target port must be 1-65535",
+            ));
+        }
+        let proto = format!("{:?}", p.protocol);
+        if p.published == 0 {
+            p.published = DYNAMIC_PORTS
+                .clone()
+                .find(|port| !used.contains(&(*port, proto.clone())))
+                .ok_or_else(|| ApiError::new("no free port left in 30000-32767"))?;
+        }
+        if !mine.insert((p.published, proto.clone())) {
+            return Err(ApiError::new(format!(
+                "port {}/{} is published twice",
+                p.published,
+                proto.to_lowercase()
+            )));
+        }
+        used.insert((p.published, proto));
+    }
+    Ok(spec)
+}
+
+/// The subnet for a new network: the one given (no overlap allowed) or the first free
+/// one from the cluster's pools.
+fn choose_subnet(state: &ClusterState, given: Option<Ipv4Net>) -> Result<Ipv4Net, ApiError> {
+    let taken: Vec<Ipv4Net> = state
+        .networks
+        .values()
+        .filter_map(|n| n.subnet.as_deref()?.parse().ok())
+        .collect();
+    let overlaps = |a: &Ipv4Net| {
+        taken
+            .iter()
+            .find(|b| a.contains(&b.network()) || b.contains(&a.network()))
+    };
+    if let Some(s) = given {
+        let s = s.trunc();
+        if s.prefix_len() > 30 {
+            return Err(ApiError::new(format!(
+                "invalid subnet {s}: at most /30 (a gateway and an address)"
+            )));
+        }
+        if let Some(o) = overlaps(&s) {
+            return Err(ApiError::new(format!(
+                "subnet {s} overlaps with another network's {o}"
+            )));
+        }
+        return Ok(s);
+    }
+    let spec = state.cluster.clone().unwrap_or_default();
+    let prefix = if spec.subnet_prefix_len == 0 {
+        24
+    } else {
+        spec.subnet_prefix_len
+    };
+    let pools: Vec<Ipv4Net> = if spec.default_addr_pools.is_empty() {
+        vec!["10.0.0.0/8".parse().expect("a prefix")]
+    } else {
+        spec.default_addr_pools
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    };
+    for pool in pools {
+        let Ok(subnets) = pool.subnets(prefix.max(pool.prefix_len())) else {
+            continue;
+        };
+        if let Some(s) = subnets.take(1 << 16).find(|s| overlaps(s).is_none()) {
+            return Ok(s);
+        }
+    }
+    Err(ApiError::new(
+        "no free subnet left in the cluster's address pools",
+    ))
+}
+
+/// Answers one service or network request (the manager side).
+pub(super) async fn request(
+    manager: &Manager,
+    docker_socket: Option<&Path>,
+    request: Request,
+) -> Result<Reply, ApiError> {
+    let state = manager.state().await.map_err(cluster_error)?;
+    match request {
+        Request::ServiceCreate { spec } => {
+            let spec = prepare_spec(&state, spec)?;
+            let now = now_ms();
+            let mut warnings = Vec::new();
+            if let ServiceMode::Replicated { replicas } = spec.mode {
+                if replicas > 0 && state.nodes.is_empty() {
+                    warnings.push("the cluster has no nodes to run tasks on".to_string());
+                }
+            }
+            let service = Service {
+                id: new_id(),
+                spec,
+                created_ms: now,
+                updated_ms: now,
+                endpoint: Default::default(),
+                force_update: 0,
+                version: 0,
+            };
+            let id = service.id.clone();
+            info!(service = %service.spec.name, %id, "service created");
+            execute(
+                manager,
+                Command::CreateService {
+                    service: Box::new(service),
+                },
+            )
+            .await?;
+            Ok(Reply::ServiceCreated { id, warnings })
+        }
+        Request::ServiceState { services } => {
+            let ids: Vec<String> = if services.is_empty() {
+                state.services.keys().cloned().collect()
+            } else {
+                services
+                    .iter()
+                    .map(|r| service_id(&state, r))
+                    .collect::<Result<_, _>>()?
+            };
+            let wanted: BTreeSet<&String> = ids.iter().collect();
+            Ok(Reply::ServiceState(Box::new(ServiceStateView {
+                services: ids
+                    .iter()
+                    .filter_map(|id| state.services.get(id).cloned())
+                    .collect(),
+                tasks: state
+                    .tasks
+                    .values()
+                    .filter(|t| wanted.contains(&t.service_id))
+                    .cloned()
+                    .collect(),
+                nodes: state
+                    .nodes
+                    .values()
+                    .map(|n| (n.id.clone(), n.hostname.clone()))
+                    .collect(),
+                networks: state.networks.values().cloned().collect(),
+                now_ms: now_ms(),
+            })))
+        }
+        Request::ServiceScale { scales } => {
+            let mut changes = Vec::new();
+            for (reference, replicas) in &scales {
+                let id = service_id(&state, reference)?;
+                let s = &state.services[&id];
+                if s.spec.mode == ServiceMode::Global {
+                    return Err(ApiError::new(format!(
+                        "{reference}: scale can only be used with replicated mode"
+                    )));
+                }
+                let mut s = s.clone();
+                s.spec.mode = ServiceMode::Replicated {
+                    replicas: *replicas,
+                };
+                s.updated_ms = now_ms();
+                changes.push((reference.clone(), s));
+            }
+            let mut done = Vec::new();
+            for (reference, s) in changes {
+                execute(
+                    manager,
+                    Command::UpdateService {
+                        service: Box::new(s),
+                    },
+                )
+                .await?;
+                done.push(reference);
+            }
+            Ok(Reply::ServicesChanged { services: done })
+        }
+        Request::ServiceRm { services } => {
+            let ids = services
+                .iter()
+                .map(|r| service_id(&state, r))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut done = Vec::new();
+            for (reference, id) in services.iter().zip(ids) {
+                if done.contains(reference) {
+                    continue;
+                }
+                execute(manager, Command::RemoveService { id }).await?;
+                done.push(reference.clone());
+            }
+            Ok(Reply::ServicesChanged { services: done })
+        }
+        Request::ServiceUpdate {
+            service,
+            force,
+            image,
+            replicas,
+        } => {
+            let id = service_id(&state, &service)?;
+            let mut s = state.services[&id].clone();
+            if force {
+                s.force_update += 1;
+            }
+            if let Some(image) = image {
+                if image.trim().is_empty() {
+                    return Err(ApiError::new("the image must not be empty"));
+                }
+                if image != s.spec.image {
+                    s.spec.image = image;
+                    s.force_update += 1;
+                }
+            }
+            if let Some(r) = replicas {
+                if s.spec.mode == ServiceMode::Global {
+                    return Err(ApiError::new(
+                        "replicas can only be used with replicated mode",
+                    ));
+                }
+                s.spec.mode = ServiceMode::Replicated { replicas: r };
+            }
+            s.updated_ms = now_ms();
+            execute(
+                manager,
+                Command::UpdateService {
+                    service: Box::new(s),
+                },
+            )
+            .await?;
+            Ok(Reply::ServicesChanged {
+                services: vec![service],
+            })
+        }
+        Request::ServiceLogs { service, tail } => {
+            let id = service_id(&state, &service)?;
+            logs(&state, manager.node_id(), &id, docker_socket, tail).await
+        }
+        Request::NetworkCreate {
+            name,
+            driver,
+            subnet,
+            gateway,
+            attachable,
+            options,
+            labels,
+        } => {
+            check_name("network", &name)?;
+            let driver = driver.unwrap_or_else(|| "overlay".into());
+            if driver != "overlay" {
+                return Err(ApiError::new(format!(
+                    "network driver {driver:?} is not supported: only overlay"
+                )));
+            }
+            if gateway.is_some() && subnet.is_none() {
+                return Err(ApiError::new("--gateway needs --subnet"));
+            }
+            if let Some(n) = state.networks.values().find(|n| n.name == name) {
+                return Err(ApiError::new(format!(
+                    "network with name {name} already exists (ID {})",
+                    n.id
+                )));
+            }
+            let subnet = choose_subnet(&state, subnet)?;
+            let first = u32::from(subnet.network()) + 1;
+            let last = u32::from(subnet.broadcast()) - 1;
+            let gateway = match gateway {
+                Some(g) if (first..=last).contains(&u32::from(g)) => g,
+                Some(g) => {
+                    return Err(ApiError::new(format!(
+                        "gateway {g} is not a host address of subnet {subnet}"
+                    )))
+                }
+                None => Ipv4Addr::from(first),
+            };
+            let vni = state
+                .networks
+                .values()
+                .filter_map(|n| n.vni)
+                .filter(|v| *v >= FIRST_VNI)
+                .max()
+                .map_or(FIRST_VNI, |v| v + 1);
+            let encrypted = options.contains_key("encrypted");
+            let network = Network {
+                id: new_id(),
+                name: name.clone(),
+                driver,
+                subnet: Some(subnet.to_string()),
+                gateway: Some(gateway.to_string()),
+                vni: Some(vni),
+                ingress: false,
+                attachable,
+                internal: false,
+                encrypted,
+                labels,
+                options,
+                version: 0,
+            };
+            let id = network.id.clone();
+            execute(manager, Command::UpsertNetwork { network }).await?;
+            info!(network = %name, %id, %subnet, vni, "network created");
+            Ok(Reply::NetworkCreated { id })
+        }
+        Request::NetworkLs => Ok(Reply::Networks {
+            networks: state.networks.values().cloned().collect(),
+        }),
+        Request::NetworkInspect { networks } => {
+            let ids = networks
+                .iter()
+                .map(|r| network_id(&state, r))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Reply::Networks {
+                networks: ids.iter().map(|id| state.networks[id].clone()).collect(),
+            })
+        }
+        Request::NetworkRm { networks } => {
+            let ids = networks
+                .iter()
+                .map(|r| network_id(&state, r))
+                .collect::<Result<Vec<_>, _>>()?;
+            for (reference, id) in networks.iter().zip(&ids) {
+                if let Some(s) = state
+                    .services
+                    .values()
+                    .find(|s| s.spec.networks.contains(id))
+                {
+                    return Err(ApiError::new(format!(
+                        "network {reference} is in use by service {}",
+                        s.spec.name
+                    )));
+                }
+                if let Some(t) = state.tasks.values().find(|t| {
+                    !t.status.state.is_terminal() && t.networks.iter().any(|a| &a.network_id == id)
+                }) {
+                    return Err(ApiError::new(format!(
+                        "network {reference} is in use by task {} (still stopping)",
+                        t.id
+                    )));
+                }
+            }
+            let mut done = Vec::new();
+            for (reference, id) in networks.iter().zip(ids) {
+                execute(manager, Command::RemoveNetwork { id }).await?;
+                done.push(reference.clone());
+            }
+            Ok(Reply::NetworksChanged { networks: done })
+        }
+        _ => Err(ApiError::new(
+            "internal error: not a service or network request",
+        )),
+    }
+}
+
+/// `service logs`: the logs of the service's task containers on this node's dockerd;
+/// tasks on other nodes are named in the warnings (their logs stay on their node).
+async fn logs(
+    state: &ClusterState,
+    self_id: &str,
+    service_id: &str,
+    docker_socket: Option<&Path>,
+    tail: Option<String>,
+) -> Result<Reply, ApiError> {
+    let service = &state.services[service_id];
+    let hostname = |id: &str| {
+        state
+            .nodes
+            .get(id)
+            .map(|n| n.hostname.clone())
+            .unwrap_or_else(|| id.to_string())
+    };
+    let mut warnings = Vec::new();
+    let mut remote: BTreeMap<String, usize> = BTreeMap::new();
+    for t in state.service_tasks(service_id) {
+        if let Some(n) = &t.node_id {
+            if n != self_id && t.status.state >= TaskState::Starting {
+                *remote.entry(hostname(n)).or_default() += 1;
+            }
+        }
+    }
+    for (host, k) in remote {
+        warnings.push(format!(
+            "{k} task(s) of {} run on {host}: run `shoal service logs` there for theirs",
+            service.spec.name
+        ));
+    }
+    let Some(socket) = docker_socket else {
+        return Ok(Reply::ServiceLogs {
+            lines: Vec::new(),
+            warnings,
+        });
+    };
+    let docker = DockerClient::connect(socket)
+        .await
+        .map_err(|e| ApiError::new(e.to_string()))?;
+    let api = docker.engine();
+    let list = api
+        .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "label".to_string(),
+                vec![format!("{LABEL_SERVICE_ID}={service_id}")],
+            )])),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|e| ApiError::new(format!("listing task containers: {e}")))?;
+    let me = hostname(self_id);
+    let mut lines = Vec::new();
+    for c in list {
+        let (Some(id), Some(labels)) = (c.id, c.labels) else {
+            continue;
+        };
+        let task_id = labels.get(LABEL_TASK_ID).cloned().unwrap_or_default();
+        let name = state
+            .tasks
+            .get(&task_id)
+            .map(|t| t.display_name(&service.spec.name))
+            .unwrap_or_else(|| service.spec.name.clone());
+        let prefix = format!("{name}.{}@{me}", &task_id[..task_id.len().min(12)]);
+        let mut stream = api.logs(
+            &id,
+            Some(bollard::query_parameters::LogsOptions {
+                stdout: true,
+                stderr: true,
+                tail: tail.clone().unwrap_or_else(|| "all".into()),
+                ..Default::default()
+            }),
+        );
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(out) => {
+                    for line in out.to_string().lines() {
+                        lines.push(format!("{prefix}    | {line}"));
+                    }
+                }
+                Err(e) => {
+                    warnings.push(format!("{prefix}: {e}"));
+                    break;
+                }
+            }
+        }
+    }
+    Ok(Reply::ServiceLogs { lines, warnings })
+}

@@ -1,0 +1,528 @@
+//! The executor: on every node of a cluster, runs the tasks the managers placed here on
+//! the node's dockerd and reports what they do.
+//!
+//! ```text
+//!   leader ──node_state(since)──▶ executor ──create/start/stop/remove──▶ dockerd
+//!      ▲                              │  (containers `<service>.<slot>.<task>`,
+//!      └──────report_tasks────────────┘   --network none, --init, task labels)
+//!                                     └──▶ declared overlay/DNS/LB files (node_state)
+//! ```
+//! Each step: fetch the state when the store changed, write the node's declared state,
+//! list the task containers (one call, by label), start what should run, stop and
+//! remove what should not (and containers of tasks that are no longer this node's: a
+//! node that comes back after being Down cleans up), and report every state a task
+//! reached that the store does not know yet. Steps run on dockerd events and on a short
+//! tick. Task states follow Swarm: assigned, preparing (image check), starting
+//! (created and started; health check pending), running (started, healthy if it has a
+//! check), then complete, failed (exit code, unhealthy) or rejected (no such image).
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    time::Duration,
+};
+
+use bollard::{
+    models::{ContainerCreateBody, ContainerSummaryStateEnum, HealthConfig, HostConfig},
+    query_parameters::{
+        CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, StopContainerOptions,
+    },
+};
+use futures::{stream, StreamExt};
+use shoal_cluster::{
+    manager::NodeClient,
+    store::{ClusterState, Service, Task, TaskState, TaskStatus, TaskStatusUpdate},
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    docker::{DockerClient, WatchUpdate},
+    node_state::{self, DeclaredPaths},
+    scheduler::{now_ms, parse_ip},
+};
+
+/// Labels on every task container (Swarm's keys, so tools that know them work).
+pub const LABEL_TASK: &str = "com.docker.swarm.task";
+pub const LABEL_TASK_ID: &str = "com.docker.swarm.task.id";
+pub const LABEL_TASK_NAME: &str = "com.docker.swarm.task.name";
+pub const LABEL_SERVICE_ID: &str = "com.docker.swarm.service.id";
+pub const LABEL_SERVICE_NAME: &str = "com.docker.swarm.service.name";
+pub const LABEL_NODE_ID: &str = "com.docker.swarm.node.id";
+pub const LABEL_SLOT: &str = "shoal.task.slot";
+
+/// How often the executor looks without an event.
+const TICK: Duration = Duration::from_millis(200);
+/// Containers created or removed at once.
+const PARALLEL: usize = 8;
+/// Grace for a task's process on shutdown before it is killed.
+const STOP_GRACE_SECS: i32 = 5;
+
+/// One task container as dockerd lists it.
+#[derive(Debug, Clone)]
+struct Observed {
+    id: String,
+    task_id: String,
+    state: ContainerSummaryStateEnum,
+    /// Docker's status line: `Up 3 seconds (healthy)`, `Exited (137) 2 seconds ago`.
+    status: String,
+}
+
+impl Observed {
+    fn health(&self) -> Option<&'static str> {
+        if self.status.contains("(unhealthy)") {
+            Some("unhealthy")
+        } else if self.status.contains("(healthy)") {
+            Some("healthy")
+        } else if self.status.contains("(health: starting)") {
+            Some("starting")
+        } else {
+            None
+        }
+    }
+
+    fn exit_code(&self) -> Option<i64> {
+        let rest = self.status.strip_prefix("Exited (")?;
+        rest.split(')').next()?.parse().ok()
+    }
+}
+
+enum Action {
+    Start {
+        task: Box<Task>,
+        service: Box<Service>,
+        gateway: Option<String>,
+    },
+    /// Stop and remove; `report` says whether the task should be reported shut down.
+    Remove {
+        container: String,
+        task: Option<Box<Task>>,
+    },
+}
+
+/// The node's executor.
+pub struct Executor {
+    client: NodeClient,
+    docker: DockerClient,
+    paths: DeclaredPaths,
+    state: Option<ClusterState>,
+    /// The last state reported per task (not sent again until the store moves).
+    sent: HashMap<String, TaskState>,
+}
+
+impl Executor {
+    pub fn new(client: NodeClient, docker: DockerClient, paths: DeclaredPaths) -> Executor {
+        Executor {
+            client,
+            docker,
+            paths,
+            state: None,
+            sent: HashMap::new(),
+        }
+    }
+
+    /// Runs until dropped (the agent aborts it when the node leaves the cluster).
+    pub async fn run(mut self) {
+        let mut events = self.docker.watch_reconnecting(Duration::from_secs(2));
+        loop {
+            self.step().await;
+            tokio::select! {
+                () = tokio::time::sleep(TICK) => {}
+                update = events.next() => {
+                    if let Some(WatchUpdate::Lost(e)) = update {
+                        debug!(error = %e, "dockerd events lost; retrying");
+                    }
+                }
+            }
+        }
+    }
+
+    /// One pass: fetch, declare, converge, report.
+    pub async fn step(&mut self) {
+        let since = self.state.as_ref().map_or(0, |s| s.version);
+        match self.client.node_state(since).await {
+            Ok(Some(state)) => self.state = Some(state),
+            Ok(None) => {}
+            Err(e) => {
+                debug!(error = %e, "cannot fetch this node's tasks from the managers");
+            }
+        }
+        let Some(state) = self.state.clone() else {
+            return;
+        };
+        let me = self.client.node_id().to_string();
+        if let Err(e) = node_state::compute(&state, &me).write(&self.paths) {
+            warn!(error = %e, "writing the declared node state");
+        }
+        let observed = match self.list().await {
+            Ok(o) => o,
+            Err(e) => {
+                debug!(error = %e, "listing task containers");
+                return;
+            }
+        };
+        let mut updates: Vec<TaskStatusUpdate> = Vec::new();
+        let mut actions = Vec::new();
+        let by_task: HashMap<&str, &Observed> =
+            observed.iter().map(|o| (o.task_id.as_str(), o)).collect();
+
+        // Containers that should not be here.
+        for o in &observed {
+            let task = state.tasks.get(&o.task_id);
+            let ours = task.is_some_and(|t| t.node_id.as_deref() == Some(me.as_str()));
+            let keep = ours && task.is_some_and(|t| t.desired_state == TaskState::Running);
+            if !keep {
+                actions.push(Action::Remove {
+                    container: o.id.clone(),
+                    task: task.filter(|_| ours).cloned().map(Box::new),
+                });
+            }
+        }
+        // Tasks that should run here.
+        for t in state.tasks.values() {
+            if t.node_id.as_deref() != Some(me.as_str()) {
+                continue;
+            }
+            if t.desired_state != TaskState::Running {
+                // Told to stop before it ever had a container here: it is shut down.
+                if !t.status.state.is_terminal() && !by_task.contains_key(t.id.as_str()) {
+                    updates.push(update(t, TaskState::Shutdown, "shutdown", None));
+                }
+                continue;
+            }
+            let Some(service) = state.services.get(&t.service_id) else {
+                continue;
+            };
+            match by_task.get(t.id.as_str()) {
+                None => {
+                    if t.status.state.is_terminal() {
+                        continue;
+                    }
+                    if t.status.state <= TaskState::Accepted {
+                        let gateway = t
+                            .networks
+                            .first()
+                            .and_then(|a| state.networks.get(&a.network_id))
+                            .and_then(|n| n.gateway.clone());
+                        actions.push(Action::Start {
+                            task: Box::new(t.clone()),
+                            service: Box::new(service.clone()),
+                            gateway,
+                        });
+                    } else if t.status.state >= TaskState::Starting {
+                        updates.push(update(
+                            t,
+                            TaskState::Failed,
+                            "failed",
+                            Some("task: the container is gone".into()),
+                        ));
+                    }
+                }
+                Some(o) => {
+                    if let Some(u) = observe(t, o) {
+                        updates.push(u);
+                    }
+                }
+            }
+        }
+
+        let docker = self.docker.clone();
+        let node = me.clone();
+        let results: Vec<Vec<TaskStatusUpdate>> = stream::iter(actions)
+            .map(|a| act(&docker, &node, a))
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
+        updates.extend(results.into_iter().flatten());
+
+        // Only what moves a task forward in the store, once.
+        updates.retain(|u| {
+            let known = state.tasks.get(&u.task_id).map(|t| t.status.state);
+            known.is_some_and(|k| u.status.state > k)
+                && self.sent.get(&u.task_id) != Some(&u.status.state)
+        });
+        // Keep the latest state per task.
+        let mut last: HashMap<String, TaskStatusUpdate> = HashMap::new();
+        for u in updates {
+            match last.get(&u.task_id) {
+                Some(prev) if prev.status.state >= u.status.state => {}
+                _ => {
+                    last.insert(u.task_id.clone(), u);
+                }
+            }
+        }
+        if last.is_empty() {
+            return;
+        }
+        let updates: Vec<TaskStatusUpdate> = last.into_values().collect();
+        match self.client.report_tasks(updates.clone()).await {
+            Ok(()) => {
+                for u in updates {
+                    self.sent.insert(u.task_id, u.status.state);
+                }
+                let live: HashSet<&String> = state.tasks.keys().collect();
+                self.sent.retain(|id, _| live.contains(id));
+            }
+            Err(e) => warn!(error = %e, "reporting task states to the managers"),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<Observed>, bollard::errors::Error> {
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "label".to_string(),
+                vec![LABEL_TASK_ID.to_string()],
+            )])),
+            ..Default::default()
+        };
+        let list = self.docker.engine().list_containers(Some(options)).await?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let task_id = c.labels.as_ref()?.get(LABEL_TASK_ID)?.clone();
+                Some(Observed {
+                    id: c.id?,
+                    task_id,
+                    state: c.state.unwrap_or(ContainerSummaryStateEnum::EMPTY),
+                    status: c.status.unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+}
+
+fn update(t: &Task, state: TaskState, message: &str, err: Option<String>) -> TaskStatusUpdate {
+    TaskStatusUpdate {
+        task_id: t.id.clone(),
+        status: TaskStatus {
+            state,
+            timestamp_ms: now_ms(),
+            message: message.to_string(),
+            err,
+            container_id: t.status.container_id.clone(),
+            exit_code: None,
+        },
+    }
+}
+
+/// What a listed container says about its task.
+fn observe(t: &Task, o: &Observed) -> Option<TaskStatusUpdate> {
+    let mut u = match o.state {
+        ContainerSummaryStateEnum::RUNNING => match o.health() {
+            Some("unhealthy") => update(
+                t,
+                TaskState::Failed,
+                "failed",
+                Some("task: container unhealthy".into()),
+            ),
+            Some("starting") => update(t, TaskState::Starting, "starting", None),
+            _ => update(t, TaskState::Running, "started", None),
+        },
+        ContainerSummaryStateEnum::EXITED | ContainerSummaryStateEnum::DEAD => {
+            let code = o.exit_code();
+            let mut u = match code {
+                Some(0) => update(t, TaskState::Complete, "finished", None),
+                Some(c) => update(
+                    t,
+                    TaskState::Failed,
+                    "failed",
+                    Some(format!("task: non-zero exit ({c})")),
+                ),
+                None => update(
+                    t,
+                    TaskState::Failed,
+                    "failed",
+                    Some("task: the container died".into()),
+                ),
+            };
+            u.status.exit_code = code;
+            u
+        }
+        _ => return None,
+    };
+    u.status.container_id = Some(o.id.clone());
+    Some(u)
+}
+
+/// Does one action; returns the task states it reached.
+async fn act(docker: &DockerClient, node: &str, action: Action) -> Vec<TaskStatusUpdate> {
+    match action {
+        Action::Remove { container, task } => {
+            let api = docker.engine();
+            let _ = api
+                .stop_container(
+                    &container,
+                    Some(StopContainerOptions {
+                        t: Some(STOP_GRACE_SECS),
+                        signal: None,
+                    }),
+                )
+                .await;
+            if let Err(e) = api
+                .remove_container(
+                    &container,
+                    Some(RemoveContainerOptions {
+                        force: true,
+                        ..Default::default()
+                    }),
+                )
+                .await
+            {
+                debug!(container, error = %e, "removing a task container");
+            }
+            match task {
+                Some(t) if !t.status.state.is_terminal() => {
+                    vec![update(&t, TaskState::Shutdown, "shutdown", None)]
+                }
+                _ => Vec::new(),
+            }
+        }
+        Action::Start {
+            task,
+            service,
+            gateway,
+        } => start(docker, node, &task, &service, gateway).await,
+    }
+}
+
+async fn start(
+    docker: &DockerClient,
+    node: &str,
+    t: &Task,
+    service: &Service,
+    gateway: Option<String>,
+) -> Vec<TaskStatusUpdate> {
+    let api = docker.engine();
+    let spec = &service.spec;
+    let mut out = vec![update(t, TaskState::Preparing, "preparing", None)];
+    if let Err(e) = api.inspect_image(&spec.image).await {
+        let err = match &e {
+            bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            } => format!("No such image: {}", spec.image),
+            other => format!("checking image {}: {other}", spec.image),
+        };
+        warn!(task = %t.id, %err, "task rejected");
+        out.push(update(t, TaskState::Rejected, "rejected", Some(err)));
+        return out;
+    }
+    let name = t.container_name(&spec.name);
+    let labels = HashMap::from([
+        (LABEL_TASK.to_string(), String::new()),
+        (LABEL_TASK_ID.to_string(), t.id.clone()),
+        (LABEL_TASK_NAME.to_string(), name.clone()),
+        (LABEL_SERVICE_ID.to_string(), service.id.clone()),
+        (LABEL_SERVICE_NAME.to_string(), spec.name.clone()),
+        (LABEL_NODE_ID.to_string(), node.to_string()),
+        (LABEL_SLOT.to_string(), t.slot.to_string()),
+    ]);
+    let ns = |ms: u64| (ms > 0).then(|| (ms as i64).saturating_mul(1_000_000));
+    let healthcheck = spec.healthcheck.as_ref().map(|h| HealthConfig {
+        test: Some(h.test.clone()),
+        interval: ns(h.interval_ms),
+        timeout: ns(h.timeout_ms),
+        retries: (h.retries > 0).then_some(h.retries as i64),
+        start_period: ns(h.start_period_ms),
+        start_interval: None,
+    });
+    let dns = gateway
+        .as_deref()
+        .and_then(parse_ip)
+        .map(|g| vec![g.to_string()]);
+    let body = ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
+        env: (!spec.env.is_empty()).then(|| spec.env.clone()),
+        labels: Some(labels),
+        healthcheck,
+        hostname: Some(t.id.chars().take(12).collect()),
+        host_config: Some(HostConfig {
+            network_mode: Some("none".into()),
+            init: Some(true),
+            dns,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let created = api
+        .create_container(
+            Some(CreateContainerOptions {
+                name: Some(name.clone()),
+                ..Default::default()
+            }),
+            body,
+        )
+        .await;
+    let id = match created {
+        Ok(r) => r.id,
+        Err(e) => {
+            out.push(update(
+                t,
+                TaskState::Rejected,
+                "rejected",
+                Some(format!("creating container {name}: {e}")),
+            ));
+            return out;
+        }
+    };
+    let mut starting = update(t, TaskState::Starting, "starting", None);
+    starting.status.container_id = Some(id.clone());
+    out.push(starting);
+    if let Err(e) = api.start_container(&id, None).await {
+        let mut failed = update(
+            t,
+            TaskState::Failed,
+            "failed",
+            Some(format!("starting container failed: {e}")),
+        );
+        failed.status.container_id = Some(id);
+        out.push(failed);
+        return out;
+    }
+    info!(task = %t.id, container = %name, "task started");
+    if spec
+        .healthcheck
+        .as_ref()
+        .is_none_or(|h| h.test.first().map(String::as_str) == Some("NONE"))
+    {
+        // No health check of its own: may the image have one? The next listing says.
+        let mut running = update(t, TaskState::Running, "started", None);
+        running.status.container_id = Some(id);
+        if spec.healthcheck.is_some() || !image_has_healthcheck(docker, &spec.image).await {
+            out.push(running);
+        }
+    }
+    out
+}
+
+async fn image_has_healthcheck(docker: &DockerClient, image: &str) -> bool {
+    match docker.engine().inspect_image(image).await {
+        Ok(i) => i
+            .config
+            .and_then(|c| c.healthcheck)
+            .and_then(|h| h.test)
+            .is_some_and(|t| t.first().map(String::as_str) != Some("NONE")),
+        Err(_) => false,
+    }
+}
+
+/// Where the executor writes and how it reaches dockerd.
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    pub docker_socket: PathBuf,
+    pub declared: DeclaredPaths,
+}
+
+/// Connects to dockerd (retrying) and runs the executor for `client`'s node.
+pub async fn run(client: NodeClient, config: ExecutorConfig) {
+    let docker = loop {
+        match DockerClient::connect(&config.docker_socket).await {
+            Ok(d) => break d,
+            Err(e) => {
+                warn!(error = %e, "the task executor needs dockerd; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
+    Executor::new(client, docker, config.declared).run().await
+}

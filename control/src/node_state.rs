@@ -1,0 +1,384 @@
+//! A node's declared network state, computed from the cluster store.
+//!
+//! Each node turns what the store says into the three declared states its dataplane
+//! drivers read (overlay, DNS, load balancing) and writes them atomically as JSON to
+//! the files those drivers poll. Networks are named by their store name.
+//!
+//! - Overlay: the networks of this node's tasks (and `ingress` on every node as soon as
+//!   a service publishes a port in ingress mode), this node's tasks as local endpoints in
+//!   their attachment order (ingress first: the first network carries the default
+//!   route), and every task elsewhere on those networks as a remote endpoint at its
+//!   node's address. The remote part comes from the store, which every node can read
+//!   through the managers; gossip is meant to carry it later.
+//! - DNS: every service on a network present here, its VIPs on those networks and its
+//!   running tasks' addresses.
+//! - Load balancing: the same services with their VIPs, published ports and backends
+//!   (running tasks healthy; tasks told to stop that still run draining).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    io::Write,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use shoal_cluster::store::{self, ClusterState, NodeStatus, PublishMode, Service, Task, TaskState};
+use shoal_dataplane::{lb::state as lb, overlay::state as overlay};
+use shoal_dns::records as dns;
+
+use crate::scheduler::{effective_networks, parse_ip};
+
+/// Where a node writes its declared states.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclaredPaths {
+    pub overlay: PathBuf,
+    pub dns: PathBuf,
+    pub lb: PathBuf,
+}
+
+impl DeclaredPaths {
+    /// The agent's `--declared-state`, `--declared-dns` and `--declared-lb` files where
+    /// given, the defaults under `data_dir` for the others.
+    pub fn for_agent(
+        data_dir: &Path,
+        overlay: Option<&Path>,
+        dns: Option<&Path>,
+        lb: Option<&Path>,
+    ) -> DeclaredPaths {
+        let d = DeclaredPaths::under(data_dir);
+        DeclaredPaths {
+            overlay: overlay.map_or(d.overlay, Path::to_path_buf),
+            dns: dns.map_or(d.dns, Path::to_path_buf),
+            lb: lb.map_or(d.lb, Path::to_path_buf),
+        }
+    }
+
+    /// The defaults: `<data_dir>/declared/{overlay,dns,lb}.json`.
+    pub fn under(data_dir: &Path) -> DeclaredPaths {
+        let dir = data_dir.join("declared");
+        DeclaredPaths {
+            overlay: dir.join("overlay.json"),
+            dns: dir.join("dns.json"),
+            lb: dir.join("lb.json"),
+        }
+    }
+}
+
+/// The three declared states of one node.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeState {
+    pub overlay: overlay::OverlayState,
+    pub dns: dns::DnsState,
+    pub lb: lb::LbState,
+}
+
+/// A node's data-path address: `data_path_addr`, else the advertise address's IP.
+fn vtep(state: &ClusterState, node_id: &str) -> Option<Ipv4Addr> {
+    let n = state.nodes.get(node_id)?;
+    let text = n.data_path_addr.as_deref().unwrap_or(&n.advertise_addr);
+    let ip = text
+        .parse::<SocketAddr>()
+        .map(|a| a.ip())
+        .or_else(|_| text.parse::<IpAddr>())
+        .ok()?;
+    match ip {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// A task that has (or is getting) a container: placed, told to run, not ended.
+fn active(t: &Task) -> bool {
+    t.node_id.is_some()
+        && t.desired_state == TaskState::Running
+        && t.status.state >= TaskState::Assigned
+        && !t.status.state.is_terminal()
+}
+
+fn node_ready(state: &ClusterState, node: Option<&String>) -> bool {
+    node.and_then(|n| state.nodes.get(n))
+        .is_some_and(|n| n.status == NodeStatus::Ready)
+}
+
+fn lb_protocol(p: store::Protocol) -> lb::Protocol {
+    match p {
+        store::Protocol::Tcp => lb::Protocol::Tcp,
+        store::Protocol::Udp => lb::Protocol::Udp,
+    }
+}
+
+/// Computes the declared states of node `node_id`.
+pub fn compute(state: &ClusterState, node_id: &str) -> NodeState {
+    let net_name = |id: &str| state.networks.get(id).map(|n| n.name.clone());
+    let services: BTreeMap<&str, &Service> = state
+        .services
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let ingress = state.networks.values().find(|n| n.ingress);
+    let any_ingress_port = state
+        .services
+        .values()
+        .any(|s| s.spec.ports.iter().any(|p| p.mode == PublishMode::Ingress));
+
+    // Networks present here: those of local tasks, and ingress when ports are published.
+    let mut local_nets: BTreeSet<String> = BTreeSet::new();
+    let mut local_endpoints = Vec::new();
+    for t in state.tasks.values() {
+        if t.node_id.as_deref() != Some(node_id) || !active(t) {
+            continue;
+        }
+        let Some(service) = services.get(t.service_id.as_str()) else {
+            continue;
+        };
+        let container = t.container_name(&service.spec.name);
+        for a in &t.networks {
+            let (Some(name), Some(ip)) = (net_name(&a.network_id), parse_ip(&a.addr)) else {
+                continue;
+            };
+            local_nets.insert(a.network_id.clone());
+            local_endpoints.push(overlay::LocalEndpoint {
+                network: name,
+                container: container.clone(),
+                ip,
+                mac: None,
+            });
+        }
+    }
+    if let (Some(ing), true) = (ingress, any_ingress_port) {
+        local_nets.insert(ing.id.clone());
+    }
+    let networks: Vec<overlay::Network> = local_nets
+        .iter()
+        .filter_map(|id| {
+            let n = state.networks.get(id)?;
+            Some(overlay::Network {
+                id: n.name.clone(),
+                vni: n.vni?,
+                subnet: n.subnet.as_deref()?.parse().ok()?,
+                gateway: n.gateway.as_deref()?.parse().ok()?,
+                mtu: None,
+                encrypted: n.encrypted,
+            })
+        })
+        .collect();
+    let declared: BTreeSet<String> = networks.iter().map(|n| n.id.clone()).collect();
+
+    let mut remote_endpoints = Vec::new();
+    for t in state.tasks.values() {
+        let Some(node) = t.node_id.as_deref() else {
+            continue;
+        };
+        if node == node_id || !active(t) || !node_ready(state, t.node_id.as_ref()) {
+            continue;
+        }
+        let Some(vtep) = vtep(state, node) else {
+            continue;
+        };
+        for a in &t.networks {
+            if !local_nets.contains(&a.network_id) {
+                continue;
+            }
+            let (Some(name), Some(ip)) = (net_name(&a.network_id), parse_ip(&a.addr)) else {
+                continue;
+            };
+            remote_endpoints.push(overlay::RemoteEndpoint {
+                network: name,
+                ip,
+                mac: None,
+                vtep,
+            });
+        }
+    }
+
+    let mut dns_services = Vec::new();
+    let mut lb_services = Vec::new();
+    for s in state.services.values() {
+        let nets = effective_networks(state, s);
+        let here: Vec<String> = nets
+            .iter()
+            .filter(|n| local_nets.contains(*n))
+            .filter_map(|n| net_name(n))
+            .collect();
+        let publishes = s.spec.ports.iter().any(|p| p.mode == PublishMode::Ingress);
+        if here.is_empty() && !publishes {
+            continue;
+        }
+        let vips: Vec<(String, Ipv4Addr)> = s
+            .endpoint
+            .virtual_ips
+            .iter()
+            .filter(|v| local_nets.contains(&v.network_id))
+            .filter_map(|v| Some((net_name(&v.network_id)?, parse_ip(&v.addr)?)))
+            .collect();
+        let endpoint_mode = s.spec.endpoint_mode;
+        let running: Vec<&Task> = state
+            .service_tasks(&s.id)
+            .filter(|t| {
+                t.status.state == TaskState::Running && node_ready(state, t.node_id.as_ref())
+            })
+            .collect();
+        let addresses = |t: &Task| -> Vec<(String, Ipv4Addr)> {
+            t.networks
+                .iter()
+                .filter(|a| local_nets.contains(&a.network_id))
+                .filter_map(|a| Some((net_name(&a.network_id)?, parse_ip(&a.addr)?)))
+                .collect()
+        };
+        if !here.is_empty() {
+            dns_services.push(dns::Service {
+                name: s.spec.name.clone(),
+                stack: None,
+                endpoint_mode: match endpoint_mode {
+                    store::EndpointMode::Vip => dns::EndpointMode::Vip,
+                    store::EndpointMode::Dnsrr => dns::EndpointMode::Dnsrr,
+                },
+                vips: vips
+                    .iter()
+                    .map(|(n, ip)| dns::NetAddr {
+                        network: n.clone(),
+                        ip: (*ip).into(),
+                    })
+                    .collect(),
+                networks: match endpoint_mode {
+                    store::EndpointMode::Vip => vips.iter().map(|(n, _)| n.clone()).collect(),
+                    store::EndpointMode::Dnsrr => here.clone(),
+                },
+                tasks: running
+                    .iter()
+                    .filter(|t| t.desired_state == TaskState::Running)
+                    .map(|t| dns::Task {
+                        id: t.id.clone(),
+                        slot: (t.slot > 0).then(|| t.slot.min(u32::MAX as u64) as u32),
+                        healthy: true,
+                        addresses: addresses(t)
+                            .into_iter()
+                            .map(|(n, ip)| dns::NetAddr {
+                                network: n,
+                                ip: ip.into(),
+                            })
+                            .collect(),
+                    })
+                    .filter(|t| !t.addresses.is_empty())
+                    .collect(),
+            });
+        }
+        let ingress_name = ingress.map(|n| n.name.clone());
+        let mut required: Vec<String> = vips.iter().map(|(n, _)| n.clone()).collect();
+        if publishes {
+            required.extend(ingress_name.iter().cloned());
+        }
+        if !required.iter().all(|r| declared.contains(r)) {
+            continue;
+        }
+        let backends = running
+            .iter()
+            .filter_map(|t| {
+                let node = vtep(state, t.node_id.as_deref()?)?;
+                let addresses: BTreeMap<String, Ipv4Addr> = addresses(t).into_iter().collect();
+                if !required.iter().all(|r| addresses.contains_key(r)) {
+                    return None;
+                }
+                Some(lb::Backend {
+                    task: t.id.clone(),
+                    node,
+                    addresses,
+                    state: if t.desired_state == TaskState::Running {
+                        lb::BackendState::Healthy
+                    } else {
+                        lb::BackendState::Draining
+                    },
+                })
+            })
+            .collect();
+        lb_services.push(lb::Service {
+            id: s.id.clone(),
+            name: s.spec.name.clone(),
+            endpoint_mode: match endpoint_mode {
+                store::EndpointMode::Vip => lb::EndpointMode::Vip,
+                store::EndpointMode::Dnsrr => lb::EndpointMode::Dnsrr,
+            },
+            balance: lb::Balance::default(),
+            vips: match endpoint_mode {
+                store::EndpointMode::Vip => vips
+                    .iter()
+                    .map(|(n, ip)| lb::Vip {
+                        network: n.clone(),
+                        address: *ip,
+                    })
+                    .collect(),
+                store::EndpointMode::Dnsrr => Vec::new(),
+            },
+            ports: s
+                .spec
+                .ports
+                .iter()
+                .map(|p| lb::PublishedPort {
+                    protocol: lb_protocol(p.protocol),
+                    published: p.published,
+                    target: p.target,
+                    mode: match p.mode {
+                        PublishMode::Ingress => lb::PublishMode::Ingress,
+                        PublishMode::Host => lb::PublishMode::Host,
+                    },
+                })
+                .collect(),
+            backends,
+        });
+    }
+    let ingress_network = match (ingress, any_ingress_port) {
+        (Some(n), true) if declared.contains(&n.name) => Some(n.name.clone()),
+        _ => None,
+    };
+
+    NodeState {
+        overlay: overlay::OverlayState {
+            networks,
+            local_endpoints,
+            remote_endpoints,
+        },
+        dns: dns::DnsState {
+            services: dns_services,
+            containers: Vec::new(),
+        },
+        lb: lb::LbState {
+            ingress_network,
+            services: lb_services,
+        },
+    }
+}
+
+/// Writes `value` as JSON to `path` atomically (temporary file, then rename), only if
+/// the content differs from what is there. Returns whether it wrote.
+pub fn write_if_changed<T: serde::Serialize>(path: &Path, value: &T) -> std::io::Result<bool> {
+    let mut body = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    body.push(b'\n');
+    if fs::read(path).ok().as_deref() == Some(body.as_slice()) {
+        return Ok(false);
+    }
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    Ok(true)
+}
+
+impl NodeState {
+    /// Writes the three states to `paths` (each only if changed).
+    pub fn write(&self, paths: &DeclaredPaths) -> std::io::Result<()> {
+        write_if_changed(&paths.overlay, &self.overlay)?;
+        write_if_changed(&paths.dns, &self.dns)?;
+        write_if_changed(&paths.lb, &self.lb)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

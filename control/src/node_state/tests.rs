@@ -1,0 +1,184 @@
+use std::collections::BTreeMap;
+
+use shoal_cluster::store::{
+    Availability, Command, Endpoint, EndpointMode, Network, Node, PortConfig, Protocol,
+    RestartCondition, Role, ServiceMode, ServiceSpec, TaskStatus, TaskStatusUpdate,
+};
+
+use super::*;
+use crate::scheduler::plan;
+
+fn node(id: &str, ip: &str) -> Node {
+    Node {
+        id: id.into(),
+        hostname: id.into(),
+        role: Role::Manager,
+        availability: Availability::Active,
+        status: NodeStatus::Ready,
+        advertise_addr: format!("{ip}:2377"),
+        data_path_addr: None,
+        engine_version: "20.10".into(),
+        labels: BTreeMap::new(),
+        raft_id: None,
+        version: 0,
+    }
+}
+
+fn network(id: &str, name: &str, subnet: &str, gw: &str, vni: u32, ingress: bool) -> Network {
+    Network {
+        id: id.into(),
+        name: name.into(),
+        driver: "overlay".into(),
+        subnet: Some(subnet.into()),
+        gateway: Some(gw.into()),
+        vni: Some(vni),
+        ingress,
+        attachable: false,
+        internal: false,
+        encrypted: false,
+        labels: BTreeMap::new(),
+        options: BTreeMap::new(),
+        version: 0,
+    }
+}
+
+fn cluster() -> ClusterState {
+    let mut s = ClusterState::default();
+    let mut ok = |c: Command| assert!(s.apply(&c).into_result().is_ok());
+    ok(Command::UpsertNode {
+        node: node("n1", "192.168.77.11"),
+    });
+    ok(Command::UpsertNode {
+        node: node("n2", "192.168.77.12"),
+    });
+    ok(Command::UpsertNetwork {
+        network: network("ING", "ingress", "10.255.0.0/16", "10.255.0.1", 4096, true),
+    });
+    ok(Command::UpsertNetwork {
+        network: network("WEB", "web", "10.0.1.0/24", "10.0.1.1", 4097, false),
+    });
+    ok(Command::CreateService {
+        service: Box::new(Service {
+            id: "S".into(),
+            spec: ServiceSpec {
+                name: "myweb".into(),
+                labels: BTreeMap::new(),
+                image: "shoal/web:1".into(),
+                args: vec![],
+                env: vec![],
+                mode: ServiceMode::Replicated { replicas: 2 },
+                networks: vec!["WEB".into()],
+                ports: vec![PortConfig {
+                    protocol: Protocol::Tcp,
+                    target: 80,
+                    published: 8080,
+                    mode: PublishMode::Ingress,
+                }],
+                endpoint_mode: EndpointMode::Vip,
+                constraints: vec![],
+                healthcheck: None,
+                restart_condition: RestartCondition::Any,
+            },
+            created_ms: 0,
+            updated_ms: 0,
+            endpoint: Endpoint::default(),
+            force_update: 0,
+            version: 0,
+        }),
+    });
+    let mut n = 0;
+    for c in plan(&s, 1, &mut || {
+        n += 1;
+        format!("t{n}")
+    }) {
+        assert!(s.apply(&c).into_result().is_ok());
+    }
+    let tasks: Vec<(String, String)> = s
+        .tasks
+        .values()
+        .map(|t| (t.id.clone(), t.node_id.clone().unwrap()))
+        .collect();
+    for (id, node) in tasks {
+        s.apply(&Command::UpdateTaskStatus {
+            node_id: node,
+            updates: vec![TaskStatusUpdate {
+                task_id: id,
+                status: TaskStatus {
+                    state: TaskState::Running,
+                    ..Default::default()
+                },
+            }],
+        });
+    }
+    s
+}
+
+#[test]
+fn a_node_declares_its_tasks_ingress_first_and_the_others_as_remote() {
+    let s = cluster();
+    let ns = compute(&s, "n1");
+    ns.overlay.validate().expect("a valid overlay state");
+    ns.lb.validate(&ns.overlay).expect("a valid LB state");
+    let nets: Vec<&str> = ns.overlay.networks.iter().map(|n| n.id.as_str()).collect();
+    assert_eq!(nets, vec!["ingress", "web"]);
+    let local: Vec<&str> = ns
+        .overlay
+        .local_endpoints
+        .iter()
+        .map(|e| e.network.as_str())
+        .collect();
+    assert_eq!(local, vec!["ingress", "web"], "ingress first");
+    let own = s
+        .tasks
+        .values()
+        .find(|t| t.node_id.as_deref() == Some("n1"))
+        .unwrap();
+    assert_eq!(
+        ns.overlay.local_endpoints[0].container,
+        format!("myweb.{}.{}", own.slot, own.id)
+    );
+    assert_eq!(ns.overlay.remote_endpoints.len(), 2);
+    assert!(ns
+        .overlay
+        .remote_endpoints
+        .iter()
+        .all(|r| r.vtep == "192.168.77.12".parse::<Ipv4Addr>().unwrap()));
+    assert_eq!(ns.lb.ingress_network.as_deref(), Some("ingress"));
+    let svc = &ns.lb.services[0];
+    assert_eq!(svc.vips.len(), 2);
+    assert_eq!(svc.backends.len(), 2);
+    assert_eq!(svc.ports[0].published, 8080);
+    let d = &ns.dns.services[0];
+    assert_eq!(d.name, "myweb");
+    assert_eq!(d.tasks.len(), 2);
+    assert_eq!(d.vips.len(), 2);
+}
+
+#[test]
+fn a_node_without_tasks_still_serves_published_ports() {
+    let mut s = cluster();
+    s.apply(&Command::UpsertNode {
+        node: node("n3", "192.168.77.13"),
+    });
+    let ns = compute(&s, "n3");
+    ns.overlay.validate().unwrap();
+    ns.lb.validate(&ns.overlay).unwrap();
+    assert!(ns.overlay.local_endpoints.is_empty());
+    assert_eq!(ns.overlay.networks.len(), 1, "ingress only");
+    let svc = &ns.lb.services[0];
+    assert_eq!(svc.backends.len(), 2);
+    assert_eq!(svc.vips.len(), 1, "the ingress VIP only");
+}
+
+#[test]
+fn files_are_written_atomically_and_only_when_changed() {
+    let dir = std::env::temp_dir().join(format!("shoal-node-state-{}", std::process::id()));
+    let paths = DeclaredPaths::under(&dir);
+    let ns = compute(&cluster(), "n1");
+    ns.write(&paths).unwrap();
+    let back: overlay::OverlayState =
+        serde_json::from_slice(&fs::read(&paths.overlay).unwrap()).unwrap();
+    assert_eq!(back, ns.overlay);
+    assert!(!write_if_changed(&paths.overlay, &ns.overlay).unwrap());
+    let _ = fs::remove_dir_all(&dir);
+}
