@@ -4,9 +4,11 @@
 //! `target/bench/<suite>.json`. A missed target is reported (and the command exits
 //! non-zero), never hidden.
 //!
-//! Suites: `overlay` (here), `dns` (`bench/dns.rs`) and `cluster` (`bench/cluster.rs`).
+//! Suites: `overlay` (here), `dns` (`bench/dns.rs`), `cluster` (`bench/cluster.rs`) and
+//! `gossip` (`bench/gossip.rs`).
 mod cluster;
 mod dns;
+mod gossip;
 
 use std::{
     fs,
@@ -80,7 +82,8 @@ pub fn run(suite: &str) -> Result<ExitCode> {
         "overlay" => overlay(),
         "dns" => dns::run(),
         "cluster" => cluster::run(),
-        other => bail!("unknown benchmark suite {other:?}; suites: overlay, dns, cluster"),
+        "gossip" => gossip::run(),
+        other => bail!("unknown benchmark suite {other:?}; suites: overlay, dns, cluster, gossip"),
     }
 }
 

@@ -35,7 +35,7 @@ enum Cmd {
         #[arg(long)]
         no_lab: bool,
     },
-    /// Run a benchmark suite against its baseline (suites: overlay, dns, cluster).
+    /// Run a benchmark suite against its baseline (suites: overlay, dns, cluster, gossip).
     Bench { suite: String },
 }
 

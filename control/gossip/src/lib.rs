@@ -331,9 +331,10 @@ impl Gossip {
         let deriver = tokio::spawn(async move {
             let mut deriver = Deriver::default();
             loop {
-                let live = live_rx.borrow_and_update().clone();
                 let subnets = subnets_rx.borrow_and_update().clone();
-                let table = deriver.derive(&live, &subnets, &deriver_counters);
+                // Derived under the watch's read lock: no copy of every node's state.
+                let table =
+                    deriver.derive(&live_rx.borrow_and_update(), &subnets, &deriver_counters);
                 table_tx.send_if_modified(|current| {
                     if **current != table {
                         *current = Arc::new(table);

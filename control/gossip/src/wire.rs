@@ -4,15 +4,20 @@
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
 };
 
 use anyhow::{bail, Context};
 use tokio::sync::mpsc;
 
-/// Packets queued per in-memory socket before further ones are dropped, as a full UDP
-/// receive buffer would.
-const QUEUE: usize = 1024;
+/// Bytes queued per in-memory socket before further datagrams are dropped, as a full UDP
+/// receive buffer would (Linux's default `net.core.rmem_default`).
+const RCVBUF: usize = 212_992;
+/// Datagrams queued per in-memory socket at most.
+const QUEUE: usize = 256;
 
 /// Where a node's gossip socket lives.
 #[derive(Clone, Default)]
@@ -28,7 +33,7 @@ type Packet = (SocketAddr, Vec<u8>);
 
 #[derive(Default)]
 struct NetInner {
-    sockets: HashMap<SocketAddr, mpsc::Sender<Packet>>,
+    sockets: HashMap<SocketAddr, (mpsc::Sender<Packet>, Arc<AtomicUsize>)>,
     cut: HashSet<(SocketAddr, SocketAddr)>,
     isolated: HashSet<SocketAddr>,
     recording: HashMap<SocketAddr, Vec<Packet>>,
@@ -111,11 +116,13 @@ impl MemoryNet {
         if let Some(rec) = inner.recording.get_mut(&to) {
             rec.push((from, bytes.clone()));
         }
-        let Some(tx) = inner.sockets.get(&to) else {
+        let Some((tx, queued)) = inner.sockets.get(&to) else {
             inner.lost += 1;
             return;
         };
-        if tx.try_send((from, bytes)).is_ok() {
+        let len = bytes.len();
+        if queued.load(Ordering::Relaxed) + len <= RCVBUF && tx.try_send((from, bytes)).is_ok() {
+            queued.fetch_add(len, Ordering::Relaxed);
             inner.delivered += 1;
         } else {
             inner.lost += 1;
@@ -131,11 +138,13 @@ impl MemoryNet {
             bail!("{addr} is already bound on the in-memory network");
         }
         let (tx, rx) = mpsc::channel(QUEUE);
-        inner.sockets.insert(addr, tx);
+        let queued = Arc::new(AtomicUsize::new(0));
+        inner.sockets.insert(addr, (tx, queued.clone()));
         Ok(MemorySocket {
             net: self.clone(),
             addr,
             rx,
+            queued,
         })
     }
 }
@@ -144,6 +153,7 @@ pub(crate) struct MemorySocket {
     net: MemoryNet,
     addr: SocketAddr,
     rx: mpsc::Receiver<Packet>,
+    queued: Arc<AtomicUsize>,
 }
 
 impl Drop for MemorySocket {
@@ -200,9 +210,12 @@ impl WireSocket {
                 }
             },
             WireSocket::Memory(s) => {
-                s.rx.recv()
-                    .await
-                    .context("the in-memory network closed this socket")
+                let packet =
+                    s.rx.recv()
+                        .await
+                        .context("the in-memory network closed this socket")?;
+                s.queued.fetch_sub(packet.1.len(), Ordering::Relaxed);
+                Ok(packet)
             }
         }
     }

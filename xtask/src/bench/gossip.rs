@@ -1,0 +1,99 @@
+//! `cargo xtask bench gossip`: the gossip layer in-process, measured by
+//! `control/gossip/examples/gossip_bench.rs` (release build): clusters of 100 and 1,000
+//! nodes on the in-memory network, every datagram sealed and opened as on the wire, the
+//! default timings (gossip every 200 ms, like Swarm's memberlist), real time on two
+//! runtime threads. No lab: the figures are the gossip layer's own, without the agent.
+//!
+//! - `cold_converge_N`: from N nodes starting to every node holding every node's endpoint.
+//! - `endpoint_spread_N_{p50,p99}`: one new endpoint published on one node until every
+//!   node's table holds it.
+//! - `dead_withdrawn_N_{median,max}`: a node crashes until no other node lists it.
+//! - `blip_tolerated_100`: the longest cut-off (0.5 s steps) no node reacted to.
+//!
+//! Baselines (Docker Swarm, `shared/docs/anchors.md`): memberlist gossips every 200 ms to
+//! 3 peers; a dead node's entries go after roughly 9-49 s at 100 nodes. Targets: a dead
+//! node gone everywhere within 5 s at 100 nodes (under Swarm's best case at 1,000 too);
+//! one endpoint everywhere within 10 gossip intervals (2 s) at 100 nodes and 20 (4 s) at
+//! 1,000; blips of 1 s ignored.
+use std::process::{ExitCode, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+use super::Report;
+
+/// Swarm's best case for a dead node's entries to go, at 100 nodes.
+const SWARM_DEAD_BEST_SECS: f64 = 9.0;
+/// Swarm's gossip interval.
+const SWARM_GOSSIP_INTERVAL_SECS: f64 = 0.2;
+
+pub(super) fn run() -> Result<ExitCode> {
+    let mut report = Report {
+        suite: "gossip",
+        ..Default::default()
+    };
+    println!("bench gossip: building and running the in-process gossip benchmark (release)");
+    let out = crate::util::cargo()
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "shoal-gossip",
+            "--example",
+            "gossip_bench",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running the gossip benchmark")?;
+    if !out.status.success() {
+        bail!("the gossip benchmark failed");
+    }
+    let mut figures = std::collections::BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        if let ["BENCH", "gossip", name, value, unit] = parts.as_slice() {
+            let value: f64 = value
+                .parse()
+                .with_context(|| format!("figure in {line:?}"))?;
+            report.figure(name, value, unit);
+            figures.insert(name.to_string(), value);
+        }
+    }
+    let get = |name: &str| {
+        figures
+            .get(name)
+            .copied()
+            .with_context(|| format!("the gossip benchmark printed no {name}"))
+    };
+    report.ratio(
+        "dead_withdrawn_100_max_vs_swarm_best",
+        get("dead_withdrawn_100_max")? / SWARM_DEAD_BEST_SECS,
+        "<=",
+        5.0 / SWARM_DEAD_BEST_SECS,
+    );
+    report.ratio(
+        "dead_withdrawn_1000_max_vs_swarm_best",
+        get("dead_withdrawn_1000_max")? / SWARM_DEAD_BEST_SECS,
+        "<=",
+        1.0,
+    );
+    report.ratio(
+        "endpoint_spread_100_p99_in_swarm_intervals",
+        get("endpoint_spread_100_p99")? / SWARM_GOSSIP_INTERVAL_SECS,
+        "<=",
+        10.0,
+    );
+    report.ratio(
+        "endpoint_spread_1000_p99_in_swarm_intervals",
+        get("endpoint_spread_1000_p99")? / SWARM_GOSSIP_INTERVAL_SECS,
+        "<=",
+        20.0,
+    );
+    report.ratio(
+        "blip_tolerated_100_s",
+        get("blip_tolerated_100")?,
+        ">=",
+        1.0,
+    );
+    report.finish()
+}
