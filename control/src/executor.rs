@@ -53,7 +53,7 @@ pub const LABEL_SLOT: &str = "shoal.task.slot";
 /// How often the executor looks without an event.
 const TICK: Duration = Duration::from_millis(200);
 /// Containers created or removed at once.
-const PARALLEL: usize = 8;
+const PARALLEL: usize = 16;
 /// Grace for a task's process on shutdown before it is killed.
 const STOP_GRACE_SECS: i32 = 5;
 
@@ -225,10 +225,22 @@ impl Executor {
             }
         }
 
+        // One image check per image, not per task.
+        let mut images: HashMap<String, ImageCheck> = HashMap::new();
+        for a in &actions {
+            if let Action::Start { service, .. } = a {
+                let image = &service.spec.image;
+                if !images.contains_key(image) {
+                    let check = check_image(&self.docker, image).await;
+                    images.insert(image.clone(), check);
+                }
+            }
+        }
         let docker = self.docker.clone();
         let node = me.clone();
+        let images = &images;
         let results: Vec<Vec<TaskStatusUpdate>> = stream::iter(actions)
-            .map(|a| act(&docker, &node, a))
+            .map(|a| act(&docker, &node, images, a))
             .buffer_unordered(PARALLEL)
             .collect()
             .await;
@@ -345,7 +357,30 @@ fn observe(t: &Task, o: &Observed) -> Option<TaskStatusUpdate> {
 }
 
 /// Does one action; returns the task states it reached.
-async fn act(docker: &DockerClient, node: &str, action: Action) -> Vec<TaskStatusUpdate> {
+/// What a node's dockerd says about an image: missing (the error), or present and
+/// whether it declares a health check of its own.
+type ImageCheck = Result<bool, String>;
+
+async fn check_image(docker: &DockerClient, image: &str) -> ImageCheck {
+    match docker.engine().inspect_image(image).await {
+        Ok(i) => Ok(i
+            .config
+            .and_then(|c| c.healthcheck)
+            .and_then(|h| h.test)
+            .is_some_and(|t| t.first().map(String::as_str) != Some("NONE"))),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Err(format!("No such image: {image}")),
+        Err(other) => Err(format!("checking image {image}: {other}")),
+    }
+}
+
+async fn act(
+    docker: &DockerClient,
+    node: &str,
+    images: &HashMap<String, ImageCheck>,
+    action: Action,
+) -> Vec<TaskStatusUpdate> {
     match action {
         Action::Remove { container, task } => {
             let api = docker.engine();
@@ -381,7 +416,13 @@ async fn act(docker: &DockerClient, node: &str, action: Action) -> Vec<TaskStatu
             task,
             service,
             gateway,
-        } => start(docker, node, &task, &service, gateway).await,
+        } => {
+            let image = images
+                .get(&service.spec.image)
+                .cloned()
+                .unwrap_or_else(|| Err("the image was not checked".into()));
+            start(docker, node, &task, &service, gateway, image).await
+        }
     }
 }
 
@@ -391,21 +432,19 @@ async fn start(
     t: &Task,
     service: &Service,
     gateway: Option<String>,
+    image: ImageCheck,
 ) -> Vec<TaskStatusUpdate> {
     let api = docker.engine();
     let spec = &service.spec;
     let mut out = vec![update(t, TaskState::Preparing, "preparing", None)];
-    if let Err(e) = api.inspect_image(&spec.image).await {
-        let err = match &e {
-            bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            } => format!("No such image: {}", spec.image),
-            other => format!("checking image {}: {other}", spec.image),
-        };
-        warn!(task = %t.id, %err, "task rejected");
-        out.push(update(t, TaskState::Rejected, "rejected", Some(err)));
-        return out;
-    }
+    let image_healthcheck = match image {
+        Ok(h) => h,
+        Err(err) => {
+            warn!(task = %t.id, %err, "task rejected");
+            out.push(update(t, TaskState::Rejected, "rejected", Some(err)));
+            return out;
+        }
+    };
     let name = t.container_name(&spec.name);
     let labels = HashMap::from([
         (LABEL_TASK.to_string(), String::new()),
@@ -488,22 +527,11 @@ async fn start(
         // No health check of its own: may the image have one? The next listing says.
         let mut running = update(t, TaskState::Running, "started", None);
         running.status.container_id = Some(id);
-        if spec.healthcheck.is_some() || !image_has_healthcheck(docker, &spec.image).await {
+        if spec.healthcheck.is_some() || !image_healthcheck {
             out.push(running);
         }
     }
     out
-}
-
-async fn image_has_healthcheck(docker: &DockerClient, image: &str) -> bool {
-    match docker.engine().inspect_image(image).await {
-        Ok(i) => i
-            .config
-            .and_then(|c| c.healthcheck)
-            .and_then(|h| h.test)
-            .is_some_and(|t| t.first().map(String::as_str) != Some("NONE")),
-        Err(_) => false,
-    }
 }
 
 /// Where the executor writes and how it reaches dockerd.

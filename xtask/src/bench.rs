@@ -9,6 +9,7 @@
 mod cluster;
 mod dns;
 mod gossip;
+mod services;
 
 use std::{
     fs,
@@ -83,7 +84,10 @@ pub fn run(suite: &str) -> Result<ExitCode> {
         "dns" => dns::run(),
         "cluster" => cluster::run(),
         "gossip" => gossip::run(),
-        other => bail!("unknown benchmark suite {other:?}; suites: overlay, dns, cluster, gossip"),
+        "services" => services::run(),
+        other => bail!(
+            "unknown benchmark suite {other:?}; suites: overlay, dns, cluster, gossip, services"
+        ),
     }
 }
 

@@ -1,0 +1,647 @@
+//! Services on a real 3-host lab, through the `shoal` CLI: a global service that follows
+//! a host joining later, replicas spread over the hosts with task labels on the
+//! containers, a killed container replaced with the failed task kept as history, drain,
+//! a failing health check never counted as running, a task's address on its network as
+//! the store says (and a VIP and a published port reaching it), a host whose agent and
+//! dockerd stop losing its tasks to the others and cleaning up when it comes back,
+//! `service rm` removing every container, and bad input refused with nothing created.
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use shoal_tests::{client_http, lab, privileged, wait_for, write_atomic, LabGuard};
+
+const BOUND: Duration = Duration::from_secs(90);
+
+struct Cli<'a> {
+    lab: &'a LabGuard,
+}
+
+impl Cli<'_> {
+    fn run(&self, h: &str, args: &[&str]) -> Result<String, String> {
+        let mut argv = vec!["shoal"];
+        argv.extend_from_slice(args);
+        let out = self.lab.exec(h, &argv);
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            ))
+        }
+    }
+
+    fn ok(&self, h: &str, args: &[&str]) -> String {
+        self.run(h, args)
+            .unwrap_or_else(|e| panic!("{h}: shoal {} failed: {e}", args.join(" ")))
+    }
+
+    fn err(&self, h: &str, args: &[&str]) -> String {
+        match self.run(h, args) {
+            Ok(out) => panic!("{h}: shoal {} should fail; printed: {out}", args.join(" ")),
+            Err(e) => e,
+        }
+    }
+
+    /// `service ps` rows, cut at the header's column positions.
+    fn ps(&self, service: &str) -> Result<Vec<Task>, String> {
+        let out = self.run("h1", &["service", "ps", "--no-trunc", service])?;
+        let mut lines = out.lines();
+        let header = lines.next().ok_or("no header")?;
+        let col = |name: &str| header.find(name).ok_or(format!("no {name} column"));
+        let cols = [
+            0,
+            col("NAME")?,
+            col("IMAGE")?,
+            col("NODE")?,
+            col("DESIRED STATE")?,
+            col("CURRENT STATE")?,
+            col("ERROR")?,
+            col("PORTS")?,
+        ];
+        Ok(lines
+            .map(|l| {
+                let cell = |i: usize| {
+                    let end = cols.get(i + 1).copied().unwrap_or(l.len()).min(l.len());
+                    l.get(cols[i].min(l.len())..end)
+                        .unwrap_or("")
+                        .trim()
+                        .to_string()
+                };
+                let name = cell(1);
+                Task {
+                    id: cell(0),
+                    history: name.starts_with("\\_"),
+                    name: name.trim_start_matches("\\_").trim().to_string(),
+                    node: cell(3),
+                    desired: cell(4),
+                    current: cell(5).split_whitespace().next().unwrap_or("").to_string(),
+                    error: cell(6),
+                }
+            })
+            .collect())
+    }
+
+    /// Waits until `ok` holds for the service's tasks.
+    fn wait_ps(&self, service: &str, what: &str, ok: impl Fn(&[Task]) -> bool) -> Vec<Task> {
+        wait_for(what, BOUND, || {
+            let tasks = self.ps(service)?;
+            if ok(&tasks) {
+                Ok(tasks)
+            } else {
+                Err(format!("{tasks:#?}"))
+            }
+        })
+    }
+}
+
+/// One `service ps` row.
+#[derive(Debug, Clone)]
+struct Task {
+    id: String,
+    name: String,
+    history: bool,
+    node: String,
+    desired: String,
+    current: String,
+    error: String,
+}
+
+impl Task {
+    fn running(&self) -> bool {
+        !self.history && self.desired == "Running" && self.current == "Running"
+    }
+}
+
+fn running_per_node(tasks: &[Task]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for t in tasks.iter().filter(|t| t.running()) {
+        *m.entry(t.node.clone()).or_default() += 1;
+    }
+    m
+}
+
+/// Task IDs of the containers of `service` on `host` (running ones, by label).
+fn containers(lab: &LabGuard, host: &str, service: &str, all: bool) -> Vec<String> {
+    let filter = format!("label=com.docker.swarm.service.name={service}");
+    let mut argv = vec!["docker", "ps", "--filter", &filter, "--format"];
+    argv.push("{{.Label \"com.docker.swarm.task.id\"}}");
+    if all {
+        argv.push("-a");
+    }
+    let out = lab.exec(host, &argv);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+struct Declared {
+    overlay: PathBuf,
+    dns: PathBuf,
+    lb: PathBuf,
+}
+
+fn declared(h: &lab::HostState) -> Declared {
+    let dir = h.run_dir.join("declared");
+    std::fs::create_dir_all(&dir).expect("declared dir");
+    Declared {
+        overlay: dir.join("overlay.json"),
+        dns: dir.join("dns.json"),
+        lb: dir.join("lb.json"),
+    }
+}
+
+fn start_agent(guard: &LabGuard, shoal: &std::path::Path, i: usize) {
+    let h = &guard.state.hosts[i];
+    let d = declared(h);
+    for f in [&d.overlay, &d.dns, &d.lb] {
+        if !f.exists() {
+            write_atomic(f, b"{}\n");
+        }
+    }
+    let extra: Vec<String> = vec![
+        "--declared-state".into(),
+        d.overlay.display().to_string(),
+        "--declared-dns".into(),
+        d.dns.display().to_string(),
+        "--declared-lb".into(),
+        d.lb.display().to_string(),
+    ];
+    lab::agent::start(&guard.state, h, shoal, &extra)
+        .unwrap_or_else(|e| panic!("start agent on {}: {e:#}", h.name));
+}
+
+fn agent_pid(h: &lab::HostState) -> u32 {
+    let agent: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(lab::agent::status_file(h)).expect("agent.json"),
+    )
+    .expect("agent.json");
+    agent["pid"].as_u64().expect("pid") as u32
+}
+
+#[test]
+fn services_are_scheduled_healed_and_removed_on_three_hosts() {
+    if !privileged() {
+        return;
+    }
+    let shoal = xtask::util::shoal_binary().expect("shoal binary (cargo build)");
+    let guard = LabGuard::up('v', 3);
+    for i in 0..3 {
+        start_agent(&guard, &shoal, i);
+    }
+    let cli = Cli { lab: &guard };
+    let h1 = guard.state.hosts[0].address.to_string();
+    let manager = format!("{h1}:2377");
+    cli.ok("h1", &["swarm", "init", "--advertise-addr", &h1]);
+    let token = cli
+        .ok("h1", &["swarm", "join-token", "-q", "worker"])
+        .trim()
+        .to_owned();
+    cli.ok("h2", &["swarm", "join", "--token", &token, &manager]);
+
+    // Global: one task per host, and h3 gets one when it joins later.
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "g",
+            "--mode",
+            "global",
+            "shoal/web:1",
+        ],
+    );
+    let tasks = cli.wait_ps("g", "a global task on h1 and h2", |t| {
+        running_per_node(t) == BTreeMap::from([("h1".into(), 1), ("h2".into(), 1)])
+    });
+    assert!(tasks.iter().all(|t| t.name.starts_with("g.")), "{tasks:#?}");
+    cli.ok("h3", &["swarm", "join", "--token", &token, &manager]);
+    cli.wait_ps(
+        "g",
+        "the host that joined later gets the global task",
+        |t| running_per_node(t).len() == 3 && running_per_node(t).values().all(|&k| k == 1),
+    );
+
+    // Replicated: 2, then 4, spread over the 3 hosts, with the task labels on the
+    // containers of each host.
+    let created = cli.ok(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "myweb",
+            "--replicas",
+            "2",
+            "shoal/web:1",
+        ],
+    );
+    assert!(created.contains("verify: Service converged"), "{created}");
+    let scaled = cli.ok("h1", &["service", "scale", "myweb=4"]);
+    assert!(
+        scaled.contains("myweb scaled to 4") && scaled.contains("verify: Service converged"),
+        "{scaled}"
+    );
+    let tasks = cli.wait_ps("myweb", "4 running tasks on all 3 hosts", |t| {
+        let per = running_per_node(t);
+        per.values().sum::<usize>() == 4 && per.len() == 3
+    });
+    for host in ["h1", "h2", "h3"] {
+        let mut want: Vec<String> = tasks
+            .iter()
+            .filter(|t| t.running() && t.node == host)
+            .map(|t| t.id.clone())
+            .collect();
+        want.sort();
+        let mut have = containers(&guard, host, "myweb", false);
+        have.sort();
+        assert_eq!(
+            have, want,
+            "{host}: task containers (by label) vs service ps"
+        );
+    }
+    let ls = cli.ok("h1", &["service", "ls"]);
+    assert!(
+        ls.lines()
+            .any(|l| l.contains("myweb") && l.contains("replicated") && l.contains("4/4")),
+        "{ls}"
+    );
+
+    // docker kill: a replacement runs, the killed task stays as failed history.
+    let victim = tasks
+        .iter()
+        .find(|t| t.running() && t.node == "h2")
+        .expect("a task on h2")
+        .clone();
+    let name = format!("{}.{}", victim.name, victim.id);
+    guard.exec_ok("h2", &["docker", "kill", &name]);
+    let killed = Instant::now();
+    let tasks = cli.wait_ps("myweb", "a replacement for the killed task", |t| {
+        running_per_node(t).values().sum::<usize>() == 4
+            && t.iter().any(|x| {
+                x.id == victim.id && x.history && x.current == "Failed" && x.error.contains("137")
+            })
+    });
+    println!(
+        "killed task replaced in {:.1} s",
+        killed.elapsed().as_secs_f64()
+    );
+    assert!(
+        tasks
+            .iter()
+            .any(|t| t.name == victim.name && t.running() && t.id != victim.id),
+        "{tasks:#?}"
+    );
+
+    // Drain moves tasks off a node (the global one's too), and its containers go.
+    cli.ok("h1", &["node", "update", "--availability", "drain", "h2"]);
+    cli.wait_ps("myweb", "no myweb task on drained h2", |t| {
+        let per = running_per_node(t);
+        per.values().sum::<usize>() == 4 && !per.contains_key("h2")
+    });
+    wait_for("h2's containers gone after drain", BOUND, || {
+        let left = [
+            containers(&guard, "h2", "myweb", false),
+            containers(&guard, "h2", "g", false),
+        ]
+        .concat();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    });
+    cli.ok("h1", &["node", "update", "--availability", "active", "h2"]);
+    cli.wait_ps("g", "the global task back on h2", |t| {
+        running_per_node(t).len() == 3
+    });
+
+    // A failing health check: replaced, never counted as running.
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "sick",
+            "--detach",
+            "--health-cmd",
+            "false",
+            "--health-interval",
+            "1s",
+            "--health-retries",
+            "1",
+            "shoal/web:1",
+        ],
+    );
+    let start = Instant::now();
+    let mut failures = 0;
+    while start.elapsed() < BOUND && failures < 2 {
+        let ls = cli.run("h1", &["service", "ls"]).unwrap_or_default();
+        if let Some(line) = ls.lines().find(|l| l.contains(" sick ")) {
+            assert!(
+                line.contains(" 0/1 "),
+                "an unhealthy task counted as running: {line}"
+            );
+        }
+        let tasks = cli.ps("sick").unwrap_or_default();
+        assert!(
+            !tasks.iter().any(|t| t.current == "Running"),
+            "an unhealthy task shown running: {tasks:#?}"
+        );
+        failures = tasks
+            .iter()
+            .filter(|t| t.current == "Failed" && t.error.contains("unhealthy"))
+            .count();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        failures >= 2,
+        "unhealthy tasks were not replaced within {BOUND:?}"
+    );
+
+    // A network, a task's address on it as the store says, a VIP and a published port.
+    cli.ok(
+        "h1",
+        &["network", "create", "--subnet", "10.0.9.0/24", "web"],
+    );
+    let front = cli.ok(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "front",
+            "--replicas",
+            "2",
+            "--network",
+            "web",
+            "-p",
+            "8080:80",
+            "--constraint",
+            "node.hostname==h1",
+            "shoal/web:1",
+        ],
+    );
+    assert!(front.contains("verify: Service converged"), "{front}");
+    let vips = cli.ok(
+        "h1",
+        &[
+            "service",
+            "inspect",
+            "--format",
+            "{{json .Endpoint.VirtualIPs}}",
+            "front",
+        ],
+    );
+    let vips: Vec<serde_json::Value> = serde_json::from_str(vips.trim()).expect("VIP JSON");
+    let web_vip = vips
+        .iter()
+        .find(|v| v["NetworkName"] == "web")
+        .and_then(|v| v["Addr"].as_str())
+        .expect("a VIP on web")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(web_vip.starts_with("10.0.9."), "{web_vip}");
+    let d = declared(&guard.state.hosts[0]);
+    let overlay: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&d.overlay).expect("overlay.json"))
+            .expect("overlay.json");
+    let ep = overlay["local_endpoints"]
+        .as_array()
+        .expect("local endpoints")
+        .iter()
+        .find(|e| {
+            e["network"] == "web" && e["container"].as_str().unwrap_or("").starts_with("front.")
+        })
+        .expect("a front task on web")
+        .clone();
+    let container = ep["container"].as_str().unwrap().to_string();
+    let ip = ep["ip"].as_str().unwrap().to_string();
+    assert!(ip.starts_with("10.0.9."), "{ip}");
+    let first: Vec<&serde_json::Value> = overlay["local_endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["container"] == container.as_str())
+        .collect();
+    assert_eq!(first[0]["network"], "ingress", "ingress first: {first:?}");
+    wait_for("the task's address in its container", BOUND, || {
+        let out = guard.docker_exec("h1", &container, &["ip", "-4", "addr"])?;
+        if out.contains(&format!("{ip}/24")) {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
+    wait_for("the service VIP answering from a task", BOUND, || {
+        guard.docker_exec(
+            "h1",
+            &container,
+            &[
+                "timeout",
+                "5",
+                "wget",
+                "-qO-",
+                &format!("http://{web_vip}/"),
+            ],
+        )
+    });
+    wait_for(
+        "the published port answering from the client",
+        BOUND,
+        || client_http(&guard, &format!("http://{h1}:8080/")),
+    );
+
+    // h3's agent and dockerd stop: its myweb task comes back on h1/h2.
+    let h3 = guard.state.hosts[2].clone();
+    let before = cli.ps("myweb").expect("ps");
+    let on_h3: Vec<String> = before
+        .iter()
+        .filter(|t| t.running() && t.node == "h3")
+        .map(|t| t.id.clone())
+        .collect();
+    assert!(!on_h3.is_empty(), "a myweb task on h3: {before:#?}");
+    let agent = agent_pid(&h3);
+    lab::procs::signal(agent, libc::SIGKILL);
+    assert!(
+        lab::procs::wait_gone(&[agent], BOUND),
+        "h3's agent did not stop"
+    );
+    let dockerd =
+        lab::procs::read_pid_file(&guard.layout.dockerd_pid_file("h3")).unwrap_or(h3.dockerd_pid);
+    lab::procs::signal(dockerd, libc::SIGKILL);
+    assert!(
+        lab::procs::wait_gone(&[dockerd], BOUND),
+        "h3's dockerd did not stop"
+    );
+    let lost = Instant::now();
+    cli.wait_ps("myweb", "h3's tasks rescheduled on h1 and h2", |t| {
+        let per = running_per_node(t);
+        per.values().sum::<usize>() == 4 && !per.contains_key("h3")
+    });
+    println!(
+        "tasks of a stopped host running elsewhere after {:.1} s",
+        lost.elapsed().as_secs_f64()
+    );
+    // It comes back: no rebalance, and its stale containers are removed.
+    lab::start_dockerd(&guard.layout, "h3", h3.holder_pid).expect("restart h3's dockerd");
+    start_agent(&guard, &shoal, 2);
+    wait_for("h3's stale myweb containers removed", BOUND, || {
+        let left = containers(&guard, "h3", "myweb", true);
+        if left.iter().any(|id| on_h3.contains(id)) {
+            Err(format!("{left:?}"))
+        } else {
+            Ok(())
+        }
+    });
+
+    // Bad input: a clear error, nothing created.
+    let e = cli.err(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "bad",
+            "--replicas",
+            "-1",
+            "shoal/web:1",
+        ],
+    );
+    assert!(e.contains("non-negative"), "{e}");
+    let e = cli.err(
+        "h1",
+        &["service", "create", "--name", "myweb", "-d", "shoal/web:1"],
+    );
+    assert!(e.contains("already exists"), "{e}");
+    let e = cli.err(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "bad",
+            "--network",
+            "nope",
+            "shoal/web:1",
+        ],
+    );
+    assert!(e.contains("network nope not found"), "{e}");
+    let e = cli.err(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "bad",
+            "-p",
+            "80:http",
+            "shoal/web:1",
+        ],
+    );
+    assert!(e.contains("invalid publish spec"), "{e}");
+    let e = cli.err(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "bad",
+            "-p",
+            "8080:80",
+            "shoal/web:1",
+        ],
+    );
+    assert!(e.contains("already published"), "{e}");
+    let e = cli.err(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "bad",
+            "--constraint",
+            "node.colour==red",
+            "shoal/web:1",
+        ],
+    );
+    assert!(e.contains("invalid constraint"), "{e}");
+    let ls = cli.ok("h1", &["service", "ls"]);
+    assert!(!ls.contains(" bad "), "a refused service was created: {ls}");
+    let e = cli.err("h1", &["network", "rm", "web"]);
+    assert!(e.contains("in use"), "{e}");
+    // An impossible constraint: pending with Swarm's reason; the CLI gives up saying so.
+    let e = cli.err(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "nowhere",
+            "--constraint",
+            "node.hostname==h9",
+            "shoal/web:1",
+        ],
+    );
+    assert!(e.contains("no suitable node"), "{e}");
+    let tasks = cli.ps("nowhere").expect("ps");
+    assert!(
+        !tasks.is_empty()
+            && tasks
+                .iter()
+                .all(|t| t.current == "Pending" && t.error.contains("no suitable node")),
+        "{tasks:#?}"
+    );
+    // An image no node has: rejected with the reason, visible in ps.
+    let e = cli.err(
+        "h1",
+        &["service", "create", "--name", "ghost", "nosuch/image:1"],
+    );
+    assert!(e.contains("No such image: nosuch/image:1"), "{e}");
+    cli.wait_ps("ghost", "a rejected task with the reason", |t| {
+        t.iter()
+            .any(|x| x.current == "Rejected" && x.error.contains("No such image"))
+    });
+
+    // service rm: every container on every host goes.
+    cli.ok(
+        "h1",
+        &[
+            "service", "rm", "myweb", "g", "sick", "front", "nowhere", "ghost",
+        ],
+    );
+    for host in ["h1", "h2", "h3"] {
+        wait_for(&format!("{host}: no task container left"), BOUND, || {
+            let out = guard.exec(
+                host,
+                &[
+                    "docker",
+                    "ps",
+                    "-a",
+                    "--filter",
+                    "label=com.docker.swarm.task.id",
+                    "-q",
+                ],
+            );
+            let left = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(left)
+            }
+        });
+    }
+    let ls = cli.ok("h1", &["service", "ls"]);
+    assert_eq!(ls.lines().count(), 1, "only the header: {ls}");
+    cli.ok("h1", &["network", "rm", "web"]);
+}
