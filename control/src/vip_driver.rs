@@ -38,14 +38,16 @@ use tracing::{info, warn};
 use crate::{config::AgentConfig, overlay_driver::PresentNetwork};
 
 /// How often the declared files are checked for changes.
-const FILE_POLL_EVERY: Duration = Duration::from_millis(250);
+const FILE_POLL_EVERY: Duration = Duration::from_millis(100);
 /// How often everything is recomputed and the VIP addresses re-checked (a network's
 /// namespace re-made by the overlay loses them).
 const RESYNC_EVERY: Duration = Duration::from_secs(10);
 
 /// What the worker thread is asked to make true.
 struct Desired {
-    table: VipTable,
+    /// None: no good state yet; the maps keep what they hold (adopted from a previous
+    /// agent, or nothing).
+    table: Option<VipTable>,
     /// Per network present on the node: its namespace and the VIPs it answers for.
     addresses: Vec<(PathBuf, BTreeSet<std::net::Ipv4Addr>)>,
     refused: Option<String>,
@@ -229,7 +231,7 @@ impl Follower {
         }
         let Some(lb) = self.last_lb.clone() else {
             return self.send(Desired {
-                table: VipTable::default(),
+                table: None,
                 addresses: Vec::new(),
                 refused,
             });
@@ -268,7 +270,7 @@ impl Follower {
             .map(|n| (n.netns_path.clone(), vip::vip_addresses(&table, n.vni)))
             .collect();
         self.send(Desired {
-            table,
+            table: Some(table),
             addresses,
             refused,
         })
@@ -291,13 +293,21 @@ fn worker(mut program: VipProgram, rx: mpsc::Receiver<Desired>, status_path: &Pa
         let started = Instant::now();
         status.refused = d.refused;
         status.failed.clear();
-        match program.apply(&d.table) {
+        status.map_writes = 0;
+        let Some(table) = d.table else {
+            status.generation += 1;
+            if let Err(e) = write_status(status_path, &status) {
+                warn!(error = %e, "writing {}", status_path.display());
+            }
+            continue;
+        };
+        match program.apply(&table) {
             Ok(n) => {
                 if n > 0 {
                     info!(
                         map_writes = n,
-                        vips = d.table.vips.len(),
-                        scopes = d.table.scopes.len(),
+                        vips = table.vips.len(),
+                        scopes = table.scopes.len(),
                         "service VIPs applied"
                     );
                 }
@@ -317,9 +327,9 @@ fn worker(mut program: VipProgram, rx: mpsc::Receiver<Desired>, status_path: &Pa
                 Err(e) => status.failed.push(format!("{}: {e}", netns.display())),
             }
         }
-        status.vips = d.table.vips.len();
-        status.healthy_backends = d.table.vips.keys().map(|v| d.table.healthy(*v).len()).sum();
-        status.scopes = d.table.scopes.len();
+        status.vips = table.vips.len();
+        status.healthy_backends = table.vips.keys().map(|v| table.healthy(*v).len()).sum();
+        status.scopes = table.scopes.len();
         status.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
         status.generation += 1;
         if let Err(e) = write_status(status_path, &status) {

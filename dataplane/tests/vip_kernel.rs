@@ -455,6 +455,16 @@ fn pinned_maps_and_links_are_adopted_and_keep_working_without_an_agent() {
     let counts: HashMap<_, _> = usage.maps.iter().map(|(n, c, _)| (*n, *c)).collect();
     assert_eq!(counts[shoal_common::vip::VIPS_MAP], 1);
     assert_eq!(counts[shoal_common::vip::BACKENDS_MAP], 4);
+    let rows = vip::stats_rows(&pin_dir).unwrap();
+    assert!(
+        rows.iter().any(|(n, v)| *n == "vip_connect_tcp" && *v >= 5),
+        "{rows:?}"
+    );
+    assert!(rows.contains(&("vip_services", 1)), "{rows:?}");
+    assert!(
+        rows.contains(&("vip_udp_flows_capacity", 131_072)),
+        "{rows:?}"
+    );
     drop(second);
 
     // Without the pins nothing translates any more.

@@ -5,7 +5,8 @@
 //! reaches every task and replies come from the VIP; ping to the VIP is answered. A
 //! container on another network cannot use the VIP. A backend marked unhealthy gets no
 //! new connections while a TCP connection held idle across the change still works; a bad
-//! declared state is refused whole and the last good one stays in force.
+//! declared state is refused whole and the last good one stays in force; an agent
+//! restart keeps the VIPs working and adopts the maps.
 use std::{
     collections::BTreeSet,
     fs::File,
@@ -38,6 +39,18 @@ const TASKS: [(&str, usize, &str); 4] = [
 /// The client on `web`, and a container on `db` only.
 const CLIENT: (&str, usize, &str) = ("c1", 1, "10.0.9.11");
 const OUTSIDER: (&str, usize, &str) = ("c2", 2, "10.0.10.11");
+
+fn start_agent(
+    lab: &LabGuard,
+    h: &lab::HostState,
+    shoal: &std::path::Path,
+    extra: &[String],
+) -> u32 {
+    let status = lab::agent::start(&lab.state, h, shoal, extra)
+        .unwrap_or_else(|e| panic!("start agent on {}: {e:#}", h.name));
+    let status: Value = serde_json::from_str(&status).expect("agent.json");
+    status["pid"].as_u64().expect("pid") as u32
+}
 
 fn overlay_state(lab: &LabGuard, host: usize) -> Value {
     let endpoints: Vec<(&str, &str, usize, &str)> = TASKS
@@ -253,6 +266,8 @@ fn vip_balances_tcp_and_udp_answers_ping_and_is_scoped() {
         );
     }
     let healthy = ["healthy"; 4];
+    let mut agents = Vec::new();
+    let mut extras = Vec::new();
     for i in 0..3 {
         let overlay = v.host(i).run_dir.join("declared-overlay.json");
         write_atomic(&overlay, overlay_state(&guard, i).to_string().as_bytes());
@@ -260,14 +275,14 @@ fn vip_balances_tcp_and_udp_answers_ping_and_is_scoped() {
             &v.lb_file(i),
             lb_state(&guard, healthy).to_string().as_bytes(),
         );
-        let extra = vec![
+        let extra: Vec<String> = vec![
             "--declared-state".to_string(),
             overlay.display().to_string(),
             "--declared-lb".to_string(),
             v.lb_file(i).display().to_string(),
         ];
-        lab::agent::start(&guard.state, v.host(i), &shoal, &extra)
-            .unwrap_or_else(|e| panic!("start agent on h{}: {e:#}", i + 1));
+        agents.push(start_agent(&guard, v.host(i), &shoal, &extra));
+        extras.push(extra);
     }
     let names: Vec<String> = TASKS.iter().map(|t| v.hostname(*t)).collect();
     let task_of = |body: &str| {
@@ -376,6 +391,49 @@ fn vip_balances_tcp_and_udp_answers_ping_and_is_scoped() {
         !seen.contains("t2"),
         "the refused state was applied: {seen:?}"
     );
+
+    // An agent restart (with the bad file still in place): VIPs keep working while no
+    // agent runs (the links stay pinned), and the new agent adopts the maps, writes
+    // nothing, and keeps the adopted state rather than the refused one.
+    let h = CLIENT.1;
+    lab::procs::signal(agents[h], libc::SIGTERM);
+    assert!(
+        lab::procs::wait_gone(&[agents[h]], BOUND),
+        "agent on h{} did not stop",
+        h + 1
+    );
+    let body = v
+        .http_vip(CLIENT)
+        .expect("the VIP works while the agent is down");
+    assert_ne!(task_of(&body), Some("t2"), "{body}");
+    let status_file = v.host(h).run_dir.join("agent/vip.json");
+    let _ = std::fs::remove_file(&status_file);
+    agents[h] = start_agent(&guard, v.host(h), &shoal, &extras[h]);
+    let s = wait_for("the restarted agent reports", BOUND, || {
+        let s = v.status(h);
+        if s.is_null() {
+            Err("no vip.json yet".into())
+        } else {
+            Ok(s)
+        }
+    });
+    assert_eq!(s["map_writes"], 0, "a restarted agent adopts: {s}");
+    assert!(s["refused"].is_string(), "{s}");
+    let mut seen = BTreeSet::new();
+    for _ in 0..12 {
+        seen.insert(task_of(&v.http_vip(CLIENT).unwrap()).unwrap());
+    }
+    assert!(!seen.contains("t2"), "after the restart: {seen:?}");
+    // A good state again: t2 is back.
+    v.declare_lb(&lb_state(&guard, healthy));
+    wait_for("t2 gets new connections again", BOUND, || {
+        let body = v.http_vip(CLIENT)?;
+        if task_of(&body) == Some("t2") {
+            Ok(())
+        } else {
+            Err(body)
+        }
+    });
 
     // The held connection still works after all that.
     held.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();

@@ -4,12 +4,13 @@
 //! `target/bench/<suite>.json`. A missed target is reported (and the command exits
 //! non-zero), never hidden.
 //!
-//! Suites: `overlay` (here), `dns` (`bench/dns.rs`), `cluster` (`bench/cluster.rs`) and
-//! `gossip` (`bench/gossip.rs`).
+//! Suites: `overlay` (here), `dns` (`bench/dns.rs`), `cluster` (`bench/cluster.rs`),
+//! `gossip` (`bench/gossip.rs`) and `vip` (`bench/vip.rs`).
 mod cluster;
 mod dns;
 mod gossip;
 mod services;
+mod vip;
 
 use std::{
     fs,
@@ -84,9 +85,10 @@ pub fn run(suite: &str) -> Result<ExitCode> {
         "dns" => dns::run(),
         "cluster" => cluster::run(),
         "gossip" => gossip::run(),
+        "vip" => vip::run(),
         "services" => services::run(),
         other => bail!(
-            "unknown benchmark suite {other:?}; suites: overlay, dns, cluster, gossip, services"
+            "unknown benchmark suite {other:?}; suites: overlay, dns, cluster, gossip, vip, services"
         ),
     }
 }

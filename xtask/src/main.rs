@@ -35,7 +35,8 @@ enum Cmd {
         #[arg(long)]
         no_lab: bool,
     },
-    /// Run a benchmark suite against its baseline (suites: overlay, dns, cluster, gossip).
+    /// Run a benchmark suite against its baseline (suites: overlay, dns, cluster, gossip,
+    /// vip).
     Bench { suite: String },
 }
 

@@ -611,3 +611,32 @@ pub fn vip_addresses(table: &VipTable, network: u32) -> BTreeSet<Ipv4Addr> {
         .map(|(a, _)| *a)
         .collect()
 }
+
+/// `(name, value)` rows for `shoal dataplane stats`: the VIP programs' counters, then
+/// each map's entries and capacity (`vip_<map>` and `vip_<map>_capacity`), read from
+/// the maps pinned in `dir` (`<pin_dir>/vip`). Empty when none are pinned there.
+pub fn stats_rows(dir: &Path) -> Result<Vec<(&'static str, u64)>, VipError> {
+    let Some(stats) = VipStats::read_pinned(dir)? else {
+        return Ok(Vec::new());
+    };
+    let mut rows: Vec<(&'static str, u64)> = stats.iter().map(|(c, v)| (c.name(), v)).collect();
+    if let Some(usage) = VipUsage::read_pinned(dir)? {
+        for (name, entries, capacity) in usage.maps {
+            let (label, cap_label) = usage_labels(name);
+            rows.push((label, entries));
+            rows.push((cap_label, capacity));
+        }
+    }
+    Ok(rows)
+}
+
+fn usage_labels(map: &str) -> (&'static str, &'static str) {
+    match map {
+        VIPS_MAP => ("vip_services", "vip_services_capacity"),
+        BACKENDS_MAP => ("vip_backend_slots", "vip_backend_slots_capacity"),
+        BACKEND_STATE_MAP => ("vip_backends", "vip_backends_capacity"),
+        SCOPES_MAP => ("vip_scopes", "vip_scopes_capacity"),
+        FLOWS_MAP => ("vip_udp_flows", "vip_udp_flows_capacity"),
+        _ => ("vip_reverse", "vip_reverse_capacity"),
+    }
+}
