@@ -63,7 +63,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
     fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
 
-    let mut program = UnderlayProgram::load_pinned(&config.pin_dir)?;
+    let mut program = UnderlayProgram::load_pinned_with(&config.pin_dir, config.lb_flows)?;
     let mode = program.attach(interface)?;
 
     // Before the status file: an agent that cannot run its overlay is not up.
@@ -73,9 +73,18 @@ async fn serve(config: AgentConfig) -> Result<()> {
     };
     // Service VIPs (socket-level balancing), following the declared LB state.
     let vip = match (&config.declared_lb, &overlay) {
-        (Some(file), Some(o)) => {
-            Some(crate::vip_driver::VipDriver::start(&config, file, o.driver.present.clone()).await?)
-        }
+        (Some(file), Some(o)) => Some(
+            crate::vip_driver::VipDriver::start(&config, file, o.driver.present.clone()).await?,
+        ),
+        _ => None,
+    };
+    // The ingress routing mesh (XDP above, its maps and reply path), same declared state.
+    let mesh = match (&config.declared_lb, &overlay) {
+        (Some(file), Some(o)) => Some(crate::lb_driver::LbDriver::start(
+            &config,
+            file,
+            o.driver.present.clone(),
+        )?),
         _ => None,
     };
 
@@ -135,6 +144,9 @@ async fn serve(config: AgentConfig) -> Result<()> {
     };
     if let Some(v) = vip {
         v.stop().await;
+    }
+    if let Some(m) = mesh {
+        m.stop();
     }
     if let Some(o) = overlay {
         if let Some(dns) = o.dns {

@@ -18,6 +18,7 @@
 mod agent;
 mod config;
 mod dns_driver;
+mod lb_driver;
 mod overlay_driver;
 mod stats_cmd;
 mod status;
@@ -75,7 +76,8 @@ struct AgentArgs {
 
 #[derive(Subcommand)]
 enum DataplaneCommand {
-    /// Print the underlay XDP program's counters from its pinned stats map
+    /// Print the underlay XDP program's counters and the routing mesh's (counters, flow
+    /// table fill) from their pinned maps
     Stats(StatsArgs),
 }
 

@@ -1,5 +1,7 @@
 //! `shoal dataplane stats`: prints the underlay XDP program's counters, read from the
-//! stats map an agent pinned (it stays pinned after the agent stops).
+//! stats map an agent pinned (it stays pinned after the agent stops), then the ingress
+//! routing mesh's counters and its flow table's fill when the mesh's maps are pinned
+//! (`<pin_dir>/mesh`).
 use std::{
     io::{self, Write},
     path::Path,
@@ -7,17 +9,25 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use serde::{ser::SerializeMap, Serialize, Serializer};
-use shoal_common::underlay::STATS_MAP;
-use shoal_dataplane::underlay::UnderlayStats;
+use shoal_common::{mesh::Counter as MeshCounter, underlay::STATS_MAP};
+use shoal_dataplane::{
+    lb::mesh::{MeshMaps, MeshStats},
+    underlay::{UnderlayStats, MESH_PIN_DIR},
+};
+
+/// One printed counter.
+type Row = (&'static str, u64);
 
 /// Prints the counters pinned under `pin_dir`, as a table or as a JSON object.
 pub fn run(pin_dir: &Path, json: bool) -> Result<()> {
     let stats = read(pin_dir)?;
+    let mut rows = rows(&stats);
+    rows.extend(mesh_rows(&pin_dir.join(MESH_PIN_DIR))?);
     let mut out = io::stdout().lock();
     if json {
-        write_json(&mut out, &stats)?;
+        write_json(&mut out, &rows)?;
     } else {
-        write_table(&mut out, &stats)?;
+        write_table(&mut out, &rows)?;
     }
     out.flush()?;
     Ok(())
@@ -38,37 +48,61 @@ fn read(pin_dir: &Path) -> Result<UnderlayStats> {
         .with_context(|| format!("reading the stats map pinned at {}", pinned.display()))
 }
 
+fn rows(stats: &UnderlayStats) -> Vec<Row> {
+    stats.iter().map(|(c, v)| (c.name(), v)).collect()
+}
+
+/// The mesh's counters, then its flow table: entries, capacity, and evictions (new
+/// flows that are neither in the table nor ended by a reset: the LRU pushed them out).
+/// Nothing when no mesh maps are pinned.
+fn mesh_rows(dir: &Path) -> Result<Vec<Row>> {
+    if !dir.join(shoal_common::mesh::STATS_MAP).exists() {
+        return Ok(Vec::new());
+    }
+    let stats = MeshStats::read_pinned(dir)
+        .with_context(|| format!("reading the mesh counters pinned in {}", dir.display()))?;
+    let maps = MeshMaps::open_pinned(dir)
+        .with_context(|| format!("opening the mesh maps pinned in {}", dir.display()))?;
+    let flows = maps.flow_count() as u64;
+    let mut rows: Vec<Row> = stats.iter().map(|(c, v)| (c.name(), v)).collect();
+    let evicted = stats
+        .get(MeshCounter::NewFlows)
+        .saturating_sub(stats.get(MeshCounter::FlowsEnded))
+        .saturating_sub(flows);
+    rows.push(("mesh_flows", flows));
+    rows.push(("mesh_flow_capacity", u64::from(maps.flow_capacity()?)));
+    rows.push(("mesh_flows_evicted", evicted));
+    rows.push(("mesh_reply_flows", maps.reply_count() as u64));
+    Ok(rows)
+}
+
 /// One `name  value` line per counter, names left-aligned, values right-aligned.
-fn write_table(out: &mut impl Write, stats: &UnderlayStats) -> io::Result<()> {
-    let name_width = stats.iter().map(|(c, _)| c.name().len()).max().unwrap_or(0);
-    let value_width = stats
+fn write_table(out: &mut impl Write, rows: &[Row]) -> io::Result<()> {
+    let name_width = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+    let value_width = rows
         .iter()
         .map(|(_, v)| v.to_string().len())
         .max()
         .unwrap_or(0);
-    for (counter, value) in stats.iter() {
-        writeln!(
-            out,
-            "{:<name_width$}  {value:>value_width$}",
-            counter.name()
-        )?;
+    for (name, value) in rows {
+        writeln!(out, "{name:<name_width$}  {value:>value_width$}")?;
     }
     Ok(())
 }
 
 /// `{"packets":N,"bytes":N,...}` in counter order, and a newline.
-fn write_json(out: &mut impl Write, stats: &UnderlayStats) -> io::Result<()> {
-    serde_json::to_writer(&mut *out, &StatsJson(stats))?;
+fn write_json(out: &mut impl Write, rows: &[Row]) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, &StatsJson(rows))?;
     writeln!(out)
 }
 
-struct StatsJson<'a>(&'a UnderlayStats);
+struct StatsJson<'a>(&'a [Row]);
 
 impl Serialize for StatsJson<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;
-        for (counter, value) in self.0.iter() {
-            map.serialize_entry(counter.name(), &value)?;
+        for (name, value) in self.0 {
+            map.serialize_entry(name, value)?;
         }
         map.end()
     }
@@ -83,7 +117,7 @@ mod tests {
     #[test]
     fn table_has_every_counter_in_order() {
         let mut out = Vec::new();
-        write_table(&mut out, &UnderlayStats::default()).unwrap();
+        write_table(&mut out, &rows(&UnderlayStats::default())).unwrap();
         let text = String::from_utf8(out).unwrap();
         let names: Vec<_> = text
             .lines()
@@ -98,7 +132,7 @@ mod tests {
     #[test]
     fn json_is_one_object_in_counter_order() {
         let mut out = Vec::new();
-        write_json(&mut out, &UnderlayStats::default()).unwrap();
+        write_json(&mut out, &rows(&UnderlayStats::default())).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with(r#"{"packets":0,"bytes":0,"#), "{text}");
         assert!(text.ends_with("}\n"), "{text}");

@@ -6,9 +6,11 @@
 //! - [`vip`], [`vip_table`], [`vip_addr`]: service VIPs balanced at the socket (cgroup
 //!   sock_addr programs), the plan that writes their maps, the VIPs' own addresses.
 //! - [`mesh`]: the ingress routing mesh's maps from declared state (diff updates,
-//!   Maglev table, adoption of pinned maps, counters).
+//!   Maglev table, adoption of pinned maps, counters); [`mesh_reply`]: its reply path
+//!   (veth out of the ingress namespace, TC programs).
 
 pub mod mesh;
+pub mod mesh_reply;
 pub mod state;
 pub mod vip;
 pub mod vip_addr;

@@ -907,6 +907,10 @@ impl NetlinkKernel {
             let Some(name) = nl::link_name(l) else {
                 continue;
             };
+            // The routing mesh's reply veth is not an attachment (lb::mesh_reply).
+            if name == crate::lb::mesh_reply::NETNS_VETH {
+                continue;
+            }
             let a = match nl::link_alias(l).and_then(alias::parse) {
                 Some(mut a) => {
                     let sound = nl::link_master(l) == Some(br)

@@ -6,17 +6,14 @@
 //! - `shoal_tc_mesh_reply`, `br0` ingress there: a task's reply to such a flow gets
 //!   that address and the published port as its source (checksums fixed, offloaded ones
 //!   too) and is redirected into the mesh veth, out of the namespace.
-//! - `shoal_tc_mesh_to_underlay`, the host end of the mesh veth: next hop from the
-//!   kernel's FIB, out of the interface it names.
+//! - `shoal_tc_mesh_to_underlay`, the host end of the mesh veth: out of the underlay,
+//!   next hop and neighbour resolved by the kernel (`bpf_redirect_neigh`).
 //!
 //! So the task sees the client's address, and the client sees its reply come from the
 //! address and port it connected to, whichever node that was.
 use aya_ebpf::{
-    bindings::{
-        bpf_fib_lookup as FibParams, BPF_FIB_LOOKUP_OUTPUT, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR,
-        TC_ACT_OK, TC_ACT_SHOT,
-    },
-    helpers::generated::{bpf_fib_lookup, bpf_redirect},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::generated::{bpf_redirect, bpf_redirect_neigh},
     macros::classifier,
     programs::TcContext,
 };
@@ -25,7 +22,6 @@ use shoal_common::mesh::{Counter, FlowKey, RevPortKey, MESH_MAC_PREFIX, PROTO_TC
 use crate::xdp_mesh::{count, MESH_CONFIG, MESH_REPLY, MESH_REVPORT};
 
 const ETH_HLEN: usize = 14;
-const AF_INET: u8 = 2;
 
 #[inline(always)]
 fn ne32(b: &[u8], at: usize) -> u32 {
@@ -162,41 +158,20 @@ fn reply(ctx: &TcContext, p: &Packet, published_to: u32) -> Option<u32> {
 
 #[classifier]
 pub fn shoal_tc_mesh_to_underlay(ctx: TcContext) -> i32 {
-    let Some(p) = parse(&ctx) else {
+    if parse(&ctx).is_none() {
         return TC_ACT_SHOT as i32;
-    };
-    // SAFETY: an all-zero bpf_fib_lookup is a valid value.
-    let mut f: FibParams = unsafe { core::mem::zeroed() };
-    f.family = AF_INET;
+    }
     let Some(cfg) = MESH_CONFIG.get(0) else {
         return TC_ACT_SHOT as i32;
     };
-    // The lookup is an output lookup bound to the underlay (its forwarding must be on).
-    f.ifindex = cfg.underlay_ifindex;
-    f.__bindgen_anon_1.tot_len = (ctx.len() as usize - ETH_HLEN) as u16;
-    f.__bindgen_anon_3.ipv4_src = p.key.src;
-    f.__bindgen_anon_4.ipv4_dst = p.key.dst;
-    // SAFETY: f is a valid bpf_fib_lookup of the size passed.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.skb.skb as *mut _,
-            &mut f,
-            core::mem::size_of::<FibParams>() as i32,
-            BPF_FIB_LOOKUP_OUTPUT,
-        )
-    };
-    if rc != 0 {
-        count(Counter::RepliesDropped, 1);
-        return TC_ACT_SHOT as i32;
-    }
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&f.dmac);
-    macs[6..].copy_from_slice(&f.smac);
-    if ctx.store(0, &macs, 0).is_err() {
+    if cfg.underlay_ifindex == 0 {
         count(Counter::RepliesDropped, 1);
         return TC_ACT_SHOT as i32;
     }
     count(Counter::RepliesOut, 1);
-    // SAFETY: plain helper call.
-    unsafe { bpf_redirect(f.ifindex, 0) as i32 }
+    // The kernel looks the next hop up (FIB, then neighbour, resolving it if needed:
+    // the client may never have been answered from this node before) and sends the
+    // reply out of the underlay.
+    // SAFETY: a null params pointer asks the helper for its own FIB lookup.
+    unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) as i32 }
 }

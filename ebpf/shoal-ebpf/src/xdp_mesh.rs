@@ -365,39 +365,28 @@ fn forward(
         }
         macs[..6].copy_from_slice(&p.dmac);
         macs[6..].copy_from_slice(&p.smac);
-        if p.ifindex != ctx.ingress_ifindex() as u32 {
-            // Another interface: rewrite, then redirect there.
-            return match rewrite(
-                ctx, cfg, frontend, flow, &target, inner_len, l4, protocol, &macs, local,
-            ) {
-                Ok(()) => {
-                    count(Counter::Remote, 1);
-                    count(Counter::Bytes, inner_len as u64);
-                    // SAFETY: plain helper call.
-                    unsafe { bpf_redirect(p.ifindex, 0) as u32 }
-                }
-                Err(c) => drop(c),
-            };
-        }
+        // Redirect, not XDP_TX, even to the interface the frame came in on: a redirect
+        // flushes the receiving end, which XDP_TX does not for a veth peer without an
+        // XDP program of its own (GRO only), leaving frames stuck in its ring.
+        return match rewrite(
+            ctx, cfg, frontend, flow, &target, inner_len, l4, protocol, &macs, local,
+        ) {
+            Ok(()) => {
+                count(Counter::Remote, 1);
+                count(Counter::Bytes, inner_len as u64);
+                // SAFETY: plain helper call.
+                unsafe { bpf_redirect(p.ifindex, 0) as u32 }
+            }
+            Err(c) => drop(c),
+        };
     }
     match rewrite(
         ctx, cfg, frontend, flow, &target, inner_len, l4, protocol, &macs, local,
     ) {
         Ok(()) => {
-            count(
-                if local {
-                    Counter::Local
-                } else {
-                    Counter::Remote
-                },
-                1,
-            );
+            count(Counter::Local, 1);
             count(Counter::Bytes, inner_len as u64);
-            if local {
-                xdp_action::XDP_PASS
-            } else {
-                xdp_action::XDP_TX
-            }
+            xdp_action::XDP_PASS
         }
         Err(c) => drop(c),
     }

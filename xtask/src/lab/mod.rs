@@ -184,6 +184,12 @@ fn add_underlay_port(layout: &Layout, netns: &str, port: &str, address: &str) ->
         &ul,
     ])?;
     ip(&["-n", &ul, "link", "set", port, "master", "br0", "up"])?;
+    // A veth drops frames that the XDP program on its peer sends back (the routing
+    // mesh's redirects) unless it has GRO or an XDP program of its own.
+    run(
+        "ip",
+        &["netns", "exec", &ul, "ethtool", "-K", port, "gro", "on"],
+    )?;
     let cidr = format!("{address}/{UNDERLAY_PREFIX_LEN}");
     ip(&["-n", netns, "addr", "add", &cidr, "dev", HOST_UNDERLAY_IF])?;
     ip(&["-n", netns, "link", "set", HOST_UNDERLAY_IF, "up"])?;

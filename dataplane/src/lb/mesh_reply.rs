@@ -1,0 +1,227 @@
+//! The routing mesh's reply path on this node, kernel side: a veth pair between the
+//! ingress network's namespace (`shmesh0`) and the host (`shm<VNI>`), and the three TC
+//! programs of `tc_mesh.rs` attached to `vxlan0` and `br0` in that namespace and to the
+//! host end.
+//!
+//! The programs are attached with netlink (cls_bpf in a clsact qdisc), not with TCX
+//! links: a netlink filter stays in the kernel when the agent exits, so replies keep
+//! flowing while a restarted agent comes up; the next agent replaces the filters.
+//!
+//! Replies leave with `bpf_redirect_neigh`: the kernel finds the next hop and resolves
+//! its neighbour entry if needed.
+use std::{
+    io,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use aya::programs::{
+    tc::{self, NlOptions, TcAttachOptions},
+    TcAttachType,
+};
+use shoal_common::mesh::{TC_FROM_OVERLAY, TC_REPLY, TC_TO_UNDERLAY};
+
+use crate::{
+    overlay::{
+        kernel::{BRIDGE, VXLAN},
+        netns,
+    },
+    underlay::{UnderlayError, UnderlayProgram},
+};
+
+/// Name of the mesh veth's end inside the ingress network's namespace. The overlay
+/// reconciler leaves a veth of this name alone.
+pub const NETNS_VETH: &str = "shmesh0";
+
+/// Name of the host end for the ingress network `vni`.
+pub fn host_veth(vni: u32) -> String {
+    format!("shm{vni}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplyPathError {
+    #[error("{what}: {message}")]
+    Command { what: String, message: String },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("attaching {program} to {interface}: {message}")]
+    Attach {
+        program: &'static str,
+        interface: String,
+        message: String,
+    },
+    #[error(transparent)]
+    Program(#[from] UnderlayError),
+}
+
+/// What [`ensure`] set up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplyPath {
+    pub netns_path: PathBuf,
+    /// Inode of the namespace's pin when set up: another inode means the namespace was
+    /// made again and the reply path must be too.
+    pub netns_inode: u64,
+    pub host_veth: String,
+    /// Ifindex of [`NETNS_VETH`] inside the namespace.
+    pub netns_ifindex: u32,
+    pub underlay_ifindex: u32,
+}
+
+fn ip(args: &[&str]) -> Result<String, ReplyPathError> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|source| ReplyPathError::Io {
+            what: format!("running ip {}", args.join(" ")),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(ReplyPathError::Command {
+            what: format!("ip {}", args.join(" ")),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `ip` run inside the namespace at `netns` (a child forked from a thread that entered
+/// it; `ip -n` only takes names under /run/netns).
+fn ip_in(netns: &Path, args: &[&str]) -> Result<String, ReplyPathError> {
+    netns::in_netns_at(netns, || ip(args)).map_err(|source| ReplyPathError::Io {
+        what: format!("entering {}", netns.display()),
+        source,
+    })?
+}
+
+/// Ifindex of `name` in the namespace at `netns` (the host's when None).
+fn ifindex(netns: Option<&Path>, name: &str) -> Result<u32, ReplyPathError> {
+    let args = ["-o", "link", "show", "dev", name];
+    let out = match netns {
+        Some(ns) => ip_in(ns, &args)?,
+        None => ip(&args)?,
+    };
+    out.split(':')
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| ReplyPathError::Command {
+            what: format!("reading the ifindex of {name}"),
+            message: out.trim().to_owned(),
+        })
+}
+
+/// Makes the reply path for the ingress network `vni`, whose namespace is pinned at
+/// `netns_path`, and attaches `program`'s TC programs. Idempotent: what exists is kept,
+/// the filters are replaced.
+pub fn ensure(
+    program: &mut UnderlayProgram,
+    netns_path: &Path,
+    vni: u32,
+    underlay: &str,
+) -> Result<ReplyPath, ReplyPathError> {
+    let host = host_veth(vni);
+    let ns = netns_path.to_string_lossy().into_owned();
+    let netns_inode = netns::inode(netns_path).map_err(|source| ReplyPathError::Io {
+        what: format!("reading the namespace pin {}", netns_path.display()),
+        source,
+    })?;
+    // The pair goes with the namespace; a host end without its peer in this very
+    // namespace is a leftover of an older one.
+    let peer_here = ifindex(Some(netns_path), NETNS_VETH).is_ok();
+    let host_here = ifindex(None, &host).is_ok();
+    if host_here && !peer_here {
+        ip(&["link", "del", "dev", &host])?;
+    }
+    if !peer_here {
+        if ifindex(None, &host).is_ok() {
+            ip(&["link", "del", "dev", &host])?;
+        }
+        ip(&[
+            "link", "add", &host, "type", "veth", "peer", "name", NETNS_VETH, "netns", &ns,
+        ])?;
+    }
+    ip(&["link", "set", "dev", &host, "up"])?;
+    ip_in(netns_path, &["link", "set", "dev", NETNS_VETH, "up"])?;
+    let netns_ifindex = ifindex(Some(netns_path), NETNS_VETH)?;
+    let underlay_ifindex = ifindex(None, underlay)?;
+
+    attach(program, TC_TO_UNDERLAY, &host)?;
+    let attached = netns::in_netns_at(netns_path, || -> Result<(), ReplyPathError> {
+        attach(program, TC_FROM_OVERLAY, VXLAN)?;
+        attach(program, TC_REPLY, BRIDGE)?;
+        Ok(())
+    })
+    .map_err(|source| ReplyPathError::Io {
+        what: format!("entering {}", netns_path.display()),
+        source,
+    })?;
+    attached?;
+    Ok(ReplyPath {
+        netns_path: netns_path.to_owned(),
+        netns_inode,
+        host_veth: host,
+        netns_ifindex,
+        underlay_ifindex,
+    })
+}
+
+/// Attaches `name` to `interface`'s ingress (in the calling thread's namespace),
+/// replacing a filter of the same program left by an earlier agent, and leaves it
+/// attached when the program is dropped.
+fn attach(
+    program: &mut UnderlayProgram,
+    name: &'static str,
+    interface: &str,
+) -> Result<(), ReplyPathError> {
+    let err = |message: String| ReplyPathError::Attach {
+        program: name,
+        interface: interface.to_owned(),
+        message,
+    };
+    // EEXIST: the qdisc is there already.
+    if let Err(e) = tc::qdisc_add_clsact(interface) {
+        let exists =
+            matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST));
+        if !exists {
+            return Err(err(format!("adding the clsact qdisc: {e}")));
+        }
+    }
+    let _ = tc::qdisc_detach_program(interface, TcAttachType::Ingress, name);
+    let prog = program.tc_program_mut(name)?;
+    let link = prog
+        .attach_with_options(
+            interface,
+            TcAttachType::Ingress,
+            TcAttachOptions::Netlink(NlOptions::default()),
+        )
+        .map_err(|e| err(e.to_string()))?;
+    let link = prog.take_link(link).map_err(|e| err(e.to_string()))?;
+    // Owned, never dropped: the filter outlives this process (see the module docs).
+    std::mem::forget(link);
+    Ok(())
+}
+
+/// Switches forwarding on for `underlay`: the kernel's FIB lookup for XDP
+/// (`bpf_fib_lookup`) answers only for an interface that forwards.
+pub fn enable_forwarding(underlay: &str) -> Result<(), ReplyPathError> {
+    let path = format!("/proc/sys/net/ipv4/conf/{underlay}/forwarding");
+    std::fs::write(&path, "1").map_err(|source| ReplyPathError::Io {
+        what: format!("enabling forwarding in {path}"),
+        source,
+    })
+}
+
+/// Makes the kernel resolve the neighbour entries of `nodes` (the XDP program can only
+/// look them up): an empty datagram to each one's VXLAN port, which its VXLAN socket
+/// drops as too short.
+pub fn nudge_neighbours(nodes: &[std::net::Ipv4Addr], vxlan_port: u16) {
+    let Ok(sock) = std::net::UdpSocket::bind("0.0.0.0:0") else {
+        return;
+    };
+    for n in nodes {
+        let _ = sock.send_to(&[], (*n, vxlan_port));
+    }
+}
