@@ -295,6 +295,49 @@ fn tcp_round_robin_getpeername_and_scoping() {
 }
 
 #[test]
+fn dual_stack_sockets_use_the_vip_through_v4_mapped_addresses() {
+    let Some(mut prog) = loaded("dual_stack_sockets_use_the_vip_through_v4_mapped_addresses")
+    else {
+        return;
+    };
+    let mut lab = Lab::new("v6m");
+    let mut addrs = BACKENDS.to_vec();
+    addrs.push(VIP);
+    let client = lab.netns("client", &addrs);
+    let _servers = Servers::start(&client, &BACKENDS);
+    let cookie = vip::netns_cookie(&client).unwrap();
+    prog.apply(&table(&ALL_HEALTHY, &[(cookie, NET)])).unwrap();
+    let mapped = SocketAddr::from((VIP.to_ipv6_mapped(), PORT));
+
+    let mut seen = BTreeSet::new();
+    for _ in 0..4 {
+        let mut s = netns::in_netns_at(&client, || {
+            TcpStream::connect_timeout(&mapped, Duration::from_secs(2))
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            s.peer_addr().unwrap(),
+            mapped,
+            "getpeername says ::ffff:VIP"
+        );
+        let mut answer = String::new();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.read_to_string(&mut answer).unwrap();
+        seen.insert(answer.parse::<Ipv4Addr>().unwrap());
+    }
+    assert_eq!(seen.len(), 4, "{seen:?}");
+
+    let u = netns::in_netns_at(&client, || UdpSocket::bind("[::]:0").unwrap()).unwrap();
+    u.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    u.send_to(b"six", mapped).unwrap();
+    let mut buf = [0u8; 512];
+    let (n, from) = u.recv_from(&mut buf).unwrap();
+    assert_eq!(from, mapped, "the reply's source is ::ffff:VIP");
+    assert!(String::from_utf8_lossy(&buf[..n]).ends_with(" six"));
+}
+
+#[test]
 fn unhealthy_and_draining_backends_get_no_new_connections() {
     let Some(mut prog) = loaded("unhealthy_and_draining_backends_get_no_new_connections") else {
         return;

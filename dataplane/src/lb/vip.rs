@@ -4,7 +4,7 @@
 //! back for adoption), their counters, and a namespace's cookie.
 //!
 //! Pins, all under one directory (the agent uses `<pin_dir>/vip`): every map by its name,
-//! and the four program links as `link_<program>`. A link pinned there keeps its program
+//! and the eight program links as `link_<program>`. A link pinned there keeps its program
 //! attached while no agent runs, so VIPs keep working across an agent restart; the next
 //! agent attaches its own programs first, then replaces the old pins (both sets use the
 //! same pinned maps, and a socket translated once is not translated again).

@@ -19,8 +19,22 @@ pub const CONNECT4: &str = "shoal_vip_connect4";
 pub const SENDMSG4: &str = "shoal_vip_sendmsg4";
 pub const RECVMSG4: &str = "shoal_vip_recvmsg4";
 pub const GETPEERNAME4: &str = "shoal_vip_getpeername4";
+/// The same for dual-stack AF_INET6 sockets naming `::ffff:VIP`.
+pub const CONNECT6: &str = "shoal_vip_connect6";
+pub const SENDMSG6: &str = "shoal_vip_sendmsg6";
+pub const RECVMSG6: &str = "shoal_vip_recvmsg6";
+pub const GETPEERNAME6: &str = "shoal_vip_getpeername6";
 /// Every program, in attach order.
-pub const PROGRAMS: [&str; 4] = [CONNECT4, SENDMSG4, RECVMSG4, GETPEERNAME4];
+pub const PROGRAMS: [&str; 8] = [
+    CONNECT4,
+    SENDMSG4,
+    RECVMSG4,
+    GETPEERNAME4,
+    CONNECT6,
+    SENDMSG6,
+    RECVMSG6,
+    GETPEERNAME6,
+];
 
 /// VIP address (u32, network order) -> [`VipValue`].
 pub const VIPS_MAP: &str = "VIP_SERVICES";

@@ -1,5 +1,7 @@
-//! Service VIPs balanced at the socket: cgroup `sock_addr` programs (connect4, sendmsg4,
-//! recvmsg4, getpeername4), attached to the cgroup v2 root so they see every socket.
+//! Service VIPs balanced at the socket: cgroup `sock_addr` programs (connect, sendmsg,
+//! recvmsg, getpeername; the `4` hooks for AF_INET sockets, the `6` hooks for v4-mapped
+//! addresses on dual-stack AF_INET6 sockets), attached to the cgroup v2 root so they see
+//! every socket.
 //!
 //! A connect or unconnected send to `VIP:port` from a namespace that may use the VIP
 //! gets the next healthy backend in turn (round-robin per connection or UDP flow) as its
@@ -63,6 +65,46 @@ fn user_ip4(ctx: &SockAddrContext) -> u32 {
 fn set_user_ip4(ctx: &SockAddrContext, ip: u32) {
     // SAFETY: as above; these hooks may write user_ip4.
     unsafe { core::ptr::write_volatile(&mut (*ctx.sock_addr).user_ip4, ip) }
+}
+
+/// Which address field a program works on: `user_ip4` (AF_INET sockets) or the IPv4
+/// part of a v4-mapped `user_ip6` (`::ffff:a.b.c.d` from dual-stack AF_INET6 sockets).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6Mapped,
+}
+
+/// The IPv4 destination (or source, at recvmsg) the socket names, if any.
+#[inline(always)]
+fn address(ctx: &SockAddrContext, family: Family) -> Option<u32> {
+    match family {
+        Family::V4 => Some(user_ip4(ctx)),
+        Family::V6Mapped => {
+            // SAFETY: as above; user_ip6 is read one 4-byte word at a time.
+            let (w0, w1, w2, w3) = unsafe {
+                let a = &(*ctx.sock_addr).user_ip6;
+                (
+                    core::ptr::read_volatile(&a[0]),
+                    core::ptr::read_volatile(&a[1]),
+                    core::ptr::read_volatile(&a[2]),
+                    core::ptr::read_volatile(&a[3]),
+                )
+            };
+            (w0 == 0 && w1 == 0 && u32::from_be(w2) == 0x0000_ffff).then_some(w3)
+        }
+    }
+}
+
+#[inline(always)]
+fn set_address(ctx: &SockAddrContext, family: Family, ip: u32) {
+    match family {
+        Family::V4 => set_user_ip4(ctx, ip),
+        // SAFETY: as above; only the IPv4 word of the mapped address changes.
+        Family::V6Mapped => unsafe {
+            core::ptr::write_volatile(&mut (*ctx.sock_addr).user_ip6[3], ip)
+        },
+    }
 }
 
 #[inline(always)]
@@ -141,20 +183,33 @@ fn remember_reverse(socket: u64, backend: u32, port: u16, vip: u32) {
 
 #[cgroup_sock_addr(connect4)]
 pub fn shoal_vip_connect4(ctx: SockAddrContext) -> i32 {
-    let proto = protocol(&ctx);
+    connect(&ctx, Family::V4)
+}
+
+/// Dual-stack sockets connecting to `::ffff:VIP`.
+#[cgroup_sock_addr(connect6)]
+pub fn shoal_vip_connect6(ctx: SockAddrContext) -> i32 {
+    connect(&ctx, Family::V6Mapped)
+}
+
+#[inline(always)]
+fn connect(ctx: &SockAddrContext, family: Family) -> i32 {
+    let proto = protocol(ctx);
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return ALLOW;
     }
-    let vip = user_ip4(&ctx);
-    let Some(value) = vip_in_scope(&ctx, vip) else {
+    let Some(vip) = address(ctx, family) else {
+        return ALLOW;
+    };
+    let Some(value) = vip_in_scope(ctx, vip) else {
         return ALLOW;
     };
     let Some(backend) = pick(vip, value) else {
         count(Counter::NoBackend);
         return ALLOW;
     };
-    set_user_ip4(&ctx, backend);
-    remember_reverse(socket_cookie(&ctx), backend, user_port(&ctx), vip);
+    set_address(ctx, family, backend);
+    remember_reverse(socket_cookie(ctx), backend, user_port(ctx), vip);
     count(if proto == IPPROTO_TCP {
         Counter::ConnectTcp
     } else {
@@ -166,12 +221,24 @@ pub fn shoal_vip_connect4(ctx: SockAddrContext) -> i32 {
 /// Unconnected UDP sends (the hook runs only for sends that name a destination).
 #[cgroup_sock_addr(sendmsg4)]
 pub fn shoal_vip_sendmsg4(ctx: SockAddrContext) -> i32 {
-    let vip = user_ip4(&ctx);
-    let Some(value) = vip_in_scope(&ctx, vip) else {
+    sendmsg(&ctx, Family::V4)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn shoal_vip_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sendmsg(&ctx, Family::V6Mapped)
+}
+
+#[inline(always)]
+fn sendmsg(ctx: &SockAddrContext, family: Family) -> i32 {
+    let Some(vip) = address(ctx, family) else {
         return ALLOW;
     };
-    let socket = socket_cookie(&ctx);
-    let port = user_port(&ctx);
+    let Some(value) = vip_in_scope(ctx, vip) else {
+        return ALLOW;
+    };
+    let socket = socket_cookie(ctx);
+    let port = user_port(ctx);
     let flow = FlowKey {
         socket,
         addr: vip,
@@ -183,7 +250,7 @@ pub fn shoal_vip_sendmsg4(ctx: SockAddrContext) -> i32 {
     if let Some(backend) = unsafe { FLOWS.get(&flow) }.copied() {
         let state = unsafe { BACKEND_STATE.get(&BackendKey { vip, slot: backend }) }.copied();
         if state.is_some_and(|s| s != BackendState::Unhealthy as u32) {
-            set_user_ip4(&ctx, backend);
+            set_address(ctx, family, backend);
             count(Counter::Sendmsg);
             return ALLOW;
         }
@@ -196,7 +263,7 @@ pub fn shoal_vip_sendmsg4(ctx: SockAddrContext) -> i32 {
         count(Counter::MapUpdateFailed);
     }
     remember_reverse(socket, backend, port, vip);
-    set_user_ip4(&ctx, backend);
+    set_address(ctx, family, backend);
     count(Counter::UdpFlowNew);
     count(Counter::Sendmsg);
     ALLOW
@@ -205,7 +272,15 @@ pub fn shoal_vip_sendmsg4(ctx: SockAddrContext) -> i32 {
 /// The source of a reply from a backend to a translated socket becomes the VIP again.
 #[cgroup_sock_addr(recvmsg4)]
 pub fn shoal_vip_recvmsg4(ctx: SockAddrContext) -> i32 {
-    if reverse(&ctx) {
+    if reverse(&ctx, Family::V4) {
+        count(Counter::Recvmsg);
+    }
+    ALLOW
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn shoal_vip_recvmsg6(ctx: SockAddrContext) -> i32 {
+    if reverse(&ctx, Family::V6Mapped) {
         count(Counter::Recvmsg);
     }
     ALLOW
@@ -213,7 +288,15 @@ pub fn shoal_vip_recvmsg4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn shoal_vip_getpeername4(ctx: SockAddrContext) -> i32 {
-    if reverse(&ctx) {
+    if reverse(&ctx, Family::V4) {
+        count(Counter::Getpeername);
+    }
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn shoal_vip_getpeername6(ctx: SockAddrContext) -> i32 {
+    if reverse(&ctx, Family::V6Mapped) {
         count(Counter::Getpeername);
     }
     ALLOW
@@ -221,17 +304,20 @@ pub fn shoal_vip_getpeername4(ctx: SockAddrContext) -> i32 {
 
 /// Rewrites the address to the VIP if this socket was translated towards it.
 #[inline(always)]
-fn reverse(ctx: &SockAddrContext) -> bool {
+fn reverse(ctx: &SockAddrContext, family: Family) -> bool {
+    let Some(addr) = address(ctx, family) else {
+        return false;
+    };
     let key = FlowKey {
         socket: socket_cookie(ctx),
-        addr: user_ip4(ctx),
+        addr,
         port: user_port(ctx),
         _pad: 0,
     };
     // SAFETY: read-only lookup, copied out.
     match unsafe { REVERSE.get(&key) }.copied() {
         Some(vip) => {
-            set_user_ip4(ctx, vip);
+            set_address(ctx, family, vip);
             true
         }
         None => false,
