@@ -76,8 +76,8 @@ struct AgentArgs {
 
 #[derive(Subcommand)]
 enum DataplaneCommand {
-    /// Print the underlay XDP program's counters and the routing mesh's (counters, flow
-    /// table fill) from their pinned maps
+    /// Print the underlay XDP program's counters, the routing mesh's and the service
+    /// VIPs' (counters, map fill) from their pinned maps
     Stats(StatsArgs),
 }
 

@@ -1,7 +1,7 @@
 //! `shoal dataplane stats`: prints the underlay XDP program's counters, read from the
 //! stats map an agent pinned (it stays pinned after the agent stops), then the ingress
 //! routing mesh's counters and its flow table's fill when the mesh's maps are pinned
-//! (`<pin_dir>/mesh`).
+//! (`<pin_dir>/mesh`), then the service VIPs' counters and map fill (`<pin_dir>/vip`).
 use std::{
     io::{self, Write},
     path::Path,
@@ -23,6 +23,11 @@ pub fn run(pin_dir: &Path, json: bool) -> Result<()> {
     let stats = read(pin_dir)?;
     let mut rows = rows(&stats);
     rows.extend(mesh_rows(&pin_dir.join(MESH_PIN_DIR))?);
+    let vip_dir = pin_dir.join(shoal_dataplane::lb::vip::PIN_SUBDIR);
+    rows.extend(
+        shoal_dataplane::lb::vip::stats_rows(&vip_dir)
+            .with_context(|| format!("reading the VIP maps pinned in {}", vip_dir.display()))?,
+    );
     let mut out = io::stdout().lock();
     if json {
         write_json(&mut out, &rows)?;

@@ -448,6 +448,27 @@ fn vip_balances_tcp_and_udp_answers_ping_and_is_scoped() {
         "getpeername of a TCP socket says the VIP"
     );
 
+    // The client host's counters, through the stats command.
+    let out = std::process::Command::new(&shoal)
+        .args(["dataplane", "stats", "--json", "--pin-dir"])
+        .arg(&v.host(CLIENT.1).pin_dir)
+        .output()
+        .expect("shoal dataplane stats");
+    assert!(out.status.success(), "{out:?}");
+    let stats: Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
+    for (name, at_least) in [
+        ("vip_connect_tcp", 40),
+        ("vip_connect_udp", 8),
+        ("vip_udp_flow_new", 1),
+        ("vip_recvmsg", 4),
+        ("vip_services", 1),
+    ] {
+        assert!(
+            stats[name].as_u64().unwrap_or(0) >= at_least,
+            "{name} below {at_least}: {stats}"
+        );
+    }
+
     lab::down(&guard.layout).expect("lab down");
     assert_eq!(lab::leftovers(&guard.layout), Vec::<String>::new());
 }
