@@ -6,7 +6,8 @@
 //! container on another network cannot use the VIP. A backend marked unhealthy gets no
 //! new connections while a TCP connection held idle across the change still works; a bad
 //! declared state is refused whole and the last good one stays in force; an agent
-//! restart keeps the VIPs working and adopts the maps.
+//! restart keeps the VIPs working and adopts the maps; a restarted container (a new
+//! namespace) gets its VIPs back.
 use std::{
     collections::BTreeSet,
     fs::File,
@@ -447,6 +448,16 @@ fn vip_balances_tcp_and_udp_answers_ping_and_is_scoped() {
         VIP,
         "getpeername of a TCP socket says the VIP"
     );
+
+    // A restarted container has a new namespace (a new cookie): its scope follows.
+    guard.exec_ok(
+        &v.host(CLIENT.1).name,
+        &["docker", "restart", "-t", "1", CLIENT.0],
+    );
+    let body = wait_for("the restarted client uses the VIP again", BOUND, || {
+        v.http_vip(CLIENT)
+    });
+    assert!(task_of(&body).is_some(), "{body}");
 
     // The client host's counters, through the stats command.
     let out = std::process::Command::new(&shoal)
