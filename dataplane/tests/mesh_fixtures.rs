@@ -720,6 +720,16 @@ fn fixture_table_in_netns() {
         (REMOTE, false)
     };
     let _ = held_backend;
+    // A second flow on the same backend, to be reopened (same ports) once it drains.
+    let mut reopened = None;
+    for sport in 43100..43110u16 {
+        let (_, out) = h.xdp(&tcp(NODE, sport, 8082, "syn", &[]));
+        if is_local(&out) == held_target_is_local {
+            reopened = Some(sport);
+            break;
+        }
+    }
+    let reopened = reopened.expect("round-robin reaches both backends");
     let drained = if held_target_is_local { "m1" } else { "m2" };
     let written = h.set_state(&[(drained, "draining")]);
     if written == 0 || written > 4 {
@@ -743,6 +753,16 @@ fn fixture_table_in_netns() {
                 "draining: new flow from {sport} went to the draining backend"
             ));
         }
+    }
+    let before = h.stats();
+    let (v, out) = h.xdp(&tcp(NODE, reopened, 8082, "syn", &[]));
+    if v == XDP_DROP
+        || is_local(&out) == held_target_is_local
+        || h.stats().since(&before).get(Rechosen) != 1
+    {
+        failures.push(format!(
+            "draining: a new connection reusing a drained flow's ports went to it (verdict {v})"
+        ));
     }
     h.set_state(&[(drained, "unhealthy")]);
     let before = h.stats();

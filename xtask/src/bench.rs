@@ -5,10 +5,11 @@
 //! non-zero), never hidden.
 //!
 //! Suites: `overlay` (here), `dns` (`bench/dns.rs`), `cluster` (`bench/cluster.rs`),
-//! `gossip` (`bench/gossip.rs`) and `vip` (`bench/vip.rs`).
+//! `gossip` (`bench/gossip.rs`), `vip` (`bench/vip.rs`) and `lb` (`bench/lb.rs`).
 mod cluster;
 mod dns;
 mod gossip;
+mod lb;
 mod services;
 mod vip;
 
@@ -86,9 +87,10 @@ pub fn run(suite: &str) -> Result<ExitCode> {
         "cluster" => cluster::run(),
         "gossip" => gossip::run(),
         "vip" => vip::run(),
+        "lb" => lb::run(),
         "services" => services::run(),
         other => bail!(
-            "unknown benchmark suite {other:?}; suites: overlay, dns, cluster, gossip, vip, services"
+            "unknown benchmark suite {other:?}; suites: overlay, dns, cluster, gossip, vip, services, lb"
         ),
     }
 }

@@ -36,7 +36,7 @@ enum Cmd {
         no_lab: bool,
     },
     /// Run a benchmark suite against its baseline (suites: overlay, dns, cluster, gossip,
-    /// vip).
+    /// vip, services, lb).
     Bench { suite: String },
 }
 

@@ -32,6 +32,9 @@ pub const PACKAGES: &[&str] = &[
     // DNS: a real upstream for the forwarding tests, and the load generator.
     "dnsmasq-base",
     "dnsperf",
+    // bench lb: the userspace proxy and the iptables path the routing mesh is compared with.
+    "haproxy",
+    "iptables",
 ];
 
 pub const NIGHTLY: &str = "nightly";

@@ -19,7 +19,7 @@ use shoal_common::mesh::{
     flow_hash, BackendKey, BackendValue, Config, Counter, FlowKey, FlowValue, Frontend,
     FrontendKey, RevPortKey, BALANCE_MAGLEV, DEFAULT_FLOWS, ENCAP_LEN, MAGLEV_SIZE, MAX_ADDRS,
     MAX_BACKENDS, MAX_FRONTENDS, MAX_MAGLEV_ROWS, MAX_REVPORTS, MAX_SLOTS, MESH_MAC_PREFIX,
-    PROTO_TCP, PROTO_UDP, STATE_UNHEALTHY,
+    PROTO_TCP, PROTO_UDP, STATE_DRAINING, STATE_UNHEALTHY,
 };
 
 #[map(name = "MESH_ADDRS")]
@@ -217,7 +217,8 @@ fn mesh(
     };
     let new_flow_allowed =
         protocol == PROTO_UDP || (flags & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN;
-    let target = match lookup_flow(&flow, &frontend) {
+    let opens = protocol == PROTO_TCP && (flags & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN;
+    let target = match lookup_flow(&flow, &frontend, opens) {
         Some(t) => t,
         None => {
             let known = unsafe { MESH_FLOWS.get(&flow) }.is_some();
@@ -260,7 +261,7 @@ fn mesh(
 
 /// The flow's backend if it has one that may still carry it.
 #[inline(always)]
-fn lookup_flow(flow: &FlowKey, frontend: &Frontend) -> Option<Target> {
+fn lookup_flow(flow: &FlowKey, frontend: &Frontend, opens: bool) -> Option<Target> {
     // SAFETY: map values are plain data.
     let v = unsafe { MESH_FLOWS.get(flow) }?;
     let key = BackendKey {
@@ -269,7 +270,9 @@ fn lookup_flow(flow: &FlowKey, frontend: &Frontend) -> Option<Target> {
     };
     // SAFETY: as above.
     let b = unsafe { MESH_BACKENDS.get(&key) }?;
-    if b.state == STATE_UNHEALTHY {
+    // A SYN on a draining backend's flow is a new connection reusing the ports (a
+    // retransmitted SYN would find its backend healthy): it goes elsewhere.
+    if b.state == STATE_UNHEALTHY || (opens && b.state == STATE_DRAINING) {
         return None;
     }
     Some(Target {
