@@ -55,7 +55,8 @@ struct LbStatus {
     removed: usize,
     /// Why the latest declared state was refused (the last good one stays applied).
     refused: Option<String>,
-    /// "ready", "waiting for the ingress network" or why it failed.
+    /// "ready", "waiting for the ingress network", "no ingress network declared" or why
+    /// it failed.
     reply_path: String,
     /// When the last apply finished, in ms since the Unix epoch: a benchmark can tell
     /// when a change took effect.
@@ -228,7 +229,8 @@ impl Worker {
             .as_deref()
             .and_then(|n| overlay.network(n))
         else {
-            return false;
+            self.reply_error = Some("no ingress network declared".into());
+            return self.reply.take().is_some();
         };
         let vni = net.vni;
         let path = pin_path(&self.netns_dir, vni);
