@@ -505,7 +505,7 @@ fn pinned_maps_and_links_are_adopted_and_keep_working_without_an_agent() {
     );
     assert!(rows.contains(&("vip_services", 1)), "{rows:?}");
     assert!(
-        rows.contains(&("vip_udp_flows_capacity", 131_072)),
+        rows.contains(&("vip_udp_flows_capacity", 65_536)),
         "{rows:?}"
     );
     drop(second);

@@ -66,12 +66,15 @@ pub const MAPS: [&str; 7] = [
     STATS_MAP,
 ];
 
-/// Capacities.
+/// Capacities. The hash maps written from declared state are not preallocated (they cost
+/// what they hold); the two LRU maps are, and are sized for the connections and UDP
+/// flows of one node's containers (an evicted reverse entry only loses the VIP in
+/// `getpeername` or a reply's source for a socket idle longer than the LRU's reach).
 pub const MAX_VIPS: u32 = 16_384;
 pub const MAX_BACKENDS: u32 = 262_144;
 pub const MAX_SCOPES: u32 = 65_536;
-pub const MAX_FLOWS: u32 = 131_072;
-pub const MAX_REVERSE: u32 = 262_144;
+pub const MAX_FLOWS: u32 = 65_536;
+pub const MAX_REVERSE: u32 = 131_072;
 
 /// Value of [`VIPS_MAP`].
 #[repr(C)]

@@ -27,13 +27,14 @@ use shoal_common::vip::{
 };
 
 #[map(name = "VIP_SERVICES")]
-static VIPS: HashMap<u32, VipValue> = HashMap::with_max_entries(MAX_VIPS, 0);
+static VIPS: HashMap<u32, VipValue> = HashMap::with_max_entries(MAX_VIPS, NO_PREALLOC);
 #[map(name = "VIP_BACKENDS")]
-static BACKENDS: HashMap<BackendKey, u32> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+static BACKENDS: HashMap<BackendKey, u32> = HashMap::with_max_entries(MAX_BACKENDS, NO_PREALLOC);
 #[map(name = "VIP_BACKEND_STATE")]
-static BACKEND_STATE: HashMap<BackendKey, u32> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+static BACKEND_STATE: HashMap<BackendKey, u32> =
+    HashMap::with_max_entries(MAX_BACKENDS, NO_PREALLOC);
 #[map(name = "VIP_SCOPES")]
-static SCOPES: HashMap<ScopeKey, u32> = HashMap::with_max_entries(MAX_SCOPES, 0);
+static SCOPES: HashMap<ScopeKey, u32> = HashMap::with_max_entries(MAX_SCOPES, NO_PREALLOC);
 #[map(name = "VIP_UDP_FLOWS")]
 static FLOWS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 #[map(name = "VIP_REVERSE")]
@@ -41,6 +42,8 @@ static REVERSE: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(MAX_REVE
 #[map(name = "VIP_STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
+/// Maps written by userspace only grow as the declared state does: no preallocation.
+const NO_PREALLOC: u32 = aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 const IPPROTO_TCP: u32 = 6;
 const IPPROTO_UDP: u32 = 17;
 const ALLOW: i32 = 1;
