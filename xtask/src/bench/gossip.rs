@@ -9,6 +9,11 @@
 //!   node's table holds it.
 //! - `dead_withdrawn_N_{median,max}`: a node crashes until no other node lists it.
 //! - `blip_tolerated_100`: the longest cut-off (0.5 s steps) no node reacted to.
+//! - `cpu_per_protocol_second_N`: what the simulation costs this machine.
+//!
+//! 100 nodes run in real time and again in tokio's paused time (`_virtual`: protocol time,
+//! as if each node had its own CPU); 300 and 1,000 only in paused time. A size that has
+//! not converged within the example's wall-time budget reports how far it got instead.
 //!
 //! Baselines (Docker Swarm, `shared/docs/anchors.md`): memberlist gossips every 200 ms to
 //! 3 peers; a dead node's entries go after roughly 9-49 s at 100 nodes. Targets: a dead
@@ -72,22 +77,10 @@ pub(super) fn run() -> Result<ExitCode> {
         5.0 / SWARM_DEAD_BEST_SECS,
     );
     report.ratio(
-        "dead_withdrawn_1000_max_vs_swarm_best",
-        get("dead_withdrawn_1000_max")? / SWARM_DEAD_BEST_SECS,
-        "<=",
-        1.0,
-    );
-    report.ratio(
         "endpoint_spread_100_p99_in_swarm_intervals",
         get("endpoint_spread_100_p99")? / SWARM_GOSSIP_INTERVAL_SECS,
         "<=",
         10.0,
-    );
-    report.ratio(
-        "endpoint_spread_1000_p99_in_swarm_intervals",
-        get("endpoint_spread_1000_p99")? / SWARM_GOSSIP_INTERVAL_SECS,
-        "<=",
-        20.0,
     );
     report.ratio(
         "blip_tolerated_100_s",
@@ -95,5 +88,39 @@ pub(super) fn run() -> Result<ExitCode> {
         ">=",
         1.0,
     );
+    // 1,000 nodes run in protocol time; on a machine too small for them the benchmark
+    // says how far they got, and the targets count as missed.
+    match (
+        figures.get("dead_withdrawn_1000_virtual_max"),
+        figures.get("endpoint_spread_1000_virtual_p99"),
+    ) {
+        (Some(dead), Some(spread)) => {
+            report.ratio(
+                "dead_withdrawn_1000_max_vs_swarm_best",
+                dead / SWARM_DEAD_BEST_SECS,
+                "<=",
+                1.0,
+            );
+            report.ratio(
+                "endpoint_spread_1000_p99_in_swarm_intervals",
+                spread / SWARM_GOSSIP_INTERVAL_SECS,
+                "<=",
+                20.0,
+            );
+        }
+        _ => {
+            let unconverged = figures
+                .get("unconverged_nodes_1000_virtual")
+                .copied()
+                .unwrap_or(f64::NAN);
+            println!(
+                "bench gossip: 1,000 nodes not measured: {unconverged} nodes had not converged \
+                 when the wall-time budget ran out (too heavy for this machine)"
+            );
+            report
+                .missed
+                .push("1,000-node figures: not measured on this machine".into());
+        }
+    }
     report.finish()
 }
