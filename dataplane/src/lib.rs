@@ -26,4 +26,7 @@ pub(crate) mod objects {
     /// Object file of the service VIP socket programs (cgroup sock_addr).
     pub static SOCK_VIP: &[u8] =
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shoal-sock-vip"));
+    /// Object file of the routing mesh's benchmark programs (generator, sink, bounce).
+    pub static MESH_BENCH: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shoal-xdp-bench"));
 }

@@ -7,9 +7,11 @@
 //!   sock_addr programs), the plan that writes their maps, the VIPs' own addresses.
 //! - [`mesh`]: the ingress routing mesh's maps from declared state (diff updates,
 //!   Maglev table, adoption of pinned maps, counters); [`mesh_reply`]: its reply path
-//!   (veth out of the ingress namespace, TC programs).
+//!   (veth out of the ingress namespace, TC programs); [`mesh_bench`]: its
+//!   small-packet benchmark.
 
 pub mod mesh;
+pub mod mesh_bench;
 pub mod mesh_reply;
 pub mod state;
 pub mod vip;

@@ -21,8 +21,12 @@
 //!   swaps which of t1 and t2 is healthy (the other drains); a connect loop through the
 //!   mesh times the first answer from the new one. Includes the agent noticing the file
 //!   (it polls every 250 ms).
-//! - Not measured here: the 64-byte UDP packet rate against iptables and an XDP bounce
-//!   ceiling (it needs a live-frames XDP traffic generator this suite does not have).
+//! - 64-byte UDP packets per second through the mesh's XDP program (to a remote
+//!   backend), through the kernel with iptables DNAT, and through an XDP program that only
+//!   bounces frames (the ceiling), at equal offered load: `shoal-dataplane`'s example
+//!   `mesh_pps_bench` (a live-frames XDP generator and an XDP sink in throwaway
+//!   namespaces), [`PPS_RUNS`] runs, medians. Targets: mesh >= 3x iptables, >= 0.7x the
+//!   ceiling.
 //!
 //! The lab's client sends with checksum offload off (on veth, XDP would otherwise
 //! forward partial checksums); every path shares that.
@@ -63,6 +67,7 @@ const ROUNDS: usize = 5;
 const WRK_SECS: u32 = 2;
 const WRK_CONNECTIONS: u32 = 32;
 const CHANGES: usize = 6;
+const PPS_RUNS: usize = 3;
 
 pub(super) fn run() -> Result<ExitCode> {
     let mut report = Report {
@@ -74,6 +79,7 @@ pub(super) fn run() -> Result<ExitCode> {
     if !lab::leftovers(&layout).is_empty() {
         lab::down(&layout)?;
     }
+    small_packets(&mut report)?;
     let state = lab::up(&layout, 2)?;
     let mut haproxy = None;
     let result = in_lab(&state, &shoal, &mut report, &mut haproxy);
@@ -85,6 +91,57 @@ pub(super) fn run() -> Result<ExitCode> {
     result?;
     down?;
     report.finish()
+}
+
+/// 64-byte UDP through the mesh, iptables and a bounce (see the module docs).
+fn small_packets(report: &mut Report) -> Result<()> {
+    let mut runs: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for _ in 0..PPS_RUNS {
+        let out = crate::util::cargo()
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "shoal-dataplane",
+                "--example",
+                "mesh_pps_bench",
+            ])
+            .stderr(Stdio::inherit())
+            .output()
+            .context("running the small-packet benchmark")?;
+        if !out.status.success() {
+            bail!("the small-packet benchmark failed");
+        }
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let ["BENCH", "lb", name, value, "pps"] =
+                line.split_whitespace().collect::<Vec<_>>().as_slice()
+            {
+                println!("bench lb: {name} {value} pps");
+                runs.entry(name.to_string()).or_default().push(
+                    value
+                        .parse()
+                        .with_context(|| format!("figure in {line:?}"))?,
+                );
+            }
+        }
+    }
+    let get = |name: &str| -> Result<f64> {
+        runs.get(name)
+            .map(|v| median(v.clone()))
+            .with_context(|| format!("the small-packet benchmark printed no {name}"))
+    };
+    let (mesh, ipt, bounce) = (
+        get("udp64_mesh")?,
+        get("udp64_iptables")?,
+        get("udp64_bounce")?,
+    );
+    report.figure("udp64_mesh", mesh, "pps");
+    report.figure("udp64_iptables", ipt, "pps");
+    report.figure("udp64_bounce_ceiling", bounce, "pps");
+    report.ratio("udp64_mesh_vs_iptables", mesh / ipt, ">=", 3.0);
+    report.ratio("udp64_mesh_vs_ceiling", mesh / bounce, ">=", 0.7);
+    Ok(())
 }
 
 fn ingress_node(state: &LabState) -> &HostState {
