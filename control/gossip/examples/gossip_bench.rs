@@ -58,6 +58,7 @@ async fn run(n: usize, clock: &str) -> anyhow::Result<()> {
     eprintln!("gossip bench: starting {n} nodes");
     let start = Instant::now();
     let mut cluster = SimCluster::start(n, timing.clone()).await?;
+    cluster.give_up_at = Some(wall + CONVERGE_BUDGET);
     cluster.publish_all(1).await?;
     // Progress every 2 s of protocol time: how far the slowest node is.
     let took = loop {
@@ -108,6 +109,7 @@ async fn run(n: usize, clock: &str) -> anyhow::Result<()> {
         }
     };
     eprintln!("gossip bench: {n} nodes converged after {took:?}");
+    cluster.give_up_at = None;
     figure(
         &format!("cold_converge_{n}{clock}"),
         took.as_secs_f64(),

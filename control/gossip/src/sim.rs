@@ -80,6 +80,9 @@ pub struct SimCluster {
     pub net: MemoryNet,
     pub nodes: Vec<Option<Gossip>>,
     pub timing: Timing,
+    /// A wall-clock instant after which waits give up whatever the protocol time (for
+    /// benchmarks in paused time, where protocol time can crawl).
+    pub give_up_at: Option<std::time::Instant>,
 }
 
 impl SimCluster {
@@ -92,7 +95,12 @@ impl SimCluster {
                 Gossip::start(config(i, &net, test_key(), timing.clone())).await?,
             ));
         }
-        Ok(SimCluster { net, nodes, timing })
+        Ok(SimCluster {
+            net,
+            nodes,
+            timing,
+            give_up_at: None,
+        })
     }
 
     pub fn node(&self, i: usize) -> &Gossip {
@@ -121,8 +129,8 @@ impl SimCluster {
         Ok(())
     }
 
-    /// Waits until `pred` holds on every running node's table (checked at every table
-    /// change and every 10 ms); the time it took, or the nodes where it still fails.
+    /// Waits until `pred` holds on every running node's table (checked every 10 ms); the
+    /// time it took, or the nodes where it still fails after `limit` (or `give_up_at`).
     pub async fn wait_all(
         &self,
         limit: Duration,
@@ -138,7 +146,10 @@ impl SimCluster {
             if failing.is_empty() {
                 return Ok(start.elapsed());
             }
-            if start.elapsed() > limit {
+            let given_up = self
+                .give_up_at
+                .is_some_and(|t| std::time::Instant::now() > t);
+            if start.elapsed() > limit || given_up {
                 return Err(failing);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
