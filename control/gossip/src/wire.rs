@@ -39,6 +39,9 @@ struct NetInner {
     recording: HashMap<SocketAddr, Vec<Packet>>,
     delivered: u64,
     lost: u64,
+    /// Random loss, in parts per million, and the generator's state (xorshift64).
+    loss_ppm: u32,
+    rng: u64,
 }
 
 /// An in-process datagram network. Cloning gives another handle to the same network.
@@ -79,6 +82,14 @@ impl MemoryNet {
         inner.isolated.clear();
     }
 
+    /// Loses each datagram with probability `ppm` / 1,000,000, from a generator seeded
+    /// with `seed` (0 for none), so a run can be repeated.
+    pub fn set_loss(&self, ppm: u32, seed: u64) {
+        let mut inner = self.lock();
+        inner.loss_ppm = ppm.min(1_000_000);
+        inner.rng = seed | 1;
+    }
+
     /// Delivers raw bytes to `to` as if sent from `from` (cuts apply).
     pub fn inject(&self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
         self.deliver(from, to, bytes);
@@ -106,7 +117,16 @@ impl MemoryNet {
 
     fn deliver(&self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
         let mut inner = self.lock();
-        if inner.isolated.contains(&from)
+        let unlucky = inner.loss_ppm > 0 && {
+            let mut x = inner.rng;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            inner.rng = x;
+            x % 1_000_000 < u64::from(inner.loss_ppm)
+        };
+        if unlucky
+            || inner.isolated.contains(&from)
             || inner.isolated.contains(&to)
             || inner.cut.contains(&(from, to))
         {

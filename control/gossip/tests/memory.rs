@@ -160,6 +160,33 @@ async fn dead_node_is_withdrawn_within_the_bound_and_blips_do_not_flap() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn lossy_network_does_not_flap() {
+    let n = 20;
+    let cluster = converged(n, 1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // 20% of all datagrams lost for 30 s: no node ever drops another.
+    cluster.net.set_loss(200_000, 0x5eed);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        for (i, g) in cluster.live() {
+            let t = g.table();
+            assert_eq!(
+                t.nodes().len(),
+                n,
+                "after {:?} of 20% loss node {i} sees only {:?}",
+                start.elapsed(),
+                t.nodes().keys().collect::<Vec<_>>()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, lost) = cluster.net.stats();
+    assert!(lost > 1000, "loss was applied: {lost}");
+    cluster.net.set_loss(0, 0);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn partition_heals_without_operator_action() {
     let n = 12;
     let cluster = converged(n, 1).await;
