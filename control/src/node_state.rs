@@ -117,10 +117,9 @@ pub fn compute(state: &ClusterState, node_id: &str) -> NodeState {
         .map(|(k, v)| (k.as_str(), v))
         .collect();
     let ingress = state.networks.values().find(|n| n.ingress);
-    let any_ingress_port = state
-        .services
-        .values()
-        .any(|s| s.spec.ports.iter().any(|p| p.mode == PublishMode::Ingress));
+    // Host-mode ports go through the mesh too (to this node's tasks only), so any
+    // published port brings in ingress.
+    let any_ingress_port = state.services.values().any(|s| !s.spec.ports.is_empty());
 
     // Networks present here: those of local tasks, and ingress when ports are published.
     let mut local_nets: BTreeSet<String> = BTreeSet::new();
@@ -201,7 +200,7 @@ pub fn compute(state: &ClusterState, node_id: &str) -> NodeState {
             .filter(|n| local_nets.contains(*n))
             .filter_map(|n| net_name(n))
             .collect();
-        let publishes = s.spec.ports.iter().any(|p| p.mode == PublishMode::Ingress);
+        let publishes = !s.spec.ports.is_empty();
         if here.is_empty() && !publishes {
             continue;
         }

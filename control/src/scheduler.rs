@@ -31,8 +31,7 @@ use shoal_cluster::{
     manager::Manager,
     store::{
         Availability, ClusterState, Command, EndpointMode, NetworkAttachment, Node, NodeStatus,
-        PublishMode, RestartCondition, Role, Service, ServiceMode, Task, TaskState, TaskStatus,
-        VirtualIp,
+        RestartCondition, Role, Service, ServiceMode, Task, TaskState, TaskStatus, VirtualIp,
     },
 };
 use tracing::{debug, warn};
@@ -132,15 +131,11 @@ fn meets(node: &Node, constraints: &[Constraint]) -> bool {
 }
 
 /// The networks a service's tasks join, in order: `ingress` first when it publishes a
-/// port in ingress mode, then its own.
+/// port (in host mode too: the routing mesh reaches a host-mode task, on its own node
+/// only, through its ingress address), then its own.
 pub fn effective_networks(state: &ClusterState, service: &Service) -> Vec<String> {
     let mut out = Vec::new();
-    if service
-        .spec
-        .ports
-        .iter()
-        .any(|p| p.mode == PublishMode::Ingress)
-    {
+    if !service.spec.ports.is_empty() {
         if let Some(ingress) = state.networks.values().find(|n| n.ingress) {
             out.push(ingress.id.clone());
         }

@@ -139,6 +139,22 @@ fn build(layout: &Layout, hosts: u32, images: &[images::LabImage]) -> Result<Lab
         address: client_address(),
     };
     add_underlay_port(layout, &client.netns, "cl", &client.address.to_string())?;
+    // The client stands for a machine on a wire: its veth would otherwise hand over
+    // segments with offloaded (partial) checksums, which the routing mesh's XDP forwards
+    // as they are to another host, where they are dropped. A NIC never sends those.
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &client.netns,
+            "ethtool",
+            "-K",
+            HOST_UNDERLAY_IF,
+            "tx",
+            "off",
+        ],
+    )?;
 
     let mut host_states = Vec::new();
     for i in 1..=hosts {

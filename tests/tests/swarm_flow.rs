@@ -1,0 +1,709 @@
+//! The Swarm flows end to end on a real 3-host lab, typed as a user types them through
+//! the `shoal` CLI (nothing declared by hand: every node's executor writes its declared
+//! overlay, DNS and LB state and the agent's drivers apply it):
+//! - a service published on port 80, scaled from 2 to 4: requests from the client
+//!   namespace to every host's address reach all 4 tasks, which see the client's address;
+//! - an overlay network with a subnet: tasks get addresses in it and reach each other
+//!   across hosts;
+//! - service discovery: `wget server` from a client task reaches every task, also after a
+//!   scale that restarts nothing; `tasks.server` lists them; a dnsrr service resolves to
+//!   its tasks' addresses;
+//! - a port published with `mode=host` answers only where a task runs;
+//! - a host whose agent and dockerd die: its endpoints leave the other hosts' tables,
+//!   requests through the remaining hosts stop failing, its tasks come back elsewhere;
+//!   when it returns, every host's tables agree again.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use shoal_tests::{client_http, lab, privileged, wait_for, LabGuard};
+
+const BOUND: Duration = Duration::from_secs(90);
+
+struct Cli<'a> {
+    lab: &'a LabGuard,
+}
+
+/// One running task of a service: its ID (also its container's hostname, cut to 12),
+/// its node, and its container's name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Task {
+    id: String,
+    node: String,
+    container: String,
+}
+
+impl Task {
+    fn hostname(&self) -> String {
+        self.id.chars().take(12).collect()
+    }
+}
+
+impl Cli<'_> {
+    fn run(&self, h: &str, args: &[&str]) -> Result<String, String> {
+        let mut argv = vec!["shoal"];
+        argv.extend_from_slice(args);
+        let out = self.lab.exec(h, &argv);
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            ))
+        }
+    }
+
+    fn ok(&self, h: &str, args: &[&str]) -> String {
+        self.run(h, args)
+            .unwrap_or_else(|e| panic!("{h}: shoal {} failed: {e}", args.join(" ")))
+    }
+
+    /// The service's running tasks (from `service ps`, cut at the header's columns).
+    fn running(&self, service: &str) -> Result<Vec<Task>, String> {
+        let out = self.run("h1", &["service", "ps", "--no-trunc", service])?;
+        let mut lines = out.lines();
+        let header = lines.next().ok_or("no header")?;
+        let col = |name: &str| header.find(name).ok_or(format!("no {name} column"));
+        let cols = [
+            0,
+            col("NAME")?,
+            col("IMAGE")?,
+            col("NODE")?,
+            col("DESIRED STATE")?,
+            col("CURRENT STATE")?,
+            col("ERROR")?,
+        ];
+        let mut tasks = Vec::new();
+        for l in lines {
+            let cell = |i: usize| {
+                let end = cols.get(i + 1).copied().unwrap_or(l.len()).min(l.len());
+                l.get(cols[i].min(l.len())..end)
+                    .unwrap_or("")
+                    .trim()
+                    .to_string()
+            };
+            let name = cell(1);
+            if name.starts_with("\\_") || cell(4) != "Running" || !cell(5).starts_with("Running") {
+                continue;
+            }
+            let id = cell(0);
+            tasks.push(Task {
+                container: format!("{name}.{id}"),
+                id,
+                node: cell(3),
+            });
+        }
+        tasks.sort();
+        Ok(tasks)
+    }
+
+    /// Waits until the service has `n` running tasks (on nodes `ok` accepts).
+    fn wait_running(&self, service: &str, n: usize, ok: impl Fn(&[Task]) -> bool) -> Vec<Task> {
+        wait_for(&format!("{n} running {service} tasks"), BOUND, || {
+            let tasks = self.running(service)?;
+            if tasks.len() == n && ok(&tasks) {
+                Ok(tasks)
+            } else {
+                Err(format!("{tasks:#?}"))
+            }
+        })
+    }
+}
+
+fn host_index(name: &str) -> usize {
+    name.trim_start_matches('h')
+        .parse::<usize>()
+        .expect("host name")
+        - 1
+}
+
+/// The `host=` and `client=` of one `shoal/web` answer.
+fn answer(body: &str) -> Option<(String, String)> {
+    let mut host = None;
+    let mut client = None;
+    for word in body.split_whitespace() {
+        if let Some(h) = word.strip_prefix("host=") {
+            host = Some(h.to_string());
+        } else if let Some(c) = word.strip_prefix("client=") {
+            client = Some(c.to_string());
+        }
+    }
+    Some((host?, client?))
+}
+
+/// Sends requests with `fetch` until every hostname in `want` has answered; every answer
+/// must come from one of them. Returns the answers' client addresses.
+fn reach_all(
+    what: &str,
+    want: &BTreeSet<String>,
+    mut fetch: impl FnMut() -> Result<String, String>,
+) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    let mut clients = BTreeSet::new();
+    wait_for(what, BOUND, || {
+        let body = fetch()?;
+        let (host, client) = answer(&body).ok_or(format!("not a shoal/web answer: {body}"))?;
+        assert!(
+            want.contains(&host),
+            "{what}: answered by {host}, not one of {want:?}"
+        );
+        seen.insert(host);
+        clients.insert(client);
+        if &seen == want {
+            Ok(())
+        } else {
+            Err(format!("answered so far by {seen:?} of {want:?}"))
+        }
+    });
+    clients
+}
+
+fn hostnames(tasks: &[Task]) -> BTreeSet<String> {
+    tasks.iter().map(Task::hostname).collect()
+}
+
+/// The task container's addresses inside `subnet` (e.g. "10.0.9.").
+fn task_addresses(lab: &LabGuard, t: &Task, prefix: &str) -> Result<Vec<Ipv4Addr>, String> {
+    let out = lab.docker_exec(&t.node, &t.container, &["ip", "-4", "-o", "addr"])?;
+    Ok(out
+        .split_whitespace()
+        .filter_map(|w| w.split('/').next())
+        .filter(|a| a.starts_with(prefix))
+        .filter_map(|a| a.parse().ok())
+        .collect())
+}
+
+fn read_json(path: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+}
+
+fn declared(h: &lab::HostState, file: &str) -> serde_json::Value {
+    read_json(&h.run_dir.join("declared").join(file))
+}
+
+fn array<'a>(v: &'a serde_json::Value, key: &str) -> Vec<&'a serde_json::Value> {
+    v[key]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default()
+}
+
+/// What a host's declared tables say about other hosts: remote endpoints per VTEP and
+/// LB backends per node address.
+fn mentions(h: &lab::HostState, node: Ipv4Addr) -> Vec<String> {
+    let node = node.to_string();
+    let mut found = Vec::new();
+    for e in array(&declared(h, "overlay.json"), "remote_endpoints") {
+        if e["vtep"] == node.as_str() {
+            found.push(format!("remote endpoint {e}"));
+        }
+    }
+    for s in array(&declared(h, "lb.json"), "services") {
+        for b in array(s, "backends") {
+            if b["node"] == node.as_str() {
+                found.push(format!("{} backend {b}", s["name"]));
+            }
+        }
+    }
+    found
+}
+
+/// Every host's remote endpoints, per network it has, are exactly the other hosts'
+/// local endpoints on that network (by address and VTEP); Err says where not.
+fn tables_agree(lab: &LabGuard) -> Result<(), String> {
+    let hosts = &lab.state.hosts;
+    let locals: Vec<BTreeSet<(String, String, String)>> = hosts
+        .iter()
+        .map(|h| {
+            array(&declared(h, "overlay.json"), "local_endpoints")
+                .into_iter()
+                .map(|e| {
+                    (
+                        e["network"].as_str().unwrap_or("").to_string(),
+                        e["ip"].as_str().unwrap_or("").to_string(),
+                        h.address.to_string(),
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    for (i, h) in hosts.iter().enumerate() {
+        let overlay = declared(h, "overlay.json");
+        let nets: BTreeSet<String> = array(&overlay, "networks")
+            .into_iter()
+            .filter_map(|n| n["id"].as_str().map(str::to_string))
+            .collect();
+        let have: BTreeSet<(String, String, String)> = array(&overlay, "remote_endpoints")
+            .into_iter()
+            .map(|e| {
+                (
+                    e["network"].as_str().unwrap_or("").to_string(),
+                    e["ip"].as_str().unwrap_or("").to_string(),
+                    e["vtep"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        let want: BTreeSet<(String, String, String)> = locals
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .flat_map(|(_, l)| l.iter().cloned())
+            .filter(|(net, _, _)| nets.contains(net))
+            .collect();
+        if have != want {
+            return Err(format!(
+                "{}: remote endpoints {have:?}, other hosts' local endpoints on its networks {want:?}",
+                h.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn start_agent(lab: &LabGuard, shoal: &std::path::Path, i: usize) {
+    let h = &lab.state.hosts[i];
+    let args = lab::agent::declared_args(h).expect("declared files");
+    lab::agent::start(&lab.state, h, shoal, &args)
+        .unwrap_or_else(|e| panic!("start agent on {}: {e:#}", h.name));
+}
+
+fn agent_pid(h: &lab::HostState) -> u32 {
+    let agent = read_json(&lab::agent::status_file(h));
+    agent["pid"].as_u64().expect("agent pid") as u32
+}
+
+/// Container name -> start time of a service's containers on every host.
+fn started_at(lab: &LabGuard, service: &str) -> BTreeMap<String, String> {
+    let filter = format!("label=com.docker.swarm.service.name={service}");
+    let mut m = BTreeMap::new();
+    for h in ["h1", "h2", "h3"] {
+        let ids = lab.exec(h, &["docker", "ps", "-q", "--filter", &filter]);
+        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+            let out = lab.exec_ok(
+                h,
+                &[
+                    "docker",
+                    "inspect",
+                    "-f",
+                    "{{.Name}} {{.State.StartedAt}} {{.RestartCount}}",
+                    id,
+                ],
+            );
+            let (name, rest) = out.split_once(' ').unwrap_or((&out, ""));
+            m.insert(name.trim_start_matches('/').to_string(), rest.to_string());
+        }
+    }
+    m
+}
+
+#[test]
+fn swarm_flows_on_three_hosts() {
+    if !privileged() {
+        return;
+    }
+    let shoal = xtask::util::shoal_binary().expect("shoal binary (cargo build)");
+    let guard = LabGuard::up('w', 3);
+    for i in 0..3 {
+        start_agent(&guard, &shoal, i);
+    }
+    let cli = Cli { lab: &guard };
+    let addr = |i: usize| guard.state.hosts[i].address.to_string();
+    let manager = format!("{}:2377", addr(0));
+    cli.ok("h1", &["swarm", "init", "--advertise-addr", &addr(0)]);
+    let token = cli
+        .ok("h1", &["swarm", "join-token", "-q", "worker"])
+        .trim()
+        .to_owned();
+    cli.ok("h2", &["swarm", "join", "--token", &token, &manager]);
+    cli.ok("h3", &["swarm", "join", "--token", &token, &manager]);
+    wait_for("3 nodes Ready", BOUND, || {
+        let nodes = cli.run("h1", &["node", "ls"])?;
+        if nodes.matches("Ready").count() == 3 {
+            Ok(())
+        } else {
+            Err(nodes)
+        }
+    });
+
+    // 1. Published on 80, scaled to 4: every host's address reaches all 4 tasks, and
+    // they see the client's own address.
+    let created = cli.ok(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "myweb",
+            "--replicas",
+            "2",
+            "-p",
+            "80:80",
+            "shoal/web:1",
+        ],
+    );
+    assert!(created.contains("verify: Service converged"), "{created}");
+    cli.ok("h1", &["service", "scale", "myweb=4"]);
+    let myweb = cli.wait_running("myweb", 4, |t| {
+        t.iter().map(|x| &x.node).collect::<BTreeSet<_>>().len() == 3
+    });
+    let want = hostnames(&myweb);
+    let client = lab::layout::client_address().to_string();
+    let started = Instant::now();
+    for i in 0..3 {
+        let url = format!("http://{}:80/", addr(i));
+        let clients = reach_all(&format!("{url} reaching all 4 myweb tasks"), &want, || {
+            client_http(&guard, &url)
+        });
+        assert_eq!(
+            clients,
+            BTreeSet::from([client.clone()]),
+            "the tasks behind {url} saw these client addresses"
+        );
+    }
+    println!(
+        "myweb: all 4 tasks reached through each of the 3 hosts, client {client} seen, {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // 2. An overlay with a subnet: addresses in it, tasks on different hosts reach
+    // each other.
+    cli.ok(
+        "h1",
+        &[
+            "network",
+            "create",
+            "-d",
+            "overlay",
+            "--subnet",
+            "10.0.9.0/24",
+            "myoverlay",
+        ],
+    );
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "ov",
+            "--replicas",
+            "2",
+            "--network",
+            "myoverlay",
+            "shoal/web:1",
+        ],
+    );
+    let ov = cli.wait_running("ov", 2, |t| t[0].node != t[1].node);
+    let ips: Vec<Ipv4Addr> = ov
+        .iter()
+        .map(|t| {
+            wait_for(
+                &format!("{} has an address in 10.0.9.0/24", t.container),
+                BOUND,
+                || match task_addresses(&guard, t, "10.0.9.")? {
+                    a if a.len() == 1 => Ok(a[0]),
+                    a => Err(format!("{a:?}")),
+                },
+            )
+        })
+        .collect();
+    for (from, (to, ip)) in [(&ov[0], (&ov[1], ips[1])), (&ov[1], (&ov[0], ips[0]))] {
+        let body = wait_for(
+            &format!("{} on {} reaching {ip} on {}", from.id, from.node, to.node),
+            BOUND,
+            || {
+                guard.docker_exec(
+                    &from.node,
+                    &from.container,
+                    &["timeout", "10", "wget", "-qO-", &format!("http://{ip}/")],
+                )
+            },
+        );
+        let (host, client) = answer(&body).expect("a shoal/web answer");
+        assert_eq!(host, to.hostname(), "{body}");
+        let from_ip = ips[if from == &ov[0] { 0 } else { 1 }].to_string();
+        assert_eq!(client, from_ip, "the peer saw the overlay address: {body}");
+    }
+    println!("myoverlay: {ips:?} on {} and {}", ov[0].node, ov[1].node);
+
+    // 3. Discovery by name on an overlay.
+    cli.ok("h1", &["network", "create", "-d", "overlay", "discovery"]);
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "server",
+            "--replicas",
+            "2",
+            "--network",
+            "discovery",
+            "shoal/web:1",
+        ],
+    );
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "client",
+            "--network",
+            "discovery",
+            "shoal/web:1",
+        ],
+    );
+    let servers = cli.wait_running("server", 2, |_| true);
+    let c = cli.wait_running("client", 1, |_| true).remove(0);
+    let wget_server = || {
+        guard.docker_exec(
+            &c.node,
+            &c.container,
+            &["timeout", "10", "wget", "-qO-", "http://server/"],
+        )
+    };
+    reach_all(
+        "client -> server reaching both tasks",
+        &hostnames(&servers),
+        wget_server,
+    );
+    let before = started_at(&guard, "server");
+    cli.ok("h1", &["service", "scale", "server=3"]);
+    let servers3 = cli.wait_running("server", 3, |_| true);
+    reach_all(
+        "client -> server reaching all three tasks",
+        &hostnames(&servers3),
+        wget_server,
+    );
+    let after = started_at(&guard, "server");
+    for (name, start) in &before {
+        assert_eq!(
+            after.get(name),
+            Some(start),
+            "{name} restarted by the scale: {before:?} -> {after:?}"
+        );
+    }
+    let mut server_ips = BTreeSet::new();
+    for t in &servers3 {
+        let a = wait_for(&format!("{} address", t.container), BOUND, || {
+            let out = guard.docker_exec(&t.node, &t.container, &["ip", "-4", "-o", "addr"])?;
+            out.lines()
+                .find(|l| l.contains("eth") && !l.contains("127.0.0.1"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|a| a.split('/').next())
+                .map(str::to_string)
+                .ok_or(out)
+        });
+        server_ips.insert(a);
+    }
+    wait_for("nslookup tasks.server lists the 3 tasks", BOUND, || {
+        let out = guard.docker_exec(&c.node, &c.container, &["nslookup", "tasks.server"])?;
+        let listed: BTreeSet<String> = server_ips
+            .iter()
+            .filter(|ip| out.contains(ip.as_str()))
+            .cloned()
+            .collect();
+        if listed == server_ips {
+            Ok(())
+        } else {
+            Err(format!("want {server_ips:?}; nslookup said: {out}"))
+        }
+    });
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "server2",
+            "--replicas",
+            "2",
+            "--endpoint-mode",
+            "dnsrr",
+            "--network",
+            "discovery",
+            "shoal/web:1",
+        ],
+    );
+    let s2 = cli.wait_running("server2", 2, |_| true);
+    let mut s2_ips = BTreeSet::new();
+    for t in &s2 {
+        let a = wait_for(&format!("{} address", t.container), BOUND, || {
+            let out = guard.docker_exec(&t.node, &t.container, &["ip", "-4", "-o", "addr"])?;
+            out.lines()
+                .find(|l| l.contains("eth") && !l.contains("127.0.0.1"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|a| a.split('/').next())
+                .map(str::to_string)
+                .ok_or(out)
+        });
+        s2_ips.insert(a);
+    }
+    wait_for(
+        "nslookup server2 (dnsrr) gives its task addresses",
+        BOUND,
+        || {
+            let out = guard.docker_exec(&c.node, &c.container, &["nslookup", "server2"])?;
+            let answers: BTreeSet<String> = out
+                .split("Name:")
+                .skip(1)
+                .flat_map(|a| a.split_whitespace())
+                .filter(|w| w.parse::<Ipv4Addr>().is_ok())
+                .map(str::to_string)
+                .collect();
+            if answers == s2_ips {
+                Ok(())
+            } else {
+                Err(format!("want {s2_ips:?}; nslookup said: {out}"))
+            }
+        },
+    );
+    reach_all(
+        "client -> server2 (dnsrr) reaching both tasks",
+        &hostnames(&s2),
+        || {
+            guard.docker_exec(
+                &c.node,
+                &c.container,
+                &["timeout", "10", "wget", "-qO-", "http://server2/"],
+            )
+        },
+    );
+    println!("discovery: server x3 by VIP and tasks.server, server2 by dnsrr {s2_ips:?}");
+
+    // 4. mode=host answers only where its task runs.
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "hostport",
+            "-p",
+            "mode=host,target=80,published=8081",
+            "shoal/web:1",
+        ],
+    );
+    let hp = cli.wait_running("hostport", 1, |_| true).remove(0);
+    let at = host_index(&hp.node);
+    let url = format!("http://{}:8081/", addr(at));
+    let body = wait_for(&format!("{url} answering"), BOUND, || {
+        client_http(&guard, &url)
+    });
+    let (host, seen) = answer(&body).expect("a shoal/web answer");
+    assert_eq!((host, seen), (hp.hostname(), client.clone()), "{body}");
+    for i in (0..3).filter(|&i| i != at) {
+        let url = format!("http://{}:8081/", addr(i));
+        for _ in 0..3 {
+            let r = client_http(&guard, &url);
+            assert!(
+                r.is_err(),
+                "{url} answered though hostport runs on {}: {r:?}",
+                hp.node
+            );
+        }
+    }
+    println!("hostport: 8081 answers on {} only", hp.node);
+
+    // 5. A host dies (agent and dockerd): its endpoints leave the others' tables,
+    // requests through the remaining hosts stop failing, its tasks run elsewhere.
+    wait_for("tables agree before the host dies", BOUND, || {
+        tables_agree(&guard)
+    });
+    let h3 = guard.state.hosts[2].clone();
+    assert!(
+        myweb.iter().any(|t| t.node == "h3"),
+        "a myweb task on h3: {myweb:#?}"
+    );
+    let agent = agent_pid(&h3);
+    lab::procs::signal(agent, libc::SIGKILL);
+    assert!(
+        lab::procs::wait_gone(&[agent], BOUND),
+        "h3's agent did not stop"
+    );
+    let dockerd =
+        lab::procs::read_pid_file(&guard.layout.dockerd_pid_file("h3")).unwrap_or(h3.dockerd_pid);
+    lab::procs::signal(dockerd, libc::SIGKILL);
+    assert!(
+        lab::procs::wait_gone(&[dockerd], BOUND),
+        "h3's dockerd did not stop"
+    );
+    let killed = Instant::now();
+    for h in &guard.state.hosts[..2] {
+        wait_for(
+            &format!("{}: h3's endpoints and backends withdrawn", h.name),
+            BOUND,
+            || match mentions(h, h3.address) {
+                m if m.is_empty() => Ok(()),
+                m => Err(format!("{m:#?}")),
+            },
+        );
+    }
+    let withdrawn = killed.elapsed();
+    let moved = cli.wait_running("myweb", 4, |t| t.iter().all(|x| x.node != "h3"));
+    let want = hostnames(&moved);
+    for i in 0..2 {
+        let url = format!("http://{}:80/", addr(i));
+        reach_all(
+            &format!("{url} reaching the 4 tasks after h3 died"),
+            &want,
+            || client_http(&guard, &url),
+        );
+        // And then nothing fails any more.
+        for k in 0..20 {
+            let r = client_http(&guard, &url);
+            let host = r
+                .as_ref()
+                .ok()
+                .and_then(|b| answer(b))
+                .map(|(h, _)| h)
+                .unwrap_or_default();
+            assert!(
+                want.contains(&host),
+                "{url}: request {k} after convergence failed or went astray: {r:?}"
+            );
+        }
+    }
+    println!(
+        "h3 died: its entries withdrawn from h1 and h2 after {:.1} s; myweb back at 4 tasks \
+         on h1/h2 and served through both after {:.1} s",
+        withdrawn.as_secs_f64(),
+        killed.elapsed().as_secs_f64()
+    );
+
+    // It comes back: every host's tables agree again, and the service still answers
+    // through all 3 hosts.
+    lab::start_dockerd(&guard.layout, "h3", h3.holder_pid).expect("restart h3's dockerd");
+    start_agent(&guard, &shoal, 2);
+    let back = Instant::now();
+    wait_for("3 nodes Ready again", BOUND, || {
+        let nodes = cli.run("h1", &["node", "ls"])?;
+        if nodes.matches("Ready").count() == 3 {
+            Ok(())
+        } else {
+            Err(nodes)
+        }
+    });
+    wait_for("tables agree after h3 returned", BOUND, || {
+        tables_agree(&guard)
+    });
+    let now = hostnames(&cli.wait_running("myweb", 4, |_| true));
+    for i in 0..3 {
+        let url = format!("http://{}:80/", addr(i));
+        reach_all(
+            &format!("{url} reaching the 4 tasks after h3 returned"),
+            &now,
+            || client_http(&guard, &url),
+        );
+    }
+    println!(
+        "h3 returned: tables agree and myweb answers through all 3 hosts after {:.1} s",
+        back.elapsed().as_secs_f64()
+    );
+}
