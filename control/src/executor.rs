@@ -28,7 +28,7 @@ use bollard::{
         CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, StopContainerOptions,
     },
 };
-use futures::{stream, StreamExt};
+use futures::{stream, FutureExt, StreamExt};
 use shoal_cluster::{
     manager::NodeClient,
     store::{ClusterState, Service, Task, TaskState, TaskStatus, TaskStatusUpdate},
@@ -53,7 +53,9 @@ pub const LABEL_SLOT: &str = "shoal.task.slot";
 /// How often the executor looks without an event.
 const TICK: Duration = Duration::from_millis(200);
 /// Containers created or removed at once.
-const PARALLEL: usize = 16;
+const PARALLEL: usize = 32;
+/// Events this close together make one pass.
+const EVENT_COALESCE: Duration = Duration::from_millis(20);
 /// Grace for a task's process on shutdown before it is killed.
 const STOP_GRACE_SECS: i32 = 5;
 
@@ -123,14 +125,30 @@ impl Executor {
     /// Runs until dropped (the agent aborts it when the node leaves the cluster).
     pub async fn run(mut self) {
         let mut events = self.docker.watch_reconnecting(Duration::from_secs(2));
+        // On a manager, the local store applying a change is the cue; workers poll.
+        let mut versions = self.client.subscribe();
         loop {
             self.step().await;
+            let store_changed = async {
+                match versions.as_mut() {
+                    Some(v) => {
+                        if v.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
                 () = tokio::time::sleep(TICK) => {}
+                () = store_changed => {}
                 update = events.next() => {
                     if let Some(WatchUpdate::Lost(e)) = update {
                         debug!(error = %e, "dockerd events lost; retrying");
                     }
+                    // One pass for a burst of events (dozens of containers starting).
+                    tokio::time::sleep(EVENT_COALESCE).await;
+                    while let Some(Some(_)) = events.next().now_or_never() {}
                 }
             }
         }

@@ -359,12 +359,10 @@ pub fn write_if_changed<T: serde::Serialize>(path: &Path, value: &T) -> std::io:
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir)?;
     }
+    // Renamed into place: a reader sees the old file or the new one, never half. No
+    // fsync: the state is computed again from the store after a crash.
     let tmp = path.with_extension("json.tmp");
-    {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(&body)?;
-        f.sync_all()?;
-    }
+    fs::File::create(&tmp)?.write_all(&body)?;
     fs::rename(&tmp, path)?;
     Ok(true)
 }

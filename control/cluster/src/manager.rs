@@ -273,6 +273,12 @@ impl NodeClient {
         self.rt.node_state(since).await
     }
 
+    /// On a manager: the store version its copy has applied, as it changes (a cue to
+    /// fetch the state again). `None` on a worker.
+    pub fn subscribe(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.rt.core().map(|c| c.store_node().subscribe())
+    }
+
     /// Reports this node's task states to the leader.
     pub async fn report_tasks(
         &self,

@@ -1072,6 +1072,56 @@ fn state(client: &Client, services: Vec<String>) -> Result<ServiceStateView, Cli
     }
 }
 
+/// One line per replica (per node for a global service): its task's state, as Docker's
+/// progress shows it.
+fn progress_lines(
+    s: &Service,
+    live: &[&Task],
+    desired: u64,
+    view: &ServiceStateView,
+) -> Vec<String> {
+    let bar = |state: TaskState| {
+        let done = match state {
+            TaskState::New => 1,
+            TaskState::Pending => 2,
+            TaskState::Assigned => 3,
+            TaskState::Accepted | TaskState::Preparing => 5,
+            TaskState::Ready => 6,
+            TaskState::Starting => 7,
+            TaskState::Running => 9,
+            _ => 0,
+        };
+        let width = done * 50 / 9;
+        format!("[{}>{}]", "=".repeat(width), " ".repeat(50 - width))
+    };
+    match s.spec.mode {
+        ServiceMode::Replicated { .. } => (1..=desired)
+            .map(|slot| {
+                let state = live
+                    .iter()
+                    .find(|t| t.slot == slot)
+                    .map_or(TaskState::New, |t| t.status.state);
+                format!("{slot}/{desired}: {:<10} {}", state.as_str(), bar(state))
+            })
+            .collect(),
+        ServiceMode::Global => live
+            .iter()
+            .map(|t| {
+                let node = t
+                    .node_id
+                    .as_ref()
+                    .map(|n| view.nodes.get(n).cloned().unwrap_or_else(|| n.clone()))
+                    .unwrap_or_default();
+                format!(
+                    "{node}: {:<10} {}",
+                    t.status.state.as_str(),
+                    bar(t.status.state)
+                )
+            })
+            .collect(),
+    }
+}
+
 /// An error worth retrying while waiting (no leader or quorum for a moment).
 fn transient(e: &CliError) -> bool {
     let text = e.to_string();
@@ -1133,6 +1183,7 @@ fn wait_converged(client: &Client, services: &[String], since_ms: u64) -> Result
                 "{}: overall progress: {running} out of {desired} tasks",
                 s.spec.name
             ));
+            lines.extend(progress_lines(s, &live, desired, &view));
         }
         let text = lines.join("\n");
         if text != last_line {

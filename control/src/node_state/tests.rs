@@ -148,6 +148,7 @@ fn a_node_declares_its_tasks_ingress_first_and_the_others_as_remote() {
     assert_eq!(svc.vips.len(), 2);
     assert_eq!(svc.backends.len(), 2);
     assert_eq!(svc.ports[0].published, 8080);
+    shoal_dns::records::RecordTable::build(&ns.dns).expect("a valid DNS state");
     let d = &ns.dns.services[0];
     assert_eq!(d.name, "myweb");
     assert_eq!(d.tasks.len(), 2);

@@ -10,7 +10,7 @@
 //! - `create_30`: `service create --replicas 30 shoal/web:1` to 30/30 running;
 //! - `scale_60`: `service scale S=60` to 60/60 running.
 //!
-//! Targets: shoal / Swarm <= 1.0 for both.
+//! Targets: shoal / Swarm <= 1.0 for both. The agent is a release build (built here).
 use std::{
     process::ExitCode,
     time::{Duration, Instant},
@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 use super::Report;
 use crate::{
     lab::{self, LabState, Layout},
-    util::shoal_binary,
+    util::{cargo, target_dir},
 };
 
 const LIMIT: Duration = Duration::from_secs(300);
@@ -31,7 +31,7 @@ pub(super) fn run() -> Result<ExitCode> {
         suite: "services",
         ..Default::default()
     };
-    let shoal = shoal_binary()?;
+    let shoal = release_shoal()?;
     let layout = Layout::new("bsvc")?;
     if !lab::leftovers(&layout).is_empty() {
         lab::down(&layout)?;
@@ -42,6 +42,20 @@ pub(super) fn run() -> Result<ExitCode> {
     result?;
     down?;
     report.finish()
+}
+
+/// Builds the agent in release mode (Docker's daemon is an optimized build too) and
+/// returns its path.
+fn release_shoal() -> Result<std::path::PathBuf> {
+    println!("bench services: building shoal (release)");
+    let status = cargo()
+        .args(["build", "--release", "-p", "shoal-control", "--bin", "shoal"])
+        .status()
+        .context("running cargo build --release")?;
+    if !status.success() {
+        bail!("cargo build --release of shoal failed");
+    }
+    Ok(target_dir().join("release/shoal"))
 }
 
 /// Polls `ls` (the output of `service ls`) until the service's REPLICAS is `n/n`.
