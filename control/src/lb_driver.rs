@@ -110,6 +110,7 @@ impl LbDriver {
             underlay,
             vtep,
             vxlan_port: config.data_path_port,
+            tx_redirect: mesh_reply::is_veth(&config.underlay_interface),
             present,
             seen: None,
             last_good: None,
@@ -151,6 +152,8 @@ struct Worker {
     underlay: String,
     vtep: Ipv4Addr,
     vxlan_port: u16,
+    /// The underlay is a veth: remote backends are reached with a redirect.
+    tx_redirect: bool,
     present: watch::Receiver<Vec<PresentNetwork>>,
     /// Versions of the two files last read.
     seen: Option<[Option<(SystemTime, u64)>; 2]>,
@@ -285,6 +288,7 @@ impl Worker {
                 vxlan_port: self.vxlan_port,
                 netns_veth_ifindex: self.reply.as_ref().map_or(0, |r| r.netns_ifindex),
                 underlay_ifindex: self.reply.as_ref().map_or(0, |r| r.underlay_ifindex),
+                tx_redirect: self.tx_redirect,
             };
             match plan(lb, overlay, &node, &self.applied) {
                 Ok(next) => match self.maps.apply(&self.applied, &next) {

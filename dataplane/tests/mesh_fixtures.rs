@@ -180,6 +180,7 @@ fn node() -> NodeMesh {
         vxlan_port: 4789,
         netns_veth_ifindex: 42,
         underlay_ifindex: ifindex("ul0"),
+        tx_redirect: true,
     }
 }
 

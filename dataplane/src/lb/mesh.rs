@@ -139,6 +139,8 @@ pub struct NodeMesh {
     pub netns_veth_ifindex: u32,
     /// Ifindex of the underlay interface.
     pub underlay_ifindex: u32,
+    /// Send to remote backends with a redirect rather than XDP_TX (a veth underlay).
+    pub tx_redirect: bool,
 }
 
 /// Computes the map contents for `state`. `previous` keeps frontend indices and
@@ -162,7 +164,11 @@ pub fn plan(
         vtep: addr(node.vtep),
         vni: ingress.vni,
         vxlan_port: port(node.vxlan_port),
-        pad: 0,
+        flags: if node.tx_redirect {
+            shoal_common::mesh::FLAG_TX_REDIRECT
+        } else {
+            0
+        },
         netns_veth_ifindex: node.netns_veth_ifindex,
         underlay_ifindex: node.underlay_ifindex,
     }));
@@ -690,6 +696,7 @@ mod tests {
             vxlan_port: 4789,
             netns_veth_ifindex: 7,
             underlay_ifindex: 2,
+            tx_redirect: true,
         }
     }
 

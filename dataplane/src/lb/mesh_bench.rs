@@ -245,6 +245,8 @@ pub fn run(prefix: &str) -> Result<Vec<(&'static str, f64)>, String> {
             vxlan_port: 4789,
             netns_veth_ifindex: 0,
             underlay_ifindex,
+            // The peer (g0) has an XDP program: XDP_TX reaches it, as on a NIC.
+            tx_redirect: false,
         };
         let p = plan(&lb, &overlay, &node, &MeshPlan::default()).map_err(|e| e.to_string())?;
         maps.apply(&MeshPlan::default(), &p)

@@ -204,6 +204,14 @@ fn attach(
     Ok(())
 }
 
+/// True if `interface` (in the calling thread's namespace) is a veth: the mesh then
+/// redirects instead of using XDP_TX (see `xdp_mesh.rs`).
+pub fn is_veth(interface: &str) -> bool {
+    ip(&["-d", "-o", "link", "show", "dev", interface])
+        .map(|out| out.split_whitespace().any(|w| w == "veth"))
+        .unwrap_or(false)
+}
+
 /// Switches forwarding on for `underlay`: the kernel's FIB lookup for XDP
 /// (`bpf_fib_lookup`) answers only for an interface that forwards.
 pub fn enable_forwarding(underlay: &str) -> Result<(), ReplyPathError> {

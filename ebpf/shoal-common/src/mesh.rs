@@ -82,6 +82,10 @@ pub const MESH_MAC_PREFIX: [u8; 2] = [0x0e, 0x5d];
 /// Bytes the VXLAN encapsulation adds: outer Ethernet, IPv4, UDP, VXLAN.
 pub const ENCAP_LEN: usize = 14 + 20 + 8 + 8;
 
+/// `Config::flags`: send to remote backends with a redirect, not XDP_TX (the underlay
+/// is a veth: XDP_TX does not wake a peer that has no XDP program of its own).
+pub const FLAG_TX_REDIRECT: u16 = 1;
+
 /// `Frontend::mode`.
 pub const MODE_INGRESS: u8 = 0;
 pub const MODE_HOST: u8 = 1;
@@ -180,7 +184,8 @@ pub struct Config {
     pub vni: u32,
     /// VXLAN UDP port (wire order).
     pub vxlan_port: u16,
-    pub pad: u16,
+    /// `FLAG_*`.
+    pub flags: u16,
     /// Ifindex, inside the ingress network's namespace, of the mesh veth's end there.
     pub netns_veth_ifindex: u32,
     /// Ifindex of the underlay interface (replies leave through it; the kernel's FIB
@@ -211,6 +216,24 @@ pub const fn flow_hash(src: u32, src_port: u16, dst_port: u16, protocol: u8) -> 
     b = b.wrapping_sub(a.rotate_left(14));
     c ^= b;
     c.wrapping_sub(b.rotate_left(24))
+}
+
+/// XDP: LRU node address (u32) -> [`NextHop`]: the FIB's answer towards a backend's
+/// node, reused for [`NEXTHOP_TTL_NS`] so that not every frame pays for a lookup.
+pub const NEXTHOP_MAP: &str = "MESH_NEXTHOP";
+/// Nodes whose next hop is cached.
+pub const MAX_NEXTHOPS: u32 = 4096;
+/// How long a cached next hop is used before the FIB is asked again.
+pub const NEXTHOP_TTL_NS: u64 = 1_000_000_000;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    /// Destination then source MAC.
+    pub macs: [u8; 12],
+    pub ifindex: u32,
+    /// bpf_ktime_get_ns() of the lookup.
+    pub at_ns: u64,
 }
 
 /// One slot of the stats map. The discriminant is the array index.

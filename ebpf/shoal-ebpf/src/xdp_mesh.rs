@@ -10,16 +10,19 @@
 //! (`tc_mesh.rs`). Everything the mesh does not own is left alone (`None`).
 use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LOOKUP_OUTPUT},
-    helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_get_buff_len},
+    helpers::generated::{
+        bpf_fib_lookup, bpf_ktime_get_ns, bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_get_buff_len,
+    },
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use shoal_common::mesh::{
     flow_hash, BackendKey, BackendValue, Config, Counter, FlowKey, FlowValue, Frontend,
-    FrontendKey, RevPortKey, BALANCE_MAGLEV, DEFAULT_FLOWS, ENCAP_LEN, MAGLEV_SIZE, MAX_ADDRS,
-    MAX_BACKENDS, MAX_FRONTENDS, MAX_MAGLEV_ROWS, MAX_REVPORTS, MAX_SLOTS, MESH_MAC_PREFIX,
-    PROTO_TCP, PROTO_UDP, STATE_DRAINING, STATE_UNHEALTHY,
+    FrontendKey, NextHop, RevPortKey, BALANCE_MAGLEV, DEFAULT_FLOWS, ENCAP_LEN, FLAG_TX_REDIRECT,
+    MAGLEV_SIZE, MAX_ADDRS, MAX_BACKENDS, MAX_FRONTENDS, MAX_MAGLEV_ROWS, MAX_NEXTHOPS,
+    MAX_REVPORTS, MAX_SLOTS, MESH_MAC_PREFIX, NEXTHOP_TTL_NS, PROTO_TCP, PROTO_UDP, STATE_DRAINING,
+    STATE_UNHEALTHY,
 };
 
 #[map(name = "MESH_ADDRS")]
@@ -45,6 +48,8 @@ pub static MESH_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 pub static MESH_REPLY: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(DEFAULT_FLOWS, 0);
 #[map(name = "MESH_REVPORT")]
 pub static MESH_REVPORT: HashMap<RevPortKey, u32> = HashMap::with_max_entries(MAX_REVPORTS, 0);
+#[map(name = "MESH_NEXTHOP")]
+pub static MESH_NEXTHOP: LruHashMap<u32, NextHop> = LruHashMap::with_max_entries(MAX_NEXTHOPS, 0);
 #[map(name = "MESH_STATS")]
 pub static MESH_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
@@ -347,38 +352,27 @@ fn forward(
         // Outer: to this node (the frame's own destination MAC), from the client's MAC.
         macs.copy_from_slice(&eth[..12]);
     } else {
-        // SAFETY: an all-zero bpf_fib_lookup is a valid value.
-        let mut p: FibParams = unsafe { core::mem::zeroed() };
-        p.family = AF_INET;
-        p.ifindex = ctx.ingress_ifindex() as u32;
-        p.__bindgen_anon_1.tot_len = (inner_len + ENCAP_LEN - ETH_HLEN) as u16;
-        p.__bindgen_anon_3.ipv4_src = cfg.vtep;
-        p.__bindgen_anon_4.ipv4_dst = target.node;
-        // SAFETY: p is a valid bpf_fib_lookup of the size passed.
-        let rc = unsafe {
-            bpf_fib_lookup(
-                ctx.ctx as *mut _,
-                &mut p,
-                core::mem::size_of::<FibParams>() as i32,
-                BPF_FIB_LOOKUP_OUTPUT,
-            )
-        };
-        if rc != 0 {
+        let Some(hop) = next_hop(ctx, cfg, target.node, inner_len) else {
             return drop(Counter::DropNoRoute);
-        }
-        macs[..6].copy_from_slice(&p.dmac);
-        macs[6..].copy_from_slice(&p.smac);
-        // Redirect, not XDP_TX, even to the interface the frame came in on: a redirect
-        // flushes the receiving end, which XDP_TX does not for a veth peer without an
-        // XDP program of its own (GRO only), leaving frames stuck in its ring.
+        };
+        macs = hop.macs;
+        let ifindex = hop.ifindex;
         return match rewrite(
             ctx, cfg, frontend, flow, &target, inner_len, l4, protocol, &macs, local,
         ) {
             Ok(()) => {
                 count(Counter::Remote, 1);
                 count(Counter::Bytes, inner_len as u64);
-                // SAFETY: plain helper call.
-                unsafe { bpf_redirect(p.ifindex, 0) as u32 }
+                // XDP_TX back out of the receiving interface, unless the agent asked for
+                // a redirect: on a veth underlay a redirect flushes the receiving end,
+                // which XDP_TX does not for a peer without an XDP program of its own
+                // (GRO only), leaving frames stuck in its ring.
+                if ifindex == ctx.ingress_ifindex() as u32 && cfg.flags & FLAG_TX_REDIRECT == 0 {
+                    xdp_action::XDP_TX
+                } else {
+                    // SAFETY: plain helper call.
+                    unsafe { bpf_redirect(ifindex, 0) as u32 }
+                }
             }
             Err(c) => drop(c),
         };
@@ -393,6 +387,49 @@ fn forward(
         }
         Err(c) => drop(c),
     }
+}
+
+/// The next hop towards `node`: from the cache while fresh, else from the kernel's FIB
+/// (and cached). None: no route or no resolved neighbour.
+#[inline(always)]
+fn next_hop(ctx: &XdpContext, cfg: &Config, node: u32, inner_len: usize) -> Option<NextHop> {
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: map values are plain data.
+    if let Some(h) = unsafe { MESH_NEXTHOP.get(&node) } {
+        if now.wrapping_sub(h.at_ns) < NEXTHOP_TTL_NS {
+            return Some(*h);
+        }
+    }
+    // SAFETY: an all-zero bpf_fib_lookup is a valid value.
+    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    p.family = AF_INET;
+    p.ifindex = ctx.ingress_ifindex() as u32;
+    p.__bindgen_anon_1.tot_len = (inner_len + ENCAP_LEN - ETH_HLEN) as u16;
+    p.__bindgen_anon_3.ipv4_src = cfg.vtep;
+    p.__bindgen_anon_4.ipv4_dst = node;
+    // SAFETY: p is a valid bpf_fib_lookup of the size passed.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx as *mut _,
+            &mut p,
+            core::mem::size_of::<FibParams>() as i32,
+            BPF_FIB_LOOKUP_OUTPUT,
+        )
+    };
+    if rc != 0 {
+        let _ = MESH_NEXTHOP.remove(&node);
+        return None;
+    }
+    let mut hop = NextHop {
+        macs: [0; 12],
+        ifindex: p.ifindex,
+        at_ns: now,
+    };
+    hop.macs[..6].copy_from_slice(&p.dmac);
+    hop.macs[6..].copy_from_slice(&p.smac);
+    let _ = MESH_NEXTHOP.insert(&node, &hop, 0);
+    Some(hop)
 }
 
 #[allow(clippy::too_many_arguments)]
