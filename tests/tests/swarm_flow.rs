@@ -602,14 +602,12 @@ fn swarm_flows_on_three_hosts() {
     assert_eq!((host, seen), (hp.hostname(), client.clone()), "{body}");
     for i in (0..3).filter(|&i| i != at) {
         let url = format!("http://{}:8081/", addr(i));
-        for _ in 0..3 {
-            let r = client_http(&guard, &url);
-            assert!(
-                r.is_err(),
-                "{url} answered though hostport runs on {}: {r:?}",
-                hp.node
-            );
-        }
+        let r = client_http(&guard, &url);
+        assert!(
+            r.is_err(),
+            "{url} answered though hostport runs on {}: {r:?}",
+            hp.node
+        );
     }
     println!("hostport: 8081 answers on {} only", hp.node);
 
