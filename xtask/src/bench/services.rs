@@ -5,7 +5,8 @@
 //! one-node Docker Swarm on its own dockerd (`docker swarm init`; Swarm's scheduler and
 //! executor work on this kernel, only its routing mesh does not). On each, the same
 //! steps, timed the same way: the command with `--detach`, then `service ls` polled
-//! every 100 ms until REPLICAS reads N/N.
+//! every 100 ms until REPLICAS reads N/N; then `service rm` and a wait until the
+//! containers are gone. Three rounds, alternating between the two; medians compared.
 //!
 //! - `create_30`: `service create --replicas 30 shoal/web:1` to 30/30 running;
 //! - `scale_60`: `service scale S=60` to 60/60 running.
@@ -49,7 +50,14 @@ pub(super) fn run() -> Result<ExitCode> {
 fn release_shoal() -> Result<std::path::PathBuf> {
     println!("bench services: building shoal (release)");
     let status = cargo()
-        .args(["build", "--release", "-p", "shoal-control", "--bin", "shoal"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "shoal-control",
+            "--bin",
+            "shoal",
+        ])
         .status()
         .context("running cargo build --release")?;
     if !status.success() {
@@ -89,88 +97,100 @@ fn timed(
     Ok(t0.elapsed().as_secs_f64())
 }
 
-fn measure(state: &LabState, shoal: &std::path::Path, report: &mut Report) -> Result<()> {
-    let h1 = &state.hosts[0];
-    let h2 = &state.hosts[1];
-    let run = |host: &str, argv: &[&str]| lab::exec_output(state, host, argv);
+/// Waits until `host` has no container of the benchmark service left.
+fn wait_clean(state: &LabState, host: &str) -> Result<()> {
+    let t0 = Instant::now();
+    loop {
+        let left = lab::exec_output(
+            state,
+            host,
+            &[
+                "docker",
+                "ps",
+                "-aq",
+                "--filter",
+                "label=com.docker.swarm.service.name=bench",
+            ],
+        )
+        .unwrap_or_default();
+        if left.is_empty() {
+            return Ok(());
+        }
+        if t0.elapsed() > LIMIT {
+            bail!("{host}: the benchmark's containers are still there after {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
 
-    // shoal, one node.
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+/// One round on one system: (create to 30/30, scale to 60/60), then removal.
+fn round(state: &LabState, host: &str, cli: &[&str], create_extra: &[&str]) -> Result<(f64, f64)> {
+    let run = |argv: &[&str]| {
+        let full: Vec<&str> = cli.iter().chain(argv.iter()).copied().collect();
+        lab::exec_output(state, host, &full)
+    };
+    let ls = || run(&["service", "ls"]);
+    let mut create = vec!["service", "create", "--detach"];
+    create.extend_from_slice(create_extra);
+    create.extend_from_slice(&["--name", "bench", "--replicas", "30", "shoal/web:1"]);
+    let what = format!("{} on {host}", cli[0]);
+    let created = timed(&format!("{what}: create 30"), 30, || run(&create), ls)?;
+    let scaled = timed(
+        &format!("{what}: scale to 60"),
+        60,
+        || run(&["service", "scale", "--detach", "bench=60"]),
+        ls,
+    )?;
+    run(&["service", "rm", "bench"])?;
+    wait_clean(state, host)?;
+    Ok((created, scaled))
+}
+
+/// Rounds alternate between the two systems, so both see the shared machine's load
+/// alike; the medians are compared.
+const ROUNDS: usize = 3;
+
+fn measure(state: &LabState, shoal: &std::path::Path, report: &mut Report) -> Result<()> {
+    let (h1, h2) = (&state.hosts[0], &state.hosts[1]);
     lab::agent::start(state, h1, shoal, &[])?;
     let addr = h1.address.to_string();
-    run("h1", &["shoal", "swarm", "init", "--advertise-addr", &addr])?;
-    let shoal_ls = || run("h1", &["shoal", "service", "ls"]);
-    let shoal_create = timed(
-        "shoal create 30",
-        30,
-        || {
-            run(
-                "h1",
-                &[
-                    "shoal",
-                    "service",
-                    "create",
-                    "--detach",
-                    "--name",
-                    "bench",
-                    "--replicas",
-                    "30",
-                    "shoal/web:1",
-                ],
-            )
-        },
-        shoal_ls,
+    lab::exec_output(
+        state,
+        "h1",
+        &["shoal", "swarm", "init", "--advertise-addr", &addr],
     )?;
-    let shoal_scale = timed(
-        "shoal scale 60",
-        60,
-        || run("h1", &["shoal", "service", "scale", "--detach", "bench=60"]),
-        shoal_ls,
-    )?;
-    run("h1", &["shoal", "service", "rm", "bench"])?;
-
-    // Docker Swarm, one node, the same steps.
     let addr = h2.address.to_string();
-    run(
+    lab::exec_output(
+        state,
         "h2",
         &["docker", "swarm", "init", "--advertise-addr", &addr],
     )?;
-    let swarm_ls = || run("h2", &["docker", "service", "ls"]);
-    let swarm_create = timed(
-        "swarm create 30",
-        30,
-        || {
-            run(
-                "h2",
-                &[
-                    "docker",
-                    "service",
-                    "create",
-                    "--detach",
-                    "--no-resolve-image",
-                    "--name",
-                    "bench",
-                    "--replicas",
-                    "30",
-                    "shoal/web:1",
-                ],
-            )
-        },
-        swarm_ls,
-    )?;
-    let swarm_scale = timed(
-        "swarm scale 60",
-        60,
-        || {
-            run(
-                "h2",
-                &["docker", "service", "scale", "--detach", "bench=60"],
-            )
-        },
-        swarm_ls,
-    )?;
-    let _ = run("h2", &["docker", "service", "rm", "bench"]);
-    let _ = run("h2", &["docker", "swarm", "leave", "--force"]);
-
+    let (mut sc, mut ss, mut wc, mut ws) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..ROUNDS {
+        let (c, s) = round(state, "h1", &["shoal"], &[])?;
+        println!(
+            "bench services: round {} shoal create {c:.2} s, scale {s:.2} s",
+            i + 1
+        );
+        sc.push(c);
+        ss.push(s);
+        // Swarm's tasks get an init process too, as shoal's do (same stop behaviour).
+        let (c, s) = round(state, "h2", &["docker"], &["--no-resolve-image", "--init"])?;
+        println!(
+            "bench services: round {} swarm create {c:.2} s, scale {s:.2} s",
+            i + 1
+        );
+        wc.push(c);
+        ws.push(s);
+    }
+    let _ = lab::exec_output(state, "h2", &["docker", "swarm", "leave", "--force"]);
+    let (shoal_create, shoal_scale) = (median(&mut sc), median(&mut ss));
+    let (swarm_create, swarm_scale) = (median(&mut wc), median(&mut ws));
     report.figure("shoal_create_30", shoal_create, "s");
     report.figure("swarm_create_30", swarm_create, "s");
     report.figure("shoal_scale_30_to_60", shoal_scale, "s");
