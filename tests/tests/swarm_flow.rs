@@ -195,11 +195,27 @@ fn array<'a>(v: &'a serde_json::Value, key: &str) -> Vec<&'a serde_json::Value> 
         .unwrap_or_default()
 }
 
-/// What a host's declared tables say about other hosts: remote endpoints per VTEP and
-/// LB backends per node address.
-fn mentions(h: &lab::HostState, node: Ipv4Addr) -> Vec<String> {
+/// What a host's tables say about another host: remote endpoints with that VTEP and LB
+/// backends on it in the declared state, and FDB entries towards it on the VXLAN
+/// devices of the host's network namespaces (the kernel's side of the same).
+fn mentions(lab: &LabGuard, h: &lab::HostState, node: Ipv4Addr) -> Vec<String> {
     let node = node.to_string();
     let mut found = Vec::new();
+    let netns = std::fs::read_dir(h.run_dir.join("netns"))
+        .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    for ns in netns {
+        let net = format!("--net={}", ns.display());
+        let out = lab.exec(
+            &h.name,
+            &["nsenter", &net, "bridge", "fdb", "show", "dev", "vxlan0"],
+        );
+        for l in String::from_utf8_lossy(&out.stdout).lines() {
+            if l.contains(&format!("dst {node} ")) && !l.starts_with("00:00:00:00:00:00") {
+                found.push(format!("{}: fdb {l}", ns.display()));
+            }
+        }
+    }
     for e in array(&declared(h, "overlay.json"), "remote_endpoints") {
         if e["vtep"] == node.as_str() {
             found.push(format!("remote endpoint {e}"));
@@ -621,6 +637,15 @@ fn swarm_flows_on_three_hosts() {
         myweb.iter().any(|t| t.node == "h3"),
         "a myweb task on h3: {myweb:#?}"
     );
+    for h in &guard.state.hosts[..2] {
+        let before = mentions(&guard, h, h3.address);
+        assert!(
+            before.iter().any(|m| m.contains(": fdb "))
+                && before.iter().any(|m| m.contains(" backend ")),
+            "{}: FDB entries and backends towards h3 before it dies: {before:#?}",
+            h.name
+        );
+    }
     let agent = agent_pid(&h3);
     lab::procs::signal(agent, libc::SIGKILL);
     assert!(
@@ -639,7 +664,7 @@ fn swarm_flows_on_three_hosts() {
         wait_for(
             &format!("{}: h3's endpoints and backends withdrawn", h.name),
             BOUND,
-            || match mentions(h, h3.address) {
+            || match mentions(&guard, h, h3.address) {
                 m if m.is_empty() => Ok(()),
                 m => Err(format!("{m:#?}")),
             },
@@ -735,7 +760,7 @@ fn swarm_flows_on_three_hosts() {
     wait_for(
         "h1 withdrawing h2's entries during the partition",
         BOUND,
-        || match mentions(&guard.state.hosts[0], guard.state.hosts[1].address) {
+        || match mentions(&guard, &guard.state.hosts[0], guard.state.hosts[1].address) {
             m if m.is_empty() => Ok(()),
             m => Err(format!("{m:#?}")),
         },
