@@ -156,6 +156,7 @@ impl Executor {
 
     /// One pass: fetch, declare, converge, report.
     pub async fn step(&mut self) {
+        let began = std::time::Instant::now();
         let since = self.state.as_ref().map_or(0, |s| s.version);
         match self.client.node_state(since).await {
             Ok(Some(state)) => self.state = Some(state),
@@ -243,6 +244,8 @@ impl Executor {
             }
         }
 
+        let prepared = began.elapsed();
+        let count = actions.len();
         // One image check per image, not per task.
         let mut images: HashMap<String, ImageCheck> = HashMap::new();
         for a in &actions {
@@ -263,6 +266,15 @@ impl Executor {
             .collect()
             .await;
         updates.extend(results.into_iter().flatten());
+        if count > 0 {
+            debug!(
+                actions = count,
+                prepare_ms = prepared.as_millis() as u64,
+                total_ms = began.elapsed().as_millis() as u64,
+                version = state.version,
+                "executor pass"
+            );
+        }
 
         // Only what moves a task forward in the store, once.
         updates.retain(|u| {
