@@ -508,6 +508,11 @@ fn services_are_scheduled_healed_and_removed_on_three_hosts() {
     // Bad input: a clear error, nothing created.
     let e = cli.err(
         "h1",
+        &["service", "create", "--name", "bad.name", "shoal/web:1"],
+    );
+    assert!(e.contains("invalid service name"), "{e}");
+    let e = cli.err(
+        "h1",
         &[
             "service",
             "create",

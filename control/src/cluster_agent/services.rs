@@ -106,6 +106,14 @@ fn check_name(kind: &str, name: &str) -> Result<(), ApiError> {
 /// Checks a spec from the CLI and resolves its networks; chooses free published ports.
 fn prepare_spec(state: &ClusterState, mut spec: ServiceSpec) -> Result<ServiceSpec, ApiError> {
     check_name("service", &spec.name)?;
+    // Docker's service names: no dots (task names are `<service>.<slot>`), and `-`/`_`
+    // only between letters and digits.
+    let n = &spec.name;
+    if n.contains('.') || n.ends_with(['-', '_']) {
+        return Err(ApiError::new(format!(
+            "invalid service name {n:?}: letters, digits, and - or _ between them"
+        )));
+    }
     if spec.image.trim().is_empty() {
         return Err(ApiError::new("an image is required"));
     }
