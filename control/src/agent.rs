@@ -5,8 +5,9 @@
 //! the overlay reconciler if a declared state is configured, publish `agent.json`.
 //! Then, until SIGTERM or SIGINT: reconcile the overlay when the declared state or a
 //! declared container changes (and every 30 s to repair drift), and log the counters if
-//! asked to. Shutdown: detach the program, remove `agent.json`. The pinned map and the
-//! overlay stay, so a restarted agent changes nothing that works.
+//! asked to. Shutdown: remove `agent.json`. The program stays attached through its
+//! pinned link (the next agent swaps its own in), and the pinned maps and the overlay
+//! stay, so a restarted agent changes nothing that works.
 use std::{fmt, fs, time::Duration};
 
 use anyhow::{bail, Context, Result};
@@ -64,7 +65,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
 
     let mut program = UnderlayProgram::load_pinned_with(&config.pin_dir, config.lb_flows)?;
-    let mode = program.attach(interface)?;
+    let mode = program.attach_pinned(interface, &config.pin_dir)?;
 
     // Before the status file: an agent that cannot run its overlay is not up.
     let mut overlay = match &config.declared_state {
@@ -161,7 +162,10 @@ async fn serve(config: AgentConfig) -> Result<()> {
     let _ = api.await;
     cluster.shutdown().await;
     drop(program);
-    info!(interface, "detached underlay XDP program");
+    info!(
+        interface,
+        "underlay XDP program stays attached through its pinned link (the next agent takes it over)"
+    );
     if let Err(e) = fs::remove_file(&status_path) {
         warn!(path = %status_path.display(), error = %e, "could not remove the status file");
     }

@@ -5,7 +5,11 @@ use std::{fmt, path::Path};
 
 use aya::{
     maps::{MapData, MapError, PerCpuArray},
-    programs::{ProgramError, SchedClassifier, Xdp, XdpMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+        ProgramError, SchedClassifier, Xdp, XdpMode,
+    },
     Ebpf, EbpfError, EbpfLoader,
 };
 use shoal_common::{
@@ -21,6 +25,9 @@ use crate::{
 
 /// Directory under the pin directory that holds the routing mesh's maps.
 pub const MESH_PIN_DIR: &str = "mesh";
+/// The pinned bpf link that keeps the program attached across agent restarts
+/// (`<pin_dir>/underlay_xdp_link_native` or `..._generic`).
+pub const LINK_PIN: &str = "underlay_xdp_link";
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnderlayError {
@@ -150,18 +157,25 @@ impl UnderlayProgram {
     /// Attaches to `interface`, in native mode if the driver supports it, generic
     /// otherwise. The link lives as long as this value.
     pub fn attach(&mut self, interface: &str) -> Result<AttachedMode, UnderlayError> {
+        self.attach_with_id(interface).map(|(mode, _)| mode)
+    }
+
+    fn attach_with_id(
+        &mut self,
+        interface: &str,
+    ) -> Result<(AttachedMode, aya::programs::xdp::XdpLinkId), UnderlayError> {
         let prog = xdp_mut(&mut self.ebpf)?;
         match prog.attach(interface, XdpMode::Driver) {
-            Ok(_) => {
+            Ok(id) => {
                 info!(interface, mode = "native", "attached underlay XDP program");
-                Ok(AttachedMode::Native)
+                Ok((AttachedMode::Native, id))
             }
             Err(native) => {
                 warn!(interface, error = %native, "native XDP unavailable, trying generic mode");
                 match prog.attach(interface, XdpMode::Skb) {
-                    Ok(_) => {
+                    Ok(id) => {
                         info!(interface, mode = "generic", "attached underlay XDP program");
-                        Ok(AttachedMode::Generic)
+                        Ok((AttachedMode::Generic, id))
                     }
                     Err(generic) => Err(UnderlayError::Attach {
                         interface: interface.to_owned(),
@@ -169,6 +183,61 @@ impl UnderlayProgram {
                         generic: Box::new(generic),
                     }),
                 }
+            }
+        }
+    }
+
+    /// Attaches as [`attach`](Self::attach) does, but through a bpf link pinned at
+    /// `<pin_dir>/`[`LINK_PIN`]`_<mode>`: the program stays attached when this process
+    /// exits (the routing mesh keeps forwarding while an agent restarts), and the next
+    /// agent swaps its own program in through the same link, atomically, without a
+    /// moment detached. A pinned link that no longer works (its interface went away) is
+    /// replaced. (The mode is in the pin's name: bpffs holds only pinned objects.)
+    pub fn attach_pinned(
+        &mut self,
+        interface: &str,
+        pin_dir: &Path,
+    ) -> Result<AttachedMode, UnderlayError> {
+        for mode in [AttachedMode::Native, AttachedMode::Generic] {
+            let link_path = pin_dir.join(format!("{LINK_PIN}_{mode}"));
+            let Ok(pinned) = PinnedLink::from_pin(&link_path) else {
+                continue;
+            };
+            let fd: FdLink = pinned.into();
+            let adopted = XdpLink::try_from(fd)
+                .map_err(|e| e.to_string())
+                .and_then(|link| {
+                    xdp_mut(&mut self.ebpf)
+                        .map_err(|e| e.to_string())?
+                        .attach_to_link(link)
+                        .map_err(|e| e.to_string())
+                });
+            match adopted {
+                Ok(id) => {
+                    // The link stays pinned; this process only lets go of its handle.
+                    drop(xdp_mut(&mut self.ebpf)?.take_link(id)?);
+                    info!(interface, %mode, "took over the pinned underlay XDP link");
+                    return Ok(mode);
+                }
+                Err(e) => {
+                    warn!(interface, error = %e, "the pinned underlay XDP link is stale; attaching anew");
+                    let _ = std::fs::remove_file(&link_path);
+                }
+            }
+        }
+        let (mode, id) = self.attach_with_id(interface)?;
+        let link = xdp_mut(&mut self.ebpf)?.take_link(id)?;
+        let link_path = pin_dir.join(format!("{LINK_PIN}_{mode}"));
+        let pinned = FdLink::try_from(link)
+            .map_err(|e| e.to_string())
+            .and_then(|fd| fd.pin(&link_path).map_err(|e| e.to_string()));
+        match pinned {
+            Ok(_) => Ok(mode),
+            Err(e) => {
+                // The failed attempt consumed (and so detached) the link: attach again,
+                // unpinned; it detaches when the agent stops.
+                warn!(interface, error = %e, "could not pin the underlay XDP link");
+                self.attach(interface)
             }
         }
     }

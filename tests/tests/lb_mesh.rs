@@ -7,7 +7,8 @@
 //! and every task saw the client's address; UDP through the published port is answered
 //! from the address and port the client sent to; the host-mode port answers only on h3.
 //! A backend marked unhealthy gets no new connections while a TCP connection held idle
-//! across the changes, an agent restart and a refused bad state still works after them.
+//! across the changes, an agent restart and a refused bad state still works after them;
+//! while an agent is down, requests through its node are still answered.
 use std::{
     collections::BTreeSet,
     fs::File,
@@ -468,6 +469,14 @@ fn mesh_reaches_every_task_from_every_host_with_the_client_address() {
             Err("running".into())
         }
     });
+    // While it is down, the mesh keeps working through h2 (XDP through its pinned link,
+    // the reply path's filters, the pinned maps).
+    for _ in 0..8 {
+        let body = m
+            .http(1)
+            .expect("request through h2 while its agent is down");
+        assert!(body.contains(&format!("client={CLIENT_IP}")), "{body}");
+    }
     let gen_before = m.generation(1);
     start_agent(1);
     wait_for("h2's restarted agent applies", BOUND, || {
