@@ -387,6 +387,49 @@ fn swarm_flows_on_three_hosts() {
         "myweb: all 4 tasks reached through each of the 3 hosts, client {client} seen, {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    // A fifth task: time from its container's start to the first request it answers
+    // through another host's published port.
+    cli.ok("h1", &["service", "scale", "myweb=5"]);
+    let five = cli.wait_running("myweb", 5, |_| true);
+    let new = five
+        .iter()
+        .find(|t| !myweb.contains(t))
+        .expect("the fifth task")
+        .clone();
+    let via = (0..3).find(|&i| format!("h{}", i + 1) != new.node).unwrap();
+    let url = format!("http://{}:80/", addr(via));
+    let first = wait_for(
+        &format!("{url} reaching the fifth task on {}", new.node),
+        BOUND,
+        || {
+            let body = client_http(&guard, &url)?;
+            match answer(&body) {
+                Some((h, _)) if h == new.hostname() => Ok(unix_now()),
+                _ => Err(body),
+            }
+        },
+    );
+    let started = guard.exec_ok(
+        &new.node,
+        &[
+            "docker",
+            "inspect",
+            "-f",
+            "{{.State.StartedAt}}",
+            &new.container,
+        ],
+    );
+    let started = guard.exec_ok(&new.node, &["date", "-d", &started, "+%s.%N"]);
+    let started: f64 = started.parse().expect("start time");
+    println!(
+        "myweb: a new task on {} answered through h{}'s published port {:.2} s after its \
+         container started",
+        new.node,
+        via + 1,
+        first - started
+    );
+    cli.ok("h1", &["service", "scale", "myweb=4"]);
+    cli.wait_running("myweb", 4, |t| t == myweb.as_slice());
 
     // 2. An overlay with a subnet: addresses in it, tasks on different hosts reach
     // each other.
@@ -705,6 +748,15 @@ fn swarm_flows_on_three_hosts() {
     // It comes back: every host's tables agree again, and the service still answers
     // through all 3 hosts.
     lab::start_dockerd(&guard.layout, "h3", h3.holder_pid).expect("restart h3's dockerd");
+    // The agent needs its dockerd at start: wait until it answers.
+    wait_for("h3's dockerd answering again", BOUND, || {
+        let out = guard.exec("h3", &["docker", "version", "-f", "{{.Server.Version}}"]);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    });
     start_agent(&guard, &shoal, 2);
     let back = Instant::now();
     wait_for("3 nodes Ready again", BOUND, || {
@@ -840,6 +892,14 @@ fn swarm_flows_on_three_hosts() {
         withdrawn.as_secs_f64(),
         healed.elapsed().as_secs_f64()
     );
+}
+
+/// Seconds since the epoch, now.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
 }
 
 /// `ip ARGS` on the machine (the lab's namespaces are named in ARGS); panics on failure.
