@@ -65,7 +65,7 @@ pub enum GossipError {
 }
 
 /// Gossip timings. The defaults: gossip every 200 ms (Swarm's memberlist interval); a
-/// peer is dead once its silence exceeds `phi_threshold` (12) times the mean interval
+/// peer is dead once its silence exceeds `phi_threshold` (16) times the mean interval
 /// between the heartbeats heard from it (heartbeats reach a node through several peers,
 /// so that mean is below the gossip interval). Measured at 100 nodes: a crashed node
 /// leaves every table after 2.2-2.6 s; a node cut off for 1 s is dropped nowhere.
@@ -90,7 +90,7 @@ impl Default for Timing {
     fn default() -> Self {
         Timing {
             gossip_interval: Duration::from_millis(200),
-            phi_threshold: 12.0,
+            phi_threshold: 16.0,
             sampling_window: 100,
             max_interval: Duration::from_secs(2),
             dead_node_grace: Duration::from_secs(3600),
