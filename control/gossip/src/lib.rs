@@ -68,7 +68,7 @@ pub enum GossipError {
 /// peer is dead once its silence exceeds `phi_threshold` (16) times the mean interval
 /// between the heartbeats heard from it (heartbeats reach a node through several peers,
 /// so that mean is below the gossip interval). Measured at 100 nodes: a crashed node
-/// leaves every table after 2.2-2.6 s; a node cut off for 1 s is dropped nowhere.
+/// leaves every table after 3.0-3.2 s; a node cut off for 1.5 s is dropped nowhere.
 #[derive(Clone, Debug)]
 pub struct Timing {
     pub gossip_interval: Duration,
