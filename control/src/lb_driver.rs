@@ -259,7 +259,13 @@ impl Worker {
         }
         self.last_attempt = Some(Instant::now());
         let before = self.reply.as_ref().map(|r| r.netns_ifindex);
-        match mesh_reply::ensure(&mut self.program, &path, vni, &self.underlay) {
+        let subnet = net.subnet.to_string();
+        let made =
+            mesh_reply::ensure(&mut self.program, &path, vni, &self.underlay).and_then(|r| {
+                mesh_reply::ensure_node_path(&path, vni, &subnet, &self.underlay)?;
+                Ok(r)
+            });
+        match made {
             Ok(r) => {
                 info!(netns = %path.display(), host_veth = %r.host_veth, "routing mesh reply path ready");
                 self.reply = Some(r);
@@ -346,9 +352,9 @@ fn read(lb_file: &Path, overlay_file: &Path) -> Result<(LbState, OverlayState), 
     Ok((lb, overlay))
 }
 
-/// Every IPv4 address of the host's interfaces but loopback ones: published ports
-/// answer on all of them.
-fn node_addresses() -> Vec<Ipv4Addr> {
+/// Every IPv4 address of the host's interfaces but loopback and link-local ones:
+/// published ports answer on all of them.
+pub(crate) fn node_addresses() -> Vec<Ipv4Addr> {
     let mut out = Vec::new();
     let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills ifap with a list we free below.
@@ -366,7 +372,7 @@ fn node_addresses() -> Vec<Ipv4Addr> {
                 // SAFETY: AF_INET means sockaddr_in.
                 let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
                 let a = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-                if !a.is_loopback() && !out.contains(&a) {
+                if !a.is_loopback() && !a.is_link_local() && !out.contains(&a) {
                     out.push(a);
                 }
             }

@@ -262,7 +262,12 @@ impl Follower {
             }
         }
         self.cookies.retain(|id, _| live.contains(id));
-        let table = VipTable::from_declared(&lb, &overlay, &cookies);
+        let mut table = VipTable::from_declared(&lb, &overlay, &cookies);
+        // Published ports from the node itself: its own namespace's sockets.
+        match vip::current_netns_cookie() {
+            Ok(own) => table.add_node_ports(&lb, own, &crate::lb_driver::node_addresses()),
+            Err(e) => warn!(error = %e, "reading the node's namespace cookie"),
+        }
         let addresses = self
             .present
             .borrow()

@@ -867,6 +867,17 @@ fn fixture_table_in_netns() {
             "to_underlay: only IPv4 TCP/UDP replies leave (verdict {v})"
         ));
     }
+    // Broadcast (ARP from the ingress namespace for the host end's address): the
+    // host stack answers it; so it takes frames routed to the host end's own MAC (the
+    // replies to the node's own connections to published ports).
+    let mut arp = not_ip.clone();
+    arp[0..6].copy_from_slice(&[0xff; 6]);
+    let (v, out) = h.tc(m::TC_TO_UNDERLAY, &arp, h.ul1);
+    if v != TC_ACT_OK || out != arp {
+        failures.push(format!(
+            "to_underlay: a broadcast frame goes to the host stack untouched (verdict {v})"
+        ));
+    }
     let _ = addr;
 
     assert!(

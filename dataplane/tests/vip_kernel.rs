@@ -28,7 +28,7 @@ use shoal_dataplane::{
         state::BackendState,
         vip::{self, VipProgram, VipStats},
         vip_addr,
-        vip_table::{VipSpec, VipTable},
+        vip_table::{nodeport_frontend, NodePort, VipSpec, VipTable},
     },
     overlay::netns,
 };
@@ -513,5 +513,114 @@ fn pinned_maps_and_links_are_adopted_and_keep_working_without_an_agent() {
     // Without the pins nothing translates any more.
     VipProgram::unpin_links(&pin_dir).unwrap();
     let e = tcp_via(&client).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+}
+
+/// Published ports from the node itself: a socket of the node's namespace naming one of
+/// its addresses (or 127.0.0.1) and a published port gets a backend and the target port;
+/// getpeername and a UDP reply's source say what the socket named. Other namespaces are
+/// left alone.
+#[test]
+fn node_ports_reach_backends_from_the_node_itself() {
+    let Some(mut prog) = loaded("node_ports_reach_backends_from_the_node_itself") else {
+        return;
+    };
+    const NODE: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 1);
+    const PUBLISHED: u16 = 9080;
+    let mut lab = Lab::new("nodeport");
+    let mut addrs = BACKENDS.to_vec();
+    addrs.push(NODE);
+    let node = lab.netns("node", &addrs);
+    let other = lab.netns("other", &addrs);
+    let _servers = Servers::start(&node, &BACKENDS);
+    let _other_servers = Servers::start(&other, &BACKENDS);
+    let cookie = vip::netns_cookie(&node).unwrap();
+    let mut t = VipTable::default();
+    for protocol in [6u8, 17] {
+        let frontend = nodeport_frontend(protocol, PUBLISHED);
+        t.vips.insert(
+            frontend,
+            VipSpec {
+                network: 0,
+                backends: BACKENDS
+                    .iter()
+                    .map(|b| (*b, BackendState::Healthy))
+                    .collect(),
+            },
+        );
+        for addr in [NODE, Ipv4Addr::LOCALHOST] {
+            let key = NodePort {
+                netns: cookie,
+                addr,
+                port: PUBLISHED,
+                protocol,
+            };
+            t.nodeports.insert(key, (frontend, PORT));
+        }
+    }
+    prog.apply(&t).unwrap();
+
+    let tcp = |ns: &Path, addr: Ipv4Addr| -> std::io::Result<(Ipv4Addr, SocketAddr)> {
+        let to = SocketAddr::from((addr, PUBLISHED));
+        let mut s = netns::in_netns_at(ns, || {
+            TcpStream::connect_timeout(&to, Duration::from_secs(2))
+        })??;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let peer = s.peer_addr()?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)?;
+        Ok((answer.parse().expect("server sends its address"), peer))
+    };
+    for addr in [NODE, Ipv4Addr::LOCALHOST] {
+        let mut seen: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
+        for _ in 0..8 {
+            let (backend, peer) = tcp(&node, addr).unwrap();
+            assert_eq!(peer, SocketAddr::from((addr, PUBLISHED)), "getpeername");
+            *seen.entry(backend).or_default() += 1;
+        }
+        assert_eq!(
+            seen,
+            BACKENDS.iter().map(|b| (*b, 2)).collect::<BTreeMap<_, _>>(),
+            "round-robin over the 4 backends through {addr}"
+        );
+    }
+    let e = tcp(&other, NODE).expect_err("another namespace is not translated");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+
+    // UDP: one socket is one flow; replies come from what the socket named.
+    let s = udp_socket(&node);
+    let mut first = None;
+    for i in 0..4 {
+        let msg = format!("m{i}");
+        s.send_to(msg.as_bytes(), (NODE, PUBLISHED)).unwrap();
+        let mut buf = [0u8; 512];
+        let (n, from) = s.recv_from(&mut buf).expect("a reply");
+        assert_eq!(from, SocketAddr::from((NODE, PUBLISHED)), "reply source");
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        let (backend, echoed) = text.split_once(' ').unwrap();
+        assert_eq!(echoed, msg);
+        let backend: Ipv4Addr = backend.parse().unwrap();
+        assert_eq!(
+            *first.get_or_insert(backend),
+            backend,
+            "a flow keeps its backend"
+        );
+    }
+    // Unhealthy: gone from the round, the flow moves; removed: nothing translated.
+    let gone = first.unwrap();
+    let mut t2 = t.clone();
+    for spec in t2.vips.values_mut() {
+        spec.backends.insert(gone, BackendState::Unhealthy);
+    }
+    prog.apply(&t2).unwrap();
+    for _ in 0..6 {
+        let (backend, _) = tcp(&node, NODE).unwrap();
+        assert_ne!(
+            backend, gone,
+            "an unhealthy backend gets no new connections"
+        );
+    }
+    prog.apply(&VipTable::default()).unwrap();
+    let e = tcp(&node, Ipv4Addr::LOCALHOST).expect_err("no published port any more");
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
 }

@@ -408,6 +408,78 @@ fn mesh_reaches_every_task_from_every_host_with_the_client_address() {
         assert!(r.is_err(), "host-mode port answered on h{}: {r:?}", h + 1);
     }
 
+    // From the node itself: its own address and 127.0.0.1 reach every task (local and
+    // remote), which see the node's address; UDP replies come from what was asked.
+    for h in 0..3 {
+        let host = m.host(h).clone();
+        let node = host.address.to_string();
+        for addr in [node.as_str(), "127.0.0.1"] {
+            let url = format!("http://{addr}:8080/");
+            let ask = || {
+                let out = guard.exec(&host.name, &["curl", "-sS", "--max-time", "5", &url]);
+                if out.status.success() {
+                    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+                } else {
+                    Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+                }
+            };
+            wait_for(&format!("{url} from {}", host.name), BOUND, ask);
+            let mut seen = BTreeSet::new();
+            for _ in 0..12 {
+                let body = ask().unwrap_or_else(|e| panic!("{url} from {}: {e}", host.name));
+                assert!(
+                    body.ends_with(&format!("client={node}")),
+                    "from {}: the task should see the node's address: {body:?}",
+                    host.name
+                );
+                seen.insert(task_of(&body).unwrap_or_else(|| panic!("unknown answer {body:?}")));
+            }
+            assert_eq!(
+                seen,
+                TASKS.iter().map(|t| t.0).collect::<BTreeSet<_>>(),
+                "{url} from {}",
+                host.name
+            );
+        }
+        let host_ns = PathBuf::from("/run/netns").join(&host.netns);
+        let mut seen = BTreeSet::new();
+        for (i, addr) in [host.address, std::net::Ipv4Addr::LOCALHOST]
+            .iter()
+            .cycle()
+            .take(8)
+            .enumerate()
+        {
+            let to = SocketAddr::from((*addr, 5353));
+            let (task, peer, from) = wait_for("UDP answer from the node", BOUND, || {
+                udp_ask(&host_ns, to, &format!("n{h}{i}"))
+            });
+            assert_eq!(from, to, "the reply comes from where the node sent");
+            assert_eq!(peer, node, "the task saw the node's address");
+            seen.insert(task);
+        }
+        assert_eq!(
+            seen.len(),
+            4,
+            "UDP from {} over all tasks: {seen:?}",
+            host.name
+        );
+        // Host mode from the node: only h3 has the task.
+        let to = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 5454));
+        if h == 2 {
+            let (task, _, from) = wait_for("host-mode answer from h3 itself", BOUND, || {
+                udp_ask(&host_ns, to, "hm")
+            });
+            assert_eq!((task.as_str(), from), ("t3", to));
+        } else {
+            let r = udp_ask(&host_ns, to, "hm");
+            assert!(
+                r.is_err(),
+                "host-mode port answered on h{} itself: {r:?}",
+                h + 1
+            );
+        }
+    }
+
     // An idle TCP connection made now through h2 is held across everything below.
     let via: SocketAddr = format!("{}:8080", m.host(1).address).parse().unwrap();
     let mut held =

@@ -168,6 +168,95 @@ pub fn ensure(
     })
 }
 
+/// Address of the host end of the mesh veth (link scope, the same on every node).
+pub const HOST_VETH_ADDR: &str = "169.254.255.253";
+/// Address of the namespace end.
+pub const NETNS_VETH_ADDR: &str = "169.254.255.254";
+
+/// The path by which the node's own sockets reach published ports: their destination
+/// is rewritten at connect or send to a backend's address on the ingress network
+/// (`sock_vip.rs`), so the host routes `subnet` (the ingress network's) through the
+/// mesh veth into the ingress namespace, with `underlay`'s address as source; the
+/// namespace forwards to `br0` (a local task, or a remote one across the VXLAN), and
+/// sends everything not on the ingress network (the tasks' replies to the node's
+/// address) back through the veth to the host. A remote task's node forwards such a
+/// reply out of its underlay, so the underlay's reverse-path filter is made loose: the
+/// reply's source (a task) is routed through the veth here, not the underlay.
+pub fn ensure_node_path(
+    netns_path: &Path,
+    vni: u32,
+    subnet: &str,
+    underlay: &str,
+) -> Result<(), ReplyPathError> {
+    let host = host_veth(vni);
+    let src = ip(&["-4", "-o", "addr", "show", "dev", underlay])?
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .map(str::to_owned)
+        .ok_or_else(|| ReplyPathError::Command {
+            what: format!("reading the IPv4 address of {underlay}"),
+            message: "none".into(),
+        })?;
+    let host_cidr = format!("{HOST_VETH_ADDR}/30");
+    let netns_cidr = format!("{NETNS_VETH_ADDR}/30");
+    ip(&["addr", "replace", &host_cidr, "dev", &host, "scope", "link"])?;
+    ip_in(
+        netns_path,
+        &[
+            "addr",
+            "replace",
+            &netns_cidr,
+            "dev",
+            NETNS_VETH,
+            "scope",
+            "link",
+        ],
+    )?;
+    ip_in(
+        netns_path,
+        &[
+            "route",
+            "replace",
+            "default",
+            "via",
+            HOST_VETH_ADDR,
+            "dev",
+            NETNS_VETH,
+        ],
+    )?;
+    let forwarding = netns::in_netns_at(netns_path, || {
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+    })
+    .and_then(|r| r);
+    forwarding.map_err(|source| ReplyPathError::Io {
+        what: format!("enabling forwarding in {}", netns_path.display()),
+        source,
+    })?;
+    ip(&[
+        "route",
+        "replace",
+        subnet,
+        "via",
+        NETNS_VETH_ADDR,
+        "dev",
+        &host,
+        "src",
+        &src,
+    ])?;
+    for (path, value) in [
+        (format!("/proc/sys/net/ipv4/conf/{host}/forwarding"), "1"),
+        (format!("/proc/sys/net/ipv4/conf/{underlay}/rp_filter"), "2"),
+    ] {
+        std::fs::write(&path, value).map_err(|source| ReplyPathError::Io {
+            what: format!("writing {path}"),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
 /// Attaches `name` to `interface`'s ingress (in the calling thread's namespace),
 /// replacing a filter of the same program left by an earlier agent, and leaves it
 /// attached when the program is dropped.

@@ -25,13 +25,14 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use shoal_common::vip::{
-    BackendKey, BackendState as MapState, Counter, FlowKey, ScopeKey, VipValue, BACKENDS_MAP,
-    BACKEND_STATE_MAP, FLOWS_MAP, MAPS, MAX_BACKENDS, MAX_FLOWS, MAX_REVERSE, MAX_SCOPES, MAX_VIPS,
-    PROGRAMS, REVERSE_MAP, SCOPES_MAP, STATS_MAP, VIPS_MAP,
+    BackendKey, BackendState as MapState, Counter, Destination, FlowKey, NodePortKey, ScopeKey,
+    VipValue, BACKENDS_MAP, BACKEND_STATE_MAP, FLOWS_MAP, MAPS, MAX_BACKENDS, MAX_FLOWS,
+    MAX_REVERSE, MAX_SCOPES, MAX_VIPS, NODEPORTS_MAP, PROGRAMS, REVERSE_MAP, SCOPES_MAP, STATS_MAP,
+    VIPS_MAP,
 };
 
 use super::state::BackendState;
-use super::vip_table::{AppliedVip, MapOp, VipRecord, VipTable};
+use super::vip_table::{AppliedVip, MapOp, NodePort, VipRecord, VipTable};
 use crate::{objects, overlay::netns};
 
 /// Where cgroup v2 is mounted on a hybrid machine, and on a unified one.
@@ -90,6 +91,20 @@ unsafe impl aya::Pod for P<BackendKey> {}
 unsafe impl aya::Pod for P<ScopeKey> {}
 // SAFETY: as above.
 unsafe impl aya::Pod for P<FlowKey> {}
+// SAFETY: as above.
+unsafe impl aya::Pod for P<NodePortKey> {}
+// SAFETY: as above.
+unsafe impl aya::Pod for P<Destination> {}
+
+fn nodeport_key(k: &NodePort) -> P<NodePortKey> {
+    P(NodePortKey {
+        netns: k.netns,
+        addr: ip_key(k.addr),
+        port: k.port.to_be(),
+        protocol: k.protocol,
+        _pad: 0,
+    })
+}
 
 /// An IPv4 address as the kernel holds it in `user_ip4` (network order).
 pub fn ip_key(ip: Ipv4Addr) -> u32 {
@@ -125,6 +140,7 @@ struct Maps {
     flows: HashMap<MapData, P<FlowKey>, u32>,
     reverse: HashMap<MapData, P<FlowKey>, u32>,
     stats: PerCpuArray<MapData, u64>,
+    nodeports: HashMap<MapData, P<NodePortKey>, P<Destination>>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, VipError> {
@@ -149,6 +165,8 @@ impl Maps {
             flows: HashMap::try_from(pinned(dir, FLOWS_MAP)?).map_err(map_err(FLOWS_MAP))?,
             reverse: HashMap::try_from(pinned(dir, REVERSE_MAP)?).map_err(map_err(REVERSE_MAP))?,
             stats: PerCpuArray::try_from(pinned(dir, STATS_MAP)?).map_err(map_err(STATS_MAP))?,
+            nodeports: HashMap::try_from(pinned(dir, NODEPORTS_MAP)?)
+                .map_err(map_err(NODEPORTS_MAP))?,
         })
     }
 
@@ -163,6 +181,8 @@ impl Maps {
             flows: HashMap::try_from(take(ebpf, FLOWS_MAP)?).map_err(map_err(FLOWS_MAP))?,
             reverse: HashMap::try_from(take(ebpf, REVERSE_MAP)?).map_err(map_err(REVERSE_MAP))?,
             stats: PerCpuArray::try_from(take(ebpf, STATS_MAP)?).map_err(map_err(STATS_MAP))?,
+            nodeports: HashMap::try_from(take(ebpf, NODEPORTS_MAP)?)
+                .map_err(map_err(NODEPORTS_MAP))?,
         })
     }
 }
@@ -284,12 +304,39 @@ impl VipProgram {
     /// Makes the maps hold `desired`, changing only the entries that differ from what
     /// they hold now. Returns how many map writes and deletes it took.
     pub fn apply(&mut self, desired: &VipTable) -> Result<usize, VipError> {
-        let (ops, next) = super::vip_table::plan(&self.record, desired);
+        let (ops, mut next) = super::vip_table::plan(&self.record, desired);
+        // Node ports leave before their frontends and arrive after them.
+        let mut writes = ops.len();
+        let stale: Vec<NodePort> = (self.record.nodeports.keys())
+            .filter(|k| !desired.nodeports.contains_key(k))
+            .copied()
+            .collect();
+        for k in &stale {
+            remove(&mut self.maps.nodeports, &nodeport_key(k), NODEPORTS_MAP)?;
+            self.record.nodeports.remove(k);
+            writes += 1;
+        }
         for op in &ops {
             self.apply_op(op)?;
         }
+        for (k, &(frontend, target)) in &desired.nodeports {
+            if self.record.nodeports.get(k) == Some(&(frontend, target)) {
+                continue;
+            }
+            let value = P(Destination {
+                addr: ip_key(frontend),
+                port: target.to_be(),
+                _pad: 0,
+            });
+            self.maps
+                .nodeports
+                .insert(nodeport_key(k), value, 0)
+                .map_err(map_err(NODEPORTS_MAP))?;
+            writes += 1;
+        }
+        next.nodeports = desired.nodeports.clone();
         self.record = next;
-        Ok(ops.len())
+        Ok(writes)
     }
 
     fn apply_op(&mut self, op: &MapOp) -> Result<(), VipError> {
@@ -429,6 +476,18 @@ impl VipProgram {
         for key in m.scopes.keys() {
             let key = key.map_err(map_err(SCOPES_MAP))?.0;
             record.scopes.insert((key.netns, key.network));
+        }
+        for item in m.nodeports.iter() {
+            let (key, value) = item.map_err(map_err(NODEPORTS_MAP))?;
+            record.nodeports.insert(
+                NodePort {
+                    netns: key.0.netns,
+                    addr: ip_of(key.0.addr),
+                    port: u16::from_be(key.0.port),
+                    protocol: key.0.protocol,
+                },
+                (ip_of(value.0.addr), u16::from_be(value.0.port)),
+            );
         }
         Ok(record)
     }

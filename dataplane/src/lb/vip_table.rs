@@ -7,7 +7,7 @@ use std::{
     net::Ipv4Addr,
 };
 
-use super::state::{BackendState, EndpointMode, LbState};
+use super::state::{BackendState, EndpointMode, LbState, Protocol, PublishMode};
 use crate::overlay::state::OverlayState;
 
 /// The desired content of the VIP maps.
@@ -16,6 +16,28 @@ pub struct VipTable {
     pub vips: BTreeMap<Ipv4Addr, VipSpec>,
     /// (namespace cookie, VNI): the namespace may use VIPs of the network.
     pub scopes: BTreeSet<(u64, u32)>,
+    /// Published ports reached from the node itself: [`NodePort`] -> (the port's
+    /// frontend in [`Self::vips`], target port).
+    pub nodeports: BTreeMap<NodePort, (Ipv4Addr, u16)>,
+}
+
+/// A published port as a socket on the node names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodePort {
+    /// Namespace cookie of the sockets (the node's own namespace).
+    pub netns: u64,
+    /// A node address, or 127.0.0.1.
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    /// 6 (TCP) or 17 (UDP).
+    pub protocol: u8,
+}
+
+/// The frontend of a published port in the VIP maps: `0.<protocol>.<port>`, an address
+/// no socket can name as a destination.
+pub fn nodeport_frontend(protocol: u8, published: u16) -> Ipv4Addr {
+    let [hi, lo] = published.to_be_bytes();
+    Ipv4Addr::new(0, protocol, hi, lo)
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -75,6 +97,55 @@ impl VipTable {
         table
     }
 
+    /// Adds the published ports of `lb` as reached from the namespace `netns` (the
+    /// node's own) on each of `node_addrs` and on 127.0.0.1: each port's frontend holds
+    /// its backends' addresses on the ingress network (in host mode, only those on this
+    /// node, that is whose node is one of `node_addrs`), balanced like a VIP.
+    pub fn add_node_ports(&mut self, lb: &LbState, netns: u64, node_addrs: &[Ipv4Addr]) {
+        let Some(ingress) = lb.ingress_network.as_deref() else {
+            return;
+        };
+        let mut addrs: BTreeSet<Ipv4Addr> = node_addrs.iter().copied().collect();
+        addrs.insert(Ipv4Addr::LOCALHOST);
+        for s in &lb.services {
+            for p in &s.ports {
+                let protocol = match p.protocol {
+                    Protocol::Tcp => 6,
+                    Protocol::Udp => 17,
+                };
+                let frontend = nodeport_frontend(protocol, p.published);
+                let mut backends = BTreeMap::new();
+                for b in &s.backends {
+                    if p.mode == PublishMode::Host && !node_addrs.contains(&b.node) {
+                        continue;
+                    }
+                    if let Some(addr) = b.addresses.get(ingress) {
+                        let e = backends.entry(*addr).or_insert(b.state);
+                        if rank(b.state) < rank(*e) {
+                            *e = b.state;
+                        }
+                    }
+                }
+                self.vips.insert(
+                    frontend,
+                    VipSpec {
+                        network: 0,
+                        backends,
+                    },
+                );
+                for &addr in &addrs {
+                    let key = NodePort {
+                        netns,
+                        addr,
+                        port: p.published,
+                        protocol,
+                    };
+                    self.nodeports.insert(key, (frontend, p.target));
+                }
+            }
+        }
+    }
+
     /// Healthy backends of a VIP, in address order.
     pub fn healthy(&self, vip: Ipv4Addr) -> Vec<Ipv4Addr> {
         self.vips
@@ -108,6 +179,8 @@ pub struct VipRecord {
     pub stray_states: BTreeMap<(Ipv4Addr, Ipv4Addr), BackendState>,
     /// Backend slots beyond their VIP's count, or of no VIP.
     pub stray_slots: BTreeSet<(Ipv4Addr, u32)>,
+    /// Published ports reached from the node itself, as [`VipTable::nodeports`].
+    pub nodeports: BTreeMap<NodePort, (Ipv4Addr, u16)>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -469,5 +542,51 @@ mod tests {
         assert_eq!(t.healthy(ip("10.0.1.2")), vec![ip("10.0.1.3")]);
         assert_eq!(t.vips[&ip("10.0.1.2")].network, 4097);
         assert_eq!(t.vips[&ip("10.0.1.2")].backends[&ip("10.0.1.4")], Draining);
+    }
+
+    #[test]
+    fn node_ports_hold_ingress_backends_host_mode_only_local_ones() {
+        let lb: LbState = serde_json::from_str(
+            r#"{"ingress_network": "ingress", "services": [
+                 {"id": "s1", "name": "web",
+                  "ports": [{"protocol": "tcp", "published": 8080, "target": 80},
+                            {"protocol": "udp", "published": 5454, "target": 9998, "mode": "host"}],
+                  "backends": [
+                   {"task": "t1", "node": "192.168.77.11", "addresses": {"ingress": "10.255.0.3"}},
+                   {"task": "t2", "node": "192.168.77.12", "addresses": {"ingress": "10.255.0.4"},
+                    "state": "unhealthy"}]}]}"#,
+        )
+        .unwrap();
+        let mut t = VipTable::default();
+        t.add_node_ports(&lb, 7, &[ip("192.168.77.12")]);
+        let tcp = nodeport_frontend(6, 8080);
+        assert_eq!(tcp, ip("0.6.31.144"));
+        assert_eq!(
+            t.vips[&tcp].backends,
+            BTreeMap::from([(ip("10.255.0.3"), Healthy), (ip("10.255.0.4"), Unhealthy)])
+        );
+        // Host mode on 192.168.77.12: only t2, the local one.
+        let udp = nodeport_frontend(17, 5454);
+        assert_eq!(
+            t.vips[&udp].backends,
+            BTreeMap::from([(ip("10.255.0.4"), Unhealthy)])
+        );
+        assert_eq!(t.vips[&tcp].network, 0, "no namespace may use it as a VIP");
+        let keys: Vec<_> = t
+            .nodeports
+            .iter()
+            .map(|(k, v)| (k.addr, k.port, k.protocol, *v))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (ip("127.0.0.1"), 5454, 17, (udp, 9998)),
+                (ip("127.0.0.1"), 8080, 6, (tcp, 80)),
+                (ip("192.168.77.12"), 5454, 17, (udp, 9998)),
+                (ip("192.168.77.12"), 8080, 6, (tcp, 80)),
+            ]
+        );
+        assert!(t.nodeports.keys().all(|k| k.netns == 7));
+        assert!(t.healthy(udp).is_empty());
     }
 }

@@ -54,9 +54,17 @@ pub const FLOWS_MAP: &str = "VIP_UDP_FLOWS";
 pub const REVERSE_MAP: &str = "VIP_REVERSE";
 /// Per-CPU `u64` counters, one slot per [`Counter`].
 pub const STATS_MAP: &str = "VIP_STATS";
+/// [`NodePortKey`] -> [`Destination`] (`addr` = the published port's frontend key in
+/// [`VIPS_MAP`], `port` = the target port): a published port reached from the node
+/// itself (one of its addresses or 127.0.0.1) or from a container on it.
+pub const NODEPORTS_MAP: &str = "VIP_NODEPORTS";
+/// [`FlowKey`] with `addr`, `port` = backend, target port -> [`Destination`] the socket
+/// named (node address, published port): what `recvmsg` and `getpeername` give back
+/// (LRU).
+pub const NODEPORT_REVERSE_MAP: &str = "VIP_NODEPORT_REVERSE";
 
 /// Every map, for pinning.
-pub const MAPS: [&str; 7] = [
+pub const MAPS: [&str; 9] = [
     VIPS_MAP,
     BACKENDS_MAP,
     BACKEND_STATE_MAP,
@@ -64,6 +72,8 @@ pub const MAPS: [&str; 7] = [
     FLOWS_MAP,
     REVERSE_MAP,
     STATS_MAP,
+    NODEPORTS_MAP,
+    NODEPORT_REVERSE_MAP,
 ];
 
 /// Capacities. The hash maps written from declared state are not preallocated (they cost
@@ -75,6 +85,14 @@ pub const MAX_BACKENDS: u32 = 262_144;
 pub const MAX_SCOPES: u32 = 65_536;
 pub const MAX_FLOWS: u32 = 65_536;
 pub const MAX_REVERSE: u32 = 131_072;
+pub const MAX_NODEPORTS: u32 = 16_384;
+
+/// The frontend key of a published port in [`VIPS_MAP`] and [`BACKENDS_MAP`]: an
+/// address in `0.0.0.0/8`, which no socket can name as a destination, made of the
+/// protocol and the published port (network order, as every key here).
+pub const fn nodeport_frontend(protocol: u8, published: u16) -> u32 {
+    u32::from_ne_bytes([0, protocol, (published >> 8) as u8, published as u8])
+}
 
 /// Value of [`VIPS_MAP`].
 #[repr(C)]
@@ -114,6 +132,31 @@ pub struct ScopeKey {
 pub struct FlowKey {
     /// `bpf_get_socket_cookie` of the socket.
     pub socket: u64,
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Key of [`NODEPORTS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodePortKey {
+    /// Namespace cookie of the sockets this entry is for (the node's own namespace, or
+    /// a container's).
+    pub netns: u64,
+    /// The address the socket names (a node address, or 127.0.0.1).
+    pub addr: u32,
+    /// The published port.
+    pub port: u16,
+    /// 6 (TCP) or 17 (UDP).
+    pub protocol: u8,
+    pub _pad: u8,
+}
+
+/// Value of [`NODEPORTS_MAP`] and [`NODEPORT_REVERSE_MAP`]: an address and a port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Destination {
     pub addr: u32,
     pub port: u16,
     pub _pad: u16,
@@ -211,5 +254,13 @@ mod tests {
         assert_eq!(core::mem::size_of::<BackendKey>(), 8);
         assert_eq!(core::mem::size_of::<ScopeKey>(), 16);
         assert_eq!(core::mem::size_of::<FlowKey>(), 16);
+        assert_eq!(core::mem::size_of::<NodePortKey>(), 16);
+        assert_eq!(core::mem::size_of::<Destination>(), 8);
+    }
+
+    #[test]
+    fn nodeport_frontend_is_in_0_0_0_0_8() {
+        let k = nodeport_frontend(6, 8080);
+        assert_eq!(k.to_ne_bytes(), [0, 6, 0x1f, 0x90]);
     }
 }

@@ -22,8 +22,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use shoal_common::vip::{
-    BackendKey, BackendState, Counter, FlowKey, ScopeKey, VipValue, MAX_BACKENDS, MAX_FLOWS,
-    MAX_REVERSE, MAX_SCOPES, MAX_VIPS,
+    BackendKey, BackendState, Counter, Destination, FlowKey, NodePortKey, ScopeKey, VipValue,
+    MAX_BACKENDS, MAX_FLOWS, MAX_NODEPORTS, MAX_REVERSE, MAX_SCOPES, MAX_VIPS,
 };
 
 #[map(name = "VIP_SERVICES")]
@@ -39,6 +39,12 @@ static SCOPES: HashMap<ScopeKey, u32> = HashMap::with_max_entries(MAX_SCOPES, NO
 static FLOWS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 #[map(name = "VIP_REVERSE")]
 static REVERSE: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(MAX_REVERSE, 0);
+#[map(name = "VIP_NODEPORTS")]
+static NODEPORTS: HashMap<NodePortKey, Destination> =
+    HashMap::with_max_entries(MAX_NODEPORTS, NO_PREALLOC);
+#[map(name = "VIP_NODEPORT_REVERSE")]
+static NODEPORT_REVERSE: LruHashMap<FlowKey, Destination> =
+    LruHashMap::with_max_entries(MAX_REVERSE, 0);
 #[map(name = "VIP_STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
@@ -114,6 +120,12 @@ fn set_address(ctx: &SockAddrContext, family: Family, ip: u32) {
 fn user_port(ctx: &SockAddrContext) -> u16 {
     // SAFETY: as above. The port is in network order in the low 16 bits.
     unsafe { core::ptr::read_volatile(&(*ctx.sock_addr).user_port) as u16 }
+}
+
+#[inline(always)]
+fn set_user_port(ctx: &SockAddrContext, port: u16) {
+    // SAFETY: as above; these hooks may write user_port (network order, low 16 bits).
+    unsafe { core::ptr::write_volatile(&mut (*ctx.sock_addr).user_port, u32::from(port)) }
 }
 
 #[inline(always)]
@@ -205,6 +217,7 @@ fn connect(ctx: &SockAddrContext, family: Family) -> i32 {
         return ALLOW;
     };
     let Some(value) = vip_in_scope(ctx, vip) else {
+        connect_nodeport(ctx, family, vip, proto);
         return ALLOW;
     };
     let Some(backend) = pick(vip, value) else {
@@ -219,6 +232,112 @@ fn connect(ctx: &SockAddrContext, family: Family) -> i32 {
         Counter::ConnectUdp
     });
     ALLOW
+}
+
+/// The published port's frontend if `addr:port` is one of this node's addresses (or
+/// 127.0.0.1) and a published port, for a socket of a namespace the agent serves.
+#[inline(always)]
+fn nodeport(ctx: &SockAddrContext, addr: u32, port: u16, proto: u32) -> Option<Destination> {
+    let key = NodePortKey {
+        // SAFETY: the helper only reads the context.
+        netns: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
+        addr,
+        port,
+        protocol: proto as u8,
+        _pad: 0,
+    };
+    // SAFETY: read-only lookup, copied out.
+    unsafe { NODEPORTS.get(&key) }.copied()
+}
+
+#[inline(always)]
+fn remember_nodeport(socket: u64, backend: u32, target: u16, addr: u32, port: u16) {
+    let key = FlowKey {
+        socket,
+        addr: backend,
+        port: target,
+        _pad: 0,
+    };
+    let value = Destination {
+        addr,
+        port,
+        _pad: 0,
+    };
+    if NODEPORT_REVERSE.insert(&key, &value, 0).is_err() {
+        count(Counter::MapUpdateFailed);
+    }
+}
+
+/// A connect to a published port on the node: the next healthy backend of the port
+/// (its ingress-network address) and the target port.
+#[inline(always)]
+fn connect_nodeport(ctx: &SockAddrContext, family: Family, addr: u32, proto: u32) {
+    let port = user_port(ctx);
+    let Some(np) = nodeport(ctx, addr, port, proto) else {
+        return;
+    };
+    let Some(value) = VIPS.get_ptr_mut(&np.addr) else {
+        return;
+    };
+    let Some(backend) = pick(np.addr, value) else {
+        count(Counter::NoBackend);
+        return;
+    };
+    set_address(ctx, family, backend);
+    set_user_port(ctx, np.port);
+    remember_nodeport(socket_cookie(ctx), backend, np.port, addr, port);
+    count(if proto == IPPROTO_TCP {
+        Counter::ConnectTcp
+    } else {
+        Counter::ConnectUdp
+    });
+}
+
+/// An unconnected UDP send to a published port on the node: the flow's backend while
+/// it is declared and not unhealthy, else the next healthy one; target port.
+#[inline(always)]
+fn sendmsg_nodeport(ctx: &SockAddrContext, family: Family, addr: u32) {
+    let port = user_port(ctx);
+    let Some(np) = nodeport(ctx, addr, port, IPPROTO_UDP) else {
+        return;
+    };
+    let Some(value) = VIPS.get_ptr_mut(&np.addr) else {
+        return;
+    };
+    let socket = socket_cookie(ctx);
+    let flow = FlowKey {
+        socket,
+        addr: np.addr,
+        port,
+        _pad: 0,
+    };
+    // SAFETY: read-only lookups, copied out.
+    if let Some(backend) = unsafe { FLOWS.get(&flow) }.copied() {
+        let key = BackendKey {
+            vip: np.addr,
+            slot: backend,
+        };
+        let state = unsafe { BACKEND_STATE.get(&key) }.copied();
+        if state.is_some_and(|s| s != BackendState::Unhealthy as u32) {
+            set_address(ctx, family, backend);
+            set_user_port(ctx, np.port);
+            remember_nodeport(socket, backend, np.port, addr, port);
+            count(Counter::Sendmsg);
+            return;
+        }
+    }
+    let Some(backend) = pick(np.addr, value) else {
+        count(Counter::NoBackend);
+        return;
+    };
+    if FLOWS.insert(&flow, &backend, 0).is_err() {
+        count(Counter::MapUpdateFailed);
+    }
+    remember_nodeport(socket, backend, np.port, addr, port);
+    set_address(ctx, family, backend);
+    set_user_port(ctx, np.port);
+    count(Counter::UdpFlowNew);
+    count(Counter::Sendmsg);
 }
 
 /// Unconnected UDP sends (the hook runs only for sends that name a destination).
@@ -238,6 +357,7 @@ fn sendmsg(ctx: &SockAddrContext, family: Family) -> i32 {
         return ALLOW;
     };
     let Some(value) = vip_in_scope(ctx, vip) else {
+        sendmsg_nodeport(ctx, family, vip);
         return ALLOW;
     };
     let socket = socket_cookie(ctx);
@@ -305,7 +425,8 @@ pub fn shoal_vip_getpeername6(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
-/// Rewrites the address to the VIP if this socket was translated towards it.
+/// Rewrites the address to the VIP (or the node address and published port) if this
+/// socket was translated towards it.
 #[inline(always)]
 fn reverse(ctx: &SockAddrContext, family: Family) -> bool {
     let Some(addr) = address(ctx, family) else {
@@ -317,10 +438,15 @@ fn reverse(ctx: &SockAddrContext, family: Family) -> bool {
         port: user_port(ctx),
         _pad: 0,
     };
-    // SAFETY: read-only lookup, copied out.
-    match unsafe { REVERSE.get(&key) }.copied() {
-        Some(vip) => {
-            set_address(ctx, family, vip);
+    // SAFETY: read-only lookups, copied out.
+    if let Some(vip) = unsafe { REVERSE.get(&key) }.copied() {
+        set_address(ctx, family, vip);
+        return true;
+    }
+    match unsafe { NODEPORT_REVERSE.get(&key) }.copied() {
+        Some(d) => {
+            set_address(ctx, family, d.addr);
+            set_user_port(ctx, d.port);
             true
         }
         None => false,

@@ -22,6 +22,8 @@ use shoal_common::mesh::{Counter, FlowKey, RevPortKey, MESH_MAC_PREFIX, PROTO_TC
 use crate::xdp_mesh::{count, MESH_CONFIG, MESH_REPLY, MESH_REVPORT};
 
 const ETH_HLEN: usize = 14;
+/// `skb->pkt_type` of a frame addressed to another host's MAC.
+const PACKET_OTHERHOST: u32 = 3;
 
 #[inline(always)]
 fn ne32(b: &[u8], at: usize) -> u32 {
@@ -158,6 +160,15 @@ fn reply(ctx: &TcContext, p: &Packet, published_to: u32) -> Option<u32> {
 
 #[classifier]
 pub fn shoal_tc_mesh_to_underlay(ctx: TcContext) -> i32 {
+    // Replies redirected here by `shoal_tc_mesh_reply` still carry the task's gateway
+    // MAC as destination (PACKET_OTHERHOST on this end). Frames addressed to this end
+    // itself, or broadcast (ARP), were routed by the ingress namespace to the host: the
+    // replies to the node's own connections to published ports (and their ARP). The
+    // host stack takes those.
+    // SAFETY: reading a field of the skb the program runs on.
+    if unsafe { (*ctx.skb.skb).pkt_type } != PACKET_OTHERHOST {
+        return TC_ACT_OK as i32;
+    }
     if parse(&ctx).is_none() {
         return TC_ACT_SHOT as i32;
     }
