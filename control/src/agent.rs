@@ -105,6 +105,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
             config.dns.as_ref().map(|d| d.declared.as_path()),
             config.declared_lb.as_deref(),
         )),
+        gossip_listen: Some(config.gossip_listen),
     })
     .await
     .context("starting the cluster role")?;

@@ -77,6 +77,8 @@ pub struct ClusterAgentConfig {
     /// Where the node's declared overlay, DNS and LB states are written (the files the
     /// agent's drivers read); None: `<data_dir>/declared/*.json`.
     pub declared: Option<DeclaredPaths>,
+    /// Where the executor's gossip member listens; None: no gossip.
+    pub gossip_listen: Option<SocketAddr>,
 }
 
 impl ClusterAgentConfig {
@@ -206,6 +208,7 @@ impl ClusterAgent {
                 let config = crate::executor::ExecutorConfig {
                     docker_socket: socket.to_path_buf(),
                     declared: self.config.declared_paths(),
+                    gossip_listen: self.config.gossip_listen,
                 };
                 info!(node_id = %id, "task executor started");
                 bg.executor = Some((tokio::spawn(crate::executor::run(client, config)), id));
@@ -213,7 +216,10 @@ impl ClusterAgent {
         }
         match (manager, &bg.scheduler) {
             (Some(m), None) => {
-                bg.scheduler = Some(tokio::spawn(crate::scheduler::run(m)));
+                let keys = crate::gossip_keys::run(m.clone());
+                bg.scheduler = Some(tokio::spawn(async move {
+                    futures::join!(crate::scheduler::run(m), keys);
+                }));
             }
             (Some(_), Some(h)) if h.is_finished() => bg.scheduler = None,
             (None, Some(_)) => {

@@ -27,6 +27,8 @@ pub const DEFAULT_NETNS_DIR: &str = "/run/shoal/netns";
 pub const DEFAULT_API_SOCKET: &str = shoal_control::api::DEFAULT_API_SOCKET;
 /// Default listen address of a manager's cluster traffic (Swarm's port 2377).
 pub const DEFAULT_CLUSTER_LISTEN: &str = "0.0.0.0:2377";
+/// Default listen address of gossip (Swarm's port 7946, UDP).
+pub const DEFAULT_GOSSIP_LISTEN: &str = "0.0.0.0:7946";
 /// Default number of flows the routing mesh's connection table holds (LRU beyond that).
 pub const DEFAULT_LB_FLOWS: u32 = 262_144;
 
@@ -104,6 +106,11 @@ pub struct Settings {
     /// [default: 262144]
     #[arg(long, value_name = "N")]
     pub lb_flows: Option<u32>,
+    /// Where gossip listens once the node is in a cluster (UDP); its port is the one
+    /// peers are reached at, on their data-path addresses [file key: gossip_listen]
+    /// [default: 0.0.0.0:7946]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub gossip_listen: Option<std::net::SocketAddr>,
 }
 
 impl Settings {
@@ -144,6 +151,7 @@ impl Settings {
             cluster_listen: over.cluster_listen.or(self.cluster_listen),
             declared_lb: over.declared_lb.or(self.declared_lb),
             lb_flows: over.lb_flows.or(self.lb_flows),
+            gossip_listen: over.gossip_listen.or(self.gossip_listen),
         }
     }
 }
@@ -167,6 +175,8 @@ pub struct AgentConfig {
     pub declared_lb: Option<PathBuf>,
     /// Capacity of the routing mesh's flow table.
     pub lb_flows: u32,
+    /// Where gossip listens (in a cluster).
+    pub gossip_listen: std::net::SocketAddr,
 }
 
 /// The embedded resolver's settings (present when a declared DNS state is given).
@@ -224,6 +234,14 @@ impl AgentConfig {
         if cluster_listen.port() == 0 {
             return Err(ConfigError::BadClusterPort);
         }
+        let gossip_listen = settings.gossip_listen.unwrap_or_else(|| {
+            DEFAULT_GOSSIP_LISTEN
+                .parse()
+                .expect("the default gossip address parses")
+        });
+        if gossip_listen.port() == 0 {
+            return Err(ConfigError::BadGossipPort);
+        }
         for (key, dir) in [
             ("api_socket", &api_socket),
             ("pin_dir", &pin_dir),
@@ -275,6 +293,7 @@ impl AgentConfig {
             cluster_listen,
             declared_lb: settings.declared_lb,
             lb_flows,
+            gossip_listen,
         })
     }
 }
@@ -305,6 +324,8 @@ pub enum ConfigError {
     BadPort,
     #[error("cluster_listen needs a port between 1 and 65535")]
     BadClusterPort,
+    #[error("gossip_listen needs a port between 1 and 65535")]
+    BadGossipPort,
     #[error(
         "declared_dns needs declared_state: the resolver listens on the overlay networks' gateways"
     )]
@@ -376,6 +397,7 @@ mod tests {
                 cluster_listen: DEFAULT_CLUSTER_LISTEN.parse().unwrap(),
                 declared_lb: None,
                 lb_flows: DEFAULT_LB_FLOWS,
+                gossip_listen: DEFAULT_GOSSIP_LISTEN.parse().unwrap(),
             }
         );
     }

@@ -109,6 +109,8 @@ pub struct Executor {
     state: Option<ClusterState>,
     /// The last state reported per task (not sent again until the store moves).
     sent: HashMap<String, TaskState>,
+    /// This node's gossip member: publishes its running tasks, tells it others'.
+    gossip: crate::gossip_member::Member,
 }
 
 impl Executor {
@@ -119,7 +121,14 @@ impl Executor {
             paths,
             state: None,
             sent: HashMap::new(),
+            gossip: crate::gossip_member::Member::new(None),
         }
+    }
+
+    /// Runs gossip on `listen` (see [`crate::gossip_member`]).
+    pub fn with_gossip(mut self, listen: Option<std::net::SocketAddr>) -> Executor {
+        self.gossip = crate::gossip_member::Member::new(listen);
+        self
     }
 
     /// Runs until dropped (the agent aborts it when the node leaves the cluster).
@@ -129,6 +138,17 @@ impl Executor {
         let mut versions = self.client.subscribe();
         loop {
             self.step().await;
+            let mut table = self.gossip.watch();
+            let gossip_changed = async {
+                match table.as_mut() {
+                    Some(t) => {
+                        if t.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
             let store_changed = async {
                 match versions.as_mut() {
                     Some(v) => {
@@ -142,6 +162,7 @@ impl Executor {
             tokio::select! {
                 () = tokio::time::sleep(TICK) => {}
                 () = store_changed => {}
+                () = gossip_changed => {}
                 update = events.next() => {
                     if let Some(WatchUpdate::Lost(e)) = update {
                         debug!(error = %e, "dockerd events lost; retrying");
@@ -169,7 +190,8 @@ impl Executor {
             return;
         };
         let me = self.client.node_id().to_string();
-        if let Err(e) = node_state::compute(&state, &me).write(&self.paths) {
+        let table = self.gossip.table();
+        if let Err(e) = node_state::compute_with(&state, &me, table.as_deref()).write(&self.paths) {
             warn!(error = %e, "writing the declared node state");
         }
         let observed = match self.list().await {
@@ -179,6 +201,18 @@ impl Executor {
                 return;
             }
         };
+        let running: HashMap<String, crate::gossip_member::RunningTask> = observed
+            .iter()
+            .filter(|o| o.state == ContainerSummaryStateEnum::RUNNING)
+            .map(|o| {
+                let healthy = o.health().is_none_or(|h| h == "healthy");
+                (
+                    o.task_id.clone(),
+                    crate::gossip_member::RunningTask { healthy },
+                )
+            })
+            .collect();
+        self.gossip.sync(&state, &me, &running).await;
         let mut updates: Vec<TaskStatusUpdate> = Vec::new();
         let mut actions = Vec::new();
         let by_task: HashMap<&str, &Observed> =
@@ -569,6 +603,8 @@ async fn start(
 pub struct ExecutorConfig {
     pub docker_socket: PathBuf,
     pub declared: DeclaredPaths,
+    /// Where gossip listens; None: no gossip (declared state from the store alone).
+    pub gossip_listen: Option<std::net::SocketAddr>,
 }
 
 /// Connects to dockerd (retrying) and runs the executor for `client`'s node.
@@ -582,5 +618,8 @@ pub async fn run(client: NodeClient, config: ExecutorConfig) {
             }
         }
     };
-    Executor::new(client, docker, config.declared).run().await
+    Executor::new(client, docker, config.declared)
+        .with_gossip(config.gossip_listen)
+        .run()
+        .await
 }

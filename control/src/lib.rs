@@ -5,6 +5,8 @@ pub mod cli;
 pub mod cluster_agent;
 pub mod docker;
 pub mod executor;
+pub mod gossip_keys;
+pub mod gossip_member;
 pub mod ipam;
 pub mod node_state;
 pub mod scheduler;

@@ -8,8 +8,9 @@
 //!   a service publishes a port in ingress mode), this node's tasks as local endpoints in
 //!   their attachment order (ingress first: the first network carries the default
 //!   route), and every task elsewhere on those networks as a remote endpoint at its
-//!   node's address. The remote part comes from the store, which every node can read
-//!   through the managers; gossip is meant to carry it later.
+//!   node's address. With gossip running ([`compute_with`]), a task on another node
+//!   counts only while that node gossips an endpoint of it (here, in the LB backends and
+//!   in the DNS records too): the store says what should exist, gossip what runs.
 //! - DNS: every service on a network present here, its VIPs on those networks and its
 //!   running tasks' addresses.
 //! - Load balancing: the same services with their VIPs, published ports and backends
@@ -108,8 +109,33 @@ fn lb_protocol(p: store::Protocol) -> lb::Protocol {
     }
 }
 
-/// Computes the declared states of node `node_id`.
+/// Computes the declared states of node `node_id` from the store alone.
 pub fn compute(state: &ClusterState, node_id: &str) -> NodeState {
+    compute_with(state, node_id, None)
+}
+
+/// Computes the declared states of node `node_id`. With a gossip table, a task on
+/// another node counts (remote endpoint, LB backend, DNS record) only while its node
+/// gossips an endpoint of it: the store says what should exist, gossip what runs.
+pub fn compute_with(
+    state: &ClusterState,
+    node_id: &str,
+    gossip: Option<&shoal_gossip::EndpointTable>,
+) -> NodeState {
+    let gossiped: Option<BTreeSet<(String, String)>> = gossip.map(|table| {
+        table
+            .iter()
+            .filter_map(|e| Some((e.node.to_string(), e.endpoint.task?)))
+            .collect()
+    });
+    let reported = |t: &Task| -> bool {
+        match (t.node_id.as_deref(), &gossiped) {
+            (Some(n), _) if n == node_id => true,
+            (_, None) => true,
+            (Some(n), Some(seen)) => seen.contains(&(n.to_owned(), t.id.clone())),
+            (None, Some(_)) => false,
+        }
+    };
     let net_name = |id: &str| state.networks.get(id).map(|n| n.name.clone());
     let services: BTreeMap<&str, &Service> = state
         .services
@@ -169,7 +195,7 @@ pub fn compute(state: &ClusterState, node_id: &str) -> NodeState {
         let Some(node) = t.node_id.as_deref() else {
             continue;
         };
-        if node == node_id || !active(t) || !node_ready(state, t.node_id.as_ref()) {
+        if node == node_id || !active(t) || !node_ready(state, t.node_id.as_ref()) || !reported(t) {
             continue;
         }
         let Some(vtep) = vtep(state, node) else {
@@ -215,7 +241,9 @@ pub fn compute(state: &ClusterState, node_id: &str) -> NodeState {
         let running: Vec<&Task> = state
             .service_tasks(&s.id)
             .filter(|t| {
-                t.status.state == TaskState::Running && node_ready(state, t.node_id.as_ref())
+                t.status.state == TaskState::Running
+                    && node_ready(state, t.node_id.as_ref())
+                    && reported(t)
             })
             .collect();
         let addresses = |t: &Task| -> Vec<(String, Ipv4Addr)> {

@@ -996,6 +996,7 @@ mod real {
                     hostname: Some(name.into()),
                     timings: Some(fast_timings()),
                     declared: None,
+                    gossip_listen: None,
                 }))
                 .unwrap();
             let socket = serve(rt, &dir, agent.clone());
@@ -1244,6 +1245,7 @@ mod real {
                 hostname: Some("r1".into()),
                 timings: None,
                 declared: None,
+                gossip_listen: None,
             }))
             .unwrap();
         assert_eq!(rt.block_on(agent.role_name()), "manager");

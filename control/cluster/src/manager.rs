@@ -45,6 +45,7 @@ use crate::pki::{NodeCertificate, PkiError};
 use crate::store::{ApplyResult, ClusterState, Command, Rejection, StoreError};
 use crate::token::JoinToken;
 
+pub use runtime::new_gossip_key;
 use runtime::Runtime;
 
 /// The port managers listen on, as in Swarm.

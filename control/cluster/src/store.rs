@@ -45,8 +45,8 @@ pub use service::{
     TaskStatusUpdate, VirtualIp,
 };
 pub use state::{
-    ApplyResult, Availability, ClusterSpec, ClusterState, Command, Network, Node, NodeStatus,
-    ObjectKind, Rejection, Role,
+    ApplyResult, Availability, ClusterSpec, ClusterState, Command, GossipKey, Network, Node,
+    NodeStatus, ObjectKind, Rejection, Role, MAX_GOSSIP_KEYS,
 };
 pub use transport::{MemNetwork, RaftRequest, RaftResponse, Transport, TransportError};
 

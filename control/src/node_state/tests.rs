@@ -183,3 +183,107 @@ fn files_are_written_atomically_and_only_when_changed() {
     assert!(!write_if_changed(&paths.overlay, &ns.overlay).unwrap());
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// Two nodes gossiping over loopback UDP: a remote task counts only while its node
+/// gossips it, and leaves n1's declared state once n2 stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_tasks_follow_gossip() {
+    use std::{
+        collections::HashMap,
+        time::{Duration, Instant},
+    };
+
+    use crate::gossip_member::{Member, RunningTask};
+
+    let mut s = cluster();
+    for (id, ip) in [("n1", "127.0.0.11"), ("n2", "127.0.0.12")] {
+        let mut n = s.nodes[id].clone();
+        n.data_path_addr = Some(ip.into());
+        assert!(s
+            .apply(&Command::UpsertNode { node: n })
+            .into_result()
+            .is_ok());
+    }
+    let key = shoal_cluster::manager::new_gossip_key(1).unwrap();
+    assert!(s
+        .apply(&Command::SetGossipKeys { keys: vec![key] })
+        .into_result()
+        .is_ok());
+    assert!(s
+        .apply(&Command::SetCluster {
+            cluster: store::ClusterSpec {
+                id: "c-gossip-test".into(),
+                ..Default::default()
+            },
+        })
+        .into_result()
+        .is_ok());
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let running = |node: &str| -> HashMap<String, RunningTask> {
+        s.tasks
+            .values()
+            .filter(|t| t.node_id.as_deref() == Some(node))
+            .map(|t| (t.id.clone(), RunningTask { healthy: true }))
+            .collect()
+    };
+    let mut m1 = Member::new(Some(format!("127.0.0.11:{port}").parse().unwrap()));
+    let mut m2 = Member::new(Some(format!("127.0.0.12:{port}").parse().unwrap()));
+    m1.sync(&s, "n1", &running("n1")).await;
+    m2.sync(&s, "n2", &running("n2")).await;
+    let table = m1.table().expect("gossip runs once the store has a key");
+
+    // Nothing heard from n2 yet: its task is not there.
+    let before = compute_with(&s, "n1", Some(&shoal_gossip::EndpointTable::default()));
+    assert!(before.overlay.remote_endpoints.is_empty());
+    assert_eq!(before.lb.services[0].backends.len(), 1, "own task only");
+    assert_eq!(before.dns.services[0].tasks.len(), 1);
+    drop(table);
+
+    let has_n2 = |m: &Member| m.table().unwrap().iter().any(|e| &*e.node == "n2");
+    let start = Instant::now();
+    while !has_n2(&m1) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "n2's endpoints never reached n1: {:?}",
+            m1.table()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let table = m1.table().unwrap();
+    assert_eq!(
+        table.remote("n1").count(),
+        2,
+        "n2's task on ingress and web"
+    );
+    let with = compute_with(&s, "n1", Some(&table));
+    assert_eq!(with.overlay.remote_endpoints.len(), 2);
+    assert_eq!(with.lb.services[0].backends.len(), 2);
+    assert_eq!(with.dns.services[0].tasks.len(), 2);
+    assert_eq!(with, compute(&s, "n1"), "store and gossip agree");
+    let counters = m1.gossip().unwrap().counters();
+    assert!(
+        counters.received > 0 && counters.packets_dropped() == 0,
+        "{counters:?}"
+    );
+
+    // n2 stops gossiping (as a crashed agent does): withdrawn within the bound.
+    drop(m2);
+    let gone = Instant::now();
+    while has_n2(&m1) {
+        assert!(
+            gone.elapsed() < Duration::from_secs(10),
+            "n2 still in n1's table after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("n2 withdrawn from n1's table after {:?}", gone.elapsed());
+    let after = compute_with(&s, "n1", Some(&m1.table().unwrap()));
+    assert!(after.overlay.remote_endpoints.is_empty());
+    assert_eq!(after.lb.services[0].backends.len(), 1);
+    assert_eq!(after.dns.services[0].tasks.len(), 1);
+    m1.shutdown().await;
+}

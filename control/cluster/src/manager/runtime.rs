@@ -348,6 +348,9 @@ impl Runtime {
                     tokens: serde_json::to_value(&tokens)
                         .map_err(|e| ClusterError::Protocol(e.to_string()))?,
                 },
+                Command::SetGossipKeys {
+                    keys: vec![new_gossip_key(1)?],
+                },
                 Command::UpsertNode {
                     node: Node {
                         id: node_id.clone(),
@@ -1509,6 +1512,20 @@ impl Runtime {
         }
         Ok(Response::Done)
     }
+}
+
+/// A fresh random gossip cluster key named `id`, made now.
+pub fn new_gossip_key(id: u32) -> Result<crate::store::GossipKey, ClusterError> {
+    use ring::rand::SecureRandom;
+    let mut secret = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut secret)
+        .map_err(|_| ClusterError::Protocol("no randomness for the gossip key".into()))?;
+    Ok(crate::store::GossipKey {
+        id,
+        secret: secret.iter().map(|b| format!("{b:02x}")).collect(),
+        created_ms: now_ms(),
+    })
 }
 
 /// What any node may see of the state: everything but tokens, secrets and configs.

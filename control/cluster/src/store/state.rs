@@ -142,6 +142,35 @@ pub struct ClusterState {
     pub secrets: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     pub configs: BTreeMap<String, serde_json::Value>,
+    /// The gossip cluster keys, newest (the one nodes seal with) first, then the ones
+    /// still accepted. Nodes receive them with their state over mutual TLS.
+    #[serde(default)]
+    pub gossip_keys: Vec<GossipKey>,
+}
+
+/// Most gossip keys kept at once (the primary, the previous and one more).
+pub const MAX_GOSSIP_KEYS: usize = 3;
+
+/// One gossip cluster key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipKey {
+    /// Names the key on the wire.
+    pub id: u32,
+    /// 32 bytes as 64 hex digits.
+    pub secret: String,
+    /// When the leader made it (ms since the epoch): the rotation timer's reference.
+    pub created_ms: u64,
+}
+
+impl std::fmt::Debug for GossipKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        write!(
+            f,
+            "GossipKey {{ id: {}, created_ms: {}, secret: <redacted> }}",
+            self.id, self.created_ms
+        )
+    }
 }
 
 /// Reads a map of typed objects, dropping entries that do not parse: states written
@@ -276,6 +305,11 @@ pub enum Command {
     },
     SetCluster {
         cluster: ClusterSpec,
+    },
+    /// Replaces the gossip keys (first: the primary): 1 to [`MAX_GOSSIP_KEYS`] keys with
+    /// distinct IDs and 64-hex-digit secrets.
+    SetGossipKeys {
+        keys: Vec<GossipKey>,
     },
     UpsertObject {
         kind: ObjectKind,
@@ -466,6 +500,29 @@ impl ClusterState {
             }
             Command::SetTokens { .. } => Ok(()),
             Command::SetCluster { cluster } => nonempty("cluster ID", &cluster.id),
+            Command::SetGossipKeys { keys } => {
+                let invalid = |detail: &str| Rejection::Invalid {
+                    what: "gossip keys".into(),
+                    detail: detail.into(),
+                };
+                if keys.is_empty() || keys.len() > MAX_GOSSIP_KEYS {
+                    return Err(invalid(&format!(
+                        "1 to {MAX_GOSSIP_KEYS} keys, got {}",
+                        keys.len()
+                    )));
+                }
+                let mut ids: Vec<u32> = keys.iter().map(|k| k.id).collect();
+                ids.sort_unstable();
+                if ids.windows(2).any(|w| w[0] == w[1]) {
+                    return Err(invalid("two keys share one ID"));
+                }
+                if keys.iter().any(|k| {
+                    k.secret.len() != 64 || !k.secret.bytes().all(|b| b.is_ascii_hexdigit())
+                }) {
+                    return Err(invalid("a secret is not 64 hex digits"));
+                }
+                Ok(())
+            }
             Command::UpsertObject { kind, id, spec } => {
                 nonempty(&format!("{kind} ID"), id)?;
                 if *kind == ObjectKind::Task {
@@ -641,6 +698,7 @@ impl ClusterState {
             }
             Command::SetTokens { tokens } => self.tokens = Some(tokens.clone()),
             Command::SetCluster { cluster } => self.cluster = Some(cluster.clone()),
+            Command::SetGossipKeys { keys } => self.gossip_keys = keys.clone(),
             Command::UpsertObject { kind, id, spec } => match kind {
                 ObjectKind::Task => {
                     if let Ok(mut t) = serde_json::from_value::<Task>(spec.clone()) {
