@@ -58,6 +58,8 @@ struct Desired {
 struct VipStatus {
     vips: usize,
     healthy_backends: usize,
+    /// (node address or 127.0.0.1, published port) pairs the node's own sockets reach.
+    node_ports: usize,
     scopes: usize,
     /// Map writes and deletes of the last apply.
     map_writes: usize,
@@ -263,11 +265,14 @@ impl Follower {
         }
         self.cookies.retain(|id, _| live.contains(id));
         let mut table = VipTable::from_declared(&lb, &overlay, &cookies);
-        // Published ports from the node itself: its own namespace's sockets.
+        // Published ports from the node itself (its own namespace's sockets) and from
+        // its containers.
+        let node_addrs = crate::lb_driver::node_addresses();
         match vip::current_netns_cookie() {
-            Ok(own) => table.add_node_ports(&lb, own, &crate::lb_driver::node_addresses()),
+            Ok(own) => table.add_node_ports(&lb, own, &node_addrs),
             Err(e) => warn!(error = %e, "reading the node's namespace cookie"),
         }
+        table.add_container_node_ports(&lb, &overlay, &cookies, &node_addrs);
         let addresses = self
             .present
             .borrow()
@@ -332,8 +337,14 @@ fn worker(mut program: VipProgram, rx: mpsc::Receiver<Desired>, status_path: &Pa
                 Err(e) => status.failed.push(format!("{}: {e}", netns.display())),
             }
         }
-        status.vips = table.vips.len();
-        status.healthy_backends = table.vips.keys().map(|v| table.healthy(*v).len()).sum();
+        // Published ports' frontends (network 0) are counted as node ports, not VIPs.
+        let vips: Vec<_> = (table.vips.iter())
+            .filter(|(_, spec)| spec.network != 0)
+            .map(|(vip, _)| *vip)
+            .collect();
+        status.vips = vips.len();
+        status.healthy_backends = vips.iter().map(|v| table.healthy(*v).len()).sum();
+        status.node_ports = table.nodeports.len();
         status.scopes = table.scopes.len();
         status.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
         status.generation += 1;

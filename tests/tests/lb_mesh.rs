@@ -9,6 +9,9 @@
 //! A backend marked unhealthy gets no new connections while a TCP connection held idle
 //! across the changes, an agent restart and a refused bad state still works after them;
 //! while an agent is down, requests through its node are still answered.
+//! From each host itself, its own address and 127.0.0.1 reach all 4 tasks over TCP and
+//! UDP (the tasks see the host's address), and the host-mode port only on h3; from a
+//! container on h2 (on a user network with the service's VIP), h2's address does too.
 use std::{
     collections::BTreeSet,
     fs::File,
@@ -38,22 +41,36 @@ const TASKS: [(&str, usize, &str); 4] = [
     ("t4", 0, "10.255.0.24"),
 ];
 
+/// The tasks' addresses on the user network `web` (the service's VIP is there too).
+const WEB: [&str; 4] = ["10.0.9.21", "10.0.9.22", "10.0.9.23", "10.0.9.24"];
+const WEB_VIP: &str = "10.0.9.100";
+/// A container on `web` only, on h2.
+const CLIENT_C: (&str, usize, &str) = ("c1", 1, "10.0.9.11");
+
 fn overlay_state(lab: &LabGuard, host: usize) -> Value {
-    let local: Vec<Value> = TASKS
+    // Tasks: ingress first (their default route, which the mesh's replies take).
+    let endpoints: Vec<(&str, &str, usize, &str)> = TASKS
         .iter()
-        .filter(|t| t.1 == host)
-        .map(|(c, _, ip)| json!({"network": "ingress", "container": c, "ip": ip}))
+        .zip(WEB)
+        .flat_map(|((c, h, ip), web)| [("ingress", *c, *h, *ip), ("web", *c, *h, web)])
+        .chain([("web", CLIENT_C.0, CLIENT_C.1, CLIENT_C.2)])
         .collect();
-    let remote: Vec<Value> = TASKS
+    let local: Vec<Value> = endpoints
         .iter()
-        .filter(|t| t.1 != host)
-        .map(|(_, h, ip)| {
-            json!({"network": "ingress", "ip": ip, "vtep": lab.state.hosts[*h].address.to_string()})
+        .filter(|e| e.2 == host)
+        .map(|(net, c, _, ip)| json!({"network": net, "container": c, "ip": ip}))
+        .collect();
+    let remote: Vec<Value> = endpoints
+        .iter()
+        .filter(|e| e.2 != host)
+        .map(|(net, _, h, ip)| {
+            json!({"network": net, "ip": ip, "vtep": lab.state.hosts[*h].address.to_string()})
         })
         .collect();
     json!({
         "networks": [
-            {"id": "ingress", "vni": 4096, "subnet": "10.255.0.0/16", "gateway": "10.255.0.1"}
+            {"id": "ingress", "vni": 4096, "subnet": "10.255.0.0/16", "gateway": "10.255.0.1"},
+            {"id": "web", "vni": 4097, "subnet": "10.0.9.0/24", "gateway": "10.0.9.1"}
         ],
         "local_endpoints": local,
         "remote_endpoints": remote,
@@ -62,9 +79,10 @@ fn overlay_state(lab: &LabGuard, host: usize) -> Value {
 
 fn lb_state(lab: &LabGuard, states: [&str; 4]) -> Value {
     let backend = |(c, h, ip): &(&str, usize, &str), state: &str| {
+        let i = TASKS.iter().position(|t| t.0 == *c).unwrap();
         json!({
             "task": c, "node": lab.state.hosts[*h].address.to_string(),
-            "addresses": {"ingress": ip}, "state": state
+            "addresses": {"ingress": ip, "web": WEB[i]}, "state": state
         })
     };
     json!({
@@ -72,6 +90,7 @@ fn lb_state(lab: &LabGuard, states: [&str; 4]) -> Value {
         "services": [
             {
                 "id": "svc-web", "name": "web",
+                "vips": [{"network": "web", "address": WEB_VIP}],
                 "ports": [
                     {"protocol": "tcp", "published": 8080, "target": 80},
                     {"protocol": "udp", "published": 5353, "target": 9999}
@@ -294,7 +313,7 @@ fn mesh_reaches_every_task_from_every_host_with_the_client_address() {
     let guard = LabGuard::up('m', 3);
     let m = Mesh { lab: &guard };
 
-    for t in TASKS {
+    for t in TASKS.iter().chain([&CLIENT_C]) {
         guard.exec_ok(
             &m.host(t.1).name,
             &[
@@ -441,6 +460,15 @@ fn mesh_reaches_every_task_from_every_host_with_the_client_address() {
                 host.name
             );
         }
+        let vip_status: Value = serde_json::from_slice(
+            &std::fs::read(host.run_dir.join("agent/vip.json")).expect("vip.json"),
+        )
+        .expect("vip.json is JSON");
+        // 3 published ports on the node's address and on 127.0.0.1, and the 2 in
+        // ingress mode from each container on `web` here; the VIP on `web`.
+        let containers = TASKS.iter().chain([&CLIENT_C]).filter(|t| t.1 == h).count();
+        assert_eq!(vip_status["node_ports"], 6 + 2 * containers, "{vip_status}");
+        assert_eq!(vip_status["vips"], 1, "{vip_status}");
         let host_ns = PathBuf::from("/run/netns").join(&host.netns);
         let mut seen = BTreeSet::new();
         for (i, addr) in [host.address, std::net::Ipv4Addr::LOCALHOST]
@@ -479,6 +507,56 @@ fn mesh_reaches_every_task_from_every_host_with_the_client_address() {
             );
         }
     }
+
+    // From a container on h2 (on `web` only): h2's address and a published port reach
+    // every task (through the service's VIP on `web`), which see the container.
+    let h2 = m.host(1).clone();
+    let url = format!("http://{}:8080/", h2.address);
+    let ask = || {
+        let out = guard.exec(
+            &h2.name,
+            &[
+                "docker", "exec", CLIENT_C.0, "timeout", "10", "wget", "-qO-", &url,
+            ],
+        );
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
+    };
+    wait_for(&format!("{url} from container {}", CLIENT_C.0), BOUND, ask);
+    let mut seen = BTreeSet::new();
+    for _ in 0..12 {
+        let body = ask().unwrap_or_else(|e| panic!("{url} from {}: {e}", CLIENT_C.0));
+        assert!(
+            body.ends_with(&format!("client={}", CLIENT_C.2)),
+            "the task should see the container: {body:?}"
+        );
+        seen.insert(task_of(&body).unwrap_or_else(|| panic!("unknown answer {body:?}")));
+    }
+    assert_eq!(
+        seen,
+        TASKS.iter().map(|t| t.0).collect::<BTreeSet<_>>(),
+        "{url} from container {}",
+        CLIENT_C.0
+    );
+    let c_ns = PathBuf::from(format!("/proc/{}/ns/net", m.pid(CLIENT_C)));
+    let to = SocketAddr::from((h2.address, 5353));
+    let mut seen = BTreeSet::new();
+    for i in 0..8 {
+        let (task, peer, from) = wait_for("UDP answer from the container", BOUND, || {
+            udp_ask(&c_ns, to, &format!("c{i}"))
+        });
+        assert_eq!(from, to, "the reply comes from where the container sent");
+        assert_eq!(peer, CLIENT_C.2, "the task saw the container");
+        seen.insert(task);
+    }
+    assert_eq!(
+        seen.len(),
+        4,
+        "UDP from the container over all tasks: {seen:?}"
+    );
 
     // An idle TCP connection made now through h2 is held across everything below.
     let via: SocketAddr = format!("{}:8080", m.host(1).address).parse().unwrap();

@@ -146,6 +146,52 @@ impl VipTable {
         }
     }
 
+    /// Adds the published ports (ingress mode) of services in VIP mode as reached from
+    /// containers on the node, `cookies` naming their namespaces: a container's socket
+    /// naming one of `node_addrs` and the published port goes to the service's VIP on a
+    /// network the container is attached to (the first such VIP), that is to a healthy
+    /// backend's address on that network, which the container reaches over its own
+    /// network. Call after [`Self::from_declared`] (the VIPs must be in the table).
+    /// Host-mode ports are left out: a VIP holds backends of every node.
+    pub fn add_container_node_ports(
+        &mut self,
+        lb: &LbState,
+        overlay: &OverlayState,
+        cookies: &HashMap<String, u64>,
+        node_addrs: &[Ipv4Addr],
+    ) {
+        for e in &overlay.local_endpoints {
+            let Some(&netns) = cookies.get(&e.container) else {
+                continue;
+            };
+            for s in &lb.services {
+                if s.endpoint_mode != EndpointMode::Vip {
+                    continue;
+                }
+                let Some(vip) = (s.vips.iter())
+                    .find(|v| v.network == e.network && self.vips.contains_key(&v.address))
+                else {
+                    continue;
+                };
+                for p in s.ports.iter().filter(|p| p.mode == PublishMode::Ingress) {
+                    let protocol = match p.protocol {
+                        Protocol::Tcp => 6,
+                        Protocol::Udp => 17,
+                    };
+                    for &addr in node_addrs {
+                        let key = NodePort {
+                            netns,
+                            addr,
+                            port: p.published,
+                            protocol,
+                        };
+                        self.nodeports.entry(key).or_insert((vip.address, p.target));
+                    }
+                }
+            }
+        }
+    }
+
     /// Healthy backends of a VIP, in address order.
     pub fn healthy(&self, vip: Ipv4Addr) -> Vec<Ipv4Addr> {
         self.vips
@@ -588,5 +634,44 @@ mod tests {
         );
         assert!(t.nodeports.keys().all(|k| k.netns == 7));
         assert!(t.healthy(udp).is_empty());
+    }
+
+    #[test]
+    fn containers_reach_node_ports_through_a_vip_on_their_network() {
+        let overlay: OverlayState = serde_json::from_str(
+            r#"{"networks": [
+                 {"id": "ingress", "vni": 4096, "subnet": "10.255.0.0/16", "gateway": "10.255.0.1"},
+                 {"id": "web", "vni": 4097, "subnet": "10.0.1.0/24", "gateway": "10.0.1.1"},
+                 {"id": "db", "vni": 4098, "subnet": "10.0.2.0/24", "gateway": "10.0.2.1"}],
+               "local_endpoints": [
+                 {"network": "web", "container": "c1", "ip": "10.0.1.10"},
+                 {"network": "db", "container": "c2", "ip": "10.0.2.10"}]}"#,
+        )
+        .unwrap();
+        let lb: LbState = serde_json::from_str(
+            r#"{"ingress_network": "ingress", "services": [
+                 {"id": "s1", "name": "web",
+                  "vips": [{"network": "web", "address": "10.0.1.2"}],
+                  "ports": [{"protocol": "tcp", "published": 8080, "target": 80},
+                            {"protocol": "udp", "published": 5454, "target": 9998, "mode": "host"}],
+                  "backends": [
+                   {"task": "t1", "node": "192.168.77.11",
+                    "addresses": {"web": "10.0.1.3", "ingress": "10.255.0.3"}}]}]}"#,
+        )
+        .unwrap();
+        let cookies = HashMap::from([("c1".to_string(), 11u64), ("c2".to_string(), 12)]);
+        let mut t = VipTable::from_declared(&lb, &overlay, &cookies);
+        t.add_container_node_ports(&lb, &overlay, &cookies, &[ip("192.168.77.11")]);
+        // c1 (on web) reaches 8080 through the web VIP; c2 shares no network with the
+        // service; the host-mode port is left out.
+        let keys: Vec<_> = t
+            .nodeports
+            .iter()
+            .map(|(k, v)| (k.netns, k.addr, k.port, *v))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![(11, ip("192.168.77.11"), 8080, (ip("10.0.1.2"), 80))]
+        );
     }
 }
