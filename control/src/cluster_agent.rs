@@ -209,6 +209,7 @@ impl ClusterAgent {
                     docker_socket: socket.to_path_buf(),
                     declared: self.config.declared_paths(),
                     gossip_listen: self.config.gossip_listen,
+                    gossip_status: Some(self.config.data_dir.join("gossip.json")),
                 };
                 info!(node_id = %id, "task executor started");
                 bg.executor = Some((tokio::spawn(crate::executor::run(client, config)), id));

@@ -125,9 +125,13 @@ impl Executor {
         }
     }
 
-    /// Runs gossip on `listen` (see [`crate::gossip_member`]).
-    pub fn with_gossip(mut self, listen: Option<std::net::SocketAddr>) -> Executor {
-        self.gossip = crate::gossip_member::Member::new(listen);
+    /// Runs gossip on `listen` (see [`crate::gossip_member`]), its status in `status`.
+    pub fn with_gossip(
+        mut self,
+        listen: Option<std::net::SocketAddr>,
+        status: Option<PathBuf>,
+    ) -> Executor {
+        self.gossip = crate::gossip_member::Member::new(listen).with_status_file(status);
         self
     }
 
@@ -605,6 +609,8 @@ pub struct ExecutorConfig {
     pub declared: DeclaredPaths,
     /// Where gossip listens; None: no gossip (declared state from the store alone).
     pub gossip_listen: Option<std::net::SocketAddr>,
+    /// Where the gossip member's status goes (`<data_dir>/gossip.json`).
+    pub gossip_status: Option<PathBuf>,
 }
 
 /// Connects to dockerd (retrying) and runs the executor for `client`'s node.
@@ -619,7 +625,7 @@ pub async fn run(client: NodeClient, config: ExecutorConfig) {
         }
     };
     Executor::new(client, docker, config.declared)
-        .with_gossip(config.gossip_listen)
+        .with_gossip(config.gossip_listen, config.gossip_status)
         .run()
         .await
 }

@@ -11,16 +11,19 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::{IpAddr, SocketAddr},
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use ipnet::IpNet;
+use serde::Serialize;
 use shoal_cluster::store::{ClusterState, GossipKey, Role, Task};
 use shoal_dataplane::overlay::state::Mac;
+use shoal_gossip::CounterSnapshot;
 use shoal_gossip::{ClusterKey, Endpoint, EndpointTable, Gossip, GossipConfig, Keyring};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::scheduler::parse_ip;
 
@@ -47,6 +50,22 @@ pub struct Member {
     listen: Option<SocketAddr>,
     running: Option<Running>,
     failed_at: Option<Instant>,
+    status_file: Option<PathBuf>,
+}
+
+/// What `<data_dir>/gossip.json` shows: the member's addresses, keys (IDs only), the
+/// nodes it sees live, its table's size and its counters (dropped packets and records).
+#[derive(Debug, Serialize)]
+pub struct GossipStatus {
+    pub node_id: String,
+    pub listen: SocketAddr,
+    pub advertise: SocketAddr,
+    pub key_ids: Vec<u32>,
+    pub primary_key: u32,
+    pub live_nodes: Vec<String>,
+    pub published: usize,
+    pub table_entries: usize,
+    pub counters: CounterSnapshot,
 }
 
 impl Member {
@@ -57,7 +76,14 @@ impl Member {
             listen,
             running: None,
             failed_at: None,
+            status_file: None,
         }
+    }
+
+    /// Writes the member's status ([`GossipStatus`]) to `path` after each pass.
+    pub fn with_status_file(mut self, path: Option<PathBuf>) -> Member {
+        self.status_file = path;
+        self
     }
 
     /// The current table of every live node's endpoints; None while gossip is not
@@ -158,6 +184,23 @@ impl Member {
             match r.gossip.set_endpoints(&own).await {
                 Ok(()) => r.published = own,
                 Err(e) => warn!(error = %e, "this node's endpoints were not published"),
+            }
+        }
+        if let Some(path) = &self.status_file {
+            let ring = r.gossip.keyring();
+            let status = GossipStatus {
+                node_id: me.to_owned(),
+                listen,
+                advertise: r.advertise,
+                key_ids: ring.ids(),
+                primary_key: ring.primary().id,
+                live_nodes: r.gossip.live_nodes().await,
+                published: r.published.len(),
+                table_entries: r.gossip.table().len(),
+                counters: r.gossip.counters(),
+            };
+            if let Err(e) = crate::node_state::write_if_changed(path, &status) {
+                debug!(error = %e, path = %path.display(), "writing the gossip status");
             }
         }
     }
