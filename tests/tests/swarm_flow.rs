@@ -387,6 +387,22 @@ fn swarm_flows_on_three_hosts() {
         "myweb: all 4 tasks reached through each of the 3 hosts, client {client} seen, {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    // From a node itself, its published port answers too.
+    reach_all(
+        "h2 itself -> 127.0.0.1:80 reaching all 4 myweb tasks",
+        &want,
+        || {
+            let out = guard.exec(
+                "h2",
+                &["curl", "-sS", "--max-time", "5", "http://127.0.0.1:80/"],
+            );
+            if out.status.success() {
+                Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+            }
+        },
+    );
     // A fifth task: time from its container's start to the first request it answers
     // through another host's published port.
     cli.ok("h1", &["service", "scale", "myweb=5"]);
@@ -830,12 +846,20 @@ fn swarm_flows_on_three_hosts() {
             Err(nodes)
         }
     });
+    let ready = healed.elapsed();
     let probes = cli.wait_running("probe", 3, |t| {
         t.iter().map(|x| &x.node).collect::<BTreeSet<_>>().len() == 3
     });
+    let mut disagreement = String::new();
     wait_for("tables agree after the partition healed", BOUND, || {
-        tables_agree(&guard)
+        tables_agree(&guard).inspect_err(|e| disagreement = e.clone())
     });
+    let agreed = healed.elapsed();
+    if agreed > Duration::from_secs(10) {
+        println!(
+            "tables took {agreed:?} to agree after the heal; the last disagreement: {disagreement}"
+        );
+    }
     let servers = cli.wait_running("server", 3, |_| true);
     let mut server_ips = BTreeSet::new();
     for t in &servers {
@@ -887,9 +911,12 @@ fn swarm_flows_on_three_hosts() {
         );
     }
     println!(
-        "partition of h2: its entries withdrawn from h1 after {:.1} s; after healing, names \
-         and VIPs right on every host in {:.1} s",
+        "partition of h2: its entries withdrawn from h1 after {:.1} s; after healing, nodes \
+         Ready in {:.1} s, tables agreeing in {:.1} s, names and VIPs right on every host in \
+         {:.1} s",
         withdrawn.as_secs_f64(),
+        ready.as_secs_f64(),
+        agreed.as_secs_f64(),
         healed.elapsed().as_secs_f64()
     );
 }
