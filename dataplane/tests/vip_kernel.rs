@@ -559,6 +559,14 @@ fn node_ports_reach_backends_from_the_node_itself() {
         }
     }
     prog.apply(&t).unwrap();
+    let usage = prog.usage().unwrap();
+    assert!(
+        usage
+            .maps
+            .iter()
+            .any(|(name, n, _)| *name == "VIP_NODEPORTS" && *n == 4),
+        "{usage:?}"
+    );
 
     let tcp = |ns: &Path, addr: Ipv4Addr| -> std::io::Result<(Ipv4Addr, SocketAddr)> {
         let to = SocketAddr::from((addr, PUBLISHED));

@@ -5,10 +5,11 @@
 //! non-zero), never hidden.
 //!
 //! Suites: `overlay` (here), `dns` (`bench/dns.rs`), `cluster` (`bench/cluster.rs`),
-//! `gossip` (`bench/gossip.rs`), `vip` (`bench/vip.rs`) and `lb` (`bench/lb.rs`).
+//! `gossip` (`bench/gossip.rs`), `gossip_lab` (`bench/gossip_lab.rs`), `vip` (`bench/vip.rs`) and `lb` (`bench/lb.rs`).
 mod cluster;
 mod dns;
 mod gossip;
+mod gossip_lab;
 mod lb;
 mod services;
 mod vip;
@@ -86,11 +87,12 @@ pub fn run(suite: &str) -> Result<ExitCode> {
         "dns" => dns::run(),
         "cluster" => cluster::run(),
         "gossip" => gossip::run(),
+        "gossip_lab" => gossip_lab::run(),
         "vip" => vip::run(),
         "lb" => lb::run(),
         "services" => services::run(),
         other => bail!(
-            "unknown benchmark suite {other:?}; suites: overlay, dns, cluster, gossip, vip, services, lb"
+            "unknown benchmark suite {other:?}; suites: overlay, dns, cluster, gossip, gossip_lab, vip, services, lb"
         ),
     }
 }

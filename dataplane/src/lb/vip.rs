@@ -27,8 +27,8 @@ use aya::{
 use shoal_common::vip::{
     BackendKey, BackendState as MapState, Counter, Destination, FlowKey, NodePortKey, ScopeKey,
     VipValue, BACKENDS_MAP, BACKEND_STATE_MAP, FLOWS_MAP, MAPS, MAX_BACKENDS, MAX_FLOWS,
-    MAX_REVERSE, MAX_SCOPES, MAX_VIPS, NODEPORTS_MAP, PROGRAMS, REVERSE_MAP, SCOPES_MAP, STATS_MAP,
-    VIPS_MAP,
+    MAX_NODEPORTS, MAX_REVERSE, MAX_SCOPES, MAX_VIPS, NODEPORTS_MAP, PROGRAMS, REVERSE_MAP,
+    SCOPES_MAP, STATS_MAP, VIPS_MAP,
 };
 
 use super::state::BackendState;
@@ -640,6 +640,7 @@ impl VipUsage {
             m.scopes.keys().count(),
             m.flows.keys().count(),
             m.reverse.keys().count(),
+            m.nodeports.keys().count(),
         ];
         Ok(Self {
             maps: CAPACITIES
@@ -651,13 +652,14 @@ impl VipUsage {
     }
 }
 
-const CAPACITIES: [(&str, u32); 6] = [
+const CAPACITIES: [(&str, u32); 7] = [
     (VIPS_MAP, MAX_VIPS),
     (BACKENDS_MAP, MAX_BACKENDS),
     (BACKEND_STATE_MAP, MAX_BACKENDS),
     (SCOPES_MAP, MAX_SCOPES),
     (FLOWS_MAP, MAX_FLOWS),
     (REVERSE_MAP, MAX_REVERSE),
+    (NODEPORTS_MAP, MAX_NODEPORTS),
 ];
 
 /// A set of VIP addresses one network's namespace should answer for, for callers that
