@@ -56,6 +56,9 @@ const TICK: Duration = Duration::from_millis(200);
 const PARALLEL: usize = 32;
 /// Events this close together make one pass.
 const EVENT_COALESCE: Duration = Duration::from_millis(20);
+/// Longest wait for the node's state from the managers before the pass goes on with
+/// what it has.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 /// Grace for a task's process on shutdown before it is killed.
 const STOP_GRACE_SECS: i32 = 5;
 
@@ -183,12 +186,16 @@ impl Executor {
     pub async fn step(&mut self) {
         let began = std::time::Instant::now();
         let since = self.state.as_ref().map_or(0, |s| s.version);
-        match self.client.node_state(since).await {
-            Ok(Some(state)) => self.state = Some(state),
-            Ok(None) => {}
-            Err(e) => {
+        // Bounded: a pooled connection that went stale in a partition would otherwise
+        // hold the pass until TCP's retransmission backoff fires (tens of seconds after
+        // the heal); the fetch is a read, so giving up on it is safe.
+        match tokio::time::timeout(FETCH_TIMEOUT, self.client.node_state(since)).await {
+            Ok(Ok(Some(state))) => self.state = Some(state),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
                 debug!(error = %e, "cannot fetch this node's tasks from the managers");
             }
+            Err(_) => debug!("fetching this node's tasks timed out; retrying"),
         }
         let Some(state) = self.state.clone() else {
             return;
