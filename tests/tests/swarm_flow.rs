@@ -770,7 +770,13 @@ fn swarm_flows_on_three_hosts() {
         if out.status.success() {
             Ok(())
         } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+            let log = std::fs::read_to_string(h3.run_dir.join("dockerd.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            Err(format!(
+                "{}; the end of h3's dockerd.log:\n{}",
+                String::from_utf8_lossy(&out.stderr).trim(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ))
         }
     });
     start_agent(&guard, &shoal, 2);
