@@ -386,7 +386,7 @@ fn gossip_withdraws_a_dead_host_and_drops_outsiders() {
     );
 
     // It comes back: gossip sees it again and the tables agree.
-    lab::start_dockerd(&guard.layout, "h3", h3.holder_pid).expect("restart h3's dockerd");
+    lab::restart_dockerd(&guard.layout, &h3).expect("restart h3's dockerd");
     wait_for("h3's dockerd answering again", BOUND, || {
         let out = lab.exec("h3", &["docker", "version", "-f", "{{.Server.Version}}"]);
         if out.status.success() {

@@ -494,7 +494,7 @@ fn services_are_scheduled_healed_and_removed_on_three_hosts() {
         lost.elapsed().as_secs_f64()
     );
     // It comes back: no rebalance, and its stale containers are removed.
-    lab::start_dockerd(&guard.layout, "h3", h3.holder_pid).expect("restart h3's dockerd");
+    lab::restart_dockerd(&guard.layout, &h3).expect("restart h3's dockerd");
     start_agent(&guard, &shoal, 2);
     wait_for("h3's stale myweb containers removed", BOUND, || {
         let left = containers(&guard, "h3", "myweb", true);

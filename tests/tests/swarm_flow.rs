@@ -763,7 +763,7 @@ fn swarm_flows_on_three_hosts() {
 
     // It comes back: every host's tables agree again, and the service still answers
     // through all 3 hosts.
-    lab::start_dockerd(&guard.layout, "h3", h3.holder_pid).expect("restart h3's dockerd");
+    lab::restart_dockerd(&guard.layout, &h3).expect("restart h3's dockerd");
     // The agent needs its dockerd at start: wait until it answers.
     wait_for("h3's dockerd answering again", BOUND, || {
         let out = guard.exec("h3", &["docker", "version", "-f", "{{.Server.Version}}"]);

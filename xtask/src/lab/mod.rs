@@ -282,6 +282,48 @@ pub fn start_dockerd(layout: &Layout, name: &str, holder: u32) -> Result<u32> {
     Ok(pid)
 }
 
+/// Starts a host's dockerd again after it was killed (tests of a host that dies and
+/// comes back), and returns once it answers.
+///
+/// A dockerd killed with SIGKILL leaves its containerd to die on its own a little later.
+/// A new dockerd that starts while that containerd still runs finds it through
+/// `containerd.pid`, adopts it, and then waits on a socket that is going away: seen as a
+/// dockerd that never answers on a loaded machine. So the old containerd is waited for
+/// (and killed if it lingers: the lab's dockerd started it) before the new dockerd starts.
+pub fn restart_dockerd(layout: &Layout, host: &HostState) -> Result<u32> {
+    // The old dockerd must be gone and reaped: dockerd refuses to start while the PID in
+    // its pidfile still has a /proc entry, and a zombie has one.
+    let old_dockerd =
+        procs::read_pid_file(&layout.dockerd_pid_file(&host.name)).unwrap_or(host.dockerd_pid);
+    if !procs::wait_gone(&[old_dockerd], Duration::from_secs(30)) {
+        bail!(
+            "the old dockerd of {} ({old_dockerd}) is still running",
+            host.name
+        );
+    }
+    let containerd_pid_file = layout
+        .host_run_dir(&host.name)
+        .join("x/containerd/containerd.pid");
+    if let Some(old) = procs::read_pid_file(&containerd_pid_file) {
+        if procs::alive(old) && !procs::wait_gone(&[old], Duration::from_secs(10)) {
+            procs::signal(old, libc::SIGKILL);
+            if !procs::wait_gone(&[old], Duration::from_secs(30)) {
+                bail!(
+                    "the old containerd of {} ({old}) does not go away",
+                    host.name
+                );
+            }
+        }
+    }
+    let pid = start_dockerd(layout, &host.name, host.holder_pid)?;
+    let restarted = HostState {
+        dockerd_pid: pid,
+        ..host.clone()
+    };
+    wait_dockerd(layout, &restarted)?;
+    Ok(pid)
+}
+
 /// Waits until the host's dockerd answers; fails with the end of its log if it dies or
 /// takes longer than a minute (a noisy machine may be slow, a broken one won't start).
 fn wait_dockerd(layout: &Layout, host: &HostState) -> Result<()> {

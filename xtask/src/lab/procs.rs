@@ -213,6 +213,15 @@ pub fn wait_gone(pids: &[u32], limit: Duration) -> bool {
             }
         }
         if pids.iter().all(|&p| !alive(p)) {
+            // A process that died between the waitpid above and this check is a zombie
+            // now: reap it too, or its /proc entry stays and, for a dockerd, the next
+            // dockerd refuses to start ("pid file found, ensure docker is not running").
+            for &p in pids {
+                // SAFETY: as above.
+                unsafe {
+                    libc::waitpid(p as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG);
+                }
+            }
             return true;
         }
         if start.elapsed() > limit {
