@@ -11,6 +11,8 @@ use std::{
 
 pub use xtask::lab::{self, LabState, Layout};
 
+pub mod tables;
+
 /// True if the test may run; false (after saying why) if it must be skipped.
 pub fn privileged() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -64,6 +66,22 @@ impl LabGuard {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Runs the `shoal` CLI in a host: its stdout, or its stderr and stdout as the error.
+    pub fn shoal(&self, host: &str, args: &[&str]) -> Result<String, String> {
+        let mut argv = vec!["shoal"];
+        argv.extend_from_slice(args);
+        let out = self.exec(host, &argv);
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            ))
+        }
     }
 
     /// Runs `argv` in the client namespace.

@@ -9,54 +9,27 @@
 //! - it comes back: every host's tables agree again.
 use std::{
     collections::BTreeSet,
-    net::Ipv4Addr,
     time::{Duration, Instant},
 };
 
-use shoal_tests::{client_http, lab, privileged, wait_for, LabGuard};
+use shoal_tests::{
+    client_http, lab, privileged,
+    tables::{mentions, read_json, tables_agree},
+    wait_for, LabGuard,
+};
 
 const BOUND: Duration = Duration::from_secs(90);
 /// A dead host's entries must be gone from the others within this (gossip's detection is
 /// about 2-3 s; the executor's pass and the drivers' file poll add under a second).
 const WITHDRAW_BOUND: Duration = Duration::from_secs(10);
 
-fn shoal(lab: &LabGuard, h: &str, args: &[&str]) -> Result<String, String> {
-    let mut argv = vec!["shoal"];
-    argv.extend_from_slice(args);
-    let out = lab.exec(h, &argv);
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        ))
-    }
-}
-
 fn shoal_ok(lab: &LabGuard, h: &str, args: &[&str]) -> String {
-    shoal(lab, h, args).unwrap_or_else(|e| panic!("{h}: shoal {} failed: {e}", args.join(" ")))
-}
-
-fn read_json(path: &std::path::Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
-}
-
-fn declared(h: &lab::HostState, file: &str) -> serde_json::Value {
-    read_json(&h.run_dir.join("declared").join(file))
+    lab.shoal(h, args)
+        .unwrap_or_else(|e| panic!("{h}: shoal {} failed: {e}", args.join(" ")))
 }
 
 fn gossip_status(h: &lab::HostState) -> serde_json::Value {
     read_json(&h.run_dir.join("agent").join("gossip.json"))
-}
-
-fn array<'a>(v: &'a serde_json::Value, key: &str) -> Vec<&'a serde_json::Value> {
-    v[key]
-        .as_array()
-        .map(|a| a.iter().collect())
-        .unwrap_or_default()
 }
 
 fn counter(status: &serde_json::Value, name: &str) -> u64 {
@@ -65,7 +38,7 @@ fn counter(status: &serde_json::Value, name: &str) -> u64 {
 
 /// `(running task hostname, node)` of a service, from `service ps`.
 fn running(lab: &LabGuard, service: &str) -> Result<Vec<(String, String)>, String> {
-    let out = shoal(lab, "h1", &["service", "ps", "--no-trunc", service])?;
+    let out = lab.shoal("h1", &["service", "ps", "--no-trunc", service])?;
     let mut lines = out.lines();
     let header = lines.next().ok_or("no header")?;
     let col = |name: &str| header.find(name).ok_or(format!("no {name} column"));
@@ -94,89 +67,6 @@ fn answered_by(body: &str) -> Option<String> {
     body.split_whitespace()
         .find_map(|w| w.strip_prefix("host="))
         .map(str::to_string)
-}
-
-/// What a host's tables hold towards `node`: remote endpoints and LB backends in its
-/// declared files, FDB entries on its VXLAN devices.
-fn mentions(lab: &LabGuard, h: &lab::HostState, node: Ipv4Addr) -> Vec<String> {
-    let node = node.to_string();
-    let mut found = Vec::new();
-    let netns = std::fs::read_dir(h.run_dir.join("netns"))
-        .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
-        .unwrap_or_default();
-    for ns in netns {
-        let net = format!("--net={}", ns.display());
-        let out = lab.exec(
-            &h.name,
-            &["nsenter", &net, "bridge", "fdb", "show", "dev", "vxlan0"],
-        );
-        for l in String::from_utf8_lossy(&out.stdout).lines() {
-            if l.contains(&format!("dst {node} ")) && !l.starts_with("00:00:00:00:00:00") {
-                found.push(format!("{}: fdb {l}", ns.display()));
-            }
-        }
-    }
-    for e in array(&declared(h, "overlay.json"), "remote_endpoints") {
-        if e["vtep"] == node.as_str() {
-            found.push(format!("remote endpoint {e}"));
-        }
-    }
-    for s in array(&declared(h, "lb.json"), "services") {
-        for b in array(s, "backends") {
-            if b["node"] == node.as_str() {
-                found.push(format!("{} backend {b}", s["name"]));
-            }
-        }
-    }
-    found
-}
-
-/// Every host's remote endpoints on its networks are exactly the other hosts' local
-/// endpoints there.
-fn tables_agree(lab: &LabGuard) -> Result<(), String> {
-    let hosts = &lab.state.hosts;
-    let triple = |e: &serde_json::Value, vtep: Option<&str>| {
-        (
-            e["network"].as_str().unwrap_or("").to_string(),
-            e["ip"].as_str().unwrap_or("").to_string(),
-            vtep.unwrap_or(e["vtep"].as_str().unwrap_or("")).to_string(),
-        )
-    };
-    let locals: Vec<BTreeSet<(String, String, String)>> = hosts
-        .iter()
-        .map(|h| {
-            let vtep = h.address.to_string();
-            array(&declared(h, "overlay.json"), "local_endpoints")
-                .into_iter()
-                .map(|e| triple(e, Some(&vtep)))
-                .collect()
-        })
-        .collect();
-    for (i, h) in hosts.iter().enumerate() {
-        let overlay = declared(h, "overlay.json");
-        let nets: BTreeSet<String> = array(&overlay, "networks")
-            .into_iter()
-            .filter_map(|n| n["id"].as_str().map(str::to_string))
-            .collect();
-        let have: BTreeSet<_> = array(&overlay, "remote_endpoints")
-            .into_iter()
-            .map(|e| triple(e, None))
-            .collect();
-        let want: BTreeSet<_> = locals
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .flat_map(|(_, l)| l.iter().cloned())
-            .filter(|(net, _, _)| nets.contains(net))
-            .collect();
-        if have != want {
-            return Err(format!(
-                "{}: remote endpoints {have:?}, other hosts' local endpoints {want:?}",
-                h.name
-            ));
-        }
-    }
-    Ok(())
 }
 
 fn start_agent(lab: &LabGuard, shoal: &std::path::Path, i: usize) {

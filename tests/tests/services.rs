@@ -21,18 +21,7 @@ struct Cli<'a> {
 
 impl Cli<'_> {
     fn run(&self, h: &str, args: &[&str]) -> Result<String, String> {
-        let mut argv = vec!["shoal"];
-        argv.extend_from_slice(args);
-        let out = self.lab.exec(h, &argv);
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stderr),
-                String::from_utf8_lossy(&out.stdout)
-            ))
-        }
+        self.lab.shoal(h, args)
     }
 
     fn ok(&self, h: &str, args: &[&str]) -> String {

@@ -20,7 +20,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use shoal_tests::{client_http, lab, privileged, wait_for, LabGuard};
+use shoal_tests::{
+    client_http, lab, privileged,
+    tables::{mentions, read_json, tables_agree},
+    wait_for, LabGuard,
+};
 
 const BOUND: Duration = Duration::from_secs(90);
 
@@ -45,18 +49,7 @@ impl Task {
 
 impl Cli<'_> {
     fn run(&self, h: &str, args: &[&str]) -> Result<String, String> {
-        let mut argv = vec!["shoal"];
-        argv.extend_from_slice(args);
-        let out = self.lab.exec(h, &argv);
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stderr),
-                String::from_utf8_lossy(&out.stdout)
-            ))
-        }
+        self.lab.shoal(h, args)
     }
 
     fn ok(&self, h: &str, args: &[&str]) -> String {
@@ -177,110 +170,6 @@ fn task_addresses(lab: &LabGuard, t: &Task, prefix: &str) -> Result<Vec<Ipv4Addr
         .filter(|a| a.starts_with(prefix))
         .filter_map(|a| a.parse().ok())
         .collect())
-}
-
-fn read_json(path: &std::path::Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
-}
-
-fn declared(h: &lab::HostState, file: &str) -> serde_json::Value {
-    read_json(&h.run_dir.join("declared").join(file))
-}
-
-fn array<'a>(v: &'a serde_json::Value, key: &str) -> Vec<&'a serde_json::Value> {
-    v[key]
-        .as_array()
-        .map(|a| a.iter().collect())
-        .unwrap_or_default()
-}
-
-/// What a host's tables say about another host: remote endpoints with that VTEP and LB
-/// backends on it in the declared state, and FDB entries towards it on the VXLAN
-/// devices of the host's network namespaces (the kernel's side of the same).
-fn mentions(lab: &LabGuard, h: &lab::HostState, node: Ipv4Addr) -> Vec<String> {
-    let node = node.to_string();
-    let mut found = Vec::new();
-    let netns = std::fs::read_dir(h.run_dir.join("netns"))
-        .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
-        .unwrap_or_default();
-    for ns in netns {
-        let net = format!("--net={}", ns.display());
-        let out = lab.exec(
-            &h.name,
-            &["nsenter", &net, "bridge", "fdb", "show", "dev", "vxlan0"],
-        );
-        for l in String::from_utf8_lossy(&out.stdout).lines() {
-            if l.contains(&format!("dst {node} ")) && !l.starts_with("00:00:00:00:00:00") {
-                found.push(format!("{}: fdb {l}", ns.display()));
-            }
-        }
-    }
-    for e in array(&declared(h, "overlay.json"), "remote_endpoints") {
-        if e["vtep"] == node.as_str() {
-            found.push(format!("remote endpoint {e}"));
-        }
-    }
-    for s in array(&declared(h, "lb.json"), "services") {
-        for b in array(s, "backends") {
-            if b["node"] == node.as_str() {
-                found.push(format!("{} backend {b}", s["name"]));
-            }
-        }
-    }
-    found
-}
-
-/// Every host's remote endpoints, per network it has, are exactly the other hosts'
-/// local endpoints on that network (by address and VTEP); Err says where not.
-fn tables_agree(lab: &LabGuard) -> Result<(), String> {
-    let hosts = &lab.state.hosts;
-    let locals: Vec<BTreeSet<(String, String, String)>> = hosts
-        .iter()
-        .map(|h| {
-            array(&declared(h, "overlay.json"), "local_endpoints")
-                .into_iter()
-                .map(|e| {
-                    (
-                        e["network"].as_str().unwrap_or("").to_string(),
-                        e["ip"].as_str().unwrap_or("").to_string(),
-                        h.address.to_string(),
-                    )
-                })
-                .collect()
-        })
-        .collect();
-    for (i, h) in hosts.iter().enumerate() {
-        let overlay = declared(h, "overlay.json");
-        let nets: BTreeSet<String> = array(&overlay, "networks")
-            .into_iter()
-            .filter_map(|n| n["id"].as_str().map(str::to_string))
-            .collect();
-        let have: BTreeSet<(String, String, String)> = array(&overlay, "remote_endpoints")
-            .into_iter()
-            .map(|e| {
-                (
-                    e["network"].as_str().unwrap_or("").to_string(),
-                    e["ip"].as_str().unwrap_or("").to_string(),
-                    e["vtep"].as_str().unwrap_or("").to_string(),
-                )
-            })
-            .collect();
-        let want: BTreeSet<(String, String, String)> = locals
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .flat_map(|(_, l)| l.iter().cloned())
-            .filter(|(net, _, _)| nets.contains(net))
-            .collect();
-        if have != want {
-            return Err(format!(
-                "{}: remote endpoints {have:?}, other hosts' local endpoints on its networks {want:?}",
-                h.name
-            ));
-        }
-    }
-    Ok(())
 }
 
 fn start_agent(lab: &LabGuard, shoal: &std::path::Path, i: usize) {
