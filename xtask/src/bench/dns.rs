@@ -100,7 +100,7 @@ fn release_shoal() -> Result<PathBuf> {
             "--quiet",
             "--release",
             "-p",
-            "shoal-control",
+            "shoal",
             "--bin",
             "shoal",
         ])

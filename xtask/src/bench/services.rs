@@ -50,14 +50,7 @@ pub(super) fn run() -> Result<ExitCode> {
 fn release_shoal() -> Result<std::path::PathBuf> {
     println!("bench services: building shoal (release)");
     let status = cargo()
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "shoal-control",
-            "--bin",
-            "shoal",
-        ])
+        .args(["build", "--release", "-p", "shoal", "--bin", "shoal"])
         .status()
         .context("running cargo build --release")?;
     if !status.success() {

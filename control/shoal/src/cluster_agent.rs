@@ -26,14 +26,11 @@ use shoal_cluster::{
 use tokio::sync::Mutex;
 use tracing::info;
 
-use crate::{
-    api::{
-        resolve_node, server::Backend, ApiError, ManagerStatus, NodeRole, NodeView, Reply, Request,
-        Secret,
-    },
-    docker::DockerClient,
-    node_state::DeclaredPaths,
+use crate::api::{
+    resolve_node, server::Backend, ApiError, ManagerStatus, NodeRole, NodeView, Reply, Request,
+    Secret,
 };
+use shoal_orchestrator::{docker::DockerClient, node_state::DeclaredPaths};
 
 /// Swarm's manager port.
 pub const DEFAULT_CLUSTER_PORT: u16 = 2377;
@@ -205,21 +202,24 @@ impl ClusterAgent {
                     h.abort();
                 }
                 let id = client.node_id().to_owned();
-                let config = crate::executor::ExecutorConfig {
+                let config = shoal_orchestrator::executor::ExecutorConfig {
                     docker_socket: socket.to_path_buf(),
                     declared: self.config.declared_paths(),
                     gossip_listen: self.config.gossip_listen,
                     gossip_status: Some(self.config.data_dir.join("gossip.json")),
                 };
                 info!(node_id = %id, "task executor started");
-                bg.executor = Some((tokio::spawn(crate::executor::run(client, config)), id));
+                bg.executor = Some((
+                    tokio::spawn(shoal_orchestrator::executor::run(client, config)),
+                    id,
+                ));
             }
         }
         match (manager, &bg.scheduler) {
             (Some(m), None) => {
-                let keys = crate::gossip_keys::run(m.clone());
+                let keys = shoal_orchestrator::gossip_keys::run(m.clone());
                 bg.scheduler = Some(tokio::spawn(async move {
-                    futures::join!(crate::scheduler::run(m), keys);
+                    futures::join!(shoal_orchestrator::scheduler::run(m), keys);
                 }));
             }
             (Some(_), Some(h)) if h.is_finished() => bg.scheduler = None,
@@ -839,7 +839,7 @@ pub fn host_name() -> std::io::Result<String> {
 
 /// The version of the node's dockerd; a clear error if it does not answer.
 async fn engine_version(socket: &Path) -> Result<String, ApiError> {
-    let unreachable = |e: crate::docker::DockerError| {
+    let unreachable = |e: shoal_orchestrator::docker::DockerError| {
         ApiError::new(format!(
             "cannot read the engine version for this node: {e} (is dockerd running?)"
         ))

@@ -17,7 +17,7 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use futures::future::BoxFuture;
-use shoal_control::{
+use shoal::{
     api::{
         client::{Client, ClientError},
         resolve_node,
@@ -954,8 +954,8 @@ fn the_binary_prints_dockers_output_and_one_line_errors() {
 // End to end, in process: agents backed by real shoal_cluster managers on 127.0.0.1.
 
 mod real {
+    use shoal::cluster_agent::{ClusterAgent, ClusterAgentConfig, EngineSource};
     use shoal_cluster::manager::Timings;
-    use shoal_control::cluster_agent::{ClusterAgent, ClusterAgentConfig, EngineSource};
 
     use super::*;
 

@@ -1,4 +1,4 @@
-//! `shoal_control::docker` against a real dockerd 20.10: the dockerd of a one-host lab
+//! `shoal_orchestrator::docker` against a real dockerd 20.10: the dockerd of a one-host lab
 //! (its own network, mount and UTS namespaces, as every lab host), brought up by the
 //! test under a unique prefix and taken down on drop.
 //!
@@ -13,7 +13,7 @@ use std::{
 };
 
 use futures::{Stream, StreamExt};
-use shoal_control::docker::{
+use shoal_orchestrator::docker::{
     ContainerAction, ContainerEvent, ContainerNetns, DockerClient, DockerError, WatchUpdate,
 };
 use xtask::lab::{self, procs, HostState, LabState, Layout};

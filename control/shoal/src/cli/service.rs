@@ -490,13 +490,12 @@ impl CreateArgs {
             }
         }
         for c in &self.constraints {
-            crate::scheduler::Constraint::parse(c)?;
+            shoal_orchestrator::scheduler::Constraint::parse(c)?;
         }
         Ok(ServiceSpec {
-            name: self
-                .name
-                .clone()
-                .unwrap_or_else(|| format!("svc-{}", &crate::scheduler::new_id()[..8])),
+            name: self.name.clone().unwrap_or_else(|| {
+                format!("svc-{}", &shoal_orchestrator::scheduler::new_id()[..8])
+            }),
             labels: self.labels.iter().cloned().collect(),
             image: self.image.clone(),
             args: self.args.clone(),
@@ -1220,7 +1219,7 @@ pub fn run_service(args: &ServiceArgs) -> Result<Output, CliError> {
     let stdout = match &args.command {
         ServiceCommand::Create(a) => {
             let spec = a.spec().map_err(CliError::Usage)?;
-            let since = crate::scheduler::now_ms().saturating_sub(5000);
+            let since = shoal_orchestrator::scheduler::now_ms().saturating_sub(5000);
             let reply = call(&client, &Request::ServiceCreate { spec })?;
             let Reply::ServiceCreated { id, warnings: w } = reply else {
                 return Err(CliError::Output(
@@ -1281,7 +1280,7 @@ pub fn run_service(args: &ServiceArgs) -> Result<Output, CliError> {
                 .map(|s| parse_scale(s))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(CliError::Usage)?;
-            let since = crate::scheduler::now_ms().saturating_sub(5000);
+            let since = shoal_orchestrator::scheduler::now_ms().saturating_sub(5000);
             let reply = call(
                 &client,
                 &Request::ServiceScale {
@@ -1320,7 +1319,7 @@ pub fn run_service(args: &ServiceArgs) -> Result<Output, CliError> {
                 .map(parse_replicas)
                 .transpose()
                 .map_err(CliError::Usage)?;
-            let since = crate::scheduler::now_ms().saturating_sub(5000);
+            let since = shoal_orchestrator::scheduler::now_ms().saturating_sub(5000);
             call(
                 &client,
                 &Request::ServiceUpdate {

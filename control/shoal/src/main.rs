@@ -11,9 +11,9 @@
 //! - [`dns_driver`]: the embedded resolver on each present network's gateway.
 //! - [`status`]: `<data_dir>/agent.json`, the running agent's status file.
 //! - [`stats_cmd`]: `shoal dataplane stats`, prints the pinned underlay counters.
-//! - `shoal_control::cli`: `shoal swarm ...` and `shoal node ...`, which ask the local
-//!   agent over its API socket (`shoal_control::api`); the agent's side is
-//!   `shoal_control::cluster_agent`.
+//! - `shoal::cli`: `shoal swarm ...` and `shoal node ...`, which ask the local
+//!   agent over its API socket (`shoal::api`); the agent's side is
+//!   `shoal::cluster_agent`.
 
 mod agent;
 mod config;
@@ -27,7 +27,7 @@ mod vip_driver;
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
-use shoal_control::cli::{
+use shoal::cli::{
     self,
     service::{NetworkArgs, ServiceArgs},
     NodeArgs, SwarmArgs,

@@ -24,11 +24,11 @@ use tracing::{info, warn};
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
-use shoal_control::{
+use shoal::{
     api::server as api_server,
     cluster_agent::{ClusterAgent, ClusterAgentConfig, EngineSource},
-    docker::{DockerClient, WatchUpdate},
 };
+use shoal_orchestrator::docker::{DockerClient, WatchUpdate};
 
 use crate::{
     config::AgentConfig,
@@ -99,7 +99,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
         engine: EngineSource::Docker(config.docker_socket.clone()),
         hostname: None,
         timings: None,
-        declared: Some(shoal_control::node_state::DeclaredPaths::for_agent(
+        declared: Some(shoal_orchestrator::node_state::DeclaredPaths::for_agent(
             &config.data_dir,
             config.declared_state.as_deref(),
             config.dns.as_ref().map(|d| d.declared.as_path()),

@@ -29,7 +29,7 @@ use shoal_dataplane::{
 };
 use tracing::{info, warn};
 
-use shoal_control::docker::DockerClient;
+use shoal_orchestrator::docker::DockerClient;
 
 use crate::config::AgentConfig;
 

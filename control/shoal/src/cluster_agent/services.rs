@@ -18,8 +18,8 @@ use shoal_cluster::{
 use tracing::info;
 
 use super::{cluster_error, execute};
-use crate::{
-    api::{ApiError, Reply, Request, ServiceStateView},
+use crate::api::{ApiError, Reply, Request, ServiceStateView};
+use shoal_orchestrator::{
     docker::DockerClient,
     executor::{LABEL_SERVICE_ID, LABEL_TASK_ID},
     scheduler::{new_id, now_ms, Constraint},

@@ -24,7 +24,7 @@ pub const DEFAULT_DNS_RATE_LIMIT: u32 = 5_000;
 pub const DEFAULT_NETNS_DIR: &str = "/run/shoal/netns";
 
 /// Default path of the agent's API socket (the CLI's way in).
-pub const DEFAULT_API_SOCKET: &str = shoal_control::api::DEFAULT_API_SOCKET;
+pub const DEFAULT_API_SOCKET: &str = shoal::api::DEFAULT_API_SOCKET;
 /// Default listen address of a manager's cluster traffic (Swarm's port 2377).
 pub const DEFAULT_CLUSTER_LISTEN: &str = "0.0.0.0:2377";
 /// Default listen address of gossip (Swarm's port 7946, UDP).

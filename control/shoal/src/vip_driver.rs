@@ -22,7 +22,6 @@ use std::{
 use anyhow::{anyhow, Context, Result};
 use futures::{Stream, StreamExt};
 use serde::Serialize;
-use shoal_control::docker::{DockerClient, WatchUpdate};
 use shoal_dataplane::{
     lb::{
         state::LbState,
@@ -32,6 +31,7 @@ use shoal_dataplane::{
     },
     overlay::state::OverlayState,
 };
+use shoal_orchestrator::docker::{DockerClient, WatchUpdate};
 use tokio::{sync::watch, time::MissedTickBehavior};
 use tracing::{info, warn};
 

@@ -1,0 +1,19 @@
+//! shoal's orchestrator: what turns the cluster's desired state into this node's work.
+//!
+//! - [`scheduler`]: on the leader, places tasks on nodes and gives them addresses;
+//! - [`ipam`]: subnets, VNIs and addresses from pools;
+//! - [`executor`]: on every node, runs the tasks placed here on the node's dockerd and
+//!   reports their states;
+//! - [`node_state`]: the node's declared overlay, DNS and load-balancing state, from
+//!   the store's view and the gossip table;
+//! - [`gossip_member`], [`gossip_keys`]: the node's gossip member and the cluster key's
+//!   rotation;
+//! - [`docker`]: the dockerd client (containers, their namespaces, events).
+
+pub mod docker;
+pub mod executor;
+pub mod gossip_keys;
+pub mod gossip_member;
+pub mod ipam;
+pub mod node_state;
+pub mod scheduler;
