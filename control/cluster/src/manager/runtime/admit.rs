@@ -1,0 +1,141 @@
+//! Admitting nodes, on the leader: a join (token checked, node recorded, certificate
+//! issued) and a certificate renewal, both answered with a [`Grant`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::{
+    fresh_raft_id, issue_options, manager_addrs, now_ms, other, pki_role, store_role, tokens_of,
+    Core, Runtime,
+};
+use crate::manager::wire::{Grant, Reply, Response, WireError};
+use crate::manager::{NodeInfo, Role};
+use crate::pki::{new_node_id, NodeCertificate, NodeCsr};
+use crate::store::{ApplyResult, Availability, ClusterState, Command, Node, NodeStatus, RaftId};
+use crate::token::TokenError;
+
+impl Runtime {
+    fn grant(
+        &self,
+        core: &Core,
+        node_id: &str,
+        cert: NodeCertificate,
+        role: Role,
+        raft_id: Option<RaftId>,
+        state: &ClusterState,
+    ) -> Grant {
+        Grant {
+            node_id: node_id.to_string(),
+            cert_pem: cert.pem(),
+            ca_pem: core.ca.cert_pem(),
+            ca_key_pem: (role == Role::Manager).then(|| core.ca.key_pem_secret()),
+            raft_id,
+            managers: manager_addrs(state),
+            server_time_ms: now_ms(),
+        }
+    }
+
+    pub(super) async fn do_join(
+        self: &Arc<Self>,
+        core: &Core,
+        token: String,
+        csr_pem: String,
+        info: NodeInfo,
+        advertise: String,
+    ) -> Reply {
+        self.join_requests.fetch_add(1, Ordering::Relaxed);
+        let state = self.read_state().await.map_err(WireError::from)?;
+        let tokens = tokens_of(&state).map_err(other)?;
+        let role = tokens.check(&token, None).map_err(|e| match e {
+            TokenError::WrongCluster => WireError::CaMismatch,
+            TokenError::Invalid | TokenError::WrongRole { .. } => WireError::BadToken,
+            e => WireError::MalformedToken {
+                detail: e.to_string(),
+            },
+        });
+        drop(token);
+        let role = match role {
+            Ok(role) => role,
+            Err(e) => {
+                tracing::info!(hostname = %info.hostname, "join refused: invalid token");
+                return Err(e);
+            }
+        };
+        let csr = NodeCsr::from_pem(&csr_pem).map_err(other)?;
+        let addr: SocketAddr = advertise
+            .parse()
+            .map_err(|_| other(format!("bad advertise address {advertise:?}")))?;
+        let node_id = new_node_id();
+        let raft_id = (role == Role::Manager).then(|| fresh_raft_id(&state));
+        let cert = core
+            .ca
+            .issue(
+                &csr,
+                &node_id,
+                role,
+                &issue_options(&self.timings, role, Some(addr)),
+            )
+            .map_err(other)?;
+        let node = Node {
+            id: node_id.clone(),
+            hostname: info.hostname.clone(),
+            role: store_role(role),
+            availability: Availability::Active,
+            status: NodeStatus::Ready,
+            advertise_addr: advertise,
+            data_path_addr: None,
+            engine_version: info.engine_version.clone(),
+            labels: BTreeMap::new(),
+            raft_id,
+            version: 0,
+        };
+        let applied = self
+            .execute(Command::UpsertNode { node })
+            .await
+            .map_err(WireError::from)?;
+        if let ApplyResult::Rejected { rejection, .. } = applied {
+            return Err(WireError::Rejected { rejection });
+        }
+        tracing::info!(node = %node_id, hostname = %info.hostname, %role, "node joined");
+        Ok(Response::Granted(
+            self.grant(core, &node_id, cert, role, raft_id, &state),
+        ))
+    }
+
+    pub(super) async fn do_renew(
+        self: &Arc<Self>,
+        core: &Core,
+        node_id: &str,
+        csr_pem: &str,
+    ) -> Reply {
+        let state = self.read_state().await.map_err(WireError::from)?;
+        let node = state
+            .nodes
+            .get(node_id)
+            .ok_or_else(|| WireError::UnknownNode {
+                node: node_id.to_string(),
+            })?;
+        let role = pki_role(node.role);
+        let csr = NodeCsr::from_pem(csr_pem).map_err(other)?;
+        let addr = node.advertise_addr.parse().ok();
+        let cert = core
+            .ca
+            .issue(
+                &csr,
+                node_id,
+                role,
+                &issue_options(&self.timings, role, addr),
+            )
+            .map_err(other)?;
+        Ok(Response::Granted(self.grant(
+            core,
+            node_id,
+            cert,
+            role,
+            node.raft_id,
+            &state,
+        )))
+    }
+}

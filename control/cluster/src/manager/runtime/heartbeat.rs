@@ -1,0 +1,125 @@
+//! The node's own loop: a heartbeat to the leader every interval, then whatever its
+//! answer calls for (the managers list, a promotion or demotion), and certificate renewal.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::net::TcpListener;
+
+use super::{lock, with_port, Runtime};
+use crate::manager::persist;
+use crate::manager::wire::{Grant, HeartbeatAck, Request, Response};
+use crate::manager::{ClusterError, Role};
+use crate::pki::{ClusterCa, NodeCertificate, NodeIdentity};
+use crate::store::RaftId;
+
+impl Runtime {
+    pub(super) async fn heartbeat_once(self: &Arc<Self>) {
+        let info = lock(&self.local).info.clone();
+        let call = self.call_leader(Request::Heartbeat { node: info });
+        match tokio::time::timeout(2 * self.timings.request_timeout, call).await {
+            Ok(Ok(Response::Heartbeat(ack))) => {
+                let own = lock(&self.local).advertise.to_string();
+                let managers: Vec<String> = ack
+                    .managers
+                    .iter()
+                    .filter(|m| **m != own)
+                    .cloned()
+                    .collect();
+                let changed = managers != lock(&self.local).managers;
+                if !managers.is_empty() && changed {
+                    let _ = self.update_local(|l| l.managers = managers);
+                }
+                self.reconcile_role(&ack).await;
+            }
+            Ok(Ok(_)) => tracing::debug!("unexpected answer to a heartbeat"),
+            Ok(Err(e)) => tracing::debug!(error = %e, "heartbeat failed"),
+            Err(_) => tracing::debug!("heartbeat timed out"),
+        }
+        if self.identity().needs_renewal(SystemTime::now()) {
+            let _guard = self.transition.lock().await;
+            match self.renew().await {
+                Ok(_) => tracing::info!("node certificate renewed"),
+                Err(e) => tracing::warn!(error = %e, "certificate renewal failed; will retry"),
+            }
+        }
+    }
+
+    /// Follows the role the store gives this node (promotion, demotion).
+    async fn reconcile_role(self: &Arc<Self>, ack: &HeartbeatAck) {
+        let _guard = self.transition.lock().await;
+        let core = self.core();
+        let result = match (ack.role, core) {
+            (Role::Manager, None) => self.become_manager(ack.raft_id).await,
+            (Role::Worker, Some(_)) => self.become_worker().await,
+            (Role::Worker, None) if self.identity().role() == Role::Manager => {
+                self.renew().await.map(|_| ())
+            }
+            (Role::Manager, Some(core)) => {
+                let st = core.store.status();
+                if !st.voters.contains_key(&core.raft_id) && !st.learners.contains(&core.raft_id) {
+                    // Joined or promoted, but not in the group yet: ask again.
+                    self.announce_manager().await
+                } else {
+                    Ok(())
+                }
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, role = %ack.role, "could not take the role the managers gave this node");
+        }
+    }
+
+    async fn renew(self: &Arc<Self>) -> Result<Grant, ClusterError> {
+        let (key, csr) = NodeIdentity::generate_key_and_csr(&self.node_id)?;
+        let grant = match self
+            .call_leader(Request::Renew { csr_pem: csr.pem() })
+            .await?
+        {
+            Response::Granted(g) => g,
+            _ => return Err(ClusterError::Protocol("unexpected answer to renew".into())),
+        };
+        let identity = NodeIdentity::new(
+            key,
+            NodeCertificate::from_pem(&grant.cert_pem)?,
+            self.identity().ca().clone(),
+        )?;
+        if let Some(key) = &grant.ca_key_pem {
+            persist::save_ca_key(&self.dir, key)?;
+        }
+        self.set_identity(identity)?;
+        Ok(grant)
+    }
+
+    async fn become_manager(self: &Arc<Self>, raft_id: Option<RaftId>) -> Result<(), ClusterError> {
+        let raft_id =
+            raft_id.ok_or_else(|| ClusterError::Protocol("promoted without a Raft ID".into()))?;
+        let grant = self.renew().await?;
+        let key = grant
+            .ca_key_pem
+            .ok_or_else(|| ClusterError::Protocol("a manager grant without the CA key".into()))?;
+        let ca = ClusterCa::from_pem(&self.identity().ca().pem(), &key)?;
+        let _ = std::fs::remove_dir_all(persist::raft_dir(&self.dir));
+        let listen = lock(&self.local).listen;
+        let listener = TcpListener::bind(listen).await?;
+        let listen = listener.local_addr()?;
+        self.update_local(|l| {
+            l.listen = listen;
+            l.advertise = with_port(l.advertise, listen.port());
+            l.raft_id = Some(raft_id);
+        })?;
+        self.start_core(raft_id, ca, listener, None).await?;
+        tracing::info!(node = %self.node_id, "promoted: running as a manager");
+        self.announce_manager().await
+    }
+
+    async fn become_worker(self: &Arc<Self>) -> Result<(), ClusterError> {
+        self.stop_core().await;
+        let _ = std::fs::remove_dir_all(persist::raft_dir(&self.dir));
+        persist::remove_ca_key(&self.dir);
+        self.update_local(|l| l.raft_id = None)?;
+        tracing::info!(node = %self.node_id, "demoted: running as a worker");
+        self.renew().await.map(|_| ())
+    }
+}

@@ -1,0 +1,452 @@
+//! Starting and stopping: `swarm init`, `join` and resume after a restart; the manager
+//! core (Raft member, listener, liveness monitor) and the node's heartbeat task; shutdown
+//! and `leave`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsConnector;
+
+use super::accept::accept_loop;
+use super::liveness::monitor_loop;
+use super::{
+    fresh_raft_id, issue_options, lock, new_gossip_key, now_ms, with_port, write, Core, Runtime,
+    HANDSHAKE_TIMEOUT,
+};
+use crate::manager::persist::{self, Local};
+use crate::manager::wire::{exchange, Request, Response, TlsTransport};
+use crate::manager::{ClusterError, InitOptions, ManagerConfig, NodeInfo, Role, Timings};
+use crate::pki::{
+    bootstrap_client_config, is_ca_pin_mismatch, join_server_config, manager_server_name,
+    new_node_id, pinned_ca_from_chain, ClusterCa, NodeCertificate, NodeIdentity,
+};
+use crate::store::{
+    ApplyResult, Availability, ClusterSpec, ClusterState, Command, Network, Node, NodeStatus,
+    RaftId, StoreConfig, StoreNode,
+};
+use crate::token::{JoinToken, JoinTokens};
+
+/// The ingress network's VXLAN ID, as in Swarm.
+const INGRESS_VNI: u32 = 4096;
+/// A joining node whose clock differs from the manager's by more than this is warned.
+const MAX_CLOCK_SKEW: Duration = Duration::from_secs(30);
+
+fn store_config(t: &Timings) -> StoreConfig {
+    StoreConfig {
+        heartbeat_interval: t.raft_heartbeat_interval,
+        election_timeout_min: t.election_timeout_min,
+        election_timeout_max: t.election_timeout_max,
+        request_timeout: t.request_timeout,
+        ..StoreConfig::default()
+    }
+}
+
+impl Runtime {
+    pub(crate) async fn init(
+        config: ManagerConfig,
+        node: NodeInfo,
+        options: InitOptions,
+        timings: Timings,
+    ) -> Result<Arc<Runtime>, ClusterError> {
+        let dir = config.data_dir.clone();
+        if persist::in_cluster(&dir) {
+            return Err(ClusterError::AlreadyInCluster);
+        }
+        persist::ensure_dir(&dir)?;
+        let listener = TcpListener::bind(config.listen).await?;
+        let listen = listener.local_addr()?;
+        let advertise = with_port(config.advertise, listen.port());
+
+        let cluster_id = new_node_id();
+        let ca = ClusterCa::new(&cluster_id)?;
+        let node_id = new_node_id();
+        let (key, csr) = NodeIdentity::generate_key_and_csr(&node_id)?;
+        let cert = ca.issue(
+            &csr,
+            &node_id,
+            Role::Manager,
+            &issue_options(&timings, Role::Manager, Some(advertise)),
+        )?;
+        let identity = NodeIdentity::new(key, cert, ca.certificate().clone())?;
+        let raft_id = fresh_raft_id(&ClusterState::default());
+        let local = Local {
+            listen,
+            advertise,
+            info: node.clone(),
+            managers: vec![advertise.to_string()],
+            raft_id: Some(raft_id),
+            timings,
+        };
+        let _ = std::fs::remove_dir_all(persist::raft_dir(&dir));
+        persist::save_ca_key(&dir, &ca.key_pem_secret())?;
+        persist::save_local(&dir, &local)?;
+
+        let rt = Runtime::new(&dir, identity.clone(), local)?;
+        let setup = async {
+            let tokens = JoinTokens::generate(ca.digest());
+            let core = rt
+                .start_core(raft_id, ca, listener, Some(advertise))
+                .await?;
+            let deadline = Instant::now() + rt.timings.request_timeout;
+            while !core.store.is_leader() {
+                if Instant::now() > deadline {
+                    return Err(ClusterError::NoQuorum);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let pools: Vec<String> = options
+                .default_addr_pools
+                .iter()
+                .map(|p| p.to_string())
+                .collect();
+            let ingress = options
+                .default_addr_pools
+                .iter()
+                .find_map(|p| p.subnets(options.subnet_prefix_len).ok()?.next());
+            let commands = [
+                Command::SetCluster {
+                    cluster: ClusterSpec {
+                        id: cluster_id.clone(),
+                        default_addr_pools: pools,
+                        subnet_prefix_len: options.subnet_prefix_len,
+                        data_path_port: options.data_path_port,
+                    },
+                },
+                Command::SetTokens {
+                    tokens: serde_json::to_value(&tokens)
+                        .map_err(|e| ClusterError::Protocol(e.to_string()))?,
+                },
+                Command::SetGossipKeys {
+                    keys: vec![new_gossip_key(1)?],
+                },
+                Command::UpsertNode {
+                    node: Node {
+                        id: node_id.clone(),
+                        hostname: node.hostname.clone(),
+                        role: crate::store::Role::Manager,
+                        availability: Availability::Active,
+                        status: NodeStatus::Ready,
+                        advertise_addr: advertise.to_string(),
+                        data_path_addr: None,
+                        engine_version: node.engine_version.clone(),
+                        labels: BTreeMap::new(),
+                        raft_id: Some(raft_id),
+                        version: 0,
+                    },
+                },
+                Command::UpsertNetwork {
+                    network: Network {
+                        id: new_node_id(),
+                        name: "ingress".to_string(),
+                        driver: "overlay".to_string(),
+                        subnet: ingress.map(|n| n.to_string()),
+                        gateway: ingress
+                            .and_then(|n| n.hosts().next())
+                            .map(|g| g.to_string()),
+                        vni: Some(INGRESS_VNI),
+                        ingress: true,
+                        attachable: false,
+                        internal: false,
+                        encrypted: false,
+                        labels: BTreeMap::new(),
+                        options: BTreeMap::new(),
+                        version: 0,
+                    },
+                },
+            ];
+            for command in commands {
+                if let ApplyResult::Rejected { rejection, .. } = core.store.propose(command).await?
+                {
+                    return Err(ClusterError::Rejected(rejection));
+                }
+            }
+            persist::save_identity(&dir, &identity)?;
+            Ok(())
+        };
+        match setup.await {
+            Ok(()) => {
+                rt.start_node_tasks();
+                tracing::info!(node = %rt.node_id, cluster = %rt.cluster_id, %advertise, "cluster initialized");
+                Ok(rt)
+            }
+            Err(e) => {
+                rt.shutdown().await;
+                let _ = persist::wipe(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) async fn resume(
+        dir: &Path,
+        config: Option<&ManagerConfig>,
+    ) -> Result<Arc<Runtime>, ClusterError> {
+        let identity = persist::load_identity(dir)?;
+        let mut local = persist::load_local(dir)?;
+        match (config.is_some(), identity.role()) {
+            (true, Role::Worker) => return Err(ClusterError::NotManager),
+            (false, Role::Manager) => return Err(ClusterError::IsManager),
+            _ => {}
+        }
+        if let Some(c) = config {
+            if c.listen.port() != 0 {
+                local.listen = c.listen;
+            }
+            if c.advertise.port() != 0 {
+                local.advertise = c.advertise;
+            }
+        }
+        let rt = Runtime::new(dir, identity.clone(), local.clone())?;
+        if identity.role() == Role::Manager {
+            let listener = TcpListener::bind(local.listen).await?;
+            let listen = listener.local_addr()?;
+            rt.update_local(|l| {
+                l.listen = listen;
+                l.advertise = with_port(l.advertise, listen.port());
+            })?;
+            let ca = persist::load_ca(dir, &identity)?;
+            let raft_id = local.raft_id.ok_or_else(|| ClusterError::Files {
+                path: dir.to_path_buf(),
+                reason: "a manager without a Raft ID".into(),
+            })?;
+            rt.start_core(raft_id, ca, listener, None).await?;
+        }
+        rt.start_node_tasks();
+        Ok(rt)
+    }
+
+    pub(crate) async fn join(
+        manager: SocketAddr,
+        token_text: &str,
+        config: ManagerConfig,
+        node: NodeInfo,
+        timings: Timings,
+    ) -> Result<Arc<Runtime>, ClusterError> {
+        let dir = config.data_dir.clone();
+        if persist::in_cluster(&dir) {
+            return Err(ClusterError::AlreadyInCluster);
+        }
+        let token = JoinToken::parse(token_text)
+            .map_err(|e| ClusterError::MalformedToken(e.to_string()))?;
+        persist::ensure_dir(&dir)?;
+        // Bound now, so that a manager tells the others where it really listens.
+        let listener = TcpListener::bind(config.listen).await?;
+        let listen = listener.local_addr()?;
+        let advertise = with_port(config.advertise, listen.port());
+
+        // The CA is pinned by the token's digest before anything is sent.
+        let tls_config = bootstrap_client_config(token.ca_digest())?;
+        let tcp = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(manager))
+            .await
+            .map_err(|_| ClusterError::Unreachable(format!("{manager}: connect timed out")))?
+            .map_err(|e| ClusterError::Unreachable(format!("{manager}: {e}")))?;
+        let connect = TlsConnector::from(Arc::new(tls_config)).connect(manager_server_name(), tcp);
+        let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect).await {
+            Err(_) => {
+                return Err(ClusterError::Unreachable(format!(
+                    "{manager}: TLS handshake timed out"
+                )))
+            }
+            Ok(Err(e)) if is_ca_pin_mismatch(&e) => return Err(ClusterError::CaMismatch),
+            Ok(Err(e)) => return Err(ClusterError::Tls(format!("{manager}: {e}"))),
+            Ok(Ok(tls)) => tls,
+        };
+        let ca = pinned_ca_from_chain(
+            tls.get_ref().1.peer_certificates().unwrap_or_default(),
+            token.ca_digest(),
+        )
+        .ok_or(ClusterError::CaMismatch)?;
+
+        let (key, csr) = NodeIdentity::generate_key_and_csr(&new_node_id())?;
+        let request = Request::Join {
+            token: token.expose_secret(),
+            csr_pem: csr.pem(),
+            node: node.clone(),
+            advertise: advertise.to_string(),
+        };
+        let body =
+            serde_json::to_vec(&request).map_err(|e| ClusterError::Protocol(e.to_string()))?;
+        drop(request);
+        let reply = exchange(&mut tls, &body)
+            .await
+            .map_err(|e| ClusterError::Unreachable(format!("{manager}: {e}")))?;
+        drop(tls);
+        let grant = match reply {
+            Ok(Response::Granted(g)) => g,
+            Ok(_) => return Err(ClusterError::Protocol("unexpected answer to join".into())),
+            Err(e) => return Err(e.into()),
+        };
+        let skew = now_ms().abs_diff(grant.server_time_ms);
+        let excessive_skew =
+            (Duration::from_millis(skew) > MAX_CLOCK_SKEW).then(|| Duration::from_millis(skew));
+        if excessive_skew.is_some() {
+            tracing::warn!(
+                skew_ms = skew,
+                "this node's clock differs from the manager's; keep the cluster's clocks synchronized"
+            );
+        }
+        let identity = NodeIdentity::new(key, NodeCertificate::from_pem(&grant.cert_pem)?, ca)?;
+        if identity.node_id() != grant.node_id {
+            return Err(ClusterError::Protocol(
+                "the certificate is not for the node ID granted".into(),
+            ));
+        }
+        let role = identity.role();
+        let mut managers = vec![manager.to_string()];
+        for m in grant.managers {
+            if !managers.contains(&m) && m != advertise.to_string() {
+                managers.push(m);
+            }
+        }
+        let local = Local {
+            listen: if role == Role::Manager {
+                listen
+            } else {
+                config.listen
+            },
+            advertise: if role == Role::Manager {
+                advertise
+            } else {
+                config.advertise
+            },
+            info: node,
+            managers,
+            raft_id: grant.raft_id,
+            timings,
+        };
+        let _ = std::fs::remove_dir_all(persist::raft_dir(&dir));
+        persist::save_local(&dir, &local)?;
+        let rt = Runtime::new(&dir, identity.clone(), local)?;
+        *lock(&rt.join_clock_skew) = excessive_skew;
+        let setup = async {
+            if role == Role::Manager {
+                let key = grant.ca_key_pem.as_deref().ok_or_else(|| {
+                    ClusterError::Protocol("a manager grant without the CA key".into())
+                })?;
+                persist::save_ca_key(&dir, key)?;
+                let ca = ClusterCa::from_pem(&identity.ca().pem(), key)?;
+                let raft_id = grant.raft_id.ok_or_else(|| {
+                    ClusterError::Protocol("a manager grant without a Raft ID".into())
+                })?;
+                rt.start_core(raft_id, ca, listener, None).await?;
+                rt.announce_manager().await?;
+            } else {
+                drop(listener);
+            }
+            persist::save_identity(&dir, &identity)
+        };
+        match setup.await {
+            Ok(()) => {
+                rt.start_node_tasks();
+                tracing::info!(node = %rt.node_id, %role, "joined the cluster");
+                Ok(rt)
+            }
+            Err(e) => {
+                rt.shutdown().await;
+                let _ = persist::wipe(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts the Raft member, the listener and the liveness monitor.
+    pub(super) async fn start_core(
+        self: &Arc<Self>,
+        raft_id: RaftId,
+        ca: ClusterCa,
+        listener: TcpListener,
+        initialize: Option<SocketAddr>,
+    ) -> Result<Arc<Core>, ClusterError> {
+        let transport = Arc::new(TlsTransport {
+            rt: Arc::downgrade(self),
+        });
+        let store = StoreNode::start_with(
+            raft_id,
+            persist::raft_dir(&self.dir),
+            transport,
+            store_config(&self.timings),
+        )
+        .await?;
+        if let Some(advertise) = initialize {
+            if let Err(e) = store.initialize([(raft_id, advertise.to_string())]).await {
+                let _ = store.shutdown().await;
+                return Err(e.into());
+            }
+        }
+        let identity = self.identity();
+        let server_config = Arc::new(join_server_config(&identity, identity.ca())?);
+        let core = Arc::new(Core {
+            store,
+            raft_id,
+            ca,
+            server_config: RwLock::new(server_config),
+            tasks: Mutex::new(Vec::new()),
+        });
+        write(&self.core, Some(core.clone()));
+        let accept = tokio::spawn(accept_loop(self.clone(), core.clone(), listener));
+        let monitor = tokio::spawn(monitor_loop(self.clone(), core.clone()));
+        lock(&core.tasks).extend([accept, monitor]);
+        Ok(core)
+    }
+
+    pub(super) async fn stop_core(&self) {
+        let core = self.core.write().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(core) = core {
+            for task in lock(&core.tasks).drain(..) {
+                task.abort();
+            }
+            let _ = core.store.shutdown().await;
+        }
+    }
+
+    fn start_node_tasks(self: &Arc<Self>) {
+        let rt = self.clone();
+        let heartbeat = tokio::spawn(async move {
+            loop {
+                rt.heartbeat_once().await;
+                tokio::time::sleep(rt.timings.heartbeat_interval).await;
+            }
+        });
+        lock(&self.tasks).push(heartbeat);
+    }
+
+    fn stop_node_tasks(&self) {
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+    }
+
+    pub(crate) async fn shutdown(&self) {
+        self.stop_node_tasks();
+        let _guard = self.transition.lock().await;
+        self.stop_node_tasks();
+        self.stop_core().await;
+    }
+
+    pub(crate) async fn leave(self: &Arc<Self>, force: bool) -> Result<(), ClusterError> {
+        let core = self.core();
+        if core.is_some() && !force {
+            return Err(ClusterError::ManagerNeedsForce);
+        }
+        self.stop_node_tasks();
+        let _guard = self.transition.lock().await;
+        self.stop_node_tasks();
+        let last = core.as_ref().is_some_and(|c| {
+            let st = c.store.status();
+            st.voters.len() <= 1 && st.voters.contains_key(&c.raft_id)
+        });
+        if !last {
+            if let Err(e) = self.call_leader(Request::Leave).await {
+                tracing::warn!(error = %e, "could not tell the managers that this node leaves");
+            }
+        }
+        self.stop_core().await;
+        persist::wipe(&self.dir)?;
+        tracing::info!(node = %self.node_id, ended_cluster = last, "left the cluster");
+        Ok(())
+    }
+}

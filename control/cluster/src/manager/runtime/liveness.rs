@@ -1,0 +1,112 @@
+//! Liveness: the leader's record of who heartbeats, the heartbeat handler (a node is
+//! Ready again on its next heartbeat) and the monitor that marks silent nodes Down.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::handlers::propose;
+use super::{lock, manager_addrs, pki_role, Core, Runtime};
+use crate::manager::wire::{HeartbeatAck, Reply, Response, WireError};
+use crate::manager::NodeInfo;
+use crate::store::{Command, MemberState, NodeStatus};
+
+/// The leader's view of who heartbeats.
+#[derive(Default)]
+pub(super) struct Liveness {
+    /// The term the map below belongs to (cleared when leadership changes).
+    pub(super) term: Option<u64>,
+    pub(super) last_seen: HashMap<String, Instant>,
+    /// Nodes that left: their late heartbeats are ignored.
+    pub(super) left: HashSet<String>,
+}
+
+impl Runtime {
+    pub(super) async fn do_heartbeat(&self, core: &Core, node_id: &str, info: NodeInfo) -> Reply {
+        if lock(&self.liveness).left.contains(node_id) {
+            return Err(WireError::NotInCluster);
+        }
+        let state = core.store.read_stale();
+        let node = state
+            .nodes
+            .get(node_id)
+            .ok_or_else(|| WireError::UnknownNode {
+                node: node_id.to_string(),
+            })?;
+        lock(&self.liveness)
+            .last_seen
+            .insert(node_id.to_string(), Instant::now());
+        if node.status != NodeStatus::Ready {
+            propose(
+                core,
+                Command::SetStatus {
+                    id: node_id.to_string(),
+                    status: NodeStatus::Ready,
+                },
+            )
+            .await?;
+        }
+        if node.engine_version != info.engine_version || node.hostname != info.hostname {
+            let mut updated = core
+                .store
+                .read_stale()
+                .nodes
+                .get(node_id)
+                .cloned()
+                .unwrap_or_else(|| node.clone());
+            updated.engine_version = info.engine_version;
+            updated.hostname = info.hostname;
+            propose(core, Command::UpsertNode { node: updated }).await?;
+        }
+        Ok(Response::Heartbeat(HeartbeatAck {
+            role: pki_role(node.role),
+            raft_id: node.raft_id,
+            managers: manager_addrs(&state),
+        }))
+    }
+}
+
+/// On every manager; acts while it is the leader: marks nodes Down that stopped
+/// heartbeating.
+pub(super) async fn monitor_loop(rt: Arc<Runtime>, core: Arc<Core>) {
+    let tick = (rt.timings.heartbeat_interval / 2).max(Duration::from_millis(20));
+    loop {
+        tokio::time::sleep(tick).await;
+        let st = core.store.status();
+        if st.state != MemberState::Leader {
+            lock(&rt.liveness).term = None;
+            continue;
+        }
+        let state = core.store.read_stale();
+        let now = Instant::now();
+        let mut down = Vec::new();
+        {
+            let mut lv = lock(&rt.liveness);
+            if lv.term != Some(st.term) {
+                // New leadership: everyone gets a full grace period from now.
+                lv.term = Some(st.term);
+                lv.last_seen.clear();
+            }
+            lv.last_seen.insert(rt.node_id.clone(), now);
+            for node in state.nodes.values() {
+                let seen = *lv.last_seen.entry(node.id.clone()).or_insert(now);
+                if node.status != NodeStatus::Down
+                    && now.duration_since(seen) > rt.timings.node_down_after
+                {
+                    down.push(node.id.clone());
+                }
+            }
+            lv.last_seen.retain(|id, _| state.nodes.contains_key(id));
+        }
+        for id in down {
+            tracing::info!(node = %id, "no heartbeat: node is Down");
+            let _ = core
+                .store
+                .propose(Command::SetStatus {
+                    id,
+                    status: NodeStatus::Down,
+                })
+                .await;
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! Applying a command: [`ClusterState::apply`] checks it against the state (a refusal
+//! changes nothing), then makes the change and raises the version.
+
+use super::{ApplyResult, ClusterState, Command, Node, ObjectKind, Rejection, MAX_GOSSIP_KEYS};
+use crate::store::service::{Service, Task, TaskState};
+
+impl ClusterState {
+    /// Applies one command. Deterministic; a refusal leaves the state untouched.
+    pub fn apply(&mut self, command: &Command) -> ApplyResult {
+        match self.check(command) {
+            Ok(()) => {
+                self.version += 1;
+                self.change(command);
+                ApplyResult::Applied {
+                    version: self.version,
+                }
+            }
+            Err(rejection) => ApplyResult::Rejected {
+                version: self.version,
+                rejection,
+            },
+        }
+    }
+
+    /// Whether `command` may be applied, without changing anything.
+    fn check(&self, command: &Command) -> Result<(), Rejection> {
+        let node = |id: &String| {
+            if self.nodes.contains_key(id) {
+                Ok(())
+            } else {
+                Err(Rejection::UnknownNode { id: id.clone() })
+            }
+        };
+        let nonempty = |what: &str, value: &str| {
+            if value.is_empty() {
+                Err(Rejection::Invalid {
+                    what: what.to_string(),
+                    detail: "must not be empty".to_string(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        match command {
+            Command::UpsertNode { node } => nonempty("node ID", &node.id),
+            Command::RemoveNode { id }
+            | Command::SetAvailability { id, .. }
+            | Command::SetRole { id, .. }
+            | Command::SetStatus { id, .. }
+            | Command::UpdateNodeLabels { id, .. } => node(id),
+            Command::UpsertNetwork { network } => {
+                nonempty("network ID", &network.id)?;
+                nonempty("network name", &network.name)?;
+                match self
+                    .networks
+                    .values()
+                    .find(|n| n.name == network.name && n.id != network.id)
+                {
+                    Some(other) => Err(Rejection::DuplicateNetworkName {
+                        name: network.name.clone(),
+                        existing_id: other.id.clone(),
+                    }),
+                    None => Ok(()),
+                }
+            }
+            Command::RemoveNetwork { id } => {
+                if !self.networks.contains_key(id) {
+                    return Err(Rejection::UnknownNetwork { id: id.clone() });
+                }
+                match self
+                    .services
+                    .values()
+                    .find(|s| s.spec.networks.contains(id))
+                {
+                    Some(s) => Err(Rejection::NetworkInUse {
+                        network: self.networks[id].name.clone(),
+                        service: s.spec.name.clone(),
+                    }),
+                    None => Ok(()),
+                }
+            }
+            Command::UpsertService { id, spec } => {
+                nonempty("service ID", id)?;
+                match serde_json::from_value::<Service>(spec.clone()) {
+                    Ok(s) if s.id == *id => self.check_service(&s),
+                    Ok(_) => Err(Rejection::Invalid {
+                        what: "service".into(),
+                        detail: "the spec's ID differs from the command's".into(),
+                    }),
+                    Err(e) => Err(Rejection::Invalid {
+                        what: "service".into(),
+                        detail: e.to_string(),
+                    }),
+                }
+            }
+            Command::CreateService { service } => {
+                if self.services.contains_key(&service.id) {
+                    return Err(Rejection::Invalid {
+                        what: "service ID".into(),
+                        detail: format!("{} is already used", service.id),
+                    });
+                }
+                self.check_service(service)
+            }
+            Command::UpdateService { service } => {
+                if !self.services.contains_key(&service.id) {
+                    return Err(Rejection::UnknownService {
+                        id: service.id.clone(),
+                    });
+                }
+                self.check_service(service)
+            }
+            Command::PutTasks { tasks } => {
+                for t in tasks {
+                    nonempty("task ID", &t.id)?;
+                    nonempty("task's service ID", &t.service_id)?;
+                }
+                Ok(())
+            }
+            Command::RemoveTasks { .. } | Command::UpdateTaskStatus { .. } => Ok(()),
+            Command::RemoveService { id } => {
+                if self.services.contains_key(id) {
+                    Ok(())
+                } else {
+                    Err(Rejection::UnknownService { id: id.clone() })
+                }
+            }
+            Command::SetTokens { .. } => Ok(()),
+            Command::SetCluster { cluster } => nonempty("cluster ID", &cluster.id),
+            Command::SetGossipKeys { keys } => {
+                let invalid = |detail: &str| Rejection::Invalid {
+                    what: "gossip keys".into(),
+                    detail: detail.into(),
+                };
+                if keys.is_empty() || keys.len() > MAX_GOSSIP_KEYS {
+                    return Err(invalid(&format!(
+                        "1 to {MAX_GOSSIP_KEYS} keys, got {}",
+                        keys.len()
+                    )));
+                }
+                let mut ids: Vec<u32> = keys.iter().map(|k| k.id).collect();
+                ids.sort_unstable();
+                if ids.windows(2).any(|w| w[0] == w[1]) {
+                    return Err(invalid("two keys share one ID"));
+                }
+                if keys.iter().any(|k| {
+                    k.secret.len() != 64 || !k.secret.bytes().all(|b| b.is_ascii_hexdigit())
+                }) {
+                    return Err(invalid("a secret is not 64 hex digits"));
+                }
+                Ok(())
+            }
+            Command::UpsertObject { kind, id, spec } => {
+                nonempty(&format!("{kind} ID"), id)?;
+                if *kind == ObjectKind::Task {
+                    match serde_json::from_value::<Task>(spec.clone()) {
+                        Ok(t) if t.id == *id => Ok(()),
+                        Ok(_) => Err(Rejection::Invalid {
+                            what: "task".into(),
+                            detail: "the spec's ID differs from the command's".into(),
+                        }),
+                        Err(e) => Err(Rejection::Invalid {
+                            what: "task".into(),
+                            detail: e.to_string(),
+                        }),
+                    }
+                } else {
+                    Ok(())
+                }
+            }
+            Command::RemoveObject { kind, id } => {
+                if self.has_object(*kind, id) {
+                    Ok(())
+                } else {
+                    Err(Rejection::UnknownObject {
+                        kind: *kind,
+                        id: id.clone(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// A service spec that may be stored: a name, unique; an image; existing networks;
+    /// published ports not used by another service.
+    fn check_service(&self, s: &Service) -> Result<(), Rejection> {
+        let invalid = |what: &str, detail: String| {
+            Err(Rejection::Invalid {
+                what: what.to_string(),
+                detail,
+            })
+        };
+        if s.id.is_empty() {
+            return invalid("service ID", "must not be empty".into());
+        }
+        if s.spec.name.is_empty() {
+            return invalid("service name", "must not be empty".into());
+        }
+        if s.spec.image.is_empty() {
+            return invalid("image", "must not be empty".into());
+        }
+        if let Some(other) = self
+            .services
+            .values()
+            .find(|o| o.spec.name == s.spec.name && o.id != s.id)
+        {
+            return Err(Rejection::DuplicateServiceName {
+                name: s.spec.name.clone(),
+                existing_id: other.id.clone(),
+            });
+        }
+        for n in &s.spec.networks {
+            if !self.networks.contains_key(n) {
+                return Err(Rejection::UnknownNetwork { id: n.clone() });
+            }
+        }
+        for p in &s.spec.ports {
+            if p.published == 0 || p.target == 0 {
+                return invalid(
+                    "port",
+                    "published and target ports must be 1..=65535".into(),
+                );
+            }
+            let clash = self.services.values().filter(|o| o.id != s.id).find(|o| {
+                o.spec
+                    .ports
+                    .iter()
+                    .any(|q| q.published == p.published && q.protocol == p.protocol)
+            });
+            if let Some(o) = clash {
+                return Err(Rejection::PortInUse {
+                    port: p.published,
+                    protocol: format!("{:?}", p.protocol).to_lowercase(),
+                    service: o.spec.name.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the change; `check` has passed and `self.version` is the new version.
+    fn change(&mut self, command: &Command) {
+        let version = self.version;
+        let mut touch = |id: &String, f: &mut dyn FnMut(&mut Node)| {
+            if let Some(node) = self.nodes.get_mut(id) {
+                f(node);
+                node.version = version;
+            }
+        };
+        match command {
+            Command::UpsertNode { node } => {
+                let mut node = node.clone();
+                node.version = version;
+                self.nodes.insert(node.id.clone(), node);
+            }
+            Command::RemoveNode { id } => {
+                self.nodes.remove(id);
+            }
+            Command::SetAvailability { id, availability } => {
+                touch(id, &mut |n| n.availability = *availability)
+            }
+            Command::SetRole { id, role, raft_id } => touch(id, &mut |n| {
+                n.role = *role;
+                n.raft_id = *raft_id;
+            }),
+            Command::SetStatus { id, status } => touch(id, &mut |n| n.status = *status),
+            Command::UpdateNodeLabels { id, add, remove } => touch(id, &mut |n| {
+                for key in remove {
+                    n.labels.remove(key);
+                }
+                n.labels
+                    .extend(add.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }),
+            Command::UpsertNetwork { network } => {
+                let mut network = network.clone();
+                network.version = version;
+                self.networks.insert(network.id.clone(), network);
+            }
+            Command::RemoveNetwork { id } => {
+                self.networks.remove(id);
+            }
+            Command::UpsertService { spec, .. } => {
+                if let Ok(mut service) = serde_json::from_value::<Service>(spec.clone()) {
+                    service.version = version;
+                    self.services.insert(service.id.clone(), service);
+                }
+            }
+            Command::CreateService { service } | Command::UpdateService { service } => {
+                let mut service = (**service).clone();
+                service.version = version;
+                self.services.insert(service.id.clone(), service);
+            }
+            Command::RemoveService { id } => {
+                self.services.remove(id);
+                for t in self.tasks.values_mut() {
+                    if t.service_id == *id && t.desired_state < TaskState::Remove {
+                        t.desired_state = TaskState::Remove;
+                        t.version = version;
+                    }
+                }
+            }
+            Command::PutTasks { tasks } => {
+                for t in tasks {
+                    let mut t = t.clone();
+                    t.version = version;
+                    self.tasks.insert(t.id.clone(), t);
+                }
+            }
+            Command::RemoveTasks { ids } => {
+                for id in ids {
+                    self.tasks.remove(id);
+                }
+            }
+            Command::UpdateTaskStatus { node_id, updates } => {
+                for u in updates {
+                    if let Some(t) = self.tasks.get_mut(&u.task_id) {
+                        if t.node_id.as_deref() == Some(node_id.as_str())
+                            && u.status.state >= t.status.state
+                        {
+                            t.status = u.status.clone();
+                            t.version = version;
+                        }
+                    }
+                }
+            }
+            Command::SetTokens { tokens } => self.tokens = Some(tokens.clone()),
+            Command::SetCluster { cluster } => self.cluster = Some(cluster.clone()),
+            Command::SetGossipKeys { keys } => self.gossip_keys = keys.clone(),
+            Command::UpsertObject { kind, id, spec } => match kind {
+                ObjectKind::Task => {
+                    if let Ok(mut t) = serde_json::from_value::<Task>(spec.clone()) {
+                        t.version = version;
+                        self.tasks.insert(id.clone(), t);
+                    }
+                }
+                ObjectKind::Secret => {
+                    self.secrets.insert(id.clone(), spec.clone());
+                }
+                ObjectKind::Config => {
+                    self.configs.insert(id.clone(), spec.clone());
+                }
+            },
+            Command::RemoveObject { kind, id } => match kind {
+                ObjectKind::Task => {
+                    self.tasks.remove(id);
+                }
+                ObjectKind::Secret => {
+                    self.secrets.remove(id);
+                }
+                ObjectKind::Config => {
+                    self.configs.remove(id);
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! Cluster-wide settings: the options chosen at `swarm init` and the gossip keys.
+
+use serde::{Deserialize, Serialize};
+
+/// Cluster-wide settings chosen at `swarm init` (`--default-addr-pool`,
+/// `--default-addr-pool-mask-length`, `--data-path-port`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSpec {
+    /// The cluster ID (the `O=` of every certificate).
+    pub id: String,
+    /// Pools overlay subnets are allocated from (CIDRs).
+    #[serde(default)]
+    pub default_addr_pools: Vec<String>,
+    /// The prefix length of each subnet taken from the pools.
+    #[serde(default)]
+    pub subnet_prefix_len: u8,
+    /// The UDP port of VXLAN traffic.
+    #[serde(default)]
+    pub data_path_port: u16,
+}
+
+/// Most gossip keys kept at once (the primary, the previous and one more).
+pub const MAX_GOSSIP_KEYS: usize = 3;
+
+/// One gossip cluster key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipKey {
+    /// Names the key on the wire.
+    pub id: u32,
+    /// 32 bytes as 64 hex digits.
+    pub secret: String,
+    /// When the leader made it (ms since the epoch): the rotation timer's reference.
+    pub created_ms: u64,
+}
+
+impl std::fmt::Debug for GossipKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        write!(
+            f,
+            "GossipKey {{ id: {}, created_ms: {}, secret: <redacted> }}",
+            self.id, self.created_ms
+        )
+    }
+}

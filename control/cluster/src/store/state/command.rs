@@ -1,0 +1,158 @@
+//! The commands that change the state, why one is refused, and what applying one did.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Availability, ClusterSpec, GossipKey, Network, Node, NodeStatus, ObjectKind, Role};
+use crate::store::service::{Service, Task, TaskStatusUpdate};
+
+/// A change to the cluster state. Only these change it, and only through the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    /// Add a node or replace it whole (same ID).
+    UpsertNode {
+        node: Node,
+    },
+    RemoveNode {
+        id: String,
+    },
+    SetAvailability {
+        id: String,
+        availability: Availability,
+    },
+    /// Promote or demote. The Raft membership change is separate (see `StoreNode`).
+    SetRole {
+        id: String,
+        role: Role,
+        raft_id: Option<u64>,
+    },
+    SetStatus {
+        id: String,
+        status: NodeStatus,
+    },
+    /// `node update --label-add/--label-rm`: `remove` first, then `add`.
+    UpdateNodeLabels {
+        id: String,
+        #[serde(default)]
+        add: BTreeMap<String, String>,
+        #[serde(default)]
+        remove: Vec<String>,
+    },
+    /// Add a network or replace it whole (same ID); names stay unique.
+    UpsertNetwork {
+        network: Network,
+    },
+    RemoveNetwork {
+        id: String,
+    },
+    /// Legacy form of a whole service as JSON; applied only if `spec` parses as a
+    /// [`Service`] with this ID.
+    UpsertService {
+        id: String,
+        spec: serde_json::Value,
+    },
+    /// A new service (the ID and name must be unused, its networks must exist).
+    CreateService {
+        service: Box<Service>,
+    },
+    /// Replaces an existing service's spec and allocations (same ID).
+    UpdateService {
+        service: Box<Service>,
+    },
+    /// Removes the service; its tasks are told to go (desired state `remove`).
+    RemoveService {
+        id: String,
+    },
+    /// Adds or replaces tasks (the scheduler's changes, in one entry).
+    PutTasks {
+        tasks: Vec<Task>,
+    },
+    /// Deletes tasks; unknown IDs are skipped.
+    RemoveTasks {
+        ids: Vec<String>,
+    },
+    /// A node's executor reports what its tasks did. Updates for tasks not assigned to
+    /// `node_id`, unknown tasks and backward moves are skipped.
+    UpdateTaskStatus {
+        node_id: String,
+        updates: Vec<TaskStatusUpdate>,
+    },
+    SetTokens {
+        tokens: serde_json::Value,
+    },
+    SetCluster {
+        cluster: ClusterSpec,
+    },
+    /// Replaces the gossip keys (first: the primary): 1 to
+    /// [`MAX_GOSSIP_KEYS`](super::MAX_GOSSIP_KEYS) keys with distinct IDs and
+    /// 64-hex-digit secrets.
+    SetGossipKeys {
+        keys: Vec<GossipKey>,
+    },
+    UpsertObject {
+        kind: ObjectKind,
+        id: String,
+        spec: serde_json::Value,
+    },
+    RemoveObject {
+        kind: ObjectKind,
+        id: String,
+    },
+}
+
+/// Why a command was refused. A refused command changes nothing, not even the version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum Rejection {
+    #[error("no node with ID {id}")]
+    UnknownNode { id: String },
+    #[error("no network with ID {id}")]
+    UnknownNetwork { id: String },
+    #[error("no service with ID {id}")]
+    UnknownService { id: String },
+    #[error("no {kind} with ID {id}")]
+    UnknownObject { kind: ObjectKind, id: String },
+    #[error("a network named {name:?} already exists (ID {existing_id})")]
+    DuplicateNetworkName { name: String, existing_id: String },
+    #[error("invalid {what}: {detail}")]
+    Invalid { what: String, detail: String },
+    #[error("a service named {name:?} already exists (ID {existing_id})")]
+    DuplicateServiceName { name: String, existing_id: String },
+    #[error("network {network} is in use by service {service}")]
+    NetworkInUse { network: String, service: String },
+    #[error("port {port}/{protocol} is already published by service {service}")]
+    PortInUse {
+        port: u16,
+        protocol: String,
+        service: String,
+    },
+}
+
+/// What applying one log entry did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ApplyResult {
+    /// The command was accepted; the state is now at `version`.
+    Applied { version: u64 },
+    /// The command was refused; the state (still at `version`) is unchanged.
+    Rejected { version: u64, rejection: Rejection },
+}
+
+impl ApplyResult {
+    /// The store version after this entry.
+    pub fn version(&self) -> u64 {
+        match self {
+            ApplyResult::Applied { version } | ApplyResult::Rejected { version, .. } => *version,
+        }
+    }
+
+    /// `Ok(version)` if applied, the rejection otherwise.
+    pub fn into_result(self) -> Result<u64, Rejection> {
+        match self {
+            ApplyResult::Applied { version } => Ok(version),
+            ApplyResult::Rejected { rejection, .. } => Err(rejection),
+        }
+    }
+}

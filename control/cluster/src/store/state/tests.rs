@@ -1,0 +1,441 @@
+//! Tests of the state machine: applying commands, refusals, versions, JSON round trips.
+
+use super::*;
+use crate::store::service::TaskState;
+
+fn node(id: &str, role: Role) -> Node {
+    Node {
+        id: id.to_string(),
+        hostname: format!("host-{id}"),
+        role,
+        availability: Availability::Active,
+        status: NodeStatus::Ready,
+        advertise_addr: "192.168.77.11:2377".to_string(),
+        data_path_addr: None,
+        engine_version: "27.0.1".to_string(),
+        labels: BTreeMap::new(),
+        raft_id: None,
+        version: 0,
+    }
+}
+
+fn network(id: &str, name: &str) -> Network {
+    Network {
+        id: id.to_string(),
+        name: name.to_string(),
+        driver: "overlay".to_string(),
+        subnet: Some("10.0.0.0/24".to_string()),
+        gateway: Some("10.0.0.1".to_string()),
+        vni: Some(4096),
+        ingress: false,
+        attachable: false,
+        internal: false,
+        encrypted: false,
+        labels: BTreeMap::new(),
+        options: BTreeMap::new(),
+        version: 0,
+    }
+}
+
+fn sample_service(id: &str, name: &str) -> Service {
+    use super::super::service::*;
+    Service {
+        id: id.into(),
+        spec: ServiceSpec {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            image: "shoal/web:1".into(),
+            args: vec![],
+            env: vec![],
+            mode: ServiceMode::Replicated { replicas: 3 },
+            networks: vec![],
+            ports: vec![],
+            endpoint_mode: EndpointMode::Vip,
+            constraints: vec![],
+            healthcheck: None,
+            restart_condition: RestartCondition::Any,
+        },
+        created_ms: 0,
+        updated_ms: 0,
+        endpoint: Endpoint::default(),
+        force_update: 0,
+        version: 0,
+    }
+}
+
+fn sample_task(id: &str) -> Task {
+    Task {
+        id: id.into(),
+        service_id: "svc".into(),
+        slot: 1,
+        node_id: Some("n1".into()),
+        desired_state: TaskState::Running,
+        status: Default::default(),
+        networks: vec![],
+        force_update: 0,
+        created_ms: 0,
+        version: 0,
+    }
+}
+
+#[test]
+fn services_keep_names_and_ports_unique_and_tasks_follow_their_service() {
+    use super::super::service::*;
+    let mut s = ClusterState::default();
+    s.apply(&Command::UpsertNode {
+        node: node("n1", Role::Worker),
+    });
+    s.apply(&Command::UpsertNetwork {
+        network: network("net", "front"),
+    });
+    let mut web = sample_service("a", "web");
+    web.spec.networks = vec!["net".into()];
+    web.spec.ports = vec![PortConfig {
+        protocol: Protocol::Tcp,
+        target: 80,
+        published: 8080,
+        mode: PublishMode::Ingress,
+    }];
+    assert!(s
+        .apply(&Command::CreateService {
+            service: Box::new(web.clone())
+        })
+        .into_result()
+        .is_ok());
+    let before = s.clone();
+    let dup = sample_service("b", "web");
+    assert!(matches!(
+        s.apply(&Command::CreateService {
+            service: Box::new(dup)
+        })
+        .into_result(),
+        Err(Rejection::DuplicateServiceName { .. })
+    ));
+    let mut clash = sample_service("c", "other");
+    clash.spec.ports = web.spec.ports.clone();
+    assert!(matches!(
+        s.apply(&Command::CreateService {
+            service: Box::new(clash)
+        })
+        .into_result(),
+        Err(Rejection::PortInUse { port: 8080, .. })
+    ));
+    let mut nonet = sample_service("d", "nonet");
+    nonet.spec.networks = vec!["nope".into()];
+    assert!(matches!(
+        s.apply(&Command::CreateService {
+            service: Box::new(nonet)
+        })
+        .into_result(),
+        Err(Rejection::UnknownNetwork { .. })
+    ));
+    assert!(matches!(
+        s.apply(&Command::RemoveNetwork { id: "net".into() })
+            .into_result(),
+        Err(Rejection::NetworkInUse { .. })
+    ));
+    assert_eq!(s, before, "refusals change nothing");
+
+    let mut t1 = sample_task("t1");
+    t1.service_id = "a".into();
+    let mut t2 = sample_task("t2");
+    t2.service_id = "a".into();
+    t2.node_id = Some("n2".into());
+    s.apply(&Command::PutTasks {
+        tasks: vec![t1, t2],
+    });
+    let running = TaskStatus {
+        state: TaskState::Running,
+        ..Default::default()
+    };
+    s.apply(&Command::UpdateTaskStatus {
+        node_id: "n1".into(),
+        updates: vec![
+            TaskStatusUpdate {
+                task_id: "t1".into(),
+                status: running.clone(),
+            },
+            TaskStatusUpdate {
+                task_id: "t2".into(),
+                status: running.clone(),
+            },
+        ],
+    });
+    assert_eq!(s.tasks["t1"].status.state, TaskState::Running);
+    assert_eq!(
+        s.tasks["t2"].status.state,
+        TaskState::New,
+        "a node reports only its own tasks"
+    );
+    s.apply(&Command::UpdateTaskStatus {
+        node_id: "n1".into(),
+        updates: vec![TaskStatusUpdate {
+            task_id: "t1".into(),
+            status: TaskStatus {
+                state: TaskState::Starting,
+                ..Default::default()
+            },
+        }],
+    });
+    assert_eq!(
+        s.tasks["t1"].status.state,
+        TaskState::Running,
+        "no going back"
+    );
+    s.apply(&Command::RemoveService { id: "a".into() });
+    assert!(s.services.is_empty());
+    assert!(s
+        .tasks
+        .values()
+        .all(|t| t.desired_state == TaskState::Remove));
+    s.apply(&Command::RemoveTasks {
+        ids: vec!["t1".into(), "zz".into()],
+    });
+    assert_eq!(s.tasks.len(), 1);
+    // A snapshot from before services had a shape still loads (opaque entries drop).
+    let old: ClusterState = serde_json::from_str(
+        r#"{"version":3,"nodes":{},"networks":{},"services":{"x":{"n":1}},"tokens":null,"tasks":{"t":{"id":"t"}}}"#,
+    )
+    .expect("old state");
+    assert!(old.services.is_empty() && old.tasks.is_empty());
+}
+
+#[test]
+fn accepted_commands_raise_the_version_and_stamp_objects() {
+    let mut s = ClusterState::default();
+    let r = s.apply(&Command::UpsertNode {
+        node: node("n1", Role::Manager),
+    });
+    assert_eq!(r, ApplyResult::Applied { version: 1 });
+    assert_eq!(s.nodes["n1"].version, 1);
+    let r = s.apply(&Command::SetAvailability {
+        id: "n1".into(),
+        availability: Availability::Drain,
+    });
+    assert_eq!(r.version(), 2);
+    assert_eq!(s.nodes["n1"].availability, Availability::Drain);
+    assert_eq!(s.nodes["n1"].version, 2);
+    assert_eq!(s.version, 2);
+}
+
+#[test]
+fn unknown_objects_are_refused_and_nothing_changes() {
+    let mut s = ClusterState::default();
+    s.apply(&Command::UpsertNode {
+        node: node("n1", Role::Worker),
+    });
+    let before = s.clone();
+    for (cmd, want) in [
+        (
+            Command::RemoveNode { id: "nope".into() },
+            Rejection::UnknownNode { id: "nope".into() },
+        ),
+        (
+            Command::SetRole {
+                id: "nope".into(),
+                role: Role::Manager,
+                raft_id: Some(2),
+            },
+            Rejection::UnknownNode { id: "nope".into() },
+        ),
+        (
+            Command::SetStatus {
+                id: "nope".into(),
+                status: NodeStatus::Down,
+            },
+            Rejection::UnknownNode { id: "nope".into() },
+        ),
+        (
+            Command::RemoveNetwork { id: "x".into() },
+            Rejection::UnknownNetwork { id: "x".into() },
+        ),
+        (
+            Command::RemoveService { id: "s".into() },
+            Rejection::UnknownService { id: "s".into() },
+        ),
+    ] {
+        let r = s.apply(&cmd);
+        assert_eq!(
+            r,
+            ApplyResult::Rejected {
+                version: 1,
+                rejection: want
+            },
+            "{cmd:?}"
+        );
+    }
+    assert_eq!(s, before);
+}
+
+#[test]
+fn network_names_stay_unique_but_a_network_can_be_replaced() {
+    let mut s = ClusterState::default();
+    assert!(s
+        .apply(&Command::UpsertNetwork {
+            network: network("a", "ingress")
+        })
+        .into_result()
+        .is_ok());
+    let r = s.apply(&Command::UpsertNetwork {
+        network: network("b", "ingress"),
+    });
+    assert_eq!(
+        r.into_result(),
+        Err(Rejection::DuplicateNetworkName {
+            name: "ingress".into(),
+            existing_id: "a".into()
+        })
+    );
+    let mut changed = network("a", "ingress");
+    changed.vni = Some(4097);
+    assert_eq!(
+        s.apply(&Command::UpsertNetwork { network: changed })
+            .into_result(),
+        Ok(2)
+    );
+    assert_eq!(s.networks["a"].vni, Some(4097));
+    assert_eq!(
+        s.apply(&Command::RemoveNetwork { id: "a".into() })
+            .into_result(),
+        Ok(3)
+    );
+    assert!(s.networks.is_empty());
+}
+
+#[test]
+fn tasks_secrets_and_configs_are_kept_by_kind() {
+    let mut s = ClusterState::default();
+    for (kind, id) in [
+        (ObjectKind::Task, "t1"),
+        (ObjectKind::Secret, "db-password"),
+        (ObjectKind::Config, "nginx-conf"),
+    ] {
+        let r = s.apply(&Command::UpsertObject {
+            kind,
+            id: id.into(),
+            spec: serde_json::json!({"id": id}),
+        });
+        if kind == ObjectKind::Task {
+            assert!(r.into_result().is_err(), "a task needs a task's shape");
+            assert!(!s.has_object(kind, id));
+        } else {
+            assert!(r.into_result().is_ok());
+            assert!(s.has_object(kind, id));
+        }
+    }
+    // A task must have a task's shape.
+    let task = sample_task("t1");
+    assert!(s
+        .apply(&Command::UpsertObject {
+            kind: ObjectKind::Task,
+            id: "t1".into(),
+            spec: serde_json::to_value(&task).unwrap(),
+        })
+        .into_result()
+        .is_ok());
+    assert_eq!((s.tasks.len(), s.secrets.len(), s.configs.len()), (1, 1, 1));
+    let before = s.clone();
+    let r = s.apply(&Command::RemoveObject {
+        kind: ObjectKind::Secret,
+        id: "t1".into(),
+    });
+    assert_eq!(
+        r.into_result(),
+        Err(Rejection::UnknownObject {
+            kind: ObjectKind::Secret,
+            id: "t1".into()
+        }),
+        "a task's ID is not a secret's"
+    );
+    assert_eq!(s, before, "a refused command changes nothing");
+    assert!(s
+        .apply(&Command::UpsertObject {
+            kind: ObjectKind::Config,
+            id: String::new(),
+            spec: serde_json::Value::Null
+        })
+        .into_result()
+        .is_err());
+    s.apply(&Command::RemoveObject {
+        kind: ObjectKind::Task,
+        id: "t1".into(),
+    });
+    assert!(s.tasks.is_empty());
+    // Older states (without these fields) still load.
+    let old: ClusterState = serde_json::from_str(
+        r#"{"version":3,"nodes":{},"networks":{},"services":{},"tokens":null}"#,
+    )
+    .expect("old state");
+    assert!(old.secrets.is_empty());
+}
+
+#[test]
+fn roles_labels_services_and_tokens() {
+    let mut s = ClusterState::default();
+    s.apply(&Command::UpsertNode {
+        node: node("n2", Role::Worker),
+    });
+    s.apply(&Command::SetRole {
+        id: "n2".into(),
+        role: Role::Manager,
+        raft_id: Some(7),
+    });
+    assert_eq!(s.nodes["n2"].role, Role::Manager);
+    assert_eq!(s.nodes["n2"].raft_id, Some(7));
+    s.apply(&Command::UpdateNodeLabels {
+        id: "n2".into(),
+        add: BTreeMap::from([("zone".into(), "a".into()), ("ssd".into(), "1".into())]),
+        remove: vec![],
+    });
+    s.apply(&Command::UpdateNodeLabels {
+        id: "n2".into(),
+        add: BTreeMap::from([("zone".into(), "b".into())]),
+        remove: vec!["ssd".into()],
+    });
+    assert_eq!(
+        s.nodes["n2"].labels,
+        BTreeMap::from([("zone".into(), "b".into())])
+    );
+    s.apply(&Command::CreateService {
+        service: Box::new(sample_service("svc", "web")),
+    });
+    assert_eq!(s.services["svc"].spec.name, "web");
+    s.apply(&Command::SetTokens {
+        tokens: serde_json::json!({"worker": "w", "manager": "m"}),
+    });
+    assert_eq!(s.tokens.as_ref().unwrap()["worker"], "w");
+    assert_eq!(
+        s.apply(&Command::RemoveNode { id: "n2".into() })
+            .into_result(),
+        Ok(7)
+    );
+    assert!(s.nodes.is_empty());
+    assert_eq!(s.version, 7);
+}
+
+#[test]
+fn same_commands_same_state_and_commands_round_trip_through_json() {
+    let cmds = vec![
+        Command::UpsertNode {
+            node: node("n1", Role::Manager),
+        },
+        Command::UpsertNetwork {
+            network: network("net", "front"),
+        },
+        Command::RemoveNode { id: "zz".into() },
+        Command::SetStatus {
+            id: "n1".into(),
+            status: NodeStatus::Down,
+        },
+    ];
+    let wire: Vec<Command> = serde_json::from_str(&serde_json::to_string(&cmds).unwrap()).unwrap();
+    assert_eq!(wire, cmds);
+    let (mut a, mut b) = (ClusterState::default(), ClusterState::default());
+    let ra: Vec<_> = cmds.iter().map(|c| a.apply(c)).collect();
+    let rb: Vec<_> = wire.iter().map(|c| b.apply(c)).collect();
+    assert_eq!(ra, rb);
+    assert_eq!(a, b);
+    assert_eq!(a.version, 3);
+    let back: ClusterState = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+    assert_eq!(back, a);
+}
