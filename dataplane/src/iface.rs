@@ -4,12 +4,32 @@ use std::{ffi::CStr, io, net::Ipv4Addr};
 
 /// The first IPv4 address of `ifname`, if it has one.
 pub fn ipv4_address(ifname: &str) -> io::Result<Option<Ipv4Addr>> {
+    Ok(ipv4_addresses()?
+        .into_iter()
+        .find(|(name, _)| name == ifname)
+        .map(|(_, a)| a))
+}
+
+/// Every IPv4 address of the namespace's interfaces but loopback and link-local ones,
+/// without repeats: the addresses the node's published ports answer on.
+pub fn node_addresses() -> io::Result<Vec<Ipv4Addr>> {
+    let mut out = Vec::new();
+    for (_, a) in ipv4_addresses()? {
+        if !a.is_loopback() && !a.is_link_local() && !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    Ok(out)
+}
+
+/// (interface name, IPv4 address) of every interface address, in the kernel's order.
+fn ipv4_addresses() -> io::Result<Vec<(String, Ipv4Addr)>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut found = None;
+    let mut found = Vec::new();
     let mut cur = head;
     while !cur.is_null() {
         // SAFETY: cur is a valid node of the list until freeifaddrs.
@@ -22,14 +42,16 @@ pub fn ipv4_address(ifname: &str) -> io::Result<Option<Ipv4Addr>> {
         let name = unsafe { CStr::from_ptr(ifa.ifa_name) };
         // SAFETY: ifa_addr is non-null and at least a sockaddr.
         let family = unsafe { (*ifa.ifa_addr).sa_family } as i32;
-        if name.to_bytes() == ifname.as_bytes() && family == libc::AF_INET {
+        if family == libc::AF_INET {
             // SAFETY: family AF_INET means the address is a sockaddr_in.
             let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-            found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
-            break;
+            found.push((
+                name.to_string_lossy().into_owned(),
+                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+            ));
         }
     }
-    // SAFETY: head came from getifaddrs.
+    // SAFETY: head came from getifaddrs and is freed once.
     unsafe { libc::freeifaddrs(head) };
     Ok(found)
 }

@@ -7,6 +7,8 @@
 //! - [`iface`]: an interface's address and MTU, asked of the kernel.
 //! - [`lb`]: service VIPs and the ingress routing mesh from declared state.
 //! - [`overlay`]: VXLAN overlay networks from declared node state (reconciler).
+//! - [`reconcile`]: the reconcilers as the agent runs them: each follows the declared
+//!   node state the agent publishes in memory, on a thread of its own.
 //!
 //! Every layer takes declared node state and makes the kernel match it; none decides
 //! what should exist.
@@ -15,6 +17,7 @@ pub mod bpffs;
 pub mod iface;
 pub mod lb;
 pub mod overlay;
+pub mod reconcile;
 pub mod underlay;
 
 /// The compiled eBPF object holding every program in `ebpf/shoal-ebpf`

@@ -1,0 +1,65 @@
+//! The node's reconcilers as the agent runs them, all of one shape.
+//!
+//! ```text
+//!  agent pipeline ──watch: Option<Arc<DeclaredNode>>──┬─▶ overlay ──watch: present networks──┐
+//!  (store + gossip + local containers,                ├─▶ service VIPs   ◀─────────────────────┤
+//!   or the standalone files)                          ├─▶ routing mesh   ◀─────────────────────┤
+//!                                                     └─▶ DNS listeners and records ◀──────────┘
+//! ```
+//! Each reconciler runs on a thread of its own ([`runner`]): it wakes when the declared
+//! state (or the set of networks present on the node) changes, or on its own timer,
+//! validates the state whole, plans the difference from what it applied (pure, tested
+//! against a fake kernel), applies it, keeps the last good state when a new one is
+//! refused ([`intake`]), and reports through the one status writer ([`status`]). No
+//! reconciler reads a file: the state reaches the kernel as soon as it is computed.
+
+pub mod dns;
+pub mod intake;
+pub mod mesh;
+pub mod overlay;
+pub mod runner;
+pub mod status;
+pub mod vip;
+
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, sync::Arc};
+
+use shoal_dns::records::DnsState;
+use tokio::sync::watch;
+
+use crate::{
+    lb::state::LbState,
+    overlay::{plan::ContainerNetns, state::OverlayState},
+};
+
+/// One node's declared dataplane state, as the agent's pipeline publishes it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeclaredNode {
+    /// Networks present here and their local and remote endpoints.
+    pub overlay: OverlayState,
+    /// Names to serve; None: no DNS is declared (the records stay as they are).
+    pub dns: Option<DnsState>,
+    /// Services' VIPs, published ports and backends; None: no load balancing is
+    /// declared (the maps keep what they hold).
+    pub lb: Option<LbState>,
+    /// The network namespace of every local endpoint's container that runs now, by
+    /// container name (resolved by the agent; a container missing here is not running,
+    /// and is attached once it is).
+    pub containers: BTreeMap<String, ContainerNetns>,
+}
+
+/// What the reconcilers follow: None until a first state is known (then nothing is
+/// changed: what a previous agent made stays).
+pub type Declared = watch::Receiver<Option<Arc<DeclaredNode>>>;
+
+/// An overlay network that exists on this node now: where its namespace is pinned and
+/// the gateway address its bridge holds (where the node's DNS listens for it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresentNetwork {
+    pub id: String,
+    pub vni: u32,
+    pub gateway: Ipv4Addr,
+    pub netns_path: PathBuf,
+}
+
+/// The networks present after the overlay's latest apply.
+pub type Present = watch::Receiver<Arc<Vec<PresentNetwork>>>;

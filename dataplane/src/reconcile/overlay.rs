@@ -1,0 +1,279 @@
+//! The overlay as the agent runs it: [`Reconciler`] (validate, plan against its record,
+//! apply) fed from the declared node state, a resync every 30 s that re-reads the
+//! kernel to repair drift, the networks present after each apply published for the
+//! reconcilers that work inside them, and `overlay.json`.
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::{
+    runner::{Cue, Reconcile},
+    DeclaredNode, PresentNetwork,
+};
+use crate::overlay::{
+    kernel::pin_path,
+    model::{KernelState, OverlayKernel},
+    plan::NodeParams,
+    reconciler::{ReconcileError, Reconciler},
+    state::OverlayState,
+};
+
+/// How often the kernel is re-read to repair drift.
+pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
+
+/// What `overlay.json` holds.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct OverlayStatus {
+    /// VNIs of the networks that exist on this node.
+    pub networks: Vec<u32>,
+    pub attachments: usize,
+    pub remotes: usize,
+    pub applied_ops: usize,
+    pub absent_containers: Vec<String>,
+    pub vanished_containers: Vec<String>,
+    pub failed: Vec<String>,
+    /// Why the latest declared state was refused (the last good one stays applied).
+    pub refused: Option<String>,
+    pub elapsed_ms: f64,
+}
+
+/// The overlay reconciler and what it publishes.
+pub struct OverlayReconciler<K: OverlayKernel> {
+    inner: Reconciler<K>,
+    netns_dir: PathBuf,
+    present: watch::Sender<Arc<Vec<PresentNetwork>>>,
+    status: OverlayStatus,
+}
+
+impl<K: OverlayKernel> OverlayReconciler<K> {
+    /// Adopts what the kernel holds. `present` receives the networks present after each
+    /// apply (only when they change).
+    pub fn new(
+        kernel: K,
+        node: NodeParams,
+        netns_dir: PathBuf,
+        present: watch::Sender<Arc<Vec<PresentNetwork>>>,
+    ) -> Result<Self, ReconcileError> {
+        Ok(Self {
+            inner: Reconciler::new(kernel, node)?,
+            netns_dir,
+            present,
+            status: OverlayStatus::default(),
+        })
+    }
+
+    pub fn applied(&self) -> &KernelState {
+        self.inner.applied()
+    }
+
+    fn publish_present(&self) {
+        let now = present_networks(
+            self.inner.last_good(),
+            self.inner.applied(),
+            &self.netns_dir,
+        );
+        self.present.send_if_modified(|old| {
+            let changed = **old != now;
+            if changed {
+                *old = Arc::new(now);
+            }
+            changed
+        });
+    }
+}
+
+impl<K: OverlayKernel + 'static> Reconcile for OverlayReconciler<K> {
+    type Status = OverlayStatus;
+
+    fn reconcile(
+        &mut self,
+        declared: Option<&DeclaredNode>,
+        _present: &[PresentNetwork],
+        cue: Cue,
+    ) -> Option<OverlayStatus> {
+        let declared = declared?;
+        if cue == Cue::Timer {
+            if let Err(e) = self.inner.resync() {
+                warn!(error = %e, "re-reading the overlay from the kernel");
+            }
+        }
+        let status = &mut self.status;
+        match self
+            .inner
+            .apply(&declared.overlay, |c| declared.containers.get(c).cloned())
+        {
+            Ok(report) => {
+                if report.applied > 0 || !report.failed.is_empty() {
+                    info!(
+                        ops = report.applied,
+                        failed = report.failed.len(),
+                        absent = report.absent_containers.len(),
+                        ms = report.elapsed.as_secs_f64() * 1e3,
+                        "overlay reconciled"
+                    );
+                }
+                status.refused = None;
+                status.applied_ops = report.applied;
+                status.absent_containers = report.absent_containers;
+                status.vanished_containers = report.vanished_containers;
+                status.failed = report.failed;
+                status.elapsed_ms = report.elapsed.as_secs_f64() * 1e3;
+            }
+            Err(e) => {
+                warn!(error = %e, "overlay state refused");
+                status.refused = Some(e.to_string());
+            }
+        }
+        let applied = self.inner.applied();
+        status.networks = applied.networks.keys().copied().collect();
+        status.attachments = applied.networks.values().map(|n| n.attachments.len()).sum();
+        status.remotes = applied.networks.values().map(|n| n.remotes.len()).sum();
+        let status = status.clone();
+        self.publish_present();
+        Some(status)
+    }
+
+    fn period(&self) -> Duration {
+        RESYNC_EVERY
+    }
+}
+
+/// The networks in `applied`, named from the declared state.
+fn present_networks(
+    state: Option<&OverlayState>,
+    applied: &KernelState,
+    netns_dir: &std::path::Path,
+) -> Vec<PresentNetwork> {
+    applied
+        .networks
+        .iter()
+        .filter_map(|(vni, objects)| {
+            let id = state?.networks.iter().find(|n| n.vni == *vni)?.id.clone();
+            Some(PresentNetwork {
+                id,
+                vni: *vni,
+                gateway: objects.spec.gateway,
+                netns_path: pin_path(netns_dir, *vni),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::overlay::{
+        model::{KernelError, Op},
+        plan::{self, ContainerNetns},
+        state::{LocalEndpoint, Network},
+    };
+
+    #[derive(Default)]
+    struct FakeKernel {
+        state: KernelState,
+        snapshots: usize,
+    }
+
+    impl OverlayKernel for FakeKernel {
+        fn snapshot(&mut self) -> Result<KernelState, KernelError> {
+            self.snapshots += 1;
+            Ok(self.state.clone())
+        }
+        fn apply(&mut self, op: &Op) -> Result<(), KernelError> {
+            plan::record(&mut self.state, op);
+            Ok(())
+        }
+    }
+
+    fn node() -> NodeParams {
+        NodeParams {
+            vtep: "192.168.77.11".parse().unwrap(),
+            underlay_interface: "eth0".into(),
+            underlay_mtu: 1500,
+            port: 4789,
+        }
+    }
+
+    fn declared(with_container: bool) -> DeclaredNode {
+        let mut d = DeclaredNode::default();
+        d.overlay.networks.push(Network {
+            id: "web".into(),
+            vni: 4097,
+            subnet: "10.0.9.0/24".parse().unwrap(),
+            gateway: "10.0.9.1".parse().unwrap(),
+            mtu: None,
+            encrypted: false,
+        });
+        d.overlay.local_endpoints.push(LocalEndpoint {
+            network: "web".into(),
+            container: "c1".into(),
+            ip: "10.0.9.2".parse().unwrap(),
+            mac: None,
+        });
+        if with_container {
+            d.containers.insert(
+                "c1".into(),
+                ContainerNetns {
+                    path: "/proc/1/ns/net".into(),
+                    id: 7,
+                },
+            );
+        }
+        d
+    }
+
+    #[test]
+    fn a_container_is_attached_once_the_pipeline_has_its_namespace() {
+        let (tx, mut present) = watch::channel(Arc::default());
+        let mut r =
+            OverlayReconciler::new(FakeKernel::default(), node(), "/run/x".into(), tx).unwrap();
+        assert!(
+            r.reconcile(None, &[], Cue::Start).is_none(),
+            "nothing declared yet"
+        );
+
+        let s = r
+            .reconcile(Some(&declared(false)), &[], Cue::Declared)
+            .unwrap();
+        assert_eq!(s.absent_containers, ["c1"]);
+        assert_eq!(s.attachments, 0);
+        assert!(
+            !present.has_changed().unwrap(),
+            "no network without a running endpoint"
+        );
+
+        let s = r
+            .reconcile(Some(&declared(true)), &[], Cue::Declared)
+            .unwrap();
+        assert_eq!(s.attachments, 1);
+        assert!(s.absent_containers.is_empty());
+        assert!(present.has_changed().unwrap());
+        let nets = present.borrow_and_update().clone();
+        assert_eq!(nets.len(), 1);
+        assert_eq!(nets[0].netns_path, PathBuf::from("/run/x/vni-4097"));
+
+        r.reconcile(Some(&declared(true)), &[], Cue::Declared)
+            .unwrap();
+        assert!(!present.has_changed().unwrap(), "same networks: no wake-up");
+    }
+
+    #[test]
+    fn the_timer_resyncs_and_a_bad_state_keeps_the_good_one() {
+        let (tx, _present) = watch::channel(Arc::default());
+        let mut r =
+            OverlayReconciler::new(FakeKernel::default(), node(), "/run/x".into(), tx).unwrap();
+        r.reconcile(Some(&declared(true)), &[], Cue::Declared)
+            .unwrap();
+        let before = r.inner.kernel_mut().snapshots;
+        r.reconcile(Some(&declared(true)), &[], Cue::Timer).unwrap();
+        assert_eq!(r.inner.kernel_mut().snapshots, before + 1);
+
+        let mut bad = declared(true);
+        bad.overlay.local_endpoints[0].network = "nope".into();
+        let s = r.reconcile(Some(&bad), &[], Cue::Declared).unwrap();
+        assert!(s.refused.is_some());
+        assert_eq!(s.attachments, 1, "the last good state stays");
+    }
+}

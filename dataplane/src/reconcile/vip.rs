@@ -1,0 +1,409 @@
+//! Service VIPs as the agent runs them: the declared LB state, checked against the
+//! overlay state, becomes a [`VipTable`] (VIPs, their healthy backends, which container
+//! namespaces may use which VIPs, the published ports the node's own sockets reach),
+//! written to the socket programs' maps through [`VipKernel`] (only the difference:
+//! [`crate::lb::vip_table::plan`]), and each VIP becomes an address on `lo` of its
+//! network's namespace on this node. Every 10 s everything is checked again (a
+//! network's namespace re-made by the overlay loses its VIP addresses).
+use std::{
+    collections::{BTreeSet, HashMap},
+    io,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+use tracing::{info, warn};
+
+use super::{
+    intake::Intake,
+    runner::{Cue, Reconcile},
+    DeclaredNode, PresentNetwork,
+};
+use crate::{
+    iface,
+    lb::{
+        state::LbState,
+        vip::{self, VipProgram},
+        vip_addr::{self, AddrChanges},
+        vip_table::VipTable,
+    },
+    overlay::state::OverlayState,
+};
+
+/// How often everything is recomputed and the VIP addresses re-checked.
+pub const RESYNC_EVERY: Duration = Duration::from_secs(10);
+
+/// What the VIP reconciler changes in the kernel.
+pub trait VipKernel {
+    /// Makes the maps hold `table`; returns the map writes and deletes it took.
+    fn apply(&mut self, table: &VipTable) -> Result<usize, String>;
+    /// Makes the VIP addresses on `lo` of the namespace at `netns` exactly `addrs`.
+    fn sync_addresses(
+        &mut self,
+        netns: &Path,
+        addrs: &BTreeSet<Ipv4Addr>,
+    ) -> io::Result<AddrChanges>;
+    /// The cookie of the network namespace at `netns` (what the programs key on).
+    fn netns_cookie(&mut self, netns: &Path) -> io::Result<u64>;
+    /// The cookie of the node's own namespace.
+    fn own_cookie(&mut self) -> io::Result<u64>;
+    /// The node's addresses (published ports answer on them).
+    fn node_addresses(&mut self) -> Vec<Ipv4Addr>;
+}
+
+/// The real kernel: the pinned socket programs and netlink.
+impl VipKernel for VipProgram {
+    fn apply(&mut self, table: &VipTable) -> Result<usize, String> {
+        VipProgram::apply(self, table).map_err(|e| e.to_string())
+    }
+    fn sync_addresses(
+        &mut self,
+        netns: &Path,
+        addrs: &BTreeSet<Ipv4Addr>,
+    ) -> io::Result<AddrChanges> {
+        vip_addr::sync_addresses(netns, addrs)
+    }
+    fn netns_cookie(&mut self, netns: &Path) -> io::Result<u64> {
+        vip::netns_cookie(netns)
+    }
+    fn own_cookie(&mut self) -> io::Result<u64> {
+        vip::current_netns_cookie()
+    }
+    fn node_addresses(&mut self) -> Vec<Ipv4Addr> {
+        iface::node_addresses().unwrap_or_default()
+    }
+}
+
+/// What `vip.json` holds.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct VipStatus {
+    pub vips: usize,
+    pub healthy_backends: usize,
+    /// (node address or 127.0.0.1, published port) pairs the node's own sockets reach.
+    pub node_ports: usize,
+    pub scopes: usize,
+    /// Map writes and deletes of the last apply.
+    pub map_writes: usize,
+    /// Namespaces whose VIP addresses could not be set, or the maps, with why.
+    pub failed: Vec<String>,
+    /// Why the latest declared state was refused (the last good one stays applied).
+    pub refused: Option<String>,
+    pub elapsed_ms: f64,
+}
+
+/// The VIP reconciler.
+pub struct VipReconciler<K: VipKernel> {
+    kernel: K,
+    intake: Intake<(LbState, OverlayState)>,
+    /// Namespace identity -> cookie, so a namespace is entered once.
+    cookies: HashMap<u64, u64>,
+    /// The last LB state taken, to log a change once.
+    logged: Option<LbState>,
+}
+
+impl<K: VipKernel> VipReconciler<K> {
+    pub fn new(kernel: K) -> Self {
+        Self {
+            kernel,
+            intake: Intake::default(),
+            cookies: HashMap::new(),
+            logged: None,
+        }
+    }
+
+    pub fn kernel(&self) -> &K {
+        &self.kernel
+    }
+
+    /// The cookie of every declared container that runs, by container name.
+    fn container_cookies(&mut self, declared: &DeclaredNode) -> HashMap<String, u64> {
+        let mut out = HashMap::new();
+        let mut live = BTreeSet::new();
+        for (name, netns) in &declared.containers {
+            live.insert(netns.id);
+            let cookie = match self.cookies.get(&netns.id) {
+                Some(k) => *k,
+                None => match self.kernel.netns_cookie(&netns.path) {
+                    Ok(k) => {
+                        self.cookies.insert(netns.id, k);
+                        k
+                    }
+                    Err(e) => {
+                        warn!(container = %name, error = %e, "reading a container's namespace cookie");
+                        continue;
+                    }
+                },
+            };
+            out.insert(name.clone(), cookie);
+        }
+        self.cookies.retain(|id, _| live.contains(id));
+        out
+    }
+}
+
+/// The table `lb` and `overlay` declare, for containers with these cookies, on a node
+/// with these addresses and its own namespace's cookie.
+pub fn desired_table(
+    lb: &LbState,
+    overlay: &OverlayState,
+    cookies: &HashMap<String, u64>,
+    own_cookie: Option<u64>,
+    node_addrs: &[Ipv4Addr],
+) -> VipTable {
+    let mut table = VipTable::from_declared(lb, overlay, cookies);
+    // Published ports from the node itself (its own namespace's sockets) and from its
+    // containers.
+    if let Some(own) = own_cookie {
+        table.add_node_ports(lb, own, node_addrs);
+    }
+    table.add_container_node_ports(lb, overlay, cookies, node_addrs);
+    table
+}
+
+impl<K: VipKernel + 'static> Reconcile for VipReconciler<K> {
+    type Status = VipStatus;
+
+    fn reconcile(
+        &mut self,
+        declared: Option<&DeclaredNode>,
+        present: &[PresentNetwork],
+        _cue: Cue,
+    ) -> Option<VipStatus> {
+        let declared = declared?;
+        let lb = declared.lb.as_ref()?;
+        let started = Instant::now();
+        let checked = lb
+            .validate(&declared.overlay)
+            .map(|()| (lb.clone(), declared.overlay.clone()))
+            .map_err(|e| format!("declared load-balancing state refused: {e}"));
+        self.intake.offer(checked);
+        let mut status = VipStatus {
+            refused: self.intake.refused().map(str::to_owned),
+            ..Default::default()
+        };
+        let Some((lb, overlay)) = self.intake.current().cloned() else {
+            return Some(status);
+        };
+        if self.logged.as_ref() != Some(&lb) {
+            info!(
+                services = lb.services.len(),
+                "declared load-balancing state taken"
+            );
+            self.logged = Some(lb.clone());
+        }
+        let cookies = self.container_cookies(declared);
+        let own = match self.kernel.own_cookie() {
+            Ok(k) => Some(k),
+            Err(e) => {
+                warn!(error = %e, "reading the node's namespace cookie");
+                None
+            }
+        };
+        let node_addrs = self.kernel.node_addresses();
+        let table = desired_table(&lb, &overlay, &cookies, own, &node_addrs);
+        match self.kernel.apply(&table) {
+            Ok(n) => {
+                if n > 0 {
+                    info!(
+                        map_writes = n,
+                        vips = table.vips.len(),
+                        scopes = table.scopes.len(),
+                        "service VIPs applied"
+                    );
+                }
+                status.map_writes = n;
+            }
+            Err(e) => {
+                warn!(error = %e, "writing the VIP maps");
+                status.failed.push(format!("maps: {e}"));
+            }
+        }
+        let addresses: Vec<(PathBuf, BTreeSet<Ipv4Addr>)> = present
+            .iter()
+            .map(|n| (n.netns_path.clone(), vip::vip_addresses(&table, n.vni)))
+            .collect();
+        for (netns, addrs) in &addresses {
+            match self.kernel.sync_addresses(netns, addrs) {
+                Ok(c) if !c.added.is_empty() || !c.removed.is_empty() => {
+                    info!(netns = %netns.display(), added = ?c.added, removed = ?c.removed, "VIP addresses")
+                }
+                Ok(_) => {}
+                Err(e) => status.failed.push(format!("{}: {e}", netns.display())),
+            }
+        }
+        // Published ports' frontends (network 0) are counted as node ports, not VIPs.
+        let vips: Vec<_> = (table.vips.iter())
+            .filter(|(_, spec)| spec.network != 0)
+            .map(|(vip, _)| *vip)
+            .collect();
+        status.vips = vips.len();
+        status.healthy_backends = vips.iter().map(|v| table.healthy(*v).len()).sum();
+        status.node_ports = table.nodeports.len();
+        status.scopes = table.scopes.len();
+        status.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+        Some(status)
+    }
+
+    fn period(&self) -> Duration {
+        RESYNC_EVERY
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        lb::state::{Backend, BackendState, Balance, EndpointMode, Service, Vip},
+        overlay::{
+            plan::ContainerNetns,
+            state::{LocalEndpoint, Network},
+        },
+    };
+
+    /// Records what it is asked to hold.
+    #[derive(Default)]
+    struct FakeKernel {
+        table: Option<VipTable>,
+        applies: usize,
+        addresses: HashMap<PathBuf, BTreeSet<Ipv4Addr>>,
+        cookie_reads: usize,
+    }
+
+    impl VipKernel for FakeKernel {
+        fn apply(&mut self, table: &VipTable) -> Result<usize, String> {
+            self.applies += 1;
+            self.table = Some(table.clone());
+            Ok(1)
+        }
+        fn sync_addresses(
+            &mut self,
+            netns: &Path,
+            addrs: &BTreeSet<Ipv4Addr>,
+        ) -> io::Result<AddrChanges> {
+            self.addresses.insert(netns.to_owned(), addrs.clone());
+            Ok(AddrChanges::default())
+        }
+        fn netns_cookie(&mut self, netns: &Path) -> io::Result<u64> {
+            self.cookie_reads += 1;
+            Ok(netns.as_os_str().len() as u64)
+        }
+        fn own_cookie(&mut self) -> io::Result<u64> {
+            Ok(1)
+        }
+        fn node_addresses(&mut self) -> Vec<Ipv4Addr> {
+            vec!["192.168.77.11".parse().unwrap()]
+        }
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn declared(backends: &[(&str, &str, BackendState)]) -> DeclaredNode {
+        let mut d = DeclaredNode::default();
+        d.overlay.networks.push(Network {
+            id: "web".into(),
+            vni: 4097,
+            subnet: "10.0.9.0/24".parse().unwrap(),
+            gateway: ip("10.0.9.1"),
+            mtu: None,
+            encrypted: false,
+        });
+        d.overlay.local_endpoints.push(LocalEndpoint {
+            network: "web".into(),
+            container: "c1".into(),
+            ip: ip("10.0.9.11"),
+            mac: None,
+        });
+        d.containers.insert(
+            "c1".into(),
+            ContainerNetns {
+                path: "/proc/10/ns/net".into(),
+                id: 10,
+            },
+        );
+        d.lb = Some(LbState {
+            ingress_network: None,
+            services: vec![Service {
+                id: "s1".into(),
+                name: "web".into(),
+                endpoint_mode: EndpointMode::Vip,
+                balance: Balance::default(),
+                vips: vec![Vip {
+                    network: "web".into(),
+                    address: ip("10.0.9.100"),
+                }],
+                ports: Vec::new(),
+                backends: backends
+                    .iter()
+                    .map(|(task, addr, state)| Backend {
+                        task: (*task).into(),
+                        node: ip("192.168.77.12"),
+                        addresses: [("web".to_string(), ip(addr))].into(),
+                        state: *state,
+                    })
+                    .collect(),
+            }],
+        });
+        d
+    }
+
+    fn present() -> Vec<PresentNetwork> {
+        vec![PresentNetwork {
+            id: "web".into(),
+            vni: 4097,
+            gateway: ip("10.0.9.1"),
+            netns_path: "/run/x/vni-4097".into(),
+        }]
+    }
+
+    #[test]
+    fn healthy_backends_scopes_and_vip_addresses_follow_the_declared_state() {
+        let mut r = VipReconciler::new(FakeKernel::default());
+        assert!(r.reconcile(None, &[], Cue::Start).is_none());
+        let d = declared(&[
+            ("t1", "10.0.9.21", BackendState::Healthy),
+            ("t2", "10.0.9.22", BackendState::Draining),
+        ]);
+        let s = r.reconcile(Some(&d), &present(), Cue::Declared).unwrap();
+        assert_eq!((s.vips, s.healthy_backends, s.scopes), (1, 1, 1));
+        let table = r.kernel().table.clone().unwrap();
+        assert_eq!(table.healthy(ip("10.0.9.100")), [ip("10.0.9.21")]);
+        assert!(
+            table.scopes.contains(&(15, 4097)),
+            "c1's cookie may use web's VIPs"
+        );
+        assert_eq!(
+            r.kernel().addresses[Path::new("/run/x/vni-4097")],
+            BTreeSet::from([ip("10.0.9.100")])
+        );
+
+        // A second pass reads no cookie again.
+        r.reconcile(Some(&d), &present(), Cue::Timer).unwrap();
+        assert_eq!(r.kernel().cookie_reads, 1);
+    }
+
+    #[test]
+    fn a_bad_state_is_refused_whole_and_the_last_good_one_stays() {
+        let mut r = VipReconciler::new(FakeKernel::default());
+        let good = declared(&[("t1", "10.0.9.21", BackendState::Healthy)]);
+        r.reconcile(Some(&good), &present(), Cue::Declared).unwrap();
+        let mut bad = declared(&[("t2", "10.0.9.22", BackendState::Healthy)]);
+        bad.lb.as_mut().unwrap().services[0].vips[0].network = "nowhere".into();
+        let s = r.reconcile(Some(&bad), &present(), Cue::Declared).unwrap();
+        assert!(s.refused.as_deref().unwrap().contains("refused"), "{s:?}");
+        let table = r.kernel().table.clone().unwrap();
+        assert_eq!(table.healthy(ip("10.0.9.100")), [ip("10.0.9.21")]);
+    }
+
+    #[test]
+    fn no_load_balancing_declared_leaves_the_maps_alone() {
+        let mut r = VipReconciler::new(FakeKernel::default());
+        let mut d = declared(&[]);
+        d.lb = None;
+        assert!(r.reconcile(Some(&d), &present(), Cue::Declared).is_none());
+        assert_eq!(r.kernel().applies, 0);
+    }
+}
