@@ -1,3 +1,8 @@
+use std::net::IpAddr;
+
+use hickory_proto::rr::RecordType;
+
+use super::reverse::parse_reverse;
 use super::*;
 
 fn ip(s: &str) -> IpAddr {
