@@ -11,7 +11,7 @@ pub fn read_json(path: &std::path::Path) -> serde_json::Value {
 }
 
 pub fn declared(h: &lab::HostState, file: &str) -> serde_json::Value {
-    read_json(&h.run_dir.join("declared").join(file))
+    read_json(&lab::agent::declared_dir(h).join(file))
 }
 
 pub fn array<'a>(v: &'a serde_json::Value, key: &str) -> Vec<&'a serde_json::Value> {

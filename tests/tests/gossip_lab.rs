@@ -71,8 +71,7 @@ fn answered_by(body: &str) -> Option<String> {
 
 fn start_agent(lab: &LabGuard, shoal: &std::path::Path, i: usize) {
     let h = &lab.state.hosts[i];
-    let args = lab::agent::declared_args(h).expect("declared files");
-    lab::agent::start(&lab.state, h, shoal, &args)
+    lab::agent::start(&lab.state, h, shoal, &[])
         .unwrap_or_else(|e| panic!("start agent on {}: {e:#}", h.name));
 }
 

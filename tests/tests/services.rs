@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use shoal_tests::{client_http, lab, privileged, wait_for, write_atomic, LabGuard};
+use shoal_tests::{client_http, lab, privileged, wait_for, LabGuard};
 
 const BOUND: Duration = Duration::from_secs(90);
 
@@ -130,39 +130,20 @@ fn containers(lab: &LabGuard, host: &str, service: &str, all: bool) -> Vec<Strin
         .collect()
 }
 
+/// Where the host's agent dumps the declared state it computed.
 struct Declared {
     overlay: PathBuf,
-    dns: PathBuf,
-    lb: PathBuf,
 }
 
 fn declared(h: &lab::HostState) -> Declared {
-    let dir = h.run_dir.join("declared");
-    std::fs::create_dir_all(&dir).expect("declared dir");
     Declared {
-        overlay: dir.join("overlay.json"),
-        dns: dir.join("dns.json"),
-        lb: dir.join("lb.json"),
+        overlay: lab::agent::declared_dir(h).join("overlay.json"),
     }
 }
 
 fn start_agent(guard: &LabGuard, shoal: &std::path::Path, i: usize) {
     let h = &guard.state.hosts[i];
-    let d = declared(h);
-    for f in [&d.overlay, &d.dns, &d.lb] {
-        if !f.exists() {
-            write_atomic(f, b"{}\n");
-        }
-    }
-    let extra: Vec<String> = vec![
-        "--declared-state".into(),
-        d.overlay.display().to_string(),
-        "--declared-dns".into(),
-        d.dns.display().to_string(),
-        "--declared-lb".into(),
-        d.lb.display().to_string(),
-    ];
-    lab::agent::start(&guard.state, h, shoal, &extra)
+    lab::agent::start(&guard.state, h, shoal, &[])
         .unwrap_or_else(|e| panic!("start agent on {}: {e:#}", h.name));
 }
 

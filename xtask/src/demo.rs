@@ -48,12 +48,8 @@ pub fn run() -> Result<()> {
 
     let shoal = shoal_binary()?;
     for h in &state.hosts {
-        let status: serde_json::Value = serde_json::from_str(&lab::agent::start(
-            &state,
-            h,
-            &shoal,
-            &lab::agent::declared_args(h)?,
-        )?)?;
+        let status: serde_json::Value =
+            serde_json::from_str(&lab::agent::start(&state, h, &shoal, &[])?)?;
         println!(
             "demo: {}: shoal agent up, underlay XDP attached to {} in {} mode",
             h.name, status["underlay_interface"], status["xdp_mode"]

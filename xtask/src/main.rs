@@ -113,11 +113,11 @@ fn run_lab(cmd: LabCmd) -> anyhow::Result<ExitCode> {
             let state = lab::up(&lab::Layout::new(&prefix)?, hosts)?;
             print!("{}", lab::describe(&state));
             if !no_agent {
-                // `lab exec HOST -- shoal ...` then talks to that host's agent, whose
-                // drivers apply what the node's executor declares.
+                // `lab exec HOST -- shoal ...` then talks to that host's agent; plain
+                // agents, as on a real host: what a node's executor declares is applied.
                 let shoal = xtask::util::shoal_binary()?;
                 for h in &state.hosts {
-                    lab::agent::start(&state, h, &shoal, &lab::agent::declared_args(h)?)?;
+                    lab::agent::start(&state, h, &shoal, &[])?;
                     println!("lab: {}: shoal agent running", h.name);
                 }
             }

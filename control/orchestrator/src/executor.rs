@@ -5,7 +5,8 @@
 //!   leader ──node_state(since)──▶ executor ──create/start/stop/remove──▶ dockerd
 //!      ▲                              │  (containers `<service>.<slot>.<task>`,
 //!      └──────report_tasks────────────┘   --network none, --init, task labels)
-//!                                     └──▶ declared overlay/DNS/LB files (node_state)
+//!                                     └──▶ declared overlay/DNS/LB state (node_state),
+//!                                          published to the agent's pipeline
 //! ```
 //! Each step: fetch the state when the store changed, write the node's declared state,
 //! list the task containers (one call, by label), start what should run, stop and
@@ -19,8 +20,11 @@
 use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
+    sync::Arc,
     time::Duration,
 };
+
+use shoal_dataplane::reconcile::DeclaredNode;
 
 use bollard::{
     models::{ContainerCreateBody, ContainerSummaryStateEnum, HealthConfig, HostConfig},
@@ -28,7 +32,7 @@ use bollard::{
         CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, StopContainerOptions,
     },
 };
-use futures::{stream, FutureExt, StreamExt};
+use futures::{stream, StreamExt};
 use shoal_cluster::{
     manager::NodeClient,
     store::{ClusterState, Service, Task, TaskState, TaskStatus, TaskStatusUpdate},
@@ -36,8 +40,10 @@ use shoal_cluster::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    docker::{DockerClient, WatchUpdate},
-    node_state::{self, DeclaredPaths},
+    docker::DockerClient,
+    events::{DockerEvents, Watched},
+    node_state,
+    pipeline::IntentSender,
     scheduler::{now_ms, parse_ip},
 };
 
@@ -108,7 +114,9 @@ enum Action {
 pub struct Executor {
     client: NodeClient,
     docker: DockerClient,
-    paths: DeclaredPaths,
+    /// Where the node's declared state goes (the agent's pipeline).
+    intent: Arc<IntentSender>,
+    events: DockerEvents,
     state: Option<ClusterState>,
     /// The last state reported per task (not sent again until the store moves).
     sent: HashMap<String, TaskState>,
@@ -117,11 +125,17 @@ pub struct Executor {
 }
 
 impl Executor {
-    pub fn new(client: NodeClient, docker: DockerClient, paths: DeclaredPaths) -> Executor {
+    pub fn new(
+        client: NodeClient,
+        docker: DockerClient,
+        events: DockerEvents,
+        intent: Arc<IntentSender>,
+    ) -> Executor {
         Executor {
             client,
             docker,
-            paths,
+            intent,
+            events,
             state: None,
             sent: HashMap::new(),
             gossip: crate::gossip_member::Member::new(None),
@@ -140,7 +154,7 @@ impl Executor {
 
     /// Runs until dropped (the agent aborts it when the node leaves the cluster).
     pub async fn run(mut self) {
-        let mut events = self.docker.watch_reconnecting(Duration::from_secs(2));
+        let mut events = self.events.subscribe();
         // On a manager, the local store applying a change is the cue; workers poll.
         let mut versions = self.client.subscribe();
         loop {
@@ -171,12 +185,12 @@ impl Executor {
                 () = store_changed => {}
                 () = gossip_changed => {}
                 update = events.next() => {
-                    if let Some(WatchUpdate::Lost(e)) = update {
+                    if let Watched::Lost(e) = update {
                         debug!(error = %e, "dockerd events lost; retrying");
                     }
                     // One pass for a burst of events (dozens of containers starting).
                     tokio::time::sleep(EVENT_COALESCE).await;
-                    while let Some(Some(_)) = events.next().now_or_never() {}
+                    events.drain();
                 }
             }
         }
@@ -202,9 +216,14 @@ impl Executor {
         };
         let me = self.client.node_id().to_string();
         let table = self.gossip.table();
-        if let Err(e) = node_state::compute_with(&state, &me, table.as_deref()).write(&self.paths) {
-            warn!(error = %e, "writing the declared node state");
-        }
+        let declared: DeclaredNode = node_state::compute_with(&state, &me, table.as_deref()).into();
+        self.intent.send_if_modified(|old| {
+            if old.as_deref() == Some(&declared) {
+                return false;
+            }
+            *old = Some(Arc::new(declared));
+            true
+        });
         let observed = match self.list().await {
             Ok(o) => o,
             Err(e) => {
@@ -613,7 +632,10 @@ async fn start(
 #[derive(Debug, Clone)]
 pub struct ExecutorConfig {
     pub docker_socket: PathBuf,
-    pub declared: DeclaredPaths,
+    /// The agent's dockerd event watch.
+    pub events: DockerEvents,
+    /// Where the node's declared state goes (the agent's pipeline).
+    pub intent: Arc<IntentSender>,
     /// Where gossip listens; None: no gossip (declared state from the store alone).
     pub gossip_listen: Option<std::net::SocketAddr>,
     /// Where the gossip member's status goes (`<data_dir>/gossip.json`).
@@ -631,7 +653,7 @@ pub async fn run(client: NodeClient, config: ExecutorConfig) {
             }
         }
     };
-    Executor::new(client, docker, config.declared)
+    Executor::new(client, docker, config.events, config.intent)
         .with_gossip(config.gossip_listen, config.gossip_status)
         .run()
         .await

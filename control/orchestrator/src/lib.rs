@@ -8,12 +8,17 @@
 //!   the store's view and the gossip table;
 //! - [`gossip_member`], [`gossip_keys`]: the node's gossip member and the cluster key's
 //!   rotation;
-//! - [`docker`]: the dockerd client (containers, their namespaces, events).
+//! - [`docker`]: the dockerd client (containers, their namespaces, events);
+//!   [`events`]: the agent's one dockerd event watch, shared;
+//! - [`pipeline`]: the node's declared state, with its containers' namespaces, as one
+//!   in-memory value the dataplane's reconcilers follow.
 
 pub mod docker;
+pub mod events;
 pub mod executor;
 pub mod gossip_keys;
 pub mod gossip_member;
 pub mod ipam;
 pub mod node_state;
+pub mod pipeline;
 pub mod scheduler;

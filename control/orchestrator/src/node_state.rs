@@ -1,8 +1,9 @@
 //! A node's declared network state, computed from the cluster store.
 //!
-//! Each node turns what the store says into the three declared states its dataplane
-//! drivers read (overlay, DNS, load balancing) and writes them atomically as JSON to
-//! the files those drivers poll. Networks are named by their store name.
+//! Each node's executor turns what the store says into the three declared states its
+//! dataplane follows (overlay, DNS, load balancing) and publishes them to the agent's
+//! pipeline ([`crate::pipeline`]) as one in-memory value. Networks are named by their
+//! store name.
 //!
 //! - Overlay: the networks of this node's tasks (and `ingress` on every node as soon as
 //!   a service publishes a port in ingress mode), this node's tasks as local endpoints in
@@ -21,7 +22,7 @@ use std::{
     fs,
     io::Write,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use shoal_cluster::store::{self, ClusterState, NodeStatus, PublishMode, Service, Task, TaskState};
@@ -29,42 +30,6 @@ use shoal_dataplane::{lb::state as lb, overlay::state as overlay};
 use shoal_dns::records as dns;
 
 use crate::scheduler::{effective_networks, parse_ip};
-
-/// Where a node writes its declared states.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeclaredPaths {
-    pub overlay: PathBuf,
-    pub dns: PathBuf,
-    pub lb: PathBuf,
-}
-
-impl DeclaredPaths {
-    /// The agent's `--declared-state`, `--declared-dns` and `--declared-lb` files where
-    /// given, the defaults under `data_dir` for the others.
-    pub fn for_agent(
-        data_dir: &Path,
-        overlay: Option<&Path>,
-        dns: Option<&Path>,
-        lb: Option<&Path>,
-    ) -> DeclaredPaths {
-        let d = DeclaredPaths::under(data_dir);
-        DeclaredPaths {
-            overlay: overlay.map_or(d.overlay, Path::to_path_buf),
-            dns: dns.map_or(d.dns, Path::to_path_buf),
-            lb: lb.map_or(d.lb, Path::to_path_buf),
-        }
-    }
-
-    /// The defaults: `<data_dir>/declared/{overlay,dns,lb}.json`.
-    pub fn under(data_dir: &Path) -> DeclaredPaths {
-        let dir = data_dir.join("declared");
-        DeclaredPaths {
-            overlay: dir.join("overlay.json"),
-            dns: dir.join("dns.json"),
-            lb: dir.join("lb.json"),
-        }
-    }
-}
 
 /// The three declared states of one node.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -395,13 +360,16 @@ pub fn write_if_changed<T: serde::Serialize>(path: &Path, value: &T) -> std::io:
     Ok(true)
 }
 
-impl NodeState {
-    /// Writes the three states to `paths` (each only if changed).
-    pub fn write(&self, paths: &DeclaredPaths) -> std::io::Result<()> {
-        write_if_changed(&paths.overlay, &self.overlay)?;
-        write_if_changed(&paths.dns, &self.dns)?;
-        write_if_changed(&paths.lb, &self.lb)?;
-        Ok(())
+impl From<NodeState> for shoal_dataplane::reconcile::DeclaredNode {
+    /// The node's declared state as the pipeline takes it (containers are the
+    /// pipeline's to find).
+    fn from(ns: NodeState) -> Self {
+        Self {
+            overlay: ns.overlay,
+            dns: Some(ns.dns),
+            lb: Some(ns.lb),
+            containers: Default::default(),
+        }
     }
 }
 

@@ -30,7 +30,7 @@ use crate::api::{
     resolve_node, server::Backend, ApiError, ManagerStatus, NodeRole, NodeView, Reply, Request,
     Secret,
 };
-use shoal_orchestrator::{docker::DockerClient, node_state::DeclaredPaths};
+use shoal_orchestrator::{docker::DockerClient, events::DockerEvents, pipeline::IntentSender};
 
 /// Swarm's manager port.
 pub const DEFAULT_CLUSTER_PORT: u16 = 2377;
@@ -54,8 +54,27 @@ pub enum EngineSource {
     Fixed(String),
 }
 
+/// What the executor shares with the rest of the agent.
+#[derive(Debug, Clone)]
+pub struct NodeLinks {
+    /// The agent's one dockerd event watch.
+    pub events: DockerEvents,
+    /// The declared-state pipeline's input.
+    pub intent: Arc<IntentSender>,
+}
+
+impl NodeLinks {
+    /// Links to nothing: no events, and a declared state nobody follows.
+    pub fn detached() -> Self {
+        Self {
+            events: DockerEvents::none(),
+            intent: Arc::new(tokio::sync::watch::channel(None).0),
+        }
+    }
+}
+
 /// What the cluster role needs from the agent's configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ClusterAgentConfig {
     /// The agent's data directory; the cluster's files go in `cluster/` under it.
     pub data_dir: PathBuf,
@@ -71,9 +90,10 @@ pub struct ClusterAgentConfig {
     /// The cluster's timings for `swarm init`/`join` (kept in the role's files);
     /// None: the defaults.
     pub timings: Option<Timings>,
-    /// Where the node's declared overlay, DNS and LB states are written (the files the
-    /// agent's drivers read); None: `<data_dir>/declared/*.json`.
-    pub declared: Option<DeclaredPaths>,
+    /// How the executor reaches the rest of the agent (its dockerd event watch, the
+    /// declared-state pipeline); None: a watch of its own, and the declared state goes
+    /// nowhere (tests of the cluster alone).
+    pub node: Option<NodeLinks>,
     /// Where the executor's gossip member listens; None: no gossip.
     pub gossip_listen: Option<SocketAddr>,
 }
@@ -82,13 +102,6 @@ impl ClusterAgentConfig {
     /// `<data_dir>/cluster`.
     pub fn cluster_dir(&self) -> PathBuf {
         self.data_dir.join("cluster")
-    }
-
-    /// The declared-state files.
-    pub fn declared_paths(&self) -> DeclaredPaths {
-        self.declared
-            .clone()
-            .unwrap_or_else(|| DeclaredPaths::under(&self.data_dir))
     }
 
     fn docker_socket(&self) -> Option<&Path> {
@@ -202,9 +215,11 @@ impl ClusterAgent {
                     h.abort();
                 }
                 let id = client.node_id().to_owned();
+                let links = self.config.node.clone().unwrap_or_else(NodeLinks::detached);
                 let config = shoal_orchestrator::executor::ExecutorConfig {
                     docker_socket: socket.to_path_buf(),
-                    declared: self.config.declared_paths(),
+                    events: links.events,
+                    intent: links.intent,
                     gossip_listen: self.config.gossip_listen,
                     gossip_status: Some(self.config.data_dir.join("gossip.json")),
                 };

@@ -59,9 +59,12 @@ pub struct Settings {
     /// [default: /var/run/docker.sock]
     #[arg(long, value_name = "PATH")]
     pub docker_socket: Option<PathBuf>,
-    /// JSON file with this node's declared overlay state (networks, local and remote
-    /// endpoints), applied and re-applied when it changes; until the control plane
-    /// feeds the agent, this is how the overlay is driven [file key: declared_state]
+    /// Standalone mode, for dataplane-only use and tests: JSON file with this node's
+    /// declared overlay state (networks, local and remote endpoints), applied again
+    /// whenever it changes, instead of the state a cluster node computes from the
+    /// cluster (which then goes nowhere). Without it, and without --declared-dns and
+    /// --declared-lb, the node's overlay, names, VIPs and published ports follow the
+    /// cluster [file key: declared_state]
     #[arg(long, value_name = "FILE")]
     pub declared_state: Option<PathBuf>,
     /// Directory where each overlay network's namespace is pinned [file key: netns_dir]
@@ -72,9 +75,9 @@ pub struct Settings {
     /// data_path_port] [default: 4789]
     #[arg(long, value_name = "PORT")]
     pub data_path_port: Option<u16>,
-    /// JSON file with the declared DNS state (services, tasks, containers, aliases per
-    /// network), served on each overlay network's gateway address, port 53; needs
-    /// --declared-state [file key: declared_dns]
+    /// Standalone mode: JSON file with the declared DNS state (services, tasks,
+    /// containers, aliases per network), served on each overlay network's gateway
+    /// address, port 53; needs --declared-state [file key: declared_dns]
     #[arg(long, value_name = "FILE")]
     pub declared_dns: Option<PathBuf>,
     /// Upstream resolver for names outside the cluster, ADDR:PORT; repeat for more
@@ -96,9 +99,9 @@ pub struct Settings {
     /// --listen-addr` says otherwise [file key: cluster_listen] [default: 0.0.0.0:2377]
     #[arg(long, value_name = "ADDR:PORT")]
     pub cluster_listen: Option<std::net::SocketAddr>,
-    /// JSON file with this node's declared load-balancing state (services, VIPs,
-    /// published ports, backends), applied and re-applied when it changes; needs
-    /// --declared-state [file key: declared_lb]
+    /// Standalone mode: JSON file with this node's declared load-balancing state
+    /// (services, VIPs, published ports, backends), applied again whenever it changes;
+    /// needs --declared-state [file key: declared_lb]
     #[arg(long, value_name = "FILE")]
     pub declared_lb: Option<PathBuf>,
     /// Flows the routing mesh's connection table holds; beyond that the least recently
@@ -165,24 +168,30 @@ pub struct AgentConfig {
     /// How often to log the counters; `None` never.
     pub stats_interval: Option<Duration>,
     pub docker_socket: PathBuf,
-    pub declared_state: Option<PathBuf>,
+    /// The declared state files of the standalone mode; None: the cluster's.
+    pub standalone: Option<DeclaredFiles>,
     pub netns_dir: PathBuf,
     pub data_path_port: u16,
-    pub dns: Option<DnsConfig>,
+    pub dns: DnsConfig,
     pub api_socket: PathBuf,
     pub cluster_listen: std::net::SocketAddr,
-    /// Declared load-balancing state file (needs the overlay's declared state).
-    pub declared_lb: Option<PathBuf>,
     /// Capacity of the routing mesh's flow table.
     pub lb_flows: u32,
     /// Where gossip listens (in a cluster).
     pub gossip_listen: std::net::SocketAddr,
 }
 
-/// The embedded resolver's settings (present when a declared DNS state is given).
+/// The declared-state files of the standalone mode (dataplane only, tests).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeclaredFiles {
+    pub overlay: PathBuf,
+    pub dns: Option<PathBuf>,
+    pub lb: Option<PathBuf>,
+}
+
+/// The embedded resolver's settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DnsConfig {
-    pub declared: PathBuf,
     /// None: the nameservers of /etc/resolv.conf.
     pub upstreams: Option<Vec<std::net::SocketAddr>>,
     pub ttl_secs: u32,
@@ -257,24 +266,24 @@ impl AgentConfig {
             0 => None,
             secs => Some(Duration::from_secs(secs)),
         };
-        let dns = match settings.declared_dns {
-            None => None,
-            Some(_) if settings.declared_state.is_none() => {
-                return Err(ConfigError::DnsWithoutOverlay)
-            }
-            Some(declared) => Some(DnsConfig {
-                declared,
-                upstreams: settings.dns_upstreams,
-                ttl_secs: settings.dns_ttl_secs.unwrap_or(DEFAULT_DNS_TTL),
-                rate_limit: match settings.dns_rate_limit.unwrap_or(DEFAULT_DNS_RATE_LIMIT) {
-                    0 => None,
-                    qps => Some(qps),
-                },
-            }),
+        let dns = DnsConfig {
+            upstreams: settings.dns_upstreams,
+            ttl_secs: settings.dns_ttl_secs.unwrap_or(DEFAULT_DNS_TTL),
+            rate_limit: match settings.dns_rate_limit.unwrap_or(DEFAULT_DNS_RATE_LIMIT) {
+                0 => None,
+                qps => Some(qps),
+            },
         };
-        if settings.declared_lb.is_some() && settings.declared_state.is_none() {
-            return Err(ConfigError::LbWithoutOverlay);
-        }
+        let standalone = match settings.declared_state {
+            Some(overlay) => Some(DeclaredFiles {
+                overlay,
+                dns: settings.declared_dns,
+                lb: settings.declared_lb,
+            }),
+            None if settings.declared_dns.is_some() => return Err(ConfigError::DnsWithoutOverlay),
+            None if settings.declared_lb.is_some() => return Err(ConfigError::LbWithoutOverlay),
+            None => None,
+        };
         let lb_flows = settings.lb_flows.unwrap_or(DEFAULT_LB_FLOWS);
         if lb_flows == 0 {
             return Err(ConfigError::BadLbFlows);
@@ -285,13 +294,12 @@ impl AgentConfig {
             data_dir,
             stats_interval,
             docker_socket,
-            declared_state: settings.declared_state,
+            standalone,
             netns_dir,
             data_path_port,
             dns,
             api_socket,
             cluster_listen,
-            declared_lb: settings.declared_lb,
             lb_flows,
             gossip_listen,
         })
@@ -389,13 +397,16 @@ mod tests {
                 data_dir: "/tmp/lab1".into(),
                 stats_interval: Some(Duration::from_secs(10)),
                 docker_socket: DEFAULT_DOCKER_SOCKET.into(),
-                declared_state: None,
+                standalone: None,
                 netns_dir: DEFAULT_NETNS_DIR.into(),
                 data_path_port: 4789,
-                dns: None,
+                dns: DnsConfig {
+                    upstreams: None,
+                    ttl_secs: DEFAULT_DNS_TTL,
+                    rate_limit: Some(DEFAULT_DNS_RATE_LIMIT),
+                },
                 api_socket: DEFAULT_API_SOCKET.into(),
                 cluster_listen: DEFAULT_CLUSTER_LISTEN.parse().unwrap(),
-                declared_lb: None,
                 lb_flows: DEFAULT_LB_FLOWS,
                 gossip_listen: DEFAULT_GOSSIP_LISTEN.parse().unwrap(),
             }
@@ -519,8 +530,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            config.declared_lb.as_deref(),
-            Some(Path::new("/tmp/lb.json"))
+            config.standalone,
+            Some(DeclaredFiles {
+                overlay: "/tmp/o.json".into(),
+                dns: None,
+                lb: Some("/tmp/lb.json".into()),
+            })
         );
         assert_eq!(config.lb_flows, 1024);
     }

@@ -5,10 +5,8 @@
 //!   an error into one line on stderr and a non-zero exit status.
 //! - [`config`]: the agent's settings: TOML file and flags, merged, defaulted, checked.
 //! - [`agent`]: `shoal agent`, the daemon on every host: attaches the underlay XDP
-//!   program, publishes its status, logs counters, shuts down on SIGTERM/SIGINT.
-//! - [`overlay_driver`]: feeds the overlay reconciler (declared state file, Docker
-//!   events, periodic resync) on a thread of its own.
-//! - [`dns_driver`]: the embedded resolver on each present network's gateway.
+//!   program, runs the declared-state pipeline and the dataplane's reconcilers, the
+//!   cluster role and its API, publishes its status, shuts down on SIGTERM/SIGINT.
 //! - [`status`]: `<data_dir>/agent.json`, the running agent's status file.
 //! - [`stats_cmd`]: `shoal dataplane stats`, prints the pinned underlay counters.
 //! - `shoal::cli`: `shoal swarm ...` and `shoal node ...`, which ask the local
@@ -17,12 +15,8 @@
 
 mod agent;
 mod config;
-mod dns_driver;
-mod lb_driver;
-mod overlay_driver;
 mod stats_cmd;
 mod status;
-mod vip_driver;
 
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 

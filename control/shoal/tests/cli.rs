@@ -995,7 +995,7 @@ mod real {
                     engine: EngineSource::Fixed("20.10.24".into()),
                     hostname: Some(name.into()),
                     timings: Some(fast_timings()),
-                    declared: None,
+                    node: None,
                     gossip_listen: None,
                 }))
                 .unwrap();
@@ -1264,7 +1264,7 @@ mod real {
                 engine: EngineSource::Fixed("20.10.24".into()),
                 hostname: Some("r1".into()),
                 timings: None,
-                declared: None,
+                node: None,
                 gossip_listen: None,
             }))
             .unwrap();

@@ -300,8 +300,10 @@ mod tests {
         assert_eq!(s.serving, ["a"]);
         assert!(s.failed.is_empty());
 
-        let mut d = DeclaredNode::default();
-        d.dns = Some(DnsState::default());
+        let d = DeclaredNode {
+            dns: Some(DnsState::default()),
+            ..Default::default()
+        };
         let s = r.reconcile(Some(&d), &[], Cue::Declared).unwrap();
         assert!(s.serving.is_empty());
         assert_eq!(r.host.stopped, ["a"]);

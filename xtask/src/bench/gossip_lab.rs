@@ -206,8 +206,7 @@ fn round(state: &LabState, addrs: &[(String, String)]) -> Result<(f64, String, S
 
 fn measure(state: &LabState, shoal_bin: &std::path::Path, report: &mut Report) -> Result<()> {
     for h in &state.hosts {
-        let args = lab::agent::declared_args(h)?;
-        lab::agent::start(state, h, shoal_bin, &args)?;
+        lab::agent::start(state, h, shoal_bin, &[])?;
     }
     let addrs: Vec<(String, String)> = state
         .hosts

@@ -20,27 +20,10 @@ pub fn status_file(host: &HostState) -> PathBuf {
     host.run_dir.join("agent").join("agent.json")
 }
 
-/// The declared-state files a cluster node's agent reads (`--declared-state`,
-/// `--declared-dns`, `--declared-lb`, under `<run dir>/declared/`), created empty when
-/// missing, as agent arguments. With them the node's executor writes what its drivers
-/// apply, so services get overlay endpoints, names, VIPs and published ports.
-pub fn declared_args(host: &HostState) -> Result<Vec<String>> {
-    let dir = host.run_dir.join("declared");
-    fs::create_dir_all(&dir)?;
-    let mut args = Vec::new();
-    for (flag, file) in [
-        ("--declared-state", "overlay.json"),
-        ("--declared-dns", "dns.json"),
-        ("--declared-lb", "lb.json"),
-    ] {
-        let path = dir.join(file);
-        if !path.exists() {
-            fs::write(&path, "{}\n")?;
-        }
-        args.push(flag.to_owned());
-        args.push(path.display().to_string());
-    }
-    Ok(args)
+/// Where a host's agent dumps the declared state it computed (`overlay.json`,
+/// `dns.json`, `lb.json`): for people and tests; the agent itself reads nothing there.
+pub fn declared_dir(host: &HostState) -> PathBuf {
+    host.run_dir.join("agent").join("declared")
 }
 
 /// Starts `shoal agent` on a host, in the background, with its own pin and data dirs,

@@ -1,0 +1,247 @@
+//! The agent's one declared-state pipeline.
+//!
+//! ```text
+//!  source (executor: store view + gossip table;   ─watch: intent─▶  pipeline  ─watch─▶ reconcilers
+//!   or the standalone --declared-* files)                            │  ▲                (dataplane)
+//!                                                                    │  └─ dockerd events (one watch)
+//!                                                                    └──▶ <data_dir>/declared/*.json
+//!                                                                         (for people; read by nothing)
+//! ```
+//! The source publishes what the node should hold (an [`DeclaredNode`] with no
+//! containers). The pipeline adds where each local endpoint's container runs (its
+//! network namespace, asked of dockerd once and kept until an event says the container
+//! changed) and publishes the whole as one value the reconcilers follow. Nothing here
+//! polls a file: a change reaches the reconcilers as soon as it is computed.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    future::Future,
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use futures::{stream, StreamExt};
+use shoal_dataplane::{overlay::plan::ContainerNetns, reconcile::DeclaredNode};
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::{
+    docker::DockerClient,
+    events::{Subscription, Watched},
+    node_state::write_if_changed,
+};
+
+/// How often every container's namespace is looked up again, in case an event was
+/// missed.
+const REFRESH_EVERY: Duration = Duration::from_secs(30);
+/// Lookups in flight at once (a scale-up starts dozens of containers).
+const PARALLEL_LOOKUPS: usize = 16;
+
+/// The sending side of the intent: what a source publishes.
+pub type IntentSender = watch::Sender<Option<Arc<DeclaredNode>>>;
+
+/// A running container, as the pipeline keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    /// Full container ID (events name containers by ID).
+    pub id: String,
+    pub netns: ContainerNetns,
+}
+
+/// Where containers run: dockerd in the agent, a fake in tests.
+pub trait Resolve {
+    /// The container named `name`, if it runs.
+    fn resolve(&self, name: &str) -> impl Future<Output = Result<Option<Resolved>, String>>;
+}
+
+impl Resolve for DockerClient {
+    async fn resolve(&self, name: &str) -> Result<Option<Resolved>, String> {
+        match self.container_netns(name).await {
+            Ok(Some(c)) => Ok(Some(Resolved {
+                id: c.id,
+                netns: ContainerNetns {
+                    path: c.netns_path,
+                    id: c.netns_id,
+                },
+            })),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// The pipeline's state between wake-ups.
+pub struct Pipeline<R: Resolve> {
+    resolver: R,
+    out: watch::Sender<Option<Arc<DeclaredNode>>>,
+    /// Where the declared state is dumped for people; None: nowhere.
+    dump_dir: Option<PathBuf>,
+    /// Running containers by name; a name missing is looked up on the next pass.
+    known: BTreeMap<String, Resolved>,
+}
+
+impl<R: Resolve> Pipeline<R> {
+    pub fn new(
+        resolver: R,
+        out: watch::Sender<Option<Arc<DeclaredNode>>>,
+        dump_dir: Option<PathBuf>,
+    ) -> Self {
+        Self {
+            resolver,
+            out,
+            dump_dir,
+            known: BTreeMap::new(),
+        }
+    }
+
+    /// Follows `intent` and `events` until the intent's source is gone.
+    pub async fn run(
+        mut self,
+        mut intent: watch::Receiver<Option<Arc<DeclaredNode>>>,
+        mut events: Subscription,
+    ) {
+        let mut refresh = tokio::time::interval(REFRESH_EVERY);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        refresh.tick().await;
+        let mut current = intent.borrow_and_update().clone();
+        self.dump(current.as_deref());
+        loop {
+            self.pass(current.as_deref()).await;
+            let intent_changed = loop {
+                tokio::select! {
+                    changed = intent.changed() => match changed {
+                        Ok(()) => break true,
+                        Err(_) => return,
+                    },
+                    w = events.next() => {
+                        let mut all = vec![w];
+                        all.extend(events.drain());
+                        if self.forget(current.as_deref(), &all) {
+                            break false;
+                        }
+                    }
+                    _ = refresh.tick() => {
+                        self.known.clear();
+                        break false;
+                    }
+                }
+            };
+            if intent_changed {
+                current = intent.borrow_and_update().clone();
+                self.dump(current.as_deref());
+            }
+        }
+    }
+
+    /// Forgets what `updates` say changed; returns whether a declared container is
+    /// among them (then a pass is due).
+    pub fn forget(&mut self, intent: Option<&DeclaredNode>, updates: &[Watched]) -> bool {
+        let declared: BTreeSet<&str> = intent
+            .map(|d| {
+                d.overlay
+                    .local_endpoints
+                    .iter()
+                    .map(|e| e.container.as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut due = false;
+        for u in updates {
+            match u {
+                Watched::Subscribed => {
+                    self.known.clear();
+                    due = true;
+                }
+                Watched::Event(ev) => {
+                    let by_id = self
+                        .known
+                        .iter()
+                        .find(|(_, r)| r.id == ev.id)
+                        .map(|(n, _)| n.clone());
+                    if let Some(name) = by_id {
+                        self.known.remove(&name);
+                        due = true;
+                    }
+                    if declared.contains(ev.name.as_str()) {
+                        self.known.remove(&ev.name);
+                        due = true;
+                    }
+                }
+                Watched::Lost(_) => {}
+            }
+        }
+        due
+    }
+
+    /// Looks up the declared containers not known yet and publishes the result if it
+    /// differs from what was published.
+    pub async fn pass(&mut self, intent: Option<&DeclaredNode>) {
+        let Some(intent) = intent else { return };
+        let names: BTreeSet<&str> = intent
+            .overlay
+            .local_endpoints
+            .iter()
+            .map(|e| e.container.as_str())
+            .collect();
+        self.known.retain(|n, _| names.contains(n.as_str()));
+        let missing: Vec<String> = names
+            .iter()
+            .filter(|n| !self.known.contains_key(**n))
+            .map(|n| (*n).to_owned())
+            .collect();
+        let resolver = &self.resolver;
+        let found: Vec<(String, Result<Option<Resolved>, String>)> = stream::iter(missing)
+            .map(|n: String| async move {
+                let r = resolver.resolve(&n).await;
+                (n, r)
+            })
+            .buffer_unordered(PARALLEL_LOOKUPS)
+            .collect()
+            .await;
+        for (name, r) in found {
+            match r {
+                Ok(Some(r)) => {
+                    self.known.insert(name, r);
+                }
+                Ok(None) => debug!(container = %name, "declared container not running (yet)"),
+                Err(e) => warn!(container = %name, error = %e, "looking up a declared container"),
+            }
+        }
+        let next = DeclaredNode {
+            containers: (self.known.iter())
+                .map(|(n, r)| (n.clone(), r.netns.clone()))
+                .collect(),
+            ..intent.clone()
+        };
+        self.out.send_if_modified(|old| {
+            if old.as_deref() == Some(&next) {
+                return false;
+            }
+            *old = Some(Arc::new(next));
+            true
+        });
+    }
+
+    /// Writes the declared state to `<dump_dir>/{overlay,dns,lb}.json` (each only if
+    /// changed), for people and tools.
+    fn dump(&self, intent: Option<&DeclaredNode>) {
+        let (Some(dir), Some(d)) = (&self.dump_dir, intent) else {
+            return;
+        };
+        let mut results = vec![write_if_changed(&dir.join("overlay.json"), &d.overlay)];
+        if let Some(dns) = &d.dns {
+            results.push(write_if_changed(&dir.join("dns.json"), dns));
+        }
+        if let Some(lb) = &d.lb {
+            results.push(write_if_changed(&dir.join("lb.json"), lb));
+        }
+        for r in results {
+            if let Err(e) = r {
+                warn!(dir = %dir.display(), error = %e, "writing the declared state for people");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,143 @@
+//! The pipeline with a fake dockerd: containers are looked up once, again only when an
+//! event names them, and every change is published at once.
+use std::{cell::RefCell, collections::HashMap};
+
+use shoal_dataplane::overlay::state::{LocalEndpoint, Network};
+
+use super::*;
+use crate::docker::{ContainerAction, ContainerEvent};
+
+#[derive(Default)]
+struct FakeDocker {
+    running: RefCell<HashMap<String, Resolved>>,
+    lookups: RefCell<usize>,
+}
+
+impl Resolve for &FakeDocker {
+    async fn resolve(&self, name: &str) -> Result<Option<Resolved>, String> {
+        *self.lookups.borrow_mut() += 1;
+        Ok(self.running.borrow().get(name).cloned())
+    }
+}
+
+impl FakeDocker {
+    fn run(&self, name: &str, id: &str, netns: u64) {
+        self.running.borrow_mut().insert(
+            name.into(),
+            Resolved {
+                id: id.into(),
+                netns: ContainerNetns {
+                    path: format!("/proc/{netns}/ns/net").into(),
+                    id: netns,
+                },
+            },
+        );
+    }
+}
+
+fn intent(containers: &[&str]) -> DeclaredNode {
+    let mut d = DeclaredNode::default();
+    d.overlay.networks.push(Network {
+        id: "web".into(),
+        vni: 4097,
+        subnet: "10.0.9.0/24".parse().unwrap(),
+        gateway: "10.0.9.1".parse().unwrap(),
+        mtu: None,
+        encrypted: false,
+    });
+    for (i, c) in containers.iter().enumerate() {
+        d.overlay.local_endpoints.push(LocalEndpoint {
+            network: "web".into(),
+            container: (*c).into(),
+            ip: format!("10.0.9.{}", i + 2).parse().unwrap(),
+            mac: None,
+        });
+    }
+    d
+}
+
+fn event(name: &str, id: &str, action: ContainerAction) -> Watched {
+    Watched::Event(ContainerEvent {
+        id: id.into(),
+        name: name.into(),
+        action,
+    })
+}
+
+#[tokio::test]
+async fn containers_are_resolved_once_and_again_when_an_event_names_them() {
+    let docker = FakeDocker::default();
+    docker.run("a", "id-a", 10);
+    let (tx, mut rx) = watch::channel(None);
+    let mut p = Pipeline::new(&docker, tx, None);
+
+    let d = intent(&["a", "b"]);
+    p.pass(Some(&d)).await;
+    let out = rx.borrow_and_update().clone().unwrap();
+    assert_eq!(
+        out.containers.keys().collect::<Vec<_>>(),
+        ["a"],
+        "b does not run"
+    );
+    assert_eq!(out.overlay, d.overlay);
+    assert_eq!(*docker.lookups.borrow(), 2);
+
+    // Nothing new: b is asked again (it may have started), a is not; nothing published.
+    p.pass(Some(&d)).await;
+    assert_eq!(*docker.lookups.borrow(), 3);
+    assert!(!rx.has_changed().unwrap());
+
+    // b starts: its event makes a pass due and it is published.
+    docker.run("b", "id-b", 11);
+    assert!(p.forget(Some(&d), &[event("b", "id-b", ContainerAction::Start)]));
+    p.pass(Some(&d)).await;
+    assert_eq!(rx.borrow_and_update().as_ref().unwrap().containers.len(), 2);
+
+    // a restarts in a new namespace; the event names it by ID only.
+    docker.run("a", "id-a", 12);
+    assert!(p.forget(Some(&d), &[event("", "id-a", ContainerAction::Die)]));
+    p.pass(Some(&d)).await;
+    let out = rx.borrow_and_update().clone().unwrap();
+    assert_eq!(out.containers["a"].id, 12);
+
+    // An event about a container nobody declared changes nothing.
+    assert!(!p.forget(Some(&d), &[event("other", "id-x", ContainerAction::Start)]));
+
+    // A container no longer declared leaves the published state.
+    p.pass(Some(&intent(&["b"]))).await;
+    let out = rx.borrow_and_update().clone().unwrap();
+    assert_eq!(out.containers.keys().collect::<Vec<_>>(), ["b"]);
+}
+
+#[tokio::test]
+async fn an_intent_change_reaches_the_output_in_one_pass_and_is_dumped() {
+    let docker = FakeDocker::default();
+    docker.run("a", "id-a", 10);
+    let dir = std::env::temp_dir().join(format!("shoal-pipeline-{}", std::process::id()));
+    let (intent_tx, intent_rx) = watch::channel(None);
+    let (out_tx, mut out) = watch::channel(None);
+    let events = crate::events::DockerEvents::none();
+    let p = Pipeline::new(&docker, out_tx, Some(dir.clone()));
+    let run = p.run(intent_rx, events.subscribe());
+    let check = async {
+        intent_tx.send(Some(Arc::new(intent(&["a"])))).unwrap();
+        out.changed().await.unwrap();
+        let got = out.borrow_and_update().clone().unwrap();
+        assert_eq!(got.containers.len(), 1);
+        let mut moved = intent(&["a"]);
+        moved.overlay.local_endpoints[0].ip = "10.0.9.99".parse().unwrap();
+        intent_tx.send(Some(Arc::new(moved))).unwrap();
+        out.changed().await.unwrap();
+        let got = out.borrow_and_update().clone().unwrap();
+        assert_eq!(got.overlay.local_endpoints[0].ip.to_string(), "10.0.9.99");
+        drop(intent_tx);
+    };
+    let ((), ()) =
+        tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(run, check) })
+            .await
+            .expect("the pipeline ends when its source is gone");
+    let dumped: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("overlay.json")).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(dumped["local_endpoints"][0]["ip"], "10.0.9.99");
+}

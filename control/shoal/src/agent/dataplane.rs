@@ -1,0 +1,189 @@
+//! Starts the node's reconcilers (all in `shoal-dataplane`), each on a thread of its
+//! own, following the pipeline's declared state: the overlay, service VIPs, the routing
+//! mesh and the DNS listeners. Any of them failing to start stops the agent with the
+//! reason: a node that cannot carry service traffic must not say it is up.
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context, Result};
+use shoal_dataplane::{
+    iface,
+    lb::{mesh_reply, vip},
+    overlay::kernel::NetlinkKernel,
+    overlay::plan::NodeParams,
+    reconcile::{
+        dns::{DnsReconciler, Resolver},
+        mesh::{KernelMesh, MeshNode, MeshReconciler},
+        overlay::OverlayReconciler,
+        runner::{self, Running},
+        status::StatusFile,
+        vip::VipReconciler,
+        Declared,
+    },
+};
+use shoal_dns::{
+    forward::{ForwardConfig, Forwarder},
+    handler::HandlerConfig,
+    records::{DnsState, RecordTable, SharedTable},
+    server::{RateLimit, ServerConfig},
+};
+use tracing::{error, info, warn};
+
+use crate::config::{AgentConfig, DnsConfig};
+
+/// The running reconcilers. Dropping them stops their threads; what they made stays.
+pub struct Dataplane {
+    threads: Vec<Running>,
+    reported_dead: Vec<bool>,
+}
+
+impl Dataplane {
+    /// Starts every reconciler, following `declared`.
+    pub async fn start(config: &AgentConfig, declared: Declared) -> Result<Self> {
+        let underlay = config.underlay_interface.clone();
+        let vtep = iface::ipv4_address(&underlay)
+            .with_context(|| format!("reading the address of {underlay}"))?
+            .ok_or_else(|| anyhow!("the underlay interface {underlay} has no IPv4 address: the overlay needs one as its VTEP"))?;
+        let node = NodeParams {
+            vtep,
+            underlay_interface: underlay.clone(),
+            underlay_mtu: iface::mtu(&underlay)
+                .with_context(|| format!("reading the MTU of {underlay}"))?,
+            port: config.data_path_port,
+        };
+        let (present_tx, present) = tokio::sync::watch::channel(Arc::default());
+        let status_dir = config.data_dir.clone();
+
+        let netns_dir = config.netns_dir.clone();
+        let overlay = runner::spawn(
+            "overlay",
+            move || {
+                let kernel = NetlinkKernel::new(None, netns_dir.clone())
+                    .map_err(|e| format!("opening netlink: {e}"))?;
+                OverlayReconciler::new(kernel, node, netns_dir, present_tx)
+                    .map_err(|e| e.to_string())
+            },
+            declared.clone(),
+            None,
+            StatusFile::new(&status_dir, "overlay"),
+        )
+        .await
+        .map_err(|e| anyhow!("the overlay: {e}"))?;
+        info!(%vtep, port = config.data_path_port, "overlay reconciler started");
+
+        let pin_dir = config.pin_dir.join(vip::PIN_SUBDIR);
+        let cgroup = vip::cgroup2_root()?;
+        let vip = runner::spawn(
+            "vip",
+            move || {
+                let mut program = vip::VipProgram::load_pinned(&pin_dir).map_err(|e| {
+                    format!("loading the VIP programs (maps in {}): {e}", pin_dir.display())
+                })?;
+                program.attach_pinned(&cgroup).map_err(|e| {
+                    format!("attaching the VIP programs at {}: {e}", cgroup.display())
+                })?;
+                info!(cgroup = %cgroup.display(), pin_dir = %pin_dir.display(), adopted_vips = program.record().vips.len(), "VIP socket programs attached");
+                Ok(VipReconciler::new(program))
+            },
+            declared.clone(),
+            Some(present.clone()),
+            StatusFile::new(&status_dir, "vip"),
+        )
+        .await
+        .map_err(|e| anyhow!("service VIPs: {e}"))?;
+
+        let mesh_node = MeshNode {
+            vtep,
+            vxlan_port: config.data_path_port,
+            netns_dir: config.netns_dir.clone(),
+            tx_redirect: mesh_reply::is_veth(&underlay),
+        };
+        let (pin_dir, flows, port) = (
+            config.pin_dir.clone(),
+            config.lb_flows,
+            config.data_path_port,
+        );
+        let mesh = runner::spawn(
+            "lb-mesh",
+            move || {
+                let kernel = KernelMesh::open(&pin_dir, flows, &underlay, port)?;
+                MeshReconciler::new(kernel, mesh_node)
+            },
+            declared.clone(),
+            Some(present.clone()),
+            StatusFile::new(&status_dir, "lb"),
+        )
+        .await
+        .map_err(|e| anyhow!("the routing mesh: {e}"))?;
+
+        let dns_config = config.dns.clone();
+        let dns = runner::spawn(
+            "dns",
+            move || {
+                let resolver = resolver(&dns_config)?;
+                let table = resolver.table.clone();
+                Ok(DnsReconciler::new(resolver, table))
+            },
+            declared,
+            Some(present),
+            StatusFile::new(&status_dir, "dns"),
+        )
+        .await
+        .map_err(|e| anyhow!("the resolver: {e}"))?;
+
+        Ok(Self {
+            threads: vec![overlay, vip, mesh, dns],
+            reported_dead: vec![false; 4],
+        })
+    }
+
+    /// Logs, once each, reconcilers whose thread has ended (a panic): their part of
+    /// the dataplane no longer follows the declared state.
+    pub fn check_alive(&mut self) {
+        for (i, t) in self.threads.iter().enumerate() {
+            if !t.is_alive() && !self.reported_dead[i] {
+                self.reported_dead[i] = true;
+                error!(
+                    reconciler = i,
+                    "a reconciler's thread has ended; restart the agent"
+                );
+            }
+        }
+    }
+
+    /// Stops every thread (what they made stays: traffic keeps flowing).
+    pub fn stop(self) {
+        for t in self.threads {
+            t.stop();
+        }
+    }
+}
+
+/// The resolver's listeners, table and forwarder.
+fn resolver(config: &DnsConfig) -> Result<Resolver, String> {
+    let forward = match &config.upstreams {
+        Some(upstreams) => ForwardConfig::new(upstreams.clone()),
+        None => ForwardConfig::from_system().unwrap_or_else(|e| {
+            // Names in the cluster still resolve; others get SERVFAIL until configured.
+            warn!(error = %e, "no upstream resolver from /etc/resolv.conf; names outside the cluster will not resolve (set --dns-upstream)");
+            ForwardConfig::new(Vec::new())
+        }),
+    };
+    info!(upstreams = ?forward.upstreams, "DNS forwarding configured");
+    let server_config = ServerConfig {
+        handler: HandlerConfig {
+            ttl: config.ttl_secs,
+            ..HandlerConfig::default()
+        },
+        rate_limit: config.rate_limit.map(|qps| RateLimit {
+            per_second: f64::from(qps),
+            burst: f64::from(qps) * 2.0,
+        }),
+        ..ServerConfig::default()
+    };
+    let empty = RecordTable::build(&DnsState::default()).map_err(|e| e.to_string())?;
+    Ok(Resolver {
+        table: Arc::new(SharedTable::new(empty)),
+        forwarder: Forwarder::new(forward),
+        config: server_config,
+    })
+}
