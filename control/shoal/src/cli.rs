@@ -4,8 +4,10 @@
 //! - this file: the arguments (clap), building the [`Request`], running a command.
 //! - [`format`]: the output (join instructions, the `node ls` table, `inspect`).
 //! - [`template`]: `--format`'s Go-template subset.
+//! - [`service`] and [`network`]: `shoal service ...` and `shoal network ...`.
 
 pub mod format;
+pub mod network;
 pub mod service;
 pub mod template;
 
@@ -16,7 +18,7 @@ use ipnet::Ipv4Net;
 
 use crate::api::{
     client::{Client, ClientError},
-    Availability, NodeRole, Request, Secret, DEFAULT_API_SOCKET,
+    Availability, NodeRole, Reply, Request, Secret, DEFAULT_API_SOCKET,
 };
 
 /// The agent's API socket, on every CLI command.
@@ -325,6 +327,11 @@ pub struct Output {
     pub stdout: String,
     /// For stderr, each after `WARNING: `.
     pub warnings: Vec<String>,
+}
+
+/// Sends one request to the agent (`service` and `network` commands).
+fn call(client: &Client, request: &Request) -> Result<Reply, CliError> {
+    Ok(client.call(request)?)
 }
 
 /// Runs `shoal swarm ...` against the agent.

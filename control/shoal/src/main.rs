@@ -21,11 +21,7 @@ mod status;
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
-use shoal::cli::{
-    self,
-    service::{NetworkArgs, ServiceArgs},
-    NodeArgs, SwarmArgs,
-};
+use shoal::cli::{self, network::NetworkArgs, service::ServiceArgs, NodeArgs, SwarmArgs};
 use shoal_dataplane::bpffs::DEFAULT_PIN_DIR;
 use tracing_subscriber::{filter::LevelFilter, EnvFilter};
 
@@ -94,7 +90,7 @@ fn main() -> ExitCode {
         Command::Swarm(args) => print_output(cli::run_swarm(&args)),
         Command::Node(args) => print_output(cli::run_node(&args)),
         Command::Service(args) => print_output(cli::service::run_service(&args)),
-        Command::Network(args) => print_output(cli::service::run_network(&args)),
+        Command::Network(args) => print_output(cli::network::run_network(&args)),
         Command::Dataplane(DataplaneCommand::Stats(args)) => {
             stats_cmd::run(&args.pin_dir, args.json)
         }

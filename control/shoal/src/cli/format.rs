@@ -237,6 +237,11 @@ pub fn align_tabs(text: &str) -> String {
     align(&rows)
 }
 
+/// An ID as the tables show it: its first 12 characters.
+pub fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
 /// One `node ls` row as `--format` sees it: the fields of Docker's node formatter.
 pub fn ls_row(self_id: &str, n: &NodeView) -> serde_json::Value {
     json!({

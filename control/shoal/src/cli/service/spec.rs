@@ -1,0 +1,280 @@
+//! The flags of `shoal service ...` parsed: ports, replica counts, durations, and
+//! `service create`'s flags into the [`ServiceSpec`] sent to the managers.
+
+use shoal_cluster::store::{
+    EndpointMode, HealthCheck, PortConfig, Protocol, PublishMode, RestartCondition, ServiceMode,
+    ServiceSpec,
+};
+
+use super::{CreateArgs, EndpointModeArg, ModeArg, RestartArg};
+
+/// A replica count: a non-negative integer.
+pub fn parse_replicas(text: &str) -> Result<u64, String> {
+    text.trim()
+        .parse::<u64>()
+        .map_err(|_| format!("invalid replicas value {text:?}: must be a non-negative integer"))
+}
+
+/// Docker's durations: `300ms`, `2s`, `1m30s`, `1h`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let bad = || format!("invalid duration {text:?}: use e.g. 500ms, 2s, 1m30s");
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(secs * 1000);
+    }
+    let mut total = 0u64;
+    let mut num = String::new();
+    let mut chars = t.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        while let Some(&n) = chars.peek() {
+            if n.is_ascii_alphabetic() {
+                unit.push(n);
+                chars.next();
+            } else {
+                break;
+            }
+        }
+        let value: f64 = num.parse().map_err(|_| bad())?;
+        num.clear();
+        let factor = match unit.as_str() {
+            "ms" => 1.0,
+            "s" => 1000.0,
+            "m" => 60_000.0,
+            "h" => 3_600_000.0,
+            _ => return Err(bad()),
+        };
+        total += (value * factor) as u64;
+    }
+    if !num.is_empty() {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
+fn parse_protocol(text: &str, spec: &str) -> Result<Protocol, String> {
+    match text {
+        "tcp" | "" => Ok(Protocol::Tcp),
+        "udp" => Ok(Protocol::Udp),
+        other => Err(format!(
+            "invalid publish spec {spec:?}: protocol {other:?} is not tcp or udp"
+        )),
+    }
+}
+
+fn parse_port(text: &str, spec: &str) -> Result<u16, String> {
+    text.parse::<u16>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("invalid publish spec {spec:?}: {text:?} is not a port (1-65535)"))
+}
+
+/// `-p`: `PUB:TGT[/proto]`, `TGT[/proto]` (published chosen by the managers), or the
+/// long form `mode=ingress|host,target=N,published=N,protocol=tcp|udp`.
+pub fn parse_publish(spec: &str) -> Result<PortConfig, String> {
+    if spec.contains('=') {
+        let mut port = PortConfig {
+            protocol: Protocol::Tcp,
+            target: 0,
+            published: 0,
+            mode: PublishMode::Ingress,
+        };
+        for field in spec.split(',') {
+            let (k, v) = field
+                .split_once('=')
+                .ok_or_else(|| format!("invalid publish spec {spec:?}: {field:?} is not K=V"))?;
+            match k.trim() {
+                "mode" => {
+                    port.mode = match v {
+                        "ingress" => PublishMode::Ingress,
+                        "host" => PublishMode::Host,
+                        other => {
+                            return Err(format!(
+                            "invalid publish spec {spec:?}: mode {other:?} is not ingress or host"
+                        ))
+                        }
+                    }
+                }
+                "target" => port.target = parse_port(v, spec)?,
+                "published" => port.published = parse_port(v, spec)?,
+                "protocol" => port.protocol = parse_protocol(v, spec)?,
+                other => {
+                    return Err(format!(
+                        "invalid publish spec {spec:?}: unknown field {other:?}"
+                    ))
+                }
+            }
+        }
+        if port.target == 0 {
+            return Err(format!("invalid publish spec {spec:?}: target is required"));
+        }
+        return Ok(port);
+    }
+    let (ports, proto) = spec.split_once('/').unwrap_or((spec, "tcp"));
+    let protocol = parse_protocol(proto, spec)?;
+    let (published, target) = match ports.split_once(':') {
+        Some((p, t)) => (parse_port(p, spec)?, parse_port(t, spec)?),
+        None => (0, parse_port(ports, spec)?),
+    };
+    Ok(PortConfig {
+        protocol,
+        target,
+        published,
+        mode: PublishMode::Ingress,
+    })
+}
+
+impl CreateArgs {
+    /// The spec the CLI sends (networks as given; the manager resolves them).
+    pub fn spec(&self) -> Result<ServiceSpec, String> {
+        let mode = match (self.mode, &self.replicas) {
+            (ModeArg::Global, Some(_)) => {
+                return Err("--replicas can only be used with replicated mode".into())
+            }
+            (ModeArg::Global, None) => ServiceMode::Global,
+            (ModeArg::Replicated, r) => ServiceMode::Replicated {
+                replicas: r.as_deref().map(parse_replicas).transpose()?.unwrap_or(1),
+            },
+        };
+        let ports = self
+            .publish
+            .iter()
+            .map(|p| parse_publish(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let healthcheck = if self.no_healthcheck {
+            Some(HealthCheck {
+                test: vec!["NONE".into()],
+                interval_ms: 0,
+                timeout_ms: 0,
+                retries: 0,
+                start_period_ms: 0,
+            })
+        } else if let Some(cmd) = &self.health_cmd {
+            Some(HealthCheck {
+                test: vec!["CMD-SHELL".into(), cmd.clone()],
+                interval_ms: self
+                    .health_interval
+                    .as_deref()
+                    .map(parse_duration)
+                    .transpose()?
+                    .unwrap_or(0),
+                timeout_ms: self
+                    .health_timeout
+                    .as_deref()
+                    .map(parse_duration)
+                    .transpose()?
+                    .unwrap_or(0),
+                retries: self.health_retries.unwrap_or(0),
+                start_period_ms: self
+                    .health_start_period
+                    .as_deref()
+                    .map(parse_duration)
+                    .transpose()?
+                    .unwrap_or(0),
+            })
+        } else {
+            if self.health_interval.is_some()
+                || self.health_retries.is_some()
+                || self.health_start_period.is_some()
+                || self.health_timeout.is_some()
+            {
+                return Err("--health-interval/--health-retries/--health-start-period/--health-timeout need --health-cmd".into());
+            }
+            None
+        };
+        for e in &self.env {
+            if e.is_empty() || e.starts_with('=') {
+                return Err(format!("invalid environment variable {e:?}: expected K=V"));
+            }
+        }
+        for c in &self.constraints {
+            shoal_orchestrator::scheduler::Constraint::parse(c)?;
+        }
+        Ok(ServiceSpec {
+            name: self.name.clone().unwrap_or_else(|| {
+                format!("svc-{}", &shoal_orchestrator::scheduler::new_id()[..8])
+            }),
+            labels: self.labels.iter().cloned().collect(),
+            image: self.image.clone(),
+            args: self.args.clone(),
+            env: self.env.clone(),
+            mode,
+            networks: self.networks.clone(),
+            ports,
+            endpoint_mode: match self.endpoint_mode {
+                EndpointModeArg::Vip => EndpointMode::Vip,
+                EndpointModeArg::Dnsrr => EndpointMode::Dnsrr,
+            },
+            constraints: self.constraints.clone(),
+            healthcheck,
+            restart_condition: match self.restart_condition {
+                RestartArg::Any => RestartCondition::Any,
+                RestartArg::OnFailure => RestartCondition::OnFailure,
+                RestartArg::None => RestartCondition::None,
+            },
+        })
+    }
+}
+
+pub(super) fn parse_scale(text: &str) -> Result<(String, u64), String> {
+    let (name, n) = text
+        .split_once('=')
+        .ok_or_else(|| format!("invalid scale specifier {text:?}: expected SERVICE=REPLICAS"))?;
+    if name.is_empty() {
+        return Err(format!("invalid scale specifier {text:?}: no service"));
+    }
+    Ok((name.to_string(), parse_replicas(n)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_specs_short_and_long() {
+        let p = parse_publish("8080:80").unwrap();
+        assert_eq!(
+            (p.published, p.target, p.protocol),
+            (8080, 80, Protocol::Tcp)
+        );
+        let p = parse_publish("53:53/udp").unwrap();
+        assert_eq!(p.protocol, Protocol::Udp);
+        let p = parse_publish("80").unwrap();
+        assert_eq!((p.published, p.target), (0, 80));
+        let p = parse_publish("mode=host,target=80,published=8081,protocol=tcp").unwrap();
+        assert_eq!((p.mode, p.published), (PublishMode::Host, 8081));
+        for bad in [
+            "8080:80/sctp",
+            "x:80",
+            "0:80",
+            "70000:80",
+            "mode=weird,target=80",
+            "published=80",
+            "target=80,colour=red",
+        ] {
+            assert!(parse_publish(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn replicas_and_durations() {
+        assert_eq!(parse_replicas("4"), Ok(4));
+        assert!(parse_replicas("-1").unwrap_err().contains("non-negative"));
+        assert!(parse_replicas("two").is_err());
+        assert_eq!(parse_duration("500ms"), Ok(500));
+        assert_eq!(parse_duration("2s"), Ok(2000));
+        assert_eq!(parse_duration("1m30s"), Ok(90_000));
+        assert_eq!(parse_duration("3"), Ok(3000));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_scale("web=x").is_err());
+        assert!(parse_scale("=3").is_err());
+        assert_eq!(parse_scale("web=3"), Ok(("web".into(), 3)));
+    }
+}
