@@ -107,27 +107,31 @@ where
                     return;
                 }
             };
-            rt.block_on(async move {
-                let mut r = match make() {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
+            // Reconciles run outside `block_on` (some kernels run a runtime of their
+            // own for netlink), but inside the runtime's context, so what they spawn
+            // (the resolver's loops) runs whenever the thread waits.
+            let _context = rt.enter();
+            let mut r = match make() {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            let mut present = present;
+            let mut cue = Cue::Start;
+            loop {
+                let d: Option<Arc<DeclaredNode>> = declared.borrow_and_update().clone();
+                let p: Arc<Vec<PresentNetwork>> = match &mut present {
+                    Some(p) => p.borrow_and_update().clone(),
+                    None => Arc::default(),
                 };
-                let _ = ready_tx.send(Ok(()));
-                let mut present = present;
-                let mut cue = Cue::Start;
-                loop {
-                    let d: Option<Arc<DeclaredNode>> = declared.borrow_and_update().clone();
-                    let p: Arc<Vec<PresentNetwork>> = match &mut present {
-                        Some(p) => p.borrow_and_update().clone(),
-                        None => Arc::default(),
-                    };
-                    if let Some(s) = r.reconcile(d.as_deref(), &p, cue) {
-                        status.write(&s);
-                    }
-                    let timer = tokio::time::sleep(r.period());
+                if let Some(s) = r.reconcile(d.as_deref(), &p, cue) {
+                    status.write(&s);
+                }
+                let period = r.period();
+                let next = rt.block_on(async {
                     let present_changed = async {
                         let ok = match &mut present {
                             Some(p) => p.changed().await.is_ok(),
@@ -137,18 +141,22 @@ where
                             std::future::pending::<()>().await;
                         }
                     };
-                    cue = tokio::select! {
-                        _ = &mut stop_rx => return,
+                    tokio::select! {
+                        _ = &mut stop_rx => None,
                         changed = declared.changed() => match changed {
-                            Ok(()) => Cue::Declared,
+                            Ok(()) => Some(Cue::Declared),
                             // The pipeline is gone: the agent is stopping.
-                            Err(_) => return,
+                            Err(_) => None,
                         },
-                        () = present_changed => Cue::Present,
-                        () = timer => Cue::Timer,
-                    };
+                        () = present_changed => Some(Cue::Present),
+                        () = tokio::time::sleep(period) => Some(Cue::Timer),
+                    }
+                });
+                match next {
+                    Some(c) => cue = c,
+                    None => return,
                 }
-            });
+            }
         })
         .map_err(|e| format!("starting the {name} thread: {e}"))?;
     match ready_rx.await {
@@ -187,6 +195,13 @@ mod tests {
             cue: Cue,
         ) -> Option<serde_json::Value> {
             let endpoints = declared.map(|d| d.overlay.local_endpoints.len());
+            // Kernels run runtimes of their own for netlink: that must work here.
+            let own = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            own.block_on(async {});
+            // And what a reconciler spawns runs on the thread's runtime.
+            drop(tokio::spawn(async {}));
             let _ = self.0.send((cue, endpoints));
             Some(serde_json::json!({"endpoints": endpoints}))
         }

@@ -19,8 +19,10 @@
 //!   Targets: mesh >= 0.9x direct, >= 1.5x HAProxy, >= 1x iptables.
 //! - Backend change to the first connection that obeys it: the declared LB file on h1
 //!   swaps which of t1 and t2 is healthy (the other drains); a connect loop through the
-//!   mesh times the first answer from the new one. Includes the agent noticing the file
-//!   (it polls every 250 ms).
+//!   mesh times the first answer from the new one. Includes the agent seeing the file
+//!   change (inotify, the standalone mode's source), its pipeline and the map writes:
+//!   everything after the declared state changes. Targets: median <= 20 ms, max <=
+//!   100 ms.
 //! - 64-byte UDP packets per second through the mesh's XDP program (to a remote
 //!   backend), through the kernel with iptables DNAT, and through an XDP program that only
 //!   bounces frames (the ceiling), at equal offered load: `shoal-dataplane`'s example
@@ -66,7 +68,7 @@ const HAPROXY_BACKEND: u16 = 8086;
 const ROUNDS: usize = 5;
 const WRK_SECS: u32 = 2;
 const WRK_CONNECTIONS: u32 = 32;
-const CHANGES: usize = 6;
+const CHANGES: usize = 10;
 const PPS_RUNS: usize = 3;
 
 pub(super) fn run() -> Result<ExitCode> {
@@ -350,7 +352,8 @@ fn in_lab(
         times.push(ms);
     }
     let max = times.iter().copied().fold(0.0, f64::max);
-    report.figure("backend_change_to_connection_median", median(times), "ms");
+    let mid = median(times);
+    report.figure("backend_change_to_connection_median", mid, "ms");
     report.figure("backend_change_to_connection_max", max, "ms");
     let status: Value = fs::read(h1.run_dir.join("agent/lb.json"))
         .ok()
@@ -359,7 +362,8 @@ fn in_lab(
     if let Some(e) = status["elapsed_ms"].as_f64() {
         report.figure("backend_change_apply", e, "ms");
     }
-    report.ratio("backend_change_to_connection_max_ms", max, "<=", 1000.0);
+    report.ratio("backend_change_to_connection_median_ms", mid, "<=", 20.0);
+    report.ratio("backend_change_to_connection_max_ms", max, "<=", 100.0);
     drop(servers);
     Ok(())
 }

@@ -23,8 +23,9 @@
 //! - Backend change to the first connection that obeys it: the declared LB file is
 //!   rewritten (the VIP's backend moves between t1 and t2), and a connect loop in c1's
 //!   namespace times the first answer from the new backend; median and max of
-//!   [`CHANGES`] changes. This includes the agent noticing the file (it polls every
-//!   100 ms); the map writes themselves are reported from the agent's `vip.json`.
+//!   [`CHANGES`] changes. This includes the agent seeing the file change (inotify, the
+//!   standalone mode's source), its pipeline and the map writes (those alone are
+//!   reported from the agent's `vip.json`). Targets: median <= 20 ms, max <= 100 ms.
 //!
 //! The servers are threads of this process (the task's name as body, keep-alive unless
 //! the request says close; one thread per wrk connection) with sockets made in the
@@ -62,7 +63,7 @@ const ROUNDS: usize = 5;
 const CONCURRENT_ROUNDS: usize = 6;
 const WRK_SECS: u32 = 3;
 const WRK_CONNECTIONS: u32 = 32;
-const CHANGES: usize = 6;
+const CHANGES: usize = 10;
 /// Threads per HTTP server.
 const SERVER_THREADS: usize = WRK_CONNECTIONS as usize;
 
@@ -219,12 +220,14 @@ fn in_lab(state: &LabState, shoal: &Path, report: &mut Report) -> Result<()> {
         }
     }
     let max = times.iter().copied().fold(0.0, f64::max);
-    report.figure("backend_change_to_connection_median", median(times), "ms");
+    let mid = median(times);
+    report.figure("backend_change_to_connection_median", mid, "ms");
     report.figure("backend_change_to_connection_max", max, "ms");
     if !apply_ms.is_empty() {
         report.figure("backend_change_apply_median", median(apply_ms), "ms");
     }
-    report.ratio("backend_change_to_connection_max_ms", max, "<=", 1000.0);
+    report.ratio("backend_change_to_connection_median_ms", mid, "<=", 20.0);
+    report.ratio("backend_change_to_connection_max_ms", max, "<=", 100.0);
     Ok(())
 }
 
