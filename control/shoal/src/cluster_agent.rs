@@ -96,6 +96,9 @@ pub struct ClusterAgentConfig {
     pub node: Option<NodeLinks>,
     /// Where the executor's gossip member listens; None: no gossip.
     pub gossip_listen: Option<SocketAddr>,
+    /// Why this agent must not init or join a swarm (its dataplane would not follow
+    /// the cluster); None: it may.
+    pub no_swarm: Option<String>,
 }
 
 impl ClusterAgentConfig {
@@ -274,6 +277,14 @@ impl ClusterAgent {
         }
     }
 
+    /// Refuses a swarm init or join when the agent's dataplane would not follow it.
+    fn may_swarm(&self) -> Result<(), ApiError> {
+        match &self.config.no_swarm {
+            Some(why) => Err(ApiError::new(why.clone())),
+            None => Ok(()),
+        }
+    }
+
     async fn handle_request(&self, request: Request) -> Result<Reply, ApiError> {
         let mut role = self.role.lock().await;
         match request {
@@ -287,6 +298,7 @@ impl ClusterAgent {
                 if role.is_some() {
                     return Err(ApiError::new(ALREADY_IN_SWARM));
                 }
+                self.may_swarm()?;
                 let listen = listen_address(listen_addr.as_deref(), self.config.listen)?;
                 let advertise = self.advertise_address(advertise_addr.as_deref(), listen)?;
                 let node = self.node_info(advertise.ip()).await?;
@@ -330,6 +342,7 @@ impl ClusterAgent {
                 if role.is_some() {
                     return Err(ApiError::new(ALREADY_IN_SWARM));
                 }
+                self.may_swarm()?;
                 let remote_addr = remote_address(&remote).await?;
                 let listen = listen_address(listen_addr.as_deref(), self.config.listen)?;
                 let advertise = self.advertise_address(advertise_addr.as_deref(), listen)?;

@@ -997,6 +997,7 @@ mod real {
                     timings: Some(fast_timings()),
                     node: None,
                     gossip_listen: None,
+                    no_swarm: None,
                 }))
                 .unwrap();
             let socket = serve(rt, &dir, agent.clone());
@@ -1266,6 +1267,7 @@ mod real {
                 timings: None,
                 node: None,
                 gossip_listen: None,
+                no_swarm: None,
             }))
             .unwrap();
         assert_eq!(rt.block_on(agent.role_name()), "manager");

@@ -41,6 +41,9 @@ use tracing::{info, warn};
 
 use crate::{config::AgentConfig, status::AgentStatus};
 
+/// Why a standalone agent refuses `swarm init` and `swarm join`.
+const STANDALONE_NO_SWARM: &str = "this agent applies --declared-* files (standalone mode), so a swarm's services would get no network on this node: restart it without those flags to init or join a swarm";
+
 /// How long the agent waits for the node's dockerd at start.
 const DOCKER_WAIT: Duration = Duration::from_secs(30);
 /// How often the reconcilers' threads are checked.
@@ -127,9 +130,17 @@ async fn serve(config: AgentConfig) -> Result<()> {
         timings: None,
         node: Some(links),
         gossip_listen: Some(config.gossip_listen),
+        no_swarm: config
+            .standalone
+            .as_ref()
+            .map(|_| STANDALONE_NO_SWARM.to_owned()),
     })
     .await
     .context("starting the cluster role")?;
+    if config.standalone.is_some() && cluster.role_name().await != "none" {
+        cluster.shutdown().await;
+        bail!("this node is in a swarm, so its dataplane must follow the cluster: --declared-state, --declared-dns and --declared-lb are for standalone use only (start the agent without them, or leave the swarm first)");
+    }
     let api_socket = api_server::bind(&config.api_socket)?;
     let api = tokio::spawn(api_server::serve(api_socket, cluster.clone()));
     info!(role = cluster.role_name().await, api_socket = %config.api_socket.display(), "cluster role ready");
