@@ -17,7 +17,7 @@ use shoal_cluster::{
 };
 use tracing::info;
 
-use super::{cluster_error, execute};
+use super::{cluster_error, nodes::execute};
 use crate::api::{ApiError, Reply, Request, ServiceStateView};
 use shoal_orchestrator::{
     docker::DockerClient,

@@ -1,0 +1,94 @@
+//! Addresses and names the cluster role needs: `--listen-addr`, the manager to join,
+//! an interface's address, the host's name, the node's engine version.
+use super::*;
+
+/// `--listen-addr`: ADDR:PORT, or ADDR with the default listen port.
+pub(super) fn listen_address(
+    given: Option<&str>,
+    default: SocketAddr,
+) -> Result<SocketAddr, ApiError> {
+    let Some(text) = given else {
+        return Ok(default);
+    };
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, default.port()));
+    }
+    if let Some((iface, port)) = text.rsplit_once(':') {
+        if let Ok(port) = port.parse::<u16>() {
+            return Ok(SocketAddr::new(interface_ip(iface)?.into(), port));
+        }
+    }
+    Ok(SocketAddr::new(interface_ip(text)?.into(), default.port()))
+}
+
+/// The manager to join: HOST[:PORT], port 2377 by default; a name is looked up.
+pub(super) async fn remote_address(remote: &str) -> Result<SocketAddr, ApiError> {
+    if let Ok(addr) = remote.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Ok(ip) = remote.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, DEFAULT_CLUSTER_PORT));
+    }
+    let with_port = match remote.rsplit_once(':') {
+        Some((_, port)) if port.parse::<u16>().is_ok() => remote.to_owned(),
+        _ => format!("{remote}:{DEFAULT_CLUSTER_PORT}"),
+    };
+    let mut addrs = tokio::net::lookup_host(&with_port)
+        .await
+        .map_err(|e| ApiError::new(format!("looking up manager {remote}: {e}")))?;
+    addrs
+        .next()
+        .ok_or_else(|| ApiError::new(format!("manager {remote} has no address")))
+}
+
+/// The first IPv4 address of interface `name`.
+pub(super) fn interface_ip(name: &str) -> Result<Ipv4Addr, ApiError> {
+    match shoal_dataplane::iface::ipv4_address(name) {
+        Ok(Some(ip)) => Ok(ip),
+        Ok(None) => Err(ApiError::new(format!(
+            "{name:?} is neither an IP address nor an interface with an IPv4 address"
+        ))),
+        Err(e) => Err(ApiError::new(format!(
+            "reading the addresses of interface {name:?}: {e}"
+        ))),
+    }
+}
+
+/// The hostname of the UTS namespace the agent runs in.
+pub fn host_name() -> std::io::Result<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it
+    // when the name fits (names are at most 64 bytes on Linux).
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Ok(String::from_utf8_lossy(&buf[..len]).into_owned())
+}
+
+/// The version of the node's dockerd; a clear error if it does not answer.
+pub(super) async fn engine_version(socket: &Path) -> Result<String, ApiError> {
+    let unreachable = |e: shoal_orchestrator::docker::DockerError| {
+        ApiError::new(format!(
+            "cannot read the engine version for this node: {e} (is dockerd running?)"
+        ))
+    };
+    let read = async {
+        let docker = DockerClient::connect_with_timeout(socket, DOCKER_TIMEOUT)
+            .await
+            .map_err(unreachable)?;
+        docker.engine_version().await.map_err(unreachable)
+    };
+    match tokio::time::timeout(DOCKER_TIMEOUT, read).await {
+        Ok(result) => result,
+        Err(_) => Err(ApiError::new(format!(
+            "cannot read the engine version from dockerd at {}: no answer within {}s",
+            socket.display(),
+            DOCKER_TIMEOUT.as_secs()
+        ))),
+    }
+}
