@@ -1,6 +1,6 @@
 //! The pipeline with a fake dockerd: containers are looked up once, again only when an
 //! event names them, and every change is published at once.
-use std::{cell::RefCell, collections::HashMap};
+use std::{collections::HashMap, sync::Mutex};
 
 use shoal_dataplane::overlay::state::{LocalEndpoint, Network};
 
@@ -9,20 +9,21 @@ use crate::docker::{ContainerAction, ContainerEvent};
 
 #[derive(Default)]
 struct FakeDocker {
-    running: RefCell<HashMap<String, Resolved>>,
-    lookups: RefCell<usize>,
+    running: Mutex<HashMap<String, Resolved>>,
+    lookups: Mutex<usize>,
 }
 
 impl Resolve for &FakeDocker {
     async fn resolve(&self, name: &str) -> Result<Option<Resolved>, String> {
-        *self.lookups.borrow_mut() += 1;
-        Ok(self.running.borrow().get(name).cloned())
+        *self.lookups.lock().unwrap() += 1;
+        let found = self.running.lock().unwrap().get(name).cloned();
+        Ok(found)
     }
 }
 
 impl FakeDocker {
     fn run(&self, name: &str, id: &str, netns: u64) {
-        self.running.borrow_mut().insert(
+        self.running.lock().unwrap().insert(
             name.into(),
             Resolved {
                 id: id.into(),
@@ -80,11 +81,11 @@ async fn containers_are_resolved_once_and_again_when_an_event_names_them() {
         "b does not run"
     );
     assert_eq!(out.overlay, d.overlay);
-    assert_eq!(*docker.lookups.borrow(), 2);
+    assert_eq!(*docker.lookups.lock().unwrap(), 2);
 
     // Nothing new: b is asked again (it may have started), a is not; nothing published.
     p.pass(Some(&d)).await;
-    assert_eq!(*docker.lookups.borrow(), 3);
+    assert_eq!(*docker.lookups.lock().unwrap(), 3);
     assert!(!rx.has_changed().unwrap());
 
     // b starts: its event makes a pass due and it is published.
@@ -140,4 +141,106 @@ async fn an_intent_change_reaches_the_output_in_one_pass_and_is_dumped() {
         serde_json::from_slice(&std::fs::read(dir.join("overlay.json")).unwrap()).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(dumped["local_endpoints"][0]["ip"], "10.0.9.99");
+}
+
+/// A VIP kernel that tells the test every table it is asked to hold.
+struct FakeVipKernel(std::sync::mpsc::Sender<shoal_dataplane::lb::vip_table::VipTable>);
+
+impl shoal_dataplane::reconcile::vip::VipKernel for FakeVipKernel {
+    fn apply(&mut self, table: &shoal_dataplane::lb::vip_table::VipTable) -> Result<usize, String> {
+        let _ = self.0.send(table.clone());
+        Ok(1)
+    }
+    fn sync_addresses(
+        &mut self,
+        _netns: &std::path::Path,
+        _addrs: &BTreeSet<std::net::Ipv4Addr>,
+    ) -> std::io::Result<shoal_dataplane::lb::vip_addr::AddrChanges> {
+        Ok(Default::default())
+    }
+    fn netns_cookie(&mut self, netns: &std::path::Path) -> std::io::Result<u64> {
+        Ok(netns.as_os_str().len() as u64)
+    }
+    fn own_cookie(&mut self) -> std::io::Result<u64> {
+        Ok(1)
+    }
+    fn node_addresses(&mut self) -> Vec<std::net::Ipv4Addr> {
+        Vec::new()
+    }
+}
+
+/// The whole path in one process, no root: intent -> pipeline (fake dockerd) -> the VIP
+/// reconciler on its thread (fake kernel). A backend change reaches the kernel without
+/// any file or poll in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_change_reaches_the_kernel_through_the_pipeline() {
+    use shoal_dataplane::{
+        lb::state::{Backend, BackendState, Balance, EndpointMode, LbState, Service, Vip},
+        reconcile::{runner, status::StatusFile, vip::VipReconciler},
+    };
+    let docker = Box::leak(Box::new(FakeDocker::default()));
+    docker.run("a", "id-a", 10);
+    let dir = std::env::temp_dir().join(format!("shoal-pipeline-vip-{}", std::process::id()));
+    let (intent_tx, intent_rx) = watch::channel(None);
+    let (out_tx, out_rx) = watch::channel(None);
+    let events = crate::events::DockerEvents::none();
+    let (tables_tx, tables) = std::sync::mpsc::channel();
+    let running = runner::spawn(
+        "vip-test",
+        move || Ok(VipReconciler::new(FakeVipKernel(tables_tx))),
+        out_rx,
+        None,
+        StatusFile::new(&dir, "vip"),
+    )
+    .await
+    .unwrap();
+    let docker: &'static FakeDocker = docker;
+    let pipeline =
+        tokio::spawn(Pipeline::new(docker, out_tx, None).run(intent_rx, events.subscribe()));
+    let with_backend = |addr: &str| {
+        let mut d = intent(&["a"]);
+        d.lb = Some(LbState {
+            ingress_network: None,
+            services: vec![Service {
+                id: "s1".into(),
+                name: "web".into(),
+                endpoint_mode: EndpointMode::Vip,
+                balance: Balance::default(),
+                vips: vec![Vip {
+                    network: "web".into(),
+                    address: "10.0.9.100".parse().unwrap(),
+                }],
+                ports: Vec::new(),
+                backends: vec![Backend {
+                    task: "t1".into(),
+                    node: "192.168.77.12".parse().unwrap(),
+                    addresses: [("web".to_string(), addr.parse().unwrap())].into(),
+                    state: BackendState::Healthy,
+                }],
+            }],
+        });
+        Arc::new(d)
+    };
+    let wait_for = |want: &str| {
+        let want: std::net::Ipv4Addr = want.parse().unwrap();
+        loop {
+            let t = tables
+                .recv_timeout(Duration::from_secs(10))
+                .expect("a table within 10 s");
+            if t.healthy("10.0.9.100".parse().unwrap()) == [want] {
+                return;
+            }
+        }
+    };
+    intent_tx.send(Some(with_backend("10.0.9.21"))).unwrap();
+    tokio::task::block_in_place(|| wait_for("10.0.9.21"));
+    let sent = std::time::Instant::now();
+    intent_tx.send(Some(with_backend("10.0.9.22"))).unwrap();
+    tokio::task::block_in_place(|| wait_for("10.0.9.22"));
+    let took = sent.elapsed();
+    drop(intent_tx);
+    pipeline.await.unwrap();
+    running.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(took < Duration::from_secs(5), "{took:?}");
 }
