@@ -30,7 +30,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use shoal_orchestrator::ipam::{AddressPool, Millis, PoolConfig, SubnetAllocator};
+//! use shoal_cluster::ipam::{AddressPool, Millis, PoolConfig, SubnetAllocator};
 //!
 //! let mut subnets = SubnetAllocator::new(PoolConfig::default(), vec!["10.0.0.0/24".parse().unwrap()]).unwrap();
 //! let subnet = subnets.allocate("web").unwrap();
