@@ -175,7 +175,7 @@ async fn a_cluster_of_five_nodes_lives_through_joins_tokens_roles_and_leader_los
         .values()
         .find(|n| n.name == "ingress")
         .expect("an ingress network");
-    assert_eq!(ingress.subnet.as_deref(), Some("10.0.0.0/24"));
+    assert_eq!(ingress.subnet, Some("10.0.0.0/24".parse().unwrap()));
     assert_eq!(ingress.vni, Some(4096));
     assert_eq!(state.cluster.as_ref().unwrap().data_path_port, 4789);
 

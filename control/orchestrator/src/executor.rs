@@ -18,6 +18,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    net::Ipv4Addr,
     path::PathBuf,
     time::Duration,
 };
@@ -38,7 +39,7 @@ use tracing::{debug, info, warn};
 use crate::{
     docker::{DockerClient, WatchUpdate},
     node_state::{self, DeclaredPaths},
-    scheduler::{now_ms, parse_ip},
+    scheduler::now_ms,
 };
 
 /// Labels on every task container (Swarm's keys, so tools that know them work).
@@ -95,7 +96,7 @@ enum Action {
     Start {
         task: Box<Task>,
         service: Box<Service>,
-        gateway: Option<String>,
+        gateway: Option<Ipv4Addr>,
     },
     /// Stop and remove; `report` says whether the task should be reported shut down.
     Remove {
@@ -266,7 +267,7 @@ impl Executor {
                             .networks
                             .first()
                             .and_then(|a| state.networks.get(&a.network_id))
-                            .and_then(|n| n.gateway.clone());
+                            .and_then(|n| n.gateway);
                         actions.push(Action::Start {
                             task: Box::new(t.clone()),
                             service: Box::new(service.clone()),
@@ -506,7 +507,7 @@ async fn start(
     node: &str,
     t: &Task,
     service: &Service,
-    gateway: Option<String>,
+    gateway: Option<Ipv4Addr>,
     image: ImageCheck,
 ) -> Vec<TaskStatusUpdate> {
     let api = docker.engine();
@@ -539,10 +540,7 @@ async fn start(
         start_period: ns(h.start_period_ms),
         start_interval: None,
     });
-    let dns = gateway
-        .as_deref()
-        .and_then(parse_ip)
-        .map(|g| vec![g.to_string()]);
+    let dns = gateway.map(|g| vec![g.to_string()]);
     let body = ContainerCreateBody {
         image: Some(spec.image.clone()),
         cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),

@@ -162,15 +162,11 @@ impl Ipam {
     fn from_state(state: &ClusterState) -> Ipam {
         let mut nets = HashMap::new();
         for n in state.networks.values() {
-            let Some(subnet) = n.subnet.as_deref().and_then(|s| s.parse::<Ipv4Net>().ok()) else {
+            let Some(subnet) = n.subnet else {
                 continue;
             };
             let mut used = BTreeSet::new();
-            if let Some(gw) = n
-                .gateway
-                .as_deref()
-                .and_then(|g| g.parse::<Ipv4Addr>().ok())
-            {
+            if let Some(gw) = n.gateway {
                 used.insert(u32::from(gw));
             }
             nets.insert(n.id.clone(), NetAlloc { subnet, used });
@@ -178,28 +174,29 @@ impl Ipam {
         let mut ipam = Ipam { nets };
         for s in state.services.values() {
             for v in &s.endpoint.virtual_ips {
-                ipam.mark(&v.network_id, &v.addr);
+                ipam.mark(&v.network_id, v.addr.addr());
             }
         }
         for t in state.tasks.values() {
             // An ended task's address is free again (history keeps it only for display).
             if t.desired_state == TaskState::Running || !t.status.state.is_terminal() {
                 for a in &t.networks {
-                    ipam.mark(&a.network_id, &a.addr);
+                    ipam.mark(&a.network_id, a.addr.addr());
                 }
             }
         }
         ipam
     }
 
-    fn mark(&mut self, network: &str, cidr: &str) {
-        if let (Some(n), Some(ip)) = (self.nets.get_mut(network), parse_ip(cidr)) {
+    fn mark(&mut self, network: &str, ip: Ipv4Addr) {
+        if let Some(n) = self.nets.get_mut(network) {
             n.used.insert(u32::from(ip));
         }
     }
 
-    /// The next free host address after the highest in use (wrapping), as CIDR.
-    fn allocate(&mut self, network: &str) -> Option<String> {
+    /// The next free host address after the highest in use (wrapping), with the
+    /// subnet's prefix length.
+    fn allocate(&mut self, network: &str) -> Option<Ipv4Net> {
         let n = self.nets.get_mut(network)?;
         let first = u32::from(n.subnet.network()) + 1;
         let last = u32::from(n.subnet.broadcast()).checked_sub(1)?;
@@ -217,17 +214,8 @@ impl Ipam {
             .chain(first..start)
             .find(|a| !n.used.contains(a))?;
         n.used.insert(pick);
-        Some(format!(
-            "{}/{}",
-            Ipv4Addr::from(pick),
-            n.subnet.prefix_len()
-        ))
+        Ipv4Net::new(Ipv4Addr::from(pick), n.subnet.prefix_len()).ok()
     }
-}
-
-/// The address part of `10.0.0.5/24` (or a bare address).
-pub fn parse_ip(cidr: &str) -> Option<Ipv4Addr> {
-    cidr.split('/').next()?.parse().ok()
 }
 
 /// Why nodes cannot take a new task of a service, Swarm's way.
@@ -519,7 +507,7 @@ pub fn plan(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut() -> Strin
         for net in &wanted {
             let existing = s.endpoint.virtual_ips.iter().find(|v| &v.network_id == net);
             let addr = match existing {
-                Some(v) => Some(v.addr.clone()),
+                Some(v) => Some(v.addr),
                 None => p.ipam.allocate(net),
             };
             match addr {

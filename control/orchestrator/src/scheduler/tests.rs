@@ -28,8 +28,8 @@ fn network(id: &str, subnet: &str, gateway: &str, ingress: bool) -> Network {
         id: id.into(),
         name: id.into(),
         driver: "overlay".into(),
-        subnet: Some(subnet.into()),
-        gateway: Some(gateway.into()),
+        subnet: Some(subnet.parse().unwrap()),
+        gateway: Some(gateway.parse().unwrap()),
         vni: Some(4096),
         ingress,
         attachable: false,
@@ -434,17 +434,22 @@ fn addresses_and_vips_come_from_the_subnet_unique_and_ingress_first() {
     assert_eq!(vip_nets, vec!["ingress", "web"]);
     let mut seen = std::collections::BTreeSet::new();
     for v in &svc.endpoint.virtual_ips {
-        assert!(seen.insert(v.addr.clone()));
+        assert!(seen.insert(v.addr));
     }
     for t in sim.state.service_tasks("s") {
         let nets: Vec<&str> = t.networks.iter().map(|a| a.network_id.as_str()).collect();
         assert_eq!(nets, vec!["ingress", "web"]);
         for a in &t.networks {
-            assert!(seen.insert(a.addr.clone()), "{} used twice", a.addr);
+            assert!(seen.insert(a.addr), "{} used twice", a.addr);
         }
-        let web = &t.networks[1].addr;
-        assert!(web.starts_with("10.0.1.") && web.ends_with("/29"), "{web}");
-        assert_ne!(web, "10.0.1.1/29", "not the gateway");
+        let web = t.networks[1].addr;
+        assert_eq!(web.network(), "10.0.1.0".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(web.prefix_len(), 29, "{web}");
+        assert_ne!(
+            web.addr(),
+            "10.0.1.1".parse::<Ipv4Addr>().unwrap(),
+            "not the gateway"
+        );
     }
     // The /29 has 5 host addresses besides the gateway: VIP + 2 tasks + 2 more.
     let mut big = sim.state.services["s"].clone();

@@ -175,11 +175,7 @@ fn prepare_spec(state: &ClusterState, mut spec: ServiceSpec) -> Result<ServiceSp
 /// The subnet for a new network: the one given (no overlap allowed) or the first free
 /// one from the cluster's pools.
 fn choose_subnet(state: &ClusterState, given: Option<Ipv4Net>) -> Result<Ipv4Net, ApiError> {
-    let taken: Vec<Ipv4Net> = state
-        .networks
-        .values()
-        .filter_map(|n| n.subnet.as_deref()?.parse().ok())
-        .collect();
+    let taken: Vec<Ipv4Net> = state.networks.values().filter_map(|n| n.subnet).collect();
     let overlaps = |a: &Ipv4Net| {
         taken
             .iter()
@@ -208,10 +204,7 @@ fn choose_subnet(state: &ClusterState, given: Option<Ipv4Net>) -> Result<Ipv4Net
     let pools: Vec<Ipv4Net> = if spec.default_addr_pools.is_empty() {
         vec!["10.0.0.0/8".parse().expect("a prefix")]
     } else {
-        spec.default_addr_pools
-            .iter()
-            .filter_map(|p| p.parse().ok())
-            .collect()
+        spec.default_addr_pools.clone()
     };
     for pool in pools {
         let Ok(subnets) = pool.subnets(prefix.max(pool.prefix_len())) else {
@@ -431,8 +424,8 @@ pub(super) async fn request(
                 id: new_id(),
                 name: name.clone(),
                 driver,
-                subnet: Some(subnet.to_string()),
-                gateway: Some(gateway.to_string()),
+                subnet: Some(subnet),
+                gateway: Some(gateway),
                 vni: Some(vni),
                 ingress: false,
                 attachable,

@@ -98,11 +98,6 @@ impl Runtime {
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            let pools: Vec<String> = options
-                .default_addr_pools
-                .iter()
-                .map(|p| p.to_string())
-                .collect();
             let ingress = options
                 .default_addr_pools
                 .iter()
@@ -111,7 +106,7 @@ impl Runtime {
                 Command::SetCluster {
                     cluster: ClusterSpec {
                         id: cluster_id.clone(),
-                        default_addr_pools: pools,
+                        default_addr_pools: options.default_addr_pools.clone(),
                         subnet_prefix_len: options.subnet_prefix_len,
                         data_path_port: options.data_path_port,
                     },
@@ -143,10 +138,8 @@ impl Runtime {
                         id: new_node_id(),
                         name: "ingress".to_string(),
                         driver: "overlay".to_string(),
-                        subnet: ingress.map(|n| n.to_string()),
-                        gateway: ingress
-                            .and_then(|n| n.hosts().next())
-                            .map(|g| g.to_string()),
+                        subnet: ingress,
+                        gateway: ingress.and_then(|n| n.hosts().next()),
                         vni: Some(INGRESS_VNI),
                         ingress: true,
                         attachable: false,
