@@ -43,6 +43,7 @@
 //! ```
 
 mod address;
+mod number;
 mod subnet;
 
 use std::{
@@ -54,6 +55,7 @@ use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
 pub use address::{AddressPool, Subnet};
+pub use number::NumberPool;
 pub use subnet::{PoolConfig, SubnetAllocator};
 
 /// How long a released address is held back before it is handed out again, unless
@@ -185,6 +187,29 @@ pub enum IpamError {
     /// The gateway lives as long as the subnet; it is not released on its own.
     #[error("{addr} is the gateway of {subnet} and cannot be released")]
     ReleaseGateway { addr: IpAddr, subnet: IpNet },
+
+    // ---- numbers (VNIs, ports) ----
+    /// Every number of the range is in use.
+    #[error("no free {what} left in {first}-{last}")]
+    NumbersExhausted {
+        what: &'static str,
+        first: u32,
+        last: u32,
+    },
+    /// The number is not in the range.
+    #[error("{what} {number} is outside {first}-{last}")]
+    NumberOutOfRange {
+        what: &'static str,
+        number: u32,
+        first: u32,
+        last: u32,
+    },
+    /// The number is already in use.
+    #[error("{what} {number} is already in use")]
+    NumberInUse { what: &'static str, number: u32 },
+    /// Releasing a number that is not in use.
+    #[error("{what} {number} is not allocated")]
+    NumberNotAllocated { what: &'static str, number: u32 },
 
     // ---- stored state ----
     /// Deserialized state that breaks an invariant (overlapping networks, an address
