@@ -90,6 +90,10 @@ impl Subnet for Ipv6Net {
 /// [`allocate`](Self::allocate) prefers never-used addresses, then the one released longest
 /// ago. Memory is proportional to the number of addresses allocated or released, whatever
 /// the subnet size. `AddressPool` alone means IPv4; `AddressPool<Ipv6Net>` is IPv6.
+///
+/// A pool can also be rebuilt from a record of its addresses that is not its own state
+/// ([`restore`](Self::restore)): the cluster store keeps the addresses of tasks and VIPs,
+/// not the pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AddressPool<N: Subnet = Ipv4Net> {
     subnet: N,
@@ -101,6 +105,11 @@ pub struct AddressPool<N: Subnet = Ipv4Net> {
     /// Every usable offset from here on that is in neither `allocated` nor `released` has
     /// never been handed out. `None`: no never-used address left.
     next_unused: Option<u128>,
+    /// Only in a restored pool: every usable offset from here up to `next_unused` that is
+    /// in neither `allocated` nor `released` was handed out and released at a time the
+    /// record no longer holds. `None`: no such address left (always, in a pool that was
+    /// never restored).
+    next_forgotten: Option<u128>,
     allocated: BTreeSet<u128>,
     /// Released offsets and when they were released...
     released: BTreeMap<u128, Millis>,
@@ -131,6 +140,69 @@ impl<N: Subnet> AddressPool<N> {
         Ok(pool)
     }
 
+    /// A pool rebuilt from a record of its addresses that is not the pool's own state,
+    /// such as the addresses of the tasks and VIPs in the cluster store: `in_use` are
+    /// allocated (with `gateway`), `released` were released at the given times and are
+    /// held back from then on.
+    ///
+    /// What the record no longer holds is inferred. The addresses above the highest one
+    /// listed (or the gateway) were never used, and are handed out first, in order. The
+    /// ones below it that are listed nowhere were used once and released at a time that
+    /// is not known; they count as released long ago, and are handed out, in order, after
+    /// the never-used ones and before the recorded releases. An address both in use and
+    /// released is in use; one released twice counts from its latest release. Addresses
+    /// that are not usable in the subnet are left out: the record may hold stale ones.
+    ///
+    /// Fails, as [`with_gateway`](Self::with_gateway) does, if the subnet or the gateway
+    /// is unusable.
+    pub fn restore(
+        subnet: N,
+        gateway: N::Addr,
+        hold_back: Duration,
+        in_use: impl IntoIterator<Item = N::Addr>,
+        released: impl IntoIterator<Item = (N::Addr, Millis)>,
+    ) -> Result<Self, IpamError> {
+        let mut pool = Self::empty(subnet, hold_back)?;
+        pool.gateway = pool.offset_of(gateway)?;
+        pool.allocated.insert(pool.gateway);
+        for addr in in_use {
+            if let Ok(off) = pool.offset_of(addr) {
+                pool.allocated.insert(off);
+            }
+        }
+        for (addr, at) in released {
+            let Ok(off) = pool.offset_of(addr) else {
+                continue;
+            };
+            if pool.allocated.contains(&off) {
+                continue;
+            }
+            match pool.released.insert(off, at) {
+                Some(earlier) if earlier > at => {
+                    pool.released.insert(off, earlier);
+                }
+                Some(earlier) => {
+                    pool.release_order.remove(&(earlier, off));
+                    pool.release_order.insert((at, off));
+                }
+                None => {
+                    pool.release_order.insert((at, off));
+                }
+            }
+        }
+        let highest = pool
+            .allocated
+            .last()
+            .into_iter()
+            .chain(pool.released.keys().next_back())
+            .max()
+            .copied()
+            .unwrap_or(0);
+        pool.next_unused = highest.checked_add(1).filter(|&next| next <= pool.last);
+        pool.next_forgotten = Some(1);
+        Ok(pool)
+    }
+
     fn empty(subnet: N, hold_back: Duration) -> Result<Self, IpamError> {
         check_canonical(subnet.into())?;
         let last = subnet
@@ -147,6 +219,7 @@ impl<N: Subnet> AddressPool<N> {
             gateway: 0,
             hold_back_ms: duration_ms(hold_back),
             next_unused: Some(1),
+            next_forgotten: None,
             allocated: BTreeSet::new(),
             released: BTreeMap::new(),
             release_order: BTreeSet::new(),
@@ -193,10 +266,11 @@ impl<N: Subnet> AddressPool<N> {
         self.allocated.iter().map(|&off| self.addr(off))
     }
 
-    /// Allocates an address: a never-used one if any is left, else the one released
-    /// longest ago provided its hold-back is over at `now`.
+    /// Allocates an address: a never-used one if any is left, else (in a restored pool)
+    /// one released at a time no longer known, else the one released longest ago
+    /// provided its hold-back is over at `now`.
     pub fn allocate(&mut self, now: Millis) -> Result<N::Addr, IpamError> {
-        if let Some(off) = self.take_unused() {
+        if let Some(off) = self.take_unused().or_else(|| self.take_forgotten()) {
             self.allocated.insert(off);
             return Ok(self.addr(off));
         }
@@ -278,6 +352,22 @@ impl<N: Subnet> AddressPool<N> {
         None
     }
 
+    /// The next offset below the never-used cursor that is neither allocated nor released,
+    /// moving the forgotten cursor past it; amortized O(log n) like
+    /// [`take_unused`](Self::take_unused).
+    fn take_forgotten(&mut self) -> Option<u128> {
+        // Offsets from the never-used cursor on belong to `take_unused`.
+        let end = self.next_unused.map_or(self.last, |unused| unused - 1);
+        while let Some(off) = self.next_forgotten.filter(|&off| off <= end) {
+            self.next_forgotten = off.checked_add(1);
+            if !self.allocated.contains(&off) && !self.released.contains_key(&off) {
+                return Some(off);
+            }
+        }
+        self.next_forgotten = None;
+        None
+    }
+
     fn hold_back_over(&self, released_at: Millis, now: Millis) -> bool {
         released_at.0.saturating_add(self.hold_back_ms) <= now.0
     }
@@ -330,6 +420,10 @@ impl<N: Subnet> AddressPool<N> {
             .next_unused
             .map(|addr| usable(&pool, addr))
             .transpose()?;
+        pool.next_forgotten = state
+            .next_forgotten
+            .map(|addr| usable(&pool, addr))
+            .transpose()?;
         Ok(pool)
     }
 }
@@ -344,6 +438,10 @@ struct State<N: Subnet> {
     /// Addresses from this one to the end of the subnet that are listed in neither
     /// `allocated` nor `released` were never handed out; `null` when none is left.
     next_unused: Option<N::Addr>,
+    /// Only in a restored pool: addresses from this one up to `next_unused` that are
+    /// listed in neither `allocated` nor `released` were released at a time not recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    next_forgotten: Option<N::Addr>,
     allocated: Vec<N::Addr>,
     /// Oldest release first.
     released: Vec<Released<N::Addr>>,
@@ -362,6 +460,7 @@ impl<N: Subnet> Serialize for AddressPool<N> {
             gateway: self.gateway(),
             hold_back_ms: self.hold_back_ms,
             next_unused: self.next_unused.map(|off| self.addr(off)),
+            next_forgotten: self.next_forgotten.map(|off| self.addr(off)),
             allocated: self.allocated().collect(),
             released: self
                 .release_order

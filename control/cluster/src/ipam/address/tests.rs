@@ -391,3 +391,147 @@ fn inconsistent_stored_state_refused() {
     let err = bad(&|v| v["subnet"] = "10.0.9.0/31".into());
     assert!(err.contains("too small"), "{err}");
 }
+
+#[test]
+fn restored_pool_hands_out_never_used_then_forgotten_then_held_back() {
+    // A record: .2 and .5 in use, .3 released at T0; .4 was used once and is no longer
+    // listed anywhere; .6 is past the highest listed.
+    let mut pool = AddressPool::restore(
+        net4("10.0.9.0/29"),
+        ip4("10.0.9.1"),
+        HOLD,
+        [ip4("10.0.9.2"), ip4("10.0.9.5")],
+        [(ip4("10.0.9.3"), T0)],
+    )
+    .unwrap();
+    assert_eq!(pool.in_use(), 3);
+    assert_eq!(pool.held_back(at(1)), 1);
+    assert_eq!(pool.allocate(at(1)).unwrap(), ip4("10.0.9.6"));
+    assert_eq!(pool.allocate(at(1)).unwrap(), ip4("10.0.9.4"));
+    assert!(matches!(
+        pool.allocate(at(59_999)),
+        Err(IpamError::AddressesExhausted { held_back: 1, .. })
+    ));
+    assert_eq!(pool.allocate(at(60_000)).unwrap(), ip4("10.0.9.3"));
+    assert!(pool.allocate(at(60_000)).is_err());
+}
+
+#[test]
+fn restored_pool_from_an_empty_record_is_a_new_pool() {
+    let record: [Ipv4Addr; 0] = [];
+    let restored =
+        AddressPool::restore(net4("10.0.9.0/24"), ip4("10.0.9.1"), HOLD, record, []).unwrap();
+    let mut fresh = AddressPool::new(net4("10.0.9.0/24"), HOLD).unwrap();
+    let mut restored = restored;
+    for _ in 0..5 {
+        assert_eq!(restored.allocate(T0).unwrap(), fresh.allocate(T0).unwrap());
+    }
+
+    // A gateway at the end: nothing is above it, so everything below counts as forgotten
+    // and comes in order, as from a pool made with that gateway.
+    let mut restored =
+        AddressPool::restore(net4("10.0.9.0/29"), ip4("10.0.9.6"), HOLD, record, []).unwrap();
+    let mut fresh = AddressPool::with_gateway(net4("10.0.9.0/29"), ip4("10.0.9.6"), HOLD).unwrap();
+    for _ in 0..5 {
+        assert_eq!(restored.allocate(T0).unwrap(), fresh.allocate(T0).unwrap());
+    }
+    assert!(restored.allocate(T0).is_err());
+}
+
+#[test]
+fn restore_is_lenient_with_the_record_but_not_with_the_gateway() {
+    let mut pool = AddressPool::restore(
+        net4("10.0.9.0/29"),
+        ip4("10.0.9.1"),
+        HOLD,
+        // Twice, outside the subnet, the network and the broadcast address.
+        [
+            ip4("10.0.9.2"),
+            ip4("10.0.9.2"),
+            ip4("10.0.8.3"),
+            ip4("10.0.9.0"),
+            ip4("10.0.9.7"),
+        ],
+        // In use and released: in use. Released twice: from the latest release.
+        [
+            (ip4("10.0.9.2"), T0),
+            (ip4("10.0.9.3"), at(5_000)),
+            (ip4("10.0.9.3"), T0),
+        ],
+    )
+    .unwrap();
+    assert!(pool.is_allocated(ip4("10.0.9.2")));
+    assert_eq!(pool.in_use(), 2);
+    assert_eq!(pool.allocate(T0).unwrap(), ip4("10.0.9.4"));
+    assert_eq!(pool.allocate(T0).unwrap(), ip4("10.0.9.5"));
+    assert_eq!(pool.allocate(T0).unwrap(), ip4("10.0.9.6"));
+    assert!(pool.allocate(at(64_999)).is_err());
+    assert_eq!(pool.allocate(at(65_000)).unwrap(), ip4("10.0.9.3"));
+
+    let none: [Ipv4Addr; 0] = [];
+    for gateway in ["10.0.9.0", "10.0.9.7", "10.0.8.1"] {
+        assert!(
+            AddressPool::restore(net4("10.0.9.0/29"), ip4(gateway), HOLD, none, []).is_err(),
+            "{gateway}"
+        );
+    }
+}
+
+#[test]
+fn restored_pool_round_trips_and_a_released_forgotten_address_is_held_back() {
+    let mut pool = AddressPool::restore(
+        net4("10.0.9.0/29"),
+        ip4("10.0.9.1"),
+        HOLD,
+        [ip4("10.0.9.5")],
+        [],
+    )
+    .unwrap();
+    // .2 .3 .4 are forgotten; .6 never used.
+    assert_eq!(pool.allocate(T0).unwrap(), ip4("10.0.9.6"));
+    assert_eq!(pool.allocate(T0).unwrap(), ip4("10.0.9.2"));
+    let json = serde_json::to_string(&pool).unwrap();
+    assert!(json.contains("\"next_forgotten\":\"10.0.9.3\""), "{json}");
+    let mut back: AddressPool = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, pool);
+    // Released now: tracked and held back like any other release, not forgotten.
+    for p in [&mut pool, &mut back] {
+        p.release(ip4("10.0.9.2"), T0).unwrap();
+        assert_eq!(p.allocate(T0).unwrap(), ip4("10.0.9.3"));
+        assert_eq!(p.allocate(T0).unwrap(), ip4("10.0.9.4"));
+        assert!(p.allocate(at(1)).is_err());
+        assert_eq!(p.allocate(at(60_000)).unwrap(), ip4("10.0.9.2"));
+    }
+    // A pool that was never restored writes no such field.
+    let fresh = AddressPool::new(net4("10.0.9.0/29"), HOLD).unwrap();
+    assert!(!serde_json::to_string(&fresh)
+        .unwrap()
+        .contains("next_forgotten"));
+}
+
+#[test]
+fn restoring_a_big_subnet_costs_what_the_record_holds() {
+    let start = Instant::now();
+    let in_use: Vec<Ipv4Addr> = (2..2_000u32)
+        .map(|i| Ipv4Addr::from(u32::from(ip4("10.1.0.0")) + i * 30))
+        .collect();
+    let mut pool = AddressPool::restore(
+        net4("10.1.0.0/16"),
+        ip4("10.1.0.1"),
+        HOLD,
+        in_use.iter().copied(),
+        [],
+    )
+    .unwrap();
+    // Fill the /16: never-used first, then the forgotten ones, each once.
+    let mut got = HashSet::new();
+    while let Ok(a) = pool.allocate(T0) {
+        assert!(got.insert(a), "{a} twice");
+    }
+    assert_eq!(got.len() + in_use.len() + 1, 65_534);
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+}
