@@ -201,6 +201,8 @@ pub enum ClusterError {
     Protocol(String),
     #[error("local cluster files in {path}: {reason}")]
     Files { path: PathBuf, reason: String },
+    #[error("default address pools: {0}")]
+    AddressPools(crate::ipam::IpamError),
 }
 
 impl From<StoreError> for ClusterError {

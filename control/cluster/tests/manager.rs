@@ -409,6 +409,18 @@ async fn tokens_of_another_cluster_or_with_a_wrong_secret_are_refused() {
         r.err()
     );
 
+    // Address pools no subnet can be cut from: refused before anything is made.
+    let pools = InitOptions {
+        default_addr_pools: vec!["10.20.0.0/16".parse().unwrap()],
+        subnet_prefix_len: 8,
+        ..InitOptions::default()
+    };
+    let r = Manager::init_with(base.config("x5"), info("x5"), pools, timings()).await;
+    let err = r.err().expect("unusable pools are refused");
+    assert!(matches!(err, ClusterError::AddressPools(_)), "{err:?}");
+    assert!(err.to_string().contains("10.20.0.0/16"), "{err}");
+    assert!(!base.config("x5").data_dir.exists());
+
     // A second init in the same directory.
     let again = Manager::init_with(
         base.config("a"),
