@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use shoal_cluster::store::{
     ClusterState, Command, Endpoint, Network, Node, PortConfig, Protocol, PublishMode, ServiceSpec,
@@ -468,6 +468,56 @@ fn addresses_and_vips_come_from_the_subnet_unique_and_ingress_first() {
         pending[0].status.err.as_deref(),
         Some("no address left on network web")
     );
+}
+
+#[test]
+fn a_replacement_gets_a_fresh_address_and_an_ended_tasks_address_is_held_back() {
+    let mut sim = Sim::new(&["a"]);
+    let mut s = service("s", ServiceMode::Replicated { replicas: 1 });
+    s.spec.networks = vec!["web".into()];
+    sim.add(s);
+    sim.settle();
+    let addr = |sim: &Sim| {
+        let t = sim
+            .state
+            .service_tasks("s")
+            .find(|t| t.desired_state == TaskState::Running)
+            .unwrap();
+        (t.id.clone(), t.networks.first().map(|a| a.addr.to_string()))
+    };
+    // web is a /29: gateway .1, the VIP .2, the task .3.
+    let (mut current, first) = addr(&sim);
+    assert_eq!(first.as_deref(), Some("10.0.1.3/29"));
+    // Each replacement gets an address never used: .4, .5, .6.
+    for expected in ["10.0.1.4/29", "10.0.1.5/29", "10.0.1.6/29"] {
+        sim.fail(&current, TaskState::Failed);
+        sim.now += RESTART_DELAY_MS;
+        sim.settle();
+        let (id, got) = addr(&sim);
+        assert_eq!(got.as_deref(), Some(expected));
+        current = id;
+    }
+    // None left but those of the ended tasks, held back: the replacement waits...
+    sim.fail(&current, TaskState::Failed);
+    sim.now += RESTART_DELAY_MS;
+    sim.settle();
+    let (_, none) = addr(&sim);
+    assert_eq!(none, None);
+    let pending = sim
+        .state
+        .service_tasks("s")
+        .find(|t| t.status.state == TaskState::Pending)
+        .unwrap();
+    assert_eq!(
+        pending.status.err.as_deref(),
+        Some("no address left on network web")
+    );
+    // ...until the oldest one's hold-back is over.
+    sim.now += ipam::DEFAULT_HOLD_BACK.as_millis() as u64;
+    sim.settle();
+    let (_, reused) = addr(&sim);
+    assert_eq!(reused.as_deref(), Some("10.0.1.3/29"));
+    assert_eq!(sim.running("s").values().sum::<usize>(), 1);
 }
 
 #[test]
