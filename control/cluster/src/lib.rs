@@ -4,9 +4,12 @@
 //! - [`pki`]: the cluster's root CA, node certificates (role inside), renewal.
 //! - [`token`]: join tokens (`SWMTKN-1-<CA digest>-<secret>`), rotation, checking.
 //! - [`store`]: the managers' Raft-replicated cluster state.
+//! - [`ipam`]: the allocator of what the store records: network subnets from the
+//!   address pools, VNIs, task addresses and VIPs, published ports.
 //! - [`manager`]: the network layer on port 2377 (mutual TLS): `swarm init/join/leave`,
 //!   Raft between managers, forwarding to the leader, heartbeats, node management.
 
+pub mod ipam;
 pub mod manager;
 pub mod pki;
 pub mod store;

@@ -40,6 +40,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use crate::ipam::IpamError;
 pub use crate::pki::Role;
 use crate::pki::{NodeCertificate, PkiError};
 use crate::store::{ApplyResult, ClusterState, Command, Rejection, StoreError};
@@ -89,11 +90,10 @@ pub struct InitOptions {
 
 impl Default for InitOptions {
     fn default() -> Self {
+        let pools = crate::ipam::PoolConfig::default();
         InitOptions {
-            default_addr_pools: vec![
-                Ipv4Net::new(std::net::Ipv4Addr::new(10, 0, 0, 0), 8).expect("a valid prefix")
-            ],
-            subnet_prefix_len: 24,
+            default_addr_pools: pools.pools,
+            subnet_prefix_len: pools.subnet_prefix_len,
             data_path_port: 4789,
         }
     }
@@ -201,6 +201,8 @@ pub enum ClusterError {
     Protocol(String),
     #[error("local cluster files in {path}: {reason}")]
     Files { path: PathBuf, reason: String },
+    #[error("default address pools: {0}")]
+    AddressPools(IpamError),
 }
 
 impl From<StoreError> for ClusterError {

@@ -175,7 +175,7 @@ async fn a_cluster_of_five_nodes_lives_through_joins_tokens_roles_and_leader_los
         .values()
         .find(|n| n.name == "ingress")
         .expect("an ingress network");
-    assert_eq!(ingress.subnet.as_deref(), Some("10.0.0.0/24"));
+    assert_eq!(ingress.subnet, Some("10.0.0.0/24".parse().unwrap()));
     assert_eq!(ingress.vni, Some(4096));
     assert_eq!(state.cluster.as_ref().unwrap().data_path_port, 4789);
 
@@ -408,6 +408,18 @@ async fn tokens_of_another_cluster_or_with_a_wrong_secret_are_refused() {
         "{:?}",
         r.err()
     );
+
+    // Address pools no subnet can be cut from: refused before anything is made.
+    let pools = InitOptions {
+        default_addr_pools: vec!["10.20.0.0/16".parse().unwrap()],
+        subnet_prefix_len: 8,
+        ..InitOptions::default()
+    };
+    let r = Manager::init_with(base.config("x5"), info("x5"), pools, timings()).await;
+    let err = r.err().expect("unusable pools are refused");
+    assert!(matches!(err, ClusterError::AddressPools(_)), "{err:?}");
+    assert!(err.to_string().contains("10.20.0.0/16"), "{err}");
+    assert!(!base.config("x5").data_dir.exists());
 
     // A second init in the same directory.
     let again = Manager::init_with(

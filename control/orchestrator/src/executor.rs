@@ -19,6 +19,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    net::Ipv4Addr,
     path::PathBuf,
     sync::Arc,
     time::Duration,
@@ -44,7 +45,7 @@ use crate::{
     events::{DockerEvents, Watched},
     node_state,
     pipeline::IntentSender,
-    scheduler::{now_ms, parse_ip},
+    scheduler::now_ms,
 };
 
 /// Labels on every task container (Swarm's keys, so tools that know them work).
@@ -101,7 +102,7 @@ enum Action {
     Start {
         task: Box<Task>,
         service: Box<Service>,
-        gateway: Option<String>,
+        gateway: Option<Ipv4Addr>,
     },
     /// Stop and remove; `report` says whether the task should be reported shut down.
     Remove {
@@ -285,7 +286,7 @@ impl Executor {
                             .networks
                             .first()
                             .and_then(|a| state.networks.get(&a.network_id))
-                            .and_then(|n| n.gateway.clone());
+                            .and_then(|n| n.gateway);
                         actions.push(Action::Start {
                             task: Box::new(t.clone()),
                             service: Box::new(service.clone()),
@@ -525,7 +526,7 @@ async fn start(
     node: &str,
     t: &Task,
     service: &Service,
-    gateway: Option<String>,
+    gateway: Option<Ipv4Addr>,
     image: ImageCheck,
 ) -> Vec<TaskStatusUpdate> {
     let api = docker.engine();
@@ -558,10 +559,7 @@ async fn start(
         start_period: ns(h.start_period_ms),
         start_interval: None,
     });
-    let dns = gateway
-        .as_deref()
-        .and_then(parse_ip)
-        .map(|g| vec![g.to_string()]);
+    let dns = gateway.map(|g| vec![g.to_string()]);
     let body = ContainerCreateBody {
         image: Some(spec.image.clone()),
         cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),

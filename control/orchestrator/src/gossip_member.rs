@@ -25,8 +25,6 @@ use shoal_gossip::{ClusterKey, Endpoint, EndpointTable, Gossip, GossipConfig, Ke
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::scheduler::parse_ip;
-
 /// A failed start is tried again after this long.
 const RETRY_START: Duration = Duration::from_secs(5);
 
@@ -227,12 +225,7 @@ pub fn keyring(keys: &[GossipKey]) -> Result<Option<Keyring>, shoal_gossip::Goss
 
 /// A node's data-path address: `data_path_addr`, else its advertise address's IP.
 pub fn data_path_ip(state: &ClusterState, node_id: &str) -> Option<IpAddr> {
-    let n = state.nodes.get(node_id)?;
-    let text = n.data_path_addr.as_deref().unwrap_or(&n.advertise_addr);
-    text.parse::<SocketAddr>()
-        .map(|a| a.ip())
-        .or_else(|_| text.parse::<IpAddr>())
-        .ok()
+    state.nodes.get(node_id)?.data_path_ip()
 }
 
 /// The managers' gossip addresses: their data-path addresses, port `port`.
@@ -251,7 +244,7 @@ pub fn subnets(state: &ClusterState) -> BTreeMap<String, IpNet> {
     state
         .networks
         .values()
-        .filter_map(|n| Some((n.name.clone(), n.subnet.as_deref()?.parse().ok()?)))
+        .filter_map(|n| Some((n.name.clone(), n.subnet?.into())))
         .collect()
 }
 
@@ -306,7 +299,7 @@ fn attachments(state: &ClusterState, t: &Task) -> Vec<(String, std::net::Ipv4Add
         .filter_map(|a| {
             Some((
                 state.networks.get(&a.network_id)?.name.clone(),
-                parse_ip(&a.addr)?,
+                a.addr.addr(),
             ))
         })
         .collect()

@@ -1,7 +1,7 @@
 //! shoal's orchestrator: what turns the cluster's desired state into this node's work.
 //!
-//! - [`scheduler`]: on the leader, places tasks on nodes and gives them addresses;
-//! - [`ipam`]: subnets, VNIs and addresses from pools;
+//! - [`scheduler`]: on the leader, places tasks on nodes and gives them addresses
+//!   (from `shoal_cluster::ipam`);
 //! - [`executor`]: on every node, runs the tasks placed here on the node's dockerd and
 //!   reports their states;
 //! - [`node_state`]: the node's declared overlay, DNS and load-balancing state, from
@@ -18,7 +18,6 @@ pub mod events;
 pub mod executor;
 pub mod gossip_keys;
 pub mod gossip_member;
-pub mod ipam;
 pub mod node_state;
 pub mod pipeline;
 pub mod scheduler;

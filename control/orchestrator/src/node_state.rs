@@ -21,7 +21,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
     io::Write,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr},
     path::Path,
 };
 
@@ -29,7 +29,7 @@ use shoal_cluster::store::{self, ClusterState, NodeStatus, PublishMode, Service,
 use shoal_dataplane::{lb::state as lb, overlay::state as overlay};
 use shoal_dns::records as dns;
 
-use crate::scheduler::{effective_networks, parse_ip};
+use crate::scheduler::effective_networks;
 
 /// The three declared states of one node.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -41,14 +41,7 @@ pub struct NodeState {
 
 /// A node's data-path address: `data_path_addr`, else the advertise address's IP.
 fn vtep(state: &ClusterState, node_id: &str) -> Option<Ipv4Addr> {
-    let n = state.nodes.get(node_id)?;
-    let text = n.data_path_addr.as_deref().unwrap_or(&n.advertise_addr);
-    let ip = text
-        .parse::<SocketAddr>()
-        .map(|a| a.ip())
-        .or_else(|_| text.parse::<IpAddr>())
-        .ok()?;
-    match ip {
+    match state.nodes.get(node_id)?.data_path_ip()? {
         IpAddr::V4(v4) => Some(v4),
         IpAddr::V6(_) => None,
     }
@@ -124,7 +117,7 @@ pub fn compute_with(
         };
         let container = t.container_name(&service.spec.name);
         for a in &t.networks {
-            let (Some(name), Some(ip)) = (net_name(&a.network_id), parse_ip(&a.addr)) else {
+            let (Some(name), ip) = (net_name(&a.network_id), a.addr.addr()) else {
                 continue;
             };
             local_nets.insert(a.network_id.clone());
@@ -146,8 +139,8 @@ pub fn compute_with(
             Some(overlay::Network {
                 id: n.name.clone(),
                 vni: n.vni?,
-                subnet: n.subnet.as_deref()?.parse().ok()?,
-                gateway: n.gateway.as_deref()?.parse().ok()?,
+                subnet: n.subnet?,
+                gateway: n.gateway?,
                 mtu: None,
                 encrypted: n.encrypted,
             })
@@ -170,7 +163,7 @@ pub fn compute_with(
             if !local_nets.contains(&a.network_id) {
                 continue;
             }
-            let (Some(name), Some(ip)) = (net_name(&a.network_id), parse_ip(&a.addr)) else {
+            let (Some(name), ip) = (net_name(&a.network_id), a.addr.addr()) else {
                 continue;
             };
             remote_endpoints.push(overlay::RemoteEndpoint {
@@ -200,7 +193,7 @@ pub fn compute_with(
             .virtual_ips
             .iter()
             .filter(|v| local_nets.contains(&v.network_id))
-            .filter_map(|v| Some((net_name(&v.network_id)?, parse_ip(&v.addr)?)))
+            .filter_map(|v| Some((net_name(&v.network_id)?, v.addr.addr())))
             .collect();
         let endpoint_mode = s.spec.endpoint_mode;
         let running: Vec<&Task> = state
@@ -215,7 +208,7 @@ pub fn compute_with(
             t.networks
                 .iter()
                 .filter(|a| local_nets.contains(&a.network_id))
-                .filter_map(|a| Some((net_name(&a.network_id)?, parse_ip(&a.addr)?)))
+                .filter_map(|a| Some((net_name(&a.network_id)?, a.addr.addr())))
                 .collect()
         };
         if !here.is_empty() {

@@ -16,18 +16,17 @@
 //!   (they are replaced elsewhere). Like Swarm there is no rebalancing when a node comes
 //!   back; `service update --force` replaces every task.
 //! - Addresses: each task gets one per network of its service (ingress first when a port
-//!   is published in ingress mode), each vip-mode service one VIP per network, from the
-//!   network's subnet in the store. The next address after the highest in use is taken
-//!   first, so a released address is not handed out again at once.
+//!   is published in ingress mode), each vip-mode service one VIP per network, from
+//!   [`ipam::Addresses`] rebuilt from the store on every plan: addresses never used
+//!   first, and an ended task's address is held back for a while after it ended.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::Ipv4Addr,
     time::Duration,
 };
 
-use ipnet::Ipv4Net;
 use shoal_cluster::{
+    ipam::{self, Millis},
     manager::Manager,
     store::{
         Availability, ClusterState, Command, EndpointMode, NetworkAttachment, Node, NodeStatus,
@@ -148,88 +147,6 @@ pub fn effective_networks(state: &ClusterState, service: &Service) -> Vec<String
     out
 }
 
-/// Addresses per network, rebuilt from the store on every plan.
-struct Ipam {
-    nets: HashMap<String, NetAlloc>,
-}
-
-struct NetAlloc {
-    subnet: Ipv4Net,
-    used: BTreeSet<u32>,
-}
-
-impl Ipam {
-    fn from_state(state: &ClusterState) -> Ipam {
-        let mut nets = HashMap::new();
-        for n in state.networks.values() {
-            let Some(subnet) = n.subnet.as_deref().and_then(|s| s.parse::<Ipv4Net>().ok()) else {
-                continue;
-            };
-            let mut used = BTreeSet::new();
-            if let Some(gw) = n
-                .gateway
-                .as_deref()
-                .and_then(|g| g.parse::<Ipv4Addr>().ok())
-            {
-                used.insert(u32::from(gw));
-            }
-            nets.insert(n.id.clone(), NetAlloc { subnet, used });
-        }
-        let mut ipam = Ipam { nets };
-        for s in state.services.values() {
-            for v in &s.endpoint.virtual_ips {
-                ipam.mark(&v.network_id, &v.addr);
-            }
-        }
-        for t in state.tasks.values() {
-            // An ended task's address is free again (history keeps it only for display).
-            if t.desired_state == TaskState::Running || !t.status.state.is_terminal() {
-                for a in &t.networks {
-                    ipam.mark(&a.network_id, &a.addr);
-                }
-            }
-        }
-        ipam
-    }
-
-    fn mark(&mut self, network: &str, cidr: &str) {
-        if let (Some(n), Some(ip)) = (self.nets.get_mut(network), parse_ip(cidr)) {
-            n.used.insert(u32::from(ip));
-        }
-    }
-
-    /// The next free host address after the highest in use (wrapping), as CIDR.
-    fn allocate(&mut self, network: &str) -> Option<String> {
-        let n = self.nets.get_mut(network)?;
-        let first = u32::from(n.subnet.network()) + 1;
-        let last = u32::from(n.subnet.broadcast()).checked_sub(1)?;
-        if first > last {
-            return None;
-        }
-        let start = n
-            .used
-            .iter()
-            .next_back()
-            .map(|h| h + 1)
-            .filter(|h| (first..=last).contains(h))
-            .unwrap_or(first);
-        let pick = (start..=last)
-            .chain(first..start)
-            .find(|a| !n.used.contains(a))?;
-        n.used.insert(pick);
-        Some(format!(
-            "{}/{}",
-            Ipv4Addr::from(pick),
-            n.subnet.prefix_len()
-        ))
-    }
-}
-
-/// The address part of `10.0.0.5/24` (or a bare address).
-pub fn parse_ip(cidr: &str) -> Option<Ipv4Addr> {
-    cidr.split('/').next()?.parse().ok()
-}
-
 /// Why nodes cannot take a new task of a service, Swarm's way.
 fn no_node_reason(state: &ClusterState, constraints: &[Constraint]) -> String {
     let mut unavailable = 0;
@@ -282,7 +199,7 @@ fn may_take(node: &Node, constraints: &[Constraint]) -> bool {
 struct Planner<'a> {
     state: &'a ClusterState,
     now_ms: u64,
-    ipam: Ipam,
+    addresses: ipam::Addresses,
     /// Tasks changed or created in this plan, by ID.
     changed: BTreeMap<String, Task>,
     removed: BTreeSet<String>,
@@ -363,12 +280,13 @@ impl Planner<'_> {
         if task.networks.is_empty() {
             let mut attachments = Vec::new();
             for net in effective_networks(self.state, service) {
-                match self.ipam.allocate(&net) {
-                    Some(addr) => attachments.push(NetworkAttachment {
+                match self.addresses.allocate(&net) {
+                    Ok(addr) => attachments.push(NetworkAttachment {
                         network_id: net,
                         addr,
                     }),
-                    None => {
+                    Err(e) => {
+                        debug!(task = %task.id, network = %net, error = %e, "no address");
                         let name = self
                             .state
                             .networks
@@ -482,7 +400,7 @@ pub fn plan(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut() -> Strin
     let mut p = Planner {
         state,
         now_ms,
-        ipam: Ipam::from_state(state),
+        addresses: ipam::Addresses::from_state(state, Millis(now_ms)),
         changed: BTreeMap::new(),
         removed: BTreeSet::new(),
         services: Vec::new(),
@@ -519,16 +437,16 @@ pub fn plan(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut() -> Strin
         for net in &wanted {
             let existing = s.endpoint.virtual_ips.iter().find(|v| &v.network_id == net);
             let addr = match existing {
-                Some(v) => Some(v.addr.clone()),
-                None => p.ipam.allocate(net),
+                Some(v) => Ok(v.addr),
+                None => p.addresses.allocate(net),
             };
             match addr {
-                Some(addr) => vips.push(VirtualIp {
+                Ok(addr) => vips.push(VirtualIp {
                     network_id: net.clone(),
                     addr,
                 }),
-                None => {
-                    warn!(service = %s.spec.name, network = %net, "no address left for the service's VIP")
+                Err(e) => {
+                    warn!(service = %s.spec.name, network = %net, error = %e, "no address left for the service's VIP")
                 }
             }
         }

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 /// A service: its spec plus what the managers allocated for it.
@@ -136,8 +137,8 @@ pub struct Endpoint {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VirtualIp {
     pub network_id: String,
-    /// `10.0.1.2/24`.
-    pub addr: String,
+    /// The VIP with its network's prefix length: `10.0.1.2/24`.
+    pub addr: Ipv4Net,
 }
 
 /// A task's states in Swarm's order: a task only moves forward.
@@ -219,8 +220,8 @@ pub struct TaskStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkAttachment {
     pub network_id: String,
-    /// `10.0.1.5/24`.
-    pub addr: String,
+    /// The task's address with its network's prefix length: `10.0.1.5/24`.
+    pub addr: Ipv4Net,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -29,8 +29,8 @@ fn network(id: &str, name: &str, subnet: &str, gw: &str, vni: u32, ingress: bool
         id: id.into(),
         name: name.into(),
         driver: "overlay".into(),
-        subnet: Some(subnet.into()),
-        gateway: Some(gw.into()),
+        subnet: Some(subnet.parse().unwrap()),
+        gateway: Some(gw.parse().unwrap()),
         vni: Some(vni),
         ingress,
         attachable: false,
@@ -197,7 +197,7 @@ async fn remote_tasks_follow_gossip() {
     let mut s = cluster();
     for (id, ip) in [("n1", "127.0.0.11"), ("n2", "127.0.0.12")] {
         let mut n = s.nodes[id].clone();
-        n.data_path_addr = Some(ip.into());
+        n.data_path_addr = Some(ip.parse().unwrap());
         assert!(s
             .apply(&Command::UpsertNode { node: n })
             .into_result()

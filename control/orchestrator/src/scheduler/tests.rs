@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use shoal_cluster::store::{
     ClusterState, Command, Endpoint, Network, Node, PortConfig, Protocol, PublishMode, ServiceSpec,
@@ -28,8 +28,8 @@ fn network(id: &str, subnet: &str, gateway: &str, ingress: bool) -> Network {
         id: id.into(),
         name: id.into(),
         driver: "overlay".into(),
-        subnet: Some(subnet.into()),
-        gateway: Some(gateway.into()),
+        subnet: Some(subnet.parse().unwrap()),
+        gateway: Some(gateway.parse().unwrap()),
         vni: Some(4096),
         ingress,
         attachable: false,
@@ -434,17 +434,22 @@ fn addresses_and_vips_come_from_the_subnet_unique_and_ingress_first() {
     assert_eq!(vip_nets, vec!["ingress", "web"]);
     let mut seen = std::collections::BTreeSet::new();
     for v in &svc.endpoint.virtual_ips {
-        assert!(seen.insert(v.addr.clone()));
+        assert!(seen.insert(v.addr));
     }
     for t in sim.state.service_tasks("s") {
         let nets: Vec<&str> = t.networks.iter().map(|a| a.network_id.as_str()).collect();
         assert_eq!(nets, vec!["ingress", "web"]);
         for a in &t.networks {
-            assert!(seen.insert(a.addr.clone()), "{} used twice", a.addr);
+            assert!(seen.insert(a.addr), "{} used twice", a.addr);
         }
-        let web = &t.networks[1].addr;
-        assert!(web.starts_with("10.0.1.") && web.ends_with("/29"), "{web}");
-        assert_ne!(web, "10.0.1.1/29", "not the gateway");
+        let web = t.networks[1].addr;
+        assert_eq!(web.network(), "10.0.1.0".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(web.prefix_len(), 29, "{web}");
+        assert_ne!(
+            web.addr(),
+            "10.0.1.1".parse::<Ipv4Addr>().unwrap(),
+            "not the gateway"
+        );
     }
     // The /29 has 5 host addresses besides the gateway: VIP + 2 tasks + 2 more.
     let mut big = sim.state.services["s"].clone();
@@ -463,6 +468,56 @@ fn addresses_and_vips_come_from_the_subnet_unique_and_ingress_first() {
         pending[0].status.err.as_deref(),
         Some("no address left on network web")
     );
+}
+
+#[test]
+fn a_replacement_gets_a_fresh_address_and_an_ended_tasks_address_is_held_back() {
+    let mut sim = Sim::new(&["a"]);
+    let mut s = service("s", ServiceMode::Replicated { replicas: 1 });
+    s.spec.networks = vec!["web".into()];
+    sim.add(s);
+    sim.settle();
+    let addr = |sim: &Sim| {
+        let t = sim
+            .state
+            .service_tasks("s")
+            .find(|t| t.desired_state == TaskState::Running)
+            .unwrap();
+        (t.id.clone(), t.networks.first().map(|a| a.addr.to_string()))
+    };
+    // web is a /29: gateway .1, the VIP .2, the task .3.
+    let (mut current, first) = addr(&sim);
+    assert_eq!(first.as_deref(), Some("10.0.1.3/29"));
+    // Each replacement gets an address never used: .4, .5, .6.
+    for expected in ["10.0.1.4/29", "10.0.1.5/29", "10.0.1.6/29"] {
+        sim.fail(&current, TaskState::Failed);
+        sim.now += RESTART_DELAY_MS;
+        sim.settle();
+        let (id, got) = addr(&sim);
+        assert_eq!(got.as_deref(), Some(expected));
+        current = id;
+    }
+    // None left but those of the ended tasks, held back: the replacement waits...
+    sim.fail(&current, TaskState::Failed);
+    sim.now += RESTART_DELAY_MS;
+    sim.settle();
+    let (_, none) = addr(&sim);
+    assert_eq!(none, None);
+    let pending = sim
+        .state
+        .service_tasks("s")
+        .find(|t| t.status.state == TaskState::Pending)
+        .unwrap();
+    assert_eq!(
+        pending.status.err.as_deref(),
+        Some("no address left on network web")
+    );
+    // ...until the oldest one's hold-back is over.
+    sim.now += ipam::DEFAULT_HOLD_BACK.as_millis() as u64;
+    sim.settle();
+    let (_, reused) = addr(&sim);
+    assert_eq!(reused.as_deref(), Some("10.0.1.3/29"));
+    assert_eq!(sim.running("s").values().sum::<usize>(), 1);
 }
 
 #[test]

@@ -3,13 +3,12 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::Ipv4Addr,
     path::Path,
 };
 
 use futures::StreamExt;
-use ipnet::Ipv4Net;
 use shoal_cluster::{
+    ipam::{NetworkAddressing, Networks, PublishedPorts},
     manager::Manager,
     store::{
         ClusterState, Command, Network, PublishMode, Service, ServiceMode, ServiceSpec, TaskState,
@@ -24,11 +23,6 @@ use shoal_orchestrator::{
     executor::{LABEL_SERVICE_ID, LABEL_TASK_ID},
     scheduler::{new_id, now_ms, Constraint},
 };
-
-/// Swarm's range for published ports chosen by the managers.
-const DYNAMIC_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
-/// The first VNI handed to a user network (4096 is ingress).
-const FIRST_VNI: u32 = 4097;
 
 /// An object reference to its ID, Docker's way: exact ID, exact name, unique ID prefix.
 fn resolve<'a>(
@@ -140,12 +134,11 @@ fn prepare_spec(state: &ClusterState, mut spec: ServiceSpec) -> Result<ServiceSp
             "the cluster has no ingress network: ports can only be published in host mode",
         ));
     }
-    let mut used: BTreeSet<(u16, String)> = state
-        .services
-        .values()
-        .flat_map(|s| s.spec.ports.iter())
-        .map(|p| (p.published, format!("{:?}", p.protocol)))
-        .collect();
+    let mut ports = PublishedPorts::from_state(state);
+    // The ports given first, so that the ones chosen avoid them all.
+    for p in spec.ports.iter().filter(|p| p.published != 0) {
+        ports.claim(p.protocol, p.published);
+    }
     let mut mine: BTreeSet<(u16, String)> = BTreeSet::new();
     for p in &mut spec.ports {
         if p.target == 0 {
@@ -155,10 +148,9 @@ fn prepare_spec(state: &ClusterState, mut spec: ServiceSpec) -> Result<ServiceSp
         }
         let proto = format!("{:?}", p.protocol);
         if p.published == 0 {
-            p.published = DYNAMIC_PORTS
-                .clone()
-                .find(|port| !used.contains(&(*port, proto.clone())))
-                .ok_or_else(|| ApiError::new("no free port left in 30000-32767"))?;
+            p.published = ports
+                .allocate(p.protocol)
+                .map_err(|e| ApiError::new(e.to_string()))?;
         }
         if !mine.insert((p.published, proto.clone())) {
             return Err(ApiError::new(format!(
@@ -167,63 +159,8 @@ fn prepare_spec(state: &ClusterState, mut spec: ServiceSpec) -> Result<ServiceSp
                 proto.to_lowercase()
             )));
         }
-        used.insert((p.published, proto));
     }
     Ok(spec)
-}
-
-/// The subnet for a new network: the one given (no overlap allowed) or the first free
-/// one from the cluster's pools.
-fn choose_subnet(state: &ClusterState, given: Option<Ipv4Net>) -> Result<Ipv4Net, ApiError> {
-    let taken: Vec<Ipv4Net> = state
-        .networks
-        .values()
-        .filter_map(|n| n.subnet.as_deref()?.parse().ok())
-        .collect();
-    let overlaps = |a: &Ipv4Net| {
-        taken
-            .iter()
-            .find(|b| a.contains(&b.network()) || b.contains(&a.network()))
-    };
-    if let Some(s) = given {
-        let s = s.trunc();
-        if s.prefix_len() > 30 {
-            return Err(ApiError::new(format!(
-                "invalid subnet {s}: at most /30 (a gateway and an address)"
-            )));
-        }
-        if let Some(o) = overlaps(&s) {
-            return Err(ApiError::new(format!(
-                "subnet {s} overlaps with another network's {o}"
-            )));
-        }
-        return Ok(s);
-    }
-    let spec = state.cluster.clone().unwrap_or_default();
-    let prefix = if spec.subnet_prefix_len == 0 {
-        24
-    } else {
-        spec.subnet_prefix_len
-    };
-    let pools: Vec<Ipv4Net> = if spec.default_addr_pools.is_empty() {
-        vec!["10.0.0.0/8".parse().expect("a prefix")]
-    } else {
-        spec.default_addr_pools
-            .iter()
-            .filter_map(|p| p.parse().ok())
-            .collect()
-    };
-    for pool in pools {
-        let Ok(subnets) = pool.subnets(prefix.max(pool.prefix_len())) else {
-            continue;
-        };
-        if let Some(s) = subnets.take(1 << 16).find(|s| overlaps(s).is_none()) {
-            return Ok(s);
-        }
-    }
-    Err(ApiError::new(
-        "no free subnet left in the cluster's address pools",
-    ))
 }
 
 /// Answers one service or network request (the manager side).
@@ -407,32 +344,20 @@ pub(super) async fn request(
                     n.id
                 )));
             }
-            let subnet = choose_subnet(&state, subnet)?;
-            let first = u32::from(subnet.network()) + 1;
-            let last = u32::from(subnet.broadcast()) - 1;
-            let gateway = match gateway {
-                Some(g) if (first..=last).contains(&u32::from(g)) => g,
-                Some(g) => {
-                    return Err(ApiError::new(format!(
-                        "gateway {g} is not a host address of subnet {subnet}"
-                    )))
-                }
-                None => Ipv4Addr::from(first),
-            };
-            let vni = state
-                .networks
-                .values()
-                .filter_map(|n| n.vni)
-                .filter(|v| *v >= FIRST_VNI)
-                .max()
-                .map_or(FIRST_VNI, |v| v + 1);
+            let NetworkAddressing {
+                subnet,
+                gateway,
+                vni,
+            } = Networks::from_state(&state)
+                .and_then(|mut networks| networks.allocate(&name, subnet, gateway))
+                .map_err(|e| ApiError::new(e.to_string()))?;
             let encrypted = options.contains_key("encrypted");
             let network = Network {
                 id: new_id(),
                 name: name.clone(),
                 driver,
-                subnet: Some(subnet.to_string()),
-                gateway: Some(gateway.to_string()),
+                subnet: Some(subnet),
+                gateway: Some(gateway),
                 vni: Some(vni),
                 ingress: false,
                 attachable,
@@ -587,4 +512,75 @@ async fn logs(
         }
     }
     Ok(Reply::ServiceLogs { lines, warnings })
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_cluster::store::{EndpointMode, PortConfig, Protocol, RestartCondition};
+
+    use super::*;
+
+    fn spec(name: &str, ports: &[(Protocol, u16, u16)]) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            image: "shoal/web:1".into(),
+            args: vec![],
+            env: vec![],
+            mode: ServiceMode::Replicated { replicas: 1 },
+            networks: vec![],
+            ports: ports
+                .iter()
+                .map(|&(protocol, target, published)| PortConfig {
+                    protocol,
+                    target,
+                    published,
+                    mode: PublishMode::Host,
+                })
+                .collect(),
+            endpoint_mode: EndpointMode::Vip,
+            constraints: vec![],
+            healthcheck: None,
+            restart_condition: RestartCondition::Any,
+        }
+    }
+
+    #[test]
+    fn published_ports_are_chosen_around_the_ones_taken_and_given() {
+        let mut state = ClusterState::default();
+        let taken = Service {
+            id: "s1".into(),
+            spec: spec("taken", &[(Protocol::Tcp, 80, 30000)]),
+            created_ms: 0,
+            updated_ms: 0,
+            endpoint: Default::default(),
+            force_update: 0,
+            version: 0,
+        };
+        state.services.insert(taken.id.clone(), taken);
+        let asked = spec(
+            "web",
+            &[
+                (Protocol::Tcp, 80, 0),
+                (Protocol::Tcp, 81, 30001),
+                (Protocol::Udp, 53, 0),
+            ],
+        );
+        let got: Vec<u16> = prepare_spec(&state, asked)
+            .unwrap()
+            .ports
+            .iter()
+            .map(|p| p.published)
+            .collect();
+        assert_eq!(got, [30002, 30001, 30000]);
+
+        let twice = spec(
+            "web",
+            &[(Protocol::Tcp, 80, 8080), (Protocol::Tcp, 81, 8080)],
+        );
+        assert_eq!(
+            prepare_spec(&state, twice).unwrap_err().to_string(),
+            "port 8080/tcp is published twice"
+        );
+    }
 }

@@ -17,6 +17,7 @@ use super::{
     fresh_raft_id, issue_options, lock, new_gossip_key, now_ms, with_port, write, Core, Runtime,
     HANDSHAKE_TIMEOUT,
 };
+use crate::ipam::{Networks, PoolConfig};
 use crate::manager::persist::{self, Local};
 use crate::manager::wire::{exchange, Request, Response, TlsTransport};
 use crate::manager::{ClusterError, InitOptions, ManagerConfig, NodeInfo, Role, Timings};
@@ -30,8 +31,6 @@ use crate::store::{
 };
 use crate::token::{JoinToken, JoinTokens};
 
-/// The ingress network's VXLAN ID, as in Swarm.
-const INGRESS_VNI: u32 = 4096;
 /// A joining node whose clock differs from the manager's by more than this is warned.
 const MAX_CLOCK_SKEW: Duration = Duration::from_secs(30);
 
@@ -56,6 +55,13 @@ impl Runtime {
         if persist::in_cluster(&dir) {
             return Err(ClusterError::AlreadyInCluster);
         }
+        // The pools are checked before anything is made.
+        let ingress = Networks::new(PoolConfig {
+            pools: options.default_addr_pools.clone(),
+            subnet_prefix_len: options.subnet_prefix_len,
+        })
+        .and_then(|mut networks| networks.allocate_ingress())
+        .map_err(ClusterError::AddressPools)?;
         persist::ensure_dir(&dir)?;
         let listener = TcpListener::bind(config.listen).await?;
         let listen = listener.local_addr()?;
@@ -98,20 +104,11 @@ impl Runtime {
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            let pools: Vec<String> = options
-                .default_addr_pools
-                .iter()
-                .map(|p| p.to_string())
-                .collect();
-            let ingress = options
-                .default_addr_pools
-                .iter()
-                .find_map(|p| p.subnets(options.subnet_prefix_len).ok()?.next());
             let commands = [
                 Command::SetCluster {
                     cluster: ClusterSpec {
                         id: cluster_id.clone(),
-                        default_addr_pools: pools,
+                        default_addr_pools: options.default_addr_pools.clone(),
                         subnet_prefix_len: options.subnet_prefix_len,
                         data_path_port: options.data_path_port,
                     },
@@ -143,11 +140,9 @@ impl Runtime {
                         id: new_node_id(),
                         name: "ingress".to_string(),
                         driver: "overlay".to_string(),
-                        subnet: ingress.map(|n| n.to_string()),
-                        gateway: ingress
-                            .and_then(|n| n.hosts().next())
-                            .map(|g| g.to_string()),
-                        vni: Some(INGRESS_VNI),
+                        subnet: Some(ingress.subnet),
+                        gateway: Some(ingress.gateway),
+                        vni: Some(ingress.vni),
                         ingress: true,
                         attachable: false,
                         internal: false,

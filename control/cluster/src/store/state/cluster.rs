@@ -1,5 +1,6 @@
 //! Cluster-wide settings: the options chosen at `swarm init` and the gossip keys.
 
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 /// Cluster-wide settings chosen at `swarm init` (`--default-addr-pool`,
@@ -8,9 +9,9 @@ use serde::{Deserialize, Serialize};
 pub struct ClusterSpec {
     /// The cluster ID (the `O=` of every certificate).
     pub id: String,
-    /// Pools overlay subnets are allocated from (CIDRs).
+    /// Pools overlay subnets are allocated from (`10.0.0.0/8`).
     #[serde(default)]
-    pub default_addr_pools: Vec<String>,
+    pub default_addr_pools: Vec<Ipv4Net>,
     /// The prefix length of each subnet taken from the pools.
     #[serde(default)]
     pub subnet_prefix_len: u8,

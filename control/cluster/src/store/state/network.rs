@@ -1,7 +1,8 @@
 //! Network objects (overlay networks, the `ingress` network).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 /// One network object (overlay networks, the `ingress` network).
@@ -12,11 +13,13 @@ pub struct Network {
     pub name: String,
     /// `overlay` for now.
     pub driver: String,
-    /// The network's subnet (CIDR), as allocated from the pools.
+    /// The network's subnet, as allocated from the pools (`10.0.1.0/24`); none only
+    /// if `swarm init` found no subnet for ingress.
     #[serde(default)]
-    pub subnet: Option<String>,
+    pub subnet: Option<Ipv4Net>,
+    /// The gateway, an address of `subnet` (`10.0.1.1`).
     #[serde(default)]
-    pub gateway: Option<String>,
+    pub gateway: Option<Ipv4Addr>,
     /// The VXLAN network identifier.
     #[serde(default)]
     pub vni: Option<u32>,

@@ -1,6 +1,9 @@
 //! Nodes: their role, availability and liveness status as the managers record them.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -43,11 +46,12 @@ pub struct Node {
     pub availability: Availability,
     #[serde(default)]
     pub status: NodeStatus,
-    /// Address other nodes reach this one at (control traffic, port 2377 on managers).
+    /// Address other nodes reach this one at, `IP:PORT` (control traffic, port 2377 on
+    /// managers).
     pub advertise_addr: String,
-    /// Address for data traffic (VXLAN), when it differs from `advertise_addr`.
+    /// Address for data traffic (VXLAN), when it differs from `advertise_addr`'s IP.
     #[serde(default)]
-    pub data_path_addr: Option<String>,
+    pub data_path_addr: Option<IpAddr>,
     /// The version of the node's Docker engine.
     #[serde(default)]
     pub engine_version: String,
@@ -59,4 +63,18 @@ pub struct Node {
     /// Store version at this object's last change (set by `apply`, ignored on input).
     #[serde(default)]
     pub version: u64,
+}
+
+impl Node {
+    /// The address of the node's data traffic (VXLAN, gossip): `data_path_addr`, else the
+    /// IP of `advertise_addr` (which may also be a bare IP).
+    pub fn data_path_ip(&self) -> Option<IpAddr> {
+        self.data_path_addr.or_else(|| {
+            let text = &self.advertise_addr;
+            text.parse::<SocketAddr>()
+                .map(|a| a.ip())
+                .or_else(|_| text.parse::<IpAddr>())
+                .ok()
+        })
+    }
 }

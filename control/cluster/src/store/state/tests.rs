@@ -24,8 +24,8 @@ fn network(id: &str, name: &str) -> Network {
         id: id.to_string(),
         name: name.to_string(),
         driver: "overlay".to_string(),
-        subnet: Some("10.0.0.0/24".to_string()),
-        gateway: Some("10.0.0.1".to_string()),
+        subnet: Some("10.0.0.0/24".parse().unwrap()),
+        gateway: Some("10.0.0.1".parse().unwrap()),
         vni: Some(4096),
         ingress: false,
         attachable: false,
@@ -438,4 +438,100 @@ fn same_commands_same_state_and_commands_round_trip_through_json() {
     assert_eq!(a.version, 3);
     let back: ClusterState = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
     assert_eq!(back, a);
+}
+
+/// A snapshot and log entries as written while addresses were kept as strings: they load,
+/// the addresses come out typed, and they are written back in the same form.
+#[test]
+fn addresses_stored_as_strings_load_typed_and_save_the_same() {
+    let network = serde_json::json!({
+        "id": "net1", "name": "web", "driver": "overlay",
+        "subnet": "10.0.1.0/24", "gateway": "10.0.1.1", "vni": 4097,
+        "ingress": false, "attachable": false, "internal": false, "encrypted": false,
+        "labels": {}, "options": {}, "version": 3
+    });
+    let ingress = serde_json::json!({
+        "id": "ing", "name": "ingress", "driver": "overlay",
+        "subnet": null, "gateway": null, "vni": 4096,
+        "ingress": true, "attachable": false, "internal": false, "encrypted": false,
+        "labels": {}, "options": {}, "version": 2
+    });
+    let node = |id: &str, data_path: serde_json::Value| {
+        serde_json::json!({
+            "id": id, "hostname": format!("host-{id}"), "role": "manager",
+            "availability": "active", "status": "ready",
+            "advertise_addr": "192.168.77.11:2377", "data_path_addr": data_path,
+            "engine_version": "27.0.1", "labels": {}, "raft_id": 7, "version": 1
+        })
+    };
+    let service = serde_json::json!({
+        "id": "svc", "spec": {
+            "name": "front", "labels": {}, "image": "shoal/web:1", "args": [], "env": [],
+            "mode": {"replicated": {"replicas": 1}}, "networks": ["net1"],
+            "ports": [{"protocol": "tcp", "target": 80, "published": 30000, "mode": "ingress"}],
+            "endpoint_mode": "vip", "constraints": [], "healthcheck": null,
+            "restart_condition": "any"
+        },
+        "created_ms": 5, "updated_ms": 6,
+        "endpoint": {"virtual_ips": [{"network_id": "net1", "addr": "10.0.1.2/24"}]},
+        "force_update": 0, "version": 4
+    });
+    let task = serde_json::json!({
+        "id": "t1", "service_id": "svc", "slot": 1, "node_id": "n1",
+        "desired_state": "running",
+        "status": {"state": "running", "timestamp_ms": 9, "message": "started",
+                   "err": null, "container_id": "c1", "exit_code": null},
+        "networks": [{"network_id": "net1", "addr": "10.0.1.5/24"}],
+        "force_update": 0, "created_ms": 7, "version": 5
+    });
+    let cluster = serde_json::json!({
+        "id": "cid", "default_addr_pools": ["10.20.0.0/16", "10.30.0.0/16"],
+        "subnet_prefix_len": 26, "data_path_port": 4789
+    });
+    let snapshot = serde_json::json!({
+        "version": 5,
+        "nodes": {"n1": node("n1", serde_json::Value::Null),
+                  "n2": node("n2", "192.168.78.12".into())},
+        "networks": {"net1": network, "ing": ingress},
+        "services": {"svc": service},
+        "tokens": null,
+        "cluster": cluster,
+        "tasks": {"t1": task},
+        "secrets": {}, "configs": {}, "gossip_keys": []
+    });
+
+    let state: ClusterState = serde_json::from_value(snapshot.clone()).unwrap();
+    let net = &state.networks["net1"];
+    assert_eq!(net.subnet, Some("10.0.1.0/24".parse().unwrap()));
+    assert_eq!(net.gateway, Some(std::net::Ipv4Addr::new(10, 0, 1, 1)));
+    assert_eq!(state.networks["ing"].subnet, None);
+    let vip = state.services["svc"].endpoint.virtual_ips[0].addr;
+    assert_eq!((vip.addr(), vip.prefix_len()), ([10, 0, 1, 2].into(), 24));
+    let addr = state.tasks["t1"].networks[0].addr;
+    assert_eq!((addr.addr(), addr.prefix_len()), ([10, 0, 1, 5].into(), 24));
+    assert_eq!(state.nodes["n1"].data_path_addr, None);
+    assert_eq!(
+        state.nodes["n2"].data_path_addr,
+        Some("192.168.78.12".parse().unwrap())
+    );
+    assert_eq!(
+        state.cluster.as_ref().unwrap().default_addr_pools,
+        vec![
+            "10.20.0.0/16".parse::<ipnet::Ipv4Net>().unwrap(),
+            "10.30.0.0/16".parse().unwrap()
+        ]
+    );
+    assert_eq!(serde_json::to_value(&state).unwrap(), snapshot);
+
+    // Log entries.
+    for entry in [
+        serde_json::json!({"op": "upsert_network", "network": snapshot["networks"]["net1"]}),
+        serde_json::json!({"op": "upsert_node", "node": snapshot["nodes"]["n2"]}),
+        serde_json::json!({"op": "update_service", "service": snapshot["services"]["svc"]}),
+        serde_json::json!({"op": "put_tasks", "tasks": [snapshot["tasks"]["t1"]]}),
+        serde_json::json!({"op": "set_cluster", "cluster": snapshot["cluster"]}),
+    ] {
+        let command: Command = serde_json::from_value(entry.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&command).unwrap(), entry);
+    }
 }

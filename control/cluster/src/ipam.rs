@@ -1,16 +1,23 @@
-//! IP address management for overlay networks: which subnet each network gets, and which
-//! addresses inside a subnet are taken (gateway, task addresses, service VIPs).
+//! The cluster's one allocator: which subnet, gateway and VNI each network gets, which
+//! addresses inside a subnet are taken (gateway, task addresses, service VIPs), which
+//! published ports the managers choose.
 //!
-//! The control plane owns this state and keeps it, serialized with serde, in its Raft
-//! store; the dataplane only ever sees the resulting addresses. Nothing here reads the
-//! clock or the kernel: the current time is an argument ([`Millis`]) and the host's own
-//! routes are a list of reserved prefixes handed in by the caller.
+//! The cluster store records the results in its objects (networks, services, tasks); the
+//! allocators are rebuilt from them whenever something is to be allocated (module
+//! `cluster`), so there is no second copy to keep in step. The dataplane only ever sees
+//! the resulting addresses. Nothing here reads the clock or the kernel: the current time
+//! is an argument ([`Millis`]) and the host's own routes are a list of reserved prefixes
+//! handed in by the caller.
 //!
 //! - [`SubnetAllocator`] cuts network subnets out of the default address pools
 //!   ([`PoolConfig`], Swarm's 10.0.0.0/8 in /24s unless configured otherwise), first fit,
 //!   and refuses any subnet that overlaps another network's or a reserved prefix, whether
 //!   it is picked from a pool or requested by the user (`--subnet`).
 //! - [`AddressPool`] hands out addresses within one subnet. The gateway is taken first.
+//! - [`NumberPool`] hands out numbers from a range: VNIs, published ports.
+//! - Rebuilt from the store: [`Networks`] (a new network's subnet, gateway and VNI;
+//!   ingress at `swarm init`), [`Addresses`] (task addresses and VIPs, for the
+//!   scheduler), [`PublishedPorts`] (ports in [`DYNAMIC_PORTS`]).
 //!
 //! Design choices:
 //! - **Hold-back.** A released address is not handed out again for a while (default
@@ -19,7 +26,8 @@
 //!   a new task's traffic to a stale place or vice versa. Allocation prefers addresses
 //!   that were never used, then the address released longest ago whose hold-back is over;
 //!   a held address is never handed out early. Release times are part of the serialized
-//!   state, so a restarted manager keeps honouring them.
+//!   state, so a restarted manager keeps honouring them; rebuilt from the store, a pool
+//!   takes them from the ended tasks the store keeps as history.
 //! - **Cursor, not bitmap.** Memory must follow the number of *allocated* addresses, not
 //!   the subnet size (a /16 has 65k addresses, an IPv6 /64 2^64): a pool keeps a cursor
 //!   below which every address has been handed out at least once, the set of allocated
@@ -30,7 +38,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use shoal_orchestrator::ipam::{AddressPool, Millis, PoolConfig, SubnetAllocator};
+//! use shoal_cluster::ipam::{AddressPool, Millis, PoolConfig, SubnetAllocator};
 //!
 //! let mut subnets = SubnetAllocator::new(PoolConfig::default(), vec!["10.0.0.0/24".parse().unwrap()]).unwrap();
 //! let subnet = subnets.allocate("web").unwrap();
@@ -43,6 +51,8 @@
 //! ```
 
 mod address;
+mod cluster;
+mod number;
 mod subnet;
 
 use std::{
@@ -54,6 +64,11 @@ use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
 pub use address::{AddressPool, Subnet};
+pub use cluster::{
+    Addresses, NetworkAddressing, Networks, PublishedPorts, DYNAMIC_PORTS, INGRESS_VNI,
+    NETWORK_VNIS,
+};
+pub use number::NumberPool;
 pub use subnet::{PoolConfig, SubnetAllocator};
 
 /// How long a released address is held back before it is handed out again, unless
@@ -182,9 +197,35 @@ pub enum IpamError {
     /// Releasing an address that is not allocated.
     #[error("{addr} is not allocated in {subnet}")]
     AddressNotAllocated { addr: IpAddr, subnet: IpNet },
+    /// An address on a network that has no subnet (or does not exist).
+    #[error("network {network} has no subnet")]
+    NoSubnet { network: String },
     /// The gateway lives as long as the subnet; it is not released on its own.
     #[error("{addr} is the gateway of {subnet} and cannot be released")]
     ReleaseGateway { addr: IpAddr, subnet: IpNet },
+
+    // ---- numbers (VNIs, ports) ----
+    /// Every number of the range is in use.
+    #[error("no free {what} left in {first}-{last}")]
+    NumbersExhausted {
+        what: &'static str,
+        first: u32,
+        last: u32,
+    },
+    /// The number is not in the range.
+    #[error("{what} {number} is outside {first}-{last}")]
+    NumberOutOfRange {
+        what: &'static str,
+        number: u32,
+        first: u32,
+        last: u32,
+    },
+    /// The number is already in use.
+    #[error("{what} {number} is already in use")]
+    NumberInUse { what: &'static str, number: u32 },
+    /// Releasing a number that is not in use.
+    #[error("{what} {number} is not allocated")]
+    NumberNotAllocated { what: &'static str, number: u32 },
 
     // ---- stored state ----
     /// Deserialized state that breaks an invariant (overlapping networks, an address
