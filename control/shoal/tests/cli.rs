@@ -984,6 +984,10 @@ mod real {
 
     impl Host {
         fn start(rt: &tokio::runtime::Runtime, name: &str) -> Host {
+            Host::start_with(rt, name, None)
+        }
+
+        fn start_with(rt: &tokio::runtime::Runtime, name: &str, no_swarm: Option<&str>) -> Host {
             let dir = TempDir::new(name);
             let port = free_port();
             let agent = rt
@@ -997,7 +1001,7 @@ mod real {
                     timings: Some(fast_timings()),
                     node: None,
                     gossip_listen: None,
-                    no_swarm: None,
+                    no_swarm: no_swarm.map(str::to_owned),
                 }))
                 .unwrap();
             let socket = serve(rt, &dir, agent.clone());
@@ -1039,6 +1043,31 @@ mod real {
                 _ => std::thread::sleep(Duration::from_millis(100)),
             }
         }
+    }
+
+    #[test]
+    fn an_agent_that_may_not_swarm_refuses_init_and_join_and_changes_nothing() {
+        let rt = runtime();
+        let h1 = Host::start(&rt, "ns1");
+        let h2 = Host::start_with(&rt, "ns2", Some("standalone mode: no swarm here"));
+        let e = h2.cli("swarm init --listen-addr 127.0.0.1").unwrap_err();
+        assert_eq!(e.trim(), "standalone mode: no swarm here");
+        h1.cli("swarm init --listen-addr 127.0.0.1").unwrap();
+        let token = h1
+            .cli("swarm join-token -q worker")
+            .unwrap()
+            .trim()
+            .to_owned();
+        let e = h2
+            .cli(&format!(
+                "swarm join --token {token} --listen-addr 127.0.0.1 {}",
+                h1.addr()
+            ))
+            .unwrap_err();
+        assert_eq!(e.trim(), "standalone mode: no swarm here");
+        assert_eq!(rt.block_on(h2.agent.role_name()), "none");
+        let nodes = h1.cli("node ls -q").unwrap();
+        assert_eq!(nodes.lines().count(), 1, "{nodes}");
     }
 
     #[test]
