@@ -216,7 +216,7 @@ impl Executor {
             return;
         };
         let me = self.client.node_id().to_string();
-        let table = self.gossip.table();
+        let table = self.gossip.settled_table(&state, &me);
         let declared: DeclaredNode = node_state::compute_with(&state, &me, table.as_deref()).into();
         self.intent.send_if_modified(|old| {
             if old.as_deref() == Some(&declared) {

@@ -6,7 +6,8 @@
 //! addresses on the same port, and seals with the store's keys (the first one primary).
 //! Each executor pass it follows the keys (rotation) and the networks' subnets, and
 //! publishes exactly this node's running task containers' endpoints; every other node's
-//! entries reach [`crate::node_state::compute_with`] through [`Member::table`].
+//! entries reach [`crate::node_state::compute_with`] through [`Member::settled_table`]
+//! (once the table has caught up with the store after gossip started).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -27,6 +28,9 @@ use tracing::{debug, info, warn};
 
 /// A failed start is tried again after this long.
 const RETRY_START: Duration = Duration::from_secs(5);
+/// Longest time a member that just started waits to agree with the store before its
+/// table counts anyway (a few times gossip's detection bound of about 3 s).
+const CATCH_UP: Duration = Duration::from_secs(10);
 
 /// What this node gossips about one of its tasks: its health and slot as the executor
 /// sees them.
@@ -37,6 +41,9 @@ pub struct RunningTask {
 
 struct Running {
     gossip: Gossip,
+    started: Instant,
+    /// The table has agreed with the store once (or [`CATCH_UP`] has passed).
+    caught_up: bool,
     advertise: SocketAddr,
     keys: Vec<GossipKey>,
     subnets: BTreeMap<String, IpNet>,
@@ -88,6 +95,27 @@ impl Member {
     /// running.
     pub fn table(&self) -> Option<Arc<EndpointTable>> {
         self.running.as_ref().map(|r| r.gossip.table())
+    }
+
+    /// The table node `me`'s declared state follows: None while gossip is not running,
+    /// and, once it started, until the table has caught up (it says what the store says
+    /// runs, or [`CATCH_UP`] has passed); until then the store alone counts. A member
+    /// that just started has heard from nobody: its empty table would withdraw every
+    /// other node's endpoints and backends until the first gossip rounds (a restarted
+    /// agent would cut the traffic to other nodes for that moment).
+    pub fn settled_table(&mut self, state: &ClusterState, me: &str) -> Option<Arc<EndpointTable>> {
+        let r = self.running.as_mut()?;
+        let table = r.gossip.table();
+        if !r.caught_up {
+            let agrees = crate::node_state::compute_with(state, me, Some(&table))
+                == crate::node_state::compute(state, me);
+            if !agrees && r.started.elapsed() < CATCH_UP {
+                return None;
+            }
+            info!(after = ?r.started.elapsed(), agrees, "gossip caught up: its table counts");
+            r.caught_up = true;
+        }
+        Some(table)
     }
 
     /// Changes of the table; None while gossip is not running.
@@ -152,6 +180,8 @@ impl Member {
                     self.failed_at = None;
                     self.running = Some(Running {
                         gossip,
+                        started: Instant::now(),
+                        caught_up: false,
                         advertise,
                         keys: state.gossip_keys.clone(),
                         subnets: subnets.clone(),

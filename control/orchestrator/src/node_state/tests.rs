@@ -234,6 +234,10 @@ async fn remote_tasks_follow_gossip() {
     m1.sync(&s, "n1", &running("n1")).await;
     m2.sync(&s, "n2", &running("n2")).await;
     let table = m1.table().expect("gossip runs once the store has a key");
+    assert!(
+        m1.settled_table(&s, "n1").is_none(),
+        "a member that heard from nobody yet: the store alone counts"
+    );
 
     // Nothing heard from n2 yet: its task is not there.
     let before = compute_with(&s, "n1", Some(&shoal_gossip::EndpointTable::default()));
@@ -263,6 +267,10 @@ async fn remote_tasks_follow_gossip() {
     assert_eq!(with.lb.services[0].backends.len(), 2);
     assert_eq!(with.dns.services[0].tasks.len(), 2);
     assert_eq!(with, compute(&s, "n1"), "store and gossip agree");
+    assert!(
+        m1.settled_table(&s, "n1").is_some(),
+        "once it agrees with the store, the table counts"
+    );
     let counters = m1.gossip().unwrap().counters();
     assert!(
         counters.received > 0 && counters.packets_dropped() == 0,
@@ -281,6 +289,11 @@ async fn remote_tasks_follow_gossip() {
     }
     eprintln!("n2 withdrawn from n1's table after {:?}", gone.elapsed());
     let after = compute_with(&s, "n1", Some(&m1.table().unwrap()));
+    assert_eq!(
+        compute_with(&s, "n1", m1.settled_table(&s, "n1").as_deref()),
+        after,
+        "caught up once, the table counts when it disagrees with the store"
+    );
     assert!(after.overlay.remote_endpoints.is_empty());
     assert_eq!(after.lb.services[0].backends.len(), 1);
     assert_eq!(after.dns.services[0].tasks.len(), 1);
