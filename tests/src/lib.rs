@@ -11,6 +11,7 @@ use std::{
 
 pub use xtask::lab::{self, LabState, Layout};
 
+pub mod swarm;
 pub mod tables;
 
 /// True if the test may run; false (after saying why) if it must be skipped.

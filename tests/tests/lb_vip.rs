@@ -1,20 +1,20 @@
-//! Service VIPs on a real 3-host lab: 4 `shoal/web:1` tasks over 3 hosts behind a VIP on
-//! the user network `web`, every host's agent fed the same declared load-balancing state
-//! and its own declared overlay state. From a container on `web`: 40 HTTP requests to
-//! `VIP:80` reach all 4 tasks; UDP through the VIP (connected and unconnected sockets)
-//! reaches every task and replies come from the VIP; ping to the VIP is answered. A
-//! container on another network cannot use the VIP. A backend marked unhealthy gets no
-//! new connections while a TCP connection held idle across the change still works; a bad
-//! declared state is refused whole and the last good one stays in force; an agent
-//! restart keeps the VIPs working and adopts the maps; a restarted container (a new
-//! namespace) gets its VIPs back.
+//! Service VIPs on a real 3-host lab of plain agents (no `--declared-*` file): a cluster
+//! made through the `shoal` CLI, overlay networks `web` and `db`, a service `web` of 4
+//! `shoal/web:1` tasks over the 3 hosts on `web` (with a health check), a `client` task
+//! on `web` on h2 and an `outsider` task on `db` on h3. Every node's agent computes its
+//! VIP state from the cluster.
+//!
+//! From the client: 40 HTTP requests to web's VIP reach all 4 tasks; UDP through the VIP
+//! (connected and unconnected sockets) reaches every task and replies come from the VIP;
+//! ping to the VIP is answered. The task on `db` cannot use the VIP. A task whose health
+//! check fails gets no new connections while a TCP connection held idle across the
+//! change still works, and its replacement gets them; an agent restart keeps the VIPs
+//! working while it is down and adopts the maps; the replacement of a killed client (a
+//! new namespace) gets the VIP.
 use std::{
     collections::BTreeSet,
-    fs::File,
     io::{Read, Write},
-    net::{SocketAddr, TcpStream, UdpSocket},
-    os::fd::AsRawFd,
-    path::PathBuf,
+    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -23,188 +23,79 @@ use std::{
     time::Duration,
 };
 
-use serde_json::{json, Value};
-use shoal_tests::{lab, privileged, wait_for, write_atomic, LabGuard};
+use serde_json::Value;
+use shoal_tests::{
+    lab, privileged,
+    swarm::{
+        agent_pid, answered_by, hostnames, in_netns, netns_of, task_holding, Cli, Task, BOUND,
+    },
+    tables::{array, declared},
+    wait_for, LabGuard,
+};
 
-const BOUND: Duration = Duration::from_secs(60);
-const VIP: &str = "10.0.9.100";
 const UDP_PORT: u16 = 9999;
 
-/// (container, host index 0..3, web address)
-const TASKS: [(&str, usize, &str); 4] = [
-    ("t1", 0, "10.0.9.21"),
-    ("t2", 1, "10.0.9.22"),
-    ("t3", 2, "10.0.9.23"),
-    ("t4", 0, "10.0.9.24"),
-];
-/// The client on `web`, and a container on `db` only.
-const CLIENT: (&str, usize, &str) = ("c1", 1, "10.0.9.11");
-const OUTSIDER: (&str, usize, &str) = ("c2", 2, "10.0.10.11");
+/// The client's host (index): a worker, whose agent the test restarts.
+const CLIENT_HOST: usize = 1;
 
-fn start_agent(
-    lab: &LabGuard,
-    h: &lab::HostState,
-    shoal: &std::path::Path,
-    extra: &[String],
-) -> u32 {
-    let status = lab::agent::start(&lab.state, h, shoal, extra)
-        .unwrap_or_else(|e| panic!("start agent on {}: {e:#}", h.name));
-    let status: Value = serde_json::from_str(&status).expect("agent.json");
-    status["pid"].as_u64().expect("pid") as u32
+fn vip_status(h: &lab::HostState) -> Value {
+    std::fs::read(h.run_dir.join("agent/vip.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null)
 }
 
-fn overlay_state(lab: &LabGuard, host: usize) -> Value {
-    let endpoints: Vec<(&str, &str, usize, &str)> = TASKS
-        .iter()
-        .chain([&CLIENT])
-        .map(|(c, h, ip)| ("web", *c, *h, *ip))
-        .chain([("db", OUTSIDER.0, OUTSIDER.1, OUTSIDER.2)])
-        .collect();
-    let local: Vec<Value> = endpoints
-        .iter()
-        .filter(|e| e.2 == host)
-        .map(|(net, c, _, ip)| json!({"network": net, "container": c, "ip": ip}))
-        .collect();
-    let remote: Vec<Value> = endpoints
-        .iter()
-        .filter(|e| e.2 != host)
-        .map(|(net, _, h, ip)| {
-            json!({"network": net, "ip": ip, "vtep": lab.state.hosts[*h].address.to_string()})
-        })
-        .collect();
-    json!({
-        "networks": [
-            {"id": "web", "vni": 4097, "subnet": "10.0.9.0/24", "gateway": "10.0.9.1"},
-            {"id": "db", "vni": 4098, "subnet": "10.0.10.0/24", "gateway": "10.0.10.1"}
-        ],
-        "local_endpoints": local,
-        "remote_endpoints": remote,
-    })
+/// `wget http://VIP/` in the task's container.
+fn http_vip(cli: &Cli, from: &Task, vip: Ipv4Addr) -> Result<String, String> {
+    cli.exec_in(
+        from,
+        &["timeout", "10", "wget", "-qO-", &format!("http://{vip}/")],
+    )
 }
 
-fn lb_state(lab: &LabGuard, states: [&str; 4]) -> Value {
-    json!({
-        "services": [{
-            "id": "svc-web", "name": "web",
-            "vips": [{"network": "web", "address": VIP}],
-            "backends": TASKS.iter().zip(states).map(|((c, h, ip), state)| json!({
-                "task": c, "node": lab.state.hosts[*h].address.to_string(),
-                "addresses": {"web": ip}, "state": state
-            })).collect::<Vec<_>>()
-        }]
-    })
-}
-
-struct Vips<'a> {
-    lab: &'a LabGuard,
-}
-
-impl Vips<'_> {
-    fn host(&self, i: usize) -> &lab::HostState {
-        &self.lab.state.hosts[i]
-    }
-
-    fn lb_file(&self, i: usize) -> PathBuf {
-        self.host(i).run_dir.join("declared-lb.json")
-    }
-
-    fn status(&self, i: usize) -> Value {
-        std::fs::read(self.host(i).run_dir.join("agent/vip.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(Value::Null)
-    }
-
-    fn generation(&self, i: usize) -> u64 {
-        self.status(i)["generation"].as_u64().unwrap_or(0)
-    }
-
-    /// Writes the LB state on every host and waits until each agent has applied a
-    /// newer generation; returns the statuses.
-    fn declare_lb(&self, state: &Value) -> Vec<Value> {
-        let before: Vec<u64> = (0..3).map(|i| self.generation(i)).collect();
-        for i in 0..3 {
-            write_atomic(&self.lb_file(i), state.to_string().as_bytes());
+/// Sends requests from `from` to the VIP until every hostname in `want` has answered;
+/// every answer must come from one of them.
+fn reach_all(cli: &Cli, what: &str, from: &Task, vip: Ipv4Addr, want: &BTreeSet<String>) {
+    let mut seen = BTreeSet::new();
+    wait_for(what, BOUND, || {
+        let body = http_vip(cli, from, vip)?;
+        let host = answered_by(&body).ok_or(format!("not a shoal/web answer: {body}"))?;
+        assert!(
+            want.contains(&host),
+            "{what}: answered by {host}, not one of {want:?}"
+        );
+        seen.insert(host);
+        if &seen == want {
+            Ok(())
+        } else {
+            Err(format!("answered so far by {seen:?} of {want:?}"))
         }
-        (0..3)
-            .map(|i| {
-                wait_for(&format!("h{} applies the LB state", i + 1), BOUND, || {
-                    let s = self.status(i);
-                    if s["generation"].as_u64().unwrap_or(0) > before[i] {
-                        Ok(s)
-                    } else {
-                        Err(s.to_string())
-                    }
-                })
-            })
-            .collect()
-    }
-
-    fn exec_in(&self, c: (&str, usize, &str), argv: &[&str]) -> Result<String, String> {
-        self.lab.docker_exec(&self.host(c.1).name, c.0, argv)
-    }
-
-    fn http_vip(&self, c: (&str, usize, &str)) -> Result<String, String> {
-        self.exec_in(
-            c,
-            &["timeout", "10", "wget", "-qO-", &format!("http://{VIP}/")],
-        )
-    }
-
-    fn pid(&self, c: (&str, usize, &str)) -> u32 {
-        self.lab
-            .exec_ok(
-                &self.host(c.1).name,
-                &["docker", "inspect", "-f", "{{.State.Pid}}", c.0],
-            )
-            .parse()
-            .expect("pid")
-    }
-
-    fn hostname(&self, c: (&str, usize, &str)) -> String {
-        self.lab.exec_ok(
-            &self.host(c.1).name,
-            &["docker", "inspect", "-f", "{{.Config.Hostname}}", c.0],
-        )
-    }
+    });
 }
 
-/// Runs `f` on a thread inside the network namespace of process `pid`; sockets made
-/// there stay in that namespace.
-fn in_netns_of<T: Send>(pid: u32, f: impl FnOnce() -> T + Send) -> T {
-    let ns = File::open(format!("/proc/{pid}/ns/net")).expect("open netns");
-    thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: setns on this short-lived thread only.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("netns thread")
-    })
-}
-
-/// UDP servers in the tasks' namespaces answering `<task> <payload>`.
+/// UDP servers in the tasks' namespaces answering `<task hostname> <payload>`.
 struct UdpServers {
     stop: Arc<AtomicBool>,
     threads: Vec<thread::JoinHandle<()>>,
 }
 
 impl UdpServers {
-    fn start(pids: &[(&'static str, u32)]) -> Self {
+    fn start(tasks: &[(Task, u32)]) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
-        for &(task, pid) in pids {
-            let sock = in_netns_of(pid, || UdpSocket::bind(("0.0.0.0", UDP_PORT)).unwrap());
+        for (task, pid) in tasks {
+            let sock = in_netns(&netns_of(*pid), || {
+                UdpSocket::bind(("0.0.0.0", UDP_PORT)).unwrap()
+            });
             sock.set_read_timeout(Some(Duration::from_millis(100)))
                 .unwrap();
             let s = stop.clone();
+            let name = task.hostname();
             threads.push(thread::spawn(move || {
                 let mut buf = [0u8; 512];
                 while !s.load(Ordering::Relaxed) {
                     if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                        let reply = format!("{task} {}", String::from_utf8_lossy(&buf[..n]));
+                        let reply = format!("{name} {}", String::from_utf8_lossy(&buf[..n]));
                         let _ = sock.send_to(reply.as_bytes(), from);
                     }
                 }
@@ -223,8 +114,12 @@ impl Drop for UdpServers {
     }
 }
 
-fn udp_reply(sock: &UdpSocket, connected: bool, msg: &str) -> Result<(String, SocketAddr), String> {
-    let vip: SocketAddr = format!("{VIP}:{UDP_PORT}").parse().unwrap();
+fn udp_reply(
+    sock: &UdpSocket,
+    vip: SocketAddr,
+    connected: bool,
+    msg: &str,
+) -> Result<(String, SocketAddr), String> {
     let sent = if connected {
         sock.send(msg.as_bytes())
     } else {
@@ -248,79 +143,138 @@ fn vip_balances_tcp_and_udp_answers_ping_and_is_scoped() {
     }
     let shoal = xtask::util::shoal_binary().expect("shoal binary (cargo build)");
     let guard = LabGuard::up('v', 3);
-    let v = Vips { lab: &guard };
+    let cli = Cli { lab: &guard };
+    cli.start_agents(&shoal, &[]);
+    cli.form_cluster();
+    let host = |i: usize| &guard.state.hosts[i];
 
-    for c in TASKS.iter().chain([&CLIENT, &OUTSIDER]) {
-        guard.exec_ok(
-            &v.host(c.1).name,
-            &[
-                "docker",
-                "run",
-                "-d",
-                "--init",
-                "--network",
-                "none",
-                "--name",
-                c.0,
-                "shoal/web:1",
-            ],
-        );
-    }
-    let healthy = ["healthy"; 4];
-    let mut agents = Vec::new();
-    let mut extras = Vec::new();
-    for i in 0..3 {
-        let overlay = v.host(i).run_dir.join("declared-overlay.json");
-        write_atomic(&overlay, overlay_state(&guard, i).to_string().as_bytes());
-        write_atomic(
-            &v.lb_file(i),
-            lb_state(&guard, healthy).to_string().as_bytes(),
-        );
-        let extra: Vec<String> = vec![
-            "--declared-state".to_string(),
-            overlay.display().to_string(),
-            "--declared-lb".to_string(),
-            v.lb_file(i).display().to_string(),
-        ];
-        agents.push(start_agent(&guard, v.host(i), &shoal, &extra));
-        extras.push(extra);
-    }
-    let names: Vec<String> = TASKS.iter().map(|t| v.hostname(*t)).collect();
-    let task_of = |body: &str| {
-        names
-            .iter()
-            .position(|n| body.contains(&format!("host={n} ")))
-            .map(|i| TASKS[i].0)
-    };
-
-    // TCP: 40 requests from c1 reach all 4 tasks, on every host.
-    wait_for("c1 gets an answer through the VIP", BOUND, || {
-        v.http_vip(CLIENT)
+    cli.ok(
+        "h1",
+        &[
+            "network",
+            "create",
+            "-d",
+            "overlay",
+            "--subnet",
+            "10.0.9.0/24",
+            "web",
+        ],
+    );
+    cli.ok(
+        "h1",
+        &[
+            "network",
+            "create",
+            "-d",
+            "overlay",
+            "--subnet",
+            "10.0.10.0/24",
+            "db",
+        ],
+    );
+    // A task whose /tmp/sick exists fails its health check (in about a second).
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--detach",
+            "--replicas",
+            "4",
+            "--network",
+            "web",
+            "--health-cmd",
+            "test ! -f /tmp/sick",
+            "--health-interval",
+            "1s",
+            "--health-retries",
+            "1",
+            "shoal/web:1",
+        ],
+    );
+    // The client in dnsrr mode: web's is then the only VIP on the client's host.
+    let on_client_host = format!("node.hostname=={}", host(CLIENT_HOST).name);
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "client",
+            "--detach",
+            "--endpoint-mode",
+            "dnsrr",
+            "--network",
+            "web",
+            "--constraint",
+            &on_client_host,
+            "shoal/web:1",
+        ],
+    );
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "outsider",
+            "--detach",
+            "--network",
+            "db",
+            "--constraint",
+            "node.hostname==h3",
+            "shoal/web:1",
+        ],
+    );
+    let web = cli.wait_running("web", 4, |t| {
+        t.iter().map(|x| &x.node).collect::<BTreeSet<_>>().len() == 3
     });
+    let client = cli.wait_running("client", 1, |_| true).remove(0);
+    let outsider = cli.wait_running("outsider", 1, |_| true).remove(0);
+    let vip = cli.vip("web", "web");
+    assert!(vip.to_string().starts_with("10.0.9."), "web's VIP {vip}");
+    println!("web: VIP {vip}, tasks {web:#?}");
+
+    // TCP: 40 requests from the client reach all 4 tasks, on every host.
+    reach_all(
+        &cli,
+        "the client reaching all 4 web tasks through the VIP",
+        &client,
+        vip,
+        &hostnames(&web),
+    );
     let mut seen = BTreeSet::new();
     for _ in 0..40 {
-        let body = v.http_vip(CLIENT).expect("request to the VIP");
-        seen.insert(task_of(&body).unwrap_or_else(|| panic!("unknown answer {body:?}")));
+        let body = http_vip(&cli, &client, vip).expect("request to the VIP");
+        seen.insert(answered_by(&body).unwrap_or_else(|| panic!("unknown answer {body:?}")));
     }
-    assert_eq!(seen, TASKS.iter().map(|t| t.0).collect::<BTreeSet<_>>());
-    let status = v.status(CLIENT.1);
+    assert_eq!(seen, hostnames(&web), "40 requests through the VIP");
+    let status = wait_for("the client host's VIP status", BOUND, || {
+        let s = vip_status(host(CLIENT_HOST));
+        if s["healthy_backends"] == 4 {
+            Ok(s)
+        } else {
+            Err(s.to_string())
+        }
+    });
     assert_eq!(status["vips"], 1, "{status}");
-    assert_eq!(status["healthy_backends"], 4, "{status}");
     assert!(status["refused"].is_null(), "{status}");
 
     // Ping to the VIP is answered.
-    v.exec_in(CLIENT, &["ping", "-c", "1", "-W", "5", VIP])
+    cli.exec_in(&client, &["ping", "-c", "1", "-W", "5", &vip.to_string()])
         .expect("ping to the VIP");
 
     // UDP: a connected socket per flow, round-robin over every task; replies come from
     // the VIP for unconnected sockets too.
-    let pids: Vec<(&'static str, u32)> = TASKS.iter().map(|t| (t.0, v.pid(*t))).collect();
+    let pids: Vec<(Task, u32)> = web.iter().map(|t| (t.clone(), cli.pid(t))).collect();
     let _udp = UdpServers::start(&pids);
-    let client_pid = v.pid(CLIENT);
-    let vip_udp: SocketAddr = format!("{VIP}:{UDP_PORT}").parse().unwrap();
+    let client_ns = netns_of(cli.pid(&client));
+    let vip_udp = SocketAddr::from((vip, UDP_PORT));
     let mut udp_seen = BTreeSet::new();
     for i in 0..8 {
-        let sock = in_netns_of(client_pid, || {
+        let sock = in_netns(&client_ns, || {
             let s = UdpSocket::bind("0.0.0.0:0").unwrap();
             s.connect(vip_udp).unwrap();
             s
@@ -331,16 +285,16 @@ fn vip_balances_tcp_and_udp_answers_ping_and_is_scoped() {
             vip_udp,
             "getpeername says the VIP"
         );
-        let (task, _) = udp_reply(&sock, true, &format!("c{i}")).expect("UDP reply");
+        let (task, _) = udp_reply(&sock, vip_udp, true, &format!("c{i}")).expect("UDP reply");
         udp_seen.insert(task);
     }
-    assert_eq!(udp_seen.len(), 4, "UDP flows over all tasks: {udp_seen:?}");
-    let sock = in_netns_of(client_pid, || UdpSocket::bind("0.0.0.0:0").unwrap());
+    assert_eq!(udp_seen, hostnames(&web), "UDP flows over all tasks");
+    let sock = in_netns(&client_ns, || UdpSocket::bind("0.0.0.0:0").unwrap());
     sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let (first, from) = udp_reply(&sock, false, "u0").expect("unconnected UDP reply");
+    let (first, from) = udp_reply(&sock, vip_udp, false, "u0").expect("unconnected UDP reply");
     assert_eq!(from, vip_udp, "the reply's source is the VIP");
     for i in 1..4 {
-        let (task, from) = udp_reply(&sock, false, &format!("u{i}")).unwrap();
+        let (task, from) = udp_reply(&sock, vip_udp, false, &format!("u{i}")).unwrap();
         assert_eq!(
             (task.as_str(), from),
             (first.as_str(), vip_udp),
@@ -348,121 +302,167 @@ fn vip_balances_tcp_and_udp_answers_ping_and_is_scoped() {
         );
     }
 
-    // A container on another network does not see the VIP.
-    v.exec_in(OUTSIDER, &["ping", "-c", "1", "-W", "2", "10.0.10.1"])
-        .expect("c2 reaches its own gateway");
-    let out = v.http_vip(OUTSIDER);
-    assert!(out.is_err(), "c2 on db reached the VIP of web: {out:?}");
+    // A task on another network does not see the VIP.
+    cli.exec_in(&outsider, &["ping", "-c", "1", "-W", "5", "10.0.10.1"])
+        .expect("the outsider reaches its own gateway");
+    let out = http_vip(&cli, &outsider, vip);
+    assert!(
+        out.is_err(),
+        "the outsider on db reached the VIP of web: {out:?}"
+    );
 
-    // An idle TCP connection made now is held across the backend changes.
-    let mut held = in_netns_of(client_pid, || {
-        TcpStream::connect_timeout(&format!("{VIP}:80").parse().unwrap(), BOUND)
+    // An idle TCP connection made now is held across the changes below.
+    let mut held = in_netns(&client_ns, || {
+        TcpStream::connect_timeout(&SocketAddr::from((vip, 80)), BOUND)
     })
     .expect("held connection");
     held.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
+    let SocketAddr::V4(held_from) = held.local_addr().unwrap() else {
+        panic!("an IPv4 connection")
+    };
+    let held_task = wait_for("the held connection's task", BOUND, || {
+        task_holding(&pids, held_from).ok_or(format!("no task holds {held_from}"))
+    });
 
-    // t2 unhealthy: no new connection reaches it.
-    let statuses = v.declare_lb(&lb_state(
-        &guard,
-        ["healthy", "unhealthy", "healthy", "healthy"],
-    ));
-    assert_eq!(statuses[CLIENT.1]["healthy_backends"], 3, "{:?}", statuses);
-    let mut seen = BTreeSet::new();
-    for _ in 0..24 {
-        let body = v.http_vip(CLIENT).expect("request to the VIP");
-        seen.insert(task_of(&body).expect("known task"));
-    }
-    assert_eq!(seen, BTreeSet::from(["t1", "t3", "t4"]));
-
-    // A bad state (a backend on an unknown network) is refused whole: t2 stays out
-    // even though the bad state marks it healthy.
-    let mut bad = lb_state(&guard, healthy);
-    bad["services"][0]["backends"][0]["addresses"]["nope"] = json!("10.9.9.9");
-    let statuses = v.declare_lb(&bad);
-    for s in &statuses {
-        let why = s["refused"].as_str().unwrap_or_default();
-        assert!(why.contains("unknown network \"nope\""), "{s}");
-    }
-    let mut seen = BTreeSet::new();
-    for _ in 0..12 {
-        seen.insert(task_of(&v.http_vip(CLIENT).unwrap()).unwrap());
-    }
-    assert!(
-        !seen.contains("t2"),
-        "the refused state was applied: {seen:?}"
-    );
-
-    // An agent restart (with the bad file still in place): VIPs keep working while no
-    // agent runs (the links stay pinned), and the new agent adopts the maps, writes
-    // nothing, and keeps the adopted state rather than the refused one.
-    let h = CLIENT.1;
-    lab::procs::signal(agents[h], libc::SIGTERM);
-    assert!(
-        lab::procs::wait_gone(&[agents[h]], BOUND),
-        "agent on h{} did not stop",
-        h + 1
-    );
-    let body = v
-        .http_vip(CLIENT)
-        .expect("the VIP works while the agent is down");
-    assert_ne!(task_of(&body), Some("t2"), "{body}");
-    let status_file = v.host(h).run_dir.join("agent/vip.json");
-    let _ = std::fs::remove_file(&status_file);
-    agents[h] = start_agent(&guard, v.host(h), &shoal, &extras[h]);
-    let s = wait_for("the restarted agent reports", BOUND, || {
-        let s = v.status(h);
-        if s.is_null() {
-            Err("no vip.json yet".into())
+    // Another task fails its health check: no new connection reaches it, and every
+    // request is answered.
+    let sick = web
+        .iter()
+        .find(|t| **t != held_task)
+        .expect("a task other than the held one")
+        .clone();
+    cli.exec_in(&sick, &["touch", "/tmp/sick"])
+        .expect("mark a task sick");
+    wait_for("the sick task failing", BOUND, || {
+        let running = cli.running("web")?;
+        if running.contains(&sick) {
+            Err(format!("still running: {running:#?}"))
         } else {
+            Ok(())
+        }
+    });
+    wait_for(
+        "the failed task out of the client host's declared backends",
+        BOUND,
+        || {
+            let lb = declared(host(CLIENT_HOST), "lb.json");
+            let backends: Vec<String> = array(&lb, "services")
+                .into_iter()
+                .filter(|s| s["name"] == "web")
+                .flat_map(|s| array(s, "backends"))
+                .filter_map(|b| b["task"].as_str().map(str::to_string))
+                .collect();
+            if backends.contains(&sick.id) {
+                Err(format!("backends {backends:?}"))
+            } else {
+                Ok(())
+            }
+        },
+    );
+    wait_for(
+        "24 requests in a row through the VIP answered, none by the failed task",
+        BOUND,
+        || {
+            for k in 0..24 {
+                let body = http_vip(&cli, &client, vip).map_err(|e| format!("request {k}: {e}"))?;
+                if answered_by(&body) == Some(sick.hostname()) {
+                    return Err(format!("request {k} reached the failed task: {body}"));
+                }
+            }
+            Ok(())
+        },
+    );
+    let web = cli.wait_running("web", 4, |t| !t.contains(&sick));
+    reach_all(
+        &cli,
+        "the client reaching the 4 tasks, the replacement included",
+        &client,
+        vip,
+        &hostnames(&web),
+    );
+
+    // An agent restart: VIPs keep working while no agent runs (the links stay pinned),
+    // and the new agent adopts the maps: it writes nothing.
+    let h = host(CLIENT_HOST);
+    let agent = agent_pid(h);
+    lab::procs::signal(agent, libc::SIGTERM);
+    assert!(
+        lab::procs::wait_gone(&[agent], BOUND),
+        "the agent on {} did not stop",
+        h.name
+    );
+    let body = http_vip(&cli, &client, vip).expect("the VIP works while the agent is down");
+    assert!(
+        hostnames(&web).contains(&answered_by(&body).unwrap_or_default()),
+        "{body}"
+    );
+    let _ = std::fs::remove_file(h.run_dir.join("agent/vip.json"));
+    cli.start_agent(&shoal, CLIENT_HOST, &[]);
+    let s = wait_for("the restarted agent reports its VIPs", BOUND, || {
+        let s = vip_status(h);
+        if s["healthy_backends"] == 4 {
             Ok(s)
+        } else {
+            Err(s.to_string())
         }
     });
     assert_eq!(s["map_writes"], 0, "a restarted agent adopts: {s}");
-    assert!(s["refused"].is_string(), "{s}");
-    let mut seen = BTreeSet::new();
-    for _ in 0..12 {
-        seen.insert(task_of(&v.http_vip(CLIENT).unwrap()).unwrap());
-    }
-    assert!(!seen.contains("t2"), "after the restart: {seen:?}");
-    // A good state again: t2 is back.
-    v.declare_lb(&lb_state(&guard, healthy));
-    wait_for("t2 gets new connections again", BOUND, || {
-        let body = v.http_vip(CLIENT)?;
-        if task_of(&body) == Some("t2") {
-            Ok(())
-        } else {
-            Err(body)
-        }
-    });
+    reach_all(
+        &cli,
+        "the client reaching the 4 tasks after its agent restarted",
+        &client,
+        vip,
+        &hostnames(&web),
+    );
 
-    // The held connection still works after all that.
+    // The held connection still works after all that, with its task.
     held.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
     let mut reply = String::new();
     held.read_to_string(&mut reply)
         .expect("held connection answers");
-    assert!(reply.contains("host="), "{reply}");
-    let peer = held.peer_addr().unwrap();
     assert_eq!(
-        peer.ip().to_string(),
-        VIP,
+        answered_by(&reply),
+        Some(held_task.hostname()),
+        "the held connection's task: {reply}"
+    );
+    assert_eq!(
+        held.peer_addr().unwrap().ip(),
+        std::net::IpAddr::V4(vip),
         "getpeername of a TCP socket says the VIP"
     );
 
-    // A restarted container has a new namespace (a new cookie): its scope follows.
-    guard.exec_ok(
-        &v.host(CLIENT.1).name,
-        &["docker", "restart", "-t", "1", CLIENT.0],
-    );
-    let body = wait_for("the restarted client uses the VIP again", BOUND, || {
-        v.http_vip(CLIENT)
+    // The client's container is killed: its replacement (a new container, a new
+    // namespace, a new cookie) gets the VIP, and the dead one's scope goes.
+    guard.exec_ok(&client.node, &["docker", "kill", &client.container]);
+    let replacement = cli
+        .wait_running("client", 1, |t| t[0].id != client.id)
+        .remove(0);
+    let body = wait_for("the client's replacement uses the VIP", BOUND, || {
+        http_vip(&cli, &replacement, vip)
     });
-    assert!(task_of(&body).is_some(), "{body}");
+    assert!(
+        hostnames(&web).contains(&answered_by(&body).unwrap_or_default()),
+        "{body}"
+    );
+    wait_for(
+        "one scope per container on the client's host, the dead client's gone",
+        BOUND,
+        || {
+            let s = vip_status(h);
+            let local = array(&declared(h, "overlay.json"), "local_endpoints").len();
+            if s["scopes"] == local {
+                Ok(())
+            } else {
+                Err(format!("{local} local endpoints; {s}"))
+            }
+        },
+    );
 
     // The client host's counters, through the stats command.
     let out = std::process::Command::new(&shoal)
         .args(["dataplane", "stats", "--json", "--pin-dir"])
-        .arg(&v.host(CLIENT.1).pin_dir)
+        .arg(&h.pin_dir)
         .output()
         .expect("shoal dataplane stats");
     assert!(out.status.success(), "{out:?}");
