@@ -136,6 +136,8 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// `shoal info`: this node's view of the swarm and its dataplane.
+    Info,
     NodeLs,
     NodeInspect {
         nodes: Vec<String>,
@@ -224,6 +226,7 @@ impl Request {
             Request::SwarmJoin { .. } => "swarm join",
             Request::JoinToken { .. } => "swarm join-token",
             Request::SwarmLeave { .. } => "swarm leave",
+            Request::Info => "info",
             Request::NodeLs => "node ls",
             Request::NodeInspect { .. } => "node inspect",
             Request::NodeRm { .. } => "node rm",
@@ -269,6 +272,7 @@ pub enum Reply {
         rotated: bool,
     },
     SwarmLeave,
+    Info(Box<InfoView>),
     /// `node ls` and `node inspect`.
     Nodes {
         /// This node's ID.
@@ -307,6 +311,45 @@ pub enum Reply {
     NetworksChanged {
         networks: Vec<String>,
     },
+}
+
+/// `shoal info`: what `docker info` says of the swarm, and the node's dataplane.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InfoView {
+    /// "active" or "inactive".
+    pub swarm: String,
+    /// The rest of the swarm part exists only while the node is in a swarm.
+    #[serde(default)]
+    pub node_id: Option<String>,
+    #[serde(default)]
+    pub is_manager: bool,
+    #[serde(default)]
+    pub cluster_id: Option<String>,
+    #[serde(default)]
+    pub managers: Option<usize>,
+    #[serde(default)]
+    pub nodes: Option<usize>,
+    #[serde(default)]
+    pub data_path_port: Option<u16>,
+    #[serde(default)]
+    pub default_addr_pools: Vec<Ipv4Net>,
+    #[serde(default)]
+    pub subnet_size: Option<u8>,
+    /// The address other nodes reach this one at.
+    #[serde(default)]
+    pub node_addr: Option<String>,
+    /// Where the managers listen, ADDR:PORT.
+    #[serde(default)]
+    pub manager_addrs: Vec<String>,
+    /// Why the cluster's state could not be read (the node is in a swarm but cut off).
+    #[serde(default)]
+    pub error: Option<String>,
+    /// How the node's dataplane runs (e.g. "XDP native on eth0"); None: no agent
+    /// dataplane (tests of the cluster alone).
+    #[serde(default)]
+    pub dataplane: Option<String>,
+    /// The agent's version.
+    pub version: String,
 }
 
 /// Services with their tasks, for the CLI to lay out.

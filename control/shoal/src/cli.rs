@@ -7,6 +7,7 @@
 //! - [`service`] and [`network`]: `shoal service ...` and `shoal network ...`.
 
 pub mod format;
+pub mod info;
 pub mod network;
 pub mod service;
 pub mod template;

@@ -7,6 +7,7 @@
 //! cleanly so that the next start resumes it.
 
 mod addresses;
+mod info;
 mod nodes;
 mod services;
 
@@ -106,6 +107,8 @@ pub struct ClusterAgentConfig {
     /// Why this agent must not init or join a swarm (its dataplane would not follow
     /// the cluster); None: it may.
     pub no_swarm: Option<String>,
+    /// How the node's dataplane runs, for `shoal info` (e.g. "XDP native on eth0").
+    pub dataplane: Option<String>,
 }
 
 impl ClusterAgentConfig {
@@ -431,6 +434,9 @@ impl ClusterAgent {
                     }
                 }
             }
+            Request::Info => Ok(Reply::Info(Box::new(
+                info::info(role.as_ref(), self.config.dataplane.clone()).await,
+            ))),
             other => {
                 let manager = match &*role {
                     Some(r) => r

@@ -39,6 +39,8 @@ struct Cli {
 enum Command {
     /// Run the node agent (as root, on every host)
     Agent(Box<AgentArgs>),
+    /// Show this node's view of the swarm and its dataplane (Docker's `info` Swarm part)
+    Info(shoal::cli::info::InfoArgs),
     /// Manage the swarm (init, join, join-token, leave)
     Swarm(SwarmArgs),
     /// Manage the swarm's nodes (ls, inspect, rm, promote, demote, update)
@@ -87,6 +89,7 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Agent(args) => run_agent(*args),
+        Command::Info(args) => print_output(cli::info::run_info(&args)),
         Command::Swarm(args) => print_output(cli::run_swarm(&args)),
         Command::Node(args) => print_output(cli::run_node(&args)),
         Command::Service(args) => print_output(cli::service::run_service(&args)),

@@ -42,6 +42,7 @@ struct TestCli {
 enum Top {
     Swarm(SwarmArgs),
     Node(NodeArgs),
+    Info(cli::info::InfoArgs),
 }
 
 fn parse(args: &str) -> Result<Top, clap::Error> {
@@ -54,6 +55,7 @@ fn request(args: &str) -> Request {
     match parse(args).unwrap_or_else(|e| panic!("{args}: {e}")) {
         Top::Swarm(s) => s.command.request().unwrap(),
         Top::Node(n) => n.command.request(),
+        Top::Info(_) => Request::Info,
     }
 }
 
@@ -257,10 +259,12 @@ fn api_socket_flag_is_on_every_command() {
         "swarm --api-socket /tmp/a.sock leave",
         "node ls --api-socket /tmp/a.sock",
         "node --api-socket /tmp/a.sock rm h2",
+        "info --api-socket /tmp/a.sock",
     ] {
         let socket = match parse(args).unwrap() {
             Top::Swarm(s) => s.socket.api_socket,
             Top::Node(n) => n.socket.api_socket,
+            Top::Info(i) => i.socket.api_socket,
         };
         assert_eq!(socket, Path::new("/tmp/a.sock"), "{args}");
     }
@@ -1002,6 +1006,7 @@ mod real {
                     node: None,
                     gossip_listen: None,
                     no_swarm: no_swarm.map(str::to_owned),
+                    dataplane: None,
                 }))
                 .unwrap();
             let socket = serve(rt, &dir, agent.clone());
@@ -1019,6 +1024,7 @@ mod real {
             let out = match top {
                 Top::Swarm(s) => cli::run_swarm(&s),
                 Top::Node(n) => cli::run_node(&n),
+                Top::Info(i) => cli::info::run_info(&i),
             };
             out.map(|o| o.stdout).map_err(|e| e.to_string())
         }
@@ -1068,6 +1074,63 @@ mod real {
         assert_eq!(rt.block_on(h2.agent.role_name()), "none");
         let nodes = h1.cli("node ls -q").unwrap();
         assert_eq!(nodes.lines().count(), 1, "{nodes}");
+    }
+
+    #[test]
+    fn info_says_inactive_then_what_a_manager_and_a_worker_know() {
+        let rt = runtime();
+        let h1 = Host::start(&rt, "in1");
+        let h2 = Host::start(&rt, "in2");
+        assert_eq!(
+            h1.cli("info").unwrap(),
+            format!("Swarm: inactive\nVersion: {}\n", env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!(
+            h1.cli("info --format {{.Swarm.LocalNodeState}}").unwrap(),
+            "inactive\n"
+        );
+        h1.cli("swarm init --listen-addr 127.0.0.1 --data-path-port 4790")
+            .unwrap();
+        let token = h1
+            .cli("swarm join-token -q worker")
+            .unwrap()
+            .trim()
+            .to_owned();
+        h2.cli(&format!(
+            "swarm join --token {token} --listen-addr 127.0.0.1 {}",
+            h1.addr()
+        ))
+        .unwrap();
+        let out = h1.cli("info").unwrap();
+        let id = rt.block_on(h1.agent.role_name());
+        assert_eq!(id, "manager");
+        for line in [
+            "Swarm: active\n",
+            " Is Manager: true\n",
+            " Managers: 1\n",
+            " Nodes: 2\n",
+            " Data Path Port: 4790\n",
+            " Default Address Pool: 10.0.0.0/8\n",
+            " SubnetSize: 24\n",
+            " Node Address: 127.0.0.1\n",
+        ] {
+            assert!(out.contains(line), "{line:?} in {out}");
+        }
+        assert!(
+            out.contains(&format!(" Manager Addresses:\n  {}\n", h1.addr())),
+            "{out}"
+        );
+        let out = h2.cli("info").unwrap();
+        assert!(out.contains(" Is Manager: false\n"), "{out}");
+        assert!(
+            !out.contains(" Managers:"),
+            "a worker does not count them: {out}"
+        );
+        assert!(out.contains(&format!("  {}\n", h1.addr())), "{out}");
+        assert_eq!(
+            h2.cli("info --format {{.Swarm.ControlAvailable}}").unwrap(),
+            "false\n"
+        );
     }
 
     #[test]
@@ -1297,6 +1360,7 @@ mod real {
                 node: None,
                 gossip_listen: None,
                 no_swarm: None,
+                dataplane: None,
             }))
             .unwrap();
         assert_eq!(rt.block_on(agent.role_name()), "manager");

@@ -134,6 +134,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
             .standalone
             .as_ref()
             .map(|_| STANDALONE_NO_SWARM.to_owned()),
+        dataplane: Some(format!("XDP {mode} on {interface}")),
     })
     .await
     .context("starting the cluster role")?;

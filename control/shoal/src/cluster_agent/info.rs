@@ -1,0 +1,71 @@
+//! `shoal info`: the node's view of the swarm, as `docker info` shows its Swarm part,
+//! read from the cluster's state (a worker reads it from the managers too), and how the
+//! node's dataplane runs.
+use super::*;
+use crate::api::InfoView;
+
+/// How long the cluster's state may take to read before info answers without it.
+const STATE_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub(super) async fn info(role: Option<&Role>, dataplane: Option<String>) -> InfoView {
+    let mut view = InfoView {
+        swarm: "inactive".into(),
+        dataplane,
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    };
+    let Some(role) = role else {
+        return view;
+    };
+    view.swarm = "active".into();
+    view.is_manager = role.acting_manager().is_some();
+    let client = match role {
+        Role::Manager(m) => m.node_client(),
+        Role::Worker(w) => w.node_client(),
+    };
+    let me = client.node_id().to_owned();
+    view.node_id = Some(me.clone());
+    let state = match tokio::time::timeout(STATE_TIMEOUT, client.node_state(0)).await {
+        Ok(Ok(Some(state))) => state,
+        Ok(Ok(None)) => {
+            view.error = Some("the managers sent no state".into());
+            return view;
+        }
+        Ok(Err(e)) => {
+            view.error = Some(format!("reading the cluster's state: {e}"));
+            return view;
+        }
+        Err(_) => {
+            view.error = Some(format!(
+                "reading the cluster's state: no answer within {}s",
+                STATE_TIMEOUT.as_secs()
+            ));
+            return view;
+        }
+    };
+    if let Some(spec) = &state.cluster {
+        view.cluster_id = Some(spec.id.clone());
+        view.data_path_port = Some(spec.data_path_port);
+        view.default_addr_pools = spec.default_addr_pools.clone();
+        view.subnet_size = Some(spec.subnet_prefix_len);
+    }
+    let managers: Vec<&store::Node> = state
+        .nodes
+        .values()
+        .filter(|n| n.role == store::Role::Manager)
+        .collect();
+    if view.is_manager {
+        view.managers = Some(managers.len());
+        view.nodes = Some(state.nodes.len());
+    }
+    view.node_addr = state.nodes.get(&me).map(|n| host_part(&n.advertise_addr));
+    view.manager_addrs = managers.iter().map(|n| n.advertise_addr.clone()).collect();
+    view
+}
+
+/// `IP` of `IP:PORT` (or the text as it is).
+fn host_part(addr: &str) -> String {
+    addr.parse::<SocketAddr>()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|_| addr.to_owned())
+}
