@@ -1,13 +1,22 @@
-//! The embedded DNS with real containers: a container whose resolv.conf points at its
-//! network's gateway resolves service names, `tasks.<service>`, task and container
-//! names, and upstream names (forwarded to a real dnsmasq on the underlay), with busybox
-//! nslookup and wget; a record change is visible to the next query.
-use std::time::Duration;
+//! The embedded DNS with real containers on a 2-host lab of plain agents (no
+//! `--declared-*` file): a cluster made through the `shoal` CLI, an overlay network
+//! `web`, a dnsrr service `server` with a task on each host, a vip-mode service `vipsvc`
+//! and a `client` task on h1. Every node's agent computes its DNS state from the
+//! cluster; task containers' resolv.conf points at their network's gateway.
+//!
+//! From the client, with busybox nslookup and wget: `server` resolves to both tasks and
+//! `tasks.server` lists them, `vipsvc` resolves to its VIP, a task's name
+//! (`server.<slot>.<task ID>`, also its container's name) and `server.<slot>` to its
+//! address, upstream names are forwarded to a real dnsmasq on the underlay, an unknown
+//! name does not resolve, `wget http://server/` reaches the task on the other host; a
+//! scale down is visible to the next query.
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
-use serde_json::{json, Value};
-use shoal_tests::{lab, privileged, wait_for, write_atomic, LabGuard};
-
-const BOUND: Duration = Duration::from_secs(60);
+use shoal_tests::{
+    lab, privileged,
+    swarm::{answered_by, Cli, Task, BOUND},
+    wait_for, LabGuard,
+};
 
 /// Kills a process we started when the test ends.
 struct Child(std::process::Child);
@@ -19,21 +28,14 @@ impl Drop for Child {
     }
 }
 
-fn dns_state(tasks: &[(&str, u32, &str)]) -> Value {
-    json!({
-        "services": [
-            {"name": "server", "endpoint_mode": "dnsrr", "networks": ["web"],
-             "tasks": tasks.iter().map(|(id, slot, ip)| json!({
-                 "id": id, "slot": slot, "addresses": [{"network": "web", "ip": ip}]
-             })).collect::<Vec<_>>()},
-            {"name": "vipsvc", "vips": [{"network": "web", "ip": "10.0.9.100"}],
-             "tasks": [{"id": "v1", "slot": 1, "addresses": [{"network": "web", "ip": "10.0.9.31"}]}]}
-        ],
-        "containers": [
-            {"name": "c1", "addresses": [{"network": "web", "ip": "10.0.9.11"}],
-             "aliases": [{"network": "web", "alias": "client"}]}
-        ]
-    })
+/// The IPv4 addresses in the answer section of a busybox nslookup (after the server's
+/// own lines, each answer starts with `Name:`).
+fn answers(out: &str) -> BTreeSet<Ipv4Addr> {
+    out.split("Name:")
+        .skip(1)
+        .flat_map(|a| a.split_whitespace())
+        .filter_map(|w| w.parse().ok())
+        .collect()
 }
 
 #[test]
@@ -43,7 +45,7 @@ fn containers_resolve_services_tasks_and_upstream_names() {
     }
     let shoal = xtask::util::shoal_binary().expect("shoal binary (cargo build)");
     let guard = LabGuard::up('d', 2);
-    let (h1, h2) = (&guard.state.hosts[0], &guard.state.hosts[1]);
+    let h1 = &guard.state.hosts[0];
 
     // A real upstream on the underlay, with a zone of its own.
     let zone = h1.run_dir.join("upstream-hosts");
@@ -77,132 +79,146 @@ fn containers_resolve_services_tasks_and_upstream_names() {
             .expect("start dnsmasq"),
     );
 
-    let containers = [
-        (h1, "c1", "10.0.9.11"),
-        (h1, "s1", "10.0.9.21"),
-        (h2, "s2", "10.0.9.22"),
-    ];
-    for (h, name, _) in containers {
-        guard.exec_ok(
-            &h.name,
-            &[
-                "docker",
-                "run",
-                "-d",
-                "--init",
-                "--network",
-                "none",
-                "--dns",
-                "10.0.9.1",
-                "--dns-option",
-                "ndots:0",
-                "--name",
-                name,
-                "shoal/web:1",
-            ],
-        );
-    }
-    let tasks = [("s1task", 1, "10.0.9.21"), ("s2task", 2, "10.0.9.22")];
-    for (i, h) in guard.state.hosts.iter().enumerate() {
-        let other = &guard.state.hosts[1 - i];
-        let local: Vec<Value> = containers
-            .iter()
-            .filter(|(ch, _, _)| ch.name == h.name)
-            .map(|(_, c, ip)| json!({"network": "web", "container": c, "ip": ip}))
-            .collect();
-        let remote: Vec<Value> = containers
-            .iter()
-            .filter(|(ch, _, _)| ch.name != h.name)
-            .map(
-                |(_, _, ip)| json!({"network": "web", "ip": ip, "vtep": other.address.to_string()}),
-            )
-            .collect();
-        let overlay = json!({
-            "networks": [{"id": "web", "vni": 4097, "subnet": "10.0.9.0/24", "gateway": "10.0.9.1"}],
-            "local_endpoints": local,
-            "remote_endpoints": remote,
-        });
-        write_atomic(
-            &h.run_dir.join("declared-overlay.json"),
-            overlay.to_string().as_bytes(),
-        );
-        write_atomic(
-            &h.run_dir.join("declared-dns.json"),
-            dns_state(&tasks).to_string().as_bytes(),
-        );
-        let extra: Vec<String> = vec![
-            "--declared-state".into(),
-            h.run_dir
-                .join("declared-overlay.json")
-                .display()
-                .to_string(),
-            "--declared-dns".into(),
-            h.run_dir.join("declared-dns.json").display().to_string(),
-            "--dns-upstream".into(),
-            "192.168.77.100:53".into(),
-        ];
-        lab::agent::start(&guard.state, h, &shoal, &extra)
-            .unwrap_or_else(|e| panic!("start agent on {}: {e:#}", h.name));
-    }
+    let cli = Cli { lab: &guard };
+    cli.start_agents(
+        &shoal,
+        &[
+            "--dns-upstream".to_string(),
+            "192.168.77.100:53".to_string(),
+        ],
+    );
+    cli.form_cluster();
+    cli.ok(
+        "h1",
+        &[
+            "network",
+            "create",
+            "-d",
+            "overlay",
+            "--subnet",
+            "10.0.9.0/24",
+            "web",
+        ],
+    );
+    // Spread: one task per host.
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "server",
+            "--detach",
+            "--replicas",
+            "2",
+            "--endpoint-mode",
+            "dnsrr",
+            "--network",
+            "web",
+            "shoal/web:1",
+        ],
+    );
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "vipsvc",
+            "--detach",
+            "--network",
+            "web",
+            "shoal/web:1",
+        ],
+    );
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "client",
+            "--detach",
+            "--network",
+            "web",
+            "--constraint",
+            "node.hostname==h1",
+            "shoal/web:1",
+        ],
+    );
+    let servers = cli.wait_running("server", 2, |t| t[0].node != t[1].node);
+    cli.wait_running("vipsvc", 1, |_| true);
+    let client = cli.wait_running("client", 1, |_| true).remove(0);
+    let ips: Vec<Ipv4Addr> = servers.iter().map(|t| cli.address(t, "10.0.9.")).collect();
+    let vip = cli.vip("vipsvc", "web");
 
-    let lookup = |name: &str| guard.docker_exec(&h1.name, "c1", &["nslookup", name]);
-    let has_all = |name: &str, want: &[&str]| {
+    let lookup = |name: &str| cli.exec_in(&client, &["nslookup", name]);
+    let resolves_to = |name: &str, want: &[Ipv4Addr]| {
         let out = lookup(name)?;
-        if want.iter().all(|ip| out.contains(ip)) {
+        let got = answers(&out);
+        if got == want.iter().copied().collect() {
             Ok(out)
         } else {
-            Err(out)
+            Err(format!("want {want:?}, got {got:?}: {out}"))
         }
     };
-    wait_for("c1 resolves `server` to both tasks (dnsrr)", BOUND, || {
-        has_all("server", &["10.0.9.21", "10.0.9.22"])
-    });
-    has_all("tasks.server", &["10.0.9.21", "10.0.9.22"]).expect("tasks.server");
-    has_all("vipsvc", &["10.0.9.100"]).expect("vip-mode service resolves to its VIP");
-    has_all("server.1.s1task", &["10.0.9.21"]).expect("task name");
-    has_all("client", &["10.0.9.11"]).expect("network alias");
-    has_all("www.upstream.test", &["10.99.99.99"]).expect("upstream name, forwarded");
+    wait_for(
+        "the client resolves `server` to both tasks (dnsrr)",
+        BOUND,
+        || resolves_to("server", &ips),
+    );
+    resolves_to("tasks.server", &ips).expect("tasks.server");
+    resolves_to("vipsvc", &[vip]).expect("a vip-mode service resolves to its VIP");
+    let s0: &Task = &servers[0];
+    resolves_to(&s0.container, &[ips[0]]).expect("a task's name (its container's)");
+    resolves_to(s0.name(), &[ips[0]]).expect("service.slot");
+    let upstream: Ipv4Addr = "10.99.99.99".parse().unwrap();
+    resolves_to("www.upstream.test", &[upstream]).expect("an upstream name, forwarded");
     assert!(
         lookup("nosuch.upstream.test").is_err(),
         "an unknown name must not resolve"
     );
 
-    // wget by service name, across hosts: both tasks answer. (busybox 1.35 wget -T
+    // wget by service name, across hosts: the task on h2 answers. (busybox 1.35 wget -T
     // segfaults, hence the timeout applet around it.)
-    let mut hosts_seen = std::collections::BTreeSet::new();
-    let s2_hostname = guard.exec_ok(
-        &h2.name,
-        &["docker", "inspect", "-f", "{{.Config.Hostname}}", "s2"],
+    let remote = servers
+        .iter()
+        .find(|t| t.node != client.node)
+        .expect("a server task on the other host");
+    let mut seen = BTreeSet::new();
+    wait_for(
+        &format!("wget http://server/ reaches the task on {}", remote.node),
+        BOUND,
+        || {
+            let body = cli.exec_in(
+                &client,
+                &["timeout", "10", "wget", "-qO-", "http://server/"],
+            )?;
+            let by = answered_by(&body).ok_or(format!("not a shoal/web answer: {body}"))?;
+            seen.insert(by.clone());
+            if by == remote.hostname() {
+                Ok(())
+            } else {
+                Err(format!("answers so far: {seen:?}"))
+            }
+        },
     );
-    wait_for("wget http://server/ reaches the task on h2", BOUND, || {
-        let body = guard.docker_exec(
-            &h1.name,
-            "c1",
-            &["timeout", "10", "wget", "-qO-", "http://server/"],
-        )?;
-        hosts_seen.insert(body.clone());
-        if body.contains(&s2_hostname) {
-            Ok(())
-        } else {
-            Err(format!("answers so far: {hosts_seen:?}"))
-        }
-    });
 
-    // A record change is visible to the next query: s2's task goes away.
-    for h in &guard.state.hosts {
-        write_atomic(
-            &h.run_dir.join("declared-dns.json"),
-            dns_state(&tasks[..1]).to_string().as_bytes(),
-        );
-    }
+    // A change is visible to the next query: a scale down removes a task.
+    cli.ok("h1", &["service", "scale", "server=1"]);
+    let left = cli.wait_running("server", 1, |_| true).remove(0);
+    let kept = ips[servers
+        .iter()
+        .position(|t| *t == left)
+        .expect("a task kept")];
     wait_for("tasks.server drops the removed task", BOUND, || {
-        let out = lookup("tasks.server")?;
-        if out.contains("10.0.9.21") && !out.contains("10.0.9.22") {
-            Ok(())
-        } else {
-            Err(out)
-        }
+        resolves_to("tasks.server", &[kept])
     });
+    resolves_to("server", &[kept]).expect("server after the scale down");
+    println!(
+        "dns: server (dnsrr) {ips:?}, vipsvc {vip}, {} -> {}, after the scale down {kept}",
+        s0.container, ips[0]
+    );
 
     lab::down(&guard.layout).expect("lab down");
     assert_eq!(lab::leftovers(&guard.layout), Vec::<String>::new());
