@@ -1,6 +1,7 @@
 //! The Swarm flows end to end on a real 3-host lab, typed as a user types them through
-//! the `shoal` CLI (nothing declared by hand: every node's executor writes its declared
-//! overlay, DNS and LB state and the agent's drivers apply it):
+//! the `shoal` CLI on plain agents (nothing declared by hand: every node's executor
+//! computes its declared overlay, DNS and LB state and the agent's reconcilers apply it):
+//! - `swarm init --data-path-port 4790`: every host's VXLAN devices use the swarm's port;
 //! - a service published on port 80, scaled from 2 to 4: requests from the client
 //!   namespace to every host's address reach all 4 tasks, which see the client's address;
 //! - an overlay network with a subnet: tasks get addresses in it and reach each other
@@ -220,7 +221,18 @@ fn swarm_flows_on_three_hosts() {
     let cli = Cli { lab: &guard };
     let addr = |i: usize| guard.state.hosts[i].address.to_string();
     let manager = format!("{}:2377", addr(0));
-    cli.ok("h1", &["swarm", "init", "--advertise-addr", &addr(0)]);
+    // Not the default port: every node must follow the swarm's.
+    cli.ok(
+        "h1",
+        &[
+            "swarm",
+            "init",
+            "--advertise-addr",
+            &addr(0),
+            "--data-path-port",
+            "4790",
+        ],
+    );
     let token = cli
         .ok("h1", &["swarm", "join-token", "-q", "worker"])
         .trim()
@@ -275,6 +287,39 @@ fn swarm_flows_on_three_hosts() {
         "myweb: all 4 tasks reached through each of the 3 hosts, client {client} seen, {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    // The overlay's VXLAN devices on every host use the swarm's port.
+    for h in &guard.state.hosts {
+        let overlay = read_json(&h.run_dir.join("agent").join("overlay.json"));
+        let vnis: Vec<u64> = overlay["networks"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
+            .unwrap_or_default();
+        assert!(!vnis.is_empty(), "{}: no network in {overlay}", h.name);
+        for vni in vnis {
+            let netns = h.run_dir.join("netns").join(format!("vni-{vni}"));
+            // Inside the host's namespaces: the pins live in its mount namespace.
+            let argv: Vec<String> = vec![
+                "nsenter".into(),
+                format!("--net={}", netns.display()),
+                "ip".into(),
+                "-d".into(),
+                "link".into(),
+                "show".into(),
+                "vxlan0".into(),
+            ];
+            let out = lab::exec_command(&guard.state, &h.name, &argv)
+                .expect("lab exec")
+                .output()
+                .expect("nsenter ip");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                text.contains("dstport 4790"),
+                "{} vni {vni}: {text} {}",
+                h.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
     // From a node itself, its published port answers too.
     reach_all(
         "h2 itself -> 127.0.0.1:80 reaching all 4 myweb tasks",

@@ -37,6 +37,9 @@ pub struct NodeState {
     pub overlay: overlay::OverlayState,
     pub dns: dns::DnsState,
     pub lb: lb::LbState,
+    /// The cluster's VXLAN port (`swarm init --data-path-port`), which every node
+    /// follows; None: the store has none (the agent's own then).
+    pub data_path_port: Option<u16>,
 }
 
 /// A node's data-path address: `data_path_addr`, else the advertise address's IP.
@@ -331,6 +334,11 @@ pub fn compute_with(
             ingress_network,
             services: lb_services,
         },
+        data_path_port: state
+            .cluster
+            .as_ref()
+            .map(|c| c.data_path_port)
+            .filter(|p| *p != 0),
     }
 }
 
@@ -361,6 +369,7 @@ impl From<NodeState> for shoal_dataplane::reconcile::DeclaredNode {
             overlay: ns.overlay,
             dns: Some(ns.dns),
             lb: Some(ns.lb),
+            data_path_port: ns.data_path_port,
             containers: Default::default(),
         }
     }

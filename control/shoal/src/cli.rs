@@ -66,7 +66,8 @@ pub struct InitArgs {
     /// Listen address for the managers' traffic, ADDR[:PORT] [default: 0.0.0.0:2377]
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen_addr: Option<String>,
-    /// UDP port of the VXLAN data path [default: 4789]
+    /// UDP port of the VXLAN data path, which every node of the swarm follows
+    /// [default: the agent's --data-path-port, 4789]
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub data_path_port: Option<u16>,
     /// Address pool(s) networks' subnets are taken from (repeatable)

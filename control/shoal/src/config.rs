@@ -71,7 +71,8 @@ pub struct Settings {
     /// [default: /run/shoal/netns]
     #[arg(long, value_name = "DIR")]
     pub netns_dir: Option<PathBuf>,
-    /// UDP port of the VXLAN overlay (Swarm's --data-path-port) [file key:
+    /// UDP port of the VXLAN overlay in the standalone mode and the default of `swarm
+    /// init --data-path-port`; in a swarm every node follows the swarm's port [file key:
     /// data_path_port] [default: 4789]
     #[arg(long, value_name = "PORT")]
     pub data_path_port: Option<u16>,

@@ -109,6 +109,19 @@ impl<K: OverlayKernel> Reconciler<K> {
         Ok(report)
     }
 
+    /// The node's VXLAN port from now on: networks made on another port are made again
+    /// on this one at the next apply (the diff sees their devices differ).
+    pub fn set_port(&mut self, port: u16) {
+        if self.node.port != port {
+            info!(
+                from = self.node.port,
+                to = port,
+                "overlay VXLAN port changes"
+            );
+            self.node.port = port;
+        }
+    }
+
     /// Re-reads the kernel, so the next apply repairs anything changed behind our back.
     pub fn resync(&mut self) -> Result<(), ReconcileError> {
         self.applied = self.kernel.snapshot().map_err(ReconcileError::Snapshot)?;

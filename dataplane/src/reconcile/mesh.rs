@@ -51,8 +51,9 @@ pub trait MeshKernel {
     ) -> Result<ReplyPath, String>;
     /// The inode of the namespace pinned at `netns` (another one: it was made again).
     fn netns_inode(&mut self, netns: &Path) -> Option<u64>;
-    /// Refreshes the neighbour entries towards these nodes.
-    fn nudge(&mut self, nodes: &[Ipv4Addr]);
+    /// Refreshes the neighbour entries towards these nodes (a datagram to their VXLAN
+    /// port).
+    fn nudge(&mut self, nodes: &[Ipv4Addr], vxlan_port: u16);
     /// The node's addresses (published ports answer on them).
     fn node_addresses(&mut self) -> Vec<Ipv4Addr>;
 }
@@ -63,18 +64,12 @@ pub struct KernelMesh {
     program: UnderlayProgram,
     maps: MeshMaps,
     underlay: String,
-    vxlan_port: u16,
 }
 
 impl KernelMesh {
     /// Loads the mesh's maps (adopting pinned ones) and turns forwarding on where the
     /// mesh needs it.
-    pub fn open(
-        pin_dir: &Path,
-        flows: u32,
-        underlay: &str,
-        vxlan_port: u16,
-    ) -> Result<Self, String> {
+    pub fn open(pin_dir: &Path, flows: u32, underlay: &str) -> Result<Self, String> {
         let mut program = UnderlayProgram::load_pinned_with(pin_dir, flows)
             .map_err(|e| format!("loading the routing mesh's programs: {e}"))?;
         let maps = program
@@ -86,7 +81,6 @@ impl KernelMesh {
             program,
             maps,
             underlay: underlay.to_owned(),
-            vxlan_port,
         })
     }
 }
@@ -113,8 +107,8 @@ impl MeshKernel for KernelMesh {
     fn netns_inode(&mut self, path: &Path) -> Option<u64> {
         netns::inode(path).ok()
     }
-    fn nudge(&mut self, nodes: &[Ipv4Addr]) {
-        mesh_reply::nudge_neighbours(nodes, self.vxlan_port);
+    fn nudge(&mut self, nodes: &[Ipv4Addr], vxlan_port: u16) {
+        mesh_reply::nudge_neighbours(nodes, vxlan_port);
     }
     fn node_addresses(&mut self) -> Vec<Ipv4Addr> {
         iface::node_addresses().unwrap_or_default()
@@ -143,6 +137,7 @@ pub struct MeshStatus {
 #[derive(Clone, Debug)]
 pub struct MeshNode {
     pub vtep: Ipv4Addr,
+    /// The agent's VXLAN port, unless the declared state names the cluster's.
     pub vxlan_port: u16,
     pub netns_dir: PathBuf,
     /// The underlay is a veth: remote backends are reached with a redirect.
@@ -308,7 +303,7 @@ impl<K: MeshKernel> MeshReconciler<K> {
             .collect();
         nodes.sort();
         nodes.dedup();
-        self.kernel.nudge(&nodes);
+        self.kernel.nudge(&nodes, self.node.vxlan_port);
     }
 }
 
@@ -322,6 +317,17 @@ impl<K: MeshKernel + 'static> Reconcile for MeshReconciler<K> {
         cue: Cue,
     ) -> Option<MeshStatus> {
         let mut due = false;
+        if let Some(port) = declared.and_then(|d| d.data_path_port) {
+            if port != self.node.vxlan_port {
+                info!(
+                    from = self.node.vxlan_port,
+                    to = port,
+                    "routing mesh VXLAN port changes"
+                );
+                self.node.vxlan_port = port;
+                due = true;
+            }
+        }
         if matches!(cue, Cue::Start | Cue::Declared) {
             if let Some(d) = declared {
                 if let Some(lb) = &d.lb {
@@ -363,7 +369,7 @@ mod tests {
         reply_attempts: usize,
         reply_fails: bool,
         inode: u64,
-        nudged: Vec<Vec<Ipv4Addr>>,
+        nudged: Vec<(Vec<Ipv4Addr>, u16)>,
     }
 
     impl MeshKernel for FakeKernel {
@@ -398,8 +404,8 @@ mod tests {
         fn netns_inode(&mut self, _netns: &Path) -> Option<u64> {
             Some(self.inode)
         }
-        fn nudge(&mut self, nodes: &[Ipv4Addr]) {
-            self.nudged.push(nodes.to_vec());
+        fn nudge(&mut self, nodes: &[Ipv4Addr], vxlan_port: u16) {
+            self.nudged.push((nodes.to_vec(), vxlan_port));
         }
         fn node_addresses(&mut self) -> Vec<Ipv4Addr> {
             vec![ip("192.168.77.11")]
@@ -477,7 +483,10 @@ mod tests {
             .unwrap();
         assert_eq!(s.reply_path, "ready");
         assert_eq!(r.kernel.reply_attempts, 1);
-        assert_eq!(r.kernel.nudged.last().unwrap(), &[ip("192.168.77.12")]);
+        assert_eq!(
+            r.kernel.nudged.last().unwrap(),
+            &(vec![ip("192.168.77.12")], 4789)
+        );
 
         // Nothing new: nothing applied, no status.
         assert!(r
@@ -523,5 +532,16 @@ mod tests {
         assert!(s.refused.is_some());
         let port = r.applied().frontends.keys().next().unwrap().0.port;
         assert_eq!(u16::from_be_bytes(port.to_ne_bytes()), 8080);
+    }
+
+    #[test]
+    fn the_cluster_vxlan_port_replaces_the_agents() {
+        let mut r = MeshReconciler::new(FakeKernel::default(), node()).unwrap();
+        let mut d = declared(8080);
+        d.data_path_port = Some(7789);
+        r.reconcile(Some(&d), &present(), Cue::Declared).unwrap();
+        let config = r.applied().config.unwrap().0;
+        assert_eq!(config.vxlan_port, crate::lb::mesh::port(7789));
+        assert_eq!(r.kernel.nudged.last().unwrap().1, 7789);
     }
 }

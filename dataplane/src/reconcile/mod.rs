@@ -41,6 +41,9 @@ pub struct DeclaredNode {
     /// Services' VIPs, published ports and backends; None: no load balancing is
     /// declared (the maps keep what they hold).
     pub lb: Option<LbState>,
+    /// The VXLAN port every node of the cluster uses (`swarm init --data-path-port`);
+    /// None: the agent's own (`--data-path-port`, standalone mode).
+    pub data_path_port: Option<u16>,
     /// The network namespace of every local endpoint's container that runs now, by
     /// container name (resolved by the agent; a container missing here is not running,
     /// and is attached once it is).

@@ -94,6 +94,9 @@ impl<K: OverlayKernel + 'static> Reconcile for OverlayReconciler<K> {
         cue: Cue,
     ) -> Option<OverlayStatus> {
         let declared = declared?;
+        if let Some(port) = declared.data_path_port {
+            self.inner.set_port(port);
+        }
         if cue == Cue::Timer {
             if let Err(e) = self.inner.resync() {
                 warn!(error = %e, "re-reading the overlay from the kernel");
@@ -275,5 +278,25 @@ mod tests {
         let s = r.reconcile(Some(&bad), &[], Cue::Declared).unwrap();
         assert!(s.refused.is_some());
         assert_eq!(s.attachments, 1, "the last good state stays");
+    }
+
+    #[test]
+    fn networks_follow_the_cluster_vxlan_port() {
+        let (tx, _present) = watch::channel(Arc::default());
+        let mut r =
+            OverlayReconciler::new(FakeKernel::default(), node(), "/run/x".into(), tx).unwrap();
+        r.reconcile(Some(&declared(true)), &[], Cue::Declared)
+            .unwrap();
+        assert_eq!(r.applied().networks[&4097].spec.port, 4789);
+        let mut d = declared(true);
+        d.data_path_port = Some(7789);
+        let s = r.reconcile(Some(&d), &[], Cue::Declared).unwrap();
+        assert!(s.failed.is_empty(), "{s:?}");
+        assert_eq!(
+            r.applied().networks[&4097].spec.port,
+            7789,
+            "made again on the new port"
+        );
+        assert_eq!(s.attachments, 1);
     }
 }

@@ -299,3 +299,21 @@ async fn remote_tasks_follow_gossip() {
     assert_eq!(after.dns.services[0].tasks.len(), 1);
     m1.shutdown().await;
 }
+
+#[test]
+fn the_cluster_vxlan_port_is_declared_to_every_node() {
+    let mut state = cluster();
+    assert_eq!(
+        compute(&state, "n1").data_path_port,
+        None,
+        "no spec: the agent's own"
+    );
+    state.cluster = Some(store::ClusterSpec {
+        data_path_port: 7789,
+        ..Default::default()
+    });
+    for node in ["n1", "n2"] {
+        let declared: shoal_dataplane::reconcile::DeclaredNode = compute(&state, node).into();
+        assert_eq!(declared.data_path_port, Some(7789), "{node}");
+    }
+}

@@ -97,15 +97,11 @@ impl Dataplane {
             netns_dir: config.netns_dir.clone(),
             tx_redirect: mesh_reply::is_veth(&underlay),
         };
-        let (pin_dir, flows, port) = (
-            config.pin_dir.clone(),
-            config.lb_flows,
-            config.data_path_port,
-        );
+        let (pin_dir, flows) = (config.pin_dir.clone(), config.lb_flows);
         let mesh = runner::spawn(
             "lb-mesh",
             move || {
-                let kernel = KernelMesh::open(&pin_dir, flows, &underlay, port)?;
+                let kernel = KernelMesh::open(&pin_dir, flows, &underlay)?;
                 MeshReconciler::new(kernel, mesh_node)
             },
             declared.clone(),

@@ -44,6 +44,7 @@ pub async fn follow(files: DeclaredFiles, intent: Arc<IntentSender>) -> io::Resu
                 overlay: overlay.clone(),
                 dns: last.dns.clone(),
                 lb: last.lb.clone(),
+                data_path_port: None,
                 containers: Default::default(),
             };
             intent.send_if_modified(|old| {
