@@ -449,12 +449,11 @@ fn p99_of(verbose: &str) -> Option<f64> {
 }
 
 /// Time from rewriting the declared DNS file to the first answer with the new record,
-/// several times (the VIP moves each time), at different offsets to the agent's poll.
+/// several times (the VIP moves each time), spread in time.
 ///
-/// The agent polls the declared file every 500 ms (`FILE_POLL_EVERY` in
-/// control/src/overlay_driver.rs): that poll, not the resolver, bounds this figure, so
-/// expect 0 to 500 ms, about 250 ms in the median. Once the control plane feeds the
-/// table directly, this becomes the time of one table swap.
+/// The agent sees the file change through inotify (the standalone mode's source) and
+/// hands it to the DNS reconciler through its in-memory pipeline, which swaps the
+/// record table whole: the figure is that path plus one query.
 fn record_change(
     h: &HostState,
     probe: &mut Prober,
@@ -463,7 +462,7 @@ fn record_change(
 ) -> Result<()> {
     let mut times = Vec::new();
     for i in 0..RECORD_CHANGES {
-        // Spread the changes over the poll period rather than landing in one phase.
+        // Spread in time, so no change lands in step with another.
         std::thread::sleep(Duration::from_millis(100 + (i as u64 * 137) % 500));
         let vip = Ipv4Addr::new(10, 0, 9, 101 + i as u8);
         let tmp = h.run_dir.join("declared-dns.json.tmp");
