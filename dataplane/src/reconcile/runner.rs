@@ -122,6 +122,13 @@ where
             let mut present = present;
             let mut cue = Cue::Start;
             loop {
+                // A declared change that came with another wake-up (the present networks
+                // changing at the same moment, the timer) is a declared change all the
+                // same: taken below, it would not wake this loop again, so the cue says
+                // so (a reconciler may take the declared state on that cue only).
+                if cue != Cue::Start && declared.has_changed().unwrap_or(false) {
+                    cue = Cue::Declared;
+                }
                 let d: Option<Arc<DeclaredNode>> = declared.borrow_and_update().clone();
                 let p: Arc<Vec<PresentNetwork>> = match &mut present {
                     Some(p) => p.borrow_and_update().clone(),
@@ -208,6 +215,85 @@ mod tests {
         fn period(&self) -> Duration {
             Duration::from_secs(3600)
         }
+    }
+
+    /// Records like [`Recorder`], and holds its first reconcile until told to go.
+    struct Gated {
+        seen: mpsc::Sender<(Cue, Option<usize>)>,
+        go: mpsc::Receiver<()>,
+    }
+
+    impl Reconcile for Gated {
+        type Status = serde_json::Value;
+        fn reconcile(
+            &mut self,
+            declared: Option<&DeclaredNode>,
+            _present: &[PresentNetwork],
+            cue: Cue,
+        ) -> Option<serde_json::Value> {
+            let endpoints = declared.map(|d| d.overlay.local_endpoints.len());
+            let _ = self.seen.send((cue, endpoints));
+            if cue == Cue::Start {
+                let _ = self.go.recv();
+            }
+            None
+        }
+        fn period(&self) -> Duration {
+            Duration::from_secs(3600)
+        }
+    }
+
+    fn one_endpoint() -> DeclaredNode {
+        let mut node = DeclaredNode::default();
+        node.overlay
+            .local_endpoints
+            .push(crate::overlay::state::LocalEndpoint {
+                network: "web".into(),
+                container: "a".into(),
+                ip: "10.0.9.2".parse().unwrap(),
+                mac: None,
+            });
+        node
+    }
+
+    #[tokio::test]
+    async fn a_declared_change_that_comes_with_a_present_change_is_cued_as_declared() {
+        let dir = std::env::temp_dir().join(format!("shoal-runner-both-{}", std::process::id()));
+        // Both wake-ups ready at once: the loop picks either. Several runs, so that a
+        // cue taken from the wrong one would show.
+        for _ in 0..8 {
+            let (tx, rx) = watch::channel(None);
+            let (present_tx, present_rx) = watch::channel(Arc::new(Vec::new()));
+            let (seen_tx, seen) = mpsc::channel();
+            let (go_tx, go) = mpsc::channel();
+            let running = spawn(
+                "test",
+                move || Ok(Gated { seen: seen_tx, go }),
+                rx,
+                Some(present_rx),
+                StatusFile::new(&dir, "test"),
+            )
+            .await
+            .unwrap();
+            // The first reconcile has taken both values and waits: change both.
+            let seen = tokio::task::spawn_blocking(move || {
+                let start = seen.recv_timeout(Duration::from_secs(10)).unwrap();
+                (seen, start)
+            });
+            let (seen, start) = seen.await.unwrap();
+            assert_eq!(start, (Cue::Start, None));
+            present_tx.send(Arc::new(Vec::new())).unwrap();
+            tx.send(Some(Arc::new(one_endpoint()))).unwrap();
+            go_tx.send(()).unwrap();
+            let got =
+                tokio::task::spawn_blocking(move || seen.recv_timeout(Duration::from_secs(10)))
+                    .await
+                    .unwrap()
+                    .unwrap();
+            assert_eq!(got, (Cue::Declared, Some(1)));
+            running.stop();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
