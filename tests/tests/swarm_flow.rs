@@ -23,92 +23,12 @@ use std::{
 
 use shoal_tests::{
     client_http, lab, privileged,
+    swarm::{Cli, Task},
     tables::{mentions, read_json, tables_agree},
     wait_for, LabGuard,
 };
 
 const BOUND: Duration = Duration::from_secs(90);
-
-struct Cli<'a> {
-    lab: &'a LabGuard,
-}
-
-/// One running task of a service: its ID (also its container's hostname, cut to 12),
-/// its node, and its container's name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Task {
-    id: String,
-    node: String,
-    container: String,
-}
-
-impl Task {
-    fn hostname(&self) -> String {
-        self.id.chars().take(12).collect()
-    }
-}
-
-impl Cli<'_> {
-    fn run(&self, h: &str, args: &[&str]) -> Result<String, String> {
-        self.lab.shoal(h, args)
-    }
-
-    fn ok(&self, h: &str, args: &[&str]) -> String {
-        self.run(h, args)
-            .unwrap_or_else(|e| panic!("{h}: shoal {} failed: {e}", args.join(" ")))
-    }
-
-    /// The service's running tasks (from `service ps`, cut at the header's columns).
-    fn running(&self, service: &str) -> Result<Vec<Task>, String> {
-        let out = self.run("h1", &["service", "ps", "--no-trunc", service])?;
-        let mut lines = out.lines();
-        let header = lines.next().ok_or("no header")?;
-        let col = |name: &str| header.find(name).ok_or(format!("no {name} column"));
-        let cols = [
-            0,
-            col("NAME")?,
-            col("IMAGE")?,
-            col("NODE")?,
-            col("DESIRED STATE")?,
-            col("CURRENT STATE")?,
-            col("ERROR")?,
-        ];
-        let mut tasks = Vec::new();
-        for l in lines {
-            let cell = |i: usize| {
-                let end = cols.get(i + 1).copied().unwrap_or(l.len()).min(l.len());
-                l.get(cols[i].min(l.len())..end)
-                    .unwrap_or("")
-                    .trim()
-                    .to_string()
-            };
-            let name = cell(1);
-            if name.starts_with("\\_") || cell(4) != "Running" || !cell(5).starts_with("Running") {
-                continue;
-            }
-            let id = cell(0);
-            tasks.push(Task {
-                container: format!("{name}.{id}"),
-                id,
-                node: cell(3),
-            });
-        }
-        tasks.sort();
-        Ok(tasks)
-    }
-
-    /// Waits until the service has `n` running tasks (on nodes `ok` accepts).
-    fn wait_running(&self, service: &str, n: usize, ok: impl Fn(&[Task]) -> bool) -> Vec<Task> {
-        wait_for(&format!("{n} running {service} tasks"), BOUND, || {
-            let tasks = self.running(service)?;
-            if tasks.len() == n && ok(&tasks) {
-                Ok(tasks)
-            } else {
-                Err(format!("{tasks:#?}"))
-            }
-        })
-    }
-}
 
 fn host_index(name: &str) -> usize {
     name.trim_start_matches('h')
