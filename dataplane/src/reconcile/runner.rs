@@ -67,6 +67,10 @@ impl Running {
         }
     }
 
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
     /// False once the thread has ended (it only ends when told to, or by a panic).
     pub fn is_alive(&self) -> bool {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
