@@ -139,7 +139,7 @@ impl Dataplane {
             if !t.is_alive() && !self.reported_dead[i] {
                 self.reported_dead[i] = true;
                 error!(
-                    reconciler = i,
+                    reconciler = t.name(),
                     "a reconciler's thread has ended; restart the agent"
                 );
             }
