@@ -963,12 +963,23 @@ mod real {
 
     use super::*;
 
+    /// A port for a host's swarm listener, which the agent binds only at
+    /// `swarm init`/`join`. Taken below the kernel's ephemeral range
+    /// (32768-60999): a port the kernel handed out and this test let go can be
+    /// handed out again to any outgoing connection before the join binds it
+    /// ("Address already in use"). Each call moves on, so parallel tests of
+    /// this binary never pick the same one.
     fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
+        static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+        let base = 20_000 + (std::process::id() % 500) as u16 * 20;
+        loop {
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            assert!(n < 2_000, "no free port below the ephemeral range");
+            let port = base + n;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
     }
 
     fn fast_timings() -> Timings {
