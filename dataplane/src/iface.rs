@@ -10,6 +10,14 @@ pub fn ipv4_address(ifname: &str) -> io::Result<Option<Ipv4Addr>> {
         .map(|(_, a)| a))
 }
 
+/// The interface that holds `addr`, if one does.
+pub fn interface_with(addr: Ipv4Addr) -> io::Result<Option<String>> {
+    Ok(ipv4_addresses()?
+        .into_iter()
+        .find(|(_, a)| *a == addr)
+        .map(|(name, _)| name))
+}
+
 /// Every IPv4 address of the namespace's interfaces but loopback and link-local ones,
 /// without repeats: the addresses the node's published ports answer on.
 pub fn node_addresses() -> io::Result<Vec<Ipv4Addr>> {

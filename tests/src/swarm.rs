@@ -95,16 +95,26 @@ impl Cli<'_> {
     /// `swarm init` on h1 and `swarm join` of every other host as a worker; waits until
     /// every node is Ready.
     pub fn form_cluster(&self) {
+        self.form_cluster_with(&[])
+    }
+
+    /// [`Self::form_cluster`] with `extra` flags to every init and join.
+    pub fn form_cluster_with(&self, extra: &[&str]) {
         let hosts = &self.lab.state.hosts;
         let h1 = hosts[0].address.to_string();
         let manager = format!("{h1}:2377");
-        self.ok("h1", &["swarm", "init", "--advertise-addr", &h1]);
+        let mut init = vec!["swarm", "init", "--advertise-addr", &h1];
+        init.extend_from_slice(extra);
+        self.ok("h1", &init);
         let token = self
             .ok("h1", &["swarm", "join-token", "-q", "worker"])
             .trim()
             .to_owned();
         for h in &hosts[1..] {
-            self.ok(&h.name, &["swarm", "join", "--token", &token, &manager]);
+            let mut join = vec!["swarm", "join", "--token", &token];
+            join.extend_from_slice(extra);
+            join.push(&manager);
+            self.ok(&h.name, &join);
         }
         wait_for(&format!("{} nodes Ready", hosts.len()), BOUND, || {
             let nodes = self.run("h1", &["node", "ls"])?;

@@ -52,6 +52,10 @@ enum LabCmd {
         /// Leave the hosts without a shoal agent.
         #[arg(long)]
         no_agent: bool,
+        /// Give every host a second underlay interface, eth1 on 192.168.78.0/24, for
+        /// `swarm init/join --data-path-addr eth1`.
+        #[arg(long)]
+        data_path_underlay: bool,
     },
     /// Show hosts, underlay addresses, docker sockets and the client.
     Status {
@@ -109,8 +113,16 @@ fn run_lab(cmd: LabCmd) -> anyhow::Result<ExitCode> {
             hosts,
             prefix,
             no_agent,
+            data_path_underlay,
         } => {
             let state = lab::up(&lab::Layout::new(&prefix)?, hosts)?;
+            if data_path_underlay {
+                lab::data_path::add(&state)?;
+                println!(
+                    "lab: every host has {} on a second underlay (192.168.78.0/24)",
+                    lab::data_path::DATA_PATH_IF
+                );
+            }
             print!("{}", lab::describe(&state));
             if !no_agent {
                 // `lab exec HOST -- shoal ...` then talks to that host's agent; plain

@@ -60,6 +60,10 @@ pub struct NodeInfo {
     pub engine_version: String,
     /// The node's advertise address.
     pub addr: IpAddr,
+    /// `--data-path-addr`: where the node's overlay (VXLAN) and gossip traffic go,
+    /// when it differs from the advertise address (another interface).
+    #[serde(default)]
+    pub data_path_addr: Option<IpAddr>,
     /// Engine labels (not the node labels of `node update --label-add`).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,

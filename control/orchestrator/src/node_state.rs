@@ -40,6 +40,9 @@ pub struct NodeState {
     /// The cluster's VXLAN port (`swarm init --data-path-port`), which every node
     /// follows; None: the store has none (the agent's own then).
     pub data_path_port: Option<u16>,
+    /// This node's `--data-path-addr`, when it joined with one; None: the agent's
+    /// underlay address carries the overlay.
+    pub data_path_addr: Option<Ipv4Addr>,
 }
 
 /// A node's data-path address: `data_path_addr`, else the advertise address's IP.
@@ -339,6 +342,10 @@ pub fn compute_with(
             .as_ref()
             .map(|c| c.data_path_port)
             .filter(|p| *p != 0),
+        data_path_addr: match state.nodes.get(node_id).and_then(|n| n.data_path_addr) {
+            Some(IpAddr::V4(v4)) => Some(v4),
+            _ => None,
+        },
     }
 }
 
@@ -370,6 +377,7 @@ impl From<NodeState> for shoal_dataplane::reconcile::DeclaredNode {
             dns: Some(ns.dns),
             lb: Some(ns.lb),
             data_path_port: ns.data_path_port,
+            data_path_addr: ns.data_path_addr,
             containers: Default::default(),
         }
     }

@@ -111,6 +111,10 @@ pub enum Request {
         /// ADDR[:PORT]; default: the agent's `cluster_listen` (0.0.0.0:2377).
         #[serde(default)]
         listen_addr: Option<String>,
+        /// IPv4 or interface name of the node's VXLAN traffic; default: the advertise
+        /// address.
+        #[serde(default)]
+        data_path_addr: Option<String>,
         #[serde(default)]
         data_path_port: Option<u16>,
         #[serde(default)]
@@ -126,6 +130,8 @@ pub enum Request {
         advertise_addr: Option<String>,
         #[serde(default)]
         listen_addr: Option<String>,
+        #[serde(default)]
+        data_path_addr: Option<String>,
     },
     JoinToken {
         role: NodeRole,

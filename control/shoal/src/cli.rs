@@ -66,6 +66,10 @@ pub struct InitArgs {
     /// Listen address for the managers' traffic, ADDR[:PORT] [default: 0.0.0.0:2377]
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen_addr: Option<String>,
+    /// Address or interface of this node's overlay (VXLAN) traffic, when it is not the
+    /// advertise address's [default: the advertise address]
+    #[arg(long, value_name = "ADDR|IF")]
+    pub data_path_addr: Option<String>,
     /// UDP port of the VXLAN data path, which every node of the swarm follows
     /// [default: the agent's --data-path-port, 4789]
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
@@ -90,6 +94,10 @@ pub struct JoinArgs {
     /// Listen address for the managers' traffic, if this node joins as a manager
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen_addr: Option<String>,
+    /// Address or interface of this node's overlay (VXLAN) traffic, when it is not the
+    /// advertise address's [default: the advertise address]
+    #[arg(long, value_name = "ADDR|IF")]
+    pub data_path_addr: Option<String>,
     /// A manager of the swarm, HOST[:PORT] (port 2377 if not given)
     #[arg(value_name = "HOST:PORT")]
     pub remote: String,
@@ -251,6 +259,7 @@ impl SwarmCommand {
             SwarmCommand::Init(a) => Request::SwarmInit {
                 advertise_addr: a.advertise_addr.clone(),
                 listen_addr: a.listen_addr.clone(),
+                data_path_addr: a.data_path_addr.clone(),
                 data_path_port: a.data_path_port,
                 default_addr_pool: a.default_addr_pool.clone(),
                 default_addr_pool_mask_length: a.default_addr_pool_mask_length,
@@ -262,6 +271,7 @@ impl SwarmCommand {
                     remote: a.remote.clone(),
                     advertise_addr: a.advertise_addr.clone(),
                     listen_addr: a.listen_addr.clone(),
+                    data_path_addr: a.data_path_addr.clone(),
                 }
             }
             SwarmCommand::JoinToken(a) => Request::JoinToken {

@@ -12,7 +12,7 @@ mod nodes;
 mod services;
 
 pub use addresses::host_name;
-use addresses::{engine_version, interface_ip, listen_address, remote_address};
+use addresses::{data_path_address, engine_version, interface_ip, listen_address, remote_address};
 use nodes::manager_request;
 pub use nodes::node_view;
 
@@ -301,6 +301,7 @@ impl ClusterAgent {
             Request::SwarmInit {
                 advertise_addr,
                 listen_addr,
+                data_path_addr,
                 data_path_port,
                 default_addr_pool,
                 default_addr_pool_mask_length,
@@ -311,7 +312,8 @@ impl ClusterAgent {
                 self.may_swarm()?;
                 let listen = listen_address(listen_addr.as_deref(), self.config.listen)?;
                 let advertise = self.advertise_address(advertise_addr.as_deref(), listen)?;
-                let node = self.node_info(advertise.ip()).await?;
+                let data_path = data_path_address(data_path_addr.as_deref(), advertise.ip())?;
+                let node = self.node_info(advertise.ip(), data_path).await?;
                 let options = InitOptions {
                     default_addr_pools: if default_addr_pool.is_empty() {
                         vec![DEFAULT_ADDR_POOL.parse::<Ipv4Net>().expect("default pool")]
@@ -348,6 +350,7 @@ impl ClusterAgent {
                 remote,
                 advertise_addr,
                 listen_addr,
+                data_path_addr,
             } => {
                 if role.is_some() {
                     return Err(ApiError::new(ALREADY_IN_SWARM));
@@ -356,7 +359,8 @@ impl ClusterAgent {
                 let remote_addr = remote_address(&remote).await?;
                 let listen = listen_address(listen_addr.as_deref(), self.config.listen)?;
                 let advertise = self.advertise_address(advertise_addr.as_deref(), listen)?;
-                let node = self.node_info(advertise.ip()).await?;
+                let data_path = data_path_address(data_path_addr.as_deref(), advertise.ip())?;
+                let node = self.node_info(advertise.ip(), data_path).await?;
                 let joined = manager::join_with(
                     remote_addr,
                     token.expose(),
@@ -495,7 +499,11 @@ impl ClusterAgent {
     }
 
     /// This host's hostname, engine version and address.
-    async fn node_info(&self, addr: IpAddr) -> Result<NodeInfo, ApiError> {
+    async fn node_info(
+        &self,
+        addr: IpAddr,
+        data_path_addr: Option<IpAddr>,
+    ) -> Result<NodeInfo, ApiError> {
         let hostname = match &self.config.hostname {
             Some(h) => h.clone(),
             None => host_name()
@@ -509,6 +517,7 @@ impl ClusterAgent {
             hostname,
             engine_version,
             addr,
+            data_path_addr,
             labels: BTreeMap::new(),
         })
     }

@@ -76,6 +76,7 @@ fn swarm_init_forms() {
         Request::SwarmInit {
             advertise_addr: None,
             listen_addr: None,
+            data_path_addr: None,
             data_path_port: None,
             default_addr_pool: vec![],
             default_addr_pool_mask_length: None,
@@ -85,11 +86,13 @@ fn swarm_init_forms() {
         request(
             "swarm init --advertise-addr 192.168.77.11 --listen-addr 0.0.0.0:2377 \
              --data-path-port 4790 --default-addr-pool 10.20.0.0/16 \
-             --default-addr-pool 10.30.0.0/16 --default-addr-pool-mask-length 26"
+             --default-addr-pool 10.30.0.0/16 --default-addr-pool-mask-length 26 \
+             --data-path-addr eth1"
         ),
         Request::SwarmInit {
             advertise_addr: Some("192.168.77.11".into()),
             listen_addr: Some("0.0.0.0:2377".into()),
+            data_path_addr: Some("eth1".into()),
             data_path_port: Some(4790),
             default_addr_pool: vec![
                 "10.20.0.0/16".parse().unwrap(),
@@ -126,8 +129,10 @@ fn swarm_join_forms() {
         remote,
         advertise_addr,
         listen_addr,
+        data_path_addr,
     } = request(&format!(
-        "swarm join --token {TOKEN} --advertise-addr eth0 --listen-addr 0.0.0.0:2377 192.168.77.11:2377"
+        "swarm join --token {TOKEN} --advertise-addr eth0 --listen-addr 0.0.0.0:2377 \
+         --data-path-addr 192.168.78.12 192.168.77.11:2377"
     ))
     else {
         panic!("not a join");
@@ -136,6 +141,7 @@ fn swarm_join_forms() {
     assert_eq!(remote, "192.168.77.11:2377");
     assert_eq!(advertise_addr.as_deref(), Some("eth0"));
     assert_eq!(listen_addr.as_deref(), Some("0.0.0.0:2377"));
+    assert_eq!(data_path_addr.as_deref(), Some("192.168.78.12"));
     assert!(matches!(
         request(&format!("swarm join --token {TOKEN} manager.example")),
         Request::SwarmJoin { remote, .. } if remote == "manager.example"

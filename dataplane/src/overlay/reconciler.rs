@@ -5,7 +5,10 @@
 //! declared state against that record, not against a fresh read of the kernel: a
 //! one-endpoint change then costs one endpoint's ops however large the table is.
 //! [`Reconciler::resync`] re-reads the kernel, to heal changes made behind its back.
-use std::time::{Duration, Instant};
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
 
 use tracing::{debug, info, warn};
 
@@ -120,6 +123,27 @@ impl<K: OverlayKernel> Reconciler<K> {
             );
             self.node.port = port;
         }
+    }
+
+    /// What the node contributes to every network now.
+    pub fn node(&self) -> &NodeParams {
+        &self.node
+    }
+
+    /// The node's VTEP (address, interface, MTU) from now on: networks made on another
+    /// one are made again at the next apply (their device specs differ). The port stays.
+    pub fn set_data_path(&mut self, vtep: Ipv4Addr, interface: String, mtu: u32) {
+        if self.node.vtep != vtep || self.node.underlay_interface != interface {
+            info!(
+                from = %self.node.vtep,
+                to = %vtep,
+                %interface,
+                "overlay data path changes"
+            );
+        }
+        self.node.vtep = vtep;
+        self.node.underlay_interface = interface;
+        self.node.underlay_mtu = mtu;
     }
 
     /// Re-reads the kernel, so the next apply repairs anything changed behind our back.

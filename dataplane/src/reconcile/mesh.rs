@@ -148,6 +148,8 @@ pub struct MeshNode {
 pub struct MeshReconciler<K: MeshKernel> {
     kernel: K,
     node: MeshNode,
+    /// The agent's underlay address: the VTEP unless the swarm names a data-path one.
+    underlay_vtep: Ipv4Addr,
     /// What the maps hold.
     applied: MeshPlan,
     intake: Intake<(LbState, OverlayState)>,
@@ -170,6 +172,7 @@ impl<K: MeshKernel> MeshReconciler<K> {
         );
         Ok(Self {
             kernel,
+            underlay_vtep: node.vtep,
             node,
             applied,
             intake: Intake::default(),
@@ -327,6 +330,17 @@ impl<K: MeshKernel + 'static> Reconcile for MeshReconciler<K> {
                 self.node.vxlan_port = port;
                 due = true;
             }
+        }
+        // The VTEP: the node's data-path address when the swarm names one (frames to
+        // remote tasks leave from it, through whichever interface the FIB says), else
+        // the agent's underlay address.
+        let vtep = declared
+            .and_then(|d| d.data_path_addr)
+            .unwrap_or(self.underlay_vtep);
+        if vtep != self.node.vtep {
+            info!(from = %self.node.vtep, to = %vtep, "routing mesh VTEP changes");
+            self.node.vtep = vtep;
+            due = true;
         }
         if matches!(cue, Cue::Start | Cue::Declared) {
             if let Some(d) = declared {

@@ -44,6 +44,9 @@ pub struct DeclaredNode {
     /// The VXLAN port every node of the cluster uses (`swarm init --data-path-port`);
     /// None: the agent's own (`--data-path-port`, standalone mode).
     pub data_path_port: Option<u16>,
+    /// This node's data-path address (`swarm init/join --data-path-addr`): the overlay's
+    /// VTEP, on the interface that holds it. None: the agent's underlay address.
+    pub data_path_addr: Option<Ipv4Addr>,
     /// The network namespace of every local endpoint's container that runs now, by
     /// container name (resolved by the agent; a container missing here is not running,
     /// and is attached once it is).

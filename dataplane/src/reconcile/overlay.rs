@@ -2,7 +2,7 @@
 //! apply) fed from the declared node state, a resync every 30 s that re-reads the
 //! kernel to repair drift, the networks present after each apply published for the
 //! reconcilers that work inside them, and `overlay.json`.
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
 
 use serde::Serialize;
 use tokio::sync::watch;
@@ -36,12 +36,33 @@ pub struct OverlayStatus {
     pub failed: Vec<String>,
     /// Why the latest declared state was refused (the last good one stays applied).
     pub refused: Option<String>,
+    /// The VTEP the networks use and the interface it is on.
+    pub vtep: Option<Ipv4Addr>,
+    pub data_path_interface: Option<String>,
+    /// Why the declared data-path address could not be followed.
+    pub data_path_refused: Option<String>,
     pub elapsed_ms: f64,
+}
+
+/// Finds the interface holding an address and its MTU: where a `--data-path-addr`
+/// sends the overlay from.
+pub type InterfaceLookup = fn(Ipv4Addr) -> Result<(String, u32), String>;
+
+/// The interface of this namespace that holds `addr`, and its MTU.
+pub fn interface_of(addr: Ipv4Addr) -> Result<(String, u32), String> {
+    let name = crate::iface::interface_with(addr)
+        .map_err(|e| format!("reading this host's addresses: {e}"))?
+        .ok_or_else(|| format!("no interface of this host holds {addr}"))?;
+    let mtu = crate::iface::mtu(&name).map_err(|e| format!("reading the MTU of {name}: {e}"))?;
+    Ok((name, mtu))
 }
 
 /// The overlay reconciler and what it publishes.
 pub struct OverlayReconciler<K: OverlayKernel> {
     inner: Reconciler<K>,
+    /// The agent's own underlay: the data path unless the swarm names another one.
+    underlay: NodeParams,
+    lookup: InterfaceLookup,
     netns_dir: PathBuf,
     present: watch::Sender<Arc<Vec<PresentNetwork>>>,
     status: OverlayStatus,
@@ -57,11 +78,40 @@ impl<K: OverlayKernel> OverlayReconciler<K> {
         present: watch::Sender<Arc<Vec<PresentNetwork>>>,
     ) -> Result<Self, ReconcileError> {
         Ok(Self {
+            underlay: node.clone(),
             inner: Reconciler::new(kernel, node)?,
+            lookup: interface_of,
             netns_dir,
             present,
             status: OverlayStatus::default(),
         })
+    }
+
+    /// Where `--data-path-addr` addresses are looked up (tests fake the host).
+    pub fn with_lookup(mut self, lookup: InterfaceLookup) -> Self {
+        self.lookup = lookup;
+        self
+    }
+
+    /// Follows the node's data-path address: its interface carries the overlay; none
+    /// declared, the agent's underlay does. An address no interface holds is refused
+    /// (the data path stays where it is) with the reason.
+    fn follow_data_path(&mut self, addr: Option<Ipv4Addr>) -> Result<(), String> {
+        let (vtep, interface, mtu) = match addr {
+            None => (
+                self.underlay.vtep,
+                self.underlay.underlay_interface.clone(),
+                self.underlay.underlay_mtu,
+            ),
+            Some(a) if a == self.inner.node().vtep => return Ok(()),
+            Some(a) => {
+                let (name, mtu) =
+                    (self.lookup)(a).map_err(|e| format!("--data-path-addr {a}: {e}"))?;
+                (a, name, mtu)
+            }
+        };
+        self.inner.set_data_path(vtep, interface, mtu);
+        Ok(())
     }
 
     pub fn applied(&self) -> &KernelState {
@@ -97,6 +147,10 @@ impl<K: OverlayKernel + 'static> Reconcile for OverlayReconciler<K> {
         if let Some(port) = declared.data_path_port {
             self.inner.set_port(port);
         }
+        let data_path = self.follow_data_path(declared.data_path_addr);
+        if let Err(e) = &data_path {
+            warn!(error = %e, "the overlay's data path stays where it is");
+        }
         if cue == Cue::Timer {
             if let Err(e) = self.inner.resync() {
                 warn!(error = %e, "re-reading the overlay from the kernel");
@@ -129,6 +183,9 @@ impl<K: OverlayKernel + 'static> Reconcile for OverlayReconciler<K> {
                 status.refused = Some(e.to_string());
             }
         }
+        status.data_path_refused = data_path.err();
+        status.vtep = Some(self.inner.node().vtep);
+        status.data_path_interface = Some(self.inner.node().underlay_interface.clone());
         let applied = self.inner.applied();
         status.networks = applied.networks.keys().copied().collect();
         status.attachments = applied.networks.values().map(|n| n.attachments.len()).sum();
@@ -298,5 +355,56 @@ mod tests {
             "made again on the new port"
         );
         assert_eq!(s.attachments, 1);
+    }
+
+    #[test]
+    fn the_network_follows_the_declared_data_path_address() {
+        fn lookup(a: Ipv4Addr) -> Result<(String, u32), String> {
+            match a.octets() {
+                [192, 168, 78, _] => Ok(("eth1".into(), 9000)),
+                _ => Err(format!("no interface of this host holds {a}")),
+            }
+        }
+        let (tx, _present) = watch::channel(Arc::default());
+        let mut r = OverlayReconciler::new(FakeKernel::default(), node(), "/run/x".into(), tx)
+            .unwrap()
+            .with_lookup(lookup);
+        let spec = |r: &OverlayReconciler<FakeKernel>| r.applied().networks[&4097].spec.clone();
+
+        let s = r
+            .reconcile(Some(&declared(true)), &[], Cue::Declared)
+            .unwrap();
+        assert_eq!(s.data_path_interface.as_deref(), Some("eth0"));
+        assert_eq!(spec(&r).vtep, node().vtep);
+
+        let mut d = declared(true);
+        d.data_path_addr = Some("192.168.78.11".parse().unwrap());
+        let s = r.reconcile(Some(&d), &[], Cue::Declared).unwrap();
+        assert_eq!(s.vtep, Some("192.168.78.11".parse().unwrap()));
+        assert_eq!(s.data_path_interface.as_deref(), Some("eth1"));
+        let made = spec(&r);
+        assert_eq!(made.vtep, "192.168.78.11".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(made.underlay_interface, "eth1");
+        assert_eq!(
+            made.mtu,
+            9000 - 50,
+            "the MTU follows the data-path interface"
+        );
+
+        // An address no interface holds: refused, the data path stays.
+        d.data_path_addr = Some("10.9.9.9".parse().unwrap());
+        let s = r.reconcile(Some(&d), &[], Cue::Declared).unwrap();
+        assert!(
+            s.data_path_refused.as_deref().unwrap().contains("10.9.9.9"),
+            "{s:?}"
+        );
+        assert_eq!(spec(&r).underlay_interface, "eth1");
+
+        // None declared: back to the agent's underlay.
+        let s = r
+            .reconcile(Some(&declared(true)), &[], Cue::Declared)
+            .unwrap();
+        assert!(s.data_path_refused.is_none());
+        assert_eq!(spec(&r).underlay_interface, "eth0");
     }
 }

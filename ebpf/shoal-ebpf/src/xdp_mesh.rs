@@ -409,7 +409,7 @@ fn next_hop(ctx: &XdpContext, cfg: &Config, node: u32, inner_len: usize) -> Opti
     p.__bindgen_anon_3.ipv4_src = cfg.vtep;
     p.__bindgen_anon_4.ipv4_dst = node;
     // SAFETY: p is a valid bpf_fib_lookup of the size passed.
-    let rc = unsafe {
+    let mut rc = unsafe {
         bpf_fib_lookup(
             ctx.ctx as *mut _,
             &mut p,
@@ -417,6 +417,27 @@ fn next_hop(ctx: &XdpContext, cfg: &Config, node: u32, inner_len: usize) -> Opti
             BPF_FIB_LOOKUP_OUTPUT,
         )
     };
+    if rc != 0 {
+        // An output lookup is bound to the receiving interface: a node whose data path
+        // (`--data-path-addr`) is on another interface is only found by a forwarding
+        // lookup, as a routed frame would be (forwarding is on where the mesh runs).
+        // SAFETY: an all-zero bpf_fib_lookup is a valid value.
+        p = unsafe { core::mem::zeroed() };
+        p.family = AF_INET;
+        p.ifindex = ctx.ingress_ifindex() as u32;
+        p.__bindgen_anon_1.tot_len = (inner_len + ENCAP_LEN - ETH_HLEN) as u16;
+        p.__bindgen_anon_3.ipv4_src = cfg.vtep;
+        p.__bindgen_anon_4.ipv4_dst = node;
+        // SAFETY: as above.
+        rc = unsafe {
+            bpf_fib_lookup(
+                ctx.ctx as *mut _,
+                &mut p,
+                core::mem::size_of::<FibParams>() as i32,
+                0,
+            )
+        };
+    }
     if rc != 0 {
         let _ = MESH_NEXTHOP.remove(&node);
         return None;

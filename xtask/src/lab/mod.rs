@@ -13,6 +13,7 @@
 //! Nothing of a lab touches the machine's own interfaces: the underlay bridge lives in
 //! its own namespace and has no uplink.
 pub mod agent;
+pub mod data_path;
 pub mod layout;
 pub mod procs;
 mod teardown;

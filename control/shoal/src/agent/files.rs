@@ -45,6 +45,7 @@ pub async fn follow(files: DeclaredFiles, intent: Arc<IntentSender>) -> io::Resu
                 dns: last.dns.clone(),
                 lb: last.lb.clone(),
                 data_path_port: None,
+                data_path_addr: None,
                 containers: Default::default(),
             };
             intent.send_if_modified(|old| {

@@ -24,6 +24,41 @@ pub(super) fn listen_address(
     Ok(SocketAddr::new(interface_ip(text)?.into(), default.port()))
 }
 
+/// `--data-path-addr`: an IPv4 address of this host or an interface name; None when not
+/// given or when it is the advertise address (the data path follows the advertise
+/// address then).
+pub(super) fn data_path_address(
+    given: Option<&str>,
+    advertise: IpAddr,
+) -> Result<Option<IpAddr>, ApiError> {
+    let Some(text) = given else {
+        return Ok(None);
+    };
+    let ip = match text.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => match shoal_dataplane::iface::interface_with(ip) {
+            Ok(Some(_)) => ip,
+            Ok(None) => {
+                return Err(ApiError::new(format!(
+                    "--data-path-addr {ip}: no interface of this host holds that address"
+                )))
+            }
+            Err(e) => {
+                return Err(ApiError::new(format!(
+                    "--data-path-addr {ip}: reading this host's addresses: {e}"
+                )))
+            }
+        },
+        Ok(IpAddr::V6(_)) => {
+            return Err(ApiError::new(format!(
+                "--data-path-addr {text}: the overlay's data path is IPv4"
+            )))
+        }
+        Err(_) => interface_ip(text)
+            .map_err(|e| ApiError::new(format!("--data-path-addr: {}", e.message)))?,
+    };
+    Ok((IpAddr::V4(ip) != advertise).then_some(IpAddr::V4(ip)))
+}
+
 /// The manager to join: HOST[:PORT], port 2377 by default; a name is looked up.
 pub(super) async fn remote_address(remote: &str) -> Result<SocketAddr, ApiError> {
     if let Ok(addr) = remote.parse::<SocketAddr>() {

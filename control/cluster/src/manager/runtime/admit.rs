@@ -85,7 +85,7 @@ impl Runtime {
             availability: Availability::Active,
             status: NodeStatus::Ready,
             advertise_addr: advertise,
-            data_path_addr: None,
+            data_path_addr: info.data_path_addr,
             engine_version: info.engine_version.clone(),
             labels: BTreeMap::new(),
             raft_id,

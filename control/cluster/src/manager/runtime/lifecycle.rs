@@ -128,7 +128,7 @@ impl Runtime {
                         availability: Availability::Active,
                         status: NodeStatus::Ready,
                         advertise_addr: advertise.to_string(),
-                        data_path_addr: None,
+                        data_path_addr: node.data_path_addr,
                         engine_version: node.engine_version.clone(),
                         labels: BTreeMap::new(),
                         raft_id: Some(raft_id),
