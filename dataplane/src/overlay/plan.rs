@@ -187,6 +187,25 @@ pub fn diff(desired: &Desired, applied: &KernelState) -> Vec<Op> {
     removals
 }
 
+/// The containers whose every desired attachment `applied` holds exactly (on a network
+/// made as desired), by name, with the identity of their namespace: the ones whose
+/// interfaces, addresses and routes are in place.
+pub fn attached(desired: &KernelState, applied: &KernelState) -> BTreeMap<String, u64> {
+    let mut all: BTreeMap<&str, (u64, bool)> = BTreeMap::new();
+    for (vni, want) in &desired.networks {
+        let have = applied.networks.get(vni).filter(|h| h.spec == want.spec);
+        for (veth, spec) in &want.attachments {
+            let made = have.is_some_and(|h| h.attachments.get(veth) == Some(spec));
+            let entry = all.entry(&spec.container).or_insert((spec.netns_id, true));
+            entry.1 &= made && entry.0 == spec.netns_id;
+        }
+    }
+    all.into_iter()
+        .filter(|(_, (_, made))| *made)
+        .map(|(name, (id, _))| (name.to_owned(), id))
+        .collect()
+}
+
 fn create_all(desired: &Desired, want: &NetworkObjects) -> Vec<Op> {
     let vni = want.spec.vni;
     let mut ops = vec![Op::CreateNetwork(want.spec.clone())];
@@ -484,6 +503,44 @@ mod tests {
         assert_eq!(db.ifname, "eth1");
         assert_eq!(db.default_gateway, None);
         assert_eq!(d.kernel.networks[&4098].remotes.len(), 1);
+    }
+
+    #[test]
+    fn a_container_is_attached_once_all_its_endpoints_are() {
+        let mut s = base();
+        s.local_endpoints.push(local("db", "c1", "10.0.10.2"));
+        s.local_endpoints.push(local("web", "c22", "10.0.9.5"));
+        let d = desired(&s, &node(), running);
+        let mut applied = KernelState::default();
+        assert!(attached(&d.kernel, &applied).is_empty());
+
+        // Everything but c1's second network.
+        let ops = diff(&d, &applied);
+        let partial: Vec<Op> = ops
+            .into_iter()
+            .filter(|o| !matches!(o, Op::Attach { vni: 4098, .. }))
+            .collect();
+        run(&mut applied, &partial);
+        assert_eq!(
+            attached(&d.kernel, &applied),
+            BTreeMap::from([("c22".to_owned(), 1003)]),
+            "c1 lacks db"
+        );
+
+        converge(&mut applied, &d);
+        assert_eq!(
+            attached(&d.kernel, &applied),
+            BTreeMap::from([("c1".to_owned(), 1002), ("c22".to_owned(), 1003)])
+        );
+
+        // c1 restarted: a new namespace is not attached until it is made again.
+        let d2 = desired(&s, &node(), |c| {
+            running(c).map(|mut ns| {
+                ns.id += 100;
+                ns
+            })
+        });
+        assert!(attached(&d2.kernel, &applied).is_empty());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! one-endpoint change then costs one endpoint's ops however large the table is.
 //! [`Reconciler::resync`] re-reads the kernel, to heal changes made behind its back.
 use std::{
+    collections::BTreeMap,
     net::Ipv4Addr,
     time::{Duration, Instant},
 };
@@ -38,6 +39,9 @@ pub struct ApplyReport {
     pub vanished_containers: Vec<String>,
     /// Ops that failed, with why.
     pub failed: Vec<String>,
+    /// Containers whose every endpoint is attached after this apply, with their
+    /// namespace identity ([`plan::attached`]).
+    pub attached: BTreeMap<String, u64>,
     /// The whole apply: validation, planning against the record, kernel changes.
     pub elapsed: Duration,
     /// The part of `elapsed` spent changing the kernel.
@@ -107,6 +111,7 @@ impl<K: OverlayKernel> Reconciler<K> {
             // What a failed op left is unknown: read the truth back.
             self.resync()?;
         }
+        report.attached = plan::attached(&desired.kernel, &self.applied);
         self.last_good = Some(state.clone());
         report.elapsed = started.elapsed();
         Ok(report)

@@ -20,6 +20,7 @@ use shoal_dns::{
 use tracing::{info, warn};
 
 use super::{
+    ready::{self, ReadinessSender},
     runner::{Cue, Reconcile},
     DeclaredNode, PresentNetwork,
 };
@@ -121,6 +122,8 @@ pub struct DnsReconciler<H: ListenerHost> {
     status: DnsStatus,
     /// The records last offered to the table.
     records: Option<DnsState>,
+    /// Where the networks served are told; None: nowhere.
+    ready: Option<ReadinessSender>,
 }
 
 impl<H: ListenerHost> DnsReconciler<H> {
@@ -132,7 +135,15 @@ impl<H: ListenerHost> DnsReconciler<H> {
             servers: BTreeMap::new(),
             status: DnsStatus::default(),
             records: None,
+            ready: None,
         }
+    }
+
+    /// Tells `ready` which networks are served after each pass (the executor starts a
+    /// task's process once its resolver answers).
+    pub fn with_readiness(mut self, ready: ReadinessSender) -> Self {
+        self.ready = Some(ready);
+        self
     }
 
     fn update_records(&mut self, state: &DnsState) -> bool {
@@ -206,6 +217,10 @@ impl<H: ListenerHost + 'static> Reconcile for DnsReconciler<H> {
             .and_then(|d| d.dns.as_ref())
             .is_some_and(|dns| self.update_records(dns));
         let networks = self.follow_networks(present);
+        if let Some(tx) = &self.ready {
+            let serving = self.servers.keys().cloned().collect();
+            ready::publish(tx, |r| r.dns_serving = serving);
+        }
         (records || networks).then(|| {
             self.status.serving = self.servers.keys().cloned().collect();
             self.status.clone()
@@ -283,11 +298,13 @@ mod tests {
             fail: true,
             ..Default::default()
         };
-        let mut r = DnsReconciler::new(host, table);
+        let (ready_tx, ready) = super::ready::channel();
+        let mut r = DnsReconciler::new(host, table).with_readiness(ready_tx);
         let s = r
             .reconcile(None, &[net("a", 1, "10.0.1.1")], Cue::Present)
             .unwrap();
         assert!(s.serving.is_empty());
+        assert!(ready.borrow().dns_serving.is_empty());
         assert_eq!(s.failed["a"], "address in use");
         // Same failure again: nothing new to report.
         assert!(r
@@ -299,6 +316,7 @@ mod tests {
             .unwrap();
         assert_eq!(s.serving, ["a"]);
         assert!(s.failed.is_empty());
+        assert!(ready.borrow().dns_serving.contains("a"));
 
         let d = DeclaredNode {
             dns: Some(DnsState::default()),

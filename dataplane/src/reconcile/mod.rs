@@ -12,11 +12,14 @@
 //! against a fake kernel), applies it, keeps the last good state when a new one is
 //! refused ([`intake`]), and reports through the one status writer ([`status`]). No
 //! reconciler reads a file: the state reaches the kernel as soon as it is computed.
+//! The overlay, VIP and DNS reconcilers also say what they made ready for each local
+//! container ([`ready`]): the executor starts a task's process only once its network is.
 
 pub mod dns;
 pub mod intake;
 pub mod mesh;
 pub mod overlay;
+pub mod ready;
 pub mod runner;
 pub mod status;
 pub mod vip;

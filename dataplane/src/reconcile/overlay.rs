@@ -1,7 +1,8 @@
 //! The overlay as the agent runs it: [`Reconciler`] (validate, plan against its record,
 //! apply) fed from the declared node state, a resync every 30 s that re-reads the
 //! kernel to repair drift, the networks present after each apply published for the
-//! reconcilers that work inside them, and `overlay.json`.
+//! reconcilers that work inside them, the containers attached after each apply
+//! published for the executor ([`super::ready`]), and `overlay.json`.
 use std::{net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
 
 use serde::Serialize;
@@ -9,6 +10,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{
+    ready::{self, ReadinessSender},
     runner::{Cue, Reconcile},
     DeclaredNode, PresentNetwork,
 };
@@ -65,6 +67,8 @@ pub struct OverlayReconciler<K: OverlayKernel> {
     lookup: InterfaceLookup,
     netns_dir: PathBuf,
     present: watch::Sender<Arc<Vec<PresentNetwork>>>,
+    /// Where the containers attached after each apply are told; None: nowhere.
+    ready: Option<ReadinessSender>,
     status: OverlayStatus,
 }
 
@@ -83,8 +87,16 @@ impl<K: OverlayKernel> OverlayReconciler<K> {
             lookup: interface_of,
             netns_dir,
             present,
+            ready: None,
             status: OverlayStatus::default(),
         })
+    }
+
+    /// Tells `ready` which containers are attached after each apply (the executor
+    /// starts a task's process once its namespace is).
+    pub fn with_readiness(mut self, ready: ReadinessSender) -> Self {
+        self.ready = Some(ready);
+        self
     }
 
     /// Where `--data-path-addr` addresses are looked up (tests fake the host).
@@ -170,6 +182,9 @@ impl<K: OverlayKernel + 'static> Reconcile for OverlayReconciler<K> {
                         ms = report.elapsed.as_secs_f64() * 1e3,
                         "overlay reconciled"
                     );
+                }
+                if let Some(tx) = &self.ready {
+                    ready::publish(tx, |r| r.attached = report.attached);
                 }
                 status.refused = None;
                 status.applied_ops = report.applied;
@@ -287,8 +302,10 @@ mod tests {
     #[test]
     fn a_container_is_attached_once_the_pipeline_has_its_namespace() {
         let (tx, mut present) = watch::channel(Arc::default());
-        let mut r =
-            OverlayReconciler::new(FakeKernel::default(), node(), "/run/x".into(), tx).unwrap();
+        let (ready_tx, ready) = ready::channel();
+        let mut r = OverlayReconciler::new(FakeKernel::default(), node(), "/run/x".into(), tx)
+            .unwrap()
+            .with_readiness(ready_tx);
         assert!(
             r.reconcile(None, &[], Cue::Start).is_none(),
             "nothing declared yet"
@@ -303,11 +320,17 @@ mod tests {
             !present.has_changed().unwrap(),
             "no network without a running endpoint"
         );
+        assert!(ready.borrow().attached.is_empty());
 
         let s = r
             .reconcile(Some(&declared(true)), &[], Cue::Declared)
             .unwrap();
         assert_eq!(s.attachments, 1);
+        assert_eq!(
+            ready.borrow().attached,
+            std::collections::BTreeMap::from([("c1".to_owned(), 7)]),
+            "the executor learns c1's namespace is attached"
+        );
         assert!(s.absent_containers.is_empty());
         assert!(present.has_changed().unwrap());
         let nets = present.borrow_and_update().clone();

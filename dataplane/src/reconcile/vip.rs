@@ -6,7 +6,7 @@
 //! network's namespace on this node. Every 10 s everything is checked again (a
 //! network's namespace re-made by the overlay loses its VIP addresses).
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     io,
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use super::{
     intake::Intake,
+    ready::{self, ReadinessSender},
     runner::{Cue, Reconcile},
     DeclaredNode, PresentNetwork,
 };
@@ -101,6 +102,8 @@ pub struct VipReconciler<K: VipKernel> {
     cookies: HashMap<u64, u64>,
     /// The last LB state taken, to log a change once.
     logged: Option<LbState>,
+    /// Where the containers the maps scope are told; None: nowhere.
+    ready: Option<ReadinessSender>,
 }
 
 impl<K: VipKernel> VipReconciler<K> {
@@ -110,7 +113,15 @@ impl<K: VipKernel> VipReconciler<K> {
             intake: Intake::default(),
             cookies: HashMap::new(),
             logged: None,
+            ready: None,
         }
+    }
+
+    /// Tells `ready` which containers' namespaces the maps scope after each apply (the
+    /// executor starts a task's process once its namespace is).
+    pub fn with_readiness(mut self, ready: ReadinessSender) -> Self {
+        self.ready = Some(ready);
+        self
     }
 
     pub fn kernel(&self) -> &K {
@@ -160,6 +171,21 @@ pub fn desired_table(
     }
     table.add_container_node_ports(lb, overlay, cookies, node_addrs);
     table
+}
+
+/// The containers of `overlay` whose namespace cookie is in `cookies` (so the table
+/// just written scopes them), with their namespace identity.
+fn scoped_containers(
+    declared: &DeclaredNode,
+    overlay: &OverlayState,
+    cookies: &HashMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    overlay
+        .local_endpoints
+        .iter()
+        .filter(|e| cookies.contains_key(&e.container))
+        .filter_map(|e| Some((e.container.clone(), declared.containers.get(&e.container)?.id)))
+        .collect()
 }
 
 impl<K: VipKernel + 'static> Reconcile for VipReconciler<K> {
@@ -214,6 +240,10 @@ impl<K: VipKernel + 'static> Reconcile for VipReconciler<K> {
                     );
                 }
                 status.map_writes = n;
+                if let Some(tx) = &self.ready {
+                    let scoped = scoped_containers(declared, &overlay, &cookies);
+                    ready::publish(tx, |r| r.vip_scoped = scoped);
+                }
             }
             Err(e) => {
                 warn!(error = %e, "writing the VIP maps");
@@ -361,7 +391,8 @@ mod tests {
 
     #[test]
     fn healthy_backends_scopes_and_vip_addresses_follow_the_declared_state() {
-        let mut r = VipReconciler::new(FakeKernel::default());
+        let (ready_tx, ready) = ready::channel();
+        let mut r = VipReconciler::new(FakeKernel::default()).with_readiness(ready_tx);
         assert!(r.reconcile(None, &[], Cue::Start).is_none());
         let d = declared(&[
             ("t1", "10.0.9.21", BackendState::Healthy),
@@ -369,6 +400,11 @@ mod tests {
         ]);
         let s = r.reconcile(Some(&d), &present(), Cue::Declared).unwrap();
         assert_eq!((s.vips, s.healthy_backends, s.scopes), (1, 1, 1));
+        assert_eq!(
+            ready.borrow().vip_scoped,
+            BTreeMap::from([("c1".to_owned(), 10)]),
+            "the executor learns c1's namespace is scoped"
+        );
         let table = r.kernel().table.clone().unwrap();
         assert_eq!(table.healthy(ip("10.0.9.100")), [ip("10.0.9.21")]);
         assert!(

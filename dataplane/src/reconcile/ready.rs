@@ -1,0 +1,169 @@
+//! What the reconcilers have made ready for each local container, so the executor can
+//! start a task's process only once its network is in place (interfaces, addresses and
+//! routes; the DNS listener its resolv.conf names; the VIP maps scoping its namespace).
+//!
+//! ```text
+//!  overlay ── attached containers ──┐
+//!  VIPs    ── scoped containers   ──┼─▶ one watch of Readiness ─▶ executor: wait_ready
+//!  DNS     ── serving networks    ──┘
+//! ```
+//! Each reconciler writes only its own field, after an apply, and only when it changed.
+//! Containers are named as the overlay's local endpoints name them and carry the
+//! identity of the namespace they were made ready in, so a container made again under
+//! the same name is not taken for ready until its new namespace is.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::sync::watch;
+
+/// What is ready on this node now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Readiness {
+    /// Containers whose every declared endpoint is attached (veth, address, route), by
+    /// name, with the identity of the namespace they are attached in.
+    pub attached: BTreeMap<String, u64>,
+    /// Containers whose namespace the VIP maps scope to the VIPs of their networks, by
+    /// name, with the namespace identity.
+    pub vip_scoped: BTreeMap<String, u64>,
+    /// Networks (by ID) whose DNS listener serves on their gateway.
+    pub dns_serving: BTreeSet<String>,
+}
+
+/// The reconcilers' side: each updates its own field.
+pub type ReadinessSender = Arc<watch::Sender<Readiness>>;
+/// The executor's side.
+pub type ReadinessWatch = watch::Receiver<Readiness>;
+
+/// A new readiness channel, nothing ready.
+pub fn channel() -> (ReadinessSender, ReadinessWatch) {
+    let (tx, rx) = watch::channel(Readiness::default());
+    (Arc::new(tx), rx)
+}
+
+/// Replaces one field through `update`, waking waiters only if it changed.
+pub fn publish(tx: &ReadinessSender, update: impl FnOnce(&mut Readiness)) {
+    tx.send_if_modified(|r| {
+        let before = r.clone();
+        update(r);
+        *r != before
+    });
+}
+
+/// What a task's process needs before it starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wanted {
+    /// The container holding the namespace (as the overlay's local endpoints name it).
+    pub container: String,
+    /// Identity of its namespace now.
+    pub netns_id: u64,
+    /// The network whose gateway is the container's resolver (its first network).
+    pub dns_network: String,
+}
+
+impl Readiness {
+    /// What `wanted` still lacks, in words; empty once it is ready.
+    pub fn missing(&self, wanted: &Wanted) -> Vec<String> {
+        let mut out = Vec::new();
+        let same = |m: &BTreeMap<String, u64>| m.get(&wanted.container) == Some(&wanted.netns_id);
+        if !same(&self.attached) {
+            out.push("the overlay has not attached its namespace".to_owned());
+        }
+        if !same(&self.vip_scoped) {
+            out.push("the service VIP maps do not scope its namespace".to_owned());
+        }
+        if !self.dns_serving.contains(&wanted.dns_network) {
+            out.push(format!(
+                "DNS is not serving on network {}",
+                wanted.dns_network
+            ));
+        }
+        out
+    }
+}
+
+/// Waits until `wanted` is ready, at most `timeout`; the error says what was missing.
+pub async fn wait_ready(
+    watch: &mut ReadinessWatch,
+    wanted: &Wanted,
+    timeout: Duration,
+) -> Result<(), String> {
+    let ready = tokio::time::timeout(timeout, async {
+        watch
+            .wait_for(|r| r.missing(wanted).is_empty())
+            .await
+            .map(|_| ())
+    })
+    .await;
+    match ready {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err("the dataplane stopped".to_owned()),
+        Err(_) => Err(format!(
+            "network not ready after {timeout:?}: {}",
+            watch.borrow().missing(wanted).join("; ")
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wanted() -> Wanted {
+        Wanted {
+            container: "web.1.t1.sandbox".into(),
+            netns_id: 7,
+            dns_network: "front".into(),
+        }
+    }
+
+    fn ready() -> Readiness {
+        Readiness {
+            attached: [("web.1.t1.sandbox".to_owned(), 7)].into(),
+            vip_scoped: [("web.1.t1.sandbox".to_owned(), 7)].into(),
+            dns_serving: ["front".to_owned()].into(),
+        }
+    }
+
+    #[test]
+    fn ready_only_when_every_part_holds_this_namespace() {
+        assert!(ready().missing(&wanted()).is_empty());
+        let mut stale = ready();
+        stale.attached.insert("web.1.t1.sandbox".into(), 6);
+        assert_eq!(
+            stale.missing(&wanted()),
+            ["the overlay has not attached its namespace"],
+            "an earlier namespace under the same name does not count"
+        );
+        let none = Readiness::default().missing(&wanted());
+        assert_eq!(none.len(), 3, "{none:?}");
+        assert!(none[2].contains("front"), "{none:?}");
+    }
+
+    #[tokio::test]
+    async fn waiting_ends_when_the_last_part_is_published_or_times_out() {
+        let (tx, mut rx) = channel();
+        let waiter = {
+            let mut rx = rx.clone();
+            tokio::spawn(async move { wait_ready(&mut rx, &wanted(), Duration::from_secs(5)).await })
+        };
+        let all = ready();
+        publish(&tx, |r| r.attached = all.attached.clone());
+        publish(&tx, |r| r.vip_scoped = all.vip_scoped.clone());
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        publish(&tx, |r| r.dns_serving = all.dns_serving.clone());
+        assert_eq!(waiter.await.unwrap(), Ok(()));
+
+        publish(&tx, |r| r.dns_serving.clear());
+        let err = wait_ready(&mut rx, &wanted(), Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "network not ready after 50ms: DNS is not serving on network front"
+        );
+    }
+}
