@@ -3,19 +3,24 @@
 //!
 //! ```text
 //!   leader ──node_state(since)──▶ executor ──create/start/stop/remove──▶ dockerd
-//!      ▲                              │  (containers `<service>.<slot>.<task>`,
-//!      └──────report_tasks────────────┘   --network none, --init, task labels)
+//!      ▲                              │  (a sandbox `<container>.sandbox` holding the
+//!      │                              │   network namespace, then the task's container
+//!      └──────report_tasks────────────┘   `<service>.<slot>.<task>` in it: --network
+//!                                     │   container:<sandbox>, --init, task labels)
 //!                                     └──▶ declared overlay/DNS/LB state (node_state),
 //!                                          published to the agent's pipeline
 //! ```
 //! Each step: fetch the state when the store changed, write the node's declared state,
-//! list the task containers (one call, by label), start what should run, stop and
-//! remove what should not (and containers of tasks that are no longer this node's: a
-//! node that comes back after being Down cleans up), and report every state a task
-//! reached that the store does not know yet. Steps run on dockerd events and on a short
-//! tick. Task states follow Swarm: assigned, preparing (image check), starting
-//! (created and started; health check pending), running (started, healthy if it has a
-//! check), then complete, failed (exit code, unhealthy) or rejected (no such image).
+//! list the task containers and sandboxes (one call each, by label), start what should
+//! run, stop and remove what should not (and containers of tasks that are no longer
+//! this node's: a node that comes back after being Down cleans up), and report every
+//! state a task reached that the store does not know yet. Steps run on dockerd events
+//! and on a short tick. A task's process starts only once the dataplane has made its
+//! sandbox's network ready ([`crate::sandbox`]). Task states follow Swarm: assigned,
+//! preparing (image check, sandbox and its network), starting (created and started;
+//! health check pending), running (started, healthy if it has a check), then complete,
+//! failed (exit code, unhealthy, sandbox gone) or rejected (no such image, network not
+//! ready in time).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -25,7 +30,7 @@ use std::{
     time::Duration,
 };
 
-use shoal_dataplane::reconcile::DeclaredNode;
+use shoal_dataplane::reconcile::{ready::ReadinessWatch, DeclaredNode};
 
 use bollard::{
     models::{ContainerCreateBody, ContainerSummaryStateEnum, HealthConfig, HostConfig},
@@ -45,6 +50,7 @@ use crate::{
     events::{DockerEvents, Watched},
     node_state,
     pipeline::IntentSender,
+    sandbox::{self, image::SandboxImage, LABEL_SANDBOX_TASK_ID},
     scheduler::now_ms,
 };
 
@@ -98,17 +104,32 @@ impl Observed {
     }
 }
 
+/// A task's sandbox as dockerd lists it.
+#[derive(Debug, Clone)]
+struct ObservedSandbox {
+    id: String,
+    task_id: String,
+    running: bool,
+}
+
 enum Action {
     Start {
         task: Box<Task>,
         service: Box<Service>,
         gateway: Option<Ipv4Addr>,
+        /// The first network's name: where the task's resolver must serve.
+        dns_network: Option<String>,
     },
-    /// Stop and remove; `report` says whether the task should be reported shut down.
+    /// Stop and remove the task's container, then its sandbox. A task that has not
+    /// ended is reported shut down, or failed with `failed`.
     Remove {
         container: String,
+        sandbox: Option<String>,
         task: Option<Box<Task>>,
+        failed: Option<String>,
     },
+    /// Remove a sandbox whose task has no container and will not start one now.
+    RemoveSandbox { sandbox: String },
 }
 
 /// The node's executor.
@@ -117,6 +138,11 @@ pub struct Executor {
     docker: DockerClient,
     /// Where the node's declared state goes (the agent's pipeline).
     intent: Arc<IntentSender>,
+    /// What the dataplane has made ready; None: no dataplane follows this executor
+    /// (nothing would plumb a sandbox, so tasks start without waiting).
+    ready: Option<ReadinessWatch>,
+    /// The sandbox image this agent loads into dockerd, or why there is none.
+    sandbox_image: Result<SandboxImage, String>,
     events: DockerEvents,
     state: Option<ClusterState>,
     /// The last state reported per task (not sent again until the store moves).
@@ -136,11 +162,19 @@ impl Executor {
             client,
             docker,
             intent,
+            ready: None,
+            sandbox_image: sandbox::image::build(),
             events,
             state: None,
             sent: HashMap::new(),
             gossip: crate::gossip_member::Member::new(None),
         }
+    }
+
+    /// Starts tasks' processes only once `ready` says their sandbox's network is.
+    pub fn with_readiness(mut self, ready: Option<ReadinessWatch>) -> Executor {
+        self.ready = ready;
+        self
     }
 
     /// Runs gossip on `listen` (see [`crate::gossip_member`]), its status in `status`.
@@ -225,7 +259,7 @@ impl Executor {
             *old = Some(Arc::new(declared));
             true
         });
-        let observed = match self.list().await {
+        let (observed, sandboxes) = match self.list().await {
             Ok(o) => o,
             Err(e) => {
                 debug!(error = %e, "listing task containers");
@@ -249,15 +283,27 @@ impl Executor {
         let by_task: HashMap<&str, &Observed> =
             observed.iter().map(|o| (o.task_id.as_str(), o)).collect();
 
-        // Containers that should not be here.
+        let sandbox_of: HashMap<&str, &ObservedSandbox> = sandboxes
+            .iter()
+            .map(|s| (s.task_id.as_str(), s))
+            .collect();
+
+        // Containers that should not be here, and running ones whose sandbox (their
+        // network) is gone.
         for o in &observed {
             let task = state.tasks.get(&o.task_id);
             let ours = task.is_some_and(|t| t.node_id.as_deref() == Some(me.as_str()));
             let keep = ours && task.is_some_and(|t| t.desired_state == TaskState::Running);
-            if !keep {
+            let sandbox = sandbox_of.get(o.task_id.as_str());
+            let network_lost = o.state == ContainerSummaryStateEnum::RUNNING
+                && !sandbox.is_some_and(|s| s.running);
+            if !keep || network_lost {
                 actions.push(Action::Remove {
                     container: o.id.clone(),
+                    sandbox: sandbox.map(|s| s.id.clone()),
                     task: task.filter(|_| ours).cloned().map(Box::new),
+                    failed: (keep && network_lost)
+                        .then(|| "task: its network sandbox stopped".to_owned()),
                 });
             }
         }
@@ -282,15 +328,15 @@ impl Executor {
                         continue;
                     }
                     if t.status.state <= TaskState::Accepted {
-                        let gateway = t
+                        let first = t
                             .networks
                             .first()
-                            .and_then(|a| state.networks.get(&a.network_id))
-                            .and_then(|n| n.gateway);
+                            .and_then(|a| state.networks.get(&a.network_id));
                         actions.push(Action::Start {
                             task: Box::new(t.clone()),
                             service: Box::new(service.clone()),
-                            gateway,
+                            gateway: first.and_then(|n| n.gateway),
+                            dns_network: first.map(|n| n.name.clone()),
                         });
                     } else if t.status.state >= TaskState::Starting {
                         updates.push(update(
@@ -309,10 +355,37 @@ impl Executor {
             }
         }
 
+        // Sandboxes left without a task container (a start cut short, a container
+        // removed behind the executor's back), except those a start makes again now.
+        let starting: HashSet<&str> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Start { task, .. } => Some(task.id.as_str()),
+                _ => None,
+            })
+            .collect();
+        let leftover: Vec<Action> = sandboxes
+            .iter()
+            .filter(|s| {
+                !by_task.contains_key(s.task_id.as_str()) && !starting.contains(s.task_id.as_str())
+            })
+            .map(|s| Action::RemoveSandbox {
+                sandbox: s.id.clone(),
+            })
+            .collect();
+        actions.extend(leftover);
+
         let prepared = began.elapsed();
         let count = actions.len();
-        // One image check per image, not per task.
+        // One image check per image, not per task; the sandbox image once.
         let mut images: HashMap<String, ImageCheck> = HashMap::new();
+        let mut sandbox_image: Result<(), String> = Ok(());
+        if actions.iter().any(|a| matches!(a, Action::Start { .. })) {
+            sandbox_image = match &self.sandbox_image {
+                Ok(image) => sandbox::ensure_image(&self.docker, image).await,
+                Err(e) => Err(e.clone()),
+            };
+        }
         for a in &actions {
             if let Action::Start { service, .. } = a {
                 let image = &service.spec.image;
@@ -322,11 +395,16 @@ impl Executor {
                 }
             }
         }
+        let prepared_start = Prepared {
+            images,
+            sandbox_image,
+            ready: self.ready.clone(),
+        };
         let docker = self.docker.clone();
         let node = me.clone();
-        let images = &images;
+        let prepared_start = &prepared_start;
         let results: Vec<Vec<TaskStatusUpdate>> = stream::iter(actions)
-            .map(|a| act(&docker, &node, images, a))
+            .map(|a| act(&docker, &node, prepared_start, a))
             .buffer_unordered(PARALLEL)
             .collect()
             .await;
@@ -373,17 +451,24 @@ impl Executor {
         }
     }
 
-    async fn list(&self) -> Result<Vec<Observed>, bollard::errors::Error> {
-        let options = ListContainersOptions {
+    /// The task containers and the sandboxes on this node.
+    async fn list(
+        &self,
+    ) -> Result<(Vec<Observed>, Vec<ObservedSandbox>), bollard::errors::Error> {
+        let labelled = |label: &str| ListContainersOptions {
             all: true,
             filters: Some(HashMap::from([(
                 "label".to_string(),
-                vec![LABEL_TASK_ID.to_string()],
+                vec![label.to_string()],
             )])),
             ..Default::default()
         };
-        let list = self.docker.engine().list_containers(Some(options)).await?;
-        Ok(list
+        let api = self.docker.engine();
+        let tasks = api.list_containers(Some(labelled(LABEL_TASK_ID))).await?;
+        let sandboxes = api
+            .list_containers(Some(labelled(LABEL_SANDBOX_TASK_ID)))
+            .await?;
+        let tasks = tasks
             .into_iter()
             .filter_map(|c| {
                 let task_id = c.labels.as_ref()?.get(LABEL_TASK_ID)?.clone();
@@ -394,7 +479,19 @@ impl Executor {
                     status: c.status.unwrap_or_default(),
                 })
             })
-            .collect())
+            .collect();
+        let sandboxes = sandboxes
+            .into_iter()
+            .filter_map(|c| {
+                let task_id = c.labels.as_ref()?.get(LABEL_SANDBOX_TASK_ID)?.clone();
+                Some(ObservedSandbox {
+                    id: c.id?,
+                    task_id,
+                    running: c.state == Some(ContainerSummaryStateEnum::RUNNING),
+                })
+            })
+            .collect();
+        Ok((tasks, sandboxes))
     }
 }
 
@@ -470,14 +567,33 @@ async fn check_image(docker: &DockerClient, image: &str) -> ImageCheck {
     }
 }
 
+/// What every start of one pass shares: the image checks, whether the sandbox image is
+/// loaded, and the dataplane's readiness.
+struct Prepared {
+    images: HashMap<String, ImageCheck>,
+    sandbox_image: Result<(), String>,
+    ready: Option<ReadinessWatch>,
+}
+
 async fn act(
     docker: &DockerClient,
     node: &str,
-    images: &HashMap<String, ImageCheck>,
+    prepared: &Prepared,
     action: Action,
 ) -> Vec<TaskStatusUpdate> {
     match action {
-        Action::Remove { container, task } => {
+        Action::RemoveSandbox { sandbox } => {
+            if let Err(e) = sandbox::remove(docker, &sandbox).await {
+                debug!(error = %e, "removing a sandbox left without its task");
+            }
+            Vec::new()
+        }
+        Action::Remove {
+            container,
+            sandbox,
+            task,
+            failed,
+        } => {
             let api = docker.engine();
             let _ = api
                 .stop_container(
@@ -500,8 +616,19 @@ async fn act(
             {
                 debug!(container, error = %e, "removing a task container");
             }
-            match task {
-                Some(t) if !t.status.state.is_terminal() => {
+            if let Some(s) = sandbox {
+                if let Err(e) = sandbox::remove(docker, &s).await {
+                    debug!(error = %e, "removing a task's sandbox");
+                }
+            }
+            match (task, failed) {
+                (Some(t), Some(err)) if !t.status.state.is_terminal() => {
+                    warn!(task = %t.id, %err, "task failed");
+                    let mut u = update(&t, TaskState::Failed, "failed", Some(err));
+                    u.status.container_id = Some(container);
+                    vec![u]
+                }
+                (Some(t), None) if !t.status.state.is_terminal() => {
                     vec![update(&t, TaskState::Shutdown, "shutdown", None)]
                 }
                 _ => Vec::new(),
@@ -511,14 +638,31 @@ async fn act(
             task,
             service,
             gateway,
+            dns_network,
         } => {
-            let image = images
+            let image = prepared
+                .images
                 .get(&service.spec.image)
                 .cloned()
                 .unwrap_or_else(|| Err("the image was not checked".into()));
-            start(docker, node, &task, &service, gateway, image).await
+            let network = Network {
+                gateway,
+                dns_network,
+                sandbox_image: prepared.sandbox_image.clone(),
+                ready: prepared.ready.clone(),
+            };
+            start(docker, node, &task, &service, network, image).await
         }
     }
+}
+
+/// What a start needs for the task's network.
+struct Network {
+    gateway: Option<Ipv4Addr>,
+    dns_network: Option<String>,
+    /// Whether the sandbox image is loaded, or why not.
+    sandbox_image: Result<(), String>,
+    ready: Option<ReadinessWatch>,
 }
 
 async fn start(
@@ -526,7 +670,7 @@ async fn start(
     node: &str,
     t: &Task,
     service: &Service,
-    gateway: Option<Ipv4Addr>,
+    network: Network,
     image: ImageCheck,
 ) -> Vec<TaskStatusUpdate> {
     let api = docker.engine();
@@ -541,6 +685,14 @@ async fn start(
         }
     };
     let name = t.container_name(&spec.name);
+    let sandbox = match start_sandbox(docker, node, t, service, &name, network).await {
+        Ok(s) => s,
+        Err(err) => {
+            warn!(task = %t.id, %err, "task rejected");
+            out.push(update(t, TaskState::Rejected, "rejected", Some(err)));
+            return out;
+        }
+    };
     let labels = HashMap::from([
         (LABEL_TASK.to_string(), String::new()),
         (LABEL_TASK_ID.to_string(), t.id.clone()),
@@ -559,18 +711,17 @@ async fn start(
         start_period: ns(h.start_period_ms),
         start_interval: None,
     });
-    let dns = gateway.map(|g| vec![g.to_string()]);
+    // Hostname and resolv.conf come from the sandbox (Docker refuses them on a
+    // container that joins another's namespace).
     let body = ContainerCreateBody {
         image: Some(spec.image.clone()),
         cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
         env: (!spec.env.is_empty()).then(|| spec.env.clone()),
         labels: Some(labels),
         healthcheck,
-        hostname: Some(t.id.chars().take(12).collect()),
         host_config: Some(HostConfig {
-            network_mode: Some("none".into()),
+            network_mode: Some(format!("container:{}", sandbox.id)),
             init: Some(true),
-            dns,
             ..Default::default()
         }),
         ..Default::default()
@@ -587,6 +738,9 @@ async fn start(
     let id = match created {
         Ok(r) => r.id,
         Err(e) => {
+            if let Err(e) = sandbox::remove(docker, &sandbox.id).await {
+                debug!(error = %e, "removing the sandbox of a task that could not be created");
+            }
             out.push(update(
                 t,
                 TaskState::Rejected,
@@ -626,6 +780,47 @@ async fn start(
     out
 }
 
+/// Makes the task's sandbox and, when something plumbs it, waits until its network is
+/// ready; a sandbox whose network is not ready in time is removed again.
+async fn start_sandbox(
+    docker: &DockerClient,
+    node: &str,
+    t: &Task,
+    service: &Service,
+    container: &str,
+    network: Network,
+) -> Result<sandbox::Started, String> {
+    network.sandbox_image?;
+    let spec = sandbox::Spec {
+        name: sandbox::name(container),
+        task_id: t.id.clone(),
+        labels: HashMap::from([
+            (LABEL_SERVICE_ID.to_string(), service.id.clone()),
+            (LABEL_SERVICE_NAME.to_string(), service.spec.name.clone()),
+            (LABEL_NODE_ID.to_string(), node.to_string()),
+        ]),
+        hostname: t.id.chars().take(12).collect(),
+        dns: network.gateway,
+    };
+    let started = sandbox::start(docker, &spec).await?;
+    let (Some(mut ready), Some(dns_network)) = (network.ready, network.dns_network) else {
+        return Ok(started);
+    };
+    let waited = std::time::Instant::now();
+    match sandbox::wait_ready(&mut ready, &spec.name, &started, &dns_network).await {
+        Ok(()) => {
+            debug!(task = %t.id, ms = waited.elapsed().as_millis() as u64, "task's network ready");
+            Ok(started)
+        }
+        Err(e) => {
+            if let Err(e) = sandbox::remove(docker, &started.id).await {
+                debug!(error = %e, "removing a sandbox whose network was not ready");
+            }
+            Err(format!("task: {e}"))
+        }
+    }
+}
+
 /// Where the executor writes and how it reaches dockerd.
 #[derive(Debug, Clone)]
 pub struct ExecutorConfig {
@@ -634,6 +829,9 @@ pub struct ExecutorConfig {
     pub events: DockerEvents,
     /// Where the node's declared state goes (the agent's pipeline).
     pub intent: Arc<IntentSender>,
+    /// What the dataplane has made ready (tasks' processes wait for their network);
+    /// None: no dataplane follows the declared state.
+    pub ready: Option<ReadinessWatch>,
     /// Where gossip listens; None: no gossip (declared state from the store alone).
     pub gossip_listen: Option<std::net::SocketAddr>,
     /// Where the gossip member's status goes (`<data_dir>/gossip.json`).
@@ -652,6 +850,7 @@ pub async fn run(client: NodeClient, config: ExecutorConfig) {
         }
     };
     Executor::new(client, docker, config.events, config.intent)
+        .with_readiness(config.ready)
         .with_gossip(config.gossip_listen, config.gossip_status)
         .run()
         .await

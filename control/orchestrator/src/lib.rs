@@ -3,7 +3,8 @@
 //! - [`scheduler`]: on the leader, places tasks on nodes and gives them addresses
 //!   (from `shoal_cluster::ipam`);
 //! - [`executor`]: on every node, runs the tasks placed here on the node's dockerd and
-//!   reports their states;
+//!   reports their states; [`sandbox`]: each task's network namespace, held by a small
+//!   container and plumbed before the task's process starts;
 //! - [`node_state`]: the node's declared overlay, DNS and load-balancing state, from
 //!   the store's view and the gossip table;
 //! - [`gossip_member`], [`gossip_keys`]: the node's gossip member and the cluster key's
@@ -20,4 +21,5 @@ pub mod gossip_keys;
 pub mod gossip_member;
 pub mod node_state;
 pub mod pipeline;
+pub mod sandbox;
 pub mod scheduler;

@@ -121,7 +121,8 @@ pub fn compute_with(
         let Some(service) = services.get(t.service_id.as_str()) else {
             continue;
         };
-        let container = t.container_name(&service.spec.name);
+        // The sandbox holds the task's namespace (the task's container joins it).
+        let container = crate::sandbox::name(&t.container_name(&service.spec.name));
         for a in &t.networks {
             let (Some(name), ip) = (net_name(&a.network_id), a.addr.addr()) else {
                 continue;

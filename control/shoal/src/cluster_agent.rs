@@ -38,6 +38,7 @@ use crate::api::{
     resolve_node, server::Backend, ApiError, ManagerStatus, NodeRole, NodeView, Reply, Request,
     Secret,
 };
+use shoal_dataplane::reconcile::ready::ReadinessWatch;
 use shoal_orchestrator::{docker::DockerClient, events::DockerEvents, pipeline::IntentSender};
 
 /// Swarm's manager port.
@@ -69,6 +70,9 @@ pub struct NodeLinks {
     pub events: DockerEvents,
     /// The declared-state pipeline's input.
     pub intent: Arc<IntentSender>,
+    /// What the dataplane has made ready for each local container (a task's process
+    /// starts once its network is); None: no dataplane follows `intent`.
+    pub ready: Option<ReadinessWatch>,
 }
 
 impl NodeLinks {
@@ -77,6 +81,7 @@ impl NodeLinks {
         Self {
             events: DockerEvents::none(),
             intent: Arc::new(tokio::sync::watch::channel(None).0),
+            ready: None,
         }
     }
 }
@@ -233,6 +238,7 @@ impl ClusterAgent {
                     docker_socket: socket.to_path_buf(),
                     events: links.events,
                     intent: links.intent,
+                    ready: links.ready,
                     gossip_listen: self.config.gossip_listen,
                     gossip_status: Some(self.config.data_dir.join("gossip.json")),
                 };

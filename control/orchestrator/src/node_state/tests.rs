@@ -135,7 +135,7 @@ fn a_node_declares_its_tasks_ingress_first_and_the_others_as_remote() {
         .unwrap();
     assert_eq!(
         ns.overlay.local_endpoints[0].container,
-        format!("myweb.{}.{}", own.slot, own.id)
+        format!("myweb.{}.{}.sandbox", own.slot, own.id)
     );
     assert_eq!(ns.overlay.remote_endpoints.len(), 2);
     assert!(ns

@@ -14,6 +14,7 @@ use shoal_dataplane::{
         dns::{DnsReconciler, Resolver},
         mesh::{KernelMesh, MeshNode, MeshReconciler},
         overlay::OverlayReconciler,
+        ready::{self, ReadinessWatch},
         runner::{self, Running},
         status::StatusFile,
         vip::VipReconciler,
@@ -34,6 +35,9 @@ use crate::config::{AgentConfig, DnsConfig};
 pub struct Dataplane {
     threads: Vec<Running>,
     reported_dead: Vec<bool>,
+    /// What the reconcilers have made ready per local container (the executor waits on
+    /// it before starting a task's process).
+    ready: ReadinessWatch,
 }
 
 impl Dataplane {
@@ -51,15 +55,18 @@ impl Dataplane {
             port: config.data_path_port,
         };
         let (present_tx, present) = tokio::sync::watch::channel(Arc::default());
+        let (ready_tx, ready) = ready::channel();
         let status_dir = config.data_dir.clone();
 
         let netns_dir = config.netns_dir.clone();
+        let overlay_ready = ready_tx.clone();
         let overlay = runner::spawn(
             "overlay",
             move || {
                 let kernel = NetlinkKernel::new(None, netns_dir.clone())
                     .map_err(|e| format!("opening netlink: {e}"))?;
                 OverlayReconciler::new(kernel, node, netns_dir, present_tx)
+                    .map(|r| r.with_readiness(overlay_ready))
                     .map_err(|e| e.to_string())
             },
             declared.clone(),
@@ -72,6 +79,7 @@ impl Dataplane {
 
         let pin_dir = config.pin_dir.join(vip::PIN_SUBDIR);
         let cgroup = vip::cgroup2_root()?;
+        let vip_ready = ready_tx.clone();
         let vip = runner::spawn(
             "vip",
             move || {
@@ -82,7 +90,7 @@ impl Dataplane {
                     format!("attaching the VIP programs at {}: {e}", cgroup.display())
                 })?;
                 info!(cgroup = %cgroup.display(), pin_dir = %pin_dir.display(), adopted_vips = program.record().vips.len(), "VIP socket programs attached");
-                Ok(VipReconciler::new(program))
+                Ok(VipReconciler::new(program).with_readiness(vip_ready))
             },
             declared.clone(),
             Some(present.clone()),
@@ -117,7 +125,7 @@ impl Dataplane {
             move || {
                 let resolver = resolver(&dns_config)?;
                 let table = resolver.table.clone();
-                Ok(DnsReconciler::new(resolver, table))
+                Ok(DnsReconciler::new(resolver, table).with_readiness(ready_tx))
             },
             declared,
             Some(present),
@@ -129,7 +137,13 @@ impl Dataplane {
         Ok(Self {
             threads: vec![overlay, vip, mesh, dns],
             reported_dead: vec![false; 4],
+            ready,
         })
+    }
+
+    /// What the reconcilers have made ready per local container.
+    pub fn readiness(&self) -> ReadinessWatch {
+        self.ready.clone()
     }
 
     /// Logs, once each, reconcilers whose thread has ended (a panic): their part of

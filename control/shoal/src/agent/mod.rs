@@ -104,6 +104,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
                 NodeLinks {
                     events: events.clone(),
                     intent: NodeLinks::detached().intent,
+                    ready: None,
                 },
                 Some(files),
             )
@@ -112,6 +113,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
             NodeLinks {
                 events: events.clone(),
                 intent: intent_tx.clone(),
+                ready: Some(dataplane.readiness()),
             },
             None,
         ),

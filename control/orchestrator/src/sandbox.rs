@@ -1,0 +1,192 @@
+//! A task's sandbox: a small container that holds the task's network namespace, made
+//! and plumbed before the task's own container starts in it (as Kubernetes' pod
+//! sandbox and Swarm's pre-made namespace do), so a program that resolves a name or
+//! connects at its first instruction finds its network in place.
+//!
+//! ```text
+//!  executor ─create/start─▶ <task container>.sandbox (/pause, --network none,
+//!     │                      the task's hostname and resolv.conf)
+//!     │   pipeline: its namespace ─▶ overlay attaches it, VIP maps scope it,
+//!     │                              DNS serves its first network
+//!     ├─ wait_ready (bounded) ◀── reconcilers' readiness watch
+//!     └─create/start─▶ <task container> (--network container:<sandbox>)
+//! ```
+//! The overlay's local endpoints name the sandbox, so the namespace stays plumbed for
+//! the task's whole life whatever its own process does. Docker takes a joined
+//! container's hostname and resolv.conf from the container whose namespace it joins,
+//! so both are set here. Removing a task removes its sandbox; a task whose sandbox
+//! stopped has lost its network and fails.
+pub mod image;
+
+use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
+
+use bollard::{
+    models::{ContainerCreateBody, HostConfig},
+    query_parameters::{CreateContainerOptions, ImportImageOptions, RemoveContainerOptions},
+};
+use futures::StreamExt;
+use shoal_dataplane::reconcile::ready::{self, ReadinessWatch, Wanted};
+
+use crate::docker::DockerClient;
+use image::SandboxImage;
+
+/// On every sandbox: the ID of the task it holds the namespace of (task containers
+/// carry `com.docker.swarm.task.id` instead, so the two are never confused).
+pub const LABEL_SANDBOX_TASK_ID: &str = "shoal.sandbox.task.id";
+/// Longest wait for the dataplane to make a new sandbox's network ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The sandbox of the task container `task_container`.
+pub fn name(task_container: &str) -> String {
+    format!("{task_container}.sandbox")
+}
+
+/// Makes sure the node's dockerd has the sandbox image (loads it if not, or if the tag
+/// names another image).
+pub async fn ensure_image(docker: &DockerClient, image: &SandboxImage) -> Result<(), String> {
+    let api = docker.engine();
+    let have = |id: &Option<String>| id.as_deref() == Some(image.id.as_str());
+    match api.inspect_image(image::TAG).await {
+        Ok(i) if have(&i.id) => return Ok(()),
+        Ok(_)
+        | Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => {}
+        Err(e) => return Err(format!("checking the sandbox image {}: {e}", image::TAG)),
+    }
+    let mut load = api.import_image(
+        ImportImageOptions {
+            quiet: true,
+            ..Default::default()
+        },
+        bollard::body_full(image.tarball.clone().into()),
+        None,
+    );
+    while let Some(step) = load.next().await {
+        step.map_err(|e| format!("loading the sandbox image {}: {e}", image::TAG))?;
+    }
+    match api.inspect_image(image::TAG).await {
+        Ok(i) if have(&i.id) => Ok(()),
+        Ok(i) => Err(format!(
+            "the sandbox image {} loaded as {}, expected {}",
+            image::TAG,
+            i.id.unwrap_or_default(),
+            image.id
+        )),
+        Err(e) => Err(format!(
+            "the sandbox image {} is missing after loading it: {e}",
+            image::TAG
+        )),
+    }
+}
+
+/// What a sandbox is made with.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    /// [`name`] of the task's container.
+    pub name: String,
+    pub task_id: String,
+    /// Labels besides [`LABEL_SANDBOX_TASK_ID`] (the task's service and node).
+    pub labels: HashMap<String, String>,
+    pub hostname: String,
+    /// The resolver in the task's resolv.conf (its first network's gateway).
+    pub dns: Option<Ipv4Addr>,
+}
+
+/// A started sandbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Started {
+    pub id: String,
+    /// Identity of its network namespace (what the readiness watch names).
+    pub netns_id: u64,
+}
+
+/// Creates and starts a sandbox (a leftover of the same name is removed first).
+pub async fn start(docker: &DockerClient, spec: &Spec) -> Result<Started, String> {
+    remove(docker, &spec.name).await?;
+    let mut labels = spec.labels.clone();
+    labels.insert(LABEL_SANDBOX_TASK_ID.to_owned(), spec.task_id.clone());
+    let body = ContainerCreateBody {
+        image: Some(image::TAG.to_owned()),
+        labels: Some(labels),
+        hostname: Some(spec.hostname.clone()),
+        stop_signal: Some("SIGKILL".to_owned()),
+        host_config: Some(HostConfig {
+            network_mode: Some("none".into()),
+            dns: spec.dns.map(|g| vec![g.to_string()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let api = docker.engine();
+    let id = api
+        .create_container(
+            Some(CreateContainerOptions {
+                name: Some(spec.name.clone()),
+                ..Default::default()
+            }),
+            body,
+        )
+        .await
+        .map_err(|e| format!("creating the task's sandbox {}: {e}", spec.name))?
+        .id;
+    let started = async {
+        api.start_container(&id, None)
+            .await
+            .map_err(|e| format!("starting the task's sandbox {}: {e}", spec.name))?;
+        match docker.container_netns(&id).await {
+            Ok(Some(c)) => Ok(Started {
+                id: id.clone(),
+                netns_id: c.netns_id,
+            }),
+            Ok(None) => Err(format!(
+                "the task's sandbox {} stopped as it started",
+                spec.name
+            )),
+            Err(e) => Err(format!("finding the namespace of {}: {e}", spec.name)),
+        }
+    }
+    .await;
+    if started.is_err() {
+        let _ = remove(docker, &id).await;
+    }
+    started
+}
+
+/// Waits (at most [`READY_TIMEOUT`]) until the dataplane has made the sandbox's
+/// network ready: attached, scoped for VIPs, DNS serving on `dns_network`.
+pub async fn wait_ready(
+    watch: &mut ReadinessWatch,
+    name: &str,
+    started: &Started,
+    dns_network: &str,
+) -> Result<(), String> {
+    let wanted = Wanted {
+        container: name.to_owned(),
+        netns_id: started.netns_id,
+        dns_network: dns_network.to_owned(),
+    };
+    ready::wait_ready(watch, &wanted, READY_TIMEOUT).await
+}
+
+/// Removes a sandbox (killed: it holds nothing worth a grace period); one that does not
+/// exist is not an error.
+pub async fn remove(docker: &DockerClient, reference: &str) -> Result<(), String> {
+    match docker
+        .engine()
+        .remove_container(
+            reference,
+            Some(RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await
+    {
+        Ok(())
+        | Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(()),
+        Err(e) => Err(format!("removing the task's sandbox {reference}: {e}")),
+    }
+}
