@@ -685,7 +685,7 @@ async fn start(
         }
     };
     let name = t.container_name(&spec.name);
-    let sandbox = match start_sandbox(docker, node, t, service, &name, network).await {
+    let sandbox = match start_sandbox(docker, t, service, &name, network).await {
         Ok(s) => s,
         Err(err) => {
             warn!(task = %t.id, %err, "task rejected");
@@ -784,7 +784,6 @@ async fn start(
 /// ready; a sandbox whose network is not ready in time is removed again.
 async fn start_sandbox(
     docker: &DockerClient,
-    node: &str,
     t: &Task,
     service: &Service,
     container: &str,
@@ -794,11 +793,7 @@ async fn start_sandbox(
     let spec = sandbox::Spec {
         name: sandbox::name(container),
         task_id: t.id.clone(),
-        labels: HashMap::from([
-            (LABEL_SERVICE_ID.to_string(), service.id.clone()),
-            (LABEL_SERVICE_NAME.to_string(), service.spec.name.clone()),
-            (LABEL_NODE_ID.to_string(), node.to_string()),
-        ]),
+        service_name: service.spec.name.clone(),
         hostname: t.id.chars().take(12).collect(),
         dns: network.gateway,
     };

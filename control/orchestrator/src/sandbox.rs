@@ -30,9 +30,11 @@ use shoal_dataplane::reconcile::ready::{self, ReadinessWatch, Wanted};
 use crate::docker::DockerClient;
 use image::SandboxImage;
 
-/// On every sandbox: the ID of the task it holds the namespace of (task containers
-/// carry `com.docker.swarm.task.id` instead, so the two are never confused).
+/// On every sandbox: the ID of the task it holds the namespace of, and its service's
+/// name. Sandboxes carry none of Swarm's labels (task containers do), so tools that
+/// list a service's containers by them see the same containers as under Swarm.
 pub const LABEL_SANDBOX_TASK_ID: &str = "shoal.sandbox.task.id";
+pub const LABEL_SANDBOX_SERVICE_NAME: &str = "shoal.sandbox.service.name";
 /// Longest wait for the dataplane to make a new sandbox's network ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -86,8 +88,7 @@ pub struct Spec {
     /// [`name`] of the task's container.
     pub name: String,
     pub task_id: String,
-    /// Labels besides [`LABEL_SANDBOX_TASK_ID`] (the task's service and node).
-    pub labels: HashMap<String, String>,
+    pub service_name: String,
     pub hostname: String,
     /// The resolver in the task's resolv.conf (its first network's gateway).
     pub dns: Option<Ipv4Addr>,
@@ -104,8 +105,10 @@ pub struct Started {
 /// Creates and starts a sandbox (a leftover of the same name is removed first).
 pub async fn start(docker: &DockerClient, spec: &Spec) -> Result<Started, String> {
     remove(docker, &spec.name).await?;
-    let mut labels = spec.labels.clone();
-    labels.insert(LABEL_SANDBOX_TASK_ID.to_owned(), spec.task_id.clone());
+    let labels = HashMap::from([
+        (LABEL_SANDBOX_TASK_ID.to_owned(), spec.task_id.clone()),
+        (LABEL_SANDBOX_SERVICE_NAME.to_owned(), spec.service_name.clone()),
+    ]);
     let body = ContainerCreateBody {
         image: Some(image::TAG.to_owned()),
         labels: Some(labels),

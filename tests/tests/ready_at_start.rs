@@ -1,0 +1,200 @@
+//! A task's network is in place when its first process runs: on 3 hosts, every replica
+//! of a service whose command, as its very first action, resolves another service's
+//! name and fetches a page through its VIP succeeds on its first try (each slot has
+//! one task ever, no failure in `service ps`, and its log holds the answer of a `web`
+//! task and the VIP the name resolved to). The namespace is held by the task's sandbox:
+//! killing a sandbox fails its task (its network is gone) and the replacement succeeds
+//! at once too; `service rm` removes task containers and sandboxes alike.
+use std::{collections::BTreeSet, net::Ipv4Addr};
+
+use shoal_tests::{
+    privileged,
+    swarm::{answered_by, hostnames, Cli, Task, BOUND},
+    wait_for, LabGuard,
+};
+
+/// What every `probe` task runs first: resolve `web`, fetch `/` by name (through the
+/// VIP), then stay up so its state and log can be read. Any failure ends the task.
+const PROBE: &str = "nslookup web && timeout 10 wget -qO- http://web/ && exec sleep 1000000";
+
+/// `service ps` rows of `service` as (NAME, NODE, CURRENT STATE, ERROR), history too.
+fn ps_rows(cli: &Cli, service: &str) -> Result<Vec<[String; 4]>, String> {
+    let out = cli.run("h1", &["service", "ps", "--no-trunc", service])?;
+    let mut lines = out.lines();
+    let header = lines.next().ok_or("no header")?;
+    let col = |name: &str| header.find(name).ok_or(format!("no {name} column"));
+    let cols = [
+        col("NAME")?,
+        col("IMAGE")?,
+        col("NODE")?,
+        col("DESIRED STATE")?,
+        col("CURRENT STATE")?,
+        col("ERROR")?,
+        col("PORTS")?,
+    ];
+    Ok(lines
+        .map(|l| {
+            let cell = |i: usize| {
+                let end = cols.get(i + 1).copied().unwrap_or(l.len()).min(l.len());
+                l.get(cols[i].min(l.len())..end)
+                    .unwrap_or("")
+                    .trim()
+                    .to_string()
+            };
+            [cell(0), cell(2), cell(4), cell(5)]
+        })
+        .collect())
+}
+
+/// Containers on every host whose label `label` has `value` (running or not).
+fn containers_labelled(guard: &LabGuard, label: &str, value: &str) -> Vec<String> {
+    let filter = format!("label={label}={value}");
+    let mut all = Vec::new();
+    for h in &guard.state.hosts {
+        let out = guard.exec_ok(
+            &h.name,
+            &["docker", "ps", "-a", "--format", "{{.Names}}", "--filter", &filter],
+        );
+        all.extend(out.lines().map(|l| format!("{}:{l}", h.name)));
+    }
+    all
+}
+
+/// Checks that a probe task's log shows `web` resolved to its VIP and answered by one
+/// of its tasks.
+fn check_log(guard: &LabGuard, t: &Task, vip: Ipv4Addr, web: &BTreeSet<String>) {
+    let log = wait_for(&format!("{} logged its answer", t.container), BOUND, || {
+        let out = guard.exec(&t.node, &["docker", "logs", &t.container]);
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if answered_by(&log).is_some() {
+            Ok(log)
+        } else {
+            Err(log)
+        }
+    });
+    assert!(
+        log.contains(&vip.to_string()),
+        "{}: web did not resolve to its VIP {vip}: {log}",
+        t.container
+    );
+    let by = answered_by(&log).expect("answer");
+    assert!(
+        web.contains(&by),
+        "{}: answered by {by}, not a web task {web:?}: {log}",
+        t.container
+    );
+}
+
+#[test]
+fn a_task_reaches_a_service_by_name_at_its_first_instruction() {
+    if !privileged() {
+        return;
+    }
+    let shoal = xtask::util::shoal_binary().expect("shoal binary (cargo build)");
+    let guard = LabGuard::up('r', 3);
+    let cli = Cli { lab: &guard };
+    cli.start_agents(&shoal, &[]);
+    cli.form_cluster();
+
+    cli.ok("h1", &["network", "create", "-d", "overlay", "front"]);
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "2",
+            "--network",
+            "front",
+            "shoal/web:1",
+        ],
+    );
+    let web = hostnames(&cli.wait_running("web", 2, |_| true));
+    let vip = cli.vip("web", "front");
+
+    let replicas = 6;
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "probe",
+            "--replicas",
+            &replicas.to_string(),
+            "--network",
+            "front",
+            "shoal/web:1",
+            "sh",
+            "-c",
+            PROBE,
+        ],
+    );
+    let probes = cli.wait_running("probe", replicas, |tasks| {
+        tasks.iter().map(|t| &t.node).collect::<BTreeSet<_>>().len() == 3
+    });
+    for t in &probes {
+        check_log(&guard, t, vip, &web);
+    }
+    let rows = ps_rows(&cli, "probe").expect("service ps probe");
+    assert_eq!(
+        rows.len(),
+        replicas,
+        "one task per slot, none replaced: {rows:#?}"
+    );
+    assert!(
+        rows.iter().all(|r| r[2].starts_with("Running") && r[3].is_empty()),
+        "{rows:#?}"
+    );
+
+    // Each task's namespace is its sandbox's: killing one takes the task's network,
+    // so the task fails and is replaced, and the replacement succeeds at once too.
+    let victim = probes[0].clone();
+    let sandbox = format!("{}.sandbox", victim.container);
+    guard.exec_ok(&victim.node, &["docker", "kill", &sandbox]);
+    let failed = wait_for("the task whose sandbox was killed fails", BOUND, || {
+        let rows = ps_rows(&cli, "probe")?;
+        rows.into_iter()
+            .find(|r| r[3].contains("network sandbox stopped"))
+            .ok_or_else(|| format!("{:#?}", ps_rows(&cli, "probe")))
+    });
+    println!("after killing {sandbox}: {failed:?}");
+    let again = cli.wait_running("probe", replicas, |tasks| {
+        !tasks.iter().any(|t| t.id == victim.id)
+    });
+    let replacement: Vec<&Task> = again.iter().filter(|t| !probes.contains(t)).collect();
+    assert_eq!(replacement.len(), 1, "{again:#?}");
+    check_log(&guard, replacement[0], vip, &web);
+    let rows = ps_rows(&cli, "probe").expect("service ps probe");
+    assert_eq!(
+        rows.iter().filter(|r| !r[3].is_empty()).count(),
+        1,
+        "only the killed sandbox's task failed: {rows:#?}"
+    );
+
+    // Removing the service removes every task container and every sandbox.
+    cli.ok("h1", &["service", "rm", "probe"]);
+    wait_for("probe's containers and sandboxes are gone", BOUND, || {
+        let left: Vec<String> = [
+            containers_labelled(&guard, "com.docker.swarm.service.name", "probe"),
+            containers_labelled(&guard, "shoal.sandbox.service.name", "probe"),
+        ]
+        .concat();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    });
+    assert_eq!(
+        containers_labelled(&guard, "shoal.sandbox.service.name", "web").len(),
+        2,
+        "web's sandboxes stay"
+    );
+}
