@@ -53,7 +53,15 @@ fn containers_labelled(guard: &LabGuard, label: &str, value: &str) -> Vec<String
     for h in &guard.state.hosts {
         let out = guard.exec_ok(
             &h.name,
-            &["docker", "ps", "-a", "--format", "{{.Names}}", "--filter", &filter],
+            &[
+                "docker",
+                "ps",
+                "-a",
+                "--format",
+                "{{.Names}}",
+                "--filter",
+                &filter,
+            ],
         );
         all.extend(out.lines().map(|l| format!("{}:{l}", h.name)));
     }
@@ -149,7 +157,8 @@ fn a_task_reaches_a_service_by_name_at_its_first_instruction() {
         "one task per slot, none replaced: {rows:#?}"
     );
     assert!(
-        rows.iter().all(|r| r[2].starts_with("Running") && r[3].is_empty()),
+        rows.iter()
+            .all(|r| r[2].starts_with("Running") && r[3].is_empty()),
         "{rows:#?}"
     );
 

@@ -283,10 +283,8 @@ impl Executor {
         let by_task: HashMap<&str, &Observed> =
             observed.iter().map(|o| (o.task_id.as_str(), o)).collect();
 
-        let sandbox_of: HashMap<&str, &ObservedSandbox> = sandboxes
-            .iter()
-            .map(|s| (s.task_id.as_str(), s))
-            .collect();
+        let sandbox_of: HashMap<&str, &ObservedSandbox> =
+            sandboxes.iter().map(|s| (s.task_id.as_str(), s)).collect();
 
         // Containers that should not be here, and running ones whose sandbox (their
         // network) is gone.
@@ -452,9 +450,7 @@ impl Executor {
     }
 
     /// The task containers and the sandboxes on this node.
-    async fn list(
-        &self,
-    ) -> Result<(Vec<Observed>, Vec<ObservedSandbox>), bollard::errors::Error> {
+    async fn list(&self) -> Result<(Vec<Observed>, Vec<ObservedSandbox>), bollard::errors::Error> {
         let labelled = |label: &str| ListContainersOptions {
             all: true,
             filters: Some(HashMap::from([(

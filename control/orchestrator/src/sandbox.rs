@@ -107,7 +107,10 @@ pub async fn start(docker: &DockerClient, spec: &Spec) -> Result<Started, String
     remove(docker, &spec.name).await?;
     let labels = HashMap::from([
         (LABEL_SANDBOX_TASK_ID.to_owned(), spec.task_id.clone()),
-        (LABEL_SANDBOX_SERVICE_NAME.to_owned(), spec.service_name.clone()),
+        (
+            LABEL_SANDBOX_SERVICE_NAME.to_owned(),
+            spec.service_name.clone(),
+        ),
     ]);
     let body = ContainerCreateBody {
         image: Some(image::TAG.to_owned()),

@@ -147,7 +147,9 @@ mod tests {
         let (tx, mut rx) = channel();
         let waiter = {
             let mut rx = rx.clone();
-            tokio::spawn(async move { wait_ready(&mut rx, &wanted(), Duration::from_secs(5)).await })
+            tokio::spawn(
+                async move { wait_ready(&mut rx, &wanted(), Duration::from_secs(5)).await },
+            )
         };
         let all = ready();
         publish(&tx, |r| r.attached = all.attached.clone());

@@ -184,7 +184,12 @@ fn scoped_containers(
         .local_endpoints
         .iter()
         .filter(|e| cookies.contains_key(&e.container))
-        .filter_map(|e| Some((e.container.clone(), declared.containers.get(&e.container)?.id)))
+        .filter_map(|e| {
+            Some((
+                e.container.clone(),
+                declared.containers.get(&e.container)?.id,
+            ))
+        })
         .collect()
 }
 

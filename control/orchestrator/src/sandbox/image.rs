@@ -91,7 +91,7 @@ fn elf(machine: u16, code: &[u8]) -> Vec<u8> {
     b.extend_from_slice(&(PROGRAM_HEADER as u16).to_le_bytes()); // e_phentsize
     b.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
     b.extend_from_slice(&[0; 6]); // e_shentsize, e_shnum, e_shstrndx
-    // One PT_LOAD segment, read and execute, mapping the whole file at BASE.
+                                  // One PT_LOAD segment, read and execute, mapping the whole file at BASE.
     b.extend_from_slice(&1u32.to_le_bytes()); // p_type: PT_LOAD
     b.extend_from_slice(&5u32.to_le_bytes()); // p_flags: R | X
     b.extend_from_slice(&0u64.to_le_bytes()); // p_offset
@@ -179,8 +179,8 @@ pub fn build() -> Result<SandboxImage, String> {
         "Layers": [layer_name],
     }]))
     .map_err(|e| e.to_string())?;
-    let repositories = serde_json::to_vec(&json!({ REPO: { VERSION: layer_hex } }))
-        .map_err(|e| e.to_string())?;
+    let repositories =
+        serde_json::to_vec(&json!({ REPO: { VERSION: layer_hex } })).map_err(|e| e.to_string())?;
     let tarball = tar(&[
         (&config_name, 0o644, Some(&config)),
         (&layer_dir, 0o755, None),
