@@ -395,14 +395,19 @@ fn services_are_scheduled_healed_and_removed_on_three_hosts() {
         })
         .expect("a front task on web")
         .clone();
-    let container = ep["container"].as_str().unwrap().to_string();
+    // Endpoints name the task's sandbox, whose namespace the task's container joins.
+    let sandbox = ep["container"].as_str().unwrap().to_string();
+    let container = sandbox
+        .strip_suffix(".sandbox")
+        .unwrap_or_else(|| panic!("{sandbox} is not a task's sandbox"))
+        .to_string();
     let ip = ep["ip"].as_str().unwrap().to_string();
     assert!(ip.starts_with("10.0.9."), "{ip}");
     let first: Vec<&serde_json::Value> = overlay["local_endpoints"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|e| e["container"] == container.as_str())
+        .filter(|e| e["container"] == sandbox.as_str())
         .collect();
     assert_eq!(first[0]["network"], "ingress", "ingress first: {first:?}");
     wait_for("the task's address in its container", BOUND, || {
