@@ -23,7 +23,7 @@
 //! ready in time).
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     net::Ipv4Addr,
     path::PathBuf,
     sync::Arc,
@@ -74,6 +74,8 @@ const EVENT_COALESCE: Duration = Duration::from_millis(20);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 /// Grace for a task's process on shutdown before it is killed.
 const STOP_GRACE_SECS: i32 = 5;
+/// Longest wait, before starting tasks, for gossip to tell of their running peers.
+const PEER_WAIT: Duration = Duration::from_secs(5);
 
 /// One task container as dockerd lists it.
 #[derive(Debug, Clone)]
@@ -250,15 +252,7 @@ impl Executor {
             return;
         };
         let me = self.client.node_id().to_string();
-        let table = self.gossip.settled_table(&state, &me);
-        let declared: DeclaredNode = node_state::compute_with(&state, &me, table.as_deref()).into();
-        self.intent.send_if_modified(|old| {
-            if old.as_deref() == Some(&declared) {
-                return false;
-            }
-            *old = Some(Arc::new(declared));
-            true
-        });
+        self.declare(&state, &me);
         let (observed, sandboxes) = match self.list().await {
             Ok(o) => o,
             Err(e) => {
@@ -373,6 +367,22 @@ impl Executor {
             .collect();
         actions.extend(leftover);
 
+        // What a task starting now should find: the peers the store has running on its
+        // networks, in the declared state its start waits to see applied.
+        let starting_networks: BTreeSet<String> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Start { task, .. } => Some(task.networks.iter()),
+                _ => None,
+            })
+            .flatten()
+            .map(|a| a.network_id.clone())
+            .collect();
+        if !starting_networks.is_empty() {
+            self.hear_peers(&state, &me, &starting_networks).await;
+        }
+        let version = self.intent.borrow().as_ref().map_or(0, |d| d.version);
+
         let prepared = began.elapsed();
         let count = actions.len();
         // One image check per image, not per task; the sandbox image once.
@@ -397,6 +407,7 @@ impl Executor {
             images,
             sandbox_image,
             ready: self.ready.clone(),
+            version,
         };
         let docker = self.docker.clone();
         let node = me.clone();
@@ -446,6 +457,58 @@ impl Executor {
                 self.sent.retain(|id, _| live.contains(id));
             }
             Err(e) => warn!(error = %e, "reporting task states to the managers"),
+        }
+    }
+
+    /// Publishes the node's declared state for `state` (and the gossip table) if it
+    /// changed, one version on from the last.
+    fn declare(&mut self, state: &ClusterState, me: &str) {
+        let table = self.gossip.settled_table(state, me);
+        let mut declared: DeclaredNode =
+            node_state::compute_with(state, me, table.as_deref()).into();
+        self.intent.send_if_modified(|old| {
+            let last = old.as_ref().map_or(0, |d| d.version);
+            declared.version = last;
+            if old.as_deref() == Some(&declared) {
+                return false;
+            }
+            declared.version = last + 1;
+            *old = Some(Arc::new(declared));
+            true
+        });
+    }
+
+    /// Waits (at most [`PEER_WAIT`]) until gossip has told this node of every task the
+    /// store has running on `networks`, publishing the declared state as the news comes
+    /// in, so a task started next finds its peers. A peer still unheard of after the
+    /// wait is most likely on a failing node (the managers mark it down): the tasks
+    /// start without it.
+    async fn hear_peers(&mut self, state: &ClusterState, me: &str, networks: &BTreeSet<String>) {
+        let Some(mut news) = self.gossip.watch() else {
+            return;
+        };
+        news.borrow_and_update();
+        let deadline = tokio::time::Instant::now() + PEER_WAIT;
+        loop {
+            // None: gossip has not caught up yet, and the store alone counts.
+            let Some(table) = self.gossip.settled_table(state, me) else {
+                return;
+            };
+            let unheard = node_state::unheard_peers(state, me, networks, &table);
+            if unheard.is_empty() {
+                return;
+            }
+            match tokio::time::timeout_at(deadline, news.changed()).await {
+                Ok(Ok(())) => {
+                    news.borrow_and_update();
+                    self.declare(state, me);
+                }
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    debug!(?unheard, "starting tasks before gossip told of these peers");
+                    return;
+                }
+            }
         }
     }
 
@@ -569,6 +632,8 @@ struct Prepared {
     images: HashMap<String, ImageCheck>,
     sandbox_image: Result<(), String>,
     ready: Option<ReadinessWatch>,
+    /// The declared state's version that holds the tasks' peers.
+    version: u64,
 }
 
 async fn act(
@@ -646,6 +711,7 @@ async fn act(
                 dns_network,
                 sandbox_image: prepared.sandbox_image.clone(),
                 ready: prepared.ready.clone(),
+                version: prepared.version,
             };
             start(docker, node, &task, &service, network, image).await
         }
@@ -659,6 +725,8 @@ struct Network {
     /// Whether the sandbox image is loaded, or why not.
     sandbox_image: Result<(), String>,
     ready: Option<ReadinessWatch>,
+    /// The declared state's version the dataplane must have applied first.
+    version: u64,
 }
 
 async fn start(
@@ -798,7 +866,15 @@ async fn start_sandbox(
         return Ok(started);
     };
     let waited = std::time::Instant::now();
-    match sandbox::wait_ready(&mut ready, &spec.name, &started, &dns_network).await {
+    match sandbox::wait_ready(
+        &mut ready,
+        &spec.name,
+        &started,
+        &dns_network,
+        network.version,
+    )
+    .await
+    {
         Ok(()) => {
             debug!(task = %t.id, ms = waited.elapsed().as_millis() as u64, "task's network ready");
             Ok(started)

@@ -350,6 +350,35 @@ pub fn compute_with(
     }
 }
 
+/// Tasks on other nodes that the store has running on one of `networks` (store IDs), on
+/// a Ready node, and that the gossip `table` does not list yet: peers a task starting
+/// here now would not find (no remote endpoint, backend or record), because the news of
+/// them has not reached this node.
+pub fn unheard_peers(
+    state: &ClusterState,
+    node_id: &str,
+    networks: &BTreeSet<String>,
+    table: &shoal_gossip::EndpointTable,
+) -> Vec<String> {
+    let gossiped: BTreeSet<(String, String)> = table
+        .iter()
+        .filter_map(|e| Some((e.node.to_string(), e.endpoint.task?)))
+        .collect();
+    state
+        .tasks
+        .values()
+        .filter(|t| t.status.state == TaskState::Running)
+        .filter(|t| t.node_id.as_deref().is_some_and(|n| n != node_id))
+        .filter(|t| node_ready(state, t.node_id.as_ref()))
+        .filter(|t| t.networks.iter().any(|a| networks.contains(&a.network_id)))
+        .filter(|t| {
+            let node = t.node_id.clone().unwrap_or_default();
+            !gossiped.contains(&(node, t.id.clone()))
+        })
+        .map(|t| t.id.clone())
+        .collect()
+}
+
 /// Writes `value` as JSON to `path` atomically (temporary file, then rename), only if
 /// the content differs from what is there. Returns whether it wrote.
 pub fn write_if_changed<T: serde::Serialize>(path: &Path, value: &T) -> std::io::Result<bool> {
@@ -380,6 +409,7 @@ impl From<NodeState> for shoal_dataplane::reconcile::DeclaredNode {
             data_path_port: ns.data_path_port,
             data_path_addr: ns.data_path_addr,
             containers: Default::default(),
+            version: 0,
         }
     }
 }

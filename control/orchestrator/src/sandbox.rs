@@ -160,17 +160,20 @@ pub async fn start(docker: &DockerClient, spec: &Spec) -> Result<Started, String
 }
 
 /// Waits (at most [`READY_TIMEOUT`]) until the dataplane has made the sandbox's
-/// network ready: attached, scoped for VIPs, DNS serving on `dns_network`.
+/// network ready: attached, scoped for VIPs, DNS serving on `dns_network`, and every
+/// reconciler at declared state `version` or later (the one holding the task's peers).
 pub async fn wait_ready(
     watch: &mut ReadinessWatch,
     name: &str,
     started: &Started,
     dns_network: &str,
+    version: u64,
 ) -> Result<(), String> {
     let wanted = Wanted {
         container: name.to_owned(),
         netns_id: started.netns_id,
         dns_network: dns_network.to_owned(),
+        version,
     };
     ready::wait_ready(watch, &wanted, READY_TIMEOUT).await
 }

@@ -219,7 +219,16 @@ impl<H: ListenerHost + 'static> Reconcile for DnsReconciler<H> {
         let networks = self.follow_networks(present);
         if let Some(tx) = &self.ready {
             let serving = self.servers.keys().cloned().collect();
-            ready::publish(tx, |r| r.dns_serving = serving);
+            // The records in force are the declared ones unless they were refused.
+            let taken = declared
+                .filter(|d| d.dns.is_some() && self.status.refused.is_none())
+                .map(|d| d.version);
+            ready::publish(tx, |r| {
+                r.dns_serving = serving;
+                if let Some(v) = taken {
+                    r.dns_version = v;
+                }
+            });
         }
         (records || networks).then(|| {
             self.status.serving = self.servers.keys().cloned().collect();
@@ -320,9 +329,11 @@ mod tests {
 
         let d = DeclaredNode {
             dns: Some(DnsState::default()),
+            version: 2,
             ..Default::default()
         };
         let s = r.reconcile(Some(&d), &[], Cue::Declared).unwrap();
+        assert_eq!(ready.borrow().dns_version, 2);
         assert!(s.serving.is_empty());
         assert_eq!(r.host.stopped, ["a"]);
         assert!(s.refused.is_none());

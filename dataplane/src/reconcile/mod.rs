@@ -54,6 +54,10 @@ pub struct DeclaredNode {
     /// container name (resolved by the agent; a container missing here is not running,
     /// and is attached once it is).
     pub containers: BTreeMap<String, ContainerNetns>,
+    /// The source's count of its changes (the executor's; 0 for the standalone files):
+    /// reconcilers say which version they applied ([`ready`]), so the source knows when
+    /// a change of its own has reached the kernel.
+    pub version: u64,
 }
 
 /// What the reconcilers follow: None until a first state is known (then nothing is

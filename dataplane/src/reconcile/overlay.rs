@@ -184,7 +184,12 @@ impl<K: OverlayKernel + 'static> Reconcile for OverlayReconciler<K> {
                     );
                 }
                 if let Some(tx) = &self.ready {
-                    ready::publish(tx, |r| r.attached = report.attached);
+                    ready::publish(tx, |r| {
+                        r.attached = report.attached;
+                        if report.failed.is_empty() {
+                            r.overlay_version = declared.version;
+                        }
+                    });
                 }
                 status.refused = None;
                 status.applied_ops = report.applied;
@@ -322,15 +327,16 @@ mod tests {
         );
         assert!(ready.borrow().attached.is_empty());
 
-        let s = r
-            .reconcile(Some(&declared(true)), &[], Cue::Declared)
-            .unwrap();
+        let mut d = declared(true);
+        d.version = 4;
+        let s = r.reconcile(Some(&d), &[], Cue::Declared).unwrap();
         assert_eq!(s.attachments, 1);
         assert_eq!(
             ready.borrow().attached,
             std::collections::BTreeMap::from([("c1".to_owned(), 7)]),
             "the executor learns c1's namespace is attached"
         );
+        assert_eq!(ready.borrow().overlay_version, 4);
         assert!(s.absent_containers.is_empty());
         assert!(present.has_changed().unwrap());
         let nets = present.borrow_and_update().clone();

@@ -30,6 +30,11 @@ pub struct Readiness {
     pub vip_scoped: BTreeMap<String, u64>,
     /// Networks (by ID) whose DNS listener serves on their gateway.
     pub dns_serving: BTreeSet<String>,
+    /// The [`super::DeclaredNode::version`] each reconciler last applied whole (its
+    /// remote endpoints, backends and records too).
+    pub overlay_version: u64,
+    pub vip_version: u64,
+    pub dns_version: u64,
 }
 
 /// The reconcilers' side: each updates its own field.
@@ -61,6 +66,9 @@ pub struct Wanted {
     pub netns_id: u64,
     /// The network whose gateway is the container's resolver (its first network).
     pub dns_network: String,
+    /// The declared state's version that holds everything the task should find (its
+    /// peers' endpoints, the backends of the VIPs it may use, the names it may ask).
+    pub version: u64,
 }
 
 impl Readiness {
@@ -68,18 +76,29 @@ impl Readiness {
     pub fn missing(&self, wanted: &Wanted) -> Vec<String> {
         let mut out = Vec::new();
         let same = |m: &BTreeMap<String, u64>| m.get(&wanted.container) == Some(&wanted.netns_id);
+        let behind = |what: &str, version: u64| {
+            (version < wanted.version).then(|| {
+                format!(
+                    "the {what} reconciler has applied declared state {version}, not yet {}",
+                    wanted.version
+                )
+            })
+        };
         if !same(&self.attached) {
             out.push("the overlay has not attached its namespace".to_owned());
         }
+        out.extend(behind("overlay", self.overlay_version));
         if !same(&self.vip_scoped) {
             out.push("the service VIP maps do not scope its namespace".to_owned());
         }
+        out.extend(behind("VIP", self.vip_version));
         if !self.dns_serving.contains(&wanted.dns_network) {
             out.push(format!(
                 "DNS is not serving on network {}",
                 wanted.dns_network
             ));
         }
+        out.extend(behind("DNS", self.dns_version));
         out
     }
 }
@@ -116,6 +135,7 @@ mod tests {
             container: "web.1.t1.sandbox".into(),
             netns_id: 7,
             dns_network: "front".into(),
+            version: 3,
         }
     }
 
@@ -124,6 +144,9 @@ mod tests {
             attached: [("web.1.t1.sandbox".to_owned(), 7)].into(),
             vip_scoped: [("web.1.t1.sandbox".to_owned(), 7)].into(),
             dns_serving: ["front".to_owned()].into(),
+            overlay_version: 3,
+            vip_version: 4,
+            dns_version: 3,
         }
     }
 
@@ -137,9 +160,16 @@ mod tests {
             ["the overlay has not attached its namespace"],
             "an earlier namespace under the same name does not count"
         );
+        let mut old = ready();
+        old.vip_version = 2;
+        assert_eq!(
+            old.missing(&wanted()),
+            ["the VIP reconciler has applied declared state 2, not yet 3"],
+            "maps written from an older declared state may lack the task's backends"
+        );
         let none = Readiness::default().missing(&wanted());
-        assert_eq!(none.len(), 3, "{none:?}");
-        assert!(none[2].contains("front"), "{none:?}");
+        assert_eq!(none.len(), 6, "{none:?}");
+        assert!(none[4].contains("front"), "{none:?}");
     }
 
     #[tokio::test]
@@ -152,11 +182,18 @@ mod tests {
             )
         };
         let all = ready();
-        publish(&tx, |r| r.attached = all.attached.clone());
-        publish(&tx, |r| r.vip_scoped = all.vip_scoped.clone());
+        publish(&tx, |r| {
+            r.attached = all.attached.clone();
+            r.overlay_version = 3;
+        });
+        publish(&tx, |r| {
+            r.vip_scoped = all.vip_scoped.clone();
+            r.vip_version = 3;
+        });
+        publish(&tx, |r| r.dns_serving = all.dns_serving.clone());
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
-        publish(&tx, |r| r.dns_serving = all.dns_serving.clone());
+        publish(&tx, |r| r.dns_version = 3);
         assert_eq!(waiter.await.unwrap(), Ok(()));
 
         publish(&tx, |r| r.dns_serving.clear());

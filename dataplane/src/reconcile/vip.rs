@@ -247,7 +247,13 @@ impl<K: VipKernel + 'static> Reconcile for VipReconciler<K> {
                 status.map_writes = n;
                 if let Some(tx) = &self.ready {
                     let scoped = scoped_containers(declared, &overlay, &cookies);
-                    ready::publish(tx, |r| r.vip_scoped = scoped);
+                    let taken = status.refused.is_none();
+                    ready::publish(tx, |r| {
+                        r.vip_scoped = scoped;
+                        if taken {
+                            r.vip_version = declared.version;
+                        }
+                    });
                 }
             }
             Err(e) => {
@@ -399,10 +405,11 @@ mod tests {
         let (ready_tx, ready) = ready::channel();
         let mut r = VipReconciler::new(FakeKernel::default()).with_readiness(ready_tx);
         assert!(r.reconcile(None, &[], Cue::Start).is_none());
-        let d = declared(&[
+        let mut d = declared(&[
             ("t1", "10.0.9.21", BackendState::Healthy),
             ("t2", "10.0.9.22", BackendState::Draining),
         ]);
+        d.version = 6;
         let s = r.reconcile(Some(&d), &present(), Cue::Declared).unwrap();
         assert_eq!((s.vips, s.healthy_backends, s.scopes), (1, 1, 1));
         assert_eq!(
@@ -410,6 +417,7 @@ mod tests {
             BTreeMap::from([("c1".to_owned(), 10)]),
             "the executor learns c1's namespace is scoped"
         );
+        assert_eq!(ready.borrow().vip_version, 6);
         let table = r.kernel().table.clone().unwrap();
         assert_eq!(table.healthy(ip("10.0.9.100")), [ip("10.0.9.21")]);
         assert!(

@@ -244,6 +244,21 @@ async fn remote_tasks_follow_gossip() {
     assert!(before.overlay.remote_endpoints.is_empty());
     assert_eq!(before.lb.services[0].backends.len(), 1, "own task only");
     assert_eq!(before.dns.services[0].tasks.len(), 1);
+    let all_nets: BTreeSet<String> = s.networks.keys().cloned().collect();
+    let n2_tasks: Vec<String> = (s.tasks.values())
+        .filter(|t| t.node_id.as_deref() == Some("n2"))
+        .map(|t| t.id.clone())
+        .collect();
+    let nothing = shoal_gossip::EndpointTable::default();
+    assert_eq!(
+        unheard_peers(&s, "n1", &all_nets, &nothing),
+        n2_tasks,
+        "n2's running task is not heard of yet"
+    );
+    assert!(
+        unheard_peers(&s, "n1", &BTreeSet::new(), &nothing).is_empty(),
+        "only the networks asked about count"
+    );
     drop(table);
 
     let has_n2 = |m: &Member| m.table().unwrap().iter().any(|e| &*e.node == "n2");
@@ -267,6 +282,7 @@ async fn remote_tasks_follow_gossip() {
     assert_eq!(with.lb.services[0].backends.len(), 2);
     assert_eq!(with.dns.services[0].tasks.len(), 2);
     assert_eq!(with, compute(&s, "n1"), "store and gossip agree");
+    assert!(unheard_peers(&s, "n1", &all_nets, &table).is_empty());
     assert!(
         m1.settled_table(&s, "n1").is_some(),
         "once it agrees with the store, the table counts"

@@ -47,6 +47,8 @@ pub async fn follow(files: DeclaredFiles, intent: Arc<IntentSender>) -> io::Resu
                 data_path_port: None,
                 data_path_addr: None,
                 containers: Default::default(),
+                // Nothing waits on the dataplane in the standalone mode.
+                version: 0,
             };
             intent.send_if_modified(|old| {
                 if old.as_deref() == Some(&next) {
