@@ -17,8 +17,10 @@
 //!             dockerd events (one watch) ──┘  (containers' ├─▶ routing mesh     ◀───────────┤
 //!                                              namespaces) └─▶ DNS listeners    ◀───────────┘
 //! ```
+pub mod cleanup;
 mod dataplane;
 mod files;
+pub mod validate;
 
 use std::{fmt, fs, sync::Arc, time::Duration};
 
@@ -124,6 +126,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
         data_dir: config.data_dir.clone(),
         listen: config.cluster_listen,
         underlay_interface: Some(config.underlay_interface.clone()),
+        advertise_addr: config.advertise_addr.map(Into::into),
         data_path_port: config.data_path_port,
         engine: EngineSource::Docker(config.docker_socket.clone()),
         hostname: None,
