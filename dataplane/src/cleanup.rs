@@ -149,7 +149,10 @@ fn remove_mesh_veths(report: &mut Report) {
         if !ours {
             continue;
         }
-        match Command::new("ip").args(["link", "del", "dev", &name]).output() {
+        match Command::new("ip")
+            .args(["link", "del", "dev", &name])
+            .output()
+        {
             Ok(o) if o.status.success() => report.done(format!("removed veth {name}")),
             Ok(o) => report.problem(format!(
                 "removing veth {name}: {}",

@@ -22,7 +22,9 @@ pub fn interface_with(addr: Ipv4Addr) -> io::Result<Option<String>> {
 /// metric), if there is one. Read from `/proc/net/route`, which shows the calling
 /// process's namespace.
 pub fn default_route_interface() -> io::Result<Option<String>> {
-    Ok(default_route_in(&std::fs::read_to_string("/proc/net/route")?))
+    Ok(default_route_in(&std::fs::read_to_string(
+        "/proc/net/route",
+    )?))
 }
 
 /// The default route's interface in the text of `/proc/net/route`.
@@ -124,7 +126,8 @@ pub fn mtu(ifname: &str) -> io::Result<u32> {
 mod tests {
     #[test]
     fn the_default_route_with_the_lowest_metric_wins() {
-        let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+        let table =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
 eth1\t00000000\t0101A8C0\t0003\t0\t0\t200\t00000000\t0\t0\t0
 eth0.100\t00000000\t0101A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0
 eth2\t0001A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0

@@ -19,10 +19,10 @@
 //! what should exist.
 
 pub mod bpffs;
+pub mod cleanup;
 pub mod iface;
 pub mod lb;
 pub mod overlay;
-pub mod cleanup;
 pub mod probe;
 pub mod reconcile;
 pub mod sysctl;

@@ -280,10 +280,8 @@ mod tests {
 
     impl Fake {
         fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!(
-                "shoal-sysctl-{name}-{}",
-                std::process::id()
-            ));
+            let dir =
+                std::env::temp_dir().join(format!("shoal-sysctl-{name}-{}", std::process::id()));
             let _ = fs::remove_dir_all(&dir);
             fs::create_dir_all(dir.join("sys/net/ipv4/conf/eth0.100")).unwrap();
             fs::write(dir.join("sys/net/ipv4/conf/eth0.100/forwarding"), "0\n").unwrap();
@@ -350,7 +348,9 @@ mod tests {
         assert_eq!(fake.value(RPF), "1");
         assert!(!fake.journal().exists(), "a finished restore removes it");
         // Nothing journaled: nothing to do.
-        assert!(restore_at(&fake.journal(), &fake.root()).unwrap().is_empty());
+        assert!(restore_at(&fake.journal(), &fake.root())
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
@@ -387,7 +387,10 @@ mod tests {
         let err = SysctlJournal::open_at(&fake.journal(), &fake.root()).unwrap_err();
         assert!(matches!(err, SysctlError::BadJournal { .. }), "{err}");
         assert!(restore_at(&fake.journal(), &fake.root()).is_err());
-        assert_eq!(fs::read_to_string(fake.journal()).unwrap(), "{\"entries\": [");
+        assert_eq!(
+            fs::read_to_string(fake.journal()).unwrap(),
+            "{\"entries\": ["
+        );
     }
 
     #[test]

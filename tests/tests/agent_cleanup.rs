@@ -21,9 +21,9 @@ use std::{
 
 use serde_json::Value;
 use shoal_tests::{
-    client_http, lab,
+    client_http, lab, privileged,
     swarm::{Cli, BOUND},
-    privileged, wait_for, LabGuard,
+    wait_for, LabGuard,
 };
 
 /// Where the test keeps the agent's files on host `h` (under the lab's run dir, which
@@ -206,10 +206,11 @@ fn bpf_ids(guard: &LabGuard, kind: &str, pinned_in: Option<&Path>) -> BTreeSet<u
         .flatten()
         .filter(|o| match pinned_in {
             None => true,
-            Some(dir) => o["pinned"].as_array().into_iter().flatten().any(|p| {
-                p.as_str()
-                    .is_some_and(|p| Path::new(p).starts_with(dir))
-            }),
+            Some(dir) => o["pinned"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p.as_str().is_some_and(|p| Path::new(p).starts_with(dir))),
         })
         .filter_map(|o| o["id"].as_u64())
         .collect()
@@ -231,7 +232,10 @@ fn attached_prog_ids(guard: &LabGuard) -> BTreeSet<u64> {
             _ => {}
         }
     }
-    walk(&serde_json::from_str(&text).unwrap_or(Value::Null), &mut ids);
+    walk(
+        &serde_json::from_str(&text).unwrap_or(Value::Null),
+        &mut ids,
+    );
     ids
 }
 
@@ -248,7 +252,9 @@ fn differences(
 }
 
 fn sysctl(guard: &LabGuard, key: &str) -> String {
-    output(guard, &format!("cat /proc/sys/{key}")).trim().to_owned()
+    output(guard, &format!("cat /proc/sys/{key}"))
+        .trim()
+        .to_owned()
 }
 
 #[test]
@@ -277,7 +283,13 @@ fn validate_and_bad_configs() {
         )),
         "{out}"
     );
-    for found in ["running as root", "kernel BTF", "programs load", "cgroup v2", "dockerd"] {
+    for found in [
+        "running as root",
+        "kernel BTF",
+        "programs load",
+        "cgroup v2",
+        "dockerd",
+    ] {
         assert!(out.contains(found), "no {found:?} line:\n{out}");
     }
 
@@ -292,11 +304,17 @@ fn validate_and_bad_configs() {
     assert!(out.contains("shoal: 1 problem found"), "{out}");
 
     // A port in use is a problem.
-    let holder = guard.exec("h1", &["sh", "-c", "nc -l -p 2377 </dev/null >/dev/null 2>&1 & echo $!"]);
-    let nc_pid: u32 = String::from_utf8_lossy(&holder.stdout)
-        .trim()
-        .parse()
-        .expect("nc pid");
+    let argv: Vec<String> = ["busybox", "nc", "-l", "-p", "2377"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut holder = lab::exec_command(&guard.state, "h1", &argv)
+        .expect("nc command")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting busybox nc");
     wait_for("nc listening on 2377", BOUND, || {
         let ss = output(&guard, "ss -ltn");
         if ss.contains(":2377 ") {
@@ -306,7 +324,8 @@ fn validate_and_bad_configs() {
         }
     });
     let (ok, out) = shoal(&guard, &validate);
-    lab::procs::signal(nc_pid, libc::SIGKILL);
+    let _ = holder.kill();
+    let _ = holder.wait();
     assert!(!ok, "--validate with 2377 taken passed:\n{out}");
     assert!(
         out.lines()
@@ -333,7 +352,11 @@ fn validate_and_bad_configs() {
         let started = Instant::now();
         let (ok, out) = shoal(
             &guard,
-            &["agent".into(), "--config".into(), files.config.display().to_string()],
+            &[
+                "agent".into(),
+                "--config".into(),
+                files.config.display().to_string(),
+            ],
         );
         assert!(!ok, "the agent started with {extra:?}:\n{out}");
         let lines: Vec<&str> = out.lines().collect();
@@ -352,7 +375,11 @@ fn validate_and_bad_configs() {
     // A config file named but missing is an error; nothing starts.
     let (ok, out) = shoal(
         &guard,
-        &["agent".into(), "--config".into(), "/nonexistent/agent.toml".into()],
+        &[
+            "agent".into(),
+            "--config".into(),
+            "/nonexistent/agent.toml".into(),
+        ],
     );
     assert!(!ok && out.contains("/nonexistent/agent.toml"), "{out}");
 }
@@ -372,21 +399,49 @@ fn cleanup_leaves_the_host_as_it_was() {
     // Values the agent changes, so their restoring shows.
     guard.exec_ok(
         "h1",
-        &["sh", "-c", &format!("echo 0 > /proc/sys/{forwarding}; echo 0 > /proc/sys/{rp_filter}")],
+        &[
+            "sh",
+            "-c",
+            &format!("echo 0 > /proc/sys/{forwarding}; echo 0 > /proc/sys/{rp_filter}"),
+        ],
     );
+    // A fresh host's IPv6 link-local address is tentative for a moment (duplicate
+    // address detection): its settling is no change of the agent's.
+    wait_for("no tentative address", BOUND, || {
+        let tentative = output(&guard, "ip -6 addr show tentative");
+        if tentative.trim().is_empty() {
+            Ok(())
+        } else {
+            Err(tentative)
+        }
+    });
     let before = host_state(&guard, &files);
 
     let agent = start_agent(&guard, &files);
     let cli = Cli { lab: &guard };
     cli.ok("h1", &["swarm", "init"]);
     let info = cli.ok("h1", &["info", "--format", "{{.Swarm.NodeAddr}}"]);
-    assert_eq!(info.trim(), h.address.to_string(), "advertise_addr from the config file");
+    assert_eq!(
+        info.trim(),
+        h.address.to_string(),
+        "advertise_addr from the config file"
+    );
     cli.ok(
         "h1",
-        &["service", "create", "--name", "web", "-p", "8080:80", "shoal/web:1"],
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "-p",
+            "8080:80",
+            "shoal/web:1",
+        ],
     );
     let url = format!("http://{}:8080/", h.address);
-    wait_for("the published port answers", BOUND, || client_http(&guard, &url));
+    wait_for("the published port answers", BOUND, || {
+        client_http(&guard, &url)
+    });
     wait_for("the mesh's reply path and sysctls", BOUND, || {
         let (f, r) = (sysctl(&guard, &forwarding), sysctl(&guard, &rp_filter));
         if f == "1" && r == "2" {
@@ -396,18 +451,35 @@ fn cleanup_leaves_the_host_as_it_was() {
         }
     });
     let running = host_state(&guard, &files);
-    for aspect in ["links", "routes", "bpf attachments", "namespace pins", "pin dir", "sysctls", "containers"] {
-        assert_ne!(before[aspect], running[aspect], "{aspect}: the agent changed nothing");
+    for aspect in [
+        "links",
+        "routes",
+        "bpf attachments",
+        "namespace pins",
+        "pin dir",
+        "sysctls",
+        "containers",
+    ] {
+        assert_ne!(
+            before[aspect], running[aspect],
+            "{aspect}: the agent changed nothing"
+        );
     }
-    let journal = fs::read_to_string(files.data_dir.join("sysctl-restore.json"))
-        .expect("the sysctl journal");
-    assert!(journal.contains(&forwarding) && journal.contains(&rp_filter), "{journal}");
+    let journal =
+        fs::read_to_string(files.data_dir.join("sysctl-restore.json")).expect("the sysctl journal");
+    assert!(
+        journal.contains(&forwarding) && journal.contains(&rp_filter),
+        "{journal}"
+    );
     // What the agent made in the kernel, to be freed by cleanup.
     let links = bpf_ids(&guard, "link", Some(&files.pin_dir));
     let maps = bpf_ids(&guard, "map", Some(&files.pin_dir));
     let progs = attached_prog_ids(&guard);
     assert!(links.len() >= 2, "pinned links: {links:?}");
-    assert!(!maps.is_empty() && !progs.is_empty(), "maps {maps:?} progs {progs:?}");
+    assert!(
+        !maps.is_empty() && !progs.is_empty(),
+        "maps {maps:?} progs {progs:?}"
+    );
 
     // Refused while the agent runs.
     let (ok, out) = shoal(&guard, &files.cleanup_args());
@@ -416,10 +488,16 @@ fn cleanup_leaves_the_host_as_it_was() {
     // Refused while the node is in a swarm, and then nothing is removed.
     stop_agent(agent);
     let (ok, out) = shoal(&guard, &files.cleanup_args());
-    assert!(!ok && out.contains("still in a swarm (as a manager)"), "{out}");
+    assert!(
+        !ok && out.contains("still in a swarm (as a manager)"),
+        "{out}"
+    );
     let stopped = host_state(&guard, &files);
     for aspect in ["namespace pins", "pin dir", "sysctls", "containers"] {
-        assert_eq!(running[aspect], stopped[aspect], "{aspect} changed by a refused cleanup");
+        assert_eq!(
+            running[aspect], stopped[aspect],
+            "{aspect} changed by a refused cleanup"
+        );
     }
 
     // Leave the swarm, stop, clean up: the host is as it was.
@@ -443,27 +521,35 @@ fn cleanup_leaves_the_host_as_it_was() {
         }
     });
     assert_eq!(after, before);
-    wait_for("the agent's eBPF objects freed", Duration::from_secs(30), || {
-        let (l, m, p) = (
-            bpf_ids(&guard, "link", None),
-            bpf_ids(&guard, "map", None),
-            bpf_ids(&guard, "prog", None),
-        );
-        let left = (
-            links.intersection(&l).collect::<Vec<_>>(),
-            maps.intersection(&m).collect::<Vec<_>>(),
-            progs.intersection(&p).collect::<Vec<_>>(),
-        );
-        if left.0.is_empty() && left.1.is_empty() && left.2.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("links {:?} maps {:?} programs {:?} still there", left.0, left.1, left.2))
-        }
-    });
+    wait_for(
+        "the agent's eBPF objects freed",
+        Duration::from_secs(30),
+        || {
+            let (l, m, p) = (
+                bpf_ids(&guard, "link", None),
+                bpf_ids(&guard, "map", None),
+                bpf_ids(&guard, "prog", None),
+            );
+            let left = (
+                links.intersection(&l).collect::<Vec<_>>(),
+                maps.intersection(&m).collect::<Vec<_>>(),
+                progs.intersection(&p).collect::<Vec<_>>(),
+            );
+            if left.0.is_empty() && left.1.is_empty() && left.2.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "links {:?} maps {:?} programs {:?} still there",
+                    left.0, left.1, left.2
+                ))
+            }
+        },
+    );
     assert!(
         !files.data_dir.exists(),
         "the data dir is left: {:?}",
-        fs::read_dir(&files.data_dir).map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+        fs::read_dir(&files.data_dir)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
     );
     // A second cleanup finds nothing to do and succeeds.
     let (ok, out) = shoal(&guard, &files.cleanup_args());

@@ -330,8 +330,11 @@ impl AgentConfig {
 
     /// [`resolve`](Self::resolve) with `host` answering questions about interfaces.
     pub fn resolve_with(settings: Settings, host: HostLookup) -> Result<Self, ConfigError> {
-        let (underlay_interface, underlay_source) =
-            underlay(settings.underlay_interface.clone(), settings.advertise_addr, host)?;
+        let (underlay_interface, underlay_source) = underlay(
+            settings.underlay_interface.clone(),
+            settings.advertise_addr,
+            host,
+        )?;
         check_interface_name(&underlay_interface)?;
         let AgentPaths {
             pin_dir,
@@ -454,14 +457,11 @@ fn location_of(text: &str, offset: usize) -> String {
     let before = text.get(..offset).unwrap_or(text);
     let number = before.matches('\n').count() + 1;
     let line = text.lines().nth(number - 1).unwrap_or("");
-    let key = line
-        .split_once('=')
-        .map(|(k, _)| k.trim())
-        .filter(|k| {
-            !k.is_empty()
-                && k.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        });
+    let key = line.split_once('=').map(|(k, _)| k.trim()).filter(|k| {
+        !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    });
     match key {
         Some(k) => format!(", line {number}, key `{k}`"),
         None => format!(", line {number}"),
@@ -654,10 +654,13 @@ mod tests {
     fn a_missing_default_file_is_fine_a_missing_named_one_is_not() {
         // The default file is read if it exists; on a machine without it: no settings.
         if !Path::new(DEFAULT_CONFIG_FILE).exists() {
-            assert_eq!(Settings::from_config_file(None).unwrap(), Settings::default());
+            assert_eq!(
+                Settings::from_config_file(None).unwrap(),
+                Settings::default()
+            );
         }
-        let err = Settings::from_config_file(Some(Path::new("/nonexistent/agent.toml")))
-            .unwrap_err();
+        let err =
+            Settings::from_config_file(Some(Path::new("/nonexistent/agent.toml"))).unwrap_err();
         assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");
     }
 

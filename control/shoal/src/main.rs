@@ -267,16 +267,15 @@ mod tests {
             panic!("not cleanup");
         };
         assert!(c.force);
-        assert_eq!(c.pin_dir.as_deref(), Some(std::path::Path::new("/sys/fs/bpf/x")));
+        assert_eq!(
+            c.pin_dir.as_deref(),
+            Some(std::path::Path::new("/sys/fs/bpf/x"))
+        );
         // A run flag before the subcommand would be silently ignored: refused.
-        assert!(Cli::try_parse_from([
-            "shoal",
-            "agent",
-            "--underlay-interface",
-            "eth0",
-            "cleanup"
-        ])
-        .is_err());
+        assert!(
+            Cli::try_parse_from(["shoal", "agent", "--underlay-interface", "eth0", "cleanup"])
+                .is_err()
+        );
         // Cleanup takes no flag it would not use.
         assert!(Cli::try_parse_from(["shoal", "agent", "cleanup", "--lb-flows", "5"]).is_err());
     }

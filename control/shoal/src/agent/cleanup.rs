@@ -115,9 +115,9 @@ fn remove_containers(socket: &Path, report: &mut Report) {
                 }
             }
         }
-        Err(e) => report.problems.push(format!(
-            "the agent's containers could not be removed: {e}"
-        )),
+        Err(e) => report
+            .problems
+            .push(format!("the agent's containers could not be removed: {e}")),
     }
 }
 

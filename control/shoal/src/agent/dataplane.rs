@@ -10,7 +10,6 @@ use shoal_dataplane::{
     lb::{mesh_reply, vip},
     overlay::kernel::NetlinkKernel,
     overlay::plan::NodeParams,
-    sysctl::SysctlJournal,
     reconcile::{
         dns::{DnsReconciler, Resolver},
         mesh::{KernelMesh, MeshNode, MeshReconciler},
@@ -20,6 +19,7 @@ use shoal_dataplane::{
         vip::VipReconciler,
         Declared,
     },
+    sysctl::SysctlJournal,
 };
 use shoal_dns::{
     forward::{ForwardConfig, Forwarder},

@@ -144,10 +144,7 @@ fn docker_reachable(socket: &Path) -> Finding {
             docker.engine_version().await.map_err(|e| e.to_string())
         };
         match tokio::time::timeout(DOCKER_TIMEOUT, ask).await {
-            Ok(Ok(version)) => Ok(format!(
-                "dockerd {version} answers at {}",
-                socket.display()
-            )),
+            Ok(Ok(version)) => Ok(format!("dockerd {version} answers at {}", socket.display())),
             Ok(Err(e)) => Err(format!("dockerd is not reachable: {e}")),
             Err(_) => Err(format!(
                 "dockerd at {} did not answer within {}s",
