@@ -9,7 +9,9 @@
 //! `agent.json`. Then, until SIGTERM or SIGINT, log the counters if asked to.
 //! Shutdown: remove `agent.json`. The program stays attached through its pinned link
 //! (the next agent swaps its own in), and the pinned maps and the overlay stay, so a
-//! restarted agent changes nothing that works.
+//! restarted agent changes nothing that works; `shoal agent cleanup` ([`cleanup`])
+//! removes it all once the agent is stopped. The sysctls the dataplane changes are
+//! journaled in `<data_dir>/sysctl-restore.json` first, so cleanup can restore them.
 //!
 //! ```text
 //!  executor (store view + gossip)  ─┐                      ┌─▶ overlay ─ present networks ─┐
