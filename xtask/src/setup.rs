@@ -35,6 +35,8 @@ pub const PACKAGES: &[&str] = &[
     // bench lb: the userspace proxy and the iptables path the routing mesh is compared with.
     "haproxy",
     "iptables",
+    // The agent cleanup test lists the kernel's eBPF programs, links and maps.
+    "bpftool",
 ];
 
 pub const NIGHTLY: &str = "nightly";

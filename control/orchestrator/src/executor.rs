@@ -57,6 +57,50 @@ pub const LABEL_SERVICE_NAME: &str = "com.docker.swarm.service.name";
 pub const LABEL_NODE_ID: &str = "com.docker.swarm.node.id";
 pub const LABEL_SLOT: &str = "shoal.task.slot";
 
+/// Removes every container any shoal executor made on this dockerd, running or not
+/// (`shoal agent cleanup`). They are told apart by [`LABEL_SLOT`], shoal's own label:
+/// Swarm's labels alone would also match a Docker Swarm's tasks. Returns each
+/// container's name with what happened to it; Err if they could not be listed.
+pub async fn remove_all_task_containers(
+    docker: &DockerClient,
+) -> Result<Vec<(String, Result<(), String>)>, String> {
+    let options = ListContainersOptions {
+        all: true,
+        filters: Some(HashMap::from([(
+            "label".to_string(),
+            vec![LABEL_SLOT.to_string()],
+        )])),
+        ..Default::default()
+    };
+    let api = docker.engine();
+    let list = api
+        .list_containers(Some(options))
+        .await
+        .map_err(|e| format!("listing the task containers: {e}"))?;
+    let mut out = Vec::new();
+    for c in list {
+        let Some(id) = c.id else { continue };
+        let name = c
+            .names
+            .and_then(|n| n.into_iter().next())
+            .map(|n| n.trim_start_matches('/').to_owned())
+            .unwrap_or_else(|| id.clone());
+        let removed = api
+            .remove_container(
+                &id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(|e| e.to_string());
+        out.push((name, removed));
+    }
+    Ok(out)
+}
+
 /// How often the executor looks without an event.
 const TICK: Duration = Duration::from_millis(200);
 /// Containers created or removed at once.

@@ -90,6 +90,9 @@ pub struct ClusterAgentConfig {
     pub listen: SocketAddr,
     /// The interface whose IPv4 is the default advertise address.
     pub underlay_interface: Option<String>,
+    /// The default advertise address (the agent's `advertise_addr`), before the
+    /// underlay interface's.
+    pub advertise_addr: Option<IpAddr>,
     /// The VXLAN port unless `swarm init --data-path-port` says otherwise.
     pub data_path_port: u16,
     pub engine: EngineSource,
@@ -466,7 +469,8 @@ impl ClusterAgent {
     }
 
     /// `--advertise-addr`: IP:PORT, IP (with the listen port) or an interface name;
-    /// default: the listen IP if it is a specific one, else the underlay's IPv4.
+    /// default: the listen IP if it is a specific one, else the agent's advertise
+    /// address, else the underlay's IPv4.
     fn advertise_address(
         &self,
         given: Option<&str>,
@@ -489,6 +493,9 @@ impl ClusterAgent {
         }
         if !listen.ip().is_unspecified() {
             return Ok(listen);
+        }
+        if let Some(ip) = self.config.advertise_addr {
+            return Ok(SocketAddr::new(ip, port));
         }
         match &self.config.underlay_interface {
             Some(iface) => Ok(SocketAddr::new(interface_ip(iface)?.into(), port)),

@@ -19,6 +19,7 @@ use shoal_dataplane::{
         vip::VipReconciler,
         Declared,
     },
+    sysctl::SysctlJournal,
 };
 use shoal_dns::{
     forward::{ForwardConfig, Forwarder},
@@ -98,10 +99,13 @@ impl Dataplane {
             tx_redirect: mesh_reply::is_veth(&underlay),
         };
         let (pin_dir, flows) = (config.pin_dir.clone(), config.lb_flows);
+        // Every sysctl the node's dataplane changes is journaled here first, so
+        // `shoal agent cleanup` can put it back.
+        let sysctls = SysctlJournal::open(&config.data_dir)?;
         let mesh = runner::spawn(
             "lb-mesh",
             move || {
-                let kernel = KernelMesh::open(&pin_dir, flows, &underlay)?;
+                let kernel = KernelMesh::open(&pin_dir, flows, &underlay, sysctls)?;
                 MeshReconciler::new(kernel, mesh_node)
             },
             declared.clone(),
