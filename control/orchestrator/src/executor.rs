@@ -447,9 +447,9 @@ impl Executor {
         if self.pulling.contains(key) {
             return ImageCheck::Pulling;
         }
-        match self.docker.engine().inspect_image(&image.local()).await {
+        // dockerd takes the reference as the service gives it (`name:tag@digest` too).
+        match self.docker.engine().inspect_image(reference).await {
             Ok(i) => ImageCheck::Present {
-                local: image.local(),
                 healthcheck: i
                     .config
                     .and_then(|c| c.healthcheck)
@@ -582,9 +582,8 @@ fn observe(t: &Task, o: &Observed) -> Option<TaskStatusUpdate> {
 /// Where a task's image stands on this node.
 #[derive(Debug, Clone)]
 enum ImageCheck {
-    /// Here, under the reference `local`; `healthcheck`: the image declares a health
-    /// check of its own.
-    Present { local: String, healthcheck: bool },
+    /// Here; `healthcheck`: the image declares a health check of its own.
+    Present { healthcheck: bool },
     /// Being pulled: the task waits in `preparing`.
     Pulling,
     /// It cannot be had: the task is rejected with this (the registry's words for a
@@ -655,8 +654,8 @@ async fn start(
     let api = docker.engine();
     let spec = &service.spec;
     let mut out = vec![update(t, TaskState::Preparing, "preparing", None)];
-    let (local_image, image_healthcheck) = match image {
-        ImageCheck::Present { local, healthcheck } => (local, healthcheck),
+    let image_healthcheck = match image {
+        ImageCheck::Present { healthcheck } => healthcheck,
         ImageCheck::Pulling => return out,
         ImageCheck::Failed(err) => {
             warn!(task = %t.id, %err, "task rejected");
@@ -685,7 +684,7 @@ async fn start(
     });
     let dns = gateway.map(|g| vec![g.to_string()]);
     let body = ContainerCreateBody {
-        image: Some(local_image),
+        image: Some(spec.image.clone()),
         cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
         env: (!spec.env.is_empty()).then(|| spec.env.clone()),
         labels: Some(labels),

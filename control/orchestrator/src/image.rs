@@ -99,15 +99,6 @@ impl ImageRef {
     pub fn pinned(&self, digest: &str) -> String {
         format!("{}:{}@{digest}", self.name, self.tag_or_latest())
     }
-
-    /// How the node's dockerd finds the image once it has it: by digest when pinned
-    /// (what a pull by digest records), else `name:tag`.
-    pub fn local(&self) -> String {
-        match &self.digest {
-            Some(d) => format!("{}@{d}", self.name),
-            None => format!("{}:{}", self.name, self.tag_or_latest()),
-        }
-    }
 }
 
 impl std::fmt::Display for ImageRef {
@@ -208,7 +199,6 @@ mod tests {
         assert_eq!(r.name, "192.168.77.100:5000/shoal/web");
         assert_eq!(r.tag.as_deref(), Some("1"));
         assert_eq!(r.registry(), "192.168.77.100:5000");
-        assert_eq!(r.local(), "192.168.77.100:5000/shoal/web:1");
 
         let r = ImageRef::parse("localhost:5000/app").unwrap();
         assert_eq!(
@@ -235,7 +225,6 @@ mod tests {
         assert_eq!(r.name, "r:5000/a/b");
         assert_eq!(r.tag.as_deref(), Some("2"));
         assert_eq!(r.digest.as_deref(), Some(D));
-        assert_eq!(r.local(), format!("r:5000/a/b@{D}"));
         assert_eq!(r.to_string(), pinned);
         let r = ImageRef::parse(&format!("r:5000/a@{D}")).unwrap();
         assert_eq!((r.name.as_str(), r.tag.as_deref()), ("r:5000/a", None));

@@ -132,7 +132,8 @@ pub fn start(
             &netrc,
             &format!(
                 "machine {address} login {} password {}\n",
-                c.user, c.password
+                netrc_quote(&c.user),
+                netrc_quote(&c.password)
             ),
         )?;
     }
@@ -160,6 +161,12 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
         .with_context(|| format!("creating {}", path.display()))?;
     f.write_all(text.as_bytes())?;
     Ok(())
+}
+
+/// A netrc token as curl (7.84 and later) reads it: double-quoted, `"` and `\`
+/// escaped, so spaces may be part of it.
+fn netrc_quote(token: &str) -> String {
+    format!("\"{}\"", token.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 /// The registry's configuration: filesystem storage in `data`, deletes allowed (tests
@@ -421,6 +428,12 @@ mod tests {
         assert_eq!(b.status, 404);
         assert_eq!(b.text(), "{\"errors\":[]}");
         assert!(parse_answer(b"").is_err());
+    }
+
+    #[test]
+    fn netrc_tokens_are_quoted() {
+        assert_eq!(netrc_quote("a b"), "\"a b\"");
+        assert_eq!(netrc_quote(r#"q"\"#), r#""q\"\\""#);
     }
 
     #[test]
