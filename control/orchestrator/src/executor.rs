@@ -474,12 +474,9 @@ impl Executor {
                         image::pull(&docker, &image, creds.as_ref()),
                     )
                     .await
-                    .unwrap_or_else(|_| {
-                        Err(format!(
-                            "pulling {image}: no end within {} s",
-                            PULL_TIMEOUT.as_secs()
-                        ))
-                    });
+                    .unwrap_or_else(|_| Err(format!("no end within {} s", PULL_TIMEOUT.as_secs())))
+                    // The registry's words, with the image they are about.
+                    .map_err(|e| format!("pulling {image}: {e}"));
                     // The executor may be gone (the node left): nothing to tell then.
                     let _ = done.send((key, pulled));
                 });
