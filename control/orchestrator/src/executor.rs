@@ -145,6 +145,8 @@ pub struct Executor {
     pulling: HashSet<PullKey>,
     /// Pulls that failed, with the error, until a pass hands it to the waiting tasks.
     pull_failed: HashMap<PullKey, String>,
+    /// Pulls that succeeded, until a pass finds their image.
+    pulled: HashSet<PullKey>,
     /// Where pulls report their end (and wake the loop).
     pull_done_tx: mpsc::UnboundedSender<(PullKey, Result<(), String>)>,
     pull_done: mpsc::UnboundedReceiver<(PullKey, Result<(), String>)>,
@@ -169,6 +171,7 @@ impl Executor {
             gossip: crate::gossip_member::Member::new(None),
             pulling: HashSet::new(),
             pull_failed: HashMap::new(),
+            pulled: HashSet::new(),
             pull_done_tx,
             pull_done,
         }
@@ -362,6 +365,9 @@ impl Executor {
                 }
             }
         }
+        // A pull that ended before this pass was looked at by it if a task needed it; a
+        // later pass must not take a pruned image for one dockerd lost after a pull.
+        self.pulled.clear();
         let images: HashMap<String, ImageCheck> = actions
             .iter()
             .filter_map(|a| match a {
@@ -448,7 +454,9 @@ impl Executor {
             return ImageCheck::Pulling;
         }
         // dockerd takes the reference as the service gives it (`name:tag@digest` too).
-        match self.docker.engine().inspect_image(reference).await {
+        let found = self.docker.engine().inspect_image(reference).await;
+        let just_pulled = self.pulled.remove(key);
+        match found {
             Ok(i) => ImageCheck::Present {
                 healthcheck: i
                     .config
@@ -456,6 +464,14 @@ impl Executor {
                     .and_then(|h| h.test)
                     .is_some_and(|t| t.first().map(String::as_str) != Some("NONE")),
             },
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) if just_pulled => {
+                // Pulling again would loop for ever.
+                ImageCheck::Failed(format!(
+                    "pulled {reference}, but dockerd does not find it under that name"
+                ))
+            }
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => {
@@ -490,7 +506,10 @@ impl Executor {
     fn pull_ended(&mut self, key: PullKey, result: Result<(), String>) {
         self.pulling.remove(&key);
         match result {
-            Ok(()) => info!(image = %key.0, "image pulled"),
+            Ok(()) => {
+                info!(image = %key.0, "image pulled");
+                self.pulled.insert(key);
+            }
             Err(err) => {
                 warn!(image = %key.0, %err, "image pull failed");
                 self.pull_failed.insert(key, err);
