@@ -577,15 +577,16 @@ fn services_are_scheduled_healed_and_removed_on_three_hosts() {
                 .all(|t| t.current == "Pending" && t.error.contains("no suitable node")),
         "{tasks:#?}"
     );
-    // An image no node has: rejected with the reason, visible in ps.
+    // An image no node has and no registry gives: the pull fails and the task is
+    // rejected with the reason, visible in ps.
     let e = cli.err(
         "h1",
         &["service", "create", "--name", "ghost", "nosuch/image:1"],
     );
-    assert!(e.contains("No such image: nosuch/image:1"), "{e}");
+    assert!(e.contains("pulling nosuch/image:1: "), "{e}");
     cli.wait_ps("ghost", "a rejected task with the reason", |t| {
         t.iter()
-            .any(|x| x.current == "Rejected" && x.error.contains("No such image"))
+            .any(|x| x.current == "Rejected" && x.error.contains("pulling nosuch/image:1"))
     });
 
     // service rm: every container on every host goes.

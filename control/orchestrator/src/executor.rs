@@ -12,10 +12,16 @@
 //! list the task containers (one call, by label), start what should run, stop and
 //! remove what should not (and containers of tasks that are no longer this node's: a
 //! node that comes back after being Down cleans up), and report every state a task
-//! reached that the store does not know yet. Steps run on dockerd events and on a short
-//! tick. Task states follow Swarm: assigned, preparing (image check), starting
-//! (created and started; health check pending), running (started, healthy if it has a
-//! check), then complete, failed (exit code, unhealthy) or rejected (no such image).
+//! reached that the store does not know yet. Steps run on dockerd events, on a pull
+//! ending and on a short tick. Task states follow Swarm: assigned, preparing (the image
+//! is checked and, when the node lacks it, pulled), starting (created and started;
+//! health check pending), running (started, healthy if it has a check), then complete,
+//! failed (exit code, unhealthy) or rejected (the pull failed: the registry's error).
+//!
+//! Pulls run beside the passes, one per image (and per service whose registry
+//! credentials it needs, `--with-registry-auth`): a pass that finds an image missing
+//! starts its pull and reports the tasks `preparing`; the pull's end wakes the next pass,
+//! which starts the tasks or rejects them with the pull's error.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -36,13 +42,16 @@ use bollard::{
 use futures::{stream, StreamExt};
 use shoal_cluster::{
     manager::NodeClient,
+    registry_auth::RegistryCredentials,
     store::{ClusterState, Service, Task, TaskState, TaskStatus, TaskStatusUpdate},
 };
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::{
     docker::DockerClient,
     events::{DockerEvents, Watched},
+    image::{self, ImageRef},
     node_state,
     pipeline::IntentSender,
     scheduler::now_ms,
@@ -112,6 +121,13 @@ const EVENT_COALESCE: Duration = Duration::from_millis(20);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 /// Grace for a task's process on shutdown before it is killed.
 const STOP_GRACE_SECS: i32 = 5;
+/// Longest an image pull may take before its tasks are rejected (a registry that
+/// stops answering mid-pull must not hold them in `preparing` for ever).
+const PULL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// One pull: the image as the service names it, and the service whose registry
+/// credentials it uses (None: pulled without credentials).
+type PullKey = (String, Option<String>);
 
 /// One task container as dockerd lists it.
 #[derive(Debug, Clone)]
@@ -163,10 +179,21 @@ pub struct Executor {
     intent: Arc<IntentSender>,
     events: DockerEvents,
     state: Option<ClusterState>,
+    /// Registry credentials of the services this node has tasks of (from the leader).
+    registry_auth: std::collections::BTreeMap<String, RegistryCredentials>,
     /// The last state reported per task (not sent again until the store moves).
     sent: HashMap<String, TaskState>,
     /// This node's gossip member: publishes its running tasks, tells it others'.
     gossip: crate::gossip_member::Member,
+    /// Pulls under way.
+    pulling: HashSet<PullKey>,
+    /// Pulls that failed, with the error, until a pass hands it to the waiting tasks.
+    pull_failed: HashMap<PullKey, String>,
+    /// Pulls that succeeded, until a pass finds their image.
+    pulled: HashSet<PullKey>,
+    /// Where pulls report their end (and wake the loop).
+    pull_done_tx: mpsc::UnboundedSender<(PullKey, Result<(), String>)>,
+    pull_done: mpsc::UnboundedReceiver<(PullKey, Result<(), String>)>,
 }
 
 impl Executor {
@@ -176,14 +203,21 @@ impl Executor {
         events: DockerEvents,
         intent: Arc<IntentSender>,
     ) -> Executor {
+        let (pull_done_tx, pull_done) = mpsc::unbounded_channel();
         Executor {
             client,
             docker,
             intent,
             events,
             state: None,
+            registry_auth: Default::default(),
             sent: HashMap::new(),
             gossip: crate::gossip_member::Member::new(None),
+            pulling: HashSet::new(),
+            pull_failed: HashMap::new(),
+            pulled: HashSet::new(),
+            pull_done_tx,
+            pull_done,
         }
     }
 
@@ -229,6 +263,11 @@ impl Executor {
                 () = tokio::time::sleep(TICK) => {}
                 () = store_changed => {}
                 () = gossip_changed => {}
+                done = self.pull_done.recv() => {
+                    if let Some((key, result)) = done {
+                        self.pull_ended(key, result);
+                    }
+                }
                 update = events.next() => {
                     if let Watched::Lost(e) = update {
                         debug!(error = %e, "dockerd events lost; retrying");
@@ -249,7 +288,10 @@ impl Executor {
         // hold the pass until TCP's retransmission backoff fires (tens of seconds after
         // the heal); the fetch is a read, so giving up on it is safe.
         match tokio::time::timeout(FETCH_TIMEOUT, self.client.node_state(since)).await {
-            Ok(Ok(Some(state))) => self.state = Some(state),
+            Ok(Ok(Some(view))) => {
+                self.state = Some(view.state);
+                self.registry_auth = view.registry_auth;
+            }
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {
                 debug!(error = %e, "cannot fetch this node's tasks from the managers");
@@ -325,7 +367,8 @@ impl Executor {
                     if t.status.state.is_terminal() {
                         continue;
                     }
-                    if t.status.state <= TaskState::Accepted {
+                    // Up to preparing: not started yet (a pull may be under way).
+                    if t.status.state < TaskState::Starting {
                         let gateway = t
                             .networks
                             .first()
@@ -355,17 +398,31 @@ impl Executor {
 
         let prepared = began.elapsed();
         let count = actions.len();
-        // One image check per image, not per task.
-        let mut images: HashMap<String, ImageCheck> = HashMap::new();
+        // One image check (and pull) per image, not per task.
+        let mut images: HashMap<PullKey, ImageCheck> = HashMap::new();
         for a in &actions {
             if let Action::Start { service, .. } = a {
-                let image = &service.spec.image;
-                if !images.contains_key(image) {
-                    let check = check_image(&self.docker, image).await;
-                    images.insert(image.clone(), check);
+                let key = self.pull_key(service);
+                if let std::collections::hash_map::Entry::Vacant(slot) = images.entry(key) {
+                    let check = self.prepare_image(slot.key()).await;
+                    slot.insert(check);
                 }
             }
         }
+        // A pull that ended before this pass was looked at by it if a task needed it; a
+        // later pass must not take a pruned image for one dockerd lost after a pull.
+        self.pulled.clear();
+        let images: HashMap<String, ImageCheck> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Start { service, .. } => {
+                    let key = self.pull_key(service);
+                    let check = images.get(&key)?.clone();
+                    Some((service.id.clone(), check))
+                }
+                Action::Remove { .. } => None,
+            })
+            .collect();
         let docker = self.docker.clone();
         let node = me.clone();
         let images = &images;
@@ -414,6 +471,93 @@ impl Executor {
                 self.sent.retain(|id, _| live.contains(id));
             }
             Err(e) => warn!(error = %e, "reporting task states to the managers"),
+        }
+    }
+
+    /// Which pull a service's image needs: with its credentials when it has some.
+    fn pull_key(&self, service: &Service) -> PullKey {
+        let with = self
+            .registry_auth
+            .contains_key(&service.id)
+            .then(|| service.id.clone());
+        (service.spec.image.clone(), with)
+    }
+
+    /// Whether the image of `key` is here; if it is missing, starts its pull (once).
+    /// A pull that failed since the last pass gives its error, once.
+    async fn prepare_image(&mut self, key: &PullKey) -> ImageCheck {
+        let (reference, with) = key;
+        let image = match ImageRef::parse(reference) {
+            Ok(i) => i,
+            Err(e) => return ImageCheck::Failed(e),
+        };
+        if let Some(err) = self.pull_failed.remove(key) {
+            return ImageCheck::Failed(err);
+        }
+        if self.pulling.contains(key) {
+            return ImageCheck::Pulling;
+        }
+        // dockerd takes the reference as the service gives it (`name:tag@digest` too).
+        let found = self.docker.engine().inspect_image(reference).await;
+        let just_pulled = self.pulled.remove(key);
+        match found {
+            Ok(i) => ImageCheck::Present {
+                healthcheck: i
+                    .config
+                    .and_then(|c| c.healthcheck)
+                    .and_then(|h| h.test)
+                    .is_some_and(|t| t.first().map(String::as_str) != Some("NONE")),
+            },
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) if just_pulled => {
+                // Pulling again would loop for ever.
+                ImageCheck::Failed(format!(
+                    "pulled {reference}, but dockerd does not find it under that name"
+                ))
+            }
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {
+                let creds = with
+                    .as_ref()
+                    .and_then(|s| self.registry_auth.get(s))
+                    .cloned();
+                info!(%image, credentials = creds.is_some(), "pulling an image");
+                self.pulling.insert(key.clone());
+                let docker = self.docker.clone();
+                let done = self.pull_done_tx.clone();
+                let key = key.clone();
+                tokio::spawn(async move {
+                    let pulled = tokio::time::timeout(
+                        PULL_TIMEOUT,
+                        image::pull(&docker, &image, creds.as_ref()),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no end within {} s", PULL_TIMEOUT.as_secs())))
+                    // The registry's words, with the image they are about.
+                    .map_err(|e| format!("pulling {image}: {e}"));
+                    // The executor may be gone (the node left): nothing to tell then.
+                    let _ = done.send((key, pulled));
+                });
+                ImageCheck::Pulling
+            }
+            Err(other) => ImageCheck::Failed(format!("checking image {reference}: {other}")),
+        }
+    }
+
+    /// A pull ended: its failure waits for the next pass to reject the tasks with it.
+    fn pull_ended(&mut self, key: PullKey, result: Result<(), String>) {
+        self.pulling.remove(&key);
+        match result {
+            Ok(()) => {
+                info!(image = %key.0, "image pulled");
+                self.pulled.insert(key);
+            }
+            Err(err) => {
+                warn!(image = %key.0, %err, "image pull failed");
+                self.pull_failed.insert(key, err);
+            }
         }
     }
 
@@ -495,25 +639,19 @@ fn observe(t: &Task, o: &Observed) -> Option<TaskStatusUpdate> {
     Some(u)
 }
 
-/// Does one action; returns the task states it reached.
-/// What a node's dockerd says about an image: missing (the error), or present and
-/// whether it declares a health check of its own.
-type ImageCheck = Result<bool, String>;
-
-async fn check_image(docker: &DockerClient, image: &str) -> ImageCheck {
-    match docker.engine().inspect_image(image).await {
-        Ok(i) => Ok(i
-            .config
-            .and_then(|c| c.healthcheck)
-            .and_then(|h| h.test)
-            .is_some_and(|t| t.first().map(String::as_str) != Some("NONE"))),
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => Err(format!("No such image: {image}")),
-        Err(other) => Err(format!("checking image {image}: {other}")),
-    }
+/// Where a task's image stands on this node.
+#[derive(Debug, Clone)]
+enum ImageCheck {
+    /// Here; `healthcheck`: the image declares a health check of its own.
+    Present { healthcheck: bool },
+    /// Being pulled: the task waits in `preparing`.
+    Pulling,
+    /// It cannot be had: the task is rejected with this (the registry's words for a
+    /// failed pull).
+    Failed(String),
 }
 
+/// Does one action; returns the task states it reached.
 async fn act(
     docker: &DockerClient,
     node: &str,
@@ -557,9 +695,9 @@ async fn act(
             gateway,
         } => {
             let image = images
-                .get(&service.spec.image)
+                .get(&service.id)
                 .cloned()
-                .unwrap_or_else(|| Err("the image was not checked".into()));
+                .unwrap_or_else(|| ImageCheck::Failed("the image was not checked".into()));
             start(docker, node, &task, &service, gateway, image).await
         }
     }
@@ -577,8 +715,9 @@ async fn start(
     let spec = &service.spec;
     let mut out = vec![update(t, TaskState::Preparing, "preparing", None)];
     let image_healthcheck = match image {
-        Ok(h) => h,
-        Err(err) => {
+        ImageCheck::Present { healthcheck } => healthcheck,
+        ImageCheck::Pulling => return out,
+        ImageCheck::Failed(err) => {
             warn!(task = %t.id, %err, "task rejected");
             out.push(update(t, TaskState::Rejected, "rejected", Some(err)));
             return out;

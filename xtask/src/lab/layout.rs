@@ -120,6 +120,10 @@ pub struct LabState {
     pub underlay_subnet: String,
     pub hosts: Vec<HostState>,
     pub client: ClientState,
+    /// The lab registry, `address:port` (in the client namespace); images are
+    /// `<registry>/shoal/web:1`.
+    #[serde(default)]
+    pub registry: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

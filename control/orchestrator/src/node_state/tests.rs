@@ -83,6 +83,7 @@ fn cluster() -> ClusterState {
             updated_ms: 0,
             endpoint: Endpoint::default(),
             force_update: 0,
+            registry_auth: None,
             version: 0,
         }),
     });
