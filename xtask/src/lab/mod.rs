@@ -7,7 +7,8 @@
 //!            netns <p>-ul: bridge br0 (192.168.77.0/24, no route anywhere else)
 //!           /        |         \              \
 //!   <p>-h1 eth0  <p>-h2 eth0  <p>-h3 eth0   <p>-cl eth0
-//!   .11 dockerd  .12 dockerd  .13 dockerd   .100 client
+//!   .11 dockerd  .12 dockerd  .13 dockerd   .100 client: upstream DNS (outside.lab),
+//!                                                 web server ([`outside`])
 //! ```
 //!
 //! Nothing of a lab touches the machine's own interfaces: the underlay bridge lives in
@@ -15,6 +16,7 @@
 pub mod agent;
 pub mod data_path;
 pub mod layout;
+pub mod outside;
 pub mod procs;
 mod teardown;
 
@@ -135,9 +137,11 @@ fn build(layout: &Layout, hosts: u32, images: &[images::LabImage]) -> Result<Lab
     ip(&["-n", &ul, "link", "add", "br0", "type", "bridge"])?;
     ip(&["-n", &ul, "link", "set", "br0", "up"])?;
 
-    let client = layout::ClientState {
+    let mut client = layout::ClientState {
         netns: layout.client_netns(),
         address: client_address(),
+        dns: None,
+        http: None,
     };
     add_underlay_port(layout, &client.netns, "cl", &client.address.to_string())?;
     // The client stands for a machine on a wire: its veth would otherwise hand over
@@ -156,6 +160,9 @@ fn build(layout: &Layout, hosts: u32, images: &[images::LabImage]) -> Result<Lab
             "off",
         ],
     )?;
+    let (dns, http) = outside::start(layout, &client)?;
+    client.dns = Some(dns);
+    client.http = Some(http);
 
     let mut host_states = Vec::new();
     for i in 1..=hosts {
@@ -268,6 +275,9 @@ pub fn start_dockerd(layout: &Layout, name: &str, holder: u32) -> Result<u32> {
             "--exec-opt",
             "native.cgroupdriver=cgroupfs",
         ])
+        // Containers without a nameserver of their own ask the lab's upstream.
+        .arg("--dns")
+        .arg(client_address().to_string())
         .arg(format!("--cgroup-parent=/{}", layout.cgroup_parent(name)))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -460,5 +470,11 @@ pub fn describe(state: &LabState) -> String {
         state.client.address.to_string(),
         state.client.netns
     );
+    if let (Some(dns), Some(http)) = (state.client.dns, state.client.http) {
+        s += &format!(
+            "       upstream DNS {dns} ({}), web server http://{http}/\n",
+            outside::NAME
+        );
+    }
     s
 }
