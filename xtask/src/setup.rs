@@ -35,6 +35,8 @@ pub const PACKAGES: &[&str] = &[
     // bench lb: the userspace proxy and the iptables path the routing mesh is compared with.
     "haproxy",
     "iptables",
+    // The agent's task egress NAT (`nft -f -`).
+    "nftables",
 ];
 
 pub const NIGHTLY: &str = "nightly";
