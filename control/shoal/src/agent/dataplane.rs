@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use shoal_dataplane::{
-    egress::{kernel::NetlinkEgress, EgressParams, BRIDGE as EGRESS_BRIDGE},
+    egress::{kernel::NetlinkEgress, EgressParams},
     iface,
     lb::{mesh_reply, vip},
     overlay::kernel::NetlinkKernel,
@@ -172,18 +172,14 @@ impl Dataplane {
     }
 }
 
-/// Refuses an egress subnet that holds one of the host's own addresses (other than the
-/// gateway on the egress bridge itself): the host would route it to the tasks.
+/// Refuses an egress subnet that holds one of the host's own addresses (the egress
+/// bridge's, from a previous agent, are not counted as the host's): the host would
+/// route it to the tasks.
 fn check_egress_subnet(params: &EgressParams) -> Result<()> {
-    let bridge_holds_gateway = iface::interface_with(params.gateway)
-        .ok()
-        .flatten()
-        .as_deref()
-        == Some(EGRESS_BRIDGE);
     let clash = iface::node_addresses()
         .context("reading the host's addresses")?
         .into_iter()
-        .find(|a| params.subnet.contains(a) && !(bridge_holds_gateway && *a == params.gateway));
+        .find(|a| params.subnet.contains(a));
     match clash {
         Some(a) => bail!(
             "the egress subnet {} holds this host's address {a}: choose another with --egress-subnet",
