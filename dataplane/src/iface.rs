@@ -45,12 +45,17 @@ fn default_route_in(table: &str) -> Option<String> {
         .map(|(_, name)| name)
 }
 
-/// Every IPv4 address of the namespace's interfaces but loopback and link-local ones,
-/// without repeats: the addresses the node's published ports answer on.
+/// Every IPv4 address of the namespace's interfaces but loopback and link-local ones
+/// and the egress bridge's (the tasks' gateway, inside the node), without repeats: the
+/// addresses the node's published ports answer on.
 pub fn node_addresses() -> io::Result<Vec<Ipv4Addr>> {
     let mut out = Vec::new();
-    for (_, a) in ipv4_addresses()? {
-        if !a.is_loopback() && !a.is_link_local() && !out.contains(&a) {
+    for (name, a) in ipv4_addresses()? {
+        if name != crate::egress::BRIDGE
+            && !a.is_loopback()
+            && !a.is_link_local()
+            && !out.contains(&a)
+        {
             out.push(a);
         }
     }

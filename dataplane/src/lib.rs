@@ -7,6 +7,7 @@
 //! - [`iface`]: an interface's address and MTU, asked of the kernel.
 //! - [`lb`]: service VIPs and the ingress routing mesh from declared state.
 //! - [`overlay`]: VXLAN overlay networks from declared node state (reconciler).
+//! - [`egress`]: task egress: the gateway bridge, its NAT, each task's veth into it.
 //! - [`reconcile`]: the reconcilers as the agent runs them: each follows the declared
 //!   node state the agent publishes in memory, on a thread of its own.
 //! - [`sysctl`]: the node's kernel parameters the agent changes, journaled with their
@@ -20,6 +21,7 @@
 
 pub mod bpffs;
 pub mod cleanup;
+pub mod egress;
 pub mod iface;
 pub mod lb;
 pub mod overlay;

@@ -123,7 +123,7 @@ struct Built {
 }
 
 /// The CGI script that answers every request for `/`.
-fn cgi_script(suffix: &str) -> String {
+pub(crate) fn cgi_script(suffix: &str) -> String {
     format!(
         "#!/bin/sh\n\
          # busybox httpd on an IPv6 socket sets REMOTE_ADDR=[::ffff:a.b.c.d]: drop the\n\

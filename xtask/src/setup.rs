@@ -39,6 +39,8 @@ pub const PACKAGES: &[&str] = &[
     "bpftool",
     // The lab's image registry (the distribution registry), which hosts pull from.
     "docker-registry",
+    // The agent's task egress NAT (`nft -f -`).
+    "nftables",
 ];
 
 pub const NIGHTLY: &str = "nightly";

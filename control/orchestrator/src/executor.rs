@@ -162,7 +162,9 @@ enum Action {
     Start {
         task: Box<Task>,
         service: Box<Service>,
-        gateway: Option<Ipv4Addr>,
+        /// The container's nameserver: its first network's gateway, or the resolver
+        /// on the egress bridge for a task with no network.
+        dns: Option<Ipv4Addr>,
     },
     /// Stop and remove; `report` says whether the task should be reported shut down.
     Remove {
@@ -194,6 +196,8 @@ pub struct Executor {
     /// Where pulls report their end (and wake the loop).
     pull_done_tx: mpsc::UnboundedSender<(PullKey, Result<(), String>)>,
     pull_done: mpsc::UnboundedReceiver<(PullKey, Result<(), String>)>,
+    /// The resolver's address on the egress bridge (tasks with no network).
+    egress_dns: Option<Ipv4Addr>,
 }
 
 impl Executor {
@@ -218,7 +222,15 @@ impl Executor {
             pulled: HashSet::new(),
             pull_done_tx,
             pull_done,
+            egress_dns: None,
         }
+    }
+
+    /// Gives tasks with no network `dns` (the resolver on the egress bridge) as their
+    /// nameserver.
+    pub fn with_egress_dns(mut self, dns: Option<Ipv4Addr>) -> Executor {
+        self.egress_dns = dns;
+        self
     }
 
     /// Runs gossip on `listen` (see [`crate::gossip_member`]), its status in `status`.
@@ -369,15 +381,14 @@ impl Executor {
                     }
                     // Up to preparing: not started yet (a pull may be under way).
                     if t.status.state < TaskState::Starting {
-                        let gateway = t
-                            .networks
-                            .first()
-                            .and_then(|a| state.networks.get(&a.network_id))
-                            .and_then(|n| n.gateway);
+                        let dns = match t.networks.first() {
+                            Some(a) => state.networks.get(&a.network_id).and_then(|n| n.gateway),
+                            None => self.egress_dns,
+                        };
                         actions.push(Action::Start {
                             task: Box::new(t.clone()),
                             service: Box::new(service.clone()),
-                            gateway,
+                            dns,
                         });
                     } else if t.status.state >= TaskState::Starting {
                         updates.push(update(
@@ -689,16 +700,12 @@ async fn act(
                 _ => Vec::new(),
             }
         }
-        Action::Start {
-            task,
-            service,
-            gateway,
-        } => {
+        Action::Start { task, service, dns } => {
             let image = images
                 .get(&service.id)
                 .cloned()
                 .unwrap_or_else(|| ImageCheck::Failed("the image was not checked".into()));
-            start(docker, node, &task, &service, gateway, image).await
+            start(docker, node, &task, &service, dns, image).await
         }
     }
 }
@@ -708,7 +715,7 @@ async fn start(
     node: &str,
     t: &Task,
     service: &Service,
-    gateway: Option<Ipv4Addr>,
+    dns: Option<Ipv4Addr>,
     image: ImageCheck,
 ) -> Vec<TaskStatusUpdate> {
     let api = docker.engine();
@@ -742,7 +749,7 @@ async fn start(
         start_period: ns(h.start_period_ms),
         start_interval: None,
     });
-    let dns = gateway.map(|g| vec![g.to_string()]);
+    let dns = dns.map(|g| vec![g.to_string()]);
     let body = ContainerCreateBody {
         image: Some(spec.image.clone()),
         cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
@@ -821,6 +828,8 @@ pub struct ExecutorConfig {
     pub gossip_listen: Option<std::net::SocketAddr>,
     /// Where the gossip member's status goes (`<data_dir>/gossip.json`).
     pub gossip_status: Option<PathBuf>,
+    /// The resolver's address on the egress bridge: tasks with no network use it.
+    pub egress_dns: Option<Ipv4Addr>,
 }
 
 /// Connects to dockerd (retrying) and runs the executor for `client`'s node.
@@ -836,6 +845,7 @@ pub async fn run(client: NodeClient, config: ExecutorConfig) {
     };
     Executor::new(client, docker, config.events, config.intent)
         .with_gossip(config.gossip_listen, config.gossip_status)
+        .with_egress_dns(config.egress_dns)
         .run()
         .await
 }

@@ -69,6 +69,9 @@ pub struct NodeLinks {
     pub events: DockerEvents,
     /// The declared-state pipeline's input.
     pub intent: Arc<IntentSender>,
+    /// The resolver's address on the egress bridge: the nameserver of tasks with no
+    /// network. None: they get dockerd's default.
+    pub egress_dns: Option<Ipv4Addr>,
 }
 
 impl NodeLinks {
@@ -77,6 +80,7 @@ impl NodeLinks {
         Self {
             events: DockerEvents::none(),
             intent: Arc::new(tokio::sync::watch::channel(None).0),
+            egress_dns: None,
         }
     }
 }
@@ -238,6 +242,7 @@ impl ClusterAgent {
                     intent: links.intent,
                     gossip_listen: self.config.gossip_listen,
                     gossip_status: Some(self.config.data_dir.join("gossip.json")),
+                    egress_dns: links.egress_dns,
                 };
                 info!(node_id = %id, "task executor started");
                 bg.executor = Some((

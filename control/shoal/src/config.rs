@@ -16,7 +16,11 @@ use std::{
 };
 
 use serde::Deserialize;
-use shoal_dataplane::{bpffs::DEFAULT_PIN_DIR, overlay::state::DEFAULT_VXLAN_PORT};
+use shoal_dataplane::{
+    bpffs::DEFAULT_PIN_DIR,
+    egress::{EgressParams, DEFAULT_SUBNET as EGRESS_DEFAULT_SUBNET},
+    overlay::state::DEFAULT_VXLAN_PORT,
+};
 
 /// The config file read when `--config` is not given (a missing one is fine).
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/shoal/agent.toml";
@@ -129,6 +133,13 @@ pub struct Settings {
     /// [default: 0.0.0.0:7946]
     #[arg(long, value_name = "ADDR:PORT")]
     pub gossip_listen: Option<std::net::SocketAddr>,
+    /// Subnet of the node's gateway bridge (shoal_gwbridge), through which every task
+    /// reaches addresses outside the cluster, its source translated to the node's
+    /// address; the bridge holds the first address, where tasks with no network find
+    /// the resolver. It must not hold the host's own addresses or overlay subnets
+    /// [file key: egress_subnet] [default: 172.18.0.0/16]
+    #[arg(long, value_name = "CIDR")]
+    pub egress_subnet: Option<ipnet::Ipv4Net>,
 }
 
 impl Settings {
@@ -191,6 +202,7 @@ impl Settings {
             declared_lb: over.declared_lb.or(self.declared_lb),
             lb_flows: over.lb_flows.or(self.lb_flows),
             gossip_listen: over.gossip_listen.or(self.gossip_listen),
+            egress_subnet: over.egress_subnet.or(self.egress_subnet),
         }
     }
 }
@@ -295,6 +307,8 @@ pub struct AgentConfig {
     pub lb_flows: u32,
     /// Where gossip listens (in a cluster).
     pub gossip_listen: std::net::SocketAddr,
+    /// The gateway bridge's subnet (task egress).
+    pub egress_subnet: ipnet::Ipv4Net,
 }
 
 /// The declared-state files of the standalone mode (dataplane only, tests).
@@ -385,6 +399,14 @@ impl AgentConfig {
             None if settings.declared_lb.is_some() => return Err(ConfigError::LbWithoutOverlay),
             None => None,
         };
+        let egress_subnet = settings.egress_subnet.unwrap_or_else(|| {
+            EGRESS_DEFAULT_SUBNET
+                .parse()
+                .expect("the default egress subnet parses")
+        });
+        // The MTU is the underlay's, known only at start; the subnet is checked now.
+        EgressParams::new(egress_subnet, 1500)
+            .map_err(|reason| ConfigError::BadEgressSubnet { reason })?;
         let lb_flows = settings.lb_flows.unwrap_or(DEFAULT_LB_FLOWS);
         if lb_flows == 0 {
             return Err(ConfigError::BadLbFlows);
@@ -405,6 +427,7 @@ impl AgentConfig {
             cluster_listen,
             lb_flows,
             gossip_listen,
+            egress_subnet,
         })
     }
 }
@@ -449,6 +472,8 @@ pub enum ConfigError {
     LbWithoutOverlay,
     #[error("lb_flows must be at least 1")]
     BadLbFlows,
+    #[error("egress_subnet: {reason}")]
+    BadEgressSubnet { reason: String },
 }
 
 /// ", line N, key `K`" for byte offset `offset` of `text` (the key when that line
@@ -552,6 +577,7 @@ mod tests {
                 cluster_listen: DEFAULT_CLUSTER_LISTEN.parse().unwrap(),
                 lb_flows: DEFAULT_LB_FLOWS,
                 gossip_listen: DEFAULT_GOSSIP_LISTEN.parse().unwrap(),
+                egress_subnet: "172.18.0.0/16".parse().unwrap(),
             }
         );
     }
@@ -740,6 +766,32 @@ mod tests {
             })
         );
         assert_eq!(config.lb_flows, 1024);
+    }
+
+    #[test]
+    fn the_egress_subnet_comes_from_file_or_flags_and_is_checked() {
+        let config = AgentConfig::resolve(
+            parse("underlay_interface = \"eth0\"\negress_subnet = \"10.250.0.0/24\"\n").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(config.egress_subnet, "10.250.0.0/24".parse().unwrap());
+        for (bad, says) in [
+            ("10.250.0.0/31", "too small"),
+            ("10.250.0.9/24", "10.250.0.0/24"),
+        ] {
+            let settings = Settings {
+                underlay_interface: Some("eth0".into()),
+                egress_subnet: Some(bad.parse().unwrap()),
+                ..Settings::default()
+            };
+            let err = AgentConfig::resolve(settings).unwrap_err().to_string();
+            assert!(
+                err.starts_with("egress_subnet: ") && err.contains(says),
+                "{bad}: {err}"
+            );
+        }
+        let err = parse("underlay_interface = \"eth0\"\negress_subnet = \"nope\"\n").unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
     }
 
     #[test]

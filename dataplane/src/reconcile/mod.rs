@@ -14,6 +14,7 @@
 //! reconciler reads a file: the state reaches the kernel as soon as it is computed.
 
 pub mod dns;
+pub mod egress;
 pub mod intake;
 pub mod mesh;
 pub mod overlay;
@@ -21,7 +22,12 @@ pub mod runner;
 pub mod status;
 pub mod vip;
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::Arc,
+};
 
 use shoal_dns::records::DnsState;
 use tokio::sync::watch;
@@ -47,10 +53,25 @@ pub struct DeclaredNode {
     /// This node's data-path address (`swarm init/join --data-path-addr`): the overlay's
     /// VTEP, on the interface that holds it. None: the agent's underlay address.
     pub data_path_addr: Option<Ipv4Addr>,
-    /// The network namespace of every local endpoint's container that runs now, by
-    /// container name (resolved by the agent; a container missing here is not running,
-    /// and is attached once it is).
+    /// The containers of this node's tasks, by name, whether or not they are on a
+    /// network: each one that runs gets egress (the gateway bridge). Empty in the
+    /// standalone mode, which runs no tasks.
+    pub task_containers: BTreeSet<String>,
+    /// The network namespace of every local endpoint's container and task container
+    /// that runs now, by container name (resolved by the agent; a container missing
+    /// here is not running, and is attached once it is).
     pub containers: BTreeMap<String, ContainerNetns>,
+}
+
+impl DeclaredNode {
+    /// Every container the state names: local endpoints' and tasks'.
+    pub fn container_names(&self) -> BTreeSet<&str> {
+        let mut names: BTreeSet<&str> = (self.overlay.local_endpoints.iter())
+            .map(|e| e.container.as_str())
+            .collect();
+        names.extend(self.task_containers.iter().map(String::as_str));
+        names
+    }
 }
 
 /// What the reconcilers follow: None until a first state is known (then nothing is

@@ -7,7 +7,8 @@
 //!            netns <p>-ul: bridge br0 (192.168.77.0/24, no route anywhere else)
 //!           /        |         \              \
 //!   <p>-h1 eth0  <p>-h2 eth0  <p>-h3 eth0   <p>-cl eth0
-//!   .11 dockerd  .12 dockerd  .13 dockerd   .100 client, registry :5000
+//!   .11 dockerd  .12 dockerd  .13 dockerd   .100 client: registry :5000, upstream DNS
+//!                                                 (outside.lab), web server ([`outside`])
 //! ```
 //!
 //! The registry (`registry.rs`) holds the lab images; hosts pull from it. `lab up` also
@@ -19,6 +20,7 @@
 pub mod agent;
 pub mod data_path;
 pub mod layout;
+pub mod outside;
 pub mod procs;
 pub mod registry;
 mod teardown;
@@ -172,9 +174,11 @@ fn build(layout: &Layout, hosts: u32, preload: &[images::LabImage]) -> Result<La
     ip(&["-n", &ul, "link", "add", "br0", "type", "bridge"])?;
     ip(&["-n", &ul, "link", "set", "br0", "up"])?;
 
-    let client = layout::ClientState {
+    let mut client = layout::ClientState {
         netns: layout.client_netns(),
         address: client_address(),
+        dns: None,
+        http: None,
     };
     add_underlay_port(layout, &client.netns, "cl", &client.address.to_string())?;
     // The client stands for a machine on a wire: its veth would otherwise hand over
@@ -193,6 +197,9 @@ fn build(layout: &Layout, hosts: u32, preload: &[images::LabImage]) -> Result<La
             "off",
         ],
     )?;
+    let (dns, http) = outside::start(layout, &client)?;
+    client.dns = Some(dns);
+    client.http = Some(http);
 
     let registry = registry::start(
         layout,
@@ -317,6 +324,9 @@ pub fn start_dockerd(layout: &Layout, name: &str, holder: u32) -> Result<u32> {
         // The lab's registries speak plain HTTP, in the client namespace.
         .arg("--insecure-registry")
         .arg(layout::underlay_subnet())
+        // Containers without a nameserver of their own ask the lab's upstream.
+        .arg("--dns")
+        .arg(client_address().to_string())
         .arg(format!("--cgroup-parent=/{}", layout.cgroup_parent(name)))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -513,5 +523,11 @@ pub fn describe(state: &LabState) -> String {
         "  registry {} (images {}/shoal/web:1, :2)\n",
         state.registry, state.registry
     );
+    if let (Some(dns), Some(http)) = (state.client.dns, state.client.http) {
+        s += &format!(
+            "       upstream DNS {dns} ({}), web server http://{http}/\n",
+            outside::NAME
+        );
+    }
     s
 }

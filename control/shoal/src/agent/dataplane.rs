@@ -1,17 +1,20 @@
 //! Starts the node's reconcilers (all in `shoal-dataplane`), each on a thread of its
 //! own, following the pipeline's declared state: the overlay, service VIPs, the routing
-//! mesh and the DNS listeners. Any of them failing to start stops the agent with the
+//! mesh, task egress and the DNS listeners (egress first: the resolver listens on its
+//! bridge for tasks with no network). Any of them failing to start stops the agent with the
 //! reason: a node that cannot carry service traffic must not say it is up.
 use std::sync::Arc;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use shoal_dataplane::{
+    egress::{kernel::NetlinkEgress, EgressParams},
     iface,
     lb::{mesh_reply, vip},
     overlay::kernel::NetlinkKernel,
     overlay::plan::NodeParams,
     reconcile::{
-        dns::{DnsReconciler, Resolver},
+        dns::{egress_listener, DnsReconciler, Resolver},
+        egress::EgressReconciler,
         mesh::{KernelMesh, MeshNode, MeshReconciler},
         overlay::OverlayReconciler,
         runner::{self, Running},
@@ -51,6 +54,7 @@ impl Dataplane {
                 .with_context(|| format!("reading the MTU of {underlay}"))?,
             port: config.data_path_port,
         };
+        let underlay_mtu = node.underlay_mtu;
         let (present_tx, present) = tokio::sync::watch::channel(Arc::default());
         let status_dir = config.data_dir.clone();
 
@@ -115,13 +119,27 @@ impl Dataplane {
         .await
         .map_err(|e| anyhow!("the routing mesh: {e}"))?;
 
+        let egress_params = EgressParams::new(config.egress_subnet, underlay_mtu)
+            .map_err(|e| anyhow!("--egress-subnet: {e}"))?;
+        check_egress_subnet(&egress_params)?;
+        let egress = runner::spawn(
+            "egress",
+            move || EgressReconciler::new(NetlinkEgress::new()?, egress_params),
+            declared.clone(),
+            None,
+            StatusFile::new(&status_dir, "egress"),
+        )
+        .await
+        .map_err(|e| anyhow!("task egress: {e}"))?;
+
         let dns_config = config.dns.clone();
         let dns = runner::spawn(
             "dns",
             move || {
                 let resolver = resolver(&dns_config)?;
                 let table = resolver.table.clone();
-                Ok(DnsReconciler::new(resolver, table))
+                Ok(DnsReconciler::new(resolver, table)
+                    .with_listener(egress_listener(egress_params.gateway)))
             },
             declared,
             Some(present),
@@ -131,8 +149,8 @@ impl Dataplane {
         .map_err(|e| anyhow!("the resolver: {e}"))?;
 
         Ok(Self {
-            threads: vec![overlay, vip, mesh, dns],
-            reported_dead: vec![false; 4],
+            threads: vec![overlay, vip, mesh, egress, dns],
+            reported_dead: vec![false; 5],
         })
     }
 
@@ -155,6 +173,23 @@ impl Dataplane {
         for t in self.threads {
             t.stop();
         }
+    }
+}
+
+/// Refuses an egress subnet that holds one of the host's own addresses (the egress
+/// bridge's, from a previous agent, are not counted as the host's): the host would
+/// route it to the tasks.
+fn check_egress_subnet(params: &EgressParams) -> Result<()> {
+    let clash = iface::node_addresses()
+        .context("reading the host's addresses")?
+        .into_iter()
+        .find(|a| params.subnet.contains(a));
+    match clash {
+        Some(a) => bail!(
+            "the egress subnet {} holds this host's address {a}: choose another with --egress-subnet",
+            params.subnet
+        ),
+        None => Ok(()),
     }
 }
 

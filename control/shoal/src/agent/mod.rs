@@ -17,7 +17,8 @@
 //!  executor (store view + gossip)  ─┐                      ┌─▶ overlay ─ present networks ─┐
 //!  or --declared-* files (files.rs) ─┴─▶ pipeline ─watch──▶├─▶ service VIPs     ◀───────────┤
 //!             dockerd events (one watch) ──┘  (containers' ├─▶ routing mesh     ◀───────────┤
-//!                                              namespaces) └─▶ DNS listeners    ◀───────────┘
+//!                                              namespaces) ├─▶ task egress                  │
+//!                                                          └─▶ DNS listeners    ◀───────────┘
 //! ```
 pub mod cleanup;
 mod dataplane;
@@ -33,6 +34,7 @@ use shoal::{
 };
 use shoal_dataplane::{
     bpffs,
+    egress::EgressParams,
     underlay::{UnderlayProgram, UnderlayStats},
 };
 use shoal_orchestrator::{docker::DockerClient, events::DockerEvents, pipeline::Pipeline};
@@ -107,7 +109,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
             (
                 NodeLinks {
                     events: events.clone(),
-                    intent: NodeLinks::detached().intent,
+                    ..NodeLinks::detached()
                 },
                 Some(files),
             )
@@ -116,6 +118,9 @@ async fn serve(config: AgentConfig) -> Result<()> {
             NodeLinks {
                 events: events.clone(),
                 intent: intent_tx.clone(),
+                egress_dns: EgressParams::new(config.egress_subnet, 0)
+                    .ok()
+                    .map(|p| p.gateway),
             },
             None,
         ),
