@@ -21,7 +21,7 @@ use std::{
 };
 
 use crate::{
-    bpffs,
+    bpffs, egress,
     lb::{mesh_reply, vip},
     overlay::{
         kernel::{NetlinkKernel, PIN_PREFIX},
@@ -63,6 +63,7 @@ pub fn remove_dataplane(paths: &AgentPaths) -> Report {
     let mut report = Report::default();
     remove_networks(&paths.netns_dir, &mut report);
     remove_mesh_veths(&mut report);
+    remove_egress(&mut report);
     remove_pins(&paths.pin_dir, &mut report);
     restore_sysctls(&paths.data_dir, &mut report);
     report
@@ -160,6 +161,72 @@ fn remove_mesh_veths(report: &mut Report) {
             )),
             Err(e) => report.problem(format!("removing veth {name}: running ip: {e}")),
         }
+    }
+}
+
+/// Task egress: the veths left into the bridge (their task containers are gone by now,
+/// which usually takes them along), the bridge, and the NAT chain; the `shoal` table
+/// goes too when nothing else is left in it.
+fn remove_egress(report: &mut Report) {
+    if let Ok(o) = Command::new("ip").args(["-o", "link", "show"]).output() {
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        for name in veth_names(&out) {
+            if name.starts_with(egress::VETH_PREFIX) || name == egress::BRIDGE {
+                run_step(
+                    report,
+                    &format!("removed {name}"),
+                    "ip",
+                    &["link", "del", "dev", &name],
+                );
+            }
+        }
+    }
+    let table = egress::nat::TABLE;
+    let listed = Command::new("nft")
+        .args(["list", "table", "ip", table])
+        .output();
+    let Ok(listed) = listed else {
+        return; // no nft: no rules were ever made
+    };
+    if !listed.status.success() {
+        return; // no such table
+    }
+    let text = String::from_utf8_lossy(&listed.stdout).into_owned();
+    if text.contains(&format!("chain {} ", egress::nat::CHAIN)) {
+        run_step(
+            report,
+            &format!(
+                "removed the nftables chain ip {table} {}",
+                egress::nat::CHAIN
+            ),
+            "nft",
+            &["delete", "chain", "ip", table, egress::nat::CHAIN],
+        );
+    }
+    let others = text.lines().any(|l| {
+        l.trim_start().starts_with("chain ")
+            && !l.contains(&format!("chain {} ", egress::nat::CHAIN))
+    });
+    if !others {
+        run_step(
+            report,
+            &format!("removed the nftables table ip {table}"),
+            "nft",
+            &["delete", "table", "ip", table],
+        );
+    }
+}
+
+/// Runs one removal command and reports it as `done` or as a problem.
+fn run_step(report: &mut Report, done: &str, program: &str, args: &[&str]) {
+    match Command::new(program).args(args).output() {
+        Ok(o) if o.status.success() => report.done(done.to_owned()),
+        Ok(o) => report.problem(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => report.problem(format!("{program} {}: {e}", args.join(" "))),
     }
 }
 

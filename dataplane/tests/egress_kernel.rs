@@ -116,7 +116,7 @@ fn bridge_nat_veths_rules_and_adoption() {
 
     // Everything of the kernel runs in the host namespace (netlink, /proc/sys, nft).
     let adopted = netns::in_netns_at(&host, || {
-        let mut k = NetlinkEgress::new().unwrap();
+        let mut k = NetlinkEgress::new(journal()).unwrap();
         let changed = k.ensure_bridge(&p).unwrap();
         let keys: Vec<&str> = changed.iter().map(|c| c.key.as_str()).collect();
         assert!(keys.contains(&"net.ipv4.ip_forward"), "{changed:?}");
@@ -144,7 +144,7 @@ fn bridge_nat_veths_rules_and_adoption() {
         let snap = k.snapshot().unwrap();
         drop(k);
         // A new kernel (a restarted agent) reads the same attachments back.
-        let mut again = NetlinkEgress::new().unwrap();
+        let mut again = NetlinkEgress::new(journal()).unwrap();
         assert_eq!(again.snapshot().unwrap(), snap);
         snap
     })
@@ -202,7 +202,7 @@ fn bridge_nat_veths_rules_and_adoption() {
         "ip link add shgwdead type veth peer name x0 && ip link set shgwdead master shoal_gwbridge",
     );
     let left = netns::in_netns_at(&host, || {
-        let mut k = NetlinkEgress::new().unwrap();
+        let mut k = NetlinkEgress::new(journal()).unwrap();
         k.detach("shgw2").unwrap();
         k.detach("shgw2").unwrap();
         k.snapshot().unwrap()
@@ -218,4 +218,18 @@ fn bridge_nat_veths_rules_and_adoption() {
         lab.sh(&c2, "ip -o link show").lines().count() == 1,
         "c2 has lo only"
     );
+}
+
+/// A sysctl journal of the test's own (the kernel's /proc/sys of the calling thread's
+/// namespace; the journal file in a directory of this process).
+fn journal() -> shoal_dataplane::sysctl::SysctlJournal {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "shoal-egress-kernel-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    shoal_dataplane::sysctl::SysctlJournal::open(&dir).unwrap()
 }

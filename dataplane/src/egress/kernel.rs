@@ -6,6 +6,7 @@
 //! everything else is in place: a restarted agent adopts what the aliases say, and a
 //! veth of ours without one (or no longer on the bridge, or down) is half made and
 //! removed.
+use crate::sysctl::SysctlJournal;
 use std::{
     collections::BTreeSet,
     fs,
@@ -112,6 +113,8 @@ pub struct NetlinkEgress {
     rt: Runtime,
     /// The node's namespace; its task ends with the runtime.
     host: Conn,
+    /// Where the forwarding sysctls' first values are recorded.
+    sysctls: SysctlJournal,
 }
 
 fn nl_err(what: impl std::fmt::Display, e: NlError) -> String {
@@ -120,14 +123,14 @@ fn nl_err(what: impl std::fmt::Display, e: NlError) -> String {
 
 impl NetlinkEgress {
     /// Opens netlink in the calling thread's namespace (the node's).
-    pub fn new() -> Result<Self, String> {
+    pub fn new(sysctls: SysctlJournal) -> Result<Self, String> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .build()
             .map_err(|e| format!("starting the netlink runtime: {e}"))?;
         let socket = nl::socket().map_err(|e| format!("opening netlink: {e}"))?;
         let host = Conn::new(&rt, socket);
-        Ok(Self { rt, host })
+        Ok(Self { rt, host, sysctls })
     }
 
     fn h(&self) -> Handle {
@@ -225,18 +228,22 @@ impl NetlinkEgress {
     }
 }
 
-/// Writes `value` to the sysctl at `/proc/sys/<key with / for .>` unless it holds it.
-fn set_sysctl(key: &str, value: &str) -> Result<Option<SysctlChange>, String> {
+/// Sets the sysctl `key` (dotted) to `value` through the agent's journal, which records
+/// the value it had first so that `shoal agent cleanup` can put it back.
+fn set_sysctl(
+    journal: &SysctlJournal,
+    key: &str,
+    value: &str,
+) -> Result<Option<SysctlChange>, String> {
     let path = format!("/proc/sys/{}", key.replace('.', "/"));
     let was = fs::read_to_string(&path)
         .map_err(|e| format!("reading {path}: {e}"))?
         .trim()
         .to_owned();
-    if was == value {
-        return Ok(None);
-    }
-    fs::write(&path, value).map_err(|e| format!("writing {value} to {path}: {e}"))?;
-    Ok(Some(SysctlChange {
+    let changed = journal
+        .set(&key.replace('.', "/"), value)
+        .map_err(|e| e.to_string())?;
+    Ok(changed.then(|| SysctlChange {
         key: key.to_owned(),
         was,
         now: value.to_owned(),
@@ -298,7 +305,7 @@ impl EgressKernel for NetlinkEgress {
             "net.ipv4.ip_forward".to_string(),
             format!("net.ipv4.conf.{BRIDGE}.forwarding"),
         ] {
-            changed.extend(set_sysctl(&key, "1")?);
+            changed.extend(set_sysctl(&self.sysctls, &key, "1")?);
         }
         Ok(changed)
     }

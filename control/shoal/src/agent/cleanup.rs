@@ -24,13 +24,14 @@ const DOCKER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the agent writes in its data directory (status files, dumps, its swarm state).
 /// Anything else there is not the agent's and stays.
-const DATA_FILES: [&str; 6] = [
+const DATA_FILES: [&str; 7] = [
     status::STATUS_FILE,
     "overlay.json",
     "vip.json",
     "lb.json",
     "dns.json",
     "gossip.json",
+    "egress.json",
 ];
 /// Directories the agent writes in its data directory.
 const DATA_DIRS: [&str; 2] = ["declared", "cluster"];

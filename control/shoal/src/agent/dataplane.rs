@@ -106,6 +106,7 @@ impl Dataplane {
         // Every sysctl the node's dataplane changes is journaled here first, so
         // `shoal agent cleanup` can put it back.
         let sysctls = SysctlJournal::open(&config.data_dir)?;
+        let egress_sysctls = sysctls.clone();
         let mesh = runner::spawn(
             "lb-mesh",
             move || {
@@ -124,7 +125,7 @@ impl Dataplane {
         check_egress_subnet(&egress_params)?;
         let egress = runner::spawn(
             "egress",
-            move || EgressReconciler::new(NetlinkEgress::new()?, egress_params),
+            move || EgressReconciler::new(NetlinkEgress::new(egress_sysctls)?, egress_params),
             declared.clone(),
             None,
             StatusFile::new(&status_dir, "egress"),
