@@ -18,12 +18,44 @@ pub fn interface_with(addr: Ipv4Addr) -> io::Result<Option<String>> {
         .map(|(name, _)| name))
 }
 
-/// Every IPv4 address of the namespace's interfaces but loopback and link-local ones,
-/// without repeats: the addresses the node's published ports answer on.
+/// The interface of the namespace's IPv4 default route (the one with the lowest
+/// metric), if there is one. Read from `/proc/net/route`, which shows the calling
+/// process's namespace.
+pub fn default_route_interface() -> io::Result<Option<String>> {
+    Ok(default_route_in(&std::fs::read_to_string(
+        "/proc/net/route",
+    )?))
+}
+
+/// The default route's interface in the text of `/proc/net/route`.
+fn default_route_in(table: &str) -> Option<String> {
+    // Columns: Iface Destination Gateway Flags RefCnt Use Metric Mask ...; the
+    // addresses in hex. A default route has destination and mask 0 and is up (flag 1).
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let flags = u32::from_str_radix(f.get(3)?, 16).ok()?;
+            let metric: u32 = f.get(6)?.parse().ok()?;
+            (*f.get(1)? == "00000000" && *f.get(7)? == "00000000" && flags & 1 == 1)
+                .then(|| (metric, f[0].to_owned()))
+        })
+        .min()
+        .map(|(_, name)| name)
+}
+
+/// Every IPv4 address of the namespace's interfaces but loopback and link-local ones
+/// and the egress bridge's (the tasks' gateway, inside the node), without repeats: the
+/// addresses the node's published ports answer on.
 pub fn node_addresses() -> io::Result<Vec<Ipv4Addr>> {
     let mut out = Vec::new();
-    for (_, a) in ipv4_addresses()? {
-        if !a.is_loopback() && !a.is_link_local() && !out.contains(&a) {
+    for (name, a) in ipv4_addresses()? {
+        if name != crate::egress::BRIDGE
+            && !a.is_loopback()
+            && !a.is_link_local()
+            && !out.contains(&a)
+        {
             out.push(a);
         }
     }
@@ -97,6 +129,20 @@ pub fn mtu(ifname: &str) -> io::Result<u32> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_default_route_with_the_lowest_metric_wins() {
+        let table =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+eth1\t00000000\t0101A8C0\t0003\t0\t0\t200\t00000000\t0\t0\t0
+eth0.100\t00000000\t0101A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0
+eth2\t0001A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
+";
+        assert_eq!(super::default_route_in(table).as_deref(), Some("eth0.100"));
+        let none = "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n\
+                    eth2\t0001A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\n";
+        assert_eq!(super::default_route_in(none), None);
+    }
+
     #[test]
     fn loopback_has_127_0_0_1_and_a_big_mtu() {
         assert_eq!(

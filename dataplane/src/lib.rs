@@ -7,17 +7,27 @@
 //! - [`iface`]: an interface's address and MTU, asked of the kernel.
 //! - [`lb`]: service VIPs and the ingress routing mesh from declared state.
 //! - [`overlay`]: VXLAN overlay networks from declared node state (reconciler).
+//! - [`egress`]: task egress: the gateway bridge, its NAT, each task's veth into it.
 //! - [`reconcile`]: the reconcilers as the agent runs them: each follows the declared
 //!   node state the agent publishes in memory, on a thread of its own.
+//! - [`sysctl`]: the node's kernel parameters the agent changes, journaled with their
+//!   previous values so cleanup can restore them.
+//! - [`probe`]: checks of the host (`shoal agent --validate`): root, BTF, XDP, bpffs,
+//!   cgroup v2, free ports.
+//! - [`cleanup`]: removes what the agent made on the host (`shoal agent cleanup`).
 //!
 //! Every layer takes declared node state and makes the kernel match it; none decides
 //! what should exist.
 
 pub mod bpffs;
+pub mod cleanup;
+pub mod egress;
 pub mod iface;
 pub mod lb;
 pub mod overlay;
+pub mod probe;
 pub mod reconcile;
+pub mod sysctl;
 pub mod underlay;
 
 /// The compiled eBPF object holding every program in `ebpf/shoal-ebpf`

@@ -413,17 +413,23 @@ fn network_remotes_attachment_lifecycle() {
     );
     let eth0 = lab.sh(
         &c1,
-        "ip -o link show eth0; ip -o -4 addr show dev eth0; ip route show default; ip -o link show lo",
+        "ip -o link show eth0; ip -o -4 addr show dev eth0; ip route show table 100; ip rule; ip -o link show lo",
     );
+    // The first network is the way back for traffic from its address (policy routing):
+    // the main table's default route is egress's.
     for needle in [
         "link/ether 02:42:0a:00:00:02",
         "mtu 1450",
         "inet 10.0.0.2/24",
         "default via 10.0.0.1 dev eth0",
+        "1000:\tfrom all lookup main suppress_prefixlength 0",
+        "1001:\tfrom 10.0.0.2 lookup 100",
         "LOWER_UP",
     ] {
         assert!(eth0.contains(needle), "{needle:?} missing in {eth0}");
     }
+    let main = lab.sh(&c1, "ip route show default");
+    assert!(main.trim().is_empty(), "{main}");
     assert_eq!(
         lab.sh(&c1, "ip -o link show").lines().count(),
         2,
@@ -435,12 +441,10 @@ fn network_remotes_attachment_lifecycle() {
     let before = lab.sh(&net, entries);
     apply_all(&mut k, &ops[1..4]); // the remotes
     assert_eq!(lab.sh(&net, entries), before);
-    let container_before = lab.sh(&c1, "ip -o link show; ip -o addr show; ip route show");
+    let everything = "ip -o link show; ip -o addr show; ip route show table all; ip rule";
+    let container_before = lab.sh(&c1, everything);
     apply_all(&mut k, &ops[4..]); // the attachment: complete already, left alone
-    assert_eq!(
-        lab.sh(&c1, "ip -o link show; ip -o addr show; ip route show"),
-        container_before
-    );
+    assert_eq!(lab.sh(&c1, everything), container_before);
     assert_eq!(k.snapshot().unwrap(), want);
     // No socket of ours stayed in the container's namespace.
     assert_eq!(our_sockets_in(c1_inode), 0);

@@ -41,8 +41,13 @@ pub struct LabGuard {
 
 impl LabGuard {
     pub fn up(tag: char, hosts: u32) -> Self {
+        Self::up_with(tag, lab::UpOptions::hosts(hosts))
+    }
+
+    /// [`Self::up`] with `lab up`'s options (e.g. no preloaded images).
+    pub fn up_with(tag: char, options: lab::UpOptions) -> Self {
         let layout = Layout::new(&unique_prefix(tag)).expect("test prefix is valid");
-        let state = lab::up(&layout, hosts).expect("lab up");
+        let state = lab::up_with(&layout, options).expect("lab up");
         Self { layout, state }
     }
 

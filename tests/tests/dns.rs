@@ -7,7 +7,7 @@
 //! From the client, with busybox nslookup and wget: `server` resolves to both tasks and
 //! `tasks.server` lists them, `vipsvc` resolves to its VIP, a task's name
 //! (`server.<slot>.<task ID>`, also its container's name) and `server.<slot>` to its
-//! address, upstream names are forwarded to a real dnsmasq on the underlay, an unknown
+//! address, upstream names are forwarded to the lab's dnsmasq (outside the cluster), an unknown
 //! name does not resolve, `wget http://server/` reaches the task on the other host; a
 //! scale down is visible to the next query.
 use std::{collections::BTreeSet, net::Ipv4Addr};
@@ -17,16 +17,6 @@ use shoal_tests::{
     swarm::{answered_by, Cli, Task, BOUND},
     wait_for, LabGuard,
 };
-
-/// Kills a process we started when the test ends.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The IPv4 addresses in the answer section of a busybox nslookup (after the server's
 /// own lines, each answer starts with `Name:`).
@@ -45,48 +35,10 @@ fn containers_resolve_services_tasks_and_upstream_names() {
     }
     let shoal = xtask::util::shoal_binary().expect("shoal binary (cargo build)");
     let guard = LabGuard::up('d', 2);
-    let h1 = &guard.state.hosts[0];
-
-    // A real upstream on the underlay, with a zone of its own.
-    let zone = h1.run_dir.join("upstream-hosts");
-    // Both families, so busybox nslookup (A and AAAA) gets answers to both.
-    std::fs::write(
-        &zone,
-        "10.99.99.99 www.upstream.test\nfd00::99 www.upstream.test\n",
-    )
-    .expect("zone file");
-    let dnsmasq_argv: Vec<String> = [
-        "dnsmasq",
-        "--no-daemon",
-        "--user=root",
-        "--port=53",
-        "--bind-interfaces",
-        "--listen-address=192.168.77.100",
-        "--no-resolv",
-        "--no-hosts",
-        "--conf-file=/dev/null",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([format!("--addn-hosts={}", zone.display())])
-    .collect();
-    let _dnsmasq = Child(
-        lab::client_command(&guard.state, &dnsmasq_argv)
-            .expect("client command")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start dnsmasq"),
-    );
 
     let cli = Cli { lab: &guard };
-    cli.start_agents(
-        &shoal,
-        &[
-            "--dns-upstream".to_string(),
-            "192.168.77.100:53".to_string(),
-        ],
-    );
+    // The lab's agents forward to its upstream (dnsmasq in the client namespace).
+    cli.start_agents(&shoal, &[]);
     cli.form_cluster();
     cli.ok(
         "h1",
@@ -172,10 +124,10 @@ fn containers_resolve_services_tasks_and_upstream_names() {
     let s0: &Task = &servers[0];
     resolves_to(&s0.container, &[ips[0]]).expect("a task's name (its container's)");
     resolves_to(s0.name(), &[ips[0]]).expect("service.slot");
-    let upstream: Ipv4Addr = "10.99.99.99".parse().unwrap();
-    resolves_to("www.upstream.test", &[upstream]).expect("an upstream name, forwarded");
+    resolves_to(lab::outside::NAME, &[guard.state.client.address])
+        .expect("an upstream name, forwarded");
     assert!(
-        lookup("nosuch.upstream.test").is_err(),
+        lookup("nosuch.outside.lab").is_err(),
         "an unknown name must not resolve"
     );
 

@@ -5,18 +5,26 @@
 //! task and the VIP the name resolved to), also on the host where the probes are the
 //! network's first tasks (web runs elsewhere). The namespace is held by the task's sandbox:
 //! killing a sandbox fails its task (its network is gone) and the replacement succeeds
-//! at once too; `service rm` removes task containers and sandboxes alike.
+//! at once too; `service rm` removes task containers and sandboxes alike. Egress is in
+//! place too: every probe's first action checks its default route through the gateway
+//! bridge, and every replica of a service with no network (whose sandbox gets only
+//! egress) fetches a page from the lab's client, outside the cluster, at its first try.
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use shoal_tests::{
     privileged,
-    swarm::{answered_by, hostnames, Cli, Task, BOUND},
+    swarm::{answered_by, client_seen, hostnames, Cli, Task, BOUND},
     wait_for, LabGuard,
 };
 
-/// What every `probe` task runs first: resolve `web`, fetch `/` by name (through the
-/// VIP), then stay up so its state and log can be read. Any failure ends the task.
-const PROBE: &str = "nslookup web && timeout 10 wget -qO- http://web/ && exec sleep 1000000";
+/// What every `probe` task runs first: check that its default route is egress's,
+/// resolve `web`, fetch `/` by name (through the VIP), then stay up so its state and
+/// log can be read. Any failure ends the task.
+const PROBE: &str = "ip route | grep -q '^default via 172.18.0.1 dev egress0' && \
+                     nslookup web && timeout 10 wget -qO- http://web/ && exec sleep 1000000";
+/// What every `lone` task (no network) runs first: fetch a page from the lab's client
+/// through egress, then stay up.
+const LONE: &str = "timeout 10 wget -qO- http://192.168.77.100/ && exec sleep 1000000";
 
 /// `service ps` rows of `service` as (NAME, NODE, CURRENT STATE, ERROR), history too.
 fn ps_rows(cli: &Cli, service: &str) -> Result<Vec<[String; 4]>, String> {
@@ -171,6 +179,51 @@ fn a_task_reaches_a_service_by_name_at_its_first_instruction() {
         rows.iter()
             .all(|r| r[2].starts_with("Running") && r[3].is_empty()),
         "{rows:#?}"
+    );
+
+    // A service with no network: its sandbox gets egress only, in place at its start.
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "lone",
+            "--replicas",
+            "3",
+            "shoal/web:1",
+            "sh",
+            "-c",
+            LONE,
+        ],
+    );
+    let lone = wait_for("3 lone tasks running", BOUND, || {
+        let tasks = cli.running("lone")?;
+        if tasks.len() == 3 {
+            Ok(tasks)
+        } else {
+            Err(format!("{:#?}", ps_rows(&cli, "lone")))
+        }
+    });
+    for t in &lone {
+        let log = wait_for(&format!("{} logged its answer", t.container), BOUND, || {
+            let out = guard.exec(&t.node, &["docker", "logs", &t.container]);
+            let log = String::from_utf8_lossy(&out.stdout).into_owned();
+            if client_seen(&log).is_some() {
+                Ok(log)
+            } else {
+                Err(log)
+            }
+        });
+        println!("{}: {log:?}", t.container);
+    }
+    let rows = ps_rows(&cli, "lone").expect("service ps lone");
+    assert!(
+        rows.len() == 3
+            && rows
+                .iter()
+                .all(|r| r[2].starts_with("Running") && r[3].is_empty()),
+        "one task per slot, none failed: {rows:#?}"
     );
 
     // Each task's namespace is its sandbox's: killing one takes the task's network,

@@ -582,18 +582,19 @@ fn services_are_scheduled_healed_and_removed_on_three_hosts() {
                 .all(|t| t.current == "Pending" && t.error.contains("no suitable node")),
         "{tasks:#?}"
     );
-    // An image no node has: rejected with the reason, visible in ps.
+    // An image no node has and no registry gives: the pull fails and the task is
+    // rejected with the reason, visible in ps.
     let e = cli.err(
         "h1",
         &["service", "create", "--name", "ghost", "nosuch/image:1"],
     );
-    assert!(e.contains("No such image: nosuch/image:1"), "{e}");
+    assert!(e.contains("pulling nosuch/image:1: "), "{e}");
     cli.wait_ps("ghost", "a rejected task with the reason", |t| {
         t.iter()
-            .any(|x| x.current == "Rejected" && x.error.contains("No such image"))
+            .any(|x| x.current == "Rejected" && x.error.contains("pulling nosuch/image:1"))
     });
 
-    // service rm: every container on every host goes.
+    // service rm: every container on every host goes, sandboxes too.
     cli.ok(
         "h1",
         &[
@@ -602,18 +603,12 @@ fn services_are_scheduled_healed_and_removed_on_three_hosts() {
     );
     for host in ["h1", "h2", "h3"] {
         wait_for(&format!("{host}: no task container left"), BOUND, || {
-            let out = guard.exec(
-                host,
-                &[
-                    "docker",
-                    "ps",
-                    "-a",
-                    "--filter",
-                    "label=com.docker.swarm.task.id",
-                    "-q",
-                ],
-            );
-            let left = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            let mut left = String::new();
+            for label in ["com.docker.swarm.task.id", "shoal.sandbox.task.id"] {
+                let filter = format!("label={label}");
+                let out = guard.exec(host, &["docker", "ps", "-a", "--filter", &filter, "-q"]);
+                left.push_str(String::from_utf8_lossy(&out.stdout).trim());
+            }
             if left.is_empty() {
                 Ok(())
             } else {
@@ -623,5 +618,12 @@ fn services_are_scheduled_healed_and_removed_on_three_hosts() {
     }
     let ls = cli.ok("h1", &["service", "ls"]);
     assert_eq!(ls.lines().count(), 1, "only the header: {ls}");
-    cli.ok("h1", &["network", "rm", "web"]);
+    // A task whose containers are gone is in use until its node reports it shut down.
+    wait_for("network rm web", BOUND, || {
+        match cli.run("h1", &["network", "rm", "web"]) {
+            Err(e) if e.contains("still stopping") => Err(e),
+            Err(e) => panic!("network rm web: {e}"),
+            Ok(out) => Ok(out),
+        }
+    });
 }

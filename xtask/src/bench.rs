@@ -5,12 +5,14 @@
 //! non-zero), never hidden.
 //!
 //! Suites: `overlay` (here), `dns` (`bench/dns.rs`), `cluster` (`bench/cluster.rs`),
-//! `gossip` (`bench/gossip.rs`), `gossip_lab` (`bench/gossip_lab.rs`), `vip` (`bench/vip.rs`) and `lb` (`bench/lb.rs`).
+//! `gossip` (`bench/gossip.rs`), `gossip_lab` (`bench/gossip_lab.rs`), `vip` (`bench/vip.rs`),
+//! `lb` (`bench/lb.rs`), `services` (`bench/services.rs`) and `pull` (`bench/pull.rs`).
 mod cluster;
 mod dns;
 mod gossip;
 mod gossip_lab;
 mod lb;
+mod pull;
 mod services;
 mod vip;
 
@@ -91,8 +93,9 @@ pub fn run(suite: &str) -> Result<ExitCode> {
         "vip" => vip::run(),
         "lb" => lb::run(),
         "services" => services::run(),
+        "pull" => pull::run(),
         other => bail!(
-            "unknown benchmark suite {other:?}; suites: overlay, dns, cluster, gossip, gossip_lab, vip, services, lb"
+            "unknown benchmark suite {other:?}; suites: overlay, dns, cluster, gossip, gossip_lab, vip, services, lb, pull"
         ),
     }
 }

@@ -2,8 +2,9 @@
 //! 3-host lab and runs the Swarm flow on it through the real `shoal` CLI:
 //! - `swarm init` on h1, h2 and h3 join; every agent applies the overlay, DNS, service
 //!   VIP and routing-mesh state its node's executor declares;
-//! - an overlay network `demo` and the service `myweb` (`shoal/web:1`, 4 replicas, port
-//!   80 published on every node, on `demo`);
+//! - an overlay network `demo` and the service `myweb` (`shoal/web:1` from the lab's
+//!   registry, pinned to its digest and pulled by each node; 4 replicas, port 80
+//!   published on every node, on `demo`);
 //! - from the client namespace (a machine outside the cluster), requests to every node's
 //!   address reach all 4 tasks, and each task answers with the client's real address;
 //! - a `client` task on `demo` resolves `myweb` and `tasks.myweb` by name and reaches
@@ -64,6 +65,8 @@ pub fn run() -> Result<()> {
         &["shoal", "network", "create", "-d", "overlay", "demo"],
     )?;
     let port = format!("{DEMO_PORT}:80");
+    // From the lab registry: the manager pins the tag to its digest, each node pulls it.
+    let image = format!("{}/shoal/web:1", state.registry);
     shell(
         &state,
         h1,
@@ -80,7 +83,7 @@ pub fn run() -> Result<()> {
             &port,
             "--network",
             "demo",
-            "shoal/web:1",
+            &image,
         ],
     )?;
     let tasks = wait_tasks(&state, SERVICE, 4)?;
@@ -126,7 +129,7 @@ pub fn run() -> Result<()> {
             "client",
             "--network",
             "demo",
-            "shoal/web:1",
+            &image,
         ],
     )?;
     let c = wait_tasks(&state, "client", 1)?

@@ -113,12 +113,17 @@ fn applet_names(list: &str) -> Vec<String> {
 
 /// An image built in memory.
 struct Built {
+    /// The `docker save` tarball.
     bytes: Vec<u8>,
     id: String,
+    /// The image config (its SHA-256 is the image ID).
+    config: Vec<u8>,
+    /// The single layer, an uncompressed tar.
+    layer: Vec<u8>,
 }
 
 /// The CGI script that answers every request for `/`.
-fn cgi_script(suffix: &str) -> String {
+pub(crate) fn cgi_script(suffix: &str) -> String {
     format!(
         "#!/bin/sh\n\
          # busybox httpd on an IPv6 socket sets REMOTE_ADDR=[::ffff:a.b.c.d]: drop the\n\
@@ -308,16 +313,56 @@ fn build(spec: &Spec, rootfs: &Rootfs) -> Result<Built> {
         .collect::<std::collections::BTreeMap<&str, std::collections::BTreeMap<&str, &str>>>(),
     )?;
     let bytes = deterministic_tar(vec![
-        (config_name, 0o644, Node::File(config)),
+        (config_name, 0o644, Node::File(config.clone())),
         (format!("{layer_hex}/"), 0o755, Node::Dir),
-        (layer_name, 0o644, Node::File(layer)),
+        (layer_name, 0o644, Node::File(layer.clone())),
         ("manifest.json".into(), 0o644, Node::File(manifest)),
         ("repositories".into(), 0o644, Node::File(repositories)),
     ])?;
     Ok(Built {
         bytes,
         id: format!("sha256:{config_hex}"),
+        config,
+        layer,
     })
+}
+
+/// A lab image as a registry holds it: its config and its layer as blobs.
+#[derive(Debug, Clone)]
+pub struct RegistryImage {
+    /// Repository without a registry, e.g. `shoal/web`.
+    pub repo: &'static str,
+    pub tag: &'static str,
+    /// The image config; its digest is the image ID.
+    pub config: Vec<u8>,
+    /// The one layer, an uncompressed tar (pullers detect the compression, and this
+    /// keeps the blobs as deterministic as the tarballs).
+    pub layer: Vec<u8>,
+    /// `sha256:<hex>` of the config: the ID a pulling dockerd reports.
+    pub id: String,
+}
+
+/// Every lab image, built in memory, for pushing to a registry.
+pub fn registry_images() -> Result<Vec<RegistryImage>> {
+    let rootfs = Rootfs::from_host()?;
+    SPECS
+        .iter()
+        .map(|spec| {
+            let built = build(spec, &rootfs)?;
+            Ok(RegistryImage {
+                repo: spec.repo,
+                tag: spec.tag,
+                config: built.config,
+                layer: built.layer,
+                id: built.id,
+            })
+        })
+        .collect()
+}
+
+/// `sha256:<hex>` of `data`, a registry's name for a blob.
+pub fn digest(data: &[u8]) -> String {
+    format!("sha256:{}", sha256_hex(data))
 }
 
 /// The image directory: `$SHOAL_IMAGE_DIR` if set and non-empty, else

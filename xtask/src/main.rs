@@ -36,7 +36,7 @@ enum Cmd {
         no_lab: bool,
     },
     /// Run a benchmark suite against its baseline (suites: overlay, dns, cluster, gossip,
-    /// vip, services, lb).
+    /// gossip_lab, vip, services, lb, pull).
     Bench { suite: String },
 }
 
@@ -56,6 +56,10 @@ enum LabCmd {
         /// `swarm init/join --data-path-addr eth1`.
         #[arg(long)]
         data_path_underlay: bool,
+        /// Do not load the lab images into the hosts' dockerds: tasks pull them from the
+        /// lab registry (preloading only saves time).
+        #[arg(long)]
+        no_preload: bool,
     },
     /// Show hosts, underlay addresses, docker sockets and the client.
     Status {
@@ -114,8 +118,13 @@ fn run_lab(cmd: LabCmd) -> anyhow::Result<ExitCode> {
             prefix,
             no_agent,
             data_path_underlay,
+            no_preload,
         } => {
-            let state = lab::up(&lab::Layout::new(&prefix)?, hosts)?;
+            let options = lab::UpOptions {
+                hosts,
+                preload: !no_preload,
+            };
+            let state = lab::up_with(&lab::Layout::new(&prefix)?, options)?;
             if data_path_underlay {
                 lab::data_path::add(&state)?;
                 println!(

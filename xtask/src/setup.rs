@@ -35,6 +35,12 @@ pub const PACKAGES: &[&str] = &[
     // bench lb: the userspace proxy and the iptables path the routing mesh is compared with.
     "haproxy",
     "iptables",
+    // The agent cleanup test lists the kernel's eBPF programs, links and maps.
+    "bpftool",
+    // The lab's image registry (the distribution registry), which hosts pull from.
+    "docker-registry",
+    // The agent's task egress NAT (`nft -f -`).
+    "nftables",
 ];
 
 pub const NIGHTLY: &str = "nightly";
@@ -252,7 +258,37 @@ fn apt_packages(opts: &SetupOptions) -> Result<()> {
             "setup: note: no init system runs services here; the lab starts its own dockerd per host"
         );
     }
+    if missing.iter().any(|p| p == "docker-registry") {
+        stop_system_registry();
+    }
     Ok(())
+}
+
+/// Debian's docker-registry starts a registry on every address of the machine, port
+/// 5000, where an init system runs it. The lab runs its own registries inside its
+/// namespaces, so the one setup just installed is stopped and disabled (one that was
+/// there before setup is left alone).
+fn stop_system_registry() {
+    let active = Command::new("systemctl")
+        .args(["is-active", "--quiet", "docker-registry"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !active {
+        return;
+    }
+    let stopped = Command::new("systemctl")
+        .args(["disable", "--now", "docker-registry"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if stopped {
+        println!(
+            "setup: stopped and disabled the system-wide docker-registry service it just installed (the lab runs its own)"
+        );
+    } else {
+        println!(
+            "setup: note: the docker-registry package's own service runs on port 5000 of this machine; the lab does not need it"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -6,11 +6,14 @@
 //! - [`store`]: the managers' Raft-replicated cluster state.
 //! - [`ipam`]: the allocator of what the store records: network subnets from the
 //!   address pools, VNIs, task addresses and VIPs, published ports.
+//! - [`registry_auth`]: services' registry credentials, sealed for the store with a key
+//!   only managers can derive.
 //! - [`manager`]: the network layer on port 2377 (mutual TLS): `swarm init/join/leave`,
 //!   Raft between managers, forwarding to the leader, heartbeats, node management.
 
 pub mod ipam;
 pub mod manager;
 pub mod pki;
+pub mod registry_auth;
 pub mod store;
 pub mod token;

@@ -43,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use crate::ipam::IpamError;
 pub use crate::pki::Role;
 use crate::pki::{NodeCertificate, PkiError};
+use crate::registry_auth::{RegistryAuthKey, RegistryCredentials, SealedCredentials};
 use crate::store::{ApplyResult, ClusterState, Command, Rejection, StoreError};
 use crate::token::JoinToken;
 
@@ -262,6 +263,18 @@ pub struct Worker {
     rt: Arc<Runtime>,
 }
 
+/// What a node's executor gets from the leader.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    /// The cluster state as far as nodes may see it: no tokens, secrets, configs or
+    /// sealed registry credentials.
+    pub state: ClusterState,
+    /// Service ID -> its registry credentials, for the services this node has a live
+    /// task of (and only those).
+    #[serde(default)]
+    pub registry_auth: BTreeMap<String, RegistryCredentials>,
+}
+
 /// A node's link to the managers for running its tasks: what it must run, and reports
 /// of what its tasks did. Works the same on managers and workers.
 #[derive(Clone)]
@@ -274,9 +287,10 @@ impl NodeClient {
         self.rt.node_id()
     }
 
-    /// The cluster state as far as nodes may see it (no tokens, secrets or configs),
-    /// from the leader; `None` when it is still at version `since`.
-    pub async fn node_state(&self, since: u64) -> Result<Option<ClusterState>, ClusterError> {
+    /// The cluster state as far as nodes may see it and this node's registry
+    /// credentials ([`NodeView`]), from the leader; `None` when it is still at version
+    /// `since`.
+    pub async fn node_state(&self, since: u64) -> Result<Option<NodeView>, ClusterError> {
         self.rt.node_state(since).await
     }
 
@@ -307,6 +321,32 @@ impl Manager {
     /// no longer runs as a manager.
     pub fn local_state(&self) -> Option<ClusterState> {
         self.rt.core().map(|c| c.store_node().read_stale())
+    }
+
+    /// Seals registry credentials for service `service_id`, for the store (see
+    /// [`crate::registry_auth`]).
+    pub fn seal_registry_auth(
+        &self,
+        service_id: &str,
+        creds: &RegistryCredentials,
+    ) -> Result<SealedCredentials, ClusterError> {
+        let core = self.rt.require_manager()?;
+        RegistryAuthKey::derive(core.ca())
+            .seal(service_id, creds)
+            .map_err(|e| ClusterError::Protocol(format!("sealing registry credentials: {e}")))
+    }
+
+    /// Opens registry credentials sealed for service `service_id` (a manager resolving
+    /// a service's new image with the credentials it already has).
+    pub fn open_registry_auth(
+        &self,
+        service_id: &str,
+        sealed: &SealedCredentials,
+    ) -> Result<RegistryCredentials, ClusterError> {
+        let core = self.rt.require_manager()?;
+        RegistryAuthKey::derive(core.ca())
+            .open(service_id, sealed)
+            .map_err(|e| ClusterError::Protocol(format!("registry credentials: {e}")))
     }
 
     /// Whether this manager is the Raft leader now (no quorum check).

@@ -14,13 +14,19 @@
 //! list the task containers and sandboxes (one call each, by label), start what should
 //! run, stop and remove what should not (and containers of tasks that are no longer
 //! this node's: a node that comes back after being Down cleans up), and report every
-//! state a task reached that the store does not know yet. Steps run on dockerd events
-//! and on a short tick. A task's process starts only once the dataplane has made its
-//! sandbox's network ready ([`crate::sandbox`]). Task states follow Swarm: assigned,
-//! preparing (image check, sandbox and its network), starting (created and started;
-//! health check pending), running (started, healthy if it has a check), then complete,
-//! failed (exit code, unhealthy, sandbox gone) or rejected (no such image, network not
-//! ready in time).
+//! state a task reached that the store does not know yet. Steps run on dockerd events,
+//! on a pull ending and on a short tick. A task's process starts only once the dataplane
+//! has made its sandbox's network ready ([`crate::sandbox`]). Task states follow Swarm:
+//! assigned, preparing (the image is checked and, when the node lacks it, pulled; the
+//! sandbox and its network), starting (created and started; health check pending),
+//! running (started, healthy if it has a check), then complete, failed (exit code,
+//! unhealthy, sandbox gone) or rejected (the pull failed: the registry's error; network
+//! not ready in time).
+//!
+//! Pulls run beside the passes, one per image (and per service whose registry
+//! credentials it needs, `--with-registry-auth`): a pass that finds an image missing
+//! starts its pull and reports the tasks `preparing`; the pull's end wakes the next pass,
+//! which starts the tasks or rejects them with the pull's error.
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
@@ -30,7 +36,11 @@ use std::{
     time::Duration,
 };
 
-use shoal_dataplane::reconcile::{ready::ReadinessWatch, DeclaredNode};
+use shoal_dataplane::reconcile::{
+    dns::EGRESS_LISTENER,
+    ready::{ReadinessWatch, Wanted},
+    DeclaredNode,
+};
 
 use bollard::{
     models::{ContainerCreateBody, ContainerSummaryStateEnum, HealthConfig, HostConfig},
@@ -41,13 +51,16 @@ use bollard::{
 use futures::{stream, StreamExt};
 use shoal_cluster::{
     manager::NodeClient,
+    registry_auth::RegistryCredentials,
     store::{ClusterState, Service, Task, TaskState, TaskStatus, TaskStatusUpdate},
 };
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::{
     docker::DockerClient,
     events::{DockerEvents, Watched},
+    image::{self, ImageRef},
     node_state,
     pipeline::IntentSender,
     sandbox::{self, image::SandboxImage, LABEL_SANDBOX_TASK_ID},
@@ -63,6 +76,56 @@ pub const LABEL_SERVICE_NAME: &str = "com.docker.swarm.service.name";
 pub const LABEL_NODE_ID: &str = "com.docker.swarm.node.id";
 pub const LABEL_SLOT: &str = "shoal.task.slot";
 
+/// Removes every container any shoal executor made on this dockerd, running or not
+/// (`shoal agent cleanup`): task containers, then sandboxes. Task containers are told
+/// apart by [`LABEL_SLOT`], shoal's own label (Swarm's labels alone would also match a
+/// Docker Swarm's tasks), sandboxes by [`LABEL_SANDBOX_TASK_ID`]. Returns each
+/// container's name with what happened to it; Err if they could not be listed.
+pub async fn remove_all_task_containers(
+    docker: &DockerClient,
+) -> Result<Vec<(String, Result<(), String>)>, String> {
+    let api = docker.engine();
+    let mut out = Vec::new();
+    for (label, what) in [
+        (LABEL_SLOT, "task containers"),
+        (LABEL_SANDBOX_TASK_ID, "task sandboxes"),
+    ] {
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "label".to_string(),
+                vec![label.to_string()],
+            )])),
+            ..Default::default()
+        };
+        let list = api
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| format!("listing the {what}: {e}"))?;
+        for c in list {
+            let Some(id) = c.id else { continue };
+            let name = c
+                .names
+                .and_then(|n| n.into_iter().next())
+                .map(|n| n.trim_start_matches('/').to_owned())
+                .unwrap_or_else(|| id.clone());
+            let removed = api
+                .remove_container(
+                    &id,
+                    Some(RemoveContainerOptions {
+                        force: true,
+                        v: true,
+                        ..Default::default()
+                    }),
+                )
+                .await
+                .map_err(|e| e.to_string());
+            out.push((name, removed));
+        }
+    }
+    Ok(out)
+}
+
 /// How often the executor looks without an event.
 const TICK: Duration = Duration::from_millis(200);
 /// Containers created or removed at once.
@@ -76,6 +139,14 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 const STOP_GRACE_SECS: i32 = 5;
 /// Longest wait, before starting tasks, for gossip to tell of their running peers.
 const PEER_WAIT: Duration = Duration::from_secs(5);
+
+/// Longest an image pull may take before its tasks are rejected (a registry that
+/// stops answering mid-pull must not hold them in `preparing` for ever).
+const PULL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// One pull: the image as the service names it, and the service whose registry
+/// credentials it uses (None: pulled without credentials).
+type PullKey = (String, Option<String>);
 
 /// One task container as dockerd lists it.
 #[derive(Debug, Clone)]
@@ -118,8 +189,11 @@ enum Action {
     Start {
         task: Box<Task>,
         service: Box<Service>,
-        gateway: Option<Ipv4Addr>,
-        /// The first network's name: where the task's resolver must serve.
+        /// The container's nameserver: its first network's gateway, or the resolver
+        /// on the egress bridge for a task with no network.
+        dns: Option<Ipv4Addr>,
+        /// Where that resolver listens: the first network's name, or the egress
+        /// listener's ([`EGRESS_LISTENER`]); the task's start waits for it to serve.
         dns_network: Option<String>,
     },
     /// Stop and remove the task's container, then its sandbox. A task that has not
@@ -147,10 +221,23 @@ pub struct Executor {
     sandbox_image: Result<SandboxImage, String>,
     events: DockerEvents,
     state: Option<ClusterState>,
+    /// Registry credentials of the services this node has tasks of (from the leader).
+    registry_auth: std::collections::BTreeMap<String, RegistryCredentials>,
     /// The last state reported per task (not sent again until the store moves).
     sent: HashMap<String, TaskState>,
     /// This node's gossip member: publishes its running tasks, tells it others'.
     gossip: crate::gossip_member::Member,
+    /// Pulls under way.
+    pulling: HashSet<PullKey>,
+    /// Pulls that failed, with the error, until a pass hands it to the waiting tasks.
+    pull_failed: HashMap<PullKey, String>,
+    /// Pulls that succeeded, until a pass finds their image.
+    pulled: HashSet<PullKey>,
+    /// Where pulls report their end (and wake the loop).
+    pull_done_tx: mpsc::UnboundedSender<(PullKey, Result<(), String>)>,
+    pull_done: mpsc::UnboundedReceiver<(PullKey, Result<(), String>)>,
+    /// The resolver's address on the egress bridge (tasks with no network).
+    egress_dns: Option<Ipv4Addr>,
 }
 
 impl Executor {
@@ -160,6 +247,7 @@ impl Executor {
         events: DockerEvents,
         intent: Arc<IntentSender>,
     ) -> Executor {
+        let (pull_done_tx, pull_done) = mpsc::unbounded_channel();
         Executor {
             client,
             docker,
@@ -168,14 +256,28 @@ impl Executor {
             sandbox_image: sandbox::image::build(),
             events,
             state: None,
+            registry_auth: Default::default(),
             sent: HashMap::new(),
             gossip: crate::gossip_member::Member::new(None),
+            pulling: HashSet::new(),
+            pull_failed: HashMap::new(),
+            pulled: HashSet::new(),
+            pull_done_tx,
+            pull_done,
+            egress_dns: None,
         }
     }
 
     /// Starts tasks' processes only once `ready` says their sandbox's network is.
     pub fn with_readiness(mut self, ready: Option<ReadinessWatch>) -> Executor {
         self.ready = ready;
+        self
+    }
+
+    /// Gives tasks with no network `dns` (the resolver on the egress bridge) as their
+    /// nameserver.
+    pub fn with_egress_dns(mut self, dns: Option<Ipv4Addr>) -> Executor {
+        self.egress_dns = dns;
         self
     }
 
@@ -221,6 +323,11 @@ impl Executor {
                 () = tokio::time::sleep(TICK) => {}
                 () = store_changed => {}
                 () = gossip_changed => {}
+                done = self.pull_done.recv() => {
+                    if let Some((key, result)) = done {
+                        self.pull_ended(key, result);
+                    }
+                }
                 update = events.next() => {
                     if let Watched::Lost(e) = update {
                         debug!(error = %e, "dockerd events lost; retrying");
@@ -241,7 +348,10 @@ impl Executor {
         // hold the pass until TCP's retransmission backoff fires (tens of seconds after
         // the heal); the fetch is a read, so giving up on it is safe.
         match tokio::time::timeout(FETCH_TIMEOUT, self.client.node_state(since)).await {
-            Ok(Ok(Some(state))) => self.state = Some(state),
+            Ok(Ok(Some(view))) => {
+                self.state = Some(view.state);
+                self.registry_auth = view.registry_auth;
+            }
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {
                 debug!(error = %e, "cannot fetch this node's tasks from the managers");
@@ -319,16 +429,23 @@ impl Executor {
                     if t.status.state.is_terminal() {
                         continue;
                     }
-                    if t.status.state <= TaskState::Accepted {
-                        let first = t
-                            .networks
-                            .first()
-                            .and_then(|a| state.networks.get(&a.network_id));
+                    // Up to preparing: not started yet (a pull may be under way).
+                    if t.status.state < TaskState::Starting {
+                        let (dns, dns_network) = match t.networks.first() {
+                            Some(a) => {
+                                let first = state.networks.get(&a.network_id);
+                                (first.and_then(|n| n.gateway), first.map(|n| n.name.clone()))
+                            }
+                            None => (
+                                self.egress_dns,
+                                self.egress_dns.map(|_| EGRESS_LISTENER.to_owned()),
+                            ),
+                        };
                         actions.push(Action::Start {
                             task: Box::new(t.clone()),
                             service: Box::new(service.clone()),
-                            gateway: first.and_then(|n| n.gateway),
-                            dns_network: first.map(|n| n.name.clone()),
+                            dns,
+                            dns_network,
                         });
                     } else if t.status.state >= TaskState::Starting {
                         updates.push(update(
@@ -385,8 +502,8 @@ impl Executor {
 
         let prepared = began.elapsed();
         let count = actions.len();
-        // One image check per image, not per task; the sandbox image once.
-        let mut images: HashMap<String, ImageCheck> = HashMap::new();
+        // One image check (and pull) per image, not per task; the sandbox image once.
+        let mut images: HashMap<PullKey, ImageCheck> = HashMap::new();
         let mut sandbox_image: Result<(), String> = Ok(());
         if actions.iter().any(|a| matches!(a, Action::Start { .. })) {
             sandbox_image = match &self.sandbox_image {
@@ -396,13 +513,27 @@ impl Executor {
         }
         for a in &actions {
             if let Action::Start { service, .. } = a {
-                let image = &service.spec.image;
-                if !images.contains_key(image) {
-                    let check = check_image(&self.docker, image).await;
-                    images.insert(image.clone(), check);
+                let key = self.pull_key(service);
+                if let std::collections::hash_map::Entry::Vacant(slot) = images.entry(key) {
+                    let check = self.prepare_image(slot.key()).await;
+                    slot.insert(check);
                 }
             }
         }
+        // A pull that ended before this pass was looked at by it if a task needed it; a
+        // later pass must not take a pruned image for one dockerd lost after a pull.
+        self.pulled.clear();
+        let images: HashMap<String, ImageCheck> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Start { service, .. } => {
+                    let key = self.pull_key(service);
+                    let check = images.get(&key)?.clone();
+                    Some((service.id.clone(), check))
+                }
+                Action::Remove { .. } | Action::RemoveSandbox { .. } => None,
+            })
+            .collect();
         let prepared_start = Prepared {
             images,
             sandbox_image,
@@ -512,6 +643,93 @@ impl Executor {
         }
     }
 
+    /// Which pull a service's image needs: with its credentials when it has some.
+    fn pull_key(&self, service: &Service) -> PullKey {
+        let with = self
+            .registry_auth
+            .contains_key(&service.id)
+            .then(|| service.id.clone());
+        (service.spec.image.clone(), with)
+    }
+
+    /// Whether the image of `key` is here; if it is missing, starts its pull (once).
+    /// A pull that failed since the last pass gives its error, once.
+    async fn prepare_image(&mut self, key: &PullKey) -> ImageCheck {
+        let (reference, with) = key;
+        let image = match ImageRef::parse(reference) {
+            Ok(i) => i,
+            Err(e) => return ImageCheck::Failed(e),
+        };
+        if let Some(err) = self.pull_failed.remove(key) {
+            return ImageCheck::Failed(err);
+        }
+        if self.pulling.contains(key) {
+            return ImageCheck::Pulling;
+        }
+        // dockerd takes the reference as the service gives it (`name:tag@digest` too).
+        let found = self.docker.engine().inspect_image(reference).await;
+        let just_pulled = self.pulled.remove(key);
+        match found {
+            Ok(i) => ImageCheck::Present {
+                healthcheck: i
+                    .config
+                    .and_then(|c| c.healthcheck)
+                    .and_then(|h| h.test)
+                    .is_some_and(|t| t.first().map(String::as_str) != Some("NONE")),
+            },
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) if just_pulled => {
+                // Pulling again would loop for ever.
+                ImageCheck::Failed(format!(
+                    "pulled {reference}, but dockerd does not find it under that name"
+                ))
+            }
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {
+                let creds = with
+                    .as_ref()
+                    .and_then(|s| self.registry_auth.get(s))
+                    .cloned();
+                info!(%image, credentials = creds.is_some(), "pulling an image");
+                self.pulling.insert(key.clone());
+                let docker = self.docker.clone();
+                let done = self.pull_done_tx.clone();
+                let key = key.clone();
+                tokio::spawn(async move {
+                    let pulled = tokio::time::timeout(
+                        PULL_TIMEOUT,
+                        image::pull(&docker, &image, creds.as_ref()),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no end within {} s", PULL_TIMEOUT.as_secs())))
+                    // The registry's words, with the image they are about.
+                    .map_err(|e| format!("pulling {image}: {e}"));
+                    // The executor may be gone (the node left): nothing to tell then.
+                    let _ = done.send((key, pulled));
+                });
+                ImageCheck::Pulling
+            }
+            Err(other) => ImageCheck::Failed(format!("checking image {reference}: {other}")),
+        }
+    }
+
+    /// A pull ended: its failure waits for the next pass to reject the tasks with it.
+    fn pull_ended(&mut self, key: PullKey, result: Result<(), String>) {
+        self.pulling.remove(&key);
+        match result {
+            Ok(()) => {
+                info!(image = %key.0, "image pulled");
+                self.pulled.insert(key);
+            }
+            Err(err) => {
+                warn!(image = %key.0, %err, "image pull failed");
+                self.pull_failed.insert(key, err);
+            }
+        }
+    }
+
     /// The task containers and the sandboxes on this node.
     async fn list(&self) -> Result<(Vec<Observed>, Vec<ObservedSandbox>), bollard::errors::Error> {
         let labelled = |label: &str| ListContainersOptions {
@@ -607,28 +825,22 @@ fn observe(t: &Task, o: &Observed) -> Option<TaskStatusUpdate> {
     Some(u)
 }
 
-/// Does one action; returns the task states it reached.
-/// What a node's dockerd says about an image: missing (the error), or present and
-/// whether it declares a health check of its own.
-type ImageCheck = Result<bool, String>;
-
-async fn check_image(docker: &DockerClient, image: &str) -> ImageCheck {
-    match docker.engine().inspect_image(image).await {
-        Ok(i) => Ok(i
-            .config
-            .and_then(|c| c.healthcheck)
-            .and_then(|h| h.test)
-            .is_some_and(|t| t.first().map(String::as_str) != Some("NONE"))),
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => Err(format!("No such image: {image}")),
-        Err(other) => Err(format!("checking image {image}: {other}")),
-    }
+/// Where a task's image stands on this node.
+#[derive(Debug, Clone)]
+enum ImageCheck {
+    /// Here; `healthcheck`: the image declares a health check of its own.
+    Present { healthcheck: bool },
+    /// Being pulled: the task waits in `preparing`.
+    Pulling,
+    /// It cannot be had: the task is rejected with this (the registry's words for a
+    /// failed pull).
+    Failed(String),
 }
 
 /// What every start of one pass shares: the image checks, whether the sandbox image is
 /// loaded, and the dataplane's readiness.
 struct Prepared {
+    /// By service ID.
     images: HashMap<String, ImageCheck>,
     sandbox_image: Result<(), String>,
     ready: Option<ReadinessWatch>,
@@ -636,6 +848,7 @@ struct Prepared {
     version: u64,
 }
 
+/// Does one action; returns the task states it reached.
 async fn act(
     docker: &DockerClient,
     node: &str,
@@ -698,16 +911,16 @@ async fn act(
         Action::Start {
             task,
             service,
-            gateway,
+            dns,
             dns_network,
         } => {
             let image = prepared
                 .images
-                .get(&service.spec.image)
+                .get(&service.id)
                 .cloned()
-                .unwrap_or_else(|| Err("the image was not checked".into()));
+                .unwrap_or_else(|| ImageCheck::Failed("the image was not checked".into()));
             let network = Network {
-                gateway,
+                dns,
                 dns_network,
                 sandbox_image: prepared.sandbox_image.clone(),
                 ready: prepared.ready.clone(),
@@ -720,7 +933,9 @@ async fn act(
 
 /// What a start needs for the task's network.
 struct Network {
-    gateway: Option<Ipv4Addr>,
+    /// The resolver in the task's resolv.conf.
+    dns: Option<Ipv4Addr>,
+    /// Where that resolver listens (a network's name or [`EGRESS_LISTENER`]).
     dns_network: Option<String>,
     /// Whether the sandbox image is loaded, or why not.
     sandbox_image: Result<(), String>,
@@ -741,8 +956,9 @@ async fn start(
     let spec = &service.spec;
     let mut out = vec![update(t, TaskState::Preparing, "preparing", None)];
     let image_healthcheck = match image {
-        Ok(h) => h,
-        Err(err) => {
+        ImageCheck::Present { healthcheck } => healthcheck,
+        ImageCheck::Pulling => return out,
+        ImageCheck::Failed(err) => {
             warn!(task = %t.id, %err, "task rejected");
             out.push(update(t, TaskState::Rejected, "rejected", Some(err)));
             return out;
@@ -859,22 +1075,21 @@ async fn start_sandbox(
         task_id: t.id.clone(),
         service_name: service.spec.name.clone(),
         hostname: t.id.chars().take(12).collect(),
-        dns: network.gateway,
+        dns: network.dns,
     };
     let started = sandbox::start(docker, &spec).await?;
-    let (Some(mut ready), Some(dns_network)) = (network.ready, network.dns_network) else {
+    let Some(mut ready) = network.ready else {
         return Ok(started);
     };
+    let wanted = Wanted {
+        container: spec.name.clone(),
+        netns_id: started.netns_id,
+        on_overlay: !t.networks.is_empty(),
+        dns_network: network.dns_network,
+        version: network.version,
+    };
     let waited = std::time::Instant::now();
-    match sandbox::wait_ready(
-        &mut ready,
-        &spec.name,
-        &started,
-        &dns_network,
-        network.version,
-    )
-    .await
-    {
+    match sandbox::wait_ready(&mut ready, &wanted).await {
         Ok(()) => {
             debug!(task = %t.id, ms = waited.elapsed().as_millis() as u64, "task's network ready");
             Ok(started)
@@ -903,6 +1118,8 @@ pub struct ExecutorConfig {
     pub gossip_listen: Option<std::net::SocketAddr>,
     /// Where the gossip member's status goes (`<data_dir>/gossip.json`).
     pub gossip_status: Option<PathBuf>,
+    /// The resolver's address on the egress bridge: tasks with no network use it.
+    pub egress_dns: Option<Ipv4Addr>,
 }
 
 /// Connects to dockerd (retrying) and runs the executor for `client`'s node.
@@ -919,6 +1136,7 @@ pub async fn run(client: NodeClient, config: ExecutorConfig) {
     Executor::new(client, docker, config.events, config.intent)
         .with_readiness(config.ready)
         .with_gossip(config.gossip_listen, config.gossip_status)
+        .with_egress_dns(config.egress_dns)
         .run()
         .await
 }

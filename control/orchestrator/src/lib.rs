@@ -10,6 +10,7 @@
 //! - [`gossip_member`], [`gossip_keys`]: the node's gossip member and the cluster key's
 //!   rotation;
 //! - [`docker`]: the dockerd client (containers, their namespaces, events);
+//!   [`image`]: image references, pulls and digests through it;
 //!   [`events`]: the agent's one dockerd event watch, shared;
 //! - [`pipeline`]: the node's declared state, with its containers' namespaces, as one
 //!   in-memory value the dataplane's reconcilers follow.
@@ -19,6 +20,7 @@ pub mod events;
 pub mod executor;
 pub mod gossip_keys;
 pub mod gossip_member;
+pub mod image;
 pub mod node_state;
 pub mod pipeline;
 pub mod sandbox;

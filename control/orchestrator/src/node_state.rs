@@ -16,6 +16,7 @@
 //!   running tasks' addresses.
 //! - Load balancing: the same services with their VIPs, published ports and backends
 //!   (running tasks healthy; tasks told to stop that still run draining).
+//! - Egress: the containers of this node's tasks, with a network or without.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -43,6 +44,10 @@ pub struct NodeState {
     /// This node's `--data-path-addr`, when it joined with one; None: the agent's
     /// underlay address carries the overlay.
     pub data_path_addr: Option<Ipv4Addr>,
+    /// The sandboxes of this node's active tasks (the containers holding their
+    /// namespaces), on a network or not: each one gets egress once it runs, before the
+    /// task's own process starts in it.
+    pub task_containers: BTreeSet<String>,
 }
 
 /// A node's data-path address: `data_path_addr`, else the advertise address's IP.
@@ -114,6 +119,7 @@ pub fn compute_with(
     // Networks present here: those of local tasks, and ingress when ports are published.
     let mut local_nets: BTreeSet<String> = BTreeSet::new();
     let mut local_endpoints = Vec::new();
+    let mut task_containers = BTreeSet::new();
     for t in state.tasks.values() {
         if t.node_id.as_deref() != Some(node_id) || !active(t) {
             continue;
@@ -123,6 +129,7 @@ pub fn compute_with(
         };
         // The sandbox holds the task's namespace (the task's container joins it).
         let container = crate::sandbox::name(&t.container_name(&service.spec.name));
+        task_containers.insert(container.clone());
         for a in &t.networks {
             let (Some(name), ip) = (net_name(&a.network_id), a.addr.addr()) else {
                 continue;
@@ -347,6 +354,7 @@ pub fn compute_with(
             Some(IpAddr::V4(v4)) => Some(v4),
             _ => None,
         },
+        task_containers,
     }
 }
 
@@ -408,6 +416,7 @@ impl From<NodeState> for shoal_dataplane::reconcile::DeclaredNode {
             lb: Some(ns.lb),
             data_path_port: ns.data_path_port,
             data_path_addr: ns.data_path_addr,
+            task_containers: ns.task_containers,
             containers: Default::default(),
             version: 0,
         }

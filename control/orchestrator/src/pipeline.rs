@@ -8,9 +8,9 @@
 //!                                                                         (for people; read by nothing)
 //! ```
 //! The source publishes what the node should hold (an [`DeclaredNode`] with no
-//! containers). The pipeline adds where each local endpoint's container runs (its
-//! network namespace, asked of dockerd once and kept until an event says the container
-//! changed) and publishes the whole as one value the reconcilers follow. Nothing here
+//! containers). The pipeline adds where each local endpoint's and task's container
+//! runs (its network namespace, asked of dockerd once and kept until an event says the
+//! container changed) and publishes the whole as one value the reconcilers follow. Nothing here
 //! polls a file: a change reaches the reconcilers as soon as it is computed.
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -137,13 +137,7 @@ impl<R: Resolve> Pipeline<R> {
     /// among them (then a pass is due).
     pub fn forget(&mut self, intent: Option<&DeclaredNode>, updates: &[Watched]) -> bool {
         let declared: BTreeSet<&str> = intent
-            .map(|d| {
-                d.overlay
-                    .local_endpoints
-                    .iter()
-                    .map(|e| e.container.as_str())
-                    .collect()
-            })
+            .map(DeclaredNode::container_names)
             .unwrap_or_default();
         let mut due = false;
         for u in updates {
@@ -177,12 +171,7 @@ impl<R: Resolve> Pipeline<R> {
     /// differs from what was published.
     pub async fn pass(&mut self, intent: Option<&DeclaredNode>) {
         let Some(intent) = intent else { return };
-        let names: BTreeSet<&str> = intent
-            .overlay
-            .local_endpoints
-            .iter()
-            .map(|e| e.container.as_str())
-            .collect();
+        let names = intent.container_names();
         self.known.retain(|n, _| names.contains(n.as_str()));
         let missing: Vec<String> = names
             .iter()

@@ -7,11 +7,13 @@
 //!  executor ─create/start─▶ <task container>.sandbox (/pause, --network none,
 //!     │                      the task's hostname and resolv.conf)
 //!     │   pipeline: its namespace ─▶ overlay attaches it, VIP maps scope it,
-//!     │                              DNS serves its first network
+//!     │                              DNS serves its first network, egress gives
+//!     │                              it its veth and default route
 //!     ├─ wait_ready (bounded) ◀── reconcilers' readiness watch
 //!     └─create/start─▶ <task container> (--network container:<sandbox>)
 //! ```
-//! The overlay's local endpoints name the sandbox, so the namespace stays plumbed for
+//! The overlay's local endpoints and egress's task containers name the sandbox (a task
+//! with no network gets one too, for egress), so the namespace stays plumbed for
 //! the task's whole life whatever its own process does. Docker takes a joined
 //! container's hostname and resolv.conf from the container whose namespace it joins,
 //! so both are set here. Removing a task removes its sandbox; a task whose sandbox
@@ -22,7 +24,9 @@ use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
 
 use bollard::{
     models::{ContainerCreateBody, HostConfig},
-    query_parameters::{CreateContainerOptions, ImportImageOptions, RemoveContainerOptions},
+    query_parameters::{
+        CreateContainerOptions, ImportImageOptions, RemoveContainerOptions, RemoveImageOptions,
+    },
 };
 use futures::StreamExt;
 use shoal_dataplane::reconcile::ready::{self, ReadinessWatch, Wanted};
@@ -79,6 +83,22 @@ pub async fn ensure_image(docker: &DockerClient, image: &SandboxImage) -> Result
             "the sandbox image {} is missing after loading it: {e}",
             image::TAG
         )),
+    }
+}
+
+/// Removes the sandbox image from the node's dockerd (`shoal agent cleanup`, after the
+/// sandboxes): true if it was there.
+pub async fn remove_image(docker: &DockerClient) -> Result<bool, String> {
+    match docker
+        .engine()
+        .remove_image(image::TAG, None::<RemoveImageOptions>, None)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(false),
+        Err(e) => Err(format!("removing the sandbox image {}: {e}", image::TAG)),
     }
 }
 
@@ -160,22 +180,10 @@ pub async fn start(docker: &DockerClient, spec: &Spec) -> Result<Started, String
 }
 
 /// Waits (at most [`READY_TIMEOUT`]) until the dataplane has made the sandbox's
-/// network ready: attached, scoped for VIPs, DNS serving on `dns_network`, and every
-/// reconciler at declared state `version` or later (the one holding the task's peers).
-pub async fn wait_ready(
-    watch: &mut ReadinessWatch,
-    name: &str,
-    started: &Started,
-    dns_network: &str,
-    version: u64,
-) -> Result<(), String> {
-    let wanted = Wanted {
-        container: name.to_owned(),
-        netns_id: started.netns_id,
-        dns_network: dns_network.to_owned(),
-        version,
-    };
-    ready::wait_ready(watch, &wanted, READY_TIMEOUT).await
+/// network ready ([`Wanted`]: attached to its networks and to egress, scoped for VIPs,
+/// its resolver serving, every reconciler at the declared state holding its peers).
+pub async fn wait_ready(watch: &mut ReadinessWatch, wanted: &Wanted) -> Result<(), String> {
+    ready::wait_ready(watch, wanted, READY_TIMEOUT).await
 }
 
 /// Removes a sandbox (killed: it holds nothing worth a grace period); one that does not

@@ -18,6 +18,7 @@ use std::{collections::BTreeMap, fmt};
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
+pub use shoal_cluster::registry_auth::RegistryCredentials;
 pub use shoal_cluster::store::{Availability, NodeStatus};
 use shoal_cluster::store::{Network, Service, ServiceSpec, Task};
 
@@ -168,9 +169,15 @@ pub enum Request {
         #[serde(default)]
         label_rm: Vec<String>,
     },
-    /// `service create`: `spec.networks` holds network names or IDs as given.
+    /// `service create`: `spec.networks` holds network names or IDs as given. The
+    /// manager pins the image's tag to its digest unless `no_resolve_image`.
     ServiceCreate {
         spec: ServiceSpec,
+        #[serde(default)]
+        no_resolve_image: bool,
+        /// `--with-registry-auth`: the user's credentials for the image's registry.
+        #[serde(default)]
+        registry_auth: Option<Box<RegistryCredentials>>,
     },
     /// What `service ls|ps|inspect` and the progress display read: the services named
     /// (all when empty), their tasks, and the nodes and networks they refer to.
@@ -185,7 +192,8 @@ pub enum Request {
         services: Vec<String>,
     },
     /// `service update` (minimal): `--force` replaces every task; image and replicas
-    /// may change.
+    /// may change. A new image is pinned to its digest unless `no_resolve_image`;
+    /// `registry_auth` replaces the service's credentials (None keeps them).
     ServiceUpdate {
         service: String,
         #[serde(default)]
@@ -194,6 +202,10 @@ pub enum Request {
         image: Option<String>,
         #[serde(default)]
         replicas: Option<u64>,
+        #[serde(default)]
+        no_resolve_image: bool,
+        #[serde(default)]
+        registry_auth: Option<Box<RegistryCredentials>>,
     },
     ServiceLogs {
         service: String,
@@ -301,6 +313,9 @@ pub enum Reply {
     /// `service scale|rm|update`: the references as given, in order, each done.
     ServicesChanged {
         services: Vec<String>,
+        /// Things the operator should know (an image that could not be pinned).
+        #[serde(default)]
+        warnings: Vec<String>,
     },
     /// `service logs`: lines prefixed with the task, and what could not be read here.
     ServiceLogs {

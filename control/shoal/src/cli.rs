@@ -9,6 +9,7 @@
 pub mod format;
 pub mod info;
 pub mod network;
+pub mod registry_auth;
 pub mod service;
 pub mod template;
 

@@ -73,6 +73,9 @@ pub struct NodeLinks {
     /// What the dataplane has made ready for each local container (a task's process
     /// starts once its network is); None: no dataplane follows `intent`.
     pub ready: Option<ReadinessWatch>,
+    /// The resolver's address on the egress bridge: the nameserver of tasks with no
+    /// network. None: they get dockerd's default.
+    pub egress_dns: Option<Ipv4Addr>,
 }
 
 impl NodeLinks {
@@ -82,6 +85,7 @@ impl NodeLinks {
             events: DockerEvents::none(),
             intent: Arc::new(tokio::sync::watch::channel(None).0),
             ready: None,
+            egress_dns: None,
         }
     }
 }
@@ -95,6 +99,9 @@ pub struct ClusterAgentConfig {
     pub listen: SocketAddr,
     /// The interface whose IPv4 is the default advertise address.
     pub underlay_interface: Option<String>,
+    /// The default advertise address (the agent's `advertise_addr`), before the
+    /// underlay interface's.
+    pub advertise_addr: Option<IpAddr>,
     /// The VXLAN port unless `swarm init --data-path-port` says otherwise.
     pub data_path_port: u16,
     pub engine: EngineSource,
@@ -241,6 +248,7 @@ impl ClusterAgent {
                     ready: links.ready,
                     gossip_listen: self.config.gossip_listen,
                     gossip_status: Some(self.config.data_dir.join("gossip.json")),
+                    egress_dns: links.egress_dns,
                 };
                 info!(node_id = %id, "task executor started");
                 bg.executor = Some((
@@ -472,7 +480,8 @@ impl ClusterAgent {
     }
 
     /// `--advertise-addr`: IP:PORT, IP (with the listen port) or an interface name;
-    /// default: the listen IP if it is a specific one, else the underlay's IPv4.
+    /// default: the listen IP if it is a specific one, else the agent's advertise
+    /// address, else the underlay's IPv4.
     fn advertise_address(
         &self,
         given: Option<&str>,
@@ -495,6 +504,9 @@ impl ClusterAgent {
         }
         if !listen.ip().is_unspecified() {
             return Ok(listen);
+        }
+        if let Some(ip) = self.config.advertise_addr {
+            return Ok(SocketAddr::new(ip, port));
         }
         match &self.config.underlay_interface {
             Some(iface) => Ok(SocketAddr::new(interface_ip(iface)?.into(), port)),

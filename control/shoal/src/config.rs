@@ -2,16 +2,28 @@
 //! with defaults filled in and checked.
 //!
 //! The file and the flags share one type, [`Settings`], whose fields are all optional;
-//! [`AgentConfig`] is the result with every value decided.
+//! [`AgentConfig`] is the result with every value decided. Without `--config`, the
+//! agent reads [`DEFAULT_CONFIG_FILE`] if it exists; a file named with `--config` must.
+//!
+//! The underlay interface, when neither the file nor a flag names it, is the one holding
+//! `advertise_addr`, else the one of the IPv4 default route: a plain `shoal agent` works
+//! on a host with one way out.
 use std::{
     io,
+    net::Ipv4Addr,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use serde::Deserialize;
-use shoal_dataplane::{bpffs::DEFAULT_PIN_DIR, overlay::state::DEFAULT_VXLAN_PORT};
+use shoal_dataplane::{
+    bpffs::DEFAULT_PIN_DIR,
+    egress::{EgressParams, DEFAULT_SUBNET as EGRESS_DEFAULT_SUBNET},
+    overlay::state::DEFAULT_VXLAN_PORT,
+};
 
+/// The config file read when `--config` is not given (a missing one is fine).
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/shoal/agent.toml";
 /// Default directory for the agent's state files.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/shoal";
 /// Default dockerd socket.
@@ -40,9 +52,15 @@ const MAX_INTERFACE_NAME: usize = 15;
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Interface that carries traffic between hosts; the underlay XDP program attaches
-    /// here. Required, here or as `underlay_interface` in the config file.
+    /// here [file key: underlay_interface] [default: the interface holding
+    /// advertise_addr, else the one of the IPv4 default route]
     #[arg(long, value_name = "IF")]
     pub underlay_interface: Option<String>,
+    /// This node's address for other nodes: picks the underlay interface (the one
+    /// holding it) and is `swarm init|join`'s default --advertise-addr
+    /// [file key: advertise_addr] [default: the underlay interface's first IPv4 address]
+    #[arg(long, value_name = "ADDR")]
+    pub advertise_addr: Option<Ipv4Addr>,
     /// bpffs directory the agent pins its maps in [file key: pin_dir]
     /// [default: /sys/fs/bpf/shoal]
     #[arg(long, value_name = "DIR")]
@@ -115,16 +133,43 @@ pub struct Settings {
     /// [default: 0.0.0.0:7946]
     #[arg(long, value_name = "ADDR:PORT")]
     pub gossip_listen: Option<std::net::SocketAddr>,
+    /// Subnet of the node's gateway bridge (shoal_gwbridge), through which every task
+    /// reaches addresses outside the cluster, its source translated to the node's
+    /// address; the bridge holds the first address, where tasks with no network find
+    /// the resolver. It must not hold the host's own addresses or overlay subnets
+    /// [file key: egress_subnet] [default: 172.18.0.0/16]
+    #[arg(long, value_name = "CIDR")]
+    pub egress_subnet: Option<ipnet::Ipv4Net>,
 }
 
 impl Settings {
-    /// Parses the text of a config file; `origin` names it in errors.
+    /// Parses the text of a config file; `origin` names it in errors, with the line and
+    /// the key the error is at.
     pub fn from_toml(text: &str, origin: &Path) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_owned(),
-            location: e.span().map(|s| line_of(text, s.start)),
+            location: e.span().map(|s| location_of(text, s.start)),
             message: e.message().replace('\n', " "),
         })
+    }
+
+    /// The settings of the config file: `file` (which must exist), or
+    /// [`DEFAULT_CONFIG_FILE`] if it exists, or none.
+    pub fn from_config_file(file: Option<&Path>) -> Result<Self, ConfigError> {
+        match file {
+            Some(path) => Self::from_file(path),
+            None => {
+                let default = Path::new(DEFAULT_CONFIG_FILE);
+                match Self::from_file(default) {
+                    Err(ConfigError::Read { error, .. })
+                        if error.kind() == io::ErrorKind::NotFound =>
+                    {
+                        Ok(Self::default())
+                    }
+                    other => other,
+                }
+            }
+        }
     }
 
     /// Reads and parses the config file at `path`.
@@ -140,6 +185,7 @@ impl Settings {
     pub fn overridden_by(self, over: Settings) -> Settings {
         Settings {
             underlay_interface: over.underlay_interface.or(self.underlay_interface),
+            advertise_addr: over.advertise_addr.or(self.advertise_addr),
             pin_dir: over.pin_dir.or(self.pin_dir),
             data_dir: over.data_dir.or(self.data_dir),
             stats_interval_secs: over.stats_interval_secs.or(self.stats_interval_secs),
@@ -156,14 +202,95 @@ impl Settings {
             declared_lb: over.declared_lb.or(self.declared_lb),
             lb_flows: over.lb_flows.or(self.lb_flows),
             gossip_listen: over.gossip_listen.or(self.gossip_listen),
+            egress_subnet: over.egress_subnet.or(self.egress_subnet),
         }
     }
+}
+
+/// Where one agent keeps what it makes on the host: enough to find it all again
+/// (`shoal agent cleanup`) without the rest of a configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentPaths {
+    pub pin_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub docker_socket: PathBuf,
+    pub netns_dir: PathBuf,
+    pub api_socket: PathBuf,
+}
+
+impl AgentPaths {
+    /// The settings' paths, defaults filled in.
+    pub fn resolve(settings: &Settings) -> Result<Self, ConfigError> {
+        let or = |value: &Option<PathBuf>, default: &str| {
+            value.clone().unwrap_or_else(|| PathBuf::from(default))
+        };
+        let paths = Self {
+            pin_dir: or(&settings.pin_dir, DEFAULT_PIN_DIR),
+            data_dir: or(&settings.data_dir, DEFAULT_DATA_DIR),
+            docker_socket: or(&settings.docker_socket, DEFAULT_DOCKER_SOCKET),
+            netns_dir: or(&settings.netns_dir, DEFAULT_NETNS_DIR),
+            api_socket: or(&settings.api_socket, DEFAULT_API_SOCKET),
+        };
+        for (key, dir) in [
+            ("api_socket", &paths.api_socket),
+            ("pin_dir", &paths.pin_dir),
+            ("data_dir", &paths.data_dir),
+            ("docker_socket", &paths.docker_socket),
+            ("netns_dir", &paths.netns_dir),
+        ] {
+            if dir.as_os_str().is_empty() {
+                return Err(ConfigError::EmptyPath { key });
+            }
+        }
+        Ok(paths)
+    }
+}
+
+/// How the underlay interface was chosen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UnderlaySource {
+    /// Named by the file or a flag.
+    Configured,
+    /// The interface holding `advertise_addr`.
+    AdvertiseAddr(Ipv4Addr),
+    /// The interface of the IPv4 default route.
+    DefaultRoute,
+}
+
+impl std::fmt::Display for UnderlaySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UnderlaySource::Configured => f.write_str("configured"),
+            UnderlaySource::AdvertiseAddr(a) => write!(f, "holds advertise_addr {a}"),
+            UnderlaySource::DefaultRoute => f.write_str("the default route's"),
+        }
+    }
+}
+
+/// How the host's interfaces are asked about (the real kernel; tests fake it).
+#[derive(Clone, Copy)]
+pub struct HostLookup {
+    /// The interface holding an address.
+    pub interface_with: fn(Ipv4Addr) -> io::Result<Option<String>>,
+    /// The interface of the IPv4 default route.
+    pub default_route_interface: fn() -> io::Result<Option<String>>,
+}
+
+impl HostLookup {
+    /// The kernel of the namespace the agent runs in.
+    pub const KERNEL: HostLookup = HostLookup {
+        interface_with: shoal_dataplane::iface::interface_with,
+        default_route_interface: shoal_dataplane::iface::default_route_interface,
+    };
 }
 
 /// The agent's configuration with every value decided.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentConfig {
     pub underlay_interface: String,
+    pub underlay_source: UnderlaySource,
+    /// The default advertise address; None: the underlay interface's first IPv4.
+    pub advertise_addr: Option<Ipv4Addr>,
     pub pin_dir: PathBuf,
     pub data_dir: PathBuf,
     /// How often to log the counters; `None` never.
@@ -180,6 +307,8 @@ pub struct AgentConfig {
     pub lb_flows: u32,
     /// Where gossip listens (in a cluster).
     pub gossip_listen: std::net::SocketAddr,
+    /// The gateway bridge's subnet (task egress).
+    pub egress_subnet: ipnet::Ipv4Net,
 }
 
 /// The declared-state files of the standalone mode (dataplane only, tests).
@@ -201,41 +330,37 @@ pub struct DnsConfig {
 }
 
 impl AgentConfig {
-    /// Reads `file` (if given), lets `flags` override it, fills in defaults and checks
-    /// the result.
+    /// Reads the config file (`file`, or the default one if it exists), lets `flags`
+    /// override it, fills in defaults and checks the result.
     pub fn load(file: Option<&Path>, flags: Settings) -> Result<Self, ConfigError> {
-        let from_file = match file {
-            Some(path) => Settings::from_file(path)?,
-            None => Settings::default(),
-        };
-        Self::resolve(from_file.overridden_by(flags))
+        Self::resolve(Settings::from_config_file(file)?.overridden_by(flags))
     }
 
-    /// Fills in defaults and checks the merged settings.
+    /// Fills in defaults and checks the merged settings, asking the kernel for the
+    /// underlay interface when none is named.
     pub fn resolve(settings: Settings) -> Result<Self, ConfigError> {
-        let underlay_interface = settings
-            .underlay_interface
-            .ok_or(ConfigError::MissingUnderlayInterface)?;
+        Self::resolve_with(settings, HostLookup::KERNEL)
+    }
+
+    /// [`resolve`](Self::resolve) with `host` answering questions about interfaces.
+    pub fn resolve_with(settings: Settings, host: HostLookup) -> Result<Self, ConfigError> {
+        let (underlay_interface, underlay_source) = underlay(
+            settings.underlay_interface.clone(),
+            settings.advertise_addr,
+            host,
+        )?;
         check_interface_name(&underlay_interface)?;
-        let pin_dir = settings
-            .pin_dir
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
-        let data_dir = settings
-            .data_dir
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        let docker_socket = settings
-            .docker_socket
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DOCKER_SOCKET));
-        let netns_dir = settings
-            .netns_dir
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_NETNS_DIR));
+        let AgentPaths {
+            pin_dir,
+            data_dir,
+            docker_socket,
+            netns_dir,
+            api_socket,
+        } = AgentPaths::resolve(&settings)?;
         let data_path_port = settings.data_path_port.unwrap_or(DEFAULT_VXLAN_PORT);
         if data_path_port == 0 {
             return Err(ConfigError::BadPort);
         }
-        let api_socket = settings
-            .api_socket
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_API_SOCKET));
         let cluster_listen = settings.cluster_listen.unwrap_or_else(|| {
             DEFAULT_CLUSTER_LISTEN
                 .parse()
@@ -251,17 +376,6 @@ impl AgentConfig {
         });
         if gossip_listen.port() == 0 {
             return Err(ConfigError::BadGossipPort);
-        }
-        for (key, dir) in [
-            ("api_socket", &api_socket),
-            ("pin_dir", &pin_dir),
-            ("data_dir", &data_dir),
-            ("docker_socket", &docker_socket),
-            ("netns_dir", &netns_dir),
-        ] {
-            if dir.as_os_str().is_empty() {
-                return Err(ConfigError::EmptyPath { key });
-            }
         }
         let stats_interval = match settings.stats_interval_secs.unwrap_or(0) {
             0 => None,
@@ -285,12 +399,22 @@ impl AgentConfig {
             None if settings.declared_lb.is_some() => return Err(ConfigError::LbWithoutOverlay),
             None => None,
         };
+        let egress_subnet = settings.egress_subnet.unwrap_or_else(|| {
+            EGRESS_DEFAULT_SUBNET
+                .parse()
+                .expect("the default egress subnet parses")
+        });
+        // The MTU is the underlay's, known only at start; the subnet is checked now.
+        EgressParams::new(egress_subnet, 1500)
+            .map_err(|reason| ConfigError::BadEgressSubnet { reason })?;
         let lb_flows = settings.lb_flows.unwrap_or(DEFAULT_LB_FLOWS);
         if lb_flows == 0 {
             return Err(ConfigError::BadLbFlows);
         }
         Ok(Self {
             underlay_interface,
+            underlay_source,
+            advertise_addr: settings.advertise_addr,
             pin_dir,
             data_dir,
             stats_interval,
@@ -303,6 +427,7 @@ impl AgentConfig {
             cluster_listen,
             lb_flows,
             gossip_listen,
+            egress_subnet,
         })
     }
 }
@@ -319,13 +444,17 @@ pub enum ConfigError {
     )]
     Parse {
         path: PathBuf,
-        /// ", line N" when the parser knows where.
+        /// ", line N, key `K`" when the parser knows where.
         location: Option<String>,
         message: String,
     },
-    #[error("no underlay interface: set `underlay_interface` in the config file or pass --underlay-interface")]
+    #[error("no underlay interface: this host has no IPv4 default route to take it from; set `underlay_interface` (or `advertise_addr`) in the config file, or pass --underlay-interface")]
     MissingUnderlayInterface,
-    #[error("invalid underlay interface name {name:?}: {reason}")]
+    #[error("advertise_addr {addr}: no interface of this host holds that address")]
+    AdvertiseAddrNotHere { addr: Ipv4Addr },
+    #[error("advertise_addr {addr}: reading this host's interfaces: {error}")]
+    Interfaces { addr: Ipv4Addr, error: io::Error },
+    #[error("underlay_interface: invalid interface name {name:?}: {reason}")]
     InvalidInterface { name: String, reason: &'static str },
     #[error("{key} must not be empty")]
     EmptyPath { key: &'static str },
@@ -343,12 +472,48 @@ pub enum ConfigError {
     LbWithoutOverlay,
     #[error("lb_flows must be at least 1")]
     BadLbFlows,
+    #[error("egress_subnet: {reason}")]
+    BadEgressSubnet { reason: String },
 }
 
-/// ", line N" for byte offset `offset` of `text`.
-fn line_of(text: &str, offset: usize) -> String {
+/// ", line N, key `K`" for byte offset `offset` of `text` (the key when that line
+/// reads `K = ...`).
+fn location_of(text: &str, offset: usize) -> String {
     let before = text.get(..offset).unwrap_or(text);
-    format!(", line {}", before.matches('\n').count() + 1)
+    let number = before.matches('\n').count() + 1;
+    let line = text.lines().nth(number - 1).unwrap_or("");
+    let key = line.split_once('=').map(|(k, _)| k.trim()).filter(|k| {
+        !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    });
+    match key {
+        Some(k) => format!(", line {number}, key `{k}`"),
+        None => format!(", line {number}"),
+    }
+}
+
+/// The underlay interface: the named one, else the one holding `advertise`, else the
+/// default route's.
+fn underlay(
+    named: Option<String>,
+    advertise: Option<Ipv4Addr>,
+    host: HostLookup,
+) -> Result<(String, UnderlaySource), ConfigError> {
+    if let Some(name) = named {
+        return Ok((name, UnderlaySource::Configured));
+    }
+    if let Some(addr) = advertise {
+        return match (host.interface_with)(addr) {
+            Ok(Some(name)) => Ok((name, UnderlaySource::AdvertiseAddr(addr))),
+            Ok(None) => Err(ConfigError::AdvertiseAddrNotHere { addr }),
+            Err(error) => Err(ConfigError::Interfaces { addr, error }),
+        };
+    }
+    match (host.default_route_interface)() {
+        Ok(Some(name)) => Ok((name, UnderlaySource::DefaultRoute)),
+        Ok(None) | Err(_) => Err(ConfigError::MissingUnderlayInterface),
+    }
 }
 
 /// The rules of the kernel's `dev_valid_name`.
@@ -394,6 +559,8 @@ mod tests {
             config,
             AgentConfig {
                 underlay_interface: "eth1".into(),
+                underlay_source: UnderlaySource::Configured,
+                advertise_addr: None,
                 pin_dir: "/sys/fs/bpf/lab1".into(),
                 data_dir: "/tmp/lab1".into(),
                 stats_interval: Some(Duration::from_secs(10)),
@@ -410,6 +577,7 @@ mod tests {
                 cluster_listen: DEFAULT_CLUSTER_LISTEN.parse().unwrap(),
                 lb_flows: DEFAULT_LB_FLOWS,
                 gossip_listen: DEFAULT_GOSSIP_LISTEN.parse().unwrap(),
+                egress_subnet: "172.18.0.0/16".parse().unwrap(),
             }
         );
     }
@@ -454,15 +622,72 @@ mod tests {
         assert_eq!(config.stats_interval, None);
     }
 
+    /// A host with eth0 (192.168.1.5, the default route) and eth1 (10.0.0.5).
+    const TWO_INTERFACES: HostLookup = HostLookup {
+        interface_with: |a| {
+            Ok(match a.octets() {
+                [192, 168, 1, 5] => Some("eth0".into()),
+                [10, 0, 0, 5] => Some("eth1".into()),
+                _ => None,
+            })
+        },
+        default_route_interface: || Ok(Some("eth0".into())),
+    };
+    /// A host without a default route.
+    const NO_ROUTE: HostLookup = HostLookup {
+        interface_with: |_| Ok(None),
+        default_route_interface: || Ok(None),
+    };
+
     #[test]
-    fn missing_underlay_interface_is_refused() {
-        let file = parse(r#"pin_dir = "/sys/fs/bpf/x""#).unwrap();
-        let err = AgentConfig::resolve(file.overridden_by(Settings::default())).unwrap_err();
+    fn missing_underlay_interface_comes_from_the_advertise_addr_or_default_route() {
+        let none = parse(r#"pin_dir = "/sys/fs/bpf/x""#).unwrap();
+        let config = AgentConfig::resolve_with(none.clone(), TWO_INTERFACES).unwrap();
+        assert_eq!(config.underlay_interface, "eth0");
+        assert_eq!(config.underlay_source, UnderlaySource::DefaultRoute);
+
+        let advertise = parse("advertise_addr = \"10.0.0.5\"").unwrap();
+        let config = AgentConfig::resolve_with(advertise.clone(), TWO_INTERFACES).unwrap();
+        assert_eq!(config.underlay_interface, "eth1");
+        assert_eq!(config.advertise_addr, Some(Ipv4Addr::new(10, 0, 0, 5)));
+        assert_eq!(
+            config.underlay_source,
+            UnderlaySource::AdvertiseAddr(Ipv4Addr::new(10, 0, 0, 5))
+        );
+        // A flag names it: neither is asked.
+        let flags = Settings {
+            underlay_interface: Some("eth7".into()),
+            ..Settings::default()
+        };
+        let config =
+            AgentConfig::resolve_with(advertise.clone().overridden_by(flags), NO_ROUTE).unwrap();
+        assert_eq!(config.underlay_interface, "eth7");
+
+        let err = AgentConfig::resolve_with(none, NO_ROUTE).unwrap_err();
         assert!(
             matches!(err, ConfigError::MissingUnderlayInterface),
             "{err:?}"
         );
         assert!(err.to_string().contains("--underlay-interface"));
+        let err = AgentConfig::resolve_with(advertise, NO_ROUTE).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "advertise_addr 10.0.0.5: no interface of this host holds that address"
+        );
+    }
+
+    #[test]
+    fn a_missing_default_file_is_fine_a_missing_named_one_is_not() {
+        // The default file is read if it exists; on a machine without it: no settings.
+        if !Path::new(DEFAULT_CONFIG_FILE).exists() {
+            assert_eq!(
+                Settings::from_config_file(None).unwrap(),
+                Settings::default()
+            );
+        }
+        let err =
+            Settings::from_config_file(Some(Path::new("/nonexistent/agent.toml"))).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");
     }
 
     #[test]
@@ -481,11 +706,13 @@ mod tests {
     }
 
     #[test]
-    fn wrong_type_is_refused_with_its_line() {
+    fn wrong_type_is_refused_with_its_line_and_key() {
         let err = parse("underlay_interface = \"eth0\"\nstats_interval_secs = -1\n").unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("line 2"), "{msg}");
+        assert!(msg.contains("line 2, key `stats_interval_secs`"), "{msg}");
         assert!(!msg.contains('\n'), "not one line: {msg}");
+        let err = parse("advertise_addr = \"10.0.0.256\"\n").unwrap_err();
+        assert!(err.to_string().contains("key `advertise_addr`"), "{err}");
     }
 
     #[test]
@@ -539,6 +766,32 @@ mod tests {
             })
         );
         assert_eq!(config.lb_flows, 1024);
+    }
+
+    #[test]
+    fn the_egress_subnet_comes_from_file_or_flags_and_is_checked() {
+        let config = AgentConfig::resolve(
+            parse("underlay_interface = \"eth0\"\negress_subnet = \"10.250.0.0/24\"\n").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(config.egress_subnet, "10.250.0.0/24".parse().unwrap());
+        for (bad, says) in [
+            ("10.250.0.0/31", "too small"),
+            ("10.250.0.9/24", "10.250.0.0/24"),
+        ] {
+            let settings = Settings {
+                underlay_interface: Some("eth0".into()),
+                egress_subnet: Some(bad.parse().unwrap()),
+                ..Settings::default()
+            };
+            let err = AgentConfig::resolve(settings).unwrap_err().to_string();
+            assert!(
+                err.starts_with("egress_subnet: ") && err.contains(says),
+                "{bad}: {err}"
+            );
+        }
+        let err = parse("underlay_interface = \"eth0\"\negress_subnet = \"nope\"\n").unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
     }
 
     #[test]

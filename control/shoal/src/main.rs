@@ -6,7 +6,9 @@
 //! - [`config`]: the agent's settings: TOML file and flags, merged, defaulted, checked.
 //! - [`agent`]: `shoal agent`, the daemon on every host: attaches the underlay XDP
 //!   program, runs the declared-state pipeline and the dataplane's reconcilers, the
-//!   cluster role and its API, publishes its status, shuts down on SIGTERM/SIGINT.
+//!   cluster role and its API, publishes its status, shuts down on SIGTERM/SIGINT;
+//!   `--validate` checks the config and the host (`agent/validate.rs`), `cleanup`
+//!   removes what the agent made on the host (`agent/cleanup.rs`).
 //! - [`status`]: `<data_dir>/agent.json`, the running agent's status file.
 //! - [`stats_cmd`]: `shoal dataplane stats`, prints the pinned underlay counters.
 //! - `shoal::cli`: `shoal swarm ...` and `shoal node ...`, which ask the local
@@ -25,7 +27,7 @@ use shoal::cli::{self, network::NetworkArgs, service::ServiceArgs, NodeArgs, Swa
 use shoal_dataplane::bpffs::DEFAULT_PIN_DIR;
 use tracing_subscriber::{filter::LevelFilter, EnvFilter};
 
-use crate::config::{AgentConfig, Settings};
+use crate::config::{AgentConfig, AgentPaths, Settings};
 
 /// shoal: a container overlay network with an eBPF dataplane.
 #[derive(Parser)]
@@ -55,15 +57,71 @@ enum Command {
 }
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 struct AgentArgs {
-    /// TOML config file; flags override its values
+    #[command(subcommand)]
+    action: Option<AgentAction>,
+    /// TOML config file; flags override its values [default: /etc/shoal/agent.toml
+    /// when it exists]
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Check the configuration, print it, and exit
+    /// Check the configuration and the host (root, BTF, the eBPF programs load, cgroup
+    /// v2, bpffs, the underlay interface, dockerd, free ports), print each finding, and
+    /// exit non-zero if anything is wrong
     #[arg(long)]
     validate: bool,
     #[command(flatten)]
     settings: Settings,
+}
+
+#[derive(Subcommand)]
+enum AgentAction {
+    /// Remove everything the agent made on this host (its containers, networks and
+    /// their namespaces, devices, eBPF programs and pins, files) and restore the
+    /// sysctls it changed; the agent must be stopped
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Args)]
+struct CleanupArgs {
+    /// Also when the node is still in a swarm (its swarm state is removed too)
+    #[arg(long)]
+    force: bool,
+    /// The agent's TOML config file, to find what it made [default:
+    /// /etc/shoal/agent.toml when it exists]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The agent's bpffs pin directory [default: /sys/fs/bpf/shoal]
+    #[arg(long, value_name = "DIR")]
+    pin_dir: Option<PathBuf>,
+    /// The agent's data directory [default: /var/lib/shoal]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// The node's dockerd socket [default: /var/run/docker.sock]
+    #[arg(long, value_name = "PATH")]
+    docker_socket: Option<PathBuf>,
+    /// Where the agent pinned its network namespaces [default: /run/shoal/netns]
+    #[arg(long, value_name = "DIR")]
+    netns_dir: Option<PathBuf>,
+    /// The agent's API socket [default: /run/shoal/shoal.sock]
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+}
+
+impl CleanupArgs {
+    /// The paths of the config file, overridden by these flags.
+    fn paths(&self) -> anyhow::Result<AgentPaths> {
+        let flags = Settings {
+            pin_dir: self.pin_dir.clone(),
+            data_dir: self.data_dir.clone(),
+            docker_socket: self.docker_socket.clone(),
+            netns_dir: self.netns_dir.clone(),
+            api_socket: self.api_socket.clone(),
+            ..Settings::default()
+        };
+        let settings = Settings::from_config_file(self.config.as_deref())?.overridden_by(flags);
+        Ok(AgentPaths::resolve(&settings)?)
+    }
 }
 
 #[derive(Subcommand)]
@@ -118,19 +176,13 @@ fn print_output(result: Result<cli::Output, cli::CliError>) -> anyhow::Result<()
 }
 
 fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
-    let config = AgentConfig::load(args.config.as_deref(), args.settings)?;
-    if args.validate {
-        let interval = config.stats_interval.map_or(0, |d| d.as_secs());
-        println!(
-            "config ok: underlay_interface={} pin_dir={} data_dir={} stats_interval_secs={interval} api_socket={} cluster_listen={}",
-            config.underlay_interface,
-            config.pin_dir.display(),
-            config.data_dir.display(),
-            config.api_socket.display(),
-            config.cluster_listen,
-        );
-        return Ok(());
+    if let Some(AgentAction::Cleanup(cleanup)) = &args.action {
+        return agent::cleanup::run(&cleanup.paths()?, cleanup.force);
     }
+    if args.validate {
+        return agent::validate::run(args.config.as_deref(), args.settings);
+    }
+    let config = AgentConfig::load(args.config.as_deref(), args.settings)?;
     agent::run(config)
 }
 
@@ -195,6 +247,37 @@ mod tests {
         assert_eq!(args.settings.underlay_interface.as_deref(), Some("eth1"));
         assert_eq!(args.settings.stats_interval_secs, Some(5));
         assert_eq!(args.settings.pin_dir, None);
+    }
+
+    #[test]
+    fn cleanup_takes_its_own_flags_and_refuses_the_agents_before_it() {
+        let cli = Cli::try_parse_from([
+            "shoal",
+            "agent",
+            "cleanup",
+            "--force",
+            "--pin-dir",
+            "/sys/fs/bpf/x",
+        ])
+        .unwrap();
+        let Command::Agent(args) = cli.command else {
+            panic!("not the agent command");
+        };
+        let Some(AgentAction::Cleanup(c)) = args.action else {
+            panic!("not cleanup");
+        };
+        assert!(c.force);
+        assert_eq!(
+            c.pin_dir.as_deref(),
+            Some(std::path::Path::new("/sys/fs/bpf/x"))
+        );
+        // A run flag before the subcommand would be silently ignored: refused.
+        assert!(
+            Cli::try_parse_from(["shoal", "agent", "--underlay-interface", "eth0", "cleanup"])
+                .is_err()
+        );
+        // Cleanup takes no flag it would not use.
+        assert!(Cli::try_parse_from(["shoal", "agent", "cleanup", "--lb-flows", "5"]).is_err());
     }
 
     #[test]

@@ -46,6 +46,28 @@ impl AgentStatus {
     }
 }
 
+/// Why an agent looks alive for this data directory and API socket (its API socket
+/// answers, or `agent.json` names a live `shoal agent` process), or None. The agent
+/// writes `agent.json` last at start, so one still starting can be missed.
+pub fn running_agent(data_dir: &Path, api_socket: &Path) -> Option<String> {
+    if std::os::unix::net::UnixStream::connect(api_socket).is_ok() {
+        return Some(format!("its API socket {} answers", api_socket.display()));
+    }
+    let text = fs::read_to_string(data_dir.join(STATUS_FILE)).ok()?;
+    let pid = serde_json::from_str::<serde_json::Value>(&text).ok()?["pid"].as_u64()?;
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let is_agent = pid != u64::from(std::process::id())
+        && args.get(1).is_some_and(|a| *a == b"agent")
+        && args.get(2).is_none_or(|a| *a != b"cleanup");
+    is_agent.then(|| {
+        format!(
+            "{} names pid {pid}, a running `shoal agent`",
+            data_dir.join(STATUS_FILE).display()
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

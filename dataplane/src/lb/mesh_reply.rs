@@ -26,6 +26,7 @@ use crate::{
         kernel::{BRIDGE, VXLAN},
         netns,
     },
+    sysctl::{self, SysctlError, SysctlJournal},
     underlay::{UnderlayError, UnderlayProgram},
 };
 
@@ -56,6 +57,8 @@ pub enum ReplyPathError {
     },
     #[error(transparent)]
     Program(#[from] UnderlayError),
+    #[error(transparent)]
+    Sysctl(#[from] SysctlError),
 }
 
 /// What [`ensure`] set up.
@@ -182,11 +185,13 @@ pub const NETNS_VETH_ADDR: &str = "169.254.255.254";
 /// address) back through the veth to the host. A remote task's node forwards such a
 /// reply out of its underlay, so the underlay's reverse-path filter is made loose: the
 /// reply's source (a task) is routed through the veth here, not the underlay.
+/// The node's parameters change through `sysctls`, so cleanup can restore them.
 pub fn ensure_node_path(
     netns_path: &Path,
     vni: u32,
     subnet: &str,
     underlay: &str,
+    sysctls: &SysctlJournal,
 ) -> Result<(), ReplyPathError> {
     let host = host_veth(vni);
     let src = ip(&["-4", "-o", "addr", "show", "dev", underlay])?
@@ -226,14 +231,14 @@ pub fn ensure_node_path(
             NETNS_VETH,
         ],
     )?;
-    let forwarding = netns::in_netns_at(netns_path, || {
-        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+    // The namespace is the agent's and goes whole at cleanup: nothing to journal.
+    netns::in_netns_at(netns_path, || {
+        sysctl::set_unrecorded("net/ipv4/ip_forward", "1")
     })
-    .and_then(|r| r);
-    forwarding.map_err(|source| ReplyPathError::Io {
+    .map_err(|source| ReplyPathError::Io {
         what: format!("enabling forwarding in {}", netns_path.display()),
         source,
-    })?;
+    })??;
     ip(&[
         "route",
         "replace",
@@ -245,15 +250,8 @@ pub fn ensure_node_path(
         "src",
         &src,
     ])?;
-    for (path, value) in [
-        (format!("/proc/sys/net/ipv4/conf/{host}/forwarding"), "1"),
-        (format!("/proc/sys/net/ipv4/conf/{underlay}/rp_filter"), "2"),
-    ] {
-        std::fs::write(&path, value).map_err(|source| ReplyPathError::Io {
-            what: format!("writing {path}"),
-            source,
-        })?;
-    }
+    sysctls.set(&format!("net/ipv4/conf/{host}/forwarding"), "1")?;
+    sysctls.set(&format!("net/ipv4/conf/{underlay}/rp_filter"), "2")?;
     Ok(())
 }
 
@@ -302,13 +300,11 @@ pub fn is_veth(interface: &str) -> bool {
 }
 
 /// Switches forwarding on for `underlay`: the kernel's FIB lookup for XDP
-/// (`bpf_fib_lookup`) answers only for an interface that forwards.
-pub fn enable_forwarding(underlay: &str) -> Result<(), ReplyPathError> {
-    let path = format!("/proc/sys/net/ipv4/conf/{underlay}/forwarding");
-    std::fs::write(&path, "1").map_err(|source| ReplyPathError::Io {
-        what: format!("enabling forwarding in {path}"),
-        source,
-    })
+/// (`bpf_fib_lookup`) answers only for an interface that forwards. Journaled in
+/// `sysctls`, so cleanup can restore it.
+pub fn enable_forwarding(underlay: &str, sysctls: &SysctlJournal) -> Result<(), ReplyPathError> {
+    sysctls.set(&format!("net/ipv4/conf/{underlay}/forwarding"), "1")?;
+    Ok(())
 }
 
 /// Makes the kernel resolve the neighbour entries of `nodes` (the XDP program can only

@@ -56,7 +56,7 @@ mod alias;
 mod attach;
 mod conns;
 mod network;
-mod nl;
+pub(crate) mod nl;
 mod remote;
 mod snapshot;
 
@@ -77,6 +77,17 @@ pub const BRIDGE: &str = "br0";
 pub const VXLAN: &str = "vxlan0";
 /// Pin file name prefix: `<netns_dir>/vni-<vni>`.
 pub const PIN_PREFIX: &str = "vni-";
+/// Routing table, in a container's namespace, holding its first network's gateway as
+/// the default route for traffic from its address on that network (`attach.rs`).
+pub const FIRST_NETWORK_TABLE: u32 = 100;
+/// Priority of the rule that takes the main table's routes other than its default one.
+pub const RULE_PREF_MAIN: u32 = 1000;
+/// Priority of the rule from the first network's address to [`FIRST_NETWORK_TABLE`].
+pub const RULE_PREF_FIRST_NETWORK: u32 = 1001;
+/// Priority of the rules, made by the egress reconciler, that send UDP from a published
+/// port's target port to [`FIRST_NETWORK_TABLE`]: the replies of a server whose socket
+/// is bound to no address, whose source the kernel picks from the route.
+pub const RULE_PREF_UDP_REPLIES: u32 = 1002;
 
 /// The pin path of network `vni` under `netns_dir`.
 pub fn pin_path(netns_dir: &Path, vni: u32) -> PathBuf {

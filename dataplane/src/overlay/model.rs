@@ -48,7 +48,8 @@ pub struct AttachmentSpec {
     pub ip: Ipv4Addr,
     pub prefix_len: u8,
     pub mac: Mac,
-    /// Default route through this gateway (the container's first network only).
+    /// The container's first network only: this gateway is the way out for traffic from
+    /// its address on the network (policy routing; the default route is egress's).
     pub default_gateway: Option<Ipv4Addr>,
     pub mtu: u32,
 }
@@ -91,7 +92,7 @@ pub enum Op {
     },
     /// Create the veth pair: `veth_name` on the bridge in the network's namespace,
     /// `spec.ifname` in the container's namespace (at `netns_path`) with the MAC,
-    /// address, MTU and (maybe) default route. If the container vanishes midway,
+    /// address, MTU and (first network) the routes back through it. If the container vanishes midway,
     /// nothing is left behind and the op fails with [`KernelError::ContainerGone`].
     Attach {
         vni: u32,

@@ -55,7 +55,7 @@ pub struct LocalEndpoint {
     pub network: String,
     /// Docker container ID or name; the agent finds its network namespace through the
     /// container's PID. A container with several endpoints gets eth0, eth1, ... in the
-    /// order its endpoints appear here, and its default route through the first.
+    /// order its endpoints appear here; the first carries its replies (policy routing).
     pub container: String,
     pub ip: Ipv4Addr,
     /// Derived from the IP when absent (02:42:a.b.c.d, as Docker does).

@@ -28,6 +28,21 @@ use crate::overlay::netns;
 
 /// DNS port on each network's gateway.
 pub const DNS_PORT: u16 = 53;
+/// The listener for tasks with no network, on the egress bridge's gateway in the node's
+/// namespace: its ID (no network name can start with `@`, so it scopes no records:
+/// every name asked there is forwarded).
+pub const EGRESS_LISTENER: &str = "@egress";
+
+/// The egress listener on `gateway`, as the reconciler takes it. Its namespace is the
+/// node's: that of the reconciler's own thread, which opens the path.
+pub fn egress_listener(gateway: std::net::Ipv4Addr) -> PresentNetwork {
+    PresentNetwork {
+        id: EGRESS_LISTENER.into(),
+        vni: 0,
+        gateway,
+        netns_path: "/proc/thread-self/ns/net".into(),
+    }
+}
 /// How often listeners that could not start are tried again.
 pub const RETRY_EVERY: Duration = Duration::from_secs(2);
 
@@ -122,6 +137,8 @@ pub struct DnsReconciler<H: ListenerHost> {
     status: DnsStatus,
     /// The records last offered to the table.
     records: Option<DnsState>,
+    /// Listeners wanted whatever networks are present (the egress bridge's).
+    fixed: Vec<PresentNetwork>,
     /// Where the networks served are told; None: nowhere.
     ready: Option<ReadinessSender>,
 }
@@ -135,8 +152,16 @@ impl<H: ListenerHost> DnsReconciler<H> {
             servers: BTreeMap::new(),
             status: DnsStatus::default(),
             records: None,
+            fixed: Vec::new(),
             ready: None,
         }
+    }
+
+    /// Also serves `listener` (e.g. [`egress_listener`]), tried again like the others
+    /// until it starts.
+    pub fn with_listener(mut self, listener: PresentNetwork) -> Self {
+        self.fixed.push(listener);
+        self
     }
 
     /// Tells `ready` which networks are served after each pass (the executor starts a
@@ -216,7 +241,9 @@ impl<H: ListenerHost + 'static> Reconcile for DnsReconciler<H> {
         let records = declared
             .and_then(|d| d.dns.as_ref())
             .is_some_and(|dns| self.update_records(dns));
-        let networks = self.follow_networks(present);
+        let mut wanted = present.to_vec();
+        wanted.extend(self.fixed.iter().cloned());
+        let networks = self.follow_networks(&wanted);
         if let Some(tx) = &self.ready {
             let serving = self.servers.keys().cloned().collect();
             // The records in force are the declared ones unless they were refused.

@@ -27,6 +27,7 @@ use crate::{
         state::LbState,
     },
     overlay::{kernel::pin_path, netns, state::OverlayState},
+    sysctl::SysctlJournal,
     underlay::UnderlayProgram,
 };
 
@@ -60,27 +61,35 @@ pub trait MeshKernel {
 
 /// The real kernel: this agent's copy of the underlay object (its maps pinned, shared
 /// with the attached XDP program; its TC programs make the reply path), and netlink.
+/// The node's sysctls change through the agent's journal.
 pub struct KernelMesh {
     program: UnderlayProgram,
     maps: MeshMaps,
     underlay: String,
+    sysctls: SysctlJournal,
 }
 
 impl KernelMesh {
     /// Loads the mesh's maps (adopting pinned ones) and turns forwarding on where the
     /// mesh needs it.
-    pub fn open(pin_dir: &Path, flows: u32, underlay: &str) -> Result<Self, String> {
+    pub fn open(
+        pin_dir: &Path,
+        flows: u32,
+        underlay: &str,
+        sysctls: SysctlJournal,
+    ) -> Result<Self, String> {
         let mut program = UnderlayProgram::load_pinned_with(pin_dir, flows)
             .map_err(|e| format!("loading the routing mesh's programs: {e}"))?;
         let maps = program
             .take_mesh_maps()
             .map_err(|e| format!("opening the routing mesh's maps: {e}"))?;
-        mesh_reply::enable_forwarding(underlay)
+        mesh_reply::enable_forwarding(underlay, &sysctls)
             .map_err(|e| format!("the routing mesh needs forwarding on the underlay: {e}"))?;
         Ok(Self {
             program,
             maps,
             underlay: underlay.to_owned(),
+            sysctls,
         })
     }
 }
@@ -100,7 +109,7 @@ impl MeshKernel for KernelMesh {
     ) -> Result<ReplyPath, String> {
         let r = mesh_reply::ensure(&mut self.program, netns, vni, &self.underlay)
             .map_err(|e| e.to_string())?;
-        mesh_reply::ensure_node_path(netns, vni, subnet, &self.underlay)
+        mesh_reply::ensure_node_path(netns, vni, subnet, &self.underlay, &self.sysctls)
             .map_err(|e| e.to_string())?;
         Ok(r)
     }

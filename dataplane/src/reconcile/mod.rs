@@ -16,6 +16,7 @@
 //! container ([`ready`]): the executor starts a task's process only once its network is.
 
 pub mod dns;
+pub mod egress;
 pub mod intake;
 pub mod mesh;
 pub mod overlay;
@@ -24,7 +25,12 @@ pub mod runner;
 pub mod status;
 pub mod vip;
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::Arc,
+};
 
 use shoal_dns::records::DnsState;
 use tokio::sync::watch;
@@ -50,14 +56,29 @@ pub struct DeclaredNode {
     /// This node's data-path address (`swarm init/join --data-path-addr`): the overlay's
     /// VTEP, on the interface that holds it. None: the agent's underlay address.
     pub data_path_addr: Option<Ipv4Addr>,
-    /// The network namespace of every local endpoint's container that runs now, by
-    /// container name (resolved by the agent; a container missing here is not running,
-    /// and is attached once it is).
+    /// The containers holding the namespaces of this node's tasks (their sandboxes), by
+    /// name, whether or not they are on a network: each one that runs gets egress (the
+    /// gateway bridge). Empty in the standalone mode, which runs no tasks.
+    pub task_containers: BTreeSet<String>,
+    /// The network namespace of every local endpoint's container and task container
+    /// that runs now, by container name (resolved by the agent; a container missing
+    /// here is not running, and is attached once it is).
     pub containers: BTreeMap<String, ContainerNetns>,
     /// The source's count of its changes (the executor's; 0 for the standalone files):
     /// reconcilers say which version they applied ([`ready`]), so the source knows when
     /// a change of its own has reached the kernel.
     pub version: u64,
+}
+
+impl DeclaredNode {
+    /// Every container the state names: local endpoints' and tasks'.
+    pub fn container_names(&self) -> BTreeSet<&str> {
+        let mut names: BTreeSet<&str> = (self.overlay.local_endpoints.iter())
+            .map(|e| e.container.as_str())
+            .collect();
+        names.extend(self.task_containers.iter().map(String::as_str));
+        names
+    }
 }
 
 /// What the reconcilers follow: None until a first state is known (then nothing is

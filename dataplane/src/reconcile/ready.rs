@@ -1,10 +1,12 @@
 //! What the reconcilers have made ready for each local container, so the executor can
 //! start a task's process only once its network is in place (interfaces, addresses and
-//! routes; the DNS listener its resolv.conf names; the VIP maps scoping its namespace).
+//! routes; its egress veth and default route; the DNS listener its resolv.conf names;
+//! the VIP maps scoping its namespace).
 //!
 //! ```text
 //!  overlay ── attached containers ──┐
-//!  VIPs    ── scoped containers   ──┼─▶ one watch of Readiness ─▶ executor: wait_ready
+//!  VIPs    ── scoped containers   ──┤
+//!  egress  ── attached containers ──┼─▶ one watch of Readiness ─▶ executor: wait_ready
 //!  DNS     ── serving networks    ──┘
 //! ```
 //! Each reconciler writes only its own field, after an apply, and only when it changed.
@@ -28,7 +30,11 @@ pub struct Readiness {
     /// Containers whose namespace the VIP maps scope to the VIPs of their networks, by
     /// name, with the namespace identity.
     pub vip_scoped: BTreeMap<String, u64>,
-    /// Networks (by ID) whose DNS listener serves on their gateway.
+    /// Containers egress has given their veth into the gateway bridge (and so their
+    /// default route), by name, with the namespace identity.
+    pub egress_attached: BTreeMap<String, u64>,
+    /// Networks (by ID) whose DNS listener serves on their gateway, and the egress
+    /// bridge's listener ([`super::dns::EGRESS_LISTENER`]) once it serves.
     pub dns_serving: BTreeSet<String>,
     /// The [`super::DeclaredNode::version`] each reconciler last applied whole (its
     /// remote endpoints, backends and records too).
@@ -64,8 +70,13 @@ pub struct Wanted {
     pub container: String,
     /// Identity of its namespace now.
     pub netns_id: u64,
-    /// The network whose gateway is the container's resolver (its first network).
-    pub dns_network: String,
+    /// Whether the task is on a network (then the overlay attaches it, the VIP maps
+    /// scope it, and the reconcilers must have applied `version`). Every task gets
+    /// egress.
+    pub on_overlay: bool,
+    /// Where the container's resolver listens: its first network, or the egress
+    /// listener for a task with no network; None: no resolver of the node's.
+    pub dns_network: Option<String>,
     /// The declared state's version that holds everything the task should find (its
     /// peers' endpoints, the backends of the VIPs it may use, the names it may ask).
     pub version: u64,
@@ -84,21 +95,27 @@ impl Readiness {
                 )
             })
         };
-        if !same(&self.attached) {
-            out.push("the overlay has not attached its namespace".to_owned());
+        if wanted.on_overlay {
+            if !same(&self.attached) {
+                out.push("the overlay has not attached its namespace".to_owned());
+            }
+            out.extend(behind("overlay", self.overlay_version));
+            if !same(&self.vip_scoped) {
+                out.push("the service VIP maps do not scope its namespace".to_owned());
+            }
+            out.extend(behind("VIP", self.vip_version));
         }
-        out.extend(behind("overlay", self.overlay_version));
-        if !same(&self.vip_scoped) {
-            out.push("the service VIP maps do not scope its namespace".to_owned());
+        if !same(&self.egress_attached) {
+            out.push("egress has not attached its namespace".to_owned());
         }
-        out.extend(behind("VIP", self.vip_version));
-        if !self.dns_serving.contains(&wanted.dns_network) {
-            out.push(format!(
-                "DNS is not serving on network {}",
-                wanted.dns_network
-            ));
+        if let Some(net) = &wanted.dns_network {
+            if !self.dns_serving.contains(net) {
+                out.push(format!("DNS is not serving on network {net}"));
+            }
         }
-        out.extend(behind("DNS", self.dns_version));
+        if wanted.on_overlay {
+            out.extend(behind("DNS", self.dns_version));
+        }
         out
     }
 }
@@ -134,7 +151,8 @@ mod tests {
         Wanted {
             container: "web.1.t1.sandbox".into(),
             netns_id: 7,
-            dns_network: "front".into(),
+            on_overlay: true,
+            dns_network: Some("front".into()),
             version: 3,
         }
     }
@@ -143,6 +161,7 @@ mod tests {
         Readiness {
             attached: [("web.1.t1.sandbox".to_owned(), 7)].into(),
             vip_scoped: [("web.1.t1.sandbox".to_owned(), 7)].into(),
+            egress_attached: [("web.1.t1.sandbox".to_owned(), 7)].into(),
             dns_serving: ["front".to_owned()].into(),
             overlay_version: 3,
             vip_version: 4,
@@ -168,8 +187,41 @@ mod tests {
             "maps written from an older declared state may lack the task's backends"
         );
         let none = Readiness::default().missing(&wanted());
-        assert_eq!(none.len(), 6, "{none:?}");
-        assert!(none[4].contains("front"), "{none:?}");
+        assert_eq!(none.len(), 7, "{none:?}");
+        assert!(none[5].contains("front"), "{none:?}");
+        let mut no_route = ready();
+        no_route.egress_attached.clear();
+        assert_eq!(
+            no_route.missing(&wanted()),
+            ["egress has not attached its namespace"],
+            "a task's default route is egress's"
+        );
+    }
+
+    #[test]
+    fn a_task_with_no_network_waits_for_egress_and_its_listener_only() {
+        let lone = Wanted {
+            container: "lone.1.t2.sandbox".into(),
+            netns_id: 9,
+            on_overlay: false,
+            dns_network: Some(crate::reconcile::dns::EGRESS_LISTENER.into()),
+            version: 5,
+        };
+        let mut r = Readiness::default();
+        assert_eq!(
+            r.missing(&lone),
+            [
+                "egress has not attached its namespace".to_owned(),
+                "DNS is not serving on network @egress".to_owned()
+            ]
+        );
+        r.egress_attached.insert("lone.1.t2.sandbox".into(), 9);
+        r.dns_serving.insert("@egress".into());
+        assert!(
+            r.missing(&lone).is_empty(),
+            "the overlay's, VIPs' and DNS records' versions do not concern it: {:?}",
+            r.missing(&lone)
+        );
     }
 
     #[tokio::test]
@@ -190,6 +242,7 @@ mod tests {
             r.vip_scoped = all.vip_scoped.clone();
             r.vip_version = 3;
         });
+        publish(&tx, |r| r.egress_attached = all.egress_attached.clone());
         publish(&tx, |r| r.dns_serving = all.dns_serving.clone());
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());

@@ -47,7 +47,7 @@ pub(super) fn run() -> Result<ExitCode> {
 
 /// Builds the agent in release mode (Docker's daemon is an optimized build too) and
 /// returns its path.
-fn release_shoal() -> Result<std::path::PathBuf> {
+pub(super) fn release_shoal() -> Result<std::path::PathBuf> {
     println!("bench services: building shoal (release)");
     let status = cargo()
         .args(["build", "--release", "-p", "shoal", "--bin", "shoal"])
@@ -116,7 +116,7 @@ fn wait_clean(state: &LabState, host: &str) -> Result<()> {
     }
 }
 
-fn median(values: &mut [f64]) -> f64 {
+pub(super) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values[values.len() / 2]
 }
@@ -165,7 +165,7 @@ fn measure(state: &LabState, shoal: &std::path::Path, report: &mut Report) -> Re
     )?;
     let (mut sc, mut ss, mut wc, mut ws) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..ROUNDS {
-        let (c, s) = round(state, "h1", &["shoal"], &[])?;
+        let (c, s) = round(state, "h1", &["shoal"], &["--no-resolve-image"])?;
         println!(
             "bench services: round {} shoal create {c:.2} s, scale {s:.2} s",
             i + 1

@@ -60,6 +60,17 @@ pub fn start(
         api_socket(host).display().to_string(),
     ]
     .into_iter()
+    // Names outside the cluster resolve through the lab's upstream, unless the caller
+    // names one.
+    .chain(
+        state
+            .client
+            .dns
+            .filter(|_| !extra_args.iter().any(|a| a.starts_with("--dns-upstream")))
+            .map(|dns| ["--dns-upstream".to_string(), dns.to_string()])
+            .into_iter()
+            .flatten(),
+    )
     .chain(extra_args.iter().cloned())
     .collect::<Vec<String>>();
     let mut cmd = super::exec_command(state, &host.name, &argv)?;

@@ -1,7 +1,7 @@
 //! Names, addresses and paths of one lab, all derived from its prefix, and the state
 //! file that `lab up` writes for `status`, `exec` and the tests.
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -120,6 +120,10 @@ pub struct LabState {
     pub underlay_subnet: String,
     pub hosts: Vec<HostState>,
     pub client: ClientState,
+    /// The lab registry, `address:port` (in the client namespace); images are
+    /// `<registry>/shoal/web:1`.
+    #[serde(default)]
+    pub registry: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -142,6 +146,13 @@ pub struct HostState {
 pub struct ClientState {
     pub netns: String,
     pub address: Ipv4Addr,
+    /// The upstream DNS server outside the cluster (dnsmasq serving `outside.lab`):
+    /// the lab hosts' resolver.
+    #[serde(default)]
+    pub dns: Option<SocketAddr>,
+    /// The web server outside the cluster (answers `host=... client=<source>`).
+    #[serde(default)]
+    pub http: Option<SocketAddr>,
 }
 
 impl LabState {

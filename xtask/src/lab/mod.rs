@@ -7,15 +7,22 @@
 //!            netns <p>-ul: bridge br0 (192.168.77.0/24, no route anywhere else)
 //!           /        |         \              \
 //!   <p>-h1 eth0  <p>-h2 eth0  <p>-h3 eth0   <p>-cl eth0
-//!   .11 dockerd  .12 dockerd  .13 dockerd   .100 client
+//!   .11 dockerd  .12 dockerd  .13 dockerd   .100 client: registry :5000, upstream DNS
+//!                                                 (outside.lab), web server ([`outside`])
 //! ```
+//!
+//! The registry (`registry.rs`) holds the lab images; hosts pull from it. `lab up` also
+//! loads the images into every dockerd unless asked not to (`--no-preload`), so that
+//! tests that do not test pulling start at once.
 //!
 //! Nothing of a lab touches the machine's own interfaces: the underlay bridge lives in
 //! its own namespace and has no uplink.
 pub mod agent;
 pub mod data_path;
 pub mod layout;
+pub mod outside;
 pub mod procs;
+pub mod registry;
 mod teardown;
 
 use std::{
@@ -30,6 +37,7 @@ use layout::{
     client_address, host_address, host_name, HOST_UNDERLAY_IF, MAX_HOSTS, UNDERLAY_PREFIX_LEN,
 };
 pub use layout::{HostState, LabState, Layout};
+pub use registry::Registry;
 pub use teardown::{down, leftovers};
 
 use crate::{images, util::require_root};
@@ -66,9 +74,34 @@ pub(crate) fn netns_list() -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Brings up a lab of `hosts` hosts. A healthy lab with this prefix is an error; a
-/// half-made one (from a crashed run) is cleaned first.
+/// How `lab up` makes a lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpOptions {
+    pub hosts: u32,
+    /// Load the lab images into every host's dockerd (they are in the registry either
+    /// way); off, hosts have no image and pull what a task needs.
+    pub preload: bool,
+}
+
+impl UpOptions {
+    /// `hosts` hosts with the images preloaded.
+    pub fn hosts(hosts: u32) -> Self {
+        UpOptions {
+            hosts,
+            preload: true,
+        }
+    }
+}
+
+/// Brings up a lab of `hosts` hosts with the images preloaded (see [`up_with`]).
 pub fn up(layout: &Layout, hosts: u32) -> Result<LabState> {
+    up_with(layout, UpOptions::hosts(hosts))
+}
+
+/// Brings up a lab. A healthy lab with this prefix is an error; a half-made one (from a
+/// crashed run) is cleaned first.
+pub fn up_with(layout: &Layout, options: UpOptions) -> Result<LabState> {
+    let hosts = options.hosts;
     require_root("lab up", "it creates network namespaces and runs dockerd")?;
     if hosts == 0 || hosts > MAX_HOSTS {
         bail!("--hosts must be between 1 and {MAX_HOSTS}, not {hosts}");
@@ -93,7 +126,12 @@ pub fn up(layout: &Layout, hosts: u32) -> Result<LabState> {
     let images = images::build_all(&images::image_dir())?;
     dataplane_prerequisites()?;
     let started = Instant::now();
-    let result = build(layout, hosts, &images);
+    let preload = if options.preload {
+        images.as_slice()
+    } else {
+        &[]
+    };
+    let result = build(layout, hosts, preload);
     match result {
         Ok(state) => {
             println!(
@@ -126,7 +164,8 @@ fn dataplane_prerequisites() -> Result<()> {
     Ok(())
 }
 
-fn build(layout: &Layout, hosts: u32, images: &[images::LabImage]) -> Result<LabState> {
+/// Makes the lab; loads `preload` into every host's dockerd.
+fn build(layout: &Layout, hosts: u32, preload: &[images::LabImage]) -> Result<LabState> {
     fs::create_dir_all(layout.run_dir())?;
     fs::create_dir_all(layout.data_dir())?;
     let ul = layout.underlay_netns();
@@ -135,9 +174,11 @@ fn build(layout: &Layout, hosts: u32, images: &[images::LabImage]) -> Result<Lab
     ip(&["-n", &ul, "link", "add", "br0", "type", "bridge"])?;
     ip(&["-n", &ul, "link", "set", "br0", "up"])?;
 
-    let client = layout::ClientState {
+    let mut client = layout::ClientState {
         netns: layout.client_netns(),
         address: client_address(),
+        dns: None,
+        http: None,
     };
     add_underlay_port(layout, &client.netns, "cl", &client.address.to_string())?;
     // The client stands for a machine on a wire: its veth would otherwise hand over
@@ -156,6 +197,17 @@ fn build(layout: &Layout, hosts: u32, images: &[images::LabImage]) -> Result<Lab
             "off",
         ],
     )?;
+    let (dns, http) = outside::start(layout, &client)?;
+    client.dns = Some(dns);
+    client.http = Some(http);
+
+    let registry = registry::start(
+        layout,
+        &client.netns,
+        client.address,
+        registry::REGISTRY_PORT,
+        None,
+    )?;
 
     let mut host_states = Vec::new();
     for i in 1..=hosts {
@@ -166,7 +218,7 @@ fn build(layout: &Layout, hosts: u32, images: &[images::LabImage]) -> Result<Lab
     }
     for h in &host_states {
         wait_dockerd(layout, h)?;
-        images::load_into(&h.docker_host, images)?;
+        images::load_into(&h.docker_host, preload)?;
     }
     let state = LabState {
         prefix: layout.prefix.clone(),
@@ -174,6 +226,7 @@ fn build(layout: &Layout, hosts: u32, images: &[images::LabImage]) -> Result<Lab
         underlay_subnet: layout::underlay_subnet(),
         hosts: host_states,
         client,
+        registry: registry.host(),
     };
     state.save(layout)?;
     Ok(state)
@@ -268,6 +321,12 @@ pub fn start_dockerd(layout: &Layout, name: &str, holder: u32) -> Result<u32> {
             "--exec-opt",
             "native.cgroupdriver=cgroupfs",
         ])
+        // The lab's registries speak plain HTTP, in the client namespace.
+        .arg("--insecure-registry")
+        .arg(layout::underlay_subnet())
+        // Containers without a nameserver of their own ask the lab's upstream.
+        .arg("--dns")
+        .arg(client_address().to_string())
         .arg(format!("--cgroup-parent=/{}", layout.cgroup_parent(name)))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -460,5 +519,15 @@ pub fn describe(state: &LabState) -> String {
         state.client.address.to_string(),
         state.client.netns
     );
+    s += &format!(
+        "  registry {} (images {}/shoal/web:1, :2)\n",
+        state.registry, state.registry
+    );
+    if let (Some(dns), Some(http)) = (state.client.dns, state.client.http) {
+        s += &format!(
+            "       upstream DNS {dns} ({}), web server http://{http}/\n",
+            outside::NAME
+        );
+    }
     s
 }

@@ -136,6 +136,29 @@ pub fn enter_namespaces_of(cmd: &mut Command, pid: u32, new_session: bool) -> Re
     Ok(())
 }
 
+/// Makes `cmd` run in the network namespace at `netns_path` (e.g. `/run/netns/<name>`)
+/// and nothing else of another process, in a new session (a daemon that teardown ends
+/// by PID).
+pub fn enter_netns(cmd: &mut Command, netns_path: &Path) -> Result<()> {
+    let path = cstr(netns_path.as_os_str().as_encoded_bytes())?;
+    let root = cstr("/")?;
+    // SAFETY: as in spawn_holder: syscalls on memory prepared before fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            check(if libc::setsid() < 0 { -1 } else { 0 })?;
+            let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            check(libc::setns(fd, libc::CLONE_NEWNET))?;
+            libc::close(fd);
+            check(libc::chdir(root.as_ptr()))?;
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
 /// True if `pid` runs (a zombie counts as gone: nobody may reap it here).
 pub fn alive(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {

@@ -48,6 +48,13 @@ pub fn down(layout: &Layout) -> Result<()> {
         .filter(|pid| ours.contains(pid))
         .collect();
     procs::end(&dockerds, Duration::from_secs(30));
+    // The registries, by their PID files, on the same condition.
+    let registries: Vec<u32> = super::registry::pid_files(layout)
+        .iter()
+        .filter_map(|p| procs::read_pid_file(p))
+        .filter(|pid| ours.contains(pid))
+        .collect();
+    procs::end(&registries, Duration::from_secs(10));
     // Then whatever remains: shims, containers, holders.
     for _ in 0..3 {
         let rest = lab_processes(layout);

@@ -147,6 +147,10 @@ impl Core {
         &self.store
     }
 
+    pub(crate) fn ca(&self) -> &ClusterCa {
+        &self.ca
+    }
+
     /// The leader's advertise address, as this member knows it.
     fn leader_addr(&self) -> Option<String> {
         let st = self.store.status();

@@ -68,8 +68,8 @@ pub(crate) enum Request {
         csr_pem: String,
     },
     /// The cluster state a node needs to run its tasks and declare its network state
-    /// (no tokens, secrets or configs); `None` in the answer when the store is still at
-    /// version `since`.
+    /// (no tokens, secrets or configs) and the registry credentials of its tasks'
+    /// services; `None` in the answer when the store is still at version `since`.
     NodeState {
         since: u64,
     },
@@ -132,7 +132,7 @@ pub(crate) enum Response {
     State(Box<ClusterState>),
     Heartbeat(HeartbeatAck),
     Token(JoinToken),
-    NodeState(Option<Box<ClusterState>>),
+    NodeState(Option<Box<super::NodeView>>),
     Done,
 }
 

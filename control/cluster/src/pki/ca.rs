@@ -324,6 +324,12 @@ impl ClusterCa {
         self.key.serialize_pem()
     }
 
+    /// The CA's private key (PKCS#8 DER). Secret: only for deriving the managers' own
+    /// keys (see [`crate::registry_auth`]).
+    pub(crate) fn key_der_secret(&self) -> &[u8] {
+        self.key.serialized_der()
+    }
+
     /// Signs a node certificate for the key in `csr`.
     ///
     /// The CSR's signature is checked (the node holds the key) and its public key is

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use crate::registry_auth::SealedCredentials;
+
 /// A service: its spec plus what the managers allocated for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Service {
@@ -26,6 +28,11 @@ pub struct Service {
     /// Raised by `service update --force`: tasks made for an older value are replaced.
     #[serde(default)]
     pub force_update: u64,
+    /// `--with-registry-auth`: the credentials for the image's registry, sealed by the
+    /// manager that took the request (see [`crate::registry_auth`]); only managers can
+    /// open them, and the leader hands them to the nodes running this service's tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<SealedCredentials>,
     /// Store version at this object's last change (set by `apply`, ignored on input).
     #[serde(default)]
     pub version: u64,

@@ -83,6 +83,7 @@ fn cluster() -> ClusterState {
             updated_ms: 0,
             endpoint: Endpoint::default(),
             force_update: 0,
+            registry_auth: None,
             version: 0,
         }),
     });
@@ -153,6 +154,46 @@ fn a_node_declares_its_tasks_ingress_first_and_the_others_as_remote() {
     assert_eq!(d.name, "myweb");
     assert_eq!(d.tasks.len(), 2);
     assert_eq!(d.vips.len(), 2);
+}
+
+#[test]
+fn every_task_container_is_declared_for_egress_with_a_network_or_not() {
+    let mut s = cluster();
+    let mut lone = s.services["S"].clone();
+    lone.id = "L".into();
+    lone.spec.name = "lone".into();
+    lone.spec.networks.clear();
+    lone.spec.ports.clear();
+    lone.spec.mode = ServiceMode::Replicated { replicas: 2 };
+    assert!(s
+        .apply(&Command::CreateService {
+            service: Box::new(lone)
+        })
+        .into_result()
+        .is_ok());
+    let mut n = 100;
+    for c in plan(&s, 2, &mut || {
+        n += 1;
+        format!("t{n}")
+    }) {
+        assert!(s.apply(&c).into_result().is_ok());
+    }
+    let ns = compute(&s, "n1");
+    let mine: BTreeSet<String> = s
+        .tasks
+        .values()
+        .filter(|t| t.node_id.as_deref() == Some("n1"))
+        .map(|t| crate::sandbox::name(&t.container_name(&s.services[&t.service_id].spec.name)))
+        .collect();
+    assert_eq!(mine.len(), 2, "one task of each service on n1: {mine:?}");
+    assert_eq!(ns.task_containers, mine);
+    assert!(ns.task_containers.iter().any(|c| c.starts_with("lone.")));
+    // The lone task has no endpoint: only egress knows it.
+    assert!(ns
+        .overlay
+        .local_endpoints
+        .iter()
+        .all(|e| e.container.starts_with("myweb.")));
 }
 
 #[test]

@@ -111,6 +111,23 @@ async fn containers_are_resolved_once_and_again_when_an_event_names_them() {
 }
 
 #[tokio::test]
+async fn a_task_container_with_no_network_is_resolved_too() {
+    let docker = FakeDocker::default();
+    docker.run("a", "id-a", 10);
+    docker.run("lone", "id-lone", 20);
+    let (tx, mut rx) = watch::channel(None);
+    let mut p = Pipeline::new(&docker, tx, None);
+    let mut d = intent(&["a"]);
+    d.task_containers = ["a".to_string(), "lone".to_string()].into();
+    p.pass(Some(&d)).await;
+    let out = rx.borrow_and_update().clone().unwrap();
+    assert_eq!(out.containers.keys().collect::<Vec<_>>(), ["a", "lone"]);
+    assert_eq!(out.containers["lone"].id, 20);
+    // An event naming it makes a pass due: its namespace may have changed.
+    assert!(p.forget(Some(&d), &[event("lone", "id-lone", ContainerAction::Die)]));
+}
+
+#[tokio::test]
 async fn an_intent_change_reaches_the_output_in_one_pass_and_is_dumped() {
     let docker = FakeDocker::default();
     docker.run("a", "id-a", 10);

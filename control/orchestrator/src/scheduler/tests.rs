@@ -62,6 +62,7 @@ fn service(id: &str, mode: ServiceMode) -> Service {
         updated_ms: 0,
         endpoint: Endpoint::default(),
         force_update: 0,
+        registry_auth: None,
         version: 0,
     }
 }

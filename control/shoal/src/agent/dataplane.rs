@@ -1,17 +1,20 @@
 //! Starts the node's reconcilers (all in `shoal-dataplane`), each on a thread of its
 //! own, following the pipeline's declared state: the overlay, service VIPs, the routing
-//! mesh and the DNS listeners. Any of them failing to start stops the agent with the
+//! mesh, task egress and the DNS listeners (egress first: the resolver listens on its
+//! bridge for tasks with no network). Any of them failing to start stops the agent with the
 //! reason: a node that cannot carry service traffic must not say it is up.
 use std::sync::Arc;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use shoal_dataplane::{
+    egress::{kernel::NetlinkEgress, EgressParams},
     iface,
     lb::{mesh_reply, vip},
     overlay::kernel::NetlinkKernel,
     overlay::plan::NodeParams,
     reconcile::{
-        dns::{DnsReconciler, Resolver},
+        dns::{egress_listener, DnsReconciler, Resolver},
+        egress::EgressReconciler,
         mesh::{KernelMesh, MeshNode, MeshReconciler},
         overlay::OverlayReconciler,
         ready::{self, ReadinessWatch},
@@ -20,6 +23,7 @@ use shoal_dataplane::{
         vip::VipReconciler,
         Declared,
     },
+    sysctl::SysctlJournal,
 };
 use shoal_dns::{
     forward::{ForwardConfig, Forwarder},
@@ -54,6 +58,7 @@ impl Dataplane {
                 .with_context(|| format!("reading the MTU of {underlay}"))?,
             port: config.data_path_port,
         };
+        let underlay_mtu = node.underlay_mtu;
         let (present_tx, present) = tokio::sync::watch::channel(Arc::default());
         let (ready_tx, ready) = ready::channel();
         let status_dir = config.data_dir.clone();
@@ -106,10 +111,14 @@ impl Dataplane {
             tx_redirect: mesh_reply::is_veth(&underlay),
         };
         let (pin_dir, flows) = (config.pin_dir.clone(), config.lb_flows);
+        // Every sysctl the node's dataplane changes is journaled here first, so
+        // `shoal agent cleanup` can put it back.
+        let sysctls = SysctlJournal::open(&config.data_dir)?;
+        let egress_sysctls = sysctls.clone();
         let mesh = runner::spawn(
             "lb-mesh",
             move || {
-                let kernel = KernelMesh::open(&pin_dir, flows, &underlay)?;
+                let kernel = KernelMesh::open(&pin_dir, flows, &underlay, sysctls)?;
                 MeshReconciler::new(kernel, mesh_node)
             },
             declared.clone(),
@@ -119,13 +128,32 @@ impl Dataplane {
         .await
         .map_err(|e| anyhow!("the routing mesh: {e}"))?;
 
+        let egress_params = EgressParams::new(config.egress_subnet, underlay_mtu)
+            .map_err(|e| anyhow!("--egress-subnet: {e}"))?;
+        check_egress_subnet(&egress_params)?;
+        let egress_ready = ready_tx.clone();
+        let egress = runner::spawn(
+            "egress",
+            move || {
+                EgressReconciler::new(NetlinkEgress::new(egress_sysctls)?, egress_params)
+                    .map(|r| r.with_readiness(egress_ready))
+            },
+            declared.clone(),
+            None,
+            StatusFile::new(&status_dir, "egress"),
+        )
+        .await
+        .map_err(|e| anyhow!("task egress: {e}"))?;
+
         let dns_config = config.dns.clone();
         let dns = runner::spawn(
             "dns",
             move || {
                 let resolver = resolver(&dns_config)?;
                 let table = resolver.table.clone();
-                Ok(DnsReconciler::new(resolver, table).with_readiness(ready_tx))
+                Ok(DnsReconciler::new(resolver, table)
+                    .with_listener(egress_listener(egress_params.gateway))
+                    .with_readiness(ready_tx))
             },
             declared,
             Some(present),
@@ -135,8 +163,8 @@ impl Dataplane {
         .map_err(|e| anyhow!("the resolver: {e}"))?;
 
         Ok(Self {
-            threads: vec![overlay, vip, mesh, dns],
-            reported_dead: vec![false; 4],
+            threads: vec![overlay, vip, mesh, egress, dns],
+            reported_dead: vec![false; 5],
             ready,
         })
     }
@@ -165,6 +193,23 @@ impl Dataplane {
         for t in self.threads {
             t.stop();
         }
+    }
+}
+
+/// Refuses an egress subnet that holds one of the host's own addresses (the egress
+/// bridge's, from a previous agent, are not counted as the host's): the host would
+/// route it to the tasks.
+fn check_egress_subnet(params: &EgressParams) -> Result<()> {
+    let clash = iface::node_addresses()
+        .context("reading the host's addresses")?
+        .into_iter()
+        .find(|a| params.subnet.contains(a));
+    match clash {
+        Some(a) => bail!(
+            "the egress subnet {} holds this host's address {a}: choose another with --egress-subnet",
+            params.subnet
+        ),
+        None => Ok(()),
     }
 }
 

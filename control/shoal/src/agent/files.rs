@@ -46,6 +46,8 @@ pub async fn follow(files: DeclaredFiles, intent: Arc<IntentSender>) -> io::Resu
                 lb: last.lb.clone(),
                 data_path_port: None,
                 data_path_addr: None,
+                // The standalone mode runs no tasks: nothing gets egress.
+                task_containers: Default::default(),
                 containers: Default::default(),
                 // Nothing waits on the dataplane in the standalone mode.
                 version: 0,

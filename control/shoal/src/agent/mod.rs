@@ -9,16 +9,21 @@
 //! `agent.json`. Then, until SIGTERM or SIGINT, log the counters if asked to.
 //! Shutdown: remove `agent.json`. The program stays attached through its pinned link
 //! (the next agent swaps its own in), and the pinned maps and the overlay stay, so a
-//! restarted agent changes nothing that works.
+//! restarted agent changes nothing that works; `shoal agent cleanup` ([`cleanup`])
+//! removes it all once the agent is stopped. The sysctls the dataplane changes are
+//! journaled in `<data_dir>/sysctl-restore.json` first, so cleanup can restore them.
 //!
 //! ```text
 //!  executor (store view + gossip)  ─┐                      ┌─▶ overlay ─ present networks ─┐
 //!  or --declared-* files (files.rs) ─┴─▶ pipeline ─watch──▶├─▶ service VIPs     ◀───────────┤
 //!             dockerd events (one watch) ──┘  (containers' ├─▶ routing mesh     ◀───────────┤
-//!                                              namespaces) └─▶ DNS listeners    ◀───────────┘
+//!                                              namespaces) ├─▶ task egress                  │
+//!                                                          └─▶ DNS listeners    ◀───────────┘
 //! ```
+pub mod cleanup;
 mod dataplane;
 mod files;
+pub mod validate;
 
 use std::{fmt, fs, sync::Arc, time::Duration};
 
@@ -29,6 +34,7 @@ use shoal::{
 };
 use shoal_dataplane::{
     bpffs,
+    egress::EgressParams,
     underlay::{UnderlayProgram, UnderlayStats},
 };
 use shoal_orchestrator::{docker::DockerClient, events::DockerEvents, pipeline::Pipeline};
@@ -103,8 +109,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
             (
                 NodeLinks {
                     events: events.clone(),
-                    intent: NodeLinks::detached().intent,
-                    ready: None,
+                    ..NodeLinks::detached()
                 },
                 Some(files),
             )
@@ -114,6 +119,9 @@ async fn serve(config: AgentConfig) -> Result<()> {
                 events: events.clone(),
                 intent: intent_tx.clone(),
                 ready: Some(dataplane.readiness()),
+                egress_dns: EgressParams::new(config.egress_subnet, 0)
+                    .ok()
+                    .map(|p| p.gateway),
             },
             None,
         ),
@@ -126,6 +134,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
         data_dir: config.data_dir.clone(),
         listen: config.cluster_listen,
         underlay_interface: Some(config.underlay_interface.clone()),
+        advertise_addr: config.advertise_addr.map(Into::into),
         data_path_port: config.data_path_port,
         engine: EngineSource::Docker(config.docker_socket.clone()),
         hostname: None,

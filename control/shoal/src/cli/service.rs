@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use super::{
     call, parse_label,
+    registry_auth::credentials_for,
     template::{unescape, Format, Template},
     ApiSocketArg, CliError, Output,
 };
@@ -132,6 +133,12 @@ pub struct CreateArgs {
     /// Exit at once instead of waiting for the service to converge
     #[arg(short, long)]
     pub detach: bool,
+    /// Send the registry credentials of your docker config to the nodes that pull
+    #[arg(long)]
+    pub with_registry_auth: bool,
+    /// Do not pin the image's tag to its digest (each node pulls the tag itself)
+    #[arg(long)]
+    pub no_resolve_image: bool,
     /// The image
     #[arg(value_name = "IMAGE")]
     pub image: String,
@@ -209,6 +216,13 @@ pub struct ServiceUpdateArgs {
     /// A new number of tasks
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub replicas: Option<String>,
+    /// Send the registry credentials of your docker config (for the service's image)
+    /// to the nodes that pull
+    #[arg(long)]
+    pub with_registry_auth: bool,
+    /// Do not pin the new image's tag to its digest
+    #[arg(long)]
+    pub no_resolve_image: bool,
     /// Exit at once instead of waiting for the service to converge
     #[arg(short, long)]
     pub detach: bool,
@@ -241,8 +255,20 @@ pub fn run_service(args: &ServiceArgs) -> Result<Output, CliError> {
     let stdout = match &args.command {
         ServiceCommand::Create(a) => {
             let spec = a.spec().map_err(CliError::Usage)?;
+            let registry_auth = a
+                .with_registry_auth
+                .then(|| credentials_for(&spec.image).map(Box::new))
+                .transpose()
+                .map_err(CliError::Usage)?;
             let since = shoal_orchestrator::scheduler::now_ms().saturating_sub(5000);
-            let reply = call(&client, &Request::ServiceCreate { spec })?;
+            let reply = call(
+                &client,
+                &Request::ServiceCreate {
+                    spec,
+                    no_resolve_image: a.no_resolve_image,
+                    registry_auth,
+                },
+            )?;
             let Reply::ServiceCreated { id, warnings: w } = reply else {
                 return Err(CliError::Output(
                     "unexpected reply to service create".into(),
@@ -309,7 +335,7 @@ pub fn run_service(args: &ServiceArgs) -> Result<Output, CliError> {
                     scales: scales.clone(),
                 },
             )?;
-            let Reply::ServicesChanged { services } = reply else {
+            let Reply::ServicesChanged { services, .. } = reply else {
                 return Err(CliError::Output("unexpected reply to service scale".into()));
             };
             for (name, n) in &scales {
@@ -328,7 +354,7 @@ pub fn run_service(args: &ServiceArgs) -> Result<Output, CliError> {
                     services: a.services.clone(),
                 },
             )? {
-                Reply::ServicesChanged { services } => {
+                Reply::ServicesChanged { services, .. } => {
                     services.iter().map(|s| format!("{s}\n")).collect()
                 }
                 _ => return Err(CliError::Output("unexpected reply to service rm".into())),
@@ -341,16 +367,36 @@ pub fn run_service(args: &ServiceArgs) -> Result<Output, CliError> {
                 .map(parse_replicas)
                 .transpose()
                 .map_err(CliError::Usage)?;
+            let registry_auth = if a.with_registry_auth {
+                let image = match &a.image {
+                    Some(image) => image.clone(),
+                    None => state(&client, vec![a.service.clone()])?
+                        .services
+                        .first()
+                        .map(|s| s.spec.image.clone())
+                        .ok_or_else(|| {
+                            CliError::Output(format!("service {} not found", a.service))
+                        })?,
+                };
+                Some(Box::new(credentials_for(&image).map_err(CliError::Usage)?))
+            } else {
+                None
+            };
             let since = shoal_orchestrator::scheduler::now_ms().saturating_sub(5000);
-            call(
+            let reply = call(
                 &client,
                 &Request::ServiceUpdate {
                     service: a.service.clone(),
                     force: a.force,
                     image: a.image.clone(),
                     replicas,
+                    no_resolve_image: a.no_resolve_image,
+                    registry_auth,
                 },
             )?;
+            if let Reply::ServicesChanged { warnings: w, .. } = reply {
+                warnings.extend(w);
+            }
             println!("{}", a.service);
             if a.detach {
                 String::new()

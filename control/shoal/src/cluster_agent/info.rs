@@ -26,7 +26,7 @@ pub(super) async fn info(role: Option<&Role>, dataplane: Option<String>) -> Info
     let me = client.node_id().to_owned();
     view.node_id = Some(me.clone());
     let state = match tokio::time::timeout(STATE_TIMEOUT, client.node_state(0)).await {
-        Ok(Ok(Some(state))) => state,
+        Ok(Ok(Some(view))) => view.state,
         Ok(Ok(None)) => {
             view.error = Some("the managers sent no state".into());
             return view;

@@ -18,11 +18,54 @@ use tracing::info;
 
 use super::{cluster_error, nodes::execute};
 use crate::api::{ApiError, Reply, Request, ServiceStateView};
+use shoal_cluster::registry_auth::RegistryCredentials;
 use shoal_orchestrator::{
     docker::DockerClient,
     executor::{LABEL_SERVICE_ID, LABEL_TASK_ID},
+    image::{self, ImageRef},
     scheduler::{new_id, now_ms, Constraint},
 };
+
+/// Longest wait for the registry's answer when pinning an image to its digest.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// `image` pinned to the digest its tag points at now (`name:tag@sha256:...`), asked of
+/// the registry through this manager's dockerd, so every node runs the same bytes. When
+/// that fails, Swarm's way: a warning, and the image as given (each node then pulls the
+/// tag on its own).
+async fn pin_image(
+    docker_socket: Option<&Path>,
+    image: &str,
+    creds: Option<&RegistryCredentials>,
+    warnings: &mut Vec<String>,
+) -> String {
+    let reference = match ImageRef::parse(image) {
+        Ok(r) if r.digest.is_none() => r,
+        // Already pinned (or refused earlier).
+        _ => return image.to_owned(),
+    };
+    let resolved = match docker_socket {
+        None => Err("this manager has no dockerd to ask".to_owned()),
+        Some(socket) => match DockerClient::connect(socket).await {
+            Err(e) => Err(e.to_string()),
+            Ok(docker) => tokio::time::timeout(
+                RESOLVE_TIMEOUT,
+                image::resolve_digest(&docker, &reference, creds),
+            )
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {} s", RESOLVE_TIMEOUT.as_secs()))),
+        },
+    };
+    match resolved {
+        Ok(digest) => reference.pinned(&digest),
+        Err(why) => {
+            warnings.push(format!(
+                "image {image} could not be accessed on a registry to record its digest ({why}). Each node will access {image} independently, possibly leading to different nodes running different versions of the image."
+            ));
+            image.to_owned()
+        }
+    }
+}
 
 /// An object reference to its ID, Docker's way: exact ID, exact name, unique ID prefix.
 fn resolve<'a>(
@@ -111,6 +154,7 @@ fn prepare_spec(state: &ClusterState, mut spec: ServiceSpec) -> Result<ServiceSp
     if spec.image.trim().is_empty() {
         return Err(ApiError::new("an image is required"));
     }
+    ImageRef::parse(&spec.image).map_err(ApiError::new)?;
     for c in &spec.constraints {
         Constraint::parse(c).map_err(ApiError::new)?;
     }
@@ -171,25 +215,43 @@ pub(super) async fn request(
 ) -> Result<Reply, ApiError> {
     let state = manager.state().await.map_err(cluster_error)?;
     match request {
-        Request::ServiceCreate { spec } => {
-            let spec = prepare_spec(&state, spec)?;
+        Request::ServiceCreate {
+            spec,
+            no_resolve_image,
+            registry_auth,
+        } => {
+            let mut spec = prepare_spec(&state, spec)?;
             let now = now_ms();
             let mut warnings = Vec::new();
+            if !no_resolve_image {
+                spec.image = pin_image(
+                    docker_socket,
+                    &spec.image,
+                    registry_auth.as_deref(),
+                    &mut warnings,
+                )
+                .await;
+            }
+            let id = new_id();
+            let registry_auth = registry_auth
+                .map(|c| manager.seal_registry_auth(&id, &c))
+                .transpose()
+                .map_err(cluster_error)?;
             if let ServiceMode::Replicated { replicas } = spec.mode {
                 if replicas > 0 && state.nodes.is_empty() {
                     warnings.push("the cluster has no nodes to run tasks on".to_string());
                 }
             }
             let service = Service {
-                id: new_id(),
+                id: id.clone(),
                 spec,
                 created_ms: now,
                 updated_ms: now,
                 endpoint: Default::default(),
                 force_update: 0,
+                registry_auth,
                 version: 0,
             };
-            let id = service.id.clone();
             info!(service = %service.spec.name, %id, "service created");
             execute(
                 manager,
@@ -211,9 +273,14 @@ pub(super) async fn request(
             };
             let wanted: BTreeSet<&String> = ids.iter().collect();
             Ok(Reply::ServiceState(Box::new(ServiceStateView {
+                // Sealed credentials stay with the managers.
                 services: ids
                     .iter()
                     .filter_map(|id| state.services.get(id).cloned())
+                    .map(|mut s| {
+                        s.registry_auth = None;
+                        s
+                    })
                     .collect(),
                 tasks: state
                     .tasks
@@ -258,7 +325,10 @@ pub(super) async fn request(
                 .await?;
                 done.push(reference);
             }
-            Ok(Reply::ServicesChanged { services: done })
+            Ok(Reply::ServicesChanged {
+                services: done,
+                warnings: Vec::new(),
+            })
         }
         Request::ServiceRm { services } => {
             let ids = services
@@ -273,23 +343,48 @@ pub(super) async fn request(
                 execute(manager, Command::RemoveService { id }).await?;
                 done.push(reference.clone());
             }
-            Ok(Reply::ServicesChanged { services: done })
+            Ok(Reply::ServicesChanged {
+                services: done,
+                warnings: Vec::new(),
+            })
         }
         Request::ServiceUpdate {
             service,
             force,
             image,
             replicas,
+            no_resolve_image,
+            registry_auth,
         } => {
             let id = service_id(&state, &service)?;
             let mut s = state.services[&id].clone();
+            let mut warnings = Vec::new();
             if force {
                 s.force_update += 1;
+            }
+            if let Some(c) = &registry_auth {
+                s.registry_auth = Some(manager.seal_registry_auth(&id, c).map_err(cluster_error)?);
             }
             if let Some(image) = image {
                 if image.trim().is_empty() {
                     return Err(ApiError::new("the image must not be empty"));
                 }
+                ImageRef::parse(&image).map_err(ApiError::new)?;
+                let image = if no_resolve_image {
+                    image
+                } else {
+                    // The new credentials, else the ones the service has.
+                    let creds = match (&registry_auth, &s.registry_auth) {
+                        (Some(c), _) => Some((**c).clone()),
+                        (None, Some(sealed)) => Some(
+                            manager
+                                .open_registry_auth(&id, sealed)
+                                .map_err(cluster_error)?,
+                        ),
+                        (None, None) => None,
+                    };
+                    pin_image(docker_socket, &image, creds.as_ref(), &mut warnings).await
+                };
                 if image != s.spec.image {
                     s.spec.image = image;
                     s.force_update += 1;
@@ -313,6 +408,7 @@ pub(super) async fn request(
             .await?;
             Ok(Reply::ServicesChanged {
                 services: vec![service],
+                warnings,
             })
         }
         Request::ServiceLogs { service, tail } => {
@@ -555,6 +651,7 @@ mod tests {
             updated_ms: 0,
             endpoint: Default::default(),
             force_update: 0,
+            registry_auth: None,
             version: 0,
         };
         state.services.insert(taken.id.clone(), taken);

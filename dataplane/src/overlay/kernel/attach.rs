@@ -18,7 +18,7 @@ use super::super::{
 use super::{
     alias, invalid, io_err,
     nl::{self, Conn, NlError},
-    nl_err, NetlinkKernel,
+    nl_err, NetlinkKernel, FIRST_NETWORK_TABLE, RULE_PREF_FIRST_NETWORK, RULE_PREF_MAIN,
 };
 
 impl NetlinkKernel {
@@ -176,13 +176,7 @@ impl NetlinkKernel {
                 .await
                 .map_err(|e| nl_err("set lo up in the container", e))?;
             if let Some(gw) = spec.default_gateway {
-                let route = RouteMessageBuilder::<Ipv4Addr>::new()
-                    .gateway(gw)
-                    .output_interface(index)
-                    .build();
-                nl::add_route(&ch, route)
-                    .await
-                    .map_err(|e| nl_err(format!("add default route via {gw}"), e))?;
+                first_network_routes(&ch, index, spec.ip, gw).await?;
             }
             Ok::<_, KernelError>(())
         });
@@ -216,6 +210,48 @@ impl NetlinkKernel {
             })
             .map_err(|e| nl_err(format!("network {vni}: delete {veth_name}"), e))
     }
+}
+
+/// The first network's way out, kept for what arrives on it: the task's default route
+/// is the egress bridge's (main table, made by the egress reconciler), so the first
+/// network's gateway is the default route only of table [`FIRST_NETWORK_TABLE`],
+/// which traffic from the task's address on that network looks up. That is how a
+/// reply to the routing mesh (a client's connection to the task's ingress address) or
+/// to the node's own sockets goes back through the network's bridge, where the mesh's
+/// reply path takes it, while connections the task opens leave through egress. The
+/// first rule lets the main table answer everything it knows more precisely than its
+/// default route (the networks' subnets), so only the way out differs.
+async fn first_network_routes(
+    h: &Handle,
+    index: u32,
+    ip: Ipv4Addr,
+    gw: Ipv4Addr,
+) -> Result<(), KernelError> {
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .gateway(gw)
+        .output_interface(index)
+        .table_id(FIRST_NETWORK_TABLE)
+        .build();
+    nl::add_route(h, route).await.map_err(|e| {
+        nl_err(
+            format!("add default route via {gw} to table {FIRST_NETWORK_TABLE}"),
+            e,
+        )
+    })?;
+    nl::add_rule(h, nl::Rule::main_without_default(RULE_PREF_MAIN))
+        .await
+        .map_err(|e| nl_err("add the rule that prefers the main table's own routes", e))?;
+    nl::add_rule(
+        h,
+        nl::Rule::from_source(RULE_PREF_FIRST_NETWORK, ip, FIRST_NETWORK_TABLE),
+    )
+    .await
+    .map_err(|e| {
+        nl_err(
+            format!("add the rule from {ip} to table {FIRST_NETWORK_TABLE}"),
+            e,
+        )
+    })
 }
 
 /// True when the namespace at `path` is not the one with identity `id` any more.

@@ -12,7 +12,8 @@ use netlink_packet_route::{
     link::{InfoData, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage},
     route::RouteMessage,
-    AddressFamily, RouteNetlinkMessage,
+    rule::{RuleAction, RuleAttribute, RuleMessage, RulePortRange},
+    AddressFamily, IpProtocol, RouteNetlinkMessage,
 };
 use rtnetlink::{
     packet_core::{
@@ -333,6 +334,179 @@ pub(crate) async fn add_route(h: &Handle, route: RouteMessage) -> Result<(), NlE
         NLM_F_CREATE | NLM_F_REPLACE,
     )
     .await
+}
+
+/// Removes one IPv4 address from link `index`; gone already is fine.
+pub(crate) async fn delete_address(
+    h: &Handle,
+    index: u32,
+    ip: Ipv4Addr,
+    prefix_len: u8,
+) -> Result<(), NlError> {
+    let mut m = AddressMessage::default();
+    m.header.family = AddressFamily::Inet;
+    m.header.prefix_len = prefix_len;
+    m.header.index = index;
+    m.attributes.push(AddressAttribute::Local(ip.into()));
+    m.attributes.push(AddressAttribute::Address(ip.into()));
+    match ack(h, RouteNetlinkMessage::DelAddress(m), 0).await {
+        Err(e) if e.is_gone() => Ok(()),
+        r => r,
+    }
+}
+
+/// Changes an existing link through RTM_NEWLINK (by `m.header.index`): the request that
+/// carries a bridge port's settings (`IFLA_INFO_SLAVE_DATA`), which RTM_SETLINK ignores.
+pub(crate) async fn change_link(h: &Handle, m: LinkMessage) -> Result<(), NlError> {
+    ack(h, RouteNetlinkMessage::NewLink(m), 0).await
+}
+
+// ---- policy routing rules ----
+
+/// An IPv4 routing rule that looks a table up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Rule {
+    pub priority: u32,
+    /// Only traffic from this address (a /32); None: all traffic.
+    pub from: Option<Ipv4Addr>,
+    pub table: u32,
+    /// Routes with a prefix this long or shorter are ignored (`suppress_prefixlength`).
+    pub suppress_prefix_len: Option<u32>,
+    /// Only UDP from this source port (`ipproto udp sport N`).
+    pub udp_sport: Option<u16>,
+}
+
+/// The kernel's main routing table.
+pub(crate) const MAIN_TABLE: u32 = 254;
+
+impl Rule {
+    /// The main table, but not its default route: traffic that only the default route
+    /// would take goes on to the next rules.
+    pub fn main_without_default(priority: u32) -> Rule {
+        Rule {
+            priority,
+            from: None,
+            table: MAIN_TABLE,
+            suppress_prefix_len: Some(0),
+            udp_sport: None,
+        }
+    }
+
+    /// Traffic from `ip` looks up `table`.
+    pub fn from_source(priority: u32, ip: Ipv4Addr, table: u32) -> Rule {
+        Rule {
+            priority,
+            from: Some(ip),
+            table,
+            suppress_prefix_len: None,
+            udp_sport: None,
+        }
+    }
+
+    /// UDP from source port `port` looks up `table`.
+    pub fn udp_from_port(priority: u32, port: u16, table: u32) -> Rule {
+        Rule {
+            priority,
+            from: None,
+            table,
+            suppress_prefix_len: None,
+            udp_sport: Some(port),
+        }
+    }
+
+    fn message(&self) -> RuleMessage {
+        let mut m = RuleMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.header.action = RuleAction::ToTable;
+        m.header.table = u8::try_from(self.table).unwrap_or(0);
+        m.attributes.push(RuleAttribute::Priority(self.priority));
+        m.attributes.push(RuleAttribute::Table(self.table));
+        if let Some(ip) = self.from {
+            m.header.src_len = 32;
+            m.attributes.push(RuleAttribute::Source(ip.into()));
+        }
+        if let Some(len) = self.suppress_prefix_len {
+            m.attributes.push(RuleAttribute::SuppressPrefixLen(len));
+        }
+        if let Some(port) = self.udp_sport {
+            m.attributes
+                .push(RuleAttribute::IpProtocol(IpProtocol::Udp));
+            m.attributes
+                .push(RuleAttribute::SourcePortRange(RulePortRange {
+                    start: port,
+                    end: port,
+                }));
+        }
+        m
+    }
+
+    /// The rule a kernel's rule message describes, if it is of a shape [`Rule`] has.
+    fn from_message(r: &RuleMessage) -> Option<Rule> {
+        if r.header.action != RuleAction::ToTable {
+            return None;
+        }
+        let mut rule = Rule {
+            priority: 0,
+            from: None,
+            table: u32::from(r.header.table),
+            suppress_prefix_len: None,
+            udp_sport: None,
+        };
+        let mut udp = false;
+        let mut sport = None;
+        for a in &r.attributes {
+            match a {
+                RuleAttribute::Priority(p) => rule.priority = *p,
+                RuleAttribute::Table(t) => rule.table = *t,
+                RuleAttribute::Source(std::net::IpAddr::V4(v)) => rule.from = Some(*v),
+                RuleAttribute::SuppressPrefixLen(l) if *l != u32::MAX => {
+                    rule.suppress_prefix_len = Some(*l)
+                }
+                RuleAttribute::IpProtocol(IpProtocol::Udp) => udp = true,
+                RuleAttribute::SourcePortRange(p) if p.start == p.end => sport = Some(p.start),
+                _ => {}
+            }
+        }
+        rule.udp_sport = sport.filter(|_| udp);
+        Some(rule)
+    }
+}
+
+/// Every IPv4 rule of the namespace that [`Rule`] can describe.
+pub(crate) async fn rules(h: &Handle) -> Result<Vec<Rule>, NlError> {
+    let mut req = RuleMessage::default();
+    req.header.family = AddressFamily::Inet;
+    let out = dump(h, RouteNetlinkMessage::GetRule(req)).await?;
+    Ok(out
+        .iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewRule(r) => Rule::from_message(r),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Deletes `rule`; gone already is fine.
+pub(crate) async fn delete_rule(h: &Handle, rule: Rule) -> Result<(), NlError> {
+    match ack(h, RouteNetlinkMessage::DelRule(rule.message()), 0).await {
+        Err(e) if e.is_gone() => Ok(()),
+        r => r,
+    }
+}
+
+/// Adds `rule`; the same rule already there is fine (the kernel refuses an exact
+/// duplicate under NLM_F_EXCL rather than adding a second copy).
+pub(crate) async fn add_rule(h: &Handle, rule: Rule) -> Result<(), NlError> {
+    match ack(
+        h,
+        RouteNetlinkMessage::NewRule(rule.message()),
+        NLM_F_CREATE | NLM_F_EXCL,
+    )
+    .await
+    {
+        Err(e) if e.errno == libc::EEXIST => Ok(()),
+        r => r,
+    }
 }
 
 // ---- neighbours and FDB ----

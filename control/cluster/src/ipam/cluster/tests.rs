@@ -71,6 +71,7 @@ fn service(id: &str, ports: &[(Protocol, u16)], vips: &[(&str, &str)]) -> Servic
                 .collect(),
         },
         force_update: 0,
+        registry_auth: None,
         version: 0,
     }
 }

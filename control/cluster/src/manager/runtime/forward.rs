@@ -187,7 +187,7 @@ impl Runtime {
     pub(crate) async fn node_state(
         self: &Arc<Self>,
         since: u64,
-    ) -> Result<Option<ClusterState>, ClusterError> {
+    ) -> Result<Option<crate::manager::NodeView>, ClusterError> {
         match self.call_leader(Request::NodeState { since }).await? {
             Response::NodeState(s) => Ok(s.map(|s| *s)),
             _ => Err(ClusterError::Protocol(

@@ -2,13 +2,15 @@
 //! whether this member leads, then hands the request to its handler; the small ones are
 //! answered here.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::{other, tokens_of, Core, Runtime};
 use crate::manager::wire::{Reply, Request, Response, WireError};
-use crate::manager::Role;
+use crate::manager::{NodeView, Role};
 use crate::pki::PeerIdentity;
-use crate::store::{ApplyResult, ClusterState, Command, StoreError};
+use crate::registry_auth::RegistryAuthKey;
+use crate::store::{ApplyResult, ClusterState, Command, StoreError, TaskState};
 
 impl Runtime {
     /// Answers one request. `peer` is the caller's verified certificate (`None`: a joining
@@ -133,7 +135,9 @@ impl Runtime {
                     if state.version == since {
                         return Ok(Response::NodeState(None));
                     }
-                    Ok(Response::NodeState(Some(Box::new(node_view(state)))))
+                    let key = RegistryAuthKey::derive(core.ca());
+                    let view = node_view(state, peer.node_id(), &key);
+                    Ok(Response::NodeState(Some(Box::new(view))))
                 }
                 Request::ReportTasks { updates } => {
                     need(Role::Worker)?;
@@ -153,12 +157,41 @@ impl Runtime {
     }
 }
 
-/// What any node may see of the state: everything but tokens, secrets and configs.
-pub(super) fn node_view(mut state: ClusterState) -> ClusterState {
+/// What node `node_id` may see: the state without tokens, secrets, configs and sealed
+/// registry credentials, and the credentials (opened) of the services it has a live task
+/// of. Credentials that do not open are left out (logged): the node's pull then fails
+/// with the registry's answer, which says what is wrong.
+pub(super) fn node_view(mut state: ClusterState, node_id: &str, key: &RegistryAuthKey) -> NodeView {
     state.tokens = None;
     state.secrets.clear();
     state.configs.clear();
-    state
+    let mut registry_auth = BTreeMap::new();
+    for service in state.services.values_mut() {
+        let Some(sealed) = service.registry_auth.take() else {
+            continue;
+        };
+        let has_task = state.tasks.values().any(|t| {
+            t.service_id == service.id
+                && t.node_id.as_deref() == Some(node_id)
+                && t.desired_state == TaskState::Running
+                && !t.status.state.is_terminal()
+        });
+        if !has_task {
+            continue;
+        }
+        match key.open(&service.id, &sealed) {
+            Ok(creds) => {
+                registry_auth.insert(service.id.clone(), creds);
+            }
+            Err(e) => {
+                tracing::warn!(service = %service.spec.name, error = %e, "registry credentials")
+            }
+        }
+    }
+    NodeView {
+        state,
+        registry_auth,
+    }
 }
 
 pub(super) fn store_error(core: &Core, e: StoreError) -> WireError {
@@ -181,5 +214,98 @@ pub(super) async fn propose(core: &Core, command: Command) -> Result<u64, WireEr
         Ok(ApplyResult::Applied { version }) => Ok(version),
         Ok(ApplyResult::Rejected { rejection, .. }) => Err(WireError::Rejected { rejection }),
         Err(e) => Err(store_error(core, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry_auth::RegistryCredentials;
+    use crate::store::{Service, ServiceMode, ServiceSpec, Task, TaskStatus};
+
+    fn service(id: &str, key: &RegistryAuthKey) -> Service {
+        let creds = RegistryCredentials {
+            server_address: "r:5000".into(),
+            username: format!("user-{id}"),
+            password: "pw".into(),
+        };
+        Service {
+            id: id.into(),
+            spec: ServiceSpec {
+                name: id.into(),
+                labels: Default::default(),
+                image: "r:5000/app:1".into(),
+                args: vec![],
+                env: vec![],
+                mode: ServiceMode::Replicated { replicas: 1 },
+                networks: vec![],
+                ports: vec![],
+                endpoint_mode: Default::default(),
+                constraints: vec![],
+                healthcheck: None,
+                restart_condition: Default::default(),
+            },
+            created_ms: 0,
+            updated_ms: 0,
+            endpoint: Default::default(),
+            force_update: 0,
+            registry_auth: Some(key.seal(id, &creds).unwrap()),
+            version: 0,
+        }
+    }
+
+    fn task(id: &str, service: &str, node: &str, state: TaskState) -> Task {
+        Task {
+            id: id.into(),
+            service_id: service.into(),
+            slot: 1,
+            node_id: Some(node.into()),
+            desired_state: TaskState::Running,
+            status: TaskStatus {
+                state,
+                ..Default::default()
+            },
+            networks: vec![],
+            force_update: 0,
+            created_ms: 0,
+            version: 0,
+        }
+    }
+
+    #[test]
+    fn credentials_go_only_to_nodes_with_a_live_task_and_never_sealed() {
+        let key = RegistryAuthKey::from_secret(b"ca", "c1");
+        let mut state = ClusterState::default();
+        for id in ["s1", "s2"] {
+            state.services.insert(id.into(), service(id, &key));
+        }
+        state
+            .tasks
+            .insert("t1".into(), task("t1", "s1", "n1", TaskState::Preparing));
+        state
+            .tasks
+            .insert("t2".into(), task("t2", "s2", "n1", TaskState::Rejected));
+        state
+            .tasks
+            .insert("t3".into(), task("t3", "s2", "n2", TaskState::Running));
+
+        let n1 = node_view(state.clone(), "n1", &key);
+        assert_eq!(n1.registry_auth.keys().collect::<Vec<_>>(), ["s1"]);
+        assert_eq!(n1.registry_auth["s1"].username, "user-s1");
+        assert!(n1
+            .state
+            .services
+            .values()
+            .all(|s| s.registry_auth.is_none()));
+
+        let n2 = node_view(state.clone(), "n2", &key);
+        assert_eq!(n2.registry_auth.keys().collect::<Vec<_>>(), ["s2"]);
+
+        assert!(node_view(state.clone(), "n3", &key)
+            .registry_auth
+            .is_empty());
+        // Another cluster's key opens nothing (and hands nothing).
+        let other = RegistryAuthKey::from_secret(b"other", "c1");
+        assert!(node_view(state, "n1", &other).registry_auth.is_empty());
     }
 }

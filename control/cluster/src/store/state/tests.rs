@@ -59,6 +59,7 @@ fn sample_service(id: &str, name: &str) -> Service {
         updated_ms: 0,
         endpoint: Endpoint::default(),
         force_update: 0,
+        registry_auth: None,
         version: 0,
     }
 }
