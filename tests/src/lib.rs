@@ -101,8 +101,33 @@ impl LabGuard {
     }
 }
 
+impl LabGuard {
+    /// On a failed test, what each agent said last (and any panic of its own), so a CI
+    /// log shows why before the lab and its logs are taken down.
+    fn print_agent_logs(&self) {
+        const TAIL: usize = 40;
+        for host in &self.state.hosts {
+            let Ok(log) = std::fs::read_to_string(host.run_dir.join("agent.log")) else {
+                continue;
+            };
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("---- {} agent.log: panics ----", host.name);
+            for l in lines.iter().filter(|l| l.contains("panicked")) {
+                eprintln!("{l}");
+            }
+            eprintln!("---- {} agent.log: last {TAIL} lines ----", host.name);
+            for l in &lines[lines.len().saturating_sub(TAIL)..] {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
 impl Drop for LabGuard {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_agent_logs();
+        }
         if !lab::leftovers(&self.layout).is_empty() {
             if let Err(e) = lab::down(&self.layout) {
                 eprintln!("taking down test lab {}: {e:#}", self.layout.prefix);

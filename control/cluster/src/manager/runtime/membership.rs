@@ -86,8 +86,7 @@ impl Runtime {
             return Err(WireError::LastManager);
         }
         // The membership change needs a majority of the managers that remain. Refuse up
-        // front when they cannot give one, rather than record the new role and then fail
-        // half-way (the role change would still complete once the majority returned).
+        // front when they cannot give one, rather than wait out the change's timeout.
         if let Some(id) = voter {
             let remaining: Vec<RaftId> = voters.keys().copied().filter(|v| *v != id).collect();
             let ready = remaining
@@ -102,6 +101,17 @@ impl Runtime {
                 return Err(WireError::NoQuorum);
             }
         }
+        // Out of the Raft group first, the role second. A node told it is a worker drops
+        // its copy of the log; were it still a voter (the membership change not yet
+        // committed), its vote would count for entries it no longer holds, and a leader
+        // would see a follower's log go backwards. If the change fails here, nothing was
+        // recorded and the demotion can simply be asked again.
+        if let Some(id) = voter {
+            core.store
+                .remove_manager(id)
+                .await
+                .map_err(|e| store_error(core, e))?;
+        }
         propose(
             core,
             Command::SetRole {
@@ -111,20 +121,6 @@ impl Runtime {
             },
         )
         .await?;
-        if let Some(id) = voter {
-            if let Err(e) = core.store.remove_manager(id).await {
-                // Put the role back: the node is still a voter.
-                let _ = core
-                    .store
-                    .propose(Command::SetRole {
-                        id: node_id.to_string(),
-                        role: crate::store::Role::Manager,
-                        raft_id: Some(id),
-                    })
-                    .await;
-                return Err(store_error(core, e));
-            }
-        }
         tracing::info!(node = %node_id, "node demoted");
         Ok(Response::Done)
     }
