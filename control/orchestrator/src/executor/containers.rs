@@ -1,0 +1,465 @@
+//! Task containers on dockerd: listing them and their sandboxes, reading a task's state
+//! off its container, and carrying out a pass's actions.
+//!
+//! A start makes the task's sandbox (`<container>.sandbox`, holding the network
+//! namespace), waits until the dataplane has made its network ready
+//! ([`crate::sandbox`]), then creates the task's container `<service>.<slot>.<task>` in
+//! it (`--network container:<sandbox>`, `--init`, the task labels) and starts it. A
+//! removal stops and removes the container, then its sandbox.
+
+use std::{collections::HashMap, net::Ipv4Addr};
+
+use bollard::{
+    models::{ContainerCreateBody, ContainerSummaryStateEnum, HealthConfig, HostConfig},
+    query_parameters::{
+        CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, StopContainerOptions,
+    },
+};
+use futures::{stream, StreamExt};
+use shoal_cluster::store::{Service, Task, TaskState, TaskStatus, TaskStatusUpdate};
+use shoal_dataplane::reconcile::ready::{ReadinessWatch, Wanted};
+use tracing::{debug, info, warn};
+
+use super::{images::ImageCheck, plan::Action, Executor};
+use crate::{
+    docker::DockerClient,
+    sandbox::{self, LABEL_SANDBOX_TASK_ID},
+    scheduler::now_ms,
+};
+
+/// Labels on every task container (Swarm's keys, so tools that know them work).
+pub const LABEL_TASK: &str = "com.docker.swarm.task";
+pub const LABEL_TASK_ID: &str = "com.docker.swarm.task.id";
+pub const LABEL_TASK_NAME: &str = "com.docker.swarm.task.name";
+pub const LABEL_SERVICE_ID: &str = "com.docker.swarm.service.id";
+pub const LABEL_SERVICE_NAME: &str = "com.docker.swarm.service.name";
+pub const LABEL_NODE_ID: &str = "com.docker.swarm.node.id";
+pub const LABEL_SLOT: &str = "shoal.task.slot";
+
+/// Containers created or removed at once.
+const PARALLEL: usize = 32;
+/// Grace for a task's process on shutdown before it is killed.
+const STOP_GRACE_SECS: i32 = 5;
+
+/// One task container as dockerd lists it.
+#[derive(Debug, Clone)]
+pub(super) struct Observed {
+    pub(super) id: String,
+    pub(super) task_id: String,
+    pub(super) state: ContainerSummaryStateEnum,
+    /// Docker's status line: `Up 3 seconds (healthy)`, `Exited (137) 2 seconds ago`.
+    status: String,
+}
+
+impl Observed {
+    pub(super) fn health(&self) -> Option<&'static str> {
+        if self.status.contains("(unhealthy)") {
+            Some("unhealthy")
+        } else if self.status.contains("(healthy)") {
+            Some("healthy")
+        } else if self.status.contains("(health: starting)") {
+            Some("starting")
+        } else {
+            None
+        }
+    }
+
+    fn exit_code(&self) -> Option<i64> {
+        let rest = self.status.strip_prefix("Exited (")?;
+        rest.split(')').next()?.parse().ok()
+    }
+}
+
+/// A task's sandbox as dockerd lists it.
+#[derive(Debug, Clone)]
+pub(super) struct ObservedSandbox {
+    pub(super) id: String,
+    pub(super) task_id: String,
+    pub(super) running: bool,
+}
+
+impl Executor {
+    /// The task containers and the sandboxes on this node.
+    pub(super) async fn list(
+        &self,
+    ) -> Result<(Vec<Observed>, Vec<ObservedSandbox>), bollard::errors::Error> {
+        let labelled = |label: &str| ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "label".to_string(),
+                vec![label.to_string()],
+            )])),
+            ..Default::default()
+        };
+        let api = self.docker.engine();
+        let tasks = api.list_containers(Some(labelled(LABEL_TASK_ID))).await?;
+        let sandboxes = api
+            .list_containers(Some(labelled(LABEL_SANDBOX_TASK_ID)))
+            .await?;
+        let tasks = tasks
+            .into_iter()
+            .filter_map(|c| {
+                let task_id = c.labels.as_ref()?.get(LABEL_TASK_ID)?.clone();
+                Some(Observed {
+                    id: c.id?,
+                    task_id,
+                    state: c.state.unwrap_or(ContainerSummaryStateEnum::EMPTY),
+                    status: c.status.unwrap_or_default(),
+                })
+            })
+            .collect();
+        let sandboxes = sandboxes
+            .into_iter()
+            .filter_map(|c| {
+                let task_id = c.labels.as_ref()?.get(LABEL_SANDBOX_TASK_ID)?.clone();
+                Some(ObservedSandbox {
+                    id: c.id?,
+                    task_id,
+                    running: c.state == Some(ContainerSummaryStateEnum::RUNNING),
+                })
+            })
+            .collect();
+        Ok((tasks, sandboxes))
+    }
+}
+
+/// A task status update for `t`: `state`, with `message` and `err`.
+pub(super) fn update(
+    t: &Task,
+    state: TaskState,
+    message: &str,
+    err: Option<String>,
+) -> TaskStatusUpdate {
+    TaskStatusUpdate {
+        task_id: t.id.clone(),
+        status: TaskStatus {
+            state,
+            timestamp_ms: now_ms(),
+            message: message.to_string(),
+            err,
+            container_id: t.status.container_id.clone(),
+            exit_code: None,
+        },
+    }
+}
+
+/// What a listed container says about its task.
+pub(super) fn observe(t: &Task, o: &Observed) -> Option<TaskStatusUpdate> {
+    let mut u = match o.state {
+        ContainerSummaryStateEnum::RUNNING => match o.health() {
+            Some("unhealthy") => update(
+                t,
+                TaskState::Failed,
+                "failed",
+                Some("task: container unhealthy".into()),
+            ),
+            Some("starting") => update(t, TaskState::Starting, "starting", None),
+            _ => update(t, TaskState::Running, "started", None),
+        },
+        ContainerSummaryStateEnum::EXITED | ContainerSummaryStateEnum::DEAD => {
+            let code = o.exit_code();
+            let mut u = match code {
+                Some(0) => update(t, TaskState::Complete, "finished", None),
+                Some(c) => update(
+                    t,
+                    TaskState::Failed,
+                    "failed",
+                    Some(format!("task: non-zero exit ({c})")),
+                ),
+                None => update(
+                    t,
+                    TaskState::Failed,
+                    "failed",
+                    Some("task: the container died".into()),
+                ),
+            };
+            u.status.exit_code = code;
+            u
+        }
+        _ => return None,
+    };
+    u.status.container_id = Some(o.id.clone());
+    Some(u)
+}
+
+/// What every start of one pass shares: the image checks, whether the sandbox image is
+/// loaded, and the dataplane's readiness.
+pub(super) struct Prepared {
+    /// By service ID.
+    pub(super) images: HashMap<String, ImageCheck>,
+    pub(super) sandbox_image: Result<(), String>,
+    pub(super) ready: Option<ReadinessWatch>,
+    /// The declared state's version that holds the tasks' peers.
+    pub(super) version: u64,
+}
+
+/// Carries out `actions`, [`PARALLEL`] at a time; returns the task states they reached.
+pub(super) async fn act_all(
+    docker: &DockerClient,
+    node: &str,
+    prepared: &Prepared,
+    actions: Vec<Action>,
+) -> Vec<TaskStatusUpdate> {
+    let results: Vec<Vec<TaskStatusUpdate>> = stream::iter(actions)
+        .map(|a| act(docker, node, prepared, a))
+        .buffer_unordered(PARALLEL)
+        .collect()
+        .await;
+    results.into_iter().flatten().collect()
+}
+
+/// Does one action; returns the task states it reached.
+async fn act(
+    docker: &DockerClient,
+    node: &str,
+    prepared: &Prepared,
+    action: Action,
+) -> Vec<TaskStatusUpdate> {
+    match action {
+        Action::RemoveSandbox { sandbox } => {
+            if let Err(e) = sandbox::remove(docker, &sandbox).await {
+                debug!(error = %e, "removing a sandbox left without its task");
+            }
+            Vec::new()
+        }
+        Action::Remove {
+            container,
+            sandbox,
+            task,
+            failed,
+        } => {
+            let api = docker.engine();
+            let _ = api
+                .stop_container(
+                    &container,
+                    Some(StopContainerOptions {
+                        t: Some(STOP_GRACE_SECS),
+                        signal: None,
+                    }),
+                )
+                .await;
+            if let Err(e) = api
+                .remove_container(
+                    &container,
+                    Some(RemoveContainerOptions {
+                        force: true,
+                        ..Default::default()
+                    }),
+                )
+                .await
+            {
+                debug!(container, error = %e, "removing a task container");
+            }
+            if let Some(s) = sandbox {
+                if let Err(e) = sandbox::remove(docker, &s).await {
+                    debug!(error = %e, "removing a task's sandbox");
+                }
+            }
+            match (task, failed) {
+                (Some(t), Some(err)) if !t.status.state.is_terminal() => {
+                    warn!(task = %t.id, %err, "task failed");
+                    let mut u = update(&t, TaskState::Failed, "failed", Some(err));
+                    u.status.container_id = Some(container);
+                    vec![u]
+                }
+                (Some(t), None) if !t.status.state.is_terminal() => {
+                    vec![update(&t, TaskState::Shutdown, "shutdown", None)]
+                }
+                _ => Vec::new(),
+            }
+        }
+        Action::Start {
+            task,
+            service,
+            dns,
+            dns_network,
+        } => {
+            let image = prepared
+                .images
+                .get(&service.id)
+                .cloned()
+                .unwrap_or_else(|| ImageCheck::Failed("the image was not checked".into()));
+            let network = Network {
+                dns,
+                dns_network,
+                sandbox_image: prepared.sandbox_image.clone(),
+                ready: prepared.ready.clone(),
+                version: prepared.version,
+            };
+            start(docker, node, &task, &service, network, image).await
+        }
+    }
+}
+
+/// What a start needs for the task's network.
+struct Network {
+    /// The resolver in the task's resolv.conf.
+    dns: Option<Ipv4Addr>,
+    /// Where that resolver listens (a network's name or
+    /// [`EGRESS_LISTENER`](shoal_dataplane::reconcile::dns::EGRESS_LISTENER)).
+    dns_network: Option<String>,
+    /// Whether the sandbox image is loaded, or why not.
+    sandbox_image: Result<(), String>,
+    ready: Option<ReadinessWatch>,
+    /// The declared state's version the dataplane must have applied first.
+    version: u64,
+}
+
+async fn start(
+    docker: &DockerClient,
+    node: &str,
+    t: &Task,
+    service: &Service,
+    network: Network,
+    image: ImageCheck,
+) -> Vec<TaskStatusUpdate> {
+    let api = docker.engine();
+    let spec = &service.spec;
+    let mut out = vec![update(t, TaskState::Preparing, "preparing", None)];
+    let image_healthcheck = match image {
+        ImageCheck::Present { healthcheck } => healthcheck,
+        ImageCheck::Pulling => return out,
+        ImageCheck::Failed(err) => {
+            warn!(task = %t.id, %err, "task rejected");
+            out.push(update(t, TaskState::Rejected, "rejected", Some(err)));
+            return out;
+        }
+    };
+    let name = t.container_name(&spec.name);
+    let sandbox = match start_sandbox(docker, t, service, &name, network).await {
+        Ok(s) => s,
+        Err(err) => {
+            warn!(task = %t.id, %err, "task rejected");
+            out.push(update(t, TaskState::Rejected, "rejected", Some(err)));
+            return out;
+        }
+    };
+    let labels = HashMap::from([
+        (LABEL_TASK.to_string(), String::new()),
+        (LABEL_TASK_ID.to_string(), t.id.clone()),
+        (LABEL_TASK_NAME.to_string(), name.clone()),
+        (LABEL_SERVICE_ID.to_string(), service.id.clone()),
+        (LABEL_SERVICE_NAME.to_string(), spec.name.clone()),
+        (LABEL_NODE_ID.to_string(), node.to_string()),
+        (LABEL_SLOT.to_string(), t.slot.to_string()),
+    ]);
+    let ns = |ms: u64| (ms > 0).then(|| (ms as i64).saturating_mul(1_000_000));
+    let healthcheck = spec.healthcheck.as_ref().map(|h| HealthConfig {
+        test: Some(h.test.clone()),
+        interval: ns(h.interval_ms),
+        timeout: ns(h.timeout_ms),
+        retries: (h.retries > 0).then_some(h.retries as i64),
+        start_period: ns(h.start_period_ms),
+        start_interval: None,
+    });
+    // Hostname and resolv.conf come from the sandbox (Docker refuses them on a
+    // container that joins another's namespace).
+    let body = ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
+        env: (!spec.env.is_empty()).then(|| spec.env.clone()),
+        labels: Some(labels),
+        healthcheck,
+        host_config: Some(HostConfig {
+            network_mode: Some(format!("container:{}", sandbox.id)),
+            init: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let created = api
+        .create_container(
+            Some(CreateContainerOptions {
+                name: Some(name.clone()),
+                ..Default::default()
+            }),
+            body,
+        )
+        .await;
+    let id = match created {
+        Ok(r) => r.id,
+        Err(e) => {
+            if let Err(e) = sandbox::remove(docker, &sandbox.id).await {
+                debug!(error = %e, "removing the sandbox of a task that could not be created");
+            }
+            out.push(update(
+                t,
+                TaskState::Rejected,
+                "rejected",
+                Some(format!("creating container {name}: {e}")),
+            ));
+            return out;
+        }
+    };
+    let mut starting = update(t, TaskState::Starting, "starting", None);
+    starting.status.container_id = Some(id.clone());
+    out.push(starting);
+    if let Err(e) = api.start_container(&id, None).await {
+        let mut failed = update(
+            t,
+            TaskState::Failed,
+            "failed",
+            Some(format!("starting container failed: {e}")),
+        );
+        failed.status.container_id = Some(id);
+        out.push(failed);
+        return out;
+    }
+    info!(task = %t.id, container = %name, "task started");
+    if spec
+        .healthcheck
+        .as_ref()
+        .is_none_or(|h| h.test.first().map(String::as_str) == Some("NONE"))
+    {
+        // No health check of its own: may the image have one? The next listing says.
+        let mut running = update(t, TaskState::Running, "started", None);
+        running.status.container_id = Some(id);
+        if spec.healthcheck.is_some() || !image_healthcheck {
+            out.push(running);
+        }
+    }
+    out
+}
+
+/// Makes the task's sandbox and, when something plumbs it, waits until its network is
+/// ready; a sandbox whose network is not ready in time is removed again.
+async fn start_sandbox(
+    docker: &DockerClient,
+    t: &Task,
+    service: &Service,
+    container: &str,
+    network: Network,
+) -> Result<sandbox::Started, String> {
+    network.sandbox_image?;
+    let spec = sandbox::Spec {
+        name: sandbox::name(container),
+        task_id: t.id.clone(),
+        service_name: service.spec.name.clone(),
+        hostname: t.id.chars().take(12).collect(),
+        dns: network.dns,
+    };
+    let started = sandbox::start(docker, &spec).await?;
+    let Some(mut ready) = network.ready else {
+        return Ok(started);
+    };
+    let wanted = Wanted {
+        container: spec.name.clone(),
+        netns_id: started.netns_id,
+        on_overlay: !t.networks.is_empty(),
+        dns_network: network.dns_network,
+        version: network.version,
+    };
+    let waited = std::time::Instant::now();
+    match sandbox::wait_ready(&mut ready, &wanted).await {
+        Ok(()) => {
+            debug!(task = %t.id, ms = waited.elapsed().as_millis() as u64, "task's network ready");
+            Ok(started)
+        }
+        Err(e) => {
+            if let Err(e) = sandbox::remove(docker, &started.id).await {
+                debug!(error = %e, "removing a sandbox whose network was not ready");
+            }
+            Err(format!("task: {e}"))
+        }
+    }
+}

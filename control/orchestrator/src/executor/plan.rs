@@ -1,0 +1,170 @@
+//! Deciding a pass's work: the store's tasks for this node against the task containers
+//! and sandboxes dockerd lists, giving the actions to carry out and the task states the
+//! listing shows.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    net::Ipv4Addr,
+};
+
+use bollard::models::ContainerSummaryStateEnum;
+use shoal_cluster::store::{ClusterState, Service, Task, TaskState, TaskStatusUpdate};
+use shoal_dataplane::reconcile::dns::EGRESS_LISTENER;
+
+use super::containers::{observe, update, Observed, ObservedSandbox};
+
+/// One thing a pass does on dockerd.
+pub(super) enum Action {
+    Start {
+        task: Box<Task>,
+        service: Box<Service>,
+        /// The container's nameserver: its first network's gateway, or the resolver
+        /// on the egress bridge for a task with no network.
+        dns: Option<Ipv4Addr>,
+        /// Where that resolver listens: the first network's name, or the egress
+        /// listener's ([`EGRESS_LISTENER`]); the task's start waits for it to serve.
+        dns_network: Option<String>,
+    },
+    /// Stop and remove the task's container, then its sandbox. A task that has not
+    /// ended is reported shut down, or failed with `failed`.
+    Remove {
+        container: String,
+        sandbox: Option<String>,
+        task: Option<Box<Task>>,
+        failed: Option<String>,
+    },
+    /// Remove a sandbox whose task has no container and will not start one now.
+    RemoveSandbox { sandbox: String },
+}
+
+/// What a pass decided.
+pub(super) struct Plan {
+    pub actions: Vec<Action>,
+    /// Task states known without acting: read off the listing, or a container's lack.
+    pub updates: Vec<TaskStatusUpdate>,
+}
+
+/// Decides the pass for node `me`: remove the containers that should not be here (and
+/// running ones whose sandbox, their network, is gone), start the tasks that should run
+/// here, remove sandboxes left without a task container. `egress_dns` is the nameserver
+/// of tasks with no network.
+pub(super) fn plan(
+    state: &ClusterState,
+    me: &str,
+    egress_dns: Option<Ipv4Addr>,
+    observed: &[Observed],
+    sandboxes: &[ObservedSandbox],
+) -> Plan {
+    let mut updates: Vec<TaskStatusUpdate> = Vec::new();
+    let mut actions = Vec::new();
+    let by_task: HashMap<&str, &Observed> =
+        observed.iter().map(|o| (o.task_id.as_str(), o)).collect();
+
+    let sandbox_of: HashMap<&str, &ObservedSandbox> =
+        sandboxes.iter().map(|s| (s.task_id.as_str(), s)).collect();
+
+    // Containers that should not be here, and running ones whose sandbox (their
+    // network) is gone.
+    for o in observed {
+        let task = state.tasks.get(&o.task_id);
+        let ours = task.is_some_and(|t| t.node_id.as_deref() == Some(me));
+        let keep = ours && task.is_some_and(|t| t.desired_state == TaskState::Running);
+        let sandbox = sandbox_of.get(o.task_id.as_str());
+        let network_lost =
+            o.state == ContainerSummaryStateEnum::RUNNING && !sandbox.is_some_and(|s| s.running);
+        if !keep || network_lost {
+            actions.push(Action::Remove {
+                container: o.id.clone(),
+                sandbox: sandbox.map(|s| s.id.clone()),
+                task: task.filter(|_| ours).cloned().map(Box::new),
+                failed: (keep && network_lost)
+                    .then(|| "task: its network sandbox stopped".to_owned()),
+            });
+        }
+    }
+    // Tasks that should run here.
+    for t in state.tasks.values() {
+        if t.node_id.as_deref() != Some(me) {
+            continue;
+        }
+        if t.desired_state != TaskState::Running {
+            // Told to stop before it ever had a container here: it is shut down.
+            if !t.status.state.is_terminal() && !by_task.contains_key(t.id.as_str()) {
+                updates.push(update(t, TaskState::Shutdown, "shutdown", None));
+            }
+            continue;
+        }
+        let Some(service) = state.services.get(&t.service_id) else {
+            continue;
+        };
+        match by_task.get(t.id.as_str()) {
+            None => {
+                if t.status.state.is_terminal() {
+                    continue;
+                }
+                // Up to preparing: not started yet (a pull may be under way).
+                if t.status.state < TaskState::Starting {
+                    let (dns, dns_network) = match t.networks.first() {
+                        Some(a) => {
+                            let first = state.networks.get(&a.network_id);
+                            (first.and_then(|n| n.gateway), first.map(|n| n.name.clone()))
+                        }
+                        None => (egress_dns, egress_dns.map(|_| EGRESS_LISTENER.to_owned())),
+                    };
+                    actions.push(Action::Start {
+                        task: Box::new(t.clone()),
+                        service: Box::new(service.clone()),
+                        dns,
+                        dns_network,
+                    });
+                } else if t.status.state >= TaskState::Starting {
+                    updates.push(update(
+                        t,
+                        TaskState::Failed,
+                        "failed",
+                        Some("task: the container is gone".into()),
+                    ));
+                }
+            }
+            Some(o) => {
+                if let Some(u) = observe(t, o) {
+                    updates.push(u);
+                }
+            }
+        }
+    }
+
+    // Sandboxes left without a task container (a start cut short, a container
+    // removed behind the executor's back), except those a start makes again now.
+    let starting: HashSet<&str> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Start { task, .. } => Some(task.id.as_str()),
+            _ => None,
+        })
+        .collect();
+    let leftover: Vec<Action> = sandboxes
+        .iter()
+        .filter(|s| {
+            !by_task.contains_key(s.task_id.as_str()) && !starting.contains(s.task_id.as_str())
+        })
+        .map(|s| Action::RemoveSandbox {
+            sandbox: s.id.clone(),
+        })
+        .collect();
+    actions.extend(leftover);
+    Plan { actions, updates }
+}
+
+/// The networks of the tasks `actions` start.
+pub(super) fn starting_networks(actions: &[Action]) -> BTreeSet<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Start { task, .. } => Some(task.networks.iter()),
+            _ => None,
+        })
+        .flatten()
+        .map(|a| a.network_id.clone())
+        .collect()
+}
