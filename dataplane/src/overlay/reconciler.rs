@@ -28,11 +28,17 @@ pub enum ReconcileError {
     Snapshot(#[source] KernelError),
 }
 
+/// How many op descriptions an [`ApplyReport`] keeps (the count is always whole).
+pub const CHANGES_KEPT: usize = 16;
+
 /// What one apply did.
 #[derive(Debug, Default)]
 pub struct ApplyReport {
     /// Ops that succeeded.
     pub applied: usize,
+    /// The first [`CHANGES_KEPT`] of them, described: what a restart that should have
+    /// adopted everything did instead, or what the latest change touched.
+    pub changes: Vec<String>,
     /// Declared containers not running here (nothing to attach until they are).
     pub absent_containers: Vec<String>,
     /// Containers that vanished while being attached (left clean; retried next time).
@@ -96,6 +102,9 @@ impl<K: OverlayKernel> Reconciler<K> {
                 Ok(()) => {
                     plan::record(&mut self.applied, op);
                     report.applied += 1;
+                    if report.changes.len() < CHANGES_KEPT {
+                        report.changes.push(describe(op));
+                    }
                 }
                 Err(KernelError::ContainerGone { container }) => {
                     debug!(%container, "container vanished while being attached");

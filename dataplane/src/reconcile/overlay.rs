@@ -33,6 +33,8 @@ pub struct OverlayStatus {
     pub attachments: usize,
     pub remotes: usize,
     pub applied_ops: usize,
+    /// The first of the latest apply's ops, described.
+    pub changes: Vec<String>,
     pub absent_containers: Vec<String>,
     pub vanished_containers: Vec<String>,
     pub failed: Vec<String>,
@@ -193,6 +195,7 @@ impl<K: OverlayKernel + 'static> Reconcile for OverlayReconciler<K> {
                 }
                 status.refused = None;
                 status.applied_ops = report.applied;
+                status.changes = report.changes;
                 status.absent_containers = report.absent_containers;
                 status.vanished_containers = report.vanished_containers;
                 status.failed = report.failed;
