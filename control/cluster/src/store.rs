@@ -40,9 +40,10 @@ use openraft::{BasicNode, ChangeMembers, Config, Raft, ServerState, SnapshotPoli
 use tokio::sync::watch;
 
 pub use service::{
-    Endpoint, EndpointMode, HealthCheck, NetworkAttachment, PortConfig, Protocol, PublishMode,
-    RestartCondition, Service, ServiceMode, ServiceSpec, Task, TaskState, TaskStatus,
-    TaskStatusUpdate, VirtualIp,
+    Endpoint, EndpointMode, FailureAction, HealthCheck, NetworkAttachment, PortConfig, Protocol,
+    PublishMode, RestartCondition, Service, ServiceMode, ServiceSpec, Task, TaskState, TaskStatus,
+    TaskStatusUpdate, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus, VirtualIp,
+    DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
 };
 pub use state::{
     ApplyResult, Availability, ClusterSpec, ClusterState, Command, GossipKey, Network, Node,

@@ -368,6 +368,7 @@ impl Planner<'_> {
             },
             networks: Vec::new(),
             force_update: service.force_update,
+            spec: Some(Box::new(service.spec.clone())),
             created_ms: self.now_ms,
             version: 0,
         };

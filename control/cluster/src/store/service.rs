@@ -33,6 +33,13 @@ pub struct Service {
     /// open them, and the leader hands them to the nodes running this service's tasks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_auth: Option<SealedCredentials>,
+    /// The spec before the latest `service update` (what `service rollback` returns to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_spec: Option<ServiceSpec>,
+    /// The rolling update (or rollback) in progress or last finished, as Swarm's
+    /// `UpdateStatus`. Store state, so a new leader carries on where the old one was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_status: Option<UpdateStatus>,
     /// Store version at this object's last change (set by `apply`, ignored on input).
     #[serde(default)]
     pub version: u64,
@@ -69,6 +76,163 @@ pub struct ServiceSpec {
     pub healthcheck: Option<HealthCheck>,
     #[serde(default)]
     pub restart_condition: RestartCondition,
+    /// `--restart-delay`: the wait after a task ends before its replacement is made;
+    /// a task that keeps failing waits longer each time (see the scheduler).
+    #[serde(default = "default_restart_delay_ms")]
+    pub restart_delay_ms: u64,
+    /// `--restart-max-attempts`: restarts allowed per slot (within the window); 0: no limit.
+    #[serde(default)]
+    pub restart_max_attempts: u64,
+    /// `--restart-window`: the span in which attempts are counted; 0: unbounded.
+    #[serde(default)]
+    pub restart_window_ms: u64,
+    /// `--stop-grace-period`: SIGTERM, then SIGKILL after this long.
+    #[serde(default = "default_stop_grace_ms")]
+    pub stop_grace_ms: u64,
+    /// `--update-*`: how a changed spec reaches the tasks.
+    #[serde(default)]
+    pub update_config: UpdateConfig,
+    /// `--rollback-*`: how a rollback reaches them.
+    #[serde(default = "UpdateConfig::rollback_default")]
+    pub rollback_config: UpdateConfig,
+}
+
+/// Swarm's default restart delay.
+pub const DEFAULT_RESTART_DELAY_MS: u64 = 5_000;
+/// Docker's default stop grace period.
+pub const DEFAULT_STOP_GRACE_MS: u64 = 10_000;
+
+fn default_restart_delay_ms() -> u64 {
+    DEFAULT_RESTART_DELAY_MS
+}
+
+fn default_stop_grace_ms() -> u64 {
+    DEFAULT_STOP_GRACE_MS
+}
+
+impl ServiceSpec {
+    /// Whether tasks made from `self` must be replaced to run `other`: every field counts
+    /// but the ones that only steer the service (replicas, update and rollback config).
+    pub fn tasks_differ(&self, other: &ServiceSpec) -> bool {
+        let strip = |s: &ServiceSpec| {
+            let mut s = s.clone();
+            s.mode = match s.mode {
+                ServiceMode::Replicated { .. } => ServiceMode::Replicated { replicas: 0 },
+                ServiceMode::Global => ServiceMode::Global,
+            };
+            s.update_config = UpdateConfig::default();
+            s.rollback_config = UpdateConfig::default();
+            s
+        };
+        strip(self) != strip(other)
+    }
+}
+
+/// `--update-order`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOrder {
+    #[default]
+    StopFirst,
+    StartFirst,
+}
+
+/// `--update-failure-action` (and `--rollback-failure-action`, where `rollback` is not
+/// accepted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureAction {
+    #[default]
+    Pause,
+    Continue,
+    Rollback,
+}
+
+/// Swarm's `UpdateConfig` / `RollbackConfig`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateConfig {
+    /// Tasks replaced at once; 0: all at once.
+    pub parallelism: u64,
+    /// Wait between batches.
+    pub delay_ms: u64,
+    pub order: UpdateOrder,
+    pub failure_action: FailureAction,
+    /// How long a new task is watched after it starts: failing within it counts
+    /// against the update.
+    pub monitor_ms: u64,
+    /// Failures tolerated, as a fraction of the tasks updated, in millionths
+    /// (Docker's float `MaxFailureRatio`, kept exact).
+    pub max_failure_ratio_ppm: u32,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            parallelism: 1,
+            delay_ms: 0,
+            order: UpdateOrder::StopFirst,
+            failure_action: FailureAction::Pause,
+            monitor_ms: 5_000,
+            max_failure_ratio_ppm: 0,
+        }
+    }
+}
+
+impl UpdateConfig {
+    /// Swarm's rollback defaults (the same as the update's).
+    pub fn rollback_default() -> Self {
+        UpdateConfig::default()
+    }
+}
+
+/// Swarm's `UpdateStatus.State`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateState {
+    Updating,
+    Paused,
+    Completed,
+    RollbackStarted,
+    RollbackPaused,
+    RollbackCompleted,
+}
+
+impl UpdateState {
+    /// Docker's word (`inspect`'s `UpdateStatus.State`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateState::Updating => "updating",
+            UpdateState::Paused => "paused",
+            UpdateState::Completed => "completed",
+            UpdateState::RollbackStarted => "rollback_started",
+            UpdateState::RollbackPaused => "rollback_paused",
+            UpdateState::RollbackCompleted => "rollback_completed",
+        }
+    }
+
+    /// The update (or rollback) still replaces tasks.
+    pub fn in_progress(self) -> bool {
+        matches!(self, UpdateState::Updating | UpdateState::RollbackStarted)
+    }
+
+    pub fn is_rollback(self) -> bool {
+        matches!(
+            self,
+            UpdateState::RollbackStarted
+                | UpdateState::RollbackPaused
+                | UpdateState::RollbackCompleted
+        )
+    }
+}
+
+/// Swarm's `UpdateStatus`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateStatus {
+    pub state: UpdateState,
+    pub started_ms: u64,
+    #[serde(default)]
+    pub completed_ms: Option<u64>,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,6 +413,11 @@ pub struct Task {
     /// The service's `force_update` this task was made for.
     #[serde(default)]
     pub force_update: u64,
+    /// The service spec this task was made from: it runs that, whatever the service
+    /// says later, until it is replaced (None: made before tasks kept their spec; the
+    /// service's current one applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<Box<ServiceSpec>>,
     #[serde(default)]
     pub created_ms: u64,
     /// Store version at this object's last change (set by `apply`, ignored on input).

@@ -250,6 +250,8 @@ pub(super) async fn request(
                 endpoint: Default::default(),
                 force_update: 0,
                 registry_auth,
+                previous_spec: None,
+                update_status: None,
                 version: 0,
             };
             info!(service = %service.spec.name, %id, "service created");
@@ -638,6 +640,12 @@ mod tests {
             constraints: vec![],
             healthcheck: None,
             restart_condition: RestartCondition::Any,
+            restart_delay_ms: shoal_cluster::store::DEFAULT_RESTART_DELAY_MS,
+            restart_max_attempts: 0,
+            restart_window_ms: 0,
+            stop_grace_ms: shoal_cluster::store::DEFAULT_STOP_GRACE_MS,
+            update_config: Default::default(),
+            rollback_config: Default::default(),
         }
     }
 
@@ -652,6 +660,8 @@ mod tests {
             endpoint: Default::default(),
             force_update: 0,
             registry_auth: None,
+            previous_spec: None,
+            update_status: None,
             version: 0,
         };
         state.services.insert(taken.id.clone(), taken);

@@ -58,6 +58,12 @@ fn service(id: &str, ports: &[(Protocol, u16)], vips: &[(&str, &str)]) -> Servic
             constraints: vec![],
             healthcheck: None,
             restart_condition: RestartCondition::Any,
+            restart_delay_ms: crate::store::DEFAULT_RESTART_DELAY_MS,
+            restart_max_attempts: 0,
+            restart_window_ms: 0,
+            stop_grace_ms: crate::store::DEFAULT_STOP_GRACE_MS,
+            update_config: Default::default(),
+            rollback_config: Default::default(),
         },
         created_ms: 0,
         updated_ms: 0,
@@ -72,6 +78,8 @@ fn service(id: &str, ports: &[(Protocol, u16)], vips: &[(&str, &str)]) -> Servic
         },
         force_update: 0,
         registry_auth: None,
+        previous_spec: None,
+        update_status: None,
         version: 0,
     }
 }
@@ -96,6 +104,7 @@ fn task(id: &str, desired: TaskState, state: TaskState, at: u64, addrs: &[(&str,
             })
             .collect(),
         force_update: 0,
+        spec: None,
         created_ms: 0,
         version: 0,
     }

@@ -244,12 +244,20 @@ mod tests {
                 constraints: vec![],
                 healthcheck: None,
                 restart_condition: Default::default(),
+                restart_delay_ms: crate::store::DEFAULT_RESTART_DELAY_MS,
+                restart_max_attempts: 0,
+                restart_window_ms: 0,
+                stop_grace_ms: crate::store::DEFAULT_STOP_GRACE_MS,
+                update_config: Default::default(),
+                rollback_config: Default::default(),
             },
             created_ms: 0,
             updated_ms: 0,
             endpoint: Default::default(),
             force_update: 0,
             registry_auth: Some(key.seal(id, &creds).unwrap()),
+            previous_spec: None,
+            update_status: None,
             version: 0,
         }
     }
@@ -267,6 +275,7 @@ mod tests {
             },
             networks: vec![],
             force_update: 0,
+            spec: None,
             created_ms: 0,
             version: 0,
         }

@@ -54,12 +54,20 @@ fn sample_service(id: &str, name: &str) -> Service {
             constraints: vec![],
             healthcheck: None,
             restart_condition: RestartCondition::Any,
+            restart_delay_ms: crate::store::DEFAULT_RESTART_DELAY_MS,
+            restart_max_attempts: 0,
+            restart_window_ms: 0,
+            stop_grace_ms: crate::store::DEFAULT_STOP_GRACE_MS,
+            update_config: Default::default(),
+            rollback_config: Default::default(),
         },
         created_ms: 0,
         updated_ms: 0,
         endpoint: Endpoint::default(),
         force_update: 0,
         registry_auth: None,
+        previous_spec: None,
+        update_status: None,
         version: 0,
     }
 }
@@ -74,6 +82,7 @@ fn sample_task(id: &str) -> Task {
         status: Default::default(),
         networks: vec![],
         force_update: 0,
+        spec: None,
         created_ms: 0,
         version: 0,
     }
@@ -522,13 +531,26 @@ fn addresses_stored_as_strings_load_typed_and_save_the_same() {
             "10.30.0.0/16".parse().unwrap()
         ]
     );
-    assert_eq!(serde_json::to_value(&state).unwrap(), snapshot);
+    // Saved back the same, but for the spec fields added since, at their defaults.
+    let mut expected = snapshot.clone();
+    let spec = expected["services"]["svc"]["spec"].as_object_mut().unwrap();
+    let config = serde_json::json!({
+        "parallelism": 1, "delay_ms": 0, "order": "stop-first", "failure_action": "pause",
+        "monitor_ms": 5000, "max_failure_ratio_ppm": 0
+    });
+    spec.insert("restart_delay_ms".into(), 5000.into());
+    spec.insert("restart_max_attempts".into(), 0.into());
+    spec.insert("restart_window_ms".into(), 0.into());
+    spec.insert("stop_grace_ms".into(), 10000.into());
+    spec.insert("update_config".into(), config.clone());
+    spec.insert("rollback_config".into(), config);
+    assert_eq!(serde_json::to_value(&state).unwrap(), expected);
 
     // Log entries.
     for entry in [
         serde_json::json!({"op": "upsert_network", "network": snapshot["networks"]["net1"]}),
         serde_json::json!({"op": "upsert_node", "node": snapshot["nodes"]["n2"]}),
-        serde_json::json!({"op": "update_service", "service": snapshot["services"]["svc"]}),
+        serde_json::json!({"op": "update_service", "service": expected["services"]["svc"]}),
         serde_json::json!({"op": "put_tasks", "tasks": [snapshot["tasks"]["t1"]]}),
         serde_json::json!({"op": "set_cluster", "cluster": snapshot["cluster"]}),
     ] {

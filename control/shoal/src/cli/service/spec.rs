@@ -3,7 +3,7 @@
 
 use shoal_cluster::store::{
     EndpointMode, HealthCheck, PortConfig, Protocol, PublishMode, RestartCondition, ServiceMode,
-    ServiceSpec,
+    ServiceSpec, UpdateConfig, DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
 };
 
 use super::{CreateArgs, EndpointModeArg, ModeArg, RestartArg};
@@ -219,6 +219,12 @@ impl CreateArgs {
                 RestartArg::OnFailure => RestartCondition::OnFailure,
                 RestartArg::None => RestartCondition::None,
             },
+            restart_delay_ms: DEFAULT_RESTART_DELAY_MS,
+            restart_max_attempts: 0,
+            restart_window_ms: 0,
+            stop_grace_ms: DEFAULT_STOP_GRACE_MS,
+            update_config: UpdateConfig::default(),
+            rollback_config: UpdateConfig::rollback_default(),
         })
     }
 }
