@@ -42,6 +42,32 @@ impl Task {
     }
 }
 
+/// One row of `service ps --no-trunc`: a task, running or not, or one its slot ran
+/// before (history).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PsRow {
+    pub id: String,
+    /// `<service>.<slot>` (or `<service>.<node ID>` for a global task), without the
+    /// `\_ ` that marks history.
+    pub name: String,
+    /// A task its slot ran before the current one.
+    pub history: bool,
+    pub image: String,
+    pub node: String,
+    pub desired: String,
+    /// The first word of CURRENT STATE: `Running`, `Failed`, `Pending`, ...
+    pub current: String,
+    pub error: String,
+    pub ports: String,
+}
+
+impl PsRow {
+    /// The slot's current task, meant to run and running.
+    pub fn running(&self) -> bool {
+        !self.history && self.desired == "Running" && self.current == "Running"
+    }
+}
+
 /// The hostnames of these tasks (what `shoal/web` answers with).
 pub fn hostnames(tasks: &[Task]) -> BTreeSet<String> {
     tasks.iter().map(Task::hostname).collect()
@@ -74,6 +100,14 @@ impl Cli<'_> {
     pub fn ok(&self, h: &str, args: &[&str]) -> String {
         self.run(h, args)
             .unwrap_or_else(|e| panic!("{h}: shoal {} failed: {e}", args.join(" ")))
+    }
+
+    /// Runs a command that must fail; returns what it said.
+    pub fn err(&self, h: &str, args: &[&str]) -> String {
+        match self.run(h, args) {
+            Ok(out) => panic!("{h}: shoal {} should fail; printed: {out}", args.join(" ")),
+            Err(e) => e,
+        }
     }
 
     /// Starts a plain agent (no `--declared-*` file) on every host, with `extra` flags.
@@ -126,8 +160,9 @@ impl Cli<'_> {
         });
     }
 
-    /// The service's running tasks (from `service ps`, cut at the header's columns).
-    pub fn running(&self, service: &str) -> Result<Vec<Task>, String> {
+    /// The service's `service ps` rows, history too, cut at the header's column
+    /// positions (cells may hold spaces, so splitting at white space would not do).
+    pub fn ps(&self, service: &str) -> Result<Vec<PsRow>, String> {
         let out = self.run("h1", &["service", "ps", "--no-trunc", service])?;
         let mut lines = out.lines();
         let header = lines.next().ok_or("no header")?;
@@ -140,27 +175,57 @@ impl Cli<'_> {
             col("DESIRED STATE")?,
             col("CURRENT STATE")?,
             col("ERROR")?,
+            col("PORTS")?,
         ];
-        let mut tasks = Vec::new();
-        for l in lines {
-            let cell = |i: usize| {
-                let end = cols.get(i + 1).copied().unwrap_or(l.len()).min(l.len());
-                l.get(cols[i].min(l.len())..end)
-                    .unwrap_or("")
-                    .trim()
-                    .to_string()
-            };
-            let name = cell(1);
-            if name.starts_with("\\_") || cell(4) != "Running" || !cell(5).starts_with("Running") {
-                continue;
+        Ok(lines
+            .map(|l| {
+                let cell = |i: usize| {
+                    let end = cols.get(i + 1).copied().unwrap_or(l.len()).min(l.len());
+                    l.get(cols[i].min(l.len())..end)
+                        .unwrap_or("")
+                        .trim()
+                        .to_string()
+                };
+                let name = cell(1);
+                PsRow {
+                    id: cell(0),
+                    history: name.starts_with("\\_"),
+                    name: name.trim_start_matches("\\_").trim().to_string(),
+                    image: cell(2),
+                    node: cell(3),
+                    desired: cell(4),
+                    current: cell(5).split_whitespace().next().unwrap_or("").to_string(),
+                    error: cell(6),
+                    ports: cell(7),
+                }
+            })
+            .collect())
+    }
+
+    /// Waits until `ok` holds for the service's `service ps` rows; returns them.
+    pub fn wait_ps(&self, service: &str, what: &str, ok: impl Fn(&[PsRow]) -> bool) -> Vec<PsRow> {
+        wait_for(what, BOUND, || {
+            let rows = self.ps(service)?;
+            if ok(&rows) {
+                Ok(rows)
+            } else {
+                Err(format!("{rows:#?}"))
             }
-            let id = cell(0);
-            tasks.push(Task {
-                container: format!("{name}.{id}"),
-                id,
-                node: cell(3),
-            });
-        }
+        })
+    }
+
+    /// The service's running tasks (from [`Self::ps`]).
+    pub fn running(&self, service: &str) -> Result<Vec<Task>, String> {
+        let mut tasks: Vec<Task> = self
+            .ps(service)?
+            .into_iter()
+            .filter(PsRow::running)
+            .map(|r| Task {
+                container: format!("{}.{}", r.name, r.id),
+                id: r.id,
+                node: r.node,
+            })
+            .collect();
         tasks.sort();
         Ok(tasks)
     }

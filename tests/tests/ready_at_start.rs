@@ -26,35 +26,6 @@ const PROBE: &str = "ip route | grep -q '^default via 172.18.0.1 dev egress0' &&
 /// through egress, then stay up.
 const LONE: &str = "timeout 10 wget -qO- http://192.168.77.100/ && exec sleep 1000000";
 
-/// `service ps` rows of `service` as (NAME, NODE, CURRENT STATE, ERROR), history too.
-fn ps_rows(cli: &Cli, service: &str) -> Result<Vec<[String; 4]>, String> {
-    let out = cli.run("h1", &["service", "ps", "--no-trunc", service])?;
-    let mut lines = out.lines();
-    let header = lines.next().ok_or("no header")?;
-    let col = |name: &str| header.find(name).ok_or(format!("no {name} column"));
-    let cols = [
-        col("NAME")?,
-        col("IMAGE")?,
-        col("NODE")?,
-        col("DESIRED STATE")?,
-        col("CURRENT STATE")?,
-        col("ERROR")?,
-        col("PORTS")?,
-    ];
-    Ok(lines
-        .map(|l| {
-            let cell = |i: usize| {
-                let end = cols.get(i + 1).copied().unwrap_or(l.len()).min(l.len());
-                l.get(cols[i].min(l.len())..end)
-                    .unwrap_or("")
-                    .trim()
-                    .to_string()
-            };
-            [cell(0), cell(2), cell(4), cell(5)]
-        })
-        .collect())
-}
-
 /// Containers on every host whose label `label` has `value` (running or not).
 fn containers_labelled(guard: &LabGuard, label: &str, value: &str) -> Vec<String> {
     let filter = format!("label={label}={value}");
@@ -163,13 +134,13 @@ fn a_task_reaches_a_service_by_name_at_its_first_instruction() {
         if tasks.len() == replicas && nodes.len() == 3 {
             Ok(tasks)
         } else {
-            Err(format!("{:#?}", ps_rows(&cli, "probe")))
+            Err(format!("{:#?}", cli.ps("probe")))
         }
     });
     for t in &probes {
         check_log(&guard, t, vip, &web);
     }
-    let rows = ps_rows(&cli, "probe").expect("service ps probe");
+    let rows = cli.ps("probe").expect("service ps probe");
     assert_eq!(
         rows.len(),
         replicas,
@@ -177,7 +148,7 @@ fn a_task_reaches_a_service_by_name_at_its_first_instruction() {
     );
     assert!(
         rows.iter()
-            .all(|r| r[2].starts_with("Running") && r[3].is_empty()),
+            .all(|r| r.current == "Running" && r.error.is_empty()),
         "{rows:#?}"
     );
 
@@ -202,7 +173,7 @@ fn a_task_reaches_a_service_by_name_at_its_first_instruction() {
         if tasks.len() == 3 {
             Ok(tasks)
         } else {
-            Err(format!("{:#?}", ps_rows(&cli, "lone")))
+            Err(format!("{:#?}", cli.ps("lone")))
         }
     });
     for t in &lone {
@@ -217,12 +188,12 @@ fn a_task_reaches_a_service_by_name_at_its_first_instruction() {
         });
         println!("{}: {log:?}", t.container);
     }
-    let rows = ps_rows(&cli, "lone").expect("service ps lone");
+    let rows = cli.ps("lone").expect("service ps lone");
     assert!(
         rows.len() == 3
             && rows
                 .iter()
-                .all(|r| r[2].starts_with("Running") && r[3].is_empty()),
+                .all(|r| r.current == "Running" && r.error.is_empty()),
         "one task per slot, none failed: {rows:#?}"
     );
 
@@ -232,10 +203,11 @@ fn a_task_reaches_a_service_by_name_at_its_first_instruction() {
     let sandbox = format!("{}.sandbox", victim.container);
     guard.exec_ok(&victim.node, &["docker", "kill", &sandbox]);
     let failed = wait_for("the task whose sandbox was killed fails", BOUND, || {
-        let rows = ps_rows(&cli, "probe")?;
-        rows.into_iter()
-            .find(|r| r[3].contains("network sandbox stopped"))
-            .ok_or_else(|| format!("{:#?}", ps_rows(&cli, "probe")))
+        let rows = cli.ps("probe")?;
+        rows.iter()
+            .find(|r| r.error.contains("network sandbox stopped"))
+            .cloned()
+            .ok_or_else(|| format!("{rows:#?}"))
     });
     println!("after killing {sandbox}: {failed:?}");
     let again = cli.wait_running("probe", replicas, |tasks| {
@@ -244,9 +216,9 @@ fn a_task_reaches_a_service_by_name_at_its_first_instruction() {
     let replacement: Vec<&Task> = again.iter().filter(|t| !probes.contains(t)).collect();
     assert_eq!(replacement.len(), 1, "{again:#?}");
     check_log(&guard, replacement[0], vip, &web);
-    let rows = ps_rows(&cli, "probe").expect("service ps probe");
+    let rows = cli.ps("probe").expect("service ps probe");
     assert_eq!(
-        rows.iter().filter(|r| !r[3].is_empty()).count(),
+        rows.iter().filter(|r| !r.error.is_empty()).count(),
         1,
         "only the killed sandbox's task failed: {rows:#?}"
     );

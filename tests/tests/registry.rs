@@ -19,40 +19,13 @@ use shoal_tests::{
 /// The port of the registry with authentication.
 const AUTH_PORT: u16 = 5001;
 
-/// One row of `service ps --no-trunc`: (node, desired, current state, error).
-fn ps_rows(cli: &Cli, service: &str) -> Result<Vec<(String, String, String, String)>, String> {
-    let out = cli.run("h1", &["service", "ps", "--no-trunc", service])?;
-    let mut lines = out.lines();
-    let header = lines.next().ok_or("no header")?;
-    let col = |name: &str| header.find(name).ok_or(format!("no {name} column"));
-    let cols = [
-        col("NODE")?,
-        col("DESIRED STATE")?,
-        col("CURRENT STATE")?,
-        col("ERROR")?,
-        col("PORTS")?,
-    ];
-    Ok(lines
-        .map(|l| {
-            let cell = |i: usize| {
-                let end = cols.get(i + 1).copied().unwrap_or(l.len()).min(l.len());
-                l.get(cols[i].min(l.len())..end)
-                    .unwrap_or("")
-                    .trim()
-                    .to_string()
-            };
-            (cell(0), cell(1), cell(2), cell(3))
-        })
-        .collect())
-}
-
 /// Waits until a task of `service` is rejected; returns its error.
 fn rejection(cli: &Cli, service: &str) -> String {
     wait_for(&format!("a rejected {service} task"), BOUND, || {
-        let rows = ps_rows(cli, service)?;
+        let rows = cli.ps(service)?;
         rows.iter()
-            .find(|r| r.2.starts_with("Rejected"))
-            .map(|r| r.3.clone())
+            .find(|r| r.current == "Rejected")
+            .map(|r| r.error.clone())
             .ok_or_else(|| format!("{rows:#?}"))
     })
 }

@@ -11,102 +11,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use shoal_tests::{client_http, lab, privileged, wait_for, LabGuard};
+use shoal_tests::{
+    client_http, lab, privileged,
+    swarm::{agent_pid, Cli, PsRow, BOUND},
+    wait_for, LabGuard,
+};
 
-const BOUND: Duration = Duration::from_secs(90);
-
-struct Cli<'a> {
-    lab: &'a LabGuard,
-}
-
-impl Cli<'_> {
-    fn run(&self, h: &str, args: &[&str]) -> Result<String, String> {
-        self.lab.shoal(h, args)
-    }
-
-    fn ok(&self, h: &str, args: &[&str]) -> String {
-        self.run(h, args)
-            .unwrap_or_else(|e| panic!("{h}: shoal {} failed: {e}", args.join(" ")))
-    }
-
-    fn err(&self, h: &str, args: &[&str]) -> String {
-        match self.run(h, args) {
-            Ok(out) => panic!("{h}: shoal {} should fail; printed: {out}", args.join(" ")),
-            Err(e) => e,
-        }
-    }
-
-    /// `service ps` rows, cut at the header's column positions.
-    fn ps(&self, service: &str) -> Result<Vec<Task>, String> {
-        let out = self.run("h1", &["service", "ps", "--no-trunc", service])?;
-        let mut lines = out.lines();
-        let header = lines.next().ok_or("no header")?;
-        let col = |name: &str| header.find(name).ok_or(format!("no {name} column"));
-        let cols = [
-            0,
-            col("NAME")?,
-            col("IMAGE")?,
-            col("NODE")?,
-            col("DESIRED STATE")?,
-            col("CURRENT STATE")?,
-            col("ERROR")?,
-            col("PORTS")?,
-        ];
-        Ok(lines
-            .map(|l| {
-                let cell = |i: usize| {
-                    let end = cols.get(i + 1).copied().unwrap_or(l.len()).min(l.len());
-                    l.get(cols[i].min(l.len())..end)
-                        .unwrap_or("")
-                        .trim()
-                        .to_string()
-                };
-                let name = cell(1);
-                Task {
-                    id: cell(0),
-                    history: name.starts_with("\\_"),
-                    name: name.trim_start_matches("\\_").trim().to_string(),
-                    node: cell(3),
-                    desired: cell(4),
-                    current: cell(5).split_whitespace().next().unwrap_or("").to_string(),
-                    error: cell(6),
-                }
-            })
-            .collect())
-    }
-
-    /// Waits until `ok` holds for the service's tasks.
-    fn wait_ps(&self, service: &str, what: &str, ok: impl Fn(&[Task]) -> bool) -> Vec<Task> {
-        wait_for(what, BOUND, || {
-            let tasks = self.ps(service)?;
-            if ok(&tasks) {
-                Ok(tasks)
-            } else {
-                Err(format!("{tasks:#?}"))
-            }
-        })
-    }
-}
-
-/// One `service ps` row.
-#[derive(Debug, Clone)]
-struct Task {
-    id: String,
-    name: String,
-    history: bool,
-    node: String,
-    desired: String,
-    current: String,
-    error: String,
-}
-
-impl Task {
-    fn running(&self) -> bool {
-        !self.history && self.desired == "Running" && self.current == "Running"
-    }
-}
-
-fn running_per_node(tasks: &[Task]) -> BTreeMap<String, usize> {
+fn running_per_node(tasks: &[PsRow]) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for t in tasks.iter().filter(|t| t.running()) {
         *m.entry(t.node.clone()).or_default() += 1;
@@ -141,20 +52,6 @@ fn declared(h: &lab::HostState) -> Declared {
     }
 }
 
-fn start_agent(guard: &LabGuard, shoal: &std::path::Path, i: usize) {
-    let h = &guard.state.hosts[i];
-    lab::agent::start(&guard.state, h, shoal, &[])
-        .unwrap_or_else(|e| panic!("start agent on {}: {e:#}", h.name));
-}
-
-fn agent_pid(h: &lab::HostState) -> u32 {
-    let agent: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(lab::agent::status_file(h)).expect("agent.json"),
-    )
-    .expect("agent.json");
-    agent["pid"].as_u64().expect("pid") as u32
-}
-
 #[test]
 fn services_are_scheduled_healed_and_removed_on_three_hosts() {
     if !privileged() {
@@ -162,10 +59,8 @@ fn services_are_scheduled_healed_and_removed_on_three_hosts() {
     }
     let shoal = xtask::util::shoal_binary().expect("shoal binary (cargo build)");
     let guard = LabGuard::up('v', 3);
-    for i in 0..3 {
-        start_agent(&guard, &shoal, i);
-    }
     let cli = Cli { lab: &guard };
+    cli.start_agents(&shoal, &[]);
     let h1 = guard.state.hosts[0].address.to_string();
     let manager = format!("{h1}:2377");
     cli.ok("h1", &["swarm", "init", "--advertise-addr", &h1]);
@@ -470,7 +365,7 @@ fn services_are_scheduled_healed_and_removed_on_three_hosts() {
     );
     // It comes back: no rebalance, and its stale containers are removed.
     lab::restart_dockerd(&guard.layout, &h3).expect("restart h3's dockerd");
-    start_agent(&guard, &shoal, 2);
+    cli.start_agent(&shoal, 2, &[]);
     wait_for("h3's stale myweb containers removed", BOUND, || {
         let left = containers(&guard, "h3", "myweb", true);
         if left.iter().any(|id| on_h3.contains(id)) {
