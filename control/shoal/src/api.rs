@@ -172,7 +172,7 @@ pub enum Request {
     /// `service create`: `spec.networks` holds network names or IDs as given. The
     /// manager pins the image's tag to its digest unless `no_resolve_image`.
     ServiceCreate {
-        spec: ServiceSpec,
+        spec: Box<ServiceSpec>,
         #[serde(default)]
         no_resolve_image: bool,
         /// `--with-registry-auth`: the user's credentials for the image's registry.

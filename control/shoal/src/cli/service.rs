@@ -264,7 +264,7 @@ pub fn run_service(args: &ServiceArgs) -> Result<Output, CliError> {
             let reply = call(
                 &client,
                 &Request::ServiceCreate {
-                    spec,
+                    spec: Box::new(spec),
                     no_resolve_image: a.no_resolve_image,
                     registry_auth,
                 },

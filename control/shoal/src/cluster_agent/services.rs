@@ -220,7 +220,7 @@ pub(super) async fn request(
             no_resolve_image,
             registry_auth,
         } => {
-            let mut spec = prepare_spec(&state, spec)?;
+            let mut spec = prepare_spec(&state, *spec)?;
             let now = now_ms();
             let mut warnings = Vec::new();
             if !no_resolve_image {
