@@ -204,9 +204,19 @@ fn upstream_answer(query: &[u8], over_tcp: bool) -> Option<Vec<u8>> {
 }
 
 async fn start_upstream() -> Upstream {
-    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = udp.local_addr().unwrap();
-    let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+    // A free UDP port whose TCP twin is free too (another process may hold it).
+    let (udp, addr, tcp) = 'pick: {
+        for _ in 0..20 {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = udp.local_addr().unwrap();
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(tcp) => break 'pick (udp, addr, tcp),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+                Err(e) => panic!("binding TCP {addr}: {e}"),
+            }
+        }
+        panic!("no loopback port was free for both UDP and TCP in 20 tries");
+    };
     let udp_queries = Arc::new(AtomicUsize::new(0));
     let tcp_queries = Arc::new(AtomicUsize::new(0));
     let counter = udp_queries.clone();

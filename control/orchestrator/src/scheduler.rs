@@ -7,7 +7,8 @@
 //! (restart delay).
 //!
 //! - Replicated services: slots `1..=replicas`; a slot whose task ended is given a new
-//!   task (restart condition honoured); slots above `replicas` are removed.
+//!   task by the restart policy ([`restart`]); slots above `replicas` are removed.
+//! - Tasks made from an older spec are replaced by the rolling update ([`update`]).
 //! - Global services: one task per eligible node, including nodes that join later.
 //! - Placement (spread): among eligible nodes (Ready, availability active, constraints
 //!   met), the one with the fewest tasks of this service, then fewest tasks overall;
@@ -30,13 +31,17 @@ use shoal_cluster::{
     manager::Manager,
     store::{
         Availability, ClusterState, Command, EndpointMode, NetworkAttachment, Node, NodeStatus,
-        RestartCondition, Role, Service, ServiceMode, Task, TaskState, TaskStatus, VirtualIp,
+        Role, Service, ServiceMode, Task, TaskState, TaskStatus, UpdateOrder, VirtualIp,
     },
 };
 use tracing::{debug, warn};
 
-/// Wait after a task ends before its replacement is made.
-pub const RESTART_DELAY_MS: u64 = 1000;
+pub mod restart;
+pub mod update;
+
+use restart::Restart;
+use update::{Group, UpdateStep};
+
 /// Ended tasks kept per slot (per node for global services) for `service ps`.
 pub const TASK_HISTORY: usize = 5;
 /// How often the leader re-plans without a store change.
@@ -207,9 +212,22 @@ struct Planner<'a> {
     /// Live (desired running) tasks per node, and per (service, node).
     per_node: HashMap<String, usize>,
     per_service_node: HashMap<(String, String), usize>,
+    /// Restart counters a group's next task starts with (see [`restart::carried`]).
+    carry: BTreeMap<Group, (u64, u64, u32)>,
 }
 
 impl Planner<'_> {
+    /// The service as this plan will store it (VIPs, update status), to change further.
+    fn service_mut(&mut self, service: &Service) -> &mut Service {
+        match self.services.iter().position(|s| s.id == service.id) {
+            Some(i) => &mut self.services[i],
+            None => {
+                self.services.push(service.clone());
+                self.services.last_mut().expect("just pushed")
+            }
+        }
+    }
+
     fn current(&self, id: &str) -> Option<Task> {
         self.changed
             .get(id)
@@ -354,6 +372,12 @@ impl Planner<'_> {
         node: Option<String>,
         new_id: &mut dyn FnMut() -> String,
     ) {
+        let group = match service.spec.mode {
+            ServiceMode::Replicated { .. } => (slot, String::new()),
+            ServiceMode::Global => (0, node.clone().unwrap_or_default()),
+        };
+        let (restarts, restart_window_start_ms, failures_in_a_row) =
+            self.carry.remove(&group).unwrap_or_default();
         let task = Task {
             id: new_id(),
             service_id: service.id.clone(),
@@ -369,6 +393,9 @@ impl Planner<'_> {
             networks: Vec::new(),
             force_update: service.force_update,
             spec: Some(Box::new(service.spec.clone())),
+            restarts,
+            restart_window_start_ms,
+            failures_in_a_row,
             created_ms: self.now_ms,
             version: 0,
         };
@@ -376,17 +403,22 @@ impl Planner<'_> {
         self.changed.insert(task.id.clone(), task);
     }
 
-    /// Whether an ended task should be replaced now (restart condition and delay).
-    fn replace_ended(&self, t: &Task, service: &Service) -> Option<bool> {
+    /// Whether an ended task should be replaced now: None while it has not ended, else
+    /// the restart policy of the spec it was made from. A replacement made now carries
+    /// the policy's counters.
+    fn replace_ended(&mut self, t: &Task, service: &Service) -> Option<bool> {
         if !t.status.state.is_terminal() {
             return None;
         }
-        let restart = match service.spec.restart_condition {
-            RestartCondition::Any => true,
-            RestartCondition::OnFailure => t.status.state != TaskState::Complete,
-            RestartCondition::None => false,
-        };
-        Some(restart && self.now_ms >= t.status.timestamp_ms + RESTART_DELAY_MS)
+        let spec = t.spec.as_deref().unwrap_or(&service.spec);
+        match restart::decide(t, spec, self.now_ms) {
+            Restart::Now => {
+                let counters = restart::carried(t, spec, self.now_ms);
+                self.carry.insert(update::group_of(t, service), counters);
+                Some(true)
+            }
+            Restart::Later | Restart::Never => Some(false),
+        }
     }
 }
 
@@ -407,6 +439,7 @@ pub fn plan(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut() -> Strin
         services: Vec::new(),
         per_node: HashMap::new(),
         per_service_node: HashMap::new(),
+        carry: BTreeMap::new(),
     };
     for t in state.tasks.values() {
         if t.desired_state == TaskState::Running {
@@ -458,64 +491,76 @@ pub fn plan(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut() -> Strin
 
     for service in state.services.values() {
         let constraints = constraints_of(service);
-        let live: Vec<&Task> = state
+        let mut up = update::step(state, service, now_ms);
+        if let Some(changed) = up.service.take() {
+            let rolled_back = changed.spec != service.spec;
+            let s = p.service_mut(service);
+            s.spec = changed.spec;
+            s.previous_spec = changed.previous_spec;
+            s.update_status = changed.update_status;
+            if rolled_back {
+                // The tasks are planned against the spec once it is stored.
+                continue;
+            }
+        }
+        // Live tasks by slot (by node for a global service), oldest first.
+        let mut groups: BTreeMap<Group, Vec<&Task>> = BTreeMap::new();
+        for t in state
             .service_tasks(&service.id)
             .filter(|t| t.desired_state == TaskState::Running)
-            .collect();
-        match service.spec.mode {
-            ServiceMode::Replicated { replicas } => {
-                let mut by_slot: BTreeMap<u64, Vec<&Task>> = BTreeMap::new();
-                for t in &live {
-                    by_slot.entry(t.slot).or_default().push(t);
-                }
-                for (slot, mut tasks) in by_slot.clone() {
-                    tasks.sort_by_key(|t| (t.created_ms, t.id.clone()));
-                    let newest = tasks.pop().expect("a slot has a task");
-                    for extra in tasks {
-                        p.stop(extra, TaskState::Shutdown);
-                    }
-                    if slot == 0 || slot > replicas {
-                        p.stop(newest, TaskState::Remove);
-                        by_slot.remove(&slot);
-                        continue;
-                    }
-                    if !keep_or_replace(&mut p, newest, service, &constraints) {
-                        by_slot.remove(&slot);
-                    }
-                }
-                for slot in 1..=replicas {
-                    if !by_slot.contains_key(&slot) {
-                        p.new_task(service, &constraints, slot, None, new_id);
-                    }
+        {
+            if service.spec.mode == ServiceMode::Global && t.node_id.is_none() {
+                p.stop(t, TaskState::Shutdown);
+                continue;
+            }
+            groups
+                .entry(update::group_of(t, service))
+                .or_default()
+                .push(t);
+        }
+        let replicas = match service.spec.mode {
+            ServiceMode::Replicated { replicas } => Some(replicas),
+            ServiceMode::Global => None,
+        };
+        for (group, mut tasks) in groups.clone() {
+            tasks.sort_by_key(|t| (t.created_ms, t.id.clone()));
+            let newest = tasks.pop().expect("a group has a task");
+            let out_of_range = replicas.is_some_and(|r| group.0 == 0 || group.0 > r);
+            // Start-first: the outdated task serves until its replacement runs.
+            let newest_pending = up.keeps_old_beside_new()
+                && newest.status.state < TaskState::Running
+                && !update::outdated(newest, service);
+            for extra in tasks {
+                let serving = !extra.status.state.is_terminal() && update::outdated(extra, service);
+                if out_of_range || !(newest_pending && serving) {
+                    p.stop(extra, TaskState::Shutdown);
                 }
             }
-            ServiceMode::Global => {
-                let mut covered = BTreeSet::new();
-                for t in &live {
-                    let Some(node) = t.node_id.clone() else {
-                        p.stop(t, TaskState::Shutdown);
-                        continue;
-                    };
-                    if covered.contains(&node) {
-                        p.stop(t, TaskState::Shutdown);
-                        continue;
-                    }
-                    if keep_or_replace(&mut p, t, service, &constraints) {
-                        covered.insert(node);
-                    }
-                }
-                let targets: Vec<String> = state
-                    .nodes
-                    .values()
-                    .filter(|n| may_take(n, &constraints))
-                    .map(|n| n.id.clone())
-                    .collect();
-                for node in targets {
-                    if !covered.contains(&node) {
-                        p.new_task(service, &constraints, 0, Some(node), new_id);
-                    }
-                }
+            if out_of_range {
+                p.stop(newest, TaskState::Remove);
+                groups.remove(&group);
+                continue;
             }
+            if !keep_or_replace(&mut p, newest, service, &constraints, &mut up) {
+                groups.remove(&group);
+            }
+        }
+        let missing: Vec<Group> = match replicas {
+            Some(r) => (1..=r).map(|slot| (slot, String::new())).collect(),
+            None => state
+                .nodes
+                .values()
+                .filter(|n| may_take(n, &constraints))
+                .map(|n| (0, n.id.clone()))
+                .collect(),
+        };
+        for group in missing {
+            if !groups.contains_key(&group) && !up.held.contains(&group) {
+                new_task_in(&mut p, service, &constraints, &group, new_id);
+            }
+        }
+        for group in std::mem::take(&mut up.start_beside) {
+            new_task_in(&mut p, service, &constraints, &group, new_id);
         }
     }
 
@@ -570,8 +615,11 @@ pub fn plan(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut() -> Strin
 
     let mut commands = Vec::new();
     for s in p.services {
-        commands.push(Command::UpdateService {
+        // Refused if an operator changed the service since this plan read it.
+        let version = state.services.get(&s.id).map_or(0, |old| old.version);
+        commands.push(Command::UpdateServiceIfUnchanged {
             service: Box::new(s),
+            version,
         });
     }
     let removed = p.removed;
@@ -591,13 +639,30 @@ pub fn plan(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut() -> Strin
     commands
 }
 
-/// Looks at one live task: keeps it (true), or tells it to stop and leaves its slot for
-/// a replacement (false). A pending task is placed if it can be now.
+/// Makes the task of `group` (a slot, or a node for a global service).
+fn new_task_in(
+    p: &mut Planner<'_>,
+    service: &Service,
+    constraints: &[Constraint],
+    group: &Group,
+    new_id: &mut dyn FnMut() -> String,
+) {
+    match service.spec.mode {
+        ServiceMode::Replicated { .. } => p.new_task(service, constraints, group.0, None, new_id),
+        ServiceMode::Global => p.new_task(service, constraints, 0, Some(group.1.clone()), new_id),
+    }
+}
+
+/// Looks at one live task: keeps it (true), or tells it to stop and leaves its group
+/// for a replacement (false). A pending task is placed if it can be now; an outdated
+/// one is replaced when the update's step says so (start-first: kept, and a new task
+/// made beside it).
 fn keep_or_replace(
     p: &mut Planner<'_>,
     t: &Task,
     service: &Service,
     constraints: &[Constraint],
+    up: &mut UpdateStep,
 ) -> bool {
     if let Some(replace) = p.replace_ended(t, service) {
         if replace {
@@ -606,11 +671,12 @@ fn keep_or_replace(
         }
         return true;
     }
-    if t.force_update != service.force_update {
-        p.stop(t, TaskState::Shutdown);
-        return false;
-    }
+    let outdated = update::outdated(t, service);
     match &t.node_id {
+        None if outdated => {
+            p.stop(t, TaskState::Shutdown);
+            false
+        }
         None => {
             let placed = p.place(t.clone(), service, constraints);
             if placed != *t {
@@ -619,11 +685,24 @@ fn keep_or_replace(
             true
         }
         Some(node) => {
-            if may_keep(p.state.nodes.get(node), constraints) {
-                true
-            } else {
+            if !may_keep(p.state.nodes.get(node), constraints) {
                 p.stop(t, TaskState::Shutdown);
-                false
+                return false;
+            }
+            if !outdated || !up.replace.contains(&t.id) {
+                return true;
+            }
+            let group = update::group_of(t, service);
+            match up.order {
+                UpdateOrder::StopFirst => {
+                    p.stop(t, TaskState::Shutdown);
+                    up.held.insert(group);
+                    false
+                }
+                UpdateOrder::StartFirst => {
+                    up.start_beside.insert(group);
+                    true
+                }
             }
         }
     }

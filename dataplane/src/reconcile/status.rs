@@ -20,10 +20,18 @@ pub struct StatusFile {
 }
 
 impl StatusFile {
-    /// `dir/<name>.json`.
+    /// `dir/<name>.json`. A file left by an earlier agent is removed: it describes a
+    /// process that is gone, and a reader waiting for this agent's first apply must not
+    /// take it for one.
     pub fn new(dir: &Path, name: &str) -> Self {
+        let path = dir.join(format!("{name}.json"));
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => warn!(path = %path.display(), error = %e, "removing an old status file"),
+        }
         Self {
-            path: dir.join(format!("{name}.json")),
+            path,
             generation: 0,
         }
     }

@@ -418,6 +418,16 @@ pub struct Task {
     /// service's current one applies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<Box<ServiceSpec>>,
+    /// Restarts of this task's slot (node, for a global service) counted toward
+    /// `--restart-max-attempts`, this one included, since `restart_window_start_ms`.
+    #[serde(default)]
+    pub restarts: u64,
+    #[serde(default)]
+    pub restart_window_start_ms: u64,
+    /// Tasks of this slot that failed one after another right before this one: the
+    /// restart delay doubles with each (a crash loop backs off).
+    #[serde(default)]
+    pub failures_in_a_row: u32,
     #[serde(default)]
     pub created_ms: u64,
     /// Store version at this object's last change (set by `apply`, ignored on input).

@@ -16,7 +16,9 @@ use bollard::{
     },
 };
 use futures::{stream, StreamExt};
-use shoal_cluster::store::{Service, Task, TaskState, TaskStatus, TaskStatusUpdate};
+use shoal_cluster::store::{
+    Service, Task, TaskState, TaskStatus, TaskStatusUpdate, DEFAULT_STOP_GRACE_MS,
+};
 use shoal_dataplane::reconcile::ready::{ReadinessWatch, Wanted};
 use tracing::{debug, info, warn};
 
@@ -38,8 +40,6 @@ pub const LABEL_SLOT: &str = "shoal.task.slot";
 
 /// Containers created or removed at once.
 const PARALLEL: usize = 32;
-/// Grace for a task's process on shutdown before it is killed.
-const STOP_GRACE_SECS: i32 = 5;
 
 /// One task container as dockerd lists it.
 #[derive(Debug, Clone)]
@@ -229,11 +229,17 @@ async fn act(
             failed,
         } => {
             let api = docker.engine();
+            // `--stop-grace-period` of the task's own spec: SIGTERM, then SIGKILL after it.
+            let grace_ms = task
+                .as_ref()
+                .and_then(|t| t.spec.as_ref())
+                .map_or(DEFAULT_STOP_GRACE_MS, |s| s.stop_grace_ms);
+            let grace_secs = i32::try_from(grace_ms.div_ceil(1000)).unwrap_or(i32::MAX);
             let _ = api
                 .stop_container(
                     &container,
                     Some(StopContainerOptions {
-                        t: Some(STOP_GRACE_SECS),
+                        t: Some(grace_secs),
                         signal: None,
                     }),
                 )

@@ -111,9 +111,15 @@ pub(super) fn plan(
                         }
                         None => (egress_dns, egress_dns.map(|_| EGRESS_LISTENER.to_owned())),
                     };
+                    // The task runs the spec it was made from, whatever the service
+                    // says now (a rolling update replaces it when they differ).
+                    let mut service = service.clone();
+                    if let Some(spec) = &t.spec {
+                        service.spec = (**spec).clone();
+                    }
                     actions.push(Action::Start {
                         task: Box::new(t.clone()),
-                        service: Box::new(service.clone()),
+                        service: Box::new(service),
                         dns,
                         dns_network,
                     });

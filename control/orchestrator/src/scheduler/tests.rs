@@ -1,8 +1,9 @@
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use shoal_cluster::store::{
-    ClusterState, Command, Endpoint, Network, Node, PortConfig, Protocol, PublishMode, ServiceSpec,
-    TaskStatusUpdate,
+    ClusterState, Command, Endpoint, FailureAction, Network, Node, PortConfig, Protocol,
+    PublishMode, RestartCondition, ServiceSpec, TaskStatusUpdate, UpdateState, UpdateStatus,
+    DEFAULT_RESTART_DELAY_MS,
 };
 
 use super::*;
@@ -121,9 +122,20 @@ impl Sim {
         );
     }
 
+    fn settle_once(&mut self) {
+        self.settle_up_to(1);
+    }
+
     /// Plans until nothing changes; every assigned task on a Ready node starts running.
     fn settle(&mut self) {
-        for _ in 0..20 {
+        if !self.settle_up_to(20) {
+            panic!("the plan does not settle: {:#?}", self.state.tasks);
+        }
+    }
+
+    /// Plans up to `rounds` times; whether it settled.
+    fn settle_up_to(&mut self, rounds: usize) -> bool {
+        for _ in 0..rounds {
             let mut next = self.next;
             let mut ids = || {
                 next += 1;
@@ -155,7 +167,7 @@ impl Sim {
                     });
             }
             if cmds.is_empty() && reports.is_empty() {
-                return;
+                return true;
             }
             for c in cmds {
                 apply(&mut self.state, c);
@@ -168,7 +180,7 @@ impl Sim {
             }
             self.now += 100;
         }
-        panic!("the plan does not settle: {:#?}", self.state.tasks);
+        false
     }
 
     fn running(&self, service: &str) -> BTreeMap<String, usize> {
@@ -339,7 +351,7 @@ fn failed_tasks_are_replaced_after_the_delay_and_kept_as_history() {
     // Within the restart delay: no replacement yet.
     let cmds = plan(&sim.state, sim.now + 10, &mut || "x".into());
     assert!(cmds.is_empty(), "{cmds:?}");
-    sim.now += RESTART_DELAY_MS;
+    sim.now += DEFAULT_RESTART_DELAY_MS;
     sim.settle();
     assert_eq!(sim.running("s").values().sum::<usize>(), 1);
     let old = &sim.state.tasks[&first];
@@ -361,7 +373,8 @@ fn failed_tasks_are_replaced_after_the_delay_and_kept_as_history() {
             .id
             .clone();
         sim.fail(&current, TaskState::Failed);
-        sim.now += RESTART_DELAY_MS;
+        // Failures in a row back off; the longest wait is enough for any.
+        sim.now += restart::MAX_BACKOFF_MS;
         sim.settle();
     }
     assert!(sim.state.service_tasks("s").count() <= TASK_HISTORY + 1);
@@ -381,7 +394,7 @@ fn restart_condition_none_and_on_failure() {
     let o1 = sim.state.service_tasks("o").next().unwrap().id.clone();
     sim.fail(&n1, TaskState::Failed);
     sim.fail(&o1, TaskState::Complete);
-    sim.now += 10 * RESTART_DELAY_MS;
+    sim.now += 10 * DEFAULT_RESTART_DELAY_MS;
     sim.settle();
     assert_eq!(sim.state.service_tasks("n").count(), 1);
     assert_eq!(sim.state.service_tasks("o").count(), 1);
@@ -484,6 +497,9 @@ fn a_replacement_gets_a_fresh_address_and_an_ended_tasks_address_is_held_back() 
     let mut sim = Sim::new(&["a"]);
     let mut s = service("s", ServiceMode::Replicated { replicas: 1 });
     s.spec.networks = vec!["web".into()];
+    // Short restarts: four failures in a row (backing off 1, 2, 4, 8 s) stay well
+    // inside the 60 s hold-back.
+    s.spec.restart_delay_ms = 1_000;
     sim.add(s);
     sim.settle();
     let addr = |sim: &Sim| {
@@ -500,7 +516,7 @@ fn a_replacement_gets_a_fresh_address_and_an_ended_tasks_address_is_held_back() 
     // Each replacement gets an address never used: .4, .5, .6.
     for expected in ["10.0.1.4/29", "10.0.1.5/29", "10.0.1.6/29"] {
         sim.fail(&current, TaskState::Failed);
-        sim.now += RESTART_DELAY_MS;
+        sim.now += 8_000;
         sim.settle();
         let (id, got) = addr(&sim);
         assert_eq!(got.as_deref(), Some(expected));
@@ -508,7 +524,7 @@ fn a_replacement_gets_a_fresh_address_and_an_ended_tasks_address_is_held_back() 
     }
     // None left but those of the ended tasks, held back: the replacement waits...
     sim.fail(&current, TaskState::Failed);
-    sim.now += RESTART_DELAY_MS;
+    sim.now += 8_000;
     sim.settle();
     let (_, none) = addr(&sim);
     assert_eq!(none, None);
@@ -556,4 +572,241 @@ fn constraints_parse_and_bad_ones_are_refused() {
     ] {
         assert!(Constraint::parse(bad).is_err(), "{bad}");
     }
+}
+
+/// What the manager does on `service update`: a new spec, the old one kept, an update
+/// in progress.
+fn start_update(sim: &mut Sim, id: &str, change: impl FnOnce(&mut ServiceSpec)) {
+    let mut s = sim.state.services[id].clone();
+    let old = s.spec.clone();
+    change(&mut s.spec);
+    s.previous_spec = Some(old);
+    s.update_status = Some(UpdateStatus {
+        state: UpdateState::Updating,
+        started_ms: sim.now,
+        completed_ms: None,
+        message: "update in progress".into(),
+    });
+    sim.set(Command::UpdateService {
+        service: Box::new(s),
+    });
+}
+
+fn images_running(sim: &Sim, id: &str) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for t in sim.state.service_tasks(id) {
+        if t.desired_state == TaskState::Running && t.status.state == TaskState::Running {
+            let image = t.spec.as_ref().map(|s| s.image.clone()).unwrap_or_default();
+            *m.entry(image).or_default() += 1;
+        }
+    }
+    m
+}
+
+fn update_state(sim: &Sim, id: &str) -> Option<UpdateState> {
+    sim.state.services[id]
+        .update_status
+        .as_ref()
+        .map(|u| u.state)
+}
+
+#[test]
+fn an_update_replaces_tasks_in_batches_with_the_delay_between_them() {
+    let mut sim = Sim::new(&["a", "b", "c"]);
+    let mut s = service("s", ServiceMode::Replicated { replicas: 6 });
+    s.spec.update_config.parallelism = 2;
+    s.spec.update_config.delay_ms = 10_000;
+    sim.add(s);
+    sim.settle();
+    start_update(&mut sim, "s", |s| s.image = "shoal/web:2".into());
+    sim.settle();
+    let batch = |sim: &Sim| {
+        images_running(sim, "s")
+            .get("shoal/web:2")
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(batch(&sim), 2, "{:?}", images_running(&sim, "s"));
+    // Nothing more within the delay...
+    sim.now += 9_000;
+    sim.settle();
+    assert_eq!(batch(&sim), 2);
+    // ...then the next batch.
+    sim.now += 1_000;
+    sim.settle();
+    assert_eq!(batch(&sim), 4);
+    assert_eq!(update_state(&sim, "s"), Some(UpdateState::Updating));
+    sim.now += 10_000;
+    sim.settle();
+    assert_eq!(
+        images_running(&sim, "s"),
+        BTreeMap::from([("shoal/web:2".into(), 6)])
+    );
+    // Complete once the last batch has been watched for the monitor period.
+    assert_eq!(update_state(&sim, "s"), Some(UpdateState::Updating));
+    sim.now += 5_000;
+    sim.settle();
+    assert_eq!(update_state(&sim, "s"), Some(UpdateState::Completed));
+    // The old tasks keep their own spec as history.
+    let old: Vec<String> = sim
+        .state
+        .service_tasks("s")
+        .filter(|t| t.desired_state != TaskState::Running)
+        .map(|t| t.spec.as_ref().unwrap().image.clone())
+        .collect();
+    assert_eq!(old.len(), 6);
+    assert!(old.iter().all(|i| i == "shoal/web:1"), "{old:?}");
+}
+
+#[test]
+fn a_failing_update_pauses_or_rolls_back_on_its_own() {
+    for action in [FailureAction::Pause, FailureAction::Rollback] {
+        let mut sim = Sim::new(&["a", "b"]);
+        let mut s = service("s", ServiceMode::Replicated { replicas: 4 });
+        s.spec.update_config.failure_action = action;
+        sim.add(s);
+        sim.settle();
+        start_update(&mut sim, "s", |s| s.image = "broken:1".into());
+        // The first new task fails as soon as it is assigned.
+        let broken = |sim: &Sim| {
+            sim.state
+                .service_tasks("s")
+                .find(|t| t.spec.as_ref().is_some_and(|s| s.image == "broken:1"))
+                .map(|t| t.id.clone())
+        };
+        let mut new = None;
+        for _ in 0..10 {
+            sim.settle_once();
+            new = broken(&sim);
+            if new.is_some() {
+                break;
+            }
+        }
+        let new = new.expect("the first batch");
+        sim.fail(&new, TaskState::Failed);
+        sim.settle();
+        let status = sim.state.services["s"].update_status.clone().unwrap();
+        match action {
+            FailureAction::Pause => {
+                assert_eq!(status.state, UpdateState::Paused);
+                assert_eq!(
+                    status.message,
+                    format!("update paused due to failure or early termination of task {new}")
+                );
+                // Paused: the other three still run the old image, nothing more changes.
+                sim.now += 60_000;
+                sim.settle();
+                assert_eq!(images_running(&sim, "s").get("shoal/web:1"), Some(&3));
+            }
+            _ => {
+                // The failed slot restarts after its delay, then the rollback is watched
+                // for its monitor period.
+                for _ in 0..2 {
+                    sim.now += 10_000;
+                    sim.settle();
+                }
+                let s = &sim.state.services["s"];
+                assert_eq!(s.spec.image, "shoal/web:1");
+                assert_eq!(s.previous_spec.as_ref().unwrap().image, "broken:1");
+                assert_eq!(
+                    update_state(&sim, "s"),
+                    Some(UpdateState::RollbackCompleted)
+                );
+                assert_eq!(
+                    images_running(&sim, "s"),
+                    BTreeMap::from([("shoal/web:1".into(), 4)])
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn start_first_keeps_every_slot_served_and_stop_first_waits_for_the_old_task() {
+    for order in [UpdateOrder::StartFirst, UpdateOrder::StopFirst] {
+        let mut sim = Sim::new(&["a", "b"]);
+        let mut s = service("s", ServiceMode::Replicated { replicas: 3 });
+        s.spec.update_config.order = order;
+        sim.add(s);
+        sim.settle();
+        start_update(&mut sim, "s", |s| s.image = "shoal/web:2".into());
+        // Step by step: new tasks start (Assigned -> Running) one plan after they are made.
+        let mut least = usize::MAX;
+        let mut most = 0;
+        for _ in 0..200 {
+            sim.now += 100;
+            sim.settle();
+            let running: usize = images_running(&sim, "s").values().sum();
+            let live_in_slot_1 = sim
+                .state
+                .service_tasks("s")
+                .filter(|t| t.slot == 1 && !t.status.state.is_terminal())
+                .count();
+            least = least.min(running);
+            most = most.max(live_in_slot_1);
+            if update_state(&sim, "s") == Some(UpdateState::Completed) {
+                break;
+            }
+        }
+        assert_eq!(update_state(&sim, "s"), Some(UpdateState::Completed));
+        assert_eq!(
+            images_running(&sim, "s"),
+            BTreeMap::from([("shoal/web:2".into(), 3)])
+        );
+        match order {
+            UpdateOrder::StartFirst => assert_eq!(least, 3, "start-first: never fewer than 3"),
+            UpdateOrder::StopFirst => assert_eq!(most, 1, "stop-first: one task per slot at once"),
+        }
+    }
+}
+
+#[test]
+fn a_crash_loop_backs_off() {
+    let mut sim = Sim::new(&["a"]);
+    sim.add(service("s", ServiceMode::Replicated { replicas: 1 }));
+    sim.settle();
+    let start = sim.now;
+    let mut restarts = 0;
+    while sim.now < start + 60_000 {
+        let current = sim
+            .state
+            .service_tasks("s")
+            .find(|t| t.desired_state == TaskState::Running && !t.status.state.is_terminal())
+            .map(|t| t.id.clone());
+        if let Some(id) = current {
+            if sim.state.tasks[&id].status.state == TaskState::Running {
+                sim.fail(&id, TaskState::Failed);
+                restarts += 1;
+            }
+        }
+        sim.now += 500;
+        sim.settle();
+    }
+    // 5 s, then 10, 20, 40: four restarts in a minute (a fixed 5 s delay would give 12).
+    assert!((3..=5).contains(&restarts), "{restarts} restarts in 60 s");
+}
+
+#[test]
+fn restarts_stop_at_the_attempt_limit() {
+    let mut sim = Sim::new(&["a"]);
+    let mut s = service("s", ServiceMode::Replicated { replicas: 1 });
+    s.spec.restart_max_attempts = 2;
+    s.spec.restart_delay_ms = 0;
+    sim.add(s);
+    sim.settle();
+    for _ in 0..5 {
+        let running = sim
+            .state
+            .service_tasks("s")
+            .find(|t| t.desired_state == TaskState::Running && t.status.state == TaskState::Running)
+            .map(|t| t.id.clone());
+        if let Some(id) = running {
+            sim.fail(&id, TaskState::Failed);
+        }
+        sim.now += 1_000;
+        sim.settle();
+    }
+    let made = sim.state.service_tasks("s").count();
+    assert_eq!(made, 3, "the first task and two restarts");
+    assert_eq!(sim.running("s").values().sum::<usize>(), 0);
 }

@@ -276,6 +276,9 @@ mod tests {
             networks: vec![],
             force_update: 0,
             spec: None,
+            restarts: 0,
+            restart_window_start_ms: 0,
+            failures_in_a_row: 0,
             created_ms: 0,
             version: 0,
         }

@@ -110,6 +110,18 @@ impl ClusterState {
                 }
                 self.check_service(service)
             }
+            Command::UpdateServiceIfUnchanged { service, version } => {
+                match self.services.get(&service.id) {
+                    None => Err(Rejection::UnknownService {
+                        id: service.id.clone(),
+                    }),
+                    Some(s) if s.version != *version => Err(Rejection::StaleService {
+                        id: service.id.clone(),
+                        version: *version,
+                    }),
+                    Some(_) => self.check_service(service),
+                }
+            }
             Command::PutTasks { tasks } => {
                 for t in tasks {
                     nonempty("task ID", &t.id)?;
@@ -285,7 +297,9 @@ impl ClusterState {
                     self.services.insert(service.id.clone(), service);
                 }
             }
-            Command::CreateService { service } | Command::UpdateService { service } => {
+            Command::CreateService { service }
+            | Command::UpdateService { service }
+            | Command::UpdateServiceIfUnchanged { service, .. } => {
                 let mut service = (**service).clone();
                 service.version = version;
                 self.services.insert(service.id.clone(), service);

@@ -61,6 +61,13 @@ pub enum Command {
     UpdateService {
         service: Box<Service>,
     },
+    /// [`Command::UpdateService`] from a writer that read the service at `version`
+    /// (the scheduler): refused if the service changed since, so it never overwrites
+    /// an operator's update it had not seen.
+    UpdateServiceIfUnchanged {
+        service: Box<Service>,
+        version: u64,
+    },
     /// Removes the service; its tasks are told to go (desired state `remove`).
     RemoveService {
         id: String,
@@ -122,6 +129,8 @@ pub enum Rejection {
     DuplicateServiceName { name: String, existing_id: String },
     #[error("network {network} is in use by service {service}")]
     NetworkInUse { network: String, service: String },
+    #[error("service {id} changed since version {version}")]
+    StaleService { id: String, version: u64 },
     #[error("port {port}/{protocol} is already published by service {service}")]
     PortInUse {
         port: u16,

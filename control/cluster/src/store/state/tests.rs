@@ -83,6 +83,9 @@ fn sample_task(id: &str) -> Task {
         networks: vec![],
         force_update: 0,
         spec: None,
+        restarts: 0,
+        restart_window_start_ms: 0,
+        failures_in_a_row: 0,
         created_ms: 0,
         version: 0,
     }
@@ -544,6 +547,10 @@ fn addresses_stored_as_strings_load_typed_and_save_the_same() {
     spec.insert("stop_grace_ms".into(), 10000.into());
     spec.insert("update_config".into(), config.clone());
     spec.insert("rollback_config".into(), config);
+    let task = expected["tasks"]["t1"].as_object_mut().unwrap();
+    task.insert("restarts".into(), 0.into());
+    task.insert("restart_window_start_ms".into(), 0.into());
+    task.insert("failures_in_a_row".into(), 0.into());
     assert_eq!(serde_json::to_value(&state).unwrap(), expected);
 
     // Log entries.
@@ -551,7 +558,7 @@ fn addresses_stored_as_strings_load_typed_and_save_the_same() {
         serde_json::json!({"op": "upsert_network", "network": snapshot["networks"]["net1"]}),
         serde_json::json!({"op": "upsert_node", "node": snapshot["nodes"]["n2"]}),
         serde_json::json!({"op": "update_service", "service": expected["services"]["svc"]}),
-        serde_json::json!({"op": "put_tasks", "tasks": [snapshot["tasks"]["t1"]]}),
+        serde_json::json!({"op": "put_tasks", "tasks": [expected["tasks"]["t1"]]}),
         serde_json::json!({"op": "set_cluster", "cluster": snapshot["cluster"]}),
     ] {
         let command: Command = serde_json::from_value(entry.clone()).unwrap();
