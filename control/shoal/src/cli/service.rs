@@ -5,19 +5,22 @@
 //! - `policy`: the flag groups create and update share (health check, restart, update
 //!   and rollback policy).
 //! - `changes`: `update`'s flags parsed into the `ServiceChanges` request.
-//! - `views`: what `service ls`, `ps` and `inspect` print.
+//! - `views`: what `service ls` and `ps` print.
+//! - `inspect`: what `service inspect` prints (JSON and `--pretty`).
 //! - `progress`: `create`/`scale`/`update`/`rollback` waiting for the service to
 //!   converge.
 
 mod changes;
+mod inspect;
 mod policy;
 mod progress;
 mod spec;
 mod views;
 
+pub use inspect::inspect_value;
 pub use policy::{HealthArgs, RestartArgs, RollbackPolicyArgs, UpdatePolicyArgs};
 pub use spec::{parse_duration, parse_publish, parse_replicas};
-pub use views::{human_duration, inspect_value, replicas};
+pub use views::{human_duration, replicas};
 
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::Value;
@@ -29,9 +32,10 @@ use super::{
     ApiSocketArg, CliError, Output,
 };
 use crate::api::{client::Client, Reply, Request, ServiceChanges, ServiceStateView};
+use inspect::inspect_pretty;
 use progress::wait_converged;
 use spec::parse_scale;
-use views::{inspect_pretty, service_ls, service_ps};
+use views::{service_ls, service_ps};
 
 /// `shoal service ...`
 #[derive(Args, Debug, Clone, PartialEq)]
@@ -391,7 +395,7 @@ pub fn run_service(args: &ServiceArgs) -> Result<Output, CliError> {
             } else if a.pretty {
                 view.services
                     .iter()
-                    .map(|s| inspect_pretty(s, &view.networks))
+                    .map(|s| inspect_pretty(s, &view.networks, view.now_ms))
                     .collect::<Vec<_>>()
                     .join("\n")
             } else {
