@@ -14,21 +14,10 @@ use crate::{
 const NOW: u64 = 1_700_000_000_000;
 
 fn network(id: &str, name: &str, ingress: bool) -> Network {
-    Network {
-        id: id.into(),
-        name: name.into(),
-        driver: "overlay".into(),
-        subnet: None,
-        gateway: None,
-        vni: None,
-        ingress,
-        attachable: false,
-        internal: false,
-        encrypted: false,
-        labels: BTreeMap::new(),
-        options: BTreeMap::new(),
-        version: 0,
-    }
+    serde_json::from_value(
+        serde_json::json!({"id": id, "name": name, "driver": "overlay", "ingress": ingress}),
+    )
+    .expect("a network")
 }
 
 /// A cluster with the networks `front` (n1), `back` (n2) and `ingress`, and the
