@@ -8,16 +8,21 @@
 //! - [`server`]: binding the socket (0600, stale socket replaced) and serving a
 //!   [`server::Backend`].
 //! - [`client`]: the CLI's blocking client.
+//! - `service_changes`: what `service update` asks to change ([`ServiceChanges`]).
 //! - [`resolve_node`]: node references (ID, unique ID prefix, hostname), shared by
 //!   every backend.
 
 pub mod client;
 pub mod server;
+mod service_changes;
 
 use std::{collections::BTreeMap, fmt};
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
+pub use service_changes::{
+    HealthChanges, RestartChanges, ServiceChanges, UpdateConfigChanges, MAX_FAILURE_RATIO_PPM,
+};
 pub use shoal_cluster::registry_auth::RegistryCredentials;
 pub use shoal_cluster::store::{Availability, NodeStatus};
 use shoal_cluster::store::{Network, Service, ServiceSpec, Task};
@@ -191,17 +196,13 @@ pub enum Request {
     ServiceRm {
         services: Vec<String>,
     },
-    /// `service update` (minimal): `--force` replaces every task; image and replicas
-    /// may change. A new image is pinned to its digest unless `no_resolve_image`;
-    /// `registry_auth` replaces the service's credentials (None keeps them).
+    /// `service update` and `service rollback`: the changes to make (see
+    /// [`ServiceChanges`]). A new image is pinned to its digest unless
+    /// `no_resolve_image`; `registry_auth` replaces the service's credentials (None keeps
+    /// them).
     ServiceUpdate {
         service: String,
-        #[serde(default)]
-        force: bool,
-        #[serde(default)]
-        image: Option<String>,
-        #[serde(default)]
-        replicas: Option<u64>,
+        changes: Box<ServiceChanges>,
         #[serde(default)]
         no_resolve_image: bool,
         #[serde(default)]

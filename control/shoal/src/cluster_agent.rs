@@ -9,6 +9,7 @@
 mod addresses;
 mod info;
 mod nodes;
+mod service_update;
 mod services;
 
 pub use addresses::host_name;

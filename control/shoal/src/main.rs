@@ -47,7 +47,7 @@ enum Command {
     Swarm(SwarmArgs),
     /// Manage the swarm's nodes (ls, inspect, rm, promote, demote, update)
     Node(NodeArgs),
-    /// Manage services (create, ls, ps, inspect, scale, rm, update, logs)
+    /// Manage services (create, ls, ps, inspect, scale, rm, update, rollback, logs)
     Service(ServiceArgs),
     /// Manage overlay networks (create, ls, inspect, rm)
     Network(NetworkArgs),

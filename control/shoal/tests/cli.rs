@@ -1,6 +1,7 @@
 //! `shoal swarm|node`: argument parsing, output formatting, node references, and the
 //! agent's API socket, with an in-process server (a fake backend, then real
-//! `shoal_cluster` managers on 127.0.0.1). No root needed.
+//! `shoal_cluster` managers on 127.0.0.1); `shoal service`'s create and update flags
+//! read into a spec and a change request. No root needed.
 use std::{
     collections::BTreeMap,
     fs,
@@ -23,9 +24,16 @@ use shoal::{
         resolve_node,
         server::{self, Backend, BindError},
         ApiError, Availability, ManagerStatus, NodeRole, NodeStatus, NodeView, Reply, Request,
-        Secret,
+        Secret, ServiceChanges,
     },
-    cli::{self, format, NodeArgs, NodeCommand, SwarmArgs, SwarmCommand},
+    cli::{
+        self, format,
+        service::{ServiceArgs, ServiceCommand},
+        NodeArgs, NodeCommand, SwarmArgs, SwarmCommand,
+    },
+};
+use shoal_cluster::store::{
+    FailureAction, PortConfig, Protocol, PublishMode, RestartCondition, UpdateConfig, UpdateOrder,
 };
 
 const TOKEN: &str =
@@ -43,6 +51,7 @@ enum Top {
     Swarm(SwarmArgs),
     Node(NodeArgs),
     Info(cli::info::InfoArgs),
+    Service(ServiceArgs),
 }
 
 fn parse(args: &str) -> Result<Top, clap::Error> {
@@ -56,6 +65,7 @@ fn request(args: &str) -> Request {
         Top::Swarm(s) => s.command.request().unwrap(),
         Top::Node(n) => n.command.request(),
         Top::Info(_) => Request::Info,
+        Top::Service(_) => panic!("{args}: service commands have no single request"),
     }
 }
 
@@ -258,6 +268,288 @@ fn node_forms() {
     }
 }
 
+/// A `shoal service ...` command line, as the shell would pass it.
+fn service_cmd(argv: &[&str]) -> Result<ServiceCommand, String> {
+    let argv = ["shoal", "service"].iter().chain(argv);
+    match TestCli::try_parse_from(argv)
+        .map_err(|e| e.to_string())?
+        .command
+    {
+        Top::Service(s) => Ok(s.command),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// What `service update ARGV` asks to change.
+fn update_changes(argv: &[&str]) -> Result<ServiceChanges, String> {
+    let argv: Vec<&str> = ["update"].iter().chain(argv).copied().collect();
+    match service_cmd(&argv)? {
+        ServiceCommand::Update(a) => a.changes(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn service_create_reads_the_update_restart_and_stop_flags() {
+    let ServiceCommand::Create(a) = service_cmd(&["create", "--name", "web", "nginx"]).unwrap()
+    else {
+        panic!()
+    };
+    let spec = a.spec().unwrap();
+    assert_eq!(spec.update_config, UpdateConfig::default());
+    assert_eq!(spec.rollback_config, UpdateConfig::rollback_default());
+    assert_eq!(
+        (
+            spec.restart_delay_ms,
+            spec.stop_grace_ms,
+            spec.update_config.monitor_ms
+        ),
+        (5000, 10_000, 5000)
+    );
+    let ServiceCommand::Create(a) = service_cmd(&[
+        "create",
+        "--update-parallelism",
+        "0",
+        "--update-delay",
+        "10s",
+        "--update-order",
+        "start-first",
+        "--update-failure-action",
+        "rollback",
+        "--update-monitor",
+        "1m",
+        "--update-max-failure-ratio",
+        "0.5",
+        "--rollback-parallelism",
+        "3",
+        "--rollback-failure-action",
+        "continue",
+        "--restart-condition",
+        "on-failure",
+        "--restart-delay",
+        "2s",
+        "--restart-max-attempts",
+        "4",
+        "--restart-window",
+        "30s",
+        "--stop-grace-period",
+        "1m30s",
+        "nginx",
+    ])
+    .unwrap() else {
+        panic!()
+    };
+    let spec = a.spec().unwrap();
+    assert_eq!(
+        spec.update_config,
+        UpdateConfig {
+            parallelism: 0,
+            delay_ms: 10_000,
+            order: UpdateOrder::StartFirst,
+            failure_action: FailureAction::Rollback,
+            monitor_ms: 60_000,
+            max_failure_ratio_ppm: 500_000,
+        }
+    );
+    assert_eq!(
+        spec.rollback_config,
+        UpdateConfig {
+            parallelism: 3,
+            failure_action: FailureAction::Continue,
+            ..UpdateConfig::rollback_default()
+        }
+    );
+    assert_eq!(
+        (
+            spec.restart_condition,
+            spec.restart_delay_ms,
+            spec.restart_max_attempts,
+            spec.restart_window_ms,
+            spec.stop_grace_ms
+        ),
+        (RestartCondition::OnFailure, 2000, 4, 30_000, 90_000)
+    );
+
+    for (argv, want) in [
+        (
+            &["--update-parallelism", "-1"][..],
+            "invalid --update-parallelism value \"-1\": must be a non-negative integer",
+        ),
+        (
+            &["--update-max-failure-ratio", "1.01"],
+            "invalid --update-max-failure-ratio value \"1.01\": must be a number from 0 to 1",
+        ),
+        (
+            &["--update-order", "sideways"],
+            "invalid --update-order value \"sideways\": stop-first or start-first",
+        ),
+        (
+            &["--rollback-failure-action", "rollback"],
+            "invalid --rollback-failure-action value \"rollback\": pause or continue",
+        ),
+        (
+            &["--stop-grace-period", "soon"],
+            "--stop-grace-period: invalid duration \"soon\": use e.g. 500ms, 2s, 1m30s",
+        ),
+        (
+            &["--no-healthcheck", "--health-cmd", "true"],
+            "--no-healthcheck conflicts with --health-* options",
+        ),
+    ] {
+        let argv: Vec<&str> = ["create"]
+            .iter()
+            .chain(argv)
+            .chain(&["nginx"])
+            .copied()
+            .collect();
+        let ServiceCommand::Create(a) = service_cmd(&argv).unwrap() else {
+            panic!()
+        };
+        assert_eq!(a.spec().unwrap_err(), want, "{argv:?}");
+    }
+}
+
+#[test]
+fn service_update_sends_only_what_the_flags_change() {
+    assert_eq!(update_changes(&["web"]), Ok(ServiceChanges::default()));
+    let changes = update_changes(&[
+        "--image",
+        "nginx:2",
+        "--replicas",
+        "3",
+        "--args",
+        "sh -c 'sleep 10; exit 1'",
+        "--env-add",
+        "A=1",
+        "--env-rm",
+        "B",
+        "--label-add",
+        "tier=front",
+        "--label-rm",
+        "old",
+        "--publish-add",
+        "8080:80",
+        "--publish-rm",
+        "53/udp",
+        "--network-add",
+        "back",
+        "--network-rm",
+        "front",
+        "--constraint-add",
+        "node.role==worker",
+        "--constraint-rm",
+        "node.role==manager",
+        "--endpoint-mode",
+        "dnsrr",
+        "--health-interval",
+        "2s",
+        "--restart-max-attempts",
+        "5",
+        "--stop-grace-period",
+        "3s",
+        "--update-parallelism",
+        "2",
+        "--rollback-order",
+        "start-first",
+        "--force",
+        "web",
+    ])
+    .unwrap();
+    assert_eq!(changes.image.as_deref(), Some("nginx:2"));
+    assert_eq!(changes.replicas, Some(3));
+    assert_eq!(
+        changes.args,
+        Some(vec!["sh".into(), "-c".into(), "sleep 10; exit 1".into()])
+    );
+    assert_eq!(
+        (changes.env_add, changes.env_rm),
+        (vec!["A=1".into()], vec!["B".into()])
+    );
+    assert_eq!(
+        changes.label_add,
+        BTreeMap::from([("tier".into(), "front".into())])
+    );
+    assert_eq!(
+        changes.publish_add,
+        [PortConfig {
+            protocol: Protocol::Tcp,
+            target: 80,
+            published: 8080,
+            mode: PublishMode::Ingress
+        }]
+    );
+    assert_eq!(changes.publish_rm[0].target, 53);
+    assert_eq!(changes.publish_rm[0].protocol, Protocol::Udp);
+    assert_eq!(
+        (changes.network_add, changes.network_rm),
+        (vec!["back".into()], vec!["front".into()])
+    );
+    assert_eq!(changes.constraint_rm, ["node.role==manager"]);
+    assert_eq!(changes.health.interval_ms, Some(2000));
+    assert_eq!(changes.health.cmd, None);
+    assert_eq!(changes.restart.max_attempts, Some(5));
+    assert_eq!(changes.restart.condition, None);
+    assert_eq!(changes.stop_grace_ms, Some(3000));
+    assert_eq!(changes.update_config.parallelism, Some(2));
+    assert_eq!(changes.update_config.order, None);
+    assert_eq!(changes.rollback_config.order, Some(UpdateOrder::StartFirst));
+    assert!(changes.force && !changes.rollback);
+
+    // Checked as create checks them.
+    for (argv, want) in [
+        (
+            &["--update-parallelism", "-1"][..],
+            "invalid --update-parallelism value \"-1\"",
+        ),
+        (&["--constraint-add", "node.colour"], "constraint"),
+        (&["--env-add", "=x"], "invalid environment variable"),
+        (&["--publish-add", "8080:80/sctp"], "is not tcp or udp"),
+        (&["--args", "'unclosed"], "unclosed quote"),
+        (&["--no-healthcheck", "--health-retries", "2"], "conflicts"),
+    ] {
+        let argv: Vec<&str> = argv.iter().chain(&["web"]).copied().collect();
+        let e = update_changes(&argv).unwrap_err();
+        assert!(e.contains(want), "{argv:?}: {e}");
+    }
+}
+
+#[test]
+fn rollback_stands_alone() {
+    assert_eq!(
+        update_changes(&["--rollback", "web"]),
+        Ok(ServiceChanges {
+            rollback: true,
+            ..Default::default()
+        })
+    );
+    for other in [
+        &["--image", "nginx:2"][..],
+        &["--force"],
+        &["--replicas", "2"],
+        &["--update-delay", "1s"],
+        &["--with-registry-auth"],
+    ] {
+        let argv: Vec<&str> = ["--rollback"]
+            .iter()
+            .chain(other)
+            .chain(&["web"])
+            .copied()
+            .collect();
+        assert_eq!(
+            update_changes(&argv).unwrap_err(),
+            "other flags may not be combined with --rollback",
+            "{argv:?}"
+        );
+    }
+    // -d waits no more; it is no change.
+    assert!(update_changes(&["--rollback", "-d", "web"]).is_ok());
+    assert!(matches!(
+        service_cmd(&["rollback", "-d", "web"]).unwrap(),
+        ServiceCommand::Rollback(a) if a.detach && a.service == "web"
+    ));
+    assert!(service_cmd(&["rollback"]).is_err());
+}
+
 #[test]
 fn api_socket_flag_is_on_every_command() {
     for args in [
@@ -266,11 +558,13 @@ fn api_socket_flag_is_on_every_command() {
         "node ls --api-socket /tmp/a.sock",
         "node --api-socket /tmp/a.sock rm h2",
         "info --api-socket /tmp/a.sock",
+        "service --api-socket /tmp/a.sock rollback web",
     ] {
         let socket = match parse(args).unwrap() {
             Top::Swarm(s) => s.socket.api_socket,
             Top::Node(n) => n.socket.api_socket,
             Top::Info(i) => i.socket.api_socket,
+            Top::Service(s) => s.socket.api_socket,
         };
         assert_eq!(socket, Path::new("/tmp/a.sock"), "{args}");
     }
@@ -955,6 +1249,29 @@ fn the_binary_prints_dockers_output_and_one_line_errors() {
         "shoal: template: :1: unclosed action\n"
     );
 
+    // Bad service flag values: one line, before the agent is asked.
+    for (args, want) in [
+        (
+            &["service", "update", "--update-parallelism", "-1", "web"][..],
+            "invalid --update-parallelism value \"-1\": must be a non-negative integer",
+        ),
+        (
+            &["service", "create", "--update-order", "random", "nginx"],
+            "invalid --update-order value \"random\": stop-first or start-first",
+        ),
+        (
+            &["service", "update", "--rollback", "--force", "web"],
+            "other flags may not be combined with --rollback",
+        ),
+    ] {
+        let out = shoal(args, &dir.0.join("absent.sock"));
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!("shoal: {want}\n")
+        );
+    }
+
     let out = shoal(&["node", "ls", "--frobnicate"], &path);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unexpected argument '--frobnicate'"));
@@ -1043,6 +1360,7 @@ mod real {
                 Top::Swarm(s) => cli::run_swarm(&s),
                 Top::Node(n) => cli::run_node(&n),
                 Top::Info(i) => cli::info::run_info(&i),
+                Top::Service(s) => cli::service::run_service(&s),
             };
             out.map(|o| o.stdout).map_err(|e| e.to_string())
         }

@@ -2,15 +2,25 @@
 //!
 //! - this file: the arguments (clap) and running a command.
 //! - `spec`: the flags parsed into a `ServiceSpec` (ports, health check, durations, ...).
-//! - `views`: what `service ls`, `ps` and `inspect` print.
-//! - `progress`: `create`/`scale`/`update` waiting for the service to converge.
+//! - `policy`: the flag groups create and update share (health check, restart, update
+//!   and rollback policy).
+//! - `changes`: `update`'s flags parsed into the `ServiceChanges` request.
+//! - `views`: what `service ls` and `ps` print.
+//! - `inspect`: what `service inspect` prints (JSON and `--pretty`).
+//! - `progress`: `create`/`scale`/`update`/`rollback` waiting for the service to
+//!   converge.
 
+mod changes;
+mod inspect;
+mod policy;
 mod progress;
 mod spec;
 mod views;
 
+pub use inspect::inspect_value;
+pub use policy::{HealthArgs, RestartArgs, RollbackPolicyArgs, UpdatePolicyArgs};
 pub use spec::{parse_duration, parse_publish, parse_replicas};
-pub use views::{human_duration, inspect_value, replicas};
+pub use views::{human_duration, replicas};
 
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::Value;
@@ -21,10 +31,11 @@ use super::{
     template::{unescape, Format, Template},
     ApiSocketArg, CliError, Output,
 };
-use crate::api::{client::Client, Reply, Request, ServiceStateView};
+use crate::api::{client::Client, Reply, Request, ServiceChanges, ServiceStateView};
+use inspect::inspect_pretty;
 use progress::wait_converged;
 use spec::parse_scale;
-use views::{inspect_pretty, service_ls, service_ps};
+use views::{service_ls, service_ps};
 
 /// `shoal service ...`
 #[derive(Args, Debug, Clone, PartialEq)]
@@ -52,7 +63,9 @@ pub enum ServiceCommand {
     #[command(visible_alias = "remove")]
     Rm(ServiceRmArgs),
     /// Update a service (--force replaces every task)
-    Update(ServiceUpdateArgs),
+    Update(Box<ServiceUpdateArgs>),
+    /// Revert a service to its previous spec (`update --rollback`)
+    Rollback(ServiceRollbackArgs),
     /// Print the logs of a service's tasks on this node
     Logs(LogsArgs),
 }
@@ -106,27 +119,17 @@ pub struct CreateArgs {
     /// How the service's name resolves: a VIP, or DNS round robin
     #[arg(long, value_enum, default_value = "vip")]
     pub endpoint_mode: EndpointModeArg,
-    /// Command to run to check health
-    #[arg(long, value_name = "CMD")]
-    pub health_cmd: Option<String>,
-    /// Time between running the check (e.g. 2s, 500ms, 1m30s)
-    #[arg(long, value_name = "DURATION")]
-    pub health_interval: Option<String>,
-    /// Consecutive failures needed to report unhealthy
-    #[arg(long, value_name = "N")]
-    pub health_retries: Option<u64>,
-    /// Start period for the container to initialize before counting retries
-    #[arg(long, value_name = "DURATION")]
-    pub health_start_period: Option<String>,
-    /// Maximum time to allow one check to run
-    #[arg(long, value_name = "DURATION")]
-    pub health_timeout: Option<String>,
-    /// Disable any container-specified health check
-    #[arg(long, conflicts_with = "health_cmd")]
-    pub no_healthcheck: bool,
-    /// Restart when the task ends: any, on-failure or none
-    #[arg(long, value_enum, default_value = "any")]
-    pub restart_condition: RestartArg,
+    #[command(flatten)]
+    pub health: HealthArgs,
+    #[command(flatten)]
+    pub restart: RestartArgs,
+    /// Time to wait before force killing a container (default 10s)
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub stop_grace_period: Option<String>,
+    #[command(flatten)]
+    pub update_policy: UpdatePolicyArgs,
+    #[command(flatten)]
+    pub rollback_policy: RollbackPolicyArgs,
     /// Service label K=V (repeatable)
     #[arg(short = 'l', long = "label", value_name = "K=V", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
@@ -210,12 +213,63 @@ pub struct ServiceUpdateArgs {
     /// Replace every task even if nothing changed (spreads them again)
     #[arg(long)]
     pub force: bool,
+    /// Roll back to the previous spec (alone: no other change with it)
+    #[arg(long)]
+    pub rollback: bool,
     /// A new image
     #[arg(long)]
     pub image: Option<String>,
     /// A new number of tasks
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub replicas: Option<String>,
+    /// New command arguments, split as a shell splits words
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub args: Option<String>,
+    /// Add or change an environment variable K=V (repeatable)
+    #[arg(long = "env-add", value_name = "K=V")]
+    pub env_add: Vec<String>,
+    /// Remove an environment variable (repeatable)
+    #[arg(long = "env-rm", value_name = "K")]
+    pub env_rm: Vec<String>,
+    /// Add or change a service label K=V (repeatable)
+    #[arg(long = "label-add", value_name = "K=V", value_parser = parse_label)]
+    pub label_add: Vec<(String, String)>,
+    /// Remove a service label (repeatable)
+    #[arg(long = "label-rm", value_name = "K")]
+    pub label_rm: Vec<String>,
+    /// Publish a port, as --publish of create (repeatable)
+    #[arg(long = "publish-add", value_name = "SPEC")]
+    pub publish_add: Vec<String>,
+    /// Stop publishing a port: PUBLISHED:TARGET[/PROTO], or PORT[/PROTO] for a
+    /// published or target port (repeatable)
+    #[arg(long = "publish-rm", value_name = "SPEC")]
+    pub publish_rm: Vec<String>,
+    /// Attach to a network (repeatable)
+    #[arg(long = "network-add", value_name = "NET")]
+    pub network_add: Vec<String>,
+    /// Detach from a network (repeatable)
+    #[arg(long = "network-rm", value_name = "NET")]
+    pub network_rm: Vec<String>,
+    /// Add a placement constraint (repeatable)
+    #[arg(long = "constraint-add", value_name = "EXPR")]
+    pub constraint_add: Vec<String>,
+    /// Remove a placement constraint (repeatable)
+    #[arg(long = "constraint-rm", value_name = "EXPR")]
+    pub constraint_rm: Vec<String>,
+    /// How the service's name resolves: a VIP, or DNS round robin
+    #[arg(long, value_enum)]
+    pub endpoint_mode: Option<EndpointModeArg>,
+    #[command(flatten)]
+    pub health: HealthArgs,
+    #[command(flatten)]
+    pub restart: RestartArgs,
+    /// Time to wait before force killing a container
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub stop_grace_period: Option<String>,
+    #[command(flatten)]
+    pub update_policy: UpdatePolicyArgs,
+    #[command(flatten)]
+    pub rollback_policy: RollbackPolicyArgs,
     /// Send the registry credentials of your docker config (for the service's image)
     /// to the nodes that pull
     #[arg(long)]
@@ -223,6 +277,15 @@ pub struct ServiceUpdateArgs {
     /// Do not pin the new image's tag to its digest
     #[arg(long)]
     pub no_resolve_image: bool,
+    /// Exit at once instead of waiting for the service to converge
+    #[arg(short, long)]
+    pub detach: bool,
+    #[arg(value_name = "SERVICE")]
+    pub service: String,
+}
+
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct ServiceRollbackArgs {
     /// Exit at once instead of waiting for the service to converge
     #[arg(short, long)]
     pub detach: bool,
@@ -245,6 +308,27 @@ fn state(client: &Client, services: Vec<String>) -> Result<ServiceStateView, Cli
         _ => Err(CliError::Output(
             "unexpected reply to a service query".into(),
         )),
+    }
+}
+
+/// Sends an update (or rollback) of `service`, prints its name, and unless `detach`
+/// waits for the service to converge.
+fn update(
+    client: &Client,
+    service: &str,
+    request: &Request,
+    detach: bool,
+    warnings: &mut Vec<String>,
+) -> Result<String, CliError> {
+    let since = shoal_orchestrator::scheduler::now_ms().saturating_sub(5000);
+    if let Reply::ServicesChanged { warnings: w, .. } = call(client, request)? {
+        warnings.extend(w);
+    }
+    println!("{service}");
+    if detach {
+        Ok(String::new())
+    } else {
+        wait_converged(client, &[service.to_owned()], since)
     }
 }
 
@@ -311,7 +395,7 @@ pub fn run_service(args: &ServiceArgs) -> Result<Output, CliError> {
             } else if a.pretty {
                 view.services
                     .iter()
-                    .map(|s| inspect_pretty(s, &view.networks))
+                    .map(|s| inspect_pretty(s, &view.networks, view.now_ms))
                     .collect::<Vec<_>>()
                     .join("\n")
             } else {
@@ -361,12 +445,7 @@ pub fn run_service(args: &ServiceArgs) -> Result<Output, CliError> {
             }
         }
         ServiceCommand::Update(a) => {
-            let replicas = a
-                .replicas
-                .as_deref()
-                .map(parse_replicas)
-                .transpose()
-                .map_err(CliError::Usage)?;
+            let changes = a.changes().map_err(CliError::Usage)?;
             let registry_auth = if a.with_registry_auth {
                 let image = match &a.image {
                     Some(image) => image.clone(),
@@ -382,27 +461,25 @@ pub fn run_service(args: &ServiceArgs) -> Result<Output, CliError> {
             } else {
                 None
             };
-            let since = shoal_orchestrator::scheduler::now_ms().saturating_sub(5000);
-            let reply = call(
-                &client,
-                &Request::ServiceUpdate {
-                    service: a.service.clone(),
-                    force: a.force,
-                    image: a.image.clone(),
-                    replicas,
-                    no_resolve_image: a.no_resolve_image,
-                    registry_auth,
-                },
-            )?;
-            if let Reply::ServicesChanged { warnings: w, .. } = reply {
-                warnings.extend(w);
-            }
-            println!("{}", a.service);
-            if a.detach {
-                String::new()
-            } else {
-                wait_converged(&client, std::slice::from_ref(&a.service), since)?
-            }
+            let request = Request::ServiceUpdate {
+                service: a.service.clone(),
+                changes: Box::new(changes),
+                no_resolve_image: a.no_resolve_image,
+                registry_auth,
+            };
+            update(&client, &a.service, &request, a.detach, &mut warnings)?
+        }
+        ServiceCommand::Rollback(a) => {
+            let request = Request::ServiceUpdate {
+                service: a.service.clone(),
+                changes: Box::new(ServiceChanges {
+                    rollback: true,
+                    ..Default::default()
+                }),
+                no_resolve_image: false,
+                registry_auth: None,
+            };
+            update(&client, &a.service, &request, a.detach, &mut warnings)?
         }
         ServiceCommand::Logs(a) => match call(
             &client,

@@ -16,7 +16,7 @@ use shoal_cluster::{
 };
 use tracing::info;
 
-use super::{cluster_error, nodes::execute};
+use super::{cluster_error, nodes::execute, service_update::updated_service};
 use crate::api::{ApiError, Reply, Request, ServiceStateView};
 use shoal_cluster::registry_auth::RegistryCredentials;
 use shoal_orchestrator::{
@@ -109,7 +109,7 @@ fn service_id(state: &ClusterState, reference: &str) -> Result<String, ApiError>
     )
 }
 
-fn network_id(state: &ClusterState, reference: &str) -> Result<String, ApiError> {
+pub(super) fn network_id(state: &ClusterState, reference: &str) -> Result<String, ApiError> {
     resolve(
         "network",
         state
@@ -141,7 +141,10 @@ fn check_name(kind: &str, name: &str) -> Result<(), ApiError> {
 }
 
 /// Checks a spec from the CLI and resolves its networks; chooses free published ports.
-fn prepare_spec(state: &ClusterState, mut spec: ServiceSpec) -> Result<ServiceSpec, ApiError> {
+pub(super) fn prepare_spec(
+    state: &ClusterState,
+    mut spec: ServiceSpec,
+) -> Result<ServiceSpec, ApiError> {
     check_name("service", &spec.name)?;
     // Docker's service names: no dots (task names are `<service>.<slot>`), and `-`/`_`
     // only between letters and digits.
@@ -352,22 +355,14 @@ pub(super) async fn request(
         }
         Request::ServiceUpdate {
             service,
-            force,
-            image,
-            replicas,
+            mut changes,
             no_resolve_image,
             registry_auth,
         } => {
             let id = service_id(&state, &service)?;
-            let mut s = state.services[&id].clone();
+            let old = &state.services[&id];
             let mut warnings = Vec::new();
-            if force {
-                s.force_update += 1;
-            }
-            if let Some(c) = &registry_auth {
-                s.registry_auth = Some(manager.seal_registry_auth(&id, c).map_err(cluster_error)?);
-            }
-            if let Some(image) = image {
+            if let Some(image) = changes.image.take() {
                 if image.trim().is_empty() {
                     return Err(ApiError::new("the image must not be empty"));
                 }
@@ -376,7 +371,7 @@ pub(super) async fn request(
                     image
                 } else {
                     // The new credentials, else the ones the service has.
-                    let creds = match (&registry_auth, &s.registry_auth) {
+                    let creds = match (&registry_auth, &old.registry_auth) {
                         (Some(c), _) => Some((**c).clone()),
                         (None, Some(sealed)) => Some(
                             manager
@@ -387,20 +382,17 @@ pub(super) async fn request(
                     };
                     pin_image(docker_socket, &image, creds.as_ref(), &mut warnings).await
                 };
-                if image != s.spec.image {
-                    s.spec.image = image;
-                    s.force_update += 1;
+                changes.image = Some(image);
+            }
+            let mut s = updated_service(&state, old, &changes, now_ms())?;
+            if let Some(c) = &registry_auth {
+                s.registry_auth = Some(manager.seal_registry_auth(&id, c).map_err(cluster_error)?);
+            }
+            if let Some(status) = &s.update_status {
+                if s.update_status != old.update_status {
+                    info!(service = %s.spec.name, %id, state = status.state.as_str(), "service update started");
                 }
             }
-            if let Some(r) = replicas {
-                if s.spec.mode == ServiceMode::Global {
-                    return Err(ApiError::new(
-                        "replicas can only be used with replicated mode",
-                    ));
-                }
-                s.spec.mode = ServiceMode::Replicated { replicas: r };
-            }
-            s.updated_ms = now_ms();
             execute(
                 manager,
                 Command::UpdateService {
@@ -613,12 +605,16 @@ async fn logs(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use shoal_cluster::store::{EndpointMode, PortConfig, Protocol, RestartCondition};
 
     use super::*;
 
-    fn spec(name: &str, ports: &[(Protocol, u16, u16)]) -> ServiceSpec {
+    /// A replicated service's spec with host-mode `ports` (protocol, target, published).
+    pub(in crate::cluster_agent) fn spec(
+        name: &str,
+        ports: &[(Protocol, u16, u16)],
+    ) -> ServiceSpec {
         ServiceSpec {
             name: name.into(),
             labels: BTreeMap::new(),

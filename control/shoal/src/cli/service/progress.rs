@@ -1,12 +1,16 @@
-//! `shoal service create/scale/update` without `--detach`: waiting for the service to
-//! converge, printing each replica's progress as Docker does.
+//! `shoal service create/scale/update/rollback` without `--detach`: waiting for the
+//! service to converge, printing each replica's progress as Docker does.
+//!
+//! A service has converged when its tasks all run its current spec and no update (or
+//! rollback) is in progress, or when the update this command started says it finished;
+//! one that paused ends the wait with its message.
 
 use std::{
     io::Write as _,
     time::{Duration, Instant},
 };
 
-use shoal_cluster::store::{Service, ServiceMode, Task, TaskState};
+use shoal_cluster::store::{Service, ServiceMode, Task, TaskState, UpdateState, UpdateStatus};
 
 use super::{state, views::replicas};
 use crate::{
@@ -14,7 +18,7 @@ use crate::{
     cli::CliError,
 };
 
-/// How long `create`/`scale`/`update` wait for the service to converge.
+/// How long `create`/`scale`/`update`/`rollback` wait for the service to converge.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(180);
 /// A task pending for lack of a node (or address) this long ends the wait with its reason.
 const PENDING_GIVE_UP: Duration = Duration::from_secs(3);
@@ -69,6 +73,23 @@ fn progress_lines(
     }
 }
 
+/// The task runs what the service asks now (a task made before tasks kept their spec
+/// is taken to).
+fn up_to_date(t: &Task, s: &Service) -> bool {
+    t.force_update == s.force_update
+        && t.spec
+            .as_deref()
+            .is_none_or(|spec| !spec.tasks_differ(&s.spec))
+}
+
+/// The service's update status if it started with this command (`since_ms`), not
+/// one left from an earlier update.
+fn fresh_status(s: &Service, since_ms: u64) -> Option<&UpdateStatus> {
+    s.update_status
+        .as_ref()
+        .filter(|u| u.started_ms >= since_ms)
+}
+
 /// An error worth retrying while waiting (no leader or quorum for a moment).
 fn transient(e: &CliError) -> bool {
     let text = e.to_string();
@@ -98,13 +119,19 @@ pub(super) fn wait_converged(
         let mut lines = Vec::new();
         let mut all = true;
         let mut pending_err = None;
+        let mut rolled_back = Vec::new();
         for s in &view.services {
-            let (running, desired) = replicas(s, &view.tasks);
+            let (_, desired) = replicas(s, &view.tasks);
             let live: Vec<&Task> = view
                 .tasks
                 .iter()
                 .filter(|t| t.service_id == s.id && t.desired_state == TaskState::Running)
                 .collect();
+            let current: Vec<&Task> = live.iter().copied().filter(|t| up_to_date(t, s)).collect();
+            let running = current
+                .iter()
+                .filter(|t| t.status.state == TaskState::Running)
+                .count() as u64;
             if let Some(t) = view.tasks.iter().find(|t| {
                 t.service_id == s.id
                     && t.created_ms >= since_ms
@@ -125,16 +152,58 @@ pub(super) fn wait_converged(
                     t.status.err.clone().unwrap_or_default()
                 ));
             }
-            let converged = running == desired
-                && live.len() as u64 == desired
-                && live.iter().all(|t| t.force_update == s.force_update)
-                && (desired > 0 || matches!(s.spec.mode, ServiceMode::Replicated { .. }));
+            let fresh = fresh_status(s, since_ms);
+            match fresh.map(|u| u.state) {
+                Some(UpdateState::Paused) => {
+                    return Err(CliError::Output(format!(
+                        "service update paused: {}",
+                        fresh.map_or("", |u| u.message.as_str())
+                    )));
+                }
+                Some(UpdateState::RollbackPaused) => {
+                    return Err(CliError::Output(format!(
+                        "service rollback paused: {}",
+                        fresh.map_or("", |u| u.message.as_str())
+                    )));
+                }
+                _ => {}
+            }
+            let all_current = current.len() == live.len() && live.len() as u64 == desired;
+            let in_progress = s
+                .update_status
+                .as_ref()
+                .is_some_and(|u| u.state.in_progress());
+            // The update says it is done (tasks it let fail included, as Docker ends then).
+            let finished = all_current
+                && fresh.is_some_and(|u| {
+                    matches!(
+                        u.state,
+                        UpdateState::Completed | UpdateState::RollbackCompleted
+                    )
+                });
+            let converged = finished
+                || (all_current
+                    && running == desired
+                    && !in_progress
+                    && (desired > 0 || matches!(s.spec.mode, ServiceMode::Replicated { .. })));
             all &= converged;
+            let rollback = fresh.filter(|u| u.state.is_rollback());
+            if let Some(u) = rollback.filter(|u| u.state == UpdateState::RollbackStarted) {
+                lines.push(format!("rollback: {}", u.message));
+            }
+            if let Some(u) = rollback.filter(|u| u.state == UpdateState::RollbackCompleted) {
+                rolled_back.push(format!("rollback: {}\n", u.message));
+            }
             lines.push(format!(
-                "{}: overall progress: {running} out of {desired} tasks",
-                s.spec.name
+                "{}: overall progress: {}{running} out of {desired} tasks",
+                s.spec.name,
+                if rollback.is_some() {
+                    "rolling back update: "
+                } else {
+                    ""
+                }
             ));
-            lines.extend(progress_lines(s, &live, desired, &view));
+            lines.extend(progress_lines(s, &current, desired, &view));
         }
         let text = lines.join("\n");
         if text != last_line {
@@ -144,7 +213,10 @@ pub(super) fn wait_converged(
             last_line = text;
         }
         if all && !view.services.is_empty() {
-            return Ok("verify: Service converged\n".into());
+            return Ok(format!(
+                "verify: Service converged\n{}",
+                rolled_back.concat()
+            ));
         }
         match (pending_err, pending_since) {
             (Some(e), Some(t)) if t.elapsed() > PENDING_GIVE_UP => {

@@ -1,12 +1,13 @@
 //! The flags of `shoal service ...` parsed: ports, replica counts, durations, and
-//! `service create`'s flags into the [`ServiceSpec`] sent to the managers.
+//! `service create`'s flags into the [`ServiceSpec`] sent to the managers (the flags it
+//! shares with `service update` are read by `policy`).
 
 use shoal_cluster::store::{
-    EndpointMode, HealthCheck, PortConfig, Protocol, PublishMode, RestartCondition, ServiceMode,
-    ServiceSpec, UpdateConfig, DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
+    EndpointMode, PortConfig, Protocol, PublishMode, RestartCondition, ServiceMode, ServiceSpec,
+    UpdateConfig, DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
 };
 
-use super::{CreateArgs, EndpointModeArg, ModeArg, RestartArg};
+use super::{policy::parse_duration_flag, CreateArgs, EndpointModeArg, ModeArg};
 
 /// A replica count: a non-negative integer.
 pub fn parse_replicas(text: &str) -> Result<u64, String> {
@@ -148,56 +149,10 @@ impl CreateArgs {
             .iter()
             .map(|p| parse_publish(p))
             .collect::<Result<Vec<_>, _>>()?;
-        let healthcheck = if self.no_healthcheck {
-            Some(HealthCheck {
-                test: vec!["NONE".into()],
-                interval_ms: 0,
-                timeout_ms: 0,
-                retries: 0,
-                start_period_ms: 0,
-            })
-        } else if let Some(cmd) = &self.health_cmd {
-            Some(HealthCheck {
-                test: vec!["CMD-SHELL".into(), cmd.clone()],
-                interval_ms: self
-                    .health_interval
-                    .as_deref()
-                    .map(parse_duration)
-                    .transpose()?
-                    .unwrap_or(0),
-                timeout_ms: self
-                    .health_timeout
-                    .as_deref()
-                    .map(parse_duration)
-                    .transpose()?
-                    .unwrap_or(0),
-                retries: self.health_retries.unwrap_or(0),
-                start_period_ms: self
-                    .health_start_period
-                    .as_deref()
-                    .map(parse_duration)
-                    .transpose()?
-                    .unwrap_or(0),
-            })
-        } else {
-            if self.health_interval.is_some()
-                || self.health_retries.is_some()
-                || self.health_start_period.is_some()
-                || self.health_timeout.is_some()
-            {
-                return Err("--health-interval/--health-retries/--health-start-period/--health-timeout need --health-cmd".into());
-            }
-            None
-        };
-        for e in &self.env {
-            if e.is_empty() || e.starts_with('=') {
-                return Err(format!("invalid environment variable {e:?}: expected K=V"));
-            }
-        }
-        for c in &self.constraints {
-            shoal_orchestrator::scheduler::Constraint::parse(c)?;
-        }
-        Ok(ServiceSpec {
+        let healthcheck = self.health.changes()?.apply(None)?;
+        check_env(&self.env)?;
+        check_constraints(&self.constraints)?;
+        let mut spec = ServiceSpec {
             name: self.name.clone().unwrap_or_else(|| {
                 format!("svc-{}", &shoal_orchestrator::scheduler::new_id()[..8])
             }),
@@ -208,24 +163,55 @@ impl CreateArgs {
             mode,
             networks: self.networks.clone(),
             ports,
-            endpoint_mode: match self.endpoint_mode {
-                EndpointModeArg::Vip => EndpointMode::Vip,
-                EndpointModeArg::Dnsrr => EndpointMode::Dnsrr,
-            },
+            endpoint_mode: self.endpoint_mode.into(),
             constraints: self.constraints.clone(),
             healthcheck,
-            restart_condition: match self.restart_condition {
-                RestartArg::Any => RestartCondition::Any,
-                RestartArg::OnFailure => RestartCondition::OnFailure,
-                RestartArg::None => RestartCondition::None,
-            },
+            restart_condition: RestartCondition::Any,
             restart_delay_ms: DEFAULT_RESTART_DELAY_MS,
             restart_max_attempts: 0,
             restart_window_ms: 0,
             stop_grace_ms: DEFAULT_STOP_GRACE_MS,
             update_config: UpdateConfig::default(),
             rollback_config: UpdateConfig::rollback_default(),
-        })
+        };
+        self.restart.changes()?.apply(&mut spec);
+        if let Some(grace) = &self.stop_grace_period {
+            spec.stop_grace_ms = parse_duration_flag("--stop-grace-period", grace)?;
+        }
+        self.update_policy
+            .changes()?
+            .apply(&mut spec.update_config, "update")?;
+        self.rollback_policy
+            .changes()?
+            .apply(&mut spec.rollback_config, "rollback")?;
+        Ok(spec)
+    }
+}
+
+/// `-e`/`--env-add` entries: `K=V` (or `K`), with a name.
+pub(super) fn check_env(env: &[String]) -> Result<(), String> {
+    for e in env {
+        if e.is_empty() || e.starts_with('=') {
+            return Err(format!("invalid environment variable {e:?}: expected K=V"));
+        }
+    }
+    Ok(())
+}
+
+/// `--constraint`/`--constraint-add` expressions, checked as the scheduler reads them.
+pub(super) fn check_constraints(constraints: &[String]) -> Result<(), String> {
+    for c in constraints {
+        shoal_orchestrator::scheduler::Constraint::parse(c)?;
+    }
+    Ok(())
+}
+
+impl From<EndpointModeArg> for EndpointMode {
+    fn from(a: EndpointModeArg) -> Self {
+        match a {
+            EndpointModeArg::Vip => EndpointMode::Vip,
+            EndpointModeArg::Dnsrr => EndpointMode::Dnsrr,
+        }
     }
 }
 

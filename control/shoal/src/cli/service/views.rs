@@ -1,12 +1,10 @@
-//! What `shoal service ls`, `ps` and `inspect` print, in Docker's words and layout.
+//! What `shoal service ls` and `ps` print, in Docker's words and layout (`inspect`'s
+//! output is `inspect`'s).
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde_json::{json, Value};
-use shoal_cluster::store::{
-    EndpointMode, Network, PortConfig, PublishMode, RestartCondition, Service, ServiceMode, Task,
-    TaskState,
-};
+use shoal_cluster::store::{PortConfig, PublishMode, Service, ServiceMode, Task, TaskState};
 
 use super::{PsArgs, ServiceLsArgs};
 use crate::{
@@ -247,10 +245,13 @@ pub(super) fn service_ps(args: &PsArgs, view: &ServiceStateView) -> Result<Strin
                     })
                     .collect::<Vec<_>>()
                     .join(", ");
+                // The image the task runs: the spec it was made from, which stays
+                // the old one until a rolling update replaces the task.
+                let image = t.spec.as_deref().map_or(&s.spec.image, |spec| &spec.image);
                 rows.push(vec![
                     id,
                     name,
-                    s.spec.image.clone(),
+                    image.clone(),
                     host(t),
                     title(t.desired_state),
                     current,
@@ -266,197 +267,6 @@ pub(super) fn service_ps(args: &PsArgs, view: &ServiceStateView) -> Result<Strin
     Ok(align(&rows))
 }
 
-fn iso(ms: u64) -> String {
-    let secs = (ms / 1000) as i64;
-    let nanos = (ms % 1000) * 1_000_000;
-    let days = secs.div_euclid(86400);
-    let rem = secs.rem_euclid(86400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
-}
-
-/// One service as `service inspect` prints it (Docker's shape).
-pub fn inspect_value(s: &Service, networks: &[Network]) -> Value {
-    let net_name = |id: &str| {
-        networks
-            .iter()
-            .find(|n| n.id == id)
-            .map(|n| n.name.clone())
-            .unwrap_or_else(|| id.to_string())
-    };
-    let ports: Vec<Value> = s
-        .spec
-        .ports
-        .iter()
-        .map(|p| {
-            json!({
-                "Protocol": format!("{:?}", p.protocol).to_lowercase(),
-                "TargetPort": p.target,
-                "PublishedPort": p.published,
-                "PublishMode": match p.mode { PublishMode::Ingress => "ingress", PublishMode::Host => "host" },
-            })
-        })
-        .collect();
-    let mode = match s.spec.mode {
-        ServiceMode::Replicated { replicas } => json!({"Replicated": {"Replicas": replicas}}),
-        ServiceMode::Global => json!({"Global": {}}),
-    };
-    let endpoint_mode = match s.spec.endpoint_mode {
-        EndpointMode::Vip => "vip",
-        EndpointMode::Dnsrr => "dnsrr",
-    };
-    let mut container = json!({
-        "Image": s.spec.image,
-        "Init": true,
-    });
-    if !s.spec.args.is_empty() {
-        container["Args"] = json!(s.spec.args);
-    }
-    if !s.spec.env.is_empty() {
-        container["Env"] = json!(s.spec.env);
-    }
-    if let Some(h) = &s.spec.healthcheck {
-        container["Healthcheck"] = json!({
-            "Test": h.test,
-            "Interval": h.interval_ms * 1_000_000,
-            "Timeout": h.timeout_ms * 1_000_000,
-            "Retries": h.retries,
-            "StartPeriod": h.start_period_ms * 1_000_000,
-        });
-    }
-    json!({
-        "ID": s.id,
-        "Version": {"Index": s.version},
-        "CreatedAt": iso(s.created_ms),
-        "UpdatedAt": iso(s.updated_ms),
-        "Spec": {
-            "Name": s.spec.name,
-            "Labels": s.spec.labels,
-            "TaskTemplate": {
-                "ContainerSpec": container,
-                "RestartPolicy": {"Condition": match s.spec.restart_condition {
-                    RestartCondition::Any => "any",
-                    RestartCondition::OnFailure => "on-failure",
-                    RestartCondition::None => "none",
-                }},
-                "Placement": {"Constraints": s.spec.constraints},
-                "Networks": s.spec.networks.iter().map(|n| json!({"Target": n})).collect::<Vec<_>>(),
-                "ForceUpdate": s.force_update,
-            },
-            "Mode": mode,
-            "EndpointSpec": {"Mode": endpoint_mode, "Ports": ports},
-        },
-        "Endpoint": {
-            "Spec": {"Mode": endpoint_mode, "Ports": ports},
-            "Ports": ports,
-            "VirtualIPs": s.endpoint.virtual_ips.iter().map(|v| json!({
-                "NetworkID": v.network_id,
-                "NetworkName": net_name(&v.network_id),
-                "Addr": v.addr,
-            })).collect::<Vec<_>>(),
-        },
-    })
-}
-
-pub(super) fn inspect_pretty(s: &Service, networks: &[Network]) -> String {
-    let net_name = |id: &str| {
-        networks
-            .iter()
-            .find(|n| n.id == id)
-            .map(|n| n.name.clone())
-            .unwrap_or_else(|| id.to_string())
-    };
-    let mut out = String::new();
-    let _ = writeln!(out, "\nID:\t\t{}", s.id);
-    let _ = writeln!(out, "Name:\t\t{}", s.spec.name);
-    if !s.spec.labels.is_empty() {
-        let _ = writeln!(out, "Labels:");
-        for (k, v) in &s.spec.labels {
-            let _ = writeln!(out, " {k}={v}");
-        }
-    }
-    match s.spec.mode {
-        ServiceMode::Replicated { replicas } => {
-            let _ = writeln!(out, "Service Mode:\tReplicated\n Replicas:\t{replicas}");
-        }
-        ServiceMode::Global => {
-            let _ = writeln!(out, "Service Mode:\tGlobal");
-        }
-    }
-    if !s.spec.constraints.is_empty() {
-        let _ = writeln!(out, "Placement:\n Constraints:\t{:?}", s.spec.constraints);
-    }
-    let _ = writeln!(
-        out,
-        "RestartPolicy:\n Condition:\t{}",
-        match s.spec.restart_condition {
-            RestartCondition::Any => "any",
-            RestartCondition::OnFailure => "on-failure",
-            RestartCondition::None => "none",
-        }
-    );
-    let _ = writeln!(out, "ContainerSpec:\n Image:\t\t{}", s.spec.image);
-    if !s.spec.args.is_empty() {
-        let _ = writeln!(out, " Args:\t\t{}", s.spec.args.join(" "));
-    }
-    if !s.spec.env.is_empty() {
-        let _ = writeln!(out, " Env:\t\t{}", s.spec.env.join(" "));
-    }
-    if let Some(h) = &s.spec.healthcheck {
-        let _ = writeln!(out, " Healthcheck:\t{}", h.test.join(" "));
-    }
-    if !s.spec.networks.is_empty() {
-        let names: Vec<String> = s.spec.networks.iter().map(|n| net_name(n)).collect();
-        let _ = writeln!(out, "Networks:\t{}", names.join(" "));
-    }
-    let _ = writeln!(
-        out,
-        "Endpoint Mode:\t{}",
-        match s.spec.endpoint_mode {
-            EndpointMode::Vip => "vip",
-            EndpointMode::Dnsrr => "dnsrr",
-        }
-    );
-    if !s.spec.ports.is_empty() {
-        let _ = writeln!(out, "Ports:");
-        for p in &s.spec.ports {
-            let _ = writeln!(
-                out,
-                " PublishedPort = {}\n  Protocol = {}\n  TargetPort = {}\n  PublishMode = {}",
-                p.published,
-                format!("{:?}", p.protocol).to_lowercase(),
-                p.target,
-                match p.mode {
-                    PublishMode::Ingress => "ingress",
-                    PublishMode::Host => "host",
-                }
-            );
-        }
-    }
-    if !s.endpoint.virtual_ips.is_empty() {
-        let _ = writeln!(out, "Virtual IPs:");
-        for v in &s.endpoint.virtual_ips {
-            let _ = writeln!(out, " {}: {}", net_name(&v.network_id), v.addr);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,7 +278,5 @@ mod tests {
         assert_eq!(human_duration(42_000), "42 seconds");
         assert_eq!(human_duration(90_000), "About a minute");
         assert_eq!(human_duration(600_000), "10 minutes");
-        assert_eq!(iso(0), "1970-01-01T00:00:00.000000000Z");
-        assert_eq!(iso(1_700_000_000_123), "2023-11-14T22:13:20.123000000Z");
     }
 }

@@ -1,0 +1,150 @@
+use serde_json::json;
+use shoal_cluster::store::{Service, UpdateState, UpdateStatus};
+
+use super::*;
+
+const NOW: u64 = 1_700_000_000_000;
+
+/// `web`, 2 replicas of nginx:2, updated from nginx:1 a minute and a half ago.
+fn updating() -> Service {
+    let mut s: Service = serde_json::from_value(json!({
+        "id": "s1",
+        "spec": {
+            "name": "web",
+            "image": "nginx:2",
+            "mode": {"replicated": {"replicas": 2}},
+            "restart_max_attempts": 3,
+            "restart_window_ms": 120_000,
+            "stop_grace_ms": 30_000,
+            "update_config": {
+                "parallelism": 2, "delay_ms": 10_000, "order": "start-first",
+                "failure_action": "rollback", "monitor_ms": 5_000,
+                "max_failure_ratio_ppm": 200_000,
+            },
+        },
+    }))
+    .unwrap();
+    let mut previous = s.spec.clone();
+    previous.image = "nginx:1".into();
+    s.previous_spec = Some(previous);
+    s.update_status = Some(UpdateStatus {
+        state: UpdateState::Updating,
+        started_ms: NOW - 90_000,
+        completed_ms: None,
+        message: "update in progress".into(),
+    });
+    s
+}
+
+#[test]
+fn times_and_durations_read_like_go() {
+    assert_eq!(iso(0), "1970-01-01T00:00:00.000000000Z");
+    assert_eq!(iso(1_700_000_000_123), "2023-11-14T22:13:20.123000000Z");
+    for (ms, go) in [
+        (0, "0s"),
+        (500, "500ms"),
+        (1500, "1.5s"),
+        (5000, "5s"),
+        (90_000, "1m30s"),
+        (3_600_000, "1h0m0s"),
+        (5_430_250, "1h30m30.25s"),
+    ] {
+        assert_eq!(go_duration(ms), go, "{ms}");
+    }
+}
+
+#[test]
+fn inspect_json_has_dockers_update_fields() {
+    let v = inspect_value(&updating(), &[]);
+    let spec = &v["Spec"];
+    assert_eq!(
+        spec["UpdateConfig"],
+        json!({"Parallelism": 2, "Delay": 10_000_000_000u64, "FailureAction": "rollback",
+            "Monitor": 5_000_000_000u64, "MaxFailureRatio": 0.2, "Order": "start-first"})
+    );
+    assert_eq!(
+        spec["RollbackConfig"],
+        json!({"Parallelism": 1, "Delay": 0, "FailureAction": "pause",
+            "Monitor": 5_000_000_000u64, "MaxFailureRatio": 0, "Order": "stop-first"})
+    );
+    assert_eq!(
+        spec["TaskTemplate"]["RestartPolicy"],
+        json!({"Condition": "any", "Delay": 5_000_000_000u64, "MaxAttempts": 3,
+            "Window": 120_000_000_000u64})
+    );
+    assert_eq!(
+        spec["TaskTemplate"]["ContainerSpec"]["StopGracePeriod"],
+        json!(30_000_000_000u64)
+    );
+    assert_eq!(
+        v["PreviousSpec"]["TaskTemplate"]["ContainerSpec"]["Image"],
+        "nginx:1"
+    );
+    assert_eq!(v["PreviousSpec"]["UpdateConfig"], spec["UpdateConfig"]);
+    assert_eq!(
+        v["UpdateStatus"],
+        json!({"State": "updating", "StartedAt": "2023-11-14T22:11:50.000000000Z",
+            "Message": "update in progress"})
+    );
+
+    let mut done = updating();
+    done.previous_spec = None;
+    done.update_status = Some(UpdateStatus {
+        state: UpdateState::Completed,
+        started_ms: NOW - 90_000,
+        completed_ms: Some(NOW),
+        message: "update completed".into(),
+    });
+    let v = inspect_value(&done, &[]);
+    assert!(v.get("PreviousSpec").is_none());
+    assert_eq!(v["UpdateStatus"]["CompletedAt"], iso(NOW));
+    let mut fresh = done;
+    fresh.update_status = None;
+    assert!(inspect_value(&fresh, &[]).get("UpdateStatus").is_none());
+}
+
+#[test]
+fn pretty_prints_dockers_update_blocks() {
+    let text = inspect_pretty(&updating(), &[], NOW);
+    let want = "\
+Service Mode:\tReplicated
+ Replicas:\t2
+UpdateStatus:
+ State:\t\tupdating
+ Started:\tAbout a minute ago
+ Message:\tupdate in progress
+UpdateConfig:
+ Parallelism:\t2
+ Delay:\t\t10s
+ On failure:\trollback
+ Monitoring Period: 5s
+ Max failure ratio: 0.2
+ Update order:      start-first
+RollbackConfig:
+ Parallelism:\t1
+ On failure:\tpause
+ Monitoring Period: 5s
+ Max failure ratio: 0
+ Rollback order:    stop-first
+RestartPolicy:
+ Condition:\tany
+ Delay:\t\t5s
+ Max attempts:\t3
+ Window:\t2m0s
+ContainerSpec:
+ Image:\t\tnginx:2
+";
+    assert!(text.contains(want), "{text}");
+
+    let mut done = updating();
+    done.update_status = Some(UpdateStatus {
+        state: UpdateState::Completed,
+        started_ms: NOW - 90_000,
+        completed_ms: Some(NOW - 30_000),
+        message: "update completed".into(),
+    });
+    let text = inspect_pretty(&done, &[], NOW);
+    assert!(text.contains(
+        " State:\t\tcompleted\n Started:\tAbout a minute ago\n Completed:\t30 seconds ago\n Message:\tupdate completed\n"
+    ), "{text}");
+}

@@ -1,0 +1,168 @@
+//! `service update` and `service rollback` on the manager: the service a request makes
+//! of the stored one, its spec checked as `service create` checks a new one, with the
+//! previous spec and the update status Swarm keeps for the scheduler's rolling update.
+
+use shoal_cluster::store::{
+    ClusterState, Service, ServiceMode, ServiceSpec, UpdateState, UpdateStatus,
+};
+use shoal_orchestrator::image::ImageRef;
+
+use super::services::{network_id, prepare_spec};
+use crate::api::{ApiError, ServiceChanges};
+
+/// `old` with `changes` made at `now`: the spec changed and checked; when its tasks
+/// must change (or `--force`), the old spec kept as the previous one and an update
+/// started; a rollback swaps the spec and the previous one. Nothing is written here.
+pub(super) fn updated_service(
+    state: &ClusterState,
+    old: &Service,
+    changes: &ServiceChanges,
+    now: u64,
+) -> Result<Service, ApiError> {
+    let mut service = old.clone();
+    service.updated_ms = now;
+    if changes.rollback {
+        if !changes.is_rollback_alone() {
+            return Err(ApiError::new(
+                "other flags may not be combined with --rollback",
+            ));
+        }
+        let Some(previous) = old.previous_spec.clone() else {
+            return Err(ApiError::new(format!(
+                "service {} does not have a previous spec",
+                old.spec.name
+            )));
+        };
+        // Checked again: a network it names may be gone since.
+        service.spec = prepare_spec(state, previous)?;
+        service.previous_spec = Some(old.spec.clone());
+        service.update_status = Some(UpdateStatus {
+            state: UpdateState::RollbackStarted,
+            started_ms: now,
+            completed_ms: None,
+            message: "manually requested rollback".into(),
+        });
+        return Ok(service);
+    }
+    let spec = prepare_spec(state, changed_spec(state, &old.spec, changes)?)?;
+    if changes.force {
+        service.force_update += 1;
+    }
+    if changes.force || spec.tasks_differ(&old.spec) {
+        service.previous_spec = Some(old.spec.clone());
+        service.update_status = Some(UpdateStatus {
+            state: UpdateState::Updating,
+            started_ms: now,
+            completed_ms: None,
+            message: "update in progress".into(),
+        });
+    }
+    service.spec = spec;
+    Ok(service)
+}
+
+/// The variable's name in a `K=V` entry.
+fn env_key(entry: &str) -> &str {
+    entry.split_once('=').map_or(entry, |(k, _)| k)
+}
+
+/// `spec` with `changes` made, in Docker's order (labels and environment: add, then
+/// remove; ports and networks: remove, then add); networks to add are resolved to IDs.
+fn changed_spec(
+    state: &ClusterState,
+    spec: &ServiceSpec,
+    changes: &ServiceChanges,
+) -> Result<ServiceSpec, ApiError> {
+    let mut spec = spec.clone();
+    if let Some(image) = &changes.image {
+        if image.trim().is_empty() {
+            return Err(ApiError::new("the image must not be empty"));
+        }
+        ImageRef::parse(image).map_err(ApiError::new)?;
+        spec.image = image.clone();
+    }
+    if let Some(replicas) = changes.replicas {
+        if spec.mode == ServiceMode::Global {
+            return Err(ApiError::new(
+                "replicas can only be used with replicated mode",
+            ));
+        }
+        spec.mode = ServiceMode::Replicated { replicas };
+    }
+    if let Some(args) = &changes.args {
+        spec.args = args.clone();
+    }
+    for entry in &changes.env_add {
+        if entry.is_empty() || entry.starts_with('=') {
+            return Err(ApiError::new(format!(
+                "invalid environment variable {entry:?}: expected K=V"
+            )));
+        }
+        match spec.env.iter_mut().find(|e| env_key(e) == env_key(entry)) {
+            Some(e) => e.clone_from(entry),
+            None => spec.env.push(entry.clone()),
+        }
+    }
+    spec.env
+        .retain(|e| !changes.env_rm.iter().any(|k| env_key(k) == env_key(e)));
+    spec.labels.extend(changes.label_add.clone());
+    for key in &changes.label_rm {
+        spec.labels.remove(key);
+    }
+    spec.ports.retain(|p| {
+        !changes.publish_rm.iter().any(|rm| {
+            rm.protocol == p.protocol
+                && if rm.published == 0 {
+                    rm.target == p.published || rm.target == p.target
+                } else {
+                    rm.published == p.published && rm.target == p.target
+                }
+        })
+    });
+    for port in &changes.publish_add {
+        if !spec.ports.contains(port) {
+            spec.ports.push(*port);
+        }
+    }
+    for reference in &changes.network_rm {
+        let id = network_id(state, reference)?;
+        spec.networks.retain(|n| *n != id);
+    }
+    for reference in &changes.network_add {
+        let id = network_id(state, reference)?;
+        if spec.networks.contains(&id) {
+            return Err(ApiError::new(format!(
+                "service is already attached to network {reference}"
+            )));
+        }
+        spec.networks.push(id);
+    }
+    for c in &changes.constraint_add {
+        if !spec.constraints.contains(c) {
+            spec.constraints.push(c.clone());
+        }
+    }
+    spec.constraints
+        .retain(|c| !changes.constraint_rm.contains(c));
+    if let Some(mode) = changes.endpoint_mode {
+        spec.endpoint_mode = mode;
+    }
+    spec.healthcheck = changes
+        .health
+        .apply(spec.healthcheck.take())
+        .map_err(ApiError::new)?;
+    changes.restart.apply(&mut spec);
+    spec.stop_grace_ms = changes.stop_grace_ms.unwrap_or(spec.stop_grace_ms);
+    changes
+        .update_config
+        .apply(&mut spec.update_config, "update")
+        .map_err(ApiError::new)?;
+    changes
+        .rollback_config
+        .apply(&mut spec.rollback_config, "rollback")
+        .map_err(ApiError::new)?;
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests;
