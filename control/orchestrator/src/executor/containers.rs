@@ -307,7 +307,8 @@ async fn act(
 fn log_release(task: Option<&Task>, container: &str, r: Released) {
     let now = std::time::Instant::now();
     let ms = |d: std::time::Duration| d.as_millis() as u64;
-    let task = task.map_or("", |t| t.id.as_str());
+    // None (not recorded): a container whose task the store no longer gives this node.
+    let task = task.map(|t| t.id.as_str());
     match r.withdrawn {
         Some(w) => info!(
             task,

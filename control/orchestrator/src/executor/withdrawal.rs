@@ -145,7 +145,7 @@ impl HeldStops {
                 Decision::Stop { withdrawn } => Some(withdrawn),
                 Decision::BoundHit { lagging } => {
                     warn!(
-                        task = task.as_ref().map_or("", |t| t.id.as_str()),
+                        task = task.as_ref().map(|t| t.id.as_str()),
                         container = %container,
                         withdrawal = held.target,
                         ?lagging,
