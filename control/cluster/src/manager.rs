@@ -275,6 +275,29 @@ pub struct NodeView {
     pub registry_auth: BTreeMap<String, RegistryCredentials>,
 }
 
+/// How far the nodes' dataplanes have followed the store, as the leader last heard from
+/// them (in its memory, not in the store).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Withdrawal {
+    /// The lowest store version every Ready node says its dataplane follows whole (a node
+    /// that has not said counts 0; Down nodes do not count): a task whose desired state
+    /// left Running at or before this version gets no new connection on any node.
+    pub withdrawn_everywhere_version: u64,
+    /// The Ready nodes whose dataplane is behind the leader's store, with the version it
+    /// follows (0: not said yet).
+    #[serde(default)]
+    pub behind: BTreeMap<String, u64>,
+}
+
+/// What a node's executor fetches from the leader.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeFetch {
+    /// The state, `None` when the store is still at the version the fetch named.
+    pub view: Option<NodeView>,
+    /// `None`: the leader does not keep it (a version from before it did).
+    pub withdrawal: Option<Withdrawal>,
+}
+
 /// A node's link to the managers for running its tasks: what it must run, and reports
 /// of what its tasks did. Works the same on managers and workers.
 #[derive(Clone)]
@@ -291,7 +314,14 @@ impl NodeClient {
     /// credentials ([`NodeView`]), from the leader; `None` when it is still at version
     /// `since`.
     pub async fn node_state(&self, since: u64) -> Result<Option<NodeView>, ClusterError> {
-        self.rt.node_state(since).await
+        Ok(self.rt.node_state(since, None).await?.view)
+    }
+
+    /// [`NodeClient::node_state`] for the executor: tells the leader the store version
+    /// this node's dataplane follows whole (`applied`), and brings back how far every
+    /// node's has come ([`Withdrawal`]).
+    pub async fn fetch(&self, since: u64, applied: u64) -> Result<NodeFetch, ClusterError> {
+        self.rt.node_state(since, Some(applied)).await
     }
 
     /// On a manager: the store version its copy has applied, as it changes (a cue to

@@ -2,21 +2,26 @@
 //! the node's dockerd and reports what they do.
 //!
 //! ```text
-//!   leader ──node_state(since)──▶ executor ──create/start/stop/remove──▶ dockerd
-//!      ▲                              │  (a sandbox `<container>.sandbox` holding the
-//!      │                              │   network namespace, then the task's container
-//!      └──────report_tasks────────────┘   `<service>.<slot>.<task>` in it: --network
-//!                                     │   container:<sandbox>, --init, task labels)
-//!                                     └──▶ declared overlay/DNS/LB state (node_state),
-//!                                          published to the agent's pipeline
+//!   leader ──node_state(since, applied)──▶ executor ──create/start/stop/remove──▶ dockerd
+//!      ▲   ◀──withdrawn everywhere────────    │  (a sandbox `<container>.sandbox` holding
+//!      │                                      │   the network namespace, then the task's
+//!      └──────report_tasks────────────────────┘   container `<service>.<slot>.<task>` in
+//!                                             │   it: --network container:<sandbox>,
+//!                                             │   --init, task labels)
+//!                                             └──▶ declared overlay/DNS/LB state
+//!                                                  (node_state), published to the
+//!                                                  agent's pipeline
 //! ```
-//! Each step: fetch the state when the store changed, write the node's declared state,
-//! list the task containers and sandboxes (one call each, by label), start what should
-//! run, stop and remove what should not (and containers of tasks that are no longer
-//! this node's: a node that comes back after being Down cleans up), and report every
-//! state a task reached that the store does not know yet. Steps run on dockerd events,
-//! on a pull ending and on a short tick. A task's process starts only once the dataplane
-//! has made its sandbox's network ready ([`crate::sandbox`]). Task states follow Swarm:
+//! Each step: fetch the state when the store changed (telling the leader which store
+//! version this node's dataplane follows), write the node's declared state, list the
+//! task containers and sandboxes (one call each, by label), start what should run, stop
+//! and remove what should not (and containers of tasks that are no longer this node's:
+//! a node that comes back after being Down cleans up), and report every state a task
+//! reached that the store does not know yet. A running task's stop waits until every
+//! node has withdrawn it from its load balancing and DNS ([`withdrawal`]). Steps run on
+//! dockerd events, on a pull ending, on the dataplane applying more and on a short
+//! tick. A task's process starts only once the dataplane has made its sandbox's network
+//! ready ([`crate::sandbox`]). Task states follow Swarm:
 //! assigned, preparing (the image is checked and, when the node lacks it, pulled; the
 //! sandbox and its network), starting (created and started; health check pending),
 //! running (started, healthy if it has a check), then complete, failed (exit code,
@@ -25,13 +30,17 @@
 //!
 //! This file holds the executor and its loop; a step's parts are in `plan` (deciding
 //! the actions from the store and the listing), `images` (image checks and pulls),
-//! `containers` (listing task containers, carrying out the actions), and `cleanup`
-//! (removing every task container, for `shoal agent cleanup`).
+//! `containers` (listing task containers, carrying out the actions), `applied` (the
+//! store version the node's dataplane follows), `withdrawal` (holding stops until every
+//! node has withdrawn the task) and `cleanup` (removing every task container, for
+//! `shoal agent cleanup`).
 
+mod applied;
 mod cleanup;
 mod containers;
 mod images;
 mod plan;
+mod withdrawal;
 
 pub use cleanup::remove_all_task_containers;
 pub use containers::{
@@ -49,7 +58,7 @@ use std::{
 
 use bollard::models::ContainerSummaryStateEnum;
 use shoal_cluster::{
-    manager::NodeClient,
+    manager::{NodeClient, Withdrawal},
     registry_auth::RegistryCredentials,
     store::{ClusterState, TaskState, TaskStatusUpdate},
 };
@@ -58,9 +67,11 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use self::{
+    applied::AppliedStore,
     containers::act_all,
     images::PullKey,
     plan::{plan, starting_networks, Plan},
+    withdrawal::{Heard, HeldStops},
 };
 use crate::{
     docker::DockerClient,
@@ -110,6 +121,14 @@ pub struct Executor {
     pull_done: mpsc::UnboundedReceiver<(PullKey, Result<(), String>)>,
     /// The resolver's address on the egress bridge (tasks with no network).
     egress_dns: Option<Ipv4Addr>,
+    /// Which store version the node's dataplane follows.
+    applied: AppliedStore,
+    /// The declared version the reconcilers had all applied at the last fetch.
+    reported: u64,
+    /// What the leader last said of every node's dataplane.
+    heard: Heard,
+    /// Stops waiting for their task's withdrawal on every node.
+    held: HeldStops,
 }
 
 impl Executor {
@@ -137,6 +156,14 @@ impl Executor {
             pull_done_tx,
             pull_done,
             egress_dns: None,
+            applied: AppliedStore::default(),
+            reported: 0,
+            // Nothing heard yet: every node counts as having applied nothing.
+            heard: Heard {
+                withdrawal: Some(Withdrawal::default()),
+                at: std::time::Instant::now(),
+            },
+            held: HeldStops::default(),
         }
     }
 
@@ -168,6 +195,7 @@ impl Executor {
         let mut events = self.events.subscribe();
         // On a manager, the local store applying a change is the cue; workers poll.
         let mut versions = self.client.subscribe();
+        let mut readiness = self.ready.clone();
         loop {
             self.step().await;
             let mut table = self.gossip.watch();
@@ -191,9 +219,22 @@ impl Executor {
                     None => std::future::pending::<()>().await,
                 }
             };
+            // The dataplane applying more is news for the leader (a task elsewhere may
+            // be waiting for this node to withdraw it).
+            let reported = self.reported;
+            let applied_moved = async {
+                let moved = match readiness.as_mut() {
+                    Some(r) => r.wait_for(|x| x.applied_version() > reported).await.is_ok(),
+                    None => false,
+                };
+                if !moved {
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
                 () = tokio::time::sleep(TICK) => {}
                 () = store_changed => {}
+                () = applied_moved => {}
                 () = gossip_changed => {}
                 done = self.pull_done.recv() => {
                     if let Some((key, result)) = done {
@@ -241,9 +282,15 @@ impl Executor {
             .collect();
         self.gossip.sync(&state, &me, &running).await;
         let Plan {
-            actions,
+            mut actions,
             mut updates,
         } = plan(&state, &me, self.egress_dns, &observed, &sandboxes);
+        self.held.hold(
+            &mut actions,
+            state.version,
+            &self.heard,
+            std::time::Instant::now(),
+        );
 
         // What a task starting now should find: the peers the store has running on its
         // networks, in the declared state its start waits to see applied.
@@ -270,18 +317,28 @@ impl Executor {
     }
 
     /// Fetches the node's state (and its services' registry credentials) from the
-    /// managers, if the store moved since the state this executor has.
+    /// managers, if the store moved since the state this executor has; tells them which
+    /// store version this node's dataplane follows, and hears how far every node's has
+    /// come.
     async fn fetch(&mut self) {
         let since = self.state.as_ref().map_or(0, |s| s.version);
+        let readiness = self.ready.as_ref().map(|r| r.borrow().clone());
+        self.reported = readiness.as_ref().map_or(0, |r| r.applied_version());
+        let applied = self.applied.store_version(readiness.as_ref());
         // Bounded: a pooled connection that went stale in a partition would otherwise
         // hold the pass until TCP's retransmission backoff fires (tens of seconds after
         // the heal); the fetch is a read, so giving up on it is safe.
-        match tokio::time::timeout(FETCH_TIMEOUT, self.client.node_state(since)).await {
-            Ok(Ok(Some(view))) => {
-                self.state = Some(view.state);
-                self.registry_auth = view.registry_auth;
+        match tokio::time::timeout(FETCH_TIMEOUT, self.client.fetch(since, applied)).await {
+            Ok(Ok(fetched)) => {
+                self.heard = Heard {
+                    withdrawal: fetched.withdrawal,
+                    at: std::time::Instant::now(),
+                };
+                if let Some(view) = fetched.view {
+                    self.state = Some(view.state);
+                    self.registry_auth = view.registry_auth;
+                }
             }
-            Ok(Ok(None)) => {}
             Ok(Err(e)) => {
                 debug!(error = %e, "cannot fetch this node's tasks from the managers");
             }
@@ -325,7 +382,8 @@ impl Executor {
     }
 
     /// Publishes the node's declared state for `state` (and the gossip table) if it
-    /// changed, one version on from the last.
+    /// changed, one version on from the last; either way, the declared version in force
+    /// now stands for `state`'s store version.
     fn declare(&mut self, state: &ClusterState, me: &str) {
         let table = self.gossip.settled_table(state, me);
         let mut declared: DeclaredNode =
@@ -333,13 +391,18 @@ impl Executor {
         self.intent.send_if_modified(|old| {
             let last = old.as_ref().map_or(0, |d| d.version);
             declared.version = last;
+            // The same state from a newer store version wakes no reconciler.
+            declared.store_version = old.as_ref().map_or(0, |d| d.store_version);
             if old.as_deref() == Some(&declared) {
                 return false;
             }
             declared.version = last + 1;
+            declared.store_version = state.version;
             *old = Some(Arc::new(declared));
             true
         });
+        let version = self.intent.borrow().as_ref().map_or(0, |d| d.version);
+        self.applied.computed(version, state.version);
     }
 
     /// Waits (at most [`PEER_WAIT`]) until gossip has told this node of every task the

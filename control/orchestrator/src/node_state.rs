@@ -419,6 +419,7 @@ impl From<NodeState> for shoal_dataplane::reconcile::DeclaredNode {
             task_containers: ns.task_containers,
             containers: Default::default(),
             version: 0,
+            store_version: 0,
         }
     }
 }

@@ -4,7 +4,9 @@
 //! diff against what the maps hold (adopted from a previous agent at start); and the
 //! reply path (a veth out of the ingress network's namespace with its TC programs) is
 //! made when that namespace appears or is made again, retried every 2 s when it fails.
-//! Every 5 s the backends' nodes get their neighbour entries refreshed.
+//! Every 5 s the backends' nodes get their neighbour entries refreshed. After an apply
+//! that took the declared state whole, it says which declared version the maps hold
+//! ([`ready`]).
 use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -16,6 +18,7 @@ use tracing::{info, warn};
 
 use super::{
     intake::Intake,
+    ready::{self, ReadinessSender},
     runner::{Cue, Reconcile},
     DeclaredNode, PresentNetwork,
 };
@@ -166,6 +169,8 @@ pub struct MeshReconciler<K: MeshKernel> {
     reply_error: Option<String>,
     last_attempt: Option<Instant>,
     last_nudge: Option<Instant>,
+    /// Where the declared version the maps hold is told; None: nowhere.
+    ready: Option<ReadinessSender>,
 }
 
 impl<K: MeshKernel> MeshReconciler<K> {
@@ -189,7 +194,15 @@ impl<K: MeshKernel> MeshReconciler<K> {
             reply_error: None,
             last_attempt: None,
             last_nudge: None,
+            ready: None,
         })
+    }
+
+    /// Tells `ready` which declared version the maps hold after each apply that took it
+    /// whole (the executor holds a task's stop until every node's mesh has withdrawn it).
+    pub fn with_readiness(mut self, ready: ReadinessSender) -> Self {
+        self.ready = Some(ready);
+        self
     }
 
     pub fn applied(&self) -> &MeshPlan {
@@ -366,6 +379,14 @@ impl<K: MeshKernel + 'static> Reconcile for MeshReconciler<K> {
         let error_before = self.reply_error.clone();
         let reply_changed = self.ensure_reply_path(present) || error_before != self.reply_error;
         let status = (due || reply_changed).then(|| self.apply());
+        // The maps hold the declared state whole only when it was taken and written;
+        // a refused one leaves the last good one in force, and its version stays.
+        let taken = status.as_ref().is_some_and(|s| s.refused.is_none());
+        if let (Some(tx), Some(d), true) = (&self.ready, declared, taken) {
+            if d.lb.is_some() {
+                ready::publish(tx, |r| r.mesh_version = d.version);
+            }
+        }
         self.nudge_if_due();
         status
     }
@@ -555,6 +576,33 @@ mod tests {
         assert!(s.refused.is_some());
         let port = r.applied().frontends.keys().next().unwrap().0.port;
         assert_eq!(u16::from_be_bytes(port.to_ne_bytes()), 8080);
+    }
+
+    #[test]
+    fn the_declared_version_is_told_once_the_maps_hold_it_whole() {
+        let (ready_tx, ready) = ready::channel();
+        let mut r = MeshReconciler::new(FakeKernel::default(), node())
+            .unwrap()
+            .with_readiness(ready_tx);
+        let mut d = declared(8080);
+        d.version = 5;
+        r.reconcile(Some(&d), &present(), Cue::Declared).unwrap();
+        assert_eq!(ready.borrow().mesh_version, 5);
+
+        let mut bad = declared(9090);
+        bad.version = 6;
+        bad.lb.as_mut().unwrap().ingress_network = Some("nowhere".into());
+        r.reconcile(Some(&bad), &present(), Cue::Declared).unwrap();
+        assert_eq!(
+            ready.borrow().mesh_version,
+            5,
+            "a refused state is not in force: the maps still hold version 5"
+        );
+
+        let mut good = declared(9090);
+        good.version = 7;
+        r.reconcile(Some(&good), &present(), Cue::Declared).unwrap();
+        assert_eq!(ready.borrow().mesh_version, 7);
     }
 
     #[test]

@@ -14,6 +14,9 @@
 //! reconciler reads a file: the state reaches the kernel as soon as it is computed.
 //! The overlay, VIP and DNS reconcilers also say what they made ready for each local
 //! container ([`ready`]): the executor starts a task's process only once its network is.
+//! They and the mesh say which declared version they applied whole: the executor tells
+//! the leader which store version the node's traffic follows, and stops a task only
+//! once every node's does past the task's withdrawal.
 
 pub mod dns;
 pub mod egress;
@@ -68,6 +71,10 @@ pub struct DeclaredNode {
     /// reconcilers say which version they applied ([`ready`]), so the source knows when
     /// a change of its own has reached the kernel.
     pub version: u64,
+    /// The cluster store version this state was computed from (0 for the standalone
+    /// files): once the reconcilers have applied `version`, the node's traffic follows
+    /// the store as of this version.
+    pub store_version: u64,
 }
 
 impl DeclaredNode {

@@ -1,12 +1,15 @@
 //! What the reconcilers have made ready for each local container, so the executor can
 //! start a task's process only once its network is in place (interfaces, addresses and
 //! routes; its egress veth and default route; the DNS listener its resolv.conf names;
-//! the VIP maps scoping its namespace).
+//! the VIP maps scoping its namespace); and which declared state the node's traffic
+//! follows whole, so the executor can tell when a task told to stop gets no new
+//! connection here ([`Readiness::applied_version`]).
 //!
 //! ```text
 //!  overlay ── attached containers ──┐
 //!  VIPs    ── scoped containers   ──┤
-//!  egress  ── attached containers ──┼─▶ one watch of Readiness ─▶ executor: wait_ready
+//!  mesh    ── (version only)      ──┼─▶ one watch of Readiness ─▶ executor: wait_ready,
+//!  egress  ── attached containers ──┤                             applied_version
 //!  DNS     ── serving networks    ──┘
 //! ```
 //! Each reconciler writes only its own field, after an apply, and only when it changed.
@@ -40,6 +43,7 @@ pub struct Readiness {
     /// remote endpoints, backends and records too).
     pub overlay_version: u64,
     pub vip_version: u64,
+    pub mesh_version: u64,
     pub dns_version: u64,
 }
 
@@ -83,6 +87,18 @@ pub struct Wanted {
 }
 
 impl Readiness {
+    /// The declared version that the overlay, the service VIPs, the routing mesh and DNS
+    /// have all applied whole (0: not every one has applied any): every version up to it
+    /// is in force for the node's traffic, so a backend it withdrew gets no new
+    /// connection through this node, nor a record from its resolver. Egress is not
+    /// counted: it carries no service traffic.
+    pub fn applied_version(&self) -> u64 {
+        self.overlay_version
+            .min(self.vip_version)
+            .min(self.mesh_version)
+            .min(self.dns_version)
+    }
+
     /// What `wanted` still lacks, in words; empty once it is ready.
     pub fn missing(&self, wanted: &Wanted) -> Vec<String> {
         let mut out = Vec::new();
@@ -165,8 +181,29 @@ mod tests {
             dns_serving: ["front".to_owned()].into(),
             overlay_version: 3,
             vip_version: 4,
+            mesh_version: 3,
             dns_version: 3,
         }
+    }
+
+    #[test]
+    fn the_applied_version_is_the_one_every_traffic_reconciler_has_reached() {
+        assert_eq!(Readiness::default().applied_version(), 0);
+        let mut r = ready();
+        assert_eq!(
+            r.applied_version(),
+            3,
+            "the VIPs being ahead does not count"
+        );
+        r.mesh_version = 2;
+        assert_eq!(r.applied_version(), 2, "the mesh holds it back");
+        r.mesh_version = 9;
+        r.dns_version = 0;
+        assert_eq!(r.applied_version(), 0, "DNS has applied nothing yet");
+        r.dns_version = 9;
+        r.overlay_version = 9;
+        r.egress_attached.clear();
+        assert_eq!(r.applied_version(), 4, "egress does not count");
     }
 
     #[test]

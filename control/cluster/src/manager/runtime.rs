@@ -11,10 +11,13 @@
 //! - `admit`: joins and renewals (certificates issued by the leader).
 //! - `membership`: leave, promote, demote, remove and manager-ready on the leader.
 //! - `liveness`: heartbeats received and the leader's monitor that marks nodes Down.
+//! - `applied`: the store version each node's dataplane follows, as the leader heard
+//!   it, and the lowest over the Ready nodes (when a stopping task is withdrawn).
 //! - `accept`: the listener's accept loop and per-connection serving.
 
 mod accept;
 mod admit;
+mod applied;
 mod forward;
 mod handlers;
 mod heartbeat;
@@ -39,6 +42,7 @@ use crate::pki::{client_config, join_server_config, ClusterCa, IssueOptions, Nod
 use crate::store::{ClusterState, NodeStatus, RaftId, StoreNode};
 use crate::token::JoinTokens;
 
+use applied::AppliedVersions;
 use liveness::Liveness;
 
 /// Bound on a server-side TLS handshake.
@@ -168,6 +172,8 @@ pub(crate) struct Runtime {
     core: RwLock<Option<Arc<Core>>>,
     local: Mutex<Local>,
     liveness: Mutex<Liveness>,
+    /// The store version each node's dataplane follows (while this node leads).
+    applied: Mutex<AppliedVersions>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     transition: tokio::sync::Mutex<()>,
     join_requests: AtomicU64,
@@ -189,6 +195,7 @@ impl Runtime {
             core: RwLock::new(None),
             local: Mutex::new(local),
             liveness: Mutex::new(Liveness::default()),
+            applied: Mutex::new(AppliedVersions::default()),
             tasks: Mutex::new(Vec::new()),
             transition: tokio::sync::Mutex::new(()),
             join_requests: AtomicU64::new(0),

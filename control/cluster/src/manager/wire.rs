@@ -69,9 +69,13 @@ pub(crate) enum Request {
     },
     /// The cluster state a node needs to run its tasks and declare its network state
     /// (no tokens, secrets or configs) and the registry credentials of its tasks'
-    /// services; `None` in the answer when the store is still at version `since`.
+    /// services; `None` in the answer when the store is still at version `since`. With
+    /// `applied` (the store version the caller's dataplane follows whole), the leader
+    /// records it and answers [`Response::NodeStateWithdrawal`].
     NodeState {
         since: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        applied: Option<u64>,
     },
     /// The caller's executor reports its tasks' states.
     ReportTasks {
@@ -133,6 +137,12 @@ pub(crate) enum Response {
     Heartbeat(HeartbeatAck),
     Token(JoinToken),
     NodeState(Option<Box<super::NodeView>>),
+    /// The answer to a `NodeState` that said what the caller applied (callers from
+    /// before it never get it).
+    NodeStateWithdrawal {
+        view: Option<Box<super::NodeView>>,
+        withdrawal: super::Withdrawal,
+    },
     Done,
 }
 
@@ -402,5 +412,42 @@ impl Transport for TlsTransport {
                 Err(CallError::Exchange(reason)) => Err(TransportError::Failed { to, reason }),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_state_request_reads_and_writes_as_before_when_it_says_nothing_applied() {
+        let old: Request = serde_json::from_str(r#"{"node_state":{"since":3}}"#).unwrap();
+        assert!(matches!(
+            old,
+            Request::NodeState {
+                since: 3,
+                applied: None
+            }
+        ));
+        let plain = Request::NodeState {
+            since: 3,
+            applied: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&plain).unwrap(),
+            r#"{"node_state":{"since":3}}"#
+        );
+        let said = Request::NodeState {
+            since: 3,
+            applied: Some(2),
+        };
+        let back: Request = serde_json::from_str(&serde_json::to_string(&said).unwrap()).unwrap();
+        assert!(matches!(
+            back,
+            Request::NodeState {
+                since: 3,
+                applied: Some(2)
+            }
+        ));
     }
 }

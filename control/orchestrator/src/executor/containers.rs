@@ -22,7 +22,7 @@ use shoal_cluster::store::{
 use shoal_dataplane::reconcile::ready::{ReadinessWatch, Wanted};
 use tracing::{debug, info, warn};
 
-use super::{images::ImageCheck, plan::Action, Executor};
+use super::{images::ImageCheck, plan::Action, withdrawal::Released, Executor};
 use crate::{
     docker::DockerClient,
     sandbox::{self, LABEL_SANDBOX_TASK_ID},
@@ -227,6 +227,8 @@ async fn act(
             sandbox,
             task,
             failed,
+            released,
+            ..
         } => {
             let api = docker.engine();
             // `--stop-grace-period` of the task's own spec: SIGTERM, then SIGKILL after it.
@@ -235,6 +237,9 @@ async fn act(
                 .and_then(|t| t.spec.as_ref())
                 .map_or(DEFAULT_STOP_GRACE_MS, |s| s.stop_grace_ms);
             let grace_secs = i32::try_from(grace_ms.div_ceil(1000)).unwrap_or(i32::MAX);
+            if let Some(r) = released {
+                log_release(task.as_deref(), &container, r);
+            }
             let _ = api
                 .stop_container(
                     &container,
@@ -294,6 +299,30 @@ async fn act(
             };
             start(docker, node, &task, &service, network, image).await
         }
+    }
+}
+
+/// Says, as a held stop's SIGTERM goes out, how long the task took to be withdrawn on
+/// every node after it was told to stop, and how long from then to the SIGTERM.
+fn log_release(task: Option<&Task>, container: &str, r: Released) {
+    let now = std::time::Instant::now();
+    let ms = |d: std::time::Duration| d.as_millis() as u64;
+    // None (not recorded): a container whose task the store no longer gives this node.
+    let task = task.map(|t| t.id.as_str());
+    match r.withdrawn {
+        Some(w) => info!(
+            task,
+            container,
+            told_to_withdrawn_ms = ms(w.saturating_duration_since(r.told)),
+            withdrawn_to_sigterm_ms = ms(now.saturating_duration_since(w)),
+            "task withdrawn on every node; stopping it"
+        ),
+        None => info!(
+            task,
+            container,
+            told_to_sigterm_ms = ms(now.saturating_duration_since(r.told)),
+            "task not withdrawn on every node in time; stopping it anyway"
+        ),
     }
 }
 

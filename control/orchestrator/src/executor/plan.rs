@@ -11,7 +11,10 @@ use bollard::models::ContainerSummaryStateEnum;
 use shoal_cluster::store::{ClusterState, Service, Task, TaskState, TaskStatusUpdate};
 use shoal_dataplane::reconcile::dns::EGRESS_LISTENER;
 
-use super::containers::{observe, update, Observed, ObservedSandbox};
+use super::{
+    containers::{observe, update, Observed, ObservedSandbox},
+    withdrawal::Released,
+};
 
 /// One thing a pass does on dockerd.
 pub(super) enum Action {
@@ -32,6 +35,11 @@ pub(super) enum Action {
         sandbox: Option<String>,
         task: Option<Box<Task>>,
         failed: Option<String>,
+        /// The container runs with its network: it may get connections, so its stop
+        /// waits for its task's withdrawal ([`super::withdrawal`]).
+        serving: bool,
+        /// Set when the stop was held for the withdrawal and now goes ahead.
+        released: Option<Released>,
     },
     /// Remove a sandbox whose task has no container and will not start one now.
     RemoveSandbox { sandbox: String },
@@ -79,6 +87,8 @@ pub(super) fn plan(
                 task: task.filter(|_| ours).cloned().map(Box::new),
                 failed: (keep && network_lost)
                     .then(|| "task: its network sandbox stopped".to_owned()),
+                serving: o.state == ContainerSummaryStateEnum::RUNNING && !network_lost,
+                released: None,
             });
         }
     }

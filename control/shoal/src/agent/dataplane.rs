@@ -115,11 +115,12 @@ impl Dataplane {
         // `shoal agent cleanup` can put it back.
         let sysctls = SysctlJournal::open(&config.data_dir)?;
         let egress_sysctls = sysctls.clone();
+        let mesh_ready = ready_tx.clone();
         let mesh = runner::spawn(
             "lb-mesh",
             move || {
                 let kernel = KernelMesh::open(&pin_dir, flows, &underlay, sysctls)?;
-                MeshReconciler::new(kernel, mesh_node)
+                MeshReconciler::new(kernel, mesh_node).map(|r| r.with_readiness(mesh_ready))
             },
             declared.clone(),
             Some(present.clone()),

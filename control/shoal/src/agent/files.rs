@@ -51,6 +51,7 @@ pub async fn follow(files: DeclaredFiles, intent: Arc<IntentSender>) -> io::Resu
                 containers: Default::default(),
                 // Nothing waits on the dataplane in the standalone mode.
                 version: 0,
+                store_version: 0,
             };
             intent.send_if_modified(|old| {
                 if old.as_deref() == Some(&next) {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::{lock, Runtime};
 use crate::manager::wire::{Request, Response, WireError};
-use crate::manager::{ClusterError, Role};
+use crate::manager::{ClusterError, NodeFetch, Role};
 use crate::store::{ApplyResult, ClusterState, Command};
 use crate::token::JoinToken;
 
@@ -183,13 +183,26 @@ impl Runtime {
     }
 
     /// The state this node's executor works from (see
-    /// [`node_view`](super::handlers::node_view)); `None` when the store is still at `since`.
+    /// [`node_view`](super::handlers::node_view)); no view when the store is still at
+    /// `since`. With `applied`, tells the leader the store version this node's
+    /// dataplane follows and brings back how far every node's has come.
     pub(crate) async fn node_state(
         self: &Arc<Self>,
         since: u64,
-    ) -> Result<Option<crate::manager::NodeView>, ClusterError> {
-        match self.call_leader(Request::NodeState { since }).await? {
-            Response::NodeState(s) => Ok(s.map(|s| *s)),
+        applied: Option<u64>,
+    ) -> Result<NodeFetch, ClusterError> {
+        match self
+            .call_leader(Request::NodeState { since, applied })
+            .await?
+        {
+            Response::NodeState(s) => Ok(NodeFetch {
+                view: s.map(|s| *s),
+                withdrawal: None,
+            }),
+            Response::NodeStateWithdrawal { view, withdrawal } => Ok(NodeFetch {
+                view: view.map(|s| *s),
+                withdrawal: Some(withdrawal),
+            }),
             _ => Err(ClusterError::Protocol(
                 "unexpected answer to node_state".into(),
             )),

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{other, tokens_of, Core, Runtime};
+use super::{lock, other, tokens_of, Core, Runtime};
 use crate::manager::wire::{Reply, Request, Response, WireError};
 use crate::manager::{NodeView, Role};
 use crate::pki::PeerIdentity;
@@ -128,16 +128,22 @@ impl Runtime {
                     need(Role::Worker)?;
                     self.do_renew(&core, peer.node_id(), &csr_pem).await
                 }
-                Request::NodeState { since } => {
+                Request::NodeState { since, applied } => {
                     need(Role::Worker)?;
                     leader_only()?;
                     let state = core.store.read_stale();
-                    if state.version == since {
-                        return Ok(Response::NodeState(None));
-                    }
-                    let key = RegistryAuthKey::derive(core.ca());
-                    let view = node_view(state, peer.node_id(), &key);
-                    Ok(Response::NodeState(Some(Box::new(view))))
+                    let withdrawal = applied.map(|v| {
+                        let term = core.store.status().term;
+                        lock(&self.applied).report(term, peer.node_id(), v, &state)
+                    });
+                    let view = (state.version != since).then(|| {
+                        let key = RegistryAuthKey::derive(core.ca());
+                        Box::new(node_view(state, peer.node_id(), &key))
+                    });
+                    Ok(match withdrawal {
+                        Some(withdrawal) => Response::NodeStateWithdrawal { view, withdrawal },
+                        None => Response::NodeState(view),
+                    })
                 }
                 Request::ReportTasks { updates } => {
                     need(Role::Worker)?;
