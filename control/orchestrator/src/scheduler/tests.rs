@@ -2,7 +2,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use shoal_cluster::store::{
     ClusterState, Command, Endpoint, FailureAction, Network, Node, PortConfig, Protocol,
-    PublishMode, RestartCondition, ServiceSpec, TaskStatusUpdate, UpdateState, UpdateStatus,
+    PublishMode, RestartCondition, Role, ServiceSpec, TaskStatusUpdate, UpdateState, UpdateStatus,
     DEFAULT_RESTART_DELAY_MS,
 };
 
