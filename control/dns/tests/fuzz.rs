@@ -24,6 +24,8 @@ use shoal_dns::handler::{build_query, HandlerConfig, ShoalHandler};
 use shoal_dns::records::{
     Container, DnsState, EndpointMode, NetAddr, NetAlias, RecordTable, Service, SharedTable, Task,
 };
+mod common;
+
 use shoal_dns::server::{DnsServer, NetworkListener, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -499,23 +501,7 @@ async fn handler_survives_mutated_queries() {
 const DEFAULT_SEED: u64 = 0x5e0a_1d45_0000_0007;
 
 fn listener(ip: &str) -> NetworkListener {
-    // A free UDP port whose TCP twin is free too (another process may hold it).
-    for _ in 0..20 {
-        let udp = std::net::UdpSocket::bind((ip, 0)).unwrap();
-        let port = udp.local_addr().unwrap().port();
-        match std::net::TcpListener::bind((ip, port)) {
-            Ok(tcp) => {
-                return NetworkListener {
-                    network: "front".to_string(),
-                    udp,
-                    tcp,
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
-            Err(e) => panic!("binding TCP {ip}:{port}: {e}"),
-        }
-    }
-    panic!("no port of {ip} was free for both UDP and TCP in 20 tries")
+    common::listener(ip, "front")
 }
 
 async fn start_server(config: ServerConfig) -> (DnsServer, SocketAddr) {

@@ -29,6 +29,8 @@ use shoal_dns::handler::{build_query, HandlerConfig, ShoalHandler};
 use shoal_dns::records::{
     Container, DnsState, EndpointMode, NetAddr, NetAlias, RecordTable, Service, SharedTable, Task,
 };
+mod common;
+
 use shoal_dns::server::{DnsServer, NetworkListener, RateLimit, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -272,24 +274,7 @@ struct Fixture {
 }
 
 fn listener(network: &str, ip: &str) -> NetworkListener {
-    // The kernel picks a free UDP port; the same TCP port may be held by another
-    // process's socket, so a few picks are tried.
-    for _ in 0..20 {
-        let udp = std::net::UdpSocket::bind((ip, 0)).unwrap();
-        let port = udp.local_addr().unwrap().port();
-        match std::net::TcpListener::bind((ip, port)) {
-            Ok(tcp) => {
-                return NetworkListener {
-                    network: network.to_string(),
-                    udp,
-                    tcp,
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
-            Err(e) => panic!("binding TCP {ip}:{port}: {e}"),
-        }
-    }
-    panic!("no port of {ip} was free for both UDP and TCP in 20 tries")
+    common::listener(ip, network)
 }
 
 async fn start(config: ServerConfig) -> Fixture {
