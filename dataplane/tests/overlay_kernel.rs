@@ -604,6 +604,27 @@ fn two_containers_on_one_node_ping_through_the_bridge() {
     lab.sh(&c1, "ping -c 1 -W 2 10.0.0.1");
     let no_route = lab.sh(&c2, "ip route show default");
     assert!(no_route.trim().is_empty(), "{no_route}");
+    // The gateway's MAC is the bridge's own, whatever ports come and go: a bridge
+    // that took its lowest port's address would change it under c1 when that port
+    // leaves.
+    let gateway_mac = "02:42:0a:00:00:01";
+    let bridge_mac = |lab: &Lab| {
+        // (/sys shows the test's own namespace, not the network's: ask ip.)
+        let line = lab.sh(&lab.network_ns(vni), "ip -br link show br0");
+        line.split_whitespace().nth(2).unwrap_or("").to_owned()
+    };
+    assert_eq!(bridge_mac(&lab), gateway_mac);
+    apply_all(
+        &mut k,
+        &[Op::Detach {
+            vni,
+            veth_name: "veb".into(),
+        }],
+    );
+    assert_eq!(bridge_mac(&lab), gateway_mac, "after a port left");
+    lab.sh(&c1, "ping -c 1 -W 2 10.0.0.1");
+    let neigh = lab.sh(&c1, "ip neigh show 10.0.0.1");
+    assert!(neigh.contains(gateway_mac), "{neigh}");
 }
 
 #[test]

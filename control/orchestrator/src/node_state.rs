@@ -58,12 +58,23 @@ fn vtep(state: &ClusterState, node_id: &str) -> Option<Ipv4Addr> {
     }
 }
 
-/// A task that has (or is getting) a container: placed, told to run, not ended.
+/// A task that has (or is getting) a container: placed and not ended. A task told to
+/// stop stays attached to its networks until its container has stopped: it gets no new
+/// connections (no DNS record, a draining backend), but the ones it has keep flowing
+/// through the stop grace period instead of being cut when the stop is decided. Its
+/// addresses stay its own until then too (the allocator holds a task's addresses until
+/// it ends).
 fn active(t: &Task) -> bool {
-    t.node_id.is_some()
-        && t.desired_state == TaskState::Running
-        && t.status.state >= TaskState::Assigned
-        && !t.status.state.is_terminal()
+    t.node_id.is_some() && t.status.state >= TaskState::Assigned && !t.status.state.is_terminal()
+}
+
+/// The name of the service `t` belongs to: the service's, else (the service was removed
+/// and its tasks are stopping) the one in the spec the task was made from.
+fn service_name<'a>(services: &BTreeMap<&str, &'a Service>, t: &'a Task) -> Option<&'a str> {
+    match services.get(t.service_id.as_str()) {
+        Some(s) => Some(s.spec.name.as_str()),
+        None => t.spec.as_ref().map(|s| s.name.as_str()),
+    }
 }
 
 fn node_ready(state: &ClusterState, node: Option<&String>) -> bool {
@@ -124,11 +135,11 @@ pub fn compute_with(
         if t.node_id.as_deref() != Some(node_id) || !active(t) {
             continue;
         }
-        let Some(service) = services.get(t.service_id.as_str()) else {
+        let Some(service_name) = service_name(&services, t) else {
             continue;
         };
         // The sandbox holds the task's namespace (the task's container joins it).
-        let container = crate::sandbox::name(&t.container_name(&service.spec.name));
+        let container = crate::sandbox::name(&t.container_name(service_name));
         task_containers.insert(container.clone());
         for a in &t.networks {
             let (Some(name), ip) = (net_name(&a.network_id), a.addr.addr()) else {

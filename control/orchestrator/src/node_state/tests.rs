@@ -165,6 +165,90 @@ fn a_node_declares_its_tasks_ingress_first_and_the_others_as_remote() {
 }
 
 #[test]
+fn a_task_told_to_stop_keeps_its_network_until_it_has_stopped_but_gets_no_new_connections() {
+    let mut s = cluster();
+    let remote = s
+        .tasks
+        .values()
+        .find(|t| t.node_id.as_deref() == Some("n2"))
+        .unwrap()
+        .id
+        .clone();
+    let mut stopping = s.tasks[&remote].clone();
+    stopping.desired_state = TaskState::Shutdown;
+    assert!(s
+        .apply(&Command::PutTasks {
+            tasks: vec![stopping]
+        })
+        .into_result()
+        .is_ok());
+    let on_n2 = compute(&s, "n2");
+    assert_eq!(
+        on_n2.overlay.local_endpoints.len(),
+        2,
+        "still attached while it runs: {:?}",
+        on_n2.overlay.local_endpoints
+    );
+    let on_n1 = compute(&s, "n1");
+    assert_eq!(on_n1.overlay.remote_endpoints.len(), 2);
+    let backend = on_n1.lb.services[0]
+        .backends
+        .iter()
+        .find(|b| b.task == remote)
+        .expect("a backend for the stopping task");
+    assert_eq!(backend.state, lb::BackendState::Draining);
+    assert!(on_n1.dns.services[0].tasks.iter().all(|t| t.id != remote));
+
+    // Once it has stopped, it leaves the networks everywhere.
+    s.apply(&Command::UpdateTaskStatus {
+        node_id: "n2".into(),
+        updates: vec![TaskStatusUpdate {
+            task_id: remote.clone(),
+            status: TaskStatus {
+                state: TaskState::Shutdown,
+                ..Default::default()
+            },
+        }],
+    });
+    assert!(compute(&s, "n2").overlay.local_endpoints.is_empty());
+    assert!(compute(&s, "n1").overlay.remote_endpoints.is_empty());
+}
+
+#[test]
+fn the_tasks_of_a_removed_service_stay_attached_until_they_stop() {
+    let mut s = cluster();
+    let own = s
+        .tasks
+        .values()
+        .find(|t| t.node_id.as_deref() == Some("n1"))
+        .unwrap()
+        .clone();
+    let mut with_spec = own.clone();
+    with_spec.spec = Some(Box::new(s.services["S"].spec.clone()));
+    assert!(s
+        .apply(&Command::PutTasks {
+            tasks: vec![with_spec]
+        })
+        .into_result()
+        .is_ok());
+    assert!(s
+        .apply(&Command::RemoveService { id: "S".into() })
+        .into_result()
+        .is_ok());
+    let ns = compute(&s, "n1");
+    let container = format!("myweb.{}.{}.sandbox", own.slot, own.id);
+    assert!(
+        ns.overlay
+            .local_endpoints
+            .iter()
+            .any(|e| e.container == container && e.network == "web"),
+        "{:?}",
+        ns.overlay.local_endpoints
+    );
+    assert!(ns.lb.services.is_empty() && ns.dns.services.is_empty());
+}
+
+#[test]
 fn every_task_container_is_declared_for_egress_with_a_network_or_not() {
     let mut s = cluster();
     let mut lone = s.services["S"].clone();

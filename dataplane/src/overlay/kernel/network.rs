@@ -13,6 +13,7 @@ use netlink_packet_route::link::{
 use super::super::{
     model::{KernelError, NetworkSpec},
     netns,
+    state::Mac,
 };
 use super::{
     invalid, io_err,
@@ -68,6 +69,14 @@ impl NetlinkKernel {
             let mut br = nl::up_message(0);
             br.attributes.push(LinkAttribute::IfName(BRIDGE.into()));
             br.attributes.push(LinkAttribute::Mtu(spec.mtu));
+            // A fixed address: a bridge left to choose takes its ports' lowest one and
+            // changes it when that port leaves or a lower one joins. The gateway's MAC
+            // then changes under every task of the network, whose neighbour caches
+            // send replies (the routing mesh's included) to an address nobody holds
+            // until they find out, tens of seconds later.
+            br.attributes.push(LinkAttribute::Address(
+                Mac::from_ip(spec.gateway).0.to_vec(),
+            ));
             br.attributes
                 .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
                     InfoKind::Bridge,
