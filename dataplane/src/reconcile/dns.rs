@@ -41,6 +41,7 @@ pub fn egress_listener(gateway: std::net::Ipv4Addr) -> PresentNetwork {
         vni: 0,
         gateway,
         netns_path: "/proc/thread-self/ns/net".into(),
+        endpoints: Default::default(),
     }
 }
 /// How often listeners that could not start are tried again.
@@ -99,14 +100,15 @@ pub struct ListenerPlan {
 }
 
 /// Listeners for exactly the networks in `present`: a network gone, or made again with
-/// another gateway or namespace, loses its listener; a new one gets one.
+/// another gateway or namespace, loses its listener; a new one gets one (endpoints
+/// coming and going on a network leave its listener alone).
 pub fn plan(
     running: &BTreeMap<String, PresentNetwork>,
     present: &[PresentNetwork],
 ) -> ListenerPlan {
     let stop: Vec<String> = running
         .iter()
-        .filter(|(id, net)| !present.iter().any(|p| &p.id == *id && p == *net))
+        .filter(|(id, net)| !present.iter().any(|p| &p.id == *id && p.same_place(net)))
         .map(|(id, _)| id.clone())
         .collect();
     let start = present
@@ -280,6 +282,7 @@ mod tests {
             vni,
             gateway: gateway.parse().unwrap(),
             netns_path: format!("/run/x/vni-{vni}").into(),
+            endpoints: Default::default(),
         }
     }
 
@@ -291,11 +294,10 @@ mod tests {
             ("c".to_string(), net("c", 3, "10.0.3.1")),
         ]
         .into();
-        let present = [
-            net("a", 1, "10.0.1.1"),
-            net("b", 2, "10.0.2.254"),
-            net("d", 4, "10.0.4.1"),
-        ];
+        // a's endpoints changed: its listener stays.
+        let mut a = net("a", 1, "10.0.1.1");
+        a.endpoints.insert("10.0.1.7".parse().unwrap());
+        let present = [a, net("b", 2, "10.0.2.254"), net("d", 4, "10.0.4.1")];
         let p = plan(&running, &present);
         assert_eq!(p.stop, ["b", "c"]);
         assert_eq!(

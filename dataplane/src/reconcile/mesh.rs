@@ -510,6 +510,7 @@ mod tests {
             vni: 4096,
             gateway: ip("10.255.0.1"),
             netns_path: "/run/x/vni-4096".into(),
+            endpoints: Default::default(),
         }]
     }
 

@@ -92,14 +92,28 @@ impl DeclaredNode {
 /// changed: what a previous agent made stays).
 pub type Declared = watch::Receiver<Option<Arc<DeclaredNode>>>;
 
-/// An overlay network that exists on this node now: where its namespace is pinned and
-/// the gateway address its bridge holds (where the node's DNS listens for it).
+/// An overlay network that exists on this node now: where its namespace is pinned, the
+/// gateway address its bridge holds (where the node's DNS listens for it), and the
+/// endpoints (local and remote) this node can reach on it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PresentNetwork {
     pub id: String,
     pub vni: u32,
     pub gateway: Ipv4Addr,
     pub netns_path: PathBuf,
+    /// Addresses of the endpoints the overlay has in place: a VIP backend that is not
+    /// among them yet gets no new connection from here (its packets would find no
+    /// neighbour entry and be lost).
+    pub endpoints: std::collections::BTreeSet<Ipv4Addr>,
+}
+
+impl PresentNetwork {
+    /// Whether `other` is this network in the same place (namespace and gateway), its
+    /// endpoints aside: what a listener on it depends on.
+    pub fn same_place(&self, other: &PresentNetwork) -> bool {
+        (&self.id, self.vni, self.gateway, &self.netns_path)
+            == (&other.id, other.vni, other.gateway, &other.netns_path)
+    }
 }
 
 /// The networks present after the overlay's latest apply.

@@ -239,6 +239,9 @@ fn present_networks(
                 vni: *vni,
                 gateway: objects.spec.gateway,
                 netns_path: pin_path(netns_dir, *vni),
+                endpoints: (objects.attachments.values().map(|a| a.ip))
+                    .chain(objects.remotes.keys().copied())
+                    .collect(),
             })
         })
         .collect()

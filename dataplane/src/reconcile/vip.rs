@@ -25,7 +25,7 @@ use super::{
 use crate::{
     iface,
     lb::{
-        state::LbState,
+        state::{BackendState, LbState},
         vip::{self, VipProgram},
         vip_addr::{self, AddrChanges},
         vip_table::VipTable,
@@ -173,6 +173,34 @@ pub fn desired_table(
     table
 }
 
+/// `lb` with every healthy backend this node cannot reach yet made draining (no new
+/// connection from here, none cut): one whose address on a network present here is not
+/// among that network's endpoints in the kernel. The overlay and the VIP maps are
+/// applied by two threads; a backend the maps offered before the overlay had its
+/// neighbour and forwarding entries would take connections whose packets are lost (a
+/// task that just started elsewhere, found by a connect() here a moment too early).
+/// The overlay's next apply changes the present networks, and the VIPs follow.
+pub fn reachable_only(lb: &LbState, present: &[PresentNetwork]) -> LbState {
+    let mut out = lb.clone();
+    for service in &mut out.services {
+        for b in &mut service.backends {
+            if b.state != BackendState::Healthy {
+                continue;
+            }
+            let missing = b.addresses.iter().any(|(network, ip)| {
+                present
+                    .iter()
+                    .find(|p| &p.id == network)
+                    .is_some_and(|p| !p.endpoints.contains(ip))
+            });
+            if missing {
+                b.state = BackendState::Draining;
+            }
+        }
+    }
+    out
+}
+
 /// The containers of `overlay` whose namespace cookie is in `cookies` (so the table
 /// just written scopes them), with their namespace identity.
 fn scoped_containers(
@@ -233,7 +261,13 @@ impl<K: VipKernel + 'static> Reconcile for VipReconciler<K> {
             }
         };
         let node_addrs = self.kernel.node_addresses();
-        let table = desired_table(&lb, &overlay, &cookies, own, &node_addrs);
+        let table = desired_table(
+            &reachable_only(&lb, present),
+            &overlay,
+            &cookies,
+            own,
+            &node_addrs,
+        );
         match self.kernel.apply(&table) {
             Ok(n) => {
                 if n > 0 {
@@ -397,7 +431,29 @@ mod tests {
             vni: 4097,
             gateway: ip("10.0.9.1"),
             netns_path: "/run/x/vni-4097".into(),
+            endpoints: ["10.0.9.11", "10.0.9.21", "10.0.9.22"]
+                .into_iter()
+                .map(ip)
+                .collect(),
         }]
+    }
+
+    #[test]
+    fn a_backend_the_overlay_has_not_reached_yet_gets_no_new_connection() {
+        let mut r = VipReconciler::new(FakeKernel::default());
+        let d = declared(&[
+            ("t1", "10.0.9.21", BackendState::Healthy),
+            ("t3", "10.0.9.23", BackendState::Healthy),
+        ]);
+        let s = r.reconcile(Some(&d), &present(), Cue::Declared).unwrap();
+        assert_eq!(s.healthy_backends, 1, "t3 has no overlay entry here yet");
+        let table = r.kernel().table.clone().unwrap();
+        assert_eq!(table.healthy(ip("10.0.9.100")), [ip("10.0.9.21")]);
+        // The overlay's apply brings it: the VIPs follow the present networks.
+        let mut now = present();
+        now[0].endpoints.insert(ip("10.0.9.23"));
+        let s = r.reconcile(Some(&d), &now, Cue::Present).unwrap();
+        assert_eq!(s.healthy_backends, 2);
     }
 
     #[test]
