@@ -58,6 +58,8 @@ fn sample_service(id: &str, name: &str) -> Service {
             restart_max_attempts: 0,
             restart_window_ms: 0,
             stop_grace_ms: crate::store::DEFAULT_STOP_GRACE_MS,
+            container: Default::default(),
+            network_aliases: Default::default(),
             update_config: Default::default(),
             rollback_config: Default::default(),
         },

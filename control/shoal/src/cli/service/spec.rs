@@ -171,6 +171,8 @@ impl CreateArgs {
             restart_max_attempts: 0,
             restart_window_ms: 0,
             stop_grace_ms: DEFAULT_STOP_GRACE_MS,
+            container: Default::default(),
+            network_aliases: Default::default(),
             update_config: UpdateConfig::default(),
             rollback_config: UpdateConfig::rollback_default(),
         };
