@@ -82,6 +82,7 @@ fn state() -> DnsState {
         endpoint_mode: EndpointMode::Vip,
         vips: vec![at("front", "10.0.1.3")],
         networks: vec![],
+        aliases: Vec::new(),
         tasks: vec![],
     };
     api.tasks.push(Task {
@@ -98,6 +99,7 @@ fn state() -> DnsState {
                 endpoint_mode: EndpointMode::Vip,
                 vips: vec![at("front", "10.0.1.2")],
                 networks: vec![],
+                aliases: Vec::new(),
                 tasks,
             },
             Service {
@@ -106,6 +108,7 @@ fn state() -> DnsState {
                 endpoint_mode: EndpointMode::Dnsrr,
                 vips: vec![],
                 networks: vec!["back".to_string()],
+                aliases: Vec::new(),
                 tasks: vec![],
             },
             api,

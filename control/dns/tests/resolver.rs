@@ -62,6 +62,7 @@ fn service(name: &str, mode: EndpointMode, vips: Vec<NetAddr>, tasks: Vec<Task>)
         endpoint_mode: mode,
         vips,
         networks: vec![],
+        aliases: Vec::new(),
         tasks,
     }
 }

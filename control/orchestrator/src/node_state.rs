@@ -226,6 +226,25 @@ pub fn compute_with(
                 .collect()
         };
         if !here.is_empty() {
+            let dns_networks: Vec<String> = match endpoint_mode {
+                store::EndpointMode::Vip => vips.iter().map(|(n, _)| n.clone()).collect(),
+                store::EndpointMode::Dnsrr => here.clone(),
+            };
+            // `--network name=NET,alias=A`, on the networks the service's name is
+            // answered on here.
+            let aliases = s
+                .spec
+                .network_aliases
+                .iter()
+                .filter_map(|(id, names)| Some((net_name(id)?, names)))
+                .filter(|(net, _)| dns_networks.contains(net))
+                .flat_map(|(net, names)| {
+                    names.iter().map(move |a| dns::NetAlias {
+                        network: net.clone(),
+                        alias: a.clone(),
+                    })
+                })
+                .collect();
             dns_services.push(dns::Service {
                 name: s.spec.name.clone(),
                 stack: None,
@@ -240,10 +259,8 @@ pub fn compute_with(
                         ip: (*ip).into(),
                     })
                     .collect(),
-                networks: match endpoint_mode {
-                    store::EndpointMode::Vip => vips.iter().map(|(n, _)| n.clone()).collect(),
-                    store::EndpointMode::Dnsrr => here.clone(),
-                },
+                networks: dns_networks,
+                aliases,
                 tasks: running
                     .iter()
                     .filter(|t| t.desired_state == TaskState::Running)

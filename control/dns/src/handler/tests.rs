@@ -45,6 +45,7 @@ fn state() -> DnsState {
                 endpoint_mode: EndpointMode::Vip,
                 vips: vec![at("front", "10.0.1.2")],
                 networks: vec![],
+                aliases: Vec::new(),
                 tasks: web_tasks,
             },
             Service {
@@ -53,6 +54,7 @@ fn state() -> DnsState {
                 endpoint_mode: EndpointMode::Dnsrr,
                 vips: vec![],
                 networks: vec![],
+                aliases: Vec::new(),
                 tasks: vec![
                     Task {
                         id: "d1".to_string(),
@@ -74,6 +76,7 @@ fn state() -> DnsState {
                 endpoint_mode: EndpointMode::Dnsrr,
                 vips: vec![],
                 networks: vec![],
+                aliases: Vec::new(),
                 tasks: big_tasks,
             },
         ],

@@ -56,6 +56,12 @@ pub struct Service {
     pub networks: Vec<String>,
     #[serde(default)]
     pub tasks: Vec<Task>,
+    /// Extra names of the service on one of its networks (`--network
+    /// name=NET,alias=A`): each answers there as the service's name does (and
+    /// `tasks.<alias>` as `tasks.<service>`). Names come first: an alias that is a
+    /// service's, task's or slot's name on that network is not added there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<NetAlias>,
 }
 
 /// How a service's name resolves.

@@ -32,6 +32,7 @@ fn service(name: &str, mode: EndpointMode, vips: Vec<NetAddr>, tasks: Vec<Task>)
         endpoint_mode: mode,
         vips,
         networks: Vec::new(),
+        aliases: Vec::new(),
         tasks,
     }
 }

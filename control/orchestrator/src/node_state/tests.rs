@@ -384,3 +384,30 @@ fn the_cluster_vxlan_port_is_declared_to_every_node() {
         assert_eq!(declared.data_path_port, Some(7789), "{node}");
     }
 }
+
+#[test]
+fn a_services_network_aliases_are_declared_to_dns_on_that_network() {
+    let mut s = cluster();
+    let mut service = s.services["S"].clone();
+    service
+        .spec
+        .network_aliases
+        .insert("WEB".into(), vec!["www".into()]);
+    s.services.insert("S".into(), service);
+    let ns = compute(&s, "n1");
+    let web = ns
+        .dns
+        .services
+        .iter()
+        .find(|d| d.name == "myweb")
+        .expect("the service is declared");
+    assert_eq!(
+        web.aliases,
+        vec![shoal_dns::records::NetAlias {
+            network: "web".into(),
+            alias: "www".into(),
+        }]
+    );
+    // A state the resolver takes (its lookups are tested in shoal-dns).
+    shoal_dns::records::RecordTable::build(&ns.dns).expect("a valid DNS state");
+}
