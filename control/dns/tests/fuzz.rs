@@ -73,6 +73,7 @@ fn state() -> DnsState {
             id: format!("t{i}"),
             slot: Some(i),
             healthy: i % 7 != 0,
+            nameservers: Vec::new(),
             addresses: vec![at("front", &format!("10.0.1.{}", 10 + i))],
         })
         .collect();
@@ -89,6 +90,7 @@ fn state() -> DnsState {
         id: "a1".to_string(),
         slot: Some(1),
         healthy: true,
+        nameservers: Vec::new(),
         addresses: vec![at("front", "10.0.1.200"), at("front", "fd00::200")],
     });
     DnsState {

@@ -51,6 +51,7 @@ fn task(id: &str, slot: Option<u32>, addresses: Vec<NetAddr>) -> Task {
         id: id.to_string(),
         slot,
         healthy: true,
+        nameservers: Vec::new(),
         addresses,
     }
 }

@@ -268,6 +268,17 @@ pub fn compute_with(
                         id: t.id.clone(),
                         slot: (t.slot > 0).then(|| t.slot.min(u32::MAX as u64) as u32),
                         healthy: true,
+                        // The spec the task runs (`--dns`): its own resolvers.
+                        nameservers: t
+                            .spec
+                            .as_deref()
+                            .unwrap_or(&s.spec)
+                            .container
+                            .dns
+                            .nameservers
+                            .iter()
+                            .filter_map(|n| n.parse().ok())
+                            .collect(),
                         addresses: addresses(t)
                             .into_iter()
                             .map(|(n, ip)| dns::NetAddr {

@@ -184,7 +184,8 @@ impl Builder {
         }
     }
 
-    fn add_owner(&mut self, addresses: &[(Arc<str>, IpAddr)]) {
+    fn add_owner(&mut self, addresses: &[(Arc<str>, IpAddr)], nameservers: &[IpAddr]) {
+        let nameservers: Arc<[IpAddr]> = Arc::from(nameservers);
         let mut networks: Vec<Arc<str>> = Vec::new();
         for (network, _) in addresses {
             if !networks.contains(network) {
@@ -195,6 +196,7 @@ impl Builder {
             self.owners.entry(*ip).or_default().push(Owner {
                 network: network.clone(),
                 networks: networks.clone(),
+                nameservers: nameservers.clone(),
             });
         }
     }
@@ -390,7 +392,7 @@ impl Builder {
                     self.add_ptr(ip, network, &task_name);
                 }
             }
-            self.add_owner(addrs);
+            self.add_owner(addrs, &task.nameservers);
         }
         Ok(targets)
     }
@@ -487,7 +489,7 @@ impl Builder {
             let alias_owner = format!("alias {:?} of {owner}", alias.alias);
             self.add_name(&alias.alias, &network, Kind::Shared, &alias_owner, &here)?;
         }
-        self.add_owner(&addrs);
+        self.add_owner(&addrs, &[]);
         Ok(())
     }
 }

@@ -87,6 +87,11 @@ pub struct Task {
     /// `tasks.<service>`.
     #[serde(default = "default_true")]
     pub healthy: bool,
+    /// The task's own resolvers (`service create --dns`): names it asks that are not
+    /// the cluster's go to these instead of the node's upstreams, as Swarm's embedded
+    /// DNS does with a container's DNS servers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<IpAddr>,
     pub addresses: Vec<NetAddr>,
 }
 

@@ -21,6 +21,7 @@ fn task(id: &str, slot: Option<u32>, healthy: bool, addresses: Vec<NetAddr>) -> 
         id: id.to_string(),
         slot,
         healthy,
+        nameservers: Vec::new(),
         addresses,
     }
 }

@@ -29,6 +29,7 @@ fn task(id: &str, slot: u32, addresses: Vec<NetAddr>) -> Task {
         id: id.to_string(),
         slot: Some(slot),
         healthy: true,
+        nameservers: Vec::new(),
         addresses,
     }
 }

@@ -58,9 +58,10 @@ pub(super) fn sandbox_spec(
         };
         task_template::expand(&options.hostname, &cx).map_err(|e| format!("--hostname: {e}"))?
     };
-    // On an overlay the embedded DNS answers first (and forwards the rest); with no
-    // network there is no name of the cluster's to answer, so the service's own
-    // resolvers, when it has them, are the task's, as under Swarm.
+    // On an overlay the embedded DNS answers the cluster's names and forwards the rest
+    // to the service's own resolvers (`--dns`, declared with the task's DNS state);
+    // with no network there is no name of the cluster's to answer, so those resolvers,
+    // when it has them, are the task's, as under Swarm.
     let nameservers = if !resolver.on_overlay && !options.dns.nameservers.is_empty() {
         options.dns.nameservers.clone()
     } else {

@@ -411,3 +411,26 @@ fn a_services_network_aliases_are_declared_to_dns_on_that_network() {
     // A state the resolver takes (its lookups are tested in shoal-dns).
     shoal_dns::records::RecordTable::build(&ns.dns).expect("a valid DNS state");
 }
+
+#[test]
+fn a_tasks_own_resolvers_are_declared_to_dns_from_the_spec_it_runs() {
+    let mut s = cluster();
+    for t in s.tasks.values_mut() {
+        let mut spec = t
+            .spec
+            .clone()
+            .map(|b| *b)
+            .unwrap_or(s.services["S"].spec.clone());
+        spec.container.dns.nameservers = vec!["192.0.2.53".into()];
+        t.spec = Some(Box::new(spec));
+    }
+    let ns = compute(&s, "n1");
+    let web = ns.dns.services.iter().find(|d| d.name == "myweb").unwrap();
+    assert!(!web.tasks.is_empty());
+    for t in &web.tasks {
+        assert_eq!(
+            t.nameservers,
+            vec!["192.0.2.53".parse::<std::net::IpAddr>().unwrap()]
+        );
+    }
+}
