@@ -15,8 +15,9 @@
 //! The overlay's local endpoints and egress's task containers name the sandbox (a task
 //! with no network gets one too, for egress), so the namespace stays plumbed for
 //! the task's whole life whatever its own process does. Docker takes a joined
-//! container's hostname and resolv.conf from the container whose namespace it joins,
-//! so both are set here. Removing a task removes its sandbox; a task whose sandbox
+//! container's hostname, resolv.conf and /etc/hosts from the container whose namespace
+//! it joins, so all three are set here (the service's `--hostname`, `--dns-*` and
+//! `--host`). Removing a task removes its sandbox; a task whose sandbox
 //! stopped has lost its network and fails.
 pub mod image;
 
