@@ -549,6 +549,7 @@ fn addresses_stored_as_strings_load_typed_and_save_the_same() {
     spec.insert("stop_grace_ms".into(), 10000.into());
     spec.insert("update_config".into(), config.clone());
     spec.insert("rollback_config".into(), config);
+    spec.insert("container".into(), serde_json::json!({}));
     let task = expected["tasks"]["t1"].as_object_mut().unwrap();
     task.insert("restarts".into(), 0.into());
     task.insert("restart_window_start_ms".into(), 0.into());
