@@ -2,7 +2,9 @@
 //! a host joining later, replicas spread over the hosts with task labels on the
 //! containers, a killed container replaced with the failed task kept as history, drain,
 //! a failing health check never counted as running, a task's address on its network as
-//! the store says (and a VIP and a published port reaching it), a host whose agent and
+//! the store says (and a VIP and a published port reaching it), container options seen
+//! from inside the container (hostname template, env file, user, workdir, label, extra
+//! host) and a network alias another container resolves, a host whose agent and
 //! dockerd stop losing its tasks to the others and cleaning up when it comes back,
 //! `service rm` removing every container, and bad input refused with nothing created.
 use std::{
@@ -332,6 +334,117 @@ fn services_are_scheduled_healed_and_removed_on_three_hosts() {
         || client_http(&guard, &format!("http://{h1}:8080/")),
     );
 
+    // Container options: a hostname template, an env file read by the CLI, user,
+    // working directory, container label, an extra hosts entry, and a network alias
+    // another container on the network resolves (to the service's VIP there).
+    let env_file = xtask::util::target_dir().join(format!("{}-cfg.env", guard.layout.prefix));
+    std::fs::write(
+        &env_file,
+        "# settings\nFROM_FILE=file value\n\nSHARED=file\n",
+    )
+    .expect("write the env file");
+    let env_path = env_file.to_str().expect("a UTF-8 path").to_owned();
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "cfg",
+            "--hostname",
+            "{{.Service.Name}}-{{.Task.Slot}}",
+            "--env-file",
+            &env_path,
+            "-e",
+            "SHARED=flag",
+            "--user",
+            "1000",
+            "--workdir",
+            "/tmp",
+            "--container-label",
+            "tier=backend",
+            "--host",
+            "db.lab:10.1.2.3",
+            "--network",
+            "name=web,alias=store",
+            "--constraint",
+            "node.hostname==h1",
+            "--entrypoint",
+            "sleep",
+            "shoal/web:1",
+            "3600",
+        ],
+    );
+    std::fs::remove_file(&env_file).expect("remove the env file");
+    let cfg = cli
+        .ps("cfg")
+        .expect("ps")
+        .into_iter()
+        .find(|t| t.running())
+        .expect("a running cfg task");
+    let cfg_container = format!("{}.{}", cfg.name, cfg.id);
+    let inside = |argv: &[&str]| {
+        guard
+            .docker_exec("h1", &cfg_container, argv)
+            .unwrap_or_else(|e| panic!("{argv:?} in {cfg_container}: {e}"))
+    };
+    assert_eq!(inside(&["hostname"]), "cfg-1");
+    let env = inside(&["env"]);
+    assert!(
+        env.lines().any(|l| l == "FROM_FILE=file value") && env.lines().any(|l| l == "SHARED=flag"),
+        "{env}"
+    );
+    assert_eq!(inside(&["id", "-u"]), "1000");
+    assert_eq!(inside(&["pwd"]), "/tmp");
+    let hosts = inside(&["cat", "/etc/hosts"]);
+    assert!(
+        hosts
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["10.1.2.3", "db.lab"]),
+        "{hosts}"
+    );
+    let label = guard.exec_ok(
+        "h1",
+        &[
+            "docker",
+            "inspect",
+            "--format",
+            "{{index .Config.Labels \"tier\"}}",
+            &cfg_container,
+        ],
+    );
+    assert_eq!(label, "backend");
+    let cfg_vip = cli.vip("cfg", "web").to_string();
+    wait_for("another container resolving the alias", BOUND, || {
+        let out = guard.docker_exec("h1", &container, &["nslookup", "store"])?;
+        if out.split("Name:").skip(1).any(|a| a.contains(&cfg_vip)) {
+            Ok(())
+        } else {
+            Err(format!("wanted {cfg_vip}: {out}"))
+        }
+    });
+    let inspect = cli.ok(
+        "h1",
+        &[
+            "service",
+            "inspect",
+            "--format",
+            "{{json .Spec.TaskTemplate}}",
+            "cfg",
+        ],
+    );
+    let template: serde_json::Value = serde_json::from_str(inspect.trim()).expect("JSON");
+    assert_eq!(template["ContainerSpec"]["Hosts"][0], "10.1.2.3 db.lab");
+    assert_eq!(template["Networks"][0]["Aliases"][0], "store");
+    // Bad input: one clear line, nothing changed.
+    let e = cli.err("h1", &["service", "update", "--host-add", "nocolon", "cfg"]);
+    assert!(e.contains("invalid --host \"nocolon\""), "{e}");
+    let e = cli.err(
+        "h1",
+        &["service", "update", "--hostname", "{{.Node.Name}}", "cfg"],
+    );
+    assert!(e.contains("unknown field"), "{e}");
+
     // h3's agent and dockerd stop: its myweb task comes back on h1/h2.
     let h3 = guard.state.hosts[2].clone();
     let before = cli.ps("myweb").expect("ps");
@@ -493,7 +606,7 @@ fn services_are_scheduled_healed_and_removed_on_three_hosts() {
     cli.ok(
         "h1",
         &[
-            "service", "rm", "myweb", "g", "sick", "front", "nowhere", "ghost",
+            "service", "rm", "myweb", "g", "sick", "front", "cfg", "nowhere", "ghost",
         ],
     );
     for host in ["h1", "h2", "h3"] {

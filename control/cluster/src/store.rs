@@ -22,6 +22,7 @@
 //! Raft member IDs ([`RaftId`], `u64`) are not the cluster's node IDs (strings, in
 //! certificates): a manager's [`state::Node::raft_id`] links the two, as in Swarm.
 
+pub mod container;
 mod log;
 pub mod service;
 mod sm;
@@ -39,6 +40,7 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, Raf
 use openraft::{BasicNode, ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
 
+pub use container::{ContainerOptions, DnsConfig};
 pub use service::{
     Endpoint, EndpointMode, FailureAction, HealthCheck, NetworkAttachment, PortConfig, Protocol,
     PublishMode, RestartCondition, Service, ServiceMode, ServiceSpec, Task, TaskState, TaskStatus,

@@ -192,6 +192,18 @@ impl Forwarder {
     /// See the module docs for the order of upstreams, timeouts and what counts as an
     /// answer.
     pub async fn forward(&self, query: &[u8], over_tcp: bool) -> Result<Vec<u8>, ForwardError> {
+        let config = &self.inner.config;
+        self.forward_to(query, over_tcp, &config.upstreams).await
+    }
+
+    /// [`Self::forward`] to `upstreams` instead of the configured ones (a task's own
+    /// resolvers), with the configured timeout and the shared bound on forwards.
+    pub async fn forward_to(
+        &self,
+        query: &[u8],
+        over_tcp: bool,
+        upstreams: &[SocketAddr],
+    ) -> Result<Vec<u8>, ForwardError> {
         let info = QueryInfo::parse(query).map_err(ForwardError::Malformed)?;
         if query.len() > MAX_MESSAGE {
             return Err(ForwardError::Malformed(format!(
@@ -200,7 +212,7 @@ impl Forwarder {
             )));
         }
         let config = &self.inner.config;
-        if config.upstreams.is_empty() {
+        if upstreams.is_empty() {
             return Err(ForwardError::NoUpstream);
         }
         let _slot = self.take_slot()?;
@@ -209,7 +221,7 @@ impl Forwarder {
         let mut timed_out = Vec::new();
         let mut first_error = None;
         let mut fallback = None;
-        for &upstream in &config.upstreams {
+        for &upstream in upstreams {
             let id: u16 = rand::random();
             wire::set_id(&mut outgoing, id);
             let attempt = async {

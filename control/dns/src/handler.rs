@@ -20,7 +20,7 @@
 //! | a name in scope, A/AAAA/PTR | the records, authoritative, TTL [`HandlerConfig::ttl`], rotated |
 //! | a name in scope, ANY | every record the name has (A, AAAA or PTR) |
 //! | a name in scope, any other type | NODATA: NOERROR, no records, no SOA |
-//! | a name not in scope | forwarded as received; the upstream's answer relayed with the client's ID |
+//! | a name not in scope | forwarded as received (to the asking task's own `--dns` resolvers when it has some, else the node's upstreams); the upstream's answer relayed with the client's ID |
 //! | forwarding fails (timeout, busy, no upstream) | SERVFAIL |
 //!
 //! Every answer echoes the question and carries an OPT record when the query did. Over
@@ -148,11 +148,19 @@ impl ShoalHandler {
             Lookup::NxDomain => {
                 // Bytes after the message (if any) are not part of it.
                 let length = request.length.min(query.len());
+                // A task with resolvers of its own (`--dns`) has its names asked there.
+                let upstreams = table.nameservers(&self.network, src).map(|servers| {
+                    servers
+                        .iter()
+                        .map(|ip| SocketAddr::new(*ip, DNS_PORT))
+                        .collect()
+                });
                 Outcome::Forward(Pending {
                     query: query[..length].to_vec(),
                     message: request.message,
                     over_tcp,
                     limit,
+                    upstreams,
                 })
             }
         }
@@ -268,8 +276,13 @@ impl ShoalHandler {
             message,
             over_tcp,
             limit,
+            upstreams,
         } = pending;
-        match self.forwarder.forward(&query, over_tcp).await {
+        let forwarded = match &upstreams {
+            Some(servers) => self.forwarder.forward_to(&query, over_tcp, servers).await,
+            None => self.forwarder.forward(&query, over_tcp).await,
+        };
+        match forwarded {
             Ok(mut answer) if answer.len() >= 12 => {
                 // The forwarder restores the client's ID; make sure of it.
                 answer[..2].copy_from_slice(&message.metadata.id.to_be_bytes());
@@ -306,7 +319,12 @@ pub struct Pending {
     message: Message,
     over_tcp: bool,
     limit: usize,
+    /// The asking task's own resolvers, instead of the node's upstreams.
+    upstreams: Option<Vec<SocketAddr>>,
 }
+
+/// Where a task's own resolvers listen.
+const DNS_PORT: u16 = 53;
 
 enum Parsed {
     Drop,

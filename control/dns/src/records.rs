@@ -18,6 +18,7 @@
 //! | `tasks.web` | the addresses of its healthy tasks on that network |
 //! | `web.<slot>.<taskid>`, `web.<slot>` | the task's addresses on that network (healthy or not) |
 //! | `web.<taskid>` | the same for a global service's task (no slot) |
+//! | `<alias>`, `tasks.<alias>` | as `web` and `tasks.web`, on the alias's network only (`--network name=NET,alias=A`) |
 //!
 //! A service of stack `app` named `web` is `app_web` in all of the above (task names
 //! included: `app_web.1.<taskid>`, as Swarm names task containers). Its short name `web`
@@ -29,7 +30,9 @@
 //! through the short name on `a`'s own networks). An attachable container answers to its
 //! name on every network it is on, and a network alias only on the alias's network;
 //! several containers may share a name or alias on a network (Docker's round robin
-//! aliases): the answer is all their addresses there.
+//! aliases): the answer is all their addresses there. A service's alias comes after
+//! every service, task and slot name on its network (one of those keeps the name);
+//! services and containers sharing it answer together.
 //!
 //! Reverse names (`d.c.b.a.in-addr.arpa`, `<32 nibbles>.ip6.arpa`) answer with a PTR to
 //! the service name for a VIP, to `<service>.<slot>.<taskid>` (`<service>.<taskid>` for
@@ -61,3 +64,5 @@ pub use table::{Lookup, RecordData, RecordTable};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_aliases;

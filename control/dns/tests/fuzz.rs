@@ -73,6 +73,7 @@ fn state() -> DnsState {
             id: format!("t{i}"),
             slot: Some(i),
             healthy: i % 7 != 0,
+            nameservers: Vec::new(),
             addresses: vec![at("front", &format!("10.0.1.{}", 10 + i))],
         })
         .collect();
@@ -82,12 +83,14 @@ fn state() -> DnsState {
         endpoint_mode: EndpointMode::Vip,
         vips: vec![at("front", "10.0.1.3")],
         networks: vec![],
+        aliases: Vec::new(),
         tasks: vec![],
     };
     api.tasks.push(Task {
         id: "a1".to_string(),
         slot: Some(1),
         healthy: true,
+        nameservers: Vec::new(),
         addresses: vec![at("front", "10.0.1.200"), at("front", "fd00::200")],
     });
     DnsState {
@@ -98,6 +101,7 @@ fn state() -> DnsState {
                 endpoint_mode: EndpointMode::Vip,
                 vips: vec![at("front", "10.0.1.2")],
                 networks: vec![],
+                aliases: Vec::new(),
                 tasks,
             },
             Service {
@@ -106,6 +110,7 @@ fn state() -> DnsState {
                 endpoint_mode: EndpointMode::Dnsrr,
                 vips: vec![],
                 networks: vec!["back".to_string()],
+                aliases: Vec::new(),
                 tasks: vec![],
             },
             api,

@@ -51,6 +51,7 @@ fn task(id: &str, slot: Option<u32>, addresses: Vec<NetAddr>) -> Task {
         id: id.to_string(),
         slot,
         healthy: true,
+        nameservers: Vec::new(),
         addresses,
     }
 }
@@ -62,6 +63,7 @@ fn service(name: &str, mode: EndpointMode, vips: Vec<NetAddr>, tasks: Vec<Task>)
         endpoint_mode: mode,
         vips,
         networks: vec![],
+        aliases: Vec::new(),
         tasks,
     }
 }

@@ -30,6 +30,7 @@
 //!
 //! This file holds the executor and its loop; a step's parts are in `plan` (deciding
 //! the actions from the store and the listing), `images` (image checks and pulls),
+//! `config` (what a task's sandbox and container are made with, from its spec),
 //! `containers` (listing task containers, carrying out the actions), `applied` (the
 //! store version the node's dataplane follows), `withdrawal` (holding stops until every
 //! node has withdrawn the task) and `cleanup` (removing every task container, for
@@ -37,6 +38,7 @@
 
 mod applied;
 mod cleanup;
+mod config;
 mod containers;
 mod images;
 mod plan;
@@ -68,6 +70,7 @@ use tracing::{debug, warn};
 
 use self::{
     applied::AppliedStore,
+    config::NodeIdentity,
     containers::act_all,
     images::PullKey,
     plan::{plan, starting_networks, Plan},
@@ -302,8 +305,16 @@ impl Executor {
 
         let prepared = began.elapsed();
         let count = actions.len();
-        let prepared_start = self.prepare_starts(&actions, version).await;
-        updates.extend(act_all(&self.docker, &me, &prepared_start, actions).await);
+        let node = NodeIdentity {
+            hostname: state
+                .nodes
+                .get(&me)
+                .map(|n| n.hostname.clone())
+                .unwrap_or_default(),
+            id: me.clone(),
+        };
+        let prepared_start = self.prepare_starts(&actions, version, node).await;
+        updates.extend(act_all(&self.docker, &prepared_start, actions).await);
         if count > 0 {
             debug!(
                 actions = count,

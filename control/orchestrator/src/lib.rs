@@ -12,6 +12,7 @@
 //! - [`docker`]: the dockerd client (containers, their namespaces, events);
 //!   [`image`]: image references, pulls and digests through it;
 //!   [`events`]: the agent's one dockerd event watch, shared;
+//! - [`task_template`]: Docker's `{{.Service.Name}}`-style templates (`--hostname`);
 //! - [`pipeline`]: the node's declared state, with its containers' namespaces, as one
 //!   in-memory value the dataplane's reconcilers follow.
 
@@ -25,3 +26,4 @@ pub mod node_state;
 pub mod pipeline;
 pub mod sandbox;
 pub mod scheduler;
+pub mod task_template;

@@ -237,6 +237,25 @@ pub fn compute_with(
                 .collect()
         };
         if !here.is_empty() {
+            let dns_networks: Vec<String> = match endpoint_mode {
+                store::EndpointMode::Vip => vips.iter().map(|(n, _)| n.clone()).collect(),
+                store::EndpointMode::Dnsrr => here.clone(),
+            };
+            // `--network name=NET,alias=A`, on the networks the service's name is
+            // answered on here.
+            let aliases = s
+                .spec
+                .network_aliases
+                .iter()
+                .filter_map(|(id, names)| Some((net_name(id)?, names)))
+                .filter(|(net, _)| dns_networks.contains(net))
+                .flat_map(|(net, names)| {
+                    names.iter().map(move |a| dns::NetAlias {
+                        network: net.clone(),
+                        alias: a.clone(),
+                    })
+                })
+                .collect();
             dns_services.push(dns::Service {
                 name: s.spec.name.clone(),
                 stack: None,
@@ -251,10 +270,8 @@ pub fn compute_with(
                         ip: (*ip).into(),
                     })
                     .collect(),
-                networks: match endpoint_mode {
-                    store::EndpointMode::Vip => vips.iter().map(|(n, _)| n.clone()).collect(),
-                    store::EndpointMode::Dnsrr => here.clone(),
-                },
+                networks: dns_networks,
+                aliases,
                 tasks: running
                     .iter()
                     .filter(|t| t.desired_state == TaskState::Running)
@@ -262,6 +279,17 @@ pub fn compute_with(
                         id: t.id.clone(),
                         slot: (t.slot > 0).then(|| t.slot.min(u32::MAX as u64) as u32),
                         healthy: true,
+                        // The spec the task runs (`--dns`): its own resolvers.
+                        nameservers: t
+                            .spec
+                            .as_deref()
+                            .unwrap_or(&s.spec)
+                            .container
+                            .dns
+                            .nameservers
+                            .iter()
+                            .filter_map(|n| n.parse().ok())
+                            .collect(),
                         addresses: addresses(t)
                             .into_iter()
                             .map(|(n, ip)| dns::NetAddr {

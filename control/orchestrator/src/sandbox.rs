@@ -15,12 +15,13 @@
 //! The overlay's local endpoints and egress's task containers name the sandbox (a task
 //! with no network gets one too, for egress), so the namespace stays plumbed for
 //! the task's whole life whatever its own process does. Docker takes a joined
-//! container's hostname and resolv.conf from the container whose namespace it joins,
-//! so both are set here. Removing a task removes its sandbox; a task whose sandbox
+//! container's hostname, resolv.conf and /etc/hosts from the container whose namespace
+//! it joins, so all three are set here (the service's `--hostname`, `--dns-*` and
+//! `--host`). Removing a task removes its sandbox; a task whose sandbox
 //! stopped has lost its network and fails.
 pub mod image;
 
-use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use bollard::{
     models::{ContainerCreateBody, HostConfig},
@@ -102,16 +103,51 @@ pub async fn remove_image(docker: &DockerClient) -> Result<bool, String> {
     }
 }
 
-/// What a sandbox is made with.
-#[derive(Clone, Debug)]
+/// What a sandbox is made with: everything a task container takes from the container
+/// whose namespace it joins (hostname, resolv.conf, /etc/hosts).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Spec {
     /// [`name`] of the task's container.
     pub name: String,
     pub task_id: String,
     pub service_name: String,
     pub hostname: String,
-    /// The resolver in the task's resolv.conf (its first network's gateway).
-    pub dns: Option<Ipv4Addr>,
+    /// The resolvers in the task's resolv.conf: its first network's gateway (the
+    /// embedded DNS), or for a task with no network the egress listener or the
+    /// service's `--dns` servers.
+    pub nameservers: Vec<String>,
+    /// `--dns-search`, `--dns-option`.
+    pub dns_search: Vec<String>,
+    pub dns_options: Vec<String>,
+    /// `--host` entries in Docker's `HOST:IP` form.
+    pub extra_hosts: Vec<String>,
+}
+
+/// The container a sandbox is (pure, so its settings can be checked without dockerd).
+pub fn create_body(spec: &Spec) -> ContainerCreateBody {
+    let labels = HashMap::from([
+        (LABEL_SANDBOX_TASK_ID.to_owned(), spec.task_id.clone()),
+        (
+            LABEL_SANDBOX_SERVICE_NAME.to_owned(),
+            spec.service_name.clone(),
+        ),
+    ]);
+    let non_empty = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+    ContainerCreateBody {
+        image: Some(image::TAG.to_owned()),
+        labels: Some(labels),
+        hostname: Some(spec.hostname.clone()),
+        stop_signal: Some("SIGKILL".to_owned()),
+        host_config: Some(HostConfig {
+            network_mode: Some("none".into()),
+            dns: non_empty(&spec.nameservers),
+            dns_search: non_empty(&spec.dns_search),
+            dns_options: non_empty(&spec.dns_options),
+            extra_hosts: non_empty(&spec.extra_hosts),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// A started sandbox.
@@ -125,25 +161,7 @@ pub struct Started {
 /// Creates and starts a sandbox (a leftover of the same name is removed first).
 pub async fn start(docker: &DockerClient, spec: &Spec) -> Result<Started, String> {
     remove(docker, &spec.name).await?;
-    let labels = HashMap::from([
-        (LABEL_SANDBOX_TASK_ID.to_owned(), spec.task_id.clone()),
-        (
-            LABEL_SANDBOX_SERVICE_NAME.to_owned(),
-            spec.service_name.clone(),
-        ),
-    ]);
-    let body = ContainerCreateBody {
-        image: Some(image::TAG.to_owned()),
-        labels: Some(labels),
-        hostname: Some(spec.hostname.clone()),
-        stop_signal: Some("SIGKILL".to_owned()),
-        host_config: Some(HostConfig {
-            network_mode: Some("none".into()),
-            dns: spec.dns.map(|g| vec![g.to_string()]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let body = create_body(spec);
     let api = docker.engine();
     let id = api
         .create_container(

@@ -9,15 +9,19 @@
 //!   [`server::Backend`].
 //! - [`client`]: the CLI's blocking client.
 //! - `service_changes`: what `service update` asks to change ([`ServiceChanges`]).
+//! - `container_changes`: a service's container settings, read and checked alike by
+//!   the CLI and the manager, and their update flags ([`ContainerChanges`]).
 //! - [`resolve_node`]: node references (ID, unique ID prefix, hostname), shared by
 //!   every backend.
 
 pub mod client;
+mod container_changes;
 pub mod server;
 mod service_changes;
 
 use std::{collections::BTreeMap, fmt};
 
+pub use container_changes::{check_alias, check_container_options, parse_host, ContainerChanges};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 pub use service_changes::{

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use super::container::ContainerOptions;
 use crate::registry_auth::SealedCredentials;
 
 /// A service: its spec plus what the managers allocated for it.
@@ -64,6 +65,10 @@ pub struct ServiceSpec {
     /// after `ingress` when a port is published in ingress mode).
     #[serde(default)]
     pub networks: Vec<String>,
+    /// `--network name=NET,alias=A`: extra names of the service on one of its networks
+    /// (by network ID), answered by the embedded DNS there as the service's name is.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub network_aliases: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub ports: Vec<PortConfig>,
     #[serde(default)]
@@ -89,6 +94,10 @@ pub struct ServiceSpec {
     /// `--stop-grace-period`: SIGTERM, then SIGKILL after this long.
     #[serde(default = "default_stop_grace_ms")]
     pub stop_grace_ms: u64,
+    /// `--entrypoint`, `--user`, `--workdir`, `--hostname`, ...: how each task's
+    /// container is made.
+    #[serde(default)]
+    pub container: ContainerOptions,
     /// `--update-*`: how a changed spec reaches the tasks.
     #[serde(default)]
     pub update_config: UpdateConfig,

@@ -23,6 +23,7 @@ fn state() -> DnsState {
             id: format!("w{i}"),
             slot: Some(i),
             healthy: true,
+            nameservers: Vec::new(),
             addresses: vec![at("front", &format!("10.0.1.{}", 10 + i))],
         })
         .collect();
@@ -31,6 +32,7 @@ fn state() -> DnsState {
             id: format!("b{i}"),
             slot: Some(i + 1),
             healthy: true,
+            nameservers: Vec::new(),
             addresses: vec![at(
                 "front",
                 &format!("10.0.{}.{}", 100 + i / 200, 1 + i % 200),
@@ -45,6 +47,7 @@ fn state() -> DnsState {
                 endpoint_mode: EndpointMode::Vip,
                 vips: vec![at("front", "10.0.1.2")],
                 networks: vec![],
+                aliases: Vec::new(),
                 tasks: web_tasks,
             },
             Service {
@@ -53,17 +56,20 @@ fn state() -> DnsState {
                 endpoint_mode: EndpointMode::Dnsrr,
                 vips: vec![],
                 networks: vec![],
+                aliases: Vec::new(),
                 tasks: vec![
                     Task {
                         id: "d1".to_string(),
                         slot: Some(1),
                         healthy: true,
+                        nameservers: Vec::new(),
                         addresses: vec![at("back", "10.0.2.10"), at("back", "fd00::10")],
                     },
                     Task {
                         id: "d2".to_string(),
                         slot: Some(2),
                         healthy: true,
+                        nameservers: vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 53))],
                         addresses: vec![at("back", "10.0.2.11")],
                     },
                 ],
@@ -74,6 +80,7 @@ fn state() -> DnsState {
                 endpoint_mode: EndpointMode::Dnsrr,
                 vips: vec![],
                 networks: vec![],
+                aliases: Vec::new(),
                 tasks: big_tasks,
             },
         ],
@@ -277,6 +284,36 @@ async fn unknown_names_are_forwarded_and_a_failed_forward_is_servfail() {
     assert_eq!(answer.metadata.response_code, ResponseCode::ServFail);
     assert_eq!(answer.queries[0].name().to_ascii(), "example.com.");
     assert!(answer.edns.is_some(), "OPT kept on errors");
+}
+
+#[test]
+fn a_task_with_its_own_resolvers_has_unknown_names_forwarded_there() {
+    // Answering on back, where d1 and d2 are.
+    let table = Arc::new(SharedTable::new(RecordTable::build(&state()).unwrap()));
+    let forwarder = Forwarder::new(ForwardConfig::new(vec![]));
+    let h = ShoalHandler::new(table, "back", forwarder, HandlerConfig::default());
+    let query = build_query(7, "example.com", RecordType::A, None);
+    let upstreams = |src: &str| match h.answer_local(&query, src.parse().unwrap(), false) {
+        Outcome::Forward(pending) => pending.upstreams,
+        Outcome::Done(answer) => panic!("answered locally: {answer:?}"),
+    };
+    // d2 (`--dns 192.0.2.53`), asking on its network.
+    assert_eq!(
+        upstreams("10.0.2.11"),
+        Some(vec![SocketAddr::new(
+            Ipv4Addr::new(192, 0, 2, 53).into(),
+            53
+        )])
+    );
+    // Its neighbour without resolvers of its own, and a stranger: the node's upstreams.
+    assert_eq!(upstreams("10.0.2.10"), None);
+    assert_eq!(upstreams("10.0.2.99"), None);
+    // The cluster's own names are still answered locally.
+    let local = build_query(8, "db", RecordType::A, None);
+    assert!(matches!(
+        h.answer_local(&local, "10.0.2.11".parse().unwrap(), false),
+        Outcome::Done(Some(_))
+    ));
 }
 
 #[tokio::test]

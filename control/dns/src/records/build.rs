@@ -76,6 +76,9 @@ fn check_address(owner: &str, ip: IpAddr) -> Result<(), DnsStateError> {
     Ok(())
 }
 
+/// Per network a service is on: what its name answers there, and its healthy tasks.
+type AliasTargets = Vec<(Arc<str>, Vec<IpAddr>, Vec<IpAddr>)>;
+
 #[derive(Default)]
 pub(super) struct Builder {
     networks: HashMap<String, Arc<str>>,
@@ -181,7 +184,8 @@ impl Builder {
         }
     }
 
-    fn add_owner(&mut self, addresses: &[(Arc<str>, IpAddr)]) {
+    fn add_owner(&mut self, addresses: &[(Arc<str>, IpAddr)], nameservers: &[IpAddr]) {
+        let nameservers: Arc<[IpAddr]> = Arc::from(nameservers);
         let mut networks: Vec<Arc<str>> = Vec::new();
         for (network, _) in addresses {
             if !networks.contains(network) {
@@ -192,6 +196,7 @@ impl Builder {
             self.owners.entry(*ip).or_default().push(Owner {
                 network: network.clone(),
                 networks: networks.clone(),
+                nameservers: nameservers.clone(),
             });
         }
     }
@@ -199,11 +204,17 @@ impl Builder {
     pub(super) fn build(mut self, state: &DnsState) -> Result<RecordTable, DnsStateError> {
         let mut service_names = HashSet::new();
         let mut task_ids = HashSet::new();
+        let mut service_aliases = Vec::new();
         for service in &state.services {
-            self.add_service(service, &mut service_names, &mut task_ids)?;
+            let names = self.add_service(service, &mut service_names, &mut task_ids)?;
+            service_aliases.push((service, names));
         }
         for container in &state.containers {
             self.add_container(container)?;
+        }
+        // Aliases after every name, so a name always beats an alias.
+        for (service, names) in service_aliases {
+            self.add_service_aliases(service, names)?;
         }
 
         // A short name two services share on a network answers for neither there.
@@ -229,12 +240,14 @@ impl Builder {
         })
     }
 
+    /// Adds a service's names; returns, per network it is on, what its name and
+    /// `tasks.` name answer there (for its aliases, added once every name is in).
     fn add_service(
         &mut self,
         service: &Service,
         service_names: &mut HashSet<String>,
         task_ids: &mut HashSet<String>,
-    ) -> Result<(), DnsStateError> {
+    ) -> Result<AliasTargets, DnsStateError> {
         check_name("service name", &service.name, true)?;
         let full = match &service.stack {
             Some(stack) => {
@@ -315,6 +328,7 @@ impl Builder {
             task_addrs.push(addrs);
         }
 
+        let mut targets = AliasTargets::new();
         for network in &networks {
             let healthy: Vec<IpAddr> = service
                 .tasks
@@ -332,6 +346,7 @@ impl Builder {
             let tasks_name = format!("tasks.{full}");
             self.add_name(&full, network, Kind::Service, &owner, &service_addrs)?;
             self.add_name(&tasks_name, network, Kind::Tasks, &owner, &healthy)?;
+            targets.push((network.clone(), service_addrs.clone(), healthy.clone()));
             if service.stack.is_some() {
                 let short = service.name.to_ascii_lowercase();
                 self.add_short(&short, network, &full, &service_addrs);
@@ -377,9 +392,56 @@ impl Builder {
                     self.add_ptr(ip, network, &task_name);
                 }
             }
-            self.add_owner(addrs);
+            self.add_owner(addrs, &task.nameservers);
+        }
+        Ok(targets)
+    }
+
+    /// A service's aliases, each on its network: what the service's name answers there,
+    /// and `tasks.<alias>` its healthy tasks. Services may share an alias (their
+    /// answers merge, as Docker's do); a name something else holds on that network
+    /// keeps its answer and the alias is left out there.
+    fn add_service_aliases(
+        &mut self,
+        service: &Service,
+        targets: AliasTargets,
+    ) -> Result<(), DnsStateError> {
+        for alias in &service.aliases {
+            check_name("network alias", &alias.alias, false)?;
+            let network = self.network(&alias.network)?;
+            let Some((_, service_addrs, healthy)) = targets.iter().find(|(n, _, _)| *n == network)
+            else {
+                return Err(DnsStateError::Service {
+                    service: service.name.clone(),
+                    reason: format!(
+                        "alias {:?} is on network {:?}, which the service is not on",
+                        alias.alias, alias.network
+                    ),
+                });
+            };
+            let owner = format!("alias {:?} of service {:?}", alias.alias, service.name);
+            for (name, addrs) in [
+                (alias.alias.clone(), service_addrs),
+                (format!("tasks.{}", alias.alias), healthy),
+            ] {
+                if self.held_by_a_name(&name, &network) {
+                    continue;
+                }
+                self.add_name(&name, &network, Kind::Shared, &owner, addrs)?;
+            }
         }
         Ok(())
+    }
+
+    /// Whether `name` is on `network` as a service's, task's or slot's name.
+    fn held_by_a_name(&self, name: &str, network: &Arc<str>) -> bool {
+        self.exact
+            .get(&name.to_ascii_lowercase())
+            .is_some_and(|entries| {
+                entries
+                    .iter()
+                    .any(|e| e.network == *network && e.kind != Kind::Shared)
+            })
     }
 
     fn add_container(&mut self, container: &Container) -> Result<(), DnsStateError> {
@@ -427,7 +489,7 @@ impl Builder {
             let alias_owner = format!("alias {:?} of {owner}", alias.alias);
             self.add_name(&alias.alias, &network, Kind::Shared, &alias_owner, &here)?;
         }
-        self.add_owner(&addrs);
+        self.add_owner(&addrs, &[]);
         Ok(())
     }
 }

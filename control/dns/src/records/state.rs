@@ -56,6 +56,12 @@ pub struct Service {
     pub networks: Vec<String>,
     #[serde(default)]
     pub tasks: Vec<Task>,
+    /// Extra names of the service on one of its networks (`--network
+    /// name=NET,alias=A`): each answers there as the service's name does (and
+    /// `tasks.<alias>` as `tasks.<service>`). Names come first: an alias that is a
+    /// service's, task's or slot's name on that network is not added there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<NetAlias>,
 }
 
 /// How a service's name resolves.
@@ -81,6 +87,11 @@ pub struct Task {
     /// `tasks.<service>`.
     #[serde(default = "default_true")]
     pub healthy: bool,
+    /// The task's own resolvers (`service create --dns`): names it asks that are not
+    /// the cluster's go to these instead of the node's upstreams, as Swarm's embedded
+    /// DNS does with a container's DNS servers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<IpAddr>,
     pub addresses: Vec<NetAddr>,
 }
 

@@ -72,6 +72,9 @@ pub(super) struct Owner {
     pub(super) network: Arc<str>,
     /// All the networks of the owner.
     pub(super) networks: Vec<Arc<str>>,
+    /// Where the owner's names that are not the cluster's go (empty: the node's
+    /// upstreams).
+    pub(super) nameservers: Arc<[IpAddr]>,
 }
 
 /// The names and addresses of a [`DnsState`], by network. Immutable once built: updates
@@ -184,6 +187,16 @@ impl RecordTable {
             }
         }
         networks.into_iter().collect()
+    }
+
+    /// The resolvers of the task that holds `src` on `network` (its `--dns`), if it
+    /// has its own: a name it asks that the table does not own is forwarded there.
+    pub fn nameservers(&self, network: &str, src: IpAddr) -> Option<&[IpAddr]> {
+        self.owners
+            .get(&src)?
+            .iter()
+            .find(|o| &*o.network == network && !o.nameservers.is_empty())
+            .map(|o| &*o.nameservers)
     }
 
     /// Whether the table has no names at all.

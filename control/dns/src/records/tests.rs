@@ -21,6 +21,7 @@ fn task(id: &str, slot: Option<u32>, healthy: bool, addresses: Vec<NetAddr>) -> 
         id: id.to_string(),
         slot,
         healthy,
+        nameservers: Vec::new(),
         addresses,
     }
 }
@@ -32,6 +33,7 @@ fn service(name: &str, mode: EndpointMode, vips: Vec<NetAddr>, tasks: Vec<Task>)
         endpoint_mode: mode,
         vips,
         networks: Vec::new(),
+        aliases: Vec::new(),
         tasks,
     }
 }

@@ -4,13 +4,13 @@
 //! A start makes the task's sandbox (`<container>.sandbox`, holding the network
 //! namespace), waits until the dataplane has made its network ready
 //! ([`crate::sandbox`]), then creates the task's container `<service>.<slot>.<task>` in
-//! it (`--network container:<sandbox>`, `--init`, the task labels) and starts it. A
+//! it (`--network container:<sandbox>`, settings from `config`) and starts it. A
 //! removal stops and removes the container, then its sandbox.
 
 use std::{collections::HashMap, net::Ipv4Addr};
 
 use bollard::{
-    models::{ContainerCreateBody, ContainerSummaryStateEnum, HealthConfig, HostConfig},
+    models::ContainerSummaryStateEnum,
     query_parameters::{
         CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, StopContainerOptions,
     },
@@ -22,7 +22,13 @@ use shoal_cluster::store::{
 use shoal_dataplane::reconcile::ready::{ReadinessWatch, Wanted};
 use tracing::{debug, info, warn};
 
-use super::{images::ImageCheck, plan::Action, withdrawal::Released, Executor};
+use super::{
+    config::{self, NodeIdentity, Resolver},
+    images::ImageCheck,
+    plan::Action,
+    withdrawal::Released,
+    Executor,
+};
 use crate::{
     docker::DockerClient,
     sandbox::{self, LABEL_SANDBOX_TASK_ID},
@@ -185,6 +191,8 @@ pub(super) fn observe(t: &Task, o: &Observed) -> Option<TaskStatusUpdate> {
 /// What every start of one pass shares: the image checks, whether the sandbox image is
 /// loaded, and the dataplane's readiness.
 pub(super) struct Prepared {
+    /// The node the tasks start on (their hostname templates may name it).
+    pub(super) node: NodeIdentity,
     /// By service ID.
     pub(super) images: HashMap<String, ImageCheck>,
     pub(super) sandbox_image: Result<(), String>,
@@ -196,12 +204,11 @@ pub(super) struct Prepared {
 /// Carries out `actions`, [`PARALLEL`] at a time; returns the task states they reached.
 pub(super) async fn act_all(
     docker: &DockerClient,
-    node: &str,
     prepared: &Prepared,
     actions: Vec<Action>,
 ) -> Vec<TaskStatusUpdate> {
     let results: Vec<Vec<TaskStatusUpdate>> = stream::iter(actions)
-        .map(|a| act(docker, node, prepared, a))
+        .map(|a| act(docker, prepared, a))
         .buffer_unordered(PARALLEL)
         .collect()
         .await;
@@ -209,12 +216,7 @@ pub(super) async fn act_all(
 }
 
 /// Does one action; returns the task states it reached.
-async fn act(
-    docker: &DockerClient,
-    node: &str,
-    prepared: &Prepared,
-    action: Action,
-) -> Vec<TaskStatusUpdate> {
+async fn act(docker: &DockerClient, prepared: &Prepared, action: Action) -> Vec<TaskStatusUpdate> {
     match action {
         Action::RemoveSandbox { sandbox } => {
             if let Err(e) = sandbox::remove(docker, &sandbox).await {
@@ -297,7 +299,7 @@ async fn act(
                 ready: prepared.ready.clone(),
                 version: prepared.version,
             };
-            start(docker, node, &task, &service, network, image).await
+            start(docker, &prepared.node, &task, &service, network, image).await
         }
     }
 }
@@ -342,7 +344,7 @@ struct Network {
 
 async fn start(
     docker: &DockerClient,
-    node: &str,
+    node: &NodeIdentity,
     t: &Task,
     service: &Service,
     network: Network,
@@ -361,7 +363,7 @@ async fn start(
         }
     };
     let name = t.container_name(&spec.name);
-    let sandbox = match start_sandbox(docker, t, service, &name, network).await {
+    let sandbox = match start_sandbox(docker, t, service, &name, node, network).await {
         Ok(s) => s,
         Err(err) => {
             warn!(task = %t.id, %err, "task rejected");
@@ -369,39 +371,7 @@ async fn start(
             return out;
         }
     };
-    let labels = HashMap::from([
-        (LABEL_TASK.to_string(), String::new()),
-        (LABEL_TASK_ID.to_string(), t.id.clone()),
-        (LABEL_TASK_NAME.to_string(), name.clone()),
-        (LABEL_SERVICE_ID.to_string(), service.id.clone()),
-        (LABEL_SERVICE_NAME.to_string(), spec.name.clone()),
-        (LABEL_NODE_ID.to_string(), node.to_string()),
-        (LABEL_SLOT.to_string(), t.slot.to_string()),
-    ]);
-    let ns = |ms: u64| (ms > 0).then(|| (ms as i64).saturating_mul(1_000_000));
-    let healthcheck = spec.healthcheck.as_ref().map(|h| HealthConfig {
-        test: Some(h.test.clone()),
-        interval: ns(h.interval_ms),
-        timeout: ns(h.timeout_ms),
-        retries: (h.retries > 0).then_some(h.retries as i64),
-        start_period: ns(h.start_period_ms),
-        start_interval: None,
-    });
-    // Hostname and resolv.conf come from the sandbox (Docker refuses them on a
-    // container that joins another's namespace).
-    let body = ContainerCreateBody {
-        image: Some(spec.image.clone()),
-        cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
-        env: (!spec.env.is_empty()).then(|| spec.env.clone()),
-        labels: Some(labels),
-        healthcheck,
-        host_config: Some(HostConfig {
-            network_mode: Some(format!("container:{}", sandbox.id)),
-            init: Some(true),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let body = config::task_container(t, service, &name, &node.id, &sandbox.id);
     let created = api
         .create_container(
             Some(CreateContainerOptions {
@@ -463,16 +433,15 @@ async fn start_sandbox(
     t: &Task,
     service: &Service,
     container: &str,
+    node: &NodeIdentity,
     network: Network,
 ) -> Result<sandbox::Started, String> {
     network.sandbox_image?;
-    let spec = sandbox::Spec {
-        name: sandbox::name(container),
-        task_id: t.id.clone(),
-        service_name: service.spec.name.clone(),
-        hostname: t.id.chars().take(12).collect(),
-        dns: network.dns,
+    let resolver = Resolver {
+        addr: network.dns,
+        on_overlay: !t.networks.is_empty(),
     };
+    let spec = config::sandbox_spec(t, service, container, node, resolver)?;
     let started = sandbox::start(docker, &spec).await?;
     let Some(mut ready) = network.ready else {
         return Ok(started);

@@ -11,7 +11,7 @@ use std::{collections::HashMap, time::Duration};
 use shoal_cluster::store::Service;
 use tracing::{info, warn};
 
-use super::{containers::Prepared, plan::Action, Executor};
+use super::{config::NodeIdentity, containers::Prepared, plan::Action, Executor};
 use crate::{
     image::{self, ImageRef},
     sandbox,
@@ -39,8 +39,14 @@ pub(super) enum ImageCheck {
 
 impl Executor {
     /// What every start among `actions` shares: one image check (and pull) per image,
-    /// not per task; the sandbox image once; `version` and the dataplane's readiness.
-    pub(super) async fn prepare_starts(&mut self, actions: &[Action], version: u64) -> Prepared {
+    /// not per task; the sandbox image once; `version` and the dataplane's readiness; the
+    /// `node` they start on.
+    pub(super) async fn prepare_starts(
+        &mut self,
+        actions: &[Action],
+        version: u64,
+        node: NodeIdentity,
+    ) -> Prepared {
         let mut images: HashMap<PullKey, ImageCheck> = HashMap::new();
         let mut sandbox_image: Result<(), String> = Ok(());
         if actions.iter().any(|a| matches!(a, Action::Start { .. })) {
@@ -73,6 +79,7 @@ impl Executor {
             })
             .collect();
         Prepared {
+            node,
             images,
             sandbox_image,
             ready: self.ready.clone(),

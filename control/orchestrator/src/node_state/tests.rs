@@ -82,6 +82,8 @@ fn cluster() -> ClusterState {
                 restart_max_attempts: 0,
                 restart_window_ms: 0,
                 stop_grace_ms: shoal_cluster::store::DEFAULT_STOP_GRACE_MS,
+                container: Default::default(),
+                network_aliases: Default::default(),
                 update_config: Default::default(),
                 rollback_config: Default::default(),
             },
@@ -464,5 +466,55 @@ fn the_cluster_vxlan_port_is_declared_to_every_node() {
     for node in ["n1", "n2"] {
         let declared: shoal_dataplane::reconcile::DeclaredNode = compute(&state, node).into();
         assert_eq!(declared.data_path_port, Some(7789), "{node}");
+    }
+}
+
+#[test]
+fn a_services_network_aliases_are_declared_to_dns_on_that_network() {
+    let mut s = cluster();
+    let mut service = s.services["S"].clone();
+    service
+        .spec
+        .network_aliases
+        .insert("WEB".into(), vec!["www".into()]);
+    s.services.insert("S".into(), service);
+    let ns = compute(&s, "n1");
+    let web = ns
+        .dns
+        .services
+        .iter()
+        .find(|d| d.name == "myweb")
+        .expect("the service is declared");
+    assert_eq!(
+        web.aliases,
+        vec![shoal_dns::records::NetAlias {
+            network: "web".into(),
+            alias: "www".into(),
+        }]
+    );
+    // A state the resolver takes (its lookups are tested in shoal-dns).
+    shoal_dns::records::RecordTable::build(&ns.dns).expect("a valid DNS state");
+}
+
+#[test]
+fn a_tasks_own_resolvers_are_declared_to_dns_from_the_spec_it_runs() {
+    let mut s = cluster();
+    for t in s.tasks.values_mut() {
+        let mut spec = t
+            .spec
+            .clone()
+            .map(|b| *b)
+            .unwrap_or(s.services["S"].spec.clone());
+        spec.container.dns.nameservers = vec!["192.0.2.53".into()];
+        t.spec = Some(Box::new(spec));
+    }
+    let ns = compute(&s, "n1");
+    let web = ns.dns.services.iter().find(|d| d.name == "myweb").unwrap();
+    assert!(!web.tasks.is_empty());
+    for t in &web.tasks {
+        assert_eq!(
+            t.nameservers,
+            vec!["192.0.2.53".parse::<std::net::IpAddr>().unwrap()]
+        );
     }
 }

@@ -62,6 +62,8 @@ fn service(id: &str, mode: ServiceMode) -> Service {
             restart_max_attempts: 0,
             restart_window_ms: 0,
             stop_grace_ms: shoal_cluster::store::DEFAULT_STOP_GRACE_MS,
+            container: Default::default(),
+            network_aliases: Default::default(),
             update_config: Default::default(),
             rollback_config: Default::default(),
         },

@@ -38,6 +38,12 @@ pub struct ServiceChanges {
     /// `--network-add` / `--network-rm`: names or IDs, as given.
     pub network_add: Vec<String>,
     pub network_rm: Vec<String>,
+    /// `--network-add name=NET,alias=A`: the aliases of each network added, by the
+    /// reference given there.
+    pub network_aliases: BTreeMap<String, Vec<String>>,
+    /// `--entrypoint`, `--user`, `--workdir`, `--hostname`, `--dns-*`, `--host-*`,
+    /// `--init`, `--stop-signal`, `--container-label-*`.
+    pub container: super::ContainerChanges,
     pub constraint_add: Vec<String>,
     pub constraint_rm: Vec<String>,
     pub endpoint_mode: Option<EndpointMode>,

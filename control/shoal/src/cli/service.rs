@@ -5,12 +5,15 @@
 //! - `policy`: the flag groups create and update share (health check, restart, update
 //!   and rollback policy).
 //! - `changes`: `update`'s flags parsed into the `ServiceChanges` request.
+//! - `container_flags`: the container flags of both (`--entrypoint`, `--user`,
+//!   `--hostname`, `--dns*`, `--host`, ...), `--env-file` and `--network`'s long form.
 //! - `views`: what `service ls` and `ps` print.
 //! - `inspect`: what `service inspect` prints (JSON and `--pretty`).
 //! - `progress`: `create`/`scale`/`update`/`rollback` waiting for the service to
 //!   converge.
 
 mod changes;
+mod container_flags;
 mod inspect;
 mod policy;
 mod progress;
@@ -107,12 +110,50 @@ pub struct CreateArgs {
     /// mode=ingress|host,target=N,published=N,protocol=tcp|udp (repeatable)
     #[arg(short = 'p', long = "publish", value_name = "SPEC")]
     pub publish: Vec<String>,
-    /// Network to attach to (repeatable)
+    /// Network to attach to: NET, or name=NET,alias=A[,alias=B] (repeatable)
     #[arg(long = "network", value_name = "NET")]
     pub networks: Vec<String>,
     /// Environment variable K=V (repeatable)
     #[arg(short = 'e', long = "env", value_name = "K=V")]
     pub env: Vec<String>,
+    /// Read environment variables from a file: K=V lines, # comments; a bare K takes
+    /// this shell's value (repeatable)
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_files: Vec<std::path::PathBuf>,
+    /// Overwrite the image's entrypoint (split as a shell splits words)
+    #[arg(long, value_name = "CMD", allow_hyphen_values = true)]
+    pub entrypoint: Option<String>,
+    /// Username or UID (format: <name|uid>[:<group|gid>])
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Working directory inside the container
+    #[arg(short = 'w', long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Container hostname; may name {{.Service.Name}}, {{.Service.ID}}, {{.Task.Slot}},
+    /// {{.Task.ID}}, {{.Task.Name}}, {{.Node.ID}}, {{.Node.Hostname}}
+    #[arg(long, value_name = "TEMPLATE")]
+    pub hostname: Option<String>,
+    /// Resolver for names the cluster does not own (repeatable)
+    #[arg(long = "dns", value_name = "IP")]
+    pub dns: Vec<String>,
+    /// resolv.conf option, e.g. ndots:2 (repeatable)
+    #[arg(long = "dns-option", value_name = "OPTION")]
+    pub dns_option: Vec<String>,
+    /// DNS search domain (repeatable)
+    #[arg(long = "dns-search", value_name = "DOMAIN")]
+    pub dns_search: Vec<String>,
+    /// Extra /etc/hosts entry HOST:IP (repeatable)
+    #[arg(long = "host", value_name = "HOST:IP")]
+    pub hosts: Vec<String>,
+    /// Run an init process in each container (default true; --init=false: none)
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub init: Option<bool>,
+    /// Signal that stops a container (default: the image's, else SIGTERM)
+    #[arg(long, value_name = "SIGNAL")]
+    pub stop_signal: Option<String>,
+    /// Container label K=V (repeatable)
+    #[arg(long = "container-label", value_name = "K=V", value_parser = parse_label)]
+    pub container_labels: Vec<(String, String)>,
     /// Placement constraint, e.g. node.role==manager (repeatable)
     #[arg(long = "constraint", value_name = "EXPR")]
     pub constraints: Vec<String>,
@@ -244,7 +285,7 @@ pub struct ServiceUpdateArgs {
     /// published or target port (repeatable)
     #[arg(long = "publish-rm", value_name = "SPEC")]
     pub publish_rm: Vec<String>,
-    /// Attach to a network (repeatable)
+    /// Attach to a network: NET, or name=NET,alias=A[,alias=B] (repeatable)
     #[arg(long = "network-add", value_name = "NET")]
     pub network_add: Vec<String>,
     /// Detach from a network (repeatable)
@@ -259,6 +300,54 @@ pub struct ServiceUpdateArgs {
     /// How the service's name resolves: a VIP, or DNS round robin
     #[arg(long, value_enum)]
     pub endpoint_mode: Option<EndpointModeArg>,
+    /// Overwrite the image's entrypoint ("": the image's again)
+    #[arg(long, value_name = "CMD", allow_hyphen_values = true)]
+    pub entrypoint: Option<String>,
+    /// Username or UID (format: <name|uid>[:<group|gid>])
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Working directory inside the container
+    #[arg(short = 'w', long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Container hostname (a template, as for create)
+    #[arg(long, value_name = "TEMPLATE")]
+    pub hostname: Option<String>,
+    /// Add a resolver (repeatable)
+    #[arg(long = "dns-add", value_name = "IP")]
+    pub dns_add: Vec<String>,
+    /// Remove a resolver (repeatable)
+    #[arg(long = "dns-rm", value_name = "IP")]
+    pub dns_rm: Vec<String>,
+    /// Add a resolv.conf option (repeatable)
+    #[arg(long = "dns-option-add", value_name = "OPTION")]
+    pub dns_option_add: Vec<String>,
+    /// Remove a resolv.conf option (repeatable)
+    #[arg(long = "dns-option-rm", value_name = "OPTION")]
+    pub dns_option_rm: Vec<String>,
+    /// Add a DNS search domain (repeatable)
+    #[arg(long = "dns-search-add", value_name = "DOMAIN")]
+    pub dns_search_add: Vec<String>,
+    /// Remove a DNS search domain (repeatable)
+    #[arg(long = "dns-search-rm", value_name = "DOMAIN")]
+    pub dns_search_rm: Vec<String>,
+    /// Add an /etc/hosts entry HOST:IP (repeatable)
+    #[arg(long = "host-add", value_name = "HOST:IP")]
+    pub host_add: Vec<String>,
+    /// Remove /etc/hosts entries: HOST (all of it) or HOST:IP (repeatable)
+    #[arg(long = "host-rm", value_name = "HOST[:IP]")]
+    pub host_rm: Vec<String>,
+    /// Run an init process in each container (--init=false: none)
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub init: Option<bool>,
+    /// Signal that stops a container
+    #[arg(long, value_name = "SIGNAL")]
+    pub stop_signal: Option<String>,
+    /// Add or change a container label K=V (repeatable)
+    #[arg(long = "container-label-add", value_name = "K=V", value_parser = parse_label)]
+    pub container_label_add: Vec<(String, String)>,
+    /// Remove a container label (repeatable)
+    #[arg(long = "container-label-rm", value_name = "K")]
+    pub container_label_rm: Vec<String>,
     #[command(flatten)]
     pub health: HealthArgs,
     #[command(flatten)]

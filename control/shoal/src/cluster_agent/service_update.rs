@@ -127,6 +127,7 @@ fn changed_spec(
     for reference in &changes.network_rm {
         let id = network_id(state, reference)?;
         spec.networks.retain(|n| *n != id);
+        spec.network_aliases.remove(&id);
     }
     for reference in &changes.network_add {
         let id = network_id(state, reference)?;
@@ -137,6 +138,24 @@ fn changed_spec(
         }
         spec.networks.push(id);
     }
+    for (reference, aliases) in &changes.network_aliases {
+        let id = network_id(state, reference)?;
+        if !changes
+            .network_add
+            .iter()
+            .any(|r| network_id(state, r).ok().as_ref() == Some(&id))
+        {
+            return Err(ApiError::new(format!(
+                "network alias {}: network {reference} is not among --network-add",
+                aliases.join(", ")
+            )));
+        }
+        spec.network_aliases
+            .entry(id)
+            .or_default()
+            .extend(aliases.iter().cloned());
+    }
+    changes.container.apply(&mut spec.container);
     for c in &changes.constraint_add {
         if !spec.constraints.contains(c) {
             spec.constraints.push(c.clone());

@@ -17,7 +17,9 @@ use shoal_cluster::{
 use tracing::info;
 
 use super::{cluster_error, nodes::execute, service_update::updated_service};
-use crate::api::{ApiError, Reply, Request, ServiceStateView};
+use crate::api::{
+    check_alias, check_container_options, ApiError, Reply, Request, ServiceStateView,
+};
 use shoal_cluster::registry_auth::RegistryCredentials;
 use shoal_orchestrator::{
     docker::DockerClient,
@@ -174,6 +176,26 @@ pub(super) fn prepare_spec(
         }
     }
     spec.networks = networks;
+    let mut aliases: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (reference, names) in &spec.network_aliases {
+        let id = network_id(state, reference)?;
+        if !spec.networks.contains(&id) {
+            return Err(ApiError::new(format!(
+                "network alias {}: the service is not on network {reference}",
+                names.join(", ")
+            )));
+        }
+        let list = aliases.entry(id).or_default();
+        for name in names {
+            check_alias(name).map_err(ApiError::new)?;
+            if !list.contains(name) {
+                list.push(name.clone());
+            }
+        }
+    }
+    aliases.retain(|_, names| !names.is_empty());
+    spec.network_aliases = aliases;
+    check_container_options(&spec.container).map_err(ApiError::new)?;
     if spec.ports.iter().any(|p| p.mode == PublishMode::Ingress)
         && !state.networks.values().any(|n| n.ingress)
     {
@@ -640,6 +662,8 @@ pub(super) mod tests {
             restart_max_attempts: 0,
             restart_window_ms: 0,
             stop_grace_ms: shoal_cluster::store::DEFAULT_STOP_GRACE_MS,
+            container: Default::default(),
+            network_aliases: Default::default(),
             update_config: Default::default(),
             rollback_config: Default::default(),
         }

@@ -58,6 +58,8 @@ fn sample_service(id: &str, name: &str) -> Service {
             restart_max_attempts: 0,
             restart_window_ms: 0,
             stop_grace_ms: crate::store::DEFAULT_STOP_GRACE_MS,
+            container: Default::default(),
+            network_aliases: Default::default(),
             update_config: Default::default(),
             rollback_config: Default::default(),
         },
@@ -547,6 +549,7 @@ fn addresses_stored_as_strings_load_typed_and_save_the_same() {
     spec.insert("stop_grace_ms".into(), 10000.into());
     spec.insert("update_config".into(), config.clone());
     spec.insert("rollback_config".into(), config);
+    spec.insert("container".into(), serde_json::json!({}));
     let task = expected["tasks"]["t1"].as_object_mut().unwrap();
     task.insert("restarts".into(), 0.into());
     task.insert("restart_window_start_ms".into(), 0.into());

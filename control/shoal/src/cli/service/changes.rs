@@ -71,6 +71,7 @@ pub(super) fn split_args(text: &str) -> Result<Vec<String>, String> {
 impl ServiceUpdateArgs {
     /// The changes the flags ask for; `--rollback` only alone.
     pub fn changes(&self) -> Result<ServiceChanges, String> {
+        let (network_add, network_aliases) = self.networks_added()?;
         let changes = ServiceChanges {
             image: self.image.clone(),
             replicas: self.replicas.as_deref().map(parse_replicas).transpose()?,
@@ -89,8 +90,10 @@ impl ServiceUpdateArgs {
                 .iter()
                 .map(|p| parse_publish(p))
                 .collect::<Result<_, _>>()?,
-            network_add: self.network_add.clone(),
+            network_add,
             network_rm: self.network_rm.clone(),
+            network_aliases,
+            container: self.container_changes()?,
             constraint_add: self.constraint_add.clone(),
             constraint_rm: self.constraint_rm.clone(),
             endpoint_mode: self.endpoint_mode.map(Into::into),

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 use shoal_cluster::store::{
-    EndpointMode, FailureAction, Network, PublishMode, RestartCondition, Service, ServiceMode,
-    ServiceSpec, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
+    ContainerOptions, EndpointMode, FailureAction, Network, PublishMode, RestartCondition, Service,
+    ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
 };
 
 use super::views::human_duration;
@@ -146,15 +146,54 @@ fn ports_value(spec: &ServiceSpec) -> Vec<Value> {
         .collect()
 }
 
+/// The container options in Docker's `ContainerSpec` (each only when set, as Docker
+/// omits empty ones).
+fn container_options_value(container: &mut Value, o: &ContainerOptions) {
+    let mut set = |key: &str, value: Value| container[key] = value;
+    if !o.entrypoint.is_empty() {
+        set("Command", json!(o.entrypoint));
+    }
+    for (key, text) in [
+        ("User", &o.user),
+        ("Dir", &o.dir),
+        ("Hostname", &o.hostname),
+        ("StopSignal", &o.stop_signal),
+    ] {
+        if !text.is_empty() {
+            set(key, json!(text));
+        }
+    }
+    if !o.labels.is_empty() {
+        set("Labels", json!(o.labels));
+    }
+    if !o.hosts.is_empty() {
+        set("Hosts", json!(o.hosts));
+    }
+    if !o.dns.is_empty() {
+        let mut dns = json!({});
+        for (key, list) in [
+            ("Nameservers", &o.dns.nameservers),
+            ("Search", &o.dns.search),
+            ("Options", &o.dns.options),
+        ] {
+            if !list.is_empty() {
+                dns[key] = json!(list);
+            }
+        }
+        set("DNSConfig", dns);
+    }
+}
+
 /// A spec as Docker's `Spec` (and `PreviousSpec`).
 fn spec_value(spec: &ServiceSpec, force_update: u64) -> Value {
     let mode = match spec.mode {
         ServiceMode::Replicated { replicas } => json!({"Replicated": {"Replicas": replicas}}),
         ServiceMode::Global => json!({"Global": {}}),
     };
+    let options = &spec.container;
     let mut container = json!({
         "Image": spec.image,
-        "Init": true,
+        "Init": options.init(),
         "StopGracePeriod": nanos(spec.stop_grace_ms),
     });
     if !spec.args.is_empty() {
@@ -163,6 +202,7 @@ fn spec_value(spec: &ServiceSpec, force_update: u64) -> Value {
     if !spec.env.is_empty() {
         container["Env"] = json!(spec.env);
     }
+    container_options_value(&mut container, options);
     if let Some(h) = &spec.healthcheck {
         container["Healthcheck"] = json!({
             "Test": h.test,
@@ -184,7 +224,13 @@ fn spec_value(spec: &ServiceSpec, force_update: u64) -> Value {
                 "Window": nanos(spec.restart_window_ms),
             },
             "Placement": {"Constraints": spec.constraints},
-            "Networks": spec.networks.iter().map(|n| json!({"Target": n})).collect::<Vec<_>>(),
+            "Networks": spec.networks.iter().map(|n| {
+                let mut attachment = json!({"Target": n});
+                if let Some(aliases) = spec.network_aliases.get(n) {
+                    attachment["Aliases"] = json!(aliases);
+                }
+                attachment
+            }).collect::<Vec<_>>(),
             "ForceUpdate": force_update,
         },
         "Mode": mode,
@@ -324,6 +370,16 @@ pub(super) fn inspect_pretty(s: &Service, networks: &[Network], now_ms: u64) -> 
     }
     if !s.spec.env.is_empty() {
         let _ = writeln!(out, " Env:\t\t{}", s.spec.env.join(" "));
+    }
+    let options = &s.spec.container;
+    if !options.dir.is_empty() {
+        let _ = writeln!(out, " Dir:\t\t{}", options.dir);
+    }
+    if let Some(init) = options.init {
+        let _ = writeln!(out, " Init:\t\t{init}");
+    }
+    if !options.user.is_empty() {
+        let _ = writeln!(out, " User: {}", options.user);
     }
     if let Some(h) = &s.spec.healthcheck {
         let _ = writeln!(out, " Healthcheck:\t{}", h.test.join(" "));

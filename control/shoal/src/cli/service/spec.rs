@@ -150,7 +150,10 @@ impl CreateArgs {
             .map(|p| parse_publish(p))
             .collect::<Result<Vec<_>, _>>()?;
         let healthcheck = self.health.changes()?.apply(None)?;
-        check_env(&self.env)?;
+        let env = self.environment()?;
+        check_env(&env)?;
+        let (networks, network_aliases) = self.networks()?;
+        let container = self.container_options()?;
         check_constraints(&self.constraints)?;
         let mut spec = ServiceSpec {
             name: self.name.clone().unwrap_or_else(|| {
@@ -159,9 +162,9 @@ impl CreateArgs {
             labels: self.labels.iter().cloned().collect(),
             image: self.image.clone(),
             args: self.args.clone(),
-            env: self.env.clone(),
+            env,
             mode,
-            networks: self.networks.clone(),
+            networks,
             ports,
             endpoint_mode: self.endpoint_mode.into(),
             constraints: self.constraints.clone(),
@@ -171,6 +174,8 @@ impl CreateArgs {
             restart_max_attempts: 0,
             restart_window_ms: 0,
             stop_grace_ms: DEFAULT_STOP_GRACE_MS,
+            container,
+            network_aliases,
             update_config: UpdateConfig::default(),
             rollback_config: UpdateConfig::rollback_default(),
         };

@@ -7,7 +7,7 @@ use shoal_cluster::store::{
 
 use super::updated_service;
 use crate::{
-    api::{HealthChanges, RestartChanges, ServiceChanges, UpdateConfigChanges},
+    api::{ContainerChanges, HealthChanges, RestartChanges, ServiceChanges, UpdateConfigChanges},
     cluster_agent::services::tests::spec,
 };
 
@@ -358,4 +358,80 @@ fn bad_changes_are_refused_with_one_line() {
         },
     );
     assert!(bad_constraint.is_err());
+}
+
+#[test]
+fn container_options_and_network_aliases_change_the_tasks() {
+    let (_, web) = cluster();
+    let updated = update(
+        &web,
+        ServiceChanges {
+            network_add: vec!["back".into()],
+            network_aliases: BTreeMap::from([("back".into(), vec!["db".into()])]),
+            container: ContainerChanges {
+                user: Some("1000".into()),
+                hostname: Some("{{.Service.Name}}-{{.Task.Slot}}".into()),
+                host_add: vec!["10.1.2.3 db".into()],
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(updated.spec.networks, ["n1", "n2"]);
+    assert_eq!(
+        updated.spec.network_aliases,
+        BTreeMap::from([("n2".into(), vec!["db".to_string()])])
+    );
+    assert_eq!(updated.spec.container.user, "1000");
+    assert_eq!(updated.spec.container.hosts, ["10.1.2.3 db"]);
+    assert_eq!(
+        updated.update_status.as_ref().map(|u| u.state),
+        Some(UpdateState::Updating),
+        "a rolling update follows"
+    );
+    // Leaving the network drops its aliases.
+    let left = update(
+        &updated,
+        ServiceChanges {
+            network_rm: vec!["back".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(left.spec.network_aliases.is_empty());
+}
+
+#[test]
+fn bad_container_changes_are_refused_whole() {
+    let (_, web) = cluster();
+    let refused = |changes: ServiceChanges| update(&web, changes).unwrap_err();
+    assert!(refused(ServiceChanges {
+        container: ContainerChanges {
+            hostname: Some("{{.Node.Name}}".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .contains("unknown field"));
+    assert!(refused(ServiceChanges {
+        container: ContainerChanges {
+            dir: Some("relative".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .contains("absolute path"));
+    // An alias needs its network among those added.
+    assert!(refused(ServiceChanges {
+        network_aliases: BTreeMap::from([("back".into(), vec!["db".into()])]),
+        ..Default::default()
+    })
+    .contains("not among --network-add"));
+    assert!(refused(ServiceChanges {
+        network_add: vec!["back".into()],
+        network_aliases: BTreeMap::from([("back".into(), vec!["bad name".into()])]),
+        ..Default::default()
+    })
+    .contains("invalid network alias"));
 }

@@ -148,3 +148,69 @@ ContainerSpec:
         " State:\t\tcompleted\n Started:\tAbout a minute ago\n Completed:\t30 seconds ago\n Message:\tupdate completed\n"
     ), "{text}");
 }
+
+/// `updating()` with every container option and an alias on network n1.
+fn with_container_options() -> Service {
+    let mut s = updating();
+    s.spec.networks = vec!["n1".into(), "n2".into()];
+    s.spec.network_aliases = [("n1".to_string(), vec!["db".to_string()])].into();
+    s.spec.container = serde_json::from_value(json!({
+        "entrypoint": ["/bin/sh", "-c"], "user": "1000", "dir": "/srv",
+        "hostname": "{{.Service.Name}}-{{.Task.Slot}}",
+        "dns": {"nameservers": ["10.0.0.53"], "search": [], "options": ["ndots:2"]},
+        "hosts": ["10.1.2.3 db"], "init": false, "stop_signal": "SIGINT",
+        "labels": {"tier": "web"},
+    }))
+    .unwrap();
+    s
+}
+
+#[test]
+fn inspect_json_has_dockers_container_spec_fields() {
+    let v = inspect_value(&with_container_options(), &[]);
+    let c = &v["Spec"]["TaskTemplate"]["ContainerSpec"];
+    assert_eq!(c["Command"], json!(["/bin/sh", "-c"]));
+    assert_eq!(c["User"], "1000");
+    assert_eq!(c["Dir"], "/srv");
+    assert_eq!(c["Hostname"], "{{.Service.Name}}-{{.Task.Slot}}");
+    assert_eq!(
+        c["DNSConfig"],
+        json!({"Nameservers": ["10.0.0.53"], "Options": ["ndots:2"]})
+    );
+    assert_eq!(c["Hosts"], json!(["10.1.2.3 db"]));
+    assert_eq!(c["Init"], false);
+    assert_eq!(c["StopSignal"], "SIGINT");
+    assert_eq!(c["Labels"], json!({"tier": "web"}));
+    assert_eq!(
+        v["Spec"]["TaskTemplate"]["Networks"],
+        json!([{"Target": "n1", "Aliases": ["db"]}, {"Target": "n2"}])
+    );
+    // Unset, none of them shows (Init is shoal's default, on).
+    let c = &inspect_value(&updating(), &[])["Spec"]["TaskTemplate"]["ContainerSpec"];
+    for key in [
+        "Command",
+        "User",
+        "Dir",
+        "Hostname",
+        "DNSConfig",
+        "Hosts",
+        "StopSignal",
+        "Labels",
+    ] {
+        assert!(c.get(key).is_none(), "{key}");
+    }
+    assert_eq!(c["Init"], true);
+}
+
+#[test]
+fn pretty_prints_dir_init_and_user_as_docker_does() {
+    let out = inspect_pretty(&with_container_options(), &[], NOW);
+    assert!(
+        out.contains(
+            "ContainerSpec:\n Image:\t\tnginx:2\n Dir:\t\t/srv\n Init:\t\tfalse\n User: 1000\n"
+        ),
+        "{out}"
+    );
+    let plain = inspect_pretty(&updating(), &[], NOW);
+    assert!(!plain.contains(" Init:") && !plain.contains(" Dir:") && !plain.contains(" User:"));
+}

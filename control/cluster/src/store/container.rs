@@ -1,0 +1,131 @@
+//! What a service's task containers are made with beyond image, arguments and
+//! environment (Docker's `TaskTemplate.ContainerSpec` fields of the same names): the
+//! entrypoint, user, working directory, hostname, resolver settings, extra hosts, init,
+//! stop signal and container labels. Every field defaults to "not set", so stores
+//! written before they existed still load.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The container settings of a service's tasks (`service create --entrypoint`,
+/// `--user`, `--workdir`, `--hostname`, `--dns*`, `--host`, `--init`, `--stop-signal`,
+/// `--container-label`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ContainerOptions {
+    /// `--entrypoint`, split as a shell splits words (Docker's `Command`); empty: the
+    /// image's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub entrypoint: Vec<String>,
+    /// `--user`: `user`, `uid`, `user:group` or `uid:gid`; empty: the image's.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub user: String,
+    /// `--workdir`; empty: the image's.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub dir: String,
+    /// `--hostname`, a template (`{{.Service.Name}}-{{.Task.Slot}}`) expanded per task;
+    /// empty: the task ID's first 12 characters.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub hostname: String,
+    /// `--dns`, `--dns-search`, `--dns-option`.
+    #[serde(skip_serializing_if = "DnsConfig::is_empty")]
+    pub dns: DnsConfig,
+    /// `--host`: extra `/etc/hosts` entries, kept as Docker keeps them: `IP HOSTNAME`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// `--init`: None runs the task under an init process (shoal's default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<bool>,
+    /// `--stop-signal` (`SIGTERM`, `TERM`, `15`); empty: the image's, else SIGTERM.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub stop_signal: String,
+    /// `--container-label`: labels on each task container (not on the service).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Docker's `DNSConfig`: the task's resolv.conf settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DnsConfig {
+    /// `--dns`: the resolvers names the embedded DNS does not own are asked of.
+    pub nameservers: Vec<String>,
+    /// `--dns-search`.
+    pub search: Vec<String>,
+    /// `--dns-option` (`ndots:2`, `timeout:3`, ...).
+    pub options: Vec<String>,
+}
+
+impl DnsConfig {
+    pub fn is_empty(&self) -> bool {
+        self.nameservers.is_empty() && self.search.is_empty() && self.options.is_empty()
+    }
+}
+
+impl ContainerOptions {
+    /// Whether tasks run under an init process.
+    pub fn init(&self) -> bool {
+        self.init.unwrap_or(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ServiceSpec;
+
+    fn spec() -> ServiceSpec {
+        serde_json::from_value(serde_json::json!({
+            "name": "s", "image": "i", "mode": {"replicated": {"replicas": 1}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_spec_stored_before_container_options_loads_with_none_set() {
+        let s = spec();
+        assert_eq!(s.container, ContainerOptions::default());
+        assert!(s.network_aliases.is_empty());
+        assert!(
+            s.container.init(),
+            "tasks run under init unless told not to"
+        );
+        // Nothing unset is written, so such a spec reads back the same.
+        let text = serde_json::to_value(&s).unwrap();
+        assert_eq!(text["container"], serde_json::json!({}));
+        assert!(text.get("network_aliases").is_none());
+    }
+
+    #[test]
+    fn every_container_option_changes_the_tasks() {
+        let base = spec();
+        type Change = Box<dyn Fn(&mut ServiceSpec)>;
+        let changed: Vec<Change> = vec![
+            Box::new(|s| s.container.entrypoint = vec!["/bin/sh".into()]),
+            Box::new(|s| s.container.user = "1000".into()),
+            Box::new(|s| s.container.dir = "/srv".into()),
+            Box::new(|s| s.container.hostname = "{{.Service.Name}}".into()),
+            Box::new(|s| s.container.dns.nameservers = vec!["10.0.0.53".into()]),
+            Box::new(|s| s.container.dns.search = vec!["example.org".into()]),
+            Box::new(|s| s.container.dns.options = vec!["ndots:2".into()]),
+            Box::new(|s| s.container.hosts = vec!["10.1.2.3 db".into()]),
+            Box::new(|s| s.container.init = Some(false)),
+            Box::new(|s| s.container.stop_signal = "SIGINT".into()),
+            Box::new(|s| {
+                s.container.labels.insert("tier".into(), "web".into());
+            }),
+            Box::new(|s| {
+                s.network_aliases.insert("net1".into(), vec!["db".into()]);
+            }),
+        ];
+        for (i, change) in changed.iter().enumerate() {
+            let mut other = base.clone();
+            change(&mut other);
+            assert!(base.tasks_differ(&other), "change {i}");
+            let back: ServiceSpec =
+                serde_json::from_value(serde_json::to_value(&other).unwrap()).unwrap();
+            assert_eq!(back, other, "change {i} survives the store");
+        }
+    }
+}

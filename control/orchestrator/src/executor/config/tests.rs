@@ -1,0 +1,166 @@
+use std::collections::BTreeMap;
+
+use shoal_cluster::store::{
+    ContainerOptions, DnsConfig, NetworkAttachment, ServiceSpec, TaskState,
+};
+
+use super::*;
+
+fn service(container: ContainerOptions) -> Service {
+    let mut spec: ServiceSpec = serde_json::from_value(serde_json::json!({
+        "name": "web", "image": "busybox", "mode": {"replicated": {"replicas": 1}},
+        "args": ["sleep", "60"], "env": ["A=1"]
+    }))
+    .unwrap();
+    spec.container = container;
+    serde_json::from_value(serde_json::json!({
+        "id": "svc1", "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn task(networks: bool) -> Task {
+    serde_json::from_value(serde_json::json!({
+        "id": "task0123456789abc", "service_id": "svc1", "slot": 3,
+        "node_id": "node1", "desired_state": TaskState::Running,
+        "networks": if networks {
+            vec![NetworkAttachment { network_id: "n1".into(), addr: "10.0.1.5/24".parse().unwrap() }]
+        } else { vec![] },
+    }))
+    .unwrap()
+}
+
+fn node() -> NodeIdentity {
+    NodeIdentity {
+        id: "node1".into(),
+        hostname: "h1".into(),
+    }
+}
+
+const GATEWAY: Resolver = Resolver {
+    addr: Some(Ipv4Addr::new(10, 0, 1, 1)),
+    on_overlay: true,
+};
+
+fn options() -> ContainerOptions {
+    ContainerOptions {
+        entrypoint: vec!["/bin/sh".into(), "-c".into()],
+        user: "1000:1000".into(),
+        dir: "/srv".into(),
+        hostname: "{{.Service.Name}}-{{.Task.Slot}}-{{.Node.Hostname}}".into(),
+        dns: DnsConfig {
+            nameservers: vec!["192.0.2.53".into()],
+            search: vec!["example.org".into()],
+            options: vec!["ndots:2".into()],
+        },
+        hosts: vec!["10.9.8.7 db db.local".into(), "fe80::1 six".into()],
+        init: Some(false),
+        stop_signal: "SIGINT".into(),
+        labels: BTreeMap::from([
+            ("tier".into(), "web".into()),
+            (LABEL_TASK_ID.into(), "forged".into()),
+        ]),
+    }
+}
+
+#[test]
+fn the_sandbox_carries_hostname_resolver_settings_and_hosts() {
+    let s = service(options());
+    let spec = sandbox_spec(&task(true), &s, "web.3.task0123456789abc", &node(), GATEWAY).unwrap();
+    assert_eq!(spec.name, "web.3.task0123456789abc.sandbox");
+    assert_eq!(spec.hostname, "web-3-h1");
+    // On an overlay the embedded DNS stays the task's resolver.
+    assert_eq!(spec.nameservers, ["10.0.1.1"]);
+    assert_eq!(spec.dns_search, ["example.org"]);
+    assert_eq!(spec.dns_options, ["ndots:2"]);
+    assert_eq!(
+        spec.extra_hosts,
+        ["db:10.9.8.7", "db.local:10.9.8.7", "six:fe80::1"]
+    );
+
+    let body = sandbox::create_body(&spec);
+    assert_eq!(body.hostname.as_deref(), Some("web-3-h1"));
+    let host = body.host_config.unwrap();
+    assert_eq!(host.network_mode.as_deref(), Some("none"));
+    assert_eq!(host.dns, Some(vec!["10.0.1.1".to_string()]));
+    assert_eq!(host.dns_search, Some(vec!["example.org".to_string()]));
+    assert_eq!(host.dns_options, Some(vec!["ndots:2".to_string()]));
+    assert_eq!(host.extra_hosts.map(|h| h.len()), Some(3));
+}
+
+#[test]
+fn a_task_with_no_network_takes_the_services_resolvers() {
+    let s = service(options());
+    let egress = Resolver {
+        addr: Some(Ipv4Addr::new(172, 18, 0, 1)),
+        on_overlay: false,
+    };
+    let spec = sandbox_spec(&task(false), &s, "web.3.x", &node(), egress).unwrap();
+    assert_eq!(spec.nameservers, ["192.0.2.53"]);
+    let plain = service(ContainerOptions::default());
+    let spec = sandbox_spec(&task(false), &plain, "web.3.x", &node(), egress).unwrap();
+    assert_eq!(spec.nameservers, ["172.18.0.1"]);
+}
+
+#[test]
+fn unset_options_keep_the_defaults() {
+    let s = service(ContainerOptions::default());
+    let spec = sandbox_spec(&task(true), &s, "web.3.x", &node(), GATEWAY).unwrap();
+    assert_eq!(
+        spec.hostname, "task01234567",
+        "the task ID's first 12 characters"
+    );
+    let body = sandbox::create_body(&spec);
+    let host = body.host_config.unwrap();
+    assert_eq!(
+        (host.dns_search, host.dns_options, host.extra_hosts),
+        (None, None, None)
+    );
+
+    let body = task_container(&task(true), &s, "web.3.x", "node1", "sbx");
+    assert_eq!(body.entrypoint, None);
+    assert_eq!(body.cmd, Some(vec!["sleep".to_string(), "60".to_string()]));
+    assert_eq!(
+        (body.user, body.working_dir, body.stop_signal),
+        (None, None, None)
+    );
+    let host = body.host_config.unwrap();
+    assert_eq!(host.init, Some(true), "tasks run under init by default");
+    assert_eq!(host.network_mode.as_deref(), Some("container:sbx"));
+}
+
+#[test]
+fn the_task_container_carries_the_container_options() {
+    let s = service(options());
+    let body = task_container(&task(true), &s, "web.3.task0123456789abc", "node1", "sbx");
+    assert_eq!(body.image.as_deref(), Some("busybox"));
+    assert_eq!(
+        body.entrypoint,
+        Some(vec!["/bin/sh".to_string(), "-c".to_string()])
+    );
+    assert_eq!(body.cmd, Some(vec!["sleep".to_string(), "60".to_string()]));
+    assert_eq!(body.env, Some(vec!["A=1".to_string()]));
+    assert_eq!(body.user.as_deref(), Some("1000:1000"));
+    assert_eq!(body.working_dir.as_deref(), Some("/srv"));
+    assert_eq!(body.stop_signal.as_deref(), Some("SIGINT"));
+    assert_eq!(body.host_config.unwrap().init, Some(false));
+    let labels = body.labels.unwrap();
+    assert_eq!(labels["tier"], "web");
+    assert_eq!(
+        labels[LABEL_TASK_ID], "task0123456789abc",
+        "Swarm's labels win"
+    );
+    assert_eq!(labels[LABEL_SLOT], "3");
+    // Docker refuses these on a container that joins another's namespace.
+    assert_eq!((body.hostname, body.domainname), (None, None));
+}
+
+#[test]
+fn a_hostname_template_that_cannot_expand_rejects_the_task() {
+    let s = service(ContainerOptions {
+        hostname: "{{.Task.Nope}}".into(),
+        ..Default::default()
+    });
+    let err = sandbox_spec(&task(true), &s, "web.3.x", &node(), GATEWAY).unwrap_err();
+    assert!(err.starts_with("--hostname: invalid template"), "{err}");
+}

@@ -1,0 +1,237 @@
+//! The container settings of a service (`--entrypoint`, `--user`, `--workdir`,
+//! `--hostname`, `--dns*`, `--host`, `--init`, `--stop-signal`, `--container-label`,
+//! network aliases): how their flags are read and checked, the same way by the CLI
+//! and by the manager that stores them, and what `service update` asks to change.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use serde::{Deserialize, Serialize};
+use shoal_cluster::store::ContainerOptions;
+
+/// `--host HOST:IP` (or `HOST=IP`, the form that also takes an IPv6 address in
+/// brackets) as Docker stores it: `IP HOST`.
+pub fn parse_host(text: &str) -> Result<String, String> {
+    let bad = || format!("invalid --host {text:?}: expected HOST:IP");
+    let (host, ip) = text
+        .split_once('=')
+        .or_else(|| text.split_once(':'))
+        .ok_or_else(bad)?;
+    let host = host.trim();
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(bad());
+    }
+    let ip = ip.trim();
+    if ip == "host-gateway" {
+        return Err(format!(
+            "invalid --host {text:?}: host-gateway is not supported (a task has no Docker bridge); give an address"
+        ));
+    }
+    let ip = ip
+        .strip_prefix('[')
+        .and_then(|i| i.strip_suffix(']'))
+        .unwrap_or(ip);
+    let ip: IpAddr = ip
+        .parse()
+        .map_err(|_| format!("invalid --host {text:?}: {ip:?} is not an IP address"))?;
+    Ok(format!("{ip} {host}"))
+}
+
+/// Linux's signal names, without `SIG` (Docker's list).
+const SIGNALS: [&str; 34] = [
+    "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT", "KILL",
+    "PIPE", "POLL", "PROF", "PWR", "QUIT", "RTMAX", "RTMIN", "SEGV", "STKFLT", "STOP", "SYS",
+    "TERM", "TRAP", "TSTP", "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH",
+];
+
+/// `--stop-signal`: a name (`SIGTERM`, `term`, `RTMIN+3`) or a number (1-64), as
+/// dockerd accepts it.
+pub fn check_stop_signal(text: &str) -> Result<(), String> {
+    let bad = || format!("invalid --stop-signal {text:?}: not a signal name or number");
+    if let Ok(n) = text.parse::<u32>() {
+        return if (1..=64).contains(&n) {
+            Ok(())
+        } else {
+            Err(bad())
+        };
+    }
+    let upper = text.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let known = SIGNALS.contains(&name)
+        || ["RTMIN+", "RTMAX-"].iter().any(|p| {
+            name.strip_prefix(p)
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|n| (1..=15).contains(&n))
+        });
+    if known {
+        Ok(())
+    } else {
+        Err(bad())
+    }
+}
+
+/// A network alias: a DNS name (labels of letters, digits, `-` and `_`).
+pub fn check_alias(alias: &str) -> Result<(), String> {
+    let ok = !alias.is_empty()
+        && alias.len() <= 253
+        && alias.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid network alias {alias:?}: a DNS name (letters, digits, '-', '_' in dot-separated labels)"
+        ))
+    }
+}
+
+/// Checks a service's container settings as a whole (what create and update store).
+pub fn check_container_options(o: &ContainerOptions) -> Result<(), String> {
+    if !o.dir.is_empty() && !o.dir.starts_with('/') {
+        return Err(format!(
+            "invalid --workdir {:?}: it must be an absolute path",
+            o.dir
+        ));
+    }
+    if o.user.contains(char::is_whitespace) {
+        return Err(format!("invalid --user {:?}", o.user));
+    }
+    shoal_orchestrator::task_template::check(&o.hostname)
+        .map_err(|e| format!("invalid --hostname: {e}"))?;
+    if !o.stop_signal.is_empty() {
+        check_stop_signal(&o.stop_signal)?;
+    }
+    for ns in &o.dns.nameservers {
+        ns.parse::<IpAddr>()
+            .map_err(|_| format!("invalid --dns {ns:?}: not an IP address"))?;
+    }
+    for domain in &o.dns.search {
+        let ok = domain == "." || check_alias(domain.strip_suffix('.').unwrap_or(domain)).is_ok();
+        if !ok {
+            return Err(format!(
+                "invalid --dns-search {domain:?}: not a domain name"
+            ));
+        }
+    }
+    for option in &o.dns.options {
+        if option.is_empty() || option.contains(char::is_whitespace) {
+            return Err(format!("invalid --dns-option {option:?}"));
+        }
+    }
+    for entry in &o.hosts {
+        let mut words = entry.split_whitespace();
+        let ip_ok = words.next().is_some_and(|ip| ip.parse::<IpAddr>().is_ok());
+        if !ip_ok || words.next().is_none() {
+            return Err(format!(
+                "invalid host entry {entry:?}: expected IP HOSTNAME"
+            ));
+        }
+    }
+    if o.labels.keys().any(|k| k.is_empty()) {
+        return Err("invalid --container-label: the key is empty".into());
+    }
+    Ok(())
+}
+
+/// `service update`'s container flags: every field left alone when it is absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ContainerChanges {
+    /// `--entrypoint`, split (empty: back to the image's).
+    pub entrypoint: Option<Vec<String>>,
+    pub user: Option<String>,
+    pub dir: Option<String>,
+    pub hostname: Option<String>,
+    pub dns_add: Vec<String>,
+    pub dns_rm: Vec<String>,
+    pub dns_search_add: Vec<String>,
+    pub dns_search_rm: Vec<String>,
+    pub dns_option_add: Vec<String>,
+    pub dns_option_rm: Vec<String>,
+    /// `--host-add`, already in the stored form `IP HOST`.
+    pub host_add: Vec<String>,
+    /// `--host-rm HOST` (every entry of HOST) or `HOST:IP` (that one).
+    pub host_rm: Vec<String>,
+    pub init: Option<bool>,
+    pub stop_signal: Option<String>,
+    pub label_add: BTreeMap<String, String>,
+    pub label_rm: Vec<String>,
+}
+
+/// `list` with `add` appended and `rm` taken out (Docker's order), each entry once.
+fn add_rm(list: &mut Vec<String>, add: &[String], rm: &[String]) {
+    list.extend(add.iter().cloned());
+    list.retain(|e| !rm.contains(e));
+    let mut seen = Vec::new();
+    list.retain(|e| {
+        let first = !seen.contains(e);
+        seen.push(e.clone());
+        first
+    });
+}
+
+/// `hosts` (`IP HOST [ALIAS...]` entries) without the names `--host-rm` gives.
+fn remove_hosts(hosts: &mut Vec<String>, rm: &[String]) {
+    for r in rm {
+        let (name, ip) = match r.split_once(':') {
+            Some((n, ip)) => (n, Some(ip)),
+            None => (r.as_str(), None),
+        };
+        *hosts = hosts
+            .iter()
+            .filter_map(|entry| {
+                let mut words = entry.split_whitespace();
+                let addr = words.next()?;
+                let ip_matches = ip.is_none_or(|ip| {
+                    let ip = ip.trim_start_matches('[').trim_end_matches(']');
+                    ip.parse::<IpAddr>().ok() == addr.parse::<IpAddr>().ok()
+                });
+                let names: Vec<&str> = words.filter(|w| !ip_matches || *w != name).collect();
+                (!names.is_empty()).then(|| format!("{addr} {}", names.join(" ")))
+            })
+            .collect();
+    }
+}
+
+impl ContainerChanges {
+    /// `o` with the changes made (then checked by the caller as create's are).
+    pub fn apply(&self, o: &mut ContainerOptions) {
+        if let Some(e) = &self.entrypoint {
+            o.entrypoint = e.clone();
+        }
+        if let Some(u) = &self.user {
+            o.user = u.clone();
+        }
+        if let Some(d) = &self.dir {
+            o.dir = d.clone();
+        }
+        if let Some(h) = &self.hostname {
+            o.hostname = h.clone();
+        }
+        add_rm(&mut o.dns.nameservers, &self.dns_add, &self.dns_rm);
+        add_rm(&mut o.dns.search, &self.dns_search_add, &self.dns_search_rm);
+        add_rm(
+            &mut o.dns.options,
+            &self.dns_option_add,
+            &self.dns_option_rm,
+        );
+        remove_hosts(&mut o.hosts, &self.host_rm);
+        add_rm(&mut o.hosts, &self.host_add, &[]);
+        if let Some(init) = self.init {
+            o.init = Some(init);
+        }
+        if let Some(s) = &self.stop_signal {
+            o.stop_signal = s.clone();
+        }
+        o.labels.extend(self.label_add.clone());
+        for k in &self.label_rm {
+            o.labels.remove(k);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,107 @@
+use shoal_cluster::store::DnsConfig;
+
+use super::*;
+
+#[test]
+fn hosts_read_as_docker_reads_them() {
+    assert_eq!(parse_host("db:10.1.2.3").unwrap(), "10.1.2.3 db");
+    assert_eq!(parse_host("six:fe80::1").unwrap(), "fe80::1 six");
+    assert_eq!(parse_host("six=[2001:db8::1]").unwrap(), "2001:db8::1 six");
+    for bad in ["db", ":10.1.2.3", "db:", "db:not-an-ip", "a b:10.0.0.1"] {
+        let e = parse_host(bad).unwrap_err();
+        assert!(e.starts_with("invalid --host"), "{bad}: {e}");
+    }
+    assert!(parse_host("gw:host-gateway")
+        .unwrap_err()
+        .contains("host-gateway is not supported"));
+}
+
+#[test]
+fn stop_signals_as_dockerd_takes_them() {
+    for ok in ["SIGTERM", "term", "INT", "9", "64", "SIGRTMIN+3", "RTMAX-1"] {
+        assert_eq!(check_stop_signal(ok), Ok(()), "{ok}");
+    }
+    for bad in ["0", "65", "SIGNOPE", "", "RTMIN+99"] {
+        assert!(check_stop_signal(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn container_options_are_checked_whole() {
+    let ok = ContainerOptions {
+        dir: "/srv".into(),
+        hostname: "{{.Service.Name}}-{{.Task.Slot}}".into(),
+        stop_signal: "SIGINT".into(),
+        dns: DnsConfig {
+            nameservers: vec!["10.0.0.53".into()],
+            search: vec!["example.org".into()],
+            options: vec!["ndots:2".into()],
+        },
+        hosts: vec!["10.1.2.3 db".into()],
+        ..Default::default()
+    };
+    assert_eq!(check_container_options(&ok), Ok(()));
+    let bad = |f: &dyn Fn(&mut ContainerOptions)| {
+        let mut o = ok.clone();
+        f(&mut o);
+        check_container_options(&o).unwrap_err()
+    };
+    assert!(bad(&|o| o.dir = "srv".into()).contains("absolute path"));
+    assert!(bad(&|o| o.hostname = "{{.Service.Nmae}}".into()).contains("unknown field"));
+    assert!(bad(&|o| o.stop_signal = "NOPE".into()).contains("--stop-signal"));
+    assert!(bad(&|o| o.dns.nameservers = vec!["ns1".into()]).contains("--dns"));
+    assert!(bad(&|o| o.dns.search = vec!["a..b".into()]).contains("--dns-search"));
+    assert!(bad(&|o| o.hosts = vec!["db".into()]).contains("host entry"));
+}
+
+#[test]
+fn update_changes_add_then_remove_in_docker_order() {
+    let mut o = ContainerOptions {
+        dns: DnsConfig {
+            nameservers: vec!["10.0.0.1".into(), "10.0.0.2".into()],
+            ..Default::default()
+        },
+        hosts: vec![
+            "10.1.2.3 db".into(),
+            "10.1.2.4 db cache".into(),
+            "10.1.2.5 web".into(),
+        ],
+        labels: BTreeMap::from([("a".into(), "1".into()), ("b".into(), "2".into())]),
+        ..Default::default()
+    };
+    ContainerChanges {
+        entrypoint: Some(vec!["/init".into()]),
+        user: Some("nobody".into()),
+        init: Some(false),
+        dns_add: vec!["10.0.0.3".into(), "10.0.0.1".into()],
+        dns_rm: vec!["10.0.0.2".into()],
+        host_rm: vec!["db".into(), "web:10.9.9.9".into()],
+        host_add: vec!["10.1.2.6 new".into()],
+        label_add: BTreeMap::from([("c".into(), "3".into())]),
+        label_rm: vec!["a".into()],
+        ..Default::default()
+    }
+    .apply(&mut o);
+    assert_eq!(o.entrypoint, ["/init"]);
+    assert_eq!(o.user, "nobody");
+    assert_eq!(o.init, Some(false));
+    assert_eq!(o.dns.nameservers, ["10.0.0.1", "10.0.0.3"]);
+    // `db` leaves every entry; `web:10.9.9.9` names no entry.
+    assert_eq!(o.hosts, ["10.1.2.4 cache", "10.1.2.5 web", "10.1.2.6 new"]);
+    assert_eq!(
+        o.labels,
+        BTreeMap::from([("b".into(), "2".into()), ("c".into(), "3".into())])
+    );
+    let before = o.clone();
+    ContainerChanges::default().apply(&mut o);
+    assert_eq!(o, before, "no flag, no change");
+}
+
+#[test]
+fn aliases_are_dns_names() {
+    assert_eq!(check_alias("db"), Ok(()));
+    assert_eq!(check_alias("db.internal"), Ok(()));
+    assert!(check_alias("").is_err());
+    assert!(check_alias("a b").is_err());
+    assert!(check_alias("a..b").is_err());
+}
