@@ -40,9 +40,9 @@ use openraft::{BasicNode, ChangeMembers, Config, Raft, ServerState, SnapshotPoli
 use tokio::sync::watch;
 
 pub use service::{
-    Endpoint, EndpointMode, FailureAction, HealthCheck, NetworkAttachment, PortConfig, Protocol,
-    PublishMode, RestartCondition, Service, ServiceMode, ServiceSpec, Task, TaskState, TaskStatus,
-    TaskStatusUpdate, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus, VirtualIp,
+    Endpoint, EndpointMode, FailureAction, HealthCheck, JobStatus, NetworkAttachment, PortConfig,
+    Protocol, PublishMode, RestartCondition, Service, ServiceMode, ServiceSpec, Task, TaskState,
+    TaskStatus, TaskStatusUpdate, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus, VirtualIp,
     DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
 };
 pub use state::{
