@@ -122,12 +122,6 @@ pub(super) fn wait_converged(
         let mut pending_err = None;
         let mut rolled_back = Vec::new();
         for s in &view.services {
-            if s.spec.mode.is_job() {
-                let (job_lines, complete) = job::progress(s, &view);
-                lines.extend(job_lines);
-                all &= complete;
-                continue;
-            }
             let (_, desired) = replicas(s, &view.tasks);
             let live: Vec<&Task> = view
                 .tasks
@@ -158,6 +152,12 @@ pub(super) fn wait_converged(
                     t.display_name(&s.spec.name),
                     t.status.err.clone().unwrap_or_default()
                 ));
+            }
+            if s.spec.mode.is_job() {
+                let (job_lines, complete) = job::progress(s, &view);
+                lines.extend(job_lines);
+                all &= complete;
+                continue;
             }
             let fresh = fresh_status(s, since_ms);
             match fresh.map(|u| u.state) {
