@@ -7,6 +7,8 @@
 //! host) and a network alias another container resolves, a host whose agent and
 //! dockerd stop losing its tasks to the others and cleaning up when it comes back,
 //! `service rm` removing every container, and bad input refused with nothing created.
+//! Jobs: a replicated job reaching its completions never more than `--max-concurrent`
+//! at once, run again by `update --force`, and a global job run once per host.
 use std::{
     collections::BTreeMap,
     path::PathBuf,
@@ -140,6 +142,8 @@ fn services_are_scheduled_healed_and_removed_on_three_hosts() {
             .any(|l| l.contains("myweb") && l.contains("replicated") && l.contains("4/4")),
         "{ls}"
     );
+
+    jobs_run_to_completion(&cli);
 
     // docker kill: a replacement runs, the killed task stays as failed history.
     let victim = tasks
@@ -606,7 +610,8 @@ fn services_are_scheduled_healed_and_removed_on_three_hosts() {
     cli.ok(
         "h1",
         &[
-            "service", "rm", "myweb", "g", "sick", "front", "cfg", "nowhere", "ghost",
+            "service", "rm", "myweb", "g", "sick", "front", "cfg", "nowhere", "ghost", "batch",
+            "once",
         ],
     );
     for host in ["h1", "h2", "h3"] {
@@ -634,4 +639,168 @@ fn services_are_scheduled_healed_and_removed_on_three_hosts() {
             Ok(out) => Ok(out),
         }
     });
+}
+
+/// A job task of `service ps` meant to run and not ended: it holds one of the job's
+/// places, whatever it is doing.
+fn job_active(t: &PsRow) -> bool {
+    !t.history
+        && t.desired == "Running"
+        && !["Complete", "Failed", "Shutdown", "Rejected", "Orphaned"].contains(&t.current.as_str())
+}
+
+fn job_completed(t: &PsRow) -> bool {
+    t.desired == "Complete" && t.current == "Complete"
+}
+
+/// `--mode replicated-job` and `--mode global-job` on the three hosts.
+fn jobs_run_to_completion(cli: &Cli) {
+    // 4 completions, 2 at once: polled while it runs, never more than 2 hold a place.
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "batch",
+            "--detach",
+            "--mode",
+            "replicated-job",
+            "--replicas",
+            "4",
+            "--max-concurrent",
+            "2",
+            "shoal/web:1",
+            "sh",
+            "-c",
+            "sleep 1",
+        ],
+    );
+    let start = Instant::now();
+    let mut most = 0;
+    let mut samples = 0;
+    let done = loop {
+        let rows = cli.ps("batch").unwrap_or_default();
+        let active = rows.iter().filter(|t| job_active(t)).count();
+        assert!(active <= 2, "{active} job tasks at once: {rows:#?}");
+        most = most.max(rows.iter().filter(|t| t.current == "Running").count());
+        samples += 1;
+        if rows.iter().filter(|t| job_completed(t)).count() == 4 {
+            break rows;
+        }
+        assert!(
+            start.elapsed() < BOUND,
+            "the job did not complete within {BOUND:?}: {rows:#?}"
+        );
+    };
+    println!(
+        "replicated job: 4 completions, 2 at once, in {:.1} s ({samples} polls, at most {most} running)",
+        start.elapsed().as_secs_f64()
+    );
+    assert_eq!(most, 2, "two tasks ran at once at some point");
+    assert_eq!(done.len(), 4, "nothing beyond the completions: {done:#?}");
+    let mut names: Vec<&str> = done.iter().map(|t| t.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["batch.1", "batch.2", "batch.3", "batch.4"]);
+    let ls = cli.ok("h1", &["service", "ls"]);
+    assert!(
+        ls.lines().any(|l| l.contains("batch")
+            && l.contains("replicated job")
+            && l.contains("0/2 (4/4 completed)")),
+        "{ls}"
+    );
+    // update --force: a new iteration runs the job again, the first run is history.
+    let again = cli.ok("h1", &["service", "update", "--force", "batch"]);
+    assert!(again.contains("job complete"), "{again}");
+    let rows = cli.ps("batch").expect("ps");
+    assert_eq!(
+        rows.iter().filter(|t| job_completed(t)).count(),
+        8,
+        "{rows:#?}"
+    );
+    let status = cli.ok(
+        "h1",
+        &[
+            "service",
+            "inspect",
+            "--format",
+            "{{json .JobStatus.JobIteration}} {{json .Spec.Mode}}",
+            "batch",
+        ],
+    );
+    assert_eq!(
+        status.trim(),
+        r#"{"Index":1} {"ReplicatedJob":{"MaxConcurrent":2,"TotalCompletions":4}}"#
+    );
+
+    // A global job: once on each host; the CLI waits until it is complete.
+    let once = cli.ok(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "once",
+            "--mode",
+            "global-job",
+            "shoal/web:1",
+            "sh",
+            "-c",
+            "sleep 1",
+        ],
+    );
+    assert!(once.contains("job complete"), "{once}");
+    let rows = cli.ps("once").expect("ps");
+    let mut nodes: Vec<&str> = rows
+        .iter()
+        .filter(|t| job_completed(t))
+        .map(|t| t.node.as_str())
+        .collect();
+    nodes.sort();
+    assert_eq!(nodes, ["h1", "h2", "h3"], "{rows:#?}");
+    assert_eq!(rows.len(), 3, "once per host: {rows:#?}");
+    let ls = cli.ok("h1", &["service", "ls"]);
+    assert!(
+        ls.lines().any(|l| l.contains("once")
+            && l.contains("global job")
+            && l.contains("0/0 (3/3 completed)")),
+        "{ls}"
+    );
+
+    // Bad input: one clear line, nothing created.
+    for (args, expected) in [
+        (
+            &["--max-concurrent", "2"][..],
+            "--max-concurrent can only be used with replicated-job mode",
+        ),
+        (
+            &["--mode", "global-job", "--replicas", "2"],
+            "--replicas can only be used with replicated or replicated-job mode",
+        ),
+        (
+            &["--mode", "replicated-job", "--max-concurrent", "-1"],
+            "non-negative",
+        ),
+        (
+            &["--mode", "replicated-job", "--update-parallelism", "2"],
+            "update and rollback configuration is not supported for jobs",
+        ),
+    ] {
+        let argv = [
+            &["service", "create", "--name", "badjob"][..],
+            args,
+            &["shoal/web:1"],
+        ]
+        .concat();
+        let e = cli.err("h1", &argv);
+        assert!(e.contains(expected), "{args:?}: {e}");
+        assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+    }
+    let e = cli.err("h1", &["service", "scale", "once=2"]);
+    assert!(
+        e.contains("scale can only be used with replicated or replicated-job mode"),
+        "{e}"
+    );
+    let ls = cli.ok("h1", &["service", "ls"]);
+    assert!(!ls.contains("badjob"), "a refused job was created: {ls}");
 }

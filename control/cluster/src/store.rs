@@ -42,9 +42,9 @@ use tokio::sync::watch;
 
 pub use container::{ContainerOptions, DnsConfig};
 pub use service::{
-    Endpoint, EndpointMode, FailureAction, HealthCheck, NetworkAttachment, PortConfig, Protocol,
-    PublishMode, RestartCondition, Service, ServiceMode, ServiceSpec, Task, TaskState, TaskStatus,
-    TaskStatusUpdate, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus, VirtualIp,
+    Endpoint, EndpointMode, FailureAction, HealthCheck, JobStatus, NetworkAttachment, PortConfig,
+    Protocol, PublishMode, RestartCondition, Service, ServiceMode, ServiceSpec, Task, TaskState,
+    TaskStatus, TaskStatusUpdate, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus, VirtualIp,
     DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
 };
 pub use state::{

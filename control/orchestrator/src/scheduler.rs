@@ -10,6 +10,8 @@
 //!   task by the restart policy ([`restart`]); slots above `replicas` are removed.
 //! - Tasks made from an older spec are replaced by the rolling update ([`update`]).
 //! - Global services: one task per eligible node, including nodes that join later.
+//! - Jobs (replicated and global) run their tasks to completion once per iteration
+//!   ([`job`]).
 //! - Placement (spread): among eligible nodes (Ready, availability active, constraints
 //!   met), the one with the fewest tasks of this service, then fewest tasks overall;
 //!   nodes where this service failed twice or more recently come last.
@@ -37,6 +39,7 @@ use shoal_cluster::{
 use tracing::{debug, warn};
 
 mod constraint;
+pub mod job;
 pub mod restart;
 pub mod update;
 
@@ -289,9 +292,10 @@ impl Planner<'_> {
         node: Option<String>,
         new_id: &mut dyn FnMut() -> String,
     ) {
-        let group = match service.spec.mode {
-            ServiceMode::Replicated { .. } => (slot, String::new()),
-            ServiceMode::Global => (0, node.clone().unwrap_or_default()),
+        let group = if service.spec.mode.is_global() {
+            (0, node.clone().unwrap_or_default())
+        } else {
+            (slot, String::new())
         };
         let (restarts, restart_window_start_ms, failures_in_a_row) =
             self.carry.remove(&group).unwrap_or_default();
@@ -313,6 +317,7 @@ impl Planner<'_> {
             restarts,
             restart_window_start_ms,
             failures_in_a_row,
+            job_iteration: service.spec.mode.is_job().then(|| job::iteration(service)),
             created_ms: self.now_ms,
             version: 0,
         };
@@ -408,6 +413,10 @@ pub fn plan(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut() -> Strin
 
     for service in state.services.values() {
         let constraints = constraints_of(service);
+        if service.spec.mode.is_job() {
+            job::plan(&mut p, service, &constraints, new_id);
+            continue;
+        }
         let mut up = update::step(state, service, now_ms);
         if let Some(changed) = up.service.take() {
             let rolled_back = changed.spec != service.spec;
@@ -437,7 +446,7 @@ pub fn plan(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut() -> Strin
         }
         let replicas = match service.spec.mode {
             ServiceMode::Replicated { replicas } => Some(replicas),
-            ServiceMode::Global => None,
+            _ => None,
         };
         for (group, mut tasks) in groups.clone() {
             tasks.sort_by_key(|t| (t.created_ms, t.id.clone()));
@@ -564,9 +573,10 @@ fn new_task_in(
     group: &Group,
     new_id: &mut dyn FnMut() -> String,
 ) {
-    match service.spec.mode {
-        ServiceMode::Replicated { .. } => p.new_task(service, constraints, group.0, None, new_id),
-        ServiceMode::Global => p.new_task(service, constraints, 0, Some(group.1.clone()), new_id),
+    if service.spec.mode.is_global() {
+        p.new_task(service, constraints, 0, Some(group.1.clone()), new_id)
+    } else {
+        p.new_task(service, constraints, group.0, None, new_id)
     }
 }
 

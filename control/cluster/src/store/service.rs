@@ -37,6 +37,10 @@ pub struct Service {
     /// The spec before the latest `service update` (what `service rollback` returns to).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_spec: Option<ServiceSpec>,
+    /// A job's run (Swarm's `JobStatus`): every change of a job service starts a new
+    /// iteration, whose tasks run to completion once. None for other modes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_status: Option<JobStatus>,
     /// The rolling update (or rollback) in progress or last finished, as Swarm's
     /// `UpdateStatus`. Store state, so a new leader carries on where the old one was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -127,7 +131,11 @@ impl ServiceSpec {
             let mut s = s.clone();
             s.mode = match s.mode {
                 ServiceMode::Replicated { .. } => ServiceMode::Replicated { replicas: 0 },
-                ServiceMode::Global => ServiceMode::Global,
+                ServiceMode::ReplicatedJob { .. } => ServiceMode::ReplicatedJob {
+                    max_concurrent: 0,
+                    total_completions: 0,
+                },
+                m @ (ServiceMode::Global | ServiceMode::GlobalJob) => m,
             };
             s.update_config = UpdateConfig::default();
             s.rollback_config = UpdateConfig::default();
@@ -247,8 +255,43 @@ pub struct UpdateStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ServiceMode {
-    Replicated { replicas: u64 },
+    Replicated {
+        replicas: u64,
+    },
     Global,
+    /// Tasks that run to completion: `total_completions` of them must exit 0, at most
+    /// `max_concurrent` running at once.
+    ReplicatedJob {
+        max_concurrent: u64,
+        total_completions: u64,
+    },
+    /// One task per eligible node, run to completion once.
+    GlobalJob,
+}
+
+impl ServiceMode {
+    /// A job: its tasks run to completion and are not restarted once they did.
+    pub fn is_job(self) -> bool {
+        matches!(
+            self,
+            ServiceMode::ReplicatedJob { .. } | ServiceMode::GlobalJob
+        )
+    }
+
+    /// One task per node rather than numbered slots.
+    pub fn is_global(self) -> bool {
+        matches!(self, ServiceMode::Global | ServiceMode::GlobalJob)
+    }
+}
+
+/// Swarm's `JobStatus`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStatus {
+    /// Raised by every change of the service: tasks of an older iteration are stopped
+    /// (or kept as history) and the new iteration's run from the start.
+    pub job_iteration: u64,
+    /// When the current iteration started (milliseconds since the epoch).
+    pub last_execution_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -427,6 +470,9 @@ pub struct Task {
     /// service's current one applies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<Box<ServiceSpec>>,
+    /// The job iteration this task belongs to (None: not a job's task).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_iteration: Option<u64>,
     /// Restarts of this task's slot (node, for a global service) counted toward
     /// `--restart-max-attempts`, this one included, since `restart_window_start_ms`.
     #[serde(default)]

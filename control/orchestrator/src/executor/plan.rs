@@ -76,7 +76,11 @@ pub(super) fn plan(
     for o in observed {
         let task = state.tasks.get(&o.task_id);
         let ours = task.is_some_and(|t| t.node_id.as_deref() == Some(me));
-        let keep = ours && task.is_some_and(|t| t.desired_state == TaskState::Running);
+        // A job's completed task keeps its container (its logs) until it is pruned.
+        let keep = ours
+            && task.is_some_and(|t| {
+                matches!(t.desired_state, TaskState::Running | TaskState::Complete)
+            });
         let sandbox = sandbox_of.get(o.task_id.as_str());
         let network_lost =
             o.state == ContainerSummaryStateEnum::RUNNING && !sandbox.is_some_and(|s| s.running);

@@ -188,6 +188,7 @@ mod tests {
             restarts: 0,
             restart_window_start_ms: 0,
             failures_in_a_row: 0,
+            job_iteration: None,
             created_ms: 0,
             version,
         }

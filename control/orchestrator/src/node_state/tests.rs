@@ -94,6 +94,7 @@ fn cluster() -> ClusterState {
             registry_auth: None,
             previous_spec: None,
             update_status: None,
+            job_status: None,
             version: 0,
         }),
     });

@@ -48,9 +48,11 @@ fn attempts_in_window(t: &Task, spec: &ServiceSpec, now_ms: u64) -> u64 {
     }
 }
 
-/// Whether the ended task `t` (made from `spec`) is replaced, and when.
+/// Whether the ended task `t` (made from `spec`) is replaced, and when. A job's task
+/// that completed is never replaced: for a job `any` means `on-failure` (as Swarm).
 pub fn decide(t: &Task, spec: &ServiceSpec, now_ms: u64) -> Restart {
     let wanted = match spec.restart_condition {
+        RestartCondition::Any if spec.mode.is_job() => t.status.state != TaskState::Complete,
         RestartCondition::Any => true,
         RestartCondition::OnFailure => t.status.state != TaskState::Complete,
         RestartCondition::None => false,
@@ -123,6 +125,7 @@ mod tests {
             restarts: 0,
             restart_window_start_ms: 0,
             failures_in_a_row,
+            job_iteration: None,
             created_ms: at.saturating_sub(1000),
             version: 0,
         }
@@ -180,6 +183,21 @@ mod tests {
         assert_eq!(
             decide(&ended(TaskState::Failed, 0, 0), &s, 99_999),
             Restart::Never
+        );
+    }
+
+    #[test]
+    fn a_job_restarts_only_what_failed_even_with_condition_any() {
+        let mut s = spec();
+        s.mode = ServiceMode::GlobalJob;
+        assert_eq!(s.restart_condition, RestartCondition::Any);
+        assert_eq!(
+            decide(&ended(TaskState::Complete, 0, 0), &s, 99_999),
+            Restart::Never
+        );
+        assert_eq!(
+            decide(&ended(TaskState::Failed, 0, 0), &s, 99_999),
+            Restart::Now
         );
     }
 }

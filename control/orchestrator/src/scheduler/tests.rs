@@ -8,7 +8,7 @@ use shoal_cluster::store::{
 
 use super::*;
 
-fn node(id: &str, role: Role) -> Node {
+pub(super) fn node(id: &str, role: Role) -> Node {
     Node {
         id: id.into(),
         hostname: format!("h-{id}"),
@@ -42,7 +42,7 @@ fn network(id: &str, subnet: &str, gateway: &str, ingress: bool) -> Network {
     }
 }
 
-fn service(id: &str, mode: ServiceMode) -> Service {
+pub(super) fn service(id: &str, mode: ServiceMode) -> Service {
     Service {
         id: id.into(),
         spec: ServiceSpec {
@@ -74,18 +74,19 @@ fn service(id: &str, mode: ServiceMode) -> Service {
         registry_auth: None,
         previous_spec: None,
         update_status: None,
+        job_status: None,
         version: 0,
     }
 }
 
-struct Sim {
-    state: ClusterState,
-    now: u64,
+pub(super) struct Sim {
+    pub(super) state: ClusterState,
+    pub(super) now: u64,
     next: u64,
 }
 
 impl Sim {
-    fn new(nodes: &[&str]) -> Sim {
+    pub(super) fn new(nodes: &[&str]) -> Sim {
         let mut state = ClusterState::default();
         for (i, n) in nodes.iter().enumerate() {
             let role = if i == 0 { Role::Manager } else { Role::Worker };
@@ -115,7 +116,7 @@ impl Sim {
         }
     }
 
-    fn add(&mut self, s: Service) {
+    pub(super) fn add(&mut self, s: Service) {
         apply(
             &mut self.state,
             Command::CreateService {
@@ -124,19 +125,19 @@ impl Sim {
         );
     }
 
-    fn settle_once(&mut self) {
+    pub(super) fn settle_once(&mut self) {
         self.settle_up_to(1);
     }
 
     /// Plans until nothing changes; every assigned task on a Ready node starts running.
-    fn settle(&mut self) {
+    pub(super) fn settle(&mut self) {
         if !self.settle_up_to(20) {
             panic!("the plan does not settle: {:#?}", self.state.tasks);
         }
     }
 
     /// Plans up to `rounds` times; whether it settled.
-    fn settle_up_to(&mut self, rounds: usize) -> bool {
+    pub(super) fn settle_up_to(&mut self, rounds: usize) -> bool {
         for _ in 0..rounds {
             let mut next = self.next;
             let mut ids = || {
@@ -185,7 +186,7 @@ impl Sim {
         false
     }
 
-    fn running(&self, service: &str) -> BTreeMap<String, usize> {
+    pub(super) fn running(&self, service: &str) -> BTreeMap<String, usize> {
         let mut m = BTreeMap::new();
         for t in self.state.service_tasks(service) {
             if t.desired_state == TaskState::Running && t.status.state == TaskState::Running {
@@ -195,11 +196,11 @@ impl Sim {
         m
     }
 
-    fn set(&mut self, cmd: Command) {
+    pub(super) fn set(&mut self, cmd: Command) {
         apply(&mut self.state, cmd);
     }
 
-    fn fail(&mut self, task: &str, state: TaskState) {
+    pub(super) fn fail(&mut self, task: &str, state: TaskState) {
         let node = self.state.tasks[task].node_id.clone().unwrap();
         self.set(Command::UpdateTaskStatus {
             node_id: node,
@@ -216,7 +217,7 @@ impl Sim {
     }
 }
 
-fn apply(state: &mut ClusterState, c: Command) {
+pub(super) fn apply(state: &mut ClusterState, c: Command) {
     let r = state.apply(&c);
     assert!(r.clone().into_result().is_ok(), "{c:?}: {r:?}");
 }

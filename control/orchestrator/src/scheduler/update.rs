@@ -25,9 +25,10 @@ use shoal_cluster::store::{
 pub type Group = (u64, String);
 
 pub fn group_of(t: &Task, service: &Service) -> Group {
-    match service.spec.mode {
-        ServiceMode::Replicated { .. } => (t.slot, String::new()),
-        ServiceMode::Global => (0, t.node_id.clone().unwrap_or_default()),
+    if service.spec.mode.is_global() {
+        (0, t.node_id.clone().unwrap_or_default())
+    } else {
+        (t.slot, String::new())
     }
 }
 
@@ -89,8 +90,12 @@ fn with_status(service: &Service, state: UpdateState, now_ms: u64, message: Stri
     s
 }
 
-/// One step of `service`'s update (or rollback) at `now_ms`.
+/// One step of `service`'s update (or rollback) at `now_ms`. A job has none: each of
+/// its changes starts a new iteration instead ([`super::job`]).
 pub fn step(state: &ClusterState, service: &Service, now_ms: u64) -> UpdateStep {
+    if service.spec.mode.is_job() {
+        return UpdateStep::default();
+    }
     let (cfg, rollback) = config(service);
     let mut out = UpdateStep {
         order: cfg.order,
@@ -147,7 +152,7 @@ pub fn step(state: &ClusterState, service: &Service, now_ms: u64) -> UpdateStep 
         ServiceMode::Replicated { replicas } => (1..=replicas)
             .filter(|slot| !live_groups.contains(&(*slot, String::new())))
             .count(),
-        ServiceMode::Global => state
+        ServiceMode::Global | ServiceMode::ReplicatedJob { .. } | ServiceMode::GlobalJob => state
             .nodes
             .values()
             .filter(|n| {

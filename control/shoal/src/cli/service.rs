@@ -11,10 +11,12 @@
 //! - `inspect`: what `service inspect` prints (JSON and `--pretty`).
 //! - `progress`: `create`/`scale`/`update`/`rollback` waiting for the service to
 //!   converge.
+//! - `job`: what jobs show instead (`ls`'s completions, the wait for the job's end).
 
 mod changes;
 mod container_flags;
 mod inspect;
+mod job;
 mod policy;
 mod progress;
 mod spec;
@@ -78,6 +80,10 @@ pub enum ServiceCommand {
 pub enum ModeArg {
     Replicated,
     Global,
+    /// Tasks that run to completion: --replicas of them, --max-concurrent at once
+    ReplicatedJob,
+    /// One task per node that runs to completion
+    GlobalJob,
 }
 
 /// `--endpoint-mode` values.
@@ -106,6 +112,9 @@ pub struct CreateArgs {
     /// Service mode
     #[arg(long, value_enum, default_value = "replicated")]
     pub mode: ModeArg,
+    /// Job tasks run at once (replicated-job mode; default: --replicas)
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub max_concurrent: Option<String>,
     /// Publish a port: PUBLISHED:TARGET[/PROTO], TARGET[/PROTO] or
     /// mode=ingress|host,target=N,published=N,protocol=tcp|udp (repeatable)
     #[arg(short = 'p', long = "publish", value_name = "SPEC")]

@@ -1,9 +1,10 @@
 //! `service update` and `service rollback` on the manager: the service a request makes
 //! of the stored one, its spec checked as `service create` checks a new one, with the
-//! previous spec and the update status Swarm keeps for the scheduler's rolling update.
+//! previous spec and the update status Swarm keeps for the scheduler's rolling update
+//! (a job has none: every change of it starts a new iteration of its run).
 
 use shoal_cluster::store::{
-    ClusterState, Service, ServiceMode, ServiceSpec, UpdateState, UpdateStatus,
+    ClusterState, JobStatus, Service, ServiceMode, ServiceSpec, UpdateState, UpdateStatus,
 };
 use shoal_orchestrator::image::ImageRef;
 
@@ -36,6 +37,10 @@ pub(super) fn updated_service(
         // Checked again: a network it names may be gone since.
         service.spec = prepare_spec(state, previous)?;
         service.previous_spec = Some(old.spec.clone());
+        if service.spec.mode.is_job() {
+            next_iteration(&mut service, now);
+            return Ok(service);
+        }
         service.update_status = Some(UpdateStatus {
             state: UpdateState::RollbackStarted,
             started_ms: now,
@@ -48,6 +53,13 @@ pub(super) fn updated_service(
     if changes.force {
         service.force_update += 1;
     }
+    if spec.mode.is_job() {
+        // As Swarm: any update of a job runs it again.
+        service.previous_spec = Some(old.spec.clone());
+        service.spec = spec;
+        next_iteration(&mut service, now);
+        return Ok(service);
+    }
     if changes.force || spec.tasks_differ(&old.spec) {
         service.previous_spec = Some(old.spec.clone());
         service.update_status = Some(UpdateStatus {
@@ -59,6 +71,14 @@ pub(super) fn updated_service(
     }
     service.spec = spec;
     Ok(service)
+}
+
+/// Starts a new run of a job service (Swarm's `JobIteration`): the scheduler makes its
+/// tasks again and stops those of the previous run still going.
+pub(super) fn next_iteration(service: &mut Service, now: u64) {
+    let status = service.job_status.get_or_insert_with(JobStatus::default);
+    status.job_iteration += 1;
+    status.last_execution_ms = now;
 }
 
 /// The variable's name in a `K=V` entry.
@@ -82,7 +102,9 @@ fn changed_spec(
         spec.image = image.clone();
     }
     if let Some(replicas) = changes.replicas {
-        if spec.mode == ServiceMode::Global {
+        // Docker's `service update --replicas` changes a replicated service only (a
+        // replicated job takes `service scale`).
+        if !matches!(spec.mode, ServiceMode::Replicated { .. }) {
             return Err(ApiError::new(
                 "replicas can only be used with replicated mode",
             ));

@@ -11,12 +11,17 @@ use shoal_cluster::{
     ipam::{NetworkAddressing, Networks, PublishedPorts},
     manager::Manager,
     store::{
-        ClusterState, Command, Network, PublishMode, Service, ServiceMode, ServiceSpec, TaskState,
+        ClusterState, Command, JobStatus, Network, PublishMode, Service, ServiceMode, ServiceSpec,
+        TaskState, UpdateConfig,
     },
 };
 use tracing::info;
 
-use super::{cluster_error, nodes::execute, service_update::updated_service};
+use super::{
+    cluster_error,
+    nodes::execute,
+    service_update::{next_iteration, updated_service},
+};
 use crate::api::{
     check_alias, check_container_options, ApiError, Reply, Request, ServiceStateView,
 };
@@ -160,6 +165,15 @@ pub(super) fn prepare_spec(
         return Err(ApiError::new("an image is required"));
     }
     ImageRef::parse(&spec.image).map_err(ApiError::new)?;
+    // A job has no rolling update: every change runs it again (Swarm refuses these too).
+    if spec.mode.is_job()
+        && (spec.update_config != UpdateConfig::default()
+            || spec.rollback_config != UpdateConfig::rollback_default())
+    {
+        return Err(ApiError::new(
+            "update and rollback configuration is not supported for jobs",
+        ));
+    }
     for c in &spec.constraints {
         Constraint::parse(c).map_err(ApiError::new)?;
     }
@@ -267,6 +281,7 @@ pub(super) async fn request(
                     warnings.push("the cluster has no nodes to run tasks on".to_string());
                 }
             }
+            let spec_is_job = spec.mode.is_job();
             let service = Service {
                 id: id.clone(),
                 spec,
@@ -277,6 +292,10 @@ pub(super) async fn request(
                 registry_auth,
                 previous_spec: None,
                 update_status: None,
+                job_status: spec_is_job.then_some(JobStatus {
+                    job_iteration: 0,
+                    last_execution_ms: now,
+                }),
                 version: 0,
             };
             info!(service = %service.spec.name, %id, "service created");
@@ -328,17 +347,25 @@ pub(super) async fn request(
             let mut changes = Vec::new();
             for (reference, replicas) in &scales {
                 let id = service_id(&state, reference)?;
-                let s = &state.services[&id];
-                if s.spec.mode == ServiceMode::Global {
-                    return Err(ApiError::new(format!(
-                        "{reference}: scale can only be used with replicated mode"
-                    )));
+                let mut s = state.services[&id].clone();
+                let now = now_ms();
+                match &mut s.spec.mode {
+                    ServiceMode::Replicated { replicas: r } => *r = *replicas,
+                    // Swarm's scale of a job: as many completions, in a new run.
+                    ServiceMode::ReplicatedJob {
+                        total_completions, ..
+                    } => {
+                        *total_completions = *replicas;
+                        s.previous_spec = Some(state.services[&id].spec.clone());
+                        next_iteration(&mut s, now);
+                    }
+                    ServiceMode::Global | ServiceMode::GlobalJob => {
+                        return Err(ApiError::new(format!(
+                            "{reference}: scale can only be used with replicated or replicated-job mode"
+                        )));
+                    }
                 }
-                let mut s = s.clone();
-                s.spec.mode = ServiceMode::Replicated {
-                    replicas: *replicas,
-                };
-                s.updated_ms = now_ms();
+                s.updated_ms = now;
                 changes.push((reference.clone(), s));
             }
             let mut done = Vec::new();
@@ -682,6 +709,7 @@ pub(super) mod tests {
             registry_auth: None,
             previous_spec: None,
             update_status: None,
+            job_status: None,
             version: 0,
         };
         state.services.insert(taken.id.clone(), taken);

@@ -82,6 +82,7 @@ fn service(id: &str, ports: &[(Protocol, u16)], vips: &[(&str, &str)]) -> Servic
         registry_auth: None,
         previous_spec: None,
         update_status: None,
+        job_status: None,
         version: 0,
     }
 }
@@ -110,6 +111,7 @@ fn task(id: &str, desired: TaskState, state: TaskState, at: u64, addrs: &[(&str,
         restarts: 0,
         restart_window_start_ms: 0,
         failures_in_a_row: 0,
+        job_iteration: None,
         created_ms: 0,
         version: 0,
     }

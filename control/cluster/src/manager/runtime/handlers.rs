@@ -266,6 +266,7 @@ mod tests {
             registry_auth: Some(key.seal(id, &creds).unwrap()),
             previous_spec: None,
             update_status: None,
+            job_status: None,
             version: 0,
         }
     }
@@ -287,6 +288,7 @@ mod tests {
             restarts: 0,
             restart_window_start_ms: 0,
             failures_in_a_row: 0,
+            job_iteration: None,
             created_ms: 0,
             version: 0,
         }

@@ -70,6 +70,7 @@ fn sample_service(id: &str, name: &str) -> Service {
         registry_auth: None,
         previous_spec: None,
         update_status: None,
+        job_status: None,
         version: 0,
     }
 }
@@ -88,6 +89,7 @@ fn sample_task(id: &str) -> Task {
         restarts: 0,
         restart_window_start_ms: 0,
         failures_in_a_row: 0,
+        job_iteration: None,
         created_ms: 0,
         version: 0,
     }

@@ -189,6 +189,14 @@ fn spec_value(spec: &ServiceSpec, force_update: u64) -> Value {
     let mode = match spec.mode {
         ServiceMode::Replicated { replicas } => json!({"Replicated": {"Replicas": replicas}}),
         ServiceMode::Global => json!({"Global": {}}),
+        ServiceMode::ReplicatedJob {
+            max_concurrent,
+            total_completions,
+        } => json!({"ReplicatedJob": {
+            "MaxConcurrent": max_concurrent,
+            "TotalCompletions": total_completions,
+        }}),
+        ServiceMode::GlobalJob => json!({"GlobalJob": {}}),
     };
     let options = &spec.container;
     let mut container = json!({
@@ -212,7 +220,7 @@ fn spec_value(spec: &ServiceSpec, force_update: u64) -> Value {
             "StartPeriod": nanos(h.start_period_ms),
         });
     }
-    json!({
+    let mut v = json!({
         "Name": spec.name,
         "Labels": spec.labels,
         "TaskTemplate": {
@@ -237,7 +245,15 @@ fn spec_value(spec: &ServiceSpec, force_update: u64) -> Value {
         "UpdateConfig": update_config_value(&spec.update_config),
         "RollbackConfig": update_config_value(&spec.rollback_config),
         "EndpointSpec": {"Mode": endpoint_mode(spec.endpoint_mode), "Ports": ports_value(spec)},
-    })
+    });
+    // A job has no rolling update: Docker shows no update or rollback config for it.
+    if spec.mode.is_job() {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("UpdateConfig");
+            o.remove("RollbackConfig");
+        }
+    }
+    v
 }
 
 /// One service as `service inspect` prints it (Docker's shape). The store keeps one
@@ -272,6 +288,12 @@ pub fn inspect_value(s: &Service, networks: &[Network]) -> Value {
     }
     if let Some(u) = &s.update_status {
         v["UpdateStatus"] = update_status_value(u);
+    }
+    if let Some(j) = &s.job_status {
+        v["JobStatus"] = json!({
+            "JobIteration": {"Index": j.job_iteration},
+            "LastExecution": iso(j.last_execution_ms),
+        });
     }
     v
 }
@@ -354,6 +376,26 @@ pub(super) fn inspect_pretty(s: &Service, networks: &[Network], now_ms: u64) -> 
         ServiceMode::Global => {
             let _ = writeln!(out, "Service Mode:\tGlobal");
         }
+        ServiceMode::ReplicatedJob {
+            max_concurrent,
+            total_completions,
+        } => {
+            let _ = writeln!(
+                out,
+                "Service Mode:\tReplicated Job\n Max Concurrent:\t{max_concurrent}\n Total Completions:\t{total_completions}"
+            );
+        }
+        ServiceMode::GlobalJob => {
+            let _ = writeln!(out, "Service Mode:\tGlobal Job");
+        }
+    }
+    if let Some(j) = &s.job_status {
+        let _ = writeln!(
+            out,
+            "JobStatus:\n Iteration:\t{}\n Last execution:\t{} ago",
+            j.job_iteration,
+            human_duration(now_ms.saturating_sub(j.last_execution_ms))
+        );
     }
     if let Some(u) = &s.update_status {
         pretty_update_status(&mut out, u, now_ms);
@@ -361,8 +403,10 @@ pub(super) fn inspect_pretty(s: &Service, networks: &[Network], now_ms: u64) -> 
     if !s.spec.constraints.is_empty() {
         let _ = writeln!(out, "Placement:\n Constraints:\t{:?}", s.spec.constraints);
     }
-    pretty_update_config(&mut out, "Update", &s.spec.update_config);
-    pretty_update_config(&mut out, "Rollback", &s.spec.rollback_config);
+    if !s.spec.mode.is_job() {
+        pretty_update_config(&mut out, "Update", &s.spec.update_config);
+        pretty_update_config(&mut out, "Rollback", &s.spec.rollback_config);
+    }
     pretty_restart_policy(&mut out, &s.spec);
     let _ = writeln!(out, "ContainerSpec:\n Image:\t\t{}", s.spec.image);
     if !s.spec.args.is_empty() {

@@ -3,7 +3,8 @@
 //!
 //! A service has converged when its tasks all run its current spec and no update (or
 //! rollback) is in progress, or when the update this command started says it finished;
-//! one that paused ends the wait with its message.
+//! one that paused ends the wait with its message. A job's wait ends when its run is
+//! complete ("job complete", as Docker).
 
 use std::{
     io::Write as _,
@@ -12,7 +13,7 @@ use std::{
 
 use shoal_cluster::store::{Service, ServiceMode, Task, TaskState, UpdateState, UpdateStatus};
 
-use super::{state, views::replicas};
+use super::{job, state, views::replicas};
 use crate::{
     api::{client::Client, ServiceStateView},
     cli::CliError,
@@ -55,7 +56,7 @@ fn progress_lines(
                 format!("{slot}/{desired}: {:<10} {}", state.as_str(), bar(state))
             })
             .collect(),
-        ServiceMode::Global => live
+        ServiceMode::Global | ServiceMode::ReplicatedJob { .. } | ServiceMode::GlobalJob => live
             .iter()
             .map(|t| {
                 let node = t
@@ -152,6 +153,12 @@ pub(super) fn wait_converged(
                     t.status.err.clone().unwrap_or_default()
                 ));
             }
+            if s.spec.mode.is_job() {
+                let (job_lines, complete) = job::progress(s, &view);
+                lines.extend(job_lines);
+                all &= complete;
+                continue;
+            }
             let fresh = fresh_status(s, since_ms);
             match fresh.map(|u| u.state) {
                 Some(UpdateState::Paused) => {
@@ -213,6 +220,9 @@ pub(super) fn wait_converged(
             last_line = text;
         }
         if all && !view.services.is_empty() {
+            if view.services.iter().all(|s| s.spec.mode.is_job()) {
+                return Ok("job complete\n".into());
+            }
             return Ok(format!(
                 "verify: Service converged\n{}",
                 rolled_back.concat()

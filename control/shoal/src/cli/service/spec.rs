@@ -135,15 +135,7 @@ pub fn parse_publish(spec: &str) -> Result<PortConfig, String> {
 impl CreateArgs {
     /// The spec the CLI sends (networks as given; the manager resolves them).
     pub fn spec(&self) -> Result<ServiceSpec, String> {
-        let mode = match (self.mode, &self.replicas) {
-            (ModeArg::Global, Some(_)) => {
-                return Err("--replicas can only be used with replicated mode".into())
-            }
-            (ModeArg::Global, None) => ServiceMode::Global,
-            (ModeArg::Replicated, r) => ServiceMode::Replicated {
-                replicas: r.as_deref().map(parse_replicas).transpose()?.unwrap_or(1),
-            },
-        };
+        let mode = self.mode()?;
         let ports = self
             .publish
             .iter()
@@ -183,13 +175,52 @@ impl CreateArgs {
         if let Some(grace) = &self.stop_grace_period {
             spec.stop_grace_ms = parse_duration_flag("--stop-grace-period", grace)?;
         }
-        self.update_policy
-            .changes()?
-            .apply(&mut spec.update_config, "update")?;
-        self.rollback_policy
-            .changes()?
-            .apply(&mut spec.rollback_config, "rollback")?;
+        let update = self.update_policy.changes()?;
+        let rollback = self.rollback_policy.changes()?;
+        if mode.is_job() && (update != Default::default() || rollback != Default::default()) {
+            return Err("update and rollback configuration is not supported for jobs".into());
+        }
+        update.apply(&mut spec.update_config, "update")?;
+        rollback.apply(&mut spec.rollback_config, "rollback")?;
         Ok(spec)
+    }
+
+    /// `--mode` with `--replicas` and `--max-concurrent`, checked as Docker checks them.
+    /// A replicated job's defaults are Swarm's: one task at a time, as many
+    /// completions as tasks at once.
+    fn mode(&self) -> Result<ServiceMode, String> {
+        let replicas = self.replicas.as_deref().map(parse_replicas).transpose()?;
+        let max_concurrent = self
+            .max_concurrent
+            .as_deref()
+            .map(|n| {
+                n.trim().parse::<u64>().map_err(|_| {
+                    format!("invalid --max-concurrent value {n:?}: must be a non-negative integer")
+                })
+            })
+            .transpose()?;
+        if max_concurrent.is_some() && self.mode != ModeArg::ReplicatedJob {
+            return Err("--max-concurrent can only be used with replicated-job mode".into());
+        }
+        Ok(match self.mode {
+            ModeArg::Global | ModeArg::GlobalJob if replicas.is_some() => {
+                return Err(
+                    "--replicas can only be used with replicated or replicated-job mode".into(),
+                )
+            }
+            ModeArg::Global => ServiceMode::Global,
+            ModeArg::GlobalJob => ServiceMode::GlobalJob,
+            ModeArg::Replicated => ServiceMode::Replicated {
+                replicas: replicas.unwrap_or(1),
+            },
+            ModeArg::ReplicatedJob => {
+                let max_concurrent = max_concurrent.or(replicas).unwrap_or(1);
+                ServiceMode::ReplicatedJob {
+                    max_concurrent,
+                    total_completions: replicas.unwrap_or(max_concurrent),
+                }
+            }
+        })
     }
 }
 
@@ -273,5 +304,99 @@ mod tests {
         assert!(parse_scale("web=x").is_err());
         assert!(parse_scale("=3").is_err());
         assert_eq!(parse_scale("web=3"), Ok(("web".into(), 3)));
+    }
+
+    /// `service create ARGS... shoal/web:1 true` parsed and turned into a spec.
+    fn create(args: &[&str]) -> Result<ServiceSpec, String> {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Create {
+            #[command(flatten)]
+            args: CreateArgs,
+        }
+        let argv = ["create"]
+            .iter()
+            .chain(args)
+            .chain(&["shoal/web:1", "true"]);
+        Create::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .args
+            .spec()
+    }
+
+    #[test]
+    fn job_modes_take_dockers_flags_and_defaults() {
+        let mode = |args: &[&str]| create(args).map(|s| s.mode);
+        let job = |max_concurrent, total_completions| ServiceMode::ReplicatedJob {
+            max_concurrent,
+            total_completions,
+        };
+        assert_eq!(mode(&["--mode", "replicated-job"]), Ok(job(1, 1)));
+        assert_eq!(
+            mode(&["--mode", "replicated-job", "--replicas", "5"]),
+            Ok(job(5, 5))
+        );
+        assert_eq!(
+            mode(&[
+                "--mode",
+                "replicated-job",
+                "--replicas",
+                "4",
+                "--max-concurrent",
+                "2"
+            ]),
+            Ok(job(2, 4))
+        );
+        assert_eq!(
+            mode(&["--mode", "replicated-job", "--max-concurrent", "3"]),
+            Ok(job(3, 3))
+        );
+        assert_eq!(mode(&["--mode", "global-job"]), Ok(ServiceMode::GlobalJob));
+        // Swarm's default restart condition stays: for a job, `any` is `on-failure`.
+        let spec = create(&["--mode", "global-job"]).unwrap();
+        assert_eq!(spec.restart_condition, RestartCondition::Any);
+    }
+
+    #[test]
+    fn job_flags_out_of_place_are_refused_with_one_line() {
+        for (args, err) in [
+            (
+                &["--max-concurrent", "2"][..],
+                "--max-concurrent can only be used with replicated-job mode",
+            ),
+            (
+                &["--mode", "global", "--max-concurrent", "2"],
+                "--max-concurrent can only be used with replicated-job mode",
+            ),
+            (
+                &["--mode", "global-job", "--max-concurrent", "2"],
+                "--max-concurrent can only be used with replicated-job mode",
+            ),
+            (
+                &["--mode", "global-job", "--replicas", "2"],
+                "--replicas can only be used with replicated or replicated-job mode",
+            ),
+            (
+                &["--mode", "replicated-job", "--replicas", "-1"],
+                "invalid replicas value \"-1\": must be a non-negative integer",
+            ),
+            (
+                &["--mode", "replicated-job", "--max-concurrent", "-2"],
+                "invalid --max-concurrent value \"-2\": must be a non-negative integer",
+            ),
+            (
+                &["--mode", "replicated-job", "--update-parallelism", "2"],
+                "update and rollback configuration is not supported for jobs",
+            ),
+            (
+                &["--mode", "global-job", "--rollback-order", "start-first"],
+                "update and rollback configuration is not supported for jobs",
+            ),
+        ] {
+            let got = create(args).unwrap_err();
+            assert_eq!(got, err, "{args:?}");
+            assert!(!got.contains('\n'), "one line: {got}");
+        }
+        assert!(create(&["--mode", "batch"]).is_err(), "an unknown mode");
     }
 }

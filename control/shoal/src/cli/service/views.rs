@@ -61,7 +61,18 @@ fn mode_text(s: &Service) -> &'static str {
     match s.spec.mode {
         ServiceMode::Replicated { .. } => "replicated",
         ServiceMode::Global => "global",
+        ServiceMode::ReplicatedJob { .. } => "replicated job",
+        ServiceMode::GlobalJob => "global job",
     }
+}
+
+/// `service ls`'s REPLICAS: `running/desired`, and a job's completions.
+fn replicas_text(s: &Service, tasks: &[Task]) -> String {
+    if s.spec.mode.is_job() {
+        return super::job::replicas_text(s, tasks);
+    }
+    let (r, d) = replicas(s, tasks);
+    format!("{r}/{d}")
 }
 
 /// Running and desired task counts, as `service ls` shows them.
@@ -76,17 +87,20 @@ pub fn replicas(s: &Service, tasks: &[Task]) -> (u64, u64) {
     let desired = match s.spec.mode {
         ServiceMode::Replicated { replicas } => replicas,
         ServiceMode::Global => mine.count() as u64,
+        ServiceMode::ReplicatedJob { .. } | ServiceMode::GlobalJob => {
+            let (running, desired, _, _) = super::job::counts(s, tasks);
+            return (running, desired);
+        }
     };
     (running, desired)
 }
 
 fn ls_row(s: &Service, tasks: &[Task]) -> Value {
-    let (r, d) = replicas(s, tasks);
     json!({
         "ID": short(&s.id),
         "Name": s.spec.name,
         "Mode": mode_text(s),
-        "Replicas": format!("{r}/{d}"),
+        "Replicas": replicas_text(s, tasks),
         "Image": s.spec.image,
         "Ports": ports_text(&s.spec.ports),
     })
@@ -109,12 +123,11 @@ pub(super) fn service_ls(args: &ServiceLsArgs, view: &ServiceStateView) -> Resul
                 "PORTS".into(),
             ]];
             for s in services {
-                let (r, d) = replicas(s, &view.tasks);
                 rows.push(vec![
                     short(&s.id).to_string(),
                     s.spec.name.clone(),
                     mode_text(s).into(),
-                    format!("{r}/{d}"),
+                    replicas_text(s, &view.tasks),
                     s.spec.image.clone(),
                     ports_text(&s.spec.ports),
                 ]);

@@ -45,6 +45,7 @@ fn cluster() -> (ClusterState, Service) {
         registry_auth: None,
         previous_spec: None,
         update_status: None,
+        job_status: None,
         version: 3,
     };
     state.services.insert(service.id.clone(), service.clone());
@@ -434,4 +435,75 @@ fn bad_container_changes_are_refused_whole() {
         ..Default::default()
     })
     .contains("invalid network alias"));
+}
+
+#[test]
+fn every_change_of_a_job_starts_a_new_iteration_and_no_rolling_update() {
+    let (_, mut job) = cluster();
+    job.spec.mode = ServiceMode::ReplicatedJob {
+        max_concurrent: 2,
+        total_completions: 4,
+    };
+    job.job_status = Some(shoal_cluster::store::JobStatus {
+        job_iteration: 0,
+        last_execution_ms: 1,
+    });
+    let forced = update(
+        &job,
+        ServiceChanges {
+            force: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let j = forced.job_status.unwrap();
+    assert_eq!((j.job_iteration, j.last_execution_ms), (1, NOW));
+    assert_eq!(forced.update_status, None, "a job has no rolling update");
+    let imaged = update(
+        &forced,
+        ServiceChanges {
+            image: Some("shoal/web:2".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(imaged.job_status.unwrap().job_iteration, 2);
+    assert_eq!(imaged.previous_spec.as_ref().unwrap().image, job.spec.image);
+    let back = update(
+        &imaged,
+        ServiceChanges {
+            rollback: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(back.spec.image, job.spec.image);
+    assert_eq!(back.job_status.unwrap().job_iteration, 3);
+    assert_eq!(back.update_status, None);
+    // As Docker: no update policy for a job, and --replicas is `service scale`'s.
+    let policy = update(
+        &job,
+        ServiceChanges {
+            update_config: UpdateConfigChanges {
+                parallelism: Some(2),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        policy.unwrap_err(),
+        "update and rollback configuration is not supported for jobs"
+    );
+    let replicas = update(
+        &job,
+        ServiceChanges {
+            replicas: Some(3),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        replicas.unwrap_err(),
+        "replicas can only be used with replicated mode"
+    );
 }
