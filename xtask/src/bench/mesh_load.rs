@@ -32,8 +32,9 @@ pub(super) struct LoadCounts {
     pub(super) failed: u64,
     /// Answers by the body's version (`1`, or the `version=` suffix).
     pub(super) answered_by_version: BTreeMap<String, u64>,
-    /// Each failed request: when it was sent, and what went wrong.
-    pub(super) failures: Vec<(Instant, String)>,
+    /// Each failed request: when it was sent, what went wrong, and how many requests
+    /// were answered since the previous failure (none: the path stayed broken).
+    pub(super) failures: Vec<(Instant, String, u64)>,
 }
 
 /// The load running on its own thread; [`MeshLoad::stop`] ends it and returns the counts.
@@ -74,6 +75,7 @@ fn run(netns: &Path, to: SocketAddr, stop: &AtomicBool) -> Result<LoadCounts> {
     enter_netns(netns)?;
     let mut counts = LoadCounts::default();
     let mut next = Instant::now();
+    let mut answered_since_failure = 0;
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         if now < next {
@@ -84,10 +86,14 @@ fn run(netns: &Path, to: SocketAddr, stop: &AtomicBool) -> Result<LoadCounts> {
         counts.requests += 1;
         let sent = Instant::now();
         match request(to) {
-            Ok(version) => *counts.answered_by_version.entry(version).or_default() += 1,
+            Ok(version) => {
+                *counts.answered_by_version.entry(version).or_default() += 1;
+                answered_since_failure += 1;
+            }
             Err(e) => {
                 counts.failed += 1;
-                counts.failures.push((sent, e));
+                counts.failures.push((sent, e, answered_since_failure));
+                answered_since_failure = 0;
             }
         }
     }

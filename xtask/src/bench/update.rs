@@ -12,19 +12,29 @@
 //! `completed`. Both images are preloaded on every host (`lab up`), so no pull is timed.
 //! Afterwards the round checks that every task was really replaced (`service ps` lists
 //! 10 tasks of the old image with desired state Shutdown), then removes the service.
-//! Rounds alternate between the two systems; medians compared.
+//! Rounds alternate between the systems; medians compared. A third system, Swarm with
+//! the same service unpublished (`swarm_unpublished`), shows how much of Swarm's time
+//! is its load balancer's withdrawal (it sleeps 2 s after it, per stop) and the IPVS
+//! calls that fail on this kernel.
 //!
 //! - `shoal_s`, `swarm_s`: `service update` to converged (the figures compared);
+//!   `swarm_unpublished_s` the same without a published port;
 //! - `*_replaced_s`: to the 10th new task running (without the monitor wait);
 //! - `*_batch_s`: median time a batch of 2 takes (from the update or the previous
 //!   batch's 2nd task running to this batch's 2nd running, as the poll saw them);
+//! - `shoal_stop_hold_ms`: median time from a task told to stop to its SIGTERM (the
+//!   executor holding it until every node has withdrawn it), from the agent's log;
 //! - `mesh_requests`, `mesh_failed`: during each of shoal's updates (from just before
 //!   `service update` until converged), the lab client sends paced requests, a new
 //!   connection each, to h1:8080 ([`super::mesh_load`]); the counts over every round.
-//!   Swarm gets no load: its routing mesh needs IPVS, which this kernel lacks.
+//!   Each failure is printed with when it was sent and how many requests were answered
+//!   since the previous one, and the round's line lists the dataplane counters that
+//!   moved (`shoal dataplane stats`). Swarm gets no load: its routing mesh needs IPVS,
+//!   which this kernel lacks. The agent's log is kept in `target/bench/`.
 //!
 //! Targets: shoal / Swarm <= 1.0; no failed request through the mesh.
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::ExitCode,
@@ -184,6 +194,32 @@ struct Round {
     load: Option<LoadCounts>,
     /// How long each stop was held for its task's withdrawal (shoal's agent log).
     holds_ms: Vec<f64>,
+    /// The dataplane counters that moved during the update (`shoal dataplane stats`).
+    counters_moved: Vec<(String, u64)>,
+}
+
+/// `shoal dataplane stats --json` of a host: the pinned counters by name.
+fn dataplane_counters(state: &LabState, sys: &System) -> Result<BTreeMap<String, u64>> {
+    let out = cli(state, sys, &["dataplane", "stats", "--json"])?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("dataplane stats JSON")?;
+    Ok(v.as_object()
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// The counters that grew from `before` to `after`, by how much.
+fn grown(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> Vec<(String, u64)> {
+    after
+        .iter()
+        .filter_map(|(k, v)| {
+            let d = v.checked_sub(before.get(k).copied().unwrap_or(0))?;
+            (d > 0).then(|| (k.clone(), d))
+        })
+        .collect()
 }
 
 /// What a round of shoal watches besides the update: the mesh, and the agent's log.
@@ -393,12 +429,20 @@ fn round(state: &LabState, sys: &System, watch: Option<&Watch>) -> Result<Round>
         None => None,
     };
     let log_from = watch.map(|w| file_len(w.agent_log));
+    let counters_before = match watch {
+        Some(_) => Some(dataplane_counters(state, sys)?),
+        None => None,
+    };
     let timed = timed_update(state, sys);
     let counts = mesh.map(MeshLoad::stop).transpose()?;
     let (started, converged_s, replaced_s, batches_s) = timed?;
     let holds_ms = match (watch, log_from) {
         (Some(w), Some(from)) => stop_holds_ms(&read_from(w.agent_log, from)),
         _ => Vec::new(),
+    };
+    let counters_moved = match counters_before {
+        Some(before) => grown(&before, &dataplane_counters(state, sys)?),
+        None => Vec::new(),
     };
     check_replaced(state, sys)?;
     cli(state, sys, &["service", "rm", SERVICE])?;
@@ -410,6 +454,7 @@ fn round(state: &LabState, sys: &System, watch: Option<&Watch>) -> Result<Round>
         batches_s,
         load: counts,
         holds_ms,
+        counters_moved,
     })
 }
 
@@ -427,14 +472,22 @@ fn describe(sys: &System, i: usize, r: &Round) -> String {
         let holds: Vec<String> = r.holds_ms.iter().map(|h| format!("{h:.0}")).collect();
         line += &format!("; stops held [{}] ms", holds.join(" "));
     }
+    if !r.counters_moved.is_empty() {
+        let moved: Vec<String> = (r.counters_moved.iter())
+            .map(|(k, d)| format!("{k} +{d}"))
+            .collect();
+        line += &format!("; dataplane counters {}", moved.join(", "));
+    }
     if let Some(c) = &r.load {
         line += &format!(
             "; mesh {} requests, {} failed, answers by version {:?}",
             c.requests, c.failed, c.answered_by_version
         );
-        for (sent, what) in &c.failures {
+        for (sent, what, answered) in &c.failures {
             let at = sent.saturating_duration_since(r.started).as_secs_f64();
-            line += &format!("\n  failed: sent at {at:.2} s: {what}");
+            line += &format!(
+                "\n  failed: sent at {at:.2} s: {what} ({answered} answered since the previous failure)"
+            );
         }
     }
     line
