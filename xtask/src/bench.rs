@@ -6,14 +6,16 @@
 //!
 //! Suites: `overlay` (here), `dns` (`bench/dns.rs`), `cluster` (`bench/cluster.rs`),
 //! `gossip` (`bench/gossip.rs`), `gossip_lab` (`bench/gossip_lab.rs`), `vip` (`bench/vip.rs`),
-//! `lb` (`bench/lb.rs`), `services` (`bench/services.rs`) and `pull` (`bench/pull.rs`).
+//! `lb` (`bench/lb.rs`), `services` (`bench/services.rs`), `update` (`bench/update.rs`) and `pull` (`bench/pull.rs`).
 mod cluster;
 mod dns;
 mod gossip;
 mod gossip_lab;
 mod lb;
+mod mesh_load;
 mod pull;
 mod services;
+mod update;
 mod vip;
 
 use std::{
@@ -94,8 +96,9 @@ pub fn run(suite: &str) -> Result<ExitCode> {
         "lb" => lb::run(),
         "services" => services::run(),
         "pull" => pull::run(),
+        "update" => update::run(),
         other => bail!(
-            "unknown benchmark suite {other:?}; suites: overlay, dns, cluster, gossip, gossip_lab, vip, services, lb, pull"
+            "unknown benchmark suite {other:?}; suites: overlay, dns, cluster, gossip, gossip_lab, vip, services, update, lb, pull"
         ),
     }
 }

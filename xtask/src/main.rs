@@ -36,7 +36,7 @@ enum Cmd {
         no_lab: bool,
     },
     /// Run a benchmark suite against its baseline (suites: overlay, dns, cluster, gossip,
-    /// gossip_lab, vip, services, lb, pull).
+    /// gossip_lab, vip, services, update, lb, pull).
     Bench { suite: String },
 }
 

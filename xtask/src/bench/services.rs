@@ -90,27 +90,18 @@ fn timed(
     Ok(t0.elapsed().as_secs_f64())
 }
 
-/// Waits until `host` has no container of the benchmark service left.
-fn wait_clean(state: &LabState, host: &str) -> Result<()> {
+/// Waits until `host` has no container of the service `service` left.
+pub(super) fn wait_clean(state: &LabState, host: &str, service: &str) -> Result<()> {
     let t0 = Instant::now();
+    let filter = format!("label=com.docker.swarm.service.name={service}");
     loop {
-        let left = lab::exec_output(
-            state,
-            host,
-            &[
-                "docker",
-                "ps",
-                "-aq",
-                "--filter",
-                "label=com.docker.swarm.service.name=bench",
-            ],
-        )
-        .unwrap_or_default();
+        let left = lab::exec_output(state, host, &["docker", "ps", "-aq", "--filter", &filter])
+            .unwrap_or_default();
         if left.is_empty() {
             return Ok(());
         }
         if t0.elapsed() > LIMIT {
-            bail!("{host}: the benchmark's containers are still there after {LIMIT:?}");
+            bail!("{host}: the containers of {service} are still there after {LIMIT:?}");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -140,7 +131,7 @@ fn round(state: &LabState, host: &str, cli: &[&str], create_extra: &[&str]) -> R
         ls,
     )?;
     run(&["service", "rm", "bench"])?;
-    wait_clean(state, host)?;
+    wait_clean(state, host, "bench")?;
     Ok((created, scaled))
 }
 
