@@ -11,6 +11,7 @@ use std::{
 
 pub use xtask::lab::{self, LabState, Layout};
 
+pub mod load;
 pub mod swarm;
 pub mod tables;
 
@@ -106,10 +107,28 @@ impl LabGuard {
     /// log shows why before the lab and its logs are taken down.
     fn print_agent_logs(&self) {
         const TAIL: usize = 40;
+        // SHOAL_LAB_LOGS=DIR keeps every agent's whole log there (the lab's own copy
+        // goes with the lab).
+        let keep = std::env::var_os("SHOAL_LAB_LOGS").map(std::path::PathBuf::from);
         for host in &self.state.hosts {
             let Ok(log) = std::fs::read_to_string(host.run_dir.join("agent.log")) else {
                 continue;
             };
+            if let Some(dir) = &keep {
+                let to = dir.join(format!("{}-{}-agent.log", self.layout.prefix, host.name));
+                if std::fs::create_dir_all(dir)
+                    .and_then(|()| std::fs::write(&to, &log))
+                    .is_ok()
+                {
+                    eprintln!("---- {} agent.log kept in {} ----", host.name, to.display());
+                }
+                // And the declared state it computed last (which task has which address).
+                let declared = lab::agent::declared_dir(host);
+                for file in ["overlay.json", "lb.json", "dns.json"] {
+                    let to = dir.join(format!("{}-{}-{file}", self.layout.prefix, host.name));
+                    let _ = std::fs::copy(declared.join(file), to);
+                }
+            }
             let lines: Vec<&str> = log.lines().collect();
             eprintln!("---- {} agent.log: panics ----", host.name);
             for l in lines.iter().filter(|l| l.contains("panicked")) {
