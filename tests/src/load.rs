@@ -7,6 +7,14 @@
 //! written, the answer does not come within [`ANSWER_BOUND`], or it is not a `200` with
 //! the lab web image's `host=` line. Nothing is retried: a retry would hide exactly the
 //! failures these tests look for.
+//!
+//! The keep-alive generator ([`HttpLoad::start_keepalive`]) keeps one HTTP/1.1
+//! connection per target and sends every request on it. When the server closed that
+//! connection between two requests (end of stream or reset before a single byte of the
+//! answer, as a stopped task's connection ends), it opens a new one and sends the request
+//! there, as every HTTP client does for an idle connection the server closed; that is
+//! counted as a reconnect, not a failure. A timeout, a cut answer, or a failure on the
+//! new connection is a failure.
 use std::{
     io::{Read, Write},
     net::{SocketAddr, SocketAddrV4, TcpStream},
@@ -37,6 +45,8 @@ pub struct LoadReport {
     pub name: String,
     pub sent: u64,
     pub failed: u64,
+    /// Keep-alive generators: connections opened (the first per target included).
+    pub connections: Option<u64>,
     /// The first failures: when (seconds since the start), target and what happened.
     pub failures: Vec<String>,
 }
@@ -44,8 +54,12 @@ pub struct LoadReport {
 impl LoadReport {
     /// One line for the test's output.
     pub fn line(&self) -> String {
+        let connections = match self.connections {
+            Some(c) => format!(" (keep-alive, {c} connections opened)"),
+            None => String::new(),
+        };
         format!(
-            "{}: requests sent {}, failed {}",
+            "{}: requests sent {}, failed {}{connections}",
             self.name, self.sent, self.failed
         )
     }
@@ -53,6 +67,9 @@ impl LoadReport {
     fn add(&mut self, other: LoadReport) {
         self.sent += other.sent;
         self.failed += other.failed;
+        if let Some(c) = other.connections {
+            *self.connections.get_or_insert(0) += c;
+        }
         for f in other.failures {
             if self.failures.len() < KEPT {
                 self.failures.push(f);
@@ -71,6 +88,15 @@ impl HttpLoad {
     /// Starts sending from the namespace at `netns` (e.g. `/proc/PID/ns/net`, or
     /// `/run/netns/NAME`).
     pub fn start(name: &str, netns: PathBuf, targets: Vec<SocketAddrV4>) -> Self {
+        Self::spawn(name, netns, targets, false)
+    }
+
+    /// [`HttpLoad::start`] with one kept-alive connection per target.
+    pub fn start_keepalive(name: &str, netns: PathBuf, targets: Vec<SocketAddrV4>) -> Self {
+        Self::spawn(name, netns, targets, true)
+    }
+
+    fn spawn(name: &str, netns: PathBuf, targets: Vec<SocketAddrV4>, keepalive: bool) -> Self {
         assert!(!targets.is_empty(), "{name}: no target");
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -86,15 +112,23 @@ impl HttpLoad {
             let syns = SynWatch::start(&netns, flag.clone());
             let mut report = LoadReport {
                 name,
+                connections: keepalive.then_some(0),
                 ..Default::default()
             };
+            let mut kept: Vec<Option<KeptConnection>> = targets.iter().map(|_| None).collect();
             let mut i = 0;
             while !flag.load(Ordering::Relaxed) {
-                let target = targets[i % targets.len()];
+                let slot = i % targets.len();
+                let target = targets[slot];
                 i += 1;
                 report.sent += 1;
                 let sent_at = Instant::now();
-                if let Err(e) = get(target) {
+                let result = if keepalive {
+                    get_kept(target, &mut kept[slot], &mut report.connections)
+                } else {
+                    get(target)
+                };
+                if let Err(e) = result {
                     report.failed += 1;
                     if report.failures.len() < KEPT {
                         report.failures.push(format!(
@@ -202,6 +236,106 @@ fn get(target: SocketAddrV4) -> Result<(), String> {
     }
 }
 
+/// A kept-alive HTTP/1.1 connection.
+struct KeptConnection {
+    reader: std::io::BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl KeptConnection {
+    fn open(target: SocketAddrV4) -> Result<Self, String> {
+        let s = TcpStream::connect_timeout(&SocketAddr::V4(target), CONNECT_BOUND)
+            .map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(ANSWER_BOUND)).ok();
+        s.set_write_timeout(Some(ANSWER_BOUND)).ok();
+        let writer = s.try_clone().map_err(|e| format!("clone: {e}"))?;
+        Ok(Self {
+            reader: std::io::BufReader::new(s),
+            writer,
+        })
+    }
+
+    /// One request. On failure: whether the server closed the connection before a
+    /// byte of the answer (worth one new connection), and what happened.
+    fn request(&mut self) -> Result<(), (bool, String)> {
+        use std::io::BufRead;
+        // Closed or reset by the server, as opposed to a timeout (which a retry would
+        // only hide).
+        let closed = |e: &std::io::Error| {
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            )
+        };
+        self.writer
+            .write_all(b"GET / HTTP/1.1\r\nHost: load\r\n\r\n")
+            .map_err(|e| (closed(&e), format!("write: {e}")))?;
+        let mut head = String::new();
+        let mut length: Option<usize> = None;
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).map_err(|e| {
+                (
+                    head.is_empty() && closed(&e),
+                    format!("read after {} bytes: {e}", head.len()),
+                )
+            })?;
+            if n == 0 {
+                return Err((
+                    head.is_empty(),
+                    format!("closed after {} bytes", head.len()),
+                ));
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().ok();
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let Some(length) = length else {
+            return Err((false, format!("no Content-Length: {head:?}")));
+        };
+        let mut body = vec![0; length];
+        self.reader
+            .read_exact(&mut body)
+            .map_err(|e| (false, format!("body: {e}")))?;
+        let body = String::from_utf8_lossy(&body);
+        if head.starts_with("HTTP/1.1 200") && body.contains("host=") {
+            Ok(())
+        } else {
+            Err((false, format!("answer: {head:?} {body:?}")))
+        }
+    }
+}
+
+/// One GET on `kept` (opened if there is none); a connection the server closed before
+/// answering a byte is replaced once (see the module's comment).
+fn get_kept(
+    target: SocketAddrV4,
+    kept: &mut Option<KeptConnection>,
+    opened: &mut Option<u64>,
+) -> Result<(), String> {
+    if let Some(c) = kept.as_mut() {
+        match c.request() {
+            Ok(()) => return Ok(()),
+            Err((true, _)) => {}
+            Err((false, e)) => {
+                *kept = None;
+                return Err(format!("on a kept connection: {e}"));
+            }
+        }
+    }
+    *kept = None;
+    let mut c = KeptConnection::open(target)?;
+    *opened.get_or_insert(0) += 1;
+    c.request()
+        .map_err(|(_, e)| format!("on a new connection: {e}"))?;
+    *kept = Some(c);
+    Ok(())
+}
+
 /// A `wget` loop inside a task's container (busybox there): each request resolves
 /// `url`'s host through the container's resolver (the embedded DNS) and connects anew.
 /// Counts go to files in the container, read back by [`ShellLoad::stop`].
@@ -291,6 +425,7 @@ impl<'a> ShellLoad<'a> {
             sent: ok + failed,
             failed,
             failures,
+            connections: None,
         }
     }
 }
@@ -306,6 +441,13 @@ impl<'a> Loads<'a> {
     pub fn http(&mut self, name: &str, netns: PathBuf, targets: Vec<SocketAddrV4>) {
         self.http
             .push((name.to_owned(), HttpLoad::start(name, netns, targets)));
+    }
+
+    pub fn http_keepalive(&mut self, name: &str, netns: PathBuf, targets: Vec<SocketAddrV4>) {
+        self.http.push((
+            name.to_owned(),
+            HttpLoad::start_keepalive(name, netns, targets),
+        ));
     }
 
     pub fn shell(&mut self, lab: &'a LabGuard, task: &Task, name: &str, url: &str) {

@@ -7,8 +7,10 @@
 //! service on the same network and a scale-down from 6 to 2. Through every one of those,
 //! load generators send requests from the lab client through every node's published
 //! port, and from a container through the service's VIP and through its name (resolved
-//! by the embedded DNS for each request): each phase prints requests sent and failed,
-//! and asserts failed == 0. Beside them: a new image whose health check never passes
+//! by the embedded DNS for each request), each on a new connection per request, and
+//! through the published ports and the VIP on kept-alive connections too (a connection
+//! to a stopped task, closed by it after its drain, is replaced as HTTP clients do): each
+//! phase prints requests sent and failed, and asserts failed == 0. Beside them: a new image whose health check never passes
 //! pauses its update with the reason, and with `--update-failure-action rollback` rolls
 //! back on its own; a crash-looping task backs off (its restarts counted over 60 s).
 use std::{
@@ -27,13 +29,18 @@ use shoal_tests::{
 };
 
 const PORT: u16 = 8080;
+/// Published port of the web image's keep-alive server (its port 8080).
+const KEEPALIVE_PORT: u16 = 8081;
+/// Kept-alive connections per target, so that they land on most of the tasks.
+const KEPT_PER_TARGET: usize = 4;
 
 fn running(rows: &[PsRow]) -> Vec<&PsRow> {
     rows.iter().filter(|r| r.running()).collect()
 }
 
 /// Starts the phase's loads: the client through every node's published port, the
-/// probe container through the VIP and through the name.
+/// probe container through the VIP and through the name; each with a new connection per
+/// request, and the first two also on kept-alive connections.
 fn loads<'a>(
     lab: &'a LabGuard,
     probe: &Task,
@@ -47,13 +54,30 @@ fn loads<'a>(
         .iter()
         .map(|h| SocketAddrV4::new(h.address, PORT))
         .collect();
+    let kept_published: Vec<SocketAddrV4> = lab
+        .state
+        .hosts
+        .iter()
+        .flat_map(|h| [SocketAddrV4::new(h.address, KEEPALIVE_PORT); KEPT_PER_TARGET])
+        .collect();
+    let kept_vip = vec![SocketAddrV4::new(*vip.ip(), 8080); KEPT_PER_TARGET];
     let client_ns = PathBuf::from("/run/netns").join(&lab.state.client.netns);
     l.http(
         "client -> published port on every node",
-        client_ns,
+        client_ns.clone(),
         published,
     );
+    l.http_keepalive(
+        "client -> published port on every node, keep-alive",
+        client_ns,
+        kept_published,
+    );
     l.http("container -> VIP", probe_ns.to_path_buf(), vec![vip]);
+    l.http_keepalive(
+        "container -> VIP, keep-alive",
+        probe_ns.to_path_buf(),
+        kept_vip,
+    );
     l.shell(lab, probe, "container -> service name", "http://web/");
     l
 }
@@ -197,6 +221,8 @@ fn rolling_updates_rollbacks_and_stops_lose_no_request() {
             "app",
             "-p",
             &format!("{PORT}:80"),
+            "-p",
+            &format!("{KEEPALIVE_PORT}:8080"),
             "--update-delay",
             "10s",
             "--update-parallelism",

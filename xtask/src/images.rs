@@ -8,8 +8,12 @@
 //!
 //! Images:
 //! - `shoal/web:1`: busybox httpd on port 80 whose `/` is a CGI script answering
-//!   `host=<hostname> client=<client ip>`.
-//! - `shoal/web:2`: the same, answering `host=... client=... version=2`.
+//!   `host=<hostname> client=<client ip>`, and on port 8080 a keep-alive HTTP/1.1 server
+//!   (busybox `nc -ll`, a shell script per connection) answering every request on a
+//!   connection with `host=<hostname> keepalive`: busybox httpd closes after each answer,
+//!   and the lab must also prove that long-lived connections survive updates.
+//! - `shoal/web:2`: the same, answering `host=... client=... version=2` (and
+//!   `host=... keepalive version=2`).
 
 use std::fs;
 use std::io::ErrorKind;
@@ -137,6 +141,27 @@ pub(crate) fn cgi_script(suffix: &str) -> String {
     )
 }
 
+/// The keep-alive server's per-connection script (run by `nc -ll -p 8080 -e`): answers
+/// each request with a `Content-Length` body and waits for the next one, until the
+/// client closes. Only shell builtins run per request, so answers stay quick.
+pub(crate) fn keepalive_script(suffix: &str) -> String {
+    format!(
+        "#!/bin/sh\n\
+         cr=$(printf '\\r')\n\
+         body=\"host=$(hostname) keepalive{suffix}\"\n\
+         while read -r request; do\n\
+           while read -r header; do\n\
+             header=\"${{header%\"$cr\"}}\"\n\
+             [ -z \"$header\" ] && break\n\
+           done\n\
+           printf 'HTTP/1.1 200 OK\\r\\nContent-Type: text/plain\\r\\nContent-Length: %d\\r\\n\\r\\n%s\\n' $((${{#body}} + 1)) \"$body\"\n\
+         done\n"
+    )
+}
+
+/// The image's command: the keep-alive server in the background, httpd in front.
+const WEB_CMD: &str = "nc -ll -p 8080 -e /www/keepalive & exec httpd -f -p 80 -h /www";
+
 const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n\
                       nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
 const GROUP: &str = "root:x:0:\nnobody:x:65534:\n";
@@ -209,6 +234,11 @@ fn layer_tar(rootfs: &Rootfs, suffix: &str) -> Result<Vec<u8>> {
             0o755,
             Node::File(cgi_script(suffix).into_bytes()),
         ),
+        (
+            "www/keepalive".into(),
+            0o755,
+            Node::File(keepalive_script(suffix).into_bytes()),
+        ),
     ];
     for a in &rootfs.applets {
         e.push((format!("bin/{a}"), 0o777, Node::Symlink("busybox")));
@@ -262,16 +292,21 @@ fn config_json(spec: &Spec, layer_hex: &str) -> Result<Vec<u8>> {
         architecture: "amd64",
         config: ContainerConfig {
             env: vec!["PATH=/bin:/sbin:/usr/bin:/usr/sbin"],
-            cmd: vec!["/bin/httpd", "-f", "-p", "80", "-h", "/www"],
+            cmd: vec!["/bin/sh", "-c", WEB_CMD],
             working_dir: "/",
-            exposed_ports: [("80/tcp", serde_json::Map::new())].into_iter().collect(),
+            exposed_ports: [
+                ("80/tcp", serde_json::Map::new()),
+                ("8080/tcp", serde_json::Map::new()),
+            ]
+            .into_iter()
+            .collect(),
             stop_signal: "SIGKILL",
         },
         created: CREATED,
         history: vec![History {
             created: CREATED,
             created_by: format!(
-                "shoal xtask images: busybox-static httpd, CGI /www/cgi-bin/index.cgi ({})",
+                "shoal xtask images: busybox-static httpd, CGI /www/cgi-bin/index.cgi, keep-alive /www/keepalive on 8080 ({})",
                 spec.full
             ),
         }],
@@ -588,8 +623,10 @@ mod tests {
             assert_eq!(layer, format!("{}/layer.tar", sha256_hex(layer_bytes)));
             assert_eq!(cfg["architecture"], "amd64");
             assert_eq!(cfg["os"], "linux");
-            assert_eq!(cfg["config"]["Cmd"][0], "/bin/httpd");
+            assert_eq!(cfg["config"]["Cmd"][0], "/bin/sh");
+            assert_eq!(cfg["config"]["Cmd"][2], WEB_CMD);
             assert!(cfg["config"]["ExposedPorts"]["80/tcp"].is_object());
+            assert!(cfg["config"]["ExposedPorts"]["8080/tcp"].is_object());
             assert_eq!(cfg["history"].as_array().unwrap().len(), 1);
 
             let repos: serde_json::Value = serde_json::from_slice(&e["repositories"].2).unwrap();
@@ -663,6 +700,48 @@ mod tests {
             assert_eq!(
                 String::from_utf8(out.stdout).unwrap(),
                 format!("Content-Type: text/plain\n\nhost={host} client={client}{suffix}\n")
+            );
+        }
+    }
+
+    #[test]
+    fn keepalive_script_answers_every_request_on_one_connection() {
+        if !Path::new(BUSYBOX).exists() {
+            return;
+        }
+        let host = String::from_utf8(
+            Command::new(BUSYBOX)
+                .arg("hostname")
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        let host = host.trim();
+        for suffix in ["", " version=2"] {
+            let mut child = Command::new(BUSYBOX)
+                .args(["sh", "-c", &keepalive_script(suffix), "keepalive"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let request = "GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n";
+            std::io::Write::write_all(
+                child.stdin.as_mut().unwrap(),
+                format!("{request}{request}").as_bytes(),
+            )
+            .unwrap();
+            drop(child.stdin.take());
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success());
+            let body = format!("host={host} keepalive{suffix}\n");
+            let one = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            assert_eq!(
+                String::from_utf8(out.stdout).unwrap(),
+                format!("{one}{one}")
             );
         }
     }
