@@ -7,7 +7,9 @@
 //!   devices before unpinning it (the overlay's own `DeleteNetwork`) takes the host end,
 //!   its address, route and filter with it, at once rather than when the namespace dies;
 //! - the eBPF objects, all pinned under `<pin_dir>`: the underlay XDP program's link
-//!   (`underlay_xdp_link_<mode>`; unpinned, the program detaches), the service VIPs' cgroup
+//!   (`underlay_xdp_link_<mode>`; unpinned, the program detaches), the data path guard's
+//!   program on a separate data-path interface (`data_path_xdp_<mode>_<interface>`), the
+//!   service VIPs' cgroup
 //!   links (`vip/link_*`), and every map (`underlay_stats`, `mesh/`, `vip/`);
 //! - the node's sysctls the routing mesh changed (forwarding, rp_filter), put back from
 //!   the journal (`sysctl.rs`).
@@ -28,7 +30,7 @@ use crate::{
         model::{Op, OverlayKernel},
     },
     sysctl::{self, Restored},
-    underlay::{AttachedMode, LINK_PIN},
+    underlay::{AttachedMode, DataPathProgram, LINK_PIN},
 };
 
 /// Where one agent keeps what it made.
@@ -260,6 +262,11 @@ fn remove_pins(pin_dir: &Path, report: &mut Report) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => report.problem(format!("unpinning {}: {e}", link.display())),
         }
+    }
+    for interface in DataPathProgram::detach_pinned(pin_dir, None) {
+        report.done(format!(
+            "detached the data path guard's XDP program from {interface}"
+        ));
     }
     let vip_dir = pin_dir.join(vip::PIN_SUBDIR);
     if vip_dir.exists() {

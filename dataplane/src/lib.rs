@@ -3,6 +3,8 @@
 //! Module map:
 //! - [`underlay`]: the XDP program on the node's underlay interface: load, attach
 //!   (native mode when the driver has it, generic otherwise), pin, read its counters.
+//! - [`guard`]: the data path's guard: which sources VXLAN on the data-path port is
+//!   accepted from (the cluster's VTEPs), in the underlay program's maps.
 //! - [`bpffs`]: the bpf filesystem and the pin directory every map lives under.
 //! - [`iface`]: an interface's address and MTU, asked of the kernel.
 //! - [`lb`]: service VIPs and the ingress routing mesh from declared state.
@@ -22,6 +24,7 @@
 pub mod bpffs;
 pub mod cleanup;
 pub mod egress;
+pub mod guard;
 pub mod iface;
 pub mod lb;
 pub mod overlay;

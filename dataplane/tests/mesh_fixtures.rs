@@ -13,6 +13,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use etherparse::{IpNumber, Ipv4Header, PacketBuilder};
 use shoal_common::mesh::{self as m, Counter as MC, FlowKey};
 use shoal_dataplane::{
+    guard::GuardPlan,
     lb::{
         mesh::{addr, plan, port, MeshMaps, MeshPlan, MeshStats, NodeMesh},
         state::LbState,
@@ -541,11 +542,11 @@ fn fixture_table_in_netns() {
 
     let rows = vec![
         row(
-            "TCP SYN to a published port, local backend: encapsulated to this node, passed",
+            "TCP SYN to a published port, local backend: encapsulated to this node, passed, its reply recorded",
             syn_local.clone(),
             XDP_PASS,
             Some(local_out(&syn_local, LOCAL, 80)),
-            &[Local, NewFlows],
+            &[Local, NewFlows, RepliesRecorded],
         ),
         row(
             "same flow, data segment: same backend from the flow table",
@@ -587,7 +588,7 @@ fn fixture_table_in_netns() {
             options.clone(),
             XDP_PASS,
             Some(local_out(&options, LOCAL, 80)),
-            &[Local, NewFlows],
+            &[Local, NewFlows, RepliesRecorded],
         ),
         row(
             "not for us: another address, published port",
@@ -806,14 +807,105 @@ fn fixture_table_in_netns() {
         ));
     }
 
-    // Reply path on the task's node: the frame from the overlay records the flow, the
-    // task's reply leaves from the published address and port, then out of the
-    // underlay towards the client.
-    let from_overlay = inner(&syn_local, LOCAL, 80, NODE);
-    let (v, _) = h.tc(m::TC_FROM_OVERLAY, &from_overlay, h.ul1);
-    if v != TC_ACT_OK {
-        failures.push(format!("from_overlay: verdict {v}"));
+    // Reply path on the task's node: a meshed frame in VXLAN from the node the client
+    // reached (a cluster VTEP) records the flow with that node's address; the task's
+    // reply then leaves from that address and the published port, out of the underlay
+    // towards the client. The same frame from outside the cluster is dropped by the
+    // data path's guard and records nothing, so the reply goes out untouched.
+    let mut guard = h.program.take_guard_maps().expect("guard maps");
+    let cluster = GuardPlan::enforce(
+        4789,
+        [Ipv4Addr::from(NODE), Ipv4Addr::from(PEER)]
+            .into_iter()
+            .collect(),
+    )
+    .unwrap();
+    guard.apply(&GuardPlan::default(), &cluster).unwrap();
+    let meshed = |from: [u8; 4], sport: u16, vni: u32| {
+        let syn = tcp(PEER, sport, 8080, "syn", &[]);
+        let mut f = encap(
+            &inner(&syn, LOCAL, 80, PEER),
+            (NODE_MAC, PEER_MAC),
+            from,
+            NODE,
+            flow_of(&syn),
+        );
+        f[14 + 20 + 8 + 4..14 + 20 + 8 + 7].copy_from_slice(&vni.to_be_bytes()[1..]);
+        f
+    };
+    let reply_to = |sport: u16| {
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2([0x02, 0x42, 10, 255, 0, 3], [0x02, 0, 0, 0, 0, 1])
+            .ipv4(LOCAL, CLIENT, 64)
+            .tcp(80, sport, 7, 64240)
+            .syn()
+            .ack(1001)
+            .write(&mut out, &[])
+            .unwrap();
+        out
+    };
+    run_rows(
+        &h,
+        vec![
+            row(
+                "meshed frame in VXLAN from a cluster VTEP: passed to the kernel, reply recorded",
+                meshed(PEER, 40100, VNI),
+                XDP_PASS,
+                None,
+                &[RepliesRecorded],
+            ),
+            row(
+                "the same frame again: passed, nothing new to record",
+                meshed(PEER, 40100, VNI),
+                XDP_PASS,
+                None,
+                &[],
+            ),
+            row(
+                "meshed frame from a cluster VTEP in another network's VNI: passed, not recorded",
+                meshed(PEER, 40101, VNI + 1),
+                XDP_PASS,
+                None,
+                &[],
+            ),
+            row(
+                "meshed frame in VXLAN from outside the cluster: dropped, not recorded",
+                meshed(OTHER, 40102, VNI),
+                XDP_DROP,
+                None,
+                &[],
+            ),
+        ],
+        &mut failures,
+    );
+    for (sport, what) in [
+        (40101, "from another VNI"),
+        (40102, "from outside the cluster"),
+    ] {
+        let (v, out) = h.tc(m::TC_REPLY, &reply_to(sport), h.ul1);
+        if v != TC_ACT_OK || out != reply_to(sport) {
+            failures.push(format!(
+                "reply to a flow {what}: rewritten (verdict {v}), so a planted entry was used"
+            ));
+        }
     }
+    {
+        let (v, out) = h.tc(m::TC_REPLY, &reply_to(40100), h.ul1);
+        let mut expected = Vec::new();
+        PacketBuilder::ethernet2([0x02, 0x42, 10, 255, 0, 3], [0x02, 0, 0, 0, 0, 1])
+            .ipv4(PEER, CLIENT, 64)
+            .tcp(8080, 40100, 7, 64240)
+            .syn()
+            .ack(1001)
+            .write(&mut expected, &[])
+            .unwrap();
+        if v != TC_ACT_REDIRECT || out != expected {
+            failures.push(format!(
+                "reply to a flow meshed by the peer: verdict {v}\n  got      {out:02x?}\n  expected {expected:02x?}"
+            ));
+        }
+    }
+    // The local flow of the first rows was recorded by XDP as it forwarded it.
     let reply = {
         let mut out = Vec::new();
         PacketBuilder::ethernet2([0x02, 0x42, 10, 255, 0, 3], [0x02, 0, 0, 0, 0, 1])

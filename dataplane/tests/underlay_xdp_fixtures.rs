@@ -1,15 +1,19 @@
 //! The underlay XDP program run with BPF_PROG_TEST_RUN on crafted packets.
 //!
-//! One table of fixtures: description, input frame, expected verdict, expected output
+//! One table of fixtures for the parser and its counters, one for the data path's
+//! guard (VXLAN accepted only from cluster VTEPs), run on the underlay program and on
+//! the data-path one. In each table: description, input frame, expected verdict, expected output
 //! frame, and the counters the frame must move. Packet-path work adds rows here: every
 //! new case the parser or a rewrite has to get right is one more fixture.
 //!
 //! Needs root (BPF_PROG_TEST_RUN). Without root the test says so and passes, unless
 //! SHOAL_REQUIRE_ROOT=1 (set by `cargo xtask test`), where it fails.
+use std::net::Ipv4Addr;
+
 use aya::programs::{TestRun, TestRunOptions};
 use etherparse::{IpNumber, Ipv4Header, PacketBuilder, VlanId};
 use shoal_common::underlay::Counter;
-use shoal_dataplane::underlay::UnderlayProgram;
+use shoal_dataplane::{guard::GuardPlan, underlay::UnderlayProgram};
 
 const XDP_PASS: u32 = 2;
 const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa];
@@ -416,6 +420,314 @@ fn underlay_xdp_fixture_table() {
             }
         }
     }
+    assert!(
+        failures.is_empty(),
+        "{} fixture failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// The cluster VTEP of the guard fixtures (the other node); `V4_A` is not one.
+const VTEP: [u8; 4] = [192, 168, 77, 12];
+
+/// A UDP datagram from `src` to `V4_B`:`dport`, 8 bytes of VXLAN header and a frame.
+fn vxlan_from(src: [u8; 4], dport: u16) -> Vec<u8> {
+    let mut payload = vec![0x08, 0, 0, 0, 0, 0x10, 0x01, 0];
+    payload.extend_from_slice(&v4_tcp());
+    build(|out| {
+        PacketBuilder::ethernet2(MAC_A, MAC_B)
+            .ipv4(src, V4_B, 64)
+            .udp(50000, dport)
+            .write(out, &payload)
+            .expect("build VXLAN")
+    })
+}
+
+/// One guard fixture: the frame, its verdict, and the counters it must move besides
+/// `packets` and `bytes` (which only the underlay program counts).
+struct GuardRow {
+    description: &'static str,
+    input: Vec<u8>,
+    verdict: u32,
+    counters: &'static [Counter],
+}
+
+fn guard_row(
+    description: &'static str,
+    input: Vec<u8>,
+    verdict: u32,
+    counters: &'static [Counter],
+) -> GuardRow {
+    GuardRow {
+        description,
+        input,
+        verdict,
+        counters,
+    }
+}
+
+/// Runs `rows` through `xdp`; `layers`: the program counts packets, bytes and layers
+/// (the underlay one), or only the guard's counters (the data-path one).
+fn run_guard_rows(
+    program: &UnderlayProgram,
+    xdp: &aya::programs::Xdp,
+    layers: bool,
+    rows: Vec<GuardRow>,
+    failures: &mut Vec<String>,
+) {
+    for r in rows {
+        let before = program.stats().expect("read stats");
+        let mut out = vec![0u8; r.input.len() + 256];
+        let result = match xdp.test_run(TestRunOptions {
+            data_in: Some(&r.input),
+            data_out: Some(&mut out),
+            ..TestRunOptions::new()
+        }) {
+            Ok(result) => result,
+            Err(e) => {
+                failures.push(format!("{}: test run failed: {e}", r.description));
+                continue;
+            }
+        };
+        if result.return_value != r.verdict {
+            failures.push(format!(
+                "{}: verdict {} (expected {})",
+                r.description, result.return_value, r.verdict
+            ));
+        }
+        out.truncate(result.data_size_out as usize);
+        if r.verdict == XDP_PASS && out != r.input {
+            failures.push(format!("{}: a passed frame was changed", r.description));
+        }
+        let delta = program.stats().expect("read stats").since(&before);
+        for (counter, value) in delta.iter() {
+            let expected = match counter {
+                Counter::Packets if layers => 1,
+                Counter::Bytes if layers => r.input.len() as u64,
+                c if r.counters.contains(&c)
+                    && (layers
+                        || matches!(c, Counter::VxlanFromCluster | Counter::VxlanDropped)) =>
+                {
+                    1
+                }
+                _ => 0,
+            };
+            if value != expected {
+                failures.push(format!(
+                    "{} ({}): counter {} moved by {value} (expected {expected})",
+                    r.description,
+                    if layers { "underlay" } else { "data path" },
+                    counter.name()
+                ));
+            }
+        }
+    }
+}
+
+/// The data path's guard: with the cluster's VTEPs written, VXLAN on the data-path port
+/// from any other source is dropped and counted (on the underlay and on a separate
+/// data-path interface alike), whatever its encapsulation; everything else passes; a
+/// VTEP removed from the cluster is refused from then on; off, nothing is checked.
+#[test]
+fn data_path_guard_fixture_table() {
+    use Counter::*;
+    const XDP_DROP: u32 = 1;
+    if !is_root() {
+        assert!(
+            std::env::var("SHOAL_REQUIRE_ROOT").as_deref() != Ok("1"),
+            "BPF_PROG_TEST_RUN needs root and SHOAL_REQUIRE_ROOT=1 forbids skipping"
+        );
+        eprintln!("skipped: BPF_PROG_TEST_RUN needs root");
+        return;
+    }
+    let mut program = UnderlayProgram::load().expect("load the underlay XDP program");
+    let mut maps = program.take_guard_maps().expect("guard maps");
+    let cluster =
+        GuardPlan::enforce(4789, [Ipv4Addr::from(VTEP)].into_iter().collect()).expect("plan");
+    maps.apply(&GuardPlan::default(), &cluster).expect("apply");
+    assert_eq!(maps.read_plan().expect("read back"), cluster);
+
+    let rows = || {
+        let mut tagged = build(|out| {
+            PacketBuilder::ethernet2(MAC_A, MAC_B)
+                .single_vlan(VlanId::try_new(10).expect("vlan id"))
+                .ipv4(V4_A, V4_B, 64)
+                .udp(50000, 4789)
+                .write(out, &[0x08, 0, 0, 0, 0, 0x10, 0x01, 0])
+                .expect("build tagged VXLAN")
+        });
+        tagged.extend_from_slice(&v4_tcp());
+        let mut with_options = Vec::new();
+        {
+            let mut ip = Ipv4Header::new(0, 64, IpNumber::UDP, V4_A, V4_B).expect("ipv4 header");
+            ip.options = [1u8, 1, 1, 0][..].try_into().expect("options");
+            PacketBuilder::ethernet2(MAC_A, MAC_B)
+                .ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
+                .udp(50000, 4789)
+                .write(&mut with_options, &[0x08, 0, 0, 0, 0, 0x10, 0x01, 0])
+                .expect("build VXLAN with IP options");
+        }
+        let mut first_fragment = vxlan_from(V4_A, 4789);
+        first_fragment[ETH_HLEN + 6] = 0x20;
+        let mut later_fragment = vxlan_from(V4_A, 4789);
+        later_fragment[ETH_HLEN + 6..ETH_HLEN + 8].copy_from_slice(&185u16.to_be_bytes());
+        let v6_vxlan = build(|out| {
+            PacketBuilder::ethernet2(MAC_A, MAC_B)
+                .ipv6(V6_A, V6_B, 64)
+                .udp(50000, 4789)
+                .write(out, &[0x08, 0, 0, 0, 0, 0x10, 0x01, 0])
+                .expect("build IPv6 VXLAN")
+        });
+        let from_vxlan_port = build(|out| {
+            PacketBuilder::ethernet2(MAC_A, MAC_B)
+                .ipv4(V4_A, V4_B, 64)
+                .udp(4789, 53)
+                .write(out, b"query")
+                .expect("build UDP from 4789")
+        });
+        let tcp_4789 = build(|out| {
+            PacketBuilder::ethernet2(MAC_A, MAC_B)
+                .ipv4(V4_A, V4_B, 64)
+                .tcp(40000, 4789, 1, 64240)
+                .syn()
+                .write(out, &[])
+                .expect("build TCP to 4789")
+        });
+        vec![
+            guard_row(
+                "VXLAN from a cluster VTEP: passed",
+                vxlan_from(VTEP, 4789),
+                XDP_PASS,
+                &[Ipv4, Udp, VxlanFromCluster],
+            ),
+            guard_row(
+                "VXLAN from outside the cluster: dropped",
+                vxlan_from(V4_A, 4789),
+                XDP_DROP,
+                &[Ipv4, Udp, VxlanDropped],
+            ),
+            guard_row(
+                "802.1Q tagged VXLAN from outside: dropped",
+                tagged,
+                XDP_DROP,
+                &[Vlan, Ipv4, Udp, VxlanDropped],
+            ),
+            guard_row(
+                "VXLAN in IPv4 with options from outside: dropped",
+                with_options,
+                XDP_DROP,
+                &[Ipv4, Udp, VxlanDropped],
+            ),
+            guard_row(
+                "first fragment of VXLAN from outside: dropped (the rest cannot be reassembled)",
+                first_fragment,
+                XDP_DROP,
+                &[Ipv4, Udp, VxlanDropped],
+            ),
+            guard_row(
+                "later fragment: no ports, passed (nothing to reassemble it with)",
+                later_fragment,
+                XDP_PASS,
+                &[Ipv4, Fragment],
+            ),
+            guard_row(
+                "VXLAN over IPv6 (no VTEP is IPv6): dropped",
+                v6_vxlan,
+                XDP_DROP,
+                &[Ipv6, Udp, VxlanDropped],
+            ),
+            guard_row(
+                "UDP from outside to another port: passed",
+                vxlan_from(V4_A, 4790),
+                XDP_PASS,
+                &[Ipv4, Udp],
+            ),
+            guard_row(
+                "UDP from outside with source port 4789: passed",
+                from_vxlan_port,
+                XDP_PASS,
+                &[Ipv4, Udp],
+            ),
+            guard_row(
+                "TCP to 4789 from outside: not VXLAN, passed",
+                tcp_4789,
+                XDP_PASS,
+                &[Ipv4, Tcp],
+            ),
+        ]
+    };
+    let mut failures = Vec::new();
+    let underlay = program.program().expect("underlay program");
+    let data_path = program.data_path_program().expect("data-path program");
+    run_guard_rows(&program, underlay, true, rows(), &mut failures);
+    run_guard_rows(&program, data_path, false, rows(), &mut failures);
+
+    // The VTEP's node removed, another one joined: its datagrams are refused now.
+    let removed =
+        GuardPlan::enforce(4789, [Ipv4Addr::from(V4_A)].into_iter().collect()).expect("plan");
+    let r = maps.apply(&cluster, &removed).expect("apply");
+    assert_eq!((r.written, r.removed), (1, 1));
+    run_guard_rows(
+        &program,
+        underlay,
+        true,
+        vec![
+            guard_row(
+                "VXLAN from a removed node's VTEP: dropped",
+                vxlan_from(VTEP, 4789),
+                XDP_DROP,
+                &[Ipv4, Udp, VxlanDropped],
+            ),
+            guard_row(
+                "VXLAN from the node that joined: passed",
+                vxlan_from(V4_A, 4789),
+                XDP_PASS,
+                &[Ipv4, Udp, VxlanFromCluster],
+            ),
+        ],
+        &mut failures,
+    );
+
+    // Another data-path port (`swarm init --data-path-port`): that one is checked.
+    let moved = GuardPlan::enforce(4790, removed.vteps.clone()).expect("plan");
+    maps.apply(&removed, &moved).expect("apply");
+    run_guard_rows(
+        &program,
+        underlay,
+        true,
+        vec![
+            guard_row(
+                "the swarm's port moved: VXLAN from outside to it is dropped",
+                vxlan_from(VTEP, 4790),
+                XDP_DROP,
+                &[Ipv4, Udp, VxlanDropped],
+            ),
+            guard_row(
+                "the swarm's port moved: 4789 is an ordinary port",
+                vxlan_from(VTEP, 4789),
+                XDP_PASS,
+                &[Ipv4, Udp],
+            ),
+        ],
+        &mut failures,
+    );
+
+    // Off (the standalone mode): nothing is checked.
+    maps.apply(&moved, &GuardPlan::default()).expect("apply");
+    assert_eq!(maps.vtep_count(), 0);
+    run_guard_rows(
+        &program,
+        underlay,
+        true,
+        vec![guard_row(
+            "guard off: VXLAN from anywhere passes, uncounted",
+            vxlan_from(V4_A, 4790),
+            XDP_PASS,
+            &[Ipv4, Udp],
+        )],
+        &mut failures,
+    );
     assert!(
         failures.is_empty(),
         "{} fixture failures:\n{}",

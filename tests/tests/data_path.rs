@@ -8,7 +8,8 @@
 //! the frames (its counters grow; the peers' VTEPs are reachable over eth1 only), and
 //! the service's published port answers the client on every node's eth0 address, from
 //! every task: the routing mesh takes the client's frame on eth0 and sends it to the
-//! task's node over eth1.
+//! task's node over eth1, where the data path's guard (run on eth1 too) lets it in from
+//! a cluster VTEP and records it for the reply.
 use std::collections::BTreeSet;
 
 use serde_json::Value;
@@ -77,6 +78,25 @@ fn the_overlay_goes_over_the_data_path_interface() {
         wait_for(&format!("{}: overlay VTEP on eth1", h.name), BOUND, || {
             let s = overlay_status(h);
             if s["vtep"] == want.as_str() && s["data_path_interface"] == "eth1" {
+                Ok(())
+            } else {
+                Err(s.to_string())
+            }
+        });
+    }
+    // The data path's guard runs on eth1 too (VXLAN arrives there), and takes every
+    // node's eth1 address as a VTEP.
+    let vteps: Vec<String> = (1..=guard.state.hosts.len() as u32)
+        .map(|i| lab::data_path::data_path_address(i).to_string())
+        .collect();
+    for h in &guard.state.hosts {
+        wait_for(&format!("{}: the guard on eth1", h.name), BOUND, || {
+            let s = shoal_tests::tables::read_json(&h.run_dir.join("agent/guard.json"));
+            let listed: Vec<&str> = s["vteps"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            if s["data_path_interface"] == "eth1" && s["enforced"] == true && listed == vteps {
                 Ok(())
             } else {
                 Err(s.to_string())

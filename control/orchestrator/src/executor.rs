@@ -14,9 +14,11 @@
 //! ```
 //! Each step: fetch the state when the store changed (telling the leader which store
 //! version this node's dataplane follows), write the node's declared state, list the
-//! task containers and sandboxes (one call each, by label), start what should run, stop
-//! and remove what should not (and containers of tasks that are no longer this node's:
-//! a node that comes back after being Down cleans up), and report every state a task
+//! task containers and sandboxes (by shoal's own labels: a container with only Swarm's
+//! task labels is never touched, unless an older agent made it for a task the store
+//! still gives this node, see [`legacy`]), start what should run, stop and remove what
+//! should not (and containers of tasks that are no longer this node's: a node that
+//! comes back after being Down cleans up), and report every state a task
 //! reached that the store does not know yet. A running task's stop waits until every
 //! node has withdrawn it from its load balancing and DNS ([`withdrawal`]). Steps run on
 //! dockerd events, on a pull ending, on the dataplane applying more and on a short
@@ -41,13 +43,14 @@ mod cleanup;
 mod config;
 mod containers;
 mod images;
+mod legacy;
 mod plan;
 mod withdrawal;
 
 pub use cleanup::remove_all_task_containers;
 pub use containers::{
-    LABEL_NODE_ID, LABEL_SERVICE_ID, LABEL_SERVICE_NAME, LABEL_SLOT, LABEL_TASK, LABEL_TASK_ID,
-    LABEL_TASK_NAME,
+    LABEL_NODE_ID, LABEL_SERVICE_ID, LABEL_SERVICE_NAME, LABEL_SHOAL_TASK_ID, LABEL_SLOT,
+    LABEL_TASK, LABEL_TASK_ID, LABEL_TASK_NAME,
 };
 
 use std::{
@@ -132,6 +135,8 @@ pub struct Executor {
     heard: Heard,
     /// Stops waiting for their task's withdrawal on every node.
     held: HeldStops,
+    /// Containers made before shoal's own task label, and which of them were left alone.
+    legacy: legacy::Legacy,
 }
 
 impl Executor {
@@ -167,6 +172,7 @@ impl Executor {
                 at: std::time::Instant::now(),
             },
             held: HeldStops::default(),
+            legacy: legacy::Legacy::default(),
         }
     }
 
@@ -265,13 +271,16 @@ impl Executor {
         };
         let me = self.client.node_id().to_string();
         self.declare(&state, &me);
-        let (observed, sandboxes) = match self.list().await {
+        let listing = match self.list().await {
             Ok(o) => o,
             Err(e) => {
                 debug!(error = %e, "listing task containers");
                 return;
             }
         };
+        let sandboxes = listing.sandboxes;
+        let mut observed = listing.tasks;
+        observed.extend(self.legacy.adopt(&state, &me, listing.legacy));
         let running: HashMap<String, crate::gossip_member::RunningTask> = observed
             .iter()
             .filter(|o| o.state == ContainerSummaryStateEnum::RUNNING)

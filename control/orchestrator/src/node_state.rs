@@ -44,6 +44,13 @@ pub struct NodeState {
     /// This node's `--data-path-addr`, when it joined with one; None: the agent's
     /// underlay address carries the overlay.
     pub data_path_addr: Option<Ipv4Addr>,
+    /// Every node's data-path address (IPv4): the only sources this node accepts VXLAN
+    /// from (the data path's guard). A node is in it from its join until `node rm`,
+    /// whatever its status: one marked Down may still be sending (a partition from the
+    /// managers only), and one back from Down must not lose frames until the store says
+    /// Ready again. A node that left with `swarm leave` is listed Down until removed, as
+    /// in Swarm, and stays in it until then.
+    pub cluster_vteps: BTreeSet<Ipv4Addr>,
     /// The sandboxes of this node's active tasks (the containers holding their
     /// namespaces), on a network or not: each one gets egress once it runs, before the
     /// task's own process starts in it.
@@ -393,6 +400,7 @@ pub fn compute_with(
             Some(IpAddr::V4(v4)) => Some(v4),
             _ => None,
         },
+        cluster_vteps: state.nodes.keys().filter_map(|n| vtep(state, n)).collect(),
         task_containers,
     }
 }
@@ -455,6 +463,7 @@ impl From<NodeState> for shoal_dataplane::reconcile::DeclaredNode {
             lb: Some(ns.lb),
             data_path_port: ns.data_path_port,
             data_path_addr: ns.data_path_addr,
+            cluster_vteps: Some(ns.cluster_vteps),
             task_containers: ns.task_containers,
             containers: Default::default(),
             version: 0,

@@ -9,6 +9,7 @@
 mod addresses;
 mod info;
 mod nodes;
+mod reserved_ports;
 mod service_update;
 mod services;
 
@@ -465,7 +466,12 @@ impl ClusterAgent {
                 };
                 drop(role);
                 if is_service_request(&other) {
-                    return services::request(&manager, self.config.docker_socket(), other).await;
+                    let ports = reserved_ports::AgentPorts {
+                        cluster: self.config.listen.port(),
+                        gossip: self.config.gossip_listen.map(|g| g.port()),
+                    };
+                    return services::request(&manager, self.config.docker_socket(), ports, other)
+                        .await;
                 }
                 manager_request(&manager, other).await
             }

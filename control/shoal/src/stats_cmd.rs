@@ -1,5 +1,7 @@
 //! `shoal dataplane stats`: prints the underlay XDP program's counters, read from the
-//! stats map an agent pinned (it stays pinned after the agent stops), then the ingress
+//! stats map an agent pinned (it stays pinned after the agent stops; the data path's
+//! guard counts there too, `vxlan_*`), whether the guard is on and how many VTEPs it
+//! accepts VXLAN from, then the ingress
 //! routing mesh's counters and its flow table's fill when the mesh's maps are pinned
 //! (`<pin_dir>/mesh`), then the service VIPs' counters and map fill (`<pin_dir>/vip`).
 use std::{
@@ -11,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use serde::{ser::SerializeMap, Serialize, Serializer};
 use shoal_common::{mesh::Counter as MeshCounter, underlay::STATS_MAP};
 use shoal_dataplane::{
+    guard::GuardMaps,
     lb::mesh::{MeshMaps, MeshStats},
     underlay::{UnderlayStats, MESH_PIN_DIR},
 };
@@ -22,6 +25,7 @@ type Row = (&'static str, u64);
 pub fn run(pin_dir: &Path, json: bool) -> Result<()> {
     let stats = read(pin_dir)?;
     let mut rows = rows(&stats);
+    rows.extend(guard_rows(pin_dir)?);
     rows.extend(mesh_rows(&pin_dir.join(MESH_PIN_DIR))?);
     let vip_dir = pin_dir.join(shoal_dataplane::lb::vip::PIN_SUBDIR);
     rows.extend(
@@ -55,6 +59,22 @@ fn read(pin_dir: &Path) -> Result<UnderlayStats> {
 
 fn rows(stats: &UnderlayStats) -> Vec<Row> {
     stats.iter().map(|(c, v)| (c.name(), v)).collect()
+}
+
+/// `guard_enforced` (1 while VXLAN on the data-path port is checked) and `guard_vteps`
+/// (the cluster VTEPs it is accepted from). Nothing when no guard maps are pinned (an
+/// older agent's pins).
+fn guard_rows(pin_dir: &Path) -> Result<Vec<Row>> {
+    if !pin_dir.join(shoal_common::underlay::VTEPS_MAP).exists() {
+        return Ok(Vec::new());
+    }
+    let maps = GuardMaps::open_pinned(pin_dir)
+        .with_context(|| format!("opening the guard maps pinned in {}", pin_dir.display()))?;
+    let plan = maps.read_plan()?;
+    Ok(vec![
+        ("guard_enforced", u64::from(plan.port.is_some())),
+        ("guard_vteps", maps.vtep_count() as u64),
+    ])
 }
 
 /// The mesh's counters, then its flow table: entries, capacity, and evictions (new

@@ -1,7 +1,9 @@
 //! The routing mesh's reply path on this node, kernel side: a veth pair between the
-//! ingress network's namespace (`shmesh0`) and the host (`shm<VNI>`), and the three TC
-//! programs of `tc_mesh.rs` attached to `vxlan0` and `br0` in that namespace and to the
-//! host end.
+//! ingress network's namespace (`shmesh0`) and the host (`shm<VNI>`), and the two TC
+//! programs of `tc_mesh.rs` attached to `br0` in that namespace and to the host end.
+//! (Where each meshed flow entered the cluster is recorded by the underlay XDP program,
+//! behind the data path's guard; the TC program that did it on `vxlan0`, from any
+//! sender, is removed where an older agent left it.)
 //!
 //! The programs are attached with netlink (cls_bpf in a clsact qdisc), not with TCX
 //! links: a netlink filter stays in the kernel when the agent exits, so replies keep
@@ -19,7 +21,7 @@ use aya::programs::{
     tc::{self, NlOptions, TcAttachOptions},
     TcAttachType,
 };
-use shoal_common::mesh::{TC_FROM_OVERLAY, TC_REPLY, TC_TO_UNDERLAY};
+use shoal_common::mesh::{LEGACY_TC_FROM_OVERLAY, TC_REPLY, TC_TO_UNDERLAY};
 
 use crate::{
     overlay::{
@@ -153,7 +155,7 @@ pub fn ensure(
 
     attach(program, TC_TO_UNDERLAY, &host)?;
     let attached = netns::in_netns_at(netns_path, || -> Result<(), ReplyPathError> {
-        attach(program, TC_FROM_OVERLAY, VXLAN)?;
+        detach_legacy(VXLAN);
         attach(program, TC_REPLY, BRIDGE)?;
         Ok(())
     })
@@ -289,6 +291,20 @@ fn attach(
     // Owned, never dropped: the filter outlives this process (see the module docs).
     std::mem::forget(link);
     Ok(())
+}
+
+/// Removes the filter an agent before the data path's guard attached to `interface`'s
+/// ingress (in the calling thread's namespace): it recorded reply entries from any
+/// VXLAN sender. Nothing to do when there is none.
+fn detach_legacy(interface: &str) {
+    match tc::qdisc_detach_program(interface, TcAttachType::Ingress, LEGACY_TC_FROM_OVERLAY) {
+        Ok(()) => tracing::info!(
+            interface,
+            program = LEGACY_TC_FROM_OVERLAY,
+            "removed an older agent's reply-recording filter (replies are recorded behind the data path's guard now)"
+        ),
+        Err(e) => tracing::debug!(interface, error = %e, "no older reply-recording filter"),
+    }
 }
 
 /// True if `interface` (in the calling thread's namespace) is a veth: the mesh then

@@ -20,6 +20,7 @@
 
 pub mod dns;
 pub mod egress;
+pub mod guard;
 pub mod intake;
 pub mod mesh;
 pub mod overlay;
@@ -59,6 +60,10 @@ pub struct DeclaredNode {
     /// This node's data-path address (`swarm init/join --data-path-addr`): the overlay's
     /// VTEP, on the interface that holds it. None: the agent's underlay address.
     pub data_path_addr: Option<Ipv4Addr>,
+    /// The data-path addresses of every node of the cluster: the only sources VXLAN on
+    /// the data-path port is accepted from (the data path's guard). None: no cluster
+    /// (the standalone mode), nothing is checked.
+    pub cluster_vteps: Option<BTreeSet<Ipv4Addr>>,
     /// The containers holding the namespaces of this node's tasks (their sandboxes), by
     /// name, whether or not they are on a network: each one that runs gets egress (the
     /// gateway bridge). Empty in the standalone mode, which runs no tasks.

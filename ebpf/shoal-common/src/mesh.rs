@@ -2,8 +2,11 @@
 //!
 //! The mesh lives in the underlay XDP program (`ebpf/shoal-ebpf/src/xdp_mesh.rs`, called
 //! from `xdp_underlay.rs`) and, for the reply path, in two TC programs of the same
-//! object (`tc_mesh.rs`): one on `vxlan0` and `br0` of the ingress network's namespace,
-//! one on the host end of the mesh veth.
+//! object (`tc_mesh.rs`): one on `br0` of the ingress network's namespace, one on the
+//! host end of the mesh veth. Where a meshed flow entered the cluster is recorded by the
+//! XDP program itself ([`REPLY_MAP`]), on the node that forwards to a local task and on
+//! the task's node from the VXLAN datagram, after the data path's guard has checked
+//! that its outer source is a cluster VTEP: only XDP sees that outer header.
 //!
 //! All addresses and ports are kept as they are on the wire (network byte order), read
 //! and written as native integers: an address `a.b.c.d` is `u32::from_ne_bytes([a, b,
@@ -29,8 +32,8 @@ pub const FLOWS_MAP: &str = "MESH_FLOWS";
 pub const RR_MAP: &str = "MESH_RR";
 /// Array of one [`Config`].
 pub const CONFIG_MAP: &str = "MESH_CONFIG";
-/// TC (task side): LRU [`FlowKey`] of the reply (source = backend) -> the address the
-/// client connected to (u32). Sized like the flow table.
+/// XDP writes, TC (task side) reads: LRU [`FlowKey`] of the reply (source = backend) ->
+/// the address the client connected to (u32). Sized like the flow table.
 pub const REPLY_MAP: &str = "MESH_REPLY";
 /// TC (task side): [`RevPortKey`] -> published port (u32, low 16 bits as on the wire).
 pub const REVPORT_MAP: &str = "MESH_REVPORT";
@@ -52,9 +55,11 @@ pub const MAPS: [&str; 11] = [
     STATS_MAP,
 ];
 
-/// TC program on `vxlan0` ingress in the ingress network's namespace: records where a
-/// meshed flow entered the cluster.
-pub const TC_FROM_OVERLAY: &str = "shoal_tc_mesh_from_overlay";
+/// The TC program agents before the data path's guard attached on `vxlan0` ingress in
+/// the ingress network's namespace to record replies from any VXLAN datagram, whoever
+/// sent it. The object no longer has it; the agent removes such a filter where it finds
+/// one.
+pub const LEGACY_TC_FROM_OVERLAY: &str = "shoal_tc_mesh_from_overlay";
 /// TC program on `br0` ingress in the ingress network's namespace: a task's reply to a
 /// meshed flow leaves with the address and port the client connected to.
 pub const TC_REPLY: &str = "shoal_tc_mesh_reply";
@@ -268,7 +273,8 @@ pub enum Counter {
     DropEncap = 11,
     /// Dropped: a header to a published port is cut short or contradicts itself.
     DropMalformed = 12,
-    /// Reply path (task side): flows recorded from the overlay.
+    /// Reply path (task side): flows recorded (XDP: a meshed frame to a local backend, or
+    /// one in VXLAN from a cluster VTEP).
     RepliesRecorded = 13,
     /// Reply path: replies rewritten to the published address and port.
     Replies = 14,

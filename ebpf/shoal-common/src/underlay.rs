@@ -3,7 +3,8 @@
 //! The map `UNDERLAY_STATS` is a per-CPU array of `u64`, one slot per [`Counter`].
 //! Every frame adds one to [`Counter::Packets`] and its length to [`Counter::Bytes`],
 //! then one to the deepest layer it could be parsed to, so the counters answer both
-//! "how much traffic" and "what kind".
+//! "how much traffic" and "what kind". The data path's guard adds what it did with
+//! VXLAN on the data-path port (see [`GuardConfig`]).
 
 /// Name of the per-CPU stats map in the object file and under the pin directory.
 pub const STATS_MAP: &str = "UNDERLAY_STATS";
@@ -13,6 +14,33 @@ pub const PROGRAM: &str = "shoal_xdp_underlay";
 pub const MAX_IPV6_EXT_HEADERS: u32 = 8;
 /// How many 802.1Q/802.1ad tags the parser steps over.
 pub const MAX_VLAN_TAGS: u32 = 2;
+
+/// XDP program of the same object for the data-path interface, when the node's
+/// data-path address is on another interface than the underlay: the guard and the mesh's
+/// reply recording only (no routing mesh, no per-layer counting).
+pub const DATA_PATH_PROGRAM: &str = "shoal_xdp_data_path";
+/// Array of one [`GuardConfig`]: whether VXLAN on the data-path port is checked.
+pub const GUARD_MAP: &str = "UNDERLAY_GUARD";
+/// Hash map, a current cluster VTEP's IPv4 address (as on the wire, read natively) ->
+/// 1: the outer sources VXLAN on the data-path port is accepted from.
+pub const VTEPS_MAP: &str = "UNDERLAY_VTEPS";
+/// VTEPs the guard holds: nodes of one cluster.
+pub const MAX_VTEPS: u32 = 16_384;
+
+/// The data path's guard. With `enforce` 1, every UDP datagram to `port` arriving on the
+/// interface is VXLAN for this node: it passes only if its outer IPv4 source is in
+/// [`VTEPS_MAP`], and is dropped and counted otherwise (IPv6 too: no VTEP is IPv6).
+/// With `enforce` 0 (no cluster: the standalone mode, or nothing written yet) VXLAN is
+/// not checked.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuardConfig {
+    /// 1: check; 0: accept every source.
+    pub enforce: u32,
+    /// The data-path (VXLAN) UDP port, as on the wire, read natively.
+    pub port: u16,
+    pub pad: u16,
+}
 
 /// One slot of the stats map. The discriminant is the array index.
 #[repr(u32)]
@@ -48,11 +76,16 @@ pub enum Counter {
     /// Frames cut short inside a header, or with a header that contradicts itself
     /// (IPv4 IHL below 5, a version nibble that does not match the ethertype).
     Malformed = 13,
+    /// VXLAN on the data-path port from a current cluster VTEP (passed), on the
+    /// underlay or the data-path interface.
+    VxlanFromCluster = 14,
+    /// VXLAN on the data-path port from any other source: dropped.
+    VxlanDropped = 15,
 }
 
 impl Counter {
     /// Number of slots in the stats map.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 16;
 
     /// All counters in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
@@ -70,6 +103,8 @@ impl Counter {
         Counter::OtherL4,
         Counter::Fragment,
         Counter::Malformed,
+        Counter::VxlanFromCluster,
+        Counter::VxlanDropped,
     ];
 
     /// Index of this counter in the stats map.
@@ -94,6 +129,8 @@ impl Counter {
             Counter::OtherL4 => "other_l4",
             Counter::Fragment => "fragment",
             Counter::Malformed => "malformed",
+            Counter::VxlanFromCluster => "vxlan_from_cluster",
+            Counter::VxlanDropped => "vxlan_dropped_not_cluster",
         }
     }
 }
@@ -112,5 +149,10 @@ mod tests {
             );
         }
         assert_eq!(Counter::ALL.len() as u32, Counter::COUNT);
+    }
+
+    #[test]
+    fn guard_config_has_no_implicit_padding() {
+        assert_eq!(core::mem::size_of::<super::GuardConfig>(), 8);
     }
 }

@@ -1,11 +1,10 @@
 //! The routing mesh's reply path, on the node of the task (direct server return).
 //!
-//! - `shoal_tc_mesh_from_overlay`, `vxlan0` ingress in the ingress network's namespace:
-//!   a meshed frame carries, in its inner source MAC, the address the client connected
-//!   to; the flow's reply key is recorded with it (`MESH_REPLY`).
-//! - `shoal_tc_mesh_reply`, `br0` ingress there: a task's reply to such a flow gets
-//!   that address and the published port as its source (checksums fixed, offloaded ones
-//!   too) and is redirected into the mesh veth, out of the namespace.
+//! - `shoal_tc_mesh_reply`, `br0` ingress in the ingress network's namespace: a task's
+//!   reply to a meshed flow gets the address the client connected to (recorded in
+//!   `MESH_REPLY` by the underlay XDP program, `xdp_mesh.rs`) and the published port as
+//!   its source (checksums fixed, offloaded ones too) and is redirected into the mesh
+//!   veth, out of the namespace.
 //! - `shoal_tc_mesh_to_underlay`, the host end of the mesh veth: out of the underlay,
 //!   next hop and neighbour resolved by the kernel (`bpf_redirect_neigh`).
 //!
@@ -17,7 +16,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use shoal_common::mesh::{Counter, FlowKey, RevPortKey, MESH_MAC_PREFIX, PROTO_TCP, PROTO_UDP};
+use shoal_common::mesh::{Counter, FlowKey, RevPortKey, PROTO_TCP, PROTO_UDP};
 
 use crate::xdp_mesh::{count, MESH_CONFIG, MESH_REPLY, MESH_REVPORT};
 
@@ -37,7 +36,6 @@ fn ne16(b: &[u8], at: usize) -> u16 {
 
 /// An IPv4 TCP/UDP packet's addresses, ports and header offsets.
 struct Packet {
-    eth: [u8; 14],
     key: FlowKey,
     l4: usize,
 }
@@ -62,7 +60,6 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
     let l4 = ETH_HLEN + ((ip[0] & 0x0f) as usize) * 4;
     let ports: [u8; 4] = ctx.load(l4).ok()?;
     Some(Packet {
-        eth,
         key: FlowKey {
             src: ne32(&ip, 12),
             dst: ne32(&ip, 16),
@@ -73,31 +70,6 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
         },
         l4,
     })
-}
-
-#[classifier]
-pub fn shoal_tc_mesh_from_overlay(ctx: TcContext) -> i32 {
-    let Some(p) = parse(&ctx) else {
-        return TC_ACT_OK as i32;
-    };
-    if p.eth[6..8] != MESH_MAC_PREFIX {
-        return TC_ACT_OK as i32;
-    }
-    let published_to = ne32(&p.eth, 8);
-    let reply = FlowKey {
-        src: p.key.dst,
-        dst: p.key.src,
-        src_port: p.key.dst_port,
-        dst_port: p.key.src_port,
-        protocol: p.key.protocol,
-        pad: [0; 3],
-    };
-    // SAFETY: map values are plain data.
-    if unsafe { MESH_REPLY.get(&reply) }.copied() != Some(published_to) {
-        let _ = MESH_REPLY.insert(&reply, &published_to, 0);
-        count(Counter::RepliesRecorded, 1);
-    }
-    TC_ACT_OK as i32
 }
 
 #[classifier]

@@ -7,7 +7,9 @@
 //!
 //! The inner source MAC carries the address the client connected to
 //! (`MESH_MAC_PREFIX` + 4 bytes), so the task's node can send the reply from it
-//! (`tc_mesh.rs`). Everything the mesh does not own is left alone (`None`).
+//! (`tc_mesh.rs`): that node records it in `MESH_REPLY` here, in XDP, from the VXLAN
+//! datagram the data path's guard let through (`from_overlay`), or as it forwards to a
+//! task of its own. Everything the mesh does not own is left alone (`None`).
 use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LOOKUP_OUTPUT},
     helpers::generated::{
@@ -157,6 +159,74 @@ pub fn process(ctx: &XdpContext) -> Option<u32> {
     let frontend = *unsafe { MESH_FRONTENDS.get(&key) }?;
     // From here on the frame is the mesh's: it is forwarded or dropped, never passed.
     Some(mesh(ctx, cfg, frontend, dst, protocol, frag, ihl))
+}
+
+/// A VXLAN datagram (UDP header at `udp_offset`, destination port `dst_port`) that the
+/// data path's guard let through: if it is on the mesh's VXLAN port, a meshed frame in
+/// it (the ingress network's VNI, the marker in its inner source MAC) has its flow's
+/// reply recorded with the address the client connected to. Returns whether the
+/// datagram was on the mesh's VXLAN port (then it is the kernel's VXLAN socket's).
+#[inline(always)]
+pub fn from_overlay(ctx: &XdpContext, udp_offset: usize, dst_port: u16) -> bool {
+    let Some(cfg) = MESH_CONFIG.get(0) else {
+        return false;
+    };
+    if cfg.enabled == 0 || dst_port != cfg.vxlan_port {
+        return false;
+    }
+    // Outer Ethernet, two VLAN tags and IPv4 with options end before 256 bytes: the
+    // mask only tells the verifier so.
+    let _ = record_from_vxlan(ctx, udp_offset & 0xff, cfg);
+    true
+}
+
+#[inline(always)]
+fn record_from_vxlan(ctx: &XdpContext, udp_offset: usize, cfg: &Config) -> Option<()> {
+    // SAFETY (every dereference below): bounds checked by ptr_at.
+    let vxlan = unsafe { &*ptr_at::<8>(ctx, udp_offset + 8)? };
+    // The I flag: a VNI is present.
+    if vxlan[0] & 0x08 == 0 || u32::from_be_bytes([0, vxlan[4], vxlan[5], vxlan[6]]) != cfg.vni {
+        return None;
+    }
+    let inner = udp_offset + 16;
+    let eth = unsafe { &*ptr_at::<ETH_HLEN>(ctx, inner)? };
+    if eth[6..8] != MESH_MAC_PREFIX || u16::from_be_bytes([eth[12], eth[13]]) != ETH_P_IP {
+        return None;
+    }
+    let ip = unsafe { &*ptr_at::<20>(ctx, inner + ETH_HLEN)? };
+    if ip[0] >> 4 != 4 || ip[0] & 0x0f < 5 {
+        return None;
+    }
+    let protocol = ip[9];
+    if (protocol != PROTO_TCP && protocol != PROTO_UDP)
+        || u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0
+    {
+        return None;
+    }
+    let l4 = inner + ETH_HLEN + ((ip[0] & 0x0f) as usize) * 4;
+    let ports = unsafe { &*ptr_at::<4>(ctx, l4)? };
+    record_reply(
+        &FlowKey {
+            src: ne32(ip, 16),
+            dst: ne32(ip, 12),
+            src_port: ne16(ports, 2),
+            dst_port: ne16(ports, 0),
+            protocol,
+            pad: [0; 3],
+        },
+        ne32(eth, 8),
+    );
+    Some(())
+}
+
+/// Records that the reply `reply` (source = the backend) must leave from `published_to`.
+#[inline(always)]
+fn record_reply(reply: &FlowKey, published_to: u32) {
+    // SAFETY: map values are plain data.
+    if unsafe { MESH_REPLY.get(reply) }.copied() != Some(published_to) {
+        let _ = MESH_REPLY.insert(reply, &published_to, 0);
+        count(Counter::RepliesRecorded, 1);
+    }
 }
 
 #[inline(always)]
@@ -381,6 +451,18 @@ fn forward(
         ctx, cfg, frontend, flow, &target, inner_len, l4, protocol, &macs, local,
     ) {
         Ok(()) => {
+            // The task's reply leaves from the address the client connected to.
+            record_reply(
+                &FlowKey {
+                    src: target.backend,
+                    dst: flow.src,
+                    src_port: frontend.target_port,
+                    dst_port: flow.src_port,
+                    protocol,
+                    pad: [0; 3],
+                },
+                flow.dst,
+            );
             count(Counter::Local, 1);
             count(Counter::Bytes, inner_len as u64);
             xdp_action::XDP_PASS

@@ -1,9 +1,13 @@
 //! XDP program on a node's underlay interface.
 //!
 //! It parses Ethernet (with up to two VLAN tags), IPv4, IPv6 (with its extension
-//! headers), TCP, UDP and ICMP and counts what it saw in a per-CPU array; then the
-//! ingress routing mesh (`xdp_mesh.rs`) takes the frames to published ports on this
-//! node's addresses. Every other frame passes untouched.
+//! headers), TCP, UDP and ICMP and counts what it saw in a per-CPU array; VXLAN on the
+//! data-path port goes to the data path's guard (`xdp_guard.rs`: only cluster VTEPs may
+//! send it), then the ingress routing mesh (`xdp_mesh.rs`) takes the frames to published
+//! ports on this node's addresses. Every other frame passes untouched.
+//!
+//! A second program of the object, `shoal_xdp_data_path`, runs the guard alone on the
+//! data-path interface when the node's data-path address is on another interface.
 //!
 //! The object also holds the mesh's reply-path TC programs (`tc_mesh.rs`): they share
 //! the mesh's maps.
@@ -11,6 +15,7 @@
 #![no_main]
 
 mod tc_mesh;
+mod xdp_guard;
 mod xdp_mesh;
 
 use aya_ebpf::{
@@ -39,6 +44,30 @@ const IPPROTO_AH: u8 = 51;
 const IPPROTO_ICMPV6: u8 = 58;
 const IPPROTO_DSTOPTS: u8 = 60;
 
+/// A complete UDP header in the frame (of a first or only fragment), and what the IP
+/// header said of it: what the guard and the mesh's reply recording look at.
+pub struct Udp {
+    /// Offset of the UDP header in the frame.
+    pub offset: usize,
+    /// The IPv4 source as on the wire, read natively; 0 over IPv6.
+    pub src_v4: u32,
+    pub ipv6: bool,
+    /// The destination port as on the wire, read natively.
+    pub dst_port: u16,
+}
+
+/// What the parser found: the counter of the deepest layer, and the UDP header if any.
+struct Parsed {
+    layer: Counter,
+    udp: Option<Udp>,
+}
+
+impl Parsed {
+    fn layer(layer: Counter) -> Self {
+        Parsed { layer, udp: None }
+    }
+}
+
 // `frags`: the program accepts multi-buffer frames (jumbo MTUs, GSO packets on veth);
 // it parses only the headers, which are in the first buffer.
 #[xdp(frags)]
@@ -46,15 +75,37 @@ pub fn shoal_xdp_underlay(ctx: XdpContext) -> u32 {
     count(Counter::Packets, 1);
     // SAFETY: ctx.ctx is the xdp_md the kernel passed in; the helper only reads it.
     count(Counter::Bytes, unsafe { bpf_xdp_get_buff_len(ctx.ctx) });
-    // Parsing errors are counted, never acted on: only the mesh drops, and only frames
-    // to its published ports.
-    let kind = classify(&ctx).unwrap_or(Counter::Malformed);
-    count(kind, 1);
+    // Parsing errors are counted, never acted on: only the guard drops (VXLAN from
+    // outside the cluster) and the mesh (frames to its published ports).
+    let parsed = classify::<true>(&ctx);
+    match parsed {
+        Ok(Parsed { layer, udp }) => {
+            count(layer, 1);
+            if let Some(verdict) = udp.and_then(|u| xdp_guard::vxlan(&ctx, &u)) {
+                return verdict;
+            }
+        }
+        Err(Malformed) => count(Counter::Malformed, 1),
+    }
     xdp_mesh::process(&ctx).unwrap_or(xdp_action::XDP_PASS)
 }
 
+/// The data path's guard on the data-path interface (the node's `--data-path-addr` on
+/// another interface than the underlay): VXLAN from outside the cluster is dropped, a
+/// meshed flow from a cluster VTEP recorded for its reply; nothing else is looked at
+/// or counted.
+#[xdp(frags)]
+pub fn shoal_xdp_data_path(ctx: XdpContext) -> u32 {
+    match classify::<false>(&ctx) {
+        Ok(Parsed { udp: Some(u), .. }) => {
+            xdp_guard::vxlan(&ctx, &u).unwrap_or(xdp_action::XDP_PASS)
+        }
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
 #[inline(always)]
-fn count(counter: Counter, n: u64) {
+pub(crate) fn count(counter: Counter, n: u64) {
     if let Some(slot) = UNDERLAY_STATS.get_ptr_mut(counter.index()) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe { *slot += n };
@@ -81,10 +132,11 @@ fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
-/// Finds the deepest layer of the frame and returns the counter for it
-/// (besides `Vlan`, which it counts on the way).
+/// Finds the deepest layer of the frame and returns the counter for it, with the UDP
+/// header when there is one. `COUNTING`: also count `Vlan`, `Ipv4` and `Ipv6` on the
+/// way (the underlay program; the data-path one counts no layers).
 #[inline(always)]
-fn classify(ctx: &XdpContext) -> Result<Counter, Malformed> {
+fn classify<const COUNTING: bool>(ctx: &XdpContext) -> Result<Parsed, Malformed> {
     let eth = bytes_at::<ETH_HLEN>(ctx, 0)?;
     let mut ethertype = be16(eth, 12);
     let mut offset = ETH_HLEN;
@@ -99,19 +151,19 @@ fn classify(ctx: &XdpContext) -> Result<Counter, Malformed> {
         offset += 4;
         tagged = true;
     }
-    if tagged {
+    if COUNTING && tagged {
         count(Counter::Vlan, 1);
     }
     match ethertype {
-        ETH_P_IP => ipv4(ctx, offset),
-        ETH_P_IPV6 => ipv6(ctx, offset),
-        ETH_P_ARP => Ok(Counter::Arp),
-        _ => Ok(Counter::OtherL3),
+        ETH_P_IP => ipv4::<COUNTING>(ctx, offset),
+        ETH_P_IPV6 => ipv6::<COUNTING>(ctx, offset),
+        ETH_P_ARP => Ok(Parsed::layer(Counter::Arp)),
+        _ => Ok(Parsed::layer(Counter::OtherL3)),
     }
 }
 
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, offset: usize) -> Result<Counter, Malformed> {
+fn ipv4<const COUNTING: bool>(ctx: &XdpContext, offset: usize) -> Result<Parsed, Malformed> {
     let ip = bytes_at::<20>(ctx, offset)?;
     let version = ip[0] >> 4;
     let ihl = (ip[0] & 0x0f) as usize * 4;
@@ -122,21 +174,26 @@ fn ipv4(ctx: &XdpContext, offset: usize) -> Result<Counter, Malformed> {
     if ctx.data() + offset + ihl > ctx.data_end() {
         return Err(Malformed);
     }
-    count(Counter::Ipv4, 1);
+    if COUNTING {
+        count(Counter::Ipv4, 1);
+    }
     let fragment_offset = be16(ip, 6) & 0x1fff;
     if fragment_offset != 0 {
-        return Ok(Counter::Fragment);
+        return Ok(Parsed::layer(Counter::Fragment));
     }
-    l4(ctx, ip[9], offset + ihl)
+    let src = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
+    l4(ctx, ip[9], offset + ihl, src, false)
 }
 
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, offset: usize) -> Result<Counter, Malformed> {
+fn ipv6<const COUNTING: bool>(ctx: &XdpContext, offset: usize) -> Result<Parsed, Malformed> {
     let ip = bytes_at::<40>(ctx, offset)?;
     if ip[0] >> 4 != 6 {
         return Err(Malformed);
     }
-    count(Counter::Ipv6, 1);
+    if COUNTING {
+        count(Counter::Ipv6, 1);
+    }
     let mut next = ip[6];
     // Bounded to keep the verifier's view of `offset` small: each step adds at most 2 KiB.
     let mut offset = (offset + 40) & 0xffff;
@@ -155,34 +212,52 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> Result<Counter, Malformed> {
             IPPROTO_FRAGMENT => {
                 let ext = bytes_at::<8>(ctx, offset)?;
                 if be16(ext, 2) >> 3 != 0 {
-                    return Ok(Counter::Fragment);
+                    return Ok(Parsed::layer(Counter::Fragment));
                 }
                 next = ext[0];
                 offset = (offset + 8) & 0xffff;
             }
-            _ => return l4(ctx, next, offset),
+            _ => return l4(ctx, next, offset, 0, true),
         }
     }
     // Still in the extension headers after MAX_IPV6_EXT_HEADERS of them.
-    Ok(Counter::OtherL4)
+    Ok(Parsed::layer(Counter::OtherL4))
 }
 
 #[inline(always)]
-fn l4(ctx: &XdpContext, protocol: u8, offset: usize) -> Result<Counter, Malformed> {
-    match protocol {
+fn l4(
+    ctx: &XdpContext,
+    protocol: u8,
+    offset: usize,
+    src_v4: u32,
+    ipv6: bool,
+) -> Result<Parsed, Malformed> {
+    let layer = match protocol {
         IPPROTO_TCP => {
             let tcp = bytes_at::<20>(ctx, offset)?;
             // Data offset below 5 words cannot hold the fixed header.
             if (tcp[12] >> 4) < 5 {
                 return Err(Malformed);
             }
-            Ok(Counter::Tcp)
+            Counter::Tcp
         }
-        IPPROTO_UDP => bytes_at::<8>(ctx, offset).map(|_| Counter::Udp),
-        IPPROTO_ICMP => bytes_at::<4>(ctx, offset).map(|_| Counter::Icmp),
-        IPPROTO_ICMPV6 => bytes_at::<4>(ctx, offset).map(|_| Counter::Icmpv6),
-        _ => Ok(Counter::OtherL4),
-    }
+        IPPROTO_UDP => {
+            let udp = bytes_at::<8>(ctx, offset)?;
+            return Ok(Parsed {
+                layer: Counter::Udp,
+                udp: Some(Udp {
+                    offset,
+                    src_v4,
+                    ipv6,
+                    dst_port: u16::from_ne_bytes([udp[2], udp[3]]),
+                }),
+            });
+        }
+        IPPROTO_ICMP => bytes_at::<4>(ctx, offset).map(|_| Counter::Icmp)?,
+        IPPROTO_ICMPV6 => bytes_at::<4>(ctx, offset).map(|_| Counter::Icmpv6)?,
+        _ => Counter::OtherL4,
+    };
+    Ok(Parsed::layer(layer))
 }
 
 #[cfg(not(test))]

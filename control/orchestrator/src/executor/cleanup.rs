@@ -10,8 +10,9 @@ use crate::{docker::DockerClient, sandbox::LABEL_SANDBOX_TASK_ID};
 
 /// Removes every container any shoal executor made on this dockerd, running or not
 /// (`shoal agent cleanup`): task containers, then sandboxes. Task containers are told
-/// apart by [`LABEL_SLOT`], shoal's own label (Swarm's labels alone would also match a
-/// Docker Swarm's tasks), sandboxes by [`LABEL_SANDBOX_TASK_ID`]. Returns each
+/// apart by [`LABEL_SLOT`], shoal's own label that every agent put on them (also those
+/// made before `shoal.task.id`; Swarm's labels alone would also match a Docker Swarm's
+/// tasks), sandboxes by [`LABEL_SANDBOX_TASK_ID`]. Returns each
 /// container's name with what happened to it; Err if they could not be listed.
 pub async fn remove_all_task_containers(
     docker: &DockerClient,

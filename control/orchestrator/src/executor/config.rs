@@ -9,8 +9,8 @@ use bollard::models::{ContainerCreateBody, HealthConfig, HostConfig};
 use shoal_cluster::store::{Service, Task};
 
 use super::containers::{
-    LABEL_NODE_ID, LABEL_SERVICE_ID, LABEL_SERVICE_NAME, LABEL_SLOT, LABEL_TASK, LABEL_TASK_ID,
-    LABEL_TASK_NAME,
+    LABEL_NODE_ID, LABEL_SERVICE_ID, LABEL_SERVICE_NAME, LABEL_SHOAL_TASK_ID, LABEL_SLOT,
+    LABEL_TASK, LABEL_TASK_ID, LABEL_TASK_NAME,
 };
 use crate::{
     sandbox,
@@ -92,8 +92,8 @@ pub(super) fn sandbox_spec(
 
 /// The task's own container (named `container`, on `node`, in the namespace of the
 /// sandbox `sandbox_id`): image, entrypoint and arguments, environment, user, working
-/// directory, stop signal, init, the container labels under Swarm's task labels, and
-/// the health check.
+/// directory, stop signal, init, the container labels under Swarm's task labels and
+/// shoal's own, and the health check.
 pub(super) fn task_container(
     t: &Task,
     service: &Service,
@@ -103,7 +103,7 @@ pub(super) fn task_container(
 ) -> ContainerCreateBody {
     let spec = &service.spec;
     let options = &spec.container;
-    // Swarm's labels last: a container label cannot pose as another task's.
+    // Swarm's and shoal's labels last: a container label cannot pose as another task's.
     let mut labels: HashMap<String, String> = options
         .labels
         .iter()
@@ -117,6 +117,7 @@ pub(super) fn task_container(
         (LABEL_SERVICE_NAME.to_string(), spec.name.clone()),
         (LABEL_NODE_ID.to_string(), node_id.to_string()),
         (LABEL_SLOT.to_string(), t.slot.to_string()),
+        (LABEL_SHOAL_TASK_ID.to_string(), t.id.clone()),
     ]);
     let ns = |ms: u64| (ms > 0).then(|| (ms as i64).saturating_mul(1_000_000));
     let healthcheck = spec.healthcheck.as_ref().map(|h| HealthConfig {

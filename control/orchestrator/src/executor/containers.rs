@@ -35,6 +35,10 @@ use crate::{
     scheduler::now_ms,
 };
 
+/// shoal's own label on every task container it makes: the task's ID. Only containers
+/// with it are the executor's to stop and remove (Swarm's labels below alone would also
+/// match a Docker Swarm's tasks, or anyone's container that carries them).
+pub const LABEL_SHOAL_TASK_ID: &str = "shoal.task.id";
 /// Labels on every task container (Swarm's keys, so tools that know them work).
 pub const LABEL_TASK: &str = "com.docker.swarm.task";
 pub const LABEL_TASK_ID: &str = "com.docker.swarm.task.id";
@@ -42,6 +46,8 @@ pub const LABEL_TASK_NAME: &str = "com.docker.swarm.task.name";
 pub const LABEL_SERVICE_ID: &str = "com.docker.swarm.service.id";
 pub const LABEL_SERVICE_NAME: &str = "com.docker.swarm.service.name";
 pub const LABEL_NODE_ID: &str = "com.docker.swarm.node.id";
+/// shoal's too; agents before [`LABEL_SHOAL_TASK_ID`] put it on every task container
+/// they made, which is how such a container is told apart ([`super::legacy`]).
 pub const LABEL_SLOT: &str = "shoal.task.slot";
 
 /// Containers created or removed at once.
@@ -58,6 +64,17 @@ pub(super) struct Observed {
 }
 
 impl Observed {
+    /// A running container of task `task_id` (tests of what is decided from listings).
+    #[cfg(test)]
+    pub(super) fn running(id: &str, task_id: &str) -> Self {
+        Self {
+            id: id.into(),
+            task_id: task_id.into(),
+            state: ContainerSummaryStateEnum::RUNNING,
+            status: "Up 3 seconds".into(),
+        }
+    }
+
     pub(super) fn health(&self) -> Option<&'static str> {
         if self.status.contains("(unhealthy)") {
             Some("unhealthy")
@@ -84,11 +101,19 @@ pub(super) struct ObservedSandbox {
     pub(super) running: bool,
 }
 
+/// What dockerd lists of the executor's containers on this node.
+pub(super) struct Listing {
+    /// Task containers with shoal's own label.
+    pub(super) tasks: Vec<Observed>,
+    /// Task containers an agent made before that label (Swarm's task labels and shoal's
+    /// slot label only): adopted only as [`super::legacy`] says.
+    pub(super) legacy: Vec<Observed>,
+    pub(super) sandboxes: Vec<ObservedSandbox>,
+}
+
 impl Executor {
     /// The task containers and the sandboxes on this node.
-    pub(super) async fn list(
-        &self,
-    ) -> Result<(Vec<Observed>, Vec<ObservedSandbox>), bollard::errors::Error> {
+    pub(super) async fn list(&self) -> Result<Listing, bollard::errors::Error> {
         let labelled = |label: &str| ListContainersOptions {
             all: true,
             filters: Some(HashMap::from([(
@@ -98,21 +123,34 @@ impl Executor {
             ..Default::default()
         };
         let api = self.docker.engine();
-        let tasks = api.list_containers(Some(labelled(LABEL_TASK_ID))).await?;
+        let tasks = api
+            .list_containers(Some(labelled(LABEL_SHOAL_TASK_ID)))
+            .await?;
+        let slotted = api.list_containers(Some(labelled(LABEL_SLOT))).await?;
         let sandboxes = api
             .list_containers(Some(labelled(LABEL_SANDBOX_TASK_ID)))
             .await?;
+        let observed = |c: bollard::models::ContainerSummary, label: &str| {
+            let task_id = c.labels.as_ref()?.get(label)?.clone();
+            Some(Observed {
+                id: c.id?,
+                task_id,
+                state: c.state.unwrap_or(ContainerSummaryStateEnum::EMPTY),
+                status: c.status.unwrap_or_default(),
+            })
+        };
+        let legacy = slotted
+            .into_iter()
+            .filter(|c| {
+                c.labels
+                    .as_ref()
+                    .is_some_and(|l| !l.contains_key(LABEL_SHOAL_TASK_ID))
+            })
+            .filter_map(|c| observed(c, LABEL_TASK_ID))
+            .collect();
         let tasks = tasks
             .into_iter()
-            .filter_map(|c| {
-                let task_id = c.labels.as_ref()?.get(LABEL_TASK_ID)?.clone();
-                Some(Observed {
-                    id: c.id?,
-                    task_id,
-                    state: c.state.unwrap_or(ContainerSummaryStateEnum::EMPTY),
-                    status: c.status.unwrap_or_default(),
-                })
-            })
+            .filter_map(|c| observed(c, LABEL_SHOAL_TASK_ID))
             .collect();
         let sandboxes = sandboxes
             .into_iter()
@@ -125,7 +163,11 @@ impl Executor {
                 })
             })
             .collect();
-        Ok((tasks, sandboxes))
+        Ok(Listing {
+            tasks,
+            legacy,
+            sandboxes,
+        })
     }
 }
 

@@ -471,6 +471,49 @@ fn the_cluster_vxlan_port_is_declared_to_every_node() {
 }
 
 #[test]
+fn every_nodes_data_path_address_is_a_vtep_from_join_to_removal() {
+    let mut s = cluster();
+    let ip = |a: &str| -> Ipv4Addr { a.parse().unwrap() };
+    let vteps = |s: &ClusterState| compute(s, "n1").cluster_vteps;
+    assert_eq!(
+        vteps(&s),
+        [ip("192.168.77.11"), ip("192.168.77.12")]
+            .into_iter()
+            .collect()
+    );
+    let apply = |s: &mut ClusterState, c: Command| assert!(s.apply(&c).into_result().is_ok());
+    // A node joining with a data-path address is known by that address.
+    let mut n3 = node("n3", "192.168.77.13");
+    n3.data_path_addr = Some("192.168.78.13".parse().unwrap());
+    apply(&mut s, Command::UpsertNode { node: n3 });
+    assert!(vteps(&s).contains(&ip("192.168.78.13")));
+    assert!(!vteps(&s).contains(&ip("192.168.77.13")));
+    // Down (it left, or is cut off from the managers): still a member.
+    apply(
+        &mut s,
+        Command::SetStatus {
+            id: "n2".into(),
+            status: NodeStatus::Down,
+        },
+    );
+    assert!(vteps(&s).contains(&ip("192.168.77.12")));
+    // Removed: gone, on every node.
+    apply(&mut s, Command::RemoveNode { id: "n2".into() });
+    for node in ["n1", "n3"] {
+        let declared: shoal_dataplane::reconcile::DeclaredNode = compute(&s, node).into();
+        assert_eq!(
+            declared.cluster_vteps,
+            Some(
+                [ip("192.168.77.11"), ip("192.168.78.13")]
+                    .into_iter()
+                    .collect()
+            ),
+            "{node}"
+        );
+    }
+}
+
+#[test]
 fn a_services_network_aliases_are_declared_to_dns_on_that_network() {
     let mut s = cluster();
     let mut service = s.services["S"].clone();

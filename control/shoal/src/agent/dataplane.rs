@@ -1,6 +1,6 @@
 //! Starts the node's reconcilers (all in `shoal-dataplane`), each on a thread of its
 //! own, following the pipeline's declared state: the overlay, service VIPs, the routing
-//! mesh, task egress and the DNS listeners (egress first: the resolver listens on its
+//! mesh, the data path's guard, task egress and the DNS listeners (egress first: the resolver listens on its
 //! bridge for tasks with no network). Any of them failing to start stops the agent with the
 //! reason: a node that cannot carry service traffic must not say it is up.
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use shoal_dataplane::{
     reconcile::{
         dns::{egress_listener, DnsReconciler, Resolver},
         egress::EgressReconciler,
+        guard::{GuardNode, GuardReconciler, KernelGuard},
         mesh::{KernelMesh, MeshNode, MeshReconciler},
         overlay::OverlayReconciler,
         ready::{self, ReadinessWatch},
@@ -111,6 +112,20 @@ impl Dataplane {
             tx_redirect: mesh_reply::is_veth(&underlay),
         };
         let (pin_dir, flows) = (config.pin_dir.clone(), config.lb_flows);
+        let guard_node = GuardNode {
+            underlay: underlay.clone(),
+            vxlan_port: config.data_path_port,
+        };
+        let guard_pins = pin_dir.clone();
+        let guard = runner::spawn(
+            "guard",
+            move || GuardReconciler::new(KernelGuard::open(&guard_pins, flows)?, guard_node),
+            declared.clone(),
+            None,
+            StatusFile::new(&status_dir, "guard"),
+        )
+        .await
+        .map_err(|e| anyhow!("the data path's guard: {e}"))?;
         // Every sysctl the node's dataplane changes is journaled here first, so
         // `shoal agent cleanup` can put it back.
         let sysctls = SysctlJournal::open(&config.data_dir)?;
@@ -164,8 +179,8 @@ impl Dataplane {
         .map_err(|e| anyhow!("the resolver: {e}"))?;
 
         Ok(Self {
-            threads: vec![overlay, vip, mesh, egress, dns],
-            reported_dead: vec![false; 5],
+            threads: vec![overlay, vip, guard, mesh, egress, dns],
+            reported_dead: vec![false; 6],
             ready,
         })
     }

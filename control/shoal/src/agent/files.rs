@@ -46,6 +46,8 @@ pub async fn follow(files: DeclaredFiles, intent: Arc<IntentSender>) -> io::Resu
                 lb: last.lb.clone(),
                 data_path_port: None,
                 data_path_addr: None,
+                // No cluster: the data path's guard checks no VXLAN source.
+                cluster_vteps: None,
                 // The standalone mode runs no tasks: nothing gets egress.
                 task_containers: Default::default(),
                 containers: Default::default(),

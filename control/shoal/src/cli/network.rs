@@ -53,7 +53,8 @@ pub struct NetworkCreateArgs {
     /// Let standalone containers attach
     #[arg(long)]
     pub attachable: bool,
-    /// Driver option K=V (repeatable; `encrypted` marks an encrypted overlay)
+    /// Driver option K=V (repeatable; `encrypted` is refused: encrypted overlay networks
+    /// are not available)
     #[arg(short, long = "opt", value_name = "K=V", value_parser = parse_label)]
     pub opts: Vec<(String, String)>,
     /// Label K=V (repeatable)

@@ -20,6 +20,7 @@ use tracing::info;
 use super::{
     cluster_error,
     nodes::execute,
+    reserved_ports::{AgentPorts, ReservedPorts},
     service_update::{next_iteration, updated_service},
 };
 use crate::api::{
@@ -32,6 +33,11 @@ use shoal_orchestrator::{
     image::{self, ImageRef},
     scheduler::{new_id, now_ms, Constraint},
 };
+
+/// Docker's driver option for an encrypted overlay network (`--opt encrypted`).
+const ENCRYPTED_OPTION: &str = "encrypted";
+/// Why `network create --opt encrypted` is refused.
+pub(super) const ENCRYPTED_UNAVAILABLE: &str = "encrypted overlay networks are not available";
 
 /// Longest wait for the registry's answer when pinning an image to its digest.
 const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
@@ -250,9 +256,11 @@ pub(super) fn prepare_spec(
 pub(super) async fn request(
     manager: &Manager,
     docker_socket: Option<&Path>,
+    agent_ports: AgentPorts,
     request: Request,
 ) -> Result<Reply, ApiError> {
     let state = manager.state().await.map_err(cluster_error)?;
+    let reserved = ReservedPorts::new(&state, agent_ports);
     match request {
         Request::ServiceCreate {
             spec,
@@ -260,6 +268,7 @@ pub(super) async fn request(
             registry_auth,
         } => {
             let mut spec = prepare_spec(&state, *spec)?;
+            reserved.check(&spec)?;
             let now = now_ms();
             let mut warnings = Vec::new();
             if !no_resolve_image {
@@ -434,6 +443,9 @@ pub(super) async fn request(
                 changes.image = Some(image);
             }
             let mut s = updated_service(&state, old, &changes, now_ms())?;
+            // The spec as it would be: a port published before this check existed is
+            // refused too, until `--publish-rm` takes it away.
+            reserved.check(&s.spec)?;
             if let Some(c) = &registry_auth {
                 s.registry_auth = Some(manager.seal_registry_auth(&id, c).map_err(cluster_error)?);
             }
@@ -474,6 +486,11 @@ pub(super) async fn request(
                     "network driver {driver:?} is not supported: only overlay"
                 )));
             }
+            // An encrypted overlay is refused until it really encrypts: accepting the
+            // option would promise what the data path does not do.
+            if options.contains_key(ENCRYPTED_OPTION) {
+                return Err(ApiError::new(ENCRYPTED_UNAVAILABLE));
+            }
             if gateway.is_some() && subnet.is_none() {
                 return Err(ApiError::new("--gateway needs --subnet"));
             }
@@ -490,7 +507,6 @@ pub(super) async fn request(
             } = Networks::from_state(&state)
                 .and_then(|mut networks| networks.allocate(&name, subnet, gateway))
                 .map_err(|e| ApiError::new(e.to_string()))?;
-            let encrypted = options.contains_key("encrypted");
             let network = Network {
                 id: new_id(),
                 name: name.clone(),
@@ -501,7 +517,7 @@ pub(super) async fn request(
                 ingress: false,
                 attachable,
                 internal: false,
-                encrypted,
+                encrypted: false,
                 labels,
                 options,
                 version: 0,

@@ -59,6 +59,7 @@ fn options() -> ContainerOptions {
         labels: BTreeMap::from([
             ("tier".into(), "web".into()),
             (LABEL_TASK_ID.into(), "forged".into()),
+            (LABEL_SHOAL_TASK_ID.into(), "forged".into()),
         ]),
     }
 }
@@ -151,6 +152,10 @@ fn the_task_container_carries_the_container_options() {
         "Swarm's labels win"
     );
     assert_eq!(labels[LABEL_SLOT], "3");
+    assert_eq!(
+        labels[LABEL_SHOAL_TASK_ID], "task0123456789abc",
+        "shoal's own label, which the executor goes by, cannot be forged either"
+    );
     // Docker refuses these on a container that joins another's namespace.
     assert_eq!((body.hostname, body.domainname), (None, None));
 }
