@@ -1,9 +1,11 @@
 //! Openraft's state machine: the [`ClusterState`] plus what Raft needs beside it (last
 //! applied log ID, last membership) and the snapshot.
 //!
-//! The state itself lives in memory. What makes it durable is the log plus `snapshot.json`
-//! (written with fsync before openraft may purge the log it covers): at start the state is
-//! the snapshot's, and openraft re-applies the log from there to the committed index.
+//! The state itself lives in memory. What makes it durable is the log plus
+//! `snapshot.sealed` (sealed with the manager's data key like the log, 0600, written with
+//! fsync before openraft may purge the log it covers): at start the state is the
+//! snapshot's, and openraft re-applies the log from there to the committed index. An older
+//! agent's plain `snapshot.json` is sealed at open and removed.
 
 use std::io::{self, Cursor};
 use std::path::{Path, PathBuf};
@@ -17,11 +19,16 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::log::write_atomic;
 use super::state::{ApplyResult, ClusterState};
 use super::{RaftId, TypeConfig};
+use crate::private_fs::write_atomic;
+use crate::seal::DataKey;
 
-const SNAPSHOT_FILE: &str = "snapshot.json";
+const SNAPSHOT_FILE: &str = "snapshot.sealed";
+/// The plain snapshot of older agents, sealed into [`SNAPSHOT_FILE`] at open.
+const PLAIN_SNAPSHOT_FILE: &str = "snapshot.json";
+/// Associated data of the sealed snapshot.
+const SNAPSHOT_CONTEXT: &[u8] = b"shoal raft snapshot v1";
 
 #[derive(Clone, Serialize, Deserialize)]
 struct StoredSnapshot {
@@ -40,6 +47,7 @@ pub(crate) struct Data {
 
 pub(crate) struct Shared {
     dir: PathBuf,
+    key: DataKey,
     data: RwLock<Data>,
     version: watch::Sender<u64>,
 }
@@ -65,14 +73,24 @@ pub(crate) struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    /// Starts from the snapshot in `dir`, if there is one.
-    pub(crate) fn open(dir: &Path) -> io::Result<Self> {
+    /// Starts from the snapshot in `dir`, if there is one (sealed with `key`).
+    pub(crate) fn open(dir: &Path, key: &DataKey) -> io::Result<Self> {
         let path = dir.join(SNAPSHOT_FILE);
+        let parse = |bytes: &[u8]| {
+            serde_json::from_slice::<StoredSnapshot>(bytes)
+                .map_err(|e| io::Error::other(format!("parse {}: {e}", path.display())))
+        };
+        seal_plain_snapshot(dir, key)?;
         let snapshot: Option<StoredSnapshot> = match std::fs::read(&path) {
-            Ok(bytes) => Some(
-                serde_json::from_slice(&bytes)
-                    .map_err(|e| io::Error::other(format!("parse {}: {e}", path.display())))?,
-            ),
+            Ok(sealed) => {
+                let plain = key.open(SNAPSHOT_CONTEXT, &sealed).map_err(|e| {
+                    io::Error::other(format!(
+                        "{} (damaged, or sealed under another data key): {e}",
+                        path.display()
+                    ))
+                })?;
+                Some(parse(&plain)?)
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
@@ -94,6 +112,7 @@ impl StateMachineStore {
         Ok(StateMachineStore {
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
+                key: key.clone(),
                 data: RwLock::new(data),
                 version,
             }),
@@ -102,8 +121,36 @@ impl StateMachineStore {
 
     fn persist(&self, snapshot: &StoredSnapshot) -> io::Result<()> {
         let bytes = serde_json::to_vec(snapshot).map_err(io::Error::other)?;
-        write_atomic(&self.shared.dir.join(SNAPSHOT_FILE), &bytes, true)
+        let sealed = self
+            .shared
+            .key
+            .seal(SNAPSHOT_CONTEXT, &bytes)
+            .map_err(|e| io::Error::other(format!("sealing the snapshot: {e}")))?;
+        write_atomic(&self.shared.dir.join(SNAPSHOT_FILE), &sealed, true)
     }
+}
+
+/// Seals an older agent's plain `snapshot.json` into `snapshot.sealed`, then removes the
+/// plain one (beside a sealed one, it is what a crash after the rename left).
+fn seal_plain_snapshot(dir: &Path, key: &DataKey) -> io::Result<()> {
+    let plain_path = dir.join(PLAIN_SNAPSHOT_FILE);
+    let plain = match std::fs::read(&plain_path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let path = dir.join(SNAPSHOT_FILE);
+    if !path.exists() {
+        serde_json::from_slice::<StoredSnapshot>(&plain)
+            .map_err(|e| io::Error::other(format!("parse {}: {e}", plain_path.display())))?;
+        let sealed = key
+            .seal(SNAPSHOT_CONTEXT, &plain)
+            .map_err(|e| io::Error::other(format!("sealing the snapshot: {e}")))?;
+        write_atomic(&path, &sealed, true)?;
+        tracing::info!(path = %path.display(), "sealed the plain snapshot an older agent left");
+    }
+    std::fs::remove_file(&plain_path)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
