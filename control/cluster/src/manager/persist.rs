@@ -252,3 +252,92 @@ pub(crate) fn wipe(dir: &Path) -> Result<(), ClusterError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{new_node_id, IssueOptions};
+
+    fn tempdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "shoal-persist-{name}-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        private_fs::create_dir(&d).unwrap();
+        d
+    }
+
+    fn identity(ca: &ClusterCa, role: Role) -> NodeIdentity {
+        let node_id = new_node_id();
+        let (key, csr) = NodeIdentity::generate_key_and_csr(&node_id).unwrap();
+        let cert = ca
+            .issue(&csr, &node_id, role, &IssueOptions::default())
+            .unwrap();
+        NodeIdentity::new(key, cert, ca.certificate().clone()).unwrap()
+    }
+
+    /// Every file under `dir`, read whole.
+    fn all_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                out.extend(all_bytes(&path));
+            } else {
+                out.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+        out
+    }
+
+    fn has(bytes: &[u8], needle: &str) -> bool {
+        bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+
+    #[test]
+    fn an_older_managers_plain_keys_are_sealed_and_a_workers_stays_plain() {
+        let dir = tempdir("migrate");
+        let ca = ClusterCa::new(&new_node_id()).unwrap();
+        let manager = identity(&ca, Role::Manager);
+        // As older agents wrote them: the key in the clear, the CA key as PEM.
+        std::fs::write(dir.join(IDENTITY), serde_json::to_vec(&manager).unwrap()).unwrap();
+        std::fs::write(dir.join(PLAIN_CA_KEY), ca.key_pem_secret()).unwrap();
+        assert!(all_bytes(&dir).iter().any(|(_, b)| has(b, "PRIVATE KEY")));
+
+        assert_eq!(local_role(&dir).unwrap(), Some(Role::Manager));
+        let data_key = DataKey::generate();
+        let loaded = load_identity(&dir, Some(&data_key)).unwrap();
+        assert_eq!(loaded.node_id(), manager.node_id());
+        let opened = load_ca(&dir, &loaded, &data_key).unwrap();
+        assert_eq!(opened.key_pem_secret(), ca.key_pem_secret());
+        assert!(!dir.join(PLAIN_CA_KEY).exists());
+        for (path, bytes) in all_bytes(&dir) {
+            assert!(
+                !has(&bytes, "PRIVATE KEY"),
+                "{} holds a key in the clear",
+                path.display()
+            );
+        }
+        // Sealed now: no data key, no identity; the role still reads from the certificate.
+        assert!(matches!(
+            load_identity(&dir, None),
+            Err(ClusterError::Locked)
+        ));
+        assert_eq!(local_role(&dir).unwrap(), Some(Role::Manager));
+        assert!(load_identity(&dir, Some(&DataKey::generate())).is_err());
+        assert_eq!(
+            load_identity(&dir, Some(&data_key)).unwrap().node_id(),
+            manager.node_id()
+        );
+
+        let worker = identity(&ca, Role::Worker);
+        save_identity(&dir, &worker, Some(&data_key)).unwrap();
+        assert!(has(
+            &std::fs::read(dir.join(IDENTITY)).unwrap(),
+            "PRIVATE KEY"
+        ));
+        assert_eq!(load_identity(&dir, None).unwrap().role(), Role::Worker);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -269,3 +269,89 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::state::Command;
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn tempdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "shoal-store-sm-{name}-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        crate::private_fs::create_dir(&d).unwrap();
+        d
+    }
+
+    fn secret_entry(index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::SetTokens {
+                tokens: serde_json::json!({"worker": "SWMTKN-1-topsecretvalue"}),
+            }),
+        }
+    }
+
+    fn contains(haystack: &[u8], needle: &str) -> bool {
+        haystack
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+    }
+
+    #[tokio::test]
+    async fn the_snapshot_is_sealed_owner_only_and_opens_only_with_its_key() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempdir("sealed");
+        let key = DataKey::generate();
+        let mut sm = StateMachineStore::open(&dir, &key).unwrap();
+        sm.apply([secret_entry(1)]).await.unwrap();
+        sm.build_snapshot().await.unwrap();
+        let path = dir.join(SNAPSHOT_FILE);
+        assert!(!contains(&std::fs::read(&path).unwrap(), "topsecretvalue"));
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o7777, 0o600);
+
+        let back = StateMachineStore::open(&dir, &key).unwrap();
+        assert_eq!(back.shared.read().state.version, 1);
+        assert!(back.shared.read().state.tokens.is_some());
+        let e = StateMachineStore::open(&dir, &DataKey::generate())
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("another data key"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_older_plain_snapshot_is_sealed_at_open() {
+        let dir = tempdir("plain");
+        let mut state = ClusterState::default();
+        state.apply(&Command::SetTokens {
+            tokens: serde_json::json!({"worker": "SWMTKN-1-topsecretvalue"}),
+        });
+        let plain = StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 7)),
+                last_membership: StoredMembership::default(),
+                snapshot_id: "1-7-1".into(),
+            },
+            data: serde_json::to_vec(&state).unwrap(),
+        };
+        std::fs::write(
+            dir.join(PLAIN_SNAPSHOT_FILE),
+            serde_json::to_vec(&plain).unwrap(),
+        )
+        .unwrap();
+        let key = DataKey::generate();
+        let sm = StateMachineStore::open(&dir, &key).unwrap();
+        assert!(!dir.join(PLAIN_SNAPSHOT_FILE).exists());
+        assert!(!contains(
+            &std::fs::read(dir.join(SNAPSHOT_FILE)).unwrap(),
+            "topsecretvalue"
+        ));
+        assert_eq!(sm.shared.read().state, state);
+        assert_eq!(sm.shared.read().last_applied.unwrap().index, 7);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
