@@ -13,6 +13,7 @@
 use std::{
     fs, io,
     io::Write,
+    os::unix::fs::OpenOptionsExt,
     path::{Component, Path, PathBuf},
     sync::{Arc, Mutex},
 };
@@ -253,7 +254,13 @@ fn write_journal(path: &Path, entries: &[Entry]) -> Result<(), SysctlError> {
     .map_err(|e| err(io::Error::other(e)))?;
     let tmp = path.with_extension(format!("json.tmp-{}", std::process::id()));
     let written = (|| {
-        let mut f = fs::File::create(&tmp)?;
+        // Owner-only, like everything in the agent's data directory.
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(text.as_bytes())?;
         f.write_all(b"\n")?;
         f.sync_all()?;

@@ -91,6 +91,59 @@ impl LabGuard {
         }
     }
 
+    /// Runs the `shoal` CLI in a host with `input` on its stdin (`swarm unlock`): its
+    /// stdout, or its stderr and stdout as the error.
+    pub fn shoal_with_input(
+        &self,
+        host: &str,
+        args: &[&str],
+        input: &str,
+    ) -> Result<String, String> {
+        use std::io::Write as _;
+        let mut argv = vec!["shoal".to_string()];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        let mut child = lab::exec_command(&self.state, host, &argv)
+            .expect("lab exec command")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run lab exec");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+        let out = child.wait_with_output().expect("wait for lab exec");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            ))
+        }
+    }
+
+    /// Stops host `i`'s agent with `sig`, by the PID in its agent.json, and waits until
+    /// it is gone.
+    pub fn stop_agent(&self, i: usize, sig: libc::c_int) {
+        let host = &self.state.hosts[i];
+        let agent: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(lab::agent::status_file(host)).expect("agent.json"),
+        )
+        .expect("agent.json");
+        let pid = agent["pid"].as_u64().expect("pid") as u32;
+        lab::procs::signal(pid, sig);
+        assert!(
+            lab::procs::wait_gone(&[pid], Duration::from_secs(60)),
+            "{}'s agent did not stop",
+            host.name
+        );
+    }
+
     /// Runs `argv` in the client namespace.
     pub fn client(&self, argv: &[&str]) -> Output {
         let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();

@@ -54,21 +54,9 @@ impl Cli<'_> {
     }
 }
 
-/// Stops host `i`'s agent with `sig`, by the PID in its agent.json, and waits until it
-/// is gone.
+/// Stops host `i`'s agent with `sig` and waits until it is gone.
 fn stop_agent(guard: &LabGuard, i: usize, sig: libc::c_int) {
-    let host = &guard.state.hosts[i];
-    let agent: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(lab::agent::status_file(host)).expect("agent.json"),
-    )
-    .expect("agent.json");
-    let pid = agent["pid"].as_u64().expect("pid") as u32;
-    lab::procs::signal(pid, sig);
-    assert!(
-        lab::procs::wait_gone(&[pid], BOUND),
-        "{}'s agent did not stop",
-        host.name
-    );
+    guard.stop_agent(i, sig);
 }
 
 fn row<'a>(rows: &'a [String], host: &str) -> Option<&'a String> {

@@ -9,11 +9,17 @@
 //! - [`registry_auth`]: services' registry credentials, sealed for the store with a key
 //!   only managers can derive.
 //! - [`manager`]: the network layer on port 2377 (mutual TLS): `swarm init/join/leave`,
-//!   Raft between managers, forwarding to the leader, heartbeats, node management.
+//!   Raft between managers, forwarding to the leader, heartbeats, node management,
+//!   autolock.
+//! - [`seal`]: a manager's data key and the key that wraps it (the unlock key with
+//!   autolock): its store and keys sealed at rest.
+//! - [`private_fs`]: owner-only files and directories for everything secret on disk.
 
 pub mod ipam;
 pub mod manager;
 pub mod pki;
+pub mod private_fs;
 pub mod registry_auth;
+pub mod seal;
 pub mod store;
 pub mod token;

@@ -23,10 +23,19 @@
 //!   worker certificate and stops its member. Certificates are renewed the same way once
 //!   [`crate::pki::NodeIdentity::needs_renewal`] says so.
 //!
-//! The node's files in `data_dir`: `identity.json` (key, certificate, CA; 0600),
-//! `ca-key.pem` (managers only; 0600), `node.json` (addresses, node info, known managers,
-//! Raft ID, timings) and `raft/` (the store). Leaving removes exactly these.
+//! The node's files in `data_dir` (a 0700 directory, every file 0600): `identity.json`
+//! (certificate, CA, and the node key: a manager's sealed with its data key),
+//! `ca-key.sealed` (managers only), `manager-key.json` (a manager's data key, wrapped;
+//! see `keys`), `node.json` (addresses, node info, known managers, Raft ID, timings) and
+//! `raft/` (the store, sealed). Leaving removes exactly these.
+//!
+//! Autolock (`swarm init --autolock`, [`Manager::set_autolock`]): the unlock key wraps
+//! every manager's data key and is kept only in the store (sealed by those data keys)
+//! and in memory. [`Manager::resume`] of such a manager fails with
+//! [`ClusterError::Locked`] and starts nothing; [`Manager::unlock`] with the key starts
+//! it.
 
+mod keys;
 mod persist;
 mod runtime;
 mod wire;
@@ -44,6 +53,7 @@ use crate::ipam::IpamError;
 pub use crate::pki::Role;
 use crate::pki::{NodeCertificate, PkiError};
 use crate::registry_auth::{RegistryAuthKey, RegistryCredentials, SealedCredentials};
+use crate::seal::KeyEncryptionKey;
 use crate::store::{ApplyResult, ClusterState, Command, Rejection, StoreError};
 use crate::token::JoinToken;
 
@@ -91,6 +101,9 @@ pub struct InitOptions {
     pub subnet_prefix_len: u8,
     /// `--data-path-port` (default 4789).
     pub data_path_port: u16,
+    /// `--autolock`: the managers' data keys are wrapped by an unlock key that is on no
+    /// disk; a restarted manager is locked until `swarm unlock` gives it back.
+    pub autolock: bool,
 }
 
 impl Default for InitOptions {
@@ -100,6 +113,7 @@ impl Default for InitOptions {
             default_addr_pools: pools.pools,
             subnet_prefix_len: pools.subnet_prefix_len,
             data_path_port: 4789,
+            autolock: false,
         }
     }
 }
@@ -208,6 +222,16 @@ pub enum ClusterError {
     Files { path: PathBuf, reason: String },
     #[error("default address pools: {0}")]
     AddressPools(IpamError),
+    /// The manager's data key is wrapped by the unlock key (autolock) and this process
+    /// was not given it yet: nothing runs until it is.
+    #[error("this manager is locked: its swarm data is encrypted and needs the unlock key (swarm unlock)")]
+    Locked,
+    #[error("swarm could not be unlocked: invalid key provided")]
+    BadUnlockKey,
+    #[error("swarm is not locked")]
+    NotLocked,
+    #[error("cannot rotate because autolock is not turned on")]
+    AutolockOff,
 }
 
 impl From<StoreError> for ClusterError {
@@ -249,6 +273,13 @@ impl Joined {
 /// is in no cluster: tells the agent whether to [`Manager::resume`] or [`Worker::resume`].
 pub fn local_role(data_dir: &Path) -> Result<Option<Role>, ClusterError> {
     persist::local_role(data_dir)
+}
+
+/// Removes the node's cluster files without running it: a locked manager leaving with
+/// `--force` (its state cannot be opened; the other managers still list it until they
+/// remove it).
+pub fn forget(data_dir: &Path) -> Result<(), ClusterError> {
+    persist::wipe(data_dir)
 }
 
 /// A running manager. Clones share it. Call [`Manager::shutdown`] (or `leave`) to stop it.
@@ -410,10 +441,44 @@ impl Manager {
     }
 
     /// Restart: load from `config.data_dir` and serve again (the member rejoins its Raft
-    /// group). Ports 0 in `config` mean "as before".
+    /// group). Ports 0 in `config` mean "as before". An autolocked manager fails with
+    /// [`ClusterError::Locked`], having started nothing: see [`Manager::unlock`].
     pub async fn resume(config: ManagerConfig) -> Result<Manager, ClusterError> {
-        let rt = Runtime::resume(&config.data_dir, Some(&config)).await?;
+        let rt = Runtime::resume(&config.data_dir, Some(&config), None).await?;
         Ok(Manager { rt })
+    }
+
+    /// [`Manager::resume`] of a locked manager with the cluster's unlock key
+    /// (`swarm unlock`). A wrong key is [`ClusterError::BadUnlockKey`] and changes
+    /// nothing; a manager that is not locked is [`ClusterError::NotLocked`].
+    pub async fn unlock(
+        config: ManagerConfig,
+        unlock_key: &KeyEncryptionKey,
+    ) -> Result<Manager, ClusterError> {
+        let rt = Runtime::resume(&config.data_dir, Some(&config), Some(unlock_key)).await?;
+        Ok(Manager { rt })
+    }
+
+    /// The cluster's unlock key, `None` while autolock is off (`swarm unlock-key`).
+    pub async fn unlock_key(&self) -> Result<Option<KeyEncryptionKey>, ClusterError> {
+        self.rt.require_manager()?;
+        self.rt.unlock_key().await
+    }
+
+    /// Turns autolock on (a new unlock key, unless it is on already) or off. Returns the
+    /// new unlock key when this call turned autolock on (as Docker prints it only
+    /// then), once this manager's data key follows.
+    pub async fn set_autolock(&self, on: bool) -> Result<Option<KeyEncryptionKey>, ClusterError> {
+        self.rt.require_manager()?;
+        self.rt.set_autolock(on).await
+    }
+
+    /// A new unlock key (`swarm unlock-key --rotate`); refused while autolock is off.
+    /// Returns once this manager's data key is wrapped by it; every other manager
+    /// rewraps its own as it applies the change.
+    pub async fn rotate_unlock_key(&self) -> Result<KeyEncryptionKey, ClusterError> {
+        self.rt.require_manager()?;
+        self.rt.rotate_unlock_key().await
     }
 
     pub fn node_id(&self) -> &str {
@@ -527,7 +592,7 @@ impl Worker {
 
     /// Restart a worker from `data_dir`.
     pub async fn resume(data_dir: &Path) -> Result<Worker, ClusterError> {
-        let rt = Runtime::resume(data_dir, None).await?;
+        let rt = Runtime::resume(data_dir, None, None).await?;
         Ok(Worker { rt })
     }
 

@@ -1,7 +1,7 @@
 //! The managers' Raft-replicated cluster store.
 //!
 //! ```text
-//!  propose(Command) ──▶ leader's openraft ──append──▶ log.jsonl (fsync) ──replicate──▶ peers
+//!  propose(Command) ──▶ leader's openraft ──append──▶ log.sealed (fsync) ──replicate──▶ peers
 //!                               │                                      (Transport)
 //!                     committed by a majority
 //!                               ▼
@@ -9,8 +9,9 @@
 //! ```
 //! - [`state`]: the state machine, plain data ([`ClusterState`], [`Command`]); deterministic.
 //! - [`StoreNode`]: one manager's Raft member (openraft 0.9), its durable log, vote and
-//!   snapshot in its storage directory, and the API: `propose`, `read`, `read_stale`,
-//!   `leader`, `add_manager`, `remove_manager`.
+//!   snapshot in its storage directory (owner-only; the log and snapshot sealed with the
+//!   manager's [`DataKey`]), and the API: `propose`, `read`, `read_stale`, `leader`,
+//!   `add_manager`, `remove_manager`.
 //! - [`transport`]: the message-based seam to the peers ([`Transport`]); [`MemNetwork`]
 //!   runs many managers in one process with cuttable links.
 //!
@@ -40,6 +41,8 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, Raf
 use openraft::{BasicNode, ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
 
+use crate::seal::DataKey;
+
 pub use container::{ContainerOptions, DnsConfig};
 pub use service::{
     Endpoint, EndpointMode, FailureAction, HealthCheck, JobStatus, NetworkAttachment, PortConfig,
@@ -49,7 +52,7 @@ pub use service::{
 };
 pub use state::{
     ApplyResult, Availability, ClusterSpec, ClusterState, Command, GossipKey, Network, Node,
-    NodeStatus, ObjectKind, Rejection, Role, MAX_GOSSIP_KEYS,
+    NodeStatus, ObjectKind, Rejection, Role, UnlockKey, MAX_GOSSIP_KEYS,
 };
 pub use transport::{MemNetwork, RaftRequest, RaftResponse, Transport, TransportError};
 
@@ -173,28 +176,32 @@ fn ms(d: Duration) -> u64 {
 
 impl StoreNode {
     /// Starts the member `id` with its state in `storage_dir` (created if missing; a
-    /// restarted manager passes the same directory and keeps its log, vote and snapshot).
-    /// A new, empty member waits to be made part of a group: [`StoreNode::initialize`] on
-    /// the first manager, [`StoreNode::add_manager`] on the leader for the others.
+    /// restarted manager passes the same directory and `key` and keeps its log, vote and
+    /// snapshot). The log and snapshot are sealed with `key`; plain ones an older agent
+    /// left are sealed at start. A new, empty member waits to be made part of a group:
+    /// [`StoreNode::initialize`] on the first manager, [`StoreNode::add_manager`] on the
+    /// leader for the others.
     pub async fn start(
         id: RaftId,
         storage_dir: impl AsRef<Path>,
+        key: &DataKey,
         transport: Arc<dyn Transport>,
     ) -> Result<StoreNode, StoreError> {
-        Self::start_with(id, storage_dir, transport, StoreConfig::default()).await
+        Self::start_with(id, storage_dir, key, transport, StoreConfig::default()).await
     }
 
     /// [`StoreNode::start`] with explicit timings.
     pub async fn start_with(
         id: RaftId,
         storage_dir: impl AsRef<Path>,
+        key: &DataKey,
         transport: Arc<dyn Transport>,
         config: StoreConfig,
     ) -> Result<StoreNode, StoreError> {
         let dir = storage_dir.as_ref();
         let storage = |e: std::io::Error| StoreError::Storage(format!("{}: {e}", dir.display()));
-        let log = log::LogStore::open(dir).map_err(storage)?;
-        let sm = sm::StateMachineStore::open(dir).map_err(storage)?;
+        let log = log::LogStore::open(dir, key).map_err(storage)?;
+        let sm = sm::StateMachineStore::open(dir, key).map_err(storage)?;
         let raft_config = Config {
             cluster_name: "shoal".to_string(),
             heartbeat_interval: ms(config.heartbeat_interval),
@@ -281,6 +288,12 @@ impl StoreNode {
     /// stale (a follower behind, a leader cut off from the others); never waits.
     pub fn read_stale(&self) -> ClusterState {
         self.sm.read().state.clone()
+    }
+
+    /// `f` of this member's own copy of the state (as [`StoreNode::read_stale`], without
+    /// copying all of it).
+    pub fn read_stale_with<T>(&self, f: impl FnOnce(&ClusterState) -> T) -> T {
+        f(&self.sm.read().state)
     }
 
     /// The store version this member has applied, updated as entries are applied.

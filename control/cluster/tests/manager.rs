@@ -633,3 +633,249 @@ async fn the_leader_leaving_with_force_leaves_a_working_pair() {
     m2.shutdown().await;
     m3.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------
+// Secrets at rest: owner-only files, sealed store, autolock.
+
+/// Every file under `dir` (its path and bytes), checking on the way that every
+/// directory is 0700 and every file 0600.
+fn owner_only_files(dir: &std::path::Path) -> Vec<(PathBuf, Vec<u8>)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mode = std::fs::symlink_metadata(dir).unwrap().mode() & 0o7777;
+    assert_eq!(mode, 0o700, "{} is {mode:o}", dir.display());
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        if meta.is_dir() {
+            out.extend(owner_only_files(&path));
+        } else {
+            let mode = meta.mode() & 0o7777;
+            assert_eq!(mode, 0o600, "{} is {mode:o}", path.display());
+            out.push((path.clone(), std::fs::read(&path).unwrap()));
+        }
+    }
+    out
+}
+
+fn holds(bytes: &[u8], needle: &str) -> bool {
+    bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_secret_is_on_disk_in_the_clear_and_every_file_is_owner_only() {
+    let base = TempBase::new("sealed");
+    let m1 = init(&base, "m1").await;
+    let m2 = join_manager(&base, "m2", &m1).await;
+    let w1 = join_worker(&base, "w1", &m1).await;
+    let service: shoal_cluster::store::Service = serde_json::from_value(serde_json::json!({
+        "id": "svc-vault",
+        "spec": {
+            "name": "vault",
+            "image": "shoal/web:1",
+            "env": ["SECRET_ENV=topsecretvalue"],
+            "mode": {"replicated": {"replicas": 0}}
+        }
+    }))
+    .unwrap();
+    let applied = m1
+        .execute(Command::CreateService {
+            service: Box::new(service),
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(applied, ApplyResult::Applied { .. }),
+        "{applied:?}"
+    );
+    let worker_token = m1.join_token(Role::Worker).await.unwrap().expose_secret();
+    let manager_token = m1.join_token(Role::Manager).await.unwrap().expose_secret();
+    let state = m1.state().await.unwrap();
+    let version = state.version;
+    eventually("m2 applied the service", || async {
+        let v = m2.local_state().map(|s| s.version).unwrap_or(0);
+        if v >= version {
+            Ok(())
+        } else {
+            Err(format!("m2 at {v}, m1 at {version}"))
+        }
+    })
+    .await;
+
+    let mut secrets: Vec<(String, String)> = vec![
+        ("the service's env".into(), "topsecretvalue".into()),
+        ("the worker token".into(), worker_token.clone()),
+        ("the manager token".into(), manager_token.clone()),
+    ];
+    // The secret part of each token (after the CA digest) stands alone too.
+    for token in [&worker_token, &manager_token] {
+        let secret = token.rsplit('-').next().unwrap().to_string();
+        secrets.push(("a token's secret".into(), secret));
+    }
+    assert!(!state.gossip_keys.is_empty());
+    for key in &state.gossip_keys {
+        secrets.push((format!("gossip key {}", key.id), key.secret.clone()));
+    }
+
+    let mut files = 0;
+    for node in ["m1", "m2", "w1"] {
+        let dir = base.config(node).data_dir;
+        for (path, bytes) in owner_only_files(&dir) {
+            files += 1;
+            for (what, secret) in &secrets {
+                assert!(
+                    !holds(&bytes, secret),
+                    "{} holds {what} in the clear",
+                    path.display()
+                );
+            }
+            // Managers hold the CA key and their node key only sealed; a worker's own
+            // node key is the one key kept in the clear (0600).
+            let workers_own_key = node == "w1" && path.ends_with("identity.json");
+            assert!(
+                workers_own_key || !holds(&bytes, "PRIVATE KEY"),
+                "{} holds a private key in the clear",
+                path.display()
+            );
+        }
+    }
+    assert!(files >= 12, "only {files} files looked at");
+    for m in [m1, m2] {
+        m.shutdown().await;
+    }
+    w1.shutdown().await;
+}
+
+/// The manager key file's text (whether a local key is in it says whether it is
+/// autolocked).
+fn key_file(base: &TempBase, node: &str) -> String {
+    std::fs::read_to_string(base.config(node).data_dir.join("manager-key.json")).unwrap()
+}
+
+/// Waits until `node`'s data key is wrapped by the unlock key (`locked`) or by a local
+/// key, and differs from `before` when given.
+async fn key_file_follows(base: &TempBase, node: &str, locked: bool, before: Option<&str>) {
+    eventually(
+        &format!("{node}'s key file follows (locked: {locked})"),
+        || async {
+            let text = key_file(base, node);
+            let is_locked = !text.contains("local_kek");
+            if is_locked == locked && before != Some(text.as_str()) {
+                Ok(())
+            } else {
+                Err(text)
+            }
+        },
+    )
+    .await
+}
+
+/// Every file's bytes under `dir`, to see that something changed nothing.
+fn snapshot_files(dir: &std::path::Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    owner_only_files(dir).into_iter().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn autolocked_managers_stay_locked_until_unlocked_and_a_rotated_key_retires_the_old() {
+    use shoal_cluster::seal::KeyEncryptionKey;
+
+    let base = TempBase::new("autolock");
+    let m1 = Manager::init_with(
+        base.config("m1"),
+        info("m1"),
+        InitOptions {
+            autolock: true,
+            ..InitOptions::default()
+        },
+        timings(),
+    )
+    .await
+    .unwrap();
+    let key1 = m1.unlock_key().await.unwrap().expect("autolock is on");
+    assert!(!key_file(&base, "m1").contains("local_kek"));
+    // A manager joining later gets the key through the store and rewraps its data key.
+    let m2 = join_manager(&base, "m2", &m1).await;
+    key_file_follows(&base, "m2", true, None).await;
+    let m1_id = m1.node_id().to_string();
+    m1.shutdown().await;
+    m2.shutdown().await;
+
+    // Restarted: locked, nothing starts; a wrong key is refused and changes nothing.
+    for node in ["m1", "m2"] {
+        let r = Manager::resume(base.config(node)).await;
+        assert!(
+            matches!(r, Err(ClusterError::Locked)),
+            "{node}: {:?}",
+            r.err()
+        );
+        let before = snapshot_files(&base.config(node).data_dir);
+        let r = Manager::unlock(base.config(node), &KeyEncryptionKey::generate()).await;
+        let e = r.err().expect("a wrong key must not unlock");
+        assert!(matches!(e, ClusterError::BadUnlockKey), "{node}: {e:?}");
+        assert_eq!(
+            e.to_string(),
+            "swarm could not be unlocked: invalid key provided"
+        );
+        assert_eq!(
+            snapshot_files(&base.config(node).data_dir),
+            before,
+            "{node}"
+        );
+    }
+    let m1 = Manager::unlock(base.config("m1"), &key1).await.unwrap();
+    let m2 = Manager::unlock(base.config("m2"), &key1).await.unwrap();
+    assert_eq!(m1.node_id(), m1_id);
+    settled_leader(&[&m1, &m2]).await;
+    let state = eventually("the unlocked managers serve", || async {
+        m1.state().await.map_err(|e| e.to_string())
+    })
+    .await;
+    assert!(state.nodes.contains_key(m2.node_id()));
+    assert_eq!(m2.unlock_key().await.unwrap(), Some(key1.clone()));
+
+    // Rotation: both managers rewrap; after a restart only the new key unlocks.
+    let before = key_file(&base, "m2");
+    let key2 = m2.rotate_unlock_key().await.unwrap();
+    assert_ne!(key2, key1);
+    key_file_follows(&base, "m1", true, None).await;
+    key_file_follows(&base, "m2", true, Some(&before)).await;
+    assert_eq!(m1.unlock_key().await.unwrap(), Some(key2.clone()));
+    m1.shutdown().await;
+    m2.shutdown().await;
+    for node in ["m1", "m2"] {
+        let r = Manager::unlock(base.config(node), &key1).await;
+        assert!(
+            matches!(r, Err(ClusterError::BadUnlockKey)),
+            "{node}: the rotated-out key still unlocks: {:?}",
+            r.err()
+        );
+    }
+    let m1 = Manager::unlock(base.config("m1"), &key2).await.unwrap();
+    let m2 = Manager::unlock(base.config("m2"), &key2).await.unwrap();
+    settled_leader(&[&m1, &m2]).await;
+
+    // Off: a local key again on every manager, and they restart on their own.
+    assert_eq!(m1.set_autolock(false).await.unwrap(), None);
+    key_file_follows(&base, "m2", false, None).await;
+    assert!(matches!(
+        m1.rotate_unlock_key().await,
+        Err(ClusterError::AutolockOff)
+    ));
+    assert_eq!(m1.unlock_key().await.unwrap(), None);
+    m1.shutdown().await;
+    m2.shutdown().await;
+    let m1 = Manager::resume(base.config("m1")).await.unwrap();
+    let m2 = Manager::resume(base.config("m2")).await.unwrap();
+    assert!(matches!(
+        Manager::unlock(base.config("m1"), &key2).await,
+        Err(ClusterError::NotLocked)
+    ));
+    settled_leader(&[&m1, &m2]).await;
+    // And on again: a new key, printed once.
+    let key3 = m1.set_autolock(true).await.unwrap().expect("a new key");
+    assert_ne!(key3, key2);
+    assert_eq!(m1.set_autolock(true).await.unwrap(), None, "already on");
+    key_file_follows(&base, "m2", true, None).await;
+    m1.shutdown().await;
+    m2.shutdown().await;
+}

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use shoal_cluster::seal::DataKey;
 use shoal_cluster::store::{
     ApplyResult, Availability, ClusterState, Command, MemNetwork, MemberState, Node, NodeStatus,
     ObjectKind, RaftId, Rejection, Role, StoreConfig, StoreError, StoreNode,
@@ -40,6 +41,8 @@ struct Cluster {
     base: PathBuf,
     config: StoreConfig,
     nodes: BTreeMap<RaftId, StoreNode>,
+    /// Each member's data key, kept across its restarts.
+    keys: BTreeMap<RaftId, DataKey>,
 }
 
 impl Drop for Cluster {
@@ -77,6 +80,7 @@ impl Cluster {
             base,
             config,
             nodes: BTreeMap::new(),
+            keys: BTreeMap::new(),
         };
         for &id in ids {
             c.start_node(id).await;
@@ -100,9 +104,15 @@ impl Cluster {
     }
 
     async fn start_node(&mut self, id: RaftId) -> StoreNode {
+        let key = self
+            .keys
+            .entry(id)
+            .or_insert_with(DataKey::generate)
+            .clone();
         let node = StoreNode::start_with(
             id,
             self.dir(id),
+            &key,
             self.net.transport(id),
             self.config.clone(),
         )

@@ -21,7 +21,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
-    io::Write,
     net::{IpAddr, Ipv4Addr},
     path::Path,
 };
@@ -443,13 +442,12 @@ pub fn write_if_changed<T: serde::Serialize>(path: &Path, value: &T) -> std::io:
         return Ok(false);
     }
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
+        shoal_cluster::private_fs::create_dir(dir)?;
     }
     // Renamed into place: a reader sees the old file or the new one, never half. No
-    // fsync: the state is computed again from the store after a crash.
-    let tmp = path.with_extension("json.tmp");
-    fs::File::create(&tmp)?.write_all(&body)?;
-    fs::rename(&tmp, path)?;
+    // fsync: the state is computed again from the store after a crash. Owner-only, like
+    // everything in the agent's data directory.
+    shoal_cluster::private_fs::write_atomic(path, &body, false)?;
     Ok(true)
 }
 

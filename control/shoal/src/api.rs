@@ -37,8 +37,8 @@ pub const DEFAULT_API_SOCKET: &str = "/run/shoal/shoal.sock";
 /// Longest request or response line accepted (a `node ls` of a big cluster fits).
 pub const MAX_LINE: usize = 16 << 20;
 
-/// A string that must not reach logs: a join token. Serialized as itself; `Debug`
-/// and `Display` show only that it is there.
+/// A string that must not reach logs: a join token or an unlock key. Serialized as
+/// itself; `Debug` and `Display` show only that it is there.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
@@ -131,6 +131,9 @@ pub enum Request {
         default_addr_pool: Vec<Ipv4Net>,
         #[serde(default)]
         default_addr_pool_mask_length: Option<u8>,
+        /// `--autolock`: managers are locked after a restart until `swarm unlock`.
+        #[serde(default)]
+        autolock: bool,
     },
     SwarmJoin {
         token: Secret,
@@ -151,6 +154,20 @@ pub enum Request {
     SwarmLeave {
         #[serde(default)]
         force: bool,
+    },
+    /// `swarm update`: `autolock` Some turns it on or off (None changes nothing).
+    SwarmUpdate {
+        #[serde(default)]
+        autolock: Option<bool>,
+    },
+    /// `swarm unlock`: the unlock key of a locked manager.
+    SwarmUnlock {
+        key: Secret,
+    },
+    /// `swarm unlock-key [--rotate]`.
+    UnlockKey {
+        #[serde(default)]
+        rotate: bool,
     },
     /// `shoal info`: this node's view of the swarm and its dataplane.
     Info,
@@ -249,6 +266,9 @@ impl Request {
             Request::SwarmJoin { .. } => "swarm join",
             Request::JoinToken { .. } => "swarm join-token",
             Request::SwarmLeave { .. } => "swarm leave",
+            Request::SwarmUpdate { .. } => "swarm update",
+            Request::SwarmUnlock { .. } => "swarm unlock",
+            Request::UnlockKey { .. } => "swarm unlock-key",
             Request::Info => "info",
             Request::NodeLs => "node ls",
             Request::NodeInspect { .. } => "node inspect",
@@ -280,6 +300,9 @@ pub enum Reply {
         worker_token: Secret,
         /// Where joining nodes reach this manager, ADDR:PORT.
         manager_addr: String,
+        /// The unlock key, with `--autolock`.
+        #[serde(default)]
+        unlock_key: Option<Secret>,
     },
     SwarmJoin {
         node_id: String,
@@ -295,6 +318,16 @@ pub enum Reply {
         rotated: bool,
     },
     SwarmLeave,
+    /// `swarm update`: the unlock key when autolock is (now) on.
+    SwarmUpdated {
+        #[serde(default)]
+        unlock_key: Option<Secret>,
+    },
+    SwarmUnlocked,
+    UnlockKey {
+        key: Secret,
+        rotated: bool,
+    },
     Info(Box<InfoView>),
     /// `node ls` and `node inspect`.
     Nodes {
@@ -342,7 +375,7 @@ pub enum Reply {
 /// `shoal info`: what `docker info` says of the swarm, and the node's dataplane.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InfoView {
-    /// "active" or "inactive".
+    /// "active", "inactive" or "locked".
     pub swarm: String,
     /// The rest of the swarm part exists only while the node is in a swarm.
     #[serde(default)]

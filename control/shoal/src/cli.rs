@@ -12,6 +12,7 @@ pub mod network;
 pub mod registry_auth;
 pub mod service;
 pub mod template;
+pub mod unlock_key;
 
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
@@ -56,6 +57,13 @@ pub enum SwarmCommand {
     JoinToken(JoinTokenArgs),
     /// Leave the swarm
     Leave(LeaveArgs),
+    /// Change the swarm's settings (autolock)
+    Update(SwarmUpdateArgs),
+    /// Unlock a manager that restarted with autolock on (the key is read from the
+    /// terminal, or from stdin)
+    Unlock,
+    /// Print (or rotate) the key that unlocks a restarted manager
+    UnlockKey(UnlockKeyArgs),
 }
 
 #[derive(Args, Debug, Clone, PartialEq)]
@@ -82,6 +90,34 @@ pub struct InitArgs {
     /// Prefix length of the subnets taken from the pools [default: 24]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=30))]
     pub default_addr_pool_mask_length: Option<u8>,
+    /// Keep the managers' swarm data locked after a restart until `shoal swarm unlock`
+    /// gives the unlock key (printed now)
+    #[arg(long)]
+    pub autolock: bool,
+}
+
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct SwarmUpdateArgs {
+    /// Lock managers after a restart until `shoal swarm unlock` (`--autolock=false`
+    /// turns it off)
+    #[arg(
+        long,
+        value_name = "true|false",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub autolock: Option<bool>,
+}
+
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct UnlockKeyArgs {
+    /// Only print the key
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Replace the key: managers no longer unlock with the old one
+    #[arg(long)]
+    pub rotate: bool,
 }
 
 #[derive(Args, Debug, Clone, PartialEq)]
@@ -254,7 +290,7 @@ fn check_remote(remote: &str) -> Result<(), String> {
 }
 
 impl SwarmCommand {
-    /// The request this command sends.
+    /// The request this command sends (`swarm unlock` reads its key first).
     pub fn request(&self) -> Result<Request, String> {
         Ok(match self {
             SwarmCommand::Init(a) => Request::SwarmInit {
@@ -264,6 +300,7 @@ impl SwarmCommand {
                 data_path_port: a.data_path_port,
                 default_addr_pool: a.default_addr_pool.clone(),
                 default_addr_pool_mask_length: a.default_addr_pool_mask_length,
+                autolock: a.autolock,
             },
             SwarmCommand::Join(a) => {
                 check_remote(&a.remote)?;
@@ -280,6 +317,11 @@ impl SwarmCommand {
                 rotate: a.rotate,
             },
             SwarmCommand::Leave(a) => Request::SwarmLeave { force: a.force },
+            SwarmCommand::Update(a) => Request::SwarmUpdate {
+                autolock: a.autolock,
+            },
+            SwarmCommand::Unlock => unlock_key::request()?,
+            SwarmCommand::UnlockKey(a) => Request::UnlockKey { rotate: a.rotate },
         })
     }
 }

@@ -7,6 +7,7 @@
 //! cleanly so that the next start resumes it.
 
 mod addresses;
+mod autolock;
 mod info;
 mod nodes;
 mod reserved_ports;
@@ -31,6 +32,7 @@ use ipnet::Ipv4Net;
 use shoal_cluster::{
     manager::{self, InitOptions, Joined, Manager, ManagerConfig, NodeInfo, Timings, Worker},
     pki,
+    seal::KeyEncryptionKey,
     store::{self, ClusterState, Command},
 };
 use tokio::sync::Mutex;
@@ -55,6 +57,9 @@ const DOCKER_TIMEOUT: Duration = Duration::from_secs(10);
 const NOT_IN_SWARM: &str = "This node is not a swarm manager. Use \"shoal swarm init\" or \"shoal swarm join\" to connect this node to swarm and try again.";
 const WORKER_NOT_MANAGER: &str = "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.";
 const ALREADY_IN_SWARM: &str = "This node is already part of a swarm. Use \"shoal swarm leave\" to leave this swarm and join another one.";
+/// Docker's words for a manager that restarted with autolock on and was not unlocked yet.
+pub const SWARM_LOCKED: &str = "Swarm is encrypted and needs to be unlocked before it can be used. Please use \"shoal swarm unlock\" to unlock it.";
+const NOT_LOCKED: &str = "Error: swarm is not locked";
 
 /// Where the agent's Docker engine version comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +171,9 @@ const SUPERVISE_EVERY: Duration = Duration::from_millis(300);
 enum Role {
     Manager(Manager),
     Worker(Worker),
+    /// A manager restarted with autolock on: nothing of the cluster runs until `swarm
+    /// unlock` gives the key (then it resumes with this config).
+    Locked(ManagerConfig),
 }
 
 impl Role {
@@ -173,12 +181,24 @@ impl Role {
     fn acting_manager(&self) -> Option<Manager> {
         match self {
             Role::Manager(m) if m.role() == pki::Role::Manager => Some(m.clone()),
-            Role::Manager(_) => None,
+            Role::Manager(_) | Role::Locked(_) => None,
             Role::Worker(w) => w.manager(),
         }
     }
 
+    /// The node's task link; None while locked.
+    fn node_client(&self) -> Option<manager::NodeClient> {
+        match self {
+            Role::Manager(m) => Some(m.node_client()),
+            Role::Worker(w) => Some(w.node_client()),
+            Role::Locked(_) => None,
+        }
+    }
+
     fn name(&self) -> &'static str {
+        if let Role::Locked(_) = self {
+            return "locked";
+        }
         match self.acting_manager() {
             Some(_) => "manager",
             None => "worker",
@@ -219,13 +239,7 @@ impl ClusterAgent {
     async fn supervise(&self) {
         let (client, manager) = match &*self.role.lock().await {
             None => (None, None),
-            Some(role) => {
-                let client = match role {
-                    Role::Manager(m) => m.node_client(),
-                    Role::Worker(w) => w.node_client(),
-                };
-                (Some(client), role.acting_manager())
-            }
+            Some(role) => (role.node_client(), role.acting_manager()),
         };
         let mut bg = self.background.lock().unwrap_or_else(|p| p.into_inner());
         let Some(client) = client else {
@@ -299,7 +313,7 @@ impl ClusterAgent {
                 w.shutdown().await;
                 info!("cluster worker stopped");
             }
-            None => {}
+            Some(Role::Locked(_)) | None => {}
         }
     }
 
@@ -321,6 +335,7 @@ impl ClusterAgent {
                 data_path_port,
                 default_addr_pool,
                 default_addr_pool_mask_length,
+                autolock,
             } => {
                 if role.is_some() {
                     return Err(ApiError::new(ALREADY_IN_SWARM));
@@ -339,6 +354,7 @@ impl ClusterAgent {
                     subnet_prefix_len: default_addr_pool_mask_length
                         .unwrap_or(DEFAULT_SUBNET_PREFIX_LEN),
                     data_path_port: data_path_port.unwrap_or(self.config.data_path_port),
+                    autolock,
                 };
                 let manager = Manager::init_with(
                     self.manager_config(listen, advertise),
@@ -352,13 +368,18 @@ impl ClusterAgent {
                     .join_token(pki::Role::Worker)
                     .await
                     .map_err(cluster_error)?;
+                let unlock_key = match autolock {
+                    true => manager.unlock_key().await.map_err(cluster_error)?,
+                    false => None,
+                };
                 let node_id = manager.node_id().to_owned();
-                info!(node_id, %advertise, %listen, "swarm initialized: this node is its first manager");
+                info!(node_id, %advertise, %listen, autolock, "swarm initialized: this node is its first manager");
                 *role = Some(Role::Manager(manager));
                 Ok(Reply::SwarmInit {
                     node_id,
                     worker_token: Secret::new(token.expose_secret()),
                     manager_addr: advertise.to_string(),
+                    unlock_key: unlock_key.map(|k| Secret::new(k.to_unlock_key())),
                 })
             }
             Request::SwarmJoin {
@@ -416,7 +437,33 @@ impl ClusterAgent {
                     warnings,
                 })
             }
+            Request::SwarmUnlock { key } => {
+                let config = match &*role {
+                    None => return Err(ApiError::new("This node is not part of a swarm")),
+                    Some(Role::Locked(config)) => config.clone(),
+                    Some(_) => return Err(ApiError::new(NOT_LOCKED)),
+                };
+                let key = KeyEncryptionKey::parse_unlock_key(key.expose())
+                    .map_err(|e| ApiError::new(e.to_string()))?;
+                let manager = Manager::unlock(config, &key).await.map_err(cluster_error)?;
+                info!(
+                    node_id = manager.node_id(),
+                    "swarm unlocked: running as a manager"
+                );
+                *role = Some(Role::Manager(manager));
+                Ok(Reply::SwarmUnlocked)
+            }
             Request::SwarmLeave { force } => {
+                if let Some(Role::Locked(config)) = &*role {
+                    // Docker lets a locked node leave with --force (its key may be lost).
+                    if !force {
+                        return Err(ApiError::new(SWARM_LOCKED));
+                    }
+                    manager::forget(&config.data_dir).map_err(cluster_error)?;
+                    *role = None;
+                    info!("left the swarm while locked");
+                    return Ok(Reply::SwarmLeave);
+                }
                 let Some(current) = role.take() else {
                     return Err(ApiError::new("This node is not part of a swarm"));
                 };
@@ -438,6 +485,8 @@ impl ClusterAgent {
                         m.leave(true).await
                     }
                     (Role::Worker(w), None) => w.leave().await,
+                    // Handled above; the role on disk is taken back below.
+                    (Role::Locked(_), _) => Err(manager::ClusterError::Locked),
                 };
                 match result {
                     Ok(()) => {
@@ -459,6 +508,7 @@ impl ClusterAgent {
             ))),
             other => {
                 let manager = match &*role {
+                    Some(Role::Locked(_)) => return Err(ApiError::new(SWARM_LOCKED)),
                     Some(r) => r
                         .acting_manager()
                         .ok_or_else(|| ApiError::new(WORKER_NOT_MANAGER))?,
@@ -472,6 +522,12 @@ impl ClusterAgent {
                     };
                     return services::request(&manager, self.config.docker_socket(), ports, other)
                         .await;
+                }
+                if matches!(
+                    other,
+                    Request::SwarmUpdate { .. } | Request::UnlockKey { .. }
+                ) {
+                    return autolock::request(&manager, other).await;
                 }
                 manager_request(&manager, other).await
             }
@@ -570,15 +626,22 @@ async fn resume(config: &ClusterAgentConfig) -> Result<Option<Role>, ApiError> {
         None => return Ok(None),
         Some(pki::Role::Manager) => {
             // Ports 0: the addresses it had.
-            let m = Manager::resume(ManagerConfig {
+            let manager_config = ManagerConfig {
                 data_dir: dir.clone(),
                 listen: SocketAddr::new(config.listen.ip(), 0),
                 advertise: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
-            })
-            .await
-            .map_err(context)?;
-            info!(node_id = m.node_id(), "resumed the cluster role: manager");
-            Role::Manager(m)
+            };
+            match Manager::resume(manager_config.clone()).await {
+                Ok(m) => {
+                    info!(node_id = m.node_id(), "resumed the cluster role: manager");
+                    Role::Manager(m)
+                }
+                Err(manager::ClusterError::Locked) => {
+                    tracing::warn!("this manager is locked (autolock): nothing of the swarm runs until `shoal swarm unlock` gives the unlock key");
+                    Role::Locked(manager_config)
+                }
+                Err(e) => return Err(context(e)),
+            }
         }
         Some(pki::Role::Worker) => {
             let w = Worker::resume(&dir).await.map_err(context)?;

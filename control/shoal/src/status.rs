@@ -39,7 +39,8 @@ impl AgentStatus {
     }
 
     fn write_new(&self, tmp: &Path) -> io::Result<()> {
-        let mut file = fs::File::create(tmp)?;
+        // Owner-only, like everything in the agent's data directory.
+        let mut file = shoal_cluster::private_fs::create(tmp)?;
         serde_json::to_writer_pretty(&mut file, self)?;
         file.write_all(b"\n")?;
         file.sync_all()

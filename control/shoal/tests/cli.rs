@@ -90,6 +90,7 @@ fn swarm_init_forms() {
             data_path_port: None,
             default_addr_pool: vec![],
             default_addr_pool_mask_length: None,
+            autolock: false,
         }
     );
     assert_eq!(
@@ -109,6 +110,7 @@ fn swarm_init_forms() {
                 "10.30.0.0/16".parse().unwrap()
             ],
             default_addr_pool_mask_length: Some(26),
+            autolock: false,
         }
     );
     for (args, needle) in [
@@ -129,6 +131,60 @@ fn swarm_init_forms() {
     ] {
         let e = parse_error(args);
         assert!(e.contains(needle), "{args}: {e}");
+    }
+}
+
+#[test]
+fn swarm_autolock_forms() {
+    assert!(matches!(
+        request("swarm init --autolock"),
+        Request::SwarmInit { autolock: true, .. }
+    ));
+    assert_eq!(
+        request("swarm update --autolock"),
+        Request::SwarmUpdate {
+            autolock: Some(true)
+        }
+    );
+    assert_eq!(
+        request("swarm update --autolock=false"),
+        Request::SwarmUpdate {
+            autolock: Some(false)
+        }
+    );
+    assert_eq!(
+        request("swarm update"),
+        Request::SwarmUpdate { autolock: None }
+    );
+    assert_eq!(
+        request("swarm unlock-key"),
+        Request::UnlockKey { rotate: false }
+    );
+    assert_eq!(
+        request("swarm unlock-key -q --rotate"),
+        Request::UnlockKey { rotate: true }
+    );
+    assert!(parse_error("swarm update --autolock=maybe").contains("--autolock"));
+    // The key is never an argument (shell histories, process lists).
+    assert!(parse_error("swarm unlock SWMKEY-1-x").contains("unexpected argument"));
+    let key = "SWMKEY-1-WuYH/IX284+lRcXuoVf38viIDK3HJEKY13MIHX+tTt8";
+    let r = cli::unlock_key::request_from(&format!("{key}\n")).unwrap();
+    let Request::SwarmUnlock { key: got } = &r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(got.expose(), key);
+    assert!(
+        !format!("{r:?}").contains("WuYH"),
+        "the key is not in debug output"
+    );
+    for (text, needle) in [
+        ("", "no unlock key given"),
+        ("  \n", "no unlock key given"),
+        ("WuYH/IX284+lRcXuoVf38viIDK3HJEKY13MIHX+tTt8", "SWMKEY-1-"),
+        ("SWMKEY-1-tooshort", "32 bytes"),
+    ] {
+        let e = cli::unlock_key::request_from(text).unwrap_err();
+        assert!(e.contains(needle), "{text:?}: {e}");
     }
 }
 
@@ -709,6 +765,7 @@ fn swarm_outputs_are_dockers() {
             node_id: "gr9hx828svz91anfynghcb1bc".into(),
             worker_token: Secret::new(TOKEN),
             manager_addr: "10.102.20.32:2377".into(),
+            unlock_key: None,
         },
     )
     .unwrap();
@@ -721,6 +778,67 @@ fn swarm_outputs_are_dockers() {
              To add a manager to this swarm, run 'shoal swarm join-token manager' and follow the instructions.\n"
         )
     );
+    let key = "SWMKEY-1-WuYH/IX284+lRcXuoVf38viIDK3HJEKY13MIHX+tTt8";
+    let unlock = format!(
+        "To unlock a swarm manager after it restarts, run the `shoal swarm unlock`\n\
+         command and provide the following key:\n\n    {key}\n\n\
+         Please remember to store this key in a password manager, since without it you\n\
+         will not be able to restart the manager.\n"
+    );
+    let locked_init = format::swarm(
+        &swarm_cmd("swarm init --autolock"),
+        &Reply::SwarmInit {
+            node_id: "gr9hx828svz91anfynghcb1bc".into(),
+            worker_token: Secret::new(TOKEN),
+            manager_addr: "10.102.20.32:2377".into(),
+            unlock_key: Some(Secret::new(key)),
+        },
+    )
+    .unwrap();
+    assert_eq!(locked_init, format!("{init}\n{unlock}"));
+    assert_eq!(
+        format::swarm(
+            &swarm_cmd("swarm update --autolock"),
+            &Reply::SwarmUpdated {
+                unlock_key: Some(Secret::new(key))
+            }
+        )
+        .unwrap(),
+        format!("Swarm updated.\n{unlock}")
+    );
+    assert_eq!(
+        format::swarm(
+            &swarm_cmd("swarm update --autolock=false"),
+            &Reply::SwarmUpdated { unlock_key: None }
+        )
+        .unwrap(),
+        "Swarm updated.\n"
+    );
+    let unlock_key = |rotated| Reply::UnlockKey {
+        key: Secret::new(key),
+        rotated,
+    };
+    assert_eq!(
+        format::swarm(&swarm_cmd("swarm unlock-key"), &unlock_key(false)).unwrap(),
+        unlock
+    );
+    assert_eq!(
+        format::swarm(&swarm_cmd("swarm unlock-key --rotate"), &unlock_key(true)).unwrap(),
+        format!("Successfully rotated manager unlock key.\n\n{unlock}")
+    );
+    assert_eq!(
+        format::swarm(
+            &swarm_cmd("swarm unlock-key -q --rotate"),
+            &unlock_key(true)
+        )
+        .unwrap(),
+        format!("{key}\n")
+    );
+    assert_eq!(
+        format::swarm(&SwarmCommand::Unlock, &Reply::SwarmUnlocked).unwrap(),
+        ""
+    );
+    assert!(!format!("{:?}", unlock_key(false)).contains("WuYH"));
     let token = |rotated| Reply::JoinToken {
         role: NodeRole::Manager,
         token: Secret::new(TOKEN),
@@ -1084,6 +1202,7 @@ impl Backend for Fake {
                     node_id: "pthddquqfyyf4f9kp41domb5c".into(),
                     worker_token: Secret::new(TOKEN),
                     manager_addr: "10.102.20.32:2377".into(),
+                    unlock_key: None,
                 }),
                 _ => Err(ApiError::new("This node is not a swarm manager.")),
             }
@@ -1314,10 +1433,35 @@ mod real {
     }
 
     struct Host {
+        name: String,
         dir: TempDir,
         socket: PathBuf,
         agent: Arc<ClusterAgent>,
         port: u16,
+        /// Agents started on this host so far (each restart serves a new socket).
+        starts: usize,
+    }
+
+    fn agent_config(
+        dir: &TempDir,
+        port: u16,
+        name: &str,
+        no_swarm: Option<&str>,
+    ) -> ClusterAgentConfig {
+        ClusterAgentConfig {
+            data_dir: dir.0.join("data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], port)),
+            underlay_interface: None,
+            advertise_addr: None,
+            data_path_port: 4789,
+            engine: EngineSource::Fixed("20.10.24".into()),
+            hostname: Some(name.into()),
+            timings: Some(fast_timings()),
+            node: None,
+            gossip_listen: None,
+            no_swarm: no_swarm.map(str::to_owned),
+            dataplane: None,
+        }
     }
 
     impl Host {
@@ -1329,27 +1473,47 @@ mod real {
             let dir = TempDir::new(name);
             let port = free_port();
             let agent = rt
-                .block_on(ClusterAgent::start(ClusterAgentConfig {
-                    data_dir: dir.0.join("data"),
-                    listen: SocketAddr::from(([127, 0, 0, 1], port)),
-                    underlay_interface: None,
-                    advertise_addr: None,
-                    data_path_port: 4789,
-                    engine: EngineSource::Fixed("20.10.24".into()),
-                    hostname: Some(name.into()),
-                    timings: Some(fast_timings()),
-                    node: None,
-                    gossip_listen: None,
-                    no_swarm: no_swarm.map(str::to_owned),
-                    dataplane: None,
-                }))
+                .block_on(ClusterAgent::start(agent_config(
+                    &dir, port, name, no_swarm,
+                )))
                 .unwrap();
             let socket = serve(rt, &dir, agent.clone());
             Host {
+                name: name.into(),
                 dir,
                 socket,
                 agent,
                 port,
+                starts: 1,
+            }
+        }
+
+        /// Stops the agent (its role shut down cleanly, files kept) and starts a new one
+        /// on the same data directory, as a restart of `shoal agent` does.
+        fn restart(&mut self, rt: &tokio::runtime::Runtime) {
+            rt.block_on(self.agent.shutdown());
+            self.agent = rt
+                .block_on(ClusterAgent::start(agent_config(
+                    &self.dir, self.port, &self.name, None,
+                )))
+                .unwrap();
+            self.starts += 1;
+            let path = self.dir.0.join(format!("shoal-{}.sock", self.starts));
+            let socket = {
+                let _guard = rt.enter();
+                server::bind(&path).unwrap()
+            };
+            rt.spawn(server::serve(socket, self.agent.clone()));
+            self.socket = path;
+        }
+
+        /// `swarm unlock` with `key` as if typed.
+        fn unlock(&self, key: &str) -> Result<(), String> {
+            let request = cli::unlock_key::request_from(key)?;
+            match Client::new(&self.socket).call(&request) {
+                Ok(Reply::SwarmUnlocked) => Ok(()),
+                Ok(other) => Err(format!("{other:?}")),
+                Err(e) => Err(e.to_string()),
             }
         }
 
@@ -1717,5 +1881,190 @@ mod real {
         .unwrap();
         assert_eq!(ids, id_before);
         rt.block_on(agent.shutdown());
+    }
+
+    /// Every file under `dir` checked owner-only on the way (dirs 0700, files 0600).
+    fn walk_owner_only(dir: &Path) -> usize {
+        use std::os::unix::fs::MetadataExt;
+        let mode = fs::symlink_metadata(dir).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o700, "{} is {mode:o}", dir.display());
+        let mut files = 0;
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                files += walk_owner_only(&path);
+            } else {
+                let mode = meta.mode() & 0o7777;
+                assert_eq!(mode, 0o600, "{} is {mode:o}", path.display());
+                files += 1;
+            }
+        }
+        files
+    }
+
+    fn unlock_key_in(out: &str) -> String {
+        out.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("SWMKEY-1-"))
+            .unwrap_or_else(|| panic!("no unlock key in {out}"))
+            .to_owned()
+    }
+
+    fn key_file(h: &Host) -> String {
+        fs::read_to_string(h.dir.0.join("data/cluster/manager-key.json")).unwrap()
+    }
+
+    #[test]
+    fn autolocked_managers_restart_locked_and_unlock_with_the_current_key_only() {
+        let rt = runtime();
+        let mut h1 = Host::start(&rt, "al1");
+        let mut h2 = Host::start(&rt, "al2");
+        let out = h1
+            .cli("swarm init --autolock --listen-addr 127.0.0.1")
+            .unwrap();
+        assert!(
+            out.contains(
+                "To unlock a swarm manager after it restarts, run the `shoal swarm unlock`"
+            ),
+            "{out}"
+        );
+        let key = unlock_key_in(&out);
+        assert_eq!(h1.cli("swarm unlock-key -q").unwrap().trim(), key);
+        assert!(h1.cli("swarm unlock-key").unwrap().contains(&key));
+        let token = h1
+            .cli("swarm join-token -q manager")
+            .unwrap()
+            .trim()
+            .to_owned();
+        h2.cli(&format!(
+            "swarm join --token {token} --listen-addr 127.0.0.1 {}",
+            h1.addr()
+        ))
+        .unwrap();
+        // The second manager has the key from the store and wrapped its data key in it.
+        wait_for(Duration::from_secs(20), || {
+            Ok(!key_file(&h2).contains("local_kek"))
+        })
+        .unwrap();
+        assert_eq!(h2.cli("swarm unlock-key -q").unwrap().trim(), key);
+        for h in [&h1, &h2] {
+            assert!(walk_owner_only(&h.dir.0.join("data")) >= 5);
+        }
+
+        // Restarted: locked, every request says so, nothing is served.
+        h1.restart(&rt);
+        h2.restart(&rt);
+        for h in [&h1, &h2] {
+            assert_eq!(rt.block_on(h.agent.role_name()), "locked");
+            for args in [
+                "node ls",
+                "swarm join-token worker",
+                "swarm unlock-key",
+                "service ls",
+            ] {
+                let e = h.cli(args).unwrap_err();
+                assert_eq!(
+                    e,
+                    "Swarm is encrypted and needs to be unlocked before it can be used. Please use \"shoal swarm unlock\" to unlock it.",
+                    "{args}"
+                );
+            }
+            assert!(h.cli("info").unwrap().starts_with("Swarm: locked\n"));
+        }
+        // A wrong key: refused, still locked.
+        let wrong = "SWMKEY-1-WuYH/IX284+lRcXuoVf38viIDK3HJEKY13MIHX+tTt8";
+        assert_eq!(
+            h1.unlock(wrong).unwrap_err(),
+            "swarm could not be unlocked: invalid key provided"
+        );
+        assert_eq!(rt.block_on(h1.agent.role_name()), "locked");
+        assert!(h1
+            .cli("node ls")
+            .unwrap_err()
+            .contains("Swarm is encrypted"));
+        // The right key: both serve again.
+        h1.unlock(&key).unwrap();
+        h2.unlock(&key).unwrap();
+        assert_eq!(h1.unlock(&key).unwrap_err(), "Error: swarm is not locked");
+        for h in [&h1, &h2] {
+            wait_for(Duration::from_secs(20), || {
+                let rows = h.cli("node ls")?;
+                Ok(rows.matches("Ready").count() == 2)
+            })
+            .unwrap();
+        }
+
+        // Rotation on h2: h1 follows; after a restart the old key is refused.
+        let before = key_file(&h1);
+        let out = h2.cli("swarm unlock-key --rotate").unwrap();
+        assert!(
+            out.starts_with("Successfully rotated manager unlock key.\n\n"),
+            "{out}"
+        );
+        let new_key = unlock_key_in(&out);
+        assert_ne!(new_key, key);
+        wait_for(Duration::from_secs(20), || Ok(key_file(&h1) != before)).unwrap();
+        h1.restart(&rt);
+        assert_eq!(
+            h1.unlock(&key).unwrap_err(),
+            "swarm could not be unlocked: invalid key provided"
+        );
+        h1.unlock(&new_key).unwrap();
+        wait_for(Duration::from_secs(20), || {
+            Ok(h1.cli("node ls")?.matches("Ready").count() == 2)
+        })
+        .unwrap();
+
+        // Off: no key to show or rotate, and a restart needs none.
+        assert_eq!(
+            h1.cli("swarm update --autolock=false").unwrap(),
+            "Swarm updated.\n"
+        );
+        assert_eq!(
+            h1.cli("swarm unlock-key").unwrap_err(),
+            "no unlock key is set"
+        );
+        assert_eq!(
+            h1.cli("swarm unlock-key --rotate").unwrap_err(),
+            "cannot rotate because autolock is not turned on"
+        );
+        wait_for(Duration::from_secs(20), || {
+            Ok(key_file(&h2).contains("local_kek"))
+        })
+        .unwrap();
+        h2.restart(&rt);
+        assert_eq!(rt.block_on(h2.agent.role_name()), "manager");
+        // On again: a new key, printed once.
+        let out = h2.cli("swarm update --autolock").unwrap();
+        assert!(out.starts_with("Swarm updated.\nTo unlock"), "{out}");
+        assert_ne!(unlock_key_in(&out), new_key);
+        assert_eq!(
+            h2.cli("swarm update --autolock").unwrap(),
+            "Swarm updated.\n"
+        );
+        for h in [&h1, &h2] {
+            rt.block_on(h.agent.shutdown());
+        }
+    }
+
+    #[test]
+    fn a_locked_node_may_leave_with_force() {
+        let rt = runtime();
+        let mut h1 = Host::start(&rt, "lf1");
+        h1.cli("swarm init --autolock --listen-addr 127.0.0.1")
+            .unwrap();
+        h1.restart(&rt);
+        assert!(h1
+            .cli("swarm leave")
+            .unwrap_err()
+            .contains("Swarm is encrypted"));
+        assert_eq!(
+            h1.cli("swarm leave --force").unwrap(),
+            "Node left the swarm.\n"
+        );
+        assert_eq!(rt.block_on(h1.agent.role_name()), "none");
+        assert!(h1.cli("swarm init --listen-addr 127.0.0.1").is_ok());
+        rt.block_on(h1.agent.shutdown());
     }
 }

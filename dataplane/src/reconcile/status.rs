@@ -5,6 +5,7 @@
 use std::{
     fs,
     io::{self, Write},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
     time::SystemTime,
 };
@@ -65,13 +66,23 @@ impl StatusFile {
 }
 
 /// Writes `body` to `path` through a temporary file renamed into place. No fsync: every
-/// file written this way is recomputed after a crash.
+/// file written this way is recomputed after a crash. Owner-only, like everything in the
+/// agent's data directory: the file is created 0600 (a missing directory 0700).
 pub fn write_atomic(path: &Path, body: &[u8]) -> io::Result<()> {
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
     }
     let tmp = path.with_extension("json.tmp");
-    fs::File::create(&tmp)?.write_all(body)?;
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?
+        .write_all(body)?;
     fs::rename(&tmp, path)
 }
 

@@ -14,10 +14,13 @@
 //! - `applied`: the store version each node's dataplane follows, as the leader heard
 //!   it, and the lowest over the Ready nodes (when a stopping task is withdrawn).
 //! - `accept`: the listener's accept loop and per-connection serving.
+//! - `autolock`: the manager's data key following the store's autolock setting, and
+//!   turning autolock on, off, or rotating its key.
 
 mod accept;
 mod admit;
 mod applied;
+mod autolock;
 mod forward;
 mod handlers;
 mod heartbeat;
@@ -34,11 +37,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::task::JoinHandle;
 
+use super::keys::ManagerKeys;
 use super::persist::{self, Local};
 use super::wire::{Client, WireError};
 use super::{ClusterError, ManagerStatus, Role, Timings};
 use crate::pki::cert::random_bytes;
 use crate::pki::{client_config, join_server_config, ClusterCa, IssueOptions, NodeIdentity};
+use crate::seal::DataKey;
 use crate::store::{ClusterState, NodeStatus, RaftId, StoreNode};
 use crate::token::JoinTokens;
 
@@ -170,6 +175,8 @@ pub(crate) struct Runtime {
     identity: RwLock<NodeIdentity>,
     client: RwLock<Arc<Client>>,
     core: RwLock<Option<Arc<Core>>>,
+    /// The data key (and the KEK wrapping it) while the node is a manager.
+    keys: Mutex<Option<ManagerKeys>>,
     local: Mutex<Local>,
     liveness: Mutex<Liveness>,
     /// The store version each node's dataplane follows (while this node leads).
@@ -183,7 +190,12 @@ pub(crate) struct Runtime {
 }
 
 impl Runtime {
-    fn new(dir: &Path, identity: NodeIdentity, local: Local) -> Result<Arc<Runtime>, ClusterError> {
+    fn new(
+        dir: &Path,
+        identity: NodeIdentity,
+        local: Local,
+        keys: Option<ManagerKeys>,
+    ) -> Result<Arc<Runtime>, ClusterError> {
         let client = Arc::new(Client::new(client_config(&identity, identity.ca())?));
         Ok(Arc::new(Runtime {
             dir: dir.to_path_buf(),
@@ -193,6 +205,7 @@ impl Runtime {
             identity: RwLock::new(identity),
             client: RwLock::new(client),
             core: RwLock::new(None),
+            keys: Mutex::new(keys),
             local: Mutex::new(local),
             liveness: Mutex::new(Liveness::default()),
             applied: Mutex::new(AppliedVersions::default()),
@@ -249,8 +262,27 @@ impl Runtime {
         persist::save_local(&self.dir, &local)
     }
 
+    /// The manager's data key; `None` on a worker.
+    pub(crate) fn data_key(&self) -> Option<DataKey> {
+        lock(&self.keys).as_ref().map(|k| k.data_key().clone())
+    }
+
+    /// The manager's data key, which a manager's work needs.
+    fn require_data_key(&self) -> Result<DataKey, ClusterError> {
+        self.data_key().ok_or_else(|| ClusterError::Files {
+            path: self.dir.clone(),
+            reason: "a manager without its data key".into(),
+        })
+    }
+
     fn set_identity(&self, identity: NodeIdentity) -> Result<(), ClusterError> {
-        persist::save_identity(&self.dir, &identity)?;
+        persist::save_identity(&self.dir, &identity, self.data_key().as_ref())?;
+        if identity.role() == Role::Worker && self.core().is_none() {
+            // Demoted, and the worker's identity is saved: the data key has nothing left
+            // to open.
+            super::keys::remove(&self.dir)?;
+            *lock(&self.keys) = None;
+        }
         let client = Arc::new(Client::new(client_config(&identity, identity.ca())?));
         if let Some(core) = self.core() {
             let config = Arc::new(join_server_config(&identity, identity.ca())?);

@@ -1,35 +1,50 @@
 //! The durable Raft log, vote and committed index of one manager.
 //!
-//! Layout of the storage directory:
-//! - `log.jsonl`: one JSON record a line, appended and fsynced before openraft is told the
-//!   write is done: an entry, a truncation (`from` index on), or a purge (up to a log ID).
-//!   Replaying the records gives the log. A torn last line (crash mid-write) is cut off at
-//!   open; a bad line followed by more data is corruption and refuses to open. When dead
+//! Layout of the storage directory (0700, every file 0600, see [`crate::private_fs`]):
+//! - `log.sealed`: one record a line, each sealed with the manager's data key
+//!   ([`DataKey`]; base64 of nonce, ciphertext and tag) and appended and fsynced before
+//!   openraft is told the write is done: an entry, a truncation (`from` index on), or a
+//!   purge (up to a log ID). Replaying the records gives the log. A torn last line (a
+//!   crash mid-write leaves no newline after it) is cut off at open; a whole line that
+//!   does not open (damaged, or sealed under another key) refuses to open. When dead
 //!   records outnumber live entries the file is rewritten (temp file, fsync, rename).
+//! - `log.jsonl`: the same records in plain JSON, as older agents wrote them: sealed into
+//!   `log.sealed` at open, then removed.
 //! - `vote.json`: the vote (term + voted-for), written to a temp file, fsynced, renamed, and
 //!   the directory fsynced, before openraft proceeds.
 //! - `committed.json`: the last known committed log ID, a hint only (openraft allows it to
 //!   lag), so it is renamed into place without fsync.
 //!
-//! Entries are also kept in memory: the cluster store is small and snapshots purge the log.
+//! The vote and the committed index hold no secret (terms, member IDs, indexes); entries
+//! do (join tokens, gossip keys, services' environments), so they are never on disk in
+//! the clear. Entries are also kept in memory: the cluster store is small and snapshots
+//! purge the log.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogId, StorageError, StorageIOError, Vote};
 use serde::{Deserialize, Serialize};
 
 use super::{RaftId, TypeConfig};
+use crate::private_fs::{self, write_atomic};
+use crate::seal::DataKey;
 
-const LOG_FILE: &str = "log.jsonl";
+const LOG_FILE: &str = "log.sealed";
+/// The plain log of older agents, sealed into [`LOG_FILE`] at open.
+const PLAIN_LOG_FILE: &str = "log.jsonl";
 const VOTE_FILE: &str = "vote.json";
 const COMMITTED_FILE: &str = "committed.json";
+/// Associated data of every sealed record.
+const RECORD_CONTEXT: &[u8] = b"shoal raft log record v1";
 
 // Externally tagged: an internally tagged enum buffers its content, and buffered JSON
 // cannot turn the membership's string map keys back into `u64` member IDs.
@@ -43,8 +58,9 @@ enum Record {
 
 struct Inner {
     dir: PathBuf,
+    key: DataKey,
     file: File,
-    /// Records in `log.jsonl`, live or dead.
+    /// Records in `log.sealed`, live or dead.
     records: usize,
     vote: Option<Vote<RaftId>>,
     committed: Option<LogId<RaftId>>,
@@ -62,25 +78,6 @@ fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("{what} {}: {e}", path.display()))
 }
 
-/// Writes `bytes` to `path` through a temp file and a rename; `durable` adds the fsyncs.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        if durable {
-            f.sync_all()?;
-        }
-    }
-    fs::rename(&tmp, path)?;
-    if durable {
-        if let Some(dir) = path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
-    }
-    Ok(())
-}
-
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> io::Result<Option<T>> {
     match fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
@@ -91,44 +88,100 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> io::Result<Option<T>>
     }
 }
 
+/// One record as a sealed line (newline included).
+fn sealed_line(key: &DataKey, record: &Record) -> io::Result<Vec<u8>> {
+    let plain = serde_json::to_vec(record).map_err(io::Error::other)?;
+    let sealed = key
+        .seal(RECORD_CONTEXT, &plain)
+        .map_err(|e| io::Error::other(format!("sealing a Raft log record: {e}")))?;
+    let mut line = STANDARD.encode(sealed).into_bytes();
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// Splits `bytes` into whole lines; the length of the whole lines (what follows the last
+/// newline is a torn write).
+fn whole_lines(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
+    let mut lines = Vec::new();
+    let mut good = 0;
+    while let Some(nl) = bytes[good..].iter().position(|&b| b == b'\n') {
+        lines.push(&bytes[good..good + nl]);
+        good += nl + 1;
+    }
+    (lines, good)
+}
+
+/// Seals an older agent's plain `log.jsonl` into `log.sealed` (temp file, fsync,
+/// rename), then removes the plain one. A plain file beside a sealed one is what a
+/// crash after the rename left: the sealed one is complete, the plain one goes.
+fn seal_plain_log(dir: &Path, key: &DataKey) -> io::Result<()> {
+    let plain_path = dir.join(PLAIN_LOG_FILE);
+    let bytes = match fs::read(&plain_path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let path = dir.join(LOG_FILE);
+    if !path.exists() {
+        let mut sealed = Vec::new();
+        let mut rest = &bytes[..];
+        let mut at = 0usize;
+        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+            match serde_json::from_slice::<Record>(&rest[..nl]) {
+                Ok(record) => sealed.extend(sealed_line(key, &record)?),
+                // The old format's torn last record: dropped, as the old reader did.
+                Err(_) if rest[nl + 1..].iter().all(|b| b.is_ascii_whitespace()) => break,
+                Err(e) => {
+                    return Err(io_err(
+                        "corrupt record in",
+                        &plain_path,
+                        format!("at byte {at}: {e}"),
+                    ))
+                }
+            }
+            at += nl + 1;
+            rest = &rest[nl + 1..];
+        }
+        write_atomic(&path, &sealed, true)?;
+        tracing::info!(path = %path.display(), "sealed the plain Raft log an older agent left");
+    }
+    fs::remove_file(&plain_path)?;
+    File::open(dir)?.sync_all()
+}
+
 impl LogStore {
-    /// Opens (or creates) the log in `dir` and replays it.
-    pub(crate) fn open(dir: &Path) -> io::Result<Self> {
-        fs::create_dir_all(dir)?;
+    /// Opens (or creates) the log in `dir`, sealed with `key`, and replays it.
+    pub(crate) fn open(dir: &Path, key: &DataKey) -> io::Result<Self> {
+        private_fs::create_dir(dir)?;
+        seal_plain_log(dir, key)?;
         let vote = read_json(&dir.join(VOTE_FILE))?;
         // A hint: unreadable (torn by a crash) means unknown.
         let committed = read_json(&dir.join(COMMITTED_FILE)).unwrap_or(None);
         let path = dir.join(LOG_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)?;
+        let mut file = private_fs::open_append(&path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
 
         let mut entries = BTreeMap::new();
         let mut last_purged: Option<LogId<RaftId>> = None;
-        let mut records = 0;
-        let mut good = 0usize;
-        let mut rest = &bytes[..];
-        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
-            let line = &rest[..nl];
-            let record: Record = match serde_json::from_slice(line) {
-                Ok(r) => r,
-                Err(e) => {
-                    let after = &rest[nl + 1..];
-                    if after.iter().all(|b| b.is_ascii_whitespace()) {
-                        break; // torn last record: cut below
-                    }
-                    return Err(io_err(
-                        "corrupt record in",
+        let (lines, good) = whole_lines(&bytes);
+        let records = lines.len();
+        for (n, line) in lines.into_iter().enumerate() {
+            let record: Record = STANDARD
+                .decode(line)
+                .map_err(|e| e.to_string())
+                .and_then(|sealed| key.open(RECORD_CONTEXT, &sealed).map_err(|e| e.to_string()))
+                .and_then(|plain| serde_json::from_slice(&plain).map_err(|e| e.to_string()))
+                .map_err(|e| {
+                    io_err(
+                        "record that does not open in",
                         &path,
-                        format!("at byte {good}: {e}"),
-                    ));
-                }
-            };
-            records += 1;
+                        format!(
+                            "record {} (damaged, or sealed under another data key): {e}",
+                            n + 1
+                        ),
+                    )
+                })?;
             match record {
                 Record::Entry { entry } => {
                     entries.insert(entry.log_id.index, entry);
@@ -141,8 +194,6 @@ impl LogStore {
                     last_purged = Some(upto);
                 }
             }
-            good += nl + 1;
-            rest = &rest[nl + 1..];
         }
         if good != bytes.len() {
             tracing::warn!(
@@ -157,6 +208,7 @@ impl LogStore {
         Ok(LogStore {
             inner: Arc::new(Mutex::new(Inner {
                 dir: dir.to_path_buf(),
+                key: key.clone(),
                 file,
                 records,
                 vote,
@@ -178,8 +230,7 @@ impl Inner {
     fn write_records(&mut self, records: &[Record]) -> io::Result<()> {
         let mut buf = Vec::new();
         for r in records {
-            serde_json::to_writer(&mut buf, r).map_err(io::Error::other)?;
-            buf.push(b'\n');
+            buf.extend(sealed_line(&self.key, r)?);
         }
         self.file.write_all(&buf)?;
         self.file.sync_data()?;
@@ -193,24 +244,19 @@ impl Inner {
             return Ok(());
         }
         let path = self.dir.join(LOG_FILE);
-        let tmp = path.with_extension("jsonl.tmp");
+        let tmp = path.with_extension("sealed.tmp");
         {
-            let mut w = BufWriter::new(File::create(&tmp)?);
+            let mut w = BufWriter::new(private_fs::create(&tmp)?);
             let mut n = 0;
             if let Some(upto) = self.last_purged {
-                serde_json::to_writer(&mut w, &Record::Purge { upto }).map_err(io::Error::other)?;
-                w.write_all(b"\n")?;
+                w.write_all(&sealed_line(&self.key, &Record::Purge { upto })?)?;
                 n += 1;
             }
             for entry in self.entries.values() {
-                serde_json::to_writer(
-                    &mut w,
-                    &Record::Entry {
-                        entry: entry.clone(),
-                    },
-                )
-                .map_err(io::Error::other)?;
-                w.write_all(b"\n")?;
+                let record = Record::Entry {
+                    entry: entry.clone(),
+                };
+                w.write_all(&sealed_line(&self.key, &record)?)?;
                 n += 1;
             }
             let f = w.into_inner().map_err(|e| e.into_error())?;
@@ -219,7 +265,7 @@ impl Inner {
         }
         fs::rename(&tmp, &path)?;
         File::open(&self.dir)?.sync_all()?;
-        self.file = OpenOptions::new().append(true).read(true).open(&path)?;
+        self.file = private_fs::open_append(&path)?;
         Ok(())
     }
 
@@ -401,10 +447,31 @@ mod tests {
         }
     }
 
+    fn secret_entry(index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::SetTokens {
+                tokens: serde_json::json!({"manager": "SWMTKN-1-topsecretvalue"}),
+            }),
+        }
+    }
+
+    fn contains(haystack: &[u8], needle: &str) -> bool {
+        haystack
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(path).unwrap().mode() & 0o7777
+    }
+
     #[tokio::test]
     async fn log_vote_truncate_and_purge_survive_reopen_and_a_torn_tail_is_cut() {
         let dir = tempdir("reopen");
-        let mut s = LogStore::open(&dir).unwrap();
+        let key = DataKey::generate();
+        let mut s = LogStore::open(&dir, &key).unwrap();
         append(&s, vec![membership_entry(1, 1)]);
         append(&s, (2..=10).map(|i| entry(1, i)).collect());
         s.truncate(LogId::new(CommittedLeaderId::new(1, 1), 8))
@@ -418,15 +485,16 @@ mod tests {
         s.save_vote(&vote).await.unwrap();
         drop(s);
 
-        // A crash in the middle of the next append.
-        let mut f = OpenOptions::new()
+        // A crash in the middle of the next append: part of a line, no newline.
+        let line = sealed_line(&key, &Record::Entry { entry: entry(2, 9) }).unwrap();
+        let mut f = fs::OpenOptions::new()
             .append(true)
             .open(dir.join(LOG_FILE))
             .unwrap();
-        f.write_all(b"{\"entry\":{\"entry\":{\"log_id\"").unwrap();
+        f.write_all(&line[..line.len() / 2]).unwrap();
         drop(f);
 
-        let mut s = LogStore::open(&dir).unwrap();
+        let mut s = LogStore::open(&dir, &key).unwrap();
         assert_eq!(s.read_vote().await.unwrap(), Some(vote));
         let state = s.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id.unwrap().index, 3);
@@ -446,7 +514,7 @@ mod tests {
         // Appending after the cut tail works and survives another reopen.
         append(&s, vec![entry(2, 9)]);
         drop(s);
-        let mut s = LogStore::open(&dir).unwrap();
+        let mut s = LogStore::open(&dir, &key).unwrap();
         assert_eq!(
             s.get_log_state().await.unwrap().last_log_id.unwrap().index,
             9
@@ -455,33 +523,115 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn corruption_in_the_middle_refuses_to_open() {
+    async fn a_whole_line_that_does_not_open_refuses_to_open() {
         let dir = tempdir("corrupt");
-        let s = LogStore::open(&dir).unwrap();
+        let key = DataKey::generate();
+        let s = LogStore::open(&dir, &key).unwrap();
         append(&s, vec![entry(1, 1)]);
         drop(s);
-        let mut f = OpenOptions::new()
-            .append(true)
-            .open(dir.join(LOG_FILE))
-            .unwrap();
-        f.write_all(b"garbage\n").unwrap();
-        drop(f);
-        let s = LogStore::open(&dir).unwrap();
-        append(&s, vec![entry(1, 2)]);
-        drop(s);
-        // "garbage" was the last line at the second open, so it was cut; now corrupt the middle.
+        // Another data key: not one record opens, and nothing is cut.
+        let before = fs::read(dir.join(LOG_FILE)).unwrap();
+        let e = LogStore::open(&dir, &DataKey::generate()).err().unwrap();
+        assert!(e.to_string().contains("another data key"), "{e}");
+        assert_eq!(fs::read(dir.join(LOG_FILE)).unwrap(), before);
+        // A damaged whole line, last or not, is corruption, not a torn write.
         let path = dir.join(LOG_FILE);
         let mut text = fs::read_to_string(&path).unwrap();
-        text.insert_str(0, "garbage\n");
-        fs::write(&path, text).unwrap();
-        assert!(LogStore::open(&dir).is_err());
+        text.push_str("Z2FyYmFnZQ\n");
+        fs::write(&path, &text).unwrap();
+        assert!(LogStore::open(&dir, &key).is_err());
+        text.insert_str(0, "Z2FyYmFnZQ\n");
+        fs::write(&path, &text).unwrap();
+        assert!(LogStore::open(&dir, &key).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_log_holds_no_plaintext_and_is_owner_only() {
+        let dir = tempdir("sealed");
+        let key = DataKey::generate();
+        let mut s = LogStore::open(&dir, &key).unwrap();
+        append(&s, vec![secret_entry(1)]);
+        s.save_vote(&Vote::new(1, 1)).await.unwrap();
+        s.save_committed(Some(LogId::new(CommittedLeaderId::new(1, 1), 1)))
+            .await
+            .unwrap();
+        drop(s);
+        assert!(!contains(
+            &fs::read(dir.join(LOG_FILE)).unwrap(),
+            "topsecretvalue"
+        ));
+        assert_eq!(mode(&dir), 0o700);
+        for file in [LOG_FILE, VOTE_FILE, COMMITTED_FILE] {
+            assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
+        }
+        let mut s = LogStore::open(&dir, &key).unwrap();
+        let got = s.try_get_log_entries(..).await.unwrap();
+        assert_eq!(got.len(), 1);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_older_plain_log_is_sealed_at_open() {
+        let dir = tempdir("plain");
+        fs::create_dir_all(&dir).unwrap();
+        let mut plain = Vec::new();
+        for r in [
+            Record::Entry {
+                entry: membership_entry(1, 1),
+            },
+            Record::Entry {
+                entry: secret_entry(2),
+            },
+            Record::Purge {
+                upto: LogId::new(CommittedLeaderId::new(1, 1), 1),
+            },
+        ] {
+            serde_json::to_writer(&mut plain, &r).unwrap();
+            plain.push(b'\n');
+        }
+        // The old reader's torn tail, dropped as it dropped it.
+        plain.extend_from_slice(b"{\"entry\":{\"ent");
+        fs::write(dir.join(PLAIN_LOG_FILE), &plain).unwrap();
+        let key = DataKey::generate();
+        let mut s = LogStore::open(&dir, &key).unwrap();
+        assert!(!dir.join(PLAIN_LOG_FILE).exists());
+        assert!(!contains(
+            &fs::read(dir.join(LOG_FILE)).unwrap(),
+            "topsecretvalue"
+        ));
+        assert_eq!(mode(&dir.join(LOG_FILE)), 0o600);
+        let got: Vec<u64> = s
+            .try_get_log_entries(..)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
+        assert_eq!(got, vec![2]);
+        assert_eq!(
+            s.get_log_state()
+                .await
+                .unwrap()
+                .last_purged_log_id
+                .unwrap()
+                .index,
+            1
+        );
+        // A crash after the sealed file was renamed in, before the plain one went.
+        drop(s);
+        fs::write(dir.join(PLAIN_LOG_FILE), b"{}\n").unwrap();
+        let mut s = LogStore::open(&dir, &key).unwrap();
+        assert!(!dir.join(PLAIN_LOG_FILE).exists());
+        assert_eq!(s.try_get_log_entries(..).await.unwrap().len(), 1);
         fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]
     async fn many_dead_records_are_compacted_away() {
         let dir = tempdir("compact");
-        let mut s = LogStore::open(&dir).unwrap();
+        let key = DataKey::generate();
+        let mut s = LogStore::open(&dir, &key).unwrap();
         for round in 0..30u64 {
             let base = round * 100;
             append(&s, (base + 1..=base + 100).map(|i| entry(1, i)).collect());
@@ -491,7 +641,8 @@ mod tests {
         }
         assert!(s.lock().records < 1100, "{}", s.lock().records);
         drop(s);
-        let mut s = LogStore::open(&dir).unwrap();
+        assert_eq!(mode(&dir.join(LOG_FILE)), 0o600, "the rewritten file too");
+        let mut s = LogStore::open(&dir, &key).unwrap();
         let got: Vec<u64> = s
             .try_get_log_entries(..)
             .await

@@ -9,7 +9,7 @@
 //! objects ([`ObjectKind`]); the rest, one kind each:
 //! - `node`: nodes (role, availability, liveness status).
 //! - `network`: network objects.
-//! - `cluster`: cluster-wide settings and the gossip keys.
+//! - `cluster`: cluster-wide settings, the gossip keys and the autolock unlock key.
 //! - `command`: the commands, why one is refused, and what applying one did.
 //! - `apply`: applying a command (the checks, then the change).
 
@@ -25,7 +25,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::service::{Service, Task};
 
-pub use cluster::{ClusterSpec, GossipKey, MAX_GOSSIP_KEYS};
+pub use cluster::{ClusterSpec, GossipKey, UnlockKey, MAX_GOSSIP_KEYS};
 pub use command::{ApplyResult, Command, Rejection};
 pub use network::Network;
 pub use node::{Availability, Node, NodeStatus, Role};
@@ -58,6 +58,17 @@ pub struct ClusterState {
     /// still accepted. Nodes receive them with their state over mutual TLS.
     #[serde(default)]
     pub gossip_keys: Vec<GossipKey>,
+    /// The unlock key while autolock is on (managers only: never in a node's view).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlock_key: Option<UnlockKey>,
+    /// The version at which autolock was last turned on or off or its key rotated (0:
+    /// never): the managers rewrap their data keys to follow it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub autolock_version: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Reads a map of typed objects, dropping entries that do not parse: states written

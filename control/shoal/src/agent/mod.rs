@@ -78,8 +78,15 @@ async fn serve(config: AgentConfig) -> Result<()> {
 
     let interface = config.underlay_interface.as_str();
     bpffs::prepare_pin_dir(&config.pin_dir)?;
-    fs::create_dir_all(&config.data_dir)
+    // Owner-only: it holds the cluster's secrets (sealed, but still only root's) and
+    // the node's state. An older agent's looser modes are narrowed here.
+    shoal_cluster::private_fs::create_dir(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let narrowed = shoal_cluster::private_fs::tighten(&config.data_dir)
+        .with_context(|| format!("making {} owner-only", config.data_dir.display()))?;
+    if narrowed > 0 {
+        info!(data_dir = %config.data_dir.display(), narrowed, "made the data directory owner-only");
+    }
 
     let mut program = UnderlayProgram::load_pinned_with(&config.pin_dir, config.lb_flows)?;
     let mode = program.attach_pinned(interface, &config.pin_dir)?;

@@ -15,6 +15,16 @@ pub fn join_command(token: &str, addr: &str) -> String {
     format!("shoal swarm join --token {token} {addr}")
 }
 
+/// How to unlock a restarted manager with `key`, as Docker says it.
+pub fn unlock_instructions(key: &str) -> String {
+    format!(
+        "To unlock a swarm manager after it restarts, run the `shoal swarm unlock`\n\
+         command and provide the following key:\n\n    {key}\n\n\
+         Please remember to store this key in a password manager, since without it you\n\
+         will not be able to restart the manager.\n"
+    )
+}
+
 /// Output of a `swarm` command.
 pub fn swarm(command: &SwarmCommand, reply: &Reply) -> Result<String, String> {
     match (command, reply) {
@@ -24,13 +34,40 @@ pub fn swarm(command: &SwarmCommand, reply: &Reply) -> Result<String, String> {
                 node_id,
                 worker_token,
                 manager_addr,
+                unlock_key,
             },
-        ) => Ok(format!(
-            "Swarm initialized: current node ({node_id}) is now a manager.\n\n\
-             To add a worker to this swarm, run the following command:\n\n    {}\n\n\
-             To add a manager to this swarm, run 'shoal swarm join-token manager' and follow the instructions.\n",
-            join_command(worker_token.expose(), manager_addr)
-        )),
+        ) => {
+            let mut out = format!(
+                "Swarm initialized: current node ({node_id}) is now a manager.\n\n\
+                 To add a worker to this swarm, run the following command:\n\n    {}\n\n\
+                 To add a manager to this swarm, run 'shoal swarm join-token manager' and follow the instructions.\n",
+                join_command(worker_token.expose(), manager_addr)
+            );
+            if let Some(key) = unlock_key {
+                out.push('\n');
+                out.push_str(&unlock_instructions(key.expose()));
+            }
+            Ok(out)
+        }
+        (SwarmCommand::Update(_), Reply::SwarmUpdated { unlock_key }) => {
+            let mut out = "Swarm updated.\n".to_owned();
+            if let Some(key) = unlock_key {
+                out.push_str(&unlock_instructions(key.expose()));
+            }
+            Ok(out)
+        }
+        (SwarmCommand::Unlock, Reply::SwarmUnlocked) => Ok(String::new()),
+        (SwarmCommand::UnlockKey(args), Reply::UnlockKey { key, rotated }) => {
+            if args.quiet {
+                return Ok(format!("{}\n", key.expose()));
+            }
+            let mut out = String::new();
+            if *rotated {
+                out.push_str("Successfully rotated manager unlock key.\n\n");
+            }
+            out.push_str(&unlock_instructions(key.expose()));
+            Ok(out)
+        }
         (SwarmCommand::Join(_), Reply::SwarmJoin { role, .. }) => {
             Ok(format!("This node joined a swarm as a {role}.\n"))
         }

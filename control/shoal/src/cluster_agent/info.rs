@@ -17,12 +17,13 @@ pub(super) async fn info(role: Option<&Role>, dataplane: Option<String>) -> Info
     let Some(role) = role else {
         return view;
     };
+    let Some(client) = role.node_client() else {
+        view.swarm = "locked".into();
+        view.error = Some(SWARM_LOCKED.into());
+        return view;
+    };
     view.swarm = "active".into();
     view.is_manager = role.acting_manager().is_some();
-    let client = match role {
-        Role::Manager(m) => m.node_client(),
-        Role::Worker(w) => w.node_client(),
-    };
     let me = client.node_id().to_owned();
     view.node_id = Some(me.clone());
     let state = match tokio::time::timeout(STATE_TIMEOUT, client.node_state(0)).await {

@@ -163,12 +163,13 @@ impl Runtime {
     }
 }
 
-/// What node `node_id` may see: the state without tokens, secrets, configs and sealed
-/// registry credentials, and the credentials (opened) of the services it has a live task
+/// What node `node_id` may see: the state without tokens, the unlock key, secrets,
+/// configs and sealed registry credentials, and the credentials (opened) of the services it has a live task
 /// of. Credentials that do not open are left out (logged): the node's pull then fails
 /// with the registry's answer, which says what is wrong.
 pub(super) fn node_view(mut state: ClusterState, node_id: &str, key: &RegistryAuthKey) -> NodeView {
     state.tokens = None;
+    state.unlock_key = None;
     state.secrets.clear();
     state.configs.clear();
     let mut registry_auth = BTreeMap::new();

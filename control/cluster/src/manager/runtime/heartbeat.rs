@@ -7,8 +7,8 @@ use std::time::SystemTime;
 use tokio::net::TcpListener;
 
 use super::{lock, with_port, Runtime};
-use crate::manager::persist;
 use crate::manager::wire::{Grant, HeartbeatAck, Request, Response};
+use crate::manager::{keys, persist};
 use crate::manager::{ClusterError, Role};
 use crate::pki::{ClusterCa, NodeCertificate, NodeIdentity};
 use crate::store::RaftId;
@@ -86,7 +86,7 @@ impl Runtime {
             self.identity().ca().clone(),
         )?;
         if let Some(key) = &grant.ca_key_pem {
-            persist::save_ca_key(&self.dir, key)?;
+            persist::save_ca_key(&self.dir, key, &self.require_data_key()?)?;
         }
         self.set_identity(identity)?;
         Ok(grant)
@@ -95,6 +95,12 @@ impl Runtime {
     async fn become_manager(self: &Arc<Self>, raft_id: Option<RaftId>) -> Result<(), ClusterError> {
         let raft_id =
             raft_id.ok_or_else(|| ClusterError::Protocol("promoted without a Raft ID".into()))?;
+        // The data key first: the manager's certificate key and the CA key are saved
+        // sealed with it. A local KEK until the store says whether autolock is on.
+        if lock(&self.keys).is_none() {
+            let manager_keys = keys::create(&self.dir, None)?;
+            *lock(&self.keys) = Some(manager_keys);
+        }
         let grant = self.renew().await?;
         let key = grant
             .ca_key_pem
@@ -120,6 +126,7 @@ impl Runtime {
         persist::remove_ca_key(&self.dir);
         self.update_local(|l| l.raft_id = None)?;
         tracing::info!(node = %self.node_id, "demoted: running as a worker");
+        // Saving the worker's identity drops the data key (`set_identity`).
         self.renew().await.map(|_| ())
     }
 }

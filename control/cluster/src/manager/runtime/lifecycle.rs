@@ -12,12 +12,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 
 use super::accept::accept_loop;
+use super::autolock::autolock_loop;
 use super::liveness::monitor_loop;
 use super::{
     fresh_raft_id, issue_options, lock, new_gossip_key, now_ms, with_port, write, Core, Runtime,
     HANDSHAKE_TIMEOUT,
 };
 use crate::ipam::{Networks, PoolConfig};
+use crate::manager::keys::{self, OnDisk};
 use crate::manager::persist::{self, Local};
 use crate::manager::wire::{exchange, Request, Response, TlsTransport};
 use crate::manager::{ClusterError, InitOptions, ManagerConfig, NodeInfo, Role, Timings};
@@ -25,9 +27,10 @@ use crate::pki::{
     bootstrap_client_config, is_ca_pin_mismatch, join_server_config, manager_server_name,
     new_node_id, pinned_ca_from_chain, ClusterCa, NodeCertificate, NodeIdentity,
 };
+use crate::seal::KeyEncryptionKey;
 use crate::store::{
     ApplyResult, Availability, ClusterSpec, ClusterState, Command, Network, Node, NodeStatus,
-    RaftId, StoreConfig, StoreNode,
+    RaftId, StoreConfig, StoreNode, UnlockKey,
 };
 use crate::token::{JoinToken, JoinTokens};
 
@@ -88,10 +91,15 @@ impl Runtime {
             timings,
         };
         let _ = std::fs::remove_dir_all(persist::raft_dir(&dir));
-        persist::save_ca_key(&dir, &ca.key_pem_secret())?;
+        // With autolock the unlock key wraps the data key from the start: no KEK is
+        // ever on disk.
+        let unlock_key = options.autolock.then(KeyEncryptionKey::generate);
+        let manager_keys = keys::create(&dir, unlock_key.as_ref())?;
+        let data_key = manager_keys.data_key().clone();
+        persist::save_ca_key(&dir, &ca.key_pem_secret(), &data_key)?;
         persist::save_local(&dir, &local)?;
 
-        let rt = Runtime::new(&dir, identity.clone(), local)?;
+        let rt = Runtime::new(&dir, identity.clone(), local, Some(manager_keys))?;
         let setup = async {
             let tokens = JoinTokens::generate(ca.digest());
             let core = rt
@@ -104,6 +112,9 @@ impl Runtime {
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            let autolock = unlock_key.as_ref().map(|k| Command::SetAutolock {
+                unlock_key: Some(UnlockKey { key: k.encode() }),
+            });
             let commands = [
                 Command::SetCluster {
                     cluster: ClusterSpec {
@@ -153,13 +164,13 @@ impl Runtime {
                     },
                 },
             ];
-            for command in commands {
+            for command in commands.into_iter().chain(autolock) {
                 if let ApplyResult::Rejected { rejection, .. } = core.store.propose(command).await?
                 {
                     return Err(ClusterError::Rejected(rejection));
                 }
             }
-            persist::save_identity(&dir, &identity)?;
+            persist::save_identity(&dir, &identity, Some(&data_key))?;
             Ok(())
         };
         match setup.await {
@@ -176,17 +187,43 @@ impl Runtime {
         }
     }
 
+    /// Restarts the node from `dir`. A manager whose data key is wrapped by the unlock
+    /// key (autolock) needs `unlock_key`: without it, [`ClusterError::Locked`] and nothing
+    /// starts; with a wrong one, [`ClusterError::BadUnlockKey`] and nothing changes. A
+    /// manager of an older agent (no key file, its store in the clear) gets a data key
+    /// now, and its store and keys are sealed as they are opened.
     pub(crate) async fn resume(
         dir: &Path,
         config: Option<&ManagerConfig>,
+        unlock_key: Option<&KeyEncryptionKey>,
     ) -> Result<Arc<Runtime>, ClusterError> {
-        let identity = persist::load_identity(dir)?;
-        let mut local = persist::load_local(dir)?;
-        match (config.is_some(), identity.role()) {
+        let role = persist::local_role(dir)?.ok_or(ClusterError::NotInCluster)?;
+        match (config.is_some(), role) {
             (true, Role::Worker) => return Err(ClusterError::NotManager),
             (false, Role::Manager) => return Err(ClusterError::IsManager),
             _ => {}
         }
+        // Narrows what an older agent left readable before anything is read.
+        persist::ensure_dir(dir)?;
+        let manager_keys = if role == Role::Manager {
+            Some(match (keys::load(dir)?, unlock_key) {
+                (OnDisk::Locked, None) => return Err(ClusterError::Locked),
+                (OnDisk::Locked, Some(key)) => keys::unlock(dir, key)?,
+                (_, Some(_)) => return Err(ClusterError::NotLocked),
+                (OnDisk::Open(k), None) => k,
+                (OnDisk::Missing, None) => keys::create(dir, None)?,
+            })
+        } else {
+            if unlock_key.is_some() {
+                return Err(ClusterError::NotLocked);
+            }
+            // Left by a demotion interrupted after the worker's identity was saved.
+            keys::remove(dir)?;
+            None
+        };
+        let data_key = manager_keys.as_ref().map(|k| k.data_key().clone());
+        let identity = persist::load_identity(dir, data_key.as_ref())?;
+        let mut local = persist::load_local(dir)?;
         if let Some(c) = config {
             if c.listen.port() != 0 {
                 local.listen = c.listen;
@@ -195,15 +232,15 @@ impl Runtime {
                 local.advertise = c.advertise;
             }
         }
-        let rt = Runtime::new(dir, identity.clone(), local.clone())?;
-        if identity.role() == Role::Manager {
+        let rt = Runtime::new(dir, identity.clone(), local.clone(), manager_keys)?;
+        if let Some(data_key) = data_key {
             let listener = TcpListener::bind(local.listen).await?;
             let listen = listener.local_addr()?;
             rt.update_local(|l| {
                 l.listen = listen;
                 l.advertise = with_port(l.advertise, listen.port());
             })?;
-            let ca = persist::load_ca(dir, &identity)?;
+            let ca = persist::load_ca(dir, &identity, &data_key)?;
             let raft_id = local.raft_id.ok_or_else(|| ClusterError::Files {
                 path: dir.to_path_buf(),
                 reason: "a manager without a Raft ID".into(),
@@ -315,14 +352,18 @@ impl Runtime {
         };
         let _ = std::fs::remove_dir_all(persist::raft_dir(&dir));
         persist::save_local(&dir, &local)?;
-        let rt = Runtime::new(&dir, identity.clone(), local)?;
+        let rt = Runtime::new(&dir, identity.clone(), local, None)?;
         *lock(&rt.join_clock_skew) = excessive_skew;
         let setup = async {
             if role == Role::Manager {
                 let key = grant.ca_key_pem.as_deref().ok_or_else(|| {
                     ClusterError::Protocol("a manager grant without the CA key".into())
                 })?;
-                persist::save_ca_key(&dir, key)?;
+                // A local KEK until the store says whether autolock is on (then the
+                // data key is rewrapped under the cluster's unlock key).
+                let manager_keys = keys::create(&dir, None)?;
+                persist::save_ca_key(&dir, key, manager_keys.data_key())?;
+                *lock(&rt.keys) = Some(manager_keys);
                 let ca = ClusterCa::from_pem(&identity.ca().pem(), key)?;
                 let raft_id = grant.raft_id.ok_or_else(|| {
                     ClusterError::Protocol("a manager grant without a Raft ID".into())
@@ -332,7 +373,7 @@ impl Runtime {
             } else {
                 drop(listener);
             }
-            persist::save_identity(&dir, &identity)
+            persist::save_identity(&dir, &identity, rt.data_key().as_ref())
         };
         match setup.await {
             Ok(()) => {
@@ -359,9 +400,11 @@ impl Runtime {
         let transport = Arc::new(TlsTransport {
             rt: Arc::downgrade(self),
         });
+        let data_key = self.require_data_key()?;
         let store = StoreNode::start_with(
             raft_id,
             persist::raft_dir(&self.dir),
+            &data_key,
             transport,
             store_config(&self.timings),
         )
@@ -384,7 +427,8 @@ impl Runtime {
         write(&self.core, Some(core.clone()));
         let accept = tokio::spawn(accept_loop(self.clone(), core.clone(), listener));
         let monitor = tokio::spawn(monitor_loop(self.clone(), core.clone()));
-        lock(&core.tasks).extend([accept, monitor]);
+        let autolock = tokio::spawn(autolock_loop(self.clone(), core.clone()));
+        lock(&core.tasks).extend([accept, monitor, autolock]);
         Ok(core)
     }
 

@@ -162,6 +162,15 @@ impl ClusterState {
                 }
                 Ok(())
             }
+            Command::SetAutolock { unlock_key } => match unlock_key {
+                Some(k) if crate::seal::KeyEncryptionKey::decode(&k.key).is_err() => {
+                    Err(Rejection::Invalid {
+                        what: "unlock key".into(),
+                        detail: "not 32 bytes in base64".into(),
+                    })
+                }
+                _ => Ok(()),
+            },
             Command::UpsertObject { kind, id, spec } => {
                 nonempty(&format!("{kind} ID"), id)?;
                 if *kind == ObjectKind::Task {
@@ -340,6 +349,10 @@ impl ClusterState {
             Command::SetTokens { tokens } => self.tokens = Some(tokens.clone()),
             Command::SetCluster { cluster } => self.cluster = Some(cluster.clone()),
             Command::SetGossipKeys { keys } => self.gossip_keys = keys.clone(),
+            Command::SetAutolock { unlock_key } => {
+                self.unlock_key = unlock_key.clone();
+                self.autolock_version = version;
+            }
             Command::UpsertObject { kind, id, spec } => match kind {
                 ObjectKind::Task => {
                     if let Ok(mut t) = serde_json::from_value::<Task>(spec.clone()) {

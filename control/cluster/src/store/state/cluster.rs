@@ -1,4 +1,5 @@
-//! Cluster-wide settings: the options chosen at `swarm init` and the gossip keys.
+//! Cluster-wide settings: the options chosen at `swarm init`, the gossip keys and the
+//! autolock unlock key.
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -42,5 +43,20 @@ impl std::fmt::Debug for GossipKey {
             "GossipKey {{ id: {}, created_ms: {}, secret: <redacted> }}",
             self.id, self.created_ms
         )
+    }
+}
+
+/// The cluster's unlock key while autolock is on: the key-encryption key that wraps every
+/// manager's data key (see [`crate::seal`]). Replicated to the managers through the log,
+/// which each of them seals with its data key; never part of a node's view.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnlockKey {
+    /// 32 bytes, base64 without padding ([`crate::seal::KeyEncryptionKey::encode`]).
+    pub key: String,
+}
+
+impl std::fmt::Debug for UnlockKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UnlockKey(<redacted>)")
     }
 }

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Availability, ClusterSpec, GossipKey, Network, Node, NodeStatus, ObjectKind, Role};
+use super::{
+    Availability, ClusterSpec, GossipKey, Network, Node, NodeStatus, ObjectKind, Role, UnlockKey,
+};
 use crate::store::service::{Service, Task, TaskStatusUpdate};
 
 /// A change to the cluster state. Only these change it, and only through the log.
@@ -97,6 +99,12 @@ pub enum Command {
     /// 64-hex-digit secrets.
     SetGossipKeys {
         keys: Vec<GossipKey>,
+    },
+    /// Autolock on with `unlock_key` (a new one rotates it), or off (`None`). The
+    /// key must be 32 bytes in base64.
+    SetAutolock {
+        #[serde(default)]
+        unlock_key: Option<UnlockKey>,
     },
     UpsertObject {
         kind: ObjectKind,
