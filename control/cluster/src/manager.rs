@@ -192,6 +192,8 @@ pub enum ClusterError {
     Rejected(Rejection),
     #[error("not authorized: {0}")]
     Unauthorized(String),
+    #[error("busy: {0}")]
+    Busy(String),
     #[error("cannot reach a manager: {0}")]
     Unreachable(String),
     #[error("TLS: {0}")]

@@ -49,7 +49,7 @@ pub use service::{
 };
 pub use state::{
     ApplyResult, Availability, ClusterSpec, ClusterState, Command, GossipKey, Network, Node,
-    NodeStatus, ObjectKind, Rejection, Role, MAX_GOSSIP_KEYS,
+    NodeStatus, ObjectKind, Rejection, RemovedNode, Role, MAX_GOSSIP_KEYS,
 };
 pub use transport::{MemNetwork, RaftRequest, RaftResponse, Transport, TransportError};
 
@@ -281,6 +281,13 @@ impl StoreNode {
     /// stale (a follower behind, a leader cut off from the others); never waits.
     pub fn read_stale(&self) -> ClusterState {
         self.sm.read().state.clone()
+    }
+
+    /// Looks at this member's own copy of the state without copying it (see
+    /// [`StoreNode::read_stale`]): for checks made on every request, such as whether a
+    /// caller is still a member.
+    pub fn peek<T>(&self, f: impl FnOnce(&ClusterState) -> T) -> T {
+        f(&self.sm.read().state)
     }
 
     /// The store version this member has applied, updated as entries are applied.

@@ -7,7 +7,10 @@
 //!   manager core and the node's tasks.
 //! - `forward`: calls to the leader (followed across "not the leader" answers).
 //! - `heartbeat`: the node's own loop: heartbeats, role changes, certificate renewal.
-//! - `handlers`: the server side: authorization and dispatch of each request.
+//! - `handlers`: the server side: what each request needs, and its dispatch.
+//! - `authorize`: whether a caller may ask, from its certificate and the store.
+//! - `view`: what a node may see of the state (its tasks' needs only).
+//! - `reports`: task reports cut to what changes something; the nodes' write budgets.
 //! - `admit`: joins and renewals (certificates issued by the leader).
 //! - `membership`: leave, promote, demote, remove and manager-ready on the leader.
 //! - `liveness`: heartbeats received and the leader's monitor that marks nodes Down.
@@ -18,12 +21,15 @@
 mod accept;
 mod admit;
 mod applied;
+mod authorize;
 mod forward;
 mod handlers;
 mod heartbeat;
 mod lifecycle;
 mod liveness;
 mod membership;
+mod reports;
+mod view;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -42,8 +48,10 @@ use crate::pki::{client_config, join_server_config, ClusterCa, IssueOptions, Nod
 use crate::store::{ClusterState, NodeStatus, RaftId, StoreNode};
 use crate::token::JoinTokens;
 
+use accept::{Admission, ListenerLimits};
 use applied::AppliedVersions;
 use liveness::Liveness;
+use reports::WriteBudget;
 
 /// Bound on a server-side TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -174,6 +182,10 @@ pub(crate) struct Runtime {
     liveness: Mutex<Liveness>,
     /// The store version each node's dataplane follows (while this node leads).
     applied: Mutex<AppliedVersions>,
+    /// The store writes each node may still cause (while this node leads).
+    writes: Mutex<WriteBudget>,
+    /// The bounds on port 2377's connections (while this node is a manager).
+    admission: Arc<Admission>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     transition: tokio::sync::Mutex<()>,
     join_requests: AtomicU64,
@@ -196,6 +208,8 @@ impl Runtime {
             local: Mutex::new(local),
             liveness: Mutex::new(Liveness::default()),
             applied: Mutex::new(AppliedVersions::default()),
+            writes: Mutex::new(WriteBudget::default()),
+            admission: Admission::new(ListenerLimits::default()),
             tasks: Mutex::new(Vec::new()),
             transition: tokio::sync::Mutex::new(()),
             join_requests: AtomicU64::new(0),

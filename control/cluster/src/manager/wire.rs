@@ -20,12 +20,16 @@ use crate::store::{
 };
 use crate::token::JoinToken;
 
-/// Largest frame accepted (a Raft snapshot of a big state fits).
-const MAX_FRAME: usize = 64 << 20;
+/// Largest frame accepted, from a manager (a Raft snapshot of a big state fits); callers
+/// without a certificate, and workers, get much less (see `runtime::accept`).
+pub(crate) const MAX_FRAME: usize = 64 << 20;
 /// Bound on TCP connect plus TLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Idle connections kept per peer address.
 const IDLE_PER_PEER: usize = 4;
+/// Bound on one Raft exchange (openraft bounds its calls more tightly still; this one
+/// holds for a snapshot too).
+const RAFT_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A request. No `Debug`: `Join` carries the token.
 #[derive(Clone, Serialize, Deserialize)]
@@ -83,7 +87,35 @@ pub(crate) enum Request {
     },
 }
 
+/// How long a joining node waits for its answer, given the cluster's request timeout
+/// `t`: the manager reads the state through the leader and records the node there.
+pub(crate) fn join_deadline(t: Duration) -> Duration {
+    t * 4 + Duration::from_secs(1)
+}
+
 impl Request {
+    /// How long a caller waits for the answer, given the cluster's request timeout `t`
+    /// (the bound on each store call a handler makes): as many of those as the handler
+    /// makes at most, and a second for the wire.
+    pub(crate) fn deadline(&self, t: Duration) -> Duration {
+        let calls = match self {
+            Request::Raft(_) => return RAFT_DEADLINE,
+            Request::Join { .. } => return join_deadline(t),
+            Request::Promote { .. }
+            | Request::Demote { .. }
+            | Request::RemoveNode { .. }
+            | Request::Leave
+            | Request::ManagerReady { .. } => 4,
+            Request::Heartbeat { .. } | Request::RotateToken { .. } => 2,
+            Request::Execute(_)
+            | Request::ReadState
+            | Request::Renew { .. }
+            | Request::NodeState { .. }
+            | Request::ReportTasks { .. } => 1,
+        };
+        t * calls + Duration::from_secs(1)
+    }
+
     pub(crate) fn name(&self) -> &'static str {
         match self {
             Request::Join { .. } => "join",
@@ -183,6 +215,10 @@ pub(crate) enum WireError {
     Unauthorized {
         detail: String,
     },
+    /// The caller asks too often; it may retry later.
+    Busy {
+        detail: String,
+    },
     Other {
         detail: String,
     },
@@ -205,6 +241,7 @@ impl From<WireError> for ClusterError {
             WireError::AlreadyRole { node, role } => ClusterError::AlreadyRole { node, role },
             WireError::Rejected { rejection } => ClusterError::Rejected(rejection),
             WireError::Unauthorized { detail } => ClusterError::Unauthorized(detail),
+            WireError::Busy { detail } => ClusterError::Busy(detail),
             WireError::Other { detail } => ClusterError::Protocol(detail),
         }
     }
@@ -227,6 +264,7 @@ impl From<ClusterError> for WireError {
             ClusterError::AlreadyRole { node, role } => WireError::AlreadyRole { node, role },
             ClusterError::Rejected(rejection) => WireError::Rejected { rejection },
             ClusterError::Unauthorized(detail) => WireError::Unauthorized { detail },
+            ClusterError::Busy(detail) => WireError::Busy { detail },
             e => WireError::Other {
                 detail: e.to_string(),
             },
@@ -267,9 +305,13 @@ pub(crate) async fn write_frame<S: AsyncWrite + Unpin>(
     stream.flush().await
 }
 
-/// The next frame, or `None` at a clean end of stream.
+/// The next frame, or `None` at a clean end of stream. A frame longer than `max` is
+/// refused from its length alone (nothing is allocated for it); its body must arrive
+/// within `body_timeout` of its length.
 pub(crate) async fn read_frame<S: AsyncRead + Unpin>(
     stream: &mut S,
+    max: usize,
+    body_timeout: Duration,
 ) -> std::io::Result<Option<Vec<u8>>> {
     let mut len = [0u8; 4];
     match stream.read_exact(&mut len).await {
@@ -278,26 +320,35 @@ pub(crate) async fn read_frame<S: AsyncRead + Unpin>(
         Err(e) => return Err(e),
     }
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
+    if len > max {
         return Err(std::io::Error::other(format!(
-            "frame of {len} bytes is too large"
+            "frame of {len} bytes is too large (at most {max} here)"
         )));
     }
     let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).await?;
+    match tokio::time::timeout(body_timeout, stream.read_exact(&mut body)).await {
+        Ok(r) => r?,
+        Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+    };
     Ok(Some(body))
 }
 
-/// One request/response exchange on an open stream.
+/// One request/response exchange on an open stream, within `deadline`.
 pub(crate) async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     body: &[u8],
+    deadline: Duration,
 ) -> Result<Reply, String> {
-    write_frame(stream, body).await.map_err(|e| e.to_string())?;
-    let frame = read_frame(stream)
+    let round_trip = async {
+        write_frame(stream, body).await.map_err(|e| e.to_string())?;
+        read_frame(stream, MAX_FRAME, deadline)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "connection closed before the response".to_string())
+    };
+    let frame = tokio::time::timeout(deadline, round_trip)
         .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| "connection closed before the response".to_string())?;
+        .map_err(|_| format!("no response within {deadline:?}"))??;
     serde_json::from_slice(&frame).map_err(|e| format!("bad response: {e}"))
 }
 
@@ -356,17 +407,25 @@ impl Client {
     }
 
     /// Sends `request` to the manager at `addr`, reusing an idle connection when there is
-    /// one (and retrying once on a fresh one if that had gone stale).
-    pub(crate) async fn call(&self, addr: &str, request: &Request) -> Result<Reply, CallError> {
+    /// one (and retrying once on a fresh one if that had gone stale). Each exchange has
+    /// `deadline` to get its answer: a pooled connection that went dead without a word
+    /// (a partition, a peer that hangs) fails the call instead of holding it, and the
+    /// connection is dropped.
+    pub(crate) async fn call(
+        &self,
+        addr: &str,
+        request: &Request,
+        deadline: Duration,
+    ) -> Result<Reply, CallError> {
         let body = serde_json::to_vec(request).map_err(|e| CallError::Exchange(e.to_string()))?;
         if let Some(mut conn) = self.take_idle(addr) {
-            if let Ok(reply) = exchange(&mut conn, &body).await {
+            if let Ok(reply) = exchange(&mut conn, &body, deadline).await {
                 self.put_idle(addr, conn);
                 return Ok(reply);
             }
         }
         let mut conn = self.connect(addr).await?;
-        let reply = exchange(&mut conn, &body)
+        let reply = exchange(&mut conn, &body, deadline)
             .await
             .map_err(CallError::Exchange)?;
         self.put_idle(addr, conn);
@@ -398,7 +457,9 @@ impl Transport for TlsTransport {
             };
             let client = rt.client();
             drop(rt);
-            match client.call(&addr, &Request::Raft(request)).await {
+            let request = Request::Raft(request);
+            let deadline = request.deadline(Duration::ZERO);
+            match client.call(&addr, &request, deadline).await {
                 Ok(Ok(Response::Raft(r))) => Ok(r),
                 Ok(Ok(_)) => Err(TransportError::Failed {
                     to,

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::ipam::{Networks, PoolConfig};
 use crate::manager::persist::{self, Local};
-use crate::manager::wire::{exchange, Request, Response, TlsTransport};
+use crate::manager::wire::{exchange, join_deadline, Request, Response, TlsTransport};
 use crate::manager::{ClusterError, InitOptions, ManagerConfig, NodeInfo, Role, Timings};
 use crate::pki::{
     bootstrap_client_config, is_ca_pin_mismatch, join_server_config, manager_server_name,
@@ -266,7 +266,8 @@ impl Runtime {
         let body =
             serde_json::to_vec(&request).map_err(|e| ClusterError::Protocol(e.to_string()))?;
         drop(request);
-        let reply = exchange(&mut tls, &body)
+        // Bounded: the agent holds its role while joining.
+        let reply = exchange(&mut tls, &body, join_deadline(timings.request_timeout))
             .await
             .map_err(|e| ClusterError::Unreachable(format!("{manager}: {e}")))?;
         drop(tls);
@@ -382,7 +383,12 @@ impl Runtime {
             tasks: Mutex::new(Vec::new()),
         });
         write(&self.core, Some(core.clone()));
-        let accept = tokio::spawn(accept_loop(self.clone(), core.clone(), listener));
+        let accept = tokio::spawn(accept_loop(
+            self.clone(),
+            core.clone(),
+            listener,
+            self.admission.clone(),
+        ));
         let monitor = tokio::spawn(monitor_loop(self.clone(), core.clone()));
         lock(&core.tasks).extend([accept, monitor]);
         Ok(core)
