@@ -29,6 +29,8 @@
 
 mod persist;
 mod runtime;
+#[cfg(test)]
+mod tests;
 mod wire;
 
 use std::collections::BTreeMap;
