@@ -21,7 +21,7 @@ const BRAVO_ENV: &str = "BRAVO_SECRET=bravo-env-91ad";
 /// Asks the managers, from the client namespace, with `config`: starting at `addr`,
 /// following "not the leader" answers.
 fn ask(
-    client_ns: &PathBuf,
+    client_ns: &Path,
     addr: SocketAddr,
     config: &Arc<rustls::ClientConfig>,
     request: &Value,
@@ -236,7 +236,7 @@ fn removed_and_demoted_nodes_get_nothing_and_workers_only_their_own() {
     .expect("h1 reads the state");
     let removed = &state["state"]["removed_nodes"];
     assert!(
-        removed.get(&h2_identity.node_id().to_string()).is_some(),
+        removed.get(h2_identity.node_id()).is_some(),
         "{removed}"
     );
 
