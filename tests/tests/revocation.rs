@@ -4,7 +4,12 @@
 //! service's; a demoted manager's manager certificate writes and reads nothing (the node
 //! works on as a worker); a removed node's agent, left running with its certificate,
 //! fetches nothing and reports nothing.
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Instant};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Instant,
+};
 
 use serde_json::{json, Value};
 use shoal_tests::{
@@ -235,10 +240,7 @@ fn removed_and_demoted_nodes_get_nothing_and_workers_only_their_own() {
     )
     .expect("h1 reads the state");
     let removed = &state["state"]["removed_nodes"];
-    assert!(
-        removed.get(h2_identity.node_id()).is_some(),
-        "{removed}"
-    );
+    assert!(removed.get(h2_identity.node_id()).is_some(), "{removed}");
 
     lab::down(&guard.layout).expect("lab down");
     assert_eq!(lab::leftovers(&guard.layout), Vec::<String>::new());
