@@ -4,7 +4,7 @@
 //! directory, or with none. Requests and answers are plain JSON, as on the wire.
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr, TcpStream},
     path::Path,
     sync::Arc,
     time::Duration,
@@ -14,6 +14,7 @@ use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use shoal_cluster::pki::{
     bootstrap_client_config, client_config, manager_server_name, CaDigest, NodeIdentity,
 };
+use socket2::{Domain, Socket, Type};
 
 /// A TLS connection to a manager's port 2377.
 pub type Conn = StreamOwned<ClientConnection, TcpStream>;
@@ -40,13 +41,37 @@ pub fn stranger_config(digest: &CaDigest) -> Arc<ClientConfig> {
     Arc::new(bootstrap_client_config(digest).expect("bootstrap config"))
 }
 
+/// A TCP connection to `addr` from `source` (any address of this namespace when None).
+pub fn tcp_from(
+    source: Option<IpAddr>,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if let Some(ip) = source {
+        socket.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    socket.connect_timeout(&addr.into(), timeout)?;
+    Ok(socket.into())
+}
+
 /// Connects and completes the TLS handshake within `timeout`.
 pub fn connect(
     addr: SocketAddr,
     config: &Arc<ClientConfig>,
     timeout: Duration,
 ) -> std::io::Result<Conn> {
-    let tcp = TcpStream::connect_timeout(&addr, timeout)?;
+    connect_from(None, addr, config, timeout)
+}
+
+/// [`connect`] from `source`.
+pub fn connect_from(
+    source: Option<IpAddr>,
+    addr: SocketAddr,
+    config: &Arc<ClientConfig>,
+    timeout: Duration,
+) -> std::io::Result<Conn> {
+    let tcp = tcp_from(source, addr, timeout)?;
     tcp.set_read_timeout(Some(timeout))?;
     tcp.set_write_timeout(Some(timeout))?;
     let conn = ClientConnection::new(config.clone(), manager_server_name())
