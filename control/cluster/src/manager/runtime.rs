@@ -41,7 +41,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinHandle;
 
 use super::persist::{self, Local};
-use super::wire::{Client, WireError};
+use super::wire::{Client, KnownManagers, WireError};
 use super::{ClusterError, ManagerStatus, Role, Timings};
 use crate::pki::cert::random_bytes;
 use crate::pki::{client_config, join_server_config, ClusterCa, IssueOptions, NodeIdentity};
@@ -102,6 +102,17 @@ pub(crate) fn tokens_of(state: &ClusterState) -> Result<JoinTokens, String> {
         .as_ref()
         .ok_or_else(|| "the cluster has no join tokens".to_string())?;
     serde_json::from_value(value.clone()).map_err(|e| format!("join tokens in the store: {e}"))
+}
+
+/// The managers' node IDs in `state` (those a node may talk to as managers).
+fn manager_ids(state: &ClusterState) -> Vec<String> {
+    state
+        .nodes
+        .values()
+        .filter(|n| n.role == crate::store::Role::Manager && n.raft_id.is_some())
+        .filter(|n| !state.removed_nodes.contains_key(&n.id))
+        .map(|n| n.id.clone())
+        .collect()
 }
 
 /// The managers' advertise addresses in `state`.
@@ -176,6 +187,8 @@ pub(crate) struct Runtime {
     cluster_id: String,
     timings: Timings,
     identity: RwLock<NodeIdentity>,
+    /// The managers this node's client talks to (from the leader's answers).
+    known_managers: Arc<KnownManagers>,
     client: RwLock<Arc<Client>>,
     core: RwLock<Option<Arc<Core>>>,
     local: Mutex<Local>,
@@ -196,8 +209,13 @@ pub(crate) struct Runtime {
 
 impl Runtime {
     fn new(dir: &Path, identity: NodeIdentity, local: Local) -> Result<Arc<Runtime>, ClusterError> {
-        let client = Arc::new(Client::new(client_config(&identity, identity.ca())?));
+        let known_managers = Arc::new(KnownManagers::default());
+        let client = Arc::new(Client::new(
+            client_config(&identity, identity.ca())?,
+            known_managers.clone(),
+        ));
         Ok(Arc::new(Runtime {
+            known_managers,
             dir: dir.to_path_buf(),
             node_id: identity.node_id().to_string(),
             cluster_id: identity.cluster_id().to_string(),
@@ -254,7 +272,7 @@ impl Runtime {
         self.core().ok_or(ClusterError::NotManager)
     }
 
-    fn update_local(&self, f: impl FnOnce(&mut Local)) -> Result<(), ClusterError> {
+    pub(crate) fn update_local(&self, f: impl FnOnce(&mut Local)) -> Result<(), ClusterError> {
         let local = {
             let mut local = lock(&self.local);
             f(&mut local);
@@ -265,7 +283,10 @@ impl Runtime {
 
     fn set_identity(&self, identity: NodeIdentity) -> Result<(), ClusterError> {
         persist::save_identity(&self.dir, &identity)?;
-        let client = Arc::new(Client::new(client_config(&identity, identity.ca())?));
+        let client = Arc::new(Client::new(
+            client_config(&identity, identity.ca())?,
+            self.known_managers.clone(),
+        ));
         if let Some(core) = self.core() {
             let config = Arc::new(join_server_config(&identity, identity.ca())?);
             write(&core.server_config, config);

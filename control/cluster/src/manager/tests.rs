@@ -1,6 +1,7 @@
 //! Revocation and least privilege on real TLS sockets (all nodes in this process, on
-//! 127.0.0.1): a removed node's certificate, a demoted manager's manager certificate and
-//! callers without a certificate, each asking port 2377 what they should not get.
+//! 127.0.0.1): a removed node's certificate, a demoted manager's manager certificate
+//! (as a client and as a server) and callers without a certificate, each asking port
+//! 2377 what they should not get.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -108,7 +109,10 @@ where
 /// A client holding the identity kept in `dir` (a copy of a node's files).
 fn client_of(dir: &std::path::Path) -> Client {
     let identity = persist::load_identity(dir).unwrap();
-    Client::new(client_config(&identity, identity.ca()).unwrap())
+    Client::new(
+        client_config(&identity, identity.ca()).unwrap(),
+        Default::default(),
+    )
 }
 
 fn refusal(reply: Reply) -> String {
@@ -124,6 +128,38 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     for name in ["identity.json", "node.json"] {
         std::fs::copy(from.join(name), to.join(name)).unwrap();
     }
+}
+
+/// A server on 127.0.0.1 holding the identity kept in `dir`, answering every request
+/// with a refusal; its address.
+async fn fake_server(dir: &std::path::Path) -> String {
+    let identity = persist::load_identity(dir).unwrap();
+    let config = crate::pki::join_server_config(&identity, identity.ca()).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                while let Ok(Some(_)) =
+                    super::wire::read_frame(&mut tls, 1 << 20, Duration::from_secs(5)).await
+                {
+                    let reply: Reply = Err(WireError::Unauthorized {
+                        detail: "a fake".into(),
+                    });
+                    let body = serde_json::to_vec(&reply).unwrap();
+                    if super::wire::write_frame(&mut tls, &body).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -240,6 +276,17 @@ async fn a_demoted_managers_manager_certificate_cannot_write_but_it_works_as_a_w
         "a manager writes"
     );
 
+    // A server holding m3's manager certificate: a manager talks to it while m3 is one.
+    let fake = fake_server(&kept).await;
+    eventually("m1 reaches the server holding m3's certificate", || async {
+        match m1.rt.client().call(&fake, &Request::ReadState, CALL).await {
+            Ok(Err(WireError::Unauthorized { detail })) if detail == "a fake" => Ok(()),
+            Ok(other) => Err(format!("{:?}", other.err())),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+
     eventually("m3 demoted", || async {
         m1.demote(&m3_id).await.map_err(|e| e.to_string())
     })
@@ -279,6 +326,16 @@ async fn a_demoted_managers_manager_certificate_cannot_write_but_it_works_as_a_w
         state.nodes.values().all(|n| n.raft_id != Some(424242)),
         "nothing of the forged vote reached the store"
     );
+    // Nor does it pass for a manager as a server: the managers' clients know who the
+    // managers are now.
+    eventually("m1 refuses m3's old certificate as a server", || async {
+        match m1.rt.client().call(&fake, &Request::ReadState, CALL).await {
+            Err(super::wire::CallError::Connect(why)) if why.contains("not a manager") => Ok(()),
+            Err(e) => Err(e.to_string()),
+            Ok(_) => Err("m1 talked to it".into()),
+        }
+    })
+    .await;
     // Worker calls still work with it (it keeps working as a worker until it renews),
     // and m3 itself works on as a worker.
     let fetched = old
@@ -395,5 +452,141 @@ async fn callers_without_a_certificate_send_a_small_join_or_nothing() {
         panic!("w1 joined as a manager");
     };
     w1.shutdown().await;
+    m1.shutdown().await;
+}
+
+fn task_on(id: &str, node: &str) -> crate::store::Task {
+    crate::store::Task {
+        id: id.into(),
+        service_id: "s1".into(),
+        slot: 1,
+        node_id: Some(node.into()),
+        desired_state: TaskState::Running,
+        status: TaskStatus {
+            state: TaskState::Assigned,
+            ..Default::default()
+        },
+        networks: vec![],
+        force_update: 0,
+        spec: None,
+        restarts: 0,
+        restart_window_start_ms: 0,
+        failures_in_a_row: 0,
+        job_iteration: None,
+        created_ms: 0,
+        version: 0,
+    }
+}
+
+fn moved(task: &str, state: TaskState) -> TaskStatusUpdate {
+    TaskStatusUpdate {
+        task_id: task.into(),
+        status: TaskStatus {
+            state,
+            ..Default::default()
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reports_and_heartbeats_write_only_what_their_node_may_change() {
+    let base = TempBase::new("reports");
+    let m1 = Manager::init_with(
+        base.config("m1"),
+        info("m1"),
+        InitOptions::default(),
+        timings(),
+    )
+    .await
+    .unwrap();
+    let Joined::Worker(w1) = join_as(&base, "w1", &m1, Role::Worker).await else {
+        panic!("w1 joined as a manager");
+    };
+    let Joined::Worker(w2) = join_as(&base, "w2", &m1, Role::Worker).await else {
+        panic!("w2 joined as a manager");
+    };
+    let (w1_id, w2_id) = (w1.node_id().to_string(), w2.node_id().to_string());
+    let mut tasks: Vec<_> = (0..40).map(|i| task_on(&format!("t{i}"), &w1_id)).collect();
+    tasks.push(task_on("theirs", &w2_id));
+    m1.execute(crate::store::Command::PutTasks { tasks })
+        .await
+        .unwrap()
+        .into_result()
+        .unwrap();
+
+    // Empty, no-op and other nodes' reports are answered and write nothing.
+    let client = w1.node_client();
+    let version = m1.state().await.unwrap().version;
+    client.report_tasks(vec![]).await.unwrap();
+    client
+        .report_tasks(vec![moved("t0", TaskState::Assigned)])
+        .await
+        .unwrap();
+    client
+        .report_tasks(vec![moved("theirs", TaskState::Failed)])
+        .await
+        .unwrap();
+    client
+        .report_tasks(vec![moved("no-such-task", TaskState::Running)])
+        .await
+        .unwrap();
+    let state = m1.state().await.unwrap();
+    assert_eq!(
+        state.version, version,
+        "a report that changes nothing wrote"
+    );
+    assert_eq!(state.tasks["theirs"].status.state, TaskState::Assigned);
+
+    // Reports that move the node's own tasks write, within the node's budget.
+    let mut written = 0;
+    let mut busy = None;
+    for i in 0..40 {
+        match client
+            .report_tasks(vec![moved(&format!("t{i}"), TaskState::Running)])
+            .await
+        {
+            Ok(()) => written += 1,
+            Err(ClusterError::Busy(why)) => {
+                busy = Some(why);
+                break;
+            }
+            Err(e) => panic!("report {i}: {e}"),
+        }
+    }
+    assert!(
+        (10..40).contains(&written),
+        "{written} reports written before the budget ran out"
+    );
+    assert!(busy.is_some_and(|why| why.contains("too often")));
+    // The budget refills: the executor's next pass gets through.
+    eventually("the budget refills", || async {
+        client
+            .report_tasks(vec![moved("t39", TaskState::Running)])
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+
+    // A heartbeat records the engine's version, never a new name.
+    w1.rt
+        .update_local(|l| {
+            l.info.hostname = "renamed".into();
+            l.info.engine_version = "28.0.0".into();
+        })
+        .unwrap();
+    let node = eventually("the new engine version recorded", || async {
+        let state = m1.state().await.map_err(|e| e.to_string())?;
+        let node = state.nodes[&w1_id].clone();
+        if node.engine_version == "28.0.0" {
+            Ok(node)
+        } else {
+            Err(node.engine_version)
+        }
+    })
+    .await;
+    assert_eq!(node.hostname, "w1", "a heartbeat renamed the node");
+    for w in [w1, w2] {
+        w.shutdown().await;
+    }
     m1.shutdown().await;
 }

@@ -1,7 +1,7 @@
 //! The protocol on port 2377: messages, frames, the pooled TLS client, and the Raft
 //! transport over it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use tokio_rustls::TlsConnector;
 
 use super::runtime::Runtime;
 use super::{ClusterError, NodeInfo, Role};
-use crate::pki::manager_server_name;
+use crate::pki::{manager_server_name, PeerIdentity};
 use crate::store::transport::BoxFuture;
 use crate::store::{
     ApplyResult, ClusterState, Command, RaftId, RaftRequest, RaftResponse, Rejection,
@@ -147,6 +147,9 @@ pub(crate) struct Grant {
     pub raft_id: Option<RaftId>,
     /// The managers' advertise addresses.
     pub managers: Vec<String>,
+    /// The managers' node IDs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub manager_ids: Vec<String>,
     /// The manager's clock (ms since the epoch), for the skew warning.
     pub server_time_ms: u64,
 }
@@ -157,6 +160,9 @@ pub(crate) struct HeartbeatAck {
     pub role: Role,
     pub raft_id: Option<RaftId>,
     pub managers: Vec<String>,
+    /// The node IDs of the current managers (a leader from before them sends none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub manager_ids: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -354,27 +360,79 @@ pub(crate) async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
 
 type Conn = tokio_rustls::client::TlsStream<TcpStream>;
 
-/// A node's mTLS client to managers (server name `shoal-manager`), keeping idle
-/// connections per address.
+/// Whether a server may be talked to as a manager. A certificate naming
+/// `shoal-manager` proves its holder was made a manager, not that it still is one: a
+/// demoted manager keeps its old certificate. A manager asks its own copy of the store
+/// (a worker or revoked node is refused, one it does not know yet passes: its copy may
+/// be behind); a worker, which has none, keeps the managers' node IDs the leader last
+/// named (`None`: not heard yet, anyone with the certificate passes).
+#[derive(Default)]
+pub(crate) struct KnownManagers {
+    heard: std::sync::RwLock<Option<HashSet<String>>>,
+    store: std::sync::RwLock<Option<StoreVerdict>>,
+}
+
+/// What a manager's store says of a node: `Some(true)` a manager, `Some(false)` not
+/// (a worker, revoked), `None` unknown.
+pub(crate) type StoreVerdict = Box<dyn Fn(&str) -> Option<bool> + Send + Sync>;
+
+impl KnownManagers {
+    /// Records the managers the leader named (an empty list says nothing: a leader from
+    /// before the list existed).
+    pub(crate) fn set(&self, ids: &[String]) {
+        if ids.is_empty() {
+            return;
+        }
+        *self.heard.write().unwrap_or_else(|p| p.into_inner()) =
+            Some(ids.iter().cloned().collect());
+    }
+
+    /// While this node is a manager: ask its store (`None`: it stopped being one).
+    pub(crate) fn follow_store(&self, verdict: Option<StoreVerdict>) {
+        *self.store.write().unwrap_or_else(|p| p.into_inner()) = verdict;
+    }
+
+    /// Whether `node_id` may serve as a manager.
+    pub(crate) fn admits(&self, node_id: &str) -> bool {
+        if let Some(verdict) = &*self.store.read().unwrap_or_else(|p| p.into_inner()) {
+            return verdict(node_id) != Some(false);
+        }
+        self.heard
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_none_or(|ids| ids.contains(node_id))
+    }
+}
+
+/// A node's mTLS client to managers (server name `shoal-manager`, and a node among the
+/// [`KnownManagers`]), keeping idle connections per address.
 pub(crate) struct Client {
     connector: TlsConnector,
-    idle: Mutex<HashMap<String, Vec<Conn>>>,
+    managers: Arc<KnownManagers>,
+    /// Idle connections per address, with the server's node ID.
+    idle: Mutex<HashMap<String, Vec<(Conn, String)>>>,
 }
 
 impl Client {
-    pub(crate) fn new(config: rustls::ClientConfig) -> Client {
+    pub(crate) fn new(config: rustls::ClientConfig, managers: Arc<KnownManagers>) -> Client {
         Client {
             connector: TlsConnector::from(Arc::new(config)),
+            managers,
             idle: Mutex::new(HashMap::new()),
         }
     }
 
-    fn take_idle(&self, addr: &str) -> Option<Conn> {
+    /// An idle connection to `addr` whose server is still a manager (the others are
+    /// dropped).
+    fn take_idle(&self, addr: &str) -> Option<(Conn, String)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.get_mut(addr).and_then(|v| v.pop())
+        let v = idle.get_mut(addr)?;
+        v.retain(|(_, server)| self.managers.admits(server));
+        v.pop()
     }
 
-    fn put_idle(&self, addr: &str, conn: Conn) {
+    fn put_idle(&self, addr: &str, conn: (Conn, String)) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let v = idle.entry(addr.to_string()).or_default();
         if v.len() < IDLE_PER_PEER {
@@ -387,16 +445,27 @@ impl Client {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    async fn connect(&self, addr: &str) -> Result<Conn, CallError> {
+    /// A new connection to `addr`, with its server's node ID.
+    async fn connect(&self, addr: &str) -> Result<(Conn, String), CallError> {
         let fut = async {
             let tcp = TcpStream::connect(addr)
                 .await
                 .map_err(|e| CallError::Connect(e.to_string()))?;
             let _ = tcp.set_nodelay(true);
-            self.connector
+            let tls = self
+                .connector
                 .connect(manager_server_name(), tcp)
                 .await
-                .map_err(|e| CallError::Connect(format!("TLS: {e}")))
+                .map_err(|e| CallError::Connect(format!("TLS: {e}")))?;
+            let server = PeerIdentity::from_peer_certificates(tls.get_ref().1.peer_certificates())
+                .map_err(|e| CallError::Connect(format!("TLS: {e}")))?;
+            if !self.managers.admits(server.node_id()) {
+                return Err(CallError::Connect(format!(
+                    "node {} is not a manager of this cluster any more",
+                    server.node_id()
+                )));
+            }
+            Ok((tls, server.node_id().to_owned()))
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {
             Ok(r) => r,
@@ -419,13 +488,13 @@ impl Client {
     ) -> Result<Reply, CallError> {
         let body = serde_json::to_vec(request).map_err(|e| CallError::Exchange(e.to_string()))?;
         if let Some(mut conn) = self.take_idle(addr) {
-            if let Ok(reply) = exchange(&mut conn, &body, deadline).await {
+            if let Ok(reply) = exchange(&mut conn.0, &body, deadline).await {
                 self.put_idle(addr, conn);
                 return Ok(reply);
             }
         }
         let mut conn = self.connect(addr).await?;
-        let reply = exchange(&mut conn, &body, deadline)
+        let reply = exchange(&mut conn.0, &body, deadline)
             .await
             .map_err(CallError::Exchange)?;
         self.put_idle(addr, conn);
@@ -479,6 +548,30 @@ impl Transport for TlsTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_passes_for_a_manager_while_the_store_or_the_leader_says_it_is_one() {
+        let known = KnownManagers::default();
+        assert!(
+            known.admits("m1"),
+            "nothing heard yet: the certificate decides"
+        );
+        known.set(&[]);
+        assert!(known.admits("m1"), "an empty list says nothing");
+        known.set(&["m1".to_owned(), "m2".to_owned()]);
+        assert!(known.admits("m1") && known.admits("m2"));
+        assert!(!known.admits("demoted"));
+        // A manager asks its own store: unknown passes, a worker or revoked node not.
+        known.follow_store(Some(Box::new(|id| match id {
+            "m1" => Some(true),
+            "demoted" => Some(false),
+            _ => None,
+        })));
+        assert!(known.admits("m1") && known.admits("newer"));
+        assert!(!known.admits("demoted"));
+        known.follow_store(None);
+        assert!(!known.admits("newer"), "back to what the leader said");
+    }
 
     #[test]
     fn a_node_state_request_reads_and_writes_as_before_when_it_says_nothing_applied() {

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{
-    fresh_raft_id, issue_options, manager_addrs, now_ms, other, pki_role, store_role, tokens_of,
-    Core, Runtime,
+    fresh_raft_id, issue_options, manager_addrs, manager_ids, now_ms, other, pki_role, store_role,
+    tokens_of, Core, Runtime,
 };
 use crate::manager::wire::{Grant, Reply, Response, WireError};
 use crate::manager::{NodeInfo, Role};
@@ -45,6 +45,7 @@ impl Runtime {
             ca_key_pem: (role == Role::Manager).then(|| core.ca.key_pem_secret()),
             raft_id,
             managers: manager_addrs(state),
+            manager_ids: manager_ids(state),
             server_time_ms: now_ms(),
         }
     }

@@ -317,6 +317,7 @@ impl Runtime {
         let _ = std::fs::remove_dir_all(persist::raft_dir(&dir));
         persist::save_local(&dir, &local)?;
         let rt = Runtime::new(&dir, identity.clone(), local)?;
+        rt.known_managers.set(&grant.manager_ids);
         *lock(&rt.join_clock_skew) = excessive_skew;
         let setup = async {
             if role == Role::Manager {
@@ -383,6 +384,20 @@ impl Runtime {
             tasks: Mutex::new(Vec::new()),
         });
         write(&self.core, Some(core.clone()));
+        let store = Arc::downgrade(&core);
+        self.known_managers.follow_store(Some(Box::new(move |id| {
+            store.upgrade().and_then(|core| {
+                core.store.peek(|state| {
+                    if state.removed_nodes.contains_key(id) {
+                        return Some(false);
+                    }
+                    state
+                        .nodes
+                        .get(id)
+                        .map(|n| n.role == crate::store::Role::Manager)
+                })
+            })
+        })));
         let accept = tokio::spawn(accept_loop(
             self.clone(),
             core.clone(),
@@ -396,6 +411,7 @@ impl Runtime {
 
     pub(super) async fn stop_core(&self) {
         let core = self.core.write().unwrap_or_else(|p| p.into_inner()).take();
+        self.known_managers.follow_store(None);
         if let Some(core) = core {
             for task in lock(&core.tasks).drain(..) {
                 task.abort();

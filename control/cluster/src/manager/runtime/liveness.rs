@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::handlers::propose;
-use super::{lock, manager_addrs, pki_role, Core, Runtime};
+use super::{lock, manager_addrs, manager_ids, pki_role, Core, Runtime};
 use crate::manager::wire::{HeartbeatAck, Reply, Response, WireError};
 use crate::manager::NodeInfo;
 use crate::store::{Command, MemberState, NodeStatus};
@@ -66,6 +66,7 @@ impl Runtime {
             role: pki_role(node.role),
             raft_id: node.raft_id,
             managers: manager_addrs(&state),
+            manager_ids: manager_ids(&state),
         }))
     }
 }
