@@ -38,6 +38,8 @@
 mod keys;
 mod persist;
 mod runtime;
+#[cfg(test)]
+mod tests;
 mod wire;
 
 use std::collections::BTreeMap;
@@ -206,6 +208,8 @@ pub enum ClusterError {
     Rejected(Rejection),
     #[error("not authorized: {0}")]
     Unauthorized(String),
+    #[error("busy: {0}")]
+    Busy(String),
     #[error("cannot reach a manager: {0}")]
     Unreachable(String),
     #[error("TLS: {0}")]

@@ -52,7 +52,7 @@ pub use service::{
 };
 pub use state::{
     ApplyResult, Availability, ClusterSpec, ClusterState, Command, GossipKey, Network, Node,
-    NodeStatus, ObjectKind, Rejection, Role, UnlockKey, MAX_GOSSIP_KEYS,
+    NodeStatus, ObjectKind, Rejection, RemovedNode, Role, UnlockKey, MAX_GOSSIP_KEYS,
 };
 pub use transport::{MemNetwork, RaftRequest, RaftResponse, Transport, TransportError};
 
@@ -291,7 +291,8 @@ impl StoreNode {
     }
 
     /// `f` of this member's own copy of the state (as [`StoreNode::read_stale`], without
-    /// copying all of it).
+    /// copying all of it): for checks made on every request, such as whether a caller is
+    /// still a member.
     pub fn read_stale_with<T>(&self, f: impl FnOnce(&ClusterState) -> T) -> T {
         f(&self.sm.read().state)
     }

@@ -7,7 +7,10 @@
 //!   manager core and the node's tasks.
 //! - `forward`: calls to the leader (followed across "not the leader" answers).
 //! - `heartbeat`: the node's own loop: heartbeats, role changes, certificate renewal.
-//! - `handlers`: the server side: authorization and dispatch of each request.
+//! - `handlers`: the server side: what each request needs, and its dispatch.
+//! - `authorize`: whether a caller may ask, from its certificate and the store.
+//! - `view`: what a node may see of the state (its tasks' needs only).
+//! - `reports`: task reports cut to what changes something; the nodes' write budgets.
 //! - `admit`: joins and renewals (certificates issued by the leader).
 //! - `membership`: leave, promote, demote, remove and manager-ready on the leader.
 //! - `liveness`: heartbeats received and the leader's monitor that marks nodes Down.
@@ -20,6 +23,7 @@
 mod accept;
 mod admit;
 mod applied;
+mod authorize;
 mod autolock;
 mod forward;
 mod handlers;
@@ -27,6 +31,8 @@ mod heartbeat;
 mod lifecycle;
 mod liveness;
 mod membership;
+mod reports;
+mod view;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -39,7 +45,7 @@ use tokio::task::JoinHandle;
 
 use super::keys::ManagerKeys;
 use super::persist::{self, Local};
-use super::wire::{Client, WireError};
+use super::wire::{Client, KnownManagers, WireError};
 use super::{ClusterError, ManagerStatus, Role, Timings};
 use crate::pki::cert::random_bytes;
 use crate::pki::{client_config, join_server_config, ClusterCa, IssueOptions, NodeIdentity};
@@ -47,8 +53,10 @@ use crate::seal::DataKey;
 use crate::store::{ClusterState, NodeStatus, RaftId, StoreNode};
 use crate::token::JoinTokens;
 
+use accept::{Admission, ListenerLimits};
 use applied::AppliedVersions;
 use liveness::Liveness;
+use reports::WriteBudget;
 
 /// Bound on a server-side TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -99,6 +107,17 @@ pub(crate) fn tokens_of(state: &ClusterState) -> Result<JoinTokens, String> {
         .as_ref()
         .ok_or_else(|| "the cluster has no join tokens".to_string())?;
     serde_json::from_value(value.clone()).map_err(|e| format!("join tokens in the store: {e}"))
+}
+
+/// The managers' node IDs in `state` (those a node may talk to as managers).
+fn manager_ids(state: &ClusterState) -> Vec<String> {
+    state
+        .nodes
+        .values()
+        .filter(|n| n.role == crate::store::Role::Manager && n.raft_id.is_some())
+        .filter(|n| !state.removed_nodes.contains_key(&n.id))
+        .map(|n| n.id.clone())
+        .collect()
 }
 
 /// The managers' advertise addresses in `state`.
@@ -173,6 +192,8 @@ pub(crate) struct Runtime {
     cluster_id: String,
     timings: Timings,
     identity: RwLock<NodeIdentity>,
+    /// The managers this node's client talks to (from the leader's answers).
+    known_managers: Arc<KnownManagers>,
     client: RwLock<Arc<Client>>,
     core: RwLock<Option<Arc<Core>>>,
     /// The data key (and the KEK wrapping it) while the node is a manager.
@@ -181,6 +202,10 @@ pub(crate) struct Runtime {
     liveness: Mutex<Liveness>,
     /// The store version each node's dataplane follows (while this node leads).
     applied: Mutex<AppliedVersions>,
+    /// The store writes each node may still cause (while this node leads).
+    writes: Mutex<WriteBudget>,
+    /// The bounds on port 2377's connections (while this node is a manager).
+    admission: Arc<Admission>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     transition: tokio::sync::Mutex<()>,
     join_requests: AtomicU64,
@@ -196,8 +221,13 @@ impl Runtime {
         local: Local,
         keys: Option<ManagerKeys>,
     ) -> Result<Arc<Runtime>, ClusterError> {
-        let client = Arc::new(Client::new(client_config(&identity, identity.ca())?));
+        let known_managers = Arc::new(KnownManagers::default());
+        let client = Arc::new(Client::new(
+            client_config(&identity, identity.ca())?,
+            known_managers.clone(),
+        ));
         Ok(Arc::new(Runtime {
+            known_managers,
             dir: dir.to_path_buf(),
             node_id: identity.node_id().to_string(),
             cluster_id: identity.cluster_id().to_string(),
@@ -209,6 +239,8 @@ impl Runtime {
             local: Mutex::new(local),
             liveness: Mutex::new(Liveness::default()),
             applied: Mutex::new(AppliedVersions::default()),
+            writes: Mutex::new(WriteBudget::default()),
+            admission: Admission::new(ListenerLimits::default()),
             tasks: Mutex::new(Vec::new()),
             transition: tokio::sync::Mutex::new(()),
             join_requests: AtomicU64::new(0),
@@ -253,7 +285,7 @@ impl Runtime {
         self.core().ok_or(ClusterError::NotManager)
     }
 
-    fn update_local(&self, f: impl FnOnce(&mut Local)) -> Result<(), ClusterError> {
+    pub(crate) fn update_local(&self, f: impl FnOnce(&mut Local)) -> Result<(), ClusterError> {
         let local = {
             let mut local = lock(&self.local);
             f(&mut local);
@@ -283,7 +315,10 @@ impl Runtime {
             super::keys::remove(&self.dir)?;
             *lock(&self.keys) = None;
         }
-        let client = Arc::new(Client::new(client_config(&identity, identity.ca())?));
+        let client = Arc::new(Client::new(
+            client_config(&identity, identity.ca())?,
+            self.known_managers.clone(),
+        ));
         if let Some(core) = self.core() {
             let config = Arc::new(join_server_config(&identity, identity.ca())?);
             write(&core.server_config, config);

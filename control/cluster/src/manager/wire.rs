@@ -1,7 +1,7 @@
 //! The protocol on port 2377: messages, frames, the pooled TLS client, and the Raft
 //! transport over it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use tokio_rustls::TlsConnector;
 
 use super::runtime::Runtime;
 use super::{ClusterError, NodeInfo, Role};
-use crate::pki::manager_server_name;
+use crate::pki::{manager_server_name, PeerIdentity};
 use crate::store::transport::BoxFuture;
 use crate::store::{
     ApplyResult, ClusterState, Command, RaftId, RaftRequest, RaftResponse, Rejection,
@@ -20,12 +20,16 @@ use crate::store::{
 };
 use crate::token::JoinToken;
 
-/// Largest frame accepted (a Raft snapshot of a big state fits).
-const MAX_FRAME: usize = 64 << 20;
+/// Largest frame accepted, from a manager (a Raft snapshot of a big state fits); callers
+/// without a certificate, and workers, get much less (see `runtime::accept`).
+pub(crate) const MAX_FRAME: usize = 64 << 20;
 /// Bound on TCP connect plus TLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Idle connections kept per peer address.
 const IDLE_PER_PEER: usize = 4;
+/// Bound on one Raft exchange (openraft bounds its calls more tightly still; this one
+/// holds for a snapshot too).
+const RAFT_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A request. No `Debug`: `Join` carries the token.
 #[derive(Clone, Serialize, Deserialize)]
@@ -83,7 +87,35 @@ pub(crate) enum Request {
     },
 }
 
+/// How long a joining node waits for its answer, given the cluster's request timeout
+/// `t`: the manager reads the state through the leader and records the node there.
+pub(crate) fn join_deadline(t: Duration) -> Duration {
+    t * 4 + Duration::from_secs(1)
+}
+
 impl Request {
+    /// How long a caller waits for the answer, given the cluster's request timeout `t`
+    /// (the bound on each store call a handler makes): as many of those as the handler
+    /// makes at most, and a second for the wire.
+    pub(crate) fn deadline(&self, t: Duration) -> Duration {
+        let calls = match self {
+            Request::Raft(_) => return RAFT_DEADLINE,
+            Request::Join { .. } => return join_deadline(t),
+            Request::Promote { .. }
+            | Request::Demote { .. }
+            | Request::RemoveNode { .. }
+            | Request::Leave
+            | Request::ManagerReady { .. } => 4,
+            Request::Heartbeat { .. } | Request::RotateToken { .. } => 2,
+            Request::Execute(_)
+            | Request::ReadState
+            | Request::Renew { .. }
+            | Request::NodeState { .. }
+            | Request::ReportTasks { .. } => 1,
+        };
+        t * calls + Duration::from_secs(1)
+    }
+
     pub(crate) fn name(&self) -> &'static str {
         match self {
             Request::Join { .. } => "join",
@@ -115,6 +147,9 @@ pub(crate) struct Grant {
     pub raft_id: Option<RaftId>,
     /// The managers' advertise addresses.
     pub managers: Vec<String>,
+    /// The managers' node IDs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub manager_ids: Vec<String>,
     /// The manager's clock (ms since the epoch), for the skew warning.
     pub server_time_ms: u64,
 }
@@ -125,6 +160,9 @@ pub(crate) struct HeartbeatAck {
     pub role: Role,
     pub raft_id: Option<RaftId>,
     pub managers: Vec<String>,
+    /// The node IDs of the current managers (a leader from before them sends none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub manager_ids: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -183,6 +221,10 @@ pub(crate) enum WireError {
     Unauthorized {
         detail: String,
     },
+    /// The caller asks too often; it may retry later.
+    Busy {
+        detail: String,
+    },
     Other {
         detail: String,
     },
@@ -205,6 +247,7 @@ impl From<WireError> for ClusterError {
             WireError::AlreadyRole { node, role } => ClusterError::AlreadyRole { node, role },
             WireError::Rejected { rejection } => ClusterError::Rejected(rejection),
             WireError::Unauthorized { detail } => ClusterError::Unauthorized(detail),
+            WireError::Busy { detail } => ClusterError::Busy(detail),
             WireError::Other { detail } => ClusterError::Protocol(detail),
         }
     }
@@ -227,6 +270,7 @@ impl From<ClusterError> for WireError {
             ClusterError::AlreadyRole { node, role } => WireError::AlreadyRole { node, role },
             ClusterError::Rejected(rejection) => WireError::Rejected { rejection },
             ClusterError::Unauthorized(detail) => WireError::Unauthorized { detail },
+            ClusterError::Busy(detail) => WireError::Busy { detail },
             e => WireError::Other {
                 detail: e.to_string(),
             },
@@ -267,9 +311,13 @@ pub(crate) async fn write_frame<S: AsyncWrite + Unpin>(
     stream.flush().await
 }
 
-/// The next frame, or `None` at a clean end of stream.
+/// The next frame, or `None` at a clean end of stream. A frame longer than `max` is
+/// refused from its length alone (nothing is allocated for it); its body must arrive
+/// within `body_timeout` of its length.
 pub(crate) async fn read_frame<S: AsyncRead + Unpin>(
     stream: &mut S,
+    max: usize,
+    body_timeout: Duration,
 ) -> std::io::Result<Option<Vec<u8>>> {
     let mut len = [0u8; 4];
     match stream.read_exact(&mut len).await {
@@ -278,52 +326,113 @@ pub(crate) async fn read_frame<S: AsyncRead + Unpin>(
         Err(e) => return Err(e),
     }
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
+    if len > max {
         return Err(std::io::Error::other(format!(
-            "frame of {len} bytes is too large"
+            "frame of {len} bytes is too large (at most {max} here)"
         )));
     }
     let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).await?;
+    match tokio::time::timeout(body_timeout, stream.read_exact(&mut body)).await {
+        Ok(r) => r?,
+        Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+    };
     Ok(Some(body))
 }
 
-/// One request/response exchange on an open stream.
+/// One request/response exchange on an open stream, within `deadline`.
 pub(crate) async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     body: &[u8],
+    deadline: Duration,
 ) -> Result<Reply, String> {
-    write_frame(stream, body).await.map_err(|e| e.to_string())?;
-    let frame = read_frame(stream)
+    let round_trip = async {
+        write_frame(stream, body).await.map_err(|e| e.to_string())?;
+        read_frame(stream, MAX_FRAME, deadline)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "connection closed before the response".to_string())
+    };
+    let frame = tokio::time::timeout(deadline, round_trip)
         .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| "connection closed before the response".to_string())?;
+        .map_err(|_| format!("no response within {deadline:?}"))??;
     serde_json::from_slice(&frame).map_err(|e| format!("bad response: {e}"))
 }
 
 type Conn = tokio_rustls::client::TlsStream<TcpStream>;
 
-/// A node's mTLS client to managers (server name `shoal-manager`), keeping idle
-/// connections per address.
+/// Whether a server may be talked to as a manager. A certificate naming
+/// `shoal-manager` proves its holder was made a manager, not that it still is one: a
+/// demoted manager keeps its old certificate. A manager asks its own copy of the store
+/// (a worker or revoked node is refused, one it does not know yet passes: its copy may
+/// be behind); a worker, which has none, keeps the managers' node IDs the leader last
+/// named (`None`: not heard yet, anyone with the certificate passes).
+#[derive(Default)]
+pub(crate) struct KnownManagers {
+    heard: std::sync::RwLock<Option<HashSet<String>>>,
+    store: std::sync::RwLock<Option<StoreVerdict>>,
+}
+
+/// What a manager's store says of a node: `Some(true)` a manager, `Some(false)` not
+/// (a worker, revoked), `None` unknown.
+pub(crate) type StoreVerdict = Box<dyn Fn(&str) -> Option<bool> + Send + Sync>;
+
+impl KnownManagers {
+    /// Records the managers the leader named (an empty list says nothing: a leader from
+    /// before the list existed).
+    pub(crate) fn set(&self, ids: &[String]) {
+        if ids.is_empty() {
+            return;
+        }
+        *self.heard.write().unwrap_or_else(|p| p.into_inner()) =
+            Some(ids.iter().cloned().collect());
+    }
+
+    /// While this node is a manager: ask its store (`None`: it stopped being one).
+    pub(crate) fn follow_store(&self, verdict: Option<StoreVerdict>) {
+        *self.store.write().unwrap_or_else(|p| p.into_inner()) = verdict;
+    }
+
+    /// Whether `node_id` may serve as a manager.
+    pub(crate) fn admits(&self, node_id: &str) -> bool {
+        if let Some(verdict) = &*self.store.read().unwrap_or_else(|p| p.into_inner()) {
+            return verdict(node_id) != Some(false);
+        }
+        self.heard
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_none_or(|ids| ids.contains(node_id))
+    }
+}
+
+/// A node's mTLS client to managers (server name `shoal-manager`, and a node among the
+/// [`KnownManagers`]), keeping idle connections per address.
 pub(crate) struct Client {
     connector: TlsConnector,
-    idle: Mutex<HashMap<String, Vec<Conn>>>,
+    managers: Arc<KnownManagers>,
+    /// Idle connections per address, with the server's node ID.
+    idle: Mutex<HashMap<String, Vec<(Conn, String)>>>,
 }
 
 impl Client {
-    pub(crate) fn new(config: rustls::ClientConfig) -> Client {
+    pub(crate) fn new(config: rustls::ClientConfig, managers: Arc<KnownManagers>) -> Client {
         Client {
             connector: TlsConnector::from(Arc::new(config)),
+            managers,
             idle: Mutex::new(HashMap::new()),
         }
     }
 
-    fn take_idle(&self, addr: &str) -> Option<Conn> {
+    /// An idle connection to `addr` whose server is still a manager (the others are
+    /// dropped).
+    fn take_idle(&self, addr: &str) -> Option<(Conn, String)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.get_mut(addr).and_then(|v| v.pop())
+        let v = idle.get_mut(addr)?;
+        v.retain(|(_, server)| self.managers.admits(server));
+        v.pop()
     }
 
-    fn put_idle(&self, addr: &str, conn: Conn) {
+    fn put_idle(&self, addr: &str, conn: (Conn, String)) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let v = idle.entry(addr.to_string()).or_default();
         if v.len() < IDLE_PER_PEER {
@@ -336,16 +445,27 @@ impl Client {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    async fn connect(&self, addr: &str) -> Result<Conn, CallError> {
+    /// A new connection to `addr`, with its server's node ID.
+    async fn connect(&self, addr: &str) -> Result<(Conn, String), CallError> {
         let fut = async {
             let tcp = TcpStream::connect(addr)
                 .await
                 .map_err(|e| CallError::Connect(e.to_string()))?;
             let _ = tcp.set_nodelay(true);
-            self.connector
+            let tls = self
+                .connector
                 .connect(manager_server_name(), tcp)
                 .await
-                .map_err(|e| CallError::Connect(format!("TLS: {e}")))
+                .map_err(|e| CallError::Connect(format!("TLS: {e}")))?;
+            let server = PeerIdentity::from_peer_certificates(tls.get_ref().1.peer_certificates())
+                .map_err(|e| CallError::Connect(format!("TLS: {e}")))?;
+            if !self.managers.admits(server.node_id()) {
+                return Err(CallError::Connect(format!(
+                    "node {} is not a manager of this cluster any more",
+                    server.node_id()
+                )));
+            }
+            Ok((tls, server.node_id().to_owned()))
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {
             Ok(r) => r,
@@ -356,17 +476,25 @@ impl Client {
     }
 
     /// Sends `request` to the manager at `addr`, reusing an idle connection when there is
-    /// one (and retrying once on a fresh one if that had gone stale).
-    pub(crate) async fn call(&self, addr: &str, request: &Request) -> Result<Reply, CallError> {
+    /// one (and retrying once on a fresh one if that had gone stale). Each exchange has
+    /// `deadline` to get its answer: a pooled connection that went dead without a word
+    /// (a partition, a peer that hangs) fails the call instead of holding it, and the
+    /// connection is dropped.
+    pub(crate) async fn call(
+        &self,
+        addr: &str,
+        request: &Request,
+        deadline: Duration,
+    ) -> Result<Reply, CallError> {
         let body = serde_json::to_vec(request).map_err(|e| CallError::Exchange(e.to_string()))?;
         if let Some(mut conn) = self.take_idle(addr) {
-            if let Ok(reply) = exchange(&mut conn, &body).await {
+            if let Ok(reply) = exchange(&mut conn.0, &body, deadline).await {
                 self.put_idle(addr, conn);
                 return Ok(reply);
             }
         }
         let mut conn = self.connect(addr).await?;
-        let reply = exchange(&mut conn, &body)
+        let reply = exchange(&mut conn.0, &body, deadline)
             .await
             .map_err(CallError::Exchange)?;
         self.put_idle(addr, conn);
@@ -398,7 +526,9 @@ impl Transport for TlsTransport {
             };
             let client = rt.client();
             drop(rt);
-            match client.call(&addr, &Request::Raft(request)).await {
+            let request = Request::Raft(request);
+            let deadline = request.deadline(Duration::ZERO);
+            match client.call(&addr, &request, deadline).await {
                 Ok(Ok(Response::Raft(r))) => Ok(r),
                 Ok(Ok(_)) => Err(TransportError::Failed {
                     to,
@@ -418,6 +548,30 @@ impl Transport for TlsTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_passes_for_a_manager_while_the_store_or_the_leader_says_it_is_one() {
+        let known = KnownManagers::default();
+        assert!(
+            known.admits("m1"),
+            "nothing heard yet: the certificate decides"
+        );
+        known.set(&[]);
+        assert!(known.admits("m1"), "an empty list says nothing");
+        known.set(&["m1".to_owned(), "m2".to_owned()]);
+        assert!(known.admits("m1") && known.admits("m2"));
+        assert!(!known.admits("demoted"));
+        // A manager asks its own store: unknown passes, a worker or revoked node not.
+        known.follow_store(Some(Box::new(|id| match id {
+            "m1" => Some(true),
+            "demoted" => Some(false),
+            _ => None,
+        })));
+        assert!(known.admits("m1") && known.admits("newer"));
+        assert!(!known.admits("demoted"));
+        known.follow_store(None);
+        assert!(!known.admits("newer"), "back to what the leader said");
+    }
 
     #[test]
     fn a_node_state_request_reads_and_writes_as_before_when_it_says_nothing_applied() {

@@ -10,6 +10,7 @@
 //! - `node`: nodes (role, availability, liveness status).
 //! - `network`: network objects.
 //! - `cluster`: cluster-wide settings, the gossip keys and the autolock unlock key.
+//! - `removed`: the nodes whose certificates no longer count (removed, or left).
 //! - `command`: the commands, why one is refused, and what applying one did.
 //! - `apply`: applying a command (the checks, then the change).
 
@@ -18,6 +19,7 @@ mod cluster;
 mod command;
 mod network;
 mod node;
+mod removed;
 
 use std::collections::BTreeMap;
 
@@ -29,6 +31,7 @@ pub use cluster::{ClusterSpec, GossipKey, UnlockKey, MAX_GOSSIP_KEYS};
 pub use command::{ApplyResult, Command, Rejection};
 pub use network::Network;
 pub use node::{Availability, Node, NodeStatus, Role};
+pub use removed::RemovedNode;
 
 /// The whole replicated cluster state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -65,6 +68,12 @@ pub struct ClusterState {
     /// never): the managers rewrap their data keys to follow it.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub autolock_version: u64,
+    /// Nodes removed from the cluster (`node rm`) or that left it (`swarm leave`), by
+    /// node ID: their certificates are refused by every manager until they expire. In
+    /// the store, so every manager refuses them, after a restart or a change of leader
+    /// too.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub removed_nodes: BTreeMap<String, RemovedNode>,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -7,14 +7,26 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{
-    fresh_raft_id, issue_options, manager_addrs, now_ms, other, pki_role, store_role, tokens_of,
-    Core, Runtime,
+    fresh_raft_id, issue_options, manager_addrs, manager_ids, now_ms, other, pki_role, store_role,
+    tokens_of, Core, Runtime,
 };
 use crate::manager::wire::{Grant, Reply, Response, WireError};
 use crate::manager::{NodeInfo, Role};
 use crate::pki::{new_node_id, NodeCertificate, NodeCsr};
 use crate::store::{ApplyResult, Availability, ClusterState, Command, Node, NodeStatus, RaftId};
 use crate::token::TokenError;
+
+/// The role `token` admits to, by the join tokens in `state`.
+fn check_token(state: &ClusterState, token: &str) -> Result<Role, WireError> {
+    let tokens = tokens_of(state).map_err(other)?;
+    tokens.check(token, None).map_err(|e| match e {
+        TokenError::WrongCluster => WireError::CaMismatch,
+        TokenError::Invalid | TokenError::WrongRole { .. } => WireError::BadToken,
+        e => WireError::MalformedToken {
+            detail: e.to_string(),
+        },
+    })
+}
 
 impl Runtime {
     fn grant(
@@ -33,10 +45,16 @@ impl Runtime {
             ca_key_pem: (role == Role::Manager).then(|| core.ca.key_pem_secret()),
             raft_id,
             managers: manager_addrs(state),
+            manager_ids: manager_ids(state),
             server_time_ms: now_ms(),
         }
     }
 
+    /// A join. The token is checked first, against this member's own copy of the
+    /// store (no quorum read, no write, nothing parsed but the request itself, for a
+    /// caller who has proven nothing yet); then again against the leader's current state
+    /// (it may have been rotated meanwhile). The node is recorded before its certificate
+    /// is issued, so no certificate ever names a node the store does not know.
     pub(super) async fn do_join(
         self: &Arc<Self>,
         core: &Core,
@@ -46,37 +64,31 @@ impl Runtime {
         advertise: String,
     ) -> Reply {
         self.join_requests.fetch_add(1, Ordering::Relaxed);
-        let state = self.read_state().await.map_err(WireError::from)?;
-        let tokens = tokens_of(&state).map_err(other)?;
-        let role = tokens.check(&token, None).map_err(|e| match e {
-            TokenError::WrongCluster => WireError::CaMismatch,
-            TokenError::Invalid | TokenError::WrongRole { .. } => WireError::BadToken,
-            e => WireError::MalformedToken {
-                detail: e.to_string(),
-            },
-        });
-        drop(token);
-        let role = match role {
+        let checked = core
+            .store
+            .read_stale_with(|state| check_token(state, &token));
+        let role = match checked {
             Ok(role) => role,
             Err(e) => {
                 tracing::info!(hostname = %info.hostname, "join refused: invalid token");
                 return Err(e);
             }
         };
+        let state = self.read_state().await.map_err(WireError::from)?;
+        if check_token(&state, &token)? != role {
+            return Err(WireError::BadToken);
+        }
+        drop(token);
         let csr = NodeCsr::from_pem(&csr_pem).map_err(other)?;
         let addr: SocketAddr = advertise
             .parse()
             .map_err(|_| other(format!("bad advertise address {advertise:?}")))?;
         let node_id = new_node_id();
         let raft_id = (role == Role::Manager).then(|| fresh_raft_id(&state));
-        let cert = core
-            .ca
-            .issue(
-                &csr,
-                &node_id,
-                role,
-                &issue_options(&self.timings, role, Some(addr)),
-            )
+        let options = issue_options(&self.timings, role, Some(addr));
+        // The CSR is checked (its signature, the node ID) before anything is recorded.
+        core.ca
+            .issue(&csr, &node_id, role, &options)
             .map_err(other)?;
         let node = Node {
             id: node_id.clone(),
@@ -98,6 +110,10 @@ impl Runtime {
         if let ApplyResult::Rejected { rejection, .. } = applied {
             return Err(WireError::Rejected { rejection });
         }
+        let cert = core
+            .ca
+            .issue(&csr, &node_id, role, &options)
+            .map_err(other)?;
         tracing::info!(node = %node_id, hostname = %info.hostname, %role, "node joined");
         Ok(Response::Granted(
             self.grant(core, &node_id, cert, role, raft_id, &state),

@@ -56,7 +56,15 @@ impl Runtime {
                     self.handle(Some(self.identity().peer_identity()), request.clone())
                         .await
                 }
-                Some(Target::Remote(addr)) => match self.client().call(&addr, &request).await {
+                Some(Target::Remote(addr)) => match self
+                    .client()
+                    .call(
+                        &addr,
+                        &request,
+                        request.deadline(self.timings.request_timeout),
+                    )
+                    .await
+                {
                     Ok(reply) => reply,
                     Err(e) => {
                         unreachable = Some(format!("{addr}: {e}"));

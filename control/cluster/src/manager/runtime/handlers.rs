@@ -1,20 +1,66 @@
-//! The server side: one request in, one answer out. Checks the caller's certificate and
-//! whether this member leads, then hands the request to its handler; the small ones are
-//! answered here.
+//! The server side: one request in, one answer out. Checks whether this member leads
+//! and whether the caller may ask ([`needs`], then `authorize`), then hands the request
+//! to its handler; the small ones are answered here.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
+use super::authorize::{authorize, Unknown};
+use super::reports::useful_updates;
+use super::view::node_view;
 use super::{lock, other, tokens_of, Core, Runtime};
 use crate::manager::wire::{Reply, Request, Response, WireError};
-use crate::manager::{NodeView, Role};
+use crate::manager::Role;
 use crate::pki::PeerIdentity;
 use crate::registry_auth::RegistryAuthKey;
-use crate::store::{ApplyResult, ClusterState, Command, StoreError, TaskState};
+use crate::store::{ApplyResult, ClusterState, Command, StoreError, TaskStatusUpdate};
+
+/// What a request asks of its caller, and where it is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Needs {
+    /// The role the caller must hold, in its certificate and in the store.
+    pub role: Role,
+    /// Whether a caller this member's copy of the store does not know may pass.
+    pub unknown: Unknown,
+    /// Served by the leader only (the others answer "not the leader").
+    pub leader: bool,
+}
+
+/// What `request` needs. (A `Join` comes with no certificate: its handler checks its
+/// token before anything else.)
+pub(super) fn needs(request: &Request) -> Needs {
+    let on_leader = |role| Needs {
+        role,
+        unknown: Unknown::Refuse,
+        leader: true,
+    };
+    match request {
+        Request::Raft(_) => Needs {
+            role: Role::Manager,
+            unknown: Unknown::Admit,
+            leader: false,
+        },
+        Request::Join { .. }
+        | Request::Execute(_)
+        | Request::ReadState
+        | Request::Promote { .. }
+        | Request::Demote { .. }
+        | Request::RemoveNode { .. }
+        | Request::RotateToken { .. }
+        | Request::ManagerReady { .. } => on_leader(Role::Manager),
+        Request::Heartbeat { .. }
+        | Request::Leave
+        | Request::Renew { .. }
+        | Request::NodeState { .. }
+        | Request::ReportTasks { .. } => on_leader(Role::Worker),
+    }
+}
 
 impl Runtime {
     /// Answers one request. `peer` is the caller's verified certificate (`None`: a joining
-    /// node). Boxed: handlers call the leader, which may be this node.
+    /// node). Before anything else, the caller is checked against this member's copy of
+    /// the store (`authorize`): a certificate alone does not make a member. Boxed:
+    /// handlers call the leader, which may be this node.
     pub(crate) fn handle<'a>(
         self: &'a Arc<Self>,
         peer: Option<PeerIdentity>,
@@ -39,62 +85,35 @@ impl Runtime {
                     detail: format!("{name} needs a node certificate of this cluster"),
                 });
             };
-            let need = |role: Role| {
-                peer.authorize(role).map_err(|e| WireError::Unauthorized {
-                    detail: e.to_string(),
-                })
-            };
-            let leader_only = || {
-                if core.store.is_leader() {
-                    Ok(())
-                } else {
-                    Err(WireError::NotLeader {
-                        leader: core.leader_addr(),
-                    })
-                }
-            };
+            let needs = needs(&request);
+            if needs.leader && !core.store.is_leader() {
+                return Err(WireError::NotLeader {
+                    leader: core.leader_addr(),
+                });
+            }
+            core.store
+                .read_stale_with(|state| authorize(state, &peer, needs.role, needs.unknown))?;
             match request {
                 Request::Join { .. } => unreachable!("handled above"),
-                Request::Raft(r) => {
-                    need(Role::Manager)?;
-                    Ok(Response::Raft(core.store.handle_rpc(r).await))
-                }
-                Request::Execute(command) => {
-                    need(Role::Manager)?;
-                    leader_only()?;
-                    core.store
-                        .propose(command)
-                        .await
-                        .map(Response::Applied)
-                        .map_err(|e| store_error(&core, e))
-                }
-                Request::ReadState => {
-                    need(Role::Manager)?;
-                    leader_only()?;
-                    core.store
-                        .read()
-                        .await
-                        .map(|s| Response::State(Box::new(s)))
-                        .map_err(|e| store_error(&core, e))
-                }
-                Request::Promote { node_id } => {
-                    need(Role::Manager)?;
-                    leader_only()?;
-                    self.do_promote(&core, &node_id).await
-                }
-                Request::Demote { node_id } => {
-                    need(Role::Manager)?;
-                    leader_only()?;
-                    self.do_demote(&core, &node_id).await
-                }
+                Request::Raft(r) => Ok(Response::Raft(core.store.handle_rpc(r).await)),
+                Request::Execute(command) => core
+                    .store
+                    .propose(command)
+                    .await
+                    .map(Response::Applied)
+                    .map_err(|e| store_error(&core, e)),
+                Request::ReadState => core
+                    .store
+                    .read()
+                    .await
+                    .map(|s| Response::State(Box::new(s)))
+                    .map_err(|e| store_error(&core, e)),
+                Request::Promote { node_id } => self.do_promote(&core, &node_id).await,
+                Request::Demote { node_id } => self.do_demote(&core, &node_id).await,
                 Request::RemoveNode { node_id, force } => {
-                    need(Role::Manager)?;
-                    leader_only()?;
                     self.do_remove(&core, peer.node_id(), &node_id, force).await
                 }
                 Request::RotateToken { role } => {
-                    need(Role::Manager)?;
-                    leader_only()?;
                     let state = read_linear(&core).await?;
                     let mut tokens = tokens_of(&state).map_err(other)?;
                     let token = tokens.rotate(role).clone();
@@ -109,28 +128,13 @@ impl Runtime {
                     Ok(Response::Token(token))
                 }
                 Request::ManagerReady { advertise } => {
-                    need(Role::Manager)?;
-                    leader_only()?;
                     self.do_manager_ready(&core, peer.node_id(), advertise)
                         .await
                 }
-                Request::Heartbeat { node } => {
-                    need(Role::Worker)?;
-                    leader_only()?;
-                    self.do_heartbeat(&core, peer.node_id(), node).await
-                }
-                Request::Leave => {
-                    need(Role::Worker)?;
-                    leader_only()?;
-                    self.do_leave(&core, peer.node_id()).await
-                }
-                Request::Renew { csr_pem } => {
-                    need(Role::Worker)?;
-                    self.do_renew(&core, peer.node_id(), &csr_pem).await
-                }
+                Request::Heartbeat { node } => self.do_heartbeat(&core, peer.node_id(), node).await,
+                Request::Leave => self.do_leave(&core, peer.node_id()).await,
+                Request::Renew { csr_pem } => self.do_renew(&core, peer.node_id(), &csr_pem).await,
                 Request::NodeState { since, applied } => {
-                    need(Role::Worker)?;
-                    leader_only()?;
                     let state = core.store.read_stale();
                     let withdrawal = applied.map(|v| {
                         let term = core.store.status().term;
@@ -146,58 +150,40 @@ impl Runtime {
                     })
                 }
                 Request::ReportTasks { updates } => {
-                    need(Role::Worker)?;
-                    leader_only()?;
-                    propose(
-                        &core,
-                        Command::UpdateTaskStatus {
-                            node_id: peer.node_id().to_string(),
-                            updates,
-                        },
-                    )
-                    .await?;
-                    Ok(Response::Done)
+                    self.do_report_tasks(&core, peer.node_id(), updates).await
                 }
             }
         })
     }
-}
 
-/// What node `node_id` may see: the state without tokens, the unlock key, secrets,
-/// configs and sealed registry credentials, and the credentials (opened) of the services it has a live task
-/// of. Credentials that do not open are left out (logged): the node's pull then fails
-/// with the registry's answer, which says what is wrong.
-pub(super) fn node_view(mut state: ClusterState, node_id: &str, key: &RegistryAuthKey) -> NodeView {
-    state.tokens = None;
-    state.unlock_key = None;
-    state.secrets.clear();
-    state.configs.clear();
-    let mut registry_auth = BTreeMap::new();
-    for service in state.services.values_mut() {
-        let Some(sealed) = service.registry_auth.take() else {
-            continue;
-        };
-        let has_task = state.tasks.values().any(|t| {
-            t.service_id == service.id
-                && t.node_id.as_deref() == Some(node_id)
-                && t.desired_state == TaskState::Running
-                && !t.status.state.is_terminal()
-        });
-        if !has_task {
-            continue;
+    /// A node's task report: only what changes its own tasks is written, within its
+    /// write budget (see `reports`).
+    async fn do_report_tasks(
+        &self,
+        core: &Core,
+        node_id: &str,
+        updates: Vec<TaskStatusUpdate>,
+    ) -> Reply {
+        let updates = core
+            .store
+            .read_stale_with(|state| useful_updates(state, node_id, updates));
+        if updates.is_empty() {
+            return Ok(Response::Done);
         }
-        match key.open(&service.id, &sealed) {
-            Ok(creds) => {
-                registry_auth.insert(service.id.clone(), creds);
-            }
-            Err(e) => {
-                tracing::warn!(service = %service.spec.name, error = %e, "registry credentials")
-            }
+        if !lock(&self.writes).take(node_id, Instant::now()) {
+            return Err(WireError::Busy {
+                detail: format!("node {node_id} reports task states too often; retry"),
+            });
         }
-    }
-    NodeView {
-        state,
-        registry_auth,
+        propose(
+            core,
+            Command::UpdateTaskStatus {
+                node_id: node_id.to_string(),
+                updates,
+            },
+        )
+        .await?;
+        Ok(Response::Done)
     }
 }
 
@@ -227,108 +213,78 @@ pub(super) async fn propose(core: &Core, command: Command) -> Result<u64, WireEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry_auth::RegistryCredentials;
-    use crate::store::{Service, ServiceMode, ServiceSpec, Task, TaskStatus};
-
-    fn service(id: &str, key: &RegistryAuthKey) -> Service {
-        let creds = RegistryCredentials {
-            server_address: "r:5000".into(),
-            username: format!("user-{id}"),
-            password: "pw".into(),
-        };
-        Service {
-            id: id.into(),
-            spec: ServiceSpec {
-                name: id.into(),
-                labels: Default::default(),
-                image: "r:5000/app:1".into(),
-                args: vec![],
-                env: vec![],
-                mode: ServiceMode::Replicated { replicas: 1 },
-                networks: vec![],
-                ports: vec![],
-                endpoint_mode: Default::default(),
-                constraints: vec![],
-                healthcheck: None,
-                restart_condition: Default::default(),
-                restart_delay_ms: crate::store::DEFAULT_RESTART_DELAY_MS,
-                restart_max_attempts: 0,
-                restart_window_ms: 0,
-                stop_grace_ms: crate::store::DEFAULT_STOP_GRACE_MS,
-                container: Default::default(),
-                network_aliases: Default::default(),
-                update_config: Default::default(),
-                rollback_config: Default::default(),
-            },
-            created_ms: 0,
-            updated_ms: 0,
-            endpoint: Default::default(),
-            force_update: 0,
-            registry_auth: Some(key.seal(id, &creds).unwrap()),
-            previous_spec: None,
-            update_status: None,
-            job_status: None,
-            version: 0,
-        }
-    }
-
-    fn task(id: &str, service: &str, node: &str, state: TaskState) -> Task {
-        Task {
-            id: id.into(),
-            service_id: service.into(),
-            slot: 1,
-            node_id: Some(node.into()),
-            desired_state: TaskState::Running,
-            status: TaskStatus {
-                state,
-                ..Default::default()
-            },
-            networks: vec![],
-            force_update: 0,
-            spec: None,
-            restarts: 0,
-            restart_window_start_ms: 0,
-            failures_in_a_row: 0,
-            job_iteration: None,
-            created_ms: 0,
-            version: 0,
-        }
-    }
 
     #[test]
-    fn credentials_go_only_to_nodes_with_a_live_task_and_never_sealed() {
-        let key = RegistryAuthKey::from_secret(b"ca", "c1");
-        let mut state = ClusterState::default();
-        for id in ["s1", "s2"] {
-            state.services.insert(id.into(), service(id, &key));
+    fn every_request_but_raft_is_served_by_the_leader_to_members_of_its_role() {
+        assert_eq!(
+            needs(&Request::Raft(crate::store::RaftRequest::Vote(
+                openraft::raft::VoteRequest::new(openraft::Vote::new(1, 1), None)
+            ))),
+            Needs {
+                role: Role::Manager,
+                unknown: Unknown::Admit,
+                leader: false
+            }
+        );
+        for request in [
+            Request::ReadState,
+            Request::Execute(Command::RemoveNode { id: "n".into() }),
+            Request::Promote {
+                node_id: "n".into(),
+            },
+            Request::Demote {
+                node_id: "n".into(),
+            },
+            Request::RemoveNode {
+                node_id: "n".into(),
+                force: true,
+            },
+            Request::RotateToken { role: Role::Worker },
+            Request::ManagerReady {
+                advertise: String::new(),
+            },
+        ] {
+            assert_eq!(
+                needs(&request),
+                Needs {
+                    role: Role::Manager,
+                    unknown: Unknown::Refuse,
+                    leader: true
+                },
+                "{}",
+                request.name()
+            );
         }
-        state
-            .tasks
-            .insert("t1".into(), task("t1", "s1", "n1", TaskState::Preparing));
-        state
-            .tasks
-            .insert("t2".into(), task("t2", "s2", "n1", TaskState::Rejected));
-        state
-            .tasks
-            .insert("t3".into(), task("t3", "s2", "n2", TaskState::Running));
-
-        let n1 = node_view(state.clone(), "n1", &key);
-        assert_eq!(n1.registry_auth.keys().collect::<Vec<_>>(), ["s1"]);
-        assert_eq!(n1.registry_auth["s1"].username, "user-s1");
-        assert!(n1
-            .state
-            .services
-            .values()
-            .all(|s| s.registry_auth.is_none()));
-
-        let n2 = node_view(state.clone(), "n2", &key);
-        assert_eq!(n2.registry_auth.keys().collect::<Vec<_>>(), ["s2"]);
-
-        assert!(node_view(state.clone(), "n3", &key)
-            .registry_auth
-            .is_empty());
-        // Another cluster's key opens nothing (and hands nothing).
-        let other = RegistryAuthKey::from_secret(b"other", "c1");
-        assert!(node_view(state, "n1", &other).registry_auth.is_empty());
+        for request in [
+            Request::Heartbeat {
+                node: crate::manager::NodeInfo {
+                    hostname: "h".into(),
+                    engine_version: String::new(),
+                    addr: "10.0.0.1".parse().unwrap(),
+                    data_path_addr: None,
+                    labels: Default::default(),
+                },
+            },
+            Request::Leave,
+            Request::Renew {
+                csr_pem: String::new(),
+            },
+            Request::NodeState {
+                since: 0,
+                applied: None,
+            },
+            Request::ReportTasks { updates: vec![] },
+        ] {
+            assert_eq!(
+                needs(&request),
+                Needs {
+                    role: Role::Worker,
+                    unknown: Unknown::Refuse,
+                    leader: true
+                },
+                "{}",
+                request.name()
+            );
+        }
     }
 }

@@ -19,6 +19,7 @@ impl Runtime {
         let call = self.call_leader(Request::Heartbeat { node: info });
         match tokio::time::timeout(2 * self.timings.request_timeout, call).await {
             Ok(Ok(Response::Heartbeat(ack))) => {
+                self.known_managers.set(&ack.manager_ids);
                 let own = lock(&self.local).advertise.to_string();
                 let managers: Vec<String> = ack
                     .managers
@@ -80,6 +81,7 @@ impl Runtime {
             Response::Granted(g) => g,
             _ => return Err(ClusterError::Protocol("unexpected answer to renew".into())),
         };
+        self.known_managers.set(&grant.manager_ids);
         let identity = NodeIdentity::new(
             key,
             NodeCertificate::from_pem(&grant.cert_pem)?,

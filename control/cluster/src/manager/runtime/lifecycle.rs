@@ -21,7 +21,7 @@ use super::{
 use crate::ipam::{Networks, PoolConfig};
 use crate::manager::keys::{self, OnDisk};
 use crate::manager::persist::{self, Local};
-use crate::manager::wire::{exchange, Request, Response, TlsTransport};
+use crate::manager::wire::{exchange, join_deadline, Request, Response, TlsTransport};
 use crate::manager::{ClusterError, InitOptions, ManagerConfig, NodeInfo, Role, Timings};
 use crate::pki::{
     bootstrap_client_config, is_ca_pin_mismatch, join_server_config, manager_server_name,
@@ -303,7 +303,8 @@ impl Runtime {
         let body =
             serde_json::to_vec(&request).map_err(|e| ClusterError::Protocol(e.to_string()))?;
         drop(request);
-        let reply = exchange(&mut tls, &body)
+        // Bounded: the agent holds its role while joining.
+        let reply = exchange(&mut tls, &body, join_deadline(timings.request_timeout))
             .await
             .map_err(|e| ClusterError::Unreachable(format!("{manager}: {e}")))?;
         drop(tls);
@@ -353,6 +354,7 @@ impl Runtime {
         let _ = std::fs::remove_dir_all(persist::raft_dir(&dir));
         persist::save_local(&dir, &local)?;
         let rt = Runtime::new(&dir, identity.clone(), local, None)?;
+        rt.known_managers.set(&grant.manager_ids);
         *lock(&rt.join_clock_skew) = excessive_skew;
         let setup = async {
             if role == Role::Manager {
@@ -425,7 +427,26 @@ impl Runtime {
             tasks: Mutex::new(Vec::new()),
         });
         write(&self.core, Some(core.clone()));
-        let accept = tokio::spawn(accept_loop(self.clone(), core.clone(), listener));
+        let store = Arc::downgrade(&core);
+        self.known_managers.follow_store(Some(Box::new(move |id| {
+            store.upgrade().and_then(|core| {
+                core.store.read_stale_with(|state| {
+                    if state.removed_nodes.contains_key(id) {
+                        return Some(false);
+                    }
+                    state
+                        .nodes
+                        .get(id)
+                        .map(|n| n.role == crate::store::Role::Manager)
+                })
+            })
+        })));
+        let accept = tokio::spawn(accept_loop(
+            self.clone(),
+            core.clone(),
+            listener,
+            self.admission.clone(),
+        ));
         let monitor = tokio::spawn(monitor_loop(self.clone(), core.clone()));
         let autolock = tokio::spawn(autolock_loop(self.clone(), core.clone()));
         lock(&core.tasks).extend([accept, monitor, autolock]);
@@ -434,6 +455,7 @@ impl Runtime {
 
     pub(super) async fn stop_core(&self) {
         let core = self.core.write().unwrap_or_else(|p| p.into_inner()).take();
+        self.known_managers.follow_store(None);
         if let Some(core) = core {
             for task in lock(&core.tasks).drain(..) {
                 task.abort();

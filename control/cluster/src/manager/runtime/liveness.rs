@@ -1,15 +1,18 @@
 //! Liveness: the leader's record of who heartbeats, the heartbeat handler (a node is
 //! Ready again on its next heartbeat) and the monitor that marks silent nodes Down.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::handlers::propose;
-use super::{lock, manager_addrs, pki_role, Core, Runtime};
+use super::{lock, manager_addrs, manager_ids, pki_role, Core, Runtime};
 use crate::manager::wire::{HeartbeatAck, Reply, Response, WireError};
 use crate::manager::NodeInfo;
 use crate::store::{Command, MemberState, NodeStatus};
+
+/// Longest engine version a heartbeat may record (Docker's are like `27.3.1`).
+const MAX_ENGINE_VERSION: usize = 64;
 
 /// The leader's view of who heartbeats.
 #[derive(Default)]
@@ -17,15 +20,13 @@ pub(super) struct Liveness {
     /// The term the map below belongs to (cleared when leadership changes).
     pub(super) term: Option<u64>,
     pub(super) last_seen: HashMap<String, Instant>,
-    /// Nodes that left: their late heartbeats are ignored.
-    pub(super) left: HashSet<String>,
 }
 
 impl Runtime {
+    /// A heartbeat from `node_id` (a member: checked by the caller). It says the node is
+    /// alive, and which engine it runs; a node's name and addresses are the store's
+    /// (recorded at join), never what its heartbeats say.
     pub(super) async fn do_heartbeat(&self, core: &Core, node_id: &str, info: NodeInfo) -> Reply {
-        if lock(&self.liveness).left.contains(node_id) {
-            return Err(WireError::NotInCluster);
-        }
         let state = core.store.read_stale();
         let node = state
             .nodes
@@ -46,7 +47,11 @@ impl Runtime {
             )
             .await?;
         }
-        if node.engine_version != info.engine_version || node.hostname != info.hostname {
+        let engine_changed = node.engine_version != info.engine_version
+            && info.engine_version.len() <= MAX_ENGINE_VERSION;
+        // A write each time it changes, within the node's write budget (a node flipping
+        // it on every heartbeat gets the budget's rate, and the next heartbeat retries).
+        if engine_changed && lock(&self.writes).take(node_id, Instant::now()) {
             let mut updated = core
                 .store
                 .read_stale()
@@ -55,13 +60,13 @@ impl Runtime {
                 .cloned()
                 .unwrap_or_else(|| node.clone());
             updated.engine_version = info.engine_version;
-            updated.hostname = info.hostname;
             propose(core, Command::UpsertNode { node: updated }).await?;
         }
         Ok(Response::Heartbeat(HeartbeatAck {
             role: pki_role(node.role),
             raft_id: node.raft_id,
             managers: manager_addrs(&state),
+            manager_ids: manager_ids(&state),
         }))
     }
 }
@@ -98,6 +103,7 @@ pub(super) async fn monitor_loop(rt: Arc<Runtime>, core: Arc<Core>) {
             }
             lv.last_seen.retain(|id, _| state.nodes.contains_key(id));
         }
+        lock(&rt.writes).retain_members(&state);
         for id in down {
             tracing::info!(node = %id, "no heartbeat: node is Down");
             let _ = core

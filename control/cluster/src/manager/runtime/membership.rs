@@ -1,14 +1,31 @@
 //! Membership changes, on the leader: a node leaving, promotions and demotions (with the
-//! Raft membership change they need), removals, and a new manager joining the Raft group.
+//! Raft membership change they need), removals (and the revocation of the certificates of
+//! nodes that left or were removed), and a new manager joining the Raft group.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use super::handlers::{propose, read_linear, store_error};
-use super::{fresh_raft_id, lock, Core, Runtime};
+use super::{fresh_raft_id, lock, now_ms, Core, Runtime};
 use crate::manager::wire::{Reply, Response, WireError};
 use crate::manager::Role;
-use crate::store::{ClusterState, Command, Node, NodeStatus, RaftId};
+use crate::store::{ApplyResult, ClusterState, Command, Node, NodeStatus, RaftId};
 
 impl Runtime {
-    pub(super) async fn do_leave(&self, core: &Core, node_id: &str) -> Reply {
+    /// The command that revokes `node_id`'s certificates from now on: until every
+    /// certificate it may have been issued has expired (with an hour to spare for
+    /// clocks that differ).
+    fn revoke(&self, node_id: &str) -> Command {
+        let at_ms = now_ms();
+        let validity = self.timings.cert_validity + Duration::from_secs(3600);
+        Command::RevokeNode {
+            id: node_id.to_string(),
+            at_ms,
+            until_ms: at_ms.saturating_add(validity.as_millis() as u64),
+        }
+    }
+
+    pub(super) async fn do_leave(self: &Arc<Self>, core: &Core, node_id: &str) -> Reply {
         let state = read_linear(core).await?;
         let node = state
             .nodes
@@ -21,10 +38,10 @@ impl Runtime {
         if voter.is_some() && voters.len() <= 1 {
             return Err(WireError::LastManager);
         }
-        {
-            let mut lv = lock(&self.liveness);
-            lv.left.insert(node_id.to_string());
-            lv.last_seen.remove(node_id);
+        lock(&self.liveness).last_seen.remove(node_id);
+        if node.role != crate::store::Role::Manager {
+            // From now on its certificate counts for nothing, on every manager.
+            propose(core, self.revoke(node_id)).await?;
         }
         propose(
             core,
@@ -51,8 +68,18 @@ impl Runtime {
                     .await
                     .map_err(|e| store_error(core, e))?;
             }
+            // Revoked once out of the Raft group: the others must still take its Raft
+            // messages until then. When it was the leader, it is not any more, and the
+            // revocation goes to the new one.
+            match self.execute(self.revoke(node_id)).await {
+                Ok(ApplyResult::Applied { .. }) => {}
+                Ok(ApplyResult::Rejected { rejection, .. }) => {
+                    return Err(WireError::Rejected { rejection })
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        tracing::info!(node = %node_id, "node left");
+        tracing::info!(node = %node_id, "node left; its certificate is revoked");
         Ok(Response::Done)
     }
 
@@ -159,12 +186,16 @@ impl Runtime {
                 return Err(WireError::LastManager);
             }
         }
+        // Out of the Raft group first (until then the others must take its Raft
+        // messages), then revoked, then removed: at no moment is it listed, or a voter,
+        // without its certificate counting, nor unlisted with it counting.
         if let Some(id) = voter {
             core.store
                 .remove_manager(id)
                 .await
                 .map_err(|e| store_error(core, e))?;
         }
+        propose(core, self.revoke(node_id)).await?;
         propose(
             core,
             Command::RemoveNode {
@@ -172,12 +203,8 @@ impl Runtime {
             },
         )
         .await?;
-        {
-            let mut lv = lock(&self.liveness);
-            lv.last_seen.remove(node_id);
-            lv.left.insert(node_id.to_string());
-        }
-        tracing::info!(node = %node_id, "node removed");
+        lock(&self.liveness).last_seen.remove(node_id);
+        tracing::info!(node = %node_id, "node removed; its certificate is revoked");
         Ok(Response::Done)
     }
 

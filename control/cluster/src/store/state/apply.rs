@@ -42,7 +42,17 @@ impl ClusterState {
             }
         };
         match command {
-            Command::UpsertNode { node } => nonempty("node ID", &node.id),
+            Command::UpsertNode { node } => {
+                nonempty("node ID", &node.id)?;
+                if self.removed_nodes.contains_key(&node.id) {
+                    return Err(Rejection::Invalid {
+                        what: "node".into(),
+                        detail: format!("node {} was removed from the cluster", node.id),
+                    });
+                }
+                Ok(())
+            }
+            Command::RevokeNode { id, .. } => nonempty("node ID", id),
             Command::RemoveNode { id }
             | Command::SetAvailability { id, .. }
             | Command::SetRole { id, .. }
@@ -276,6 +286,20 @@ impl ClusterState {
             }
             Command::RemoveNode { id } => {
                 self.nodes.remove(id);
+            }
+            Command::RevokeNode {
+                id,
+                at_ms,
+                until_ms,
+            } => {
+                self.removed_nodes.retain(|_, r| r.until_ms >= *at_ms);
+                self.removed_nodes.insert(
+                    id.clone(),
+                    super::RemovedNode {
+                        at_ms: *at_ms,
+                        until_ms: *until_ms,
+                    },
+                );
             }
             Command::SetAvailability { id, availability } => {
                 touch(id, &mut |n| n.availability = *availability)

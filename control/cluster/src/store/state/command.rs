@@ -20,6 +20,14 @@ pub enum Command {
     RemoveNode {
         id: String,
     },
+    /// Revokes node `id`'s certificates (it was removed or left): every manager refuses
+    /// them from now on, until `until_ms`. Entries whose `until_ms` is before `at_ms`
+    /// are pruned on the way (no certificate of theirs can still be valid).
+    RevokeNode {
+        id: String,
+        at_ms: u64,
+        until_ms: u64,
+    },
     SetAvailability {
         id: String,
         availability: Availability,

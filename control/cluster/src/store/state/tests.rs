@@ -570,3 +570,55 @@ fn addresses_stored_as_strings_load_typed_and_save_the_same() {
         assert_eq!(serde_json::to_value(&command).unwrap(), entry);
     }
 }
+
+#[test]
+fn revoked_nodes_are_kept_until_their_certificates_expire_and_cannot_come_back() {
+    let mut s = ClusterState::default();
+    s.apply(&Command::UpsertNode {
+        node: node("n1", Role::Worker),
+    });
+    let revoke = |id: &str, at_ms, until_ms| Command::RevokeNode {
+        id: id.into(),
+        at_ms,
+        until_ms,
+    };
+    assert!(matches!(
+        s.apply(&revoke("n1", 1_000, 5_000)),
+        ApplyResult::Applied { .. }
+    ));
+    s.apply(&Command::RemoveNode { id: "n1".into() });
+    assert_eq!(
+        s.removed_nodes["n1"],
+        RemovedNode {
+            at_ms: 1_000,
+            until_ms: 5_000
+        }
+    );
+    // A removed node's ID is never recorded again (its certificate would count again).
+    let before = s.clone();
+    assert!(matches!(
+        s.apply(&Command::UpsertNode {
+            node: node("n1", Role::Worker)
+        }),
+        ApplyResult::Rejected { .. }
+    ));
+    assert_eq!(s, before);
+    // A later revocation drops entries no certificate can outlive.
+    s.apply(&revoke("n2", 4_000, 9_000));
+    assert_eq!(s.removed_nodes.len(), 2);
+    s.apply(&revoke("n3", 6_000, 10_000));
+    assert_eq!(
+        s.removed_nodes.keys().collect::<Vec<_>>(),
+        ["n2", "n3"],
+        "n1's certificates expired at 5000"
+    );
+    // Round trip, and a state written before the record existed still loads.
+    let json = serde_json::to_string(&s).unwrap();
+    assert_eq!(serde_json::from_str::<ClusterState>(&json).unwrap(), s);
+    let old: ClusterState =
+        serde_json::from_str(r#"{"version":3,"nodes":{},"networks":{},"tokens":null}"#).unwrap();
+    assert!(old.removed_nodes.is_empty());
+    assert!(!serde_json::to_string(&old)
+        .unwrap()
+        .contains("removed_nodes"));
+}
