@@ -24,11 +24,11 @@ pub fn cluster_dir(host: &crate::lab::HostState) -> std::path::PathBuf {
     host.run_dir.join("agent").join("cluster")
 }
 
-/// The identity (key, certificate, CA) kept in `cluster_dir`'s `identity.json`.
+/// The identity (key, certificate, CA) kept in `cluster_dir` (a manager's key sealed
+/// with its data key, opened as the agent opens it).
 pub fn identity_in(cluster_dir: &Path) -> NodeIdentity {
-    let path = cluster_dir.join("identity.json");
-    let text = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_slice(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    shoal_cluster::manager::kept_identity(cluster_dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", cluster_dir.display()))
 }
 
 /// A client presenting `identity`'s certificate.

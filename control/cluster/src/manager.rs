@@ -62,6 +62,17 @@ use crate::token::JoinToken;
 pub use runtime::new_gossip_key;
 use runtime::Runtime;
 
+/// The identity a node keeps in its cluster directory `dir`, a manager's node key opened
+/// with the data key in its key file (so not while autolocked): for tools and tests that
+/// speak to the managers as that node.
+pub fn kept_identity(dir: &Path) -> Result<crate::pki::NodeIdentity, ClusterError> {
+    let keys = match keys::load(dir)? {
+        keys::OnDisk::Open(keys) => Some(keys),
+        _ => None,
+    };
+    persist::load_identity(dir, keys.as_ref().map(|k| k.data_key()))
+}
+
 /// The port managers listen on, as in Swarm.
 pub const DEFAULT_PORT: u16 = 2377;
 
