@@ -670,21 +670,20 @@ mod tests {
         }
     }
 
+    /// The hostname the scripts print when run on this machine.
+    fn busybox_hostname() -> String {
+        let out = Command::new(BUSYBOX).arg("hostname").output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
     #[test]
     fn cgi_script_output() {
         // Runs the script with the host's busybox sh (the shell it gets in the image).
         if !Path::new(BUSYBOX).exists() {
             return;
         }
-        let host = String::from_utf8(
-            Command::new(BUSYBOX)
-                .arg("hostname")
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .unwrap();
-        let host = host.trim();
+        let host = busybox_hostname();
+        let host = host.as_str();
         for (suffix, addr, client) in [
             ("", "[::ffff:10.0.0.5]", "10.0.0.5"),
             ("", "::ffff:10.0.0.5", "10.0.0.5"),
@@ -709,15 +708,8 @@ mod tests {
         if !Path::new(BUSYBOX).exists() {
             return;
         }
-        let host = String::from_utf8(
-            Command::new(BUSYBOX)
-                .arg("hostname")
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .unwrap();
-        let host = host.trim();
+        let host = busybox_hostname();
+        let host = host.as_str();
         for suffix in ["", " version=2"] {
             let mut child = Command::new(BUSYBOX)
                 .args(["sh", "-c", &keepalive_script(suffix), "keepalive"])

@@ -480,15 +480,7 @@ fn task_on(id: &str, node: &str) -> crate::store::Task {
             state: TaskState::Assigned,
             ..Default::default()
         },
-        networks: vec![],
-        force_update: 0,
-        spec: None,
-        restarts: 0,
-        restart_window_start_ms: 0,
-        failures_in_a_row: 0,
-        job_iteration: None,
-        created_ms: 0,
-        version: 0,
+        ..Default::default()
     }
 }
 

@@ -447,7 +447,7 @@ pub struct NetworkAttachment {
     pub addr: Ipv4Net,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
     pub id: String,
     pub service_id: String,

@@ -85,14 +85,8 @@ fn task(id: &str, service: &Service, node: &str, state: TaskState) -> Task {
                 addr: "10.0.1.5/24".parse().unwrap(),
             })
             .collect(),
-        force_update: 0,
         spec: Some(Box::new(service.spec.clone())),
-        restarts: 0,
-        restart_window_start_ms: 0,
-        failures_in_a_row: 0,
-        job_iteration: None,
-        created_ms: 0,
-        version: 0,
+        ..Default::default()
     }
 }
 
