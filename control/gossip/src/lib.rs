@@ -16,6 +16,7 @@
 //! UDP only: chitchat reconciles whole states in UDP datagrams (scuttlebutt deltas), so
 //! nothing needs memberlist's TCP push/pull on 7946; firewalls need UDP 7946 only.
 pub mod endpoint;
+pub mod fuzzing;
 pub mod keys;
 pub mod seal;
 pub mod sim;
