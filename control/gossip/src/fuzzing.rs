@@ -28,6 +28,7 @@ use ipnet::IpNet;
 use tokio::sync::watch;
 
 use crate::{
+    admit::key_ok,
     endpoint::Deriver,
     keys::{ClusterKey, Keyring},
     seal::{Opener, Sealer, HEADER_LEN, MAGIC_ZSTD, TAG_LEN},
@@ -135,6 +136,11 @@ impl Receiver {
                 )
             })
             .collect();
+        // Chitchat takes key-values only from messages, which the receive step drops
+        // whole when a key is one chitchat cannot hold.
+        if !values.iter().all(|(key, _)| key_ok(key)) {
+            return Received::Dropped;
+        }
         let max_version = values.len() as u64;
         let own_id = ChitchatId::new("receiver", 1, self.own);
         let peer_id = ChitchatId::new("peer", 1, self.from);
@@ -165,6 +171,33 @@ impl Receiver {
     }
 }
 
+/// An `Ack` whose delta holds `key_values` of node `peer` (versions 1, 2, ...), then, with
+/// `max_version`, a max version for it; laid out as chitchat writes it (magic, version,
+/// type; then one uncompressed block of operations).
+fn ack_bytes(peer: &ChitchatId, key_values: &[(&str, &str)], max_version: Option<u64>) -> Vec<u8> {
+    let mut ops = vec![0u8]; // node
+    peer.serialize(&mut ops);
+    0u64.serialize(&mut ops); // last GC version
+    0u64.serialize(&mut ops); // from version (excluded)
+    for (version, (key, value)) in (1u64..).zip(key_values) {
+        ops.push(1); // key-value
+        key.to_string().serialize(&mut ops);
+        value.to_string().serialize(&mut ops);
+        version.serialize(&mut ops);
+        ops.push(0); // set
+    }
+    if let Some(max) = max_version {
+        ops.push(2); // max version
+        max.serialize(&mut ops);
+    }
+    let mut ack = 45_139u16.to_le_bytes().to_vec();
+    ack.extend_from_slice(&[0, 2, 2]); // version 0, Ack, uncompressed block
+    (ops.len() as u16).serialize(&mut ack);
+    ack.extend_from_slice(&ops);
+    ack.push(0); // no more blocks
+    ack
+}
+
 /// Inputs for [`Receiver::take`] that reach each step (named, for a corpus): a datagram
 /// with shoal's header but no valid seal; chitchat messages a key holder sealed, plain
 /// and compressed, among them an `Ack` carrying a peer's VTEP and endpoint record; and a
@@ -175,29 +208,7 @@ pub fn seed_inputs() -> Vec<(&'static str, Vec<u8>)> {
         r#"{{"network":"{}","ip":"10.0.9.2","mac":"02:42:0a:00:09:02","vtep":"{PEER_VTEP}","service":"web","task":"web.1.abc","slot":1,"healthy":true,"aliases":["www"]}}"#,
         NETWORK.0
     );
-    // An `Ack` whose delta holds one node's two keys, laid out as chitchat writes it
-    // (magic, version, type; then one uncompressed block of operations).
-    let mut ops = Vec::new();
-    ops.push(0u8); // node
-    peer.serialize(&mut ops);
-    0u64.serialize(&mut ops); // last GC version
-    0u64.serialize(&mut ops); // from version (excluded)
-    for (version, (key, value)) in [("vtep", PEER_VTEP), ("ep:t1", record.as_str())]
-        .into_iter()
-        .enumerate()
-    {
-        ops.push(1u8); // key-value
-        key.to_string().serialize(&mut ops);
-        value.to_string().serialize(&mut ops);
-        (version as u64 + 1).serialize(&mut ops);
-        ops.push(0u8); // set
-    }
-    let mut ack = Vec::new();
-    ack.extend_from_slice(&45_139u16.to_le_bytes());
-    ack.extend_from_slice(&[0, 2, 2]); // version 0, Ack, uncompressed block
-    (ops.len() as u16).serialize(&mut ack);
-    ack.extend_from_slice(&ops);
-    ack.push(0); // no more blocks
+    let ack = ack_bytes(&peer, &[("vtep", PEER_VTEP), ("ep:t1", &record)], None);
     let syn = ChitchatMessage::Syn {
         cluster_id: CLUSTER_ID.into(),
         digest: Default::default(),
@@ -344,5 +355,30 @@ mod tests {
         .collect();
         assert_eq!(kinds, expected);
         assert_eq!(r.counters().auth_failed, 1);
+    }
+
+    /// Found by the fuzz target: a key starting with a character outside ASCII panicked
+    /// chitchat's key listeners, and so would have ended the node's gossip task.
+    #[test]
+    fn messages_chitchat_cannot_hold_are_dropped_before_it_sees_them() {
+        let mut r = Receiver::new().unwrap();
+        let peer = ChitchatId::new("peer", 1, FROM.parse().unwrap());
+        let ok = ack_bytes(&peer, &[("vtep", PEER_VTEP)], None);
+        assert!(matches!(r.take(&input(1, &ok)), Received::Message(_)));
+        let not_ascii = ack_bytes(&peer, &[("vtep", PEER_VTEP), ("\u{e9}p", "x")], None);
+        assert_eq!(r.take(&input(1, &not_ascii)), Received::Dropped);
+        // A max version below the delta's own key-values: chitchat's assertion.
+        let behind = ack_bytes(&peer, &[("vtep", PEER_VTEP), ("ep:t1", "x")], Some(1));
+        assert_eq!(r.take(&input(1, &behind)), Received::Dropped);
+        let level = ack_bytes(&peer, &[("vtep", PEER_VTEP), ("ep:t1", "x")], Some(2));
+        assert!(matches!(r.take(&input(1, &level)), Received::Message(_)));
+        // The same, compressed; and the fuzz target's input, a peer's records.
+        let compressed = zstd::bulk::compress(&not_ascii, 1).unwrap();
+        assert_eq!(r.take(&input(2, &compressed)), Received::Dropped);
+        assert_eq!(
+            r.take(&input(3, "\u{fffd}=x".as_bytes())),
+            Received::Dropped
+        );
+        assert_eq!(r.counters().bad_message, 3);
     }
 }

@@ -16,6 +16,7 @@ use chitchat::{
 use tracing::warn;
 
 use crate::{
+    admit::admit,
     keys::Keyring,
     seal::{Opener, Sealer, MAX_PACKET},
     wire::{Wire, WireSocket},
@@ -99,18 +100,23 @@ pub(crate) fn receive(
 ) -> Option<ChitchatMessage> {
     let plain = opener.open(from, packet)?;
     let mut cursor = plain.as_slice();
-    match ChitchatMessage::deserialize(&mut cursor) {
-        Ok(msg) if cursor.is_empty() => {
-            counters.bump(Counter::Received);
-            Some(msg)
-        }
-        _ => {
-            // Sealed with a cluster key, yet not a chitchat message.
-            if counters.bump(Counter::BadMessage) == 1 {
-                warn!(%from, len = plain.len(),
-                    "authentic gossip packet is not a chitchat message; dropped");
+    let why = match ChitchatMessage::deserialize(&mut cursor) {
+        Ok(msg) if cursor.is_empty() => match admit(&plain) {
+            Ok(()) => {
+                counters.bump(Counter::Received);
+                return Some(msg);
             }
-            None
-        }
+            Err(why) => why,
+        },
+        Ok(_) => "bytes after the message".to_string(),
+        Err(e) => e.to_string(),
+    };
+    // Sealed with a cluster key, yet not a chitchat message, or one chitchat cannot
+    // handle safely (`admit`).
+    if counters.bump(Counter::BadMessage) == 1 {
+        warn!(%from, len = plain.len(), reason = %why,
+            "authentic gossip packet is not an acceptable chitchat message; dropped \
+             (further ones are only counted)");
     }
+    None
 }
