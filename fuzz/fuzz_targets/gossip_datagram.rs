@@ -11,8 +11,7 @@ use shoal_gossip::fuzzing::{Received, Receiver};
 static RECEIVER: OnceLock<Mutex<Receiver>> = OnceLock::new();
 
 fuzz_target!(|input: &[u8]| {
-    let receiver =
-        RECEIVER.get_or_init(|| Mutex::new(Receiver::new().expect("a receiver")));
+    let receiver = RECEIVER.get_or_init(|| Mutex::new(Receiver::new().expect("a receiver")));
     let mut receiver = receiver.lock().unwrap_or_else(|e| e.into_inner());
     let received = receiver.take(input);
     // Bytes nobody sealed with the cluster key never reach chitchat.

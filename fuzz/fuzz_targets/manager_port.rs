@@ -24,7 +24,10 @@ fuzz_target!(|input: &[u8]| {
         }
     }
     // Only a stranger's join is checked as a join.
-    if matches!(outcome, Outcome::JoinChecked(_) | Outcome::TokenRefused | Outcome::JoinRefused) {
+    if matches!(
+        outcome,
+        Outcome::JoinChecked(_) | Outcome::TokenRefused | Outcome::JoinRefused
+    ) {
         assert_eq!(caller, Caller::Stranger);
     }
 });
