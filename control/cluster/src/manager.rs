@@ -35,6 +35,7 @@
 //! [`ClusterError::Locked`] and starts nothing; [`Manager::unlock`] with the key starts
 //! it.
 
+pub mod fuzzing;
 mod keys;
 mod persist;
 mod runtime;

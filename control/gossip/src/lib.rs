@@ -15,7 +15,9 @@
 //!
 //! UDP only: chitchat reconciles whole states in UDP datagrams (scuttlebutt deltas), so
 //! nothing needs memberlist's TCP push/pull on 7946; firewalls need UDP 7946 only.
+mod admit;
 pub mod endpoint;
+pub mod fuzzing;
 pub mod keys;
 pub mod seal;
 pub mod sim;
@@ -178,7 +180,8 @@ pub struct Counters {
 /// dropped: `oversized`, `malformed` (garbage, truncated, not shoal's header), `unknown_key`
 /// (a key ID not in the ring: retired or foreign), `auth_failed` (wrong key, wrong
 /// cluster, tampered), `stale` (send time too far off), `replayed`, `too_many_senders`,
-/// `bad_message` (authentic but not chitchat), `send_too_big` (not sent). Records left
+/// `bad_message` (authentic but not chitchat, or chitchat
+/// could not handle it safely: see `admit`), `send_too_big` (not sent). Records left
 /// out of the table: `bad_record`, `foreign_claim` (a VTEP not its publisher's),
 /// `unknown_network`, `outside_subnet`, `address_conflict`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]

@@ -95,6 +95,12 @@ impl Sealer {
         } else {
             (MAGIC, plain)
         };
+        self.seal_as(magic, plain)
+    }
+
+    /// Seals `plain` as is under `magic` ([`MAGIC`], or [`MAGIC_ZSTD`] for a compressed
+    /// body). `None` if it exceeds [`MAX_PACKET`].
+    pub(crate) fn seal_as(&mut self, magic: [u8; 4], plain: &[u8]) -> Option<Vec<u8>> {
         if HEADER_LEN + plain.len() + TAG_LEN > MAX_PACKET {
             return None;
         }

@@ -16,6 +16,7 @@ use chitchat::{
 use tracing::warn;
 
 use crate::{
+    admit::admit,
     keys::Keyring,
     seal::{Opener, Sealer, MAX_PACKET},
     wire::{Wire, WireSocket},
@@ -80,23 +81,42 @@ impl Socket for SecureSocket {
     async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
         loop {
             let (from, packet) = self.socket.recv(&mut self.buf).await?;
-            let Some(plain) = self.opener.open(from, &packet) else {
-                continue;
-            };
-            let mut cursor = plain.as_slice();
-            match ChitchatMessage::deserialize(&mut cursor) {
-                Ok(msg) if cursor.is_empty() => {
-                    self.counters.bump(Counter::Received);
-                    return Ok((from, msg));
-                }
-                _ => {
-                    // Sealed with a cluster key, yet not a chitchat message.
-                    if self.counters.bump(Counter::BadMessage) == 1 {
-                        warn!(%from, len = plain.len(),
-                            "authentic gossip packet is not a chitchat message; dropped");
-                    }
-                }
+            if let Some(msg) = receive(&mut self.opener, &self.counters, from, &packet) {
+                return Ok((from, msg));
             }
         }
     }
+}
+
+/// What a node makes of one datagram it received: opened with the cluster keys
+/// ([`Opener::open`]), then read as exactly one chitchat message. `None`: dropped and
+/// counted. Everything a datagram's sender controls passes through here before chitchat
+/// sees it (the fuzz target `gossip_datagram` drives it).
+pub(crate) fn receive(
+    opener: &mut Opener,
+    counters: &Counters,
+    from: SocketAddr,
+    packet: &[u8],
+) -> Option<ChitchatMessage> {
+    let plain = opener.open(from, packet)?;
+    let mut cursor = plain.as_slice();
+    let why = match ChitchatMessage::deserialize(&mut cursor) {
+        Ok(msg) if cursor.is_empty() => match admit(&plain) {
+            Ok(()) => {
+                counters.bump(Counter::Received);
+                return Some(msg);
+            }
+            Err(why) => why,
+        },
+        Ok(_) => "bytes after the message".to_string(),
+        Err(e) => e.to_string(),
+    };
+    // Sealed with a cluster key, yet not a chitchat message, or one chitchat cannot
+    // handle safely (`admit`).
+    if counters.bump(Counter::BadMessage) == 1 {
+        warn!(%from, len = plain.len(), reason = %why,
+            "authentic gossip packet is not an acceptable chitchat message; dropped \
+             (further ones are only counted)");
+    }
+    None
 }

@@ -54,7 +54,10 @@ use crate::store::{ClusterState, NodeStatus, RaftId, StoreNode};
 use crate::token::JoinTokens;
 
 use accept::{Admission, ListenerLimits};
+pub(crate) use accept::{MAX_JOIN_FRAME, MAX_NODE_FRAME};
+pub(crate) use admit::{check_join_request, check_token};
 use applied::AppliedVersions;
+pub(crate) use handlers::needs;
 use liveness::Liveness;
 use reports::WriteBudget;
 

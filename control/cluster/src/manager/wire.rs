@@ -339,6 +339,29 @@ pub(crate) async fn read_frame<S: AsyncRead + Unpin>(
     Ok(Some(body))
 }
 
+/// A request frame's body read as a [`Request`]: the one step between the bytes a caller
+/// sent and what the handlers see. A body that is not a request is answered with the
+/// reason, as any refused request is.
+pub(crate) fn decode_request(frame: &[u8]) -> Result<Request, WireError> {
+    serde_json::from_slice(frame).map_err(|e| WireError::Other {
+        detail: format!("bad request: {e}"),
+    })
+}
+
+/// The next request on a server's connection: a frame of at most `max` bytes
+/// ([`read_frame`]), then its body decoded ([`decode_request`]). `Ok(None)` at a clean end
+/// of stream; an I/O error (a frame over the bound, a body that does not come in time)
+/// ends the connection, a body that is not a request is answered.
+pub(crate) async fn read_request<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    max: usize,
+    body_timeout: Duration,
+) -> std::io::Result<Option<Result<Request, WireError>>> {
+    Ok(read_frame(stream, max, body_timeout)
+        .await?
+        .map(|frame| decode_request(&frame)))
+}
+
 /// One request/response exchange on an open stream, within `deadline`.
 pub(crate) async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,

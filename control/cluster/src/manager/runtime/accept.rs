@@ -23,8 +23,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use super::{lock, other, read, Core, Runtime};
-use crate::manager::wire::{read_frame, write_frame, Reply, Request, MAX_FRAME};
+use super::{lock, read, Core, Runtime};
+use crate::manager::wire::{read_request, write_frame, Reply, Request, WireError, MAX_FRAME};
 use crate::manager::Role;
 use crate::pki::PeerIdentity;
 
@@ -291,12 +291,13 @@ async fn serve_conn(
         .filter(|p| p.cluster_id() == rt.cluster_id);
     let Some(peer) = peer else {
         // A stranger: one request (a `Join`, the only one it may make), small and soon.
-        let request = async { read_frame(&mut tls, MAX_JOIN_FRAME, limits.stranger_timeout).await };
-        let frame = match tokio::time::timeout(limits.stranger_timeout, request).await {
-            Ok(Ok(Some(frame))) => frame,
+        let request =
+            async { read_request(&mut tls, MAX_JOIN_FRAME, limits.stranger_timeout).await };
+        let request = match tokio::time::timeout(limits.stranger_timeout, request).await {
+            Ok(Ok(Some(request))) => request,
             _ => return,
         };
-        let reply = answer(&rt, None, &frame).await;
+        let reply = answer(&rt, None, request).await;
         let _ = respond(&mut tls, &reply, limits.frame_timeout).await;
         return;
     };
@@ -306,16 +307,16 @@ async fn serve_conn(
         Role::Worker => MAX_NODE_FRAME,
     };
     loop {
-        let frame = match tokio::time::timeout(
+        let request = match tokio::time::timeout(
             limits.idle_timeout,
-            read_frame(&mut tls, max, limits.frame_timeout),
+            read_request(&mut tls, max, limits.frame_timeout),
         )
         .await
         {
-            Ok(Ok(Some(frame))) => frame,
+            Ok(Ok(Some(request))) => request,
             _ => return,
         };
-        let reply = answer(&rt, Some(peer.clone()), &frame).await;
+        let reply = answer(&rt, Some(peer.clone()), request).await;
         if respond(&mut tls, &reply, limits.frame_timeout)
             .await
             .is_err()
@@ -325,11 +326,12 @@ async fn serve_conn(
     }
 }
 
-async fn answer(rt: &Arc<Runtime>, peer: Option<PeerIdentity>, frame: &[u8]) -> Reply {
-    match serde_json::from_slice::<Request>(frame) {
-        Ok(request) => rt.handle(peer, request).await,
-        Err(e) => Err(other(format!("bad request: {e}"))),
-    }
+async fn answer(
+    rt: &Arc<Runtime>,
+    peer: Option<PeerIdentity>,
+    request: Result<Request, WireError>,
+) -> Reply {
+    rt.handle(peer, request?).await
 }
 
 async fn respond<S: tokio::io::AsyncWrite + Unpin>(

@@ -11,13 +11,13 @@ use super::{
     tokens_of, Core, Runtime,
 };
 use crate::manager::wire::{Grant, Reply, Response, WireError};
-use crate::manager::{NodeInfo, Role};
-use crate::pki::{new_node_id, NodeCertificate, NodeCsr};
+use crate::manager::{NodeInfo, Role, Timings};
+use crate::pki::{new_node_id, ClusterCa, IssueOptions, NodeCertificate, NodeCsr};
 use crate::store::{ApplyResult, Availability, ClusterState, Command, Node, NodeStatus, RaftId};
 use crate::token::TokenError;
 
 /// The role `token` admits to, by the join tokens in `state`.
-fn check_token(state: &ClusterState, token: &str) -> Result<Role, WireError> {
+pub(crate) fn check_token(state: &ClusterState, token: &str) -> Result<Role, WireError> {
     let tokens = tokens_of(state).map_err(other)?;
     tokens.check(token, None).map_err(|e| match e {
         TokenError::WrongCluster => WireError::CaMismatch,
@@ -26,6 +26,26 @@ fn check_token(state: &ClusterState, token: &str) -> Result<Role, WireError> {
             detail: e.to_string(),
         },
     })
+}
+
+/// What a join with a valid token brings, checked before anything is recorded: its
+/// advertise address, and its CSR read and checked (its signature, the node ID) by
+/// issuing a certificate that is thrown away. The CSR and the options to issue with.
+pub(crate) fn check_join_request(
+    ca: &ClusterCa,
+    timings: &Timings,
+    role: Role,
+    node_id: &str,
+    csr_pem: &str,
+    advertise: &str,
+) -> Result<(NodeCsr, IssueOptions), WireError> {
+    let csr = NodeCsr::from_pem(csr_pem).map_err(other)?;
+    let addr: SocketAddr = advertise
+        .parse()
+        .map_err(|_| other(format!("bad advertise address {advertise:?}")))?;
+    let options = issue_options(timings, role, Some(addr));
+    ca.issue(&csr, node_id, role, &options).map_err(other)?;
+    Ok((csr, options))
 }
 
 impl Runtime {
@@ -79,17 +99,16 @@ impl Runtime {
             return Err(WireError::BadToken);
         }
         drop(token);
-        let csr = NodeCsr::from_pem(&csr_pem).map_err(other)?;
-        let addr: SocketAddr = advertise
-            .parse()
-            .map_err(|_| other(format!("bad advertise address {advertise:?}")))?;
         let node_id = new_node_id();
+        let (csr, options) = check_join_request(
+            &core.ca,
+            &self.timings,
+            role,
+            &node_id,
+            &csr_pem,
+            &advertise,
+        )?;
         let raft_id = (role == Role::Manager).then(|| fresh_raft_id(&state));
-        let options = issue_options(&self.timings, role, Some(addr));
-        // The CSR is checked (its signature, the node ID) before anything is recorded.
-        core.ca
-            .issue(&csr, &node_id, role, &options)
-            .map_err(other)?;
         let node = Node {
             id: node_id.clone(),
             hostname: info.hostname.clone(),

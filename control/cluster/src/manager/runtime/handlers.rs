@@ -17,7 +17,7 @@ use crate::store::{ApplyResult, ClusterState, Command, StoreError, TaskStatusUpd
 
 /// What a request asks of its caller, and where it is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Needs {
+pub(crate) struct Needs {
     /// The role the caller must hold, in its certificate and in the store.
     pub role: Role,
     /// Whether a caller this member's copy of the store does not know may pass.
@@ -28,7 +28,7 @@ pub(super) struct Needs {
 
 /// What `request` needs. (A `Join` comes with no certificate: its handler checks its
 /// token before anything else.)
-pub(super) fn needs(request: &Request) -> Needs {
+pub(crate) fn needs(request: &Request) -> Needs {
     let on_leader = |role| Needs {
         role,
         unknown: Unknown::Refuse,
