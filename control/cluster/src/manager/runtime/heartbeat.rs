@@ -17,7 +17,11 @@ use crate::pki::{ClusterCa, NodeCertificate, NodeIdentity};
 use crate::store::RaftId;
 
 impl Runtime {
-    pub(super) async fn heartbeat_once(self: &Arc<Self>) {
+    /// One heartbeat and what its answer calls for. True when the node renewed to follow
+    /// a root CA rotation: the next heartbeat should go at once, to report it (the
+    /// rotation waits for every node's report).
+    pub(super) async fn heartbeat_once(self: &Arc<Self>) -> bool {
+        let mut report_now = false;
         let info = lock(&self.local).info.clone();
         let tls = Some(tls_of(&self.identity()));
         let call = self.call_leader(Request::Heartbeat { node: info, tls });
@@ -37,7 +41,7 @@ impl Runtime {
                 }
                 self.reconcile_role(&ack).await;
                 if let Some(target) = &ack.ca {
-                    self.follow_root(target).await;
+                    report_now = self.follow_root(target).await;
                 }
             }
             Ok(Ok(_)) => tracing::debug!("unexpected answer to a heartbeat"),
@@ -51,6 +55,7 @@ impl Runtime {
                 Err(e) => tracing::warn!(error = %e, "certificate renewal failed; will retry"),
             }
         }
+        report_now
     }
 
     /// Follows the role the store gives this node (promotion, demotion).
@@ -80,14 +85,14 @@ impl Runtime {
     }
 
     /// A root CA rotation started or ended: a certificate of the root that signs now,
-    /// and the roots to trust, come with a renewal.
-    async fn follow_root(self: &Arc<Self>, target: &CaTarget) {
+    /// and the roots to trust, come with a renewal. True when this node renewed.
+    async fn follow_root(self: &Arc<Self>, target: &CaTarget) -> bool {
         if !ca_change_due(&self.identity(), target) {
-            return;
+            return false;
         }
         let _guard = self.transition.lock().await;
         if !ca_change_due(&self.identity(), target) {
-            return;
+            return false;
         }
         match self.renew().await {
             Ok(_) => {
@@ -98,8 +103,12 @@ impl Runtime {
                     rotating = identity.trust().next().is_some(),
                     "root CA rotation: node certificate and trust renewed"
                 );
+                true
             }
-            Err(e) => tracing::warn!(error = %e, "root CA rotation: renewal failed; will retry"),
+            Err(e) => {
+                tracing::warn!(error = %e, "root CA rotation: renewal failed; will retry");
+                false
+            }
         }
     }
 

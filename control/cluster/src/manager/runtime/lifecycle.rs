@@ -479,8 +479,9 @@ impl Runtime {
         let rt = self.clone();
         let heartbeat = tokio::spawn(async move {
             loop {
-                rt.heartbeat_once().await;
-                tokio::time::sleep(rt.timings.heartbeat_interval).await;
+                if !rt.heartbeat_once().await {
+                    tokio::time::sleep(rt.timings.heartbeat_interval).await;
+                }
             }
         });
         lock(&self.tasks).push(heartbeat);
