@@ -117,6 +117,24 @@ fn kept_roots(dir: &Path) -> (CaDigest, (CaDigest, Option<CaDigest>)) {
     (identity.issuer().digest(), identity.trust().digests())
 }
 
+type Conn = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A mutual-TLS connection to `addr` with `identity`'s certificate and `trust`.
+async fn connect_with(
+    addr: std::net::SocketAddr,
+    identity: &shoal_cluster::pki::NodeIdentity,
+    trust: &CaTrust,
+) -> Result<Conn, String> {
+    let config = client_config(identity, trust).map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(manager_server_name(), tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))
+}
+
 /// One request over mutual TLS with `identity`'s certificate and `trust`: what came
 /// back (`Err`: the connection was refused or ended without an answer).
 async fn ask_with(
@@ -124,14 +142,12 @@ async fn ask_with(
     identity: &shoal_cluster::pki::NodeIdentity,
     trust: &CaTrust,
 ) -> Result<Vec<u8>, String> {
-    let config = client_config(identity, trust).map_err(|e| e.to_string())?;
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(manager_server_name(), tcp)
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
+    let mut tls = connect_with(addr, identity, trust).await?;
+    ask_on(&mut tls).await
+}
+
+/// One request on an open connection.
+async fn ask_on(tls: &mut Conn) -> Result<Vec<u8>, String> {
     let body = br#""read_state""#;
     let exchange = async {
         tls.write_all(&(body.len() as u32).to_be_bytes()).await?;
@@ -191,6 +207,18 @@ async fn a_rotation_reissues_every_certificate_under_the_new_root_through_a_lead
         password: "pass-7f3c".into(),
     };
     let sealed = m1.seal_registry_auth("svc1", &creds).unwrap();
+    // Connections opened with m2's certificate of the old root, to every manager: they
+    // are answered now, and must end once the old root is trusted no more.
+    let mut kept = Vec::new();
+    for (name, m) in &managers {
+        let mut conn = connect_with(m.advertise_addr(), &m2_before, m2_before.trust())
+            .await
+            .unwrap();
+        ask_on(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{name} answers m2 before the rotation: {e}"));
+        kept.push((*name, conn));
+    }
 
     // The worker is down when the rotation starts: the rotation waits for it.
     let w1_id = w1.node_id().to_owned();
@@ -282,6 +310,14 @@ async fn a_rotation_reissues_every_certificate_under_the_new_root_through_a_lead
     ask_with(addr, &m2_now, m2_now.trust())
         .await
         .expect("a new-root certificate is answered");
+
+    for (name, conn) in &mut kept {
+        let answer = ask_on(conn).await;
+        assert!(
+            answer.is_err(),
+            "{name} still answers a connection made with an old-root certificate"
+        );
+    }
 
     // Registry credentials sealed before the rotation still open.
     assert_eq!(other.open_registry_auth("svc1", &sealed).unwrap(), creds);
