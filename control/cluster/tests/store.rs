@@ -238,6 +238,7 @@ fn node(id: &str) -> Node {
         labels: BTreeMap::new(),
         raft_id: None,
         version: 0,
+        tls: None,
     }
 }
 

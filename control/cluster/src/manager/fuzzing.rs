@@ -221,7 +221,10 @@ pub fn seed_inputs() -> Result<Vec<(&'static str, Vec<u8>)>, ClusterError> {
         (
             "heartbeat",
             Caller::Worker,
-            Request::Heartbeat { node: node.clone() },
+            Request::Heartbeat {
+                node: node.clone(),
+                tls: None,
+            },
         ),
         (
             "node_state",

@@ -21,6 +21,7 @@ fn node(id: &str, ip: &str) -> Node {
         labels: BTreeMap::new(),
         raft_id: None,
         version: 0,
+        tls: None,
     }
 }
 

@@ -21,6 +21,7 @@ pub(super) fn node(id: &str, role: Role) -> Node {
         labels: BTreeMap::new(),
         raft_id: None,
         version: 0,
+        tls: None,
     }
 }
 

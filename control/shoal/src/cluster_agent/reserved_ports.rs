@@ -117,6 +117,7 @@ mod tests {
                 labels: BTreeMap::new(),
                 raft_id: None,
                 version: 0,
+                tls: None,
             },
         );
         s

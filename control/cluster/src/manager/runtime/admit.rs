@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use super::{
     fresh_raft_id, issue_options, manager_addrs, manager_ids, now_ms, other, pki_role, store_role,
-    tokens_of, Core, Runtime,
+    tokens_of, Core, Runtime, Signers,
 };
-use crate::manager::wire::{Grant, Reply, Response, WireError};
+use crate::manager::wire::{Grant, NextCaPem, Reply, Response, WireError};
 use crate::manager::{NodeInfo, Role, Timings};
 use crate::pki::{new_node_id, ClusterCa, IssueOptions, NodeCertificate, NodeCsr};
 use crate::store::{ApplyResult, Availability, ClusterState, Command, Node, NodeStatus, RaftId};
@@ -49,9 +49,11 @@ pub(crate) fn check_join_request(
 }
 
 impl Runtime {
+    /// A grant of `cert` (signed by `signers`' signing CA), with the roots to trust; a
+    /// manager also gets the root's key.
     fn grant(
         &self,
-        core: &Core,
+        signers: &Signers,
         node_id: &str,
         cert: NodeCertificate,
         role: Role,
@@ -61,12 +63,16 @@ impl Runtime {
         Grant {
             node_id: node_id.to_string(),
             cert_pem: cert.pem(),
-            ca_pem: core.ca.cert_pem(),
-            ca_key_pem: (role == Role::Manager).then(|| core.ca.key_pem_secret()),
+            ca_pem: signers.root.cert_pem(),
+            ca_key_pem: (role == Role::Manager).then(|| signers.root.key_pem_secret()),
             raft_id,
             managers: manager_addrs(state),
             manager_ids: manager_ids(state),
             server_time_ms: now_ms(),
+            next_ca: signers.next.as_ref().map(|(ca, next)| NextCaPem {
+                cert_pem: ca.cert_pem(),
+                cross_signed_pem: next.cross_signed_pem(),
+            }),
         }
     }
 
@@ -100,8 +106,10 @@ impl Runtime {
         }
         drop(token);
         let node_id = new_node_id();
+        let signers = core.signers();
+        // The CSR is checked (its signature, the node ID) before anything is recorded.
         let (csr, options) = check_join_request(
-            &core.ca,
+            signers.signing(),
             &self.timings,
             role,
             &node_id,
@@ -121,6 +129,7 @@ impl Runtime {
             labels: BTreeMap::new(),
             raft_id,
             version: 0,
+            tls: None,
         };
         let applied = self
             .execute(Command::UpsertNode { node })
@@ -129,13 +138,13 @@ impl Runtime {
         if let ApplyResult::Rejected { rejection, .. } = applied {
             return Err(WireError::Rejected { rejection });
         }
-        let cert = core
-            .ca
+        let cert = signers
+            .signing()
             .issue(&csr, &node_id, role, &options)
             .map_err(other)?;
         tracing::info!(node = %node_id, hostname = %info.hostname, %role, "node joined");
         Ok(Response::Granted(
-            self.grant(core, &node_id, cert, role, raft_id, &state),
+            self.grant(&signers, &node_id, cert, role, raft_id, &state),
         ))
     }
 
@@ -155,8 +164,9 @@ impl Runtime {
         let role = pki_role(node.role);
         let csr = NodeCsr::from_pem(csr_pem).map_err(other)?;
         let addr = node.advertise_addr.parse().ok();
-        let cert = core
-            .ca
+        let signers = core.signers();
+        let cert = signers
+            .signing()
             .issue(
                 &csr,
                 node_id,
@@ -165,7 +175,7 @@ impl Runtime {
             )
             .map_err(other)?;
         Ok(Response::Granted(self.grant(
-            core,
+            &signers,
             node_id,
             cert,
             role,

@@ -84,6 +84,7 @@ mod tests {
                     labels: Default::default(),
                     raft_id: None,
                     version: 1,
+                    tls: None,
                 },
             );
         }

@@ -94,6 +94,7 @@ mod tests {
                     labels: Default::default(),
                     raft_id: None,
                     version: 1,
+                    tls: None,
                 },
             );
         }
