@@ -345,3 +345,40 @@ async fn a_rotation_reissues_every_certificate_under_the_new_root_through_a_lead
         m.shutdown().await;
     }
 }
+
+/// A joining node's record says at once what its certificate and trust are (what its
+/// heartbeats report), so its first heartbeat writes nothing more, and the record does
+/// not change again while nothing rotates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_joiner_is_recorded_with_its_certificate_s_root_and_heartbeats_write_nothing() {
+    let base = TempBase::new("joiner-tls");
+    let m1 = Manager::init_with(
+        base.config("m1"),
+        info("m1"),
+        InitOptions::default(),
+        timings(),
+    )
+    .await
+    .unwrap();
+    let worker_token = m1.join_token(Role::Worker).await.unwrap().expose_secret();
+    let Joined::Worker(w1) = join(&base, "w1", &m1, &worker_token).await.unwrap() else {
+        panic!("w1 joined as a manager");
+    };
+    let recorded = m1.state().await.unwrap().nodes[w1.node_id()].clone();
+    let (issuer, (trust_root, trust_next)) = kept_roots(&base.dir("w1"));
+    let tls = recorded
+        .tls
+        .as_deref()
+        .expect("the join records the node's TLS");
+    assert_eq!(
+        (tls.cert_issuer, tls.trust_root, tls.trust_next),
+        (issuer, trust_root, trust_next)
+    );
+    // Over five heartbeat intervals the record stays the one the join wrote (a window
+    // in which nothing must happen has to be waited out).
+    tokio::time::sleep(timings().heartbeat_interval * 5).await;
+    let later = m1.state().await.unwrap().nodes[w1.node_id()].clone();
+    assert_eq!(later.version, recorded.version, "{later:?}");
+    w1.shutdown().await;
+    m1.shutdown().await;
+}

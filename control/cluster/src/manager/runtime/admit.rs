@@ -13,7 +13,9 @@ use super::{
 use crate::manager::wire::{Grant, NextCaPem, Reply, Response, WireError};
 use crate::manager::{NodeInfo, Role, Timings};
 use crate::pki::{new_node_id, ClusterCa, IssueOptions, NodeCertificate, NodeCsr};
-use crate::store::{ApplyResult, Availability, ClusterState, Command, Node, NodeStatus, RaftId};
+use crate::store::{
+    ApplyResult, Availability, ClusterState, Command, Node, NodeStatus, NodeTls, RaftId,
+};
 use crate::token::TokenError;
 
 /// The role `token` admits to, by the join tokens in `state`.
@@ -46,6 +48,17 @@ pub(crate) fn check_join_request(
     let options = issue_options(timings, role, Some(addr));
     ca.issue(&csr, node_id, role, &options).map_err(other)?;
     Ok((csr, options))
+}
+
+/// The certificate issuer and trust of a node granted by `signers` (what its heartbeats
+/// will report).
+fn granted_tls(signers: &Signers) -> NodeTls {
+    let target = signers.target();
+    NodeTls {
+        cert_issuer: signers.signing().digest(),
+        trust_root: target.root,
+        trust_next: target.next,
+    }
 }
 
 impl Runtime {
@@ -129,7 +142,8 @@ impl Runtime {
             labels: BTreeMap::new(),
             raft_id,
             version: 0,
-            tls: None,
+            // What the grant below gives it: its first heartbeat then writes nothing.
+            tls: Some(Box::new(granted_tls(&signers))),
         };
         let applied = self
             .execute(Command::UpsertNode { node })

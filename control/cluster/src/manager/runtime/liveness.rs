@@ -68,7 +68,7 @@ impl Runtime {
             updated.engine_version = info.engine_version;
             propose(core, Command::UpsertNode { node: updated }).await?;
         }
-        // What a root CA rotation waits for: written when it changes (at join, and twice
+        // What a root CA rotation waits for: recorded at join, written when it changes (twice
         // per rotation), within the node's write budget like the engine version.
         if let Some(tls) = tls.filter(|t| node.tls.as_deref() != Some(t)) {
             if lock(&self.writes).take(node_id, Instant::now()) {
