@@ -39,6 +39,8 @@ pub enum ConfigError {
     InvalidInterface { name: String, reason: &'static str },
     #[error("{key} must not be empty")]
     EmptyPath { key: &'static str },
+    #[error("engine_api_socket {} is docker_socket, the node's dockerd's own socket: name another path (--engine-api-socket)", path.display())]
+    EngineSocketIsDockers { path: std::path::PathBuf },
     #[error("data_path_port must be between 1 and 65535")]
     BadPort,
     #[error("cluster_listen needs a port between 1 and 65535")]

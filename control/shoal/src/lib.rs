@@ -5,3 +5,4 @@
 pub mod api;
 pub mod cli;
 pub mod cluster_agent;
+pub mod engine_api;

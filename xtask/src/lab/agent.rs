@@ -15,6 +15,12 @@ pub fn api_socket(host: &HostState) -> PathBuf {
     host.run_dir.join("shoal.sock")
 }
 
+/// The host's agent's Docker Engine API socket (the host's dockerd has `docker.sock`
+/// in the same directory).
+pub fn engine_api_socket(host: &HostState) -> PathBuf {
+    host.run_dir.join("engine.sock")
+}
+
 /// Where a host's agent writes its status file (`agent.json`).
 pub fn status_file(host: &HostState) -> PathBuf {
     host.run_dir.join("agent").join("agent.json")
@@ -58,6 +64,8 @@ pub fn start(
         host.run_dir.join("netns").display().to_string(),
         "--api-socket".into(),
         api_socket(host).display().to_string(),
+        "--engine-api-socket".into(),
+        engine_api_socket(host).display().to_string(),
     ]
     .into_iter()
     // Names outside the cluster resolve through the lab's upstream, unless the caller

@@ -165,20 +165,23 @@ fn remove_files(paths: &AgentPaths, report: &mut Report) {
     }
     cleanup::remove_empty_dir(data, "data directory", report);
 
-    match fs::symlink_metadata(&paths.api_socket) {
-        Ok(meta) if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) => {
-            match fs::remove_file(&paths.api_socket) {
-                Ok(()) => report.done.push(format!(
-                    "removed the API socket {}",
-                    paths.api_socket.display()
-                )),
-                Err(e) => report.problems.push(format!(
-                    "removing the API socket {}: {e}",
-                    paths.api_socket.display()
-                )),
+    for (what, socket) in [
+        ("API socket", &paths.api_socket),
+        ("Engine API socket", &paths.engine_api_socket),
+    ] {
+        match fs::symlink_metadata(socket) {
+            Ok(meta) if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) => {
+                match fs::remove_file(socket) {
+                    Ok(()) => report
+                        .done
+                        .push(format!("removed the {what} {}", socket.display())),
+                    Err(e) => report
+                        .problems
+                        .push(format!("removing the {what} {}: {e}", socket.display())),
+                }
             }
+            _ => {}
         }
-        _ => {}
     }
     // The directory the API socket and the namespaces share by default (/run/shoal),
     // only when that leaves it empty: it may be a directory of other things.

@@ -162,6 +162,16 @@ async fn serve(config: AgentConfig) -> Result<()> {
     }
     let api_socket = api_server::bind(&config.api_socket)?;
     let api = tokio::spawn(api_server::serve(api_socket, cluster.clone()));
+    let engine_socket = api_server::bind_with(
+        &config.engine_api_socket,
+        0o660,
+        shoal::engine_api::docker_group(),
+    )?;
+    let engine_api = tokio::spawn(shoal::engine_api::serve(
+        engine_socket,
+        cluster.clone(),
+        config.docker_socket.clone(),
+    ));
     info!(role = cluster.role_name().await, api_socket = %config.api_socket.display(), "cluster role ready");
 
     let status = AgentStatus {
@@ -196,6 +206,8 @@ async fn serve(config: AgentConfig) -> Result<()> {
     // No new requests; the role stops cleanly (a restart resumes it).
     api.abort();
     let _ = api.await;
+    engine_api.abort();
+    let _ = engine_api.await;
     cluster.shutdown().await;
     if let Some(f) = files {
         f.abort();

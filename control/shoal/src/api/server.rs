@@ -49,6 +49,10 @@ impl ApiSocket {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    pub(crate) fn listener(&self) -> &UnixListener {
+        &self.listener
+    }
 }
 
 impl Drop for ApiSocket {
@@ -70,6 +74,12 @@ impl Drop for ApiSocket {
 /// still answers on is refused, as is a path that is not a socket. Needs a tokio
 /// runtime.
 pub fn bind(path: &Path) -> Result<ApiSocket, BindError> {
+    bind_with(path, 0o600, None)
+}
+
+/// [`bind`] with the socket made `mode` and, when `group` is given, owned by that group
+/// (the Engine API's socket is 0660 root:docker, as dockerd's).
+pub fn bind_with(path: &Path, mode: u32, group: Option<u32>) -> Result<ApiSocket, BindError> {
     let io = |what, error| BindError::Io {
         what,
         path: path.to_owned(),
@@ -108,7 +118,10 @@ pub fn bind(path: &Path) -> Result<ApiSocket, BindError> {
     let _ = fs::remove_file(&temp);
     let listener = UnixListener::bind(&temp).map_err(|e| io("binding", e))?;
     let finish = || -> io::Result<(u64, u64)> {
-        fs::set_permissions(&temp, fs::Permissions::from_mode(0o600))?;
+        fs::set_permissions(&temp, fs::Permissions::from_mode(mode))?;
+        if let Some(gid) = group {
+            std::os::unix::fs::chown(&temp, None, Some(gid))?;
+        }
         let meta = fs::symlink_metadata(&temp)?;
         fs::rename(&temp, path)?;
         Ok((meta.dev(), meta.ino()))

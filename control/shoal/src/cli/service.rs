@@ -15,12 +15,12 @@
 
 mod changes;
 mod container_flags;
-mod inspect;
+pub(crate) mod inspect;
 mod job;
 mod policy;
 mod progress;
 mod spec;
-mod views;
+pub(crate) mod views;
 
 pub use inspect::inspect_value;
 pub use policy::{HealthArgs, RestartArgs, RollbackPolicyArgs, UpdatePolicyArgs};

@@ -53,6 +53,7 @@ pub struct AgentPaths {
     pub docker_socket: PathBuf,
     pub netns_dir: PathBuf,
     pub api_socket: PathBuf,
+    pub engine_api_socket: PathBuf,
 }
 
 impl AgentPaths {
@@ -67,9 +68,18 @@ impl AgentPaths {
             docker_socket: or(&settings.docker_socket, DEFAULT_DOCKER_SOCKET),
             netns_dir: or(&settings.netns_dir, DEFAULT_NETNS_DIR),
             api_socket: or(&settings.api_socket, DEFAULT_API_SOCKET),
+            engine_api_socket: PathBuf::new(),
+        };
+        let paths = Self {
+            engine_api_socket: settings
+                .engine_api_socket
+                .clone()
+                .unwrap_or_else(|| shoal::engine_api::default_socket(&paths.api_socket)),
+            ..paths
         };
         for (key, dir) in [
             ("api_socket", &paths.api_socket),
+            ("engine_api_socket", &paths.engine_api_socket),
             ("pin_dir", &paths.pin_dir),
             ("data_dir", &paths.data_dir),
             ("docker_socket", &paths.docker_socket),
@@ -78,6 +88,11 @@ impl AgentPaths {
             if dir.as_os_str().is_empty() {
                 return Err(ConfigError::EmptyPath { key });
             }
+        }
+        if paths.engine_api_socket == paths.docker_socket {
+            return Err(ConfigError::EngineSocketIsDockers {
+                path: paths.engine_api_socket.clone(),
+            });
         }
         Ok(paths)
     }
@@ -139,6 +154,7 @@ pub struct AgentConfig {
     pub data_path_port: u16,
     pub dns: DnsConfig,
     pub api_socket: PathBuf,
+    pub engine_api_socket: PathBuf,
     pub cluster_listen: std::net::SocketAddr,
     /// Capacity of the routing mesh's flow table.
     pub lb_flows: u32,
@@ -193,6 +209,7 @@ impl AgentConfig {
             docker_socket,
             netns_dir,
             api_socket,
+            engine_api_socket,
         } = AgentPaths::resolve(&settings)?;
         let data_path_port = settings.data_path_port.unwrap_or(DEFAULT_VXLAN_PORT);
         if data_path_port == 0 {
@@ -261,6 +278,7 @@ impl AgentConfig {
             data_path_port,
             dns,
             api_socket,
+            engine_api_socket,
             cluster_listen,
             lb_flows,
             gossip_listen,
@@ -350,6 +368,7 @@ mod tests {
                     rate_limit: Some(DEFAULT_DNS_RATE_LIMIT),
                 },
                 api_socket: DEFAULT_API_SOCKET.into(),
+                engine_api_socket: "/run/shoal/docker.sock".into(),
                 cluster_listen: DEFAULT_CLUSTER_LISTEN.parse().unwrap(),
                 lb_flows: DEFAULT_LB_FLOWS,
                 gossip_listen: DEFAULT_GOSSIP_LISTEN.parse().unwrap(),
@@ -469,6 +488,18 @@ mod tests {
         .unwrap();
         let config = AgentConfig::resolve(file.clone().overridden_by(Settings::default())).unwrap();
         assert_eq!(config.api_socket, Path::new("/run/lab/h1/shoal.sock"));
+        // The Engine API's socket goes beside it unless named; never over dockerd's.
+        assert_eq!(
+            config.engine_api_socket,
+            Path::new("/run/lab/h1/docker.sock")
+        );
+        let clash = Settings {
+            api_socket: Some("/run/lab/h1/shoal.sock".into()),
+            docker_socket: Some("/run/lab/h1/docker.sock".into()),
+            ..Settings::default()
+        };
+        let e = AgentPaths::resolve(&clash).unwrap_err();
+        assert!(e.to_string().contains("dockerd's own socket"), "{e}");
         assert_eq!(config.cluster_listen, "192.168.77.11:2377".parse().unwrap());
         let flags = Settings {
             api_socket: Some("/tmp/other.sock".into()),

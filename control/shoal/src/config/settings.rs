@@ -85,6 +85,11 @@ pub struct Settings {
     /// [file key: api_socket] [default: /run/shoal/shoal.sock]
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
+    /// Unix socket of the Docker Engine API (the `docker` CLI and SDKs with
+    /// DOCKER_HOST=unix://PATH), made 0660 root:docker as dockerd's [file key:
+    /// engine_api_socket] [default: docker.sock beside api_socket]
+    #[arg(long, value_name = "PATH")]
+    pub engine_api_socket: Option<PathBuf>,
     /// Where a manager listens for cluster traffic unless `swarm init|join
     /// --listen-addr` says otherwise [file key: cluster_listen] [default: 0.0.0.0:2377]
     #[arg(long, value_name = "ADDR:PORT")]
@@ -169,6 +174,7 @@ impl Settings {
             dns_ttl_secs: over.dns_ttl_secs.or(self.dns_ttl_secs),
             dns_rate_limit: over.dns_rate_limit.or(self.dns_rate_limit),
             api_socket: over.api_socket.or(self.api_socket),
+            engine_api_socket: over.engine_api_socket.or(self.engine_api_socket),
             cluster_listen: over.cluster_listen.or(self.cluster_listen),
             declared_lb: over.declared_lb.or(self.declared_lb),
             lb_flows: over.lb_flows.or(self.lb_flows),

@@ -13,7 +13,7 @@ use super::views::human_duration;
 use crate::api::MAX_FAILURE_RATIO_PPM;
 
 /// Milliseconds since the epoch as Docker's timestamps: `2023-11-14T22:13:20.123000000Z`.
-fn iso(ms: u64) -> String {
+pub(crate) fn iso(ms: u64) -> String {
     let secs = (ms / 1000) as i64;
     let nanos = (ms % 1000) * 1_000_000;
     let days = secs.div_euclid(86400);
@@ -185,7 +185,7 @@ fn container_options_value(container: &mut Value, o: &ContainerOptions) {
 }
 
 /// A spec as Docker's `Spec` (and `PreviousSpec`).
-fn spec_value(spec: &ServiceSpec, force_update: u64) -> Value {
+pub(crate) fn spec_value(spec: &ServiceSpec, force_update: u64) -> Value {
     let mode = match spec.mode {
         ServiceMode::Replicated { replicas } => json!({"Replicated": {"Replicas": replicas}}),
         ServiceMode::Global => json!({"Global": {}}),

@@ -1,0 +1,131 @@
+//! The Docker Engine API on every node, so that the `docker` CLI, the SDKs and Swarm's
+//! tools drive shoal as they are.
+//!
+//! ```text
+//!  docker CLI / SDK ──▶ <run dir>/docker.sock (0660 root:docker)
+//!     /_ping             dockerd's, with the `Swarm` header shoal's
+//!     /info              dockerd's, with the `Swarm` section shoal's
+//!     /swarm /nodes /services /tasks /secrets /configs
+//!                        shoal's store, through the local API's requests, in Docker's
+//!                        JSON shapes (`swarm.rs`); what is not served yet is refused
+//!                        with 501 and says so
+//!     everything else    the node's dockerd, unchanged (`proxy.rs`)
+//! ```
+
+mod proxy;
+mod reply;
+mod route;
+mod swarm;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use hyper::{
+    body::Incoming, header::HeaderValue, server::conn::http1, service::service_fn, Request,
+};
+use hyper_util::rt::TokioIo;
+use tracing::{debug, info, warn};
+
+use crate::api::server::{ApiSocket, Backend};
+use reply::Answer;
+use route::Route;
+
+/// The Engine API socket's name beside the local API's socket.
+pub const SOCKET_NAME: &str = "docker.sock";
+
+/// Where the Engine API socket goes when not configured: beside the local API's socket
+/// (`/run/shoal/docker.sock` by default).
+pub fn default_socket(api_socket: &Path) -> PathBuf {
+    api_socket
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join(SOCKET_NAME)
+}
+
+/// The `docker` group's ID, if the host has one (its members may use the socket, as
+/// they may use dockerd's).
+pub fn docker_group() -> Option<u32> {
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == "docker").then_some(())?;
+        fields.nth(1)?.parse().ok()
+    })
+}
+
+/// Serves the Engine API on `socket` until dropped; each connection on a task of its
+/// own.
+pub async fn serve(socket: ApiSocket, backend: Arc<dyn Backend>, docker: PathBuf) {
+    info!(socket = %socket.path().display(), "Engine API listening");
+    let docker: Arc<Path> = docker.into();
+    loop {
+        let stream = match socket.listener().accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                warn!(error = %e, "accepting an Engine API connection");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let backend = backend.clone();
+        let docker = docker.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let backend = backend.clone();
+                let docker = docker.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(handle(&*backend, &docker, request).await)
+                }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await
+            {
+                debug!(error = %e, "Engine API connection ended");
+            }
+        });
+    }
+}
+
+async fn handle(backend: &dyn Backend, docker: &Path, request: Request<Incoming>) -> Answer {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let answer = match route::route(&path) {
+        Route::Engine => return proxy::forward(docker, request).await,
+        Route::Ping => {
+            let view = swarm::info(backend).await;
+            let mut answer = proxy::forward(docker, request).await;
+            if let Ok(view) = view {
+                answer
+                    .headers_mut()
+                    .insert("Swarm", HeaderValue::from_static(swarm::ping_header(&view)));
+            }
+            answer
+        }
+        Route::Info => match (
+            swarm::info(backend).await,
+            proxy::engine_json(docker, request).await,
+        ) {
+            (Ok(view), Ok(mut engine)) => {
+                engine["Swarm"] = swarm::info_section(&view);
+                reply::json(hyper::StatusCode::OK, &engine)
+            }
+            (Err(a), _) | (_, Err(a)) => a,
+        },
+        Route::Swarm { kind, rest } => {
+            let query = route::query(request.uri().query());
+            swarm::answer(backend, &method, kind, &rest, &query).await
+        }
+    };
+    let status = answer.status();
+    if status.is_success() {
+        debug!(%method, path, %status, "Engine API request");
+    } else {
+        info!(%method, path, %status, "Engine API request refused");
+    }
+    answer
+}

@@ -1,0 +1,399 @@
+//! The swarm's objects on the Engine API, answered from shoal's store through the same
+//! requests the `shoal` CLI makes, in Docker's JSON shapes (the CLI's own `inspect`
+//! layouts: one conversion for both).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use hyper::{Method, StatusCode};
+use serde_json::{json, Value};
+use shoal_cluster::store::{Network, Service, ServiceMode, Task};
+
+use super::reply::{self, Answer};
+use super::route::{filters, SwarmKind};
+use crate::api::{server::Backend, ApiError, InfoView, NodeRole, Reply, Request};
+use crate::cli::format::inspect_values;
+use crate::cli::service::inspect::{inspect_value, iso, spec_value};
+use crate::cli::service::views::replicas;
+
+/// Docker's words for a node that cannot answer for the swarm.
+const NOT_IN_SWARM: &str = "This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again.";
+const WORKER: &str = "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.";
+const LOCKED: &str = "Swarm is encrypted and needs to be unlocked before it can be used. Please use \"docker swarm unlock\" to unlock it.";
+
+async fn call(backend: &dyn Backend, request: Request) -> Result<Reply, Answer> {
+    backend.handle(request).await.map_err(refusal)
+}
+
+/// A refusal of the agent as Docker's status: what was not found is a 404.
+fn refusal(e: ApiError) -> Answer {
+    let m = e.message.to_ascii_lowercase();
+    let status = if m.contains("not found") || m.contains("no such") {
+        StatusCode::NOT_FOUND
+    } else if m.contains("not a manager") || m.contains("not in a swarm") {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    reply::error(status, e.message)
+}
+
+fn unexpected(reply: &Reply) -> Answer {
+    reply::error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("unexpected answer from the agent: {reply:?}"),
+    )
+}
+
+pub async fn info(backend: &dyn Backend) -> Result<InfoView, Answer> {
+    match call(backend, Request::Info).await? {
+        Reply::Info(view) => Ok(*view),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// The `Swarm` section of `/info`, from shoal's view of it.
+pub fn info_section(view: &InfoView) -> Value {
+    let state = match view.swarm.as_str() {
+        "active" => "active",
+        "locked" => "locked",
+        _ => "inactive",
+    };
+    let mut v = json!({
+        "NodeID": view.node_id.clone().unwrap_or_default(),
+        "NodeAddr": view.node_addr.clone().unwrap_or_default(),
+        "LocalNodeState": state,
+        "ControlAvailable": view.is_manager,
+        "Error": view.error.clone().unwrap_or_default(),
+        "RemoteManagers": view.manager_addrs.iter().map(|a| json!({"Addr": a})).collect::<Vec<_>>(),
+    });
+    if let Some(n) = view.nodes {
+        v["Nodes"] = json!(n);
+    }
+    if let Some(m) = view.managers {
+        v["Managers"] = json!(m);
+    }
+    if view.is_manager {
+        v["Cluster"] = json!({
+            "ID": view.cluster_id.clone().unwrap_or_default(),
+            "Spec": {"Name": "default"},
+            "DefaultAddrPool": view.default_addr_pools.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            "SubnetSize": view.subnet_size.unwrap_or_default(),
+            "DataPathPort": view.data_path_port.unwrap_or_default(),
+        });
+    }
+    v
+}
+
+/// The value of `/_ping`'s `Swarm` header: `inactive`, `pending`, `error`, `locked` or
+/// `active/manager|worker`.
+pub fn ping_header(view: &InfoView) -> &'static str {
+    match (view.swarm.as_str(), view.is_manager) {
+        ("active", true) => "active/manager",
+        ("active", false) => "active/worker",
+        ("locked", _) => "locked",
+        _ => "inactive",
+    }
+}
+
+/// One request on the swarm's objects.
+pub async fn answer(
+    backend: &dyn Backend,
+    method: &Method,
+    kind: SwarmKind,
+    rest: &[String],
+    query: &BTreeMap<String, String>,
+) -> Answer {
+    match answer_or_refuse(backend, method, kind, rest, query).await {
+        Ok(a) | Err(a) => a,
+    }
+}
+
+async fn answer_or_refuse(
+    backend: &dyn Backend,
+    method: &Method,
+    kind: SwarmKind,
+    rest: &[String],
+    query: &BTreeMap<String, String>,
+) -> Result<Answer, Answer> {
+    let view = info(backend).await?;
+    match (view.swarm.as_str(), view.is_manager) {
+        ("active", true) => {}
+        ("active", false) => return Err(reply::error(StatusCode::SERVICE_UNAVAILABLE, WORKER)),
+        ("locked", _) => return Err(reply::error(StatusCode::SERVICE_UNAVAILABLE, LOCKED)),
+        _ => return Err(reply::error(StatusCode::SERVICE_UNAVAILABLE, NOT_IN_SWARM)),
+    }
+    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+    let bad_filter = |e: String| reply::error(StatusCode::BAD_REQUEST, e);
+    match (method, kind, rest.as_slice()) {
+        (&Method::GET, SwarmKind::Swarm, []) => swarm_inspect(backend, &view).await,
+        (&Method::GET, SwarmKind::Nodes, []) => {
+            let f = filters(query, &["id", "name", "role", "membership"]).map_err(bad_filter)?;
+            let (_, nodes) = nodes(backend, vec![]).await?;
+            let values = inspect_values(&nodes)
+                .into_iter()
+                .filter(|n| node_matches(n, &f))
+                .collect::<Vec<_>>();
+            Ok(reply::json(StatusCode::OK, &json!(values)))
+        }
+        (&Method::GET, SwarmKind::Nodes, [reference]) => {
+            let (_, nodes) = nodes(backend, vec![reference.to_string()]).await?;
+            let values = inspect_values(&nodes);
+            match values.into_iter().next() {
+                Some(v) => Ok(reply::json(StatusCode::OK, &v)),
+                None => Err(reply::error(
+                    StatusCode::NOT_FOUND,
+                    format!("node {reference} not found"),
+                )),
+            }
+        }
+        (&Method::GET, SwarmKind::Services, []) => {
+            let f = filters(query, &["id", "name", "label", "mode"]).map_err(bad_filter)?;
+            let state = services(backend, vec![]).await?;
+            let with_status = query.get("status").is_some_and(|s| s == "true" || s == "1");
+            let values = state
+                .services
+                .iter()
+                .filter(|s| service_matches(s, &f))
+                .map(|s| service_value(s, &state.tasks, &state.networks, with_status))
+                .collect::<Vec<_>>();
+            Ok(reply::json(StatusCode::OK, &json!(values)))
+        }
+        (&Method::GET, SwarmKind::Services, [reference]) => {
+            let state = services(backend, vec![reference.to_string()]).await?;
+            match state.services.first() {
+                Some(s) => Ok(reply::json(
+                    StatusCode::OK,
+                    &service_value(s, &state.tasks, &state.networks, false),
+                )),
+                None => Err(reply::error(
+                    StatusCode::NOT_FOUND,
+                    format!("service {reference} not found"),
+                )),
+            }
+        }
+        (&Method::GET, SwarmKind::Tasks, []) => {
+            let f = filters(
+                query,
+                &["id", "name", "service", "node", "desired-state", "label"],
+            )
+            .map_err(bad_filter)?;
+            let state = services(backend, vec![]).await?;
+            let values = state
+                .tasks
+                .iter()
+                .filter(|t| task_matches(t, &state.services, &state.nodes, &f))
+                .map(|t| task_value(t, &state.services, &state.networks))
+                .collect::<Vec<_>>();
+            Ok(reply::json(StatusCode::OK, &json!(values)))
+        }
+        (&Method::GET, SwarmKind::Tasks, [id]) => {
+            let state = services(backend, vec![]).await?;
+            match state.tasks.iter().find(|t| t.id == *id) {
+                Some(t) => Ok(reply::json(
+                    StatusCode::OK,
+                    &task_value(t, &state.services, &state.networks),
+                )),
+                None => Err(reply::error(
+                    StatusCode::NOT_FOUND,
+                    format!("task {id} not found"),
+                )),
+            }
+        }
+        _ => Err(reply::error(
+            StatusCode::NOT_IMPLEMENTED,
+            format!(
+                "shoal's Engine API does not serve {method} /{}{}{} yet; use the shoal CLI (`shoal {} ...`) for it",
+                kind.name(),
+                if rest.is_empty() { "" } else { "/" },
+                rest.join("/"),
+                match kind {
+                    SwarmKind::Swarm => "swarm",
+                    SwarmKind::Nodes => "node",
+                    SwarmKind::Services => "service",
+                    SwarmKind::Tasks => "service ps",
+                    SwarmKind::Secrets => "secret",
+                    SwarmKind::Configs => "config",
+                }
+            ),
+        )),
+    }
+}
+
+async fn swarm_inspect(backend: &dyn Backend, view: &InfoView) -> Result<Answer, Answer> {
+    let mut tokens = BTreeMap::new();
+    for (role, name) in [(NodeRole::Worker, "Worker"), (NodeRole::Manager, "Manager")] {
+        match call(
+            backend,
+            Request::JoinToken {
+                role,
+                rotate: false,
+            },
+        )
+        .await?
+        {
+            Reply::JoinToken { token, .. } => {
+                tokens.insert(name, token.expose().to_owned());
+            }
+            other => return Err(unexpected(&other)),
+        }
+    }
+    let mut v = info_section(view)["Cluster"].clone();
+    v["JoinTokens"] = json!(tokens);
+    Ok(reply::json(StatusCode::OK, &v))
+}
+
+async fn nodes(
+    backend: &dyn Backend,
+    refs: Vec<String>,
+) -> Result<(String, Vec<crate::api::NodeView>), Answer> {
+    let request = if refs.is_empty() {
+        Request::NodeLs
+    } else {
+        Request::NodeInspect { nodes: refs }
+    };
+    match call(backend, request).await? {
+        Reply::Nodes { self_id, nodes, .. } => Ok((self_id, nodes)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+async fn services(
+    backend: &dyn Backend,
+    refs: Vec<String>,
+) -> Result<crate::api::ServiceStateView, Answer> {
+    match call(backend, Request::ServiceState { services: refs }).await? {
+        Reply::ServiceState(view) => Ok(*view),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn prefix_of(set: &BTreeSet<String>, value: &str) -> bool {
+    set.iter().any(|p| value.starts_with(p.as_str()))
+}
+
+fn node_matches(n: &Value, f: &BTreeMap<String, BTreeSet<String>>) -> bool {
+    let s = |v: &Value| v.as_str().unwrap_or("").to_owned();
+    f.iter().all(|(key, want)| match key.as_str() {
+        "id" => prefix_of(want, &s(&n["ID"])),
+        "name" => prefix_of(want, &s(&n["Description"]["Hostname"])),
+        "role" => want.contains(&s(&n["Spec"]["Role"])),
+        "membership" => want.contains("accepted"),
+        _ => true,
+    })
+}
+
+fn service_matches(s: &Service, f: &BTreeMap<String, BTreeSet<String>>) -> bool {
+    f.iter().all(|(key, want)| match key.as_str() {
+        "id" => prefix_of(want, &s.id),
+        "name" => prefix_of(want, &s.spec.name),
+        "label" => want.iter().all(|l| match l.split_once('=') {
+            Some((k, v)) => s.spec.labels.get(k).is_some_and(|x| x == v),
+            None => s.spec.labels.contains_key(l),
+        }),
+        "mode" => want.contains(match s.spec.mode {
+            ServiceMode::Replicated { .. } => "replicated",
+            ServiceMode::Global => "global",
+            ServiceMode::ReplicatedJob { .. } => "replicated-job",
+            ServiceMode::GlobalJob => "global-job",
+        }),
+        _ => true,
+    })
+}
+
+fn task_matches(
+    t: &Task,
+    services: &[Service],
+    nodes: &BTreeMap<String, String>,
+    f: &BTreeMap<String, BTreeSet<String>>,
+) -> bool {
+    let service = services.iter().find(|s| s.id == t.service_id);
+    f.iter().all(|(key, want)| match key.as_str() {
+        "id" => prefix_of(want, &t.id),
+        "service" => service.is_some_and(|s| {
+            want.iter()
+                .any(|w| s.spec.name == *w || s.id.starts_with(w.as_str()))
+        }),
+        "node" => t.node_id.as_deref().is_some_and(|id| {
+            want.iter()
+                .any(|w| id.starts_with(w.as_str()) || nodes.get(id).is_some_and(|h| h == w))
+        }),
+        "desired-state" => want.iter().any(|w| match w.as_str() {
+            // Docker's "accepted" covers what is to run.
+            "running" | "accepted" => !t.desired_state.is_terminal(),
+            "shutdown" => t.desired_state.is_terminal(),
+            _ => false,
+        }),
+        "name" => service.is_some_and(|s| {
+            let name = format!("{}.{}", s.spec.name, t.slot);
+            want.iter().any(|w| name.starts_with(w.as_str()))
+        }),
+        "label" => want.is_empty(),
+        _ => true,
+    })
+}
+
+fn service_value(s: &Service, tasks: &[Task], networks: &[Network], with_status: bool) -> Value {
+    let mut v = inspect_value(s, networks);
+    if with_status {
+        let (running, desired) = replicas(s, tasks);
+        let completed = tasks
+            .iter()
+            .filter(|t| {
+                t.service_id == s.id && t.status.state == shoal_cluster::store::TaskState::Complete
+            })
+            .count();
+        v["ServiceStatus"] = json!({
+            "RunningTasks": running,
+            "DesiredTasks": desired,
+            "CompletedTasks": completed,
+        });
+    }
+    v
+}
+
+/// One task in Docker's shape (`GET /tasks`), with the spec it was made from.
+fn task_value(t: &Task, services: &[Service], networks: &[Network]) -> Value {
+    let service = services.iter().find(|s| s.id == t.service_id);
+    let spec = t.spec.as_deref().or(service.map(|s| &s.spec));
+    let mut status = json!({
+        "Timestamp": iso(t.status.timestamp_ms),
+        "State": t.status.state.as_str(),
+        "Message": t.status.message,
+        "ContainerStatus": {
+            "ContainerID": t.status.container_id.clone().unwrap_or_default(),
+            "ExitCode": t.status.exit_code.unwrap_or_default(),
+        },
+        "PortStatus": {},
+    });
+    if let Some(err) = &t.status.err {
+        status["Err"] = json!(err);
+    }
+    let mut v = json!({
+        "ID": t.id,
+        "Version": {"Index": t.version},
+        "CreatedAt": iso(t.created_ms),
+        "UpdatedAt": iso(t.status.timestamp_ms.max(t.created_ms)),
+        "Labels": {},
+        "Spec": spec.map(|s| spec_value(s, t.force_update)["TaskTemplate"].clone()).unwrap_or(json!({})),
+        "ServiceID": t.service_id,
+        "Status": status,
+        "DesiredState": t.desired_state.as_str(),
+        "NetworksAttachments": t.networks.iter().map(|a| {
+            let network = networks.iter().find(|n| n.id == a.network_id);
+            json!({
+                "Network": {
+                    "ID": a.network_id,
+                    "Spec": {"Name": network.map(|n| n.name.clone()).unwrap_or_default()},
+                },
+                "Addresses": [a.addr.to_string()],
+            })
+        }).collect::<Vec<_>>(),
+    });
+    if t.slot > 0 {
+        v["Slot"] = json!(t.slot);
+    }
+    if let Some(node) = &t.node_id {
+        v["NodeID"] = json!(node);
+    }
+    v
+}
