@@ -35,6 +35,7 @@ struct AgentFiles {
     netns_dir: PathBuf,
     pin_dir: PathBuf,
     api_socket: PathBuf,
+    engine_api_socket: PathBuf,
     docker_socket: String,
     log: PathBuf,
 }
@@ -47,6 +48,7 @@ impl AgentFiles {
             netns_dir: h.run_dir.join("netns"),
             pin_dir: h.pin_dir.clone(),
             api_socket: lab::agent::api_socket(h),
+            engine_api_socket: lab::agent::engine_api_socket(h),
             docker_socket: h.docker_host.trim_start_matches("unix://").to_owned(),
             log: h.run_dir.join("agent.log"),
         }
@@ -57,12 +59,13 @@ impl AgentFiles {
     fn write_config(&self, h: &lab::HostState, extra: &str) {
         let text = format!(
             "advertise_addr = \"{}\"\npin_dir = \"{}\"\ndata_dir = \"{}\"\nnetns_dir = \"{}\"\n\
-             api_socket = \"{}\"\ndocker_socket = \"{}\"\n{extra}",
+             api_socket = \"{}\"\nengine_api_socket = \"{}\"\ndocker_socket = \"{}\"\n{extra}",
             h.address,
             self.pin_dir.display(),
             self.data_dir.display(),
             self.netns_dir.display(),
             self.api_socket.display(),
+            self.engine_api_socket.display(),
             self.docker_socket,
         );
         fs::write(&self.config, text).expect("writing the agent's config file");
