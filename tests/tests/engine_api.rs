@@ -2,9 +2,13 @@
 //! image's current client and Debian's 20.10 one) with `-H unix://<agent's socket>`:
 //! `version` and `info` (shoal's swarm state in the `Swarm` section), `node ls`,
 //! `service ls/ps/inspect` checked against what shoal's own CLI says, containers,
-//! `exec` (an upgraded connection) and `logs` passed to the node's dockerd; a worker's
-//! socket refuses the swarm's objects as Docker's does, what is not served yet is
-//! refused saying so, and a bad filter is refused.
+//! `exec` (an upgraded connection) and `logs` passed to the node's dockerd; changes: an
+//! overlay network, a service created, updated, rolled back, scaled and removed (the
+//! mesh answering for it), an update from a stale version refused (409), a spec shoal
+//! cannot carry out refused naming the field; `docker stack deploy` of a compose file,
+//! re-deployed with one image changed (only that service's tasks replaced), `stack
+//! services/ps/rm`; a worker's socket refuses the swarm's objects as Docker's does,
+//! what is not served yet is refused saying so, and a bad filter is refused.
 use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
@@ -242,18 +246,231 @@ fn the_docker_cli_drives_shoal_through_its_engine_api() {
         "{refused}"
     );
 
-    // What is not served yet says so, and changes nothing; a bad filter is refused.
-    let refused = h1.err(&["service", "create", "--name", "other", "shoal/web:1"]);
-    assert!(
-        refused.contains("does not serve POST /services/create yet"),
-        "{refused}"
+    // Changes through the API: an overlay network, a service on it published on every
+    // node, its image updated, scaled, rolled back and removed; shoal's CLI and the
+    // mesh see each.
+    h1.ok(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--subnet",
+        "10.60.2.0/24",
+        "--attachable",
+        "api_net",
+    ]);
+    let nets = cli.ok(
+        "h1",
+        &["network", "ls", "--format", "{{.Name}} {{.Driver}}"],
     );
+    assert!(nets.lines().any(|l| l == "api_net overlay"), "{nets}");
+    let listed = h1.ok(&[
+        "network",
+        "ls",
+        "--format",
+        "{{.Name}} {{.Driver}} {{.Scope}}",
+    ]);
+    assert!(
+        listed.lines().any(|l| l == "api_net overlay swarm"),
+        "{listed}"
+    );
+    // Beside the engine's own (the lab's dockerd runs without a default bridge).
+    assert!(listed.lines().any(|l| l == "host host local"), "{listed}");
+    h1.ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--no-resolve-image",
+        "--name",
+        "api",
+        "--replicas",
+        "2",
+        "--network",
+        "api_net",
+        "-p",
+        "8090:80",
+        "shoal/web:1",
+    ]);
+    cli.wait_running("api", 2, |_| true);
+    for h in &guard.state.hosts {
+        wait_for("api through the mesh", BOUND, || {
+            shoal_tests::client_http(&guard, &format!("http://{}:8090/", h.address))
+        });
+    }
+    h1.ok(&[
+        "service",
+        "update",
+        "--detach",
+        "--no-resolve-image",
+        "--image",
+        "shoal/web:2",
+        "api",
+    ]);
+    cli.wait_ps("api", "2 tasks of shoal/web:2 running", |rows| {
+        rows.iter()
+            .filter(|r| r.running() && r.image.contains("web:2"))
+            .count()
+            == 2
+    });
+    h1.ok(&["service", "rollback", "--detach", "api"]);
+    cli.wait_ps("api", "2 tasks of shoal/web:1 running", |rows| {
+        rows.iter()
+            .filter(|r| r.running() && r.image.contains("web:1"))
+            .count()
+            == 2
+    });
+    h1.ok(&["service", "scale", "--detach", "api=3"]);
+    cli.wait_ps("api", "3 tasks of shoal/web:1 running", |rows| {
+        rows.iter()
+            .filter(|r| r.running() && r.image.contains("web:1"))
+            .count()
+            == 3
+    });
+
+    // An update made from a stale read is refused (409) and changes nothing.
+    let spec = h1.ok(&["service", "inspect", "--format", "{{json .Spec}}", "api"]);
+    let stale = curl_update(&h1.socket, "api", 1, &spec);
+    assert!(
+        stale.starts_with("409") && stale.contains("out of sequence"),
+        "{stale}"
+    );
+    // A spec shoal cannot carry out is refused naming the field.
+    let refused = h1.err(&[
+        "service",
+        "create",
+        "--no-resolve-image",
+        "--name",
+        "limited",
+        "--limit-memory",
+        "64m",
+        "shoal/web:1",
+    ]);
+    assert!(refused.contains("Spec.TaskTemplate.Resources"), "{refused}");
+    h1.ok(&["service", "rm", "api"]);
+    // Waits for the removed service's tasks to stop (they hold addresses on it).
+    h1.ok(&["network", "rm", "api_net"]);
+    let nets = cli.ok("h1", &["network", "ls", "--format", "{{.Name}}"]);
+    assert!(!nets.lines().any(|l| l == "api_net"), "{nets}");
+
+    // `docker stack deploy`: the docker CLI reads the compose file and makes the
+    // network and services through the API; a re-deploy with one image changed updates
+    // that service alone; `stack rm` leaves nothing.
+    let compose = config.join("compose.yml");
+    let write_compose = |api_image: &str| {
+        std::fs::write(
+            &compose,
+            format!(
+                "services:\n  web:\n    image: shoal/web:1\n    ports: [\"8095:80\"]\n    networks: [front]\n    deploy:\n      replicas: 2\n  api:\n    image: {api_image}\n    networks: [front]\nnetworks:\n  front:\n    driver: overlay\n"
+            ),
+        )
+        .expect("compose file")
+    };
+    write_compose("shoal/web:1");
+    let compose_path = compose.display().to_string();
+    let deploy = [
+        "stack",
+        "deploy",
+        "--resolve-image",
+        "never",
+        "-c",
+        &compose_path,
+        "app",
+    ];
+    h1.ok(&deploy);
+    cli.wait_running("app_web", 2, |_| true);
+    let api_before = cli.wait_running("app_api", 1, |_| true);
+    for h in &guard.state.hosts {
+        wait_for("app_web through the mesh", BOUND, || {
+            shoal_tests::client_http(&guard, &format!("http://{}:8095/", h.address))
+        });
+    }
+    let services = h1.ok(&[
+        "stack",
+        "services",
+        "app",
+        "--format",
+        "{{.Name}} {{.Replicas}}",
+    ]);
+    let mut services: Vec<&str> = services.lines().collect();
+    services.sort();
+    assert_eq!(services, ["app_api 1/1", "app_web 2/2"]);
+    let web_before = cli.running("app_web").expect("app_web tasks");
+    write_compose("shoal/web:2");
+    h1.ok(&deploy);
+    cli.wait_ps("app_api", "app_api on shoal/web:2", |rows| {
+        rows.iter()
+            .any(|r| r.running() && r.image.contains("web:2"))
+            && !rows.iter().any(|r| r.running() && r.id == api_before[0].id)
+    });
+    let mut web_after = cli.running("app_web").expect("app_web tasks");
+    let mut web_before = web_before;
+    web_before.sort_by(|a, b| a.id.cmp(&b.id));
+    web_after.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(
+        web_before.iter().map(|t| &t.id).collect::<Vec<_>>(),
+        web_after.iter().map(|t| &t.id).collect::<Vec<_>>(),
+        "a re-deploy that changed only app_api replaced app_web's tasks"
+    );
+    let ps = h1.ok(&[
+        "stack",
+        "ps",
+        "app",
+        "--format",
+        "{{.Name}} {{.CurrentState}}",
+    ]);
+    assert!(
+        ps.lines().filter(|l| l.contains("Running")).count() >= 3,
+        "{ps}"
+    );
+    h1.ok(&["stack", "rm", "app"]);
+    wait_for("the stack's services and network gone", BOUND, || {
+        let ls = cli.run("h1", &["service", "ls", "--format", "{{.Name}}"])?;
+        let nets = cli.run("h1", &["network", "ls", "--format", "{{.Name}}"])?;
+        let left: Vec<&str> = ls
+            .lines()
+            .chain(nets.lines())
+            .filter(|l| l.starts_with("app_"))
+            .collect();
+        left.is_empty()
+            .then_some(())
+            .ok_or(format!("left: {left:?}"))
+    });
+
+    // What is not served yet says so, and changes nothing; a bad filter is refused.
+    let refused = h1.err(&["node", "update", "--availability", "drain", "h2"]);
+    assert!(refused.contains("does not serve POST /nodes/"), "{refused}");
     let refused = h1.err(&["service", "ls", "--filter", "colour=blue"]);
     assert!(refused.contains("invalid filter 'colour'"), "{refused}");
+    let nodes = cli.ok("h1", &["node", "ls"]);
+    assert!(!nodes.contains("Drain"), "{nodes}");
     wait_for("only web exists", BOUND, || {
         let ls = cli.run("h1", &["service", "ls", "-q"])?;
         (ls.lines().count() == 1).then_some(()).ok_or(ls)
     });
     let _ = std::fs::remove_dir_all(&config);
     assert!(!Path::new(&config).exists());
+}
+
+/// `POST /services/NAME/update?version=V` with `spec`, raw, through curl: the status
+/// line's code and the body.
+fn curl_update(socket: &Path, service: &str, version: u64, spec: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
+        .arg(socket)
+        .args([
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+        ])
+        .arg(spec.trim())
+        .arg(format!(
+            "http://shoal/v1.41/services/{service}/update?version={version}"
+        ))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    format!("{code} {body}")
 }

@@ -234,6 +234,21 @@ pub enum Request {
         #[serde(default)]
         registry_auth: Option<Box<RegistryCredentials>>,
     },
+    /// The Engine API's service update: the whole new spec, as Docker sends it, applied
+    /// only if the service is still at `version` (a compare-and-set: an update made
+    /// from a stale read is refused). `force_update` above the service's replaces every
+    /// task; an image is pinned as with [`Request::ServiceUpdate`].
+    ServiceSetSpec {
+        service: String,
+        spec: Box<ServiceSpec>,
+        version: u64,
+        #[serde(default)]
+        force_update: u64,
+        #[serde(default)]
+        no_resolve_image: bool,
+        #[serde(default)]
+        registry_auth: Option<Box<RegistryCredentials>>,
+    },
     ServiceLogs {
         service: String,
         #[serde(default)]
@@ -287,6 +302,7 @@ impl Request {
             Request::ServiceScale { .. } => "service scale",
             Request::ServiceRm { .. } => "service rm",
             Request::ServiceUpdate { .. } => "service update",
+            Request::ServiceSetSpec { .. } => "service update (Engine API)",
             Request::ServiceLogs { .. } => "service logs",
             Request::NetworkCreate { .. } => "network create",
             Request::NetworkLs => "network ls",

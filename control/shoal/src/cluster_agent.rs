@@ -664,6 +664,7 @@ fn is_service_request(r: &Request) -> bool {
             | Request::ServiceScale { .. }
             | Request::ServiceRm { .. }
             | Request::ServiceUpdate { .. }
+            | Request::ServiceSetSpec { .. }
             | Request::ServiceLogs { .. }
             | Request::NetworkCreate { .. }
             | Request::NetworkLs

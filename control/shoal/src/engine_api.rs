@@ -12,18 +12,23 @@
 //!     everything else    the node's dockerd, unchanged (`proxy.rs`)
 //! ```
 
+mod networks;
 mod proxy;
 mod reply;
 mod route;
+mod service_spec;
 mod swarm;
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     sync::Arc,
 };
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
 use hyper::{
-    body::Incoming, header::HeaderValue, server::conn::http1, service::service_fn, Request,
+    body::Incoming, header::HeaderValue, server::conn::http1, service::service_fn, Method, Request,
 };
 use hyper_util::rt::TokioIo;
 use tracing::{debug, info, warn};
@@ -91,6 +96,59 @@ pub async fn serve(socket: ApiSocket, backend: Arc<dyn Backend>, docker: PathBuf
     }
 }
 
+/// Largest request body shoal reads itself (a service spec is a few KiB); larger ones
+/// are refused before parsing.
+const MAX_BODY: usize = 1 << 20;
+
+/// A request to shoal's part of the API, its body read.
+pub struct Call {
+    pub method: Method,
+    pub rest: Vec<String>,
+    pub query: BTreeMap<String, String>,
+    /// `X-Registry-Auth`, as sent (base64 JSON).
+    pub registry_auth: Option<String>,
+    pub body: Bytes,
+}
+
+impl Call {
+    async fn read(
+        parts: &hyper::http::request::Parts,
+        body: Incoming,
+        rest: Vec<String>,
+    ) -> Result<Call, Answer> {
+        let body = Limited::new(body, MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    reply::error(
+                        hyper::StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("request body larger than {MAX_BODY} bytes"),
+                    )
+                } else {
+                    reply::error(
+                        hyper::StatusCode::BAD_REQUEST,
+                        format!("reading the request: {e}"),
+                    )
+                }
+            })?
+            .to_bytes();
+        Ok(Call {
+            method: parts.method.clone(),
+            rest,
+            query: route::query(parts.uri.query()),
+            registry_auth: parts
+                .headers
+                .get("X-Registry-Auth")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            body,
+        })
+    }
+}
+
 async fn handle(backend: &dyn Backend, docker: &Path, request: Request<Incoming>) -> Answer {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
@@ -117,8 +175,18 @@ async fn handle(backend: &dyn Backend, docker: &Path, request: Request<Incoming>
             (Err(a), _) | (_, Err(a)) => a,
         },
         Route::Swarm { kind, rest } => {
-            let query = route::query(request.uri().query());
-            swarm::answer(backend, &method, kind, &rest, &query).await
+            let (parts, body) = request.into_parts();
+            match Call::read(&parts, body, rest).await {
+                Ok(call) => swarm::answer(backend, kind, &call).await,
+                Err(a) => a,
+            }
+        }
+        Route::Networks { rest } => {
+            let (parts, body) = request.into_parts();
+            match Call::read(&parts, body, rest).await {
+                Ok(call) => networks::answer(backend, docker, parts, call).await,
+                Err(a) => a,
+            }
         }
     };
     let status = answer.status();

@@ -89,7 +89,7 @@ pub struct NetworkRmArgs {
     pub networks: Vec<String>,
 }
 
-fn network_value(n: &Network) -> Value {
+pub(crate) fn network_value(n: &Network) -> Value {
     let mut config = json!({});
     if let Some(s) = &n.subnet {
         config["Subnet"] = json!(s);

@@ -49,8 +49,22 @@ pub(super) fn updated_service(
         });
         return Ok(service);
     }
-    let spec = prepare_spec(state, changed_spec(state, &old.spec, changes)?)?;
-    if changes.force {
+    let spec = changed_spec(state, &old.spec, changes)?;
+    with_spec(state, service, spec, changes.force, now)
+}
+
+/// `old` (already stamped `now`) running `spec` from now on: checked, a rolling update
+/// started when its tasks change or `force` says so, a job run again.
+pub(super) fn with_spec(
+    state: &ClusterState,
+    mut service: Service,
+    spec: ServiceSpec,
+    force: bool,
+    now: u64,
+) -> Result<Service, ApiError> {
+    let old = service.clone();
+    let spec = prepare_spec(state, spec)?;
+    if force {
         service.force_update += 1;
     }
     if spec.mode.is_job() {
@@ -60,7 +74,7 @@ pub(super) fn updated_service(
         next_iteration(&mut service, now);
         return Ok(service);
     }
-    if changes.force || spec.tasks_differ(&old.spec) {
+    if force || spec.tasks_differ(&old.spec) {
         service.previous_spec = Some(old.spec.clone());
         service.update_status = Some(UpdateStatus {
             state: UpdateState::Updating,

@@ -21,7 +21,7 @@ use super::{
     cluster_error,
     nodes::execute,
     reserved_ports::{AgentPorts, ReservedPorts},
-    service_update::{next_iteration, updated_service},
+    service_update::{next_iteration, updated_service, with_spec},
 };
 use crate::api::{
     check_alias, check_container_options, ApiError, Reply, Request, ServiceStateView,
@@ -253,6 +253,10 @@ pub(super) fn prepare_spec(
 }
 
 /// Answers one service or network request (the manager side).
+/// How long `network rm` waits for the tasks of removed services to stop: their stop
+/// grace period (10 s by default) and then some.
+const NETWORK_RM_WAITS_AT_MOST: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub(super) async fn request(
     manager: &Manager,
     docker_socket: Option<&Path>,
@@ -466,6 +470,63 @@ pub(super) async fn request(
                 warnings,
             })
         }
+        Request::ServiceSetSpec {
+            service,
+            mut spec,
+            version,
+            force_update,
+            no_resolve_image,
+            registry_auth,
+        } => {
+            let id = service_id(&state, &service)?;
+            let old = &state.services[&id];
+            if old.version != version {
+                return Err(ApiError::new(format!(
+                    "update out of sequence: service {} is at version {}, the update was made from version {version}",
+                    old.spec.name, old.version
+                )));
+            }
+            if spec.name != old.spec.name {
+                return Err(ApiError::new(format!(
+                    "a service cannot be renamed ({} to {})",
+                    old.spec.name, spec.name
+                )));
+            }
+            let mut warnings = Vec::new();
+            if spec.image != old.spec.image && !no_resolve_image {
+                ImageRef::parse(&spec.image).map_err(ApiError::new)?;
+                let creds = match (&registry_auth, &old.registry_auth) {
+                    (Some(c), _) => Some((**c).clone()),
+                    (None, Some(sealed)) => Some(
+                        manager
+                            .open_registry_auth(&id, sealed)
+                            .map_err(cluster_error)?,
+                    ),
+                    (None, None) => None,
+                };
+                spec.image =
+                    pin_image(docker_socket, &spec.image, creds.as_ref(), &mut warnings).await;
+            }
+            let mut stamped = old.clone();
+            stamped.updated_ms = now_ms();
+            let force = force_update > old.force_update;
+            let mut s = with_spec(&state, stamped, *spec, force, now_ms())?;
+            reserved.check(&s.spec)?;
+            if let Some(c) = &registry_auth {
+                s.registry_auth = Some(manager.seal_registry_auth(&id, c).map_err(cluster_error)?);
+            }
+            execute(
+                manager,
+                Command::UpdateService {
+                    service: Box::new(s),
+                },
+            )
+            .await?;
+            Ok(Reply::ServicesChanged {
+                services: vec![service],
+                warnings,
+            })
+        }
         Request::ServiceLogs { service, tail } => {
             let id = service_id(&state, &service)?;
             logs(&state, manager.node_id(), &id, docker_socket, tail).await
@@ -555,12 +616,41 @@ pub(super) async fn request(
                         s.spec.name
                     )));
                 }
-                if let Some(t) = state.tasks.values().find(|t| {
-                    !t.status.state.is_terminal() && t.networks.iter().any(|a| &a.network_id == id)
-                }) {
+            }
+            // Tasks of services just removed still hold their addresses while they stop
+            // (their grace period): wait for them, as `docker stack rm` removes the
+            // services and then at once the networks.
+            let started = std::time::Instant::now();
+            let mut state = state;
+            loop {
+                let stopping = networks.iter().zip(&ids).find_map(|(reference, id)| {
+                    state
+                        .tasks
+                        .values()
+                        .find(|t| {
+                            !t.status.state.is_terminal()
+                                && t.networks.iter().any(|a| &a.network_id == id)
+                        })
+                        .map(|t| (reference, t.id.clone()))
+                });
+                let Some((reference, task)) = stopping else {
+                    break;
+                };
+                if started.elapsed() > NETWORK_RM_WAITS_AT_MOST {
                     return Err(ApiError::new(format!(
-                        "network {reference} is in use by task {} (still stopping)",
-                        t.id
+                        "network {reference} is in use by task {task} (still stopping after {}s)",
+                        NETWORK_RM_WAITS_AT_MOST.as_secs()
+                    )));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                state = manager.state().await.map_err(cluster_error)?;
+                if state
+                    .services
+                    .values()
+                    .any(|s| ids.iter().any(|id| s.spec.networks.contains(id)))
+                {
+                    return Err(ApiError::new(format!(
+                        "network {reference} is in use by a service again"
                     )));
                 }
             }

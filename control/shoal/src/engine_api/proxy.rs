@@ -5,14 +5,19 @@
 use std::path::Path;
 
 use http_body_util::BodyExt;
-use hyper::{body::Incoming, header, Request, StatusCode};
+use hyper::{header, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tracing::debug;
 
 use super::reply::{self, Answer};
 
-pub async fn forward(docker: &Path, mut request: Request<Incoming>) -> Answer {
+pub async fn forward<B>(docker: &Path, mut request: Request<B>) -> Answer
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let client_upgrade = request
         .headers()
         .contains_key(header::UPGRADE)
@@ -61,11 +66,14 @@ pub async fn forward(docker: &Path, mut request: Request<Incoming>) -> Answer {
     response.map(|body| body.boxed())
 }
 
-/// `GET /info` of the engine, whole, as JSON (to add the swarm's section to).
-pub async fn engine_json(
-    docker: &Path,
-    request: Request<Incoming>,
-) -> Result<serde_json::Value, Answer> {
+/// An answer of the engine, whole, as JSON (`/info` to add the swarm's section to,
+/// `/networks` to add the swarm's networks to).
+pub async fn engine_json<B>(docker: &Path, request: Request<B>) -> Result<serde_json::Value, Answer>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let response = forward(docker, request).await;
     if response.status() != StatusCode::OK {
         return Err(response);

@@ -30,3 +30,10 @@ pub fn json(status: StatusCode, value: &Value) -> Answer {
 pub fn error(status: StatusCode, message: impl Into<String>) -> Answer {
     json(status, &serde_json::json!({ "message": message.into() }))
 }
+
+/// A status with no body (Docker's answer to a delete).
+pub fn empty(status: StatusCode) -> Answer {
+    let mut r = Response::new(full(Bytes::new()));
+    *r.status_mut() = status;
+    r
+}

@@ -13,6 +13,8 @@ pub enum Route {
     /// The swarm's objects: shoal's store (`swarm`, `nodes`, `services`, `tasks`,
     /// `secrets`, `configs`); the segments after the object kind.
     Swarm { kind: SwarmKind, rest: Vec<String> },
+    /// `/networks`: the swarm's overlay networks are shoal's, the others the engine's.
+    Networks { rest: Vec<String> },
     /// Everything else is the node's own engine (containers, images, exec, volumes,
     /// events, build, local networks).
     Engine,
@@ -71,6 +73,11 @@ pub fn route(path: &str) -> Route {
         Some("tasks") => SwarmKind::Tasks,
         Some("secrets") => SwarmKind::Secrets,
         Some("configs") => SwarmKind::Configs,
+        Some("networks") => {
+            return Route::Networks {
+                rest: segments.map(decode_segment).collect(),
+            }
+        }
         _ => return Route::Engine,
     };
     let rest = segments.map(decode_segment).collect();
@@ -141,6 +148,12 @@ mod tests {
         assert_eq!(route("/info"), Route::Info);
         assert_eq!(route("/v1.47/containers/json"), Route::Engine);
         assert_eq!(route("/volumes"), Route::Engine);
+        assert_eq!(
+            route("/v1.41/networks/app/connect"),
+            Route::Networks {
+                rest: vec!["app".into(), "connect".into()]
+            }
+        );
         assert_eq!(
             route("/v1.47/services/web%201+x/update"),
             Route::Swarm {

@@ -4,13 +4,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use base64::{
+    engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD},
+    Engine as _,
+};
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
-use shoal_cluster::store::{Network, Service, ServiceMode, Task};
+use shoal_cluster::registry_auth::RegistryCredentials;
+use shoal_cluster::store::{Network, Service, ServiceMode, ServiceSpec, Task};
 
 use super::reply::{self, Answer};
 use super::route::{filters, SwarmKind};
-use crate::api::{server::Backend, ApiError, InfoView, NodeRole, Reply, Request};
+use super::{service_spec, Call};
+use crate::api::{server::Backend, ApiError, InfoView, NodeRole, Reply, Request, ServiceChanges};
 use crate::cli::format::inspect_values;
 use crate::cli::service::inspect::{inspect_value, iso, spec_value};
 use crate::cli::service::views::replicas;
@@ -96,35 +102,33 @@ pub fn ping_header(view: &InfoView) -> &'static str {
 }
 
 /// One request on the swarm's objects.
-pub async fn answer(
-    backend: &dyn Backend,
-    method: &Method,
-    kind: SwarmKind,
-    rest: &[String],
-    query: &BTreeMap<String, String>,
-) -> Answer {
-    match answer_or_refuse(backend, method, kind, rest, query).await {
+pub async fn answer(backend: &dyn Backend, kind: SwarmKind, call: &Call) -> Answer {
+    match answer_or_refuse(backend, kind, call).await {
         Ok(a) | Err(a) => a,
+    }
+}
+
+/// The manager's answer, or why this node cannot give it (Docker's 503s).
+pub async fn manager_only(backend: &dyn Backend) -> Result<InfoView, Answer> {
+    let view = info(backend).await?;
+    match (view.swarm.as_str(), view.is_manager) {
+        ("active", true) => Ok(view),
+        ("active", false) => Err(reply::error(StatusCode::SERVICE_UNAVAILABLE, WORKER)),
+        ("locked", _) => Err(reply::error(StatusCode::SERVICE_UNAVAILABLE, LOCKED)),
+        _ => Err(reply::error(StatusCode::SERVICE_UNAVAILABLE, NOT_IN_SWARM)),
     }
 }
 
 async fn answer_or_refuse(
     backend: &dyn Backend,
-    method: &Method,
     kind: SwarmKind,
-    rest: &[String],
-    query: &BTreeMap<String, String>,
+    call: &Call,
 ) -> Result<Answer, Answer> {
-    let view = info(backend).await?;
-    match (view.swarm.as_str(), view.is_manager) {
-        ("active", true) => {}
-        ("active", false) => return Err(reply::error(StatusCode::SERVICE_UNAVAILABLE, WORKER)),
-        ("locked", _) => return Err(reply::error(StatusCode::SERVICE_UNAVAILABLE, LOCKED)),
-        _ => return Err(reply::error(StatusCode::SERVICE_UNAVAILABLE, NOT_IN_SWARM)),
-    }
-    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+    let view = manager_only(backend).await?;
+    let rest: Vec<&str> = call.rest.iter().map(String::as_str).collect();
+    let query = &call.query;
     let bad_filter = |e: String| reply::error(StatusCode::BAD_REQUEST, e);
-    match (method, kind, rest.as_slice()) {
+    match (&call.method, kind, rest.as_slice()) {
         (&Method::GET, SwarmKind::Swarm, []) => swarm_inspect(backend, &view).await,
         (&Method::GET, SwarmKind::Nodes, []) => {
             let f = filters(query, &["id", "name", "role", "membership"]).map_err(bad_filter)?;
@@ -171,6 +175,20 @@ async fn answer_or_refuse(
                 )),
             }
         }
+        (&Method::POST, SwarmKind::Services, ["create"]) => service_create(backend, call).await,
+        (&Method::POST, SwarmKind::Services, [reference, "update"]) => {
+            service_update(backend, reference, call).await
+        }
+        (&Method::DELETE, SwarmKind::Services, [reference]) => {
+            write(
+                backend,
+                Request::ServiceRm {
+                    services: vec![reference.to_string()],
+                },
+            )
+            .await?;
+            Ok(reply::empty(StatusCode::OK))
+        }
         (&Method::GET, SwarmKind::Tasks, []) => {
             let f = filters(
                 query,
@@ -199,23 +217,146 @@ async fn answer_or_refuse(
                 )),
             }
         }
-        _ => Err(reply::error(
-            StatusCode::NOT_IMPLEMENTED,
-            format!(
-                "shoal's Engine API does not serve {method} /{}{}{} yet; use the shoal CLI (`shoal {} ...`) for it",
-                kind.name(),
-                if rest.is_empty() { "" } else { "/" },
-                rest.join("/"),
-                match kind {
-                    SwarmKind::Swarm => "swarm",
-                    SwarmKind::Nodes => "node",
-                    SwarmKind::Services => "service",
-                    SwarmKind::Tasks => "service ps",
-                    SwarmKind::Secrets => "secret",
-                    SwarmKind::Configs => "config",
-                }
-            ),
+        // shoal keeps no secret or config objects yet: the list is empty, truly (what
+        // `docker stack rm` reads); making one is refused below.
+        (&Method::GET, SwarmKind::Secrets | SwarmKind::Configs, []) => {
+            filters(query, &["id", "label", "name", "names"]).map_err(bad_filter)?;
+            Ok(reply::json(StatusCode::OK, &json!([])))
+        }
+        (method, kind, rest) => Err(not_served(method, kind.name(), rest)),
+    }
+}
+
+/// What shoal does not serve on the Engine API yet, said so (501).
+pub fn not_served(method: &Method, kind: &str, rest: &[&str]) -> Answer {
+    reply::error(
+        StatusCode::NOT_IMPLEMENTED,
+        format!(
+            "shoal's Engine API does not serve {method} /{kind}{}{} yet; use the shoal CLI for it",
+            if rest.is_empty() { "" } else { "/" },
+            rest.join("/"),
+        ),
+    )
+}
+
+/// A change through the agent: its refusals are the client's fault (400) unless they
+/// say what Docker answers otherwise.
+pub async fn write(backend: &dyn Backend, request: Request) -> Result<Reply, Answer> {
+    backend.handle(request).await.map_err(|e| {
+        let m = e.message.to_ascii_lowercase();
+        let status = if m.contains("not found") || m.contains("no such") {
+            StatusCode::NOT_FOUND
+        } else if m.contains("already exists")
+            || m.contains("out of sequence")
+            || m.contains("in use")
+            || m.contains("is used by")
+        {
+            StatusCode::CONFLICT
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        reply::error(status, e.message)
+    })
+}
+
+/// `X-Registry-Auth`: Docker's base64 (URL-safe) JSON of the registry credentials; an
+/// empty object or none means none.
+fn registry_auth(header: Option<&str>) -> Result<Option<Box<RegistryCredentials>>, String> {
+    let Some(text) = header.map(str::trim).filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    let bad = |e: String| format!("X-Registry-Auth: {e}");
+    let raw = [URL_SAFE, URL_SAFE_NO_PAD, STANDARD, STANDARD_NO_PAD]
+        .iter()
+        .find_map(|engine| engine.decode(text).ok())
+        .ok_or_else(|| bad("not base64".into()))?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|e| bad(e.to_string()))?;
+    let field = |k: &str| v[k].as_str().unwrap_or("").to_owned();
+    let (username, password, server_address) =
+        (field("username"), field("password"), field("serveraddress"));
+    if username.is_empty() && password.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Box::new(RegistryCredentials {
+        server_address,
+        username,
+        password,
+    })))
+}
+
+fn spec_of(call: &Call) -> Result<(ServiceSpec, u64), String> {
+    let v: Value =
+        serde_json::from_slice(&call.body).map_err(|e| format!("malformed service spec: {e}"))?;
+    service_spec::from_docker(v)
+}
+
+fn bad_request(e: String) -> Answer {
+    reply::error(StatusCode::BAD_REQUEST, e)
+}
+
+async fn service_create(backend: &dyn Backend, call: &Call) -> Result<Answer, Answer> {
+    let (spec, _) = spec_of(call).map_err(bad_request)?;
+    let registry_auth = registry_auth(call.registry_auth.as_deref()).map_err(bad_request)?;
+    match write(
+        backend,
+        Request::ServiceCreate {
+            spec: Box::new(spec),
+            no_resolve_image: false,
+            registry_auth,
+        },
+    )
+    .await?
+    {
+        Reply::ServiceCreated { id, warnings } => Ok(reply::json(
+            StatusCode::CREATED,
+            &json!({"ID": id, "Warnings": warnings}),
         )),
+        other => Err(unexpected(&other)),
+    }
+}
+
+async fn service_update(
+    backend: &dyn Backend,
+    reference: &str,
+    call: &Call,
+) -> Result<Answer, Answer> {
+    let version = call
+        .query
+        .get("version")
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| {
+            reply::error(
+                StatusCode::BAD_REQUEST,
+                "the version of the service the update was made from is required (?version=N)",
+            )
+        })?;
+    let registry_auth = registry_auth(call.registry_auth.as_deref()).map_err(bad_request)?;
+    let request = if call.query.get("rollback").is_some_and(|r| r == "previous") {
+        Request::ServiceUpdate {
+            service: reference.to_owned(),
+            changes: Box::new(ServiceChanges {
+                rollback: true,
+                ..ServiceChanges::default()
+            }),
+            no_resolve_image: false,
+            registry_auth,
+        }
+    } else {
+        let (spec, force_update) = spec_of(call).map_err(bad_request)?;
+        Request::ServiceSetSpec {
+            service: reference.to_owned(),
+            spec: Box::new(spec),
+            version,
+            force_update,
+            no_resolve_image: false,
+            registry_auth,
+        }
+    };
+    match write(backend, request).await? {
+        Reply::ServicesChanged { warnings, .. } => {
+            Ok(reply::json(StatusCode::OK, &json!({"Warnings": warnings})))
+        }
+        other => Err(unexpected(&other)),
     }
 }
 
@@ -286,10 +427,7 @@ fn service_matches(s: &Service, f: &BTreeMap<String, BTreeSet<String>>) -> bool 
     f.iter().all(|(key, want)| match key.as_str() {
         "id" => prefix_of(want, &s.id),
         "name" => prefix_of(want, &s.spec.name),
-        "label" => want.iter().all(|l| match l.split_once('=') {
-            Some((k, v)) => s.spec.labels.get(k).is_some_and(|x| x == v),
-            None => s.spec.labels.contains_key(l),
-        }),
+        "label" => labels_match(&s.spec.labels, want),
         "mode" => want.contains(match s.spec.mode {
             ServiceMode::Replicated { .. } => "replicated",
             ServiceMode::Global => "global",
@@ -297,6 +435,14 @@ fn service_matches(s: &Service, f: &BTreeMap<String, BTreeSet<String>>) -> bool 
             ServiceMode::GlobalJob => "global-job",
         }),
         _ => true,
+    })
+}
+
+/// Docker's `label` filter: every `KEY` present, every `KEY=VALUE` equal.
+pub fn labels_match(labels: &BTreeMap<String, String>, want: &BTreeSet<String>) -> bool {
+    want.iter().all(|l| match l.split_once('=') {
+        Some((k, v)) => labels.get(k).is_some_and(|x| x == v),
+        None => labels.contains_key(l),
     })
 }
 
@@ -327,7 +473,8 @@ fn task_matches(
             let name = format!("{}.{}", s.spec.name, t.slot);
             want.iter().any(|w| name.starts_with(w.as_str()))
         }),
-        "label" => want.is_empty(),
+        // As swarmkit: a task's labels are its service's.
+        "label" => service.is_some_and(|s| labels_match(&s.spec.labels, want)),
         _ => true,
     })
 }

@@ -1,0 +1,567 @@
+//! Docker's `ServiceSpec` (what `POST /services/create` and `/services/ID/update` carry)
+//! as shoal's spec: the inverse of `cli/service/inspect.rs`'s `spec_value`. Every field
+//! is either carried out or refused naming it: a field shoal does not do yet with a
+//! value set is an error, never dropped.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+use shoal_cluster::store::{
+    ContainerOptions, DnsConfig, EndpointMode, FailureAction, HealthCheck, PortConfig, Protocol,
+    PublishMode, RestartCondition, ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder,
+    DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
+};
+
+use crate::api::MAX_FAILURE_RATIO_PPM;
+
+/// One JSON object being read: each field taken once; what is left with a value set is
+/// refused by [`Fields::done`].
+struct Fields {
+    path: String,
+    map: Map<String, Value>,
+}
+
+/// A value Docker's Go types would leave at their zero (absent, null, empty, 0, false).
+fn is_unset(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.values().all(is_unset),
+    }
+}
+
+impl Fields {
+    fn of(path: &str, v: Value) -> Result<Fields, String> {
+        match v {
+            Value::Object(map) => Ok(Fields {
+                path: path.to_owned(),
+                map,
+            }),
+            Value::Null => Ok(Fields {
+                path: path.to_owned(),
+                map: Map::new(),
+            }),
+            other => Err(format!("{path}: expected an object, got {other}")),
+        }
+    }
+
+    fn at(&self, key: &str) -> String {
+        format!("{}.{key}", self.path)
+    }
+
+    fn take(&mut self, key: &str) -> Option<Value> {
+        self.map.remove(key).filter(|v| !v.is_null())
+    }
+
+    fn object(&mut self, key: &str) -> Result<Fields, String> {
+        let at = self.at(key);
+        Fields::of(&at, self.take(key).unwrap_or(Value::Null))
+    }
+
+    fn string(&mut self, key: &str) -> Result<String, String> {
+        match self.take(key) {
+            None => Ok(String::new()),
+            Some(Value::String(s)) => Ok(s),
+            Some(other) => Err(format!("{}: expected a string, got {other}", self.at(key))),
+        }
+    }
+
+    fn strings(&mut self, key: &str) -> Result<Vec<String>, String> {
+        match self.take(key) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(a)) => a
+                .into_iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s),
+                    other => Err(format!("{}: expected strings, got {other}", self.at(key))),
+                })
+                .collect(),
+            Some(other) => Err(format!("{}: expected a list, got {other}", self.at(key))),
+        }
+    }
+
+    fn string_map(&mut self, key: &str) -> Result<BTreeMap<String, String>, String> {
+        match self.take(key) {
+            None => Ok(BTreeMap::new()),
+            Some(Value::Object(m)) => m
+                .into_iter()
+                .map(|(k, v)| match v {
+                    Value::String(s) => Ok((k, s)),
+                    other => Err(format!(
+                        "{}.{k}: expected a string, got {other}",
+                        self.at(key)
+                    )),
+                })
+                .collect(),
+            Some(other) => Err(format!("{}: expected an object, got {other}", self.at(key))),
+        }
+    }
+
+    fn u64(&mut self, key: &str) -> Result<Option<u64>, String> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+                format!("{}: expected a number of 0 or more, got {v}", self.at(key))
+            }),
+        }
+    }
+
+    /// A Go duration in nanoseconds, as milliseconds.
+    fn millis(&mut self, key: &str) -> Result<Option<u64>, String> {
+        Ok(self.u64(key)?.map(|ns| ns / 1_000_000))
+    }
+
+    fn bool(&mut self, key: &str) -> Result<Option<bool>, String> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(b)),
+            Some(other) => Err(format!(
+                "{}: expected true or false, got {other}",
+                self.at(key)
+            )),
+        }
+    }
+
+    /// Drops a field whose value changes nothing here (`accept` says which values).
+    fn allow(&mut self, key: &str, accept: impl Fn(&Value) -> bool) -> Result<(), String> {
+        match self.take(key) {
+            Some(v) if !accept(&v) => {
+                Err(format!("{} = {v} is not supported by shoal", self.at(key)))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Every field left must be unset.
+    fn done(self) -> Result<(), String> {
+        let set: Vec<String> = self
+            .map
+            .iter()
+            .filter(|(_, v)| !is_unset(v))
+            .map(|(k, _)| format!("{}.{k}", self.path))
+            .collect();
+        if set.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("not supported by shoal yet: {}", set.join(", ")))
+        }
+    }
+}
+
+fn read_update_config(mut f: Fields, default: UpdateConfig) -> Result<UpdateConfig, String> {
+    let mut c = default;
+    if let Some(p) = f.u64("Parallelism")? {
+        c.parallelism = p;
+    }
+    if let Some(d) = f.millis("Delay")? {
+        c.delay_ms = d;
+    }
+    if let Some(m) = f.millis("Monitor")? {
+        c.monitor_ms = m;
+    }
+    match f.string("FailureAction")?.as_str() {
+        "" => {}
+        "pause" => c.failure_action = FailureAction::Pause,
+        "continue" => c.failure_action = FailureAction::Continue,
+        "rollback" => c.failure_action = FailureAction::Rollback,
+        other => {
+            return Err(format!(
+                "{}: unknown failure action {other:?}",
+                f.at("FailureAction")
+            ))
+        }
+    }
+    match f.string("Order")?.as_str() {
+        "" => {}
+        "stop-first" => c.order = UpdateOrder::StopFirst,
+        "start-first" => c.order = UpdateOrder::StartFirst,
+        other => return Err(format!("{}: unknown order {other:?}", f.at("Order"))),
+    }
+    if let Some(r) = f.take("MaxFailureRatio") {
+        let ratio = r
+            .as_f64()
+            .filter(|r| (0.0..=1.0).contains(r))
+            .ok_or_else(|| {
+                format!(
+                    "{}: expected a number from 0 to 1, got {r}",
+                    f.at("MaxFailureRatio")
+                )
+            })?;
+        c.max_failure_ratio_ppm = (ratio * f64::from(MAX_FAILURE_RATIO_PPM)).round() as u32;
+    }
+    f.done()?;
+    Ok(c)
+}
+
+/// The platforms Docker's CLI pins from the image's manifest: shoal's nodes run Linux on
+/// the machine's architecture, so one such entry must be there.
+fn platforms_allow_this_machine(v: &Value) -> bool {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    v.as_array().is_some_and(|list| {
+        list.is_empty()
+            || list.iter().any(|p| {
+                p["OS"].as_str().unwrap_or("linux") == "linux"
+                    && p["Architecture"].as_str().is_none_or(|a| a == arch)
+            })
+    })
+}
+
+/// Docker's `ServiceSpec` as shoal's, with the spec's `ForceUpdate` counter.
+pub fn from_docker(v: Value) -> Result<(ServiceSpec, u64), String> {
+    let mut spec_f = Fields::of("Spec", v)?;
+    let name = spec_f.string("Name")?;
+    let labels = spec_f.string_map("Labels")?;
+
+    let mut task = spec_f.object("TaskTemplate")?;
+    let mut c = task.object("ContainerSpec")?;
+    let image = c.string("Image")?;
+    if image.trim().is_empty() {
+        return Err("Spec.TaskTemplate.ContainerSpec.Image: an image is required".into());
+    }
+    let args = c.strings("Args")?;
+    let env = c.strings("Env")?;
+    let mut container = ContainerOptions {
+        entrypoint: c.strings("Command")?,
+        user: c.string("User")?,
+        dir: c.string("Dir")?,
+        hostname: c.string("Hostname")?,
+        hosts: c.strings("Hosts")?,
+        init: c.bool("Init")?,
+        stop_signal: c.string("StopSignal")?,
+        labels: c.string_map("Labels")?,
+        dns: DnsConfig::default(),
+    };
+    let mut dns = c.object("DNSConfig")?;
+    container.dns = DnsConfig {
+        nameservers: dns.strings("Nameservers")?,
+        search: dns.strings("Search")?,
+        options: dns.strings("Options")?,
+    };
+    dns.done()?;
+    let stop_grace_ms = c
+        .millis("StopGracePeriod")?
+        .unwrap_or(DEFAULT_STOP_GRACE_MS);
+    let healthcheck = match c.take("Healthcheck") {
+        None => None,
+        Some(h) => {
+            let mut h = Fields::of("Spec.TaskTemplate.ContainerSpec.Healthcheck", h)?;
+            let check = HealthCheck {
+                test: h.strings("Test")?,
+                interval_ms: h.millis("Interval")?.unwrap_or(0),
+                timeout_ms: h.millis("Timeout")?.unwrap_or(0),
+                retries: h.u64("Retries")?.unwrap_or(0),
+                start_period_ms: h.millis("StartPeriod")?.unwrap_or(0),
+            };
+            h.done()?;
+            (!check.test.is_empty()).then_some(check)
+        }
+    };
+    c.allow("Isolation", |v| v.as_str() == Some("default"))?;
+    c.done()?;
+
+    let mut restart = task.object("RestartPolicy")?;
+    let restart_condition = match restart.string("Condition")?.as_str() {
+        "" | "any" => RestartCondition::Any,
+        "on-failure" => RestartCondition::OnFailure,
+        "none" => RestartCondition::None,
+        other => {
+            return Err(format!(
+                "Spec.TaskTemplate.RestartPolicy.Condition: unknown condition {other:?}"
+            ))
+        }
+    };
+    let restart_delay_ms = restart.millis("Delay")?.unwrap_or(DEFAULT_RESTART_DELAY_MS);
+    let restart_max_attempts = restart.u64("MaxAttempts")?.unwrap_or(0);
+    let restart_window_ms = restart.millis("Window")?.unwrap_or(0);
+    restart.done()?;
+
+    let mut placement = task.object("Placement")?;
+    let constraints = placement.strings("Constraints")?;
+    placement.allow("Platforms", platforms_allow_this_machine)?;
+    placement.done()?;
+
+    let mut networks = Vec::new();
+    let mut network_aliases = BTreeMap::new();
+    if let Some(list) = task.take("Networks") {
+        let Value::Array(list) = list else {
+            return Err("Spec.TaskTemplate.Networks: expected a list".into());
+        };
+        for n in list {
+            let mut n = Fields::of("Spec.TaskTemplate.Networks[]", n)?;
+            let target = n.string("Target")?;
+            if target.is_empty() {
+                return Err("Spec.TaskTemplate.Networks[].Target: a network is required".into());
+            }
+            let aliases = n.strings("Aliases")?;
+            n.done()?;
+            if !aliases.is_empty() {
+                network_aliases.insert(target.clone(), aliases);
+            }
+            networks.push(target);
+        }
+    }
+    let force_update = task.u64("ForceUpdate")?.unwrap_or(0);
+    task.allow("Runtime", |v| v.as_str() == Some("container"))?;
+    task.done()?;
+
+    let mode = match spec_f.take("Mode") {
+        None => ServiceMode::Replicated { replicas: 1 },
+        Some(m) => {
+            let mut m = Fields::of("Spec.Mode", m)?;
+            let mode = if let Some(r) = m.take("Replicated") {
+                let mut r = Fields::of("Spec.Mode.Replicated", r)?;
+                let replicas = r.u64("Replicas")?.unwrap_or(1);
+                r.done()?;
+                ServiceMode::Replicated { replicas }
+            } else if m.take("Global").is_some() {
+                ServiceMode::Global
+            } else if let Some(j) = m.take("ReplicatedJob") {
+                let mut j = Fields::of("Spec.Mode.ReplicatedJob", j)?;
+                let total_completions = j.u64("TotalCompletions")?.unwrap_or(1);
+                let max_concurrent = j.u64("MaxConcurrent")?.unwrap_or(total_completions);
+                j.done()?;
+                ServiceMode::ReplicatedJob {
+                    max_concurrent,
+                    total_completions,
+                }
+            } else if m.take("GlobalJob").is_some() {
+                ServiceMode::GlobalJob
+            } else {
+                ServiceMode::Replicated { replicas: 1 }
+            };
+            m.done()?;
+            mode
+        }
+    };
+    let update_config =
+        read_update_config(spec_f.object("UpdateConfig")?, UpdateConfig::default())?;
+    let rollback_config = read_update_config(
+        spec_f.object("RollbackConfig")?,
+        UpdateConfig::rollback_default(),
+    )?;
+
+    let mut endpoint = spec_f.object("EndpointSpec")?;
+    let endpoint_mode = match endpoint.string("Mode")?.as_str() {
+        "" | "vip" => EndpointMode::Vip,
+        "dnsrr" => EndpointMode::Dnsrr,
+        other => return Err(format!("Spec.EndpointSpec.Mode: unknown mode {other:?}")),
+    };
+    let mut ports = Vec::new();
+    if let Some(list) = endpoint.take("Ports") {
+        let Value::Array(list) = list else {
+            return Err("Spec.EndpointSpec.Ports: expected a list".into());
+        };
+        for p in list {
+            let mut p = Fields::of("Spec.EndpointSpec.Ports[]", p)?;
+            let protocol = match p.string("Protocol")?.as_str() {
+                "" | "tcp" => Protocol::Tcp,
+                "udp" => Protocol::Udp,
+                other => {
+                    return Err(format!(
+                        "Spec.EndpointSpec.Ports[].Protocol: {other:?} is not supported"
+                    ))
+                }
+            };
+            let port = |v: Option<u64>, what: &str| -> Result<u16, String> {
+                u16::try_from(v.unwrap_or(0))
+                    .map_err(|_| format!("Spec.EndpointSpec.Ports[].{what}: not a port"))
+            };
+            let target = port(p.u64("TargetPort")?, "TargetPort")?;
+            let published = port(p.u64("PublishedPort")?, "PublishedPort")?;
+            let mode = match p.string("PublishMode")?.as_str() {
+                "" | "ingress" => PublishMode::Ingress,
+                "host" => PublishMode::Host,
+                other => {
+                    return Err(format!(
+                        "Spec.EndpointSpec.Ports[].PublishMode: unknown mode {other:?}"
+                    ))
+                }
+            };
+            p.allow("Name", |_| true)?;
+            p.done()?;
+            if target == 0 {
+                return Err("Spec.EndpointSpec.Ports[].TargetPort: a port is required".into());
+            }
+            ports.push(PortConfig {
+                protocol,
+                target,
+                published,
+                mode,
+            });
+        }
+    }
+    endpoint.done()?;
+    spec_f.done()?;
+
+    Ok((
+        ServiceSpec {
+            name,
+            labels,
+            image,
+            args,
+            env,
+            mode,
+            networks,
+            network_aliases,
+            ports,
+            endpoint_mode,
+            constraints,
+            healthcheck,
+            restart_condition,
+            restart_delay_ms,
+            restart_max_attempts,
+            restart_window_ms,
+            stop_grace_ms,
+            container,
+            update_config,
+            rollback_config,
+        },
+        force_update,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::cli::service::inspect::spec_value;
+
+    #[test]
+    fn what_the_docker_cli_sends_for_a_simple_service() {
+        // As docker 28's `service create --name web --replicas 2 -p 8080:80 --network app
+        // --env A=1 --constraint node.role==worker nginx` sends it.
+        let body = json!({
+            "Name": "web",
+            "Labels": {},
+            "TaskTemplate": {
+                "ContainerSpec": {
+                    "Image": "nginx:1.27",
+                    "Env": ["A=1"],
+                    "Init": false,
+                    "StopGracePeriod": 10_000_000_000u64,
+                    "DNSConfig": {},
+                    "Isolation": "default"
+                },
+                "Resources": {"Limits": {}, "Reservations": {}},
+                "RestartPolicy": {"Condition": "any", "Delay": 5_000_000_000u64, "MaxAttempts": 0},
+                "Placement": {"Constraints": ["node.role==worker"], "Platforms": [{"Architecture": "amd64", "OS": "linux"}, {"Architecture": "arm64", "OS": "linux"}]},
+                "Networks": [{"Target": "app"}],
+                "ForceUpdate": 0,
+                "Runtime": "container"
+            },
+            "Mode": {"Replicated": {"Replicas": 2}},
+            "UpdateConfig": {"Parallelism": 1, "FailureAction": "pause", "Monitor": 5_000_000_000u64, "MaxFailureRatio": 0, "Order": "stop-first"},
+            "RollbackConfig": {"Parallelism": 1, "FailureAction": "pause", "Monitor": 5_000_000_000u64, "MaxFailureRatio": 0, "Order": "stop-first"},
+            "EndpointSpec": {"Mode": "vip", "Ports": [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080, "PublishMode": "ingress"}]}
+        });
+        let (spec, force) = from_docker(body).unwrap();
+        assert_eq!(force, 0);
+        assert_eq!(spec.name, "web");
+        assert_eq!(spec.image, "nginx:1.27");
+        assert_eq!(spec.mode, ServiceMode::Replicated { replicas: 2 });
+        assert_eq!(spec.env, ["A=1"]);
+        assert_eq!(spec.container.init, Some(false));
+        assert_eq!(spec.networks, ["app"]);
+        assert_eq!(spec.constraints, ["node.role==worker"]);
+        assert_eq!(spec.ports[0].published, 8080);
+        assert_eq!(spec.update_config, UpdateConfig::default());
+    }
+
+    #[test]
+    fn a_spec_shown_by_inspect_reads_back_the_same() {
+        let (spec, _) = from_docker(json!({
+            "Name": "api",
+            "Labels": {"com.docker.stack.namespace": "app"},
+            "TaskTemplate": {
+                "ContainerSpec": {"Image": "shoal/web:1", "Args": ["-p", "80"], "Command": ["/bin/web"],
+                    "User": "nobody", "Dir": "/srv", "Hostname": "{{.Task.Slot}}",
+                    "Healthcheck": {"Test": ["CMD", "true"], "Interval": 2_000_000_000u64, "Retries": 3}},
+                "Networks": [{"Target": "app_net", "Aliases": ["api"]}],
+            },
+            "Mode": {"Global": {}},
+            "UpdateConfig": {"Parallelism": 2, "Delay": 10_000_000_000u64, "FailureAction": "rollback", "Order": "start-first", "MaxFailureRatio": 0.25},
+            "EndpointSpec": {"Mode": "dnsrr"}
+        }))
+        .unwrap();
+        let shown = spec_value(&spec, 3);
+        let (again, force) = from_docker(shown).unwrap();
+        // Inspect shows the init default as Docker does (true); it reads back as said.
+        let mut want = spec.clone();
+        want.container.init = Some(spec.container.init());
+        assert_eq!(again, want);
+        assert_eq!(force, 3);
+        assert_eq!(spec.update_config.parallelism, 2);
+        assert_eq!(
+            spec.update_config.max_failure_ratio_ppm,
+            MAX_FAILURE_RATIO_PPM / 4
+        );
+        assert_eq!(spec.network_aliases["app_net"], ["api"]);
+    }
+
+    #[test]
+    fn what_shoal_does_not_do_is_refused_by_name() {
+        let base = |extra: Value| {
+            let mut v =
+                json!({"Name": "x", "TaskTemplate": {"ContainerSpec": {"Image": "busybox"}}});
+            crate::engine_api::service_spec::tests::merge(&mut v, extra);
+            v
+        };
+        for (extra, named) in [
+            (
+                json!({"TaskTemplate": {"ContainerSpec": {"Mounts": [{"Type": "volume", "Target": "/data"}]}}}),
+                "Spec.TaskTemplate.ContainerSpec.Mounts",
+            ),
+            (
+                json!({"TaskTemplate": {"Resources": {"Limits": {"NanoCPUs": 1_000_000_000}}}}),
+                "Spec.TaskTemplate.Resources",
+            ),
+            (
+                json!({"TaskTemplate": {"ContainerSpec": {"Secrets": [{"SecretName": "pw"}]}}}),
+                "Spec.TaskTemplate.ContainerSpec.Secrets",
+            ),
+            (
+                json!({"TaskTemplate": {"Placement": {"Platforms": [{"OS": "windows"}]}}}),
+                "Spec.TaskTemplate.Placement.Platforms",
+            ),
+            (
+                json!({"TaskTemplate": {"LogDriver": {"Name": "syslog"}}}),
+                "Spec.TaskTemplate.LogDriver",
+            ),
+            (
+                json!({"EndpointSpec": {"Ports": [{"Protocol": "sctp", "TargetPort": 80}]}}),
+                "sctp",
+            ),
+            (
+                json!({"Mode": {"Replicated": {"Replicas": -1}}}),
+                "Spec.Mode.Replicated.Replicas",
+            ),
+            (
+                json!({"TaskTemplate": {"ContainerSpec": {"Image": ""}}}),
+                "an image is required",
+            ),
+        ] {
+            let e = from_docker(base(extra.clone())).unwrap_err();
+            assert!(e.contains(named), "{extra}: {e}");
+        }
+        assert!(from_docker(json!("nope")).is_err());
+    }
+
+    pub(super) fn merge(into: &mut Value, from: Value) {
+        match (into, from) {
+            (Value::Object(a), Value::Object(b)) => {
+                for (k, v) in b {
+                    merge(a.entry(k).or_insert(Value::Null), v);
+                }
+            }
+            (slot, v) => *slot = v,
+        }
+    }
+}
