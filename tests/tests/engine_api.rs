@@ -1,13 +1,15 @@
 //! The Docker Engine API on a real 2-host lab, driven by the real `docker` CLI (the
 //! image's current client and Debian's 20.10 one) with `-H unix://<agent's socket>`:
-//! `version` and `info` (shoal's swarm state in the `Swarm` section), `node ls`,
+//! `swarm init`, `join-token`, `join` (the cluster is made through the API), `version`
+//! and `info` (shoal's swarm state in the `Swarm` section), `node ls`,
 //! `service ls/ps/inspect` checked against what shoal's own CLI says, containers,
 //! `exec` (an upgraded connection) and `logs` passed to the node's dockerd; changes: an
 //! overlay network, a service created, updated, rolled back, scaled and removed (the
 //! mesh answering for it), an update from a stale version refused (409), a spec shoal
 //! cannot carry out refused naming the field; `docker stack deploy` of a compose file,
 //! re-deployed with one image changed (only that service's tasks replaced), `stack
-//! services/ps/rm`; a worker's socket refuses the swarm's objects as Docker's does,
+//! services/ps/rm`; node labels, availability, promote and demote; the Docker SDK for
+//! Python creating, scaling and removing a service; a worker's socket refuses the swarm's objects as Docker's does,
 //! what is not served yet is refused saying so, and a bad filter is refused.
 use std::{
     os::unix::fs::PermissionsExt,
@@ -20,6 +22,26 @@ use shoal_tests::{
     swarm::{Cli, BOUND},
     wait_for, LabGuard,
 };
+
+/// The Docker SDK for Python (Debian's python3-docker): `create` makes a service of one
+/// replica and scales it to 2 (an update of the whole spec at its version), checking
+/// it in the list; `remove` removes it.
+const PYTHON_SDK: &str = r#"
+import sys, docker
+client = docker.DockerClient(base_url=sys.argv[1], version="1.41")
+if sys.argv[2] == "create":
+    s = client.services.create("shoal/web:1", name="py",
+                               mode=docker.types.ServiceMode("replicated", replicas=1))
+    assert any(x.name == "py" for x in client.services.list()), client.services.list()
+    s.reload()
+    assert s.scale(2), "scale"
+    s.reload()
+    assert s.attrs["Spec"]["Mode"]["Replicated"]["Replicas"] == 2, s.attrs["Spec"]
+    print("created py", s.id)
+else:
+    client.services.get("py").remove()
+    print("removed py")
+"#;
 
 /// The image's docker client (current) and Debian's (20.10, API 1.41).
 const CLIENTS: [&str; 2] = ["/usr/local/bin/docker", "/usr/bin/docker"];
@@ -74,7 +96,6 @@ fn the_docker_cli_drives_shoal_through_its_engine_api() {
     let guard = LabGuard::up('n', 2);
     let cli = Cli { lab: &guard };
     cli.start_agents(&shoal, &[]);
-    cli.form_cluster();
     let config = std::env::temp_dir().join(format!("{}-docker-config", guard.state.prefix));
     std::fs::create_dir_all(&config).expect("docker config dir");
     let docker_of = |i: usize| Docker {
@@ -82,6 +103,29 @@ fn the_docker_cli_drives_shoal_through_its_engine_api() {
         config: config.clone(),
     };
     let (h1, h2) = (docker_of(0), docker_of(1));
+
+    // The seed's first steps, typed as the seeds type them.
+    let addr1 = guard.state.hosts[0].address.to_string();
+    let out = h1.ok(&["swarm", "init", "--advertise-addr", &addr1]);
+    assert!(out.contains("Swarm initialized"), "{out}");
+    let token = h1.ok(&["swarm", "join-token", "-q", "worker"]);
+    let out = h2.ok(&[
+        "swarm",
+        "join",
+        "--token",
+        token.trim(),
+        &format!("{addr1}:2377"),
+    ]);
+    assert!(
+        out.contains("This node joined a swarm as a worker"),
+        "{out}"
+    );
+    wait_for("2 nodes Ready", BOUND, || {
+        let rows = cli.run("h1", &["node", "ls"])?;
+        (rows.matches("Ready").count() == 2)
+            .then_some(())
+            .ok_or(rows)
+    });
 
     // The socket is dockerd's kind: root and the docker group.
     let mode = std::fs::metadata(&h1.socket)
@@ -436,13 +480,85 @@ fn the_docker_cli_drives_shoal_through_its_engine_api() {
             .ok_or(format!("left: {left:?}"))
     });
 
+    // Nodes: labels, availability, promotion and demotion, as shoal then shows them.
+    h1.ok(&["node", "update", "--label-add", "zone=a", "h2"]);
+    let labels = cli.ok(
+        "h1",
+        &["node", "inspect", "--format", "{{json .Spec.Labels}}", "h2"],
+    );
+    assert_eq!(labels.trim(), r#"{"zone":"a"}"#);
+    h1.ok(&["node", "update", "--availability", "drain", "h2"]);
+    let nodes = cli.ok("h1", &["node", "ls"]);
+    assert!(
+        nodes
+            .lines()
+            .any(|l| l.contains("h2") && l.contains("Drain")),
+        "{nodes}"
+    );
+    h1.ok(&[
+        "node",
+        "update",
+        "--availability",
+        "active",
+        "--label-rm",
+        "zone",
+        "h2",
+    ]);
+    h1.ok(&["node", "promote", "h2"]);
+    wait_for("h2 a reachable manager", BOUND, || {
+        let rows = cli.run("h1", &["node", "ls"])?;
+        rows.lines()
+            .any(|l| l.contains("h2") && l.contains("Reachable"))
+            .then_some(())
+            .ok_or(rows)
+    });
+    h1.ok(&["node", "demote", "h2"]);
+    wait_for("h2 a worker again", BOUND, || {
+        let rows = h1.run_with(
+            CLIENTS[0],
+            &["node", "ls", "--format", "{{.Hostname}} {{.ManagerStatus}}"],
+        );
+        (rows.0 && rows.1.lines().any(|l| l == "h2 "))
+            .then_some(())
+            .ok_or(format!("{rows:?}"))
+    });
+
+    // A second client: the Docker SDK for Python creates, scales, lists and removes a
+    // service.
+    let sdk = |step: &str| {
+        let out = Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(PYTHON_SDK)
+            .arg(format!("unix://{}", h1.socket.display()))
+            .arg(step)
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "python docker SDK {step}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let said = sdk("create");
+    assert!(said.contains("created py"), "{said}");
+    cli.wait_running("py", 2, |_| true);
+    let said = sdk("remove");
+    assert!(said.contains("removed py"), "{said}");
+    wait_for("py gone", BOUND, || {
+        let ls = cli.run("h1", &["service", "ls", "--format", "{{.Name}}"])?;
+        (!ls.lines().any(|l| l == "py")).then_some(()).ok_or(ls)
+    });
+
     // What is not served yet says so, and changes nothing; a bad filter is refused.
-    let refused = h1.err(&["node", "update", "--availability", "drain", "h2"]);
-    assert!(refused.contains("does not serve POST /nodes/"), "{refused}");
+    let refused = h1.err(&["swarm", "update", "--autolock=true"]);
+    assert!(
+        refused.contains("does not serve POST /swarm/update"),
+        "{refused}"
+    );
     let refused = h1.err(&["service", "ls", "--filter", "colour=blue"]);
     assert!(refused.contains("invalid filter 'colour'"), "{refused}");
-    let nodes = cli.ok("h1", &["node", "ls"]);
-    assert!(!nodes.contains("Drain"), "{nodes}");
     wait_for("only web exists", BOUND, || {
         let ls = cli.run("h1", &["service", "ls", "-q"])?;
         (ls.lines().count() == 1).then_some(()).ok_or(ls)

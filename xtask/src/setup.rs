@@ -41,6 +41,8 @@ pub const PACKAGES: &[&str] = &[
     "docker-registry",
     // The agent's task egress NAT (`nft -f -`).
     "nftables",
+    // The Engine API test's second client: the Docker SDK for Python.
+    "python3-docker",
 ];
 
 pub const NIGHTLY: &str = "nightly";

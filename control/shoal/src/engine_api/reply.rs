@@ -37,3 +37,11 @@ pub fn empty(status: StatusCode) -> Answer {
     *r.status_mut() = status;
     r
 }
+
+/// The agent answered a request with a reply of another kind: a defect, said as such.
+pub fn unexpected(reply: &crate::api::Reply) -> Answer {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("unexpected answer from the agent: {reply:?}"),
+    )
+}

@@ -52,8 +52,20 @@ impl Fields {
         format!("{}.{key}", self.path)
     }
 
+    /// The field `key`, matched without regard to case as Go's JSON decoder (which
+    /// dockerd uses) does: SDKs send `"replicated"` for `Replicated`.
     fn take(&mut self, key: &str) -> Option<Value> {
-        self.map.remove(key).filter(|v| !v.is_null())
+        let found = if self.map.contains_key(key) {
+            Some(key.to_owned())
+        } else {
+            self.map
+                .keys()
+                .find(|k| k.eq_ignore_ascii_case(key))
+                .cloned()
+        };
+        found
+            .and_then(|k| self.map.remove(&k))
+            .filter(|v| !v.is_null())
     }
 
     fn object(&mut self, key: &str) -> Result<Fields, String> {
@@ -552,6 +564,9 @@ mod tests {
             assert!(e.contains(named), "{extra}: {e}");
         }
         assert!(from_docker(json!("nope")).is_err());
+        // Keys in another case are Docker's keys (Go's decoder matches them so).
+        let (spec, _) = from_docker(json!({"name": "x", "taskTemplate": {"containerSpec": {"image": "busybox"}}, "mode": {"replicated": {"replicas": 3}}})).unwrap();
+        assert_eq!(spec.mode, ServiceMode::Replicated { replicas: 3 });
     }
 
     pub(super) fn merge(into: &mut Value, from: Value) {

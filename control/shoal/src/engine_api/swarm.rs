@@ -15,7 +15,7 @@ use shoal_cluster::store::{Network, Service, ServiceMode, ServiceSpec, Task};
 
 use super::reply::{self, Answer};
 use super::route::{filters, SwarmKind};
-use super::{service_spec, Call};
+use super::{membership, service_spec, Call};
 use crate::api::{server::Backend, ApiError, InfoView, NodeRole, Reply, Request, ServiceChanges};
 use crate::cli::format::inspect_values;
 use crate::cli::service::inspect::{inspect_value, iso, spec_value};
@@ -43,17 +43,10 @@ fn refusal(e: ApiError) -> Answer {
     reply::error(status, e.message)
 }
 
-fn unexpected(reply: &Reply) -> Answer {
-    reply::error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        format!("unexpected answer from the agent: {reply:?}"),
-    )
-}
-
 pub async fn info(backend: &dyn Backend) -> Result<InfoView, Answer> {
     match call(backend, Request::Info).await? {
         Reply::Info(view) => Ok(*view),
-        other => Err(unexpected(&other)),
+        other => Err(reply::unexpected(&other)),
     }
 }
 
@@ -124,12 +117,39 @@ async fn answer_or_refuse(
     kind: SwarmKind,
     call: &Call,
 ) -> Result<Answer, Answer> {
-    let view = manager_only(backend).await?;
     let rest: Vec<&str> = call.rest.iter().map(String::as_str).collect();
+    // Joining and leaving: answered whatever this node is now.
+    match (&call.method, kind, rest.as_slice()) {
+        (&Method::POST, SwarmKind::Swarm, ["init"]) => {
+            return membership::init(backend, call).await
+        }
+        (&Method::POST, SwarmKind::Swarm, ["join"]) => {
+            return membership::join(backend, call).await
+        }
+        (&Method::POST, SwarmKind::Swarm, ["leave"]) => {
+            return membership::leave(backend, call).await
+        }
+        (&Method::POST, SwarmKind::Swarm, ["unlock"]) => {
+            return membership::unlock(backend, call).await
+        }
+        _ => {}
+    }
+    let view = manager_only(backend).await?;
     let query = &call.query;
     let bad_filter = |e: String| reply::error(StatusCode::BAD_REQUEST, e);
     match (&call.method, kind, rest.as_slice()) {
         (&Method::GET, SwarmKind::Swarm, []) => swarm_inspect(backend, &view).await,
+        (&Method::GET, SwarmKind::Swarm, ["unlockkey"]) => membership::unlock_key(backend).await,
+        (&Method::POST, SwarmKind::Nodes, [reference, "update"]) => {
+            let (_, found) = nodes(backend, vec![reference.to_string()]).await?;
+            let node = found.first().ok_or_else(|| {
+                reply::error(StatusCode::NOT_FOUND, format!("node {reference} not found"))
+            })?;
+            membership::node_update(backend, node, call).await
+        }
+        (&Method::DELETE, SwarmKind::Nodes, [reference]) => {
+            membership::node_rm(backend, reference, call).await
+        }
         (&Method::GET, SwarmKind::Nodes, []) => {
             let f = filters(query, &["id", "name", "role", "membership"]).map_err(bad_filter)?;
             let (_, nodes) = nodes(backend, vec![]).await?;
@@ -311,7 +331,7 @@ async fn service_create(backend: &dyn Backend, call: &Call) -> Result<Answer, An
             StatusCode::CREATED,
             &json!({"ID": id, "Warnings": warnings}),
         )),
-        other => Err(unexpected(&other)),
+        other => Err(reply::unexpected(&other)),
     }
 }
 
@@ -356,7 +376,7 @@ async fn service_update(
         Reply::ServicesChanged { warnings, .. } => {
             Ok(reply::json(StatusCode::OK, &json!({"Warnings": warnings})))
         }
-        other => Err(unexpected(&other)),
+        other => Err(reply::unexpected(&other)),
     }
 }
 
@@ -375,7 +395,7 @@ async fn swarm_inspect(backend: &dyn Backend, view: &InfoView) -> Result<Answer,
             Reply::JoinToken { token, .. } => {
                 tokens.insert(name, token.expose().to_owned());
             }
-            other => return Err(unexpected(&other)),
+            other => return Err(reply::unexpected(&other)),
         }
     }
     let mut v = info_section(view)["Cluster"].clone();
@@ -394,7 +414,7 @@ async fn nodes(
     };
     match call(backend, request).await? {
         Reply::Nodes { self_id, nodes, .. } => Ok((self_id, nodes)),
-        other => Err(unexpected(&other)),
+        other => Err(reply::unexpected(&other)),
     }
 }
 
@@ -404,7 +424,7 @@ async fn services(
 ) -> Result<crate::api::ServiceStateView, Answer> {
     match call(backend, Request::ServiceState { services: refs }).await? {
         Reply::ServiceState(view) => Ok(*view),
-        other => Err(unexpected(&other)),
+        other => Err(reply::unexpected(&other)),
     }
 }
 
