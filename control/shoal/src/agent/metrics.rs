@@ -46,6 +46,8 @@ pub struct Sources {
     /// The executor's last view of the node.
     pub node: watch::Receiver<Arc<NodeReport>>,
     pub cluster: Arc<ClusterAgent>,
+    /// The role the last scrape found (for one that finds the role's lock held).
+    pub last_role: std::sync::Mutex<&'static str>,
 }
 
 /// Binds `addr` (so a taken port stops the agent at start with the reason).

@@ -177,6 +177,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
             dns: dataplane.dns_stats(),
             node: report_rx,
             cluster: cluster.clone(),
+            last_role: std::sync::Mutex::new("none"),
         };
         tokio::spawn(metrics::serve(listener, Arc::new(sources)))
     });

@@ -58,13 +58,29 @@ pub struct MeshReading {
     pub reply_flows: u64,
 }
 
+/// How long a scrape waits for the cluster role's lock.
+const ROLE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// One scrape's text.
 pub async fn scrape(sources: &Sources) -> String {
     let pin_dir = sources.pin_dir.clone();
     let maps = tokio::task::spawn_blocking(move || MapReadings::read(&pin_dir))
         .await
         .unwrap_or_default();
-    let (role, raft) = sources.cluster.role_and_raft().await;
+    // The role is behind the lock every API request holds while it runs (a write
+    // waiting for a quorum holds it for seconds): a scrape waits a moment, then makes do
+    // with the role it saw last and leaves Raft's families out rather than time out.
+    let (role, raft) = match tokio::time::timeout(ROLE_WAIT, sources.cluster.role_and_raft()).await
+    {
+        Ok((role, raft)) => {
+            *sources.last_role.lock().unwrap_or_else(|p| p.into_inner()) = role;
+            (role, raft)
+        }
+        Err(_) => (
+            *sources.last_role.lock().unwrap_or_else(|p| p.into_inner()),
+            None,
+        ),
+    };
     let readings = Readings {
         role,
         node: (**sources.node.borrow()).clone(),
