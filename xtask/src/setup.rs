@@ -43,6 +43,8 @@ pub const PACKAGES: &[&str] = &[
     "nftables",
     // The Engine API test's second client: the Docker SDK for Python.
     "python3-docker",
+    // The metrics test's scraper (`prometheus`) and `promtool check metrics`.
+    "prometheus",
 ];
 
 pub const NIGHTLY: &str = "nightly";
@@ -261,34 +263,37 @@ fn apt_packages(opts: &SetupOptions) -> Result<()> {
         );
     }
     if missing.iter().any(|p| p == "docker-registry") {
-        stop_system_registry();
+        stop_system_service("docker-registry", "docker-registry", 5000);
+    }
+    if missing.iter().any(|p| p == "prometheus") {
+        stop_system_service("prometheus", "prometheus", 9090);
     }
     Ok(())
 }
 
-/// Debian's docker-registry starts a registry on every address of the machine, port
-/// 5000, where an init system runs it. The lab runs its own registries inside its
-/// namespaces, so the one setup just installed is stopped and disabled (one that was
-/// there before setup is left alone).
-fn stop_system_registry() {
+/// Debian's docker-registry and prometheus packages start their service on every
+/// address of the machine (ports 5000 and 9090) where an init system runs it. The lab
+/// runs its own inside its namespaces, so a service setup just installed is stopped and
+/// disabled (one that was there before setup is left alone).
+fn stop_system_service(package: &str, unit: &str, port: u16) {
     let active = Command::new("systemctl")
-        .args(["is-active", "--quiet", "docker-registry"])
+        .args(["is-active", "--quiet", unit])
         .status()
         .is_ok_and(|s| s.success());
     if !active {
         return;
     }
     let stopped = Command::new("systemctl")
-        .args(["disable", "--now", "docker-registry"])
+        .args(["disable", "--now", unit])
         .output()
         .is_ok_and(|o| o.status.success());
     if stopped {
         println!(
-            "setup: stopped and disabled the system-wide docker-registry service it just installed (the lab runs its own)"
+            "setup: stopped and disabled the system-wide {unit} service it just installed (the lab runs its own)"
         );
     } else {
         println!(
-            "setup: note: the docker-registry package's own service runs on port 5000 of this machine; the lab does not need it"
+            "setup: note: the {package} package's own service runs on port {port} of this machine; the lab does not need it"
         );
     }
 }

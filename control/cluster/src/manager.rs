@@ -568,6 +568,12 @@ impl Manager {
         self.rt.manager_status(state)
     }
 
+    /// This manager's Raft member as it sees itself (term, leader, log and applied
+    /// indexes); None while it runs no store member (demoted, or not started).
+    pub fn store_status(&self) -> Option<crate::store::StoreStatus> {
+        self.rt.store_status()
+    }
+
     /// The current Raft leader's node ID, as this manager knows it.
     pub fn leader(&self) -> Option<String> {
         self.rt.leader_node_id()

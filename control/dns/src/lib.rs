@@ -13,3 +13,4 @@ pub mod forward;
 pub mod handler;
 pub mod records;
 pub mod server;
+pub mod stats;

@@ -47,6 +47,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::forward::Forwarder;
 use crate::handler::{HandlerConfig, Outcome, ShoalHandler};
 use crate::records::SharedTable;
+use crate::stats::{DnsStats, Dropped};
 
 /// The sockets of one network, bound by the caller.
 #[derive(Debug)]
@@ -129,6 +130,24 @@ impl DnsServer {
         forwarder: Forwarder,
         config: ServerConfig,
     ) -> io::Result<DnsServer> {
+        Self::serve_counted(
+            listeners,
+            table,
+            forwarder,
+            config,
+            Arc::new(DnsStats::default()),
+        )
+    }
+
+    /// [`serve`](Self::serve), counting into `stats` (shared with other servers of the
+    /// node, read by the agent's metrics).
+    pub fn serve_counted(
+        listeners: Vec<NetworkListener>,
+        table: Arc<SharedTable>,
+        forwarder: Forwarder,
+        config: ServerConfig,
+        stats: Arc<DnsStats>,
+    ) -> io::Result<DnsServer> {
         tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
         let (shutdown, _) = watch::channel(false);
         let mut served = Vec::new();
@@ -158,12 +177,14 @@ impl DnsServer {
                 udp,
                 handler.clone(),
                 config.clone(),
+                stats.clone(),
                 shutdown.subscribe(),
             )));
             loops.push(tokio::spawn(serve_tcp(
                 tcp,
                 handler,
                 config.clone(),
+                stats.clone(),
                 shutdown.subscribe(),
             )));
         }
@@ -230,6 +251,7 @@ async fn serve_udp(
     socket: UdpSocket,
     handler: Arc<ShoalHandler>,
     config: Arc<ServerConfig>,
+    stats: Arc<DnsStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let socket = Arc::new(socket);
@@ -256,12 +278,19 @@ async fn serve_udp(
                 continue;
             }
         };
-        if src.port() == 0 || !limiter.allow(src.ip(), Instant::now()) {
+        if src.port() == 0 {
+            continue;
+        }
+        let arrived = Instant::now();
+        stats.query(false);
+        if !limiter.allow(src.ip(), arrived) {
+            stats.dropped(Dropped::RateLimited);
             continue;
         }
         match handler.answer_local(&buf[..len], src.ip(), false) {
-            Outcome::Done(None) => {}
+            Outcome::Done(None) => stats.dropped(Dropped::Invalid),
             Outcome::Done(Some(answer)) => {
+                stats.answered_local(arrived.elapsed());
                 if let Err(error) = socket.send_to(&answer, src).await {
                     tracing::debug!(%network, %src, %error, "sending a DNS answer failed");
                 }
@@ -269,17 +298,21 @@ async fn serve_udp(
             Outcome::Forward(pending) => {
                 let Ok(permit) = forwards.clone().try_acquire_owned() else {
                     tracing::debug!(%network, %src, "too many forwards in flight, dropped");
+                    stats.dropped(Dropped::ForwardLimit);
                     continue;
                 };
                 let Some(slot) = per_source.take(src.ip(), config.max_forwards_per_source) else {
                     tracing::debug!(%network, %src, "too many forwards in flight from this source, dropped");
+                    stats.dropped(Dropped::ForwardLimit);
                     continue;
                 };
                 let socket = socket.clone();
                 let handler = handler.clone();
+                let stats = stats.clone();
                 tasks.spawn(async move {
                     let _held = (permit, slot);
                     let answer = handler.forward(pending).await;
+                    stats.forwarded(arrived.elapsed());
                     if let Err(error) = socket.send_to(&answer, src).await {
                         tracing::debug!(%src, %error, "sending a forwarded DNS answer failed");
                     }
@@ -294,6 +327,7 @@ async fn serve_tcp(
     listener: TcpListener,
     handler: Arc<ShoalHandler>,
     config: Arc<ServerConfig>,
+    stats: Arc<DnsStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let network = handler.network().to_string();
@@ -328,10 +362,13 @@ async fn serve_tcp(
         };
         let handler = handler.clone();
         let config = config.clone();
+        let stats = stats.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             let _held = (permit, slot);
-            if let Err(error) = serve_connection(stream, src, &handler, &config, shutdown).await {
+            if let Err(error) =
+                serve_connection(stream, src, &handler, &config, &stats, shutdown).await
+            {
                 tracing::debug!(%src, %error, "DNS connection closed");
             }
         });
@@ -346,6 +383,7 @@ async fn serve_connection(
     src: SocketAddr,
     handler: &ShoalHandler,
     config: &ServerConfig,
+    stats: &DnsStats,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let idle = config.tcp_idle_timeout;
@@ -375,8 +413,22 @@ async fn serve_connection(
         tokio::time::timeout(idle, stream.read_exact(&mut body))
             .await
             .map_err(|_| timed_out())??;
-        let Some(answer) = handler.handle(&body, src.ip(), true).await else {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "dropped input"));
+        let arrived = Instant::now();
+        stats.query(true);
+        let answer = match handler.answer_local(&body, src.ip(), true) {
+            Outcome::Done(Some(answer)) => {
+                stats.answered_local(arrived.elapsed());
+                answer
+            }
+            Outcome::Forward(pending) => {
+                let answer = handler.forward(pending).await;
+                stats.forwarded(arrived.elapsed());
+                answer
+            }
+            Outcome::Done(None) => {
+                stats.dropped(Dropped::Invalid);
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "dropped input"));
+            }
         };
         let Ok(answer_len) = u16::try_from(answer.len()) else {
             return Err(io::Error::new(

@@ -32,6 +32,7 @@ use shoal_dns::records::{
 mod common;
 
 use shoal_dns::server::{DnsServer, NetworkListener, RateLimit, ServerConfig};
+use shoal_dns::stats::{DnsStats, Dropped};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -269,6 +270,8 @@ async fn start_upstream() -> Upstream {
 
 struct Fixture {
     server: DnsServer,
+    /// What the server counted.
+    stats: Arc<DnsStats>,
     table: Arc<SharedTable>,
     front: SocketAddr,
     back: SocketAddr,
@@ -287,7 +290,8 @@ async fn start(config: ServerConfig) -> Fixture {
         timeout: Duration::from_secs(2),
         max_in_flight: 64,
     });
-    let server = DnsServer::serve(
+    let stats = Arc::new(DnsStats::default());
+    let server = DnsServer::serve_counted(
         vec![
             listener("front", "127.0.0.1"),
             listener("back", "127.0.0.2"),
@@ -295,6 +299,7 @@ async fn start(config: ServerConfig) -> Fixture {
         table.clone(),
         forwarder,
         config,
+        stats.clone(),
     )
     .unwrap();
     let served = server.served().to_vec();
@@ -305,6 +310,7 @@ async fn start(config: ServerConfig) -> Fixture {
         front: served[0].udp,
         back: served[1].udp,
         server,
+        stats,
         table,
         upstream,
     }
@@ -444,6 +450,45 @@ async fn every_name_form_resolves_over_tcp() {
     let mut client = tcp_client(fixture.front, CLIENT).await;
     check_every_name_form(&mut client).await;
     fixture.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn queries_are_counted_by_transport_and_outcome_with_their_latency() {
+    let fixture = start(ServerConfig::default()).await;
+    let mut udp = udp_client(fixture.front, CLIENT);
+    let mut tcp = tcp_client(fixture.front, CLIENT).await;
+    ask(&mut udp, "web.", RecordType::A).await;
+    ask(&mut udp, "tasks.web.", RecordType::A).await;
+    ask(&mut udp, "external.test.", RecordType::A).await;
+    ask(&mut tcp, "web.", RecordType::A).await;
+    ask(&mut tcp, "external.test.", RecordType::A).await;
+    // A response (QR set) is not a query: dropped, and counted as such.
+    let raw = std::net::UdpSocket::bind((CLIENT, 0)).unwrap();
+    raw.send_to(&[0, 1, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0], fixture.front)
+        .unwrap();
+    let s = wait_until(|| {
+        let s = fixture.stats.snapshot();
+        (s.dropped[Dropped::Invalid as usize].1 == 1).then_some(s)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no drop counted: {:?}", fixture.stats.snapshot()));
+    assert_eq!((s.queries_udp, s.queries_tcp), (4, 2));
+    assert_eq!((s.answered_local, s.forwarded), (3, 2));
+    assert_eq!(s.latency.count, 5);
+    assert!(s.latency.sum_seconds > 0.0);
+    assert_eq!(s.dropped[Dropped::RateLimited as usize].1, 0);
+    fixture.server.shutdown().await;
+}
+
+/// Polls `f` (every 10 ms, for 10 s at most) until it gives a value.
+async fn wait_until<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    for _ in 0..1000 {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
 }
 
 #[tokio::test]

@@ -137,6 +137,8 @@ pub struct Executor {
     held: HeldStops,
     /// Containers made before shoal's own task label, and which of them were left alone.
     legacy: legacy::Legacy,
+    /// Where each pass's view of the node goes (the agent's metrics); None: nowhere.
+    report: Option<crate::node_report::ReportSender>,
 }
 
 impl Executor {
@@ -173,7 +175,14 @@ impl Executor {
             },
             held: HeldStops::default(),
             legacy: legacy::Legacy::default(),
+            report: None,
         }
+    }
+
+    /// Publishes each pass's view of the node (tasks by state, gossip) on `report`.
+    pub fn with_report(mut self, report: Option<crate::node_report::ReportSender>) -> Executor {
+        self.report = report;
+        self
     }
 
     /// Starts tasks' processes only once `ready` says their sandbox's network is.
@@ -293,6 +302,20 @@ impl Executor {
             })
             .collect();
         self.gossip.sync(&state, &me, &running).await;
+        if let Some(report) = &self.report {
+            let next = crate::node_report::NodeReport {
+                node_id: me.clone(),
+                tasks: crate::node_report::tasks_by_state(&state, &me),
+                gossip: self.gossip.report().await,
+            };
+            report.send_if_modified(|r| {
+                let changed = **r != next;
+                if changed {
+                    *r = Arc::new(next);
+                }
+                changed
+            });
+        }
         let Plan {
             mut actions,
             mut updates,
@@ -477,6 +500,8 @@ pub struct ExecutorConfig {
     pub gossip_status: Option<PathBuf>,
     /// The resolver's address on the egress bridge: tasks with no network use it.
     pub egress_dns: Option<Ipv4Addr>,
+    /// Where each pass's view of the node goes (the agent's metrics).
+    pub report: Option<crate::node_report::ReportSender>,
 }
 
 /// Connects to dockerd (retrying) and runs the executor for `client`'s node.
@@ -494,6 +519,7 @@ pub async fn run(client: NodeClient, config: ExecutorConfig) {
         .with_readiness(config.ready)
         .with_gossip(config.gossip_listen, config.gossip_status)
         .with_egress_dns(config.egress_dns)
+        .with_report(config.report)
         .run()
         .await
 }

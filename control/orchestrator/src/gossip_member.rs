@@ -233,6 +233,16 @@ impl Member {
         }
     }
 
+    /// The member's view for the node's report; None while gossip is not running.
+    pub async fn report(&self) -> Option<crate::node_report::GossipReport> {
+        let r = self.running.as_ref()?;
+        Some(crate::node_report::GossipReport {
+            live_members: r.gossip.live_nodes().await.len(),
+            table_entries: r.gossip.table().len(),
+            counters: r.gossip.counters(),
+        })
+    }
+
     /// Stops gossiping (peers withdraw this node after their detection bound).
     pub async fn shutdown(&mut self) {
         if let Some(r) = self.running.take() {

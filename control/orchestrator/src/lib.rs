@@ -22,6 +22,7 @@ pub mod executor;
 pub mod gossip_keys;
 pub mod gossip_member;
 pub mod image;
+pub mod node_report;
 pub mod node_state;
 pub mod pipeline;
 pub mod sandbox;

@@ -84,6 +84,8 @@ pub struct NodeLinks {
     /// The resolver's address on the egress bridge: the nameserver of tasks with no
     /// network. None: they get dockerd's default.
     pub egress_dns: Option<Ipv4Addr>,
+    /// Where the executor publishes its view of the node (the agent's metrics).
+    pub report: Option<shoal_orchestrator::node_report::ReportSender>,
 }
 
 impl NodeLinks {
@@ -94,6 +96,7 @@ impl NodeLinks {
             intent: Arc::new(tokio::sync::watch::channel(None).0),
             ready: None,
             egress_dns: None,
+            report: None,
         }
     }
 }
@@ -266,6 +269,7 @@ impl ClusterAgent {
                     gossip_listen: self.config.gossip_listen,
                     gossip_status: Some(self.config.data_dir.join("gossip.json")),
                     egress_dns: links.egress_dns,
+                    report: links.report,
                 };
                 info!(node_id = %id, "task executor started");
                 bg.executor = Some((
@@ -296,6 +300,18 @@ impl ClusterAgent {
         match &*self.role.lock().await {
             Some(role) => role.name(),
             None => "none",
+        }
+    }
+
+    /// The role's name and, on a node acting as a manager, its Raft member's status
+    /// (the agent's metrics).
+    pub async fn role_and_raft(&self) -> (&'static str, Option<shoal_cluster::store::StoreStatus>) {
+        match &*self.role.lock().await {
+            Some(role) => (
+                role.name(),
+                role.acting_manager().and_then(|m| m.store_status()),
+            ),
+            None => ("none", None),
         }
     }
 

@@ -55,6 +55,8 @@ pub enum ConfigError {
     LbWithoutOverlay,
     #[error("lb_flows must be at least 1")]
     BadLbFlows,
+    #[error("metrics_addr needs a port between 1 and 65535")]
+    BadMetricsPort,
     #[error("egress_subnet: {reason}")]
     BadEgressSubnet { reason: String },
 }

@@ -60,6 +60,8 @@ pub struct Resolver {
     pub table: Arc<SharedTable>,
     pub forwarder: Forwarder,
     pub config: ServerConfig,
+    /// What every network's listeners count (the agent's metrics read it).
+    pub stats: Arc<shoal_dns::stats::DnsStats>,
 }
 
 impl ListenerHost for Resolver {
@@ -72,7 +74,7 @@ impl ListenerHost for Resolver {
         })
         .map_err(|e| format!("entering {}: {e}", net.netns_path.display()))?
         .map_err(|e| format!("binding {addr} in network {}: {e}", net.id))?;
-        DnsServer::serve(
+        DnsServer::serve_counted(
             vec![NetworkListener {
                 network: net.id.clone(),
                 udp,
@@ -81,6 +83,7 @@ impl ListenerHost for Resolver {
             self.table.clone(),
             self.forwarder.clone(),
             self.config.clone(),
+            self.stats.clone(),
         )
         .map_err(|e| format!("starting the DNS server: {e}"))
     }
@@ -129,6 +132,15 @@ pub struct DnsStatus {
     pub services: usize,
     /// Why the latest declared DNS state was refused (the last good records stay).
     pub refused: Option<String>,
+}
+
+impl super::runner::Report for DnsStatus {
+    fn failures(&self) -> usize {
+        self.failed.len()
+    }
+    fn refused(&self) -> bool {
+        self.refused.is_some()
+    }
 }
 
 /// The DNS reconciler.

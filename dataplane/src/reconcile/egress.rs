@@ -64,6 +64,15 @@ pub struct EgressStatus {
     pub elapsed_ms: f64,
 }
 
+impl super::runner::Report for EgressStatus {
+    fn failures(&self) -> usize {
+        self.failed.len()
+    }
+    fn refused(&self) -> bool {
+        false
+    }
+}
+
 /// The egress reconciler.
 pub struct EgressReconciler<K: EgressKernel> {
     kernel: K,

@@ -116,6 +116,15 @@ pub struct GuardStatus {
     pub elapsed_ms: f64,
 }
 
+impl super::runner::Report for GuardStatus {
+    fn failures(&self) -> usize {
+        usize::from(self.error.is_some())
+    }
+    fn refused(&self) -> bool {
+        false
+    }
+}
+
 /// This node's fixed part in the guard.
 #[derive(Clone, Debug)]
 pub struct GuardNode {

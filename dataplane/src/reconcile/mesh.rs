@@ -143,6 +143,19 @@ pub struct MeshStatus {
     /// it failed.
     pub reply_path: String,
     pub elapsed_ms: f64,
+    /// The maps could not be written (`refused` says why): a failure, not a refusal of
+    /// the declared state.
+    #[serde(skip)]
+    pub apply_failed: bool,
+}
+
+impl super::runner::Report for MeshStatus {
+    fn failures(&self) -> usize {
+        usize::from(self.apply_failed)
+    }
+    fn refused(&self) -> bool {
+        self.refused.is_some() && !self.apply_failed
+    }
 }
 
 /// This node's fixed part in the mesh.
@@ -288,6 +301,7 @@ impl<K: MeshKernel> MeshReconciler<K> {
                     Err(e) => {
                         warn!(error = %e, "applying the routing mesh's maps");
                         status.refused = Some(format!("applying the maps: {e}"));
+                        status.apply_failed = true;
                         // What an interrupted apply left is unknown: read it back.
                         if let Ok(now) = self.kernel.read_plan() {
                             self.applied = now;

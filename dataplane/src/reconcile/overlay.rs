@@ -48,6 +48,15 @@ pub struct OverlayStatus {
     pub elapsed_ms: f64,
 }
 
+impl super::runner::Report for OverlayStatus {
+    fn failures(&self) -> usize {
+        self.failed.len() + usize::from(self.data_path_refused.is_some())
+    }
+    fn refused(&self) -> bool {
+        self.refused.is_some()
+    }
+}
+
 /// Finds the interface holding an address and its MTU: where a `--data-path-addr`
 /// sends the overlay from.
 pub type InterfaceLookup = fn(Ipv4Addr) -> Result<(String, u32), String>;

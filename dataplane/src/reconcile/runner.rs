@@ -4,9 +4,17 @@
 //! the declared state or the present networks to change, or for the reconciler's
 //! timer; it then hands the newest values (never a queue of old ones) to the
 //! reconciler and writes the status it returns.
-use std::{sync::Arc, thread, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
 
 use serde::Serialize;
+use shoal_dns::stats::{Histogram, HistogramSnapshot};
 use tokio::sync::oneshot;
 use tracing::warn;
 
@@ -25,9 +33,75 @@ pub enum Cue {
     Timer,
 }
 
+/// What a reconciler's status says went wrong, for the runner's counters.
+pub trait Report: Serialize {
+    /// Parts of the declared state the reconcile could not apply (0: all of it).
+    fn failures(&self) -> usize;
+    /// Whether the declared state was refused (the last good one stays applied).
+    fn refused(&self) -> bool;
+}
+
+/// Upper bounds (seconds) of the reconcile-duration buckets: a map write takes
+/// microseconds, a namespace with its bridge and veths tens of milliseconds, a node's
+/// whole overlay after a restart seconds.
+pub const DURATION_BOUNDS_SECONDS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// What the runner counts of one reconciler, read in memory by the agent's metrics.
+#[derive(Debug)]
+pub struct ReconcileStats {
+    /// Every reconcile's duration (its count is the number of reconciles).
+    duration: Histogram,
+    /// Reconciles whose status named failures.
+    failed: AtomicU64,
+    /// Reconciles whose status said the declared state was refused.
+    refused: AtomicU64,
+}
+
+/// A copy of [`ReconcileStats`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReconcileStatsSnapshot {
+    pub duration: HistogramSnapshot,
+    pub failed: u64,
+    pub refused: u64,
+}
+
+impl Default for ReconcileStats {
+    fn default() -> Self {
+        ReconcileStats {
+            duration: Histogram::new(&DURATION_BOUNDS_SECONDS),
+            failed: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ReconcileStats {
+    fn record<S: Report>(&self, took: Duration, status: Option<&S>) {
+        self.duration.observe(took);
+        if let Some(s) = status {
+            if s.failures() > 0 {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            if s.refused() {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn snapshot(&self) -> ReconcileStatsSnapshot {
+        ReconcileStatsSnapshot {
+            duration: self.duration.snapshot(),
+            failed: self.failed.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// A reconciler as the runner drives it.
 pub trait Reconcile: 'static {
-    type Status: Serialize;
+    type Status: Report;
 
     /// Makes the dataplane match `declared` (None: nothing declared yet). Returns the
     /// status to write, or None when there is nothing new to report.
@@ -45,6 +119,7 @@ pub trait Reconcile: 'static {
 /// A running reconciler's thread.
 pub struct Running {
     name: &'static str,
+    stats: Arc<ReconcileStats>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -69,6 +144,11 @@ impl Running {
 
     pub fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// What the runner counts of this reconciler.
+    pub fn stats(&self) -> Arc<ReconcileStats> {
+        self.stats.clone()
     }
 
     /// False once the thread has ended (it only ends when told to, or by a panic).
@@ -98,6 +178,8 @@ where
 {
     let (ready_tx, ready_rx) = oneshot::channel::<Result<(), String>>();
     let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+    let stats = Arc::new(ReconcileStats::default());
+    let counted = stats.clone();
     let thread = thread::Builder::new()
         .name(name.into())
         .spawn(move || {
@@ -138,7 +220,10 @@ where
                     Some(p) => p.borrow_and_update().clone(),
                     None => Arc::default(),
                 };
-                if let Some(s) = r.reconcile(d.as_deref(), &p, cue) {
+                let began = Instant::now();
+                let reported = r.reconcile(d.as_deref(), &p, cue);
+                counted.record(began.elapsed(), reported.as_ref());
+                if let Some(s) = reported {
                     status.write(&s);
                 }
                 let period = r.period();
@@ -173,6 +258,7 @@ where
     match ready_rx.await {
         Ok(Ok(())) => Ok(Running {
             name,
+            stats,
             stop: Some(stop_tx),
             thread: Some(thread),
         }),
@@ -194,6 +280,15 @@ mod tests {
     use tokio::sync::watch;
 
     use super::*;
+
+    impl Report for serde_json::Value {
+        fn failures(&self) -> usize {
+            self["failed"].as_u64().unwrap_or(0) as usize
+        }
+        fn refused(&self) -> bool {
+            !self["refused"].is_null()
+        }
+    }
 
     struct Recorder(mpsc::Sender<(Cue, Option<usize>)>);
 

@@ -99,6 +99,15 @@ pub struct VipStatus {
     pub elapsed_ms: f64,
 }
 
+impl super::runner::Report for VipStatus {
+    fn failures(&self) -> usize {
+        self.failed.len()
+    }
+    fn refused(&self) -> bool {
+        self.refused.is_some()
+    }
+}
+
 /// The VIP reconciler.
 pub struct VipReconciler<K: VipKernel> {
     kernel: K,

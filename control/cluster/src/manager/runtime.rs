@@ -386,6 +386,10 @@ impl Runtime {
             .collect()
     }
 
+    pub(crate) fn store_status(&self) -> Option<crate::store::StoreStatus> {
+        Some(self.core()?.store.status())
+    }
+
     pub(crate) fn leader_node_id(&self) -> Option<String> {
         let core = self.core()?;
         let leader = core.store.leader()?;

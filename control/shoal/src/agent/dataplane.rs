@@ -19,7 +19,7 @@ use shoal_dataplane::{
         mesh::{KernelMesh, MeshNode, MeshReconciler},
         overlay::OverlayReconciler,
         ready::{self, ReadinessWatch},
-        runner::{self, Running},
+        runner::{self, ReconcileStats, Running},
         status::StatusFile,
         vip::VipReconciler,
         Declared,
@@ -31,6 +31,7 @@ use shoal_dns::{
     handler::HandlerConfig,
     records::{DnsState, RecordTable, SharedTable},
     server::{RateLimit, ServerConfig},
+    stats::DnsStats,
 };
 use tracing::{error, info, warn};
 
@@ -43,6 +44,8 @@ pub struct Dataplane {
     /// What the reconcilers have made ready per local container (the executor waits on
     /// it before starting a task's process).
     ready: ReadinessWatch,
+    /// What the resolver counts on every network (the agent's metrics).
+    dns_stats: Arc<DnsStats>,
 }
 
 impl Dataplane {
@@ -162,10 +165,12 @@ impl Dataplane {
         .map_err(|e| anyhow!("task egress: {e}"))?;
 
         let dns_config = config.dns.clone();
+        let dns_stats = Arc::new(DnsStats::default());
+        let resolver_stats = dns_stats.clone();
         let dns = runner::spawn(
             "dns",
             move || {
-                let resolver = resolver(&dns_config)?;
+                let resolver = resolver(&dns_config, resolver_stats)?;
                 let table = resolver.table.clone();
                 Ok(DnsReconciler::new(resolver, table)
                     .with_listener(egress_listener(egress_params.gateway))
@@ -182,12 +187,23 @@ impl Dataplane {
             threads: vec![overlay, vip, guard, mesh, egress, dns],
             reported_dead: vec![false; 6],
             ready,
+            dns_stats,
         })
     }
 
     /// What the reconcilers have made ready per local container.
     pub fn readiness(&self) -> ReadinessWatch {
         self.ready.clone()
+    }
+
+    /// Each reconciler's name and what its runner counts.
+    pub fn reconcile_stats(&self) -> Vec<(&'static str, Arc<ReconcileStats>)> {
+        self.threads.iter().map(|t| (t.name(), t.stats())).collect()
+    }
+
+    /// What the resolver counts.
+    pub fn dns_stats(&self) -> Arc<DnsStats> {
+        self.dns_stats.clone()
     }
 
     /// Logs, once each, reconcilers whose thread has ended (a panic): their part of
@@ -230,7 +246,7 @@ fn check_egress_subnet(params: &EgressParams) -> Result<()> {
 }
 
 /// The resolver's listeners, table and forwarder.
-fn resolver(config: &DnsConfig) -> Result<Resolver, String> {
+fn resolver(config: &DnsConfig, stats: Arc<DnsStats>) -> Result<Resolver, String> {
     let forward = match &config.upstreams {
         Some(upstreams) => ForwardConfig::new(upstreams.clone()),
         None => ForwardConfig::from_system().unwrap_or_else(|e| {
@@ -256,5 +272,6 @@ fn resolver(config: &DnsConfig) -> Result<Resolver, String> {
         table: Arc::new(SharedTable::new(empty)),
         forwarder: Forwarder::new(forward),
         config: server_config,
+        stats,
     })
 }

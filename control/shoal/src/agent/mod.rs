@@ -23,6 +23,7 @@
 pub mod cleanup;
 mod dataplane;
 mod files;
+mod metrics;
 pub mod validate;
 
 use std::{fmt, fs, sync::Arc, time::Duration};
@@ -108,6 +109,12 @@ async fn serve(config: AgentConfig) -> Result<()> {
     );
     // Before the status file: an agent that cannot run its dataplane is not up.
     let mut dataplane = dataplane::Dataplane::start(&config, declared_rx).await?;
+    // Bound before the cluster role starts: a taken port stops the agent with the reason.
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
+    let (report_tx, report_rx) = shoal_orchestrator::node_report::channel();
 
     let (links, files) = match &config.standalone {
         Some(f) => {
@@ -129,6 +136,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
                 egress_dns: EgressParams::new(config.egress_subnet, 0)
                     .ok()
                     .map(|p| p.gateway),
+                report: Some(report_tx),
             },
             None,
         ),
@@ -172,6 +180,17 @@ async fn serve(config: AgentConfig) -> Result<()> {
         cluster.clone(),
         config.docker_socket.clone(),
     ));
+    let metrics_server = metrics_listener.map(|listener| {
+        let sources = metrics::Sources {
+            pin_dir: config.pin_dir.clone(),
+            reconcilers: dataplane.reconcile_stats(),
+            dns: dataplane.dns_stats(),
+            node: report_rx,
+            cluster: cluster.clone(),
+            last_role: std::sync::Mutex::new("none"),
+        };
+        tokio::spawn(metrics::serve(listener, Arc::new(sources)))
+    });
     info!(role = cluster.role_name().await, api_socket = %config.api_socket.display(), "cluster role ready");
 
     let status = AgentStatus {
@@ -208,6 +227,10 @@ async fn serve(config: AgentConfig) -> Result<()> {
     let _ = api.await;
     engine_api.abort();
     let _ = engine_api.await;
+    if let Some(m) = metrics_server {
+        m.abort();
+        let _ = m.await;
+    }
     cluster.shutdown().await;
     if let Some(f) = files {
         f.abort();

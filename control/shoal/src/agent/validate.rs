@@ -86,6 +86,9 @@ fn check(file: Option<&Path>, flags: Settings) -> Checks {
                 "cluster_listen, managers",
             ));
             checks.add(probe::udp_port_free(config.gossip_listen, "gossip_listen"));
+            if let Some(metrics) = config.metrics_addr {
+                checks.add(probe::tcp_port_free(metrics, "metrics_addr, Prometheus"));
+            }
             // The overlay outlives the agent: its VXLAN devices' sockets hold the port.
             let networks = cleanup::pinned_networks(&config.netns_dir).unwrap_or_default();
             if networks.is_empty() {
@@ -116,7 +119,7 @@ fn describe(config: &AgentConfig, file: Option<&Path>) -> String {
         .advertise_addr
         .map_or_else(|| "the underlay's".to_owned(), |a| a.to_string());
     format!(
-        "configuration ({source}): underlay_interface={} ({}) advertise_addr={advertise} pin_dir={} data_dir={} netns_dir={} docker_socket={} api_socket={} cluster_listen={} gossip_listen={} data_path_port={}",
+        "configuration ({source}): underlay_interface={} ({}) advertise_addr={advertise} pin_dir={} data_dir={} netns_dir={} docker_socket={} api_socket={} cluster_listen={} gossip_listen={} data_path_port={} metrics_addr={}",
         config.underlay_interface,
         config.underlay_source,
         config.pin_dir.display(),
@@ -127,6 +130,9 @@ fn describe(config: &AgentConfig, file: Option<&Path>) -> String {
         config.cluster_listen,
         config.gossip_listen,
         config.data_path_port,
+        config
+            .metrics_addr
+            .map_or_else(|| "off".to_owned(), |a| a.to_string()),
     )
 }
 

@@ -162,6 +162,8 @@ pub struct AgentConfig {
     pub gossip_listen: std::net::SocketAddr,
     /// The gateway bridge's subnet (task egress).
     pub egress_subnet: ipnet::Ipv4Net,
+    /// Where Prometheus metrics are served; None: nowhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The declared-state files of the standalone mode (dataplane only, tests).
@@ -265,6 +267,9 @@ impl AgentConfig {
         if lb_flows == 0 {
             return Err(ConfigError::BadLbFlows);
         }
+        if settings.metrics_addr.is_some_and(|a| a.port() == 0) {
+            return Err(ConfigError::BadMetricsPort);
+        }
         Ok(Self {
             underlay_interface,
             underlay_source,
@@ -283,6 +288,7 @@ impl AgentConfig {
             lb_flows,
             gossip_listen,
             egress_subnet,
+            metrics_addr: settings.metrics_addr,
         })
     }
 }
@@ -373,6 +379,7 @@ mod tests {
                 lb_flows: DEFAULT_LB_FLOWS,
                 gossip_listen: DEFAULT_GOSSIP_LISTEN.parse().unwrap(),
                 egress_subnet: "172.18.0.0/16".parse().unwrap(),
+                metrics_addr: None,
             }
         );
     }
@@ -565,6 +572,26 @@ mod tests {
         }
         let err = parse("underlay_interface = \"eth0\"\negress_subnet = \"nope\"\n").unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn metrics_are_off_unless_an_address_with_a_port_is_given() {
+        let config =
+            AgentConfig::resolve(parse("underlay_interface = \"eth0\"\n").unwrap()).unwrap();
+        assert_eq!(config.metrics_addr, None);
+        let config = AgentConfig::resolve(
+            parse("underlay_interface = \"eth0\"\nmetrics_addr = \"127.0.0.1:9323\"\n").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(config.metrics_addr, Some("127.0.0.1:9323".parse().unwrap()));
+        let err = AgentConfig::resolve(
+            parse("underlay_interface = \"eth0\"\nmetrics_addr = \"127.0.0.1:0\"\n").unwrap(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "metrics_addr needs a port between 1 and 65535"
+        );
     }
 
     #[test]

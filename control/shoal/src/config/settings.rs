@@ -116,6 +116,11 @@ pub struct Settings {
     /// [file key: egress_subnet] [default: 172.18.0.0/16]
     #[arg(long, value_name = "CIDR")]
     pub egress_subnet: Option<ipnet::Ipv4Net>,
+    /// Serve Prometheus metrics on ADDR:PORT (`GET /metrics`, plain HTTP, no
+    /// authentication: bind a local or management address) [file key: metrics_addr]
+    /// [default: off]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Settings {
@@ -180,6 +185,7 @@ impl Settings {
             lb_flows: over.lb_flows.or(self.lb_flows),
             gossip_listen: over.gossip_listen.or(self.gossip_listen),
             egress_subnet: over.egress_subnet.or(self.egress_subnet),
+            metrics_addr: over.metrics_addr.or(self.metrics_addr),
         }
     }
 }
