@@ -708,6 +708,8 @@ pub(super) mod tests {
             container: Default::default(),
             network_aliases: Default::default(),
             update_config: Default::default(),
+            secrets: Vec::new(),
+            configs: Vec::new(),
             rollback_config: Default::default(),
         }
     }

@@ -169,6 +169,8 @@ impl CreateArgs {
             container,
             network_aliases,
             update_config: UpdateConfig::default(),
+            secrets: Vec::new(),
+            configs: Vec::new(),
             rollback_config: UpdateConfig::rollback_default(),
         };
         self.restart.changes()?.apply(&mut spec);
