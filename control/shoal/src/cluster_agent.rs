@@ -129,6 +129,9 @@ pub struct ClusterAgentConfig {
     pub no_swarm: Option<String>,
     /// How the node's dataplane runs, for `shoal info` (e.g. "XDP native on eth0").
     pub dataplane: Option<String>,
+    /// Where the executor mounts the tmpfs of tasks' secrets and configs; None: no
+    /// tmpfs (tasks using them are rejected).
+    pub task_files_dir: Option<PathBuf>,
 }
 
 impl ClusterAgentConfig {
@@ -266,6 +269,7 @@ impl ClusterAgent {
                     gossip_listen: self.config.gossip_listen,
                     gossip_status: Some(self.config.data_dir.join("gossip.json")),
                     egress_dns: links.egress_dns,
+                    task_files_dir: self.config.task_files_dir.clone(),
                 };
                 info!(node_id = %id, "task executor started");
                 bg.executor = Some((
