@@ -9,6 +9,7 @@
 mod addresses;
 mod autolock;
 mod ca;
+mod data_objects;
 mod info;
 mod nodes;
 mod reserved_ports;
@@ -673,6 +674,9 @@ fn is_service_request(r: &Request) -> bool {
             | Request::NetworkLs
             | Request::NetworkInspect { .. }
             | Request::NetworkRm { .. }
+            | Request::ObjectCreate { .. }
+            | Request::ObjectState { .. }
+            | Request::ObjectRm { .. }
     )
 }
 
