@@ -24,6 +24,7 @@
 //! certificates): a manager's [`state::Node::raft_id`] links the two, as in Swarm.
 
 pub mod container;
+pub mod data_object;
 mod log;
 pub mod service;
 mod sm;
@@ -44,6 +45,7 @@ use tokio::sync::watch;
 use crate::seal::DataKey;
 
 pub use container::{ContainerOptions, DnsConfig};
+pub use data_object::{DataObject, FileReference};
 pub use service::{
     Endpoint, EndpointMode, FailureAction, HealthCheck, JobStatus, NetworkAttachment, PortConfig,
     Protocol, PublishMode, RestartCondition, Service, ServiceMode, ServiceSpec, Task, TaskState,

@@ -242,11 +242,12 @@ fn node(id: &str) -> Node {
     }
 }
 
+/// A config whose label `n` counts (a config's labels may change, its data not).
 fn service(id: &str, n: u64) -> Command {
     Command::UpsertObject {
         kind: ObjectKind::Config,
         id: id.to_string(),
-        spec: serde_json::json!({ "n": n }),
+        spec: serde_json::json!({ "id": id, "name": id, "data": "Y29uZmln", "labels": { "n": n.to_string() } }),
     }
 }
 
@@ -312,7 +313,7 @@ async fn proposals_apply_on_all_three_in_the_same_order() {
     assert_eq!(want.version, 41);
     assert_eq!(want.nodes["n1"].availability, Availability::Pause); // i = 19
     assert_eq!(want.nodes["n1"].version, 40);
-    assert_eq!(want.configs["svc"]["n"], 19);
+    assert_eq!(want.configs["svc"].labels["n"], "19");
     c.converged(&all, Some(&want)).await;
     // Everyone announces the version it reached.
     for id in all {

@@ -45,6 +45,7 @@ mod containers;
 mod images;
 mod legacy;
 mod plan;
+mod task_files;
 mod withdrawal;
 
 pub use cleanup::remove_all_task_containers;
@@ -52,6 +53,7 @@ pub use containers::{
     LABEL_NODE_ID, LABEL_SERVICE_ID, LABEL_SERVICE_NAME, LABEL_SHOAL_TASK_ID, LABEL_SLOT,
     LABEL_TASK, LABEL_TASK_ID, LABEL_TASK_NAME,
 };
+pub use task_files::TaskFiles;
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
@@ -139,6 +141,9 @@ pub struct Executor {
     legacy: legacy::Legacy,
     /// Where each pass's view of the node goes (the agent's metrics); None: nowhere.
     report: Option<crate::node_report::ReportSender>,
+    /// The tmpfs of tasks' secrets and configs; None: none could be mounted (tasks
+    /// using them are rejected).
+    task_files: Option<TaskFiles>,
 }
 
 impl Executor {
@@ -176,12 +181,25 @@ impl Executor {
             held: HeldStops::default(),
             legacy: legacy::Legacy::default(),
             report: None,
+            task_files: None,
         }
     }
 
     /// Publishes each pass's view of the node (tasks by state, gossip) on `report`.
     pub fn with_report(mut self, report: Option<crate::node_report::ReportSender>) -> Executor {
         self.report = report;
+        self
+    }
+
+    /// Mounts the tmpfs of tasks' secrets and configs at `dir` (see [`TaskFiles`]).
+    pub fn with_task_files(mut self, dir: Option<PathBuf>) -> Executor {
+        self.task_files = dir.and_then(|d| match TaskFiles::mount(&d) {
+            Ok(files) => Some(files),
+            Err(e) => {
+                warn!(dir = %d.display(), error = %e, "cannot mount the tmpfs of tasks' secrets and configs; tasks using them will be rejected");
+                None
+            }
+        });
         self
     }
 
@@ -346,7 +364,14 @@ impl Executor {
             id: me.clone(),
         };
         let prepared_start = self.prepare_starts(&actions, version, node).await;
+        // The files of tasks with no container here (ended and removed) go; the ones
+        // starting now, or whose container is still here, stay.
+        let mut keep: HashSet<String> = observed.iter().map(|o| o.task_id.clone()).collect();
+        keep.extend(prepared_start.files.keys().cloned());
         updates.extend(act_all(&self.docker, &prepared_start, actions).await);
+        if let Some(files) = &self.task_files {
+            files.sweep(&keep.iter().map(String::as_str).collect());
+        }
         if count > 0 {
             debug!(
                 actions = count,
@@ -502,6 +527,9 @@ pub struct ExecutorConfig {
     pub egress_dns: Option<Ipv4Addr>,
     /// Where each pass's view of the node goes (the agent's metrics).
     pub report: Option<crate::node_report::ReportSender>,
+    /// Where the tmpfs of tasks' secrets and configs is mounted; None: no tmpfs (tasks
+    /// using secrets or configs are rejected).
+    pub task_files_dir: Option<PathBuf>,
 }
 
 /// Connects to dockerd (retrying) and runs the executor for `client`'s node.
@@ -520,6 +548,7 @@ pub async fn run(client: NodeClient, config: ExecutorConfig) {
         .with_gossip(config.gossip_listen, config.gossip_status)
         .with_egress_dns(config.egress_dns)
         .with_report(config.report)
+        .with_task_files(config.task_files_dir)
         .run()
         .await
 }

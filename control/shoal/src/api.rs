@@ -29,7 +29,7 @@ pub use service_changes::{
 };
 pub use shoal_cluster::registry_auth::RegistryCredentials;
 pub use shoal_cluster::store::{Availability, NodeStatus};
-use shoal_cluster::store::{Network, Service, ServiceSpec, Task};
+use shoal_cluster::store::{DataObject, Network, ObjectKind, Service, ServiceSpec, Task};
 
 /// Default path of the agent's API socket.
 pub const DEFAULT_API_SOCKET: &str = "/run/shoal/shoal.sock";
@@ -276,6 +276,26 @@ pub enum Request {
     NetworkRm {
         networks: Vec<String>,
     },
+    /// `secret create` / `config create` (`kind`: secret or config); the data in base64.
+    ObjectCreate {
+        kind: ObjectKind,
+        name: String,
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+        data_base64: Secret,
+    },
+    /// `secret ls|inspect` / `config ls|inspect`: the ones named (all when empty).
+    /// A secret's data is never in the reply.
+    ObjectState {
+        kind: ObjectKind,
+        #[serde(default)]
+        objects: Vec<String>,
+    },
+    /// `secret rm` / `config rm` (refused while a service uses one).
+    ObjectRm {
+        kind: ObjectKind,
+        objects: Vec<String>,
+    },
 }
 
 impl Request {
@@ -308,6 +328,18 @@ impl Request {
             Request::NetworkLs => "network ls",
             Request::NetworkInspect { .. } => "network inspect",
             Request::NetworkRm { .. } => "network rm",
+            Request::ObjectCreate { kind, .. } => match kind {
+                ObjectKind::Config => "config create",
+                _ => "secret create",
+            },
+            Request::ObjectState { kind, .. } => match kind {
+                ObjectKind::Config => "config ls",
+                _ => "secret ls",
+            },
+            Request::ObjectRm { kind, .. } => match kind {
+                ObjectKind::Config => "config rm",
+                _ => "secret rm",
+            },
         }
     }
 }
@@ -392,6 +424,17 @@ pub enum Reply {
     },
     NetworksChanged {
         networks: Vec<String>,
+    },
+    ObjectCreated {
+        id: String,
+    },
+    /// Secrets (their data left out) or configs.
+    Objects {
+        objects: Vec<DataObject>,
+    },
+    /// `secret rm` / `config rm`: the references as given, in order, each done.
+    ObjectsChanged {
+        objects: Vec<String>,
     },
 }
 

@@ -8,6 +8,7 @@
 //! - [`ca`]: `shoal swarm ca [--rotate]` (it follows a rotation until it is over).
 
 pub mod ca;
+pub mod data_object;
 pub mod format;
 pub mod info;
 pub mod network;

@@ -9,6 +9,7 @@
 mod addresses;
 mod autolock;
 mod ca;
+mod data_objects;
 mod info;
 mod nodes;
 mod reserved_ports;
@@ -132,6 +133,9 @@ pub struct ClusterAgentConfig {
     pub no_swarm: Option<String>,
     /// How the node's dataplane runs, for `shoal info` (e.g. "XDP native on eth0").
     pub dataplane: Option<String>,
+    /// Where the executor mounts the tmpfs of tasks' secrets and configs; None: no
+    /// tmpfs (tasks using them are rejected).
+    pub task_files_dir: Option<PathBuf>,
 }
 
 impl ClusterAgentConfig {
@@ -270,6 +274,7 @@ impl ClusterAgent {
                     gossip_status: Some(self.config.data_dir.join("gossip.json")),
                     egress_dns: links.egress_dns,
                     report: links.report,
+                    task_files_dir: self.config.task_files_dir.clone(),
                 };
                 info!(node_id = %id, "task executor started");
                 bg.executor = Some((
@@ -686,6 +691,9 @@ fn is_service_request(r: &Request) -> bool {
             | Request::NetworkLs
             | Request::NetworkInspect { .. }
             | Request::NetworkRm { .. }
+            | Request::ObjectCreate { .. }
+            | Request::ObjectState { .. }
+            | Request::ObjectRm { .. }
     )
 }
 

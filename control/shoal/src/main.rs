@@ -23,7 +23,10 @@ mod status;
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
-use shoal::cli::{self, network::NetworkArgs, service::ServiceArgs, NodeArgs, SwarmArgs};
+use shoal::cli::{
+    self, data_object::DataObjectArgs, network::NetworkArgs, service::ServiceArgs, NodeArgs,
+    SwarmArgs,
+};
 use shoal_dataplane::bpffs::DEFAULT_PIN_DIR;
 use tracing_subscriber::{filter::LevelFilter, EnvFilter};
 
@@ -51,6 +54,11 @@ enum Command {
     Service(ServiceArgs),
     /// Manage overlay networks (create, ls, inspect, rm)
     Network(NetworkArgs),
+    /// Manage secrets: data given to services' tasks as files on a tmpfs (create, ls,
+    /// inspect, rm)
+    Secret(DataObjectArgs),
+    /// Manage configs: data given to services' tasks as files (create, ls, inspect, rm)
+    Config(DataObjectArgs),
     /// Inspect this node's dataplane
     #[command(subcommand)]
     Dataplane(DataplaneCommand),
@@ -152,6 +160,14 @@ fn main() -> ExitCode {
         Command::Node(args) => print_output(cli::run_node(&args)),
         Command::Service(args) => print_output(cli::service::run_service(&args)),
         Command::Network(args) => print_output(cli::network::run_network(&args)),
+        Command::Secret(args) => print_output(cli::data_object::run_data_object(
+            shoal_cluster::store::ObjectKind::Secret,
+            &args,
+        )),
+        Command::Config(args) => print_output(cli::data_object::run_data_object(
+            shoal_cluster::store::ObjectKind::Config,
+            &args,
+        )),
         Command::Dataplane(DataplaneCommand::Stats(args)) => {
             stats_cmd::run(&args.pin_dir, args.json)
         }

@@ -1461,6 +1461,7 @@ mod real {
             gossip_listen: None,
             no_swarm: no_swarm.map(str::to_owned),
             dataplane: None,
+            task_files_dir: None,
         }
     }
 
@@ -1862,6 +1863,7 @@ mod real {
                 gossip_listen: None,
                 no_swarm: None,
                 dataplane: None,
+                task_files_dir: None,
             }))
             .unwrap();
         assert_eq!(rt.block_on(agent.role_name()), "manager");

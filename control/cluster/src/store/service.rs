@@ -11,6 +11,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use super::container::ContainerOptions;
+use super::data_object::FileReference;
 use crate::registry_auth::SealedCredentials;
 
 /// A service: its spec plus what the managers allocated for it.
@@ -102,6 +103,12 @@ pub struct ServiceSpec {
     /// container is made.
     #[serde(default)]
     pub container: ContainerOptions,
+    /// `--secret`: the secrets each task gets as files (on a tmpfs of the node).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<FileReference>,
+    /// `--config`: the configs each task gets as files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<FileReference>,
     /// `--update-*`: how a changed spec reaches the tasks.
     #[serde(default)]
     pub update_config: UpdateConfig,

@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::data_object::DataObject;
 use super::service::{Service, Task};
 
 pub use ca::{CaProgress, CaRotation, NodeTls, Resealed, StoredCa};
@@ -55,12 +56,12 @@ pub struct ClusterState {
     /// Tasks by ID (current ones and the history `service ps` shows).
     #[serde(default, deserialize_with = "lenient_map")]
     pub tasks: BTreeMap<String, Task>,
-    /// Secrets and configs by ID, as opaque specs until their features exist (they
-    /// change only through the log, like everything else here).
-    #[serde(default)]
-    pub secrets: BTreeMap<String, serde_json::Value>,
-    #[serde(default)]
-    pub configs: BTreeMap<String, serde_json::Value>,
+    /// Secrets and configs by ID (see [`DataObject`]). A node's view holds only the
+    /// ones its live tasks use.
+    #[serde(default, deserialize_with = "lenient_map")]
+    pub secrets: BTreeMap<String, DataObject>,
+    #[serde(default, deserialize_with = "lenient_map")]
+    pub configs: BTreeMap<String, DataObject>,
     /// The gossip cluster keys, newest (the one nodes seal with) first, then the ones
     /// still accepted. Nodes receive them with their state over mutual TLS.
     #[serde(default)]
@@ -143,6 +144,14 @@ impl ClusterState {
     /// The service named `name`.
     pub fn service_by_name(&self, name: &str) -> Option<&Service> {
         self.services.values().find(|s| s.spec.name == name)
+    }
+
+    /// The secrets (`ObjectKind::Secret`) or configs (`ObjectKind::Config`).
+    pub fn data_objects(&self, kind: ObjectKind) -> &BTreeMap<String, DataObject> {
+        match kind {
+            ObjectKind::Config => &self.configs,
+            ObjectKind::Secret | ObjectKind::Task => &self.secrets,
+        }
     }
 
     /// The tasks of service `id`.

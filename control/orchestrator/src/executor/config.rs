@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, net::Ipv4Addr};
 
-use bollard::models::{ContainerCreateBody, HealthConfig, HostConfig};
+use bollard::models::{ContainerCreateBody, HealthConfig, HostConfig, Mount};
 use shoal_cluster::store::{Service, Task};
 
 use super::containers::{
@@ -93,13 +93,14 @@ pub(super) fn sandbox_spec(
 /// The task's own container (named `container`, on `node`, in the namespace of the
 /// sandbox `sandbox_id`): image, entrypoint and arguments, environment, user, working
 /// directory, stop signal, init, the container labels under Swarm's task labels and
-/// shoal's own, and the health check.
+/// shoal's own, the health check, and `mounts` (its secrets' and configs' files).
 pub(super) fn task_container(
     t: &Task,
     service: &Service,
     container: &str,
     node_id: &str,
     sandbox_id: &str,
+    mounts: Vec<Mount>,
 ) -> ContainerCreateBody {
     let spec = &service.spec;
     let options = &spec.container;
@@ -144,6 +145,7 @@ pub(super) fn task_container(
         host_config: Some(HostConfig {
             network_mode: Some(format!("container:{sandbox_id}")),
             init: Some(options.init()),
+            mounts: (!mounts.is_empty()).then_some(mounts),
             ..Default::default()
         }),
         ..Default::default()

@@ -241,6 +241,9 @@ pub(super) struct Prepared {
     pub(super) ready: Option<ReadinessWatch>,
     /// The declared state's version that holds the tasks' peers.
     pub(super) version: u64,
+    /// By task ID: the bind mounts of its secrets' and configs' files, or why they
+    /// could not be written (the task is rejected).
+    pub(super) files: HashMap<String, Result<Vec<bollard::models::Mount>, String>>,
 }
 
 /// Carries out `actions`, [`PARALLEL`] at a time; returns the task states they reached.
@@ -341,7 +344,21 @@ async fn act(docker: &DockerClient, prepared: &Prepared, action: Action) -> Vec<
                 ready: prepared.ready.clone(),
                 version: prepared.version,
             };
-            start(docker, &prepared.node, &task, &service, network, image).await
+            let files = prepared
+                .files
+                .get(&task.id)
+                .cloned()
+                .unwrap_or_else(|| Ok(Vec::new()));
+            start(
+                docker,
+                &prepared.node,
+                &task,
+                &service,
+                network,
+                image,
+                files,
+            )
+            .await
         }
     }
 }
@@ -391,6 +408,7 @@ async fn start(
     service: &Service,
     network: Network,
     image: ImageCheck,
+    files: Result<Vec<bollard::models::Mount>, String>,
 ) -> Vec<TaskStatusUpdate> {
     let api = docker.engine();
     let spec = &service.spec;
@@ -399,6 +417,14 @@ async fn start(
         ImageCheck::Present { healthcheck } => healthcheck,
         ImageCheck::Pulling => return out,
         ImageCheck::Failed(err) => {
+            warn!(task = %t.id, %err, "task rejected");
+            out.push(update(t, TaskState::Rejected, "rejected", Some(err)));
+            return out;
+        }
+    };
+    let mounts = match files {
+        Ok(m) => m,
+        Err(err) => {
             warn!(task = %t.id, %err, "task rejected");
             out.push(update(t, TaskState::Rejected, "rejected", Some(err)));
             return out;
@@ -413,7 +439,7 @@ async fn start(
             return out;
         }
     };
-    let body = config::task_container(t, service, &name, &node.id, &sandbox.id);
+    let body = config::task_container(t, service, &name, &node.id, &sandbox.id, mounts);
     let created = api
         .create_container(
             Some(CreateContainerOptions {

@@ -78,12 +78,31 @@ impl Executor {
                 Action::Remove { .. } | Action::RemoveSandbox { .. } => None,
             })
             .collect();
+        // Secrets' and configs' files, on the node's tmpfs.
+        let mut files = HashMap::new();
+        for a in actions {
+            if let Action::Start { task, service, .. } = a {
+                let written = match (&self.task_files, &self.state) {
+                    _ if service.spec.secrets.is_empty() && service.spec.configs.is_empty() => {
+                        Ok(Vec::new())
+                    }
+                    (Some(tf), Some(state)) => tf.write(&task.id, &service.spec, state),
+                    (None, _) => Err(
+                        "this node has no tmpfs for secrets and configs (see the agent's log)"
+                            .to_owned(),
+                    ),
+                    (Some(_), None) => Err("this node has no state from the managers".to_owned()),
+                };
+                files.insert(task.id.clone(), written);
+            }
+        }
         Prepared {
             node,
             images,
             sandbox_image,
             ready: self.ready.clone(),
             version,
+            files,
         }
     }
 

@@ -86,6 +86,8 @@ fn cluster() -> ClusterState {
                 container: Default::default(),
                 network_aliases: Default::default(),
                 update_config: Default::default(),
+                secrets: Vec::new(),
+                configs: Vec::new(),
                 rollback_config: Default::default(),
             },
             created_ms: 0,

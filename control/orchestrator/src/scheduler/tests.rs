@@ -66,6 +66,8 @@ pub(super) fn service(id: &str, mode: ServiceMode) -> Service {
             container: Default::default(),
             network_aliases: Default::default(),
             update_config: Default::default(),
+            secrets: Vec::new(),
+            configs: Vec::new(),
             rollback_config: Default::default(),
         },
         created_ms: 0,

@@ -2,7 +2,8 @@
 //! the agent stopped: the task containers and sandboxes it started on the node's
 //! dockerd and the sandbox image it loaded there, its dataplane (networks and their namespaces, the mesh's veth with its address, route
 //! and filter, the eBPF programs and their pins; see `shoal_dataplane::cleanup`), the
-//! sysctls it changed (restored from the journal), and its files.
+//! sysctls it changed (restored from the journal), the tmpfs of tasks' secrets and
+//! configs, and its files.
 //!
 //! Refused while an agent runs (it would make it all again), and while the node is in a
 //! swarm unless `--force` (then the node's swarm state goes too, as Docker's `swarm
@@ -59,6 +60,23 @@ pub fn run(paths: &AgentPaths, force: bool) -> Result<()> {
 
     let mut report = Report::default();
     remove_containers(&paths.docker_socket, &mut report);
+    // The tasks' secrets and configs (a tmpfs), once their containers are gone.
+    if let Some(dir) = paths
+        .netns_dir
+        .parent()
+        .map(|run| run.join(super::TASK_FILES_DIR))
+    {
+        match executor::TaskFiles::remove(&dir) {
+            Ok(true) => report.done.push(format!(
+                "removed the tmpfs of tasks' secrets and configs {}",
+                dir.display()
+            )),
+            Ok(false) => {}
+            Err(e) => report
+                .problems
+                .push(format!("removing the tmpfs {}: {e}", dir.display())),
+        }
+    }
     let dataplane = cleanup::remove_dataplane(&cleanup::AgentPaths {
         pin_dir: paths.pin_dir.clone(),
         netns_dir: paths.netns_dir.clone(),

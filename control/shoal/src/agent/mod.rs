@@ -48,6 +48,8 @@ use tracing::{info, warn};
 
 use crate::{config::AgentConfig, status::AgentStatus};
 
+/// The tmpfs of tasks' secrets and configs, in the agent's run directory.
+pub(crate) const TASK_FILES_DIR: &str = "task-files";
 /// Why a standalone agent refuses `swarm init` and `swarm join`.
 const STANDALONE_NO_SWARM: &str = "this agent applies --declared-* files (standalone mode), so a swarm's services would get no network on this node: restart it without those flags to init or join a swarm";
 
@@ -161,6 +163,12 @@ async fn serve(config: AgentConfig) -> Result<()> {
             .as_ref()
             .map(|_| STANDALONE_NO_SWARM.to_owned()),
         dataplane: Some(format!("XDP {mode} on {interface}")),
+        // Beside the namespaces, in the agent's run directory (/run/shoal by default),
+        // not in its data directory: nothing of a secret is ever among the node's files.
+        task_files_dir: config
+            .netns_dir
+            .parent()
+            .map(|run| run.join(TASK_FILES_DIR)),
     })
     .await
     .context("starting the cluster role")?;

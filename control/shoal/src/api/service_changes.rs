@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use shoal_cluster::store::{
-    EndpointMode, FailureAction, HealthCheck, PortConfig, RestartCondition, ServiceSpec,
-    UpdateConfig, UpdateOrder,
+    EndpointMode, FailureAction, FileReference, HealthCheck, PortConfig, RestartCondition,
+    ServiceSpec, UpdateConfig, UpdateOrder,
 };
 
 /// `service update`'s changes (`service rollback`: `rollback` alone).
@@ -46,6 +46,13 @@ pub struct ServiceChanges {
     pub container: super::ContainerChanges,
     pub constraint_add: Vec<String>,
     pub constraint_rm: Vec<String>,
+    /// `--secret-add` / `--config-add`: as `--secret` / `--config` (`name` holds the
+    /// reference given, resolved by the manager).
+    pub secret_add: Vec<FileReference>,
+    pub config_add: Vec<FileReference>,
+    /// `--secret-rm` / `--config-rm`: names or IDs.
+    pub secret_rm: Vec<String>,
+    pub config_rm: Vec<String>,
     pub endpoint_mode: Option<EndpointMode>,
     pub health: HealthChanges,
     pub restart: RestartChanges,

@@ -15,6 +15,7 @@
 
 mod changes;
 mod container_flags;
+mod file_flags;
 pub(crate) mod inspect;
 mod job;
 mod policy;
@@ -166,6 +167,14 @@ pub struct CreateArgs {
     /// Placement constraint, e.g. node.role==manager (repeatable)
     #[arg(long = "constraint", value_name = "EXPR")]
     pub constraints: Vec<String>,
+    /// Give each task a secret as a file: NAME, or
+    /// source=NAME,target=PATH,uid=N,gid=N,mode=0400 (repeatable)
+    #[arg(long = "secret", value_name = "SPEC")]
+    pub secrets: Vec<String>,
+    /// Give each task a config as a file: NAME, or
+    /// source=NAME,target=/PATH,uid=N,gid=N,mode=0444 (repeatable)
+    #[arg(long = "config", value_name = "SPEC")]
+    pub configs: Vec<String>,
     /// How the service's name resolves: a VIP, or DNS round robin
     #[arg(long, value_enum, default_value = "vip")]
     pub endpoint_mode: EndpointModeArg,
@@ -306,6 +315,18 @@ pub struct ServiceUpdateArgs {
     /// Remove a placement constraint (repeatable)
     #[arg(long = "constraint-rm", value_name = "EXPR")]
     pub constraint_rm: Vec<String>,
+    /// Add a secret, as --secret of create (repeatable)
+    #[arg(long = "secret-add", value_name = "SPEC")]
+    pub secret_add: Vec<String>,
+    /// Remove a secret, by name or ID (repeatable)
+    #[arg(long = "secret-rm", value_name = "SECRET")]
+    pub secret_rm: Vec<String>,
+    /// Add a config, as --config of create (repeatable)
+    #[arg(long = "config-add", value_name = "SPEC")]
+    pub config_add: Vec<String>,
+    /// Remove a config, by name or ID (repeatable)
+    #[arg(long = "config-rm", value_name = "CONFIG")]
+    pub config_rm: Vec<String>,
     /// How the service's name resolves: a VIP, or DNS round robin
     #[arg(long, value_enum)]
     pub endpoint_mode: Option<EndpointModeArg>,

@@ -4,10 +4,12 @@
 //! (a job has none: every change of it starts a new iteration of its run).
 
 use shoal_cluster::store::{
-    ClusterState, JobStatus, Service, ServiceMode, ServiceSpec, UpdateState, UpdateStatus,
+    ClusterState, JobStatus, ObjectKind, Service, ServiceMode, ServiceSpec, UpdateState,
+    UpdateStatus,
 };
 use shoal_orchestrator::image::ImageRef;
 
+use super::data_objects::change_references;
 use super::services::{network_id, prepare_spec};
 use crate::api::{ApiError, ServiceChanges};
 
@@ -160,6 +162,20 @@ fn changed_spec(
             spec.ports.push(*port);
         }
     }
+    change_references(
+        state,
+        &mut spec,
+        ObjectKind::Secret,
+        &changes.secret_add,
+        &changes.secret_rm,
+    )?;
+    change_references(
+        state,
+        &mut spec,
+        ObjectKind::Config,
+        &changes.config_add,
+        &changes.config_rm,
+    )?;
     for reference in &changes.network_rm {
         let id = network_id(state, reference)?;
         spec.networks.retain(|n| *n != id);

@@ -11,14 +11,15 @@ use shoal_cluster::{
     ipam::{NetworkAddressing, Networks, PublishedPorts},
     manager::Manager,
     store::{
-        ClusterState, Command, JobStatus, Network, PublishMode, Service, ServiceMode, ServiceSpec,
-        TaskState, UpdateConfig,
+        ClusterState, Command, JobStatus, Network, ObjectKind, PublishMode, Service, ServiceMode,
+        ServiceSpec, TaskState, UpdateConfig,
     },
 };
 use tracing::info;
 
 use super::{
     cluster_error,
+    data_objects::resolve_references,
     nodes::execute,
     reserved_ports::{AgentPorts, ReservedPorts},
     service_update::{next_iteration, updated_service, with_spec},
@@ -81,7 +82,7 @@ async fn pin_image(
 }
 
 /// An object reference to its ID, Docker's way: exact ID, exact name, unique ID prefix.
-fn resolve<'a>(
+pub(super) fn resolve<'a>(
     kind: &str,
     objects: impl Iterator<Item = (&'a str, &'a str)>,
     reference: &str,
@@ -134,7 +135,7 @@ pub(super) fn network_id(state: &ClusterState, reference: &str) -> Result<String
 }
 
 /// Docker's rule for object names.
-fn check_name(kind: &str, name: &str) -> Result<(), ApiError> {
+pub(super) fn check_name(kind: &str, name: &str) -> Result<(), ApiError> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name
@@ -196,6 +197,8 @@ pub(super) fn prepare_spec(
         }
     }
     spec.networks = networks;
+    resolve_references(state, ObjectKind::Secret, &mut spec.secrets)?;
+    resolve_references(state, ObjectKind::Config, &mut spec.configs)?;
     let mut aliases: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (reference, names) in &spec.network_aliases {
         let id = network_id(state, reference)?;
@@ -661,6 +664,9 @@ pub(super) async fn request(
             }
             Ok(Reply::NetworksChanged { networks: done })
         }
+        r @ (Request::ObjectCreate { .. }
+        | Request::ObjectState { .. }
+        | Request::ObjectRm { .. }) => super::data_objects::request(manager, &state, r).await,
         _ => Err(ApiError::new(
             "internal error: not a service or network request",
         )),
@@ -798,6 +804,8 @@ pub(super) mod tests {
             container: Default::default(),
             network_aliases: Default::default(),
             update_config: Default::default(),
+            secrets: Vec::new(),
+            configs: Vec::new(),
             rollback_config: Default::default(),
         }
     }

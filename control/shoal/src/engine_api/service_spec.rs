@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 use shoal_cluster::store::{
-    ContainerOptions, DnsConfig, EndpointMode, FailureAction, HealthCheck, PortConfig, Protocol,
-    PublishMode, RestartCondition, ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder,
-    DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
+    data_object::FileReference, ContainerOptions, DnsConfig, EndpointMode, FailureAction,
+    HealthCheck, PortConfig, Protocol, PublishMode, RestartCondition, ServiceMode, ServiceSpec,
+    UpdateConfig, UpdateOrder, DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
 };
 
 use crate::api::MAX_FAILURE_RATIO_PPM;
@@ -275,6 +275,8 @@ pub fn from_docker(v: Value) -> Result<(ServiceSpec, u64), String> {
             (!check.test.is_empty()).then_some(check)
         }
     };
+    let secrets = file_references(&mut c, "Secrets", "Secret")?;
+    let configs = file_references(&mut c, "Configs", "Config")?;
     c.allow("Isolation", |v| v.as_str() == Some("default"))?;
     c.done()?;
 
@@ -434,9 +436,53 @@ pub fn from_docker(v: Value) -> Result<(ServiceSpec, u64), String> {
             container,
             update_config,
             rollback_config,
+            secrets,
+            configs,
         },
         force_update,
     ))
+}
+
+/// `ContainerSpec.Secrets|Configs`: `[{File: {Name, UID, GID, Mode}, SecretID,
+/// SecretName}]` (the ID may be empty: the name is then looked up, as the CLI's flags
+/// are).
+fn file_references(c: &mut Fields, key: &str, what: &str) -> Result<Vec<FileReference>, String> {
+    let at = c.at(key);
+    let Some(list) = c.take(key) else {
+        return Ok(Vec::new());
+    };
+    let Value::Array(list) = list else {
+        return Err(format!("{at}: expected a list"));
+    };
+    let mut refs = Vec::new();
+    for item in list {
+        let mut r = Fields::of(&format!("{at}[]"), item)?;
+        let id = r.string(&format!("{what}ID"))?;
+        let name = r.string(&format!("{what}Name"))?;
+        if id.is_empty() && name.is_empty() {
+            return Err(format!("{at}[]: a {what}ID or {what}Name is required"));
+        }
+        let mut file = r.object("File")?;
+        let target = file.string("Name")?;
+        let uid = file.string("UID")?;
+        let gid = file.string("GID")?;
+        let mode = file.u64("Mode")?.unwrap_or(0o444);
+        file.done()?;
+        r.done()?;
+        refs.push(FileReference {
+            target: if target.is_empty() {
+                name.clone()
+            } else {
+                target
+            },
+            id,
+            name,
+            uid: if uid.is_empty() { "0".into() } else { uid },
+            gid: if gid.is_empty() { "0".into() } else { gid },
+            mode: u32::try_from(mode).map_err(|_| format!("{at}[].File.Mode: not a file mode"))?,
+        });
+    }
+    Ok(refs)
 }
 
 #[cfg(test)]

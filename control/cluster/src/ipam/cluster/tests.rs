@@ -65,6 +65,8 @@ fn service(id: &str, ports: &[(Protocol, u16)], vips: &[(&str, &str)]) -> Servic
             container: Default::default(),
             network_aliases: Default::default(),
             update_config: Default::default(),
+            secrets: Vec::new(),
+            configs: Vec::new(),
             rollback_config: Default::default(),
         },
         created_ms: 0,

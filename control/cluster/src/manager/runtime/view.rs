@@ -11,8 +11,11 @@
 //!   container settings, health check or previous spec, nor another task's status text.
 //! - Every node (addresses: gossip seeds, VTEPs, the managers' list), without the labels
 //!   of the others; the cluster's settings and gossip keys.
-//! - No join tokens, unlock key, secrets, configs, sealed credentials, revocation record,
-//!   root CA key or registry credential keys (a node's trust comes with its certificate).
+//! - The secrets and configs its live tasks use (their data: the node mounts them into
+//!   the tasks' containers), and no other.
+//! - No join tokens, unlock key, other secrets or configs, sealed credentials, revocation
+//!   record, root CA key or registry credential keys (a node's trust comes with its
+//!   certificate).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -35,8 +38,8 @@ pub(super) fn node_view(state: ClusterState, node_id: &str, key: &RegistryKeyrin
         tokens: _,
         cluster,
         mut tasks,
-        secrets: _,
-        configs: _,
+        mut secrets,
+        mut configs,
         gossip_keys,
         removed_nodes: _,
         unlock_key: _,
@@ -93,6 +96,25 @@ pub(super) fn node_view(state: ClusterState, node_id: &str, key: &RegistryKeyrin
     }
     let named: BTreeSet<String> = tasks.values().map(|t| t.service_id.clone()).collect();
 
+    // Secrets and configs: the ones the node's live tasks use (a task's own spec, the
+    // one it was made from, says which).
+    let mut used_secrets = BTreeSet::new();
+    let mut used_configs = BTreeSet::new();
+    for t in tasks.values().filter(|t| {
+        own(t) && t.desired_state <= TaskState::Running && !t.status.state.is_terminal()
+    }) {
+        let spec = t
+            .spec
+            .as_deref()
+            .or_else(|| services.get(&t.service_id).map(|s| &s.spec));
+        if let Some(spec) = spec {
+            used_secrets.extend(spec.secrets.iter().map(|r| r.id.clone()));
+            used_configs.extend(spec.configs.iter().map(|r| r.id.clone()));
+        }
+    }
+    secrets.retain(|id, _| used_secrets.contains(id));
+    configs.retain(|id, _| used_configs.contains(id));
+
     // Services: the node's own whole; the others on a network present here, reduced.
     services.retain(|id, s| {
         own_services.contains(id)
@@ -141,8 +163,8 @@ pub(super) fn node_view(state: ClusterState, node_id: &str, key: &RegistryKeyrin
             tokens: None,
             cluster,
             tasks,
-            secrets: BTreeMap::new(),
-            configs: BTreeMap::new(),
+            secrets,
+            configs,
             gossip_keys,
             removed_nodes: BTreeMap::new(),
             unlock_key: None,
@@ -209,6 +231,8 @@ fn reduced(spec: &ServiceSpec, local: &BTreeSet<String>) -> ServiceSpec {
         stop_grace_ms: DEFAULT_STOP_GRACE_MS,
         container: Default::default(),
         update_config: UpdateConfig::default(),
+        secrets: Vec::new(),
+        configs: Vec::new(),
         rollback_config: UpdateConfig::rollback_default(),
     }
 }

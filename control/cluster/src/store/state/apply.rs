@@ -2,7 +2,8 @@
 //! changes nothing), then makes the change and raises the version.
 
 use super::{ApplyResult, ClusterState, Command, Node, ObjectKind, Rejection, MAX_GOSSIP_KEYS};
-use crate::store::service::{Service, Task, TaskState};
+use crate::store::data_object::{check_references, DataObject, FileReference};
+use crate::store::service::{Service, ServiceSpec, Task, TaskState};
 
 impl ClusterState {
     /// Applies one command. Deterministic; a refusal leaves the state untouched.
@@ -218,24 +219,95 @@ impl ClusterState {
                         }),
                     }
                 } else {
-                    Ok(())
+                    self.check_data_object(*kind, id, spec)
                 }
             }
             Command::RemoveObject { kind, id } => {
-                if self.has_object(*kind, id) {
-                    Ok(())
-                } else {
-                    Err(Rejection::UnknownObject {
+                if !self.has_object(*kind, id) {
+                    return Err(Rejection::UnknownObject {
                         kind: *kind,
                         id: id.clone(),
-                    })
+                    });
+                }
+                match self.data_object_user(*kind, id) {
+                    Some(service) => Err(Rejection::ObjectInUse {
+                        kind: *kind,
+                        name: self.data_objects(*kind)[id].name.clone(),
+                        service,
+                    }),
+                    None => Ok(()),
                 }
             }
         }
     }
 
+    /// A secret or config that may be stored: of its shape, with the command's ID, its
+    /// data within Swarm's bounds, a name unused by another of its kind; an existing one
+    /// keeps its data.
+    fn check_data_object(
+        &self,
+        kind: ObjectKind,
+        id: &str,
+        spec: &serde_json::Value,
+    ) -> Result<(), Rejection> {
+        let invalid = |detail: String| Rejection::Invalid {
+            what: kind.to_string(),
+            detail,
+        };
+        let o: DataObject =
+            serde_json::from_value(spec.clone()).map_err(|e| invalid(e.to_string()))?;
+        if o.id != id {
+            return Err(invalid("the spec's ID differs from the command's".into()));
+        }
+        if o.name.is_empty() {
+            return Err(invalid("the name must not be empty".into()));
+        }
+        if let Some(p) = DataObject::data_problem(&kind.to_string(), &o.data) {
+            return Err(invalid(p));
+        }
+        let objects = self.data_objects(kind);
+        if let Some(other) = objects.values().find(|x| x.name == o.name && x.id != id) {
+            return Err(Rejection::DuplicateObjectName {
+                kind,
+                name: o.name,
+                existing_id: other.id.clone(),
+            });
+        }
+        match objects.get(id) {
+            Some(old) if old.data != o.data || old.name != o.name => Err(invalid(
+                "only the labels of an existing one may change (its name and data cannot)".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The name of a service (or a service whose task still runs) using secret or config
+    /// `id` of `kind`.
+    fn data_object_user(&self, kind: ObjectKind, id: &str) -> Option<String> {
+        let uses = |spec: &ServiceSpec| {
+            let refs: &[FileReference] = match kind {
+                ObjectKind::Config => &spec.configs,
+                _ => &spec.secrets,
+            };
+            refs.iter().any(|r| r.id == id)
+        };
+        if let Some(s) = self.services.values().find(|s| uses(&s.spec)) {
+            return Some(s.spec.name.clone());
+        }
+        self.tasks
+            .values()
+            .filter(|t| !t.status.state.is_terminal() && t.desired_state <= TaskState::Running)
+            .find(|t| t.spec.as_deref().is_some_and(uses))
+            .map(|t| {
+                self.services
+                    .get(&t.service_id)
+                    .map_or_else(|| t.service_id.clone(), |s| s.spec.name.clone())
+            })
+    }
+
     /// A service spec that may be stored: a name, unique; an image; existing networks;
-    /// published ports not used by another service.
+    /// published ports not used by another service; existing secrets and configs, each
+    /// on its own file.
     fn check_service(&self, s: &Service) -> Result<(), Rejection> {
         let invalid = |what: &str, detail: String| {
             Err(Rejection::Invalid {
@@ -265,6 +337,24 @@ impl ClusterState {
         for n in &s.spec.networks {
             if !self.networks.contains_key(n) {
                 return Err(Rejection::UnknownNetwork { id: n.clone() });
+            }
+        }
+        for (kind, refs) in [
+            (ObjectKind::Secret, &s.spec.secrets),
+            (ObjectKind::Config, &s.spec.configs),
+        ] {
+            check_references(&kind.to_string(), refs).map_err(|detail| Rejection::Invalid {
+                what: "service".into(),
+                detail,
+            })?;
+            if let Some(r) = refs
+                .iter()
+                .find(|r| !self.data_objects(kind).contains_key(&r.id))
+            {
+                return Err(Rejection::UnknownObject {
+                    kind,
+                    id: r.name.clone(),
+                });
             }
         }
         for p in &s.spec.ports {
@@ -429,11 +519,15 @@ impl ClusterState {
                         self.tasks.insert(id.clone(), t);
                     }
                 }
-                ObjectKind::Secret => {
-                    self.secrets.insert(id.clone(), spec.clone());
-                }
-                ObjectKind::Config => {
-                    self.configs.insert(id.clone(), spec.clone());
+                ObjectKind::Secret | ObjectKind::Config => {
+                    if let Ok(mut o) = serde_json::from_value::<DataObject>(spec.clone()) {
+                        o.version = version;
+                        let objects = match kind {
+                            ObjectKind::Config => &mut self.configs,
+                            _ => &mut self.secrets,
+                        };
+                        objects.insert(id.clone(), o);
+                    }
                 }
             },
             Command::RemoveObject { kind, id } => match kind {

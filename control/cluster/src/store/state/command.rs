@@ -138,11 +138,17 @@ pub enum Command {
         to: CaDigest,
         tokens: serde_json::Value,
     },
+    /// A task (legacy form, the spec must parse as a [`Task`]), or a secret or config
+    /// (the spec must parse as a [`DataObject`](crate::store::DataObject) with this
+    /// ID and a name unused by another of its kind; an existing one keeps its data: only
+    /// its labels may change, as in Swarm).
     UpsertObject {
         kind: ObjectKind,
         id: String,
         spec: serde_json::Value,
     },
+    /// Removes a task, or a secret or config no service (nor a task still running)
+    /// uses.
     RemoveObject {
         kind: ObjectKind,
         id: String,
@@ -169,6 +175,18 @@ pub enum Rejection {
     DuplicateServiceName { name: String, existing_id: String },
     #[error("network {network} is in use by service {service}")]
     NetworkInUse { network: String, service: String },
+    #[error("{kind} {name} is in use by the following service: {service}")]
+    ObjectInUse {
+        kind: ObjectKind,
+        name: String,
+        service: String,
+    },
+    #[error("a {kind} named {name:?} already exists (ID {existing_id})")]
+    DuplicateObjectName {
+        kind: ObjectKind,
+        name: String,
+        existing_id: String,
+    },
     #[error("service {id} changed since version {version}")]
     StaleService { id: String, version: u64 },
     #[error("port {port}/{protocol} is already published by service {service}")]

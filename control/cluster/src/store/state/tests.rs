@@ -62,6 +62,8 @@ fn sample_service(id: &str, name: &str) -> Service {
             container: Default::default(),
             network_aliases: Default::default(),
             update_config: Default::default(),
+            secrets: Vec::new(),
+            configs: Vec::new(),
             rollback_config: Default::default(),
         },
         created_ms: 0,
@@ -331,7 +333,7 @@ fn tasks_secrets_and_configs_are_kept_by_kind() {
         let r = s.apply(&Command::UpsertObject {
             kind,
             id: id.into(),
-            spec: serde_json::json!({"id": id}),
+            spec: serde_json::json!({"id": id, "name": id, "data": "cHc="}),
         });
         if kind == ObjectKind::Task {
             assert!(r.into_result().is_err(), "a task needs a task's shape");
@@ -859,4 +861,130 @@ fn a_rotation_seals_credentials_again_only_where_they_did_not_change_meanwhile()
     .unwrap();
     assert_eq!(s.services["a"].registry_auth, Some(sealed("a-new")));
     assert_eq!(s.services["b"].registry_auth, Some(sealed("b-old")));
+}
+
+fn put_secret(s: &mut ClusterState, id: &str, name: &str, data: &[u8]) -> Result<u64, Rejection> {
+    let o = crate::store::DataObject {
+        id: id.into(),
+        name: name.into(),
+        labels: BTreeMap::new(),
+        data: data.to_vec(),
+        created_ms: 1,
+        updated_ms: 1,
+        version: 0,
+    };
+    s.apply(&Command::UpsertObject {
+        kind: ObjectKind::Secret,
+        id: id.into(),
+        spec: serde_json::to_value(&o).unwrap(),
+    })
+    .into_result()
+}
+
+fn secret_ref(id: &str, name: &str, target: &str) -> crate::store::FileReference {
+    crate::store::FileReference {
+        id: id.into(),
+        name: name.into(),
+        target: target.into(),
+        uid: "0".into(),
+        gid: "0".into(),
+        mode: 0o400,
+    }
+}
+
+#[test]
+fn secrets_are_immutable_bounded_and_uniquely_named() {
+    let mut s = ClusterState::default();
+    assert!(put_secret(&mut s, "s1", "pw", b"hunter2").is_ok());
+    assert_eq!(s.secrets["s1"].data, b"hunter2");
+    // Same name, another ID: refused.
+    assert!(matches!(
+        put_secret(&mut s, "s2", "pw", b"x"),
+        Err(Rejection::DuplicateObjectName { .. })
+    ));
+    // The data of an existing one cannot change.
+    let before = s.clone();
+    assert!(put_secret(&mut s, "s1", "pw", b"other").is_err());
+    assert_eq!(s, before);
+    // Empty or 500 KiB: refused, with Swarm's words.
+    let err = put_secret(&mut s, "s3", "big", &vec![b'x'; 500 * 1024]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("secret data must be larger than 0 and less than"),
+        "{err}"
+    );
+    assert!(put_secret(&mut s, "s4", "empty", b"").is_err());
+    assert_eq!(s, before);
+}
+
+#[test]
+fn a_secret_in_use_is_not_removed_and_an_unknown_one_is_not_used() {
+    let mut s = ClusterState::default();
+    put_secret(&mut s, "s1", "pw", b"hunter2").unwrap();
+    let mut svc = sample_service("svc1", "db");
+    svc.spec.secrets = vec![secret_ref("ghost", "nope", "x")];
+    let r = s.apply(&Command::CreateService {
+        service: Box::new(svc.clone()),
+    });
+    assert_eq!(
+        r.into_result(),
+        Err(Rejection::UnknownObject {
+            kind: ObjectKind::Secret,
+            id: "nope".into()
+        })
+    );
+    assert!(s.services.is_empty());
+    // Two references on one file: refused.
+    svc.spec.secrets = vec![
+        secret_ref("s1", "pw", "a"),
+        secret_ref("s1", "pw", "/run/secrets/a"),
+    ];
+    assert!(s
+        .apply(&Command::CreateService {
+            service: Box::new(svc.clone()),
+        })
+        .into_result()
+        .is_err());
+    svc.spec.secrets = vec![secret_ref("s1", "pw", "mysql_pw")];
+    s.apply(&Command::CreateService {
+        service: Box::new(svc.clone()),
+    })
+    .into_result()
+    .unwrap();
+    let rm = Command::RemoveObject {
+        kind: ObjectKind::Secret,
+        id: "s1".into(),
+    };
+    let err = s.apply(&rm).into_result().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "secret pw is in use by the following service: db"
+    );
+    // A task of the service still running keeps it in use after the service dropped it.
+    let mut task = sample_task("t1");
+    task.service_id = "svc1".into();
+    task.spec = Some(Box::new(svc.spec.clone()));
+    task.status.state = TaskState::Running;
+    task.desired_state = TaskState::Running;
+    s.apply(&Command::PutTasks { tasks: vec![task] })
+        .into_result()
+        .unwrap();
+    svc.spec.secrets.clear();
+    s.apply(&Command::UpdateService {
+        service: Box::new(svc),
+    })
+    .into_result()
+    .unwrap();
+    assert!(matches!(
+        s.apply(&rm).into_result(),
+        Err(Rejection::ObjectInUse { .. })
+    ));
+    s.apply(&Command::RemoveObject {
+        kind: ObjectKind::Task,
+        id: "t1".into(),
+    })
+    .into_result()
+    .unwrap();
+    s.apply(&rm).into_result().unwrap();
+    assert!(s.secrets.is_empty());
 }

@@ -118,7 +118,7 @@ fn unset_options_keep_the_defaults() {
         (None, None, None)
     );
 
-    let body = task_container(&task(true), &s, "web.3.x", "node1", "sbx");
+    let body = task_container(&task(true), &s, "web.3.x", "node1", "sbx", Vec::new());
     assert_eq!(body.entrypoint, None);
     assert_eq!(body.cmd, Some(vec!["sleep".to_string(), "60".to_string()]));
     assert_eq!(
@@ -133,7 +133,14 @@ fn unset_options_keep_the_defaults() {
 #[test]
 fn the_task_container_carries_the_container_options() {
     let s = service(options());
-    let body = task_container(&task(true), &s, "web.3.task0123456789abc", "node1", "sbx");
+    let body = task_container(
+        &task(true),
+        &s,
+        "web.3.task0123456789abc",
+        "node1",
+        "sbx",
+        Vec::new(),
+    );
     assert_eq!(body.image.as_deref(), Some("busybox"));
     assert_eq!(
         body.entrypoint,

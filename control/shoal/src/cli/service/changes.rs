@@ -1,6 +1,7 @@
 //! `service update`'s flags parsed into the [`ServiceChanges`] sent to the managers,
 //! checked as `service create` checks its own.
 
+use super::file_flags::{parse_file_references, FileKind};
 use super::{
     parse_publish, parse_replicas,
     policy::parse_duration_flag,
@@ -96,6 +97,10 @@ impl ServiceUpdateArgs {
             container: self.container_changes()?,
             constraint_add: self.constraint_add.clone(),
             constraint_rm: self.constraint_rm.clone(),
+            secret_add: parse_file_references(FileKind::Secret, &self.secret_add)?,
+            secret_rm: self.secret_rm.clone(),
+            config_add: parse_file_references(FileKind::Config, &self.config_add)?,
+            config_rm: self.config_rm.clone(),
             endpoint_mode: self.endpoint_mode.map(Into::into),
             health: self.health.changes()?,
             restart: self.restart.changes()?,

@@ -5,8 +5,9 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 use shoal_cluster::store::{
-    ContainerOptions, EndpointMode, FailureAction, Network, PublishMode, RestartCondition, Service,
-    ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
+    ContainerOptions, EndpointMode, FailureAction, FileReference, Network, PublishMode,
+    RestartCondition, Service, ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder, UpdateState,
+    UpdateStatus,
 };
 
 use super::views::human_duration;
@@ -146,6 +147,24 @@ fn ports_value(spec: &ServiceSpec) -> Vec<Value> {
         .collect()
 }
 
+/// A service's secrets (`what`: `Secret`) or configs (`Config`) as Docker's
+/// `ContainerSpec` lists them: `File` (the target, owner and mode), then the object's ID
+/// and name (`SecretID`, `SecretName`).
+pub(super) fn file_references_value(refs: &[FileReference], what: &str) -> Value {
+    Value::Array(
+        refs.iter()
+            .map(|r| {
+                let mut v = json!({
+                    "File": {"Name": r.target, "UID": r.uid, "GID": r.gid, "Mode": r.mode},
+                });
+                v[format!("{what}ID")] = json!(r.id);
+                v[format!("{what}Name")] = json!(r.name);
+                v
+            })
+            .collect(),
+    )
+}
+
 /// The container options in Docker's `ContainerSpec` (each only when set, as Docker
 /// omits empty ones).
 fn container_options_value(container: &mut Value, o: &ContainerOptions) {
@@ -211,6 +230,12 @@ pub(crate) fn spec_value(spec: &ServiceSpec, force_update: u64) -> Value {
         container["Env"] = json!(spec.env);
     }
     container_options_value(&mut container, options);
+    if !spec.secrets.is_empty() {
+        container["Secrets"] = file_references_value(&spec.secrets, "Secret");
+    }
+    if !spec.configs.is_empty() {
+        container["Configs"] = file_references_value(&spec.configs, "Config");
+    }
     if let Some(h) = &spec.healthcheck {
         container["Healthcheck"] = json!({
             "Test": h.test,

@@ -7,7 +7,11 @@ use shoal_cluster::store::{
     UpdateConfig, DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
 };
 
-use super::{policy::parse_duration_flag, CreateArgs, EndpointModeArg, ModeArg};
+use super::{
+    file_flags::{parse_file_references, FileKind},
+    policy::parse_duration_flag,
+    CreateArgs, EndpointModeArg, ModeArg,
+};
 
 /// A replica count: a non-negative integer.
 pub fn parse_replicas(text: &str) -> Result<u64, String> {
@@ -169,6 +173,8 @@ impl CreateArgs {
             container,
             network_aliases,
             update_config: UpdateConfig::default(),
+            secrets: parse_file_references(FileKind::Secret, &self.secrets)?,
+            configs: parse_file_references(FileKind::Config, &self.configs)?,
             rollback_config: UpdateConfig::rollback_default(),
         };
         self.restart.changes()?.apply(&mut spec);

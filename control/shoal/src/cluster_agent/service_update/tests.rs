@@ -507,3 +507,57 @@ fn every_change_of_a_job_starts_a_new_iteration_and_no_rolling_update() {
         "replicas can only be used with replicated mode"
     );
 }
+
+#[test]
+fn secrets_are_added_and_removed_by_name_and_an_unknown_one_is_refused() {
+    let (mut state, service) = cluster();
+    for (id, name) in [("sec1", "db_pw"), ("sec2", "db_pw_v2")] {
+        state.secrets.insert(
+            id.into(),
+            serde_json::from_value(serde_json::json!({"id": id, "name": name, "data": "cHc="}))
+                .expect("a secret"),
+        );
+    }
+    let given = |name: &str, target: &str| shoal_cluster::store::FileReference {
+        id: String::new(),
+        name: name.into(),
+        target: target.into(),
+        uid: "999".into(),
+        gid: "999".into(),
+        mode: 0o400,
+    };
+    let add = |s: &Service, name: &str, rm: &[&str]| {
+        updated_service(
+            &state,
+            s,
+            &ServiceChanges {
+                secret_add: vec![given(name, "mysql_pw")],
+                secret_rm: rm.iter().map(|r| r.to_string()).collect(),
+                ..Default::default()
+            },
+            NOW,
+        )
+        .map_err(|e| e.to_string())
+    };
+    // By name: bound to the stored secret's ID; a change of the tasks (an update).
+    let first = add(&service, "db_pw", &[]).unwrap();
+    assert_eq!(first.spec.secrets.len(), 1);
+    assert_eq!(
+        (
+            first.spec.secrets[0].id.as_str(),
+            first.spec.secrets[0].name.as_str()
+        ),
+        ("sec1", "db_pw")
+    );
+    assert!(first.update_status.is_some());
+    // Swapped: the old one out by name, the new one in on the same file.
+    let swapped = add(&first, "db_pw_v2", &["db_pw"]).unwrap();
+    assert_eq!(swapped.spec.secrets.len(), 1);
+    assert_eq!(swapped.spec.secrets[0].id, "sec2");
+    // Twice on one file: refused.
+    let err = add(&first, "db_pw_v2", &[]).unwrap_err();
+    assert!(err.contains("used more than once"), "{err}");
+    // Unknown: refused, naming it.
+    let err = add(&service, "no_such_pw", &[]).unwrap_err();
+    assert!(err.contains("no_such_pw"), "{err}");
+}

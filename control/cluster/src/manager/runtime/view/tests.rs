@@ -41,6 +41,8 @@ fn service(id: &str, networks: &[&str], key: &RegistryKeyring) -> Service {
                 .map(|n| (n.to_string(), vec![format!("{id}-alias")]))
                 .collect(),
             update_config: Default::default(),
+            secrets: Vec::new(),
+            configs: Vec::new(),
             rollback_config: UpdateConfig::rollback_default(),
         },
         created_ms: 0,
@@ -166,9 +168,18 @@ fn cluster(key: &RegistryKeyring) -> ClusterState {
         state.services.insert(s.id.clone(), s);
     }
     state.tokens = Some(serde_json::json!({"worker": "SWMTKN-1-secret"}));
-    state
-        .secrets
-        .insert("s1".into(), serde_json::json!({"data": "c2VjcmV0"}));
+    state.secrets.insert(
+        "s1".into(),
+        crate::store::DataObject {
+            id: "s1".into(),
+            name: "s1".into(),
+            labels: BTreeMap::new(),
+            data: b"secret".to_vec(),
+            created_ms: 0,
+            updated_ms: 0,
+            version: 0,
+        },
+    );
     state.removed_nodes.insert(
         "gone".into(),
         crate::store::RemovedNode {
@@ -263,4 +274,55 @@ fn credentials_go_only_to_nodes_with_a_live_task_and_never_sealed() {
     // Another cluster's key opens nothing (and hands nothing).
     let other = RegistryKeyring::from(RegistryAuthKey::from_secret(b"other", "c1"));
     assert!(node_view(state, "n1", &other).registry_auth.is_empty());
+}
+
+#[test]
+fn a_secret_goes_only_to_the_nodes_running_a_task_that_uses_it() {
+    let key = RegistryKeyring::from(RegistryAuthKey::from_secret(b"ca", "c1"));
+    let mut state = cluster(&key);
+    let reference = |id: &str| crate::store::FileReference {
+        id: id.into(),
+        name: id.into(),
+        target: id.into(),
+        uid: "0".into(),
+        gid: "0".into(),
+        mode: 0o400,
+    };
+    let object = |id: &str, data: &str| crate::store::DataObject {
+        id: id.into(),
+        name: id.into(),
+        labels: BTreeMap::new(),
+        data: data.as_bytes().to_vec(),
+        created_ms: 0,
+        updated_ms: 0,
+        version: 0,
+    };
+    state
+        .secrets
+        .insert("s-pw".into(), object("s-pw", "pw-of-mine"));
+    state
+        .configs
+        .insert("c-conf".into(), object("c-conf", "conf-of-mine"));
+    // `mine`'s task on n1 uses both (its own spec says so).
+    let t = state.tasks.get_mut("t-mine").unwrap();
+    let spec = t.spec.as_mut().unwrap();
+    spec.secrets = vec![reference("s-pw")];
+    spec.configs = vec![reference("c-conf")];
+
+    let n1 = node_view(state.clone(), "n1", &key);
+    assert_eq!(n1.state.secrets["s-pw"].data, b"pw-of-mine");
+    assert_eq!(n1.state.configs["c-conf"].data, b"conf-of-mine");
+    for other in ["n2", "n3"] {
+        let view = node_view(state.clone(), other, &key);
+        let text = serde_json::to_string(&view).unwrap();
+        assert!(view.state.secrets.is_empty() && view.state.configs.is_empty());
+        assert!(
+            !text.contains("cHctb2YtbWluZQ"),
+            "{other} got the secret: {text}"
+        );
+    }
+    // A task that ended no longer brings them.
+    state.tasks.get_mut("t-mine").unwrap().status.state = TaskState::Shutdown;
+    let n1 = node_view(state, "n1", &key);
+    assert!(n1.state.secrets.is_empty() && n1.state.configs.is_empty());
 }
