@@ -8,7 +8,8 @@
 //! mesh answering for it), an update from a stale version refused (409), a spec shoal
 //! cannot carry out refused naming the field; `docker stack deploy` of a compose file,
 //! re-deployed with one image changed (only that service's tasks replaced), `stack
-//! services/ps/rm`; node labels, availability, promote and demote; the Docker SDK for
+//! services/ps/rm`; a secret from stdin and a config read in a task, the secret in use
+//! refused removal; node labels, availability, promote and demote; the Docker SDK for
 //! Python creating, scaling and removing a service; a worker's socket refuses the swarm's objects as Docker's does,
 //! what is not served yet is refused saying so, and a bad filter is refused.
 use std::{
@@ -479,6 +480,95 @@ fn the_docker_cli_drives_shoal_through_its_engine_api() {
             .then_some(())
             .ok_or(format!("left: {left:?}"))
     });
+
+    // Secrets and configs, as seed 001 makes them: a password from stdin, a config
+    // from a file; a service reading both; the secret in use refused removal.
+    let (ok, _, err) = {
+        let mut child = Command::new(CLIENTS[0])
+            .env("DOCKER_CONFIG", &config)
+            .arg("-H")
+            .arg(format!("unix://{}", h1.socket.display()))
+            .args(["secret", "create", "my_mysql_password", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("docker secret create");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"pw-5d1e\n")
+            .expect("write the secret");
+        let out = child.wait_with_output().expect("docker secret create");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert!(ok, "docker secret create: {err}");
+    let shown = h1.ok(&["secret", "inspect", "my_mysql_password"]);
+    assert!(
+        !shown.contains("pw-5d1e") && !shown.contains("\"Data\""),
+        "{shown}"
+    );
+    let listed = cli.ok("h1", &["secret", "ls", "--format", "{{.Name}}"]);
+    assert!(listed.lines().any(|l| l == "my_mysql_password"), "{listed}");
+    let config_file = config.join("config.yml");
+    std::fs::write(&config_file, "version: 0.1\n").expect("config file");
+    h1.ok(&[
+        "config",
+        "create",
+        "regcfg",
+        &config_file.display().to_string(),
+    ]);
+    let data = h1.ok(&[
+        "config",
+        "inspect",
+        "--format",
+        "{{json .Spec.Data}}",
+        "regcfg",
+    ]);
+    assert_eq!(data.trim(), "\"dmVyc2lvbjogMC4xCg==\"", "{data}");
+    h1.ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--no-resolve-image",
+        "--name",
+        "db",
+        "--secret",
+        "my_mysql_password",
+        "--config",
+        "source=regcfg,target=/etc/reg/config.yml",
+        "--constraint",
+        "node.hostname==h1",
+        "shoal/web:1",
+    ]);
+    let db = cli.wait_running("db", 1, |_| true).remove(0);
+    let read = h1.ok(&[
+        "exec",
+        &db.container,
+        "cat",
+        "/run/secrets/my_mysql_password",
+        "/etc/reg/config.yml",
+    ]);
+    assert_eq!(read, "pw-5d1e\nversion: 0.1\n");
+    let refused = h1.err(&["secret", "rm", "my_mysql_password"]);
+    assert!(
+        refused.contains("in use") && refused.contains("db"),
+        "{refused}"
+    );
+    h1.ok(&["service", "rm", "db"]);
+    wait_for("db's tasks gone", BOUND, || {
+        match h1.run_with(CLIENTS[0], &["secret", "rm", "my_mysql_password"]) {
+            (true, _, _) => Ok(()),
+            (false, out, err) => Err(format!("{out}{err}")),
+        }
+    });
+    h1.ok(&["config", "rm", "regcfg"]);
 
     // Nodes: labels, availability, promotion and demotion, as shoal then shows them.
     h1.ok(&["node", "update", "--label-add", "zone=a", "h2"]);

@@ -582,8 +582,8 @@ mod tests {
                 "Spec.TaskTemplate.Resources",
             ),
             (
-                json!({"TaskTemplate": {"ContainerSpec": {"Secrets": [{"SecretName": "pw"}]}}}),
-                "Spec.TaskTemplate.ContainerSpec.Secrets",
+                json!({"TaskTemplate": {"ContainerSpec": {"Secrets": [{"File": {"Name": "pw"}}]}}}),
+                "SecretID or SecretName is required",
             ),
             (
                 json!({"TaskTemplate": {"Placement": {"Platforms": [{"OS": "windows"}]}}}),

@@ -11,12 +11,17 @@ use base64::{
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
 use shoal_cluster::registry_auth::RegistryCredentials;
-use shoal_cluster::store::{Network, Service, ServiceMode, ServiceSpec, Task};
+use shoal_cluster::store::{
+    DataObject, Network, ObjectKind, Service, ServiceMode, ServiceSpec, Task,
+};
 
 use super::reply::{self, Answer};
 use super::route::{filters, SwarmKind};
 use super::{membership, service_spec, Call};
-use crate::api::{server::Backend, ApiError, InfoView, NodeRole, Reply, Request, ServiceChanges};
+use crate::api::{
+    server::Backend, ApiError, InfoView, NodeRole, Reply, Request, Secret, ServiceChanges,
+};
+use crate::cli::data_object::object_value;
 use crate::cli::format::inspect_values;
 use crate::cli::service::inspect::{inspect_value, iso, spec_value};
 use crate::cli::service::views::replicas;
@@ -237,11 +242,59 @@ async fn answer_or_refuse(
                 )),
             }
         }
-        // shoal keeps no secret or config objects yet: the list is empty, truly (what
-        // `docker stack rm` reads); making one is refused below.
         (&Method::GET, SwarmKind::Secrets | SwarmKind::Configs, []) => {
-            filters(query, &["id", "label", "name", "names"]).map_err(bad_filter)?;
-            Ok(reply::json(StatusCode::OK, &json!([])))
+            let f = filters(query, &["id", "label", "name", "names"]).map_err(bad_filter)?;
+            let kind = object_kind(kind);
+            let objects = objects(backend, kind, vec![]).await?;
+            let values = objects
+                .iter()
+                .filter(|o| {
+                    f.iter().all(|(key, want)| match key.as_str() {
+                        "id" => prefix_of(want, &o.id),
+                        "name" => prefix_of(want, &o.name),
+                        "names" => want.contains(&o.name),
+                        "label" => labels_match(&o.labels, want),
+                        _ => true,
+                    })
+                })
+                .map(|o| object_value(kind, o))
+                .collect::<Vec<_>>();
+            Ok(reply::json(StatusCode::OK, &json!(values)))
+        }
+        (&Method::GET, SwarmKind::Secrets | SwarmKind::Configs, [reference]) => {
+            let kind = object_kind(kind);
+            let found = objects(backend, kind, vec![reference.to_string()]).await?;
+            match found.first() {
+                Some(o) => Ok(reply::json(StatusCode::OK, &object_value(kind, o))),
+                None => Err(reply::error(
+                    StatusCode::NOT_FOUND,
+                    format!("{kind} {reference} not found"),
+                )),
+            }
+        }
+        (&Method::POST, SwarmKind::Secrets | SwarmKind::Configs, ["create"]) => {
+            let kind = object_kind(kind);
+            let v: Value = serde_json::from_slice(&call.body).map_err(|e| {
+                reply::error(StatusCode::BAD_REQUEST, format!("malformed {kind}: {e}"))
+            })?;
+            let object = object_create(kind, v).map_err(bad_request)?;
+            match write(backend, object).await? {
+                Reply::ObjectCreated { id } => {
+                    Ok(reply::json(StatusCode::CREATED, &json!({"ID": id})))
+                }
+                other => Err(reply::unexpected(&other)),
+            }
+        }
+        (&Method::DELETE, SwarmKind::Secrets | SwarmKind::Configs, [reference]) => {
+            write(
+                backend,
+                Request::ObjectRm {
+                    kind: object_kind(kind),
+                    objects: vec![reference.to_string()],
+                },
+            )
+            .await?;
+            Ok(reply::empty(StatusCode::NO_CONTENT))
         }
         (method, kind, rest) => Err(not_served(method, kind.name(), rest)),
     }
@@ -378,6 +431,77 @@ async fn service_update(
         }
         other => Err(reply::unexpected(&other)),
     }
+}
+
+fn object_kind(kind: SwarmKind) -> ObjectKind {
+    match kind {
+        SwarmKind::Configs => ObjectKind::Config,
+        _ => ObjectKind::Secret,
+    }
+}
+
+async fn objects(
+    backend: &dyn Backend,
+    kind: ObjectKind,
+    refs: Vec<String>,
+) -> Result<Vec<DataObject>, Answer> {
+    match call(
+        backend,
+        Request::ObjectState {
+            kind,
+            objects: refs,
+        },
+    )
+    .await?
+    {
+        Reply::Objects { objects } => Ok(objects),
+        other => Err(reply::unexpected(&other)),
+    }
+}
+
+/// `POST /secrets|configs/create`: `{Name, Labels, Data}` (Data in base64, as Docker
+/// sends it); drivers and templating are not carried out by shoal.
+fn object_create(kind: ObjectKind, v: Value) -> Result<Request, String> {
+    let Value::Object(mut m) = v else {
+        return Err(format!("malformed {kind}: expected an object"));
+    };
+    let mut take = |key: &str| {
+        let k = m.keys().find(|k| k.eq_ignore_ascii_case(key)).cloned();
+        k.and_then(|k| m.remove(&k)).filter(|v| !v.is_null())
+    };
+    let name = take("Name")
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| format!("a {kind} needs a name"))?;
+    let labels = match take("Labels") {
+        None => BTreeMap::new(),
+        Some(Value::Object(l)) => l
+            .into_iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k, s)),
+                other => Err(format!("Labels.{k}: expected a string, got {other}")),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => return Err(format!("Labels: expected an object, got {other}")),
+    };
+    let data = match take("Data") {
+        Some(Value::String(d)) => d,
+        _ => String::new(),
+    };
+    for key in ["Driver", "Templating"] {
+        if take(key).is_some_and(|v| !v.as_object().is_some_and(|o| o.is_empty())) {
+            return Err(format!("{kind} {key} is not supported by shoal"));
+        }
+    }
+    if let Some((k, _)) = m.iter().find(|(_, v)| !v.is_null()) {
+        return Err(format!("{kind} field {k} is not supported by shoal"));
+    }
+    Ok(Request::ObjectCreate {
+        kind,
+        name,
+        labels,
+        data_base64: Secret::new(data),
+    })
 }
 
 async fn swarm_inspect(backend: &dyn Backend, view: &InfoView) -> Result<Answer, Answer> {
