@@ -30,7 +30,7 @@ use super::service::{Service, Task};
 pub use cluster::{ClusterSpec, GossipKey, UnlockKey, MAX_GOSSIP_KEYS};
 pub use command::{ApplyResult, Command, Rejection};
 pub use network::Network;
-pub use node::{Availability, Node, NodeStatus, Role};
+pub use node::{Availability, GossipIdentity, Node, NodeStatus, Role};
 pub use removed::RemovedNode;
 
 /// The whole replicated cluster state.

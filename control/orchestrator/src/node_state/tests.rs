@@ -20,6 +20,7 @@ fn node(id: &str, ip: &str) -> Node {
         engine_version: "20.10".into(),
         labels: BTreeMap::new(),
         raft_id: None,
+        gossip: None,
         version: 0,
     }
 }

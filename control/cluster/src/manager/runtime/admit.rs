@@ -101,6 +101,8 @@ impl Runtime {
             engine_version: info.engine_version.clone(),
             labels: BTreeMap::new(),
             raft_id,
+            // A joining node registers its gossip key once its gossip starts.
+            gossip: None,
             version: 0,
         };
         let applied = self

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Availability, ClusterSpec, GossipKey, Network, Node, NodeStatus, ObjectKind, Role, UnlockKey,
+    Availability, ClusterSpec, GossipIdentity, GossipKey, Network, Node, NodeStatus, ObjectKind,
+    Role, UnlockKey,
 };
 use crate::store::service::{Service, Task, TaskStatusUpdate};
 
@@ -41,6 +42,11 @@ pub enum Command {
     SetStatus {
         id: String,
         status: NodeStatus,
+    },
+    /// Node `id`'s gossip run signs with `gossip` from now on (the node registered it).
+    SetNodeGossip {
+        id: String,
+        gossip: GossipIdentity,
     },
     /// `node update --label-add/--label-rm`: `remove` first, then `add`.
     UpdateNodeLabels {
