@@ -293,6 +293,14 @@ impl Executor {
             })
             .collect();
         self.gossip.sync(&state, &me, &running).await;
+        if let Some(identity) = self.gossip.registration_due() {
+            // Gossip starts once the store shows this run's key (a later fetch).
+            match tokio::time::timeout(FETCH_TIMEOUT, self.client.register_gossip(identity)).await {
+                Ok(Ok(())) => debug!("gossip signing key registered"),
+                Ok(Err(e)) => warn!(error = %e, "registering the gossip signing key; retrying"),
+                Err(_) => warn!("registering the gossip signing key timed out; retrying"),
+            }
+        }
         let Plan {
             mut actions,
             mut updates,
