@@ -50,7 +50,7 @@ pub fn signed_record(
             .map(|(id, ep)| (id.clone(), serde_json::to_value(ep).expect("serializes")))
             .collect(),
     };
-    record::sign(signer, cluster_id, &about.id(), version, &body)
+    record::sign(signer, cluster_id, (&about.id()).into(), version, &body)
 }
 
 /// A chitchat Ack carrying one update of `about`: its record key set to `value` at
@@ -107,5 +107,12 @@ pub fn is_signed_by(
     version: u64,
     value: &str,
 ) -> bool {
-    record::verify(key, cluster_id, &about.id(), RECORD_KEY, version, value)
+    record::verify(
+        key,
+        cluster_id,
+        (&about.id()).into(),
+        RECORD_KEY,
+        version,
+        value,
+    )
 }

@@ -395,7 +395,7 @@ impl Deriver {
         if !record::verify(
             &trusted.key,
             &self.cluster_id,
-            cid,
+            cid.into(),
             RECORD_KEY,
             value.version,
             &value.value,

@@ -22,7 +22,7 @@ use ring::{
     signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519},
 };
 
-use crate::GossipError;
+use crate::{record::Claim, GossipError};
 
 /// Bytes of an Ed25519 public key.
 pub const PUBLIC_KEY_LEN: usize = 32;
@@ -203,9 +203,14 @@ impl TrustSet {
 
     /// The member `id` names, if `id` is exactly its trusted generation and address.
     pub(crate) fn trusts(&self, id: &ChitchatId) -> Option<&TrustedNode> {
+        self.trusts_claim(id.into())
+    }
+
+    /// [`TrustSet::trusts`] for a claim read off the wire.
+    pub(crate) fn trusts_claim(&self, claim: Claim<'_>) -> Option<&TrustedNode> {
         self.nodes
-            .get(&*id.node_id)
-            .filter(|n| n.generation == id.generation_id && n.addr == id.gossip_advertise_addr)
+            .get(claim.node_id)
+            .filter(|n| n.generation == claim.generation && n.addr == claim.addr)
     }
 
     /// The one member whose gossip address is `addr` (none when two claim it).

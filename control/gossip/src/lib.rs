@@ -389,7 +389,7 @@ impl Gossip {
         let first = record::sign(
             &config.identity,
             &config.cluster_id,
-            &chitchat_id,
+            (&chitchat_id).into(),
             1,
             &RecordBody {
                 vtep: config.vtep,
@@ -522,7 +522,7 @@ impl Gossip {
                 let value = record::sign(
                     &self.identity,
                     &self.cluster_id,
-                    &id,
+                    (&id).into(),
                     state.max_version() + 1,
                     &body,
                 )?;

@@ -41,6 +41,30 @@ const DOMAIN: &[u8] = b"shoal gossip record v1\0";
 /// Base64 characters of a signature (no padding).
 const SIGNATURE_TEXT_LEN: usize = 86;
 
+/// Who a record says it is from: a node, in one generation, at one gossip address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Claim<'a> {
+    pub node_id: &'a str,
+    pub generation: u64,
+    pub addr: SocketAddr,
+}
+
+impl<'a> From<&'a ChitchatId> for Claim<'a> {
+    fn from(id: &'a ChitchatId) -> Self {
+        Claim {
+            node_id: &id.node_id,
+            generation: id.generation_id,
+            addr: id.gossip_advertise_addr,
+        }
+    }
+}
+
+impl Claim<'_> {
+    pub fn to_id(self) -> ChitchatId {
+        ChitchatId::new(self.node_id, self.generation, self.addr)
+    }
+}
+
 /// What a record says.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,7 +97,7 @@ fn put_addr(out: &mut Vec<u8>, addr: SocketAddr) {
 /// The bytes a record's signature covers.
 fn signed_bytes(
     cluster_id: &str,
-    id: &ChitchatId,
+    id: Claim<'_>,
     key: &str,
     version: u64,
     body_text: &str,
@@ -81,9 +105,9 @@ fn signed_bytes(
     let mut out = Vec::with_capacity(DOMAIN.len() + 96 + body_text.len());
     out.extend_from_slice(DOMAIN);
     put_str(&mut out, cluster_id);
-    put_str(&mut out, &id.node_id);
-    out.extend_from_slice(&id.generation_id.to_be_bytes());
-    put_addr(&mut out, id.gossip_advertise_addr);
+    put_str(&mut out, id.node_id);
+    out.extend_from_slice(&id.generation.to_be_bytes());
+    put_addr(&mut out, id.addr);
     put_str(&mut out, key);
     out.extend_from_slice(&version.to_be_bytes());
     out.extend_from_slice(body_text.as_bytes());
@@ -95,7 +119,7 @@ fn signed_bytes(
 pub(crate) fn sign(
     identity: &LocalIdentity,
     cluster_id: &str,
-    id: &ChitchatId,
+    id: Claim<'_>,
     version: u64,
     body: &RecordBody,
 ) -> Result<String, GossipError> {
@@ -124,7 +148,7 @@ pub(crate) fn sign(
 pub(crate) fn verify(
     public: &PublicKey,
     cluster_id: &str,
-    id: &ChitchatId,
+    id: Claim<'_>,
     key: &str,
     version: u64,
     value: &str,
@@ -205,41 +229,51 @@ mod tests {
         let me = LocalIdentity::generate_for(7).unwrap();
         let other = LocalIdentity::generate_for(7).unwrap();
         let body = sample(3);
-        let value = sign(&me, "c1", &id(7), 5, &body).unwrap();
+        let value = sign(&me, "c1", (&id(7)).into(), 5, &body).unwrap();
         let key = me.public_key();
-        assert!(verify(&key, "c1", &id(7), RECORD_KEY, 5, &value));
+        assert!(verify(&key, "c1", (&id(7)).into(), RECORD_KEY, 5, &value));
         assert_eq!(super::body(&value).unwrap(), body);
         // Another version, key, generation, address, node, cluster, signer: refused.
-        assert!(!verify(&key, "c1", &id(7), RECORD_KEY, 6, &value));
-        assert!(!verify(&key, "c1", &id(7), "ep:x", 5, &value));
-        assert!(!verify(&key, "c1", &id(8), RECORD_KEY, 5, &value));
+        assert!(!verify(&key, "c1", (&id(7)).into(), RECORD_KEY, 6, &value));
+        assert!(!verify(&key, "c1", (&id(7)).into(), "ep:x", 5, &value));
+        assert!(!verify(&key, "c1", (&id(8)).into(), RECORD_KEY, 5, &value));
         let moved = ChitchatId::new("n1", 7, "10.0.0.2:7946".parse().unwrap());
-        assert!(!verify(&key, "c1", &moved, RECORD_KEY, 5, &value));
+        assert!(!verify(&key, "c1", (&moved).into(), RECORD_KEY, 5, &value));
         let renamed = ChitchatId::new("n2", 7, "10.0.0.1:7946".parse().unwrap());
-        assert!(!verify(&key, "c1", &renamed, RECORD_KEY, 5, &value));
-        assert!(!verify(&key, "c2", &id(7), RECORD_KEY, 5, &value));
+        assert!(!verify(
+            &key,
+            "c1",
+            (&renamed).into(),
+            RECORD_KEY,
+            5,
+            &value
+        ));
+        assert!(!verify(&key, "c2", (&id(7)).into(), RECORD_KEY, 5, &value));
         assert!(!verify(
             &other.public_key(),
             "c1",
-            &id(7),
+            (&id(7)).into(),
             RECORD_KEY,
             5,
             &value
         ));
         // A body swapped under a good signature, garbage, no signature at all.
         let (sig, _) = value.split_once('.').unwrap();
-        let other_body = sign(&me, "c1", &id(7), 5, &sample(4)).unwrap();
+        let other_body = sign(&me, "c1", (&id(7)).into(), 5, &sample(4)).unwrap();
         let (_, other_text) = other_body.split_once('.').unwrap();
         assert!(!verify(
             &key,
             "c1",
-            &id(7),
+            (&id(7)).into(),
             RECORD_KEY,
             5,
             &format!("{sig}.{other_text}")
         ));
         for junk in ["", ".", "abc", "{\"vtep\":null}", &value[1..]] {
-            assert!(!verify(&key, "c1", &id(7), RECORD_KEY, 5, junk), "{junk:?}");
+            assert!(
+                !verify(&key, "c1", (&id(7)).into(), RECORD_KEY, 5, junk),
+                "{junk:?}"
+            );
         }
         assert!(super::body("x.%%%").is_err());
     }
@@ -247,14 +281,14 @@ mod tests {
     #[test]
     fn records_are_bounded() {
         let me = LocalIdentity::generate_for(1).unwrap();
-        let fits = sign(&me, "c1", &id(1), 1, &sample(500)).unwrap();
+        let fits = sign(&me, "c1", (&id(1)).into(), 1, &sample(500)).unwrap();
         assert!(fits.len() <= MAX_RECORD_LEN);
         println!(
             "500 endpoints: {} bytes ({:.0} per endpoint)",
             fits.len(),
             fits.len() as f64 / 500.0
         );
-        match sign(&me, "c1", &id(1), 1, &sample(2000)) {
+        match sign(&me, "c1", (&id(1)).into(), 1, &sample(2000)) {
             Err(e) => assert!(e.to_string().contains("at most"), "{e}"),
             Ok(v) => panic!("2000 endpoints took only {} bytes", v.len()),
         }

@@ -16,11 +16,13 @@
 //! A refused update is left out whole, so the receiver's versions do not move and a
 //! genuine copy from another peer is still taken later. Anything else is passed on byte
 //! for byte; a message that does not parse is refused whole.
+use std::net::SocketAddr;
+
 use chitchat::ChitchatId;
 
 use crate::{
     identity::TrustSet,
-    record::{self, RECORD_KEY},
+    record::{self, Claim, RECORD_KEY},
 };
 
 /// chitchat 0.11's message magic number and protocol version.
@@ -108,7 +110,7 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(self.bytes(len)?).map_err(|_| "a string is not UTF-8".to_string())
     }
 
-    fn chitchat_id(&mut self) -> Result<ChitchatId, String> {
+    fn claim(&mut self) -> Result<Claim<'a>, String> {
         let node_id = self.str()?;
         let generation = self.u64()?;
         let ip: std::net::IpAddr = match self.u8()? {
@@ -117,11 +119,11 @@ impl<'a> Reader<'a> {
             other => return Err(format!("IP version {other}")),
         };
         let port = self.u16()?;
-        Ok(ChitchatId::new(
+        Ok(Claim {
             node_id,
             generation,
-            std::net::SocketAddr::new(ip, port),
-        ))
+            addr: SocketAddr::new(ip, port),
+        })
     }
 
     fn done(&self) -> bool {
@@ -130,12 +132,12 @@ impl<'a> Reader<'a> {
 }
 
 /// A digest: its entries, each with its bytes.
-fn read_digest<'a>(r: &mut Reader<'a>) -> Result<Vec<(ChitchatId, &'a [u8])>, String> {
+fn read_digest<'a>(r: &mut Reader<'a>) -> Result<Vec<(Claim<'a>, &'a [u8])>, String> {
     let count = r.u16()? as usize;
     let mut entries = Vec::with_capacity(count.min(4096));
     for _ in 0..count {
         let start = r.pos;
-        let id = r.chitchat_id()?;
+        let id = r.claim()?;
         r.bytes(24)?; // heartbeat, last GC version, max version
         entries.push((id, &r.buf[start..r.pos]));
     }
@@ -176,7 +178,7 @@ struct KeyValue<'a> {
 
 /// One node's update in a delta, with the span of its operations.
 struct Update<'a> {
-    id: ChitchatId,
+    id: Claim<'a>,
     last_gc_version: u64,
     key_values: Vec<KeyValue<'a>>,
     bare_max_version: bool,
@@ -190,7 +192,7 @@ fn read_updates(ops: &[u8]) -> Result<Vec<Update<'_>>, String> {
         let start = r.pos;
         match r.u8()? {
             OP_NODE => {
-                let id = r.chitchat_id()?;
+                let id = r.claim()?;
                 let last_gc_version = r.u64()?;
                 r.u64()?; // from version (excluded): says where the update starts
                 updates.push(Update {
@@ -239,7 +241,7 @@ fn read_updates(ops: &[u8]) -> Result<Vec<Update<'_>>, String> {
 }
 
 fn judge(update: &Update<'_>, cluster_id: &str, trust: &TrustSet) -> Result<(), (Refusal, String)> {
-    let Some(node) = trust.trusts(&update.id) else {
+    let Some(node) = trust.trusts_claim(update.id) else {
         return Err((Refusal::UntrustedNode, "not a trusted generation".into()));
     };
     let bad = |why: String| Err((Refusal::BadDelta, why));
@@ -263,7 +265,7 @@ fn judge(update: &Update<'_>, cluster_id: &str, trust: &TrustSet) -> Result<(), 
             return bad(format!("deletion status {}", kv.status));
         }
         if !record::verify(
-            &node.key, cluster_id, &update.id, kv.key, kv.version, kv.value,
+            &node.key, cluster_id, update.id, kv.key, kv.version, kv.value,
         ) {
             return Err((
                 Refusal::Forged,
@@ -310,12 +312,12 @@ pub(crate) fn screen(plain: &[u8], cluster_id: &str, trust: &TrustSet) -> Result
         let entries = read_digest(&mut r)?;
         let mut kept = Vec::with_capacity(entries.len());
         for (id, bytes) in entries {
-            if trust.trusts(&id).is_some() {
+            if trust.trusts_claim(id).is_some() {
                 kept.push(bytes);
             } else {
                 changed = true;
                 out.refused.push(Refused {
-                    node: id,
+                    node: id.to_id(),
                     why: Refusal::UntrustedHeartbeat,
                     detail: "not a trusted generation".into(),
                 });
@@ -339,7 +341,7 @@ pub(crate) fn screen(plain: &[u8], cluster_id: &str, trust: &TrustSet) -> Result
                     Err((why, detail)) => {
                         changed = true;
                         out.refused.push(Refused {
-                            node: update.id.clone(),
+                            node: update.id.to_id(),
                             why,
                             detail,
                         });
@@ -470,7 +472,7 @@ mod tests {
             vtep: "192.168.0.1".parse().unwrap(),
             endpoints: Default::default(),
         };
-        record::sign(signer, "c1", &f.id, version, &body).unwrap()
+        record::sign(signer, "c1", (&f.id).into(), version, &body).unwrap()
     }
 
     fn parses(bytes: &[u8]) -> ChitchatMessage {
@@ -620,7 +622,7 @@ mod tests {
                     vtep: "192.168.0.2".parse().unwrap(),
                     endpoints: Default::default(),
                 };
-                record::sign(&f.me, "c1", &n2, 1, &body).unwrap()
+                record::sign(&f.me, "c1", (&n2).into(), 1, &body).unwrap()
             };
             let good_n2 = UpdateOut {
                 id: &n2,
