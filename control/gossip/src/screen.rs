@@ -16,12 +16,20 @@
 //! A refused update is left out whole, so the receiver's versions do not move and a
 //! genuine copy from another peer is still taken later. Anything else is passed on byte
 //! for byte; a message that does not parse is refused whole.
-use std::net::SocketAddr;
+//!
+//! The same record version reaches a node from several peers: the last one checked per
+//! node is kept, and an exact copy of it is taken without checking its signature again.
+//!
+//! Outgoing messages pass the same trust check (no signatures: the node's own state
+//! holds only what it took): a generation the managers no longer list (a node that
+//! restarted or was removed) stays in chitchat's state as dead for half an hour, and
+//! would otherwise be offered to every peer, refused and counted there on every round.
+use std::{collections::HashMap, net::SocketAddr};
 
 use chitchat::ChitchatId;
 
 use crate::{
-    identity::TrustSet,
+    identity::{PublicKey, TrustSet},
     record::{self, Claim, RECORD_KEY},
 };
 
@@ -44,6 +52,15 @@ const BLOCK_MAX: usize = u16::MAX as usize;
 const DELTA_MAX: usize = 4 << 20;
 /// `DeletionStatusMutation::Set`.
 const STATUS_SET: u8 = 0;
+
+/// Which way a message goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    /// Received: every check.
+    In,
+    /// About to be sent: only the trust set's.
+    Out,
+}
 
 /// Why part of a message was left out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,15 +162,19 @@ fn read_digest<'a>(r: &mut Reader<'a>) -> Result<Vec<(Claim<'a>, &'a [u8])>, Str
 }
 
 /// A delta's operations, decompressed.
-fn read_stream(r: &mut Reader<'_>) -> Result<Vec<u8>, String> {
+fn read_stream(
+    r: &mut Reader<'_>,
+    zstd: &mut zstd::bulk::Decompressor<'static>,
+    block: &mut [u8],
+) -> Result<Vec<u8>, String> {
     let mut plain = Vec::new();
-    let mut block = vec![0u8; BLOCK_MAX];
     loop {
         match r.u8()? {
             BLOCK_END => return Ok(plain),
             BLOCK_ZSTD => {
                 let len = r.u16()? as usize;
-                let n = zstd::bulk::decompress_to_buffer(r.bytes(len)?, &mut block[..])
+                let n = zstd
+                    .decompress_to_buffer(r.bytes(len)?, &mut block[..BLOCK_MAX])
                     .map_err(|e| format!("a delta block does not decompress: {e}"))?;
                 plain.extend_from_slice(&block[..n]);
             }
@@ -240,42 +261,6 @@ fn read_updates(ops: &[u8]) -> Result<Vec<Update<'_>>, String> {
     Ok(updates)
 }
 
-fn judge(update: &Update<'_>, cluster_id: &str, trust: &TrustSet) -> Result<(), (Refusal, String)> {
-    let Some(node) = trust.trusts_claim(update.id) else {
-        return Err((Refusal::UntrustedNode, "not a trusted generation".into()));
-    };
-    let bad = |why: String| Err((Refusal::BadDelta, why));
-    if update.last_gc_version != 0 {
-        return bad(format!(
-            "garbage-collection version {}",
-            update.last_gc_version
-        ));
-    }
-    if update.bare_max_version {
-        return bad("a bare maximum version".into());
-    }
-    if update.key_values.is_empty() {
-        return bad("no record".into());
-    }
-    for kv in &update.key_values {
-        if kv.key != RECORD_KEY {
-            return bad(format!("key {:?}", kv.key));
-        }
-        if kv.status != STATUS_SET {
-            return bad(format!("deletion status {}", kv.status));
-        }
-        if !record::verify(
-            &node.key, cluster_id, update.id, kv.key, kv.version, kv.value,
-        ) {
-            return Err((
-                Refusal::Forged,
-                format!("version {} is not signed by the node's key", kv.version),
-            ));
-        }
-    }
-    Ok(())
-}
-
 fn write_digest(out: &mut Vec<u8>, kept: &[&[u8]]) {
     out.extend_from_slice(&(kept.len() as u16).to_le_bytes());
     for entry in kept {
@@ -293,73 +278,188 @@ fn write_stream(out: &mut Vec<u8>, ops: &[u8]) {
     out.push(BLOCK_END);
 }
 
-/// Screens one opened chitchat message (see the module's documentation). `Err`: it does
-/// not parse, and is refused whole.
-pub(crate) fn screen(plain: &[u8], cluster_id: &str, trust: &TrustSet) -> Result<Screened, String> {
-    let mut r = Reader::new(plain);
-    if r.u16()? != MAGIC {
-        return Err("not a chitchat message".into());
-    }
-    if r.u8()? != PROTOCOL {
-        return Err("chitchat protocol version".into());
-    }
-    let kind = r.u8()?;
-    let mut out = Screened::default();
-    let mut rewritten = plain[..4].to_vec();
-    let mut changed = false;
+/// The last record checked per node: an exact copy is taken as it is.
+struct Checked {
+    generation: u64,
+    addr: SocketAddr,
+    key: PublicKey,
+    version: u64,
+    value: String,
+}
 
-    if matches!(kind, SYN | SYN_ACK) {
-        let entries = read_digest(&mut r)?;
-        let mut kept = Vec::with_capacity(entries.len());
-        for (id, bytes) in entries {
-            if trust.trusts_claim(id).is_some() {
-                kept.push(bytes);
-            } else {
-                changed = true;
-                out.refused.push(Refused {
-                    node: id.to_id(),
-                    why: Refusal::UntrustedHeartbeat,
-                    detail: "not a trusted generation".into(),
-                });
+/// Screens messages for one socket (see the module's documentation).
+pub(crate) struct Screen {
+    zstd: zstd::bulk::Decompressor<'static>,
+    block: Vec<u8>,
+    checked: HashMap<String, Checked>,
+}
+
+impl Screen {
+    pub(crate) fn new() -> std::io::Result<Self> {
+        Ok(Screen {
+            zstd: zstd::bulk::Decompressor::new()?,
+            block: vec![0u8; BLOCK_MAX],
+            checked: HashMap::new(),
+        })
+    }
+
+    /// Whether `value` is `id`'s record at `version`, signed with `key`.
+    fn signed(
+        &mut self,
+        cluster_id: &str,
+        id: Claim<'_>,
+        key: &PublicKey,
+        version: u64,
+        value: &str,
+    ) -> bool {
+        let seen = self.checked.get(id.node_id).is_some_and(|c| {
+            c.generation == id.generation
+                && c.addr == id.addr
+                && c.key == *key
+                && c.version == version
+                && c.value == value
+        });
+        if seen {
+            return true;
+        }
+        if !record::verify(key, cluster_id, id, RECORD_KEY, version, value) {
+            return false;
+        }
+        self.checked.insert(
+            id.node_id.to_string(),
+            Checked {
+                generation: id.generation,
+                addr: id.addr,
+                key: *key,
+                version,
+                value: value.to_string(),
+            },
+        );
+        true
+    }
+
+    fn judge(
+        &mut self,
+        update: &Update<'_>,
+        cluster_id: &str,
+        trust: &TrustSet,
+        direction: Direction,
+    ) -> Result<(), (Refusal, String)> {
+        let Some(node) = trust.trusts_claim(update.id) else {
+            return Err((Refusal::UntrustedNode, "not a trusted generation".into()));
+        };
+        if direction == Direction::Out {
+            return Ok(());
+        }
+        let bad = |why: String| Err((Refusal::BadDelta, why));
+        if update.last_gc_version != 0 {
+            return bad(format!(
+                "garbage-collection version {}",
+                update.last_gc_version
+            ));
+        }
+        if update.bare_max_version {
+            return bad("a bare maximum version".into());
+        }
+        if update.key_values.is_empty() {
+            return bad("no record".into());
+        }
+        for kv in &update.key_values {
+            if kv.key != RECORD_KEY {
+                return bad(format!("key {:?}", kv.key));
+            }
+            if kv.status != STATUS_SET {
+                return bad(format!("deletion status {}", kv.status));
             }
         }
-        write_digest(&mut rewritten, &kept);
-    }
-    match kind {
-        SYN => {
-            let start = r.pos;
-            r.str()?; // cluster ID: chitchat answers a foreign one itself
-            rewritten.extend_from_slice(&plain[start..r.pos]);
+        for kv in &update.key_values {
+            if !self.signed(cluster_id, update.id, &node.key, kv.version, kv.value) {
+                return Err((
+                    Refusal::Forged,
+                    format!("version {} is not signed by the node's key", kv.version),
+                ));
+            }
         }
-        SYN_ACK | ACK => {
-            let ops = read_stream(&mut r)?;
-            let updates = read_updates(&ops)?;
-            let mut kept_ops = Vec::with_capacity(ops.len());
-            for update in &updates {
-                match judge(update, cluster_id, trust) {
-                    Ok(()) => kept_ops.extend_from_slice(&ops[update.span.clone()]),
-                    Err((why, detail)) => {
-                        changed = true;
-                        out.refused.push(Refused {
-                            node: update.id.to_id(),
-                            why,
-                            detail,
-                        });
-                    }
+        Ok(())
+    }
+
+    /// Screens one chitchat message going `direction`. `Err`: it does not parse, and is
+    /// refused whole.
+    pub(crate) fn screen(
+        &mut self,
+        plain: &[u8],
+        cluster_id: &str,
+        trust: &TrustSet,
+        direction: Direction,
+    ) -> Result<Screened, String> {
+        if self.checked.len() > 2 * trust.len() + 16 {
+            self.checked.retain(|id, _| trust.get(id).is_some());
+        }
+        let mut r = Reader::new(plain);
+        if r.u16()? != MAGIC {
+            return Err("not a chitchat message".into());
+        }
+        if r.u8()? != PROTOCOL {
+            return Err("chitchat protocol version".into());
+        }
+        let kind = r.u8()?;
+        let mut out = Screened::default();
+        let mut rewritten = plain[..4].to_vec();
+        let mut changed = false;
+
+        if matches!(kind, SYN | SYN_ACK) {
+            let entries = read_digest(&mut r)?;
+            let mut kept = Vec::with_capacity(entries.len());
+            for (id, bytes) in entries {
+                if trust.trusts_claim(id).is_some() {
+                    kept.push(bytes);
+                } else {
+                    changed = true;
+                    out.refused.push(Refused {
+                        node: id.to_id(),
+                        why: Refusal::UntrustedHeartbeat,
+                        detail: "not a trusted generation".into(),
+                    });
                 }
             }
-            write_stream(&mut rewritten, &kept_ops);
+            write_digest(&mut rewritten, &kept);
         }
-        BAD_CLUSTER => {}
-        other => return Err(format!("chitchat message type {other}")),
+        match kind {
+            SYN => {
+                let start = r.pos;
+                r.str()?; // cluster ID: chitchat answers a foreign one itself
+                rewritten.extend_from_slice(&plain[start..r.pos]);
+            }
+            SYN_ACK | ACK => {
+                let ops = read_stream(&mut r, &mut self.zstd, &mut self.block)?;
+                let updates = read_updates(&ops)?;
+                let mut kept_ops = Vec::with_capacity(ops.len());
+                for update in &updates {
+                    match self.judge(update, cluster_id, trust, direction) {
+                        Ok(()) => kept_ops.extend_from_slice(&ops[update.span.clone()]),
+                        Err((why, detail)) => {
+                            changed = true;
+                            out.refused.push(Refused {
+                                node: update.id.to_id(),
+                                why,
+                                detail,
+                            });
+                        }
+                    }
+                }
+                write_stream(&mut rewritten, &kept_ops);
+            }
+            BAD_CLUSTER => {}
+            other => return Err(format!("chitchat message type {other}")),
+        }
+        if !r.done() {
+            return Err(format!("{} bytes after the message", plain.len() - r.pos));
+        }
+        if changed {
+            out.rewritten = Some(rewritten);
+        }
+        Ok(out)
     }
-    if !r.done() {
-        return Err(format!("{} bytes after the message", plain.len() - r.pos));
-    }
-    if changed {
-        out.rewritten = Some(rewritten);
-    }
-    Ok(out)
 }
 
 /// One node update to write into a delta (for building messages in tests).
@@ -446,6 +546,10 @@ mod tests {
         record::{RecordBody, RECORD_KEY},
     };
 
+    fn scr() -> Screen {
+        Screen::new().unwrap()
+    }
+
     struct Fixture {
         me: LocalIdentity,
         id: ChitchatId,
@@ -493,7 +597,7 @@ mod tests {
             bare_max_version: None,
         }]);
         parses(&msg);
-        let s = screen(&msg, "c1", &f.trust).unwrap();
+        let s = scr().screen(&msg, "c1", &f.trust, Direction::In).unwrap();
         assert!(s.rewritten.is_none() && s.refused.is_empty(), "{s:?}");
         // The same operations in a compressed block (as chitchat writes them) read the same.
         let ops = &msg[5..msg.len() - 1];
@@ -505,11 +609,17 @@ mod tests {
         compressed.extend_from_slice(&packed);
         compressed.push(BLOCK_END);
         parses(&compressed);
-        let s = screen(&compressed, "c1", &f.trust).unwrap();
+        let s = scr()
+            .screen(&compressed, "c1", &f.trust, Direction::In)
+            .unwrap();
         assert!(s.rewritten.is_none() && s.refused.is_empty(), "{s:?}");
         let syn = syn("c1", &[&f.id], 4);
         parses(&syn);
-        assert!(screen(&syn, "c1", &f.trust).unwrap().rewritten.is_none());
+        assert!(scr()
+            .screen(&syn, "c1", &f.trust, Direction::In)
+            .unwrap()
+            .rewritten
+            .is_none());
     }
 
     #[test]
@@ -631,11 +741,15 @@ mod tests {
                 bare_max_version: None,
             };
             let msg = ack(&[good_n2, bad]);
-            let s = screen(&msg, "c1", &stranger_trust).unwrap();
+            let s = scr()
+                .screen(&msg, "c1", &stranger_trust, Direction::In)
+                .unwrap();
             assert_eq!(s.refused.len(), 1, "{name}: {s:?}");
             assert_eq!(s.refused[0].why, why, "{name}: {s:?}");
             let kept = s.rewritten.expect(name);
-            let again = screen(&kept, "c1", &stranger_trust).unwrap();
+            let again = scr()
+                .screen(&kept, "c1", &stranger_trust, Direction::In)
+                .unwrap();
             assert!(
                 again.refused.is_empty() && again.rewritten.is_none(),
                 "{name}"
@@ -659,7 +773,7 @@ mod tests {
         let f = fixture();
         let ghost = ChitchatId::new("n1", 10, f.id.gossip_advertise_addr);
         let msg = syn("c1", &[&f.id, &ghost], 7);
-        let s = screen(&msg, "c1", &f.trust).unwrap();
+        let s = scr().screen(&msg, "c1", &f.trust, Direction::In).unwrap();
         assert_eq!(s.refused.len(), 1);
         assert_eq!(s.refused[0].why, Refusal::UntrustedHeartbeat);
         let kept = s.rewritten.unwrap();
@@ -670,7 +784,7 @@ mod tests {
     fn garbage_is_refused_whole() {
         let f = fixture();
         let good = ack(&[]);
-        assert!(screen(&good, "c1", &f.trust).is_ok());
+        assert!(scr().screen(&good, "c1", &f.trust, Direction::In).is_ok());
         let mut cases: Vec<Vec<u8>> = vec![
             vec![],
             b"garbage".to_vec(),
@@ -691,7 +805,94 @@ mod tests {
         not_zstd.extend_from_slice(&[BLOCK_ZSTD, 3, 0, 1, 2, 3, BLOCK_END]);
         cases.push(not_zstd);
         for case in cases {
-            assert!(screen(&case, "c1", &f.trust).is_err(), "{case:?}");
+            assert!(
+                scr().screen(&case, "c1", &f.trust, Direction::In).is_err(),
+                "{case:?}"
+            );
         }
+    }
+
+    #[test]
+    fn a_checked_record_is_taken_again_only_as_an_exact_copy() {
+        let f = fixture();
+        let mut screen = scr();
+        let update = |value: &str, version| {
+            ack(&[UpdateOut {
+                id: &f.id,
+                last_gc_version: 0,
+                key_values: vec![(RECORD_KEY, value, version, STATUS_SET)],
+                bare_max_version: None,
+            }])
+        };
+        let good = record(&f, &f.me, 3);
+        for _ in 0..2 {
+            let s = screen
+                .screen(&update(&good, 3), "c1", &f.trust, Direction::In)
+                .unwrap();
+            assert!(s.refused.is_empty(), "{s:?}");
+        }
+        // Another value under the same version, the same value under another: checked,
+        // refused.
+        let thief = LocalIdentity::generate_for(9).unwrap();
+        let forged = record(&f, &thief, 3);
+        for (value, version) in [(forged.as_str(), 3), (good.as_str(), 4)] {
+            let s = screen
+                .screen(&update(value, version), "c1", &f.trust, Direction::In)
+                .unwrap();
+            assert_eq!(s.refused.len(), 1, "{s:?}");
+            assert_eq!(s.refused[0].why, Refusal::Forged);
+        }
+        // The node's key changed (a new registration): the copy is checked again.
+        let mut rekeyed = f.trust.clone();
+        rekeyed.insert(
+            "n1",
+            TrustedNode {
+                key: thief.public_key(),
+                ..*f.trust.get("n1").unwrap()
+            },
+        );
+        let s = screen
+            .screen(&update(&good, 3), "c1", &rekeyed, Direction::In)
+            .unwrap();
+        assert_eq!(s.refused.len(), 1, "{s:?}");
+    }
+
+    #[test]
+    fn outgoing_messages_lose_only_untrusted_generations() {
+        let f = fixture();
+        let thief = LocalIdentity::generate_for(9).unwrap();
+        let old = ChitchatId::new("n1", 8, f.id.gossip_advertise_addr);
+        // Our own state's copy needs no signature check on the way out.
+        let unchecked = record(&f, &thief, 3);
+        let msg = ack(&[
+            UpdateOut {
+                id: &old,
+                last_gc_version: 0,
+                key_values: vec![(RECORD_KEY, unchecked.as_str(), 1, STATUS_SET)],
+                bare_max_version: None,
+            },
+            UpdateOut {
+                id: &f.id,
+                last_gc_version: 0,
+                key_values: vec![(RECORD_KEY, unchecked.as_str(), 3, STATUS_SET)],
+                bare_max_version: None,
+            },
+        ]);
+        let s = scr().screen(&msg, "c1", &f.trust, Direction::Out).unwrap();
+        assert_eq!(s.refused.len(), 1, "{s:?}");
+        assert_eq!(s.refused[0].node, old);
+        let kept = s.rewritten.unwrap();
+        match parses(&kept) {
+            ChitchatMessage::Ack { delta } => {
+                let text = format!("{delta:?}");
+                assert!(text.contains("n1:9:") && !text.contains("n1:8:"), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let digest = syn("c1", &[&f.id, &old], 3);
+        let s = scr()
+            .screen(&digest, "c1", &f.trust, Direction::Out)
+            .unwrap();
+        assert_eq!(s.rewritten.unwrap(), syn("c1", &[&f.id], 3));
     }
 }

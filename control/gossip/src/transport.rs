@@ -21,7 +21,7 @@ use tracing::warn;
 use crate::{
     identity::TrustSet,
     keys::Keyring,
-    screen::{screen, Refusal},
+    screen::{Direction, Refusal, Screen},
     seal::{Opener, Sealer, MAX_PACKET},
     wire::{Wire, WireSocket},
     Counter, Counters,
@@ -60,6 +60,7 @@ impl Transport for SecureTransport {
             ),
             cluster_id: self.cluster_id.clone(),
             trust: self.trust.clone(),
+            screen: Screen::new()?,
             heard_from: HashMap::new(),
             counters: self.counters.clone(),
             buf: vec![0u8; MAX_PACKET + 1].into_boxed_slice(),
@@ -74,6 +75,7 @@ struct SecureSocket {
     opener: Opener,
     cluster_id: String,
     trust: watch::Receiver<Arc<TrustSet>>,
+    screen: Screen,
     /// Where authenticated packets came from, and which member said it sent them: a
     /// member sending from another address than its gossip address (a host with several)
     /// still gets its replies, sealed for it.
@@ -116,6 +118,15 @@ impl Socket for SecureSocket {
         };
         self.plain.clear();
         msg.serialize(&mut self.plain);
+        // Generations no longer trusted (a restarted or removed node's, dead in chitchat's
+        // state for a while) are not offered to peers that would refuse them.
+        let trust = self.trust.borrow().clone();
+        let screened = self
+            .screen
+            .screen(&self.plain, &self.cluster_id, &trust, Direction::Out);
+        if let Ok(Some(rewritten)) = screened.map(|s| s.rewritten) {
+            self.plain = rewritten;
+        }
         let Some(packet) = self.sealer.seal(&self.plain, &receiver) else {
             self.count(Counter::SendTooBig, || {
                 warn!(%to, len = self.plain.len(),
@@ -147,16 +158,20 @@ impl Socket for SecureSocket {
                 self.heard_from.clear();
             }
             self.heard_from.insert(from, opened.sender.clone());
-            let screened = match screen(&opened.plain, &self.cluster_id, &trust) {
-                Ok(s) => s,
-                Err(why) => {
-                    self.count(Counter::BadMessage, || {
-                        warn!(%from, sender = %opened.sender, len = opened.plain.len(), %why,
+            let screened =
+                match self
+                    .screen
+                    .screen(&opened.plain, &self.cluster_id, &trust, Direction::In)
+                {
+                    Ok(s) => s,
+                    Err(why) => {
+                        self.count(Counter::BadMessage, || {
+                            warn!(%from, sender = %opened.sender, len = opened.plain.len(), %why,
                             "authentic gossip packet is not a chitchat message; dropped")
-                    });
-                    continue;
-                }
-            };
+                        });
+                        continue;
+                    }
+                };
             for refused in &screened.refused {
                 let counter = match refused.why {
                     Refusal::UntrustedHeartbeat => Counter::UntrustedHeartbeat,

@@ -159,6 +159,18 @@ async fn dead_node_is_withdrawn_within_the_bound_and_blips_do_not_flap() {
         .await
         .unwrap();
     cluster.wait_converged(1, LIMIT).await.unwrap();
+    // Its old generation, dead in every node's chitchat state for a while, is no longer
+    // offered to anyone: nothing is refused while gossip goes on.
+    let before: Vec<u64> = cluster
+        .live()
+        .map(|(_, g)| g.counters().updates_refused())
+        .collect();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after: Vec<u64> = cluster
+        .live()
+        .map(|(_, g)| g.counters().updates_refused())
+        .collect();
+    assert_eq!(after, before, "refusals after a restart");
     cluster.shutdown().await;
 }
 
