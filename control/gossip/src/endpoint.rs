@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::{
-    identity::{TrustSet, TrustedNode},
+    identity::{PublicKey, TrustSet, TrustedNode},
     record::{self, RECORD_KEY},
     Counter, Counters, GossipError,
 };
@@ -266,7 +266,8 @@ impl EndpointTable {
 /// changed, and counting each rejected record once.
 pub(crate) struct Deriver {
     cluster_id: String,
-    cache: HashMap<ChitchatId, (u64, NodeRecords)>,
+    /// Per node generation: the state version and key its records were checked at.
+    cache: HashMap<ChitchatId, (u64, PublicKey, NodeRecords)>,
     /// (node, entry ID or "" for the record itself, what it said) already counted.
     reported: HashSet<(ChitchatId, String, u64)>,
 }
@@ -301,7 +302,9 @@ impl Deriver {
         }
     }
 
-    /// Forget every check (the subnet table or the trust set changed).
+    /// Forget every check (the subnet table changed). A changed trust set needs none:
+    /// a node's records are checked again when its key is not the one they were
+    /// checked with.
     pub(crate) fn invalidate(&mut self) {
         self.cache.clear();
     }
@@ -326,11 +329,13 @@ impl Deriver {
             };
             let max_version = state.max_version();
             let records = match self.cache.get(cid) {
-                Some((v, records)) if *v == max_version => records.clone(),
+                Some((v, key, records)) if *v == max_version && *key == trusted.key => {
+                    records.clone()
+                }
                 _ => {
                     let records = self.check_node(cid, trusted, state, subnets, counters);
                     self.cache
-                        .insert(cid.clone(), (max_version, records.clone()));
+                        .insert(cid.clone(), (max_version, trusted.key, records.clone()));
                     records
                 }
             };
@@ -539,5 +544,83 @@ mod tests {
         assert!(matches!(&d[1], Change::Updated { new, .. } if !new.endpoint.healthy));
         assert!(matches!(&d[2], Change::Added(e) if e.id == "z"));
         assert!(a.diff(&a).is_empty());
+    }
+
+    /// A chitchat whose state holds node `about`'s record `value` at version 1, as it
+    /// would after taking one update.
+    fn holding(about: &ChitchatId, value: &str) -> chitchat::Chitchat {
+        let own: std::net::SocketAddr = "192.168.0.9:7946".parse().unwrap();
+        let mut chitchat = chitchat::Chitchat::with_chitchat_id_and_seeds(
+            chitchat::ChitchatConfig {
+                chitchat_id: ChitchatId::new("self", 1, own),
+                cluster_id: "c1".into(),
+                gossip_interval: std::time::Duration::from_millis(200),
+                listen_addr: own,
+                seed_nodes: Vec::new(),
+                failure_detector_config: Default::default(),
+                marked_for_deletion_grace_period: std::time::Duration::from_secs(3600),
+                catchup_callback: None,
+                extra_liveness_predicate: None,
+            },
+            tokio::sync::watch::channel(Default::default()).1,
+            Vec::new(),
+        );
+        let value = chitchat::VersionedValue {
+            value: value.to_string(),
+            version: 1,
+            status: chitchat::DeletionStatus::Set,
+        };
+        chitchat.reset_node_state_if_update(
+            about,
+            [(RECORD_KEY.to_string(), value)].into_iter(),
+            1,
+            0,
+        );
+        chitchat
+    }
+
+    #[test]
+    fn a_nodes_record_is_checked_again_when_its_trusted_key_changes() {
+        let me = crate::LocalIdentity::generate_for(3).unwrap();
+        let other = crate::LocalIdentity::generate_for(3).unwrap();
+        let id = ChitchatId::new("n1", 3, "192.168.0.1:7946".parse().unwrap());
+        let body = record::RecordBody {
+            vtep: "192.168.0.1".parse().unwrap(),
+            endpoints: [(
+                "t1/ov".to_string(),
+                serde_json::to_value(ep("ov", "10.0.9.2", "192.168.0.1")).unwrap(),
+            )]
+            .into(),
+        };
+        let value = record::sign(&me, "c1", (&id).into(), 1, &body).unwrap();
+        let chitchat = holding(&id, &value);
+        let trusting = |key: PublicKey| {
+            let mut trust = TrustSet::new();
+            trust.insert(
+                "n1",
+                TrustedNode {
+                    generation: 3,
+                    addr: id.gossip_advertise_addr,
+                    key,
+                },
+            );
+            trust
+        };
+        let counters = Counters::default();
+        let mut deriver = Deriver::new("c1".into());
+        let mut derive = |trust: &TrustSet| {
+            deriver
+                .derive(chitchat.node_states(), &subnets(), trust, &counters)
+                .len()
+        };
+        assert_eq!(derive(&trusting(me.public_key())), 1);
+        // The same state, the node now registered with another key (nothing else
+        // changed): its record is no longer taken.
+        assert_eq!(derive(&trusting(other.public_key())), 0);
+        assert_eq!(counters.snapshot().forged_record, 1);
+        // Back to the key it signed with: taken again.
+        assert_eq!(derive(&trusting(me.public_key())), 1);
+        assert_eq!(derive(&TrustSet::new()), 0);
+        assert_eq!(counters.snapshot().forged_record, 1);
     }
 }

@@ -457,10 +457,7 @@ impl Gossip {
                         if r.is_err() { return }
                         deriver.invalidate();
                     }
-                    r = trust_rx.changed() => {
-                        if r.is_err() { return }
-                        deriver.invalidate();
-                    }
+                    r = trust_rx.changed() => if r.is_err() { return },
                 }
             }
         });
