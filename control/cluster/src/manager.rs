@@ -35,6 +35,7 @@
 //! [`ClusterError::Locked`] and starts nothing; [`Manager::unlock`] with the key starts
 //! it.
 
+pub mod fuzzing;
 mod keys;
 mod persist;
 mod runtime;
@@ -54,13 +55,13 @@ use serde::{Deserialize, Serialize};
 use crate::ipam::IpamError;
 pub use crate::pki::Role;
 use crate::pki::{NodeCertificate, PkiError};
-use crate::registry_auth::{RegistryAuthKey, RegistryCredentials, SealedCredentials};
+use crate::registry_auth::{RegistryCredentials, SealedCredentials};
 use crate::seal::KeyEncryptionKey;
 use crate::store::{ApplyResult, ClusterState, Command, Rejection, StoreError};
 use crate::token::JoinToken;
 
-pub use runtime::new_gossip_key;
 use runtime::Runtime;
+pub use runtime::{new_gossip_key, CaStatus};
 
 /// The identity a node keeps in its cluster directory `dir`, a manager's node key opened
 /// with the data key in its key file (so not while autolocked): for tools and tests that
@@ -416,7 +417,7 @@ impl Manager {
         creds: &RegistryCredentials,
     ) -> Result<SealedCredentials, ClusterError> {
         let core = self.rt.require_manager()?;
-        RegistryAuthKey::derive(core.ca())
+        core.registry_keys()
             .seal(service_id, creds)
             .map_err(|e| ClusterError::Protocol(format!("sealing registry credentials: {e}")))
     }
@@ -429,7 +430,7 @@ impl Manager {
         sealed: &SealedCredentials,
     ) -> Result<RegistryCredentials, ClusterError> {
         let core = self.rt.require_manager()?;
-        RegistryAuthKey::derive(core.ca())
+        core.registry_keys()
             .open(service_id, sealed)
             .map_err(|e| ClusterError::Protocol(format!("registry credentials: {e}")))
     }
@@ -554,6 +555,20 @@ impl Manager {
     pub async fn rotate_token(&self, role: Role) -> Result<JoinToken, ClusterError> {
         self.rt.require_manager()?;
         self.rt.rotate_token(role).await
+    }
+
+    /// `swarm ca --rotate`: a new root CA, cross-signed by the current one. Returns the
+    /// new root's digest once the rotation started; every node follows it on its next
+    /// heartbeats, and the leader makes it the root once every member holds a
+    /// certificate it signed ([`Manager::ca_status`] tells how far it is). Refused
+    /// while a rotation runs.
+    pub async fn rotate_ca(&self) -> Result<crate::pki::CaDigest, ClusterError> {
+        self.rt.rotate_ca().await
+    }
+
+    /// The cluster's root CA now and how far a rotation has come (from the leader).
+    pub async fn ca_status(&self) -> Result<CaStatus, ClusterError> {
+        self.rt.ca_status().await
     }
 
     /// The manager status of every manager node in `state`, as this manager sees it:

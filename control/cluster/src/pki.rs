@@ -18,6 +18,9 @@
 //!   peer presented ([`PeerIdentity`]); a worker's certificate cannot reach manager-only APIs.
 //! - Renewal: a node renews when less than a third of its certificate's lifetime is left
 //!   ([`renewal_due`]): at 60 of 90 days by default.
+//! - Rotation (`swarm ca --rotate`): a new root ([`ClusterCa::successor`]) that the
+//!   current one cross-signs; nodes trust both ([`CaTrust`]) until every member holds a
+//!   certificate from the new one, then only the new one.
 //!
 //! Server names: every node certificate carries its node ID as a DNS SAN, and manager
 //! certificates carry `shoal-manager` as well. A node that dials "any manager" (by
@@ -39,6 +42,7 @@ mod ca;
 pub(crate) mod cert;
 mod identity;
 mod tls;
+mod trust;
 
 pub use ca::{CaCertificate, ClusterCa, IssueOptions, NodeCertificate};
 pub use identity::{
@@ -48,6 +52,7 @@ pub use tls::{
     bootstrap_client_config, client_config, is_ca_pin_mismatch, join_server_config,
     manager_server_name, pinned_ca_from_chain, server_config, CaPinMismatch,
 };
+pub use trust::{CaTrust, NextRoot};
 
 /// The CA certificate's common name.
 pub const CA_COMMON_NAME: &str = "shoal-root-ca";

@@ -9,6 +9,12 @@
 //! value cannot be moved to another service). The leader opens them when it answers a
 //! node's state request, and hands a service's credentials only to a node that has a
 //! live task of that service.
+//!
+//! A root CA rotation takes the key off the CA key (a rotation may be done because that
+//! key leaked): the key in use, derived as above, goes into the store beside a new random
+//! one, which seals from then on, and every service's credentials are sealed again under
+//! it in the rotation's own command ([`RegistryKeyring`]: the newest key seals, each
+//! opens). The store keeps the two newest keys.
 
 use std::fmt;
 
@@ -17,7 +23,11 @@ use ring::hkdf::{Salt, HKDF_SHA256};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
+use base64::engine::general_purpose::STANDARD_NO_PAD;
+use base64::Engine as _;
+
 use crate::pki::ClusterCa;
+use crate::store::RegistryKey;
 
 /// HKDF's `info`: names what the derived key is for, so no other use of the CA key
 /// can yield the same key.
@@ -89,12 +99,42 @@ impl RegistryAuthKey {
     }
 
     pub(crate) fn from_secret(secret: &[u8], cluster_id: &str) -> RegistryAuthKey {
-        let prk = Salt::new(HKDF_SHA256, cluster_id.as_bytes()).extract(secret);
-        let okm = prk
-            .expand(&[KEY_INFO], &AES_256_GCM)
-            .expect("HKDF-SHA256 yields 32 bytes");
+        Self::from_bytes(&derived_bytes(secret, cluster_id))
+    }
+
+    fn from_bytes(bytes: &[u8; 32]) -> RegistryAuthKey {
         RegistryAuthKey {
-            key: LessSafeKey::new(UnboundKey::from(okm)),
+            key: LessSafeKey::new(
+                UnboundKey::new(&AES_256_GCM, bytes).expect("32 bytes make an AES-256 key"),
+            ),
+        }
+    }
+
+    /// A key kept in the store.
+    pub fn from_stored(stored: &RegistryKey) -> Result<RegistryAuthKey, RegistryAuthError> {
+        let bytes: [u8; 32] = STANDARD_NO_PAD
+            .decode(&stored.key)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or(RegistryAuthError::Malformed)?;
+        Ok(Self::from_bytes(&bytes))
+    }
+
+    /// A new random key, for the store.
+    pub fn generate() -> Result<RegistryKey, RegistryAuthError> {
+        let mut bytes = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut bytes)
+            .map_err(|_| RegistryAuthError::Random)?;
+        Ok(RegistryKey {
+            key: STANDARD_NO_PAD.encode(bytes),
+        })
+    }
+
+    /// The key [`RegistryAuthKey::derive`] makes of `ca`, as the store keeps it.
+    pub fn stored_of(ca: &ClusterCa) -> RegistryKey {
+        RegistryKey {
+            key: STANDARD_NO_PAD.encode(derived_bytes(ca.key_der_secret(), ca.cluster_id())),
         }
     }
 
@@ -141,6 +181,91 @@ impl RegistryAuthKey {
             )
             .map_err(|_| RegistryAuthError::Open)?;
         serde_json::from_slice(plain).map_err(|_| RegistryAuthError::Malformed)
+    }
+}
+
+/// HKDF-SHA256 of `secret`, salted with the cluster ID: 32 bytes.
+fn derived_bytes(secret: &[u8], cluster_id: &str) -> [u8; 32] {
+    struct Len32;
+    impl ring::hkdf::KeyType for Len32 {
+        fn len(&self) -> usize {
+            32
+        }
+    }
+    let prk = Salt::new(HKDF_SHA256, cluster_id.as_bytes()).extract(secret);
+    let mut out = [0u8; 32];
+    prk.expand(&[KEY_INFO], Len32)
+        .and_then(|okm| okm.fill(&mut out))
+        .expect("HKDF-SHA256 yields 32 bytes");
+    out
+}
+
+/// The managers' keys of registry credentials: the newest seals, each opens.
+pub struct RegistryKeyring {
+    keys: Vec<RegistryAuthKey>,
+}
+
+impl fmt::Debug for RegistryKeyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RegistryKeyring({} keys, <redacted>)", self.keys.len())
+    }
+}
+
+impl From<RegistryAuthKey> for RegistryKeyring {
+    fn from(key: RegistryAuthKey) -> Self {
+        RegistryKeyring { keys: vec![key] }
+    }
+}
+
+impl RegistryKeyring {
+    /// The keys the store keeps (newest first), or, when it keeps none (no CA rotation
+    /// yet), the one derived from the root CA `ca`. A stored key that does not read is
+    /// left out (logged): what it sealed no longer opens, and the pull says so.
+    pub fn new(stored: &[RegistryKey], ca: &ClusterCa) -> RegistryKeyring {
+        if stored.is_empty() {
+            return RegistryKeyring {
+                keys: vec![RegistryAuthKey::derive(ca)],
+            };
+        }
+        let keys = stored
+            .iter()
+            .filter_map(|k| match RegistryAuthKey::from_stored(k) {
+                Ok(key) => Some(key),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a registry credential key in the store does not read");
+                    None
+                }
+            })
+            .collect();
+        RegistryKeyring { keys }
+    }
+
+    /// Seals with the newest key.
+    pub fn seal(
+        &self,
+        service_id: &str,
+        creds: &RegistryCredentials,
+    ) -> Result<SealedCredentials, RegistryAuthError> {
+        self.keys
+            .first()
+            .ok_or(RegistryAuthError::Open)?
+            .seal(service_id, creds)
+    }
+
+    /// Opens with whichever key sealed them.
+    pub fn open(
+        &self,
+        service_id: &str,
+        sealed: &SealedCredentials,
+    ) -> Result<RegistryCredentials, RegistryAuthError> {
+        let mut error = RegistryAuthError::Open;
+        for key in &self.keys {
+            match key.open(service_id, sealed) {
+                Ok(creds) => return Ok(creds),
+                Err(e) => error = e,
+            }
+        }
+        Err(error)
     }
 }
 
@@ -206,5 +331,36 @@ mod tests {
         assert_eq!(key.open("s", &sealed), Err(RegistryAuthError::Open));
         assert!(!format!("{:?}", creds()).contains("s3cret"));
         assert_eq!(format!("{key:?}"), "RegistryAuthKey(<redacted>)");
+    }
+
+    #[test]
+    fn the_key_is_derived_as_before_and_a_keyring_opens_with_each_key() {
+        let ca = ClusterCa::new("cluster1").unwrap();
+        // As keys were derived before they could be kept in the store.
+        let prk = Salt::new(HKDF_SHA256, b"cluster1").extract(ca.key_der_secret());
+        let earlier = RegistryAuthKey {
+            key: LessSafeKey::new(UnboundKey::from(
+                prk.expand(&[KEY_INFO], &AES_256_GCM).unwrap(),
+            )),
+        };
+        let sealed_before = earlier.seal("svc1", &creds()).unwrap();
+        let none = RegistryKeyring::new(&[], &ca);
+        assert_eq!(none.open("svc1", &sealed_before).unwrap(), creds());
+
+        // After a rotation: a new key seals, the derived one still opens.
+        let fresh = RegistryAuthKey::generate().unwrap();
+        let stored = [fresh.clone(), RegistryAuthKey::stored_of(&ca)];
+        let other_ca = ClusterCa::new("cluster1").unwrap();
+        let ring = RegistryKeyring::new(&stored, &other_ca);
+        assert_eq!(ring.open("svc1", &sealed_before).unwrap(), creds());
+        let sealed_after = ring.seal("svc1", &creds()).unwrap();
+        let only_fresh = RegistryAuthKey::from_stored(&fresh).unwrap();
+        assert_eq!(only_fresh.open("svc1", &sealed_after).unwrap(), creds());
+        assert_eq!(
+            earlier.open("svc1", &sealed_after),
+            Err(RegistryAuthError::Open)
+        );
+        assert!(RegistryAuthKey::from_stored(&RegistryKey { key: "abc".into() }).is_err());
+        assert!(!format!("{fresh:?} {ring:?}").contains(&fresh.key));
     }
 }

@@ -51,9 +51,9 @@ pub use service::{
     DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
 };
 pub use state::{
-    ApplyResult, Availability, ClusterSpec, ClusterState, Command, GossipIdentity, GossipKey,
-    Network, Node, NodeStatus, ObjectKind, Rejection, RemovedNode, Role, UnlockKey,
-    MAX_GOSSIP_KEYS,
+    ApplyResult, Availability, CaProgress, CaRotation, ClusterSpec, ClusterState, Command,
+    GossipIdentity, GossipKey, Network, Node, NodeStatus, NodeTls, ObjectKind, RegistryKey,
+    Rejection, RemovedNode, Resealed, Role, StoredCa, UnlockKey, MAX_GOSSIP_KEYS,
 };
 pub use transport::{MemNetwork, RaftRequest, RaftResponse, Transport, TransportError};
 

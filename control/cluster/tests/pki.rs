@@ -10,8 +10,8 @@ use rustls::{ClientConfig, ServerConfig};
 use serde::{Deserialize, Serialize};
 use shoal_cluster::pki::{
     bootstrap_client_config, client_config, is_ca_pin_mismatch, join_server_config,
-    manager_server_name, pinned_ca_from_chain, server_config, CaCertificate, ClusterCa,
-    IssueOptions, NodeCertificate, NodeIdentity, PeerIdentity, PkiError, Role,
+    manager_server_name, pinned_ca_from_chain, server_config, CaCertificate, CaTrust, ClusterCa,
+    IssueOptions, NextRoot, NodeCertificate, NodeIdentity, PeerIdentity, PkiError, Role,
 };
 use shoal_cluster::token::{JoinToken, JoinTokens, TokenError};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -651,4 +651,124 @@ async fn a_read_on_a_refused_connection_gets_nothing() {
     let (got, called) = tokio::join!(server, client);
     assert_eq!(got, None);
     assert!(called.is_err());
+}
+
+/// One handshake (and one line) between `client` and `server`, each with the trust it
+/// is given; the client dials `shoal-manager`.
+async fn handshake(
+    server: &NodeIdentity,
+    server_trust: &CaTrust,
+    client: &NodeIdentity,
+    client_trust: &CaTrust,
+) -> Result<String, String> {
+    let (l, port) = listener().await;
+    let served = serve_one(l, server_config(server, server_trust).unwrap(), echo);
+    let called = call(
+        port,
+        client_config(client, client_trust).unwrap(),
+        manager_server_name(),
+        "hello",
+        None,
+    );
+    match tokio::join!(served, called) {
+        (Ok(_), Ok(c)) => Ok(c.answer),
+        (s, c) => Err(format!("server: {:?}; client: {:?}", s.err(), c.err())),
+    }
+}
+
+#[tokio::test]
+async fn during_a_rotation_every_pair_of_old_and_new_certificates_connects_and_after_it_the_old_root_counts_for_nothing(
+) {
+    let old = ClusterCa::new("cluster-a").unwrap();
+    let (new, cross) = old.successor().unwrap();
+    let next = NextRoot::new(old.certificate(), new.certificate().clone(), cross.to_vec()).unwrap();
+    let before = CaTrust::new(old.certificate().clone());
+    let during = CaTrust::rotating(old.certificate().clone(), next.clone()).unwrap();
+    let after = CaTrust::new(new.certificate().clone());
+
+    let enroll_in = |ca: &ClusterCa, id: &str, role, opts: &IssueOptions, trust: &CaTrust| {
+        let (key, csr) = NodeIdentity::generate_key_and_csr(id).unwrap();
+        let cert = ca.issue(&csr, id, role, opts).unwrap();
+        NodeIdentity::with_trust(key, cert, trust.clone()).unwrap()
+    };
+    // Managers and workers with certificates of either root, holding the rotation's
+    // trust (the ones of the new root cannot hold the old trust alone).
+    let m_old = enroll_in(&old, "m-old", Role::Manager, &manager_opts(), &during);
+    let m_new = enroll_in(&new, "m-new", Role::Manager, &manager_opts(), &during);
+    let w_old = enroll_in(
+        &old,
+        "w-old",
+        Role::Worker,
+        &IssueOptions::default(),
+        &during,
+    );
+    let w_new = enroll_in(
+        &new,
+        "w-new",
+        Role::Worker,
+        &IssueOptions::default(),
+        &during,
+    );
+    assert_eq!(m_new.issuer(), new.certificate());
+    assert_eq!(w_old.issuer(), old.certificate());
+
+    // Whoever has heard of the rotation or not (trusting the old root only, or both),
+    // every certificate of either root gets through, both ways.
+    for (server, client) in [
+        (&m_old, &w_new),
+        (&m_new, &w_old),
+        (&m_new, &w_new),
+        (&m_old, &w_old),
+    ] {
+        for (st, ct) in [
+            (&before, &before),
+            (&before, &during),
+            (&during, &before),
+            (&during, &during),
+        ] {
+            let answer = handshake(server, st, client, ct).await.unwrap_or_else(|e| {
+                panic!(
+                    "{} ({:?}) and {} ({:?}): {e}",
+                    server.node_id(),
+                    st.digests(),
+                    client.node_id(),
+                    ct.digests()
+                )
+            });
+            assert!(answer.contains(client.node_id()), "{answer}");
+        }
+    }
+
+    // Afterwards (only the new root trusted), new certificates connect with peers that
+    // trust the new root alone or still both, and an old one is refused either way.
+    for (st, ct) in [(&after, &after), (&after, &during), (&during, &after)] {
+        handshake(&m_new, st, &w_new, ct).await.unwrap();
+    }
+    assert!(handshake(&m_new, &after, &w_old, &during).await.is_err());
+    assert!(handshake(&m_old, &during, &w_new, &after).await.is_err());
+
+    // A joining node pinning the old root (tokens change only when the rotation ends)
+    // reaches a manager that holds a certificate of the new root.
+    let (l, port) = listener().await;
+    let pin = old.digest();
+    let served = serve_one(l, join_server_config(&m_new, &during).unwrap(), echo);
+    let called = call(
+        port,
+        bootstrap_client_config(&pin).unwrap(),
+        manager_server_name(),
+        "join",
+        Some(&pin),
+    );
+    let (served, called) = tokio::join!(served, called);
+    served.unwrap();
+    assert_eq!(
+        called.unwrap().server_chain_ca.as_ref(),
+        Some(old.certificate())
+    );
+
+    // The identity keeps both roots through its saved form.
+    let json = serde_json::to_string(&w_new).unwrap();
+    let back: NodeIdentity = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.trust(), &during);
+    assert_eq!(back.issuer(), new.certificate());
 }

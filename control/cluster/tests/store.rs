@@ -239,6 +239,7 @@ fn node(id: &str) -> Node {
         raft_id: None,
         gossip: None,
         version: 0,
+        tls: None,
     }
 }
 

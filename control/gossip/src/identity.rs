@@ -115,17 +115,32 @@ impl LocalIdentity {
             .map_err(|_| GossipError::Random("no randomness for a gossip key".into()))?;
         let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
             .map_err(|e| GossipError::BadKey(format!("a fresh gossip key does not read: {e}")))?;
+        Ok(Self::of(pair, generation))
+    }
+
+    fn of(pair: Ed25519KeyPair, generation: u64) -> Self {
         let public = PublicKey(
             pair.public_key()
                 .as_ref()
                 .try_into()
                 .expect("an Ed25519 public key is 32 bytes"),
         );
-        Ok(LocalIdentity {
+        LocalIdentity {
             pair,
             public,
             generation,
-        })
+        }
+    }
+
+    /// The key made from `seed`: the same every time, for the fuzz harness's seed inputs
+    /// (which must hold records that still verify when read back). A node never uses it.
+    pub(crate) fn from_seed(seed: &[u8; 32], generation: u64) -> Result<Self, GossipError> {
+        if generation == 0 {
+            return Err(GossipError::BadConfig("gossip generation 0".into()));
+        }
+        let pair = Ed25519KeyPair::from_seed_unchecked(seed)
+            .map_err(|e| GossipError::BadKey(format!("a gossip key seed does not read: {e}")))?;
+        Ok(Self::of(pair, generation))
     }
 
     pub fn public_key(&self) -> PublicKey {

@@ -19,8 +19,10 @@
 //!
 //! UDP only: chitchat reconciles whole states in UDP datagrams (scuttlebutt deltas), so
 //! nothing needs memberlist's TCP push/pull on 7946; firewalls need UDP 7946 only.
+mod admit;
 pub mod craft;
 pub mod endpoint;
+pub mod fuzzing;
 pub mod identity;
 pub mod keys;
 pub mod record;
@@ -217,7 +219,8 @@ pub struct Counters {
 /// ring: retired or foreign), `auth_failed` (wrong key, wrong cluster, sealed for another
 /// node, tampered), `stale` (send time too far off), `replayed`, `too_many_senders`,
 /// `unknown_sender` (a sender that is not a member), `bad_message` (authentic but not
-/// chitchat); not sent: `send_too_big`, `send_unknown_peer` (no member at that address).
+/// chitchat, or chitchat could not handle it safely: see `admit`); not sent:
+/// `send_too_big`, `send_unknown_peer` (no member at that address).
 /// Parts of messages left out before chitchat hears them: `untrusted_heartbeat` and
 /// `untrusted_node` (a heartbeat or an update about a node, generation or address the
 /// managers do not list), `bad_delta` (an update in a form shoal never sends: deletions,

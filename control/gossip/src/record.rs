@@ -124,16 +124,30 @@ pub(crate) fn sign(
     body: &RecordBody,
 ) -> Result<String, GossipError> {
     let json = serde_json::to_vec(body).expect("a record serializes");
-    let packed = zstd::bulk::compress(&json, 3)
-        .map_err(|e| GossipError::BadEndpoint(format!("compressing the node record: {e}")))?;
+    sign_json(identity, cluster_id, id, version, &json).map_err(|why| {
+        GossipError::BadEndpoint(format!(
+            "this node's record with its {} endpoints: {why}",
+            body.endpoints.len()
+        ))
+    })
+}
+
+/// [`sign`] for a body already written as JSON (by [`sign`], or any bytes the fuzz
+/// harness makes a node publish): why not, when it is refused.
+pub(crate) fn sign_json(
+    identity: &LocalIdentity,
+    cluster_id: &str,
+    id: Claim<'_>,
+    version: u64,
+    json: &[u8],
+) -> Result<String, String> {
+    let packed = zstd::bulk::compress(json, 3).map_err(|e| format!("compressing it: {e}"))?;
     let body_text = STANDARD_NO_PAD.encode(packed);
     let value_len = SIGNATURE_TEXT_LEN + 1 + body_text.len();
     if value_len > MAX_RECORD_LEN {
-        return Err(GossipError::BadEndpoint(format!(
-            "this node's record would take {value_len} bytes with its {} endpoints; \
-             at most {MAX_RECORD_LEN} fit one gossip update",
-            body.endpoints.len()
-        )));
+        return Err(format!(
+            "it would take {value_len} bytes; at most {MAX_RECORD_LEN} fit one gossip update"
+        ));
     }
     let signature = identity.sign(&signed_bytes(
         cluster_id, id, RECORD_KEY, version, &body_text,

@@ -127,6 +127,18 @@ impl Sealer {
         } else {
             (MAGIC, plain)
         };
+        self.seal_as(magic, plain, receiver)
+    }
+
+    /// Seals `plain` as is under `magic` ([`MAGIC`], or [`MAGIC_ZSTD`] for a compressed
+    /// body) for node `receiver`. `None` if it exceeds [`MAX_PACKET`].
+    pub(crate) fn seal_as(
+        &mut self,
+        magic: [u8; 4],
+        plain: &[u8],
+        receiver: &str,
+    ) -> Option<Vec<u8>> {
+        let header_len = HEADER_FIXED + self.node_id.len();
         if header_len + plain.len() + TAG_LEN > MAX_PACKET {
             return None;
         }

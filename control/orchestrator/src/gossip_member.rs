@@ -482,6 +482,7 @@ mod tests {
             raft_id: None,
             gossip: None,
             version: 0,
+            tls: None,
         };
         let mut s = ClusterState::default();
         for (id, ip) in [("n1", "10.0.0.1"), ("n2", "10.0.0.2"), ("n3", "10.0.0.3")] {

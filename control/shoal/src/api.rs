@@ -169,6 +169,11 @@ pub enum Request {
         #[serde(default)]
         rotate: bool,
     },
+    /// `swarm ca [--rotate]`: the root CA and how far a rotation is; `rotate` starts one.
+    SwarmCa {
+        #[serde(default)]
+        rotate: bool,
+    },
     /// `shoal info`: this node's view of the swarm and its dataplane.
     Info,
     NodeLs,
@@ -269,6 +274,7 @@ impl Request {
             Request::SwarmUpdate { .. } => "swarm update",
             Request::SwarmUnlock { .. } => "swarm unlock",
             Request::UnlockKey { .. } => "swarm unlock-key",
+            Request::SwarmCa { .. } => "swarm ca",
             Request::Info => "info",
             Request::NodeLs => "node ls",
             Request::NodeInspect { .. } => "node inspect",
@@ -328,6 +334,7 @@ pub enum Reply {
         key: Secret,
         rotated: bool,
     },
+    SwarmCa(Box<CaView>),
     Info(Box<InfoView>),
     /// `node ls` and `node inspect`.
     Nodes {
@@ -370,6 +377,51 @@ pub enum Reply {
     NetworksChanged {
         networks: Vec<String>,
     },
+}
+
+/// `swarm ca`: the swarm's root CA, and how far a rotation to a new one has come.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaView {
+    /// The root CA certificate every node trusts now (PEM): the old one until a
+    /// rotation finished.
+    pub root_pem: String,
+    /// Its digest, `sha256:<hex>`.
+    pub root_digest: String,
+    /// The root a rotation moves to (the current root when none runs).
+    pub desired_digest: String,
+    /// Whether a rotation runs (certificates of the new root being issued).
+    pub in_progress: bool,
+    /// This request started the rotation.
+    #[serde(default)]
+    pub started: bool,
+    /// The swarm's members.
+    pub nodes: usize,
+    /// Members whose certificate the desired root signed.
+    pub certs_rotated: usize,
+    /// Members that trust the desired root, and it alone.
+    pub roots_rotated: usize,
+    /// Members not there yet.
+    #[serde(default)]
+    pub pending: Vec<CaPendingNode>,
+}
+
+impl CaView {
+    /// Every member holds a certificate of the desired root and trusts it alone.
+    pub fn converged(&self) -> bool {
+        !self.in_progress
+            && self.root_digest == self.desired_digest
+            && self.certs_rotated == self.nodes
+            && self.roots_rotated == self.nodes
+    }
+}
+
+/// A member a rotation still waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaPendingNode {
+    pub id: String,
+    pub hostname: String,
+    /// The managers marked it Down: it follows only once it is back (or removed).
+    pub down: bool,
 }
 
 /// `shoal info`: what `docker info` says of the swarm, and the node's dataplane.

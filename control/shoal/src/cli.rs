@@ -5,7 +5,9 @@
 //! - [`format`]: the output (join instructions, the `node ls` table, `inspect`).
 //! - [`template`]: `--format`'s Go-template subset.
 //! - [`service`] and [`network`]: `shoal service ...` and `shoal network ...`.
+//! - [`ca`]: `shoal swarm ca [--rotate]` (it follows a rotation until it is over).
 
+pub mod ca;
 pub mod format;
 pub mod info;
 pub mod network;
@@ -64,6 +66,8 @@ pub enum SwarmCommand {
     Unlock,
     /// Print (or rotate) the key that unlocks a restarted manager
     UnlockKey(UnlockKeyArgs),
+    /// Print the swarm's root CA certificate, or rotate it (--rotate)
+    Ca(ca::CaArgs),
 }
 
 #[derive(Args, Debug, Clone, PartialEq)]
@@ -322,6 +326,10 @@ impl SwarmCommand {
             },
             SwarmCommand::Unlock => unlock_key::request()?,
             SwarmCommand::UnlockKey(a) => Request::UnlockKey { rotate: a.rotate },
+            SwarmCommand::Ca(a) => {
+                a.check()?;
+                a.request()
+            }
         })
     }
 }
@@ -391,6 +399,9 @@ fn call(client: &Client, request: &Request) -> Result<Reply, CliError> {
 
 /// Runs `shoal swarm ...` against the agent.
 pub fn run_swarm(args: &SwarmArgs) -> Result<Output, CliError> {
+    if let SwarmCommand::Ca(a) = &args.command {
+        return ca::run(&args.socket.api_socket, a);
+    }
     let request = args.command.request().map_err(CliError::Usage)?;
     let reply = Client::new(&args.socket.api_socket).call(&request)?;
     Ok(Output {

@@ -8,6 +8,7 @@
 
 mod addresses;
 mod autolock;
+mod ca;
 mod info;
 mod nodes;
 mod reserved_ports;
@@ -522,6 +523,9 @@ impl ClusterAgent {
                     };
                     return services::request(&manager, self.config.docker_socket(), ports, other)
                         .await;
+                }
+                if let Request::SwarmCa { rotate } = other {
+                    return ca::request(&manager, rotate).await;
                 }
                 if matches!(
                     other,

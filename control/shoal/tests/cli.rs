@@ -2067,4 +2067,78 @@ mod real {
         assert!(h1.cli("swarm init --listen-addr 127.0.0.1").is_ok());
         rt.block_on(h1.agent.shutdown());
     }
+
+    #[test]
+    fn swarm_ca_prints_the_root_and_rotate_moves_every_node_to_a_new_one() {
+        use shoal_cluster::pki::CaCertificate;
+        let rt = runtime();
+        let h1 = Host::start(&rt, "ca1");
+        let h2 = Host::start(&rt, "ca2");
+        h1.cli("swarm init --listen-addr 127.0.0.1").unwrap();
+        let old_token = h1
+            .cli("swarm join-token -q worker")
+            .unwrap()
+            .trim()
+            .to_owned();
+        h2.cli(&format!("swarm join --token {old_token} {}", h1.addr()))
+            .unwrap();
+        let root = CaCertificate::from_pem(&h1.cli("swarm ca").unwrap()).unwrap();
+        let digest_of = |t: &str| {
+            *shoal_cluster::token::JoinToken::parse(t.trim())
+                .unwrap()
+                .ca_digest()
+        };
+        assert_eq!(digest_of(&old_token), root.digest());
+        // A worker has no say; Swarm's options for a root brought along are refused.
+        assert!(h2
+            .cli("swarm ca")
+            .unwrap_err()
+            .contains("not a swarm manager"));
+        for (args, needle) in [
+            (
+                "swarm ca --rotate --ca-cert /tmp/root.pem",
+                "--ca-cert is not supported",
+            ),
+            (
+                "swarm ca --rotate --ca-key /tmp/key.pem",
+                "--ca-key is not supported",
+            ),
+            (
+                "swarm ca --rotate --external-ca protocol=cfssl,url=https://x",
+                "--external-ca is not supported",
+            ),
+            (
+                "swarm ca --rotate --cert-expiry 720h",
+                "--cert-expiry is not supported",
+            ),
+            ("swarm ca --detach", "--detach needs --rotate"),
+        ] {
+            let e = h1.cli(args).unwrap_err();
+            assert!(e.contains(needle), "{args}: {e}");
+        }
+        assert_eq!(
+            CaCertificate::from_pem(&h1.cli("swarm ca").unwrap()).unwrap(),
+            root,
+            "a refused option changed nothing"
+        );
+
+        let printed = h1.cli("swarm ca --rotate -q").unwrap();
+        let new_root = CaCertificate::from_pem(&printed).unwrap();
+        assert_ne!(new_root, root);
+        assert_eq!(new_root.cluster_id(), root.cluster_id());
+        assert_eq!(
+            CaCertificate::from_pem(&h1.cli("swarm ca").unwrap()).unwrap(),
+            new_root
+        );
+        for h in [&h1, &h2] {
+            let identity =
+                shoal_cluster::manager::kept_identity(&h.dir.0.join("data/cluster")).unwrap();
+            assert_eq!(identity.issuer(), &new_root, "{}", h.name);
+            assert_eq!(identity.trust().digests(), (new_root.digest(), None));
+        }
+        let token = h1.cli("swarm join-token -q worker").unwrap();
+        assert_eq!(digest_of(&token), new_root.digest());
+        rt.block_on(h2.agent.shutdown());
+        rt.block_on(h1.agent.shutdown());
+    }
 }

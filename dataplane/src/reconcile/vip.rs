@@ -35,6 +35,11 @@ use crate::{
 
 /// How often everything is recomputed and the VIP addresses re-checked.
 pub const RESYNC_EVERY: Duration = Duration::from_secs(10);
+/// How long a service may keep its previous backends while its new ones are not yet
+/// reachable here ([`hold_previous`]); past it the declared state is applied as it is.
+pub const HOLD_AT_MOST: Duration = Duration::from_secs(5);
+/// How often a held state is looked at again (the overlay's apply also wakes it).
+const HOLD_RECHECK: Duration = Duration::from_millis(100);
 
 /// What the VIP reconciler changes in the kernel.
 pub trait VipKernel {
@@ -104,6 +109,13 @@ pub struct VipReconciler<K: VipKernel> {
     logged: Option<LbState>,
     /// Where the containers the maps scope are told; None: nowhere.
     ready: Option<ReadinessSender>,
+    /// The backends last written to the maps (after [`reachable_only`] and
+    /// [`hold_previous`]).
+    last_applied: Option<LbState>,
+    /// Since when some service keeps previous backends ([`hold_previous`]).
+    holding: Option<Instant>,
+    /// [`HOLD_AT_MOST`], shorter in tests.
+    hold_at_most: Duration,
 }
 
 impl<K: VipKernel> VipReconciler<K> {
@@ -114,6 +126,9 @@ impl<K: VipKernel> VipReconciler<K> {
             cookies: HashMap::new(),
             logged: None,
             ready: None,
+            last_applied: None,
+            holding: None,
+            hold_at_most: HOLD_AT_MOST,
         }
     }
 
@@ -187,18 +202,78 @@ pub fn reachable_only(lb: &LbState, present: &[PresentNetwork]) -> LbState {
             if b.state != BackendState::Healthy {
                 continue;
             }
-            let missing = b.addresses.iter().any(|(network, ip)| {
-                present
-                    .iter()
-                    .find(|p| &p.id == network)
-                    .is_some_and(|p| !p.endpoints.contains(ip))
-            });
-            if missing {
+            if !reachable(b, present) {
                 b.state = BackendState::Draining;
             }
         }
     }
     out
+}
+
+/// Keeps, in `reach` (the declared `lb` after [`reachable_only`]), the backends a service
+/// had healthy in `last` (what the maps held) when the declared state would leave it no
+/// healthy backend here only because its new ones are not reachable from this node yet;
+/// returns the names of the services held.
+///
+/// Without it, the one moment of an update where a service's only healthy task is a new
+/// one on another node (the old one just told to drain, the overlay here not yet holding
+/// the new task's entries) would refuse every connect from this node to the VIP. Holding
+/// is safe because the node does not acknowledge the declared version while it holds: the
+/// task told to drain is not stopped until every node has applied that version (see
+/// [`super::ready::Readiness::applied_version`]), and the overlay's next apply releases
+/// the hold.
+pub fn hold_previous(
+    lb: &LbState,
+    reach: &mut LbState,
+    last: &LbState,
+    present: &[PresentNetwork],
+) -> Vec<String> {
+    let mut held = Vec::new();
+    for service in &mut reach.services {
+        let healthy = |s: &crate::lb::state::Service| {
+            s.backends.iter().any(|b| b.state == BackendState::Healthy)
+        };
+        if healthy(service) {
+            continue;
+        }
+        let declared_healthy = lb
+            .services
+            .iter()
+            .find(|s| s.id == service.id)
+            .is_some_and(healthy);
+        let Some(before) = last.services.iter().find(|s| s.id == service.id) else {
+            continue;
+        };
+        if !declared_healthy {
+            continue;
+        }
+        let mut kept = false;
+        for b in &mut service.backends {
+            let was_healthy = before
+                .backends
+                .iter()
+                .any(|o| o.task == b.task && o.state == BackendState::Healthy);
+            if was_healthy && b.state == BackendState::Draining && reachable(b, present) {
+                b.state = BackendState::Healthy;
+                kept = true;
+            }
+        }
+        if kept {
+            held.push(service.name.clone());
+        }
+    }
+    held
+}
+
+/// Whether every address of `b` on a network present here is among that network's
+/// endpoints in the kernel (a network not present here constrains nothing).
+fn reachable(b: &crate::lb::state::Backend, present: &[PresentNetwork]) -> bool {
+    !b.addresses.iter().any(|(network, ip)| {
+        present
+            .iter()
+            .find(|p| &p.id == network)
+            .is_some_and(|p| !p.endpoints.contains(ip))
+    })
 }
 
 /// The containers of `overlay` whose namespace cookie is in `cookies` (so the table
@@ -261,13 +336,30 @@ impl<K: VipKernel + 'static> Reconcile for VipReconciler<K> {
             }
         };
         let node_addrs = self.kernel.node_addresses();
-        let table = desired_table(
-            &reachable_only(&lb, present),
-            &overlay,
-            &cookies,
-            own,
-            &node_addrs,
-        );
+        let mut reach = reachable_only(&lb, present);
+        let held = match &self.last_applied {
+            Some(last) => hold_previous(&lb, &mut reach, last, present),
+            None => Vec::new(),
+        };
+        let held = if held.is_empty() {
+            self.holding = None;
+            false
+        } else {
+            // Bounded per spell of holding, not per version: a stream of new versions
+            // cannot keep a stale backend forever.
+            let since = *self.holding.get_or_insert_with(|| {
+                info!(services = ?held, "new backends not reachable here yet: previous ones kept");
+                Instant::now()
+            });
+            if since.elapsed() < self.hold_at_most {
+                true
+            } else {
+                warn!(services = ?held, after = ?self.hold_at_most, "new backends still not reachable here: declared state applied as it is");
+                reach = reachable_only(&lb, present);
+                false
+            }
+        };
+        let table = desired_table(&reach, &overlay, &cookies, own, &node_addrs);
         match self.kernel.apply(&table) {
             Ok(n) => {
                 if n > 0 {
@@ -279,9 +371,11 @@ impl<K: VipKernel + 'static> Reconcile for VipReconciler<K> {
                     );
                 }
                 status.map_writes = n;
+                self.last_applied = Some(reach);
                 if let Some(tx) = &self.ready {
                     let scoped = scoped_containers(declared, &overlay, &cookies);
-                    let taken = status.refused.is_none();
+                    // A held state is not the declared one: not acknowledged yet.
+                    let taken = status.refused.is_none() && !held;
                     ready::publish(tx, |r| {
                         r.vip_scoped = scoped;
                         if taken {
@@ -322,7 +416,14 @@ impl<K: VipKernel + 'static> Reconcile for VipReconciler<K> {
     }
 
     fn period(&self) -> Duration {
-        RESYNC_EVERY
+        if self
+            .holding
+            .is_some_and(|since| since.elapsed() < self.hold_at_most)
+        {
+            HOLD_RECHECK
+        } else {
+            RESYNC_EVERY
+        }
     }
 }
 
@@ -510,5 +611,71 @@ mod tests {
         d.lb = None;
         assert!(r.reconcile(Some(&d), &present(), Cue::Declared).is_none());
         assert_eq!(r.kernel().applies, 0);
+    }
+
+    #[test]
+    fn the_last_healthy_backend_stays_until_its_successor_is_reachable_here() {
+        let (ready_tx, ready) = ready::channel();
+        let mut r = VipReconciler::new(FakeKernel::default()).with_readiness(ready_tx);
+        let mut d = declared(&[("t1", "10.0.9.21", BackendState::Healthy)]);
+        d.version = 6;
+        r.reconcile(Some(&d), &present(), Cue::Declared).unwrap();
+        // An update: t1 told to drain, its successor t3 healthy on a node whose entries
+        // the overlay here does not hold yet.
+        let mut d = declared(&[
+            ("t1", "10.0.9.21", BackendState::Draining),
+            ("t3", "10.0.9.23", BackendState::Healthy),
+        ]);
+        d.version = 7;
+        r.reconcile(Some(&d), &present(), Cue::Declared).unwrap();
+        let table = r.kernel().table.clone().unwrap();
+        assert_eq!(
+            table.healthy(ip("10.0.9.100")),
+            [ip("10.0.9.21")],
+            "connects keep a backend"
+        );
+        assert_eq!(
+            ready.borrow().vip_version,
+            6,
+            "version 7 is not acknowledged while held"
+        );
+        assert_eq!(r.period(), HOLD_RECHECK);
+        // The overlay's apply brings t3: the declared state is applied and acknowledged.
+        let mut now = present();
+        now[0].endpoints.insert(ip("10.0.9.23"));
+        r.reconcile(Some(&d), &now, Cue::Present).unwrap();
+        let table = r.kernel().table.clone().unwrap();
+        assert_eq!(table.healthy(ip("10.0.9.100")), [ip("10.0.9.23")]);
+        assert_eq!(ready.borrow().vip_version, 7);
+        assert_eq!(r.period(), RESYNC_EVERY);
+    }
+
+    #[test]
+    fn a_hold_ends_after_its_bound_and_a_service_told_to_drain_whole_is_not_held() {
+        let (ready_tx, ready) = ready::channel();
+        let mut r = VipReconciler::new(FakeKernel::default()).with_readiness(ready_tx);
+        r.hold_at_most = Duration::ZERO;
+        let d = declared(&[("t1", "10.0.9.21", BackendState::Healthy)]);
+        r.reconcile(Some(&d), &present(), Cue::Declared).unwrap();
+        let mut d = declared(&[
+            ("t1", "10.0.9.21", BackendState::Draining),
+            ("t3", "10.0.9.23", BackendState::Healthy),
+        ]);
+        d.version = 7;
+        r.reconcile(Some(&d), &present(), Cue::Declared).unwrap();
+        let table = r.kernel().table.clone().unwrap();
+        assert!(table.healthy(ip("10.0.9.100")).is_empty(), "bound passed");
+        assert_eq!(ready.borrow().vip_version, 7);
+
+        // Every backend draining as declared (a scale to 0, a service removed): nothing
+        // to wait for, nothing held.
+        let mut r = VipReconciler::new(FakeKernel::default());
+        let d = declared(&[("t1", "10.0.9.21", BackendState::Healthy)]);
+        r.reconcile(Some(&d), &present(), Cue::Declared).unwrap();
+        let d = declared(&[("t1", "10.0.9.21", BackendState::Draining)]);
+        r.reconcile(Some(&d), &present(), Cue::Declared).unwrap();
+        let table = r.kernel().table.clone().unwrap();
+        assert!(table.healthy(ip("10.0.9.100")).is_empty());
+        assert_eq!(r.period(), RESYNC_EVERY);
     }
 }

@@ -2,8 +2,9 @@
 //! ([`crate::private_fs`]).
 //!
 //! A manager's secrets are sealed with its data key ([`DataKey`], see `keys`): the node
-//! key inside `identity.json` (`sealed_key`), the CA key (`ca-key.sealed`), and the
-//! store under `raft/`. A worker's node key is kept in the clear (0600): it has no data
+//! key inside `identity.json` (`sealed_key`), the root CA (`ca-key.sealed`: its
+//! certificate and key; an older agent's holds the key alone, the certificate being the
+//! identity's root), and the store under `raft/`. A worker's node key is kept in the clear (0600): it has no data
 //! key, and nothing it holds opens the cluster's secrets. Plain files of an older agent
 //! (`key_pem` in a manager's identity, `ca-key.pem`) are sealed when the manager starts.
 
@@ -29,6 +30,7 @@ const RAFT: &str = "raft";
 /// Associated data of the sealed node key and CA key.
 const NODE_KEY_CONTEXT: &[u8] = b"shoal node key v1";
 const CA_KEY_CONTEXT: &[u8] = b"shoal ca key v1";
+const KEY_BEGIN: &str = "-----BEGIN PRIVATE KEY-----";
 
 /// What a node keeps about itself besides its identity.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,6 +69,12 @@ struct StoredIdentity {
     /// base64 of the sealed key PEM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sealed_key: Option<String>,
+    /// During a root CA rotation: the next root and its certificate cross-signed by
+    /// the root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    next_ca_pem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cross_signed_pem: Option<String>,
 }
 
 pub(crate) fn raft_dir(dir: &Path) -> PathBuf {
@@ -112,11 +120,14 @@ pub(crate) fn save_identity(
             ))
         }
     };
+    let next = identity.trust().next();
     let stored = StoredIdentity {
         cert_pem: identity.certificate().pem(),
         ca_pem: identity.ca().pem(),
         key_pem,
         sealed_key,
+        next_ca_pem: next.map(|n| n.cert().pem()),
+        cross_signed_pem: next.map(|n| n.cross_signed_pem()),
     };
     let json = serde_json::to_vec(&stored).map_err(|e| files_error(dir, e))?;
     write_private(&path, &json)
@@ -156,8 +167,19 @@ pub(crate) fn load_identity(
         (None, Some(_), None) => return Err(ClusterError::Locked),
         (None, None, _) => return Err(files_error(&path, "no node key")),
     };
-    let identity = NodeIdentity::from_pem(&key_pem, &stored.cert_pem, &stored.ca_pem)
-        .map_err(|e| files_error(&path, e))?;
+    let next = match (&stored.next_ca_pem, &stored.cross_signed_pem) {
+        (Some(cert), Some(cross)) => Some((cert.as_str(), cross.as_str())),
+        (None, None) => None,
+        _ => {
+            return Err(files_error(
+                &path,
+                "a next root CA without its cross-signed certificate, or the reverse",
+            ))
+        }
+    };
+    let identity =
+        NodeIdentity::from_pem_rotating(&key_pem, &stored.cert_pem, &stored.ca_pem, next)
+            .map_err(|e| files_error(&path, e))?;
     if stored.key_pem.is_some() && identity.role() == Role::Manager {
         if let Some(data_key) = data_key {
             save_identity(dir, &identity, Some(data_key))?;
@@ -167,15 +189,14 @@ pub(crate) fn load_identity(
     Ok(identity)
 }
 
-/// Saves the CA key (managers only), sealed with the manager's data key.
-pub(crate) fn save_ca_key(
-    dir: &Path,
-    key_pem: &str,
-    data_key: &DataKey,
-) -> Result<(), ClusterError> {
+/// Saves the root CA, certificate and key (managers only), sealed with the manager's
+/// data key. The certificate goes with the key: after a rotation the manager's identity
+/// may name another root for a moment than the one it signs with.
+pub(crate) fn save_ca(dir: &Path, ca: &ClusterCa, data_key: &DataKey) -> Result<(), ClusterError> {
     let path = dir.join(CA_KEY);
+    let plain = format!("{}{}", ca.cert_pem(), ca.key_pem_secret());
     let sealed = data_key
-        .seal(CA_KEY_CONTEXT, key_pem.as_bytes())
+        .seal(CA_KEY_CONTEXT, plain.as_bytes())
         .map_err(|e| files_error(&path, e))?;
     write_private(&path, &sealed)?;
     // An older agent's plain copy goes once the sealed one is in place.
@@ -183,8 +204,9 @@ pub(crate) fn save_ca_key(
     Ok(())
 }
 
-/// The cluster CA with its key, opened with the manager's data key. An older agent's
-/// plain `ca-key.pem` is sealed on the way.
+/// The cluster's root CA with its key, opened with the manager's data key (a file that
+/// holds the key alone, an older agent's, goes with the identity's root). An older
+/// agent's plain `ca-key.pem` is sealed on the way.
 pub(crate) fn load_ca(
     dir: &Path,
     identity: &NodeIdentity,
@@ -202,13 +224,19 @@ pub(crate) fn load_ca(
             let plain_path = dir.join(PLAIN_CA_KEY);
             let key =
                 std::fs::read_to_string(&plain_path).map_err(|e| files_error(&plain_path, e))?;
-            save_ca_key(dir, &key, data_key)?;
+            let ca = ClusterCa::from_pem(&identity.ca().pem(), &key)?;
+            save_ca(dir, &ca, data_key)?;
             tracing::info!(path = %path.display(), "sealed the CA key an older agent left in the clear");
-            key
+            return Ok(ca);
         }
         Err(e) => return Err(files_error(&path, e)),
     };
-    Ok(ClusterCa::from_pem(&identity.ca().pem(), &key)?)
+    match key.find(KEY_BEGIN) {
+        Some(at) if key.contains("-----BEGIN CERTIFICATE-----") => {
+            Ok(ClusterCa::from_pem(&key[..at], &key[at..]).map_err(|e| files_error(&path, e))?)
+        }
+        _ => Ok(ClusterCa::from_pem(&identity.ca().pem(), &key)?),
+    }
 }
 
 pub(crate) fn remove_ca_key(dir: &Path) {

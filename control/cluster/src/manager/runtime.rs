@@ -19,12 +19,15 @@
 //! - `accept`: the listener's accept loop and per-connection serving.
 //! - `autolock`: the manager's data key following the store's autolock setting, and
 //!   turning autolock on, off, or rotating its key.
+//! - `ca`: rotating the root CA: what the managers sign with, following the store; when
+//!   a node renews to follow; the leader finishing a rotation.
 
 mod accept;
 mod admit;
 mod applied;
 mod authorize;
 mod autolock;
+mod ca;
 mod forward;
 mod handlers;
 mod heartbeat;
@@ -48,13 +51,19 @@ use super::persist::{self, Local};
 use super::wire::{Client, KnownManagers, WireError};
 use super::{ClusterError, ManagerStatus, Role, Timings};
 use crate::pki::cert::random_bytes;
-use crate::pki::{client_config, join_server_config, ClusterCa, IssueOptions, NodeIdentity};
+use crate::pki::{client_config, join_server_config, CaTrust, IssueOptions, NodeIdentity};
+use crate::registry_auth::RegistryKeyring;
 use crate::seal::DataKey;
 use crate::store::{ClusterState, NodeStatus, RaftId, StoreNode};
 use crate::token::JoinTokens;
 
 use accept::{Admission, ListenerLimits};
+pub(crate) use accept::{MAX_JOIN_FRAME, MAX_NODE_FRAME};
+pub(crate) use admit::{check_join_request, check_token};
 use applied::AppliedVersions;
+pub use ca::CaStatus;
+pub(crate) use ca::{CaTarget, Signers};
+pub(crate) use handlers::needs;
 use liveness::Liveness;
 use reports::WriteBudget;
 
@@ -165,8 +174,12 @@ fn issue_options(timings: &Timings, role: Role, advertise: Option<SocketAddr>) -
 pub(crate) struct Core {
     store: StoreNode,
     raft_id: RaftId,
-    ca: ClusterCa,
+    /// The CAs this manager signs with, following the store (`ca`).
+    signers: RwLock<Arc<Signers>>,
     server_config: RwLock<Arc<rustls::ServerConfig>>,
+    /// The roots the listener trusts now (its config's): a connection whose peer's
+    /// certificate no root of these signed any more is closed.
+    server_trust: RwLock<Arc<CaTrust>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -175,8 +188,26 @@ impl Core {
         &self.store
     }
 
-    pub(crate) fn ca(&self) -> &ClusterCa {
-        &self.ca
+    pub(crate) fn signers(&self) -> Arc<Signers> {
+        read(&self.signers)
+    }
+
+    fn set_signers(&self, signers: Signers) {
+        write(&self.signers, Arc::new(signers));
+    }
+
+    /// The keys of services' registry credentials, as this member's store has them.
+    pub(crate) fn registry_keys(&self) -> RegistryKeyring {
+        let signers = self.signers();
+        self.store
+            .read_stale_with(|s| RegistryKeyring::new(&s.registry_keys, &signers.root))
+    }
+
+    fn set_server(&self, identity: &NodeIdentity) -> Result<(), ClusterError> {
+        let config = Arc::new(join_server_config(identity, identity.trust())?);
+        write(&self.server_config, config);
+        write(&self.server_trust, Arc::new(identity.trust().clone()));
+        Ok(())
     }
 
     /// The leader's advertise address, as this member knows it.
@@ -223,7 +254,7 @@ impl Runtime {
     ) -> Result<Arc<Runtime>, ClusterError> {
         let known_managers = Arc::new(KnownManagers::default());
         let client = Arc::new(Client::new(
-            client_config(&identity, identity.ca())?,
+            client_config(&identity, identity.trust())?,
             known_managers.clone(),
         ));
         Ok(Arc::new(Runtime {
@@ -316,12 +347,11 @@ impl Runtime {
             *lock(&self.keys) = None;
         }
         let client = Arc::new(Client::new(
-            client_config(&identity, identity.ca())?,
+            client_config(&identity, identity.trust())?,
             self.known_managers.clone(),
         ));
         if let Some(core) = self.core() {
-            let config = Arc::new(join_server_config(&identity, identity.ca())?);
-            write(&core.server_config, config);
+            core.set_server(&identity)?;
         }
         write(&self.identity, identity);
         let old = std::mem::replace(

@@ -10,9 +10,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::runtime::Runtime;
+use super::runtime::{CaTarget, Runtime};
 use super::{ClusterError, NodeInfo, Role};
-use crate::pki::{manager_server_name, PeerIdentity};
+use crate::pki::{manager_server_name, CaCertificate, CaDigest, CaTrust, NextRoot, PeerIdentity};
 use crate::store::transport::BoxFuture;
 use crate::store::{
     ApplyResult, ClusterState, Command, GossipIdentity, RaftId, RaftRequest, RaftResponse,
@@ -59,13 +59,18 @@ pub(crate) enum Request {
     RotateToken {
         role: Role,
     },
+    /// `swarm ca --rotate`.
+    RotateCa,
     /// A manager whose member is running asks the leader to add it to the Raft group.
     ManagerReady {
         advertise: String,
     },
-    /// Any node certificate; about the caller's own node only.
+    /// Any node certificate; about the caller's own node only. `tls`: which root signed
+    /// its certificate and which it trusts (nodes from before root rotations say none).
     Heartbeat {
         node: NodeInfo,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tls: Option<crate::store::NodeTls>,
     },
     Leave,
     Renew {
@@ -110,7 +115,7 @@ impl Request {
             | Request::RemoveNode { .. }
             | Request::Leave
             | Request::ManagerReady { .. } => 4,
-            Request::Heartbeat { .. } | Request::RotateToken { .. } => 2,
+            Request::Heartbeat { .. } | Request::RotateToken { .. } | Request::RotateCa => 2,
             Request::Execute(_)
             | Request::ReadState
             | Request::Renew { .. }
@@ -131,6 +136,7 @@ impl Request {
             Request::Demote { .. } => "demote",
             Request::RemoveNode { .. } => "remove_node",
             Request::RotateToken { .. } => "rotate_token",
+            Request::RotateCa => "rotate_ca",
             Request::ManagerReady { .. } => "manager_ready",
             Request::Heartbeat { .. } => "heartbeat",
             Request::Leave => "leave",
@@ -158,6 +164,31 @@ pub(crate) struct Grant {
     pub manager_ids: Vec<String>,
     /// The manager's clock (ms since the epoch), for the skew warning.
     pub server_time_ms: u64,
+    /// During a root CA rotation: the next root, which signed `cert_pem`, and its
+    /// certificate cross-signed by the root (`ca_pem`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_ca: Option<NextCaPem>,
+}
+
+/// The next root of a rotation, as a grant carries it.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct NextCaPem {
+    pub cert_pem: String,
+    pub cross_signed_pem: String,
+}
+
+impl Grant {
+    /// The roots this grant says to trust; the next one must be vouched for by the root.
+    pub(crate) fn trust(&self) -> Result<CaTrust, ClusterError> {
+        let root = CaCertificate::from_pem(&self.ca_pem)?;
+        Ok(match &self.next_ca {
+            Some(next) => {
+                let next = NextRoot::from_pem(&root, &next.cert_pem, &next.cross_signed_pem)?;
+                CaTrust::rotating(root, next)?
+            }
+            None => CaTrust::new(root),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -169,6 +200,10 @@ pub(crate) struct HeartbeatAck {
     /// The node IDs of the current managers (a leader from before them sends none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub manager_ids: Vec<String>,
+    /// The roots nodes are to trust now (and the one that signs): a node whose
+    /// certificate or trust differ renews.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<CaTarget>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -180,6 +215,10 @@ pub(crate) enum Response {
     State(Box<ClusterState>),
     Heartbeat(HeartbeatAck),
     Token(JoinToken),
+    /// A root CA rotation started, to this root.
+    CaRotating {
+        desired: CaDigest,
+    },
     NodeState(Option<Box<super::NodeView>>),
     /// The answer to a `NodeState` that said what the caller applied (callers from
     /// before it never get it).
@@ -345,6 +384,29 @@ pub(crate) async fn read_frame<S: AsyncRead + Unpin>(
     Ok(Some(body))
 }
 
+/// A request frame's body read as a [`Request`]: the one step between the bytes a caller
+/// sent and what the handlers see. A body that is not a request is answered with the
+/// reason, as any refused request is.
+pub(crate) fn decode_request(frame: &[u8]) -> Result<Request, WireError> {
+    serde_json::from_slice(frame).map_err(|e| WireError::Other {
+        detail: format!("bad request: {e}"),
+    })
+}
+
+/// The next request on a server's connection: a frame of at most `max` bytes
+/// ([`read_frame`]), then its body decoded ([`decode_request`]). `Ok(None)` at a clean end
+/// of stream; an I/O error (a frame over the bound, a body that does not come in time)
+/// ends the connection, a body that is not a request is answered.
+pub(crate) async fn read_request<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    max: usize,
+    body_timeout: Duration,
+) -> std::io::Result<Option<Result<Request, WireError>>> {
+    Ok(read_frame(stream, max, body_timeout)
+        .await?
+        .map(|frame| decode_request(&frame)))
+}
+
 /// One request/response exchange on an open stream, within `deadline`.
 pub(crate) async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
@@ -418,6 +480,8 @@ pub(crate) struct Client {
     managers: Arc<KnownManagers>,
     /// Idle connections per address, with the server's node ID.
     idle: Mutex<HashMap<String, Vec<(Conn, String)>>>,
+    /// When a failed handshake with each address was last said in the log.
+    said: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl Client {
@@ -426,6 +490,20 @@ impl Client {
             connector: TlsConnector::from(Arc::new(config)),
             managers,
             idle: Mutex::new(HashMap::new()),
+            said: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A TLS handshake with a manager failed (a certificate of a root one side no longer
+    /// trusts): said in the log, at most every 10 s per address.
+    fn handshake_failed(&self, addr: &str, error: &str) {
+        let mut said = self.said.lock().unwrap_or_else(|p| p.into_inner());
+        let due = said
+            .get(addr)
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(10));
+        if due {
+            said.insert(addr.to_owned(), std::time::Instant::now());
+            tracing::warn!(manager = %addr, %error, "TLS handshake with a manager failed");
         }
     }
 
@@ -458,11 +536,13 @@ impl Client {
                 .await
                 .map_err(|e| CallError::Connect(e.to_string()))?;
             let _ = tcp.set_nodelay(true);
-            let tls = self
-                .connector
-                .connect(manager_server_name(), tcp)
-                .await
-                .map_err(|e| CallError::Connect(format!("TLS: {e}")))?;
+            let tls = match self.connector.connect(manager_server_name(), tcp).await {
+                Ok(tls) => tls,
+                Err(e) => {
+                    self.handshake_failed(addr, &e.to_string());
+                    return Err(CallError::Connect(format!("TLS: {e}")));
+                }
+            };
             let server = PeerIdentity::from_peer_certificates(tls.get_ref().1.peer_certificates())
                 .map_err(|e| CallError::Connect(format!("TLS: {e}")))?;
             if !self.managers.admits(server.node_id()) {

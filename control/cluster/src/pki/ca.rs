@@ -266,26 +266,28 @@ impl ClusterCa {
             return Err(PkiError::InvalidValidity("zero validity".into()));
         }
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::default();
-        params.not_before = to_offset(now.checked_sub(CERT_BACKDATE).unwrap_or(now))?;
-        params.not_after = to_offset(now + validity)?;
-        params.serial_number = Some(random_serial());
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, CA_COMMON_NAME);
-        dn.push(DnType::OrganizationName, cluster_id);
-        params.distinguished_name = dn;
-        // Path length 0: it signs node certificates only, no intermediate CAs.
-        params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        let params = root_params(cluster_id, now, now + validity)?;
         let cert = params.self_signed(&key)?;
         Ok(ClusterCa {
             cert: CaCertificate::from_der(cert.der().to_vec())?,
             key,
         })
+    }
+
+    /// The root that replaces this one in a rotation (`swarm ca --rotate`): a new key,
+    /// the same cluster and name, valid for [`CA_VALIDITY`]; and its cross-signed
+    /// certificate, the new root's name and key certified by this root (see
+    /// [`super::NextRoot`]), so that nodes that trust only this root accept what the new
+    /// one signs while the rotation runs. The cross-signed certificate never outlives
+    /// this root.
+    pub fn successor(&self) -> Result<(ClusterCa, CertificateDer<'static>), PkiError> {
+        let now = SystemTime::now();
+        let next = ClusterCa::with_validity(self.cluster_id(), now, CA_VALIDITY)?;
+        let until = (now + CA_VALIDITY).min(self.cert.not_after());
+        let params = root_params(self.cluster_id(), now, until)?;
+        let issuer = Issuer::from_ca_cert_der(self.cert.der(), &self.key)?;
+        let cross = params.signed_by(&next.key, &issuer)?;
+        Ok((next, CertificateDer::from(cross.der().to_vec())))
     }
 
     /// Reads a CA back from its certificate and its PKCS#8 `PRIVATE KEY` PEM, and checks
@@ -398,6 +400,31 @@ impl ClusterCa {
         let cert = params.signed_by(&request.public_key, &issuer)?;
         NodeCertificate::from_der(cert.der().to_vec())
     }
+}
+
+/// A root CA's certificate: `CN=shoal-root-ca, O=<cluster ID>`, valid from an hour
+/// before `now` to `until`, signing node certificates only (path length 0).
+fn root_params(
+    cluster_id: &str,
+    now: SystemTime,
+    until: SystemTime,
+) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::default();
+    params.not_before = to_offset(now.checked_sub(CERT_BACKDATE).unwrap_or(now))?;
+    params.not_after = to_offset(until)?;
+    params.serial_number = Some(random_serial());
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, CA_COMMON_NAME);
+    dn.push(DnType::OrganizationName, cluster_id);
+    params.distinguished_name = dn;
+    // Path length 0: it signs node certificates only, no intermediate CAs.
+    params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(params)
 }
 
 fn dns_san(name: &str) -> Result<SanType, PkiError> {

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ca::{CaCertificate, NodeCertificate};
 use super::cert::{node_cert_fields, parse_x509, pem_decode, pem_encode, random_bytes};
+use super::trust::{CaTrust, NextRoot};
 use super::{PkiError, Role, CA_COMMON_NAME, MANAGER_SERVER_NAME};
 use crate::token::base36;
 
@@ -184,15 +185,18 @@ impl<'de> Deserialize<'de> for NodeCsr {
     }
 }
 
-/// A node's identity: its key, its certificate from the cluster CA, and the CA certificate
-/// it trusts. `Debug` does not show the key; the serialized form
-/// (`{"key_pem", "cert_pem", "ca_pem"}`) does, and belongs in the node's data directory
-/// with owner-only permissions.
+/// A node's identity: its key, its certificate from the cluster CA, and the roots it
+/// trusts ([`CaTrust`]: the cluster's root, and the next one during a rotation).
+/// `Debug` does not show the key; the serialized form (`{"key_pem", "cert_pem",
+/// "ca_pem"}`, plus `next_ca_pem` and `cross_signed_pem` during a rotation) does, and
+/// belongs in the node's data directory with owner-only permissions.
 #[derive(Clone)]
 pub struct NodeIdentity {
     key: NodeKey,
     cert: NodeCertificate,
-    ca: CaCertificate,
+    trust: CaTrust,
+    /// The certificate was signed by the next root (during a rotation).
+    from_next: bool,
 }
 
 impl NodeIdentity {
@@ -210,21 +214,42 @@ impl NodeIdentity {
     /// expired identity still loads, so the node can tell it must rejoin); see
     /// [`NodeIdentity::needs_renewal`] and [`NodeIdentity::is_expired`].
     pub fn new(key: NodeKey, cert: NodeCertificate, ca: CaCertificate) -> Result<Self, PkiError> {
-        {
+        Self::with_trust(key, cert, CaTrust::new(ca))
+    }
+
+    /// [`NodeIdentity::new`] with the roots of a rotation: the certificate must be signed
+    /// by one of them.
+    pub fn with_trust(
+        key: NodeKey,
+        cert: NodeCertificate,
+        trust: CaTrust,
+    ) -> Result<Self, PkiError> {
+        let from_next = {
             let parsed = parse_x509(cert.der())?;
             if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
                 return Err(PkiError::KeyMismatch("node"));
             }
-            verify_issued_by(&parsed, &ca)?;
-        }
-        if cert.cluster_id() != ca.cluster_id() {
+            match verify_issued_by(&parsed, trust.root()) {
+                Ok(()) => false,
+                Err(e) => match trust.next() {
+                    Some(next) if verify_issued_by(&parsed, next.cert()).is_ok() => true,
+                    _ => return Err(e),
+                },
+            }
+        };
+        if cert.cluster_id() != trust.root().cluster_id() {
             return Err(PkiError::NotIssuedByCa(format!(
                 "certificate is for cluster {:?}, the CA is cluster {:?}",
                 cert.cluster_id(),
-                ca.cluster_id()
+                trust.root().cluster_id()
             )));
         }
-        Ok(NodeIdentity { key, cert, ca })
+        Ok(NodeIdentity {
+            key,
+            cert,
+            trust,
+            from_next,
+        })
     }
 
     /// Reads an identity back from its three PEM blocks; see [`NodeIdentity::new`].
@@ -233,6 +258,29 @@ impl NodeIdentity {
             NodeKey::from_pem(key_pem)?,
             NodeCertificate::from_pem(cert_pem)?,
             CaCertificate::from_pem(ca_pem)?,
+        )
+    }
+
+    /// [`NodeIdentity::from_pem`] during a rotation: `next` is the next root's PEM and
+    /// its cross-signed certificate's (`None`: no rotation).
+    pub fn from_pem_rotating(
+        key_pem: &str,
+        cert_pem: &str,
+        ca_pem: &str,
+        next: Option<(&str, &str)>,
+    ) -> Result<Self, PkiError> {
+        let root = CaCertificate::from_pem(ca_pem)?;
+        let trust = match next {
+            Some((cert, cross)) => {
+                let next = NextRoot::from_pem(&root, cert, cross)?;
+                CaTrust::rotating(root, next)?
+            }
+            None => CaTrust::new(root),
+        };
+        Self::with_trust(
+            NodeKey::from_pem(key_pem)?,
+            NodeCertificate::from_pem(cert_pem)?,
+            trust,
         )
     }
 
@@ -260,8 +308,22 @@ impl NodeIdentity {
         &self.cert
     }
 
+    /// The cluster's root CA, as this node trusts it (see [`NodeIdentity::trust`]).
     pub fn ca(&self) -> &CaCertificate {
-        &self.ca
+        self.trust.root()
+    }
+
+    /// Every root this node trusts (two during a rotation).
+    pub fn trust(&self) -> &CaTrust {
+        &self.trust
+    }
+
+    /// The root that signed this node's certificate.
+    pub fn issuer(&self) -> &CaCertificate {
+        match (self.from_next, self.trust.next()) {
+            (true, Some(next)) => next.cert(),
+            _ => self.trust.root(),
+        }
     }
 
     pub fn key(&self) -> &NodeKey {
@@ -294,14 +356,21 @@ impl NodeIdentity {
         }
     }
 
-    /// The chain a node presents: its certificate, then the root CA (so a joining node
-    /// that pins the CA by digest finds it in the chain).
+    /// The chain a node presents: its certificate; the next root's cross-signed
+    /// certificate when that root signed it (a peer that trusts only the current root
+    /// reaches it through that one); then the cluster's root (so a joining node that pins
+    /// the root by the token's digest finds it in the chain).
     pub(crate) fn chain(&self) -> Vec<CertificateDer<'static>> {
-        vec![self.cert.der().clone(), self.ca.der().clone()]
+        let mut chain = vec![self.cert.der().clone()];
+        if let (true, Some(next)) = (self.from_next, self.trust.next()) {
+            chain.push(next.cross_signed().clone());
+        }
+        chain.push(self.trust.root().der().clone());
+        chain
     }
 }
 
-fn verify_issued_by(
+pub(super) fn verify_issued_by(
     cert: &x509_parser::certificate::X509Certificate<'_>,
     ca: &CaCertificate,
 ) -> Result<(), PkiError> {
@@ -332,14 +401,21 @@ struct NodeIdentityPem {
     key_pem: String,
     cert_pem: String,
     ca_pem: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    next_ca_pem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cross_signed_pem: Option<String>,
 }
 
 impl Serialize for NodeIdentity {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let next = self.trust.next();
         NodeIdentityPem {
             key_pem: self.key.to_pem_secret(),
             cert_pem: self.cert.pem(),
-            ca_pem: self.ca.pem(),
+            ca_pem: self.trust.root().pem(),
+            next_ca_pem: next.map(|n| n.cert().pem()),
+            cross_signed_pem: next.map(NextRoot::cross_signed_pem),
         }
         .serialize(serializer)
     }
@@ -348,7 +424,16 @@ impl Serialize for NodeIdentity {
 impl<'de> Deserialize<'de> for NodeIdentity {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let pem = NodeIdentityPem::deserialize(deserializer)?;
-        NodeIdentity::from_pem(&pem.key_pem, &pem.cert_pem, &pem.ca_pem)
+        let next = match (&pem.next_ca_pem, &pem.cross_signed_pem) {
+            (Some(cert), Some(cross)) => Some((cert.as_str(), cross.as_str())),
+            (None, None) => None,
+            _ => {
+                return Err(serde::de::Error::custom(
+                    "a next root CA without its cross-signed certificate, or the reverse",
+                ))
+            }
+        };
+        NodeIdentity::from_pem_rotating(&pem.key_pem, &pem.cert_pem, &pem.ca_pem, next)
             .map_err(serde::de::Error::custom)
     }
 }

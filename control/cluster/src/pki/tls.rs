@@ -1,5 +1,6 @@
 //! rustls configurations for the cluster's mutual TLS: TLS 1.3 only, `ring` provider,
-//! trust = the cluster root CA and nothing else.
+//! trust = the cluster's root CA and nothing else (and, during a rotation, the next root
+//! too: see [`super::CaTrust`]).
 //!
 //! | config | who | verifies the peer | presents |
 //! |---|---|---|---|
@@ -31,15 +32,18 @@ use rustls::{
 
 use super::ca::CaCertificate;
 use super::identity::NodeIdentity;
+use super::trust::CaTrust;
 use super::{CaDigest, PkiError, MANAGER_SERVER_NAME};
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn roots(ca: &CaCertificate) -> Result<Arc<RootCertStore>, PkiError> {
+fn roots(trust: &CaTrust) -> Result<Arc<RootCertStore>, PkiError> {
     let mut roots = RootCertStore::empty();
-    roots.add(ca.der().clone())?;
+    for root in trust.roots() {
+        roots.add(root.der().clone())?;
+    }
     Ok(Arc::new(roots))
 }
 
@@ -53,27 +57,27 @@ pub fn manager_server_name() -> ServerName<'static> {
 }
 
 /// A server that requires a client certificate from the cluster CA (`trust`, normally
-/// `identity.ca()`). Read the client's node ID and role afterwards with
+/// `identity.trust()`). Read the client's node ID and role afterwards with
 /// [`super::PeerIdentity::from_peer_certificates`].
 pub fn server_config(
     identity: &NodeIdentity,
-    trust: &CaCertificate,
+    trust: impl Into<CaTrust>,
 ) -> Result<ServerConfig, PkiError> {
-    server(identity, trust, true)
+    server(identity, &trust.into(), true)
 }
 
 /// Like [`server_config`], but a client without a certificate is let through (a joining
 /// node); a client that presents one must still present one from the cluster CA.
 pub fn join_server_config(
     identity: &NodeIdentity,
-    trust: &CaCertificate,
+    trust: impl Into<CaTrust>,
 ) -> Result<ServerConfig, PkiError> {
-    server(identity, trust, false)
+    server(identity, &trust.into(), false)
 }
 
 fn server(
     identity: &NodeIdentity,
-    trust: &CaCertificate,
+    trust: &CaTrust,
     require_client_cert: bool,
 ) -> Result<ServerConfig, PkiError> {
     let provider = provider();
@@ -93,17 +97,18 @@ fn server(
 /// node ID).
 pub fn client_config(
     identity: &NodeIdentity,
-    trust: &CaCertificate,
+    trust: impl Into<CaTrust>,
 ) -> Result<ClientConfig, PkiError> {
     Ok(ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots(trust)?)
+        .with_root_certificates(roots(&trust.into())?)
         .with_client_auth_cert(identity.chain(), identity.key().private_key_der())?)
 }
 
 /// The client of a node that is joining and has no certificate yet: it trusts only a CA
 /// whose certificate's SHA-256 is `ca_digest` (from the join token), found in the chain
-/// the server sends; the server's certificate must chain to that CA and be valid for the
+/// the server sends; the server's certificate must chain to that CA (through the
+/// chain's cross-signed root during a rotation) and be valid for the
 /// server name dialled (use [`manager_server_name`], so only a manager passes). A server
 /// of another cluster, or a man in the middle, fails the handshake, before the node sends
 /// its token. After the handshake, take the CA from the server's chain with
@@ -198,11 +203,11 @@ impl ServerCertVerifier for PinnedCaVerifier {
                 })),
             )));
         };
-        let roots = roots(&ca).map_err(|e| rustls::Error::General(e.to_string()))?;
+        let roots = roots(&CaTrust::new(ca)).map_err(|e| rustls::Error::General(e.to_string()))?;
         let inner = WebPkiServerVerifier::builder_with_provider(roots, self.provider.clone())
             .build()
             .map_err(|e| rustls::Error::General(e.to_string()))?;
-        inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+        inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(

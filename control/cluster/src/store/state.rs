@@ -11,10 +11,13 @@
 //! - `network`: network objects.
 //! - `cluster`: cluster-wide settings, the gossip keys and the autolock unlock key.
 //! - `removed`: the nodes whose certificates no longer count (removed, or left).
+//! - `ca`: the root CA a rotation made current, a rotation under way, and each node's
+//!   certificate and trust as its heartbeats say.
 //! - `command`: the commands, why one is refused, and what applying one did.
 //! - `apply`: applying a command (the checks, then the change).
 
 mod apply;
+mod ca;
 mod cluster;
 mod command;
 mod network;
@@ -27,7 +30,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::service::{Service, Task};
 
-pub use cluster::{ClusterSpec, GossipKey, UnlockKey, MAX_GOSSIP_KEYS};
+pub use ca::{CaProgress, CaRotation, NodeTls, Resealed, StoredCa};
+pub use cluster::{ClusterSpec, GossipKey, RegistryKey, UnlockKey, MAX_GOSSIP_KEYS};
 pub use command::{ApplyResult, Command, Rejection};
 pub use network::Network;
 pub use node::{Availability, GossipIdentity, Node, NodeStatus, Role};
@@ -74,6 +78,18 @@ pub struct ClusterState {
     /// too.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub removed_nodes: BTreeMap<String, RemovedNode>,
+    /// The root CA, with its key, once a rotation finished (`None`: the root made at
+    /// `swarm init`, which every manager keeps in its own files). Managers only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_ca: Option<StoredCa>,
+    /// A rotation of the root CA under way (`swarm ca --rotate`). Managers only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_rotation: Option<CaRotation>,
+    /// The keys of services' registry credentials, newest (the one that seals) first,
+    /// once a CA rotation took them off the CA key; empty: the key derived from the root
+    /// CA's (see [`crate::registry_auth`]). Managers only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registry_keys: Vec<RegistryKey>,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -22,6 +22,7 @@ fn node(id: &str, ip: &str) -> Node {
         raft_id: None,
         gossip: None,
         version: 0,
+        tls: None,
     }
 }
 

@@ -22,6 +22,7 @@ pub(super) fn node(id: &str, role: Role) -> Node {
         raft_id: None,
         gossip: None,
         version: 0,
+        tls: None,
     }
 }
 

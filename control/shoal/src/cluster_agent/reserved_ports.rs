@@ -118,6 +118,7 @@ mod tests {
                 raft_id: None,
                 gossip: None,
                 version: 0,
+                tls: None,
             },
         );
         s

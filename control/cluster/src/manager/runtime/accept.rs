@@ -13,20 +13,24 @@
 //!   a task report ([`MAX_NODE_FRAME`]); only a manager's may carry a Raft snapshot.
 //!
 //! A connection over a limit is closed at once, before any TLS work.
+//!
+//! A peer's certificate is checked again before each request once the listener's trust
+//! changed (a root CA rotation ended): a connection opened with a certificate of a root
+//! no longer trusted ends there, as a new one would fail its handshake.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use super::{lock, other, read, Core, Runtime};
-use crate::manager::wire::{read_frame, write_frame, Reply, Request, MAX_FRAME};
+use super::{lock, read, Core, Runtime};
+use crate::manager::wire::{read_request, write_frame, Reply, Request, WireError, MAX_FRAME};
 use crate::manager::Role;
-use crate::pki::PeerIdentity;
+use crate::pki::{CaTrust, NodeCertificate, PeerIdentity};
 
 /// Largest frame from a caller without a certificate: a `Join` (token, CSR, the node's
 /// description) is about 1.5 KiB.
@@ -239,6 +243,7 @@ pub(super) async fn accept_loop(
     let mut conns = JoinSet::new();
     let mut nodes = (0, HashSet::new());
     let mut said = (std::time::Instant::now(), 0);
+    let failures = Arc::new(HandshakeFailures::default());
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -262,7 +267,7 @@ pub(super) async fn accept_loop(
                         continue;
                     };
                     let config = read(&core.server_config);
-                    conns.spawn(serve_conn(rt.clone(), config, tcp, slot));
+                    conns.spawn(serve_conn(rt.clone(), core.clone(), config, tcp, slot, failures.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -274,29 +279,65 @@ pub(super) async fn accept_loop(
     }
 }
 
+/// Failed handshakes from the nodes' own addresses, said in the log (at most every 10 s
+/// per address): a node that cannot connect (a certificate of a root no longer trusted)
+/// is worth knowing of; strangers' failures are not.
+#[derive(Default)]
+struct HandshakeFailures {
+    said: Mutex<HashMap<IpAddr, (Instant, u64)>>,
+}
+
+impl HandshakeFailures {
+    fn note(&self, source: IpAddr, error: &str) {
+        let mut said = lock(&self.said);
+        let entry = said
+            .entry(source)
+            .or_insert((Instant::now() - Duration::from_secs(3600), 0));
+        entry.1 += 1;
+        if entry.0.elapsed() >= Duration::from_secs(10) {
+            tracing::warn!(%source, failed = entry.1, %error, "TLS handshake with a node's address failed");
+            *entry = (Instant::now(), 0);
+        }
+    }
+}
+
 async fn serve_conn(
     rt: Arc<Runtime>,
+    core: Arc<Core>,
     config: Arc<rustls::ServerConfig>,
     tcp: TcpStream,
     mut slot: Slot,
+    failures: Arc<HandshakeFailures>,
 ) {
     let limits = slot.admission.limits().clone();
     let _ = tcp.set_nodelay(true);
     let accept = TlsAcceptor::from(config).accept(tcp);
-    let Ok(Ok(mut tls)) = tokio::time::timeout(limits.handshake_timeout, accept).await else {
-        return;
+    let mut tls = match tokio::time::timeout(limits.handshake_timeout, accept).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) if !slot.stranger => {
+            failures.note(slot.source, &e.to_string());
+            return;
+        }
+        _ => return,
     };
+    let leaf = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| NodeCertificate::from_der(c.to_vec()).ok());
     let peer = PeerIdentity::from_peer_certificates(tls.get_ref().1.peer_certificates())
         .ok()
         .filter(|p| p.cluster_id() == rt.cluster_id);
     let Some(peer) = peer else {
         // A stranger: one request (a `Join`, the only one it may make), small and soon.
-        let request = async { read_frame(&mut tls, MAX_JOIN_FRAME, limits.stranger_timeout).await };
-        let frame = match tokio::time::timeout(limits.stranger_timeout, request).await {
-            Ok(Ok(Some(frame))) => frame,
+        let request =
+            async { read_request(&mut tls, MAX_JOIN_FRAME, limits.stranger_timeout).await };
+        let request = match tokio::time::timeout(limits.stranger_timeout, request).await {
+            Ok(Ok(Some(request))) => request,
             _ => return,
         };
-        let reply = answer(&rt, None, &frame).await;
+        let reply = answer(&rt, None, request).await;
         let _ = respond(&mut tls, &reply, limits.frame_timeout).await;
         return;
     };
@@ -305,17 +346,26 @@ async fn serve_conn(
         Role::Manager => MAX_FRAME,
         Role::Worker => MAX_NODE_FRAME,
     };
+    let mut trusted: Arc<CaTrust> = read(&core.server_trust);
     loop {
-        let frame = match tokio::time::timeout(
+        let request = match tokio::time::timeout(
             limits.idle_timeout,
-            read_frame(&mut tls, max, limits.frame_timeout),
+            read_request(&mut tls, max, limits.frame_timeout),
         )
         .await
         {
-            Ok(Ok(Some(frame))) => frame,
+            Ok(Ok(Some(request))) => request,
             _ => return,
         };
-        let reply = answer(&rt, Some(peer.clone()), &frame).await;
+        let now = read(&core.server_trust);
+        if !Arc::ptr_eq(&now, &trusted) {
+            if leaf.as_ref().and_then(|c| now.issuer_of(c)).is_none() {
+                tracing::info!(node = %peer.node_id(), "closing a connection whose certificate no trusted root signed any more");
+                return;
+            }
+            trusted = now;
+        }
+        let reply = answer(&rt, Some(peer.clone()), request).await;
         if respond(&mut tls, &reply, limits.frame_timeout)
             .await
             .is_err()
@@ -325,11 +375,12 @@ async fn serve_conn(
     }
 }
 
-async fn answer(rt: &Arc<Runtime>, peer: Option<PeerIdentity>, frame: &[u8]) -> Reply {
-    match serde_json::from_slice::<Request>(frame) {
-        Ok(request) => rt.handle(peer, request).await,
-        Err(e) => Err(other(format!("bad request: {e}"))),
-    }
+async fn answer(
+    rt: &Arc<Runtime>,
+    peer: Option<PeerIdentity>,
+    request: Result<Request, WireError>,
+) -> Reply {
+    rt.handle(peer, request?).await
 }
 
 async fn respond<S: tokio::io::AsyncWrite + Unpin>(

@@ -8,16 +8,16 @@ use std::sync::Arc;
 
 use super::{
     fresh_raft_id, issue_options, manager_addrs, manager_ids, now_ms, other, pki_role, store_role,
-    tokens_of, Core, Runtime,
+    tokens_of, Core, Runtime, Signers,
 };
-use crate::manager::wire::{Grant, Reply, Response, WireError};
-use crate::manager::{NodeInfo, Role};
-use crate::pki::{new_node_id, NodeCertificate, NodeCsr};
+use crate::manager::wire::{Grant, NextCaPem, Reply, Response, WireError};
+use crate::manager::{NodeInfo, Role, Timings};
+use crate::pki::{new_node_id, ClusterCa, IssueOptions, NodeCertificate, NodeCsr};
 use crate::store::{ApplyResult, Availability, ClusterState, Command, Node, NodeStatus, RaftId};
 use crate::token::TokenError;
 
 /// The role `token` admits to, by the join tokens in `state`.
-fn check_token(state: &ClusterState, token: &str) -> Result<Role, WireError> {
+pub(crate) fn check_token(state: &ClusterState, token: &str) -> Result<Role, WireError> {
     let tokens = tokens_of(state).map_err(other)?;
     tokens.check(token, None).map_err(|e| match e {
         TokenError::WrongCluster => WireError::CaMismatch,
@@ -28,10 +28,32 @@ fn check_token(state: &ClusterState, token: &str) -> Result<Role, WireError> {
     })
 }
 
+/// What a join with a valid token brings, checked before anything is recorded: its
+/// advertise address, and its CSR read and checked (its signature, the node ID) by
+/// issuing a certificate that is thrown away. The CSR and the options to issue with.
+pub(crate) fn check_join_request(
+    ca: &ClusterCa,
+    timings: &Timings,
+    role: Role,
+    node_id: &str,
+    csr_pem: &str,
+    advertise: &str,
+) -> Result<(NodeCsr, IssueOptions), WireError> {
+    let csr = NodeCsr::from_pem(csr_pem).map_err(other)?;
+    let addr: SocketAddr = advertise
+        .parse()
+        .map_err(|_| other(format!("bad advertise address {advertise:?}")))?;
+    let options = issue_options(timings, role, Some(addr));
+    ca.issue(&csr, node_id, role, &options).map_err(other)?;
+    Ok((csr, options))
+}
+
 impl Runtime {
+    /// A grant of `cert` (signed by `signers`' signing CA), with the roots to trust; a
+    /// manager also gets the root's key.
     fn grant(
         &self,
-        core: &Core,
+        signers: &Signers,
         node_id: &str,
         cert: NodeCertificate,
         role: Role,
@@ -41,12 +63,16 @@ impl Runtime {
         Grant {
             node_id: node_id.to_string(),
             cert_pem: cert.pem(),
-            ca_pem: core.ca.cert_pem(),
-            ca_key_pem: (role == Role::Manager).then(|| core.ca.key_pem_secret()),
+            ca_pem: signers.root.cert_pem(),
+            ca_key_pem: (role == Role::Manager).then(|| signers.root.key_pem_secret()),
             raft_id,
             managers: manager_addrs(state),
             manager_ids: manager_ids(state),
             server_time_ms: now_ms(),
+            next_ca: signers.next.as_ref().map(|(ca, next)| NextCaPem {
+                cert_pem: ca.cert_pem(),
+                cross_signed_pem: next.cross_signed_pem(),
+            }),
         }
     }
 
@@ -79,17 +105,18 @@ impl Runtime {
             return Err(WireError::BadToken);
         }
         drop(token);
-        let csr = NodeCsr::from_pem(&csr_pem).map_err(other)?;
-        let addr: SocketAddr = advertise
-            .parse()
-            .map_err(|_| other(format!("bad advertise address {advertise:?}")))?;
         let node_id = new_node_id();
-        let raft_id = (role == Role::Manager).then(|| fresh_raft_id(&state));
-        let options = issue_options(&self.timings, role, Some(addr));
+        let signers = core.signers();
         // The CSR is checked (its signature, the node ID) before anything is recorded.
-        core.ca
-            .issue(&csr, &node_id, role, &options)
-            .map_err(other)?;
+        let (csr, options) = check_join_request(
+            signers.signing(),
+            &self.timings,
+            role,
+            &node_id,
+            &csr_pem,
+            &advertise,
+        )?;
+        let raft_id = (role == Role::Manager).then(|| fresh_raft_id(&state));
         let node = Node {
             id: node_id.clone(),
             hostname: info.hostname.clone(),
@@ -104,6 +131,7 @@ impl Runtime {
             // A joining node registers its gossip key once its gossip starts.
             gossip: None,
             version: 0,
+            tls: None,
         };
         let applied = self
             .execute(Command::UpsertNode { node })
@@ -112,13 +140,13 @@ impl Runtime {
         if let ApplyResult::Rejected { rejection, .. } = applied {
             return Err(WireError::Rejected { rejection });
         }
-        let cert = core
-            .ca
+        let cert = signers
+            .signing()
             .issue(&csr, &node_id, role, &options)
             .map_err(other)?;
         tracing::info!(node = %node_id, hostname = %info.hostname, %role, "node joined");
         Ok(Response::Granted(
-            self.grant(core, &node_id, cert, role, raft_id, &state),
+            self.grant(&signers, &node_id, cert, role, raft_id, &state),
         ))
     }
 
@@ -138,8 +166,9 @@ impl Runtime {
         let role = pki_role(node.role);
         let csr = NodeCsr::from_pem(csr_pem).map_err(other)?;
         let addr = node.advertise_addr.parse().ok();
-        let cert = core
-            .ca
+        let signers = core.signers();
+        let cert = signers
+            .signing()
             .issue(
                 &csr,
                 node_id,
@@ -148,7 +177,7 @@ impl Runtime {
             )
             .map_err(other)?;
         Ok(Response::Granted(self.grant(
-            core,
+            &signers,
             node_id,
             cert,
             role,

@@ -85,6 +85,7 @@ mod tests {
                     raft_id: None,
                     gossip: None,
                     version: 1,
+                    tls: None,
                 },
             );
         }

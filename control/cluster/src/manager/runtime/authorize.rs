@@ -13,7 +13,7 @@ use crate::store::ClusterState;
 
 /// How a caller unknown to this member's copy of the store is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Unknown {
+pub(crate) enum Unknown {
     /// Refused: requests served by the leader, whose copy records every member that
     /// was ever admitted (a node is recorded before its certificate is issued).
     Refuse,
@@ -95,6 +95,7 @@ mod tests {
                     raft_id: None,
                     gossip: None,
                     version: 1,
+                    tls: None,
                 },
             );
         }

@@ -12,14 +12,13 @@ use super::{lock, other, tokens_of, Core, Runtime};
 use crate::manager::wire::{Reply, Request, Response, WireError};
 use crate::manager::Role;
 use crate::pki::PeerIdentity;
-use crate::registry_auth::RegistryAuthKey;
 use crate::store::{
     ApplyResult, ClusterState, Command, GossipIdentity, Rejection, StoreError, TaskStatusUpdate,
 };
 
 /// What a request asks of its caller, and where it is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Needs {
+pub(crate) struct Needs {
     /// The role the caller must hold, in its certificate and in the store.
     pub role: Role,
     /// Whether a caller this member's copy of the store does not know may pass.
@@ -30,7 +29,7 @@ pub(super) struct Needs {
 
 /// What `request` needs. (A `Join` comes with no certificate: its handler checks its
 /// token before anything else.)
-pub(super) fn needs(request: &Request) -> Needs {
+pub(crate) fn needs(request: &Request) -> Needs {
     let on_leader = |role| Needs {
         role,
         unknown: Unknown::Refuse,
@@ -49,6 +48,7 @@ pub(super) fn needs(request: &Request) -> Needs {
         | Request::Demote { .. }
         | Request::RemoveNode { .. }
         | Request::RotateToken { .. }
+        | Request::RotateCa
         | Request::ManagerReady { .. } => on_leader(Role::Manager),
         Request::Heartbeat { .. }
         | Request::Leave
@@ -134,7 +134,10 @@ impl Runtime {
                     self.do_manager_ready(&core, peer.node_id(), advertise)
                         .await
                 }
-                Request::Heartbeat { node } => self.do_heartbeat(&core, peer.node_id(), node).await,
+                Request::RotateCa => self.do_rotate_ca(&core).await,
+                Request::Heartbeat { node, tls } => {
+                    self.do_heartbeat(&core, peer.node_id(), node, tls).await
+                }
                 Request::Leave => self.do_leave(&core, peer.node_id()).await,
                 Request::Renew { csr_pem } => self.do_renew(&core, peer.node_id(), &csr_pem).await,
                 Request::NodeState { since, applied } => {
@@ -144,8 +147,8 @@ impl Runtime {
                         lock(&self.applied).report(term, peer.node_id(), v, &state)
                     });
                     let view = (state.version != since).then(|| {
-                        let key = RegistryAuthKey::derive(core.ca());
-                        Box::new(node_view(state, peer.node_id(), &key))
+                        let keys = core.registry_keys();
+                        Box::new(node_view(state, peer.node_id(), &keys))
                     });
                     Ok(match withdrawal {
                         Some(withdrawal) => Response::NodeStateWithdrawal { view, withdrawal },
@@ -297,6 +300,7 @@ mod tests {
                 force: true,
             },
             Request::RotateToken { role: Role::Worker },
+            Request::RotateCa,
             Request::ManagerReady {
                 advertise: String::new(),
             },
@@ -321,6 +325,7 @@ mod tests {
                     data_path_addr: None,
                     labels: Default::default(),
                 },
+                tls: None,
             },
             Request::Leave,
             Request::Renew {

@@ -1,22 +1,30 @@
 //! The node's own loop: a heartbeat to the leader every interval, then whatever its
-//! answer calls for (the managers list, a promotion or demotion), and certificate renewal.
+//! answer calls for (the managers list, a promotion or demotion, a root CA rotation to
+//! follow), and certificate renewal.
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use tokio::net::TcpListener;
 
+use super::ca::{ca_change_due, tls_of, CaTarget};
 use super::{lock, with_port, Runtime};
 use crate::manager::wire::{Grant, HeartbeatAck, Request, Response};
 use crate::manager::{keys, persist};
 use crate::manager::{ClusterError, Role};
 use crate::pki::{ClusterCa, NodeCertificate, NodeIdentity};
+
 use crate::store::RaftId;
 
 impl Runtime {
-    pub(super) async fn heartbeat_once(self: &Arc<Self>) {
+    /// One heartbeat and what its answer calls for. True when the node renewed to follow
+    /// a root CA rotation: the next heartbeat should go at once, to report it (the
+    /// rotation waits for every node's report).
+    pub(super) async fn heartbeat_once(self: &Arc<Self>) -> bool {
+        let mut report_now = false;
         let info = lock(&self.local).info.clone();
-        let call = self.call_leader(Request::Heartbeat { node: info });
+        let tls = Some(tls_of(&self.identity()));
+        let call = self.call_leader(Request::Heartbeat { node: info, tls });
         match tokio::time::timeout(2 * self.timings.request_timeout, call).await {
             Ok(Ok(Response::Heartbeat(ack))) => {
                 self.known_managers.set(&ack.manager_ids);
@@ -32,6 +40,9 @@ impl Runtime {
                     let _ = self.update_local(|l| l.managers = managers);
                 }
                 self.reconcile_role(&ack).await;
+                if let Some(target) = &ack.ca {
+                    report_now = self.follow_root(target).await;
+                }
             }
             Ok(Ok(_)) => tracing::debug!("unexpected answer to a heartbeat"),
             Ok(Err(e)) => tracing::debug!(error = %e, "heartbeat failed"),
@@ -44,6 +55,7 @@ impl Runtime {
                 Err(e) => tracing::warn!(error = %e, "certificate renewal failed; will retry"),
             }
         }
+        report_now
     }
 
     /// Follows the role the store gives this node (promotion, demotion).
@@ -72,6 +84,34 @@ impl Runtime {
         }
     }
 
+    /// A root CA rotation started or ended: a certificate of the root that signs now,
+    /// and the roots to trust, come with a renewal. True when this node renewed.
+    async fn follow_root(self: &Arc<Self>, target: &CaTarget) -> bool {
+        if !ca_change_due(&self.identity(), target) {
+            return false;
+        }
+        let _guard = self.transition.lock().await;
+        if !ca_change_due(&self.identity(), target) {
+            return false;
+        }
+        match self.renew().await {
+            Ok(_) => {
+                let identity = self.identity();
+                tracing::info!(
+                    issuer = %identity.issuer().digest(),
+                    root = %identity.ca().digest(),
+                    rotating = identity.trust().next().is_some(),
+                    "root CA rotation: node certificate and trust renewed"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "root CA rotation: renewal failed; will retry");
+                false
+            }
+        }
+    }
+
     async fn renew(self: &Arc<Self>) -> Result<Grant, ClusterError> {
         let (key, csr) = NodeIdentity::generate_key_and_csr(&self.node_id)?;
         let grant = match self
@@ -82,13 +122,15 @@ impl Runtime {
             _ => return Err(ClusterError::Protocol("unexpected answer to renew".into())),
         };
         self.known_managers.set(&grant.manager_ids);
-        let identity = NodeIdentity::new(
-            key,
-            NodeCertificate::from_pem(&grant.cert_pem)?,
-            self.identity().ca().clone(),
-        )?;
+        // The roots come with the grant; a node moves only to roots it trusts already
+        // (a next root is vouched for by the root it has).
+        let trust = grant.trust()?;
+        self.identity().trust().accepts(&trust)?;
+        let identity =
+            NodeIdentity::with_trust(key, NodeCertificate::from_pem(&grant.cert_pem)?, trust)?;
         if let Some(key) = &grant.ca_key_pem {
-            persist::save_ca_key(&self.dir, key, &self.require_data_key()?)?;
+            let ca = ClusterCa::from_pem(&identity.ca().pem(), key)?;
+            persist::save_ca(&self.dir, &ca, &self.require_data_key()?)?;
         }
         self.set_identity(identity)?;
         Ok(grant)

@@ -13,6 +13,7 @@ use tokio_rustls::TlsConnector;
 
 use super::accept::accept_loop;
 use super::autolock::autolock_loop;
+use super::ca::{ca_loop, Signers};
 use super::liveness::monitor_loop;
 use super::{
     fresh_raft_id, issue_options, lock, new_gossip_key, now_ms, with_port, write, Core, Runtime,
@@ -96,7 +97,7 @@ impl Runtime {
         let unlock_key = options.autolock.then(KeyEncryptionKey::generate);
         let manager_keys = keys::create(&dir, unlock_key.as_ref())?;
         let data_key = manager_keys.data_key().clone();
-        persist::save_ca_key(&dir, &ca.key_pem_secret(), &data_key)?;
+        persist::save_ca(&dir, &ca, &data_key)?;
         persist::save_local(&dir, &local)?;
 
         let rt = Runtime::new(&dir, identity.clone(), local, Some(manager_keys))?;
@@ -145,6 +146,7 @@ impl Runtime {
                         raft_id: Some(raft_id),
                         gossip: None,
                         version: 0,
+                        tls: None,
                     },
                 },
                 Command::UpsertNetwork {
@@ -288,7 +290,9 @@ impl Runtime {
             Ok(Err(e)) => return Err(ClusterError::Tls(format!("{manager}: {e}"))),
             Ok(Ok(tls)) => tls,
         };
-        let ca = pinned_ca_from_chain(
+        // The root the token names; during a rotation the grant adds the next one,
+        // which this root vouches for.
+        let pinned = pinned_ca_from_chain(
             tls.get_ref().1.peer_certificates().unwrap_or_default(),
             token.ca_digest(),
         )
@@ -323,7 +327,12 @@ impl Runtime {
                 "this node's clock differs from the manager's; keep the cluster's clocks synchronized"
             );
         }
-        let identity = NodeIdentity::new(key, NodeCertificate::from_pem(&grant.cert_pem)?, ca)?;
+        let trust = grant.trust()?;
+        if trust.root() != &pinned {
+            return Err(ClusterError::CaMismatch);
+        }
+        let identity =
+            NodeIdentity::with_trust(key, NodeCertificate::from_pem(&grant.cert_pem)?, trust)?;
         if identity.node_id() != grant.node_id {
             return Err(ClusterError::Protocol(
                 "the certificate is not for the node ID granted".into(),
@@ -365,9 +374,9 @@ impl Runtime {
                 // A local KEK until the store says whether autolock is on (then the
                 // data key is rewrapped under the cluster's unlock key).
                 let manager_keys = keys::create(&dir, None)?;
-                persist::save_ca_key(&dir, key, manager_keys.data_key())?;
-                *lock(&rt.keys) = Some(manager_keys);
                 let ca = ClusterCa::from_pem(&identity.ca().pem(), key)?;
+                persist::save_ca(&dir, &ca, manager_keys.data_key())?;
+                *lock(&rt.keys) = Some(manager_keys);
                 let raft_id = grant.raft_id.ok_or_else(|| {
                     ClusterError::Protocol("a manager grant without a Raft ID".into())
                 })?;
@@ -419,12 +428,13 @@ impl Runtime {
             }
         }
         let identity = self.identity();
-        let server_config = Arc::new(join_server_config(&identity, identity.ca())?);
+        let server_config = Arc::new(join_server_config(&identity, identity.trust())?);
         let core = Arc::new(Core {
             store,
             raft_id,
-            ca,
+            signers: RwLock::new(Arc::new(Signers::new(ca))),
             server_config: RwLock::new(server_config),
+            server_trust: RwLock::new(Arc::new(identity.trust().clone())),
             tasks: Mutex::new(Vec::new()),
         });
         write(&self.core, Some(core.clone()));
@@ -450,7 +460,8 @@ impl Runtime {
         ));
         let monitor = tokio::spawn(monitor_loop(self.clone(), core.clone()));
         let autolock = tokio::spawn(autolock_loop(self.clone(), core.clone()));
-        lock(&core.tasks).extend([accept, monitor, autolock]);
+        let ca = tokio::spawn(ca_loop(self.clone(), core.clone()));
+        lock(&core.tasks).extend([accept, monitor, autolock, ca]);
         Ok(core)
     }
 
@@ -469,8 +480,9 @@ impl Runtime {
         let rt = self.clone();
         let heartbeat = tokio::spawn(async move {
             loop {
-                rt.heartbeat_once().await;
-                tokio::time::sleep(rt.timings.heartbeat_interval).await;
+                if !rt.heartbeat_once().await {
+                    tokio::time::sleep(rt.timings.heartbeat_interval).await;
+                }
             }
         });
         lock(&self.tasks).push(heartbeat);

@@ -9,7 +9,7 @@ use super::handlers::propose;
 use super::{lock, manager_addrs, manager_ids, pki_role, Core, Runtime};
 use crate::manager::wire::{HeartbeatAck, Reply, Response, WireError};
 use crate::manager::NodeInfo;
-use crate::store::{Command, MemberState, NodeStatus};
+use crate::store::{Command, MemberState, NodeStatus, NodeTls};
 
 /// Longest engine version a heartbeat may record (Docker's are like `27.3.1`).
 const MAX_ENGINE_VERSION: usize = 64;
@@ -26,7 +26,13 @@ impl Runtime {
     /// A heartbeat from `node_id` (a member: checked by the caller). It says the node is
     /// alive, and which engine it runs; a node's name and addresses are the store's
     /// (recorded at join), never what its heartbeats say.
-    pub(super) async fn do_heartbeat(&self, core: &Core, node_id: &str, info: NodeInfo) -> Reply {
+    pub(super) async fn do_heartbeat(
+        &self,
+        core: &Core,
+        node_id: &str,
+        info: NodeInfo,
+        tls: Option<NodeTls>,
+    ) -> Reply {
         let state = core.store.read_stale();
         let node = state
             .nodes
@@ -62,11 +68,26 @@ impl Runtime {
             updated.engine_version = info.engine_version;
             propose(core, Command::UpsertNode { node: updated }).await?;
         }
+        // What a root CA rotation waits for: written when it changes (at join, and twice
+        // per rotation), within the node's write budget like the engine version.
+        if let Some(tls) = tls.filter(|t| node.tls.as_deref() != Some(t)) {
+            if lock(&self.writes).take(node_id, Instant::now()) {
+                propose(
+                    core,
+                    Command::SetNodeTls {
+                        id: node_id.to_string(),
+                        tls,
+                    },
+                )
+                .await?;
+            }
+        }
         Ok(Response::Heartbeat(HeartbeatAck {
             role: pki_role(node.role),
             raft_id: node.raft_id,
             managers: manager_addrs(&state),
             manager_ids: manager_ids(&state),
+            ca: Some(core.signers().target()),
         }))
     }
 }

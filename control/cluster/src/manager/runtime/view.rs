@@ -11,12 +11,13 @@
 //!   container settings, health check or previous spec, nor another task's status text.
 //! - Every node (addresses: gossip seeds, VTEPs, the managers' list), without the labels
 //!   of the others; the cluster's settings and gossip keys.
-//! - No join tokens, unlock key, secrets, configs, sealed credentials or revocation record.
+//! - No join tokens, unlock key, secrets, configs, sealed credentials, revocation record,
+//!   root CA key or registry credential keys (a node's trust comes with its certificate).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::manager::NodeView;
-use crate::registry_auth::RegistryAuthKey;
+use crate::registry_auth::RegistryKeyring;
 use crate::store::{
     ClusterState, Service, ServiceSpec, Task, TaskState, TaskStatus, UpdateConfig,
     DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
@@ -25,7 +26,7 @@ use crate::store::{
 /// Node `node_id`'s view of `state`. Credentials that do not open are left out
 /// (logged): the node's pull then fails with the registry's answer, which says what is
 /// wrong.
-pub(super) fn node_view(state: ClusterState, node_id: &str, key: &RegistryAuthKey) -> NodeView {
+pub(super) fn node_view(state: ClusterState, node_id: &str, key: &RegistryKeyring) -> NodeView {
     let ClusterState {
         version,
         mut nodes,
@@ -40,6 +41,9 @@ pub(super) fn node_view(state: ClusterState, node_id: &str, key: &RegistryAuthKe
         removed_nodes: _,
         unlock_key: _,
         autolock_version,
+        root_ca: _,
+        ca_rotation: _,
+        registry_keys: _,
     } = state;
     let own = |t: &Task| t.node_id.as_deref() == Some(node_id);
     let own_services: BTreeSet<String> = tasks
@@ -143,6 +147,9 @@ pub(super) fn node_view(state: ClusterState, node_id: &str, key: &RegistryAuthKe
             removed_nodes: BTreeMap::new(),
             unlock_key: None,
             autolock_version,
+            root_ca: None,
+            ca_rotation: None,
+            registry_keys: Vec::new(),
         },
         registry_auth,
     }

@@ -161,6 +161,28 @@ impl ClusterState {
                 }
             }
             Command::SetTokens { .. } => Ok(()),
+            Command::SetNodeTls { id, .. } => node(id),
+            Command::StartCaRotation {
+                rotation,
+                registry_keys,
+                ..
+            } => super::ca::check_start(self, rotation, registry_keys).map_err(|detail| {
+                Rejection::Invalid {
+                    what: "root CA rotation".into(),
+                    detail,
+                }
+            }),
+            Command::FinishCaRotation { to, .. } => match self.ca_rotation_target() {
+                Some(target) if target == *to => Ok(()),
+                Some(target) => Err(Rejection::Invalid {
+                    what: "root CA rotation".into(),
+                    detail: format!("the rotation under way moves to {target}, not {to}"),
+                }),
+                None => Err(Rejection::Invalid {
+                    what: "root CA rotation".into(),
+                    detail: "no rotation is in progress".into(),
+                }),
+            },
             Command::SetCluster { cluster } => nonempty("cluster ID", &cluster.id),
             Command::SetGossipKeys { keys } => {
                 let invalid = |detail: &str| Rejection::Invalid {
@@ -387,6 +409,29 @@ impl ClusterState {
                 }
             }
             Command::SetTokens { tokens } => self.tokens = Some(tokens.clone()),
+            Command::SetNodeTls { id, tls } => touch(id, &mut |n| n.tls = Some(Box::new(*tls))),
+            Command::StartCaRotation {
+                rotation,
+                registry_keys,
+                resealed,
+            } => {
+                self.ca_rotation = Some((**rotation).clone());
+                self.registry_keys = registry_keys.clone();
+                for r in resealed {
+                    if let Some(s) = self.services.get_mut(&r.service_id) {
+                        if s.registry_auth.as_ref() == Some(&r.before) {
+                            s.registry_auth = Some(r.after.clone());
+                            s.version = version;
+                        }
+                    }
+                }
+            }
+            Command::FinishCaRotation { tokens, .. } => {
+                if let Some(rotation) = self.ca_rotation.take() {
+                    self.root_ca = Some(rotation.to);
+                }
+                self.tokens = Some(tokens.clone());
+            }
             Command::SetCluster { cluster } => self.cluster = Some(cluster.clone()),
             Command::SetGossipKeys { keys } => self.gossip_keys = keys.clone(),
             Command::SetAutolock { unlock_key } => {

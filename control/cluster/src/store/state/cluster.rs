@@ -60,3 +60,17 @@ impl std::fmt::Debug for UnlockKey {
         f.write_str("UnlockKey(<redacted>)")
     }
 }
+
+/// A key of services' registry credentials (AES-256-GCM), kept in the store once a CA
+/// rotation took these keys off the CA key. Managers only.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryKey {
+    /// 32 bytes, base64 without padding.
+    pub key: String,
+}
+
+impl std::fmt::Debug for RegistryKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RegistryKey(<redacted>)")
+    }
+}

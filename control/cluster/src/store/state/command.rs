@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Availability, ClusterSpec, GossipIdentity, GossipKey, Network, Node, NodeStatus, ObjectKind,
-    Role, UnlockKey,
+    Availability, CaRotation, ClusterSpec, GossipIdentity, GossipKey, Network, Node, NodeStatus,
+    NodeTls, ObjectKind, RegistryKey, Resealed, Role, UnlockKey,
 };
+use crate::pki::CaDigest;
 use crate::store::service::{Service, Task, TaskStatusUpdate};
 
 /// A change to the cluster state. Only these change it, and only through the log.
@@ -119,6 +120,28 @@ pub enum Command {
     SetAutolock {
         #[serde(default)]
         unlock_key: Option<UnlockKey>,
+    },
+    /// What a node's heartbeat says of its certificate and trust.
+    SetNodeTls {
+        id: String,
+        tls: NodeTls,
+    },
+    /// `swarm ca --rotate`: the managers sign with `rotation.to` from now on, and nodes
+    /// trust it beside the current root until [`Command::FinishCaRotation`]. Refused
+    /// while another rotation runs, or when `rotation.from_pem` is not the current root.
+    /// `registry_keys` (1 or 2, newest first) replace the credentials' keys, and the
+    /// credentials in `resealed` are replaced where they are unchanged.
+    StartCaRotation {
+        rotation: Box<CaRotation>,
+        registry_keys: Vec<RegistryKey>,
+        #[serde(default)]
+        resealed: Vec<Resealed>,
+    },
+    /// Every member holds a certificate of the rotation's new root (`to`): it becomes
+    /// the root, and the join tokens (`tokens`) name it.
+    FinishCaRotation {
+        to: CaDigest,
+        tokens: serde_json::Value,
     },
     UpsertObject {
         kind: ObjectKind,

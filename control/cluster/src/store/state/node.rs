@@ -69,6 +69,10 @@ pub struct Node {
     /// Store version at this object's last change (set by `apply`, ignored on input).
     #[serde(default)]
     pub version: u64,
+    /// The node's certificate and trust, as its heartbeats last said (`None`: not said
+    /// yet). What a CA rotation waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Box<super::NodeTls>>,
 }
 
 impl Node {

@@ -17,6 +17,7 @@ fn node(id: &str, role: Role) -> Node {
         raft_id: None,
         gossip: None,
         version: 0,
+        tls: None,
     }
 }
 
@@ -707,4 +708,241 @@ fn gossip_identities_are_checked_against_their_node() {
     // Removing the node removes its key.
     s.apply(&Command::RemoveNode { id: "n1".into() });
     assert!(!s.nodes.contains_key("n1"));
+}
+
+/// A rotation from `old` to a new root (returned with it), as the leader proposes it.
+fn rotation(old: &crate::pki::ClusterCa) -> (crate::pki::ClusterCa, CaRotation) {
+    let (new, cross) = old.successor().unwrap();
+    let cross_signed_pem =
+        crate::pki::NextRoot::new(old.certificate(), new.certificate().clone(), cross.to_vec())
+            .unwrap()
+            .cross_signed_pem();
+    let r = CaRotation {
+        from_pem: old.cert_pem(),
+        to: StoredCa {
+            cert_pem: new.cert_pem(),
+            key_pem: new.key_pem_secret(),
+        },
+        cross_signed_pem,
+        started_ms: 1,
+    };
+    (new, r)
+}
+
+fn tls(
+    issuer: &crate::pki::ClusterCa,
+    root: &crate::pki::ClusterCa,
+    next: Option<&crate::pki::ClusterCa>,
+) -> NodeTls {
+    NodeTls {
+        cert_issuer: issuer.digest(),
+        trust_root: root.digest(),
+        trust_next: next.map(|n| n.digest()),
+    }
+}
+
+#[test]
+fn a_ca_rotation_starts_once_waits_for_every_member_and_finishes_to_its_own_root() {
+    use crate::registry_auth::RegistryAuthKey;
+    let old = crate::pki::ClusterCa::new("c1").unwrap();
+    let keys = vec![RegistryAuthKey::generate().unwrap()];
+    let mut s = ClusterState::default();
+    for id in ["m1", "w1", "gone"] {
+        s.apply(&Command::UpsertNode {
+            node: node(id, Role::Worker),
+        });
+    }
+    s.apply(&Command::RevokeNode {
+        id: "gone".into(),
+        at_ms: 1,
+        until_ms: u64::MAX,
+    });
+    for id in ["m1", "w1", "gone"] {
+        s.apply(&Command::SetNodeTls {
+            id: id.into(),
+            tls: tls(&old, &old, None),
+        });
+    }
+    assert!(s
+        .apply(&Command::SetNodeTls {
+            id: "nobody".into(),
+            tls: tls(&old, &old, None)
+        })
+        .into_result()
+        .is_err());
+    let before = s.ca_progress(old.digest());
+    assert_eq!(
+        (
+            before.in_progress,
+            before.nodes,
+            before.certs_rotated,
+            before.roots_rotated
+        ),
+        (false, 2, 2, 2),
+        "a revoked node is no member"
+    );
+    assert_eq!(s.ca_rotation_converged(), None);
+
+    // A rotation whose cross-signature is not the root's is refused, changing nothing.
+    let (new, good) = rotation(&old);
+    let stranger = crate::pki::ClusterCa::new("c1").unwrap();
+    let (_, foreign) = rotation(&stranger);
+    let mut forged = good.clone();
+    forged.cross_signed_pem = foreign.cross_signed_pem.clone();
+    let unchanged = s.clone();
+    for (r, k) in [
+        (forged, keys.clone()),
+        (good.clone(), vec![]),
+        (
+            good.clone(),
+            vec![RegistryKey {
+                key: "short".into(),
+            }],
+        ),
+    ] {
+        assert!(s
+            .apply(&Command::StartCaRotation {
+                rotation: Box::new(r),
+                registry_keys: k,
+                resealed: vec![]
+            })
+            .into_result()
+            .is_err());
+        assert_eq!(s, unchanged);
+    }
+    s.apply(&Command::StartCaRotation {
+        rotation: Box::new(good.clone()),
+        registry_keys: keys.clone(),
+        resealed: vec![],
+    })
+    .into_result()
+    .unwrap();
+    assert_eq!(s.ca_rotation_target(), Some(new.digest()));
+    assert_eq!(s.registry_keys, keys);
+    // One at a time.
+    let (_, second) = rotation(&old);
+    assert!(s
+        .apply(&Command::StartCaRotation {
+            rotation: Box::new(second),
+            registry_keys: keys.clone(),
+            resealed: vec![]
+        })
+        .into_result()
+        .is_err());
+    // Not finished before every member holds a certificate of the new root.
+    assert!(s
+        .apply(&Command::FinishCaRotation {
+            to: old.digest(),
+            tokens: serde_json::json!({})
+        })
+        .into_result()
+        .is_err());
+    s.apply(&Command::SetNodeTls {
+        id: "m1".into(),
+        tls: tls(&new, &old, Some(&new)),
+    });
+    let p = s.ca_progress(old.digest());
+    assert_eq!(p.desired, Some(new.digest()));
+    assert_eq!(
+        (p.in_progress, p.nodes, p.certs_rotated, p.roots_rotated),
+        (true, 2, 1, 0)
+    );
+    assert_eq!(p.pending.len(), 2);
+    assert_eq!(s.ca_rotation_converged(), None);
+    s.apply(&Command::SetNodeTls {
+        id: "w1".into(),
+        tls: tls(&new, &old, Some(&new)),
+    });
+    assert_eq!(s.ca_rotation_converged(), Some(new.digest()));
+
+    s.apply(&Command::FinishCaRotation {
+        to: new.digest(),
+        tokens: serde_json::json!({"worker": "t"}),
+    })
+    .into_result()
+    .unwrap();
+    assert!(s.ca_rotation.is_none());
+    assert_eq!(s.root_ca.as_ref(), Some(&good.to));
+    assert_eq!(s.tokens, Some(serde_json::json!({"worker": "t"})));
+    let p = s.ca_progress(new.digest());
+    assert_eq!(
+        (p.in_progress, p.certs_rotated, p.roots_rotated),
+        (false, 2, 0)
+    );
+    for id in ["m1", "w1"] {
+        s.apply(&Command::SetNodeTls {
+            id: id.into(),
+            tls: tls(&new, &new, None),
+        });
+    }
+    let p = s.ca_progress(new.digest());
+    assert_eq!(
+        (p.certs_rotated, p.roots_rotated, p.pending.len()),
+        (2, 2, 0)
+    );
+
+    // The next rotation must start from the new root.
+    let (_, from_old) = rotation(&old);
+    assert!(s
+        .apply(&Command::StartCaRotation {
+            rotation: Box::new(from_old),
+            registry_keys: keys.clone(),
+            resealed: vec![]
+        })
+        .into_result()
+        .is_err());
+    let (_, from_new) = rotation(&new);
+    s.apply(&Command::StartCaRotation {
+        rotation: Box::new(from_new),
+        registry_keys: keys,
+        resealed: vec![],
+    })
+    .into_result()
+    .unwrap();
+    // The state, keys included, goes through JSON (the log and snapshots) whole, and
+    // its Debug shows no key.
+    let back: ClusterState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+    assert_eq!(back, s);
+    let shown = format!("{s:?}");
+    assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+    assert!(!shown.contains(&s.registry_keys[0].key), "{shown}");
+}
+
+#[test]
+fn a_rotation_seals_credentials_again_only_where_they_did_not_change_meanwhile() {
+    use crate::registry_auth::{RegistryAuthKey, SealedCredentials};
+    let old = crate::pki::ClusterCa::new("c1").unwrap();
+    let sealed = |tag: &str| SealedCredentials {
+        nonce: tag.into(),
+        ciphertext: tag.into(),
+    };
+    let mut s = ClusterState::default();
+    for id in ["a", "b"] {
+        let mut svc = sample_service(id, id);
+        svc.registry_auth = Some(sealed(&format!("{id}-old")));
+        s.apply(&Command::CreateService {
+            service: Box::new(svc),
+        });
+    }
+    let (_, r) = rotation(&old);
+    s.apply(&Command::StartCaRotation {
+        rotation: Box::new(r),
+        registry_keys: vec![RegistryAuthKey::generate().unwrap()],
+        resealed: vec![
+            Resealed {
+                service_id: "a".into(),
+                before: sealed("a-old"),
+                after: sealed("a-new"),
+            },
+            Resealed {
+                service_id: "b".into(),
+                before: sealed("b-older"),
+                after: sealed("b-new"),
+            },
+        ],
+    })
+    .into_result()
+    .unwrap();
+    assert_eq!(s.services["a"].registry_auth, Some(sealed("a-new")));
+    assert_eq!(s.services["b"].registry_auth, Some(sealed("b-old")));
 }

@@ -1,13 +1,13 @@
 //! Tests of a node's view: what its tasks need, nothing of other services' specs.
 
 use super::*;
-use crate::registry_auth::RegistryCredentials;
+use crate::registry_auth::{RegistryAuthKey, RegistryCredentials};
 use crate::store::{
     Availability, Network, NetworkAttachment, Node, NodeStatus, PortConfig, Protocol, PublishMode,
     Service, ServiceMode, VirtualIp,
 };
 
-fn service(id: &str, networks: &[&str], key: &RegistryAuthKey) -> Service {
+fn service(id: &str, networks: &[&str], key: &RegistryKeyring) -> Service {
     let creds = RegistryCredentials {
         server_address: "r:5000".into(),
         username: format!("user-{id}"),
@@ -122,12 +122,13 @@ fn node(id: &str) -> Node {
         raft_id: None,
         gossip: None,
         version: 0,
+        tls: None,
     }
 }
 
 /// n1 runs `mine` (on net-a); `peer` shares net-a from n2; `far` is only on net-b, on
 /// n2; `web` publishes a port (ingress), on n3.
-fn cluster(key: &RegistryAuthKey) -> ClusterState {
+fn cluster(key: &RegistryKeyring) -> ClusterState {
     let mut state = ClusterState::default();
     for n in ["n1", "n2", "n3"] {
         state.nodes.insert(n.into(), node(n));
@@ -181,7 +182,7 @@ fn cluster(key: &RegistryAuthKey) -> ClusterState {
 
 #[test]
 fn a_node_sees_its_own_services_whole_and_no_other_services_spec() {
-    let key = RegistryAuthKey::from_secret(b"ca", "c1");
+    let key = RegistryKeyring::from(RegistryAuthKey::from_secret(b"ca", "c1"));
     let view = node_view(cluster(&key), "n1", &key);
     let text = serde_json::to_string(&view.state).unwrap();
     // Its own service, whole.
@@ -212,7 +213,7 @@ fn a_node_sees_its_own_services_whole_and_no_other_services_spec() {
 
 #[test]
 fn a_node_sees_the_networks_of_its_tasks_and_what_runs_on_them() {
-    let key = RegistryAuthKey::from_secret(b"ca", "c1");
+    let key = RegistryKeyring::from(RegistryAuthKey::from_secret(b"ca", "c1"));
     let view = node_view(cluster(&key), "n1", &key);
     let s = &view.state;
     // net-a (its task's) and ingress (a port is published): not net-b.
@@ -238,7 +239,7 @@ fn a_node_sees_the_networks_of_its_tasks_and_what_runs_on_them() {
 
 #[test]
 fn credentials_go_only_to_nodes_with_a_live_task_and_never_sealed() {
-    let key = RegistryAuthKey::from_secret(b"ca", "c1");
+    let key = RegistryKeyring::from(RegistryAuthKey::from_secret(b"ca", "c1"));
     let mut state = cluster(&key);
     state.tasks.insert("t2".into(), {
         let far = state.services["far"].clone();
@@ -261,6 +262,6 @@ fn credentials_go_only_to_nodes_with_a_live_task_and_never_sealed() {
         .registry_auth
         .is_empty());
     // Another cluster's key opens nothing (and hands nothing).
-    let other = RegistryAuthKey::from_secret(b"other", "c1");
+    let other = RegistryKeyring::from(RegistryAuthKey::from_secret(b"other", "c1"));
     assert!(node_view(state, "n1", &other).registry_auth.is_empty());
 }
