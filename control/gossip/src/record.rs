@@ -189,7 +189,17 @@ pub(crate) fn body(value: &str) -> Result<RecordBody, String> {
     let packed = STANDARD_NO_PAD
         .decode(body_text)
         .map_err(|e| format!("body is not base64: {e}"))?;
-    let json = zstd::bulk::decompress(&packed, MAX_BODY)
+    // Room for what the frame says it holds (a signer writes the size), not for the
+    // largest body on every check.
+    let room = match zstd::zstd_safe::get_frame_content_size(&packed) {
+        Ok(Some(len)) if len > MAX_BODY as u64 => {
+            return Err(format!("body would expand to {len} bytes, over {MAX_BODY}"))
+        }
+        Ok(Some(len)) => len as usize,
+        Ok(None) => MAX_BODY,
+        Err(_) => return Err("body is not a zstd frame".into()),
+    };
+    let json = zstd::bulk::decompress(&packed, room)
         .map_err(|e| format!("body does not decompress: {e}"))?;
     serde_json::from_slice(&json).map_err(|e| format!("body is not a node record: {e}"))
 }
@@ -290,6 +300,27 @@ mod tests {
             );
         }
         assert!(super::body("x.%%%").is_err());
+    }
+
+    #[test]
+    fn bodies_expand_to_what_their_frame_says_and_at_most_1_mib() {
+        let text = |packed: &[u8]| format!("sig.{}", STANDARD_NO_PAD.encode(packed));
+        let json = serde_json::to_vec(&sample(3)).unwrap();
+        // A frame without its size (a streaming encoder's) still reads.
+        let unsized_frame = zstd::stream::encode_all(&json[..], 3).unwrap();
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&unsized_frame).unwrap(),
+            None
+        );
+        assert_eq!(super::body(&text(&unsized_frame)).unwrap(), sample(3));
+        // Past the bound: refused before anything is allocated for it.
+        let huge = zstd::bulk::compress(&vec![b' '; MAX_BODY + 1], 3).unwrap();
+        let e = super::body(&text(&huge)).unwrap_err();
+        assert!(e.contains("over"), "{e}");
+        // A frame cut short, and bytes that are no frame.
+        let whole = zstd::bulk::compress(&json, 3).unwrap();
+        assert!(super::body(&text(&whole[..whole.len() - 4])).is_err());
+        assert!(super::body(&text(b"not zstd")).is_err());
     }
 
     #[test]
