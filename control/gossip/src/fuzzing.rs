@@ -95,6 +95,8 @@ pub struct Receiver {
     own: SocketAddr,
     /// The bytes of the last message passed on to chitchat.
     passed: Option<Vec<u8>>,
+    /// Screens them again, with no record checked before.
+    again: Screen,
 }
 
 impl Receiver {
@@ -134,6 +136,7 @@ impl Receiver {
             from,
             own,
             passed: None,
+            again: Screen::new()?,
         })
     }
 
@@ -211,12 +214,14 @@ impl Receiver {
     /// How many parts of the last message [`Receiver::take`] passed on a fresh screen
     /// refuses, or why it does not read: what chitchat is handed must be all trusted
     /// generations and records signed by their node, so never anything but `Ok(0)`.
-    pub fn refused_again(&self) -> Result<usize, String> {
+    pub fn refused_again(&mut self) -> Result<usize, String> {
         let Some(plain) = &self.passed else {
             return Ok(0);
         };
-        let mut fresh = Screen::new().map_err(|e| e.to_string())?;
-        let screened = fresh.screen(plain, CLUSTER_ID, &self.trust, Direction::In)?;
+        self.again.forget();
+        let screened = self
+            .again
+            .screen(plain, CLUSTER_ID, &self.trust, Direction::In)?;
         Ok(screened.refused.len())
     }
 
