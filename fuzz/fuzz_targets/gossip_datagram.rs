@@ -1,6 +1,6 @@
-//! Port 7946: the first byte says who sent the rest (anyone's raw datagram, a key
-//! holder's plaintext or compressed body, a peer's records); see
-//! `shoal_gossip::fuzzing`.
+//! Port 7946: the first byte says who sent the rest (anyone's raw datagram, a member's
+//! plaintext or compressed body, a removed node's plaintext, a member's record body);
+//! see `shoal_gossip::fuzzing`.
 #![no_main]
 
 use std::sync::{Mutex, OnceLock};
@@ -14,8 +14,15 @@ fuzz_target!(|input: &[u8]| {
     let receiver = RECEIVER.get_or_init(|| Mutex::new(Receiver::new().expect("a receiver")));
     let mut receiver = receiver.lock().unwrap_or_else(|e| e.into_inner());
     let received = receiver.take(input);
-    // Bytes nobody sealed with the cluster key never reach chitchat.
-    if input.first() == Some(&0) {
-        assert_eq!(received, Received::Dropped);
+    match input.first() {
+        // Bytes nobody sealed with the cluster key, or sealed by a node that is no
+        // member, never reach chitchat.
+        Some(0) | Some(3) => assert_eq!(received, Received::Dropped),
+        _ => {}
+    }
+    // What reaches chitchat is only about trusted generations, and every record in it
+    // is signed by its node.
+    if let Received::Message(_) = received {
+        assert_eq!(receiver.refused_again(), Ok(0), "the screen let something through");
     }
 });

@@ -384,6 +384,15 @@ impl NodeClient {
     ) -> Result<(), ClusterError> {
         self.rt.report_tasks(updates).await
     }
+
+    /// Registers `gossip` as the key this node's gossip run signs with (the managers take
+    /// it for this node only; every node gets it with the state).
+    pub async fn register_gossip(
+        &self,
+        gossip: crate::store::GossipIdentity,
+    ) -> Result<(), ClusterError> {
+        self.rt.register_gossip(gossip).await
+    }
 }
 
 impl Manager {

@@ -237,6 +237,7 @@ fn node(id: &str) -> Node {
         engine_version: "27.0.1".to_string(),
         labels: BTreeMap::new(),
         raft_id: None,
+        gossip: None,
         version: 0,
         tls: None,
     }

@@ -1,15 +1,19 @@
 //! Endpoint records and the table every node derives from all live nodes' states.
 //!
-//! A node's chitchat state holds `vtep` (its VTEP address) and one `ep:<id>` key per
-//! endpoint it runs, the value a JSON [`Endpoint`]. Only the owner writes its state, and
-//! a record is taken only if it is bound to its publisher: its VTEP must be the
-//! publisher's own. A record that is not JSON, names a VTEP other than its publisher's,
-//! names a network missing from the subnet table, or has an address outside its
-//! network's subnet is left out of the table, counted once and logged once. Two nodes
+//! A node's chitchat state holds one key, its record ([`crate::record`]): its VTEP
+//! address and one entry per endpoint it runs, the value a JSON [`Endpoint`], signed by
+//! the node. Only members the [`TrustSet`] names count, each in the one generation it
+//! trusts, and only with a record that node signed (the transport already refused any
+//! other, [`crate::screen`]; the table checks again, since the trust set may have changed
+//! since). An entry is taken only if it is bound to its publisher: its VTEP must be the
+//! publisher's own. An entry that is not an endpoint, names a VTEP other than its
+//! publisher's, names a network missing from the subnet table, or has an address outside
+//! its network's subnet is left out of the table, counted once and logged once. Two nodes
 //! claiming one address in one network: both records are left out (a node can hide
 //! another's endpoint that way, never take its traffic) and the conflict is counted.
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    hash::{Hash, Hasher},
     net::IpAddr,
     sync::Arc,
 };
@@ -19,12 +23,12 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::{Counter, Counters, GossipError};
+use crate::{
+    identity::{PublicKey, TrustSet, TrustedNode},
+    record::{self, RECORD_KEY},
+    Counter, Counters, GossipError,
+};
 
-/// Key of the publisher's VTEP address in its state.
-pub(crate) const VTEP_KEY: &str = "vtep";
-/// Prefix of endpoint keys in a node's state.
-pub(crate) const EP_PREFIX: &str = "ep:";
 const MAX_ID_LEN: usize = 200;
 const MAX_NAME_LEN: usize = 255;
 const MAX_ALIASES: usize = 64;
@@ -78,7 +82,7 @@ fn name_ok(name: &str) -> bool {
         && name.chars().all(|c| !c.is_whitespace() && !c.is_control())
 }
 
-/// An endpoint ID: what follows `ep:` in the key.
+/// An endpoint ID: its entry's name in the node's record.
 pub(crate) fn check_id(id: &str) -> Result<(), GossipError> {
     if id.is_empty() || id.len() > MAX_ID_LEN || !id.chars().all(|c| c.is_ascii_graphic()) {
         return Err(GossipError::BadEndpoint(format!(
@@ -259,10 +263,12 @@ impl EndpointTable {
 }
 
 /// Builds tables from chitchat's live-node snapshots, re-checking only nodes whose state
-/// changed, and counting each rejected record version once.
-#[derive(Default)]
+/// changed, and counting each rejected record once.
 pub(crate) struct Deriver {
-    cache: HashMap<ChitchatId, (u64, NodeRecords)>,
+    cluster_id: String,
+    /// Per node generation: the state version and key its records were checked at.
+    cache: HashMap<ChitchatId, (u64, PublicKey, NodeRecords)>,
+    /// (node, entry ID or "" for the record itself, what it said) already counted.
     reported: HashSet<(ChitchatId, String, u64)>,
 }
 
@@ -272,8 +278,33 @@ struct NodeRecords {
     endpoints: Vec<(String, Endpoint)>,
 }
 
+impl NodeRecords {
+    fn none() -> Self {
+        NodeRecords {
+            vtep: None,
+            endpoints: Vec::new(),
+        }
+    }
+}
+
+fn fingerprint(text: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
 impl Deriver {
-    /// Forget every check (the subnet table changed).
+    pub(crate) fn new(cluster_id: String) -> Self {
+        Deriver {
+            cluster_id,
+            cache: HashMap::new(),
+            reported: HashSet::new(),
+        }
+    }
+
+    /// Forget every check (the subnet table changed). A changed trust set needs none:
+    /// a node's records are checked again when its key is not the one they were
+    /// checked with.
     pub(crate) fn invalidate(&mut self) {
         self.cache.clear();
     }
@@ -282,34 +313,33 @@ impl Deriver {
         &mut self,
         live: &BTreeMap<ChitchatId, NodeState>,
         subnets: &BTreeMap<String, IpNet>,
+        trust: &TrustSet,
         counters: &Counters,
     ) -> EndpointTable {
-        // One generation per node ID: a restarted node's newest.
-        let mut newest: BTreeMap<&str, (&ChitchatId, &NodeState)> = BTreeMap::new();
-        for (id, state) in live {
-            let slot = newest.entry(&id.node_id).or_insert((id, state));
-            if id.generation_id > slot.0.generation_id {
-                *slot = (id, state);
-            }
-        }
         self.cache.retain(|id, _| live.contains_key(id));
         if self.reported.len() > 100_000 {
             self.reported.retain(|(id, _, _)| live.contains_key(id));
         }
         let mut table = EndpointTable::default();
         let mut owners: HashMap<(String, IpAddr), Vec<TableKey>> = HashMap::new();
-        for (node_id, (cid, state)) in newest {
+        // One generation per node ID at most: the one the trust set names.
+        for (cid, state) in live {
+            let Some(trusted) = trust.trusts(cid) else {
+                continue;
+            };
             let max_version = state.max_version();
             let records = match self.cache.get(cid) {
-                Some((v, records)) if *v == max_version => records.clone(),
+                Some((v, key, records)) if *v == max_version && *key == trusted.key => {
+                    records.clone()
+                }
                 _ => {
-                    let records = self.check_node(cid, state, subnets, counters);
+                    let records = self.check_node(cid, trusted, state, subnets, counters);
                     self.cache
-                        .insert(cid.clone(), (max_version, records.clone()));
+                        .insert(cid.clone(), (max_version, trusted.key, records.clone()));
                     records
                 }
             };
-            let node: Arc<str> = Arc::from(node_id);
+            let node: Arc<str> = Arc::from(&*cid.node_id);
             table.nodes.insert(node.clone(), records.vtep);
             for (id, ep) in records.endpoints {
                 owners
@@ -337,41 +367,87 @@ impl Deriver {
         table
     }
 
+    /// Counts `why` once per (node, entry, content).
+    fn report(
+        &mut self,
+        cid: &ChitchatId,
+        entry: &str,
+        content: &str,
+        why: Counter,
+        counters: &Counters,
+        detail: &str,
+    ) {
+        let first_time =
+            self.reported
+                .insert((cid.clone(), entry.to_string(), fingerprint(content)));
+        if first_time && counters.bump(why) == 1 {
+            warn!(node = %cid.node_id, entry, reason = ?why, %detail,
+                "gossip record left out (further ones of this kind are only counted)");
+        }
+    }
+
     fn check_node(
         &mut self,
         cid: &ChitchatId,
+        trusted: &TrustedNode,
         state: &NodeState,
         subnets: &BTreeMap<String, IpNet>,
         counters: &Counters,
     ) -> NodeRecords {
-        let vtep: Option<IpAddr> = state.get(VTEP_KEY).and_then(|v| v.parse().ok());
-        let mut endpoints = Vec::new();
-        for (key, value) in state.iter_prefix(EP_PREFIX) {
-            if value.is_deleted() {
-                continue;
+        let Some(value) = state.get_versioned(RECORD_KEY).filter(|v| !v.is_deleted()) else {
+            return NodeRecords::none();
+        };
+        if !record::verify(
+            &trusted.key,
+            &self.cluster_id,
+            cid.into(),
+            RECORD_KEY,
+            value.version,
+            &value.value,
+        ) {
+            self.report(
+                cid,
+                "",
+                &value.value,
+                Counter::ForgedRecord,
+                counters,
+                "not signed by the node's key",
+            );
+            return NodeRecords::none();
+        }
+        let body = match record::body(&value.value) {
+            Ok(body) => body,
+            Err(why) => {
+                self.report(cid, "", &value.value, Counter::BadRecord, counters, &why);
+                return NodeRecords::none();
             }
-            let id = &key[EP_PREFIX.len()..];
-            let checked = if check_id(id).is_err() {
+        };
+        let vtep = body.vtep;
+        let mut endpoints = Vec::new();
+        for (id, entry) in body.endpoints {
+            let checked = if check_id(&id).is_err() {
                 Err((Reject::BadRecord, format!("endpoint ID {id:?}")))
             } else {
-                serde_json::from_str::<Endpoint>(&value.value)
+                serde_json::from_value::<Endpoint>(entry.clone())
                     .map_err(|e| (Reject::BadRecord, format!("not an endpoint record: {e}")))
-                    .and_then(|ep| check(&ep, vtep, subnets).map(|()| ep))
+                    .and_then(|ep| check(&ep, Some(vtep), subnets).map(|()| ep))
             };
             match checked {
-                Ok(ep) => endpoints.push((id.to_string(), ep)),
-                Err((why, detail)) => {
-                    let first_time =
-                        self.reported
-                            .insert((cid.clone(), key.to_string(), value.version));
-                    if first_time && counters.bump(why.counter()) == 1 {
-                        warn!(node = %cid.node_id, key, reason = ?why, %detail,
-                            "gossip record left out (further ones of this kind are only counted)");
-                    }
-                }
+                Ok(ep) => endpoints.push((id, ep)),
+                Err((why, detail)) => self.report(
+                    cid,
+                    &id,
+                    &entry.to_string(),
+                    why.counter(),
+                    counters,
+                    &detail,
+                ),
             }
         }
-        NodeRecords { vtep, endpoints }
+        NodeRecords {
+            vtep: Some(vtep),
+            endpoints,
+        }
     }
 }
 
@@ -468,5 +544,83 @@ mod tests {
         assert!(matches!(&d[1], Change::Updated { new, .. } if !new.endpoint.healthy));
         assert!(matches!(&d[2], Change::Added(e) if e.id == "z"));
         assert!(a.diff(&a).is_empty());
+    }
+
+    /// A chitchat whose state holds node `about`'s record `value` at version 1, as it
+    /// would after taking one update.
+    fn holding(about: &ChitchatId, value: &str) -> chitchat::Chitchat {
+        let own: std::net::SocketAddr = "192.168.0.9:7946".parse().unwrap();
+        let mut chitchat = chitchat::Chitchat::with_chitchat_id_and_seeds(
+            chitchat::ChitchatConfig {
+                chitchat_id: ChitchatId::new("self", 1, own),
+                cluster_id: "c1".into(),
+                gossip_interval: std::time::Duration::from_millis(200),
+                listen_addr: own,
+                seed_nodes: Vec::new(),
+                failure_detector_config: Default::default(),
+                marked_for_deletion_grace_period: std::time::Duration::from_secs(3600),
+                catchup_callback: None,
+                extra_liveness_predicate: None,
+            },
+            tokio::sync::watch::channel(Default::default()).1,
+            Vec::new(),
+        );
+        let value = chitchat::VersionedValue {
+            value: value.to_string(),
+            version: 1,
+            status: chitchat::DeletionStatus::Set,
+        };
+        chitchat.reset_node_state_if_update(
+            about,
+            [(RECORD_KEY.to_string(), value)].into_iter(),
+            1,
+            0,
+        );
+        chitchat
+    }
+
+    #[test]
+    fn a_nodes_record_is_checked_again_when_its_trusted_key_changes() {
+        let me = crate::LocalIdentity::generate_for(3).unwrap();
+        let other = crate::LocalIdentity::generate_for(3).unwrap();
+        let id = ChitchatId::new("n1", 3, "192.168.0.1:7946".parse().unwrap());
+        let body = record::RecordBody {
+            vtep: "192.168.0.1".parse().unwrap(),
+            endpoints: [(
+                "t1/ov".to_string(),
+                serde_json::to_value(ep("ov", "10.0.9.2", "192.168.0.1")).unwrap(),
+            )]
+            .into(),
+        };
+        let value = record::sign(&me, "c1", (&id).into(), 1, &body).unwrap();
+        let chitchat = holding(&id, &value);
+        let trusting = |key: PublicKey| {
+            let mut trust = TrustSet::new();
+            trust.insert(
+                "n1",
+                TrustedNode {
+                    generation: 3,
+                    addr: id.gossip_advertise_addr,
+                    key,
+                },
+            );
+            trust
+        };
+        let counters = Counters::default();
+        let mut deriver = Deriver::new("c1".into());
+        let mut derive = |trust: &TrustSet| {
+            deriver
+                .derive(chitchat.node_states(), &subnets(), trust, &counters)
+                .len()
+        };
+        assert_eq!(derive(&trusting(me.public_key())), 1);
+        // The same state, the node now registered with another key (nothing else
+        // changed): its record is no longer taken.
+        assert_eq!(derive(&trusting(other.public_key())), 0);
+        assert_eq!(counters.snapshot().forged_record, 1);
+        // Back to the key it signed with: taken again.
+        assert_eq!(derive(&trusting(me.public_key())), 1);
+        assert_eq!(derive(&TrustSet::new()), 0);
+        assert_eq!(counters.snapshot().forged_record, 1);
     }
 }

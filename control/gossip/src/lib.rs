@@ -9,16 +9,24 @@
 //! - Failure detection is chitchat's phi-accrual detector: a node that stops gossiping
 //!   leaves every table once its silence exceeds `phi_threshold` times its mean
 //!   heartbeat interval ([`Timing`]); shorter silences do nothing.
-//! - Every datagram is sealed with the cluster key ([`keys`], [`seal`]); outsiders',
-//!   replayed, stale and retired-key packets are dropped and counted ([`Counters`]).
+//! - Every datagram is sealed with the cluster key for the node it goes to ([`keys`],
+//!   [`seal`]); outsiders', replayed, misdirected, stale and retired-key packets are
+//!   dropped and counted ([`Counters`]).
+//! - Each node's state is one record signed with a key of its own, whose public half
+//!   the managers hand out ([`identity`], [`record`]); what a packet says about a node
+//!   that node did not sign is left out before chitchat hears it ([`screen`]).
 //! - Records are checked before they enter the table ([`endpoint`]).
 //!
 //! UDP only: chitchat reconciles whole states in UDP datagrams (scuttlebutt deltas), so
 //! nothing needs memberlist's TCP push/pull on 7946; firewalls need UDP 7946 only.
 mod admit;
+pub mod craft;
 pub mod endpoint;
 pub mod fuzzing;
+pub mod identity;
 pub mod keys;
+pub mod record;
+mod screen;
 pub mod seal;
 pub mod sim;
 mod transport;
@@ -31,7 +39,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc, RwLock,
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
@@ -40,12 +48,15 @@ use serde::Serialize;
 use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
-    endpoint::{check, check_id, Deriver, EP_PREFIX, VTEP_KEY},
+    endpoint::{check, check_id, Deriver},
+    record::{RecordBody, RECORD_KEY},
     transport::SecureTransport,
 };
 pub use crate::{
     endpoint::{Change, Endpoint, EndpointTable, TableEntry},
+    identity::{LocalIdentity, PublicKey, TrustSet, TrustedNode},
     keys::{ClusterKey, Keyring},
+    record::MAX_RECORD_LEN,
     wire::{MemoryNet, Wire},
 };
 
@@ -107,6 +118,11 @@ impl Default for Timing {
 pub struct GossipConfig {
     /// This node's ID in the cluster (the ID in its certificate).
     pub node_id: String,
+    /// This node's signing key and the generation it signs for; the trust set must name
+    /// it, at `advertise`.
+    pub identity: Arc<LocalIdentity>,
+    /// The members whose gossip is taken (this node included).
+    pub trust: TrustSet,
     pub cluster_id: String,
     /// Where to listen (default `0.0.0.0:7946`).
     pub listen: SocketAddr,
@@ -124,16 +140,30 @@ pub struct GossipConfig {
 }
 
 impl GossipConfig {
-    /// A configuration with the defaults: listen on all addresses, port 7946, UDP.
+    /// A configuration with the defaults: listen on all addresses, port 7946, UDP, and a
+    /// trust set holding only this node.
     pub fn new(
         node_id: impl Into<String>,
         cluster_id: impl Into<String>,
         advertise: SocketAddr,
         vtep: IpAddr,
         keyring: Keyring,
+        identity: Arc<LocalIdentity>,
     ) -> Self {
+        let node_id = node_id.into();
+        let mut trust = TrustSet::new();
+        trust.insert(
+            node_id.clone(),
+            TrustedNode {
+                generation: identity.generation(),
+                addr: advertise,
+                key: identity.public_key(),
+            },
+        );
         GossipConfig {
-            node_id: node_id.into(),
+            node_id,
+            identity,
+            trust,
             cluster_id: cluster_id.into(),
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), advertise.port()),
             advertise,
@@ -155,13 +185,20 @@ pub enum Counter {
     Received,
     Oversized,
     Malformed,
+    OldVersion,
     UnknownKey,
     AuthFailed,
     Stale,
     Replayed,
     TooManySenders,
+    UnknownSender,
     BadMessage,
     SendTooBig,
+    SendUnknownPeer,
+    UntrustedHeartbeat,
+    UntrustedNode,
+    BadDelta,
+    ForgedRecord,
     BadRecord,
     ForeignClaim,
     UnknownNetwork,
@@ -177,26 +214,40 @@ pub struct Counters {
 }
 
 /// A copy of the counters. Packets: `sent`/`received` (chitchat messages passed on);
-/// dropped: `oversized`, `malformed` (garbage, truncated, not shoal's header), `unknown_key`
-/// (a key ID not in the ring: retired or foreign), `auth_failed` (wrong key, wrong
-/// cluster, tampered), `stale` (send time too far off), `replayed`, `too_many_senders`,
-/// `bad_message` (authentic but not chitchat, or chitchat
-/// could not handle it safely: see `admit`), `send_too_big` (not sent). Records left
-/// out of the table: `bad_record`, `foreign_claim` (a VTEP not its publisher's),
-/// `unknown_network`, `outside_subnet`, `address_conflict`.
+/// dropped: `oversized`, `malformed` (garbage, truncated, not shoal's header),
+/// `old_version` (the previous version's packets), `unknown_key` (a key ID not in the
+/// ring: retired or foreign), `auth_failed` (wrong key, wrong cluster, sealed for another
+/// node, tampered), `stale` (send time too far off), `replayed`, `too_many_senders`,
+/// `unknown_sender` (a sender that is not a member), `bad_message` (authentic but not
+/// chitchat, or chitchat could not handle it safely: see `admit`); not sent:
+/// `send_too_big`, `send_unknown_peer` (no member at that address).
+/// Parts of messages left out before chitchat hears them: `untrusted_heartbeat` and
+/// `untrusted_node` (a heartbeat or an update about a node, generation or address the
+/// managers do not list), `bad_delta` (an update in a form shoal never sends: deletions,
+/// other keys, garbage-collection or bare maximum versions), `forged_record` (a record
+/// not signed by the node it is about). Records left out of the table: `bad_record`,
+/// `foreign_claim` (a VTEP not its publisher's), `unknown_network`, `outside_subnet`,
+/// `address_conflict`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct CounterSnapshot {
     pub sent: u64,
     pub received: u64,
     pub oversized: u64,
     pub malformed: u64,
+    pub old_version: u64,
     pub unknown_key: u64,
     pub auth_failed: u64,
     pub stale: u64,
     pub replayed: u64,
     pub too_many_senders: u64,
+    pub unknown_sender: u64,
     pub bad_message: u64,
     pub send_too_big: u64,
+    pub send_unknown_peer: u64,
+    pub untrusted_heartbeat: u64,
+    pub untrusted_node: u64,
+    pub bad_delta: u64,
+    pub forged_record: u64,
     pub bad_record: u64,
     pub foreign_claim: u64,
     pub unknown_network: u64,
@@ -209,12 +260,19 @@ impl CounterSnapshot {
     pub fn packets_dropped(&self) -> u64 {
         self.oversized
             + self.malformed
+            + self.old_version
             + self.unknown_key
             + self.auth_failed
             + self.stale
             + self.replayed
             + self.too_many_senders
+            + self.unknown_sender
             + self.bad_message
+    }
+
+    /// Heartbeats and node updates left out before chitchat heard them.
+    pub fn updates_refused(&self) -> u64 {
+        self.untrusted_heartbeat + self.untrusted_node + self.bad_delta + self.forged_record
     }
 
     /// Records left out of the table for any reason.
@@ -239,13 +297,20 @@ impl Counters {
             received: v(Counter::Received),
             oversized: v(Counter::Oversized),
             malformed: v(Counter::Malformed),
+            old_version: v(Counter::OldVersion),
             unknown_key: v(Counter::UnknownKey),
             auth_failed: v(Counter::AuthFailed),
             stale: v(Counter::Stale),
             replayed: v(Counter::Replayed),
             too_many_senders: v(Counter::TooManySenders),
+            unknown_sender: v(Counter::UnknownSender),
             bad_message: v(Counter::BadMessage),
             send_too_big: v(Counter::SendTooBig),
+            send_unknown_peer: v(Counter::SendUnknownPeer),
+            untrusted_heartbeat: v(Counter::UntrustedHeartbeat),
+            untrusted_node: v(Counter::UntrustedNode),
+            bad_delta: v(Counter::BadDelta),
+            forged_record: v(Counter::ForgedRecord),
             bad_record: v(Counter::BadRecord),
             foreign_claim: v(Counter::ForeignClaim),
             unknown_network: v(Counter::UnknownNetwork),
@@ -255,15 +320,23 @@ impl Counters {
     }
 }
 
+/// This node's endpoints as its record holds them, by ID.
+type OwnEntries = BTreeMap<String, serde_json::Value>;
+
 /// A running gossip member.
 pub struct Gossip {
     handle: ChitchatHandle,
     node_id: String,
+    cluster_id: String,
     vtep: IpAddr,
+    identity: Arc<LocalIdentity>,
     keyring: Arc<RwLock<Keyring>>,
     counters: Arc<Counters>,
     subnets_tx: watch::Sender<Arc<BTreeMap<String, IpNet>>>,
+    trust_tx: watch::Sender<Arc<TrustSet>>,
     table_rx: watch::Receiver<Arc<EndpointTable>>,
+    /// What this node publishes; each change is signed and set as a new record version.
+    own: tokio::sync::Mutex<OwnEntries>,
     deriver: JoinHandle<()>,
 }
 
@@ -271,11 +344,22 @@ impl Gossip {
     /// Binds the gossip socket, joins through the seeds and starts deriving the table.
     pub async fn start(config: GossipConfig) -> Result<Gossip, GossipError> {
         let bad = |why: String| GossipError::BadConfig(why);
-        if config.node_id.is_empty() || config.node_id.len() > 128 {
+        if config.node_id.is_empty() || config.node_id.len() > seal::MAX_NODE_ID {
             return Err(bad(format!("node ID {:?}", config.node_id)));
         }
         if config.cluster_id.is_empty() {
             return Err(bad("empty cluster ID".into()));
+        }
+        let own_entry = TrustedNode {
+            generation: config.identity.generation(),
+            addr: config.advertise,
+            key: config.identity.public_key(),
+        };
+        if config.trust.get(&config.node_id) != Some(&own_entry) {
+            return Err(bad(format!(
+                "the trust set does not name this node as it signs ({own_entry:?}): {:?}",
+                config.trust.get(&config.node_id)
+            )));
         }
         let t = &config.timing;
         if t.gossip_interval.is_zero()
@@ -287,20 +371,36 @@ impl Gossip {
         }
         let keyring = Arc::new(RwLock::new(config.keyring.clone()));
         let counters = Arc::new(Counters::default());
+        let (trust_tx, mut trust_rx) = watch::channel(Arc::new(config.trust.clone()));
         let transport = SecureTransport {
             wire: config.wire.clone(),
             cluster_id: config.cluster_id.clone(),
+            node_id: config.node_id.clone(),
             keyring: keyring.clone(),
+            trust: trust_rx.clone(),
             counters: counters.clone(),
             max_age: t.max_packet_age,
         };
-        // A restarted node is a new generation: peers drop the old one's state.
-        let generation = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(0);
+        // A restarted node is a new generation (and a new key): peers drop the old one's
+        // state once the managers list the new one.
+        let chitchat_id = ChitchatId::new(
+            config.node_id.clone(),
+            config.identity.generation(),
+            config.advertise,
+        );
+        // The first record (no endpoints yet) is the state's first key: version 1.
+        let first = record::sign(
+            &config.identity,
+            &config.cluster_id,
+            (&chitchat_id).into(),
+            1,
+            &RecordBody {
+                vtep: config.vtep,
+                endpoints: BTreeMap::new(),
+            },
+        )?;
         let chitchat_config = ChitchatConfig {
-            chitchat_id: ChitchatId::new(config.node_id.clone(), generation, config.advertise),
+            chitchat_id,
             cluster_id: config.cluster_id.clone(),
             gossip_interval: t.gossip_interval,
             listen_addr: config.listen,
@@ -323,7 +423,7 @@ impl Gossip {
         };
         let handle = spawn_chitchat(
             chitchat_config,
-            vec![(VTEP_KEY.to_string(), config.vtep.to_string())],
+            vec![(RECORD_KEY.to_string(), first)],
             &transport,
         )
         .await
@@ -333,13 +433,19 @@ impl Gossip {
         let mut live_rx = handle.chitchat().lock().await.live_nodes_watcher();
         let (table_tx, table_rx) = watch::channel(Arc::new(EndpointTable::default()));
         let deriver_counters = counters.clone();
+        let cluster_id = config.cluster_id.clone();
         let deriver = tokio::spawn(async move {
-            let mut deriver = Deriver::default();
+            let mut deriver = Deriver::new(cluster_id);
             loop {
                 let subnets = subnets_rx.borrow_and_update().clone();
+                let trust = trust_rx.borrow_and_update().clone();
                 // Derived under the watch's read lock: no copy of every node's state.
-                let table =
-                    deriver.derive(&live_rx.borrow_and_update(), &subnets, &deriver_counters);
+                let table = deriver.derive(
+                    &live_rx.borrow_and_update(),
+                    &subnets,
+                    &trust,
+                    &deriver_counters,
+                );
                 table_tx.send_if_modified(|current| {
                     if **current != table {
                         *current = Arc::new(table);
@@ -354,17 +460,22 @@ impl Gossip {
                         if r.is_err() { return }
                         deriver.invalidate();
                     }
+                    r = trust_rx.changed() => if r.is_err() { return },
                 }
             }
         });
         Ok(Gossip {
             handle,
             node_id: config.node_id,
+            cluster_id: config.cluster_id,
             vtep: config.vtep,
+            identity: config.identity,
             keyring,
             counters,
             subnets_tx,
+            trust_tx,
             table_rx,
+            own: tokio::sync::Mutex::new(BTreeMap::new()),
             deriver,
         })
     }
@@ -378,37 +489,75 @@ impl Gossip {
         self.handle.chitchat_id().gossip_advertise_addr
     }
 
+    /// This node's generation (the one its key signs for).
+    pub fn generation(&self) -> u64 {
+        self.handle.chitchat_id().generation_id
+    }
+
     fn check(&self, id: &str, ep: &Endpoint) -> Result<(), GossipError> {
         check_id(id)?;
         check(ep, Some(self.vtep), &self.subnets_tx.borrow())
             .map_err(|(_, why)| GossipError::BadEndpoint(format!("{id}: {why}")))
     }
 
+    /// Makes `entries` this node's record: signed for the next version of its state and
+    /// set. Nothing changes when they are what it holds already, or when the record
+    /// would be too big (the error says so).
+    async fn write_record(
+        &self,
+        own: &mut OwnEntries,
+        entries: OwnEntries,
+    ) -> Result<(), GossipError> {
+        if *own == entries {
+            return Ok(());
+        }
+        let body = RecordBody {
+            vtep: self.vtep,
+            endpoints: entries,
+        };
+        self.handle
+            .with_chitchat(|c| {
+                let id = c.self_chitchat_id().clone();
+                let state = c.self_node_state();
+                let value = record::sign(
+                    &self.identity,
+                    &self.cluster_id,
+                    (&id).into(),
+                    state.max_version() + 1,
+                    &body,
+                )?;
+                // `set` gives the value exactly that version: the state's next.
+                state.set(RECORD_KEY, value);
+                Ok::<(), GossipError>(())
+            })
+            .await?;
+        *own = body.endpoints;
+        Ok(())
+    }
+
+    fn entry(ep: &Endpoint) -> serde_json::Value {
+        serde_json::to_value(ep).expect("an endpoint serializes")
+    }
+
     /// Publishes (or updates) one of this node's endpoints. Refused, with nothing
     /// changed, if the record would be refused by its receivers.
     pub async fn publish(&self, id: &str, ep: &Endpoint) -> Result<(), GossipError> {
         self.check(id, ep)?;
-        let value = serde_json::to_string(ep).expect("an endpoint serializes");
-        let key = format!("{EP_PREFIX}{id}");
-        self.handle
-            .with_chitchat(|c| c.self_node_state().set(&key, &value))
-            .await;
-        Ok(())
+        let mut own = self.own.lock().await;
+        let mut entries = own.clone();
+        entries.insert(id.to_string(), Self::entry(ep));
+        self.write_record(&mut own, entries).await
     }
 
     /// Withdraws one of this node's endpoints; false if it was not published.
     pub async fn withdraw(&self, id: &str) -> bool {
-        let key = format!("{EP_PREFIX}{id}");
-        self.handle
-            .with_chitchat(|c| {
-                let state = c.self_node_state();
-                let present = state.get(&key).is_some();
-                if present {
-                    state.delete(&key);
-                }
-                present
-            })
-            .await
+        let mut own = self.own.lock().await;
+        let mut entries = own.clone();
+        if entries.remove(id).is_none() {
+            return false;
+        }
+        // A smaller record always fits where the larger one did.
+        self.write_record(&mut own, entries).await.is_ok()
     }
 
     /// Makes this node's published endpoints exactly `endpoints` (ID -> record): the
@@ -421,58 +570,36 @@ impl Gossip {
         for (id, ep) in endpoints {
             self.check(id, ep)?;
         }
-        let values: Vec<(String, String)> = endpoints
+        let entries: OwnEntries = endpoints
             .iter()
-            .map(|(id, ep)| {
-                (
-                    format!("{EP_PREFIX}{id}"),
-                    serde_json::to_string(ep).expect("an endpoint serializes"),
-                )
-            })
+            .map(|(id, ep)| (id.clone(), Self::entry(ep)))
             .collect();
-        self.handle
-            .with_chitchat(|c| {
-                let state = c.self_node_state();
-                let stale: Vec<String> = state
-                    .iter_prefix(EP_PREFIX)
-                    .map(|(k, _)| k.to_string())
-                    .filter(|k| !values.iter().any(|(key, _)| key == k))
-                    .collect();
-                for key in stale {
-                    state.delete(&key);
-                }
-                for (key, value) in &values {
-                    state.set(key, value);
-                }
-            })
-            .await;
-        Ok(())
+        let mut own = self.own.lock().await;
+        self.write_record(&mut own, entries).await
     }
 
-    /// Writes a key of this node's state as is, bypassing every check: only for tests of
-    /// what receivers do with records a faulty or hostile node publishes.
+    /// Puts an entry into this node's record as is, bypassing every check: only for
+    /// tests of what receivers do with records a faulty or hostile node signs.
     #[doc(hidden)]
-    pub async fn set_raw_for_tests(&self, key: &str, value: &str) {
-        self.handle
-            .with_chitchat(|c| c.self_node_state().set(key, value))
-            .await;
+    pub async fn set_raw_entry_for_tests(
+        &self,
+        id: &str,
+        entry: serde_json::Value,
+    ) -> Result<(), GossipError> {
+        let mut own = self.own.lock().await;
+        let mut entries = own.clone();
+        entries.insert(id.to_string(), entry);
+        self.write_record(&mut own, entries).await
     }
 
     /// This node's published endpoints.
     pub async fn own_endpoints(&self) -> BTreeMap<String, Endpoint> {
-        self.handle
-            .with_chitchat(|c| {
-                c.self_node_state()
-                    .iter_prefix(EP_PREFIX)
-                    .filter_map(|(k, v)| {
-                        Some((
-                            k[EP_PREFIX.len()..].to_string(),
-                            serde_json::from_str(&v.value).ok()?,
-                        ))
-                    })
-                    .collect()
-            })
+        self.own
+            .lock()
             .await
+            .iter()
+            .filter_map(|(id, v)| Some((id.clone(), serde_json::from_value(v.clone()).ok()?)))
+            .collect()
     }
 
     /// The current table.
@@ -491,6 +618,24 @@ impl Gossip {
         self.subnets_tx.send_replace(Arc::new(subnets));
     }
 
+    /// Replaces the members whose gossip is taken (the managers' list changed: a node
+    /// joined, restarted or was removed). Takes effect on the next packet, and every
+    /// record is checked again.
+    pub fn set_trust(&self, trust: TrustSet) {
+        self.trust_tx.send_if_modified(|current| {
+            if **current != trust {
+                *current = Arc::new(trust);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    pub fn trust(&self) -> Arc<TrustSet> {
+        self.trust_tx.borrow().clone()
+    }
+
     /// Replaces the key ring (rotation: see [`keys`]). Takes effect on the next packet.
     pub fn set_keyring(&self, keyring: Keyring) {
         *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = keyring;
@@ -507,10 +652,17 @@ impl Gossip {
         self.counters.snapshot()
     }
 
-    /// Nodes chitchat currently considers live (this one included).
+    /// Nodes chitchat currently considers live (this one included), in the generation
+    /// the trust set names.
     pub async fn live_nodes(&self) -> Vec<String> {
+        let trust = self.trust();
         self.handle
-            .with_chitchat(|c| c.live_nodes().map(|id| id.node_id.to_string()).collect())
+            .with_chitchat(|c| {
+                c.live_nodes()
+                    .filter(|id| trust.trusts(id).is_some())
+                    .map(|id| id.node_id.to_string())
+                    .collect()
+            })
             .await
     }
 

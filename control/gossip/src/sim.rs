@@ -1,9 +1,12 @@
 //! In-process clusters on the [`MemoryNet`], for tests and `cargo xtask bench gossip`:
 //! node `i` gossips at `10.0.<i/250>.<i%250+1>:7946`, has VTEP `192.168.<i/250>.<i%250+1>`
 //! and endpoints in network `ov` (`10.128.0.0/9`). The first three nodes are the seeds.
+//! Each node signs with a key of its own; the cluster keeps the trust set the managers
+//! would hand out (every running node's key and generation) and gives it to every node.
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
     time::Duration,
 };
 
@@ -11,8 +14,8 @@ use ipnet::IpNet;
 use tokio::time::Instant;
 
 use crate::{
-    ClusterKey, Endpoint, EndpointTable, Gossip, GossipConfig, GossipError, Keyring, MemoryNet,
-    Timing, Wire,
+    ClusterKey, Endpoint, EndpointTable, Gossip, GossipConfig, GossipError, Keyring, LocalIdentity,
+    MemoryNet, Timing, TrustSet, TrustedNode, Wire,
 };
 
 pub const NETWORK: &str = "ov";
@@ -64,15 +67,53 @@ pub fn test_key() -> Keyring {
     Keyring::new(ClusterKey::new(1, [0x5a; 32]))
 }
 
-/// Configuration of node `i` on `net`.
-pub fn config(i: usize, net: &MemoryNet, keyring: Keyring, timing: Timing) -> GossipConfig {
-    let mut c = GossipConfig::new(node_id(i), "sim-cluster", gossip_addr(i), vtep(i), keyring);
+/// What the trust set says of node `i` signing with `identity`.
+pub fn trusted(i: usize, identity: &LocalIdentity) -> TrustedNode {
+    TrustedNode {
+        generation: identity.generation(),
+        addr: gossip_addr(i),
+        key: identity.public_key(),
+    }
+}
+
+/// Configuration of node `i` on `net`, signing with `identity`, taking gossip from
+/// `trust` (which must name it).
+pub fn config_with(
+    i: usize,
+    net: &MemoryNet,
+    keyring: Keyring,
+    timing: Timing,
+    identity: Arc<LocalIdentity>,
+    trust: TrustSet,
+) -> GossipConfig {
+    let mut c = GossipConfig::new(
+        node_id(i),
+        "sim-cluster",
+        gossip_addr(i),
+        vtep(i),
+        keyring,
+        identity,
+    );
+    c.trust = trust;
     c.listen = gossip_addr(i);
     c.seeds = (0..SEEDS).map(gossip_addr).collect();
     c.subnets = subnets();
     c.timing = timing;
     c.wire = Wire::Memory(net.clone());
     c
+}
+
+/// Configuration of node `i` on `net` with a fresh key, trusting only itself.
+pub fn config(
+    i: usize,
+    net: &MemoryNet,
+    keyring: Keyring,
+    timing: Timing,
+) -> Result<GossipConfig, GossipError> {
+    let identity = Arc::new(LocalIdentity::generate()?);
+    let mut trust = TrustSet::new();
+    trust.insert(node_id(i), trusted(i, &identity));
+    Ok(config_with(i, net, keyring, timing, identity, trust))
 }
 
 /// A cluster of in-process nodes. Killed nodes leave a `None`.
@@ -83,24 +124,47 @@ pub struct SimCluster {
     /// A wall-clock instant after which waits give up whatever the protocol time (for
     /// benchmarks in paused time, where protocol time can crawl).
     pub give_up_at: Option<std::time::Instant>,
+    /// What the managers would hand out: every node's key and generation.
+    pub trust: TrustSet,
+    identities: Vec<Arc<LocalIdentity>>,
 }
 
 impl SimCluster {
     /// Starts `n` nodes, seeds first.
     pub async fn start(n: usize, timing: Timing) -> Result<Self, GossipError> {
         let net = MemoryNet::new();
-        let mut nodes = Vec::with_capacity(n);
+        let mut identities = Vec::with_capacity(n);
+        let mut trust = TrustSet::new();
         for i in 0..n {
-            nodes.push(Some(
-                Gossip::start(config(i, &net, test_key(), timing.clone())).await?,
-            ));
+            let identity = Arc::new(LocalIdentity::generate()?);
+            trust.insert(node_id(i), trusted(i, &identity));
+            identities.push(identity);
+        }
+        let mut nodes = Vec::with_capacity(n);
+        for (i, identity) in identities.iter().enumerate() {
+            let c = config_with(
+                i,
+                &net,
+                test_key(),
+                timing.clone(),
+                identity.clone(),
+                trust.clone(),
+            );
+            nodes.push(Some(Gossip::start(c).await?));
         }
         Ok(SimCluster {
             net,
             nodes,
             timing,
             give_up_at: None,
+            trust,
+            identities,
         })
+    }
+
+    /// The key node `i` signs with now.
+    pub fn identity(&self, i: usize) -> &Arc<LocalIdentity> {
+        &self.identities[i]
     }
 
     pub fn node(&self, i: usize) -> &Gossip {
@@ -121,11 +185,25 @@ impl SimCluster {
         }
     }
 
-    /// Restarts node `i` (a new generation) with its old configuration.
+    /// Restarts node `i` with its old configuration: a new generation and key, which
+    /// every node is told of (as the managers would).
     pub async fn restart(&mut self, i: usize) -> Result<(), GossipError> {
         self.kill(i);
-        self.nodes[i] =
-            Some(Gossip::start(config(i, &self.net, test_key(), self.timing.clone())).await?);
+        let identity = Arc::new(LocalIdentity::generate()?);
+        self.trust.insert(node_id(i), trusted(i, &identity));
+        self.identities[i] = identity.clone();
+        let c = config_with(
+            i,
+            &self.net,
+            test_key(),
+            self.timing.clone(),
+            identity,
+            self.trust.clone(),
+        );
+        self.nodes[i] = Some(Gossip::start(c).await?);
+        for (_, g) in self.live() {
+            g.set_trust(self.trust.clone());
+        }
         Ok(())
     }
 

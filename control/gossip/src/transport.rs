@@ -1,8 +1,11 @@
-//! chitchat's transport with the cluster key on it: every chitchat message is serialized,
-//! sealed ([`crate::seal`]) and sent as one datagram on the [`Wire`]; every datagram
-//! received is opened and parsed before chitchat sees it. Anything that fails is dropped
-//! and counted, and the socket goes on.
+//! chitchat's transport with the cluster's keys on it: every chitchat message is
+//! serialized, sealed for the node it goes to ([`crate::seal`]) and sent as one datagram
+//! on the [`Wire`]; every datagram received is opened, its sender checked against the
+//! [`TrustSet`], and its content screened ([`crate::screen`]) and admitted
+//! ([`crate::admit`]) before chitchat sees it. Anything that fails is dropped and
+//! counted, and the socket goes on.
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     sync::{Arc, RwLock},
     time::Duration,
@@ -13,20 +16,28 @@ use chitchat::{
     transport::{Socket, Transport},
     ChitchatMessage, Deserializable, Serializable,
 };
+use tokio::sync::watch;
 use tracing::warn;
 
 use crate::{
     admit::admit,
+    identity::TrustSet,
     keys::Keyring,
+    screen::{Direction, Refusal, Screen},
     seal::{Opener, Sealer, MAX_PACKET},
     wire::{Wire, WireSocket},
     Counter, Counters,
 };
 
+/// Source addresses remembered with the member that sent from them, at most.
+const MAX_HEARD_FROM: usize = 4096;
+
 pub(crate) struct SecureTransport {
     pub(crate) wire: Wire,
     pub(crate) cluster_id: String,
+    pub(crate) node_id: String,
     pub(crate) keyring: Arc<RwLock<Keyring>>,
+    pub(crate) trust: watch::Receiver<Arc<TrustSet>>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) max_age: Duration,
 }
@@ -37,13 +48,20 @@ impl Transport for SecureTransport {
         let socket = WireSocket::bind(&self.wire, listen_addr).await?;
         Ok(Box::new(SecureSocket {
             socket,
-            sealer: Sealer::new(self.cluster_id.clone(), self.keyring.clone())?,
-            opener: Opener::new(
+            sealer: Sealer::new(
                 self.cluster_id.clone(),
+                self.node_id.clone(),
+                self.keyring.clone(),
+            )?,
+            inbound: Inbound::new(
+                self.cluster_id.clone(),
+                self.node_id.clone(),
                 self.keyring.clone(),
                 self.counters.clone(),
                 self.max_age,
-            ),
+            )?,
+            outbound: Screen::new()?,
+            trust: self.trust.clone(),
             counters: self.counters.clone(),
             buf: vec![0u8; MAX_PACKET + 1].into_boxed_slice(),
             plain: Vec::with_capacity(MAX_PACKET),
@@ -54,23 +72,51 @@ impl Transport for SecureTransport {
 struct SecureSocket {
     socket: WireSocket,
     sealer: Sealer,
-    opener: Opener,
+    inbound: Inbound,
+    /// The trust check on what this node offers its peers.
+    outbound: Screen,
+    trust: watch::Receiver<Arc<TrustSet>>,
     counters: Arc<Counters>,
     /// One byte more than the largest accepted datagram, so an oversized one shows.
     buf: Box<[u8]>,
     plain: Vec<u8>,
 }
 
+fn count(counters: &Counters, counter: Counter, what: impl FnOnce()) {
+    if counters.bump(counter) == 1 {
+        what();
+    }
+}
+
 #[async_trait]
 impl Socket for SecureSocket {
     async fn send(&mut self, to: SocketAddr, msg: ChitchatMessage) -> anyhow::Result<()> {
+        let trust = self.trust.borrow().clone();
+        let Some(receiver) = self.inbound.member_at(&trust, to) else {
+            count(&self.counters, Counter::SendUnknownPeer, || {
+                warn!(%to, "no member known at this gossip address: nothing sent \
+                    (further ones are only counted)")
+            });
+            return Ok(());
+        };
         self.plain.clear();
         msg.serialize(&mut self.plain);
-        let Some(packet) = self.sealer.seal(&self.plain) else {
-            if self.counters.bump(Counter::SendTooBig) == 1 {
+        // Generations no longer trusted (a restarted or removed node's, dead in chitchat's
+        // state for a while) are not offered to peers that would refuse them.
+        let screened = self.outbound.screen(
+            &self.plain,
+            &self.inbound.cluster_id,
+            &trust,
+            Direction::Out,
+        );
+        if let Ok(Some(rewritten)) = screened.map(|s| s.rewritten) {
+            self.plain = rewritten;
+        }
+        let Some(packet) = self.sealer.seal(&self.plain, &receiver) else {
+            count(&self.counters, Counter::SendTooBig, || {
                 warn!(%to, len = self.plain.len(),
-                    "gossip message too big for one datagram even compressed; not sent");
-            }
+                    "gossip message too big for one datagram even compressed; not sent")
+            });
             return Ok(());
         };
         self.socket.send_to(to, packet).await?;
@@ -81,42 +127,133 @@ impl Socket for SecureSocket {
     async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
         loop {
             let (from, packet) = self.socket.recv(&mut self.buf).await?;
-            if let Some(msg) = receive(&mut self.opener, &self.counters, from, &packet) {
+            let trust = self.trust.borrow().clone();
+            if let Some((msg, _)) = self.inbound.receive(&trust, from, &packet) {
                 return Ok((from, msg));
             }
         }
     }
 }
 
-/// What a node makes of one datagram it received: opened with the cluster keys
-/// ([`Opener::open`]), then read as exactly one chitchat message. `None`: dropped and
-/// counted. Everything a datagram's sender controls passes through here before chitchat
-/// sees it (the fuzz target `gossip_datagram` drives it).
-pub(crate) fn receive(
-    opener: &mut Opener,
-    counters: &Counters,
-    from: SocketAddr,
-    packet: &[u8],
-) -> Option<ChitchatMessage> {
-    let plain = opener.open(from, packet)?;
-    let mut cursor = plain.as_slice();
-    let why = match ChitchatMessage::deserialize(&mut cursor) {
-        Ok(msg) if cursor.is_empty() => match admit(&plain) {
-            Ok(()) => {
-                counters.bump(Counter::Received);
-                return Some(msg);
+/// A node's receiving side: what it keeps between datagrams (replay windows, the
+/// screen's last checks, which member sent from which address).
+pub(crate) struct Inbound {
+    opener: Opener,
+    screen: Screen,
+    cluster_id: String,
+    counters: Arc<Counters>,
+    /// Where authenticated packets came from, and which member said it sent them: a
+    /// member sending from another address than its gossip address (a host with several)
+    /// still gets its replies, sealed for it.
+    heard_from: HashMap<SocketAddr, String>,
+}
+
+impl Inbound {
+    /// The receiving side of node `node_id`: only packets sealed for it open.
+    pub(crate) fn new(
+        cluster_id: String,
+        node_id: String,
+        keyring: Arc<RwLock<Keyring>>,
+        counters: Arc<Counters>,
+        max_age: Duration,
+    ) -> std::io::Result<Self> {
+        Ok(Inbound {
+            opener: Opener::new(
+                cluster_id.clone(),
+                node_id,
+                keyring,
+                counters.clone(),
+                max_age,
+            ),
+            screen: Screen::new()?,
+            cluster_id,
+            counters,
+            heard_from: HashMap::new(),
+        })
+    }
+
+    /// The member at `to`: the one the managers list there, else the one last heard from
+    /// there.
+    fn member_at(&self, trust: &TrustSet, to: SocketAddr) -> Option<String> {
+        trust.node_at(to).map(str::to_owned).or_else(|| {
+            self.heard_from
+                .get(&to)
+                .filter(|id| trust.get(id).is_some())
+                .cloned()
+        })
+    }
+
+    /// What a node makes of one datagram it received, with `trust` the members the
+    /// managers list: opened with the cluster keys for this node ([`Opener::open`]), its
+    /// sender a member, what it says about each node screened ([`Screen`]: only trusted
+    /// generations, only records signed by their node), then read as exactly one chitchat
+    /// message that chitchat can hold ([`admit`]): that message, and the bytes it was
+    /// read from. `None`: dropped and counted. Everything a datagram's sender controls
+    /// passes through here before chitchat sees it (the fuzz target `gossip_datagram`
+    /// drives it).
+    pub(crate) fn receive(
+        &mut self,
+        trust: &TrustSet,
+        from: SocketAddr,
+        packet: &[u8],
+    ) -> Option<(ChitchatMessage, Vec<u8>)> {
+        let opened = self.opener.open(from, packet)?;
+        let (sender, len) = (opened.sender, opened.plain.len());
+        let counters = &*self.counters;
+        if trust.get(&sender).is_none() {
+            count(counters, Counter::UnknownSender, || {
+                warn!(%from, %sender,
+                    "gossip packet from a node that is not a member; dropped \
+                     (further ones are only counted)")
+            });
+            return None;
+        }
+        if !self.heard_from.contains_key(&from) && self.heard_from.len() >= MAX_HEARD_FROM {
+            self.heard_from.clear();
+        }
+        self.heard_from.insert(from, sender.clone());
+        let why = match self
+            .screen
+            .screen(&opened.plain, &self.cluster_id, trust, Direction::In)
+        {
+            Ok(screened) => {
+                for refused in &screened.refused {
+                    let counter = match refused.why {
+                        Refusal::UntrustedHeartbeat => Counter::UntrustedHeartbeat,
+                        Refusal::UntrustedNode => Counter::UntrustedNode,
+                        Refusal::BadDelta => Counter::BadDelta,
+                        Refusal::Forged => Counter::ForgedRecord,
+                    };
+                    count(counters, counter, || {
+                        warn!(%from, %sender, about = ?refused.node,
+                            reason = ?refused.why, detail = %refused.detail,
+                            "gossip about a node left out (further ones of this kind are \
+                             only counted)")
+                    });
+                }
+                let plain = screened.rewritten.unwrap_or(opened.plain);
+                let mut cursor = plain.as_slice();
+                match ChitchatMessage::deserialize(&mut cursor) {
+                    Ok(msg) if cursor.is_empty() => match admit(&plain) {
+                        Ok(()) => {
+                            counters.bump(Counter::Received);
+                            return Some((msg, plain));
+                        }
+                        Err(why) => why,
+                    },
+                    Ok(_) => "bytes after the message".to_string(),
+                    Err(e) => e.to_string(),
+                }
             }
             Err(why) => why,
-        },
-        Ok(_) => "bytes after the message".to_string(),
-        Err(e) => e.to_string(),
-    };
-    // Sealed with a cluster key, yet not a chitchat message, or one chitchat cannot
-    // handle safely (`admit`).
-    if counters.bump(Counter::BadMessage) == 1 {
-        warn!(%from, len = plain.len(), reason = %why,
-            "authentic gossip packet is not an acceptable chitchat message; dropped \
-             (further ones are only counted)");
+        };
+        // Sealed with a cluster key by a member, yet not a chitchat message, or one
+        // chitchat cannot handle safely (`admit`).
+        count(counters, Counter::BadMessage, || {
+            warn!(%from, %sender, len, reason = %why,
+                "authentic gossip packet is not an acceptable chitchat message; dropped \
+                 (further ones are only counted)")
+        });
+        None
     }
-    None
 }

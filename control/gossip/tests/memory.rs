@@ -3,9 +3,12 @@
 //! machine's load. Peer choice is still random (chitchat's), so bounds are generous.
 use std::time::Duration;
 
+use std::{collections::BTreeMap, sync::Arc};
+
 use shoal_gossip::{
+    craft::{self, About},
     sim::{self, endpoint, gossip_addr, node_id, SimCluster},
-    ClusterKey, Gossip, Keyring, Timing,
+    ClusterKey, Gossip, Keyring, LocalIdentity, Timing,
 };
 use tokio::time::Instant;
 
@@ -156,6 +159,18 @@ async fn dead_node_is_withdrawn_within_the_bound_and_blips_do_not_flap() {
         .await
         .unwrap();
     cluster.wait_converged(1, LIMIT).await.unwrap();
+    // Its old generation, dead in every node's chitchat state for a while, is no longer
+    // offered to anyone: nothing is refused while gossip goes on.
+    let before: Vec<u64> = cluster
+        .live()
+        .map(|(_, g)| g.counters().updates_refused())
+        .collect();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after: Vec<u64> = cluster
+        .live()
+        .map(|(_, g)| g.counters().updates_refused())
+        .collect();
+    assert_eq!(after, before, "refusals after a restart");
     cluster.shutdown().await;
 }
 
@@ -228,16 +243,14 @@ async fn partition_heals_without_operator_action() {
 #[tokio::test(start_paused = true)]
 async fn outsiders_and_retired_keys_are_dropped_and_counted() {
     let cluster = converged(5, 1).await;
-    // A node with another key, pointed at the seeds: never gets in, never learns anything.
+    // A node with another key, pointed at the seeds (and knowing the members, which are
+    // no secret): never gets in, never learns anything.
     let outsider_ring = Keyring::new(ClusterKey::new(1, [0x11; 32]));
-    let outsider = Gossip::start(sim::config(
-        40,
-        &cluster.net,
-        outsider_ring,
-        Timing::default(),
-    ))
-    .await
-    .unwrap();
+    let mut config = sim::config(40, &cluster.net, outsider_ring, Timing::default()).unwrap();
+    for (id, n) in cluster.trust.iter() {
+        config.trust.insert(id, *n);
+    }
+    let outsider = Gossip::start(config).await.unwrap();
     outsider.publish("e0", &endpoint(40, 0)).await.unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let auth_failed: u64 = cluster.live().map(|(_, g)| g.counters().auth_failed).sum();
@@ -362,12 +375,16 @@ async fn bad_records_are_left_out_counted_once_and_disturb_nothing() {
         e.ip = endpoint(2, 0).ip;
         e
     };
-    let json = |e: &shoal_gossip::Endpoint| serde_json::to_string(e).unwrap();
-    liar.set_raw_for_tests("ep:foreign", &json(&foreign)).await;
-    liar.set_raw_for_tests("ep:outside", &json(&outside)).await;
-    liar.set_raw_for_tests("ep:unknown", &json(&unknown)).await;
-    liar.set_raw_for_tests("ep:junk", "{not json").await;
-    liar.set_raw_for_tests("ep:stolen", &json(&stolen)).await;
+    let json = |e: &shoal_gossip::Endpoint| serde_json::to_value(e).unwrap();
+    for (id, entry) in [
+        ("foreign", json(&foreign)),
+        ("outside", json(&outside)),
+        ("unknown", json(&unknown)),
+        ("junk", serde_json::Value::String("{not json".into())),
+        ("stolen", json(&stolen)),
+    ] {
+        liar.set_raw_entry_for_tests(id, entry).await.unwrap();
+    }
     // A good record published alongside still gets through.
     liar.publish("good", &endpoint(3, 24)).await.unwrap();
     cluster
@@ -432,26 +449,191 @@ async fn subnet_changes_recheck_every_record() {
 #[tokio::test]
 async fn bad_configuration_is_refused() {
     let net = shoal_gossip::MemoryNet::new();
-    let mut c = sim::config(0, &net, sim::test_key(), Timing::default());
+    let config = || sim::config(0, &net, sim::test_key(), Timing::default()).unwrap();
+    let mut c = config();
     c.node_id = String::new();
     assert!(Gossip::start(c).await.is_err());
-    let mut c = sim::config(0, &net, sim::test_key(), Timing::default());
+    let mut c = config();
     c.timing.gossip_interval = Duration::ZERO;
     assert!(Gossip::start(c).await.is_err());
-    let mut c = sim::config(0, &net, sim::test_key(), Timing::default());
+    let mut c = config();
     c.listen.set_port(0);
     assert!(
         Gossip::start(c).await.is_err(),
         "the in-memory network needs a port"
     );
+    // The trust set must name this node as it signs: its generation, address and key.
+    let mut c = config();
+    c.trust = shoal_gossip::TrustSet::new();
+    let err = Gossip::start(c).await.err().expect("no trust in itself");
+    assert!(err.to_string().contains("trust set"), "{err}");
+    let mut c = config();
+    c.identity = Arc::new(LocalIdentity::generate().unwrap());
+    assert!(Gossip::start(c).await.is_err(), "another key");
     // One address, one node.
-    let first = Gossip::start(sim::config(0, &net, sim::test_key(), Timing::default()))
+    let first = Gossip::start(config()).await.unwrap();
+    assert!(Gossip::start(config()).await.is_err());
+    first.shutdown().await;
+}
+
+/// What node 3, a key holder, can make up about node 1.
+fn about(cluster: &SimCluster, i: usize) -> About {
+    let t = cluster.trust.get(&node_id(i)).expect("a member");
+    About {
+        node_id: node_id(i),
+        generation: t.generation,
+        addr: t.addr,
+    }
+}
+
+/// `message` sealed by node 3 (a member, holding the cluster key) for node 0, delivered.
+fn inject_from_3_to_0(cluster: &SimCluster, message: &[u8]) {
+    let packet = craft::seal(
+        sim::test_key().primary(),
+        "sim-cluster",
+        &node_id(3),
+        &node_id(0),
+        message,
+    )
+    .unwrap();
+    cluster.net.inject(gossip_addr(3), gossip_addr(0), packet);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_holder_cannot_forge_another_nodes_state() {
+    let cluster = converged(4, 1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let victim = about(&cluster, 1);
+    let before = cluster.node(0).counters();
+    let table = cluster.node(0).table();
+    let thief = LocalIdentity::generate_for(victim.generation).unwrap();
+
+    // Node 1's record, signed by the thief, far ahead in version: it would take node 2's
+    // address and freeze node 1's real updates if it were taken.
+    let mut lies = BTreeMap::new();
+    let mut stolen = endpoint(1, 30);
+    stolen.ip = endpoint(2, 0).ip;
+    lies.insert("e0".to_string(), stolen);
+    let forged = craft::signed_record(
+        &thief,
+        "sim-cluster",
+        &victim,
+        1_000_000,
+        sim::vtep(1),
+        &lies,
+    )
+    .unwrap();
+    inject_from_3_to_0(&cluster, &craft::record_update(&victim, &forged, 1_000_000));
+    // Node 1's real record replayed under another version, and node 1's record deleted.
+    let genuine = craft::signed_record(
+        cluster.identity(1),
+        "sim-cluster",
+        &victim,
+        2,
+        sim::vtep(1),
+        &lies,
+    )
+    .unwrap();
+    inject_from_3_to_0(&cluster, &craft::record_update(&victim, &genuine, 999));
+    inject_from_3_to_0(&cluster, &craft::deletion(&victim, "node", 1_000_001));
+    // A made-up newer generation of node 1 (its empty state would hide the real one), in
+    // a heartbeat and in an update signed by the thief.
+    let ghost = About {
+        generation: victim.generation + 1,
+        ..victim.clone()
+    };
+    inject_from_3_to_0(&cluster, &craft::heartbeat("sim-cluster", &ghost, 50));
+    let ghost_record =
+        craft::signed_record(&thief, "sim-cluster", &ghost, 1, sim::vtep(1), &lies).unwrap();
+    inject_from_3_to_0(&cluster, &craft::record_update(&ghost, &ghost_record, 1));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let c = cluster.node(0).counters();
+    assert_eq!(c.forged_record - before.forged_record, 2, "{c:?}");
+    assert_eq!(c.bad_delta - before.bad_delta, 1, "{c:?}");
+    assert_eq!(
+        c.untrusted_heartbeat - before.untrusted_heartbeat,
+        1,
+        "{c:?}"
+    );
+    assert_eq!(c.untrusted_node - before.untrusted_node, 1, "{c:?}");
+    assert_eq!(c.packets_dropped(), before.packets_dropped(), "{c:?}");
+    // Nothing changed: the same table, node 1 listed once with its own endpoint.
+    assert_eq!(*cluster.node(0).table(), *table);
+    assert_eq!(
+        cluster.node(0).table().get(&node_id(1), "e0"),
+        Some(&endpoint(1, 0))
+    );
+    // Node 1's real updates still reach node 0 (its versions were not pushed ahead).
+    cluster
+        .node(1)
+        .publish("e5", &endpoint(1, 5))
         .await
         .unwrap();
-    assert!(
-        Gossip::start(sim::config(0, &net, sim::test_key(), Timing::default()))
-            .await
-            .is_err()
+    cluster
+        .wait_all(LIMIT, |_, t| {
+            t.get(&node_id(1), "e5") == Some(&endpoint(1, 5))
+        })
+        .await
+        .unwrap();
+    cluster.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn packets_replayed_to_another_node_are_dropped_and_counted() {
+    let cluster = converged(4, 1).await;
+    let (first, second) = (gossip_addr(1), gossip_addr(2));
+    cluster.net.record(first);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let captured = cluster.net.recorded(first);
+    assert!(!captured.is_empty());
+    let before = cluster.node(2).counters();
+    let table = cluster.node(2).table();
+    // Every packet sealed for node 1, replayed to node 2 from its original sender.
+    for (src, bytes) in &captured {
+        cluster.net.inject(*src, second, bytes.clone());
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let c = cluster.node(2).counters();
+    assert_eq!(
+        c.auth_failed - before.auth_failed,
+        captured.len() as u64,
+        "{c:?}"
     );
-    first.shutdown().await;
+    assert_eq!(c.replayed, before.replayed, "{c:?}");
+    assert_eq!(*cluster.node(2).table(), *table);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_removed_node_leaves_every_table_though_it_keeps_gossiping() {
+    let n = 5;
+    let cluster = converged(n, 1).await;
+    // The managers remove node 4: its key leaves the trust set everyone is given. It
+    // still runs, with the cluster key.
+    let mut trust = cluster.trust.clone();
+    trust.remove(&node_id(4));
+    for (i, g) in cluster.live() {
+        if i != 4 {
+            g.set_trust(trust.clone());
+        }
+    }
+    cluster
+        .wait_all(LIMIT, |i, t| i == 4 || !t.contains_node(&node_id(4)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (i, g) in cluster.live().filter(|(i, _)| *i != 4) {
+        let t = g.table();
+        assert!(!t.contains_node(&node_id(4)), "node {i}");
+        assert_eq!(t.len(), n - 1, "node {i}");
+        assert!(!g.live_nodes().await.contains(&node_id(4)), "node {i}");
+    }
+    let dropped: u64 = cluster
+        .live()
+        .filter(|(i, _)| *i != 4)
+        .map(|(_, g)| g.counters().unknown_sender)
+        .sum();
+    assert!(dropped > 0, "node 4's packets are counted");
+    cluster.shutdown().await;
 }

@@ -2,12 +2,14 @@
 //! hostile datagrams from a plain socket and a node with the wrong key.
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use shoal_gossip::{
     sim::{endpoint, node_id, subnets, test_key, vtep},
-    ClusterKey, Endpoint, EndpointTable, Gossip, GossipConfig, Keyring,
+    ClusterKey, Endpoint, EndpointTable, Gossip, GossipConfig, Keyring, LocalIdentity, TrustSet,
+    TrustedNode,
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -27,8 +29,31 @@ fn addr(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
 }
 
-fn config(i: usize, ports: &[u16], keyring: Keyring) -> GossipConfig {
-    let mut c = GossipConfig::new(node_id(i), "udp-cluster", addr(ports[i]), vtep(i), keyring);
+/// Node `i`'s entry in the trust set, signing with `identity`.
+fn trusted(i: usize, ports: &[u16], identity: &LocalIdentity) -> TrustedNode {
+    TrustedNode {
+        generation: identity.generation(),
+        addr: addr(ports[i]),
+        key: identity.public_key(),
+    }
+}
+
+fn config(
+    i: usize,
+    ports: &[u16],
+    keyring: Keyring,
+    identity: Arc<LocalIdentity>,
+    trust: &TrustSet,
+) -> GossipConfig {
+    let mut c = GossipConfig::new(
+        node_id(i),
+        "udp-cluster",
+        addr(ports[i]),
+        vtep(i),
+        keyring,
+        identity,
+    );
+    c.trust = trust.clone();
     c.listen = addr(ports[i]);
     c.seeds = ports.iter().take(2).map(|p| addr(*p)).collect();
     c.subnets = subnets();
@@ -64,9 +89,18 @@ async fn wait_all(
 async fn udp_cluster_spreads_withdraws_and_drops_hostile_packets() {
     let n = 6;
     let ports = free_ports(n + 1);
+    let identities: Vec<Arc<LocalIdentity>> = (0..n)
+        .map(|_| Arc::new(LocalIdentity::generate().unwrap()))
+        .collect();
+    let mut trust = TrustSet::new();
+    for (i, identity) in identities.iter().enumerate() {
+        trust.insert(node_id(i), trusted(i, &ports, identity));
+    }
     let mut nodes: Vec<Option<Gossip>> = Vec::new();
-    for i in 0..n {
-        let g = Gossip::start(config(i, &ports, test_key())).await.unwrap();
+    for (i, identity) in identities.iter().enumerate() {
+        let g = Gossip::start(config(i, &ports, test_key(), identity.clone(), &trust))
+            .await
+            .unwrap();
         g.publish("e0", &endpoint(i, 0)).await.unwrap();
         nodes.push(Some(g));
     }
@@ -80,21 +114,28 @@ async fn udp_cluster_spreads_withdraws_and_drops_hostile_packets() {
     println!("one endpoint reached every node in {took:?}");
 
     // Hostile datagrams at node 1 from a plain socket: garbage, a truncated header, a
-    // well-formed header under an unknown key, a full-size datagram of zeros.
+    // well-formed header under an unknown key, a full-size datagram of zeros, a packet of
+    // the previous version.
     let target = addr(ports[1]);
     let before = nodes[1].as_ref().unwrap().counters();
     let table = nodes[1].as_ref().unwrap().table();
     let raw = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     raw.send_to(b"hello there, gossip", target).await.unwrap();
-    raw.send_to(b"SHG1\x00\x00", target).await.unwrap();
-    let mut unknown_key = b"SHG1\x00\x00\x00\x63".to_vec();
+    raw.send_to(b"SHG2\x00\x00", target).await.unwrap();
+    let mut unknown_key = b"SHG2\x00\x00\x00\x63".to_vec();
     unknown_key.extend_from_slice(&[0u8; 64]);
     raw.send_to(&unknown_key, target).await.unwrap();
     raw.send_to(&vec![0u8; 65_507], target).await.unwrap();
+    let mut old = b"SHG1\x00\x00\x00\x01".to_vec();
+    old.extend_from_slice(&[0u8; 64]);
+    raw.send_to(&old, target).await.unwrap();
     let deadline = Instant::now() + LIMIT;
     loop {
         let c = nodes[1].as_ref().unwrap().counters();
-        if c.malformed - before.malformed == 3 && c.unknown_key - before.unknown_key == 1 {
+        if c.malformed - before.malformed == 3
+            && c.unknown_key - before.unknown_key == 1
+            && c.old_version - before.old_version == 1
+        {
             break;
         }
         assert!(Instant::now() < deadline, "counters: {c:?}");
@@ -104,7 +145,10 @@ async fn udp_cluster_spreads_withdraws_and_drops_hostile_packets() {
 
     // A node with the wrong key: its packets fail authentication, it never gets in.
     let outsider_ring = Keyring::new(ClusterKey::new(1, [0x99; 32]));
-    let mut oc = config(n, &ports, outsider_ring);
+    let outsider_identity = Arc::new(LocalIdentity::generate().unwrap());
+    let mut outsider_trust = trust.clone();
+    outsider_trust.insert("outsider", trusted(n, &ports, &outsider_identity));
+    let mut oc = config(n, &ports, outsider_ring, outsider_identity, &outsider_trust);
     oc.node_id = "outsider".into();
     let outsider = Gossip::start(oc).await.unwrap();
     let deadline = Instant::now() + LIMIT;
@@ -134,9 +178,17 @@ async fn udp_cluster_spreads_withdraws_and_drops_hostile_packets() {
         "n-1 nodes, node 3 has 2"
     );
 
-    // It comes back: everyone converges again.
-    let g = Gossip::start(config(4, &ports, test_key())).await.unwrap();
+    // It comes back with a new generation and key, which the others are told of (as the
+    // managers would): everyone converges again.
+    let identity = Arc::new(LocalIdentity::generate().unwrap());
+    trust.insert(node_id(4), trusted(4, &ports, &identity));
+    let g = Gossip::start(config(4, &ports, test_key(), identity, &trust))
+        .await
+        .unwrap();
     g.publish("e0", &endpoint(4, 0)).await.unwrap();
+    for other in nodes.iter().flatten() {
+        other.set_trust(trust.clone());
+    }
     nodes[4] = Some(g);
     let took = wait_all(&nodes, |_, t| t.len() == n + 1 && t.nodes().len() == n).await;
     println!("restarted node back everywhere after {took:?}");
@@ -150,7 +202,10 @@ async fn udp_cluster_spreads_withdraws_and_drops_hostile_packets() {
 async fn port_in_use_is_a_clear_error() {
     let ports = free_ports(1);
     let _held = std::net::UdpSocket::bind(addr(ports[0])).unwrap();
-    let err = Gossip::start(config(0, &ports, test_key()))
+    let identity = Arc::new(LocalIdentity::generate().unwrap());
+    let mut trust = TrustSet::new();
+    trust.insert(node_id(0), trusted(0, &ports, &identity));
+    let err = Gossip::start(config(0, &ports, test_key(), identity, &trust))
         .await
         .err()
         .expect("the port is taken");

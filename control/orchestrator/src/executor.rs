@@ -334,6 +334,14 @@ impl Executor {
                 changed
             });
         }
+        if let Some(identity) = self.gossip.registration_due() {
+            // Gossip starts once the store shows this run's key (a later fetch).
+            match tokio::time::timeout(FETCH_TIMEOUT, self.client.register_gossip(identity)).await {
+                Ok(Ok(())) => debug!("gossip signing key registered"),
+                Ok(Err(e)) => warn!(error = %e, "registering the gossip signing key; retrying"),
+                Err(_) => warn!("registering the gossip signing key timed out; retrying"),
+            }
+        }
         let Plan {
             mut actions,
             mut updates,

@@ -1,13 +1,17 @@
 //! The node's gossip member, run by the executor on every node of a cluster.
 //!
-//! It starts once the store (as fetched over mutual TLS) holds a gossip key and this
-//! node's data-path address: it listens on the agent's `--gossip-listen` address,
-//! advertises `<data-path address>:<gossip port>`, joins through the managers' data-path
-//! addresses on the same port, and seals with the store's keys (the first one primary).
-//! Each executor pass it follows the keys (rotation) and the networks' subnets, and
-//! publishes exactly this node's running task containers' endpoints; every other node's
-//! entries reach [`crate::node_state::compute_with`] through [`Member::settled_table`]
-//! (once the table has caught up with the store after gossip started).
+//! It starts once the store (as fetched over mutual TLS) holds a gossip key, this
+//! node's data-path address and this run's signing key: the member makes an Ed25519 key
+//! for each run ([`LocalIdentity`], memory only), the executor registers its public half
+//! with the managers ([`Member::registration_due`]), and gossip starts when the fetched
+//! state shows it. It listens on the agent's `--gossip-listen` address, advertises
+//! `<data-path address>:<gossip port>`, joins through the managers' data-path addresses
+//! on the same port, and seals with the store's keys (the first one primary). Each
+//! executor pass it follows the keys (rotation), the members' signing keys (joins,
+//! restarts, removals: [`trust_set`]) and the networks' subnets, and publishes exactly
+//! this node's running task containers' endpoints; every other node's entries reach
+//! [`crate::node_state::compute_with`] through [`Member::settled_table`] (once the table
+//! has caught up with the store after gossip started).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -19,10 +23,12 @@ use std::{
 
 use ipnet::IpNet;
 use serde::Serialize;
-use shoal_cluster::store::{ClusterState, GossipKey, Role, Task};
+use shoal_cluster::store::{ClusterState, GossipIdentity, GossipKey, Role, Task};
 use shoal_dataplane::overlay::state::Mac;
-use shoal_gossip::CounterSnapshot;
-use shoal_gossip::{ClusterKey, Endpoint, EndpointTable, Gossip, GossipConfig, Keyring};
+use shoal_gossip::{
+    ClusterKey, CounterSnapshot, Endpoint, EndpointTable, Gossip, GossipConfig, Keyring,
+    LocalIdentity, PublicKey, TrustSet, TrustedNode,
+};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -31,6 +37,8 @@ const RETRY_START: Duration = Duration::from_secs(5);
 /// Longest time a member that just started waits to agree with the store before its
 /// table counts anyway (a few times gossip's detection bound of about 3 s).
 const CATCH_UP: Duration = Duration::from_secs(10);
+/// A registration the store does not show yet is sent again after this long.
+const REGISTER_AGAIN: Duration = Duration::from_secs(2);
 
 /// What this node gossips about one of its tasks: its health and slot as the executor
 /// sees them.
@@ -50,10 +58,22 @@ struct Running {
     published: BTreeMap<String, Endpoint>,
 }
 
+/// This run's signing key, for one gossip address.
+struct Signing {
+    identity: Arc<LocalIdentity>,
+    /// What the store must show for this node before gossip starts.
+    registration: GossipIdentity,
+    /// When the executor last sent it to the managers.
+    sent_at: Option<Instant>,
+    /// The store shows it.
+    registered: bool,
+}
+
 /// The node's gossip member (none until the store allows one).
 pub struct Member {
     listen: Option<SocketAddr>,
     running: Option<Running>,
+    signing: Option<Signing>,
     failed_at: Option<Instant>,
     status_file: Option<PathBuf>,
 }
@@ -67,6 +87,11 @@ pub struct GossipStatus {
     pub advertise: SocketAddr,
     pub key_ids: Vec<u32>,
     pub primary_key: u32,
+    /// This run's gossip generation and the public half of its signing key.
+    pub generation: u64,
+    pub signing_key: String,
+    /// Members whose signed gossip is taken (this node included).
+    pub trusted_nodes: usize,
     pub live_nodes: Vec<String>,
     pub published: usize,
     pub table_entries: usize,
@@ -80,6 +105,7 @@ impl Member {
         Member {
             listen,
             running: None,
+            signing: None,
             failed_at: None,
             status_file: None,
         }
@@ -127,6 +153,18 @@ impl Member {
         self.running.as_ref().map(|r| &r.gossip)
     }
 
+    /// This run's signing key for the managers, when the store does not show it yet and
+    /// it was not sent in the last [`REGISTER_AGAIN`]: the executor sends it
+    /// (`NodeClient::register_gossip`). Marked as sent.
+    pub fn registration_due(&mut self) -> Option<GossipIdentity> {
+        let s = self.signing.as_mut()?;
+        if s.registered || s.sent_at.is_some_and(|at| at.elapsed() < REGISTER_AGAIN) {
+            return None;
+        }
+        s.sent_at = Some(Instant::now());
+        Some(s.registration.clone())
+    }
+
     /// Starts, follows or restarts gossip to match `state`, and publishes this node's
     /// endpoints for `tasks` (task ID -> what the executor sees of its container).
     pub async fn sync(
@@ -160,6 +198,42 @@ impl Member {
                 r.gossip.shutdown().await;
             }
         }
+        // One signing key per run of gossip at one address; the store must show it before
+        // gossip starts (no peer would take this node's records otherwise).
+        if self
+            .signing
+            .as_ref()
+            .is_none_or(|s| s.registration.addr != advertise)
+        {
+            match LocalIdentity::generate() {
+                Ok(identity) => {
+                    self.signing = Some(Signing {
+                        registration: GossipIdentity {
+                            key: identity.public_key().to_hex(),
+                            generation: identity.generation(),
+                            addr: advertise,
+                        },
+                        identity: Arc::new(identity),
+                        sent_at: None,
+                        registered: false,
+                    });
+                }
+                Err(e) => {
+                    warn!(error = %e, "no gossip signing key; gossip waits");
+                    return;
+                }
+            }
+        }
+        let Some(signing) = self.signing.as_mut() else {
+            return;
+        };
+        signing.registered =
+            state.nodes.get(me).and_then(|n| n.gossip.as_deref()) == Some(&signing.registration);
+        if !signing.registered && self.running.is_none() {
+            return;
+        }
+        let identity = signing.identity.clone();
+        let trust = trust_set(state);
         let subnets = subnets(state);
         if self.running.is_none() {
             if self.failed_at.is_some_and(|at| at.elapsed() < RETRY_START) {
@@ -170,7 +244,15 @@ impl Member {
                 .as_ref()
                 .map(|c| c.id.clone())
                 .unwrap_or_default();
-            let mut config = GossipConfig::new(me, cluster_id, advertise, vtep, ring.clone());
+            let mut config = GossipConfig::new(
+                me,
+                cluster_id,
+                advertise,
+                vtep,
+                ring.clone(),
+                identity.clone(),
+            );
+            config.trust = trust.clone();
             config.listen = listen;
             config.seeds = seeds(state, listen.port());
             config.subnets = subnets.clone();
@@ -207,6 +289,10 @@ impl Member {
             r.gossip.set_subnets(subnets.clone());
             r.subnets = subnets;
         }
+        if *r.gossip.trust() != trust {
+            info!(members = trust.len(), "gossip members' keys changed");
+            r.gossip.set_trust(trust);
+        }
         let own = own_endpoints(state, me, vtep, tasks);
         if own != r.published {
             match r.gossip.set_endpoints(&own).await {
@@ -222,6 +308,9 @@ impl Member {
                 advertise: r.advertise,
                 key_ids: ring.ids(),
                 primary_key: ring.primary().id,
+                generation: r.gossip.generation(),
+                signing_key: identity.public_key().to_hex(),
+                trusted_nodes: r.gossip.trust().len(),
                 live_nodes: r.gossip.live_nodes().await,
                 published: r.published.len(),
                 table_entries: r.gossip.table().len(),
@@ -243,12 +332,42 @@ impl Member {
         })
     }
 
-    /// Stops gossiping (peers withdraw this node after their detection bound).
+    /// Stops gossiping (peers withdraw this node after their detection bound). A later
+    /// start makes a new key.
     pub async fn shutdown(&mut self) {
         if let Some(r) = self.running.take() {
             r.gossip.shutdown().await;
         }
+        self.signing = None;
     }
+}
+
+/// The members whose gossip this node takes: every node of `state` with a registered
+/// signing key that fits it (at its data-path address). A node removed from the store
+/// leaves it, and every node's table with it.
+pub fn trust_set(state: &ClusterState) -> TrustSet {
+    let mut trust = TrustSet::new();
+    for node in state.nodes.values() {
+        let Some(g) = &node.gossip else {
+            continue;
+        };
+        if let Some(why) = g.fault(node) {
+            debug!(node = %node.id, %why, "a gossip key that does not fit its node; left out");
+            continue;
+        }
+        match PublicKey::parse_hex(&g.key) {
+            Ok(key) => trust.insert(
+                node.id.clone(),
+                TrustedNode {
+                    generation: g.generation,
+                    addr: g.addr,
+                    key,
+                },
+            ),
+            Err(e) => debug!(node = %node.id, error = %e, "unreadable gossip key; left out"),
+        }
+    }
+    trust
 }
 
 /// The store's keys as a ring (first: primary); None when there is none yet.
@@ -355,6 +474,56 @@ mod tests {
             secret: byte.repeat(32),
             created_ms: 0,
         }
+    }
+
+    #[test]
+    fn members_are_trusted_as_they_registered_and_leave_when_removed() {
+        use shoal_cluster::store::{Availability, Command, Node, NodeStatus};
+        let node = |id: &str, ip: &str| Node {
+            id: id.into(),
+            hostname: id.into(),
+            role: Role::Worker,
+            availability: Availability::Active,
+            status: NodeStatus::Ready,
+            advertise_addr: format!("{ip}:2377"),
+            data_path_addr: None,
+            engine_version: String::new(),
+            labels: Default::default(),
+            raft_id: None,
+            gossip: None,
+            version: 0,
+            tls: None,
+        };
+        let mut s = ClusterState::default();
+        for (id, ip) in [("n1", "10.0.0.1"), ("n2", "10.0.0.2"), ("n3", "10.0.0.3")] {
+            s.apply(&Command::UpsertNode { node: node(id, ip) });
+        }
+        let key = LocalIdentity::generate().unwrap().public_key();
+        let register = |s: &mut ClusterState, id: &str, ip: &str| {
+            let r = s.apply(&Command::SetNodeGossip {
+                id: id.into(),
+                gossip: GossipIdentity {
+                    key: key.to_hex(),
+                    generation: 9,
+                    addr: format!("{ip}:7946").parse().unwrap(),
+                },
+            });
+            assert!(r.into_result().is_ok());
+        };
+        register(&mut s, "n1", "10.0.0.1");
+        register(&mut s, "n2", "10.0.0.2");
+        // n3 never registered; n2 moved to another address since it registered.
+        let mut moved = s.nodes["n2"].clone();
+        moved.data_path_addr = Some("10.0.1.2".parse().unwrap());
+        s.apply(&Command::UpsertNode { node: moved });
+        let trust = trust_set(&s);
+        assert_eq!(trust.len(), 1, "{trust:?}");
+        let n1 = trust.get("n1").unwrap();
+        assert_eq!((n1.generation, n1.key), (9, key));
+        assert_eq!(n1.addr, "10.0.0.1:7946".parse().unwrap());
+        // Removed: gone from the trust set.
+        s.apply(&Command::RemoveNode { id: "n1".into() });
+        assert!(trust_set(&s).is_empty());
     }
 
     #[test]

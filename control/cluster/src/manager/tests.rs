@@ -596,3 +596,72 @@ async fn reports_and_heartbeats_write_only_what_their_node_may_change() {
     }
     m1.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gossip_keys_are_registered_by_their_own_node_only_and_leave_with_it() {
+    let base = TempBase::new("gossipkeys");
+    let m1 = Manager::init_with(
+        base.config("m1"),
+        info("m1"),
+        InitOptions::default(),
+        timings(),
+    )
+    .await
+    .unwrap();
+    let Joined::Worker(w1) = join_as(&base, "w1", &m1, Role::Worker).await else {
+        panic!("w1 joined as a manager");
+    };
+    let Joined::Worker(w2) = join_as(&base, "w2", &m1, Role::Worker).await else {
+        panic!("w2 joined as a manager");
+    };
+    let (w1_id, w2_id) = (w1.node_id().to_string(), w2.node_id().to_string());
+    let identity = |key: &str, addr: &str| crate::store::GossipIdentity {
+        key: key.repeat(32),
+        generation: 42,
+        addr: addr.parse().unwrap(),
+    };
+    let client = w1.node_client();
+    let mine = identity("ab", "127.0.0.1:7946");
+    client.register_gossip(mine.clone()).await.unwrap();
+    let state = m1.state().await.unwrap();
+    assert_eq!(state.nodes[&w1_id].gossip.as_deref(), Some(&mine));
+    assert_eq!(state.nodes[&w2_id].gossip, None, "only the caller's node");
+    // The same again writes nothing.
+    client.register_gossip(mine.clone()).await.unwrap();
+    assert_eq!(m1.state().await.unwrap().version, state.version);
+    // Another node's address, a key that is not one: refused, nothing written.
+    for bad in [
+        identity("ab", "10.9.9.9:7946"),
+        identity("zz", "127.0.0.1:7946"),
+    ] {
+        match client.register_gossip(bad.clone()).await {
+            Err(ClusterError::Rejected(r)) => {
+                assert!(r.to_string().contains("gossip identity"), "{r}")
+            }
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+    let after = m1.state().await.unwrap();
+    assert_eq!(after.version, state.version);
+    assert_eq!(after.nodes[&w1_id].gossip.as_deref(), Some(&mine));
+    // Every node is handed the key with the node list.
+    let view = w2.node_client().node_state(0).await.unwrap().unwrap();
+    assert!(view.state.nodes[&w1_id].gossip.is_some());
+
+    // Removed: its key leaves the store with it, and it can register nothing more.
+    m1.remove_node(&w1_id, true).await.unwrap();
+    let state = m1.state().await.unwrap();
+    assert!(!state.nodes.contains_key(&w1_id));
+    match client
+        .register_gossip(identity("cd", "127.0.0.1:7946"))
+        .await
+    {
+        Err(ClusterError::Unauthorized(why)) => assert!(why.contains("revoked"), "{why}"),
+        other => panic!("a removed node registered a gossip key: {other:?}"),
+    }
+    assert!(!m1.state().await.unwrap().nodes.contains_key(&w1_id));
+    for w in [w1, w2] {
+        w.shutdown().await;
+    }
+    m1.shutdown().await;
+}

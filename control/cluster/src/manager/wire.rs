@@ -15,8 +15,8 @@ use super::{ClusterError, NodeInfo, Role};
 use crate::pki::{manager_server_name, CaCertificate, CaDigest, CaTrust, NextRoot, PeerIdentity};
 use crate::store::transport::BoxFuture;
 use crate::store::{
-    ApplyResult, ClusterState, Command, RaftId, RaftRequest, RaftResponse, Rejection,
-    TaskStatusUpdate, Transport, TransportError,
+    ApplyResult, ClusterState, Command, GossipIdentity, RaftId, RaftRequest, RaftResponse,
+    Rejection, TaskStatusUpdate, Transport, TransportError,
 };
 use crate::token::JoinToken;
 
@@ -90,6 +90,10 @@ pub(crate) enum Request {
     ReportTasks {
         updates: Vec<TaskStatusUpdate>,
     },
+    /// The key the caller's gossip run signs with (about the caller's own node only).
+    RegisterGossip {
+        gossip: GossipIdentity,
+    },
 }
 
 /// How long a joining node waits for its answer, given the cluster's request timeout
@@ -116,7 +120,8 @@ impl Request {
             | Request::ReadState
             | Request::Renew { .. }
             | Request::NodeState { .. }
-            | Request::ReportTasks { .. } => 1,
+            | Request::ReportTasks { .. }
+            | Request::RegisterGossip { .. } => 1,
         };
         t * calls + Duration::from_secs(1)
     }
@@ -138,6 +143,7 @@ impl Request {
             Request::Renew { .. } => "renew",
             Request::NodeState { .. } => "node_state",
             Request::ReportTasks { .. } => "report_tasks",
+            Request::RegisterGossip { .. } => "register_gossip",
         }
     }
 }

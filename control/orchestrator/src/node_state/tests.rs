@@ -20,6 +20,7 @@ fn node(id: &str, ip: &str) -> Node {
         engine_version: "20.10".into(),
         labels: BTreeMap::new(),
         raft_id: None,
+        gossip: None,
         version: 0,
         tls: None,
     }
@@ -372,7 +373,35 @@ async fn remote_tasks_follow_gossip() {
     let mut m2 = Member::new(Some(format!("127.0.0.12:{port}").parse().unwrap()));
     m1.sync(&s, "n1", &running("n1")).await;
     m2.sync(&s, "n2", &running("n2")).await;
-    let table = m1.table().expect("gossip runs once the store has a key");
+    assert!(
+        m1.table().is_none(),
+        "no gossip before the store shows this run's signing key"
+    );
+    // The executor registers each run's key; the managers put it in the store.
+    for (id, m) in [("n1", &mut m1), ("n2", &mut m2)] {
+        let gossip = m.registration_due().expect("a key to register");
+        assert!(m.registration_due().is_none(), "sent once, not every pass");
+        assert!(s
+            .apply(&Command::SetNodeGossip {
+                id: id.into(),
+                gossip,
+            })
+            .into_result()
+            .is_ok());
+    }
+    let running = |node: &str| -> HashMap<String, RunningTask> {
+        s.tasks
+            .values()
+            .filter(|t| t.node_id.as_deref() == Some(node))
+            .map(|t| (t.id.clone(), RunningTask { healthy: true }))
+            .collect()
+    };
+    m1.sync(&s, "n1", &running("n1")).await;
+    m2.sync(&s, "n2", &running("n2")).await;
+    assert!(m1.registration_due().is_none(), "registered");
+    let table = m1
+        .table()
+        .expect("gossip runs once the store has both keys");
     assert!(
         m1.settled_table(&s, "n1").is_none(),
         "a member that heard from nobody yet: the store alone counts"

@@ -20,6 +20,7 @@ pub(super) fn node(id: &str, role: Role) -> Node {
         engine_version: "20.10".into(),
         labels: BTreeMap::new(),
         raft_id: None,
+        gossip: None,
         version: 0,
         tls: None,
     }

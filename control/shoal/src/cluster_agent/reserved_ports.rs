@@ -116,6 +116,7 @@ mod tests {
                 engine_version: String::new(),
                 labels: BTreeMap::new(),
                 raft_id: None,
+                gossip: None,
                 version: 0,
                 tls: None,
             },

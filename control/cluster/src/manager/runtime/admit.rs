@@ -141,6 +141,8 @@ impl Runtime {
             engine_version: info.engine_version.clone(),
             labels: BTreeMap::new(),
             raft_id,
+            // A joining node registers its gossip key once its gossip starts.
+            gossip: None,
             version: 0,
             // What the grant below gives it: its first heartbeat then writes nothing.
             tls: Some(Box::new(granted_tls(&signers))),

@@ -93,6 +93,7 @@ mod tests {
                     engine_version: String::new(),
                     labels: Default::default(),
                     raft_id: None,
+                    gossip: None,
                     version: 1,
                     tls: None,
                 },

@@ -223,4 +223,12 @@ impl Runtime {
     ) -> Result<(), ClusterError> {
         self.call_done(Request::ReportTasks { updates }).await
     }
+
+    /// Registers the key this node's gossip run signs with.
+    pub(crate) async fn register_gossip(
+        self: &Arc<Self>,
+        gossip: crate::store::GossipIdentity,
+    ) -> Result<(), ClusterError> {
+        self.call_done(Request::RegisterGossip { gossip }).await
+    }
 }

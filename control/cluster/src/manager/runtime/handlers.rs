@@ -12,7 +12,9 @@ use super::{lock, other, tokens_of, Core, Runtime};
 use crate::manager::wire::{Reply, Request, Response, WireError};
 use crate::manager::Role;
 use crate::pki::PeerIdentity;
-use crate::store::{ApplyResult, ClusterState, Command, StoreError, TaskStatusUpdate};
+use crate::store::{
+    ApplyResult, ClusterState, Command, GossipIdentity, Rejection, StoreError, TaskStatusUpdate,
+};
 
 /// What a request asks of its caller, and where it is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +54,8 @@ pub(crate) fn needs(request: &Request) -> Needs {
         | Request::Leave
         | Request::Renew { .. }
         | Request::NodeState { .. }
-        | Request::ReportTasks { .. } => on_leader(Role::Worker),
+        | Request::ReportTasks { .. }
+        | Request::RegisterGossip { .. } => on_leader(Role::Worker),
     }
 }
 
@@ -155,6 +158,9 @@ impl Runtime {
                 Request::ReportTasks { updates } => {
                     self.do_report_tasks(&core, peer.node_id(), updates).await
                 }
+                Request::RegisterGossip { gossip } => {
+                    self.do_register_gossip(&core, peer.node_id(), gossip).await
+                }
             }
         })
     }
@@ -186,6 +192,57 @@ impl Runtime {
             },
         )
         .await?;
+        Ok(Response::Done)
+    }
+}
+
+impl Runtime {
+    /// A node registers the key its gossip run signs with: for its own node only (the
+    /// certificate says which), at its own data-path address, written only when it
+    /// changed and within the node's write budget.
+    async fn do_register_gossip(
+        &self,
+        core: &Core,
+        node_id: &str,
+        gossip: GossipIdentity,
+    ) -> Reply {
+        let known = core.store.read_stale_with(|state| {
+            state
+                .nodes
+                .get(node_id)
+                .map(|n| (n.gossip.as_deref() == Some(&gossip), gossip.fault(n)))
+        });
+        match known {
+            None => {
+                return Err(WireError::UnknownNode {
+                    node: node_id.to_string(),
+                })
+            }
+            Some((_, Some(detail))) => {
+                return Err(WireError::Rejected {
+                    rejection: Rejection::Invalid {
+                        what: "gossip identity".into(),
+                        detail,
+                    },
+                })
+            }
+            Some((true, None)) => return Ok(Response::Done),
+            Some((false, None)) => {}
+        }
+        if !lock(&self.writes).take(node_id, Instant::now()) {
+            return Err(WireError::Busy {
+                detail: format!("node {node_id} registers gossip keys too often; retry"),
+            });
+        }
+        propose(
+            core,
+            Command::SetNodeGossip {
+                id: node_id.to_string(),
+                gossip,
+            },
+        )
+        .await?;
+        tracing::info!(node = %node_id, "gossip key registered");
         Ok(Response::Done)
     }
 }
@@ -279,6 +336,13 @@ mod tests {
                 applied: None,
             },
             Request::ReportTasks { updates: vec![] },
+            Request::RegisterGossip {
+                gossip: GossipIdentity {
+                    key: "ab".repeat(32),
+                    generation: 1,
+                    addr: "10.0.0.1:7946".parse().unwrap(),
+                },
+            },
         ] {
             assert_eq!(
                 needs(&request),

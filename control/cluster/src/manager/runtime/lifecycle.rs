@@ -144,6 +144,7 @@ impl Runtime {
                         engine_version: node.engine_version.clone(),
                         labels: BTreeMap::new(),
                         raft_id: Some(raft_id),
+                        gossip: None,
                         version: 0,
                         tls: None,
                     },

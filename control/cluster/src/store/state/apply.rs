@@ -54,6 +54,19 @@ impl ClusterState {
                 Ok(())
             }
             Command::RevokeNode { id, .. } => nonempty("node ID", id),
+            Command::SetNodeGossip { id, gossip } => {
+                let n = self
+                    .nodes
+                    .get(id)
+                    .ok_or_else(|| Rejection::UnknownNode { id: id.clone() })?;
+                match gossip.fault(n) {
+                    Some(detail) => Err(Rejection::Invalid {
+                        what: "gossip identity".into(),
+                        detail,
+                    }),
+                    None => Ok(()),
+                }
+            }
             Command::RemoveNode { id }
             | Command::SetAvailability { id, .. }
             | Command::SetRole { id, .. }
@@ -421,6 +434,9 @@ impl ClusterState {
                 n.raft_id = *raft_id;
             }),
             Command::SetStatus { id, status } => touch(id, &mut |n| n.status = *status),
+            Command::SetNodeGossip { id, gossip } => {
+                touch(id, &mut |n| n.gossip = Some(Box::new(gossip.clone())))
+            }
             Command::UpdateNodeLabels { id, add, remove } => touch(id, &mut |n| {
                 for key in remove {
                     n.labels.remove(key);

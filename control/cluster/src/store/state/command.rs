@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Availability, CaRotation, ClusterSpec, GossipKey, Network, Node, NodeStatus, NodeTls,
-    ObjectKind, RegistryKey, Resealed, Role, UnlockKey,
+    Availability, CaRotation, ClusterSpec, GossipIdentity, GossipKey, Network, Node, NodeStatus,
+    NodeTls, ObjectKind, RegistryKey, Resealed, Role, UnlockKey,
 };
 use crate::pki::CaDigest;
 use crate::store::service::{Service, Task, TaskStatusUpdate};
@@ -43,6 +43,11 @@ pub enum Command {
     SetStatus {
         id: String,
         status: NodeStatus,
+    },
+    /// Node `id`'s gossip run signs with `gossip` from now on (the node registered it).
+    SetNodeGossip {
+        id: String,
+        gossip: GossipIdentity,
     },
     /// `node update --label-add/--label-rm`: `remove` first, then `add`.
     UpdateNodeLabels {

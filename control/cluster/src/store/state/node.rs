@@ -60,6 +60,12 @@ pub struct Node {
     /// The node's member ID in the managers' Raft group, while it is a manager.
     #[serde(default)]
     pub raft_id: Option<u64>,
+    /// The key the node's gossip records are signed with, for its current gossip run
+    /// (registered by the node itself, over mutual TLS). Every node takes gossip about
+    /// this node only as this says; a node that never registered is not heard.
+    /// (Boxed: every node and every node command carry the field, few nodes change it.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gossip: Option<Box<GossipIdentity>>,
     /// Store version at this object's last change (set by `apply`, ignored on input).
     #[serde(default)]
     pub version: u64,
@@ -80,5 +86,42 @@ impl Node {
                 .or_else(|_| text.parse::<IpAddr>())
                 .ok()
         })
+    }
+}
+
+/// What a node's gossip run signs with, as the node registered it: every other node
+/// takes a record about it only if that key signed it, for that generation at that
+/// address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipIdentity {
+    /// Ed25519 public key, 64 hex digits.
+    pub key: String,
+    /// The gossip generation (the run's start, microseconds since the epoch).
+    pub generation: u64,
+    /// The address it gossips at: the node's data-path address and the gossip port.
+    pub addr: SocketAddr,
+}
+
+impl GossipIdentity {
+    /// Why `self` cannot be node `node`'s, if it cannot: the key must be 64 hex digits,
+    /// the generation nonzero, the address the node's data-path address.
+    pub fn fault(&self, node: &Node) -> Option<String> {
+        if self.key.len() != 64 || !self.key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Some("the key is not 64 hex digits".into());
+        }
+        if self.generation == 0 {
+            return Some("generation 0".into());
+        }
+        if self.addr.port() == 0 {
+            return Some("port 0".into());
+        }
+        match node.data_path_ip() {
+            Some(ip) if ip == self.addr.ip() => None,
+            other => Some(format!(
+                "address {} is not the node's data-path address ({})",
+                self.addr,
+                other.map_or("none".to_string(), |ip| ip.to_string())
+            )),
+        }
     }
 }

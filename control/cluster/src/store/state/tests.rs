@@ -15,6 +15,7 @@ fn node(id: &str, role: Role) -> Node {
         engine_version: "27.0.1".to_string(),
         labels: BTreeMap::new(),
         raft_id: None,
+        gossip: None,
         version: 0,
         tls: None,
     }
@@ -624,6 +625,91 @@ fn revoked_nodes_are_kept_until_their_certificates_expire_and_cannot_come_back()
     assert!(!serde_json::to_string(&old)
         .unwrap()
         .contains("removed_nodes"));
+}
+
+#[test]
+fn gossip_identities_are_checked_against_their_node() {
+    let mut s = ClusterState::default();
+    let mut n = node("n1", Role::Worker);
+    n.data_path_addr = Some("10.0.0.5".parse().unwrap());
+    s.apply(&Command::UpsertNode { node: n });
+    let good = GossipIdentity {
+        key: "0a".repeat(32),
+        generation: 7,
+        addr: "10.0.0.5:7946".parse().unwrap(),
+    };
+    let refused = |s: &mut ClusterState, id: &str, gossip: GossipIdentity| {
+        let version = s.version;
+        let r = s.apply(&Command::SetNodeGossip {
+            id: id.into(),
+            gossip,
+        });
+        assert_eq!(s.version, version);
+        r.into_result().unwrap_err()
+    };
+    assert_eq!(
+        refused(&mut s, "nope", good.clone()),
+        Rejection::UnknownNode { id: "nope".into() }
+    );
+    for (bad, why) in [
+        (
+            GossipIdentity {
+                addr: "192.168.77.11:7946".parse().unwrap(),
+                ..good.clone()
+            },
+            "data-path address",
+        ),
+        (
+            GossipIdentity {
+                key: "0a".repeat(31),
+                ..good.clone()
+            },
+            "64 hex",
+        ),
+        (
+            GossipIdentity {
+                key: "zz".repeat(32),
+                ..good.clone()
+            },
+            "64 hex",
+        ),
+        (
+            GossipIdentity {
+                generation: 0,
+                ..good.clone()
+            },
+            "generation",
+        ),
+        (
+            GossipIdentity {
+                addr: "10.0.0.5:0".parse().unwrap(),
+                ..good.clone()
+            },
+            "port",
+        ),
+    ] {
+        let r = refused(&mut s, "n1", bad);
+        assert!(r.to_string().contains(why), "{r}");
+    }
+    assert!(s.nodes["n1"].gossip.is_none());
+    s.apply(&Command::SetNodeGossip {
+        id: "n1".into(),
+        gossip: good.clone(),
+    })
+    .into_result()
+    .unwrap();
+    assert_eq!(s.nodes["n1"].gossip.as_deref(), Some(&good));
+    assert_eq!(s.nodes["n1"].version, s.version);
+    // It survives the round trip through JSON (log and snapshots), and a node written
+    // before it existed reads as having none.
+    let back: ClusterState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+    assert_eq!(back.nodes["n1"].gossip.as_deref(), Some(&good));
+    let mut old = serde_json::to_value(node("n2", Role::Worker)).unwrap();
+    old.as_object_mut().unwrap().remove("gossip");
+    assert_eq!(serde_json::from_value::<Node>(old).unwrap().gossip, None);
+    // Removing the node removes its key.
+    s.apply(&Command::RemoveNode { id: "n1".into() });
+    assert!(!s.nodes.contains_key("n1"));
 }
 
 /// A rotation from `old` to a new root (returned with it), as the leader proposes it.

@@ -122,6 +122,7 @@ fn node(id: &str) -> Node {
         engine_version: String::new(),
         labels: BTreeMap::from([("zone".into(), format!("zone-{id}"))]),
         raft_id: None,
+        gossip: None,
         version: 0,
         tls: None,
     }
