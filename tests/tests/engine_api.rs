@@ -279,6 +279,21 @@ fn the_docker_cli_drives_shoal_through_its_engine_api() {
     let host = if on_h1.node == "h1" { &h1 } else { &h2 };
     let names = host.ok(&["ps", "--format", "{{.Names}}"]);
     assert!(names.lines().any(|n| n == on_h1.container), "{names}");
+    // Swarm's is-task filter (the seeds' `docker ps --filter is-task=true`).
+    let tasks_only = host.ok(&["ps", "--filter", "is-task=true", "--format", "{{.Names}}"]);
+    assert!(
+        tasks_only.lines().any(|n| n == on_h1.container),
+        "{tasks_only}"
+    );
+    let others = host.ok(&[
+        "ps",
+        "-a",
+        "--filter",
+        "is-task=false",
+        "--format",
+        "{{.Names}}",
+    ]);
+    assert!(!others.lines().any(|n| n == on_h1.container), "{others}");
     let hostname = host.ok(&["exec", &on_h1.container, "cat", "/etc/hostname"]);
     assert_eq!(hostname.trim(), on_h1.hostname());
     host.ok(&["logs", "--tail", "5", &on_h1.container]);

@@ -16,6 +16,7 @@
 // request: its size on the stack does not matter here.
 #![allow(clippy::result_large_err)]
 
+mod containers;
 mod membership;
 mod networks;
 mod proxy;
@@ -158,7 +159,13 @@ async fn handle(backend: &dyn Backend, docker: &Path, request: Request<Incoming>
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let answer = match route::route(&path) {
-        Route::Engine => return proxy::forward(docker, request).await,
+        Route::Engine => {
+            if let Some((want, rest)) = containers::is_task_filter(&path, request.uri().query()) {
+                containers::list(docker, request, want, rest).await
+            } else {
+                return proxy::forward(docker, request).await;
+            }
+        }
         Route::Ping => {
             let view = swarm::info(backend).await;
             let mut answer = proxy::forward(docker, request).await;
