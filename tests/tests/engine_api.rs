@@ -657,9 +657,30 @@ fn the_docker_cli_drives_shoal_through_its_engine_api() {
     });
 
     // What is not served yet says so, and changes nothing; a bad filter is refused.
-    let refused = h1.err(&["swarm", "update", "--autolock=true"]);
+    // Swarm settings shoal changes: autolock on and off, token rotation.
+    let out = h1.ok(&["swarm", "update", "--autolock=true"]);
+    let key = h1.ok(&["swarm", "unlock-key", "-q"]);
+    assert!(out.contains(key.trim()), "{out}");
+    assert_eq!(
+        key.trim(),
+        cli.ok("h1", &["swarm", "unlock-key", "-q"]).trim()
+    );
+    let shown = h1.ok(&[
+        "info",
+        "--format",
+        "{{.Swarm.Cluster.Spec.EncryptionConfig.AutoLockManagers}}",
+    ]);
+    assert_eq!(shown.trim(), "true");
+    h1.ok(&["swarm", "update", "--autolock=false"]);
+    let before = h1.ok(&["swarm", "join-token", "-q", "worker"]);
+    h1.ok(&["swarm", "join-token", "--rotate", "-q", "worker"]);
+    let after = cli.ok("h1", &["swarm", "join-token", "-q", "worker"]);
+    assert_ne!(before.trim(), after.trim());
+    let refused = h1.err(&["swarm", "update", "--task-history-limit", "2"]);
+    assert!(refused.contains("Spec.Orchestration"), "{refused}");
+    let refused = h1.err(&["service", "logs", "web"]);
     assert!(
-        refused.contains("does not serve POST /swarm/update"),
+        refused.contains("does not serve GET /services/web/logs"),
         "{refused}"
     );
     let refused = h1.err(&["service", "ls", "--filter", "colour=blue"]);

@@ -182,6 +182,10 @@ async fn handle(backend: &dyn Backend, docker: &Path, request: Request<Incoming>
         ) {
             (Ok(view), Ok(mut engine)) => {
                 engine["Swarm"] = swarm::info_section(&view);
+                if view.is_manager {
+                    engine["Swarm"]["Cluster"]["Spec"]["EncryptionConfig"] =
+                        serde_json::json!({"AutoLockManagers": swarm::autolocked(backend).await});
+                }
                 reply::json(hyper::StatusCode::OK, &engine)
             }
             (Err(a), _) | (_, Err(a)) => a,

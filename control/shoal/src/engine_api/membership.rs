@@ -175,6 +175,48 @@ pub async fn unlock(
     }
 }
 
+/// `POST /swarm/update`: Docker's whole swarm `Spec` as `GET /swarm` gave it, with what
+/// shoal can change: autolock (`EncryptionConfig.AutoLockManagers`), and the query's
+/// `rotateWorkerToken`, `rotateManagerToken`, `rotateManagerUnlockKey`. Any other
+/// setting given is refused naming it (shoal keeps them fixed).
+pub async fn update(
+    backend: &dyn crate::api::server::Backend,
+    call: &Call,
+    autolocked: bool,
+) -> Result<Answer, Answer> {
+    let v = body(call)?;
+    let mut spec = v.clone();
+    if let Some(o) = spec.as_object_mut() {
+        o.remove("EncryptionConfig");
+        o.remove("Labels");
+    }
+    check_no_spec(&json!({ "Spec": spec }))?;
+    let on = |key: &str| call.query.get(key).is_some_and(|f| f == "1" || f == "true");
+    if let Some(want) = v["EncryptionConfig"]["AutoLockManagers"].as_bool() {
+        if want != autolocked {
+            write(
+                backend,
+                Request::SwarmUpdate {
+                    autolock: Some(want),
+                },
+            )
+            .await?;
+        }
+    }
+    for (key, role) in [
+        ("rotateWorkerToken", NodeRole::Worker),
+        ("rotateManagerToken", NodeRole::Manager),
+    ] {
+        if on(key) {
+            write(backend, Request::JoinToken { role, rotate: true }).await?;
+        }
+    }
+    if on("rotateManagerUnlockKey") {
+        write(backend, Request::UnlockKey { rotate: true }).await?;
+    }
+    Ok(reply::empty(StatusCode::OK))
+}
+
 pub async fn unlock_key(backend: &dyn crate::api::server::Backend) -> Result<Answer, Answer> {
     match write(backend, Request::UnlockKey { rotate: false }).await? {
         Reply::UnlockKey { key, .. } => Ok(reply::json(

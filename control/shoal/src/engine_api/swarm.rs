@@ -145,6 +145,9 @@ async fn answer_or_refuse(
     match (&call.method, kind, rest.as_slice()) {
         (&Method::GET, SwarmKind::Swarm, []) => swarm_inspect(backend, &view).await,
         (&Method::GET, SwarmKind::Swarm, ["unlockkey"]) => membership::unlock_key(backend).await,
+        (&Method::POST, SwarmKind::Swarm, ["update"]) => {
+            membership::update(backend, call, autolocked(backend).await).await
+        }
         (&Method::POST, SwarmKind::Nodes, [reference, "update"]) => {
             let (_, found) = nodes(backend, vec![reference.to_string()]).await?;
             let node = found.first().ok_or_else(|| {
@@ -524,7 +527,16 @@ async fn swarm_inspect(backend: &dyn Backend, view: &InfoView) -> Result<Answer,
     }
     let mut v = info_section(view)["Cluster"].clone();
     v["JoinTokens"] = json!(tokens);
+    v["Spec"]["EncryptionConfig"] = json!({"AutoLockManagers": autolocked(backend).await});
     Ok(reply::json(StatusCode::OK, &v))
+}
+
+/// Whether the managers are autolocked: they then have an unlock key.
+pub async fn autolocked(backend: &dyn Backend) -> bool {
+    matches!(
+        backend.handle(Request::UnlockKey { rotate: false }).await,
+        Ok(Reply::UnlockKey { .. })
+    )
 }
 
 async fn nodes(
