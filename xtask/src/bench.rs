@@ -7,6 +7,7 @@
 //! Suites: `overlay` (here), `dns` (`bench/dns.rs`), `cluster` (`bench/cluster.rs`),
 //! `gossip` (`bench/gossip.rs`), `gossip_lab` (`bench/gossip_lab.rs`), `vip` (`bench/vip.rs`),
 //! `lb` (`bench/lb.rs`), `services` (`bench/services.rs`), `update` (`bench/update.rs`) and `pull` (`bench/pull.rs`).
+mod api;
 mod cluster;
 mod dns;
 mod gossip;
@@ -97,8 +98,9 @@ pub fn run(suite: &str) -> Result<ExitCode> {
         "services" => services::run(),
         "pull" => pull::run(),
         "update" => update::run(),
+        "api" => api::run(),
         other => bail!(
-            "unknown benchmark suite {other:?}; suites: overlay, dns, cluster, gossip, gossip_lab, vip, services, update, lb, pull"
+            "unknown benchmark suite {other:?}; suites: overlay, dns, cluster, gossip, gossip_lab, vip, services, update, lb, pull, api"
         ),
     }
 }

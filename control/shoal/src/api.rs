@@ -176,6 +176,10 @@ pub enum Request {
     },
     /// `shoal info`: this node's view of the swarm and its dataplane.
     Info,
+    /// This node's place in the swarm (inactive, locked or active; manager or not),
+    /// known without reading the cluster's state: what the Engine API checks on every
+    /// request.
+    LocalRole,
     NodeLs,
     NodeInspect {
         nodes: Vec<String>,
@@ -311,6 +315,7 @@ impl Request {
             Request::UnlockKey { .. } => "swarm unlock-key",
             Request::SwarmCa { .. } => "swarm ca",
             Request::Info => "info",
+            Request::LocalRole => "local role",
             Request::NodeLs => "node ls",
             Request::NodeInspect { .. } => "node inspect",
             Request::NodeRm { .. } => "node rm",
@@ -384,6 +389,11 @@ pub enum Reply {
     },
     SwarmCa(Box<CaView>),
     Info(Box<InfoView>),
+    LocalRole {
+        /// As [`InfoView::swarm`].
+        swarm: String,
+        is_manager: bool,
+    },
     /// `node ls` and `node inspect`.
     Nodes {
         /// This node's ID.

@@ -528,6 +528,13 @@ impl ClusterAgent {
             Request::Info => Ok(Reply::Info(Box::new(
                 info::info(role.as_ref(), self.config.dataplane.clone()).await,
             ))),
+            Request::LocalRole => {
+                let (swarm, is_manager) = info::local_role(role.as_ref());
+                Ok(Reply::LocalRole {
+                    swarm: swarm.into(),
+                    is_manager,
+                })
+            }
             other => {
                 let manager = match &*role {
                     Some(Role::Locked(_)) => return Err(ApiError::new(SWARM_LOCKED)),

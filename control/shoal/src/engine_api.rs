@@ -167,12 +167,13 @@ async fn handle(backend: &dyn Backend, docker: &Path, request: Request<Incoming>
             }
         }
         Route::Ping => {
-            let view = swarm::info(backend).await;
+            let role = swarm::local_role(backend).await;
             let mut answer = proxy::forward(docker, request).await;
-            if let Ok(view) = view {
-                answer
-                    .headers_mut()
-                    .insert("Swarm", HeaderValue::from_static(swarm::ping_header(&view)));
+            if let Ok((swarm, is_manager)) = role {
+                answer.headers_mut().insert(
+                    "Swarm",
+                    HeaderValue::from_static(swarm::ping_header(&swarm, is_manager)),
+                );
             }
             answer
         }

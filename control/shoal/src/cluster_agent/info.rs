@@ -7,6 +7,16 @@ use crate::api::InfoView;
 /// How long the cluster's state may take to read before info answers without it.
 const STATE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// (`inactive|locked|active`, manager or not) as [`info`] says them, from the role
+/// alone.
+pub(super) fn local_role(role: Option<&Role>) -> (&'static str, bool) {
+    match role {
+        None => ("inactive", false),
+        Some(r) if r.node_client().is_none() => ("locked", false),
+        Some(r) => ("active", r.acting_manager().is_some()),
+    }
+}
+
 pub(super) async fn info(role: Option<&Role>, dataplane: Option<String>) -> InfoView {
     let mut view = InfoView {
         swarm: "inactive".into(),

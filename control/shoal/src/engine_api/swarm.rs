@@ -88,10 +88,19 @@ pub fn info_section(view: &InfoView) -> Value {
     v
 }
 
-/// The value of `/_ping`'s `Swarm` header: `inactive`, `pending`, `error`, `locked` or
+/// This node's place in the swarm: (`inactive|locked|active`, manager or not), read
+/// from its role alone (no cluster state is fetched: every request asks it).
+pub async fn local_role(backend: &dyn Backend) -> Result<(String, bool), Answer> {
+    match call(backend, Request::LocalRole).await? {
+        Reply::LocalRole { swarm, is_manager } => Ok((swarm, is_manager)),
+        other => Err(reply::unexpected(&other)),
+    }
+}
+
+/// The value of `/_ping`'s `Swarm` header: `inactive`, `locked` or
 /// `active/manager|worker`.
-pub fn ping_header(view: &InfoView) -> &'static str {
-    match (view.swarm.as_str(), view.is_manager) {
+pub fn ping_header(swarm: &str, is_manager: bool) -> &'static str {
+    match (swarm, is_manager) {
         ("active", true) => "active/manager",
         ("active", false) => "active/worker",
         ("locked", _) => "locked",
@@ -107,10 +116,10 @@ pub async fn answer(backend: &dyn Backend, kind: SwarmKind, call: &Call) -> Answ
 }
 
 /// The manager's answer, or why this node cannot give it (Docker's 503s).
-pub async fn manager_only(backend: &dyn Backend) -> Result<InfoView, Answer> {
-    let view = info(backend).await?;
-    match (view.swarm.as_str(), view.is_manager) {
-        ("active", true) => Ok(view),
+pub async fn manager_only(backend: &dyn Backend) -> Result<(), Answer> {
+    let (swarm, is_manager) = local_role(backend).await?;
+    match (swarm.as_str(), is_manager) {
+        ("active", true) => Ok(()),
         ("active", false) => Err(reply::error(StatusCode::SERVICE_UNAVAILABLE, WORKER)),
         ("locked", _) => Err(reply::error(StatusCode::SERVICE_UNAVAILABLE, LOCKED)),
         _ => Err(reply::error(StatusCode::SERVICE_UNAVAILABLE, NOT_IN_SWARM)),
@@ -139,11 +148,11 @@ async fn answer_or_refuse(
         }
         _ => {}
     }
-    let view = manager_only(backend).await?;
+    manager_only(backend).await?;
     let query = &call.query;
     let bad_filter = |e: String| reply::error(StatusCode::BAD_REQUEST, e);
     match (&call.method, kind, rest.as_slice()) {
-        (&Method::GET, SwarmKind::Swarm, []) => swarm_inspect(backend, &view).await,
+        (&Method::GET, SwarmKind::Swarm, []) => swarm_inspect(backend, &info(backend).await?).await,
         (&Method::GET, SwarmKind::Swarm, ["unlockkey"]) => membership::unlock_key(backend).await,
         (&Method::POST, SwarmKind::Swarm, ["update"]) => {
             membership::update(backend, call, autolocked(backend).await).await
