@@ -6,3 +6,4 @@ pub mod api;
 pub mod cli;
 pub mod cluster_agent;
 pub mod engine_api;
+pub mod filters;
