@@ -2,7 +2,8 @@
 //! to the local agent ([`crate::api`]) and their answers into Docker's output.
 //!
 //! - this file: the arguments (clap), building the [`Request`], running a command.
-//! - [`format`]: the output (join instructions, the `node ls` table, `inspect`).
+//! - [`format`]: the output (join instructions, the `node ls` table, `inspect`); `node
+//!   ls -f` and `node ps` use [`crate::filters`] and the task list of `service ps`.
 //! - [`template`]: `--format`'s Go-template subset.
 //! - [`service`] and [`network`]: `shoal service ...` and `shoal network ...`.
 //! - [`ca`]: `shoal swarm ca [--rotate]` (it follows a rotation until it is over).

@@ -216,9 +216,11 @@ fn main() -> ExitCode {
         }
         Command::Completion(args) => {
             use std::io::Write as _;
-            std::io::stdout()
-                .write_all(&completion_script(args.shell))
-                .map_err(anyhow::Error::from)
+            match std::io::stdout().write_all(&completion_script(args.shell)) {
+                // Piped into `head` or a pager that quit: nothing is wrong.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                other => other.map_err(anyhow::Error::from),
+            }
         }
     };
     match result {
