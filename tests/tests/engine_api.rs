@@ -2,7 +2,8 @@
 //! image's current client and Debian's 20.10 one) with `-H unix://<agent's socket>`:
 //! `swarm init`, `join-token`, `join` (the cluster is made through the API), `version`
 //! and `info` (shoal's swarm state in the `Swarm` section), `node ls`,
-//! `service ls/ps/inspect` checked against what shoal's own CLI says, containers,
+//! `service ls/ps/inspect` checked against what shoal's own CLI says (its `-f` filters,
+//! `--format json` and `node ps` against docker's), containers,
 //! `exec` (an upgraded connection) and `logs` passed to the node's dockerd; changes: an
 //! overlay network, a service created, updated, rolled back, scaled and removed (the
 //! mesh answering for it), an update from a stale version refused (409), a spec shoal
@@ -254,6 +255,123 @@ fn the_docker_cli_drives_shoal_through_its_engine_api() {
     want.sort();
     println!("docker service ps web:\n{ps}");
     assert_eq!(seen, want, "docker service ps:\n{ps}");
+
+    // shoal's own `-f` and `--format json` select and print what docker's do.
+    let json_line = |out: &str| -> serde_json::Value {
+        assert_eq!(out.lines().count(), 1, "{out}");
+        serde_json::from_str(out.trim()).expect("one JSON object")
+    };
+    let mine = json_line(&cli.ok(
+        "h1",
+        &[
+            "service",
+            "ls",
+            "--format",
+            "json",
+            "-f",
+            "name=we",
+            "-f",
+            "mode=replicated",
+        ],
+    ));
+    let docker = json_line(&h1.ok(&[
+        "service",
+        "ls",
+        "--format",
+        "{{json .}}",
+        "--filter",
+        "name=we",
+    ]));
+    println!("shoal service ls --format json: {mine}\ndocker's: {docker}");
+    let keys = |v: &serde_json::Value| v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>());
+    assert_eq!(keys(&mine), keys(&docker), "{mine} vs {docker}");
+    for key in ["ID", "Name", "Mode", "Replicas", "Image", "Ports"] {
+        assert_eq!(mine[key], docker[key], "{key}: {mine} vs {docker}");
+    }
+    assert_eq!(
+        cli.ok("h1", &["service", "ls", "-q", "-f", "mode=global"]),
+        ""
+    );
+    let refused = cli.err("h1", &["service", "ls", "-f", "colour=blue"]);
+    assert!(refused.contains("invalid filter 'colour'"), "{refused}");
+    assert_eq!(
+        cli.ok(
+            "h1",
+            &[
+                "node",
+                "ls",
+                "-f",
+                "role=manager",
+                "--format",
+                "{{.Hostname}}"
+            ]
+        ),
+        "h1\n"
+    );
+    let net = json_line(&cli.ok(
+        "h1",
+        &["network", "ls", "-f", "name=app", "--format", "json"],
+    ));
+    let docker_net = json_line(&h1.ok(&[
+        "network",
+        "ls",
+        "--filter",
+        "name=app",
+        "--format",
+        "{{json .}}",
+    ]));
+    for key in [
+        "ID", "Name", "Driver", "Scope", "Internal", "IPv6", "Labels",
+    ] {
+        assert_eq!(net[key], docker_net[key], "{key}: {net} vs {docker_net}");
+    }
+    for node in ["h1", "h2"] {
+        let lines = |out: String| {
+            let mut l: Vec<String> = out.lines().map(str::to_owned).collect();
+            l.sort();
+            l
+        };
+        let format = "{{.Name}} {{.Node}} {{.DesiredState}}";
+        let mine = lines(cli.ok(
+            "h1",
+            &[
+                "node",
+                "ps",
+                "-f",
+                "desired-state=running",
+                "--format",
+                format,
+                node,
+            ],
+        ));
+        let docker = lines(h1.ok(&[
+            "node",
+            "ps",
+            "--filter",
+            "desired-state=running",
+            "--format",
+            format,
+            node,
+        ]));
+        let want: Vec<String> = lines(
+            tasks
+                .iter()
+                .filter(|t| t.node == node)
+                .map(|t| format!("{} {node} Running\n", t.name()))
+                .collect(),
+        );
+        println!("shoal node ps {node}: {mine:?}");
+        assert_eq!(mine, want, "shoal node ps {node}");
+        assert_eq!(mine, docker, "shoal vs docker node ps {node}");
+    }
+    // Without a node: this node's tasks.
+    assert_eq!(
+        cli.ok("h1", &["node", "ps", "-q", "-f", "desired-state=running"])
+            .lines()
+            .count(),
+        tasks.iter().filter(|t| t.node == "h1").count(),
+        "shoal node ps on h1 (self)"
+    );
     let vips: serde_json::Value = serde_json::from_str(&h1.ok(&[
         "service",
         "inspect",

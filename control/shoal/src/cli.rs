@@ -2,7 +2,8 @@
 //! to the local agent ([`crate::api`]) and their answers into Docker's output.
 //!
 //! - this file: the arguments (clap), building the [`Request`], running a command.
-//! - [`format`]: the output (join instructions, the `node ls` table, `inspect`).
+//! - [`format`]: the output (join instructions, the `node ls` table, `inspect`); `node
+//!   ls -f` and `node ps` use [`crate::filters`] and the task list of `service ps`.
 //! - [`template`]: `--format`'s Go-template subset.
 //! - [`service`] and [`network`]: `shoal service ...` and `shoal network ...`.
 //! - [`ca`]: `shoal swarm ca [--rotate]` (it follows a rotation until it is over).
@@ -24,7 +25,7 @@ use ipnet::Ipv4Net;
 
 use crate::api::{
     client::{Client, ClientError},
-    Availability, NodeRole, Reply, Request, Secret, DEFAULT_API_SOCKET,
+    Availability, NodeRole, NodeView, Reply, Request, Secret, DEFAULT_API_SOCKET,
 };
 
 /// The agent's API socket, on every CLI command.
@@ -190,6 +191,17 @@ pub enum NodeCommand {
     Demote(NodesArgs),
     /// Change a node's availability or labels
     Update(UpdateArgs),
+    /// List the tasks on nodes (this node by default), with their history
+    Ps(NodePsArgs),
+}
+
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct NodePsArgs {
+    #[command(flatten)]
+    pub tasks: service::TaskListArgs,
+    /// ID, unique ID prefix or hostname; `self` is this node [default: self]
+    #[arg(value_name = "NODE")]
+    pub nodes: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone, PartialEq)]
@@ -200,6 +212,10 @@ pub struct LsArgs {
     /// `json`, `table TEMPLATE` or a Go template such as '{{.ID}}\t{{.Hostname}}'
     #[arg(long, value_name = "FORMAT")]
     pub format: Option<String>,
+    /// Filter (repeatable): id=ID, membership=accepted|pending, name=HOSTNAME,
+    /// node.label=KEY[=VALUE], role=manager|worker
+    #[arg(short, long = "filter", value_name = "K=V")]
+    pub filters: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone, PartialEq)]
@@ -336,10 +352,14 @@ impl SwarmCommand {
 }
 
 impl NodeCommand {
-    /// A malformed `--format` is refused before the agent is asked.
+    /// A malformed `--format` or `--filter` is refused before the agent is asked.
     pub fn check_format(&self) -> Result<(), String> {
         match self {
-            NodeCommand::Ls(a) => template::Format::parse(a.format.as_deref()).map(drop),
+            NodeCommand::Ls(a) => {
+                template::Format::parse(a.format.as_deref())?;
+                crate::filters::from_args(&a.filters, crate::filters::NODE_KEYS).map(drop)
+            }
+            NodeCommand::Ps(a) => a.tasks.check().map(drop),
             NodeCommand::Inspect(InspectArgs {
                 format: Some(f), ..
             }) if f != "json" => template::Template::parse(&template::unescape(f)).map(drop),
@@ -351,6 +371,13 @@ impl NodeCommand {
     pub fn request(&self) -> Request {
         match self {
             NodeCommand::Ls(_) => Request::NodeLs,
+            NodeCommand::Ps(a) => Request::NodeInspect {
+                nodes: if a.nodes.is_empty() {
+                    vec!["self".to_owned()]
+                } else {
+                    a.nodes.clone()
+                },
+            },
             NodeCommand::Inspect(a) => Request::NodeInspect {
                 nodes: a.nodes.clone(),
             },
@@ -411,10 +438,37 @@ pub fn run_swarm(args: &SwarmArgs) -> Result<Output, CliError> {
     })
 }
 
+/// `shoal node ps`: the tasks on `nodes` (resolved by the agent), as `service ps` lists
+/// them.
+fn node_ps(client: &Client, args: &NodePsArgs, nodes: &[NodeView]) -> Result<Output, CliError> {
+    let filters = args.tasks.check().map_err(CliError::Usage)?;
+    let mut view = match call(client, &Request::ServiceState { services: vec![] })? {
+        Reply::ServiceState(view) => *view,
+        _ => {
+            return Err(CliError::Output(
+                "unexpected reply to a service query".into(),
+            ))
+        }
+    };
+    view.tasks.retain(|t| {
+        t.node_id
+            .as_deref()
+            .is_some_and(|id| nodes.iter().any(|n| n.id == id))
+    });
+    Ok(Output {
+        stdout: service::task_list(&args.tasks, &filters, &view).map_err(CliError::Output)?,
+        warnings: Vec::new(),
+    })
+}
+
 /// Runs `shoal node ...` against the agent.
 pub fn run_node(args: &NodeArgs) -> Result<Output, CliError> {
     args.command.check_format().map_err(CliError::Usage)?;
-    let reply = Client::new(&args.socket.api_socket).call(&args.command.request())?;
+    let client = Client::new(&args.socket.api_socket);
+    let reply = client.call(&args.command.request())?;
+    if let (NodeCommand::Ps(a), Reply::Nodes { nodes, .. }) = (&args.command, &reply) {
+        return node_ps(&client, a, nodes);
+    }
     Ok(Output {
         stdout: format::node(&args.command, &reply).map_err(CliError::Output)?,
         warnings: format::warnings(&reply).to_vec(),

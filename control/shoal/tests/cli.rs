@@ -994,6 +994,71 @@ pthddquqfyyf4f9kp41domb5c   Leader           27.3.1
 }
 
 #[test]
+fn node_ls_filters_are_dockers() {
+    let mut nodes = seed_nodes();
+    nodes[2].labels.insert("zone".into(), "b".into());
+    let nodes = Reply::Nodes {
+        self_id: "pthddquqfyyf4f9kp41domb5c".into(),
+        nodes,
+        warnings: vec![],
+    };
+    let ls = |args: &str| format::node(&node_cmd(args), &nodes);
+    assert_eq!(
+        ls("node ls -q -f role=manager").unwrap(),
+        "pthddquqfyyf4f9kp41domb5c\n"
+    );
+    assert_eq!(
+        ls("node ls --format {{.Hostname}} -f role=worker -f name=col").unwrap(),
+        "colima\n"
+    );
+    assert_eq!(
+        ls("node ls --format {{.Hostname}} -f id=jot -f id=bo5").unwrap(),
+        "baroserver66-ubuntu18\ncolima\n"
+    );
+    assert_eq!(
+        ls("node ls --format {{.Hostname}} --filter node.label=zone=b").unwrap(),
+        "baroserver66-ubuntu18\n"
+    );
+    assert_eq!(
+        ls("node ls -q -f membership=accepted").unwrap(),
+        ls("node ls -q").unwrap()
+    );
+    assert_eq!(ls("node ls -q -f membership=pending").unwrap(), "");
+    let table = ls("node ls -f role=worker").unwrap();
+    assert!(table.starts_with("ID "), "{table}");
+    assert_eq!(table.lines().count(), 3, "{table}");
+    assert!(!table.contains("lp-pc-2023-026"), "{table}");
+    assert_eq!(ls("node ls -f x=1").unwrap_err(), "invalid filter 'x'");
+    // Refused before the agent is asked.
+    assert_eq!(
+        node_cmd("node ls -f nope=1").check_format().unwrap_err(),
+        "invalid filter 'nope'"
+    );
+    assert!(node_cmd("node ls -f role").check_format().is_err());
+}
+
+#[test]
+fn node_ps_asks_for_this_node_by_default() {
+    assert_eq!(
+        request("node ps"),
+        Request::NodeInspect {
+            nodes: vec!["self".into()]
+        }
+    );
+    assert_eq!(
+        request("node ps -f desired-state=running h1 h2"),
+        Request::NodeInspect {
+            nodes: vec!["h1".into(), "h2".into()]
+        }
+    );
+    assert_eq!(
+        node_cmd("node ps -f x=1").check_format().unwrap_err(),
+        "invalid filter 'x'"
+    );
+    assert!(node_cmd("node ps --format {{").check_format().is_err());
+}
+
+#[test]
 fn node_inspect_format_is_dockers() {
     let nodes = Reply::Nodes {
         self_id: "pthddquqfyyf4f9kp41domb5c".into(),

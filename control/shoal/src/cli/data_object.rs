@@ -12,7 +12,7 @@ use shoal_cluster::store::{DataObject, ObjectKind};
 
 use super::{
     call,
-    format::{align, align_tabs, short},
+    format::{align, align_tabs, labels_text, short},
     parse_label,
     service::{inspect::iso, views::human_duration},
     template::{unescape, Format, Template},
@@ -122,11 +122,16 @@ fn ls_output(kind: ObjectKind, args: &LsArgs, objects: &[DataObject]) -> Result<
     }
     let now = now_ms();
     let ago = |ms: u64| format!("{} ago", human_duration(now.saturating_sub(ms)));
-    let row = |o: &DataObject| {
-        json!({"ID": o.id, "Name": o.name, "Driver": "", "CreatedAt": ago(o.created_ms),
-            "UpdatedAt": ago(o.updated_ms), "Labels": o.labels})
-    };
     let secret = kind == ObjectKind::Secret;
+    // The keys of Docker's secret and config formatters (only secrets have a driver).
+    let row = |o: &DataObject| {
+        let mut v = json!({"ID": o.id, "Name": o.name, "CreatedAt": ago(o.created_ms),
+            "UpdatedAt": ago(o.updated_ms), "Labels": labels_text(&o.labels)});
+        if secret {
+            v["Driver"] = json!("");
+        }
+        v
+    };
     match Format::parse(args.format.as_deref())? {
         Format::Default => {
             let mut header = vec!["ID".to_string(), "NAME".into()];
@@ -274,6 +279,30 @@ mod tests {
         assert_eq!(v["Spec"]["Name"], "registry_conf");
         assert_eq!(v["Spec"]["Labels"]["env"], "lab");
         assert_eq!(v["Spec"]["Data"], "dmVyc2lvbjogMC4xCg==");
+    }
+
+    #[test]
+    fn ls_json_lines_have_dockers_keys() {
+        let args = LsArgs {
+            quiet: false,
+            format: Some("json".into()),
+        };
+        let line = |kind| {
+            let out = ls_output(kind, &args, &[object(b"x")]).unwrap();
+            let v: serde_json::Value = serde_json::from_str(out.trim_end()).unwrap();
+            assert_eq!(out.lines().count(), 1);
+            v
+        };
+        let secret = line(ObjectKind::Secret);
+        let keys: Vec<&String> = secret.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            ["CreatedAt", "Driver", "ID", "Labels", "Name", "UpdatedAt"]
+        );
+        assert_eq!(secret["Labels"], "env=lab");
+        assert_eq!(secret["Name"], "registry_conf");
+        // A config has no driver.
+        assert!(line(ObjectKind::Config).get("Driver").is_none());
     }
 
     #[test]

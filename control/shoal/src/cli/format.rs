@@ -103,13 +103,19 @@ pub fn swarm(command: &SwarmCommand, reply: &Reply) -> Result<String, String> {
 pub fn node(command: &NodeCommand, reply: &Reply) -> Result<String, String> {
     match (command, reply) {
         (NodeCommand::Ls(args), Reply::Nodes { self_id, nodes, .. }) => {
+            let filters = crate::filters::from_args(&args.filters, crate::filters::NODE_KEYS)?;
+            let nodes: Vec<NodeView> = nodes
+                .iter()
+                .filter(|n| crate::filters::node_matches(n, &filters))
+                .cloned()
+                .collect();
             let mut sorted: Vec<&NodeView> = nodes.iter().collect();
             sort_nodes(&mut sorted);
             if args.quiet {
                 return Ok(sorted.iter().map(|n| format!("{}\n", n.id)).collect());
             }
             match Format::parse(args.format.as_deref())? {
-                Format::Default => Ok(node_table(self_id, nodes)),
+                Format::Default => Ok(node_table(self_id, &nodes)),
                 Format::Lines(t) => sorted
                     .iter()
                     .map(|n| Ok(t.render(&ls_row(self_id, n))? + "\n"))
@@ -272,6 +278,15 @@ pub fn align_tabs(text: &str) -> String {
         .map(|l| l.split('\t').map(str::to_owned).collect())
         .collect();
     align(&rows)
+}
+
+/// Labels as Docker's list formatters print `.Labels`: `KEY=VALUE` joined by commas.
+pub fn labels_text(labels: &std::collections::BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// An ID as the tables show it: its first 12 characters.

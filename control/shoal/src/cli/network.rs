@@ -9,12 +9,13 @@ use shoal_cluster::store::Network;
 
 use super::{
     call,
-    format::{align, align_tabs, short},
+    format::{align, align_tabs, labels_text, short},
     parse_label,
     template::{unescape, Format, Template},
     ApiSocketArg, CliError, Output,
 };
 use crate::api::{client::Client, Reply, Request};
+use crate::filters;
 
 /// `shoal network ...`
 #[derive(Args, Debug, Clone, PartialEq)]
@@ -72,6 +73,10 @@ pub struct NetworkLsArgs {
     /// `json`, `table TEMPLATE` or a Go template
     #[arg(long, value_name = "FORMAT")]
     pub format: Option<String>,
+    /// Filter (repeatable): driver=D, id=ID, label=KEY[=VALUE], name=NAME,
+    /// scope=swarm|global|local, type=custom|builtin
+    #[arg(short, long = "filter", value_name = "K=V")]
+    pub filters: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone, PartialEq)]
@@ -114,15 +119,34 @@ pub(crate) fn network_value(n: &Network) -> Value {
     })
 }
 
+/// One `network ls` row as `--format` sees it: the keys of Docker's network formatter
+/// (all but `CreatedAt`, which shoal's store does not record).
+fn ls_row(n: &Network) -> Value {
+    json!({
+        "ID": short(&n.id),
+        "Name": n.name,
+        "Driver": n.driver,
+        "Scope": "swarm",
+        "IPv4": "true",
+        "IPv6": "false",
+        "Internal": n.internal.to_string(),
+        "Labels": labels_text(&n.labels),
+    })
+}
+
 fn networks_output(command: &NetworkCommand, networks: &[Network]) -> Result<String, String> {
     match command {
         NetworkCommand::Ls(args) => {
-            let mut nets: Vec<&Network> = networks.iter().collect();
+            let filters = filters::from_args(&args.filters, filters::NETWORK_KEYS)?;
+            let mut nets: Vec<&Network> = networks
+                .iter()
+                .filter(|n| filters::network_matches(n, &filters))
+                .collect();
             nets.sort_by(|a, b| a.name.cmp(&b.name));
             if args.quiet {
                 return Ok(nets.iter().map(|n| format!("{}\n", short(&n.id))).collect());
             }
-            let row = |n: &Network| json!({"ID": short(&n.id), "Name": n.name, "Driver": n.driver, "Scope": "swarm"});
+            let row = |n: &Network| ls_row(n);
             match Format::parse(args.format.as_deref())? {
                 Format::Default => {
                     let mut rows = vec![vec![
@@ -196,6 +220,7 @@ pub fn run_network(args: &NetworkArgs) -> Result<Output, CliError> {
         },
         NetworkCommand::Ls(a) => {
             Format::parse(a.format.as_deref()).map_err(CliError::Usage)?;
+            filters::from_args(&a.filters, filters::NETWORK_KEYS).map_err(CliError::Usage)?;
             match call(&client, &Request::NetworkLs)? {
                 Reply::Networks { networks } => {
                     networks_output(&args.command, &networks).map_err(CliError::Output)?
@@ -239,4 +264,54 @@ pub fn run_network(args: &NetworkArgs) -> Result<Output, CliError> {
         stdout,
         warnings: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(id: &str, name: &str, labels: &[(&str, &str)]) -> Network {
+        let labels: std::collections::BTreeMap<&str, &str> = labels.iter().copied().collect();
+        serde_json::from_value(json!({"id": id, "name": name, "driver": "overlay",
+            "labels": labels}))
+        .expect("a network")
+    }
+
+    fn ls(format: &str, filters: &[&str]) -> Result<String, String> {
+        let command = NetworkCommand::Ls(NetworkLsArgs {
+            quiet: false,
+            format: Some(format.to_owned()),
+            filters: filters.iter().map(|f| f.to_string()).collect(),
+        });
+        let networks = [
+            net("aaa111", "ingress", &[]),
+            net("bbb222", "web", &[("env", "prod")]),
+        ];
+        networks_output(&command, &networks)
+    }
+
+    #[test]
+    fn ls_filters_and_json_lines_are_dockers() {
+        assert_eq!(
+            ls("json", &["label=env=prod"]).unwrap(),
+            "{\"Driver\":\"overlay\",\"ID\":\"bbb222\",\"IPv4\":\"true\",\"IPv6\":\"false\",\
+             \"Internal\":\"false\",\"Labels\":\"env=prod\",\"Name\":\"web\",\"Scope\":\"swarm\"}\n"
+        );
+        assert_eq!(ls("{{.Name}}", &["name=gre"]).unwrap(), "ingress\n");
+        assert_eq!(ls("{{.Name}}", &["id=bbb"]).unwrap(), "web\n");
+        assert_eq!(
+            ls(
+                "{{.Name}}",
+                &["driver=overlay", "scope=swarm", "type=custom"]
+            )
+            .unwrap(),
+            "ingress\nweb\n"
+        );
+        assert_eq!(ls("{{.Name}}", &["scope=local"]).unwrap(), "");
+        assert_eq!(ls("{{.Name}}", &["driver=bridge"]).unwrap(), "");
+        assert_eq!(
+            ls("{{.Name}}", &["dangling=true"]).unwrap_err(),
+            "invalid filter 'dangling'"
+        );
+    }
 }

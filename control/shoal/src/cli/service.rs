@@ -38,10 +38,12 @@ use super::{
     ApiSocketArg, CliError, Output,
 };
 use crate::api::{client::Client, Reply, Request, ServiceChanges, ServiceStateView};
+use crate::filters;
 use inspect::inspect_pretty;
 use progress::wait_converged;
 use spec::parse_scale;
-use views::{service_ls, service_ps};
+use views::service_ls;
+pub(crate) use views::task_list;
 
 /// `shoal service ...`
 #[derive(Args, Debug, Clone, PartialEq)]
@@ -221,22 +223,37 @@ pub struct ServiceLsArgs {
     /// `json`, `table TEMPLATE` or a Go template such as '{{.Name}}\t{{.Replicas}}'
     #[arg(long, value_name = "FORMAT")]
     pub format: Option<String>,
+    /// Filter (repeatable): id=ID, label=KEY[=VALUE], mode=replicated|global|
+    /// replicated-job|global-job, name=NAME
+    #[arg(short, long = "filter", value_name = "K=V")]
+    pub filters: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone, PartialEq)]
 pub struct PsArgs {
+    #[command(flatten)]
+    pub tasks: TaskListArgs,
+    /// Services (name, ID or unique ID prefix)
+    #[arg(value_name = "SERVICE", required = true)]
+    pub services: Vec<String>,
+}
+
+/// The options of a task list (`service ps`, `node ps`).
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct TaskListArgs {
     /// Only print task IDs
     #[arg(short, long)]
     pub quiet: bool,
     /// Do not truncate IDs and errors
     #[arg(long)]
     pub no_trunc: bool,
-    /// Filter: desired-state=running|shutdown|accepted, node=HOST
+    /// `json`, `table TEMPLATE` or a Go template such as '{{.Name}}\t{{.Node}}'
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
+    /// Filter (repeatable): desired-state=running|shutdown|accepted, id=ID,
+    /// label=KEY[=VALUE], name=NAME, node=NODE, service=SERVICE
     #[arg(short, long = "filter", value_name = "K=V")]
     pub filters: Vec<String>,
-    /// Services (name, ID or unique ID prefix)
-    #[arg(value_name = "SERVICE", required = true)]
-    pub services: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone, PartialEq)]
@@ -487,12 +504,15 @@ pub fn run_service(args: &ServiceArgs) -> Result<Output, CliError> {
         }
         ServiceCommand::Ls(a) => {
             Format::parse(a.format.as_deref()).map_err(CliError::Usage)?;
+            let filters =
+                filters::from_args(&a.filters, filters::SERVICE_KEYS).map_err(CliError::Usage)?;
             let view = state(&client, Vec::new())?;
-            service_ls(a, &view).map_err(CliError::Output)?
+            service_ls(a, &filters, &view).map_err(CliError::Output)?
         }
         ServiceCommand::Ps(a) => {
+            let filters = a.tasks.check().map_err(CliError::Usage)?;
             let view = state(&client, a.services.clone())?;
-            service_ps(a, &view).map_err(CliError::Usage)?
+            task_list(&a.tasks, &filters, &view).map_err(CliError::Output)?
         }
         ServiceCommand::Inspect(a) => {
             let template = match a.format.as_deref() {

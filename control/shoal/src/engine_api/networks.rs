@@ -2,7 +2,7 @@
 //! own, created, inspected and removed through the agent); every other network is the
 //! node's dockerd's, passed through.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use http_body_util::{Empty, Full};
@@ -13,10 +13,11 @@ use shoal_cluster::store::Network;
 
 use super::reply::{self, Answer};
 use super::route::filters;
-use super::swarm::{labels_match, manager_only, not_served, write};
+use super::swarm::{manager_only, not_served, write};
 use super::{proxy, Call};
 use crate::api::{server::Backend, Reply, Request as ApiRequest};
 use crate::cli::network::network_value;
+use crate::filters::network_matches;
 
 pub async fn answer(backend: &dyn Backend, docker: &Path, parts: Parts, call: Call) -> Answer {
     match answer_or_refuse(backend, docker, parts, call).await {
@@ -60,18 +61,6 @@ fn value(n: &Network) -> Value {
     v
 }
 
-fn matches(n: &Network, f: &BTreeMap<String, BTreeSet<String>>) -> bool {
-    f.iter().all(|(key, want)| match key.as_str() {
-        "name" => want.iter().any(|w| n.name.contains(w.as_str())),
-        "id" => want.iter().any(|w| n.id.starts_with(w.as_str())),
-        "driver" => want.contains(&n.driver),
-        "scope" => want.contains("swarm"),
-        "type" => want.contains("custom"),
-        "label" => labels_match(&n.labels, want),
-        _ => true,
-    })
-}
-
 async fn answer_or_refuse(
     backend: &dyn Backend,
     docker: &Path,
@@ -96,7 +85,7 @@ async fn answer_or_refuse(
             let mine: Vec<Value> = swarm_networks(backend)
                 .await
                 .iter()
-                .filter(|n| !f.contains_key("dangling") && matches(n, &f))
+                .filter(|n| !f.contains_key("dangling") && network_matches(n, &f))
                 .map(value)
                 .collect();
             if let Some(list) = engine.as_array_mut() {

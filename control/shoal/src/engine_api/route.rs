@@ -99,11 +99,12 @@ pub fn query(q: Option<&str>) -> BTreeMap<String, String> {
 }
 
 /// Docker's `filters` parameter: `{"name": {"web": true}}`, or the older
-/// `{"name": ["web"]}`. Keys not in `allowed` are refused as Docker refuses them.
+/// `{"name": ["web"]}`. Keys not in `allowed`, and values a key cannot take, are refused
+/// as Docker refuses them ([`crate::filters::check`]).
 pub fn filters(
     query: &BTreeMap<String, String>,
     allowed: &[&str],
-) -> Result<BTreeMap<String, BTreeSet<String>>, String> {
+) -> Result<crate::filters::Filters, String> {
     let Some(text) = query.get("filters").filter(|t| !t.is_empty()) else {
         return Ok(BTreeMap::new());
     };
@@ -114,9 +115,6 @@ pub fn filters(
         .ok_or_else(|| "invalid filter: not an object".to_string())?;
     let mut out = BTreeMap::new();
     for (key, values) in object {
-        if !allowed.contains(&key.as_str()) {
-            return Err(format!("invalid filter '{key}'"));
-        }
         let set: BTreeSet<String> = match values {
             serde_json::Value::Object(m) => m
                 .iter()
@@ -131,6 +129,7 @@ pub fn filters(
         };
         out.insert(key.clone(), set);
     }
+    crate::filters::check(&out, allowed)?;
     Ok(out)
 }
 

@@ -2,7 +2,7 @@
 //! requests the `shoal` CLI makes, in Docker's JSON shapes (the CLI's own `inspect`
 //! layouts: one conversion for both).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use base64::{
     engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD},
@@ -11,9 +11,7 @@ use base64::{
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
 use shoal_cluster::registry_auth::RegistryCredentials;
-use shoal_cluster::store::{
-    DataObject, Network, ObjectKind, Service, ServiceMode, ServiceSpec, Task,
-};
+use shoal_cluster::store::{DataObject, Network, ObjectKind, Service, ServiceSpec, Task};
 
 use super::reply::{self, Answer};
 use super::route::{filters, SwarmKind};
@@ -25,6 +23,10 @@ use crate::cli::data_object::object_value;
 use crate::cli::format::inspect_values;
 use crate::cli::service::inspect::{inspect_value, iso, spec_value};
 use crate::cli::service::views::replicas;
+use crate::filters::{
+    labels_match, node_matches, prefix_of, service_matches, task_matches, NODE_KEYS, SERVICE_KEYS,
+    TASK_KEYS,
+};
 
 /// Docker's words for a node that cannot answer for the swarm.
 const NOT_IN_SWARM: &str = "This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again.";
@@ -168,12 +170,10 @@ async fn answer_or_refuse(
             membership::node_rm(backend, reference, call).await
         }
         (&Method::GET, SwarmKind::Nodes, []) => {
-            let f = filters(query, &["id", "name", "role", "membership"]).map_err(bad_filter)?;
-            let (_, nodes) = nodes(backend, vec![]).await?;
-            let values = inspect_values(&nodes)
-                .into_iter()
-                .filter(|n| node_matches(n, &f))
-                .collect::<Vec<_>>();
+            let f = filters(query, NODE_KEYS).map_err(bad_filter)?;
+            let (_, mut nodes) = nodes(backend, vec![]).await?;
+            nodes.retain(|n| node_matches(n, &f));
+            let values = inspect_values(&nodes);
             Ok(reply::json(StatusCode::OK, &json!(values)))
         }
         (&Method::GET, SwarmKind::Nodes, [reference]) => {
@@ -188,7 +188,7 @@ async fn answer_or_refuse(
             }
         }
         (&Method::GET, SwarmKind::Services, []) => {
-            let f = filters(query, &["id", "name", "label", "mode"]).map_err(bad_filter)?;
+            let f = filters(query, SERVICE_KEYS).map_err(bad_filter)?;
             let state = services(backend, vec![]).await?;
             let with_status = query.get("status").is_some_and(|s| s == "true" || s == "1");
             let values = state
@@ -227,11 +227,7 @@ async fn answer_or_refuse(
             Ok(reply::empty(StatusCode::OK))
         }
         (&Method::GET, SwarmKind::Tasks, []) => {
-            let f = filters(
-                query,
-                &["id", "name", "service", "node", "desired-state", "label"],
-            )
-            .map_err(bad_filter)?;
+            let f = filters(query, TASK_KEYS).map_err(bad_filter)?;
             let state = services(backend, vec![]).await?;
             let values = state
                 .tasks
@@ -571,77 +567,6 @@ async fn services(
         Reply::ServiceState(view) => Ok(*view),
         other => Err(reply::unexpected(&other)),
     }
-}
-
-fn prefix_of(set: &BTreeSet<String>, value: &str) -> bool {
-    set.iter().any(|p| value.starts_with(p.as_str()))
-}
-
-fn node_matches(n: &Value, f: &BTreeMap<String, BTreeSet<String>>) -> bool {
-    let s = |v: &Value| v.as_str().unwrap_or("").to_owned();
-    f.iter().all(|(key, want)| match key.as_str() {
-        "id" => prefix_of(want, &s(&n["ID"])),
-        "name" => prefix_of(want, &s(&n["Description"]["Hostname"])),
-        "role" => want.contains(&s(&n["Spec"]["Role"])),
-        "membership" => want.contains("accepted"),
-        _ => true,
-    })
-}
-
-fn service_matches(s: &Service, f: &BTreeMap<String, BTreeSet<String>>) -> bool {
-    f.iter().all(|(key, want)| match key.as_str() {
-        "id" => prefix_of(want, &s.id),
-        "name" => prefix_of(want, &s.spec.name),
-        "label" => labels_match(&s.spec.labels, want),
-        "mode" => want.contains(match s.spec.mode {
-            ServiceMode::Replicated { .. } => "replicated",
-            ServiceMode::Global => "global",
-            ServiceMode::ReplicatedJob { .. } => "replicated-job",
-            ServiceMode::GlobalJob => "global-job",
-        }),
-        _ => true,
-    })
-}
-
-/// Docker's `label` filter: every `KEY` present, every `KEY=VALUE` equal.
-pub fn labels_match(labels: &BTreeMap<String, String>, want: &BTreeSet<String>) -> bool {
-    want.iter().all(|l| match l.split_once('=') {
-        Some((k, v)) => labels.get(k).is_some_and(|x| x == v),
-        None => labels.contains_key(l),
-    })
-}
-
-fn task_matches(
-    t: &Task,
-    services: &[Service],
-    nodes: &BTreeMap<String, String>,
-    f: &BTreeMap<String, BTreeSet<String>>,
-) -> bool {
-    let service = services.iter().find(|s| s.id == t.service_id);
-    f.iter().all(|(key, want)| match key.as_str() {
-        "id" => prefix_of(want, &t.id),
-        "service" => service.is_some_and(|s| {
-            want.iter()
-                .any(|w| s.spec.name == *w || s.id.starts_with(w.as_str()))
-        }),
-        "node" => t.node_id.as_deref().is_some_and(|id| {
-            want.iter()
-                .any(|w| id.starts_with(w.as_str()) || nodes.get(id).is_some_and(|h| h == w))
-        }),
-        "desired-state" => want.iter().any(|w| match w.as_str() {
-            // Docker's "accepted" covers what is to run.
-            "running" | "accepted" => !t.desired_state.is_terminal(),
-            "shutdown" => t.desired_state.is_terminal(),
-            _ => false,
-        }),
-        "name" => service.is_some_and(|s| {
-            let name = format!("{}.{}", s.spec.name, t.slot);
-            want.iter().any(|w| name.starts_with(w.as_str()))
-        }),
-        // As swarmkit: a task's labels are its service's.
-        "label" => service.is_some_and(|s| labels_match(&s.spec.labels, want)),
-        _ => true,
-    })
 }
 
 fn service_value(s: &Service, tasks: &[Task], networks: &[Network], with_status: bool) -> Value {

@@ -1,18 +1,19 @@
 //! What `shoal service ls` and `ps` print, in Docker's words and layout (`inspect`'s
 //! output is `inspect`'s).
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 use shoal_cluster::store::{PortConfig, PublishMode, Service, ServiceMode, Task, TaskState};
 
-use super::{PsArgs, ServiceLsArgs};
+use super::{ServiceLsArgs, TaskListArgs};
 use crate::{
     api::ServiceStateView,
     cli::{
         format::{align, align_tabs, short},
         template::Format,
     },
+    filters::{self, service_matches, task_matches, Filters},
 };
 
 /// Docker's `units.HumanDuration`.
@@ -106,8 +107,16 @@ fn ls_row(s: &Service, tasks: &[Task]) -> Value {
     })
 }
 
-pub(super) fn service_ls(args: &ServiceLsArgs, view: &ServiceStateView) -> Result<String, String> {
-    let mut services: Vec<&Service> = view.services.iter().collect();
+pub(super) fn service_ls(
+    args: &ServiceLsArgs,
+    filters: &Filters,
+    view: &ServiceStateView,
+) -> Result<String, String> {
+    let mut services: Vec<&Service> = view
+        .services
+        .iter()
+        .filter(|s| service_matches(s, filters))
+        .collect();
     services.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
     if args.quiet {
         return Ok(services.iter().map(|s| format!("{}\n", s.id)).collect());
@@ -151,63 +160,46 @@ pub(super) fn service_ls(args: &ServiceLsArgs, view: &ServiceStateView) -> Resul
     }
 }
 
-/// `service ps`: tasks grouped by slot (node for global services), the current one
-/// first, history below it marked ` \_ `, newest first.
-pub(super) fn service_ps(args: &PsArgs, view: &ServiceStateView) -> Result<String, String> {
-    let mut desired_filter: Option<Vec<TaskState>> = None;
-    let mut node_filter: Option<String> = None;
-    for f in &args.filters {
-        match f.split_once('=') {
-            Some(("desired-state", v)) => {
-                desired_filter = Some(match v {
-                    "running" => vec![TaskState::Running],
-                    "shutdown" => vec![TaskState::Shutdown, TaskState::Remove],
-                    "accepted" => vec![TaskState::Accepted],
-                    other => {
-                        return Err(format!(
-                            "invalid filter desired-state={other}: running, shutdown or accepted"
-                        ))
-                    }
-                })
-            }
-            Some(("node", v)) => node_filter = Some(v.to_string()),
-            _ => {
-                return Err(format!(
-                    "invalid filter {f:?}: desired-state=... or node=..."
-                ))
-            }
-        }
+impl TaskListArgs {
+    /// Checks `--format` and reads `--filter`, before the agent is asked.
+    pub fn check(&self) -> Result<Filters, String> {
+        Format::parse(self.format.as_deref())?;
+        filters::from_args(&self.filters, filters::TASK_KEYS)
     }
+}
+
+/// The columns of a task list, Docker's titles and `--format` keys in order.
+const TASK_COLUMNS: [(&str, &str); 8] = [
+    ("ID", "ID"),
+    ("Name", "NAME"),
+    ("Image", "IMAGE"),
+    ("Node", "NODE"),
+    ("DesiredState", "DESIRED STATE"),
+    ("CurrentState", "CURRENT STATE"),
+    ("Error", "ERROR"),
+    ("Ports", "PORTS"),
+];
+
+/// `service ps` and `node ps`: the view's tasks that pass `filters`, grouped by service
+/// and slot (node for global services), the current one first, history below it marked
+/// ` \_ `, newest first.
+pub(crate) fn task_list(
+    args: &TaskListArgs,
+    filters: &Filters,
+    view: &ServiceStateView,
+) -> Result<String, String> {
     let host = |t: &Task| {
         t.node_id
             .as_ref()
             .map(|n| view.nodes.get(n).cloned().unwrap_or_else(|| n.clone()))
             .unwrap_or_default()
     };
-    let mut rows = vec![vec![
-        "ID".to_string(),
-        "NAME".into(),
-        "IMAGE".into(),
-        "NODE".into(),
-        "DESIRED STATE".into(),
-        "CURRENT STATE".into(),
-        "ERROR".into(),
-        "PORTS".into(),
-    ]];
-    let mut quiet = String::new();
+    let mut items: Vec<Value> = Vec::new();
     for s in &view.services {
         let mut groups: BTreeMap<(u64, String), Vec<&Task>> = BTreeMap::new();
-        for t in view.tasks.iter().filter(|t| t.service_id == s.id) {
-            if let Some(want) = &desired_filter {
-                if !want.contains(&t.desired_state) {
-                    continue;
-                }
-            }
-            if let Some(n) = &node_filter {
-                if &host(t) != n && t.node_id.as_ref() != Some(n) {
-                    continue;
-                }
-            }
+        for t in view.tasks.iter().filter(|t| {
+            t.service_id == s.id && task_matches(t, &view.services, &view.nodes, filters)
+        }) {
             let key = if t.slot == 0 {
                 (0, t.node_id.clone().unwrap_or_default())
             } else {
@@ -229,7 +221,6 @@ pub(super) fn service_ps(args: &PsArgs, view: &ServiceStateView) -> Result<Strin
                 } else {
                     short(&t.id).to_string()
                 };
-                let _ = writeln!(quiet, "{id}");
                 let age = view.now_ms.saturating_sub(t.status.timestamp_ms);
                 let current = format!(
                     "{} {} ago",
@@ -261,23 +252,52 @@ pub(super) fn service_ps(args: &PsArgs, view: &ServiceStateView) -> Result<Strin
                 // The image the task runs: the spec it was made from, which stays
                 // the old one until a rolling update replaces the task.
                 let image = t.spec.as_deref().map_or(&s.spec.image, |spec| &spec.image);
-                rows.push(vec![
-                    id,
-                    name,
-                    image.clone(),
-                    host(t),
-                    title(t.desired_state),
-                    current,
-                    err,
-                    ports,
-                ]);
+                items.push(json!({
+                    "ID": id,
+                    "Name": name,
+                    "Image": image,
+                    "Node": host(t),
+                    "DesiredState": title(t.desired_state),
+                    "CurrentState": current,
+                    "Error": err,
+                    "Ports": ports,
+                }));
             }
         }
     }
     if args.quiet {
-        return Ok(quiet);
+        return Ok(items
+            .iter()
+            .map(|v| format!("{}\n", v["ID"].as_str().unwrap_or_default()))
+            .collect());
     }
-    Ok(align(&rows))
+    match Format::parse(args.format.as_deref())? {
+        Format::Default => {
+            let mut rows = vec![TASK_COLUMNS.iter().map(|(_, h)| h.to_string()).collect()];
+            for v in &items {
+                rows.push(
+                    TASK_COLUMNS
+                        .iter()
+                        .map(|(k, _)| v[*k].as_str().unwrap_or_default().to_owned())
+                        .collect(),
+                );
+            }
+            Ok(align(&rows))
+        }
+        Format::Lines(t) => items.iter().map(|v| Ok(t.render(v)? + "\n")).collect(),
+        Format::Table(t) => {
+            let header: serde_json::Map<String, Value> = TASK_COLUMNS
+                .iter()
+                .map(|(k, h)| (k.to_string(), json!(h)))
+                .collect();
+            let mut text = t.render(&Value::Object(header))? + "\n";
+            for v in &items {
+                text += &t.render(v)?;
+                text.push('\n');
+            }
+            Ok(align_tabs(&text))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -291,5 +311,114 @@ mod tests {
         assert_eq!(human_duration(42_000), "42 seconds");
         assert_eq!(human_duration(90_000), "About a minute");
         assert_eq!(human_duration(600_000), "10 minutes");
+    }
+
+    fn service(id: &str, name: &str, mode: ServiceMode, labels: &[(&str, &str)]) -> Service {
+        let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
+        serde_json::from_value(json!({
+            "id": id, "spec": {"name": name, "image": "nginx:1", "mode": mode, "labels": labels},
+        }))
+        .expect("a service")
+    }
+
+    fn task(id: &str, service_id: &str, slot: u64, node: &str, desired: TaskState) -> Task {
+        serde_json::from_value(json!({
+            "id": id, "service_id": service_id, "slot": slot, "node_id": node,
+            "desired_state": desired,
+            "status": {"state": desired, "timestamp_ms": 1_000},
+        }))
+        .expect("a task")
+    }
+
+    fn view() -> ServiceStateView {
+        ServiceStateView {
+            services: vec![
+                service(
+                    "s1web",
+                    "web",
+                    ServiceMode::Replicated { replicas: 1 },
+                    &[("tier", "front")],
+                ),
+                service("s2db", "db", ServiceMode::Global, &[]),
+            ],
+            tasks: vec![
+                task("t1", "s1web", 1, "n1", TaskState::Running),
+                task("t0", "s1web", 1, "n2", TaskState::Shutdown),
+                task("t2", "s2db", 0, "n2", TaskState::Running),
+            ],
+            nodes: [("n1".into(), "h1".into()), ("n2".into(), "h2".into())].into(),
+            networks: vec![],
+            now_ms: 3_000,
+        }
+    }
+
+    /// `service ls --format FORMAT -f FILTER...`, `argv` being FORMAT then the filters.
+    fn ls(argv: &[&str]) -> Result<String, String> {
+        let args = ServiceLsArgs {
+            quiet: false,
+            format: Some(argv[0].to_owned()),
+            filters: argv[1..].iter().map(|f| f.to_string()).collect(),
+        };
+        let f = filters::from_args(&args.filters, filters::SERVICE_KEYS)?;
+        service_ls(&args, &f, &view())
+    }
+
+    #[test]
+    fn service_ls_filters_and_json_lines_are_dockers() {
+        assert_eq!(
+            ls(&["json", "mode=replicated"]).unwrap(),
+            "{\"ID\":\"s1web\",\"Image\":\"nginx:1\",\"Mode\":\"replicated\",\"Name\":\"web\",\"Ports\":\"\",\"Replicas\":\"1/1\"}\n"
+        );
+        assert_eq!(ls(&["{{.Name}}", "label=tier=front"]).unwrap(), "web\n");
+        assert_eq!(ls(&["{{.Name}}", "name=d"]).unwrap(), "db\n");
+        assert_eq!(ls(&["{{.Name}}", "id=s2"]).unwrap(), "db\n");
+        assert_eq!(ls(&["{{.Name}}"]).unwrap(), "db\nweb\n");
+        assert_eq!(ls(&["{{.Name}}", "label=nope"]).unwrap(), "");
+        assert_eq!(ls(&["json", "x=1"]).unwrap_err(), "invalid filter 'x'");
+    }
+
+    fn ps(format: Option<&str>, filter: &[&str]) -> Result<String, String> {
+        let args = TaskListArgs {
+            quiet: false,
+            no_trunc: false,
+            format: format.map(str::to_owned),
+            filters: filter.iter().map(|f| f.to_string()).collect(),
+        };
+        let f = args.check()?;
+        task_list(&args, &f, &view())
+    }
+
+    #[test]
+    fn task_lists_filter_and_format_as_dockers() {
+        assert_eq!(
+            ps(Some("json"), &["node=h1"]).unwrap(),
+            "{\"CurrentState\":\"Running 2 seconds ago\",\"DesiredState\":\"Running\",\"Error\":\"\",\"ID\":\"t1\",\"Image\":\"nginx:1\",\"Name\":\"web.1\",\"Node\":\"h1\",\"Ports\":\"\"}\n"
+        );
+        // History under the current task; desired-state as the Engine API reads it.
+        assert_eq!(
+            ps(Some("{{.ID}} {{.Name}}"), &["name=web"]).unwrap(),
+            "t1 web.1\nt0  \\_ web.1\n"
+        );
+        assert_eq!(
+            ps(Some("{{.ID}}"), &["desired-state=shutdown"]).unwrap(),
+            "t0\n"
+        );
+        assert_eq!(ps(Some("{{.ID}}"), &["id=t2"]).unwrap(), "t2\n");
+        let table = ps(None, &["desired-state=running"]).unwrap();
+        assert!(
+            table.starts_with(
+                "ID        NAME      IMAGE     NODE      DESIRED STATE   CURRENT STATE"
+            ),
+            "{table}"
+        );
+        assert_eq!(table.lines().count(), 3, "{table}");
+        assert_eq!(
+            ps(Some("table {{.Name}}\t{{.Node}}"), &["node=n2"]).unwrap(),
+            // Filtered first, grouped after (as the docker CLI, which groups what the
+            // API's filters let through): web.1's old task alone heads its slot.
+            "NAME      NODE\nweb.1     h2\ndb.n2     h2\n"
+        );
+        assert_eq!(ps(None, &["nope=1"]).unwrap_err(), "invalid filter 'nope'");
+        assert!(ps(Some("{{"), &[]).is_err());
     }
 }
