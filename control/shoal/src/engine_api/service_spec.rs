@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 use shoal_cluster::store::{
-    data_object::FileReference, ContainerOptions, DnsConfig, EndpointMode, FailureAction,
-    HealthCheck, PortConfig, Protocol, PublishMode, RestartCondition, ServiceMode, ServiceSpec,
-    UpdateConfig, UpdateOrder, DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
+    check_mounts, data_object::FileReference, ContainerOptions, DnsConfig, EndpointMode,
+    FailureAction, HealthCheck, Mount, MountKind, PortConfig, Protocol, PublishMode,
+    RestartCondition, ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder,
+    DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
 };
 
 use crate::api::MAX_FAILURE_RATIO_PPM;
@@ -249,7 +250,10 @@ pub fn from_docker(v: Value) -> Result<(ServiceSpec, u64), String> {
         stop_signal: c.string("StopSignal")?,
         labels: c.string_map("Labels")?,
         dns: DnsConfig::default(),
+        mounts: mounts(&mut c)?,
+        read_only: c.bool("ReadOnly")?.unwrap_or(false),
     };
+    check_mounts(&container.mounts).map_err(|e| format!("{}: {e}", c.at("Mounts")))?;
     let mut dns = c.object("DNSConfig")?;
     container.dns = DnsConfig {
         nameservers: dns.strings("Nameservers")?,
@@ -443,6 +447,59 @@ pub fn from_docker(v: Value) -> Result<(ServiceSpec, u64), String> {
     ))
 }
 
+/// `ContainerSpec.Mounts`: `[{Type, Source, Target, ReadOnly, VolumeOptions:
+/// {DriverConfig: {Name, Options}}, TmpfsOptions: {SizeBytes, Mode}}]` (the inverse of
+/// `service inspect`'s).
+fn mounts(c: &mut Fields) -> Result<Vec<Mount>, String> {
+    let at = c.at("Mounts");
+    let Some(list) = c.take("Mounts") else {
+        return Ok(Vec::new());
+    };
+    let Value::Array(list) = list else {
+        return Err(format!("{at}: expected a list"));
+    };
+    let mut mounts = Vec::new();
+    for item in list {
+        let mut m = Fields::of(&format!("{at}[]"), item)?;
+        let kind = m.string("Type")?;
+        let kind = match kind.as_str() {
+            "" => MountKind::Volume,
+            k => MountKind::parse(k).ok_or_else(|| {
+                format!("{at}[].Type: {k:?} is not supported by shoal (volume, bind, tmpfs are)")
+            })?,
+        };
+        let mut mount = Mount {
+            kind,
+            source: m.string("Source")?,
+            target: m.string("Target")?,
+            read_only: m.bool("ReadOnly")?.unwrap_or(false),
+            ..Default::default()
+        };
+        m.allow("Consistency", |v| {
+            matches!(v.as_str(), Some("" | "default" | "consistent"))
+        })?;
+        let mut volume = m.object("VolumeOptions")?;
+        let mut driver = volume.object("DriverConfig")?;
+        mount.volume_driver = driver.string("Name")?;
+        mount.volume_options = driver.string_map("Options")?;
+        driver.done()?;
+        volume.done()?;
+        let mut tmpfs = m.object("TmpfsOptions")?;
+        mount.tmpfs_size = tmpfs.u64("SizeBytes")?;
+        mount.tmpfs_mode = tmpfs
+            .u64("Mode")?
+            .map(|mode| {
+                u32::try_from(mode)
+                    .map_err(|_| format!("{at}[].TmpfsOptions.Mode: not a file mode"))
+            })
+            .transpose()?;
+        tmpfs.done()?;
+        m.done()?;
+        mounts.push(mount);
+    }
+    Ok(mounts)
+}
+
 /// `ContainerSpec.Secrets|Configs`: `[{File: {Name, UID, GID, Mode}, SecretID,
 /// SecretName}]` (the ID may be empty: the name is then looked up, as the CLI's flags
 /// are).
@@ -565,6 +622,47 @@ mod tests {
     }
 
     #[test]
+    fn mounts_and_a_read_only_root_read_back_as_inspect_shows_them() {
+        // As docker 28's `service create --read-only --mount
+        // type=volume,source=data,target=/data,volume-driver=local,volume-opt=type=tmpfs
+        // --mount type=bind,source=/srv,target=/srv,readonly --mount
+        // type=tmpfs,target=/t,tmpfs-size=1m,tmpfs-mode=1770 busybox` sends them.
+        let (spec, _) = from_docker(json!({
+            "Name": "m",
+            "TaskTemplate": {"ContainerSpec": {"Image": "busybox", "ReadOnly": true, "Mounts": [
+                {"Type": "volume", "Source": "data", "Target": "/data",
+                 "VolumeOptions": {"Labels": {}, "DriverConfig": {"Name": "local", "Options": {"type": "tmpfs"}}}},
+                {"Type": "bind", "Source": "/srv", "Target": "/srv", "ReadOnly": true},
+                {"Type": "tmpfs", "Target": "/t", "TmpfsOptions": {"SizeBytes": 1048576, "Mode": 1016}},
+            ]}},
+        }))
+        .unwrap();
+        let o = &spec.container;
+        assert!(o.read_only);
+        assert_eq!(o.mounts.len(), 3);
+        assert_eq!(
+            (
+                o.mounts[0].kind,
+                o.mounts[0].source.as_str(),
+                o.mounts[0].volume_driver.as_str()
+            ),
+            (MountKind::Volume, "data", "local")
+        );
+        assert_eq!(o.mounts[0].volume_options["type"], "tmpfs");
+        assert!(o.mounts[1].read_only && o.mounts[1].kind == MountKind::Bind);
+        assert_eq!(
+            (o.mounts[2].tmpfs_size, o.mounts[2].tmpfs_mode),
+            (Some(1 << 20), Some(0o1770))
+        );
+        let shown = spec_value(&spec, 0);
+        assert_eq!(shown["TaskTemplate"]["ContainerSpec"]["ReadOnly"], true);
+        let (again, _) = from_docker(shown).unwrap();
+        let mut want = spec.clone();
+        want.container.init = Some(spec.container.init());
+        assert_eq!(again, want);
+    }
+
+    #[test]
     fn what_shoal_does_not_do_is_refused_by_name() {
         let base = |extra: Value| {
             let mut v =
@@ -574,8 +672,16 @@ mod tests {
         };
         for (extra, named) in [
             (
-                json!({"TaskTemplate": {"ContainerSpec": {"Mounts": [{"Type": "volume", "Target": "/data"}]}}}),
-                "Spec.TaskTemplate.ContainerSpec.Mounts",
+                json!({"TaskTemplate": {"ContainerSpec": {"Mounts": [{"Type": "npipe", "Target": "/data"}]}}}),
+                "Spec.TaskTemplate.ContainerSpec.Mounts[].Type",
+            ),
+            (
+                json!({"TaskTemplate": {"ContainerSpec": {"Mounts": [{"Type": "volume", "Target": "/d", "VolumeOptions": {"NoCopy": true}}]}}}),
+                "Spec.TaskTemplate.ContainerSpec.Mounts[].VolumeOptions.NoCopy",
+            ),
+            (
+                json!({"TaskTemplate": {"ContainerSpec": {"Mounts": [{"Type": "bind", "Source": "rel", "Target": "/d"}]}}}),
+                "absolute path on the node",
             ),
             (
                 json!({"TaskTemplate": {"Resources": {"Limits": {"NanoCPUs": 1_000_000_000}}}}),

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, path::Path};
 
 use shoal_cluster::store::{ContainerOptions, DnsConfig};
 
-use super::{changes::split_args, CreateArgs, ServiceUpdateArgs};
+use super::{changes::split_args, mount_flags::parse_mounts, CreateArgs, ServiceUpdateArgs};
 use crate::api::{check_alias, check_container_options, parse_host, ContainerChanges};
 
 /// One `--network` value: `NET`, or `name=NET,alias=A,alias=B`.
@@ -148,6 +148,8 @@ impl CreateArgs {
             init: self.init,
             stop_signal: self.stop_signal.clone().unwrap_or_default(),
             labels: self.container_labels.iter().cloned().collect(),
+            mounts: parse_mounts(&self.mounts)?,
+            read_only: self.read_only,
         };
         check_container_options(&options)?;
         Ok(options)
@@ -195,6 +197,9 @@ impl ServiceUpdateArgs {
             stop_signal: self.stop_signal.clone(),
             label_add: self.container_label_add.iter().cloned().collect(),
             label_rm: self.container_label_rm.clone(),
+            mount_add: parse_mounts(&self.mount_add)?,
+            mount_rm: self.mount_rm.clone(),
+            read_only: self.read_only,
         };
         // What the flags add must be valid whatever the service has.
         let mut added = ContainerOptions::default();
@@ -204,6 +209,7 @@ impl ServiceUpdateArgs {
             dns_option_rm: Vec::new(),
             host_rm: Vec::new(),
             label_rm: Vec::new(),
+            mount_rm: Vec::new(),
             ..changes.clone()
         }
         .apply(&mut added);
