@@ -4,7 +4,9 @@
 //! node directory, `--read-only` refusing writes to the root filesystem; `service
 //! inspect` shows them as Docker's `ContainerSpec.Mounts` / `ReadOnly`, `docker inspect`
 //! of the task container on its node shows what dockerd was asked for, and
-//! `--mount-rm` takes one away.
+//! `--mount-rm` takes one away. `--limit-cpu/--limit-memory/--limit-pids` show in
+//! `service inspect` as `TaskTemplate.Resources.Limits`, in `docker inspect` of the
+//! task container, and in its cgroup.
 use std::time::Instant;
 
 use shoal_tests::{
@@ -69,6 +71,12 @@ fn volumes_tmpfs_binds_and_a_read_only_root_reach_the_tasks() {
             "--read-only",
             "--constraint",
             "node.hostname==h2",
+            "--limit-cpu",
+            "0.5",
+            "--limit-memory",
+            "64m",
+            "--limit-pids",
+            "100",
             "--mount",
             "type=volume,source=labdata,target=/data",
             "--mount",
@@ -102,6 +110,21 @@ fn volumes_tmpfs_binds_and_a_read_only_root_reach_the_tasks() {
         "{inspect}"
     );
 
+    let resources = cli.ok(
+        "h1",
+        &[
+            "service",
+            "inspect",
+            "--format",
+            "{{json .Spec.TaskTemplate.Resources}}",
+            "data",
+        ],
+    );
+    let resources: serde_json::Value = serde_json::from_str(resources.trim()).expect("Resources");
+    assert_eq!(
+        resources,
+        serde_json::json!({"Limits": {"NanoCPUs": 500_000_000, "MemoryBytes": 67108864, "Pids": 100}})
+    );
     let task = cli.wait_running("data", 1, |_| true).remove(0);
     assert_eq!(task.node, "h2");
     let sh = |t: &Task, script: &str| cli.exec_in(t, &["sh", "-c", script]);
@@ -139,13 +162,26 @@ fn volumes_tmpfs_binds_and_a_read_only_root_reach_the_tasks() {
             "docker",
             "inspect",
             "--format",
-            "{{json .HostConfig.ReadonlyRootfs}} {{len .HostConfig.Mounts}}",
+            "{{json .HostConfig.ReadonlyRootfs}} {{len .HostConfig.Mounts}} {{.HostConfig.NanoCpus}} {{.HostConfig.Memory}} {{.HostConfig.PidsLimit}}",
             &task.container,
         ],
     );
-    assert_eq!(host.trim(), "true 3", "{host}");
+    assert_eq!(host.trim(), "true 3 500000000 67108864 100", "{host}");
+    // The kernel enforces them: the container's cgroup (v2, or v1's files) says so.
+    let cgroup = sh(
+        &task,
+        "cd /sys/fs/cgroup && if [ -f cpu.max ]; then cat cpu.max memory.max pids.max; \
+         else cat cpu/cpu.cfs_quota_us cpu/cpu.cfs_period_us memory/memory.limit_in_bytes \
+         pids/pids.max; fi",
+    )
+    .expect("reading the container's cgroup limits");
+    assert_eq!(
+        cgroup.split_whitespace().collect::<Vec<_>>(),
+        ["50000", "100000", "67108864", "100"],
+        "{cgroup}"
+    );
     println!(
-        "task {} on {}: volume, tmpfs, bind and read-only root as asked",
+        "task {} on {}: volume, tmpfs, bind, read-only root and limits as asked",
         task.id, task.node
     );
 

@@ -25,6 +25,7 @@
 
 pub mod container;
 pub mod data_object;
+pub mod limits;
 mod log;
 pub mod mount;
 pub mod service;
@@ -47,6 +48,7 @@ use crate::seal::DataKey;
 
 pub use container::{ContainerOptions, DnsConfig};
 pub use data_object::{DataObject, FileReference};
+pub use limits::{Limits, NANO_CPUS_PER_CPU};
 pub use mount::{check_mounts, Mount, MountKind};
 pub use service::{
     Endpoint, EndpointMode, FailureAction, HealthCheck, JobStatus, NetworkAttachment, PortConfig,

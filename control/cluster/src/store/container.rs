@@ -1,14 +1,15 @@
 //! What a service's task containers are made with beyond image, arguments and
 //! environment (Docker's `TaskTemplate.ContainerSpec` fields of the same names): the
 //! entrypoint, user, working directory, hostname, resolver settings, extra hosts, init,
-//! stop signal, container labels, mounts and a read-only root. Every field defaults to "not set", so stores
+//! stop signal, container labels, mounts, a read-only root and
+//! resource limits (Docker's `TaskTemplate.Resources.Limits`). Every field defaults to "not set", so stores
 //! written before they existed still load.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::mount::Mount;
+use super::{limits::Limits, mount::Mount};
 
 /// The container settings of a service's tasks (`service create --entrypoint`,
 /// `--user`, `--workdir`, `--hostname`, `--dns*`, `--host`, `--init`, `--stop-signal`,
@@ -51,6 +52,9 @@ pub struct ContainerOptions {
     /// `--read-only`: the container's root filesystem is mounted read-only.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub read_only: bool,
+    /// `--limit-cpu`, `--limit-memory`, `--limit-pids`.
+    #[serde(skip_serializing_if = "Limits::is_empty")]
+    pub limits: Limits,
 }
 
 /// Docker's `DNSConfig`: the task's resolv.conf settings.
@@ -131,6 +135,9 @@ mod tests {
                 }]
             }),
             Box::new(|s| s.container.read_only = true),
+            Box::new(|s| s.container.limits.nano_cpus = 500_000_000),
+            Box::new(|s| s.container.limits.memory_bytes = 64 << 20),
+            Box::new(|s| s.container.limits.pids = 100),
             Box::new(|s| {
                 s.network_aliases.insert("net1".into(), vec!["db".into()]);
             }),

@@ -136,7 +136,7 @@ fn engine_mount(m: &store::Mount) -> Mount {
 /// The task's own container (named `container`, on `node`, in the namespace of the
 /// sandbox `sandbox_id`): image, entrypoint and arguments, environment, user, working
 /// directory, stop signal, init, the container labels under Swarm's task labels and
-/// shoal's own, the health check, the service's `--mount`s and `--read-only`, and
+/// shoal's own, the health check, the service's `--mount`s, `--read-only` and `--limit-*`, and
 /// `files` (its secrets' and configs' files).
 pub(super) fn task_container(
     t: &Task,
@@ -174,6 +174,8 @@ pub(super) fn task_container(
         start_interval: None,
     });
     let non_empty = |s: &String| (!s.is_empty()).then(|| s.clone());
+    // 0 is "no limit": dockerd is not told.
+    let limit = |n: u64| (n > 0).then(|| i64::try_from(n).unwrap_or(i64::MAX));
     let mounts: Vec<Mount> = options
         .mounts
         .iter()
@@ -197,6 +199,9 @@ pub(super) fn task_container(
             init: Some(options.init()),
             mounts: (!mounts.is_empty()).then_some(mounts),
             readonly_rootfs: options.read_only.then_some(true),
+            nano_cpus: limit(options.limits.nano_cpus),
+            memory: limit(options.limits.memory_bytes),
+            pids_limit: limit(options.limits.pids),
             ..Default::default()
         }),
         ..Default::default()

@@ -166,6 +166,10 @@ pub struct ContainerChanges {
     pub mount_rm: Vec<String>,
     /// `--read-only[=BOOL]`.
     pub read_only: Option<bool>,
+    /// `--limit-cpu`, `--limit-memory`, `--limit-pids` (0: no limit any more).
+    pub limit_nano_cpus: Option<u64>,
+    pub limit_memory_bytes: Option<u64>,
+    pub limit_pids: Option<u64>,
 }
 
 /// `list` with `add` appended and `rm` taken out (Docker's order), each entry once.
@@ -247,6 +251,15 @@ impl ContainerChanges {
         }
         if let Some(r) = self.read_only {
             o.read_only = r;
+        }
+        for (given, limit) in [
+            (self.limit_nano_cpus, &mut o.limits.nano_cpus),
+            (self.limit_memory_bytes, &mut o.limits.memory_bytes),
+            (self.limit_pids, &mut o.limits.pids),
+        ] {
+            if let Some(v) = given {
+                *limit = v;
+            }
         }
     }
 }

@@ -18,6 +18,7 @@ mod container_flags;
 mod file_flags;
 pub(crate) mod inspect;
 mod job;
+mod limit_flags;
 mod mount_flags;
 mod policy;
 mod progress;
@@ -183,6 +184,15 @@ pub struct CreateArgs {
     /// Mount the container's root filesystem read-only
     #[arg(long)]
     pub read_only: bool,
+    /// Limit each task's CPUs (e.g. 0.5)
+    #[arg(long, value_name = "CPUS")]
+    pub limit_cpu: Option<String>,
+    /// Limit each task's memory (e.g. 64m, 1g)
+    #[arg(long, value_name = "BYTES")]
+    pub limit_memory: Option<String>,
+    /// Limit the processes of each task (0: no limit)
+    #[arg(long, value_name = "N")]
+    pub limit_pids: Option<u64>,
     /// How the service's name resolves: a VIP, or DNS round robin
     #[arg(long, value_enum, default_value = "vip")]
     pub endpoint_mode: EndpointModeArg,
@@ -344,6 +354,15 @@ pub struct ServiceUpdateArgs {
     /// Mount the container's root filesystem read-only (--read-only=false: writable)
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub read_only: Option<bool>,
+    /// Limit each task's CPUs (0: no limit)
+    #[arg(long, value_name = "CPUS")]
+    pub limit_cpu: Option<String>,
+    /// Limit each task's memory (0: no limit)
+    #[arg(long, value_name = "BYTES")]
+    pub limit_memory: Option<String>,
+    /// Limit the processes of each task (0: no limit)
+    #[arg(long, value_name = "N")]
+    pub limit_pids: Option<u64>,
     /// How the service's name resolves: a VIP, or DNS round robin
     #[arg(long, value_enum)]
     pub endpoint_mode: Option<EndpointModeArg>,

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 use shoal_cluster::store::{
     check_mounts, data_object::FileReference, ContainerOptions, DnsConfig, EndpointMode,
-    FailureAction, HealthCheck, Mount, MountKind, PortConfig, Protocol, PublishMode,
+    FailureAction, HealthCheck, Limits, Mount, MountKind, PortConfig, Protocol, PublishMode,
     RestartCondition, ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder,
     DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
 };
@@ -252,6 +252,7 @@ pub fn from_docker(v: Value) -> Result<(ServiceSpec, u64), String> {
         dns: DnsConfig::default(),
         mounts: mounts(&mut c)?,
         read_only: c.bool("ReadOnly")?.unwrap_or(false),
+        limits: Limits::default(),
     };
     check_mounts(&container.mounts).map_err(|e| format!("{}: {e}", c.at("Mounts")))?;
     let mut dns = c.object("DNSConfig")?;
@@ -299,6 +300,17 @@ pub fn from_docker(v: Value) -> Result<(ServiceSpec, u64), String> {
     let restart_max_attempts = restart.u64("MaxAttempts")?.unwrap_or(0);
     let restart_window_ms = restart.millis("Window")?.unwrap_or(0);
     restart.done()?;
+
+    // Limits are carried out; reservations are not yet, so they stay to be refused.
+    let mut resources = task.object("Resources")?;
+    let mut limits = resources.object("Limits")?;
+    container.limits = Limits {
+        nano_cpus: limits.u64("NanoCPUs")?.unwrap_or(0),
+        memory_bytes: limits.u64("MemoryBytes")?.unwrap_or(0),
+        pids: limits.u64("Pids")?.unwrap_or(0),
+    };
+    limits.done()?;
+    resources.done()?;
 
     let mut placement = task.object("Placement")?;
     let constraints = placement.strings("Constraints")?;
@@ -622,14 +634,16 @@ mod tests {
     }
 
     #[test]
-    fn mounts_and_a_read_only_root_read_back_as_inspect_shows_them() {
+    fn mounts_a_read_only_root_and_limits_read_back_as_inspect_shows_them() {
         // As docker 28's `service create --read-only --mount
         // type=volume,source=data,target=/data,volume-driver=local,volume-opt=type=tmpfs
         // --mount type=bind,source=/srv,target=/srv,readonly --mount
         // type=tmpfs,target=/t,tmpfs-size=1m,tmpfs-mode=1770 busybox` sends them.
         let (spec, _) = from_docker(json!({
             "Name": "m",
-            "TaskTemplate": {"ContainerSpec": {"Image": "busybox", "ReadOnly": true, "Mounts": [
+            "TaskTemplate": {
+                "Resources": {"Limits": {"NanoCPUs": 500_000_000, "MemoryBytes": 67108864, "Pids": 100}, "Reservations": {}},
+                "ContainerSpec": {"Image": "busybox", "ReadOnly": true, "Mounts": [
                 {"Type": "volume", "Source": "data", "Target": "/data",
                  "VolumeOptions": {"Labels": {}, "DriverConfig": {"Name": "local", "Options": {"type": "tmpfs"}}}},
                 {"Type": "bind", "Source": "/srv", "Target": "/srv", "ReadOnly": true},
@@ -639,6 +653,10 @@ mod tests {
         .unwrap();
         let o = &spec.container;
         assert!(o.read_only);
+        assert_eq!(
+            (o.limits.nano_cpus, o.limits.memory_bytes, o.limits.pids),
+            (500_000_000, 64 << 20, 100)
+        );
         assert_eq!(o.mounts.len(), 3);
         assert_eq!(
             (
@@ -684,8 +702,8 @@ mod tests {
                 "absolute path on the node",
             ),
             (
-                json!({"TaskTemplate": {"Resources": {"Limits": {"NanoCPUs": 1_000_000_000}}}}),
-                "Spec.TaskTemplate.Resources",
+                json!({"TaskTemplate": {"Resources": {"Reservations": {"NanoCPUs": 1_000_000_000}}}}),
+                "Spec.TaskTemplate.Resources.Reservations",
             ),
             (
                 json!({"TaskTemplate": {"ContainerSpec": {"Secrets": [{"File": {"Name": "pw"}}]}}}),

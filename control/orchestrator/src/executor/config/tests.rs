@@ -130,6 +130,10 @@ fn unset_options_keep_the_defaults() {
     assert_eq!(host.init, Some(true), "tasks run under init by default");
     assert_eq!(host.network_mode.as_deref(), Some("container:sbx"));
     assert_eq!((host.mounts, host.readonly_rootfs), (None, None));
+    assert_eq!(
+        (host.nano_cpus, host.memory, host.pids_limit),
+        (None, None, None)
+    );
 }
 
 #[test]
@@ -159,6 +163,11 @@ fn mounts_and_a_read_only_root_reach_the_container_before_the_task_files() {
     let s = service(ContainerOptions {
         mounts: vec![volume, bind, tmpfs],
         read_only: true,
+        limits: store::Limits {
+            nano_cpus: 500_000_000,
+            memory_bytes: 64 << 20,
+            pids: 100,
+        },
         ..Default::default()
     });
     let secret = Mount {
@@ -169,6 +178,10 @@ fn mounts_and_a_read_only_root_reach_the_container_before_the_task_files() {
     let body = task_container(&task(true), &s, "web.3.x", "node1", "sbx", vec![secret]);
     let host = body.host_config.unwrap();
     assert_eq!(host.readonly_rootfs, Some(true));
+    assert_eq!(
+        (host.nano_cpus, host.memory, host.pids_limit),
+        (Some(500_000_000), Some(64 << 20), Some(100))
+    );
     let mounts = host.mounts.unwrap();
     let shown: Vec<_> = mounts
         .iter()

@@ -121,9 +121,15 @@ fn mount_changes_remove_by_target_then_add_replacing_the_same_target() {
         mount_rm: vec!["/a/".into()],
         mount_add: vec![volume("b2", "/b"), volume("d", "/d")],
         read_only: Some(true),
+        limit_nano_cpus: Some(500_000_000),
+        limit_pids: Some(100),
         ..Default::default()
     }
     .apply(&mut o);
+    assert_eq!(
+        (o.limits.nano_cpus, o.limits.memory_bytes, o.limits.pids),
+        (500_000_000, 0, 100)
+    );
     let shown: Vec<_> = o
         .mounts
         .iter()
@@ -135,6 +141,7 @@ fn mount_changes_remove_by_target_then_add_replacing_the_same_target() {
     ContainerChanges::default().apply(&mut o);
     assert_eq!(o.mounts.len(), 3);
     assert!(o.read_only);
+    assert_eq!(o.limits.pids, 100);
     // A mount checked with the service's others: two on one target are refused.
     o.mounts.push(volume("e", "/c"));
     assert!(check_container_options(&o)

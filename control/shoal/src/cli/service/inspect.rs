@@ -309,6 +309,20 @@ pub(crate) fn spec_value(spec: &ServiceSpec, force_update: u64) -> Value {
         "RollbackConfig": update_config_value(&spec.rollback_config),
         "EndpointSpec": {"Mode": endpoint_mode(spec.endpoint_mode), "Ports": ports_value(spec)},
     });
+    let limits = &options.limits;
+    if !limits.is_empty() {
+        let mut shown = json!({});
+        for (key, n) in [
+            ("NanoCPUs", limits.nano_cpus),
+            ("MemoryBytes", limits.memory_bytes),
+            ("Pids", limits.pids),
+        ] {
+            if n > 0 {
+                shown[key] = json!(n);
+            }
+        }
+        v["TaskTemplate"]["Resources"] = json!({"Limits": shown});
+    }
     // A job has no rolling update: Docker shows no update or rollback config for it.
     if spec.mode.is_job() {
         if let Some(o) = v.as_object_mut() {
