@@ -519,11 +519,14 @@ fn the_docker_cli_drives_shoal_through_its_engine_api() {
         "--no-resolve-image",
         "--name",
         "limited",
-        "--limit-memory",
+        "--reserve-memory",
         "64m",
         "shoal/web:1",
     ]);
-    assert!(refused.contains("Spec.TaskTemplate.Resources"), "{refused}");
+    assert!(
+        refused.contains("Spec.TaskTemplate.Resources.Reservations"),
+        "{refused}"
+    );
     h1.ok(&["service", "rm", "api"]);
     // Waits for the removed service's tasks to stop (they hold addresses on it).
     h1.ok(&["network", "rm", "api_net"]);

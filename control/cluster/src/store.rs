@@ -25,7 +25,9 @@
 
 pub mod container;
 pub mod data_object;
+pub mod limits;
 mod log;
+pub mod mount;
 pub mod service;
 mod sm;
 pub mod state;
@@ -46,6 +48,8 @@ use crate::seal::DataKey;
 
 pub use container::{ContainerOptions, DnsConfig};
 pub use data_object::{DataObject, FileReference};
+pub use limits::{Limits, NANO_CPUS_PER_CPU};
+pub use mount::{check_mounts, Mount, MountKind};
 pub use service::{
     Endpoint, EndpointMode, FailureAction, HealthCheck, JobStatus, NetworkAttachment, PortConfig,
     Protocol, PublishMode, RestartCondition, Service, ServiceMode, ServiceSpec, Task, TaskState,

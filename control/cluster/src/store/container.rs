@@ -1,12 +1,15 @@
 //! What a service's task containers are made with beyond image, arguments and
 //! environment (Docker's `TaskTemplate.ContainerSpec` fields of the same names): the
 //! entrypoint, user, working directory, hostname, resolver settings, extra hosts, init,
-//! stop signal and container labels. Every field defaults to "not set", so stores
+//! stop signal, container labels, mounts, a read-only root and
+//! resource limits (Docker's `TaskTemplate.Resources.Limits`). Every field defaults to "not set", so stores
 //! written before they existed still load.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+use super::{limits::Limits, mount::Mount};
 
 /// The container settings of a service's tasks (`service create --entrypoint`,
 /// `--user`, `--workdir`, `--hostname`, `--dns*`, `--host`, `--init`, `--stop-signal`,
@@ -43,6 +46,15 @@ pub struct ContainerOptions {
     /// `--container-label`: labels on each task container (not on the service).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// `--mount`: volumes, binds and tmpfs mounts, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
+    /// `--read-only`: the container's root filesystem is mounted read-only.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    /// `--limit-cpu`, `--limit-memory`, `--limit-pids`.
+    #[serde(skip_serializing_if = "Limits::is_empty")]
+    pub limits: Limits,
 }
 
 /// Docker's `DNSConfig`: the task's resolv.conf settings.
@@ -115,6 +127,17 @@ mod tests {
             Box::new(|s| {
                 s.container.labels.insert("tier".into(), "web".into());
             }),
+            Box::new(|s| {
+                s.container.mounts = vec![Mount {
+                    target: "/data".into(),
+                    source: "data".into(),
+                    ..Default::default()
+                }]
+            }),
+            Box::new(|s| s.container.read_only = true),
+            Box::new(|s| s.container.limits.nano_cpus = 500_000_000),
+            Box::new(|s| s.container.limits.memory_bytes = 64 << 20),
+            Box::new(|s| s.container.limits.pids = 100),
             Box::new(|s| {
                 s.network_aliases.insert("net1".into(), vec!["db".into()]);
             }),

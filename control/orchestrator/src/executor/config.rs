@@ -5,8 +5,11 @@
 
 use std::{collections::HashMap, net::Ipv4Addr};
 
-use bollard::models::{ContainerCreateBody, HealthConfig, HostConfig, Mount};
-use shoal_cluster::store::{Service, Task};
+use bollard::models::{
+    ContainerCreateBody, HealthConfig, HostConfig, Mount, MountTmpfsOptions, MountType,
+    MountVolumeOptions, MountVolumeOptionsDriverConfig,
+};
+use shoal_cluster::store::{self, MountKind, Service, Task};
 
 use super::containers::{
     LABEL_NODE_ID, LABEL_SERVICE_ID, LABEL_SERVICE_NAME, LABEL_SHOAL_TASK_ID, LABEL_SLOT,
@@ -90,17 +93,58 @@ pub(super) fn sandbox_spec(
     })
 }
 
+/// A service's `--mount` as dockerd takes it. A named volume the node lacks is created
+/// by dockerd when the container is (with the driver and options given), as under
+/// Swarm; an empty source is an anonymous volume, removed with the container.
+fn engine_mount(m: &store::Mount) -> Mount {
+    let volume_options = (m.kind == MountKind::Volume
+        && (!m.volume_driver.is_empty() || !m.volume_options.is_empty()))
+    .then(|| MountVolumeOptions {
+        driver_config: Some(MountVolumeOptionsDriverConfig {
+            name: (!m.volume_driver.is_empty()).then(|| m.volume_driver.clone()),
+            options: (!m.volume_options.is_empty()).then(|| {
+                m.volume_options
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            }),
+        }),
+        ..Default::default()
+    });
+    let tmpfs_options = (m.kind == MountKind::Tmpfs
+        && (m.tmpfs_size.is_some() || m.tmpfs_mode.is_some()))
+    .then(|| MountTmpfsOptions {
+        size_bytes: m.tmpfs_size.map(|s| s as i64),
+        mode: m.tmpfs_mode.map(|mode| mode as i64),
+        ..Default::default()
+    });
+    Mount {
+        target: Some(m.target.clone()),
+        source: (!m.source.is_empty()).then(|| m.source.clone()),
+        typ: Some(match m.kind {
+            MountKind::Volume => MountType::VOLUME,
+            MountKind::Bind => MountType::BIND,
+            MountKind::Tmpfs => MountType::TMPFS,
+        }),
+        read_only: m.read_only.then_some(true),
+        volume_options,
+        tmpfs_options,
+        ..Default::default()
+    }
+}
+
 /// The task's own container (named `container`, on `node`, in the namespace of the
 /// sandbox `sandbox_id`): image, entrypoint and arguments, environment, user, working
 /// directory, stop signal, init, the container labels under Swarm's task labels and
-/// shoal's own, the health check, and `mounts` (its secrets' and configs' files).
+/// shoal's own, the health check, the service's `--mount`s, `--read-only` and `--limit-*`, and
+/// `files` (its secrets' and configs' files).
 pub(super) fn task_container(
     t: &Task,
     service: &Service,
     container: &str,
     node_id: &str,
     sandbox_id: &str,
-    mounts: Vec<Mount>,
+    files: Vec<Mount>,
 ) -> ContainerCreateBody {
     let spec = &service.spec;
     let options = &spec.container;
@@ -130,6 +174,14 @@ pub(super) fn task_container(
         start_interval: None,
     });
     let non_empty = |s: &String| (!s.is_empty()).then(|| s.clone());
+    // 0 is "no limit": dockerd is not told.
+    let limit = |n: u64| (n > 0).then(|| i64::try_from(n).unwrap_or(i64::MAX));
+    let mounts: Vec<Mount> = options
+        .mounts
+        .iter()
+        .map(engine_mount)
+        .chain(files)
+        .collect();
     // Hostname, resolv.conf and /etc/hosts come from the sandbox (Docker refuses them
     // on a container that joins another's namespace).
     ContainerCreateBody {
@@ -146,6 +198,10 @@ pub(super) fn task_container(
             network_mode: Some(format!("container:{sandbox_id}")),
             init: Some(options.init()),
             mounts: (!mounts.is_empty()).then_some(mounts),
+            readonly_rootfs: options.read_only.then_some(true),
+            nano_cpus: limit(options.limits.nano_cpus),
+            memory: limit(options.limits.memory_bytes),
+            pids_limit: limit(options.limits.pids),
             ..Default::default()
         }),
         ..Default::default()

@@ -6,7 +6,7 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
-use shoal_cluster::store::ContainerOptions;
+use shoal_cluster::store::{check_mounts, ContainerOptions, Mount};
 
 /// `--host HOST:IP` (or `HOST=IP`, the form that also takes an IPv6 address in
 /// brackets) as Docker stores it: `IP HOST`.
@@ -133,6 +133,7 @@ pub fn check_container_options(o: &ContainerOptions) -> Result<(), String> {
     if o.labels.keys().any(|k| k.is_empty()) {
         return Err("invalid --container-label: the key is empty".into());
     }
+    check_mounts(&o.mounts).map_err(|e| format!("invalid --mount: {e}"))?;
     Ok(())
 }
 
@@ -159,6 +160,16 @@ pub struct ContainerChanges {
     pub stop_signal: Option<String>,
     pub label_add: BTreeMap<String, String>,
     pub label_rm: Vec<String>,
+    /// `--mount-add`: a mount on a target the service already mounts replaces it.
+    pub mount_add: Vec<Mount>,
+    /// `--mount-rm TARGET`.
+    pub mount_rm: Vec<String>,
+    /// `--read-only[=BOOL]`.
+    pub read_only: Option<bool>,
+    /// `--limit-cpu`, `--limit-memory`, `--limit-pids` (0: no limit any more).
+    pub limit_nano_cpus: Option<u64>,
+    pub limit_memory_bytes: Option<u64>,
+    pub limit_pids: Option<u64>,
 }
 
 /// `list` with `add` appended and `rm` taken out (Docker's order), each entry once.
@@ -229,6 +240,26 @@ impl ContainerChanges {
         o.labels.extend(self.label_add.clone());
         for k in &self.label_rm {
             o.labels.remove(k);
+        }
+        // Docker's order: removals first, then additions (replacing the same target).
+        let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+        o.mounts
+            .retain(|m| !self.mount_rm.iter().any(|t| same(t, &m.target)));
+        for added in &self.mount_add {
+            o.mounts.retain(|m| !same(&m.target, &added.target));
+            o.mounts.push(added.clone());
+        }
+        if let Some(r) = self.read_only {
+            o.read_only = r;
+        }
+        for (given, limit) in [
+            (self.limit_nano_cpus, &mut o.limits.nano_cpus),
+            (self.limit_memory_bytes, &mut o.limits.memory_bytes),
+            (self.limit_pids, &mut o.limits.pids),
+        ] {
+            if let Some(v) = given {
+                *limit = v;
+            }
         }
     }
 }

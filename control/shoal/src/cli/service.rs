@@ -18,6 +18,8 @@ mod container_flags;
 mod file_flags;
 pub(crate) mod inspect;
 mod job;
+mod limit_flags;
+mod mount_flags;
 mod policy;
 mod progress;
 mod spec;
@@ -177,6 +179,22 @@ pub struct CreateArgs {
     /// source=NAME,target=/PATH,uid=N,gid=N,mode=0444 (repeatable)
     #[arg(long = "config", value_name = "SPEC")]
     pub configs: Vec<String>,
+    /// Attach a mount: type=volume|bind|tmpfs,source=SRC,target=/PATH[,readonly]
+    /// [,volume-driver=D,volume-opt=K=V,tmpfs-size=N,tmpfs-mode=MODE] (repeatable)
+    #[arg(long = "mount", value_name = "SPEC")]
+    pub mounts: Vec<String>,
+    /// Mount the container's root filesystem read-only
+    #[arg(long)]
+    pub read_only: bool,
+    /// Limit each task's CPUs (e.g. 0.5)
+    #[arg(long, value_name = "CPUS")]
+    pub limit_cpu: Option<String>,
+    /// Limit each task's memory (e.g. 64m, 1g)
+    #[arg(long, value_name = "BYTES")]
+    pub limit_memory: Option<String>,
+    /// Limit the processes of each task (0: no limit)
+    #[arg(long, value_name = "N")]
+    pub limit_pids: Option<u64>,
     /// How the service's name resolves: a VIP, or DNS round robin
     #[arg(long, value_enum, default_value = "vip")]
     pub endpoint_mode: EndpointModeArg,
@@ -344,6 +362,24 @@ pub struct ServiceUpdateArgs {
     /// Remove a config, by name or ID (repeatable)
     #[arg(long = "config-rm", value_name = "CONFIG")]
     pub config_rm: Vec<String>,
+    /// Add or replace a mount, as --mount of create (repeatable)
+    #[arg(long = "mount-add", value_name = "SPEC")]
+    pub mount_add: Vec<String>,
+    /// Remove a mount by its target path (repeatable)
+    #[arg(long = "mount-rm", value_name = "TARGET")]
+    pub mount_rm: Vec<String>,
+    /// Mount the container's root filesystem read-only (--read-only=false: writable)
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub read_only: Option<bool>,
+    /// Limit each task's CPUs (0: no limit)
+    #[arg(long, value_name = "CPUS")]
+    pub limit_cpu: Option<String>,
+    /// Limit each task's memory (0: no limit)
+    #[arg(long, value_name = "BYTES")]
+    pub limit_memory: Option<String>,
+    /// Limit the processes of each task (0: no limit)
+    #[arg(long, value_name = "N")]
+    pub limit_pids: Option<u64>,
     /// How the service's name resolves: a VIP, or DNS round robin
     #[arg(long, value_enum)]
     pub endpoint_mode: Option<EndpointModeArg>,

@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 use shoal_cluster::store::{
-    data_object::FileReference, ContainerOptions, DnsConfig, EndpointMode, FailureAction,
-    HealthCheck, PortConfig, Protocol, PublishMode, RestartCondition, ServiceMode, ServiceSpec,
-    UpdateConfig, UpdateOrder, DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
+    check_mounts, data_object::FileReference, ContainerOptions, DnsConfig, EndpointMode,
+    FailureAction, HealthCheck, Limits, Mount, MountKind, PortConfig, Protocol, PublishMode,
+    RestartCondition, ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder,
+    DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
 };
 
 use crate::api::MAX_FAILURE_RATIO_PPM;
@@ -249,7 +250,11 @@ pub fn from_docker(v: Value) -> Result<(ServiceSpec, u64), String> {
         stop_signal: c.string("StopSignal")?,
         labels: c.string_map("Labels")?,
         dns: DnsConfig::default(),
+        mounts: mounts(&mut c)?,
+        read_only: c.bool("ReadOnly")?.unwrap_or(false),
+        limits: Limits::default(),
     };
+    check_mounts(&container.mounts).map_err(|e| format!("{}: {e}", c.at("Mounts")))?;
     let mut dns = c.object("DNSConfig")?;
     container.dns = DnsConfig {
         nameservers: dns.strings("Nameservers")?,
@@ -295,6 +300,17 @@ pub fn from_docker(v: Value) -> Result<(ServiceSpec, u64), String> {
     let restart_max_attempts = restart.u64("MaxAttempts")?.unwrap_or(0);
     let restart_window_ms = restart.millis("Window")?.unwrap_or(0);
     restart.done()?;
+
+    // Limits are carried out; reservations are not yet, so they stay to be refused.
+    let mut resources = task.object("Resources")?;
+    let mut limits = resources.object("Limits")?;
+    container.limits = Limits {
+        nano_cpus: limits.u64("NanoCPUs")?.unwrap_or(0),
+        memory_bytes: limits.u64("MemoryBytes")?.unwrap_or(0),
+        pids: limits.u64("Pids")?.unwrap_or(0),
+    };
+    limits.done()?;
+    resources.done()?;
 
     let mut placement = task.object("Placement")?;
     let constraints = placement.strings("Constraints")?;
@@ -443,6 +459,59 @@ pub fn from_docker(v: Value) -> Result<(ServiceSpec, u64), String> {
     ))
 }
 
+/// `ContainerSpec.Mounts`: `[{Type, Source, Target, ReadOnly, VolumeOptions:
+/// {DriverConfig: {Name, Options}}, TmpfsOptions: {SizeBytes, Mode}}]` (the inverse of
+/// `service inspect`'s).
+fn mounts(c: &mut Fields) -> Result<Vec<Mount>, String> {
+    let at = c.at("Mounts");
+    let Some(list) = c.take("Mounts") else {
+        return Ok(Vec::new());
+    };
+    let Value::Array(list) = list else {
+        return Err(format!("{at}: expected a list"));
+    };
+    let mut mounts = Vec::new();
+    for item in list {
+        let mut m = Fields::of(&format!("{at}[]"), item)?;
+        let kind = m.string("Type")?;
+        let kind = match kind.as_str() {
+            "" => MountKind::Volume,
+            k => MountKind::parse(k).ok_or_else(|| {
+                format!("{at}[].Type: {k:?} is not supported by shoal (volume, bind, tmpfs are)")
+            })?,
+        };
+        let mut mount = Mount {
+            kind,
+            source: m.string("Source")?,
+            target: m.string("Target")?,
+            read_only: m.bool("ReadOnly")?.unwrap_or(false),
+            ..Default::default()
+        };
+        m.allow("Consistency", |v| {
+            matches!(v.as_str(), Some("" | "default" | "consistent"))
+        })?;
+        let mut volume = m.object("VolumeOptions")?;
+        let mut driver = volume.object("DriverConfig")?;
+        mount.volume_driver = driver.string("Name")?;
+        mount.volume_options = driver.string_map("Options")?;
+        driver.done()?;
+        volume.done()?;
+        let mut tmpfs = m.object("TmpfsOptions")?;
+        mount.tmpfs_size = tmpfs.u64("SizeBytes")?;
+        mount.tmpfs_mode = tmpfs
+            .u64("Mode")?
+            .map(|mode| {
+                u32::try_from(mode)
+                    .map_err(|_| format!("{at}[].TmpfsOptions.Mode: not a file mode"))
+            })
+            .transpose()?;
+        tmpfs.done()?;
+        m.done()?;
+        mounts.push(mount);
+    }
+    Ok(mounts)
+}
+
 /// `ContainerSpec.Secrets|Configs`: `[{File: {Name, UID, GID, Mode}, SecretID,
 /// SecretName}]` (the ID may be empty: the name is then looked up, as the CLI's flags
 /// are).
@@ -565,6 +634,53 @@ mod tests {
     }
 
     #[test]
+    fn mounts_a_read_only_root_and_limits_read_back_as_inspect_shows_them() {
+        // As docker 28's `service create --read-only --mount
+        // type=volume,source=data,target=/data,volume-driver=local,volume-opt=type=tmpfs
+        // --mount type=bind,source=/srv,target=/srv,readonly --mount
+        // type=tmpfs,target=/t,tmpfs-size=1m,tmpfs-mode=1770 busybox` sends them.
+        let (spec, _) = from_docker(json!({
+            "Name": "m",
+            "TaskTemplate": {
+                "Resources": {"Limits": {"NanoCPUs": 500_000_000, "MemoryBytes": 67108864, "Pids": 100}, "Reservations": {}},
+                "ContainerSpec": {"Image": "busybox", "ReadOnly": true, "Mounts": [
+                {"Type": "volume", "Source": "data", "Target": "/data",
+                 "VolumeOptions": {"Labels": {}, "DriverConfig": {"Name": "local", "Options": {"type": "tmpfs"}}}},
+                {"Type": "bind", "Source": "/srv", "Target": "/srv", "ReadOnly": true},
+                {"Type": "tmpfs", "Target": "/t", "TmpfsOptions": {"SizeBytes": 1048576, "Mode": 1016}},
+            ]}},
+        }))
+        .unwrap();
+        let o = &spec.container;
+        assert!(o.read_only);
+        assert_eq!(
+            (o.limits.nano_cpus, o.limits.memory_bytes, o.limits.pids),
+            (500_000_000, 64 << 20, 100)
+        );
+        assert_eq!(o.mounts.len(), 3);
+        assert_eq!(
+            (
+                o.mounts[0].kind,
+                o.mounts[0].source.as_str(),
+                o.mounts[0].volume_driver.as_str()
+            ),
+            (MountKind::Volume, "data", "local")
+        );
+        assert_eq!(o.mounts[0].volume_options["type"], "tmpfs");
+        assert!(o.mounts[1].read_only && o.mounts[1].kind == MountKind::Bind);
+        assert_eq!(
+            (o.mounts[2].tmpfs_size, o.mounts[2].tmpfs_mode),
+            (Some(1 << 20), Some(0o1770))
+        );
+        let shown = spec_value(&spec, 0);
+        assert_eq!(shown["TaskTemplate"]["ContainerSpec"]["ReadOnly"], true);
+        let (again, _) = from_docker(shown).unwrap();
+        let mut want = spec.clone();
+        want.container.init = Some(spec.container.init());
+        assert_eq!(again, want);
+    }
+
+    #[test]
     fn what_shoal_does_not_do_is_refused_by_name() {
         let base = |extra: Value| {
             let mut v =
@@ -574,12 +690,20 @@ mod tests {
         };
         for (extra, named) in [
             (
-                json!({"TaskTemplate": {"ContainerSpec": {"Mounts": [{"Type": "volume", "Target": "/data"}]}}}),
-                "Spec.TaskTemplate.ContainerSpec.Mounts",
+                json!({"TaskTemplate": {"ContainerSpec": {"Mounts": [{"Type": "npipe", "Target": "/data"}]}}}),
+                "Spec.TaskTemplate.ContainerSpec.Mounts[].Type",
             ),
             (
-                json!({"TaskTemplate": {"Resources": {"Limits": {"NanoCPUs": 1_000_000_000}}}}),
-                "Spec.TaskTemplate.Resources",
+                json!({"TaskTemplate": {"ContainerSpec": {"Mounts": [{"Type": "volume", "Target": "/d", "VolumeOptions": {"NoCopy": true}}]}}}),
+                "Spec.TaskTemplate.ContainerSpec.Mounts[].VolumeOptions.NoCopy",
+            ),
+            (
+                json!({"TaskTemplate": {"ContainerSpec": {"Mounts": [{"Type": "bind", "Source": "rel", "Target": "/d"}]}}}),
+                "absolute path on the node",
+            ),
+            (
+                json!({"TaskTemplate": {"Resources": {"Reservations": {"NanoCPUs": 1_000_000_000}}}}),
+                "Spec.TaskTemplate.Resources.Reservations",
             ),
             (
                 json!({"TaskTemplate": {"ContainerSpec": {"Secrets": [{"File": {"Name": "pw"}}]}}}),

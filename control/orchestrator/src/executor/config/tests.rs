@@ -61,6 +61,7 @@ fn options() -> ContainerOptions {
             (LABEL_TASK_ID.into(), "forged".into()),
             (LABEL_SHOAL_TASK_ID.into(), "forged".into()),
         ]),
+        ..Default::default()
     }
 }
 
@@ -128,6 +129,91 @@ fn unset_options_keep_the_defaults() {
     let host = body.host_config.unwrap();
     assert_eq!(host.init, Some(true), "tasks run under init by default");
     assert_eq!(host.network_mode.as_deref(), Some("container:sbx"));
+    assert_eq!((host.mounts, host.readonly_rootfs), (None, None));
+    assert_eq!(
+        (host.nano_cpus, host.memory, host.pids_limit),
+        (None, None, None)
+    );
+}
+
+#[test]
+fn mounts_and_a_read_only_root_reach_the_container_before_the_task_files() {
+    let volume = store::Mount {
+        kind: MountKind::Volume,
+        source: "data".into(),
+        target: "/data".into(),
+        volume_driver: "local".into(),
+        volume_options: BTreeMap::from([("type".into(), "tmpfs".into())]),
+        ..Default::default()
+    };
+    let bind = store::Mount {
+        kind: MountKind::Bind,
+        source: "/srv/conf".into(),
+        target: "/conf".into(),
+        read_only: true,
+        ..Default::default()
+    };
+    let tmpfs = store::Mount {
+        kind: MountKind::Tmpfs,
+        target: "/scratch".into(),
+        tmpfs_size: Some(1 << 20),
+        tmpfs_mode: Some(0o1770),
+        ..Default::default()
+    };
+    let s = service(ContainerOptions {
+        mounts: vec![volume, bind, tmpfs],
+        read_only: true,
+        limits: store::Limits {
+            nano_cpus: 500_000_000,
+            memory_bytes: 64 << 20,
+            pids: 100,
+        },
+        ..Default::default()
+    });
+    let secret = Mount {
+        target: Some("/run/secrets/pw".into()),
+        typ: Some(MountType::BIND),
+        ..Default::default()
+    };
+    let body = task_container(&task(true), &s, "web.3.x", "node1", "sbx", vec![secret]);
+    let host = body.host_config.unwrap();
+    assert_eq!(host.readonly_rootfs, Some(true));
+    assert_eq!(
+        (host.nano_cpus, host.memory, host.pids_limit),
+        (Some(500_000_000), Some(64 << 20), Some(100))
+    );
+    let mounts = host.mounts.unwrap();
+    let shown: Vec<_> = mounts
+        .iter()
+        .map(|m| (m.typ, m.source.as_deref(), m.target.as_deref(), m.read_only))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (Some(MountType::VOLUME), Some("data"), Some("/data"), None),
+            (
+                Some(MountType::BIND),
+                Some("/srv/conf"),
+                Some("/conf"),
+                Some(true)
+            ),
+            (Some(MountType::TMPFS), None, Some("/scratch"), None),
+            (Some(MountType::BIND), None, Some("/run/secrets/pw"), None),
+        ]
+    );
+    let driver = mounts[0]
+        .volume_options
+        .as_ref()
+        .and_then(|o| o.driver_config.clone())
+        .unwrap();
+    assert_eq!(driver.name.as_deref(), Some("local"));
+    assert_eq!(driver.options.unwrap()["type"], "tmpfs");
+    let tmpfs = mounts[2].tmpfs_options.clone().unwrap();
+    assert_eq!(
+        (tmpfs.size_bytes, tmpfs.mode),
+        (Some(1 << 20), Some(0o1770))
+    );
+    assert!(mounts[1].volume_options.is_none() && mounts[1].tmpfs_options.is_none());
 }
 
 #[test]

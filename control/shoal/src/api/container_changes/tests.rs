@@ -105,3 +105,46 @@ fn aliases_are_dns_names() {
     assert!(check_alias("a b").is_err());
     assert!(check_alias("a..b").is_err());
 }
+
+#[test]
+fn mount_changes_remove_by_target_then_add_replacing_the_same_target() {
+    let volume = |source: &str, target: &str| Mount {
+        source: source.into(),
+        target: target.into(),
+        ..Default::default()
+    };
+    let mut o = ContainerOptions {
+        mounts: vec![volume("a", "/a"), volume("b", "/b"), volume("c", "/c")],
+        ..Default::default()
+    };
+    ContainerChanges {
+        mount_rm: vec!["/a/".into()],
+        mount_add: vec![volume("b2", "/b"), volume("d", "/d")],
+        read_only: Some(true),
+        limit_nano_cpus: Some(500_000_000),
+        limit_pids: Some(100),
+        ..Default::default()
+    }
+    .apply(&mut o);
+    assert_eq!(
+        (o.limits.nano_cpus, o.limits.memory_bytes, o.limits.pids),
+        (500_000_000, 0, 100)
+    );
+    let shown: Vec<_> = o
+        .mounts
+        .iter()
+        .map(|m| (m.source.as_str(), m.target.as_str()))
+        .collect();
+    assert_eq!(shown, [("c", "/c"), ("b2", "/b"), ("d", "/d")]);
+    assert!(o.read_only);
+    // Absent flags leave both alone.
+    ContainerChanges::default().apply(&mut o);
+    assert_eq!(o.mounts.len(), 3);
+    assert!(o.read_only);
+    assert_eq!(o.limits.pids, 100);
+    // A mount checked with the service's others: two on one target are refused.
+    o.mounts.push(volume("e", "/c"));
+    assert!(check_container_options(&o)
+        .unwrap_err()
+        .contains("more than once"));
+}

@@ -6,7 +6,10 @@ use std::{collections::BTreeMap, path::Path};
 
 use shoal_cluster::store::{ContainerOptions, DnsConfig};
 
-use super::{changes::split_args, CreateArgs, ServiceUpdateArgs};
+use super::{
+    changes::split_args, limit_flags::limits, mount_flags::parse_mounts, CreateArgs,
+    ServiceUpdateArgs,
+};
 use crate::api::{check_alias, check_container_options, parse_host, ContainerChanges};
 
 /// One `--network` value: `NET`, or `name=NET,alias=A,alias=B`.
@@ -148,6 +151,14 @@ impl CreateArgs {
             init: self.init,
             stop_signal: self.stop_signal.clone().unwrap_or_default(),
             labels: self.container_labels.iter().cloned().collect(),
+            mounts: parse_mounts(&self.mounts)?,
+            read_only: self.read_only,
+            limits: limits(
+                self.limit_cpu.as_deref(),
+                self.limit_memory.as_deref(),
+                self.limit_pids,
+            )?
+            .into_limits(),
         };
         check_container_options(&options)?;
         Ok(options)
@@ -195,6 +206,23 @@ impl ServiceUpdateArgs {
             stop_signal: self.stop_signal.clone(),
             label_add: self.container_label_add.iter().cloned().collect(),
             label_rm: self.container_label_rm.clone(),
+            mount_add: parse_mounts(&self.mount_add)?,
+            mount_rm: self.mount_rm.clone(),
+            read_only: self.read_only,
+            limit_nano_cpus: None,
+            limit_memory_bytes: None,
+            limit_pids: None,
+        };
+        let given = limits(
+            self.limit_cpu.as_deref(),
+            self.limit_memory.as_deref(),
+            self.limit_pids,
+        )?;
+        let changes = ContainerChanges {
+            limit_nano_cpus: given.nano_cpus,
+            limit_memory_bytes: given.memory_bytes,
+            limit_pids: given.pids,
+            ..changes
         };
         // What the flags add must be valid whatever the service has.
         let mut added = ContainerOptions::default();
@@ -204,6 +232,7 @@ impl ServiceUpdateArgs {
             dns_option_rm: Vec::new(),
             host_rm: Vec::new(),
             label_rm: Vec::new(),
+            mount_rm: Vec::new(),
             ..changes.clone()
         }
         .apply(&mut added);

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 use shoal_cluster::store::{
-    ContainerOptions, EndpointMode, FailureAction, FileReference, Network, PublishMode,
+    ContainerOptions, EndpointMode, FailureAction, FileReference, Mount, Network, PublishMode,
     RestartCondition, Service, ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder, UpdateState,
     UpdateStatus,
 };
@@ -201,6 +201,44 @@ fn container_options_value(container: &mut Value, o: &ContainerOptions) {
         }
         set("DNSConfig", dns);
     }
+    if !o.mounts.is_empty() {
+        set("Mounts", o.mounts.iter().map(mount_value).collect());
+    }
+    if o.read_only {
+        set("ReadOnly", json!(true));
+    }
+}
+
+/// One mount as Docker's `ContainerSpec.Mounts[]` (empty parts omitted, as Docker's).
+fn mount_value(m: &Mount) -> Value {
+    let mut v = json!({"Type": m.kind.as_str(), "Target": m.target});
+    if !m.source.is_empty() {
+        v["Source"] = json!(m.source);
+    }
+    if m.read_only {
+        v["ReadOnly"] = json!(true);
+    }
+    if !m.volume_driver.is_empty() || !m.volume_options.is_empty() {
+        let mut driver = json!({});
+        if !m.volume_driver.is_empty() {
+            driver["Name"] = json!(m.volume_driver);
+        }
+        if !m.volume_options.is_empty() {
+            driver["Options"] = json!(m.volume_options);
+        }
+        v["VolumeOptions"] = json!({"DriverConfig": driver});
+    }
+    if m.tmpfs_size.is_some() || m.tmpfs_mode.is_some() {
+        let mut tmpfs = json!({});
+        if let Some(size) = m.tmpfs_size {
+            tmpfs["SizeBytes"] = json!(size);
+        }
+        if let Some(mode) = m.tmpfs_mode {
+            tmpfs["Mode"] = json!(mode);
+        }
+        v["TmpfsOptions"] = tmpfs;
+    }
+    v
 }
 
 /// A spec as Docker's `Spec` (and `PreviousSpec`).
@@ -271,6 +309,20 @@ pub(crate) fn spec_value(spec: &ServiceSpec, force_update: u64) -> Value {
         "RollbackConfig": update_config_value(&spec.rollback_config),
         "EndpointSpec": {"Mode": endpoint_mode(spec.endpoint_mode), "Ports": ports_value(spec)},
     });
+    let limits = &options.limits;
+    if !limits.is_empty() {
+        let mut shown = json!({});
+        for (key, n) in [
+            ("NanoCPUs", limits.nano_cpus),
+            ("MemoryBytes", limits.memory_bytes),
+            ("Pids", limits.pids),
+        ] {
+            if n > 0 {
+                shown[key] = json!(n);
+            }
+        }
+        v["TaskTemplate"]["Resources"] = json!({"Limits": shown});
+    }
     // A job has no rolling update: Docker shows no update or rollback config for it.
     if spec.mode.is_job() {
         if let Some(o) = v.as_object_mut() {

@@ -1,0 +1,251 @@
+//! Mounts on a real 2-host lab, through the `shoal` CLI: a named volume (created by the
+//! node's dockerd on first use) outlives its task (a file written in it is read back
+//! by the task that replaces it on the same node), a sized tmpfs, a read-only bind of a
+//! node directory, `--read-only` refusing writes to the root filesystem; `service
+//! inspect` shows them as Docker's `ContainerSpec.Mounts` / `ReadOnly`, `docker inspect`
+//! of the task container on its node shows what dockerd was asked for, and
+//! `--mount-rm` takes one away. `--limit-cpu/--limit-memory/--limit-pids` show in
+//! `service inspect` as `TaskTemplate.Resources.Limits`, in `docker inspect` of the
+//! task container, and in its cgroup.
+use std::time::Instant;
+
+use shoal_tests::{
+    privileged,
+    swarm::{Cli, Task, BOUND},
+    wait_for, LabGuard,
+};
+
+#[test]
+fn volumes_tmpfs_binds_and_a_read_only_root_reach_the_tasks() {
+    if !privileged() {
+        return;
+    }
+    let began = Instant::now();
+    let shoal = xtask::util::shoal_binary().expect("shoal binary (cargo build)");
+    let guard = LabGuard::up('m', 2);
+    let cli = Cli { lab: &guard };
+    cli.start_agents(&shoal, &[]);
+    cli.form_cluster();
+
+    // The service is pinned to h2; the bind's source is a directory there.
+    let bind_src = guard.state.hosts[1]
+        .run_dir
+        .join("bind-src")
+        .display()
+        .to_string();
+    guard.exec_ok(
+        "h2",
+        &[
+            "sh",
+            "-c",
+            &format!("mkdir -p {bind_src} && echo from-h2 > {bind_src}/node"),
+        ],
+    );
+
+    // A malformed --mount: refused, nothing created.
+    let err = cli.err(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "data",
+            "--detach",
+            "--mount",
+            "type=bind,source=relative,target=/conf",
+            "shoal/web:1",
+        ],
+    );
+    assert!(err.contains("absolute path on the node"), "{err}");
+    assert!(!cli.ok("h1", &["service", "ls"]).contains("data"));
+
+    let bind = format!("type=bind,source={bind_src},target=/conf,readonly");
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "data",
+            "--detach",
+            "--read-only",
+            "--constraint",
+            "node.hostname==h2",
+            "--limit-cpu",
+            "0.5",
+            "--limit-memory",
+            "64m",
+            "--limit-pids",
+            "100",
+            "--mount",
+            "type=volume,source=labdata,target=/data",
+            "--mount",
+            "type=tmpfs,target=/scratch,tmpfs-size=1m,tmpfs-mode=1770",
+            "--mount",
+            &bind,
+            "shoal/web:1",
+            "sleep",
+            "100000",
+        ],
+    );
+    let inspect = cli.ok(
+        "h1",
+        &[
+            "service",
+            "inspect",
+            "--format",
+            "{{json .Spec.TaskTemplate.ContainerSpec}}",
+            "data",
+        ],
+    );
+    let spec: serde_json::Value = serde_json::from_str(inspect.trim()).expect("ContainerSpec");
+    assert_eq!(spec["ReadOnly"], true, "{inspect}");
+    assert_eq!(
+        spec["Mounts"],
+        serde_json::json!([
+            {"Type": "volume", "Source": "labdata", "Target": "/data"},
+            {"Type": "tmpfs", "Target": "/scratch", "TmpfsOptions": {"SizeBytes": 1048576, "Mode": 1016}},
+            {"Type": "bind", "Source": bind_src, "Target": "/conf", "ReadOnly": true},
+        ]),
+        "{inspect}"
+    );
+
+    let resources = cli.ok(
+        "h1",
+        &[
+            "service",
+            "inspect",
+            "--format",
+            "{{json .Spec.TaskTemplate.Resources}}",
+            "data",
+        ],
+    );
+    let resources: serde_json::Value = serde_json::from_str(resources.trim()).expect("Resources");
+    assert_eq!(
+        resources,
+        serde_json::json!({"Limits": {"NanoCPUs": 500_000_000, "MemoryBytes": 67108864, "Pids": 100}})
+    );
+    let task = cli.wait_running("data", 1, |_| true).remove(0);
+    assert_eq!(task.node, "h2");
+    let sh = |t: &Task, script: &str| cli.exec_in(t, &["sh", "-c", script]);
+    // The volume is writable and is the node's named volume.
+    sh(&task, "echo kept > /data/file").expect("writing to the volume");
+    let volumes = guard.exec_ok(&task.node, &["docker", "volume", "ls", "-q"]);
+    assert!(volumes.lines().any(|v| v == "labdata"), "{volumes}");
+    // The tmpfs: writable, sized and moded as asked.
+    sh(&task, "echo x > /scratch/f").expect("writing to the tmpfs");
+    let mounts = sh(&task, "cat /proc/mounts").expect("reading /proc/mounts");
+    let scratch = mounts
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("/scratch"))
+        .unwrap_or_else(|| panic!("no /scratch mount: {mounts}"));
+    assert!(
+        scratch.starts_with("tmpfs")
+            && scratch.contains("size=1024k")
+            && scratch.contains("mode=1770"),
+        "{scratch}"
+    );
+    // The bind: the node's file, read-only.
+    assert_eq!(
+        sh(&task, "cat /conf/node").expect("reading the bind"),
+        "from-h2"
+    );
+    let denied = sh(&task, "echo y > /conf/node").expect_err("a read-only bind refuses writes");
+    assert!(denied.contains("Read-only file system"), "{denied}");
+    // --read-only: the root filesystem refuses writes.
+    let denied = sh(&task, "touch /written").expect_err("a read-only root refuses writes");
+    assert!(denied.contains("Read-only file system"), "{denied}");
+    // What dockerd was asked for, as `docker inspect` on the node shows it.
+    let host = guard.exec_ok(
+        &task.node,
+        &[
+            "docker",
+            "inspect",
+            "--format",
+            "{{json .HostConfig.ReadonlyRootfs}} {{len .HostConfig.Mounts}} {{.HostConfig.NanoCpus}} {{.HostConfig.Memory}} {{.HostConfig.PidsLimit}}",
+            &task.container,
+        ],
+    );
+    assert_eq!(host.trim(), "true 3 500000000 67108864 100", "{host}");
+    // The kernel enforces them: the container's cgroup (v2, or v1's files) says so.
+    let cgroup = sh(
+        &task,
+        "cd /sys/fs/cgroup && if [ -f cpu.max ]; then cat cpu.max memory.max pids.max; \
+         else cat cpu/cpu.cfs_quota_us cpu/cpu.cfs_period_us memory/memory.limit_in_bytes \
+         pids/pids.max; fi",
+    )
+    .expect("reading the container's cgroup limits");
+    assert_eq!(
+        cgroup.split_whitespace().collect::<Vec<_>>(),
+        ["50000", "100000", "67108864", "100"],
+        "{cgroup}"
+    );
+    println!(
+        "task {} on {}: volume, tmpfs, bind, read-only root and limits as asked",
+        task.id, task.node
+    );
+
+    // The task replaced on the same node (the constraint pins it): the volume's file
+    // is still there.
+    cli.ok("h1", &["service", "update", "--detach", "--force", "data"]);
+    let replaced = wait_for("data's task replaced", BOUND, || {
+        let tasks = cli.running("data")?;
+        match &tasks[..] {
+            [t] if t.id != task.id => Ok(t.clone()),
+            _ => Err(format!("{tasks:#?}")),
+        }
+    });
+    assert_eq!(replaced.node, task.node);
+    assert_eq!(
+        sh(&replaced, "cat /data/file").expect("reading the volume"),
+        "kept"
+    );
+    // The tmpfs is new with the task.
+    assert!(sh(&replaced, "cat /scratch/f").is_err());
+    println!("volume labdata kept its file across the task's replacement");
+
+    // --mount-rm by target, --read-only=false.
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "update",
+            "--detach",
+            "--mount-rm",
+            "/scratch",
+            "--read-only=false",
+            "data",
+        ],
+    );
+    let spec = cli.ok(
+        "h1",
+        &[
+            "service",
+            "inspect",
+            "--format",
+            "{{json .Spec.TaskTemplate.ContainerSpec}}",
+            "data",
+        ],
+    );
+    let spec: serde_json::Value = serde_json::from_str(spec.trim()).expect("ContainerSpec");
+    assert!(spec.get("ReadOnly").is_none(), "{spec}");
+    let targets: Vec<&str> = spec["Mounts"]
+        .as_array()
+        .expect("Mounts")
+        .iter()
+        .filter_map(|m| m["Target"].as_str())
+        .collect();
+    assert_eq!(targets, ["/data", "/conf"]);
+    let third = wait_for("data's task replaced again", BOUND, || {
+        let tasks = cli.running("data")?;
+        match &tasks[..] {
+            [t] if t.id != replaced.id => Ok(t.clone()),
+            _ => Err(format!("{tasks:#?}")),
+        }
+    });
+    sh(&third, "touch /written").expect("a writable root again");
+    assert_eq!(sh(&third, "cat /data/file").expect("the volume"), "kept");
+
+    cli.ok("h1", &["service", "rm", "data"]);
+    println!("mounts lab test: {:.1} s", began.elapsed().as_secs_f64());
+}
