@@ -181,8 +181,12 @@ pub fn run() -> Result<()> {
          \x20 cargo xtask lab client -- curl -s http://{}:{DEMO_PORT}/\n\
          \x20 cargo xtask lab exec {} -- docker exec {} wget -qO- http://{SERVICE}/\n\
          \x20 cargo xtask lab exec h2 -- shoal dataplane stats\n\
+         \x20 docker -H unix://{} service ls     # the docker CLI through h1's Engine API\n\
          \x20 cargo xtask lab down",
-        state.hosts[1].address, c.node, c.container
+        state.hosts[1].address,
+        c.node,
+        c.container,
+        crate::lab::agent::engine_api_socket(&state.hosts[0]).display()
     );
     Ok(())
 }
