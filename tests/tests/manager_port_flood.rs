@@ -217,6 +217,18 @@ fn agent_use(pid: u32) -> (u64, u64) {
 }
 
 /// The store version of node `name`'s record: it moves when its status does.
+/// Waits until `h`'s agent started gossip, which it does once the store shows the
+/// gossip key it registered: that write changes its node's record, after which nothing
+/// but a status change should.
+fn wait_gossip_registered(h: &shoal_tests::lab::HostState) {
+    wait_for(&format!("{}'s gossip started", h.name), BOUND, || {
+        let log = std::fs::read_to_string(h.run_dir.join("agent.log")).unwrap_or_default();
+        log.contains("gossip started")
+            .then_some(())
+            .ok_or_else(|| "no \"gossip started\" in its agent log yet".to_string())
+    });
+}
+
 fn node_version(cli: &Cli, name: &str) -> String {
     cli.ok(
         "h1",
@@ -275,6 +287,8 @@ fn a_flood_of_idle_connections_and_junk_frames_leaves_the_cluster_working() {
             .then_some(())
             .ok_or(rows)
     });
+
+    wait_gossip_registered(&hosts[1]);
 
     let agent = agent_pid(&hosts[0]);
     let (rss_before, fds_before) = agent_use(agent);
@@ -359,6 +373,7 @@ fn a_flood_of_idle_connections_and_junk_frames_leaves_the_cluster_working() {
             .then_some(())
             .ok_or(rows)
     });
+    wait_gossip_registered(&hosts[2]);
     let h3_version = node_version(&cli, "h3");
     let mut during = Vec::new();
     let mut failed_writes = Vec::new();
