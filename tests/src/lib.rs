@@ -11,6 +11,7 @@ use std::{
 
 pub use xtask::lab::{self, LabState, Layout};
 
+pub mod browser;
 pub mod load;
 pub mod manager_port;
 pub mod swarm;

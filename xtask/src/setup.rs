@@ -45,6 +45,8 @@ pub const PACKAGES: &[&str] = &[
     "python3-docker",
     // The metrics test's scraper (`prometheus`) and `promtool check metrics`.
     "prometheus",
+    // The cluster page test's browser (headless, driven over its DevTools pipe).
+    "chromium",
 ];
 
 pub const NIGHTLY: &str = "nightly";

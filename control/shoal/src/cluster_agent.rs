@@ -308,6 +308,16 @@ impl ClusterAgent {
         }
     }
 
+    /// The manager this node acts as now, if it is one: the cluster page reads its copy
+    /// of the store and follows its versions.
+    pub async fn acting_manager(&self) -> Option<Manager> {
+        self.role
+            .lock()
+            .await
+            .as_ref()
+            .and_then(Role::acting_manager)
+    }
+
     /// The role's name and, on a node acting as a manager, its Raft member's status
     /// (the agent's metrics).
     pub async fn role_and_raft(&self) -> (&'static str, Option<shoal_cluster::store::StoreStatus>) {

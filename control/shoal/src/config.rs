@@ -8,7 +8,7 @@
 mod resolved;
 mod settings;
 
-pub use resolved::{AgentConfig, AgentPaths, DeclaredFiles, DnsConfig};
+pub use resolved::{AgentConfig, AgentPaths, DeclaredFiles, DnsConfig, WebListen};
 pub use settings::{Settings, DEFAULT_CONFIG_FILE};
 
 use std::{io, net::Ipv4Addr, path::PathBuf};

@@ -25,6 +25,7 @@ mod dataplane;
 mod files;
 mod metrics;
 pub mod validate;
+mod web;
 
 use std::{fmt, fs, sync::Arc, time::Duration};
 
@@ -116,6 +117,10 @@ async fn serve(config: AgentConfig) -> Result<()> {
         Some(addr) => Some(metrics::bind(addr).await?),
         None => None,
     };
+    let web_listener = match config.web {
+        Some(web) => web::bind(web).await?,
+        None => None,
+    };
     let (report_tx, report_rx) = shoal_orchestrator::node_report::channel();
 
     let (links, files) = match &config.standalone {
@@ -199,6 +204,8 @@ async fn serve(config: AgentConfig) -> Result<()> {
         };
         tokio::spawn(metrics::serve(listener, Arc::new(sources)))
     });
+    let web_server =
+        web_listener.map(|listener| tokio::spawn(web::serve(listener, cluster.clone())));
     info!(role = cluster.role_name().await, api_socket = %config.api_socket.display(), "cluster role ready");
 
     let status = AgentStatus {
@@ -235,6 +242,10 @@ async fn serve(config: AgentConfig) -> Result<()> {
     let _ = api.await;
     engine_api.abort();
     let _ = engine_api.await;
+    if let Some(w) = web_server {
+        w.abort();
+        let _ = w.await;
+    }
     if let Some(m) = metrics_server {
         m.abort();
         let _ = m.await;

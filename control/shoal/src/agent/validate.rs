@@ -89,6 +89,10 @@ fn check(file: Option<&Path>, flags: Settings) -> Checks {
             if let Some(metrics) = config.metrics_addr {
                 checks.add(probe::tcp_port_free(metrics, "metrics_addr, Prometheus"));
             }
+            // The default page address may be taken (the agent then only warns).
+            if let Some(web) = config.web.filter(|w| w.explicit) {
+                checks.add(probe::tcp_port_free(web.addr, "web_addr, cluster page"));
+            }
             // The overlay outlives the agent: its VXLAN devices' sockets hold the port.
             let networks = cleanup::pinned_networks(&config.netns_dir).unwrap_or_default();
             if networks.is_empty() {
@@ -119,7 +123,7 @@ fn describe(config: &AgentConfig, file: Option<&Path>) -> String {
         .advertise_addr
         .map_or_else(|| "the underlay's".to_owned(), |a| a.to_string());
     format!(
-        "configuration ({source}): underlay_interface={} ({}) advertise_addr={advertise} pin_dir={} data_dir={} netns_dir={} docker_socket={} api_socket={} cluster_listen={} gossip_listen={} data_path_port={} metrics_addr={}",
+        "configuration ({source}): underlay_interface={} ({}) advertise_addr={advertise} pin_dir={} data_dir={} netns_dir={} docker_socket={} api_socket={} cluster_listen={} gossip_listen={} data_path_port={} metrics_addr={} web_addr={}",
         config.underlay_interface,
         config.underlay_source,
         config.pin_dir.display(),
@@ -133,6 +137,9 @@ fn describe(config: &AgentConfig, file: Option<&Path>) -> String {
         config
             .metrics_addr
             .map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        config
+            .web
+            .map_or_else(|| "off".to_owned(), |w| w.addr.to_string()),
     )
 }
 

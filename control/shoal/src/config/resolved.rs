@@ -19,7 +19,7 @@ use shoal_dataplane::{
     overlay::state::DEFAULT_VXLAN_PORT,
 };
 
-use super::{ConfigError, Settings};
+use super::{settings::WebAddr, ConfigError, Settings};
 
 /// Default directory for the agent's state files.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/shoal";
@@ -164,7 +164,20 @@ pub struct AgentConfig {
     pub egress_subnet: ipnet::Ipv4Net,
     /// Where Prometheus metrics are served; None: nowhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Where the cluster page is served while this node is a manager; None: nowhere.
+    pub web: Option<WebListen>,
 }
+
+/// Where the cluster page listens, and whether the user chose it (a chosen address
+/// that cannot be bound stops the agent; the default one is only warned about).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WebListen {
+    pub addr: std::net::SocketAddr,
+    pub explicit: bool,
+}
+
+/// The cluster page's address when none is set: loopback only.
+pub const DEFAULT_WEB_ADDR: &str = "127.0.0.1:2378";
 
 /// The declared-state files of the standalone mode (dataplane only, tests).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -289,6 +302,19 @@ impl AgentConfig {
             gossip_listen,
             egress_subnet,
             metrics_addr: settings.metrics_addr,
+            web: match settings.web_addr {
+                Some(WebAddr::Off) => None,
+                Some(WebAddr::At(addr)) => Some(WebListen {
+                    addr,
+                    explicit: true,
+                }),
+                None => Some(WebListen {
+                    addr: DEFAULT_WEB_ADDR
+                        .parse()
+                        .expect("the default web address parses"),
+                    explicit: false,
+                }),
+            },
         })
     }
 }
@@ -380,6 +406,10 @@ mod tests {
                 gossip_listen: DEFAULT_GOSSIP_LISTEN.parse().unwrap(),
                 egress_subnet: "172.18.0.0/16".parse().unwrap(),
                 metrics_addr: None,
+                web: Some(WebListen {
+                    addr: DEFAULT_WEB_ADDR.parse().unwrap(),
+                    explicit: false,
+                }),
             }
         );
     }
@@ -572,6 +602,43 @@ mod tests {
         }
         let err = parse("underlay_interface = \"eth0\"\negress_subnet = \"nope\"\n").unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn the_cluster_page_is_local_by_default_and_can_be_moved_or_turned_off() {
+        let config =
+            AgentConfig::resolve(parse("underlay_interface = \"eth0\"\n").unwrap()).unwrap();
+        assert_eq!(
+            config.web,
+            Some(WebListen {
+                addr: "127.0.0.1:2378".parse().unwrap(),
+                explicit: false
+            })
+        );
+        let config = AgentConfig::resolve(
+            parse("underlay_interface = \"eth0\"\nweb_addr = \"10.0.0.1:8000\"\n").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            config.web,
+            Some(WebListen {
+                addr: "10.0.0.1:8000".parse().unwrap(),
+                explicit: true
+            })
+        );
+        let config = AgentConfig::resolve(
+            parse("underlay_interface = \"eth0\"\nweb_addr = \"off\"\n").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(config.web, None);
+        for bad in ["127.0.0.1:0", "nowhere"] {
+            let err = parse(&format!(
+                "underlay_interface = \"eth0\"\nweb_addr = \"{bad}\"\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(bad) && err.contains("line 2"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -121,6 +121,42 @@ pub struct Settings {
     /// [default: off]
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve the live cluster page on ADDR:PORT while this node is a manager (plain
+    /// HTTP, read-only, no authentication: keep it on a local or management address),
+    /// or `off` [file key: web_addr] [default: 127.0.0.1:2378]
+    #[arg(long, value_name = "ADDR:PORT|off")]
+    pub web_addr: Option<WebAddr>,
+}
+
+/// `--web-addr`: where the cluster page is served, or nowhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum WebAddr {
+    Off,
+    At(std::net::SocketAddr),
+}
+
+impl std::str::FromStr for WebAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "off" {
+            return Ok(WebAddr::Off);
+        }
+        match s.parse::<std::net::SocketAddr>() {
+            Ok(a) if a.port() != 0 => Ok(WebAddr::At(a)),
+            Ok(_) => Err(format!(
+                "{s}: the cluster page needs a port between 1 and 65535"
+            )),
+            Err(_) => Err(format!("{s}: not ADDR:PORT or `off`")),
+        }
+    }
+}
+
+impl TryFrom<String> for WebAddr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
 }
 
 impl Settings {
@@ -186,6 +222,7 @@ impl Settings {
             gossip_listen: over.gossip_listen.or(self.gossip_listen),
             egress_subnet: over.egress_subnet.or(self.egress_subnet),
             metrics_addr: over.metrics_addr.or(self.metrics_addr),
+            web_addr: over.web_addr.or(self.web_addr),
         }
     }
 }

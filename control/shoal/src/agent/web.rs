@@ -1,0 +1,258 @@
+//! `--web-addr`: the live cluster page, served by managers over plain HTTP/1.1 (hyper, as
+//! the metrics endpoint). The page is three plain files embedded in the binary (no build
+//! step, nothing fetched from a network): it draws nodes as columns with their tasks in
+//! them (the picture Swarm's users install a visualizer for), the services with their
+//! replicas and published ports, and a log of task state changes.
+//!
+//! It stays live through server-sent events: `GET /api/events` sends the whole
+//! document ([`snapshot`]) at once and again whenever the manager's copy of the store
+//! moves on (changes within [`COALESCE`] are sent as one), with a comment every
+//! [`KEEP_ALIVE`] so proxies and browsers keep the stream open. `GET /api/cluster` is the
+//! same document once. Read-only: nothing on this port changes the cluster. A node that
+//! is not a manager answers the page with 503 and who the managers are.
+mod snapshot;
+
+use std::{convert::Infallible, sync::Arc, time::Duration};
+
+use anyhow::{Context, Result};
+use futures::stream::{self, Stream};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::{
+    body::{Bytes, Frame},
+    header::{self, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+    Method, Request, Response, StatusCode,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use shoal::cluster_agent::ClusterAgent;
+use shoal_cluster::manager::Manager;
+use tokio::{
+    net::TcpListener,
+    sync::{watch, Semaphore},
+};
+use tracing::{debug, info, warn};
+
+use crate::config::WebListen;
+
+/// Connections served at once (each open page holds one for its event stream); more
+/// wait to be accepted.
+const MAX_CONNECTIONS: usize = 32;
+/// How long a client may take to send its request's head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Store changes this close together are sent as one document (a scale of many tasks
+/// moves the store dozens of times a second).
+const COALESCE: Duration = Duration::from_millis(100);
+/// A comment on an idle event stream this often.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+const INDEX_HTML: &str = include_str!("web/page/index.html");
+const APP_JS: &str = include_str!("web/page/app.js");
+const STYLE_CSS: &str = include_str!("web/page/style.css");
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// Binds the page's address. One the user chose must be free (the agent stops with the
+/// reason); the default one, when taken, is warned about and the page is not served.
+pub async fn bind(web: WebListen) -> Result<Option<TcpListener>> {
+    match TcpListener::bind(web.addr).await {
+        Ok(l) => Ok(Some(l)),
+        Err(e) if !web.explicit => {
+            warn!(addr = %web.addr, error = %e, "the cluster page's default address is taken: the page is not served (choose one with --web-addr, or --web-addr off)");
+            Ok(None)
+        }
+        Err(e) => {
+            Err(e).with_context(|| format!("binding the cluster page on {} (--web-addr)", web.addr))
+        }
+    }
+}
+
+/// Serves the page on `listener` until dropped.
+pub async fn serve(listener: TcpListener, cluster: Arc<ClusterAgent>) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "serving the cluster page (while this node is a manager)");
+    }
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // EMFILE and the like: wait for connections to close.
+                warn!(error = %e, "accepting a cluster page connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let cluster = cluster.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service = service_fn(move |req| {
+                let cluster = cluster.clone();
+                async move { Ok::<_, Infallible>(respond(&cluster, &req).await) }
+            });
+            let served = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                debug!(%peer, error = %e, "cluster page connection ended");
+            }
+        });
+    }
+}
+
+async fn respond<B>(cluster: &ClusterAgent, req: &Request<B>) -> Response<Body> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "the cluster page is read-only: GET and HEAD only\n",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    match req.uri().path() {
+        "/" | "/index.html" => text(StatusCode::OK, "text/html; charset=utf-8", INDEX_HTML),
+        "/app.js" => text(StatusCode::OK, "text/javascript; charset=utf-8", APP_JS),
+        "/style.css" => text(StatusCode::OK, "text/css; charset=utf-8", STYLE_CSS),
+        "/api/cluster" => match cluster.acting_manager().await {
+            Some(m) => match document(&m) {
+                Some(doc) => json(StatusCode::OK, doc),
+                None => not_a_manager(cluster).await,
+            },
+            None => not_a_manager(cluster).await,
+        },
+        "/api/events" => match cluster.acting_manager().await {
+            Some(m) => events(m),
+            None => not_a_manager(cluster).await,
+        },
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found: the cluster page is at /, its data at /api/cluster and /api/events\n",
+        ),
+    }
+}
+
+/// The page's document from `manager`'s copy of the store; None once it stopped being
+/// a manager.
+fn document(manager: &Manager) -> Option<String> {
+    let state = manager.local_state()?;
+    let managers = manager.manager_status(&state);
+    let me = manager.node_client().node_id().to_owned();
+    Some(snapshot::snapshot(&state, &managers, &me).to_string())
+}
+
+/// The event stream: the document now, then on every change of the store.
+fn events(manager: Manager) -> Response<Body> {
+    let Some(versions) = manager.subscribe() else {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"message":"this node stopped being a manager"}"#.into(),
+        );
+    };
+    let body = StreamBody::new(follow(manager, versions));
+    let mut r = Response::new(BodyExt::boxed(body));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+enum Next {
+    First,
+    Wait,
+    Done,
+}
+
+fn follow(
+    manager: Manager,
+    versions: watch::Receiver<u64>,
+) -> impl Stream<Item = Result<Frame<Bytes>, Infallible>> {
+    stream::unfold(
+        (manager, versions, Next::First),
+        |(manager, mut versions, next)| async move {
+            let event = match next {
+                Next::Done => return None,
+                Next::First => {
+                    versions.borrow_and_update();
+                    cluster_event(&manager, true)
+                }
+                Next::Wait => {
+                    tokio::select! {
+                        changed = versions.changed() => match changed {
+                            Ok(()) => {
+                                tokio::time::sleep(COALESCE).await;
+                                versions.borrow_and_update();
+                                cluster_event(&manager, false)
+                            }
+                            Err(_) => Err(gone_event()),
+                        },
+                        () = tokio::time::sleep(KEEP_ALIVE) => Ok(": keep-alive\n\n".to_owned()),
+                    }
+                }
+            };
+            let (text, next) = match event {
+                Ok(text) => (text, Next::Wait),
+                Err(text) => (text, Next::Done),
+            };
+            Some((
+                Ok(Frame::data(Bytes::from(text))),
+                (manager, versions, next),
+            ))
+        },
+    )
+}
+
+/// One `cluster` event with the whole document (the first also tells the browser to
+/// reconnect after 2 s); Err with a `gone` event once the node is no manager.
+fn cluster_event(manager: &Manager, first: bool) -> Result<String, String> {
+    let doc = document(manager).ok_or_else(gone_event)?;
+    let retry = if first { "retry: 2000\n" } else { "" };
+    Ok(format!("{retry}event: cluster\ndata: {doc}\n\n"))
+}
+
+fn gone_event() -> String {
+    "event: gone\ndata: {\"message\":\"this node stopped being a manager\"}\n\n".to_owned()
+}
+
+/// 503: only managers hold the cluster's whole state.
+async fn not_a_manager(cluster: &ClusterAgent) -> Response<Body> {
+    let message = match cluster.role_name().await {
+        "none" => "this node is not in a swarm: the cluster page is served by its managers",
+        _ => "this node is not a swarm manager: open the cluster page on a manager (`shoal node ls` lists them)",
+    };
+    json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        serde_json::json!({ "message": message }).to_string(),
+    )
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed());
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
