@@ -203,6 +203,34 @@ fn the_cluster_page_shows_scaled_tasks_on_their_nodes_live() {
         .expect("change log");
     assert!(changes.as_u64().unwrap_or(0) >= 3, "{changes}");
 
+    // Traffic: requests to h2's published port show as h2's rate (the heartbeats carry
+    // each node's counters to the leader, which sends the rates to the managers).
+    let h2_rate = "Number(document.querySelector('.node[data-hostname=\"h2\"] .traffic').dataset.meshFlows || 0)";
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let url = format!("http://{h2}:8080/");
+    let (sent, seen) = std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = guard.client(&["curl", "-s", "-o", "/dev/null", "--max-time", "5", &url]);
+                sent += u64::from(out.status.success());
+            }
+            sent
+        });
+        let seen = wait_for("h2's mesh rate on the page", BOUND, || {
+            let rate = browser.eval(h2_rate)?.as_f64().unwrap_or(0.0);
+            if rate > 0.0 {
+                Ok(rate)
+            } else {
+                Err(format!("{rate}"))
+            }
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (load.join().expect("load thread"), seen)
+    });
+    println!("FIGURE cluster_page h2_mesh_rate_shown {seen:.1} conn/s ({sent} requests sent)");
+    assert!(sent > 0);
+
     let shot = xtask::util::target_dir().join("test-artefacts/cluster-page.png");
     browser.screenshot(&shot).expect("screenshot");
     let png = std::fs::read(&shot).expect("read screenshot");

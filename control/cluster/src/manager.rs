@@ -77,6 +77,26 @@ pub fn kept_identity(dir: &Path) -> Result<crate::pki::NodeIdentity, ClusterErro
 /// The port managers listen on, as in Swarm.
 pub const DEFAULT_PORT: u16 = 2377;
 
+/// A node's traffic counters, totals since its dataplane started; sent with its
+/// heartbeats (see `runtime/traffic.rs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeTraffic {
+    /// Connections that entered the cluster at this node's published ports.
+    pub mesh_new_flows: u64,
+    /// Bytes the routing mesh sent on for them.
+    pub mesh_bytes: u64,
+    /// Connects to service VIPs from this node's tasks.
+    pub vip_connects: u64,
+}
+
+/// A node's traffic per second, from two of its heartbeats' counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrafficRates {
+    pub mesh_flows_per_s: f64,
+    pub mesh_bytes_per_s: f64,
+    pub vip_connects_per_s: f64,
+}
+
 /// What a node says about itself when it joins and in every heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
@@ -357,6 +377,11 @@ impl NodeClient {
         self.rt.node_id()
     }
 
+    /// The node's traffic counters now: the next heartbeat carries them.
+    pub fn set_traffic(&self, traffic: NodeTraffic) {
+        self.rt.set_traffic(traffic);
+    }
+
     /// The cluster state as far as nodes may see it and this node's registry
     /// credentials ([`NodeView`]), from the leader; `None` when it is still at version
     /// `since`.
@@ -581,6 +606,12 @@ impl Manager {
     /// indexes); None while it runs no store member (demoted, or not started).
     pub fn store_status(&self) -> Option<crate::store::StoreStatus> {
         self.rt.store_status()
+    }
+
+    /// Every node's traffic per second, as the leader last told this manager (about a
+    /// heartbeat old; empty until it has two samples of a node).
+    pub fn traffic_rates(&self) -> BTreeMap<String, TrafficRates> {
+        self.rt.traffic_rates()
     }
 
     /// The current Raft leader's node ID, as this manager knows it.

@@ -308,6 +308,16 @@ impl ClusterAgent {
         }
     }
 
+    /// Hands the node's traffic counters to its role, for the next heartbeat. Skipped
+    /// while a request holds the role (the counters are totals: the next call makes up).
+    pub async fn set_traffic(&self, traffic: manager::NodeTraffic) {
+        if let Ok(role) = self.role.try_lock() {
+            if let Some(client) = role.as_ref().and_then(Role::node_client) {
+                client.set_traffic(traffic);
+            }
+        }
+    }
+
     /// The manager this node acts as now, if it is one: the cluster page reads its copy
     /// of the store and follows its versions.
     pub async fn acting_manager(&self) -> Option<Manager> {

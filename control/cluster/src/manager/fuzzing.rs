@@ -224,6 +224,7 @@ pub fn seed_inputs() -> Result<Vec<(&'static str, Vec<u8>)>, ClusterError> {
             Request::Heartbeat {
                 node: node.clone(),
                 tls: None,
+                traffic: None,
             },
         ),
         (

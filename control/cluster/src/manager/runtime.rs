@@ -35,6 +35,7 @@ mod lifecycle;
 mod liveness;
 mod membership;
 mod reports;
+mod traffic;
 mod view;
 
 use std::collections::{BTreeMap, HashSet};
@@ -231,6 +232,10 @@ pub(crate) struct Runtime {
     keys: Mutex<Option<ManagerKeys>>,
     local: Mutex<Local>,
     liveness: Mutex<Liveness>,
+    /// This node's traffic counters, for its next heartbeat.
+    traffic_out: Mutex<Option<crate::manager::NodeTraffic>>,
+    /// Every node's rates, as the leader's last heartbeat answer said (managers).
+    rates_in: Mutex<std::collections::BTreeMap<String, crate::manager::TrafficRates>>,
     /// The store version each node's dataplane follows (while this node leads).
     applied: Mutex<AppliedVersions>,
     /// The store writes each node may still cause (while this node leads).
@@ -269,6 +274,8 @@ impl Runtime {
             keys: Mutex::new(keys),
             local: Mutex::new(local),
             liveness: Mutex::new(Liveness::default()),
+            traffic_out: Mutex::new(None),
+            rates_in: Mutex::new(Default::default()),
             applied: Mutex::new(AppliedVersions::default()),
             writes: Mutex::new(WriteBudget::default()),
             admission: Admission::new(ListenerLimits::default()),
@@ -281,6 +288,16 @@ impl Runtime {
 
     pub(crate) fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    pub(crate) fn set_traffic(&self, traffic: crate::manager::NodeTraffic) {
+        *lock(&self.traffic_out) = Some(traffic);
+    }
+
+    pub(crate) fn traffic_rates(
+        &self,
+    ) -> std::collections::BTreeMap<String, crate::manager::TrafficRates> {
+        lock(&self.rates_in).clone()
     }
 
     pub(crate) fn role(&self) -> Role {

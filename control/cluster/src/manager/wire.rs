@@ -1,7 +1,7 @@
 //! The protocol on port 2377: messages, frames, the pooled TLS client, and the Raft
 //! transport over it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -71,6 +71,9 @@ pub(crate) enum Request {
         node: NodeInfo,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tls: Option<crate::store::NodeTls>,
+        /// The node's traffic counters (nodes from before them send none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        traffic: Option<crate::manager::NodeTraffic>,
     },
     Leave,
     Renew {
@@ -204,6 +207,9 @@ pub(crate) struct HeartbeatAck {
     /// certificate or trust differ renews.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<CaTarget>,
+    /// Every node's traffic per second, for a manager caller (its cluster page).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rates: BTreeMap<String, crate::manager::TrafficRates>,
 }
 
 #[derive(Serialize, Deserialize)]

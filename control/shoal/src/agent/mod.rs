@@ -24,6 +24,7 @@ pub mod cleanup;
 mod dataplane;
 mod files;
 mod metrics;
+mod traffic;
 pub mod validate;
 mod web;
 
@@ -204,6 +205,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
         };
         tokio::spawn(metrics::serve(listener, Arc::new(sources)))
     });
+    let traffic = tokio::spawn(traffic::run(config.pin_dir.clone(), cluster.clone()));
     let web_server =
         web_listener.map(|listener| tokio::spawn(web::serve(listener, cluster.clone())));
     info!(role = cluster.role_name().await, api_socket = %config.api_socket.display(), "cluster role ready");
@@ -242,6 +244,8 @@ async fn serve(config: AgentConfig) -> Result<()> {
     let _ = api.await;
     engine_api.abort();
     let _ = engine_api.await;
+    traffic.abort();
+    let _ = traffic.await;
     if let Some(w) = web_server {
         w.abort();
         let _ = w.await;

@@ -2,14 +2,15 @@
 //! the metrics endpoint). The page is three plain files embedded in the binary (no build
 //! step, nothing fetched from a network): it draws nodes as columns with their tasks in
 //! them (the picture Swarm's users install a visualizer for), the services with their
-//! replicas and published ports, and a log of task state changes.
+//! replicas and published ports, each node's traffic per second (from the heartbeats'
+//! counters), and a log of task state changes.
 //!
 //! It stays live through server-sent events: `GET /api/events` sends the whole
 //! document ([`snapshot`]) at once and again whenever the manager's copy of the store
-//! moves on (changes within [`COALESCE`] are sent as one), with a comment every
-//! [`KEEP_ALIVE`] so proxies and browsers keep the stream open. `GET /api/cluster` is the
-//! same document once. Read-only: nothing on this port changes the cluster. A node that
-//! is not a manager answers the page with 503 and who the managers are.
+//! moves on (changes within [`COALESCE`] are sent as one) or the rates change, with a
+//! comment after [`KEEP_ALIVE`] of silence so proxies and browsers keep the stream open.
+//! `GET /api/cluster` is the same document once. Read-only: nothing on this port changes
+//! the cluster. A node that is not a manager answers 503.
 mod snapshot;
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
@@ -45,6 +46,9 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const COALESCE: Duration = Duration::from_millis(100);
 /// A comment on an idle event stream this often.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How often the document is made again for the traffic rates (which move without the
+/// store), and sent if it changed.
+const RATES_EVERY: Duration = Duration::from_secs(2);
 
 const INDEX_HTML: &str = include_str!("web/page/index.html");
 const APP_JS: &str = include_str!("web/page/app.js");
@@ -146,7 +150,8 @@ fn document(manager: &Manager) -> Option<String> {
     let state = manager.local_state()?;
     let managers = manager.manager_status(&state);
     let me = manager.node_client().node_id().to_owned();
-    Some(snapshot::snapshot(&state, &managers, &me).to_string())
+    let rates = manager.traffic_rates();
+    Some(snapshot::snapshot(&state, &managers, &rates, &me).to_string())
 }
 
 /// The event stream: the document now, then on every change of the store.
@@ -168,57 +173,74 @@ fn events(manager: Manager) -> Response<Body> {
     r
 }
 
-enum Next {
-    First,
-    Wait,
-    Done,
+/// Where an event stream is.
+struct Follow {
+    manager: Manager,
+    versions: watch::Receiver<u64>,
+    /// The document last sent (None: nothing sent yet).
+    last: Option<String>,
+    /// When something was last sent (the keep-alive counts from it).
+    sent_at: tokio::time::Instant,
+    done: bool,
 }
 
 fn follow(
     manager: Manager,
     versions: watch::Receiver<u64>,
 ) -> impl Stream<Item = Result<Frame<Bytes>, Infallible>> {
-    stream::unfold(
-        (manager, versions, Next::First),
-        |(manager, mut versions, next)| async move {
-            let event = match next {
-                Next::Done => return None,
-                Next::First => {
-                    versions.borrow_and_update();
-                    cluster_event(&manager, true)
-                }
-                Next::Wait => {
-                    tokio::select! {
-                        changed = versions.changed() => match changed {
-                            Ok(()) => {
-                                tokio::time::sleep(COALESCE).await;
-                                versions.borrow_and_update();
-                                cluster_event(&manager, false)
-                            }
-                            Err(_) => Err(gone_event()),
-                        },
-                        () = tokio::time::sleep(KEEP_ALIVE) => Ok(": keep-alive\n\n".to_owned()),
-                    }
-                }
-            };
-            let (text, next) = match event {
-                Ok(text) => (text, Next::Wait),
-                Err(text) => (text, Next::Done),
-            };
-            Some((
-                Ok(Frame::data(Bytes::from(text))),
-                (manager, versions, next),
-            ))
-        },
-    )
+    let start = Follow {
+        manager,
+        versions,
+        last: None,
+        sent_at: tokio::time::Instant::now(),
+        done: false,
+    };
+    stream::unfold(start, |mut f| async move {
+        if f.done {
+            return None;
+        }
+        let text = next_event(&mut f).await;
+        f.sent_at = tokio::time::Instant::now();
+        Some((Ok(Frame::data(Bytes::from(text))), f))
+    })
 }
 
-/// One `cluster` event with the whole document (the first also tells the browser to
-/// reconnect after 2 s); Err with a `gone` event once the node is no manager.
-fn cluster_event(manager: &Manager, first: bool) -> Result<String, String> {
-    let doc = document(manager).ok_or_else(gone_event)?;
-    let retry = if first { "retry: 2000\n" } else { "" };
-    Ok(format!("{retry}event: cluster\ndata: {doc}\n\n"))
+/// The stream's next event: the document at once, then whenever the store moves on or
+/// (every [`RATES_EVERY`]) the traffic rates changed it; a keep-alive comment after
+/// [`KEEP_ALIVE`] of nothing; `gone` (and the end) once the node is no manager.
+async fn next_event(f: &mut Follow) -> String {
+    loop {
+        if f.last.is_some() {
+            tokio::select! {
+                changed = f.versions.changed() => {
+                    if changed.is_err() {
+                        f.done = true;
+                        return gone_event();
+                    }
+                    tokio::time::sleep(COALESCE).await;
+                }
+                () = tokio::time::sleep(RATES_EVERY) => {}
+            }
+        }
+        f.versions.borrow_and_update();
+        let Some(doc) = document(&f.manager) else {
+            f.done = true;
+            return gone_event();
+        };
+        if f.last.as_deref() != Some(doc.as_str()) {
+            let retry = if f.last.is_none() {
+                "retry: 2000\n"
+            } else {
+                ""
+            };
+            let text = format!("{retry}event: cluster\ndata: {doc}\n\n");
+            f.last = Some(doc);
+            return text;
+        }
+        if f.sent_at.elapsed() >= KEEP_ALIVE {
+            return ": keep-alive\n\n".to_owned();
+        }
+    }
 }
 
 fn gone_event() -> String {

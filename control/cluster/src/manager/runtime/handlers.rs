@@ -135,8 +135,9 @@ impl Runtime {
                         .await
                 }
                 Request::RotateCa => self.do_rotate_ca(&core).await,
-                Request::Heartbeat { node, tls } => {
-                    self.do_heartbeat(&core, peer.node_id(), node, tls).await
+                Request::Heartbeat { node, tls, traffic } => {
+                    self.do_heartbeat(&core, peer.node_id(), node, tls, traffic)
+                        .await
                 }
                 Request::Leave => self.do_leave(&core, peer.node_id()).await,
                 Request::Renew { csr_pem } => self.do_renew(&core, peer.node_id(), &csr_pem).await,
@@ -326,6 +327,7 @@ mod tests {
                     labels: Default::default(),
                 },
                 tls: None,
+                traffic: None,
             },
             Request::Leave,
             Request::Renew {

@@ -24,10 +24,16 @@ impl Runtime {
         let mut report_now = false;
         let info = lock(&self.local).info.clone();
         let tls = Some(tls_of(&self.identity()));
-        let call = self.call_leader(Request::Heartbeat { node: info, tls });
+        let traffic = *lock(&self.traffic_out);
+        let call = self.call_leader(Request::Heartbeat {
+            node: info,
+            tls,
+            traffic,
+        });
         match tokio::time::timeout(2 * self.timings.request_timeout, call).await {
             Ok(Ok(Response::Heartbeat(ack))) => {
                 self.known_managers.set(&ack.manager_ids);
+                *lock(&self.rates_in) = ack.rates.clone();
                 let own = lock(&self.local).advertise.to_string();
                 let managers: Vec<String> = ack
                     .managers

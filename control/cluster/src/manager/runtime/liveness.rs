@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::handlers::propose;
+use super::traffic::TrafficBook;
 use super::{lock, manager_addrs, manager_ids, pki_role, Core, Runtime};
 use crate::manager::wire::{HeartbeatAck, Reply, Response, WireError};
-use crate::manager::NodeInfo;
+use crate::manager::{NodeInfo, NodeTraffic};
 use crate::store::{Command, MemberState, NodeStatus, NodeTls};
 
 /// Longest engine version a heartbeat may record (Docker's are like `27.3.1`).
@@ -20,6 +21,8 @@ pub(super) struct Liveness {
     /// The term the map below belongs to (cleared when leadership changes).
     pub(super) term: Option<u64>,
     pub(super) last_seen: HashMap<String, Instant>,
+    /// Each node's traffic counters, turned into rates (cleared with `last_seen`).
+    pub(super) traffic: TrafficBook,
 }
 
 impl Runtime {
@@ -32,6 +35,7 @@ impl Runtime {
         node_id: &str,
         info: NodeInfo,
         tls: Option<NodeTls>,
+        traffic: Option<NodeTraffic>,
     ) -> Reply {
         let state = core.store.read_stale();
         let node = state
@@ -40,9 +44,20 @@ impl Runtime {
             .ok_or_else(|| WireError::UnknownNode {
                 node: node_id.to_string(),
             })?;
-        lock(&self.liveness)
-            .last_seen
-            .insert(node_id.to_string(), Instant::now());
+        let rates = {
+            let now = Instant::now();
+            let mut lv = lock(&self.liveness);
+            lv.last_seen.insert(node_id.to_string(), now);
+            if let Some(t) = traffic {
+                lv.traffic.record(node_id, t, now);
+            }
+            // Managers show every node's rates (their cluster page); workers need none.
+            if node.role == crate::store::Role::Manager {
+                lv.traffic.rates(now, self.timings.node_down_after)
+            } else {
+                Default::default()
+            }
+        };
         if node.status != NodeStatus::Ready {
             propose(
                 core,
@@ -88,6 +103,7 @@ impl Runtime {
             managers: manager_addrs(&state),
             manager_ids: manager_ids(&state),
             ca: Some(core.signers().target()),
+            rates,
         }))
     }
 }
@@ -112,6 +128,7 @@ pub(super) async fn monitor_loop(rt: Arc<Runtime>, core: Arc<Core>) {
                 // New leadership: everyone gets a full grace period from now.
                 lv.term = Some(st.term);
                 lv.last_seen.clear();
+                lv.traffic.clear();
             }
             lv.last_seen.insert(rt.node_id.clone(), now);
             for node in state.nodes.values() {
@@ -123,6 +140,7 @@ pub(super) async fn monitor_loop(rt: Arc<Runtime>, core: Arc<Core>) {
                 }
             }
             lv.last_seen.retain(|id, _| state.nodes.contains_key(id));
+            lv.traffic.retain(|id| state.nodes.contains_key(id));
         }
         lock(&rt.writes).retain_members(&state);
         for id in down {

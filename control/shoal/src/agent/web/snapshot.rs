@@ -7,15 +7,17 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 use shoal_cluster::{
-    manager::ManagerStatus,
+    manager::{ManagerStatus, TrafficRates},
     store::{ClusterState, Protocol, PublishMode, ServiceMode, Task, TaskState},
 };
 
 /// The page's document for `state`, as manager `self_id` sees it (`managers`: each
-/// manager's standing, from [`shoal_cluster::manager::Manager::manager_status`]).
+/// manager's standing, from [`shoal_cluster::manager::Manager::manager_status`];
+/// `rates`: each node's traffic per second, from the leader's heartbeat answers).
 pub fn snapshot(
     state: &ClusterState,
     managers: &BTreeMap<String, ManagerStatus>,
+    rates: &BTreeMap<String, TrafficRates>,
     self_id: &str,
 ) -> Value {
     let nodes: Vec<Value> = state
@@ -31,6 +33,7 @@ pub fn snapshot(
                 "address": advertised_ip(&n.advertise_addr),
                 "manager_status": managers.get(&n.id).map(|m| m.to_string()),
                 "self": n.id == self_id,
+                "traffic": rates.get(&n.id),
             })
         })
         .collect();
@@ -167,13 +170,23 @@ mod tests {
     #[test]
     fn the_page_shows_nodes_services_and_the_tasks_meant_to_run_or_still_running() {
         let managers = BTreeMap::from([("n1".to_string(), ManagerStatus::Leader)]);
-        let doc = snapshot(&state(), &managers, "n1");
+        let rates = BTreeMap::from([(
+            "n2".to_string(),
+            TrafficRates {
+                mesh_flows_per_s: 12.5,
+                mesh_bytes_per_s: 4096.0,
+                vip_connects_per_s: 0.5,
+            },
+        )]);
+        let doc = snapshot(&state(), &managers, &rates, "n1");
         assert_eq!(doc["version"], 7);
         assert_eq!(doc["nodes"][0]["hostname"], "h1");
         assert_eq!(doc["nodes"][0]["manager_status"], "Leader");
         assert_eq!(doc["nodes"][0]["self"], true);
         assert_eq!(doc["nodes"][1]["manager_status"], Value::Null);
         assert_eq!(doc["nodes"][1]["address"], "192.168.77.12");
+        assert_eq!(doc["nodes"][0]["traffic"], Value::Null);
+        assert_eq!(doc["nodes"][1]["traffic"]["mesh_flows_per_s"], 12.5);
         let web = &doc["services"][0];
         assert_eq!(web["replicas"], 3);
         assert_eq!(web["running"], 1);

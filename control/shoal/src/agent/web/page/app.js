@@ -54,7 +54,8 @@ function drawNodes(doc) {
       "data-hostname": n.hostname,
     },
       el("h3", {}, n.hostname + (n.self ? " ★" : "")),
-      el("div", { class: "meta" }, `${role} · ${n.state} · ${n.availability} · ${n.address}`));
+      el("div", { class: "meta" }, `${role} · ${n.state} · ${n.availability} · ${n.address}`),
+      trafficLine(n));
     for (const t of (byNode.get(n.id) || []).sort((a, b) => a.name.localeCompare(b.name))) {
       col.append(taskCard(t));
     }
@@ -69,6 +70,24 @@ function drawNodes(doc) {
     columns.push(col);
   }
   box.replaceChildren(...columns);
+}
+
+function bytes(n) {
+  const units = ["B", "kB", "MB", "GB"];
+  let i = 0;
+  while (n >= 1000 && i < units.length - 1) { n /= 1000; i++; }
+  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+// A node's traffic per second, from the counters its heartbeats carry.
+function trafficLine(n) {
+  const t = n.traffic;
+  if (!t) return el("div", { class: "traffic" }, "traffic: not reported yet");
+  return el("div", {
+    class: "traffic",
+    "data-mesh-flows": t.mesh_flows_per_s,
+    "data-vip-connects": t.vip_connects_per_s,
+  }, `mesh ${t.mesh_flows_per_s.toFixed(1)} conn/s, ${bytes(t.mesh_bytes_per_s)}/s · VIP ${t.vip_connects_per_s.toFixed(1)} conn/s`);
 }
 
 function portText(p) { return `${p.published}/${p.protocol}`; }
@@ -123,8 +142,10 @@ function logChanges(doc) {
 function draw(doc) {
   const me = doc.nodes.find(n => n.self);
   const running = doc.tasks.filter(t => t.state === "running").length;
+  const mesh = doc.nodes.reduce((sum, n) => sum + (n.traffic ? n.traffic.mesh_flows_per_s : 0), 0);
   document.getElementById("summary").textContent =
     `${doc.nodes.length} nodes · ${doc.services.length} services · ${running} tasks running · ` +
+    `${mesh.toFixed(1)} conn/s through the mesh · ` +
     `seen by ${me ? me.hostname : doc.manager} at store version ${doc.version}`;
   document.body.dataset.version = doc.version;
   drawNodes(doc);
