@@ -797,6 +797,53 @@ fn the_docker_cli_drives_shoal_through_its_engine_api() {
     h1.ok(&["swarm", "join-token", "--rotate", "-q", "worker"]);
     let after = cli.ok("h1", &["swarm", "join-token", "-q", "worker"]);
     assert_ne!(before.trim(), after.trim());
+    // The swarm object has a version: an update made from an older one is refused.
+    let version = h1.ok(&["info", "--format", "{{.Swarm.Cluster.Version.Index}}"]);
+    let version: u64 = version.trim().parse().expect("swarm version");
+    assert!(
+        version > 0,
+        "token rotation and autolock moved the swarm's version"
+    );
+    let stale = curl_post(
+        &h1.socket,
+        &format!("/swarm/update?version={}", version - 1),
+        "{}",
+    );
+    assert!(
+        stale.starts_with("409") && stale.contains("out of sequence"),
+        "{stale}"
+    );
+    // Secrets' labels change through the API (the docker CLI has no command for it;
+    // the SDKs do), from the version read; nothing else of a secret may change.
+    let made = h1.ok(&["secret", "create", "labelled", "/etc/hostname"]);
+    let id = made.trim();
+    let version = h1.ok(&["secret", "inspect", "--format", "{{.Version.Index}}", id]);
+    let version: u64 = version.trim().parse().expect("secret version");
+    let path = |v: u64| format!("/secrets/{id}/update?version={v}");
+    let done = curl_post(
+        &h1.socket,
+        &path(version),
+        r#"{"Name": "labelled", "Labels": {"team": "blue"}}"#,
+    );
+    assert!(done.starts_with("200"), "{done}");
+    let labels = h1.ok(&["secret", "inspect", "--format", "{{json .Spec.Labels}}", id]);
+    assert_eq!(labels.trim(), r#"{"team":"blue"}"#);
+    let stale = curl_post(&h1.socket, &path(version), r#"{"Name": "labelled"}"#);
+    assert!(
+        stale.starts_with("409") && stale.contains("out of sequence"),
+        "{stale}"
+    );
+    let version = h1.ok(&["secret", "inspect", "--format", "{{.Version.Index}}", id]);
+    let renamed = curl_post(
+        &h1.socket,
+        &path(version.trim().parse().expect("secret version")),
+        r#"{"Name": "other", "Labels": {}}"#,
+    );
+    assert!(
+        renamed.starts_with("400") && renamed.contains("only updates to Labels are allowed"),
+        "{renamed}"
+    );
+    h1.ok(&["secret", "rm", id]);
     let refused = h1.err(&["swarm", "update", "--task-history-limit", "2"]);
     assert!(refused.contains("Spec.Orchestration"), "{refused}");
     let refused = h1.err(&["service", "logs", "web"]);
@@ -817,6 +864,15 @@ fn the_docker_cli_drives_shoal_through_its_engine_api() {
 /// `POST /services/NAME/update?version=V` with `spec`, raw, through curl: the status
 /// line's code and the body.
 fn curl_update(socket: &Path, service: &str, version: u64, spec: &str) -> String {
+    curl_post(
+        socket,
+        &format!("/services/{service}/update?version={version}"),
+        spec,
+    )
+}
+
+/// `POST /v1.41PATH` with `body`, raw, through curl: the status code and the body.
+fn curl_post(socket: &Path, path: &str, body: &str) -> String {
     let out = Command::new("curl")
         .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
         .arg(socket)
@@ -827,10 +883,8 @@ fn curl_update(socket: &Path, service: &str, version: u64, spec: &str) -> String
             "Content-Type: application/json",
             "--data-binary",
         ])
-        .arg(spec.trim())
-        .arg(format!(
-            "http://shoal/v1.41/services/{service}/update?version={version}"
-        ))
+        .arg(body.trim())
+        .arg(format!("http://shoal/v1.41{path}"))
         .output()
         .expect("curl");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -619,8 +619,9 @@ impl Manager {
         self.rt.leader_node_id()
     }
 
-    /// Makes a worker a manager. Returns once the store says so; the node then gets its
-    /// manager certificate and joins the Raft group on its next heartbeat.
+    /// Makes a Ready worker a manager. Returns once the node is a voter of the Raft group
+    /// (it takes its manager certificate and joins on its next heartbeat); a node that
+    /// does not join in time is made a worker again and the promotion fails.
     pub async fn promote(&self, node_id: &str) -> Result<(), ClusterError> {
         self.rt.require_manager()?;
         self.rt.promote(node_id).await

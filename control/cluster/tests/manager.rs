@@ -256,9 +256,26 @@ async fn a_cluster_of_five_nodes_lives_through_joins_tokens_roles_and_leader_los
     })
     .await;
 
-    // Promote w1: it becomes a voter and Reachable, with a manager certificate.
+    // A Down node cannot be promoted: it could never join the Raft group.
+    let refused = m1.promote(&w3_id).await;
+    assert!(refused.is_err(), "promoting a Down node: {refused:?}");
+    let state = m1.state().await.unwrap();
+    assert_eq!(state.nodes[&w3_id].role, R::Worker);
+    assert_eq!(state.nodes[&w3_id].raft_id, None);
+
+    // Promote w1: the promotion answers only once w1 is a voter (no waiting after it),
+    // then it is Reachable, with a manager certificate.
     m2.promote(w1.node_id()).await.unwrap();
     let w1_id = w1.node_id().to_string();
+    let state = m1.state().await.unwrap();
+    let w1_raft = state.nodes[&w1_id]
+        .raft_id
+        .expect("a promoted node has a Raft ID");
+    let leader_view = m1.store_status().expect("m1 runs a store member");
+    assert!(
+        leader_view.voters.contains_key(&w1_raft),
+        "w1 ({w1_raft}) a voter when promote returns: {leader_view:?}"
+    );
     eventually("w1 Reachable as a manager", || async {
         let state = m1.state().await.map_err(|e| e.to_string())?;
         match m1.manager_status(&state).get(&w1_id) {

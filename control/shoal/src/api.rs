@@ -300,6 +300,15 @@ pub enum Request {
         kind: ObjectKind,
         objects: Vec<String>,
     },
+    /// The Engine API's secret or config update: only the labels change (as in Swarm),
+    /// and only from the version the client read (else "update out of sequence").
+    ObjectSetLabels {
+        kind: ObjectKind,
+        object: String,
+        version: u64,
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+    },
 }
 
 impl Request {
@@ -344,6 +353,10 @@ impl Request {
             Request::ObjectRm { kind, .. } => match kind {
                 ObjectKind::Config => "config rm",
                 _ => "secret rm",
+            },
+            Request::ObjectSetLabels { kind, .. } => match kind {
+                ObjectKind::Config => "config update (Engine API)",
+                _ => "secret update (Engine API)",
             },
         }
     }
@@ -515,6 +528,9 @@ pub struct InfoView {
     pub default_addr_pools: Vec<Ipv4Net>,
     #[serde(default)]
     pub subnet_size: Option<u8>,
+    /// The swarm object's version (its settings' last change), on managers.
+    #[serde(default)]
+    pub swarm_version: Option<u64>,
     /// The address other nodes reach this one at.
     #[serde(default)]
     pub node_addr: Option<String>,

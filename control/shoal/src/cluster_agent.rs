@@ -721,6 +721,7 @@ fn is_service_request(r: &Request) -> bool {
             | Request::ObjectCreate { .. }
             | Request::ObjectState { .. }
             | Request::ObjectRm { .. }
+            | Request::ObjectSetLabels { .. }
     )
 }
 

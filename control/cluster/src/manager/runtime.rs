@@ -66,6 +66,7 @@ pub use ca::CaStatus;
 pub(crate) use ca::{CaTarget, Signers};
 pub(crate) use handlers::needs;
 use liveness::Liveness;
+pub(crate) use membership::promote_join_wait;
 use reports::WriteBudget;
 
 /// Bound on a server-side TLS handshake.
@@ -244,6 +245,9 @@ pub(crate) struct Runtime {
     admission: Arc<Admission>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     transition: tokio::sync::Mutex<()>,
+    /// On the leader: a promotion's final decision and a new manager's join to the Raft
+    /// group, one at a time (see `membership.rs`).
+    membership: tokio::sync::Mutex<()>,
     join_requests: AtomicU64,
     /// How far this node's clock was from the manager's when it joined, if beyond
     /// MAX_CLOCK_SKEW (the operator is warned).
@@ -281,6 +285,7 @@ impl Runtime {
             admission: Admission::new(ListenerLimits::default()),
             tasks: Mutex::new(Vec::new()),
             transition: tokio::sync::Mutex::new(()),
+            membership: tokio::sync::Mutex::new(()),
             join_requests: AtomicU64::new(0),
             join_clock_skew: Mutex::new(None),
         }))

@@ -113,8 +113,12 @@ impl Request {
         let calls = match self {
             Request::Raft(_) => return RAFT_DEADLINE,
             Request::Join { .. } => return join_deadline(t),
-            Request::Promote { .. }
-            | Request::Demote { .. }
+            // A read and the role written, the wait for the node to vote, the lock a
+            // join in flight holds (two calls), the role written back.
+            Request::Promote { .. } => {
+                return t * 5 + super::runtime::promote_join_wait(t) + Duration::from_secs(1)
+            }
+            Request::Demote { .. }
             | Request::RemoveNode { .. }
             | Request::Leave
             | Request::ManagerReady { .. } => 4,

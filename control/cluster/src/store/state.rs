@@ -73,6 +73,11 @@ pub struct ClusterState {
     /// never): the managers rewrap their data keys to follow it.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub autolock_version: u64,
+    /// The version at which the swarm's own settings last changed (cluster settings,
+    /// join tokens, autolock, the root CA): the swarm object's version, which an update
+    /// of it must name (the Engine API's `Version.Index` of `/swarm`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub swarm_version: u64,
     /// Nodes removed from the cluster (`node rm`) or that left it (`swarm leave`), by
     /// node ID: their certificates are refused by every manager until they expire. In
     /// the store, so every manager refuses them, after a restart or a change of leader

@@ -170,6 +170,30 @@ pub(super) async fn request(
             }
             Ok(Reply::ObjectsChanged { objects: done })
         }
+        Request::ObjectSetLabels {
+            kind,
+            object,
+            version,
+            labels,
+        } => {
+            let id = object_id(state, kind, &object)?;
+            let mut updated = state.data_objects(kind)[&id].clone();
+            if updated.version != version {
+                return Err(ApiError::new(format!(
+                    "update out of sequence: {kind} {} is at version {}, the update was made from version {version}",
+                    updated.name, updated.version
+                )));
+            }
+            updated.labels = labels;
+            updated.updated_ms = now_ms();
+            let spec = serde_json::to_value(&updated)
+                .map_err(|e| ApiError::new(format!("internal error: {e}")))?;
+            // The store keeps the data of an existing object: only the labels change.
+            execute(manager, Command::UpsertObject { kind, id, spec }).await?;
+            Ok(Reply::ObjectsChanged {
+                objects: vec![object],
+            })
+        }
         _ => Err(ApiError::new(
             "internal error: not a secret or config request",
         )),

@@ -66,6 +66,7 @@ pub(super) async fn info(role: Option<&Role>, dataplane: Option<String>) -> Info
         .filter(|n| n.role == store::Role::Manager)
         .collect();
     if view.is_manager {
+        view.swarm_version = Some(state.swarm_version);
         view.managers = Some(managers.len());
         view.nodes = Some(state.nodes.len());
     }

@@ -666,7 +666,10 @@ pub(super) async fn request(
         }
         r @ (Request::ObjectCreate { .. }
         | Request::ObjectState { .. }
-        | Request::ObjectRm { .. }) => super::data_objects::request(manager, &state, r).await,
+        | Request::ObjectRm { .. }
+        | Request::ObjectSetLabels { .. }) => {
+            super::data_objects::request(manager, &state, r).await
+        }
         _ => Err(ApiError::new(
             "internal error: not a service or network request",
         )),

@@ -178,12 +178,29 @@ pub async fn unlock(
 /// `POST /swarm/update`: Docker's whole swarm `Spec` as `GET /swarm` gave it, with what
 /// shoal can change: autolock (`EncryptionConfig.AutoLockManagers`), and the query's
 /// `rotateWorkerToken`, `rotateManagerToken`, `rotateManagerUnlockKey`. Any other
-/// setting given is refused naming it (shoal keeps them fixed).
+/// setting given is refused naming it (shoal keeps them fixed). Only from the swarm's
+/// current version (`?version=N`, as `GET /swarm` gave it; `current` is the store's).
 pub async fn update(
     backend: &dyn crate::api::server::Backend,
     call: &Call,
+    current: u64,
     autolocked: bool,
 ) -> Result<Answer, Answer> {
+    let version = call
+        .query
+        .get("version")
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| {
+            bad("the version of the swarm the update was made from is required (?version=N)")
+        })?;
+    if version != current {
+        return Err(reply::error(
+            StatusCode::CONFLICT,
+            format!(
+                "update out of sequence: the swarm is at version {current}, the update was made from version {version}"
+            ),
+        ));
+    }
     let v = body(call)?;
     let mut spec = v.clone();
     if let Some(o) = spec.as_object_mut() {

@@ -81,6 +81,7 @@ pub fn info_section(view: &InfoView) -> Value {
     if view.is_manager {
         v["Cluster"] = json!({
             "ID": view.cluster_id.clone().unwrap_or_default(),
+            "Version": {"Index": view.swarm_version.unwrap_or_default()},
             "Spec": {"Name": "default"},
             "DefaultAddrPool": view.default_addr_pools.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
             "SubnetSize": view.subnet_size.unwrap_or_default(),
@@ -157,7 +158,8 @@ async fn answer_or_refuse(
         (&Method::GET, SwarmKind::Swarm, []) => swarm_inspect(backend, &info(backend).await?).await,
         (&Method::GET, SwarmKind::Swarm, ["unlockkey"]) => membership::unlock_key(backend).await,
         (&Method::POST, SwarmKind::Swarm, ["update"]) => {
-            membership::update(backend, call, autolocked(backend).await).await
+            let current = info(backend).await?.swarm_version.unwrap_or_default();
+            membership::update(backend, call, current, autolocked(backend).await).await
         }
         (&Method::POST, SwarmKind::Nodes, [reference, "update"]) => {
             let (_, found) = nodes(backend, vec![reference.to_string()]).await?;
@@ -292,6 +294,9 @@ async fn answer_or_refuse(
                 }
                 other => Err(reply::unexpected(&other)),
             }
+        }
+        (&Method::POST, SwarmKind::Secrets | SwarmKind::Configs, [reference, "update"]) => {
+            object_update(backend, object_kind(kind), reference, call).await
         }
         (&Method::DELETE, SwarmKind::Secrets | SwarmKind::Configs, [reference]) => {
             write(
@@ -510,6 +515,70 @@ fn object_create(kind: ObjectKind, v: Value) -> Result<Request, String> {
         labels,
         data_base64: Secret::new(data),
     })
+}
+
+/// `POST /secrets/{id}/update?version=N` (and configs): Swarm lets only the labels
+/// change; the name must stay, a secret's data must not be sent, a config's may be sent
+/// only as it is.
+async fn object_update(
+    backend: &dyn Backend,
+    kind: ObjectKind,
+    reference: &str,
+    call: &Call,
+) -> Result<Answer, Answer> {
+    let version = call
+        .query
+        .get("version")
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| {
+            reply::error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the version of the {kind} the update was made from is required (?version=N)"
+                ),
+            )
+        })?;
+    let v: Value = serde_json::from_slice(&call.body)
+        .map_err(|e| reply::error(StatusCode::BAD_REQUEST, format!("malformed {kind}: {e}")))?;
+    let Request::ObjectCreate {
+        name,
+        labels,
+        data_base64,
+        ..
+    } = object_create(kind, v).map_err(bad_request)?
+    else {
+        return Err(reply::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error: not an object spec",
+        ));
+    };
+    let found = objects(backend, kind, vec![reference.to_owned()]).await?;
+    let current = found.first().ok_or_else(|| {
+        reply::error(
+            StatusCode::NOT_FOUND,
+            format!("{kind} {reference} not found"),
+        )
+    })?;
+    let data = data_base64.expose();
+    let same_data = data.is_empty()
+        || (kind == ObjectKind::Config && STANDARD.decode(data).is_ok_and(|d| d == current.data));
+    if name != current.name || !same_data {
+        return Err(reply::error(
+            StatusCode::BAD_REQUEST,
+            "only updates to Labels are allowed",
+        ));
+    }
+    write(
+        backend,
+        Request::ObjectSetLabels {
+            kind,
+            object: current.id.clone(),
+            version,
+            labels,
+        },
+    )
+    .await?;
+    Ok(reply::empty(StatusCode::OK))
 }
 
 async fn swarm_inspect(backend: &dyn Backend, view: &InfoView) -> Result<Answer, Answer> {

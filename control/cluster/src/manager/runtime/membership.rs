@@ -3,7 +3,7 @@
 //! nodes that left or were removed), and a new manager joining the Raft group.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::handlers::{propose, read_linear, store_error};
 use super::{fresh_raft_id, lock, now_ms, Core, Runtime};
@@ -83,20 +83,65 @@ impl Runtime {
         Ok(Response::Done)
     }
 
+    /// Promotes a Ready node and answers only once it is a voter of the Raft group
+    /// (it joins as a learner, receives the log, then votes: `do_manager_ready`), so a
+    /// leader lost right after a promotion leaves a quorum among the others. A node that
+    /// has not joined within [`promote_join_wait`] is made a worker again, and the
+    /// promotion fails saying so.
     pub(super) async fn do_promote(&self, core: &Core, node_id: &str) -> Reply {
         let state = read_linear(core).await?;
-        node_to_change(&state, node_id, Role::Manager)?;
+        let node = node_to_change(&state, node_id, Role::Manager)?;
+        if node.status != NodeStatus::Ready {
+            return Err(WireError::Other {
+                detail: format!(
+                    "node {} is not Ready: only a node that heartbeats can be promoted (it must join the managers' Raft group for the promotion to count)",
+                    node.hostname
+                ),
+            });
+        }
+        let hostname = node.hostname.clone();
+        let raft_id = fresh_raft_id(&state);
         propose(
             core,
             Command::SetRole {
                 id: node_id.to_string(),
                 role: crate::store::Role::Manager,
-                raft_id: Some(fresh_raft_id(&state)),
+                raft_id: Some(raft_id),
             },
         )
         .await?;
-        tracing::info!(node = %node_id, "node promoted");
-        Ok(Response::Done)
+        let waited = promote_join_wait(self.timings.request_timeout);
+        let deadline = Instant::now() + waited;
+        while Instant::now() < deadline {
+            if core.store.status().voters.contains_key(&raft_id) {
+                tracing::info!(node = %node_id, raft_id, "node promoted: a voter of the Raft group");
+                return Ok(Response::Done);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Decided under the membership lock: a join in flight either completed (a
+        // voter: the promotion stands) or will find the node a worker and refuse it.
+        let _membership = self.membership.lock().await;
+        if core.store.status().voters.contains_key(&raft_id) {
+            tracing::info!(node = %node_id, raft_id, "node promoted: a voter of the Raft group");
+            return Ok(Response::Done);
+        }
+        propose(
+            core,
+            Command::SetRole {
+                id: node_id.to_string(),
+                role: crate::store::Role::Worker,
+                raft_id: None,
+            },
+        )
+        .await?;
+        tracing::warn!(node = %node_id, "promotion undone: the node did not join the Raft group in time");
+        Err(WireError::Other {
+            detail: format!(
+                "node {hostname} did not join the managers' Raft group within {}s (can it reach the managers on their port?): it stays a worker",
+                waited.as_secs()
+            ),
+        })
     }
 
     pub(super) async fn do_demote(&self, core: &Core, node_id: &str) -> Reply {
@@ -214,6 +259,8 @@ impl Runtime {
         node_id: &str,
         advertise: String,
     ) -> Reply {
+        // With a promotion that gave up waiting for this node: see `do_promote`.
+        let _membership = self.membership.lock().await;
         let state = read_linear(core).await?;
         let node = state
             .nodes
@@ -238,6 +285,14 @@ impl Runtime {
         }
         Ok(Response::Done)
     }
+}
+
+/// How long a promotion waits for the node to become a voter, given the cluster's request
+/// timeout `t`: its next heartbeat (a second), a manager certificate, its Raft member
+/// started, the log sent to it as a learner (`t` at most), the membership change
+/// committed (`t` at most), with room for a loaded machine.
+pub(crate) fn promote_join_wait(t: Duration) -> Duration {
+    t * 3 + Duration::from_secs(2)
 }
 
 /// The node a promotion or demotion to `to` applies to: it must exist and not hold

@@ -498,7 +498,10 @@ impl ClusterState {
                     }
                 }
             }
-            Command::SetTokens { tokens } => self.tokens = Some(tokens.clone()),
+            Command::SetTokens { tokens } => {
+                self.tokens = Some(tokens.clone());
+                self.swarm_version = version;
+            }
             Command::SetNodeTls { id, tls } => touch(id, &mut |n| n.tls = Some(Box::new(*tls))),
             Command::StartCaRotation {
                 rotation,
@@ -507,6 +510,7 @@ impl ClusterState {
             } => {
                 self.ca_rotation = Some((**rotation).clone());
                 self.registry_keys = registry_keys.clone();
+                self.swarm_version = version;
                 for r in resealed {
                     if let Some(s) = self.services.get_mut(&r.service_id) {
                         if s.registry_auth.as_ref() == Some(&r.before) {
@@ -521,12 +525,17 @@ impl ClusterState {
                     self.root_ca = Some(rotation.to);
                 }
                 self.tokens = Some(tokens.clone());
+                self.swarm_version = version;
             }
-            Command::SetCluster { cluster } => self.cluster = Some(cluster.clone()),
+            Command::SetCluster { cluster } => {
+                self.cluster = Some(cluster.clone());
+                self.swarm_version = version;
+            }
             Command::SetGossipKeys { keys } => self.gossip_keys = keys.clone(),
             Command::SetAutolock { unlock_key } => {
                 self.unlock_key = unlock_key.clone();
                 self.autolock_version = version;
+                self.swarm_version = version;
             }
             Command::UpsertObject { kind, id, spec } => match kind {
                 ObjectKind::Task => {
