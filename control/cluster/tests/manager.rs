@@ -520,7 +520,16 @@ async fn the_last_manager_is_kept_and_silent_workers_go_down() {
         Manager::resume(base.config("w")).await,
         Err(ClusterError::NotManager)
     ));
+    // A node that stops right before its promotion (still Ready for the grace) never
+    // joins the Raft group: the promotion fails and it stays a worker.
     w.shutdown().await;
+    let r = m.promote(&w_id).await;
+    let e = r.expect_err("promoting a node that cannot join");
+    assert!(e.to_string().contains("stays a worker"), "{e}");
+    let state = m.state().await.unwrap();
+    assert_eq!(state.nodes[&w_id].role, shoal_cluster::store::Role::Worker);
+    assert_eq!(state.nodes[&w_id].raft_id, None);
+    assert_eq!(m.store_status().unwrap().voters.len(), 1);
 
     // Then a Down node is removed without force.
     eventually("the worker Down again", || async {
