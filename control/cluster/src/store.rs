@@ -356,8 +356,47 @@ impl StoreNode {
         }
     }
 
+    /// On the leader: whether every member in `ids` holds the current membership's log
+    /// entry (the leader's replication view; false on a member that is not the leader).
+    /// A member that holds it can lead under that membership; see [`Self::add_manager`].
+    pub fn holds_membership(&self, ids: &BTreeSet<RaftId>) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        let Some(index) = m.membership_config.log_id().map(|l| l.index) else {
+            return false;
+        };
+        let Some(replication) = &m.replication else {
+            return false;
+        };
+        ids.iter().all(|id| {
+            *id == self.id
+                || replication
+                    .get(id)
+                    .and_then(|matched| matched.map(|l| l.index))
+                    .is_some_and(|matched| matched >= index)
+        })
+    }
+
+    /// Waits (polling, up to `waited`) until every member in `ids` holds the current
+    /// membership's entry; false if they do not by then.
+    async fn wait_membership_held(&self, ids: &BTreeSet<RaftId>, waited: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + waited;
+        loop {
+            if self.holds_membership(ids) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// On the leader: adds manager `id` (reachable at `addr`) as a voter. It first joins as
-    /// a learner and receives the log; it votes once the membership change is committed.
+    /// a learner and receives the log; it votes once the membership change is committed,
+    /// and this answers once it also holds the final membership entry. Without that wait,
+    /// a leader lost at once can leave the others with nothing but the joint
+    /// configuration, whose old half (the previous voters) has lost its majority: no
+    /// election could ever succeed (growing 1 -> 2 -> 3 managers by promotion did this).
     pub async fn add_manager(&self, id: RaftId, addr: String) -> Result<(), StoreError> {
         let waited = self.config.request_timeout;
         let node = BasicNode { addr };
@@ -368,9 +407,17 @@ impl StoreNode {
         }
         let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
         match tokio::time::timeout(waited, self.raft.change_membership(change, false)).await {
-            Err(_) => Err(StoreError::NoQuorum { waited }),
-            Ok(Err(e)) => Err(write_error(e)),
-            Ok(Ok(_)) => Ok(()),
+            Err(_) => return Err(StoreError::NoQuorum { waited }),
+            Ok(Err(e)) => return Err(write_error(e)),
+            Ok(Ok(_)) => {}
+        }
+        if self
+            .wait_membership_held(&BTreeSet::from([id]), waited)
+            .await
+        {
+            Ok(())
+        } else {
+            Err(StoreError::NoQuorum { waited })
         }
     }
 
@@ -392,10 +439,21 @@ impl StoreNode {
         let waited = self.config.request_timeout;
         let change = ChangeMembers::RemoveVoters(BTreeSet::from([id]));
         match tokio::time::timeout(waited, self.raft.change_membership(change, false)).await {
-            Err(_) => Err(StoreError::NoQuorum { waited }),
-            Ok(Err(e)) => Err(write_error(e)),
-            Ok(Ok(_)) => Ok(()),
+            Err(_) => return Err(StoreError::NoQuorum { waited }),
+            Ok(Err(e)) => return Err(write_error(e)),
+            Ok(Ok(_)) => {}
         }
+        // The remaining voters hold the smaller membership before this answers (as in
+        // `add_manager`); one that is down does not undo a committed change, so a
+        // timeout here is only logged.
+        let remaining: BTreeSet<RaftId> = voters.keys().copied().filter(|v| *v != id).collect();
+        if !self.wait_membership_held(&remaining, waited).await {
+            tracing::warn!(
+                removed = id,
+                "a remaining manager does not hold the new membership yet"
+            );
+        }
+        Ok(())
     }
 
     /// Answers a Raft request from a peer (the server side of a [`Transport`]).

@@ -131,12 +131,17 @@ fn manager_ids(state: &ClusterState) -> Vec<String> {
         .collect()
 }
 
-/// The managers' advertise addresses in `state`.
-fn manager_addrs(state: &ClusterState) -> Vec<String> {
+/// The advertise addresses of the managers in `state` that are voters of the Raft group
+/// (`core`'s view): where nodes send their calls. A node being promoted is a manager in
+/// the store before it serves anything; naming it would send calls to an address that
+/// hangs or refuses until it has joined.
+fn manager_addrs(state: &ClusterState, core: &Core) -> Vec<String> {
+    let voters = core.store.status().voters;
     state
         .nodes
         .values()
-        .filter(|n| n.role == crate::store::Role::Manager && n.raft_id.is_some())
+        .filter(|n| n.role == crate::store::Role::Manager)
+        .filter(|n| n.raft_id.is_some_and(|id| voters.contains_key(&id)))
         .map(|n| n.advertise_addr.clone())
         .collect()
 }

@@ -64,8 +64,10 @@ fn granted_tls(signers: &Signers) -> NodeTls {
 impl Runtime {
     /// A grant of `cert` (signed by `signers`' signing CA), with the roots to trust; a
     /// manager also gets the root's key.
+    #[allow(clippy::too_many_arguments)]
     fn grant(
         &self,
+        core: &Core,
         signers: &Signers,
         node_id: &str,
         cert: NodeCertificate,
@@ -79,7 +81,7 @@ impl Runtime {
             ca_pem: signers.root.cert_pem(),
             ca_key_pem: (role == Role::Manager).then(|| signers.root.key_pem_secret()),
             raft_id,
-            managers: manager_addrs(state),
+            managers: manager_addrs(state, core),
             manager_ids: manager_ids(state),
             server_time_ms: now_ms(),
             next_ca: signers.next.as_ref().map(|(ca, next)| NextCaPem {
@@ -159,9 +161,9 @@ impl Runtime {
             .issue(&csr, &node_id, role, &options)
             .map_err(other)?;
         tracing::info!(node = %node_id, hostname = %info.hostname, %role, "node joined");
-        Ok(Response::Granted(
-            self.grant(&signers, &node_id, cert, role, raft_id, &state),
-        ))
+        Ok(Response::Granted(self.grant(
+            core, &signers, &node_id, cert, role, raft_id, &state,
+        )))
     }
 
     pub(super) async fn do_renew(
@@ -191,6 +193,7 @@ impl Runtime {
             )
             .map_err(other)?;
         Ok(Response::Granted(self.grant(
+            core,
             &signers,
             node_id,
             cert,

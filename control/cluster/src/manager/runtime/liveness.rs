@@ -100,7 +100,7 @@ impl Runtime {
         Ok(Response::Heartbeat(HeartbeatAck {
             role: pki_role(node.role),
             raft_id: node.raft_id,
-            managers: manager_addrs(&state),
+            managers: manager_addrs(&state, core),
             manager_ids: manager_ids(&state),
             ca: Some(core.signers().target()),
             rates,

@@ -2,6 +2,7 @@
 //! Raft membership change they need), removals (and the revocation of the certificates of
 //! nodes that left or were removed), and a new manager joining the Raft group.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -112,8 +113,12 @@ impl Runtime {
         .await?;
         let waited = promote_join_wait(self.timings.request_timeout);
         let deadline = Instant::now() + waited;
+        let joined = || {
+            core.store.status().voters.contains_key(&raft_id)
+                && core.store.holds_membership(&BTreeSet::from([raft_id]))
+        };
         while Instant::now() < deadline {
-            if core.store.status().voters.contains_key(&raft_id) {
+            if joined() {
                 tracing::info!(node = %node_id, raft_id, "node promoted: a voter of the Raft group");
                 return Ok(Response::Done);
             }
@@ -122,6 +127,8 @@ impl Runtime {
         // Decided under the membership lock: a join in flight either completed (a
         // voter: the promotion stands) or will find the node a worker and refuse it.
         let _membership = self.membership.lock().await;
+        // A voter stays one (taking it out again would be another membership change):
+        // the promotion stands even if it has not caught up yet.
         if core.store.status().voters.contains_key(&raft_id) {
             tracing::info!(node = %node_id, raft_id, "node promoted: a voter of the Raft group");
             return Ok(Response::Done);
