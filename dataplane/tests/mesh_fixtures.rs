@@ -469,14 +469,23 @@ fn run_rows(h: &Harness, rows: Vec<Row>, failures: &mut Vec<String>) {
     }
 }
 
+/// True as root; otherwise says the test is skipped, or fails under
+/// SHOAL_REQUIRE_ROOT=1 (`cargo xtask test`), which forbids skipping.
+fn root_or_skip() -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("SHOAL_REQUIRE_ROOT").as_deref() != Ok("1"),
+        "BPF_PROG_TEST_RUN needs root and SHOAL_REQUIRE_ROOT=1 forbids skipping"
+    );
+    eprintln!("skipped: BPF_PROG_TEST_RUN needs root");
+    false
+}
+
 #[test]
 fn mesh_fixture_table() {
-    if !is_root() {
-        assert!(
-            std::env::var("SHOAL_REQUIRE_ROOT").as_deref() != Ok("1"),
-            "BPF_PROG_TEST_RUN needs root and SHOAL_REQUIRE_ROOT=1 forbids skipping"
-        );
-        eprintln!("skipped: BPF_PROG_TEST_RUN needs root");
+    if !root_or_skip() {
         return;
     }
     // The whole test runs on this thread, inside its own namespace.
@@ -983,8 +992,7 @@ fn fixture_table_in_netns() {
 /// A full flow table evicts the least recently used flow: new flows still go through.
 #[test]
 fn mesh_flow_table_full() {
-    if !is_root() {
-        eprintln!("skipped: BPF_PROG_TEST_RUN needs root");
+    if !root_or_skip() {
         return;
     }
     std::thread::spawn(|| {

@@ -57,6 +57,8 @@ pub fn run(with_lab: bool) -> Result<ExitCode> {
         &[
             "test",
             "--workspace",
+            // Every test binary runs even after one fails, so the closing count is whole.
+            "--no-fail-fast",
             "--exclude",
             "shoal-ebpf",
             "--exclude",
@@ -68,7 +70,14 @@ pub fn run(with_lab: bool) -> Result<ExitCode> {
         // One lab at a time: each brings up several dockerd on a 2-core machine.
         ok &= cargo_test(
             "lab tests",
-            &["test", "-p", "shoal-tests", "--", "--test-threads=1"],
+            &[
+                "test",
+                "-p",
+                "shoal-tests",
+                "--no-fail-fast",
+                "--",
+                "--test-threads=1",
+            ],
             &mut tally,
         )?;
     }
