@@ -13,7 +13,7 @@ use shoal_cluster::store::{
     DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
 };
 
-use crate::api::MAX_FAILURE_RATIO_PPM;
+use crate::api::{effective_capabilities, MAX_FAILURE_RATIO_PPM};
 
 /// One JSON object being read: each field taken once; what is left with a value set is
 /// refused by [`Fields::done`].
@@ -253,7 +253,14 @@ pub fn from_docker(v: Value) -> Result<(ServiceSpec, u64), String> {
         mounts: mounts(&mut c)?,
         read_only: c.bool("ReadOnly")?.unwrap_or(false),
         limits: Limits::default(),
+        cap_add: Vec::new(),
+        cap_drop: Vec::new(),
     };
+    let (cap_add, cap_drop) =
+        effective_capabilities(&c.strings("CapabilityAdd")?, &c.strings("CapabilityDrop")?)
+            .map_err(|e| format!("{}: {e}", c.at("CapabilityAdd/CapabilityDrop")))?;
+    container.cap_add = cap_add;
+    container.cap_drop = cap_drop;
     check_mounts(&container.mounts).map_err(|e| format!("{}: {e}", c.at("Mounts")))?;
     let mut dns = c.object("DNSConfig")?;
     container.dns = DnsConfig {
