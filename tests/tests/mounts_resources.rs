@@ -6,8 +6,24 @@
 //! of the task container on its node shows what dockerd was asked for, and
 //! `--mount-rm` takes one away. `--limit-cpu/--limit-memory/--limit-pids` show in
 //! `service inspect` as `TaskTemplate.Resources.Limits`, in `docker inspect` of the
-//! task container, and in its cgroup.
+//! task container, and in its cgroup. `--cap-add/--cap-drop` show as
+//! `ContainerSpec.CapabilityAdd/CapabilityDrop`, in the container's `HostConfig`, and in
+//! the task's effective capabilities (`/proc/self/status` CapEff); an update moves one
+//! from the added to the dropped list; an unknown one is refused and changes nothing.
 use std::time::Instant;
+
+/// CAP_CHOWN and CAP_NET_ADMIN, as bits of `CapEff`.
+const CAP_CHOWN: u64 = 1 << 0;
+const CAP_NET_ADMIN: u64 = 1 << 12;
+
+/// The `CapEff` mask in a `/proc/PID/status` text.
+fn cap_eff(status: &str) -> u64 {
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap_or_else(|| panic!("no CapEff in {status}"));
+    u64::from_str_radix(hex.trim(), 16).unwrap_or_else(|e| panic!("CapEff {hex:?}: {e}"))
+}
 
 use shoal_tests::{
     privileged,
@@ -77,6 +93,10 @@ fn volumes_tmpfs_binds_and_a_read_only_root_reach_the_tasks() {
             "64m",
             "--limit-pids",
             "100",
+            "--cap-add",
+            "net_admin",
+            "--cap-drop",
+            "CAP_CHOWN",
             "--mount",
             "type=volume,source=labdata,target=/data",
             "--mount",
@@ -100,6 +120,8 @@ fn volumes_tmpfs_binds_and_a_read_only_root_reach_the_tasks() {
     );
     let spec: serde_json::Value = serde_json::from_str(inspect.trim()).expect("ContainerSpec");
     assert_eq!(spec["ReadOnly"], true, "{inspect}");
+    assert_eq!(spec["CapabilityAdd"], serde_json::json!(["CAP_NET_ADMIN"]));
+    assert_eq!(spec["CapabilityDrop"], serde_json::json!(["CAP_CHOWN"]));
     assert_eq!(
         spec["Mounts"],
         serde_json::json!([
@@ -167,6 +189,23 @@ fn volumes_tmpfs_binds_and_a_read_only_root_reach_the_tasks() {
         ],
     );
     assert_eq!(host.trim(), "true 3 500000000 67108864 100", "{host}");
+    let caps = guard.exec_ok(
+        &task.node,
+        &[
+            "docker",
+            "inspect",
+            "--format",
+            "{{json .HostConfig.CapAdd}} {{json .HostConfig.CapDrop}}",
+            &task.container,
+        ],
+    );
+    assert_eq!(caps.trim(), r#"["CAP_NET_ADMIN"] ["CAP_CHOWN"]"#, "{caps}");
+    // The task's process has them (or not) in its effective set.
+    let eff = cap_eff(&sh(&task, "cat /proc/self/status").expect("reading /proc/self/status"));
+    assert!(
+        eff & CAP_NET_ADMIN != 0 && eff & CAP_CHOWN == 0,
+        "CapEff {eff:#x}"
+    );
     // The kernel enforces them: the container's cgroup (v2, or v1's files) says so.
     let cgroup = sh(
         &task,
@@ -204,7 +243,25 @@ fn volumes_tmpfs_binds_and_a_read_only_root_reach_the_tasks() {
     assert!(sh(&replaced, "cat /scratch/f").is_err());
     println!("volume labdata kept its file across the task's replacement");
 
-    // --mount-rm by target, --read-only=false.
+    // An unknown capability is refused, and nothing changes.
+    let e = cli.err(
+        "h1",
+        &[
+            "service",
+            "update",
+            "--detach",
+            "--cap-add",
+            "warp_drive",
+            "data",
+        ],
+    );
+    assert!(e.contains("unknown capability \"warp_drive\""), "{e}");
+    assert_eq!(
+        cli.running("data").expect("tasks"),
+        std::slice::from_ref(&replaced)
+    );
+
+    // --mount-rm by target, --read-only=false, NET_ADMIN moved to the dropped ones.
     cli.ok(
         "h1",
         &[
@@ -214,6 +271,8 @@ fn volumes_tmpfs_binds_and_a_read_only_root_reach_the_tasks() {
             "--mount-rm",
             "/scratch",
             "--read-only=false",
+            "--cap-drop",
+            "NET_ADMIN",
             "data",
         ],
     );
@@ -229,6 +288,11 @@ fn volumes_tmpfs_binds_and_a_read_only_root_reach_the_tasks() {
     );
     let spec: serde_json::Value = serde_json::from_str(spec.trim()).expect("ContainerSpec");
     assert!(spec.get("ReadOnly").is_none(), "{spec}");
+    assert!(spec.get("CapabilityAdd").is_none(), "{spec}");
+    assert_eq!(
+        spec["CapabilityDrop"],
+        serde_json::json!(["CAP_CHOWN", "CAP_NET_ADMIN"])
+    );
     let targets: Vec<&str> = spec["Mounts"]
         .as_array()
         .expect("Mounts")
@@ -244,6 +308,8 @@ fn volumes_tmpfs_binds_and_a_read_only_root_reach_the_tasks() {
         }
     });
     sh(&third, "touch /written").expect("a writable root again");
+    let eff = cap_eff(&sh(&third, "cat /proc/self/status").expect("reading /proc/self/status"));
+    assert!(eff & (CAP_NET_ADMIN | CAP_CHOWN) == 0, "CapEff {eff:#x}");
     assert_eq!(sh(&third, "cat /data/file").expect("the volume"), "kept");
 
     cli.ok("h1", &["service", "rm", "data"]);

@@ -21,7 +21,10 @@ mod service_changes;
 
 use std::{collections::BTreeMap, fmt};
 
-pub use container_changes::{check_alias, check_container_options, parse_host, ContainerChanges};
+pub use container_changes::{
+    check_alias, check_container_options, effective_capabilities, normalize_capability, parse_host,
+    ContainerChanges,
+};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 pub use service_changes::{

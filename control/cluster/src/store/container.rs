@@ -1,7 +1,7 @@
 //! What a service's task containers are made with beyond image, arguments and
 //! environment (Docker's `TaskTemplate.ContainerSpec` fields of the same names): the
 //! entrypoint, user, working directory, hostname, resolver settings, extra hosts, init,
-//! stop signal, container labels, mounts, a read-only root and
+//! stop signal, container labels, mounts, a read-only root, capabilities and
 //! resource limits (Docker's `TaskTemplate.Resources.Limits`). Every field defaults to "not set", so stores
 //! written before they existed still load.
 
@@ -55,6 +55,13 @@ pub struct ContainerOptions {
     /// `--limit-cpu`, `--limit-memory`, `--limit-pids`.
     #[serde(skip_serializing_if = "Limits::is_empty")]
     pub limits: Limits,
+    /// `--cap-add`: capabilities given to each task, normalized (`CAP_NET_ADMIN`, or
+    /// `ALL`) and sorted (Docker's `CapabilityAdd`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    /// `--cap-drop`: capabilities taken from each task (Docker's `CapabilityDrop`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
 }
 
 /// Docker's `DNSConfig`: the task's resolv.conf settings.
@@ -138,6 +145,8 @@ mod tests {
             Box::new(|s| s.container.limits.nano_cpus = 500_000_000),
             Box::new(|s| s.container.limits.memory_bytes = 64 << 20),
             Box::new(|s| s.container.limits.pids = 100),
+            Box::new(|s| s.container.cap_add = vec!["CAP_NET_ADMIN".into()]),
+            Box::new(|s| s.container.cap_drop = vec!["CAP_CHOWN".into()]),
             Box::new(|s| {
                 s.network_aliases.insert("net1".into(), vec!["db".into()]);
             }),

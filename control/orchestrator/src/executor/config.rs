@@ -202,6 +202,8 @@ pub(super) fn task_container(
             nano_cpus: limit(options.limits.nano_cpus),
             memory: limit(options.limits.memory_bytes),
             pids_limit: limit(options.limits.pids),
+            cap_add: (!options.cap_add.is_empty()).then(|| options.cap_add.clone()),
+            cap_drop: (!options.cap_drop.is_empty()).then(|| options.cap_drop.clone()),
             ..Default::default()
         }),
         ..Default::default()

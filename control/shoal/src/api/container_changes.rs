@@ -1,5 +1,6 @@
 //! The container settings of a service (`--entrypoint`, `--user`, `--workdir`,
 //! `--hostname`, `--dns*`, `--host`, `--init`, `--stop-signal`, `--container-label`,
+//! `--cap-add`, `--cap-drop`,
 //! network aliases): how their flags are read and checked, the same way by the CLI
 //! and by the manager that stores them, and what `service update` asks to change.
 
@@ -134,7 +135,113 @@ pub fn check_container_options(o: &ContainerOptions) -> Result<(), String> {
         return Err("invalid --container-label: the key is empty".into());
     }
     check_mounts(&o.mounts).map_err(|e| format!("invalid --mount: {e}"))?;
+    for c in &o.cap_add {
+        check_capability(c).map_err(|e| format!("invalid --cap-add: {e}"))?;
+    }
+    for c in &o.cap_drop {
+        check_capability(c).map_err(|e| format!("invalid --cap-drop: {e}"))?;
+    }
     Ok(())
+}
+
+/// The Linux capabilities (without `CAP_`), as the kernel numbers them.
+const CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// A stored capability: `ALL`, or a known one in Docker's form `CAP_NAME`.
+fn check_capability(c: &str) -> Result<(), String> {
+    let known = c == "ALL"
+        || c.strip_prefix("CAP_")
+            .is_some_and(|name| CAPABILITIES.contains(&name));
+    if known {
+        Ok(())
+    } else {
+        Err(format!("unknown capability {c:?}"))
+    }
+}
+
+/// A capability as Docker stores it: upper case with the `CAP_` prefix (`ALL` kept),
+/// checked against the kernel's list.
+pub fn normalize_capability(text: &str) -> Result<String, String> {
+    let upper = text.trim().to_ascii_uppercase();
+    let c = if upper == "ALL" || upper.starts_with("CAP_") {
+        upper
+    } else {
+        format!("CAP_{upper}")
+    };
+    check_capability(&c).map_err(|_| format!("unknown capability {text:?}"))?;
+    Ok(c)
+}
+
+/// Sorted, each once, `ALL` standing alone when given.
+fn tidy_capabilities(list: &mut Vec<String>) {
+    list.sort();
+    list.dedup();
+    if list.iter().any(|c| c == "ALL") {
+        *list = vec!["ALL".to_owned()];
+    }
+}
+
+/// `--cap-add` and `--cap-drop` of `service create`, as Docker makes them effective:
+/// normalized, sorted, `ALL` trumping the others of its list, and a capability both
+/// added and dropped only added.
+pub fn effective_capabilities(
+    add: &[String],
+    drop: &[String],
+) -> Result<(Vec<String>, Vec<String>), String> {
+    let read = |list: &[String], flag: &str| -> Result<Vec<String>, String> {
+        let mut caps = list
+            .iter()
+            .map(|c| normalize_capability(c).map_err(|e| format!("invalid {flag}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        tidy_capabilities(&mut caps);
+        Ok(caps)
+    };
+    let add = read(add, "--cap-add")?;
+    let mut drop = read(drop, "--cap-drop")?;
+    drop.retain(|c| !add.contains(c));
+    Ok((add, drop))
 }
 
 /// `service update`'s container flags: every field left alone when it is absent.
@@ -170,6 +277,11 @@ pub struct ContainerChanges {
     pub limit_nano_cpus: Option<u64>,
     pub limit_memory_bytes: Option<u64>,
     pub limit_pids: Option<u64>,
+    /// `--cap-add` on update, normalized: added, and taken off the dropped ones.
+    pub cap_add: Vec<String>,
+    /// `--cap-drop` on update, normalized: dropped, and taken off the added ones
+    /// (unless also given to `--cap-add`).
+    pub cap_drop: Vec<String>,
 }
 
 /// `list` with `add` appended and `rm` taken out (Docker's order), each entry once.
@@ -261,6 +373,21 @@ impl ContainerChanges {
                 *limit = v;
             }
         }
+        // Docker's update: a capability given to both flags is added.
+        for c in &self.cap_drop {
+            if !self.cap_add.contains(c) {
+                o.cap_add.retain(|a| a != c);
+                o.cap_drop.push(c.clone());
+            }
+        }
+        for c in &self.cap_add {
+            o.cap_drop.retain(|d| d != c);
+            o.cap_add.push(c.clone());
+        }
+        tidy_capabilities(&mut o.cap_add);
+        tidy_capabilities(&mut o.cap_drop);
+        let added = o.cap_add.clone();
+        o.cap_drop.retain(|c| !added.contains(c));
     }
 }
 

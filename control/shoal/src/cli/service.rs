@@ -195,6 +195,12 @@ pub struct CreateArgs {
     /// Limit the processes of each task (0: no limit)
     #[arg(long, value_name = "N")]
     pub limit_pids: Option<u64>,
+    /// Add a Linux capability to each task (CAP_NET_ADMIN, NET_ADMIN, ALL)
+    #[arg(long = "cap-add", value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Drop a Linux capability from each task (CAP_CHOWN, CHOWN, ALL)
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    pub cap_drop: Vec<String>,
     /// How the service's name resolves: a VIP, or DNS round robin
     #[arg(long, value_enum, default_value = "vip")]
     pub endpoint_mode: EndpointModeArg,
@@ -380,6 +386,12 @@ pub struct ServiceUpdateArgs {
     /// Limit the processes of each task (0: no limit)
     #[arg(long, value_name = "N")]
     pub limit_pids: Option<u64>,
+    /// Add a Linux capability (and take it off the dropped ones)
+    #[arg(long = "cap-add", value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Drop a Linux capability (and take it off the added ones)
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    pub cap_drop: Vec<String>,
     /// How the service's name resolves: a VIP, or DNS round robin
     #[arg(long, value_enum)]
     pub endpoint_mode: Option<EndpointModeArg>,

@@ -13,7 +13,7 @@ use shoal_cluster::store::{
     DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
 };
 
-use crate::api::MAX_FAILURE_RATIO_PPM;
+use crate::api::{effective_capabilities, MAX_FAILURE_RATIO_PPM};
 
 /// One JSON object being read: each field taken once; what is left with a value set is
 /// refused by [`Fields::done`].
@@ -253,7 +253,14 @@ pub fn from_docker(v: Value) -> Result<(ServiceSpec, u64), String> {
         mounts: mounts(&mut c)?,
         read_only: c.bool("ReadOnly")?.unwrap_or(false),
         limits: Limits::default(),
+        cap_add: Vec::new(),
+        cap_drop: Vec::new(),
     };
+    let (cap_add, cap_drop) =
+        effective_capabilities(&c.strings("CapabilityAdd")?, &c.strings("CapabilityDrop")?)
+            .map_err(|e| format!("{}: {e}", c.at("CapabilityAdd/CapabilityDrop")))?;
+    container.cap_add = cap_add;
+    container.cap_drop = cap_drop;
     check_mounts(&container.mounts).map_err(|e| format!("{}: {e}", c.at("Mounts")))?;
     let mut dns = c.object("DNSConfig")?;
     container.dns = DnsConfig {
@@ -681,6 +688,27 @@ mod tests {
     }
 
     #[test]
+    fn capabilities_read_with_dockers_names_and_shown_back() {
+        let (spec, _) = from_docker(json!({"Name": "x", "TaskTemplate": {"ContainerSpec": {
+            "Image": "busybox",
+            "CapabilityAdd": ["net_admin", "CAP_SYS_TIME"],
+            "CapabilityDrop": ["CAP_CHOWN", "CAP_NET_ADMIN"],
+        }}}))
+        .unwrap();
+        assert_eq!(spec.container.cap_add, ["CAP_NET_ADMIN", "CAP_SYS_TIME"]);
+        assert_eq!(spec.container.cap_drop, ["CAP_CHOWN"]);
+        let shown = spec_value(&spec, 0);
+        let c = &shown["TaskTemplate"]["ContainerSpec"];
+        assert_eq!(c["CapabilityAdd"], json!(["CAP_NET_ADMIN", "CAP_SYS_TIME"]));
+        assert_eq!(c["CapabilityDrop"], json!(["CAP_CHOWN"]));
+        let e = from_docker(json!({"Name": "x", "TaskTemplate": {"ContainerSpec": {
+            "Image": "busybox", "CapabilityDrop": ["bogus"],
+        }}}))
+        .unwrap_err();
+        assert!(e.contains("unknown capability \"bogus\""), "{e}");
+    }
+
+    #[test]
     fn what_shoal_does_not_do_is_refused_by_name() {
         let base = |extra: Value| {
             let mut v =
@@ -712,6 +740,26 @@ mod tests {
             (
                 json!({"TaskTemplate": {"Placement": {"Platforms": [{"OS": "windows"}]}}}),
                 "Spec.TaskTemplate.Placement.Platforms",
+            ),
+            (
+                json!({"TaskTemplate": {"ContainerSpec": {"Ulimits": [{"Name": "nofile", "Soft": 1, "Hard": 1}]}}}),
+                "Spec.TaskTemplate.ContainerSpec.Ulimits",
+            ),
+            (
+                json!({"TaskTemplate": {"ContainerSpec": {"Sysctls": {"net.core.somaxconn": "1024"}}}}),
+                "Spec.TaskTemplate.ContainerSpec.Sysctls",
+            ),
+            (
+                json!({"TaskTemplate": {"ContainerSpec": {"Privileges": {"NoNewPrivileges": true}}}}),
+                "Spec.TaskTemplate.ContainerSpec.Privileges",
+            ),
+            (
+                json!({"TaskTemplate": {"Placement": {"Preferences": [{"Spread": {"SpreadDescriptor": "node.labels.zone"}}]}}}),
+                "Spec.TaskTemplate.Placement.Preferences",
+            ),
+            (
+                json!({"TaskTemplate": {"Placement": {"MaxReplicas": 1}}}),
+                "Spec.TaskTemplate.Placement.MaxReplicas",
             ),
             (
                 json!({"TaskTemplate": {"LogDriver": {"Name": "syslog"}}}),

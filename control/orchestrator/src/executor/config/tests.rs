@@ -168,6 +168,8 @@ fn mounts_and_a_read_only_root_reach_the_container_before_the_task_files() {
             memory_bytes: 64 << 20,
             pids: 100,
         },
+        cap_add: vec!["CAP_NET_ADMIN".into()],
+        cap_drop: vec!["CAP_CHOWN".into()],
         ..Default::default()
     });
     let secret = Mount {
@@ -182,6 +184,8 @@ fn mounts_and_a_read_only_root_reach_the_container_before_the_task_files() {
         (host.nano_cpus, host.memory, host.pids_limit),
         (Some(500_000_000), Some(64 << 20), Some(100))
     );
+    assert_eq!(host.cap_add, Some(vec!["CAP_NET_ADMIN".to_string()]));
+    assert_eq!(host.cap_drop, Some(vec!["CAP_CHOWN".to_string()]));
     let mounts = host.mounts.unwrap();
     let shown: Vec<_> = mounts
         .iter()

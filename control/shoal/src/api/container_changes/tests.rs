@@ -148,3 +148,62 @@ fn mount_changes_remove_by_target_then_add_replacing_the_same_target() {
         .unwrap_err()
         .contains("more than once"));
 }
+
+#[test]
+fn capabilities_made_effective_as_docker_makes_them() {
+    let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(normalize_capability(" net_admin").unwrap(), "CAP_NET_ADMIN");
+    assert_eq!(
+        normalize_capability("CAP_SYS_TIME").unwrap(),
+        "CAP_SYS_TIME"
+    );
+    assert_eq!(normalize_capability("all").unwrap(), "ALL");
+    for bad in ["", "CAP_", "NOT_A_CAP", "net admin"] {
+        let e = normalize_capability(bad).unwrap_err();
+        assert!(e.contains("unknown capability"), "{bad}: {e}");
+    }
+    // Sorted, once each; one both added and dropped is only added.
+    let (add, drop) = effective_capabilities(
+        &v(&["sys_time", "NET_ADMIN", "CAP_NET_ADMIN"]),
+        &v(&["chown", "net_admin"]),
+    )
+    .unwrap();
+    assert_eq!(add, v(&["CAP_NET_ADMIN", "CAP_SYS_TIME"]));
+    assert_eq!(drop, v(&["CAP_CHOWN"]));
+    // ALL trumps the rest of its list.
+    let (add, drop) = effective_capabilities(&v(&["ALL", "chown"]), &v(&["kill"])).unwrap();
+    assert_eq!((add, drop), (v(&["ALL"]), v(&["CAP_KILL"])));
+    let e = effective_capabilities(&[], &v(&["bogus"])).unwrap_err();
+    assert!(e.starts_with("invalid --cap-drop"), "{e}");
+    // A stored unknown one (from a bad API request) is refused by the check.
+    let o = ContainerOptions {
+        cap_add: v(&["CAP_BOGUS"]),
+        ..Default::default()
+    };
+    assert!(check_container_options(&o)
+        .unwrap_err()
+        .contains("--cap-add"));
+}
+
+#[test]
+fn capability_updates_move_between_the_lists() {
+    let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut o = ContainerOptions {
+        cap_add: v(&["CAP_NET_ADMIN", "CAP_SYS_TIME"]),
+        cap_drop: v(&["CAP_CHOWN"]),
+        ..Default::default()
+    };
+    ContainerChanges {
+        cap_add: v(&["CAP_CHOWN", "CAP_KILL"]),
+        cap_drop: v(&["CAP_SYS_TIME", "CAP_KILL", "CAP_MKNOD"]),
+        ..Default::default()
+    }
+    .apply(&mut o);
+    // Dropping takes it off the added ones; adding off the dropped ones; both: added.
+    assert_eq!(o.cap_add, v(&["CAP_CHOWN", "CAP_KILL", "CAP_NET_ADMIN"]));
+    assert_eq!(o.cap_drop, v(&["CAP_MKNOD", "CAP_SYS_TIME"]));
+    // No cap flags: nothing changes.
+    let before = o.clone();
+    ContainerChanges::default().apply(&mut o);
+    assert_eq!(o, before);
+}

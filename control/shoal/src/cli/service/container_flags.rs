@@ -10,7 +10,10 @@ use super::{
     changes::split_args, limit_flags::limits, mount_flags::parse_mounts, CreateArgs,
     ServiceUpdateArgs,
 };
-use crate::api::{check_alias, check_container_options, parse_host, ContainerChanges};
+use crate::api::{
+    check_alias, check_container_options, effective_capabilities, normalize_capability, parse_host,
+    ContainerChanges,
+};
 
 /// One `--network` value: `NET`, or `name=NET,alias=A,alias=B`.
 pub(super) fn parse_network(text: &str) -> Result<(String, Vec<String>), String> {
@@ -120,6 +123,13 @@ fn read_env_files(paths: &[std::path::PathBuf]) -> Result<Vec<String>, String> {
     Ok(env)
 }
 
+/// Capabilities given to a flag of `service update`, each in Docker's form.
+fn normalize_capabilities(list: &[String], flag: &str) -> Result<Vec<String>, String> {
+    list.iter()
+        .map(|c| normalize_capability(c).map_err(|e| format!("invalid {flag}: {e}")))
+        .collect()
+}
+
 /// `--entrypoint`: split as a shell splits words.
 fn parse_entrypoint(text: &str) -> Result<Vec<String>, String> {
     split_args(text).map_err(|e| e.replace("--args", "--entrypoint"))
@@ -159,6 +169,14 @@ impl CreateArgs {
                 self.limit_pids,
             )?
             .into_limits(),
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
+        };
+        let (cap_add, cap_drop) = effective_capabilities(&self.cap_add, &self.cap_drop)?;
+        let options = ContainerOptions {
+            cap_add,
+            cap_drop,
+            ..options
         };
         check_container_options(&options)?;
         Ok(options)
@@ -212,6 +230,8 @@ impl ServiceUpdateArgs {
             limit_nano_cpus: None,
             limit_memory_bytes: None,
             limit_pids: None,
+            cap_add: normalize_capabilities(&self.cap_add, "--cap-add")?,
+            cap_drop: normalize_capabilities(&self.cap_drop, "--cap-drop")?,
         };
         let given = limits(
             self.limit_cpu.as_deref(),

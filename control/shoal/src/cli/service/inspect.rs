@@ -207,6 +207,12 @@ fn container_options_value(container: &mut Value, o: &ContainerOptions) {
     if o.read_only {
         set("ReadOnly", json!(true));
     }
+    if !o.cap_add.is_empty() {
+        set("CapabilityAdd", json!(o.cap_add));
+    }
+    if !o.cap_drop.is_empty() {
+        set("CapabilityDrop", json!(o.cap_drop));
+    }
 }
 
 /// One mount as Docker's `ContainerSpec.Mounts[]` (empty parts omitted, as Docker's).

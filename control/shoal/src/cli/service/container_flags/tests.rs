@@ -163,3 +163,24 @@ fn bad_create_flags_are_one_clear_line() {
         assert!(!e.contains('\n'), "{e}");
     }
 }
+
+#[test]
+fn cap_flags_reach_the_spec_normalized() {
+    let o = create(&[
+        "--cap-add",
+        "net_admin",
+        "--cap-add",
+        "CAP_SYS_TIME",
+        "--cap-drop",
+        "chown",
+        "busybox",
+    ])
+    .container_options()
+    .unwrap();
+    assert_eq!(o.cap_add, ["CAP_NET_ADMIN", "CAP_SYS_TIME"]);
+    assert_eq!(o.cap_drop, ["CAP_CHOWN"]);
+    let e = create(&["--cap-add", "warp_drive", "busybox"])
+        .container_options()
+        .unwrap_err();
+    assert_eq!(e, "invalid --cap-add: unknown capability \"warp_drive\"");
+}
