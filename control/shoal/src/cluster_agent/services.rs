@@ -919,4 +919,43 @@ pub(super) mod tests {
             "port 8080/tcp is published twice"
         );
     }
+
+    #[test]
+    fn logs_reads_a_service_by_name_or_id_else_one_task_by_id() {
+        let mut state = ClusterState::default();
+        state.services.insert(
+            "s1".into(),
+            Service {
+                id: "s1".into(),
+                spec: spec("web", &[]),
+                created_ms: 0,
+                updated_ms: 0,
+                endpoint: Default::default(),
+                force_update: 0,
+                registry_auth: None,
+                previous_spec: None,
+                update_status: None,
+                job_status: None,
+                version: 0,
+            },
+        );
+        for id in ["t1abc", "t1abd", "t2xyz"] {
+            let task = shoal_cluster::store::Task {
+                id: id.into(),
+                service_id: "s1".into(),
+                slot: 1,
+                ..Default::default()
+            };
+            state.tasks.insert(id.into(), task);
+        }
+        let target = |r: &str| logs_target(&state, r).map_err(|e| e.message);
+        assert_eq!(target("web"), Ok(("s1".into(), None)));
+        assert_eq!(target("s1"), Ok(("s1".into(), None)));
+        assert_eq!(target("t2xyz"), Ok(("s1".into(), Some("t2xyz".into()))));
+        assert_eq!(target("t2"), Ok(("s1".into(), Some("t2xyz".into()))));
+        let ambiguous = target("t1ab").unwrap_err();
+        assert!(ambiguous.contains("ambiguous"), "{ambiguous}");
+        let missing = target("nosuch").unwrap_err();
+        assert!(missing.contains("nor is it a task's ID"), "{missing}");
+    }
 }
