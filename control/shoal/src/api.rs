@@ -256,10 +256,22 @@ pub enum Request {
         #[serde(default)]
         registry_auth: Option<Box<RegistryCredentials>>,
     },
+    /// `service logs`: `service` is a service's name or ID, or a task's ID.
     ServiceLogs {
         service: String,
         #[serde(default)]
         tail: Option<String>,
+        /// Only lines since this Unix time.
+        #[serde(default)]
+        since: Option<i64>,
+        #[serde(default)]
+        timestamps: bool,
+        #[serde(default)]
+        no_task_ids: bool,
+        #[serde(default)]
+        no_trunc: bool,
+        #[serde(default)]
+        raw: bool,
     },
     NetworkCreate {
         name: String,

@@ -8,3 +8,4 @@ pub mod cli;
 pub mod cluster_agent;
 pub mod engine_api;
 pub mod filters;
+pub mod service_logs;

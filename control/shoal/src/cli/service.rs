@@ -76,7 +76,7 @@ pub enum ServiceCommand {
     Update(Box<ServiceUpdateArgs>),
     /// Revert a service to its previous spec (`update --rollback`)
     Rollback(ServiceRollbackArgs),
-    /// Print the logs of a service's tasks on this node
+    /// Print the logs of a service's (or a task's) containers on this node
     Logs(LogsArgs),
 }
 
@@ -482,8 +482,71 @@ pub struct LogsArgs {
     /// Number of lines from the end of each task's log ("all" by default)
     #[arg(long, short = 'n', value_name = "N")]
     pub tail: Option<String>,
-    #[arg(value_name = "SERVICE")]
+    /// Only lines since this time: RFC 3339 (2026-12-06T19:00:00Z), a Unix timestamp, or
+    /// a duration back from now (10m, 1h30m)
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Put each line's timestamp (RFC 3339, nanoseconds) after its prefix
+    #[arg(long, short = 't')]
+    pub timestamps: bool,
+    /// Leave the task IDs out of the prefixes
+    #[arg(long)]
+    pub no_task_ids: bool,
+    /// Print whole task IDs in the prefixes
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// Print the lines without any prefix
+    #[arg(long)]
+    pub raw: bool,
+    /// Follow the output (not available yet: refused)
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Show extra details (not available yet: refused)
+    #[arg(long)]
+    pub details: bool,
+    /// A service's name or ID, or a task's ID
+    #[arg(value_name = "SERVICE|TASK")]
     pub service: String,
+}
+
+/// The agent's request for `service logs`, after checking its flags (a flag that is not
+/// carried out yet is refused).
+fn logs_request(a: &LogsArgs) -> Result<Request, CliError> {
+    if a.follow {
+        return Err(CliError::Usage(
+            "service logs: -f/--follow is not supported yet (the logs are read once)".into(),
+        ));
+    }
+    if a.details {
+        return Err(CliError::Usage(
+            "service logs: --details is not supported".into(),
+        ));
+    }
+    let tail = a
+        .tail
+        .as_deref()
+        .map(crate::service_logs::parse_tail)
+        .transpose()
+        .map_err(CliError::Usage)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default();
+    let since = a
+        .since
+        .as_deref()
+        .map(|t| crate::service_logs::parse_since(t, now))
+        .transpose()
+        .map_err(CliError::Usage)?;
+    Ok(Request::ServiceLogs {
+        service: a.service.clone(),
+        tail,
+        since,
+        timestamps: a.timestamps,
+        no_task_ids: a.no_task_ids,
+        no_trunc: a.no_trunc,
+        raw: a.raw,
+    })
 }
 
 fn state(client: &Client, services: Vec<String>) -> Result<ServiceStateView, CliError> {
@@ -668,13 +731,7 @@ pub fn run_service(args: &ServiceArgs) -> Result<Output, CliError> {
             };
             update(&client, &a.service, &request, a.detach, &mut warnings)?
         }
-        ServiceCommand::Logs(a) => match call(
-            &client,
-            &Request::ServiceLogs {
-                service: a.service.clone(),
-                tail: a.tail.clone(),
-            },
-        )? {
+        ServiceCommand::Logs(a) => match call(&client, &logs_request(a)?)? {
             Reply::ServiceLogs { lines, warnings: w } => {
                 warnings.extend(w);
                 lines.iter().map(|l| format!("{l}\n")).collect()
@@ -683,4 +740,79 @@ pub fn run_service(args: &ServiceArgs) -> Result<Output, CliError> {
         },
     };
     Ok(Output { stdout, warnings })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Logs {
+        #[command(flatten)]
+        args: LogsArgs,
+    }
+
+    fn request(args: &[&str]) -> Result<Request, String> {
+        let argv = std::iter::once(&"logs").chain(args);
+        let parsed = Logs::try_parse_from(argv).map_err(|e| e.to_string())?;
+        logs_request(&parsed.args).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn logs_flags_reach_the_request() {
+        let Request::ServiceLogs {
+            service,
+            tail,
+            since,
+            timestamps,
+            no_task_ids,
+            no_trunc,
+            raw,
+        } = request(&[
+            "--tail",
+            "5",
+            "--since",
+            "2026-12-06T19:00:00Z",
+            "-t",
+            "--no-task-ids",
+            "--no-trunc",
+            "--raw",
+            "web",
+        ])
+        .unwrap()
+        else {
+            panic!("not a logs request");
+        };
+        assert_eq!(service, "web");
+        assert_eq!(tail.as_deref(), Some("5"));
+        assert_eq!(since, Some(1_796_583_600));
+        assert!(timestamps && no_task_ids && no_trunc && raw);
+        let Request::ServiceLogs {
+            tail,
+            since,
+            timestamps,
+            ..
+        } = request(&["-n", "all", "web"]).unwrap()
+        else {
+            panic!("not a logs request");
+        };
+        assert_eq!(tail.as_deref(), Some("all"));
+        assert_eq!(since, None);
+        assert!(!timestamps);
+    }
+
+    #[test]
+    fn logs_refuses_bad_values_and_what_it_does_not_do() {
+        for (args, needle) in [
+            (&["-f", "web"][..], "--follow"),
+            (&["--details", "web"][..], "--details"),
+            (&["--tail", "many", "web"][..], "--tail"),
+            (&["--since", "last week", "web"][..], "--since"),
+        ] {
+            let e = request(args).unwrap_err();
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
+    }
 }

@@ -27,6 +27,7 @@ use super::{
 use crate::api::{
     check_alias, check_container_options, ApiError, Reply, Request, ServiceStateView,
 };
+use crate::service_logs::{self, PrefixStyle};
 use shoal_cluster::registry_auth::RegistryCredentials;
 use shoal_orchestrator::{
     docker::DockerClient,
@@ -530,9 +531,28 @@ pub(super) async fn request(
                 warnings,
             })
         }
-        Request::ServiceLogs { service, tail } => {
-            let id = service_id(&state, &service)?;
-            logs(&state, manager.node_id(), &id, docker_socket, tail).await
+        Request::ServiceLogs {
+            service,
+            tail,
+            since,
+            timestamps,
+            no_task_ids,
+            no_trunc,
+            raw,
+        } => {
+            let (id, task) = logs_target(&state, &service)?;
+            let options = LogsOptions {
+                task,
+                tail,
+                since,
+                timestamps,
+                style: PrefixStyle {
+                    no_task_ids,
+                    no_trunc,
+                    raw,
+                },
+            };
+            logs(&state, manager.node_id(), &id, docker_socket, options).await
         }
         Request::NetworkCreate {
             name,
@@ -676,6 +696,38 @@ pub(super) async fn request(
     }
 }
 
+/// What `service logs` reads and how it prints it.
+struct LogsOptions {
+    /// Only this task's container (the argument was a task's ID).
+    task: Option<String>,
+    tail: Option<String>,
+    /// Unix seconds.
+    since: Option<i64>,
+    timestamps: bool,
+    style: PrefixStyle,
+}
+
+/// The service (and the single task, when the reference is a task's ID) that
+/// `service logs REFERENCE` reads: a service's name or ID first, then a task's ID.
+fn logs_target(
+    state: &ClusterState,
+    reference: &str,
+) -> Result<(String, Option<String>), ApiError> {
+    let service_error = match service_id(state, reference) {
+        Ok(id) => return Ok((id, None)),
+        Err(e) => e,
+    };
+    let tasks = state.tasks.values().map(|t| (t.id.as_str(), t.id.as_str()));
+    match resolve("task", tasks, reference) {
+        Ok(task) => Ok((state.tasks[&task].service_id.clone(), Some(task))),
+        Err(task_error) if task_error.message.contains("ambiguous") => Err(task_error),
+        Err(_) => Err(ApiError::new(format!(
+            "{}, nor is it a task's ID",
+            service_error.message
+        ))),
+    }
+}
+
 /// `service logs`: the logs of the service's task containers on this node's dockerd;
 /// tasks on other nodes are named in the warnings (their logs stay on their node).
 async fn logs(
@@ -683,7 +735,7 @@ async fn logs(
     self_id: &str,
     service_id: &str,
     docker_socket: Option<&Path>,
-    tail: Option<String>,
+    options: LogsOptions,
 ) -> Result<Reply, ApiError> {
     let service = &state.services[service_id];
     let hostname = |id: &str| {
@@ -696,6 +748,9 @@ async fn logs(
     let mut warnings = Vec::new();
     let mut remote: BTreeMap<String, usize> = BTreeMap::new();
     for t in state.service_tasks(service_id) {
+        if options.task.as_ref().is_some_and(|only| *only != t.id) {
+            continue;
+        }
         if let Some(n) = &t.node_id {
             if n != self_id && t.status.state >= TaskState::Starting {
                 *remote.entry(hostname(n)).or_default() += 1;
@@ -736,30 +791,39 @@ async fn logs(
             continue;
         };
         let task_id = labels.get(LABEL_TASK_ID).cloned().unwrap_or_default();
+        if options.task.as_ref().is_some_and(|only| *only != task_id) {
+            continue;
+        }
         let name = state
             .tasks
             .get(&task_id)
             .map(|t| t.display_name(&service.spec.name))
             .unwrap_or_else(|| service.spec.name.clone());
-        let prefix = format!("{name}.{}@{me}", &task_id[..task_id.len().min(12)]);
+        let prefix = service_logs::prefix(options.style, &name, &task_id, &me);
         let mut stream = api.logs(
             &id,
             Some(bollard::query_parameters::LogsOptions {
                 stdout: true,
                 stderr: true,
-                tail: tail.clone().unwrap_or_else(|| "all".into()),
+                tail: options.tail.clone().unwrap_or_else(|| "all".into()),
+                since: options
+                    .since
+                    .map(|s| s.clamp(0, i64::from(i32::MAX)) as i32)
+                    .unwrap_or_default(),
+                timestamps: options.timestamps,
                 ..Default::default()
             }),
         );
+        let shown = prefix.clone().unwrap_or_else(|| format!("{name}@{me}"));
         while let Some(item) = stream.next().await {
             match item {
                 Ok(out) => {
                     for line in out.to_string().lines() {
-                        lines.push(format!("{prefix}    | {line}"));
+                        lines.push(service_logs::format_line(prefix.as_deref(), line));
                     }
                 }
                 Err(e) => {
-                    warnings.push(format!("{prefix}: {e}"));
+                    warnings.push(format!("{shown}: {e}"));
                     break;
                 }
             }
@@ -854,5 +918,44 @@ pub(super) mod tests {
             prepare_spec(&state, twice).unwrap_err().to_string(),
             "port 8080/tcp is published twice"
         );
+    }
+
+    #[test]
+    fn logs_reads_a_service_by_name_or_id_else_one_task_by_id() {
+        let mut state = ClusterState::default();
+        state.services.insert(
+            "s1".into(),
+            Service {
+                id: "s1".into(),
+                spec: spec("web", &[]),
+                created_ms: 0,
+                updated_ms: 0,
+                endpoint: Default::default(),
+                force_update: 0,
+                registry_auth: None,
+                previous_spec: None,
+                update_status: None,
+                job_status: None,
+                version: 0,
+            },
+        );
+        for id in ["t1abc", "t1abd", "t2xyz"] {
+            let task = shoal_cluster::store::Task {
+                id: id.into(),
+                service_id: "s1".into(),
+                slot: 1,
+                ..Default::default()
+            };
+            state.tasks.insert(id.into(), task);
+        }
+        let target = |r: &str| logs_target(&state, r).map_err(|e| e.message);
+        assert_eq!(target("web"), Ok(("s1".into(), None)));
+        assert_eq!(target("s1"), Ok(("s1".into(), None)));
+        assert_eq!(target("t2xyz"), Ok(("s1".into(), Some("t2xyz".into()))));
+        assert_eq!(target("t2"), Ok(("s1".into(), Some("t2xyz".into()))));
+        let ambiguous = target("t1ab").unwrap_err();
+        assert!(ambiguous.contains("ambiguous"), "{ambiguous}");
+        let missing = target("nosuch").unwrap_err();
+        assert!(missing.contains("nor is it a task's ID"), "{missing}");
     }
 }

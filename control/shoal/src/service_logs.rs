@@ -1,0 +1,236 @@
+//! `service logs`: the parsing of its `--tail` and `--since` values and the prefix put
+//! before each line (Docker's `NAME.SLOT.TASKID@NODE    | line`).
+
+/// `--tail`: `all` or a non-negative number of lines; returns the value dockerd takes.
+pub fn parse_tail(text: &str) -> Result<String, String> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("all") {
+        return Ok("all".into());
+    }
+    t.parse::<u64>()
+        .map(|n| n.to_string())
+        .map_err(|_| format!("invalid --tail value {text:?}: use a number of lines or \"all\""))
+}
+
+/// `--since`: an RFC 3339 time (`2026-12-06T19:00:00Z`, `2026-12-06T20:00:00+01:00`,
+/// `2026-12-06`), a Unix timestamp (`1796000000`), or a duration back from `now`
+/// (`10m`, `1h30m`, `90s`). Returns Unix seconds.
+pub fn parse_since(text: &str, now: i64) -> Result<i64, String> {
+    let bad = || {
+        format!(
+            "invalid --since value {text:?}: use an RFC 3339 time (2026-12-06T19:00:00Z), \
+             a Unix timestamp, or a duration such as 10m"
+        )
+    };
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(bad());
+    }
+    if t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        let secs = t.split('.').next().unwrap_or_default();
+        return secs.parse::<i64>().map_err(|_| bad());
+    }
+    if t.len() >= 10 && t.as_bytes()[4] == b'-' {
+        return parse_rfc3339(t).ok_or_else(bad);
+    }
+    let ms = crate::cli::service::parse_duration(t).map_err(|_| bad())?;
+    Ok(now - (ms / 1000) as i64)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn parse_rfc3339(t: &str) -> Option<i64> {
+    let num = |s: &str| -> Option<i64> {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let (date, rest) = t.split_at(10);
+    let mut parts = date.split('-');
+    let (y, m, d) = (
+        num(parts.next()?)?,
+        num(parts.next()?)?,
+        num(parts.next()?)?,
+    );
+    let days_in_month = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if d < 1 || d > days_in_month {
+        return None;
+    }
+    let day = days_from_civil(y, m, d) * 86_400;
+    if rest.is_empty() {
+        return Some(day);
+    }
+    let rest = rest.strip_prefix(['T', 't', ' '])?;
+    if rest.len() < 8 || rest.as_bytes()[2] != b':' || rest.as_bytes()[5] != b':' {
+        return None;
+    }
+    let (h, mi, s) = (num(&rest[0..2])?, num(&rest[3..5])?, num(&rest[6..8])?);
+    if h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    let mut zone = &rest[8..];
+    if let Some(frac) = zone.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        zone = &frac[digits..];
+    }
+    let offset = match zone {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match zone.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let z = &zone[1..];
+            if z.len() != 5 || z.as_bytes()[2] != b':' {
+                return None;
+            }
+            let (oh, om) = (num(&z[0..2])?, num(&z[3..5])?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            sign * (oh * 3600 + om * 60)
+        }
+    };
+    Some(day + h * 3600 + mi * 60 + s - offset)
+}
+
+/// How each line is prefixed (`--no-task-ids`, `--no-trunc`, `--raw`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrefixStyle {
+    pub no_task_ids: bool,
+    pub no_trunc: bool,
+    pub raw: bool,
+}
+
+/// The prefix of a task's lines: `web.1.abcdef123456@node1` (the task's display name,
+/// its ID, the node's hostname), or `None` with `--raw`.
+pub fn prefix(style: PrefixStyle, display_name: &str, task_id: &str, node: &str) -> Option<String> {
+    if style.raw {
+        return None;
+    }
+    if style.no_task_ids {
+        return Some(format!("{display_name}@{node}"));
+    }
+    let id = if style.no_trunc {
+        task_id
+    } else {
+        &task_id[..task_id.len().min(12)]
+    };
+    Some(format!("{display_name}.{id}@{node}"))
+}
+
+/// One output line: `PREFIX    | line`, or the bare line without a prefix.
+pub fn format_line(prefix: Option<&str>, line: &str) -> String {
+    match prefix {
+        Some(p) => format!("{p}    | {line}"),
+        None => line.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_is_all_or_a_count() {
+        assert_eq!(parse_tail("all").unwrap(), "all");
+        assert_eq!(parse_tail("ALL").unwrap(), "all");
+        assert_eq!(parse_tail("20").unwrap(), "20");
+        assert_eq!(parse_tail("0").unwrap(), "0");
+        for bad in ["-1", "ten", "", "1.5"] {
+            let e = parse_tail(bad).unwrap_err();
+            assert!(e.contains("--tail"), "{e}");
+        }
+    }
+
+    #[test]
+    fn since_takes_rfc3339_unix_and_durations() {
+        let now = 1_796_000_000;
+        assert_eq!(parse_since("1970-01-01T00:00:00Z", now).unwrap(), 0);
+        assert_eq!(
+            parse_since("2000-03-01T00:00:00Z", now).unwrap(),
+            951_868_800
+        );
+        assert_eq!(
+            parse_since("2026-12-06T19:00:00Z", now).unwrap(),
+            parse_since("2026-12-06T20:00:00+01:00", now).unwrap()
+        );
+        assert_eq!(
+            parse_since("2026-12-06T19:00:00.123456789Z", now).unwrap(),
+            parse_since("2026-12-06T19:00:00Z", now).unwrap()
+        );
+        assert_eq!(
+            parse_since("2026-12-06", now).unwrap(),
+            parse_since("2026-12-06T00:00:00Z", now).unwrap()
+        );
+        assert_eq!(parse_since("1796000000", now).unwrap(), 1_796_000_000);
+        assert_eq!(parse_since("1796000000.5", now).unwrap(), 1_796_000_000);
+        assert_eq!(parse_since("10m", now).unwrap(), now - 600);
+        assert_eq!(parse_since("1h30m", now).unwrap(), now - 5400);
+        for bad in [
+            "",
+            "yesterday",
+            "2026-13-01T00:00:00Z",
+            "2026-02-30",
+            "2026-12-06T25:00:00Z",
+            "2026-12-06T19:00:00",
+            "2026-12-06T19:00:00+0100",
+            "10x",
+        ] {
+            let e = parse_since(bad, now).unwrap_err();
+            assert!(e.contains("--since"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn prefixes_follow_docker() {
+        let id = "abcdef1234567890abcdef";
+        let d = PrefixStyle::default();
+        assert_eq!(
+            prefix(d, "web.1", id, "node1").as_deref(),
+            Some("web.1.abcdef123456@node1")
+        );
+        let full = PrefixStyle {
+            no_trunc: true,
+            ..d
+        };
+        assert_eq!(
+            prefix(full, "web.1", id, "node1").as_deref(),
+            Some("web.1.abcdef1234567890abcdef@node1")
+        );
+        let no_ids = PrefixStyle {
+            no_task_ids: true,
+            ..d
+        };
+        assert_eq!(
+            prefix(no_ids, "web.1", id, "node1").as_deref(),
+            Some("web.1@node1")
+        );
+        let raw = PrefixStyle { raw: true, ..d };
+        assert_eq!(prefix(raw, "web.1", id, "node1"), None);
+        assert_eq!(
+            format_line(Some("web.1.abcdef123456@node1"), "hello"),
+            "web.1.abcdef123456@node1    | hello"
+        );
+        assert_eq!(format_line(None, "hello"), "hello");
+    }
+}
