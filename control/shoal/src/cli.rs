@@ -15,6 +15,7 @@ pub mod info;
 pub mod network;
 pub mod registry_auth;
 pub mod service;
+pub mod stack;
 pub mod template;
 pub mod unlock_key;
 

@@ -22,7 +22,7 @@ mod limit_flags;
 mod mount_flags;
 mod policy;
 mod progress;
-mod spec;
+pub(crate) mod spec;
 pub(crate) mod views;
 
 pub use inspect::inspect_value;
