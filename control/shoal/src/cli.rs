@@ -422,7 +422,7 @@ pub struct Output {
 }
 
 /// Sends one request to the agent (`service` and `network` commands).
-fn call(client: &Client, request: &Request) -> Result<Reply, CliError> {
+pub(crate) fn call(client: &Client, request: &Request) -> Result<Reply, CliError> {
     Ok(client.call(request)?)
 }
 

@@ -474,7 +474,7 @@ pub struct LogsArgs {
     pub service: String,
 }
 
-fn state(client: &Client, services: Vec<String>) -> Result<ServiceStateView, CliError> {
+pub(crate) fn state(client: &Client, services: Vec<String>) -> Result<ServiceStateView, CliError> {
     match call(client, &Request::ServiceState { services })? {
         Reply::ServiceState(v) => Ok(*v),
         _ => Err(CliError::Output(
