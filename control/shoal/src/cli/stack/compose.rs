@@ -347,6 +347,8 @@ pub fn convert_service(stack: &str, name: &str, s: &Service) -> Result<Converted
 
     let mut labels: BTreeMap<String, String> = BTreeMap::new();
     let mut mode = json!({"Replicated": {"Replicas": 1}});
+    let mut restart_policy: Option<Value> = None;
+    let mut constraints: Vec<String> = Vec::new();
     if let Some(d) = &s.deploy {
         for l in &d.labels {
             let (k, v) = l.split_once('=').unwrap_or((l, ""));
@@ -376,11 +378,39 @@ pub fn convert_service(stack: &str, name: &str, s: &Service) -> Result<Converted
         if d.resources.is_some() {
             return refuse("deploy.resources (in this version of stack deploy)");
         }
-        if d.restart_policy.is_some() {
-            return refuse("deploy.restart_policy (in this version of stack deploy)");
+        if let Some(r) = &d.restart_policy {
+            let ns = |key: &str, v: &Option<String>| -> Result<Option<u64>, String> {
+                v.as_deref()
+                    .map(|t| {
+                        parse_duration(t).map(|ms| ms * 1_000_000).map_err(|e| {
+                            format!("service {name}: deploy.restart_policy.{key}: {e}")
+                        })
+                    })
+                    .transpose()
+            };
+            let mut policy = Map::new();
+            if let Some(c) = &r.condition {
+                policy.insert("Condition".into(), json!(c));
+            }
+            if let Some(d) = ns("delay", &r.delay)? {
+                policy.insert("Delay".into(), json!(d));
+            }
+            if let Some(w) = ns("window", &r.window)? {
+                policy.insert("Window".into(), json!(w));
+            }
+            if let Some(m) = r.max_attempts {
+                let m = u64::try_from(m).map_err(|_| {
+                    format!("service {name}: deploy.restart_policy.max_attempts is negative")
+                })?;
+                policy.insert("MaxAttempts".into(), json!(m));
+            }
+            restart_policy = Some(Value::Object(policy));
         }
-        if d.placement.is_some() {
-            return refuse("deploy.placement (in this version of stack deploy)");
+        if let Some(p) = &d.placement {
+            if !p.preferences.is_empty() {
+                return refuse("deploy.placement.preferences");
+            }
+            constraints.clone_from(&p.constraints);
         }
     }
     labels.insert(NAMESPACE_LABEL.into(), stack.into());
@@ -464,10 +494,17 @@ pub fn convert_service(stack: &str, name: &str, s: &Service) -> Result<Converted
         return refuse("env_file (in this version of stack deploy)");
     }
 
+    let mut task = json!({"ContainerSpec": Value::Object(container), "Networks": networks});
+    if let Some(r) = restart_policy {
+        task["RestartPolicy"] = r;
+    }
+    if !constraints.is_empty() {
+        task["Placement"] = json!({"Constraints": constraints});
+    }
     let docker = json!({
         "Name": format!("{stack}_{name}"),
         "Labels": labels,
-        "TaskTemplate": {"ContainerSpec": Value::Object(container), "Networks": networks},
+        "TaskTemplate": task,
         "Mode": mode,
         "EndpointSpec": {"Ports": ports},
     });
@@ -610,6 +647,23 @@ mod tests {
             assert!(e.contains(key) && e.contains("service w"), "{e}");
             assert!(UNSUPPORTED_KEYS.contains(&key));
         }
+    }
+
+    #[test]
+    fn restart_policy_and_constraints() {
+        let c = compose(
+            "services:\n  w:\n    image: busybox\n    deploy:\n      restart_policy: {condition: on-failure, delay: 2s, max_attempts: 3}\n      placement: {constraints: [\"node.role==manager\"]}\n",
+        );
+        let spec = convert("app", &c).unwrap().remove(0).spec;
+        let dbg = format!("{spec:?}");
+        assert!(
+            dbg.contains("OnFailure") && dbg.contains("node.role==manager"),
+            "{dbg}"
+        );
+        assert!(
+            dbg.contains("restart_delay_ms: 2000") && dbg.contains("restart_max_attempts: 3"),
+            "{dbg}"
+        );
     }
 
     #[test]
