@@ -10,7 +10,8 @@
 use std::{collections::BTreeMap, path::Path};
 
 use docker_compose_types::{
-    Command, Compose, Entrypoint, Environment, Labels, Networks, Ports, PublishedPort, Service,
+    Command, Compose, Entrypoint, Environment, HealthcheckTest, Labels, Networks, Ports,
+    PublishedPort, Service,
 };
 use serde_json::{json, Map, Value};
 use shoal_cluster::store::{PublishMode, ServiceSpec};
@@ -341,6 +342,37 @@ pub fn convert_service(stack: &str, name: &str, s: &Service) -> Result<Converted
     if s.init {
         container.insert("Init".into(), json!(true));
     }
+    if let Some(h) = &s.healthcheck {
+        if h.start_interval.is_some() {
+            return refuse("healthcheck.start_interval");
+        }
+        let test: Vec<String> = if h.disable {
+            vec!["NONE".into()]
+        } else {
+            match &h.test {
+                None => Vec::new(),
+                Some(HealthcheckTest::Single(t)) => vec!["CMD-SHELL".into(), t.clone()],
+                Some(HealthcheckTest::Multiple(l)) => l.clone(),
+            }
+        };
+        let mut check = Map::new();
+        check.insert("Test".into(), json!(test));
+        for (key, field, v) in [
+            ("Interval", "interval", &h.interval),
+            ("Timeout", "timeout", &h.timeout),
+            ("StartPeriod", "start_period", &h.start_period),
+        ] {
+            if let Some(t) = v {
+                let ms = parse_duration(t)
+                    .map_err(|e| format!("service {name}: healthcheck.{field}: {e}"))?;
+                check.insert(key.into(), json!(ms * 1_000_000));
+            }
+        }
+        let retries = u64::try_from(h.retries)
+            .map_err(|_| format!("service {name}: healthcheck.retries is negative"))?;
+        check.insert("Retries".into(), json!(retries));
+        container.insert("Healthcheck".into(), Value::Object(check));
+    }
     if s.read_only {
         container.insert("ReadOnly".into(), json!(true));
     }
@@ -486,9 +518,6 @@ pub fn convert_service(stack: &str, name: &str, s: &Service) -> Result<Converted
     }
     if s.secrets.is_some() {
         return refuse("secrets (in this version of stack deploy)");
-    }
-    if s.healthcheck.is_some() {
-        return refuse("healthcheck (in this version of stack deploy)");
     }
     if s.env_file.is_some() {
         return refuse("env_file (in this version of stack deploy)");
@@ -664,6 +693,20 @@ mod tests {
             dbg.contains("restart_delay_ms: 2000") && dbg.contains("restart_max_attempts: 3"),
             "{dbg}"
         );
+    }
+
+    #[test]
+    fn healthcheck() {
+        let c = compose(
+            "services:\n  w:\n    image: busybox\n    healthcheck: {test: \"wget -q localhost\", interval: 5s, retries: 2}\n",
+        );
+        let spec = convert("app", &c).unwrap().remove(0).spec;
+        let h = spec.healthcheck.expect("a health check");
+        assert_eq!(
+            h.test,
+            vec!["CMD-SHELL".to_string(), "wget -q localhost".into()]
+        );
+        assert_eq!((h.interval_ms, h.retries), (5000, 2));
     }
 
     #[test]
