@@ -15,6 +15,7 @@ pub mod info;
 pub mod network;
 pub mod registry_auth;
 pub mod service;
+pub mod stack;
 pub mod template;
 pub mod unlock_key;
 
@@ -421,7 +422,7 @@ pub struct Output {
 }
 
 /// Sends one request to the agent (`service` and `network` commands).
-fn call(client: &Client, request: &Request) -> Result<Reply, CliError> {
+pub(crate) fn call(client: &Client, request: &Request) -> Result<Reply, CliError> {
     Ok(client.call(request)?)
 }
 

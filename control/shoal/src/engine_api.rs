@@ -22,7 +22,7 @@ mod networks;
 mod proxy;
 mod reply;
 mod route;
-mod service_spec;
+pub(crate) mod service_spec;
 mod swarm;
 
 use std::{

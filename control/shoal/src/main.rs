@@ -56,6 +56,8 @@ enum Command {
     Service(ServiceArgs),
     /// Manage overlay networks (create, ls, inspect, rm)
     Network(NetworkArgs),
+    /// Manage stacks of services from compose files (deploy, ls, services, ps, rm)
+    Stack(cli::stack::StackArgs),
     /// Manage secrets: data given to services' tasks as files on a tmpfs (create, ls,
     /// inspect, rm)
     Secret(DataObjectArgs),
@@ -203,6 +205,7 @@ fn main() -> ExitCode {
         Command::Node(args) => print_output(cli::run_node(&args)),
         Command::Service(args) => print_output(cli::service::run_service(&args)),
         Command::Network(args) => print_output(cli::network::run_network(&args)),
+        Command::Stack(args) => print_output(cli::stack::run_stack(&args)),
         Command::Secret(args) => print_output(cli::data_object::run_data_object(
             shoal_cluster::store::ObjectKind::Secret,
             &args,

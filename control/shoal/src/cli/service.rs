@@ -22,7 +22,7 @@ mod limit_flags;
 mod mount_flags;
 mod policy;
 mod progress;
-mod spec;
+pub(crate) mod spec;
 pub(crate) mod views;
 
 pub use inspect::inspect_value;
@@ -549,7 +549,7 @@ fn logs_request(a: &LogsArgs) -> Result<Request, CliError> {
     })
 }
 
-fn state(client: &Client, services: Vec<String>) -> Result<ServiceStateView, CliError> {
+pub(crate) fn state(client: &Client, services: Vec<String>) -> Result<ServiceStateView, CliError> {
     match call(client, &Request::ServiceState { services })? {
         Reply::ServiceState(v) => Ok(*v),
         _ => Err(CliError::Output(

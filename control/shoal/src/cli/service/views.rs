@@ -107,7 +107,7 @@ fn ls_row(s: &Service, tasks: &[Task]) -> Value {
     })
 }
 
-pub(super) fn service_ls(
+pub(crate) fn service_ls(
     args: &ServiceLsArgs,
     filters: &Filters,
     view: &ServiceStateView,

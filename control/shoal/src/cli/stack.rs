@@ -1,0 +1,419 @@
+//! `shoal stack deploy|ls|services|ps|rm`: a stack is the services (and their networks)
+//! of compose files, named `<stack>_<name>` and labelled
+//! `com.docker.stack.namespace=<stack>` ([`compose`] reads and converts the files).
+//!
+//! `deploy` reads, merges and converts every file before its first change, so a file with
+//! a mistake deploys nothing. A service already deployed is updated (the rolling update
+//! of `service update`) only when its converted spec differs; `--prune` removes the
+//! stack's services no longer in the files. `rm` removes the services, then the networks.
+
+pub mod compose;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+};
+
+use clap::{Args, Subcommand};
+use serde_json::Value;
+use shoal_cluster::store::{Service, ServiceSpec};
+
+use super::{
+    call,
+    registry_auth::credentials_for,
+    service::{state, views::service_ls, views::task_list, ServiceLsArgs, TaskListArgs},
+    ApiSocketArg, CliError, Output,
+};
+use crate::{
+    api::{client::Client, Reply, Request},
+    filters,
+};
+use compose::NAMESPACE_LABEL;
+
+/// `shoal stack ...`
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct StackArgs {
+    #[command(flatten)]
+    pub socket: ApiSocketArg,
+    #[command(subcommand)]
+    pub command: StackCommand,
+}
+
+#[derive(Subcommand, Debug, Clone, PartialEq)]
+pub enum StackCommand {
+    /// Deploy a new stack or update an existing one from compose files
+    #[command(alias = "up")]
+    Deploy(DeployArgs),
+    /// List stacks
+    Ls,
+    /// List the services of a stack
+    Services(StackServicesArgs),
+    /// List the tasks of a stack
+    Ps(StackPsArgs),
+    /// Remove stacks (services, then networks)
+    #[command(alias = "remove", alias = "down")]
+    Rm(StackRmArgs),
+}
+
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct DeployArgs {
+    /// Compose file (repeatable: later files are merged over earlier ones)
+    #[arg(
+        short = 'c',
+        long = "compose-file",
+        value_name = "FILE",
+        required = true
+    )]
+    pub files: Vec<PathBuf>,
+    /// Remove the stack's services that are no longer in the files
+    #[arg(long)]
+    pub prune: bool,
+    /// Send the registry credentials of the local docker login to the nodes
+    #[arg(long)]
+    pub with_registry_auth: bool,
+    /// Pin images to their digest: always (default) or never
+    #[arg(long, value_name = "always|never", default_value = "always")]
+    pub resolve_image: String,
+    /// Stack name
+    pub name: String,
+}
+
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct StackServicesArgs {
+    #[command(flatten)]
+    pub ls: ServiceLsArgs,
+    pub name: String,
+}
+
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct StackPsArgs {
+    #[command(flatten)]
+    pub tasks: TaskListArgs,
+    pub name: String,
+}
+
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct StackRmArgs {
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+fn stack_of(s: &Service) -> Option<&str> {
+    s.spec.labels.get(NAMESPACE_LABEL).map(String::as_str)
+}
+
+/// The service names of stack `name`, in name order.
+fn stack_services(client: &Client, name: &str) -> Result<Vec<Service>, CliError> {
+    let mut list: Vec<Service> = state(client, Vec::new())?
+        .services
+        .into_iter()
+        .filter(|s| stack_of(s) == Some(name))
+        .collect();
+    list.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+    Ok(list)
+}
+
+/// Whether `deployed` already is `wanted`: the managers keep networks by ID (`ids`:
+/// name -> ID) and pin a tag to its digest, so an image written without a digest
+/// matches the deployed one with it.
+pub fn unchanged(
+    deployed: &ServiceSpec,
+    wanted: &ServiceSpec,
+    ids: &BTreeMap<String, String>,
+) -> bool {
+    let id = |n: &String| ids.get(n).cloned().unwrap_or_else(|| n.clone());
+    let mut w = wanted.clone();
+    w.networks = w.networks.iter().map(id).collect();
+    w.network_aliases = w
+        .network_aliases
+        .iter()
+        .map(|(n, a)| (id(n), a.clone()))
+        .collect();
+    let wanted = &w;
+    let mut d = deployed.clone();
+    if !wanted.image.contains('@') {
+        if let Some((tag, _digest)) = d.image.split_once('@') {
+            d.image = tag.to_string();
+        }
+    }
+    &d == wanted
+}
+
+/// Top-level keys this version of `stack deploy` cannot carry out: refused before any
+/// change. Networks are the stack's own overlays (`driver: overlay` or nothing).
+fn check_top_level(file: &std::path::Path, v: &Value) -> Result<(), String> {
+    for key in ["volumes", "secrets", "configs"] {
+        if v.get(key).is_some_and(|x| !x.is_null()) {
+            return Err(format!(
+                "{}: top-level {key} are not supported by stack deploy yet",
+                file.display()
+            ));
+        }
+    }
+    if let Some(Value::Object(nets)) = v.get("networks") {
+        for (name, opts) in nets {
+            let ok = match opts {
+                Value::Null => true,
+                Value::Object(o) => o
+                    .iter()
+                    .all(|(k, v)| k == "driver" && v.as_str() == Some("overlay")),
+                _ => false,
+            };
+            if !ok {
+                return Err(format!(
+                    "{}: network {name}: only `driver: overlay` is supported by stack deploy yet",
+                    file.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Network name -> ID.
+fn network_ids(client: &Client) -> Result<BTreeMap<String, String>, CliError> {
+    match call(client, &Request::NetworkLs)? {
+        Reply::Networks { networks } => Ok(networks.into_iter().map(|n| (n.name, n.id)).collect()),
+        _ => Err(CliError::Output("unexpected reply to network ls".into())),
+    }
+}
+
+fn deploy(client: &Client, a: &DeployArgs, warnings: &mut Vec<String>) -> Result<String, CliError> {
+    let no_resolve_image = match a.resolve_image.as_str() {
+        "always" => false,
+        "never" => true,
+        other => {
+            return Err(CliError::Usage(format!(
+                "--resolve-image {other:?}: only always and never are supported"
+            )))
+        }
+    };
+    let mut values = Vec::new();
+    for f in &a.files {
+        let v = compose::load(f).map_err(CliError::Usage)?;
+        check_top_level(f, &v).map_err(CliError::Usage)?;
+        values.push(v);
+    }
+    let merged = compose::merge(values).map_err(CliError::Usage)?;
+    let converted = compose::convert(&a.name, &merged).map_err(CliError::Usage)?;
+    let mut registry_auth = BTreeMap::new();
+    if a.with_registry_auth {
+        for c in &converted {
+            let creds = credentials_for(&c.spec.image).map_err(CliError::Usage)?;
+            registry_auth.insert(c.spec.name.clone(), Box::new(creds));
+        }
+    }
+    for c in &converted {
+        warnings.extend(c.warnings.iter().cloned());
+    }
+
+    let deployed = stack_services(client, &a.name)?;
+    let existing_networks: BTreeSet<String> = network_ids(client)?.into_keys().collect();
+    let wanted_networks: BTreeSet<String> = converted
+        .iter()
+        .flat_map(|c| c.spec.networks.iter().cloned())
+        .collect();
+    let mut out = String::new();
+    for net in wanted_networks.difference(&existing_networks) {
+        out.push_str(&format!("Creating network {net}\n"));
+        let reply = call(
+            client,
+            &Request::NetworkCreate {
+                name: net.clone(),
+                driver: Some("overlay".into()),
+                subnet: None,
+                gateway: None,
+                attachable: false,
+                options: BTreeMap::new(),
+                labels: BTreeMap::from([(NAMESPACE_LABEL.to_string(), a.name.clone())]),
+            },
+        )?;
+        if !matches!(reply, Reply::NetworkCreated { .. }) {
+            return Err(CliError::Output(
+                "unexpected reply to network create".into(),
+            ));
+        }
+    }
+    let ids = network_ids(client)?;
+    for c in &converted {
+        let name = &c.spec.name;
+        let auth = registry_auth.get(name).cloned();
+        match deployed.iter().find(|s| &s.spec.name == name) {
+            Some(s) if unchanged(&s.spec, &c.spec, &ids) => {}
+            Some(s) => {
+                out.push_str(&format!("Updating service {name} (id: {})\n", s.id));
+                let reply = call(
+                    client,
+                    &Request::ServiceSetSpec {
+                        service: s.id.clone(),
+                        spec: Box::new(c.spec.clone()),
+                        version: s.version,
+                        force_update: s.force_update,
+                        no_resolve_image,
+                        registry_auth: auth,
+                    },
+                )?;
+                let Reply::ServicesChanged { warnings: w, .. } = reply else {
+                    return Err(CliError::Output(
+                        "unexpected reply to service update".into(),
+                    ));
+                };
+                warnings.extend(w);
+            }
+            None => {
+                out.push_str(&format!("Creating service {name}\n"));
+                let reply = call(
+                    client,
+                    &Request::ServiceCreate {
+                        spec: Box::new(c.spec.clone()),
+                        no_resolve_image,
+                        registry_auth: auth,
+                    },
+                )?;
+                let Reply::ServiceCreated { warnings: w, .. } = reply else {
+                    return Err(CliError::Output(
+                        "unexpected reply to service create".into(),
+                    ));
+                };
+                warnings.extend(w);
+            }
+        }
+    }
+    if a.prune {
+        let gone: Vec<String> = deployed
+            .iter()
+            .filter(|s| !converted.iter().any(|c| c.spec.name == s.spec.name))
+            .map(|s| s.spec.name.clone())
+            .collect();
+        if !gone.is_empty() {
+            for g in &gone {
+                out.push_str(&format!("Removing service {g}\n"));
+            }
+            call(client, &Request::ServiceRm { services: gone })?;
+        }
+    }
+    Ok(out)
+}
+
+fn rm(client: &Client, names: &[String]) -> Result<String, CliError> {
+    let mut out = String::new();
+    for name in names {
+        let services = stack_services(client, name)?;
+        let networks: Vec<String> = match call(client, &Request::NetworkLs)? {
+            Reply::Networks { networks } => networks
+                .into_iter()
+                .filter(|n| n.labels.get(NAMESPACE_LABEL) == Some(name))
+                .map(|n| n.name)
+                .collect(),
+            _ => return Err(CliError::Output("unexpected reply to network ls".into())),
+        };
+        if services.is_empty() && networks.is_empty() {
+            return Err(CliError::Output(format!("Nothing found in stack: {name}")));
+        }
+        if !services.is_empty() {
+            for s in &services {
+                out.push_str(&format!("Removing service {}\n", s.spec.name));
+            }
+            call(
+                client,
+                &Request::ServiceRm {
+                    services: services.iter().map(|s| s.id.clone()).collect(),
+                },
+            )?;
+        }
+        if !networks.is_empty() {
+            for n in &networks {
+                out.push_str(&format!("Removing network {n}\n"));
+            }
+            call(client, &Request::NetworkRm { networks })?;
+        }
+    }
+    Ok(out)
+}
+
+/// Runs `shoal stack ...` against the agent.
+pub fn run_stack(args: &StackArgs) -> Result<Output, CliError> {
+    let client = Client::new(&args.socket.api_socket);
+    let mut warnings = Vec::new();
+    let stdout = match &args.command {
+        StackCommand::Deploy(a) => deploy(&client, a, &mut warnings)?,
+        StackCommand::Ls => {
+            let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+            for s in state(&client, Vec::new())?.services {
+                if let Some(stack) = stack_of(&s) {
+                    *counts.entry(stack.to_string()).or_default() += 1;
+                }
+            }
+            let mut out = format!("{:<10}{}\n", "NAME", "SERVICES");
+            for (name, n) in counts {
+                out.push_str(&format!("{name:<10}{n}\n"));
+            }
+            out
+        }
+        StackCommand::Services(a) => {
+            let filters = filters::from_args(&a.ls.filters, filters::SERVICE_KEYS)
+                .map_err(CliError::Usage)?;
+            let names: Vec<String> = stack_services(&client, &a.name)?
+                .into_iter()
+                .map(|s| s.id)
+                .collect();
+            if names.is_empty() {
+                return Err(CliError::Output(format!(
+                    "Nothing found in stack: {}",
+                    a.name
+                )));
+            }
+            let view = state(&client, names)?;
+            service_ls(&a.ls, &filters, &view).map_err(CliError::Output)?
+        }
+        StackCommand::Ps(a) => {
+            let filters = a.tasks.check().map_err(CliError::Usage)?;
+            let names: Vec<String> = stack_services(&client, &a.name)?
+                .into_iter()
+                .map(|s| s.id)
+                .collect();
+            if names.is_empty() {
+                return Err(CliError::Output(format!(
+                    "Nothing found in stack: {}",
+                    a.name
+                )));
+            }
+            let view = state(&client, names)?;
+            task_list(&a.tasks, &filters, &view).map_err(CliError::Output)?
+        }
+        StackCommand::Rm(a) => rm(&client, &a.names)?,
+    };
+    Ok(Output { stdout, warnings })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(image: &str, net: &str) -> ServiceSpec {
+        let c = compose::merge(vec![compose::parse(
+            &format!("services:\n  web:\n    image: {image}\n    networks: [{net}]\n"),
+            "s.yml",
+            &|_| None,
+        )
+        .unwrap()])
+        .unwrap();
+        compose::convert("app", &c).unwrap().remove(0).spec
+    }
+
+    #[test]
+    fn plan_sees_only_real_changes() {
+        let ids = BTreeMap::from([("app_front".to_string(), "n1".to_string())]);
+        let mut deployed = spec("nginx:1", "front");
+        deployed.networks = vec!["n1".into()];
+        deployed.network_aliases = deployed
+            .network_aliases
+            .into_values()
+            .map(|a| ("n1".to_string(), a))
+            .collect();
+        deployed.image = "nginx:1@sha256:abc".into();
+        assert!(unchanged(&deployed, &spec("nginx:1", "front"), &ids));
+        assert!(!unchanged(&deployed, &spec("nginx:2", "front"), &ids));
+        assert!(!unchanged(&deployed, &spec("nginx:1", "back"), &ids));
+    }
+}

@@ -1,0 +1,717 @@
+//! Compose files for `shoal stack deploy`: reading them (variable interpolation, `.env`
+//! beside the file, several files merged as docker does), and turning each service into
+//! shoal's [`ServiceSpec`] through the Engine API's conversion of Docker's `ServiceSpec`
+//! ([`crate::engine_api::service_spec::from_docker`]), so the rules live in one place.
+//!
+//! Names are `<stack>_<name>`, labelled `com.docker.stack.namespace=<stack>`. Keys Swarm
+//! ignores are warned about and skipped; keys shoal's service spec cannot carry yet are
+//! refused ([`UNSUPPORTED_KEYS`]).
+
+use std::{collections::BTreeMap, path::Path};
+
+use docker_compose_types::{
+    Command, Compose, Entrypoint, Environment, HealthcheckTest, Labels, Networks, Ports,
+    PublishedPort, Service,
+};
+use serde_json::{json, Map, Value};
+use shoal_cluster::store::{PublishMode, ServiceSpec};
+
+use crate::cli::service::spec::{parse_duration, parse_publish};
+use crate::engine_api::service_spec::from_docker;
+
+/// The label naming a stack on its services, networks, secrets and configs.
+pub const NAMESPACE_LABEL: &str = "com.docker.stack.namespace";
+
+/// Service keys Swarm ignores: warned about, then skipped.
+pub const IGNORED_KEYS: &[&str] = &["container_name", "depends_on", "build", "restart", "links"];
+
+/// Service keys shoal's service spec cannot carry yet: a file using one is refused,
+/// naming the key and the service.
+pub const UNSUPPORTED_KEYS: &[&str] = &[
+    "ulimits",
+    "sysctls",
+    "cap_add",
+    "cap_drop",
+    "privileged",
+    "devices",
+    "deploy.resources.reservations",
+    "deploy.placement.preferences",
+    "deploy.placement.max_replicas_per_node",
+];
+
+/// Expands `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?err}`, `${VAR?err}`,
+/// `$VAR` and `$$` (a literal `$`) in `text`, line by line so a later parse error still
+/// points at the right line. `file` names the file in errors.
+pub fn interpolate(
+    text: &str,
+    file: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        let mut rest = line;
+        while let Some(i) = rest.find('$') {
+            out.push_str(&rest[..i]);
+            let after = &rest[i + 1..];
+            let col = line.len() - rest.len() + i + 1;
+            let at = || format!("{file}:{}:{col}", n + 1);
+            if let Some(r) = after.strip_prefix('$') {
+                out.push('$');
+                rest = r;
+            } else if let Some(r) = after.strip_prefix('{') {
+                let end = r
+                    .find('}')
+                    .ok_or_else(|| format!("{}: invalid interpolation: no closing }}", at()))?;
+                out.push_str(&expand(&r[..end], lookup).map_err(|e| format!("{}: {e}", at()))?);
+                rest = &r[end + 1..];
+            } else {
+                let len = after
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(after.len());
+                if len == 0 {
+                    return Err(format!(
+                        "{}: invalid interpolation: a lone $ (write $$ for a literal $)",
+                        at()
+                    ));
+                }
+                out.push_str(&lookup(&after[..len]).unwrap_or_default());
+                rest = &after[len..];
+            }
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
+fn expand(expr: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let name_len = expr
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(expr.len());
+    let (name, op) = expr.split_at(name_len);
+    if name.is_empty() {
+        return Err(format!("invalid interpolation ${{{expr}}}"));
+    }
+    let value = lookup(name);
+    let set_nonempty = value.as_deref().is_some_and(|v| !v.is_empty());
+    Ok(match op {
+        "" => value.unwrap_or_default(),
+        _ if op.starts_with(":-") => {
+            if set_nonempty {
+                value.unwrap_or_default()
+            } else {
+                op[2..].to_string()
+            }
+        }
+        _ if op.starts_with('-') => value.unwrap_or_else(|| op[1..].to_string()),
+        _ if op.starts_with(":?") || op.starts_with('?') => {
+            let unset = if op.starts_with(':') {
+                !set_nonempty
+            } else {
+                value.is_none()
+            };
+            if unset {
+                let msg = op.trim_start_matches(':')[1..].trim();
+                return Err(if msg.is_empty() {
+                    format!("required variable {name} is missing a value")
+                } else {
+                    format!("required variable {name} is missing a value: {msg}")
+                });
+            }
+            value.unwrap_or_default()
+        }
+        _ => return Err(format!("invalid interpolation ${{{expr}}}")),
+    })
+}
+
+/// `KEY=VALUE` lines of a `.env` file (blank lines and `#` comments skipped, quotes
+/// around a value removed).
+pub fn parse_env_file(text: &str, file: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut vars = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let (k, v) = line
+            .split_once('=')
+            .ok_or_else(|| format!("{file}:{}:1: expected KEY=VALUE", n + 1))?;
+        let v = v.trim();
+        let v = v
+            .strip_prefix('"')
+            .and_then(|s| s.strip_suffix('"'))
+            .or_else(|| v.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')))
+            .unwrap_or(v);
+        vars.insert(k.trim().to_string(), v.to_string());
+    }
+    Ok(vars)
+}
+
+/// One compose file's text, interpolated with `lookup`, parsed; a malformed file gives
+/// one error `FILE:LINE:COL: ...`.
+pub fn parse(
+    text: &str,
+    file: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Value, String> {
+    let text = interpolate(text, file, lookup)?;
+    let located = |e: serde_yaml::Error| match e.location() {
+        Some(l) => format!("{file}:{}:{}: {e}", l.line(), l.column()),
+        None => format!("{file}: {e}"),
+    };
+    // The typed parse checks the file's shape (with the place of a mistake); the
+    // untyped value is what several files are merged on.
+    serde_yaml::from_str::<Compose>(&text).map_err(located)?;
+    let value: Value = serde_yaml::from_str(&text).map_err(located)?;
+    if !value.is_object() {
+        return Err(format!("{file}:1:1: a compose file is a mapping"));
+    }
+    Ok(value)
+}
+
+/// Reads a compose file, with the variables of the process's environment and of a
+/// `.env` file beside it (the environment wins).
+pub fn load(path: &Path) -> Result<Value, String> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{file}: {e}"))?;
+    let env_path = path.parent().unwrap_or(Path::new(".")).join(".env");
+    let dot_env = match std::fs::read_to_string(&env_path) {
+        Ok(t) => parse_env_file(&t, &env_path.display().to_string())?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(e) => return Err(format!("{}: {e}", env_path.display())),
+    };
+    parse(&text, &file, &|k| {
+        std::env::var(k).ok().or_else(|| dot_env.get(k).cloned())
+    })
+}
+
+/// Merges several files' values as docker does: mappings merge key by key, a later
+/// file's scalar or list replaces an earlier one's; `ports`, `volumes`, `secrets`,
+/// `configs` and `extra_hosts`/`dns` lists of a service are concatenated.
+pub fn merge(files: Vec<Value>) -> Result<Compose, String> {
+    let mut merged = Value::Object(Map::new());
+    for f in files {
+        merge_value(&mut merged, f, "");
+    }
+    serde_json::from_value(merged).map_err(|e| format!("merged compose files: {e}"))
+}
+
+fn merge_value(into: &mut Value, from: Value, key: &str) {
+    const APPENDED: &[&str] = &[
+        "ports",
+        "volumes",
+        "secrets",
+        "configs",
+        "extra_hosts",
+        "dns",
+    ];
+    match (into, from) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                match a.get_mut(&k) {
+                    Some(slot) => merge_value(slot, v, &k),
+                    None => {
+                        a.insert(k, v);
+                    }
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) if APPENDED.contains(&key) => a.extend(b),
+        (slot, v) => *slot = v,
+    }
+}
+
+/// A converted service: its spec and the warnings about keys skipped.
+#[derive(Debug)]
+pub struct Converted {
+    pub spec: ServiceSpec,
+    pub warnings: Vec<String>,
+}
+
+fn one_line(c: &Command) -> Vec<String> {
+    match c {
+        Command::Simple(s) => s.split_whitespace().map(String::from).collect(),
+        Command::Args(a) => a.clone(),
+    }
+}
+
+/// `service`'s spec in stack `stack`, as Docker's `ServiceSpec` JSON and then shoal's.
+pub fn convert_service(stack: &str, name: &str, s: &Service) -> Result<Converted, String> {
+    let refuse = |key: &str| {
+        Err(format!(
+            "service {name}: {key} is not supported by shoal's services yet"
+        ))
+    };
+    if !s.ulimits.is_empty() {
+        return refuse("ulimits");
+    }
+    if !s.sysctls.is_empty() {
+        return refuse("sysctls");
+    }
+    if !s.cap_add.is_empty() {
+        return refuse("cap_add");
+    }
+    if !s.cap_drop.is_empty() {
+        return refuse("cap_drop");
+    }
+    if s.privileged {
+        return refuse("privileged");
+    }
+    if !s.devices.is_empty() {
+        return refuse("devices");
+    }
+    let mut warnings = Vec::new();
+    let mut warn = |key: &str, set: bool| {
+        if set {
+            warnings.push(format!(
+                "Ignoring unsupported options: {key} (service {name})"
+            ));
+        }
+    };
+    warn("container_name", s.container_name.is_some());
+    warn("depends_on", !s.depends_on.is_empty());
+    warn("build", s.build_.is_some());
+    warn("restart", s.restart.is_some());
+    warn("links", !s.links.is_empty());
+
+    let image = s
+        .image
+        .clone()
+        .ok_or_else(|| format!("service {name}: an image is required"))?;
+    let mut container = Map::new();
+    container.insert("Image".into(), json!(image));
+    if let Some(e) = &s.entrypoint {
+        let list = match e {
+            Entrypoint::Simple(t) => t.split_whitespace().map(String::from).collect(),
+            Entrypoint::List(l) => l.clone(),
+        };
+        container.insert("Command".into(), json!(list));
+    }
+    if let Some(c) = &s.command {
+        container.insert("Args".into(), json!(one_line(c)));
+    }
+    let env: Vec<String> = match &s.environment {
+        Environment::List(l) => l.clone(),
+        Environment::KvPair(m) => m
+            .iter()
+            .map(|(k, v)| match v {
+                Some(v) => format!("{k}={v}"),
+                None => std::env::var(k)
+                    .map(|v| format!("{k}={v}"))
+                    .unwrap_or_else(|_| k.clone()),
+            })
+            .collect(),
+    };
+    if !env.is_empty() {
+        container.insert("Env".into(), json!(env));
+    }
+    for (key, v) in [
+        ("User", &s.user),
+        ("Dir", &s.working_dir),
+        ("Hostname", &s.hostname),
+        ("StopSignal", &s.stop_signal),
+    ] {
+        if let Some(v) = v {
+            container.insert(key.into(), json!(v));
+        }
+    }
+    if let Some(g) = &s.stop_grace_period {
+        let ms =
+            parse_duration(g).map_err(|e| format!("service {name}: stop_grace_period: {e}"))?;
+        container.insert("StopGracePeriod".into(), json!(ms * 1_000_000));
+    }
+    if !s.dns.is_empty() || !s.dns_opt.is_empty() {
+        container.insert(
+            "DNSConfig".into(),
+            json!({"Nameservers": s.dns, "Options": s.dns_opt}),
+        );
+    }
+    if !s.extra_hosts.is_empty() {
+        // Docker's `Hosts` are `IP NAME`; compose writes `NAME:IP`.
+        let hosts = s
+            .extra_hosts
+            .iter()
+            .map(|h| {
+                h.split_once(':')
+                    .map(|(n, ip)| format!("{ip} {n}"))
+                    .ok_or_else(|| format!("service {name}: extra_hosts {h:?} is not NAME:IP"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        container.insert("Hosts".into(), json!(hosts));
+    }
+    if s.init {
+        container.insert("Init".into(), json!(true));
+    }
+    if let Some(h) = &s.healthcheck {
+        if h.start_interval.is_some() {
+            return refuse("healthcheck.start_interval");
+        }
+        let test: Vec<String> = if h.disable {
+            vec!["NONE".into()]
+        } else {
+            match &h.test {
+                None => Vec::new(),
+                Some(HealthcheckTest::Single(t)) => vec!["CMD-SHELL".into(), t.clone()],
+                Some(HealthcheckTest::Multiple(l)) => l.clone(),
+            }
+        };
+        let mut check = Map::new();
+        check.insert("Test".into(), json!(test));
+        for (key, field, v) in [
+            ("Interval", "interval", &h.interval),
+            ("Timeout", "timeout", &h.timeout),
+            ("StartPeriod", "start_period", &h.start_period),
+        ] {
+            if let Some(t) = v {
+                let ms = parse_duration(t)
+                    .map_err(|e| format!("service {name}: healthcheck.{field}: {e}"))?;
+                check.insert(key.into(), json!(ms * 1_000_000));
+            }
+        }
+        let retries = u64::try_from(h.retries)
+            .map_err(|_| format!("service {name}: healthcheck.retries is negative"))?;
+        check.insert("Retries".into(), json!(retries));
+        container.insert("Healthcheck".into(), Value::Object(check));
+    }
+    if s.read_only {
+        container.insert("ReadOnly".into(), json!(true));
+    }
+
+    let mut labels: BTreeMap<String, String> = BTreeMap::new();
+    let mut mode = json!({"Replicated": {"Replicas": 1}});
+    let mut restart_policy: Option<Value> = None;
+    let mut constraints: Vec<String> = Vec::new();
+    if let Some(d) = &s.deploy {
+        for l in &d.labels {
+            let (k, v) = l.split_once('=').unwrap_or((l, ""));
+            labels.insert(k.into(), v.into());
+        }
+        match d.mode.as_deref() {
+            None | Some("replicated") => {
+                mode = json!({"Replicated": {"Replicas": d.replicas.unwrap_or(1)}});
+            }
+            Some("global") => {
+                if d.replicas.is_some() {
+                    return Err(format!(
+                        "service {name}: deploy.replicas cannot be set with mode global"
+                    ));
+                }
+                mode = json!({"Global": {}});
+            }
+            Some(other) => {
+                return Err(format!(
+                    "service {name}: deploy.mode {other:?} is not replicated or global"
+                ))
+            }
+        }
+        if d.update_config.is_some() {
+            return refuse("deploy.update_config (in this version of stack deploy)");
+        }
+        if d.resources.is_some() {
+            return refuse("deploy.resources (in this version of stack deploy)");
+        }
+        if let Some(r) = &d.restart_policy {
+            let ns = |key: &str, v: &Option<String>| -> Result<Option<u64>, String> {
+                v.as_deref()
+                    .map(|t| {
+                        parse_duration(t).map(|ms| ms * 1_000_000).map_err(|e| {
+                            format!("service {name}: deploy.restart_policy.{key}: {e}")
+                        })
+                    })
+                    .transpose()
+            };
+            let mut policy = Map::new();
+            if let Some(c) = &r.condition {
+                policy.insert("Condition".into(), json!(c));
+            }
+            if let Some(d) = ns("delay", &r.delay)? {
+                policy.insert("Delay".into(), json!(d));
+            }
+            if let Some(w) = ns("window", &r.window)? {
+                policy.insert("Window".into(), json!(w));
+            }
+            if let Some(m) = r.max_attempts {
+                let m = u64::try_from(m).map_err(|_| {
+                    format!("service {name}: deploy.restart_policy.max_attempts is negative")
+                })?;
+                policy.insert("MaxAttempts".into(), json!(m));
+            }
+            restart_policy = Some(Value::Object(policy));
+        }
+        if let Some(p) = &d.placement {
+            if !p.preferences.is_empty() {
+                return refuse("deploy.placement.preferences");
+            }
+            constraints.clone_from(&p.constraints);
+        }
+    }
+    labels.insert(NAMESPACE_LABEL.into(), stack.into());
+    let mut container_labels: BTreeMap<String, String> = match &s.labels {
+        Labels::List(l) => l
+            .iter()
+            .map(|l| {
+                let (k, v) = l.split_once('=').unwrap_or((l, ""));
+                (k.to_string(), v.to_string())
+            })
+            .collect(),
+        Labels::Map(m) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    };
+    container_labels.insert(NAMESPACE_LABEL.into(), stack.into());
+    container.insert("Labels".into(), json!(container_labels));
+
+    let ports = match &s.ports {
+        Ports::Short(list) => list
+            .iter()
+            .map(|p| parse_publish(p).map_err(|e| format!("service {name}: ports: {e}")))
+            .collect::<Result<Vec<_>, _>>()?,
+        Ports::Long(list) => list
+            .iter()
+            .map(|p| {
+                let published = match &p.published {
+                    None => String::new(),
+                    Some(PublishedPort::Single(n)) => format!(",published={n}"),
+                    Some(PublishedPort::Range(r)) => format!(",published={r}"),
+                };
+                let mut text = format!("target={}{published}", p.target);
+                if let Some(proto) = &p.protocol {
+                    text.push_str(&format!(",protocol={proto}"));
+                }
+                if let Some(mode) = &p.mode {
+                    text.push_str(&format!(",mode={mode}"));
+                }
+                parse_publish(&text).map_err(|e| format!("service {name}: ports: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(|p| {
+            json!({
+                "Protocol": format!("{:?}", p.protocol).to_lowercase(),
+                "TargetPort": p.target,
+                "PublishedPort": p.published,
+                "PublishMode": match p.mode { PublishMode::Host => "host", PublishMode::Ingress => "ingress" },
+            })
+        })
+        .collect();
+
+    // Each network knows the service by its name in the file too (as docker's stacks do).
+    let attach = |n: &str, extra: &[String]| {
+        let mut aliases = vec![name.to_string()];
+        aliases.extend(extra.iter().filter(|a| *a != name).cloned());
+        json!({"Target": format!("{stack}_{n}"), "Aliases": aliases})
+    };
+    let networks: Vec<Value> = match &s.networks {
+        Networks::Simple(l) if l.is_empty() => vec![attach("default", &[])],
+        Networks::Simple(l) => l.iter().map(|n| attach(n, &[])).collect(),
+        Networks::Advanced(a) => {
+            a.0.iter()
+                .map(|(n, opts)| match opts {
+                    docker_compose_types::MapOrEmpty::Map(o) => attach(n, &o.aliases),
+                    docker_compose_types::MapOrEmpty::Empty => attach(n, &[]),
+                })
+                .collect()
+        }
+    };
+    if !s.volumes.is_empty() {
+        return refuse("volumes (in this version of stack deploy)");
+    }
+    if s.secrets.is_some() {
+        return refuse("secrets (in this version of stack deploy)");
+    }
+    if s.env_file.is_some() {
+        return refuse("env_file (in this version of stack deploy)");
+    }
+
+    let mut task = json!({"ContainerSpec": Value::Object(container), "Networks": networks});
+    if let Some(r) = restart_policy {
+        task["RestartPolicy"] = r;
+    }
+    if !constraints.is_empty() {
+        task["Placement"] = json!({"Constraints": constraints});
+    }
+    let docker = json!({
+        "Name": format!("{stack}_{name}"),
+        "Labels": labels,
+        "TaskTemplate": task,
+        "Mode": mode,
+        "EndpointSpec": {"Ports": ports},
+    });
+    let (spec, _) = from_docker(docker).map_err(|e| format!("service {name}: {e}"))?;
+    Ok(Converted { spec, warnings })
+}
+
+/// Every service of `compose` converted, in the file's order; the first error stops
+/// it (so nothing is deployed from a file with a mistake).
+pub fn convert(stack: &str, compose: &Compose) -> Result<Vec<Converted>, String> {
+    if compose.services.is_empty() {
+        return Err("the compose files have no services".into());
+    }
+    compose
+        .services
+        .0
+        .iter()
+        .map(|(name, s)| convert_service(stack, name, &s.clone().unwrap_or_default()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(k: &str) -> Option<String> {
+        match k {
+            "TAG" => Some("1.2".into()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn interpolation_forms() {
+        let t = "a: ${TAG}\nb: ${NOPE:-def}\nc: $$HOME\nd: ${EMPTY:-x}\ne: ${EMPTY-x}\nf: $TAG.0\n";
+        let out = interpolate(t, "f.yml", &vars).unwrap();
+        assert_eq!(out, "a: 1.2\nb: def\nc: $HOME\nd: x\ne: \nf: 1.2.0\n");
+    }
+
+    #[test]
+    fn required_variable_error_has_place() {
+        let e = interpolate("x: 1\ny: ${NOPE:?set it}\n", "f.yml", &vars).unwrap_err();
+        assert_eq!(
+            e,
+            "f.yml:2:4: required variable NOPE is missing a value: set it"
+        );
+    }
+
+    #[test]
+    fn malformed_file_gives_file_line_col() {
+        let e = parse("services:\n  web:\n    image: [\n", "s.yml", &vars).unwrap_err();
+        assert!(e.starts_with("s.yml:"), "{e}");
+        let parts: Vec<&str> = e.splitn(4, ':').collect();
+        assert!(
+            parts[1].parse::<u64>().is_ok() && parts[2].parse::<u64>().is_ok(),
+            "{e}"
+        );
+        let e = parse("services:\n  web:\n    ports: 5\n", "s.yml", &vars).unwrap_err();
+        assert!(e.starts_with("s.yml:3:5: "), "{e}");
+    }
+
+    #[test]
+    fn env_file() {
+        let v = parse_env_file("# c\nA=1\nexport B=\"two\"\n\n", ".env").unwrap();
+        assert_eq!(v["A"], "1");
+        assert_eq!(v["B"], "two");
+        assert!(parse_env_file("nope\n", ".env").is_err());
+    }
+
+    #[test]
+    fn merge_overrides_and_appends() {
+        let a = parse(
+            "services:\n  web:\n    image: nginx:1\n    ports: [\"80:80\"]\n    environment: {A: \"1\"}\n",
+            "a.yml",
+            &vars,
+        )
+        .unwrap();
+        let b = parse(
+            "services:\n  web:\n    image: nginx:${TAG}\n    ports: [\"443:443\"]\n    environment: {B: \"2\"}\n",
+            "b.yml",
+            &vars,
+        )
+        .unwrap();
+        let c = merge(vec![a, b]).unwrap();
+        let web = c.services.0["web"].clone().unwrap();
+        assert_eq!(web.image.as_deref(), Some("nginx:1.2"));
+        let Ports::Short(p) = &web.ports else {
+            panic!()
+        };
+        assert_eq!(p, &vec!["80:80".to_string(), "443:443".to_string()]);
+        let Environment::KvPair(env) = &web.environment else {
+            panic!()
+        };
+        assert_eq!(env.len(), 2);
+    }
+
+    fn compose(text: &str) -> Compose {
+        merge(vec![parse(text, "s.yml", &vars).unwrap()]).unwrap()
+    }
+
+    #[test]
+    fn converts_a_service() {
+        let c = compose(
+            "services:\n  web:\n    image: nginx:1\n    command: [\"-g\", \"x\"]\n    environment: [\"A=1\"]\n    ports: [\"8080:80\"]\n    networks:\n      front: {aliases: [www]}\n    user: \"1000\"\n    deploy: {replicas: 3, labels: [\"tier=web\"]}\n    container_name: ignored\n",
+        );
+        let out = convert("app", &c).unwrap();
+        let web = &out[0];
+        assert_eq!(web.spec.name, "app_web");
+        assert_eq!(web.spec.image, "nginx:1");
+        assert_eq!(web.spec.labels[NAMESPACE_LABEL], "app");
+        assert_eq!(web.spec.labels["tier"], "web");
+        assert_eq!(web.spec.ports.len(), 1);
+        assert_eq!(web.spec.ports[0].published, 8080);
+        assert_eq!(web.spec.ports[0].target, 80);
+        assert_eq!(web.warnings.len(), 1, "{:?}", web.warnings);
+        assert!(web.warnings[0].contains("container_name"));
+    }
+
+    #[test]
+    fn default_network_and_global_mode() {
+        let c = compose("services:\n  agent:\n    image: busybox\n    deploy: {mode: global}\n");
+        let out = convert("app", &c).unwrap();
+        let dbg = format!("{:?}", out[0].spec);
+        assert!(dbg.contains("app_default"), "{dbg}");
+        assert!(dbg.contains("Global"), "{dbg}");
+    }
+
+    #[test]
+    fn unsupported_keys_are_refused_by_name() {
+        for (key, yaml) in [
+            ("cap_add", "cap_add: [NET_ADMIN]"),
+            ("privileged", "privileged: true"),
+            ("sysctls", "sysctls: {net.core.somaxconn: \"1024\"}"),
+        ] {
+            let c = compose(&format!(
+                "services:\n  w:\n    image: busybox\n    {yaml}\n"
+            ));
+            let e = convert("app", &c).unwrap_err();
+            assert!(e.contains(key) && e.contains("service w"), "{e}");
+            assert!(UNSUPPORTED_KEYS.contains(&key));
+        }
+    }
+
+    #[test]
+    fn restart_policy_and_constraints() {
+        let c = compose(
+            "services:\n  w:\n    image: busybox\n    deploy:\n      restart_policy: {condition: on-failure, delay: 2s, max_attempts: 3}\n      placement: {constraints: [\"node.role==manager\"]}\n",
+        );
+        let spec = convert("app", &c).unwrap().remove(0).spec;
+        let dbg = format!("{spec:?}");
+        assert!(
+            dbg.contains("OnFailure") && dbg.contains("node.role==manager"),
+            "{dbg}"
+        );
+        assert!(
+            dbg.contains("restart_delay_ms: 2000") && dbg.contains("restart_max_attempts: 3"),
+            "{dbg}"
+        );
+    }
+
+    #[test]
+    fn healthcheck() {
+        let c = compose(
+            "services:\n  w:\n    image: busybox\n    healthcheck: {test: \"wget -q localhost\", interval: 5s, retries: 2}\n",
+        );
+        let spec = convert("app", &c).unwrap().remove(0).spec;
+        let h = spec.healthcheck.expect("a health check");
+        assert_eq!(
+            h.test,
+            vec!["CMD-SHELL".to_string(), "wget -q localhost".into()]
+        );
+        assert_eq!((h.interval_ms, h.retries), (5000, 2));
+    }
+
+    #[test]
+    fn missing_image_is_an_error() {
+        let c = compose("services:\n  w:\n    command: [\"true\"]\n");
+        assert!(convert("app", &c).unwrap_err().contains("image"));
+    }
+}
