@@ -9,6 +9,9 @@
 //!                        shoal's store, through the local API's requests, in Docker's
 //!                        JSON shapes (`swarm.rs`); what is not served yet is refused
 //!                        with 501 and says so
+//!     POST /containers/create naming a swarm overlay
+//!                        refused as Docker refuses a network not attachable; an
+//!                        attachable one is refused as not carried out yet (`attach.rs`)
 //!     everything else    the node's dockerd, unchanged (`proxy.rs`)
 //! ```
 
@@ -16,6 +19,7 @@
 // request: its size on the stack does not matter here.
 #![allow(clippy::result_large_err)]
 
+mod attach;
 mod containers;
 mod membership;
 mod networks;
@@ -162,6 +166,12 @@ async fn handle(backend: &dyn Backend, docker: &Path, request: Request<Incoming>
         Route::Engine => {
             if let Some((want, rest)) = containers::is_task_filter(&path, request.uri().query()) {
                 containers::list(docker, request, want, rest).await
+            } else if attach::is_create(&method, &path) {
+                let (parts, body) = request.into_parts();
+                match Call::read(&parts, body, Vec::new()).await {
+                    Ok(call) => attach::create(backend, docker, parts, call).await,
+                    Err(a) => a,
+                }
             } else {
                 return proxy::forward(docker, request).await;
             }

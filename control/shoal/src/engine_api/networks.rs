@@ -27,7 +27,7 @@ pub async fn answer(backend: &dyn Backend, docker: &Path, parts: Parts, call: Ca
 
 /// The swarm's networks when this node is a manager (none on other nodes: their
 /// engine answers alone, as a worker's dockerd does for networks it has no task on).
-async fn swarm_networks(backend: &dyn Backend) -> Vec<Network> {
+pub(super) async fn swarm_networks(backend: &dyn Backend) -> Vec<Network> {
     if manager_only(backend).await.is_err() {
         return Vec::new();
     }
@@ -38,7 +38,7 @@ async fn swarm_networks(backend: &dyn Backend) -> Vec<Network> {
 }
 
 /// The one network `reference` names: its ID, its name, or a unique ID prefix.
-fn find<'a>(networks: &'a [Network], reference: &str) -> Option<&'a Network> {
+pub(super) fn find<'a>(networks: &'a [Network], reference: &str) -> Option<&'a Network> {
     networks
         .iter()
         .find(|n| n.id == reference || n.name == reference)
@@ -133,6 +133,16 @@ async fn answer_or_refuse(
                     )
                     .await?;
                     Ok(reply::empty(StatusCode::NO_CONTENT))
+                }
+                None => Ok(proxy::forward(docker, passthrough(parts, &call)).await),
+            }
+        }
+        (&Method::POST, [reference, verb @ ("connect" | "disconnect")]) => {
+            let networks = swarm_networks(backend).await;
+            match find(&networks, reference) {
+                Some(n) => {
+                    let (status, message) = super::attach::connect_refusal(n, reference, verb);
+                    Err(reply::error(status, message))
                 }
                 None => Ok(proxy::forward(docker, passthrough(parts, &call)).await),
             }

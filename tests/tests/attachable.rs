@@ -1,0 +1,136 @@
+//! `docker run --network NET` through a manager's Engine API socket, with the real
+//! `docker` CLI: an overlay created without `--attachable` is refused with Docker's own
+//! message (by name and by ID), an attachable one is refused saying that containers that
+//! are not tasks are not attached yet, `docker network connect` to an overlay is
+//! refused, and nothing is left behind by a refusal; a network of the node's own dockerd
+//! (a bridge) still runs the container unchanged.
+use std::{path::PathBuf, process::Command};
+
+use shoal_tests::{lab, privileged, swarm::Cli, LabGuard};
+
+struct Docker {
+    socket: PathBuf,
+    config: PathBuf,
+}
+
+impl Docker {
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new("/usr/local/bin/docker")
+            .env("DOCKER_CONFIG", &self.config)
+            .env_remove("DOCKER_HOST")
+            .env_remove("DOCKER_CONTEXT")
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running docker: {e}"));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args);
+        assert!(ok, "docker {}: failed: {err}{out}", args.join(" "));
+        out
+    }
+
+    fn err(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args);
+        assert!(!ok, "docker {} should fail; printed: {out}", args.join(" "));
+        err
+    }
+}
+
+#[test]
+fn docker_run_on_a_swarm_overlay_is_refused_as_docker_refuses_it() {
+    if !privileged() {
+        return;
+    }
+    let shoal = xtask::util::shoal_binary().expect("shoal binary (cargo build)");
+    let guard = LabGuard::up('h', 1);
+    let cli = Cli { lab: &guard };
+    cli.start_agents(&shoal, &[]);
+    cli.form_cluster();
+    let config = std::env::temp_dir().join(format!("{}-docker-config", guard.state.prefix));
+    std::fs::create_dir_all(&config).expect("docker config dir");
+    let docker = Docker {
+        socket: lab::agent::engine_api_socket(&guard.state.hosts[0]),
+        config,
+    };
+
+    let plain = docker
+        .ok(&["network", "create", "--driver", "overlay", "plain"])
+        .trim()
+        .to_owned();
+    docker.ok(&[
+        "network",
+        "create",
+        "--driver",
+        "overlay",
+        "--attachable",
+        "shared",
+    ]);
+    let before = docker.ok(&["ps", "-aq"]);
+
+    let err = docker.err(&["run", "--rm", "--network", "plain", "shoal/web:1", "true"]);
+    assert!(
+        err.contains(
+            "Could not attach to network plain: rpc error: code = PermissionDenied \
+             desc = network plain not manually attachable"
+        ),
+        "{err}"
+    );
+    let short = &plain[..12];
+    let err = docker.err(&["create", "--network", short, "shoal/web:1"]);
+    assert!(
+        err.contains(&format!(
+            "Could not attach to network {short}: rpc error: code = PermissionDenied \
+             desc = network plain not manually attachable"
+        )),
+        "{err}"
+    );
+    let err = docker.err(&["run", "--rm", "--network", "shared", "shoal/web:1", "true"]);
+    assert!(
+        err.contains("does not attach containers that are not tasks to overlay network shared"),
+        "{err}"
+    );
+    assert_eq!(
+        docker.ok(&["ps", "-aq"]),
+        before,
+        "a refused create left a container"
+    );
+
+    // A network of the node's own dockerd: the container runs as dockerd runs it.
+    docker.ok(&["network", "create", "--driver", "bridge", "localbr"]);
+    let out = docker.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "localbr",
+        "--name",
+        "onbridge",
+        "shoal/web:1",
+        "hostname",
+    ]);
+    assert!(!out.trim().is_empty(), "hostname printed nothing");
+    let id = docker
+        .ok(&["create", "--name", "idle", "shoal/web:1", "true"])
+        .trim()
+        .to_owned();
+    let err = docker.err(&["network", "connect", "shared", &id]);
+    assert!(
+        err.contains("does not connect containers that are not tasks to overlay network shared"),
+        "{err}"
+    );
+    let err = docker.err(&["network", "connect", "plain", &id]);
+    assert!(
+        err.contains("network plain not manually attachable"),
+        "{err}"
+    );
+    docker.ok(&["rm", "-f", &id]);
+    docker.ok(&["network", "rm", "localbr"]);
+    println!("refusals checked: plain by name and by ID prefix, attachable, connect");
+}
