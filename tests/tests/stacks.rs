@@ -75,12 +75,12 @@ fn stack_deploy_update_prune_and_rm() {
     assert!(ls.trim().is_empty(), "a bad file deployed something: {ls}");
     std::fs::write(
         &file,
-        "services:\n  w:\n    image: shoal/web:1\n    cap_add: [NET_ADMIN]\n",
+        "services:\n  w:\n    image: shoal/web:1\n    privileged: true\n",
     )
     .unwrap();
     let err = cli.err("h1", &["stack", "deploy", "-c", f, "app"]);
     assert!(
-        err.contains("cap_add") && err.contains("service w"),
+        err.contains("privileged") && err.contains("service w"),
         "{err}"
     );
 

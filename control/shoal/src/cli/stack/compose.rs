@@ -16,6 +16,7 @@ use docker_compose_types::{
 use serde_json::{json, Map, Value};
 use shoal_cluster::store::{PublishMode, ServiceSpec};
 
+use crate::cli::service::limit_flags::{parse_cpus, parse_memory};
 use crate::cli::service::spec::{parse_duration, parse_publish};
 use crate::engine_api::service_spec::from_docker;
 
@@ -30,8 +31,6 @@ pub const IGNORED_KEYS: &[&str] = &["container_name", "depends_on", "build", "re
 pub const UNSUPPORTED_KEYS: &[&str] = &[
     "ulimits",
     "sysctls",
-    "cap_add",
-    "cap_drop",
     "privileged",
     "devices",
     "deploy.resources.reservations",
@@ -248,12 +247,6 @@ pub fn convert_service(stack: &str, name: &str, s: &Service) -> Result<Converted
     if !s.sysctls.is_empty() {
         return refuse("sysctls");
     }
-    if !s.cap_add.is_empty() {
-        return refuse("cap_add");
-    }
-    if !s.cap_drop.is_empty() {
-        return refuse("cap_drop");
-    }
     if s.privileged {
         return refuse("privileged");
     }
@@ -376,11 +369,19 @@ pub fn convert_service(stack: &str, name: &str, s: &Service) -> Result<Converted
     if s.read_only {
         container.insert("ReadOnly".into(), json!(true));
     }
+    if !s.cap_add.is_empty() {
+        container.insert("CapabilityAdd".into(), json!(s.cap_add));
+    }
+    if !s.cap_drop.is_empty() {
+        container.insert("CapabilityDrop".into(), json!(s.cap_drop));
+    }
 
     let mut labels: BTreeMap<String, String> = BTreeMap::new();
     let mut mode = json!({"Replicated": {"Replicas": 1}});
     let mut restart_policy: Option<Value> = None;
     let mut constraints: Vec<String> = Vec::new();
+    let mut update_config: Option<Value> = None;
+    let mut limits: Option<Value> = None;
     if let Some(d) = &s.deploy {
         for l in &d.labels {
             let (k, v) = l.split_once('=').unwrap_or((l, ""));
@@ -404,11 +405,56 @@ pub fn convert_service(stack: &str, name: &str, s: &Service) -> Result<Converted
                 ))
             }
         }
-        if d.update_config.is_some() {
-            return refuse("deploy.update_config (in this version of stack deploy)");
+        if let Some(u) = &d.update_config {
+            let mut c = Map::new();
+            if let Some(p) = u.parallelism {
+                let p = u64::try_from(p).map_err(|_| {
+                    format!("service {name}: deploy.update_config.parallelism is negative")
+                })?;
+                c.insert("Parallelism".into(), json!(p));
+            }
+            for (key, field, v) in [
+                ("Delay", "delay", &u.delay),
+                ("Monitor", "monitor", &u.monitor),
+            ] {
+                if let Some(t) = v {
+                    let ms = parse_duration(t).map_err(|e| {
+                        format!("service {name}: deploy.update_config.{field}: {e}")
+                    })?;
+                    c.insert(key.into(), json!(ms * 1_000_000));
+                }
+            }
+            if let Some(a) = &u.failure_action {
+                c.insert("FailureAction".into(), json!(a));
+            }
+            if let Some(r) = u.max_failure_ratio {
+                c.insert("MaxFailureRatio".into(), json!(r));
+            }
+            update_config = Some(Value::Object(c));
         }
-        if d.resources.is_some() {
-            return refuse("deploy.resources (in this version of stack deploy)");
+        if let Some(r) = &d.resources {
+            if r.reservations.is_some() {
+                return refuse("deploy.resources.reservations");
+            }
+            if let Some(l) = &r.limits {
+                if l.devices.is_some() {
+                    return refuse("deploy.resources.limits.devices");
+                }
+                let mut c = Map::new();
+                if let Some(cpus) = &l.cpus {
+                    let n = parse_cpus(cpus).map_err(|e| {
+                        format!("service {name}: deploy.resources.limits.cpus: {e}")
+                    })?;
+                    c.insert("NanoCPUs".into(), json!(n));
+                }
+                if let Some(m) = &l.memory {
+                    let b = parse_memory(m).map_err(|e| {
+                        format!("service {name}: deploy.resources.limits.memory: {e}")
+                    })?;
+                    c.insert("MemoryBytes".into(), json!(b));
+                }
+                limits = Some(Value::Object(c));
+            }
         }
         if let Some(r) = &d.restart_policy {
             let ns = |key: &str, v: &Option<String>| -> Result<Option<u64>, String> {
@@ -530,13 +576,19 @@ pub fn convert_service(stack: &str, name: &str, s: &Service) -> Result<Converted
     if !constraints.is_empty() {
         task["Placement"] = json!({"Constraints": constraints});
     }
-    let docker = json!({
+    if let Some(l) = limits {
+        task["Resources"] = json!({"Limits": l});
+    }
+    let mut docker = json!({
         "Name": format!("{stack}_{name}"),
         "Labels": labels,
         "TaskTemplate": task,
         "Mode": mode,
         "EndpointSpec": {"Ports": ports},
     });
+    if let Some(u) = update_config {
+        docker["UpdateConfig"] = u;
+    }
     let (spec, _) = from_docker(docker).map_err(|e| format!("service {name}: {e}"))?;
     Ok(Converted { spec, warnings })
 }
@@ -665,8 +717,11 @@ mod tests {
     #[test]
     fn unsupported_keys_are_refused_by_name() {
         for (key, yaml) in [
-            ("cap_add", "cap_add: [NET_ADMIN]"),
             ("privileged", "privileged: true"),
+            (
+                "deploy.resources.reservations",
+                "deploy: {resources: {reservations: {cpus: \"1\"}}}",
+            ),
             ("sysctls", "sysctls: {net.core.somaxconn: \"1024\"}"),
         ] {
             let c = compose(&format!(
@@ -676,6 +731,33 @@ mod tests {
             assert!(e.contains(key) && e.contains("service w"), "{e}");
             assert!(UNSUPPORTED_KEYS.contains(&key));
         }
+    }
+
+    #[test]
+    fn capabilities_update_config_and_limits() {
+        let c = compose(
+            "services:\n  w:\n    image: busybox\n    cap_add: [net_admin]\n    cap_drop: [CAP_CHOWN]\n    deploy:\n      update_config: {parallelism: 2, delay: 3s, failure_action: rollback, monitor: 4s, max_failure_ratio: 0.5}\n      resources: {limits: {cpus: \"0.5\", memory: 64M}}\n",
+        );
+        let spec = convert("app", &c).unwrap().remove(0).spec;
+        assert_eq!(spec.container.cap_add, vec!["CAP_NET_ADMIN".to_string()]);
+        assert_eq!(spec.container.cap_drop, vec!["CAP_CHOWN".to_string()]);
+        assert_eq!(spec.container.limits.nano_cpus, 500_000_000);
+        assert_eq!(spec.container.limits.memory_bytes, 64 << 20);
+        let u = &spec.update_config;
+        assert_eq!((u.parallelism, u.delay_ms, u.monitor_ms), (2, 3_000, 4_000));
+        assert_eq!(format!("{:?}", u.failure_action), "Rollback");
+        assert_eq!(u.max_failure_ratio_ppm, 500_000);
+
+        let bad = compose(
+            "services:\n  w:\n    image: busybox\n    deploy: {update_config: {failure_action: explode}}\n",
+        );
+        let e = convert("app", &bad).unwrap_err();
+        assert!(e.contains("service w") && e.contains("explode"), "{e}");
+        let bad = compose(
+            "services:\n  w:\n    image: busybox\n    deploy: {resources: {limits: {cpus: lots}}}\n",
+        );
+        let e = convert("app", &bad).unwrap_err();
+        assert!(e.contains("deploy.resources.limits.cpus"), "{e}");
     }
 
     #[test]
