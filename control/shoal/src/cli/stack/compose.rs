@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, path::Path};
 
 use docker_compose_types::{
     Command, Compose, Entrypoint, Environment, HealthcheckTest, Labels, Networks, Ports,
-    PublishedPort, Service,
+    PublishedPort, Service, StringOrList,
 };
 use serde_json::{json, Map, Value};
 use shoal_cluster::store::{PublishMode, ServiceSpec};
@@ -234,8 +234,45 @@ fn one_line(c: &Command) -> Vec<String> {
     }
 }
 
-/// `service`'s spec in stack `stack`, as Docker's `ServiceSpec` JSON and then shoal's.
-pub fn convert_service(stack: &str, name: &str, s: &Service) -> Result<Converted, String> {
+/// A service's `env_file`, read as Docker's `--env-file`: `KEY=VALUE` lines taken
+/// verbatim (no quote removal), blank lines and `#` comments skipped, and a bare `KEY`
+/// taken from `lookup` (left out when unset).
+pub fn read_env_file(
+    text: &str,
+    file: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<(String, String)>, String> {
+    let mut vars = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (k, v) = match line.split_once('=') {
+            Some((k, v)) => (k, Some(v.to_string())),
+            None => (line.trim_end(), None),
+        };
+        if k.is_empty() || k.contains(char::is_whitespace) {
+            return Err(format!(
+                "{file}:{}: variable {k:?} is empty or has whitespace",
+                n + 1
+            ));
+        }
+        if let Some(v) = v.or_else(|| lookup(k)) {
+            vars.push((k.to_string(), v));
+        }
+    }
+    Ok(vars)
+}
+
+/// `service`'s spec in stack `stack`, as Docker's `ServiceSpec` JSON and then shoal's;
+/// relative `env_file` paths are read from `dir` (the first compose file's directory).
+pub fn convert_service(
+    stack: &str,
+    name: &str,
+    s: &Service,
+    dir: &Path,
+) -> Result<Converted, String> {
     let refuse = |key: &str| {
         Err(format!(
             "service {name}: {key} is not supported by shoal's services yet"
@@ -283,7 +320,7 @@ pub fn convert_service(stack: &str, name: &str, s: &Service) -> Result<Converted
     if let Some(c) = &s.command {
         container.insert("Args".into(), json!(one_line(c)));
     }
-    let env: Vec<String> = match &s.environment {
+    let mut env: Vec<String> = match &s.environment {
         Environment::List(l) => l.clone(),
         Environment::KvPair(m) => m
             .iter()
@@ -295,6 +332,36 @@ pub fn convert_service(stack: &str, name: &str, s: &Service) -> Result<Converted
             })
             .collect(),
     };
+    if let Some(files) = &s.env_file {
+        let files = match files {
+            StringOrList::Simple(f) => std::slice::from_ref(f),
+            StringOrList::List(l) => l.as_slice(),
+        };
+        let mut from_files: BTreeMap<String, String> = BTreeMap::new();
+        for f in files {
+            let path = dir.join(f);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("service {name}: env_file {}: {e}", path.display()))?;
+            from_files.extend(
+                read_env_file(&text, &path.display().to_string(), &|k| {
+                    std::env::var(k).ok()
+                })
+                .map_err(|e| format!("service {name}: env_file {e}"))?,
+            );
+        }
+        // `environment` wins over the files, key by key.
+        let set: Vec<&str> = env
+            .iter()
+            .map(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k))
+            .collect();
+        let mut merged: Vec<String> = from_files
+            .into_iter()
+            .filter(|(k, _)| !set.contains(&k.as_str()))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        merged.append(&mut env);
+        env = merged;
+    }
     if !env.is_empty() {
         container.insert("Env".into(), json!(env));
     }
@@ -565,9 +632,6 @@ pub fn convert_service(stack: &str, name: &str, s: &Service) -> Result<Converted
     if s.secrets.is_some() {
         return refuse("secrets (in this version of stack deploy)");
     }
-    if s.env_file.is_some() {
-        return refuse("env_file (in this version of stack deploy)");
-    }
 
     let mut task = json!({"ContainerSpec": Value::Object(container), "Networks": networks});
     if let Some(r) = restart_policy {
@@ -595,7 +659,7 @@ pub fn convert_service(stack: &str, name: &str, s: &Service) -> Result<Converted
 
 /// Every service of `compose` converted, in the file's order; the first error stops
 /// it (so nothing is deployed from a file with a mistake).
-pub fn convert(stack: &str, compose: &Compose) -> Result<Vec<Converted>, String> {
+pub fn convert(stack: &str, compose: &Compose, dir: &Path) -> Result<Vec<Converted>, String> {
     if compose.services.is_empty() {
         return Err("the compose files have no services".into());
     }
@@ -603,7 +667,7 @@ pub fn convert(stack: &str, compose: &Compose) -> Result<Vec<Converted>, String>
         .services
         .0
         .iter()
-        .map(|(name, s)| convert_service(stack, name, &s.clone().unwrap_or_default()))
+        .map(|(name, s)| convert_service(stack, name, &s.clone().unwrap_or_default(), dir))
         .collect()
 }
 
@@ -692,7 +756,7 @@ mod tests {
         let c = compose(
             "services:\n  web:\n    image: nginx:1\n    command: [\"-g\", \"x\"]\n    environment: [\"A=1\"]\n    ports: [\"8080:80\"]\n    networks:\n      front: {aliases: [www]}\n    user: \"1000\"\n    deploy: {replicas: 3, labels: [\"tier=web\"]}\n    container_name: ignored\n",
         );
-        let out = convert("app", &c).unwrap();
+        let out = convert("app", &c, Path::new(".")).unwrap();
         let web = &out[0];
         assert_eq!(web.spec.name, "app_web");
         assert_eq!(web.spec.image, "nginx:1");
@@ -708,7 +772,7 @@ mod tests {
     #[test]
     fn default_network_and_global_mode() {
         let c = compose("services:\n  agent:\n    image: busybox\n    deploy: {mode: global}\n");
-        let out = convert("app", &c).unwrap();
+        let out = convert("app", &c, Path::new(".")).unwrap();
         let dbg = format!("{:?}", out[0].spec);
         assert!(dbg.contains("app_default"), "{dbg}");
         assert!(dbg.contains("Global"), "{dbg}");
@@ -727,7 +791,7 @@ mod tests {
             let c = compose(&format!(
                 "services:\n  w:\n    image: busybox\n    {yaml}\n"
             ));
-            let e = convert("app", &c).unwrap_err();
+            let e = convert("app", &c, Path::new(".")).unwrap_err();
             assert!(e.contains(key) && e.contains("service w"), "{e}");
             assert!(UNSUPPORTED_KEYS.contains(&key));
         }
@@ -738,7 +802,7 @@ mod tests {
         let c = compose(
             "services:\n  w:\n    image: busybox\n    cap_add: [net_admin]\n    cap_drop: [CAP_CHOWN]\n    deploy:\n      update_config: {parallelism: 2, delay: 3s, failure_action: rollback, monitor: 4s, max_failure_ratio: 0.5}\n      resources: {limits: {cpus: \"0.5\", memory: 64M}}\n",
         );
-        let spec = convert("app", &c).unwrap().remove(0).spec;
+        let spec = convert("app", &c, Path::new(".")).unwrap().remove(0).spec;
         assert_eq!(spec.container.cap_add, vec!["CAP_NET_ADMIN".to_string()]);
         assert_eq!(spec.container.cap_drop, vec!["CAP_CHOWN".to_string()]);
         assert_eq!(spec.container.limits.nano_cpus, 500_000_000);
@@ -751,13 +815,41 @@ mod tests {
         let bad = compose(
             "services:\n  w:\n    image: busybox\n    deploy: {update_config: {failure_action: explode}}\n",
         );
-        let e = convert("app", &bad).unwrap_err();
+        let e = convert("app", &bad, Path::new(".")).unwrap_err();
         assert!(e.contains("service w") && e.contains("explode"), "{e}");
         let bad = compose(
             "services:\n  w:\n    image: busybox\n    deploy: {resources: {limits: {cpus: lots}}}\n",
         );
-        let e = convert("app", &bad).unwrap_err();
+        let e = convert("app", &bad, Path::new(".")).unwrap_err();
         assert!(e.contains("deploy.resources.limits.cpus"), "{e}");
+    }
+
+    #[test]
+    fn env_file_read_as_docker_reads_it_and_environment_wins() {
+        let vars = read_env_file("# c\nA=\"q\"\n  B=2\nFROM_HOST\nUNSET\n", "e", &|k| {
+            (k == "FROM_HOST").then(|| "h".to_string())
+        })
+        .unwrap();
+        let want = [("A", "\"q\""), ("B", "2"), ("FROM_HOST", "h")];
+        assert_eq!(
+            vars,
+            want.map(|(k, v)| (k.to_string(), v.to_string())).to_vec()
+        );
+        assert!(read_env_file("BAD KEY=1\n", "e", &|_| None).is_err());
+
+        let dir = std::env::temp_dir().join(format!("shoal-envfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.env"), "A=1\nB=file\n").unwrap();
+        std::fs::write(dir.join("b.env"), "C=3\n").unwrap();
+        let c = compose(
+            "services:\n  w:\n    image: busybox\n    env_file: [a.env, b.env]\n    environment: [B=env]\n",
+        );
+        let spec = convert("app", &c, &dir).unwrap().remove(0).spec;
+        assert_eq!(spec.env, vec!["A=1", "C=3", "B=env"]);
+        let missing = compose("services:\n  w:\n    image: busybox\n    env_file: nope.env\n");
+        let e = convert("app", &missing, &dir).unwrap_err();
+        assert!(e.contains("service w") && e.contains("nope.env"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -765,7 +857,7 @@ mod tests {
         let c = compose(
             "services:\n  w:\n    image: busybox\n    deploy:\n      restart_policy: {condition: on-failure, delay: 2s, max_attempts: 3}\n      placement: {constraints: [\"node.role==manager\"]}\n",
         );
-        let spec = convert("app", &c).unwrap().remove(0).spec;
+        let spec = convert("app", &c, Path::new(".")).unwrap().remove(0).spec;
         let dbg = format!("{spec:?}");
         assert!(
             dbg.contains("OnFailure") && dbg.contains("node.role==manager"),
@@ -782,7 +874,7 @@ mod tests {
         let c = compose(
             "services:\n  w:\n    image: busybox\n    healthcheck: {test: \"wget -q localhost\", interval: 5s, retries: 2}\n",
         );
-        let spec = convert("app", &c).unwrap().remove(0).spec;
+        let spec = convert("app", &c, Path::new(".")).unwrap().remove(0).spec;
         let h = spec.healthcheck.expect("a health check");
         assert_eq!(
             h.test,
@@ -794,6 +886,8 @@ mod tests {
     #[test]
     fn missing_image_is_an_error() {
         let c = compose("services:\n  w:\n    command: [\"true\"]\n");
-        assert!(convert("app", &c).unwrap_err().contains("image"));
+        assert!(convert("app", &c, Path::new("."))
+            .unwrap_err()
+            .contains("image"));
     }
 }
