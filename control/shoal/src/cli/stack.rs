@@ -142,7 +142,7 @@ pub fn unchanged(
 /// Top-level keys this version of `stack deploy` cannot carry out: refused before any
 /// change. Networks are the stack's own overlays (`driver: overlay` or nothing).
 fn check_top_level(file: &Path, v: &Value) -> Result<(), String> {
-    for key in ["volumes", "secrets", "configs"] {
+    for key in ["secrets", "configs"] {
         if v.get(key).is_some_and(|x| !x.is_null()) {
             return Err(format!(
                 "{}: top-level {key} are not supported by stack deploy yet",

@@ -10,8 +10,8 @@
 use std::{collections::BTreeMap, path::Path};
 
 use docker_compose_types::{
-    Command, Compose, Entrypoint, Environment, HealthcheckTest, Labels, Networks, Ports,
-    PublishedPort, Service, StringOrList,
+    Command, Compose, ComposeVolume, Entrypoint, Environment, ExternalVolume, HealthcheckTest,
+    Labels, MapOrEmpty, Networks, Ports, PublishedPort, Service, StringOrList, Volumes,
 };
 use serde_json::{json, Map, Value};
 use shoal_cluster::store::{PublishMode, ServiceSpec};
@@ -265,6 +265,176 @@ pub fn read_env_file(
     Ok(vars)
 }
 
+/// The top-level `volumes` of the files, by their name in the files.
+pub type TopVolumes = BTreeMap<String, ComposeVolume>;
+
+/// The top-level volumes, checked: `labels` cannot be carried on a volume mount yet.
+pub fn top_volumes(compose: &Compose) -> Result<TopVolumes, String> {
+    let mut out = TopVolumes::new();
+    for (n, v) in &compose.volumes.0 {
+        let v = match v {
+            MapOrEmpty::Map(v) => v.clone(),
+            MapOrEmpty::Empty => ComposeVolume {
+                driver: None,
+                driver_opts: Default::default(),
+                external: None,
+                labels: Labels::List(Vec::new()),
+                name: None,
+            },
+        };
+        let external = matches!(
+            v.external,
+            Some(ExternalVolume::Bool(true)) | Some(ExternalVolume::Name { .. })
+        );
+        if external && (v.driver.is_some() || !v.driver_opts.is_empty()) {
+            return Err(format!(
+                "volume {n}: conflicting parameters \"external\" and \"driver\" specified"
+            ));
+        }
+        if !v.labels.is_empty() {
+            return Err(format!(
+                "volume {n}: labels are not supported by stack deploy yet"
+            ));
+        }
+        out.insert(n.clone(), v);
+    }
+    Ok(out)
+}
+
+/// One service volume as Docker's `Mount`: a name declared at the top level is the
+/// volume `<stack>_<name>` (or its `name:`, or the external one), with its driver and
+/// options; a path (`/`, `.`, `~`) is a bind mount (relative to `dir`); `tmpfs` too.
+fn mount(
+    stack: &str,
+    service: &str,
+    v: &Volumes,
+    dir: &Path,
+    top: &TopVolumes,
+) -> Result<Value, String> {
+    let bad = |what: String| format!("service {service}: volumes: {what}");
+    let (kind, source, target, read_only, tmpfs_size) = match v {
+        Volumes::Simple(text) => {
+            let parts: Vec<&str> = text.split(':').collect();
+            let (src, dst, mode) = match parts.as_slice() {
+                [dst] => ("", *dst, ""),
+                [src, dst] => (*src, *dst, ""),
+                [src, dst, mode] => (*src, *dst, *mode),
+                _ => return Err(bad(format!("{text:?} is not SOURCE:TARGET[:MODE]"))),
+            };
+            let read_only = match mode {
+                "" | "rw" => false,
+                "ro" => true,
+                other => return Err(bad(format!("{text:?}: mode {other:?} is not ro or rw"))),
+            };
+            let kind = if src.is_empty()
+                || !(src.starts_with('/') || src.starts_with('.') || src.starts_with('~'))
+            {
+                "volume"
+            } else {
+                "bind"
+            };
+            (
+                kind.to_string(),
+                src.to_string(),
+                dst.to_string(),
+                read_only,
+                None,
+            )
+        }
+        Volumes::Advanced(a) => {
+            if a.bind.is_some() {
+                return Err(bad(format!(
+                    "{}: bind options are not supported yet",
+                    a.target
+                )));
+            }
+            if a.volume.is_some() {
+                return Err(bad(format!(
+                    "{}: volume options are not supported yet",
+                    a.target
+                )));
+            }
+            (
+                a._type.clone(),
+                a.source.clone().unwrap_or_default(),
+                a.target.clone(),
+                a.read_only,
+                a.tmpfs.as_ref().map(|t| t.size),
+            )
+        }
+    };
+    let mut m = Map::new();
+    m.insert("Type".into(), json!(kind));
+    m.insert("Target".into(), json!(target));
+    if read_only {
+        m.insert("ReadOnly".into(), json!(true));
+    }
+    match kind.as_str() {
+        "volume" if source.is_empty() => {}
+        "volume" => {
+            let decl = top.get(&source).ok_or_else(|| {
+                bad(format!(
+                    "undefined volume {source:?} (declare it under the top-level volumes)"
+                ))
+            })?;
+            let real = match (&decl.external, &decl.name) {
+                (Some(ExternalVolume::Name { name }), _) => name.clone(),
+                (_, Some(n)) => n.clone(),
+                (Some(ExternalVolume::Bool(true)), None) => source.clone(),
+                _ => format!("{stack}_{source}"),
+            };
+            m.insert("Source".into(), json!(real));
+            let external = matches!(
+                decl.external,
+                Some(ExternalVolume::Bool(true)) | Some(ExternalVolume::Name { .. })
+            );
+            if !external && (decl.driver.is_some() || !decl.driver_opts.is_empty()) {
+                let opts: BTreeMap<String, String> = decl
+                    .driver_opts
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            v.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                m.insert(
+                    "VolumeOptions".into(),
+                    json!({"DriverConfig": {"Name": decl.driver.clone().unwrap_or_default(), "Options": opts}}),
+                );
+            }
+        }
+        "bind" => {
+            let path = match source.strip_prefix('~') {
+                Some(rest) => {
+                    let home = std::env::var("HOME")
+                        .map_err(|_| bad(format!("{source:?}: HOME is not set")))?;
+                    format!("{home}{rest}")
+                }
+                None if source.starts_with('/') => source.clone(),
+                None => dir
+                    .join(&source)
+                    .components()
+                    .collect::<std::path::PathBuf>()
+                    .display()
+                    .to_string(),
+            };
+            m.insert("Source".into(), json!(path));
+        }
+        "tmpfs" => {
+            if !source.is_empty() {
+                return Err(bad(format!("{target}: a tmpfs mount has no source")));
+            }
+            if let Some(size) = tmpfs_size {
+                m.insert("TmpfsOptions".into(), json!({"SizeBytes": size}));
+            }
+        }
+        other => return Err(bad(format!("type {other:?} is not volume, bind or tmpfs"))),
+    }
+    Ok(Value::Object(m))
+}
+
 /// `service`'s spec in stack `stack`, as Docker's `ServiceSpec` JSON and then shoal's;
 /// relative `env_file` paths are read from `dir` (the first compose file's directory).
 pub fn convert_service(
@@ -272,6 +442,7 @@ pub fn convert_service(
     name: &str,
     s: &Service,
     dir: &Path,
+    volumes: &TopVolumes,
 ) -> Result<Converted, String> {
     let refuse = |key: &str| {
         Err(format!(
@@ -626,8 +797,13 @@ pub fn convert_service(
                 .collect()
         }
     };
-    if !s.volumes.is_empty() {
-        return refuse("volumes (in this version of stack deploy)");
+    let mounts = s
+        .volumes
+        .iter()
+        .map(|v| mount(stack, name, v, dir, volumes))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !mounts.is_empty() {
+        container.insert("Mounts".into(), json!(mounts));
     }
     if s.secrets.is_some() {
         return refuse("secrets (in this version of stack deploy)");
@@ -663,11 +839,14 @@ pub fn convert(stack: &str, compose: &Compose, dir: &Path) -> Result<Vec<Convert
     if compose.services.is_empty() {
         return Err("the compose files have no services".into());
     }
+    let volumes = top_volumes(compose)?;
     compose
         .services
         .0
         .iter()
-        .map(|(name, s)| convert_service(stack, name, &s.clone().unwrap_or_default(), dir))
+        .map(|(name, s)| {
+            convert_service(stack, name, &s.clone().unwrap_or_default(), dir, &volumes)
+        })
         .collect()
 }
 
@@ -850,6 +1029,63 @@ mod tests {
         let e = convert("app", &missing, &dir).unwrap_err();
         assert!(e.contains("service w") && e.contains("nope.env"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn volumes_named_bind_tmpfs_and_top_level() {
+        use shoal_cluster::store::MountKind;
+        let c = compose(concat!(
+            "services:\n  w:\n    image: busybox\n    volumes:\n",
+            "      - data:/data\n      - ./conf:/conf:ro\n      - ext:/ext\n      - named:/n\n",
+            "      - {type: tmpfs, target: /t, tmpfs: {size: 1048576}}\n",
+            "      - {type: volume, source: data, target: /d2, read_only: true}\n",
+            "volumes:\n  data: {driver: local, driver_opts: {type: tmpfs, device: tmpfs}}\n",
+            "  ext: {external: true}\n  named: {name: fixed}\n",
+        ));
+        let spec = convert("app", &c, Path::new("/srv/app"))
+            .unwrap()
+            .remove(0)
+            .spec;
+        let m = &spec.container.mounts;
+        assert_eq!(m.len(), 6, "{m:?}");
+        assert_eq!(
+            (m[0].kind, m[0].source.as_str()),
+            (MountKind::Volume, "app_data")
+        );
+        assert_eq!(m[0].volume_driver, "local");
+        assert_eq!(
+            m[0].volume_options.get("type").map(String::as_str),
+            Some("tmpfs")
+        );
+        assert_eq!(
+            (m[1].kind, m[1].source.as_str()),
+            (MountKind::Bind, "/srv/app/conf")
+        );
+        assert!(m[1].read_only);
+        assert_eq!(m[2].source, "ext");
+        assert!(m[2].volume_driver.is_empty());
+        assert_eq!(m[3].source, "fixed");
+        assert_eq!(
+            (m[4].kind, m[4].tmpfs_size),
+            (MountKind::Tmpfs, Some(1_048_576))
+        );
+        assert!(m[5].read_only && m[5].source == "app_data");
+
+        for (yaml, want) in [
+            ("volumes: [nope:/x]", "undefined volume \"nope\""),
+            ("volumes: [\"a:b:c:d\"]", "SOURCE:TARGET"),
+            ("volumes: [\"/a:/b:zz\"]", "mode \"zz\""),
+        ] {
+            let c = compose(&format!(
+                "services:\n  w:\n    image: busybox\n    {yaml}\n"
+            ));
+            let e = convert("app", &c, Path::new(".")).unwrap_err();
+            assert!(e.contains("service w") && e.contains(want), "{e}");
+        }
+        let labelled =
+            compose("services:\n  w:\n    image: busybox\nvolumes:\n  v: {labels: [a=b]}\n");
+        let e = convert("app", &labelled, Path::new(".")).unwrap_err();
+        assert!(e.contains("volume v") && e.contains("labels"), "{e}");
     }
 
     #[test]
