@@ -21,7 +21,11 @@ fn compose(web_image: &str, with_worker: bool) -> String {
         "services:\n  web:\n    image: {web_image}\n    ports: [\"{PORT}:80\"]\n    deploy: {{replicas: 2}}\n    container_name: ignored\n  api:\n    image: shoal/web:1\n    environment:\n      ROLE: api\n  agent:\n    image: shoal/web:1\n    deploy: {{mode: global}}\n"
     );
     if with_worker {
-        s.push_str("  worker:\n    image: ${WORKER_IMAGE:-shoal/web:1}\n");
+        s.push_str(concat!(
+            "  worker:\n    image: ${WORKER_IMAGE:-shoal/web:1}\n    env_file: worker.env\n",
+            "    volumes:\n      - data:/data\n      - {type: tmpfs, target: /scratch, tmpfs: {size: 1048576}}\n",
+            "volumes:\n  data: {}\n",
+        ));
     }
     s
 }
@@ -60,6 +64,11 @@ fn stack_deploy_update_prune_and_rm() {
     cli.form_cluster();
     let dir = tempfile_dir();
     let file = dir.join("stack.yml");
+    std::fs::write(
+        dir.join("worker.env"),
+        "# read as docker reads --env-file\nFROM_FILE=from the file\n",
+    )
+    .unwrap();
     let f = file.to_str().unwrap();
 
     // A mistake: one error with its place, nothing deployed.
@@ -75,12 +84,12 @@ fn stack_deploy_update_prune_and_rm() {
     assert!(ls.trim().is_empty(), "a bad file deployed something: {ls}");
     std::fs::write(
         &file,
-        "services:\n  w:\n    image: shoal/web:1\n    cap_add: [NET_ADMIN]\n",
+        "services:\n  w:\n    image: shoal/web:1\n    privileged: true\n",
     )
     .unwrap();
     let err = cli.err("h1", &["stack", "deploy", "-c", f, "app"]);
     assert!(
-        err.contains("cap_add") && err.contains("service w"),
+        err.contains("privileged") && err.contains("service w"),
         "{err}"
     );
 
@@ -90,7 +99,25 @@ fn stack_deploy_update_prune_and_rm() {
     assert!(out.contains("Creating service app_web"), "{out}");
     cli.wait_running("app_web", 2, |_| true);
     cli.wait_running("app_api", 1, |_| true);
-    cli.wait_running("app_worker", 1, |_| true);
+    // The worker's env_file and mounts, seen inside its container.
+    let worker = cli.wait_running("app_worker", 1, |_| true).remove(0);
+    let seen = cli
+        .exec_in(
+            &worker,
+            &[
+                "sh",
+                "-c",
+                "echo env=$FROM_FILE; grep -E ' /(data|scratch) ' /proc/mounts",
+            ],
+        )
+        .unwrap();
+    assert!(seen.contains("env=from the file"), "{seen}");
+    assert!(seen.contains(" /data "), "no /data mount: {seen}");
+    assert!(
+        seen.lines()
+            .any(|l| l.starts_with("tmpfs /scratch ") && l.contains("size=1024k")),
+        "no 1 MiB tmpfs at /scratch: {seen}"
+    );
     let agents = cli.wait_running("app_agent", 3, |_| true);
     let ls = cli.ok("h1", &["stack", "ls"]);
     assert!(ls.contains("NAME") && ls.contains("app       4"), "{ls}");

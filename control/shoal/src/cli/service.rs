@@ -18,7 +18,7 @@ mod container_flags;
 mod file_flags;
 pub(crate) mod inspect;
 mod job;
-mod limit_flags;
+pub(crate) mod limit_flags;
 mod mount_flags;
 mod policy;
 mod progress;

@@ -11,7 +11,7 @@ pub mod compose;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use clap::{Args, Subcommand};
@@ -141,8 +141,8 @@ pub fn unchanged(
 
 /// Top-level keys this version of `stack deploy` cannot carry out: refused before any
 /// change. Networks are the stack's own overlays (`driver: overlay` or nothing).
-fn check_top_level(file: &std::path::Path, v: &Value) -> Result<(), String> {
-    for key in ["volumes", "secrets", "configs"] {
+fn check_top_level(file: &Path, v: &Value) -> Result<(), String> {
+    for key in ["secrets", "configs"] {
         if v.get(key).is_some_and(|x| !x.is_null()) {
             return Err(format!(
                 "{}: top-level {key} are not supported by stack deploy yet",
@@ -195,7 +195,13 @@ fn deploy(client: &Client, a: &DeployArgs, warnings: &mut Vec<String>) -> Result
         values.push(v);
     }
     let merged = compose::merge(values).map_err(CliError::Usage)?;
-    let converted = compose::convert(&a.name, &merged).map_err(CliError::Usage)?;
+    let dir = a
+        .files
+        .first()
+        .and_then(|f| f.parent())
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let converted = compose::convert(&a.name, &merged, dir).map_err(CliError::Usage)?;
     let mut registry_auth = BTreeMap::new();
     if a.with_registry_auth {
         for c in &converted {
@@ -398,7 +404,10 @@ mod tests {
         )
         .unwrap()])
         .unwrap();
-        compose::convert("app", &c).unwrap().remove(0).spec
+        compose::convert("app", &c, Path::new("."))
+            .unwrap()
+            .remove(0)
+            .spec
     }
 
     #[test]

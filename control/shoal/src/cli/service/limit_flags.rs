@@ -5,7 +5,7 @@ use shoal_cluster::store::{Limits, NANO_CPUS_PER_CPU};
 use super::mount_flags::parse_size;
 
 /// A number of CPUs (`1.5`, `0.25`) as billionths, exactly (no float rounding).
-pub(super) fn parse_cpus(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_cpus(text: &str) -> Result<u64, String> {
     let bad = || format!("invalid --limit-cpu {text:?}: a number of CPUs such as 0.5 or 2");
     let (whole, fraction) = text.trim().split_once('.').unwrap_or((text.trim(), ""));
     if (whole.is_empty() && fraction.is_empty())
@@ -30,7 +30,7 @@ pub(super) fn parse_cpus(text: &str) -> Result<u64, String> {
 }
 
 /// `--limit-memory`: a size (`64m`, `1g`, bytes).
-pub(super) fn parse_memory(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_memory(text: &str) -> Result<u64, String> {
     parse_size(text).map_err(|e| format!("invalid --limit-memory: {e}"))
 }
 

@@ -10,12 +10,13 @@
 use std::{collections::BTreeMap, path::Path};
 
 use docker_compose_types::{
-    Command, Compose, Entrypoint, Environment, HealthcheckTest, Labels, Networks, Ports,
-    PublishedPort, Service,
+    Command, Compose, ComposeVolume, Entrypoint, Environment, ExternalVolume, HealthcheckTest,
+    Labels, MapOrEmpty, Networks, Ports, PublishedPort, Service, StringOrList, Volumes,
 };
 use serde_json::{json, Map, Value};
 use shoal_cluster::store::{PublishMode, ServiceSpec};
 
+use crate::cli::service::limit_flags::{parse_cpus, parse_memory};
 use crate::cli::service::spec::{parse_duration, parse_publish};
 use crate::engine_api::service_spec::from_docker;
 
@@ -30,8 +31,6 @@ pub const IGNORED_KEYS: &[&str] = &["container_name", "depends_on", "build", "re
 pub const UNSUPPORTED_KEYS: &[&str] = &[
     "ulimits",
     "sysctls",
-    "cap_add",
-    "cap_drop",
     "privileged",
     "devices",
     "deploy.resources.reservations",
@@ -235,8 +234,216 @@ fn one_line(c: &Command) -> Vec<String> {
     }
 }
 
-/// `service`'s spec in stack `stack`, as Docker's `ServiceSpec` JSON and then shoal's.
-pub fn convert_service(stack: &str, name: &str, s: &Service) -> Result<Converted, String> {
+/// A service's `env_file`, read as Docker's `--env-file`: `KEY=VALUE` lines taken
+/// verbatim (no quote removal), blank lines and `#` comments skipped, and a bare `KEY`
+/// taken from `lookup` (left out when unset).
+pub fn read_env_file(
+    text: &str,
+    file: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<(String, String)>, String> {
+    let mut vars = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (k, v) = match line.split_once('=') {
+            Some((k, v)) => (k, Some(v.to_string())),
+            None => (line.trim_end(), None),
+        };
+        if k.is_empty() || k.contains(char::is_whitespace) {
+            return Err(format!(
+                "{file}:{}: variable {k:?} is empty or has whitespace",
+                n + 1
+            ));
+        }
+        if let Some(v) = v.or_else(|| lookup(k)) {
+            vars.push((k.to_string(), v));
+        }
+    }
+    Ok(vars)
+}
+
+/// The top-level `volumes` of the files, by their name in the files.
+pub type TopVolumes = BTreeMap<String, ComposeVolume>;
+
+/// The top-level volumes, checked: `labels` cannot be carried on a volume mount yet.
+pub fn top_volumes(compose: &Compose) -> Result<TopVolumes, String> {
+    let mut out = TopVolumes::new();
+    for (n, v) in &compose.volumes.0 {
+        let v = match v {
+            MapOrEmpty::Map(v) => v.clone(),
+            MapOrEmpty::Empty => ComposeVolume {
+                driver: None,
+                driver_opts: Default::default(),
+                external: None,
+                labels: Labels::List(Vec::new()),
+                name: None,
+            },
+        };
+        let external = matches!(
+            v.external,
+            Some(ExternalVolume::Bool(true)) | Some(ExternalVolume::Name { .. })
+        );
+        if external && (v.driver.is_some() || !v.driver_opts.is_empty()) {
+            return Err(format!(
+                "volume {n}: conflicting parameters \"external\" and \"driver\" specified"
+            ));
+        }
+        if !v.labels.is_empty() {
+            return Err(format!(
+                "volume {n}: labels are not supported by stack deploy yet"
+            ));
+        }
+        out.insert(n.clone(), v);
+    }
+    Ok(out)
+}
+
+/// One service volume as Docker's `Mount`: a name declared at the top level is the
+/// volume `<stack>_<name>` (or its `name:`, or the external one), with its driver and
+/// options; a path (`/`, `.`, `~`) is a bind mount (relative to `dir`); `tmpfs` too.
+fn mount(
+    stack: &str,
+    service: &str,
+    v: &Volumes,
+    dir: &Path,
+    top: &TopVolumes,
+) -> Result<Value, String> {
+    let bad = |what: String| format!("service {service}: volumes: {what}");
+    let (kind, source, target, read_only, tmpfs_size) = match v {
+        Volumes::Simple(text) => {
+            let parts: Vec<&str> = text.split(':').collect();
+            let (src, dst, mode) = match parts.as_slice() {
+                [dst] => ("", *dst, ""),
+                [src, dst] => (*src, *dst, ""),
+                [src, dst, mode] => (*src, *dst, *mode),
+                _ => return Err(bad(format!("{text:?} is not SOURCE:TARGET[:MODE]"))),
+            };
+            let read_only = match mode {
+                "" | "rw" => false,
+                "ro" => true,
+                other => return Err(bad(format!("{text:?}: mode {other:?} is not ro or rw"))),
+            };
+            let kind = if src.is_empty()
+                || !(src.starts_with('/') || src.starts_with('.') || src.starts_with('~'))
+            {
+                "volume"
+            } else {
+                "bind"
+            };
+            (
+                kind.to_string(),
+                src.to_string(),
+                dst.to_string(),
+                read_only,
+                None,
+            )
+        }
+        Volumes::Advanced(a) => {
+            if a.bind.is_some() {
+                return Err(bad(format!(
+                    "{}: bind options are not supported yet",
+                    a.target
+                )));
+            }
+            if a.volume.is_some() {
+                return Err(bad(format!(
+                    "{}: volume options are not supported yet",
+                    a.target
+                )));
+            }
+            (
+                a._type.clone(),
+                a.source.clone().unwrap_or_default(),
+                a.target.clone(),
+                a.read_only,
+                a.tmpfs.as_ref().map(|t| t.size),
+            )
+        }
+    };
+    let mut m = Map::new();
+    m.insert("Type".into(), json!(kind));
+    m.insert("Target".into(), json!(target));
+    if read_only {
+        m.insert("ReadOnly".into(), json!(true));
+    }
+    match kind.as_str() {
+        "volume" if source.is_empty() => {}
+        "volume" => {
+            let decl = top.get(&source).ok_or_else(|| {
+                bad(format!(
+                    "undefined volume {source:?} (declare it under the top-level volumes)"
+                ))
+            })?;
+            let real = match (&decl.external, &decl.name) {
+                (Some(ExternalVolume::Name { name }), _) => name.clone(),
+                (_, Some(n)) => n.clone(),
+                (Some(ExternalVolume::Bool(true)), None) => source.clone(),
+                _ => format!("{stack}_{source}"),
+            };
+            m.insert("Source".into(), json!(real));
+            let external = matches!(
+                decl.external,
+                Some(ExternalVolume::Bool(true)) | Some(ExternalVolume::Name { .. })
+            );
+            if !external && (decl.driver.is_some() || !decl.driver_opts.is_empty()) {
+                let opts: BTreeMap<String, String> = decl
+                    .driver_opts
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            v.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                m.insert(
+                    "VolumeOptions".into(),
+                    json!({"DriverConfig": {"Name": decl.driver.clone().unwrap_or_default(), "Options": opts}}),
+                );
+            }
+        }
+        "bind" => {
+            let path = match source.strip_prefix('~') {
+                Some(rest) => {
+                    let home = std::env::var("HOME")
+                        .map_err(|_| bad(format!("{source:?}: HOME is not set")))?;
+                    format!("{home}{rest}")
+                }
+                None if source.starts_with('/') => source.clone(),
+                None => dir
+                    .join(&source)
+                    .components()
+                    .collect::<std::path::PathBuf>()
+                    .display()
+                    .to_string(),
+            };
+            m.insert("Source".into(), json!(path));
+        }
+        "tmpfs" => {
+            if !source.is_empty() {
+                return Err(bad(format!("{target}: a tmpfs mount has no source")));
+            }
+            if let Some(size) = tmpfs_size {
+                m.insert("TmpfsOptions".into(), json!({"SizeBytes": size}));
+            }
+        }
+        other => return Err(bad(format!("type {other:?} is not volume, bind or tmpfs"))),
+    }
+    Ok(Value::Object(m))
+}
+
+/// `service`'s spec in stack `stack`, as Docker's `ServiceSpec` JSON and then shoal's;
+/// relative `env_file` paths are read from `dir` (the first compose file's directory).
+pub fn convert_service(
+    stack: &str,
+    name: &str,
+    s: &Service,
+    dir: &Path,
+    volumes: &TopVolumes,
+) -> Result<Converted, String> {
     let refuse = |key: &str| {
         Err(format!(
             "service {name}: {key} is not supported by shoal's services yet"
@@ -247,12 +454,6 @@ pub fn convert_service(stack: &str, name: &str, s: &Service) -> Result<Converted
     }
     if !s.sysctls.is_empty() {
         return refuse("sysctls");
-    }
-    if !s.cap_add.is_empty() {
-        return refuse("cap_add");
-    }
-    if !s.cap_drop.is_empty() {
-        return refuse("cap_drop");
     }
     if s.privileged {
         return refuse("privileged");
@@ -290,7 +491,7 @@ pub fn convert_service(stack: &str, name: &str, s: &Service) -> Result<Converted
     if let Some(c) = &s.command {
         container.insert("Args".into(), json!(one_line(c)));
     }
-    let env: Vec<String> = match &s.environment {
+    let mut env: Vec<String> = match &s.environment {
         Environment::List(l) => l.clone(),
         Environment::KvPair(m) => m
             .iter()
@@ -302,6 +503,36 @@ pub fn convert_service(stack: &str, name: &str, s: &Service) -> Result<Converted
             })
             .collect(),
     };
+    if let Some(files) = &s.env_file {
+        let files = match files {
+            StringOrList::Simple(f) => std::slice::from_ref(f),
+            StringOrList::List(l) => l.as_slice(),
+        };
+        let mut from_files: BTreeMap<String, String> = BTreeMap::new();
+        for f in files {
+            let path = dir.join(f);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("service {name}: env_file {}: {e}", path.display()))?;
+            from_files.extend(
+                read_env_file(&text, &path.display().to_string(), &|k| {
+                    std::env::var(k).ok()
+                })
+                .map_err(|e| format!("service {name}: env_file {e}"))?,
+            );
+        }
+        // `environment` wins over the files, key by key.
+        let set: Vec<&str> = env
+            .iter()
+            .map(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k))
+            .collect();
+        let mut merged: Vec<String> = from_files
+            .into_iter()
+            .filter(|(k, _)| !set.contains(&k.as_str()))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        merged.append(&mut env);
+        env = merged;
+    }
     if !env.is_empty() {
         container.insert("Env".into(), json!(env));
     }
@@ -376,11 +607,19 @@ pub fn convert_service(stack: &str, name: &str, s: &Service) -> Result<Converted
     if s.read_only {
         container.insert("ReadOnly".into(), json!(true));
     }
+    if !s.cap_add.is_empty() {
+        container.insert("CapabilityAdd".into(), json!(s.cap_add));
+    }
+    if !s.cap_drop.is_empty() {
+        container.insert("CapabilityDrop".into(), json!(s.cap_drop));
+    }
 
     let mut labels: BTreeMap<String, String> = BTreeMap::new();
     let mut mode = json!({"Replicated": {"Replicas": 1}});
     let mut restart_policy: Option<Value> = None;
     let mut constraints: Vec<String> = Vec::new();
+    let mut update_config: Option<Value> = None;
+    let mut limits: Option<Value> = None;
     if let Some(d) = &s.deploy {
         for l in &d.labels {
             let (k, v) = l.split_once('=').unwrap_or((l, ""));
@@ -404,11 +643,56 @@ pub fn convert_service(stack: &str, name: &str, s: &Service) -> Result<Converted
                 ))
             }
         }
-        if d.update_config.is_some() {
-            return refuse("deploy.update_config (in this version of stack deploy)");
+        if let Some(u) = &d.update_config {
+            let mut c = Map::new();
+            if let Some(p) = u.parallelism {
+                let p = u64::try_from(p).map_err(|_| {
+                    format!("service {name}: deploy.update_config.parallelism is negative")
+                })?;
+                c.insert("Parallelism".into(), json!(p));
+            }
+            for (key, field, v) in [
+                ("Delay", "delay", &u.delay),
+                ("Monitor", "monitor", &u.monitor),
+            ] {
+                if let Some(t) = v {
+                    let ms = parse_duration(t).map_err(|e| {
+                        format!("service {name}: deploy.update_config.{field}: {e}")
+                    })?;
+                    c.insert(key.into(), json!(ms * 1_000_000));
+                }
+            }
+            if let Some(a) = &u.failure_action {
+                c.insert("FailureAction".into(), json!(a));
+            }
+            if let Some(r) = u.max_failure_ratio {
+                c.insert("MaxFailureRatio".into(), json!(r));
+            }
+            update_config = Some(Value::Object(c));
         }
-        if d.resources.is_some() {
-            return refuse("deploy.resources (in this version of stack deploy)");
+        if let Some(r) = &d.resources {
+            if r.reservations.is_some() {
+                return refuse("deploy.resources.reservations");
+            }
+            if let Some(l) = &r.limits {
+                if l.devices.is_some() {
+                    return refuse("deploy.resources.limits.devices");
+                }
+                let mut c = Map::new();
+                if let Some(cpus) = &l.cpus {
+                    let n = parse_cpus(cpus).map_err(|e| {
+                        format!("service {name}: deploy.resources.limits.cpus: {e}")
+                    })?;
+                    c.insert("NanoCPUs".into(), json!(n));
+                }
+                if let Some(m) = &l.memory {
+                    let b = parse_memory(m).map_err(|e| {
+                        format!("service {name}: deploy.resources.limits.memory: {e}")
+                    })?;
+                    c.insert("MemoryBytes".into(), json!(b));
+                }
+                limits = Some(Value::Object(c));
+            }
         }
         if let Some(r) = &d.restart_policy {
             let ns = |key: &str, v: &Option<String>| -> Result<Option<u64>, String> {
@@ -513,14 +797,16 @@ pub fn convert_service(stack: &str, name: &str, s: &Service) -> Result<Converted
                 .collect()
         }
     };
-    if !s.volumes.is_empty() {
-        return refuse("volumes (in this version of stack deploy)");
+    let mounts = s
+        .volumes
+        .iter()
+        .map(|v| mount(stack, name, v, dir, volumes))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !mounts.is_empty() {
+        container.insert("Mounts".into(), json!(mounts));
     }
     if s.secrets.is_some() {
         return refuse("secrets (in this version of stack deploy)");
-    }
-    if s.env_file.is_some() {
-        return refuse("env_file (in this version of stack deploy)");
     }
 
     let mut task = json!({"ContainerSpec": Value::Object(container), "Networks": networks});
@@ -530,28 +816,37 @@ pub fn convert_service(stack: &str, name: &str, s: &Service) -> Result<Converted
     if !constraints.is_empty() {
         task["Placement"] = json!({"Constraints": constraints});
     }
-    let docker = json!({
+    if let Some(l) = limits {
+        task["Resources"] = json!({"Limits": l});
+    }
+    let mut docker = json!({
         "Name": format!("{stack}_{name}"),
         "Labels": labels,
         "TaskTemplate": task,
         "Mode": mode,
         "EndpointSpec": {"Ports": ports},
     });
+    if let Some(u) = update_config {
+        docker["UpdateConfig"] = u;
+    }
     let (spec, _) = from_docker(docker).map_err(|e| format!("service {name}: {e}"))?;
     Ok(Converted { spec, warnings })
 }
 
 /// Every service of `compose` converted, in the file's order; the first error stops
 /// it (so nothing is deployed from a file with a mistake).
-pub fn convert(stack: &str, compose: &Compose) -> Result<Vec<Converted>, String> {
+pub fn convert(stack: &str, compose: &Compose, dir: &Path) -> Result<Vec<Converted>, String> {
     if compose.services.is_empty() {
         return Err("the compose files have no services".into());
     }
+    let volumes = top_volumes(compose)?;
     compose
         .services
         .0
         .iter()
-        .map(|(name, s)| convert_service(stack, name, &s.clone().unwrap_or_default()))
+        .map(|(name, s)| {
+            convert_service(stack, name, &s.clone().unwrap_or_default(), dir, &volumes)
+        })
         .collect()
 }
 
@@ -640,7 +935,7 @@ mod tests {
         let c = compose(
             "services:\n  web:\n    image: nginx:1\n    command: [\"-g\", \"x\"]\n    environment: [\"A=1\"]\n    ports: [\"8080:80\"]\n    networks:\n      front: {aliases: [www]}\n    user: \"1000\"\n    deploy: {replicas: 3, labels: [\"tier=web\"]}\n    container_name: ignored\n",
         );
-        let out = convert("app", &c).unwrap();
+        let out = convert("app", &c, Path::new(".")).unwrap();
         let web = &out[0];
         assert_eq!(web.spec.name, "app_web");
         assert_eq!(web.spec.image, "nginx:1");
@@ -656,7 +951,7 @@ mod tests {
     #[test]
     fn default_network_and_global_mode() {
         let c = compose("services:\n  agent:\n    image: busybox\n    deploy: {mode: global}\n");
-        let out = convert("app", &c).unwrap();
+        let out = convert("app", &c, Path::new(".")).unwrap();
         let dbg = format!("{:?}", out[0].spec);
         assert!(dbg.contains("app_default"), "{dbg}");
         assert!(dbg.contains("Global"), "{dbg}");
@@ -665,17 +960,132 @@ mod tests {
     #[test]
     fn unsupported_keys_are_refused_by_name() {
         for (key, yaml) in [
-            ("cap_add", "cap_add: [NET_ADMIN]"),
             ("privileged", "privileged: true"),
+            (
+                "deploy.resources.reservations",
+                "deploy: {resources: {reservations: {cpus: \"1\"}}}",
+            ),
             ("sysctls", "sysctls: {net.core.somaxconn: \"1024\"}"),
         ] {
             let c = compose(&format!(
                 "services:\n  w:\n    image: busybox\n    {yaml}\n"
             ));
-            let e = convert("app", &c).unwrap_err();
+            let e = convert("app", &c, Path::new(".")).unwrap_err();
             assert!(e.contains(key) && e.contains("service w"), "{e}");
             assert!(UNSUPPORTED_KEYS.contains(&key));
         }
+    }
+
+    #[test]
+    fn capabilities_update_config_and_limits() {
+        let c = compose(
+            "services:\n  w:\n    image: busybox\n    cap_add: [net_admin]\n    cap_drop: [CAP_CHOWN]\n    deploy:\n      update_config: {parallelism: 2, delay: 3s, failure_action: rollback, monitor: 4s, max_failure_ratio: 0.5}\n      resources: {limits: {cpus: \"0.5\", memory: 64M}}\n",
+        );
+        let spec = convert("app", &c, Path::new(".")).unwrap().remove(0).spec;
+        assert_eq!(spec.container.cap_add, vec!["CAP_NET_ADMIN".to_string()]);
+        assert_eq!(spec.container.cap_drop, vec!["CAP_CHOWN".to_string()]);
+        assert_eq!(spec.container.limits.nano_cpus, 500_000_000);
+        assert_eq!(spec.container.limits.memory_bytes, 64 << 20);
+        let u = &spec.update_config;
+        assert_eq!((u.parallelism, u.delay_ms, u.monitor_ms), (2, 3_000, 4_000));
+        assert_eq!(format!("{:?}", u.failure_action), "Rollback");
+        assert_eq!(u.max_failure_ratio_ppm, 500_000);
+
+        let bad = compose(
+            "services:\n  w:\n    image: busybox\n    deploy: {update_config: {failure_action: explode}}\n",
+        );
+        let e = convert("app", &bad, Path::new(".")).unwrap_err();
+        assert!(e.contains("service w") && e.contains("explode"), "{e}");
+        let bad = compose(
+            "services:\n  w:\n    image: busybox\n    deploy: {resources: {limits: {cpus: lots}}}\n",
+        );
+        let e = convert("app", &bad, Path::new(".")).unwrap_err();
+        assert!(e.contains("deploy.resources.limits.cpus"), "{e}");
+    }
+
+    #[test]
+    fn env_file_read_as_docker_reads_it_and_environment_wins() {
+        let vars = read_env_file("# c\nA=\"q\"\n  B=2\nFROM_HOST\nUNSET\n", "e", &|k| {
+            (k == "FROM_HOST").then(|| "h".to_string())
+        })
+        .unwrap();
+        let want = [("A", "\"q\""), ("B", "2"), ("FROM_HOST", "h")];
+        assert_eq!(
+            vars,
+            want.map(|(k, v)| (k.to_string(), v.to_string())).to_vec()
+        );
+        assert!(read_env_file("BAD KEY=1\n", "e", &|_| None).is_err());
+
+        let dir = std::env::temp_dir().join(format!("shoal-envfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.env"), "A=1\nB=file\n").unwrap();
+        std::fs::write(dir.join("b.env"), "C=3\n").unwrap();
+        let c = compose(
+            "services:\n  w:\n    image: busybox\n    env_file: [a.env, b.env]\n    environment: [B=env]\n",
+        );
+        let spec = convert("app", &c, &dir).unwrap().remove(0).spec;
+        assert_eq!(spec.env, vec!["A=1", "C=3", "B=env"]);
+        let missing = compose("services:\n  w:\n    image: busybox\n    env_file: nope.env\n");
+        let e = convert("app", &missing, &dir).unwrap_err();
+        assert!(e.contains("service w") && e.contains("nope.env"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn volumes_named_bind_tmpfs_and_top_level() {
+        use shoal_cluster::store::MountKind;
+        let c = compose(concat!(
+            "services:\n  w:\n    image: busybox\n    volumes:\n",
+            "      - data:/data\n      - ./conf:/conf:ro\n      - ext:/ext\n      - named:/n\n",
+            "      - {type: tmpfs, target: /t, tmpfs: {size: 1048576}}\n",
+            "      - {type: volume, source: data, target: /d2, read_only: true}\n",
+            "volumes:\n  data: {driver: local, driver_opts: {type: tmpfs, device: tmpfs}}\n",
+            "  ext: {external: true}\n  named: {name: fixed}\n",
+        ));
+        let spec = convert("app", &c, Path::new("/srv/app"))
+            .unwrap()
+            .remove(0)
+            .spec;
+        let m = &spec.container.mounts;
+        assert_eq!(m.len(), 6, "{m:?}");
+        assert_eq!(
+            (m[0].kind, m[0].source.as_str()),
+            (MountKind::Volume, "app_data")
+        );
+        assert_eq!(m[0].volume_driver, "local");
+        assert_eq!(
+            m[0].volume_options.get("type").map(String::as_str),
+            Some("tmpfs")
+        );
+        assert_eq!(
+            (m[1].kind, m[1].source.as_str()),
+            (MountKind::Bind, "/srv/app/conf")
+        );
+        assert!(m[1].read_only);
+        assert_eq!(m[2].source, "ext");
+        assert!(m[2].volume_driver.is_empty());
+        assert_eq!(m[3].source, "fixed");
+        assert_eq!(
+            (m[4].kind, m[4].tmpfs_size),
+            (MountKind::Tmpfs, Some(1_048_576))
+        );
+        assert!(m[5].read_only && m[5].source == "app_data");
+
+        for (yaml, want) in [
+            ("volumes: [nope:/x]", "undefined volume \"nope\""),
+            ("volumes: [\"a:b:c:d\"]", "SOURCE:TARGET"),
+            ("volumes: [\"/a:/b:zz\"]", "mode \"zz\""),
+        ] {
+            let c = compose(&format!(
+                "services:\n  w:\n    image: busybox\n    {yaml}\n"
+            ));
+            let e = convert("app", &c, Path::new(".")).unwrap_err();
+            assert!(e.contains("service w") && e.contains(want), "{e}");
+        }
+        let labelled =
+            compose("services:\n  w:\n    image: busybox\nvolumes:\n  v: {labels: [a=b]}\n");
+        let e = convert("app", &labelled, Path::new(".")).unwrap_err();
+        assert!(e.contains("volume v") && e.contains("labels"), "{e}");
     }
 
     #[test]
@@ -683,7 +1093,7 @@ mod tests {
         let c = compose(
             "services:\n  w:\n    image: busybox\n    deploy:\n      restart_policy: {condition: on-failure, delay: 2s, max_attempts: 3}\n      placement: {constraints: [\"node.role==manager\"]}\n",
         );
-        let spec = convert("app", &c).unwrap().remove(0).spec;
+        let spec = convert("app", &c, Path::new(".")).unwrap().remove(0).spec;
         let dbg = format!("{spec:?}");
         assert!(
             dbg.contains("OnFailure") && dbg.contains("node.role==manager"),
@@ -700,7 +1110,7 @@ mod tests {
         let c = compose(
             "services:\n  w:\n    image: busybox\n    healthcheck: {test: \"wget -q localhost\", interval: 5s, retries: 2}\n",
         );
-        let spec = convert("app", &c).unwrap().remove(0).spec;
+        let spec = convert("app", &c, Path::new(".")).unwrap().remove(0).spec;
         let h = spec.healthcheck.expect("a health check");
         assert_eq!(
             h.test,
@@ -712,6 +1122,8 @@ mod tests {
     #[test]
     fn missing_image_is_an_error() {
         let c = compose("services:\n  w:\n    command: [\"true\"]\n");
-        assert!(convert("app", &c).unwrap_err().contains("image"));
+        assert!(convert("app", &c, Path::new("."))
+            .unwrap_err()
+            .contains("image"));
     }
 }
