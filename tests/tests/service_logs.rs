@@ -1,14 +1,18 @@
-//! `service logs` on a node, on 2 hosts: a 2-replica service printing a numbered line a
-//! second, one task per host. On h1 (the manager) `service logs` prints h1's task's lines
-//! with Docker's prefix (`NAME.SLOT.TASKID@NODE    | line`) and a warning naming the
-//! task on h2 (whose log stays on h2); `--tail`, `--since` (RFC 3339 and durations),
+//! `service logs` from every node, on 3 hosts: a 3-replica service printing a numbered
+//! line a second, one task per host. On h1 (the manager) one `service logs` prints the
+//! lines of all three tasks, h2's and h3's asked of their nodes over the node port
+//! (mutual TLS, a manager's certificate), merged by time, each with Docker's prefix
+//! (`NAME.SLOT.TASKID@NODE    | line`); `--tail`, `--since` (RFC 3339 and durations),
 //! `-t`, `--no-task-ids`, `--no-trunc` and `--raw` shape the lines as Docker's; a task's
-//! ID selects that task alone; bad values, `-f` and `--details` are refused.
+//! ID selects that task alone, wherever it runs; bad values, `-f` and `--details` are
+//! refused. With h3's agent SIGKILLed, `service logs` still answers within a bound with
+//! h1's and h2's lines and a warning naming h3 and its task.
 use shoal_tests::{
     privileged,
     swarm::{hostnames, Cli, Task, BOUND},
     wait_for, LabGuard,
 };
+use std::time::{Duration, Instant};
 
 /// Each task prints `line-1`, `line-2`... one a second.
 const TALK: &str = "i=0; while true; do i=$((i+1)); echo line-$i; sleep 1; done";
@@ -41,12 +45,12 @@ fn number(line: &str) -> u64 {
 }
 
 #[test]
-fn service_logs_reads_this_nodes_tasks_as_docker_prints_them() {
+fn service_logs_reads_every_nodes_tasks_as_docker_prints_them() {
     if !privileged() {
         return;
     }
     let shoal = xtask::util::shoal_binary().expect("shoal binary (cargo build)");
-    let guard = LabGuard::up('l', 2);
+    let guard = LabGuard::up('l', 3);
     let cli = Cli { lab: &guard };
     cli.start_agents(&shoal, &[]);
     cli.form_cluster();
@@ -59,7 +63,7 @@ fn service_logs_reads_this_nodes_tasks_as_docker_prints_them() {
             "--name",
             "talk",
             "--replicas",
-            "2",
+            "3",
             "--detach",
             "shoal/web:1",
             "sh",
@@ -67,7 +71,7 @@ fn service_logs_reads_this_nodes_tasks_as_docker_prints_them() {
             TALK,
         ],
     );
-    let tasks = cli.wait_running("talk", 2, |t| hostnames(t).len() == 2);
+    let tasks = cli.wait_running("talk", 3, |t| hostnames(t).len() == 3);
     let on = |node: &str| -> Task {
         tasks
             .iter()
@@ -75,58 +79,89 @@ fn service_logs_reads_this_nodes_tasks_as_docker_prints_them() {
             .cloned()
             .unwrap_or_else(|| panic!("no task on {node}: {tasks:?}"))
     };
-    let (here, there) = (on("h1"), on("h2"));
-    let prefix = format!("{}.{}@h1    | ", here.name(), here.hostname());
+    let hosts = ["h1", "h2", "h3"];
+    let prefix_of = |node: &str| -> String {
+        let t = on(node);
+        format!("{}.{}@{node}    | ", t.name(), t.hostname())
+    };
+    let (here, there, third) = (on("h1"), on("h2"), on("h3"));
+    // A node's lines, in the order they came.
+    let of = |lines: &[String], node: &str| -> Vec<String> {
+        let p = prefix_of(node);
+        lines
+            .iter()
+            .filter(|l| l.starts_with(&p))
+            .cloned()
+            .collect()
+    };
 
-    // Lines of h1's task only, prefixed as Docker's; h2's task named in a warning.
-    let (lines, warnings) = wait_for("h1's task logged 6 lines", BOUND, || {
+    // Every node's task, each from line-1 on, in its order, no warning.
+    let (lines, warnings) = wait_for("each task logged 4 lines", BOUND, || {
         let (lines, warnings) = logs_ok(&guard, &["talk"]);
-        if lines.len() >= 6 {
+        if hosts.iter().all(|h| of(&lines, h).len() >= 4) {
             Ok((lines, warnings))
         } else {
             Err(format!("{lines:?} {warnings}"))
         }
     });
-    for (i, line) in lines.iter().enumerate() {
-        assert_eq!(
-            line,
-            &format!("{prefix}line-{}", i + 1),
-            "line {i} of {lines:#?}"
-        );
+    assert!(warnings.trim().is_empty(), "warnings: {warnings}");
+    let per_host: usize = hosts.iter().map(|h| of(&lines, h).len()).sum();
+    assert_eq!(per_host, lines.len(), "lines of no task: {lines:#?}");
+    for h in hosts {
+        let p = prefix_of(h);
+        for (i, line) in of(&lines, h).iter().enumerate() {
+            assert_eq!(
+                line,
+                &format!("{p}line-{}", i + 1),
+                "{h}'s line {i} of {lines:#?}"
+            );
+        }
     }
-    assert!(
-        warnings.contains("1 task(s) of talk run on h2"),
-        "no warning naming h2's task: {warnings}"
-    );
 
-    // --tail: the last N lines.
+    // --tail: the last N lines of each task.
     let (tail, _) = logs_ok(&guard, &["--tail", "2", "talk"]);
-    assert_eq!(tail.len(), 2, "{tail:#?}");
-    assert_eq!(number(&tail[1]), number(&tail[0]) + 1, "{tail:#?}");
-    assert!(number(&tail[0]) >= 5, "not the last lines: {tail:#?}");
+    assert_eq!(tail.len(), 6, "{tail:#?}");
+    for h in hosts {
+        let mine = of(&tail, h);
+        assert_eq!(mine.len(), 2, "{h}: {tail:#?}");
+        assert_eq!(number(&mine[1]), number(&mine[0]) + 1, "{tail:#?}");
+        assert!(number(&mine[0]) >= 3, "not the last lines: {tail:#?}");
+    }
     let (zero, _) = logs_ok(&guard, &["-n", "0", "talk"]);
     assert!(zero.is_empty(), "{zero:#?}");
 
     // Prefix styles.
     let (short, _) = logs_ok(&guard, &["--no-task-ids", "--tail", "1", "talk"]);
-    let want = format!("{}@h1    | line-", here.name());
-    assert!(
-        short.len() == 1 && short[0].starts_with(&want),
-        "{short:#?}"
-    );
+    assert_eq!(short.len(), 3, "{short:#?}");
+    for h in hosts {
+        let want = format!("{}@{h}    | line-", on(h).name());
+        assert!(
+            short.iter().any(|l| l.starts_with(&want)),
+            "{want}: {short:#?}"
+        );
+    }
     let (long, _) = logs_ok(&guard, &["--no-trunc", "--tail", "1", "talk"]);
-    let want = format!("{}.{}@h1    | line-", here.name(), here.id);
-    assert!(long.len() == 1 && long[0].starts_with(&want), "{long:#?}");
+    for h in hosts {
+        let want = format!("{}.{}@{h}    | line-", on(h).name(), on(h).id);
+        assert!(
+            long.iter().any(|l| l.starts_with(&want)),
+            "{want}: {long:#?}"
+        );
+    }
     let (raw, _) = logs_ok(&guard, &["--raw", "--tail", "1", "talk"]);
-    assert!(raw.len() == 1 && raw[0].starts_with("line-"), "{raw:#?}");
+    assert!(
+        raw.len() == 3 && raw.iter().all(|l| l.starts_with("line-")),
+        "{raw:#?}"
+    );
 
-    // -t: an RFC 3339 timestamp after the prefix; --since cuts at one of them.
+    // -t: an RFC 3339 timestamp after the prefix, the nodes' lines merged in time order;
+    // --since cuts at one of them.
     let (stamped, _) = logs_ok(&guard, &["-t", "talk"]);
-    assert!(stamped.len() >= 6, "{stamped:#?}");
     let stamp = |line: &str| -> String {
         let rest = line
-            .strip_prefix(&prefix)
-            .unwrap_or_else(|| panic!("no prefix: {line:?}"));
+            .split_once("    | ")
+            .unwrap_or_else(|| panic!("no prefix: {line:?}"))
+            .1;
         let (ts, text) = rest.split_once(' ').expect("timestamp then line");
         assert!(
             ts.len() >= 20 && &ts[4..5] == "-" && &ts[10..11] == "T" && ts.ends_with('Z'),
@@ -135,12 +170,25 @@ fn service_logs_reads_this_nodes_tasks_as_docker_prints_them() {
         assert!(text.starts_with("line-"), "{line:?}");
         ts.to_string()
     };
-    let k = stamped.len() - 2;
-    let at = stamp(&stamped[k]);
+    let key = |ts: &str| -> (String, String) {
+        let t = ts.trim_end_matches('Z');
+        let (s, f) = t.split_once('.').unwrap_or((t, ""));
+        (s.to_string(), format!("{f:0<9}"))
+    };
+    let keys: Vec<_> = stamped.iter().map(|l| key(&stamp(l))).collect();
+    assert!(
+        keys.windows(2).all(|w| w[0] <= w[1]),
+        "lines not in time order: {stamped:#?}"
+    );
+    let own = of(&stamped, "h1");
+    assert!(own.len() >= 4, "{stamped:#?}");
+    let k = own.len() - 2;
+    let at = stamp(&own[k]);
     let cut = format!("{}Z", &at[..19]);
     let (since, _) = logs_ok(&guard, &["--since", &cut, "talk"]);
+    let since = of(&since, "h1");
     let first = since.first().map(|l| number(l)).unwrap_or_default();
-    let kth = number(&stamped[k]);
+    let kth = number(&own[k]);
     assert!(
         first + 1 >= kth && first <= kth,
         "--since {cut} (line-{kth}'s second) began at line-{first}: {since:#?}"
@@ -150,13 +198,16 @@ fn service_logs_reads_this_nodes_tasks_as_docker_prints_them() {
     let (future, _) = logs_ok(&guard, &["--since", "2099-01-01T00:00:00Z", "talk"]);
     assert!(future.is_empty(), "{future:#?}");
 
-    // A task's ID: that task alone.
-    let (own, warnings) = logs_ok(&guard, &["--tail", "1", &here.id]);
-    assert!(own.len() == 1 && own[0].starts_with(&prefix), "{own:#?}");
-    assert!(!warnings.contains("run on"), "{warnings}");
-    let (none, warnings) = logs_ok(&guard, &[&there.id]);
-    assert!(none.is_empty(), "{none:#?}");
-    assert!(warnings.contains("run on h2"), "{warnings}");
+    // A task's ID: that task alone, on this node or another.
+    for t in [&here, &there] {
+        let (only, warnings) = logs_ok(&guard, &["--tail", "1", &t.id]);
+        assert!(
+            only.len() == 1 && only[0].starts_with(&prefix_of(&t.node)),
+            "{}: {only:#?}",
+            t.node
+        );
+        assert!(warnings.trim().is_empty(), "{warnings}");
+    }
 
     // Refusals.
     for (args, says) in [
@@ -170,4 +221,21 @@ fn service_logs_reads_this_nodes_tasks_as_docker_prints_them() {
         assert!(!ok, "service logs {args:?} should fail: {out}");
         assert!(err.contains(says), "service logs {args:?}: {err}");
     }
+
+    // h3's agent killed: the others' lines still come, within the node deadline (5 s)
+    // and room for a loaded machine, and h3's task is named.
+    guard.stop_agent(2, libc::SIGKILL);
+    let started = Instant::now();
+    let (lines, warnings) = logs_ok(&guard, &["talk"]);
+    let took = started.elapsed();
+    eprintln!("service logs with h3's agent dead: {took:?}");
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    assert!(of(&lines, "h1").len() >= 4, "{lines:#?}");
+    assert!(of(&lines, "h2").len() >= 4, "{lines:#?}");
+    assert!(of(&lines, "h3").is_empty(), "{lines:#?}");
+    let named = format!("{}.{}", third.name(), third.hostname());
+    assert!(
+        warnings.contains("node h3 did not answer") && warnings.contains(&named),
+        "no warning naming h3 and {named}: {warnings}"
+    );
 }

@@ -37,6 +37,7 @@
 
 pub mod fuzzing;
 mod keys;
+mod node_port;
 mod persist;
 mod runtime;
 #[cfg(test)]
@@ -60,6 +61,7 @@ use crate::seal::KeyEncryptionKey;
 use crate::store::{ApplyResult, ClusterState, Command, Rejection, StoreError};
 use crate::token::JoinToken;
 
+pub use node_port::{NodePortHandler, NODE_PORT};
 use runtime::Runtime;
 pub use runtime::{new_gossip_key, CaStatus};
 
@@ -402,6 +404,16 @@ impl NodeClient {
         self.rt.core().map(|c| c.store_node().subscribe())
     }
 
+    /// Serves the node port ([`NODE_PORT`]) on `listener`: requests from the cluster's
+    /// managers only (mutual TLS), each answered by `handler`. Runs until dropped.
+    pub async fn serve_node_port(
+        &self,
+        listener: tokio::net::TcpListener,
+        handler: NodePortHandler,
+    ) {
+        node_port::serve(self.rt.clone(), listener, handler).await
+    }
+
     /// Reports this node's task states to the leader.
     pub async fn report_tasks(
         &self,
@@ -426,6 +438,18 @@ impl Manager {
         NodeClient {
             rt: self.rt.clone(),
         }
+    }
+
+    /// Asks node `node_id` at `addr` (its node port) with `body`, presenting this
+    /// manager's certificate; fails past `deadline`.
+    pub async fn call_node(
+        &self,
+        node_id: &str,
+        addr: SocketAddr,
+        body: &[u8],
+        deadline: Duration,
+    ) -> Result<Vec<u8>, ClusterError> {
+        node_port::call(&self.rt, node_id, addr, body, deadline).await
     }
 
     /// This manager's own copy of the state (possibly stale; never waits). `None` if it

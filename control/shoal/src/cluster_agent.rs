@@ -157,12 +157,19 @@ impl ClusterAgentConfig {
 #[derive(Default)]
 struct Background {
     executor: Option<(tokio::task::JoinHandle<()>, String)>,
+    /// The node port (managers asking for this node's task logs), with the node ID.
+    node_port: Option<(tokio::task::JoinHandle<()>, String)>,
+    /// Whether a failure to listen on the node port was logged (once, not every pass).
+    node_port_said: bool,
     scheduler: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Background {
     fn stop(&mut self) {
         if let Some((h, _)) = self.executor.take() {
+            h.abort();
+        }
+        if let Some((h, _)) = self.node_port.take() {
             h.abort();
         }
         if let Some(h) = self.scheduler.take() {
@@ -214,6 +221,61 @@ impl Role {
     }
 }
 
+/// Serves the node port: managers ask for this node's task logs
+/// ([`crate::service_logs::NodeLogsRequest`]). `None` (warned, tried again on the next
+/// pass) when the port cannot be bound.
+fn serve_node_port(
+    client: &manager::NodeClient,
+    socket: &Path,
+    said: &mut bool,
+) -> Option<(tokio::task::JoinHandle<()>, String)> {
+    let listen = std::net::SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), manager::NODE_PORT);
+    let std_listener = match std::net::TcpListener::bind(listen) {
+        Ok(l) => l,
+        Err(e) => {
+            if !std::mem::replace(said, true) {
+                tracing::warn!(%listen, error = %e, "node port: cannot listen (tried again every pass); managers' service logs will not reach this node's tasks");
+            }
+            return None;
+        }
+    };
+    let listener = std_listener
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpListener::from_std(std_listener));
+    let listener = match listener {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(%listen, error = %e, "node port: cannot listen");
+            return None;
+        }
+    };
+    *said = false;
+    let socket = socket.to_path_buf();
+    let handler: manager::NodePortHandler = Arc::new(move |caller, body| {
+        let socket = socket.clone();
+        Box::pin(async move {
+            let reply = match serde_json::from_slice::<crate::service_logs::NodeLogsRequest>(&body)
+            {
+                Ok(request) => {
+                    info!(%caller, service = %request.service_id, "node port: logs asked");
+                    services::node_lines(&socket, &request).await
+                }
+                Err(e) => crate::service_logs::NodeLogsReply {
+                    lines: Vec::new(),
+                    warnings: vec![format!("bad request: {e}")],
+                },
+            };
+            serde_json::to_vec(&reply).unwrap_or_default()
+        })
+    });
+    let client = client.clone();
+    let id = client.node_id().to_owned();
+    Some((
+        tokio::spawn(async move { client.serve_node_port(listener, handler).await }),
+        id,
+    ))
+}
+
 /// The agent's cluster role and the API requests about it.
 pub struct ClusterAgent {
     config: ClusterAgentConfig,
@@ -255,6 +317,18 @@ impl ClusterAgent {
             return;
         };
         if let Some(socket) = self.config.docker_socket() {
+            let stale = match &bg.node_port {
+                Some((h, id)) => h.is_finished() || id != client.node_id(),
+                None => true,
+            };
+            if stale {
+                if let Some((h, _)) = bg.node_port.take() {
+                    h.abort();
+                }
+                let mut said = bg.node_port_said;
+                bg.node_port = serve_node_port(&client, socket, &mut said);
+                bg.node_port_said = said;
+            }
             let stale = match &bg.executor {
                 Some((h, id)) => h.is_finished() || id != client.node_id(),
                 None => true,

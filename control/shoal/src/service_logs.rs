@@ -1,6 +1,90 @@
 //! `service logs`: the parsing of its `--tail` and `--since` values and the prefix put
 //! before each line (Docker's `NAME.SLOT.TASKID@NODE    | line`).
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How long a manager waits for another node's lines (its node port) before naming the
+/// node and its tasks in a warning.
+pub const NODE_LOGS_DEADLINE: Duration = Duration::from_secs(5);
+
+/// What a manager asks a node for (over the node port): the lines of these tasks of
+/// this service, read from the node's dockerd.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeLogsRequest {
+    pub service_id: String,
+    /// Task ID -> its display name (`web.1`); only these tasks' containers are read.
+    pub tasks: BTreeMap<String, String>,
+    /// The node's hostname, for the prefixes.
+    pub node_name: String,
+    pub tail: Option<String>,
+    /// Unix seconds.
+    pub since: Option<i64>,
+    pub style: PrefixStyle,
+}
+
+/// A node's answer: its lines (with dockerd's timestamps) and what went wrong.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeLogsReply {
+    pub lines: Vec<LogLine>,
+    pub warnings: Vec<String>,
+}
+
+/// One line of a task container, with the timestamp dockerd put before it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// RFC 3339 with nanoseconds as dockerd writes it; empty if it gave none.
+    pub time: String,
+    pub prefix: Option<String>,
+    pub text: String,
+}
+
+impl LogLine {
+    /// From a line dockerd wrote with `timestamps`: `TIME TEXT`.
+    pub fn split(prefix: Option<String>, line: &str) -> LogLine {
+        match line.split_once(' ') {
+            Some((time, text)) if time.len() >= 20 && time.as_bytes()[4] == b'-' => LogLine {
+                time: time.to_string(),
+                prefix,
+                text: text.to_string(),
+            },
+            _ => LogLine {
+                time: String::new(),
+                prefix,
+                text: line.to_string(),
+            },
+        }
+    }
+
+    /// A key that sorts as time does: the second, then the fraction padded to 9 digits
+    /// (dockerd drops trailing zeros, so the text alone does not sort).
+    fn sort_key(&self) -> (String, String) {
+        let t = self.time.trim_end_matches(['Z', 'z']);
+        let (secs, frac) = t.split_once('.').unwrap_or((t, ""));
+        (secs.to_string(), format!("{frac:0<9}"))
+    }
+}
+
+/// Every node's lines in one sequence, ordered by time (stable: a node's own order is
+/// kept among equal times), formatted with their prefixes; `timestamps` (`-t`) keeps
+/// dockerd's timestamp before each line.
+pub fn merge(mut lines: Vec<LogLine>, timestamps: bool) -> Vec<String> {
+    lines.sort_by_cached_key(LogLine::sort_key);
+    lines
+        .into_iter()
+        .map(|l| {
+            let text = if timestamps && !l.time.is_empty() {
+                format!("{} {}", l.time, l.text)
+            } else {
+                l.text
+            };
+            format_line(l.prefix.as_deref(), &text)
+        })
+        .collect()
+}
+
 /// `--tail`: `all` or a non-negative number of lines; returns the value dockerd takes.
 pub fn parse_tail(text: &str) -> Result<String, String> {
     let t = text.trim();
@@ -114,7 +198,7 @@ fn parse_rfc3339(t: &str) -> Option<i64> {
 }
 
 /// How each line is prefixed (`--no-task-ids`, `--no-trunc`, `--raw`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrefixStyle {
     pub no_task_ids: bool,
     pub no_trunc: bool,
@@ -199,6 +283,33 @@ mod tests {
             let e = parse_since(bad, now).unwrap_err();
             assert!(e.contains("--since"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn lines_merge_by_time_across_nodes() {
+        let a = |t: &str, p: &str, x: &str| LogLine::split(Some(p.into()), &format!("{t} {x}"));
+        let lines = vec![
+            a("2026-12-06T19:00:00.5Z", "web.1@n1", "second"),
+            a("2026-12-06T19:00:01Z", "web.1@n1", "fourth"),
+            a("2026-12-06T19:00:00.123456789Z", "web.2@n2", "first"),
+            a("2026-12-06T19:00:00.6Z", "web.3@n3", "third"),
+        ];
+        assert_eq!(
+            merge(lines.clone(), false),
+            vec![
+                "web.2@n2    | first",
+                "web.1@n1    | second",
+                "web.3@n3    | third",
+                "web.1@n1    | fourth",
+            ]
+        );
+        assert_eq!(
+            merge(lines, true)[0],
+            "web.2@n2    | 2026-12-06T19:00:00.123456789Z first"
+        );
+        let bare = LogLine::split(None, "no time here");
+        assert_eq!(bare.time, "");
+        assert_eq!(merge(vec![bare], true), vec!["no time here"]);
     }
 
     #[test]

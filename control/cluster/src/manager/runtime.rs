@@ -323,6 +323,11 @@ impl Runtime {
         read(&self.identity)
     }
 
+    /// The managers this node takes requests from and talks to.
+    pub(crate) fn known_managers(&self) -> &KnownManagers {
+        &self.known_managers
+    }
+
     pub(crate) fn client(&self) -> Arc<Client> {
         read(&self.client)
     }

@@ -665,3 +665,68 @@ async fn gossip_keys_are_registered_by_their_own_node_only_and_leave_with_it() {
     }
     m1.shutdown().await;
 }
+
+/// The node port answers a manager's certificate only: a worker's is closed on before
+/// its request is read, and a node dialled by another node's ID fails the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_node_port_answers_managers_only() {
+    let base = TempBase::new("node-port");
+    let m1 = Manager::init_with(
+        base.config("m1"),
+        info("m1"),
+        InitOptions::default(),
+        timings(),
+    )
+    .await
+    .unwrap();
+    let Joined::Worker(w1) = join_as(&base, "w1", &m1, Role::Worker).await else {
+        panic!("w1 joined as a manager");
+    };
+    let Joined::Worker(w2) = join_as(&base, "w2", &m1, Role::Worker).await else {
+        panic!("w2 joined as a manager");
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = asked.clone();
+    let handler: NodePortHandler = Arc::new(move |caller, body| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            let mut reply = caller.into_bytes();
+            reply.push(b':');
+            reply.extend(body);
+            reply
+        })
+    });
+    let client = w1.node_client();
+    let server = tokio::spawn(async move { client.serve_node_port(listener, handler).await });
+    let deadline = Duration::from_secs(5);
+
+    let reply = m1
+        .call_node(w1.node_id(), addr, b"hello", deadline)
+        .await
+        .unwrap();
+    assert_eq!(reply, format!("{}:hello", m1.node_id()).into_bytes());
+
+    let refused = node_port::call(&w2.rt, w1.node_id(), addr, b"hello", deadline).await;
+    assert!(refused.is_err(), "a worker's certificate was answered");
+
+    let wrong = m1.call_node(w2.node_id(), addr, b"hello", deadline).await;
+    assert!(wrong.is_err(), "w1 answered when dialled as w2");
+
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let nobody = closed.local_addr().unwrap();
+    drop(closed);
+    let started = Instant::now();
+    assert!(m1
+        .call_node(w1.node_id(), nobody, b"hello", deadline)
+        .await
+        .is_err());
+    assert!(started.elapsed() < deadline);
+    assert_eq!(
+        asked.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "only the manager's request reached the handler"
+    );
+    server.abort();
+}

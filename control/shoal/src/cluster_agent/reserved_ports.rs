@@ -64,6 +64,10 @@ impl ReservedPorts {
         if let Some(port) = agent.gossip {
             add(port, "the gossip port".into());
         }
+        add(
+            shoal_cluster::manager::NODE_PORT,
+            "the node port (managers asking for a node's task logs)".into(),
+        );
         Self { ports }
     }
 
@@ -122,6 +126,25 @@ mod tests {
             },
         );
         s
+    }
+
+    #[test]
+    fn the_node_port_is_refused() {
+        let reserved = ReservedPorts::new(
+            &state(),
+            AgentPorts {
+                cluster: 2377,
+                gossip: None,
+            },
+        );
+        let e = reserved
+            .check(&spec(&[(2391, Protocol::Tcp)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("port 2391 cannot be published: it is the node port"),
+            "{e}"
+        );
     }
 
     #[test]

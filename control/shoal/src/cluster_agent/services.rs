@@ -552,7 +552,7 @@ pub(super) async fn request(
                     raw,
                 },
             };
-            logs(&state, manager.node_id(), &id, docker_socket, options).await
+            logs(&state, manager, &id, docker_socket, options).await
         }
         Request::NetworkCreate {
             name,
@@ -728,15 +728,19 @@ fn logs_target(
     }
 }
 
-/// `service logs`: the logs of the service's task containers on this node's dockerd;
-/// tasks on other nodes are named in the warnings (their logs stay on their node).
+/// `service logs`: the lines of the service's task containers on every node that runs
+/// (or ran) one: this node's from its own dockerd, the others' asked of each node over
+/// its node port (mutual TLS, a manager's certificate), all at once and each within
+/// [`NODE_LOGS_DEADLINE`]. A node that does not answer is named in the warnings with
+/// its tasks; the others' lines still come. Lines are merged by their timestamp.
 async fn logs(
     state: &ClusterState,
-    self_id: &str,
+    manager: &Manager,
     service_id: &str,
     docker_socket: Option<&Path>,
     options: LogsOptions,
 ) -> Result<Reply, ApiError> {
+    let self_id = manager.node_id();
     let service = &state.services[service_id];
     let hostname = |id: &str| {
         state
@@ -745,91 +749,198 @@ async fn logs(
             .map(|n| n.hostname.clone())
             .unwrap_or_else(|| id.to_string())
     };
-    let mut warnings = Vec::new();
-    let mut remote: BTreeMap<String, usize> = BTreeMap::new();
+    // Node ID -> the tasks there (ID -> display name).
+    let mut per_node: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     for t in state.service_tasks(service_id) {
         if options.task.as_ref().is_some_and(|only| *only != t.id) {
             continue;
         }
         if let Some(n) = &t.node_id {
-            if n != self_id && t.status.state >= TaskState::Starting {
-                *remote.entry(hostname(n)).or_default() += 1;
+            if t.status.state >= TaskState::Starting {
+                per_node
+                    .entry(n.clone())
+                    .or_default()
+                    .insert(t.id.clone(), t.display_name(&service.spec.name));
             }
         }
     }
-    for (host, k) in remote {
-        warnings.push(format!(
-            "{k} task(s) of {} run on {host}: run `shoal service logs` there for theirs",
-            service.spec.name
-        ));
-    }
-    let Some(socket) = docker_socket else {
-        return Ok(Reply::ServiceLogs {
-            lines: Vec::new(),
-            warnings,
+    let mut warnings = Vec::new();
+    let mut lines = Vec::new();
+    let ask = |node: String, tasks: BTreeMap<String, String>| {
+        let host = hostname(&node);
+        let addr = state.nodes.get(&node).and_then(|n| {
+            n.advertise_addr
+                .parse::<std::net::SocketAddr>()
+                .map(|a| a.ip())
+                .or_else(|_| n.advertise_addr.parse::<std::net::IpAddr>())
+                .ok()
         });
+        let request = service_logs::NodeLogsRequest {
+            service_id: service_id.to_string(),
+            tasks: tasks.clone(),
+            node_name: host.clone(),
+            tail: options.tail.clone(),
+            since: options.since,
+            style: options.style,
+        };
+        async move {
+            let named = || {
+                let names: Vec<String> = tasks
+                    .iter()
+                    .map(|(id, name)| format!("{name}.{}", &id[..id.len().min(12)]))
+                    .collect();
+                names.join(", ")
+            };
+            let Some(ip) = addr else {
+                return Err(format!(
+                    "node {host} has no known address: no lines from its task(s) {}",
+                    named()
+                ));
+            };
+            let body = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
+            let at = std::net::SocketAddr::new(ip, shoal_cluster::manager::NODE_PORT);
+            let reply = manager
+                .call_node(&node, at, &body, service_logs::NODE_LOGS_DEADLINE)
+                .await
+                .and_then(|r| {
+                    serde_json::from_slice::<service_logs::NodeLogsReply>(&r).map_err(|e| {
+                        shoal_cluster::manager::ClusterError::Protocol(format!("bad answer: {e}"))
+                    })
+                });
+            reply.map_err(|e| {
+                format!(
+                    "node {host} did not answer ({e}): no lines from its task(s) {}",
+                    named()
+                )
+            })
+        }
     };
-    let docker = DockerClient::connect(socket)
-        .await
-        .map_err(|e| ApiError::new(e.to_string()))?;
+    let mut remote = Vec::new();
+    let mut local = None;
+    for (node, tasks) in per_node {
+        if node == self_id {
+            local = Some(tasks);
+        } else {
+            remote.push(ask(node, tasks));
+        }
+    }
+    let local_part = async {
+        match (&local, docker_socket) {
+            (Some(tasks), Some(socket)) => {
+                let request = service_logs::NodeLogsRequest {
+                    service_id: service_id.to_string(),
+                    tasks: tasks.clone(),
+                    node_name: hostname(self_id),
+                    tail: options.tail.clone(),
+                    since: options.since,
+                    style: options.style,
+                };
+                Some(node_lines(socket, &request).await)
+            }
+            _ => None,
+        }
+    };
+    let (local_reply, remote_replies) =
+        futures::join!(local_part, futures::future::join_all(remote));
+    if let Some(r) = local_reply {
+        lines.extend(r.lines);
+        warnings.extend(r.warnings);
+    }
+    for r in remote_replies {
+        match r {
+            Ok(r) => {
+                lines.extend(r.lines);
+                warnings.extend(r.warnings);
+            }
+            Err(w) => warnings.push(w),
+        }
+    }
+    Ok(Reply::ServiceLogs {
+        lines: service_logs::merge(lines, options.timestamps),
+        warnings,
+    })
+}
+
+/// The lines of the named tasks' containers on this node's dockerd (the node port's
+/// answer, and a manager's own part of `service logs`), with dockerd's timestamps.
+pub(crate) async fn node_lines(
+    socket: &Path,
+    request: &service_logs::NodeLogsRequest,
+) -> service_logs::NodeLogsReply {
+    let mut reply = service_logs::NodeLogsReply::default();
+    let docker = match DockerClient::connect(socket).await {
+        Ok(d) => d,
+        Err(e) => {
+            reply
+                .warnings
+                .push(format!("{}: dockerd: {e}", request.node_name));
+            return reply;
+        }
+    };
     let api = docker.engine();
-    let list = api
+    let list = match api
         .list_containers(Some(bollard::query_parameters::ListContainersOptions {
             all: true,
             filters: Some(HashMap::from([(
                 "label".to_string(),
-                vec![format!("{LABEL_SERVICE_ID}={service_id}")],
+                vec![format!("{LABEL_SERVICE_ID}={}", request.service_id)],
             )])),
             ..Default::default()
         }))
         .await
-        .map_err(|e| ApiError::new(format!("listing task containers: {e}")))?;
-    let me = hostname(self_id);
-    let mut lines = Vec::new();
+    {
+        Ok(l) => l,
+        Err(e) => {
+            reply.warnings.push(format!(
+                "{}: listing task containers: {e}",
+                request.node_name
+            ));
+            return reply;
+        }
+    };
     for c in list {
         let (Some(id), Some(labels)) = (c.id, c.labels) else {
             continue;
         };
         let task_id = labels.get(LABEL_TASK_ID).cloned().unwrap_or_default();
-        if options.task.as_ref().is_some_and(|only| *only != task_id) {
+        let Some(name) = request.tasks.get(&task_id) else {
             continue;
-        }
-        let name = state
-            .tasks
-            .get(&task_id)
-            .map(|t| t.display_name(&service.spec.name))
-            .unwrap_or_else(|| service.spec.name.clone());
-        let prefix = service_logs::prefix(options.style, &name, &task_id, &me);
+        };
+        let prefix = service_logs::prefix(request.style, name, &task_id, &request.node_name);
+        let shown = prefix
+            .clone()
+            .unwrap_or_else(|| format!("{name}@{}", request.node_name));
         let mut stream = api.logs(
             &id,
             Some(bollard::query_parameters::LogsOptions {
                 stdout: true,
                 stderr: true,
-                tail: options.tail.clone().unwrap_or_else(|| "all".into()),
-                since: options
+                tail: request.tail.clone().unwrap_or_else(|| "all".into()),
+                since: request
                     .since
                     .map(|s| s.clamp(0, i64::from(i32::MAX)) as i32)
                     .unwrap_or_default(),
-                timestamps: options.timestamps,
+                timestamps: true,
                 ..Default::default()
             }),
         );
-        let shown = prefix.clone().unwrap_or_else(|| format!("{name}@{me}"));
         while let Some(item) = stream.next().await {
             match item {
                 Ok(out) => {
                     for line in out.to_string().lines() {
-                        lines.push(service_logs::format_line(prefix.as_deref(), line));
+                        reply
+                            .lines
+                            .push(service_logs::LogLine::split(prefix.clone(), line));
                     }
                 }
                 Err(e) => {
-                    warnings.push(format!("{shown}: {e}"));
+                    reply.warnings.push(format!("{shown}: {e}"));
                     break;
                 }
             }
         }
     }
-    Ok(Reply::ServiceLogs { lines, warnings })
+    reply
 }
 
 #[cfg(test)]
