@@ -10,6 +10,8 @@
 //! `ContainerSpec.CapabilityAdd/CapabilityDrop`, in the container's `HostConfig`, and in
 //! the task's effective capabilities (`/proc/self/status` CapEff); an update moves one
 //! from the added to the dropped list; an unknown one is refused and changes nothing.
+//! Each node's capacity (its dockerd's NCPU and MemTotal) shows in `node inspect` as
+//! `Description.Resources`.
 use std::time::Instant;
 
 /// CAP_CHOWN and CAP_NET_ADMIN, as bits of `CapEff`.
@@ -42,6 +44,35 @@ fn volumes_tmpfs_binds_and_a_read_only_root_reach_the_tasks() {
     let cli = Cli { lab: &guard };
     cli.start_agents(&shoal, &[]);
     cli.form_cluster();
+
+    // Each node's capacity, as its dockerd reports it, shows in `node inspect`.
+    for h in ["h1", "h2"] {
+        let info = guard.exec_ok(
+            h,
+            &["docker", "info", "--format", "{{.NCPU}} {{.MemTotal}}"],
+        );
+        let (cpus, memory) = info.trim().split_once(' ').expect("NCPU MemTotal");
+        let cpus: i64 = cpus.parse().expect("NCPU");
+        let memory: i64 = memory.parse().expect("MemTotal");
+        assert!(cpus > 0 && memory > 0, "{h}: docker info says {info}");
+        let resources = cli.ok(
+            "h1",
+            &[
+                "node",
+                "inspect",
+                "--format",
+                "{{json .Description.Resources}}",
+                h,
+            ],
+        );
+        let resources: serde_json::Value = serde_json::from_str(resources.trim())
+            .unwrap_or_else(|e| panic!("{h}: {resources}: {e}"));
+        assert_eq!(
+            resources,
+            serde_json::json!({"NanoCPUs": cpus * 1_000_000_000, "MemoryBytes": memory}),
+            "{h}"
+        );
+    }
 
     // The service is pinned to h2; the bind's source is a directory there.
     let bind_src = guard.state.hosts[1]

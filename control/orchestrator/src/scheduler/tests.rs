@@ -18,6 +18,7 @@ pub(super) fn node(id: &str, role: Role) -> Node {
         advertise_addr: "192.168.77.11:2377".into(),
         data_path_addr: None,
         engine_version: "20.10".into(),
+        resources: Default::default(),
         labels: BTreeMap::new(),
         raft_id: None,
         gossip: None,
