@@ -519,12 +519,12 @@ fn the_docker_cli_drives_shoal_through_its_engine_api() {
         "--no-resolve-image",
         "--name",
         "limited",
-        "--reserve-memory",
-        "64m",
+        "--replicas-max-per-node",
+        "2",
         "shoal/web:1",
     ]);
     assert!(
-        refused.contains("Spec.TaskTemplate.Resources.Reservations"),
+        refused.contains("Spec.TaskTemplate.Placement.MaxReplicas"),
         "{refused}"
     );
     h1.ok(&["service", "rm", "api"]);

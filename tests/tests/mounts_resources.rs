@@ -10,6 +10,10 @@
 //! `ContainerSpec.CapabilityAdd/CapabilityDrop`, in the container's `HostConfig`, and in
 //! the task's effective capabilities (`/proc/self/status` CapEff); an update moves one
 //! from the added to the dropped list; an unknown one is refused and changes nothing.
+//! Each node's capacity (its dockerd's NCPU and MemTotal) shows in `node inspect` as
+//! `Description.Resources`. A task reserving more memory than any node has stays
+//! pending with Swarm's reason ("insufficient resources on 2 nodes"); updated to a
+//! reservation that fits, it runs.
 use std::time::Instant;
 
 /// CAP_CHOWN and CAP_NET_ADMIN, as bits of `CapEff`.
@@ -42,6 +46,91 @@ fn volumes_tmpfs_binds_and_a_read_only_root_reach_the_tasks() {
     let cli = Cli { lab: &guard };
     cli.start_agents(&shoal, &[]);
     cli.form_cluster();
+
+    // Each node's capacity, as its dockerd reports it, shows in `node inspect`.
+    let mut most_memory = 0;
+    for h in ["h1", "h2"] {
+        let info = guard.exec_ok(
+            h,
+            &["docker", "info", "--format", "{{.NCPU}} {{.MemTotal}}"],
+        );
+        let (cpus, memory) = info.trim().split_once(' ').expect("NCPU MemTotal");
+        let cpus: i64 = cpus.parse().expect("NCPU");
+        let memory: i64 = memory.parse().expect("MemTotal");
+        assert!(cpus > 0 && memory > 0, "{h}: docker info says {info}");
+        let resources = cli.ok(
+            "h1",
+            &[
+                "node",
+                "inspect",
+                "--format",
+                "{{json .Description.Resources}}",
+                h,
+            ],
+        );
+        let resources: serde_json::Value = serde_json::from_str(resources.trim())
+            .unwrap_or_else(|e| panic!("{h}: {resources}: {e}"));
+        assert_eq!(
+            resources,
+            serde_json::json!({"NanoCPUs": cpus * 1_000_000_000, "MemoryBytes": memory}),
+            "{h}"
+        );
+        most_memory = most_memory.max(memory);
+    }
+
+    // A reservation larger than any node: the task waits, with Swarm's reason; made to
+    // fit (an update), it runs.
+    let too_much = (2 * most_memory).to_string();
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "big",
+            "--detach",
+            "--reserve-memory",
+            &too_much,
+            "--reserve-cpu",
+            "0.5",
+            "shoal/web:1",
+        ],
+    );
+    cli.wait_ps("big", "big's task pending for want of resources", |rows| {
+        rows.len() == 1
+            && rows[0].current == "Pending"
+            && rows[0].error == "\"no suitable node (insufficient resources on 2 nodes)\""
+    });
+    let shown = cli.ok(
+        "h1",
+        &[
+            "service",
+            "inspect",
+            "--format",
+            "{{json .Spec.TaskTemplate.Resources}}",
+            "big",
+        ],
+    );
+    let shown: serde_json::Value = serde_json::from_str(shown.trim()).expect("Resources");
+    assert_eq!(
+        shown,
+        serde_json::json!({"Reservations": {"NanoCPUs": 500_000_000, "MemoryBytes": 2 * most_memory}})
+    );
+    let err = cli.err("h1", &["service", "update", "--reserve-cpu", "lots", "big"]);
+    assert!(err.contains("invalid --reserve-cpu"), "{err}");
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "update",
+            "--detach",
+            "--reserve-memory",
+            "64m",
+            "big",
+        ],
+    );
+    cli.wait_running("big", 1, |_| true);
+    cli.ok("h1", &["service", "rm", "big"]);
 
     // The service is pinned to h2; the bind's source is a directory there.
     let bind_src = guard.state.hosts[1]

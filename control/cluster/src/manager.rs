@@ -105,6 +105,9 @@ pub struct NodeInfo {
     pub hostname: String,
     /// The version of the node's Docker engine (`ENGINE VERSION` in `node ls`).
     pub engine_version: String,
+    /// The node's capacity, from its dockerd (zero when it has none to report).
+    #[serde(default)]
+    pub resources: crate::store::NodeResources,
     /// The node's advertise address.
     pub addr: IpAddr,
     /// `--data-path-addr`: where the node's overlay (VXLAN) and gossip traffic go,

@@ -58,8 +58,8 @@ pub use service::{
 };
 pub use state::{
     ApplyResult, Availability, CaProgress, CaRotation, ClusterSpec, ClusterState, Command,
-    GossipIdentity, GossipKey, Network, Node, NodeStatus, NodeTls, ObjectKind, RegistryKey,
-    Rejection, RemovedNode, Resealed, Role, StoredCa, UnlockKey, MAX_GOSSIP_KEYS,
+    GossipIdentity, GossipKey, Network, Node, NodeResources, NodeStatus, NodeTls, ObjectKind,
+    RegistryKey, Rejection, RemovedNode, Resealed, Role, StoredCa, UnlockKey, MAX_GOSSIP_KEYS,
 };
 pub use transport::{MemNetwork, RaftRequest, RaftResponse, Transport, TransportError};
 

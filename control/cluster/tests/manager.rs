@@ -68,6 +68,7 @@ fn info(hostname: &str) -> NodeInfo {
     NodeInfo {
         hostname: hostname.to_string(),
         engine_version: "27.3.1".to_string(),
+        resources: Default::default(),
         addr: "127.0.0.1".parse().unwrap(),
         data_path_addr: None,
         labels: BTreeMap::new(),

@@ -306,6 +306,25 @@ impl DockerClient {
         })
     }
 
+    /// The engine's capacity: its CPUs in NanoCPUs and its memory in bytes (`/info`'s
+    /// `NCPU` and `MemTotal`).
+    pub async fn capacity(&self) -> Result<(i64, i64), DockerError> {
+        const WHAT: &str = "reading the engine's CPUs and memory";
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(|e| self.api(WHAT.into(), e))?;
+        let incomplete = |field| DockerError::Incomplete {
+            socket: self.socket.clone(),
+            what: WHAT.into(),
+            field,
+        };
+        let cpus = info.ncpu.ok_or_else(|| incomplete("NCPU"))?;
+        let memory = info.mem_total.ok_or_else(|| incomplete("MemTotal"))?;
+        Ok((cpus.saturating_mul(1_000_000_000), memory))
+    }
+
     /// The network namespace of a running container, found by full ID, unique ID prefix
     /// or name (what `docker inspect` accepts). None if there is no such container or it
     /// is not running. An ID prefix that fits several containers is an

@@ -488,6 +488,7 @@ mod tests {
             advertise_addr: format!("{ip}:2377"),
             data_path_addr: None,
             engine_version: String::new(),
+            resources: Default::default(),
             labels: Default::default(),
             raft_id: None,
             gossip: None,

@@ -14,7 +14,10 @@
 //!   ([`job`]).
 //! - Placement (spread): among eligible nodes (Ready, availability active, constraints
 //!   met), the one with the fewest tasks of this service, then fewest tasks overall;
-//!   nodes where this service failed twice or more recently come last.
+//!   nodes where this service failed twice or more recently come last. A service with
+//!   reservations (CPUs, memory) goes only to a node whose reported capacity, less
+//!   what its live tasks reserve, holds them; else its task stays pending
+//!   ("insufficient resources on N nodes") until one does.
 //! - A node that is Down, drained or no longer meets the constraints loses its tasks
 //!   (they are replaced elsewhere). Like Swarm there is no rebalancing when a node comes
 //!   back; `service update --force` replaces every task.
@@ -73,18 +76,31 @@ pub fn effective_networks(state: &ClusterState, service: &Service) -> Vec<String
 }
 
 /// Why nodes cannot take a new task of a service, Swarm's way.
-fn no_node_reason(state: &ClusterState, constraints: &[Constraint]) -> String {
+fn no_node_reason(
+    state: &ClusterState,
+    constraints: &[Constraint],
+    fits: impl Fn(&Node) -> bool,
+) -> String {
     let mut unavailable = 0;
     let mut unmet = 0;
+    let mut short = 0;
     for n in state.nodes.values() {
         if n.status != NodeStatus::Ready || n.availability != Availability::Active {
             unavailable += 1;
         } else if !meets(n, constraints) {
             unmet += 1;
+        } else if !fits(n) {
+            short += 1;
         }
     }
     let plural = |k: usize| if k == 1 { "node" } else { "nodes" };
     let mut parts = Vec::new();
+    if short > 0 {
+        parts.push(format!(
+            "insufficient resources on {short} {}",
+            plural(short)
+        ));
+    }
     if unmet > 0 {
         parts.push(format!(
             "scheduling constraints not satisfied on {unmet} {}",
@@ -132,6 +148,8 @@ struct Planner<'a> {
     /// Live (desired running) tasks per node, and per (service, node).
     per_node: HashMap<String, usize>,
     per_service_node: HashMap<(String, String), usize>,
+    /// What live tasks placed on each node reserve (NanoCPUs, bytes).
+    reserved: HashMap<String, (u64, u64)>,
     /// Restart counters a group's next task starts with (see [`restart::carried`]).
     carry: BTreeMap<Group, (u64, u64, u32)>,
 }
@@ -160,6 +178,11 @@ impl Planner<'_> {
         if t.desired_state != desired {
             if t.desired_state == TaskState::Running {
                 if let Some(node) = &t.node_id {
+                    let (cpus, memory) = reservation_of(&t, self.state.services.get(&t.service_id));
+                    if let Some(r) = self.reserved.get_mut(node) {
+                        r.0 = r.0.saturating_sub(cpus);
+                        r.1 = r.1.saturating_sub(memory);
+                    }
                     dec(&mut self.per_node, node.clone());
                     dec(
                         &mut self.per_service_node,
@@ -191,12 +214,26 @@ impl Planner<'_> {
             .count()
     }
 
+    /// Whether `node`'s capacity, less what its live tasks reserve, holds a task of
+    /// `service`'s reservations. A node that has not reported its capacity holds none.
+    fn fits(&self, node: &Node, service: &Service) -> bool {
+        let want = &service.spec.container.reservations;
+        if want.is_empty() {
+            return true;
+        }
+        let (cpus, memory) = self.reserved.get(&node.id).copied().unwrap_or_default();
+        let free =
+            |capacity: i64, used: u64| u64::try_from(capacity).unwrap_or(0).saturating_sub(used);
+        want.nano_cpus <= free(node.resources.nano_cpus, cpus)
+            && want.memory_bytes <= free(node.resources.memory_bytes, memory)
+    }
+
     /// Spread: fewest tasks of this service, then fewest overall; repeat failers last.
     fn pick_node(&self, service: &Service, constraints: &[Constraint]) -> Option<String> {
         self.state
             .nodes
             .values()
-            .filter(|n| may_take(n, constraints))
+            .filter(|n| may_take(n, constraints) && self.fits(n, service))
             .min_by_key(|n| {
                 (
                     self.failures_on(&service.id, &n.id) >= 2,
@@ -254,6 +291,10 @@ impl Planner<'_> {
         }
         match &task.node_id {
             Some(node) => {
+                let (cpus, memory) = reservation_of(&task, Some(service));
+                let r = self.reserved.entry(node.clone()).or_default();
+                r.0 = r.0.saturating_add(cpus);
+                r.1 = r.1.saturating_add(memory);
                 *self.per_node.entry(node.clone()).or_default() += 1;
                 *self
                     .per_service_node
@@ -267,7 +308,7 @@ impl Planner<'_> {
                 };
             }
             None => {
-                let reason = no_node_reason(self.state, constraints);
+                let reason = no_node_reason(self.state, constraints, |n| self.fits(n, service));
                 if task.status.state != TaskState::Pending
                     || task.status.err.as_deref() != Some(reason.as_str())
                 {
@@ -344,6 +385,18 @@ impl Planner<'_> {
     }
 }
 
+/// What a task reserves (NanoCPUs, bytes): its own spec's reservations, else its
+/// service's.
+fn reservation_of(task: &Task, service: Option<&Service>) -> (u64, u64) {
+    let r = task
+        .spec
+        .as_deref()
+        .or(service.map(|s| &s.spec))
+        .map(|spec| spec.container.reservations)
+        .unwrap_or_default();
+    (r.nano_cpus, r.memory_bytes)
+}
+
 fn dec<K: std::hash::Hash + Eq>(m: &mut HashMap<K, usize>, k: K) {
     if let Some(v) = m.get_mut(&k) {
         *v = v.saturating_sub(1);
@@ -361,11 +414,16 @@ pub fn plan(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut() -> Strin
         services: Vec::new(),
         per_node: HashMap::new(),
         per_service_node: HashMap::new(),
+        reserved: HashMap::new(),
         carry: BTreeMap::new(),
     };
     for t in state.tasks.values() {
         if t.desired_state == TaskState::Running {
             if let Some(n) = &t.node_id {
+                let (cpus, memory) = reservation_of(t, state.services.get(&t.service_id));
+                let r = p.reserved.entry(n.clone()).or_default();
+                r.0 = r.0.saturating_add(cpus);
+                r.1 = r.1.saturating_add(memory);
                 *p.per_node.entry(n.clone()).or_default() += 1;
                 *p.per_service_node
                     .entry((t.service_id.clone(), n.clone()))
@@ -476,7 +534,7 @@ pub fn plan(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut() -> Strin
             None => state
                 .nodes
                 .values()
-                .filter(|n| may_take(n, &constraints))
+                .filter(|n| may_take(n, &constraints) && p.fits(n, service))
                 .map(|n| (0, n.id.clone()))
                 .collect(),
         };

@@ -31,7 +31,7 @@ pub use service_changes::{
     HealthChanges, RestartChanges, ServiceChanges, UpdateConfigChanges, MAX_FAILURE_RATIO_PPM,
 };
 pub use shoal_cluster::registry_auth::RegistryCredentials;
-pub use shoal_cluster::store::{Availability, NodeStatus};
+pub use shoal_cluster::store::{Availability, NodeResources, NodeStatus};
 use shoal_cluster::store::{DataObject, Network, ObjectKind, Service, ServiceSpec, Task};
 
 /// Default path of the agent's API socket.
@@ -587,6 +587,9 @@ pub struct NodeView {
     #[serde(default)]
     pub manager_status: Option<ManagerStatus>,
     pub engine_version: String,
+    /// The node's capacity, as its dockerd reports it (zero: not reported).
+    #[serde(default)]
+    pub resources: NodeResources,
     /// The node's control address (ADDR:PORT).
     pub addr: String,
     #[serde(default)]

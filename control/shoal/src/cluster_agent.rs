@@ -17,7 +17,7 @@ mod service_update;
 mod services;
 
 pub use addresses::host_name;
-use addresses::{data_path_address, engine_version, interface_ip, listen_address, remote_address};
+use addresses::{data_path_address, engine_facts, interface_ip, listen_address, remote_address};
 use nodes::manager_request;
 pub use nodes::node_view;
 
@@ -705,7 +705,7 @@ impl ClusterAgent {
         }
     }
 
-    /// This host's hostname, engine version and address.
+    /// This host's hostname, engine version and capacity, and address.
     async fn node_info(
         &self,
         addr: IpAddr,
@@ -716,13 +716,14 @@ impl ClusterAgent {
             None => host_name()
                 .map_err(|e| ApiError::new(format!("reading this host's hostname: {e}")))?,
         };
-        let engine_version = match &self.config.engine {
-            EngineSource::Fixed(v) => v.clone(),
-            EngineSource::Docker(socket) => engine_version(socket).await?,
+        let (engine_version, resources) = match &self.config.engine {
+            EngineSource::Fixed(v) => (v.clone(), Default::default()),
+            EngineSource::Docker(socket) => engine_facts(socket).await?,
         };
         Ok(NodeInfo {
             hostname,
             engine_version,
+            resources,
             addr,
             data_path_addr,
             labels: BTreeMap::new(),

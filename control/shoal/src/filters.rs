@@ -223,6 +223,7 @@ mod tests {
             status: crate::api::NodeStatus::Ready,
             manager_status: None,
             engine_version: String::new(),
+            resources: Default::default(),
             addr: String::new(),
             labels: [("zone".into(), "a".into())].into(),
             version: 0,

@@ -645,6 +645,7 @@ fn view(
         status,
         manager_status: ms,
         engine_version: engine.into(),
+        resources: Default::default(),
         addr: "10.102.20.32:2377".into(),
         labels: BTreeMap::new(),
         version: 3,
@@ -910,9 +911,18 @@ fn node_outputs_are_dockers() {
         format::node(&node_cmd("node demote colima"), &changed).unwrap(),
         "Manager colima demoted in the swarm.\n"
     );
+    let mut seed = seed_nodes();
+    for n in &mut seed {
+        if n.id == "pthddquqfyyf4f9kp41domb5c" {
+            n.resources = shoal::api::NodeResources {
+                nano_cpus: 2_000_000_000,
+                memory_bytes: 2_087_428_096,
+            };
+        }
+    }
     let nodes = Reply::Nodes {
         self_id: "pthddquqfyyf4f9kp41domb5c".into(),
-        nodes: seed_nodes(),
+        nodes: seed,
         warnings: vec![],
     };
     assert_eq!(
@@ -927,11 +937,19 @@ fn node_outputs_are_dockers() {
     assert_eq!(json[0]["Spec"]["Role"], "manager");
     assert_eq!(json[0]["ManagerStatus"]["Leader"], true);
     assert_eq!(json[0]["Status"]["Addr"], "10.102.20.32");
+    assert_eq!(
+        json[0]["Description"]["Resources"],
+        serde_json::json!({"NanoCPUs": 2_000_000_000i64, "MemoryBytes": 2_087_428_096i64})
+    );
     assert!(json[1].get("ManagerStatus").is_none());
     let pretty = format::node(&node_cmd("node inspect --pretty self"), &nodes).unwrap();
     assert!(pretty.contains("Hostname:\t\tlp-pc-2023-026\n"), "{pretty}");
     assert!(pretty.contains(" Leader:\t\tYes\n"), "{pretty}");
     assert!(pretty.contains("Engine Version:\t\t27.3.1\n"), "{pretty}");
+    assert!(
+        pretty.contains("Resources:\n CPUs:\t\t\t2\n Memory:\t\t1.944GiB\n"),
+        "{pretty}"
+    );
 }
 
 #[test]

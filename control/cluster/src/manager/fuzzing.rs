@@ -191,6 +191,7 @@ pub fn seed_inputs() -> Result<Vec<(&'static str, Vec<u8>)>, ClusterError> {
     let node = NodeInfo {
         hostname: "h1".into(),
         engine_version: "28.2.2".into(),
+        resources: Default::default(),
         addr: IpAddr::from([192, 168, 77, 11]),
         data_path_addr: Some(IpAddr::from([192, 168, 78, 11])),
         labels: [("zone".to_string(), "a".to_string())].into(),
@@ -302,6 +303,7 @@ mod tests {
             node: NodeInfo {
                 hostname: "h1".into(),
                 engine_version: "28.2.2".into(),
+                resources: Default::default(),
                 addr: "192.168.77.11".parse().unwrap(),
                 data_path_addr: None,
                 labels: Default::default(),

@@ -70,6 +70,7 @@ fn info(hostname: &str) -> NodeInfo {
     NodeInfo {
         hostname: hostname.to_string(),
         engine_version: "27.3.1".to_string(),
+        resources: Default::default(),
         addr: "127.0.0.1".parse().unwrap(),
         data_path_addr: None,
         labels: BTreeMap::new(),
@@ -573,24 +574,34 @@ async fn reports_and_heartbeats_write_only_what_their_node_may_change() {
     })
     .await;
 
-    // A heartbeat records the engine's version, never a new name.
+    // A heartbeat records the engine's version and the node's capacity, never a new name.
+    let capacity = crate::store::NodeResources {
+        nano_cpus: 4_000_000_000,
+        memory_bytes: 8 << 30,
+    };
     w1.rt
         .update_local(|l| {
             l.info.hostname = "renamed".into();
             l.info.engine_version = "28.0.0".into();
+            l.info.resources = capacity;
         })
         .unwrap();
-    let node = eventually("the new engine version recorded", || async {
+    let node = eventually("the new engine version and capacity recorded", || async {
         let state = m1.state().await.map_err(|e| e.to_string())?;
         let node = state.nodes[&w1_id].clone();
-        if node.engine_version == "28.0.0" {
+        if node.engine_version == "28.0.0" && node.resources == capacity {
             Ok(node)
         } else {
-            Err(node.engine_version)
+            Err(format!("{} {:?}", node.engine_version, node.resources))
         }
     })
     .await;
     assert_eq!(node.hostname, "w1", "a heartbeat renamed the node");
+    // Unchanged heartbeats (five of them) write nothing more.
+    let version = node.version;
+    tokio::time::sleep(timings().heartbeat_interval * 5).await;
+    let after = m1.state().await.unwrap().nodes[&w1_id].version;
+    assert_eq!(after, version, "an unchanged heartbeat rewrote the node");
     for w in [w1, w2] {
         w.shutdown().await;
     }

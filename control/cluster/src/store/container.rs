@@ -55,6 +55,11 @@ pub struct ContainerOptions {
     /// `--limit-cpu`, `--limit-memory`, `--limit-pids`.
     #[serde(skip_serializing_if = "Limits::is_empty")]
     pub limits: Limits,
+    /// Docker's `TaskTemplate.Resources.Reservations` (CPUs and memory; `pids` unused):
+    /// the scheduler places a task only on a node whose capacity, less the reservations
+    /// of the tasks it already has, holds them.
+    #[serde(default, skip_serializing_if = "Limits::is_empty")]
+    pub reservations: Limits,
     /// `--cap-add`: capabilities given to each task, normalized (`CAP_NET_ADMIN`, or
     /// `ALL`) and sorted (Docker's `CapabilityAdd`).
     #[serde(skip_serializing_if = "Vec::is_empty")]

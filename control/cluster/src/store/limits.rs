@@ -1,6 +1,8 @@
 //! The limits of a service's task containers (Docker's `TaskTemplate.Resources.Limits`):
 //! `--limit-cpu`, `--limit-memory`, `--limit-pids`, set on each container by the
-//! executor. 0 is "no limit", as in Docker. (Reservations are not carried out yet.)
+//! executor. 0 is "no limit", as in Docker. The same type holds a service's
+//! reservations (`--reserve-cpu`, `--reserve-memory`; `pids` unused), which the
+//! scheduler counts against each node's capacity.
 
 use serde::{Deserialize, Serialize};
 

@@ -35,7 +35,7 @@ pub use ca::{CaProgress, CaRotation, NodeTls, Resealed, StoredCa};
 pub use cluster::{ClusterSpec, GossipKey, RegistryKey, UnlockKey, MAX_GOSSIP_KEYS};
 pub use command::{ApplyResult, Command, Rejection};
 pub use network::Network;
-pub use node::{Availability, GossipIdentity, Node, NodeStatus, Role};
+pub use node::{Availability, GossipIdentity, Node, NodeResources, NodeStatus, Role};
 pub use removed::RemovedNode;
 
 /// The whole replicated cluster state.

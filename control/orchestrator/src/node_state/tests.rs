@@ -18,6 +18,7 @@ fn node(id: &str, ip: &str) -> Node {
         advertise_addr: format!("{ip}:2377"),
         data_path_addr: None,
         engine_version: "20.10".into(),
+        resources: Default::default(),
         labels: BTreeMap::new(),
         raft_id: None,
         gossip: None,

@@ -18,6 +18,7 @@ pub(super) fn node(id: &str, role: Role) -> Node {
         advertise_addr: "192.168.77.11:2377".into(),
         data_path_addr: None,
         engine_version: "20.10".into(),
+        resources: Default::default(),
         labels: BTreeMap::new(),
         raft_id: None,
         gossip: None,
@@ -313,6 +314,63 @@ fn impossible_constraint_leaves_tasks_pending_with_a_reason() {
     sim.set(Command::UpsertNode { node: n });
     sim.settle();
     assert_eq!(sim.running("s"), BTreeMap::from([("z".into(), 2)]));
+}
+
+#[test]
+fn reservations_count_against_node_capacity_and_wait_for_room() {
+    let mut sim = Sim::new(&[]);
+    for id in ["a", "b"] {
+        let mut n = node(id, Role::Worker);
+        n.resources = shoal_cluster::store::NodeResources {
+            nano_cpus: 2_000_000_000,
+            memory_bytes: 1 << 30,
+        };
+        sim.set(Command::UpsertNode { node: n });
+    }
+    // Larger than any node: pending with Swarm's reason.
+    let mut big = service("big", ServiceMode::Replicated { replicas: 1 });
+    big.spec.container.reservations.memory_bytes = 2 << 30;
+    sim.add(big);
+    // 1.5 CPUs each: one fits per node, the third waits.
+    let mut cpu = service("cpu", ServiceMode::Replicated { replicas: 3 });
+    cpu.spec.container.reservations.nano_cpus = 1_500_000_000;
+    sim.add(cpu);
+    sim.settle();
+    let big: Vec<&Task> = sim.state.service_tasks("big").collect();
+    assert_eq!(big.len(), 1);
+    assert_eq!(big[0].status.state, TaskState::Pending);
+    assert_eq!(
+        big[0].status.err.as_deref(),
+        Some("no suitable node (insufficient resources on 2 nodes)")
+    );
+    assert_eq!(
+        sim.running("cpu"),
+        BTreeMap::from([("a".into(), 1), ("b".into(), 1)])
+    );
+    let waiting: Vec<&Task> = sim
+        .state
+        .service_tasks("cpu")
+        .filter(|t| t.node_id.is_none())
+        .collect();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(
+        waiting[0].status.err.as_deref(),
+        Some("no suitable node (insufficient resources on 2 nodes)")
+    );
+    // Unreserved tasks still go anywhere.
+    sim.add(service("free", ServiceMode::Replicated { replicas: 2 }));
+    sim.settle();
+    assert_eq!(sim.running("free").values().sum::<usize>(), 2);
+    // A node with room joins: the waiting tasks are placed there.
+    let mut one = node("c", Role::Worker);
+    one.resources = shoal_cluster::store::NodeResources {
+        nano_cpus: 4_000_000_000,
+        memory_bytes: 4 << 30,
+    };
+    sim.set(Command::UpsertNode { node: one });
+    sim.settle();
+    assert_eq!(sim.running("cpu").values().sum::<usize>(), 3);
+    assert_eq!(sim.running("big"), BTreeMap::from([("c".into(), 1)]));
 }
 
 #[test]

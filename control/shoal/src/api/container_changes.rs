@@ -277,6 +277,9 @@ pub struct ContainerChanges {
     pub limit_nano_cpus: Option<u64>,
     pub limit_memory_bytes: Option<u64>,
     pub limit_pids: Option<u64>,
+    /// `--reserve-cpu`, `--reserve-memory` (0: no reservation any more).
+    pub reserve_nano_cpus: Option<u64>,
+    pub reserve_memory_bytes: Option<u64>,
     /// `--cap-add` on update, normalized: added, and taken off the dropped ones.
     pub cap_add: Vec<String>,
     /// `--cap-drop` on update, normalized: dropped, and taken off the added ones
@@ -368,6 +371,8 @@ impl ContainerChanges {
             (self.limit_nano_cpus, &mut o.limits.nano_cpus),
             (self.limit_memory_bytes, &mut o.limits.memory_bytes),
             (self.limit_pids, &mut o.limits.pids),
+            (self.reserve_nano_cpus, &mut o.reservations.nano_cpus),
+            (self.reserve_memory_bytes, &mut o.reservations.memory_bytes),
         ] {
             if let Some(v) = given {
                 *limit = v;

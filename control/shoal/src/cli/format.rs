@@ -352,6 +352,10 @@ pub fn inspect_values(nodes: &[NodeView]) -> Vec<serde_json::Value> {
                 },
                 "Description": {
                     "Hostname": n.hostname,
+                    "Resources": {
+                        "NanoCPUs": n.resources.nano_cpus,
+                        "MemoryBytes": n.resources.memory_bytes,
+                    },
                     "Engine": { "EngineVersion": n.engine_version },
                 },
                 "Status": {
@@ -408,6 +412,37 @@ pub fn inspect_pretty(n: &NodeView, is_self: bool) -> String {
         let _ = writeln!(out, " Raft Status:\t\t{raft}");
         let _ = writeln!(out, " Leader:\t\t{leader}");
     }
+    let _ = writeln!(out, "Resources:");
+    let _ = writeln!(
+        out,
+        " CPUs:\t\t\t{}",
+        n.resources.nano_cpus / shoal_cluster::store::NANO_CPUS_PER_CPU as i64
+    );
+    let _ = writeln!(
+        out,
+        " Memory:\t\t{}",
+        human_memory(n.resources.memory_bytes)
+    );
     let _ = writeln!(out, "Engine Version:\t\t{}", n.engine_version);
     out
+}
+
+/// Bytes as `docker node inspect --pretty` shows memory: the largest binary unit, with
+/// up to 4 significant digits (`1.944GiB`, `512MiB`).
+fn human_memory(bytes: i64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes.max(0) as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    let text = format!("{value:.4}");
+    let digits = text.split('.').next().map_or(0, str::len);
+    let decimals = 4usize.saturating_sub(digits);
+    let mut text = format!("{value:.decimals$}");
+    if text.contains('.') {
+        text = text.trim_end_matches('0').trim_end_matches('.').to_string();
+    }
+    format!("{text}{}", UNITS[unit])
 }

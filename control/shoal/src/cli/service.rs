@@ -195,6 +195,12 @@ pub struct CreateArgs {
     /// Limit the processes of each task (0: no limit)
     #[arg(long, value_name = "N")]
     pub limit_pids: Option<u64>,
+    /// Reserve CPUs for each task on its node (e.g. 0.5)
+    #[arg(long, value_name = "CPUS")]
+    pub reserve_cpu: Option<String>,
+    /// Reserve memory for each task on its node (e.g. 64m, 1g)
+    #[arg(long, value_name = "BYTES")]
+    pub reserve_memory: Option<String>,
     /// Add a Linux capability to each task (CAP_NET_ADMIN, NET_ADMIN, ALL)
     #[arg(long = "cap-add", value_name = "CAP")]
     pub cap_add: Vec<String>,
@@ -386,6 +392,12 @@ pub struct ServiceUpdateArgs {
     /// Limit the processes of each task (0: no limit)
     #[arg(long, value_name = "N")]
     pub limit_pids: Option<u64>,
+    /// Reserve CPUs for each task on its node (0: no reservation)
+    #[arg(long, value_name = "CPUS")]
+    pub reserve_cpu: Option<String>,
+    /// Reserve memory for each task on its node (0: no reservation)
+    #[arg(long, value_name = "BYTES")]
+    pub reserve_memory: Option<String>,
     /// Add a Linux capability (and take it off the dropped ones)
     #[arg(long = "cap-add", value_name = "CAP")]
     pub cap_add: Vec<String>,

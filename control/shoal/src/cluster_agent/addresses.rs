@@ -1,6 +1,7 @@
 //! Addresses and names the cluster role needs: `--listen-addr`, the manager to join,
 //! an interface's address, the host's name, the node's engine version.
 use super::*;
+use shoal_cluster::store::NodeResources;
 
 /// `--listen-addr`: ADDR:PORT, or ADDR with the default listen port.
 pub(super) fn listen_address(
@@ -105,23 +106,32 @@ pub fn host_name() -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&buf[..len]).into_owned())
 }
 
-/// The version of the node's dockerd; a clear error if it does not answer.
-pub(super) async fn engine_version(socket: &Path) -> Result<String, ApiError> {
+/// The version of the node's dockerd and its capacity (CPUs, memory); a clear error if
+/// it does not answer.
+pub(super) async fn engine_facts(socket: &Path) -> Result<(String, NodeResources), ApiError> {
     let unreachable = |e: shoal_orchestrator::docker::DockerError| {
         ApiError::new(format!(
-            "cannot read the engine version for this node: {e} (is dockerd running?)"
+            "cannot read the engine version and capacity for this node: {e} (is dockerd running?)"
         ))
     };
     let read = async {
         let docker = DockerClient::connect_with_timeout(socket, DOCKER_TIMEOUT)
             .await
             .map_err(unreachable)?;
-        docker.engine_version().await.map_err(unreachable)
+        let version = docker.engine_version().await.map_err(unreachable)?;
+        let (nano_cpus, memory_bytes) = docker.capacity().await.map_err(unreachable)?;
+        Ok((
+            version,
+            NodeResources {
+                nano_cpus,
+                memory_bytes,
+            },
+        ))
     };
     match tokio::time::timeout(DOCKER_TIMEOUT, read).await {
         Ok(result) => result,
         Err(_) => Err(ApiError::new(format!(
-            "cannot read the engine version from dockerd at {}: no answer within {}s",
+            "cannot read the engine version and capacity from dockerd at {}: no answer within {}s",
             socket.display(),
             DOCKER_TIMEOUT.as_secs()
         ))),

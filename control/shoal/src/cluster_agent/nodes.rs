@@ -224,6 +224,7 @@ pub fn node_view(n: &store::Node, manager_status: Option<ManagerStatus>) -> Node
             store::Role::Worker => None,
         },
         engine_version: n.engine_version.clone(),
+        resources: n.resources,
         addr: n.advertise_addr.clone(),
         labels: n.labels.clone(),
         version: n.version,

@@ -118,6 +118,7 @@ mod tests {
                 advertise_addr: "192.168.77.11:2477".into(),
                 data_path_addr: None,
                 engine_version: String::new(),
+                resources: Default::default(),
                 labels: BTreeMap::new(),
                 raft_id: None,
                 gossip: None,

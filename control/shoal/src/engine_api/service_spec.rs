@@ -253,6 +253,7 @@ pub fn from_docker(v: Value) -> Result<(ServiceSpec, u64), String> {
         mounts: mounts(&mut c)?,
         read_only: c.bool("ReadOnly")?.unwrap_or(false),
         limits: Limits::default(),
+        reservations: Limits::default(),
         cap_add: Vec::new(),
         cap_drop: Vec::new(),
     };
@@ -308,7 +309,7 @@ pub fn from_docker(v: Value) -> Result<(ServiceSpec, u64), String> {
     let restart_window_ms = restart.millis("Window")?.unwrap_or(0);
     restart.done()?;
 
-    // Limits are carried out; reservations are not yet, so they stay to be refused.
+    // Limits are set on each container; reservations count against nodes' capacity.
     let mut resources = task.object("Resources")?;
     let mut limits = resources.object("Limits")?;
     container.limits = Limits {
@@ -317,6 +318,13 @@ pub fn from_docker(v: Value) -> Result<(ServiceSpec, u64), String> {
         pids: limits.u64("Pids")?.unwrap_or(0),
     };
     limits.done()?;
+    let mut reservations = resources.object("Reservations")?;
+    container.reservations = Limits {
+        nano_cpus: reservations.u64("NanoCPUs")?.unwrap_or(0),
+        memory_bytes: reservations.u64("MemoryBytes")?.unwrap_or(0),
+        pids: 0,
+    };
+    reservations.done()?;
     resources.done()?;
 
     let mut placement = task.object("Placement")?;
@@ -649,7 +657,7 @@ mod tests {
         let (spec, _) = from_docker(json!({
             "Name": "m",
             "TaskTemplate": {
-                "Resources": {"Limits": {"NanoCPUs": 500_000_000, "MemoryBytes": 67108864, "Pids": 100}, "Reservations": {}},
+                "Resources": {"Limits": {"NanoCPUs": 500_000_000, "MemoryBytes": 67108864, "Pids": 100}, "Reservations": {"NanoCPUs": 250_000_000, "MemoryBytes": 33554432}},
                 "ContainerSpec": {"Image": "busybox", "ReadOnly": true, "Mounts": [
                 {"Type": "volume", "Source": "data", "Target": "/data",
                  "VolumeOptions": {"Labels": {}, "DriverConfig": {"Name": "local", "Options": {"type": "tmpfs"}}}},
@@ -663,6 +671,10 @@ mod tests {
         assert_eq!(
             (o.limits.nano_cpus, o.limits.memory_bytes, o.limits.pids),
             (500_000_000, 64 << 20, 100)
+        );
+        assert_eq!(
+            (o.reservations.nano_cpus, o.reservations.memory_bytes),
+            (250_000_000, 32 << 20)
         );
         assert_eq!(o.mounts.len(), 3);
         assert_eq!(
@@ -730,8 +742,8 @@ mod tests {
                 "absolute path on the node",
             ),
             (
-                json!({"TaskTemplate": {"Resources": {"Reservations": {"NanoCPUs": 1_000_000_000}}}}),
-                "Spec.TaskTemplate.Resources.Reservations",
+                json!({"TaskTemplate": {"Resources": {"Reservations": {"GenericResources": [{"DiscreteResourceSpec": {"Kind": "gpu", "Value": 1}}]}}}}),
+                "Spec.TaskTemplate.Resources.Reservations.GenericResources",
             ),
             (
                 json!({"TaskTemplate": {"ContainerSpec": {"Secrets": [{"File": {"Name": "pw"}}]}}}),

@@ -141,6 +141,7 @@ impl Runtime {
             advertise_addr: advertise,
             data_path_addr: info.data_path_addr,
             engine_version: info.engine_version.clone(),
+            resources: info.resources,
             labels: BTreeMap::new(),
             raft_id,
             // A joining node registers its gossip key once its gossip starts.

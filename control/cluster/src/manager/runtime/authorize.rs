@@ -91,6 +91,7 @@ mod tests {
                     advertise_addr: "10.0.0.1:2377".into(),
                     data_path_addr: None,
                     engine_version: String::new(),
+                    resources: Default::default(),
                     labels: Default::default(),
                     raft_id: None,
                     gossip: None,

@@ -322,6 +322,7 @@ mod tests {
                 node: crate::manager::NodeInfo {
                     hostname: "h".into(),
                     engine_version: String::new(),
+                    resources: Default::default(),
                     addr: "10.0.0.1".parse().unwrap(),
                     data_path_addr: None,
                     labels: Default::default(),

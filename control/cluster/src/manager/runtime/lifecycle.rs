@@ -142,6 +142,7 @@ impl Runtime {
                         advertise_addr: advertise.to_string(),
                         data_path_addr: node.data_path_addr,
                         engine_version: node.engine_version.clone(),
+                        resources: node.resources,
                         labels: BTreeMap::new(),
                         raft_id: Some(raft_id),
                         gossip: None,

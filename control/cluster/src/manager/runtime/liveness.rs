@@ -70,9 +70,15 @@ impl Runtime {
         }
         let engine_changed = node.engine_version != info.engine_version
             && info.engine_version.len() <= MAX_ENGINE_VERSION;
-        // A write each time it changes, within the node's write budget (a node flipping
-        // it on every heartbeat gets the budget's rate, and the next heartbeat retries).
-        if engine_changed && lock(&self.writes).take(node_id, Instant::now()) {
+        // A node's capacity is never negative; one that says so is not recorded.
+        let resources_changed = node.resources != info.resources
+            && info.resources.nano_cpus >= 0
+            && info.resources.memory_bytes >= 0;
+        // A write each time either changes, within the node's write budget (a node
+        // flipping them on every heartbeat gets the budget's rate, and the next heartbeat
+        // retries).
+        if (engine_changed || resources_changed) && lock(&self.writes).take(node_id, Instant::now())
+        {
             let mut updated = core
                 .store
                 .read_stale()
@@ -80,7 +86,12 @@ impl Runtime {
                 .get(node_id)
                 .cloned()
                 .unwrap_or_else(|| node.clone());
-            updated.engine_version = info.engine_version;
+            if engine_changed {
+                updated.engine_version = info.engine_version;
+            }
+            if resources_changed {
+                updated.resources = info.resources;
+            }
             propose(core, Command::UpsertNode { node: updated }).await?;
         }
         // What a root CA rotation waits for: recorded at join, written when it changes (twice

@@ -35,6 +35,24 @@ pub enum NodeStatus {
     Down,
 }
 
+/// A node's capacity, as its dockerd reports it (`docker info`: NCPU, MemTotal).
+/// Zero when the node has not said (a node that predates the report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NodeResources {
+    /// CPUs in units of 10^-9 CPU (Docker's NanoCPUs).
+    #[serde(default)]
+    pub nano_cpus: i64,
+    #[serde(default)]
+    pub memory_bytes: i64,
+}
+
+impl NodeResources {
+    /// Whether the node has not reported its capacity (both zero).
+    pub fn is_unreported(&self) -> bool {
+        *self == NodeResources::default()
+    }
+}
+
 /// One node of the cluster, manager or worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
@@ -55,6 +73,10 @@ pub struct Node {
     /// The version of the node's Docker engine.
     #[serde(default)]
     pub engine_version: String,
+    /// What the node's dockerd has to give tasks, as the node last reported it (left
+    /// out of the stored form while unreported).
+    #[serde(default, skip_serializing_if = "NodeResources::is_unreported")]
+    pub resources: NodeResources,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// The node's member ID in the managers' Raft group, while it is a manager.

@@ -13,6 +13,7 @@ fn node(id: &str, role: Role) -> Node {
         advertise_addr: "192.168.77.11:2377".to_string(),
         data_path_addr: None,
         engine_version: "27.0.1".to_string(),
+        resources: Default::default(),
         labels: BTreeMap::new(),
         raft_id: None,
         gossip: None,

@@ -4,11 +4,13 @@
 
 use std::{collections::BTreeMap, path::Path};
 
-use shoal_cluster::store::{ContainerOptions, DnsConfig};
+use shoal_cluster::store::{ContainerOptions, DnsConfig, Limits};
 
 use super::{
-    changes::split_args, limit_flags::limits, mount_flags::parse_mounts, CreateArgs,
-    ServiceUpdateArgs,
+    changes::split_args,
+    limit_flags::{limits, reservations},
+    mount_flags::parse_mounts,
+    CreateArgs, ServiceUpdateArgs,
 };
 use crate::api::{
     check_alias, check_container_options, effective_capabilities, normalize_capability, parse_host,
@@ -169,6 +171,15 @@ impl CreateArgs {
                 self.limit_pids,
             )?
             .into_limits(),
+            reservations: {
+                let (cpu, memory) =
+                    reservations(self.reserve_cpu.as_deref(), self.reserve_memory.as_deref())?;
+                Limits {
+                    nano_cpus: cpu.unwrap_or(0),
+                    memory_bytes: memory.unwrap_or(0),
+                    pids: 0,
+                }
+            },
             cap_add: Vec::new(),
             cap_drop: Vec::new(),
         };
@@ -230,6 +241,8 @@ impl ServiceUpdateArgs {
             limit_nano_cpus: None,
             limit_memory_bytes: None,
             limit_pids: None,
+            reserve_nano_cpus: None,
+            reserve_memory_bytes: None,
             cap_add: normalize_capabilities(&self.cap_add, "--cap-add")?,
             cap_drop: normalize_capabilities(&self.cap_drop, "--cap-drop")?,
         };
@@ -238,10 +251,14 @@ impl ServiceUpdateArgs {
             self.limit_memory.as_deref(),
             self.limit_pids,
         )?;
+        let (reserve_cpu, reserve_memory) =
+            reservations(self.reserve_cpu.as_deref(), self.reserve_memory.as_deref())?;
         let changes = ContainerChanges {
             limit_nano_cpus: given.nano_cpus,
             limit_memory_bytes: given.memory_bytes,
             limit_pids: given.pids,
+            reserve_nano_cpus: reserve_cpu,
+            reserve_memory_bytes: reserve_memory,
             ..changes
         };
         // What the flags add must be valid whatever the service has.

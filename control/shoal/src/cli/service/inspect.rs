@@ -329,6 +329,22 @@ pub(crate) fn spec_value(spec: &ServiceSpec, force_update: u64) -> Value {
         }
         v["TaskTemplate"]["Resources"] = json!({"Limits": shown});
     }
+    let reservations = &options.reservations;
+    if !reservations.is_empty() {
+        let mut shown = json!({});
+        for (key, n) in [
+            ("NanoCPUs", reservations.nano_cpus),
+            ("MemoryBytes", reservations.memory_bytes),
+        ] {
+            if n > 0 {
+                shown[key] = json!(n);
+            }
+        }
+        if v["TaskTemplate"].get("Resources").is_none() {
+            v["TaskTemplate"]["Resources"] = json!({});
+        }
+        v["TaskTemplate"]["Resources"]["Reservations"] = shown;
+    }
     // A job has no rolling update: Docker shows no update or rollback config for it.
     if spec.mode.is_job() {
         if let Some(o) = v.as_object_mut() {

@@ -47,6 +47,23 @@ pub(super) fn limits(
     })
 }
 
+/// `--reserve-cpu`, `--reserve-memory` as given (None: not given), read as the limits
+/// are.
+pub(super) fn reservations(
+    cpu: Option<&str>,
+    memory: Option<&str>,
+) -> Result<(Option<u64>, Option<u64>), String> {
+    let cpu = cpu
+        .map(parse_cpus)
+        .transpose()
+        .map_err(|e| e.replace("--limit-cpu", "--reserve-cpu"))?;
+    let memory = memory
+        .map(parse_memory)
+        .transpose()
+        .map_err(|e| e.replace("--limit-memory", "--reserve-memory"))?;
+    Ok((cpu, memory))
+}
+
 /// Limits as given by flags: each None when its flag is absent, 0 to remove it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct LimitChanges {

@@ -120,6 +120,7 @@ fn node(id: &str) -> Node {
         advertise_addr: "10.9.0.1:2377".into(),
         data_path_addr: None,
         engine_version: String::new(),
+        resources: Default::default(),
         labels: BTreeMap::from([("zone".into(), format!("zone-{id}"))]),
         raft_id: None,
         gossip: None,
