@@ -121,6 +121,20 @@ pub struct Call {
 }
 
 impl Call {
+    /// The `?version=N` an update names (the version of the `what` it was made from):
+    /// Docker requires it, and the update is refused if the object has moved on.
+    pub fn required_version(&self, what: &str) -> Result<u64, Answer> {
+        self.query
+            .get("version")
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| {
+                reply::error(
+                    hyper::StatusCode::BAD_REQUEST,
+                    format!("the version of the {what} the update was made from is required (?version=N)"),
+                )
+            })
+    }
+
     async fn read(
         parts: &hyper::http::request::Parts,
         body: Incoming,

@@ -103,6 +103,18 @@ fn stack_of(s: &Service) -> Option<&str> {
 }
 
 /// The service names of stack `name`, in name order.
+/// The IDs of stack `name`'s services; none is an error, as Docker says it.
+fn stack_service_ids(client: &Client, name: &str) -> Result<Vec<String>, CliError> {
+    let ids: Vec<String> = stack_services(client, name)?
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    if ids.is_empty() {
+        return Err(CliError::Output(format!("Nothing found in stack: {name}")));
+    }
+    Ok(ids)
+}
+
 fn stack_services(client: &Client, name: &str) -> Result<Vec<Service>, CliError> {
     let mut list: Vec<Service> = state(client, Vec::new())?
         .services
@@ -359,32 +371,12 @@ pub fn run_stack(args: &StackArgs) -> Result<Output, CliError> {
         StackCommand::Services(a) => {
             let filters = filters::from_args(&a.ls.filters, filters::SERVICE_KEYS)
                 .map_err(CliError::Usage)?;
-            let names: Vec<String> = stack_services(&client, &a.name)?
-                .into_iter()
-                .map(|s| s.id)
-                .collect();
-            if names.is_empty() {
-                return Err(CliError::Output(format!(
-                    "Nothing found in stack: {}",
-                    a.name
-                )));
-            }
-            let view = state(&client, names)?;
+            let view = state(&client, stack_service_ids(&client, &a.name)?)?;
             service_ls(&a.ls, &filters, &view).map_err(CliError::Output)?
         }
         StackCommand::Ps(a) => {
             let filters = a.tasks.check().map_err(CliError::Usage)?;
-            let names: Vec<String> = stack_services(&client, &a.name)?
-                .into_iter()
-                .map(|s| s.id)
-                .collect();
-            if names.is_empty() {
-                return Err(CliError::Output(format!(
-                    "Nothing found in stack: {}",
-                    a.name
-                )));
-            }
-            let view = state(&client, names)?;
+            let view = state(&client, stack_service_ids(&client, &a.name)?)?;
             task_list(&a.tasks, &filters, &view).map_err(CliError::Output)?
         }
         StackCommand::Rm(a) => rm(&client, &a.names)?,

@@ -186,13 +186,7 @@ pub async fn update(
     current: u64,
     autolocked: bool,
 ) -> Result<Answer, Answer> {
-    let version = call
-        .query
-        .get("version")
-        .and_then(|v| v.parse::<u64>().ok())
-        .ok_or_else(|| {
-            bad("the version of the swarm the update was made from is required (?version=N)")
-        })?;
+    let version = call.required_version("swarm")?;
     if version != current {
         return Err(reply::error(
             StatusCode::CONFLICT,
@@ -251,13 +245,7 @@ pub async fn node_update(
     node: &NodeView,
     call: &Call,
 ) -> Result<Answer, Answer> {
-    let version = call
-        .query
-        .get("version")
-        .and_then(|v| v.parse::<u64>().ok())
-        .ok_or_else(|| {
-            bad("the version of the node the update was made from is required (?version=N)")
-        })?;
+    let version = call.required_version("node")?;
     if version != node.version {
         return Err(reply::error(
             StatusCode::CONFLICT,

@@ -406,16 +406,7 @@ async fn service_update(
     reference: &str,
     call: &Call,
 ) -> Result<Answer, Answer> {
-    let version = call
-        .query
-        .get("version")
-        .and_then(|v| v.parse::<u64>().ok())
-        .ok_or_else(|| {
-            reply::error(
-                StatusCode::BAD_REQUEST,
-                "the version of the service the update was made from is required (?version=N)",
-            )
-        })?;
+    let version = call.required_version("service")?;
     let registry_auth = registry_auth(call.registry_auth.as_deref()).map_err(bad_request)?;
     let request = if call.query.get("rollback").is_some_and(|r| r == "previous") {
         Request::ServiceUpdate {
@@ -526,18 +517,7 @@ async fn object_update(
     reference: &str,
     call: &Call,
 ) -> Result<Answer, Answer> {
-    let version = call
-        .query
-        .get("version")
-        .and_then(|v| v.parse::<u64>().ok())
-        .ok_or_else(|| {
-            reply::error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "the version of the {kind} the update was made from is required (?version=N)"
-                ),
-            )
-        })?;
+    let version = call.required_version(&kind.to_string())?;
     let v: Value = serde_json::from_slice(&call.body)
         .map_err(|e| reply::error(StatusCode::BAD_REQUEST, format!("malformed {kind}: {e}")))?;
     let Request::ObjectCreate {
