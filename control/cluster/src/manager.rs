@@ -61,7 +61,7 @@ use crate::seal::KeyEncryptionKey;
 use crate::store::{ApplyResult, ClusterState, Command, Rejection, StoreError};
 use crate::token::JoinToken;
 
-pub use node_port::{NodePortHandler, NODE_PORT};
+pub use node_port::{NodePortHandler, NodePortStream, NODE_PORT};
 use runtime::Runtime;
 pub use runtime::{new_gossip_key, CaStatus};
 
@@ -453,6 +453,18 @@ impl Manager {
         deadline: Duration,
     ) -> Result<Vec<u8>, ClusterError> {
         node_port::call(&self.rt, node_id, addr, body, deadline).await
+    }
+
+    /// Like [`Self::call_node`], for a node that answers with frames as they come
+    /// (`service logs -f`); each must come within `idle` of the last.
+    pub async fn call_node_stream(
+        &self,
+        node_id: &str,
+        addr: SocketAddr,
+        body: &[u8],
+        idle: Duration,
+    ) -> Result<NodePortStream, ClusterError> {
+        node_port::call_stream(&self.rt, node_id, addr, body, idle).await
     }
 
     /// This manager's own copy of the state (possibly stale; never waits). `None` if it

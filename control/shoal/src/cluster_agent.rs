@@ -11,6 +11,7 @@ mod autolock;
 mod ca;
 mod data_objects;
 mod info;
+mod logs;
 mod nodes;
 mod reserved_ports;
 mod service_update;
@@ -251,21 +252,24 @@ fn serve_node_port(
     };
     *said = false;
     let socket = socket.to_path_buf();
-    let handler: manager::NodePortHandler = Arc::new(move |caller, body| {
+    let handler: manager::NodePortHandler = Arc::new(move |caller, body, frames| {
         let socket = socket.clone();
         Box::pin(async move {
-            let reply = match serde_json::from_slice::<crate::service_logs::NodeLogsRequest>(&body)
-            {
+            match serde_json::from_slice::<crate::service_logs::NodeLogsRequest>(&body) {
                 Ok(request) => {
-                    info!(%caller, service = %request.service_id, "node port: logs asked");
-                    services::node_lines(&socket, &request).await
+                    info!(%caller, service = %request.service_id, follow = request.follow, "node port: logs asked");
+                    logs::serve_node_logs(socket, request, frames).await;
                 }
-                Err(e) => crate::service_logs::NodeLogsReply {
-                    lines: Vec::new(),
-                    warnings: vec![format!("bad request: {e}")],
-                },
-            };
-            serde_json::to_vec(&reply).unwrap_or_default()
+                Err(e) => {
+                    let reply = crate::service_logs::NodeLogsReply {
+                        lines: Vec::new(),
+                        warnings: vec![format!("bad request: {e}")],
+                    };
+                    let _ = frames
+                        .send(serde_json::to_vec(&reply).unwrap_or_default())
+                        .await;
+                }
+            }
         })
     });
     let client = client.clone();
@@ -660,6 +664,51 @@ impl ClusterAgent {
         }
     }
 
+    /// A streaming request ([`Request::streams`]): `service logs -f`, on a manager.
+    async fn stream_request(
+        &self,
+        request: Request,
+    ) -> Result<crate::api::server::ReplyStream, ApiError> {
+        let manager = {
+            let role = self.role.lock().await;
+            match &*role {
+                Some(Role::Locked(_)) => return Err(ApiError::new(SWARM_LOCKED)),
+                Some(r) => r
+                    .acting_manager()
+                    .ok_or_else(|| ApiError::new(WORKER_NOT_MANAGER))?,
+                None => return Err(ApiError::new(NOT_IN_SWARM)),
+            }
+        };
+        let Request::ServiceLogs {
+            service,
+            tail,
+            since,
+            no_task_ids,
+            no_trunc,
+            raw,
+            follow: true,
+        } = request
+        else {
+            return Err(ApiError::new(format!(
+                "{} is not a streaming request",
+                request.name()
+            )));
+        };
+        let state = manager.state().await.map_err(cluster_error)?;
+        let options = logs::LogsOptions {
+            reference: service,
+            tail,
+            since,
+            style: crate::service_logs::PrefixStyle {
+                no_task_ids,
+                no_trunc,
+                raw,
+            },
+        };
+        let socket = self.config.docker_socket().map(Path::to_path_buf);
+        logs::follow(state, manager, socket, options)
+    }
+
     fn manager_config(&self, listen: SocketAddr, advertise: SocketAddr) -> ManagerConfig {
         ManagerConfig {
             data_dir: self.config.cluster_dir(),
@@ -734,6 +783,13 @@ impl ClusterAgent {
 impl Backend for ClusterAgent {
     fn handle(&self, request: Request) -> BoxFuture<'_, Result<Reply, ApiError>> {
         Box::pin(self.handle_request(request))
+    }
+
+    fn stream(
+        &self,
+        request: Request,
+    ) -> BoxFuture<'_, Result<crate::api::server::ReplyStream, ApiError>> {
+        Box::pin(self.stream_request(request))
     }
 }
 
