@@ -548,6 +548,13 @@ impl Manager {
         Ok(Manager { rt })
     }
 
+    /// `swarm init --force-new-cluster`: this manager becomes the only voter of its
+    /// Raft group, with all the state it holds; see the runtime's `force_new_cluster`.
+    /// Returns once it leads and accepts writes.
+    pub async fn force_new_cluster(&self) -> Result<(), ClusterError> {
+        self.rt.force_new_cluster().await
+    }
+
     /// The cluster's unlock key, `None` while autolock is off (`swarm unlock-key`).
     pub async fn unlock_key(&self) -> Result<Option<KeyEncryptionKey>, ClusterError> {
         self.rt.require_manager()?;

@@ -27,6 +27,7 @@ use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -34,6 +35,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogId, StorageError, StorageIOError, Vote};
 use serde::{Deserialize, Serialize};
 
+use super::latency::LatencyHistogram;
 use super::{RaftId, TypeConfig};
 use crate::private_fs::{self, write_atomic};
 use crate::seal::DataKey;
@@ -72,6 +74,8 @@ struct Inner {
 #[derive(Clone)]
 pub(crate) struct LogStore {
     inner: Arc<Mutex<Inner>>,
+    /// How long each durable write waited on the disk.
+    fsync: Arc<LatencyHistogram>,
 }
 
 fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> io::Error {
@@ -206,6 +210,7 @@ impl LogStore {
         }
         file.seek(SeekFrom::End(0))?;
         Ok(LogStore {
+            fsync: Arc::default(),
             inner: Arc::new(Mutex::new(Inner {
                 dir: dir.to_path_buf(),
                 key: key.clone(),
@@ -219,6 +224,11 @@ impl LogStore {
         })
     }
 
+    /// The histogram of this log's fsync times (entries appended, votes saved).
+    pub(crate) fn fsync_latency(&self) -> Arc<LatencyHistogram> {
+        self.fsync.clone()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves the in-memory copy possibly ahead of the file;
         // the file is the truth, and openraft stops on a panic anyway.
@@ -226,14 +236,60 @@ impl LogStore {
     }
 }
 
+/// `swarm init --force-new-cluster`: makes `id` (at `addr`) the only voter of the log
+/// in `dir`, keeping every entry. A membership entry naming it alone is appended after
+/// the last entry, in a term above any this member has seen (its vote moves there, for
+/// itself), so that no other member can hold a different entry with the same ID. When
+/// the member starts again, the newest membership in its log is its own: it elects
+/// itself and commits everything it holds. Only while the member is stopped.
+pub(crate) fn force_single_voter(
+    dir: &Path,
+    key: &DataKey,
+    id: RaftId,
+    addr: String,
+) -> io::Result<LogId<RaftId>> {
+    let store = LogStore::open(dir, key)?;
+    let mut inner = store.lock();
+    let last = inner
+        .entries
+        .values()
+        .next_back()
+        .map(|e| e.log_id)
+        .or(inner.last_purged)
+        .ok_or_else(|| io::Error::other("the Raft log is empty: there is no state to keep"))?;
+    let seen = inner.vote.map(|v| v.leader_id().term).unwrap_or(0);
+    let term = seen.max(last.leader_id.term) + 1;
+    let nodes = BTreeMap::from([(id, openraft::BasicNode { addr })]);
+    let membership = openraft::Membership::new(vec![std::collections::BTreeSet::from([id])], nodes);
+    let entry = Entry {
+        log_id: LogId::new(openraft::CommittedLeaderId::new(term, id), last.index + 1),
+        payload: openraft::EntryPayload::Membership(membership),
+    };
+    let vote = Vote::new(term, id);
+    let bytes = serde_json::to_vec(&vote).map_err(io::Error::other)?;
+    write_atomic(&inner.dir.join(VOTE_FILE), &bytes, true)?;
+    inner.vote = Some(vote);
+    let log_id = entry.log_id;
+    inner.write_records(
+        &[Record::Entry {
+            entry: entry.clone(),
+        }],
+        &store.fsync,
+    )?;
+    inner.entries.insert(log_id.index, entry);
+    Ok(log_id)
+}
+
 impl Inner {
-    fn write_records(&mut self, records: &[Record]) -> io::Result<()> {
+    fn write_records(&mut self, records: &[Record], fsync: &LatencyHistogram) -> io::Result<()> {
         let mut buf = Vec::new();
         for r in records {
             buf.extend(sealed_line(&self.key, r)?);
         }
         self.file.write_all(&buf)?;
+        let started = Instant::now();
         self.file.sync_data()?;
+        fsync.observe(started.elapsed());
         self.records += records.len();
         self.maybe_compact()
     }
@@ -321,7 +377,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut inner = self.lock();
         let path = inner.dir.join(VOTE_FILE);
         let bytes = serde_json::to_vec(vote).map_err(|e| StorageIOError::write_vote(&e))?;
+        let started = Instant::now();
         write_atomic(&path, &bytes, true).map_err(|e| StorageIOError::write_vote(&e))?;
+        self.fsync.observe(started.elapsed());
         inner.vote = Some(*vote);
         Ok(())
     }
@@ -358,13 +416,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let fsync = self.fsync.clone();
         let mut inner = self.lock();
         let entries: Vec<_> = entries.into_iter().collect();
         let records: Vec<_> = entries
             .iter()
             .map(|e| Record::Entry { entry: e.clone() })
             .collect();
-        if let Err(e) = inner.write_records(&records) {
+        if let Err(e) = inner.write_records(&records, &fsync) {
             let err = StorageIOError::write_logs(&e);
             callback.log_io_completed(Err(e));
             return Err(err.into());
@@ -378,18 +437,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<RaftId>) -> Result<(), StorageError<RaftId>> {
+        let fsync = self.fsync.clone();
         let mut inner = self.lock();
         inner
-            .write_records(&[Record::Truncate { from: log_id.index }])
+            .write_records(&[Record::Truncate { from: log_id.index }], &fsync)
             .map_err(|e| StorageIOError::write_logs(&e))?;
         inner.entries.split_off(&log_id.index);
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<RaftId>) -> Result<(), StorageError<RaftId>> {
+        let fsync = self.fsync.clone();
         let mut inner = self.lock();
         inner
-            .write_records(&[Record::Purge { upto: log_id }])
+            .write_records(&[Record::Purge { upto: log_id }], &fsync)
             .map_err(|e| StorageIOError::write_logs(&e))?;
         let kept = inner.entries.split_off(&(log_id.index + 1));
         inner.entries = kept;
@@ -441,7 +502,7 @@ mod tests {
             .iter()
             .map(|e| Record::Entry { entry: e.clone() })
             .collect();
-        inner.write_records(&records).unwrap();
+        inner.write_records(&records, &store.fsync).unwrap();
         for e in entries {
             inner.entries.insert(e.log_id.index, e);
         }
