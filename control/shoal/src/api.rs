@@ -137,6 +137,10 @@ pub enum Request {
         /// `--autolock`: managers are locked after a restart until `swarm unlock`.
         #[serde(default)]
         autolock: bool,
+        /// `--force-new-cluster`: on a manager, make it the only manager of its swarm,
+        /// with all the state it holds (a swarm that lost its majority for good).
+        #[serde(default)]
+        force_new_cluster: bool,
     },
     SwarmJoin {
         token: Secret,

@@ -456,7 +456,60 @@ impl ClusterAgent {
                 default_addr_pool,
                 default_addr_pool_mask_length,
                 autolock,
+                force_new_cluster,
             } => {
+                if force_new_cluster && role.is_some() {
+                    let given = [
+                        ("--listen-addr", listen_addr.is_some()),
+                        ("--data-path-addr", data_path_addr.is_some()),
+                        ("--data-path-port", data_path_port.is_some()),
+                        ("--default-addr-pool", !default_addr_pool.is_empty()),
+                        (
+                            "--default-addr-pool-mask-length",
+                            default_addr_pool_mask_length.is_some(),
+                        ),
+                        ("--autolock", autolock),
+                    ];
+                    let manager = match &*role {
+                        Some(Role::Manager(m)) if m.role() == pki::Role::Manager => m.clone(),
+                        Some(Role::Locked(_)) => return Err(ApiError::new(SWARM_LOCKED)),
+                        _ => {
+                            return Err(ApiError::new(
+                                "--force-new-cluster runs on a manager: this node is a worker",
+                            ))
+                        }
+                    };
+                    if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
+                        return Err(ApiError::new(format!(
+                            "--force-new-cluster keeps this manager's settings: {flag} cannot be given with it"
+                        )));
+                    }
+                    let current = manager.advertise_addr();
+                    if let Some(a) = &advertise_addr {
+                        let asked = self.advertise_address(Some(a), current)?;
+                        if asked.ip() != current.ip() {
+                            return Err(ApiError::new(format!(
+                                "--force-new-cluster keeps this manager's address {current}: --advertise-addr {a} names another"
+                            )));
+                        }
+                    }
+                    manager.force_new_cluster().await.map_err(cluster_error)?;
+                    let token = manager
+                        .join_token(pki::Role::Worker)
+                        .await
+                        .map_err(cluster_error)?;
+                    let node_id = manager.node_id().to_owned();
+                    tracing::warn!(
+                        node_id,
+                        "forced a new cluster: this node is the swarm's only manager"
+                    );
+                    return Ok(Reply::SwarmInit {
+                        node_id,
+                        worker_token: Secret::new(token.expose_secret()),
+                        manager_addr: current.to_string(),
+                        unlock_key: None,
+                    });
+                }
                 if role.is_some() {
                     return Err(ApiError::new(ALREADY_IN_SWARM));
                 }

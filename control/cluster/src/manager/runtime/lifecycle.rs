@@ -511,6 +511,11 @@ impl Runtime {
         let _guard = self.transition.lock().await;
         let core = self.core().ok_or(ClusterError::NotManager)?;
         let raft_id = core.raft_id;
+        // A manager demoted a moment ago may still run its member: out of the group's
+        // membership as it knows it, it is not a manager to force anything with.
+        if !core.store.status().voters.contains_key(&raft_id) {
+            return Err(ClusterError::NotManager);
+        }
         drop(core);
         let data_key = self.require_data_key()?;
         let advertise = self.local().advertise;
