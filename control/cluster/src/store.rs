@@ -25,6 +25,7 @@
 
 pub mod container;
 pub mod data_object;
+mod flusher;
 pub mod latency;
 pub mod limits;
 mod log;
