@@ -461,6 +461,14 @@ fn reconcilers(e: &mut Exposition, r: &[(&'static str, ReconcileStatsSnapshot)])
         f.int(&[("reconciler", name), ("kind", "failed")], s.failed);
         f.int(&[("reconciler", name), ("kind", "refused")], s.refused);
     }
+    let mut f = e.family(
+        "shoal_reconcile_restarts_total",
+        Kind::Counter,
+        "Times a reconciler panicked and was built again, by reconciler.",
+    );
+    for (name, s) in r {
+        f.int(&[("reconciler", name)], s.restarts);
+    }
 }
 
 fn gossip(e: &mut Exposition, g: &GossipReport) {
@@ -720,6 +728,7 @@ mod tests {
             "shoal_raft_fsync_duration_seconds_count 1",
             "shoal_reconcile_duration_seconds_count{reconciler=\"lb-mesh\"} 0",
             "shoal_reconcile_errors_total{reconciler=\"overlay\",kind=\"refused\"} 0",
+            "shoal_reconcile_restarts_total{reconciler=\"overlay\"} 0",
             "shoal_dns_response_duration_seconds_bucket{le=\"+Inf\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
