@@ -14,8 +14,9 @@ use docker_compose_types::{
     Labels, MapOrEmpty, Networks, Ports, PublishedPort, Service, StringOrList, Volumes,
 };
 use serde_json::{json, Map, Value};
-use shoal_cluster::store::{PublishMode, ServiceSpec};
+use shoal_cluster::store::{ObjectKind, PublishMode, ServiceSpec};
 
+use super::extras::{self, Extras, StackObject};
 use crate::cli::service::limit_flags::{parse_cpus, parse_memory};
 use crate::cli::service::spec::{parse_duration, parse_publish};
 use crate::engine_api::service_spec::from_docker;
@@ -158,12 +159,24 @@ pub fn parse(
         Some(l) => format!("{file}:{}:{}: {e}", l.line(), l.column()),
         None => format!("{file}: {e}"),
     };
-    // The typed parse checks the file's shape (with the place of a mistake); the
-    // untyped value is what several files are merged on.
-    serde_yaml::from_str::<Compose>(&text).map_err(located)?;
+    // The typed parses check the file's shape (with the place of a mistake); the
+    // untyped value is what several files are merged on. The keys read by shoal's own
+    // types ([`extras`]) are checked by those, and taken out for the crate's.
     let value: Value = serde_yaml::from_str(&text).map_err(located)?;
     if !value.is_object() {
         return Err(format!("{file}:1:1: a compose file is a mapping"));
+    }
+    serde_yaml::from_str::<Extras>(&text).map_err(located)?;
+    if let Err(e) = serde_yaml::from_str::<Compose>(&text) {
+        let mut rest = value.clone();
+        extras::strip(&mut rest);
+        if let Err(e2) = serde_json::from_value::<Compose>(rest) {
+            return Err(if extras::about_extras(&e.to_string()) {
+                format!("{file}: {e2}")
+            } else {
+                located(e)
+            });
+        }
     }
     Ok(value)
 }
@@ -187,12 +200,24 @@ pub fn load(path: &Path) -> Result<Value, String> {
 /// Merges several files' values as docker does: mappings merge key by key, a later
 /// file's scalar or list replaces an earlier one's; `ports`, `volumes`, `secrets`,
 /// `configs` and `extra_hosts`/`dns` lists of a service are concatenated.
-pub fn merge(files: Vec<Value>) -> Result<Compose, String> {
+pub fn merge(files: Vec<Value>) -> Result<Merged, String> {
     let mut merged = Value::Object(Map::new());
     for f in files {
         merge_value(&mut merged, f, "");
     }
-    serde_json::from_value(merged).map_err(|e| format!("merged compose files: {e}"))
+    let extras: Extras =
+        serde_json::from_value(merged.clone()).map_err(|e| format!("merged compose files: {e}"))?;
+    extras::strip(&mut merged);
+    let compose =
+        serde_json::from_value(merged).map_err(|e| format!("merged compose files: {e}"))?;
+    Ok(Merged { compose, extras })
+}
+
+/// The compose files merged: what the crate's types read, and what shoal's own do.
+#[derive(Debug, Clone)]
+pub struct Merged {
+    pub compose: Compose,
+    pub extras: Extras,
 }
 
 fn merge_value(into: &mut Value, from: Value, key: &str) {
@@ -443,6 +468,7 @@ pub fn convert_service(
     s: &Service,
     dir: &Path,
     volumes: &TopVolumes,
+    extras: &Extras,
 ) -> Result<Converted, String> {
     let refuse = |key: &str| {
         Err(format!(
@@ -805,8 +831,17 @@ pub fn convert_service(
     if !mounts.is_empty() {
         container.insert("Mounts".into(), json!(mounts));
     }
-    if s.secrets.is_some() {
-        return refuse("secrets (in this version of stack deploy)");
+    for (kind, key) in [
+        (ObjectKind::Secret, "Secrets"),
+        (ObjectKind::Config, "Configs"),
+    ] {
+        let refs = extras::references(stack, name, kind, extras)?;
+        if !refs.is_empty() {
+            container.insert(key.into(), json!(refs));
+        }
+    }
+    if extras::max_replicas_per_node(name, extras) > 0 {
+        return refuse("deploy.placement.max_replicas_per_node");
     }
 
     let mut task = json!({"ContainerSpec": Value::Object(container), "Networks": networks});
@@ -833,21 +868,46 @@ pub fn convert_service(
     Ok(Converted { spec, warnings })
 }
 
-/// Every service of `compose` converted, in the file's order; the first error stops
-/// it (so nothing is deployed from a file with a mistake).
-pub fn convert(stack: &str, compose: &Compose, dir: &Path) -> Result<Vec<Converted>, String> {
+/// A stack as the files declare it: its services, secrets and configs.
+#[derive(Debug)]
+pub struct Stack {
+    pub services: Vec<Converted>,
+    /// Secrets, then configs.
+    pub objects: Vec<StackObject>,
+}
+
+/// Every service of the files converted, in the file's order, and every top-level
+/// secret and config read (files relative to `dir`); the first error stops it (so
+/// nothing is deployed from a file with a mistake).
+pub fn convert(stack: &str, merged: &Merged, dir: &Path) -> Result<Stack, String> {
+    let compose = &merged.compose;
     if compose.services.is_empty() {
         return Err("the compose files have no services".into());
     }
     let volumes = top_volumes(compose)?;
-    compose
+    let services = compose
         .services
         .0
         .iter()
         .map(|(name, s)| {
-            convert_service(stack, name, &s.clone().unwrap_or_default(), dir, &volumes)
+            convert_service(
+                stack,
+                name,
+                &s.clone().unwrap_or_default(),
+                dir,
+                &volumes,
+                &merged.extras,
+            )
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut objects = extras::objects(stack, ObjectKind::Secret, &merged.extras, dir)?;
+    objects.extend(extras::objects(
+        stack,
+        ObjectKind::Config,
+        &merged.extras,
+        dir,
+    )?);
+    Ok(Stack { services, objects })
 }
 
 #[cfg(test)]
@@ -913,7 +973,7 @@ mod tests {
             &vars,
         )
         .unwrap();
-        let c = merge(vec![a, b]).unwrap();
+        let c = merge(vec![a, b]).unwrap().compose;
         let web = c.services.0["web"].clone().unwrap();
         assert_eq!(web.image.as_deref(), Some("nginx:1.2"));
         let Ports::Short(p) = &web.ports else {
@@ -926,7 +986,7 @@ mod tests {
         assert_eq!(env.len(), 2);
     }
 
-    fn compose(text: &str) -> Compose {
+    fn compose(text: &str) -> Merged {
         merge(vec![parse(text, "s.yml", &vars).unwrap()]).unwrap()
     }
 
@@ -935,7 +995,7 @@ mod tests {
         let c = compose(
             "services:\n  web:\n    image: nginx:1\n    command: [\"-g\", \"x\"]\n    environment: [\"A=1\"]\n    ports: [\"8080:80\"]\n    networks:\n      front: {aliases: [www]}\n    user: \"1000\"\n    deploy: {replicas: 3, labels: [\"tier=web\"]}\n    container_name: ignored\n",
         );
-        let out = convert("app", &c, Path::new(".")).unwrap();
+        let out = convert("app", &c, Path::new(".")).unwrap().services;
         let web = &out[0];
         assert_eq!(web.spec.name, "app_web");
         assert_eq!(web.spec.image, "nginx:1");
@@ -951,7 +1011,7 @@ mod tests {
     #[test]
     fn default_network_and_global_mode() {
         let c = compose("services:\n  agent:\n    image: busybox\n    deploy: {mode: global}\n");
-        let out = convert("app", &c, Path::new(".")).unwrap();
+        let out = convert("app", &c, Path::new(".")).unwrap().services;
         let dbg = format!("{:?}", out[0].spec);
         assert!(dbg.contains("app_default"), "{dbg}");
         assert!(dbg.contains("Global"), "{dbg}");
@@ -981,7 +1041,11 @@ mod tests {
         let c = compose(
             "services:\n  w:\n    image: busybox\n    cap_add: [net_admin]\n    cap_drop: [CAP_CHOWN]\n    deploy:\n      update_config: {parallelism: 2, delay: 3s, failure_action: rollback, monitor: 4s, max_failure_ratio: 0.5}\n      resources: {limits: {cpus: \"0.5\", memory: 64M}}\n",
         );
-        let spec = convert("app", &c, Path::new(".")).unwrap().remove(0).spec;
+        let spec = convert("app", &c, Path::new("."))
+            .unwrap()
+            .services
+            .remove(0)
+            .spec;
         assert_eq!(spec.container.cap_add, vec!["CAP_NET_ADMIN".to_string()]);
         assert_eq!(spec.container.cap_drop, vec!["CAP_CHOWN".to_string()]);
         assert_eq!(spec.container.limits.nano_cpus, 500_000_000);
@@ -1023,7 +1087,7 @@ mod tests {
         let c = compose(
             "services:\n  w:\n    image: busybox\n    env_file: [a.env, b.env]\n    environment: [B=env]\n",
         );
-        let spec = convert("app", &c, &dir).unwrap().remove(0).spec;
+        let spec = convert("app", &c, &dir).unwrap().services.remove(0).spec;
         assert_eq!(spec.env, vec!["A=1", "C=3", "B=env"]);
         let missing = compose("services:\n  w:\n    image: busybox\n    env_file: nope.env\n");
         let e = convert("app", &missing, &dir).unwrap_err();
@@ -1044,6 +1108,7 @@ mod tests {
         ));
         let spec = convert("app", &c, Path::new("/srv/app"))
             .unwrap()
+            .services
             .remove(0)
             .spec;
         let m = &spec.container.mounts;
@@ -1093,7 +1158,11 @@ mod tests {
         let c = compose(
             "services:\n  w:\n    image: busybox\n    deploy:\n      restart_policy: {condition: on-failure, delay: 2s, max_attempts: 3}\n      placement: {constraints: [\"node.role==manager\"]}\n",
         );
-        let spec = convert("app", &c, Path::new(".")).unwrap().remove(0).spec;
+        let spec = convert("app", &c, Path::new("."))
+            .unwrap()
+            .services
+            .remove(0)
+            .spec;
         let dbg = format!("{spec:?}");
         assert!(
             dbg.contains("OnFailure") && dbg.contains("node.role==manager"),
@@ -1110,13 +1179,136 @@ mod tests {
         let c = compose(
             "services:\n  w:\n    image: busybox\n    healthcheck: {test: \"wget -q localhost\", interval: 5s, retries: 2}\n",
         );
-        let spec = convert("app", &c, Path::new(".")).unwrap().remove(0).spec;
+        let spec = convert("app", &c, Path::new("."))
+            .unwrap()
+            .services
+            .remove(0)
+            .spec;
         let h = spec.healthcheck.expect("a health check");
         assert_eq!(
             h.test,
             vec!["CMD-SHELL".to_string(), "wget -q localhost".into()]
         );
         assert_eq!((h.interval_ms, h.retries), (5000, 2));
+    }
+
+    #[test]
+    fn secrets_and_configs_top_level_and_per_service() {
+        let dir = std::env::temp_dir().join(format!("shoal-stack-objects-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("pw.txt"), "hunter2\n").unwrap();
+        std::fs::write(dir.join("app.conf"), "a = 1\n").unwrap();
+        let c = compose(concat!(
+            "services:\n  w:\n    image: busybox\n",
+            "    secrets:\n      - pw\n",
+            "      - {source: ext, target: db_pw, uid: \"100\", gid: 101, mode: 0400}\n",
+            "    configs:\n      - conf\n",
+            "      - {source: conf, target: /etc/app.conf, mode: 0o440}\n",
+            "secrets:\n  pw: {file: ./pw.txt, labels: {team: db}}\n  ext: {external: true}\n",
+            "configs:\n  conf: {file: app.conf, name: fixed_conf}\n",
+        ));
+        let stack = convert("app", &c, &dir).unwrap();
+        let spec = &stack.services[0].spec;
+        let s = &spec.secrets;
+        assert_eq!(s.len(), 2, "{s:?}");
+        assert_eq!((s[0].name.as_str(), s[0].target.as_str()), ("app_pw", "pw"));
+        assert_eq!(
+            (s[0].uid.as_str(), s[0].gid.as_str(), s[0].mode),
+            ("0", "0", 0o444)
+        );
+        assert!(s[0].id.is_empty());
+        assert_eq!((s[1].name.as_str(), s[1].target.as_str()), ("ext", "db_pw"));
+        assert_eq!(
+            (s[1].uid.as_str(), s[1].gid.as_str(), s[1].mode),
+            ("100", "101", 0o400)
+        );
+        let k = &spec.configs;
+        assert_eq!(
+            (k[0].name.as_str(), k[0].target.as_str()),
+            ("fixed_conf", "/conf")
+        );
+        assert_eq!((k[1].target.as_str(), k[1].mode), ("/etc/app.conf", 0o440));
+
+        let o = &stack.objects;
+        assert_eq!(o.len(), 3, "{o:?}");
+        let pw = o.iter().find(|o| o.key == "pw").unwrap();
+        assert_eq!(
+            (pw.kind, pw.name.as_str(), pw.external),
+            (ObjectKind::Secret, "app_pw", false)
+        );
+        assert_eq!(pw.data, b"hunter2\n");
+        assert_eq!(pw.labels[NAMESPACE_LABEL], "app");
+        assert_eq!(pw.labels["team"], "db");
+        let ext = o.iter().find(|o| o.key == "ext").unwrap();
+        assert!(ext.external && ext.data.is_empty() && ext.labels.is_empty());
+        let conf = o.iter().find(|o| o.key == "conf").unwrap();
+        assert_eq!(
+            (conf.kind, conf.name.as_str()),
+            (ObjectKind::Config, "fixed_conf")
+        );
+
+        for (yaml, want) in [
+            (
+                "    secrets: [nope]\nsecrets: {}\n",
+                "undefined secret \"nope\"",
+            ),
+            (
+                "    configs: [c]\nconfigs:\n  c: {file: missing.conf}\n",
+                "config c: file",
+            ),
+            (
+                "secrets:\n  s: {}\n",
+                "secret s: a file (or external: true) is required",
+            ),
+            (
+                "secrets:\n  s: {file: pw.txt, external: true}\n",
+                "conflicting parameters",
+            ),
+            (
+                "secrets:\n  s: {environment: PW}\n",
+                "environment is not supported",
+            ),
+            (
+                "    secrets: [{source: s, mode: 0999}]\nsecrets:\n  s: {file: pw.txt}\n",
+                "mode \"0999\"",
+            ),
+        ] {
+            let c = compose(&format!("services:\n  w:\n    image: busybox\n{yaml}"));
+            let e = convert("app", &c, &dir).unwrap_err();
+            assert!(e.contains(want), "{yaml}: {e}");
+        }
+        std::fs::write(dir.join("empty"), "").unwrap();
+        let c = compose("services:\n  w:\n    image: busybox\nsecrets:\n  s: {file: empty}\n");
+        let e = convert("app", &c, &dir).unwrap_err();
+        assert!(e.contains("secret s") && e.contains("larger than 0"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_wrong_secret_entry_is_placed() {
+        let e = parse(
+            "services:\n  w:\n    image: busybox\n    secrets:\n      - {source: s, colour: red}\n",
+            "s.yml",
+            &vars,
+        )
+        .unwrap_err();
+        assert!(e.starts_with("s.yml:5:"), "{e}");
+        let e = parse(
+            "secrets:\n  s: {file: a, flavour: b}\nservices:\n  w:\n    image: busybox\n",
+            "s.yml",
+            &vars,
+        )
+        .unwrap_err();
+        assert!(e.starts_with("s.yml:2:") && e.contains("flavour"), "{e}");
+        // A mistake elsewhere in a file with secrets still names its place (serde_yaml
+        // places a wrong value at the start of the mapping holding it).
+        let e = parse(
+            "secrets:\n  s: {file: a}\nservices:\n  w:\n    image: busybox\n    ports: 5\n",
+            "s.yml",
+            &vars,
+        )
+        .unwrap_err();
+        assert!(e.starts_with("s.yml:5:5: services.w"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,176 @@
+//! A stack's secrets and configs on a real 3-host lab, through `shoal stack deploy`: a
+//! compose file's top-level `secrets:`/`configs:` (`file:` makes `<stack>_<name>`
+//! labelled with the stack; `external: true` with `name:` uses one made with `secret
+//! create`), used by a service in the short and the long form (target, uid, gid, an
+//! octal mode): the task reads each file with its content, owner and mode. A missing
+//! external secret stops the deploy before anything is made; a re-deploy of the same
+//! files changes nothing; one with a secret's file changed is refused naming it (Swarm's
+//! secrets are immutable) and changes nothing; `stack rm` removes the stack's own
+//! secrets and configs and leaves the external one.
+use std::path::PathBuf;
+
+use shoal_tests::{
+    privileged,
+    swarm::{Cli, Task},
+    LabGuard,
+};
+
+const PASSWORD: &str = "stack-pw-7f3a91";
+const CONF: &str = "listen = 8080\n";
+
+fn stack_file(with_missing_external: bool) -> String {
+    let mut s = String::from(concat!(
+        "version: '3.8'\n",
+        "services:\n",
+        "  db:\n",
+        "    image: shoal/web:1\n",
+        "    secrets:\n",
+        "      - pw\n",
+        "      - source: ext\n        target: ext_pw\n        uid: '999'\n        gid: '998'\n        mode: 0400\n",
+        "    configs:\n",
+        "      - source: conf\n        target: /etc/app.conf\n        mode: 0440\n",
+        "secrets:\n",
+        "  pw:\n    file: ./pw.txt\n",
+        "  ext:\n    external: true\n    name: ext_pw\n",
+    ));
+    if with_missing_external {
+        s.push_str("  nope:\n    external: true\n");
+    }
+    s.push_str("configs:\n  conf:\n    file: app.conf\n");
+    s
+}
+
+#[test]
+fn stack_secrets_and_configs() {
+    if !privileged() {
+        return;
+    }
+    let began = std::time::Instant::now();
+    let shoal = xtask::util::shoal_binary().expect("shoal binary (cargo build)");
+    let guard = LabGuard::up('1', 3);
+    let cli = Cli { lab: &guard };
+    cli.start_agents(&shoal, &[]);
+    cli.form_cluster();
+    let dir = std::env::temp_dir().join(format!("shoal-stack-objects-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("pw.txt"), PASSWORD).unwrap();
+    std::fs::write(dir.join("app.conf"), CONF).unwrap();
+    let file: PathBuf = dir.join("stack.yml");
+    let f = file.to_str().unwrap();
+    guard
+        .shoal_with_input("h1", &["secret", "create", "ext_pw", "-"], "external-pw")
+        .expect("secret create");
+
+    // A missing external secret: refused, naming it, before anything is made.
+    std::fs::write(&file, stack_file(true)).unwrap();
+    let err = cli.err("h1", &["stack", "deploy", "-c", f, "app"]);
+    assert!(err.contains("nope") && err.contains("not found"), "{err}");
+    let secrets = cli.ok("h1", &["secret", "ls", "--format", "{{.Name}}"]);
+    let services = cli.ok("h1", &["service", "ls", "-q"]);
+    let networks = cli.ok("h1", &["network", "ls", "--format", "{{.Name}}"]);
+    assert!(
+        secrets.trim() == "ext_pw" && services.trim().is_empty() && !networks.contains("app_"),
+        "a refused deploy made something: {secrets} / {services} / {networks}"
+    );
+
+    std::fs::write(&file, stack_file(false)).unwrap();
+    let out = cli.ok("h1", &["stack", "deploy", "-c", f, "app"]);
+    for made in [
+        "Creating secret app_pw",
+        "Creating config app_conf",
+        "Creating service app_db",
+    ] {
+        assert!(out.contains(made), "{out}");
+    }
+    assert!(
+        !out.contains("ext_pw"),
+        "the external secret was made: {out}"
+    );
+    let labels = cli.ok(
+        "h1",
+        &[
+            "secret",
+            "inspect",
+            "--format",
+            "{{json .Spec.Labels}}",
+            "app_pw",
+        ],
+    );
+    assert_eq!(labels.trim(), r#"{"com.docker.stack.namespace":"app"}"#);
+    let refs = cli.ok(
+        "h1",
+        &[
+            "service",
+            "inspect",
+            "--format",
+            "{{json .Spec.TaskTemplate.ContainerSpec.Secrets}}",
+            "app_db",
+        ],
+    );
+    let refs: serde_json::Value = serde_json::from_str(refs.trim()).expect("Secrets");
+    assert_eq!(refs[0]["SecretName"], "app_pw", "{refs}");
+    assert_eq!(refs[0]["File"]["Name"], "pw", "{refs}");
+    assert_eq!(refs[1]["SecretName"], "ext_pw", "{refs}");
+
+    let task = cli.wait_running("app_db", 1, |_| true).remove(0);
+    let read = |t: &Task, argv: &[&str]| cli.exec_in(t, argv).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(read(&task, &["cat", "/run/secrets/pw"]), PASSWORD);
+    assert_eq!(
+        read(&task, &["stat", "-c", "%u %g %a", "/run/secrets/pw"]),
+        "0 0 444"
+    );
+    assert_eq!(read(&task, &["cat", "/run/secrets/ext_pw"]), "external-pw");
+    assert_eq!(
+        read(&task, &["stat", "-c", "%u %g %a", "/run/secrets/ext_pw"]),
+        "999 998 400"
+    );
+    assert_eq!(read(&task, &["cat", "/etc/app.conf"]), CONF.trim_end());
+    assert_eq!(read(&task, &["stat", "-c", "%a", "/etc/app.conf"]), "440");
+    println!(
+        "stack with a secret, an external secret and a config: files right after {:?}",
+        began.elapsed()
+    );
+
+    // The same files again: nothing to do.
+    let version = || {
+        cli.ok(
+            "h1",
+            &[
+                "service",
+                "inspect",
+                "--format",
+                "{{.Version.Index}}",
+                "app_db",
+            ],
+        )
+    };
+    let before = version();
+    let out = cli.ok("h1", &["stack", "deploy", "-c", f, "app"]);
+    assert!(
+        !out.contains("Updating") && !out.contains("Creating"),
+        "{out}"
+    );
+    // A secret's file changed: refused naming it (as `docker stack deploy`), nothing
+    // changed.
+    std::fs::write(dir.join("pw.txt"), "another password").unwrap();
+    let err = cli.err("h1", &["stack", "deploy", "-c", f, "app"]);
+    assert!(
+        err.contains("app_pw") && err.contains("only updates to Labels are allowed"),
+        "{err}"
+    );
+    assert_eq!(version(), before);
+    assert_eq!(read(&task, &["cat", "/run/secrets/pw"]), PASSWORD);
+    std::fs::write(dir.join("pw.txt"), PASSWORD).unwrap();
+
+    // rm: the stack's own secrets and configs go, the external one stays.
+    let out = cli.ok("h1", &["stack", "rm", "app"]);
+    for gone in ["Removing secret app_pw", "Removing config app_conf"] {
+        assert!(out.contains(gone), "{out}");
+    }
+    let secrets = cli.ok("h1", &["secret", "ls", "--format", "{{.Name}}"]);
+    assert_eq!(secrets.trim(), "ext_pw");
+    let configs = cli.ok("h1", &["config", "ls", "--format", "{{.Name}}"]);
+    assert!(configs.trim().is_empty(), "{configs}");
+    println!("stack secrets and configs: done in {:?}", began.elapsed());
+    let _ = std::fs::remove_dir_all(&dir);
+}
