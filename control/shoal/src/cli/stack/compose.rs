@@ -34,7 +34,6 @@ pub const UNSUPPORTED_KEYS: &[&str] = &[
     "sysctls",
     "privileged",
     "devices",
-    "deploy.resources.reservations",
     "deploy.placement.preferences",
     "deploy.placement.max_replicas_per_node",
 ];
@@ -645,7 +644,7 @@ pub fn convert_service(
     let mut restart_policy: Option<Value> = None;
     let mut constraints: Vec<String> = Vec::new();
     let mut update_config: Option<Value> = None;
-    let mut limits: Option<Value> = None;
+    let mut resources = Map::new();
     if let Some(d) = &s.deploy {
         for l in &d.labels {
             let (k, v) = l.split_once('=').unwrap_or((l, ""));
@@ -697,27 +696,32 @@ pub fn convert_service(
             update_config = Some(Value::Object(c));
         }
         if let Some(r) = &d.resources {
-            if r.reservations.is_some() {
-                return refuse("deploy.resources.reservations");
-            }
-            if let Some(l) = &r.limits {
+            // Limits are set on each container; reservations count against the nodes'
+            // capacity (the scheduler's).
+            for (field, l) in [("limits", &r.limits), ("reservations", &r.reservations)] {
+                let Some(l) = l else { continue };
                 if l.devices.is_some() {
-                    return refuse("deploy.resources.limits.devices");
+                    return refuse(&format!("deploy.resources.{field}.devices"));
                 }
                 let mut c = Map::new();
                 if let Some(cpus) = &l.cpus {
                     let n = parse_cpus(cpus).map_err(|e| {
-                        format!("service {name}: deploy.resources.limits.cpus: {e}")
+                        format!("service {name}: deploy.resources.{field}.cpus: {e}")
                     })?;
                     c.insert("NanoCPUs".into(), json!(n));
                 }
                 if let Some(m) = &l.memory {
                     let b = parse_memory(m).map_err(|e| {
-                        format!("service {name}: deploy.resources.limits.memory: {e}")
+                        format!("service {name}: deploy.resources.{field}.memory: {e}")
                     })?;
                     c.insert("MemoryBytes".into(), json!(b));
                 }
-                limits = Some(Value::Object(c));
+                let key = if field == "limits" {
+                    "Limits"
+                } else {
+                    "Reservations"
+                };
+                resources.insert(key.into(), Value::Object(c));
             }
         }
         if let Some(r) = &d.restart_policy {
@@ -851,8 +855,8 @@ pub fn convert_service(
     if !constraints.is_empty() {
         task["Placement"] = json!({"Constraints": constraints});
     }
-    if let Some(l) = limits {
-        task["Resources"] = json!({"Limits": l});
+    if !resources.is_empty() {
+        task["Resources"] = Value::Object(resources);
     }
     let mut docker = json!({
         "Name": format!("{stack}_{name}"),
@@ -1022,8 +1026,8 @@ mod tests {
         for (key, yaml) in [
             ("privileged", "privileged: true"),
             (
-                "deploy.resources.reservations",
-                "deploy: {resources: {reservations: {cpus: \"1\"}}}",
+                "deploy.placement.max_replicas_per_node",
+                "deploy: {placement: {max_replicas_per_node: 1}}",
             ),
             ("sysctls", "sysctls: {net.core.somaxconn: \"1024\"}"),
         ] {
@@ -1039,7 +1043,7 @@ mod tests {
     #[test]
     fn capabilities_update_config_and_limits() {
         let c = compose(
-            "services:\n  w:\n    image: busybox\n    cap_add: [net_admin]\n    cap_drop: [CAP_CHOWN]\n    deploy:\n      update_config: {parallelism: 2, delay: 3s, failure_action: rollback, monitor: 4s, max_failure_ratio: 0.5}\n      resources: {limits: {cpus: \"0.5\", memory: 64M}}\n",
+            "services:\n  w:\n    image: busybox\n    cap_add: [net_admin]\n    cap_drop: [CAP_CHOWN]\n    deploy:\n      update_config: {parallelism: 2, delay: 3s, failure_action: rollback, monitor: 4s, max_failure_ratio: 0.5}\n      resources: {limits: {cpus: \"0.5\", memory: 64M}, reservations: {cpus: \"0.25\", memory: 32M}}\n",
         );
         let spec = convert("app", &c, Path::new("."))
             .unwrap()
@@ -1050,6 +1054,8 @@ mod tests {
         assert_eq!(spec.container.cap_drop, vec!["CAP_CHOWN".to_string()]);
         assert_eq!(spec.container.limits.nano_cpus, 500_000_000);
         assert_eq!(spec.container.limits.memory_bytes, 64 << 20);
+        assert_eq!(spec.container.reservations.nano_cpus, 250_000_000);
+        assert_eq!(spec.container.reservations.memory_bytes, 32 << 20);
         let u = &spec.update_config;
         assert_eq!((u.parallelism, u.delay_ms, u.monitor_ms), (2, 3_000, 4_000));
         assert_eq!(format!("{:?}", u.failure_action), "Rollback");
@@ -1065,6 +1071,14 @@ mod tests {
         );
         let e = convert("app", &bad, Path::new(".")).unwrap_err();
         assert!(e.contains("deploy.resources.limits.cpus"), "{e}");
+        let bad = compose(
+            "services:\n  w:\n    image: busybox\n    deploy: {resources: {reservations: {memory: 12Q}}}\n",
+        );
+        let e = convert("app", &bad, Path::new(".")).unwrap_err();
+        assert!(
+            e.contains("service w: deploy.resources.reservations.memory"),
+            "{e}"
+        );
     }
 
     #[test]

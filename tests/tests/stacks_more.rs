@@ -6,7 +6,10 @@
 //! external secret stops the deploy before anything is made; a re-deploy of the same
 //! files changes nothing; one with a secret's file changed is refused naming it (Swarm's
 //! secrets are immutable) and changes nothing; `stack rm` removes the stack's own
-//! secrets and configs and leaves the external one.
+//! secrets and configs and leaves the external one. A stack's
+//! `deploy.resources.reservations` reach the service's reservations: more memory than
+//! any node has leaves its task pending with Swarm's reason, a re-deploy that fits runs
+//! it.
 use std::path::PathBuf;
 
 use shoal_tests::{
@@ -41,7 +44,7 @@ fn stack_file(with_missing_external: bool) -> String {
 }
 
 #[test]
-fn stack_secrets_and_configs() {
+fn stack_secrets_configs_and_reservations() {
     if !privileged() {
         return;
     }
@@ -172,5 +175,42 @@ fn stack_secrets_and_configs() {
     let configs = cli.ok("h1", &["config", "ls", "--format", "{{.Name}}"]);
     assert!(configs.trim().is_empty(), "{configs}");
     println!("stack secrets and configs: done in {:?}", began.elapsed());
+
+    // Reservations from the compose file: too much memory for any node, then a fit.
+    let reserving = |memory: &str| {
+        format!(
+            "services:\n  hog:\n    image: shoal/web:1\n    deploy:\n      resources:\n        reservations: {{cpus: '0.01', memory: {memory}}}\n"
+        )
+    };
+    std::fs::write(&file, reserving("4096G")).unwrap();
+    cli.ok("h1", &["stack", "deploy", "-c", f, "res"]);
+    cli.wait_ps("res_hog", "a pending task saying why", |rows| {
+        rows.iter().any(|r| {
+            !r.history
+                && r.current == "Pending"
+                && r.error
+                    .contains("no suitable node (insufficient resources on 3 nodes)")
+        })
+    });
+    std::fs::write(&file, reserving("1M")).unwrap();
+    let out = cli.ok("h1", &["stack", "deploy", "-c", f, "res"]);
+    assert!(out.contains("Updating service res_hog"), "{out}");
+    cli.wait_running("res_hog", 1, |_| true);
+    let reservations = cli.ok(
+        "h1",
+        &[
+            "service",
+            "inspect",
+            "--format",
+            "{{json .Spec.TaskTemplate.Resources.Reservations}}",
+            "res_hog",
+        ],
+    );
+    assert_eq!(
+        reservations.trim(),
+        r#"{"MemoryBytes":1048576,"NanoCPUs":10000000}"#
+    );
+    cli.ok("h1", &["stack", "rm", "res"]);
+    println!("stack reservations: done in {:?}", began.elapsed());
     let _ = std::fs::remove_dir_all(&dir);
 }
