@@ -214,3 +214,145 @@ fn stack_secrets_configs_and_reservations() {
     println!("stack reservations: done in {:?}", began.elapsed());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--replicas-max-per-node` on a real 3-host lab: with 1, five replicas run one per node
+/// and two stay pending with Swarm's reason; raised to 2, all five run, at most two a
+/// node; `service inspect` shows `Placement.MaxReplicas`; a compose file's
+/// `deploy.placement.max_replicas_per_node` reaches the service; a global service with
+/// it is refused.
+#[test]
+fn placement_max_replicas_per_node() {
+    if !privileged() {
+        return;
+    }
+    let began = std::time::Instant::now();
+    let shoal = xtask::util::shoal_binary().expect("shoal binary (cargo build)");
+    let guard = LabGuard::up('1', 3);
+    let cli = Cli { lab: &guard };
+    cli.start_agents(&shoal, &[]);
+    cli.form_cluster();
+
+    let err = cli.err(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "g",
+            "--mode",
+            "global",
+            "--replicas-max-per-node",
+            "1",
+            "shoal/web:1",
+        ],
+    );
+    assert!(err.contains("replicas-max-per-node"), "{err}");
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "capped",
+            "--replicas",
+            "5",
+            "--replicas-max-per-node",
+            "1",
+            "shoal/web:1",
+        ],
+    );
+    let per_node = |tasks: &[Task]| {
+        let mut m = std::collections::BTreeMap::<String, usize>::new();
+        for t in tasks {
+            *m.entry(t.node.clone()).or_default() += 1;
+        }
+        m
+    };
+    let rows = cli.wait_ps("capped", "3 running, 2 pending saying why", |rows| {
+        let current: Vec<_> = rows.iter().filter(|r| !r.history).collect();
+        current.iter().filter(|r| r.running()).count() == 3
+            && current
+                .iter()
+                .filter(|r| {
+                    r.current == "Pending"
+                        && r.error
+                            .contains("no suitable node (max replicas per node limit exceed)")
+                })
+                .count()
+                == 2
+    });
+    let running = cli.running("capped").unwrap();
+    assert_eq!(
+        per_node(&running).values().copied().collect::<Vec<_>>(),
+        [1, 1, 1],
+        "{rows:#?}"
+    );
+    let placement = cli.ok(
+        "h1",
+        &[
+            "service",
+            "inspect",
+            "--format",
+            "{{json .Spec.TaskTemplate.Placement}}",
+            "capped",
+        ],
+    );
+    assert_eq!(
+        placement.trim(),
+        r#"{"Constraints":[],"MaxReplicas":1}"#,
+        "{placement}"
+    );
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "update",
+            "--detach",
+            "--replicas-max-per-node",
+            "2",
+            "capped",
+        ],
+    );
+    let running = cli.wait_running("capped", 5, |tasks| {
+        per_node(tasks).values().all(|n| *n <= 2)
+    });
+    println!(
+        "max replicas per node: 1 then 2, tasks per node {:?} after {:?}",
+        per_node(&running),
+        began.elapsed()
+    );
+
+    // From a compose file.
+    let dir = std::env::temp_dir().join(format!("shoal-stack-max-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("stack.yml");
+    std::fs::write(
+        &file,
+        "services:\n  w:\n    image: shoal/web:1\n    deploy:\n      replicas: 4\n      placement:\n        max_replicas_per_node: 1\n",
+    )
+    .unwrap();
+    cli.ok(
+        "h1",
+        &["stack", "deploy", "-c", file.to_str().unwrap(), "mx"],
+    );
+    let max = cli.ok(
+        "h1",
+        &[
+            "service",
+            "inspect",
+            "--format",
+            "{{json .Spec.TaskTemplate.Placement.MaxReplicas}}",
+            "mx_w",
+        ],
+    );
+    assert_eq!(max.trim(), "1");
+    cli.wait_ps("mx_w", "3 running, 1 pending", |rows| {
+        let current: Vec<_> = rows.iter().filter(|r| !r.history).collect();
+        current.iter().filter(|r| r.running()).count() == 3
+            && current.iter().filter(|r| r.current == "Pending").count() == 1
+    });
+    cli.ok("h1", &["stack", "rm", "mx"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("max replicas per node: done in {:?}", began.elapsed());
+}

@@ -2227,3 +2227,27 @@ mod real {
         rt.block_on(h1.agent.shutdown());
     }
 }
+
+#[test]
+fn replicas_max_per_node_on_create_and_update() {
+    let create = |argv: &[&str]| {
+        let argv: Vec<&str> = ["create"].iter().chain(argv).copied().collect();
+        match service_cmd(&argv).unwrap() {
+            ServiceCommand::Create(a) => a.spec(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let spec = create(&["--replicas-max-per-node", "2", "nginx"]).unwrap();
+    assert_eq!(spec.placement.max_replicas_per_node, 2);
+    assert_eq!(
+        create(&["nginx"]).unwrap().placement.max_replicas_per_node,
+        0
+    );
+    let e = create(&["--mode", "global", "--replicas-max-per-node", "1", "nginx"]).unwrap_err();
+    assert!(e.contains("replicas-max-per-node"), "{e}");
+    assert!(service_cmd(&["create", "--replicas-max-per-node", "-1", "nginx"]).is_err());
+    let c = update_changes(&["--replicas-max-per-node", "3", "web"]).unwrap();
+    assert_eq!(c.max_replicas_per_node, Some(3));
+    let c = update_changes(&["--replicas", "3", "web"]).unwrap();
+    assert_eq!(c.max_replicas_per_node, None);
+}

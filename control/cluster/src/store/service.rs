@@ -81,6 +81,10 @@ pub struct ServiceSpec {
     /// `node.role==manager`, `node.labels.zone!=a`, ...
     #[serde(default)]
     pub constraints: Vec<String>,
+    /// `--replicas-max-per-node` (and, with the constraints, the rest of Swarm's
+    /// `TaskTemplate.Placement`).
+    #[serde(default, skip_serializing_if = "Placement::is_empty")]
+    pub placement: Placement,
     /// None: the image's own health check, if any.
     #[serde(default)]
     pub healthcheck: Option<HealthCheck>,
@@ -115,6 +119,21 @@ pub struct ServiceSpec {
     /// `--rollback-*`: how a rollback reaches them.
     #[serde(default = "UpdateConfig::rollback_default")]
     pub rollback_config: UpdateConfig,
+}
+
+/// How the scheduler places a service's tasks beyond its constraints.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// `--replicas-max-per-node`: at most this many live tasks of the service on one
+    /// node (the rest stay pending); 0: no limit.
+    #[serde(default)]
+    pub max_replicas_per_node: u64,
+}
+
+impl Placement {
+    pub fn is_empty(&self) -> bool {
+        *self == Placement::default()
+    }
 }
 
 /// Swarm's default restart delay.

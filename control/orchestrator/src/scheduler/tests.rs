@@ -49,6 +49,7 @@ pub(super) fn service(id: &str, mode: ServiceMode) -> Service {
     Service {
         id: id.into(),
         spec: ServiceSpec {
+            placement: Default::default(),
             name: format!("svc-{id}"),
             labels: BTreeMap::new(),
             image: "shoal/web:1".into(),
@@ -874,4 +875,55 @@ fn restarts_stop_at_the_attempt_limit() {
     let made = sim.state.service_tasks("s").count();
     assert_eq!(made, 3, "the first task and two restarts");
     assert_eq!(sim.running("s").values().sum::<usize>(), 0);
+}
+
+#[test]
+fn max_replicas_per_node_leaves_the_rest_pending() {
+    let mut sim = Sim::new(&["a", "b"]);
+    let mut s = service("s", ServiceMode::Replicated { replicas: 5 });
+    s.spec.placement.max_replicas_per_node = 2;
+    sim.add(s.clone());
+    sim.settle();
+    assert_eq!(
+        sim.running("s"),
+        BTreeMap::from([("a".into(), 2), ("b".into(), 2)])
+    );
+    let pending: Vec<&Task> = sim
+        .state
+        .service_tasks("s")
+        .filter(|t| t.node_id.is_none())
+        .collect();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].status.state, TaskState::Pending);
+    assert_eq!(
+        pending[0].status.err.as_deref(),
+        Some("no suitable node (max replicas per node limit exceed)")
+    );
+    // Other reasons come with it, as Swarm's: a drained node is not available.
+    let mut drained = node("c", Role::Worker);
+    drained.availability = Availability::Drain;
+    sim.set(Command::UpsertNode { node: drained });
+    sim.settle();
+    let t = sim
+        .state
+        .service_tasks("s")
+        .find(|t| t.node_id.is_none())
+        .expect("still pending");
+    assert_eq!(
+        t.status.err.as_deref(),
+        Some("no suitable node (max replicas per node limit exceed; 1 node not available for new tasks)")
+    );
+    // A node that can take one: the last task goes there, and only there.
+    sim.set(Command::UpsertNode {
+        node: node("c", Role::Worker),
+    });
+    sim.settle();
+    assert_eq!(
+        sim.running("s"),
+        BTreeMap::from([("a".into(), 2), ("b".into(), 2), ("c".into(), 1)])
+    );
+    // Other services are not limited by it.
+    sim.add(service("free", ServiceMode::Replicated { replicas: 6 }));
+    sim.settle();
+    assert_eq!(sim.running("free").values().sum::<usize>(), 6);
 }

@@ -46,6 +46,8 @@ pub struct ServiceChanges {
     pub container: super::ContainerChanges,
     pub constraint_add: Vec<String>,
     pub constraint_rm: Vec<String>,
+    /// `--replicas-max-per-node` (0: no limit).
+    pub max_replicas_per_node: Option<u64>,
     /// `--secret-add` / `--config-add`: as `--secret` / `--config` (`name` holds the
     /// reference given, resolved by the manager).
     pub secret_add: Vec<FileReference>,

@@ -171,6 +171,9 @@ pub struct CreateArgs {
     /// Placement constraint, e.g. node.role==manager (repeatable)
     #[arg(long = "constraint", value_name = "EXPR")]
     pub constraints: Vec<String>,
+    /// At most N tasks of the service on one node (0: no limit; replicated mode)
+    #[arg(long, value_name = "N")]
+    pub replicas_max_per_node: Option<u64>,
     /// Give each task a secret as a file: NAME, or
     /// source=NAME,target=PATH,uid=N,gid=N,mode=0400 (repeatable)
     #[arg(long = "secret", value_name = "SPEC")]
@@ -362,6 +365,9 @@ pub struct ServiceUpdateArgs {
     /// Remove a placement constraint (repeatable)
     #[arg(long = "constraint-rm", value_name = "EXPR")]
     pub constraint_rm: Vec<String>,
+    /// At most N tasks of the service on one node (0: no limit)
+    #[arg(long, value_name = "N")]
+    pub replicas_max_per_node: Option<u64>,
     /// Add a secret, as --secret of create (repeatable)
     #[arg(long = "secret-add", value_name = "SPEC")]
     pub secret_add: Vec<String>,

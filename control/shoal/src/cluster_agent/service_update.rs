@@ -215,6 +215,9 @@ fn changed_spec(
     }
     spec.constraints
         .retain(|c| !changes.constraint_rm.contains(c));
+    if let Some(max) = changes.max_replicas_per_node {
+        spec.placement.max_replicas_per_node = max;
+    }
     if let Some(mode) = changes.endpoint_mode {
         spec.endpoint_mode = mode;
     }

@@ -185,6 +185,11 @@ pub(super) fn prepare_spec(
     for c in &spec.constraints {
         Constraint::parse(c).map_err(ApiError::new)?;
     }
+    if spec.placement.max_replicas_per_node > 0 && spec.mode.is_global() {
+        return Err(ApiError::new(
+            "replicas-max-per-node can only be used with replicated mode",
+        ));
+    }
     let mut networks = Vec::new();
     for reference in &spec.networks {
         let id = network_id(state, reference)?;
@@ -955,6 +960,7 @@ pub(super) mod tests {
         ports: &[(Protocol, u16, u16)],
     ) -> ServiceSpec {
         ServiceSpec {
+            placement: Default::default(),
             name: name.into(),
             labels: BTreeMap::new(),
             image: "shoal/web:1".into(),

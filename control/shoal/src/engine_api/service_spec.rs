@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 use shoal_cluster::store::{
     check_mounts, data_object::FileReference, ContainerOptions, DnsConfig, EndpointMode,
-    FailureAction, HealthCheck, Limits, Mount, MountKind, PortConfig, Protocol, PublishMode,
-    RestartCondition, ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder,
+    FailureAction, HealthCheck, Limits, Mount, MountKind, Placement, PortConfig, Protocol,
+    PublishMode, RestartCondition, ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder,
     DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
 };
 
@@ -329,6 +329,7 @@ pub fn from_docker(v: Value) -> Result<(ServiceSpec, u64), String> {
 
     let mut placement = task.object("Placement")?;
     let constraints = placement.strings("Constraints")?;
+    let max_replicas_per_node = placement.u64("MaxReplicas")?.unwrap_or(0);
     placement.allow("Platforms", platforms_allow_this_machine)?;
     placement.done()?;
 
@@ -447,6 +448,9 @@ pub fn from_docker(v: Value) -> Result<(ServiceSpec, u64), String> {
 
     Ok((
         ServiceSpec {
+            placement: Placement {
+                max_replicas_per_node,
+            },
             name,
             labels,
             image,
@@ -649,6 +653,23 @@ mod tests {
     }
 
     #[test]
+    fn max_replicas_reads_back_as_inspect_shows_it() {
+        let (spec, _) = from_docker(json!({
+            "Name": "m",
+            "TaskTemplate": {"ContainerSpec": {"Image": "busybox"},
+                "Placement": {"Constraints": ["node.role==worker"], "MaxReplicas": 2}},
+        }))
+        .unwrap();
+        assert_eq!(spec.placement.max_replicas_per_node, 2);
+        let shown = spec_value(&spec, 0);
+        assert_eq!(
+            shown["TaskTemplate"]["Placement"],
+            json!({"Constraints": ["node.role==worker"], "MaxReplicas": 2})
+        );
+        assert_eq!(from_docker(shown).unwrap().0.placement, spec.placement);
+    }
+
+    #[test]
     fn mounts_a_read_only_root_and_limits_read_back_as_inspect_shows_them() {
         // As docker 28's `service create --read-only --mount
         // type=volume,source=data,target=/data,volume-driver=local,volume-opt=type=tmpfs
@@ -770,7 +791,7 @@ mod tests {
                 "Spec.TaskTemplate.Placement.Preferences",
             ),
             (
-                json!({"TaskTemplate": {"Placement": {"MaxReplicas": 1}}}),
+                json!({"TaskTemplate": {"Placement": {"MaxReplicas": -1}}}),
                 "Spec.TaskTemplate.Placement.MaxReplicas",
             ),
             (

@@ -97,6 +97,7 @@ impl ServiceUpdateArgs {
             container: self.container_changes()?,
             constraint_add: self.constraint_add.clone(),
             constraint_rm: self.constraint_rm.clone(),
+            max_replicas_per_node: self.replicas_max_per_node,
             secret_add: parse_file_references(FileKind::Secret, &self.secret_add)?,
             secret_rm: self.secret_rm.clone(),
             config_add: parse_file_references(FileKind::Config, &self.config_add)?,

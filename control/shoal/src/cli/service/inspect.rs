@@ -247,6 +247,15 @@ fn mount_value(m: &Mount) -> Value {
     v
 }
 
+/// Docker's `TaskTemplate.Placement`: `Constraints`, and `MaxReplicas` when set.
+fn placement_value(spec: &ServiceSpec) -> Value {
+    let mut p = json!({"Constraints": spec.constraints});
+    if spec.placement.max_replicas_per_node > 0 {
+        p["MaxReplicas"] = json!(spec.placement.max_replicas_per_node);
+    }
+    p
+}
+
 /// A spec as Docker's `Spec` (and `PreviousSpec`).
 pub(crate) fn spec_value(spec: &ServiceSpec, force_update: u64) -> Value {
     let mode = match spec.mode {
@@ -300,7 +309,7 @@ pub(crate) fn spec_value(spec: &ServiceSpec, force_update: u64) -> Value {
                 "MaxAttempts": spec.restart_max_attempts,
                 "Window": nanos(spec.restart_window_ms),
             },
-            "Placement": {"Constraints": spec.constraints},
+            "Placement": placement_value(spec),
             "Networks": spec.networks.iter().map(|n| {
                 let mut attachment = json!({"Target": n});
                 if let Some(aliases) = spec.network_aliases.get(n) {
@@ -499,8 +508,15 @@ pub(super) fn inspect_pretty(s: &Service, networks: &[Network], now_ms: u64) -> 
     if let Some(u) = &s.update_status {
         pretty_update_status(&mut out, u, now_ms);
     }
+    let max_replicas = s.spec.placement.max_replicas_per_node;
+    if !s.spec.constraints.is_empty() || max_replicas > 0 {
+        let _ = writeln!(out, "Placement:");
+    }
     if !s.spec.constraints.is_empty() {
-        let _ = writeln!(out, "Placement:\n Constraints:\t{:?}", s.spec.constraints);
+        let _ = writeln!(out, " Constraints:\t{:?}", s.spec.constraints);
+    }
+    if max_replicas > 0 {
+        let _ = writeln!(out, " Max Replicas Per Node:\t{max_replicas}");
     }
     if !s.spec.mode.is_job() {
         pretty_update_config(&mut out, "Update", &s.spec.update_config);

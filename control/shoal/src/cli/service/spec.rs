@@ -3,8 +3,8 @@
 //! shares with `service update` are read by `policy`).
 
 use shoal_cluster::store::{
-    EndpointMode, PortConfig, Protocol, PublishMode, RestartCondition, ServiceMode, ServiceSpec,
-    UpdateConfig, DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
+    EndpointMode, Placement, PortConfig, Protocol, PublishMode, RestartCondition, ServiceMode,
+    ServiceSpec, UpdateConfig, DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
 };
 
 use super::{
@@ -151,7 +151,14 @@ impl CreateArgs {
         let (networks, network_aliases) = self.networks()?;
         let container = self.container_options()?;
         check_constraints(&self.constraints)?;
+        let max_replicas_per_node = self.replicas_max_per_node.unwrap_or(0);
+        if max_replicas_per_node > 0 && mode.is_global() {
+            return Err("replicas-max-per-node can only be used with replicated mode".into());
+        }
         let mut spec = ServiceSpec {
+            placement: Placement {
+                max_replicas_per_node,
+            },
             name: self.name.clone().unwrap_or_else(|| {
                 format!("svc-{}", &shoal_orchestrator::scheduler::new_id()[..8])
             }),

@@ -35,7 +35,6 @@ pub const UNSUPPORTED_KEYS: &[&str] = &[
     "privileged",
     "devices",
     "deploy.placement.preferences",
-    "deploy.placement.max_replicas_per_node",
 ];
 
 /// Expands `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?err}`, `${VAR?err}`,
@@ -844,16 +843,14 @@ pub fn convert_service(
             container.insert(key.into(), json!(refs));
         }
     }
-    if extras::max_replicas_per_node(name, extras) > 0 {
-        return refuse("deploy.placement.max_replicas_per_node");
-    }
 
     let mut task = json!({"ContainerSpec": Value::Object(container), "Networks": networks});
     if let Some(r) = restart_policy {
         task["RestartPolicy"] = r;
     }
-    if !constraints.is_empty() {
-        task["Placement"] = json!({"Constraints": constraints});
+    let max_replicas = extras::max_replicas_per_node(name, extras);
+    if !constraints.is_empty() || max_replicas > 0 {
+        task["Placement"] = json!({"Constraints": constraints, "MaxReplicas": max_replicas});
     }
     if !resources.is_empty() {
         task["Resources"] = Value::Object(resources);
@@ -1026,8 +1023,8 @@ mod tests {
         for (key, yaml) in [
             ("privileged", "privileged: true"),
             (
-                "deploy.placement.max_replicas_per_node",
-                "deploy: {placement: {max_replicas_per_node: 1}}",
+                "deploy.placement.preferences",
+                "deploy: {placement: {preferences: [{spread: node.labels.zone}]}}",
             ),
             ("sysctls", "sysctls: {net.core.somaxconn: \"1024\"}"),
         ] {
@@ -1170,13 +1167,14 @@ mod tests {
     #[test]
     fn restart_policy_and_constraints() {
         let c = compose(
-            "services:\n  w:\n    image: busybox\n    deploy:\n      restart_policy: {condition: on-failure, delay: 2s, max_attempts: 3}\n      placement: {constraints: [\"node.role==manager\"]}\n",
+            "services:\n  w:\n    image: busybox\n    deploy:\n      restart_policy: {condition: on-failure, delay: 2s, max_attempts: 3}\n      placement: {constraints: [\"node.role==manager\"], max_replicas_per_node: 2}\n",
         );
         let spec = convert("app", &c, Path::new("."))
             .unwrap()
             .services
             .remove(0)
             .spec;
+        assert_eq!(spec.placement.max_replicas_per_node, 2);
         let dbg = format!("{spec:?}");
         assert!(
             dbg.contains("OnFailure") && dbg.contains("node.role==manager"),
