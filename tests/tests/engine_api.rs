@@ -524,7 +524,7 @@ fn the_docker_cli_drives_shoal_through_its_engine_api() {
         "shoal/web:1",
     ]);
     assert!(refused.contains("Spec.TaskTemplate.LogDriver"), "{refused}");
-    // Placement's MaxReplicas is carried out, and shown back.
+    // Placement's MaxReplicas and Preferences are carried out, and shown back.
     h1.ok(&[
         "service",
         "create",
@@ -534,6 +534,8 @@ fn the_docker_cli_drives_shoal_through_its_engine_api() {
         "limited",
         "--replicas-max-per-node",
         "2",
+        "--placement-pref",
+        "spread=node.labels.zone",
         "shoal/web:1",
     ]);
     let placement = h1.ok(&[
@@ -546,6 +548,11 @@ fn the_docker_cli_drives_shoal_through_its_engine_api() {
     let placement: serde_json::Value =
         serde_json::from_str(placement.trim()).expect("Placement JSON");
     assert_eq!(placement["MaxReplicas"], 2, "{placement}");
+    assert_eq!(
+        placement["Preferences"],
+        serde_json::json!([{"Spread": {"SpreadDescriptor": "node.labels.zone"}}]),
+        "{placement}"
+    );
     h1.ok(&["service", "rm", "limited"]);
     h1.ok(&["service", "rm", "api"]);
     // Waits for the removed service's tasks to stop (they hold addresses on it).

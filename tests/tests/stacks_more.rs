@@ -219,9 +219,13 @@ fn stack_secrets_configs_and_reservations() {
 /// and two stay pending with Swarm's reason; raised to 2, all five run, at most two a
 /// node; `service inspect` shows `Placement.MaxReplicas`; a compose file's
 /// `deploy.placement.max_replicas_per_node` reaches the service; a global service with
-/// it is refused.
+/// it is refused. `--placement-pref spread=node.labels.zone` with h1 and h2 in zone b
+/// and h3 alone in zone a puts half the tasks on h3 (by task count alone it would not);
+/// `--placement-pref-add` on update moves a service's tasks to spread over the zones,
+/// `--placement-pref-rm` takes it away; `service inspect` shows
+/// `Placement.Preferences`; compose's `deploy.placement.preferences` does the same.
 #[test]
-fn placement_max_replicas_per_node() {
+fn placement_max_replicas_per_node_and_spread() {
     if !privileged() {
         return;
     }
@@ -353,6 +357,142 @@ fn placement_max_replicas_per_node() {
             && current.iter().filter(|r| r.current == "Pending").count() == 1
     });
     cli.ok("h1", &["stack", "rm", "mx"]);
-    let _ = std::fs::remove_dir_all(&dir);
+    cli.ok("h1", &["service", "rm", "capped"]);
     println!("max replicas per node: done in {:?}", began.elapsed());
+
+    // Spread over a node label: h1 and h2 in zone b, h3 alone in zone a.
+    for (h, zone) in [("h1", "b"), ("h2", "b"), ("h3", "a")] {
+        cli.ok(
+            "h1",
+            &["node", "update", "--label-add", &format!("zone={zone}"), h],
+        );
+    }
+    let err = cli.err(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--placement-pref",
+            "spread=engine.labels.zone",
+            "shoal/web:1",
+        ],
+    );
+    assert!(err.contains("node labels only"), "{err}");
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "spread",
+            "--replicas",
+            "4",
+            "--placement-pref",
+            "spread=node.labels.zone",
+            "shoal/web:1",
+        ],
+    );
+    // Half the tasks in each zone: h3 holds zone a's two (by count alone h1 would).
+    let running = cli.wait_running("spread", 4, |_| true);
+    assert_eq!(
+        per_node(&running),
+        [("h1", 1), ("h2", 1), ("h3", 2)]
+            .map(|(h, n)| (h.to_string(), n))
+            .into(),
+        "{running:#?}"
+    );
+    let prefs = cli.ok(
+        "h1",
+        &[
+            "service",
+            "inspect",
+            "--format",
+            "{{json .Spec.TaskTemplate.Placement.Preferences}}",
+            "spread",
+        ],
+    );
+    assert_eq!(
+        prefs.trim(),
+        r#"[{"Spread":{"SpreadDescriptor":"node.labels.zone"}}]"#
+    );
+    // Added by update: the tasks are replaced, spread over the zones.
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "later",
+            "--replicas",
+            "2",
+            "shoal/web:1",
+        ],
+    );
+    let running = cli.wait_running("later", 2, |_| true);
+    assert_eq!(
+        per_node(&running).into_keys().collect::<Vec<_>>(),
+        ["h1", "h2"],
+        "by task count alone (h3 holds the most tasks): {running:#?}"
+    );
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "update",
+            "--detach",
+            "--placement-pref-add",
+            "spread=node.labels.zone",
+            "later",
+        ],
+    );
+    let running = cli.wait_running("later", 2, |tasks| {
+        let nodes = per_node(tasks);
+        nodes.get("h3") == Some(&1) && nodes.values().all(|n| *n == 1)
+    });
+    println!(
+        "spread over zones: {:?} after {:?}",
+        per_node(&running),
+        began.elapsed()
+    );
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "update",
+            "--detach",
+            "--placement-pref-rm",
+            "spread=node.labels.zone",
+            "later",
+        ],
+    );
+    let prefs = cli.ok(
+        "h1",
+        &[
+            "service",
+            "inspect",
+            "--format",
+            "{{json .Spec.TaskTemplate.Placement}}",
+            "later",
+        ],
+    );
+    assert_eq!(prefs.trim(), r#"{"Constraints":[]}"#);
+
+    // From a compose file.
+    std::fs::write(
+        &file,
+        "services:\n  w:\n    image: shoal/web:1\n    deploy:\n      replicas: 2\n      placement:\n        preferences:\n          - spread: node.labels.zone\n",
+    )
+    .unwrap();
+    cli.ok(
+        "h1",
+        &["stack", "deploy", "-c", file.to_str().unwrap(), "sp"],
+    );
+    cli.wait_running("sp_w", 2, |tasks| {
+        let nodes = per_node(tasks);
+        nodes.get("h3") == Some(&1) && nodes.values().all(|n| *n == 1)
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("placement: done in {:?}", began.elapsed());
 }

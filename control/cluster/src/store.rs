@@ -54,7 +54,7 @@ pub use service::{
     Endpoint, EndpointMode, FailureAction, HealthCheck, JobStatus, NetworkAttachment, Placement,
     PortConfig, Protocol, PublishMode, RestartCondition, Service, ServiceMode, ServiceSpec, Task,
     TaskState, TaskStatus, TaskStatusUpdate, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
-    VirtualIp, DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
+    VirtualIp, DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS, SPREAD_LABEL_PREFIX,
 };
 pub use state::{
     ApplyResult, Availability, CaProgress, CaRotation, ClusterSpec, ClusterState, Command,

@@ -19,7 +19,10 @@
 //!   what its live tasks reserve, holds them; else its task stays pending
 //!   ("insufficient resources on N nodes") until one does. A service with
 //!   `--replicas-max-per-node N` never gets a new task on a node holding N live tasks
-//!   of it; the rest stay pending ("max replicas per node limit exceed").
+//!   of it; the rest stay pending ("max replicas per node limit exceed"). Placement
+//!   preferences (`spread=node.labels.X`) come before the spread by task count: the
+//!   task goes to the label value whose nodes hold the fewest tasks of the service
+//!   (nodes without the label are one group), level by level.
 //! - A node that is Down, drained or no longer meets the constraints loses its tasks
 //!   (they are replaced elsewhere). Like Swarm there is no rebalancing when a node comes
 //!   back; `service update --force` replaces every task.
@@ -38,7 +41,7 @@ use shoal_cluster::{
     manager::Manager,
     store::{
         Availability, ClusterState, Command, EndpointMode, NetworkAttachment, Node, NodeStatus,
-        Service, ServiceMode, Task, TaskState, TaskStatus, UpdateOrder, VirtualIp,
+        Placement, Service, ServiceMode, Task, TaskState, TaskStatus, UpdateOrder, VirtualIp,
     },
 };
 use tracing::{debug, warn};
@@ -251,12 +254,46 @@ impl Planner<'_> {
                 >= max as usize
     }
 
-    /// Spread: fewest tasks of this service, then fewest overall; repeat failers last.
+    /// Live tasks of `service` on `node`.
+    fn tasks_on(&self, service: &Service, node: &Node) -> usize {
+        self.per_service_node
+            .get(&(service.id.clone(), node.id.clone()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Spread: the placement preferences first (the group of the first label's value
+    /// holding the fewest tasks of this service among the nodes that may take one,
+    /// nodes without the label being one group, then the same with the next label
+    /// inside it), then fewest tasks of this service, then fewest overall; repeat
+    /// failers last.
     fn pick_node(&self, service: &Service, constraints: &[Constraint]) -> Option<String> {
-        self.state
+        let mut group: Vec<&Node> = self
+            .state
             .nodes
             .values()
             .filter(|n| may_take(n, constraints) && self.fits(n, service) && !self.full(n, service))
+            .collect();
+        for descriptor in &service.spec.placement.preferences {
+            let Ok(key) = Placement::spread_label(descriptor) else {
+                continue;
+            };
+            let value = |n: &Node| n.labels.get(key).cloned();
+            let mut counts: BTreeMap<Option<String>, usize> = BTreeMap::new();
+            for n in &group {
+                *counts.entry(value(n)).or_default() += self.tasks_on(service, n);
+            }
+            let Some(fewest) = counts
+                .iter()
+                .min_by_key(|(v, c)| (**c, (*v).clone()))
+                .map(|(v, _)| v.clone())
+            else {
+                break;
+            };
+            group.retain(|n| value(n) == fewest);
+        }
+        group
+            .into_iter()
             .min_by_key(|n| {
                 (
                     self.failures_on(&service.id, &n.id) >= 2,

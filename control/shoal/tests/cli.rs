@@ -2251,3 +2251,46 @@ fn replicas_max_per_node_on_create_and_update() {
     let c = update_changes(&["--replicas", "3", "web"]).unwrap();
     assert_eq!(c.max_replicas_per_node, None);
 }
+
+#[test]
+fn placement_prefs_on_create_and_update() {
+    let create = |argv: &[&str]| {
+        let argv: Vec<&str> = ["create"].iter().chain(argv).copied().collect();
+        match service_cmd(&argv).unwrap() {
+            ServiceCommand::Create(a) => a.spec(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let spec = create(&[
+        "--placement-pref",
+        "spread=node.labels.zone",
+        "--placement-pref",
+        "SPREAD=node.labels.rack",
+        "nginx",
+    ])
+    .unwrap();
+    assert_eq!(
+        spec.placement.preferences,
+        ["node.labels.zone", "node.labels.rack"]
+    );
+    for (bad, says) in [
+        ("node.labels.zone", "expected spread=node.labels.KEY"),
+        ("pack=node.labels.zone", "unknown strategy"),
+        ("spread=engine.labels.zone", "node labels only"),
+        ("spread=node.labels.", "a label key is required"),
+    ] {
+        let e = create(&["--placement-pref", bad, "nginx"]).unwrap_err();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+    let c = update_changes(&[
+        "--placement-pref-add",
+        "spread=node.labels.zone",
+        "--placement-pref-rm",
+        "spread=node.labels.rack",
+        "web",
+    ])
+    .unwrap();
+    assert_eq!(c.placement_pref_add, ["node.labels.zone"]);
+    assert_eq!(c.placement_pref_rm, ["node.labels.rack"]);
+    assert!(update_changes(&["--placement-pref-add", "spread=node.id", "web"]).is_err());
+}

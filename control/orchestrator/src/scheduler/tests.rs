@@ -927,3 +927,68 @@ fn max_replicas_per_node_leaves_the_rest_pending() {
     sim.settle();
     assert_eq!(sim.running("free").values().sum::<usize>(), 6);
 }
+
+#[test]
+fn placement_preferences_spread_over_label_values_then_task_counts() {
+    let mut sim = Sim::new(&[]);
+    // zone a: one node; zone b: two nodes; no zone: one node (its own group).
+    for (id, zone) in [
+        ("a1", Some("a")),
+        ("b1", Some("b")),
+        ("b2", Some("b")),
+        ("n1", None),
+    ] {
+        let mut n = node(id, Role::Worker);
+        if let Some(z) = zone {
+            n.labels.insert("zone".into(), z.into());
+        }
+        sim.set(Command::UpsertNode { node: n });
+    }
+    let mut s = service("s", ServiceMode::Replicated { replicas: 6 });
+    s.spec.placement.preferences = vec!["node.labels.zone".into()];
+    sim.add(s);
+    sim.settle();
+    // Two tasks a group: a1 holds zone a's two, zone b's two are spread over b1 and b2.
+    assert_eq!(
+        sim.running("s"),
+        BTreeMap::from([
+            ("a1".into(), 2),
+            ("b1".into(), 1),
+            ("b2".into(), 1),
+            ("n1".into(), 2)
+        ])
+    );
+    // Without the preference, the same nodes get the tasks by count alone.
+    sim.add(service("plain", ServiceMode::Replicated { replicas: 8 }));
+    sim.settle();
+    assert_eq!(
+        sim.running("plain").values().copied().collect::<Vec<_>>(),
+        [2, 2, 2, 2]
+    );
+    // Two levels: zone, then rack inside the zone.
+    let mut sim = Sim::new(&[]);
+    for (id, zone, rack) in [
+        ("x", "a", "1"),
+        ("y", "a", "1"),
+        ("z", "a", "2"),
+        ("w", "b", "1"),
+    ] {
+        let mut n = node(id, Role::Worker);
+        n.labels.insert("zone".into(), zone.into());
+        n.labels.insert("rack".into(), rack.into());
+        sim.set(Command::UpsertNode { node: n });
+    }
+    let mut s = service("s", ServiceMode::Replicated { replicas: 4 });
+    s.spec.placement.preferences = vec!["node.labels.zone".into(), "node.labels.rack".into()];
+    sim.add(s);
+    sim.settle();
+    // Zone a gets 2: one on rack 1 (x or y), one on rack 2 (z); zone b gets 2 (w).
+    let running = sim.running("s");
+    assert_eq!(running.get("w"), Some(&2), "{running:?}");
+    assert_eq!(running.get("z"), Some(&1), "{running:?}");
+    assert_eq!(
+        running.get("x").unwrap_or(&0) + running.get("y").unwrap_or(&0),
+        1,
+        "{running:?}"
+    );
+}

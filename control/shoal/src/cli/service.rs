@@ -174,6 +174,9 @@ pub struct CreateArgs {
     /// At most N tasks of the service on one node (0: no limit; replicated mode)
     #[arg(long, value_name = "N")]
     pub replicas_max_per_node: Option<u64>,
+    /// Spread the tasks over a node label's values: spread=node.labels.KEY (repeatable)
+    #[arg(long = "placement-pref", value_name = "PREF")]
+    pub placement_prefs: Vec<String>,
     /// Give each task a secret as a file: NAME, or
     /// source=NAME,target=PATH,uid=N,gid=N,mode=0400 (repeatable)
     #[arg(long = "secret", value_name = "SPEC")]
@@ -368,6 +371,12 @@ pub struct ServiceUpdateArgs {
     /// At most N tasks of the service on one node (0: no limit)
     #[arg(long, value_name = "N")]
     pub replicas_max_per_node: Option<u64>,
+    /// Add a placement preference, spread=node.labels.KEY (repeatable)
+    #[arg(long = "placement-pref-add", value_name = "PREF")]
+    pub placement_pref_add: Vec<String>,
+    /// Remove a placement preference, spread=node.labels.KEY (repeatable)
+    #[arg(long = "placement-pref-rm", value_name = "PREF")]
+    pub placement_pref_rm: Vec<String>,
     /// Add a secret, as --secret of create (repeatable)
     #[arg(long = "secret-add", value_name = "SPEC")]
     pub secret_add: Vec<String>,

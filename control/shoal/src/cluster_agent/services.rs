@@ -11,8 +11,8 @@ use shoal_cluster::{
     ipam::{NetworkAddressing, Networks, PublishedPorts},
     manager::Manager,
     store::{
-        ClusterState, Command, JobStatus, Network, ObjectKind, PublishMode, Service, ServiceMode,
-        ServiceSpec, TaskState, UpdateConfig,
+        ClusterState, Command, JobStatus, Network, ObjectKind, Placement, PublishMode, Service,
+        ServiceMode, ServiceSpec, TaskState, UpdateConfig,
     },
 };
 use tracing::info;
@@ -184,6 +184,9 @@ pub(super) fn prepare_spec(
     }
     for c in &spec.constraints {
         Constraint::parse(c).map_err(ApiError::new)?;
+    }
+    for d in &spec.placement.preferences {
+        Placement::spread_label(d).map_err(ApiError::new)?;
     }
     if spec.placement.max_replicas_per_node > 0 && spec.mode.is_global() {
         return Err(ApiError::new(

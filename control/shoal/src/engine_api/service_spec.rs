@@ -330,6 +330,22 @@ pub fn from_docker(v: Value) -> Result<(ServiceSpec, u64), String> {
     let mut placement = task.object("Placement")?;
     let constraints = placement.strings("Constraints")?;
     let max_replicas_per_node = placement.u64("MaxReplicas")?.unwrap_or(0);
+    let mut preferences = Vec::new();
+    if let Some(list) = placement.take("Preferences") {
+        let Value::Array(list) = list else {
+            return Err("Spec.TaskTemplate.Placement.Preferences: expected a list".into());
+        };
+        for p in list {
+            let at = "Spec.TaskTemplate.Placement.Preferences[]";
+            let mut p = Fields::of(at, p)?;
+            let mut spread = p.object("Spread")?;
+            let descriptor = spread.string("SpreadDescriptor")?;
+            spread.done()?;
+            p.done()?;
+            Placement::spread_label(&descriptor).map_err(|e| format!("{at}.Spread: {e}"))?;
+            preferences.push(descriptor);
+        }
+    }
     placement.allow("Platforms", platforms_allow_this_machine)?;
     placement.done()?;
 
@@ -450,6 +466,7 @@ pub fn from_docker(v: Value) -> Result<(ServiceSpec, u64), String> {
         ServiceSpec {
             placement: Placement {
                 max_replicas_per_node,
+                preferences,
             },
             name,
             labels,
@@ -653,18 +670,21 @@ mod tests {
     }
 
     #[test]
-    fn max_replicas_reads_back_as_inspect_shows_it() {
+    fn max_replicas_and_preferences_read_back_as_inspect_shows_them() {
         let (spec, _) = from_docker(json!({
             "Name": "m",
             "TaskTemplate": {"ContainerSpec": {"Image": "busybox"},
-                "Placement": {"Constraints": ["node.role==worker"], "MaxReplicas": 2}},
+                "Placement": {"Constraints": ["node.role==worker"], "MaxReplicas": 2,
+                    "Preferences": [{"Spread": {"SpreadDescriptor": "node.labels.zone"}}]}},
         }))
         .unwrap();
         assert_eq!(spec.placement.max_replicas_per_node, 2);
+        assert_eq!(spec.placement.preferences, ["node.labels.zone"]);
         let shown = spec_value(&spec, 0);
         assert_eq!(
             shown["TaskTemplate"]["Placement"],
-            json!({"Constraints": ["node.role==worker"], "MaxReplicas": 2})
+            json!({"Constraints": ["node.role==worker"], "MaxReplicas": 2,
+                "Preferences": [{"Spread": {"SpreadDescriptor": "node.labels.zone"}}]})
         );
         assert_eq!(from_docker(shown).unwrap().0.placement, spec.placement);
     }
@@ -787,8 +807,12 @@ mod tests {
                 "Spec.TaskTemplate.ContainerSpec.Privileges",
             ),
             (
-                json!({"TaskTemplate": {"Placement": {"Preferences": [{"Spread": {"SpreadDescriptor": "node.labels.zone"}}]}}}),
-                "Spec.TaskTemplate.Placement.Preferences",
+                json!({"TaskTemplate": {"Placement": {"Preferences": [{"Spread": {"SpreadDescriptor": "engine.labels.zone"}}]}}}),
+                "Spec.TaskTemplate.Placement.Preferences[].Spread: invalid spread descriptor",
+            ),
+            (
+                json!({"TaskTemplate": {"Placement": {"Preferences": [{"Pack": {"X": 1}}]}}}),
+                "Spec.TaskTemplate.Placement.Preferences[].Pack",
             ),
             (
                 json!({"TaskTemplate": {"Placement": {"MaxReplicas": -1}}}),

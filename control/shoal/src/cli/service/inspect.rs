@@ -247,9 +247,18 @@ fn mount_value(m: &Mount) -> Value {
     v
 }
 
-/// Docker's `TaskTemplate.Placement`: `Constraints`, and `MaxReplicas` when set.
+/// Docker's `TaskTemplate.Placement`: `Constraints`, and `Preferences` and
+/// `MaxReplicas` when set.
 fn placement_value(spec: &ServiceSpec) -> Value {
     let mut p = json!({"Constraints": spec.constraints});
+    if !spec.placement.preferences.is_empty() {
+        p["Preferences"] = spec
+            .placement
+            .preferences
+            .iter()
+            .map(|d| json!({"Spread": {"SpreadDescriptor": d}}))
+            .collect();
+    }
     if spec.placement.max_replicas_per_node > 0 {
         p["MaxReplicas"] = json!(spec.placement.max_replicas_per_node);
     }
@@ -509,11 +518,16 @@ pub(super) fn inspect_pretty(s: &Service, networks: &[Network], now_ms: u64) -> 
         pretty_update_status(&mut out, u, now_ms);
     }
     let max_replicas = s.spec.placement.max_replicas_per_node;
-    if !s.spec.constraints.is_empty() || max_replicas > 0 {
+    let preferences = &s.spec.placement.preferences;
+    if !s.spec.constraints.is_empty() || max_replicas > 0 || !preferences.is_empty() {
         let _ = writeln!(out, "Placement:");
     }
     if !s.spec.constraints.is_empty() {
         let _ = writeln!(out, " Constraints:\t{:?}", s.spec.constraints);
+    }
+    if !preferences.is_empty() {
+        let shown: Vec<String> = preferences.iter().map(|d| format!("spread={d}")).collect();
+        let _ = writeln!(out, " Preferences:\t[{}]", shown.join(" "));
     }
     if max_replicas > 0 {
         let _ = writeln!(out, " Max Replicas Per Node:\t{max_replicas}");

@@ -34,7 +34,7 @@ pub const UNSUPPORTED_KEYS: &[&str] = &[
     "sysctls",
     "privileged",
     "devices",
-    "deploy.placement.preferences",
+    "deploy.resources.limits.devices",
 ];
 
 /// Expands `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?err}`, `${VAR?err}`,
@@ -642,6 +642,7 @@ pub fn convert_service(
     let mut mode = json!({"Replicated": {"Replicas": 1}});
     let mut restart_policy: Option<Value> = None;
     let mut constraints: Vec<String> = Vec::new();
+    let mut preferences: Vec<Value> = Vec::new();
     let mut update_config: Option<Value> = None;
     let mut resources = Map::new();
     if let Some(d) = &s.deploy {
@@ -752,10 +753,12 @@ pub fn convert_service(
             restart_policy = Some(Value::Object(policy));
         }
         if let Some(p) = &d.placement {
-            if !p.preferences.is_empty() {
-                return refuse("deploy.placement.preferences");
-            }
             constraints.clone_from(&p.constraints);
+            preferences = p
+                .preferences
+                .iter()
+                .map(|p| json!({"Spread": {"SpreadDescriptor": p.spread}}))
+                .collect();
         }
     }
     labels.insert(NAMESPACE_LABEL.into(), stack.into());
@@ -849,8 +852,9 @@ pub fn convert_service(
         task["RestartPolicy"] = r;
     }
     let max_replicas = extras::max_replicas_per_node(name, extras);
-    if !constraints.is_empty() || max_replicas > 0 {
-        task["Placement"] = json!({"Constraints": constraints, "MaxReplicas": max_replicas});
+    if !constraints.is_empty() || max_replicas > 0 || !preferences.is_empty() {
+        task["Placement"] = json!({"Constraints": constraints, "MaxReplicas": max_replicas,
+            "Preferences": preferences});
     }
     if !resources.is_empty() {
         task["Resources"] = Value::Object(resources);
@@ -1023,8 +1027,8 @@ mod tests {
         for (key, yaml) in [
             ("privileged", "privileged: true"),
             (
-                "deploy.placement.preferences",
-                "deploy: {placement: {preferences: [{spread: node.labels.zone}]}}",
+                "deploy.resources.limits.devices",
+                "deploy: {resources: {limits: {devices: [{driver: x}]}}}",
             ),
             ("sysctls", "sysctls: {net.core.somaxconn: \"1024\"}"),
         ] {
@@ -1167,7 +1171,7 @@ mod tests {
     #[test]
     fn restart_policy_and_constraints() {
         let c = compose(
-            "services:\n  w:\n    image: busybox\n    deploy:\n      restart_policy: {condition: on-failure, delay: 2s, max_attempts: 3}\n      placement: {constraints: [\"node.role==manager\"], max_replicas_per_node: 2}\n",
+            "services:\n  w:\n    image: busybox\n    deploy:\n      restart_policy: {condition: on-failure, delay: 2s, max_attempts: 3}\n      placement: {constraints: [\"node.role==manager\"], max_replicas_per_node: 2, preferences: [{spread: node.labels.zone}, {spread: node.labels.rack}]}\n",
         );
         let spec = convert("app", &c, Path::new("."))
             .unwrap()
@@ -1175,6 +1179,18 @@ mod tests {
             .remove(0)
             .spec;
         assert_eq!(spec.placement.max_replicas_per_node, 2);
+        assert_eq!(
+            spec.placement.preferences,
+            ["node.labels.zone", "node.labels.rack"]
+        );
+        let bad = compose(
+            "services:\n  w:\n    image: busybox\n    deploy: {placement: {preferences: [{spread: node.hostname}]}}\n",
+        );
+        let e = convert("app", &bad, Path::new(".")).unwrap_err();
+        assert!(
+            e.contains("service w") && e.contains("node.hostname"),
+            "{e}"
+        );
         let dbg = format!("{spec:?}");
         assert!(
             dbg.contains("OnFailure") && dbg.contains("node.role==manager"),
