@@ -496,3 +496,121 @@ fn placement_max_replicas_per_node_and_spread() {
     let _ = std::fs::remove_dir_all(&dir);
     println!("placement: done in {:?}", began.elapsed());
 }
+
+/// `--ulimit` and `--sysctl` on a real 2-host lab: the task's process sees the limits
+/// (`/proc/self/limits`), a `net.*` parameter in its network namespace and an IPC one in
+/// its own; `service inspect` shows `ContainerSpec.Ulimits`/`Sysctls`; a name Docker
+/// does not allow is refused and makes nothing; `--ulimit-rm`/`--sysctl-rm` replace the
+/// task with one without them; a compose file's `sysctls` in the seed's list form and
+/// `ulimits` reach the task the same way.
+#[test]
+fn ulimits_and_sysctls_reach_the_tasks() {
+    if !privileged() {
+        return;
+    }
+    let began = std::time::Instant::now();
+    let shoal = xtask::util::shoal_binary().expect("shoal binary (cargo build)");
+    let guard = LabGuard::up('1', 2);
+    let cli = Cli { lab: &guard };
+    cli.start_agents(&shoal, &[]);
+    cli.form_cluster();
+
+    let err = cli.err(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "bad",
+            "--sysctl",
+            "kernel.hostname=x",
+            "shoal/web:1",
+        ],
+    );
+    assert!(err.contains("is not whitelisted"), "{err}");
+    assert!(cli.ok("h1", &["service", "ls", "-q"]).trim().is_empty());
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "lim",
+            "--ulimit",
+            "nofile=1024:2048",
+            "--sysctl",
+            "net.core.somaxconn=1234",
+            "--sysctl",
+            "kernel.shmmni=2048",
+            "shoal/web:1",
+        ],
+    );
+    let probe = "grep 'Max open files' /proc/self/limits; cat /proc/sys/net/core/somaxconn /proc/sys/kernel/shmmni";
+    let task = cli.wait_running("lim", 1, |_| true).remove(0);
+    let seen = cli.exec_in(&task, &["sh", "-c", probe]).unwrap();
+    let words: Vec<&str> = seen.split_whitespace().collect();
+    assert_eq!(
+        words,
+        ["Max", "open", "files", "1024", "2048", "files", "1234", "2048"],
+        "{seen}"
+    );
+    let shown = cli.ok(
+        "h1",
+        &[
+            "service",
+            "inspect",
+            "--format",
+            "{{json .Spec.TaskTemplate.ContainerSpec.Ulimits}} {{json .Spec.TaskTemplate.ContainerSpec.Sysctls}}",
+            "lim",
+        ],
+    );
+    assert_eq!(
+        shown.trim(),
+        r#"[{"Hard":2048,"Name":"nofile","Soft":1024}] {"kernel.shmmni":"2048","net.core.somaxconn":"1234"}"#
+    );
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "update",
+            "--detach",
+            "--ulimit-rm",
+            "nofile",
+            "--sysctl-rm",
+            "net.core.somaxconn",
+            "lim",
+        ],
+    );
+    let replaced = cli.wait_running("lim", 1, |t| t[0].id != task.id).remove(0);
+    let seen = cli.exec_in(&replaced, &["sh", "-c", probe]).unwrap();
+    let words: Vec<&str> = seen.split_whitespace().collect();
+    assert!(
+        words[6] != "1234" && words[7] == "2048" && words[3] != "1024",
+        "{seen}"
+    );
+    println!(
+        "ulimits and sysctls: set, then removed, after {:?}",
+        began.elapsed()
+    );
+
+    // The seed's compose form.
+    let dir = std::env::temp_dir().join(format!("shoal-stack-sysctl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("stack.yml");
+    std::fs::write(
+        &file,
+        "version: '3.7'\nservices:\n  api:\n    image: shoal/web:1\n    sysctls:\n      - net.core.somaxconn=2345\n    ulimits:\n      nofile:\n        soft: 512\n        hard: 1024\n",
+    )
+    .unwrap();
+    cli.ok(
+        "h1",
+        &["stack", "deploy", "-c", file.to_str().unwrap(), "seed"],
+    );
+    let task = cli.wait_running("seed_api", 1, |_| true).remove(0);
+    let seen = cli.exec_in(&task, &["sh", "-c", probe]).unwrap();
+    let words: Vec<&str> = seen.split_whitespace().collect();
+    assert_eq!(&words[3..7], ["512", "1024", "files", "2345"], "{seen}");
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("ulimits and sysctls: done in {:?}", began.elapsed());
+}

@@ -46,7 +46,9 @@ use tokio::sync::watch;
 
 use crate::seal::DataKey;
 
-pub use container::{ContainerOptions, DnsConfig};
+pub use container::{
+    sysctl_problem, ulimit_problem, ContainerOptions, DnsConfig, Ulimit, ULIMIT_NAMES,
+};
 pub use data_object::{DataObject, FileReference};
 pub use limits::{Limits, NANO_CPUS_PER_CPU};
 pub use mount::{check_mounts, Mount, MountKind};

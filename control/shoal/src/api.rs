@@ -23,7 +23,7 @@ use std::{collections::BTreeMap, fmt};
 
 pub use container_changes::{
     check_alias, check_container_options, effective_capabilities, normalize_capability, parse_host,
-    ContainerChanges,
+    parse_sysctl, parse_ulimit, ContainerChanges,
 };
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};

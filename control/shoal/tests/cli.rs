@@ -2294,3 +2294,63 @@ fn placement_prefs_on_create_and_update() {
     assert_eq!(c.placement_pref_rm, ["node.labels.rack"]);
     assert!(update_changes(&["--placement-pref-add", "spread=node.id", "web"]).is_err());
 }
+
+#[test]
+fn ulimits_and_sysctls_on_create_and_update() {
+    let create = |argv: &[&str]| {
+        let argv: Vec<&str> = ["create"].iter().chain(argv).copied().collect();
+        match service_cmd(&argv).unwrap() {
+            ServiceCommand::Create(a) => a.spec(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let spec = create(&[
+        "--ulimit",
+        "nofile=1024:2048",
+        "--ulimit",
+        "nproc=100",
+        "--sysctl",
+        "net.core.somaxconn=4096",
+        "nginx",
+    ])
+    .unwrap();
+    let u = &spec.container.ulimits;
+    assert_eq!((u["nofile"].soft, u["nofile"].hard), (1024, 2048));
+    assert_eq!((u["nproc"].soft, u["nproc"].hard), (100, 100));
+    assert_eq!(spec.container.sysctls["net.core.somaxconn"], "4096");
+    for (flag, bad, says) in [
+        ("--ulimit", "nofile", "expected NAME=SOFT[:HARD]"),
+        ("--ulimit", "nofile=2048:1024", "soft limit"),
+        ("--ulimit", "colour=1", "invalid ulimit type"),
+        ("--ulimit", "nofile=many", "is not a number"),
+        ("--sysctl", "kernel.hostname=x", "is not whitelisted"),
+        ("--sysctl", "net.core.somaxconn", "is not whitelisted"),
+    ] {
+        let e = create(&[flag, bad, "nginx"]).unwrap_err();
+        assert!(e.contains(says), "{flag} {bad}: {e}");
+    }
+    let c = update_changes(&[
+        "--ulimit-add",
+        "nofile=10:20",
+        "--ulimit-rm",
+        "nproc",
+        "--sysctl-add",
+        "net.ipv4.tcp_syncookies=0",
+        "--sysctl-rm",
+        "net.core.somaxconn",
+        "web",
+    ])
+    .unwrap();
+    let mut o = spec.container.clone();
+    c.container.apply(&mut o);
+    assert_eq!(o.ulimits.keys().collect::<Vec<_>>(), ["nofile"]);
+    assert_eq!(
+        (o.ulimits["nofile"].soft, o.ulimits["nofile"].hard),
+        (10, 20)
+    );
+    assert_eq!(
+        o.sysctls.keys().collect::<Vec<_>>(),
+        ["net.ipv4.tcp_syncookies"]
+    );
+    assert!(update_changes(&["--sysctl-add", "vm.swappiness=1", "web"]).is_err());
+}

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use shoal_cluster::store::{
     check_mounts, data_object::FileReference, ContainerOptions, DnsConfig, EndpointMode,
     FailureAction, HealthCheck, Limits, Mount, MountKind, Placement, PortConfig, Protocol,
-    PublishMode, RestartCondition, ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder,
+    PublishMode, RestartCondition, ServiceMode, ServiceSpec, Ulimit, UpdateConfig, UpdateOrder,
     DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
 };
 
@@ -256,6 +256,8 @@ pub fn from_docker(v: Value) -> Result<(ServiceSpec, u64), String> {
         reservations: Limits::default(),
         cap_add: Vec::new(),
         cap_drop: Vec::new(),
+        ulimits: ulimits(&mut c)?,
+        sysctls: c.string_map("Sysctls")?,
     };
     let (cap_add, cap_drop) =
         effective_capabilities(&c.strings("CapabilityAdd")?, &c.strings("CapabilityDrop")?)
@@ -548,6 +550,39 @@ fn mounts(c: &mut Fields) -> Result<Vec<Mount>, String> {
     Ok(mounts)
 }
 
+/// `ContainerSpec.Ulimits`: `[{Name, Soft, Hard}]` (checked with the rest of the
+/// container options by the manager).
+fn ulimits(c: &mut Fields) -> Result<BTreeMap<String, Ulimit>, String> {
+    let at = c.at("Ulimits");
+    let Some(list) = c.take("Ulimits") else {
+        return Ok(BTreeMap::new());
+    };
+    let Value::Array(list) = list else {
+        return Err(format!("{at}: expected a list"));
+    };
+    let mut out = BTreeMap::new();
+    for item in list {
+        let mut u = Fields::of(&format!("{at}[]"), item)?;
+        let name = u.string("Name")?;
+        let mut limit = |key: &str| -> Result<i64, String> {
+            match u.take(key) {
+                None => Ok(0),
+                Some(v) => v
+                    .as_i64()
+                    .ok_or_else(|| format!("{at}[].{key}: expected a number, got {v}")),
+            }
+        };
+        let soft = limit("Soft")?;
+        let hard = limit("Hard")?;
+        u.done()?;
+        if name.is_empty() {
+            return Err(format!("{at}[].Name: a name is required"));
+        }
+        out.insert(name, Ulimit { soft, hard });
+    }
+    Ok(out)
+}
+
 /// `ContainerSpec.Secrets|Configs`: `[{File: {Name, UID, GID, Mode}, SecretID,
 /// SecretName}]` (the ID may be empty: the name is then looked up, as the CLI's flags
 /// are).
@@ -795,11 +830,11 @@ mod tests {
                 "Spec.TaskTemplate.Placement.Platforms",
             ),
             (
-                json!({"TaskTemplate": {"ContainerSpec": {"Ulimits": [{"Name": "nofile", "Soft": 1, "Hard": 1}]}}}),
-                "Spec.TaskTemplate.ContainerSpec.Ulimits",
+                json!({"TaskTemplate": {"ContainerSpec": {"Ulimits": [{"Name": "nofile", "Soft": "x"}]}}}),
+                "Spec.TaskTemplate.ContainerSpec.Ulimits[].Soft",
             ),
             (
-                json!({"TaskTemplate": {"ContainerSpec": {"Sysctls": {"net.core.somaxconn": "1024"}}}}),
+                json!({"TaskTemplate": {"ContainerSpec": {"Sysctls": {"net.core.somaxconn": 1024}}}}),
                 "Spec.TaskTemplate.ContainerSpec.Sysctls",
             ),
             (

@@ -213,6 +213,18 @@ fn container_options_value(container: &mut Value, o: &ContainerOptions) {
     if !o.cap_drop.is_empty() {
         set("CapabilityDrop", json!(o.cap_drop));
     }
+    if !o.sysctls.is_empty() {
+        set("Sysctls", json!(o.sysctls));
+    }
+    if !o.ulimits.is_empty() {
+        set(
+            "Ulimits",
+            o.ulimits
+                .iter()
+                .map(|(name, u)| json!({"Name": name, "Soft": u.soft, "Hard": u.hard}))
+                .collect(),
+        );
+    }
 }
 
 /// One mount as Docker's `ContainerSpec.Mounts[]` (empty parts omitted, as Docker's).

@@ -11,7 +11,8 @@ use std::{collections::BTreeMap, path::Path};
 
 use docker_compose_types::{
     Command, Compose, ComposeVolume, Entrypoint, Environment, ExternalVolume, HealthcheckTest,
-    Labels, MapOrEmpty, Networks, Ports, PublishedPort, Service, StringOrList, Volumes,
+    Labels, MapOrEmpty, Networks, Ports, PublishedPort, Service, StringOrList, StringOrUnsigned,
+    SysCtls, Ulimit, Volumes,
 };
 use serde_json::{json, Map, Value};
 use shoal_cluster::store::{ObjectKind, PublishMode, ServiceSpec};
@@ -29,13 +30,7 @@ pub const IGNORED_KEYS: &[&str] = &["container_name", "depends_on", "build", "re
 
 /// Service keys shoal's service spec cannot carry yet: a file using one is refused,
 /// naming the key and the service.
-pub const UNSUPPORTED_KEYS: &[&str] = &[
-    "ulimits",
-    "sysctls",
-    "privileged",
-    "devices",
-    "deploy.resources.limits.devices",
-];
+pub const UNSUPPORTED_KEYS: &[&str] = &["privileged", "devices", "deploy.resources.limits.devices"];
 
 /// Expands `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?err}`, `${VAR?err}`,
 /// `$VAR` and `$$` (a literal `$`) in `text`, line by line so a later parse error still
@@ -473,12 +468,6 @@ pub fn convert_service(
             "service {name}: {key} is not supported by shoal's services yet"
         ))
     };
-    if !s.ulimits.is_empty() {
-        return refuse("ulimits");
-    }
-    if !s.sysctls.is_empty() {
-        return refuse("sysctls");
-    }
     if s.privileged {
         return refuse("privileged");
     }
@@ -636,6 +625,45 @@ pub fn convert_service(
     }
     if !s.cap_drop.is_empty() {
         container.insert("CapabilityDrop".into(), json!(s.cap_drop));
+    }
+    if !s.ulimits.is_empty() {
+        let number = |n: &StringOrUnsigned, key: &str| match n {
+            StringOrUnsigned::Unsigned(v) => Ok(*v),
+            StringOrUnsigned::String(t) => t
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| format!("service {name}: ulimits.{key}: {t:?} is not a number")),
+        };
+        let mut list = Vec::new();
+        for (key, u) in &s.ulimits.0 {
+            let (soft, hard) = match u {
+                Ulimit::Single(v) => (number(v, key)?, number(v, key)?),
+                Ulimit::SoftHard { soft, hard } => (number(soft, key)?, number(hard, key)?),
+            };
+            list.push(json!({"Name": key, "Soft": soft, "Hard": hard}));
+        }
+        container.insert("Ulimits".into(), json!(list));
+    }
+    if !s.sysctls.is_empty() {
+        let sysctls: BTreeMap<String, String> = match &s.sysctls {
+            SysCtls::List(l) => l
+                .iter()
+                .map(|e| {
+                    let (k, v) = e.split_once('=').unwrap_or((e, ""));
+                    (k.to_string(), v.to_string())
+                })
+                .collect(),
+            SysCtls::Map(m) => m
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+                    )
+                })
+                .collect(),
+        };
+        container.insert("Sysctls".into(), json!(sysctls));
     }
 
     let mut labels: BTreeMap<String, String> = BTreeMap::new();
@@ -870,6 +898,9 @@ pub fn convert_service(
         docker["UpdateConfig"] = u;
     }
     let (spec, _) = from_docker(docker).map_err(|e| format!("service {name}: {e}"))?;
+    // Checked here as the managers will, so that a mistake changes nothing.
+    crate::api::check_container_options(&spec.container)
+        .map_err(|e| format!("service {name}: {e}"))?;
     Ok(Converted { spec, warnings })
 }
 
@@ -1030,7 +1061,7 @@ mod tests {
                 "deploy.resources.limits.devices",
                 "deploy: {resources: {limits: {devices: [{driver: x}]}}}",
             ),
-            ("sysctls", "sysctls: {net.core.somaxconn: \"1024\"}"),
+            ("devices", "devices: [\"/dev/null:/dev/null\"]"),
         ] {
             let c = compose(&format!(
                 "services:\n  w:\n    image: busybox\n    {yaml}\n"
@@ -1038,6 +1069,48 @@ mod tests {
             let e = convert("app", &c, Path::new(".")).unwrap_err();
             assert!(e.contains(key) && e.contains("service w"), "{e}");
             assert!(UNSUPPORTED_KEYS.contains(&key));
+        }
+    }
+
+    #[test]
+    fn ulimits_and_sysctls() {
+        let c = compose(concat!(
+            "services:\n  w:\n    image: busybox\n",
+            "    ulimits:\n      nproc: 65535\n      nofile: {soft: 1024, hard: 2048}\n",
+            "    sysctls:\n      net.core.somaxconn: 4096\n      kernel.shmmax: \"1000\"\n",
+        ));
+        let spec = convert("app", &c, Path::new("."))
+            .unwrap()
+            .services
+            .remove(0)
+            .spec;
+        let u = &spec.container.ulimits;
+        assert_eq!((u["nproc"].soft, u["nproc"].hard), (65535, 65535));
+        assert_eq!((u["nofile"].soft, u["nofile"].hard), (1024, 2048));
+        assert_eq!(spec.container.sysctls["net.core.somaxconn"], "4096");
+        assert_eq!(spec.container.sysctls["kernel.shmmax"], "1000");
+        let listed = compose(
+            "services:\n  w:\n    image: busybox\n    sysctls: [net.ipv4.tcp_syncookies=0]\n",
+        );
+        let spec = convert("app", &listed, Path::new("."))
+            .unwrap()
+            .services
+            .remove(0)
+            .spec;
+        assert_eq!(spec.container.sysctls["net.ipv4.tcp_syncookies"], "0");
+        for (yaml, want) in [
+            (
+                "sysctls: {kernel.hostname: x}",
+                "sysctl 'kernel.hostname' is not whitelisted",
+            ),
+            ("ulimits: {nofile: {soft: 10, hard: 5}}", "soft limit"),
+            ("ulimits: {colour: 5}", "invalid ulimit type"),
+        ] {
+            let c = compose(&format!(
+                "services:\n  w:\n    image: busybox\n    {yaml}\n"
+            ));
+            let e = convert("app", &c, Path::new(".")).unwrap_err();
+            assert!(e.contains("service w") && e.contains(want), "{yaml}: {e}");
         }
     }
 
