@@ -6,7 +6,8 @@
 //! external secret stops the deploy before anything is made; a re-deploy of the same
 //! files changes nothing; one with a secret's file changed is refused naming it (Swarm's
 //! secrets are immutable) and changes nothing; `stack rm` removes the stack's own
-//! secrets and configs and leaves the external one. A stack's
+//! secrets and configs and leaves the external one (and refuses at once, naming it, to
+//! remove one a service of no stack still uses). A stack's
 //! `deploy.resources.reservations` reach the service's reservations: more memory than
 //! any node has leaves its task pending with Swarm's reason, a re-deploy that fits runs
 //! it.
@@ -14,8 +15,8 @@ use std::path::PathBuf;
 
 use shoal_tests::{
     privileged,
-    swarm::{Cli, Task},
-    LabGuard,
+    swarm::{Cli, Task, BOUND},
+    wait_for, LabGuard,
 };
 
 const PASSWORD: &str = "stack-pw-7f3a91";
@@ -165,8 +166,35 @@ fn stack_secrets_configs_and_reservations() {
     assert_eq!(read(&task, &["cat", "/run/secrets/pw"]), PASSWORD);
     std::fs::write(dir.join("pw.txt"), PASSWORD).unwrap();
 
-    // rm: the stack's own secrets and configs go, the external one stays.
-    let out = cli.ok("h1", &["stack", "rm", "app"]);
+    // rm with the stack's secret used by a service of no stack: refused naming both,
+    // at once (only the stack's own removed services' tasks are waited for).
+    cli.ok(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "outsider",
+            "--secret",
+            "app_pw",
+            "shoal/web:1",
+        ],
+    );
+    let asked = std::time::Instant::now();
+    let err = cli.err("h1", &["stack", "rm", "app"]);
+    assert!(err.contains("app_pw") && err.contains("outsider"), "{err}");
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(30),
+        "the refusal took {:?}",
+        asked.elapsed()
+    );
+    cli.ok("h1", &["service", "rm", "outsider"]);
+    // rm: the stack's own secrets and configs go (once the outsider's task has
+    // stopped), the external one stays.
+    let out = wait_for("stack rm app once the outsider is gone", BOUND, || {
+        cli.run("h1", &["stack", "rm", "app"])
+    });
     for gone in ["Removing secret app_pw", "Removing config app_conf"] {
         assert!(out.contains(gone), "{out}");
     }

@@ -459,7 +459,12 @@ fn rm(client: &Client, names: &[String]) -> Result<String, CliError> {
         }
         for (kind, o) in objects {
             out.push_str(&format!("Removing {kind} {o}\n"));
-            remove_object(client, kind, &o)?;
+            // A task of a service gone is named by the service's ID.
+            let removed: Vec<String> = services
+                .iter()
+                .flat_map(|s| [s.spec.name.clone(), s.id.clone()])
+                .collect();
+            remove_object(client, kind, &o, &removed)?;
         }
         if !networks.is_empty() {
             for n in &networks {
@@ -474,9 +479,15 @@ fn rm(client: &Client, names: &[String]) -> Result<String, CliError> {
 /// How long `stack rm` waits for the stack's tasks to stop using a secret or config.
 const OBJECT_RM_WAIT: Duration = Duration::from_secs(60);
 
-/// Removes a secret or config of a removed stack: its services are gone, but their
-/// tasks keep it in use until they stop, so an "in use" refusal is retried a while.
-fn remove_object(client: &Client, kind: ObjectKind, name: &str) -> Result<(), CliError> {
+/// Removes a secret or config of a removed stack: its services (`removed`: names and
+/// IDs) are gone, but their tasks keep it in use until they stop, so a refusal naming
+/// one of them is retried a while (one naming another service is final).
+fn remove_object(
+    client: &Client,
+    kind: ObjectKind,
+    name: &str,
+    removed: &[String],
+) -> Result<(), CliError> {
     let began = Instant::now();
     loop {
         match call(
@@ -487,7 +498,12 @@ fn remove_object(client: &Client, kind: ObjectKind, name: &str) -> Result<(), Cl
             },
         ) {
             Ok(_) => return Ok(()),
-            Err(e) if e.to_string().contains("in use") && began.elapsed() < OBJECT_RM_WAIT => {
+            Err(e)
+                if removed.iter().any(|s| {
+                    e.to_string()
+                        .contains(&format!("in use by the following service: {s}"))
+                }) && began.elapsed() < OBJECT_RM_WAIT =>
+            {
                 std::thread::sleep(Duration::from_millis(250));
             }
             Err(e) => return Err(e),
