@@ -1,8 +1,10 @@
 //! The cluster on a real 3-host lab, through the `shoal` CLI on each host: swarm init,
 //! join as worker and as manager with tokens, node ls with the seeds' columns, token
 //! rotation, a join with a wrong CA digest, promote/demote, a worker leaving shows Down,
-//! node rm, writes refused without a quorum of managers and resumed when one returns, and
-//! a manager surviving the loss of the leader.
+//! node rm, writes refused without a quorum of managers and resumed when one returns, a
+//! manager surviving the loss of the leader, and `swarm init --force-new-cluster` bringing
+//! back a swarm whose majority is gone for good (the lost manager then demoted and
+//! removed).
 use std::time::{Duration, Instant};
 
 use shoal_tests::{lab, privileged, wait_for, LabGuard};
@@ -287,6 +289,58 @@ fn three_hosts_form_a_swarm_through_the_cli() {
         row(rows, "h2").is_some_and(|r| !r.contains("Reachable") && !r.contains("Leader"))
     });
     assert_eq!(rows.len(), 3, "{rows:?}");
+
+    // h2's agent has taken its worker role (a demoted manager's agent follows within a
+    // heartbeat or two).
+    wait_for("h2's agent a worker", BOUND, || {
+        let info = cli.run("h2", &["info"])?;
+        if info.contains("Is Manager: false") {
+            Ok(())
+        } else {
+            Err(info)
+        }
+    });
+
+    // h3 (one of the two managers) is gone for good: h1 has no majority. Forced, h1 is
+    // the only manager, with the swarm's state, and takes writes at once; the worker h2
+    // follows it; h3 is listed Unreachable until demoted and removed.
+    stop_agent(&guard, 2, libc::SIGKILL);
+    let refused = cli
+        .run("h1", &["node", "update", "--label-add", "alone=no", "h2"])
+        .expect_err("no quorum with h3 gone");
+    assert!(refused.contains("no quorum"), "{refused}");
+    let refused = cli
+        .run("h2", &["swarm", "init", "--force-new-cluster"])
+        .expect_err("a worker cannot force a new cluster");
+    assert!(refused.contains("worker"), "{refused}");
+    let refused = cli
+        .run(
+            "h1",
+            &["swarm", "init", "--force-new-cluster", "--autolock"],
+        )
+        .expect_err("--autolock with --force-new-cluster");
+    assert!(refused.contains("--autolock"), "{refused}");
+    let asked = Instant::now();
+    let out = cli.ok("h1", &["swarm", "init", "--force-new-cluster"]);
+    let took = asked.elapsed();
+    eprintln!("FIGURE cluster force_new_cluster {took:?}");
+    assert!(out.contains("Swarm initialized"), "{out}");
+    assert!(took < Duration::from_secs(15), "forced only after {took:?}");
+    cli.ok("h1", &["node", "update", "--label-add", "alone=yes", "h2"]);
+    let inspect = cli.ok("h1", &["node", "inspect", "h2"]);
+    assert!(inspect.contains("alone"), "{inspect}");
+    let rows = cli.wait_nodes("h1", "h1 Leader, h3 Unreachable, h2 Ready", |rows| {
+        row(rows, "h1").is_some_and(|r| r.contains("Leader"))
+            && row(rows, "h3").is_some_and(|r| r.contains("Unreachable"))
+            && row(rows, "h2").is_some_and(|r| r.contains("Ready"))
+    });
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    cli.ok("h1", &["node", "demote", "h3"]);
+    wait_for("h3 down, then removed", BOUND, || {
+        cli.run("h1", &["node", "rm", "--force", "h3"])
+    });
+    let rows = cli.wait_nodes("h1", "h1 and h2 left", |rows| rows.len() == 2);
+    assert!(row(&rows, "h3").is_none(), "{rows:?}");
 
     lab::down(&guard.layout).expect("lab down");
     assert_eq!(lab::leftovers(&guard.layout), Vec::<String>::new());

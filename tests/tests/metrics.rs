@@ -375,18 +375,31 @@ fn prometheus_scrapes_every_agent_and_counts_every_request() {
         let leaders = by_host(&guard, "shoal_raft_state{state=\"leader\"} == 1")?;
         let members = by_host(&guard, "shoal_gossip_members")?;
         let term = by_host(&guard, "shoal_raft_term")?;
+        // Every entry the service changes appended was fsynced and timed.
+        let fsyncs = by_host(&guard, "shoal_raft_fsync_duration_seconds_count")?;
         let ok = leaders.keys().collect::<Vec<_>>() == ["h1"]
             && members.len() == 3
             && members.values().all(|m| *m == 3.0)
-            && term.get("h1").is_some_and(|t| *t >= 1.0);
+            && term.get("h1").is_some_and(|t| *t >= 1.0)
+            && fsyncs.keys().collect::<Vec<_>>() == ["h1"]
+            && fsyncs["h1"] >= 1.0;
         if ok {
             Ok(())
         } else {
             Err(format!(
-                "leaders {leaders:?}, gossip members {members:?}, terms {term:?}"
+                "leaders {leaders:?}, gossip members {members:?}, terms {term:?}, fsyncs {fsyncs:?}"
             ))
         }
     });
+    let fsync_mean = by_host(
+        &guard,
+        "shoal_raft_fsync_duration_seconds_sum / shoal_raft_fsync_duration_seconds_count",
+    )
+    .expect("fsync mean");
+    println!(
+        "FIGURE metrics raft_fsync_mean {:?} s",
+        fsync_mean.get("h1")
+    );
 
     // Every agent's exposition is clean, as promtool sees it; and what a scrape costs.
     let mut families = BTreeMap::new();

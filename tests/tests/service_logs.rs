@@ -4,15 +4,97 @@
 //! (mutual TLS, a manager's certificate), merged by time, each with Docker's prefix
 //! (`NAME.SLOT.TASKID@NODE    | line`); `--tail`, `--since` (RFC 3339 and durations),
 //! `-t`, `--no-task-ids`, `--no-trunc` and `--raw` shape the lines as Docker's; a task's
-//! ID selects that task alone, wherever it runs; bad values, `-f` and `--details` are
-//! refused. With h3's agent SIGKILLed, `service logs` still answers within a bound with
-//! h1's and h2's lines and a warning naming h3 and its task.
+//! ID selects that task alone, wherever it runs; bad values and `--details` are
+//! refused. The real docker CLI's `service logs` (through shoal's Engine API) prints the
+//! same lines with the same prefixes. `shoal service logs -f` and `docker service logs
+//! -f` follow all three tasks' new lines; with h3's agent SIGKILLed both go on with
+//! h1's and h2's lines (shoal's warning names h3 and its task), and `service logs`
+//! still answers within a bound with h1's and h2's lines and a warning naming h3.
 use shoal_tests::{
-    privileged,
+    lab, privileged,
     swarm::{hostnames, Cli, Task, BOUND},
     wait_for, LabGuard,
 };
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// A running `... logs -f`: its stdout's lines and its stderr as they come; killed
+/// (by its PID) when dropped.
+struct Follower {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    errors: Arc<Mutex<String>>,
+}
+
+impl Follower {
+    fn start(mut command: Command) -> Follower {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start a follower");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let errors = Arc::new(Mutex::new(String::new()));
+        let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
+        let e = errors.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut e = e.lock().unwrap();
+                e.push_str(&line);
+                e.push('\n');
+            }
+        });
+        Follower {
+            child,
+            lines,
+            errors,
+        }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    fn errors(&self) -> String {
+        self.errors.lock().unwrap().clone()
+    }
+
+    /// Still running (a follower never ends on its own).
+    fn running(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_none()
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The real docker CLI on host `i`'s Engine API socket, with an empty configuration.
+fn docker(guard: &LabGuard, i: usize, config: &std::path::Path, args: &[&str]) -> Command {
+    let mut c = Command::new("docker");
+    c.env("DOCKER_CONFIG", config)
+        .env_remove("DOCKER_HOST")
+        .env_remove("DOCKER_CONTEXT")
+        .arg("-H")
+        .arg(format!(
+            "unix://{}",
+            lab::agent::engine_api_socket(&guard.state.hosts[i]).display()
+        ))
+        .args(args);
+    c
+}
 
 /// Each task prints `line-1`, `line-2`... one a second.
 const TALK: &str = "i=0; while true; do i=$((i+1)); echo line-$i; sleep 1; done";
@@ -214,12 +296,100 @@ fn service_logs_reads_every_nodes_tasks_as_docker_prints_them() {
         (&["nosuch"][..], "nor is it a task's ID"),
         (&["--tail", "many", "talk"][..], "--tail"),
         (&["--since", "last week", "talk"][..], "--since"),
-        (&["-f", "talk"][..], "--follow"),
         (&["--details", "talk"][..], "--details"),
     ] {
         let (ok, out, err) = logs(&guard, args);
         assert!(!ok, "service logs {args:?} should fail: {out}");
         assert!(err.contains(says), "service logs {args:?}: {err}");
+    }
+
+    // The docker CLI through the Engine API: the same lines, the same prefixes.
+    let config = std::env::temp_dir().join(format!("{}-docker-config", guard.state.prefix));
+    std::fs::create_dir_all(&config).expect("docker config dir");
+    let out = docker(
+        &guard,
+        0,
+        &config,
+        &["service", "logs", "--tail", "2", "talk"],
+    )
+    .output()
+    .expect("docker service logs");
+    assert!(
+        out.status.success(),
+        "docker service logs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docker_lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(docker_lines.len(), 6, "{docker_lines:#?}");
+    for h in hosts {
+        let mine = of(&docker_lines, h);
+        assert_eq!(mine.len(), 2, "{h}: {docker_lines:#?}");
+        assert_eq!(number(&mine[1]), number(&mine[0]) + 1, "{docker_lines:#?}");
+    }
+    let out = docker(
+        &guard,
+        0,
+        &config,
+        &["service", "logs", "--raw", "--tail", "1", &there.id],
+    )
+    .output()
+    .expect("docker service logs TASK");
+    let raw = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && raw.lines().count() == 1 && raw.starts_with("line-"),
+        "docker service logs --raw TASK: {raw} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Following: shoal's CLI and docker's, each from the last line of every task on.
+    let shoal_follow = {
+        let argv: Vec<String> = ["shoal", "service", "logs", "-f", "--tail", "1", "talk"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        Follower::start(lab::exec_command(&guard.state, "h1", &argv).expect("lab exec"))
+    };
+    let mut followers = [
+        ("shoal", shoal_follow),
+        (
+            "docker",
+            Follower::start(docker(
+                &guard,
+                0,
+                &config,
+                &["service", "logs", "-f", "--tail", "1", "talk"],
+            )),
+        ),
+    ];
+    // The highest line number each host's task has printed in a follower's output.
+    let highest = |lines: &[String], h: &str| of(lines, h).iter().map(|l| number(l)).max();
+    let mut seen_before_kill = Vec::new();
+    for (name, f) in &followers {
+        let got = wait_for(
+            &format!("{name} -f: 3 new lines of every task"),
+            BOUND,
+            || {
+                let lines = f.lines();
+                let progress: Vec<_> = hosts.iter().map(|h| of(&lines, h).len()).collect();
+                if progress.iter().all(|&n| n >= 4) {
+                    Ok(hosts.map(|h| highest(&lines, h).unwrap()))
+                } else {
+                    Err(format!("{progress:?}: {lines:#?} {}", f.errors()))
+                }
+            },
+        );
+        let lines = f.lines();
+        for h in hosts {
+            let numbers: Vec<u64> = of(&lines, h).iter().map(|l| number(l)).collect();
+            assert!(
+                numbers.windows(2).all(|w| w[1] == w[0] + 1),
+                "{name} -f: {h}'s lines not consecutive: {numbers:?}"
+            );
+        }
+        seen_before_kill.push(got);
     }
 
     // h3's agent killed: the others' lines still come, within the node deadline (5 s)
@@ -237,5 +407,35 @@ fn service_logs_reads_every_nodes_tasks_as_docker_prints_them() {
     assert!(
         warnings.contains("node h3 did not answer") && warnings.contains(&named),
         "no warning naming h3 and {named}: {warnings}"
+    );
+
+    // Both followers go on with h1's and h2's new lines; shoal's names h3 at once (its
+    // connection broke) or within its idle bound (10 s).
+    for ((name, f), before) in followers.iter_mut().zip(&seen_before_kill) {
+        wait_for(
+            &format!("{name} -f: h1's and h2's lines after h3's agent died"),
+            BOUND,
+            || {
+                let lines = f.lines();
+                let (h1, h2) = (
+                    highest(&lines, "h1").unwrap(),
+                    highest(&lines, "h2").unwrap(),
+                );
+                if h1 >= before[0] + 3 && h2 >= before[1] + 3 {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "h1 at line-{h1}, h2 at line-{h2} (before: {before:?}); {}",
+                        f.errors()
+                    ))
+                }
+            },
+        );
+        assert!(f.running(), "{name} -f ended: {}", f.errors());
+    }
+    let shoal_errors = followers[0].1.errors();
+    assert!(
+        shoal_errors.contains("node h3 stopped answering") && shoal_errors.contains(&named),
+        "shoal -f did not name h3 and {named}: {shoal_errors}"
     );
 }

@@ -61,7 +61,7 @@ use crate::seal::KeyEncryptionKey;
 use crate::store::{ApplyResult, ClusterState, Command, Rejection, StoreError};
 use crate::token::JoinToken;
 
-pub use node_port::{NodePortHandler, NODE_PORT};
+pub use node_port::{NodePortHandler, NodePortStream, NODE_PORT};
 use runtime::Runtime;
 pub use runtime::{new_gossip_key, CaStatus};
 
@@ -455,6 +455,18 @@ impl Manager {
         node_port::call(&self.rt, node_id, addr, body, deadline).await
     }
 
+    /// Like [`Self::call_node`], for a node that answers with frames as they come
+    /// (`service logs -f`); each must come within `idle` of the last.
+    pub async fn call_node_stream(
+        &self,
+        node_id: &str,
+        addr: SocketAddr,
+        body: &[u8],
+        idle: Duration,
+    ) -> Result<NodePortStream, ClusterError> {
+        node_port::call_stream(&self.rt, node_id, addr, body, idle).await
+    }
+
     /// This manager's own copy of the state (possibly stale; never waits). `None` if it
     /// no longer runs as a manager.
     pub fn local_state(&self) -> Option<ClusterState> {
@@ -534,6 +546,13 @@ impl Manager {
     ) -> Result<Manager, ClusterError> {
         let rt = Runtime::resume(&config.data_dir, Some(&config), Some(unlock_key)).await?;
         Ok(Manager { rt })
+    }
+
+    /// `swarm init --force-new-cluster`: this manager becomes the only voter of its
+    /// Raft group, with all the state it holds; see the runtime's `force_new_cluster`.
+    /// Returns once it leads and accepts writes.
+    pub async fn force_new_cluster(&self) -> Result<(), ClusterError> {
+        self.rt.force_new_cluster().await
     }
 
     /// The cluster's unlock key, `None` while autolock is off (`swarm unlock-key`).

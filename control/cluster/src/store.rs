@@ -25,8 +25,11 @@
 
 pub mod container;
 pub mod data_object;
+mod flusher;
+pub mod latency;
 pub mod limits;
 mod log;
+pub(crate) use log::force_single_voter;
 pub mod mount;
 pub mod service;
 mod sm;
@@ -162,6 +165,8 @@ pub struct StoreStatus {
     pub purged_index: Option<u64>,
     /// On the leader: how long ago a majority last acknowledged it.
     pub millis_since_quorum_ack: Option<u64>,
+    /// How long the log's writes (entries and votes) waited on the disk.
+    pub fsync: latency::LatencySnapshot,
 }
 
 /// One manager's member of the replicated store. Cheap to clone; clones share the member.
@@ -171,6 +176,7 @@ pub struct StoreNode {
     raft: Raft<TypeConfig>,
     sm: Arc<sm::Shared>,
     config: StoreConfig,
+    fsync: Arc<latency::LatencyHistogram>,
 }
 
 impl std::fmt::Debug for StoreNode {
@@ -210,6 +216,7 @@ impl StoreNode {
         let dir = storage_dir.as_ref();
         let storage = |e: std::io::Error| StoreError::Storage(format!("{}: {e}", dir.display()));
         let log = log::LogStore::open(dir, key).map_err(storage)?;
+        let fsync = log.fsync_latency();
         let sm = sm::StateMachineStore::open(dir, key).map_err(storage)?;
         let raft_config = Config {
             cluster_name: "shoal".to_string(),
@@ -232,6 +239,7 @@ impl StoreNode {
             raft,
             sm: shared,
             config,
+            fsync,
         })
     }
 
@@ -355,6 +363,7 @@ impl StoreNode {
             snapshot_index: m.snapshot.map(|l| l.index),
             purged_index: m.purged.map(|l| l.index),
             millis_since_quorum_ack: m.millis_since_quorum_ack,
+            fsync: self.fsync.snapshot(),
         }
     }
 

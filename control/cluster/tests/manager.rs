@@ -965,3 +965,102 @@ async fn promote_then_kill_the_leader_leaves_a_quorum_every_time() {
         took[ROUNDS - 1]
     );
 }
+
+/// `swarm init --force-new-cluster`: of three managers, two are gone for good and the
+/// last has no quorum; forced, it leads alone within a bound, with every object it held
+/// (the node list, a drained node), accepts writes, says the lost managers are
+/// Unreachable, and keeps all of it across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn force_new_cluster_recovers_a_manager_that_lost_its_majority() {
+    let base = TempBase::new("forcenew");
+    let m1 = init(&base, "m1").await;
+    let m2 = join_manager(&base, "m2", &m1).await;
+    let m3 = join_manager(&base, "m3", &m1).await;
+    let w1 = join_worker(&base, "w1", &m1).await;
+    settled_leader(&[&m1, &m2, &m3]).await;
+    let w1_id = w1.node_id().to_string();
+    let drained = m1
+        .execute(Command::SetAvailability {
+            id: w1_id.clone(),
+            availability: shoal_cluster::store::Availability::Drain,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(drained, ApplyResult::Applied { .. }));
+    let (m2_id, m3_id) = (m2.node_id().to_string(), m3.node_id().to_string());
+    m2.shutdown().await;
+    m3.shutdown().await;
+    // Without its majority, m1 takes no write (it may have appended it to its log:
+    // then the forced group commits it, as Raft commits a leader's entries).
+    let refused = m1
+        .execute(Command::SetAvailability {
+            id: w1_id.clone(),
+            availability: shoal_cluster::store::Availability::Pause,
+        })
+        .await;
+    assert!(refused.is_err(), "a write without quorum: {refused:?}");
+
+    let started = Instant::now();
+    m1.force_new_cluster().await.unwrap();
+    let took = started.elapsed();
+    println!("FIGURE force_new_cluster leads_alone_after {took:?}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let state = m1.state().await.unwrap();
+    let kept = state.nodes.get(&w1_id).map(|n| n.availability);
+    assert!(
+        matches!(
+            kept,
+            Some(
+                shoal_cluster::store::Availability::Drain
+                    | shoal_cluster::store::Availability::Pause
+            )
+        ),
+        "the state held before is kept: {kept:?}"
+    );
+    assert_eq!(state.nodes.len(), 4, "{:?}", state.nodes.keys());
+    let statuses = m1.manager_status(&state);
+    assert_eq!(statuses.get(m1.node_id()), Some(&ManagerStatus::Leader));
+    for lost in [&m2_id, &m3_id] {
+        assert_eq!(
+            statuses.get(lost),
+            Some(&ManagerStatus::Unreachable),
+            "{statuses:?}"
+        );
+    }
+    let applied = m1
+        .execute(Command::SetAvailability {
+            id: w1_id.clone(),
+            availability: shoal_cluster::store::Availability::Active,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(applied, ApplyResult::Applied { .. }));
+    // The worker follows the one manager left.
+    eventually(
+        "the worker's heartbeats reach the forced leader",
+        || async {
+            let state = m1.state().await.map_err(|e| e.to_string())?;
+            match status_of(&state, &w1_id) {
+                Some(NodeStatus::Ready) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+
+    // A restart keeps the single-voter group and everything in it.
+    let config = base.config("m1");
+    m1.shutdown().await;
+    // Ports 0: the addresses it had.
+    let m1 = Manager::resume(config).await.unwrap();
+    let state = eventually("the resumed manager leads alone", || async {
+        m1.state().await.map_err(|e| e.to_string())
+    })
+    .await;
+    assert_eq!(
+        state.nodes.get(&w1_id).map(|n| n.availability),
+        Some(shoal_cluster::store::Availability::Active)
+    );
+    m1.shutdown().await;
+    w1.shutdown().await;
+}

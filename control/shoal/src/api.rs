@@ -137,6 +137,10 @@ pub enum Request {
         /// `--autolock`: managers are locked after a restart until `swarm unlock`.
         #[serde(default)]
         autolock: bool,
+        /// `--force-new-cluster`: on a manager, make it the only manager of its swarm,
+        /// with all the state it holds (a swarm that lost its majority for good).
+        #[serde(default)]
+        force_new_cluster: bool,
     },
     SwarmJoin {
         token: Secret,
@@ -265,13 +269,15 @@ pub enum Request {
         #[serde(default)]
         since: Option<i64>,
         #[serde(default)]
-        timestamps: bool,
-        #[serde(default)]
         no_task_ids: bool,
         #[serde(default)]
         no_trunc: bool,
         #[serde(default)]
         raw: bool,
+        /// `-f`: the answer is a stream of [`Reply::ServiceLogs`], one per batch of
+        /// lines, until the client hangs up ([`server::Backend::stream`]).
+        #[serde(default)]
+        follow: bool,
     },
     NetworkCreate {
         name: String,
@@ -331,6 +337,12 @@ pub enum Request {
 }
 
 impl Request {
+    /// Whether the answer is a stream of replies ([`server::Backend::stream`]) rather
+    /// than one.
+    pub fn streams(&self) -> bool {
+        matches!(self, Request::ServiceLogs { follow: true, .. })
+    }
+
     /// The request's name, for logs.
     pub fn name(&self) -> &'static str {
         match self {
@@ -452,9 +464,10 @@ pub enum Reply {
         #[serde(default)]
         warnings: Vec<String>,
     },
-    /// `service logs`: lines prefixed with the task, and what could not be read here.
+    /// `service logs`: the lines (merged by time unless following), each with whose it
+    /// is, and what could not be read.
     ServiceLogs {
-        lines: Vec<String>,
+        records: Vec<crate::service_logs::LogRecord>,
         #[serde(default)]
         warnings: Vec<String>,
     },

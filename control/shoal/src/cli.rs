@@ -101,6 +101,10 @@ pub struct InitArgs {
     /// gives the unlock key (printed now)
     #[arg(long)]
     pub autolock: bool,
+    /// On a manager of a swarm that lost its majority for good: make this node the only
+    /// manager, keeping the swarm's state (nodes, services, secrets, tokens)
+    #[arg(long)]
+    pub force_new_cluster: bool,
 }
 
 #[derive(Args, Debug, Clone, PartialEq)]
@@ -323,6 +327,7 @@ impl SwarmCommand {
                 default_addr_pool: a.default_addr_pool.clone(),
                 default_addr_pool_mask_length: a.default_addr_pool_mask_length,
                 autolock: a.autolock,
+                force_new_cluster: a.force_new_cluster,
             },
             SwarmCommand::Join(a) => {
                 check_remote(&a.remote)?;

@@ -11,6 +11,7 @@ mod autolock;
 mod ca;
 mod data_objects;
 mod info;
+mod logs;
 mod nodes;
 mod reserved_ports;
 mod service_update;
@@ -251,21 +252,24 @@ fn serve_node_port(
     };
     *said = false;
     let socket = socket.to_path_buf();
-    let handler: manager::NodePortHandler = Arc::new(move |caller, body| {
+    let handler: manager::NodePortHandler = Arc::new(move |caller, body, frames| {
         let socket = socket.clone();
         Box::pin(async move {
-            let reply = match serde_json::from_slice::<crate::service_logs::NodeLogsRequest>(&body)
-            {
+            match serde_json::from_slice::<crate::service_logs::NodeLogsRequest>(&body) {
                 Ok(request) => {
-                    info!(%caller, service = %request.service_id, "node port: logs asked");
-                    services::node_lines(&socket, &request).await
+                    info!(%caller, service = %request.service_id, follow = request.follow, "node port: logs asked");
+                    logs::serve_node_logs(socket, request, frames).await;
                 }
-                Err(e) => crate::service_logs::NodeLogsReply {
-                    lines: Vec::new(),
-                    warnings: vec![format!("bad request: {e}")],
-                },
-            };
-            serde_json::to_vec(&reply).unwrap_or_default()
+                Err(e) => {
+                    let reply = crate::service_logs::NodeLogsReply {
+                        lines: Vec::new(),
+                        warnings: vec![format!("bad request: {e}")],
+                    };
+                    let _ = frames
+                        .send(serde_json::to_vec(&reply).unwrap_or_default())
+                        .await;
+                }
+            }
         })
     });
     let client = client.clone();
@@ -452,7 +456,60 @@ impl ClusterAgent {
                 default_addr_pool,
                 default_addr_pool_mask_length,
                 autolock,
+                force_new_cluster,
             } => {
+                if force_new_cluster && role.is_some() {
+                    let given = [
+                        ("--listen-addr", listen_addr.is_some()),
+                        ("--data-path-addr", data_path_addr.is_some()),
+                        ("--data-path-port", data_path_port.is_some()),
+                        ("--default-addr-pool", !default_addr_pool.is_empty()),
+                        (
+                            "--default-addr-pool-mask-length",
+                            default_addr_pool_mask_length.is_some(),
+                        ),
+                        ("--autolock", autolock),
+                    ];
+                    let manager = match &*role {
+                        Some(Role::Manager(m)) if m.role() == pki::Role::Manager => m.clone(),
+                        Some(Role::Locked(_)) => return Err(ApiError::new(SWARM_LOCKED)),
+                        _ => {
+                            return Err(ApiError::new(
+                                "--force-new-cluster runs on a manager: this node is a worker",
+                            ))
+                        }
+                    };
+                    if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
+                        return Err(ApiError::new(format!(
+                            "--force-new-cluster keeps this manager's settings: {flag} cannot be given with it"
+                        )));
+                    }
+                    let current = manager.advertise_addr();
+                    if let Some(a) = &advertise_addr {
+                        let asked = self.advertise_address(Some(a), current)?;
+                        if asked.ip() != current.ip() {
+                            return Err(ApiError::new(format!(
+                                "--force-new-cluster keeps this manager's address {current}: --advertise-addr {a} names another"
+                            )));
+                        }
+                    }
+                    manager.force_new_cluster().await.map_err(cluster_error)?;
+                    let token = manager
+                        .join_token(pki::Role::Worker)
+                        .await
+                        .map_err(cluster_error)?;
+                    let node_id = manager.node_id().to_owned();
+                    tracing::warn!(
+                        node_id,
+                        "forced a new cluster: this node is the swarm's only manager"
+                    );
+                    return Ok(Reply::SwarmInit {
+                        node_id,
+                        worker_token: Secret::new(token.expose_secret()),
+                        manager_addr: current.to_string(),
+                        unlock_key: None,
+                    });
+                }
                 if role.is_some() {
                     return Err(ApiError::new(ALREADY_IN_SWARM));
                 }
@@ -660,6 +717,51 @@ impl ClusterAgent {
         }
     }
 
+    /// A streaming request ([`Request::streams`]): `service logs -f`, on a manager.
+    async fn stream_request(
+        &self,
+        request: Request,
+    ) -> Result<crate::api::server::ReplyStream, ApiError> {
+        let manager = {
+            let role = self.role.lock().await;
+            match &*role {
+                Some(Role::Locked(_)) => return Err(ApiError::new(SWARM_LOCKED)),
+                Some(r) => r
+                    .acting_manager()
+                    .ok_or_else(|| ApiError::new(WORKER_NOT_MANAGER))?,
+                None => return Err(ApiError::new(NOT_IN_SWARM)),
+            }
+        };
+        let Request::ServiceLogs {
+            service,
+            tail,
+            since,
+            no_task_ids,
+            no_trunc,
+            raw,
+            follow: true,
+        } = request
+        else {
+            return Err(ApiError::new(format!(
+                "{} is not a streaming request",
+                request.name()
+            )));
+        };
+        let state = manager.state().await.map_err(cluster_error)?;
+        let options = logs::LogsOptions {
+            reference: service,
+            tail,
+            since,
+            style: crate::service_logs::PrefixStyle {
+                no_task_ids,
+                no_trunc,
+                raw,
+            },
+        };
+        let socket = self.config.docker_socket().map(Path::to_path_buf);
+        logs::follow(state, manager, socket, options)
+    }
+
     fn manager_config(&self, listen: SocketAddr, advertise: SocketAddr) -> ManagerConfig {
         ManagerConfig {
             data_dir: self.config.cluster_dir(),
@@ -734,6 +836,13 @@ impl ClusterAgent {
 impl Backend for ClusterAgent {
     fn handle(&self, request: Request) -> BoxFuture<'_, Result<Reply, ApiError>> {
         Box::pin(self.handle_request(request))
+    }
+
+    fn stream(
+        &self,
+        request: Request,
+    ) -> BoxFuture<'_, Result<crate::api::server::ReplyStream, ApiError>> {
+        Box::pin(self.stream_request(request))
     }
 }
 

@@ -9,6 +9,9 @@
 //!                        shoal's store, through the local API's requests, in Docker's
 //!                        JSON shapes (`swarm.rs`); what is not served yet is refused
 //!                        with 501 and says so
+//!     /services/{id}/logs /tasks/{id}/logs
+//!                        every node's lines (once or followed) in Docker's
+//!                        multiplexed stream (`logs.rs`)
 //!     POST /containers/create naming a swarm overlay
 //!                        refused as Docker refuses a network not attachable; an
 //!                        attachable one is refused as not carried out yet (`attach.rs`)
@@ -21,6 +24,7 @@
 
 mod attach;
 mod containers;
+mod logs;
 mod membership;
 mod networks;
 mod proxy;

@@ -1,7 +1,7 @@
 //! `service logs`: the parsing of its `--tail` and `--since` values and the prefix put
 //! before each line (Docker's `NAME.SLOT.TASKID@NODE    | line`).
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -10,22 +10,32 @@ use serde::{Deserialize, Serialize};
 /// node and its tasks in a warning.
 pub const NODE_LOGS_DEADLINE: Duration = Duration::from_secs(5);
 
-/// What a manager asks a node for (over the node port): the lines of these tasks of
-/// this service, read from the node's dockerd.
+/// While following, a node sends a batch (empty if it has no line) at least this often,
+/// so that both ends notice the other has gone.
+pub const FOLLOW_HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// While following, a node that sent nothing for this long is taken as gone.
+pub const FOLLOW_IDLE: Duration = Duration::from_secs(10);
+
+/// What a manager asks a node for (over the node port): the lines of this service's
+/// task containers, read from the node's dockerd.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeLogsRequest {
     pub service_id: String,
-    /// Task ID -> its display name (`web.1`); only these tasks' containers are read.
-    pub tasks: BTreeMap<String, String>,
-    /// The node's hostname, for the prefixes.
-    pub node_name: String,
+    /// Only these tasks' containers; `None`: every task of the service on the node,
+    /// including (when following) those that start later.
+    pub tasks: Option<BTreeSet<String>>,
     pub tail: Option<String>,
     /// Unix seconds.
     pub since: Option<i64>,
-    pub style: PrefixStyle,
+    /// Keep sending lines as the containers write them, in batches, until the manager
+    /// goes away.
+    #[serde(default)]
+    pub follow: bool,
 }
 
-/// A node's answer: its lines (with dockerd's timestamps) and what went wrong.
+/// A node's answer (or, when following, one batch of it): its lines (with dockerd's
+/// timestamps) and what went wrong.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct NodeLogsReply {
     pub lines: Vec<LogLine>,
@@ -37,27 +47,45 @@ pub struct NodeLogsReply {
 pub struct LogLine {
     /// RFC 3339 with nanoseconds as dockerd writes it; empty if it gave none.
     pub time: String,
-    pub prefix: Option<String>,
+    pub task_id: String,
+    /// Written to the container's stderr (else its stdout).
+    #[serde(default)]
+    pub stderr: bool,
     pub text: String,
 }
 
 impl LogLine {
     /// From a line dockerd wrote with `timestamps`: `TIME TEXT`.
-    pub fn split(prefix: Option<String>, line: &str) -> LogLine {
-        match line.split_once(' ') {
-            Some((time, text)) if time.len() >= 20 && time.as_bytes()[4] == b'-' => LogLine {
-                time: time.to_string(),
-                prefix,
-                text: text.to_string(),
-            },
-            _ => LogLine {
-                time: String::new(),
-                prefix,
-                text: line.to_string(),
-            },
+    pub fn split(task_id: &str, stderr: bool, line: &str) -> LogLine {
+        let (time, text) = match line.split_once(' ') {
+            Some((time, text)) if time.len() >= 20 && time.as_bytes()[4] == b'-' => (time, text),
+            _ => ("", line),
+        };
+        LogLine {
+            time: time.to_string(),
+            task_id: task_id.to_string(),
+            stderr,
+            text: text.to_string(),
         }
     }
+}
 
+/// One line of `service logs` as the agent answers it: a node's line with whose it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// RFC 3339 with nanoseconds as dockerd writes it; empty if it gave none.
+    pub time: String,
+    pub node_id: String,
+    pub service_id: String,
+    pub task_id: String,
+    #[serde(default)]
+    pub stderr: bool,
+    pub text: String,
+    /// The CLI's prefix (`web.1.abcdef123456@node1`), `None` with `--raw`.
+    pub prefix: Option<String>,
+}
+
+impl LogRecord {
     /// A key that sorts as time does: the second, then the fraction padded to 9 digits
     /// (dockerd drops trailing zeros, so the text alone does not sort).
     fn sort_key(&self) -> (String, String) {
@@ -65,24 +93,70 @@ impl LogLine {
         let (secs, frac) = t.split_once('.').unwrap_or((t, ""));
         (secs.to_string(), format!("{frac:0<9}"))
     }
+
+    /// The line as the `shoal` CLI prints it: the prefix, then (`-t`) the timestamp.
+    pub fn cli_line(&self, timestamps: bool) -> String {
+        let text = if timestamps && !self.time.is_empty() {
+            format!("{} {}", self.time, self.text)
+        } else {
+            self.text.clone()
+        };
+        format_line(self.prefix.as_deref(), &text)
+    }
+
+    /// The line as Docker's Engine API sends it (`/services/{id}/logs`): the timestamp
+    /// with 9 fraction digits (`timestamps`), Docker's context details (`details`:
+    /// the node's, service's and task's IDs, which the docker CLI reads to print its
+    /// prefix), the text and a newline.
+    pub fn engine_line(&self, timestamps: bool, details: bool) -> String {
+        let mut out = String::new();
+        if timestamps {
+            out.push_str(&fixed_nanos(&self.time));
+            out.push(' ');
+        }
+        if details {
+            let escape =
+                |v: &str| form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
+            out.push_str(&format!(
+                "com.docker.swarm.node.id={},com.docker.swarm.service.id={},com.docker.swarm.task.id={} ",
+                escape(&self.node_id),
+                escape(&self.service_id),
+                escape(&self.task_id)
+            ));
+        }
+        out.push_str(&self.text);
+        out.push('\n');
+        out
+    }
 }
 
-/// Every node's lines in one sequence, ordered by time (stable: a node's own order is
-/// kept among equal times), formatted with their prefixes; `timestamps` (`-t`) keeps
-/// dockerd's timestamp before each line.
-pub fn merge(mut lines: Vec<LogLine>, timestamps: bool) -> Vec<String> {
-    lines.sort_by_cached_key(LogLine::sort_key);
-    lines
-        .into_iter()
-        .map(|l| {
-            let text = if timestamps && !l.time.is_empty() {
-                format!("{} {}", l.time, l.text)
-            } else {
-                l.text
-            };
-            format_line(l.prefix.as_deref(), &text)
-        })
-        .collect()
+/// dockerd's RFC 3339 time with its fraction at 9 digits (Docker's `RFC3339NanoFixed`);
+/// the Unix epoch when dockerd gave none.
+fn fixed_nanos(time: &str) -> String {
+    let Some(t) = time.strip_suffix('Z').filter(|t| t.len() >= 19) else {
+        return "1970-01-01T00:00:00.000000000Z".into();
+    };
+    let (secs, frac) = t.split_once('.').unwrap_or((t, ""));
+    format!("{secs}.{:0<9.9}Z", frac)
+}
+
+/// Docker's multiplexed stream frame (`application/vnd.docker.multiplexed-stream`):
+/// the stream (1 stdout, 2 stderr), three zero bytes, the payload's length (big
+/// endian), the payload.
+pub fn multiplexed_frame(stderr: bool, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(8 + payload.len());
+    frame.push(if stderr { 2 } else { 1 });
+    frame.extend_from_slice(&[0, 0, 0]);
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Every node's records in one sequence, ordered by time (stable: a node's own order
+/// is kept among equal times).
+pub fn merge(mut records: Vec<LogRecord>) -> Vec<LogRecord> {
+    records.sort_by_cached_key(LogRecord::sort_key);
+    records
 }
 
 /// `--tail`: `all` or a non-negative number of lines; returns the value dockerd takes.
@@ -285,31 +359,75 @@ mod tests {
         }
     }
 
+    fn record(time: &str, node: &str, text: &str) -> LogRecord {
+        LogRecord {
+            time: time.into(),
+            node_id: format!("id-{node}"),
+            service_id: "svc1".into(),
+            task_id: format!("task-{node}"),
+            stderr: false,
+            text: text.into(),
+            prefix: Some(format!("web.1@{node}")),
+        }
+    }
+
     #[test]
     fn lines_merge_by_time_across_nodes() {
-        let a = |t: &str, p: &str, x: &str| LogLine::split(Some(p.into()), &format!("{t} {x}"));
-        let lines = vec![
-            a("2026-12-06T19:00:00.5Z", "web.1@n1", "second"),
-            a("2026-12-06T19:00:01Z", "web.1@n1", "fourth"),
-            a("2026-12-06T19:00:00.123456789Z", "web.2@n2", "first"),
-            a("2026-12-06T19:00:00.6Z", "web.3@n3", "third"),
+        let records = vec![
+            record("2026-12-06T19:00:00.5Z", "n1", "second"),
+            record("2026-12-06T19:00:01Z", "n1", "fourth"),
+            record("2026-12-06T19:00:00.123456789Z", "n2", "first"),
+            record("2026-12-06T19:00:00.6Z", "n3", "third"),
         ];
+        let merged = merge(records);
+        let lines: Vec<String> = merged.iter().map(|r| r.cli_line(false)).collect();
         assert_eq!(
-            merge(lines.clone(), false),
+            lines,
             vec![
-                "web.2@n2    | first",
+                "web.1@n2    | first",
                 "web.1@n1    | second",
-                "web.3@n3    | third",
+                "web.1@n3    | third",
                 "web.1@n1    | fourth",
             ]
         );
         assert_eq!(
-            merge(lines, true)[0],
-            "web.2@n2    | 2026-12-06T19:00:00.123456789Z first"
+            merged[0].cli_line(true),
+            "web.1@n2    | 2026-12-06T19:00:00.123456789Z first"
         );
-        let bare = LogLine::split(None, "no time here");
-        assert_eq!(bare.time, "");
-        assert_eq!(merge(vec![bare], true), vec!["no time here"]);
+        let bare = LogLine::split("t1", true, "no time here");
+        assert_eq!((bare.time.as_str(), bare.stderr), ("", true));
+        let stamped = LogLine::split("t1", false, "2026-12-06T19:00:00.5Z hello world");
+        assert_eq!(stamped.time, "2026-12-06T19:00:00.5Z");
+        assert_eq!(stamped.text, "hello world");
+        let mut raw = record("", "n1", "no time here");
+        raw.prefix = None;
+        assert_eq!(raw.cli_line(true), "no time here");
+    }
+
+    #[test]
+    fn engine_lines_are_what_the_docker_cli_parses() {
+        let mut r = record("2026-12-06T19:00:00.5Z", "n1", "hello");
+        r.node_id = "node 1".into();
+        assert_eq!(r.engine_line(false, false), "hello\n");
+        assert_eq!(
+            r.engine_line(true, true),
+            "2026-12-06T19:00:00.500000000Z com.docker.swarm.node.id=node+1,\
+             com.docker.swarm.service.id=svc1,com.docker.swarm.task.id=task-n1 hello\n"
+        );
+        assert_eq!(
+            fixed_nanos("2026-12-06T19:00:00Z"),
+            "2026-12-06T19:00:00.000000000Z"
+        );
+        assert_eq!(
+            fixed_nanos("2026-12-06T19:00:00.123456789Z"),
+            "2026-12-06T19:00:00.123456789Z"
+        );
+        assert_eq!(fixed_nanos(""), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(
+            multiplexed_frame(true, b"hi\n"),
+            vec![2, 0, 0, 0, 0, 0, 0, 3, b'h', b'i', b'\n']
+        );
+        assert_eq!(multiplexed_frame(false, b"")[0], 1);
     }
 
     #[test]

@@ -91,8 +91,16 @@ fn swarm_init_forms() {
             default_addr_pool: vec![],
             default_addr_pool_mask_length: None,
             autolock: false,
+            force_new_cluster: false,
         }
     );
+    let Request::SwarmInit {
+        force_new_cluster, ..
+    } = request("swarm init --force-new-cluster")
+    else {
+        panic!("not a swarm init");
+    };
+    assert!(force_new_cluster);
     assert_eq!(
         request(
             "swarm init --advertise-addr 192.168.77.11 --listen-addr 0.0.0.0:2377 \
@@ -111,6 +119,7 @@ fn swarm_init_forms() {
             ],
             default_addr_pool_mask_length: Some(26),
             autolock: false,
+            force_new_cluster: false,
         }
     );
     for (args, needle) in [

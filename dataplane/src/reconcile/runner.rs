@@ -16,7 +16,7 @@ use std::{
 use serde::Serialize;
 use shoal_dns::stats::{Histogram, HistogramSnapshot};
 use tokio::sync::oneshot;
-use tracing::warn;
+use tracing::{error, info, warn};
 
 use super::{status::StatusFile, Declared, DeclaredNode, Present, PresentNetwork};
 
@@ -57,6 +57,8 @@ pub struct ReconcileStats {
     failed: AtomicU64,
     /// Reconciles whose status said the declared state was refused.
     refused: AtomicU64,
+    /// Times the reconciler panicked and was built again.
+    restarts: AtomicU64,
 }
 
 /// A copy of [`ReconcileStats`].
@@ -65,6 +67,7 @@ pub struct ReconcileStatsSnapshot {
     pub duration: HistogramSnapshot,
     pub failed: u64,
     pub refused: u64,
+    pub restarts: u64,
 }
 
 impl Default for ReconcileStats {
@@ -73,6 +76,7 @@ impl Default for ReconcileStats {
             duration: Histogram::new(&DURATION_BOUNDS_SECONDS),
             failed: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
         }
     }
 }
@@ -95,6 +99,7 @@ impl ReconcileStats {
             duration: self.duration.snapshot(),
             failed: self.failed.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
+            restarts: self.restarts.load(Ordering::Relaxed),
         }
     }
 }
@@ -163,8 +168,28 @@ impl Drop for Running {
     }
 }
 
+/// First wait before a reconciler that panicked is built again; doubled on each failed
+/// rebuild up to [`RESTART_BACKOFF_MAX`].
+const RESTART_BACKOFF: Duration = Duration::from_secs(1);
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The message a panic carried, for the log.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
 /// Starts the reconciler that `make` builds on the new thread (so what it owns, such as
 /// netlink sockets, stays on it), and returns once it is built, or with `make`'s error.
+///
+/// Supervised: a reconcile that panics is logged and counted
+/// ([`ReconcileStatsSnapshot::restarts`]), the reconciler dropped and built again by
+/// `make` after a backoff (1 s, doubling to 30 s while rebuilding fails), and it starts
+/// over from the declared state ([`Cue::Start`]). What it had applied stays in the
+/// kernel meanwhile.
 pub async fn spawn<R, F>(
     name: &'static str,
     make: F,
@@ -174,7 +199,7 @@ pub async fn spawn<R, F>(
 ) -> Result<Running, String>
 where
     R: Reconcile,
-    F: FnOnce() -> Result<R, String> + Send + 'static,
+    F: FnMut() -> Result<R, String> + Send + 'static,
 {
     let (ready_tx, ready_rx) = oneshot::channel::<Result<(), String>>();
     let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
@@ -197,6 +222,7 @@ where
             // own for netlink), but inside the runtime's context, so what they spawn
             // (the resolver's loops) runs whenever the thread waits.
             let _context = rt.enter();
+            let mut make = make;
             let mut r = match make() {
                 Ok(r) => r,
                 Err(e) => {
@@ -221,7 +247,32 @@ where
                     None => Arc::default(),
                 };
                 let began = Instant::now();
-                let reported = r.reconcile(d.as_deref(), &p, cue);
+                let reconciled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    r.reconcile(d.as_deref(), &p, cue)
+                }));
+                let reported = match reconciled {
+                    Ok(reported) => reported,
+                    Err(payload) => {
+                        counted.restarts.fetch_add(1, Ordering::Relaxed);
+                        error!(
+                            reconciler = name,
+                            panic = %panic_text(payload.as_ref()),
+                            "a reconcile panicked: building the reconciler again"
+                        );
+                        match rebuild(name, &rt, &mut make, &mut stop_rx) {
+                            Some(fresh) => {
+                                // The old one's drop may panic as well: it is gone either way.
+                                let old = std::mem::replace(&mut r, fresh);
+                                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                                    move || drop(old),
+                                ));
+                                cue = Cue::Start;
+                                continue;
+                            }
+                            None => return,
+                        }
+                    }
+                };
                 counted.record(began.elapsed(), reported.as_ref());
                 if let Some(s) = reported {
                     status.write(&s);
@@ -270,6 +321,44 @@ where
             let _ = thread.join();
             Err(format!("the {name} thread died while starting"))
         }
+    }
+}
+
+/// Builds a reconciler again with `make`, waiting a backoff before each attempt
+/// (doubling while it fails); `None` if the runner is told to stop meanwhile.
+fn rebuild<R, F>(
+    name: &'static str,
+    rt: &tokio::runtime::Runtime,
+    make: &mut F,
+    stop_rx: &mut oneshot::Receiver<()>,
+) -> Option<R>
+where
+    F: FnMut() -> Result<R, String>,
+{
+    let mut wait = RESTART_BACKOFF;
+    loop {
+        let stopped = rt.block_on(async {
+            tokio::select! {
+                _ = &mut *stop_rx => true,
+                () = tokio::time::sleep(wait) => false,
+            }
+        });
+        if stopped {
+            return None;
+        }
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut *make)) {
+            Ok(Ok(r)) => {
+                info!(reconciler = name, "reconciler built again after a panic");
+                return Some(r);
+            }
+            Ok(Err(e)) => {
+                error!(reconciler = name, error = %e, retry_in = ?wait, "building the reconciler again failed")
+            }
+            Err(p) => {
+                error!(reconciler = name, panic = %panic_text(p.as_ref()), retry_in = ?wait, "building the reconciler again panicked")
+            }
+        }
+        wait = (wait * 2).min(RESTART_BACKOFF_MAX);
     }
 }
 
@@ -367,7 +456,13 @@ mod tests {
             let (go_tx, go) = mpsc::channel();
             let running = spawn(
                 "test",
-                move || Ok(Gated { seen: seen_tx, go }),
+                {
+                    let mut parts = Some((seen_tx, go));
+                    move || {
+                        let (seen, go) = parts.take().ok_or("built once only")?;
+                        Ok(Gated { seen, go })
+                    }
+                },
                 rx,
                 Some(present_rx),
                 StatusFile::new(&dir, "test"),
@@ -402,7 +497,7 @@ mod tests {
         let (seen_tx, seen) = mpsc::channel();
         let running = spawn(
             "test",
-            move || Ok(Recorder(seen_tx)),
+            move || Ok(Recorder(seen_tx.clone())),
             rx,
             None,
             StatusFile::new(&dir, "test"),
@@ -433,5 +528,60 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(status["endpoints"], 1);
         assert_eq!(status["generation"], 2);
+    }
+
+    /// Panics on its first reconcile; its builds are counted.
+    struct Fragile {
+        seen: mpsc::Sender<(usize, Cue)>,
+        build: usize,
+    }
+
+    impl Reconcile for Fragile {
+        type Status = serde_json::Value;
+        fn reconcile(
+            &mut self,
+            _declared: Option<&DeclaredNode>,
+            _present: &[PresentNetwork],
+            cue: Cue,
+        ) -> Option<serde_json::Value> {
+            assert!(self.build > 1, "the first build's first reconcile fails");
+            let _ = self.seen.send((self.build, cue));
+            None
+        }
+        fn period(&self) -> Duration {
+            Duration::from_secs(3600)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reconciler_that_panics_is_built_again_and_starts_over() {
+        let dir = std::env::temp_dir().join(format!("shoal-runner-panic-{}", std::process::id()));
+        let (_tx, rx) = watch::channel(None);
+        let (seen_tx, seen) = mpsc::channel();
+        let mut builds = 0;
+        let running = spawn(
+            "fragile",
+            move || {
+                builds += 1;
+                Ok(Fragile {
+                    seen: seen_tx.clone(),
+                    build: builds,
+                })
+            },
+            rx,
+            None,
+            StatusFile::new(&dir, "fragile"),
+        )
+        .await
+        .unwrap();
+        let got = tokio::task::spawn_blocking(move || seen.recv_timeout(Duration::from_secs(10)))
+            .await
+            .unwrap()
+            .expect("the reconciler was not built again");
+        assert_eq!(got, (2, Cue::Start));
+        assert_eq!(running.stats().snapshot().restarts, 1);
+        assert!(running.is_alive());
+        running.stop();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

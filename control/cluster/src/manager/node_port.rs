@@ -5,7 +5,9 @@
 //! that the node still counts among the managers ([`KnownManagers`]); anyone else is
 //! closed on before a byte of the request is read. One request per connection: a
 //! length-prefixed JSON body of at most 64 KiB within 5 s, answered with one frame
-//! (at most 64 MiB). At most 16 connections at once; a handshake must end within 5 s.
+//! (at most 64 MiB each), or with frames as they come for as long as the handler sends
+//! them and the manager stays ([`call_stream`]: `service logs -f`). At most 16
+//! connections at once; a handshake must end within 5 s.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,8 +17,8 @@ use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_rustls::{client::TlsStream, TlsAcceptor, TlsConnector};
 use tracing::{debug, warn};
 
 use super::runtime::Runtime;
@@ -31,10 +33,18 @@ const HANDSHAKE: Duration = Duration::from_secs(5);
 const REQUEST_BODY: Duration = Duration::from_secs(5);
 const MAX_CONNECTIONS: usize = 16;
 
-/// What serves a request: the calling manager's node ID and the request body, to the
-/// answer's body.
-pub type NodePortHandler =
-    Arc<dyn Fn(String, Vec<u8>) -> Pin<Box<dyn Future<Output = Vec<u8>> + Send>> + Send + Sync>;
+/// What serves a request: the calling manager's node ID, the request body, and where
+/// the answer's frames go (one for a plain answer; many for a stream). The handler ends
+/// when it has sent its last frame, or when a send fails (the manager went away).
+pub type NodePortHandler = Arc<
+    dyn Fn(String, Vec<u8>, mpsc::Sender<Vec<u8>>) -> Pin<Box<dyn Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Frames a handler may have sent and not yet written: a slow manager holds the handler
+/// back instead of growing a queue.
+const FRAMES_QUEUED: usize = 4;
 
 /// Serves the node port on `listener` until dropped/aborted.
 pub(crate) async fn serve(rt: Arc<Runtime>, listener: TcpListener, handler: NodePortHandler) {
@@ -84,10 +94,19 @@ async fn answer(rt: &Runtime, tcp: TcpStream, handler: &NodePortHandler) -> Resu
         .await
         .map_err(|e| e.to_string())?
         .ok_or("no request")?;
-    let reply = handler(peer.node_id().to_string(), body).await;
-    write_frame(&mut tls, &reply)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (frames, mut queued) = mpsc::channel(FRAMES_QUEUED);
+    let handling = handler(peer.node_id().to_string(), body, frames);
+    tokio::pin!(handling);
+    let mut handled = false;
+    loop {
+        tokio::select! {
+            frame = queued.recv() => match frame {
+                Some(frame) => write_frame(&mut tls, &frame).await.map_err(|e| e.to_string())?,
+                None => break,
+            },
+            () = &mut handling, if !handled => handled = true,
+        }
+    }
     let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
     Ok(())
 }
@@ -101,19 +120,9 @@ pub(crate) async fn call(
     body: &[u8],
     deadline: Duration,
 ) -> Result<Vec<u8>, ClusterError> {
-    let identity = rt.identity();
-    let config = client_config(&identity, identity.trust().clone())?;
-    let name = ServerName::try_from(node_id.to_string())
-        .map_err(|e| ClusterError::Protocol(format!("node ID {node_id:?}: {e}")))?;
+    let failed = |e: String| ClusterError::Protocol(format!("node {node_id} at {addr}: {e}"));
     let exchange = async {
-        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let mut tls = TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| e.to_string())?;
-        write_frame(&mut tls, body)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut tls = open(rt, node_id, addr, body).await?;
         read_frame(&mut tls, MAX_FRAME, deadline)
             .await
             .map_err(|e| e.to_string())?
@@ -121,11 +130,76 @@ pub(crate) async fn call(
     };
     match tokio::time::timeout(deadline, exchange).await {
         Ok(Ok(reply)) => Ok(reply),
-        Ok(Err(e)) => Err(ClusterError::Protocol(format!(
-            "node {node_id} at {addr}: {e}"
-        ))),
-        Err(_) => Err(ClusterError::Protocol(format!(
-            "node {node_id} at {addr}: no answer within {deadline:?}"
-        ))),
+        Ok(Err(e)) => Err(failed(e)),
+        Err(_) => Err(failed(format!("no answer within {deadline:?}"))),
+    }
+}
+
+/// Asks node `node_id` at `addr` with `body` and keeps the connection for the frames
+/// the node sends as they come ([`NodePortStream`]); connecting and sending within
+/// `idle`. Dropping the stream closes the connection, which ends the node's handler.
+pub(crate) async fn call_stream(
+    rt: &Runtime,
+    node_id: &str,
+    addr: SocketAddr,
+    body: &[u8],
+    idle: Duration,
+) -> Result<NodePortStream, ClusterError> {
+    let failed = |e: String| ClusterError::Protocol(format!("node {node_id} at {addr}: {e}"));
+    match tokio::time::timeout(idle, open(rt, node_id, addr, body)).await {
+        Ok(Ok(tls)) => Ok(NodePortStream {
+            tls,
+            idle,
+            peer: format!("node {node_id} at {addr}"),
+        }),
+        Ok(Err(e)) => Err(failed(e)),
+        Err(_) => Err(failed(format!("no connection within {idle:?}"))),
+    }
+}
+
+/// A TLS connection to a node's port, the request sent.
+async fn open(
+    rt: &Runtime,
+    node_id: &str,
+    addr: SocketAddr,
+    body: &[u8],
+) -> Result<TlsStream<TcpStream>, String> {
+    let identity = rt.identity();
+    let config = client_config(&identity, identity.trust().clone()).map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(node_id.to_string())
+        .map_err(|e| format!("node ID {node_id:?}: {e}"))?;
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let mut tls = TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    write_frame(&mut tls, body)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(tls)
+}
+
+/// The frames a node sends on one connection ([`call_stream`]).
+pub struct NodePortStream {
+    tls: TlsStream<TcpStream>,
+    idle: Duration,
+    peer: String,
+}
+
+impl NodePortStream {
+    /// The next frame; `None` when the node ended the stream. An error when the
+    /// connection broke, or no frame came within the idle bound (a streaming handler
+    /// sends one at least that often, so silence means the node is gone).
+    pub async fn next_frame(&mut self) -> Result<Option<Vec<u8>>, ClusterError> {
+        let peer = &self.peer;
+        match tokio::time::timeout(self.idle, read_frame(&mut self.tls, MAX_FRAME, self.idle)).await
+        {
+            Ok(Ok(frame)) => Ok(frame),
+            Ok(Err(e)) => Err(ClusterError::Protocol(format!("{peer}: {e}"))),
+            Err(_) => Err(ClusterError::Protocol(format!(
+                "{peer}: nothing within {:?}",
+                self.idle
+            ))),
+        }
     }
 }

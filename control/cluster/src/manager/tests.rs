@@ -700,13 +700,13 @@ async fn the_node_port_answers_managers_only() {
     let addr = listener.local_addr().unwrap();
     let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = asked.clone();
-    let handler: NodePortHandler = Arc::new(move |caller, body| {
+    let handler: NodePortHandler = Arc::new(move |caller, body, frames| {
         counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Box::pin(async move {
             let mut reply = caller.into_bytes();
             reply.push(b':');
             reply.extend(body);
-            reply
+            let _ = frames.send(reply).await;
         })
     });
     let client = w1.node_client();
@@ -739,5 +739,100 @@ async fn the_node_port_answers_managers_only() {
         1,
         "only the manager's request reached the handler"
     );
+    server.abort();
+}
+
+/// A streaming answer: the node's frames reach the manager as they are sent, the end of
+/// the handler ends the stream, and a manager that drops the stream ends the handler
+/// instead of leaving it running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_node_port_streams_frames_until_either_side_ends() {
+    let base = TempBase::new("node-port-stream");
+    let m1 = Manager::init_with(
+        base.config("m1"),
+        info("m1"),
+        InitOptions::default(),
+        timings(),
+    )
+    .await
+    .unwrap();
+    let Joined::Worker(w1) = join_as(&base, "w1", &m1, Role::Worker).await else {
+        panic!("w1 joined as a manager");
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel::<(String, usize)>();
+    // Reports when the handler's future ends: completed, or dropped by the node port.
+    struct Ended {
+        to: tokio::sync::mpsc::UnboundedSender<(String, usize)>,
+        body: String,
+        sent: usize,
+    }
+    impl Drop for Ended {
+        fn drop(&mut self) {
+            let _ = self.to.send((self.body.clone(), self.sent));
+        }
+    }
+    let handler: NodePortHandler = Arc::new(move |_caller, body, frames| {
+        let to = ended_tx.clone();
+        Box::pin(async move {
+            let body = String::from_utf8(body).unwrap();
+            // "N": N frames then the end; "forever": one every 20 ms until refused.
+            let count = body.parse::<usize>().unwrap_or(usize::MAX);
+            let mut ended = Ended { to, body, sent: 0 };
+            while ended.sent < count {
+                let frame = format!("frame-{}", ended.sent).into_bytes();
+                if frames.send(frame).await.is_err() {
+                    break;
+                }
+                ended.sent += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    });
+    let client = w1.node_client();
+    let server = tokio::spawn(async move { client.serve_node_port(listener, handler).await });
+    let idle = Duration::from_secs(5);
+
+    let mut stream = m1
+        .call_node_stream(w1.node_id(), addr, b"3", idle)
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let frame = stream.next_frame().await.unwrap();
+        assert_eq!(frame, Some(format!("frame-{i}").into_bytes()));
+    }
+    assert_eq!(stream.next_frame().await.unwrap(), None);
+    assert_eq!(ended.recv().await, Some(("3".into(), 3)));
+
+    let mut stream = m1
+        .call_node_stream(w1.node_id(), addr, b"forever", idle)
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let frame = stream.next_frame().await.unwrap();
+        assert_eq!(frame, Some(format!("frame-{i}").into_bytes()));
+    }
+    drop(stream);
+    let (body, sent) = tokio::time::timeout(Duration::from_secs(10), ended.recv())
+        .await
+        .expect("the handler went on after the manager left")
+        .unwrap();
+    assert_eq!(body, "forever");
+    assert!(sent >= 5, "{sent}");
+
+    // A node that goes silent is an error after the idle bound, not a hang.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let quiet = silent.local_addr().unwrap();
+    let started = Instant::now();
+    let r = m1
+        .call_node_stream(w1.node_id(), quiet, b"3", Duration::from_millis(500))
+        .await;
+    assert!(
+        r.is_err(),
+        "a listener that never answers TLS gave a stream"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(silent);
     server.abort();
 }

@@ -3,7 +3,8 @@
 //! Layout of the storage directory (0700, every file 0600, see [`crate::private_fs`]):
 //! - `log.sealed`: one record a line, each sealed with the manager's data key
 //!   ([`DataKey`]; base64 of nonce, ciphertext and tag) and appended and fsynced before
-//!   openraft is told the write is done: an entry, a truncation (`from` index on), or a
+//!   openraft is told the write is done (entries: fsynced on the flusher's thread, see
+//!   `flusher.rs`): an entry, a truncation (`from` index on), or a
 //!   purge (up to a log ID). Replaying the records gives the log. A torn last line (a
 //!   crash mid-write leaves no newline after it) is cut off at open; a whole line that
 //!   does not open (damaged, or sealed under another key) refuses to open. When dead
@@ -27,6 +28,7 @@ use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -34,6 +36,8 @@ use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogId, StorageError, StorageIOError, Vote};
 use serde::{Deserialize, Serialize};
 
+use super::flusher::{Done, Flusher};
+use super::latency::LatencyHistogram;
 use super::{RaftId, TypeConfig};
 use crate::private_fs::{self, write_atomic};
 use crate::seal::DataKey;
@@ -72,6 +76,10 @@ struct Inner {
 #[derive(Clone)]
 pub(crate) struct LogStore {
     inner: Arc<Mutex<Inner>>,
+    /// How long each durable write waited on the disk.
+    fsync: Arc<LatencyHistogram>,
+    /// Appended entries' fsyncs, off the caller's thread.
+    flusher: Arc<Flusher>,
 }
 
 fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> io::Error {
@@ -205,7 +213,10 @@ impl LogStore {
             file.sync_all()?;
         }
         file.seek(SeekFrom::End(0))?;
+        let fsync = Arc::<LatencyHistogram>::default();
         Ok(LogStore {
+            flusher: Arc::new(Flusher::start(fsync.clone())?),
+            fsync,
             inner: Arc::new(Mutex::new(Inner {
                 dir: dir.to_path_buf(),
                 key: key.clone(),
@@ -219,6 +230,43 @@ impl LogStore {
         })
     }
 
+    /// Openraft's `append`: the entries written and in the in-memory log when this
+    /// returns, durable when `done` is called (from the flusher's thread), which is
+    /// called with the error too when writing fails.
+    fn append_entries(&self, entries: Vec<Entry<TypeConfig>>, done: Done) -> io::Result<()> {
+        let mut inner = self.lock();
+        let records: Vec<_> = entries
+            .iter()
+            .map(|e| Record::Entry { entry: e.clone() })
+            .collect();
+        let written = inner
+            .write_records_unsynced(&records)
+            .and_then(|()| inner.file.try_clone())
+            .and_then(|file| {
+                for e in entries {
+                    inner.entries.insert(e.log_id.index, e);
+                }
+                // After the in-memory log has them: a compaction writes that log.
+                inner.maybe_compact().map(|()| file)
+            });
+        drop(inner);
+        match written {
+            Ok(file) => {
+                self.flusher.flush(file, done);
+                Ok(())
+            }
+            Err(e) => {
+                done(Err(io::Error::new(e.kind(), e.to_string())));
+                Err(e)
+            }
+        }
+    }
+
+    /// The histogram of this log's fsync times (entries appended, votes saved).
+    pub(crate) fn fsync_latency(&self) -> Arc<LatencyHistogram> {
+        self.fsync.clone()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves the in-memory copy possibly ahead of the file;
         // the file is the truth, and openraft stops on a panic anyway.
@@ -226,19 +274,74 @@ impl LogStore {
     }
 }
 
+/// `swarm init --force-new-cluster`: makes `id` (at `addr`) the only voter of the log
+/// in `dir`, keeping every entry. A membership entry naming it alone is appended after
+/// the last entry, in a term above any this member has seen (its vote moves there, for
+/// itself), so that no other member can hold a different entry with the same ID. When
+/// the member starts again, the newest membership in its log is its own: it elects
+/// itself and commits everything it holds. Only while the member is stopped.
+pub(crate) fn force_single_voter(
+    dir: &Path,
+    key: &DataKey,
+    id: RaftId,
+    addr: String,
+) -> io::Result<LogId<RaftId>> {
+    let store = LogStore::open(dir, key)?;
+    let mut inner = store.lock();
+    let last = inner
+        .entries
+        .values()
+        .next_back()
+        .map(|e| e.log_id)
+        .or(inner.last_purged)
+        .ok_or_else(|| io::Error::other("the Raft log is empty: there is no state to keep"))?;
+    let seen = inner.vote.map(|v| v.leader_id().term).unwrap_or(0);
+    let term = seen.max(last.leader_id.term) + 1;
+    let nodes = BTreeMap::from([(id, openraft::BasicNode { addr })]);
+    let membership = openraft::Membership::new(vec![std::collections::BTreeSet::from([id])], nodes);
+    let entry = Entry {
+        log_id: LogId::new(openraft::CommittedLeaderId::new(term, id), last.index + 1),
+        payload: openraft::EntryPayload::Membership(membership),
+    };
+    let vote = Vote::new(term, id);
+    let bytes = serde_json::to_vec(&vote).map_err(io::Error::other)?;
+    write_atomic(&inner.dir.join(VOTE_FILE), &bytes, true)?;
+    inner.vote = Some(vote);
+    let log_id = entry.log_id;
+    inner.write_records(
+        &[Record::Entry {
+            entry: entry.clone(),
+        }],
+        &store.fsync,
+    )?;
+    inner.entries.insert(log_id.index, entry);
+    Ok(log_id)
+}
+
 impl Inner {
-    fn write_records(&mut self, records: &[Record]) -> io::Result<()> {
+    fn write_records(&mut self, records: &[Record], fsync: &LatencyHistogram) -> io::Result<()> {
+        self.write_records_unsynced(records)?;
+        let started = Instant::now();
+        self.file.sync_data()?;
+        fsync.observe(started.elapsed());
+        Ok(())
+    }
+
+    /// Appends `records` without waiting for the disk (the caller makes them durable).
+    /// The caller applies them to the in-memory log, then calls [`Self::maybe_compact`]
+    /// (a compaction writes the in-memory log: before that, it would drop them).
+    fn write_records_unsynced(&mut self, records: &[Record]) -> io::Result<()> {
         let mut buf = Vec::new();
         for r in records {
             buf.extend(sealed_line(&self.key, r)?);
         }
         self.file.write_all(&buf)?;
-        self.file.sync_data()?;
         self.records += records.len();
-        self.maybe_compact()
+        Ok(())
     }
 
-    /// Rewrites the file with only the live records once dead ones dominate.
+    /// Rewrites the file with only the live records once dead ones dominate; durable
+    /// (fsynced, renamed, directory fsynced) before it returns.
     fn maybe_compact(&mut self) -> io::Result<()> {
         if self.records <= 2 * self.entries.len() + 1024 {
             return Ok(());
@@ -321,7 +424,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut inner = self.lock();
         let path = inner.dir.join(VOTE_FILE);
         let bytes = serde_json::to_vec(vote).map_err(|e| StorageIOError::write_vote(&e))?;
+        let started = Instant::now();
         write_atomic(&path, &bytes, true).map_err(|e| StorageIOError::write_vote(&e))?;
+        self.fsync.observe(started.elapsed());
         inner.vote = Some(*vote);
         Ok(())
     }
@@ -358,42 +463,36 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut inner = self.lock();
         let entries: Vec<_> = entries.into_iter().collect();
-        let records: Vec<_> = entries
-            .iter()
-            .map(|e| Record::Entry { entry: e.clone() })
-            .collect();
-        if let Err(e) = inner.write_records(&records) {
-            let err = StorageIOError::write_logs(&e);
-            callback.log_io_completed(Err(e));
-            return Err(err.into());
-        }
-        for e in entries {
-            inner.entries.insert(e.log_id.index, e);
-        }
-        drop(inner);
-        callback.log_io_completed(Ok(()));
-        Ok(())
+        self.append_entries(entries, Box::new(move |r| callback.log_io_completed(r)))
+            .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
     async fn truncate(&mut self, log_id: LogId<RaftId>) -> Result<(), StorageError<RaftId>> {
+        let fsync = self.fsync.clone();
         let mut inner = self.lock();
         inner
-            .write_records(&[Record::Truncate { from: log_id.index }])
+            .write_records(&[Record::Truncate { from: log_id.index }], &fsync)
             .map_err(|e| StorageIOError::write_logs(&e))?;
         inner.entries.split_off(&log_id.index);
+        inner
+            .maybe_compact()
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<RaftId>) -> Result<(), StorageError<RaftId>> {
+        let fsync = self.fsync.clone();
         let mut inner = self.lock();
         inner
-            .write_records(&[Record::Purge { upto: log_id }])
+            .write_records(&[Record::Purge { upto: log_id }], &fsync)
             .map_err(|e| StorageIOError::write_logs(&e))?;
         let kept = inner.entries.split_off(&(log_id.index + 1));
         inner.entries = kept;
         inner.last_purged = Some(log_id);
+        inner
+            .maybe_compact()
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
 }
@@ -434,16 +533,53 @@ mod tests {
         d
     }
 
-    /// Appends without openraft's flush callback (it cannot be built outside openraft).
+    /// Appends through the path openraft's `append` takes, waiting until the entries
+    /// are durable.
     fn append(store: &LogStore, entries: Vec<Entry<TypeConfig>>) {
-        let mut inner = store.lock();
-        let records: Vec<_> = entries
-            .iter()
-            .map(|e| Record::Entry { entry: e.clone() })
-            .collect();
-        inner.write_records(&records).unwrap();
-        for e in entries {
-            inner.entries.insert(e.log_id.index, e);
+        let (tx, rx) = std::sync::mpsc::channel();
+        store
+            .append_entries(entries, Box::new(move |r| tx.send(r.is_ok()).unwrap()))
+            .unwrap();
+        assert!(rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap());
+    }
+
+    /// Entries appended while a compaction comes due are in the rewritten file: a
+    /// compaction before they were in the in-memory log would drop them. A window of
+    /// live entries slides (one appended, the oldest purged) until dead records pass the
+    /// compaction's bound, for both parities of the live count; right after the first
+    /// compaction the reopened log is the in-memory one.
+    #[tokio::test]
+    async fn entries_appended_when_a_compaction_comes_due_survive_a_restart() {
+        for live in [10u64, 11] {
+            let dir = tempdir(&format!("compact-append-{live}"));
+            let key = DataKey::generate();
+            let mut s = LogStore::open(&dir, &key).unwrap();
+            append(&s, (1..=live).map(|i| entry(1, i)).collect());
+            let mut next = live + 1;
+            loop {
+                let before = s.lock().records;
+                append(&s, vec![entry(1, next)]);
+                s.purge(LogId::new(CommittedLeaderId::new(1, 1), next - live))
+                    .await
+                    .unwrap();
+                next += 1;
+                if s.lock().records < before {
+                    break;
+                }
+                assert!(next < 5_000, "no compaction came due");
+            }
+            let held: Vec<u64> = s.lock().entries.keys().copied().collect();
+            drop(s);
+            let mut s = LogStore::open(&dir, &key).unwrap();
+            let got: Vec<u64> = s
+                .try_get_log_entries(..)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.log_id.index)
+                .collect();
+            assert_eq!(got, held, "live {live}");
+            fs::remove_dir_all(&dir).unwrap();
         }
     }
 

@@ -204,7 +204,7 @@ async fn a_backend_change_reaches_the_kernel_through_the_pipeline() {
     let (tables_tx, tables) = std::sync::mpsc::channel();
     let running = runner::spawn(
         "vip-test",
-        move || Ok(VipReconciler::new(FakeVipKernel(tables_tx))),
+        move || Ok(VipReconciler::new(FakeVipKernel(tables_tx.clone()))),
         out_rx,
         None,
         StatusFile::new(&dir, "vip"),

@@ -74,8 +74,8 @@ impl Dataplane {
             move || {
                 let kernel = NetlinkKernel::new(None, netns_dir.clone())
                     .map_err(|e| format!("opening netlink: {e}"))?;
-                OverlayReconciler::new(kernel, node, netns_dir, present_tx)
-                    .map(|r| r.with_readiness(overlay_ready))
+                OverlayReconciler::new(kernel, node.clone(), netns_dir.clone(), present_tx.clone())
+                    .map(|r| r.with_readiness(overlay_ready.clone()))
                     .map_err(|e| e.to_string())
             },
             declared.clone(),
@@ -99,7 +99,7 @@ impl Dataplane {
                     format!("attaching the VIP programs at {}: {e}", cgroup.display())
                 })?;
                 info!(cgroup = %cgroup.display(), pin_dir = %pin_dir.display(), adopted_vips = program.record().vips.len(), "VIP socket programs attached");
-                Ok(VipReconciler::new(program).with_readiness(vip_ready))
+                Ok(VipReconciler::new(program).with_readiness(vip_ready.clone()))
             },
             declared.clone(),
             Some(present.clone()),
@@ -122,7 +122,9 @@ impl Dataplane {
         let guard_pins = pin_dir.clone();
         let guard = runner::spawn(
             "guard",
-            move || GuardReconciler::new(KernelGuard::open(&guard_pins, flows)?, guard_node),
+            move || {
+                GuardReconciler::new(KernelGuard::open(&guard_pins, flows)?, guard_node.clone())
+            },
             declared.clone(),
             None,
             StatusFile::new(&status_dir, "guard"),
@@ -137,8 +139,9 @@ impl Dataplane {
         let mesh = runner::spawn(
             "lb-mesh",
             move || {
-                let kernel = KernelMesh::open(&pin_dir, flows, &underlay, sysctls)?;
-                MeshReconciler::new(kernel, mesh_node).map(|r| r.with_readiness(mesh_ready))
+                let kernel = KernelMesh::open(&pin_dir, flows, &underlay, sysctls.clone())?;
+                MeshReconciler::new(kernel, mesh_node.clone())
+                    .map(|r| r.with_readiness(mesh_ready.clone()))
             },
             declared.clone(),
             Some(present.clone()),
@@ -154,8 +157,8 @@ impl Dataplane {
         let egress = runner::spawn(
             "egress",
             move || {
-                EgressReconciler::new(NetlinkEgress::new(egress_sysctls)?, egress_params)
-                    .map(|r| r.with_readiness(egress_ready))
+                EgressReconciler::new(NetlinkEgress::new(egress_sysctls.clone())?, egress_params)
+                    .map(|r| r.with_readiness(egress_ready.clone()))
             },
             declared.clone(),
             None,
@@ -170,11 +173,11 @@ impl Dataplane {
         let dns = runner::spawn(
             "dns",
             move || {
-                let resolver = resolver(&dns_config, resolver_stats)?;
+                let resolver = resolver(&dns_config, resolver_stats.clone())?;
                 let table = resolver.table.clone();
                 Ok(DnsReconciler::new(resolver, table)
                     .with_listener(egress_listener(egress_params.gateway))
-                    .with_readiness(ready_tx))
+                    .with_readiness(ready_tx.clone()))
             },
             declared,
             Some(present),
@@ -206,8 +209,9 @@ impl Dataplane {
         self.dns_stats.clone()
     }
 
-    /// Logs, once each, reconcilers whose thread has ended (a panic): their part of
-    /// the dataplane no longer follows the declared state.
+    /// Logs, once each, reconcilers whose thread has ended: their part of the dataplane
+    /// no longer follows the declared state. (A reconcile that panics does not end it:
+    /// the runner builds the reconciler again, see `runner::spawn`.)
     pub fn check_alive(&mut self) {
         for (i, t) in self.threads.iter().enumerate() {
             if !t.is_alive() && !self.reported_dead[i] {

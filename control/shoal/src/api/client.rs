@@ -41,6 +41,33 @@ impl Client {
 
     /// Sends `request`, waits for the answer.
     pub fn call(&self, request: &Request) -> Result<Reply, ClientError> {
+        let mut answers = self.send(request)?;
+        match answers.next_reply()? {
+            Some(reply) => Ok(reply),
+            None => Err(ClientError::Protocol {
+                path: self.path.clone(),
+                detail: "the connection closed without an answer".into(),
+            }),
+        }
+    }
+
+    /// Sends a streaming request ([`Request::streams`]) and hands each reply to
+    /// `each` as it comes, until the agent ends the stream or `each` returns false.
+    pub fn call_stream(
+        &self,
+        request: &Request,
+        mut each: impl FnMut(Reply) -> bool,
+    ) -> Result<(), ClientError> {
+        let mut answers = self.send(request)?;
+        while let Some(reply) = answers.next_reply()? {
+            if !each(reply) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&self, request: &Request) -> Result<Answers, ClientError> {
         let path = &self.path;
         let mut stream = UnixStream::connect(path).map_err(|error| match error.kind() {
             ErrorKind::NotFound | ErrorKind::ConnectionRefused => {
@@ -52,29 +79,47 @@ impl Client {
                 error,
             },
         })?;
-        let io = |error| ClientError::Io {
+        let mut line = serde_json::to_vec(request).map_err(|e| ClientError::Io {
+            path: path.clone(),
+            error: io::Error::other(e),
+        })?;
+        line.push(b'\n');
+        stream.write_all(&line).map_err(|error| ClientError::Io {
             path: path.clone(),
             error,
-        };
-        let mut line = serde_json::to_vec(request).map_err(|e| io(io::Error::other(e)))?;
-        line.push(b'\n');
-        stream.write_all(&line).map_err(io)?;
+        })?;
+        Ok(Answers {
+            path: path.clone(),
+            read: BufReader::new(stream),
+        })
+    }
+}
+
+/// The response lines of one request.
+struct Answers {
+    path: PathBuf,
+    read: BufReader<UnixStream>,
+}
+
+impl Answers {
+    /// The next reply; `None` once the agent closed the connection.
+    fn next_reply(&mut self) -> Result<Option<Reply>, ClientError> {
         let mut answer = Vec::new();
-        BufReader::new(stream)
+        (&mut self.read)
             .take(MAX_LINE as u64 + 1)
             .read_until(b'\n', &mut answer)
-            .map_err(io)?;
+            .map_err(|error| ClientError::Io {
+                path: self.path.clone(),
+                error,
+            })?;
         if answer.is_empty() {
-            return Err(ClientError::Protocol {
-                path: path.clone(),
-                detail: "the connection closed without an answer".into(),
-            });
+            return Ok(None);
         }
         match serde_json::from_slice::<Response>(&answer) {
-            Ok(Response::Ok(reply)) => Ok(reply),
+            Ok(Response::Ok(reply)) => Ok(Some(reply)),
             Ok(Response::Error(e)) => Err(ClientError::Api(e)),
             Err(e) => Err(ClientError::Protocol {
-                path: path.clone(),
+                path: self.path.clone(),
                 detail: e.to_string(),
             }),
         }

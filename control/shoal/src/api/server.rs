@@ -8,7 +8,7 @@ use std::{
     sync::Arc,
 };
 
-use futures::future::BoxFuture;
+use futures::{future::BoxFuture, stream::BoxStream, StreamExt as _};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
@@ -20,7 +20,17 @@ use super::{ApiError, Reply, Request, Response, MAX_LINE};
 /// What answers the requests: the agent's cluster role, or a fake in tests.
 pub trait Backend: Send + Sync + 'static {
     fn handle(&self, request: Request) -> BoxFuture<'_, Result<Reply, ApiError>>;
+
+    /// A request whose answer is a stream ([`Request::streams`]): its replies as they
+    /// come, for as long as the caller holds the stream (dropping it ends the work).
+    fn stream(&self, request: Request) -> BoxFuture<'_, Result<ReplyStream, ApiError>> {
+        let name = request.name();
+        Box::pin(async move { Err(ApiError::new(format!("{name} cannot follow here"))) })
+    }
 }
+
+/// The replies of a streaming request ([`Backend::stream`]).
+pub type ReplyStream = BoxStream<'static, Result<Reply, ApiError>>;
 
 /// Why the socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -159,7 +169,9 @@ pub async fn serve(socket: ApiSocket, backend: Arc<dyn Backend>) {
     }
 }
 
-/// One connection: a request line, its response line, until the client hangs up.
+/// One connection: a request line, its response line, until the client hangs up. A
+/// streaming request ([`Request::streams`]) is answered with a response line per reply
+/// instead, until the stream ends (the connection then closes) or the client hangs up.
 async fn connection(stream: UnixStream, backend: Arc<dyn Backend>) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
@@ -177,6 +189,21 @@ async fn connection(stream: UnixStream, backend: Arc<dyn Backend>) -> io::Result
             Response::Error(ApiError::new("request too long"))
         } else {
             match serde_json::from_slice::<Request>(&line) {
+                Ok(request) if request.streams() => {
+                    let name = request.name();
+                    return match backend.stream(request).await {
+                        Ok(replies) => {
+                            info!(request = name, "API stream started");
+                            let r = stream_replies(replies, &mut lines, &mut write).await;
+                            info!(request = name, "API stream ended");
+                            r
+                        }
+                        Err(e) => {
+                            info!(request = name, error = %e, "API request refused");
+                            write_response(&mut write, &Response::Error(e)).await
+                        }
+                    };
+                }
                 Ok(request) => {
                     let name = request.name();
                     let result = backend.handle(request).await;
@@ -191,11 +218,43 @@ async fn connection(stream: UnixStream, backend: Arc<dyn Backend>) -> io::Result
                 ))),
             }
         };
-        let mut out = serde_json::to_vec(&response).map_err(io::Error::other)?;
-        out.push(b'\n');
-        write.write_all(&out).await?;
+        write_response(&mut write, &response).await?;
         if line.len() > MAX_LINE {
             return Ok(());
+        }
+    }
+}
+
+async fn write_response(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    response: &Response,
+) -> io::Result<()> {
+    let mut out = serde_json::to_vec(response).map_err(io::Error::other)?;
+    out.push(b'\n');
+    write.write_all(&out).await
+}
+
+/// Writes a stream's replies until it ends, or until the client hangs up (seen at once
+/// on its side of the socket, even while the stream has nothing to say).
+async fn stream_replies(
+    mut replies: super::server::ReplyStream,
+    read: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+) -> io::Result<()> {
+    let mut scratch = [0u8; 64];
+    loop {
+        tokio::select! {
+            reply = replies.next() => match reply {
+                Some(reply) => write_response(write, &reply.into()).await?,
+                None => return Ok(()),
+            },
+            // The client says nothing more on a streaming connection: any read that
+            // ends (EOF or error) means it has gone.
+            gone = read.read(&mut scratch) => {
+                if matches!(gone, Ok(0) | Err(_)) {
+                    return Ok(());
+                }
+            }
         }
     }
 }

@@ -545,7 +545,7 @@ pub struct LogsArgs {
     /// Print the lines without any prefix
     #[arg(long)]
     pub raw: bool,
-    /// Follow the output (not available yet: refused)
+    /// Follow the output: lines from every node as they are written, until interrupted
     #[arg(long, short = 'f')]
     pub follow: bool,
     /// Show extra details (not available yet: refused)
@@ -556,14 +556,33 @@ pub struct LogsArgs {
     pub service: String,
 }
 
+/// `service logs -f`: each batch printed as it comes (warnings on stderr at once),
+/// until the agent ends the stream or stdout is closed.
+fn follow_logs(client: &Client, request: &Request, timestamps: bool) -> Result<(), CliError> {
+    use std::io::Write as _;
+    let mut failed = None;
+    client.call_stream(request, |reply| {
+        let Reply::ServiceLogs { records, warnings } = reply else {
+            failed = Some(CliError::Output("unexpected reply to service logs".into()));
+            return false;
+        };
+        for w in warnings {
+            eprintln!("WARNING: {w}");
+        }
+        let mut out = std::io::stdout().lock();
+        let written = records
+            .iter()
+            .try_for_each(|r| writeln!(out, "{}", r.cli_line(timestamps)))
+            .and_then(|()| out.flush());
+        // A closed stdout (`| head`) ends the command quietly.
+        written.is_ok()
+    })?;
+    failed.map_or(Ok(()), Err)
+}
+
 /// The agent's request for `service logs`, after checking its flags (a flag that is not
 /// carried out yet is refused).
 fn logs_request(a: &LogsArgs) -> Result<Request, CliError> {
-    if a.follow {
-        return Err(CliError::Usage(
-            "service logs: -f/--follow is not supported yet (the logs are read once)".into(),
-        ));
-    }
     if a.details {
         return Err(CliError::Usage(
             "service logs: --details is not supported".into(),
@@ -589,10 +608,10 @@ fn logs_request(a: &LogsArgs) -> Result<Request, CliError> {
         service: a.service.clone(),
         tail,
         since,
-        timestamps: a.timestamps,
         no_task_ids: a.no_task_ids,
         no_trunc: a.no_trunc,
         raw: a.raw,
+        follow: a.follow,
     })
 }
 
@@ -778,10 +797,20 @@ pub fn run_service(args: &ServiceArgs) -> Result<Output, CliError> {
             };
             update(&client, &a.service, &request, a.detach, &mut warnings)?
         }
+        ServiceCommand::Logs(a) if a.follow => {
+            follow_logs(&client, &logs_request(a)?, a.timestamps)?;
+            String::new()
+        }
         ServiceCommand::Logs(a) => match call(&client, &logs_request(a)?)? {
-            Reply::ServiceLogs { lines, warnings: w } => {
+            Reply::ServiceLogs {
+                records,
+                warnings: w,
+            } => {
                 warnings.extend(w);
-                lines.iter().map(|l| format!("{l}\n")).collect()
+                records
+                    .iter()
+                    .map(|r| format!("{}\n", r.cli_line(a.timestamps)))
+                    .collect()
             }
             _ => return Err(CliError::Output("unexpected reply to service logs".into())),
         },
@@ -813,16 +842,16 @@ mod tests {
             service,
             tail,
             since,
-            timestamps,
             no_task_ids,
             no_trunc,
             raw,
+            follow,
         } = request(&[
             "--tail",
             "5",
             "--since",
             "2026-12-06T19:00:00Z",
-            "-t",
+            "-f",
             "--no-task-ids",
             "--no-trunc",
             "--raw",
@@ -835,11 +864,11 @@ mod tests {
         assert_eq!(service, "web");
         assert_eq!(tail.as_deref(), Some("5"));
         assert_eq!(since, Some(1_796_583_600));
-        assert!(timestamps && no_task_ids && no_trunc && raw);
+        assert!(follow && no_task_ids && no_trunc && raw);
         let Request::ServiceLogs {
             tail,
             since,
-            timestamps,
+            follow,
             ..
         } = request(&["-n", "all", "web"]).unwrap()
         else {
@@ -847,13 +876,12 @@ mod tests {
         };
         assert_eq!(tail.as_deref(), Some("all"));
         assert_eq!(since, None);
-        assert!(!timestamps);
+        assert!(!follow);
     }
 
     #[test]
     fn logs_refuses_bad_values_and_what_it_does_not_do() {
         for (args, needle) in [
-            (&["-f", "web"][..], "--follow"),
             (&["--details", "web"][..], "--details"),
             (&["--tail", "many", "web"][..], "--tail"),
             (&["--since", "last week", "web"][..], "--since"),

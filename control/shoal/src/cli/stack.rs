@@ -28,8 +28,10 @@ use shoal_cluster::store::{DataObject, ObjectKind, Service, ServiceSpec};
 
 use super::{
     call,
+    format::align_tabs,
     registry_auth::credentials_for,
     service::{state, views::service_ls, views::task_list, ServiceLsArgs, TaskListArgs},
+    template::Format,
     ApiSocketArg, CliError, Output,
 };
 use crate::{
@@ -54,7 +56,7 @@ pub enum StackCommand {
     #[command(alias = "up")]
     Deploy(DeployArgs),
     /// List stacks
-    Ls,
+    Ls(StackLsArgs),
     /// List the services of a stack
     Services(StackServicesArgs),
     /// List the tasks of a stack
@@ -62,6 +64,14 @@ pub enum StackCommand {
     /// Remove stacks (services, then networks)
     #[command(alias = "remove", alias = "down")]
     Rm(StackRmArgs),
+}
+
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct StackLsArgs {
+    /// Format the output: `json`, `table TEMPLATE` or a Go-style template over
+    /// `.Name` and `.Services`
+    #[arg(long)]
+    pub format: Option<String>,
 }
 
 #[derive(Args, Debug, Clone, PartialEq)]
@@ -511,24 +521,49 @@ fn remove_object(
     }
 }
 
+/// `stack ls`: each stack's name and number of services, in Docker's layouts.
+fn stack_ls(format: &Format, counts: &BTreeMap<String, usize>) -> Result<String, String> {
+    // Docker's stack formatter gives the count as text.
+    let row = |name: &str, n: usize| serde_json::json!({"Name": name, "Services": n.to_string()});
+    match format {
+        Format::Default => {
+            let mut out = format!("{:<10}{}\n", "NAME", "SERVICES");
+            for (name, n) in counts {
+                out.push_str(&format!("{name:<10}{n}\n"));
+            }
+            Ok(out)
+        }
+        Format::Lines(t) => counts
+            .iter()
+            .map(|(name, n)| Ok(t.render(&row(name, *n))? + "\n"))
+            .collect(),
+        Format::Table(t) => {
+            let mut text =
+                t.render(&serde_json::json!({"Name": "NAME", "Services": "SERVICES"}))? + "\n";
+            for (name, n) in counts {
+                text += &t.render(&row(name, *n))?;
+                text.push('\n');
+            }
+            Ok(align_tabs(&text))
+        }
+    }
+}
+
 /// Runs `shoal stack ...` against the agent.
 pub fn run_stack(args: &StackArgs) -> Result<Output, CliError> {
     let client = Client::new(&args.socket.api_socket);
     let mut warnings = Vec::new();
     let stdout = match &args.command {
         StackCommand::Deploy(a) => deploy(&client, a, &mut warnings)?,
-        StackCommand::Ls => {
+        StackCommand::Ls(a) => {
+            let format = Format::parse(a.format.as_deref()).map_err(CliError::Usage)?;
             let mut counts: BTreeMap<String, usize> = BTreeMap::new();
             for s in state(&client, Vec::new())?.services {
                 if let Some(stack) = stack_of(&s) {
                     *counts.entry(stack.to_string()).or_default() += 1;
                 }
             }
-            let mut out = format!("{:<10}{}\n", "NAME", "SERVICES");
-            for (name, n) in counts {
-                out.push_str(&format!("{name:<10}{n}\n"));
-            }
-            out
+            stack_ls(&format, &counts).map_err(CliError::Output)?
         }
         StackCommand::Services(a) => {
             let filters = filters::from_args(&a.ls.filters, filters::SERVICE_KEYS)
@@ -549,6 +584,19 @@ pub fn run_stack(args: &StackArgs) -> Result<Output, CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stack_ls_formats_as_docker() {
+        let counts = BTreeMap::from([("app".to_string(), 2), ("db".to_string(), 1)]);
+        let ls = |f: Option<&str>| stack_ls(&Format::parse(f).unwrap(), &counts).unwrap();
+        assert_eq!(ls(None), "NAME      SERVICES\napp       2\ndb        1\n");
+        assert_eq!(
+            ls(Some("json")),
+            "{\"Name\":\"app\",\"Services\":\"2\"}\n{\"Name\":\"db\",\"Services\":\"1\"}\n"
+        );
+        assert_eq!(ls(Some("{{.Name}}")), "app\ndb\n");
+        assert!(ls(Some("table {{.Name}}\t{{.Services}}")).starts_with("NAME"));
+    }
 
     fn spec(image: &str, net: &str) -> ServiceSpec {
         let c = compose::merge(vec![compose::parse(

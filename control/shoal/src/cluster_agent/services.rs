@@ -2,17 +2,16 @@
 //! (nothing is written when one fails), then one store command per object.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     path::Path,
 };
 
-use futures::StreamExt;
 use shoal_cluster::{
     ipam::{NetworkAddressing, Networks, PublishedPorts},
     manager::Manager,
     store::{
         ClusterState, Command, JobStatus, Network, ObjectKind, Placement, PublishMode, Service,
-        ServiceMode, ServiceSpec, TaskState, UpdateConfig,
+        ServiceMode, ServiceSpec, UpdateConfig,
     },
 };
 use tracing::info;
@@ -27,11 +26,10 @@ use super::{
 use crate::api::{
     check_alias, check_container_options, ApiError, Reply, Request, ServiceStateView,
 };
-use crate::service_logs::{self, PrefixStyle};
+use crate::service_logs::PrefixStyle;
 use shoal_cluster::registry_auth::RegistryCredentials;
 use shoal_orchestrator::{
     docker::DockerClient,
-    executor::{LABEL_SERVICE_ID, LABEL_TASK_ID},
     image::{self, ImageRef},
     scheduler::{new_id, now_ms, Constraint},
 };
@@ -543,24 +541,27 @@ pub(super) async fn request(
             service,
             tail,
             since,
-            timestamps,
             no_task_ids,
             no_trunc,
             raw,
+            follow,
         } => {
-            let (id, task) = logs_target(&state, &service)?;
-            let options = LogsOptions {
-                task,
+            if follow {
+                return Err(ApiError::new(
+                    "internal error: service logs -f is a streaming request",
+                ));
+            }
+            let options = super::logs::LogsOptions {
+                reference: service,
                 tail,
                 since,
-                timestamps,
                 style: PrefixStyle {
                     no_task_ids,
                     no_trunc,
                     raw,
                 },
             };
-            logs(&state, manager, &id, docker_socket, options).await
+            super::logs::logs(state, manager, docker_socket, options).await
         }
         Request::NetworkCreate {
             name,
@@ -704,253 +705,6 @@ pub(super) async fn request(
     }
 }
 
-/// What `service logs` reads and how it prints it.
-struct LogsOptions {
-    /// Only this task's container (the argument was a task's ID).
-    task: Option<String>,
-    tail: Option<String>,
-    /// Unix seconds.
-    since: Option<i64>,
-    timestamps: bool,
-    style: PrefixStyle,
-}
-
-/// The service (and the single task, when the reference is a task's ID) that
-/// `service logs REFERENCE` reads: a service's name or ID first, then a task's ID.
-fn logs_target(
-    state: &ClusterState,
-    reference: &str,
-) -> Result<(String, Option<String>), ApiError> {
-    let service_error = match service_id(state, reference) {
-        Ok(id) => return Ok((id, None)),
-        Err(e) => e,
-    };
-    let tasks = state.tasks.values().map(|t| (t.id.as_str(), t.id.as_str()));
-    match resolve("task", tasks, reference) {
-        Ok(task) => Ok((state.tasks[&task].service_id.clone(), Some(task))),
-        Err(task_error) if task_error.message.contains("ambiguous") => Err(task_error),
-        Err(_) => Err(ApiError::new(format!(
-            "{}, nor is it a task's ID",
-            service_error.message
-        ))),
-    }
-}
-
-/// `service logs`: the lines of the service's task containers on every node that runs
-/// (or ran) one: this node's from its own dockerd, the others' asked of each node over
-/// its node port (mutual TLS, a manager's certificate), all at once and each within
-/// [`NODE_LOGS_DEADLINE`]. A node that does not answer is named in the warnings with
-/// its tasks; the others' lines still come. Lines are merged by their timestamp.
-async fn logs(
-    state: &ClusterState,
-    manager: &Manager,
-    service_id: &str,
-    docker_socket: Option<&Path>,
-    options: LogsOptions,
-) -> Result<Reply, ApiError> {
-    let self_id = manager.node_id();
-    let service = &state.services[service_id];
-    let hostname = |id: &str| {
-        state
-            .nodes
-            .get(id)
-            .map(|n| n.hostname.clone())
-            .unwrap_or_else(|| id.to_string())
-    };
-    // Node ID -> the tasks there (ID -> display name).
-    let mut per_node: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-    for t in state.service_tasks(service_id) {
-        if options.task.as_ref().is_some_and(|only| *only != t.id) {
-            continue;
-        }
-        if let Some(n) = &t.node_id {
-            if t.status.state >= TaskState::Starting {
-                per_node
-                    .entry(n.clone())
-                    .or_default()
-                    .insert(t.id.clone(), t.display_name(&service.spec.name));
-            }
-        }
-    }
-    let mut warnings = Vec::new();
-    let mut lines = Vec::new();
-    let ask = |node: String, tasks: BTreeMap<String, String>| {
-        let host = hostname(&node);
-        let addr = state.nodes.get(&node).and_then(|n| {
-            n.advertise_addr
-                .parse::<std::net::SocketAddr>()
-                .map(|a| a.ip())
-                .or_else(|_| n.advertise_addr.parse::<std::net::IpAddr>())
-                .ok()
-        });
-        let request = service_logs::NodeLogsRequest {
-            service_id: service_id.to_string(),
-            tasks: tasks.clone(),
-            node_name: host.clone(),
-            tail: options.tail.clone(),
-            since: options.since,
-            style: options.style,
-        };
-        async move {
-            let named = || {
-                let names: Vec<String> = tasks
-                    .iter()
-                    .map(|(id, name)| format!("{name}.{}", &id[..id.len().min(12)]))
-                    .collect();
-                names.join(", ")
-            };
-            let Some(ip) = addr else {
-                return Err(format!(
-                    "node {host} has no known address: no lines from its task(s) {}",
-                    named()
-                ));
-            };
-            let body = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
-            let at = std::net::SocketAddr::new(ip, shoal_cluster::manager::NODE_PORT);
-            let reply = manager
-                .call_node(&node, at, &body, service_logs::NODE_LOGS_DEADLINE)
-                .await
-                .and_then(|r| {
-                    serde_json::from_slice::<service_logs::NodeLogsReply>(&r).map_err(|e| {
-                        shoal_cluster::manager::ClusterError::Protocol(format!("bad answer: {e}"))
-                    })
-                });
-            reply.map_err(|e| {
-                format!(
-                    "node {host} did not answer ({e}): no lines from its task(s) {}",
-                    named()
-                )
-            })
-        }
-    };
-    let mut remote = Vec::new();
-    let mut local = None;
-    for (node, tasks) in per_node {
-        if node == self_id {
-            local = Some(tasks);
-        } else {
-            remote.push(ask(node, tasks));
-        }
-    }
-    let local_part = async {
-        match (&local, docker_socket) {
-            (Some(tasks), Some(socket)) => {
-                let request = service_logs::NodeLogsRequest {
-                    service_id: service_id.to_string(),
-                    tasks: tasks.clone(),
-                    node_name: hostname(self_id),
-                    tail: options.tail.clone(),
-                    since: options.since,
-                    style: options.style,
-                };
-                Some(node_lines(socket, &request).await)
-            }
-            _ => None,
-        }
-    };
-    let (local_reply, remote_replies) =
-        futures::join!(local_part, futures::future::join_all(remote));
-    if let Some(r) = local_reply {
-        lines.extend(r.lines);
-        warnings.extend(r.warnings);
-    }
-    for r in remote_replies {
-        match r {
-            Ok(r) => {
-                lines.extend(r.lines);
-                warnings.extend(r.warnings);
-            }
-            Err(w) => warnings.push(w),
-        }
-    }
-    Ok(Reply::ServiceLogs {
-        lines: service_logs::merge(lines, options.timestamps),
-        warnings,
-    })
-}
-
-/// The lines of the named tasks' containers on this node's dockerd (the node port's
-/// answer, and a manager's own part of `service logs`), with dockerd's timestamps.
-pub(crate) async fn node_lines(
-    socket: &Path,
-    request: &service_logs::NodeLogsRequest,
-) -> service_logs::NodeLogsReply {
-    let mut reply = service_logs::NodeLogsReply::default();
-    let docker = match DockerClient::connect(socket).await {
-        Ok(d) => d,
-        Err(e) => {
-            reply
-                .warnings
-                .push(format!("{}: dockerd: {e}", request.node_name));
-            return reply;
-        }
-    };
-    let api = docker.engine();
-    let list = match api
-        .list_containers(Some(bollard::query_parameters::ListContainersOptions {
-            all: true,
-            filters: Some(HashMap::from([(
-                "label".to_string(),
-                vec![format!("{LABEL_SERVICE_ID}={}", request.service_id)],
-            )])),
-            ..Default::default()
-        }))
-        .await
-    {
-        Ok(l) => l,
-        Err(e) => {
-            reply.warnings.push(format!(
-                "{}: listing task containers: {e}",
-                request.node_name
-            ));
-            return reply;
-        }
-    };
-    for c in list {
-        let (Some(id), Some(labels)) = (c.id, c.labels) else {
-            continue;
-        };
-        let task_id = labels.get(LABEL_TASK_ID).cloned().unwrap_or_default();
-        let Some(name) = request.tasks.get(&task_id) else {
-            continue;
-        };
-        let prefix = service_logs::prefix(request.style, name, &task_id, &request.node_name);
-        let shown = prefix
-            .clone()
-            .unwrap_or_else(|| format!("{name}@{}", request.node_name));
-        let mut stream = api.logs(
-            &id,
-            Some(bollard::query_parameters::LogsOptions {
-                stdout: true,
-                stderr: true,
-                tail: request.tail.clone().unwrap_or_else(|| "all".into()),
-                since: request
-                    .since
-                    .map(|s| s.clamp(0, i64::from(i32::MAX)) as i32)
-                    .unwrap_or_default(),
-                timestamps: true,
-                ..Default::default()
-            }),
-        );
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(out) => {
-                    for line in out.to_string().lines() {
-                        reply
-                            .lines
-                            .push(service_logs::LogLine::split(prefix.clone(), line));
-                    }
-                }
-                Err(e) => {
-                    reply.warnings.push(format!("{shown}: {e}"));
-                    break;
-                }
-            }
-        }
-    }
-    reply
-}
-
 #[cfg(test)]
 pub(super) mod tests {
     use shoal_cluster::store::{EndpointMode, PortConfig, Protocol, RestartCondition};
@@ -1038,44 +792,5 @@ pub(super) mod tests {
             prepare_spec(&state, twice).unwrap_err().to_string(),
             "port 8080/tcp is published twice"
         );
-    }
-
-    #[test]
-    fn logs_reads_a_service_by_name_or_id_else_one_task_by_id() {
-        let mut state = ClusterState::default();
-        state.services.insert(
-            "s1".into(),
-            Service {
-                id: "s1".into(),
-                spec: spec("web", &[]),
-                created_ms: 0,
-                updated_ms: 0,
-                endpoint: Default::default(),
-                force_update: 0,
-                registry_auth: None,
-                previous_spec: None,
-                update_status: None,
-                job_status: None,
-                version: 0,
-            },
-        );
-        for id in ["t1abc", "t1abd", "t2xyz"] {
-            let task = shoal_cluster::store::Task {
-                id: id.into(),
-                service_id: "s1".into(),
-                slot: 1,
-                ..Default::default()
-            };
-            state.tasks.insert(id.into(), task);
-        }
-        let target = |r: &str| logs_target(&state, r).map_err(|e| e.message);
-        assert_eq!(target("web"), Ok(("s1".into(), None)));
-        assert_eq!(target("s1"), Ok(("s1".into(), None)));
-        assert_eq!(target("t2xyz"), Ok(("s1".into(), Some("t2xyz".into()))));
-        assert_eq!(target("t2"), Ok(("s1".into(), Some("t2xyz".into()))));
-        let ambiguous = target("t1ab").unwrap_err();
-        assert!(ambiguous.contains("ambiguous"), "{ambiguous}");
-        let missing = target("nosuch").unwrap_err();
-        assert!(missing.contains("nor is it a task's ID"), "{missing}");
     }
 }

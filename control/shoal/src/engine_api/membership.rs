@@ -78,9 +78,6 @@ pub async fn init(
     call: &Call,
 ) -> Result<Answer, Answer> {
     let v = body(call)?;
-    if v["ForceNewCluster"].as_bool() == Some(true) {
-        return Err(bad("--force-new-cluster is not supported by shoal"));
-    }
     check_availability(&v)?;
     check_no_spec(&v)?;
     let default_addr_pool = match v["DefaultAddrPool"].as_array() {
@@ -109,6 +106,7 @@ pub async fn init(
             .map(|m| u8::try_from(m).map_err(|_| bad("SubnetSize: not a prefix length")))
             .transpose()?,
         autolock: v["AutoLockManagers"].as_bool().unwrap_or(false),
+        force_new_cluster: v["ForceNewCluster"].as_bool().unwrap_or(false),
     };
     match write(backend, request).await? {
         Reply::SwarmInit { node_id, .. } => Ok(reply::json(StatusCode::OK, &json!(node_id))),

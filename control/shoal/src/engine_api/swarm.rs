@@ -33,12 +33,12 @@ const NOT_IN_SWARM: &str = "This node is not a swarm manager. Use \"docker swarm
 const WORKER: &str = "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.";
 const LOCKED: &str = "Swarm is encrypted and needs to be unlocked before it can be used. Please use \"docker swarm unlock\" to unlock it.";
 
-async fn call(backend: &dyn Backend, request: Request) -> Result<Reply, Answer> {
+pub(super) async fn call(backend: &dyn Backend, request: Request) -> Result<Reply, Answer> {
     backend.handle(request).await.map_err(refusal)
 }
 
 /// A refusal of the agent as Docker's status: what was not found is a 404.
-fn refusal(e: ApiError) -> Answer {
+pub(super) fn refusal(e: ApiError) -> Answer {
     let m = e.message.to_ascii_lowercase();
     let status = if m.contains("not found") || m.contains("no such") {
         StatusCode::NOT_FOUND
@@ -238,6 +238,12 @@ async fn answer_or_refuse(
                 .map(|t| task_value(t, &state.services, &state.networks))
                 .collect::<Vec<_>>();
             Ok(reply::json(StatusCode::OK, &json!(values)))
+        }
+        (&Method::GET, SwarmKind::Services, [reference, "logs"]) => {
+            super::logs::answer(backend, super::logs::Whose::Service(reference), call).await
+        }
+        (&Method::GET, SwarmKind::Tasks, [id, "logs"]) => {
+            super::logs::answer(backend, super::logs::Whose::Task(id), call).await
         }
         (&Method::GET, SwarmKind::Tasks, [id]) => {
             let state = services(backend, vec![]).await?;
@@ -608,7 +614,7 @@ async fn nodes(
     }
 }
 
-async fn services(
+pub(super) async fn services(
     backend: &dyn Backend,
     refs: Vec<String>,
 ) -> Result<crate::api::ServiceStateView, Answer> {

@@ -502,6 +502,59 @@ impl Runtime {
         self.stop_core().await;
     }
 
+    /// `swarm init --force-new-cluster`: this manager's Raft member restarts as the only
+    /// voter of its group, keeping the whole state it holds (nodes, services, secrets,
+    /// tokens, the CA); the other managers stay in the node list, no longer voters, to
+    /// be demoted and removed or joined again. For a cluster that lost its majority
+    /// for good. Returns once this member leads the new group.
+    pub(crate) async fn force_new_cluster(self: &Arc<Self>) -> Result<(), ClusterError> {
+        let _guard = self.transition.lock().await;
+        let core = self.core().ok_or(ClusterError::NotManager)?;
+        let raft_id = core.raft_id;
+        // A manager demoted a moment ago may still run its member: out of the group's
+        // membership as it knows it, it is not a manager to force anything with.
+        if !core.store.status().voters.contains_key(&raft_id) {
+            return Err(ClusterError::NotManager);
+        }
+        drop(core);
+        let data_key = self.require_data_key()?;
+        let advertise = self.local().advertise;
+        self.stop_core().await;
+        let raft_dir = persist::raft_dir(&self.dir);
+        let forced =
+            crate::store::force_single_voter(&raft_dir, &data_key, raft_id, advertise.to_string())
+                .map_err(|e| ClusterError::Files {
+                    path: raft_dir.clone(),
+                    reason: format!("forcing a new cluster: {e}"),
+                })?;
+        self.update_local(|l| l.managers = vec![advertise.to_string()])?;
+        // The old listener goes with the aborted accept loop; its port may take a
+        // moment to be free again.
+        let listen = self.local().listen;
+        let deadline = Instant::now() + self.timings.request_timeout;
+        let listener = loop {
+            match TcpListener::bind(listen).await {
+                Ok(l) => break l,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(%listen, error = %e, "rebinding after the forced restart");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let ca = persist::load_ca(&self.dir, &self.identity(), &data_key)?;
+        let core = self.start_core(raft_id, ca, listener, None).await?;
+        let deadline = Instant::now() + self.timings.request_timeout * 3;
+        while !core.store.is_leader() {
+            if Instant::now() > deadline {
+                return Err(ClusterError::NoQuorum);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::warn!(node = %self.node_id, membership_entry = %forced, "forced a new cluster: this manager is the only voter; the other managers must be demoted and removed, or join again");
+        Ok(())
+    }
+
     pub(crate) async fn leave(self: &Arc<Self>, force: bool) -> Result<(), ClusterError> {
         let core = self.core();
         if core.is_some() && !force {

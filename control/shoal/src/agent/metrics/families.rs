@@ -19,7 +19,7 @@ use shoal_dataplane::{
     reconcile::runner::ReconcileStatsSnapshot,
     underlay::{UnderlayStats, MESH_PIN_DIR},
 };
-use shoal_dns::stats::DnsStatsSnapshot;
+use shoal_dns::stats::{DnsStatsSnapshot, HistogramSnapshot};
 use shoal_orchestrator::node_report::{GossipReport, NodeReport};
 use tracing::debug;
 
@@ -461,6 +461,14 @@ fn reconcilers(e: &mut Exposition, r: &[(&'static str, ReconcileStatsSnapshot)])
         f.int(&[("reconciler", name), ("kind", "failed")], s.failed);
         f.int(&[("reconciler", name), ("kind", "refused")], s.refused);
     }
+    let mut f = e.family(
+        "shoal_reconcile_restarts_total",
+        Kind::Counter,
+        "Times a reconciler panicked and was built again, by reconciler.",
+    );
+    for (name, s) in r {
+        f.int(&[("reconciler", name)], s.restarts);
+    }
 }
 
 fn gossip(e: &mut Exposition, g: &GossipReport) {
@@ -575,6 +583,22 @@ fn raft(e: &mut Exposition, s: &StoreStatus) {
             .unwrap_or(0)
             .saturating_sub(s.last_applied_index.unwrap_or(0)),
     );
+    let fsync = HistogramSnapshot {
+        buckets: s
+            .fsync
+            .buckets
+            .iter()
+            .map(|&(micros, n)| (micros as f64 / 1e6, n))
+            .collect(),
+        count: s.fsync.count,
+        sum_seconds: s.fsync.sum_nanos as f64 / 1e9,
+    };
+    e.family(
+        "shoal_raft_fsync_duration_seconds",
+        Kind::Histogram,
+        "How long this manager's Raft log writes (entries, votes) waited on the disk.",
+    )
+    .histogram(&[], &fsync);
 }
 
 #[cfg(test)]
@@ -613,6 +637,11 @@ mod tests {
                 snapshot_index: None,
                 purged_index: None,
                 millis_since_quorum_ack: Some(3),
+                fsync: {
+                    let h = shoal_cluster::store::latency::LatencyHistogram::default();
+                    h.observe(std::time::Duration::from_micros(300));
+                    h.snapshot()
+                },
             }),
             maps: MapReadings {
                 underlay: Some(UnderlayStats::default()),
@@ -694,8 +723,12 @@ mod tests {
             "shoal_raft_state{state=\"follower\"} 0",
             "shoal_raft_leader_id 1",
             "shoal_raft_apply_lag_entries 2",
+            "shoal_raft_fsync_duration_seconds_bucket{le=\"0.00025\"} 0",
+            "shoal_raft_fsync_duration_seconds_bucket{le=\"0.0005\"} 1",
+            "shoal_raft_fsync_duration_seconds_count 1",
             "shoal_reconcile_duration_seconds_count{reconciler=\"lb-mesh\"} 0",
             "shoal_reconcile_errors_total{reconciler=\"overlay\",kind=\"refused\"} 0",
+            "shoal_reconcile_restarts_total{reconciler=\"overlay\"} 0",
             "shoal_dns_response_duration_seconds_bucket{le=\"+Inf\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
