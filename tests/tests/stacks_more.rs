@@ -526,7 +526,7 @@ fn placement_max_replicas_per_node_and_spread() {
 }
 
 /// `--ulimit` and `--sysctl` on a real 2-host lab: the task's process sees the limits
-/// (`/proc/self/limits`), a `net.*` parameter in its network namespace and an IPC one in
+/// (`/proc/1/limits`; dockerd was asked for them, `docker inspect` says), a `net.*` parameter in its network namespace and an IPC one in
 /// its own; `service inspect` shows `ContainerSpec.Ulimits`/`Sysctls`; a name Docker
 /// does not allow is refused and makes nothing; `--ulimit-rm`/`--sysctl-rm` replace the
 /// task with one without them; a compose file's `sysctls` in the seed's list form and
@@ -574,7 +574,8 @@ fn ulimits_and_sysctls_reach_the_tasks() {
             "shoal/web:1",
         ],
     );
-    let probe = "grep 'Max open files' /proc/self/limits; cat /proc/sys/net/core/somaxconn /proc/sys/kernel/shmmni";
+    // The limits of the task's own process (PID 1, its init), not of the exec'd one.
+    let probe = "grep 'Max open files' /proc/1/limits; cat /proc/sys/net/core/somaxconn /proc/sys/kernel/shmmni";
     let task = cli.wait_running("lim", 1, |_| true).remove(0);
     let seen = cli.exec_in(&task, &["sh", "-c", probe]).unwrap();
     let words: Vec<&str> = seen.split_whitespace().collect();
@@ -638,6 +639,21 @@ fn ulimits_and_sysctls_reach_the_tasks() {
     let task = cli.wait_running("seed_api", 1, |_| true).remove(0);
     let seen = cli.exec_in(&task, &["sh", "-c", probe]).unwrap();
     let words: Vec<&str> = seen.split_whitespace().collect();
+    let asked = guard.exec_ok(
+        &task.node,
+        &[
+            "docker",
+            "inspect",
+            "--format",
+            "{{json .HostConfig.Ulimits}}",
+            &task.container,
+        ],
+    );
+    assert_eq!(
+        asked.trim(),
+        r#"[{"Name":"nofile","Hard":1024,"Soft":512}]"#,
+        "{seen}"
+    );
     assert_eq!(&words[3..7], ["512", "1024", "files", "2345"], "{seen}");
     let _ = std::fs::remove_dir_all(&dir);
     println!("ulimits and sysctls: done in {:?}", began.elapsed());
