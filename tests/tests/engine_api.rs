@@ -519,15 +519,42 @@ fn the_docker_cli_drives_shoal_through_its_engine_api() {
         "create",
         "--no-resolve-image",
         "--name",
+        "logged",
+        "--log-driver",
+        "syslog",
+        "shoal/web:1",
+    ]);
+    assert!(refused.contains("Spec.TaskTemplate.LogDriver"), "{refused}");
+    // Placement's MaxReplicas and Preferences are carried out, and shown back.
+    h1.ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--no-resolve-image",
+        "--name",
         "limited",
         "--replicas-max-per-node",
         "2",
+        "--placement-pref",
+        "spread=node.labels.zone",
         "shoal/web:1",
     ]);
-    assert!(
-        refused.contains("Spec.TaskTemplate.Placement.MaxReplicas"),
-        "{refused}"
+    let placement = h1.ok(&[
+        "service",
+        "inspect",
+        "--format",
+        "{{json .Spec.TaskTemplate.Placement}}",
+        "limited",
+    ]);
+    let placement: serde_json::Value =
+        serde_json::from_str(placement.trim()).expect("Placement JSON");
+    assert_eq!(placement["MaxReplicas"], 2, "{placement}");
+    assert_eq!(
+        placement["Preferences"],
+        serde_json::json!([{"Spread": {"SpreadDescriptor": "node.labels.zone"}}]),
+        "{placement}"
     );
+    h1.ok(&["service", "rm", "limited"]);
     h1.ok(&["service", "rm", "api"]);
     // Waits for the removed service's tasks to stop (they hold addresses on it).
     h1.ok(&["network", "rm", "api_net"]);

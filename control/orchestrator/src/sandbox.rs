@@ -121,6 +121,9 @@ pub struct Spec {
     pub dns_options: Vec<String>,
     /// `--host` entries in Docker's `HOST:IP` form.
     pub extra_hosts: Vec<String>,
+    /// The service's `net.*` `--sysctl`s: set in the network namespace the sandbox
+    /// owns (Docker refuses them on a container that joins another's).
+    pub sysctls: std::collections::BTreeMap<String, String>,
 }
 
 /// The container a sandbox is (pure, so its settings can be checked without dockerd).
@@ -144,6 +147,12 @@ pub fn create_body(spec: &Spec) -> ContainerCreateBody {
             dns_search: non_empty(&spec.dns_search),
             dns_options: non_empty(&spec.dns_options),
             extra_hosts: non_empty(&spec.extra_hosts),
+            sysctls: (!spec.sysctls.is_empty()).then(|| {
+                spec.sysctls
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            }),
             ..Default::default()
         }),
         ..Default::default()

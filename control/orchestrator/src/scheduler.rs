@@ -17,7 +17,12 @@
 //!   nodes where this service failed twice or more recently come last. A service with
 //!   reservations (CPUs, memory) goes only to a node whose reported capacity, less
 //!   what its live tasks reserve, holds them; else its task stays pending
-//!   ("insufficient resources on N nodes") until one does.
+//!   ("insufficient resources on N nodes") until one does. A service with
+//!   `--replicas-max-per-node N` never gets a new task on a node holding N live tasks
+//!   of it; the rest stay pending ("max replicas per node limit exceed"). Placement
+//!   preferences (`spread=node.labels.X`) come before the spread by task count: the
+//!   task goes to the label value whose nodes hold the fewest tasks of the service
+//!   (nodes without the label are one group), level by level.
 //! - A node that is Down, drained or no longer meets the constraints loses its tasks
 //!   (they are replaced elsewhere). Like Swarm there is no rebalancing when a node comes
 //!   back; `service update --force` replaces every task.
@@ -36,7 +41,7 @@ use shoal_cluster::{
     manager::Manager,
     store::{
         Availability, ClusterState, Command, EndpointMode, NetworkAttachment, Node, NodeStatus,
-        Service, ServiceMode, Task, TaskState, TaskStatus, UpdateOrder, VirtualIp,
+        Placement, Service, ServiceMode, Task, TaskState, TaskStatus, UpdateOrder, VirtualIp,
     },
 };
 use tracing::{debug, warn};
@@ -75,15 +80,18 @@ pub fn effective_networks(state: &ClusterState, service: &Service) -> Vec<String
     out
 }
 
-/// Why nodes cannot take a new task of a service, Swarm's way.
+/// Why nodes cannot take a new task of a service, Swarm's way (`full`: the node holds
+/// the service's `--replicas-max-per-node` already).
 fn no_node_reason(
     state: &ClusterState,
     constraints: &[Constraint],
     fits: impl Fn(&Node) -> bool,
+    full: impl Fn(&Node) -> bool,
 ) -> String {
     let mut unavailable = 0;
     let mut unmet = 0;
     let mut short = 0;
+    let mut at_max = 0;
     for n in state.nodes.values() {
         if n.status != NodeStatus::Ready || n.availability != Availability::Active {
             unavailable += 1;
@@ -91,6 +99,8 @@ fn no_node_reason(
             unmet += 1;
         } else if !fits(n) {
             short += 1;
+        } else if full(n) {
+            at_max += 1;
         }
     }
     let plural = |k: usize| if k == 1 { "node" } else { "nodes" };
@@ -100,6 +110,10 @@ fn no_node_reason(
             "insufficient resources on {short} {}",
             plural(short)
         ));
+    }
+    if at_max > 0 {
+        // Swarm's words, without a count.
+        parts.push("max replicas per node limit exceed".to_string());
     }
     if unmet > 0 {
         parts.push(format!(
@@ -228,12 +242,58 @@ impl Planner<'_> {
             && want.memory_bytes <= free(node.resources.memory_bytes, memory)
     }
 
-    /// Spread: fewest tasks of this service, then fewest overall; repeat failers last.
+    /// Whether `node` already runs `--replicas-max-per-node` live tasks of `service`.
+    fn full(&self, node: &Node, service: &Service) -> bool {
+        let max = service.spec.placement.max_replicas_per_node;
+        max > 0
+            && self
+                .per_service_node
+                .get(&(service.id.clone(), node.id.clone()))
+                .copied()
+                .unwrap_or(0)
+                >= max as usize
+    }
+
+    /// Live tasks of `service` on `node`.
+    fn tasks_on(&self, service: &Service, node: &Node) -> usize {
+        self.per_service_node
+            .get(&(service.id.clone(), node.id.clone()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Spread: the placement preferences first (the group of the first label's value
+    /// holding the fewest tasks of this service among the nodes that may take one,
+    /// nodes without the label being one group, then the same with the next label
+    /// inside it), then fewest tasks of this service, then fewest overall; repeat
+    /// failers last.
     fn pick_node(&self, service: &Service, constraints: &[Constraint]) -> Option<String> {
-        self.state
+        let mut group: Vec<&Node> = self
+            .state
             .nodes
             .values()
-            .filter(|n| may_take(n, constraints) && self.fits(n, service))
+            .filter(|n| may_take(n, constraints) && self.fits(n, service) && !self.full(n, service))
+            .collect();
+        for descriptor in &service.spec.placement.preferences {
+            let Ok(key) = Placement::spread_label(descriptor) else {
+                continue;
+            };
+            let value = |n: &Node| n.labels.get(key).cloned();
+            let mut counts: BTreeMap<Option<String>, usize> = BTreeMap::new();
+            for n in &group {
+                *counts.entry(value(n)).or_default() += self.tasks_on(service, n);
+            }
+            let Some(fewest) = counts
+                .iter()
+                .min_by_key(|(v, c)| (**c, (*v).clone()))
+                .map(|(v, _)| v.clone())
+            else {
+                break;
+            };
+            group.retain(|n| value(n) == fewest);
+        }
+        group
+            .into_iter()
             .min_by_key(|n| {
                 (
                     self.failures_on(&service.id, &n.id) >= 2,
@@ -308,7 +368,12 @@ impl Planner<'_> {
                 };
             }
             None => {
-                let reason = no_node_reason(self.state, constraints, |n| self.fits(n, service));
+                let reason = no_node_reason(
+                    self.state,
+                    constraints,
+                    |n| self.fits(n, service),
+                    |n| self.full(n, service),
+                );
                 if task.status.state != TaskState::Pending
                     || task.status.err.as_deref() != Some(reason.as_str())
                 {

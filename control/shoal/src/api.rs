@@ -23,7 +23,7 @@ use std::{collections::BTreeMap, fmt};
 
 pub use container_changes::{
     check_alias, check_container_options, effective_capabilities, normalize_capability, parse_host,
-    ContainerChanges,
+    parse_sysctl, parse_ulimit, ContainerChanges,
 };
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -321,14 +321,18 @@ pub enum Request {
         kind: ObjectKind,
         objects: Vec<String>,
     },
-    /// The Engine API's secret or config update: only the labels change (as in Swarm),
-    /// and only from the version the client read (else "update out of sequence").
+    /// The Engine API's secret or config update (and `stack deploy`'s of the stack's
+    /// own): only the labels change (as in Swarm), and only from the version the client
+    /// read (else "update out of sequence"). Data sent (base64) must be the stored data
+    /// ("only updates to Labels are allowed"); unchanged labels change nothing.
     ObjectSetLabels {
         kind: ObjectKind,
         object: String,
         version: u64,
         #[serde(default)]
         labels: BTreeMap<String, String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data_base64: Option<Secret>,
     },
 }
 

@@ -2236,3 +2236,130 @@ mod real {
         rt.block_on(h1.agent.shutdown());
     }
 }
+
+#[test]
+fn replicas_max_per_node_on_create_and_update() {
+    let create = |argv: &[&str]| {
+        let argv: Vec<&str> = ["create"].iter().chain(argv).copied().collect();
+        match service_cmd(&argv).unwrap() {
+            ServiceCommand::Create(a) => a.spec(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let spec = create(&["--replicas-max-per-node", "2", "nginx"]).unwrap();
+    assert_eq!(spec.placement.max_replicas_per_node, 2);
+    assert_eq!(
+        create(&["nginx"]).unwrap().placement.max_replicas_per_node,
+        0
+    );
+    let e = create(&["--mode", "global", "--replicas-max-per-node", "1", "nginx"]).unwrap_err();
+    assert!(e.contains("replicas-max-per-node"), "{e}");
+    assert!(service_cmd(&["create", "--replicas-max-per-node", "-1", "nginx"]).is_err());
+    let c = update_changes(&["--replicas-max-per-node", "3", "web"]).unwrap();
+    assert_eq!(c.max_replicas_per_node, Some(3));
+    let c = update_changes(&["--replicas", "3", "web"]).unwrap();
+    assert_eq!(c.max_replicas_per_node, None);
+}
+
+#[test]
+fn placement_prefs_on_create_and_update() {
+    let create = |argv: &[&str]| {
+        let argv: Vec<&str> = ["create"].iter().chain(argv).copied().collect();
+        match service_cmd(&argv).unwrap() {
+            ServiceCommand::Create(a) => a.spec(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let spec = create(&[
+        "--placement-pref",
+        "spread=node.labels.zone",
+        "--placement-pref",
+        "SPREAD=node.labels.rack",
+        "nginx",
+    ])
+    .unwrap();
+    assert_eq!(
+        spec.placement.preferences,
+        ["node.labels.zone", "node.labels.rack"]
+    );
+    for (bad, says) in [
+        ("node.labels.zone", "expected spread=node.labels.KEY"),
+        ("pack=node.labels.zone", "unknown strategy"),
+        ("spread=engine.labels.zone", "node labels only"),
+        ("spread=node.labels.", "a label key is required"),
+    ] {
+        let e = create(&["--placement-pref", bad, "nginx"]).unwrap_err();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+    let c = update_changes(&[
+        "--placement-pref-add",
+        "spread=node.labels.zone",
+        "--placement-pref-rm",
+        "spread=node.labels.rack",
+        "web",
+    ])
+    .unwrap();
+    assert_eq!(c.placement_pref_add, ["node.labels.zone"]);
+    assert_eq!(c.placement_pref_rm, ["node.labels.rack"]);
+    assert!(update_changes(&["--placement-pref-add", "spread=node.id", "web"]).is_err());
+}
+
+#[test]
+fn ulimits_and_sysctls_on_create_and_update() {
+    let create = |argv: &[&str]| {
+        let argv: Vec<&str> = ["create"].iter().chain(argv).copied().collect();
+        match service_cmd(&argv).unwrap() {
+            ServiceCommand::Create(a) => a.spec(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let spec = create(&[
+        "--ulimit",
+        "nofile=1024:2048",
+        "--ulimit",
+        "nproc=100",
+        "--sysctl",
+        "net.core.somaxconn=4096",
+        "nginx",
+    ])
+    .unwrap();
+    let u = &spec.container.ulimits;
+    assert_eq!((u["nofile"].soft, u["nofile"].hard), (1024, 2048));
+    assert_eq!((u["nproc"].soft, u["nproc"].hard), (100, 100));
+    assert_eq!(spec.container.sysctls["net.core.somaxconn"], "4096");
+    for (flag, bad, says) in [
+        ("--ulimit", "nofile", "expected NAME=SOFT[:HARD]"),
+        ("--ulimit", "nofile=2048:1024", "soft limit"),
+        ("--ulimit", "colour=1", "invalid ulimit type"),
+        ("--ulimit", "nofile=many", "is not a number"),
+        ("--sysctl", "kernel.hostname=x", "is not whitelisted"),
+        ("--sysctl", "net.core.somaxconn", "is not whitelisted"),
+    ] {
+        let e = create(&[flag, bad, "nginx"]).unwrap_err();
+        assert!(e.contains(says), "{flag} {bad}: {e}");
+    }
+    let c = update_changes(&[
+        "--ulimit-add",
+        "nofile=10:20",
+        "--ulimit-rm",
+        "nproc",
+        "--sysctl-add",
+        "net.ipv4.tcp_syncookies=0",
+        "--sysctl-rm",
+        "net.core.somaxconn",
+        "web",
+    ])
+    .unwrap();
+    let mut o = spec.container.clone();
+    c.container.apply(&mut o);
+    assert_eq!(o.ulimits.keys().collect::<Vec<_>>(), ["nofile"]);
+    assert_eq!(
+        (o.ulimits["nofile"].soft, o.ulimits["nofile"].hard),
+        (10, 20)
+    );
+    assert_eq!(
+        o.sysctls.keys().collect::<Vec<_>>(),
+        ["net.ipv4.tcp_syncookies"]
+    );
+    assert!(update_changes(&["--sysctl-add", "vm.swappiness=1", "web"]).is_err());
+}

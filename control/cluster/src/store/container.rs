@@ -67,6 +67,79 @@ pub struct ContainerOptions {
     /// `--cap-drop`: capabilities taken from each task (Docker's `CapabilityDrop`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cap_drop: Vec<String>,
+    /// `--ulimit NAME=SOFT[:HARD]`: each task container's resource limits (Docker's
+    /// `Ulimits`), by name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub ulimits: BTreeMap<String, Ulimit>,
+    /// `--sysctl K=V`: kernel parameters of each task's namespaces (Docker's
+    /// `Sysctls`, the names Docker allows for services); `net.*` ones are set in the
+    /// task's network namespace (its sandbox's).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub sysctls: BTreeMap<String, String>,
+}
+
+/// One `--ulimit`: the soft and hard limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ulimit {
+    pub soft: i64,
+    pub hard: i64,
+}
+
+/// The resource limits a container can be given (Docker's list, `setrlimit`'s without
+/// `RLIMIT_`).
+pub const ULIMIT_NAMES: &[&str] = &[
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
+];
+
+/// Why a ulimit cannot be set; None: it can.
+pub fn ulimit_problem(name: &str, u: &Ulimit) -> Option<String> {
+    if !ULIMIT_NAMES.contains(&name) {
+        return Some(format!(
+            "invalid ulimit type {name:?} (one of {})",
+            ULIMIT_NAMES.join(", ")
+        ));
+    }
+    if u.soft > u.hard {
+        return Some(format!(
+            "ulimit {name}: the soft limit must be less than or equal to the hard limit: {} > {}",
+            u.soft, u.hard
+        ));
+    }
+    None
+}
+
+/// The kernel parameters Docker lets a service set (`opts.ValidateSysctl`): IPC ones
+/// (the task's own IPC namespace), `fs.mqueue.*`, and `net.*` (its network namespace).
+pub fn sysctl_problem(name: &str) -> Option<String> {
+    const NAMES: &[&str] = &[
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    let allowed = NAMES.contains(&name)
+        || ["net.", "fs.mqueue."]
+            .iter()
+            .any(|p| name.len() > p.len() && name.starts_with(p));
+    (!allowed).then(|| format!("sysctl '{name}' is not whitelisted"))
 }
 
 /// Docker's `DNSConfig`: the task's resolv.conf settings.

@@ -81,6 +81,10 @@ pub struct ServiceSpec {
     /// `node.role==manager`, `node.labels.zone!=a`, ...
     #[serde(default)]
     pub constraints: Vec<String>,
+    /// `--replicas-max-per-node` (and, with the constraints, the rest of Swarm's
+    /// `TaskTemplate.Placement`).
+    #[serde(default, skip_serializing_if = "Placement::is_empty")]
+    pub placement: Placement,
     /// None: the image's own health check, if any.
     #[serde(default)]
     pub healthcheck: Option<HealthCheck>,
@@ -115,6 +119,51 @@ pub struct ServiceSpec {
     /// `--rollback-*`: how a rollback reaches them.
     #[serde(default = "UpdateConfig::rollback_default")]
     pub rollback_config: UpdateConfig,
+}
+
+/// How the scheduler places a service's tasks beyond its constraints.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// `--replicas-max-per-node`: at most this many live tasks of the service on one
+    /// node (the rest stay pending); 0: no limit.
+    #[serde(default)]
+    pub max_replicas_per_node: u64,
+    /// `--placement-pref spread=node.labels.X`: the descriptors (`node.labels.X`), in
+    /// order. The scheduler spreads the tasks evenly over the values of the first (nodes
+    /// without the label are one group), then of the next inside that group, then by
+    /// task count.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preferences: Vec<String>,
+}
+
+/// What a spread descriptor may name: node labels (shoal reports no engine labels).
+pub const SPREAD_LABEL_PREFIX: &str = "node.labels.";
+
+impl Placement {
+    pub fn is_empty(&self) -> bool {
+        *self == Placement::default()
+    }
+
+    /// The node label key a spread descriptor names, or why it cannot be used.
+    pub fn spread_label(descriptor: &str) -> Result<&str, String> {
+        let prefix = descriptor.get(..SPREAD_LABEL_PREFIX.len());
+        match prefix {
+            Some(p) if p.eq_ignore_ascii_case(SPREAD_LABEL_PREFIX) => {
+                let key = &descriptor[SPREAD_LABEL_PREFIX.len()..];
+                if key.is_empty() {
+                    Err(format!(
+                        "invalid spread descriptor {descriptor:?}: a label key is required"
+                    ))
+                } else {
+                    Ok(key)
+                }
+            }
+            _ => Err(format!(
+                "invalid spread descriptor {descriptor:?}: shoal spreads over node labels only \
+                 ({SPREAD_LABEL_PREFIX}<key>)"
+            )),
+        }
+    }
 }
 
 /// Swarm's default restart delay.

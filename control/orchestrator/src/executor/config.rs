@@ -7,7 +7,7 @@ use std::{collections::HashMap, net::Ipv4Addr};
 
 use bollard::models::{
     ContainerCreateBody, HealthConfig, HostConfig, Mount, MountTmpfsOptions, MountType,
-    MountVolumeOptions, MountVolumeOptionsDriverConfig,
+    MountVolumeOptions, MountVolumeOptionsDriverConfig, ResourcesUlimits,
 };
 use shoal_cluster::store::{self, MountKind, Service, Task};
 
@@ -90,7 +90,18 @@ pub(super) fn sandbox_spec(
         dns_search: options.dns.search.clone(),
         dns_options: options.dns.options.clone(),
         extra_hosts,
+        sysctls: options
+            .sysctls
+            .iter()
+            .filter(|(k, _)| is_net_sysctl(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     })
+}
+
+/// A `net.*` kernel parameter: one of the task's network namespace (its sandbox's).
+fn is_net_sysctl(name: &str) -> bool {
+    name.starts_with("net.")
 }
 
 /// A service's `--mount` as dockerd takes it. A named volume the node lacks is created
@@ -204,6 +215,26 @@ pub(super) fn task_container(
             pids_limit: limit(options.limits.pids),
             cap_add: (!options.cap_add.is_empty()).then(|| options.cap_add.clone()),
             cap_drop: (!options.cap_drop.is_empty()).then(|| options.cap_drop.clone()),
+            ulimits: (!options.ulimits.is_empty()).then(|| {
+                options
+                    .ulimits
+                    .iter()
+                    .map(|(name, u)| ResourcesUlimits {
+                        name: Some(name.clone()),
+                        soft: Some(u.soft),
+                        hard: Some(u.hard),
+                    })
+                    .collect()
+            }),
+            sysctls: {
+                let own: HashMap<String, String> = options
+                    .sysctls
+                    .iter()
+                    .filter(|(k, _)| !is_net_sysctl(k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                (!own.is_empty()).then_some(own)
+            },
             ..Default::default()
         }),
         ..Default::default()

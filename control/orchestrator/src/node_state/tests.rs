@@ -64,6 +64,7 @@ fn cluster() -> ClusterState {
         service: Box::new(Service {
             id: "S".into(),
             spec: ServiceSpec {
+                placement: Default::default(),
                 name: "myweb".into(),
                 labels: BTreeMap::new(),
                 image: "shoal/web:1".into(),

@@ -49,6 +49,7 @@ pub(super) fn service(id: &str, mode: ServiceMode) -> Service {
     Service {
         id: id.into(),
         spec: ServiceSpec {
+            placement: Default::default(),
             name: format!("svc-{id}"),
             labels: BTreeMap::new(),
             image: "shoal/web:1".into(),
@@ -874,4 +875,120 @@ fn restarts_stop_at_the_attempt_limit() {
     let made = sim.state.service_tasks("s").count();
     assert_eq!(made, 3, "the first task and two restarts");
     assert_eq!(sim.running("s").values().sum::<usize>(), 0);
+}
+
+#[test]
+fn max_replicas_per_node_leaves_the_rest_pending() {
+    let mut sim = Sim::new(&["a", "b"]);
+    let mut s = service("s", ServiceMode::Replicated { replicas: 5 });
+    s.spec.placement.max_replicas_per_node = 2;
+    sim.add(s.clone());
+    sim.settle();
+    assert_eq!(
+        sim.running("s"),
+        BTreeMap::from([("a".into(), 2), ("b".into(), 2)])
+    );
+    let pending: Vec<&Task> = sim
+        .state
+        .service_tasks("s")
+        .filter(|t| t.node_id.is_none())
+        .collect();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].status.state, TaskState::Pending);
+    assert_eq!(
+        pending[0].status.err.as_deref(),
+        Some("no suitable node (max replicas per node limit exceed)")
+    );
+    // Other reasons come with it, as Swarm's: a drained node is not available.
+    let mut drained = node("c", Role::Worker);
+    drained.availability = Availability::Drain;
+    sim.set(Command::UpsertNode { node: drained });
+    sim.settle();
+    let t = sim
+        .state
+        .service_tasks("s")
+        .find(|t| t.node_id.is_none())
+        .expect("still pending");
+    assert_eq!(
+        t.status.err.as_deref(),
+        Some("no suitable node (max replicas per node limit exceed; 1 node not available for new tasks)")
+    );
+    // A node that can take one: the last task goes there, and only there.
+    sim.set(Command::UpsertNode {
+        node: node("c", Role::Worker),
+    });
+    sim.settle();
+    assert_eq!(
+        sim.running("s"),
+        BTreeMap::from([("a".into(), 2), ("b".into(), 2), ("c".into(), 1)])
+    );
+    // Other services are not limited by it.
+    sim.add(service("free", ServiceMode::Replicated { replicas: 6 }));
+    sim.settle();
+    assert_eq!(sim.running("free").values().sum::<usize>(), 6);
+}
+
+#[test]
+fn placement_preferences_spread_over_label_values_then_task_counts() {
+    let mut sim = Sim::new(&[]);
+    // zone a: one node; zone b: two nodes; no zone: one node (its own group).
+    for (id, zone) in [
+        ("a1", Some("a")),
+        ("b1", Some("b")),
+        ("b2", Some("b")),
+        ("n1", None),
+    ] {
+        let mut n = node(id, Role::Worker);
+        if let Some(z) = zone {
+            n.labels.insert("zone".into(), z.into());
+        }
+        sim.set(Command::UpsertNode { node: n });
+    }
+    let mut s = service("s", ServiceMode::Replicated { replicas: 6 });
+    s.spec.placement.preferences = vec!["node.labels.zone".into()];
+    sim.add(s);
+    sim.settle();
+    // Two tasks a group: a1 holds zone a's two, zone b's two are spread over b1 and b2.
+    assert_eq!(
+        sim.running("s"),
+        BTreeMap::from([
+            ("a1".into(), 2),
+            ("b1".into(), 1),
+            ("b2".into(), 1),
+            ("n1".into(), 2)
+        ])
+    );
+    // Without the preference, the same nodes get the tasks by count alone.
+    sim.add(service("plain", ServiceMode::Replicated { replicas: 8 }));
+    sim.settle();
+    assert_eq!(
+        sim.running("plain").values().copied().collect::<Vec<_>>(),
+        [2, 2, 2, 2]
+    );
+    // Two levels: zone, then rack inside the zone.
+    let mut sim = Sim::new(&[]);
+    for (id, zone, rack) in [
+        ("x", "a", "1"),
+        ("y", "a", "1"),
+        ("z", "a", "2"),
+        ("w", "b", "1"),
+    ] {
+        let mut n = node(id, Role::Worker);
+        n.labels.insert("zone".into(), zone.into());
+        n.labels.insert("rack".into(), rack.into());
+        sim.set(Command::UpsertNode { node: n });
+    }
+    let mut s = service("s", ServiceMode::Replicated { replicas: 4 });
+    s.spec.placement.preferences = vec!["node.labels.zone".into(), "node.labels.rack".into()];
+    sim.add(s);
+    sim.settle();
+    // Zone a gets 2: one on rack 1 (x or y), one on rack 2 (z); zone b gets 2 (w).
+    let running = sim.running("s");
+    assert_eq!(running.get("w"), Some(&2), "{running:?}");
+    assert_eq!(running.get("z"), Some(&1), "{running:?}");
+    assert_eq!(
+        running.get("x").unwrap_or(&0) + running.get("y").unwrap_or(&0),
+        1,
+        "{running:?}"
+    );
 }

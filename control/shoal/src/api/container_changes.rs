@@ -1,13 +1,15 @@
 //! The container settings of a service (`--entrypoint`, `--user`, `--workdir`,
 //! `--hostname`, `--dns*`, `--host`, `--init`, `--stop-signal`, `--container-label`,
-//! `--cap-add`, `--cap-drop`,
+//! `--cap-add`, `--cap-drop`, `--ulimit`, `--sysctl`,
 //! network aliases): how their flags are read and checked, the same way by the CLI
 //! and by the manager that stores them, and what `service update` asks to change.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
-use shoal_cluster::store::{check_mounts, ContainerOptions, Mount};
+use shoal_cluster::store::{
+    check_mounts, sysctl_problem, ulimit_problem, ContainerOptions, Mount, Ulimit,
+};
 
 /// `--host HOST:IP` (or `HOST=IP`, the form that also takes an IPv6 address in
 /// brackets) as Docker stores it: `IP HOST`.
@@ -141,7 +143,54 @@ pub fn check_container_options(o: &ContainerOptions) -> Result<(), String> {
     for c in &o.cap_drop {
         check_capability(c).map_err(|e| format!("invalid --cap-drop: {e}"))?;
     }
+    for (name, u) in &o.ulimits {
+        if let Some(p) = ulimit_problem(name, u) {
+            return Err(format!("invalid --ulimit: {p}"));
+        }
+    }
+    for name in o.sysctls.keys() {
+        if let Some(p) = sysctl_problem(name) {
+            return Err(format!("invalid --sysctl: {p}"));
+        }
+    }
     Ok(())
+}
+
+/// `--ulimit NAME=SOFT[:HARD]` (the hard limit is the soft one when not given).
+pub fn parse_ulimit(text: &str) -> Result<(String, Ulimit), String> {
+    let bad = |why: &str| format!("invalid --ulimit {text:?}: {why}");
+    let (name, values) = text
+        .split_once('=')
+        .ok_or_else(|| bad("expected NAME=SOFT[:HARD]"))?;
+    let number = |v: &str| {
+        v.trim()
+            .parse::<i64>()
+            .map_err(|_| bad(&format!("{v:?} is not a number")))
+    };
+    let (soft, hard) = match values.split_once(':') {
+        Some((s, h)) => (number(s)?, number(h)?),
+        None => {
+            let v = number(values)?;
+            (v, v)
+        }
+    };
+    let u = Ulimit { soft, hard };
+    let name = name.trim().to_string();
+    if let Some(p) = ulimit_problem(&name, &u) {
+        return Err(bad(&p));
+    }
+    Ok((name, u))
+}
+
+/// `--sysctl K=V`, with the names Docker allows for services.
+pub fn parse_sysctl(text: &str) -> Result<(String, String), String> {
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| format!("sysctl '{text}' is not whitelisted"))?;
+    if let Some(p) = sysctl_problem(k) {
+        return Err(p);
+    }
+    Ok((k.to_string(), v.to_string()))
 }
 
 /// The Linux capabilities (without `CAP_`), as the kernel numbers them.
@@ -285,6 +334,12 @@ pub struct ContainerChanges {
     /// `--cap-drop` on update, normalized: dropped, and taken off the added ones
     /// (unless also given to `--cap-add`).
     pub cap_drop: Vec<String>,
+    /// `--ulimit-add` (replacing the same name) and `--ulimit-rm NAME`.
+    pub ulimit_add: BTreeMap<String, Ulimit>,
+    pub ulimit_rm: Vec<String>,
+    /// `--sysctl-add K=V` and `--sysctl-rm K`.
+    pub sysctl_add: BTreeMap<String, String>,
+    pub sysctl_rm: Vec<String>,
 }
 
 /// `list` with `add` appended and `rm` taken out (Docker's order), each entry once.
@@ -393,6 +448,15 @@ impl ContainerChanges {
         tidy_capabilities(&mut o.cap_drop);
         let added = o.cap_add.clone();
         o.cap_drop.retain(|c| !added.contains(c));
+        // Docker's order: removals, then additions.
+        for name in &self.ulimit_rm {
+            o.ulimits.remove(name);
+        }
+        o.ulimits.extend(self.ulimit_add.clone());
+        for name in &self.sysctl_rm {
+            o.sysctls.remove(name);
+        }
+        o.sysctls.extend(self.sysctl_add.clone());
     }
 }
 

@@ -46,6 +46,12 @@ pub struct ServiceChanges {
     pub container: super::ContainerChanges,
     pub constraint_add: Vec<String>,
     pub constraint_rm: Vec<String>,
+    /// `--replicas-max-per-node` (0: no limit).
+    pub max_replicas_per_node: Option<u64>,
+    /// `--placement-pref-add` / `--placement-pref-rm`: spread descriptors
+    /// (`node.labels.X`).
+    pub placement_pref_add: Vec<String>,
+    pub placement_pref_rm: Vec<String>,
     /// `--secret-add` / `--config-add`: as `--secret` / `--config` (`name` holds the
     /// reference given, resolved by the manager).
     pub secret_add: Vec<FileReference>,

@@ -171,6 +171,12 @@ pub struct CreateArgs {
     /// Placement constraint, e.g. node.role==manager (repeatable)
     #[arg(long = "constraint", value_name = "EXPR")]
     pub constraints: Vec<String>,
+    /// At most N tasks of the service on one node (0: no limit; replicated mode)
+    #[arg(long, value_name = "N")]
+    pub replicas_max_per_node: Option<u64>,
+    /// Spread the tasks over a node label's values: spread=node.labels.KEY (repeatable)
+    #[arg(long = "placement-pref", value_name = "PREF")]
+    pub placement_prefs: Vec<String>,
     /// Give each task a secret as a file: NAME, or
     /// source=NAME,target=PATH,uid=N,gid=N,mode=0400 (repeatable)
     #[arg(long = "secret", value_name = "SPEC")]
@@ -207,6 +213,14 @@ pub struct CreateArgs {
     /// Drop a Linux capability from each task (CAP_CHOWN, CHOWN, ALL)
     #[arg(long = "cap-drop", value_name = "CAP")]
     pub cap_drop: Vec<String>,
+    /// A resource limit of each task container, NAME=SOFT[:HARD] (e.g. nofile=1024:2048;
+    /// repeatable)
+    #[arg(long = "ulimit", value_name = "ULIMIT")]
+    pub ulimits: Vec<String>,
+    /// A kernel parameter of each task, K=V (net.*, fs.mqueue.*, kernel.msg*/sem/shm*;
+    /// repeatable)
+    #[arg(long = "sysctl", value_name = "K=V")]
+    pub sysctls: Vec<String>,
     /// How the service's name resolves: a VIP, or DNS round robin
     #[arg(long, value_enum, default_value = "vip")]
     pub endpoint_mode: EndpointModeArg,
@@ -362,6 +376,15 @@ pub struct ServiceUpdateArgs {
     /// Remove a placement constraint (repeatable)
     #[arg(long = "constraint-rm", value_name = "EXPR")]
     pub constraint_rm: Vec<String>,
+    /// At most N tasks of the service on one node (0: no limit)
+    #[arg(long, value_name = "N")]
+    pub replicas_max_per_node: Option<u64>,
+    /// Add a placement preference, spread=node.labels.KEY (repeatable)
+    #[arg(long = "placement-pref-add", value_name = "PREF")]
+    pub placement_pref_add: Vec<String>,
+    /// Remove a placement preference, spread=node.labels.KEY (repeatable)
+    #[arg(long = "placement-pref-rm", value_name = "PREF")]
+    pub placement_pref_rm: Vec<String>,
     /// Add a secret, as --secret of create (repeatable)
     #[arg(long = "secret-add", value_name = "SPEC")]
     pub secret_add: Vec<String>,
@@ -404,6 +427,18 @@ pub struct ServiceUpdateArgs {
     /// Drop a Linux capability (and take it off the added ones)
     #[arg(long = "cap-drop", value_name = "CAP")]
     pub cap_drop: Vec<String>,
+    /// Add or replace a ulimit, NAME=SOFT[:HARD] (repeatable)
+    #[arg(long = "ulimit-add", value_name = "ULIMIT")]
+    pub ulimit_add: Vec<String>,
+    /// Remove a ulimit by name (repeatable)
+    #[arg(long = "ulimit-rm", value_name = "NAME")]
+    pub ulimit_rm: Vec<String>,
+    /// Add or replace a kernel parameter, K=V (repeatable)
+    #[arg(long = "sysctl-add", value_name = "K=V")]
+    pub sysctl_add: Vec<String>,
+    /// Remove a kernel parameter by name (repeatable)
+    #[arg(long = "sysctl-rm", value_name = "K")]
+    pub sysctl_rm: Vec<String>,
     /// How the service's name resolves: a VIP, or DNS round robin
     #[arg(long, value_enum)]
     pub endpoint_mode: Option<EndpointModeArg>,

@@ -2,21 +2,29 @@
 //! of compose files, named `<stack>_<name>` and labelled
 //! `com.docker.stack.namespace=<stack>` ([`compose`] reads and converts the files).
 //!
-//! `deploy` reads, merges and converts every file before its first change, so a file with
-//! a mistake deploys nothing. A service already deployed is updated (the rolling update
-//! of `service update`) only when its converted spec differs; `--prune` removes the
-//! stack's services no longer in the files. `rm` removes the services, then the networks.
+//! `deploy` reads, merges and converts every file (and reads every secret's and config's
+//! file) before its first change, so a file with a mistake deploys nothing; a missing
+//! external secret or config, or a stack's own one whose file changed (Swarm's are
+//! immutable), stops it before its first change too. Then it creates the networks, the
+//! secrets and configs (`<stack>_<name>`, labelled with the stack), and the services. A
+//! service already deployed is updated (the rolling update of `service update`) only
+//! when its converted spec differs; `--prune` removes the stack's services no longer in
+//! the files. `rm` removes the services, then the stack's own secrets and configs (once
+//! the tasks using them have stopped), then the networks.
 
 pub mod compose;
+pub mod extras;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
+use base64::{engine::general_purpose::STANDARD, Engine as _};
 use clap::{Args, Subcommand};
 use serde_json::Value;
-use shoal_cluster::store::{Service, ServiceSpec};
+use shoal_cluster::store::{DataObject, ObjectKind, Service, ServiceSpec};
 
 use super::{
     call,
@@ -27,10 +35,11 @@ use super::{
     ApiSocketArg, CliError, Output,
 };
 use crate::{
-    api::{client::Client, Reply, Request},
+    api::{client::Client, Reply, Request, Secret},
     filters,
 };
 use compose::NAMESPACE_LABEL;
+use extras::StackObject;
 
 /// `shoal stack ...`
 #[derive(Args, Debug, Clone, PartialEq)]
@@ -135,15 +144,19 @@ fn stack_services(client: &Client, name: &str) -> Result<Vec<Service>, CliError>
     Ok(list)
 }
 
-/// Whether `deployed` already is `wanted`: the managers keep networks by ID (`ids`:
-/// name -> ID) and pin a tag to its digest, so an image written without a digest
-/// matches the deployed one with it.
-pub fn unchanged(
-    deployed: &ServiceSpec,
-    wanted: &ServiceSpec,
-    ids: &BTreeMap<String, String>,
-) -> bool {
-    let id = |n: &String| ids.get(n).cloned().unwrap_or_else(|| n.clone());
+/// Names -> IDs of what the managers hold by ID: networks, secrets, configs.
+#[derive(Debug, Default)]
+pub struct Ids {
+    pub networks: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, String>,
+    pub configs: BTreeMap<String, String>,
+}
+
+/// Whether `deployed` already is `wanted`: the managers keep networks, secrets and
+/// configs by ID (`ids`) and pin a tag to its digest, so an image written without a
+/// digest matches the deployed one with it.
+pub fn unchanged(deployed: &ServiceSpec, wanted: &ServiceSpec, ids: &Ids) -> bool {
+    let id = |n: &String| ids.networks.get(n).cloned().unwrap_or_else(|| n.clone());
     let mut w = wanted.clone();
     w.networks = w.networks.iter().map(id).collect();
     w.network_aliases = w
@@ -151,6 +164,14 @@ pub fn unchanged(
         .iter()
         .map(|(n, a)| (id(n), a.clone()))
         .collect();
+    for (refs, by_name) in [
+        (&mut w.secrets, &ids.secrets),
+        (&mut w.configs, &ids.configs),
+    ] {
+        for r in refs.iter_mut().filter(|r| r.id.is_empty()) {
+            r.id = by_name.get(&r.name).cloned().unwrap_or_default();
+        }
+    }
     let wanted = &w;
     let mut d = deployed.clone();
     if !wanted.image.contains('@') {
@@ -164,14 +185,6 @@ pub fn unchanged(
 /// Top-level keys this version of `stack deploy` cannot carry out: refused before any
 /// change. Networks are the stack's own overlays (`driver: overlay` or nothing).
 fn check_top_level(file: &Path, v: &Value) -> Result<(), String> {
-    for key in ["secrets", "configs"] {
-        if v.get(key).is_some_and(|x| !x.is_null()) {
-            return Err(format!(
-                "{}: top-level {key} are not supported by stack deploy yet",
-                file.display()
-            ));
-        }
-    }
     if let Some(Value::Object(nets)) = v.get("networks") {
         for (name, opts) in nets {
             let ok = match opts {
@@ -190,6 +203,71 @@ fn check_top_level(file: &Path, v: &Value) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The secrets (`kind` Secret) or configs the managers hold (a secret without its data).
+fn data_objects(client: &Client, kind: ObjectKind) -> Result<Vec<DataObject>, CliError> {
+    match call(
+        client,
+        &Request::ObjectState {
+            kind,
+            objects: Vec::new(),
+        },
+    )? {
+        Reply::Objects { objects } => Ok(objects),
+        _ => Err(CliError::Output(format!("unexpected reply to {kind} ls"))),
+    }
+}
+
+/// The stack's secrets and configs, before any change: an external one must exist; one
+/// of the stack's own that exists keeps its data (Swarm's objects are immutable: a
+/// changed file is refused, naming it, as `docker stack deploy` does) and gets the
+/// stack's labels. Returns the ones to create.
+fn check_objects<'a>(
+    client: &Client,
+    objects: &'a [StackObject],
+) -> Result<Vec<&'a StackObject>, CliError> {
+    let secrets = data_objects(client, ObjectKind::Secret)?;
+    let configs = data_objects(client, ObjectKind::Config)?;
+    let find = |o: &StackObject| {
+        let existing = match o.kind {
+            ObjectKind::Config => &configs,
+            _ => &secrets,
+        };
+        existing.iter().find(|e| e.name == o.name).cloned()
+    };
+    for o in objects.iter().filter(|o| o.external) {
+        if find(o).is_none() {
+            return Err(CliError::Usage(format!(
+                "{kind} {key}: external {kind} {name} not found (create it with `shoal {kind} create {name} FILE`)",
+                kind = o.kind,
+                key = o.key,
+                name = o.name
+            )));
+        }
+    }
+    let mut create = Vec::new();
+    for o in objects.iter().filter(|o| !o.external) {
+        match find(o) {
+            None => create.push(o),
+            Some(e) => {
+                call(
+                    client,
+                    &Request::ObjectSetLabels {
+                        kind: o.kind,
+                        object: e.id.clone(),
+                        version: e.version,
+                        labels: o.labels.clone(),
+                        data_base64: Some(Secret::new(STANDARD.encode(&o.data))),
+                    },
+                )
+                .map_err(|e| {
+                    CliError::Output(format!("failed to update {} {}: {e}", o.kind, o.name))
+                })?;
+            }
+        }
+    }
+    Ok(create)
 }
 
 /// Network name -> ID.
@@ -223,19 +301,23 @@ fn deploy(client: &Client, a: &DeployArgs, warnings: &mut Vec<String>) -> Result
         .and_then(|f| f.parent())
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let converted = compose::convert(&a.name, &merged, dir).map_err(CliError::Usage)?;
+    let stack = compose::convert(&a.name, &merged, dir).map_err(CliError::Usage)?;
+    let converted = &stack.services;
     let mut registry_auth = BTreeMap::new();
     if a.with_registry_auth {
-        for c in &converted {
+        for c in converted {
             let creds = credentials_for(&c.spec.image).map_err(CliError::Usage)?;
             registry_auth.insert(c.spec.name.clone(), Box::new(creds));
         }
     }
-    for c in &converted {
+    for c in converted {
         warnings.extend(c.warnings.iter().cloned());
     }
 
     let deployed = stack_services(client, &a.name)?;
+    // Secrets and configs first: a missing external one or a changed file stops the
+    // deploy before its first change.
+    let new_objects = check_objects(client, &stack.objects)?;
     let existing_networks: BTreeSet<String> = network_ids(client)?.into_keys().collect();
     let wanted_networks: BTreeSet<String> = converted
         .iter()
@@ -262,8 +344,36 @@ fn deploy(client: &Client, a: &DeployArgs, warnings: &mut Vec<String>) -> Result
             ));
         }
     }
-    let ids = network_ids(client)?;
-    for c in &converted {
+    for o in new_objects {
+        out.push_str(&format!("Creating {} {}\n", o.kind, o.name));
+        let reply = call(
+            client,
+            &Request::ObjectCreate {
+                kind: o.kind,
+                name: o.name.clone(),
+                labels: o.labels.clone(),
+                data_base64: Secret::new(STANDARD.encode(&o.data)),
+            },
+        )?;
+        if !matches!(reply, Reply::ObjectCreated { .. }) {
+            return Err(CliError::Output(format!(
+                "unexpected reply to {} create",
+                o.kind
+            )));
+        }
+    }
+    let by_name = |kind| -> Result<BTreeMap<String, String>, CliError> {
+        Ok(data_objects(client, kind)?
+            .into_iter()
+            .map(|o| (o.name, o.id))
+            .collect())
+    };
+    let ids = Ids {
+        networks: network_ids(client)?,
+        secrets: by_name(ObjectKind::Secret)?,
+        configs: by_name(ObjectKind::Config)?,
+    };
+    for c in converted {
         let name = &c.spec.name;
         let auth = registry_auth.get(name).cloned();
         match deployed.iter().find(|s| &s.spec.name == name) {
@@ -335,7 +445,15 @@ fn rm(client: &Client, names: &[String]) -> Result<String, CliError> {
                 .collect(),
             _ => return Err(CliError::Output("unexpected reply to network ls".into())),
         };
-        if services.is_empty() && networks.is_empty() {
+        let mut objects = Vec::new();
+        for kind in [ObjectKind::Secret, ObjectKind::Config] {
+            for o in data_objects(client, kind)? {
+                if o.labels.get(NAMESPACE_LABEL) == Some(name) {
+                    objects.push((kind, o.name));
+                }
+            }
+        }
+        if services.is_empty() && networks.is_empty() && objects.is_empty() {
             return Err(CliError::Output(format!("Nothing found in stack: {name}")));
         }
         if !services.is_empty() {
@@ -349,6 +467,15 @@ fn rm(client: &Client, names: &[String]) -> Result<String, CliError> {
                 },
             )?;
         }
+        for (kind, o) in objects {
+            out.push_str(&format!("Removing {kind} {o}\n"));
+            // A task of a service gone is named by the service's ID.
+            let removed: Vec<String> = services
+                .iter()
+                .flat_map(|s| [s.spec.name.clone(), s.id.clone()])
+                .collect();
+            remove_object(client, kind, &o, &removed)?;
+        }
         if !networks.is_empty() {
             for n in &networks {
                 out.push_str(&format!("Removing network {n}\n"));
@@ -357,6 +484,41 @@ fn rm(client: &Client, names: &[String]) -> Result<String, CliError> {
         }
     }
     Ok(out)
+}
+
+/// How long `stack rm` waits for the stack's tasks to stop using a secret or config.
+const OBJECT_RM_WAIT: Duration = Duration::from_secs(60);
+
+/// Removes a secret or config of a removed stack: its services (`removed`: names and
+/// IDs) are gone, but their tasks keep it in use until they stop, so a refusal naming
+/// one of them is retried a while (one naming another service is final).
+fn remove_object(
+    client: &Client,
+    kind: ObjectKind,
+    name: &str,
+    removed: &[String],
+) -> Result<(), CliError> {
+    let began = Instant::now();
+    loop {
+        match call(
+            client,
+            &Request::ObjectRm {
+                kind,
+                objects: vec![name.to_string()],
+            },
+        ) {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if removed.iter().any(|s| {
+                    e.to_string()
+                        .contains(&format!("in use by the following service: {s}"))
+                }) && began.elapsed() < OBJECT_RM_WAIT =>
+            {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// `stack ls`: each stack's name and number of services, in Docker's layouts.
@@ -446,13 +608,17 @@ mod tests {
         .unwrap();
         compose::convert("app", &c, Path::new("."))
             .unwrap()
+            .services
             .remove(0)
             .spec
     }
 
     #[test]
     fn plan_sees_only_real_changes() {
-        let ids = BTreeMap::from([("app_front".to_string(), "n1".to_string())]);
+        let ids = Ids {
+            networks: BTreeMap::from([("app_front".to_string(), "n1".to_string())]),
+            ..Default::default()
+        };
         let mut deployed = spec("nginx:1", "front");
         deployed.networks = vec!["n1".into()];
         deployed.network_aliases = deployed

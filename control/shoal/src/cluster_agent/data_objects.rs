@@ -175,6 +175,7 @@ pub(super) async fn request(
             object,
             version,
             labels,
+            data_base64,
         } => {
             let id = object_id(state, kind, &object)?;
             let mut updated = state.data_objects(kind)[&id].clone();
@@ -183,6 +184,23 @@ pub(super) async fn request(
                     "update out of sequence: {kind} {} is at version {}, the update was made from version {version}",
                     updated.name, updated.version
                 )));
+            }
+            if let Some(data) = data_base64 {
+                let same = STANDARD
+                    .decode(data.expose())
+                    .is_ok_and(|d| d == updated.data);
+                if !same {
+                    return Err(ApiError::new(format!(
+                        "{kind} {}: only updates to Labels are allowed (its data cannot change: \
+                         give the changed data a new name)",
+                        updated.name
+                    )));
+                }
+            }
+            if updated.labels == labels {
+                return Ok(Reply::ObjectsChanged {
+                    objects: vec![object],
+                });
             }
             updated.labels = labels;
             updated.updated_ms = now_ms();

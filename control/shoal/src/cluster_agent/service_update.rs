@@ -215,6 +215,13 @@ fn changed_spec(
     }
     spec.constraints
         .retain(|c| !changes.constraint_rm.contains(c));
+    // Docker's order: the ones named removed, then the ones added appended.
+    let prefs = &mut spec.placement.preferences;
+    prefs.retain(|d| !changes.placement_pref_rm.contains(d));
+    prefs.extend(changes.placement_pref_add.iter().cloned());
+    if let Some(max) = changes.max_replicas_per_node {
+        spec.placement.max_replicas_per_node = max;
+    }
     if let Some(mode) = changes.endpoint_mode {
         spec.endpoint_mode = mode;
     }

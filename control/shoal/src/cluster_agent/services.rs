@@ -10,8 +10,8 @@ use shoal_cluster::{
     ipam::{NetworkAddressing, Networks, PublishedPorts},
     manager::Manager,
     store::{
-        ClusterState, Command, JobStatus, Network, ObjectKind, PublishMode, Service, ServiceMode,
-        ServiceSpec, UpdateConfig,
+        ClusterState, Command, JobStatus, Network, ObjectKind, Placement, PublishMode, Service,
+        ServiceMode, ServiceSpec, UpdateConfig,
     },
 };
 use tracing::info;
@@ -182,6 +182,14 @@ pub(super) fn prepare_spec(
     }
     for c in &spec.constraints {
         Constraint::parse(c).map_err(ApiError::new)?;
+    }
+    for d in &spec.placement.preferences {
+        Placement::spread_label(d).map_err(ApiError::new)?;
+    }
+    if spec.placement.max_replicas_per_node > 0 && spec.mode.is_global() {
+        return Err(ApiError::new(
+            "replicas-max-per-node can only be used with replicated mode",
+        ));
     }
     let mut networks = Vec::new();
     for reference in &spec.networks {
@@ -709,6 +717,7 @@ pub(super) mod tests {
         ports: &[(Protocol, u16, u16)],
     ) -> ServiceSpec {
         ServiceSpec {
+            placement: Default::default(),
             name: name.into(),
             labels: BTreeMap::new(),
             image: "shoal/web:1".into(),

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 use shoal_cluster::store::{
     check_mounts, data_object::FileReference, ContainerOptions, DnsConfig, EndpointMode,
-    FailureAction, HealthCheck, Limits, Mount, MountKind, PortConfig, Protocol, PublishMode,
-    RestartCondition, ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder,
+    FailureAction, HealthCheck, Limits, Mount, MountKind, Placement, PortConfig, Protocol,
+    PublishMode, RestartCondition, ServiceMode, ServiceSpec, Ulimit, UpdateConfig, UpdateOrder,
     DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
 };
 
@@ -256,6 +256,8 @@ pub fn from_docker(v: Value) -> Result<(ServiceSpec, u64), String> {
         reservations: Limits::default(),
         cap_add: Vec::new(),
         cap_drop: Vec::new(),
+        ulimits: ulimits(&mut c)?,
+        sysctls: c.string_map("Sysctls")?,
     };
     let (cap_add, cap_drop) =
         effective_capabilities(&c.strings("CapabilityAdd")?, &c.strings("CapabilityDrop")?)
@@ -329,6 +331,23 @@ pub fn from_docker(v: Value) -> Result<(ServiceSpec, u64), String> {
 
     let mut placement = task.object("Placement")?;
     let constraints = placement.strings("Constraints")?;
+    let max_replicas_per_node = placement.u64("MaxReplicas")?.unwrap_or(0);
+    let mut preferences = Vec::new();
+    if let Some(list) = placement.take("Preferences") {
+        let Value::Array(list) = list else {
+            return Err("Spec.TaskTemplate.Placement.Preferences: expected a list".into());
+        };
+        for p in list {
+            let at = "Spec.TaskTemplate.Placement.Preferences[]";
+            let mut p = Fields::of(at, p)?;
+            let mut spread = p.object("Spread")?;
+            let descriptor = spread.string("SpreadDescriptor")?;
+            spread.done()?;
+            p.done()?;
+            Placement::spread_label(&descriptor).map_err(|e| format!("{at}.Spread: {e}"))?;
+            preferences.push(descriptor);
+        }
+    }
     placement.allow("Platforms", platforms_allow_this_machine)?;
     placement.done()?;
 
@@ -447,6 +466,10 @@ pub fn from_docker(v: Value) -> Result<(ServiceSpec, u64), String> {
 
     Ok((
         ServiceSpec {
+            placement: Placement {
+                max_replicas_per_node,
+                preferences,
+            },
             name,
             labels,
             image,
@@ -525,6 +548,39 @@ fn mounts(c: &mut Fields) -> Result<Vec<Mount>, String> {
         mounts.push(mount);
     }
     Ok(mounts)
+}
+
+/// `ContainerSpec.Ulimits`: `[{Name, Soft, Hard}]` (checked with the rest of the
+/// container options by the manager).
+fn ulimits(c: &mut Fields) -> Result<BTreeMap<String, Ulimit>, String> {
+    let at = c.at("Ulimits");
+    let Some(list) = c.take("Ulimits") else {
+        return Ok(BTreeMap::new());
+    };
+    let Value::Array(list) = list else {
+        return Err(format!("{at}: expected a list"));
+    };
+    let mut out = BTreeMap::new();
+    for item in list {
+        let mut u = Fields::of(&format!("{at}[]"), item)?;
+        let name = u.string("Name")?;
+        let mut limit = |key: &str| -> Result<i64, String> {
+            match u.take(key) {
+                None => Ok(0),
+                Some(v) => v
+                    .as_i64()
+                    .ok_or_else(|| format!("{at}[].{key}: expected a number, got {v}")),
+            }
+        };
+        let soft = limit("Soft")?;
+        let hard = limit("Hard")?;
+        u.done()?;
+        if name.is_empty() {
+            return Err(format!("{at}[].Name: a name is required"));
+        }
+        out.insert(name, Ulimit { soft, hard });
+    }
+    Ok(out)
 }
 
 /// `ContainerSpec.Secrets|Configs`: `[{File: {Name, UID, GID, Mode}, SecretID,
@@ -649,6 +705,26 @@ mod tests {
     }
 
     #[test]
+    fn max_replicas_and_preferences_read_back_as_inspect_shows_them() {
+        let (spec, _) = from_docker(json!({
+            "Name": "m",
+            "TaskTemplate": {"ContainerSpec": {"Image": "busybox"},
+                "Placement": {"Constraints": ["node.role==worker"], "MaxReplicas": 2,
+                    "Preferences": [{"Spread": {"SpreadDescriptor": "node.labels.zone"}}]}},
+        }))
+        .unwrap();
+        assert_eq!(spec.placement.max_replicas_per_node, 2);
+        assert_eq!(spec.placement.preferences, ["node.labels.zone"]);
+        let shown = spec_value(&spec, 0);
+        assert_eq!(
+            shown["TaskTemplate"]["Placement"],
+            json!({"Constraints": ["node.role==worker"], "MaxReplicas": 2,
+                "Preferences": [{"Spread": {"SpreadDescriptor": "node.labels.zone"}}]})
+        );
+        assert_eq!(from_docker(shown).unwrap().0.placement, spec.placement);
+    }
+
+    #[test]
     fn mounts_a_read_only_root_and_limits_read_back_as_inspect_shows_them() {
         // As docker 28's `service create --read-only --mount
         // type=volume,source=data,target=/data,volume-driver=local,volume-opt=type=tmpfs
@@ -754,11 +830,11 @@ mod tests {
                 "Spec.TaskTemplate.Placement.Platforms",
             ),
             (
-                json!({"TaskTemplate": {"ContainerSpec": {"Ulimits": [{"Name": "nofile", "Soft": 1, "Hard": 1}]}}}),
-                "Spec.TaskTemplate.ContainerSpec.Ulimits",
+                json!({"TaskTemplate": {"ContainerSpec": {"Ulimits": [{"Name": "nofile", "Soft": "x"}]}}}),
+                "Spec.TaskTemplate.ContainerSpec.Ulimits[].Soft",
             ),
             (
-                json!({"TaskTemplate": {"ContainerSpec": {"Sysctls": {"net.core.somaxconn": "1024"}}}}),
+                json!({"TaskTemplate": {"ContainerSpec": {"Sysctls": {"net.core.somaxconn": 1024}}}}),
                 "Spec.TaskTemplate.ContainerSpec.Sysctls",
             ),
             (
@@ -766,11 +842,15 @@ mod tests {
                 "Spec.TaskTemplate.ContainerSpec.Privileges",
             ),
             (
-                json!({"TaskTemplate": {"Placement": {"Preferences": [{"Spread": {"SpreadDescriptor": "node.labels.zone"}}]}}}),
-                "Spec.TaskTemplate.Placement.Preferences",
+                json!({"TaskTemplate": {"Placement": {"Preferences": [{"Spread": {"SpreadDescriptor": "engine.labels.zone"}}]}}}),
+                "Spec.TaskTemplate.Placement.Preferences[].Spread: invalid spread descriptor",
             ),
             (
-                json!({"TaskTemplate": {"Placement": {"MaxReplicas": 1}}}),
+                json!({"TaskTemplate": {"Placement": {"Preferences": [{"Pack": {"X": 1}}]}}}),
+                "Spec.TaskTemplate.Placement.Preferences[].Pack",
+            ),
+            (
+                json!({"TaskTemplate": {"Placement": {"MaxReplicas": -1}}}),
                 "Spec.TaskTemplate.Placement.MaxReplicas",
             ),
             (

@@ -515,8 +515,7 @@ fn object_create(kind: ObjectKind, v: Value) -> Result<Request, String> {
 }
 
 /// `POST /secrets/{id}/update?version=N` (and configs): Swarm lets only the labels
-/// change; the name must stay, a secret's data must not be sent, a config's may be sent
-/// only as it is.
+/// change; the name must stay, and the data may be sent only as it is.
 async fn object_update(
     backend: &dyn Backend,
     kind: ObjectKind,
@@ -545,15 +544,15 @@ async fn object_update(
             format!("{kind} {reference} not found"),
         )
     })?;
-    let data = data_base64.expose();
-    let same_data = data.is_empty()
-        || (kind == ObjectKind::Config && STANDARD.decode(data).is_ok_and(|d| d == current.data));
-    if name != current.name || !same_data {
+    if name != current.name {
         return Err(reply::error(
             StatusCode::BAD_REQUEST,
             "only updates to Labels are allowed",
         ));
     }
+    // The data may be sent as it is (Docker's `stack deploy` does): the managers,
+    // which hold a secret's data, compare it.
+    let data = (!data_base64.expose().is_empty()).then_some(data_base64);
     write(
         backend,
         Request::ObjectSetLabels {
@@ -561,6 +560,7 @@ async fn object_update(
             object: current.id.clone(),
             version,
             labels,
+            data_base64: data,
         },
     )
     .await?;

@@ -38,6 +38,7 @@ fn service(id: &str, ports: &[(Protocol, u16)], vips: &[(&str, &str)]) -> Servic
     Service {
         id: id.into(),
         spec: ServiceSpec {
+            placement: Default::default(),
             name: id.into(),
             labels: BTreeMap::new(),
             image: "shoal/web:1".into(),

@@ -204,6 +204,7 @@ fn reduced_service(s: &Service, local: &BTreeSet<String>) -> Service {
 /// out field by field: a field added to the spec stays out until it is chosen here).
 fn reduced(spec: &ServiceSpec, local: &BTreeSet<String>) -> ServiceSpec {
     ServiceSpec {
+        placement: Default::default(),
         name: spec.name.clone(),
         labels: BTreeMap::new(),
         image: String::new(),

@@ -45,6 +45,7 @@ fn sample_service(id: &str, name: &str) -> Service {
     Service {
         id: id.into(),
         spec: ServiceSpec {
+            placement: Default::default(),
             name: name.into(),
             labels: BTreeMap::new(),
             image: "shoal/web:1".into(),

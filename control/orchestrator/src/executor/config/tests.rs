@@ -266,3 +266,50 @@ fn a_hostname_template_that_cannot_expand_rejects_the_task() {
     let err = sandbox_spec(&task(true), &s, "web.3.x", &node(), GATEWAY).unwrap_err();
     assert!(err.starts_with("--hostname: invalid template"), "{err}");
 }
+
+#[test]
+fn ulimits_go_to_the_task_container_and_net_sysctls_to_its_sandbox() {
+    let s = service(ContainerOptions {
+        ulimits: BTreeMap::from([(
+            "nofile".to_string(),
+            store::Ulimit {
+                soft: 1024,
+                hard: 2048,
+            },
+        )]),
+        sysctls: BTreeMap::from([
+            ("net.core.somaxconn".to_string(), "4096".to_string()),
+            ("kernel.shmmax".to_string(), "1000".to_string()),
+        ]),
+        ..Default::default()
+    });
+    let body = task_container(&task(true), &s, "web.3.x", "node1", "sbx", Vec::new());
+    let host = body.host_config.unwrap();
+    let limits = host.ulimits.unwrap();
+    assert_eq!(limits.len(), 1);
+    assert_eq!(
+        (limits[0].name.as_deref(), limits[0].soft, limits[0].hard),
+        (Some("nofile"), Some(1024), Some(2048))
+    );
+    // A container joining the sandbox's network namespace cannot set net.* ones.
+    assert_eq!(
+        host.sysctls,
+        Some(HashMap::from([(
+            "kernel.shmmax".to_string(),
+            "1000".to_string()
+        )]))
+    );
+    let spec = sandbox_spec(&task(true), &s, "web.3.x", &node(), GATEWAY).unwrap();
+    assert_eq!(
+        spec.sysctls,
+        BTreeMap::from([("net.core.somaxconn".to_string(), "4096".to_string())])
+    );
+    let sandbox = crate::sandbox::create_body(&spec).host_config.unwrap();
+    assert_eq!(
+        sandbox.sysctls,
+        Some(HashMap::from([(
+            "net.core.somaxconn".to_string(),
+            "4096".to_string()
+        )]))
+    );
+}

@@ -5,7 +5,7 @@ use super::file_flags::{parse_file_references, FileKind};
 use super::{
     parse_publish, parse_replicas,
     policy::parse_duration_flag,
-    spec::{check_constraints, check_env},
+    spec::{check_constraints, check_env, parse_placement_prefs},
     ServiceUpdateArgs,
 };
 use crate::api::ServiceChanges;
@@ -97,6 +97,9 @@ impl ServiceUpdateArgs {
             container: self.container_changes()?,
             constraint_add: self.constraint_add.clone(),
             constraint_rm: self.constraint_rm.clone(),
+            max_replicas_per_node: self.replicas_max_per_node,
+            placement_pref_add: parse_placement_prefs(&self.placement_pref_add)?,
+            placement_pref_rm: parse_placement_prefs(&self.placement_pref_rm)?,
             secret_add: parse_file_references(FileKind::Secret, &self.secret_add)?,
             secret_rm: self.secret_rm.clone(),
             config_add: parse_file_references(FileKind::Config, &self.config_add)?,

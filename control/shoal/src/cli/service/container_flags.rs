@@ -14,7 +14,7 @@ use super::{
 };
 use crate::api::{
     check_alias, check_container_options, effective_capabilities, normalize_capability, parse_host,
-    ContainerChanges,
+    parse_sysctl, parse_ulimit, ContainerChanges,
 };
 
 /// One `--network` value: `NET`, or `name=NET,alias=A,alias=B`.
@@ -182,6 +182,16 @@ impl CreateArgs {
             },
             cap_add: Vec::new(),
             cap_drop: Vec::new(),
+            ulimits: self
+                .ulimits
+                .iter()
+                .map(|u| parse_ulimit(u))
+                .collect::<Result<_, _>>()?,
+            sysctls: self
+                .sysctls
+                .iter()
+                .map(|s| parse_sysctl(s))
+                .collect::<Result<_, _>>()?,
         };
         let (cap_add, cap_drop) = effective_capabilities(&self.cap_add, &self.cap_drop)?;
         let options = ContainerOptions {
@@ -245,6 +255,18 @@ impl ServiceUpdateArgs {
             reserve_memory_bytes: None,
             cap_add: normalize_capabilities(&self.cap_add, "--cap-add")?,
             cap_drop: normalize_capabilities(&self.cap_drop, "--cap-drop")?,
+            ulimit_add: self
+                .ulimit_add
+                .iter()
+                .map(|u| parse_ulimit(u))
+                .collect::<Result<_, _>>()?,
+            ulimit_rm: self.ulimit_rm.clone(),
+            sysctl_add: self
+                .sysctl_add
+                .iter()
+                .map(|s| parse_sysctl(s))
+                .collect::<Result<_, _>>()?,
+            sysctl_rm: self.sysctl_rm.clone(),
         };
         let given = limits(
             self.limit_cpu.as_deref(),

@@ -213,6 +213,18 @@ fn container_options_value(container: &mut Value, o: &ContainerOptions) {
     if !o.cap_drop.is_empty() {
         set("CapabilityDrop", json!(o.cap_drop));
     }
+    if !o.sysctls.is_empty() {
+        set("Sysctls", json!(o.sysctls));
+    }
+    if !o.ulimits.is_empty() {
+        set(
+            "Ulimits",
+            o.ulimits
+                .iter()
+                .map(|(name, u)| json!({"Name": name, "Soft": u.soft, "Hard": u.hard}))
+                .collect(),
+        );
+    }
 }
 
 /// One mount as Docker's `ContainerSpec.Mounts[]` (empty parts omitted, as Docker's).
@@ -245,6 +257,24 @@ fn mount_value(m: &Mount) -> Value {
         v["TmpfsOptions"] = tmpfs;
     }
     v
+}
+
+/// Docker's `TaskTemplate.Placement`: `Constraints`, and `Preferences` and
+/// `MaxReplicas` when set.
+fn placement_value(spec: &ServiceSpec) -> Value {
+    let mut p = json!({"Constraints": spec.constraints});
+    if !spec.placement.preferences.is_empty() {
+        p["Preferences"] = spec
+            .placement
+            .preferences
+            .iter()
+            .map(|d| json!({"Spread": {"SpreadDescriptor": d}}))
+            .collect();
+    }
+    if spec.placement.max_replicas_per_node > 0 {
+        p["MaxReplicas"] = json!(spec.placement.max_replicas_per_node);
+    }
+    p
 }
 
 /// A spec as Docker's `Spec` (and `PreviousSpec`).
@@ -300,7 +330,7 @@ pub(crate) fn spec_value(spec: &ServiceSpec, force_update: u64) -> Value {
                 "MaxAttempts": spec.restart_max_attempts,
                 "Window": nanos(spec.restart_window_ms),
             },
-            "Placement": {"Constraints": spec.constraints},
+            "Placement": placement_value(spec),
             "Networks": spec.networks.iter().map(|n| {
                 let mut attachment = json!({"Target": n});
                 if let Some(aliases) = spec.network_aliases.get(n) {
@@ -499,8 +529,20 @@ pub(super) fn inspect_pretty(s: &Service, networks: &[Network], now_ms: u64) -> 
     if let Some(u) = &s.update_status {
         pretty_update_status(&mut out, u, now_ms);
     }
+    let max_replicas = s.spec.placement.max_replicas_per_node;
+    let preferences = &s.spec.placement.preferences;
+    if !s.spec.constraints.is_empty() || max_replicas > 0 || !preferences.is_empty() {
+        let _ = writeln!(out, "Placement:");
+    }
     if !s.spec.constraints.is_empty() {
-        let _ = writeln!(out, "Placement:\n Constraints:\t{:?}", s.spec.constraints);
+        let _ = writeln!(out, " Constraints:\t{:?}", s.spec.constraints);
+    }
+    if !preferences.is_empty() {
+        let shown: Vec<String> = preferences.iter().map(|d| format!("spread={d}")).collect();
+        let _ = writeln!(out, " Preferences:\t[{}]", shown.join(" "));
+    }
+    if max_replicas > 0 {
+        let _ = writeln!(out, " Max Replicas Per Node:\t{max_replicas}");
     }
     if !s.spec.mode.is_job() {
         pretty_update_config(&mut out, "Update", &s.spec.update_config);

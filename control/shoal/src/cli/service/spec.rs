@@ -3,8 +3,8 @@
 //! shares with `service update` are read by `policy`).
 
 use shoal_cluster::store::{
-    EndpointMode, PortConfig, Protocol, PublishMode, RestartCondition, ServiceMode, ServiceSpec,
-    UpdateConfig, DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
+    EndpointMode, Placement, PortConfig, Protocol, PublishMode, RestartCondition, ServiceMode,
+    ServiceSpec, UpdateConfig, DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
 };
 
 use super::{
@@ -151,7 +151,15 @@ impl CreateArgs {
         let (networks, network_aliases) = self.networks()?;
         let container = self.container_options()?;
         check_constraints(&self.constraints)?;
+        let max_replicas_per_node = self.replicas_max_per_node.unwrap_or(0);
+        if max_replicas_per_node > 0 && mode.is_global() {
+            return Err("replicas-max-per-node can only be used with replicated mode".into());
+        }
         let mut spec = ServiceSpec {
+            placement: Placement {
+                max_replicas_per_node,
+                preferences: parse_placement_prefs(&self.placement_prefs)?,
+            },
             name: self.name.clone().unwrap_or_else(|| {
                 format!("svc-{}", &shoal_orchestrator::scheduler::new_id()[..8])
             }),
@@ -238,6 +246,26 @@ pub(super) fn check_env(env: &[String]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `--placement-pref`/`--placement-pref-add|rm` values, `spread=node.labels.KEY`: the
+/// descriptors (Swarm knows only the spread strategy).
+pub(super) fn parse_placement_prefs(prefs: &[String]) -> Result<Vec<String>, String> {
+    prefs
+        .iter()
+        .map(|p| {
+            let (strategy, descriptor) = p.split_once('=').ok_or_else(|| {
+                format!("invalid placement preference {p:?}: expected spread=node.labels.KEY")
+            })?;
+            if !strategy.eq_ignore_ascii_case("spread") {
+                return Err(format!(
+                    "invalid placement preference {p:?}: unknown strategy {strategy:?} (spread is the only one)"
+                ));
+            }
+            Placement::spread_label(descriptor)?;
+            Ok(descriptor.to_string())
+        })
+        .collect()
 }
 
 /// `--constraint`/`--constraint-add` expressions, checked as the scheduler reads them.

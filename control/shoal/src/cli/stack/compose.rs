@@ -11,11 +11,13 @@ use std::{collections::BTreeMap, path::Path};
 
 use docker_compose_types::{
     Command, Compose, ComposeVolume, Entrypoint, Environment, ExternalVolume, HealthcheckTest,
-    Labels, MapOrEmpty, Networks, Ports, PublishedPort, Service, StringOrList, Volumes,
+    Labels, MapOrEmpty, Networks, Ports, PublishedPort, Service, StringOrList, StringOrUnsigned,
+    SysCtls, Ulimit, Volumes,
 };
 use serde_json::{json, Map, Value};
-use shoal_cluster::store::{PublishMode, ServiceSpec};
+use shoal_cluster::store::{ObjectKind, PublishMode, ServiceSpec};
 
+use super::extras::{self, Extras, StackObject};
 use crate::cli::service::limit_flags::{parse_cpus, parse_memory};
 use crate::cli::service::spec::{parse_duration, parse_publish};
 use crate::engine_api::service_spec::from_docker;
@@ -28,15 +30,7 @@ pub const IGNORED_KEYS: &[&str] = &["container_name", "depends_on", "build", "re
 
 /// Service keys shoal's service spec cannot carry yet: a file using one is refused,
 /// naming the key and the service.
-pub const UNSUPPORTED_KEYS: &[&str] = &[
-    "ulimits",
-    "sysctls",
-    "privileged",
-    "devices",
-    "deploy.resources.reservations",
-    "deploy.placement.preferences",
-    "deploy.placement.max_replicas_per_node",
-];
+pub const UNSUPPORTED_KEYS: &[&str] = &["privileged", "devices", "deploy.resources.limits.devices"];
 
 /// Expands `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?err}`, `${VAR?err}`,
 /// `$VAR` and `$$` (a literal `$`) in `text`, line by line so a later parse error still
@@ -158,12 +152,24 @@ pub fn parse(
         Some(l) => format!("{file}:{}:{}: {e}", l.line(), l.column()),
         None => format!("{file}: {e}"),
     };
-    // The typed parse checks the file's shape (with the place of a mistake); the
-    // untyped value is what several files are merged on.
-    serde_yaml::from_str::<Compose>(&text).map_err(located)?;
+    // The typed parses check the file's shape (with the place of a mistake); the
+    // untyped value is what several files are merged on. The keys read by shoal's own
+    // types ([`extras`]) are checked by those, and taken out for the crate's.
     let value: Value = serde_yaml::from_str(&text).map_err(located)?;
     if !value.is_object() {
         return Err(format!("{file}:1:1: a compose file is a mapping"));
+    }
+    serde_yaml::from_str::<Extras>(&text).map_err(located)?;
+    if let Err(e) = serde_yaml::from_str::<Compose>(&text) {
+        let mut rest = value.clone();
+        extras::strip(&mut rest);
+        if let Err(e2) = serde_json::from_value::<Compose>(rest) {
+            return Err(if extras::about_extras(&e.to_string()) {
+                format!("{file}: {e2}")
+            } else {
+                located(e)
+            });
+        }
     }
     Ok(value)
 }
@@ -187,12 +193,24 @@ pub fn load(path: &Path) -> Result<Value, String> {
 /// Merges several files' values as docker does: mappings merge key by key, a later
 /// file's scalar or list replaces an earlier one's; `ports`, `volumes`, `secrets`,
 /// `configs` and `extra_hosts`/`dns` lists of a service are concatenated.
-pub fn merge(files: Vec<Value>) -> Result<Compose, String> {
+pub fn merge(files: Vec<Value>) -> Result<Merged, String> {
     let mut merged = Value::Object(Map::new());
     for f in files {
         merge_value(&mut merged, f, "");
     }
-    serde_json::from_value(merged).map_err(|e| format!("merged compose files: {e}"))
+    let extras: Extras =
+        serde_json::from_value(merged.clone()).map_err(|e| format!("merged compose files: {e}"))?;
+    extras::strip(&mut merged);
+    let compose =
+        serde_json::from_value(merged).map_err(|e| format!("merged compose files: {e}"))?;
+    Ok(Merged { compose, extras })
+}
+
+/// The compose files merged: what the crate's types read, and what shoal's own do.
+#[derive(Debug, Clone)]
+pub struct Merged {
+    pub compose: Compose,
+    pub extras: Extras,
 }
 
 fn merge_value(into: &mut Value, from: Value, key: &str) {
@@ -443,18 +461,13 @@ pub fn convert_service(
     s: &Service,
     dir: &Path,
     volumes: &TopVolumes,
+    extras: &Extras,
 ) -> Result<Converted, String> {
     let refuse = |key: &str| {
         Err(format!(
             "service {name}: {key} is not supported by shoal's services yet"
         ))
     };
-    if !s.ulimits.is_empty() {
-        return refuse("ulimits");
-    }
-    if !s.sysctls.is_empty() {
-        return refuse("sysctls");
-    }
     if s.privileged {
         return refuse("privileged");
     }
@@ -613,13 +626,53 @@ pub fn convert_service(
     if !s.cap_drop.is_empty() {
         container.insert("CapabilityDrop".into(), json!(s.cap_drop));
     }
+    if !s.ulimits.is_empty() {
+        let number = |n: &StringOrUnsigned, key: &str| match n {
+            StringOrUnsigned::Unsigned(v) => Ok(*v),
+            StringOrUnsigned::String(t) => t
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| format!("service {name}: ulimits.{key}: {t:?} is not a number")),
+        };
+        let mut list = Vec::new();
+        for (key, u) in &s.ulimits.0 {
+            let (soft, hard) = match u {
+                Ulimit::Single(v) => (number(v, key)?, number(v, key)?),
+                Ulimit::SoftHard { soft, hard } => (number(soft, key)?, number(hard, key)?),
+            };
+            list.push(json!({"Name": key, "Soft": soft, "Hard": hard}));
+        }
+        container.insert("Ulimits".into(), json!(list));
+    }
+    if !s.sysctls.is_empty() {
+        let sysctls: BTreeMap<String, String> = match &s.sysctls {
+            SysCtls::List(l) => l
+                .iter()
+                .map(|e| {
+                    let (k, v) = e.split_once('=').unwrap_or((e, ""));
+                    (k.to_string(), v.to_string())
+                })
+                .collect(),
+            SysCtls::Map(m) => m
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+                    )
+                })
+                .collect(),
+        };
+        container.insert("Sysctls".into(), json!(sysctls));
+    }
 
     let mut labels: BTreeMap<String, String> = BTreeMap::new();
     let mut mode = json!({"Replicated": {"Replicas": 1}});
     let mut restart_policy: Option<Value> = None;
     let mut constraints: Vec<String> = Vec::new();
+    let mut preferences: Vec<Value> = Vec::new();
     let mut update_config: Option<Value> = None;
-    let mut limits: Option<Value> = None;
+    let mut resources = Map::new();
     if let Some(d) = &s.deploy {
         for l in &d.labels {
             let (k, v) = l.split_once('=').unwrap_or((l, ""));
@@ -671,27 +724,32 @@ pub fn convert_service(
             update_config = Some(Value::Object(c));
         }
         if let Some(r) = &d.resources {
-            if r.reservations.is_some() {
-                return refuse("deploy.resources.reservations");
-            }
-            if let Some(l) = &r.limits {
+            // Limits are set on each container; reservations count against the nodes'
+            // capacity (the scheduler's).
+            for (field, l) in [("limits", &r.limits), ("reservations", &r.reservations)] {
+                let Some(l) = l else { continue };
                 if l.devices.is_some() {
-                    return refuse("deploy.resources.limits.devices");
+                    return refuse(&format!("deploy.resources.{field}.devices"));
                 }
                 let mut c = Map::new();
                 if let Some(cpus) = &l.cpus {
                     let n = parse_cpus(cpus).map_err(|e| {
-                        format!("service {name}: deploy.resources.limits.cpus: {e}")
+                        format!("service {name}: deploy.resources.{field}.cpus: {e}")
                     })?;
                     c.insert("NanoCPUs".into(), json!(n));
                 }
                 if let Some(m) = &l.memory {
                     let b = parse_memory(m).map_err(|e| {
-                        format!("service {name}: deploy.resources.limits.memory: {e}")
+                        format!("service {name}: deploy.resources.{field}.memory: {e}")
                     })?;
                     c.insert("MemoryBytes".into(), json!(b));
                 }
-                limits = Some(Value::Object(c));
+                let key = if field == "limits" {
+                    "Limits"
+                } else {
+                    "Reservations"
+                };
+                resources.insert(key.into(), Value::Object(c));
             }
         }
         if let Some(r) = &d.restart_policy {
@@ -723,10 +781,12 @@ pub fn convert_service(
             restart_policy = Some(Value::Object(policy));
         }
         if let Some(p) = &d.placement {
-            if !p.preferences.is_empty() {
-                return refuse("deploy.placement.preferences");
-            }
             constraints.clone_from(&p.constraints);
+            preferences = p
+                .preferences
+                .iter()
+                .map(|p| json!({"Spread": {"SpreadDescriptor": p.spread}}))
+                .collect();
         }
     }
     labels.insert(NAMESPACE_LABEL.into(), stack.into());
@@ -805,19 +865,27 @@ pub fn convert_service(
     if !mounts.is_empty() {
         container.insert("Mounts".into(), json!(mounts));
     }
-    if s.secrets.is_some() {
-        return refuse("secrets (in this version of stack deploy)");
+    for (kind, key) in [
+        (ObjectKind::Secret, "Secrets"),
+        (ObjectKind::Config, "Configs"),
+    ] {
+        let refs = extras::references(stack, name, kind, extras)?;
+        if !refs.is_empty() {
+            container.insert(key.into(), json!(refs));
+        }
     }
 
     let mut task = json!({"ContainerSpec": Value::Object(container), "Networks": networks});
     if let Some(r) = restart_policy {
         task["RestartPolicy"] = r;
     }
-    if !constraints.is_empty() {
-        task["Placement"] = json!({"Constraints": constraints});
+    let max_replicas = extras::max_replicas_per_node(name, extras);
+    if !constraints.is_empty() || max_replicas > 0 || !preferences.is_empty() {
+        task["Placement"] = json!({"Constraints": constraints, "MaxReplicas": max_replicas,
+            "Preferences": preferences});
     }
-    if let Some(l) = limits {
-        task["Resources"] = json!({"Limits": l});
+    if !resources.is_empty() {
+        task["Resources"] = Value::Object(resources);
     }
     let mut docker = json!({
         "Name": format!("{stack}_{name}"),
@@ -830,24 +898,52 @@ pub fn convert_service(
         docker["UpdateConfig"] = u;
     }
     let (spec, _) = from_docker(docker).map_err(|e| format!("service {name}: {e}"))?;
+    // Checked here as the managers will, so that a mistake changes nothing.
+    crate::api::check_container_options(&spec.container)
+        .map_err(|e| format!("service {name}: {e}"))?;
     Ok(Converted { spec, warnings })
 }
 
-/// Every service of `compose` converted, in the file's order; the first error stops
-/// it (so nothing is deployed from a file with a mistake).
-pub fn convert(stack: &str, compose: &Compose, dir: &Path) -> Result<Vec<Converted>, String> {
+/// A stack as the files declare it: its services, secrets and configs.
+#[derive(Debug)]
+pub struct Stack {
+    pub services: Vec<Converted>,
+    /// Secrets, then configs.
+    pub objects: Vec<StackObject>,
+}
+
+/// Every service of the files converted, in the file's order, and every top-level
+/// secret and config read (files relative to `dir`); the first error stops it (so
+/// nothing is deployed from a file with a mistake).
+pub fn convert(stack: &str, merged: &Merged, dir: &Path) -> Result<Stack, String> {
+    let compose = &merged.compose;
     if compose.services.is_empty() {
         return Err("the compose files have no services".into());
     }
     let volumes = top_volumes(compose)?;
-    compose
+    let services = compose
         .services
         .0
         .iter()
         .map(|(name, s)| {
-            convert_service(stack, name, &s.clone().unwrap_or_default(), dir, &volumes)
+            convert_service(
+                stack,
+                name,
+                &s.clone().unwrap_or_default(),
+                dir,
+                &volumes,
+                &merged.extras,
+            )
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut objects = extras::objects(stack, ObjectKind::Secret, &merged.extras, dir)?;
+    objects.extend(extras::objects(
+        stack,
+        ObjectKind::Config,
+        &merged.extras,
+        dir,
+    )?);
+    Ok(Stack { services, objects })
 }
 
 #[cfg(test)]
@@ -913,7 +1009,7 @@ mod tests {
             &vars,
         )
         .unwrap();
-        let c = merge(vec![a, b]).unwrap();
+        let c = merge(vec![a, b]).unwrap().compose;
         let web = c.services.0["web"].clone().unwrap();
         assert_eq!(web.image.as_deref(), Some("nginx:1.2"));
         let Ports::Short(p) = &web.ports else {
@@ -926,7 +1022,7 @@ mod tests {
         assert_eq!(env.len(), 2);
     }
 
-    fn compose(text: &str) -> Compose {
+    fn compose(text: &str) -> Merged {
         merge(vec![parse(text, "s.yml", &vars).unwrap()]).unwrap()
     }
 
@@ -935,7 +1031,7 @@ mod tests {
         let c = compose(
             "services:\n  web:\n    image: nginx:1\n    command: [\"-g\", \"x\"]\n    environment: [\"A=1\"]\n    ports: [\"8080:80\"]\n    networks:\n      front: {aliases: [www]}\n    user: \"1000\"\n    deploy: {replicas: 3, labels: [\"tier=web\"]}\n    container_name: ignored\n",
         );
-        let out = convert("app", &c, Path::new(".")).unwrap();
+        let out = convert("app", &c, Path::new(".")).unwrap().services;
         let web = &out[0];
         assert_eq!(web.spec.name, "app_web");
         assert_eq!(web.spec.image, "nginx:1");
@@ -951,7 +1047,7 @@ mod tests {
     #[test]
     fn default_network_and_global_mode() {
         let c = compose("services:\n  agent:\n    image: busybox\n    deploy: {mode: global}\n");
-        let out = convert("app", &c, Path::new(".")).unwrap();
+        let out = convert("app", &c, Path::new(".")).unwrap().services;
         let dbg = format!("{:?}", out[0].spec);
         assert!(dbg.contains("app_default"), "{dbg}");
         assert!(dbg.contains("Global"), "{dbg}");
@@ -962,10 +1058,10 @@ mod tests {
         for (key, yaml) in [
             ("privileged", "privileged: true"),
             (
-                "deploy.resources.reservations",
-                "deploy: {resources: {reservations: {cpus: \"1\"}}}",
+                "deploy.resources.limits.devices",
+                "deploy: {resources: {limits: {devices: [{driver: x}]}}}",
             ),
-            ("sysctls", "sysctls: {net.core.somaxconn: \"1024\"}"),
+            ("devices", "devices: [\"/dev/null:/dev/null\"]"),
         ] {
             let c = compose(&format!(
                 "services:\n  w:\n    image: busybox\n    {yaml}\n"
@@ -977,15 +1073,63 @@ mod tests {
     }
 
     #[test]
+    fn ulimits_and_sysctls() {
+        let c = compose(concat!(
+            "services:\n  w:\n    image: busybox\n",
+            "    ulimits:\n      nproc: 65535\n      nofile: {soft: 1024, hard: 2048}\n",
+            "    sysctls:\n      net.core.somaxconn: 4096\n      kernel.shmmax: \"1000\"\n",
+        ));
+        let spec = convert("app", &c, Path::new("."))
+            .unwrap()
+            .services
+            .remove(0)
+            .spec;
+        let u = &spec.container.ulimits;
+        assert_eq!((u["nproc"].soft, u["nproc"].hard), (65535, 65535));
+        assert_eq!((u["nofile"].soft, u["nofile"].hard), (1024, 2048));
+        assert_eq!(spec.container.sysctls["net.core.somaxconn"], "4096");
+        assert_eq!(spec.container.sysctls["kernel.shmmax"], "1000");
+        let listed = compose(
+            "services:\n  w:\n    image: busybox\n    sysctls: [net.ipv4.tcp_syncookies=0]\n",
+        );
+        let spec = convert("app", &listed, Path::new("."))
+            .unwrap()
+            .services
+            .remove(0)
+            .spec;
+        assert_eq!(spec.container.sysctls["net.ipv4.tcp_syncookies"], "0");
+        for (yaml, want) in [
+            (
+                "sysctls: {kernel.hostname: x}",
+                "sysctl 'kernel.hostname' is not whitelisted",
+            ),
+            ("ulimits: {nofile: {soft: 10, hard: 5}}", "soft limit"),
+            ("ulimits: {colour: 5}", "invalid ulimit type"),
+        ] {
+            let c = compose(&format!(
+                "services:\n  w:\n    image: busybox\n    {yaml}\n"
+            ));
+            let e = convert("app", &c, Path::new(".")).unwrap_err();
+            assert!(e.contains("service w") && e.contains(want), "{yaml}: {e}");
+        }
+    }
+
+    #[test]
     fn capabilities_update_config_and_limits() {
         let c = compose(
-            "services:\n  w:\n    image: busybox\n    cap_add: [net_admin]\n    cap_drop: [CAP_CHOWN]\n    deploy:\n      update_config: {parallelism: 2, delay: 3s, failure_action: rollback, monitor: 4s, max_failure_ratio: 0.5}\n      resources: {limits: {cpus: \"0.5\", memory: 64M}}\n",
+            "services:\n  w:\n    image: busybox\n    cap_add: [net_admin]\n    cap_drop: [CAP_CHOWN]\n    deploy:\n      update_config: {parallelism: 2, delay: 3s, failure_action: rollback, monitor: 4s, max_failure_ratio: 0.5}\n      resources: {limits: {cpus: \"0.5\", memory: 64M}, reservations: {cpus: \"0.25\", memory: 32M}}\n",
         );
-        let spec = convert("app", &c, Path::new(".")).unwrap().remove(0).spec;
+        let spec = convert("app", &c, Path::new("."))
+            .unwrap()
+            .services
+            .remove(0)
+            .spec;
         assert_eq!(spec.container.cap_add, vec!["CAP_NET_ADMIN".to_string()]);
         assert_eq!(spec.container.cap_drop, vec!["CAP_CHOWN".to_string()]);
         assert_eq!(spec.container.limits.nano_cpus, 500_000_000);
         assert_eq!(spec.container.limits.memory_bytes, 64 << 20);
+        assert_eq!(spec.container.reservations.nano_cpus, 250_000_000);
+        assert_eq!(spec.container.reservations.memory_bytes, 32 << 20);
         let u = &spec.update_config;
         assert_eq!((u.parallelism, u.delay_ms, u.monitor_ms), (2, 3_000, 4_000));
         assert_eq!(format!("{:?}", u.failure_action), "Rollback");
@@ -1001,6 +1145,14 @@ mod tests {
         );
         let e = convert("app", &bad, Path::new(".")).unwrap_err();
         assert!(e.contains("deploy.resources.limits.cpus"), "{e}");
+        let bad = compose(
+            "services:\n  w:\n    image: busybox\n    deploy: {resources: {reservations: {memory: 12Q}}}\n",
+        );
+        let e = convert("app", &bad, Path::new(".")).unwrap_err();
+        assert!(
+            e.contains("service w: deploy.resources.reservations.memory"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1023,7 +1175,7 @@ mod tests {
         let c = compose(
             "services:\n  w:\n    image: busybox\n    env_file: [a.env, b.env]\n    environment: [B=env]\n",
         );
-        let spec = convert("app", &c, &dir).unwrap().remove(0).spec;
+        let spec = convert("app", &c, &dir).unwrap().services.remove(0).spec;
         assert_eq!(spec.env, vec!["A=1", "C=3", "B=env"]);
         let missing = compose("services:\n  w:\n    image: busybox\n    env_file: nope.env\n");
         let e = convert("app", &missing, &dir).unwrap_err();
@@ -1044,6 +1196,7 @@ mod tests {
         ));
         let spec = convert("app", &c, Path::new("/srv/app"))
             .unwrap()
+            .services
             .remove(0)
             .spec;
         let m = &spec.container.mounts;
@@ -1091,9 +1244,26 @@ mod tests {
     #[test]
     fn restart_policy_and_constraints() {
         let c = compose(
-            "services:\n  w:\n    image: busybox\n    deploy:\n      restart_policy: {condition: on-failure, delay: 2s, max_attempts: 3}\n      placement: {constraints: [\"node.role==manager\"]}\n",
+            "services:\n  w:\n    image: busybox\n    deploy:\n      restart_policy: {condition: on-failure, delay: 2s, max_attempts: 3}\n      placement: {constraints: [\"node.role==manager\"], max_replicas_per_node: 2, preferences: [{spread: node.labels.zone}, {spread: node.labels.rack}]}\n",
         );
-        let spec = convert("app", &c, Path::new(".")).unwrap().remove(0).spec;
+        let spec = convert("app", &c, Path::new("."))
+            .unwrap()
+            .services
+            .remove(0)
+            .spec;
+        assert_eq!(spec.placement.max_replicas_per_node, 2);
+        assert_eq!(
+            spec.placement.preferences,
+            ["node.labels.zone", "node.labels.rack"]
+        );
+        let bad = compose(
+            "services:\n  w:\n    image: busybox\n    deploy: {placement: {preferences: [{spread: node.hostname}]}}\n",
+        );
+        let e = convert("app", &bad, Path::new(".")).unwrap_err();
+        assert!(
+            e.contains("service w") && e.contains("node.hostname"),
+            "{e}"
+        );
         let dbg = format!("{spec:?}");
         assert!(
             dbg.contains("OnFailure") && dbg.contains("node.role==manager"),
@@ -1110,13 +1280,136 @@ mod tests {
         let c = compose(
             "services:\n  w:\n    image: busybox\n    healthcheck: {test: \"wget -q localhost\", interval: 5s, retries: 2}\n",
         );
-        let spec = convert("app", &c, Path::new(".")).unwrap().remove(0).spec;
+        let spec = convert("app", &c, Path::new("."))
+            .unwrap()
+            .services
+            .remove(0)
+            .spec;
         let h = spec.healthcheck.expect("a health check");
         assert_eq!(
             h.test,
             vec!["CMD-SHELL".to_string(), "wget -q localhost".into()]
         );
         assert_eq!((h.interval_ms, h.retries), (5000, 2));
+    }
+
+    #[test]
+    fn secrets_and_configs_top_level_and_per_service() {
+        let dir = std::env::temp_dir().join(format!("shoal-stack-objects-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("pw.txt"), "hunter2\n").unwrap();
+        std::fs::write(dir.join("app.conf"), "a = 1\n").unwrap();
+        let c = compose(concat!(
+            "services:\n  w:\n    image: busybox\n",
+            "    secrets:\n      - pw\n",
+            "      - {source: ext, target: db_pw, uid: \"100\", gid: 101, mode: 0400}\n",
+            "    configs:\n      - conf\n",
+            "      - {source: conf, target: /etc/app.conf, mode: 0o440}\n",
+            "secrets:\n  pw: {file: ./pw.txt, labels: {team: db}}\n  ext: {external: true}\n",
+            "configs:\n  conf: {file: app.conf, name: fixed_conf}\n",
+        ));
+        let stack = convert("app", &c, &dir).unwrap();
+        let spec = &stack.services[0].spec;
+        let s = &spec.secrets;
+        assert_eq!(s.len(), 2, "{s:?}");
+        assert_eq!((s[0].name.as_str(), s[0].target.as_str()), ("app_pw", "pw"));
+        assert_eq!(
+            (s[0].uid.as_str(), s[0].gid.as_str(), s[0].mode),
+            ("0", "0", 0o444)
+        );
+        assert!(s[0].id.is_empty());
+        assert_eq!((s[1].name.as_str(), s[1].target.as_str()), ("ext", "db_pw"));
+        assert_eq!(
+            (s[1].uid.as_str(), s[1].gid.as_str(), s[1].mode),
+            ("100", "101", 0o400)
+        );
+        let k = &spec.configs;
+        assert_eq!(
+            (k[0].name.as_str(), k[0].target.as_str()),
+            ("fixed_conf", "/conf")
+        );
+        assert_eq!((k[1].target.as_str(), k[1].mode), ("/etc/app.conf", 0o440));
+
+        let o = &stack.objects;
+        assert_eq!(o.len(), 3, "{o:?}");
+        let pw = o.iter().find(|o| o.key == "pw").unwrap();
+        assert_eq!(
+            (pw.kind, pw.name.as_str(), pw.external),
+            (ObjectKind::Secret, "app_pw", false)
+        );
+        assert_eq!(pw.data, b"hunter2\n");
+        assert_eq!(pw.labels[NAMESPACE_LABEL], "app");
+        assert_eq!(pw.labels["team"], "db");
+        let ext = o.iter().find(|o| o.key == "ext").unwrap();
+        assert!(ext.external && ext.data.is_empty() && ext.labels.is_empty());
+        let conf = o.iter().find(|o| o.key == "conf").unwrap();
+        assert_eq!(
+            (conf.kind, conf.name.as_str()),
+            (ObjectKind::Config, "fixed_conf")
+        );
+
+        for (yaml, want) in [
+            (
+                "    secrets: [nope]\nsecrets: {}\n",
+                "undefined secret \"nope\"",
+            ),
+            (
+                "    configs: [c]\nconfigs:\n  c: {file: missing.conf}\n",
+                "config c: file",
+            ),
+            (
+                "secrets:\n  s: {}\n",
+                "secret s: a file (or external: true) is required",
+            ),
+            (
+                "secrets:\n  s: {file: pw.txt, external: true}\n",
+                "conflicting parameters",
+            ),
+            (
+                "secrets:\n  s: {environment: PW}\n",
+                "environment is not supported",
+            ),
+            (
+                "    secrets: [{source: s, mode: 0999}]\nsecrets:\n  s: {file: pw.txt}\n",
+                "mode \"0999\"",
+            ),
+        ] {
+            let c = compose(&format!("services:\n  w:\n    image: busybox\n{yaml}"));
+            let e = convert("app", &c, &dir).unwrap_err();
+            assert!(e.contains(want), "{yaml}: {e}");
+        }
+        std::fs::write(dir.join("empty"), "").unwrap();
+        let c = compose("services:\n  w:\n    image: busybox\nsecrets:\n  s: {file: empty}\n");
+        let e = convert("app", &c, &dir).unwrap_err();
+        assert!(e.contains("secret s") && e.contains("larger than 0"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_wrong_secret_entry_is_placed() {
+        let e = parse(
+            "services:\n  w:\n    image: busybox\n    secrets:\n      - {source: s, colour: red}\n",
+            "s.yml",
+            &vars,
+        )
+        .unwrap_err();
+        assert!(e.starts_with("s.yml:5:"), "{e}");
+        let e = parse(
+            "secrets:\n  s: {file: a, flavour: b}\nservices:\n  w:\n    image: busybox\n",
+            "s.yml",
+            &vars,
+        )
+        .unwrap_err();
+        assert!(e.starts_with("s.yml:2:") && e.contains("flavour"), "{e}");
+        // A mistake elsewhere in a file with secrets still names its place (serde_yaml
+        // places a wrong value at the start of the mapping holding it).
+        let e = parse(
+            "secrets:\n  s: {file: a}\nservices:\n  w:\n    image: busybox\n    ports: 5\n",
+            "s.yml",
+            &vars,
+        )
+        .unwrap_err();
+        assert!(e.starts_with("s.yml:5:5: services.w"), "{e}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ fn service(id: &str, networks: &[&str], key: &RegistryKeyring) -> Service {
     Service {
         id: id.into(),
         spec: ServiceSpec {
+            placement: Default::default(),
             name: id.into(),
             labels: BTreeMap::from([("team".into(), format!("label-{id}"))]),
             image: format!("r:5000/{id}:1"),
