@@ -76,6 +76,7 @@ fn cluster() -> ClusterState {
                     target: 80,
                     published: 8080,
                     mode: PublishMode::Ingress,
+                    balance: None,
                 }],
                 endpoint_mode: EndpointMode::Vip,
                 constraints: vec![],
