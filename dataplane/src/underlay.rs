@@ -115,8 +115,9 @@ impl UnderlayProgram {
     /// Loads with private maps and a flow table of `flows` entries (tests).
     pub fn load_with_flows(flows: u32) -> Result<Self, UnderlayError> {
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(mesh::FLOWS_MAP, flows);
-        loader.map_max_entries(mesh::REPLY_MAP, flows);
+        for map in mesh::FLOW_TABLES {
+            loader.map_max_entries(map, flows);
+        }
         Self::load_with(&mut loader)
     }
 
@@ -212,6 +213,11 @@ fn pinned_loader(pin_dir: &Path, flows: u32) -> Result<EbpfLoader<'static>, Unde
         &mesh_dir.join(mesh::STATS_MAP),
         shoal_common::mesh::Counter::COUNT,
     )?;
+    // Older agents made room for fewer Maglev tables; the agent rewrites them all.
+    replace_stale_pin(
+        &mesh_dir.join(mesh::MAGLEV_MAP),
+        shoal_common::mesh::MAX_MAGLEV_ROWS * shoal_common::mesh::MAGLEV_SIZE,
+    )?;
     let mut loader = EbpfLoader::new();
     loader.map_pin_path(STATS_MAP, pin_dir.join(STATS_MAP));
     loader.map_pin_path(GUARD_MAP, pin_dir.join(GUARD_MAP));
@@ -219,14 +225,16 @@ fn pinned_loader(pin_dir: &Path, flows: u32) -> Result<EbpfLoader<'static>, Unde
     for name in mesh::MAPS {
         loader.map_pin_path(name, mesh_dir.join(name));
     }
-    loader.map_max_entries(mesh::FLOWS_MAP, flows);
-    loader.map_max_entries(mesh::REPLY_MAP, flows);
+    for map in mesh::FLOW_TABLES {
+        loader.map_max_entries(map, flows);
+    }
     Ok(loader)
 }
 
-/// Removes the counter map pinned at `path` if it does not hold `entries` counters: a
-/// pinned map is reused as it is, and the programs of a newer object would find no
-/// slot for the counters it added. The counters start again from zero.
+/// Removes the array pinned at `path` if it does not hold `entries` entries: a pinned
+/// map is reused as it is, and the programs of a newer object would find no slot for
+/// the counters (or Maglev tables) it added. Counters start again from zero; Maglev
+/// tables are written again by the agent.
 fn replace_stale_pin(path: &Path, entries: u32) -> Result<(), UnderlayError> {
     let Ok(pinned) = MapData::from_pin(path) else {
         return Ok(());
@@ -235,7 +243,7 @@ fn replace_stale_pin(path: &Path, entries: u32) -> Result<(), UnderlayError> {
     if size == entries {
         return Ok(());
     }
-    warn!(path = %path.display(), size, entries, "a pinned counter map of another size (an older agent's): replaced, its counters start from zero");
+    warn!(path = %path.display(), size, entries, "a pinned array of another size (an older agent's): replaced, it starts empty");
     std::fs::remove_file(path).map_err(|source| UnderlayError::StalePin {
         path: path.to_owned(),
         source,

@@ -5,7 +5,8 @@
 //! `hostmode` with one task on h3 publishing 5454 -> 9998 (UDP) in host mode; a `client`
 //! task on `web` only, on h2. Every node's agent computes its LB state from the cluster.
 //!
-//! From the client namespace: 40 requests to each host's address reach all 4 tasks,
+//! From the client namespace: 40 requests to each host's address reach all 4 tasks
+//! (Maglev, the default balancing, spreads clients' ports over them),
 //! and every task saw the client's address; UDP through the published port is answered
 //! from the address and port the client sent to; the host-mode port answers only on h3.
 //! A task whose health check fails gets no new connections and its replacement gets
@@ -503,7 +504,7 @@ fn mesh_reaches_every_task_from_every_host_with_the_client_address() {
             &format!("the client through {}, the replacement included", h.name),
             &all,
             &client_ip,
-            12,
+            40,
             || http(&guard, h),
         );
     }
@@ -549,7 +550,7 @@ fn mesh_reaches_every_task_from_every_host_with_the_client_address() {
         &format!("the client through {} after its agent restarted", via.name),
         &all,
         &client_ip,
-        12,
+        40,
         || http(&guard, via),
     );
 

@@ -57,9 +57,10 @@ pub use limits::{Limits, NANO_CPUS_PER_CPU};
 pub use mount::{check_mounts, Mount, MountKind};
 pub use service::{
     Endpoint, EndpointMode, FailureAction, HealthCheck, JobStatus, NetworkAttachment, Placement,
-    PortConfig, Protocol, PublishMode, RestartCondition, Service, ServiceMode, ServiceSpec, Task,
-    TaskState, TaskStatus, TaskStatusUpdate, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
-    VirtualIp, DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS, SPREAD_LABEL_PREFIX,
+    PortBalance, PortConfig, Protocol, PublishMode, RestartCondition, Service, ServiceMode,
+    ServiceSpec, Task, TaskState, TaskStatus, TaskStatusUpdate, UpdateConfig, UpdateOrder,
+    UpdateState, UpdateStatus, VirtualIp, DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
+    SPREAD_LABEL_PREFIX,
 };
 pub use state::{
     ApplyResult, Availability, CaProgress, CaRotation, ClusterSpec, ClusterState, Command,

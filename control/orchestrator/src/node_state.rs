@@ -366,6 +366,10 @@ pub fn compute_with(
                         PublishMode::Ingress => lb::PublishMode::Ingress,
                         PublishMode::Host => lb::PublishMode::Host,
                     },
+                    balance: Some(match p.balance() {
+                        store::PortBalance::Maglev => lb::Balance::Maglev,
+                        store::PortBalance::Roundrobin => lb::Balance::RoundRobin,
+                    }),
                 })
                 .collect(),
             backends,

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use serde::{ser::SerializeMap, Serialize, Serializer};
-use shoal_common::{mesh::Counter as MeshCounter, underlay::STATS_MAP};
+use shoal_common::underlay::STATS_MAP;
 use shoal_dataplane::{
     guard::GuardMaps,
     lb::mesh::{MeshMaps, MeshStats},
@@ -77,9 +77,9 @@ fn guard_rows(pin_dir: &Path) -> Result<Vec<Row>> {
     ])
 }
 
-/// The mesh's counters, then its flow table: entries, capacity, and evictions (new
-/// flows that are neither in the table nor ended by a reset: the LRU pushed them out).
-/// Nothing when no mesh maps are pinned.
+/// The mesh's counters, then its flow tables under pressure: the live table's entries,
+/// capacity and live flows evicted, the opening and closing tables' entries and
+/// capacity, the reply tables' entries. Nothing when no mesh maps are pinned.
 fn mesh_rows(dir: &Path) -> Result<Vec<Row>> {
     if !dir.join(shoal_common::mesh::STATS_MAP).exists() {
         return Ok(Vec::new());
@@ -88,16 +88,19 @@ fn mesh_rows(dir: &Path) -> Result<Vec<Row>> {
         .with_context(|| format!("reading the mesh counters pinned in {}", dir.display()))?;
     let maps = MeshMaps::open_pinned(dir)
         .with_context(|| format!("opening the mesh maps pinned in {}", dir.display()))?;
-    let flows = maps.flow_count() as u64;
+    let t = maps.flow_tables(&stats)?;
     let mut rows: Vec<Row> = stats.iter().map(|(c, v)| (c.name(), v)).collect();
-    let evicted = stats
-        .get(MeshCounter::NewFlows)
-        .saturating_sub(stats.get(MeshCounter::FlowsEnded))
-        .saturating_sub(flows);
-    rows.push(("mesh_flows", flows));
-    rows.push(("mesh_flow_capacity", u64::from(maps.flow_capacity()?)));
-    rows.push(("mesh_flows_evicted", evicted));
+    rows.push(("mesh_flows", t.live));
+    rows.push(("mesh_flow_capacity", t.live_capacity));
+    rows.push(("mesh_flows_evicted", t.live_evicted));
+    rows.push(("mesh_opening_flows", t.opening));
+    rows.push(("mesh_opening_capacity", t.opening_capacity));
+    rows.push(("mesh_closing_flows", t.closing));
+    rows.push(("mesh_closing_capacity", t.closing_capacity));
+    let (reply_opening, reply_closing) = maps.reply_opening_closing_count();
     rows.push(("mesh_reply_flows", maps.reply_count() as u64));
+    rows.push(("mesh_reply_opening_flows", reply_opening as u64));
+    rows.push(("mesh_reply_closing_flows", reply_closing as u64));
     Ok(rows)
 }
 

@@ -540,7 +540,8 @@ fn service_update_sends_only_what_the_flags_change() {
             protocol: Protocol::Tcp,
             target: 80,
             published: 8080,
-            mode: PublishMode::Ingress
+            mode: PublishMode::Ingress,
+            balance: None,
         }]
     );
     assert_eq!(changes.publish_rm[0].target, 53);

@@ -16,10 +16,11 @@ use std::{
 use aya::maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray};
 use shoal_common::mesh::{
     BackendKey, BackendValue, Config, Counter, FlowKey, FlowValue, Frontend, FrontendKey,
-    RevPortKey, ADDRS_MAP, BACKENDS_MAP, BALANCE_MAGLEV, BALANCE_ROUND_ROBIN, CONFIG_MAP,
-    FLOWS_MAP, FRONTENDS_MAP, MAGLEV_MAP, MAGLEV_SIZE, MAX_FRONTENDS, MAX_MAGLEV_ROWS, MAX_SLOTS,
-    MODE_HOST, MODE_INGRESS, REPLY_MAP, REVPORT_MAP, SLOTS_MAP, STATE_DRAINING, STATE_HEALTHY,
-    STATE_UNHEALTHY, STATS_MAP,
+    RevPortKey, ADDRS_MAP, BACKENDS_MAP, BALANCE_MAGLEV, BALANCE_ROUND_ROBIN, CLOSING_MAP,
+    CONFIG_MAP, FLOWS_MAP, FRONTENDS_MAP, MAGLEV_MAP, MAGLEV_SIZE, MAX_FRONTENDS, MAX_MAGLEV_ROWS,
+    MAX_SLOTS, MODE_HOST, MODE_INGRESS, OPENING_MAP, REPLY_CLOSING_MAP, REPLY_MAP,
+    REPLY_OPENING_MAP, REVPORT_MAP, SLOTS_MAP, STATE_DRAINING, STATE_HEALTHY, STATE_UNHEALTHY,
+    STATS_MAP,
 };
 
 use super::state::{Backend, BackendState, Balance, LbState, Protocol, PublishMode};
@@ -186,7 +187,8 @@ pub fn plan(
         for p in &s.ports {
             if let Some(f) = old.get(&(proto(p.protocol), port(p.published))) {
                 used_ids.insert(f.id);
-                if f.balance == BALANCE_MAGLEV && s.balance == Balance::Maglev {
+                if f.balance == BALANCE_MAGLEV && p.balance.unwrap_or(s.balance) == Balance::Maglev
+                {
                     used_rows.insert(f.maglev_row);
                 }
             }
@@ -211,7 +213,7 @@ pub fn plan(
                     id
                 }
             };
-            let maglev = s.balance == Balance::Maglev;
+            let maglev = p.balance.unwrap_or(s.balance) == Balance::Maglev;
             let maglev_row = if maglev {
                 match before {
                     Some(f) if f.balance == BALANCE_MAGLEV => f.maglev_row,
@@ -368,7 +370,11 @@ pub struct MeshMaps {
     backends: HashMap<MapData, Wire<BackendKey>, Wire<BackendValue>>,
     revports: HashMap<MapData, Wire<RevPortKey>, u32>,
     flows: HashMap<MapData, Wire<FlowKey>, Wire<FlowValue>>,
+    opening: HashMap<MapData, Wire<FlowKey>, Wire<FlowValue>>,
+    closing: HashMap<MapData, Wire<FlowKey>, Wire<FlowValue>>,
     reply: HashMap<MapData, Wire<FlowKey>, u32>,
+    reply_opening: HashMap<MapData, Wire<FlowKey>, u32>,
+    reply_closing: HashMap<MapData, Wire<FlowKey>, u32>,
     stats: PerCpuArray<MapData, u64>,
 }
 
@@ -403,7 +409,11 @@ impl MeshMaps {
             backends: conv!(BACKENDS_MAP),
             revports: conv!(REVPORT_MAP),
             flows: conv!(FLOWS_MAP),
+            opening: conv!(OPENING_MAP),
+            closing: conv!(CLOSING_MAP),
             reply: conv!(REPLY_MAP),
+            reply_opening: conv!(REPLY_OPENING_MAP),
+            reply_closing: conv!(REPLY_CLOSING_MAP),
             stats: conv!(STATS_MAP),
         })
     }
@@ -558,30 +568,61 @@ impl MeshMaps {
         Ok(r)
     }
 
-    /// Entries in the flow table now (walks it: costs one syscall per entry).
+    /// Entries in the live flow table now (walks it: costs one syscall per entry).
     pub fn flow_count(&self) -> usize {
         self.flows.keys().filter(|k| k.is_ok()).count()
     }
 
-    /// Capacity of the flow table.
+    /// Capacity of the live flow table.
     pub fn flow_capacity(&self) -> Result<u32, MeshError> {
-        let info = IterableMap::map(&self.flows)
-            .info()
-            .map_err(|e| MeshError::Map {
-                name: FLOWS_MAP,
-                source: e,
-            })?;
-        Ok(info.max_entries())
+        capacity(&self.flows, FLOWS_MAP)
     }
 
-    /// Entries in the reply table now.
+    /// Both flow tables' fill and the live flows evicted, from the counters `stats`
+    /// (read just before: entries inserted after the read are not in the counters, so
+    /// the figure errs towards none evicted).
+    pub fn flow_tables(&self, stats: &MeshStats) -> Result<FlowTables, MeshError> {
+        let live = self.flow_count() as u64;
+        Ok(FlowTables {
+            live,
+            live_capacity: self.flow_capacity()?.into(),
+            opening: self.opening.keys().filter(|k| k.is_ok()).count() as u64,
+            opening_capacity: capacity(&self.opening, OPENING_MAP)?.into(),
+            closing: self.closing.keys().filter(|k| k.is_ok()).count() as u64,
+            closing_capacity: capacity(&self.closing, CLOSING_MAP)?.into(),
+            live_evicted: stats
+                .get(Counter::LiveInserted)
+                .saturating_sub(stats.get(Counter::LiveClosed))
+                .saturating_sub(live),
+        })
+    }
+
+    /// Entries in the reply table (live connections) now.
     pub fn reply_count(&self) -> usize {
         self.reply.keys().filter(|k| k.is_ok()).count()
     }
 
-    /// The flow table's entry for a client flow (tests and diagnostics).
+    /// Entries in the reply tables of connections opening, and closing, now.
+    pub fn reply_opening_closing_count(&self) -> (usize, usize) {
+        (
+            self.reply_opening.keys().filter(|k| k.is_ok()).count(),
+            self.reply_closing.keys().filter(|k| k.is_ok()).count(),
+        )
+    }
+
+    /// The live flow table's entry for a client flow (tests and diagnostics).
     pub fn flow(&self, key: FlowKey) -> Option<FlowValue> {
         self.flows.get(&Wire(key), 0).ok().map(|v| v.0)
+    }
+
+    /// The opening table's entry for a client flow (tests and diagnostics).
+    pub fn opening_flow(&self, key: FlowKey) -> Option<FlowValue> {
+        self.opening.get(&Wire(key), 0).ok().map(|v| v.0)
+    }
+
+    /// The closing table's entry for a client flow (tests and diagnostics).
+    pub fn closing_flow(&self, key: FlowKey) -> Option<FlowValue> {
+        self.closing.get(&Wire(key), 0).ok().map(|v| v.0)
     }
 
     /// Every flow and its backend.
@@ -602,6 +643,34 @@ impl MeshMaps {
         }
         Ok(s)
     }
+}
+
+fn capacity<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    name: &'static str,
+) -> Result<u32, MeshError> {
+    let info = IterableMap::map(map)
+        .info()
+        .map_err(|source| MeshError::Map { name, source })?;
+    Ok(info.max_entries())
+}
+
+/// The flow tables under pressure: what they hold, what they can hold, and the live
+/// flows pushed out of the full live table. Only TCP connections past their handshake
+/// and UDP flows are live: SYN floods fill the opening table, closed connections the
+/// closing one, and each pushes out only its own kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowTables {
+    pub live: u64,
+    pub live_capacity: u64,
+    pub opening: u64,
+    pub opening_capacity: u64,
+    pub closing: u64,
+    pub closing_capacity: u64,
+    /// Live flows evicted: entries inserted, minus those whose connection ended, minus
+    /// those held (since the counters were last reset; an entry written by an older
+    /// agent counts as never inserted, so the figure errs towards none evicted).
+    pub live_evicted: u64,
 }
 
 fn remove<K: aya::Pod, V: aya::Pod>(
@@ -744,6 +813,7 @@ mod tests {
             published: 9090,
             target: 90,
             mode: PublishMode::Ingress,
+            balance: None,
         });
         let second = plan(&s2, &overlay(), &node(), &first).unwrap();
         let id_of = |p: &MeshPlan, proto: u8, pub_port: u16| {

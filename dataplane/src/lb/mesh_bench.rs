@@ -227,6 +227,7 @@ pub fn run(prefix: &str) -> Result<Vec<(&'static str, f64)>, String> {
                     published: 5353,
                     target: 53,
                     mode: PublishMode::Ingress,
+                    balance: None,
                 }],
                 backends: vec![Backend {
                     task: "t".into(),

@@ -34,7 +34,8 @@ pub struct Service {
     pub name: String,
     #[serde(default)]
     pub endpoint_mode: EndpointMode,
-    /// How a backend is chosen for a new flow.
+    /// How a backend is chosen for a new flow on its published ports (a port may say
+    /// otherwise).
     #[serde(default)]
     pub balance: Balance,
     /// One virtual IP per network the service is on (vip mode only). Connections to a
@@ -59,11 +60,13 @@ pub enum EndpointMode {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
-    /// Per new flow, the next backend in turn (Swarm's default).
-    #[default]
+    /// Per new flow, the next backend in turn (Swarm's). A connection whose flow entry
+    /// is lost (evicted under pressure) is cut at its next segment.
     RoundRobin,
-    /// Maglev consistent hashing of the flow's 5-tuple: every node picks the same backend
-    /// for the same flow.
+    /// Maglev consistent hashing of the flow's client address and port: every node
+    /// picks the same backend for the same flow, with or without a flow entry, so a
+    /// connection whose entry was evicted still reaches its backend.
+    #[default]
     Maglev,
 }
 
@@ -108,6 +111,9 @@ pub struct PublishedPort {
     pub target: u16,
     #[serde(default)]
     pub mode: PublishMode,
+    /// How this port balances; none: as its service says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance: Option<Balance>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -510,6 +510,7 @@ mod tests {
             published: 5353,
             target,
             mode: PublishMode::Ingress,
+            balance: None,
         };
         let backend = |addr: &str| Backend {
             task: addr.into(),

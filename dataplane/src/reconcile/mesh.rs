@@ -506,6 +506,7 @@ mod tests {
                     published,
                     target: 80,
                     mode: PublishMode::Ingress,
+                    balance: None,
                 }],
                 backends: vec![Backend {
                     task: "t1".into(),

@@ -26,8 +26,18 @@ pub const MAGLEV_MAP: &str = "MESH_MAGLEV";
 /// whatever its state (a flow on a draining backend stays, one on an unhealthy or
 /// removed backend is moved or dropped).
 pub const BACKENDS_MAP: &str = "MESH_BACKENDS";
-/// XDP: LRU [`FlowKey`] (as the client sent it) -> [`FlowValue`]. Sized by the agent.
+/// XDP: LRU [`FlowKey`] (as the client sent it) -> [`FlowValue`]: the live flows (UDP
+/// flows, TCP connections past their handshake). Sized by the agent (`--lb-flows`).
 pub const FLOWS_MAP: &str = "MESH_FLOWS";
+/// XDP: LRU [`FlowKey`] -> [`FlowValue`]: TCP connections opening (a SYN seen, no ACK
+/// yet). Kept apart from [`FLOWS_MAP`] so that SYN floods push out only each other,
+/// never a live or closing connection. Sized like the flow table.
+pub const OPENING_MAP: &str = "MESH_OPENING";
+/// XDP: LRU [`FlowKey`] -> [`FlowValue`]: TCP connections closing (a FIN seen from the
+/// client; its last ACKs still find their backend here). Kept apart so that closed
+/// connections push out only each other: they go first, never a live flow, and a SYN
+/// flood does not push them out before they end. Sized like the flow table.
+pub const CLOSING_MAP: &str = "MESH_CLOSING";
 /// XDP: per-CPU round-robin position per frontend (u32).
 pub const RR_MAP: &str = "MESH_RR";
 /// Array of one [`Config`].
@@ -35,24 +45,45 @@ pub const CONFIG_MAP: &str = "MESH_CONFIG";
 /// XDP writes, TC (task side) reads: LRU [`FlowKey`] of the reply (source = backend) ->
 /// the address the client connected to (u32). Sized like the flow table.
 pub const REPLY_MAP: &str = "MESH_REPLY";
+/// XDP writes, TC reads: as [`REPLY_MAP`], for TCP connections opening (a SYN), apart
+/// for the same reason as [`OPENING_MAP`]: a SYN flood must not push out the reply
+/// entry of a live or closing connection. Sized like the flow table.
+pub const REPLY_OPENING_MAP: &str = "MESH_REPLY_OPENING";
+/// XDP writes, TC reads: as [`REPLY_MAP`], for TCP connections the client closed (a
+/// FIN): the task's last segments (its FIN) still leave from the published address.
+pub const REPLY_CLOSING_MAP: &str = "MESH_REPLY_CLOSING";
 /// TC (task side): [`RevPortKey`] -> published port (u32, low 16 bits as on the wire).
 pub const REVPORT_MAP: &str = "MESH_REVPORT";
 /// Per-CPU `u64` counters, one slot per [`Counter`].
 pub const STATS_MAP: &str = "MESH_STATS";
 
 /// Every map, for pinning (`<pin_dir>/mesh/<name>`).
-pub const MAPS: [&str; 11] = [
+pub const MAPS: [&str; 15] = [
     ADDRS_MAP,
     FRONTENDS_MAP,
     SLOTS_MAP,
     MAGLEV_MAP,
     BACKENDS_MAP,
     FLOWS_MAP,
+    OPENING_MAP,
+    CLOSING_MAP,
     RR_MAP,
     CONFIG_MAP,
     REPLY_MAP,
+    REPLY_OPENING_MAP,
+    REPLY_CLOSING_MAP,
     REVPORT_MAP,
     STATS_MAP,
+];
+
+/// The tables sized by the agent's `--lb-flows`.
+pub const FLOW_TABLES: [&str; 6] = [
+    FLOWS_MAP,
+    OPENING_MAP,
+    CLOSING_MAP,
+    REPLY_MAP,
+    REPLY_OPENING_MAP,
+    REPLY_CLOSING_MAP,
 ];
 
 /// The TC program agents before the data path's guard attached on `vxlan0` ingress in
@@ -72,8 +103,8 @@ pub const MAX_FRONTENDS: u32 = 256;
 /// Backends that take new flows, per frontend.
 pub const MAX_SLOTS: u32 = 128;
 pub const MAX_BACKENDS: u32 = 65_536;
-/// Frontends in Maglev mode.
-pub const MAX_MAGLEV_ROWS: u32 = 16;
+/// Frontends in Maglev mode: every published port may be (Maglev is the default).
+pub const MAX_MAGLEV_ROWS: u32 = MAX_FRONTENDS;
 /// Entries of one Maglev lookup table (prime).
 pub const MAGLEV_SIZE: u32 = 16_381;
 pub const MAX_REVPORTS: u32 = 65_536;
@@ -159,12 +190,26 @@ pub struct FlowKey {
     pub pad: [u8; 3],
 }
 
+/// `FlowValue::state`: where a TCP connection is, as the client's segments tell (the
+/// node that meshes a flow sees only the client's half: replies leave from the task's
+/// node). 0 is "established" so that entries written before states existed read as
+/// live.
+pub const FLOW_ESTABLISHED: u8 = 0;
+/// A SYN seen, no ACK yet (in [`OPENING_MAP`]).
+pub const FLOW_OPENING: u8 = 1;
+/// A FIN seen from the client (in [`CLOSING_MAP`]).
+pub const FLOW_CLOSING: u8 = 2;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
     /// Backend address on the ingress network.
     pub backend: u32,
-    pub frontend: u32,
+    /// Index of the frontend (published port).
+    pub frontend: u16,
+    /// `FLOW_*` (UDP flows: always established).
+    pub state: u8,
+    pub pad: u8,
 }
 
 #[repr(C)]
@@ -273,8 +318,9 @@ pub enum Counter {
     DropEncap = 11,
     /// Dropped: a header to a published port is cut short or contradicts itself.
     DropMalformed = 12,
-    /// Reply path (task side): flows recorded (XDP: a meshed frame to a local backend, or
-    /// one in VXLAN from a cluster VTEP).
+    /// Reply path (task side): reply entries written (XDP: a meshed frame to a local
+    /// backend, or one in VXLAN from a cluster VTEP; a connection's entry is written when
+    /// it opens, when its handshake ends and when the client closes it).
     RepliesRecorded = 13,
     /// Reply path: replies rewritten to the published address and port.
     Replies = 14,
@@ -282,10 +328,22 @@ pub enum Counter {
     RepliesOut = 15,
     /// Reply path: replies dropped (no route to the client, no published port known).
     RepliesDropped = 16,
+    /// Entries written to the live flow table (UDP flows, TCP connections at the end of
+    /// their handshake, connections found again after their entry was lost).
+    LiveInserted = 17,
+    /// Entries that left the live flow table because their connection ended (a FIN from
+    /// the client moved it to the closing table, a RST removed it) or its backend went
+    /// away. Inserted minus these minus the entries held: live flows the full table
+    /// evicted.
+    LiveClosed = 18,
+    /// TCP segments other than a SYN whose connection is in no flow table (its entry
+    /// was evicted under pressure, or the connection began before this node held it):
+    /// sent to the Maglev backend in Maglev mode, dropped in round-robin mode.
+    FlowMisses = 19,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 20;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Remote,
@@ -305,6 +363,9 @@ impl Counter {
         Counter::Replies,
         Counter::RepliesOut,
         Counter::RepliesDropped,
+        Counter::LiveInserted,
+        Counter::LiveClosed,
+        Counter::FlowMisses,
     ];
 
     pub const fn index(self) -> u32 {
@@ -331,6 +392,9 @@ impl Counter {
             Counter::Replies => "mesh_replies",
             Counter::RepliesOut => "mesh_replies_out",
             Counter::RepliesDropped => "mesh_replies_dropped",
+            Counter::LiveInserted => "mesh_live_flows_inserted",
+            Counter::LiveClosed => "mesh_live_flows_closed",
+            Counter::FlowMisses => "mesh_flow_misses",
         }
     }
 }
@@ -354,6 +418,8 @@ mod tests {
         assert_eq!(size_of::<super::Frontend>(), 16);
         assert_eq!(size_of::<super::BackendKey>(), 8);
         assert_eq!(size_of::<super::FlowKey>(), 16);
+        // The size flow tables pinned by earlier agents were made with.
+        assert_eq!(size_of::<super::FlowValue>(), 8);
         assert_eq!(size_of::<super::RevPortKey>(), 8);
         assert_eq!(size_of::<super::Config>(), 24);
     }

@@ -2,7 +2,8 @@
 //!
 //! - `shoal_tc_mesh_reply`, `br0` ingress in the ingress network's namespace: a task's
 //!   reply to a meshed flow gets the address the client connected to (recorded in
-//!   `MESH_REPLY` by the underlay XDP program, `xdp_mesh.rs`) and the published port as
+//!   `MESH_REPLY`, or `MESH_REPLY_OPENING`/`_CLOSING` while the connection opens or closes, by the
+//!   underlay XDP program, `xdp_mesh.rs`) and the published port as
 //!   its source (checksums fixed, offloaded ones too) and is redirected into the mesh
 //!   veth, out of the namespace.
 //! - `shoal_tc_mesh_to_underlay`, the host end of the mesh veth: out of the underlay,
@@ -18,7 +19,9 @@ use aya_ebpf::{
 };
 use shoal_common::mesh::{Counter, FlowKey, RevPortKey, PROTO_TCP, PROTO_UDP};
 
-use crate::xdp_mesh::{count, MESH_CONFIG, MESH_REPLY, MESH_REVPORT};
+use crate::xdp_mesh::{
+    count, MESH_CONFIG, MESH_REPLY, MESH_REPLY_CLOSING, MESH_REPLY_OPENING, MESH_REVPORT,
+};
 
 const ETH_HLEN: usize = 14;
 /// `skb->pkt_type` of a frame addressed to another host's MAC.
@@ -78,8 +81,17 @@ pub fn shoal_tc_mesh_reply(ctx: TcContext) -> i32 {
         return TC_ACT_OK as i32;
     };
     // SAFETY: map values are plain data.
-    let Some(&published_to) = (unsafe { MESH_REPLY.get(&p.key) }) else {
-        return TC_ACT_OK as i32;
+    // Live connections first, then those opening, then closing.
+    let published_to = match unsafe { MESH_REPLY.get(&p.key) } {
+        Some(&a) => a,
+        // SAFETY (both): as above.
+        None => match unsafe { MESH_REPLY_OPENING.get(&p.key) } {
+            Some(&a) => a,
+            None => match unsafe { MESH_REPLY_CLOSING.get(&p.key) } {
+                Some(&a) => a,
+                None => return TC_ACT_OK as i32,
+            },
+        },
     };
     match reply(&ctx, &p, published_to) {
         Some(ifindex) => {

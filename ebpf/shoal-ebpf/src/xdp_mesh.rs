@@ -22,9 +22,9 @@ use aya_ebpf::{
 use shoal_common::mesh::{
     flow_hash, BackendKey, BackendValue, Config, Counter, FlowKey, FlowValue, Frontend,
     FrontendKey, NextHop, RevPortKey, BALANCE_MAGLEV, DEFAULT_FLOWS, ENCAP_LEN, FLAG_TX_REDIRECT,
-    MAGLEV_SIZE, MAX_ADDRS, MAX_BACKENDS, MAX_FRONTENDS, MAX_MAGLEV_ROWS, MAX_NEXTHOPS,
-    MAX_REVPORTS, MAX_SLOTS, MESH_MAC_PREFIX, NEXTHOP_TTL_NS, PROTO_TCP, PROTO_UDP, STATE_DRAINING,
-    STATE_UNHEALTHY,
+    FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_OPENING, MAGLEV_SIZE, MAX_ADDRS, MAX_BACKENDS,
+    MAX_FRONTENDS, MAX_MAGLEV_ROWS, MAX_NEXTHOPS, MAX_REVPORTS, MAX_SLOTS, MESH_MAC_PREFIX,
+    NEXTHOP_TTL_NS, PROTO_TCP, PROTO_UDP, STATE_DRAINING, STATE_UNHEALTHY,
 };
 
 #[map(name = "MESH_ADDRS")]
@@ -42,12 +42,24 @@ pub static MESH_BACKENDS: HashMap<BackendKey, BackendValue> =
 #[map(name = "MESH_FLOWS")]
 pub static MESH_FLOWS: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(DEFAULT_FLOWS, 0);
+#[map(name = "MESH_OPENING")]
+pub static MESH_OPENING: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(DEFAULT_FLOWS, 0);
+#[map(name = "MESH_CLOSING")]
+pub static MESH_CLOSING: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(DEFAULT_FLOWS, 0);
 #[map(name = "MESH_RR")]
 pub static MESH_RR: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_FRONTENDS, 0);
 #[map(name = "MESH_CONFIG")]
 pub static MESH_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map(name = "MESH_REPLY")]
 pub static MESH_REPLY: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(DEFAULT_FLOWS, 0);
+#[map(name = "MESH_REPLY_OPENING")]
+pub static MESH_REPLY_OPENING: LruHashMap<FlowKey, u32> =
+    LruHashMap::with_max_entries(DEFAULT_FLOWS, 0);
+#[map(name = "MESH_REPLY_CLOSING")]
+pub static MESH_REPLY_CLOSING: LruHashMap<FlowKey, u32> =
+    LruHashMap::with_max_entries(DEFAULT_FLOWS, 0);
 #[map(name = "MESH_REVPORT")]
 pub static MESH_REVPORT: HashMap<RevPortKey, u32> = HashMap::with_max_entries(MAX_REVPORTS, 0);
 #[map(name = "MESH_NEXTHOP")]
@@ -58,6 +70,8 @@ pub static MESH_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter:
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const AF_INET: u8 = 2;
+const BPF_NOEXIST: u64 = 1;
+const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
@@ -205,6 +219,12 @@ fn record_from_vxlan(ctx: &XdpContext, udp_offset: usize, cfg: &Config) -> Optio
     }
     let l4 = inner + ETH_HLEN + ((ip[0] & 0x0f) as usize) * 4;
     let ports = unsafe { &*ptr_at::<4>(ctx, l4)? };
+    let flags = if protocol == PROTO_TCP {
+        let tcp = unsafe { &*ptr_at::<14>(ctx, l4)? };
+        tcp[13]
+    } else {
+        0
+    };
     record_reply(
         &FlowKey {
             src: ne32(ip, 16),
@@ -215,18 +235,66 @@ fn record_from_vxlan(ctx: &XdpContext, udp_offset: usize, cfg: &Config) -> Optio
             pad: [0; 3],
         },
         ne32(eth, 8),
+        flags,
     );
     Some(())
 }
 
-/// Records that the reply `reply` (source = the backend) must leave from `published_to`.
+/// Records that the reply `reply` (source = the backend) must leave from `published_to`,
+/// `flags` being the TCP flags of the client's segment (0 for UDP). As the flow tables
+/// do: a connection opening (SYN) in `MESH_REPLY_OPENING`, closing (FIN) in
+/// `MESH_REPLY_CLOSING`, a live one in `MESH_REPLY`, none after a RST; an entry that
+/// already says so is not written again.
 #[inline(always)]
-fn record_reply(reply: &FlowKey, published_to: u32) {
-    // SAFETY: map values are plain data.
-    if unsafe { MESH_REPLY.get(reply) }.copied() != Some(published_to) {
-        let _ = MESH_REPLY.insert(reply, &published_to, 0);
-        count(Counter::RepliesRecorded, 1);
+fn record_reply(reply: &FlowKey, published_to: u32, flags: u8) {
+    // SAFETY (map reads): map values are plain data.
+    let live = unsafe { MESH_REPLY.get(reply) }.copied();
+    if reply.protocol == PROTO_TCP {
+        if flags & TCP_RST != 0 {
+            let _ = MESH_REPLY.remove(reply);
+            let _ = MESH_REPLY_OPENING.remove(reply);
+            let _ = MESH_REPLY_CLOSING.remove(reply);
+            return;
+        }
+        if flags & TCP_FIN != 0 {
+            if unsafe { MESH_REPLY_CLOSING.get(reply) }.copied() == Some(published_to) {
+                return;
+            }
+            if live.is_some() {
+                let _ = MESH_REPLY.remove(reply);
+            }
+            let _ = MESH_REPLY_OPENING.remove(reply);
+            let _ = MESH_REPLY_CLOSING.insert(reply, &published_to, 0);
+            count(Counter::RepliesRecorded, 1);
+            return;
+        }
+        if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            if unsafe { MESH_REPLY_OPENING.get(reply) }.copied() == Some(published_to)
+                && live.is_none()
+            {
+                return;
+            }
+            // A SYN reusing a live entry's ports: a new connection.
+            if live.is_some() {
+                let _ = MESH_REPLY.remove(reply);
+            }
+            let _ = MESH_REPLY_OPENING.insert(reply, &published_to, 0);
+            count(Counter::RepliesRecorded, 1);
+            return;
+        }
+        if live == Some(published_to) {
+            return;
+        }
+        // The client's last ACKs after its FIN: the entry stays where it is.
+        if unsafe { MESH_REPLY_CLOSING.get(reply) }.copied() == Some(published_to) {
+            return;
+        }
+        let _ = MESH_REPLY_OPENING.remove(reply);
+    } else if live == Some(published_to) {
+        return;
     }
+    let _ = MESH_REPLY.insert(reply, &published_to, 0);
+    count(Counter::RepliesRecorded, 1);
 }
 
 #[inline(always)]
@@ -290,60 +358,163 @@ fn mesh(
         protocol,
         pad: [0; 3],
     };
-    let new_flow_allowed =
-        protocol == PROTO_UDP || (flags & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN;
-    let opens = protocol == PROTO_TCP && (flags & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN;
-    let target = match lookup_flow(&flow, &frontend, opens) {
+    let tcp = protocol == PROTO_TCP;
+    // A SYN alone opens a connection; a RST ends it; a FIN from the client closes it.
+    let opens = tcp && (flags & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN;
+    let resets = tcp && flags & TCP_RST != 0;
+    let closes = tcp && !resets && flags & TCP_FIN != 0;
+    let maglev = frontend.balance == BALANCE_MAGLEV;
+    // Live flows first (most frames), then the connections opening, then closing.
+    // `table`: the state of the table the entry was found in.
+    // SAFETY (map reads here and below): map values are plain data.
+    let (entry, table) = match unsafe { MESH_FLOWS.get(&flow) } {
+        Some(v) => (Some(*v), FLOW_ESTABLISHED),
+        None if !tcp => (None, FLOW_ESTABLISHED),
+        None => match unsafe { MESH_OPENING.get(&flow) } {
+            Some(v) => (Some(*v), FLOW_OPENING),
+            None => (unsafe { MESH_CLOSING.get(&flow) }.copied(), FLOW_CLOSING),
+        },
+    };
+    let target = match entry.and_then(|v| usable(&v, &frontend, opens)) {
         Some(t) => t,
         None => {
-            let known = unsafe { MESH_FLOWS.get(&flow) }.is_some();
-            if !new_flow_allowed && !(frontend.balance == BALANCE_MAGLEV) {
-                if known {
-                    let _ = MESH_FLOWS.remove(&flow);
+            if entry.is_none() && tcp && !opens {
+                count(Counter::FlowMisses, 1);
+            }
+            if !opens && tcp && !maglev {
+                if entry.is_some() {
+                    forget(&flow, table);
                 }
                 return drop(Counter::DropNoFlow);
             }
             let Some(t) = choose(&flow, &frontend) else {
                 return drop(Counter::DropNoBackend);
             };
-            count(
-                if known {
-                    Counter::Rechosen
-                } else {
-                    Counter::NewFlows
-                },
-                1,
-            );
-            let value = FlowValue {
-                backend: t.backend,
-                frontend: frontend.id,
-            };
-            if MESH_FLOWS.insert(&flow, &value, 0).is_err() {
-                count(Counter::FlowInsertFailed, 1);
+            if entry.is_some() {
+                count(Counter::Rechosen, 1);
+            } else if opens || !tcp {
+                count(Counter::NewFlows, 1);
             }
             t
         }
     };
-    if protocol == PROTO_TCP && flags & TCP_RST != 0 {
-        // Nothing follows a reset: free the entry now rather than when it ages out.
-        // (A FIN keeps it: the last ACKs and retransmissions must still find it.)
-        if MESH_FLOWS.remove(&flow).is_ok() {
-            count(Counter::FlowsEnded, 1);
-        }
-    }
-    forward(ctx, cfg, &frontend, &flow, target, buff_len, l4, protocol)
+    track(
+        &flow,
+        &frontend,
+        entry,
+        table,
+        target.backend,
+        opens,
+        resets,
+        closes,
+    );
+    forward(ctx, cfg, &frontend, &flow, target, buff_len, l4, flags)
 }
 
-/// The flow's backend if it has one that may still carry it.
+/// Where the flow's entry goes after this frame (`entry` as found, in the table of
+/// state `table`): UDP flows and TCP connections past their handshake in the live
+/// table, connections opening (a SYN) in the opening one, closing (a FIN from the
+/// client) in the closing one, none after a RST. An entry that already says so is not
+/// written again.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn lookup_flow(flow: &FlowKey, frontend: &Frontend, opens: bool) -> Option<Target> {
-    // SAFETY: map values are plain data.
-    let v = unsafe { MESH_FLOWS.get(flow) }?;
+fn track(
+    flow: &FlowKey,
+    frontend: &Frontend,
+    entry: Option<FlowValue>,
+    table: u8,
+    backend: u32,
+    opens: bool,
+    resets: bool,
+    closes: bool,
+) {
+    if resets {
+        // Nothing follows a reset: free the entry now.
+        if entry.is_some() {
+            forget(flow, table);
+            count(Counter::FlowsEnded, 1);
+        }
+        return;
+    }
+    let state = if flow.protocol != PROTO_TCP {
+        FLOW_ESTABLISHED
+    } else if closes {
+        FLOW_CLOSING
+    } else if opens {
+        // A SYN on a live connection's entry (its ports reused) keeps it live.
+        if entry.is_some() && table == FLOW_ESTABLISHED {
+            FLOW_ESTABLISHED
+        } else {
+            FLOW_OPENING
+        }
+    } else {
+        match entry {
+            // The handshake's last ACK (or any later segment): the connection is live.
+            Some(_) if table == FLOW_OPENING => FLOW_ESTABLISHED,
+            // Segments after the client's FIN (its last ACKs) stay where they are.
+            Some(_) => table,
+            // A connection found again (Maglev): live, it carries segments.
+            None => FLOW_ESTABLISHED,
+        }
+    };
+    let value = FlowValue {
+        backend,
+        frontend: frontend.id as u16,
+        state,
+        pad: 0,
+    };
+    if let Some(v) = entry {
+        if v.backend == backend && table == state {
+            return;
+        }
+        if table != state {
+            forget(flow, table);
+        }
+    }
+    let inserted = if state == FLOW_OPENING {
+        MESH_OPENING.insert(flow, &value, 0)
+    } else if state == FLOW_CLOSING {
+        MESH_CLOSING.insert(flow, &value, 0)
+    } else if entry.is_some() && table == FLOW_ESTABLISHED {
+        MESH_FLOWS.insert(flow, &value, 0)
+    } else {
+        // Counted once per entry made, even when another CPU makes it at the same time
+        // (the evictions are inferred from this count).
+        match MESH_FLOWS.insert(flow, &value, BPF_NOEXIST) {
+            Ok(()) => {
+                count(Counter::LiveInserted, 1);
+                Ok(())
+            }
+            Err(_) => MESH_FLOWS.insert(flow, &value, 0),
+        }
+    };
+    if inserted.is_err() {
+        count(Counter::FlowInsertFailed, 1);
+    }
+}
+
+/// Removes the flow's entry from the table of state `table`.
+#[inline(always)]
+fn forget(flow: &FlowKey, table: u8) {
+    if table == FLOW_ESTABLISHED {
+        if MESH_FLOWS.remove(flow).is_ok() {
+            count(Counter::LiveClosed, 1);
+        }
+    } else if table == FLOW_OPENING {
+        let _ = MESH_OPENING.remove(flow);
+    } else {
+        let _ = MESH_CLOSING.remove(flow);
+    }
+}
+
+/// The backend of the flow's entry `v` if it may still carry the flow.
+#[inline(always)]
+fn usable(v: &FlowValue, frontend: &Frontend, opens: bool) -> Option<Target> {
     let key = BackendKey {
         frontend: frontend.id,
         addr: v.backend,
     };
-    // SAFETY: as above.
+    // SAFETY: map values are plain data.
     let b = unsafe { MESH_BACKENDS.get(&key) }?;
     // A SYN on a draining backend's flow is a new connection reusing the ports (a
     // retransmitted SYN would find its backend healthy): it goes elsewhere.
@@ -408,8 +579,9 @@ fn forward(
     target: Target,
     inner_len: usize,
     l4: usize,
-    protocol: u8,
+    flags: u8,
 ) -> u32 {
+    let protocol = flow.protocol;
     let local = target.node == cfg.vtep;
     // Next hop first, so a frame that cannot go anywhere is not rewritten for nothing.
     let mut macs = [0u8; 12];
@@ -462,6 +634,7 @@ fn forward(
                     pad: [0; 3],
                 },
                 flow.dst,
+                flags,
             );
             count(Counter::Local, 1);
             count(Counter::Bytes, inner_len as u64);

@@ -397,6 +397,40 @@ pub enum PublishMode {
     Host,
 }
 
+/// How the routing mesh picks a backend for a new flow to a published port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortBalance {
+    /// Maglev consistent hashing of the client's address and port: every node picks the
+    /// same backend, with or without a flow entry, so a connection whose entry the
+    /// flow table evicted still reaches its backend.
+    #[default]
+    Maglev,
+    /// The next backend in turn (Swarm's IPVS default): a connection whose flow entry
+    /// is evicted is cut at its next segment.
+    Roundrobin,
+}
+
+impl PortBalance {
+    /// The word of `-p ...,lb=WORD` and of `service inspect`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortBalance::Maglev => "maglev",
+            PortBalance::Roundrobin => "roundrobin",
+        }
+    }
+
+    pub fn parse(word: &str) -> Result<Self, String> {
+        match word {
+            "maglev" => Ok(PortBalance::Maglev),
+            "roundrobin" => Ok(PortBalance::Roundrobin),
+            other => Err(format!(
+                "load balancing {other:?} is not roundrobin or maglev"
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortConfig {
     pub protocol: Protocol,
@@ -404,6 +438,17 @@ pub struct PortConfig {
     pub published: u16,
     #[serde(default)]
     pub mode: PublishMode,
+    /// How the routing mesh balances this port; none: Maglev (the default), or on an
+    /// Engine API update that does not say, what the port had before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance: Option<PortBalance>,
+}
+
+impl PortConfig {
+    /// How the routing mesh balances this port.
+    pub fn balance(&self) -> PortBalance {
+        self.balance.unwrap_or_default()
+    }
 }
 
 /// Addresses the managers gave a service.

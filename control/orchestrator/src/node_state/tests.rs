@@ -77,6 +77,7 @@ fn cluster() -> ClusterState {
                     target: 80,
                     published: 8080,
                     mode: PublishMode::Ingress,
+                    balance: None,
                 }],
                 endpoint_mode: EndpointMode::Vip,
                 constraints: vec![],

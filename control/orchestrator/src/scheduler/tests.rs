@@ -509,6 +509,7 @@ fn addresses_and_vips_come_from_the_subnet_unique_and_ingress_first() {
         target: 80,
         published: 8080,
         mode: PublishMode::Ingress,
+        balance: None,
     }];
     sim.add(s);
     sim.settle();

@@ -158,8 +158,19 @@ fn changed_spec(
         })
     });
     for port in &changes.publish_add {
-        if !spec.ports.contains(port) {
-            spec.ports.push(*port);
+        // A port published again with other settings (its target, mode, balancing)
+        // replaces the one it had.
+        let same = |p: &shoal_cluster::store::PortConfig| {
+            p.protocol == port.protocol
+                && if port.published == 0 {
+                    p == port
+                } else {
+                    p.published == port.published
+                }
+        };
+        match spec.ports.iter_mut().find(|p| same(p)) {
+            Some(p) => *p = *port,
+            None => spec.ports.push(*port),
         }
     }
     change_references(

@@ -517,6 +517,19 @@ pub(super) async fn request(
                 spec.image =
                     pin_image(docker_socket, &spec.image, creds.as_ref(), &mut warnings).await;
             }
+            // A port the update does not say how to balance (Docker's clients know no
+            // such field) keeps what it had.
+            for p in spec.ports.iter_mut().filter(|p| p.balance.is_none()) {
+                p.balance = old
+                    .spec
+                    .ports
+                    .iter()
+                    .find(|o| {
+                        (o.protocol, o.published, o.target, o.mode)
+                            == (p.protocol, p.published, p.target, p.mode)
+                    })
+                    .and_then(|o| o.balance);
+            }
             let mut stamped = old.clone();
             stamped.updated_ms = now_ms();
             let force = force_update > old.force_update;
@@ -732,6 +745,7 @@ pub(super) mod tests {
                     target,
                     published,
                     mode: PublishMode::Host,
+                    balance: None,
                 })
                 .collect(),
             endpoint_mode: EndpointMode::Vip,

@@ -99,8 +99,9 @@ pub struct Settings {
     /// needs --declared-state [file key: declared_lb]
     #[arg(long, value_name = "FILE")]
     pub declared_lb: Option<PathBuf>,
-    /// Flows the routing mesh's connection table holds; beyond that the least recently
-    /// used is evicted (counted in `shoal dataplane stats`) [file key: lb_flows]
+    /// Flows the routing mesh's table of live connections holds, and each of its tables
+    /// of connections opening and closing; beyond that the least recently used of the
+    /// same table is evicted (counted in `shoal dataplane stats`) [file key: lb_flows]
     /// [default: 262144]
     #[arg(long, value_name = "N")]
     pub lb_flows: Option<u32>,

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 use shoal_cluster::store::{
     check_mounts, data_object::FileReference, ContainerOptions, DnsConfig, EndpointMode,
-    FailureAction, HealthCheck, Limits, Mount, MountKind, Placement, PortConfig, Protocol,
-    PublishMode, RestartCondition, ServiceMode, ServiceSpec, Ulimit, UpdateConfig, UpdateOrder,
-    DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
+    FailureAction, HealthCheck, Limits, Mount, MountKind, Placement, PortBalance, PortConfig,
+    Protocol, PublishMode, RestartCondition, ServiceMode, ServiceSpec, Ulimit, UpdateConfig,
+    UpdateOrder, DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
 };
 
 use crate::api::{effective_capabilities, MAX_FAILURE_RATIO_PPM};
@@ -448,6 +448,14 @@ pub fn from_docker(v: Value) -> Result<(ServiceSpec, u64), String> {
                     ))
                 }
             };
+            // shoal's own field (`service inspect` shows it); Docker's clients send none.
+            let balance = match p.string("Balance")?.as_str() {
+                "" => None,
+                word => Some(
+                    PortBalance::parse(word)
+                        .map_err(|e| format!("Spec.EndpointSpec.Ports[].Balance: {e}"))?,
+                ),
+            };
             p.allow("Name", |_| true)?;
             p.done()?;
             if target == 0 {
@@ -458,6 +466,7 @@ pub fn from_docker(v: Value) -> Result<(ServiceSpec, u64), String> {
                 target,
                 published,
                 mode,
+                balance,
             });
         }
     }
@@ -671,6 +680,35 @@ mod tests {
         assert_eq!(spec.constraints, ["node.role==worker"]);
         assert_eq!(spec.ports[0].published, 8080);
         assert_eq!(spec.update_config, UpdateConfig::default());
+    }
+
+    #[test]
+    fn a_ports_balance_reads_back_and_a_wrong_one_is_refused() {
+        let spec = |balance: Value| {
+            json!({"Name": "web", "TaskTemplate": {"ContainerSpec": {"Image": "busybox"}},
+                   "EndpointSpec": {"Ports": [{"TargetPort": 80, "PublishedPort": 8080, "Balance": balance}]}})
+        };
+        let (s, _) = from_docker(spec(json!("roundrobin"))).unwrap();
+        assert_eq!(s.ports[0].balance, Some(PortBalance::Roundrobin));
+        let shown = spec_value(&s, 0);
+        assert_eq!(shown["EndpointSpec"]["Ports"][0]["Balance"], "roundrobin");
+        assert_eq!(from_docker(shown).unwrap().0.ports, s.ports);
+        // Docker's clients send none: none said (Maglev, or what the port had).
+        let mut v = spec(Value::Null);
+        v["EndpointSpec"]["Ports"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("Balance");
+        let (s, _) = from_docker(v).unwrap();
+        assert_eq!(
+            (s.ports[0].balance, s.ports[0].balance()),
+            (None, PortBalance::Maglev)
+        );
+        let err = from_docker(spec(json!("leastconn"))).unwrap_err();
+        assert!(
+            err.contains("Spec.EndpointSpec.Ports[].Balance") && err.contains("leastconn"),
+            "{err}"
+        );
     }
 
     #[test]

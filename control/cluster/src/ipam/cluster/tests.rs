@@ -53,6 +53,7 @@ fn service(id: &str, ports: &[(Protocol, u16)], vips: &[(&str, &str)]) -> Servic
                     target: 80,
                     published,
                     mode: PublishMode::Ingress,
+                    balance: None,
                 })
                 .collect(),
             endpoint_mode: EndpointMode::Vip,

@@ -118,6 +118,7 @@ fn services_keep_names_and_ports_unique_and_tasks_follow_their_service() {
         target: 80,
         published: 8080,
         mode: PublishMode::Ingress,
+        balance: None,
     }];
     assert!(s
         .apply(&Command::CreateService {

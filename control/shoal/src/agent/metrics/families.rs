@@ -13,7 +13,7 @@ use shoal_common::{
 use shoal_dataplane::{
     guard::GuardMaps,
     lb::{
-        mesh::{MeshMaps, MeshStats},
+        mesh::{FlowTables, MeshMaps, MeshStats},
         vip::{VipStats, VipUsage, PIN_SUBDIR as VIP_PIN_SUBDIR},
     },
     reconcile::runner::ReconcileStatsSnapshot,
@@ -53,9 +53,9 @@ pub struct MapReadings {
 
 pub struct MeshReading {
     pub stats: MeshStats,
-    pub flows: u64,
-    pub capacity: u64,
+    pub tables: FlowTables,
     pub reply_flows: u64,
+    pub reply_opening_closing: (u64, u64),
 }
 
 /// How long a scrape waits for the cluster role's lock.
@@ -116,13 +116,16 @@ impl MapReadings {
             let stats = logged("the mesh counters", MeshStats::read_pinned(&mesh_dir));
             let maps = logged("the mesh maps", MeshMaps::open_pinned(&mesh_dir));
             match (stats, maps) {
-                (Some(stats), Some(maps)) => Some(MeshReading {
-                    stats,
-                    flows: maps.flow_count() as u64,
-                    capacity: logged("the flow table's size", maps.flow_capacity())
-                        .map_or(0, u64::from),
-                    reply_flows: maps.reply_count() as u64,
-                }),
+                (Some(stats), Some(maps)) => logged("the flow tables", maps.flow_tables(&stats))
+                    .map(|tables| {
+                        let (opening, closing) = maps.reply_opening_closing_count();
+                        MeshReading {
+                            stats,
+                            tables,
+                            reply_flows: maps.reply_count() as u64,
+                            reply_opening_closing: (opening as u64, closing as u64),
+                        }
+                    }),
                 _ => None,
             }
         } else {
@@ -333,34 +336,57 @@ fn mesh(e: &mut Exposition, m: &MeshReading) {
     .int(&[("stage", "sent")], s.get(MeshCounter::RepliesOut))
     .int(&[("stage", "dropped")], s.get(MeshCounter::RepliesDropped));
     e.family(
+        "shoal_mesh_flow_misses_total",
+        Kind::Counter,
+        "TCP segments (not SYNs) of a connection in neither flow table (its entry evicted, or it began before this node held it): sent to the Maglev backend, or dropped in round-robin mode.",
+    )
+    .int(&[], s.get(MeshCounter::FlowMisses));
+    let t = &m.tables;
+    e.family(
         "shoal_mesh_flows",
         Kind::Gauge,
-        "Entries in the routing mesh's flow table.",
+        "Entries in the routing mesh's live flow table (UDP flows, TCP connections past their handshake).",
     )
-    .int(&[], m.flows);
+    .int(&[], t.live);
     e.family(
         "shoal_mesh_flow_capacity_entries",
         Kind::Gauge,
-        "Capacity of the routing mesh's flow table (--lb-flows).",
+        "Capacity of the routing mesh's live flow table (--lb-flows).",
     )
-    .int(&[], m.capacity);
-    // New flows neither in the table nor ended by a reset: the LRU pushed them out.
-    let evicted = s
-        .get(MeshCounter::NewFlows)
-        .saturating_sub(s.get(MeshCounter::FlowsEnded))
-        .saturating_sub(m.flows);
+    .int(&[], t.live_capacity);
+    e.family(
+        "shoal_mesh_opening_closing_flows",
+        Kind::Gauge,
+        "Entries in the routing mesh's tables of TCP connections opening and closing.",
+    )
+    .int(&[("state", "opening")], t.opening)
+    .int(&[("state", "closing")], t.closing);
+    e.family(
+        "shoal_mesh_opening_closing_flow_capacity_entries",
+        Kind::Gauge,
+        "Capacity of each of the routing mesh's tables of TCP connections opening and closing (--lb-flows).",
+    )
+    .int(&[("state", "opening")], t.opening_capacity)
+    .int(&[("state", "closing")], t.closing_capacity);
     e.family(
         "shoal_mesh_flows_evicted_total",
         Kind::Counter,
-        "Flows pushed out of the full flow table (new flows neither in the table nor ended by a reset).",
+        "Live flows pushed out of the full live flow table (entries inserted, minus those whose connection ended, minus those held).",
     )
-    .int(&[], evicted);
+    .int(&[], t.live_evicted);
     e.family(
         "shoal_mesh_reply_flows",
         Kind::Gauge,
-        "Entries in the reply path's table of flows to local tasks.",
+        "Entries in the reply path's table of live flows to local tasks.",
     )
     .int(&[], m.reply_flows);
+    e.family(
+        "shoal_mesh_reply_opening_closing_flows",
+        Kind::Gauge,
+        "Entries in the reply path's tables of connections to local tasks opening and closing.",
+    )
+    .int(&[("state", "opening")], m.reply_opening_closing.0)
+    .int(&[("state", "closing")], m.reply_opening_closing.1);
 }
 
 fn vip(e: &mut Exposition, v: &VipStats) {
@@ -648,9 +674,17 @@ mod tests {
                 guard: Some((true, 3)),
                 mesh: Some(MeshReading {
                     stats: MeshStats::default(),
-                    flows: 5,
-                    capacity: 1024,
+                    tables: FlowTables {
+                        live: 5,
+                        live_capacity: 1024,
+                        opening: 3,
+                        opening_capacity: 1024,
+                        closing: 1,
+                        closing_capacity: 1024,
+                        live_evicted: 0,
+                    },
                     reply_flows: 2,
+                    reply_opening_closing: (1, 0),
                 }),
                 vip: Some(VipStats::default()),
                 vip_usage: Some(VipUsage {
@@ -714,6 +748,9 @@ mod tests {
             "shoal_tasks{service=\"web\",state=\"shutdown\"} 1",
             "shoal_mesh_flows 5",
             "shoal_mesh_flow_capacity_entries 1024",
+            "shoal_mesh_opening_closing_flows{state=\"opening\"} 3",
+            "shoal_mesh_opening_closing_flows{state=\"closing\"} 1",
+            "shoal_mesh_flows_evicted_total 0",
             "shoal_mesh_dropped_packets_total{reason=\"no_backend\"} 0",
             "shoal_guard_vteps 3",
             "shoal_vip_map_entries{map=\"vip_services\"} 2",

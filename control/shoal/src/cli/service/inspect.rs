@@ -142,6 +142,7 @@ fn ports_value(spec: &ServiceSpec) -> Vec<Value> {
                 "TargetPort": p.target,
                 "PublishedPort": p.published,
                 "PublishMode": match p.mode { PublishMode::Ingress => "ingress", PublishMode::Host => "host" },
+                "Balance": p.balance().as_str(),
             })
         })
         .collect()
@@ -583,14 +584,15 @@ pub(super) fn inspect_pretty(s: &Service, networks: &[Network], now_ms: u64) -> 
         for p in &s.spec.ports {
             let _ = writeln!(
                 out,
-                " PublishedPort = {}\n  Protocol = {}\n  TargetPort = {}\n  PublishMode = {}",
+                " PublishedPort = {}\n  Protocol = {}\n  TargetPort = {}\n  PublishMode = {}\n  Balance = {}",
                 p.published,
                 format!("{:?}", p.protocol).to_lowercase(),
                 p.target,
                 match p.mode {
                     PublishMode::Ingress => "ingress",
                     PublishMode::Host => "host",
-                }
+                },
+                p.balance().as_str()
             );
         }
     }

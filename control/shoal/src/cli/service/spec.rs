@@ -3,8 +3,8 @@
 //! shares with `service update` are read by `policy`).
 
 use shoal_cluster::store::{
-    EndpointMode, Placement, PortConfig, Protocol, PublishMode, RestartCondition, ServiceMode,
-    ServiceSpec, UpdateConfig, DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
+    EndpointMode, Placement, PortBalance, PortConfig, Protocol, PublishMode, RestartCondition,
+    ServiceMode, ServiceSpec, UpdateConfig, DEFAULT_RESTART_DELAY_MS, DEFAULT_STOP_GRACE_MS,
 };
 
 use super::{
@@ -82,7 +82,8 @@ fn parse_port(text: &str, spec: &str) -> Result<u16, String> {
 }
 
 /// `-p`: `PUB:TGT[/proto]`, `TGT[/proto]` (published chosen by the managers), or the
-/// long form `mode=ingress|host,target=N,published=N,protocol=tcp|udp`.
+/// long form `mode=ingress|host,target=N,published=N,protocol=tcp|udp,lb=maglev|roundrobin`
+/// (`lb`: how the routing mesh balances the port; Maglev unless said).
 pub fn parse_publish(spec: &str) -> Result<PortConfig, String> {
     if spec.contains('=') {
         let mut port = PortConfig {
@@ -90,6 +91,7 @@ pub fn parse_publish(spec: &str) -> Result<PortConfig, String> {
             target: 0,
             published: 0,
             mode: PublishMode::Ingress,
+            balance: None,
         };
         for field in spec.split(',') {
             let (k, v) = field
@@ -110,6 +112,12 @@ pub fn parse_publish(spec: &str) -> Result<PortConfig, String> {
                 "target" => port.target = parse_port(v, spec)?,
                 "published" => port.published = parse_port(v, spec)?,
                 "protocol" => port.protocol = parse_protocol(v, spec)?,
+                "lb" => {
+                    port.balance = Some(
+                        PortBalance::parse(v)
+                            .map_err(|e| format!("invalid publish spec {spec:?}: {e}"))?,
+                    )
+                }
                 other => {
                     return Err(format!(
                         "invalid publish spec {spec:?}: unknown field {other:?}"
@@ -133,6 +141,7 @@ pub fn parse_publish(spec: &str) -> Result<PortConfig, String> {
         target,
         published,
         mode: PublishMode::Ingress,
+        balance: None,
     })
 }
 
@@ -312,6 +321,15 @@ mod tests {
         assert_eq!((p.published, p.target), (0, 80));
         let p = parse_publish("mode=host,target=80,published=8081,protocol=tcp").unwrap();
         assert_eq!((p.mode, p.published), (PublishMode::Host, 8081));
+        assert_eq!((p.balance, p.balance()), (None, PortBalance::Maglev));
+        let p = parse_publish("published=80,target=80,lb=roundrobin").unwrap();
+        assert_eq!(p.balance, Some(PortBalance::Roundrobin));
+        let p = parse_publish("published=80,target=80,lb=maglev").unwrap();
+        assert_eq!(p.balance, Some(PortBalance::Maglev));
+        assert_eq!(
+            parse_publish("published=80,target=80,lb=leastconn").unwrap_err(),
+            "invalid publish spec \"published=80,target=80,lb=leastconn\": load balancing \"leastconn\" is not roundrobin or maglev"
+        );
         for bad in [
             "8080:80/sctp",
             "x:80",

@@ -1,8 +1,8 @@
 use std::collections::BTreeMap;
 
 use shoal_cluster::store::{
-    ClusterState, FailureAction, HealthCheck, Network, PortConfig, Protocol, PublishMode, Service,
-    ServiceMode, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
+    ClusterState, FailureAction, HealthCheck, Network, PortBalance, PortConfig, Protocol,
+    PublishMode, Service, ServiceMode, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
 };
 
 use super::updated_service;
@@ -186,6 +186,24 @@ fn rollback_swaps_the_spec_and_the_previous_one() {
 }
 
 #[test]
+fn a_port_published_again_replaces_the_one_it_had() {
+    let (_, old) = cluster();
+    let new = update(
+        &old,
+        ServiceChanges {
+            publish_add: vec![PortConfig {
+                balance: Some(PortBalance::Roundrobin),
+                ..old.spec.ports[0]
+            }],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(new.spec.ports.len(), 1, "{:?}", new.spec.ports);
+    assert_eq!(new.spec.ports[0].balance(), PortBalance::Roundrobin);
+}
+
+#[test]
 fn lists_and_maps_gain_and_lose_entries() {
     let (_, old) = cluster();
     let new = update(
@@ -201,12 +219,14 @@ fn lists_and_maps_gain_and_lose_entries() {
                 target: 53,
                 published: 0,
                 mode: PublishMode::Host,
+                balance: None,
             }],
             publish_rm: vec![PortConfig {
                 protocol: Protocol::Tcp,
                 target: 8080,
                 published: 0,
                 mode: PublishMode::Ingress,
+                balance: None,
             }],
             network_add: vec!["back".into()],
             network_rm: vec!["front".into()],
@@ -259,6 +279,7 @@ fn lists_and_maps_gain_and_lose_entries() {
                 target: 80,
                 published: 0,
                 mode: PublishMode::Ingress,
+                balance: None,
             }],
             constraint_rm: vec!["node.role==worker".into()],
             env_rm: vec!["NOPE".into()],

@@ -153,6 +153,7 @@ fn cluster(key: &RegistryKeyring) -> ClusterState {
         target: 80,
         published: 8080,
         mode: PublishMode::Ingress,
+        balance: None,
     }];
     let mut web_task = task("t-web", &web, "n3", TaskState::Running);
     web_task.networks = vec![NetworkAttachment {
