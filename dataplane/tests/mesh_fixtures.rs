@@ -1374,6 +1374,16 @@ fn mesh_flow_table_full() {
         let d = h.stats().since(&before);
         assert_eq!(d.get(MC::NewFlows), 200);
         assert_eq!(d.get(MC::LiveInserted), 200);
+        // The port's own counters: every new flow and frame, and their bytes.
+        let port = h
+            .maps
+            .port_counts()
+            .unwrap()
+            .into_iter()
+            .find(|c| c.port == 8080 && c.protocol == "tcp")
+            .expect("8080/tcp counted");
+        assert_eq!((port.new_flows, port.packets), (200, 400), "{port:?}");
+        assert_eq!(port.bytes, d.get(MC::Bytes), "{port:?}");
         assert_eq!(d.get(MC::FlowInsertFailed), 0);
         let n = h.maps.flow_count();
         assert!(n <= 16 + 4, "{n} flows in a table of 16");

@@ -3,7 +3,8 @@
 //! client's namespace with its own config and storage, ended by PID) scrapes them all.
 //! Through Prometheus' HTTP API the test finds: the routing mesh's new flows per node
 //! grow by exactly the requests sent to that node's published port (one new connection
-//! each), and so their sum by every request sent; the tasks each node reports by state
+//! each), and so their sum by every request sent, and so do the published port's own
+//! counters (the service's, `shoal_mesh_port_*`); the tasks each node reports by state
 //! match `service ps`; the managers' Raft and every node's gossip are there. Each
 //! agent's `/metrics` passes `promtool check metrics`. It prints the figures: metric
 //! families, the time one scrape takes, and the requests counted.
@@ -278,6 +279,8 @@ fn prometheus_scrapes_every_agent_and_counts_every_request() {
     // Requests through the routing mesh, each on a new connection, counted where they
     // entered the cluster.
     let before = fresh(&guard, "shoal_mesh_new_flows_total", unix_now());
+    let per_port = format!("shoal_mesh_port_new_flows_total{{port=\"{PORT}\",protocol=\"tcp\"}}");
+    let port_before = fresh(&guard, &per_port, unix_now());
     let mesh_before = mesh_counters(&guard);
     let mut sent: BTreeMap<String, u64> = BTreeMap::new();
     let mut local_port = FIRST_CLIENT_PORT;
@@ -326,6 +329,26 @@ fn prometheus_scrapes_every_agent_and_counts_every_request() {
         panic!("new flows per node {counted:?} against requests sent {sent:?}; the mesh's counters that moved: {moved:#?}");
     }
     assert_eq!(sum - sum_before, total_sent as f64);
+    // The same requests by published port (the service's own count), node by node.
+    let port_after = fresh(&guard, &per_port, sent_at);
+    let port_counted: BTreeMap<String, u64> = port_after
+        .iter()
+        .map(|(h, v)| (h.clone(), (v - port_before[h]) as u64))
+        .collect();
+    println!("requests counted for port {PORT}/tcp per node: {port_counted:?}");
+    assert_eq!(
+        port_counted, sent,
+        "per-port new flows against requests sent"
+    );
+    let port_bytes = by_host(
+        &guard,
+        &format!("shoal_mesh_port_bytes_total{{port=\"{PORT}\",protocol=\"tcp\"}}"),
+    )
+    .expect("port bytes");
+    assert!(
+        port_bytes.len() == 3 && port_bytes.values().all(|b| *b > 0.0),
+        "{port_bytes:?}"
+    );
 
     // Tasks by state: what each node reports against `service ps`.
     wait_for("tasks by state match service ps", BOUND, || {

@@ -17,8 +17,9 @@ use aya::maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray
 use shoal_common::mesh::{
     BackendKey, BackendValue, Config, Counter, FlowKey, FlowValue, Frontend, FrontendKey,
     RevPortKey, ADDRS_MAP, BACKENDS_MAP, BALANCE_MAGLEV, BALANCE_ROUND_ROBIN, CLOSING_MAP,
-    CONFIG_MAP, FLOWS_MAP, FRONTENDS_MAP, MAGLEV_MAP, MAGLEV_SIZE, MAX_FRONTENDS, MAX_MAGLEV_ROWS,
-    MAX_SLOTS, MODE_HOST, MODE_INGRESS, OPENING_MAP, REPLY_CLOSING_MAP, REPLY_MAP,
+    CONFIG_MAP, FLOWS_MAP, FRONTENDS_MAP, FRONTEND_BYTES, FRONTEND_COUNTERS, FRONTEND_NEW_FLOWS,
+    FRONTEND_PACKETS, FRONTEND_STATS_MAP, MAGLEV_MAP, MAGLEV_SIZE, MAX_FRONTENDS, MAX_MAGLEV_ROWS,
+    MAX_SLOTS, MODE_HOST, MODE_INGRESS, OPENING_MAP, PROTO_TCP, REPLY_CLOSING_MAP, REPLY_MAP,
     REPLY_OPENING_MAP, REVPORT_MAP, SLOTS_MAP, STATE_DRAINING, STATE_HEALTHY, STATE_UNHEALTHY,
     STATS_MAP,
 };
@@ -72,6 +73,8 @@ pub enum MeshError {
     TooManyMaglev,
     #[error("published port {port}/{protocol}: more than {MAX_SLOTS} healthy backends")]
     TooManyBackends { port: u16, protocol: Protocol },
+    #[error("zeroing a port's counters in {FRONTEND_STATS_MAP}: {0}")]
+    Counters(std::io::Error),
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> MeshError {
@@ -376,6 +379,7 @@ pub struct MeshMaps {
     reply_opening: HashMap<MapData, Wire<FlowKey>, u32>,
     reply_closing: HashMap<MapData, Wire<FlowKey>, u32>,
     stats: PerCpuArray<MapData, u64>,
+    frontend_stats: PerCpuArray<MapData, u64>,
 }
 
 impl MeshMaps {
@@ -415,7 +419,36 @@ impl MeshMaps {
             reply_opening: conv!(REPLY_OPENING_MAP),
             reply_closing: conv!(REPLY_CLOSING_MAP),
             stats: conv!(STATS_MAP),
+            frontend_stats: conv!(FRONTEND_STATS_MAP),
         })
+    }
+
+    /// Every published port's counters (this node's part), by port.
+    pub fn port_counts(&self) -> Result<Vec<PortCounts>, MeshError> {
+        let mut out = Vec::new();
+        for kv in self.frontends.iter() {
+            let (k, v) = kv.map_err(map_err(FRONTENDS_MAP))?;
+            let read = |what: u32| -> Result<u64, MeshError> {
+                let per_cpu = self
+                    .frontend_stats
+                    .get(&(v.0.id * FRONTEND_COUNTERS + what), 0)
+                    .map_err(map_err(FRONTEND_STATS_MAP))?;
+                Ok(per_cpu.iter().sum())
+            };
+            out.push(PortCounts {
+                port: u16::from_be_bytes(k.0.port.to_ne_bytes()),
+                protocol: if k.0.protocol == PROTO_TCP {
+                    "tcp"
+                } else {
+                    "udp"
+                },
+                new_flows: read(FRONTEND_NEW_FLOWS)?,
+                packets: read(FRONTEND_PACKETS)?,
+                bytes: read(FRONTEND_BYTES)?,
+            });
+        }
+        out.sort_by_key(|c| (c.port, c.protocol));
+        Ok(out)
     }
 
     /// What the maps hold now, as a plan (adoption after a restart).
@@ -491,6 +524,19 @@ impl MeshMaps {
         for a in new.addrs.difference(&old.addrs) {
             self.addrs.insert(a, 1, 0).map_err(map_err(ADDRS_MAP))?;
             r.written += 1;
+        }
+        // A port given a frontend ID (new, or another port's before) counts from zero.
+        let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| MeshError::Counters(e))?;
+        for (k, v) in &new.frontends {
+            if old.frontends.get(k).map(|o| o.0.id) != Some(v.0.id) {
+                for what in [FRONTEND_NEW_FLOWS, FRONTEND_PACKETS, FRONTEND_BYTES] {
+                    let zero = aya::maps::PerCpuValues::try_from(vec![0u64; nr_cpus])
+                        .map_err(MeshError::Counters)?;
+                    self.frontend_stats
+                        .set(v.0.id * FRONTEND_COUNTERS + what, zero, 0)
+                        .map_err(map_err(FRONTEND_STATS_MAP))?;
+                }
+            }
         }
         let old_by_id: BTreeMap<u32, Frontend> =
             old.frontends.values().map(|v| (v.0.id, v.0)).collect();
@@ -682,6 +728,27 @@ fn remove<K: aya::Pod, V: aya::Pod>(
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         Err(e) => Err(map_err(name)(e)),
+    }
+}
+
+/// One published port's counters in the mesh (this node's part), summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortCounts {
+    pub port: u16,
+    /// "tcp" or "udp".
+    pub protocol: &'static str,
+    /// TCP connections opened and UDP flows the port balanced.
+    pub new_flows: u64,
+    /// Frames forwarded, and their bytes (IP packets, before encapsulation).
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl PortCounts {
+    /// Every published port's counters, from the maps pinned under `dir`
+    /// (`<pin_dir>/mesh`), by port.
+    pub fn read_pinned(dir: &Path) -> Result<Vec<PortCounts>, MeshError> {
+        MeshMaps::open_pinned(dir)?.port_counts()
     }
 }
 

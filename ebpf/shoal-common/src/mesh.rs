@@ -56,9 +56,21 @@ pub const REPLY_CLOSING_MAP: &str = "MESH_REPLY_CLOSING";
 pub const REVPORT_MAP: &str = "MESH_REVPORT";
 /// Per-CPU `u64` counters, one slot per [`Counter`].
 pub const STATS_MAP: &str = "MESH_STATS";
+/// XDP: per-CPU `u64` counters per frontend (published port): slot
+/// `frontend * FRONTEND_COUNTERS + FRONTEND_*`. Zeroed by the agent when it gives a
+/// frontend ID to a port.
+pub const FRONTEND_STATS_MAP: &str = "MESH_FRONTEND_STATS";
+/// Counters per frontend in [`FRONTEND_STATS_MAP`].
+pub const FRONTEND_COUNTERS: u32 = 3;
+/// New flows (TCP connections opened, UDP flows) the frontend balanced.
+pub const FRONTEND_NEW_FLOWS: u32 = 0;
+/// Frames the frontend forwarded.
+pub const FRONTEND_PACKETS: u32 = 1;
+/// Bytes of those frames (IP packets, before encapsulation).
+pub const FRONTEND_BYTES: u32 = 2;
 
 /// Every map, for pinning (`<pin_dir>/mesh/<name>`).
-pub const MAPS: [&str; 15] = [
+pub const MAPS: [&str; 16] = [
     ADDRS_MAP,
     FRONTENDS_MAP,
     SLOTS_MAP,
@@ -74,6 +86,7 @@ pub const MAPS: [&str; 15] = [
     REPLY_CLOSING_MAP,
     REVPORT_MAP,
     STATS_MAP,
+    FRONTEND_STATS_MAP,
 ];
 
 /// The tables sized by the agent's `--lb-flows`.

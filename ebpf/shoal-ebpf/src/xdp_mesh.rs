@@ -22,9 +22,10 @@ use aya_ebpf::{
 use shoal_common::mesh::{
     flow_hash, BackendKey, BackendValue, Config, Counter, FlowKey, FlowValue, Frontend,
     FrontendKey, NextHop, RevPortKey, BALANCE_MAGLEV, DEFAULT_FLOWS, ENCAP_LEN, FLAG_TX_REDIRECT,
-    FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_OPENING, MAGLEV_SIZE, MAX_ADDRS, MAX_BACKENDS,
-    MAX_FRONTENDS, MAX_MAGLEV_ROWS, MAX_NEXTHOPS, MAX_REVPORTS, MAX_SLOTS, MESH_MAC_PREFIX,
-    NEXTHOP_TTL_NS, PROTO_TCP, PROTO_UDP, STATE_DRAINING, STATE_UNHEALTHY,
+    FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_OPENING, FRONTEND_BYTES, FRONTEND_COUNTERS,
+    FRONTEND_NEW_FLOWS, FRONTEND_PACKETS, MAGLEV_SIZE, MAX_ADDRS, MAX_BACKENDS, MAX_FRONTENDS,
+    MAX_MAGLEV_ROWS, MAX_NEXTHOPS, MAX_REVPORTS, MAX_SLOTS, MESH_MAC_PREFIX, NEXTHOP_TTL_NS,
+    PROTO_TCP, PROTO_UDP, STATE_DRAINING, STATE_UNHEALTHY,
 };
 
 #[map(name = "MESH_ADDRS")]
@@ -66,6 +67,9 @@ pub static MESH_REVPORT: HashMap<RevPortKey, u32> = HashMap::with_max_entries(MA
 pub static MESH_NEXTHOP: LruHashMap<u32, NextHop> = LruHashMap::with_max_entries(MAX_NEXTHOPS, 0);
 #[map(name = "MESH_STATS")]
 pub static MESH_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+#[map(name = "MESH_FRONTEND_STATS")]
+pub static MESH_FRONTEND_STATS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(MAX_FRONTENDS * FRONTEND_COUNTERS, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -80,6 +84,15 @@ const TCP_ACK: u8 = 0x10;
 pub fn count(counter: Counter, n: u64) {
     if let Some(slot) = MESH_STATS.get_ptr_mut(counter.index()) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *slot += n };
+    }
+}
+
+/// Adds `n` to counter `what` (`FRONTEND_*`) of frontend `id`.
+#[inline(always)]
+fn count_frontend(id: u32, what: u32, n: u64) {
+    if let Some(slot) = MESH_FRONTEND_STATS.get_ptr_mut(id * FRONTEND_COUNTERS + what) {
+        // SAFETY: per-CPU slot; only this CPU writes it while the program runs.
         unsafe { *slot += n };
     }
 }
@@ -394,6 +407,7 @@ fn mesh(
                 count(Counter::Rechosen, 1);
             } else if opens || !tcp {
                 count(Counter::NewFlows, 1);
+                count_frontend(frontend.id, FRONTEND_NEW_FLOWS, 1);
             }
             t
         }
@@ -605,6 +619,8 @@ fn forward(
             Ok(()) => {
                 count(Counter::Remote, 1);
                 count(Counter::Bytes, inner_len as u64);
+                count_frontend(frontend.id, FRONTEND_PACKETS, 1);
+                count_frontend(frontend.id, FRONTEND_BYTES, inner_len as u64);
                 // XDP_TX back out of the receiving interface, unless the agent asked for
                 // a redirect: on a veth underlay a redirect flushes the receiving end,
                 // which XDP_TX does not for a peer without an XDP program of its own
@@ -638,6 +654,8 @@ fn forward(
             );
             count(Counter::Local, 1);
             count(Counter::Bytes, inner_len as u64);
+            count_frontend(frontend.id, FRONTEND_PACKETS, 1);
+            count_frontend(frontend.id, FRONTEND_BYTES, inner_len as u64);
             xdp_action::XDP_PASS
         }
         Err(c) => drop(c),

@@ -13,7 +13,7 @@ use shoal_common::{
 use shoal_dataplane::{
     guard::GuardMaps,
     lb::{
-        mesh::{FlowTables, MeshMaps, MeshStats},
+        mesh::{FlowTables, MeshMaps, MeshStats, PortCounts},
         vip::{VipStats, VipUsage, PIN_SUBDIR as VIP_PIN_SUBDIR},
     },
     reconcile::runner::ReconcileStatsSnapshot,
@@ -53,6 +53,8 @@ pub struct MapReadings {
 
 pub struct MeshReading {
     pub stats: MeshStats,
+    /// Per published port (the service it belongs to); empty when unreadable.
+    pub ports: Vec<PortCounts>,
     pub tables: FlowTables,
     pub reply_flows: u64,
     pub reply_opening_closing: (u64, u64),
@@ -121,6 +123,11 @@ impl MapReadings {
                         let (opening, closing) = maps.reply_opening_closing_count();
                         MeshReading {
                             stats,
+                            ports: logged(
+                                "the ports' counters",
+                                PortCounts::read_pinned(&mesh_dir),
+                            )
+                            .unwrap_or_default(),
                             tables,
                             reply_flows: maps.reply_count() as u64,
                             reply_opening_closing: (opening as u64, closing as u64),
@@ -273,6 +280,32 @@ fn underlay(e: &mut Exposition, u: &UnderlayStats) {
 }
 
 fn mesh(e: &mut Exposition, m: &MeshReading) {
+    // Per published port: a port belongs to one service, cluster-wide.
+    type Read = fn(&PortCounts) -> u64;
+    let port_families: [(&str, &str, Read); 3] = [
+        (
+            "shoal_mesh_port_new_flows_total",
+            "New flows (TCP connections, UDP flows) the routing mesh balanced on this node, by published port.",
+            |c| c.new_flows,
+        ),
+        (
+            "shoal_mesh_port_packets_total",
+            "Frames the routing mesh forwarded on this node, by published port.",
+            |c| c.packets,
+        ),
+        (
+            "shoal_mesh_port_bytes_total",
+            "Bytes of the frames the routing mesh forwarded on this node (IP packets), by published port.",
+            |c| c.bytes,
+        ),
+    ];
+    for (name, help, value) in port_families {
+        let mut f = e.family(name, Kind::Counter, help);
+        for c in &m.ports {
+            let port = c.port.to_string();
+            f.int(&[("port", &port), ("protocol", c.protocol)], value(c));
+        }
+    }
     let s = &m.stats;
     e.family(
         "shoal_mesh_packets_total",
@@ -674,6 +707,13 @@ mod tests {
                 guard: Some((true, 3)),
                 mesh: Some(MeshReading {
                     stats: MeshStats::default(),
+                    ports: vec![PortCounts {
+                        port: 8080,
+                        protocol: "tcp",
+                        new_flows: 7,
+                        packets: 30,
+                        bytes: 4000,
+                    }],
                     tables: FlowTables {
                         live: 5,
                         live_capacity: 1024,
@@ -760,6 +800,8 @@ mod tests {
             "shoal_raft_state{state=\"follower\"} 0",
             "shoal_raft_leader_id 1",
             "shoal_raft_apply_lag_entries 2",
+            "shoal_mesh_port_new_flows_total{port=\"8080\",protocol=\"tcp\"} 7",
+            "shoal_mesh_port_bytes_total{port=\"8080\",protocol=\"tcp\"} 4000",
             "shoal_raft_fsync_duration_seconds_bucket{le=\"0.00025\"} 0",
             "shoal_raft_fsync_duration_seconds_bucket{le=\"0.0005\"} 1",
             "shoal_raft_fsync_duration_seconds_count 1",
