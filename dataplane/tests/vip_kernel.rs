@@ -248,6 +248,7 @@ fn tcp_round_robin_getpeername_and_scoping() {
     ))
     .unwrap();
     let before = prog.stats().unwrap();
+    let vip_before = prog.connects().unwrap();
 
     let mut seen: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
     for _ in 0..8 {
@@ -269,6 +270,15 @@ fn tcp_round_robin_getpeername_and_scoping() {
         after.get(Counter::ConnectTcp) - before.get(Counter::ConnectTcp),
         8
     );
+    // The VIP's own count (its service's), beside the node's.
+    let of = |counts: &[(Ipv4Addr, u64)]| {
+        counts
+            .iter()
+            .find(|(v, _)| *v == VIP)
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
+    };
+    assert_eq!(of(&prog.connects().unwrap()) - of(&vip_before), 8);
     assert!(after.get(Counter::Getpeername) - before.get(Counter::Getpeername) >= 8);
 
     // Out of scope: the VIP is not translated. In `other` it is a local address with

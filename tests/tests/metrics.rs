@@ -190,6 +190,19 @@ fn unix_now() -> f64 {
 
 /// Waits until Prometheus holds a sample of `metric` from every host scraped after
 /// `after` (unix seconds); returns the values per host.
+/// `promql` by host, for the hosts in `scraped` (a host with no series counts 0).
+fn vip_sums(
+    lab: &LabGuard,
+    promql: &str,
+    scraped: &BTreeMap<String, f64>,
+) -> BTreeMap<String, f64> {
+    let sums = by_host(lab, promql).expect("VIP connects");
+    scraped
+        .keys()
+        .map(|h| (h.clone(), sums.get(h).copied().unwrap_or(0.0)))
+        .collect()
+}
+
 fn fresh(lab: &LabGuard, metric: &str, after: f64) -> BTreeMap<String, f64> {
     let hosts = lab.state.hosts.len();
     wait_for(&format!("{metric} scraped from every host"), BOUND, || {
@@ -391,6 +404,38 @@ fn prometheus_scrapes_every_agent_and_counts_every_request() {
         "{dns_before:?} -> {dns_after:?}"
     );
     assert!(latency[&task.node] >= answered, "{latency:?}");
+
+    // Requests to the service's VIP (by its name) from the task: counted per VIP on the
+    // task's node, where the socket programs balanced them. Each request is a TCP
+    // connect; name resolution adds UDP connects to the VIP (getaddrinfo's source
+    // address selection), which the programs balance and count too: the per-VIP count
+    // must equal every balanced connect and UDP flow the node counted.
+    let per_vip = "sum by (host) (shoal_vip_service_connects_total)";
+    let balanced =
+        "sum by (host) (shoal_vip_connects_total) + sum by (host) (shoal_vip_udp_new_flows_total)";
+    let tcp = "sum by (host) (shoal_vip_connects_total{protocol=\"tcp\"})";
+    let scraped = fresh(&guard, "shoal_vip_service_connects_total", unix_now());
+    let at = |promql: &str| vip_sums(&guard, promql, &scraped);
+    let (vip_before, balanced_before, tcp_before) = (at(per_vip), at(balanced), at(tcp));
+    const VIP_REQUESTS: u64 = 6;
+    for _ in 0..VIP_REQUESTS {
+        cli.exec_in(&task, &["timeout", "10", "wget", "-O-", "http://web/"])
+            .unwrap_or_else(|e| panic!("wget http://web/ in {}: {e}", task.container));
+    }
+    fresh(&guard, "shoal_vip_service_connects_total", unix_now());
+    let delta =
+        |before: &BTreeMap<String, f64>, promql: &str| at(promql)[&task.node] - before[&task.node];
+    let (vip_counted, balanced_counted, tcp_counted) = (
+        delta(&vip_before, per_vip),
+        delta(&balanced_before, balanced),
+        delta(&tcp_before, tcp),
+    );
+    println!(
+        "{VIP_REQUESTS} requests to http://web/ from a task on {}: {tcp_counted} TCP connects, {vip_counted} connects counted for its VIPs ({balanced_counted} balanced on the node)",
+        task.node
+    );
+    assert_eq!(tcp_counted, VIP_REQUESTS as f64);
+    assert_eq!(vip_counted, balanced_counted);
 
     // The cluster's parts: one Raft leader (h1, the only manager), every node's gossip
     // sees the three.

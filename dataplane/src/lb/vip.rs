@@ -17,7 +17,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{
         links::{FdLink, PinnedLink},
         CgroupAttachMode, CgroupSockAddr, ProgramError,
@@ -26,9 +26,9 @@ use aya::{
 };
 use shoal_common::vip::{
     BackendKey, BackendState as MapState, Counter, Destination, FlowKey, NodePortKey, ScopeKey,
-    VipValue, BACKENDS_MAP, BACKEND_STATE_MAP, FLOWS_MAP, MAPS, MAX_BACKENDS, MAX_FLOWS,
-    MAX_NODEPORTS, MAX_REVERSE, MAX_SCOPES, MAX_VIPS, NODEPORTS_MAP, PROGRAMS, REVERSE_MAP,
-    SCOPES_MAP, STATS_MAP, VIPS_MAP,
+    VipValue, BACKENDS_MAP, BACKEND_STATE_MAP, CONNECTS_MAP, FLOWS_MAP, MAPS, MAX_BACKENDS,
+    MAX_FLOWS, MAX_NODEPORTS, MAX_REVERSE, MAX_SCOPES, MAX_VIPS, NODEPORTS_MAP, PROGRAMS,
+    REVERSE_MAP, SCOPES_MAP, STATS_MAP, VIPS_MAP,
 };
 
 use super::state::BackendState;
@@ -141,6 +141,7 @@ struct Maps {
     reverse: HashMap<MapData, P<FlowKey>, u32>,
     stats: PerCpuArray<MapData, u64>,
     nodeports: HashMap<MapData, P<NodePortKey>, P<Destination>>,
+    connects: PerCpuHashMap<MapData, u32, u64>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, VipError> {
@@ -153,6 +154,35 @@ fn pinned(dir: &Path, name: &'static str) -> Result<Map, VipError> {
 }
 
 impl Maps {
+    /// Creates the VIP's connect count (zero) unless it has one.
+    fn ensure_connects(&mut self, vip: u32) -> Result<(), VipError> {
+        if self.connects.get(&vip, 0).is_ok() {
+            return Ok(());
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(what, source)| VipError::Io {
+            what: what.to_string(),
+            source,
+        })?;
+        let zero = PerCpuValues::try_from(vec![0u64; cpus]).map_err(|source| VipError::Io {
+            what: "zeroing a VIP's connect count".into(),
+            source,
+        })?;
+        self.connects
+            .insert(vip, zero, 0)
+            .map_err(map_err(CONNECTS_MAP))
+    }
+
+    /// Every VIP's connects and new UDP flows (this node's), summed over CPUs.
+    fn connects(&self) -> Result<Vec<(Ipv4Addr, u64)>, VipError> {
+        let mut out = Vec::new();
+        for kv in self.connects.iter() {
+            let (vip, per_cpu) = kv.map_err(map_err(CONNECTS_MAP))?;
+            out.push((ip_of(vip), per_cpu.iter().sum()));
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Opens the maps pinned in `dir` (for readers other than the agent).
     fn from_pins(dir: &Path) -> Result<Self, VipError> {
         Ok(Self {
@@ -167,6 +197,8 @@ impl Maps {
             stats: PerCpuArray::try_from(pinned(dir, STATS_MAP)?).map_err(map_err(STATS_MAP))?,
             nodeports: HashMap::try_from(pinned(dir, NODEPORTS_MAP)?)
                 .map_err(map_err(NODEPORTS_MAP))?,
+            connects: PerCpuHashMap::try_from(pinned(dir, CONNECTS_MAP)?)
+                .map_err(map_err(CONNECTS_MAP))?,
         })
     }
 
@@ -183,6 +215,8 @@ impl Maps {
             stats: PerCpuArray::try_from(take(ebpf, STATS_MAP)?).map_err(map_err(STATS_MAP))?,
             nodeports: HashMap::try_from(take(ebpf, NODEPORTS_MAP)?)
                 .map_err(map_err(NODEPORTS_MAP))?,
+            connects: PerCpuHashMap::try_from(take(ebpf, CONNECTS_MAP)?)
+                .map_err(map_err(CONNECTS_MAP))?,
         })
     }
 }
@@ -227,6 +261,11 @@ impl VipProgram {
             pin_dir,
         };
         this.record = this.read_back()?;
+        // VIPs adopted from an agent that kept no per-VIP count get theirs now.
+        let vips: Vec<u32> = this.record.vips.keys().map(|v| ip_key(*v)).collect();
+        for vip in vips {
+            this.maps.ensure_connects(vip)?;
+        }
         Ok(this)
     }
 
@@ -387,6 +426,7 @@ impl VipProgram {
             } => {
                 // Keep the round-robin cursor where the programs left it.
                 let cursor = m.vips.get(&ip_key(vip), 0).map(|v| v.0.cursor).unwrap_or(0);
+                m.ensure_connects(ip_key(vip))?;
                 m.vips
                     .insert(
                         ip_key(vip),
@@ -399,7 +439,18 @@ impl VipProgram {
                     )
                     .map_err(map_err(VIPS_MAP))
             }
-            MapOp::DelVip { vip } => remove(&mut m.vips, &ip_key(vip), VIPS_MAP),
+            MapOp::DelVip { vip } => {
+                remove(&mut m.vips, &ip_key(vip), VIPS_MAP)?;
+                match m.connects.remove(&ip_key(vip)) {
+                    Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+                    Err(MapError::SyscallError(e))
+                        if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+                    {
+                        Ok(())
+                    }
+                    Err(e) => Err(map_err(CONNECTS_MAP)(e)),
+                }
+            }
             MapOp::PutScope { netns, network } => m
                 .scopes
                 .insert(
@@ -495,6 +546,12 @@ impl VipProgram {
     /// Sums the counters over CPUs.
     pub fn stats(&self) -> Result<VipStats, VipError> {
         VipStats::read(&self.maps.stats)
+    }
+
+    /// Every VIP's connects and new UDP flows on this node (a VIP is one service's
+    /// address on one network), summed over CPUs, by VIP.
+    pub fn connects(&self) -> Result<Vec<(Ipv4Addr, u64)>, VipError> {
+        self.maps.connects()
     }
 
     /// How full each map is.
@@ -614,6 +671,15 @@ impl VipStats {
     pub fn iter(&self) -> impl Iterator<Item = (Counter, u64)> + '_ {
         Counter::ALL.iter().map(|&c| (c, self.get(c)))
     }
+}
+
+/// Every VIP's connects and new UDP flows from the maps pinned in `dir`, by VIP;
+/// `Ok(None)` if none are pinned.
+pub fn connects_pinned(dir: &Path) -> Result<Option<Vec<(Ipv4Addr, u64)>>, VipError> {
+    if !dir.join(CONNECTS_MAP).exists() {
+        return Ok(None);
+    }
+    Maps::from_pins(dir)?.connects().map(Some)
 }
 
 /// Entries in use and capacity of each VIP map (map pressure).

@@ -54,6 +54,10 @@ pub const FLOWS_MAP: &str = "VIP_UDP_FLOWS";
 pub const REVERSE_MAP: &str = "VIP_REVERSE";
 /// Per-CPU `u64` counters, one slot per [`Counter`].
 pub const STATS_MAP: &str = "VIP_STATS";
+/// Per-CPU `u64` per VIP (u32 key, as [`VIPS_MAP`]): the connects and new UDP flows the
+/// VIP balanced. The agent creates a VIP's entry (zeroed) with the VIP and removes it
+/// with it; the programs only add to an existing one.
+pub const CONNECTS_MAP: &str = "VIP_CONNECTS";
 /// [`NodePortKey`] -> [`Destination`] (`addr` = the published port's frontend key in
 /// [`VIPS_MAP`], `port` = the target port): a published port reached from the node
 /// itself (one of its addresses or 127.0.0.1) or from a container on it.
@@ -64,7 +68,7 @@ pub const NODEPORTS_MAP: &str = "VIP_NODEPORTS";
 pub const NODEPORT_REVERSE_MAP: &str = "VIP_NODEPORT_REVERSE";
 
 /// Every map, for pinning.
-pub const MAPS: [&str; 9] = [
+pub const MAPS: [&str; 10] = [
     VIPS_MAP,
     BACKENDS_MAP,
     BACKEND_STATE_MAP,
@@ -74,6 +78,7 @@ pub const MAPS: [&str; 9] = [
     STATS_MAP,
     NODEPORTS_MAP,
     NODEPORT_REVERSE_MAP,
+    CONNECTS_MAP,
 ];
 
 /// Capacities. The hash maps written from declared state are not preallocated (they cost

@@ -17,7 +17,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::{cgroup_sock_addr, map},
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::SockAddrContext,
     EbpfContext,
 };
@@ -47,6 +47,8 @@ static NODEPORT_REVERSE: LruHashMap<FlowKey, Destination> =
     LruHashMap::with_max_entries(MAX_REVERSE, 0);
 #[map(name = "VIP_STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+#[map(name = "VIP_CONNECTS")]
+static CONNECTS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(MAX_VIPS, NO_PREALLOC);
 
 /// Maps written by userspace only grow as the declared state does: no preallocation.
 const NO_PREALLOC: u32 = aya_ebpf::bindings::BPF_F_NO_PREALLOC;
@@ -180,7 +182,12 @@ fn pick(vip: u32, value: *mut VipValue) -> Option<u32> {
         slot: (turn % u64::from(n)) as u32,
     };
     // SAFETY: read-only lookup, copied out.
-    unsafe { BACKENDS.get(&key) }.copied()
+    let backend = unsafe { BACKENDS.get(&key) }.copied()?;
+    if let Some(n) = CONNECTS.get_ptr_mut(&vip) {
+        // SAFETY: per-CPU value; only this CPU writes it while the program runs.
+        unsafe { *n += 1 };
+    }
+    Some(backend)
 }
 
 #[inline(always)]

@@ -49,6 +49,8 @@ pub struct MapReadings {
     pub mesh: Option<MeshReading>,
     pub vip: Option<VipStats>,
     pub vip_usage: Option<VipUsage>,
+    /// Connects and new UDP flows per VIP (per service and network).
+    pub vip_connects: Option<Vec<(std::net::Ipv4Addr, u64)>>,
 }
 
 pub struct MeshReading {
@@ -145,6 +147,11 @@ impl MapReadings {
             mesh,
             vip: logged("the VIP counters", VipStats::read_pinned(&vip_dir)).flatten(),
             vip_usage: logged("the VIP maps' fill", VipUsage::read_pinned(&vip_dir)).flatten(),
+            vip_connects: logged(
+                "the VIPs' connects",
+                shoal_dataplane::lb::vip::connects_pinned(&vip_dir),
+            )
+            .flatten(),
         }
     }
 }
@@ -209,6 +216,16 @@ pub fn write(r: &Readings) -> Exposition {
         );
         for (name, _, capacity) in &usage.maps {
             f.int(&[("map", &name.to_ascii_lowercase())], *capacity);
+        }
+    }
+    if let Some(connects) = &r.maps.vip_connects {
+        let mut f = e.family(
+            "shoal_vip_service_connects_total",
+            Kind::Counter,
+            "Connects and new UDP flows balanced at the socket on this node, by VIP (one service's address on one network).",
+        );
+        for (vip, n) in connects {
+            f.int(&[("vip", &vip.to_string())], *n);
         }
     }
     if let Some(d) = &r.dns {
@@ -727,6 +744,7 @@ mod tests {
                     reply_opening_closing: (1, 0),
                 }),
                 vip: Some(VipStats::default()),
+                vip_connects: Some(vec![("10.0.0.2".parse().unwrap(), 9)]),
                 vip_usage: Some(VipUsage {
                     maps: vec![("VIP_SERVICES", 2, 256)],
                 }),
@@ -801,6 +819,7 @@ mod tests {
             "shoal_raft_leader_id 1",
             "shoal_raft_apply_lag_entries 2",
             "shoal_mesh_port_new_flows_total{port=\"8080\",protocol=\"tcp\"} 7",
+            "shoal_vip_service_connects_total{vip=\"10.0.0.2\"} 9",
             "shoal_mesh_port_bytes_total{port=\"8080\",protocol=\"tcp\"} 4000",
             "shoal_raft_fsync_duration_seconds_bucket{le=\"0.00025\"} 0",
             "shoal_raft_fsync_duration_seconds_bucket{le=\"0.0005\"} 1",
