@@ -43,6 +43,9 @@ use shoal_tests::{
 /// The host (index) of the client task and of the agent the test restarts: a worker.
 const VIA: usize = 1;
 
+/// The held connection's client port: below the client's ephemeral range (32768 on).
+const HELD_CLIENT_PORT: u16 = 20999;
+
 fn mesh_status(h: &lab::HostState) -> Value {
     std::fs::read(h.run_dir.join("agent/lb.json"))
         .ok()
@@ -444,9 +447,20 @@ fn mesh_reaches_every_task_from_every_host_with_the_client_address() {
     }
     assert_eq!(seen, all, "UDP from the client task over all tasks");
 
-    // An idle TCP connection made now through h2 is held across everything below.
+    // An idle TCP connection made now through h2 is held across everything below. Its
+    // client port is one no other connection of the client takes (below the ephemeral
+    // range): a task sees the client's own address and port whichever node a connection
+    // came through, so a later request through another node from the same port, sent to
+    // the same task, would meet the held connection there (one 4-tuple at the task).
     let mut held = in_netns(&client_ns, || {
-        TcpStream::connect_timeout(&SocketAddr::from((via.address, 8080)), BOUND)
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.bind(&SocketAddr::from(([0, 0, 0, 0], HELD_CLIENT_PORT)).into())?;
+        socket.connect_timeout(&SocketAddr::from((via.address, 8080)).into(), BOUND)?;
+        Ok::<TcpStream, std::io::Error>(socket.into())
     })
     .expect("held connection");
     held.set_read_timeout(Some(Duration::from_secs(10)))
