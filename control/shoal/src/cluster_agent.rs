@@ -10,6 +10,7 @@ mod addresses;
 mod autolock;
 mod ca;
 mod data_objects;
+mod force_new_cluster;
 mod info;
 mod logs;
 mod nodes;
@@ -459,7 +460,7 @@ impl ClusterAgent {
                 force_new_cluster,
             } => {
                 if force_new_cluster && role.is_some() {
-                    let given = [
+                    let kept = [
                         ("--listen-addr", listen_addr.is_some()),
                         ("--data-path-addr", data_path_addr.is_some()),
                         ("--data-path-port", data_path_port.is_some()),
@@ -470,45 +471,9 @@ impl ClusterAgent {
                         ),
                         ("--autolock", autolock),
                     ];
-                    let manager = match &*role {
-                        Some(Role::Manager(m)) if m.role() == pki::Role::Manager => m.clone(),
-                        Some(Role::Locked(_)) => return Err(ApiError::new(SWARM_LOCKED)),
-                        _ => {
-                            return Err(ApiError::new(
-                                "--force-new-cluster runs on a manager: this node is a worker",
-                            ))
-                        }
-                    };
-                    if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
-                        return Err(ApiError::new(format!(
-                            "--force-new-cluster keeps this manager's settings: {flag} cannot be given with it"
-                        )));
-                    }
-                    let current = manager.advertise_addr();
-                    if let Some(a) = &advertise_addr {
-                        let asked = self.advertise_address(Some(a), current)?;
-                        if asked.ip() != current.ip() {
-                            return Err(ApiError::new(format!(
-                                "--force-new-cluster keeps this manager's address {current}: --advertise-addr {a} names another"
-                            )));
-                        }
-                    }
-                    manager.force_new_cluster().await.map_err(cluster_error)?;
-                    let token = manager
-                        .join_token(pki::Role::Worker)
-                        .await
-                        .map_err(cluster_error)?;
-                    let node_id = manager.node_id().to_owned();
-                    tracing::warn!(
-                        node_id,
-                        "forced a new cluster: this node is the swarm's only manager"
-                    );
-                    return Ok(Reply::SwarmInit {
-                        node_id,
-                        worker_token: Secret::new(token.expose_secret()),
-                        manager_addr: current.to_string(),
-                        unlock_key: None,
-                    });
+                    return self
+                        .force_new_cluster(role.as_ref(), advertise_addr.as_deref(), &kept)
+                        .await;
                 }
                 if role.is_some() {
                     return Err(ApiError::new(ALREADY_IN_SWARM));
@@ -715,51 +680,6 @@ impl ClusterAgent {
                 manager_request(&manager, other).await
             }
         }
-    }
-
-    /// A streaming request ([`Request::streams`]): `service logs -f`, on a manager.
-    async fn stream_request(
-        &self,
-        request: Request,
-    ) -> Result<crate::api::server::ReplyStream, ApiError> {
-        let manager = {
-            let role = self.role.lock().await;
-            match &*role {
-                Some(Role::Locked(_)) => return Err(ApiError::new(SWARM_LOCKED)),
-                Some(r) => r
-                    .acting_manager()
-                    .ok_or_else(|| ApiError::new(WORKER_NOT_MANAGER))?,
-                None => return Err(ApiError::new(NOT_IN_SWARM)),
-            }
-        };
-        let Request::ServiceLogs {
-            service,
-            tail,
-            since,
-            no_task_ids,
-            no_trunc,
-            raw,
-            follow: true,
-        } = request
-        else {
-            return Err(ApiError::new(format!(
-                "{} is not a streaming request",
-                request.name()
-            )));
-        };
-        let state = manager.state().await.map_err(cluster_error)?;
-        let options = logs::LogsOptions {
-            reference: service,
-            tail,
-            since,
-            style: crate::service_logs::PrefixStyle {
-                no_task_ids,
-                no_trunc,
-                raw,
-            },
-        };
-        let socket = self.config.docker_socket().map(Path::to_path_buf);
-        logs::follow(state, manager, socket, options)
     }
 
     fn manager_config(&self, listen: SocketAddr, advertise: SocketAddr) -> ManagerConfig {

@@ -533,6 +533,19 @@ mod tests {
         d
     }
 
+    /// The indexes of the entries in `range`, as openraft reads them.
+    async fn indexes<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        s: &mut LogStore,
+        range: RB,
+    ) -> Vec<u64> {
+        s.try_get_log_entries(range)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect()
+    }
+
     /// Appends through the path openraft's `append` takes, waiting until the entries
     /// are durable.
     fn append(store: &LogStore, entries: Vec<Entry<TypeConfig>>) {
@@ -571,13 +584,7 @@ mod tests {
             let held: Vec<u64> = s.lock().entries.keys().copied().collect();
             drop(s);
             let mut s = LogStore::open(&dir, &key).unwrap();
-            let got: Vec<u64> = s
-                .try_get_log_entries(..)
-                .await
-                .unwrap()
-                .iter()
-                .map(|e| e.log_id.index)
-                .collect();
+            let got = indexes(&mut s, ..).await;
             assert_eq!(got, held, "live {live}");
             fs::remove_dir_all(&dir).unwrap();
         }
@@ -636,13 +643,7 @@ mod tests {
         assert_eq!(state.last_purged_log_id.unwrap().index, 3);
         assert_eq!(state.last_log_id.unwrap().index, 8);
         assert_eq!(state.last_log_id.unwrap().leader_id.term, 2);
-        let got: Vec<u64> = s
-            .try_get_log_entries(0..100)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.log_id.index)
-            .collect();
+        let got = indexes(&mut s, 0..100).await;
         assert_eq!(got, vec![4, 5, 6, 7, 8]);
         // Member IDs are map keys: they survive JSON (string keys) and the reopen.
         let first = s.try_get_log_entries(1..2).await.unwrap();
@@ -737,13 +738,7 @@ mod tests {
             "topsecretvalue"
         ));
         assert_eq!(mode(&dir.join(LOG_FILE)), 0o600);
-        let got: Vec<u64> = s
-            .try_get_log_entries(..)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.log_id.index)
-            .collect();
+        let got = indexes(&mut s, ..).await;
         assert_eq!(got, vec![2]);
         assert_eq!(
             s.get_log_state()
@@ -779,13 +774,7 @@ mod tests {
         drop(s);
         assert_eq!(mode(&dir.join(LOG_FILE)), 0o600, "the rewritten file too");
         let mut s = LogStore::open(&dir, &key).unwrap();
-        let got: Vec<u64> = s
-            .try_get_log_entries(..)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.log_id.index)
-            .collect();
+        let got = indexes(&mut s, ..).await;
         assert_eq!(got, (2996..=3000).collect::<Vec<_>>());
         assert_eq!(
             s.get_log_state()

@@ -30,7 +30,8 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::services::resolve;
-use crate::api::{server::ReplyStream, ApiError, Reply};
+use super::{cluster_error, ClusterAgent, Role, NOT_IN_SWARM, SWARM_LOCKED, WORKER_NOT_MANAGER};
+use crate::api::{server::ReplyStream, ApiError, Reply, Request};
 use crate::service_logs::{
     self, LogLine, LogRecord, NodeLogsReply, NodeLogsRequest, PrefixStyle, FOLLOW_HEARTBEAT,
     FOLLOW_IDLE, NODE_LOGS_DEADLINE,
@@ -68,6 +69,53 @@ fn logs_target(
             "{}, nor is it a task's ID",
             service_error.message
         ))),
+    }
+}
+
+impl ClusterAgent {
+    /// A streaming request ([`Request::streams`]): `service logs -f`, on a manager.
+    pub(super) async fn stream_request(
+        &self,
+        request: Request,
+    ) -> Result<crate::api::server::ReplyStream, ApiError> {
+        let manager = {
+            let role = self.role.lock().await;
+            match &*role {
+                Some(Role::Locked(_)) => return Err(ApiError::new(SWARM_LOCKED)),
+                Some(r) => r
+                    .acting_manager()
+                    .ok_or_else(|| ApiError::new(WORKER_NOT_MANAGER))?,
+                None => return Err(ApiError::new(NOT_IN_SWARM)),
+            }
+        };
+        let Request::ServiceLogs {
+            service,
+            tail,
+            since,
+            no_task_ids,
+            no_trunc,
+            raw,
+            follow: true,
+        } = request
+        else {
+            return Err(ApiError::new(format!(
+                "{} is not a streaming request",
+                request.name()
+            )));
+        };
+        let state = manager.state().await.map_err(cluster_error)?;
+        let options = LogsOptions {
+            reference: service,
+            tail,
+            since,
+            style: PrefixStyle {
+                no_task_ids,
+                no_trunc,
+                raw,
+            },
+        };
+        let socket = self.config.docker_socket().map(Path::to_path_buf);
+        follow(state, manager, socket, options)
     }
 }
 
