@@ -382,26 +382,30 @@ pub(super) fn follow(
             }
         }
     });
-    let guard = AbortOnDrop(driver);
-    Ok(Box::pin(tokio_stream_from(replies).map(move |r| {
-        let _ = &guard;
-        r
-    })))
+    Ok(Box::pin(Followed { replies, driver }))
 }
 
-/// The receiver as a stream.
-fn tokio_stream_from<T: Send + 'static>(
-    rx: mpsc::Receiver<T>,
-) -> impl futures::Stream<Item = T> + Send + 'static {
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
+/// The replies of a followed `service logs`, as the driver task sends them; dropping
+/// it ends the driver (and with it every node's connection).
+struct Followed {
+    replies: mpsc::Receiver<Result<Reply, ApiError>>,
+    driver: tokio::task::JoinHandle<()>,
 }
 
-/// Ends a task when the stream that owns it is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl futures::Stream for Followed {
+    type Item = Result<Reply, ApiError>;
 
-impl Drop for AbortOnDrop {
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.replies.poll_recv(cx)
+    }
+}
+
+impl Drop for Followed {
     fn drop(&mut self) {
-        self.0.abort();
+        self.driver.abort();
     }
 }
 
