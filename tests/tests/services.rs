@@ -480,9 +480,38 @@ fn services_are_scheduled_healed_and_removed_on_three_hosts() {
         "tasks of a stopped host running elsewhere after {:.1} s",
         lost.elapsed().as_secs_f64()
     );
-    // It comes back: no rebalance, and its stale containers are removed.
-    lab::restart_dockerd(&guard.layout, &h3).expect("restart h3's dockerd");
+    // Its agent comes back first, with dockerd still down: it starts, says so in
+    // `shoal info` and picks dockerd up when it comes; no rebalance, and its stale
+    // containers are removed.
     cli.start_agent(&shoal, 2, &[]);
+    wait_for("h3's info saying dockerd is unreachable", BOUND, || {
+        let info = cli.run("h3", &["info"])?;
+        if info.contains("Docker Engine: unreachable") {
+            Ok(())
+        } else {
+            Err(info)
+        }
+    });
+    lab::restart_dockerd(&guard.layout, &h3).expect("restart h3's dockerd");
+    let back = Instant::now();
+    wait_for("h3's agent reaching its restarted dockerd", BOUND, || {
+        let info = cli.run("h3", &["info"])?;
+        if info.contains("Docker Engine: reachable") {
+            Ok(())
+        } else {
+            Err(info)
+        }
+    });
+    println!(
+        "h3's agent reached its restarted dockerd after {:.1} s",
+        back.elapsed().as_secs_f64()
+    );
+    // The event watch retries every 2 s.
+    assert!(
+        back.elapsed() < Duration::from_secs(10),
+        "h3's agent took {:?} to reach its dockerd",
+        back.elapsed()
+    );
     wait_for("h3's stale myweb containers removed", BOUND, || {
         let left = containers(&guard, "h3", "myweb", true);
         if left.iter().any(|id| on_h3.contains(id)) {

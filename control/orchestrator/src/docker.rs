@@ -260,24 +260,49 @@ impl DockerClient {
         socket: &Path,
         timeout: Duration,
     ) -> Result<Self, DockerError> {
+        let client = Self::unreached(socket, timeout)?;
+        client
+            .docker
+            .clone()
+            .negotiate_version()
+            .await
+            .map_err(|source| DockerError::Connect {
+                socket: client.socket.clone(),
+                source,
+            })?;
+        Ok(client)
+    }
+
+    /// A client of the dockerd that will listen on `socket`, made without reaching it
+    /// (the agent starts while dockerd is down). Requests use this client's newest API
+    /// version until [`negotiate`](Self::negotiate) succeeds; the event watch
+    /// negotiates every time it subscribes, so a dockerd that comes later is found.
+    pub fn unreached(socket: &Path, timeout: Duration) -> Result<Self, DockerError> {
         let path = socket.to_str().ok_or_else(|| DockerError::SocketPath {
             socket: socket.to_owned(),
         })?;
         let socket = PathBuf::from(path.strip_prefix("unix://").unwrap_or(path));
-        let connect_err = |source| DockerError::Connect {
-            socket: socket.clone(),
-            source,
-        };
         let docker = Docker::connect_with_unix(
             &socket.to_string_lossy(),
             timeout.as_secs().max(1),
             API_DEFAULT_VERSION,
         )
-        .map_err(connect_err)?
-        .negotiate_version()
-        .await
-        .map_err(connect_err)?;
+        .map_err(|source| DockerError::Connect {
+            socket: socket.clone(),
+            source,
+        })?;
         Ok(Self { docker, socket })
+    }
+
+    /// Asks dockerd for its API version and lowers this client's (and every clone's:
+    /// they share it) to it when older. Also the proof that dockerd answers.
+    pub async fn negotiate(&self) -> Result<(), DockerError> {
+        self.docker
+            .clone()
+            .negotiate_version()
+            .await
+            .map(drop)
+            .map_err(|e| self.api("negotiating the API version".into(), e))
     }
 
     /// The underlying bollard client (the task executor creates, starts and removes
@@ -442,15 +467,15 @@ impl DockerClient {
                             Phase::Subscribe { since }
                         }
                         Phase::Subscribe { since } => {
-                            return Some(match client.docker.ping().await {
-                                Ok(_) => (
+                            // Negotiating, not just pinging: a dockerd first met here
+                            // (the agent started without it) or replaced by an older
+                            // one gets requests in its own API version.
+                            return Some(match client.negotiate().await {
+                                Ok(()) => (
                                     WatchUpdate::Subscribed,
                                     Phase::Streaming(client.event_stream(since)),
                                 ),
-                                Err(e) => (
-                                    WatchUpdate::Lost(client.api("pinging dockerd".into(), e)),
-                                    Phase::Retry { since },
-                                ),
+                                Err(e) => (WatchUpdate::Lost(e), Phase::Retry { since }),
                             });
                         }
                         Phase::Streaming(mut events) => {

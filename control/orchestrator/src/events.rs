@@ -1,10 +1,10 @@
 //! One dockerd event watch for the whole agent, shared: the executor (task states) and
 //! the declared-state pipeline (which containers run, in which namespace) both follow
 //! it, so dockerd is asked for one event stream, not one per part.
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tracing::{debug, warn};
 
 use crate::docker::{ContainerEvent, DockerClient, WatchUpdate};
@@ -26,10 +26,40 @@ pub enum Watched {
     Lost(String),
 }
 
+/// Whether the agent reaches its dockerd, as the event watch last found (for `shoal
+/// info`: an agent started without dockerd, or that lost it, says so and goes on).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EngineLink {
+    /// Not tried yet.
+    Starting,
+    /// Subscribed to its events.
+    Up,
+    /// Unreachable since `since` (the first failure in a row), with the last error.
+    Down { since: SystemTime, error: String },
+}
+
+impl EngineLink {
+    /// The link after `update`.
+    fn after(&self, update: &WatchUpdate) -> Option<Self> {
+        match update {
+            WatchUpdate::Subscribed => Some(Self::Up),
+            WatchUpdate::Event(_) => None,
+            WatchUpdate::Lost(e) => Some(Self::Down {
+                since: match self {
+                    Self::Down { since, .. } => *since,
+                    _ => SystemTime::now(),
+                },
+                error: e.to_string(),
+            }),
+        }
+    }
+}
+
 /// The agent's dockerd event watch. Dropping every handle stops it.
 #[derive(Clone, Debug)]
 pub struct DockerEvents {
     tx: broadcast::Sender<Watched>,
+    link: Option<watch::Receiver<EngineLink>>,
 }
 
 impl DockerEvents {
@@ -38,9 +68,14 @@ impl DockerEvents {
         let (tx, _) = broadcast::channel(BACKLOG);
         let weak = tx.downgrade();
         let mut stream = docker.watch_reconnecting(RETRY);
+        let (link_tx, link) = watch::channel(EngineLink::Starting);
         tokio::spawn(async move {
             while let Some(update) = stream.next().await {
                 let Some(tx) = weak.upgrade() else { return };
+                let next = link_tx.borrow().after(&update);
+                if let Some(next) = next {
+                    link_tx.send_replace(next);
+                }
                 let item = match update {
                     WatchUpdate::Subscribed => Watched::Subscribed,
                     WatchUpdate::Event(e) => Watched::Event(e),
@@ -53,14 +88,23 @@ impl DockerEvents {
                 let _ = tx.send(item);
             }
         });
-        Self { tx }
+        Self {
+            tx,
+            link: Some(link),
+        }
     }
 
     /// A handle that never yields (tests and nodes without dockerd).
     pub fn none() -> Self {
         Self {
             tx: broadcast::channel(1).0,
+            link: None,
         }
+    }
+
+    /// Whether dockerd is reached now; None for [`none`](Self::none).
+    pub fn link(&self) -> Option<EngineLink> {
+        self.link.as_ref().map(|l| l.borrow().clone())
     }
 
     pub fn subscribe(&self) -> Subscription {
@@ -98,5 +142,37 @@ impl Subscription {
                 Err(_) => return out,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::docker::DockerError;
+
+    fn lost() -> WatchUpdate {
+        WatchUpdate::Lost(DockerError::EventsEnded {
+            socket: PathBuf::from("/run/docker.sock"),
+        })
+    }
+
+    #[test]
+    fn engine_link_keeps_the_first_failure_of_a_run() {
+        let down = EngineLink::Starting.after(&lost()).expect("down");
+        let EngineLink::Down { since, ref error } = down else {
+            panic!("{down:?}")
+        };
+        assert!(error.contains("/run/docker.sock"), "{error}");
+        // A second failure in a row keeps when it started.
+        let again = down.after(&lost()).expect("still down");
+        assert!(matches!(again, EngineLink::Down { since: s, .. } if s == since));
+        // Events change nothing; a subscription is up again.
+        assert_eq!(again.after(&WatchUpdate::Subscribed), Some(EngineLink::Up));
+        assert_eq!(
+            EngineLink::Up.after(&WatchUpdate::Subscribed),
+            Some(EngineLink::Up)
+        );
     }
 }

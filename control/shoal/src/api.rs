@@ -576,6 +576,10 @@ pub struct InfoView {
     /// dataplane (tests of the cluster alone).
     #[serde(default)]
     pub dataplane: Option<String>,
+    /// Whether the agent reaches the node's dockerd ("reachable", or since when and why
+    /// not); None: the agent has no dockerd (tests of the cluster alone).
+    #[serde(default)]
+    pub engine: Option<String>,
     /// The agent's version.
     pub version: String,
 }

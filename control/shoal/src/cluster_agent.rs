@@ -642,7 +642,12 @@ impl ClusterAgent {
                 }
             }
             Request::Info => Ok(Reply::Info(Box::new(
-                info::info(role.as_ref(), self.config.dataplane.clone()).await,
+                info::info(
+                    role.as_ref(),
+                    self.config.dataplane.clone(),
+                    self.config.node.as_ref().and_then(|l| l.events.link()),
+                )
+                .await,
             ))),
             Request::LocalRole => {
                 let (swarm, is_manager) = info::local_role(role.as_ref());

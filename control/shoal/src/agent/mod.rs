@@ -55,8 +55,10 @@ pub(crate) const TASK_FILES_DIR: &str = "task-files";
 /// Why a standalone agent refuses `swarm init` and `swarm join`.
 const STANDALONE_NO_SWARM: &str = "this agent applies --declared-* files (standalone mode), so a swarm's services would get no network on this node: restart it without those flags to init or join a swarm";
 
-/// How long the agent waits for the node's dockerd at start.
-const DOCKER_WAIT: Duration = Duration::from_secs(30);
+/// How long the agent waits for the node's dockerd at start before going on without it.
+const DOCKER_WAIT: Duration = Duration::from_secs(5);
+/// How long one request to dockerd may take.
+const DOCKER_TIMEOUT: Duration = shoal_orchestrator::docker::DEFAULT_TIMEOUT;
 /// How often the reconcilers' threads are checked.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
 
@@ -274,6 +276,9 @@ async fn serve(config: AgentConfig) -> Result<()> {
 
 /// The node's dockerd, waited for up to [`DOCKER_WAIT`] (it may be starting with the
 /// agent): the executor runs tasks on it and the pipeline finds containers through it.
+/// A dockerd still down after that does not stop the agent: the rest of the node
+/// (gossip, DNS, the mesh, the cluster role) works without it, and the event watch
+/// picks dockerd up when it comes (`shoal info` says it is unreachable until then).
 async fn connect_docker(config: &AgentConfig) -> Result<DockerClient> {
     let socket = &config.docker_socket;
     let start = Instant::now();
@@ -281,11 +286,12 @@ async fn connect_docker(config: &AgentConfig) -> Result<DockerClient> {
         match DockerClient::connect(socket).await {
             Ok(d) => return Ok(d),
             Err(e) if start.elapsed() >= DOCKER_WAIT => {
-                bail!(
-                    "cannot reach the node's dockerd at {} after {}s: {e}",
-                    socket.display(),
-                    DOCKER_WAIT.as_secs()
-                )
+                warn!(
+                    socket = %socket.display(), error = %e, waited_s = DOCKER_WAIT.as_secs(),
+                    "the node's dockerd is unreachable; going on without it until it answers"
+                );
+                return DockerClient::unreached(socket, DOCKER_TIMEOUT)
+                    .with_context(|| format!("dockerd socket {}", socket.display()));
             }
             Err(e) => {
                 warn!(socket = %socket.display(), error = %e, "waiting for the node's dockerd");

@@ -87,6 +87,9 @@ pub fn text(v: &InfoView) -> String {
     if let Some(d) = &v.dataplane {
         out += &format!("Dataplane: {d}\n");
     }
+    if let Some(e) = &v.engine {
+        out += &format!("Docker Engine: {e}\n");
+    }
     out += &format!("Version: {}\n", v.version);
     out
 }
@@ -120,6 +123,7 @@ pub fn docker_value(v: &InfoView) -> Value {
         "Swarm": swarm,
         "ServerVersion": v.version,
         "Dataplane": v.dataplane.clone().unwrap_or_default(),
+        "Engine": v.engine.clone().unwrap_or_default(),
     })
 }
 

@@ -2,6 +2,10 @@
 //! read from the cluster's state (a worker reads it from the managers too), and how the
 //! node's dataplane runs.
 use super::*;
+use std::time::SystemTime;
+
+use shoal_orchestrator::events::EngineLink;
+
 use crate::api::InfoView;
 
 /// How long the cluster's state may take to read before info answers without it.
@@ -17,10 +21,15 @@ pub(super) fn local_role(role: Option<&Role>) -> (&'static str, bool) {
     }
 }
 
-pub(super) async fn info(role: Option<&Role>, dataplane: Option<String>) -> InfoView {
+pub(super) async fn info(
+    role: Option<&Role>,
+    dataplane: Option<String>,
+    engine: Option<EngineLink>,
+) -> InfoView {
     let mut view = InfoView {
         swarm: "inactive".into(),
         dataplane,
+        engine: engine.map(|l| engine_text(&l, SystemTime::now())),
         version: env!("CARGO_PKG_VERSION").into(),
         ..Default::default()
     };
@@ -75,9 +84,42 @@ pub(super) async fn info(role: Option<&Role>, dataplane: Option<String>) -> Info
     view
 }
 
+/// The agent's link to dockerd in a line: `reachable`, or for how long and why not.
+fn engine_text(link: &EngineLink, now: SystemTime) -> String {
+    match link {
+        EngineLink::Starting => "connecting".into(),
+        EngineLink::Up => "reachable".into(),
+        EngineLink::Down { since, error } => {
+            let secs = now.duration_since(*since).unwrap_or_default().as_secs();
+            format!("unreachable for {secs}s (tasks wait for it): {error}")
+        }
+    }
+}
+
 /// `IP` of `IP:PORT` (or the text as it is).
 fn host_part(addr: &str) -> String {
     addr.parse::<SocketAddr>()
         .map(|a| a.ip().to_string())
         .unwrap_or_else(|_| addr.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn engine_text_says_for_how_long_dockerd_is_unreachable() {
+        let now = SystemTime::now();
+        assert_eq!(engine_text(&EngineLink::Up, now), "reachable");
+        let down = EngineLink::Down {
+            since: now - Duration::from_secs(12),
+            error: "connection refused".into(),
+        };
+        assert_eq!(
+            engine_text(&down, now),
+            "unreachable for 12s (tasks wait for it): connection refused"
+        );
+    }
 }
