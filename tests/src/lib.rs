@@ -225,6 +225,21 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Resul
     }
 }
 
+/// How many times its documented figure a measured time may take on a loaded machine:
+/// a heal or withdrawal this much slower than docs/benchmarks.md says fails its test.
+pub const FIGURE_MARGIN: u32 = 5;
+
+/// Fails unless `took` is under [`FIGURE_MARGIN`] times `documented` (the slowest
+/// figure the docs give for it); prints the figure either way.
+pub fn within_figure(what: &str, took: Duration, documented: Duration) {
+    let bound = documented * FIGURE_MARGIN;
+    println!("FIGURE {what}: {took:.1?} (documented {documented:?}, bound {bound:?})");
+    assert!(
+        took < bound,
+        "{what} took {took:.1?}, {FIGURE_MARGIN}x or more the documented {documented:?}"
+    );
+}
+
 /// `curl` from the client namespace; Ok(body) or Err(what curl said).
 pub fn client_http(lab: &LabGuard, url: &str) -> Result<String, String> {
     let out = lab.client(&["curl", "-sS", "--max-time", "5", url]);

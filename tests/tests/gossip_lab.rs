@@ -15,7 +15,7 @@ use std::{
 use shoal_tests::{
     client_http, lab, privileged,
     tables::{mentions, read_json, tables_agree},
-    wait_for, LabGuard,
+    wait_for, within_figure, LabGuard,
 };
 
 const BOUND: Duration = Duration::from_secs(90);
@@ -129,6 +129,12 @@ fn gossip_withdraws_a_dead_host_and_drops_outsiders() {
     println!(
         "gossip: 3 nodes see each other {:.1} s after the joins",
         began.elapsed().as_secs_f64()
+    );
+    // docs/benchmarks.md, "Lab test tests/tests/gossip_lab.rs".
+    within_figure(
+        "3 nodes live in gossip after the joins",
+        began.elapsed(),
+        Duration::from_secs_f64(0.8),
     );
 
     let created = shoal_ok(
@@ -273,6 +279,11 @@ fn gossip_withdraws_a_dead_host_and_drops_outsiders() {
          (node ls then:\n{nodes_then})",
         withdrawn.as_secs_f64()
     );
+    within_figure(
+        "a dead node's entries gone from the others",
+        withdrawn,
+        Duration::from_secs_f64(2.4),
+    );
 
     // It comes back: gossip sees it again and the tables agree.
     lab::restart_dockerd(&guard.layout, &h3).expect("restart h3's dockerd");
@@ -298,5 +309,10 @@ fn gossip_withdraws_a_dead_host_and_drops_outsiders() {
     println!(
         "h3 returned: live in gossip and tables agreeing after {:.1} s",
         back.elapsed().as_secs_f64()
+    );
+    within_figure(
+        "a returned node live and tables agreeing",
+        back.elapsed(),
+        Duration::from_secs_f64(0.8),
     );
 }

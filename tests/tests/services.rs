@@ -18,7 +18,7 @@ use std::{
 use shoal_tests::{
     client_http, lab, privileged,
     swarm::{agent_pid, Cli, PsRow, BOUND},
-    wait_for, LabGuard,
+    wait_for, within_figure, LabGuard,
 };
 
 fn running_per_node(tasks: &[PsRow]) -> BTreeMap<String, usize> {
@@ -163,6 +163,13 @@ fn services_are_scheduled_healed_and_removed_on_three_hosts() {
     println!(
         "killed task replaced in {:.1} s",
         killed.elapsed().as_secs_f64()
+    );
+    // docs/benchmarks.md, "Lab test tests/tests/services.rs" (Swarm's 5 s restart delay
+    // is most of it).
+    within_figure(
+        "a killed task replaced",
+        killed.elapsed(),
+        Duration::from_secs_f64(6.5),
     );
     assert!(
         tasks
@@ -480,6 +487,11 @@ fn services_are_scheduled_healed_and_removed_on_three_hosts() {
         "tasks of a stopped host running elsewhere after {:.1} s",
         lost.elapsed().as_secs_f64()
     );
+    within_figure(
+        "a stopped host's tasks running elsewhere",
+        lost.elapsed(),
+        Duration::from_secs_f64(9.7),
+    );
     // Its agent comes back first, with dockerd still down: it starts, says so in
     // `shoal info` and picks dockerd up when it comes; no rebalance, and its stale
     // containers are removed.
@@ -502,15 +514,11 @@ fn services_are_scheduled_healed_and_removed_on_three_hosts() {
             Err(info)
         }
     });
-    println!(
-        "h3's agent reached its restarted dockerd after {:.1} s",
-        back.elapsed().as_secs_f64()
-    );
     // The event watch retries every 2 s.
-    assert!(
-        back.elapsed() < Duration::from_secs(10),
-        "h3's agent took {:?} to reach its dockerd",
-        back.elapsed()
+    within_figure(
+        "an agent reaching its restarted dockerd",
+        back.elapsed(),
+        Duration::from_secs(2),
     );
     wait_for("h3's stale myweb containers removed", BOUND, || {
         let left = containers(&guard, "h3", "myweb", true);

@@ -25,7 +25,7 @@ use shoal_tests::{
     client_http, lab, privileged,
     swarm::{Cli, Task},
     tables::{mentions, read_json, tables_agree},
-    wait_for, LabGuard,
+    wait_for, within_figure, LabGuard,
 };
 
 const BOUND: Duration = Duration::from_secs(90);
@@ -206,6 +206,11 @@ fn swarm_flows_on_three_hosts() {
     println!(
         "myweb: all 4 tasks reached through each of the 3 hosts, client {client} seen, {:.1} s",
         started.elapsed().as_secs_f64()
+    );
+    within_figure(
+        "all 4 tasks through all 3 hosts after scale",
+        started.elapsed(),
+        Duration::from_secs_f64(5.9),
     );
     // The overlay's VXLAN devices on every host use the swarm's port.
     for h in &guard.state.hosts {
@@ -613,6 +618,17 @@ fn swarm_flows_on_three_hosts() {
         withdrawn.as_secs_f64(),
         killed.elapsed().as_secs_f64()
     );
+    // docs/benchmarks.md, "Lab test tests/tests/swarm_flow.rs".
+    within_figure(
+        "a dead host's entries withdrawn",
+        withdrawn,
+        Duration::from_secs_f64(2.5),
+    );
+    within_figure(
+        "a dead host's tasks served elsewhere",
+        killed.elapsed(),
+        Duration::from_secs_f64(9.7),
+    );
 
     // It comes back: every host's tables agree again, and the service still answers
     // through all 3 hosts.
@@ -645,6 +661,11 @@ fn swarm_flows_on_three_hosts() {
     wait_for("tables agree after h3 returned", BOUND, || {
         tables_agree(&guard)
     });
+    within_figure(
+        "tables agreeing after a dead host returned",
+        back.elapsed(),
+        Duration::from_secs_f64(3.9),
+    );
     let now = hostnames(&cli.wait_running("myweb", 4, |_| true));
     for i in 0..3 {
         let url = format!("http://{}:80/", addr(i));
@@ -777,6 +798,26 @@ fn swarm_flows_on_three_hosts() {
         ready.as_secs_f64(),
         agreed.as_secs_f64(),
         healed.elapsed().as_secs_f64()
+    );
+    within_figure(
+        "a cut-off host's entries withdrawn",
+        withdrawn,
+        Duration::from_secs_f64(2.5),
+    );
+    within_figure(
+        "nodes Ready after a partition's heal",
+        ready,
+        Duration::from_secs_f64(1.0),
+    );
+    within_figure(
+        "tables agreeing after a partition's heal",
+        agreed,
+        Duration::from_secs_f64(2.3),
+    );
+    within_figure(
+        "names and VIPs right on every host after a partition's heal",
+        healed.elapsed(),
+        Duration::from_secs_f64(6.1),
     );
 }
 
