@@ -37,7 +37,11 @@ pub const IGNORED_KEYS: &[&str] = &["container_name", "depends_on", "build", "re
 
 /// Service keys shoal's service spec cannot carry yet: a file using one is refused,
 /// naming the key and the service.
-pub const UNSUPPORTED_KEYS: &[&str] = &["privileged", "devices", "deploy.resources.limits.devices"];
+pub const UNSUPPORTED_KEYS: &[&str] = &[
+    "deploy.resources.limits.devices",
+    "deploy.resources.reservations.devices",
+    "healthcheck.start_interval",
+];
 
 /// The error refusing service `name`'s compose key `key`.
 fn refusal(name: &str, key: &str) -> String {

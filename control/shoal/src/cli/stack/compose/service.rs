@@ -8,7 +8,7 @@ use docker_compose_types::{
     Service, StringOrList, StringOrUnsigned, SysCtls, Ulimit,
 };
 use serde_json::{json, Map, Value};
-use shoal_cluster::store::{ObjectKind, PublishMode, ServiceSpec};
+use shoal_cluster::store::{Device, ObjectKind, PublishMode, ServiceSpec};
 
 use super::super::extras::{self, Extras};
 use super::deploy::{deploy, Deploy};
@@ -72,13 +72,6 @@ pub fn convert_service(
     volumes: &TopVolumes,
     extras: &Extras,
 ) -> Result<Converted, String> {
-    let refuse = |key: &str| Err(refusal(name, key));
-    if s.privileged {
-        return refuse("privileged");
-    }
-    if !s.devices.is_empty() {
-        return refuse("devices");
-    }
     let mut warnings = Vec::new();
     let mut warn = |key: &str, set: bool| {
         if set {
@@ -193,7 +186,12 @@ pub fn convert_service(
     }
     if let Some(h) = &s.healthcheck {
         if h.start_interval.is_some() {
-            return refuse("healthcheck.start_interval");
+            // Docker's HealthConfig.StartInterval came with Engine API 1.44 (dockerd
+            // 25); an older dockerd, as the nodes' 20.10 (API 1.41), drops it unread.
+            return Err(format!(
+                "{}: it needs Docker Engine API 1.44 (dockerd 25 or later) on every node, and a dockerd before that ignores it",
+                refusal(name, "healthcheck.start_interval")
+            ));
         }
         let test: Vec<String> = if h.disable {
             vec!["NONE".into()]
@@ -388,7 +386,15 @@ pub fn convert_service(
     if let Some(u) = update_config {
         docker["UpdateConfig"] = u;
     }
-    let (spec, _) = from_docker(docker).map_err(|e| format!("service {name}: {e}"))?;
+    let (mut spec, _) = from_docker(docker).map_err(|e| format!("service {name}: {e}"))?;
+    // Docker's ServiceSpec has no field for these (shoal's own, as --privileged and
+    // --device): set on shoal's spec directly.
+    spec.container.privileged = s.privileged;
+    spec.container.devices = s
+        .devices
+        .iter()
+        .map(|d| Device::parse(d).map_err(|e| format!("service {name}: devices: {e}")))
+        .collect::<Result<_, _>>()?;
     // Checked here as the managers will, so that a mistake changes nothing.
     crate::api::check_container_options(&spec.container)
         .map_err(|e| format!("service {name}: {e}"))?;

@@ -114,12 +114,18 @@ fn default_network_and_global_mode() {
 #[test]
 fn unsupported_keys_are_refused_by_name() {
     for (key, yaml) in [
-        ("privileged", "privileged: true"),
         (
             "deploy.resources.limits.devices",
             "deploy: {resources: {limits: {devices: [{driver: x}]}}}",
         ),
-        ("devices", "devices: [\"/dev/null:/dev/null\"]"),
+        (
+            "deploy.resources.reservations.devices",
+            "deploy: {resources: {reservations: {devices: [{capabilities: [gpu]}]}}}",
+        ),
+        (
+            "healthcheck.start_interval",
+            "healthcheck: {test: \"true\", start_interval: 1s}",
+        ),
     ] {
         let c = compose(&format!(
             "services:\n  w:\n    image: busybox\n    {yaml}\n"
@@ -127,6 +133,66 @@ fn unsupported_keys_are_refused_by_name() {
         let e = convert("app", &c, Path::new(".")).unwrap_err();
         assert!(e.contains(key) && e.contains("service w"), "{e}");
         assert!(UNSUPPORTED_KEYS.contains(&key));
+    }
+    let c = compose(
+        "services:\n  w:\n    image: busybox\n    healthcheck: {test: \"true\", start_interval: 1s}\n",
+    );
+    let e = convert("app", &c, Path::new(".")).unwrap_err();
+    assert!(e.contains("API 1.44"), "says why: {e}");
+}
+
+#[test]
+fn privileged_and_devices() {
+    let c = compose(concat!(
+        "services:\n  w:\n    image: busybox\n    privileged: true\n",
+        "    devices: [\"/dev/null:/dev/xnull\", \"/dev/zero:/dev/z:r\", /dev/full, \"/dev/random:rw\"]\n",
+    ));
+    let spec = convert("app", &c, Path::new("."))
+        .unwrap()
+        .services
+        .remove(0)
+        .spec;
+    assert!(spec.container.privileged);
+    let shown: Vec<String> = spec
+        .container
+        .devices
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "/dev/null:/dev/xnull:rwm",
+            "/dev/zero:/dev/z:r",
+            "/dev/full:/dev/full:rwm",
+            "/dev/random:/dev/random:rw"
+        ]
+    );
+    let plain = compose("services:\n  w:\n    image: busybox\n");
+    let spec = convert("app", &plain, Path::new("."))
+        .unwrap()
+        .services
+        .remove(0)
+        .spec;
+    assert!(!spec.container.privileged && spec.container.devices.is_empty());
+    for (devices, says) in [
+        ("[\"dev/null:/dev/x\"]", "not an absolute path"),
+        ("[\"/dev/null:x\"]", "not an absolute path"),
+        ("[\"/dev/null::r\"]", "empty part"),
+        ("[\"/dev/null:/dev/x:rwx\"]", "combination of r, w and m"),
+        (
+            "[\"/dev/null:/dev/x\", \"/dev/zero:/dev/x\"]",
+            "given twice",
+        ),
+    ] {
+        let c = compose(&format!(
+            "services:\n  w:\n    image: busybox\n    devices: {devices}\n"
+        ));
+        let e = convert("app", &c, Path::new(".")).unwrap_err();
+        assert!(
+            e.contains("service w") && e.contains(says),
+            "{devices}: {e}"
+        );
     }
 }
 
