@@ -84,12 +84,12 @@ fn stack_deploy_update_prune_and_rm() {
     assert!(ls.trim().is_empty(), "a bad file deployed something: {ls}");
     std::fs::write(
         &file,
-        "services:\n  w:\n    image: shoal/web:1\n    privileged: true\n",
+        "services:\n  w:\n    image: shoal/web:1\n    deploy: {resources: {limits: {devices: [{driver: x}]}}}\n",
     )
     .unwrap();
     let err = cli.err("h1", &["stack", "deploy", "-c", f, "app"]);
     assert!(
-        err.contains("privileged") && err.contains("service w"),
+        err.contains("deploy.resources.limits.devices") && err.contains("service w"),
         "{err}"
     );
 

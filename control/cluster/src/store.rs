@@ -25,6 +25,7 @@
 
 pub mod container;
 pub mod data_object;
+pub mod device;
 mod flusher;
 pub mod latency;
 pub mod limits;
@@ -53,6 +54,7 @@ pub use container::{
     sysctl_problem, ulimit_problem, ContainerOptions, DnsConfig, Ulimit, ULIMIT_NAMES,
 };
 pub use data_object::{DataObject, FileReference};
+pub use device::{check_devices, Device, DEFAULT_DEVICE_PERMISSIONS};
 pub use limits::{Limits, NANO_CPUS_PER_CPU};
 pub use mount::{check_mounts, Mount, MountKind};
 pub use service::{

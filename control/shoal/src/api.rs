@@ -255,6 +255,11 @@ pub enum Request {
         version: u64,
         #[serde(default)]
         force_update: u64,
+        /// The spec was read from Docker's `ServiceSpec`, which has no field for
+        /// shoal's own settings (`--privileged`, `--device`): the service keeps its.
+        /// False (`stack deploy`): the spec is the whole truth.
+        #[serde(default)]
+        keep_shoal_fields: bool,
         #[serde(default)]
         no_resolve_image: bool,
         #[serde(default)]

@@ -2364,3 +2364,87 @@ fn ulimits_and_sysctls_on_create_and_update() {
     );
     assert!(update_changes(&["--sysctl-add", "vm.swappiness=1", "web"]).is_err());
 }
+
+#[test]
+fn privileged_and_devices_on_create_and_update() {
+    let create = |argv: &[&str]| {
+        let argv: Vec<&str> = ["create"].iter().chain(argv).copied().collect();
+        match service_cmd(&argv).unwrap() {
+            ServiceCommand::Create(a) => a.spec(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let plain = create(&["nginx"]).unwrap();
+    assert!(!plain.container.privileged && plain.container.devices.is_empty());
+    let spec = create(&[
+        "--privileged",
+        "--device",
+        "/dev/null:/dev/xnull",
+        "--device",
+        "/dev/zero:r",
+        "--device",
+        "/dev/fuse:/dev/f:rw",
+        "nginx",
+    ])
+    .unwrap();
+    assert!(spec.container.privileged);
+    let shown: Vec<String> = spec
+        .container
+        .devices
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "/dev/null:/dev/xnull:rwm",
+            "/dev/zero:/dev/zero:r",
+            "/dev/fuse:/dev/f:rw"
+        ]
+    );
+    for (bad, says) in [
+        ("dev/null", "not an absolute path"),
+        ("/dev/null:", "no empty part"),
+        ("/dev/null:/dev/x:rwz", "not a combination of r, w and m"),
+        ("/dev/null:/dev/x:rw:m", "expected PATH_ON_HOST"),
+    ] {
+        let e = create(&["--device", bad, "nginx"]).unwrap_err();
+        assert!(
+            e.contains("invalid --device") && e.contains(says),
+            "{bad}: {e}"
+        );
+    }
+    let e = create(&[
+        "--device",
+        "/dev/null:/dev/x",
+        "--device",
+        "/dev/zero:/dev/x",
+        "nginx",
+    ])
+    .unwrap_err();
+    assert!(e.contains("given twice"), "{e}");
+    // `--privileged` takes no value on create, as `docker run`'s.
+    assert!(service_cmd(&["create", "--privileged=false", "nginx"]).is_err());
+
+    let c = update_changes(&["--privileged=false", "web"]).unwrap();
+    assert_eq!(c.container.privileged, Some(false));
+    let c = update_changes(&["--privileged", "web"]).unwrap();
+    assert_eq!(c.container.privileged, Some(true));
+    let c = update_changes(&["--env-add", "A=1", "web"]).unwrap();
+    assert_eq!(c.container.privileged, None, "not said: left alone");
+    let c = update_changes(&[
+        "--device-add",
+        "/dev/full:/dev/xnull:r",
+        "--device-rm",
+        "/dev/f",
+        "web",
+    ])
+    .unwrap();
+    let mut o = spec.container.clone();
+    c.container.apply(&mut o);
+    let shown: Vec<String> = o.devices.iter().map(|d| d.to_string()).collect();
+    assert_eq!(shown, ["/dev/zero:/dev/zero:r", "/dev/full:/dev/xnull:r"]);
+    assert!(update_changes(&["--device-add", "null", "web"]).is_err());
+    let e = update_changes(&["--device-rm", "dev/f", "web"]).unwrap_err();
+    assert!(e.contains("--device-rm"), "{e}");
+}

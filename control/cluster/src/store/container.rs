@@ -2,14 +2,15 @@
 //! environment (Docker's `TaskTemplate.ContainerSpec` fields of the same names): the
 //! entrypoint, user, working directory, hostname, resolver settings, extra hosts, init,
 //! stop signal, container labels, mounts, a read-only root, capabilities and
-//! resource limits (Docker's `TaskTemplate.Resources.Limits`). Every field defaults to "not set", so stores
-//! written before they existed still load.
+//! resource limits (Docker's `TaskTemplate.Resources.Limits`); and two Docker's
+//! `ContainerSpec` lacks (moby#24862), a privileged container and host devices. Every
+//! field defaults to "not set", so stores written before they existed still load.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{limits::Limits, mount::Mount};
+use super::{device::Device, limits::Limits, mount::Mount};
 
 /// The container settings of a service's tasks (`service create --entrypoint`,
 /// `--user`, `--workdir`, `--hostname`, `--dns*`, `--host`, `--init`, `--stop-signal`,
@@ -76,6 +77,15 @@ pub struct ContainerOptions {
     /// task's network namespace (its sandbox's).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub sysctls: BTreeMap<String, String>,
+    /// `--privileged`: each task container is privileged (Docker's
+    /// `HostConfig.Privileged`: every capability, every host device, no seccomp or
+    /// AppArmor profile). Not a field of Docker's `ContainerSpec`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
+    /// `--device`: host devices given to each task container, in order (Docker's
+    /// `HostConfig.Devices`). Not a field of Docker's `ContainerSpec`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<Device>,
 }
 
 /// One `--ulimit`: the soft and hard limit.
@@ -225,6 +235,10 @@ mod tests {
             Box::new(|s| s.container.limits.pids = 100),
             Box::new(|s| s.container.cap_add = vec!["CAP_NET_ADMIN".into()]),
             Box::new(|s| s.container.cap_drop = vec!["CAP_CHOWN".into()]),
+            Box::new(|s| s.container.privileged = true),
+            Box::new(|s| {
+                s.container.devices = vec![Device::parse("/dev/null:/dev/xnull").unwrap()]
+            }),
             Box::new(|s| {
                 s.network_aliases.insert("net1".into(), vec!["db".into()]);
             }),

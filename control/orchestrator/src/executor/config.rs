@@ -6,8 +6,8 @@
 use std::{collections::HashMap, net::Ipv4Addr};
 
 use bollard::models::{
-    ContainerCreateBody, HealthConfig, HostConfig, Mount, MountTmpfsOptions, MountType,
-    MountVolumeOptions, MountVolumeOptionsDriverConfig, ResourcesUlimits,
+    ContainerCreateBody, DeviceMapping, HealthConfig, HostConfig, Mount, MountTmpfsOptions,
+    MountType, MountVolumeOptions, MountVolumeOptionsDriverConfig, ResourcesUlimits,
 };
 use shoal_cluster::store::{self, MountKind, Service, Task};
 
@@ -147,8 +147,8 @@ fn engine_mount(m: &store::Mount) -> Mount {
 /// The task's own container (named `container`, on `node`, in the namespace of the
 /// sandbox `sandbox_id`): image, entrypoint and arguments, environment, user, working
 /// directory, stop signal, init, the container labels under Swarm's task labels and
-/// shoal's own, the health check, the service's `--mount`s, `--read-only` and `--limit-*`, and
-/// `files` (its secrets' and configs' files).
+/// shoal's own, the health check, the service's `--mount`s, `--read-only` and `--limit-*`,
+/// `--privileged` and `--device`s, and `files` (its secrets' and configs' files).
 pub(super) fn task_container(
     t: &Task,
     service: &Service,
@@ -235,6 +235,18 @@ pub(super) fn task_container(
                     .collect();
                 (!own.is_empty()).then_some(own)
             },
+            privileged: options.privileged.then_some(true),
+            devices: (!options.devices.is_empty()).then(|| {
+                options
+                    .devices
+                    .iter()
+                    .map(|d| DeviceMapping {
+                        path_on_host: Some(d.path_on_host.clone()),
+                        path_in_container: Some(d.path_in_container.clone()),
+                        cgroup_permissions: Some(d.cgroup_permissions.clone()),
+                    })
+                    .collect()
+            }),
             ..Default::default()
         }),
         ..Default::default()

@@ -1,6 +1,6 @@
 //! The container settings of a service (`--entrypoint`, `--user`, `--workdir`,
 //! `--hostname`, `--dns*`, `--host`, `--init`, `--stop-signal`, `--container-label`,
-//! `--cap-add`, `--cap-drop`, `--ulimit`, `--sysctl`,
+//! `--cap-add`, `--cap-drop`, `--ulimit`, `--sysctl`, `--privileged`, `--device`,
 //! network aliases): how their flags are read and checked, the same way by the CLI
 //! and by the manager that stores them, and what `service update` asks to change.
 
@@ -8,7 +8,8 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 use shoal_cluster::store::{
-    check_mounts, sysctl_problem, ulimit_problem, ContainerOptions, Mount, Ulimit,
+    check_devices, check_mounts, sysctl_problem, ulimit_problem, ContainerOptions, Device, Mount,
+    Ulimit,
 };
 
 /// `--host HOST:IP` (or `HOST=IP`, the form that also takes an IPv6 address in
@@ -153,6 +154,7 @@ pub fn check_container_options(o: &ContainerOptions) -> Result<(), String> {
             return Err(format!("invalid --sysctl: {p}"));
         }
     }
+    check_devices(&o.devices).map_err(|e| format!("invalid --device {e}"))?;
     Ok(())
 }
 
@@ -340,6 +342,13 @@ pub struct ContainerChanges {
     /// `--sysctl-add K=V` and `--sysctl-rm K`.
     pub sysctl_add: BTreeMap<String, String>,
     pub sysctl_rm: Vec<String>,
+    /// `--privileged[=BOOL]`.
+    pub privileged: Option<bool>,
+    /// `--device-add`: a device at a path in the container the service already has
+    /// replaces it.
+    pub device_add: Vec<Device>,
+    /// `--device-rm PATH_IN_CONTAINER`.
+    pub device_rm: Vec<String>,
 }
 
 /// `list` with `add` appended and `rm` taken out (Docker's order), each entry once.
@@ -457,6 +466,17 @@ impl ContainerChanges {
             o.sysctls.remove(name);
         }
         o.sysctls.extend(self.sysctl_add.clone());
+        if let Some(p) = self.privileged {
+            o.privileged = p;
+        }
+        // As mounts: removals, then additions (replacing the same path in the container).
+        o.devices
+            .retain(|d| !self.device_rm.contains(&d.path_in_container));
+        for added in &self.device_add {
+            o.devices
+                .retain(|d| d.path_in_container != added.path_in_container);
+            o.devices.push(added.clone());
+        }
     }
 }
 

@@ -221,6 +221,14 @@ pub struct CreateArgs {
     /// repeatable)
     #[arg(long = "sysctl", value_name = "K=V")]
     pub sysctls: Vec<String>,
+    /// Run each task container privileged: every capability and host device, no
+    /// seccomp or AppArmor profile (shoal's; Docker's services have no such flag)
+    #[arg(long)]
+    pub privileged: bool,
+    /// Give each task a host device, PATH_ON_HOST[:PATH_IN_CONTAINER[:CGROUP_PERMISSIONS]]
+    /// (permissions a combination of r, w, m; default rwm; repeatable)
+    #[arg(long = "device", value_name = "DEVICE")]
+    pub devices: Vec<String>,
     /// How the service's name resolves: a VIP, or DNS round robin
     #[arg(long, value_enum, default_value = "vip")]
     pub endpoint_mode: EndpointModeArg,
@@ -439,6 +447,16 @@ pub struct ServiceUpdateArgs {
     /// Remove a kernel parameter by name (repeatable)
     #[arg(long = "sysctl-rm", value_name = "K")]
     pub sysctl_rm: Vec<String>,
+    /// Run each task container privileged (--privileged=false: not)
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub privileged: Option<bool>,
+    /// Add or replace a host device (the same path in the container replaces it), as
+    /// --device of create (repeatable)
+    #[arg(long = "device-add", value_name = "DEVICE")]
+    pub device_add: Vec<String>,
+    /// Remove a device by its path in the container (repeatable)
+    #[arg(long = "device-rm", value_name = "PATH_IN_CONTAINER")]
+    pub device_rm: Vec<String>,
     /// How the service's name resolves: a VIP, or DNS round robin
     #[arg(long, value_enum)]
     pub endpoint_mode: Option<EndpointModeArg>,

@@ -387,6 +387,7 @@ fn deploy(client: &Client, a: &DeployArgs, warnings: &mut Vec<String>) -> Result
                         spec: Box::new(c.spec.clone()),
                         version: s.version,
                         force_update: s.force_update,
+                        keep_shoal_fields: false,
                         no_resolve_image,
                         registry_auth: auth,
                     },

@@ -485,6 +485,7 @@ pub(super) async fn request(
             mut spec,
             version,
             force_update,
+            keep_shoal_fields,
             no_resolve_image,
             registry_auth,
         } => {
@@ -529,6 +530,13 @@ pub(super) async fn request(
                             == (p.protocol, p.published, p.target, p.mode)
                     })
                     .and_then(|o| o.balance);
+            }
+            // Docker's ServiceSpec cannot say these: a Docker client's update keeps them.
+            if keep_shoal_fields {
+                spec.container.privileged = old.spec.container.privileged;
+                spec.container
+                    .devices
+                    .clone_from(&old.spec.container.devices);
             }
             let mut stamped = old.clone();
             stamped.updated_ms = now_ms();

@@ -258,6 +258,10 @@ pub fn from_docker(v: Value) -> Result<(ServiceSpec, u64), String> {
         cap_drop: Vec::new(),
         ulimits: ulimits(&mut c)?,
         sysctls: c.string_map("Sysctls")?,
+        // Docker's ContainerSpec has no such fields: an update through this API keeps
+        // the service's (`Request::ServiceSetSpec`'s `keep_shoal_fields`).
+        privileged: false,
+        devices: Vec::new(),
     };
     let (cap_add, cap_drop) =
         effective_capabilities(&c.strings("CapabilityAdd")?, &c.strings("CapabilityDrop")?)
@@ -878,6 +882,15 @@ mod tests {
             (
                 json!({"TaskTemplate": {"ContainerSpec": {"Privileges": {"NoNewPrivileges": true}}}}),
                 "Spec.TaskTemplate.ContainerSpec.Privileges",
+            ),
+            // shoal's own settings are no fields of Docker's ContainerSpec.
+            (
+                json!({"TaskTemplate": {"ContainerSpec": {"Privileged": true}}}),
+                "Spec.TaskTemplate.ContainerSpec.Privileged",
+            ),
+            (
+                json!({"TaskTemplate": {"ContainerSpec": {"Devices": [{"PathOnHost": "/dev/null"}]}}}),
+                "Spec.TaskTemplate.ContainerSpec.Devices",
             ),
             (
                 json!({"TaskTemplate": {"Placement": {"Preferences": [{"Spread": {"SpreadDescriptor": "engine.labels.zone"}}]}}}),

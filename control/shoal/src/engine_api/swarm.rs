@@ -431,6 +431,7 @@ async fn service_update(
             spec: Box::new(spec),
             version,
             force_update,
+            keep_shoal_fields: true,
             no_resolve_image: false,
             registry_auth,
         }

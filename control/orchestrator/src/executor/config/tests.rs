@@ -313,3 +313,42 @@ fn ulimits_go_to_the_task_container_and_net_sysctls_to_its_sandbox() {
         )]))
     );
 }
+
+#[test]
+fn privileged_and_devices_go_to_the_task_container_only() {
+    let plain = task_container(
+        &task(true),
+        &service(ContainerOptions::default()),
+        "web.3.x",
+        "node1",
+        "sbx",
+        Vec::new(),
+    );
+    let host = plain.host_config.unwrap();
+    assert_eq!((host.privileged, host.devices), (None, None));
+    let s = service(ContainerOptions {
+        privileged: true,
+        devices: vec![
+            store::Device::parse("/dev/null:/dev/xnull").unwrap(),
+            store::Device::parse("/dev/zero:r").unwrap(),
+        ],
+        ..Default::default()
+    });
+    let body = task_container(&task(true), &s, "web.3.x", "node1", "sbx", Vec::new());
+    let host = body.host_config.unwrap();
+    assert_eq!(host.privileged, Some(true));
+    let shown: Vec<_> = host
+        .devices
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.path_on_host, d.path_in_container, d.cgroup_permissions))
+        .collect();
+    let some = |s: &str| Some(s.to_string());
+    assert_eq!(
+        shown,
+        [
+            (some("/dev/null"), some("/dev/xnull"), some("rwm")),
+            (some("/dev/zero"), some("/dev/zero"), some("r")),
+        ]
+    );
+}

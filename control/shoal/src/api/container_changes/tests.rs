@@ -207,3 +207,35 @@ fn capability_updates_move_between_the_lists() {
     ContainerChanges::default().apply(&mut o);
     assert_eq!(o, before);
 }
+
+#[test]
+fn privileged_and_devices_on_update() {
+    let dev = |t: &str| Device::parse(t).unwrap();
+    let mut o = ContainerOptions {
+        privileged: true,
+        devices: vec![dev("/dev/null:/dev/xnull"), dev("/dev/zero:/dev/z:r")],
+        ..Default::default()
+    };
+    ContainerChanges {
+        privileged: Some(false),
+        device_rm: vec!["/dev/z".into()],
+        device_add: vec![dev("/dev/full:/dev/xnull:rw"), dev("/dev/random")],
+        ..Default::default()
+    }
+    .apply(&mut o);
+    assert!(!o.privileged);
+    let shown: Vec<String> = o.devices.iter().map(|d| d.to_string()).collect();
+    assert_eq!(
+        shown,
+        ["/dev/full:/dev/xnull:rw", "/dev/random:/dev/random:rwm"]
+    );
+    // Nothing said: nothing changes.
+    let before = o.clone();
+    ContainerChanges::default().apply(&mut o);
+    assert_eq!(o, before);
+    let mut twice = o.clone();
+    twice.devices.push(dev("/dev/zero:/dev/random"));
+    assert!(check_container_options(&twice)
+        .unwrap_err()
+        .contains("given twice"));
+}

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, path::Path};
 
-use shoal_cluster::store::{ContainerOptions, DnsConfig, Limits};
+use shoal_cluster::store::{ContainerOptions, Device, DnsConfig, Limits};
 
 use super::{
     changes::split_args,
@@ -132,6 +132,11 @@ fn normalize_capabilities(list: &[String], flag: &str) -> Result<Vec<String>, St
         .collect()
 }
 
+/// `--device` (or `--device-add`) values, each checked.
+fn parse_devices(values: &[String]) -> Result<Vec<Device>, String> {
+    values.iter().map(|d| Device::parse(d)).collect()
+}
+
 /// `--entrypoint`: split as a shell splits words.
 fn parse_entrypoint(text: &str) -> Result<Vec<String>, String> {
     split_args(text).map_err(|e| e.replace("--args", "--entrypoint"))
@@ -192,6 +197,8 @@ impl CreateArgs {
                 .iter()
                 .map(|s| parse_sysctl(s))
                 .collect::<Result<_, _>>()?,
+            privileged: self.privileged,
+            devices: parse_devices(&self.devices)?,
         };
         let (cap_add, cap_drop) = effective_capabilities(&self.cap_add, &self.cap_drop)?;
         let options = ContainerOptions {
@@ -267,6 +274,21 @@ impl ServiceUpdateArgs {
                 .map(|s| parse_sysctl(s))
                 .collect::<Result<_, _>>()?,
             sysctl_rm: self.sysctl_rm.clone(),
+            privileged: self.privileged,
+            device_add: parse_devices(&self.device_add)?,
+            device_rm: self
+                .device_rm
+                .iter()
+                .map(|p| {
+                    if p.starts_with('/') {
+                        Ok(p.clone())
+                    } else {
+                        Err(format!(
+                            "invalid --device-rm {p:?}: a path in the container (absolute)"
+                        ))
+                    }
+                })
+                .collect::<Result<_, _>>()?,
         };
         let given = limits(
             self.limit_cpu.as_deref(),

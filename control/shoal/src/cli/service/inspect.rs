@@ -386,6 +386,32 @@ pub(crate) fn spec_value(spec: &ServiceSpec, force_update: u64) -> Value {
     v
 }
 
+/// The settings of a service that Docker's `ServiceSpec` has no field for
+/// (`--privileged`, `--device`), in the names of Docker's `HostConfig`, which they go
+/// to; None when none is set. Shown beside `Spec`, never in it: Docker's clients echo
+/// `Spec` back on update, and the Engine API's reader refuses fields Docker does not
+/// have (the managers keep these across such an update instead).
+fn shoal_spec_value(o: &ContainerOptions) -> Option<Value> {
+    if !o.privileged && o.devices.is_empty() {
+        return None;
+    }
+    let mut v = json!({"Privileged": o.privileged});
+    if !o.devices.is_empty() {
+        v["Devices"] = o
+            .devices
+            .iter()
+            .map(|d| {
+                json!({
+                    "PathOnHost": d.path_on_host,
+                    "PathInContainer": d.path_in_container,
+                    "CgroupPermissions": d.cgroup_permissions,
+                })
+            })
+            .collect();
+    }
+    Some(v)
+}
+
 /// One service as `service inspect` prints it (Docker's shape). The store keeps one
 /// `force_update`, shown in both `Spec` and `PreviousSpec`.
 pub fn inspect_value(s: &Service, networks: &[Network]) -> Value {
@@ -413,6 +439,9 @@ pub fn inspect_value(s: &Service, networks: &[Network]) -> Value {
             })).collect::<Vec<_>>(),
         },
     });
+    if let Some(shoal) = shoal_spec_value(&s.spec.container) {
+        v["ShoalSpec"] = shoal;
+    }
     if let Some(previous) = &s.previous_spec {
         v["PreviousSpec"] = spec_value(previous, s.force_update);
     }
@@ -569,6 +598,13 @@ pub(super) fn inspect_pretty(s: &Service, networks: &[Network], now_ms: u64) -> 
     }
     if let Some(h) = &s.spec.healthcheck {
         let _ = writeln!(out, " Healthcheck:\t{}", h.test.join(" "));
+    }
+    if options.privileged {
+        let _ = writeln!(out, " Privileged:\ttrue");
+    }
+    if !options.devices.is_empty() {
+        let shown: Vec<String> = options.devices.iter().map(|d| d.to_string()).collect();
+        let _ = writeln!(out, " Devices:\t{}", shown.join(" "));
     }
     if !s.spec.networks.is_empty() {
         let names: Vec<String> = s.spec.networks.iter().map(|n| net_name(n)).collect();

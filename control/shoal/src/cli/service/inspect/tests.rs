@@ -214,3 +214,32 @@ fn pretty_prints_dir_init_and_user_as_docker_does() {
     let plain = inspect_pretty(&updating(), &[], NOW);
     assert!(!plain.contains(" Init:") && !plain.contains(" Dir:") && !plain.contains(" User:"));
 }
+
+#[test]
+fn privileged_and_devices_are_shown_beside_the_spec_not_in_it() {
+    let mut s = updating();
+    let plain = inspect_value(&s, &[]);
+    assert!(plain.get("ShoalSpec").is_none(), "{plain}");
+    s.spec.container.privileged = true;
+    s.spec.container.devices =
+        vec![shoal_cluster::store::Device::parse("/dev/null:/dev/xnull:rw").unwrap()];
+    let v = inspect_value(&s, &[]);
+    assert_eq!(
+        v["ShoalSpec"],
+        json!({"Privileged": true, "Devices": [
+            {"PathOnHost": "/dev/null", "PathInContainer": "/dev/xnull", "CgroupPermissions": "rw"}
+        ]})
+    );
+    // Docker's ContainerSpec has neither field: the spec shows none of them.
+    let text = v["Spec"].to_string();
+    assert!(
+        !text.contains("Privileged") && !text.contains("Devices"),
+        "{text}"
+    );
+    let pretty = inspect_pretty(&s, &[], NOW);
+    assert!(pretty.contains(" Privileged:\ttrue\n"), "{pretty}");
+    assert!(
+        pretty.contains(" Devices:\t/dev/null:/dev/xnull:rw\n"),
+        "{pretty}"
+    );
+}
