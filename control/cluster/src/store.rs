@@ -170,6 +170,9 @@ pub struct StoreStatus {
     pub millis_since_quorum_ack: Option<u64>,
     /// How long the log's writes (entries and votes) waited on the disk.
     pub fsync: latency::LatencySnapshot,
+    /// Why the member stopped on its own: a storage error (a full or failing disk) or a
+    /// panic of the Raft core. It stays stopped until started again from its directory.
+    pub failure: Option<String>,
 }
 
 /// One manager's member of the replicated store. Cheap to clone; clones share the member.
@@ -180,6 +183,9 @@ pub struct StoreNode {
     sm: Arc<sm::Shared>,
     config: StoreConfig,
     fsync: Arc<latency::LatencyHistogram>,
+    /// The first fatal error a request met (a storage error, a panic of the Raft core):
+    /// openraft's metrics do not always carry it (a panicked core sends none).
+    failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for StoreNode {
@@ -243,7 +249,26 @@ impl StoreNode {
             sm: shared,
             config,
             fsync,
+            failure: Default::default(),
         })
+    }
+
+    /// The error of a stopped Raft core, noted as the member's failure unless it was
+    /// stopped on purpose.
+    fn fatal(&self, e: openraft::error::Fatal<RaftId>) -> StoreError {
+        let error = fatal_error(&e);
+        if !matches!(e, openraft::error::Fatal::Stopped) {
+            let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+            failure.get_or_insert_with(|| error.to_string());
+        }
+        error
+    }
+
+    fn write_error(&self, e: RaftError<RaftId, ClientWriteError<RaftId, BasicNode>>) -> StoreError {
+        match e {
+            RaftError::Fatal(e) => self.fatal(e),
+            RaftError::APIError(e) => api_write_error(e),
+        }
     }
 
     /// This member's ID.
@@ -267,7 +292,7 @@ impl StoreNode {
                 Err(StoreError::AlreadyInitialized)
             }
             Err(RaftError::APIError(e)) => Err(StoreError::Raft(e.to_string())),
-            Err(RaftError::Fatal(e)) => Err(fatal(e)),
+            Err(RaftError::Fatal(e)) => Err(self.fatal(e)),
         }
     }
 
@@ -280,7 +305,7 @@ impl StoreNode {
         match tokio::time::timeout(waited, self.raft.client_write(command)).await {
             Err(_) => Err(StoreError::NoQuorum { waited }),
             Ok(Ok(resp)) => Ok(resp.data),
-            Ok(Err(e)) => Err(write_error(e)),
+            Ok(Err(e)) => Err(self.write_error(e)),
         }
     }
 
@@ -300,7 +325,7 @@ impl StoreNode {
             Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
                 Err(StoreError::NoQuorum { waited })
             }
-            Ok(Err(RaftError::Fatal(e))) => Err(fatal(e)),
+            Ok(Err(RaftError::Fatal(e))) => Err(self.fatal(e)),
         }
     }
 
@@ -367,6 +392,16 @@ impl StoreNode {
             purged_index: m.purged.map(|l| l.index),
             millis_since_quorum_ack: m.millis_since_quorum_ack,
             fsync: self.fsync.snapshot(),
+            failure: match &m.running_state {
+                Err(openraft::error::Fatal::Stopped) | Ok(()) => None,
+                Err(e) => Some(fatal_error(e).to_string()),
+            }
+            .or_else(|| {
+                self.failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+            }),
         }
     }
 
@@ -416,13 +451,13 @@ impl StoreNode {
         let node = BasicNode { addr };
         match tokio::time::timeout(waited, self.raft.add_learner(id, node, true)).await {
             Err(_) => return Err(StoreError::NoQuorum { waited }),
-            Ok(Err(e)) => return Err(write_error(e)),
+            Ok(Err(e)) => return Err(self.write_error(e)),
             Ok(Ok(_)) => {}
         }
         let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
         match tokio::time::timeout(waited, self.raft.change_membership(change, false)).await {
             Err(_) => return Err(StoreError::NoQuorum { waited }),
-            Ok(Err(e)) => return Err(write_error(e)),
+            Ok(Err(e)) => return Err(self.write_error(e)),
             Ok(Ok(_)) => {}
         }
         if self
@@ -454,7 +489,7 @@ impl StoreNode {
         let change = ChangeMembers::RemoveVoters(BTreeSet::from([id]));
         match tokio::time::timeout(waited, self.raft.change_membership(change, false)).await {
             Err(_) => Err(StoreError::NoQuorum { waited }),
-            Ok(Err(e)) => Err(write_error(e)),
+            Ok(Err(e)) => Err(self.write_error(e)),
             // Committed: a majority of the smaller membership holds its entry, so any
             // majority of survivors includes one that can lead under it.
             Ok(Ok(_)) => Ok(()),
@@ -476,7 +511,11 @@ impl StoreNode {
 
     /// Takes a snapshot now (and lets the log before it be purged).
     pub async fn snapshot(&self) -> Result<(), StoreError> {
-        self.raft.trigger().snapshot().await.map_err(fatal)
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| self.fatal(e))
     }
 
     /// Stops this member. Its storage directory can be reopened with `start`.
@@ -488,7 +527,7 @@ impl StoreNode {
     }
 }
 
-fn fatal(e: openraft::error::Fatal<RaftId>) -> StoreError {
+fn fatal_error(e: &openraft::error::Fatal<RaftId>) -> StoreError {
     match e {
         openraft::error::Fatal::StorageError(e) => StoreError::Storage(e.to_string()),
         openraft::error::Fatal::Panicked => StoreError::Raft("raft core panicked".to_string()),
@@ -496,12 +535,12 @@ fn fatal(e: openraft::error::Fatal<RaftId>) -> StoreError {
     }
 }
 
-fn write_error(e: RaftError<RaftId, ClientWriteError<RaftId, BasicNode>>) -> StoreError {
+fn api_write_error(e: ClientWriteError<RaftId, BasicNode>) -> StoreError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => StoreError::NotLeader {
+        ClientWriteError::ForwardToLeader(f) => StoreError::NotLeader {
             leader: f.leader_id,
         },
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => match e {
+        ClientWriteError::ChangeMembershipError(e) => match e {
             openraft::error::ChangeMembershipError::InProgress(_) => {
                 StoreError::MembershipChangeInProgress
             }
@@ -510,6 +549,5 @@ fn write_error(e: RaftError<RaftId, ClientWriteError<RaftId, BasicNode>>) -> Sto
                 StoreError::NotAManager { id: l.node_id }
             }
         },
-        RaftError::Fatal(e) => fatal(e),
     }
 }

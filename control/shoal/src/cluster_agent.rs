@@ -17,6 +17,7 @@ mod nodes;
 mod reserved_ports;
 mod service_update;
 mod services;
+mod store_restart;
 
 pub use addresses::host_name;
 use addresses::{data_path_address, engine_facts, interface_ip, listen_address, remote_address};
@@ -191,6 +192,8 @@ enum Role {
     /// A manager restarted with autolock on: nothing of the cluster runs until `swarm
     /// unlock` gives the key (then it resumes with this config).
     Locked(ManagerConfig),
+    /// A manager whose Raft store stopped, being started again ([`store_restart`]).
+    Restarting(store_restart::Restart),
 }
 
 impl Role {
@@ -198,7 +201,7 @@ impl Role {
     fn acting_manager(&self) -> Option<Manager> {
         match self {
             Role::Manager(m) if m.role() == pki::Role::Manager => Some(m.clone()),
-            Role::Manager(_) | Role::Locked(_) => None,
+            Role::Manager(_) | Role::Locked(_) | Role::Restarting(_) => None,
             Role::Worker(w) => w.manager(),
         }
     }
@@ -208,13 +211,15 @@ impl Role {
         match self {
             Role::Manager(m) => Some(m.node_client()),
             Role::Worker(w) => Some(w.node_client()),
-            Role::Locked(_) => None,
+            Role::Locked(_) | Role::Restarting(_) => None,
         }
     }
 
     fn name(&self) -> &'static str {
-        if let Role::Locked(_) = self {
-            return "locked";
+        match self {
+            Role::Locked(_) => return "locked",
+            Role::Restarting(_) => return "restarting",
+            _ => {}
         }
         match self.acting_manager() {
             Some(_) => "manager",
@@ -312,6 +317,7 @@ impl ClusterAgent {
 
     /// Starts or stops the executor and the scheduler to match the role.
     async fn supervise(&self) {
+        self.restart_failed_store().await;
         let (client, manager) = match &*self.role.lock().await {
             None => (None, None),
             Some(role) => (role.node_client(), role.acting_manager()),
@@ -425,16 +431,15 @@ impl ClusterAgent {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .stop();
-        match self.role.lock().await.take() {
-            Some(Role::Manager(m)) => {
-                m.shutdown().await;
-                info!("cluster manager stopped");
-            }
-            Some(Role::Worker(w)) => {
-                w.shutdown().await;
-                info!("cluster worker stopped");
-            }
-            Some(Role::Locked(_)) | None => {}
+        store_restart::stop_role(self.role.lock().await.take()).await;
+    }
+
+    /// Why the role refuses the cluster's requests, when it is locked or restarting.
+    fn unavailable(role: &Role) -> Option<ApiError> {
+        match role {
+            Role::Locked(_) => Some(ApiError::new(SWARM_LOCKED)),
+            Role::Restarting(r) => Some(ApiError::new(r.message())),
+            Role::Manager(_) | Role::Worker(_) => None,
         }
     }
 
@@ -592,14 +597,15 @@ impl ClusterAgent {
                 Ok(Reply::SwarmUnlocked)
             }
             Request::SwarmLeave { force } => {
-                if let Some(Role::Locked(config)) = &*role {
-                    // Docker lets a locked node leave with --force (its key may be lost).
+                if let Some(r @ (Role::Locked(_) | Role::Restarting(_))) = &*role {
+                    // Docker lets a locked node leave with --force (its key may be lost);
+                    // so is a manager whose store cannot start.
                     if !force {
-                        return Err(ApiError::new(SWARM_LOCKED));
+                        return Err(Self::unavailable(r).expect("locked or restarting"));
                     }
-                    manager::forget(&config.data_dir).map_err(cluster_error)?;
+                    manager::forget(&self.config.cluster_dir()).map_err(cluster_error)?;
+                    info!(was = r.name(), "left the swarm");
                     *role = None;
-                    info!("left the swarm while locked");
                     return Ok(Reply::SwarmLeave);
                 }
                 let Some(current) = role.take() else {
@@ -624,7 +630,9 @@ impl ClusterAgent {
                     }
                     (Role::Worker(w), None) => w.leave().await,
                     // Handled above; the role on disk is taken back below.
-                    (Role::Locked(_), _) => Err(manager::ClusterError::Locked),
+                    (Role::Locked(_) | Role::Restarting(_), _) => {
+                        Err(manager::ClusterError::Locked)
+                    }
                 };
                 match result {
                     Ok(()) => {
@@ -657,8 +665,10 @@ impl ClusterAgent {
                 })
             }
             other => {
+                if let Some(e) = role.as_ref().and_then(Self::unavailable) {
+                    return Err(e);
+                }
                 let manager = match &*role {
-                    Some(Role::Locked(_)) => return Err(ApiError::new(SWARM_LOCKED)),
                     Some(r) => r
                         .acting_manager()
                         .ok_or_else(|| ApiError::new(WORKER_NOT_MANAGER))?,

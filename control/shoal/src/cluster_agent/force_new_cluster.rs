@@ -1,7 +1,7 @@
 //! `swarm init --force-new-cluster` on a manager: it becomes the only manager of its
 //! swarm, with the state it holds (see `Manager::force_new_cluster`).
 
-use super::{cluster_error, ClusterAgent, Role, SWARM_LOCKED};
+use super::{cluster_error, ClusterAgent, Role};
 use crate::api::{ApiError, Reply, Secret};
 use shoal_cluster::pki;
 
@@ -15,9 +15,11 @@ impl ClusterAgent {
         advertise_addr: Option<&str>,
         kept: &[(&str, bool)],
     ) -> Result<Reply, ApiError> {
+        if let Some(e) = role.and_then(Self::unavailable) {
+            return Err(e);
+        }
         let manager = match role {
             Some(Role::Manager(m)) if m.role() == pki::Role::Manager => m.clone(),
-            Some(Role::Locked(_)) => return Err(ApiError::new(SWARM_LOCKED)),
             _ => {
                 return Err(ApiError::new(
                     "--force-new-cluster runs on a manager: this node is a worker",

@@ -16,6 +16,8 @@ const STATE_TIMEOUT: Duration = Duration::from_secs(3);
 pub(super) fn local_role(role: Option<&Role>) -> (&'static str, bool) {
     match role {
         None => ("inactive", false),
+        // Docker's state for a node whose swarm part failed.
+        Some(Role::Restarting(_)) => ("error", false),
         Some(r) if r.node_client().is_none() => ("locked", false),
         Some(r) => ("active", r.acting_manager().is_some()),
     }
@@ -36,6 +38,11 @@ pub(super) async fn info(
     let Some(role) = role else {
         return view;
     };
+    if let Role::Restarting(r) = role {
+        view.swarm = "error".into();
+        view.error = Some(r.message());
+        return view;
+    }
     let Some(client) = role.node_client() else {
         view.swarm = "locked".into();
         view.error = Some(SWARM_LOCKED.into());

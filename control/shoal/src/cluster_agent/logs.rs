@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::services::resolve;
-use super::{cluster_error, ClusterAgent, Role, NOT_IN_SWARM, SWARM_LOCKED, WORKER_NOT_MANAGER};
+use super::{cluster_error, ClusterAgent, NOT_IN_SWARM, WORKER_NOT_MANAGER};
 use crate::api::{server::ReplyStream, ApiError, Reply, Request};
 use crate::service_logs::{
     self, LogLine, LogRecord, NodeLogsReply, NodeLogsRequest, PrefixStyle, FOLLOW_HEARTBEAT,
@@ -80,8 +80,10 @@ impl ClusterAgent {
     ) -> Result<crate::api::server::ReplyStream, ApiError> {
         let manager = {
             let role = self.role.lock().await;
+            if let Some(e) = role.as_ref().and_then(Self::unavailable) {
+                return Err(e);
+            }
             match &*role {
-                Some(Role::Locked(_)) => return Err(ApiError::new(SWARM_LOCKED)),
                 Some(r) => r
                     .acting_manager()
                     .ok_or_else(|| ApiError::new(WORKER_NOT_MANAGER))?,

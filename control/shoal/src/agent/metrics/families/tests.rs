@@ -37,6 +37,7 @@ fn readings() -> Readings {
                 h.observe(std::time::Duration::from_micros(300));
                 h.snapshot()
             },
+            failure: None,
         }),
         maps: MapReadings {
             underlay: Some(UnderlayStats::default()),
