@@ -268,8 +268,8 @@ impl Runtime {
         node_id: &str,
         mut wanted: Vec<crate::store::WantedAttachment>,
     ) -> Reply {
-        wanted.sort();
         let new = core.store.read_stale_with(|state| {
+            usable_attachments(state, &mut wanted);
             (crate::store::declared_attachments(state, node_id) != wanted)
                 .then(|| crate::store::new_attachment_count(state, node_id, &wanted))
         });
@@ -292,6 +292,30 @@ impl Runtime {
         .await?;
         Ok(Response::Done)
     }
+}
+
+/// Keeps of `wanted` what the store would take (sorted): entries on attachable networks
+/// that exist, valid names, each container once per network, within the bounds. The
+/// rest (a network removed since the container was made, an alias Docker took that no
+/// resolver would) is left out, so it does not hold up the node's other containers.
+fn usable_attachments(state: &ClusterState, wanted: &mut Vec<crate::store::WantedAttachment>) {
+    use crate::store::{attachment_name_ok, MAX_ALIASES, MAX_NODE_ATTACHMENTS};
+    wanted.retain(|w| {
+        !w.container_id.is_empty()
+            && w.container_id.len() <= 128
+            && attachment_name_ok(&w.container_name)
+            && state
+                .networks
+                .get(&w.network_id)
+                .is_some_and(|n| n.attachable && !n.ingress && n.subnet.is_some())
+    });
+    for w in wanted.iter_mut() {
+        w.aliases.retain(|a| attachment_name_ok(a));
+        w.aliases.truncate(MAX_ALIASES);
+    }
+    wanted.sort();
+    wanted.dedup_by(|a, b| a.container_id == b.container_id && a.network_id == b.network_id);
+    wanted.truncate(MAX_NODE_ATTACHMENTS);
 }
 
 pub(super) fn store_error(core: &Core, e: StoreError) -> WireError {
