@@ -3,7 +3,8 @@
 //! the container gets an address in the network's subnet, reaches a service by name
 //! (its VIP) and a task on another host by address, tasks resolve and reach it by its
 //! name and its `--network-alias`; it stays attached across a restart of its node's
-//! agent; `docker rm -f` detaches it (its name no longer resolves, the declared state
+//! agent; `docker stop` detaches it and `docker start` attaches it again; `docker rm
+//! -f` detaches it (its name no longer resolves, the declared state
 //! of every node forgets it). An overlay created without `--attachable` is still
 //! refused with Docker's 403.
 use std::{net::Ipv4Addr, path::PathBuf, process::Command};
@@ -332,6 +333,25 @@ fn docker_run_attaches_a_container_to_an_attachable_overlay() {
         "c1 attached through h2's agent restart (checked {:.1} s after)",
         restarted.elapsed().as_secs_f64()
     );
+
+    // Stopped, it is detached (its name goes); started again, it is attached again in
+    // its new namespace.
+    d2.ok(&["stop", "c1"]);
+    wait_for("c1 stops resolving once stopped", BOUND, || {
+        match lookup(&cli, &tasks[0], "c1") {
+            Ok(a) => Err(format!("still {a:?}")),
+            Err(_) => Ok(()),
+        }
+    });
+    d2.ok(&["start", "c1"]);
+    let c1_again = address_of(&d2, "c1", &prefix);
+    wait_answer(
+        "a task reaches c1 by name once it started again",
+        &c1_host,
+        |argv| cli.exec_in(&tasks[0], argv),
+        "c1",
+    );
+    println!("c1 attached again at {c1_again} after docker start");
 
     // `docker rm -f` detaches: the name goes from every node's DNS and declared state.
     let removed = std::time::Instant::now();
