@@ -1,6 +1,7 @@
 //! `docker run --network NET` on an attachable overlay, through a worker's Engine API
 //! socket with the real `docker` CLI (the image's current client and Debian's 20.10):
-//! the container gets an address in the network's subnet, reaches a service by name
+//! the container gets an address in the network's subnet (by the time `docker run -d`
+//! returns), reaches a service by name
 //! (its VIP) and a task on another host by address, tasks resolve and reach it by its
 //! name and its `--network-alias`; it stays attached across a restart of its node's
 //! agent; `docker stop` detaches it and `docker start` attaches it again; `docker rm
@@ -216,6 +217,14 @@ fn docker_run_attaches_a_container_to_an_attachable_overlay() {
         "shoal/web:1",
     ]);
     let c1_host: String = c1_id.chars().take(12).collect();
+    // `docker run -d` answers once the container is on its network, as Swarm's does.
+    let now = d2
+        .exec("c1", &["ip", "-4", "-o", "addr"])
+        .expect("c1's addresses");
+    assert!(
+        now.contains(&format!("inet {prefix}")),
+        "c1 has no address in {subnet} when docker run returns: {now}"
+    );
     let c1_addr = address_of(&d2, "c1", &prefix);
     println!(
         "c1 attached at {c1_addr} in {subnet} after {:.1} s",
@@ -344,6 +353,13 @@ fn docker_run_attaches_a_container_to_an_attachable_overlay() {
         }
     });
     d2.ok(&["start", "c1"]);
+    let now = d2
+        .exec("c1", &["ip", "-4", "-o", "addr"])
+        .expect("c1's addresses");
+    assert!(
+        now.contains(&format!("inet {prefix}")),
+        "c1 has no address in {subnet} when docker start returns: {now}"
+    );
     let c1_again = address_of(&d2, "c1", &prefix);
     wait_answer(
         "a task reaches c1 by name once it started again",

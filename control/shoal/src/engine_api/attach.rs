@@ -29,6 +29,56 @@ pub fn is_create(method: &hyper::Method, path: &str) -> bool {
     method == hyper::Method::POST && super::route::unversioned(path) == "/containers/create"
 }
 
+/// The container a `POST /containers/{id}/start` starts.
+pub fn is_start<'a>(method: &hyper::Method, path: &'a str) -> Option<&'a str> {
+    if method != hyper::Method::POST {
+        return None;
+    }
+    let rest = super::route::unversioned(path).strip_prefix("/containers/")?;
+    let (container, verb) = rest.split_once('/')?;
+    (verb == "start" && !container.is_empty()).then_some(container)
+}
+
+/// Longest a start waits for the container's overlay interface.
+const ATTACH_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// After dockerd started `container`: if it asked for overlays, waits (at most
+/// [`ATTACH_WAIT`]) until the dataplane has attached its namespace (overlay, VIP maps,
+/// egress), so `docker run -d` returns with the container on its networks as Swarm's
+/// does. The start stands either way: a slow attach is logged, not refused.
+pub async fn wait_attached(
+    docker: &Path,
+    container: &str,
+    mut ready: shoal_dataplane::reconcile::ready::ReadinessWatch,
+) {
+    let inspect = Request::get(format!("/containers/{container}/json"))
+        .header(hyper::header::HOST, "docker")
+        .body(http_body_util::Empty::<bytes::Bytes>::new());
+    let Ok(inspect) = inspect else {
+        return;
+    };
+    let Ok(info) = proxy::engine_json(docker, inspect).await else {
+        return;
+    };
+    let (Some(id), true) = (
+        info["Id"].as_str(),
+        info["Config"]["Labels"][LABEL_ATTACH].is_string(),
+    ) else {
+        return;
+    };
+    let done = |r: &shoal_dataplane::reconcile::ready::Readiness| {
+        r.attached.contains_key(id)
+            && r.vip_scoped.contains_key(id)
+            && r.egress_attached.contains_key(id)
+    };
+    if tokio::time::timeout(ATTACH_WAIT, ready.wait_for(done))
+        .await
+        .is_err()
+    {
+        tracing::warn!(container = %id, "started, but not on its overlay networks yet after 15 s");
+    }
+}
+
 /// The networks a container create names: its network mode (not Docker's own modes)
 /// and its endpoints' keys, each once.
 pub fn named_networks(body: &Value) -> Vec<String> {
@@ -280,6 +330,19 @@ mod tests {
             "ingress": false, "attachable": attachable, "internal": false, "encrypted": false,
         }))
         .expect("a network")
+    }
+
+    #[test]
+    fn starts_are_told_apart() {
+        use hyper::Method;
+        assert_eq!(
+            is_start(&Method::POST, "/v1.41/containers/abc/start"),
+            Some("abc")
+        );
+        assert_eq!(is_start(&Method::POST, "/containers/c1/start"), Some("c1"));
+        assert_eq!(is_start(&Method::POST, "/containers/c1/stop"), None);
+        assert_eq!(is_start(&Method::GET, "/containers/c1/start"), None);
+        assert_eq!(is_start(&Method::POST, "/containers//start"), None);
     }
 
     #[test]
