@@ -433,6 +433,20 @@ impl NodeClient {
     ) -> Result<(), ClusterError> {
         self.rt.register_gossip(gossip).await
     }
+
+    /// Declares this node's containers on attachable networks (the whole set): the
+    /// managers keep one attachment per container and network, with an address.
+    pub async fn set_attachments(
+        &self,
+        wanted: Vec<crate::store::WantedAttachment>,
+    ) -> Result<(), ClusterError> {
+        self.rt.set_attachments(wanted).await
+    }
+
+    /// The swarm's networks, from the leader (any node may ask).
+    pub async fn networks(&self) -> Result<Vec<crate::store::Network>, ClusterError> {
+        self.rt.networks().await
+    }
 }
 
 impl Manager {

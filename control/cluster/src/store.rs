@@ -65,9 +65,11 @@ pub use service::{
     SPREAD_LABEL_PREFIX,
 };
 pub use state::{
-    ApplyResult, Availability, CaProgress, CaRotation, ClusterSpec, ClusterState, Command,
+    attachment_name_ok, declared_attachments, new_attachment_count, ApplyResult, Availability,
+    CaProgress, CaRotation, ClusterSpec, ClusterState, Command, ContainerAttachment,
     GossipIdentity, GossipKey, Network, Node, NodeResources, NodeStatus, NodeTls, ObjectKind,
-    RegistryKey, Rejection, RemovedNode, Resealed, Role, StoredCa, UnlockKey, MAX_GOSSIP_KEYS,
+    RegistryKey, Rejection, RemovedNode, Resealed, Role, StoredCa, UnlockKey, WantedAttachment,
+    MAX_ALIASES, MAX_GOSSIP_KEYS, MAX_NODE_ATTACHMENTS,
 };
 pub use transport::{MemNetwork, RaftRequest, RaftResponse, Transport, TransportError};
 

@@ -62,6 +62,12 @@ pub use state::{
 };
 pub use table::{Lookup, RecordData, RecordTable};
 
+/// Whether `name` may be a container's name or alias in a [`DnsState`] (labels of
+/// letters, digits, `-` and `_`, dots between them).
+pub fn valid_name(name: &str) -> bool {
+    build::check_name("name", name, false).is_ok()
+}
+
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

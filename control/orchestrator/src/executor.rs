@@ -96,6 +96,9 @@ const EVENT_COALESCE: Duration = Duration::from_millis(20);
 /// Longest wait for the node's state from the managers before the pass goes on with
 /// what it has.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the same set of attached containers waits before it is declared again
+/// while the store does not show it.
+const ATTACH_RESEND: Duration = Duration::from_secs(2);
 /// Longest wait, before starting tasks, for gossip to tell of their running peers.
 const PEER_WAIT: Duration = Duration::from_secs(5);
 
@@ -144,6 +147,11 @@ pub struct Executor {
     /// The tmpfs of tasks' secrets and configs; None: none could be mounted (tasks
     /// using them are rejected).
     task_files: Option<TaskFiles>,
+    /// The attached containers last declared to the managers, and when.
+    attachments_sent: Option<(
+        Vec<shoal_cluster::store::WantedAttachment>,
+        std::time::Instant,
+    )>,
 }
 
 impl Executor {
@@ -182,6 +190,7 @@ impl Executor {
             legacy: legacy::Legacy::default(),
             report: None,
             task_files: None,
+            attachments_sent: None,
         }
     }
 
@@ -305,6 +314,7 @@ impl Executor {
                 return;
             }
         };
+        self.declare_attachments(&state, &me).await;
         let sandboxes = listing.sandboxes;
         let mut observed = listing.tasks;
         observed.extend(self.legacy.adopt(&state, &me, listing.legacy));
@@ -390,6 +400,39 @@ impl Executor {
             );
         }
         self.report(&state, updates).await;
+    }
+
+    /// Declares to the managers the node's running containers that asked for attachable
+    /// overlays ([`crate::attach`]), when that differs from what the store holds for
+    /// the node: at most once per [`ATTACH_RESEND`] for the same set (the store may
+    /// just not have caught up), at once for a new one.
+    async fn declare_attachments(&mut self, state: &ClusterState, me: &str) {
+        let running = match crate::attach::list_running(self.docker.engine()).await {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(error = %e, "listing attached containers");
+                return;
+            }
+        };
+        let wanted = crate::attach::wanted(&running);
+        if shoal_cluster::store::declared_attachments(state, me) == wanted {
+            self.attachments_sent = None;
+            return;
+        }
+        let now = std::time::Instant::now();
+        if self
+            .attachments_sent
+            .as_ref()
+            .is_some_and(|(sent, at)| *sent == wanted && now.duration_since(*at) < ATTACH_RESEND)
+        {
+            return;
+        }
+        self.attachments_sent = Some((wanted.clone(), now));
+        match tokio::time::timeout(FETCH_TIMEOUT, self.client.set_attachments(wanted)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "declaring attached containers to the managers"),
+            Err(_) => debug!("declaring attached containers timed out; retrying"),
+        }
     }
 
     /// Fetches the node's state (and its services' registry credentials) from the

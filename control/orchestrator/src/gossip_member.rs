@@ -413,7 +413,9 @@ pub fn endpoint_id(task: &str, network: &str) -> String {
 }
 
 /// This node's endpoints: every attachment of each task in `tasks` the store places
-/// here, with the MAC the overlay gives it (derived from the IP).
+/// here, and every container of this node the store has attached to a network (the
+/// node declares only running ones), with the MAC the overlay gives it (derived from
+/// the IP). An attached container's endpoint carries its attachment's ID as `task`.
 pub fn own_endpoints(
     state: &ClusterState,
     me: &str,
@@ -448,6 +450,26 @@ pub fn own_endpoints(
                 },
             );
         }
+    }
+    for a in state.attachments.values().filter(|a| a.node_id == me) {
+        let (Some(addr), Some(network)) = (a.addr, state.networks.get(&a.network_id)) else {
+            continue;
+        };
+        let ip = addr.addr();
+        out.insert(
+            endpoint_id(&a.id, &network.name),
+            Endpoint {
+                network: network.name.clone(),
+                ip: ip.into(),
+                mac: Mac::from_ip(ip).to_string(),
+                vtep,
+                service: None,
+                task: Some(a.id.clone()),
+                slot: None,
+                healthy: true,
+                aliases: Vec::new(),
+            },
+        );
     }
     out
 }

@@ -16,6 +16,7 @@
 //! - [`pipeline`]: the node's declared state, with its containers' namespaces, as one
 //!   in-memory value the dataplane's reconcilers follow.
 
+pub mod attach;
 pub mod docker;
 pub mod events;
 pub mod executor;

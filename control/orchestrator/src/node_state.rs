@@ -160,6 +160,23 @@ pub fn compute_with(
             });
         }
     }
+    // Containers of this node that are not tasks, attached to attachable networks once
+    // the managers gave them an address: plumbed as a task's sandbox is, egress too.
+    for a in state.attachments.values() {
+        let (true, Some(addr), Some(name)) =
+            (a.node_id == node_id, a.addr, net_name(&a.network_id))
+        else {
+            continue;
+        };
+        local_nets.insert(a.network_id.clone());
+        task_containers.insert(a.container_id.clone());
+        local_endpoints.push(overlay::LocalEndpoint {
+            network: name,
+            container: a.container_id.clone(),
+            ip: addr.addr(),
+            mac: None,
+        });
+    }
     if let (Some(ing), true) = (ingress, any_ingress_port) {
         local_nets.insert(ing.id.clone());
     }
@@ -204,6 +221,31 @@ pub fn compute_with(
                 vtep,
             });
         }
+    }
+
+    // Other nodes' attached containers, once their node gossips them (as a task).
+    let attached_reported = |a: &store::ContainerAttachment| -> bool {
+        a.node_id == node_id
+            || (node_ready(state, Some(&a.node_id))
+                && gossiped
+                    .as_ref()
+                    .is_none_or(|seen| seen.contains(&(a.node_id.clone(), a.id.clone()))))
+    };
+    for a in state.attachments.values() {
+        if a.node_id == node_id || !local_nets.contains(&a.network_id) || !attached_reported(a) {
+            continue;
+        }
+        let (Some(addr), Some(name), Some(vtep)) =
+            (a.addr, net_name(&a.network_id), vtep(state, &a.node_id))
+        else {
+            continue;
+        };
+        remote_endpoints.push(overlay::RemoteEndpoint {
+            network: name,
+            ip: addr.addr(),
+            mac: None,
+            vtep,
+        });
     }
 
     let mut dns_services = Vec::new();
@@ -387,8 +429,8 @@ pub fn compute_with(
             remote_endpoints,
         },
         dns: dns::DnsState {
+            containers: attached_containers(state, &local_nets, &dns_services, attached_reported),
             services: dns_services,
-            containers: Vec::new(),
         },
         lb: lb::LbState {
             ingress_network,
@@ -406,6 +448,56 @@ pub fn compute_with(
         cluster_vteps: state.nodes.keys().filter_map(|n| vtep(state, n)).collect(),
         task_containers,
     }
+}
+
+/// The DNS records of attached containers on the networks present here (`reported`:
+/// whether one counts yet), one per container name: the same name on two nodes answers
+/// with both addresses. A name or alias the resolver would refuse, or that could be a
+/// task's name (`<service>.`...), is left out rather than have the whole state refused.
+fn attached_containers(
+    state: &ClusterState,
+    local_nets: &BTreeSet<String>,
+    services: &[dns::Service],
+    reported: impl Fn(&store::ContainerAttachment) -> bool,
+) -> Vec<dns::Container> {
+    let clashes = |name: &str| {
+        let name = name.to_ascii_lowercase();
+        !dns::valid_name(&name)
+            || services.iter().any(|s| {
+                let service = s.name.to_ascii_lowercase();
+                name == service || name.starts_with(&format!("{service}."))
+            })
+    };
+    let mut by_name: BTreeMap<String, dns::Container> = BTreeMap::new();
+    for a in state.attachments.values() {
+        if !local_nets.contains(&a.network_id) || !reported(a) || clashes(&a.container_name) {
+            continue;
+        }
+        let (Some(addr), Some(network)) = (a.addr, state.networks.get(&a.network_id)) else {
+            continue;
+        };
+        let c = by_name
+            .entry(a.container_name.clone())
+            .or_insert_with(|| dns::Container {
+                name: a.container_name.clone(),
+                addresses: Vec::new(),
+                aliases: Vec::new(),
+            });
+        c.addresses.push(dns::NetAddr {
+            network: network.name.clone(),
+            ip: addr.addr().into(),
+        });
+        for alias in a.aliases.iter().filter(|alias| !clashes(alias)) {
+            let alias = dns::NetAlias {
+                network: network.name.clone(),
+                alias: alias.clone(),
+            };
+            if !c.aliases.contains(&alias) {
+                c.aliases.push(alias);
+            }
+        }
+    }
+    by_name.into_values().collect()
 }
 
 /// Tasks on other nodes that the store has running on one of `networks` (store IDs), on

@@ -27,7 +27,8 @@
 //!   (they are replaced elsewhere). Like Swarm there is no rebalancing when a node comes
 //!   back; `service update --force` replaces every task.
 //! - Addresses: each task gets one per network of its service (ingress first when a port
-//!   is published in ingress mode), each vip-mode service one VIP per network, from
+//!   is published in ingress mode), each vip-mode service one VIP per network, each
+//!   attached container that is not a task one on its network, from
 //!   [`ipam::Addresses`] rebuilt from the store on every plan: addresses never used
 //!   first, and an ended task's address is held back for a while after it ended.
 
@@ -534,6 +535,17 @@ pub fn plan(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut() -> Strin
         p.services.push(s);
     }
 
+    // Containers that are not tasks, attached with no address yet.
+    let mut attachment_addresses = Vec::new();
+    for a in state.attachments.values().filter(|a| a.addr.is_none()) {
+        match p.addresses.allocate(&a.network_id) {
+            Ok(addr) => attachment_addresses.push((a.id.clone(), addr)),
+            Err(e) => {
+                warn!(container = %a.container_name, network = %a.network_id, error = %e, "no address left for an attached container")
+            }
+        }
+    }
+
     for service in state.services.values() {
         let constraints = constraints_of(service);
         if service.spec.mode.is_job() {
@@ -663,6 +675,11 @@ pub fn plan(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut() -> Strin
     }
 
     let mut commands = Vec::new();
+    if !attachment_addresses.is_empty() {
+        commands.push(Command::SetAttachmentAddresses {
+            addresses: attachment_addresses,
+        });
+    }
     for s in p.services {
         // Refused if an operator changed the service since this plan read it.
         let version = state.services.get(&s.id).map_or(0, |old| old.version);

@@ -300,6 +300,9 @@ pub enum Request {
         labels: BTreeMap<String, String>,
     },
     NetworkLs,
+    /// The swarm's networks, asked of the leader: on workers too (the Engine API
+    /// resolves `docker run --network NET` with them).
+    SwarmNetworks,
     NetworkInspect {
         networks: Vec<String>,
     },
@@ -376,6 +379,7 @@ impl Request {
             Request::ServiceLogs { .. } => "service logs",
             Request::NetworkCreate { .. } => "network create",
             Request::NetworkLs => "network ls",
+            Request::SwarmNetworks => "swarm networks (Engine API)",
             Request::NetworkInspect { .. } => "network inspect",
             Request::NetworkRm { .. } => "network rm",
             Request::ObjectCreate { kind, .. } => match kind {

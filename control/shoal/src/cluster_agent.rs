@@ -657,6 +657,17 @@ impl ClusterAgent {
                 )
                 .await,
             ))),
+            Request::SwarmNetworks => {
+                let client = match &*role {
+                    Some(Role::Locked(_)) => return Err(ApiError::new(SWARM_LOCKED)),
+                    Some(r) => r.node_client(),
+                    None => return Err(ApiError::new(NOT_IN_SWARM)),
+                };
+                drop(role);
+                let client = client.ok_or_else(|| ApiError::new(SWARM_LOCKED))?;
+                let networks = client.networks().await.map_err(cluster_error)?;
+                Ok(Reply::Networks { networks })
+            }
             Request::LocalRole => {
                 let (swarm, is_manager) = info::local_role(role.as_ref());
                 Ok(Reply::LocalRole {

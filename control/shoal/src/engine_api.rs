@@ -77,7 +77,14 @@ pub fn docker_group() -> Option<u32> {
 
 /// Serves the Engine API on `socket` until dropped; each connection on a task of its
 /// own.
-pub async fn serve(socket: ApiSocket, backend: Arc<dyn Backend>, docker: PathBuf) {
+/// `ready`: what the node's dataplane has made ready (a start of a container attached
+/// to an overlay answers once its network is); None: no dataplane follows the cluster.
+pub async fn serve(
+    socket: ApiSocket,
+    backend: Arc<dyn Backend>,
+    docker: PathBuf,
+    ready: Option<shoal_dataplane::reconcile::ready::ReadinessWatch>,
+) {
     info!(socket = %socket.path().display(), "Engine API listening");
     let docker: Arc<Path> = docker.into();
     loop {
@@ -91,12 +98,16 @@ pub async fn serve(socket: ApiSocket, backend: Arc<dyn Backend>, docker: PathBuf
         };
         let backend = backend.clone();
         let docker = docker.clone();
+        let ready = ready.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let backend = backend.clone();
                 let docker = docker.clone();
+                let ready = ready.clone();
                 async move {
-                    Ok::<_, std::convert::Infallible>(handle(&*backend, &docker, request).await)
+                    Ok::<_, std::convert::Infallible>(
+                        handle(&*backend, &docker, ready, request).await,
+                    )
                 }
             });
             if let Err(e) = http1::Builder::new()
@@ -177,7 +188,12 @@ impl Call {
     }
 }
 
-async fn handle(backend: &dyn Backend, docker: &Path, request: Request<Incoming>) -> Answer {
+async fn handle(
+    backend: &dyn Backend,
+    docker: &Path,
+    ready: Option<shoal_dataplane::reconcile::ready::ReadinessWatch>,
+    request: Request<Incoming>,
+) -> Answer {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let answer = match route::route(&path) {
@@ -190,6 +206,14 @@ async fn handle(backend: &dyn Backend, docker: &Path, request: Request<Incoming>
                     Ok(call) => attach::create(backend, docker, parts, call).await,
                     Err(a) => a,
                 }
+            } else if let (Some(container), Some(ready)) = (attach::is_start(&method, &path), ready)
+            {
+                let container = container.to_owned();
+                let answer = proxy::forward(docker, request).await;
+                if answer.status() == hyper::StatusCode::NO_CONTENT {
+                    attach::wait_attached(docker, &container, ready).await;
+                }
+                answer
             } else {
                 return proxy::forward(docker, request).await;
             }

@@ -154,7 +154,7 @@ impl Networks {
 /// Task addresses and VIPs: one pool per network with a subnet.
 ///
 /// In use: the gateway, every service's VIPs, the addresses of every task that runs or
-/// may still run (told to run, or not yet ended). An ended task kept as history released
+/// may still run (told to run, or not yet ended), and of every attached container. An ended task kept as history released
 /// its addresses when it ended (its status time): they are held back for
 /// [`DEFAULT_HOLD_BACK`] from then. See [`AddressPool::restore`] for the order addresses
 /// are handed out in.
@@ -189,6 +189,13 @@ impl Addresses {
                         .or_default()
                         .push((a.addr.addr(), at));
                 }
+            }
+        }
+        // Containers that are not tasks: in use while attached; a detached one's address
+        // is no longer mentioned anywhere (free, after the never-used ones).
+        for a in state.attachments.values() {
+            if let Some(addr) = a.addr {
+                in_use.entry(&a.network_id).or_default().push(addr.addr());
             }
         }
         let pools = state

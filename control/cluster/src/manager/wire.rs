@@ -97,6 +97,13 @@ pub(crate) enum Request {
     RegisterGossip {
         gossip: GossipIdentity,
     },
+    /// The caller's containers on attachable networks, whole (about the caller's own
+    /// node only).
+    SetAttachments {
+        wanted: Vec<crate::store::WantedAttachment>,
+    },
+    /// The swarm's networks (a node's Engine API resolves `--network NET` with them).
+    Networks,
 }
 
 /// How long a joining node waits for its answer, given the cluster's request timeout
@@ -128,7 +135,9 @@ impl Request {
             | Request::Renew { .. }
             | Request::NodeState { .. }
             | Request::ReportTasks { .. }
-            | Request::RegisterGossip { .. } => 1,
+            | Request::RegisterGossip { .. }
+            | Request::SetAttachments { .. }
+            | Request::Networks => 1,
         };
         t * calls + Duration::from_secs(1)
     }
@@ -151,6 +160,8 @@ impl Request {
             Request::NodeState { .. } => "node_state",
             Request::ReportTasks { .. } => "report_tasks",
             Request::RegisterGossip { .. } => "register_gossip",
+            Request::SetAttachments { .. } => "set_attachments",
+            Request::Networks => "networks",
         }
     }
 }
@@ -236,6 +247,8 @@ pub(crate) enum Response {
         view: Option<Box<super::NodeView>>,
         withdrawal: super::Withdrawal,
     },
+    /// The answer to `Networks`.
+    Networks(Vec<crate::store::Network>),
     Done,
 }
 

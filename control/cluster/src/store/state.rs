@@ -11,12 +11,14 @@
 //! - `network`: network objects.
 //! - `cluster`: cluster-wide settings, the gossip keys and the autolock unlock key.
 //! - `removed`: the nodes whose certificates no longer count (removed, or left).
+//! - `attachment`: containers that are not tasks on attachable networks.
 //! - `ca`: the root CA a rotation made current, a rotation under way, and each node's
 //!   certificate and trust as its heartbeats say.
 //! - `command`: the commands, why one is refused, and what applying one did.
 //! - `apply`: applying a command (the checks, then the change).
 
 mod apply;
+mod attachment;
 mod ca;
 mod cluster;
 mod command;
@@ -31,6 +33,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::data_object::DataObject;
 use super::service::{Service, Task};
 
+pub use attachment::{
+    declared as declared_attachments, name_ok as attachment_name_ok, new_attachment_count,
+    ContainerAttachment, WantedAttachment, MAX_ALIASES, MAX_NODE_ATTACHMENTS,
+};
 pub use ca::{CaProgress, CaRotation, NodeTls, Resealed, StoredCa};
 pub use cluster::{ClusterSpec, GossipKey, RegistryKey, UnlockKey, MAX_GOSSIP_KEYS};
 pub use command::{ApplyResult, Command, Rejection};
@@ -56,6 +62,10 @@ pub struct ClusterState {
     /// Tasks by ID (current ones and the history `service ps` shows).
     #[serde(default, deserialize_with = "lenient_map")]
     pub tasks: BTreeMap<String, Task>,
+    /// Containers that are not tasks attached to attachable networks, by attachment ID
+    /// (see [`ContainerAttachment`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attachments: BTreeMap<String, ContainerAttachment>,
     /// Secrets and configs by ID (see [`DataObject`]). A node's view holds only the
     /// ones its live tasks use.
     #[serde(default, deserialize_with = "lenient_map")]

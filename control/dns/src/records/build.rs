@@ -12,7 +12,11 @@ use super::table::{extend_unique, Entry, Kind, Owner, PtrEntry, RecordTable, Sho
 /// Checks a DNS name: dot-separated labels of 1-63 letters, digits, `-` and `_`, at most
 /// 253 characters, one label only when `single_label`; names under `arpa` are reserved
 /// for reverse lookups.
-fn check_name(what: &'static str, name: &str, single_label: bool) -> Result<(), DnsStateError> {
+pub(super) fn check_name(
+    what: &'static str,
+    name: &str,
+    single_label: bool,
+) -> Result<(), DnsStateError> {
     let invalid = |reason| DnsStateError::InvalidName {
         what,
         name: name.to_string(),

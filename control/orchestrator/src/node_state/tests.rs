@@ -597,3 +597,80 @@ fn a_tasks_own_resolvers_are_declared_to_dns_from_the_spec_it_runs() {
         );
     }
 }
+
+/// A container that is not a task, attached to an attachable network on n2: n2 plumbs
+/// it as a local endpoint (with egress), n1 reaches it as a remote one once it has a
+/// task on that network, and both name it (and its alias) in DNS; detached, it is gone.
+#[test]
+fn attached_containers_are_endpoints_and_names_like_tasks() {
+    let mut s = cluster();
+    let mut web = s.networks["WEB"].clone();
+    web.attachable = true;
+    s.apply(&Command::UpsertNetwork { network: web });
+    s.apply(&Command::SetNodeAttachments {
+        node_id: "n2".into(),
+        wanted: vec![
+            shoal_cluster::store::WantedAttachment {
+                container_id: "cid1".into(),
+                container_name: "c1".into(),
+                network_id: "WEB".into(),
+                aliases: vec!["toolbox".into(), "myweb".into()],
+            },
+            shoal_cluster::store::WantedAttachment {
+                container_id: "cid2".into(),
+                container_name: "myweb.1".into(),
+                network_id: "WEB".into(),
+                aliases: vec![],
+            },
+        ],
+        new_ids: vec!["A1".into(), "A2".into()],
+    })
+    .into_result()
+    .unwrap();
+    // No address yet: nothing declared for it.
+    let before = compute(&s, "n2");
+    assert!(!before.task_containers.contains("cid1"));
+    s.apply(&Command::SetAttachmentAddresses {
+        addresses: vec![
+            ("A1".into(), "10.0.1.200/24".parse().unwrap()),
+            ("A2".into(), "10.0.1.201/24".parse().unwrap()),
+        ],
+    });
+    let ip: Ipv4Addr = "10.0.1.200".parse().unwrap();
+
+    let n2 = compute(&s, "n2");
+    n2.overlay.validate().expect("a valid overlay state");
+    assert!(n2.task_containers.contains("cid1"));
+    assert!(n2
+        .overlay
+        .local_endpoints
+        .iter()
+        .any(|e| e.container == "cid1" && e.ip == ip && e.network == "web"));
+    let n1 = compute(&s, "n1");
+    n1.overlay.validate().expect("a valid overlay state");
+    assert!(n1
+        .overlay
+        .remote_endpoints
+        .iter()
+        .any(|e| e.ip == ip && e.vtep == "192.168.77.12".parse::<Ipv4Addr>().unwrap()));
+    for ns in [&n1, &n2] {
+        shoal_dns::records::RecordTable::build(&ns.dns).expect("a DNS state the resolver takes");
+        let c1: Vec<&dns::Container> = ns.dns.containers.iter().collect();
+        // A name or alias that could be a service's or a task's is left out.
+        assert_eq!(c1.len(), 1, "{c1:?}");
+        assert_eq!(c1[0].name, "c1");
+        assert_eq!(c1[0].addresses[0].ip, IpAddr::V4(ip));
+        let aliases: Vec<&str> = c1[0].aliases.iter().map(|a| a.alias.as_str()).collect();
+        assert_eq!(aliases, vec!["toolbox"]);
+    }
+
+    s.apply(&Command::SetNodeAttachments {
+        node_id: "n2".into(),
+        wanted: vec![],
+        new_ids: vec![],
+    });
+    let n1 = compute(&s, "n1");
+    assert!(n1.overlay.remote_endpoints.iter().all(|e| e.ip != ip));
+    assert!(n1.dns.containers.is_empty());
+    assert!(!compute(&s, "n2").task_containers.contains("cid1"));
+}

@@ -1,5 +1,7 @@
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
+use ipnet::Ipv4Net;
+
 use shoal_cluster::store::{
     ClusterState, Command, Endpoint, FailureAction, Network, Node, PortConfig, Protocol,
     PublishMode, RestartCondition, Role, ServiceSpec, TaskStatusUpdate, UpdateState, UpdateStatus,
@@ -991,5 +993,60 @@ fn placement_preferences_spread_over_label_values_then_task_counts() {
         running.get("x").unwrap_or(&0) + running.get("y").unwrap_or(&0),
         1,
         "{running:?}"
+    );
+}
+
+#[test]
+fn attached_containers_get_addresses_beside_tasks_and_free_them_when_detached() {
+    let mut sim = Sim::new(&["a", "b"]);
+    let mut web = sim.state.networks["web"].clone();
+    web.attachable = true;
+    sim.set(Command::UpsertNetwork { network: web });
+    let mut s = service("s", ServiceMode::Replicated { replicas: 1 });
+    s.spec.networks = vec!["web".into()];
+    sim.add(s);
+    let wanted = |name: &str| shoal_cluster::store::WantedAttachment {
+        container_id: format!("{name}-id"),
+        container_name: name.into(),
+        network_id: "web".into(),
+        aliases: vec![],
+    };
+    sim.set(Command::SetNodeAttachments {
+        node_id: "b".into(),
+        wanted: vec![wanted("c1")],
+        new_ids: vec!["att1".into()],
+    });
+    sim.settle();
+    let c1 = sim.state.attachments["att1"].addr.expect("an address");
+    let mut taken: Vec<Ipv4Net> = sim
+        .state
+        .service_tasks("s")
+        .flat_map(|t| t.networks.iter().map(|a| a.addr))
+        .collect();
+    taken.extend(
+        sim.state.services["s"]
+            .endpoint
+            .virtual_ips
+            .iter()
+            .map(|v| v.addr),
+    );
+    assert_eq!(c1.prefix_len(), 29);
+    assert!(!taken.contains(&c1), "{c1} handed out twice: {taken:?}");
+    assert_ne!(c1.addr(), "10.0.1.1".parse::<Ipv4Addr>().unwrap());
+
+    // Detached: the address is no longer held; a later container gets an address too.
+    sim.set(Command::SetNodeAttachments {
+        node_id: "b".into(),
+        wanted: vec![],
+        new_ids: vec![],
+    });
+    sim.settle();
+    assert!(sim.state.attachments.is_empty());
+    let mut pool = ipam::Addresses::from_state(&sim.state, Millis(sim.now));
+    let free: Vec<Ipv4Net> = std::iter::from_fn(|| pool.allocate("web").ok()).collect();
+    assert!(free.contains(&c1), "{c1} is not free again: {free:?}");
+    assert!(
+        free.iter().all(|f| !taken.contains(f)),
+        "{free:?} {taken:?}"
     );
 }

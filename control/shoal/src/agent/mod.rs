@@ -195,6 +195,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
         engine_socket,
         cluster.clone(),
         config.docker_socket.clone(),
+        Some(dataplane.readiness()),
     ));
     let metrics_server = metrics_listener.map(|listener| {
         let sources = metrics::Sources {

@@ -231,4 +231,24 @@ impl Runtime {
     ) -> Result<(), ClusterError> {
         self.call_done(Request::RegisterGossip { gossip }).await
     }
+
+    /// Declares this node's containers on attachable networks, whole.
+    pub(crate) async fn set_attachments(
+        self: &Arc<Self>,
+        wanted: Vec<crate::store::WantedAttachment>,
+    ) -> Result<(), ClusterError> {
+        self.call_done(Request::SetAttachments { wanted }).await
+    }
+
+    /// The swarm's networks, from the leader.
+    pub(crate) async fn networks(
+        self: &Arc<Self>,
+    ) -> Result<Vec<crate::store::Network>, ClusterError> {
+        match self.call_leader(Request::Networks).await? {
+            Response::Networks(n) => Ok(n),
+            _ => Err(ClusterError::Protocol(
+                "unexpected answer to networks".into(),
+            )),
+        }
+    }
 }

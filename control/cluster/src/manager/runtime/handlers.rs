@@ -55,7 +55,9 @@ pub(crate) fn needs(request: &Request) -> Needs {
         | Request::Renew { .. }
         | Request::NodeState { .. }
         | Request::ReportTasks { .. }
-        | Request::RegisterGossip { .. } => on_leader(Role::Worker),
+        | Request::RegisterGossip { .. }
+        | Request::SetAttachments { .. }
+        | Request::Networks => on_leader(Role::Worker),
     }
 }
 
@@ -162,6 +164,14 @@ impl Runtime {
                 Request::RegisterGossip { gossip } => {
                     self.do_register_gossip(&core, peer.node_id(), gossip).await
                 }
+                Request::SetAttachments { wanted } => {
+                    self.do_set_attachments(&core, peer.node_id(), wanted).await
+                }
+                Request::Networks => {
+                    Ok(Response::Networks(core.store.read_stale_with(|state| {
+                        state.networks.values().cloned().collect()
+                    })))
+                }
             }
         })
     }
@@ -246,6 +256,66 @@ impl Runtime {
         tracing::info!(node = %node_id, "gossip key registered");
         Ok(Response::Done)
     }
+}
+
+impl Runtime {
+    /// A node's containers on attachable networks, whole: written only when they differ
+    /// from what the store has for it, within the node's write budget; the new ones get
+    /// IDs here (the scheduler gives them addresses).
+    async fn do_set_attachments(
+        &self,
+        core: &Core,
+        node_id: &str,
+        mut wanted: Vec<crate::store::WantedAttachment>,
+    ) -> Reply {
+        let new = core.store.read_stale_with(|state| {
+            usable_attachments(state, &mut wanted);
+            (crate::store::declared_attachments(state, node_id) != wanted)
+                .then(|| crate::store::new_attachment_count(state, node_id, &wanted))
+        });
+        let Some(new) = new else {
+            return Ok(Response::Done);
+        };
+        if !lock(&self.writes).take(node_id, Instant::now()) {
+            return Err(WireError::Busy {
+                detail: format!("node {node_id} changes its attachments too often; retry"),
+            });
+        }
+        propose(
+            core,
+            Command::SetNodeAttachments {
+                node_id: node_id.to_string(),
+                wanted,
+                new_ids: (0..new).map(|_| crate::pki::new_node_id()).collect(),
+            },
+        )
+        .await?;
+        Ok(Response::Done)
+    }
+}
+
+/// Keeps of `wanted` what the store would take (sorted): entries on attachable networks
+/// that exist, valid names, each container once per network, within the bounds. The
+/// rest (a network removed since the container was made, an alias Docker took that no
+/// resolver would) is left out, so it does not hold up the node's other containers.
+fn usable_attachments(state: &ClusterState, wanted: &mut Vec<crate::store::WantedAttachment>) {
+    use crate::store::{attachment_name_ok, MAX_ALIASES, MAX_NODE_ATTACHMENTS};
+    wanted.retain(|w| {
+        !w.container_id.is_empty()
+            && w.container_id.len() <= 128
+            && attachment_name_ok(&w.container_name)
+            && state
+                .networks
+                .get(&w.network_id)
+                .is_some_and(|n| n.attachable && !n.ingress && n.subnet.is_some())
+    });
+    for w in wanted.iter_mut() {
+        w.aliases.retain(|a| attachment_name_ok(a));
+        w.aliases.truncate(MAX_ALIASES);
+    }
+    wanted.sort();
+    wanted.dedup_by(|a, b| a.container_id == b.container_id && a.network_id == b.network_id);
+    wanted.truncate(MAX_NODE_ATTACHMENTS);
 }
 
 pub(super) fn store_error(core: &Core, e: StoreError) -> WireError {
@@ -339,6 +409,8 @@ mod tests {
                 applied: None,
             },
             Request::ReportTasks { updates: vec![] },
+            Request::SetAttachments { wanted: vec![] },
+            Request::Networks,
             Request::RegisterGossip {
                 gossip: GossipIdentity {
                     key: "ab".repeat(32),

@@ -9,6 +9,8 @@
 //!   reduced to what naming and balancing need (name, mode, networks, aliases, ports,
 //!   endpoint mode, VIPs). Never another service's image, command, env, labels,
 //!   container settings, health check or previous spec, nor another task's status text.
+//! - The containers attached to those networks that are not tasks (its own among them:
+//!   their networks count as present).
 //! - Every node (addresses: gossip seeds, VTEPs, the managers' list), without the labels
 //!   of the others; the cluster's settings and gossip keys.
 //! - The secrets and configs its live tasks use (their data: the node mounts them into
@@ -38,6 +40,7 @@ pub(super) fn node_view(state: ClusterState, node_id: &str, key: &RegistryKeyrin
         tokens: _,
         cluster,
         mut tasks,
+        mut attachments,
         mut secrets,
         mut configs,
         gossip_keys,
@@ -82,7 +85,15 @@ pub(super) fn node_view(state: ClusterState, node_id: &str, key: &RegistryKeyrin
     if services.values().any(|s| publishes(&s.spec)) {
         local.extend(ingress.clone());
     }
+    local.extend(
+        attachments
+            .values()
+            .filter(|a| a.node_id == node_id)
+            .map(|a| a.network_id.clone()),
+    );
     networks.retain(|id, _| local.contains(id));
+    // Containers attached to a network present here (its own among them).
+    attachments.retain(|_, a| local.contains(&a.network_id));
 
     // Tasks: the node's own, and the others attached to a network present here.
     tasks.retain(|_, t| own(t) || t.networks.iter().any(|a| local.contains(&a.network_id)));
@@ -164,6 +175,7 @@ pub(super) fn node_view(state: ClusterState, node_id: &str, key: &RegistryKeyrin
             tokens: None,
             cluster,
             tasks,
+            attachments,
             secrets,
             configs,
             gossip_keys,

@@ -91,14 +91,21 @@ impl ClusterState {
                 if !self.networks.contains_key(id) {
                     return Err(Rejection::UnknownNetwork { id: id.clone() });
                 }
-                match self
+                if let Some(s) = self
                     .services
                     .values()
                     .find(|s| s.spec.networks.contains(id))
                 {
-                    Some(s) => Err(Rejection::NetworkInUse {
+                    return Err(Rejection::NetworkInUse {
                         network: self.networks[id].name.clone(),
                         service: s.spec.name.clone(),
+                    });
+                }
+                match self.attachments.values().find(|a| &a.network_id == id) {
+                    Some(a) => Err(Rejection::NetworkHasEndpoints {
+                        network: self.networks[id].name.clone(),
+                        container: a.container_name.clone(),
+                        node: a.node_id.clone(),
                     }),
                     None => Ok(()),
                 }
@@ -154,6 +161,15 @@ impl ClusterState {
                 Ok(())
             }
             Command::RemoveTasks { .. } | Command::UpdateTaskStatus { .. } => Ok(()),
+            Command::SetNodeAttachments {
+                node_id,
+                wanted,
+                new_ids,
+            } => {
+                node(node_id)?;
+                super::attachment::check_wanted(self, node_id, wanted, new_ids)
+            }
+            Command::SetAttachmentAddresses { .. } => Ok(()),
             Command::RemoveService { id } => {
                 if self.services.contains_key(id) {
                     Ok(())
@@ -411,6 +427,7 @@ impl ClusterState {
             }
             Command::RemoveNode { id } => {
                 self.nodes.remove(id);
+                self.attachments.retain(|_, a| &a.node_id != id);
             }
             Command::RevokeNode {
                 id,
@@ -494,6 +511,27 @@ impl ClusterState {
                         {
                             t.status = u.status.clone();
                             t.version = version;
+                        }
+                    }
+                }
+            }
+            Command::SetNodeAttachments {
+                node_id,
+                wanted,
+                new_ids,
+            } => super::attachment::set_wanted(
+                &mut self.attachments,
+                node_id,
+                wanted,
+                new_ids,
+                version,
+            ),
+            Command::SetAttachmentAddresses { addresses } => {
+                for (id, addr) in addresses {
+                    if let Some(a) = self.attachments.get_mut(id) {
+                        if a.addr.is_none() {
+                            a.addr = Some(*addr);
+                            a.version = version;
                         }
                     }
                 }

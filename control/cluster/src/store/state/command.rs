@@ -103,6 +103,21 @@ pub enum Command {
         node_id: String,
         updates: Vec<TaskStatusUpdate>,
     },
+    /// Node `node_id`'s containers on attachable networks are `wanted` from now on:
+    /// attachments it no longer wants are removed (their addresses free), new ones
+    /// added with the IDs in `new_ids` (one per new entry, in order), kept ones keep
+    /// their ID and address. Refused if a network is unknown or not attachable.
+    SetNodeAttachments {
+        node_id: String,
+        wanted: Vec<super::WantedAttachment>,
+        #[serde(default)]
+        new_ids: Vec<String>,
+    },
+    /// The scheduler's addresses for attachments that had none (`(ID, address)`);
+    /// attachments gone meanwhile, or that have one already, are skipped.
+    SetAttachmentAddresses {
+        addresses: Vec<(String, ipnet::Ipv4Net)>,
+    },
     SetTokens {
         tokens: serde_json::Value,
     },
@@ -180,6 +195,12 @@ pub enum Rejection {
     DuplicateServiceName { name: String, existing_id: String },
     #[error("network {network} is in use by service {service}")]
     NetworkInUse { network: String, service: String },
+    #[error("network {network} has active endpoints (container {container} on node {node})")]
+    NetworkHasEndpoints {
+        network: String,
+        container: String,
+        node: String,
+    },
     #[error("{kind} {name} is in use by the following service: {service}")]
     ObjectInUse {
         kind: ObjectKind,

@@ -1077,3 +1077,110 @@ fn a_secret_in_use_is_not_removed_and_an_unknown_one_is_not_used() {
     s.apply(&rm).into_result().unwrap();
     assert!(s.secrets.is_empty());
 }
+
+fn wanted(container: &str, network: &str) -> WantedAttachment {
+    WantedAttachment {
+        container_id: format!("{container}-id"),
+        container_name: container.to_string(),
+        network_id: network.to_string(),
+        aliases: vec![],
+    }
+}
+
+#[test]
+fn a_node_declares_its_attachments_whole_and_only_on_attachable_networks() {
+    let mut s = ClusterState::default();
+    s.apply(&Command::UpsertNode {
+        node: node("n1", Role::Worker),
+    });
+    s.apply(&Command::UpsertNode {
+        node: node("n2", Role::Worker),
+    });
+    s.apply(&Command::UpsertNetwork {
+        network: network("plain", "plain"),
+    });
+    let mut shared = network("shared", "shared");
+    shared.attachable = true;
+    s.apply(&Command::UpsertNetwork { network: shared });
+    let set =
+        |node: &str, wanted: Vec<WantedAttachment>, ids: &[&str]| Command::SetNodeAttachments {
+            node_id: node.into(),
+            wanted,
+            new_ids: ids.iter().map(|i| i.to_string()).collect(),
+        };
+
+    // Not attachable, unknown, or IDs that do not match the new entries: nothing changes.
+    let before = s.clone();
+    for bad in [
+        set("n1", vec![wanted("c1", "plain")], &["a1"]),
+        set("n1", vec![wanted("c1", "nope")], &["a1"]),
+        set("n1", vec![wanted("c1", "shared")], &[]),
+        set(
+            "n1",
+            vec![wanted("c1", "shared"), wanted("c1", "shared")],
+            &["a1", "a2"],
+        ),
+        set("nx", vec![wanted("c1", "shared")], &["a1"]),
+    ] {
+        assert!(s.apply(&bad).into_result().is_err(), "{bad:?}");
+    }
+    assert_eq!(s, before);
+    let mut bad_name = wanted("c1", "shared");
+    bad_name.aliases = vec!["no spaces".into()];
+    assert!(s
+        .apply(&set("n1", vec![bad_name], &["a1"]))
+        .into_result()
+        .is_err());
+
+    s.apply(&set("n1", vec![wanted("c1", "shared")], &["a1"]))
+        .into_result()
+        .unwrap();
+    s.apply(&set("n2", vec![wanted("c9", "shared")], &["b1"]))
+        .into_result()
+        .unwrap();
+    assert_eq!(new_attachment_count(&s, "n1", &[wanted("c1", "shared")]), 0);
+    assert_eq!(new_attachment_count(&s, "n1", &[wanted("c2", "shared")]), 1);
+    s.apply(&Command::SetAttachmentAddresses {
+        addresses: vec![
+            ("a1".into(), "10.0.0.7/24".parse().unwrap()),
+            ("gone".into(), "10.0.0.8/24".parse().unwrap()),
+        ],
+    })
+    .into_result()
+    .unwrap();
+    assert_eq!(
+        s.attachments["a1"].addr,
+        Some("10.0.0.7/24".parse().unwrap())
+    );
+    // A network with an attached container is not removed.
+    assert!(matches!(
+        s.apply(&Command::RemoveNetwork {
+            id: "shared".into()
+        })
+        .into_result(),
+        Err(Rejection::NetworkHasEndpoints { .. })
+    ));
+
+    // Kept ones keep their ID and address; a new one is added; the rest of n1's go,
+    // n2's stay.
+    let mut c1 = wanted("c1", "shared");
+    c1.aliases = vec!["db".into()];
+    s.apply(&set("n1", vec![c1, wanted("c2", "shared")], &["a2"]))
+        .into_result()
+        .unwrap();
+    assert_eq!(
+        s.attachments["a1"].addr,
+        Some("10.0.0.7/24".parse().unwrap())
+    );
+    assert_eq!(s.attachments["a1"].aliases, vec!["db".to_string()]);
+    assert_eq!(s.attachments["a2"].node_id, "n1");
+    assert_eq!(declared_attachments(&s, "n1").len(), 2);
+    s.apply(&set("n1", vec![wanted("c2", "shared")], &[]))
+        .into_result()
+        .unwrap();
+    assert!(!s.attachments.contains_key("a1"));
+    assert!(s.attachments.contains_key("b1"));
+    // A removed node's attachments go with it.
+    s.apply(&Command::RemoveNode { id: "n2".into() });
+    assert!(!s.attachments.contains_key("b1"));
+}
