@@ -13,9 +13,10 @@
 //!
 //! Where the time goes: the CPU time the agents' WireGuard threads (`wg-out`, `wg-in`)
 //! spent during the encrypted runs (from `/proc/<agent>/task/*/stat`), per packet they
-//! handled (the devices' counters in `wireguard.json`), on both hosts; the kernel's own
-//! VXLAN and TUN work runs in the iperf3 processes' and softirq context and is not in
-//! these figures.
+//! handled (the devices' counters in `wireguard.json`), on both hosts. That includes
+//! the kernel's work done inside the threads' system calls (a write into the TUN runs
+//! the inner receive path; a send on the lab's veth underlay runs the receiving host's
+//! delivery); `dataplane/examples/wireguard_cost_bench.rs` gives the encryption alone.
 //!
 //! The agents are the workspace's debug build, whose crypto crates (boringtun and
 //! what it encrypts with) are optimized (`[profile.dev.package.*]` in Cargo.toml).
