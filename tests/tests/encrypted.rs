@@ -14,11 +14,14 @@
 //!   tasks;
 //! - datagrams to the WireGuard port from outside the cluster are dropped and counted
 //!   as foreign, garbage from a member as garbage;
+//! - a TCP transfer runs across WireGuard's own session rekeying (every two minutes):
+//!   never stalled for 10 s, every byte delivered, handshakes counted on both nodes;
 //! - h2 removed (`node rm --force`, its agent still running): h1 drops its key within a
 //!   few seconds, h2's task can no longer reach `secret`, and what h2 still sends is
 //!   counted as foreign.
 use std::{
-    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     path::PathBuf,
     thread,
     time::{Duration, Instant},
@@ -38,6 +41,11 @@ const SECRET_MARKER: &[u8] = b"SHOAL-SECRET-PAYLOAD-MARKER";
 const PLAIN_MARKER: &[u8] = b"SHOAL-PLAIN-PAYLOAD-MARKER";
 /// How soon a removed node's key must be gone from the others' devices.
 const REMOVAL_BOUND: Duration = Duration::from_secs(15);
+/// WireGuard rekeys a session two minutes after its handshake; the transfer waits for
+/// one, with room for a loaded machine.
+const REKEY_BOUND: Duration = Duration::from_secs(240);
+/// The longest the transfer may stall (a write blocked) across a rekey.
+const REKEY_STALL: Duration = Duration::from_secs(10);
 
 fn wg_status(guard: &LabGuard, host: usize) -> Value {
     read_json(&guard.state.hosts[host].run_dir.join("agent/wireguard.json"))
@@ -402,6 +410,77 @@ fn encrypted_networks_carry_traffic_only_inside_wireguard() {
     wait_for("the session still carries traffic", BOUND, || {
         cli.exec_in(&e1, &["ping", "-c", "1", "-W", "2", &e2_ip.to_string()])
     });
+
+    // Session keys rotate under a running transfer (WireGuard rekeys a session every
+    // two minutes): the connection goes on, never stalled for REKEY_STALL, every byte
+    // arrives.
+    let handshakes = || -> u64 {
+        [(0, h2.address), (1, h1.address)]
+            .iter()
+            .map(|(i, a)| {
+                peer(&wg_status(&guard, *i), *a)
+                    .map_or(0, |p| p["handshakes"].as_u64().unwrap_or(0))
+            })
+            .sum()
+    };
+    let listener =
+        in_netns(&netns_of(e2_pid), || TcpListener::bind((e2_ip, 9800))).expect("listen");
+    let server = thread::spawn(move || -> Result<u64, String> {
+        let (mut s, _) = listener.accept().map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 65536];
+        let mut total = 0u64;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return Ok(total),
+                Ok(n) => total += n as u64,
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    });
+    let mut client = in_netns(&netns_of(e1_pid), || {
+        TcpStream::connect_timeout(&(e2_ip, 9800).into(), Duration::from_secs(5))
+    })
+    .expect("connect across the encrypted network");
+    client.set_write_timeout(Some(REKEY_STALL)).unwrap();
+    let before = handshakes();
+    let started = Instant::now();
+    let chunk = vec![0x42u8; 16384];
+    let mut sent = 0u64;
+    let mut checked = Instant::now();
+    loop {
+        client
+            .write_all(&chunk)
+            .unwrap_or_else(|e| panic!("the transfer broke after {:?}: {e}", started.elapsed()));
+        sent += chunk.len() as u64;
+        thread::sleep(Duration::from_millis(1));
+        if checked.elapsed() >= Duration::from_secs(1) {
+            checked = Instant::now();
+            let now = handshakes();
+            if now >= before + 2 {
+                println!(
+                    "sessions rekeyed under the transfer after {:?} (handshakes {before} -> {now}), {sent} bytes sent",
+                    started.elapsed()
+                );
+                break;
+            }
+            assert!(
+                started.elapsed() < REKEY_BOUND,
+                "no rekey within {REKEY_BOUND:?} (handshakes {before} -> {now})"
+            );
+        }
+    }
+    // A few seconds more on the new session, then every byte must have arrived.
+    let more = Instant::now();
+    while more.elapsed() < Duration::from_secs(3) {
+        client
+            .write_all(&chunk)
+            .expect("the transfer broke after the rekey");
+        sent += chunk.len() as u64;
+        thread::sleep(Duration::from_millis(1));
+    }
+    drop(client);
+    let received = server.join().expect("server thread").expect("server");
+    assert_eq!(received, sent, "bytes lost across the rekey");
 
     // h2 removed while its agent still runs: h1 drops its key within a few seconds and
     // h2's task no longer reaches the encrypted network.
