@@ -189,3 +189,77 @@ impl Reconcile for WireguardReconciler {
         PERIOD
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::overlay::state::{Network, OverlayState};
+
+    fn reconciler() -> WireguardReconciler {
+        WireguardReconciler::new(WireguardNode {
+            netns_dir: std::env::temp_dir().join("shoal-wg-unit-never-made"),
+            key: NodeKey::generate().unwrap(),
+            vtep: "192.168.77.11".parse().unwrap(),
+            underlay_mtu: 1500,
+            data_path_port: 4789,
+        })
+    }
+
+    fn declared(encrypted: bool, cluster: bool) -> DeclaredNode {
+        DeclaredNode {
+            overlay: OverlayState {
+                networks: vec![Network {
+                    id: "n".into(),
+                    vni: 4097,
+                    subnet: "10.0.9.0/24".parse().unwrap(),
+                    gateway: "10.0.9.1".parse().unwrap(),
+                    mtu: None,
+                    encrypted,
+                }],
+                ..Default::default()
+            },
+            wireguard_peers: cluster
+                .then(|| BTreeMap::from([("192.168.77.12".parse().unwrap(), "ab".repeat(32))])),
+            data_path_addr: Some("10.9.9.9".parse().unwrap()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_device_only_for_an_encrypted_network_in_a_cluster() {
+        let r = reconciler();
+        assert_eq!(
+            r.wanted(&declared(false, true)),
+            Ok(None),
+            "plain networks only"
+        );
+        assert_eq!(r.wanted(&declared(true, false)), Ok(None), "no cluster");
+        let want = r.wanted(&declared(true, true)).unwrap().unwrap();
+        assert_eq!(want.addr, "10.9.9.9".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(want.port, 4790, "the data-path port + 1");
+        assert_eq!(want.mtu, 1440);
+        let mut last_port = declared(true, true);
+        last_port.data_path_port = Some(u16::MAX);
+        assert!(r
+            .wanted(&last_port)
+            .unwrap_err()
+            .contains("no port for WireGuard"));
+    }
+
+    #[test]
+    fn no_device_is_started_for_plain_networks() {
+        let mut r = reconciler();
+        let s = r
+            .reconcile(Some(&declared(false, true)), &[], Cue::Start)
+            .unwrap();
+        assert!(
+            !s.running && s.error.is_none() && s.stats.peers.is_empty(),
+            "{s:?}"
+        );
+        assert!(r.device.is_none());
+        assert!(
+            r.reconcile(None, &[], Cue::Start).is_none(),
+            "nothing declared yet"
+        );
+    }
+}

@@ -629,6 +629,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn networks_may_be_encrypted_and_nothing_else() {
+        let file = Path::new("stack.yml");
+        let v = |text: &str| -> Value { serde_json::from_str(text).unwrap() };
+        let ok = v(
+            r#"{"networks": {"a": {"driver": "overlay", "driver_opts": {"encrypted": ""}},
+                                     "b": {"driver_opts": {"encrypted": null}}, "c": null}}"#,
+        );
+        assert!(check_top_level(file, &ok).is_ok());
+        let opts = network_options("s", &ok);
+        assert_eq!(
+            opts.keys().collect::<Vec<_>>(),
+            ["s_a", "s_b"],
+            "options only for the encrypted ones"
+        );
+        assert_eq!(
+            opts["s_a"],
+            BTreeMap::from([("encrypted".into(), String::new())])
+        );
+        for bad in [
+            r#"{"networks": {"a": {"driver_opts": {"encrypted": "false"}}}}"#,
+            r#"{"networks": {"a": {"driver_opts": {"com.docker.network.mtu": "1400"}}}}"#,
+            r#"{"networks": {"a": {"driver": "bridge"}}}"#,
+        ] {
+            let e = check_top_level(file, &v(bad)).unwrap_err();
+            assert!(e.contains("network a"), "{e}");
+        }
+    }
+
+    #[test]
     fn stack_ls_formats_as_docker() {
         let counts = BTreeMap::from([("app".to_string(), 2), ("db".to_string(), 1)]);
         let ls = |f: Option<&str>| stack_ls(&Format::parse(f).unwrap(), &counts).unwrap();
