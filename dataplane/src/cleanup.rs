@@ -122,6 +122,15 @@ fn remove_networks(netns_dir: &Path, report: &mut Report) {
             Err(e) => report.problem(format!("opening netlink to remove the networks: {e}")),
         }
     }
+    // The WireGuard namespace (encrypted networks' VXLAN sockets; its TUN went with the
+    // agent), once no network is left in it.
+    let wg = crate::wireguard::netns_path(netns_dir);
+    if fs::symlink_metadata(&wg).is_ok() {
+        match super::overlay::netns::remove_pinned(&wg) {
+            Ok(()) => report.done(format!("removed the WireGuard namespace {}", wg.display())),
+            Err(e) => report.problem(format!("removing {}: {e}", wg.display())),
+        }
+    }
     remove_empty_dir(netns_dir, "network namespace directory", report);
 }
 

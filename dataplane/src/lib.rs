@@ -16,6 +16,8 @@
 //!   previous values so cleanup can restore them.
 //! - [`probe`]: checks of the host (`shoal agent --validate`): root, BTF, XDP, bpffs,
 //!   cgroup v2, free ports.
+//! - [`wireguard`]: encrypted overlay networks: the node's WireGuard identity and the
+//!   userspace device (boringtun) their VXLAN traffic goes through.
 //! - [`cleanup`]: removes what the agent made on the host (`shoal agent cleanup`).
 //!
 //! Every layer takes declared node state and makes the kernel match it; none decides
@@ -32,6 +34,7 @@ pub mod probe;
 pub mod reconcile;
 pub mod sysctl;
 pub mod underlay;
+pub mod wireguard;
 
 /// The compiled eBPF object holding every program in `ebpf/shoal-ebpf`
 /// (one ELF per binary target, built by `build.rs`).

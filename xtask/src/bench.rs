@@ -6,10 +6,12 @@
 //!
 //! Suites: `overlay` (here), `dns` (`bench/dns.rs`), `cluster` (`bench/cluster.rs`),
 //! `gossip` (`bench/gossip.rs`), `gossip_lab` (`bench/gossip_lab.rs`), `vip` (`bench/vip.rs`),
-//! `lb` (`bench/lb.rs`), `services` (`bench/services.rs`), `update` (`bench/update.rs`) and `pull` (`bench/pull.rs`).
+//! `lb` (`bench/lb.rs`), `services` (`bench/services.rs`), `update` (`bench/update.rs`), `pull`
+//! (`bench/pull.rs`) and `encrypted` (`bench/encrypted.rs`).
 mod api;
 mod cluster;
 mod dns;
+mod encrypted;
 mod gossip;
 mod gossip_lab;
 mod lb;
@@ -99,8 +101,9 @@ pub fn run(suite: &str) -> Result<ExitCode> {
         "pull" => pull::run(),
         "update" => update::run(),
         "api" => api::run(),
+        "encrypted" => encrypted::run(),
         other => bail!(
-            "unknown benchmark suite {other:?}; suites: overlay, dns, cluster, gossip, gossip_lab, vip, services, update, lb, pull, api"
+            "unknown benchmark suite {other:?}; suites: overlay, dns, cluster, gossip, gossip_lab, vip, services, update, lb, pull, api, encrypted"
         ),
     }
 }

@@ -37,6 +37,8 @@ pub const PACKAGES: &[&str] = &[
     "iptables",
     // The agent cleanup test lists the kernel's eBPF programs, links and maps.
     "bpftool",
+    // The encrypted overlay test captures the underlay.
+    "tcpdump",
     // The lab's image registry (the distribution registry), which hosts pull from.
     "docker-registry",
     // The agent's task egress NAT (`nft -f -`).

@@ -230,8 +230,11 @@ impl Executor {
         mut self,
         listen: Option<std::net::SocketAddr>,
         status: Option<PathBuf>,
+        wireguard_key: Option<String>,
     ) -> Executor {
-        self.gossip = crate::gossip_member::Member::new(listen).with_status_file(status);
+        self.gossip = crate::gossip_member::Member::new(listen)
+            .with_status_file(status)
+            .with_wireguard_key(wireguard_key);
         self
     }
 
@@ -574,6 +577,9 @@ pub struct ExecutorConfig {
     pub gossip_listen: Option<std::net::SocketAddr>,
     /// Where the gossip member's status goes (`<data_dir>/gossip.json`).
     pub gossip_status: Option<PathBuf>,
+    /// The node's WireGuard public key, registered with the gossip key (encrypted
+    /// overlay networks); None: the node takes part in none.
+    pub wireguard_key: Option<String>,
     /// The resolver's address on the egress bridge: tasks with no network use it.
     pub egress_dns: Option<Ipv4Addr>,
     /// Where each pass's view of the node goes (the agent's metrics).
@@ -596,7 +602,11 @@ pub async fn run(client: NodeClient, config: ExecutorConfig) {
     };
     Executor::new(client, docker, config.events, config.intent)
         .with_readiness(config.ready)
-        .with_gossip(config.gossip_listen, config.gossip_status)
+        .with_gossip(
+            config.gossip_listen,
+            config.gossip_status,
+            config.wireguard_key,
+        )
         .with_egress_dns(config.egress_dns)
         .with_report(config.report)
         .with_task_files(config.task_files_dir)

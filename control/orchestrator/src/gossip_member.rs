@@ -76,6 +76,8 @@ pub struct Member {
     signing: Option<Signing>,
     failed_at: Option<Instant>,
     status_file: Option<PathBuf>,
+    /// The node's WireGuard public key, registered with each run's gossip key.
+    wireguard: Option<String>,
 }
 
 /// What `<data_dir>/gossip.json` shows: the member's addresses, keys (IDs only), the
@@ -108,12 +110,20 @@ impl Member {
             signing: None,
             failed_at: None,
             status_file: None,
+            wireguard: None,
         }
     }
 
     /// Writes the member's status ([`GossipStatus`]) to `path` after each pass.
     pub fn with_status_file(mut self, path: Option<PathBuf>) -> Member {
         self.status_file = path;
+        self
+    }
+
+    /// Registers `key` (the node's WireGuard public key, 64 hex digits) with the
+    /// managers along with each run's gossip key.
+    pub fn with_wireguard_key(mut self, key: Option<String>) -> Member {
+        self.wireguard = key;
         self
     }
 
@@ -212,6 +222,7 @@ impl Member {
                             key: identity.public_key().to_hex(),
                             generation: identity.generation(),
                             addr: advertise,
+                            wireguard: self.wireguard.clone(),
                         },
                         identity: Arc::new(identity),
                         sent_at: None,
@@ -529,6 +540,7 @@ mod tests {
                     key: key.to_hex(),
                     generation: 9,
                     addr: format!("{ip}:7946").parse().unwrap(),
+                    wireguard: None,
                 },
             });
             assert!(r.into_result().is_ok());

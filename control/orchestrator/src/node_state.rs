@@ -50,6 +50,10 @@ pub struct NodeState {
     /// Ready again. A node that left with `swarm leave` is listed Down until removed, as
     /// in Swarm, and stays in it until then.
     pub cluster_vteps: BTreeSet<Ipv4Addr>,
+    /// The WireGuard public key of every other node that registered one, by its
+    /// data-path address (IPv4): the peers of this node's encrypted networks. A node is
+    /// in it from its registration until `node rm`.
+    pub wireguard_peers: BTreeMap<Ipv4Addr, String>,
     /// The sandboxes of this node's active tasks (the containers holding their
     /// namespaces), on a network or not: each one gets egress once it runs, before the
     /// task's own process starts in it.
@@ -446,6 +450,15 @@ pub fn compute_with(
             _ => None,
         },
         cluster_vteps: state.nodes.keys().filter_map(|n| vtep(state, n)).collect(),
+        wireguard_peers: state
+            .nodes
+            .iter()
+            .filter(|(id, _)| id.as_str() != node_id)
+            .filter_map(|(id, n)| {
+                let key = n.gossip.as_ref()?.wireguard.clone()?;
+                Some((vtep(state, id)?, key))
+            })
+            .collect(),
         task_containers,
     }
 }
@@ -558,6 +571,7 @@ impl From<NodeState> for shoal_dataplane::reconcile::DeclaredNode {
             data_path_port: ns.data_path_port,
             data_path_addr: ns.data_path_addr,
             cluster_vteps: Some(ns.cluster_vteps),
+            wireguard_peers: Some(ns.wireguard_peers),
             task_containers: ns.task_containers,
             containers: Default::default(),
             version: 0,

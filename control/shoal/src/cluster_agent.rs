@@ -90,6 +90,9 @@ pub struct NodeLinks {
     pub egress_dns: Option<Ipv4Addr>,
     /// Where the executor publishes its view of the node (the agent's metrics).
     pub report: Option<shoal_orchestrator::node_report::ReportSender>,
+    /// The node's WireGuard public key, registered with the managers (encrypted
+    /// overlay networks); None: no dataplane here to carry them.
+    pub wireguard_key: Option<String>,
 }
 
 impl NodeLinks {
@@ -101,6 +104,7 @@ impl NodeLinks {
             ready: None,
             egress_dns: None,
             report: None,
+            wireguard_key: None,
         }
     }
 }
@@ -357,6 +361,7 @@ impl ClusterAgent {
                     ready: links.ready,
                     gossip_listen: self.config.gossip_listen,
                     gossip_status: Some(self.config.data_dir.join("gossip.json")),
+                    wireguard_key: links.wireguard_key,
                     egress_dns: links.egress_dns,
                     report: links.report,
                     task_files_dir: self.config.task_files_dir.clone(),

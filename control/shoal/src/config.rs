@@ -8,7 +8,9 @@
 mod resolved;
 mod settings;
 
-pub use resolved::{AgentConfig, AgentPaths, DeclaredFiles, DnsConfig, WebListen};
+pub use resolved::{
+    AgentConfig, AgentPaths, DeclaredFiles, DnsConfig, WebListen, DEFAULT_DATA_DIR,
+};
 pub use settings::{Settings, DEFAULT_CONFIG_FILE};
 
 use std::{io, net::Ipv4Addr, path::PathBuf};

@@ -180,7 +180,8 @@ impl CleanupArgs {
 #[derive(Subcommand)]
 enum DataplaneCommand {
     /// Print the underlay XDP program's counters, the routing mesh's and the service
-    /// VIPs' (counters, map fill) from their pinned maps
+    /// VIPs' (counters, map fill) from their pinned maps, and the WireGuard device's
+    /// (encrypted networks: drops, per-peer sessions) from its status
     Stats(StatsArgs),
 }
 
@@ -190,6 +191,10 @@ struct StatsArgs {
     /// the host's)
     #[arg(long, value_name = "DIR", env = "SHOAL_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
+    /// The agent's data directory, where its status files are (the WireGuard device's
+    /// sessions; `lab exec` sets SHOAL_STATUS_DIR to the host's)
+    #[arg(long, value_name = "DIR", env = "SHOAL_STATUS_DIR", default_value = crate::config::DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
     /// Print one JSON object {"packets":N,...} instead of a table
     #[arg(long)]
     json: bool,
@@ -215,7 +220,7 @@ fn main() -> ExitCode {
             &args,
         )),
         Command::Dataplane(DataplaneCommand::Stats(args)) => {
-            stats_cmd::run(&args.pin_dir, args.json)
+            stats_cmd::run(&args.pin_dir, &args.data_dir, args.json)
         }
         Command::Completion(args) => {
             use std::io::Write as _;

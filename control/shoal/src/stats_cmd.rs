@@ -3,7 +3,10 @@
 //! guard counts there too, `vxlan_*`), whether the guard is on and how many VTEPs it
 //! accepts VXLAN from, then the ingress
 //! routing mesh's counters and its flow table's fill when the mesh's maps are pinned
-//! (`<pin_dir>/mesh`), then the service VIPs' counters and map fill (`<pin_dir>/vip`).
+//! (`<pin_dir>/mesh`), then the service VIPs' counters and map fill (`<pin_dir>/vip`),
+//! then the WireGuard device's (encrypted networks), from the agent's
+//! `<data_dir>/wireguard.json`: its drops and, per peer, its session, handshakes,
+//! packets, bytes and drops.
 use std::{
     io::{self, Write},
     path::Path,
@@ -21,8 +24,9 @@ use shoal_dataplane::{
 /// One printed counter.
 type Row = (&'static str, u64);
 
-/// Prints the counters pinned under `pin_dir`, as a table or as a JSON object.
-pub fn run(pin_dir: &Path, json: bool) -> Result<()> {
+/// Prints the counters pinned under `pin_dir` and the WireGuard device's status in
+/// `data_dir`, as a table or as a JSON object.
+pub fn run(pin_dir: &Path, data_dir: &Path, json: bool) -> Result<()> {
     let stats = read(pin_dir)?;
     let mut rows = rows(&stats);
     rows.extend(guard_rows(pin_dir)?);
@@ -32,13 +36,69 @@ pub fn run(pin_dir: &Path, json: bool) -> Result<()> {
         shoal_dataplane::lb::vip::stats_rows(&vip_dir)
             .with_context(|| format!("reading the VIP maps pinned in {}", vip_dir.display()))?,
     );
+    let wireguard = wireguard_status(data_dir);
+    if let Some(wg) = &wireguard {
+        rows.extend(wireguard_rows(wg));
+    }
     let mut out = io::stdout().lock();
     if json {
-        write_json(&mut out, &rows)?;
+        write_json(&mut out, &rows, wireguard.as_ref())?;
     } else {
         write_table(&mut out, &rows)?;
+        if let Some(wg) = &wireguard {
+            write_peers(&mut out, wg)?;
+        }
     }
     out.flush()?;
+    Ok(())
+}
+
+/// The WireGuard device's status as its reconciler last wrote it; None when the agent
+/// wrote none (no cluster, or an older agent).
+fn wireguard_status(data_dir: &Path) -> Option<serde_json::Value> {
+    let bytes = std::fs::read(data_dir.join("wireguard.json")).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The device's counters: whether it runs, its peers, what it dropped.
+fn wireguard_rows(wg: &serde_json::Value) -> Vec<Row> {
+    let n = |k: &str| wg[k].as_u64().unwrap_or(0);
+    vec![
+        ("wireguard_running", u64::from(wg["running"] == true)),
+        (
+            "wireguard_peers",
+            wg["peers"].as_array().map_or(0, |p| p.len() as u64),
+        ),
+        ("wireguard_dropped_foreign", n("foreign")),
+        ("wireguard_dropped_garbage", n("garbage")),
+        ("wireguard_dropped_replayed", n("replayed")),
+        ("wireguard_dropped_spoofed", n("spoofed")),
+        ("wireguard_dropped_no_peer", n("no_peer")),
+        ("wireguard_under_load", n("under_load")),
+        ("wireguard_io_errors", n("io_errors")),
+    ]
+}
+
+/// One line per WireGuard peer.
+fn write_peers(out: &mut impl Write, wg: &serde_json::Value) -> io::Result<()> {
+    for p in wg["peers"].as_array().into_iter().flatten() {
+        let n = |k: &str| p[k].as_u64().unwrap_or(0);
+        let session = match p["last_handshake_secs"].as_f64() {
+            Some(s) => format!("handshake {s:.0}s ago"),
+            None => "no session".into(),
+        };
+        writeln!(
+            out,
+            "wireguard peer {}  {session}  handshakes {}  tx {} packets {} bytes  rx {} packets {} bytes  dropped {}",
+            p["addr"].as_str().unwrap_or("?"),
+            n("handshakes"),
+            n("tx_packets"),
+            n("tx_bytes"),
+            n("rx_packets"),
+            n("rx_bytes"),
+            n("dropped"),
+        )?;
+    }
     Ok(())
 }
 
@@ -118,19 +178,27 @@ fn write_table(out: &mut impl Write, rows: &[Row]) -> io::Result<()> {
     Ok(())
 }
 
-/// `{"packets":N,"bytes":N,...}` in counter order, and a newline.
-fn write_json(out: &mut impl Write, rows: &[Row]) -> io::Result<()> {
-    serde_json::to_writer(&mut *out, &StatsJson(rows))?;
+/// `{"packets":N,"bytes":N,...}` in counter order (then `wireguard_peer_sessions`, the
+/// device's peers, when it runs), and a newline.
+fn write_json(
+    out: &mut impl Write,
+    rows: &[Row],
+    wireguard: Option<&serde_json::Value>,
+) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, &StatsJson(rows, wireguard))?;
     writeln!(out)
 }
 
-struct StatsJson<'a>(&'a [Row]);
+struct StatsJson<'a>(&'a [Row], Option<&'a serde_json::Value>);
 
 impl Serialize for StatsJson<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;
         for (name, value) in self.0 {
             map.serialize_entry(name, value)?;
+        }
+        if let Some(wg) = self.1 {
+            map.serialize_entry("wireguard_peer_sessions", &wg["peers"])?;
         }
         map.end()
     }
@@ -160,7 +228,7 @@ mod tests {
     #[test]
     fn json_is_one_object_in_counter_order() {
         let mut out = Vec::new();
-        write_json(&mut out, &rows(&UnderlayStats::default())).unwrap();
+        write_json(&mut out, &rows(&UnderlayStats::default()), None).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with(r#"{"packets":0,"bytes":0,"#), "{text}");
         assert!(text.ends_with("}\n"), "{text}");

@@ -24,8 +24,17 @@ pub struct NetworkSpec {
     pub port: u16,
     /// This node's underlay address (VXLAN source address).
     pub vtep: Ipv4Addr,
-    /// Underlay interface the VXLAN device sends through.
+    /// Underlay interface the VXLAN device sends through; for an encrypted network the
+    /// WireGuard device's ([`crate::wireguard::IFNAME`]): its VXLAN device has no lower
+    /// device and its UDP socket lives in the WireGuard namespace.
     pub underlay_interface: String,
+}
+
+impl NetworkSpec {
+    /// Whether the network's VXLAN traffic goes through the WireGuard device.
+    pub fn encrypted(&self) -> bool {
+        self.underlay_interface == crate::wireguard::IFNAME
+    }
 }
 
 /// The FDB (MAC -> VTEP) and neighbour (IP -> MAC) entries of one remote endpoint.

@@ -84,7 +84,13 @@ pub fn desired(
                         mtu,
                         port: node.port,
                         vtep: node.vtep,
-                        underlay_interface: node.underlay_interface.clone(),
+                        // An encrypted network's VXLAN traffic goes through the
+                        // WireGuard device (its socket lives in that namespace).
+                        underlay_interface: if net.encrypted {
+                            crate::wireguard::IFNAME.to_owned()
+                        } else {
+                            node.underlay_interface.clone()
+                        },
                     },
                     remotes: BTreeMap::new(),
                     attachments: BTreeMap::new(),

@@ -28,6 +28,7 @@ pub mod ready;
 pub mod runner;
 pub mod status;
 pub mod vip;
+pub mod wireguard;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -64,6 +65,10 @@ pub struct DeclaredNode {
     /// the data-path port is accepted from (the data path's guard). None: no cluster
     /// (the standalone mode), nothing is checked.
     pub cluster_vteps: Option<BTreeSet<Ipv4Addr>>,
+    /// The WireGuard public key (64 hex digits) of every other node of the cluster that
+    /// registered one, by data-path address: the only peers encrypted networks' traffic
+    /// is exchanged with. None: no cluster (the standalone mode), no device runs.
+    pub wireguard_peers: Option<BTreeMap<Ipv4Addr, String>>,
     /// The containers holding the namespaces of this node's tasks (their sandboxes), by
     /// name, whether or not they are on a network: each one that runs gets egress (the
     /// gateway bridge). Empty in the standalone mode, which runs no tasks.

@@ -442,7 +442,8 @@ pub fn require_state(layout: &Layout) -> Result<LabState> {
 }
 
 /// Runs `argv` inside a host's namespaces with DOCKER_HOST pointing at its dockerd and
-/// the `shoal` CLI pointed at the host's agent (SHOAL_API_SOCKET, SHOAL_PIN_DIR).
+/// the `shoal` CLI pointed at the host's agent (SHOAL_API_SOCKET, SHOAL_PIN_DIR,
+/// SHOAL_STATUS_DIR).
 pub fn exec_command(state: &LabState, host: &str, argv: &[String]) -> Result<Command> {
     let h = state.host(host)?;
     let (program, args) = argv
@@ -457,6 +458,7 @@ pub fn exec_command(state: &LabState, host: &str, argv: &[String]) -> Result<Com
         .env("DOCKER_HOST", &h.docker_host)
         .env("SHOAL_LAB_HOST", &h.name)
         .env("SHOAL_PIN_DIR", &h.pin_dir)
+        .env("SHOAL_STATUS_DIR", h.run_dir.join("agent"))
         .env("SHOAL_API_SOCKET", agent::api_socket(h));
     procs::enter_namespaces_of(&mut cmd, h.holder_pid, false)?;
     Ok(cmd)

@@ -630,6 +630,7 @@ async fn gossip_keys_are_registered_by_their_own_node_only_and_leave_with_it() {
         key: key.repeat(32),
         generation: 42,
         addr: addr.parse().unwrap(),
+        wireguard: None,
     };
     let client = w1.node_client();
     let mine = identity("ab", "127.0.0.1:7946");

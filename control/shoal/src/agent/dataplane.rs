@@ -1,6 +1,7 @@
 //! Starts the node's reconcilers (all in `shoal-dataplane`), each on a thread of its
 //! own, following the pipeline's declared state: the overlay, service VIPs, the routing
-//! mesh, the data path's guard, task egress and the DNS listeners (egress first: the resolver listens on its
+//! mesh, the data path's guard, task egress, the WireGuard device (encrypted networks)
+//! and the DNS listeners (egress first: the resolver listens on its
 //! bridge for tasks with no network). Any of them failing to start stops the agent with the
 //! reason: a node that cannot carry service traffic must not say it is up.
 use std::sync::Arc;
@@ -22,9 +23,11 @@ use shoal_dataplane::{
         runner::{self, ReconcileStats, Running},
         status::StatusFile,
         vip::VipReconciler,
+        wireguard::{WireguardNode, WireguardReconciler},
         Declared,
     },
     sysctl::SysctlJournal,
+    wireguard::key::NodeKey,
 };
 use shoal_dns::{
     forward::{ForwardConfig, Forwarder},
@@ -46,6 +49,8 @@ pub struct Dataplane {
     ready: ReadinessWatch,
     /// What the resolver counts on every network (the agent's metrics).
     dns_stats: Arc<DnsStats>,
+    /// The node's WireGuard identity (encrypted overlay networks).
+    wireguard_key: NodeKey,
 }
 
 impl Dataplane {
@@ -63,6 +68,15 @@ impl Dataplane {
             port: config.data_path_port,
         };
         let underlay_mtu = node.underlay_mtu;
+        let wireguard_key = NodeKey::load_or_create(&config.data_dir)
+            .context("the node's WireGuard key (encrypted overlay networks)")?;
+        let wireguard_node = WireguardNode {
+            netns_dir: config.netns_dir.clone(),
+            key: wireguard_key.clone(),
+            vtep,
+            underlay_mtu,
+            data_path_port: config.data_path_port,
+        };
         let (present_tx, present) = tokio::sync::watch::channel(Arc::default());
         let (ready_tx, ready) = ready::channel();
         let status_dir = config.data_dir.clone();
@@ -167,6 +181,16 @@ impl Dataplane {
         .await
         .map_err(|e| anyhow!("task egress: {e}"))?;
 
+        let wireguard = runner::spawn(
+            "wireguard",
+            move || Ok(WireguardReconciler::new(wireguard_node.clone())),
+            declared.clone(),
+            None,
+            StatusFile::new(&status_dir, "wireguard"),
+        )
+        .await
+        .map_err(|e| anyhow!("the WireGuard device: {e}"))?;
+
         let dns_config = config.dns.clone();
         let dns_stats = Arc::new(DnsStats::default());
         let resolver_stats = dns_stats.clone();
@@ -187,10 +211,11 @@ impl Dataplane {
         .map_err(|e| anyhow!("the resolver: {e}"))?;
 
         Ok(Self {
-            threads: vec![overlay, vip, guard, mesh, egress, dns],
-            reported_dead: vec![false; 6],
+            threads: vec![overlay, vip, guard, mesh, egress, wireguard, dns],
+            reported_dead: vec![false; 7],
             ready,
             dns_stats,
+            wireguard_key,
         })
     }
 
@@ -202,6 +227,11 @@ impl Dataplane {
     /// Each reconciler's name and what its runner counts.
     pub fn reconcile_stats(&self) -> Vec<(&'static str, Arc<ReconcileStats>)> {
         self.threads.iter().map(|t| (t.name(), t.stats())).collect()
+    }
+
+    /// The node's WireGuard public key (64 hex digits).
+    pub fn wireguard_public_key(&self) -> String {
+        self.wireguard_key.public_hex()
     }
 
     /// What the resolver counts.

@@ -48,6 +48,7 @@ pub async fn follow(files: DeclaredFiles, intent: Arc<IntentSender>) -> io::Resu
                 data_path_addr: None,
                 // No cluster: the data path's guard checks no VXLAN source.
                 cluster_vteps: None,
+                wireguard_peers: None,
                 // The standalone mode runs no tasks: nothing gets egress.
                 task_containers: Default::default(),
                 containers: Default::default(),

@@ -147,6 +147,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
                     .ok()
                     .map(|p| p.gateway),
                 report: Some(report_tx),
+                wireguard_key: Some(dataplane.wireguard_public_key()),
             },
             None,
         ),

@@ -183,26 +183,64 @@ pub fn unchanged(deployed: &ServiceSpec, wanted: &ServiceSpec, ids: &Ids) -> boo
 }
 
 /// Top-level keys this version of `stack deploy` cannot carry out: refused before any
-/// change. Networks are the stack's own overlays (`driver: overlay` or nothing).
+/// change. Networks are the stack's own overlays (`driver: overlay` or nothing), plain or
+/// encrypted (`driver_opts: {encrypted: ""}`).
 fn check_top_level(file: &Path, v: &Value) -> Result<(), String> {
     if let Some(Value::Object(nets)) = v.get("networks") {
         for (name, opts) in nets {
             let ok = match opts {
                 Value::Null => true,
-                Value::Object(o) => o
-                    .iter()
-                    .all(|(k, v)| k == "driver" && v.as_str() == Some("overlay")),
+                Value::Object(o) => o.iter().all(|(k, v)| match k.as_str() {
+                    "driver" => v.as_str() == Some("overlay"),
+                    "driver_opts" => encrypted_opts(v).is_some(),
+                    _ => false,
+                }),
                 _ => false,
             };
             if !ok {
                 return Err(format!(
-                    "{}: network {name}: only `driver: overlay` is supported by stack deploy yet",
+                    "{}: network {name}: only `driver: overlay` and `driver_opts: {{encrypted: \"\"}}` are supported by stack deploy yet",
                     file.display()
                 ));
             }
         }
     }
     Ok(())
+}
+
+/// A network's `driver_opts` when they are only `encrypted` (empty, null or true):
+/// the options to create it with.
+fn encrypted_opts(v: &Value) -> Option<BTreeMap<String, String>> {
+    let Value::Object(o) = v else {
+        return None;
+    };
+    let mut out = BTreeMap::new();
+    for (k, v) in o {
+        let value = match v {
+            Value::Null => String::new(),
+            Value::String(s) if s.is_empty() || s == "true" => s.clone(),
+            Value::Bool(true) => "true".into(),
+            _ => return None,
+        };
+        if k != "encrypted" {
+            return None;
+        }
+        out.insert(k.clone(), value);
+    }
+    Some(out)
+}
+
+/// The driver options of the stack's networks, by their full name (`<stack>_<name>`).
+fn network_options(stack: &str, v: &Value) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    if let Some(Value::Object(nets)) = v.get("networks") {
+        for (name, decl) in nets {
+            if let Some(opts) = decl.get("driver_opts").and_then(encrypted_opts) {
+                out.insert(format!("{stack}_{name}"), opts);
+            }
+        }
+    }
+    out
 }
 
 /// The secrets (`kind` Secret) or configs the managers hold (a secret without its data).
@@ -294,6 +332,11 @@ fn deploy(client: &Client, a: &DeployArgs, warnings: &mut Vec<String>) -> Result
         check_top_level(f, &v).map_err(CliError::Usage)?;
         values.push(v);
     }
+    // Later files' options win, as merging does.
+    let options: BTreeMap<String, BTreeMap<String, String>> = values
+        .iter()
+        .flat_map(|v| network_options(&a.name, v))
+        .collect();
     let merged = compose::merge(values).map_err(CliError::Usage)?;
     let dir = a
         .files
@@ -334,7 +377,7 @@ fn deploy(client: &Client, a: &DeployArgs, warnings: &mut Vec<String>) -> Result
                 subnet: None,
                 gateway: None,
                 attachable: false,
-                options: BTreeMap::new(),
+                options: options.get(net).cloned().unwrap_or_default(),
                 labels: BTreeMap::from([(NAMESPACE_LABEL.to_string(), a.name.clone())]),
             },
         )?;
@@ -585,6 +628,35 @@ pub fn run_stack(args: &StackArgs) -> Result<Output, CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn networks_may_be_encrypted_and_nothing_else() {
+        let file = Path::new("stack.yml");
+        let v = |text: &str| -> Value { serde_json::from_str(text).unwrap() };
+        let ok = v(
+            r#"{"networks": {"a": {"driver": "overlay", "driver_opts": {"encrypted": ""}},
+                                     "b": {"driver_opts": {"encrypted": null}}, "c": null}}"#,
+        );
+        assert!(check_top_level(file, &ok).is_ok());
+        let opts = network_options("s", &ok);
+        assert_eq!(
+            opts.keys().collect::<Vec<_>>(),
+            ["s_a", "s_b"],
+            "options only for the encrypted ones"
+        );
+        assert_eq!(
+            opts["s_a"],
+            BTreeMap::from([("encrypted".into(), String::new())])
+        );
+        for bad in [
+            r#"{"networks": {"a": {"driver_opts": {"encrypted": "false"}}}}"#,
+            r#"{"networks": {"a": {"driver_opts": {"com.docker.network.mtu": "1400"}}}}"#,
+            r#"{"networks": {"a": {"driver": "bridge"}}}"#,
+        ] {
+            let e = check_top_level(file, &v(bad)).unwrap_err();
+            assert!(e.contains("network a"), "{e}");
+        }
+    }
 
     #[test]
     fn stack_ls_formats_as_docker() {

@@ -50,8 +50,18 @@ impl ReservedPorts {
         if let Some(port) = state.cluster.as_ref().map(|c| c.data_path_port) {
             if port != 0 {
                 add(port, "this swarm's data-path (VXLAN) port".into());
+                if let Some(wg) = port.checked_add(1) {
+                    add(
+                        wg,
+                        "this swarm's WireGuard port (encrypted overlay networks)".into(),
+                    );
+                }
             }
         }
+        add(
+            DATA_PATH_PORT + 1,
+            "the WireGuard port (encrypted overlay networks)".into(),
+        );
         for n in state.nodes.values() {
             if let Ok(addr) = n.advertise_addr.parse::<std::net::SocketAddr>() {
                 add(
@@ -162,6 +172,7 @@ mod tests {
             (7946, "the gossip port"),
             (4789, "the VXLAN data-path port"),
             (4790, "this swarm's data-path (VXLAN) port"),
+            (4791, "this swarm's WireGuard port"),
             (2477, "the cluster port of node h1"),
             (2378, "this agent's cluster port"),
             (7947, "the gossip port"),

@@ -36,8 +36,6 @@ use shoal_orchestrator::{
 
 /// Docker's driver option for an encrypted overlay network (`--opt encrypted`).
 const ENCRYPTED_OPTION: &str = "encrypted";
-/// Why `network create --opt encrypted` is refused.
-pub(super) const ENCRYPTED_UNAVAILABLE: &str = "encrypted overlay networks are not available";
 
 /// Longest wait for the registry's answer when pinning an image to its digest.
 const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
@@ -600,11 +598,17 @@ pub(super) async fn request(
                     "network driver {driver:?} is not supported: only overlay"
                 )));
             }
-            // An encrypted overlay is refused until it really encrypts: accepting the
-            // option would promise what the data path does not do.
-            if options.contains_key(ENCRYPTED_OPTION) {
-                return Err(ApiError::new(ENCRYPTED_UNAVAILABLE));
-            }
+            // Docker's form: the option's presence asks for it (`--opt encrypted`,
+            // `encrypted=true`); a value that says no is refused rather than guessed at.
+            let encrypted = match options.get(ENCRYPTED_OPTION).map(String::as_str) {
+                None => false,
+                Some("" | "true") => true,
+                Some(other) => {
+                    return Err(ApiError::new(format!(
+                    "--opt encrypted={other}: leave the value out (--opt encrypted) or give true"
+                )))
+                }
+            };
             if gateway.is_some() && subnet.is_none() {
                 return Err(ApiError::new("--gateway needs --subnet"));
             }
@@ -631,7 +635,7 @@ pub(super) async fn request(
                 ingress: false,
                 attachable,
                 internal: false,
-                encrypted: false,
+                encrypted,
                 labels,
                 options,
                 version: 0,

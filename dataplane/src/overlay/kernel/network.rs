@@ -99,17 +99,36 @@ impl NetlinkKernel {
                 })?;
             Ok::<_, KernelError>(bridge)
         })?;
-        let underlay = self
-            .rt
-            .block_on(nl::link_by_name(&host, &spec.underlay_interface))
-            .map_err(|e| {
-                nl_err(
-                    format!("find underlay interface {:?}", spec.underlay_interface),
-                    e,
-                )
-            })?
-            .header
-            .index;
+        // A plain network's VXLAN device is made from the host namespace on the underlay
+        // interface; an encrypted one's from the WireGuard namespace, with no lower
+        // device: its socket lives there and reaches only the WireGuard device.
+        let (maker, wg_conn) = if spec.encrypted() {
+            let wg_ns = crate::wireguard::ensure_netns(&self.netns_dir)
+                .map_err(|e| io_err("make the WireGuard namespace", e))?;
+            let socket = netns::in_netns_at(&wg_ns, nl::socket)
+                .and_then(|r| r)
+                .map_err(|e| io_err("open a netlink socket in the WireGuard namespace", e))?;
+            let conn = nl::Conn::new(&self.rt, socket);
+            (conn.handle.clone(), Some(conn))
+        } else {
+            (host.clone(), None)
+        };
+        let underlay = if spec.encrypted() {
+            None
+        } else {
+            Some(
+                self.rt
+                    .block_on(nl::link_by_name(&host, &spec.underlay_interface))
+                    .map_err(|e| {
+                        nl_err(
+                            format!("find underlay interface {:?}", spec.underlay_interface),
+                            e,
+                        )
+                    })?
+                    .header
+                    .index,
+            )
+        };
 
         let mut vx = nl::up_message(0);
         vx.attributes.push(LinkAttribute::IfName(VXLAN.into()));
@@ -117,20 +136,20 @@ impl NetlinkKernel {
         vx.attributes
             .push(LinkAttribute::NetNsFd(ns_fd.as_raw_fd()));
         vx.attributes.push(LinkAttribute::Controller(bridge));
+        let mut info = vec![InfoVxlan::Id(vni), InfoVxlan::Local(spec.vtep)];
+        info.extend(underlay.map(InfoVxlan::Link));
+        info.extend([
+            InfoVxlan::Port(spec.port),
+            InfoVxlan::Learning(false),
+            InfoVxlan::Proxy(true),
+        ]);
         vx.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Vxlan),
-            LinkInfo::Data(InfoData::Vxlan(vec![
-                InfoVxlan::Id(vni),
-                InfoVxlan::Local(spec.vtep),
-                InfoVxlan::Link(underlay),
-                InfoVxlan::Port(spec.port),
-                InfoVxlan::Learning(false),
-                InfoVxlan::Proxy(true),
-            ])),
+            LinkInfo::Data(InfoData::Vxlan(info)),
         ]));
         let deadline = Instant::now() + VNI_BUSY_WAIT;
         loop {
-            match self.rt.block_on(nl::create_link(&host, vx.clone())) {
+            match self.rt.block_on(nl::create_link(&maker, vx.clone())) {
                 Ok(()) => break,
                 // The VNI is still held by a VXLAN device whose namespace the kernel is
                 // tearing down (asynchronously): wait for it.
@@ -138,15 +157,34 @@ impl NetlinkKernel {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(e) => {
+                    if let Some(c) = wg_conn {
+                        c.close(&self.rt);
+                    }
                     return Err(nl_err(
                         format!(
                             "create {VXLAN} (id {vni}, local {}, dev {}, dstport {}, mtu {})",
                             spec.vtep, spec.underlay_interface, spec.port, spec.mtu
                         ),
                         e,
-                    ))
+                    ));
                 }
             }
+        }
+        if let Some(c) = wg_conn {
+            c.close(&self.rt);
+            // The mark a snapshot knows an encrypted network's device by, written last:
+            // a device without it is rebuilt.
+            let h = self.net(vni)?.conn.handle.clone();
+            self.rt
+                .block_on(async {
+                    let index = nl::link_by_name(&h, VXLAN).await?.header.index;
+                    let mut m = LinkMessage::default();
+                    m.header.index = index;
+                    m.attributes
+                        .push(LinkAttribute::IfAlias(crate::wireguard::VXLAN_ALIAS.into()));
+                    nl::change_link(&h, m).await
+                })
+                .map_err(|e| nl_err(format!("mark network {vni}'s {VXLAN} as encrypted"), e))?;
         }
         drop(ns_fd);
         let n = self.net(vni)?;

@@ -129,7 +129,13 @@ impl NetlinkKernel {
                 }
             }
             ok &= id == Some(vni) && learning == Some(false) && proxy == Some(true) && !group;
+            let encrypted = nl::link_alias(vx) == Some(crate::wireguard::VXLAN_ALIAS);
             match link {
+                // An encrypted network's device has no lower device.
+                None if encrypted => {
+                    spec.underlay_interface = crate::wireguard::IFNAME.to_owned();
+                }
+                Some(_) if encrypted => ok = false,
                 Some(index) => {
                     if let Some(name) = underlay_names.get(&index) {
                         spec.underlay_interface = name.clone();

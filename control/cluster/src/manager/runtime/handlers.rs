@@ -416,6 +416,7 @@ mod tests {
                     key: "ab".repeat(32),
                     generation: 1,
                     addr: "10.0.0.1:7946".parse().unwrap(),
+                    wireguard: None,
                 },
             },
         ] {

@@ -122,6 +122,12 @@ pub struct GossipIdentity {
     pub generation: u64,
     /// The address it gossips at: the node's data-path address and the gossip port.
     pub addr: SocketAddr,
+    /// The node's WireGuard public key (X25519, 64 hex digits): encrypted overlay
+    /// networks' traffic is exchanged only with nodes whose key the store holds, and
+    /// only under that key. Registered with the gossip key (same node, same mutual
+    /// TLS); its private half never leaves the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<String>,
 }
 
 impl GossipIdentity {
@@ -133,6 +139,11 @@ impl GossipIdentity {
         }
         if self.generation == 0 {
             return Some("generation 0".into());
+        }
+        if let Some(k) = &self.wireguard {
+            if k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Some("the WireGuard key is not 64 hex digits".into());
+            }
         }
         if self.addr.port() == 0 {
             return Some("port 0".into());

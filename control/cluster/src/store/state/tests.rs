@@ -640,6 +640,7 @@ fn gossip_identities_are_checked_against_their_node() {
         key: "0a".repeat(32),
         generation: 7,
         addr: "10.0.0.5:7946".parse().unwrap(),
+        wireguard: None,
     };
     let refused = |s: &mut ClusterState, id: &str, gossip: GossipIdentity| {
         let version = s.version;
@@ -689,6 +690,13 @@ fn gossip_identities_are_checked_against_their_node() {
                 ..good.clone()
             },
             "port",
+        ),
+        (
+            GossipIdentity {
+                wireguard: Some("0a".repeat(30)),
+                ..good.clone()
+            },
+            "WireGuard key",
         ),
     ] {
         let r = refused(&mut s, "n1", bad);
