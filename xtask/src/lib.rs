@@ -6,6 +6,7 @@
 //! - [`images`]: builds the lab's Docker images without a registry or a dockerd.
 //! - [`lab`]: the multi-host lab (namespaces, per-host dockerd, teardown).
 //! - [`bench`]: benchmarks against a baseline in the same run.
+//! - [`load`]: HTTP load generators (lab tests and chaos).
 //! - [`demo`]: README's main job.
 //! - [`testrun`]: README's test command.
 //! - [`util`]: root check, bpffs check, workspace paths.
@@ -14,6 +15,7 @@ pub mod bench;
 pub mod demo;
 pub mod images;
 pub mod lab;
+pub mod load;
 pub mod setup;
 pub mod testrun;
 pub mod util;
