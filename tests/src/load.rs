@@ -24,7 +24,7 @@ impl<'a> ShellLoad<'a> {
             "/tmp/load-{}",
             name.replace(|c: char| !c.is_alphanumeric(), "-")
         );
-        let script = xtask::load::wget_loop_script(&tag, url, false);
+        let script = xtask::load::wget_loop_script(&tag, url, false, Duration::from_millis(20));
         let out = lab.exec(
             &task.node,
             &["docker", "exec", "-d", &task.container, "sh", "-c", &script],

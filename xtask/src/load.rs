@@ -353,7 +353,9 @@ fn get_kept(
 /// "answered failed" (then "done" once stopped), `{tag}.failures` the times of the first
 /// [`KEPT`] failures (wall clock, `HH:MM:SS`), or with `every_failure` the time of each
 /// failure in seconds since the epoch (to tell which failures fell in a fault's window).
-pub fn wget_loop_script(tag: &str, url: &str, every_failure: bool) -> String {
+/// `pause` goes between two requests.
+pub fn wget_loop_script(tag: &str, url: &str, every_failure: bool, pause: Duration) -> String {
+    let pause_us = pause.as_micros();
     let record = if every_failure {
         format!("date +%s >> {tag}.failures")
     } else {
@@ -365,7 +367,7 @@ pub fn wget_loop_script(tag: &str, url: &str, every_failure: bool) -> String {
            if timeout 10 wget -q -O {tag}.body '{url}' && grep -q host= {tag}.body; \
            then s=$((s+1)); \
            else f=$((f+1)); {record}; fi; \
-           echo \"$s $f\" > {tag}.counts; usleep 20000; \
+           echo \"$s $f\" > {tag}.counts; usleep {pause_us}; \
          done; echo done >> {tag}.counts"
     )
 }
@@ -382,6 +384,8 @@ pub fn wget_loop_counts(text: &str) -> (u64, u64, bool) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::{wget_loop_counts, wget_loop_script};
 
     #[test]
@@ -389,9 +393,10 @@ mod tests {
         assert_eq!(wget_loop_counts("12 3"), (12, 3, false));
         assert_eq!(wget_loop_counts("12 3\ndone\n"), (12, 3, true));
         assert_eq!(wget_loop_counts(""), (0, 0, false));
-        let every = wget_loop_script("/tmp/x", "http://back/", true);
+        let every = wget_loop_script("/tmp/x", "http://back/", true, Duration::from_millis(100));
         assert!(every.contains("date +%s >> /tmp/x.failures"), "{every}");
-        let first = wget_loop_script("/tmp/x", "http://back/", false);
+        assert!(every.contains("usleep 100000;"), "{every}");
+        let first = wget_loop_script("/tmp/x", "http://back/", false, Duration::from_millis(20));
         assert!(first.contains("date +%T >> /tmp/x.failures"), "{first}");
     }
 }

@@ -15,9 +15,11 @@ use anyhow::{bail, Result};
 use super::cluster::{wait, Cluster, BACK, KEEPALIVE_PORT, LOAD_HOST, SETTLE, WEB_PORT};
 use crate::load::{wget_loop_counts, wget_loop_script, HttpLoad};
 
-/// Between two requests of one generator: 10 generators at 10 requests/s each leave the
-/// shared 2-core machine to the agents.
-const PACE: Duration = Duration::from_millis(100);
+/// Between two requests of one generator: 10 generators at 5 requests/s each, and the
+/// container's loop at about 10 (each of its requests forks wget and grep, each of the
+/// client's a CGI script), leave the shared 2-core machine to the agents.
+const PACE: Duration = Duration::from_millis(200);
+const CONTAINER_PACE: Duration = Duration::from_millis(100);
 
 /// One way into the cluster: the node it goes through, and how.
 #[derive(Debug, Clone)]
@@ -64,7 +66,7 @@ impl LoadSet {
             }
         }
         let tag = format!("/tmp/chaos-{scenario}");
-        let script = wget_loop_script(&tag, &format!("http://{BACK}/"), true);
+        let script = wget_loop_script(&tag, &format!("http://{BACK}/"), true, CONTAINER_PACE);
         // A task replaced since the last scenario has a new container.
         let container = wait("the web task's container on the load host", SETTLE, || {
             cluster.load_container()
