@@ -35,22 +35,24 @@ use crate::{
     util::{cargo, shoal_binary, target_dir},
 };
 
+/// A suite's figures and targets (also `cargo xtask chaos`'s report).
 #[derive(Default)]
-struct Report {
-    suite: &'static str,
-    figures: Vec<Value>,
-    ratios: Vec<Value>,
-    missed: Vec<String>,
+pub(crate) struct Report {
+    pub(crate) suite: &'static str,
+    pub(crate) figures: Vec<Value>,
+    pub(crate) ratios: Vec<Value>,
+    /// Targets missed and checks failed, each in one line.
+    pub(crate) missed: Vec<String>,
 }
 
 impl Report {
-    fn figure(&mut self, name: &str, value: f64, unit: &str) {
+    pub(crate) fn figure(&mut self, name: &str, value: f64, unit: &str) {
         println!("BENCH {} {name} {value:.3} {unit}", self.suite);
         self.figures
             .push(json!({"name": name, "value": value, "unit": unit}));
     }
 
-    fn ratio(&mut self, name: &str, value: f64, op: &str, target: f64) {
+    pub(crate) fn ratio(&mut self, name: &str, value: f64, op: &str, target: f64) {
         println!("RATIO {} {name} {value:.3} {op} {target}", self.suite);
         let met = match op {
             ">=" => value >= target,
@@ -64,7 +66,7 @@ impl Report {
             .push(json!({"name": name, "value": value, "op": op, "target": target, "met": met}));
     }
 
-    fn finish(self) -> Result<ExitCode> {
+    pub(crate) fn finish(self) -> Result<ExitCode> {
         let dir = target_dir().join("bench");
         fs::create_dir_all(&dir)?;
         let path = dir.join(format!("{}.json", self.suite));

@@ -6,14 +6,18 @@
 //! - [`images`]: builds the lab's Docker images without a registry or a dockerd.
 //! - [`lab`]: the multi-host lab (namespaces, per-host dockerd, teardown).
 //! - [`bench`]: benchmarks against a baseline in the same run.
+//! - [`chaos`]: scripted faults on a 5-host lab under load, nothing lost.
+//! - [`load`]: HTTP load generators (lab tests and chaos).
 //! - [`demo`]: README's main job.
 //! - [`testrun`]: README's test command.
 //! - [`util`]: root check, bpffs check, workspace paths.
 
 pub mod bench;
+pub mod chaos;
 pub mod demo;
 pub mod images;
 pub mod lab;
+pub mod load;
 pub mod setup;
 pub mod testrun;
 pub mod util;

@@ -5,10 +5,11 @@
 //! - `demo`: README's main job: set up, build, bring up a lab and show it working.
 //! - `test`: README's test command: set up, fmt, clippy, unit, eBPF and lab tests.
 //! - `bench SUITE`: benchmarks with BENCH/RATIO lines and target/bench/SUITE.json.
+//! - `chaos [--scenario NAME]...`: faults on a 5-host lab under load (see `chaos/`).
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use xtask::{bench, demo, lab, setup, testrun};
+use xtask::{bench, chaos, demo, lab, setup, testrun};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "shoal's developer tasks")]
@@ -38,6 +39,14 @@ enum Cmd {
     /// Run a benchmark suite against its baseline (suites: overlay, dns, cluster, gossip,
     /// gossip_lab, vip, services, update, lb, pull).
     Bench { suite: String },
+    /// Scripted faults on a 5-host lab (3 managers) under constant load, each scenario
+    /// checking that nothing was lost (scenarios: leader_kill, worker_kill, restart_all,
+    /// partition, underlay_cut; all of them when none is named).
+    Chaos {
+        /// Run only this scenario (repeatable).
+        #[arg(long = "scenario", value_name = "NAME")]
+        scenarios: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -108,6 +117,7 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Test { no_lab } => testrun::run(!no_lab),
         Cmd::Lab { command } => run_lab(command),
         Cmd::Bench { suite } => bench::run(&suite),
+        Cmd::Chaos { scenarios } => chaos::run(&scenarios),
     }
 }
 

@@ -23,6 +23,7 @@ pub mod layout;
 pub mod outside;
 pub mod procs;
 pub mod registry;
+pub mod tables;
 mod teardown;
 
 use std::{
