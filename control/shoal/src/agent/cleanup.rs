@@ -25,7 +25,7 @@ const DOCKER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the agent writes in its data directory (status files, dumps, its swarm state).
 /// Anything else there is not the agent's and stays.
-const DATA_FILES: [&str; 7] = [
+const DATA_FILES: [&str; 9] = [
     status::STATUS_FILE,
     "overlay.json",
     "vip.json",
@@ -33,6 +33,9 @@ const DATA_FILES: [&str; 7] = [
     "dns.json",
     "gossip.json",
     "egress.json",
+    "wireguard.json",
+    // The node's WireGuard key: a cleaned-up host is no longer a node.
+    shoal_dataplane::wireguard::key::KEY_FILE,
 ];
 /// Directories the agent writes in its data directory.
 const DATA_DIRS: [&str; 2] = ["declared", "cluster"];
