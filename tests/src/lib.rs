@@ -12,6 +12,7 @@ use std::{
 pub use xtask::lab::{self, LabState, Layout};
 
 pub mod browser;
+pub mod docker_cli;
 pub mod load;
 pub mod manager_port;
 pub mod swarm;

@@ -5,45 +5,7 @@
 //! `docker network connect` of an existing container to an overlay is refused saying
 //! how a container gets on it; a network of the node's own dockerd (a bridge) still runs
 //! the container unchanged.
-use std::{path::PathBuf, process::Command};
-
-use shoal_tests::{lab, privileged, swarm::Cli, LabGuard};
-
-struct Docker {
-    socket: PathBuf,
-    config: PathBuf,
-}
-
-impl Docker {
-    fn run(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new("/usr/local/bin/docker")
-            .env("DOCKER_CONFIG", &self.config)
-            .env_remove("DOCKER_HOST")
-            .env_remove("DOCKER_CONTEXT")
-            .arg("-H")
-            .arg(format!("unix://{}", self.socket.display()))
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("running docker: {e}"));
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let (ok, out, err) = self.run(args);
-        assert!(ok, "docker {}: failed: {err}{out}", args.join(" "));
-        out
-    }
-
-    fn err(&self, args: &[&str]) -> String {
-        let (ok, out, err) = self.run(args);
-        assert!(!ok, "docker {} should fail; printed: {out}", args.join(" "));
-        err
-    }
-}
+use shoal_tests::{docker_cli::DockerCli, privileged, swarm::Cli, LabGuard};
 
 #[test]
 fn docker_run_on_a_swarm_overlay_is_refused_as_docker_refuses_it() {
@@ -55,12 +17,7 @@ fn docker_run_on_a_swarm_overlay_is_refused_as_docker_refuses_it() {
     let cli = Cli { lab: &guard };
     cli.start_agents(&shoal, &[]);
     cli.form_cluster();
-    let config = std::env::temp_dir().join(format!("{}-docker-config", guard.state.prefix));
-    std::fs::create_dir_all(&config).expect("docker config dir");
-    let docker = Docker {
-        socket: lab::agent::engine_api_socket(&guard.state.hosts[0]),
-        config,
-    };
+    let docker = DockerCli::on(&guard, 0);
 
     let plain = docker
         .ok(&["network", "create", "--driver", "overlay", "plain"])

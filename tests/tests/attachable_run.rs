@@ -8,71 +8,17 @@
 //! -f` detaches it (its name no longer resolves, the declared state
 //! of every node forgets it). An overlay created without `--attachable` is still
 //! refused with Docker's 403.
-use std::{net::Ipv4Addr, path::PathBuf, process::Command};
+use std::net::Ipv4Addr;
 
 use shoal_tests::{
+    docker_cli::{DockerCli, CURRENT, DEBIAN_2010},
     lab, privileged,
     swarm::{answered_by, Cli, Task, BOUND},
     wait_for, LabGuard,
 };
 
-const CURRENT: &str = "/usr/local/bin/docker";
-const DEBIAN_2010: &str = "/usr/bin/docker";
-
-struct Docker {
-    socket: PathBuf,
-    config: PathBuf,
-}
-
-impl Docker {
-    fn run_with(&self, client: &str, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(client)
-            .env("DOCKER_CONFIG", &self.config)
-            .env_remove("DOCKER_HOST")
-            .env_remove("DOCKER_CONTEXT")
-            .arg("-H")
-            .arg(format!("unix://{}", self.socket.display()))
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("running {client}: {e}"));
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn ok_with(&self, client: &str, args: &[&str]) -> String {
-        let (ok, out, err) = self.run_with(client, args);
-        assert!(ok, "{client} {}: failed: {err}{out}", args.join(" "));
-        out.trim().to_owned()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        self.ok_with(CURRENT, args)
-    }
-
-    fn err(&self, args: &[&str]) -> String {
-        let (ok, out, err) = self.run_with(CURRENT, args);
-        assert!(!ok, "docker {} should fail; printed: {out}", args.join(" "));
-        err
-    }
-
-    /// `docker exec` through the socket; Ok(output) or Err(output).
-    fn exec(&self, container: &str, argv: &[&str]) -> Result<String, String> {
-        let mut args = vec!["exec", container];
-        args.extend_from_slice(argv);
-        let (ok, out, err) = self.run_with(CURRENT, &args);
-        if ok {
-            Ok(out.trim().to_owned())
-        } else {
-            Err(format!("{err}{out}"))
-        }
-    }
-}
-
 /// The container's one address starting with `prefix`, as it shows it; waits for it.
-fn address_of(docker: &Docker, container: &str, prefix: &str) -> Ipv4Addr {
+fn address_of(docker: &DockerCli, container: &str, prefix: &str) -> Ipv4Addr {
     wait_for(
         &format!("{container} has an address in {prefix}*"),
         BOUND,
@@ -156,23 +102,21 @@ fn docker_run_attaches_a_container_to_an_attachable_overlay() {
     let cli = Cli { lab: &guard };
     cli.start_agents(&shoal, &[]);
     cli.form_cluster();
-    let config = std::env::temp_dir().join(format!("{}-docker-config", guard.state.prefix));
-    std::fs::create_dir_all(&config).expect("docker config dir");
-    let on = |i: usize| Docker {
-        socket: lab::agent::engine_api_socket(&guard.state.hosts[i]),
-        config: config.clone(),
-    };
+    let on = |i: usize| DockerCli::on(&guard, i);
     let (d1, d2) = (on(0), on(1));
 
     d1.ok(&["network", "create", "-d", "overlay", "--attachable", "ov"]);
     d1.ok(&["network", "create", "-d", "overlay", "plain"]);
-    let subnet = d1.ok(&[
-        "network",
-        "inspect",
-        "-f",
-        "{{range .IPAM.Config}}{{.Subnet}}{{end}}",
-        "ov",
-    ]);
+    let subnet = d1
+        .ok(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{range .IPAM.Config}}{{.Subnet}}{{end}}",
+            "ov",
+        ])
+        .trim()
+        .to_owned();
     let prefix = subnet
         .rsplit_once('.')
         .map(|(p, _)| format!("{p}."))

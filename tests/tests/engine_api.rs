@@ -14,14 +14,11 @@
 //! Python creating, scaling and removing a service; a worker's socket refuses the swarm's objects as Docker's does,
 //! `service logs` through the API, what is not served yet is refused saying so, and a
 //! bad filter is refused.
-use std::{
-    os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{os::unix::fs::PermissionsExt, path::Path, process::Command};
 
 use shoal_tests::{
-    lab, privileged,
+    docker_cli::{DockerCli, CURRENT, DEBIAN_2010},
+    privileged,
     swarm::{Cli, BOUND},
     wait_for, LabGuard,
 };
@@ -46,49 +43,7 @@ else:
     print("removed py")
 "#;
 
-/// The image's docker client (current) and Debian's (20.10, API 1.41).
-const CLIENTS: [&str; 2] = ["/usr/local/bin/docker", "/usr/bin/docker"];
-
-struct Docker {
-    socket: PathBuf,
-    /// An empty client configuration: no context or credential of the machine's.
-    config: PathBuf,
-}
-
-impl Docker {
-    fn run_with(&self, client: &str, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(client)
-            .env("DOCKER_CONFIG", &self.config)
-            .env_remove("DOCKER_HOST")
-            .env_remove("DOCKER_CONTEXT")
-            .arg("-H")
-            .arg(format!("unix://{}", self.socket.display()))
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("running {client}: {e}"));
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        self.ok_with(CLIENTS[0], args)
-    }
-
-    fn ok_with(&self, client: &str, args: &[&str]) -> String {
-        let (ok, out, err) = self.run_with(client, args);
-        assert!(ok, "{client} {}: failed: {err}{out}", args.join(" "));
-        out
-    }
-
-    fn err(&self, args: &[&str]) -> String {
-        let (ok, out, err) = self.run_with(CLIENTS[0], args);
-        assert!(!ok, "docker {} should fail; printed: {out}", args.join(" "));
-        err
-    }
-}
+const CLIENTS: [&str; 2] = [CURRENT, DEBIAN_2010];
 
 #[test]
 fn the_docker_cli_drives_shoal_through_its_engine_api() {
@@ -99,13 +54,9 @@ fn the_docker_cli_drives_shoal_through_its_engine_api() {
     let guard = LabGuard::up('n', 2);
     let cli = Cli { lab: &guard };
     cli.start_agents(&shoal, &[]);
-    let config = std::env::temp_dir().join(format!("{}-docker-config", guard.state.prefix));
-    std::fs::create_dir_all(&config).expect("docker config dir");
-    let docker_of = |i: usize| Docker {
-        socket: lab::agent::engine_api_socket(&guard.state.hosts[i]),
-        config: config.clone(),
-    };
+    let docker_of = |i: usize| DockerCli::on(&guard, i);
     let (h1, h2) = (docker_of(0), docker_of(1));
+    let config = h1.config.clone();
 
     // The seed's first steps, typed as the seeds type them.
     let addr1 = guard.state.hosts[0].address.to_string();

@@ -16,10 +16,9 @@
 //! new one is not privileged; a bad `--device-add` is refused and changes nothing. A
 //! stack with `privileged: true` and `devices:` does the same, and one with
 //! `healthcheck.start_interval` is refused saying why, deploying nothing.
-use std::process::Command;
-
 use shoal_tests::{
-    lab, privileged,
+    docker_cli::DockerCli,
+    privileged,
     swarm::{Cli, Task, BOUND},
     wait_for, LabGuard,
 };
@@ -186,32 +185,17 @@ fn privileged_and_devices() {
 
     // The docker CLI's update through the Engine API: its spec cannot say either, and
     // the services keep both.
-    let config = std::env::temp_dir().join(format!("{}-docker-config", guard.state.prefix));
-    std::fs::create_dir_all(&config).expect("docker config dir");
-    let socket = lab::agent::engine_api_socket(&guard.state.hosts[0]);
+    let docker = DockerCli::on(&guard, 0);
     for service in ["dev", "priv"] {
-        let out = Command::new("/usr/local/bin/docker")
-            .env("DOCKER_CONFIG", &config)
-            .env_remove("DOCKER_HOST")
-            .env_remove("DOCKER_CONTEXT")
-            .arg("-H")
-            .arg(format!("unix://{}", socket.display()))
-            .args([
-                "service",
-                "update",
-                "--detach",
-                "--no-resolve-image",
-                "--env-add",
-                "FROM_DOCKER=1",
-                service,
-            ])
-            .output()
-            .expect("running docker");
-        assert!(
-            out.status.success(),
-            "docker service update {service}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        docker.ok(&[
+            "service",
+            "update",
+            "--detach",
+            "--no-resolve-image",
+            "--env-add",
+            "FROM_DOCKER=1",
+            service,
+        ]);
     }
     let dev = cli.wait_running("dev", 1, |t| t[0].id != dev.id).remove(0);
     let env = cli
@@ -446,6 +430,6 @@ fn privileged_and_devices() {
         }
     });
     std::fs::remove_dir_all(&dir).ok();
-    std::fs::remove_dir_all(&config).ok();
+    std::fs::remove_dir_all(&docker.config).ok();
     println!("privileged and devices lab done in {:?}", began.elapsed());
 }

@@ -11,6 +11,7 @@
 //! h1's and h2's lines (shoal's warning names h3 and its task), and `service logs`
 //! still answers within a bound with h1's and h2's lines and a warning naming h3.
 use shoal_tests::{
+    docker_cli::{DockerCli, CURRENT},
     lab, privileged,
     swarm::{hostnames, Cli, Task, BOUND},
     wait_for, LabGuard,
@@ -79,21 +80,6 @@ impl Drop for Follower {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The real docker CLI on host `i`'s Engine API socket, with an empty configuration.
-fn docker(guard: &LabGuard, i: usize, config: &std::path::Path, args: &[&str]) -> Command {
-    let mut c = Command::new("docker");
-    c.env("DOCKER_CONFIG", config)
-        .env_remove("DOCKER_HOST")
-        .env_remove("DOCKER_CONTEXT")
-        .arg("-H")
-        .arg(format!(
-            "unix://{}",
-            lab::agent::engine_api_socket(&guard.state.hosts[i]).display()
-        ))
-        .args(args);
-    c
 }
 
 /// Each task prints `line-1`, `line-2`... one a second.
@@ -304,44 +290,19 @@ fn service_logs_reads_every_nodes_tasks_as_docker_prints_them() {
     }
 
     // The docker CLI through the Engine API: the same lines, the same prefixes.
-    let config = std::env::temp_dir().join(format!("{}-docker-config", guard.state.prefix));
-    std::fs::create_dir_all(&config).expect("docker config dir");
-    let out = docker(
-        &guard,
-        0,
-        &config,
-        &["service", "logs", "--tail", "2", "talk"],
-    )
-    .output()
-    .expect("docker service logs");
-    assert!(
-        out.status.success(),
-        "docker service logs: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let docker_lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let docker = DockerCli::on(&guard, 0);
+    let out = docker.ok(&["service", "logs", "--tail", "2", "talk"]);
+    let docker_lines: Vec<String> = out.lines().map(str::to_string).collect();
     assert_eq!(docker_lines.len(), 6, "{docker_lines:#?}");
     for h in hosts {
         let mine = of(&docker_lines, h);
         assert_eq!(mine.len(), 2, "{h}: {docker_lines:#?}");
         assert_eq!(number(&mine[1]), number(&mine[0]) + 1, "{docker_lines:#?}");
     }
-    let out = docker(
-        &guard,
-        0,
-        &config,
-        &["service", "logs", "--raw", "--tail", "1", &there.id],
-    )
-    .output()
-    .expect("docker service logs TASK");
-    let raw = String::from_utf8_lossy(&out.stdout).into_owned();
+    let raw = docker.ok(&["service", "logs", "--raw", "--tail", "1", &there.id]);
     assert!(
-        out.status.success() && raw.lines().count() == 1 && raw.starts_with("line-"),
-        "docker service logs --raw TASK: {raw} {}",
-        String::from_utf8_lossy(&out.stderr)
+        raw.lines().count() == 1 && raw.starts_with("line-"),
+        "docker service logs --raw TASK: {raw}"
     );
 
     // Following: shoal's CLI and docker's, each from the last line of every task on.
@@ -356,12 +317,9 @@ fn service_logs_reads_every_nodes_tasks_as_docker_prints_them() {
         ("shoal", shoal_follow),
         (
             "docker",
-            Follower::start(docker(
-                &guard,
-                0,
-                &config,
-                &["service", "logs", "-f", "--tail", "1", "talk"],
-            )),
+            Follower::start(
+                docker.command(CURRENT, &["service", "logs", "-f", "--tail", "1", "talk"]),
+            ),
         ),
     ];
     // The highest line number each host's task has printed in a follower's output.
