@@ -633,7 +633,8 @@ fn swarm_flows_on_three_hosts() {
     // It comes back: every host's tables agree again, and the service still answers
     // through all 3 hosts.
     lab::restart_dockerd(&guard.layout, &h3).expect("restart h3's dockerd");
-    // The agent needs its dockerd at start: wait until it answers.
+    // The agent starts once its dockerd answers, so the figures below time the
+    // agent's return, not dockerd's start.
     wait_for("h3's dockerd answering again", BOUND, || {
         let out = guard.exec("h3", &["docker", "version", "-f", "{{.Server.Version}}"]);
         if out.status.success() {
