@@ -34,6 +34,8 @@ use shoal_tests::{
 
 /// New connections made while the idle ones are held.
 const CHURN: usize = 20_000;
+/// The client port of the first of them; the n-th uses the next n-th port.
+const CHURN_FIRST_PORT: u16 = 10_000;
 /// Threads making them.
 const CHURN_THREADS: usize = 16;
 /// How long the SYN flood lasts, and its pace.
@@ -51,9 +53,19 @@ struct Conn {
 }
 
 impl Conn {
-    fn open(to: SocketAddrV4) -> Result<Self, String> {
-        let s = TcpStream::connect_timeout(&SocketAddr::V4(to), ANSWER_BOUND)
-            .map_err(|e| format!("connect {to}: {e}"))?;
+    /// Connects from `from_port` when given (else a port the kernel picks).
+    fn open(to: SocketAddrV4, from_port: Option<u16>) -> Result<Self, String> {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .map_err(|e| format!("socket: {e}"))?;
+        if let Some(port) = from_port {
+            socket
+                .bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())
+                .map_err(|e| format!("bind port {port}: {e}"))?;
+        }
+        socket
+            .connect_timeout(&SocketAddr::V4(to).into(), ANSWER_BOUND)
+            .map_err(|e| format!("connect {to} from port {from_port:?}: {e}"))?;
+        let s: TcpStream = socket.into();
         s.set_read_timeout(Some(ANSWER_BOUND)).ok();
         s.set_write_timeout(Some(ANSWER_BOUND)).ok();
         let writer = s.try_clone().map_err(|e| e.to_string())?;
@@ -347,10 +359,12 @@ fn live_flows_survive_churn_and_a_syn_flood() {
     let out = guard.client(&["ethtool", "-K", "eth0", "tx", "off"]);
     assert!(out.status.success(), "{out:?}");
     let client_ns = PathBuf::from("/run/netns").join(&guard.state.client.netns);
-    // The idle connections' client ports (61000 and up) are kept apart from the churn's
-    // (10000-60999, room for 20,000 in TIME_WAIT): a task sees the client's address and
-    // port whichever node the connection came through, so a churn connection through
-    // h2 from an idle one's port to h1 would meet it at the task (one 4-tuple there).
+    // Every connection here has a client port of its own: the idle ones 61000 and up,
+    // churn connection n the port CHURN_FIRST_PORT + n (never reused, so never in
+    // TIME_WAIT). A task sees the client's address and port whichever node the
+    // connection came through, so one client port open through h1 and h2 at once to the
+    // same task would be one 4-tuple there: the kernel's own port choice does that,
+    // since it picks ports per destination address.
     let port_range = |range: &str| {
         in_netns(&client_ns, || {
             std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", range)
@@ -367,7 +381,7 @@ fn live_flows_survive_churn_and_a_syn_flood() {
             for _ in 0..IDLE_PER {
                 let to = SocketAddrV4::new(h, port);
                 let (conn, task) = wait_for(&format!("an idle connection to {to}"), BOUND, || {
-                    let mut c = in_netns(&client_ns, || Conn::open(to)).map_err(|e| {
+                    let mut c = in_netns(&client_ns, || Conn::open(to, None)).map_err(|e| {
                         let stats: Vec<BTreeMap<String, Value>> = guard
                             .state
                             .hosts
@@ -391,7 +405,6 @@ fn live_flows_survive_churn_and_a_syn_flood() {
             }
         }
     }
-    port_range("10000 60999");
     let before: Vec<Value> = guard
         .state
         .hosts
@@ -406,29 +419,31 @@ fn live_flows_survive_churn_and_a_syn_flood() {
     let failed = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let churn: Vec<_> = (0..CHURN_THREADS)
-        .map(|i| {
+        .map(|_| {
             let (done, failures, failed, stop) =
                 (done.clone(), failures.clone(), failed.clone(), stop.clone());
             let ns = client_ns.clone();
             let hosts = hosts.clone();
             thread::spawn(move || {
-                in_netns(&ns, || {
-                    let mut k = i;
-                    while done.fetch_add(1, Ordering::Relaxed) < CHURN
-                        && !stop.load(Ordering::Relaxed)
-                    {
-                        let to = SocketAddrV4::new(hosts[k % hosts.len()], 8080);
-                        k += 1;
-                        let r = Conn::open(to).and_then(|mut c| {
-                            c.ask()?;
-                            c.close()
-                        });
-                        if let Err(e) = r {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            let mut f = failures.lock().unwrap();
-                            if f.len() < 8 {
-                                f.push(format!("{:.1} s {to}: {e}", began.elapsed().as_secs_f64()));
-                            }
+                in_netns(&ns, || loop {
+                    let n = done.fetch_add(1, Ordering::Relaxed);
+                    if n >= CHURN || stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let to = SocketAddrV4::new(hosts[n % hosts.len()], 8080);
+                    let from_port = CHURN_FIRST_PORT + n as u16;
+                    let r = Conn::open(to, Some(from_port)).and_then(|mut c| {
+                        c.ask()?;
+                        c.close()
+                    });
+                    if let Err(e) = r {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        let mut f = failures.lock().unwrap();
+                        if f.len() < 8 {
+                            f.push(format!(
+                                "{:.1} s port {from_port} -> {to}: {e}",
+                                began.elapsed().as_secs_f64()
+                            ));
                         }
                     }
                 })
@@ -462,6 +477,28 @@ fn live_flows_survive_churn_and_a_syn_flood() {
         flood_took.as_secs_f64(),
         churn_took.as_secs_f64()
     );
+    // The mesh's counters, printed before anything is checked so that a failure below
+    // shows them.
+    let mut new_flows = 0;
+    let mut after = Vec::new();
+    for (h, b) in guard.state.hosts.iter().zip(&before) {
+        let s = mesh_stats(&guard, h, &shoal);
+        println!(
+            "{}: new flows {}, live {} of {}, opening {} of {}, closing {} of {}, live evicted {}, misses {}",
+            h.name,
+            counter(&s, "mesh_new_flows") - counter(b, "mesh_new_flows"),
+            counter(&s, "mesh_flows"),
+            counter(&s, "mesh_flow_capacity"),
+            counter(&s, "mesh_opening_flows"),
+            counter(&s, "mesh_opening_capacity"),
+            counter(&s, "mesh_closing_flows"),
+            counter(&s, "mesh_closing_capacity"),
+            counter(&s, "mesh_flows_evicted"),
+            counter(&s, "mesh_flow_misses"),
+        );
+        new_flows += counter(&s, "mesh_new_flows") - counter(b, "mesh_new_flows");
+        after.push(s);
+    }
     assert!(
         made == CHURN && !stop.load(Ordering::Relaxed),
         "only {made} of {CHURN} connections made in {churn_bound:?}"
@@ -490,28 +527,12 @@ fn live_flows_survive_churn_and_a_syn_flood() {
 
     // The counters: the flood and the churn went through the mesh, the tables are the
     // size asked for, and no live flow was evicted.
-    let mut new_flows = 0;
-    for (h, b) in guard.state.hosts.iter().zip(&before) {
-        let s = mesh_stats(&guard, h, &shoal);
-        println!(
-            "{}: new flows {}, live {} of {}, opening {} of {}, closing {} of {}, live evicted {}, misses {}",
-            h.name,
-            counter(&s, "mesh_new_flows") - counter(b, "mesh_new_flows"),
-            counter(&s, "mesh_flows"),
-            counter(&s, "mesh_flow_capacity"),
-            counter(&s, "mesh_opening_flows"),
-            counter(&s, "mesh_opening_capacity"),
-            counter(&s, "mesh_closing_flows"),
-            counter(&s, "mesh_closing_capacity"),
-            counter(&s, "mesh_flows_evicted"),
-            counter(&s, "mesh_flow_misses"),
-        );
-        new_flows += counter(&s, "mesh_new_flows") - counter(b, "mesh_new_flows");
-        assert_eq!(counter(&s, "mesh_flow_capacity"), 1024, "{s}");
-        assert_eq!(counter(&s, "mesh_opening_capacity"), 1024, "{s}");
-        assert_eq!(counter(&s, "mesh_closing_capacity"), 1024, "{s}");
-        assert_eq!(counter(&s, "mesh_flows_evicted"), 0, "{}: {s}", h.name);
-        assert_eq!(counter(&s, "mesh_flow_insert_failed"), 0, "{s}");
+    for (h, s) in guard.state.hosts.iter().zip(&after) {
+        assert_eq!(counter(s, "mesh_flow_capacity"), 1024, "{s}");
+        assert_eq!(counter(s, "mesh_opening_capacity"), 1024, "{s}");
+        assert_eq!(counter(s, "mesh_closing_capacity"), 1024, "{s}");
+        assert_eq!(counter(s, "mesh_flows_evicted"), 0, "{}: {s}", h.name);
+        assert_eq!(counter(s, "mesh_flow_insert_failed"), 0, "{s}");
     }
     // The flood reached the mesh in volume (some of its frames are lost before XDP on
     // a loaded machine: the veth's queue), turning the opening tables over many times.
