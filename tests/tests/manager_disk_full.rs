@@ -84,6 +84,11 @@ fn a_manager_whose_disk_filled_starts_again_once_there_is_room() {
     fill(&guard, &filler);
     let e = cli.err("h1", &["service", "scale", "web=3"]);
     println!("scale on a full disk: {e}");
+    // The store's own words reach the user, not wrapped as a protocol error.
+    assert!(
+        e.contains("No space left on device") && !e.contains("protocol error"),
+        "{e}"
+    );
     let stopped = Instant::now();
     let info = wait_for("h1's info saying its store stopped", BOUND, || {
         let info = cli.run("h1", &["info"])?;

@@ -259,6 +259,10 @@ pub enum ClusterError {
     Store(String),
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A manager refused the request and said why in its own words (an error of its
+    /// store, a request it cannot carry out): shown as it is.
+    #[error("{0}")]
+    Refused(String),
     #[error("local cluster files in {path}: {reason}")]
     Files { path: PathBuf, reason: String },
     #[error("default address pools: {0}")]

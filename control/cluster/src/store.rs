@@ -134,7 +134,7 @@ pub enum StoreError {
     AlreadyInitialized,
     #[error("the store has stopped")]
     Stopped,
-    #[error("store storage: {0}")]
+    #[error("the Raft store's disk: {0}")]
     Storage(String),
     #[error("raft: {0}")]
     Raft(String),

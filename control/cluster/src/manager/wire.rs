@@ -316,7 +316,7 @@ impl From<WireError> for ClusterError {
             WireError::Rejected { rejection } => ClusterError::Rejected(rejection),
             WireError::Unauthorized { detail } => ClusterError::Unauthorized(detail),
             WireError::Busy { detail } => ClusterError::Busy(detail),
-            WireError::Other { detail } => ClusterError::Protocol(detail),
+            WireError::Other { detail } => ClusterError::Refused(detail),
         }
     }
 }
