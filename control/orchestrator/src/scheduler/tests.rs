@@ -3,9 +3,9 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use ipnet::Ipv4Net;
 
 use shoal_cluster::store::{
-    ClusterState, Command, Endpoint, FailureAction, Network, Node, PortConfig, Protocol,
-    PublishMode, RestartCondition, Role, ServiceSpec, TaskStatusUpdate, UpdateState, UpdateStatus,
-    DEFAULT_RESTART_DELAY_MS,
+    Availability, ClusterState, Command, Endpoint, FailureAction, Network, Node, PortConfig,
+    Protocol, PublishMode, RestartCondition, Role, ServiceSpec, TaskStatusUpdate, UpdateState,
+    UpdateStatus, DEFAULT_RESTART_DELAY_MS,
 };
 
 use super::*;
