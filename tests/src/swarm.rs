@@ -293,31 +293,42 @@ impl Cli<'_> {
     /// The task's address on the network whose addresses start with `prefix` (e.g.
     /// "10.0.9."), as its container shows it; waits until it has one.
     pub fn address(&self, t: &Task, prefix: &str) -> Ipv4Addr {
-        wait_for(
-            &format!("{} has an address in {prefix}*", t.container),
-            BOUND,
-            || {
-                let out =
-                    self.lab
-                        .docker_exec(&t.node, &t.container, &["ip", "-4", "-o", "addr"])?;
-                let found: Vec<Ipv4Addr> = out
-                    .split_whitespace()
-                    .filter_map(|w| w.split('/').next())
-                    .filter(|a| a.starts_with(prefix))
-                    .filter_map(|a| a.parse().ok())
-                    .collect();
-                match found[..] {
-                    [a] => Ok(a),
-                    _ => Err(out),
-                }
-            },
-        )
+        wait_for_address(&t.container, prefix, || {
+            self.lab
+                .docker_exec(&t.node, &t.container, &["ip", "-4", "-o", "addr"])
+        })
     }
 
     /// `docker exec` in the task's container; Ok(output) or Err(output).
     pub fn exec_in(&self, t: &Task, argv: &[&str]) -> Result<String, String> {
         self.lab.docker_exec(&t.node, &t.container, argv)
     }
+}
+
+/// Waits until `ip -4 -o addr` in `container` (as `addrs` runs it) shows exactly one
+/// address starting with `prefix` (e.g. "10.0.9."), and returns it.
+pub fn wait_for_address(
+    container: &str,
+    prefix: &str,
+    addrs: impl Fn() -> Result<String, String>,
+) -> Ipv4Addr {
+    wait_for(
+        &format!("{container} has an address in {prefix}*"),
+        BOUND,
+        || {
+            let out = addrs()?;
+            let found: Vec<Ipv4Addr> = out
+                .split_whitespace()
+                .filter_map(|w| w.split('/').next())
+                .filter(|a| a.starts_with(prefix))
+                .filter_map(|a| a.parse().ok())
+                .collect();
+            match found[..] {
+                [a] => Ok(a),
+                _ => Err(out),
+            }
+        },
+    )
 }
 
 /// The PID of the host's agent, from its status file.

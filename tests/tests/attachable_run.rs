@@ -13,29 +13,15 @@ use std::net::Ipv4Addr;
 use shoal_tests::{
     docker_cli::{DockerCli, CURRENT, DEBIAN_2010},
     lab, privileged,
-    swarm::{answered_by, Cli, Task, BOUND},
+    swarm::{answered_by, wait_for_address, Cli, Task, BOUND},
     wait_for, LabGuard,
 };
 
 /// The container's one address starting with `prefix`, as it shows it; waits for it.
 fn address_of(docker: &DockerCli, container: &str, prefix: &str) -> Ipv4Addr {
-    wait_for(
-        &format!("{container} has an address in {prefix}*"),
-        BOUND,
-        || {
-            let out = docker.exec(container, &["ip", "-4", "-o", "addr"])?;
-            let found: Vec<Ipv4Addr> = out
-                .split_whitespace()
-                .filter_map(|w| w.split('/').next())
-                .filter(|a| a.starts_with(prefix))
-                .filter_map(|a| a.parse().ok())
-                .collect();
-            match found[..] {
-                [a] => Ok(a),
-                _ => Err(out),
-            }
-        },
-    )
+    wait_for_address(container, prefix, || {
+        docker.exec(container, &["ip", "-4", "-o", "addr"])
+    })
 }
 
 /// Waits until `wget http://<target>/` from `from` (a `docker exec`) is answered by
