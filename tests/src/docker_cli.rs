@@ -13,14 +13,15 @@ pub const DEBIAN_2010: &str = "/usr/bin/docker";
 
 pub struct DockerCli {
     pub socket: PathBuf,
-    /// The client configuration directory (empty: made for the lab).
+    /// The client configuration directory (empty: made for the lab, in its run
+    /// directory, so it goes when the lab goes down).
     pub config: PathBuf,
 }
 
 impl DockerCli {
     /// The CLI on lab host `i`'s Engine API socket.
     pub fn on(guard: &LabGuard, i: usize) -> DockerCli {
-        let config = std::env::temp_dir().join(format!("{}-docker-config", guard.state.prefix));
+        let config = guard.layout.run_dir().join("docker-config");
         std::fs::create_dir_all(&config).expect("docker config dir");
         DockerCli {
             socket: lab::agent::engine_api_socket(&guard.state.hosts[i]),
