@@ -230,7 +230,7 @@ impl Executor {
         mut self,
         listen: Option<std::net::SocketAddr>,
         status: Option<PathBuf>,
-        wireguard_key: Option<String>,
+        wireguard_key: Option<tokio::sync::watch::Receiver<String>>,
     ) -> Executor {
         self.gossip = crate::gossip_member::Member::new(listen)
             .with_status_file(status)
@@ -578,8 +578,8 @@ pub struct ExecutorConfig {
     /// Where the gossip member's status goes (`<data_dir>/gossip.json`).
     pub gossip_status: Option<PathBuf>,
     /// The node's WireGuard public key, registered with the gossip key (encrypted
-    /// overlay networks); None: the node takes part in none.
-    pub wireguard_key: Option<String>,
+    /// overlay networks), as it changes (rotations); None: the node takes part in none.
+    pub wireguard_key: Option<tokio::sync::watch::Receiver<String>>,
     /// The resolver's address on the egress bridge: tasks with no network use it.
     pub egress_dns: Option<Ipv4Addr>,
     /// Where each pass's view of the node goes (the agent's metrics).

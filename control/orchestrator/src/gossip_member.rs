@@ -76,8 +76,9 @@ pub struct Member {
     signing: Option<Signing>,
     failed_at: Option<Instant>,
     status_file: Option<PathBuf>,
-    /// The node's WireGuard public key, registered with each run's gossip key.
-    wireguard: Option<String>,
+    /// The node's WireGuard public key, registered with each run's gossip key, and
+    /// again whenever it changes (a rotation).
+    wireguard: Option<watch::Receiver<String>>,
 }
 
 /// What `<data_dir>/gossip.json` shows: the member's addresses, keys (IDs only), the
@@ -120,9 +121,9 @@ impl Member {
         self
     }
 
-    /// Registers `key` (the node's WireGuard public key, 64 hex digits) with the
-    /// managers along with each run's gossip key.
-    pub fn with_wireguard_key(mut self, key: Option<String>) -> Member {
+    /// Registers `key` (the node's WireGuard public key, 64 hex digits, as it changes)
+    /// with the managers along with each run's gossip key, and again on each change.
+    pub fn with_wireguard_key(mut self, key: Option<watch::Receiver<String>>) -> Member {
         self.wireguard = key;
         self
     }
@@ -222,7 +223,7 @@ impl Member {
                             key: identity.public_key().to_hex(),
                             generation: identity.generation(),
                             addr: advertise,
-                            wireguard: self.wireguard.clone(),
+                            wireguard: self.wireguard.as_ref().map(|k| k.borrow().clone()),
                         },
                         identity: Arc::new(identity),
                         sent_at: None,
@@ -238,6 +239,14 @@ impl Member {
         let Some(signing) = self.signing.as_mut() else {
             return;
         };
+        // A new WireGuard key (rotated): registered with this run's gossip key, which
+        // stays (gossip goes on); the store shows it once the managers took it.
+        let wireguard = self.wireguard.as_ref().map(|k| k.borrow().clone());
+        if signing.registration.wireguard != wireguard {
+            info!(key = ?wireguard, "the node's WireGuard key changed: registering it");
+            signing.registration.wireguard = wireguard;
+            signing.sent_at = None;
+        }
         signing.registered =
             state.nodes.get(me).and_then(|n| n.gossip.as_deref()) == Some(&signing.registration);
         if !signing.registered && self.running.is_none() {
@@ -527,6 +536,7 @@ mod tests {
             gossip: None,
             version: 0,
             tls: None,
+            wireguard_rotation: 0,
         };
         let mut s = ClusterState::default();
         for (id, ip) in [("n1", "10.0.0.1"), ("n2", "10.0.0.2"), ("n3", "10.0.0.3")] {

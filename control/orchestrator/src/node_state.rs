@@ -54,6 +54,9 @@ pub struct NodeState {
     /// data-path address (IPv4): the peers of this node's encrypted networks. A node is
     /// in it from its registration until `node rm`.
     pub wireguard_peers: BTreeMap<Ipv4Addr, String>,
+    /// How many new WireGuard keys this node was asked for (`node update
+    /// --rotate-wireguard-key`).
+    pub wireguard_rotation: u64,
     /// The sandboxes of this node's active tasks (the containers holding their
     /// namespaces), on a network or not: each one gets egress once it runs, before the
     /// task's own process starts in it.
@@ -459,6 +462,10 @@ pub fn compute_with(
                 Some((vtep(state, id)?, key))
             })
             .collect(),
+        wireguard_rotation: state
+            .nodes
+            .get(node_id)
+            .map_or(0, |n| u64::from(n.wireguard_rotation)),
         task_containers,
     }
 }
@@ -572,6 +579,7 @@ impl From<NodeState> for shoal_dataplane::reconcile::DeclaredNode {
             data_path_addr: ns.data_path_addr,
             cluster_vteps: Some(ns.cluster_vteps),
             wireguard_peers: Some(ns.wireguard_peers),
+            wireguard_rotation: ns.wireguard_rotation,
             task_containers: ns.task_containers,
             containers: Default::default(),
             version: 0,

@@ -210,6 +210,9 @@ pub enum Request {
         label_add: BTreeMap<String, String>,
         #[serde(default)]
         label_rm: Vec<String>,
+        /// `--rotate-wireguard-key`: the node makes a new WireGuard key.
+        #[serde(default)]
+        rotate_wireguard_key: bool,
     },
     /// `service create`: `spec.networks` holds network names or IDs as given. The
     /// manager pins the image's tag to its digest unless `no_resolve_image`.

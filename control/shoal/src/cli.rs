@@ -264,6 +264,10 @@ pub struct UpdateArgs {
     /// Remove a label (repeatable)
     #[arg(long = "label-rm", value_name = "KEY")]
     pub label_rm: Vec<String>,
+    /// Give the node a new WireGuard key (encrypted overlay networks); traffic keeps
+    /// flowing while every other node learns it
+    #[arg(long = "rotate-wireguard-key")]
+    pub rotate_wireguard_key: bool,
     /// ID, unique ID prefix or hostname
     #[arg(value_name = "NODE")]
     pub node: String,
@@ -402,6 +406,7 @@ impl NodeCommand {
                 availability: a.availability.map(Into::into),
                 label_add: a.label_add.iter().cloned().collect::<BTreeMap<_, _>>(),
                 label_rm: a.label_rm.clone(),
+                rotate_wireguard_key: a.rotate_wireguard_key,
             },
         }
     }

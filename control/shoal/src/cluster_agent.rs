@@ -92,7 +92,7 @@ pub struct NodeLinks {
     pub report: Option<shoal_orchestrator::node_report::ReportSender>,
     /// The node's WireGuard public key, registered with the managers (encrypted
     /// overlay networks); None: no dataplane here to carry them.
-    pub wireguard_key: Option<String>,
+    pub wireguard_key: Option<tokio::sync::watch::Receiver<String>>,
 }
 
 impl NodeLinks {

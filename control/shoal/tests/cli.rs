@@ -312,6 +312,17 @@ fn node_forms() {
             availability: Some(Availability::Drain),
             label_add: BTreeMap::from([("zone".into(), "a".into()), ("ssd".into(), "".into())]),
             label_rm: vec!["old".into()],
+            rotate_wireguard_key: false,
+        }
+    );
+    assert_eq!(
+        request("node update --rotate-wireguard-key h2"),
+        Request::NodeUpdate {
+            node: "h2".into(),
+            availability: None,
+            label_add: BTreeMap::new(),
+            label_rm: vec![],
+            rotate_wireguard_key: true,
         }
     );
     for (args, needle) in [

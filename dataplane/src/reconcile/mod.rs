@@ -69,6 +69,10 @@ pub struct DeclaredNode {
     /// registered one, by data-path address: the only peers encrypted networks' traffic
     /// is exchanged with. None: no cluster (the standalone mode), no device runs.
     pub wireguard_peers: Option<BTreeMap<Ipv4Addr, String>>,
+    /// How many new WireGuard keys the cluster asked this node for (`node update
+    /// --rotate-wireguard-key`): the node makes one each time it passes the count it
+    /// handled. 0 in the standalone mode.
+    pub wireguard_rotation: u64,
     /// The containers holding the namespaces of this node's tasks (their sandboxes), by
     /// name, whether or not they are on a network: each one that runs gets egress (the
     /// gateway bridge). Empty in the standalone mode, which runs no tasks.

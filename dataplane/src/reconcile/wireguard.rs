@@ -4,14 +4,24 @@
 //! declared ones: every other node with a registered key. A node removed from the
 //! cluster leaves the declared state, and its sessions go with it at once.
 //!
+//! The node's key is rotated on a schedule (when it is older than the agent's
+//! `--wireguard-key-rotation` period) and on demand (`node update
+//! --rotate-wireguard-key`: the declared state's count of requests passes the one this
+//! node handled, kept in `<data_dir>/wireguard.rotation`). The new key is kept in the
+//! data directory, published to whoever registers it with the managers (the gossip
+//! member, through [`WireguardNode::public_key`]), and the device goes on carrying the
+//! traffic in the old sessions until each peer has made one under the new key
+//! ([`crate::wireguard::device`]).
+//!
 //! `<data_dir>/wireguard.json` shows the device, its counters (foreign, garbage,
 //! replayed and spoofed datagrams dropped) and each peer's session, handshakes, packets,
 //! bytes and drops; it is written on every change and every [`PERIOD`].
 use std::{
     collections::BTreeMap,
+    io,
     net::Ipv4Addr,
-    path::PathBuf,
-    time::{Duration, Instant},
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
 };
 
 use serde::Serialize;
@@ -31,6 +41,8 @@ use crate::wireguard::{
 pub const PERIOD: Duration = Duration::from_secs(2);
 /// How long a device that failed to start waits before the next try.
 const RETRY: Duration = Duration::from_secs(5);
+/// Where the count of rotation requests this node handled is kept.
+pub const ROTATION_FILE: &str = "wireguard.rotation";
 
 /// This node's fixed part.
 #[derive(Clone, Debug)]
@@ -43,6 +55,12 @@ pub struct WireguardNode {
     pub underlay_mtu: u32,
     /// The agent's data-path port, unless the declared state names the swarm's.
     pub data_path_port: u16,
+    /// Where the key and the count of rotations handled are kept.
+    pub data_dir: PathBuf,
+    /// A key older than this is replaced; None: only on demand.
+    pub rotation_period: Option<Duration>,
+    /// The node's current public key (64 hex digits), for whoever registers it.
+    pub public_key: tokio::sync::watch::Sender<String>,
 }
 
 /// What `wireguard.json` holds.
@@ -53,6 +71,10 @@ pub struct WireguardStatus {
     pub addr: Option<Ipv4Addr>,
     pub port: Option<u16>,
     pub mtu: Option<u32>,
+    /// Seconds since this node's key was made.
+    pub key_age_secs: Option<u64>,
+    /// Rotation requests handled (`node update --rotate-wireguard-key`).
+    pub rotations_handled: u64,
     /// Declared peers whose key could not be read (they get no session).
     pub refused_peers: Vec<String>,
     pub error: Option<String>,
@@ -73,16 +95,61 @@ pub struct WireguardReconciler {
     node: WireguardNode,
     device: Option<Device>,
     failed: Option<(DeviceConfig, Instant, String)>,
+    /// When the key was made.
+    key_made: SystemTime,
+    /// Rotation requests handled.
+    handled: u64,
+    /// The last rotation that failed, and when (retried after [`RETRY`]).
+    rotation_failed: Option<(Instant, String)>,
 }
 
 impl WireguardReconciler {
     pub fn new(node: WireguardNode) -> Self {
         info!(public_key = %node.key.public_hex(), "WireGuard identity loaded");
+        let key_made = key::made_at(&node.data_dir).unwrap_or_else(|_| SystemTime::now());
+        let handled = read_handled(&node.data_dir);
+        node.public_key.send_replace(node.key.public_hex());
         WireguardReconciler {
             node,
             device: None,
             failed: None,
+            key_made,
+            handled,
+            rotation_failed: None,
         }
+    }
+
+    /// Why the key must change now, if it must: `requested` rotations were asked for
+    /// (the declared count), or the key is older than the period.
+    fn rotation_due(&self, requested: u64) -> Option<String> {
+        if requested > self.handled {
+            return Some(format!("requested (rotation {requested})"));
+        }
+        let age = self.key_made.elapsed().unwrap_or_default();
+        let period = self.node.rotation_period?;
+        (age >= period).then(|| {
+            format!(
+                "the key is {}s old (period {}s)",
+                age.as_secs(),
+                period.as_secs()
+            )
+        })
+    }
+
+    /// Makes a new key, kept in the data directory, used by the device and published
+    /// for registration.
+    fn rotate(&mut self, requested: u64, why: &str) -> io::Result<()> {
+        let key = NodeKey::rotate(&self.node.data_dir)?;
+        self.handled = self.handled.max(requested);
+        write_handled(&self.node.data_dir, self.handled)?;
+        info!(old = %self.node.key.public_hex(), new = %key.public_hex(), why, "WireGuard key rotated");
+        if let Some(dev) = &self.device {
+            dev.rotate(key.clone());
+        }
+        self.node.public_key.send_replace(key.public_hex());
+        self.node.key = key;
+        self.key_made = SystemTime::now();
+        Ok(())
     }
 
     /// The device `d` asks for, if any.
@@ -118,8 +185,26 @@ impl Reconcile for WireguardReconciler {
         _cue: Cue,
     ) -> Option<WireguardStatus> {
         let d = declared?;
+        // In a cluster only: the key is registered with the managers there.
+        if d.wireguard_peers.is_some() {
+            let retry = self
+                .rotation_failed
+                .as_ref()
+                .is_none_or(|(at, _)| at.elapsed() >= RETRY);
+            if let (Some(why), true) = (self.rotation_due(d.wireguard_rotation), retry) {
+                match self.rotate(d.wireguard_rotation, &why) {
+                    Ok(()) => self.rotation_failed = None,
+                    Err(e) => {
+                        warn!(error = %e, "rotating the WireGuard key");
+                        self.rotation_failed = Some((Instant::now(), e.to_string()));
+                    }
+                }
+            }
+        }
         let mut status = WireguardStatus {
             public_key: self.node.key.public_hex(),
+            key_age_secs: Some(self.key_made.elapsed().unwrap_or_default().as_secs()),
+            rotations_handled: self.handled,
             ..Default::default()
         };
         let wanted = match self.wanted(d) {
@@ -182,6 +267,10 @@ impl Reconcile for WireguardReconciler {
         if status.error.is_none() {
             status.error = self.failed.as_ref().map(|(_, _, e)| e.clone());
         }
+        if status.error.is_none() {
+            status.error =
+                (self.rotation_failed.as_ref()).map(|(_, e)| format!("rotating the key: {e}"));
+        }
         Some(status)
     }
 
@@ -190,19 +279,95 @@ impl Reconcile for WireguardReconciler {
     }
 }
 
+/// The count of rotation requests handled, kept in the data directory (0 when none is
+/// kept: a node's record starts at 0).
+fn read_handled(data_dir: &Path) -> u64 {
+    std::fs::read_to_string(data_dir.join(ROTATION_FILE))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn write_handled(data_dir: &Path, handled: u64) -> io::Result<()> {
+    let temp = data_dir.join(format!("{ROTATION_FILE}.new"));
+    std::fs::write(&temp, format!("{handled}\n"))?;
+    std::fs::rename(&temp, data_dir.join(ROTATION_FILE))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::overlay::state::{Network, OverlayState};
 
     fn reconciler() -> WireguardReconciler {
+        reconciler_in(
+            &std::env::temp_dir().join(format!("shoal-wg-unit-{}-none", std::process::id())),
+            None,
+        )
+    }
+
+    fn reconciler_in(data_dir: &Path, rotation_period: Option<Duration>) -> WireguardReconciler {
         WireguardReconciler::new(WireguardNode {
             netns_dir: std::env::temp_dir().join("shoal-wg-unit-never-made"),
-            key: NodeKey::generate().unwrap(),
+            key: NodeKey::load_or_create(data_dir).unwrap(),
             vtep: "192.168.77.11".parse().unwrap(),
             underlay_mtu: 1500,
             data_path_port: 4789,
+            data_dir: data_dir.to_path_buf(),
+            rotation_period,
+            public_key: tokio::sync::watch::channel(String::new()).0,
         })
+    }
+
+    #[test]
+    fn keys_rotate_on_demand_once_per_request_and_on_schedule() {
+        let dir = std::env::temp_dir().join(format!("shoal-wg-unit-{}-rot", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut r = reconciler_in(&dir, None);
+        let mut published = r.node.public_key.subscribe();
+        let first = r.node.key.public_hex();
+        assert_eq!(*published.borrow_and_update(), first);
+        let mut d = declared(false, true);
+        // Nothing asked: the key stays.
+        let s = r.reconcile(Some(&d), &[], Cue::Start).unwrap();
+        assert_eq!(
+            (s.public_key.as_str(), s.rotations_handled),
+            (first.as_str(), 0)
+        );
+        // One request: one new key, kept, published, counted.
+        d.wireguard_rotation = 1;
+        let s = r.reconcile(Some(&d), &[], Cue::Start).unwrap();
+        assert_ne!(s.public_key, first);
+        assert_eq!(s.rotations_handled, 1);
+        assert!(published.has_changed().unwrap());
+        assert_eq!(*published.borrow_and_update(), s.public_key);
+        let second = s.public_key;
+        assert_eq!(NodeKey::load_or_create(&dir).unwrap().public_hex(), second);
+        // The same count again (and after a restart, read back): no new key.
+        let s = r.reconcile(Some(&d), &[], Cue::Start).unwrap();
+        assert_eq!(s.public_key, second);
+        let mut again = reconciler_in(&dir, None);
+        let s = again.reconcile(Some(&d), &[], Cue::Start).unwrap();
+        assert_eq!(
+            (s.public_key.as_str(), s.rotations_handled),
+            (second.as_str(), 1)
+        );
+        // Standalone (no cluster): nothing rotates.
+        d.wireguard_rotation = 2;
+        let mut alone = d.clone();
+        alone.wireguard_peers = None;
+        assert!(again.reconcile(Some(&alone), &[], Cue::Start).is_some());
+        assert_eq!(again.node.key.public_hex(), second);
+        // On schedule: a key older than the period is replaced, a young one is not.
+        let mut scheduled = reconciler_in(&dir, Some(Duration::from_secs(3600)));
+        d.wireguard_rotation = 1;
+        let s = scheduled.reconcile(Some(&d), &[], Cue::Start).unwrap();
+        assert_eq!(s.public_key, second, "young key kept");
+        scheduled.key_made = SystemTime::now() - Duration::from_secs(3601);
+        let s = scheduled.reconcile(Some(&d), &[], Cue::Start).unwrap();
+        assert_ne!(s.public_key, second, "old key replaced");
+        assert!(s.key_age_secs.unwrap() < 60);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn declared(encrypted: bool, cluster: bool) -> DeclaredNode {

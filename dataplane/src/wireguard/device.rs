@@ -17,6 +17,16 @@
 //! A peer is a node of the cluster with a registered key: the set is replaced whole
 //! from the declared state ([`Device::set_peers`]); a peer that leaves it is dropped at
 //! once, with its sessions, so its datagrams are foreign from then on.
+//!
+//! Key changes lose no packet. When this node's key changes ([`Device::rotate`]) or a
+//! peer's does (its new key in the declared state), the peer gets a new session under
+//! the new pair of keys, and the session that carried its traffic until then stays as
+//! its *previous* one: packets keep going out in it until the new one has made its
+//! handshake (each side starts one every [`TICK`] until it succeeds: it does once the
+//! other side knows the new key), and datagrams of either keep being taken (a data
+//! message names its session by its receiver index; a handshake initiation is tried
+//! under the new keys, then the old). The previous session goes [`OVERLAP_GRACE`] after
+//! the new one is made, or [`OVERLAP_MAX`] after the change if it never is.
 use std::{
     collections::{BTreeMap, HashMap},
     io,
@@ -28,7 +38,7 @@ use std::{
         Arc, Mutex, RwLock,
     },
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use boringtun::{
@@ -41,6 +51,13 @@ use super::{key::NodeKey, tun};
 
 /// How often the sessions' timers run.
 pub const TICK: Duration = Duration::from_millis(100);
+/// How long a peer's previous session stays after the new one made its handshake (the
+/// other side switches when its own side of the new session is made, one round trip
+/// later; its packets still on the way arrive in the previous session).
+pub const OVERLAP_GRACE: Duration = Duration::from_secs(5);
+/// How long a peer's previous session stays at most after a key change when the new
+/// one never makes its handshake (the other side never learned the new key).
+pub const OVERLAP_MAX: Duration = Duration::from_secs(120);
 /// How long a blocked read waits before looking whether the device is stopping.
 const POLL: Duration = Duration::from_millis(200);
 /// Room for one datagram or packet (the largest UDP datagram, plus WireGuard's header).
@@ -84,22 +101,115 @@ struct Counters {
 struct PeerCounters {
     tx_packets: AtomicU64,
     rx_packets: AtomicU64,
+    /// WireGuard datagrams sent and received (handshakes included), in bytes.
+    tx_bytes: AtomicU64,
+    rx_bytes: AtomicU64,
     handshakes: AtomicU64,
     dropped: AtomicU64,
 }
 
+/// One WireGuard session: this node's key and the peer's.
+struct Session {
+    /// The index boringtun puts in the upper 24 bits of this session's receiver
+    /// indices: how a datagram names the session it is for.
+    index: u32,
+    /// The peer's.
+    theirs: PublicKey,
+    tunn: Mutex<Tunn>,
+}
+
+impl Session {
+    fn new(shared: &Shared, key: &NodeKey, theirs: PublicKey) -> Arc<Session> {
+        let index = shared.next_index.fetch_add(1, Relaxed) & 0x00ff_ffff;
+        Arc::new(Session {
+            index,
+            theirs,
+            tunn: Mutex::new(Tunn::new(
+                key.secret().clone(),
+                theirs,
+                None,
+                None,
+                index,
+                None,
+            )),
+        })
+    }
+
+    fn tunn(&self) -> std::sync::MutexGuard<'_, Tunn> {
+        self.tunn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether its handshake is made (it can carry packets).
+    fn made(&self) -> bool {
+        self.tunn().stats().0.is_some()
+    }
+}
+
 struct Peer {
     endpoint: SocketAddrV4,
-    public: PublicKey,
-    tunn: Mutex<Tunn>,
-    counters: PeerCounters,
+    /// The session under both sides' current keys.
+    current: Arc<Session>,
+    /// While a key changes: the session that carried the traffic before (see the
+    /// module's comment).
+    previous: Option<Arc<Session>>,
+    /// When the key changed (None: no previous session).
+    changed_at: Option<Instant>,
+    /// When the timers first saw `current` made, while there is a previous session.
+    current_made_at: Mutex<Option<Instant>>,
+    counters: Arc<PeerCounters>,
+}
+
+impl Peer {
+    /// The session to send in: the current one once made, else the previous one while
+    /// there is one.
+    fn sending(&self) -> &Arc<Session> {
+        match &self.previous {
+            Some(previous) if !self.current.made() => previous,
+            _ => &self.current,
+        }
+    }
+
+    /// The session a datagram is for: the one its receiver index names (data,
+    /// handshake responses and cookies), else the current one.
+    fn receiving(&self, datagram: &[u8]) -> &Arc<Session> {
+        let receiver = match datagram.first() {
+            Some(2) if datagram.len() >= 12 => &datagram[8..12],
+            Some(3 | 4) if datagram.len() >= 8 => &datagram[4..8],
+            _ => return &self.current,
+        };
+        let index = u32::from_le_bytes(receiver.try_into().unwrap_or_default()) >> 8;
+        match &self.previous {
+            Some(previous) if previous.index == index => previous,
+            _ => &self.current,
+        }
+    }
+
+    /// The peer after a key change: a new current session under `key` and `theirs`;
+    /// the session that carries its traffic now (the current one if made, else the
+    /// previous one if made) stays as the previous one.
+    fn changed(&self, shared: &Shared, key: &NodeKey, theirs: PublicKey) -> Peer {
+        let carrying = [Some(&self.current), self.previous.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|s| s.made())
+            .cloned();
+        Peer {
+            endpoint: self.endpoint,
+            current: Session::new(shared, key, theirs),
+            changed_at: carrying.as_ref().map(|_| Instant::now()),
+            previous: carrying,
+            current_made_at: Mutex::new(None),
+            counters: self.counters.clone(),
+        }
+    }
 }
 
 struct Shared {
     stop: AtomicBool,
     tun: OwnedFd,
     udp: UdpSocket,
-    key: NodeKey,
+    /// This node's key (replaced by [`Device::rotate`]).
+    key: RwLock<NodeKey>,
     peers: RwLock<HashMap<Ipv4Addr, Arc<Peer>>>,
     counters: Counters,
     next_index: AtomicU32,
@@ -110,6 +220,10 @@ struct Shared {
 pub struct PeerStats {
     pub addr: Ipv4Addr,
     pub public_key: String,
+    /// While a key changes: the peer's key in the session that carried the traffic
+    /// before (this node's or the peer's key changed), kept until the new one is made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_public_key: Option<String>,
     /// Seconds since the current session's handshake; None: no session.
     pub last_handshake_secs: Option<f64>,
     pub handshakes: u64,
@@ -178,7 +292,7 @@ impl Device {
             stop: AtomicBool::new(false),
             tun: tun.fd,
             udp,
-            key,
+            key: RwLock::new(key),
             peers: RwLock::new(HashMap::new()),
             counters: Counters::default(),
             next_index: AtomicU32::new(1),
@@ -211,36 +325,64 @@ impl Device {
     /// added, those whose key changed start over, the rest are dropped with their
     /// sessions at once. Returns how many were added and removed.
     pub fn set_peers(&self, peers: &BTreeMap<Ipv4Addr, PublicKey>) -> (usize, usize) {
+        let key = self
+            .shared
+            .key
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut table = self.shared.peers.write().unwrap_or_else(|e| e.into_inner());
         let before = table.len();
-        table.retain(|addr, p| peers.get(addr) == Some(&p.public));
+        table.retain(|addr, _| peers.contains_key(addr));
         let removed = before - table.len();
         let mut added = 0;
         for (addr, public) in peers {
-            if table.contains_key(addr) {
-                continue;
+            match table.get(addr) {
+                Some(p) if p.current.theirs == *public => {}
+                // A new key: traffic goes on in the session it is in until the new
+                // one is made.
+                Some(p) => {
+                    let next = p.changed(&self.shared, &key, *public);
+                    table.insert(*addr, Arc::new(next));
+                }
+                None => {
+                    table.insert(
+                        *addr,
+                        Arc::new(Peer {
+                            endpoint: SocketAddrV4::new(*addr, self.config.port),
+                            current: Session::new(&self.shared, &key, *public),
+                            previous: None,
+                            changed_at: None,
+                            current_made_at: Mutex::new(None),
+                            counters: Arc::default(),
+                        }),
+                    );
+                    added += 1;
+                }
             }
-            let index = self.shared.next_index.fetch_add(1, Relaxed) & 0x00ff_ffff;
-            let tunn = Tunn::new(
-                self.shared.key.secret().clone(),
-                *public,
-                None,
-                None,
-                index,
-                None,
-            );
-            table.insert(
-                *addr,
-                Arc::new(Peer {
-                    endpoint: SocketAddrV4::new(*addr, self.config.port),
-                    public: *public,
-                    tunn: Mutex::new(tunn),
-                    counters: PeerCounters::default(),
-                }),
-            );
-            added += 1;
         }
         (added, removed)
+    }
+
+    /// Makes `key` this node's key: every peer gets a new session under it, and the
+    /// session it is in goes on carrying its traffic until the new one is made (once
+    /// the peer knows the new key).
+    pub fn rotate(&self, key: NodeKey) {
+        let mut table = self.shared.peers.write().unwrap_or_else(|e| e.into_inner());
+        for peer in table.values_mut() {
+            let next = peer.changed(&self.shared, &key, peer.current.theirs);
+            *peer = Arc::new(next);
+        }
+        *self.shared.key.write().unwrap_or_else(|e| e.into_inner()) = key;
+    }
+
+    /// This node's public key, as the device uses it now.
+    pub fn public_key(&self) -> PublicKey {
+        self.shared
+            .key
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .public()
     }
 
     /// The device's counters and its peers' sessions.
@@ -250,22 +392,17 @@ impl Device {
         let mut peers: Vec<PeerStats> = table
             .iter()
             .map(|(addr, p)| {
-                let (since, tx, rx, _, _) =
-                    p.tunn.lock().unwrap_or_else(|e| e.into_inner()).stats();
+                let since = p.sending().tunn().stats().0;
                 PeerStats {
                     addr: *addr,
-                    public_key: p
-                        .public
-                        .as_bytes()
-                        .iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect(),
+                    public_key: hex(&p.current.theirs),
+                    previous_public_key: p.previous.as_ref().map(|s| hex(&s.theirs)),
                     last_handshake_secs: since.map(|d| d.as_secs_f64()),
                     handshakes: p.counters.handshakes.load(Relaxed),
                     tx_packets: p.counters.tx_packets.load(Relaxed),
                     rx_packets: p.counters.rx_packets.load(Relaxed),
-                    tx_bytes: tx as u64,
-                    rx_bytes: rx as u64,
+                    tx_bytes: p.counters.tx_bytes.load(Relaxed),
+                    rx_bytes: p.counters.rx_bytes.load(Relaxed),
                     dropped: p.counters.dropped.load(Relaxed),
                 }
             })
@@ -283,6 +420,10 @@ impl Device {
             peers,
         }
     }
+}
+
+fn hex(key: &PublicKey) -> String {
+    key.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Drop for Device {
@@ -303,9 +444,13 @@ impl Shared {
             .cloned()
     }
 
-    fn send(&self, to: SocketAddrV4, datagram: &[u8]) {
-        if self.udp.send_to(datagram, to).is_err() {
+    fn send(&self, peer: &Peer, datagram: &[u8]) {
+        if self.udp.send_to(datagram, peer.endpoint).is_err() {
             self.counters.io_errors.fetch_add(1, Relaxed);
+        } else {
+            peer.counters
+                .tx_bytes
+                .fetch_add(datagram.len() as u64, Relaxed);
         }
     }
 
@@ -376,11 +521,11 @@ fn outbound(shared: &Shared) {
                 shared.counters.no_peer.fetch_add(1, Relaxed);
                 continue;
             };
-            let mut tunn = peer.tunn.lock().unwrap_or_else(|e| e.into_inner());
+            let mut tunn = peer.sending().tunn();
             match tunn.encapsulate(pkt, &mut out) {
                 TunnResult::WriteToNetwork(d) => {
                     peer.counters.tx_packets.fetch_add(1, Relaxed);
-                    shared.send(peer.endpoint, d);
+                    shared.send(&peer, d);
                 }
                 TunnResult::Err(_) => {
                     peer.counters.dropped.fetch_add(1, Relaxed);
@@ -419,75 +564,145 @@ fn inbound(shared: &Shared) {
             shared.counters.foreign.fetch_add(1, Relaxed);
             continue;
         };
-        let kind = datagram.first().copied().unwrap_or(0);
-        let mut tunn = peer.tunn.lock().unwrap_or_else(|e| e.into_inner());
-        let mut first = true;
-        loop {
-            let input: &[u8] = if first { &datagram[..n] } else { &[] };
-            let src = first.then_some(std::net::IpAddr::V4(*from.ip()));
-            match tunn.decapsulate(src, input, &mut out) {
-                TunnResult::WriteToNetwork(d) => {
-                    if first {
-                        match (kind, d.first()) {
-                            // An initiation answered, or our initiation answered (the
-                            // keepalive that confirms it): a session is made.
-                            (1, Some(2)) | (2, Some(4)) => {
-                                peer.counters.handshakes.fetch_add(1, Relaxed);
-                            }
-                            // A cookie instead: too many handshakes at once.
-                            (_, Some(3)) => {
-                                shared.counters.under_load.fetch_add(1, Relaxed);
-                            }
-                            _ => {}
-                        }
-                    }
-                    shared.send(peer.endpoint, d);
-                    first = false;
-                    // Queued packets go out behind it (boringtun's protocol: call again
-                    // with nothing until it is done).
-                    continue;
-                }
-                TunnResult::WriteToTunnelV4(p, src) => {
-                    if src == *from.ip() {
-                        peer.counters.rx_packets.fetch_add(1, Relaxed);
-                        shared.write_tun(p);
-                    } else {
-                        shared.counters.spoofed.fetch_add(1, Relaxed);
-                        peer.counters.dropped.fetch_add(1, Relaxed);
-                    }
-                }
-                TunnResult::WriteToTunnelV6(..) => {
-                    shared.counters.spoofed.fetch_add(1, Relaxed);
-                    peer.counters.dropped.fetch_add(1, Relaxed);
-                }
-                TunnResult::Done => {}
-                TunnResult::Err(e) => {
-                    if first {
-                        shared.count_error(&peer, &e);
-                    }
-                }
-            }
-            break;
+        let datagram = &datagram[..n];
+        peer.counters.rx_bytes.fetch_add(n as u64, Relaxed);
+        let mut result = receive(shared, &peer, peer.receiving(datagram), datagram, &mut out);
+        // A handshake initiation names no session: while a key changes, one the current
+        // session turned away (its first check, mac1, is over the key it was made for;
+        // nothing changed) may be for the previous one.
+        if let (Err(_), Some(previous), Some(1)) = (&result, &peer.previous, datagram.first()) {
+            result = receive(shared, &peer, previous, datagram, &mut out);
+        }
+        if let Err(e) = result {
+            shared.count_error(&peer, &e);
         }
     }
 }
 
-/// Every session's timers.
+/// Takes one datagram from `peer` in `session`: answers handshakes, writes decrypted
+/// packets to the TUN. The error of the datagram itself, uncounted.
+fn receive(
+    shared: &Shared,
+    peer: &Peer,
+    session: &Session,
+    datagram: &[u8],
+    out: &mut [u8],
+) -> Result<(), WireGuardError> {
+    let from = *peer.endpoint.ip();
+    let kind = datagram.first().copied().unwrap_or(0);
+    let mut tunn = session.tunn();
+    let mut first = true;
+    loop {
+        let input: &[u8] = if first { datagram } else { &[] };
+        let src = first.then_some(std::net::IpAddr::V4(from));
+        match tunn.decapsulate(src, input, out) {
+            TunnResult::WriteToNetwork(d) => {
+                if first {
+                    match (kind, d.first()) {
+                        // An initiation answered, or our initiation answered (the
+                        // keepalive that confirms it): a session is made.
+                        (1, Some(2)) | (2, Some(4)) => {
+                            peer.counters.handshakes.fetch_add(1, Relaxed);
+                        }
+                        // A cookie instead: too many handshakes at once.
+                        (_, Some(3)) => {
+                            shared.counters.under_load.fetch_add(1, Relaxed);
+                        }
+                        _ => {}
+                    }
+                }
+                shared.send(peer, d);
+                first = false;
+                // Queued packets go out behind it (boringtun's protocol: call again
+                // with nothing until it is done).
+                continue;
+            }
+            TunnResult::WriteToTunnelV4(p, src) => {
+                if src == from {
+                    peer.counters.rx_packets.fetch_add(1, Relaxed);
+                    shared.write_tun(p);
+                } else {
+                    shared.counters.spoofed.fetch_add(1, Relaxed);
+                    peer.counters.dropped.fetch_add(1, Relaxed);
+                }
+            }
+            TunnResult::WriteToTunnelV6(..) => {
+                shared.counters.spoofed.fetch_add(1, Relaxed);
+                peer.counters.dropped.fetch_add(1, Relaxed);
+            }
+            TunnResult::Done => {}
+            TunnResult::Err(e) => {
+                if first {
+                    return Err(e);
+                }
+            }
+        }
+        return Ok(());
+    }
+}
+
+/// Every session's timers; while a key changes, the new session's handshake, and the
+/// previous session's end.
 fn timers(shared: &Shared) {
     let mut out = vec![0u8; BUF];
     while !shared.stop.load(Relaxed) {
         thread::sleep(TICK);
-        let peers: Vec<Arc<Peer>> = shared
+        let peers: Vec<(Ipv4Addr, Arc<Peer>)> = shared
             .peers
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
+            .iter()
+            .map(|(a, p)| (*a, p.clone()))
             .collect();
-        for peer in peers {
-            let mut tunn = peer.tunn.lock().unwrap_or_else(|e| e.into_inner());
-            if let TunnResult::WriteToNetwork(d) = tunn.update_timers(&mut out) {
-                shared.send(peer.endpoint, d);
+        for (addr, peer) in peers {
+            for session in [Some(&peer.current), peer.previous.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                let mut tunn = session.tunn();
+                if let TunnResult::WriteToNetwork(d) = tunn.update_timers(&mut out) {
+                    shared.send(&peer, d);
+                }
+            }
+            let Some(changed_at) = peer.changed_at else {
+                continue;
+            };
+            let made = peer.current.made();
+            let done = {
+                let mut made_at = peer
+                    .current_made_at
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if made && made_at.is_none() {
+                    *made_at = Some(Instant::now());
+                }
+                made_at.is_some_and(|at| at.elapsed() >= OVERLAP_GRACE)
+                    || changed_at.elapsed() >= OVERLAP_MAX
+            };
+            if !made && !done {
+                // Nothing is sent in the new session yet: it starts its handshake
+                // itself (boringtun sends none while one is on its way).
+                let mut tunn = peer.current.tunn();
+                if let TunnResult::WriteToNetwork(d) =
+                    tunn.format_handshake_initiation(&mut out, false)
+                {
+                    shared.send(&peer, d);
+                }
+            }
+            if done {
+                let mut table = shared.peers.write().unwrap_or_else(|e| e.into_inner());
+                if let Some(p) = table.get_mut(&addr) {
+                    if Arc::ptr_eq(p, &peer) {
+                        *p = Arc::new(Peer {
+                            endpoint: peer.endpoint,
+                            current: peer.current.clone(),
+                            previous: None,
+                            changed_at: None,
+                            current_made_at: Mutex::new(None),
+                            counters: peer.counters.clone(),
+                        });
+                    }
+                }
             }
         }
     }

@@ -7,6 +7,7 @@ use std::{
     io::{self, Read, Write},
     os::unix::fs::OpenOptionsExt,
     path::Path,
+    time::SystemTime,
 };
 
 use boringtun::x25519::{PublicKey, StaticSecret};
@@ -58,18 +59,7 @@ impl NodeKey {
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let key = Self::generate()?;
-                fs::create_dir_all(data_dir)?;
-                let temp = data_dir.join(format!("{KEY_FILE}.new"));
-                let _ = fs::remove_file(&temp);
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&temp)?;
-                f.write_all(hex(key.secret.as_bytes()).as_bytes())?;
-                f.write_all(b"\n")?;
-                f.sync_all()?;
-                fs::rename(&temp, &path)?;
+                key.store(data_dir)?;
                 Ok(key)
             }
             Err(e) => Err(io::Error::new(
@@ -77,6 +67,29 @@ impl NodeKey {
                 format!("reading {}: {e}", path.display()),
             )),
         }
+    }
+
+    /// A new key pair, kept in `data_dir` in place of the one there (written whole to a
+    /// new file, then renamed over the old one: a crash leaves one key or the other).
+    pub fn rotate(data_dir: &Path) -> io::Result<Self> {
+        let key = Self::generate()?;
+        key.store(data_dir)?;
+        Ok(key)
+    }
+
+    fn store(&self, data_dir: &Path) -> io::Result<()> {
+        fs::create_dir_all(data_dir)?;
+        let temp = data_dir.join(format!("{KEY_FILE}.new"));
+        let _ = fs::remove_file(&temp);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)?;
+        f.write_all(hex(self.secret.as_bytes()).as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        fs::rename(&temp, data_dir.join(KEY_FILE))
     }
 
     pub fn secret(&self) -> &StaticSecret {
@@ -91,6 +104,11 @@ impl NodeKey {
     pub fn public_hex(&self) -> String {
         hex(self.public.as_bytes())
     }
+}
+
+/// When the key in `data_dir` was made (its file's modification time).
+pub fn made_at(data_dir: &Path) -> io::Result<SystemTime> {
+    fs::metadata(data_dir.join(KEY_FILE))?.modified()
 }
 
 /// A public key as the store records it (64 hex digits).
@@ -128,6 +146,18 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(mode.permissions().mode() & 0o777, 0o600);
         assert_eq!(parse_public(&a.public_hex()).unwrap(), a.public());
+        let made = made_at(&dir).unwrap();
+        let c = NodeKey::rotate(&dir).unwrap();
+        assert_ne!(c.public_hex(), a.public_hex(), "a new key");
+        assert_eq!(
+            NodeKey::load_or_create(&dir).unwrap().public_hex(),
+            c.public_hex(),
+            "the new key is the one kept"
+        );
+        assert!(made_at(&dir).unwrap() >= made);
+        let mode = fs::metadata(dir.join(KEY_FILE)).unwrap();
+        assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+        assert!(!dir.join(format!("{KEY_FILE}.new")).exists());
         fs::write(dir.join(KEY_FILE), "nonsense").unwrap();
         assert!(NodeKey::load_or_create(&dir).is_err());
         let _ = fs::remove_dir_all(&dir);

@@ -24,6 +24,7 @@ fn node(id: &str, ip: &str) -> Node {
         gossip: None,
         version: 0,
         tls: None,
+        wireguard_rotation: 0,
     }
 }
 

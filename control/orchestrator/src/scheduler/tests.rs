@@ -26,6 +26,7 @@ pub(super) fn node(id: &str, role: Role) -> Node {
         gossip: None,
         version: 0,
         tls: None,
+        wireguard_rotation: 0,
     }
 }
 

@@ -49,8 +49,8 @@ pub struct Dataplane {
     ready: ReadinessWatch,
     /// What the resolver counts on every network (the agent's metrics).
     dns_stats: Arc<DnsStats>,
-    /// The node's WireGuard identity (encrypted overlay networks).
-    wireguard_key: NodeKey,
+    /// The node's WireGuard public key (encrypted overlay networks), as it changes.
+    wireguard_key: tokio::sync::watch::Receiver<String>,
 }
 
 impl Dataplane {
@@ -68,14 +68,19 @@ impl Dataplane {
             port: config.data_path_port,
         };
         let underlay_mtu = node.underlay_mtu;
-        let wireguard_key = NodeKey::load_or_create(&config.data_dir)
+        let wireguard_key_pair = NodeKey::load_or_create(&config.data_dir)
             .context("the node's WireGuard key (encrypted overlay networks)")?;
+        let (public_key, wireguard_key) =
+            tokio::sync::watch::channel(wireguard_key_pair.public_hex());
         let wireguard_node = WireguardNode {
             netns_dir: config.netns_dir.clone(),
-            key: wireguard_key.clone(),
+            key: wireguard_key_pair,
             vtep,
             underlay_mtu,
             data_path_port: config.data_path_port,
+            data_dir: config.data_dir.clone(),
+            rotation_period: config.wireguard_key_rotation,
+            public_key,
         };
         let (present_tx, present) = tokio::sync::watch::channel(Arc::default());
         let (ready_tx, ready) = ready::channel();
@@ -229,9 +234,9 @@ impl Dataplane {
         self.threads.iter().map(|t| (t.name(), t.stats())).collect()
     }
 
-    /// The node's WireGuard public key (64 hex digits).
-    pub fn wireguard_public_key(&self) -> String {
-        self.wireguard_key.public_hex()
+    /// The node's WireGuard public key (64 hex digits), as it changes (rotations).
+    pub fn wireguard_public_key(&self) -> tokio::sync::watch::Receiver<String> {
+        self.wireguard_key.clone()
     }
 
     /// What the resolver counts.

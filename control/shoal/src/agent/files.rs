@@ -49,6 +49,7 @@ pub async fn follow(files: DeclaredFiles, intent: Arc<IntentSender>) -> io::Resu
                 // No cluster: the data path's guard checks no VXLAN source.
                 cluster_vteps: None,
                 wireguard_peers: None,
+                wireguard_rotation: 0,
                 // The standalone mode runs no tasks: nothing gets egress.
                 task_containers: Default::default(),
                 containers: Default::default(),

@@ -75,6 +75,7 @@ pub(super) async fn manager_request(
             availability,
             label_add,
             label_rm,
+            rotate_wireguard_key,
         } => {
             let state = manager.state().await.map_err(cluster_error)?;
             let id = resolve(manager, &state, &node)?;
@@ -92,12 +93,15 @@ pub(super) async fn manager_request(
                 execute(
                     manager,
                     Command::UpdateNodeLabels {
-                        id,
+                        id: id.clone(),
                         add: label_add,
                         remove: label_rm,
                     },
                 )
                 .await?;
+            }
+            if rotate_wireguard_key {
+                execute(manager, Command::RotateWireguardKey { id }).await?;
             }
             Ok(Reply::NodesChanged { nodes: vec![node] })
         }

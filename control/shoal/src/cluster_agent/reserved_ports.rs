@@ -134,6 +134,7 @@ mod tests {
                 gossip: None,
                 version: 0,
                 tls: None,
+                wireguard_rotation: 0,
             },
         );
         s

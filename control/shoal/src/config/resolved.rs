@@ -40,6 +40,8 @@ pub const DEFAULT_CLUSTER_LISTEN: &str = "0.0.0.0:2377";
 pub const DEFAULT_GOSSIP_LISTEN: &str = "0.0.0.0:7946";
 /// Default number of flows the routing mesh's connection table holds (LRU beyond that).
 pub const DEFAULT_LB_FLOWS: u32 = 262_144;
+/// Default period of WireGuard key rotation: 12 hours (Swarm's IPsec keys' period).
+pub const DEFAULT_WIREGUARD_KEY_ROTATION_SECS: u64 = 12 * 3600;
 
 /// Longest interface name Linux accepts (IFNAMSIZ minus the NUL).
 const MAX_INTERFACE_NAME: usize = 15;
@@ -166,6 +168,8 @@ pub struct AgentConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Where the cluster page is served while this node is a manager; None: nowhere.
     pub web: Option<WebListen>,
+    /// A WireGuard key older than this is replaced; None: only on demand.
+    pub wireguard_key_rotation: Option<Duration>,
 }
 
 /// Where the cluster page listens, and whether the user chose it (a chosen address
@@ -250,6 +254,13 @@ impl AgentConfig {
             0 => None,
             secs => Some(Duration::from_secs(secs)),
         };
+        let wireguard_key_rotation = match settings
+            .wireguard_key_rotation_secs
+            .unwrap_or(DEFAULT_WIREGUARD_KEY_ROTATION_SECS)
+        {
+            0 => None,
+            secs => Some(Duration::from_secs(secs)),
+        };
         let dns = DnsConfig {
             upstreams: settings.dns_upstreams,
             ttl_secs: settings.dns_ttl_secs.unwrap_or(DEFAULT_DNS_TTL),
@@ -302,6 +313,7 @@ impl AgentConfig {
             gossip_listen,
             egress_subnet,
             metrics_addr: settings.metrics_addr,
+            wireguard_key_rotation,
             web: match settings.web_addr {
                 Some(WebAddr::Off) => None,
                 Some(WebAddr::At(addr)) => Some(WebListen {
@@ -406,6 +418,9 @@ mod tests {
                 gossip_listen: DEFAULT_GOSSIP_LISTEN.parse().unwrap(),
                 egress_subnet: "172.18.0.0/16".parse().unwrap(),
                 metrics_addr: None,
+                wireguard_key_rotation: Some(Duration::from_secs(
+                    DEFAULT_WIREGUARD_KEY_ROTATION_SECS
+                )),
                 web: Some(WebListen {
                     addr: DEFAULT_WEB_ADDR.parse().unwrap(),
                     explicit: false,

@@ -127,6 +127,12 @@ pub struct Settings {
     /// or `off` [file key: web_addr] [default: 127.0.0.1:2378]
     #[arg(long, value_name = "ADDR:PORT|off")]
     pub web_addr: Option<WebAddr>,
+    /// Give the node a new WireGuard key (encrypted overlay networks) when its key is
+    /// older than SECS seconds; 0: only on demand (`node update
+    /// --rotate-wireguard-key`) [file key: wireguard_key_rotation_secs] [default:
+    /// 43200, 12 hours]
+    #[arg(long = "wireguard-key-rotation", value_name = "SECS")]
+    pub wireguard_key_rotation_secs: Option<u64>,
 }
 
 /// `--web-addr`: where the cluster page is served, or nowhere.
@@ -224,6 +230,9 @@ impl Settings {
             egress_subnet: over.egress_subnet.or(self.egress_subnet),
             metrics_addr: over.metrics_addr.or(self.metrics_addr),
             web_addr: over.web_addr.or(self.web_addr),
+            wireguard_key_rotation_secs: over
+                .wireguard_key_rotation_secs
+                .or(self.wireguard_key_rotation_secs),
         }
     }
 }

@@ -302,6 +302,7 @@ pub async fn node_update(
                 availability: (availability != node.availability).then_some(availability),
                 label_add,
                 label_rm,
+                rotate_wireguard_key: false,
             },
         )
         .await?;

@@ -149,6 +149,7 @@ impl Runtime {
             version: 0,
             // What the grant below gives it: its first heartbeat then writes nothing.
             tls: Some(Box::new(granted_tls(&signers))),
+            wireguard_rotation: 0,
         };
         let applied = self
             .execute(Command::UpsertNode { node })

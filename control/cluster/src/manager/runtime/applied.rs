@@ -87,6 +87,7 @@ mod tests {
                     gossip: None,
                     version: 1,
                     tls: None,
+                    wireguard_rotation: 0,
                 },
             );
         }

@@ -148,6 +148,7 @@ impl Runtime {
                         gossip: None,
                         version: 0,
                         tls: None,
+                        wireguard_rotation: 0,
                     },
                 },
                 Command::UpsertNetwork {

@@ -71,7 +71,8 @@ impl ClusterState {
             | Command::SetAvailability { id, .. }
             | Command::SetRole { id, .. }
             | Command::SetStatus { id, .. }
-            | Command::UpdateNodeLabels { id, .. } => node(id),
+            | Command::UpdateNodeLabels { id, .. }
+            | Command::RotateWireguardKey { id } => node(id),
             Command::UpsertNetwork { network } => {
                 nonempty("network ID", &network.id)?;
                 nonempty("network name", &network.name)?;
@@ -460,6 +461,9 @@ impl ClusterState {
                 }
                 n.labels
                     .extend(add.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }),
+            Command::RotateWireguardKey { id } => touch(id, &mut |n| {
+                n.wireguard_rotation = n.wireguard_rotation.saturating_add(1)
             }),
             Command::UpsertNetwork { network } => {
                 let mut network = network.clone();

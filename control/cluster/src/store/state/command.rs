@@ -57,6 +57,11 @@ pub enum Command {
         #[serde(default)]
         remove: Vec<String>,
     },
+    /// `node update --rotate-wireguard-key`: node `id` makes a new WireGuard key (its
+    /// rotation count goes up by one).
+    RotateWireguardKey {
+        id: String,
+    },
     /// Add a network or replace it whole (same ID); names stay unique.
     UpsertNetwork {
         network: Network,

@@ -95,6 +95,14 @@ pub struct Node {
     /// yet). What a CA rotation waits for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Box<super::NodeTls>>,
+    /// How many times `node update --rotate-wireguard-key` asked this node for a new
+    /// WireGuard key: the node makes one each time this passes the count it handled.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub wireguard_rotation: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Node {

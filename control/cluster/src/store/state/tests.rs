@@ -19,6 +19,7 @@ fn node(id: &str, role: Role) -> Node {
         gossip: None,
         version: 0,
         tls: None,
+        wireguard_rotation: 0,
     }
 }
 
@@ -391,6 +392,35 @@ fn tasks_secrets_and_configs_are_kept_by_kind() {
     )
     .expect("old state");
     assert!(old.secrets.is_empty());
+}
+
+#[test]
+fn wireguard_key_rotations_are_counted_on_the_node() {
+    let mut s = ClusterState::default();
+    s.apply(&Command::UpsertNode {
+        node: node("n2", Role::Worker),
+    });
+    // Each request for a new WireGuard key counts once; the count is kept across
+    // serialization and left out of the stored form while zero.
+    assert_eq!(s.nodes["n2"].wireguard_rotation, 0);
+    assert!(!serde_json::to_string(&s.nodes["n2"])
+        .unwrap()
+        .contains("wireguard_rotation"));
+    for _ in 0..2 {
+        s.apply(&Command::RotateWireguardKey { id: "n2".into() });
+    }
+    assert_eq!(s.nodes["n2"].wireguard_rotation, 2);
+    let text = serde_json::to_string(&s.nodes["n2"]).unwrap();
+    assert_eq!(
+        serde_json::from_str::<Node>(&text)
+            .unwrap()
+            .wireguard_rotation,
+        2
+    );
+    assert!(s
+        .apply(&Command::RotateWireguardKey { id: "n9".into() })
+        .into_result()
+        .is_err());
 }
 
 #[test]

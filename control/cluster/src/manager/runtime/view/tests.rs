@@ -127,6 +127,7 @@ fn node(id: &str) -> Node {
         gossip: None,
         version: 0,
         tls: None,
+        wireguard_rotation: 0,
     }
 }
 
