@@ -83,6 +83,9 @@ openraft::declare_raft_types!(
         R = ApplyResult,
 );
 
+/// Pause before a read's leadership confirmation is asked again (see [`StoreNode::read`]).
+const READ_RETRY: Duration = Duration::from_millis(50);
+
 /// Timing and size knobs of the store.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -98,11 +101,19 @@ pub struct StoreConfig {
 }
 
 impl Default for StoreConfig {
-    /// Docker's managers tick every 1 s and elect after 10 ticks; this elects after 1-2 s
-    /// of silence, with 5 heartbeats in the shortest timeout so a slow beat is no election.
+    /// Docker's managers tick every 1 s and elect after 10 ticks. Here a follower that
+    /// hears nothing elects after the leader's lease (the longest election timeout, 2 s)
+    /// plus 1-2 s, so a dead leader is replaced within about 4 s.
+    ///
+    /// Openraft waits one heartbeat interval for an append's answer (the follower's fsync
+    /// included) and for a read's leadership confirmation: at 200 ms, a starved 2-core
+    /// machine or a busy disk made appends time out over and over, a new manager's log
+    /// never caught up (a promote timed out) and reads answered "no quorum". 500 ms
+    /// still sends a heartbeat at least every 750 ms (openraft ticks at 1.5 intervals),
+    /// four within the shortest time a follower waits before it elects.
     fn default() -> Self {
         StoreConfig {
-            heartbeat_interval: Duration::from_millis(200),
+            heartbeat_interval: Duration::from_millis(500),
             election_timeout_min: Duration::from_millis(1000),
             election_timeout_max: Duration::from_millis(2000),
             request_timeout: Duration::from_secs(5),
@@ -314,9 +325,24 @@ impl StoreNode {
     /// A linearizable read: confirms with a majority that this member is still the leader,
     /// waits until everything committed before the read is applied, then returns the state.
     /// Followers answer [`StoreError::NotLeader`].
+    ///
+    /// Openraft gives each confirmation one heartbeat interval (200 ms) to hear from a
+    /// majority; a follower slow to answer once (a starved machine, a slow fsync) is not a
+    /// lost majority, so a confirmation that fails is asked again until
+    /// [`StoreConfig::request_timeout`], and only then is it [`StoreError::NoQuorum`].
     pub async fn read(&self) -> Result<ClusterState, StoreError> {
         let waited = self.config.request_timeout;
-        match tokio::time::timeout(waited, self.raft.ensure_linearizable()).await {
+        let confirmed = async {
+            loop {
+                match self.raft.ensure_linearizable().await {
+                    Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                        tokio::time::sleep(READ_RETRY).await;
+                    }
+                    other => return other,
+                }
+            }
+        };
+        match tokio::time::timeout(waited, confirmed).await {
             Err(_) => Err(StoreError::NoQuorum { waited }),
             Ok(Ok(_)) => Ok(self.read_stale()),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {

@@ -24,6 +24,9 @@ pub const BACK_REPLICAS: usize = 2;
 /// The host whose `web` task sends the container load: a worker that no scenario kills
 /// or cuts (only `restart_all` restarts its agent).
 pub const LOAD_HOST: &str = "h4";
+/// Each agent serves its metrics on this port of its host's loopback (the `starved`
+/// scenario reads the managers' Raft terms there).
+pub const METRICS_PORT: u16 = 9393;
 /// Bound for the lab to reach a state nobody disturbs (a loaded, shared machine).
 pub const SETTLE: Duration = Duration::from_secs(90);
 
@@ -58,7 +61,7 @@ impl Cluster {
             shoal: shoal.to_owned(),
         };
         for h in &cluster.state.hosts {
-            lab::agent::start(&cluster.state, h, shoal, &[])?;
+            lab::agent::start(&cluster.state, h, shoal, &agent_args())?;
         }
         cluster.form()?;
         cluster.deploy()?;
@@ -255,6 +258,22 @@ impl Cluster {
         bail!("no manager names a leader: {}", seen.join("; "))
     }
 
+    /// The values of a host's agent metrics named in `names` (with no labels), in that
+    /// order (`None` for one it has no sample of).
+    pub fn metrics(&self, host: &str, names: &[&str]) -> Result<Vec<Option<u64>>> {
+        let url = format!("http://127.0.0.1:{METRICS_PORT}/metrics");
+        let text = self.exec(host, &["curl", "-sS", "--max-time", "5", &url])?;
+        Ok(names
+            .iter()
+            .map(|name| {
+                text.lines().find_map(|l| {
+                    let (key, value) = l.split_once(' ')?;
+                    (key == *name).then(|| value.trim().parse::<f64>().ok().map(|v| v as u64))?
+                })
+            })
+            .collect())
+    }
+
     /// The PID of a host's agent, from its status file.
     pub fn agent_pid(&self, host: &str) -> Result<u32> {
         let h = self.host(host)?;
@@ -277,7 +296,7 @@ impl Cluster {
 
     /// Starts a host's agent again; returns once it has attached its programs.
     pub fn start_agent(&self, host: &str) -> Result<()> {
-        lab::agent::start(&self.state, self.host(host)?, &self.shoal, &[]).map(|_| ())
+        lab::agent::start(&self.state, self.host(host)?, &self.shoal, &agent_args()).map(|_| ())
     }
 
     /// SIGKILLs a host's dockerd (its containerd then goes on its own).
@@ -320,6 +339,14 @@ impl Cluster {
         })?;
         Ok(started.elapsed())
     }
+}
+
+/// What every agent of the lab is started with besides the lab's own arguments.
+fn agent_args() -> Vec<String> {
+    vec![
+        "--metrics-addr".to_owned(),
+        format!("127.0.0.1:{METRICS_PORT}"),
+    ]
 }
 
 /// Polls `probe` every 200 ms until it is Ok, for at most `limit`; the error names

@@ -7,7 +7,9 @@
 //!   port, new connection and keep-alive; a task's container to the other service by name).
 //! - [`checks`]: nothing lost (stores, replica counts, every task's endpoint on every node).
 //! - [`kill`]: `leader_kill`, `worker_kill`, `restart_all`.
+//! - [`promote`]: `promote_kill`, a manager made by `node promote`, then the leader killed.
 //! - [`net`]: `partition`, `underlay_cut`.
+//! - [`starve`]: `starved`, no fault but busy loops competing with the lab for the CPU.
 //!
 //! Every figure is printed as `BENCH chaos <scenario>_<figure> <value> <unit>`, every
 //! target as a `RATIO` line (the bench format; `target/bench/chaos.json` holds them all).
@@ -17,6 +19,8 @@ mod cluster;
 mod kill;
 mod load;
 mod net;
+mod promote;
+mod starve;
 
 use std::{
     process::ExitCode,
@@ -39,6 +43,11 @@ const SCENARIOS: &[(&str, Scenario, &str)] = &[
         "SIGKILL the leader's agent, 10 times; a new leader accepts writes, the killed one rejoins",
     ),
     (
+        "promote_kill",
+        promote::promote_kill,
+        "promote a worker and SIGKILL the leader's agent right after, 20 times; a new leader accepts writes within 5 s",
+    ),
+    (
         "worker_kill",
         kill::worker_kill,
         "SIGKILL a worker's agent and its dockerd, then start both again",
@@ -47,6 +56,11 @@ const SCENARIOS: &[(&str, Scenario, &str)] = &[
         "restart_all",
         kill::restart_all,
         "restart every agent one by one",
+    ),
+    (
+        "starved",
+        starve::starved,
+        "no fault, busy loops starving the machine for 5 min; the managers keep their leader, every node stays Ready",
     ),
     (
         "partition",

@@ -27,9 +27,13 @@ pub(crate) const MAX_FRAME: usize = 64 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Idle connections kept per peer address.
 const IDLE_PER_PEER: usize = 4;
-/// Bound on one Raft exchange (openraft bounds its calls more tightly still; this one
-/// holds for a snapshot too).
-const RAFT_DEADLINE: Duration = Duration::from_secs(30);
+/// Bound on one Raft snapshot exchange.
+const RAFT_SNAPSHOT_DEADLINE: Duration = Duration::from_secs(30);
+/// Bound on one other Raft exchange (append, vote), handshake included when it needs a
+/// new connection: ample for a starved machine's late answer (openraft itself waits
+/// 200 ms for an append, see [`TlsTransport`]), short enough that a connection a
+/// partition silenced is given up within seconds.
+const RAFT_DEADLINE: Duration = Duration::from_secs(3);
 
 /// A request. No `Debug`: `Join` carries the token.
 #[derive(Clone, Serialize, Deserialize)]
@@ -118,6 +122,7 @@ impl Request {
     /// makes at most, and a second for the wire.
     pub(crate) fn deadline(&self, t: Duration) -> Duration {
         let calls = match self {
+            Request::Raft(RaftRequest::InstallSnapshot(_)) => return RAFT_SNAPSHOT_DEADLINE,
             Request::Raft(_) => return RAFT_DEADLINE,
             Request::Join { .. } => return join_deadline(t),
             // A read and the role written, the wait for the node to vote, the lock a
@@ -613,6 +618,18 @@ impl Client {
 
 /// [`Transport`] over the manager API: Raft RPCs to the peer's advertise address, with this
 /// manager's certificate.
+///
+/// Each exchange (connect, TLS handshake, request, response) runs as a task of its own,
+/// bounded by [`RAFT_DEADLINE`] (a snapshot by [`RAFT_SNAPSHOT_DEADLINE`]), and openraft only waits for its result. Openraft bounds an
+/// append by its heartbeat interval (200 ms) and a vote by the shortest election timeout;
+/// when it gives up, the exchange is not cut: the connection finishes its handshake or
+/// its response and goes back to the pool for the next heartbeat. Cut instead, every
+/// late answer on a starved machine threw away a connection, the next heartbeat needed a
+/// new TLS handshake that could not finish within 200 ms either, and followers heard
+/// nothing until they elected a new leader with no fault at all. Exchanges are not
+/// capped per peer: one that gets no answer ends at its deadline, so a silent peer has
+/// at most a deadline's worth of heartbeats in flight, and a vote never waits behind
+/// them.
 pub(crate) struct TlsTransport {
     pub(crate) rt: Weak<Runtime>,
 }
@@ -637,7 +654,17 @@ impl Transport for TlsTransport {
             drop(rt);
             let request = Request::Raft(request);
             let deadline = request.deadline(Duration::ZERO);
-            match client.call(&addr, &request, deadline).await {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                let _ = tx.send(client.call(&addr, &request, deadline).await);
+            });
+            let Ok(answer) = rx.await else {
+                return Err(TransportError::Failed {
+                    to,
+                    reason: "the exchange ended without an answer".into(),
+                });
+            };
+            match answer {
                 Ok(Ok(Response::Raft(r))) => Ok(r),
                 Ok(Ok(_)) => Err(TransportError::Failed {
                     to,

@@ -59,6 +59,8 @@ const STANDALONE_NO_SWARM: &str = "this agent applies --declared-* files (standa
 const DOCKER_WAIT: Duration = Duration::from_secs(5);
 /// How long one request to dockerd may take.
 const DOCKER_TIMEOUT: Duration = shoal_orchestrator::docker::DEFAULT_TIMEOUT;
+/// The async runtime's worker threads.
+const AGENT_THREADS: usize = 2;
 /// How often the reconcilers' threads are checked.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
 
@@ -69,9 +71,14 @@ pub fn run(config: AgentConfig) -> Result<()> {
     if euid != 0 {
         bail!("the agent must run as root (it loads eBPF programs and attaches XDP); running as uid {euid}");
     }
-    // One thread for the agent's own work: the reconcilers and the resolver have
-    // threads of their own.
-    tokio::runtime::Builder::new_current_thread()
+    // Two threads for the agent's own work (the reconcilers and the resolver have
+    // threads of their own): Raft's heartbeats, votes and appends must not wait behind
+    // a busy or blocking task (serializing a state for a node, a Docker call, a read
+    // of a big file), and on a starved machine two runnable threads get twice one's
+    // share of the CPU.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(AGENT_THREADS)
+        .thread_name("shoal-agent")
         .enable_all()
         .build()
         .context("starting the async runtime")?
