@@ -50,6 +50,9 @@ use tokio::sync::watch;
 
 use crate::seal::DataKey;
 
+/// Pause before a linearizable read's leadership confirmation is tried again.
+const READ_RETRY: Duration = Duration::from_millis(50);
+
 pub use container::{
     sysctl_problem, ulimit_problem, ContainerOptions, DnsConfig, Ulimit, ULIMIT_NAMES,
 };
@@ -313,10 +316,24 @@ impl StoreNode {
 
     /// A linearizable read: confirms with a majority that this member is still the leader,
     /// waits until everything committed before the read is applied, then returns the state.
-    /// Followers answer [`StoreError::NotLeader`].
+    /// Followers answer [`StoreError::NotLeader`]. A confirmation round that misses the
+    /// majority (each peer has one heartbeat interval to answer: a loaded machine, or a
+    /// peer busy with an fsync, misses it while still following) is tried again until
+    /// [`StoreConfig::request_timeout`], as a write waits for its commit; only then is it
+    /// [`StoreError::NoQuorum`].
     pub async fn read(&self) -> Result<ClusterState, StoreError> {
         let waited = self.config.request_timeout;
-        match tokio::time::timeout(waited, self.raft.ensure_linearizable()).await {
+        let confirmed = tokio::time::timeout(waited, async {
+            loop {
+                match self.raft.ensure_linearizable().await {
+                    Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                        tokio::time::sleep(READ_RETRY).await
+                    }
+                    other => return other,
+                }
+            }
+        });
+        match confirmed.await {
             Err(_) => Err(StoreError::NoQuorum { waited }),
             Ok(Ok(_)) => Ok(self.read_stale()),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
