@@ -224,18 +224,30 @@ fn settle(cluster: &Cluster) -> Result<Duration> {
     Ok(started.elapsed())
 }
 
+/// A write through the first manager that accepts it (each tried once): the managers
+/// forward to the leader, and one that lost it refuses.
+fn write(cluster: &Cluster, args: &[&str]) -> Result<()> {
+    let mut seen = Vec::new();
+    for m in cluster.managers() {
+        match cluster.shoal(&m.name, args) {
+            Ok(_) => return Ok(()),
+            Err(e) => seen.push(format!("{e:#}")),
+        }
+    }
+    bail!("{}", seen.join("; "))
+}
+
 /// One churn act: scales most of the time, an update every 4th act, the drain or the
 /// activation of [`DRAINED`] every 6th.
 fn churn_act(cluster: &Cluster, act: usize) -> Result<()> {
-    let leader = cluster.leader()?;
-    let out = if act % 6 == 5 {
+    if act % 6 == 5 {
         let availability = if (act / 6).is_multiple_of(2) {
             "drain"
         } else {
             "active"
         };
-        cluster.shoal(
-            &leader,
+        write(
+            cluster,
             &["node", "update", "--availability", availability, DRAINED],
         )
     } else if act % 4 == 3 {
@@ -244,8 +256,8 @@ fn churn_act(cluster: &Cluster, act: usize) -> Result<()> {
         } else {
             "shoal/web:1"
         };
-        cluster.shoal(
-            &leader,
+        write(
+            cluster,
             &[
                 "service",
                 "update",
@@ -258,22 +270,17 @@ fn churn_act(cluster: &Cluster, act: usize) -> Result<()> {
         )
     } else {
         let to = format!("{CHURN}={}", SCALES[act % SCALES.len()]);
-        cluster.shoal(&leader, &["service", "scale", "-d", &to])
-    };
-    out.map(|_| ())
+        write(cluster, &["service", "scale", "-d", &to])
+    }
 }
 
-/// The churn undone: `churn` at its count on `shoal/web:1`, [`DRAINED`] active.
+/// The churn undone: `churn` at its count on `shoal/web:1`, [`DRAINED`] active (each
+/// write retried until accepted, for at most [`SETTLE`]).
 fn reset(cluster: &Cluster) -> Result<()> {
-    let leader = cluster.wait_leader("the end of the churn")?;
-    cluster.shoal(
-        &leader,
-        &["node", "update", "--availability", "active", DRAINED],
-    )?;
     let replicas = CHURN_REPLICAS.to_string();
-    cluster.shoal(
-        &leader,
-        &[
+    for args in [
+        vec!["node", "update", "--availability", "active", DRAINED],
+        vec![
             "service",
             "update",
             "-d",
@@ -284,7 +291,11 @@ fn reset(cluster: &Cluster) -> Result<()> {
             &replicas,
             CHURN,
         ],
-    )?;
+    ] {
+        wait(&format!("`{}` accepted", args.join(" ")), SETTLE, || {
+            write(cluster, &args)
+        })?;
+    }
     Ok(())
 }
 
