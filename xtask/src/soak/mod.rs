@@ -91,7 +91,7 @@ fn soak(cluster: &Cluster, minutes: u64, report: &mut Report) -> Result<()> {
     );
     let loads = LoadSet::start(cluster, "soak")?;
     let mut series = Series::default();
-    series.sample(cluster)?;
+    series.sample(cluster, report);
     let began = Instant::now();
     let length = Duration::from_secs(minutes * 60);
     let mut next_sample = began + SAMPLE_EVERY;
@@ -104,7 +104,7 @@ fn soak(cluster: &Cluster, minutes: u64, report: &mut Report) -> Result<()> {
         }
         act += 1;
         if Instant::now() >= next_sample {
-            series.sample(cluster)?;
+            series.sample(cluster, report);
             next_sample += SAMPLE_EVERY;
             println!(
                 "soak: minute {}: {act} churn acts",
@@ -116,10 +116,14 @@ fn soak(cluster: &Cluster, minutes: u64, report: &mut Report) -> Result<()> {
     report.figure("churn_acts", act as f64, "acts");
     report.figure("churn_acts_refused", acts_failed.len() as f64, "acts");
     // Back to where it began: every check of the chaos lab, and the soak's services.
-    reset(cluster)?;
-    let converged = settle(cluster)?;
-    report.figure("converge", converged.as_secs_f64(), "s");
-    series.sample(cluster)?;
+    // What fails here is said and the rest is still measured.
+    match reset(cluster).and_then(|_| settle(cluster)) {
+        Ok(converged) => report.figure("converge", converged.as_secs_f64(), "s"),
+        Err(e) => report
+            .missed
+            .push(format!("the lab did not settle after the churn: {e:#}")),
+    }
+    series.sample(cluster, report);
 
     let held = idle.len();
     let cut = idle.check(cluster);
@@ -149,9 +153,14 @@ fn soak(cluster: &Cluster, minutes: u64, report: &mut Report) -> Result<()> {
     series.judge(report);
 
     // Leaks, once the load has stopped and the lab settled again.
-    settle(cluster)?;
-    let leader = cluster.leader()?;
-    let after = all_leaks(cluster, &leader)?;
+    if let Err(e) = settle(cluster) {
+        report
+            .missed
+            .push(format!("the lab did not settle for the leak count: {e:#}"));
+    }
+    let after = wait("the leak count", SETTLE, || {
+        all_leaks(cluster, &cluster.leader()?)
+    })?;
     let mut leaked = Vec::new();
     for (host, b) in &before {
         let a = &after[host];
@@ -331,18 +340,29 @@ struct Series {
 }
 
 impl Series {
-    fn sample(&mut self, cluster: &Cluster) -> Result<()> {
+    /// One sample of every host; a host that cannot be sampled is a failure (its
+    /// series then lacks that minute).
+    fn sample(&mut self, cluster: &Cluster, report: &mut Report) {
         for h in &cluster.state.hosts {
-            let rss = sample::agent_rss_kib(cluster, &h.name)?;
+            let got = sample::agent_rss_kib(cluster, &h.name)
+                .and_then(|rss| Ok((rss, sample::fill(cluster, &h.name)?)));
+            let (rss, fill) = match got {
+                Ok(v) => v,
+                Err(e) => {
+                    report
+                        .missed
+                        .push(format!("{}: a sample failed: {e:#}", h.name));
+                    continue;
+                }
+            };
             self.rss.entry(h.name.clone()).or_default().push(rss as f64);
-            for (name, v) in sample::fill(cluster, &h.name)? {
+            for (name, v) in fill {
                 self.fill
                     .entry((h.name.clone(), name))
                     .or_default()
                     .push(v as f64);
             }
         }
-        Ok(())
     }
 
     /// Prints every series with its slope; a series that is not flat fails.
