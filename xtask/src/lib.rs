@@ -7,6 +7,7 @@
 //! - [`lab`]: the multi-host lab (namespaces, per-host dockerd, teardown).
 //! - [`bench`]: benchmarks against a baseline in the same run.
 //! - [`chaos`]: scripted faults on a 5-host lab under load, nothing lost.
+//! - [`soak`]: churn for N minutes with idle connections held; nothing leaks.
 //! - [`load`]: HTTP load generators (lab tests and chaos).
 //! - [`demo`]: README's main job.
 //! - [`testrun`]: README's test command.
@@ -19,5 +20,6 @@ pub mod images;
 pub mod lab;
 pub mod load;
 pub mod setup;
+pub mod soak;
 pub mod testrun;
 pub mod util;

@@ -6,10 +6,11 @@
 //! - `test`: README's test command: set up, fmt, clippy, unit, eBPF and lab tests.
 //! - `bench SUITE`: benchmarks with BENCH/RATIO lines and target/bench/SUITE.json.
 //! - `chaos [--scenario NAME]...`: faults on a 5-host lab under load (see `chaos/`).
+//! - `soak [--minutes N]`: churn on the chaos lab with idle connections held (see `soak/`).
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use xtask::{bench, chaos, demo, lab, setup, testrun};
+use xtask::{bench, chaos, demo, lab, setup, soak, testrun};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "shoal's developer tasks")]
@@ -46,6 +47,14 @@ enum Cmd {
         /// Run only this scenario (repeatable).
         #[arg(long = "scenario", value_name = "NAME")]
         scenarios: Vec<String>,
+    },
+    /// Churn (scales, updates, a worker drained and made active) for N minutes on the
+    /// chaos lab with idle connections held and a steady load; then nothing cut, lost,
+    /// grown or leaked.
+    Soak {
+        /// How long the churn lasts, in minutes (at least 3).
+        #[arg(long, default_value_t = 60)]
+        minutes: u64,
     },
 }
 
@@ -118,6 +127,7 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Lab { command } => run_lab(command),
         Cmd::Bench { suite } => bench::run(&suite),
         Cmd::Chaos { scenarios } => chaos::run(&scenarios),
+        Cmd::Soak { minutes } => soak::run(minutes),
     }
 }
 

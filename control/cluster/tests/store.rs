@@ -429,6 +429,30 @@ async fn a_partition_isolating_the_leader() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_outlasts_a_leader_cut_off_for_less_than_an_election() {
+    let c = Cluster::three("slow-peers").await;
+    c.propose(&[1, 2, 3], service("before", 1)).await;
+    let leader = c.stable_leader(&[1, 2, 3]).await;
+    // Cut off for less than the followers' election timeout (600 ms): every confirmation
+    // round in that time misses the majority, yet the leader stays the leader.
+    c.net.isolate(leader);
+    let net = c.net.clone();
+    let heal = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        net.heal_all();
+    });
+    let t = Instant::now();
+    let r = c.node(leader).read().await;
+    heal.await.unwrap();
+    match r {
+        Ok(state) => assert!(state.configs.contains_key("before")),
+        // A machine slow enough for the followers to elect another leader meanwhile.
+        Err(StoreError::NotLeader { .. }) => {}
+        Err(e) => panic!("a read across a 250 ms cut, after {:?}: {e:?}", t.elapsed()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_manager_recovers_its_log_and_catches_up() {
     let mut c = Cluster::three("restart").await;
     for i in 0..10 {

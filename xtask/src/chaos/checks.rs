@@ -32,16 +32,22 @@ pub fn nothing_lost(cluster: &Cluster, limit: Duration) -> Result<Duration> {
 /// `web` at one task per node and `back` at its replica count, as the leader says.
 pub fn replicas(cluster: &Cluster) -> Result<()> {
     let leader = cluster.leader()?;
-    let ls = cluster.shoal(&leader, &["service", "ls"])?;
     for (service, want) in [(WEB, HOSTS as usize), (BACK, BACK_REPLICAS)] {
-        let want = format!("{want}/{want}");
-        let ok = ls.lines().any(|l| {
-            let words: Vec<&str> = l.split_whitespace().collect();
-            words.get(1) == Some(&service) && words.contains(&want.as_str())
-        });
-        if !ok {
-            bail!("{service} is not at {want} on {leader}:\n{ls}");
-        }
+        service_at(cluster, &leader, service, want)?;
+    }
+    Ok(())
+}
+
+/// `service ls` on `leader` shows `service` at `want`/`want` tasks running.
+pub fn service_at(cluster: &Cluster, leader: &str, service: &str, want: usize) -> Result<()> {
+    let ls = cluster.shoal(leader, &["service", "ls"])?;
+    let want = format!("{want}/{want}");
+    let ok = ls.lines().any(|l| {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        words.get(1) == Some(&service) && words.contains(&want.as_str())
+    });
+    if !ok {
+        bail!("{service} is not at {want} on {leader}:\n{ls}");
     }
     Ok(())
 }
@@ -82,7 +88,7 @@ pub fn stores_agree(cluster: &Cluster) -> Result<()> {
 }
 
 /// The running tasks of a service, by ID, as the leader says.
-fn running_tasks(cluster: &Cluster, leader: &str, service: &str) -> Result<BTreeSet<String>> {
+pub fn running_tasks(cluster: &Cluster, leader: &str, service: &str) -> Result<BTreeSet<String>> {
     let out = cluster.shoal(
         leader,
         &[
@@ -103,30 +109,37 @@ fn running_tasks(cluster: &Cluster, leader: &str, service: &str) -> Result<BTree
 pub fn endpoints_everywhere(cluster: &Cluster) -> Result<()> {
     let leader = cluster.leader()?;
     for service in [WEB, BACK] {
-        let tasks = running_tasks(cluster, &leader, service)?;
-        for h in &cluster.state.hosts {
-            let lb = declared(h, "lb.json");
-            let Some(s) = array(&lb, "services")
-                .into_iter()
-                .find(|s| s["name"] == service)
-            else {
-                bail!("{}: no {service} in its load-balancing state", h.name);
-            };
-            let backends = array(s, "backends");
-            let have: BTreeSet<String> = backends
-                .iter()
-                .filter_map(|b| b["task"].as_str().map(str::to_owned))
-                .collect();
-            if have != tasks {
-                bail!(
-                    "{}: {service}'s backends are {have:?}, its running tasks {tasks:?}",
-                    h.name
-                );
-            }
-            if let Some(b) = backends.iter().find(|b| b["state"] != "healthy") {
-                bail!("{}: {service} backend not healthy: {b}", h.name);
-            }
-        }
+        backends_everywhere(cluster, &leader, service)?;
     }
     tables_agree(&cluster.state).map_err(anyhow::Error::msg)
+}
+
+/// Every host's declared load-balancing state has exactly `service`'s running tasks (as
+/// `leader` says) as healthy backends.
+pub fn backends_everywhere(cluster: &Cluster, leader: &str, service: &str) -> Result<()> {
+    let tasks = running_tasks(cluster, leader, service)?;
+    for h in &cluster.state.hosts {
+        let lb = declared(h, "lb.json");
+        let Some(s) = array(&lb, "services")
+            .into_iter()
+            .find(|s| s["name"] == service)
+        else {
+            bail!("{}: no {service} in its load-balancing state", h.name);
+        };
+        let backends = array(s, "backends");
+        let have: BTreeSet<String> = backends
+            .iter()
+            .filter_map(|b| b["task"].as_str().map(str::to_owned))
+            .collect();
+        if have != tasks {
+            bail!(
+                "{}: {service}'s backends are {have:?}, its running tasks {tasks:?}",
+                h.name
+            );
+        }
+        if let Some(b) = backends.iter().find(|b| b["state"] != "healthy") {
+            bail!("{}: {service} backend not healthy: {b}", h.name);
+        }
+    }
+    Ok(())
 }

@@ -32,6 +32,8 @@ pub const SETTLE: Duration = Duration::from_secs(90);
 
 /// The lab, taken down when dropped.
 pub struct Cluster {
+    /// The command that runs it (`chaos`, `soak`): its lines and its logs' directory.
+    pub name: &'static str,
     pub layout: Layout,
     pub state: LabState,
     pub shoal: PathBuf,
@@ -42,7 +44,10 @@ impl Drop for Cluster {
         self.keep_logs();
         if !lab::leftovers(&self.layout).is_empty() {
             if let Err(e) = lab::down(&self.layout) {
-                eprintln!("chaos: taking down lab {}: {e:#}", self.layout.prefix);
+                eprintln!(
+                    "{}: taking down lab {}: {e:#}",
+                    self.name, self.layout.prefix
+                );
             }
         }
     }
@@ -52,10 +57,17 @@ impl Cluster {
     /// Brings up the lab (prefix `x6` and this process's id), forms the swarm and
     /// deploys both services; returns once every node answers on the published port.
     pub fn up(shoal: &Path) -> Result<Cluster> {
-        let layout = Layout::new(&format!("x6{}", std::process::id() % 1_000_000))?;
-        println!("chaos: bringing up lab {} ({HOSTS} hosts)", layout.prefix);
+        Self::up_as(shoal, "chaos", "x6")
+    }
+
+    /// [`Cluster::up`] for the command `name`, with its own lab prefix (`prefix` and
+    /// this process's id).
+    pub fn up_as(shoal: &Path, name: &'static str, prefix: &str) -> Result<Cluster> {
+        let layout = Layout::new(&format!("{prefix}{}", std::process::id() % 1_000_000))?;
+        println!("{name}: bringing up lab {} ({HOSTS} hosts)", layout.prefix);
         let state = lab::up(&layout, HOSTS)?;
         let cluster = Cluster {
+            name,
             layout,
             state,
             shoal: shoal.to_owned(),
@@ -186,7 +198,7 @@ impl Cluster {
     /// Copies every host's agent and dockerd log to `<target>/chaos/` (the lab's own
     /// copies go with the lab).
     fn keep_logs(&self) {
-        let dir = crate::util::target_dir().join("chaos");
+        let dir = crate::util::target_dir().join(self.name);
         if std::fs::create_dir_all(&dir).is_err() {
             return;
         }
@@ -195,7 +207,11 @@ impl Cluster {
                 let _ = std::fs::copy(h.run_dir.join(log), dir.join(format!("{}-{log}", h.name)));
             }
         }
-        println!("chaos: the hosts' logs are kept in {}", dir.display());
+        println!(
+            "{}: the hosts' logs are kept in {}",
+            self.name,
+            dir.display()
+        );
     }
 
     /// The leader, waiting (up to [`SETTLE`]) while the managers have none; says so
@@ -205,7 +221,8 @@ impl Cluster {
         let leader = wait("a leader", SETTLE, || self.leader())?;
         if asked.elapsed() > Duration::from_secs(1) {
             println!(
-                "chaos: {why}: no manager named a leader for {:.3} s before {leader} did",
+                "{}: {why}: no manager named a leader for {:.3} s before {leader} did",
+                self.name,
                 asked.elapsed().as_secs_f64()
             );
         }

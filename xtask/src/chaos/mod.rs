@@ -14,10 +14,10 @@
 //! Every figure is printed as `BENCH chaos <scenario>_<figure> <value> <unit>`, every
 //! target as a `RATIO` line (the bench format; `target/bench/chaos.json` holds them all).
 //! A missed target or a failed check fails the scenario and the command (non-zero).
-mod checks;
-mod cluster;
+pub(crate) mod checks;
+pub(crate) mod cluster;
 mod kill;
-mod load;
+pub(crate) mod load;
 mod net;
 mod promote;
 mod starve;
