@@ -8,6 +8,7 @@
 //! - [`bench`]: benchmarks against a baseline in the same run.
 //! - [`chaos`]: scripted faults on a 5-host lab under load, nothing lost.
 //! - [`load`]: HTTP load generators (lab tests and chaos).
+//! - [`fuzz`]: the cargo-fuzz targets, built and run.
 //! - [`demo`]: README's main job.
 //! - [`testrun`]: README's test command.
 //! - [`util`]: root check, bpffs check, workspace paths.
@@ -15,6 +16,7 @@
 pub mod bench;
 pub mod chaos;
 pub mod demo;
+pub mod fuzz;
 pub mod images;
 pub mod lab;
 pub mod load;

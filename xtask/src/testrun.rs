@@ -1,5 +1,6 @@
 //! `cargo xtask test`: README's test command. Runs setup if needed, then every layer of
-//! tests, and ends with one summary line `N passed, N failed`.
+//! tests (a short run of every fuzz target among them, each counted as one test), and
+//! ends with one summary line `N passed, N failed`.
 use std::{
     io::{BufRead, BufReader},
     process::{ExitCode, Stdio},
@@ -8,7 +9,11 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{setup, util::cargo};
+use crate::{fuzz, setup, util::cargo};
+
+/// Inputs per fuzz target in `cargo xtask test`: enough for a crash near the seeds to
+/// show, a few minutes in all once the fuzz build is warm.
+pub const FUZZ_RUNS: u64 = 20_000;
 
 #[derive(Default, Debug, PartialEq, Eq)]
 struct Tally {
@@ -66,6 +71,7 @@ pub fn run(with_lab: bool) -> Result<ExitCode> {
         ],
         &mut tally,
     )?;
+    ok &= fuzz_targets(&mut tally);
     if with_lab {
         // One lab at a time: each brings up several dockerd on a 2-core machine.
         ok &= cargo_test(
@@ -92,6 +98,28 @@ pub fn run(with_lab: bool) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// A short run of every fuzz target; each counts as one test.
+fn fuzz_targets(tally: &mut Tally) -> bool {
+    println!("xtask test: fuzz targets, {FUZZ_RUNS} inputs each");
+    match fuzz::run(FUZZ_RUNS, &[]) {
+        Ok(reports) => {
+            for r in &reports {
+                if r.ok() {
+                    tally.passed += 1;
+                } else {
+                    tally.failed += 1;
+                }
+            }
+            reports.iter().all(fuzz::Report::ok)
+        }
+        Err(e) => {
+            println!("xtask test: fuzz targets not run: {e:#}");
+            tally.failed += 1;
+            false
+        }
+    }
 }
 
 fn step(what: &str, args: &[&str]) -> Result<()> {
