@@ -9,6 +9,7 @@
 //! - [`chaos`]: scripted faults on a 5-host lab under load, nothing lost.
 //! - [`soak`]: churn for N minutes with idle connections held; nothing leaks.
 //! - [`load`]: HTTP load generators (lab tests and chaos).
+//! - [`fuzz`]: the cargo-fuzz targets, built and run.
 //! - [`demo`]: README's main job.
 //! - [`testrun`]: README's test command.
 //! - [`util`]: root check, bpffs check, workspace paths.
@@ -16,6 +17,7 @@
 pub mod bench;
 pub mod chaos;
 pub mod demo;
+pub mod fuzz;
 pub mod images;
 pub mod lab;
 pub mod load;

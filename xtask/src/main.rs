@@ -7,10 +7,11 @@
 //! - `bench SUITE`: benchmarks with BENCH/RATIO lines and target/bench/SUITE.json.
 //! - `chaos [--scenario NAME]...`: faults on a 5-host lab under load (see `chaos/`).
 //! - `soak [--minutes N]`: churn on the chaos lab with idle connections held (see `soak/`).
+//! - `fuzz [--runs N] [TARGET]...`: the cargo-fuzz targets (see `fuzz.rs`).
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use xtask::{bench, chaos, demo, lab, setup, soak, testrun};
+use xtask::{bench, chaos, demo, fuzz, lab, setup, soak, testrun};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "shoal's developer tasks")]
@@ -47,6 +48,17 @@ enum Cmd {
         /// Run only this scenario (repeatable).
         #[arg(long = "scenario", value_name = "NAME")]
         scenarios: Vec<String>,
+    },
+    /// Build the cargo-fuzz targets (nightly) and run each for N inputs, one line per
+    /// target; fails on a crash, naming the input (targets: manager_port,
+    /// gossip_datagram, dns_query, compose, declared_state, ebpf_frames (root); all of
+    /// them when none is named). Builds in $SHOAL_FUZZ_TARGET_DIR, else
+    /// /var/tmp/shoal-fuzz-target.
+    Fuzz {
+        /// Inputs per target.
+        #[arg(long, default_value_t = fuzz::DEFAULT_RUNS)]
+        runs: u64,
+        targets: Vec<String>,
     },
     /// Churn (scales, updates, a worker drained and made active) for N minutes on the
     /// chaos lab with idle connections held and a steady load; then nothing cut, lost,
@@ -127,6 +139,7 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Lab { command } => run_lab(command),
         Cmd::Bench { suite } => bench::run(&suite),
         Cmd::Chaos { scenarios } => chaos::run(&scenarios),
+        Cmd::Fuzz { runs, targets } => fuzz::command(runs, &targets).map(|_| ExitCode::SUCCESS),
         Cmd::Soak { minutes } => soak::run(minutes),
     }
 }

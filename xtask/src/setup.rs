@@ -6,6 +6,8 @@
 //! 2. `rust-src` for the nightly toolchain (for `-Z build-std=core`).
 //! 3. bpf-linker [`BPF_LINKER_VERSION`], built against the nightly toolchain's own libLLVM.
 //! 4. The lab's Docker image tarballs (see [`crate::images`]).
+//! 5. cargo-fuzz [`CARGO_FUZZ_VERSION`] (`cargo xtask fuzz`, and the short fuzz runs of
+//!    `cargo xtask test`).
 
 use std::env;
 use std::ffi::OsString;
@@ -53,6 +55,7 @@ pub const PACKAGES: &[&str] = &[
 
 pub const NIGHTLY: &str = "nightly";
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Options for [`run`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -76,6 +79,7 @@ pub fn run(opts: &SetupOptions) -> Result<()> {
     rust_src(opts)?;
     bpf_linker(opts)?;
     lab_images(opts)?;
+    cargo_fuzz(opts)?;
     if !opts.quiet {
         println!("setup: done");
     }
@@ -106,6 +110,9 @@ pub fn missing() -> Result<Vec<String>> {
     // An error here (e.g. no busybox yet) counts as "images missing".
     if !images::all_up_to_date(&images::image_dir()).unwrap_or(false) {
         m.push("lab images".into());
+    }
+    if installed_cargo_fuzz().is_none() {
+        m.push(format!("cargo-fuzz {CARGO_FUZZ_VERSION}"));
     }
     Ok(m)
 }
@@ -173,7 +180,7 @@ fn is_executable(p: &Path) -> bool {
 
 /// `rustup` with the environment a surrounding `cargo run` leaves behind removed, so
 /// `rustup run nightly ...` really uses nightly and our flags.
-fn rustup() -> Result<Command> {
+pub fn rustup() -> Result<Command> {
     let path = find_program("rustup").context("setup: rustup not found in PATH or ~/.cargo/bin")?;
     let mut c = Command::new(path);
     for var in [
@@ -507,6 +514,64 @@ fn lab_images(opts: &SetupOptions) -> Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------
+// Step 5: cargo-fuzz
+
+/// The version in `cargo-fuzz --version` output ("cargo-fuzz 0.13.2").
+pub fn parse_cargo_fuzz_version(out: &str) -> Option<&str> {
+    let mut w = out.split_whitespace();
+    (w.next()? == "cargo-fuzz").then_some(())?;
+    w.next()
+}
+
+/// The path of a cargo-fuzz that runs and reports [`CARGO_FUZZ_VERSION`].
+fn installed_cargo_fuzz() -> Option<PathBuf> {
+    let path = find_program("cargo-fuzz")?;
+    let out = Command::new(&path).arg("--version").output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    (parse_cargo_fuzz_version(&text)? == CARGO_FUZZ_VERSION).then_some(path)
+}
+
+/// Installs cargo-fuzz unless the right version runs already. Needs no root: `cargo
+/// xtask fuzz` calls it too.
+pub fn cargo_fuzz(opts: &SetupOptions) -> Result<()> {
+    if let Some(p) = installed_cargo_fuzz() {
+        opts.present(&format!(
+            "cargo-fuzz {CARGO_FUZZ_VERSION} ({})",
+            p.display()
+        ));
+        return Ok(());
+    }
+    println!("setup: building cargo-fuzz {CARGO_FUZZ_VERSION} (about a minute)");
+    run_captured(
+        rustup()?.args([
+            "run",
+            "stable",
+            "cargo",
+            "install",
+            &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+            "--locked",
+            "--force",
+        ]),
+        "cargo install cargo-fuzz",
+    )?;
+    match installed_cargo_fuzz() {
+        Some(p) => println!(
+            "setup: installed cargo-fuzz {CARGO_FUZZ_VERSION} ({})",
+            p.display()
+        ),
+        None => bail!(
+            "setup: cargo-fuzz {CARGO_FUZZ_VERSION} still not runnable after cargo install \
+             (is {} in PATH?)",
+            cargo_bin_dir().unwrap_or_default().display()
+        ),
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -566,6 +631,16 @@ mod tests {
             "rust-std-x86_64-unknown-linux-gnu\n",
             "rust-src"
         ));
+    }
+
+    #[test]
+    fn cargo_fuzz_version_parsing() {
+        assert_eq!(
+            parse_cargo_fuzz_version("cargo-fuzz 0.13.2\n"),
+            Some("0.13.2")
+        );
+        assert_eq!(parse_cargo_fuzz_version("bpf-linker 0.13.0"), None);
+        assert_eq!(parse_cargo_fuzz_version(""), None);
     }
 
     #[test]

@@ -1,5 +1,9 @@
 //! `cargo xtask test`: README's test command. Runs setup if needed, then every layer of
 //! tests, and ends with one summary line `N passed, N failed`.
+//!
+//! The fuzz targets are not among them yet: their build (nightly, sanitizers, outside
+//! this workspace) starts from nothing in every fresh clone, over an hour on a 2-core
+//! machine. `cargo xtask fuzz` runs them.
 use std::{
     io::{BufRead, BufReader},
     process::{ExitCode, Stdio},
