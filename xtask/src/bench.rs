@@ -12,6 +12,7 @@ mod api;
 mod cluster;
 mod dns;
 mod encrypted;
+mod failover_lab;
 mod gossip;
 mod gossip_lab;
 mod lb;

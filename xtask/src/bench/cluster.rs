@@ -1,7 +1,7 @@
 //! `cargo xtask bench cluster`: manager failover and the store's write latency, measured
 //! in-process by `control/cluster/examples/failover_bench.rs` (release build): three
 //! managers on 127.0.0.1 with real mutual TLS and the default timings the agent ships
-//! (Raft heartbeats every 200 ms, election timeout 1–2 s). No lab: the figures are the
+//! (Raft heartbeats every 500 ms, election timeout 1–2 s). No lab: the figures are the
 //! cluster core's, without the CLI, the agent or network namespaces.
 //!
 //! - `failover_median` / `failover_max`: from the abrupt stop of the leader (its tasks
@@ -14,16 +14,16 @@
 //! - `write_{leader,follower}_{p50,p99}`: 500 sequential one-label updates on the leader,
 //!   then through a follower (forwarded to the leader).
 //!
-//! The baseline: Docker Swarm's managers tick Raft every second with a 10-tick election
-//! timeout, about 10 s to a new leader; the target is half of that, without flapping.
+//! - then, in a 3-host lab with real dockerd and agents (`failover_lab.rs`):
+//!   `swarm_failover_median` and `shoal_failover_median`, a write accepted by a new
+//!   leader after the leader's process is SIGKILLed, the same docker CLI commands
+//!   driving both. That is the baseline (measured here, in this run): the target is
+//!   half of Swarm's time, without flapping.
 use std::process::{ExitCode, Stdio};
 
 use anyhow::{bail, Context, Result};
 
 use super::Report;
-
-/// Docker Swarm's time to a new leader: 10 ticks of 1 s.
-const SWARM_FAILOVER_SECS: f64 = 10.0;
 
 pub(super) fn run() -> Result<ExitCode> {
     let mut report = Report {
@@ -63,15 +63,10 @@ pub(super) fn run() -> Result<ExitCode> {
             }
         }
     }
-    let (Some(median), Some(extra)) = (median, extra) else {
+    let (Some(_), Some(extra)) = (median, extra) else {
         bail!("the failover benchmark printed no failover figures");
     };
-    report.ratio(
-        "failover_vs_swarm_10s",
-        median / SWARM_FAILOVER_SECS,
-        "<=",
-        0.5,
-    );
     report.ratio("extra_leader_changes", extra, "<=", 0.0);
+    super::failover_lab::measure(&mut report)?;
     report.finish()
 }
