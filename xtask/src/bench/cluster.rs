@@ -1,8 +1,8 @@
 //! `cargo xtask bench cluster`: manager failover and the store's write latency, measured
 //! in-process by `control/cluster/examples/failover_bench.rs` (release build): three
 //! managers on 127.0.0.1 with real mutual TLS and the default timings the agent ships
-//! (Raft heartbeats every 500 ms, election timeout 1–2 s). No lab: the figures are the
-//! cluster core's, without the CLI, the agent or network namespaces.
+//! (Raft heartbeats every 500 ms, election timeout 1–2 s). This part has no lab: its
+//! figures are the cluster core's, without the CLI, the agent or network namespaces.
 //!
 //! - `failover_median` / `failover_max`: from the abrupt stop of the leader (its tasks
 //!   aborted and its Raft member stopped, the in-process stand-in for SIGKILL) to a new
