@@ -19,7 +19,7 @@
 //! - Egress: the containers of this node's tasks, with a network or without.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fs,
     net::{IpAddr, Ipv4Addr},
     path::Path,
@@ -28,6 +28,7 @@ use std::{
 use shoal_cluster::store::{self, ClusterState, NodeStatus, PublishMode, Service, Task, TaskState};
 use shoal_dataplane::{lb::state as lb, overlay::state as overlay};
 use shoal_dns::records as dns;
+use tracing::warn;
 
 use crate::scheduler::effective_networks;
 
@@ -102,6 +103,47 @@ fn lb_protocol(p: store::Protocol) -> lb::Protocol {
     }
 }
 
+/// Keeps one endpoint per address and network, the newest task's (each endpoint comes
+/// with its task's creation time; attached containers with 0). The store never gives
+/// one address to two live tasks, but this node's view can still hold an ended task as
+/// live (its end not yet committed) while the address went to its replacement: the
+/// overlay refuses a state with one address twice as a whole, so one stale task would
+/// cut every network of this node. The stale endpoint goes instead, said in the log.
+fn one_endpoint_per_address<L, R>(
+    local: Vec<(u64, L)>,
+    remote: Vec<(u64, R)>,
+    local_key: impl Fn(&L) -> (&str, Ipv4Addr),
+    remote_key: impl Fn(&R) -> (&str, Ipv4Addr),
+) -> (Vec<L>, Vec<R>) {
+    let mut newest: HashMap<(String, Ipv4Addr), u64> = HashMap::new();
+    let mut note = |created: u64, (network, ip): (&str, Ipv4Addr)| {
+        let n = newest.entry((network.to_owned(), ip)).or_insert(created);
+        *n = (*n).max(created);
+    };
+    local.iter().for_each(|(c, e)| note(*c, local_key(e)));
+    remote.iter().for_each(|(c, e)| note(*c, remote_key(e)));
+    let mut taken: HashSet<(String, Ipv4Addr)> = HashSet::new();
+    let mut keep = |created: u64, (network, ip): (&str, Ipv4Addr)| {
+        let key = (network.to_owned(), ip);
+        let kept = newest.get(&key) == Some(&created) && taken.insert(key);
+        if !kept {
+            warn!(network, %ip, "two endpoints claim one address: the newest task's kept");
+        }
+        kept
+    };
+    let local = local
+        .into_iter()
+        .filter(|(c, e)| keep(*c, local_key(e)))
+        .map(|(_, e)| e)
+        .collect();
+    let remote = remote
+        .into_iter()
+        .filter(|(c, e)| keep(*c, remote_key(e)))
+        .map(|(_, e)| e)
+        .collect();
+    (local, remote)
+}
+
 /// Computes the declared states of node `node_id` from the store alone.
 pub fn compute(state: &ClusterState, node_id: &str) -> NodeState {
     compute_with(state, node_id, None)
@@ -159,12 +201,15 @@ pub fn compute_with(
                 continue;
             };
             local_nets.insert(a.network_id.clone());
-            local_endpoints.push(overlay::LocalEndpoint {
-                network: name,
-                container: container.clone(),
-                ip,
-                mac: None,
-            });
+            local_endpoints.push((
+                t.created_ms,
+                overlay::LocalEndpoint {
+                    network: name,
+                    container: container.clone(),
+                    ip,
+                    mac: None,
+                },
+            ));
         }
     }
     // Containers of this node that are not tasks, attached to attachable networks once
@@ -177,12 +222,15 @@ pub fn compute_with(
         };
         local_nets.insert(a.network_id.clone());
         task_containers.insert(a.container_id.clone());
-        local_endpoints.push(overlay::LocalEndpoint {
-            network: name,
-            container: a.container_id.clone(),
-            ip: addr.addr(),
-            mac: None,
-        });
+        local_endpoints.push((
+            0,
+            overlay::LocalEndpoint {
+                network: name,
+                container: a.container_id.clone(),
+                ip: addr.addr(),
+                mac: None,
+            },
+        ));
     }
     if let (Some(ing), true) = (ingress, any_ingress_port) {
         local_nets.insert(ing.id.clone());
@@ -221,12 +269,15 @@ pub fn compute_with(
             let (Some(name), ip) = (net_name(&a.network_id), a.addr.addr()) else {
                 continue;
             };
-            remote_endpoints.push(overlay::RemoteEndpoint {
-                network: name,
-                ip,
-                mac: None,
-                vtep,
-            });
+            remote_endpoints.push((
+                t.created_ms,
+                overlay::RemoteEndpoint {
+                    network: name,
+                    ip,
+                    mac: None,
+                    vtep,
+                },
+            ));
         }
     }
 
@@ -247,13 +298,22 @@ pub fn compute_with(
         else {
             continue;
         };
-        remote_endpoints.push(overlay::RemoteEndpoint {
-            network: name,
-            ip: addr.addr(),
-            mac: None,
-            vtep,
-        });
+        remote_endpoints.push((
+            0,
+            overlay::RemoteEndpoint {
+                network: name,
+                ip: addr.addr(),
+                mac: None,
+                vtep,
+            },
+        ));
     }
+    let (local_endpoints, remote_endpoints) = one_endpoint_per_address(
+        local_endpoints,
+        remote_endpoints,
+        |e| (e.network.as_str(), e.ip),
+        |e| (e.network.as_str(), e.ip),
+    );
 
     let mut dns_services = Vec::new();
     let mut lb_services = Vec::new();

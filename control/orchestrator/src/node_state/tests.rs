@@ -675,3 +675,40 @@ fn attached_containers_are_endpoints_and_names_like_tasks() {
     assert!(n1.dns.containers.is_empty());
     assert!(!compute(&s, "n2").task_containers.contains("cid1"));
 }
+
+#[test]
+fn a_stale_task_holding_its_replacements_address_costs_only_its_own_endpoint() {
+    let mut s = cluster();
+    let own = s
+        .tasks
+        .values()
+        .find(|t| t.node_id.as_deref() == Some("n1"))
+        .unwrap()
+        .clone();
+    // The view still holds an ended task as live, with the address its replacement
+    // (`own`, made later) was given.
+    let mut stale = own.clone();
+    stale.id = "stale".into();
+    stale.created_ms = own.created_ms.saturating_sub(1000);
+    s.tasks.insert(stale.id.clone(), stale);
+
+    let on_n1 = compute(&s, "n1");
+    on_n1.overlay.validate().expect("a valid overlay state");
+    let containers: Vec<&str> = on_n1
+        .overlay
+        .local_endpoints
+        .iter()
+        .map(|e| e.container.as_str())
+        .collect();
+    assert_eq!(containers.len(), 2, "{containers:?}");
+    assert!(
+        containers.iter().all(|c| c.contains(&own.id)),
+        "the newest task keeps the addresses: {containers:?}"
+    );
+    let on_n2 = compute(&s, "n2");
+    on_n2
+        .overlay
+        .validate()
+        .expect("a valid overlay state on n2");
+    assert_eq!(on_n2.overlay.remote_endpoints.len(), 2);
+}
