@@ -10,7 +10,8 @@ use crate::chaos::cluster::Cluster;
 use crate::lab::tables::{array, declared};
 
 /// The data plane's fill figures sampled each minute, by their `shoal dataplane stats`
-/// names (`fdb` is the kernel's: entries with a remote VTEP on the host's VXLAN devices).
+/// names (`fdb` is the kernel's: entries with a remote VTEP on the overlay networks'
+/// VXLAN devices).
 pub const FILL: &[&str] = &[
     "mesh_flows",
     "mesh_opening_flows",
@@ -53,10 +54,24 @@ pub fn fill(cluster: &Cluster, host: &str) -> Result<BTreeMap<&'static str, u64>
     Ok(out)
 }
 
-/// FDB entries with a remote VTEP (`dst`) on the host's VXLAN devices.
+/// FDB entries with a remote VTEP (`dst`) on the host's VXLAN devices, which live in
+/// the overlay networks' own namespaces (`<run dir>/netns/vni-N`), not the host's.
 fn fdb_entries(cluster: &Cluster, host: &str) -> Result<u64> {
-    let out = cluster.exec(host, &["bridge", "fdb", "show"])?;
-    Ok(out.lines().filter(|l| l.contains(" dst ")).count() as u64)
+    let dir = cluster.host(host)?.run_dir.join("netns");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(0);
+    };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("vni-") {
+            continue;
+        }
+        let net = format!("--net={}", e.path().display());
+        let out = cluster.exec(host, &["nsenter", &net, "bridge", "fdb", "show"])?;
+        n += out.lines().filter(|l| l.contains(" dst ")).count() as u64;
+    }
+    Ok(n)
 }
 
 /// What could leak on one host, each beside what the declared state says should be
