@@ -20,7 +20,10 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::{services::median, Report};
-use crate::lab::{self, procs, HostState, LabState, Layout};
+use crate::{
+    chaos::cluster::wait_every,
+    lab::{self, procs, HostState, LabState, Layout},
+};
 
 /// The docker CLI that drives both.
 const DOCKER: &str = "/usr/local/bin/docker";
@@ -114,16 +117,11 @@ fn docker(config: &Path, socket: &Path, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-/// Polls `f` every 100 ms until it is Ok, for at most [`LIMIT`].
-fn poll<T>(what: &str, mut f: impl FnMut() -> Result<T>) -> Result<(T, Duration)> {
+/// Polls `f` every 100 ms until it is Ok, for at most [`LIMIT`]; with how long it took.
+fn poll<T>(what: &str, f: impl FnMut() -> Result<T>) -> Result<(T, Duration)> {
     let began = Instant::now();
-    loop {
-        match f() {
-            Ok(v) => return Ok((v, began.elapsed())),
-            Err(e) if began.elapsed() > LIMIT => bail!("{what}: not after {LIMIT:?}: {e:#}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
+    let v = wait_every(what, LIMIT, Duration::from_millis(100), f)?;
+    Ok((v, began.elapsed()))
 }
 
 /// Measures one system's failovers on the lab; the seconds of each round.

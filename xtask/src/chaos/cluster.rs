@@ -368,7 +368,17 @@ fn agent_args() -> Vec<String> {
 
 /// Polls `probe` every 200 ms until it is Ok, for at most `limit`; the error names
 /// `what` and what the probe saw last.
-pub fn wait<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Result<T>) -> Result<T> {
+pub fn wait<T>(what: &str, limit: Duration, probe: impl FnMut() -> Result<T>) -> Result<T> {
+    wait_every(what, limit, Duration::from_millis(200), probe)
+}
+
+/// [`wait`], polling every `every`.
+pub fn wait_every<T>(
+    what: &str,
+    limit: Duration,
+    every: Duration,
+    mut probe: impl FnMut() -> Result<T>,
+) -> Result<T> {
     let started = Instant::now();
     loop {
         match probe() {
@@ -376,7 +386,7 @@ pub fn wait<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Result<T>
             Err(e) if started.elapsed() > limit => {
                 bail!("{what}: not within {limit:?}; last seen: {e:#}")
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            Err(_) => std::thread::sleep(every),
         }
     }
 }
