@@ -51,7 +51,7 @@ pub(super) fn run() -> Result<ExitCode> {
 
 /// `docker -H unix://SOCKET ARGS` from the root namespace with an empty client config;
 /// its output, or why it failed.
-fn docker(socket: &Path, config: &Path, args: &[&str]) -> Result<String> {
+pub(super) fn docker(socket: &Path, config: &Path, args: &[&str]) -> Result<String> {
     let out = Command::new(DOCKER)
         .env("DOCKER_CONFIG", config)
         .env_remove("DOCKER_HOST")

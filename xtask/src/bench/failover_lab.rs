@@ -1,5 +1,5 @@
 //! Manager failover in a 3-host lab, Docker Swarm and shoal in the same run, driven by
-//! the same docker CLI (28.x) with the same commands: against each host's dockerd for
+//! the same docker CLI (28.x, `api.rs`'s `docker`) with the same commands: against each host's dockerd for
 //! Swarm, against each host's shoal agent's Engine API socket for shoal.
 //!
 //! For each: `swarm init` on h1, h2 and h3 joined with the manager token, all three
@@ -13,7 +13,6 @@
 //! Figures: `swarm_failover_median`, `shoal_failover_median` (seconds), and their ratio.
 use std::{
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -25,8 +24,6 @@ use crate::{
     lab::{self, procs, HostState, LabState, Layout},
 };
 
-/// The docker CLI that drives both.
-const DOCKER: &str = "/usr/local/bin/docker";
 /// Kills per system.
 const ROUNDS: usize = 3;
 /// How long a new leader or a rejoin may take before the run gives up (Swarm's own
@@ -96,25 +93,10 @@ fn kill_and_wait(pid: u32, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// `docker -H unix://SOCKET args...` with a configuration of its own; Ok(stdout).
+/// `docker -H unix://SOCKET args...` with a configuration of its own; Ok(stdout,
+/// trimmed).
 fn docker(config: &Path, socket: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new(DOCKER)
-        .env("DOCKER_CONFIG", config)
-        .env_remove("DOCKER_HOST")
-        .env_remove("DOCKER_CONTEXT")
-        .arg("-H")
-        .arg(format!("unix://{}", socket.display()))
-        .args(args)
-        .output()
-        .with_context(|| format!("running {DOCKER}"))?;
-    if !out.status.success() {
-        bail!(
-            "docker {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    Ok(super::api::docker(socket, config, args)?.trim().to_owned())
 }
 
 /// Polls `f` every 100 ms until it is Ok, for at most [`LIMIT`]; with how long it took.

@@ -339,6 +339,28 @@ impl Cluster {
         self.state.save(&self.layout)
     }
 
+    /// Retries one write (`node update --label-add LABEL h4`) through each host of `via`
+    /// in turn until one accepts it, for at most a minute: a new leader took it. Which
+    /// host did, and the seconds since `since` (the fault).
+    pub fn first_write(
+        &self,
+        what: &str,
+        label: &str,
+        via: &[String],
+        since: Instant,
+    ) -> Result<(String, f64)> {
+        wait(what, Duration::from_secs(60), || {
+            let mut seen = Vec::new();
+            for s in via {
+                match self.shoal(s, &["node", "update", "--label-add", label, "h4"]) {
+                    Ok(_) => return Ok((s.clone(), since.elapsed().as_secs_f64())),
+                    Err(e) => seen.push(format!("{e:#}")),
+                }
+            }
+            bail!("{}", seen.join("; "))
+        })
+    }
+
     /// Waits until `node ls` on a manager that answers shows every node Ready and the
     /// three managers with a leader.
     pub fn wait_all_ready(&self, limit: Duration) -> Result<Duration> {

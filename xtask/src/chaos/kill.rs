@@ -39,19 +39,11 @@ pub fn leader_kill(cluster: &mut Cluster, report: &mut Report) -> Result<Vec<Fau
         let killed = Instant::now();
         cluster.stop_agent(&leader, libc::SIGKILL)?;
         let label = format!("chaos=leader-kill-{round}");
-        let accepted = wait(
+        let accepted = cluster.first_write(
             &format!("round {round}: a write accepted with {leader} killed"),
-            Duration::from_secs(60),
-            || {
-                let mut seen = Vec::new();
-                for s in &survivors {
-                    match cluster.shoal(s, &["node", "update", "--label-add", &label, "h4"]) {
-                        Ok(_) => return Ok((s.clone(), killed.elapsed().as_secs_f64())),
-                        Err(e) => seen.push(format!("{e:#}")),
-                    }
-                }
-                bail!("{}", seen.join("; "))
-            },
+            &label,
+            &survivors,
+            killed,
         );
         // The killed agent starts again whatever the survivors did.
         let restarted = Instant::now();

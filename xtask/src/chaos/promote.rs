@@ -11,7 +11,7 @@
 //! kill). Then the killed agent starts again, follows the new leader, and is demoted:
 //! two managers again, and the next round promotes it. After the last round the worker
 //! among h1-h3 is promoted again, so the lab ends with the three managers it began with.
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
 
@@ -160,19 +160,11 @@ pub fn promote_kill(cluster: &mut Cluster, report: &mut Report) -> Result<Vec<Fa
             .chain([worker.clone()])
             .collect();
         let label = format!("chaos=promote-kill-{round}");
-        let accepted = wait(
+        let accepted = cluster.first_write(
             &format!("round {round}: a write accepted with {leader} killed"),
-            Duration::from_secs(60),
-            || {
-                let mut seen = Vec::new();
-                for s in &survivors {
-                    match cluster.shoal(s, &["node", "update", "--label-add", &label, "h4"]) {
-                        Ok(_) => return Ok((s.clone(), killed.elapsed().as_secs_f64())),
-                        Err(e) => seen.push(format!("{e:#}")),
-                    }
-                }
-                bail!("{}", seen.join("; "))
-            },
+            &label,
+            &survivors,
+            killed,
         );
         // The killed agent starts again whatever the survivors did.
         let restarted = Instant::now();
