@@ -108,11 +108,25 @@ fn a_key_holder_cannot_forge_another_nodes_gossip() {
             Err(format!("live nodes per host: {live:?}"))
         }
     });
-    let h2_before = mentions(&guard, h1, h2.address);
-    assert!(
-        h2_before.iter().any(|m| m.contains(" backend ")),
-        "h1 balances to h2's task before: {h2_before:#?}"
-    );
+    // The declared tables agree before the kernel's FDB has caught up with them: wait
+    // until h1's VXLAN device holds an entry for each of h2's endpoints, so that the
+    // snapshot compared after the forgery is a settled one.
+    let h2_before = wait_for("h1 holds h2's task in every table", BOUND, || {
+        let m = mentions(&guard, h1, h2.address);
+        let count = |what: &str| m.iter().filter(|l| l.contains(what)).count();
+        let (fdb, endpoints, backends) = (
+            count(": fdb "),
+            count("remote endpoint "),
+            count(" backend "),
+        );
+        if backends > 0 && endpoints > 0 && fdb == endpoints {
+            Ok(m)
+        } else {
+            Err(format!(
+                "{fdb} FDB entries, {endpoints} remote endpoints, {backends} backends: {m:#?}"
+            ))
+        }
+    });
 
     // What h3 holds (the cluster key) and what any member reads (generations, addresses).
     let state = read_state(&client_ns, manager, h1);
