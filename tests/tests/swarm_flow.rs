@@ -554,13 +554,24 @@ fn swarm_flows_on_three_hosts() {
         myweb.iter().any(|t| t.node == "h3"),
         "a myweb task on h3: {myweb:#?}"
     );
+    // The kernel's FDB follows the declared tables a moment later: wait for it too.
     for h in &guard.state.hosts[..2] {
-        let before = mentions(&guard, h, h3.address);
-        assert!(
-            before.iter().any(|m| m.contains(": fdb "))
-                && before.iter().any(|m| m.contains(" backend ")),
-            "{}: FDB entries and backends towards h3 before it dies: {before:#?}",
-            h.name
+        wait_for(
+            &format!(
+                "{}: FDB entries and backends towards h3 before it dies",
+                h.name
+            ),
+            BOUND,
+            || {
+                let before = mentions(&guard, h, h3.address);
+                if before.iter().any(|m| m.contains(": fdb "))
+                    && before.iter().any(|m| m.contains(" backend "))
+                {
+                    Ok(())
+                } else {
+                    Err(format!("{before:#?}"))
+                }
+            },
         );
     }
     let agent = agent_pid(&h3);
