@@ -152,6 +152,9 @@ pub struct Executor {
         Vec<shoal_cluster::store::WantedAttachment>,
         std::time::Instant,
     )>,
+    /// The endpoints the last declared state left out for an address conflict, so the
+    /// log says it once per change rather than at every pass.
+    address_conflicts: std::collections::BTreeSet<(String, Ipv4Addr)>,
 }
 
 impl Executor {
@@ -180,6 +183,7 @@ impl Executor {
             pull_done,
             egress_dns: None,
             applied: AppliedStore::default(),
+            address_conflicts: Default::default(),
             reported: 0,
             // Nothing heard yet: every node counts as having applied nothing.
             heard: Heard {
@@ -508,8 +512,19 @@ impl Executor {
     /// now stands for `state`'s store version.
     fn declare(&mut self, state: &ClusterState, me: &str) {
         let table = self.gossip.settled_table(state, me);
-        let mut declared: DeclaredNode =
-            node_state::compute_with(state, me, table.as_deref()).into();
+        let mut computed = node_state::compute_with(state, me, table.as_deref());
+        let conflicts = std::mem::take(&mut computed.address_conflicts);
+        if conflicts != self.address_conflicts {
+            for (network, ip) in conflicts.difference(&self.address_conflicts) {
+                warn!(
+                    network,
+                    %ip,
+                    "two endpoints claim one address: the newest task's kept"
+                );
+            }
+            self.address_conflicts = conflicts;
+        }
+        let mut declared: DeclaredNode = computed.into();
         self.intent.send_if_modified(|old| {
             let last = old.as_ref().map_or(0, |d| d.version);
             declared.version = last;

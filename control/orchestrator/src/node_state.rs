@@ -28,7 +28,6 @@ use std::{
 use shoal_cluster::store::{self, ClusterState, NodeStatus, PublishMode, Service, Task, TaskState};
 use shoal_dataplane::{lb::state as lb, overlay::state as overlay};
 use shoal_dns::records as dns;
-use tracing::warn;
 
 use crate::scheduler::effective_networks;
 
@@ -62,6 +61,10 @@ pub struct NodeState {
     /// namespaces), on a network or not: each one gets egress once it runs, before the
     /// task's own process starts in it.
     pub task_containers: BTreeSet<String>,
+    /// Endpoints left out because a newer task's endpoint claims the same network and
+    /// address ([`one_endpoint_per_address`]): the caller says so in the log when the
+    /// set changes, not at every computation.
+    pub address_conflicts: BTreeSet<(String, Ipv4Addr)>,
 }
 
 /// A node's data-path address: `data_path_addr`, else the advertise address's IP.
@@ -108,13 +111,15 @@ fn lb_protocol(p: store::Protocol) -> lb::Protocol {
 /// one address to two live tasks, but this node's view can still hold an ended task as
 /// live (its end not yet committed) while the address went to its replacement: the
 /// overlay refuses a state with one address twice as a whole, so one stale task would
-/// cut every network of this node. The stale endpoint goes instead, said in the log.
+/// cut every network of this node. The stale endpoint goes instead; the third value
+/// names the network and address of each one left out.
+#[allow(clippy::type_complexity)]
 fn one_endpoint_per_address<L, R>(
     local: Vec<(u64, L)>,
     remote: Vec<(u64, R)>,
     local_key: impl Fn(&L) -> (&str, Ipv4Addr),
     remote_key: impl Fn(&R) -> (&str, Ipv4Addr),
-) -> (Vec<L>, Vec<R>) {
+) -> (Vec<L>, Vec<R>, BTreeSet<(String, Ipv4Addr)>) {
     let mut newest: HashMap<(String, Ipv4Addr), u64> = HashMap::new();
     let mut note = |created: u64, (network, ip): (&str, Ipv4Addr)| {
         let n = newest.entry((network.to_owned(), ip)).or_insert(created);
@@ -123,11 +128,12 @@ fn one_endpoint_per_address<L, R>(
     local.iter().for_each(|(c, e)| note(*c, local_key(e)));
     remote.iter().for_each(|(c, e)| note(*c, remote_key(e)));
     let mut taken: HashSet<(String, Ipv4Addr)> = HashSet::new();
+    let mut conflicts = BTreeSet::new();
     let mut keep = |created: u64, (network, ip): (&str, Ipv4Addr)| {
         let key = (network.to_owned(), ip);
-        let kept = newest.get(&key) == Some(&created) && taken.insert(key);
+        let kept = newest.get(&key) == Some(&created) && taken.insert(key.clone());
         if !kept {
-            warn!(network, %ip, "two endpoints claim one address: the newest task's kept");
+            conflicts.insert(key);
         }
         kept
     };
@@ -141,7 +147,7 @@ fn one_endpoint_per_address<L, R>(
         .filter(|(c, e)| keep(*c, remote_key(e)))
         .map(|(_, e)| e)
         .collect();
-    (local, remote)
+    (local, remote, conflicts)
 }
 
 /// Computes the declared states of node `node_id` from the store alone.
@@ -308,7 +314,7 @@ pub fn compute_with(
             },
         ));
     }
-    let (local_endpoints, remote_endpoints) = one_endpoint_per_address(
+    let (local_endpoints, remote_endpoints, address_conflicts) = one_endpoint_per_address(
         local_endpoints,
         remote_endpoints,
         |e| (e.network.as_str(), e.ip),
@@ -527,6 +533,7 @@ pub fn compute_with(
             .get(node_id)
             .map_or(0, |n| u64::from(n.wireguard_rotation)),
         task_containers,
+        address_conflicts,
     }
 }
 

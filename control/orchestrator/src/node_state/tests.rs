@@ -705,10 +705,17 @@ fn a_stale_task_holding_its_replacements_address_costs_only_its_own_endpoint() {
         containers.iter().all(|c| c.contains(&own.id)),
         "the newest task keeps the addresses: {containers:?}"
     );
+    assert_eq!(
+        on_n1.address_conflicts.len(),
+        2,
+        "the stale task's endpoints named as left out: {:?}",
+        on_n1.address_conflicts
+    );
     let on_n2 = compute(&s, "n2");
     on_n2
         .overlay
         .validate()
         .expect("a valid overlay state on n2");
     assert_eq!(on_n2.overlay.remote_endpoints.len(), 2);
+    assert_eq!(on_n2.address_conflicts.len(), 2);
 }
