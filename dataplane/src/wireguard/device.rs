@@ -2,15 +2,23 @@
 //! socket on the underlay, and one boringtun [`Tunn`] per peer.
 //!
 //! Threads (each with its own buffers, made once: nothing is allocated per packet on
-//! the device's side):
-//! - outbound: reads a packet from the TUN (an encrypted network's VXLAN datagram, sent
-//!   by the kernel to a peer's data-path address), finds the peer by that address,
-//!   encrypts it and sends it to the peer's WireGuard port;
-//! - inbound: receives a datagram, finds the peer by its source address (a datagram
-//!   from anyone else is dropped and counted as foreign), decrypts it and writes it to
-//!   the TUN only if the packet inside comes from that same peer's address (a peer can
-//!   speak only for itself). Handshake messages are answered; garbage, replays and
-//!   datagrams that fail authentication are dropped and counted;
+//! the device's side), working in batches (see [`super::batch`]):
+//! - outbound: reads the packets waiting in the TUN (encrypted networks' VXLAN
+//!   datagrams, sent by the kernel to peers' data-path addresses), up to [`BATCH`],
+//!   finds each one's peer by that address, encrypts it, and sends the batch with one
+//!   `sendmmsg`: a run of equal-sized datagrams to one peer goes as one UDP GSO message
+//!   (`UDP_SEGMENT`), one trip through the kernel's stack for up to 64 datagrams;
+//! - inbound: receives with `recvmmsg` on a socket with UDP GRO (one message may hold
+//!   many datagrams of one sender), finds the peer by the source address (a datagram
+//!   from anyone else is dropped and counted as foreign), decrypts each datagram and
+//!   keeps the packet inside only if it comes from that same peer's address (a peer
+//!   can speak only for itself). Handshake messages are answered; garbage, replays and
+//!   datagrams that fail authentication are dropped and counted. The batch's packets
+//!   go into the TUN with as few writes as they allow: a run of equal-sized VXLAN
+//!   datagrams of one flow is one UDP GSO super-packet, which the kernel cuts back into
+//!   those datagrams and whose inner TCP segments the VXLAN device's GRO merges.
+//!
+//! A session's mutex is held only around boringtun's call, never across a system call.
 //! - timers: every [`TICK`], each session's timers (handshake retries, rekeying every
 //!   two minutes, keepalives, expiry), as WireGuard's protocol says.
 //!
@@ -30,7 +38,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     io,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     os::fd::{AsRawFd, OwnedFd},
     path::Path,
     sync::{
@@ -47,7 +55,11 @@ use boringtun::{
 };
 use serde::Serialize;
 
-use super::{key::NodeKey, tun};
+use super::{
+    batch::{self, IP_UDP_HDR, VNET_HDR_LEN},
+    key::NodeKey,
+    tun,
+};
 
 /// How often the sessions' timers run.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -60,8 +72,19 @@ pub const OVERLAP_GRACE: Duration = Duration::from_secs(5);
 pub const OVERLAP_MAX: Duration = Duration::from_secs(120);
 /// How long a blocked read waits before looking whether the device is stopping.
 const POLL: Duration = Duration::from_millis(200);
-/// Room for one datagram or packet (the largest UDP datagram, plus WireGuard's header).
-const BUF: usize = 65_536 + 64;
+/// Room for one handshake or timer message.
+const BUF: usize = 2048;
+/// Most packets read from the TUN and sent per batch.
+pub const BATCH: usize = 64;
+/// Most messages taken per `recvmmsg`.
+const RX_MSGS: usize = 16;
+/// Room for one received message: one datagram, or the datagrams UDP GRO merged.
+const RX_BUF: usize = 65_536;
+/// Decrypted packets kept for the TUN before they are written.
+const RX_PACKETS: usize = 128;
+const SOL_UDP: libc::c_int = 17;
+const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
 /// Socket buffers asked for (the kernel caps them at its `rmem_max`/`wmem_max`).
 const SOCKET_BUFFER: libc::c_int = 4 << 20;
 
@@ -213,6 +236,12 @@ struct Shared {
     peers: RwLock<HashMap<Ipv4Addr, Arc<Peer>>>,
     counters: Counters,
     next_index: AtomicU32,
+    /// Room for one packet and WireGuard's overhead (from the TUN's MTU).
+    slot: usize,
+    /// Whether UDP GSO sends work (off for good once the kernel refuses one).
+    gso: AtomicBool,
+    /// Whether the TUN takes super-packets (off for good once it refuses one).
+    coalesce: AtomicBool,
 }
 
 /// One peer as [`DeviceStats`] shows it.
@@ -276,14 +305,19 @@ impl Device {
             )
         })?;
         udp.set_read_timeout(Some(POLL))?;
-        for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+        for (level, opt, value) in [
+            (libc::SOL_SOCKET, libc::SO_RCVBUF, SOCKET_BUFFER),
+            (libc::SOL_SOCKET, libc::SO_SNDBUF, SOCKET_BUFFER),
+            // Datagrams of one sender arrive merged (a kernel without it: one by one).
+            (SOL_UDP, UDP_GRO, 1),
+        ] {
             // SAFETY: setsockopt with a c_int value on our own socket.
             unsafe {
                 libc::setsockopt(
                     udp.as_raw_fd(),
-                    libc::SOL_SOCKET,
+                    level,
                     opt,
-                    &SOCKET_BUFFER as *const libc::c_int as *const libc::c_void,
+                    &value as *const libc::c_int as *const libc::c_void,
                     std::mem::size_of::<libc::c_int>() as libc::socklen_t,
                 );
             }
@@ -296,6 +330,9 @@ impl Device {
             peers: RwLock::new(HashMap::new()),
             counters: Counters::default(),
             next_index: AtomicU32::new(1),
+            slot: (config.mtu as usize + 128).max(2048),
+            gso: AtomicBool::new(true),
+            coalesce: AtomicBool::new(true),
         });
         let mut threads = Vec::new();
         for (name, run) in [
@@ -454,20 +491,6 @@ impl Shared {
         }
     }
 
-    fn write_tun(&self, packet: &[u8]) {
-        // SAFETY: write(2) from a valid buffer to our own TUN descriptor.
-        let n = unsafe {
-            libc::write(
-                self.tun.as_raw_fd(),
-                packet.as_ptr() as *const libc::c_void,
-                packet.len(),
-            )
-        };
-        if n < 0 {
-            self.counters.io_errors.fetch_add(1, Relaxed);
-        }
-    }
-
     /// Counts a decapsulation error against the device and the peer.
     fn count_error(&self, peer: &Peer, e: &WireGuardError) {
         peer.counters.dropped.fetch_add(1, Relaxed);
@@ -496,36 +519,122 @@ fn wait_readable(shared: &Shared, fd: libc::c_int) -> bool {
     !shared.stop.load(Relaxed)
 }
 
-/// TUN -> peers.
-fn outbound(shared: &Shared) {
-    let mut packet = vec![0u8; BUF];
-    let mut out = vec![0u8; BUF];
-    let fd = shared.tun.as_raw_fd();
-    while wait_readable(shared, fd) {
-        loop {
+/// `peer`'s endpoint as a `sockaddr_in`.
+fn sockaddr(endpoint: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: endpoint.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*endpoint.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// The outbound thread's buffers, made once.
+struct Outbound {
+    /// One packet as read from the TUN: its `virtio_net_hdr`, then the packet.
+    input: Vec<u8>,
+    /// The batch's datagrams, one per slot.
+    sealed: Vec<u8>,
+    /// Each datagram's (offset in `sealed`, length) and peer.
+    datagrams: Vec<(usize, usize)>,
+    peers: Vec<Arc<Peer>>,
+    iov: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+    addrs: Vec<libc::sockaddr_in>,
+    /// Room for each message's `UDP_SEGMENT` control message.
+    control: Vec<[u64; 4]>,
+    /// Each message's datagrams, as a range of the batch.
+    runs: Vec<(usize, usize)>,
+}
+
+impl Outbound {
+    fn new(slot: usize) -> Outbound {
+        Outbound {
+            input: vec![0; VNET_HDR_LEN + slot],
+            sealed: vec![0; BATCH * slot],
+            datagrams: Vec::with_capacity(BATCH),
+            peers: Vec::with_capacity(BATCH),
+            // SAFETY: iovec, mmsghdr and sockaddr_in are plain C structs; all zeroes is
+            // a valid (empty) value of each.
+            iov: vec![unsafe { std::mem::zeroed() }; BATCH],
+            msgs: vec![unsafe { std::mem::zeroed() }; BATCH],
+            addrs: vec![unsafe { std::mem::zeroed() }; BATCH],
+            control: vec![[0; 4]; BATCH],
+            runs: Vec::with_capacity(BATCH),
+        }
+    }
+
+    /// Reads and encrypts up to [`BATCH`] packets; false once the TUN has no more.
+    fn fill(&mut self, shared: &Shared) -> bool {
+        let slot = shared.slot;
+        let fd = shared.tun.as_raw_fd();
+        self.datagrams.clear();
+        self.peers.clear();
+        let mut last: Option<(Ipv4Addr, Arc<Peer>)> = None;
+        while self.datagrams.len() < BATCH {
             // SAFETY: read(2) into our own buffer from our own (non-blocking) TUN
             // descriptor.
-            let n =
-                unsafe { libc::read(fd, packet.as_mut_ptr() as *mut libc::c_void, packet.len()) };
+            let n = unsafe {
+                libc::read(
+                    fd,
+                    self.input.as_mut_ptr() as *mut libc::c_void,
+                    self.input.len(),
+                )
+            };
             if n <= 0 {
-                break;
+                return false;
             }
             let n = n as usize;
-            let pkt = &packet[..n];
-            if n < 20 || pkt[0] >> 4 != 4 {
+            if n >= self.input.len() {
+                // Larger than the MTU: cut short, never sent.
+                shared.counters.io_errors.fetch_add(1, Relaxed);
+                continue;
+            }
+            let (hdr, pkt) = self.input[..n].split_at_mut(VNET_HDR_LEN.min(n));
+            if hdr.len() < VNET_HDR_LEN || pkt.len() < 20 || pkt[0] >> 4 != 4 {
                 shared.counters.not_ipv4.fetch_add(1, Relaxed);
                 continue;
             }
-            let dst = Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
-            let Some(peer) = shared.peer(dst) else {
-                shared.counters.no_peer.fetch_add(1, Relaxed);
+            // The TUN is asked for no offload: a packet still left to GSO, or one whose
+            // checksum cannot be completed, is not sent.
+            let (flags, gso, start, offset) = batch::parse_vnet_header(hdr);
+            if gso != batch::VNET_GSO_NONE
+                || (flags & batch::VNET_F_NEEDS_CSUM != 0
+                    && !batch::complete_checksum(pkt, start, offset))
+            {
+                shared.counters.io_errors.fetch_add(1, Relaxed);
                 continue;
+            }
+            let dst = Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
+            let peer = match &last {
+                Some((addr, p)) if *addr == dst => p.clone(),
+                _ => match shared.peer(dst) {
+                    Some(p) => {
+                        last = Some((dst, p.clone()));
+                        p
+                    }
+                    None => {
+                        shared.counters.no_peer.fetch_add(1, Relaxed);
+                        continue;
+                    }
+                },
             };
-            let mut tunn = peer.sending().tunn();
-            match tunn.encapsulate(pkt, &mut out) {
+            let at = self.datagrams.len() * slot;
+            let out = &mut self.sealed[at..at + slot];
+            let base = out.as_ptr() as usize;
+            let result = peer.sending().tunn().encapsulate(pkt, out);
+            match result {
                 TunnResult::WriteToNetwork(d) => {
                     peer.counters.tx_packets.fetch_add(1, Relaxed);
-                    shared.send(&peer, d);
+                    self.datagrams
+                        .push((at + (d.as_ptr() as usize - base), d.len()));
+                    self.peers.push(peer);
                 }
                 TunnResult::Err(_) => {
                     peer.counters.dropped.fetch_add(1, Relaxed);
@@ -533,112 +642,457 @@ fn outbound(shared: &Shared) {
                 _ => {}
             }
         }
+        true
+    }
+
+    /// Sends the batch: one message per run of datagrams to one peer that UDP GSO can
+    /// carry (one datagram each when it cannot), all messages in one `sendmmsg`.
+    fn send(&mut self, shared: &Shared) {
+        let n = self.datagrams.len();
+        let gso = shared.gso.load(Relaxed);
+        self.runs.clear();
+        let mut i = 0;
+        while i < n {
+            let end = if gso {
+                let (datagrams, peers) = (&self.datagrams, &self.peers);
+                batch::run_end(
+                    n,
+                    i,
+                    |k| datagrams[k].1,
+                    |a, b| Arc::ptr_eq(&peers[a], &peers[b]),
+                )
+            } else {
+                i + 1
+            };
+            for k in i..end {
+                let (at, len) = self.datagrams[k];
+                self.iov[k] = libc::iovec {
+                    iov_base: self.sealed[at..].as_mut_ptr() as *mut libc::c_void,
+                    iov_len: len,
+                };
+            }
+            let m = self.runs.len();
+            self.addrs[m] = sockaddr(self.peers[i].endpoint);
+            // SAFETY: all zeroes is a valid msghdr; its pointers point into this
+            // struct's own buffers, which outlive the sendmmsg below.
+            let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+            hdr.msg_name = &mut self.addrs[m] as *mut libc::sockaddr_in as *mut libc::c_void;
+            hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            hdr.msg_iov = &mut self.iov[i];
+            hdr.msg_iovlen = (end - i) as _;
+            if end - i > 1 {
+                hdr.msg_control = self.control[m].as_mut_ptr() as *mut libc::c_void;
+                // SAFETY: CMSG_* compute sizes and positions inside the control buffer
+                // just set (32 bytes, room for one cmsghdr and a u16).
+                unsafe {
+                    hdr.msg_controllen = libc::CMSG_SPACE(2) as _;
+                    let c = libc::CMSG_FIRSTHDR(&hdr);
+                    (*c).cmsg_level = SOL_UDP;
+                    (*c).cmsg_type = UDP_SEGMENT;
+                    (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+                    std::ptr::write_unaligned(
+                        libc::CMSG_DATA(c) as *mut u16,
+                        self.datagrams[i].1 as u16,
+                    );
+                }
+            }
+            self.msgs[m] = libc::mmsghdr {
+                msg_hdr: hdr,
+                msg_len: 0,
+            };
+            self.runs.push((i, end));
+            i = end;
+        }
+        let fd = shared.udp.as_raw_fd();
+        let total = self.runs.len();
+        let mut done = 0;
+        while done < total {
+            // SAFETY: sendmmsg over the messages built above, all valid.
+            let sent = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.msgs[done..].as_mut_ptr(),
+                    (total - done) as libc::c_uint,
+                    0,
+                )
+            };
+            if sent > 0 {
+                for &(a, b) in &self.runs[done..done + sent as usize] {
+                    let bytes: usize = self.datagrams[a..b].iter().map(|d| d.1).sum();
+                    self.peers[a]
+                        .counters
+                        .tx_bytes
+                        .fetch_add(bytes as u64, Relaxed);
+                }
+                done += sent as usize;
+                continue;
+            }
+            let e = errno();
+            if e == libc::EINTR {
+                continue;
+            }
+            let (a, b) = self.runs[done];
+            if b - a > 1 && matches!(e, libc::EIO | libc::EINVAL | libc::EOPNOTSUPP) {
+                // The kernel cannot segment it here: one datagram each, from now on.
+                if shared.gso.swap(false, Relaxed) {
+                    tracing::warn!(
+                        errno = e,
+                        "WireGuard: UDP GSO refused, sending datagrams one by one"
+                    );
+                }
+                for k in a..b {
+                    let (at, len) = self.datagrams[k];
+                    shared.send(&self.peers[k], &self.sealed[at..at + len]);
+                }
+            } else {
+                shared.counters.io_errors.fetch_add((b - a) as u64, Relaxed);
+            }
+            done += 1;
+        }
+    }
+}
+
+/// TUN -> peers.
+fn outbound(shared: &Shared) {
+    let mut out = Outbound::new(shared.slot);
+    let fd = shared.tun.as_raw_fd();
+    while wait_readable(shared, fd) {
+        loop {
+            let more = out.fill(shared);
+            if !out.datagrams.is_empty() {
+                out.send(shared);
+            }
+            if !more {
+                break;
+            }
+        }
+    }
+}
+
+/// Decrypted packets on their way into the TUN, and how they are written.
+struct Plain {
+    /// The packets, one per slot.
+    buf: Vec<u8>,
+    /// Each packet's (offset in `buf`, length).
+    packets: Vec<(usize, usize)>,
+    iov: Vec<libc::iovec>,
+}
+
+/// The `virtio_net_hdr` of a packet written as it is.
+const PLAIN_HDR: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
+
+impl Plain {
+    fn new(slot: usize) -> Plain {
+        Plain {
+            buf: vec![0; RX_PACKETS * slot],
+            packets: Vec::with_capacity(RX_PACKETS),
+            // SAFETY: all zeroes is a valid (empty) iovec.
+            iov: vec![unsafe { std::mem::zeroed() }; batch::MAX_SEGMENTS + 1],
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.packets.len() == RX_PACKETS
+    }
+
+    /// Writes the packets to the TUN: each run that one super-packet can carry as
+    /// one, the others one by one.
+    fn flush(&mut self, shared: &Shared) {
+        let n = self.packets.len();
+        let mut i = 0;
+        while i < n {
+            let (at, len) = self.packets[i];
+            let end =
+                if shared.coalesce.load(Relaxed) && batch::coalescable(&self.buf[at..at + len]) {
+                    let (buf, packets) = (&self.buf, &self.packets);
+                    let bytes = |k: usize| &buf[packets[k].0..packets[k].0 + packets[k].1];
+                    batch::run_end(
+                        n,
+                        i,
+                        |k| packets[k].1.saturating_sub(IP_UDP_HDR),
+                        |a, b| batch::coalescable(bytes(b)) && batch::same_flow(bytes(a), bytes(b)),
+                    )
+                } else {
+                    i + 1
+                };
+            if end - i == 1 || !self.write_super(shared, i, end) {
+                for k in i..end {
+                    let (at, len) = self.packets[k];
+                    self.write_one(shared, at, len);
+                }
+            }
+            i = end;
+        }
+        self.packets.clear();
+    }
+
+    fn write_one(&mut self, shared: &Shared, at: usize, len: usize) {
+        self.iov[0] = libc::iovec {
+            iov_base: PLAIN_HDR.as_ptr() as *mut libc::c_void,
+            iov_len: VNET_HDR_LEN,
+        };
+        self.iov[1] = libc::iovec {
+            iov_base: self.buf[at..].as_mut_ptr() as *mut libc::c_void,
+            iov_len: len,
+        };
+        if writev(shared, &self.iov[..2]).is_err() {
+            shared.counters.io_errors.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Writes packets `i..end` (one flow, equal lengths but the last) as one
+    /// super-packet; false (the packets untouched) if the TUN refuses it.
+    fn write_super(&mut self, shared: &Shared, i: usize, end: usize) -> bool {
+        let (at, len) = self.packets[i];
+        let segment = len - IP_UDP_HDR;
+        let payload: usize = self.packets[i..end].iter().map(|p| p.1 - IP_UDP_HDR).sum();
+        let mut saved = [0u8; IP_UDP_HDR];
+        saved.copy_from_slice(&self.buf[at..at + IP_UDP_HDR]);
+        let hdr = batch::super_header(&mut self.buf[at..at + len], payload, segment);
+        self.iov[0] = libc::iovec {
+            iov_base: hdr.as_ptr() as *mut libc::c_void,
+            iov_len: VNET_HDR_LEN,
+        };
+        for (slot, k) in (i..end).enumerate() {
+            let (at, len) = self.packets[k];
+            let skip = if k == i { 0 } else { IP_UDP_HDR };
+            self.iov[slot + 1] = libc::iovec {
+                iov_base: self.buf[at + skip..].as_mut_ptr() as *mut libc::c_void,
+                iov_len: len - skip,
+            };
+        }
+        match writev(shared, &self.iov[..end - i + 1]) {
+            Ok(()) => true,
+            Err(e) if e == libc::EINVAL => {
+                // This kernel's TUN takes no UDP GSO: one packet per write from now on.
+                if shared.coalesce.swap(false, Relaxed) {
+                    tracing::warn!(
+                        "WireGuard: the TUN refused a UDP GSO write, writing packets one by one"
+                    );
+                }
+                self.buf[at..at + IP_UDP_HDR].copy_from_slice(&saved);
+                false
+            }
+            Err(_) => {
+                shared
+                    .counters
+                    .io_errors
+                    .fetch_add((end - i) as u64, Relaxed);
+                true
+            }
+        }
+    }
+}
+
+/// One writev(2) into the TUN; the errno if it fails.
+fn writev(shared: &Shared, iov: &[libc::iovec]) -> Result<(), i32> {
+    // SAFETY: writev(2) from valid iovecs to our own TUN descriptor.
+    let n = unsafe {
+        libc::writev(
+            shared.tun.as_raw_fd(),
+            iov.as_ptr(),
+            iov.len() as libc::c_int,
+        )
+    };
+    if n < 0 {
+        Err(errno())
+    } else {
+        Ok(())
+    }
+}
+
+/// The inbound thread's receive buffers, made once.
+struct Inbound {
+    bufs: Vec<u8>,
+    iov: Vec<libc::iovec>,
+    addrs: Vec<libc::sockaddr_in>,
+    control: Vec<[u64; 8]>,
+    msgs: Vec<libc::mmsghdr>,
+}
+
+impl Inbound {
+    fn new() -> Inbound {
+        let mut me = Inbound {
+            bufs: vec![0; RX_MSGS * RX_BUF],
+            // SAFETY: all zeroes is a valid value of these plain C structs.
+            iov: vec![unsafe { std::mem::zeroed() }; RX_MSGS],
+            addrs: vec![unsafe { std::mem::zeroed() }; RX_MSGS],
+            control: vec![[0; 8]; RX_MSGS],
+            msgs: vec![unsafe { std::mem::zeroed() }; RX_MSGS],
+        };
+        for k in 0..RX_MSGS {
+            me.iov[k] = libc::iovec {
+                iov_base: me.bufs[k * RX_BUF..].as_mut_ptr() as *mut libc::c_void,
+                iov_len: RX_BUF,
+            };
+        }
+        me
+    }
+
+    /// Receives up to [`RX_MSGS`] messages (waits [`POLL`] at most for the first);
+    /// how many.
+    fn receive(&mut self, shared: &Shared) -> usize {
+        for k in 0..RX_MSGS {
+            let hdr = &mut self.msgs[k].msg_hdr;
+            hdr.msg_name = &mut self.addrs[k] as *mut libc::sockaddr_in as *mut libc::c_void;
+            hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            hdr.msg_iov = &mut self.iov[k];
+            hdr.msg_iovlen = 1;
+            hdr.msg_control = self.control[k].as_mut_ptr() as *mut libc::c_void;
+            hdr.msg_controllen = std::mem::size_of::<[u64; 8]>() as _;
+            hdr.msg_flags = 0;
+        }
+        // SAFETY: recvmmsg into the buffers set up above, all owned by self.
+        let n = unsafe {
+            libc::recvmmsg(
+                shared.udp.as_raw_fd(),
+                self.msgs.as_mut_ptr(),
+                RX_MSGS as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            if !matches!(errno(), libc::EAGAIN | libc::EINTR) {
+                shared.counters.io_errors.fetch_add(1, Relaxed);
+            }
+            return 0;
+        }
+        n as usize
+    }
+
+    /// Message `k`: its sender, its bytes, and the size of the datagrams UDP GRO
+    /// merged into it (its length if none).
+    fn message(&self, k: usize) -> (Option<Ipv4Addr>, &[u8], usize) {
+        let m = &self.msgs[k];
+        let len = (m.msg_len as usize).min(RX_BUF);
+        let a = &self.addrs[k];
+        let from = (a.sin_family == libc::AF_INET as libc::sa_family_t)
+            .then(|| Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)));
+        let mut segment = len;
+        // SAFETY: walking the control messages the kernel wrote into our buffer.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&m.msg_hdr);
+            while !c.is_null() {
+                if (*c).cmsg_level == SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                    let size = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int);
+                    if size > 0 {
+                        segment = size as usize;
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&m.msg_hdr, c);
+            }
+        }
+        (from, &self.bufs[k * RX_BUF..k * RX_BUF + len], segment)
     }
 }
 
 /// Peers -> TUN.
 fn inbound(shared: &Shared) {
-    let mut datagram = vec![0u8; BUF];
-    let mut out = vec![0u8; BUF];
+    let mut rx = Inbound::new();
+    let mut plain = Plain::new(shared.slot);
+    let mut net = vec![0u8; BUF];
     while !shared.stop.load(Relaxed) {
-        let (n, from) = match shared.udp.recv_from(&mut datagram) {
-            Ok(r) => r,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
-            }
-            Err(_) => {
+        let n = rx.receive(shared);
+        for k in 0..n {
+            let truncated = rx.msgs[k].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            let (from, bytes, segment) = rx.message(k);
+            if truncated {
                 shared.counters.io_errors.fetch_add(1, Relaxed);
                 continue;
             }
-        };
-        let SocketAddr::V4(from) = from else {
-            shared.counters.foreign.fetch_add(1, Relaxed);
-            continue;
-        };
-        let Some(peer) = shared.peer(*from.ip()) else {
-            shared.counters.foreign.fetch_add(1, Relaxed);
-            continue;
-        };
-        let datagram = &datagram[..n];
-        peer.counters.rx_bytes.fetch_add(n as u64, Relaxed);
-        let mut result = receive(shared, &peer, peer.receiving(datagram), datagram, &mut out);
-        // A handshake initiation names no session: while a key changes, one the current
-        // session turned away (its first check, mac1, is over the key it was made for;
-        // nothing changed) may be for the previous one.
-        if let (Err(_), Some(previous), Some(1)) = (&result, &peer.previous, datagram.first()) {
-            result = receive(shared, &peer, previous, datagram, &mut out);
+            let peer = from.and_then(|a| shared.peer(a));
+            for datagram in bytes.chunks(segment.max(1)) {
+                let Some(peer) = &peer else {
+                    shared.counters.foreign.fetch_add(1, Relaxed);
+                    continue;
+                };
+                peer.counters
+                    .rx_bytes
+                    .fetch_add(datagram.len() as u64, Relaxed);
+                let session = peer.receiving(datagram);
+                let mut result = receive(shared, peer, session, datagram, &mut plain, &mut net);
+                // A handshake initiation names no session: while a key changes, one the
+                // current session turned away (its first check, mac1, is over the key it
+                // was made for; nothing changed) may be for the previous one.
+                if let (Err(_), Some(previous), Some(1)) =
+                    (&result, &peer.previous, datagram.first())
+                {
+                    result = receive(shared, peer, previous, datagram, &mut plain, &mut net);
+                }
+                if let Err(e) = result {
+                    shared.count_error(peer, &e);
+                }
+            }
         }
-        if let Err(e) = result {
-            shared.count_error(&peer, &e);
-        }
+        plain.flush(shared);
     }
 }
 
-/// Takes one datagram from `peer` in `session`: answers handshakes, writes decrypted
-/// packets to the TUN. The error of the datagram itself, uncounted.
+/// Takes one datagram from `peer` in `session`: answers handshakes, keeps decrypted
+/// packets in `plain` for the TUN. The error of the datagram itself, uncounted.
 fn receive(
     shared: &Shared,
     peer: &Peer,
     session: &Session,
     datagram: &[u8],
-    out: &mut [u8],
+    plain: &mut Plain,
+    net: &mut [u8],
 ) -> Result<(), WireGuardError> {
     let from = *peer.endpoint.ip();
     let kind = datagram.first().copied().unwrap_or(0);
-    let mut tunn = session.tunn();
-    let mut first = true;
-    loop {
-        let input: &[u8] = if first { datagram } else { &[] };
-        let src = first.then_some(std::net::IpAddr::V4(from));
-        match tunn.decapsulate(src, input, out) {
-            TunnResult::WriteToNetwork(d) => {
-                if first {
-                    match (kind, d.first()) {
-                        // An initiation answered, or our initiation answered (the
-                        // keepalive that confirms it): a session is made.
-                        (1, Some(2)) | (2, Some(4)) => {
-                            peer.counters.handshakes.fetch_add(1, Relaxed);
-                        }
-                        // A cookie instead: too many handshakes at once.
-                        (_, Some(3)) => {
-                            shared.counters.under_load.fetch_add(1, Relaxed);
-                        }
-                        _ => {}
-                    }
+    let slot = shared.slot;
+    if plain.full() {
+        plain.flush(shared);
+    }
+    let at = plain.packets.len() * slot;
+    let out = &mut plain.buf[at..at + slot];
+    let base = out.as_ptr() as usize;
+    let src = Some(std::net::IpAddr::V4(from));
+    let result = session.tunn().decapsulate(src, datagram, out);
+    match result {
+        TunnResult::WriteToNetwork(d) => {
+            match (kind, d.first()) {
+                // An initiation answered, or our initiation answered (the keepalive
+                // that confirms it): a session is made.
+                (1, Some(2)) | (2, Some(4)) => {
+                    peer.counters.handshakes.fetch_add(1, Relaxed);
                 }
-                shared.send(peer, d);
-                first = false;
-                // Queued packets go out behind it (boringtun's protocol: call again
-                // with nothing until it is done).
-                continue;
-            }
-            TunnResult::WriteToTunnelV4(p, src) => {
-                if src == from {
-                    peer.counters.rx_packets.fetch_add(1, Relaxed);
-                    shared.write_tun(p);
-                } else {
-                    shared.counters.spoofed.fetch_add(1, Relaxed);
-                    peer.counters.dropped.fetch_add(1, Relaxed);
+                // A cookie instead: too many handshakes at once.
+                (_, Some(3)) => {
+                    shared.counters.under_load.fetch_add(1, Relaxed);
                 }
+                _ => {}
             }
-            TunnResult::WriteToTunnelV6(..) => {
-                shared.counters.spoofed.fetch_add(1, Relaxed);
-                peer.counters.dropped.fetch_add(1, Relaxed);
-            }
-            TunnResult::Done => {}
-            TunnResult::Err(e) => {
-                if first {
-                    return Err(e);
+            shared.send(peer, d);
+            // Queued packets go out behind it (boringtun's protocol: call again with
+            // nothing until it is done).
+            loop {
+                let result = session.tunn().decapsulate(None, &[], net);
+                match result {
+                    TunnResult::WriteToNetwork(d) => shared.send(peer, d),
+                    _ => break,
                 }
             }
         }
-        return Ok(());
+        TunnResult::WriteToTunnelV4(p, src) => {
+            if src == from {
+                peer.counters.rx_packets.fetch_add(1, Relaxed);
+                let off = p.as_ptr() as usize - base;
+                plain.packets.push((at + off, p.len()));
+            } else {
+                shared.counters.spoofed.fetch_add(1, Relaxed);
+                peer.counters.dropped.fetch_add(1, Relaxed);
+            }
+        }
+        TunnResult::WriteToTunnelV6(..) => {
+            shared.counters.spoofed.fetch_add(1, Relaxed);
+            peer.counters.dropped.fetch_add(1, Relaxed);
+        }
+        TunnResult::Done => {}
+        TunnResult::Err(e) => return Err(e),
     }
+    Ok(())
 }
 
 /// Every session's timers; while a key changes, the new session's handshake, and the
@@ -659,8 +1113,8 @@ fn timers(shared: &Shared) {
                 .into_iter()
                 .flatten()
             {
-                let mut tunn = session.tunn();
-                if let TunnResult::WriteToNetwork(d) = tunn.update_timers(&mut out) {
+                let result = session.tunn().update_timers(&mut out);
+                if let TunnResult::WriteToNetwork(d) = result {
                     shared.send(&peer, d);
                 }
             }
@@ -682,10 +1136,11 @@ fn timers(shared: &Shared) {
             if !made && !done {
                 // Nothing is sent in the new session yet: it starts its handshake
                 // itself (boringtun sends none while one is on its way).
-                let mut tunn = peer.current.tunn();
-                if let TunnResult::WriteToNetwork(d) =
-                    tunn.format_handshake_initiation(&mut out, false)
-                {
+                let result = peer
+                    .current
+                    .tunn()
+                    .format_handshake_initiation(&mut out, false);
+                if let TunnResult::WriteToNetwork(d) = result {
                     shared.send(&peer, d);
                 }
             }

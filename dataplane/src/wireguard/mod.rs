@@ -27,6 +27,7 @@ use std::{
     sync::Mutex,
 };
 
+pub mod batch;
 pub mod device;
 pub mod key;
 pub mod tun;

@@ -18,6 +18,11 @@ use crate::overlay::{kernel::nl, netns};
 
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
+/// Every packet read or written carries a `virtio_net_hdr` (see [`super::batch`]): how
+/// the device writes many datagrams at once. No offload is asked for reads
+/// (`TUNSETOFFLOAD`), so what the kernel hands the device is always one whole packet
+/// with its checksums done.
+const IFF_VNET_HDR: libc::c_short = 0x4000;
 /// `TUNSETIFF`: `_IOW('T', 202, int)`.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 
@@ -52,7 +57,7 @@ pub fn open(netns_path: &Path, name: &str, addr: Ipv4Addr, mtu: u32) -> io::Resu
     })??;
     let mut req = IfReq {
         name: [0; libc::IFNAMSIZ],
-        flags: IFF_TUN | IFF_NO_PI,
+        flags: IFF_TUN | IFF_NO_PI | IFF_VNET_HDR,
         _pad: [0; 22],
     };
     req.name[..name.len()].copy_from_slice(name.as_bytes());
