@@ -36,6 +36,29 @@ use crate::{
     util::{cargo, shoal_binary, target_dir},
 };
 
+/// Builds the agent in release mode and returns its path: a suite that measures speed
+/// measures the build users run (Docker's daemon, the baselines' servers and the
+/// kernel are optimized builds too). Says so under `suite`'s name.
+pub(crate) fn release_shoal(suite: &str) -> Result<std::path::PathBuf> {
+    println!("bench {suite}: building shoal (release)");
+    let status = cargo()
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "shoal",
+            "--bin",
+            "shoal",
+        ])
+        .status()
+        .context("running cargo build --release")?;
+    if !status.success() {
+        bail!("cargo build --release of shoal failed");
+    }
+    Ok(target_dir().join("release/shoal"))
+}
+
 /// A suite's figures and targets (also `cargo xtask chaos`'s report).
 #[derive(Default)]
 pub(crate) struct Report {

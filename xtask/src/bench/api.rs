@@ -20,10 +20,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use super::{
-    services::{median, release_shoal},
-    Report,
-};
+use super::{services::median, Report};
 use crate::lab::{self, Layout};
 
 const SERVICES: usize = 50;
@@ -36,7 +33,7 @@ pub(super) fn run() -> Result<ExitCode> {
         suite: "api",
         ..Default::default()
     };
-    let shoal = release_shoal()?;
+    let shoal = super::release_shoal("api")?;
     let layout = Layout::new("bapi")?;
     if !lab::leftovers(&layout).is_empty() {
         lab::down(&layout)?;

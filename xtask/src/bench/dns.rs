@@ -41,10 +41,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
 use super::{docker, Report};
-use crate::{
-    lab::{self, HostState, LabState, Layout},
-    util::target_dir,
-};
+use crate::lab::{self, HostState, LabState, Layout};
 
 /// The overlay network and the names served on it.
 const VNI: u32 = 4097;
@@ -81,7 +78,7 @@ pub(super) fn run() -> Result<ExitCode> {
         suite: "dns",
         ..Default::default()
     };
-    let shoal = release_shoal()?;
+    let shoal = super::release_shoal("dns")?;
     let layout = Layout::new("benchdns")?;
     if !lab::leftovers(&layout).is_empty() {
         lab::down(&layout)?;
@@ -92,27 +89,6 @@ pub(super) fn run() -> Result<ExitCode> {
     result?;
     down?;
     report.finish()
-}
-
-/// Builds the agent in release mode and returns its path.
-fn release_shoal() -> Result<PathBuf> {
-    println!("bench dns: building shoal (release; the resolver is measured as shipped)");
-    let status = crate::util::cargo()
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "-p",
-            "shoal",
-            "--bin",
-            "shoal",
-        ])
-        .status()
-        .context("running cargo build --release")?;
-    if !status.success() {
-        bail!("building shoal (release) failed");
-    }
-    Ok(target_dir().join("release/shoal"))
 }
 
 /// A process this run started, killed by its PID when dropped.

@@ -18,8 +18,8 @@
 //! the inner receive path; a send on the lab's veth underlay runs the receiving host's
 //! delivery); `dataplane/examples/wireguard_cost_bench.rs` gives the encryption alone.
 //!
-//! The agents are the workspace's debug build, whose crypto crates (boringtun and
-//! what it encrypts with) are optimized (`[profile.dev.package.*]` in Cargo.toml).
+//! The agents are a release build (as users run them; the kernel paths compared are
+//! optimized too).
 use std::{
     fs,
     process::ExitCode,
@@ -30,10 +30,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use super::{iperf, Report};
-use crate::{
-    lab::{self, LabState, Layout},
-    util::shoal_binary,
-};
+use crate::lab::{self, LabState, Layout};
 
 const ROUNDS: usize = 3;
 const LIMIT: Duration = Duration::from_secs(180);
@@ -45,7 +42,7 @@ pub(super) fn run() -> Result<ExitCode> {
         suite: "encrypted",
         ..Default::default()
     };
-    let shoal = shoal_binary()?;
+    let shoal = super::release_shoal("encrypted")?;
     let layout = Layout::new("benchenc")?;
     if !lab::leftovers(&layout).is_empty() {
         lab::down(&layout)?;

@@ -186,7 +186,7 @@ fn failovers(state: &LabState, system: &dyn System, config: &Path) -> Result<Vec
 
 /// Both systems' failovers on one lab; figures and the ratio into `report`.
 pub(super) fn measure(report: &mut Report) -> Result<()> {
-    let shoal = super::services::release_shoal()?;
+    let shoal = super::release_shoal("failover_lab")?;
     let layout = Layout::new("bfail")?;
     if !lab::leftovers(&layout).is_empty() {
         lab::down(&layout)?;

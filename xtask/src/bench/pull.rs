@@ -19,10 +19,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use super::{
-    services::{median, release_shoal},
-    Report,
-};
+use super::{services::median, Report};
 use crate::lab::{self, LabState, Layout};
 
 const LIMIT: Duration = Duration::from_secs(300);
@@ -35,7 +32,7 @@ pub(super) fn run() -> Result<ExitCode> {
         suite: "pull",
         ..Default::default()
     };
-    let shoal = release_shoal()?;
+    let shoal = super::release_shoal("pull")?;
     let layout = Layout::new("bpull")?;
     if !lab::leftovers(&layout).is_empty() {
         lab::down(&layout)?;

@@ -20,10 +20,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use super::Report;
-use crate::{
-    lab::{self, LabState, Layout},
-    util::{cargo, target_dir},
-};
+use crate::lab::{self, LabState, Layout};
 
 const LIMIT: Duration = Duration::from_secs(300);
 
@@ -32,7 +29,7 @@ pub(super) fn run() -> Result<ExitCode> {
         suite: "services",
         ..Default::default()
     };
-    let shoal = release_shoal()?;
+    let shoal = super::release_shoal("services")?;
     let layout = Layout::new("bsvc")?;
     if !lab::leftovers(&layout).is_empty() {
         lab::down(&layout)?;
@@ -43,20 +40,6 @@ pub(super) fn run() -> Result<ExitCode> {
     result?;
     down?;
     report.finish()
-}
-
-/// Builds the agent in release mode (Docker's daemon is an optimized build too) and
-/// returns its path.
-pub(super) fn release_shoal() -> Result<std::path::PathBuf> {
-    println!("bench services: building shoal (release)");
-    let status = cargo()
-        .args(["build", "--release", "-p", "shoal", "--bin", "shoal"])
-        .status()
-        .context("running cargo build --release")?;
-    if !status.success() {
-        bail!("cargo build --release of shoal failed");
-    }
-    Ok(target_dir().join("release/shoal"))
 }
 
 /// Polls `ls` (the output of `service ls`) until the service's REPLICAS is `n/n`.

@@ -45,7 +45,7 @@ use anyhow::{bail, Context, Result};
 
 use super::{
     mesh_load::{self, LoadCounts, MeshLoad},
-    services::{median, release_shoal, wait_clean},
+    services::{median, wait_clean},
     Report,
 };
 use crate::{
@@ -68,7 +68,7 @@ pub(super) fn run() -> Result<ExitCode> {
         suite: "update",
         ..Default::default()
     };
-    let shoal = release_shoal()?;
+    let shoal = super::release_shoal("update")?;
     let layout = Layout::new("bupd")?;
     if !lab::leftovers(&layout).is_empty() {
         lab::down(&layout)?;
