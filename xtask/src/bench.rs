@@ -301,6 +301,17 @@ fn docker(state: &LabState, host: &str, args: &[&str]) -> Result<String> {
 
 /// One 5-second iperf3 TCP run; returns received bits per second.
 fn iperf(server_prefix: &[&str], client_prefix: &[&str], server_addr: &str) -> Result<f64> {
+    iperf_streams(server_prefix, client_prefix, server_addr, 1)
+}
+
+/// [`iperf`] with `streams` parallel TCP streams (`-P`); their sum.
+fn iperf_streams(
+    server_prefix: &[&str],
+    client_prefix: &[&str],
+    server_addr: &str,
+    streams: u32,
+) -> Result<f64> {
+    let streams = streams.to_string();
     let mut server = Command::new(server_prefix[0])
         .args(&server_prefix[1..])
         .args(["iperf3", "-s", "-1", "-p", "5201"])
@@ -316,6 +327,7 @@ fn iperf(server_prefix: &[&str], client_prefix: &[&str], server_addr: &str) -> R
         let out = Command::new(client_prefix[0])
             .args(&client_prefix[1..])
             .args(["iperf3", "-c", server_addr, "-p", "5201", "-t", "5", "-J"])
+            .args(["-P", &streams])
             .output()
             .context("running iperf3 -c")?;
         // iperf3 3.12 with -J may exit 0 with {"error": "unable to connect ..."} while

@@ -3,8 +3,10 @@
 //!
 //! Threads (each with its own buffers, made once: nothing is allocated per packet on
 //! the device's side), working in batches (see [`super::batch`]):
-//! - outbound: reads the packets waiting in the TUN (encrypted networks' VXLAN
-//!   datagrams, sent by the kernel to peers' data-path addresses), up to [`BATCH`],
+//! - outbound, one worker per core (at most [`MAX_OUT_WORKERS`]), each reading its own
+//!   queue of the multi-queue TUN: reads the packets waiting in its queue (encrypted
+//!   networks' VXLAN datagrams, sent by the kernel to peers' data-path addresses), up
+//!   to [`BATCH`],
 //!   finds each one's peer by that address, encrypts it, and sends the batch with one
 //!   `sendmmsg`: a run of equal-sized datagrams to one peer goes as one UDP GSO message
 //!   (`UDP_SEGMENT`), one trip through the kernel's stack for up to 64 datagrams;
@@ -76,6 +78,8 @@ const POLL: Duration = Duration::from_millis(200);
 const BUF: usize = 2048;
 /// Most packets read from the TUN and sent per batch.
 pub const BATCH: usize = 64;
+/// Most `wg-out` workers, whatever the core count.
+const MAX_OUT_WORKERS: usize = 8;
 /// Most messages taken per `recvmmsg`.
 const RX_MSGS: usize = 16;
 /// Room for one received message: one datagram, or the datagrams UDP GRO merged.
@@ -229,7 +233,8 @@ impl Peer {
 
 struct Shared {
     stop: AtomicBool,
-    tun: OwnedFd,
+    /// The TUN's queues, one per `wg-out` worker (decrypted packets go into the first).
+    tun: Vec<OwnedFd>,
     udp: UdpSocket,
     /// This node's key (replaced by [`Device::rotate`]).
     key: RwLock<NodeKey>,
@@ -274,6 +279,8 @@ pub struct DeviceStats {
     pub not_ipv4: u64,
     pub io_errors: u64,
     pub under_load: u64,
+    /// The `wg-out` workers (the TUN's queues).
+    pub out_workers: usize,
     pub peers: Vec<PeerStats>,
 }
 
@@ -289,11 +296,13 @@ impl Device {
     /// (in the caller's namespace: the underlay's), and starts the threads.
     pub fn start(netns_dir: &Path, key: NodeKey, config: DeviceConfig) -> io::Result<Device> {
         let ns = super::ensure_netns(netns_dir)?;
-        let tun = tun::open(&ns, super::IFNAME, config.addr, config.mtu)?;
-        // SAFETY: fcntl on our own descriptor.
-        unsafe {
-            let flags = libc::fcntl(tun.fd.as_raw_fd(), libc::F_GETFL);
-            libc::fcntl(tun.fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+        let tun = tun::open(&ns, super::IFNAME, config.addr, config.mtu, out_workers())?;
+        for q in &tun.queues {
+            // SAFETY: fcntl on our own descriptor.
+            unsafe {
+                let flags = libc::fcntl(q.as_raw_fd(), libc::F_GETFL);
+                libc::fcntl(q.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+            }
         }
         let udp = UdpSocket::bind(SocketAddrV4::new(config.addr, config.port)).map_err(|e| {
             io::Error::new(
@@ -324,7 +333,7 @@ impl Device {
         }
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
-            tun: tun.fd,
+            tun: tun.queues,
             udp,
             key: RwLock::new(key),
             peers: RwLock::new(HashMap::new()),
@@ -335,8 +344,15 @@ impl Device {
             coalesce: AtomicBool::new(true),
         });
         let mut threads = Vec::new();
+        for queue in 0..shared.tun.len() {
+            let s = shared.clone();
+            threads.push(
+                thread::Builder::new()
+                    .name("wg-out".into())
+                    .spawn(move || outbound(&s, queue))?,
+            );
+        }
         for (name, run) in [
-            ("wg-out", outbound as fn(&Shared)),
             ("wg-in", inbound as fn(&Shared)),
             ("wg-timers", timers as fn(&Shared)),
         ] {
@@ -454,6 +470,7 @@ impl Device {
             not_ipv4: c.not_ipv4.load(Relaxed),
             io_errors: c.io_errors.load(Relaxed),
             under_load: c.under_load.load(Relaxed),
+            out_workers: self.shared.tun.len(),
             peers,
         }
     }
@@ -570,10 +587,10 @@ impl Outbound {
         }
     }
 
-    /// Reads and encrypts up to [`BATCH`] packets; false once the TUN has no more.
-    fn fill(&mut self, shared: &Shared) -> bool {
+    /// Reads and encrypts up to [`BATCH`] packets from the TUN queue `fd`; false once
+    /// it has no more.
+    fn fill(&mut self, shared: &Shared, fd: libc::c_int) -> bool {
         let slot = shared.slot;
-        let fd = shared.tun.as_raw_fd();
         self.datagrams.clear();
         self.peers.clear();
         let mut last: Option<(Ipv4Addr, Arc<Peer>)> = None;
@@ -752,13 +769,24 @@ impl Outbound {
     }
 }
 
-/// TUN -> peers.
-fn outbound(shared: &Shared) {
+/// How many `wg-out` workers (and TUN queues): one per core the agent may use, at most
+/// [`MAX_OUT_WORKERS`]. The kernel gives each outer flow (one per inner flow: VXLAN's
+/// source port follows the inner flow's hash) to one queue, so a flow's packets stay in
+/// order; a peer's session is shared, behind its mutex, held only for the encryption.
+fn out_workers() -> usize {
+    thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, MAX_OUT_WORKERS)
+}
+
+/// TUN queue `queue` -> peers.
+fn outbound(shared: &Shared, queue: usize) {
     let mut out = Outbound::new(shared.slot);
-    let fd = shared.tun.as_raw_fd();
+    let fd = shared.tun[queue].as_raw_fd();
     while wait_readable(shared, fd) {
         loop {
-            let more = out.fill(shared);
+            let more = out.fill(shared, fd);
             if !out.datagrams.is_empty() {
                 out.send(shared);
             }
@@ -889,7 +917,7 @@ fn writev(shared: &Shared, iov: &[libc::iovec]) -> Result<(), i32> {
     // SAFETY: writev(2) from valid iovecs to our own TUN descriptor.
     let n = unsafe {
         libc::writev(
-            shared.tun.as_raw_fd(),
+            shared.tun[0].as_raw_fd(),
             iov.as_ptr(),
             iov.len() as libc::c_int,
         )

@@ -23,6 +23,9 @@ const IFF_NO_PI: libc::c_short = 0x1000;
 /// (`TUNSETOFFLOAD`), so what the kernel hands the device is always one whole packet
 /// with its checksums done.
 const IFF_VNET_HDR: libc::c_short = 0x4000;
+/// Several queues, each its own descriptor: the kernel hands each flow's packets to one
+/// queue (by the flow's hash), so each queue's reader sees its flows in order.
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
 /// `TUNSETIFF`: `_IOW('T', 202, int)`.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 
@@ -33,43 +36,61 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
-/// An open TUN interface.
+/// An open TUN interface: one descriptor per queue.
 pub struct Tun {
-    pub fd: OwnedFd,
+    pub queues: Vec<OwnedFd>,
     pub name: String,
 }
 
 /// Makes TUN interface `name` in the namespace pinned at `netns_path`, with `addr`/32,
-/// `mtu`, up, and the default route through it.
-pub fn open(netns_path: &Path, name: &str, addr: Ipv4Addr, mtu: u32) -> io::Result<Tun> {
+/// `mtu`, up, and the default route through it; with `queues` queues (at least one;
+/// more than one makes it a multi-queue TUN).
+pub fn open(
+    netns_path: &Path,
+    name: &str,
+    addr: Ipv4Addr,
+    mtu: u32,
+    queues: usize,
+) -> io::Result<Tun> {
     if name.len() >= libc::IFNAMSIZ {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("interface name {name:?} is too long"),
         ));
     }
-    let fd: OwnedFd = netns::in_netns_at(netns_path, || -> io::Result<OwnedFd> {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/net/tun")?;
-        Ok(f.into())
-    })??;
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        flags: IFF_TUN | IFF_NO_PI | IFF_VNET_HDR,
-        _pad: [0; 22],
-    };
-    req.name[..name.len()].copy_from_slice(name.as_bytes());
-    // SAFETY: TUNSETIFF reads and writes one ifreq through the pointer.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReq) };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("TUNSETIFF {name}: {e}")));
+    let mut flags = IFF_TUN | IFF_NO_PI | IFF_VNET_HDR;
+    if queues > 1 {
+        flags |= IFF_MULTI_QUEUE;
+    }
+    let mut fds = Vec::with_capacity(queues.max(1));
+    for q in 0..queues.max(1) {
+        let fd: OwnedFd = netns::in_netns_at(netns_path, || -> io::Result<OwnedFd> {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/net/tun")?;
+            Ok(f.into())
+        })??;
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags,
+            _pad: [0; 22],
+        };
+        req.name[..name.len()].copy_from_slice(name.as_bytes());
+        // SAFETY: TUNSETIFF reads and writes one ifreq through the pointer.
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReq) };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("TUNSETIFF {name} (queue {q} of {queues}): {e}"),
+            ));
+        }
+        fds.push(fd);
     }
     configure(netns_path, name, addr, mtu)?;
     Ok(Tun {
-        fd,
+        queues: fds,
         name: name.to_owned(),
     })
 }

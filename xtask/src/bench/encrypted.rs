@@ -9,7 +9,9 @@
 //! Two global services (`e` on `enc`, `p` on `pln`), one task per host. iperf3 (one TCP
 //! stream, 5 s) from h1's task to h2's on each network, and host to host, [`ROUNDS`]
 //! rounds alternating between the three; medians compared. Target: encrypted >= 0.5x
-//! plain overlay (Swarm's IPsec overlay is reported as low as 0.01x).
+//! plain overlay (Swarm's IPsec overlay is reported as low as 0.01x). Each round also
+//! runs [`STREAMS`] parallel streams on the encrypted and the plain network (figures
+//! only, no target): flows that the device's `wg-out` workers can share.
 //!
 //! Where the time goes: the CPU time the agents' WireGuard threads (`wg-out`, `wg-in`)
 //! spent during the encrypted runs (from `/proc/<agent>/task/*/stat`), per packet they
@@ -29,10 +31,13 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use super::{iperf, Report};
+use super::{iperf, iperf_streams, Report};
 use crate::lab::{self, LabState, Layout};
 
 const ROUNDS: usize = 3;
+/// Parallel streams of the second figure: several flows spread over the `wg-out`
+/// workers (one flow always stays on one).
+const STREAMS: u32 = 4;
 const LIMIT: Duration = Duration::from_secs(180);
 const ENC_SUBNET: &str = "10.0.91.";
 const PLN_SUBNET: &str = "10.0.92.";
@@ -236,6 +241,7 @@ fn measure(state: &LabState, shoal_bin: &std::path::Path, report: &mut Report) -
     let h2_addr = state.hosts[1].address.to_string();
     let agents = [agent_pid(state, 0)?, agent_pid(state, 1)?];
     let (mut enc, mut pln, mut und) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut enc_multi, mut pln_multi) = (Vec::new(), Vec::new());
     let mut cpu_out = 0u64;
     let mut cpu_in = 0u64;
     let mut packets_out = 0u64;
@@ -268,17 +274,32 @@ fn measure(state: &LabState, shoal_bin: &std::path::Path, report: &mut Report) -
             &["nsenter", "-t", &p1, "-n"],
             &p2_addr,
         )?);
+        enc_multi.push(iperf_streams(
+            &["nsenter", "-t", &e2, "-n"],
+            &["nsenter", "-t", &e1, "-n"],
+            &e2_addr,
+            STREAMS,
+        )?);
+        pln_multi.push(iperf_streams(
+            &["nsenter", "-t", &p2, "-n"],
+            &["nsenter", "-t", &p1, "-n"],
+            &p2_addr,
+            STREAMS,
+        )?);
         und.push(iperf(
             &["ip", "netns", "exec", &h2],
             &["ip", "netns", "exec", &h1],
             &h2_addr,
         )?);
         println!(
-            "bench encrypted: round {}: encrypted {:.2} plain {:.2} underlay {:.2} Gbit/s",
+            "bench encrypted: round {}: encrypted {:.2} plain {:.2} underlay {:.2} Gbit/s; \
+             {STREAMS} streams: encrypted {:.2} plain {:.2} Gbit/s",
             round + 1,
             enc[round] / 1e9,
             pln[round] / 1e9,
-            und[round] / 1e9
+            und[round] / 1e9,
+            enc_multi[round] / 1e9,
+            pln_multi[round] / 1e9
         );
     }
     let med = |v: &mut Vec<f64>| {
@@ -289,6 +310,10 @@ fn measure(state: &LabState, shoal_bin: &std::path::Path, report: &mut Report) -
     report.figure("encrypted_overlay", e / 1e9, "Gbit/s");
     report.figure("plain_overlay", p / 1e9, "Gbit/s");
     report.figure("underlay", u / 1e9, "Gbit/s");
+    let (em, pm) = (med(&mut enc_multi), med(&mut pln_multi));
+    report.figure("encrypted_overlay_4_streams", em / 1e9, "Gbit/s");
+    report.figure("plain_overlay_4_streams", pm / 1e9, "Gbit/s");
+    report.figure("enc_vs_plain_4_streams", em / pm, "ratio");
     report.figure(
         "wg_out_cpu_per_packet",
         cpu_out as f64 / packets_out.max(1) as f64,
