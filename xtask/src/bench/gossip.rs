@@ -15,21 +15,19 @@
 //! as if each node had its own CPU); 300 and 1,000 only in paused time. A size that has
 //! not converged within the example's wall-time budget reports how far it got instead.
 //!
-//! Baselines (Docker Swarm, `shared/docs/anchors.md`): memberlist gossips every 200 ms to
-//! 3 peers; a dead node's entries go after roughly 9-49 s at 100 nodes. Targets: a dead
-//! node gone everywhere within 5 s at 100 nodes (under Swarm's best case at 1,000 too);
-//! one endpoint everywhere within 10 gossip intervals (2 s) at 100 nodes and 20 (4 s) at
-//! 1,000; blips of 1 s ignored.
+//! Targets are absolute bounds, not ratios: Swarm's gossip at 100 or 1,000 nodes cannot
+//! be run on this machine, so no Swarm figure is measured in the same run, and none is
+//! divided by. What the bounds were chosen against (Docker Swarm,
+//! `shared/docs/anchors.md`): memberlist gossips every 200 ms to 3 peers; a dead node's
+//! entries go after roughly 9-49 s at 100 nodes. Targets: a dead node gone everywhere
+//! within 5 s at 100 nodes and 9 s (Swarm's best case at 100) at 1,000; one endpoint
+//! everywhere within 2 s (10 of Swarm's gossip intervals) at 100 nodes and 4 s at 1,000;
+//! blips of 1 s ignored.
 use std::process::{ExitCode, Stdio};
 
 use anyhow::{bail, Context, Result};
 
 use super::Report;
-
-/// Swarm's best case for a dead node's entries to go, at 100 nodes.
-const SWARM_DEAD_BEST_SECS: f64 = 9.0;
-/// Swarm's gossip interval.
-const SWARM_GOSSIP_INTERVAL_SECS: f64 = 0.2;
 
 pub(super) fn run() -> Result<ExitCode> {
     let mut report = Report {
@@ -71,16 +69,16 @@ pub(super) fn run() -> Result<ExitCode> {
             .with_context(|| format!("the gossip benchmark printed no {name}"))
     };
     report.ratio(
-        "dead_withdrawn_100_max_vs_swarm_best",
-        get("dead_withdrawn_100_max")? / SWARM_DEAD_BEST_SECS,
+        "dead_withdrawn_100_max_s",
+        get("dead_withdrawn_100_max")?,
         "<=",
-        5.0 / SWARM_DEAD_BEST_SECS,
+        5.0,
     );
     report.ratio(
-        "endpoint_spread_100_p99_in_swarm_intervals",
-        get("endpoint_spread_100_p99")? / SWARM_GOSSIP_INTERVAL_SECS,
+        "endpoint_spread_100_p99_s",
+        get("endpoint_spread_100_p99")?,
         "<=",
-        10.0,
+        2.0,
     );
     report.ratio(
         "blip_tolerated_100_s",
@@ -95,18 +93,8 @@ pub(super) fn run() -> Result<ExitCode> {
         figures.get("endpoint_spread_1000_virtual_p99"),
     ) {
         (Some(dead), Some(spread)) => {
-            report.ratio(
-                "dead_withdrawn_1000_max_vs_swarm_best",
-                dead / SWARM_DEAD_BEST_SECS,
-                "<=",
-                1.0,
-            );
-            report.ratio(
-                "endpoint_spread_1000_p99_in_swarm_intervals",
-                spread / SWARM_GOSSIP_INTERVAL_SECS,
-                "<=",
-                20.0,
-            );
+            report.ratio("dead_withdrawn_1000_max_s", *dead, "<=", 9.0);
+            report.ratio("endpoint_spread_1000_p99_s", *spread, "<=", 4.0);
         }
         _ => {
             let unconverged = figures
