@@ -25,6 +25,7 @@ pub mod endpoint;
 pub mod fuzzing;
 pub mod identity;
 pub mod keys;
+pub mod reach;
 pub mod record;
 mod screen;
 pub mod seal;
@@ -56,6 +57,7 @@ pub use crate::{
     endpoint::{Change, Endpoint, EndpointTable, TableEntry},
     identity::{LocalIdentity, PublicKey, TrustSet, TrustedNode},
     keys::{ClusterKey, Keyring},
+    reach::{ProbeTiming, ReachSender, Unreachable},
     record::MAX_RECORD_LEN,
     wire::{MemoryNet, Wire},
 };
@@ -136,6 +138,11 @@ pub struct GossipConfig {
     /// Network name -> subnet: endpoints outside their network's subnet are refused.
     pub subnets: BTreeMap<String, IpNet>,
     pub timing: Timing,
+    /// This node's probes of every member ([`reach`]).
+    pub probes: ProbeTiming,
+    /// Where this node's verdicts on which members it reaches go; None: a channel of
+    /// the member's own ([`Gossip::unreachable`]).
+    pub reach: Option<ReachSender>,
     pub wire: Wire,
 }
 
@@ -172,6 +179,8 @@ impl GossipConfig {
             keyring,
             subnets: BTreeMap::new(),
             timing: Timing::default(),
+            probes: ProbeTiming::default(),
+            reach: None,
             wire: Wire::Udp,
         }
     }
@@ -204,9 +213,11 @@ pub enum Counter {
     UnknownNetwork,
     OutsideSubnet,
     AddressConflict,
+    Unreachable,
+    ReachableAgain,
 }
 
-const COUNTERS: usize = Counter::AddressConflict as usize + 1;
+const COUNTERS: usize = Counter::ReachableAgain as usize + 1;
 
 #[derive(Default)]
 pub struct Counters {
@@ -227,7 +238,8 @@ pub struct Counters {
 /// other keys, garbage-collection or bare maximum versions), `forged_record` (a record
 /// not signed by the node it is about). Records left out of the table: `bad_record`,
 /// `foreign_claim` (a VTEP not its publisher's), `unknown_network`, `outside_subnet`,
-/// `address_conflict`.
+/// `address_conflict`. This node's own probes ([`reach`]): `unreachable` (a member
+/// judged unreachable from here), `reachable_again` (one answering again).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct CounterSnapshot {
     pub sent: u64,
@@ -253,6 +265,8 @@ pub struct CounterSnapshot {
     pub unknown_network: u64,
     pub outside_subnet: u64,
     pub address_conflict: u64,
+    pub unreachable: u64,
+    pub reachable_again: u64,
 }
 
 impl CounterSnapshot {
@@ -316,6 +330,8 @@ impl Counters {
             unknown_network: v(Counter::UnknownNetwork),
             outside_subnet: v(Counter::OutsideSubnet),
             address_conflict: v(Counter::AddressConflict),
+            unreachable: v(Counter::Unreachable),
+            reachable_again: v(Counter::ReachableAgain),
         }
     }
 }
@@ -335,6 +351,7 @@ pub struct Gossip {
     subnets_tx: watch::Sender<Arc<BTreeMap<String, IpNet>>>,
     trust_tx: watch::Sender<Arc<TrustSet>>,
     table_rx: watch::Receiver<Arc<EndpointTable>>,
+    reach: ReachSender,
     /// What this node publishes; each change is signed and set as a new record version.
     own: tokio::sync::Mutex<OwnEntries>,
     deriver: JoinHandle<()>,
@@ -369,8 +386,16 @@ impl Gossip {
         {
             return Err(bad(format!("timing {t:?}")));
         }
+        let p = &config.probes;
+        if p.interval.is_zero() || p.deadline.is_zero() {
+            return Err(bad(format!("probe timing {p:?}")));
+        }
         let keyring = Arc::new(RwLock::new(config.keyring.clone()));
         let counters = Arc::new(Counters::default());
+        let reach = config
+            .reach
+            .clone()
+            .unwrap_or_else(|| Arc::new(watch::channel(Arc::default()).0));
         let (trust_tx, mut trust_rx) = watch::channel(Arc::new(config.trust.clone()));
         let transport = SecureTransport {
             wire: config.wire.clone(),
@@ -380,6 +405,8 @@ impl Gossip {
             trust: trust_rx.clone(),
             counters: counters.clone(),
             max_age: t.max_packet_age,
+            probes: config.probes.clone(),
+            reach: reach.clone(),
         };
         // A restarted node is a new generation (and a new key): peers drop the old one's
         // state once the managers list the new one.
@@ -475,6 +502,7 @@ impl Gossip {
             subnets_tx,
             trust_tx,
             table_rx,
+            reach,
             own: tokio::sync::Mutex::new(BTreeMap::new()),
             deriver,
         })
@@ -650,6 +678,16 @@ impl Gossip {
 
     pub fn counters(&self) -> CounterSnapshot {
         self.counters.snapshot()
+    }
+
+    /// The members this node's own probes do not reach now ([`reach`]), by node ID.
+    pub fn unreachable(&self) -> Arc<Unreachable> {
+        self.reach.borrow().clone()
+    }
+
+    /// A receiver that sees every change of [`Gossip::unreachable`].
+    pub fn watch_unreachable(&self) -> watch::Receiver<Arc<Unreachable>> {
+        self.reach.subscribe()
     }
 
     /// Nodes chitchat currently considers live (this one included), in the generation

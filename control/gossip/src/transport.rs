@@ -8,7 +8,7 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{Arc, RwLock},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
@@ -23,6 +23,7 @@ use crate::{
     admit::admit,
     identity::TrustSet,
     keys::Keyring,
+    reach::{Probe, ProbeTiming, Reach, ReachSender},
     screen::{Direction, Refusal, Screen},
     seal::{Opener, Sealer, MAX_PACKET},
     wire::{Wire, WireSocket},
@@ -40,6 +41,9 @@ pub(crate) struct SecureTransport {
     pub(crate) trust: watch::Receiver<Arc<TrustSet>>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) max_age: Duration,
+    /// This node's probes of every member, and where its verdicts go ([`crate::reach`]).
+    pub(crate) probes: ProbeTiming,
+    pub(crate) reach: ReachSender,
 }
 
 #[async_trait]
@@ -65,6 +69,12 @@ impl Transport for SecureTransport {
             counters: self.counters.clone(),
             buf: vec![0u8; MAX_PACKET + 1].into_boxed_slice(),
             plain: Vec::with_capacity(MAX_PACKET),
+            reach: Reach::new(
+                self.node_id.clone(),
+                self.probes.clone(),
+                self.reach.clone(),
+                Instant::now(),
+            ),
         }))
     }
 }
@@ -80,6 +90,9 @@ struct SecureSocket {
     /// One byte more than the largest accepted datagram, so an oversized one shows.
     buf: Box<[u8]>,
     plain: Vec<u8>,
+    /// This node's probes and verdicts: probes go out from `recv` (which chitchat's loop
+    /// always has waiting), acks come back through it.
+    reach: Reach,
 }
 
 fn count(counters: &Counters, counter: Counter, what: impl FnOnce()) {
@@ -126,13 +139,69 @@ impl Socket for SecureSocket {
 
     async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
         loop {
-            let (from, packet) = self.socket.recv(&mut self.buf).await?;
+            self.probe_due();
+            let next = tokio::time::Instant::from_std(self.reach.next_due());
+            // Cancel-safe: a datagram is either received whole or left in the socket,
+            // and probing keeps its state in `self`.
+            // Datagrams first: an ack already queued is read before the next round judges
+            // its sender.
+            let (from, packet) = tokio::select! {
+                biased;
+                r = self.socket.recv(&mut self.buf) => r?,
+                () = tokio::time::sleep_until(next) => continue,
+            };
             let trust = self.trust.borrow().clone();
-            if let Some((msg, _)) = self.inbound.receive(&trust, from, &packet) {
-                return Ok((from, msg));
+            match self.inbound.receive_any(&trust, from, &packet) {
+                Some(Received::Chitchat(msg, _)) => return Ok((from, msg)),
+                Some(Received::Probe {
+                    sender,
+                    probe: Probe::Ask { stamp },
+                }) => self.send_now(from, &sender, Probe::Answer { stamp }),
+                Some(Received::Probe {
+                    sender,
+                    probe: Probe::Answer { stamp },
+                }) => {
+                    let back = self.reach.judged_back;
+                    self.reach.answered(&sender, stamp, Instant::now());
+                    if self.reach.judged_back > back {
+                        self.counters.bump(Counter::ReachableAgain);
+                    }
+                }
+                None => {}
             }
         }
     }
+}
+
+impl SecureSocket {
+    /// Sends the probes due now, one to every member but this node.
+    fn probe_due(&mut self) {
+        let trust = self.trust.borrow().clone();
+        let judged = self.reach.judged_unreachable;
+        for due in self.reach.due(Instant::now(), &trust) {
+            self.send_now(due.addr, &due.node, due.probe);
+        }
+        for _ in judged..self.reach.judged_unreachable {
+            self.counters.bump(Counter::Unreachable);
+        }
+    }
+
+    /// Seals `probe` for member `node` and sends it to `to` without waiting: a probe or
+    /// an ack the socket cannot take at once is lost, as a datagram would be.
+    fn send_now(&mut self, to: SocketAddr, node: &str, probe: Probe) {
+        let Some(packet) = self.sealer.seal(&probe.encode(), node) else {
+            return;
+        };
+        self.socket.try_send_to(to, &packet);
+    }
+}
+
+/// What a datagram that passed the receive step holds.
+pub(crate) enum Received {
+    /// A chitchat message for chitchat, and the bytes it was read from.
+    Chitchat(ChitchatMessage, Vec<u8>),
+    /// A member's probe or ack ([`crate::reach`]).
+    Probe { sender: String, probe: Probe },
 }
 
 /// A node's receiving side: what it keeps between datagrams (replay windows, the
@@ -197,11 +266,26 @@ impl Inbound {
         from: SocketAddr,
         packet: &[u8],
     ) -> Option<(ChitchatMessage, Vec<u8>)> {
+        match self.receive_any(trust, from, packet)? {
+            Received::Chitchat(msg, plain) => Some((msg, plain)),
+            Received::Probe { .. } => None,
+        }
+    }
+
+    /// [`Inbound::receive`], probes and acks included: a member's probe or ack is
+    /// opened and its sender checked as any datagram, then read as one (it is not
+    /// chitchat's).
+    pub(crate) fn receive_any(
+        &mut self,
+        trust: &TrustSet,
+        from: SocketAddr,
+        packet: &[u8],
+    ) -> Option<Received> {
         let opened = self.opener.open(from, packet)?;
         let (sender, len) = (opened.sender, opened.plain.len());
-        let counters = &*self.counters;
+        let counters = self.counters.clone();
         if trust.get(&sender).is_none() {
-            count(counters, Counter::UnknownSender, || {
+            count(&counters, Counter::UnknownSender, || {
                 warn!(%from, %sender,
                     "gossip packet from a node that is not a member; dropped \
                      (further ones are only counted)")
@@ -212,48 +296,61 @@ impl Inbound {
             self.heard_from.clear();
         }
         self.heard_from.insert(from, sender.clone());
-        let why = match self
-            .screen
-            .screen(&opened.plain, &self.cluster_id, trust, Direction::In)
-        {
-            Ok(screened) => {
-                for refused in &screened.refused {
-                    let counter = match refused.why {
-                        Refusal::UntrustedHeartbeat => Counter::UntrustedHeartbeat,
-                        Refusal::UntrustedNode => Counter::UntrustedNode,
-                        Refusal::BadDelta => Counter::BadDelta,
-                        Refusal::Forged => Counter::ForgedRecord,
-                    };
-                    count(counters, counter, || {
-                        warn!(%from, %sender, about = ?refused.node,
-                            reason = ?refused.why, detail = %refused.detail,
-                            "gossip about a node left out (further ones of this kind are \
-                             only counted)")
-                    });
-                }
-                let plain = screened.rewritten.unwrap_or(opened.plain);
-                let mut cursor = plain.as_slice();
-                match ChitchatMessage::deserialize(&mut cursor) {
-                    Ok(msg) if cursor.is_empty() => match admit(&plain) {
-                        Ok(()) => {
-                            counters.bump(Counter::Received);
-                            return Some((msg, plain));
-                        }
-                        Err(why) => why,
-                    },
-                    Ok(_) => "bytes after the message".to_string(),
-                    Err(e) => e.to_string(),
-                }
-            }
-            Err(why) => why,
+        let why = match Probe::parse(&opened.plain) {
+            Some(Ok(probe)) => return Some(Received::Probe { sender, probe }),
+            Some(Err(why)) => why,
+            None => match self.chitchat(&opened.plain, trust, from, &sender) {
+                Ok(received) => return Some(received),
+                Err(why) => why,
+            },
         };
         // Sealed with a cluster key by a member, yet not a chitchat message, or one
         // chitchat cannot handle safely (`admit`).
-        count(counters, Counter::BadMessage, || {
+        count(&counters, Counter::BadMessage, || {
             warn!(%from, %sender, len, reason = %why,
                 "authentic gossip packet is not an acceptable chitchat message; dropped \
                  (further ones are only counted)")
         });
         None
+    }
+
+    /// Screens `plain` (from member `sender` at `from`) and reads it as one chitchat
+    /// message that chitchat can hold; the error says why not.
+    fn chitchat(
+        &mut self,
+        plain: &[u8],
+        trust: &TrustSet,
+        from: SocketAddr,
+        sender: &str,
+    ) -> Result<Received, String> {
+        let counters = &*self.counters;
+        let screened = self
+            .screen
+            .screen(plain, &self.cluster_id, trust, Direction::In)?;
+        for refused in &screened.refused {
+            let counter = match refused.why {
+                Refusal::UntrustedHeartbeat => Counter::UntrustedHeartbeat,
+                Refusal::UntrustedNode => Counter::UntrustedNode,
+                Refusal::BadDelta => Counter::BadDelta,
+                Refusal::Forged => Counter::ForgedRecord,
+            };
+            count(counters, counter, || {
+                warn!(%from, %sender, about = ?refused.node,
+                    reason = ?refused.why, detail = %refused.detail,
+                    "gossip about a node left out (further ones of this kind are \
+                     only counted)")
+            });
+        }
+        let plain = screened.rewritten.unwrap_or_else(|| plain.to_vec());
+        let mut cursor = plain.as_slice();
+        match ChitchatMessage::deserialize(&mut cursor) {
+            Ok(msg) if cursor.is_empty() => {
+                admit(&plain)?;
+                counters.bump(Counter::Received);
+                Ok(Received::Chitchat(msg, plain))
+            }
+            Ok(_) => Err("bytes after the message".to_string()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }

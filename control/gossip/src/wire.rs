@@ -219,6 +219,19 @@ impl WireSocket {
         }
     }
 
+    /// Sends one datagram if the socket takes it at once; otherwise it is lost, as a
+    /// datagram may be.
+    pub(crate) fn try_send_to(&self, to: SocketAddr, bytes: &[u8]) {
+        match self {
+            WireSocket::Udp(s) => {
+                if let Err(e) = s.try_send_to(bytes, to) {
+                    tracing::debug!(%to, error = %e, "gossip probe not sent");
+                }
+            }
+            WireSocket::Memory(s) => s.net.deliver(s.addr, to, bytes.to_vec()),
+        }
+    }
+
     /// Receives one datagram into `buf` (UDP) or as a whole vector (memory).
     pub(crate) async fn recv(&mut self, buf: &mut [u8]) -> anyhow::Result<(SocketAddr, Vec<u8>)> {
         match self {

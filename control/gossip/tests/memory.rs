@@ -637,3 +637,79 @@ async fn a_removed_node_leaves_every_table_though_it_keeps_gossiping() {
     assert!(dropped > 0, "node 4's packets are counted");
     cluster.shutdown().await;
 }
+
+/// Node `i`'s verdicts: the members its own probes do not reach.
+fn unreachable_from(cluster: &SimCluster, i: usize) -> Vec<String> {
+    cluster.node(i).unreachable().keys().cloned().collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_member_cut_off_from_one_node_only_is_unreachable_there_and_alive_everywhere() {
+    let n = 5;
+    let cluster = converged(n, 1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // No verdict while every link works.
+    let quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_secs(10) {
+        for (i, _) in cluster.live() {
+            assert!(unreachable_from(&cluster, i).is_empty(), "node {i}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Nodes 0 and 1 cut off from each other; 2, 3 and 4 still reach both.
+    cluster.net.partition(&[gossip_addr(0)], &[gossip_addr(1)]);
+    let cut = Instant::now();
+    let mut seen = None;
+    while cut.elapsed() < Duration::from_secs(10) {
+        let zero = unreachable_from(&cluster, 0);
+        let one = unreachable_from(&cluster, 1);
+        if zero == [node_id(1)] && one == [node_id(0)] {
+            seen = Some(cut.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = seen.unwrap_or_else(|| {
+        panic!(
+            "not judged: 0 sees {:?}, 1 sees {:?}",
+            unreachable_from(&cluster, 0),
+            unreachable_from(&cluster, 1)
+        )
+    });
+    println!("a cut link judged from both ends after {took:?}");
+    assert!(
+        // ProbeTiming's defaults: 600 ms after the newest answered probe was sent (200 ms
+        // or less before the cut), on a round (every 200 ms).
+        took >= Duration::from_millis(400) && took <= Duration::from_millis(1000),
+        "{took:?}"
+    );
+    assert_eq!(
+        cluster.node(0).unreachable()[&node_id(1)],
+        gossip_addr(1).ip(),
+        "with its gossip address (a node's data-path address in shoal)"
+    );
+    // Gossip still has each alive through the others, for 10 s: only the verdicts of
+    // the two ends changed.
+    let held = Instant::now();
+    while held.elapsed() < Duration::from_secs(10) {
+        for (i, g) in cluster.live() {
+            assert_eq!(g.table().nodes().len(), n, "node {i}");
+            if i > 1 {
+                assert!(unreachable_from(&cluster, i).is_empty(), "node {i}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(cluster.node(0).counters().unreachable, 1);
+    // Healed: reachable again with the first answer.
+    cluster.net.heal();
+    let healed = Instant::now();
+    while !(unreachable_from(&cluster, 0).is_empty() && unreachable_from(&cluster, 1).is_empty()) {
+        assert!(healed.elapsed() < Duration::from_secs(2), "not back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!("reachable again after {:?}", healed.elapsed());
+    let c = cluster.node(0).counters();
+    assert_eq!((c.unreachable, c.reachable_again), (1, 1));
+    cluster.shutdown().await;
+}

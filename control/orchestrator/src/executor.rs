@@ -235,10 +235,12 @@ impl Executor {
         listen: Option<std::net::SocketAddr>,
         status: Option<PathBuf>,
         wireguard_key: Option<tokio::sync::watch::Receiver<String>>,
+        reach: Option<shoal_gossip::ReachSender>,
     ) -> Executor {
         self.gossip = crate::gossip_member::Member::new(listen)
             .with_status_file(status)
-            .with_wireguard_key(wireguard_key);
+            .with_wireguard_key(wireguard_key)
+            .with_reachability(reach);
         self
     }
 
@@ -595,6 +597,9 @@ pub struct ExecutorConfig {
     /// The node's WireGuard public key, registered with the gossip key (encrypted
     /// overlay networks), as it changes (rotations); None: the node takes part in none.
     pub wireguard_key: Option<tokio::sync::watch::Receiver<String>>,
+    /// Where gossip's verdicts on which nodes this one reaches go (the pipeline drains
+    /// their backends here); None: nowhere.
+    pub reach: Option<shoal_gossip::ReachSender>,
     /// The resolver's address on the egress bridge: tasks with no network use it.
     pub egress_dns: Option<Ipv4Addr>,
     /// Where each pass's view of the node goes (the agent's metrics).
@@ -621,6 +626,7 @@ pub async fn run(client: NodeClient, config: ExecutorConfig) {
             config.gossip_listen,
             config.gossip_status,
             config.wireguard_key,
+            config.reach,
         )
         .with_egress_dns(config.egress_dns)
         .with_report(config.report)

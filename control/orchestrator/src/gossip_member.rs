@@ -79,6 +79,8 @@ pub struct Member {
     /// The node's WireGuard public key, registered with each run's gossip key, and
     /// again whenever it changes (a rotation).
     wireguard: Option<watch::Receiver<String>>,
+    /// Where each run's verdicts on which members this node reaches go.
+    reach: Option<shoal_gossip::ReachSender>,
 }
 
 /// What `<data_dir>/gossip.json` shows: the member's addresses, keys (IDs only), the
@@ -96,6 +98,8 @@ pub struct GossipStatus {
     /// Members whose signed gossip is taken (this node included).
     pub trusted_nodes: usize,
     pub live_nodes: Vec<String>,
+    /// Members this node's own probes do not reach now (their backends drain here).
+    pub unreachable: Vec<String>,
     pub published: usize,
     pub table_entries: usize,
     pub counters: CounterSnapshot,
@@ -112,7 +116,15 @@ impl Member {
             failed_at: None,
             status_file: None,
             wireguard: None,
+            reach: None,
         }
+    }
+
+    /// Publishes on `reach` which members this node's own probes do not reach
+    /// ([`shoal_gossip::reach`]), run after run.
+    pub fn with_reachability(mut self, reach: Option<shoal_gossip::ReachSender>) -> Member {
+        self.reach = reach;
+        self
     }
 
     /// Writes the member's status ([`GossipStatus`]) to `path` after each pass.
@@ -276,6 +288,7 @@ impl Member {
             config.listen = listen;
             config.seeds = seeds(state, listen.port());
             config.subnets = subnets.clone();
+            config.reach = self.reach.clone();
             match Gossip::start(config).await {
                 Ok(gossip) => {
                     info!(%listen, %advertise, seeds = ?seeds(state, listen.port()), "gossip started");
@@ -332,6 +345,7 @@ impl Member {
                 signing_key: identity.public_key().to_hex(),
                 trusted_nodes: r.gossip.trust().len(),
                 live_nodes: r.gossip.live_nodes().await,
+                unreachable: r.gossip.unreachable().keys().cloned().collect(),
                 published: r.published.len(),
                 table_entries: r.gossip.table().len(),
                 counters: r.gossip.counters(),

@@ -12,9 +12,15 @@
 //! runs (its network namespace, asked of dockerd once and kept until an event says the
 //! container changed) and publishes the whole as one value the reconcilers follow. Nothing here
 //! polls a file: a change reaches the reconcilers as soon as it is computed.
+//!
+//! It also follows which nodes this one cannot reach by its own gossip probes
+//! ([`shoal_gossip::reach`]): their backends are draining in this node's load balancing
+//! ([`shoal_dataplane::lb::state::LbState::drain_unreachable`]), at once, whatever the
+//! source is doing (the executor may be in the middle of a pass).
 use std::{
     collections::{BTreeMap, BTreeSet},
     future::Future,
+    net::{IpAddr, Ipv4Addr},
     path::PathBuf,
     sync::Arc,
     time::Duration,
@@ -39,6 +45,9 @@ const PARALLEL_LOOKUPS: usize = 16;
 
 /// The sending side of the intent: what a source publishes.
 pub type IntentSender = watch::Sender<Option<Arc<DeclaredNode>>>;
+
+/// The nodes this one cannot reach, as its gossip member judges them.
+pub type ReachWatch = watch::Receiver<Arc<shoal_gossip::Unreachable>>;
 
 /// A running container, as the pipeline keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +87,8 @@ pub struct Pipeline<R: Resolve> {
     dump_dir: Option<PathBuf>,
     /// Running containers by name; a name missing is looked up on the next pass.
     known: BTreeMap<String, Resolved>,
+    /// The nodes this one cannot reach; None: every node counts as reachable.
+    reach: Option<ReachWatch>,
 }
 
 impl<R: Resolve> Pipeline<R> {
@@ -91,7 +102,29 @@ impl<R: Resolve> Pipeline<R> {
             out,
             dump_dir,
             known: BTreeMap::new(),
+            reach: None,
         }
+    }
+
+    /// Drains, in the load balancing it publishes, the backends on the nodes `reach`
+    /// says this node cannot reach.
+    pub fn with_reachability(mut self, reach: Option<ReachWatch>) -> Self {
+        self.reach = reach;
+        self
+    }
+
+    /// The underlay addresses of the nodes this one cannot reach now.
+    fn unreachable(&self) -> BTreeSet<Ipv4Addr> {
+        let Some(reach) = &self.reach else {
+            return BTreeSet::new();
+        };
+        let set = reach.borrow().clone();
+        set.values()
+            .filter_map(|ip| match ip {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+            .collect()
     }
 
     /// Follows `intent` and `events` until the intent's source is gone.
@@ -105,10 +138,23 @@ impl<R: Resolve> Pipeline<R> {
         refresh.tick().await;
         let mut current = intent.borrow_and_update().clone();
         self.dump(current.as_deref());
+        let mut reach = self.reach.clone();
         loop {
             self.pass(current.as_deref()).await;
+            let reach_changed = async {
+                match reach.as_mut() {
+                    Some(r) => {
+                        if r.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::pin!(reach_changed);
             let intent_changed = loop {
                 tokio::select! {
+                    () = &mut reach_changed => break false,
                     changed = intent.changed() => match changed {
                         Ok(()) => break true,
                         Err(_) => return,
@@ -196,12 +242,23 @@ impl<R: Resolve> Pipeline<R> {
                 Err(e) => warn!(container = %name, error = %e, "looking up a declared container"),
             }
         }
-        let next = DeclaredNode {
+        let mut next = DeclaredNode {
             containers: (self.known.iter())
                 .map(|(n, r)| (n.clone(), r.netns.clone()))
                 .collect(),
             ..intent.clone()
         };
+        let unreachable = self.unreachable();
+        if let Some(lb) = next.lb.as_mut() {
+            let drained = lb.drain_unreachable(&unreachable);
+            if drained > 0 {
+                debug!(
+                    drained,
+                    ?unreachable,
+                    "backends on nodes this one cannot reach: draining here"
+                );
+            }
+        }
         self.out.send_if_modified(|old| {
             if old.as_deref() == Some(&next) {
                 return false;

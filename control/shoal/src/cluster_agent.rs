@@ -270,6 +270,7 @@ impl ClusterAgent {
                     gossip_listen: self.config.gossip_listen,
                     gossip_status: Some(self.config.data_dir.join("gossip.json")),
                     wireguard_key: links.wireguard_key,
+                    reach: links.reach,
                     egress_dns: links.egress_dns,
                     report: links.report,
                     task_files_dir: self.config.task_files_dir.clone(),

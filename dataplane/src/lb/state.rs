@@ -4,7 +4,7 @@
 //! overlay state before any map is touched; a refused state leaves the last good one in
 //! force.
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fmt,
     net::Ipv4Addr,
 };
@@ -311,6 +311,36 @@ impl LbState {
         }
         Ok(())
     }
+
+    /// Makes draining every healthy backend on a node of `unreachable` (underlay
+    /// addresses this node cannot reach now, by its own probes): no new flow or
+    /// connection from this node goes to it, a retransmitted SYN included, and the
+    /// flows it has are left alone (they are lost with the path anyway, and kept if the
+    /// verdict was wrong). A service whose every healthy backend is on such a node is
+    /// left as it is: sending nowhere would not serve it better. Returns how many
+    /// backends it drained.
+    pub fn drain_unreachable(&mut self, unreachable: &BTreeSet<Ipv4Addr>) -> usize {
+        if unreachable.is_empty() {
+            return 0;
+        }
+        let mut drained = 0;
+        for s in &mut self.services {
+            let reachable_healthy = s
+                .backends
+                .iter()
+                .any(|b| b.state == BackendState::Healthy && !unreachable.contains(&b.node));
+            if !reachable_healthy {
+                continue;
+            }
+            for b in &mut s.backends {
+                if b.state == BackendState::Healthy && unreachable.contains(&b.node) {
+                    b.state = BackendState::Draining;
+                    drained += 1;
+                }
+            }
+        }
+        drained
+    }
 }
 
 #[cfg(test)]
@@ -408,6 +438,53 @@ mod tests {
             |s| s.services[0].endpoint_mode = EndpointMode::Dnsrr,
             "dnsrr",
         );
+    }
+
+    #[test]
+    fn backends_on_unreachable_nodes_get_no_new_flows_unless_none_would_be_left() {
+        let node = |n: u8| Ipv4Addr::new(192, 168, 77, n);
+        let mut s = good();
+        // A third backend, healthy, on another node.
+        let mut t3 = s.services[0].backends[0].clone();
+        t3.task = "t3".into();
+        t3.node = node(13);
+        s.services[0].backends.push(t3);
+        let states = |s: &LbState| -> Vec<BackendState> {
+            s.services[0].backends.iter().map(|b| b.state).collect()
+        };
+        use BackendState::{Draining, Healthy};
+
+        let mut none = s.clone();
+        assert_eq!(none.drain_unreachable(&BTreeSet::new()), 0);
+        assert_eq!(none, s);
+
+        // t1's node unreachable: t1 drains, t2 stays draining, t3 healthy.
+        let mut one = s.clone();
+        assert_eq!(one.drain_unreachable(&BTreeSet::from([node(11)])), 1);
+        assert_eq!(states(&one), [Draining, Draining, Healthy]);
+        one.validate(&overlay()).unwrap();
+        // Nothing else changes: addresses, ports, the other services.
+        let mut back = one.clone();
+        back.services[0].backends[0].state = Healthy;
+        assert_eq!(back, s);
+
+        // Every healthy backend's node unreachable: left as it is.
+        let mut all = s.clone();
+        assert_eq!(
+            all.drain_unreachable(&BTreeSet::from([node(11), node(13)])),
+            0
+        );
+        assert_eq!(all, s);
+
+        // An unhealthy backend on an unreachable node stays unhealthy.
+        let mut sick = s.clone();
+        sick.services[0].backends[0].state = BackendState::Unhealthy;
+        assert_eq!(sick.drain_unreachable(&BTreeSet::from([node(11)])), 0);
+        assert_eq!(sick, {
+            let mut x = s.clone();
+            x.services[0].backends[0].state = BackendState::Unhealthy;
+            x
+        });
     }
 
     #[test]

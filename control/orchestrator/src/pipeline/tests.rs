@@ -160,6 +160,88 @@ async fn an_intent_change_reaches_the_output_in_one_pass_and_is_dumped() {
     assert_eq!(dumped["local_endpoints"][0]["ip"], "10.0.9.99");
 }
 
+/// An intent with one service whose backends run on 192.168.77.11, .12 and .13.
+fn balanced() -> DeclaredNode {
+    use shoal_dataplane::lb::state::{Backend, BackendState, LbState, Service};
+    let mut d = intent(&[]);
+    d.lb = Some(LbState {
+        ingress_network: None,
+        services: vec![Service {
+            id: "s1".into(),
+            name: "web".into(),
+            endpoint_mode: Default::default(),
+            balance: Default::default(),
+            vips: Vec::new(),
+            ports: Vec::new(),
+            backends: (11..=13)
+                .map(|n| Backend {
+                    task: format!("t{n}"),
+                    node: Ipv4Addr::new(192, 168, 77, n),
+                    addresses: [("web".to_string(), Ipv4Addr::new(10, 0, 9, n))].into(),
+                    state: BackendState::Healthy,
+                })
+                .collect(),
+        }],
+    });
+    d
+}
+
+#[tokio::test]
+async fn backends_on_a_node_this_one_cannot_reach_drain_at_once_and_come_back() {
+    use shoal_dataplane::lb::state::BackendState::{Draining, Healthy};
+    let docker = FakeDocker::default();
+    let (intent_tx, intent_rx) = watch::channel(None);
+    let (out_tx, mut out) = watch::channel(None);
+    let (reach_tx, reach_rx) = watch::channel(Arc::new(shoal_gossip::Unreachable::new()));
+    let events = crate::events::DockerEvents::none();
+    let run = Pipeline::new(&docker, out_tx, None)
+        .with_reachability(Some(reach_rx))
+        .run(intent_rx, events.subscribe());
+    let states = |d: &DeclaredNode| -> Vec<_> {
+        d.lb.as_ref().unwrap().services[0]
+            .backends
+            .iter()
+            .map(|b| b.state)
+            .collect()
+    };
+    let check = async {
+        intent_tx.send(Some(Arc::new(balanced()))).unwrap();
+        out.changed().await.unwrap();
+        assert_eq!(
+            states(&out.borrow_and_update().clone().unwrap()),
+            [Healthy; 3]
+        );
+        // The node at .12 stops answering this node's probes: no new intent is needed.
+        let cut: shoal_gossip::Unreachable =
+            [("n2".to_string(), "192.168.77.12".parse().unwrap())].into();
+        reach_tx.send(Arc::new(cut)).unwrap();
+        out.changed().await.unwrap();
+        let got = out.borrow_and_update().clone().unwrap();
+        assert_eq!(states(&got), [Healthy, Draining, Healthy]);
+        // A new intent keeps it drained while it stays unreachable.
+        let mut more = balanced();
+        more.overlay.networks[0].mtu = Some(1400);
+        intent_tx.send(Some(Arc::new(more))).unwrap();
+        out.changed().await.unwrap();
+        assert_eq!(
+            states(&out.borrow_and_update().clone().unwrap()),
+            [Healthy, Draining, Healthy]
+        );
+        // It answers again.
+        reach_tx.send(Arc::new(Default::default())).unwrap();
+        out.changed().await.unwrap();
+        assert_eq!(
+            states(&out.borrow_and_update().clone().unwrap()),
+            [Healthy; 3]
+        );
+        drop(intent_tx);
+    };
+    let ((), ()) =
+        tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(run, check) })
+            .await
+            .expect("the pipeline follows its reachability and ends with its source");
+}
+
 /// A VIP kernel that tells the test every table it is asked to hold.
 struct FakeVipKernel(std::sync::mpsc::Sender<shoal_dataplane::lb::vip_table::VipTable>);
 

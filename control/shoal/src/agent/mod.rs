@@ -112,12 +112,16 @@ async fn serve(config: AgentConfig) -> Result<()> {
     let (intent_tx, intent_rx) = watch::channel(None);
     let intent_tx = Arc::new(intent_tx);
     let (declared_tx, declared_rx) = watch::channel(None);
+    // Which nodes this one reaches, by gossip's own probes: the pipeline drains the
+    // backends of those it does not.
+    let (reach_tx, reach_rx) = watch::channel(Arc::default());
     let pipeline = tokio::spawn(
         Pipeline::new(
             docker.clone(),
             declared_tx,
             Some(config.data_dir.join("declared")),
         )
+        .with_reachability(Some(reach_rx))
         .run(intent_rx, events.subscribe()),
     );
     // Before the status file: an agent that cannot run its dataplane is not up.
@@ -155,6 +159,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
                     .map(|p| p.gateway),
                 report: Some(report_tx),
                 wireguard_key: Some(dataplane.wireguard_public_key()),
+                reach: Some(Arc::new(reach_tx)),
             },
             None,
         ),

@@ -39,6 +39,9 @@ pub struct NodeLinks {
     /// The node's WireGuard public key, registered with the managers (encrypted
     /// overlay networks); None: no dataplane here to carry them.
     pub wireguard_key: Option<tokio::sync::watch::Receiver<String>>,
+    /// Where gossip's verdicts on which nodes this one reaches go (the pipeline drains
+    /// their backends); None: nowhere.
+    pub reach: Option<shoal_gossip::ReachSender>,
 }
 
 impl NodeLinks {
@@ -51,6 +54,7 @@ impl NodeLinks {
             egress_dns: None,
             report: None,
             wireguard_key: None,
+            reach: None,
         }
     }
 }
