@@ -14,8 +14,9 @@
 //! - `4`: the peer, publishing the rest as its record's body (JSON), signed with its key.
 //!
 //! The first four go through the socket's own receive step (`transport::Inbound`:
-//! opened for this node with the cluster keys, the sender a member, what it says about
-//! each node screened, then read as one chitchat message chitchat can hold); the fifth
+//! opened for this node with the cluster keys, the sender a member, then read as a
+//! member's reachability probe or ack ([`crate::reach`]), or else, what it says about
+//! each node screened, as one chitchat message chitchat can hold); the fifth
 //! through chitchat's node state and the checks every record passes before the endpoint
 //! table (`endpoint::Deriver`), as the deriver runs them on live nodes. (Chitchat's
 //! handling of a message between the two is chitchat's own and not driven here.)
@@ -42,10 +43,11 @@ use crate::{
     endpoint::Deriver,
     identity::{LocalIdentity, TrustSet, TrustedNode},
     keys::{ClusterKey, Keyring},
+    reach::Probe,
     record::{self, RECORD_KEY},
     screen::{self, Direction, Screen, UpdateOut},
     seal::{Sealer, HEADER_FIXED, MAGIC, MAGIC_ZSTD, TAG_LEN},
-    transport::Inbound,
+    transport::{self, Inbound},
     CounterSnapshot, Counters,
 };
 
@@ -74,6 +76,9 @@ pub enum Received {
     Dropped,
     /// Passed on to chitchat as this message.
     Message(ChitchatMessage),
+    /// Read as the peer's reachability probe (`ack`: false; answered with an ack) or
+    /// its ack of one of the receiver's probes, with its stamp.
+    Probe { ack: bool, stamp: u64 },
     /// The peer's record was checked: this many of its endpoints entered the table.
     Records(usize),
     /// Nothing to take (no first byte, or one naming no sender), or a plaintext too big
@@ -158,9 +163,16 @@ impl Receiver {
             return Received::Nothing;
         };
         match self.inbound.receive(&self.trust, self.from, &packet) {
-            Some((msg, plain)) => {
+            Some(transport::Received::Chitchat(msg, plain)) => {
                 self.passed = Some(plain);
                 Received::Message(msg)
+            }
+            Some(transport::Received::Probe { sender, probe }) => {
+                assert_eq!(sender, PEER, "a probe is read as its sealer's only");
+                match probe {
+                    Probe::Ask { stamp } => Received::Probe { ack: false, stamp },
+                    Probe::Answer { stamp } => Received::Probe { ack: true, stamp },
+                }
             }
             None => Received::Dropped,
         }
@@ -369,6 +381,47 @@ mod tests {
         assert_eq!(
             (c.received, c.malformed, c.bad_message, c.unknown_sender),
             (2, 2, 2, 1)
+        );
+    }
+
+    #[test]
+    fn only_a_members_sealed_well_formed_probes_are_read_as_probes() {
+        let mut r = Receiver::new().unwrap();
+        let probe = Probe::Ask { stamp: 42 }.encode();
+        let ack = Probe::Answer { stamp: u64::MAX }.encode();
+        assert_eq!(
+            r.take(&input(1, &probe)),
+            Received::Probe {
+                ack: false,
+                stamp: 42
+            }
+        );
+        assert_eq!(
+            r.take(&input(1, &ack)),
+            Received::Probe {
+                ack: true,
+                stamp: u64::MAX
+            }
+        );
+        // Unsealed, sealed by a key holder that is no member, cut short, too long, a
+        // chitchat message after a probe's prefix: dropped, counted, nothing answered.
+        assert_eq!(r.take(&input(0, &probe)), Received::Dropped);
+        assert_eq!(r.take(&input(3, &probe)), Received::Dropped);
+        assert_eq!(r.take(&input(1, &probe[..11])), Received::Dropped);
+        let mut long = ack.clone();
+        long.extend_from_slice(&ChitchatMessage::BadCluster.serialize_to_vec());
+        assert_eq!(r.take(&input(1, &long)), Received::Dropped);
+        assert_eq!(r.take(&input(1, &probe[..4])), Received::Dropped);
+        let c = r.counters();
+        assert_eq!(
+            (c.received, c.malformed, c.bad_message, c.unknown_sender),
+            (0, 1, 3, 1)
+        );
+        // The socket still takes chitchat's messages after them.
+        let bad_cluster = ChitchatMessage::BadCluster.serialize_to_vec();
+        assert_eq!(
+            r.take(&input(1, &bad_cluster)),
+            Received::Message(ChitchatMessage::BadCluster)
         );
     }
 

@@ -151,7 +151,7 @@ impl Socket for SecureSocket {
                 () = tokio::time::sleep_until(next) => continue,
             };
             let trust = self.trust.borrow().clone();
-            match self.inbound.receive_any(&trust, from, &packet) {
+            match self.inbound.receive(&trust, from, &packet) {
                 Some(Received::Chitchat(msg, _)) => return Ok((from, msg)),
                 Some(Received::Probe {
                     sender,
@@ -254,28 +254,14 @@ impl Inbound {
 
     /// What a node makes of one datagram it received, with `trust` the members the
     /// managers list: opened with the cluster keys for this node ([`Opener::open`]), its
-    /// sender a member, what it says about each node screened ([`Screen`]: only trusted
-    /// generations, only records signed by their node), then read as exactly one chitchat
-    /// message that chitchat can hold ([`admit`]): that message, and the bytes it was
-    /// read from. `None`: dropped and counted. Everything a datagram's sender controls
-    /// passes through here before chitchat sees it (the fuzz target `gossip_datagram`
-    /// drives it).
+    /// sender a member; then either a member's reachability probe or ack
+    /// ([`crate::reach`], exactly [`Probe`]'s form), or, what it says about each node
+    /// screened ([`Screen`]: only trusted generations, only records signed by their
+    /// node), exactly one chitchat message that chitchat can hold ([`admit`]): that
+    /// message, and the bytes it was read from. `None`: dropped and counted. Everything
+    /// a datagram's sender controls passes through here before chitchat or the prober
+    /// sees it (the fuzz target `gossip_datagram` drives it).
     pub(crate) fn receive(
-        &mut self,
-        trust: &TrustSet,
-        from: SocketAddr,
-        packet: &[u8],
-    ) -> Option<(ChitchatMessage, Vec<u8>)> {
-        match self.receive_any(trust, from, packet)? {
-            Received::Chitchat(msg, plain) => Some((msg, plain)),
-            Received::Probe { .. } => None,
-        }
-    }
-
-    /// [`Inbound::receive`], probes and acks included: a member's probe or ack is
-    /// opened and its sender checked as any datagram, then read as one (it is not
-    /// chitchat's).
-    pub(crate) fn receive_any(
         &mut self,
         trust: &TrustSet,
         from: SocketAddr,
