@@ -57,7 +57,7 @@ pub use crate::{
     endpoint::{Change, Endpoint, EndpointTable, TableEntry},
     identity::{LocalIdentity, PublicKey, TrustSet, TrustedNode},
     keys::{ClusterKey, Keyring},
-    reach::{ProbeTiming, ReachSender, Unreachable},
+    reach::{ProbeTiming, ReachSender, Unanswered, Unreachable},
     record::MAX_RECORD_LEN,
     wire::{MemoryNet, Wire},
 };
@@ -387,7 +387,7 @@ impl Gossip {
             return Err(bad(format!("timing {t:?}")));
         }
         let p = &config.probes;
-        if p.interval.is_zero() || p.deadline.is_zero() {
+        if p.interval.is_zero() || p.deadline.is_zero() || p.lost_after < p.deadline {
             return Err(bad(format!("probe timing {p:?}")));
         }
         let keyring = Arc::new(RwLock::new(config.keyring.clone()));

@@ -14,12 +14,17 @@
 //!   [`ProbeTiming::deadline`] ago and at least [`ProbeTiming::min_missed`] probes went
 //!   unanswered since the last ack came in (a node that was itself starved of the CPU
 //!   sent none meanwhile, so it does not judge its peers on its own stall);
+//! - once its newest answered probe was sent more than [`ProbeTiming::lost_after`] ago,
+//!   the flows this node has to it are given up as well ([`Unanswered::lost`]): a
+//!   verdict that held that long is no passing stall, and a connection kept waiting on
+//!   a path that is gone is better reset (a client opens a new one) than left hanging;
 //! - it is reachable again with its first ack;
 //! - a member that never answered is not judged (an agent that does not answer probes,
 //!   one just started, one whose generation changed): it counts as reachable.
 //!
 //! The verdicts are this node's only: they go to its own load balancing (no new flows
-//! to backends on an unreachable node), never into what it gossips.
+//! to backends on an unreachable node, then none of its flows), never into what it
+//! gossips.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
@@ -32,9 +37,18 @@ use tracing::info;
 
 use crate::identity::TrustSet;
 
-/// The members this node cannot reach, by node ID, with their gossip address's IP
-/// (their data-path address).
-pub type Unreachable = BTreeMap<String, IpAddr>;
+/// The members this node cannot reach, by node ID.
+pub type Unreachable = BTreeMap<String, Unanswered>;
+
+/// A member this node's probes do not reach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unanswered {
+    /// Its gossip address's IP (its data-path address in shoal).
+    pub addr: IpAddr,
+    /// Silent past [`ProbeTiming::lost_after`]: the flows this node has to it are given
+    /// up too, not only new ones kept from it.
+    pub lost: bool,
+}
 
 /// Where the verdicts go: every change of the set of unreachable members.
 pub type ReachSender = Arc<watch::Sender<Arc<Unreachable>>>;
@@ -99,11 +113,18 @@ impl Probe {
 /// backend elsewhere. A member whose agent is slow to answer for longer (a loaded
 /// machine) is judged unreachable too, until its next answer: that only keeps new flows
 /// from its backends meanwhile.
+///
+/// After 3 s of silence the flows this node has to the member are given up too: a
+/// kept-alive connection waiting there is reset by the backend it is moved to, and its
+/// client opens a new one well within its own timeout; a member that was only slow to
+/// answer for less than that keeps its flows.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProbeTiming {
     pub interval: Duration,
     pub deadline: Duration,
     pub min_missed: u32,
+    /// At least `deadline`.
+    pub lost_after: Duration,
 }
 
 impl Default for ProbeTiming {
@@ -112,6 +133,7 @@ impl Default for ProbeTiming {
             interval: Duration::from_millis(200),
             deadline: Duration::from_millis(600),
             min_missed: 2,
+            lost_after: Duration::from_secs(3),
         }
     }
 }
@@ -125,6 +147,8 @@ struct Peer {
     /// Probes sent since its last ack came in.
     missed: u32,
     unreachable: bool,
+    /// Unreachable for [`ProbeTiming::lost_after`].
+    lost: bool,
 }
 
 /// A probe due now: sealed for `node`, sent to `addr`.
@@ -201,6 +225,7 @@ impl Reach {
                 answered: None,
                 missed: 0,
                 unreachable: false,
+                lost: false,
             });
             if (peer.generation, peer.addr) != (t.generation, t.addr) {
                 // Another run of it, or another address: judged afresh.
@@ -211,6 +236,7 @@ impl Reach {
                     answered: None,
                     missed: 0,
                     unreachable: false,
+                    lost: false,
                 };
             }
             if let Some(answered) = peer.answered {
@@ -225,6 +251,16 @@ impl Reach {
                         silent_ms = now.duration_since(answered).as_millis() as u64,
                         missed = peer.missed,
                         "a member does not answer this node's probes: unreachable from here");
+                }
+                if peer.unreachable
+                    && !peer.lost
+                    && now.duration_since(answered) >= self.timing.lost_after
+                {
+                    peer.lost = true;
+                    changed = true;
+                    info!(node = %id, addr = %t.addr,
+                        silent_ms = now.duration_since(answered).as_millis() as u64,
+                        "a member still does not answer this node's probes: its flows from here are given up");
                 }
             }
             peer.missed = peer.missed.saturating_add(1);
@@ -256,6 +292,7 @@ impl Reach {
         }
         if peer.unreachable {
             peer.unreachable = false;
+            peer.lost = false;
             self.judged_back += 1;
             info!(node = %node, addr = %peer.addr,
                 rtt_ms = now.duration_since(sent).as_millis() as u64,
@@ -269,7 +306,13 @@ impl Reach {
             .peers
             .iter()
             .filter(|(_, p)| p.unreachable)
-            .map(|(id, p)| (id.clone(), p.addr.ip()))
+            .map(|(id, p)| {
+                let u = Unanswered {
+                    addr: p.addr.ip(),
+                    lost: p.lost,
+                };
+                (id.clone(), u)
+            })
             .collect();
         self.out.send_if_modified(|u| {
             if **u == set {
@@ -393,19 +436,31 @@ mod tests {
         assert!(unreachable(&p).is_empty());
         // b goes silent at `cut`: its last answered probe was sent at cut - 200 ms.
         let cut = now;
-        let mut seen = None;
-        while now < cut + ms(3000) {
+        let (mut seen, mut lost) = (None, None);
+        while now < cut + ms(4000) {
             let due = p.reach.due(now, &t);
             p.reach.answered("c", stamp_of(&due, "c"), now + ms(10));
             if seen.is_none() && unreachable(&p) == ["b"] {
                 seen = Some(now - cut);
+                let b = p.rx.borrow()["b"];
+                assert_eq!(
+                    b,
+                    Unanswered {
+                        addr: "10.0.0.2".parse().unwrap(),
+                        lost: false
+                    }
+                );
+            }
+            if lost.is_none() && p.rx.borrow().get("b").is_some_and(|b| b.lost) {
+                lost = Some(now - cut);
             }
             now += ms(200);
         }
         // Unreachable 600 ms after its last answered probe was sent (at cut - 200 ms),
-        // not before.
+        // not before; its flows given up 3 s after it.
         assert_eq!(seen, Some(ms(400)), "{:?}", p.rx.borrow());
-        assert_eq!(p.rx.borrow()["b"], "10.0.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(lost, Some(ms(2800)), "{:?}", p.rx.borrow());
+        assert_eq!(unreachable(&p), ["b"]);
         assert_eq!((p.reach.judged_unreachable, p.reach.judged_back), (1, 0));
         // Its first ack brings it back at once.
         let due = p.reach.due(now, &t);

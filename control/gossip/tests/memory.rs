@@ -685,7 +685,10 @@ async fn a_member_cut_off_from_one_node_only_is_unreachable_there_and_alive_ever
     );
     assert_eq!(
         cluster.node(0).unreachable()[&node_id(1)],
-        gossip_addr(1).ip(),
+        shoal_gossip::Unanswered {
+            addr: gossip_addr(1).ip(),
+            lost: false
+        },
         "with its gossip address (a node's data-path address in shoal)"
     );
     // Gossip still has each alive through the others, for 10 s: only the verdicts of
@@ -701,6 +704,9 @@ async fn a_member_cut_off_from_one_node_only_is_unreachable_there_and_alive_ever
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(cluster.node(0).counters().unreachable, 1);
+    // Silent for over 3 s by now: its flows are given up too.
+    assert!(cluster.node(0).unreachable()[&node_id(1)].lost);
+    assert!(cluster.node(1).unreachable()[&node_id(0)].lost);
     // Healed: reachable again with the first answer.
     cluster.net.heal();
     let healed = Instant::now();

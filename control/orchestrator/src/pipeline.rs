@@ -14,9 +14,11 @@
 //! polls a file: a change reaches the reconcilers as soon as it is computed.
 //!
 //! It also follows which nodes this one cannot reach by its own gossip probes
-//! ([`shoal_gossip::reach`]): their backends are draining in this node's load balancing
+//! ([`shoal_gossip::reach`]): their backends are draining in this node's load balancing,
+//! then unhealthy once the node has been silent for long
 //! ([`shoal_dataplane::lb::state::LbState::drain_unreachable`]), at once, whatever the
-//! source is doing (the executor may be in the middle of a pass).
+//! source is doing (the executor may be in the middle of a pass): each change of the
+//! verdicts is a pass of its own.
 use std::{
     collections::{BTreeMap, BTreeSet},
     future::Future,
@@ -27,7 +29,9 @@ use std::{
 };
 
 use futures::{stream, StreamExt};
-use shoal_dataplane::{overlay::plan::ContainerNetns, reconcile::DeclaredNode};
+use shoal_dataplane::{
+    lb::state::Unreached, overlay::plan::ContainerNetns, reconcile::DeclaredNode,
+};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
@@ -113,15 +117,22 @@ impl<R: Resolve> Pipeline<R> {
         self
     }
 
-    /// The underlay addresses of the nodes this one cannot reach now.
-    fn unreachable(&self) -> BTreeSet<Ipv4Addr> {
+    /// The underlay addresses of the nodes this one cannot reach now, and for how long.
+    fn unreachable(&self) -> BTreeMap<Ipv4Addr, Unreached> {
         let Some(reach) = &self.reach else {
-            return BTreeSet::new();
+            return BTreeMap::new();
         };
         let set = reach.borrow().clone();
         set.values()
-            .filter_map(|ip| match ip {
-                IpAddr::V4(v4) => Some(*v4),
+            .filter_map(|u| match u.addr {
+                IpAddr::V4(v4) => Some((
+                    v4,
+                    if u.lost {
+                        Unreached::Lost
+                    } else {
+                        Unreached::Draining
+                    },
+                )),
                 IpAddr::V6(_) => None,
             })
             .collect()
@@ -250,12 +261,12 @@ impl<R: Resolve> Pipeline<R> {
         };
         let unreachable = self.unreachable();
         if let Some(lb) = next.lb.as_mut() {
-            let drained = lb.drain_unreachable(&unreachable);
-            if drained > 0 {
+            let changed = lb.drain_unreachable(&unreachable);
+            if changed > 0 {
                 debug!(
-                    drained,
+                    changed,
                     ?unreachable,
-                    "backends on nodes this one cannot reach: draining here"
+                    "backends on nodes this one cannot reach: out of the balancing here"
                 );
             }
         }

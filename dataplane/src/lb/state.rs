@@ -4,7 +4,7 @@
 //! overlay state before any map is touched; a refused state leaves the last good one in
 //! force.
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     fmt,
     net::Ipv4Addr,
 };
@@ -12,6 +12,16 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::overlay::state::OverlayState;
+
+/// A node this one cannot reach by its own probes, as [`LbState::drain_unreachable`]
+/// takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unreached {
+    /// Unreachable: no new flow to its backends from here.
+    Draining,
+    /// Unreachable for long: none of its flows either.
+    Lost,
+}
 
 /// The whole declared load-balancing state of a node.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -312,34 +322,41 @@ impl LbState {
         Ok(())
     }
 
-    /// Makes draining every healthy backend on a node of `unreachable` (underlay
-    /// addresses this node cannot reach now, by its own probes): no new flow or
-    /// connection from this node goes to it, a retransmitted SYN included, and the
-    /// flows it has are left alone (they are lost with the path anyway, and kept if the
-    /// verdict was wrong). A service whose every healthy backend is on such a node is
-    /// left as it is: sending nowhere would not serve it better. Returns how many
-    /// backends it drained.
-    pub fn drain_unreachable(&mut self, unreachable: &BTreeSet<Ipv4Addr>) -> usize {
+    /// Takes out of this node's load balancing the healthy backends on the nodes of
+    /// `unreachable` (underlay addresses this node cannot reach now, by its own probes):
+    /// on a [`Unreached::Draining`] node they become draining (no new flow or connection
+    /// from this node, a retransmitted SYN included; the flows they have are left
+    /// alone, kept if the verdict was wrong), on a [`Unreached::Lost`] one unhealthy
+    /// (their flows move too: with Maglev, to a backend that resets them, and the client
+    /// opens a new connection instead of waiting on a path that is gone). A service
+    /// whose every healthy backend is on such a node is left as it is: sending nowhere
+    /// would not serve it better. Returns how many backends it changed.
+    pub fn drain_unreachable(&mut self, unreachable: &BTreeMap<Ipv4Addr, Unreached>) -> usize {
         if unreachable.is_empty() {
             return 0;
         }
-        let mut drained = 0;
+        let mut changed = 0;
         for s in &mut self.services {
             let reachable_healthy = s
                 .backends
                 .iter()
-                .any(|b| b.state == BackendState::Healthy && !unreachable.contains(&b.node));
+                .any(|b| b.state == BackendState::Healthy && !unreachable.contains_key(&b.node));
             if !reachable_healthy {
                 continue;
             }
             for b in &mut s.backends {
-                if b.state == BackendState::Healthy && unreachable.contains(&b.node) {
-                    b.state = BackendState::Draining;
-                    drained += 1;
+                if b.state != BackendState::Healthy {
+                    continue;
                 }
+                b.state = match unreachable.get(&b.node) {
+                    None => continue,
+                    Some(Unreached::Draining) => BackendState::Draining,
+                    Some(Unreached::Lost) => BackendState::Unhealthy,
+                };
+                changed += 1;
             }
         }
-        drained
+        changed
     }
 }
 
@@ -452,15 +469,18 @@ mod tests {
         let states = |s: &LbState| -> Vec<BackendState> {
             s.services[0].backends.iter().map(|b| b.state).collect()
         };
-        use BackendState::{Draining, Healthy};
+        use BackendState::{Draining, Healthy, Unhealthy};
+        let cut = |nodes: &[(u8, Unreached)]| -> BTreeMap<Ipv4Addr, Unreached> {
+            nodes.iter().map(|(n, u)| (node(*n), *u)).collect()
+        };
 
         let mut none = s.clone();
-        assert_eq!(none.drain_unreachable(&BTreeSet::new()), 0);
+        assert_eq!(none.drain_unreachable(&BTreeMap::new()), 0);
         assert_eq!(none, s);
 
         // t1's node unreachable: t1 drains, t2 stays draining, t3 healthy.
         let mut one = s.clone();
-        assert_eq!(one.drain_unreachable(&BTreeSet::from([node(11)])), 1);
+        assert_eq!(one.drain_unreachable(&cut(&[(11, Unreached::Draining)])), 1);
         assert_eq!(states(&one), [Draining, Draining, Healthy]);
         one.validate(&overlay()).unwrap();
         // Nothing else changes: addresses, ports, the other services.
@@ -468,23 +488,27 @@ mod tests {
         back.services[0].backends[0].state = Healthy;
         assert_eq!(back, s);
 
+        // Unreachable for long: its flows are given up too.
+        let mut lost = s.clone();
+        assert_eq!(lost.drain_unreachable(&cut(&[(11, Unreached::Lost)])), 1);
+        assert_eq!(states(&lost), [Unhealthy, Draining, Healthy]);
+        lost.validate(&overlay()).unwrap();
+
         // Every healthy backend's node unreachable: left as it is.
         let mut all = s.clone();
-        assert_eq!(
-            all.drain_unreachable(&BTreeSet::from([node(11), node(13)])),
-            0
-        );
+        let both = cut(&[(11, Unreached::Lost), (13, Unreached::Draining)]);
+        assert_eq!(all.drain_unreachable(&both), 0);
         assert_eq!(all, s);
 
         // An unhealthy backend on an unreachable node stays unhealthy.
         let mut sick = s.clone();
-        sick.services[0].backends[0].state = BackendState::Unhealthy;
-        assert_eq!(sick.drain_unreachable(&BTreeSet::from([node(11)])), 0);
-        assert_eq!(sick, {
-            let mut x = s.clone();
-            x.services[0].backends[0].state = BackendState::Unhealthy;
-            x
-        });
+        sick.services[0].backends[0].state = Unhealthy;
+        let before = sick.clone();
+        assert_eq!(
+            sick.drain_unreachable(&cut(&[(11, Unreached::Draining)])),
+            0
+        );
+        assert_eq!(sick, before);
     }
 
     #[test]

@@ -188,7 +188,7 @@ fn balanced() -> DeclaredNode {
 
 #[tokio::test]
 async fn backends_on_a_node_this_one_cannot_reach_drain_at_once_and_come_back() {
-    use shoal_dataplane::lb::state::BackendState::{Draining, Healthy};
+    use shoal_dataplane::lb::state::BackendState::{Draining, Healthy, Unhealthy};
     let docker = FakeDocker::default();
     let (intent_tx, intent_rx) = watch::channel(None);
     let (out_tx, mut out) = watch::channel(None);
@@ -212,9 +212,14 @@ async fn backends_on_a_node_this_one_cannot_reach_drain_at_once_and_come_back() 
             [Healthy; 3]
         );
         // The node at .12 stops answering this node's probes: no new intent is needed.
-        let cut: shoal_gossip::Unreachable =
-            [("n2".to_string(), "192.168.77.12".parse().unwrap())].into();
-        reach_tx.send(Arc::new(cut)).unwrap();
+        let cut = |lost| -> Arc<shoal_gossip::Unreachable> {
+            let u = shoal_gossip::Unanswered {
+                addr: "192.168.77.12".parse().unwrap(),
+                lost,
+            };
+            Arc::new([("n2".to_string(), u)].into())
+        };
+        reach_tx.send(cut(false)).unwrap();
         out.changed().await.unwrap();
         let got = out.borrow_and_update().clone().unwrap();
         assert_eq!(states(&got), [Healthy, Draining, Healthy]);
@@ -226,6 +231,13 @@ async fn backends_on_a_node_this_one_cannot_reach_drain_at_once_and_come_back() 
         assert_eq!(
             states(&out.borrow_and_update().clone().unwrap()),
             [Healthy, Draining, Healthy]
+        );
+        // Silent for long: its flows from here are given up too.
+        reach_tx.send(cut(true)).unwrap();
+        out.changed().await.unwrap();
+        assert_eq!(
+            states(&out.borrow_and_update().clone().unwrap()),
+            [Healthy, Unhealthy, Healthy]
         );
         // It answers again.
         reach_tx.send(Arc::new(Default::default())).unwrap();
@@ -342,4 +354,91 @@ async fn a_backend_change_reaches_the_kernel_through_the_pipeline() {
     running.stop();
     let _ = std::fs::remove_dir_all(&dir);
     assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+/// The VIPs (connect() rewritten at the socket) take the same verdicts as the mesh: a
+/// backend on a node this one cannot reach gets no new connection through the VIP here,
+/// and gets them again once the node answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vip_sends_no_new_connection_to_a_node_this_one_cannot_reach() {
+    use shoal_dataplane::{
+        lb::state::{Backend, BackendState, Balance, EndpointMode, LbState, Service, Vip},
+        reconcile::{runner, status::StatusFile, vip::VipReconciler},
+    };
+    let docker = Box::leak(Box::new(FakeDocker::default()));
+    docker.run("a", "id-a", 10);
+    let dir = std::env::temp_dir().join(format!("shoal-pipeline-reach-{}", std::process::id()));
+    let (intent_tx, intent_rx) = watch::channel(None);
+    let (out_tx, out_rx) = watch::channel(None);
+    let (reach_tx, reach_rx) = watch::channel(Arc::new(shoal_gossip::Unreachable::new()));
+    let events = crate::events::DockerEvents::none();
+    let (tables_tx, tables) = std::sync::mpsc::channel();
+    let running = runner::spawn(
+        "vip-reach-test",
+        move || Ok(VipReconciler::new(FakeVipKernel(tables_tx.clone()))),
+        out_rx,
+        None,
+        StatusFile::new(&dir, "vip"),
+    )
+    .await
+    .unwrap();
+    let docker: &'static FakeDocker = docker;
+    let pipeline = tokio::spawn(
+        Pipeline::new(docker, out_tx, None)
+            .with_reachability(Some(reach_rx))
+            .run(intent_rx, events.subscribe()),
+    );
+    let mut d = intent(&["a"]);
+    d.lb = Some(LbState {
+        ingress_network: None,
+        services: vec![Service {
+            id: "s1".into(),
+            name: "web".into(),
+            endpoint_mode: EndpointMode::Vip,
+            balance: Balance::default(),
+            vips: vec![Vip {
+                network: "web".into(),
+                address: "10.0.9.100".parse().unwrap(),
+            }],
+            ports: Vec::new(),
+            backends: [(12, "10.0.9.21"), (13, "10.0.9.22")]
+                .into_iter()
+                .map(|(n, addr)| Backend {
+                    task: format!("t{n}"),
+                    node: Ipv4Addr::new(192, 168, 77, n),
+                    addresses: [("web".to_string(), addr.parse().unwrap())].into(),
+                    state: BackendState::Healthy,
+                })
+                .collect(),
+        }],
+    });
+    let wait_for = |want: &[&str]| {
+        let want: Vec<Ipv4Addr> = want.iter().map(|a| a.parse().unwrap()).collect();
+        loop {
+            let t = tables
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("no table with {want:?} healthy within 10 s"));
+            if t.healthy("10.0.9.100".parse().unwrap()) == want {
+                return;
+            }
+        }
+    };
+    intent_tx.send(Some(Arc::new(d))).unwrap();
+    tokio::task::block_in_place(|| wait_for(&["10.0.9.21", "10.0.9.22"]));
+    for lost in [false, true] {
+        let u = shoal_gossip::Unanswered {
+            addr: "192.168.77.12".parse().unwrap(),
+            lost,
+        };
+        reach_tx
+            .send(Arc::new([("n12".to_string(), u)].into()))
+            .unwrap();
+        tokio::task::block_in_place(|| wait_for(&["10.0.9.22"]));
+    }
+    reach_tx.send(Arc::default()).unwrap();
+    tokio::task::block_in_place(|| wait_for(&["10.0.9.21", "10.0.9.22"]));
+    drop(intent_tx);
+    pipeline.await.unwrap();
+    running.stop();
+    let _ = std::fs::remove_dir_all(&dir);
 }
