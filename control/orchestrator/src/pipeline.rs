@@ -110,8 +110,8 @@ impl<R: Resolve> Pipeline<R> {
         }
     }
 
-    /// Drains, in the load balancing it publishes, the backends on the nodes `reach`
-    /// says this node cannot reach.
+    /// Takes out of the load balancing it publishes the backends on the nodes `reach`
+    /// says this node cannot reach: draining, then unhealthy once a node is lost.
     pub fn with_reachability(mut self, reach: Option<ReachWatch>) -> Self {
         self.reach = reach;
         self
