@@ -380,6 +380,35 @@ impl StoreNode {
         self.raft.metrics().borrow().current_leader
     }
 
+    /// Whether this member leads and a majority acknowledged it within the followers'
+    /// lease (the longest election timeout). A leader cut off from its majority keeps
+    /// believing it leads (openraft never steps it down), while the majority elects
+    /// another after the lease: past it, work that must reach the real leader (a node's
+    /// heartbeat, a write, its view of the state) is better sent elsewhere. A leader
+    /// that has not heard a majority yet (just elected by one) counts as leading.
+    pub fn leads_a_majority(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let lease = self.config.election_timeout_max.as_millis();
+        m.state == ServerState::Leader
+            && m.millis_since_quorum_ack
+                .is_none_or(|ms| u128::from(ms) <= lease)
+    }
+
+    /// Resolves once this member names a leader other than `leader` (a new one elected,
+    /// or none while an election runs); at once if it already does.
+    pub async fn leader_other_than(&self, leader: Option<RaftId>) {
+        let mut metrics = self.raft.metrics();
+        if metrics
+            .wait_for(|m| m.current_leader != leader)
+            .await
+            .is_err()
+        {
+            // Raft stopped: its leader will not change any more.
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Whether this member believes it is the leader (no quorum check; see `read`).
     pub fn is_leader(&self) -> bool {
         self.status().state == MemberState::Leader

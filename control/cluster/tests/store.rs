@@ -394,7 +394,48 @@ async fn a_partition_isolating_the_leader() {
     c.propose(&[1, 2, 3], service("before", 1)).await;
     let old = c.stable_leader(&[1, 2, 3]).await;
     let majority: Vec<RaftId> = [1, 2, 3].into_iter().filter(|&id| id != old).collect();
+    assert!(c.node(old).leads_a_majority());
+    assert!(majority.iter().all(|&id| !c.node(id).leads_a_majority()));
+    // A member waiting for the leader to change (a call forwarded to the old leader).
+    let waiter = {
+        let store = c.node(majority[0]).clone();
+        tokio::spawn(async move {
+            let t = Instant::now();
+            store.leader_other_than(Some(old)).await;
+            t.elapsed()
+        })
+    };
     c.net.isolate(old);
+
+    // The old leader still believes it leads, but past the followers' lease (1.2 s)
+    // without a majority's answer it says it may not.
+    let t = Instant::now();
+    while c.node(old).leads_a_majority() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the cut-off leader still claims a majority after {:?}",
+            t.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lost = t.elapsed();
+    assert!(
+        lost >= Duration::from_millis(1000),
+        "lease given up after {lost:?}"
+    );
+    assert!(
+        c.node(old).is_leader(),
+        "openraft keeps it leader meanwhile"
+    );
+    // The majority's member saw the leader change (an election began or ended).
+    let changed = tokio::time::timeout(Duration::from_secs(15), waiter)
+        .await
+        .expect("the majority names another leader within 15 s")
+        .unwrap();
+    assert!(
+        changed >= Duration::from_millis(600),
+        "changed after {changed:?}"
+    );
 
     // The old leader cannot commit, and says so within the bound.
     let t = Instant::now();

@@ -151,6 +151,20 @@ struct Peer {
     lost: bool,
 }
 
+impl Peer {
+    /// A run of a member at an address, not probed yet: reachable until judged otherwise.
+    fn unjudged(generation: u64, addr: SocketAddr) -> Peer {
+        Peer {
+            generation,
+            addr,
+            answered: None,
+            missed: 0,
+            unreachable: false,
+            lost: false,
+        }
+    }
+}
+
 /// A probe due now: sealed for `node`, sent to `addr`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Due {
@@ -219,25 +233,14 @@ impl Reach {
         let stamp = now.duration_since(self.epoch).as_millis() as u64;
         let mut due = Vec::with_capacity(members.len());
         for (id, t) in trust.iter().filter(|(id, _)| *id != self.me) {
-            let peer = self.peers.entry(id.to_owned()).or_insert(Peer {
-                generation: t.generation,
-                addr: t.addr,
-                answered: None,
-                missed: 0,
-                unreachable: false,
-                lost: false,
-            });
+            let peer = self
+                .peers
+                .entry(id.to_owned())
+                .or_insert_with(|| Peer::unjudged(t.generation, t.addr));
             if (peer.generation, peer.addr) != (t.generation, t.addr) {
                 // Another run of it, or another address: judged afresh.
                 changed |= peer.unreachable;
-                *peer = Peer {
-                    generation: t.generation,
-                    addr: t.addr,
-                    answered: None,
-                    missed: 0,
-                    unreachable: false,
-                    lost: false,
-                };
+                *peer = Peer::unjudged(t.generation, t.addr);
             }
             if let Some(answered) = peer.answered {
                 if !peer.unreachable

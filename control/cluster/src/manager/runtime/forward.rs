@@ -46,6 +46,7 @@ impl Runtime {
         let mut hint: Option<String> = None;
         let mut rotation = 0usize;
         let mut unreachable: Option<String> = None;
+        let mut replaced = false;
         loop {
             let target = match hint.take() {
                 Some(addr) => Some(Target::Remote(addr)),
@@ -56,22 +57,41 @@ impl Runtime {
                     self.handle(Some(self.identity().peer_identity()), request.clone())
                         .await
                 }
-                Some(Target::Remote(addr)) => match self
-                    .client()
-                    .call(
+                Some(Target::Remote(addr)) => {
+                    let client = self.client();
+                    let call = client.call(
                         &addr,
                         &request,
                         request.deadline(self.timings.request_timeout),
-                    )
-                    .await
-                {
-                    Ok(reply) => reply,
-                    Err(e) => {
-                        unreachable = Some(format!("{addr}: {e}"));
-                        rotation += 1;
-                        Err(WireError::NotLeader { leader: None })
+                    );
+                    // On a manager, a call to a leader that this node's Raft sees replaced
+                    // is given up: a leader cut off from the majority (alive, so the
+                    // connection hangs rather than fails) would otherwise hold the call
+                    // for the whole request timeout after the new leader is elected.
+                    let answered = match self.core() {
+                        Some(core) => {
+                            let seen = core.store.leader();
+                            tokio::select! {
+                                r = call => Some(r),
+                                () = core.store.leader_other_than(seen) => None,
+                            }
+                        }
+                        None => Some(call.await),
+                    };
+                    match answered {
+                        Some(Ok(reply)) => reply,
+                        Some(Err(e)) => {
+                            unreachable = Some(format!("{addr}: {e}"));
+                            rotation += 1;
+                            Err(WireError::NotLeader { leader: None })
+                        }
+                        None => {
+                            tracing::debug!(%addr, "the leader changed: asking again");
+                            replaced = true;
+                            Err(WireError::NotLeader { leader: None })
+                        }
                     }
-                },
+                }
                 None => Err(WireError::NotLeader { leader: None }),
             };
             match reply {
@@ -83,7 +103,9 @@ impl Runtime {
                             _ => ClusterError::NoQuorum,
                         });
                     }
-                    if leader.is_none() {
+                    if std::mem::take(&mut replaced) {
+                        // Straight to the leader this node names now.
+                    } else if leader.is_none() {
                         rotation += 1;
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     } else {

@@ -91,9 +91,16 @@ impl Runtime {
                 });
             };
             let needs = needs(&request);
-            if needs.leader && !core.store.is_leader() {
+            if needs.leader && !core.store.leads_a_majority() {
+                // A leader that lost its majority names no leader: the caller then asks
+                // the other managers, one of which knows the new one once it is elected
+                // (naming itself would send the caller straight back here).
                 return Err(WireError::NotLeader {
-                    leader: core.leader_addr(),
+                    leader: if core.store.is_leader() {
+                        None
+                    } else {
+                        core.leader_addr()
+                    },
                 });
             }
             core.store
