@@ -148,7 +148,6 @@ impl<R: Resolve> Pipeline<R> {
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         refresh.tick().await;
         let mut current = intent.borrow_and_update().clone();
-        self.dump(current.as_deref());
         let mut reach = self.reach.clone();
         loop {
             self.pass(current.as_deref()).await;
@@ -185,7 +184,6 @@ impl<R: Resolve> Pipeline<R> {
             };
             if intent_changed {
                 current = intent.borrow_and_update().clone();
-                self.dump(current.as_deref());
             }
         }
     }
@@ -270,19 +268,18 @@ impl<R: Resolve> Pipeline<R> {
                 );
             }
         }
-        self.out.send_if_modified(|old| {
-            if old.as_deref() == Some(&next) {
-                return false;
-            }
-            *old = Some(Arc::new(next));
-            true
-        });
+        if self.out.borrow().as_deref() == Some(&next) {
+            return;
+        }
+        // What the reconcilers follow, reachability verdicts included, is what people see.
+        self.dump(&next);
+        self.out.send_replace(Some(Arc::new(next)));
     }
 
-    /// Writes the declared state to `<dump_dir>/{overlay,dns,lb}.json` (each only if
+    /// Writes the published state to `<dump_dir>/{overlay,dns,lb}.json` (each only if
     /// changed), for people and tools.
-    fn dump(&self, intent: Option<&DeclaredNode>) {
-        let (Some(dir), Some(d)) = (&self.dump_dir, intent) else {
+    fn dump(&self, d: &DeclaredNode) {
+        let Some(dir) = &self.dump_dir else {
             return;
         };
         let mut results = vec![write_if_changed(&dir.join("overlay.json"), &d.overlay)];

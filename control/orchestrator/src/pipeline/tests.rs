@@ -194,9 +194,21 @@ async fn backends_on_a_node_this_one_cannot_reach_drain_at_once_and_come_back() 
     let (out_tx, mut out) = watch::channel(None);
     let (reach_tx, reach_rx) = watch::channel(Arc::new(shoal_gossip::Unreachable::new()));
     let events = crate::events::DockerEvents::none();
-    let run = Pipeline::new(&docker, out_tx, None)
+    let dir = std::env::temp_dir().join(format!("shoal-pipeline-reach-{}", std::process::id()));
+    let run = Pipeline::new(&docker, out_tx, Some(dir.clone()))
         .with_reachability(Some(reach_rx))
         .run(intent_rx, events.subscribe());
+    // The dump for people says what the reconcilers follow, verdicts included.
+    let dumped = || -> Vec<String> {
+        let lb: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("lb.json")).unwrap()).unwrap();
+        lb["services"][0]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["state"].as_str().unwrap_or_default().to_lowercase())
+            .collect()
+    };
     let states = |d: &DeclaredNode| -> Vec<_> {
         d.lb.as_ref().unwrap().services[0]
             .backends
@@ -223,6 +235,7 @@ async fn backends_on_a_node_this_one_cannot_reach_drain_at_once_and_come_back() 
         out.changed().await.unwrap();
         let got = out.borrow_and_update().clone().unwrap();
         assert_eq!(states(&got), [Healthy, Draining, Healthy]);
+        assert_eq!(dumped(), ["healthy", "draining", "healthy"]);
         // A new intent keeps it drained while it stays unreachable.
         let mut more = balanced();
         more.overlay.networks[0].mtu = Some(1400);
@@ -246,12 +259,14 @@ async fn backends_on_a_node_this_one_cannot_reach_drain_at_once_and_come_back() 
             states(&out.borrow_and_update().clone().unwrap()),
             [Healthy; 3]
         );
+        assert_eq!(dumped(), ["healthy"; 3]);
         drop(intent_tx);
     };
     let ((), ()) =
         tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(run, check) })
             .await
             .expect("the pipeline follows its reachability and ends with its source");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A VIP kernel that tells the test every table it is asked to hold.
