@@ -256,8 +256,30 @@ impl WireSocket {
 
 fn is_transient(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
+    // EPERM: a firewall rule on this host drops the datagram (a partition made with
+    // nftables or iptables); the socket is fine, the datagram is lost.
     matches!(
         e.kind(),
-        ConnectionRefused | ConnectionReset | HostUnreachable | NetworkUnreachable | OutOfMemory
+        ConnectionRefused
+            | ConnectionReset
+            | HostUnreachable
+            | NetworkUnreachable
+            | OutOfMemory
+            | PermissionDenied
     ) || matches!(e.raw_os_error(), Some(libc::EMSGSIZE | libc::ENOBUFS))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_transient;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn a_datagram_the_host_or_network_refuses_is_lost_not_a_broken_socket() {
+        for errno in [libc::EPERM, libc::ECONNREFUSED, libc::EHOSTUNREACH, libc::ENOBUFS] {
+            assert!(is_transient(&Error::from_raw_os_error(errno)), "{errno}");
+        }
+        assert!(!is_transient(&Error::from_raw_os_error(libc::EBADF)));
+        assert!(!is_transient(&Error::from(ErrorKind::InvalidInput)));
+    }
 }
