@@ -276,7 +276,12 @@ mod tests {
 
     #[test]
     fn a_datagram_the_host_or_network_refuses_is_lost_not_a_broken_socket() {
-        for errno in [libc::EPERM, libc::ECONNREFUSED, libc::EHOSTUNREACH, libc::ENOBUFS] {
+        for errno in [
+            libc::EPERM,
+            libc::ECONNREFUSED,
+            libc::EHOSTUNREACH,
+            libc::ENOBUFS,
+        ] {
             assert!(is_transient(&Error::from_raw_os_error(errno)), "{errno}");
         }
         assert!(!is_transient(&Error::from_raw_os_error(libc::EBADF)));
