@@ -199,6 +199,8 @@ pub struct StoreNode {
     /// The first fatal error a request met (a storage error, a panic of the Raft core):
     /// openraft's metrics do not always carry it (a panicked core sends none).
     failure: Arc<std::sync::Mutex<Option<String>>>,
+    /// The leader whose append this member last accepted, and when.
+    heard: Arc<std::sync::Mutex<Option<(RaftId, std::time::Instant)>>>,
 }
 
 impl std::fmt::Debug for StoreNode {
@@ -263,6 +265,7 @@ impl StoreNode {
             config,
             fsync,
             failure: Default::default(),
+            heard: Default::default(),
         })
     }
 
@@ -407,6 +410,24 @@ impl StoreNode {
             // Raft stopped: its leader will not change any more.
             std::future::pending::<()>().await;
         }
+    }
+
+    /// The leader whose append (a heartbeat included) this member last accepted, and how
+    /// long ago; `None` before the first.
+    pub fn last_heard(&self) -> Option<(RaftId, Duration)> {
+        let heard = *self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        heard.map(|(leader, at)| (leader, at.elapsed()))
+    }
+
+    /// The followers' lease on their leader: they grant no vote while they heard it
+    /// within this (openraft takes it from the longest election timeout).
+    pub fn leader_lease(&self) -> Duration {
+        self.config.election_timeout_max
+    }
+
+    /// Stands for election now, without waiting for the election timer.
+    pub async fn elect(&self) -> Result<(), StoreError> {
+        self.raft.trigger().elect().await.map_err(|e| self.fatal(e))
     }
 
     /// Whether this member believes it is the leader (no quorum check; see `read`).
@@ -557,7 +578,15 @@ impl StoreNode {
     pub async fn handle_rpc(&self, request: RaftRequest) -> RaftResponse {
         match request {
             RaftRequest::AppendEntries(r) => {
-                RaftResponse::AppendEntries(self.raft.append_entries(r).await)
+                let from = r.vote.leader_id().voted_for();
+                let answer = self.raft.append_entries(r).await;
+                if let (Some(from), Ok(a)) = (from, &answer) {
+                    if !matches!(a, openraft::raft::AppendEntriesResponse::HigherVote(_)) {
+                        *self.heard.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some((from, std::time::Instant::now()));
+                    }
+                }
+                RaftResponse::AppendEntries(answer)
             }
             RaftRequest::Vote(r) => RaftResponse::Vote(self.raft.vote(r).await),
             RaftRequest::InstallSnapshot(r) => {

@@ -28,6 +28,7 @@ mod applied;
 mod authorize;
 mod autolock;
 mod ca;
+mod dead_leader;
 mod forward;
 mod handlers;
 mod heartbeat;

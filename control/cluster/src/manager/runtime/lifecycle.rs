@@ -14,6 +14,7 @@ use tokio_rustls::TlsConnector;
 use super::accept::accept_loop;
 use super::autolock::autolock_loop;
 use super::ca::{ca_loop, Signers};
+use super::dead_leader::dead_leader_loop;
 use super::liveness::monitor_loop;
 use super::{
     fresh_raft_id, issue_options, lock, new_gossip_key, now_ms, with_port, write, Core, Runtime,
@@ -461,9 +462,10 @@ impl Runtime {
             self.admission.clone(),
         ));
         let monitor = tokio::spawn(monitor_loop(self.clone(), core.clone()));
+        let dead_leader = tokio::spawn(dead_leader_loop(core.clone()));
         let autolock = tokio::spawn(autolock_loop(self.clone(), core.clone()));
         let ca = tokio::spawn(ca_loop(self.clone(), core.clone()));
-        lock(&core.tasks).extend([accept, monitor, autolock, ca]);
+        lock(&core.tasks).extend([accept, monitor, dead_leader, autolock, ca]);
         Ok(core)
     }
 
