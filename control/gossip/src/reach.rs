@@ -17,7 +17,9 @@
 //! - once its newest answered probe was sent more than [`ProbeTiming::lost_after`] ago,
 //!   the flows this node has to it are given up as well ([`Unanswered::lost`]): a
 //!   verdict that held that long is no passing stall, and a connection kept waiting on
-//!   a path that is gone is better reset (a client opens a new one) than left hanging;
+//!   a path that is gone is better reset (a client opens a new one) than left hanging.
+//!   Only while at most half of the members are unreachable: all of them late at once
+//!   is this node's or the network's trouble (a starved machine), not theirs;
 //! - it is reachable again with its first ack;
 //! - a member that never answered is not judged (an agent that does not answer probes,
 //!   one just started, one whose generation changed): it counts as reachable.
@@ -255,16 +257,6 @@ impl Reach {
                         missed = peer.missed,
                         "a member does not answer this node's probes: unreachable from here");
                 }
-                if peer.unreachable
-                    && !peer.lost
-                    && now.duration_since(answered) >= self.timing.lost_after
-                {
-                    peer.lost = true;
-                    changed = true;
-                    info!(node = %id, addr = %t.addr,
-                        silent_ms = now.duration_since(answered).as_millis() as u64,
-                        "a member still does not answer this node's probes: its flows from here are given up");
-                }
             }
             peer.missed = peer.missed.saturating_add(1);
             due.push(Due {
@@ -272,6 +264,29 @@ impl Reach {
                 addr: t.addr,
                 probe: Probe::Ask { stamp },
             });
+        }
+        // Flows are given up only while the silent members are at most half of them:
+        // every member late at once says more about this node or the whole network (a
+        // starved machine, a congested switch) than about each of them, and resetting
+        // every connection would only add to it. Gossip's own failure detector still
+        // withdraws the members that are gone.
+        let silent = self.peers.values().filter(|p| p.unreachable).count();
+        if silent * 2 <= self.peers.len() {
+            for (id, peer) in &mut self.peers {
+                let Some(answered) = peer.answered else {
+                    continue;
+                };
+                if peer.unreachable
+                    && !peer.lost
+                    && now.duration_since(answered) >= self.timing.lost_after
+                {
+                    peer.lost = true;
+                    changed = true;
+                    info!(node = %id, addr = %peer.addr,
+                        silent_ms = now.duration_since(answered).as_millis() as u64,
+                        "a member still does not answer this node's probes: its flows from here are given up");
+                }
+            }
         }
         if changed {
             self.publish();
@@ -470,6 +485,41 @@ mod tests {
         p.reach.answered("b", stamp_of(&due, "b"), now + ms(30));
         assert!(unreachable(&p).is_empty());
         assert_eq!((p.reach.judged_unreachable, p.reach.judged_back), (1, 1));
+    }
+
+    #[test]
+    fn flows_are_not_given_up_while_most_members_are_silent_at_once() {
+        let mut p = probed();
+        let t = trust(&[("a", 1), ("b", 1), ("c", 1), ("d", 1)]);
+        let mut now = p.t0;
+        for _ in 0..5 {
+            let due = p.reach.due(now, &t);
+            for node in ["b", "c", "d"] {
+                p.reach.answered(node, stamp_of(&due, node), now + ms(10));
+            }
+            now += ms(200);
+        }
+        // b and c (two of three) go silent together: unreachable, but their flows kept.
+        let cut = now;
+        while now < cut + ms(4000) {
+            let due = p.reach.due(now, &t);
+            p.reach.answered("d", stamp_of(&due, "d"), now + ms(10));
+            now += ms(200);
+        }
+        assert_eq!(unreachable(&p), ["b", "c"]);
+        assert!(
+            p.rx.borrow().values().all(|u| !u.lost),
+            "{:?}",
+            p.rx.borrow()
+        );
+        // c answers again: b alone is silent, one of three, and its flows are given up.
+        let due = p.reach.due(now, &t);
+        p.reach.answered("c", stamp_of(&due, "c"), now + ms(10));
+        p.reach.answered("d", stamp_of(&due, "d"), now + ms(10));
+        now += ms(200);
+        let _ = p.reach.due(now, &t);
+        assert_eq!(unreachable(&p), ["b"]);
+        assert!(p.rx.borrow()["b"].lost, "{:?}", p.rx.borrow());
     }
 
     #[test]
