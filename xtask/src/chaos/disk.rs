@@ -136,7 +136,7 @@ impl<'a> Tmpfs<'a> {
         if self
             .cluster
             .agent_pid(&self.host)
-            .is_ok_and(|pid| crate::lab::procs::alive(pid))
+            .is_ok_and(crate::lab::procs::alive)
         {
             self.cluster.stop_agent(&self.host, libc::SIGTERM)?;
         }
