@@ -228,13 +228,12 @@ mod tests {
     #[test]
     fn a_container_created_but_never_started_is_removed_so_the_task_starts_again() {
         let mut state = ClusterState::default();
-        state.services.insert(
-            "s1".into(),
-            Service {
-                id: "s1".into(),
-                ..Default::default()
-            },
-        );
+        let service: Service = serde_json::from_value(serde_json::json!({
+            "id": "s1",
+            "spec": {"name": "web", "image": "shoal/web:1", "mode": "global"},
+        }))
+        .unwrap();
+        state.services.insert("s1".into(), service);
         state.tasks.insert("t1".into(), assigned("t1", "me"));
         let mut created = Observed::running("c1", "t1");
         created.state = ContainerSummaryStateEnum::CREATED;
