@@ -146,6 +146,21 @@ pub(super) fn plan(
                     ));
                 }
             }
+            Some(o) if o.state == ContainerSummaryStateEnum::CREATED => {
+                // Created and never started: a start cut short between the two (the
+                // agent stopped, or the executor was started again with the manager
+                // role, in between). A pass creates and starts in one go, so nothing
+                // would ever start it and the task would stay assigned for good:
+                // removed with its sandbox, the task starts afresh on the next pass.
+                actions.push(Action::Remove {
+                    container: o.id.clone(),
+                    sandbox: sandbox_of.get(t.id.as_str()).map(|s| s.id.clone()),
+                    task: None,
+                    failed: None,
+                    serving: false,
+                    released: None,
+                });
+            }
             Some(o) => {
                 if let Some(u) = observe(t, o) {
                     updates.push(u);
@@ -187,4 +202,63 @@ pub(super) fn starting_networks(actions: &[Action]) -> BTreeSet<String> {
         .flatten()
         .map(|a| a.network_id.clone())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_cluster::store::{Service, TaskStatus};
+
+    use super::*;
+
+    fn assigned(id: &str, node: &str) -> Task {
+        Task {
+            id: id.into(),
+            service_id: "s1".into(),
+            slot: 1,
+            node_id: Some(node.into()),
+            desired_state: TaskState::Running,
+            status: TaskStatus {
+                state: TaskState::Assigned,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_container_created_but_never_started_is_removed_so_the_task_starts_again() {
+        let mut state = ClusterState::default();
+        let service: Service = serde_json::from_value(serde_json::json!({
+            "id": "s1",
+            "spec": {"name": "web", "image": "shoal/web:1", "mode": "global"},
+        }))
+        .unwrap();
+        state.services.insert("s1".into(), service);
+        state.tasks.insert("t1".into(), assigned("t1", "me"));
+        let mut created = Observed::running("c1", "t1");
+        created.state = ContainerSummaryStateEnum::CREATED;
+        let sandboxes = [ObservedSandbox {
+            id: "sb1".into(),
+            task_id: "t1".into(),
+            running: true,
+        }];
+        let p = plan(&state, "me", None, &[created], &sandboxes);
+        assert!(p.updates.is_empty());
+        let [Action::Remove {
+            container,
+            sandbox,
+            task: None,
+            failed: None,
+            serving: false,
+            ..
+        }] = p.actions.as_slice()
+        else {
+            panic!("expected one removal of the created container");
+        };
+        assert_eq!(container, "c1");
+        assert_eq!(sandbox.as_deref(), Some("sb1"));
+        // Once it is gone, the next pass starts the task.
+        let p = plan(&state, "me", None, &[], &[]);
+        assert!(matches!(p.actions.as_slice(), [Action::Start { task, .. }] if task.id == "t1"));
+    }
 }

@@ -3,7 +3,37 @@
 //! would, with a backoff while starting fails: the disk may need minutes to get room.
 //! In between the node says why in `shoal info` and refuses the cluster's requests
 //! with the reason, instead of answering "no quorum" for good.
+//!
+//! The role is started again only once its Raft directory takes a write ([`room`]).
+//! Why: a manager that was the leader starts again with its vote and resumes leading
+//! before the others' election timeout; on a disk still full its first write fails,
+//! and so on every second or two: measured (`cargo xtask chaos --scenario disk_full`),
+//! the leader's store restarted 20 times in 25 s, still leader of its term, and the
+//! cluster accepted no write at all through the other managers. Kept down while there
+//! is no room, it lets them elect a leader that can write.
+use std::io::Write;
+
 use super::*;
+
+/// What a write must fit in the Raft directory before the role starts again.
+const ROOM_PROBE: usize = 256 * 1024;
+
+/// Whether the Raft directory under `cluster_dir` takes a write of [`ROOM_PROBE`]
+/// bytes, synced (then removed); Ok when there is no Raft directory (nothing to write).
+fn room(cluster_dir: &std::path::Path) -> std::io::Result<()> {
+    let raft = cluster_dir.join("raft");
+    if !raft.is_dir() {
+        return Ok(());
+    }
+    let probe = raft.join(".room-probe");
+    let written = (|| {
+        let mut f = std::fs::File::create(&probe)?;
+        f.write_all(&vec![0u8; ROOM_PROBE])?;
+        f.sync_all()
+    })();
+    let _ = std::fs::remove_file(&probe);
+    written
+}
 
 /// The first wait before starting the role again, doubled while starting fails.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -57,6 +87,16 @@ impl ClusterAgent {
             if tokio::time::Instant::now() < r.next_try {
                 return;
             }
+            let dir = self.config.cluster_dir();
+            let checked = tokio::task::spawn_blocking(move || room(&dir))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+            if let Err(e) = checked {
+                let e = format!("no room in the Raft directory: {e}");
+                tracing::warn!(error = %e, retry_in = ?r.backoff * 2, "the stopped manager role is not started again yet");
+                r.failed_again(e);
+                return;
+            }
             match resume(&self.config).await {
                 Ok(Some(again)) => {
                     info!(
@@ -107,6 +147,20 @@ pub(super) async fn stop_role(role: Option<Role>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn room_is_a_synced_write_in_the_raft_directory_left_behind_by_nobody() {
+        let dir = std::env::temp_dir().join(format!("shoal-room-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        // No Raft directory: nothing to check.
+        room(&dir).unwrap();
+        std::fs::create_dir(dir.join("raft")).unwrap();
+        room(&dir).unwrap();
+        let left = std::fs::read_dir(dir.join("raft")).unwrap().count();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(left, 0, "the probe is removed");
+    }
 
     #[test]
     fn the_backoff_doubles_to_its_bound_and_the_message_says_why() {
