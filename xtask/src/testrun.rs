@@ -74,11 +74,26 @@ pub fn run(with_lab: bool) -> Result<ExitCode> {
         ],
         &mut tally,
     )?;
-    // Every fuzz target over its seeds and mutations of them (README, "Fuzzing"); the
-    // mutator's and the runner's own unit tests come with it.
+    // Every fuzz target over its seeds and mutations of them (README, "Fuzzing"), and the
+    // mutator's and the runner's own tests. Selected as the unit tests are, then narrowed
+    // to these test targets: the same packages give the same features, so the step
+    // builds on the unit tests' artifacts (`-p shoal-fuzz-targets` alone would unify
+    // fewer tokio features and build tokio and everything above it again).
     ok &= cargo_test(
         "fuzz targets, short run",
-        &["test", "-p", "shoal-fuzz-targets", "--no-fail-fast"],
+        &[
+            "test",
+            "--workspace",
+            "--no-fail-fast",
+            "--exclude",
+            "shoal-ebpf",
+            "--exclude",
+            "shoal-tests",
+            "--test",
+            "short_run",
+            "--test",
+            "runner",
+        ],
         &mut tally,
     )?;
     if with_lab {
