@@ -3,7 +3,8 @@
 //! outside the repository that stays between runs ([`target_dir`]), writes the seed
 //! inputs, runs each target for N inputs and prints one line per target (inputs, time,
 //! exec/s, coverage). A crash fails the run, naming the input that caused it.
-//! `cargo xtask test` runs every target briefly through [`run`].
+//! `cargo xtask test` runs every target briefly without libFuzzer (the same `run`
+//! functions, `fuzz/targets/tests/short_run.rs`).
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
@@ -352,6 +353,26 @@ mod tests {
             p.artifact,
             Some(PathBuf::from("/r/fuzz/artifacts/compose/crash-abc"))
         );
+    }
+
+    #[test]
+    fn targets_are_the_cargo_fuzz_binaries() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/fuzz_targets");
+        let mut binaries: Vec<String> = std::fs::read_dir(&dir)
+            .expect("fuzz/fuzz_targets")
+            .map(|e| e.expect("a directory entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+            .map(|p| {
+                p.file_stem()
+                    .expect("a name")
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        binaries.sort();
+        let mut targets = TARGETS.to_vec();
+        targets.sort();
+        assert_eq!(binaries, targets);
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! `cargo xtask test`: README's test command. Runs setup if needed, then every layer of
 //! tests, and ends with one summary line `N passed, N failed`.
 //!
-//! The fuzz targets are not among them yet: their build (nightly, sanitizers, outside
-//! this workspace) starts from nothing in every fresh clone, over an hour on a 2-core
-//! machine. `cargo xtask fuzz` runs them.
+//! The fuzz targets take part as a short run of their own step: every target's seeds and
+//! a fixed set of mutations of them through the same `run` functions the cargo-fuzz
+//! binaries call (`fuzz/targets`, a workspace member: stable, no sanitizers, built on
+//! what the unit tests built). The libFuzzer build (nightly, sanitizers, outside this
+//! workspace, over ten minutes from nothing) is `cargo xtask fuzz`'s alone.
 use std::{
     io::{BufRead, BufReader},
     process::{ExitCode, Stdio},
@@ -67,6 +69,30 @@ pub fn run(with_lab: bool) -> Result<ExitCode> {
             "shoal-ebpf",
             "--exclude",
             "shoal-tests",
+            "--exclude",
+            "shoal-fuzz-targets",
+        ],
+        &mut tally,
+    )?;
+    // Every fuzz target over its seeds and mutations of them (README, "Fuzzing"), and the
+    // mutator's and the runner's own tests. Selected as the unit tests are, then narrowed
+    // to these test targets: the same packages give the same features, so the step
+    // builds on the unit tests' artifacts (`-p shoal-fuzz-targets` alone would unify
+    // fewer tokio features and build tokio and everything above it again).
+    ok &= cargo_test(
+        "fuzz targets, short run",
+        &[
+            "test",
+            "--workspace",
+            "--no-fail-fast",
+            "--exclude",
+            "shoal-ebpf",
+            "--exclude",
+            "shoal-tests",
+            "--test",
+            "short_run",
+            "--test",
+            "runner",
         ],
         &mut tally,
     )?;

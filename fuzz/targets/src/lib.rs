@@ -1,7 +1,15 @@
-//! What the fuzz targets share with `write_seeds`: the small, realistic node
-//! configuration the targets answer from (one ingress and one service network, a
-//! service with a VIP, a published port with a local and a remote backend), in the
-//! formats the agent takes it, and the seed inputs made from it.
+//! The fuzz targets' code: each target's body as a plain function
+//! ([`targets`]`::NAME::run`), which the cargo-fuzz binaries (`fuzz/fuzz_targets/`)
+//! and the short run of `cargo xtask test` (`tests/short_run.rs`) both call; the
+//! small, realistic node configuration the targets answer from (one ingress and one
+//! service network, a service with a VIP, a published port with a local and a remote
+//! backend), in the formats the agent takes it; every target's seed inputs
+//! ([`seeds`]); and the short run itself ([`short_run`], inputs from [`mutate`]).
+
+pub mod mutate;
+pub mod seeds;
+pub mod short_run;
+pub mod targets;
 
 /// The node under test and its peer (underlay addresses).
 pub const NODE: [u8; 4] = [192, 168, 77, 11];
