@@ -311,11 +311,13 @@ impl Executor {
     pub async fn step(&mut self) {
         let began = std::time::Instant::now();
         self.fetch().await;
+        let fetched = began.elapsed();
         let Some(state) = self.state.clone() else {
             return;
         };
         let me = self.client.node_id().to_string();
         self.declare(&state, &me);
+        let listed_at = std::time::Instant::now();
         let listing = match self.list().await {
             Ok(o) => o,
             Err(e) => {
@@ -323,6 +325,7 @@ impl Executor {
                 return;
             }
         };
+        let list_ms = listed_at.elapsed().as_millis() as u64;
         self.declare_attachments(&state, &me).await;
         let sandboxes = listing.sandboxes;
         let mut observed = listing.tasks;
@@ -401,6 +404,8 @@ impl Executor {
         }
         if count > 0 {
             debug!(
+                fetch_ms = fetched.as_millis() as u64,
+                list_ms,
                 actions = count,
                 prepare_ms = prepared.as_millis() as u64,
                 total_ms = began.elapsed().as_millis() as u64,

@@ -10,8 +10,13 @@
 //! The source publishes what the node should hold (an [`DeclaredNode`] with no
 //! containers). The pipeline adds where each local endpoint's and task's container
 //! runs (its network namespace, asked of dockerd once and kept until an event says the
-//! container changed) and publishes the whole as one value the reconcilers follow. Nothing here
-//! polls a file: a change reaches the reconcilers as soon as it is computed.
+//! container changed) and publishes the whole as one value the reconcilers follow. A
+//! declared container found not running is not asked of dockerd again until an event
+//! names it (its start): a scale-up declares dozens of sandboxes before they start, and
+//! asking after each of them at every start event made dockerd answer for containers it
+//! was still starting (an inspect waits for the container's start to end), holding the
+//! ones already running back with them. Nothing here polls a file: a change reaches the
+//! reconcilers as soon as it is computed.
 //!
 //! It also follows which nodes this one cannot reach by its own gossip probes
 //! ([`shoal_gossip::reach`]): their backends are draining in this node's load balancing,
@@ -89,8 +94,12 @@ pub struct Pipeline<R: Resolve> {
     out: watch::Sender<Option<Arc<DeclaredNode>>>,
     /// Where the declared state is dumped for people; None: nowhere.
     dump_dir: Option<PathBuf>,
-    /// Running containers by name; a name missing is looked up on the next pass.
+    /// Running containers by name.
     known: BTreeMap<String, Resolved>,
+    /// Declared containers dockerd said were not running: asked again only once an
+    /// event names them (or at the periodic refresh, or after the event watch
+    /// resubscribed). A name in neither set is looked up on the next pass.
+    absent: BTreeSet<String>,
     /// The nodes this one cannot reach; None: every node counts as reachable.
     reach: Option<ReachWatch>,
 }
@@ -106,6 +115,7 @@ impl<R: Resolve> Pipeline<R> {
             out,
             dump_dir,
             known: BTreeMap::new(),
+            absent: BTreeSet::new(),
             reach: None,
         }
     }
@@ -178,6 +188,7 @@ impl<R: Resolve> Pipeline<R> {
                     }
                     _ = refresh.tick() => {
                         self.known.clear();
+                        self.absent.clear();
                         break false;
                     }
                 }
@@ -199,6 +210,7 @@ impl<R: Resolve> Pipeline<R> {
             match u {
                 Watched::Subscribed => {
                     self.known.clear();
+                    self.absent.clear();
                     due = true;
                 }
                 Watched::Event(ev) => {
@@ -213,6 +225,7 @@ impl<R: Resolve> Pipeline<R> {
                     }
                     if declared.contains(ev.name.as_str()) {
                         self.known.remove(&ev.name);
+                        self.absent.remove(&ev.name);
                         due = true;
                     }
                 }
@@ -222,18 +235,22 @@ impl<R: Resolve> Pipeline<R> {
         due
     }
 
-    /// Looks up the declared containers not known yet and publishes the result if it
-    /// differs from what was published.
+    /// Looks up the declared containers neither known to run nor found absent since the
+    /// last event naming them, and publishes the result if it differs from what was
+    /// published.
     pub async fn pass(&mut self, intent: Option<&DeclaredNode>) {
         let Some(intent) = intent else { return };
         let names = intent.container_names();
         self.known.retain(|n, _| names.contains(n.as_str()));
+        self.absent.retain(|n| names.contains(n.as_str()));
         let missing: Vec<String> = names
             .iter()
-            .filter(|n| !self.known.contains_key(**n))
+            .filter(|n| !self.known.contains_key(**n) && !self.absent.contains(**n))
             .map(|n| (*n).to_owned())
             .collect();
         let resolver = &self.resolver;
+        let t0 = std::time::Instant::now();
+        let asked = missing.len();
         let found: Vec<(String, Result<Option<Resolved>, String>)> = stream::iter(missing)
             .map(|n: String| async move {
                 let r = resolver.resolve(&n).await;
@@ -242,12 +259,22 @@ impl<R: Resolve> Pipeline<R> {
             .buffer_unordered(PARALLEL_LOOKUPS)
             .collect()
             .await;
+        if asked > 0 {
+            debug!(
+                asked,
+                ms = t0.elapsed().as_millis() as u64,
+                "declared containers looked up"
+            );
+        }
         for (name, r) in found {
             match r {
                 Ok(Some(r)) => {
                     self.known.insert(name, r);
                 }
-                Ok(None) => debug!(container = %name, "declared container not running (yet)"),
+                Ok(None) => {
+                    debug!(container = %name, "declared container not running (yet)");
+                    self.absent.insert(name);
+                }
                 Err(e) => warn!(container = %name, error = %e, "looking up a declared container"),
             }
         }

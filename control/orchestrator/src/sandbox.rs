@@ -4,13 +4,16 @@
 //! connects at its first instruction finds its network in place.
 //!
 //! ```text
-//!  executor ─create/start─▶ <task container>.sandbox (/pause, --network none,
-//!     │                      the task's hostname and resolv.conf)
-//!     │   pipeline: its namespace ─▶ overlay attaches it, VIP maps scope it,
-//!     │                              DNS serves its first network, egress gives
-//!     │                              it its veth and default route
+//!  executor ─create─▶ <task container>.sandbox (/pause, --network none,
+//!     │                the task's hostname and resolv.conf)
+//!     ├─start─▶ sandbox               ├─create─▶ <task container>
+//!     │   pipeline: its namespace ─▶  │   (--network container:<sandbox>,
+//!     │   overlay attaches it, VIP    │    meanwhile: not started)
+//!     │   maps scope it, DNS serves   │
+//!     │   its first network, egress   │
+//!     │   gives it its veth and route │
 //!     ├─ wait_ready (bounded) ◀── reconcilers' readiness watch
-//!     └─create/start─▶ <task container> (--network container:<sandbox>)
+//!     └─start─▶ <task container>
 //! ```
 //! The overlay's local endpoints and egress's task containers name the sandbox (a task
 //! with no network gets one too, for egress), so the namespace stays plumbed for
@@ -167,29 +170,55 @@ pub struct Started {
     pub netns_id: u64,
 }
 
-/// Creates and starts a sandbox (a leftover of the same name is removed first).
-pub async fn start(docker: &DockerClient, spec: &Spec) -> Result<Started, String> {
-    remove(docker, &spec.name).await?;
-    let body = create_body(spec);
+/// Creates a sandbox, not started yet. `leftover`, a sandbox of the task that dockerd
+/// listed (a start cut short), is removed first. Nothing else is removed up front: a
+/// container that holds the name without being listed as a sandbox is removed only
+/// when the create meets it, and the create tried once more (one call per task saved
+/// on the path of every start).
+pub async fn create(
+    docker: &DockerClient,
+    spec: &Spec,
+    leftover: Option<&str>,
+) -> Result<String, String> {
+    if let Some(old) = leftover {
+        remove(docker, old).await?;
+    }
     let api = docker.engine();
-    let id = api
-        .create_container(
+    let create = || {
+        api.create_container(
             Some(CreateContainerOptions {
                 name: Some(spec.name.clone()),
                 ..Default::default()
             }),
-            body,
+            create_body(spec),
         )
-        .await
-        .map_err(|e| format!("creating the task's sandbox {}: {e}", spec.name))?
-        .id;
+    };
+    let created = match create().await {
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 409, ..
+        }) => {
+            remove(docker, &spec.name).await?;
+            create().await
+        }
+        other => other,
+    };
+    created
+        .map(|r| r.id)
+        .map_err(|e| format!("creating the task's sandbox {}: {e}", spec.name))
+}
+
+/// Starts the created sandbox `id` and finds its network namespace; a sandbox that
+/// cannot be started is removed again.
+pub async fn start(docker: &DockerClient, spec: &Spec, id: &str) -> Result<Started, String> {
     let started = async {
-        api.start_container(&id, None)
+        docker
+            .engine()
+            .start_container(id, None)
             .await
             .map_err(|e| format!("starting the task's sandbox {}: {e}", spec.name))?;
-        match docker.container_netns(&id).await {
+        match docker.container_netns(id).await {
             Ok(Some(c)) => Ok(Started {
-                id: id.clone(),
+                id: id.to_owned(),
                 netns_id: c.netns_id,
             }),
             Ok(None) => Err(format!(
@@ -201,7 +230,7 @@ pub async fn start(docker: &DockerClient, spec: &Spec) -> Result<Started, String
     }
     .await;
     if started.is_err() {
-        let _ = remove(docker, &id).await;
+        let _ = remove(docker, id).await;
     }
     started
 }

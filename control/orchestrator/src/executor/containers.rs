@@ -1,11 +1,11 @@
 //! Task containers on dockerd: listing them and their sandboxes, reading a task's state
 //! off its container, and carrying out a pass's actions.
 //!
-//! A start makes the task's sandbox (`<container>.sandbox`, holding the network
-//! namespace), waits until the dataplane has made its network ready
-//! ([`crate::sandbox`]), then creates the task's container `<service>.<slot>.<task>` in
-//! it (`--network container:<sandbox>`, settings from `config`) and starts it. A
-//! removal stops and removes the container, then its sandbox.
+//! A start creates the task's sandbox (`<container>.sandbox`, holding the network
+//! namespace); then starts it and waits until the dataplane has made its network ready
+//! ([`crate::sandbox`]) while it creates the task's container `<service>.<slot>.<task>`
+//! in it (`--network container:<sandbox>`, settings from `config`), which it starts
+//! once both are done. A removal stops and removes the container, then its sandbox.
 
 use std::{collections::HashMap, net::Ipv4Addr};
 
@@ -72,6 +72,17 @@ impl Observed {
             task_id: task_id.into(),
             state: ContainerSummaryStateEnum::RUNNING,
             status: "Up 3 seconds".into(),
+        }
+    }
+
+    /// A container of task `task_id` made and never started.
+    #[cfg(test)]
+    pub(super) fn created(id: &str, task_id: &str) -> Self {
+        Self {
+            id: id.into(),
+            task_id: task_id.into(),
+            state: ContainerSummaryStateEnum::CREATED,
+            status: "Created".into(),
         }
     }
 
@@ -331,6 +342,7 @@ async fn act(docker: &DockerClient, prepared: &Prepared, action: Action) -> Vec<
             service,
             dns,
             dns_network,
+            leftover_sandbox,
         } => {
             let image = prepared
                 .images
@@ -343,6 +355,7 @@ async fn act(docker: &DockerClient, prepared: &Prepared, action: Action) -> Vec<
                 sandbox_image: prepared.sandbox_image.clone(),
                 ready: prepared.ready.clone(),
                 version: prepared.version,
+                leftover_sandbox,
             };
             let files = prepared
                 .files
@@ -399,6 +412,8 @@ struct Network {
     ready: Option<ReadinessWatch>,
     /// The declared state's version the dataplane must have applied first.
     version: u64,
+    /// A sandbox of the task's that dockerd listed (a start cut short): removed first.
+    leftover_sandbox: Option<String>,
 }
 
 async fn start(
@@ -431,7 +446,8 @@ async fn start(
         }
     };
     let name = t.container_name(&spec.name);
-    let sandbox = match start_sandbox(docker, t, service, &name, node, network).await {
+    let t0 = std::time::Instant::now();
+    let sandbox = match create_sandbox(docker, t, service, &name, node, &network).await {
         Ok(s) => s,
         Err(err) => {
             warn!(task = %t.id, %err, "task rejected");
@@ -439,20 +455,41 @@ async fn start(
             return out;
         }
     };
-    let body = config::task_container(t, service, &name, &node.id, &sandbox.id, mounts);
-    let created = api
-        .create_container(
-            Some(CreateContainerOptions {
-                name: Some(name.clone()),
-                ..Default::default()
-            }),
-            body,
-        )
-        .await;
-    let id = match created {
-        Ok(r) => r.id,
-        Err(e) => {
-            if let Err(e) = sandbox::remove(docker, &sandbox.id).await {
+    let t_sandbox = t0.elapsed();
+    // The task's container is made while its sandbox starts and the dataplane plumbs
+    // it (dockerd needs the sandbox to exist, not to run, to make a container that
+    // joins it); it starts only once the network is ready.
+    let body = config::task_container(t, service, &name, &node.id, &sandbox.1, mounts);
+    let create = async {
+        let created = api
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await;
+        (created, t0.elapsed())
+    };
+    let ready = async {
+        let r = ready_sandbox(docker, t, &sandbox.0, &sandbox.1, network).await;
+        (r, t0.elapsed())
+    };
+    let ((ready, t_ready), (created, t_created)) = tokio::join!(ready, create);
+    let id = match (ready, created) {
+        (Ok(_), Ok(r)) => r.id,
+        (Err(err), created) => {
+            // The sandbox is removed already; the container made for it goes too.
+            if let Ok(r) = created {
+                remove_unstarted(docker, &r.id).await;
+            }
+            warn!(task = %t.id, %err, "task rejected");
+            out.push(update(t, TaskState::Rejected, "rejected", Some(err)));
+            return out;
+        }
+        (Ok(_), Err(e)) => {
+            if let Err(e) = sandbox::remove(docker, &sandbox.1).await {
                 debug!(error = %e, "removing the sandbox of a task that could not be created");
             }
             out.push(update(
@@ -478,7 +515,17 @@ async fn start(
         out.push(failed);
         return out;
     }
-    info!(task = %t.id, container = %name, "task started");
+    // Where the start's time went (from the start of this action; docs/benchmarks.md).
+    let ms = |d: std::time::Duration| d.as_millis() as u64;
+    info!(
+        task = %t.id,
+        container = %name,
+        sandbox_created_ms = ms(t_sandbox),
+        network_ready_ms = ms(t_ready),
+        container_created_ms = ms(t_created),
+        started_ms = ms(t0.elapsed()),
+        "task started"
+    );
     if spec
         .healthcheck
         .as_ref()
@@ -494,23 +541,53 @@ async fn start(
     out
 }
 
-/// Makes the task's sandbox and, when something plumbs it, waits until its network is
-/// ready; a sandbox whose network is not ready in time is removed again.
-async fn start_sandbox(
+/// Creates the task's sandbox (not started): its spec and its ID.
+async fn create_sandbox(
     docker: &DockerClient,
     t: &Task,
     service: &Service,
     container: &str,
     node: &NodeIdentity,
-    network: Network,
-) -> Result<sandbox::Started, String> {
-    network.sandbox_image?;
+    network: &Network,
+) -> Result<(sandbox::Spec, String), String> {
+    network.sandbox_image.clone()?;
     let resolver = Resolver {
         addr: network.dns,
         on_overlay: !t.networks.is_empty(),
     };
     let spec = config::sandbox_spec(t, service, container, node, resolver)?;
-    let started = sandbox::start(docker, &spec).await?;
+    let id = sandbox::create(docker, &spec, network.leftover_sandbox.as_deref()).await?;
+    Ok((spec, id))
+}
+
+/// Removes a task container that was made but never started.
+async fn remove_unstarted(docker: &DockerClient, id: &str) {
+    let removed = docker
+        .engine()
+        .remove_container(
+            id,
+            Some(RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await;
+    if let Err(e) = removed {
+        debug!(container = id, error = %e, "removing the container of a task whose network was not ready");
+    }
+}
+
+/// Starts the created sandbox `id` and, when something plumbs it, waits until its
+/// network is ready; a sandbox that does not start, or whose network is not ready in
+/// time, is removed again.
+async fn ready_sandbox(
+    docker: &DockerClient,
+    t: &Task,
+    spec: &sandbox::Spec,
+    id: &str,
+    network: Network,
+) -> Result<sandbox::Started, String> {
+    let started = sandbox::start(docker, spec, id).await?;
     let Some(mut ready) = network.ready else {
         return Ok(started);
     };

@@ -27,6 +27,9 @@ pub(super) enum Action {
         /// Where that resolver listens: the first network's name, or the egress
         /// listener's ([`EGRESS_LISTENER`]); the task's start waits for it to serve.
         dns_network: Option<String>,
+        /// The task's sandbox dockerd lists (a start cut short): the start removes it
+        /// and makes a new one.
+        leftover_sandbox: Option<String>,
     },
     /// Stop and remove the task's container, then its sandbox. A task that has not
     /// ended is reported shut down, or failed with `failed`.
@@ -82,6 +85,24 @@ pub(super) fn plan(
                 matches!(t.desired_state, TaskState::Running | TaskState::Complete)
             });
         let sandbox = sandbox_of.get(o.task_id.as_str());
+        // Made and never started by a start that did not finish (the agent stopped
+        // while the task waited for its network; passes do not overlap, so none is
+        // under way now): removed with its sandbox, the task not reported, so a later
+        // pass starts it afresh.
+        let abandoned = keep
+            && o.state == ContainerSummaryStateEnum::CREATED
+            && task.is_some_and(|t| t.status.state < TaskState::Starting);
+        if abandoned {
+            actions.push(Action::Remove {
+                container: o.id.clone(),
+                sandbox: sandbox.map(|s| s.id.clone()),
+                task: None,
+                failed: None,
+                serving: false,
+                released: None,
+            });
+            continue;
+        }
         let network_lost =
             o.state == ContainerSummaryStateEnum::RUNNING && !sandbox.is_some_and(|s| s.running);
         if !keep || network_lost {
@@ -136,6 +157,7 @@ pub(super) fn plan(
                         service: Box::new(service),
                         dns,
                         dns_network,
+                        leftover_sandbox: sandbox_of.get(t.id.as_str()).map(|s| s.id.clone()),
                     });
                 } else if t.status.state >= TaskState::Starting {
                     updates.push(update(
@@ -145,21 +167,6 @@ pub(super) fn plan(
                         Some("task: the container is gone".into()),
                     ));
                 }
-            }
-            Some(o) if o.state == ContainerSummaryStateEnum::CREATED => {
-                // Created and never started: a start cut short between the two (the
-                // agent stopped, or the executor was started again with the manager
-                // role, in between). A pass creates and starts in one go, so nothing
-                // would ever start it and the task would stay assigned for good:
-                // removed with its sandbox, the task starts afresh on the next pass.
-                actions.push(Action::Remove {
-                    container: o.id.clone(),
-                    sandbox: sandbox_of.get(t.id.as_str()).map(|s| s.id.clone()),
-                    task: None,
-                    failed: None,
-                    serving: false,
-                    released: None,
-                });
             }
             Some(o) => {
                 if let Some(u) = observe(t, o) {
@@ -206,59 +213,106 @@ pub(super) fn starting_networks(actions: &[Action]) -> BTreeSet<String> {
 
 #[cfg(test)]
 mod tests {
-    use shoal_cluster::store::{Service, TaskStatus};
+    use shoal_cluster::store::{Service, Task, TaskStatus};
 
     use super::*;
 
-    fn assigned(id: &str, node: &str) -> Task {
-        Task {
-            id: id.into(),
-            service_id: "s1".into(),
-            slot: 1,
-            node_id: Some(node.into()),
-            desired_state: TaskState::Running,
-            status: TaskStatus {
-                state: TaskState::Assigned,
+    fn state(task_state: TaskState) -> ClusterState {
+        let mut s = ClusterState::default();
+        let service: Service = serde_json::from_value(serde_json::json!({
+            "id": "s1",
+            "spec": {"name": "web", "image": "busybox", "mode": {"replicated": {"replicas": 1}}},
+        }))
+        .unwrap();
+        s.services.insert("s1".into(), service);
+        s.tasks.insert(
+            "t1".into(),
+            Task {
+                id: "t1".into(),
+                service_id: "s1".into(),
+                node_id: Some("n1".into()),
+                desired_state: TaskState::Running,
+                status: TaskStatus {
+                    state: task_state,
+                    ..Default::default()
+                },
                 ..Default::default()
             },
-            ..Default::default()
-        }
+        );
+        s
+    }
+
+    fn removed(p: &Plan) -> Vec<(&str, Option<&str>, bool)> {
+        p.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Remove {
+                    container,
+                    sandbox,
+                    task,
+                    ..
+                } => Some((container.as_str(), sandbox.as_deref(), task.is_some())),
+                _ => None,
+            })
+            .collect()
     }
 
     #[test]
-    fn a_container_created_but_never_started_is_removed_so_the_task_starts_again() {
-        let mut state = ClusterState::default();
-        let service: Service = serde_json::from_value(serde_json::json!({
-            "id": "s1",
-            "spec": {"name": "web", "image": "shoal/web:1", "mode": "global"},
-        }))
-        .unwrap();
-        state.services.insert("s1".into(), service);
-        state.tasks.insert("t1".into(), assigned("t1", "me"));
-        let mut created = Observed::running("c1", "t1");
-        created.state = ContainerSummaryStateEnum::CREATED;
-        let sandboxes = [ObservedSandbox {
+    fn a_container_a_cut_short_start_made_is_removed_and_the_task_started_again() {
+        let created = [Observed::created("c1", "t1")];
+        let sandbox = [ObservedSandbox {
             id: "sb1".into(),
             task_id: "t1".into(),
             running: true,
         }];
-        let p = plan(&state, "me", None, &[created], &sandboxes);
+        // Cut short while assigned (a store restart stopped the executor) or preparing.
+        let p = plan(&state(TaskState::Assigned), "n1", None, &created, &sandbox);
+        assert_eq!(removed(&p), [("c1", Some("sb1"), false)]);
+        assert_eq!(p.actions.len(), 1, "removed once: {:?}", p.actions.len());
+        let p = plan(&state(TaskState::Preparing), "n1", None, &created, &sandbox);
+        assert_eq!(
+            removed(&p),
+            [("c1", Some("sb1"), false)],
+            "removed with its sandbox, the task not reported"
+        );
         assert!(p.updates.is_empty());
-        let [Action::Remove {
-            container,
-            sandbox,
-            task: None,
-            failed: None,
-            serving: false,
-            ..
-        }] = p.actions.as_slice()
-        else {
-            panic!("expected one removal of the created container");
-        };
-        assert_eq!(container, "c1");
-        assert_eq!(sandbox.as_deref(), Some("sb1"));
-        // Once it is gone, the next pass starts the task.
-        let p = plan(&state, "me", None, &[], &[]);
-        assert!(matches!(p.actions.as_slice(), [Action::Start { task, .. }] if task.id == "t1"));
+        let again = plan(&state(TaskState::Preparing), "n1", None, &[], &[]);
+        assert!(
+            matches!(
+                again.actions.as_slice(),
+                [Action::Start {
+                    leftover_sandbox: None,
+                    ..
+                }]
+            ),
+            "with its container gone the task starts"
+        );
+        // Left as it was: a container whose start was reported (and failed).
+        let p = plan(&state(TaskState::Starting), "n1", None, &created, &sandbox);
+        assert!(removed(&p).is_empty());
+    }
+
+    #[test]
+    fn a_start_removes_only_a_sandbox_dockerd_lists_for_its_task() {
+        let sandbox = [ObservedSandbox {
+            id: "sb1".into(),
+            task_id: "t1".into(),
+            running: false,
+        }];
+        let p = plan(&state(TaskState::Assigned), "n1", None, &[], &sandbox);
+        match p.actions.as_slice() {
+            [Action::Start {
+                leftover_sandbox, ..
+            }] => assert_eq!(leftover_sandbox.as_deref(), Some("sb1")),
+            _ => panic!("one start expected"),
+        }
+        let p = plan(&state(TaskState::Assigned), "n1", None, &[], &[]);
+        assert!(matches!(
+            p.actions.as_slice(),
+            [Action::Start {
+                leftover_sandbox: None,
+                ..
+            }]
+        ));
     }
 }

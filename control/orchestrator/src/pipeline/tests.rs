@@ -1,5 +1,5 @@
-//! The pipeline with a fake dockerd: containers are looked up once, again only when an
-//! event names them, and every change is published at once.
+//! The pipeline with a fake dockerd: containers are looked up once (running or not),
+//! again only when an event names them, and every change is published at once.
 use std::{collections::HashMap, sync::Mutex};
 
 use shoal_dataplane::overlay::state::{LocalEndpoint, Network};
@@ -83,16 +83,30 @@ async fn containers_are_resolved_once_and_again_when_an_event_names_them() {
     assert_eq!(out.overlay, d.overlay);
     assert_eq!(*docker.lookups.lock().unwrap(), 2);
 
-    // Nothing new: b is asked again (it may have started), a is not; nothing published.
+    // Nothing new: neither is asked again (b's start will be an event); nothing
+    // published.
     p.pass(Some(&d)).await;
-    assert_eq!(*docker.lookups.lock().unwrap(), 3);
+    assert_eq!(*docker.lookups.lock().unwrap(), 2);
     assert!(!rx.has_changed().unwrap());
 
-    // b starts: its event makes a pass due and it is published.
+    // b starts: its event makes a pass due, it alone is asked, and it is published.
     docker.run("b", "id-b", 11);
     assert!(p.forget(Some(&d), &[event("b", "id-b", ContainerAction::Start)]));
     p.pass(Some(&d)).await;
+    assert_eq!(*docker.lookups.lock().unwrap(), 3);
     assert_eq!(rx.borrow_and_update().as_ref().unwrap().containers.len(), 2);
+
+    // A container declared later is asked at once; one not running, again only after
+    // the event watch resubscribed (events may have been missed meanwhile).
+    let more = intent(&["a", "b", "c"]);
+    p.pass(Some(&more)).await;
+    assert_eq!(*docker.lookups.lock().unwrap(), 4);
+    p.pass(Some(&more)).await;
+    assert_eq!(*docker.lookups.lock().unwrap(), 4);
+    docker.run("c", "id-c", 13);
+    assert!(p.forget(Some(&more), &[Watched::Subscribed]));
+    p.pass(Some(&more)).await;
+    assert_eq!(rx.borrow_and_update().as_ref().unwrap().containers.len(), 3);
 
     // a restarts in a new namespace; the event names it by ID only.
     docker.run("a", "id-a", 12);
