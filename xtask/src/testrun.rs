@@ -47,6 +47,19 @@ impl Tally {
     }
 }
 
+/// The workspace's tests outside the eBPF crate (built for the kernel) and the lab tests
+/// (a step of their own). Every test binary runs even after one fails, so the closing
+/// count is whole.
+const WORKSPACE_TESTS: &[&str] = &[
+    "test",
+    "--workspace",
+    "--no-fail-fast",
+    "--exclude",
+    "shoal-ebpf",
+    "--exclude",
+    "shoal-tests",
+];
+
 pub fn run(with_lab: bool) -> Result<ExitCode> {
     let started = Instant::now();
     setup::ensure(false)?;
@@ -60,18 +73,7 @@ pub fn run(with_lab: bool) -> Result<ExitCode> {
     let mut tally = Tally::default();
     let mut ok = cargo_test(
         "unit and eBPF fixture tests",
-        &[
-            "test",
-            "--workspace",
-            // Every test binary runs even after one fails, so the closing count is whole.
-            "--no-fail-fast",
-            "--exclude",
-            "shoal-ebpf",
-            "--exclude",
-            "shoal-tests",
-            "--exclude",
-            "shoal-fuzz-targets",
-        ],
+        &[WORKSPACE_TESTS, &["--exclude", "shoal-fuzz-targets"]].concat(),
         &mut tally,
     )?;
     // Every fuzz target over its seeds and mutations of them (README, "Fuzzing"), and the
@@ -82,18 +84,10 @@ pub fn run(with_lab: bool) -> Result<ExitCode> {
     ok &= cargo_test(
         "fuzz targets, short run",
         &[
-            "test",
-            "--workspace",
-            "--no-fail-fast",
-            "--exclude",
-            "shoal-ebpf",
-            "--exclude",
-            "shoal-tests",
-            "--test",
-            "short_run",
-            "--test",
-            "runner",
-        ],
+            WORKSPACE_TESTS,
+            &["--test", "short_run", "--test", "runner"],
+        ]
+        .concat(),
         &mut tally,
     )?;
     if with_lab {

@@ -412,3 +412,12 @@ pub fn wait_every<T>(
         }
     }
 }
+
+/// The rows of `shoal node ls` output (`nodes`) whose node is not Ready.
+pub fn not_ready_rows(nodes: &str) -> Vec<&str> {
+    nodes
+        .lines()
+        .skip(1)
+        .filter(|l| !l.contains(" Ready "))
+        .collect()
+}

@@ -35,7 +35,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
 use super::{
-    cluster::{wait, Cluster, LOAD_HOST},
+    cluster::{not_ready_rows, wait, Cluster, LOAD_HOST},
     load::Fault,
 };
 use crate::{bench::Report, lab::tables};
@@ -446,11 +446,7 @@ fn watch_nodes(cluster: &Cluster) -> (u64, u64, Vec<String>, Instant) {
             .and_then(|l| cluster.shoal(&l, &["node", "ls"]))
         {
             Ok(nodes) => {
-                let bad: Vec<&str> = nodes
-                    .lines()
-                    .skip(1)
-                    .filter(|l| !l.contains(" Ready "))
-                    .collect();
+                let bad = not_ready_rows(&nodes);
                 if !bad.is_empty() {
                     not_ready += 1;
                     seen.push(format!(

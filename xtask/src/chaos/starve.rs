@@ -15,7 +15,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use super::{
-    cluster::{Cluster, MANAGERS},
+    cluster::{not_ready_rows, Cluster, MANAGERS},
     load::Fault,
 };
 use crate::bench::Report;
@@ -143,11 +143,7 @@ pub fn starved(cluster: &mut Cluster, report: &mut Report) -> Result<Vec<Fault>>
         match cluster.leader() {
             Ok(leader) => match cluster.shoal(&leader, &["node", "ls"]) {
                 Ok(nodes) => {
-                    let bad: Vec<&str> = nodes
-                        .lines()
-                        .skip(1)
-                        .filter(|l| !l.contains(" Ready "))
-                        .collect();
+                    let bad = not_ready_rows(&nodes);
                     if !bad.is_empty() {
                         not_ready += 1;
                         seen.push(format!(
