@@ -228,6 +228,11 @@ impl TrustSet {
             .filter(|n| n.generation == claim.generation && n.addr == claim.addr)
     }
 
+    /// Whether some member gossips from `addr`.
+    pub(crate) fn lists_addr(&self, addr: SocketAddr) -> bool {
+        self.nodes.values().any(|n| n.addr == addr)
+    }
+
     /// The one member whose gossip address is `addr` (none when two claim it).
     pub(crate) fn node_at(&self, addr: SocketAddr) -> Option<&str> {
         let mut found = None;

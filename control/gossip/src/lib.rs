@@ -24,6 +24,7 @@ pub mod craft;
 pub mod endpoint;
 pub mod fuzzing;
 pub mod identity;
+mod intake;
 pub mod keys;
 pub mod reach;
 pub mod record;
@@ -201,6 +202,7 @@ pub enum Counter {
     Replayed,
     TooManySenders,
     UnknownSender,
+    Shed,
     BadMessage,
     SendTooBig,
     SendUnknownPeer,
@@ -229,7 +231,8 @@ pub struct Counters {
 /// `old_version` (the previous version's packets), `unknown_key` (a key ID not in the
 /// ring: retired or foreign), `auth_failed` (wrong key, wrong cluster, sealed for another
 /// node, tampered), `stale` (send time too far off), `replayed`, `too_many_senders`,
-/// `unknown_sender` (a sender that is not a member), `bad_message` (authentic but not
+/// `unknown_sender` (a sender that is not a member), `shed` (from an address no member
+/// gossips from, dropped unopened while the socket had a backlog: [`intake`]), `bad_message` (authentic but not
 /// chitchat, or chitchat could not handle it safely: see `admit`); not sent:
 /// `send_too_big`, `send_unknown_peer` (no member at that address).
 /// Parts of messages left out before chitchat hears them: `untrusted_heartbeat` and
@@ -252,6 +255,7 @@ pub struct CounterSnapshot {
     pub stale: u64,
     pub replayed: u64,
     pub too_many_senders: u64,
+    pub shed: u64,
     pub unknown_sender: u64,
     pub bad_message: u64,
     pub send_too_big: u64,
@@ -280,6 +284,7 @@ impl CounterSnapshot {
             + self.stale
             + self.replayed
             + self.too_many_senders
+            + self.shed
             + self.unknown_sender
             + self.bad_message
     }
@@ -300,6 +305,10 @@ impl CounterSnapshot {
 }
 
 impl Counters {
+    pub(crate) fn add(&self, counter: Counter, n: u64) {
+        self.values[counter as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
     pub(crate) fn bump(&self, counter: Counter) -> u64 {
         self.values[counter as usize].fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -317,6 +326,7 @@ impl Counters {
             stale: v(Counter::Stale),
             replayed: v(Counter::Replayed),
             too_many_senders: v(Counter::TooManySenders),
+            shed: v(Counter::Shed),
             unknown_sender: v(Counter::UnknownSender),
             bad_message: v(Counter::BadMessage),
             send_too_big: v(Counter::SendTooBig),

@@ -5,7 +5,7 @@
 //! ([`crate::admit`]) before chitchat sees it. Anything that fails is dropped and
 //! counted, and the socket goes on.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     net::SocketAddr,
     sync::{Arc, RwLock},
     time::{Duration, Instant},
@@ -22,6 +22,7 @@ use tracing::warn;
 use crate::{
     admit::admit,
     identity::TrustSet,
+    intake::{members_first, Datagram, BATCH},
     keys::Keyring,
     reach::{Probe, ProbeTiming, Reach, ReachSender},
     screen::{Direction, Refusal, Screen},
@@ -68,6 +69,7 @@ impl Transport for SecureTransport {
             trust: self.trust.clone(),
             counters: self.counters.clone(),
             buf: vec![0u8; MAX_PACKET + 1].into_boxed_slice(),
+            pending: VecDeque::with_capacity(BATCH),
             plain: Vec::with_capacity(MAX_PACKET),
             reach: Reach::new(
                 self.node_id.clone(),
@@ -89,6 +91,8 @@ struct SecureSocket {
     counters: Arc<Counters>,
     /// One byte more than the largest accepted datagram, so an oversized one shows.
     buf: Box<[u8]>,
+    /// Datagrams read and not opened yet, members' first ([`crate::intake`]).
+    pending: VecDeque<Datagram>,
     plain: Vec<u8>,
     /// This node's probes and verdicts: probes go out from `recv` (which chitchat's loop
     /// always has waiting), acks come back through it.
@@ -140,15 +144,20 @@ impl Socket for SecureSocket {
     async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
         loop {
             self.probe_due();
-            let next = tokio::time::Instant::from_std(self.reach.next_due());
-            // Cancel-safe: a datagram is either received whole or left in the socket,
-            // and probing keeps its state in `self`.
-            // Datagrams first: an ack already queued is read before the next round judges
-            // its sender.
-            let (from, packet) = tokio::select! {
-                biased;
-                r = self.socket.recv(&mut self.buf) => r?,
-                () = tokio::time::sleep_until(next) => continue,
+            let Some((from, packet)) = self.pending.pop_front() else {
+                let next = tokio::time::Instant::from_std(self.reach.next_due());
+                // Cancel-safe: a datagram is either received whole (and kept in
+                // `pending` with the rest of its batch) or left in the socket, and
+                // probing keeps its state in `self`.
+                // Datagrams first: an ack already queued is read before the next round
+                // judges its sender.
+                let first = tokio::select! {
+                    biased;
+                    r = self.socket.recv(&mut self.buf) => r?,
+                    () = tokio::time::sleep_until(next) => continue,
+                };
+                self.read_batch(first);
+                continue;
             };
             let trust = self.trust.borrow().clone();
             match self.inbound.receive(&trust, from, &packet) {
@@ -174,6 +183,28 @@ impl Socket for SecureSocket {
 }
 
 impl SecureSocket {
+    /// Reads what else waits in the socket after `first`, up to a batch, into
+    /// `pending`: members' datagrams first, strangers' shed while there is a backlog.
+    fn read_batch(&mut self, first: Datagram) {
+        let mut batch = Vec::with_capacity(BATCH);
+        batch.push(first);
+        while batch.len() < BATCH {
+            match self.socket.try_recv(&mut self.buf) {
+                Some(datagram) => batch.push(datagram),
+                None => break,
+            }
+        }
+        let backlog = batch.len() == BATCH;
+        let trust = self.trust.borrow().clone();
+        let shed = members_first(&mut batch, backlog, |from| {
+            trust.lists_addr(from) || self.inbound.member_at(&trust, from).is_some()
+        });
+        if shed > 0 {
+            self.counters.add(Counter::Shed, shed);
+        }
+        self.pending.extend(batch);
+    }
+
     /// Sends the probes due now, one to every member but this node.
     fn probe_due(&mut self) {
         let trust = self.trust.borrow().clone();

@@ -719,3 +719,48 @@ async fn a_member_cut_off_from_one_node_only_is_unreachable_there_and_alive_ever
     assert_eq!((c.unreachable, c.reachable_again), (1, 1));
     cluster.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_strangers_flood_is_shed_unopened_and_members_stay_reachable() {
+    let cluster = converged(4, 1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let target = gossip_addr(1);
+    // An address no member gossips from; each burst fills most of the socket's queue
+    // at once, so the node finds a backlog when it next reads.
+    let stranger: std::net::SocketAddr = "192.0.2.99:7946".parse().unwrap();
+    const BURST: u64 = 200;
+    let base = cluster.node(1).counters();
+    let flood = Instant::now();
+    let mut bursts = 0;
+    while flood.elapsed() < Duration::from_secs(5) {
+        for k in 0..BURST {
+            cluster
+                .net
+                .inject(stranger, target, format!("garbage {k}").into_bytes());
+        }
+        bursts += 1;
+        for (i, _) in cluster.live() {
+            assert!(unreachable_from(&cluster, i).is_empty(), "node {i}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let c = cluster.node(1).counters();
+    let (shed, malformed) = (c.shed - base.shed, c.malformed - base.malformed);
+    println!("{bursts} bursts of {BURST}: {shed} shed unopened, {malformed} opened as malformed");
+    // Every one accounted for: shed while a backlog waited, opened (and refused as
+    // garbage) once it was gone.
+    assert_eq!(shed + malformed, bursts * BURST, "{c:?}");
+    assert!(shed >= bursts * (BURST - 64), "{c:?}");
+    assert_eq!(c.unreachable, 0, "{c:?}");
+    // Members' gossip went on meanwhile.
+    cluster
+        .node(2)
+        .publish("e9", &endpoint(2, 9))
+        .await
+        .unwrap();
+    cluster
+        .wait_all(LIMIT, |_, t| t.get(&node_id(2), "e9").is_some())
+        .await
+        .unwrap();
+    cluster.shutdown().await;
+}

@@ -10,7 +10,9 @@
 //!   [`GOSSIP_RATE`] in all: random bytes, the old version's magic, the current magic
 //!   under a key ID no node has, under the node's real key ID with a forged seal, and
 //!   replays of datagrams the node received just before (captured with tcpdump in its
-//!   namespace). Each kind is dropped and counted by a reason of its own (`gossip.json`).
+//!   namespace). Each kind is dropped and counted by a reason of its own (`gossip.json`),
+//!   or, while the node's socket has a backlog, shed unopened and counted as `shed`
+//!   (the lab client is no member).
 //!
 //! Checks: no failed request through any node (the load's own check), every node Ready
 //! in every `node ls` during the flood, no more reachability verdicts `unreachable`
@@ -579,6 +581,7 @@ pub fn flood(cluster: &mut Cluster, report: &mut Report) -> Result<Vec<Fault>> {
             .map(|(_, reason)| counter(c, reason))
             .sum::<u64>()
             + counter(c, "stale")
+            + counter(c, "shed")
     };
     let mut last: Option<Vec<u64>> = None;
     let after_gossip = wait(
@@ -631,10 +634,11 @@ pub fn flood(cluster: &mut Cluster, report: &mut Report) -> Result<Vec<Fault>> {
             })
             .collect();
         println!(
-            "chaos: flood: {h}: {}; stale +{}; counted {counted} of {} sent; \
-             kernel RcvbufErrors +{kernel}; unreachable verdicts +{}",
+            "chaos: flood: {h}: {}; stale +{}; shed unopened +{}; counted {counted} of {} \
+             sent; kernel RcvbufErrors +{kernel}; unreachable verdicts +{}",
             kinds.join(", "),
             delta("stale"),
+            delta("shed"),
             sent_to.get(h.as_str()).copied().unwrap_or(0),
             delta("unreachable")
         );

@@ -575,11 +575,14 @@ fn gossip(e: &mut Exposition, g: &GossipReport) {
     )
     .int(&[("reason", "oversized")], c.oversized)
     .int(&[("reason", "malformed")], c.malformed)
+    .int(&[("reason", "old_version")], c.old_version)
     .int(&[("reason", "unknown_key")], c.unknown_key)
     .int(&[("reason", "auth_failed")], c.auth_failed)
     .int(&[("reason", "stale")], c.stale)
     .int(&[("reason", "replayed")], c.replayed)
     .int(&[("reason", "too_many_senders")], c.too_many_senders)
+    .int(&[("reason", "unknown_sender")], c.unknown_sender)
+    .int(&[("reason", "shed")], c.shed)
     .int(&[("reason", "bad_message")], c.bad_message)
     .int(&[("reason", "send_too_big")], c.send_too_big);
     e.family(
