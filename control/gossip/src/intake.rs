@@ -67,23 +67,13 @@ mod tests {
     fn members_datagrams_are_opened_first_in_arrival_order() {
         let mut b = batch(&[50, 1, 51, 2, 1]);
         assert_eq!(members_first(&mut b, false, member), 0);
-        let order: Vec<(u8, u8)> = b
-            .iter()
-            .map(|(from, bytes)| {
-                (
-                    from.ip()
-                        .to_string()
-                        .split('.')
-                        .last()
-                        .unwrap()
-                        .parse()
-                        .unwrap(),
-                    bytes[0],
-                )
-            })
-            .collect();
+        let order: Vec<(SocketAddr, u8)> =
+            b.iter().map(|(from, bytes)| (*from, bytes[0])).collect();
         // Members 1, 2, 1 (datagrams 1, 3, 4), then the strangers 50, 51 (0, 2).
-        assert_eq!(order, [(1, 1), (2, 3), (1, 4), (50, 0), (51, 2)]);
+        assert_eq!(
+            order,
+            [(at(1), 1), (at(2), 3), (at(1), 4), (at(50), 0), (at(51), 2)]
+        );
     }
 
     #[test]
