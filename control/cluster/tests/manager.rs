@@ -1064,3 +1064,38 @@ async fn force_new_cluster_recovers_a_manager_that_lost_its_majority() {
     m1.shutdown().await;
     w1.shutdown().await;
 }
+
+/// A manager demoted and promoted again before its next heartbeat (the node still runs
+/// the Raft member the group took out) joins again under its new Raft ID: the promotion
+/// answers, and the node is a voter running the new member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_manager_demoted_and_promoted_at_once_joins_again() {
+    let base = TempBase::new("repromote");
+    let m1 = init(&base, "m1").await;
+    let w1 = join_worker(&base, "w1", &m1).await;
+    let _w2 = join_worker(&base, "w2", &m1).await;
+    m1.promote(w1.node_id()).await.unwrap();
+    let w1_id = w1.node_id().to_string();
+    let first = m1.state().await.unwrap().nodes[&w1_id]
+        .raft_id
+        .expect("a promoted node has a Raft ID");
+    assert!(w1.manager().is_some(), "w1 runs a manager once promoted");
+
+    m1.demote(&w1_id).await.unwrap();
+    let again = m1.promote(&w1_id).await;
+    assert!(again.is_ok(), "promoted again at once: {again:?}");
+    let second = m1.state().await.unwrap().nodes[&w1_id]
+        .raft_id
+        .expect("promoted again: a Raft ID");
+    assert_ne!(first, second, "a promotion gives a fresh Raft ID");
+    let voters = m1.store_status().expect("m1 runs a store member").voters;
+    assert!(voters.contains_key(&second), "{voters:?}");
+    assert!(!voters.contains_key(&first), "{voters:?}");
+    eventually("w1 running the member under its new Raft ID", || async {
+        match w1.manager().and_then(|m| m.store_status()) {
+            Some(st) if st.voters.contains_key(&second) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}

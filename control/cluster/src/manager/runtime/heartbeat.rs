@@ -74,6 +74,12 @@ impl Runtime {
             (Role::Worker, None) if self.identity().role() == Role::Manager => {
                 self.renew().await.map(|_| ())
             }
+            // Demoted and promoted again between two heartbeats: the member running
+            // here was taken out of the group, and the promotion waits for a fresh one
+            // under its new Raft ID.
+            (Role::Manager, Some(core)) if ack.raft_id.is_some_and(|id| id != core.raft_id) => {
+                self.rejoin_as_manager(core.raft_id, ack.raft_id).await
+            }
             (Role::Manager, Some(core)) => {
                 let st = core.store.status();
                 if !st.voters.contains_key(&core.raft_id) && !st.learners.contains(&core.raft_id) {
@@ -168,6 +174,20 @@ impl Runtime {
         self.start_core(raft_id, ca, listener, None).await?;
         tracing::info!(node = %self.node_id, "promoted: running as a manager");
         self.announce_manager().await
+    }
+
+    /// Stops the Raft member running under `old` and starts a fresh one under `new`
+    /// (its log dropped: the group took the old member out).
+    async fn rejoin_as_manager(
+        self: &Arc<Self>,
+        old: RaftId,
+        new: Option<RaftId>,
+    ) -> Result<(), ClusterError> {
+        tracing::info!(node = %self.node_id, old, new = ?new,
+            "promoted again under a new Raft ID: the manager role starts afresh");
+        self.stop_core().await;
+        self.update_local(|l| l.raft_id = None)?;
+        self.become_manager(new).await
     }
 
     async fn become_worker(self: &Arc<Self>) -> Result<(), ClusterError> {
