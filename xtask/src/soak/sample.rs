@@ -74,32 +74,45 @@ fn fdb_entries(cluster: &Cluster, host: &str) -> Result<u64> {
     Ok(n)
 }
 
+/// The label on a task's own container (`LABEL_SHOAL_TASK_ID` in the executor).
+const TASK_LABEL: &str = "label=shoal.task.id";
+/// The label on a task's sandbox, the container that holds its network namespace (the
+/// task's container joins it): `LABEL_SANDBOX_TASK_ID` in the executor.
+const SANDBOX_LABEL: &str = "label=shoal.sandbox.task.id";
+
 /// What could leak on one host, each beside what the declared state says should be
-/// there; the differences must stay what they were before the churn.
+/// there; the differences must stay what they were before the churn. Every task has
+/// two containers: its sandbox (its network namespace) and its own, which joins it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leaks {
-    /// Running containers, and the tasks the leader has running on this node.
+    /// Running task containers, and the tasks the leader has running on this node.
     pub running: (u64, u64),
-    /// Containers of any state, and the tasks of any state the store keeps for this node
-    /// (a container no task accounts for is leaked).
+    /// Task containers of any state, and the tasks of any state the store keeps for
+    /// this node (a container no task accounts for is leaked).
     pub containers: (u64, u64),
-    /// Docker's network-namespace files, and running containers.
+    /// Sandboxes of any state, and the tasks of any state the store keeps for this node.
+    pub sandboxes: (u64, u64),
+    /// Docker's network-namespace files, and running sandboxes.
     pub netns: (u64, u64),
-    /// veth devices in the host's namespace, and veth devices inside running containers.
+    /// veth devices in the host's namespace, and veth devices inside running sandboxes.
     pub veth: (u64, u64),
     /// FDB entries with a remote VTEP, and remote endpoints in the agent's declared
     /// overlay state.
     pub fdb: (u64, u64),
     /// Entries of the VIP backend map, and backends in the declared load-balancing state.
     pub vip_backends: (u64, u64),
+    /// Docker's network-namespace files no running container uses, by name: what a
+    /// grown `netns` is made of.
+    pub stray_netns: Vec<String>,
 }
 
 impl Leaks {
     /// Every measure as (name, have, declared).
-    pub fn rows(&self) -> [(&'static str, (u64, u64)); 6] {
+    pub fn rows(&self) -> [(&'static str, (u64, u64)); 7] {
         [
             ("running", self.running),
             ("containers", self.containers),
+            ("sandboxes", self.sandboxes),
             ("netns", self.netns),
             ("veth", self.veth),
             ("fdb", self.fdb),
@@ -122,33 +135,49 @@ pub fn leaks(cluster: &Cluster, leader: &str, host: &str) -> Result<Leaks> {
     };
     let all_tasks = task_count(&[])?;
     let running_tasks = task_count(&["--filter", "desired-state=running"])?;
-    let count = |argv: &[&str]| -> Result<u64> {
+    let lines = |argv: &[&str]| -> Result<Vec<String>> {
         Ok(cluster
             .exec(host, argv)?
             .lines()
-            .filter(|l| !l.trim().is_empty())
-            .count() as u64)
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect())
     };
-    let running = count(&["docker", "ps", "-q"])?;
-    let containers = count(&["docker", "ps", "-aq"])?;
+    let count = |argv: &[&str]| -> Result<u64> { Ok(lines(argv)?.len() as u64) };
+    let running = count(&["docker", "ps", "-q", "--filter", TASK_LABEL])?;
+    let containers = count(&["docker", "ps", "-aq", "--filter", TASK_LABEL])?;
+    let sandboxes = count(&["docker", "ps", "-aq", "--filter", SANDBOX_LABEL])?;
+    let running_sandboxes = count(&["docker", "ps", "-q", "--filter", SANDBOX_LABEL])?;
     let h = cluster.host(host)?;
-    let netns = match std::fs::read_dir(h.run_dir.join("x").join("netns")) {
-        Ok(d) => d.count() as u64,
-        Err(_) => 0,
+    let netns_files: Vec<String> = match std::fs::read_dir(h.run_dir.join("x").join("netns")) {
+        Ok(d) => d
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
     };
+    let in_use = lines(&[
+        "sh",
+        "-c",
+        "for c in $(docker ps -q); do \
+           docker inspect -f '{{.NetworkSettings.SandboxKey}}' $c; \
+         done",
+    ])?;
+    let stray_netns = netns_files
+        .iter()
+        .filter(|name| !in_use.iter().any(|key| key.ends_with(&format!("/{name}"))))
+        .cloned()
+        .collect();
     let veth = count(&["ip", "-o", "link", "show", "type", "veth"])?;
-    let inside = cluster.exec(
-        host,
-        &[
-            "sh",
-            "-c",
-            "for c in $(docker ps -q); do \
-               p=$(docker inspect -f '{{.State.Pid}}' $c); \
-               nsenter -t $p -n ip -o link show type veth; \
-             done",
-        ],
-    )?;
-    let inside = inside.lines().filter(|l| !l.trim().is_empty()).count() as u64;
+    let inside = count(&[
+        "sh",
+        "-c",
+        "for c in $(docker ps -q --filter label=shoal.sandbox.task.id); do \
+           p=$(docker inspect -f '{{.State.Pid}}' $c); \
+           nsenter -t $p -n ip -o link show type veth; \
+         done",
+    ])?;
     let overlay = declared(h, "overlay.json");
     let remote = array(&overlay, "remote_endpoints").len() as u64;
     let lb = declared(h, "lb.json");
@@ -160,39 +189,51 @@ pub fn leaks(cluster: &Cluster, leader: &str, host: &str) -> Result<Leaks> {
     Ok(Leaks {
         running: (running, running_tasks),
         containers: (containers, all_tasks),
-        netns: (netns, running),
+        sandboxes: (sandboxes, all_tasks),
+        netns: (netns_files.len() as u64, running_sandboxes),
         veth: (veth, inside),
         fdb: (f["fdb"], remote),
         vip_backends: (f["vip_backends"], backends),
+        stray_netns,
     })
 }
 
 /// Compares a host's leak measures after the churn with those before: `running` must
-/// equal its tasks, `containers` must not exceed them, and for the others, what exists
-/// beyond what is declared must not have grown. One line per failed measure.
+/// equal its tasks, `containers` and `sandboxes` must not exceed them, and for the
+/// others, what exists beyond what is declared must not have grown. One line per
+/// failed measure.
 pub fn compare(host: &str, before: &Leaks, after: &Leaks) -> Vec<String> {
     let mut bad = Vec::new();
     let (have, want) = after.running;
     if have != want {
         bad.push(format!(
-            "{host}: {have} containers running, {want} tasks running on it"
+            "{host}: {have} task containers running, {want} tasks running on it"
         ));
     }
-    let (have, want) = after.containers;
-    if have > want {
-        bad.push(format!(
-            "{host}: {have} containers, the store has {want} tasks for it"
-        ));
+    for (name, (have, want)) in [
+        ("task containers", after.containers),
+        ("sandboxes", after.sandboxes),
+    ] {
+        if have > want {
+            bad.push(format!(
+                "{host}: {have} {name}, the store has {want} tasks for it"
+            ));
+        }
     }
     for ((name, (b_have, b_want)), (_, (a_have, a_want))) in
-        before.rows().into_iter().zip(after.rows()).skip(2)
+        before.rows().into_iter().zip(after.rows()).skip(3)
     {
         let extra_before = b_have as i64 - b_want as i64;
         let extra_after = a_have as i64 - a_want as i64;
         if extra_after > extra_before {
+            let strays = if name == "netns" {
+                format!(" (used by no running container: {:?})", after.stray_netns)
+            } else {
+                String::new()
+            };
             bad.push(format!(
                 "{host}: {name}: {a_have} for {a_want} declared after the churn, \
-                 {b_have} for {b_want} before"
+                 {b_have} for {b_want} before{strays}"
             ));
         }
     }
@@ -238,10 +279,12 @@ mod tests {
         Leaks {
             running,
             containers: (3, 5),
+            sandboxes: (3, 5),
             netns: (3, 3),
             veth: (6, 6),
             fdb,
             vip_backends: (9, 9),
+            stray_netns: Vec::new(),
         }
     }
 
@@ -253,7 +296,17 @@ mod tests {
         assert_eq!(bad.len(), 1, "{bad:?}");
         assert!(bad[0].contains("fdb"), "{bad:?}");
         let bad = compare("h1", &before, &leaks((4, 4), (4, 3)));
-        assert!(bad[0].contains("4 containers running"), "{bad:?}");
+        assert!(bad[0].contains("4 task containers running"), "{bad:?}");
+        let mut more_sandboxes = leaks((4, 4), (3, 3));
+        more_sandboxes.sandboxes = (6, 5);
+        let bad = compare("h1", &before, &more_sandboxes);
+        assert_eq!(bad, ["h1: 6 sandboxes, the store has 5 tasks for it"]);
+        let mut stray = leaks((4, 4), (3, 3));
+        stray.netns = (5, 3);
+        stray.stray_netns = vec!["1a2b".into(), "3c4d".into()];
+        let bad = compare("h1", &before, &stray);
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert!(bad[0].contains(r#"["1a2b", "3c4d"]"#), "{bad:?}");
     }
 
     #[test]
