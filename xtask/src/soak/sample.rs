@@ -80,6 +80,47 @@ const TASK_LABEL: &str = "label=shoal.task.id";
 /// task's container joins it): `LABEL_SANDBOX_TASK_ID` in the executor.
 const SANDBOX_LABEL: &str = "label=shoal.sandbox.task.id";
 
+/// Docker's network-namespace files on a host that hold a namespace: mounted in
+/// dockerd's mount namespace. Docker removes a sandbox's namespace by unmounting it at
+/// once and deleting the empty file in a collection pass a minute later, so the empty
+/// files in between hold nothing and are left out.
+fn docker_namespaces(run_dir: &std::path::Path) -> Result<Vec<String>> {
+    let dir = run_dir.join("x").join("netns");
+    let pid = std::fs::read_to_string(run_dir.join("dockerd.pid"))
+        .with_context(|| format!("{}: dockerd.pid", run_dir.display()))?;
+    let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", pid.trim()))
+        .with_context(|| format!("dockerd {}'s mounts", pid.trim()))?;
+    let prefix = format!("{}/", dir.display());
+    let mut names: Vec<String> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter_map(|point| point.strip_prefix(&prefix))
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// veth devices in the agent's own network namespaces (`<run dir>/netns/*`: the
+/// overlay networks' and the ingress namespace).
+fn agent_namespace_veths(cluster: &Cluster, host: &str) -> Result<u64> {
+    let dir = cluster.host(host)?.run_dir.join("netns");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(0);
+    };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let net = format!("--net={}", e.path().display());
+        let out = cluster.exec(
+            host,
+            &["nsenter", &net, "ip", "-o", "link", "show", "type", "veth"],
+        )?;
+        n += out.lines().filter(|l| !l.trim().is_empty()).count() as u64;
+    }
+    Ok(n)
+}
+
 /// What could leak on one host, each beside what the declared state says should be
 /// there; the differences must stay what they were before the churn. Every task has
 /// two containers: its sandbox (its network namespace) and its own, which joins it.
@@ -92,9 +133,11 @@ pub struct Leaks {
     pub containers: (u64, u64),
     /// Sandboxes of any state, and the tasks of any state the store keeps for this node.
     pub sandboxes: (u64, u64),
-    /// Docker's network-namespace files, and running sandboxes.
+    /// Docker's network namespaces (files mounted in dockerd's mount namespace), and
+    /// running sandboxes.
     pub netns: (u64, u64),
-    /// veth devices in the host's namespace, and veth devices inside running sandboxes.
+    /// veth devices in the host's and the agent's namespaces, and veth devices inside
+    /// running sandboxes.
     pub veth: (u64, u64),
     /// FDB entries with a remote VTEP, and remote endpoints in the agent's declared
     /// overlay state.
@@ -150,13 +193,7 @@ pub fn leaks(cluster: &Cluster, leader: &str, host: &str) -> Result<Leaks> {
     let sandboxes = count(&["docker", "ps", "-aq", "--filter", SANDBOX_LABEL])?;
     let running_sandboxes = count(&["docker", "ps", "-q", "--filter", SANDBOX_LABEL])?;
     let h = cluster.host(host)?;
-    let netns_files: Vec<String> = match std::fs::read_dir(h.run_dir.join("x").join("netns")) {
-        Ok(d) => d
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect(),
-        Err(_) => Vec::new(),
-    };
+    let netns_files = docker_namespaces(&h.run_dir)?;
     let in_use = lines(&[
         "sh",
         "-c",
@@ -169,7 +206,10 @@ pub fn leaks(cluster: &Cluster, leader: &str, host: &str) -> Result<Leaks> {
         .filter(|name| !in_use.iter().any(|key| key.ends_with(&format!("/{name}"))))
         .cloned()
         .collect();
-    let veth = count(&["ip", "-o", "link", "show", "type", "veth"])?;
+    // A sandbox's veths have their peers in the host's namespace (the egress bridge)
+    // or in the agent's overlay namespaces (`<run dir>/netns/*`): count both sides.
+    let veth = count(&["ip", "-o", "link", "show", "type", "veth"])?
+        + agent_namespace_veths(cluster, host)?;
     let inside = count(&[
         "sh",
         "-c",
