@@ -57,19 +57,34 @@ pub fn fill(cluster: &Cluster, host: &str) -> Result<BTreeMap<&'static str, u64>
 /// FDB entries with a remote VTEP (`dst`) on the host's VXLAN devices, which live in
 /// the overlay networks' own namespaces (`<run dir>/netns/vni-N`), not the host's.
 fn fdb_entries(cluster: &Cluster, host: &str) -> Result<u64> {
+    count_in_agent_namespaces(cluster, host, "vni-", &["bridge", "fdb", "show"], |l| {
+        l.contains(" dst ")
+    })
+}
+
+/// The lines `argv` prints, kept by `keep`, summed over the agent's own network
+/// namespaces (`<run dir>/netns/*`) whose names start with `prefix`.
+fn count_in_agent_namespaces(
+    cluster: &Cluster,
+    host: &str,
+    prefix: &str,
+    argv: &[&str],
+    keep: impl Fn(&str) -> bool,
+) -> Result<u64> {
     let dir = cluster.host(host)?.run_dir.join("netns");
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Ok(0);
     };
     let mut n = 0;
     for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("vni-") {
+        if !e.file_name().to_string_lossy().starts_with(prefix) {
             continue;
         }
         let net = format!("--net={}", e.path().display());
-        let out = cluster.exec(host, &["nsenter", &net, "bridge", "fdb", "show"])?;
-        n += out.lines().filter(|l| l.contains(" dst ")).count() as u64;
+        let mut command = vec!["nsenter", net.as_str()];
+        command.extend_from_slice(argv);
+        let out = cluster.exec(host, &command)?;
+        n += out.lines().filter(|l| keep(l)).count() as u64;
     }
     Ok(n)
 }
@@ -105,20 +120,8 @@ fn docker_namespaces(run_dir: &std::path::Path) -> Result<Vec<String>> {
 /// veth devices in the agent's own network namespaces (`<run dir>/netns/*`: the
 /// overlay networks' and the ingress namespace).
 fn agent_namespace_veths(cluster: &Cluster, host: &str) -> Result<u64> {
-    let dir = cluster.host(host)?.run_dir.join("netns");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Ok(0);
-    };
-    let mut n = 0;
-    for e in entries.flatten() {
-        let net = format!("--net={}", e.path().display());
-        let out = cluster.exec(
-            host,
-            &["nsenter", &net, "ip", "-o", "link", "show", "type", "veth"],
-        )?;
-        n += out.lines().filter(|l| !l.trim().is_empty()).count() as u64;
-    }
-    Ok(n)
+    let argv = ["ip", "-o", "link", "show", "type", "veth"];
+    count_in_agent_namespaces(cluster, host, "", &argv, |l| !l.trim().is_empty())
 }
 
 /// What could leak on one host, each beside what the declared state says should be
