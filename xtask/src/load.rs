@@ -352,19 +352,26 @@ fn get_kept(
 /// `{tag}.stop` exists, each resolving `url`'s host anew; `{tag}.counts` holds
 /// "answered failed" (then "done" once stopped), `{tag}.failures` the times of the first
 /// [`KEPT`] failures (wall clock, `HH:MM:SS`), or with `every_failure` the time of each
-/// failure in seconds since the epoch (to tell which failures fell in a fault's window).
+/// failure in seconds since the epoch (to tell which failures fell in a fault's window),
+/// each followed by what failed.
 /// `pause` goes between two requests.
 pub fn wget_loop_script(tag: &str, url: &str, every_failure: bool, pause: Duration) -> String {
     let pause_us = pause.as_micros();
+    // What failed goes after the time: wget's own message (a name not resolved, a
+    // connection refused or timed out) or what the body lacked.
+    let what = format!("$(head -c 200 {tag}.err | tr '\\n' ' ')");
     let record = if every_failure {
-        format!("date +%s >> {tag}.failures")
+        format!("echo \"$(date +%s) {what}\" >> {tag}.failures")
     } else {
-        format!("[ $f -le {KEPT} ] && date +%T >> {tag}.failures")
+        format!("[ $f -le {KEPT} ] && echo \"$(date +%T) {what}\" >> {tag}.failures")
     };
     format!(
         "rm -f {tag}.*; s=0; f=0; \
          while [ ! -e {tag}.stop ]; do \
-           if timeout 10 wget -q -O {tag}.body '{url}' && grep -q host= {tag}.body; \
+           if timeout 10 wget -q -O {tag}.body '{url}' 2>{tag}.err \
+              || {{ echo \"exit $?\" >> {tag}.err; false; }}; \
+           then grep -q host= {tag}.body || echo 'no host= in the body' > {tag}.err; fi; \
+           if [ ! -s {tag}.err ]; \
            then s=$((s+1)); \
            else f=$((f+1)); {record}; fi; \
            echo \"$s $f\" > {tag}.counts; usleep {pause_us}; \
@@ -394,9 +401,12 @@ mod tests {
         assert_eq!(wget_loop_counts("12 3\ndone\n"), (12, 3, true));
         assert_eq!(wget_loop_counts(""), (0, 0, false));
         let every = wget_loop_script("/tmp/x", "http://back/", true, Duration::from_millis(100));
-        assert!(every.contains("date +%s >> /tmp/x.failures"), "{every}");
+        assert!(
+            every.contains("$(date +%s) $(head -c 200 /tmp/x.err"),
+            "{every}"
+        );
         assert!(every.contains("usleep 100000;"), "{every}");
         let first = wget_loop_script("/tmp/x", "http://back/", false, Duration::from_millis(20));
-        assert!(first.contains("date +%T >> /tmp/x.failures"), "{first}");
+        assert!(first.contains("$(date +%T) $(head"), "{first}");
     }
 }

@@ -127,7 +127,7 @@ impl LoadSet {
         let stamps = docker_exec(&["sh", "-c", &format!("cat {tag}.failures 2>/dev/null; true")])?;
         let failed_at: Vec<FailedAt> = stamps
             .lines()
-            .filter_map(|l| l.trim().parse().ok())
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
             .map(FailedAt::UnixSecond)
             .collect();
         Ok(PathCounts {
