@@ -352,23 +352,30 @@ fn get_kept(
 /// `{tag}.stop` exists, each resolving `url`'s host anew; `{tag}.counts` holds
 /// "answered failed" (then "done" once stopped), `{tag}.failures` the times of the first
 /// [`KEPT`] failures (wall clock, `HH:MM:SS`), or with `every_failure` the time of each
-/// failure in seconds since the epoch (to tell which failures fell in a fault's window),
-/// each followed by what failed.
+/// failed request in seconds since the epoch, when it was sent and when it failed (to
+/// tell which failures fell in a fault's window), each followed by what failed.
 /// `pause` goes between two requests.
 pub fn wget_loop_script(tag: &str, url: &str, every_failure: bool, pause: Duration) -> String {
     let pause_us = pause.as_micros();
     // What failed goes after the time: wget's own message (a name not resolved, a
     // connection refused or timed out) or what the body lacked.
     let what = format!("$(head -c 200 {tag}.err | tr '\\n' ' ')");
+    // With `every_failure`, when the request was sent comes first (its DNS lookup may
+    // have waited seconds before it failed), then when it failed.
     let record = if every_failure {
-        format!("echo \"$(date +%s) {what}\" >> {tag}.failures")
+        format!("echo \"$t0 $(date +%s) {what}\" >> {tag}.failures")
     } else {
         format!("[ $f -le {KEPT} ] && echo \"$(date +%T) {what}\" >> {tag}.failures")
+    };
+    let sent = if every_failure {
+        "t0=$(date +%s); "
+    } else {
+        ""
     };
     format!(
         "rm -f {tag}.*; s=0; f=0; \
          while [ ! -e {tag}.stop ]; do \
-           if timeout 10 wget -q -O {tag}.body '{url}' 2>{tag}.err \
+           {sent}if timeout 10 wget -q -O {tag}.body '{url}' 2>{tag}.err \
               || {{ echo \"exit $?\" >> {tag}.err; false; }}; \
            then grep -q host= {tag}.body || echo 'no host= in the body' > {tag}.err; fi; \
            if [ ! -s {tag}.err ]; \
@@ -402,7 +409,7 @@ mod tests {
         assert_eq!(wget_loop_counts(""), (0, 0, false));
         let every = wget_loop_script("/tmp/x", "http://back/", true, Duration::from_millis(100));
         assert!(
-            every.contains("$(date +%s) $(head -c 200 /tmp/x.err"),
+            every.contains("$t0 $(date +%s) $(head -c 200 /tmp/x.err"),
             "{every}"
         );
         assert!(every.contains("usleep 100000;"), "{every}");

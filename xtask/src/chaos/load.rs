@@ -35,8 +35,8 @@ pub struct PathCounts {
     pub failures: Vec<String>,
 }
 
-/// When a request failed: an instant for the client's loads; for the container's,
-/// the second (wall clock) it failed in.
+/// When a failed request was sent: an instant for the client's loads; for the
+/// container's, the second (wall clock) it was sent in.
 #[derive(Debug, Clone, Copy)]
 pub enum FailedAt {
     Instant(Instant),
@@ -138,7 +138,7 @@ impl LoadSet {
             failures: stamps
                 .lines()
                 .take(crate::load::KEPT)
-                .map(|l| format!("failed at unix second {l}"))
+                .map(|l| format!("sent, failed at unix second {l}"))
                 .collect(),
             failed_at,
         })
