@@ -31,10 +31,12 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use tokio::sync::watch;
+// Tokio's clock, not std's: the same in a running agent, and in tests on paused time
+// (the in-memory network) the verdicts follow the time the test advances.
+use tokio::{sync::watch, time::Instant};
 use tracing::info;
 
 use crate::identity::TrustSet;

@@ -8,7 +8,7 @@ use std::{
     collections::{HashMap, VecDeque},
     net::SocketAddr,
     sync::{Arc, RwLock},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use async_trait::async_trait;
@@ -16,7 +16,7 @@ use chitchat::{
     transport::{Socket, Transport},
     ChitchatMessage, Deserializable, Serializable,
 };
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 use tracing::warn;
 
 use crate::{
@@ -145,7 +145,7 @@ impl Socket for SecureSocket {
         loop {
             self.probe_due();
             let Some((from, packet)) = self.pending.pop_front() else {
-                let next = tokio::time::Instant::from_std(self.reach.next_due());
+                let next = self.reach.next_due();
                 // Cancel-safe: a datagram is either received whole (and kept in
                 // `pending` with the rest of its batch) or left in the socket, and
                 // probing keeps its state in `self`.
