@@ -554,6 +554,7 @@ pub async fn run(manager: Manager) {
             return;
         };
         for command in plan(&state, now_ms(), &mut new_id) {
+            debug!(change = %summary(&command), "scheduler change");
             match manager.execute(command).await {
                 Ok(r) => {
                     if let Err(rejection) = r.into_result() {
@@ -566,6 +567,35 @@ pub async fn run(manager: Manager) {
                 }
             }
         }
+    }
+}
+
+/// One line of what a scheduler change does, for the log: which tasks, where, told what.
+fn summary(command: &Command) -> String {
+    match command {
+        Command::PutTasks { tasks } => {
+            let each: Vec<String> = tasks
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{} of {} slot {} on {} desired {:?} now {:?}",
+                        t.id,
+                        t.service_id,
+                        t.slot,
+                        t.node_id.as_deref().unwrap_or("-"),
+                        t.desired_state,
+                        t.status.state
+                    )
+                })
+                .collect();
+            format!("tasks: {}", each.join("; "))
+        }
+        Command::RemoveTasks { ids } => format!("remove tasks {}", ids.join(" ")),
+        Command::UpdateServiceIfUnchanged { service, .. } => format!("service {}", service.id),
+        Command::SetAttachmentAddresses { addresses } => {
+            format!("{} attachment addresses", addresses.len())
+        }
+        _ => "another change".to_owned(),
     }
 }
 

@@ -93,10 +93,20 @@ const SCENARIOS: &[(&str, Scenario, &str)] = &[
 /// sides of it.
 const LOAD_AROUND: Duration = Duration::from_secs(3);
 
+/// The agents' log filter in a chaos run, unless RUST_LOG says otherwise.
+const CHAOS_LOG: &str =
+    "info,openraft=warn,shoal_orchestrator::executor=debug,shoal_orchestrator::scheduler=debug";
+
 pub fn run(names: &[String]) -> Result<ExitCode> {
     crate::util::require_root("chaos", "it runs a lab")?;
     let chosen = choose(names)?;
     let shoal = crate::util::shoal_binary()?;
+    // The agents' logs are kept (`<target>/chaos/`): with each executor pass and each
+    // scheduling decision in them, a task that does not come back can be followed.
+    // Set before any thread starts; the lab's agents inherit it.
+    if std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", CHAOS_LOG);
+    }
     let mut report = Report {
         suite: "chaos",
         ..Default::default()
