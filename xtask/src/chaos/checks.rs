@@ -47,7 +47,12 @@ pub fn service_at(cluster: &Cluster, leader: &str, service: &str, want: usize) -
         words.get(1) == Some(&service) && words.contains(&want.as_str())
     });
     if !ok {
-        bail!("{service} is not at {want} on {leader}:\n{ls}");
+        // Where each task is and what it is doing: which node's task is missing, and
+        // whether the managers made it.
+        let ps = cluster
+            .shoal(leader, &["service", "ps", service])
+            .unwrap_or_else(|e| format!("service ps: {e:#}"));
+        bail!("{service} is not at {want} on {leader}:\n{ls}\n{ps}");
     }
     Ok(())
 }
