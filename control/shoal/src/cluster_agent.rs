@@ -285,8 +285,18 @@ impl ClusterAgent {
         match (manager, &bg.scheduler) {
             (Some(m), None) => {
                 let keys = shoal_orchestrator::gossip_keys::run(m.clone());
+                // Both end together: the scheduler returns when the manager role it
+                // follows stops (its store closes), and the role may start again under
+                // the same node (promoted again, or its store restarted after a failed
+                // disk) before this pass sees a change. Joined, the key rotation (which
+                // only waits to lead) kept the task alive with no scheduler in it, and
+                // the node, leader later, scheduled nothing. Ended, the next pass starts
+                // both for the role that runs then.
                 bg.scheduler = Some(tokio::spawn(async move {
-                    futures::join!(shoal_orchestrator::scheduler::run(m), keys);
+                    tokio::select! {
+                        () = shoal_orchestrator::scheduler::run(m) => {}
+                        () = keys => {}
+                    }
                 }));
             }
             (Some(_), Some(h)) if h.is_finished() => bg.scheduler = None,
