@@ -11,7 +11,9 @@
 //!   route), and every task elsewhere on those networks as a remote endpoint at its
 //!   node's address. With gossip running ([`compute_with`]), a task on another node
 //!   counts only while that node gossips an endpoint of it (here, in the LB backends and
-//!   in the DNS records too): the store says what should exist, gossip what runs.
+//!   in the DNS records too): the store says what should exist, gossip what runs. A
+//!   service gossip would leave with no running task keeps the ones the store has on
+//!   Ready nodes (gossip lags while agents restart).
 //! - DNS: every service on a network present here, its VIPs on those networks and its
 //!   running tasks' addresses.
 //! - Load balancing: the same services with their VIPs, published ports and backends
@@ -157,7 +159,8 @@ pub fn compute(state: &ClusterState, node_id: &str) -> NodeState {
 
 /// Computes the declared states of node `node_id`. With a gossip table, a task on
 /// another node counts (remote endpoint, LB backend, DNS record) only while its node
-/// gossips an endpoint of it: the store says what should exist, gossip what runs.
+/// gossips an endpoint of it: the store says what should exist, gossip what runs;
+/// except that a service left with no running task that way keeps the store's.
 pub fn compute_with(
     state: &ClusterState,
     node_id: &str,
@@ -177,6 +180,36 @@ pub fn compute_with(
             (None, Some(_)) => false,
         }
     };
+    // A service gossip would leave with no running task at all, while the store has
+    // some on Ready nodes, keeps those: gossip lags the store whenever a node's agent
+    // restarts (its old run is withdrawn once silent, its new one is taken once the
+    // store's copy here names its key), and two of a service's nodes in such a moment
+    // at once left its VIP with no backend: every connection refused. Sending to tasks
+    // the store says run serves no worse than sending nowhere (as
+    // `LbState::drain_unreachable` keeps a service's last backends), and a node the
+    // managers find dead is marked Down, which ends it.
+    let vouched: HashSet<&str> = match &gossiped {
+        None => HashSet::new(),
+        Some(_) => state
+            .services
+            .keys()
+            .flat_map(|id| {
+                let serving: Vec<&Task> = state
+                    .service_tasks(id)
+                    .filter(|t| {
+                        t.status.state == TaskState::Running
+                            && t.desired_state == TaskState::Running
+                            && node_ready(state, t.node_id.as_ref())
+                    })
+                    .collect();
+                match serving.iter().any(|t| reported(t)) {
+                    true => Vec::new(),
+                    false => serving.into_iter().map(|t| t.id.as_str()).collect(),
+                }
+            })
+            .collect(),
+    };
+    let counts = |t: &Task| reported(t) || vouched.contains(t.id.as_str());
     let net_name = |id: &str| state.networks.get(id).map(|n| n.name.clone());
     let services: BTreeMap<&str, &Service> = state
         .services
@@ -262,7 +295,7 @@ pub fn compute_with(
         let Some(node) = t.node_id.as_deref() else {
             continue;
         };
-        if node == node_id || !active(t) || !node_ready(state, t.node_id.as_ref()) || !reported(t) {
+        if node == node_id || !active(t) || !node_ready(state, t.node_id.as_ref()) || !counts(t) {
             continue;
         }
         let Some(vtep) = vtep(state, node) else {
@@ -347,7 +380,7 @@ pub fn compute_with(
             .filter(|t| {
                 t.status.state == TaskState::Running
                     && node_ready(state, t.node_id.as_ref())
-                    && reported(t)
+                    && counts(t)
             })
             .collect();
         let addresses = |t: &Task| -> Vec<(String, Ipv4Addr)> {

@@ -719,3 +719,58 @@ fn a_stale_task_holding_its_replacements_address_costs_only_its_own_endpoint() {
     assert_eq!(on_n2.overlay.remote_endpoints.len(), 2);
     assert_eq!(on_n2.address_conflicts.len(), 2);
 }
+
+#[test]
+fn a_service_gossip_would_leave_empty_keeps_the_tasks_the_store_runs_on_ready_nodes() {
+    let mut s = cluster();
+    // n1's own task has ended: the service runs on n2 only.
+    let own = (s.tasks.values())
+        .find(|t| t.node_id.as_deref() == Some("n1"))
+        .unwrap()
+        .id
+        .clone();
+    s.apply(&Command::UpdateTaskStatus {
+        node_id: "n1".into(),
+        updates: vec![TaskStatusUpdate {
+            task_id: own,
+            status: TaskStatus {
+                state: TaskState::Failed,
+                ..Default::default()
+            },
+        }],
+    });
+    let n2_task = (s.tasks.values())
+        .find(|t| t.node_id.as_deref() == Some("n2"))
+        .unwrap()
+        .id
+        .clone();
+    // Gossip has not heard of n2's task (n2's agent restarting, say).
+    let unheard = compute_with(&s, "n1", Some(&shoal_gossip::EndpointTable::default()));
+    let backends: Vec<&str> = unheard.lb.services[0]
+        .backends
+        .iter()
+        .map(|b| b.task.as_str())
+        .collect();
+    assert_eq!(backends, vec![n2_task.as_str()], "kept: the store runs it");
+    assert_eq!(
+        unheard.overlay.remote_endpoints.len(),
+        1,
+        "and reachable: its ingress endpoint is declared"
+    );
+    unheard
+        .lb
+        .validate(&unheard.overlay)
+        .expect("a valid LB state");
+    assert_eq!(unheard, compute(&s, "n1"), "as the store alone says");
+
+    // The managers found n2 dead: nothing is kept.
+    let mut n2 = s.nodes["n2"].clone();
+    n2.status = NodeStatus::Down;
+    assert!(s
+        .apply(&Command::UpsertNode { node: n2 })
+        .into_result()
+        .is_ok());
+    let down = compute_with(&s, "n1", Some(&shoal_gossip::EndpointTable::default()));
+    assert!(down.lb.services[0].backends.is_empty());
+    assert!(down.overlay.remote_endpoints.is_empty());
+}
