@@ -4,9 +4,21 @@
 //!
 //! "Gone" is precise here: the leader's manager port refuses a connection (its host
 //! answers, nothing listens: the agent died or was killed). A leader that is only silent
-//! (a partition, a starved machine, a host that is off) is left to the election timer,
-//! so a slow leader is never deposed early. Only the first of the other voters in Raft
-//! ID order stands: two standing at once would split the vote and both wait again.
+//! (a partition, a starved machine, a host that is off) is deposed no earlier than
+//! openraft's own election timer would (the lease plus the longest election timeout),
+//! so a slow leader is never deposed early.
+//!
+//! The other voters stand one after the other, in Raft ID order, [`STAGGER`] apart: two
+//! standing at once would split the vote and both wait again. The first may lose: its
+//! log may lack the last entries the leader committed with another follower's answer
+//! (the others then refuse it), or its requests may be lost. Openraft's own timer is no
+//! fallback then: a node that saw a longer log in answer to its candidacy waits a
+//! further twice the longest election timeout, and keeps that penalty until its timer
+//! next makes it stand, so two followers that had each once lost a vote waited 7-8 s
+//! and split their votes (one `leader_kill` round in ten took 10.45 s). Instead, a later
+//! voter still following the gone leader when its turn comes stands too, one term past
+//! each voter before it (it stands as often as its rank, plus once), so its candidacy
+//! cannot tie with theirs.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,15 +34,22 @@ const TICK: Duration = Duration::from_millis(100);
 const PAST_LEASE: Duration = Duration::from_millis(200);
 /// Bound on the connection attempt that tells a dead agent from a silent host.
 const CONNECT: Duration = Duration::from_millis(300);
+/// Between one voter's turn to stand and the next one's: a candidacy's vote round trip
+/// (the voters' fsync included) on a loaded machine.
+const STAGGER: Duration = Duration::from_millis(700);
 
-/// The leader this member should stand against now, if any (before asking the leader's
-/// port): this member follows `status.leader`, last heard from it `heard` ago, longer
-/// than the lease plus [`PAST_LEASE`], and comes first among the other voters.
+/// Whom this member should stand against now, if anyone, and its rank among the other
+/// voters: it follows `status.leader` and last heard from it `heard` ago, longer than
+/// its wait plus its rank times [`STAGGER`]. The wait: the lease plus [`PAST_LEASE`]
+/// when the leader's port `refuses` connections; else the lease plus the longest
+/// election timeout (here equal to the lease), when openraft's timer would have made an
+/// unpenalised follower stand.
 pub(super) fn should_stand(
     status: &StoreStatus,
     heard: Option<(RaftId, Duration)>,
     lease: Duration,
-) -> Option<RaftId> {
+    refuses: bool,
+) -> Option<(RaftId, u32)> {
     if status.state != MemberState::Follower {
         return None;
     }
@@ -39,11 +58,20 @@ pub(super) fn should_stand(
         return None;
     }
     let (from, silent) = heard?;
-    if from != leader || silent < lease + PAST_LEASE {
+    if from != leader {
         return None;
     }
-    let first = status.voters.keys().copied().find(|id| *id != leader)?;
-    (first == status.id).then_some(leader)
+    let rank = status
+        .voters
+        .keys()
+        .filter(|id| **id != leader)
+        .position(|id| *id == status.id)?;
+    let rank = u32::try_from(rank).ok()?;
+    let wait = match refuses {
+        true => lease + PAST_LEASE,
+        false => lease * 2,
+    };
+    (silent >= wait + STAGGER * rank).then_some((leader, rank))
 }
 
 /// Whether nothing listens at `addr` (the connection is refused), within [`CONNECT`].
@@ -64,26 +92,44 @@ pub(super) async fn dead_leader_loop(core: Arc<Core>) {
         if stood == Some(status.term) {
             continue;
         }
-        let Some(leader) =
-            should_stand(&status, core.store.last_heard(), core.store.leader_lease())
-        else {
-            continue;
-        };
-        let Some(addr) = status.voters.get(&leader) else {
-            continue;
-        };
-        if !refused(addr).await {
+        let heard = core.store.last_heard();
+        let lease = core.store.leader_lease();
+        // The earliest turn (a refused port) before asking the port.
+        if should_stand(&status, heard, lease, true).is_none() {
             continue;
         }
-        tracing::info!(
-            leader,
-            %addr,
-            term = status.term,
-            "the leader's manager port refuses connections and its lease ran out: standing for election"
-        );
+        let Some(addr) = status.leader.and_then(|l| status.voters.get(&l)) else {
+            continue;
+        };
+        let refuses = refused(addr).await;
+        let Some((leader, rank)) = should_stand(&status, heard, lease, refuses) else {
+            continue;
+        };
+        match refuses {
+            true => tracing::info!(
+                leader,
+                %addr,
+                term = status.term,
+                rank,
+                "the leader's manager port refuses connections and its lease ran out: standing for election"
+            ),
+            false => tracing::info!(
+                leader,
+                %addr,
+                term = status.term,
+                rank,
+                silent_ms = heard.map_or(0, |(_, d)| d.as_millis() as u64),
+                "the leader is silent past the lease and the longest election timeout: standing for election"
+            ),
+        }
         stood = Some(status.term);
-        if let Err(e) = core.store.elect().await {
-            tracing::warn!(error = %e, "standing for election");
+        // Each call is one candidacy, one term on: the last one is past every term the
+        // voters ranked before this one stood for.
+        for _ in 0..=rank {
+            if let Err(e) = core.store.elect().await {
+                tracing::warn!(error = %e, "standing for election");
+                break;
+            }
         }
     }
 }
@@ -116,54 +162,135 @@ mod tests {
     }
 
     #[test]
-    fn only_the_first_other_voter_stands_and_only_past_the_lease() {
+    fn the_other_voters_stand_in_turn_past_the_lease() {
         let lease = Duration::from_secs(2);
         let long = Some((1, Duration::from_millis(2300)));
-        // Leader 1 silent past the lease: 2 is the first of the others, 3 is not.
+        // Leader 1 silent past the lease: 2 is the first of the others, 3 is not yet.
         assert_eq!(
-            should_stand(&status(2, MemberState::Follower, Some(1)), long, lease),
-            Some(1)
+            should_stand(
+                &status(2, MemberState::Follower, Some(1)),
+                long,
+                lease,
+                true
+            ),
+            Some((1, 0))
         );
         assert_eq!(
-            should_stand(&status(3, MemberState::Follower, Some(1)), long, lease),
+            should_stand(
+                &status(3, MemberState::Follower, Some(1)),
+                long,
+                lease,
+                true
+            ),
             None
+        );
+        // Still following the silent leader a turn later (2 lost, or never stood): 3
+        // stands, second.
+        let later = Some((1, Duration::from_millis(2300) + STAGGER));
+        assert_eq!(
+            should_stand(
+                &status(3, MemberState::Follower, Some(1)),
+                later,
+                lease,
+                true
+            ),
+            Some((1, 1))
         );
         // Leader 2 gone: 1 stands.
         let long2 = Some((2, Duration::from_millis(2300)));
         assert_eq!(
-            should_stand(&status(1, MemberState::Follower, Some(2)), long2, lease),
-            Some(2)
+            should_stand(
+                &status(1, MemberState::Follower, Some(2)),
+                long2,
+                lease,
+                true
+            ),
+            Some((2, 0))
+        );
+        // A leader that is only silent: not before openraft's own timer would stand.
+        assert_eq!(
+            should_stand(
+                &status(2, MemberState::Follower, Some(1)),
+                later,
+                lease,
+                false
+            ),
+            None
+        );
+        let timer = Some((1, Duration::from_millis(4000)));
+        assert_eq!(
+            should_stand(
+                &status(2, MemberState::Follower, Some(1)),
+                timer,
+                lease,
+                false
+            ),
+            Some((1, 0))
+        );
+        assert_eq!(
+            should_stand(
+                &status(3, MemberState::Follower, Some(1)),
+                timer,
+                lease,
+                false
+            ),
+            None
         );
         // Within the lease (plus its margin), or heard from another leader, or none yet.
         let recent = Some((1, Duration::from_millis(2100)));
         assert_eq!(
-            should_stand(&status(2, MemberState::Follower, Some(1)), recent, lease),
+            should_stand(
+                &status(2, MemberState::Follower, Some(1)),
+                recent,
+                lease,
+                true
+            ),
             None
         );
         let other = Some((3, Duration::from_millis(5000)));
         assert_eq!(
-            should_stand(&status(2, MemberState::Follower, Some(1)), other, lease),
+            should_stand(
+                &status(2, MemberState::Follower, Some(1)),
+                other,
+                lease,
+                true
+            ),
             None
         );
         assert_eq!(
-            should_stand(&status(2, MemberState::Follower, Some(1)), None, lease),
+            should_stand(
+                &status(2, MemberState::Follower, Some(1)),
+                None,
+                lease,
+                true
+            ),
             None
         );
         // Not a follower, no leader known, or not a voter.
         assert_eq!(
-            should_stand(&status(2, MemberState::Candidate, Some(1)), long, lease),
+            should_stand(
+                &status(2, MemberState::Candidate, Some(1)),
+                long,
+                lease,
+                true
+            ),
             None
         );
         assert_eq!(
-            should_stand(&status(2, MemberState::Follower, None), long, lease),
+            should_stand(&status(2, MemberState::Follower, None), long, lease, true),
             None
         );
         assert_eq!(
-            should_stand(&status(4, MemberState::Learner, Some(1)), long, lease),
+            should_stand(&status(4, MemberState::Learner, Some(1)), long, lease, true),
             None
         );
         assert_eq!(
-            should_stand(&status(4, MemberState::Follower, Some(1)), long, lease),
+            should_stand(
+                &status(4, MemberState::Follower, Some(1)),
+                long,
+                lease,
+                true
+            ),
             None
         );
     }
