@@ -180,7 +180,8 @@ pub struct MeshReconciler<K: MeshKernel> {
     intake: Intake<(LbState, OverlayState)>,
     reply: Option<ReplyPath>,
     reply_error: Option<String>,
-    last_attempt: Option<Instant>,
+    /// When the reply path was last tried, and the namespace's inode it found then.
+    last_attempt: Option<(Instant, Option<u64>)>,
     last_nudge: Option<Instant>,
     /// Where the declared version the maps hold is told; None: nowhere.
     ready: Option<ReadinessSender>,
@@ -250,15 +251,18 @@ impl<K: MeshKernel> MeshReconciler<K> {
                 return false;
             }
         }
-        // A failed attempt is retried every few seconds, not on every wake-up.
+        // A failed attempt is retried every few seconds, not on every wake-up; at once
+        // when the namespace is another one than the attempt found (made again, or
+        // there now where it was being removed): a task of the new one may be answering
+        // the mesh's flows already, and its replies leave only by this path.
         if self.reply.is_none() && self.reply_error.is_some() {
-            if let Some(at) = self.last_attempt {
-                if at.elapsed() < RETRY_EVERY {
+            if let Some((at, seen)) = self.last_attempt {
+                if at.elapsed() < RETRY_EVERY && seen == inode {
                     return false;
                 }
             }
         }
-        self.last_attempt = Some(Instant::now());
+        self.last_attempt = Some((Instant::now(), inode));
         let before = self.reply.as_ref().map(|r| r.netns_ifindex);
         match self.kernel.ensure_reply_path(&path, vni, &subnet) {
             Ok(r) => {
@@ -585,6 +589,16 @@ mod tests {
             r.kernel.reply_attempts, 1,
             "not retried before {RETRY_EVERY:?}"
         );
+        // The namespace made again (its pin was gone at the failed attempt): retried at
+        // once.
+        r.kernel.inode = 7;
+        r.reconcile(Some(&declared(8080)), &present(), Cue::Present);
+        assert_eq!(
+            r.kernel.reply_attempts, 2,
+            "a new namespace is tried at once"
+        );
+        r.reconcile(Some(&declared(8080)), &present(), Cue::Timer);
+        assert_eq!(r.kernel.reply_attempts, 2);
 
         let mut bad = declared(9090);
         bad.lb.as_mut().unwrap().ingress_network = Some("nowhere".into());
