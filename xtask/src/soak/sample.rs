@@ -24,6 +24,9 @@ pub const FILL: &[&str] = &[
     "fdb",
 ];
 
+/// The fill name of a manager's Raft log entries not purged yet.
+pub const RAFT_LOG: &str = "raft_log_entries";
+
 /// A host's agent's resident memory, KiB.
 pub fn agent_rss_kib(cluster: &Cluster, host: &str) -> Result<u64> {
     let pid = cluster.agent_pid(host)?;
@@ -50,6 +53,10 @@ pub fn fill(cluster: &Cluster, host: &str) -> Result<BTreeMap<&'static str, u64>
             stats[*name].as_u64().unwrap_or(0)
         };
         out.insert(*name, v);
+    }
+    // A manager's Raft log, held in memory until a snapshot purges it (workers have none).
+    if let Some(Some(n)) = cluster.metrics(host, &["shoal_raft_log_entries"])?.first() {
+        out.insert(RAFT_LOG, *n);
     }
     Ok(out)
 }

@@ -597,6 +597,15 @@ fn gossip(e: &mut Exposition, g: &GossipReport) {
     .int(&[("reason", "address_conflict")], c.address_conflict);
 }
 
+/// Entries after the purged prefix of the log (indexes start at 0).
+fn log_entries_held(s: &StoreStatus) -> u64 {
+    match (s.last_log_index, s.purged_index) {
+        (Some(last), Some(purged)) => last.saturating_sub(purged),
+        (Some(last), None) => last + 1,
+        (None, _) => 0,
+    }
+}
+
 fn raft(e: &mut Exposition, s: &StoreStatus) {
     e.family(
         "shoal_raft_term",
@@ -662,6 +671,14 @@ fn raft(e: &mut Exposition, s: &StoreStatus) {
             .unwrap_or(0)
             .saturating_sub(s.last_applied_index.unwrap_or(0)),
     );
+    // What the log holds in memory until the next snapshot purges it: the store's share
+    // of a manager's memory that grows with writes.
+    e.family(
+        "shoal_raft_log_entries",
+        Kind::Gauge,
+        "Entries in this manager's Raft log not purged yet (held until a snapshot covers them).",
+    )
+    .int(&[], log_entries_held(s));
     let fsync = HistogramSnapshot {
         buckets: s
             .fsync

@@ -138,6 +138,7 @@ fn every_family_is_well_formed() {
         "shoal_raft_state{state=\"follower\"} 0",
         "shoal_raft_leader_id 1",
         "shoal_raft_apply_lag_entries 2",
+        "shoal_raft_log_entries 43",
         "shoal_mesh_port_new_flows_total{port=\"8080\",protocol=\"tcp\"} 7",
         "shoal_vip_service_connects_total{vip=\"10.0.0.2\"} 9",
         "shoal_mesh_port_bytes_total{port=\"8080\",protocol=\"tcp\"} 4000",
