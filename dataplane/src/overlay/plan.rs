@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
 
 use super::{
     model::{AttachmentSpec, KernelState, NetworkObjects, NetworkSpec, Op, RemoteEntry},
-    state::{overlay_mtu, Mac, OverlayState},
+    state::{overlay_mtu, Mac, Network, OverlayState},
 };
 
 /// What the node itself contributes to every network.
@@ -59,7 +59,22 @@ pub fn veth_name(container: &str) -> String {
 pub fn desired(
     state: &OverlayState,
     node: &NodeParams,
+    netns_of: impl FnMut(&str) -> Option<ContainerNetns>,
+) -> Desired {
+    desired_keeping(state, node, netns_of, &[])
+}
+
+/// [`desired`], with the declared networks named in `kept` made on the node even while
+/// no running local container is attached to them. The ingress network is one: the
+/// routing mesh's replies leave through its namespace, and a node whose only ingress
+/// task is replaced (a node back from Down gets a new task, as in Swarm) would
+/// otherwise lose the namespace, its reply path and its DNS between the old task's stop
+/// and the new one's start.
+pub fn desired_keeping(
+    state: &OverlayState,
+    node: &NodeParams,
     mut netns_of: impl FnMut(&str) -> Option<ContainerNetns>,
+    kept: &[String],
 ) -> Desired {
     let mut out = Desired::default();
     for (container, endpoints) in state.containers() {
@@ -76,25 +91,7 @@ pub fn desired(
                 .kernel
                 .networks
                 .entry(net.vni)
-                .or_insert_with(|| NetworkObjects {
-                    spec: NetworkSpec {
-                        vni: net.vni,
-                        gateway: net.gateway,
-                        prefix_len: net.subnet.prefix_len(),
-                        mtu,
-                        port: node.port,
-                        vtep: node.vtep,
-                        // An encrypted network's VXLAN traffic goes through the
-                        // WireGuard device (its socket lives in that namespace).
-                        underlay_interface: if net.encrypted {
-                            crate::wireguard::IFNAME.to_owned()
-                        } else {
-                            node.underlay_interface.clone()
-                        },
-                    },
-                    remotes: BTreeMap::new(),
-                    attachments: BTreeMap::new(),
-                });
+                .or_insert_with(|| network_objects(net, node));
             let veth = veth_name(container);
             objects.attachments.insert(
                 veth.clone(),
@@ -113,6 +110,14 @@ pub fn desired(
                 .insert(attachment_key(net.vni, &veth), ns.path.clone());
         }
     }
+    for name in kept {
+        if let Some(net) = state.network(name) {
+            out.kernel
+                .networks
+                .entry(net.vni)
+                .or_insert_with(|| network_objects(net, node));
+        }
+    }
     for r in &state.remote_endpoints {
         let Some(net) = state.network(&r.network) else {
             continue;
@@ -128,6 +133,29 @@ pub fn desired(
         }
     }
     out
+}
+
+/// A network's devices on this node, with nothing attached yet.
+fn network_objects(net: &Network, node: &NodeParams) -> NetworkObjects {
+    NetworkObjects {
+        spec: NetworkSpec {
+            vni: net.vni,
+            gateway: net.gateway,
+            prefix_len: net.subnet.prefix_len(),
+            mtu: overlay_mtu(net, node.underlay_mtu),
+            port: node.port,
+            vtep: node.vtep,
+            // An encrypted network's VXLAN traffic goes through the WireGuard device
+            // (its socket lives in that namespace).
+            underlay_interface: if net.encrypted {
+                crate::wireguard::IFNAME.to_owned()
+            } else {
+                node.underlay_interface.clone()
+            },
+        },
+        remotes: BTreeMap::new(),
+        attachments: BTreeMap::new(),
+    }
 }
 
 fn attachment_key(vni: u32, veth: &str) -> String {
@@ -484,6 +512,31 @@ mod tests {
         s.local_endpoints.clear();
         let ops = diff(&desired(&s, &node(), running), &applied);
         assert_eq!(ops, vec![Op::DeleteNetwork { vni: 4097 }]);
+    }
+
+    #[test]
+    fn a_kept_network_stays_without_a_local_endpoint_and_gets_its_remotes() {
+        let mut s = base();
+        let mut applied = KernelState::default();
+        let kept = ["web".to_string()];
+        converge(&mut applied, &desired_keeping(&s, &node(), running, &kept));
+        s.local_endpoints.clear();
+        let d = desired_keeping(&s, &node(), running, &kept);
+        let net = &d.kernel.networks[&4097];
+        assert!(net.attachments.is_empty());
+        assert_eq!(net.remotes.len(), 2, "web's remote endpoints");
+        let ops = diff(&d, &applied);
+        assert!(
+            ops.iter().all(|op| matches!(op, Op::Detach { .. })),
+            "only the endpoint goes, not the network: {ops:?}"
+        );
+        // Not kept any more: it goes as any network with no local endpoint.
+        run(&mut applied, &ops);
+        let ops = diff(&desired_keeping(&s, &node(), running, &[]), &applied);
+        assert_eq!(ops, vec![Op::DeleteNetwork { vni: 4097 }]);
+        // A kept name that is not declared makes nothing.
+        let d = desired_keeping(&s, &node(), running, &["nowhere".to_string()]);
+        assert!(d.kernel.networks.is_empty());
     }
 
     #[test]

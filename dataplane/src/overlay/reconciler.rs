@@ -59,6 +59,8 @@ pub struct Reconciler<K: OverlayKernel> {
     node: NodeParams,
     applied: KernelState,
     last_good: Option<OverlayState>,
+    /// Declared networks made here even with no running local container on them.
+    kept: Vec<String>,
 }
 
 impl<K: OverlayKernel> Reconciler<K> {
@@ -76,6 +78,7 @@ impl<K: OverlayKernel> Reconciler<K> {
             node,
             applied,
             last_good: None,
+            kept: Vec::new(),
         })
     }
 
@@ -88,7 +91,7 @@ impl<K: OverlayKernel> Reconciler<K> {
     ) -> Result<ApplyReport, ReconcileError> {
         state.validate()?;
         let started = Instant::now();
-        let desired = plan::desired(state, &self.node, netns_of);
+        let desired = plan::desired_keeping(state, &self.node, netns_of, &self.kept);
         let ops = plan::diff(&desired, &self.applied);
         let mut report = ApplyReport {
             absent_containers: desired.absent_containers.clone(),
@@ -124,6 +127,12 @@ impl<K: OverlayKernel> Reconciler<K> {
         self.last_good = Some(state.clone());
         report.elapsed = started.elapsed();
         Ok(report)
+    }
+
+    /// The declared networks to make on this node from the next apply on, whether or
+    /// not a running local container is attached to them ([`plan::desired_keeping`]).
+    pub fn keep(&mut self, networks: Vec<String>) {
+        self.kept = networks;
     }
 
     /// The node's VXLAN port from now on: networks made on another port are made again

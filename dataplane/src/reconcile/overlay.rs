@@ -179,6 +179,16 @@ impl<K: OverlayKernel + 'static> Reconcile for OverlayReconciler<K> {
                 warn!(error = %e, "re-reading the overlay from the kernel");
             }
         }
+        // The ingress network stays on every node that publishes ports (the declared
+        // state names it only then): the mesh's reply path lives in its namespace.
+        self.inner.keep(
+            declared
+                .lb
+                .as_ref()
+                .and_then(|lb| lb.ingress_network.clone())
+                .into_iter()
+                .collect(),
+        );
         let status = &mut self.status;
         match self
             .inner
