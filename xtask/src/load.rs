@@ -144,8 +144,9 @@ impl HttpLoad {
                     report.failed_at.push(sent_at);
                     if report.failures.len() < KEPT {
                         report.failures.push(format!(
-                            "{:.1} s {target}: {e}; unanswered SYNs in the namespace then: {:?}",
+                            "{:.1} s (sent at {} UTC) {target}: {e}; unanswered SYNs in the namespace then: {:?}",
                             began.elapsed().as_secs_f64(),
+                            utc_clock(std::time::SystemTime::now() - sent_at.elapsed()),
                             syns.seen_since(sent_at),
                         ));
                     }
@@ -162,6 +163,22 @@ impl HttpLoad {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().expect("load thread")
     }
+}
+
+/// `at` as the agents' logs print it (HH:MM:SS.mmm, UTC), to find a failure there.
+fn utc_clock(at: std::time::SystemTime) -> String {
+    let ms = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let day_ms = ms % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        day_ms / 3_600_000,
+        day_ms / 60_000 % 60,
+        day_ms / 1000 % 60,
+        day_ms % 1000
+    )
 }
 
 /// The TCP connections waiting for a SYN-ACK in a namespace, sampled every 50 ms: where
@@ -400,7 +417,13 @@ pub fn wget_loop_counts(text: &str) -> (u64, u64, bool) {
 mod tests {
     use std::time::Duration;
 
-    use super::{wget_loop_counts, wget_loop_script};
+    use super::{utc_clock, wget_loop_counts, wget_loop_script};
+
+    #[test]
+    fn a_failure_time_reads_as_the_logs_print_it() {
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(1_796_694_438_123);
+        assert_eq!(utc_clock(at), "01:47:18.123");
+    }
 
     #[test]
     fn the_wget_loop_counts_are_read_back() {
