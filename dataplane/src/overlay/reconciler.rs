@@ -59,8 +59,6 @@ pub struct Reconciler<K: OverlayKernel> {
     node: NodeParams,
     applied: KernelState,
     last_good: Option<OverlayState>,
-    /// Declared networks made here even with no running local container on them.
-    kept: Vec<String>,
 }
 
 impl<K: OverlayKernel> Reconciler<K> {
@@ -78,7 +76,6 @@ impl<K: OverlayKernel> Reconciler<K> {
             node,
             applied,
             last_good: None,
-            kept: Vec::new(),
         })
     }
 
@@ -89,9 +86,21 @@ impl<K: OverlayKernel> Reconciler<K> {
         state: &OverlayState,
         netns_of: impl FnMut(&str) -> Option<ContainerNetns>,
     ) -> Result<ApplyReport, ReconcileError> {
+        self.apply_keeping(state, &[], netns_of)
+    }
+
+    /// [`Self::apply`], with the declared networks named in `kept` made on this node
+    /// whether or not a running local container is attached to them
+    /// ([`plan::desired_keeping`]).
+    pub fn apply_keeping(
+        &mut self,
+        state: &OverlayState,
+        kept: &[String],
+        netns_of: impl FnMut(&str) -> Option<ContainerNetns>,
+    ) -> Result<ApplyReport, ReconcileError> {
         state.validate()?;
         let started = Instant::now();
-        let desired = plan::desired_keeping(state, &self.node, netns_of, &self.kept);
+        let desired = plan::desired_keeping(state, &self.node, netns_of, kept);
         let ops = plan::diff(&desired, &self.applied);
         let mut report = ApplyReport {
             absent_containers: desired.absent_containers.clone(),
@@ -127,12 +136,6 @@ impl<K: OverlayKernel> Reconciler<K> {
         self.last_good = Some(state.clone());
         report.elapsed = started.elapsed();
         Ok(report)
-    }
-
-    /// The declared networks to make on this node from the next apply on, whether or
-    /// not a running local container is attached to them ([`plan::desired_keeping`]).
-    pub fn keep(&mut self, networks: Vec<String>) {
-        self.kept = networks;
     }
 
     /// The node's VXLAN port from now on: networks made on another port are made again

@@ -181,19 +181,16 @@ impl<K: OverlayKernel + 'static> Reconcile for OverlayReconciler<K> {
         }
         // The ingress network stays on every node that publishes ports (the declared
         // state names it only then): the mesh's reply path lives in its namespace.
-        self.inner.keep(
-            declared
-                .lb
-                .as_ref()
-                .and_then(|lb| lb.ingress_network.clone())
-                .into_iter()
-                .collect(),
-        );
+        let kept: Vec<String> = declared
+            .lb
+            .as_ref()
+            .and_then(|lb| lb.ingress_network.clone())
+            .into_iter()
+            .collect();
         let status = &mut self.status;
-        match self
-            .inner
-            .apply(&declared.overlay, |c| declared.containers.get(c).cloned())
-        {
+        match self.inner.apply_keeping(&declared.overlay, &kept, |c| {
+            declared.containers.get(c).cloned()
+        }) {
             Ok(report) => {
                 if report.applied > 0 || !report.failed.is_empty() {
                     info!(
