@@ -163,135 +163,40 @@ mod tests {
 
     #[test]
     fn the_other_voters_stand_in_turn_past_the_lease() {
+        use MemberState::{Candidate, Follower, Learner};
         let lease = Duration::from_secs(2);
-        let long = Some((1, Duration::from_millis(2300)));
+        // Member `id` in `state`, following `leader`, heard `from` `ms` ago; the port
+        // refuses or not.
+        let stand = |id, state, leader, heard: Option<(RaftId, u64)>, refuses| {
+            let heard = heard.map(|(from, ms)| (from, Duration::from_millis(ms)));
+            should_stand(&status(id, state, leader), heard, lease, refuses)
+        };
+        let long = Some((1, 2300));
+        let later = Some((1, 2300 + STAGGER.as_millis() as u64));
         // Leader 1 silent past the lease: 2 is the first of the others, 3 is not yet.
-        assert_eq!(
-            should_stand(
-                &status(2, MemberState::Follower, Some(1)),
-                long,
-                lease,
-                true
-            ),
-            Some((1, 0))
-        );
-        assert_eq!(
-            should_stand(
-                &status(3, MemberState::Follower, Some(1)),
-                long,
-                lease,
-                true
-            ),
-            None
-        );
+        assert_eq!(stand(2, Follower, Some(1), long, true), Some((1, 0)));
+        assert_eq!(stand(3, Follower, Some(1), long, true), None);
         // Still following the silent leader a turn later (2 lost, or never stood): 3
         // stands, second.
-        let later = Some((1, Duration::from_millis(2300) + STAGGER));
-        assert_eq!(
-            should_stand(
-                &status(3, MemberState::Follower, Some(1)),
-                later,
-                lease,
-                true
-            ),
-            Some((1, 1))
-        );
+        assert_eq!(stand(3, Follower, Some(1), later, true), Some((1, 1)));
         // Leader 2 gone: 1 stands.
-        let long2 = Some((2, Duration::from_millis(2300)));
         assert_eq!(
-            should_stand(
-                &status(1, MemberState::Follower, Some(2)),
-                long2,
-                lease,
-                true
-            ),
+            stand(1, Follower, Some(2), Some((2, 2300)), true),
             Some((2, 0))
         );
         // A leader that is only silent: not before openraft's own timer would stand.
-        assert_eq!(
-            should_stand(
-                &status(2, MemberState::Follower, Some(1)),
-                later,
-                lease,
-                false
-            ),
-            None
-        );
-        let timer = Some((1, Duration::from_millis(4000)));
-        assert_eq!(
-            should_stand(
-                &status(2, MemberState::Follower, Some(1)),
-                timer,
-                lease,
-                false
-            ),
-            Some((1, 0))
-        );
-        assert_eq!(
-            should_stand(
-                &status(3, MemberState::Follower, Some(1)),
-                timer,
-                lease,
-                false
-            ),
-            None
-        );
+        assert_eq!(stand(2, Follower, Some(1), later, false), None);
+        let timer = Some((1, 4000));
+        assert_eq!(stand(2, Follower, Some(1), timer, false), Some((1, 0)));
+        assert_eq!(stand(3, Follower, Some(1), timer, false), None);
         // Within the lease (plus its margin), or heard from another leader, or none yet.
-        let recent = Some((1, Duration::from_millis(2100)));
-        assert_eq!(
-            should_stand(
-                &status(2, MemberState::Follower, Some(1)),
-                recent,
-                lease,
-                true
-            ),
-            None
-        );
-        let other = Some((3, Duration::from_millis(5000)));
-        assert_eq!(
-            should_stand(
-                &status(2, MemberState::Follower, Some(1)),
-                other,
-                lease,
-                true
-            ),
-            None
-        );
-        assert_eq!(
-            should_stand(
-                &status(2, MemberState::Follower, Some(1)),
-                None,
-                lease,
-                true
-            ),
-            None
-        );
+        assert_eq!(stand(2, Follower, Some(1), Some((1, 2100)), true), None);
+        assert_eq!(stand(2, Follower, Some(1), Some((3, 5000)), true), None);
+        assert_eq!(stand(2, Follower, Some(1), None, true), None);
         // Not a follower, no leader known, or not a voter.
-        assert_eq!(
-            should_stand(
-                &status(2, MemberState::Candidate, Some(1)),
-                long,
-                lease,
-                true
-            ),
-            None
-        );
-        assert_eq!(
-            should_stand(&status(2, MemberState::Follower, None), long, lease, true),
-            None
-        );
-        assert_eq!(
-            should_stand(&status(4, MemberState::Learner, Some(1)), long, lease, true),
-            None
-        );
-        assert_eq!(
-            should_stand(
-                &status(4, MemberState::Follower, Some(1)),
-                long,
-                lease,
-                true
-            ),
-            None
-        );
+        assert_eq!(stand(2, Candidate, Some(1), long, true), None);
+        assert_eq!(stand(2, Follower, None, long, true), None);
+        assert_eq!(stand(4, Learner, Some(1), long, true), None);
+        assert_eq!(stand(4, Follower, Some(1), long, true), None);
     }
 }
